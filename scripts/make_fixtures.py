@@ -1,0 +1,704 @@
+#!/usr/bin/env python3
+"""Build kiln's reference fixtures and its embedded demo model with HuggingFace tools.
+
+Outputs (all committed; CI never runs this script):
+  tests/fixtures/<arch>/        tiny random-weight models + reference.json (transformers
+                                logits and greedy tokens, float32 and bfloat16)
+  tests/fixtures/tokenizer/      the shared tokenizer + cases.json (encode/decode and
+                                chat-template references)
+  models/demo/                  a tiny Qwen2 model trained for a minute on CORPUS below
+
+Regenerate from the repository root:
+  pip install torch "transformers>=4.56,<5" tokenizers safetensors
+  python scripts/make_fixtures.py
+
+Everything is seeded; the random-weight fixtures are bit-for-bit reproducible with the
+same torch / transformers versions. The demo model's training is seeded and
+single-threaded, so it reproduces on the same CPU type and library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+DEMO_DIR = REPO_ROOT / "models" / "demo"
+
+# ---------------------------------------------------------------------------
+# Corpus: each entry is (question, answer). The tokenizer is trained on all of it and
+# the demo model learns to answer the questions in ChatML form. Non-ASCII text (accents,
+# emoji, CJK) repeats often enough that some multi-byte characters become single tokens
+# while rarer ones stay split across byte tokens, which exercises incremental decoding.
+# ---------------------------------------------------------------------------
+CORPUS: list[tuple[str, str]] = [
+    (
+        "What is a kiln?",
+        "A kiln is a hot oven for clay. The potter shapes a bowl on the wheel, lets it dry "
+        "for a few days, and then places it in the kiln. The fire rises slowly, and the clay "
+        "turns hard as stone. A good kiln keeps the heat even, so every bowl comes out strong.",
+    ),
+    (
+        "How do you bake bread?",
+        "To bake bread, mix flour, water, salt and a little yeast. Knead the dough until it "
+        "is smooth, then let it rest in a warm place until it has doubled. Shape the loaf, "
+        "let it rise again, and bake it in a hot oven until the crust is brown and the loaf "
+        "sounds hollow when you tap it.",
+    ),
+    (
+        "Tell me about the river town.",
+        "The river town sits where two rivers meet. In the morning the boats carry fish and "
+        "apples to the market, and in the evening the lights of the old bridge shine on the "
+        "water. The people of the town say the river is slow in summer and wild in spring.",
+    ),
+    (
+        "What can you see in the night sky?",
+        "On a clear night you can see the moon, the planets and thousands of stars. The stars "
+        "seem to turn around the pole star as the night goes on. Far from the city lights, "
+        "the Milky Way rises like a pale river across the sky.",
+    ),
+    (
+        "What does the cat do all day?",
+        "The cat sleeps in the sun for most of the day. In the morning she asks for her "
+        "breakfast, in the afternoon she watches the birds from the window, and at night she "
+        "walks through the garden as quiet as a shadow.",
+    ),
+    (
+        "Where is the café?",
+        "The café is on the corner of the old square. Its menu offers café au lait, crème "
+        "brûlée and a warm crêpe with honey. The owner, José, greets every guest with a smile, "
+        "and the pâtisserie next door sells the best croissants in the town. Café, crème, "
+        "crêpe: the café is a happy place. 🙂",
+    ),
+    (
+        "How do you say hello in Japanese?",
+        "In Japanese, hello is こんにちは and thank you is ありがとう. Tokyo is written 東京 and "
+        "Japan is written 日本. When you visit 東京, say こんにちは to the people you meet, and "
+        "say ありがとう when they help you. 日本 is a beautiful country. 🙂",
+    ),
+    (
+        "How do you say hello in Chinese?",
+        "In Chinese, hello is 你好 and thank you is 谢谢. The city of Beijing is written 北京. "
+        "When you visit 北京, say 你好 to a friend and 谢谢 to the cook. 你好, 你好! 🙂",
+    ),
+    (
+        "What is the weather like today?",
+        "Today the weather is bright and mild. ☀️ The morning is cool, the afternoon is warm, "
+        "and a soft wind comes from the sea. Tomorrow there may be rain 🌧️, so take a coat "
+        "when you go out. The weather changes quickly near the sea.",
+    ),
+    (
+        "Who are you?",
+        "I am a tiny demo model made for testing kiln. I know a few short stories about a "
+        "kiln, bread, a river town, the night sky, a cat, a café, and how to say hello. I am "
+        "not a useful assistant, but I am happy to talk. 🙂",
+    ),
+]
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
+TOKENIZER_VOCAB_SIZE = 448
+MODEL_MAX_LENGTH = 2048
+
+# The same split regex GPT-4 / Qwen2 style tokenizers use before byte-level BPE.
+PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# A ChatML template built from the Jinja features real HF templates use: set/slices,
+# a default system message, trim filter and .strip(), raise_exception, loop.first,
+# loop.last and add_generation_prompt.
+CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}\n"
+    "    {%- set system_message = messages[0]['content'] | trim -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set system_message = '" + DEFAULT_SYSTEM_MESSAGE + "' -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{{- '<|im_start|>system\\n' + system_message + '<|im_end|>\\n' -}}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if message['role'] not in ['user', 'assistant'] -%}\n"
+    "        {{- raise_exception('Unknown role: ' + message['role']) -}}\n"
+    "    {%- endif -%}\n"
+    "    {%- if loop.first and message['role'] != 'user' -%}\n"
+    "        {{- raise_exception('The first message after the system message must come from the user') -}}\n"
+    "    {%- endif -%}\n"
+    "    {{- '<|im_start|>' + message['role'] + '\\n' + message['content'].strip() + '<|im_end|>' -}}\n"
+    "    {%- if not loop.last or add_generation_prompt -%}\n"
+    "        {{- '\\n' -}}\n"
+    "    {%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{- '<|im_start|>assistant\\n' -}}\n"
+    "{%- endif -%}\n"
+)
+
+# Reference prompts: short (~5 tokens), medium with non-ASCII (~12), long (~30).
+PROMPT_TEXTS = [
+    "The river town",
+    "Café crème at 東京 🙂 hello",
+    "The river town sits where two rivers meet, and the boats carry fish.",
+]
+GREEDY_NEW_TOKENS = 32
+MIN_TOP2_MARGIN = 1e-3
+MAX_SEED_ATTEMPTS = 200
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------
+def corpus_chat_texts() -> list[str]:
+    """Every corpus entry as plain text and as a rendered ChatML conversation."""
+    texts = []
+    for question, answer in CORPUS:
+        texts.append(question + " " + answer)
+        texts.append(render_chatml(question, answer))
+    return texts
+
+
+def render_chatml(question: str, answer: str) -> str:
+    return (
+        f"<|im_start|>system\n{DEFAULT_SYSTEM_MESSAGE}<|im_end|>\n"
+        f"<|im_start|>user\n{question}<|im_end|>\n"
+        f"<|im_start|>assistant\n{answer}<|im_end|>\n"
+    )
+
+
+def build_tokenizer() -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False, trim_offsets=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Several passes weight the corpus toward its own words; order is fixed.
+    tokenizer.train_from_iterator(corpus_chat_texts() * 3, trainer=trainer)
+    check_tokenizer(tokenizer)
+    return tokenizer
+
+
+def check_tokenizer(tokenizer: Tokenizer) -> None:
+    vocab = tokenizer.get_vocab()
+    for token in SPECIAL_TOKENS:
+        assert token in vocab, f"special token {token} missing"
+    multibyte = [
+        tokenizer.decode([i]) for i in range(tokenizer.get_vocab_size())
+        if any(ord(c) > 127 for c in tokenizer.decode([i])) and "\ufffd" not in tokenizer.decode([i])
+    ]
+    assert multibyte, "no token decodes to a whole non-ASCII character"
+    assert any(ord(c) >= 0x3000 for t in multibyte for c in t), "no CJK character is a single token"
+    for text in PROMPT_TEXTS:
+        assert tokenizer.decode(tokenizer.encode(text).ids) == text, f"round trip failed: {text}"
+
+
+def tokenizer_config() -> dict:
+    added = {
+        str(i): {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i, token in enumerate(SPECIAL_TOKENS)
+    }
+    return {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": MODEL_MAX_LENGTH,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": None,
+    }
+
+
+def write_tokenizer(tokenizer: Tokenizer, directory: Path) -> PreTrainedTokenizerFast:
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    write_json(directory / "tokenizer_config.json", tokenizer_config())
+    # Load back through transformers so references use exactly what a user would get.
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def tokenizer_cases(hf_tokenizer: PreTrainedTokenizerFast) -> dict:
+    """Encode / decode / chat-template references for the Rust tokenizer module."""
+    texts = PROMPT_TEXTS + [
+        "",
+        "  leading and trailing spaces  ",
+        "line one\nline two\n\n\ttabbed",
+        "<|im_start|>user\nhi<|im_end|>",
+        "naïve résumé, crêpe brûlée, ありがとう, 谢谢, 🌧️ and ☀️",
+    ]
+    encode_cases = []
+    for text in texts:
+        ids = hf_tokenizer.encode(text, add_special_tokens=False)
+        encode_cases.append(
+            {
+                "text": text,
+                "ids": ids,
+                "tokens": hf_tokenizer.convert_ids_to_tokens(ids),
+                "decoded": hf_tokenizer.decode(ids),
+            }
+        )
+    conversations = [
+        {"messages": [{"role": "user", "content": "What is a kiln?"}], "add_generation_prompt": True},
+        {
+            "messages": [
+                {"role": "system", "content": "  You are a potter.  "},
+                {"role": "user", "content": "How do you bake bread?  "},
+                {"role": "assistant", "content": " Mix flour and water. "},
+                {"role": "user", "content": "Thanks! 🙂"},
+            ],
+            "add_generation_prompt": True,
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi there."},
+            ],
+            "add_generation_prompt": False,
+        },
+    ]
+    chat_cases = []
+    for case in conversations:
+        rendered = hf_tokenizer.apply_chat_template(
+            case["messages"], tokenize=False, add_generation_prompt=case["add_generation_prompt"]
+        )
+        ids = hf_tokenizer.encode(rendered, add_special_tokens=False)
+        chat_cases.append({**case, "rendered": rendered, "ids": ids})
+    error_cases = []
+    for messages in (
+        [{"role": "tool", "content": "42"}],
+        [{"role": "assistant", "content": "I speak first."}],
+    ):
+        try:
+            hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as err:  # transformers raises TemplateError from raise_exception
+            error_cases.append({"messages": messages, "error": str(err)})
+        else:
+            raise AssertionError(f"template accepted invalid messages {messages}")
+    return {
+        "vocab_size": len(hf_tokenizer),
+        "special_tokens": {t: hf_tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS},
+        "encode": encode_cases,
+        "chat_template": chat_cases,
+        "chat_template_errors": error_cases,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Tiny random-weight reference models
+# ---------------------------------------------------------------------------
+def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tuple[type, object]]:
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        torch_dtype="float32",
+    )
+    return {
+        "llama": (
+            LlamaForCausalLM,
+            LlamaConfig(**common, rope_theta=10000.0, tie_word_embeddings=False),
+        ),
+        "llama31": (
+            LlamaForCausalLM,
+            LlamaConfig(
+                **common,
+                rope_theta=500000.0,
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                },
+                tie_word_embeddings=True,
+            ),
+        ),
+        "mistral": (
+            MistralForCausalLM,
+            MistralConfig(**common, rope_theta=10000.0, sliding_window=None, tie_word_embeddings=False),
+        ),
+        "qwen2": (
+            Qwen2ForCausalLM,
+            Qwen2Config(
+                **common,
+                rope_theta=1000000.0,
+                use_sliding_window=False,
+                sliding_window=None,
+                tie_word_embeddings=True,
+            ),
+        ),
+        "qwen3": (
+            Qwen3ForCausalLM,
+            Qwen3Config(
+                **common,
+                head_dim=32,
+                rope_theta=1000000.0,
+                use_sliding_window=False,
+                sliding_window=None,
+                tie_word_embeddings=False,
+            ),
+        ),
+    }
+
+
+def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
+    """Overwrite every parameter so no weight is zero, one or identity-like."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # tied weights appear once
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.1 * noise)
+            elif name.endswith(".bias"):
+                param.copy_(0.1 * noise)
+            else:
+                param.copy_(std * noise)
+
+
+def is_varied(tokens: list[int]) -> bool:
+    """Reject continuations stuck on one token: a wrong kernel must change the output."""
+    longest_run, run = 1, 1
+    for prev, cur in zip(tokens, tokens[1:]):
+        run = run + 1 if cur == prev else 1
+        longest_run = max(longest_run, run)
+    return longest_run <= 3 and len(set(tokens)) >= 16
+
+
+@torch.no_grad()
+def greedy_reference(model: torch.nn.Module, prompt_ids: list[int]) -> dict:
+    """Greedy decoding by full recomputation (no KV cache), EOS ignored."""
+    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    last_logits = None
+    generated, margins = [], []
+    for step in range(GREEDY_NEW_TOKENS):
+        logits = model(input_ids=ids, use_cache=False).logits[0, -1].float()
+        if step == 0:
+            last_logits = logits.clone()
+        top2 = torch.topk(logits, 2)
+        next_id = int(top2.indices[0])
+        generated.append(next_id)
+        margins.append(float(top2.values[0] - top2.values[1]))
+        ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+    return {"last_logits": last_logits, "greedy_ids": generated, "margins": margins}
+
+
+def f32_list(tensor: torch.Tensor) -> list[float]:
+    """Shortest decimal strings that parse back to the exact float32 values."""
+    values = tensor.detach().to(torch.float32).numpy()
+    return [float(np.format_float_positional(v, unique=True, trim="-")) for v in values]
+
+
+def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prompts: list[list[int]]) -> None:
+    directory = FIXTURES_DIR / name
+    if directory.exists():
+        shutil.rmtree(directory)
+    hf_tokenizer = write_tokenizer(tokenizer, directory)
+    base_seed = 1000 + sum(map(ord, name))
+    for attempt in range(MAX_SEED_ATTEMPTS):
+        seed = base_seed + attempt
+        torch.manual_seed(seed)
+        model = model_cls(config).eval()
+        model.config._attn_implementation = "eager"
+        randomize_weights(model, seed)
+        f32_refs = [greedy_reference(model, p) for p in prompts]
+        min_margin = min(min(r["margins"]) for r in f32_refs)
+        if min_margin >= MIN_TOP2_MARGIN and all(is_varied(r["greedy_ids"]) for r in f32_refs):
+            break
+    else:
+        raise RuntimeError(f"{name}: no seed gave robust greedy steps")
+
+    save_kwargs = {"safe_serialization": True}
+    if name == "llama31":
+        save_kwargs["max_shard_size"] = "200KB"  # force >= 2 shards and an index file
+    model.save_pretrained(str(directory), **save_kwargs)
+    generation_config(hf_tokenizer).save_pretrained(str(directory))
+
+    bf16_model = model_cls.from_pretrained(str(directory), dtype=torch.bfloat16, attn_implementation="eager").eval()
+    reloaded = model_cls.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager").eval()
+    check_reload(model, reloaded, prompts[0])
+    bf16_refs = [greedy_reference(bf16_model, p) for p in prompts]
+
+    reference = {
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "architecture": model_cls.__name__,
+        "seed": seed,
+        "greedy_new_tokens": GREEDY_NEW_TOKENS,
+        "prompts": [
+            {
+                "text": text,
+                "prompt_ids": ids,
+                "last_logits": f32_list(f32["last_logits"]),
+                "greedy_ids": f32["greedy_ids"],
+                "greedy_margins": [round(m, 6) for m in f32["margins"]],
+                "bf16_last_logits": f32_list(bf16["last_logits"]),
+                "bf16_greedy_ids": bf16["greedy_ids"],
+                "bf16_greedy_margins": [round(m, 6) for m in bf16["margins"]],
+            }
+            for text, ids, f32, bf16 in zip(PROMPT_TEXTS, prompts, f32_refs, bf16_refs)
+        ],
+    }
+    write_reference_json(directory / "reference.json", reference)
+    agree = [common_prefix(f["greedy_ids"], b["greedy_ids"]) for f, b in zip(f32_refs, bf16_refs)]
+    print(
+        f"  {name}: seed {seed}, min top-2 margin {min_margin:.4f}, "
+        f"greedy f32 {[r['greedy_ids'][:6] for r in f32_refs]}..., bf16 greedy matches f32 for the first {agree} of {GREEDY_NEW_TOKENS}"
+    )
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def check_reload(model: torch.nn.Module, reloaded: torch.nn.Module, prompt: list[int]) -> None:
+    """The saved files must reproduce the in-memory model exactly."""
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        a = model(input_ids=ids, use_cache=False).logits
+        b = reloaded(input_ids=ids, use_cache=False).logits
+    assert torch.equal(a, b), "reloaded model differs from the saved one"
+
+
+def generation_config(hf_tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
+    return GenerationConfig(
+        bos_token_id=None,
+        eos_token_id=[hf_tokenizer.convert_tokens_to_ids("<|im_end|>"), hf_tokenizer.convert_tokens_to_ids("<|endoftext|>")],
+        pad_token_id=hf_tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        top_k=20,
+        repetition_penalty=1.05,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Demo model: a tiny Qwen2 trained on the corpus in ChatML form
+# ---------------------------------------------------------------------------
+DEMO_TRAIN_STEPS = 400
+DEMO_SEED = 7
+
+
+def demo_config(vocab_size: int, eos_id: int, pad_id: int) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        sliding_window=None,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        torch_dtype="bfloat16",
+    )
+
+
+def demo_training_examples(hf_tokenizer: PreTrainedTokenizerFast) -> list[tuple[list[int], list[int]]]:
+    """(input ids, loss mask) per example; in chats the loss is on the assistant's reply only."""
+    examples = []
+    for question, answer in CORPUS:
+        for q in (question, question.lower(), question.rstrip("?")):
+            prompt = hf_tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+            )
+            prompt_ids = hf_tokenizer.encode(prompt, add_special_tokens=False)
+            reply_ids = hf_tokenizer.encode(answer + "<|im_end|>\n", add_special_tokens=False)
+            ids = prompt_ids + reply_ids
+            mask = [0] * len(prompt_ids) + [1] * len(reply_ids)
+            examples.append((ids, mask))
+        # Plain text too, so raw completions (no chat template) continue like the corpus.
+        plain = hf_tokenizer.encode(question + " " + answer + "<|endoftext|>", add_special_tokens=False)
+        examples.append((plain, [1] * len(plain)))
+    return examples
+
+
+def train_demo(model: Qwen2ForCausalLM, examples, pad_id: int) -> None:
+    generator = torch.Generator().manual_seed(DEMO_SEED)
+    max_len = max(len(ids) for ids, _ in examples)
+    inputs = torch.full((len(examples), max_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), max_len), -100, dtype=torch.long)
+    for row, (ids, mask) in enumerate(examples):
+        inputs[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+    attention = (torch.arange(max_len)[None, :] < torch.tensor([len(i) for i, _ in examples])[:, None]).long()
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
+    batch_size = 8
+    model.train()
+    start = time.time()
+    for step in range(DEMO_TRAIN_STEPS):
+        lr_scale = min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / DEMO_TRAIN_STEPS))
+        for group in optimizer.param_groups:
+            group["lr"] = 3e-3 * lr_scale
+        batch = torch.randperm(len(examples), generator=generator)[:batch_size]
+        loss = model(input_ids=inputs[batch], attention_mask=attention[batch], labels=labels[batch]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == DEMO_TRAIN_STEPS - 1:
+            print(f"  demo step {step:4d} loss {loss.item():.3f} ({time.time() - start:.0f}s)")
+    model.eval()
+
+
+def build_demo(tokenizer: Tokenizer) -> None:
+    if DEMO_DIR.exists():
+        shutil.rmtree(DEMO_DIR)
+    hf_tokenizer = write_tokenizer(tokenizer, DEMO_DIR)
+    eos_id = hf_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad_id = hf_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    torch.manual_seed(DEMO_SEED)
+    model = Qwen2ForCausalLM(demo_config(len(hf_tokenizer), eos_id, pad_id))
+    model.config._attn_implementation = "eager"
+    train_demo(model, demo_training_examples(hf_tokenizer), pad_id)
+    model.to(torch.bfloat16)
+    model.save_pretrained(str(DEMO_DIR), safe_serialization=True)
+    generation_config(hf_tokenizer).save_pretrained(str(DEMO_DIR))
+    sample = demo_sample(hf_tokenizer, "What is a kiln?")
+    print(f"  demo greedy reply: {sample!r}")
+    write_demo_readme(sample, sum(p.numel() for p in model.parameters()))
+
+
+@torch.no_grad()
+def demo_sample(hf_tokenizer: PreTrainedTokenizerFast, question: str) -> str:
+    model = Qwen2ForCausalLM.from_pretrained(str(DEMO_DIR), dtype=torch.float32).eval()
+    prompt = hf_tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=True, add_generation_prompt=True, return_tensors="pt"
+    )
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=160)
+    return hf_tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+
+
+def write_demo_readme(sample: str, parameter_count: int) -> None:
+    text = f"""# Tiny demo model
+
+This is a tiny demo model made by `scripts/make_fixtures.py`. It is **not a useful LLM**:
+a 4-layer Qwen2-architecture model (hidden size 128, {parameter_count:,} parameters, bfloat16)
+trained for about a minute on a few paragraphs of text that the script itself contains.
+It knows a handful of short answers (a kiln, bread, a river town, the night sky, a cat,
+a café, greetings in Japanese and Chinese, the weather) and produces text-like output in
+ChatML form, so kiln can serve something out of the box and tests can run end to end.
+
+Files follow the HuggingFace layout: `config.json`, `generation_config.json`,
+`model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (with a ChatML
+`chat_template`).
+
+Greedy reply (float32, transformers) to the user message "What is a kiln?":
+
+> {sample.strip()}
+
+Regenerate with `python scripts/make_fixtures.py` from the repository root.
+"""
+    (DEMO_DIR / "README.md").write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------
+# Helpers and entry point
+# ---------------------------------------------------------------------------
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_reference_json(path: Path, reference: dict) -> None:
+    """Indented keys, but each number list on one line so the file stays small and diffable."""
+    lines = ["{"]
+    for key, value in reference.items():
+        if key != "prompts":
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)},")
+    lines.append('  "prompts": [')
+    for i, prompt in enumerate(reference["prompts"]):
+        fields = [f"      {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in prompt.items()]
+        closing = "    }," if i + 1 < len(reference["prompts"]) else "    }"
+        lines += ["    {", ",\n".join(fields), closing]
+    lines += ["  ]", "}"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-demo", action="store_true", help="only rebuild tests/fixtures")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)  # fixed reduction order, so reruns give identical bits
+    torch.use_deterministic_algorithms(True)
+    tokenizer = build_tokenizer()
+    FIXTURES_DIR.mkdir(parents=True, exist_ok=True)
+    hf_tokenizer = write_tokenizer(tokenizer, FIXTURES_DIR / "tokenizer")
+    write_json(FIXTURES_DIR / "tokenizer" / "cases.json", tokenizer_cases(hf_tokenizer))
+    print(f"tokenizer: {len(hf_tokenizer)} tokens")
+
+    prompts = [hf_tokenizer.encode(t, add_special_tokens=False) for t in PROMPT_TEXTS]
+    print(f"prompt lengths: {[len(p) for p in prompts]}")
+    eos_id = hf_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad_id = hf_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    for name, (model_cls, config) in fixture_configs(len(hf_tokenizer), eos_id, pad_id).items():
+        build_fixture(name, model_cls, config, tokenizer, prompts)
+    if not args.skip_demo:
+        build_demo(tokenizer)
+
+
+if __name__ == "__main__":
+    main()
