@@ -1,0 +1,107 @@
+// kiln kernel prelude: prepended to every kernels/*.cu before NVRTC compiles it.
+// It includes no CUDA toolkit header on purpose: runtime images ship libnvrtc but not the
+// toolkit's include folder, so the few 16-bit helpers we need are written out here.
+
+typedef unsigned short kiln_u16;
+
+// ---- 16-bit float <-> f32 conversions -------------------------------------------------
+
+// bf16 is the top half of an f32: widening is a shift.
+__device__ __forceinline__ float kiln_bf16_to_f32(kiln_u16 h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+// Round to nearest, ties to even (what PyTorch and the `half` crate do); NaN stays NaN.
+__device__ __forceinline__ kiln_u16 kiln_f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (kiln_u16)((u >> 16) | 0x0040u);
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (kiln_u16)(u >> 16);
+}
+
+// IEEE half: the PTX `cvt` instructions exist on every architecture we target.
+__device__ __forceinline__ float kiln_f16_to_f32(kiln_u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ kiln_u16 kiln_f32_to_f16(float f) {
+    kiln_u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// ---- dtype traits: storage type + load/store through f32 ------------------------------
+
+struct KilnF32 {
+    typedef float T;
+    static __device__ __forceinline__ float load(T x) { return x; }
+    static __device__ __forceinline__ T store(float x) { return x; }
+};
+
+struct KilnF16 {
+    typedef kiln_u16 T;
+    static __device__ __forceinline__ float load(T x) { return kiln_f16_to_f32(x); }
+    static __device__ __forceinline__ T store(float x) { return kiln_f32_to_f16(x); }
+};
+
+struct KilnBF16 {
+    typedef kiln_u16 T;
+    static __device__ __forceinline__ float load(T x) { return kiln_bf16_to_f32(x); }
+    static __device__ __forceinline__ T store(float x) { return kiln_f32_to_bf16(x); }
+};
+
+// Instantiate an `extern "C"` wrapper per dtype. `M(suffix, Traits)` must define a kernel
+// named `<op>_##suffix`; the host looks kernels up as `<op>_f32`, `<op>_f16`, `<op>_bf16`.
+#define KILN_FOR_EACH_DTYPE(M) \
+    M(f32, KilnF32)            \
+    M(f16, KilnF16)            \
+    M(bf16, KilnBF16)
+
+// ---- reductions -------------------------------------------------------------------------
+
+#define KILN_FULL_MASK 0xffffffffu
+#define KILN_NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float kiln_warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(KILN_FULL_MASK, v, offset);
+    }
+    return v;
+}
+
+__device__ __forceinline__ float kiln_warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(KILN_FULL_MASK, v, offset));
+    }
+    return v;
+}
+
+// Block-wide sum; blockDim.x must be a multiple of 32 (at most 1024). Every thread gets
+// the result. `scratch` holds 32 floats of shared memory.
+__device__ __forceinline__ float kiln_block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int num_warps = blockDim.x >> 5;
+    v = kiln_warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous reduction
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < num_warps ? scratch[lane] : 0.0f;
+    return kiln_warp_sum(v);
+}
+
+__device__ __forceinline__ float kiln_block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int num_warps = blockDim.x >> 5;
+    v = kiln_warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < num_warps ? scratch[lane] : KILN_NEG_INF;
+    return kiln_warp_max(v);
+}

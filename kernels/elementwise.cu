@@ -1,0 +1,32 @@
+// Element-wise arithmetic in f32, rounded once to the dtype.
+//   add:      out = a + b               (out may alias a or b)
+//   add_bias: x[r, j] = x[r, j] + b[j]  (in place, bias broadcast over rows)
+
+template <typename D>
+__device__ __forceinline__ void add_impl(typename D::T* out, const typename D::T* a,
+                                         const typename D::T* b, long long total) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        out[i] = D::store(D::load(a[i]) + D::load(b[i]));
+    }
+}
+
+template <typename D>
+__device__ __forceinline__ void add_bias_impl(typename D::T* x, const typename D::T* bias,
+                                              long long total, int d) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        x[i] = D::store(D::load(x[i]) + D::load(bias[i % d]));
+    }
+}
+
+#define KILN_ELEMENTWISE(S, D)                                                            \
+    extern "C" __global__ void add_##S(D::T* out, const D::T* a, const D::T* b,           \
+                                       long long total) {                                 \
+        add_impl<D>(out, a, b, total);                                                    \
+    }                                                                                     \
+    extern "C" __global__ void add_bias_##S(D::T* x, const D::T* bias, long long total,   \
+                                            int d) {                                      \
+        add_bias_impl<D>(x, bias, total, d);                                              \
+    }
+KILN_FOR_EACH_DTYPE(KILN_ELEMENTWISE)

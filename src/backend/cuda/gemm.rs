@@ -1,0 +1,109 @@
+//! Linear layers through cuBLAS: `y[m, n] = x[m, k] * w[n, k]^T` with row-major
+//! activations and HF-layout weights, f32 accumulation for every dtype.
+
+use super::dtype::DType;
+use super::tensor::CudaTensor;
+use anyhow::{bail, Context, Result};
+use cudarc::cublas::{result as cublas_result, sys as cublas_sys, CudaBlas};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
+use std::ffi::c_int;
+use std::sync::Arc;
+
+/// A cuBLAS handle bound to the device's stream.
+pub struct Blas {
+    handle: CudaBlas,
+    stream: Arc<CudaStream>,
+}
+
+impl Blas {
+    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        // SAFETY: only tries to open the shared library.
+        if !unsafe { cublas_sys::is_culib_present() } {
+            bail!("cuBLAS (libcublas.so) not found: install the CUDA runtime libraries");
+        }
+        let handle = std::panic::catch_unwind(|| CudaBlas::new(stream.clone()))
+            .map_err(|_| anyhow::anyhow!("libcublas was found but lacks an expected symbol"))?
+            .map_err(|e| anyhow::anyhow!("creating a cuBLAS handle: {e:?}"))?;
+        Ok(Self { handle, stream })
+    }
+
+    /// `out[m, n] = x[m, k] * w[n, k]^T`; all three share one dtype.
+    pub fn linear(&self, x: &CudaTensor, w: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        let (m, k, n) = gemm_dims(x.shape(), w.shape())?;
+        out.expect_shape(&[m, n], "linear output")?;
+        for (t, what) in [(x, "linear input"), (w, "linear weight")] {
+            t.expect_dtype(out.dtype(), what)?;
+        }
+        let dtype = out.dtype();
+        let data_type = cuda_data_type(dtype);
+        let (m_i, n_i, k_i) = (to_c_int(m, "m")?, to_c_int(n, "n")?, to_c_int(k, "k")?);
+        let alpha: f32 = 1.0;
+        let beta: f32 = 0.0;
+        let (x_ptr, _x_sync) = x.data().device_ptr(&self.stream);
+        let (w_ptr, _w_sync) = w.data().device_ptr(&self.stream);
+        let (y_ptr, _y_sync) = out.data_mut().device_ptr_mut(&self.stream);
+        // cuBLAS is column-major: row-major y[m, n] is column-major y^T[n, m] = W x^T, where
+        // row-major w[n, k] read column-major with ld = k is w^T, hence transa = T.
+        // SAFETY: pointers come from live buffers whose sizes were checked above.
+        unsafe {
+            cublas_result::gemm_ex(
+                *self.handle.handle(),
+                cublas_sys::cublasOperation_t::CUBLAS_OP_T,
+                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+                n_i,
+                m_i,
+                k_i,
+                (&alpha) as *const f32 as *const _,
+                w_ptr as *const _,
+                data_type,
+                k_i,
+                x_ptr as *const _,
+                data_type,
+                k_i,
+                (&beta) as *const f32 as *const _,
+                y_ptr as *mut _,
+                data_type,
+                n_i,
+                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| anyhow::anyhow!("cublasGemmEx m={m} n={n} k={k} {dtype}: {e:?}"))
+        .context("linear")
+    }
+}
+
+/// `(m, k, n)` of `x[m, k] * w[n, k]^T`, or why the shapes do not fit.
+pub fn gemm_dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
+    match (x, w) {
+        ([m, k], [n, k2]) if k == k2 => Ok((*m, *k, *n)),
+        _ => bail!("linear: x {x:?} and w {w:?} are not [m, k] and [n, k]"),
+    }
+}
+
+fn cuda_data_type(dtype: DType) -> cublas_sys::cudaDataType {
+    match dtype {
+        DType::F32 => cublas_sys::cudaDataType::CUDA_R_32F,
+        DType::F16 => cublas_sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => cublas_sys::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+fn to_c_int(v: usize, what: &str) -> Result<c_int> {
+    c_int::try_from(v).map_err(|_| anyhow::anyhow!("GEMM dimension {what} = {v} too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_dims_match_hf_layout() {
+        assert_eq!(
+            gemm_dims(&[32, 4096], &[14336, 4096]).unwrap(),
+            (32, 4096, 14336)
+        );
+        assert!(gemm_dims(&[32, 4096], &[4096, 14336]).is_err());
+        assert!(gemm_dims(&[4096], &[4096, 4096]).is_err());
+    }
+}

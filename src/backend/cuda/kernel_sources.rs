@@ -1,0 +1,108 @@
+//! The CUDA sources compiled at run time: `kernels/common.cuh` prepended to each
+//! `kernels/*.cu`, embedded in the binary so a deployed `kiln` needs no source tree.
+
+/// The prelude shared by every kernel file (dtype traits, conversions, reductions).
+pub const COMMON_HEADER: &str = include_str!("../../../kernels/common.cuh");
+
+/// One `kernels/<file>` and the kernels (`<op>_<dtype>`) it defines.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelFile {
+    /// File name, used as NVRTC program name and in error messages.
+    pub file: &'static str,
+    /// The file's text, without the common header.
+    pub body: &'static str,
+    /// Op names defined for every dtype (`rms_norm` -> `rms_norm_f32`, `_f16`, `_bf16`).
+    pub ops: &'static [&'static str],
+}
+
+impl KernelFile {
+    /// The text NVRTC compiles. The `#line` directive makes compiler messages point at the
+    /// right line of the right file instead of the concatenation.
+    pub fn full_source(&self) -> String {
+        format!(
+            "#line 1 \"common.cuh\"\n{COMMON_HEADER}\n#line 1 \"{}\"\n{}",
+            self.file, self.body
+        )
+    }
+}
+
+/// Every kernel file, in a fixed order.
+pub const KERNEL_FILES: &[KernelFile] = &[
+    KernelFile {
+        file: "embedding.cu",
+        body: include_str!("../../../kernels/embedding.cu"),
+        ops: &["embedding"],
+    },
+    KernelFile {
+        file: "norm.cu",
+        body: include_str!("../../../kernels/norm.cu"),
+        ops: &["rms_norm", "fused_add_rms_norm"],
+    },
+    KernelFile {
+        file: "rope.cu",
+        body: include_str!("../../../kernels/rope.cu"),
+        ops: &["rope"],
+    },
+    KernelFile {
+        file: "activation.cu",
+        body: include_str!("../../../kernels/activation.cu"),
+        ops: &["silu_mul"],
+    },
+    KernelFile {
+        file: "elementwise.cu",
+        body: include_str!("../../../kernels/elementwise.cu"),
+        ops: &["add", "add_bias"],
+    },
+    KernelFile {
+        file: "kv_cache.cu",
+        body: include_str!("../../../kernels/kv_cache.cu"),
+        ops: &["kv_write"],
+    },
+    KernelFile {
+        file: "attention.cu",
+        body: include_str!("../../../kernels/attention.cu"),
+        ops: &["attention"],
+    },
+    KernelFile {
+        file: "sampling.cu",
+        body: include_str!("../../../kernels/sampling.cu"),
+        ops: &["argmax", "softmax"],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_is_defined_in_its_file_for_every_dtype() {
+        for file in KERNEL_FILES {
+            for op in file.ops {
+                let needle = format!(" {op}_##S(");
+                assert!(
+                    file.body.contains(&needle),
+                    "{} does not define {op} through the dtype macro",
+                    file.file
+                );
+            }
+            assert!(file.body.contains("KILN_FOR_EACH_DTYPE("), "{}", file.file);
+        }
+    }
+
+    #[test]
+    fn kernels_include_no_toolkit_header() {
+        for text in KERNEL_FILES.iter().map(|f| f.body).chain([COMMON_HEADER]) {
+            assert!(
+                !text.contains("#include"),
+                "kernels must not include headers"
+            );
+        }
+    }
+
+    #[test]
+    fn full_source_names_the_file_for_error_messages() {
+        let src = KERNEL_FILES[1].full_source();
+        assert!(src.contains("#line 1 \"norm.cu\""));
+        assert!(src.starts_with("#line 1 \"common.cuh\""));
+    }
+}

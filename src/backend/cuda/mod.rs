@@ -1,0 +1,27 @@
+//! The CUDA backend: our kernels (`kernels/*.cu`, JIT-compiled with NVRTC and cached on
+//! disk), cuBLAS GEMMs, and `kiln selftest`. CUDA libraries are loaded at run time; on a
+//! machine without them every entry point returns an error instead of panicking.
+//!
+//! Entry point: [`CudaDevice::new`], then the op methods on it ([`ops`], [`ops_attention`],
+//! [`ops_sampling`]) and [`gemm::Blas::linear`] for `y = x W^T`.
+
+pub mod device;
+pub mod dtype;
+pub mod gemm;
+pub mod jit;
+pub mod jit_cache;
+pub mod kernel_sources;
+pub mod launch;
+pub mod nvrtc;
+pub mod ops;
+pub mod ops_attention;
+pub mod ops_sampling;
+pub mod reference;
+pub mod selftest;
+pub mod tensor;
+
+pub use device::{device_count, CudaDevice, CudaUnavailable};
+pub use dtype::DType;
+pub use ops::RopeStyle;
+pub use ops_attention::AttentionMetadata;
+pub use tensor::CudaTensor;

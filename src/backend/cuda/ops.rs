@@ -1,0 +1,248 @@
+//! Element-wise and per-row ops of the model, as methods of [`CudaDevice`]. Each checks
+//! shapes and dtypes (errors, never panics) and queues one kernel on the device's stream.
+
+use super::device::CudaDevice;
+use super::launch::{self, as_i32};
+use super::tensor::CudaTensor;
+use anyhow::{bail, Context, Result};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+/// Rotary-embedding variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// HF `rotate_half`: pairs (i, i + hd/2). Llama, Mistral, Qwen.
+    Neox,
+    /// GPT-J style: pairs (2i, 2i + 1).
+    Interleaved,
+}
+
+impl CudaDevice {
+    /// `out[n, hidden] = table[ids[n], :]`; ids outside the vocabulary give zero rows.
+    pub fn embedding(
+        &self,
+        table: &CudaTensor,
+        ids: &CudaSlice<u32>,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let [vocab, hidden] = dims2(table, "embedding table")?;
+        let n = ids.len();
+        out.expect_shape(&[n, hidden], "embedding output")?;
+        out.expect_dtype(table.dtype(), "embedding output")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (hidden_i, vocab_i) = (as_i32(hidden, "hidden")?, as_i32(vocab, "vocab")?);
+        let f = self.kernels().get("embedding", table.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(out.data_mut())
+            .arg(table.data())
+            .arg(ids)
+            .arg(&hidden_i)
+            .arg(&vocab_i);
+        // SAFETY: argument types and sizes match kernels/embedding.cu; shapes checked above.
+        unsafe { args.launch(launch::per_row(n, 256)?) }.context("embedding launch")?;
+        Ok(())
+    }
+
+    /// `y = x * rsqrt(mean(x^2) + eps) * w` over the last dim of `x[rows, d]`
+    /// (also `[tokens, heads, head_dim]` with `w[head_dim]`: per-head q/k norm).
+    pub fn rms_norm(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        eps: f32,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        let (rows, d) = rows_and_width(x, w, "rms_norm")?;
+        y.expect_shape(x.shape(), "rms_norm output")?;
+        y.expect_dtype(x.dtype(), "rms_norm output")?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let d_i = as_i32(d, "rms_norm width")?;
+        let f = self.kernels().get("rms_norm", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut())
+            .arg(x.data())
+            .arg(w.data())
+            .arg(&eps)
+            .arg(&d_i);
+        // SAFETY: matches kernels/norm.cu; shapes checked above.
+        unsafe { args.launch(launch::per_row(rows, launch::row_threads(d))?) }
+            .context("rms_norm launch")?;
+        Ok(())
+    }
+
+    /// In place: `residual += x` (rounded to the dtype), then `x = rms_norm(residual)`.
+    pub fn fused_add_rms_norm(
+        &self,
+        x: &mut CudaTensor,
+        residual: &mut CudaTensor,
+        w: &CudaTensor,
+        eps: f32,
+    ) -> Result<()> {
+        let (rows, d) = rows_and_width(x, w, "fused_add_rms_norm")?;
+        residual.expect_shape(x.shape(), "fused_add_rms_norm residual")?;
+        residual.expect_dtype(x.dtype(), "fused_add_rms_norm residual")?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let d_i = as_i32(d, "rms_norm width")?;
+        let f = self.kernels().get("fused_add_rms_norm", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(x.data_mut())
+            .arg(residual.data_mut())
+            .arg(w.data())
+            .arg(&eps)
+            .arg(&d_i);
+        // SAFETY: matches kernels/norm.cu; shapes checked above.
+        unsafe { args.launch(launch::per_row(rows, launch::row_threads(d))?) }
+            .context("fused_add_rms_norm launch")?;
+        Ok(())
+    }
+
+    /// Rotary embedding in place on `q[n, hq, hd]` and `k[n, hk, hd]`. `positions[n]`,
+    /// `inv_freq[hd/2]` (any frequency scaling, e.g. llama3, is already applied).
+    pub fn rope(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        positions: &CudaSlice<i32>,
+        inv_freq: &CudaSlice<f32>,
+        style: RopeStyle,
+    ) -> Result<()> {
+        let [n, hq, hd] = dims3(q, "rope q")?;
+        let [n_k, hk, hd_k] = dims3(k, "rope k")?;
+        if n_k != n || hd_k != hd || hd % 2 != 0 {
+            bail!(
+                "rope: q {:?} and k {:?} disagree or head dim is odd",
+                q.shape(),
+                k.shape()
+            );
+        }
+        k.expect_dtype(q.dtype(), "rope k")?;
+        if positions.len() < n || inv_freq.len() < hd / 2 {
+            bail!(
+                "rope: {} positions / {} inv_freq for {n} tokens, head dim {hd}",
+                positions.len(),
+                inv_freq.len()
+            );
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (hq_i, hk_i, hd_i) = (as_i32(hq, "hq")?, as_i32(hk, "hk")?, as_i32(hd, "hd")?);
+        let (q_stride, k_stride) = (as_i32(hq * hd, "q row")?, as_i32(hk * hd, "k row")?);
+        let neox = i32::from(style == RopeStyle::Neox);
+        let threads = ((hq + hk) * hd / 2).next_power_of_two().clamp(32, 512) as u32;
+        let f = self.kernels().get("rope", q.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(q.data_mut())
+            .arg(k.data_mut())
+            .arg(positions)
+            .arg(inv_freq);
+        args.arg(&hq_i)
+            .arg(&hk_i)
+            .arg(&hd_i)
+            .arg(&q_stride)
+            .arg(&k_stride)
+            .arg(&neox);
+        // SAFETY: matches kernels/rope.cu; shapes checked above.
+        unsafe { args.launch(launch::per_row(n, threads)?) }.context("rope launch")?;
+        Ok(())
+    }
+
+    /// `out[n, I] = silu(gate_up[:, :I]) * gate_up[:, I:]`.
+    pub fn silu_mul(&self, gate_up: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        let [n, two_i] = dims2(gate_up, "silu_mul input")?;
+        if two_i % 2 != 0 {
+            bail!("silu_mul: width {two_i} is odd");
+        }
+        let inter = two_i / 2;
+        out.expect_shape(&[n, inter], "silu_mul output")?;
+        out.expect_dtype(gate_up.dtype(), "silu_mul output")?;
+        let total = (n * inter) as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let inter_i = as_i32(inter, "intermediate size")?;
+        let f = self.kernels().get("silu_mul", gate_up.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(out.data_mut())
+            .arg(gate_up.data())
+            .arg(&total)
+            .arg(&inter_i);
+        // SAFETY: matches kernels/activation.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("silu_mul launch")?;
+        Ok(())
+    }
+
+    /// `out = a + b`, all of one shape and dtype.
+    pub fn add(&self, a: &CudaTensor, b: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        b.expect_shape(a.shape(), "add rhs")?;
+        out.expect_shape(a.shape(), "add output")?;
+        b.expect_dtype(a.dtype(), "add rhs")?;
+        out.expect_dtype(a.dtype(), "add output")?;
+        let total = a.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let f = self.kernels().get("add", a.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(out.data_mut())
+            .arg(a.data())
+            .arg(b.data())
+            .arg(&total);
+        // SAFETY: matches kernels/elementwise.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("add launch")?;
+        Ok(())
+    }
+
+    /// In place `x[n, d] += bias[d]`.
+    pub fn add_bias(&self, x: &mut CudaTensor, bias: &CudaTensor) -> Result<()> {
+        let (rows, d) = rows_and_width(x, bias, "add_bias")?;
+        let total = (rows * d) as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let d_i = as_i32(d, "bias width")?;
+        let f = self.kernels().get("add_bias", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(x.data_mut())
+            .arg(bias.data())
+            .arg(&total)
+            .arg(&d_i);
+        // SAFETY: matches kernels/elementwise.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("add_bias launch")?;
+        Ok(())
+    }
+}
+
+/// `[a, b]` of a rank-2 tensor.
+pub(super) fn dims2(t: &CudaTensor, what: &str) -> Result<[usize; 2]> {
+    match t.shape() {
+        &[a, b] => Ok([a, b]),
+        other => bail!("{what}: expected rank 2, got {other:?}"),
+    }
+}
+
+/// `[a, b, c]` of a rank-3 tensor.
+pub(super) fn dims3(t: &CudaTensor, what: &str) -> Result<[usize; 3]> {
+    match t.shape() {
+        &[a, b, c] => Ok([a, b, c]),
+        other => bail!("{what}: expected rank 3, got {other:?}"),
+    }
+}
+
+/// Rows and width of `x` whose last dim must equal the 1-d `w`'s length.
+fn rows_and_width(x: &CudaTensor, w: &CudaTensor, what: &str) -> Result<(usize, usize)> {
+    let d = match w.shape() {
+        &[d] => d,
+        other => bail!("{what}: weight must be 1-d, got {other:?}"),
+    };
+    w.expect_dtype(x.dtype(), what)?;
+    match x.shape().last() {
+        Some(&last) if last == d && d > 0 => Ok((x.numel() / d, d)),
+        _ => bail!("{what}: x {:?} does not end in {d}", x.shape()),
+    }
+}

@@ -1,0 +1,151 @@
+//! Paged KV cache write and paged causal attention (prefill, chunked prefill, decode).
+
+use super::device::CudaDevice;
+use super::launch::{self, as_i32, ATTENTION_MAX_HEAD_DIM};
+use super::ops::dims3;
+use super::tensor::CudaTensor;
+use anyhow::{bail, Context, Result};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+/// Where each sequence's tokens and cache blocks are, for one attention call.
+pub struct AttentionMetadata<'a> {
+    /// `[num_seqs, max_blocks_per_seq]` row-major: cache block of each 16-token page.
+    pub block_tables: &'a CudaSlice<i32>,
+    pub max_blocks_per_seq: usize,
+    /// `[num_seqs + 1]`: sequence s owns query rows `query_start[s]..query_start[s+1]`.
+    pub query_start: &'a CudaSlice<i32>,
+    /// `[num_seqs]`: tokens in the cache for s after this step's K/V were written.
+    pub context_lens: &'a CudaSlice<i32>,
+    pub num_seqs: usize,
+}
+
+impl CudaDevice {
+    /// Writes `k, v [n, hk, hd]` into caches `[num_blocks, block_size, hk, hd]` at
+    /// `slot_mapping[n]` (slot = block * block_size + offset; negative = skip).
+    pub fn kv_write(
+        &self,
+        k_cache: &mut CudaTensor,
+        v_cache: &mut CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        slot_mapping: &CudaSlice<i32>,
+    ) -> Result<()> {
+        let [n, hk, hd] = dims3(k, "kv_write k")?;
+        v.expect_shape(k.shape(), "kv_write v")?;
+        let (num_slots, cache_hk, cache_hd) = cache_geometry(k_cache)?;
+        v_cache.expect_shape(k_cache.shape(), "kv_write v cache")?;
+        if (cache_hk, cache_hd) != (hk, hd) {
+            bail!(
+                "kv_write: k {:?} does not fit cache {:?}",
+                k.shape(),
+                k_cache.shape()
+            );
+        }
+        for (t, what) in [(v, "v"), (&*k_cache, "k cache"), (&*v_cache, "v cache")] {
+            t.expect_dtype(k.dtype(), what)?;
+        }
+        if slot_mapping.len() < n {
+            bail!("kv_write: {} slots for {n} tokens", slot_mapping.len());
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let width = as_i32(hk * hd, "kv width")?;
+        let slots = num_slots as i64;
+        let f = self.kernels().get("kv_write", k.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(k_cache.data_mut())
+            .arg(v_cache.data_mut())
+            .arg(k.data())
+            .arg(v.data());
+        args.arg(slot_mapping)
+            .arg(&width)
+            .arg(&width)
+            .arg(&width)
+            .arg(&slots);
+        let threads = (hk * hd).next_power_of_two().clamp(32, 1024) as u32;
+        // SAFETY: matches kernels/kv_cache.cu; shapes checked above, slots bounds-checked
+        // in the kernel.
+        unsafe { args.launch(launch::per_row(n, threads)?) }.context("kv_write launch")?;
+        Ok(())
+    }
+
+    /// `out[n, hq, hd] = softmax(q k^T * scale) v` over each token's causal window of the
+    /// paged cache (see kernels/attention.cu). Block indices in `block_tables` are trusted.
+    pub fn attention(
+        &self,
+        q: &CudaTensor,
+        k_cache: &CudaTensor,
+        v_cache: &CudaTensor,
+        meta: &AttentionMetadata<'_>,
+        scale: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let [n, hq, hd] = dims3(q, "attention q")?;
+        let (_, hk, cache_hd) = cache_geometry(k_cache)?;
+        let block_size = k_cache.shape()[1];
+        v_cache.expect_shape(k_cache.shape(), "attention v cache")?;
+        out.expect_shape(q.shape(), "attention output")?;
+        for (t, what) in [
+            (k_cache, "k cache"),
+            (v_cache, "v cache"),
+            (&*out, "output"),
+        ] {
+            t.expect_dtype(q.dtype(), what)?;
+        }
+        if cache_hd != hd || hd > ATTENTION_MAX_HEAD_DIM || hk == 0 || hq % hk != 0 {
+            bail!(
+                "attention: q {:?} vs cache {:?} (head dim <= {ATTENTION_MAX_HEAD_DIM}, q heads a multiple of kv heads)",
+                q.shape(),
+                k_cache.shape()
+            );
+        }
+        let seqs = meta.num_seqs;
+        if seqs == 0
+            || meta.query_start.len() < seqs + 1
+            || meta.context_lens.len() < seqs
+            || meta.block_tables.len() < seqs * meta.max_blocks_per_seq
+            || meta.max_blocks_per_seq == 0
+        {
+            bail!("attention: metadata buffers too small for {seqs} sequences");
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let ints = [
+            as_i32(seqs, "num_seqs")?,
+            as_i32(meta.max_blocks_per_seq, "max_blocks_per_seq")?,
+            as_i32(block_size, "block_size")?,
+            as_i32(hq, "hq")?,
+            as_i32(hk, "hk")?,
+            as_i32(hd, "hd")?,
+            as_i32(hq * hd, "q row")?,
+        ];
+        let f = self.kernels().get("attention", q.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(out.data_mut())
+            .arg(q.data())
+            .arg(k_cache.data())
+            .arg(v_cache.data());
+        args.arg(meta.block_tables)
+            .arg(meta.query_start)
+            .arg(meta.context_lens);
+        for value in &ints {
+            args.arg(value);
+        }
+        args.arg(&scale);
+        // SAFETY: matches kernels/attention.cu; shapes checked above.
+        unsafe { args.launch(launch::attention(n, hq)?) }.context("attention launch")?;
+        Ok(())
+    }
+}
+
+/// `(num_slots, kv_heads, head_dim)` of a cache `[num_blocks, block_size, hk, hd]`.
+fn cache_geometry(cache: &CudaTensor) -> Result<(usize, usize, usize)> {
+    match cache.shape() {
+        &[blocks, block_size, hk, hd] => Ok((blocks * block_size, hk, hd)),
+        other => {
+            bail!("KV cache must be [num_blocks, block_size, kv_heads, head_dim], got {other:?}")
+        }
+    }
+}

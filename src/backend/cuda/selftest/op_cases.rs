@@ -1,0 +1,309 @@
+//! Selftest cases of the per-row and element-wise ops, and a GEMM correctness check.
+
+use super::compare::Check;
+use super::suite::Suite;
+use crate::backend::cuda::{reference, CudaTensor, DType, RopeStyle};
+use anyhow::Result;
+use rand::Rng;
+
+/// One selftest case: checks and times one op family for a dtype.
+type Case = fn(&mut Suite<'_>, DType) -> Result<()>;
+
+/// Runs every case for `dtype`; an error in one case is recorded and the rest still run.
+pub fn run(suite: &mut Suite<'_>, dtype: DType) {
+    let cases: [(&str, Case); 9] = [
+        ("embedding", embedding),
+        ("rms_norm", rms_norm),
+        ("fused_add_rms_norm", fused_add_rms_norm),
+        ("rope", rope),
+        ("silu_mul", silu_mul),
+        ("add", add),
+        ("argmax", argmax),
+        ("softmax", softmax),
+        ("linear", linear),
+    ];
+    for (name, case) in cases {
+        if let Err(err) = case(suite, dtype) {
+            suite.error(name, dtype, &err);
+        }
+    }
+}
+
+fn embedding(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (vocab, hidden, n) = (8192, s.sizes.hidden, s.sizes.prefill_tokens);
+    let table_host = s.random(vocab * hidden, 1.0, dtype);
+    let mut ids: Vec<u32> = (0..n)
+        .map(|_| s.rng.random_range(0..vocab as u32))
+        .collect();
+    ids[n - 1] = vocab as u32 + 5; // out of range: must give a zero row
+    let dev = s.dev;
+    let table = CudaTensor::from_f32(dev, dtype, &[vocab, hidden], &table_host)?;
+    let ids_dev = dev.upload(&ids)?;
+    let mut out = CudaTensor::zeros(dev, dtype, &[n, hidden])?;
+    dev.embedding(&table, &ids_dev, &mut out)?;
+    let expected = reference::embedding(&table_host, &ids, hidden);
+    let row = s.check(
+        "embedding",
+        format!("[{vocab}, {hidden}] x {n} ids"),
+        dtype,
+        Check::Exact,
+        &out.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.embedding(&table, &ids_dev, &mut out))?;
+    Ok(())
+}
+
+fn rms_norm(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let n = s.sizes.prefill_tokens;
+    // Whole hidden state, then Qwen3-style per-head q norm.
+    for (rows, d, label) in [
+        (n, s.sizes.hidden, "rms_norm"),
+        (n * s.sizes.q_heads, s.sizes.head_dim, "rms_norm(head)"),
+    ] {
+        let x_host = s.random(rows * d, 2.0, dtype);
+        let w_host = s.random(d, 1.5, dtype);
+        let dev = s.dev;
+        let x = CudaTensor::from_f32(dev, dtype, &[rows, d], &x_host)?;
+        let w = CudaTensor::from_f32(dev, dtype, &[d], &w_host)?;
+        let mut y = CudaTensor::zeros(dev, dtype, &[rows, d])?;
+        dev.rms_norm(&x, &w, 1e-5, &mut y)?;
+        let expected = reference::rms_norm(&x_host, &w_host, 1e-5);
+        let row = s.check(
+            label,
+            format!("[{rows}, {d}]"),
+            dtype,
+            Check::Reduction,
+            &y.to_f32(dev)?,
+            &expected,
+        );
+        s.time(row, || dev.rms_norm(&x, &w, 1e-5, &mut y))?;
+    }
+    Ok(())
+}
+
+fn fused_add_rms_norm(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (n, d) = (s.sizes.prefill_tokens, s.sizes.hidden);
+    let x_host = s.random(n * d, 2.0, dtype);
+    let r_host = s.random(n * d, 2.0, dtype);
+    let w_host = s.random(d, 1.5, dtype);
+    let dev = s.dev;
+    let mut x = CudaTensor::from_f32(dev, dtype, &[n, d], &x_host)?;
+    let mut r = CudaTensor::from_f32(dev, dtype, &[n, d], &r_host)?;
+    let w = CudaTensor::from_f32(dev, dtype, &[d], &w_host)?;
+    dev.fused_add_rms_norm(&mut x, &mut r, &w, 1e-6)?;
+    let (x_ref, r_ref) =
+        reference::fused_add_rms_norm(&x_host, &r_host, &w_host, 1e-6, |v| dtype.round(v));
+    let shape = format!("[{n}, {d}]");
+    s.check(
+        "fused_add(residual)",
+        shape.clone(),
+        dtype,
+        Check::Exact,
+        &r.to_f32(dev)?,
+        &r_ref,
+    );
+    let row = s.check(
+        "fused_add_rms_norm",
+        shape,
+        dtype,
+        Check::Reduction,
+        &x.to_f32(dev)?,
+        &x_ref,
+    );
+    s.time(row, || dev.fused_add_rms_norm(&mut x, &mut r, &w, 1e-6))?;
+    Ok(())
+}
+
+fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let sz = s.sizes;
+    let n = sz.prefill_tokens;
+    let half = sz.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / 500_000f32.powf(2.0 * i as f32 / sz.head_dim as f32))
+        .collect();
+    let positions: Vec<i32> = (0..n).map(|_| s.rng.random_range(0..8192)).collect();
+    for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
+        let neox = style == RopeStyle::Neox;
+        let mut q_host = s.random(n * sz.q_heads * sz.head_dim, 1.0, dtype);
+        let mut k_host = s.random(n * sz.kv_heads * sz.head_dim, 1.0, dtype);
+        let dev = s.dev;
+        let mut q = CudaTensor::from_f32(dev, dtype, &[n, sz.q_heads, sz.head_dim], &q_host)?;
+        let mut k = CudaTensor::from_f32(dev, dtype, &[n, sz.kv_heads, sz.head_dim], &k_host)?;
+        let (pos_dev, freq_dev) = (dev.upload(&positions)?, dev.upload(&inv_freq)?);
+        dev.rope(&mut q, &mut k, &pos_dev, &freq_dev, style)?;
+        reference::rope(
+            &mut q_host,
+            &positions,
+            &inv_freq,
+            sz.q_heads,
+            sz.head_dim,
+            neox,
+        );
+        reference::rope(
+            &mut k_host,
+            &positions,
+            &inv_freq,
+            sz.kv_heads,
+            sz.head_dim,
+            neox,
+        );
+        let mut gpu = q.to_f32(dev)?;
+        gpu.extend(k.to_f32(dev)?);
+        q_host.extend(k_host);
+        let label = if neox {
+            "rope(neox)"
+        } else {
+            "rope(interleaved)"
+        };
+        let shape = format!(
+            "q[{n}, {}, {}] k[.., {}, ..]",
+            sz.q_heads, sz.head_dim, sz.kv_heads
+        );
+        let row = s.check(label, shape, dtype, Check::Elementwise, &gpu, &q_host);
+        s.time(row, || dev.rope(&mut q, &mut k, &pos_dev, &freq_dev, style))?;
+    }
+    Ok(())
+}
+
+fn silu_mul(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (n, inter) = (s.sizes.prefill_tokens / 4, s.sizes.intermediate);
+    let gu_host = s.random(n * 2 * inter, 6.0, dtype);
+    let dev = s.dev;
+    let gu = CudaTensor::from_f32(dev, dtype, &[n, 2 * inter], &gu_host)?;
+    let mut out = CudaTensor::zeros(dev, dtype, &[n, inter])?;
+    dev.silu_mul(&gu, &mut out)?;
+    let expected = reference::silu_mul(&gu_host, inter);
+    let row = s.check(
+        "silu_mul",
+        format!("[{n}, 2 x {inter}]"),
+        dtype,
+        Check::Elementwise,
+        &out.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.silu_mul(&gu, &mut out))?;
+    Ok(())
+}
+
+fn add(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (n, d) = (s.sizes.prefill_tokens, s.sizes.hidden);
+    let a_host = s.random(n * d, 3.0, dtype);
+    let b_host = s.random(n * d, 3.0, dtype);
+    let bias_host = s.random(d, 3.0, dtype);
+    let dev = s.dev;
+    let a = CudaTensor::from_f32(dev, dtype, &[n, d], &a_host)?;
+    let b = CudaTensor::from_f32(dev, dtype, &[n, d], &b_host)?;
+    let bias = CudaTensor::from_f32(dev, dtype, &[d], &bias_host)?;
+    let mut out = CudaTensor::zeros(dev, dtype, &[n, d])?;
+    dev.add(&a, &b, &mut out)?;
+    let row = s.check(
+        "add",
+        format!("[{n}, {d}]"),
+        dtype,
+        Check::Elementwise,
+        &out.to_f32(dev)?,
+        &reference::add(&a_host, &b_host),
+    );
+    s.time(row, || dev.add(&a, &b, &mut out))?;
+    let mut x = CudaTensor::from_f32(dev, dtype, &[n, d], &a_host)?;
+    dev.add_bias(&mut x, &bias)?;
+    let expected = reference::add_bias(&a_host, &bias_host);
+    let row = s.check(
+        "add_bias",
+        format!("[{n}, {d}] + [{d}]"),
+        dtype,
+        Check::Elementwise,
+        &x.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.add_bias(&mut x, &bias))?;
+    Ok(())
+}
+
+fn argmax(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (rows, vocab) = (32, s.sizes.vocab);
+    let logits_host = s.random(rows * vocab, 8.0, dtype);
+    let dev = s.dev;
+    let logits = CudaTensor::from_f32(dev, dtype, &[rows, vocab], &logits_host)?;
+    let mut out = dev.stream().alloc_zeros::<u32>(rows)?;
+    dev.argmax(&logits, &mut out)?;
+    let gpu = dev.download(&out)?;
+    let expected = reference::argmax(&logits_host, vocab);
+    // Error = number of rows whose token differs.
+    let mismatches = gpu.iter().zip(&expected).filter(|(a, b)| a != b).count() as f32;
+    let row = s.check(
+        "argmax",
+        format!("[{rows}, {vocab}]"),
+        dtype,
+        Check::Exact,
+        &[mismatches],
+        &[0.0],
+    );
+    s.rows[row].note = "error = mismatching rows".into();
+    s.time(row, || dev.argmax(&logits, &mut out))?;
+    Ok(())
+}
+
+fn softmax(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (rows, vocab) = (8, s.sizes.vocab);
+    let logits_host = s.random(rows * vocab, 8.0, dtype);
+    let dev = s.dev;
+    let logits = CudaTensor::from_f32(dev, dtype, &[rows, vocab], &logits_host)?;
+    let mut out = dev.stream().alloc_zeros::<f32>(rows * vocab)?;
+    for log_space in [false, true] {
+        dev.softmax(&logits, log_space, &mut out)?;
+        let gpu = dev.download(&out)?;
+        let expected: Vec<f32> = logits_host
+            .chunks(vocab)
+            .flat_map(|r| {
+                if log_space {
+                    reference::log_softmax(r)
+                } else {
+                    reference::softmax(r)
+                }
+            })
+            .collect();
+        let label = if log_space { "log_softmax" } else { "softmax" };
+        let row = s.check(
+            label,
+            format!("[{rows}, {vocab}] -> f32"),
+            dtype,
+            Check::F32Output,
+            &gpu,
+            &expected,
+        );
+        s.time(row, || dev.softmax(&logits, log_space, &mut out))?;
+    }
+    Ok(())
+}
+
+fn linear(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (m, k, n) = (
+        32,
+        s.sizes.hidden,
+        if s.sizes.timing_iters < 10 {
+            1024
+        } else {
+            4096
+        },
+    );
+    let x_host = s.random(m * k, 1.0, dtype);
+    let w_host = s.random(n * k, 1.0, dtype);
+    let dev = s.dev;
+    let x = CudaTensor::from_f32(dev, dtype, &[m, k], &x_host)?;
+    let w = CudaTensor::from_f32(dev, dtype, &[n, k], &w_host)?;
+    let mut y = CudaTensor::zeros(dev, dtype, &[m, n])?;
+    dev.blas().linear(&x, &w, &mut y)?;
+    let expected = reference::linear(&x_host, &w_host, k);
+    let row = s.check(
+        "linear(cuBLAS)",
+        format!("x[{m}, {k}] w[{n}, {k}]"),
+        dtype,
+        Check::Reduction,
+        &y.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.blas().linear(&x, &w, &mut y))?;
+    Ok(())
+}
