@@ -1,1 +1,53 @@
-fn main() { println!("{}", kiln::version()); }
+//! The `kiln` command line. Every flag can also be set through a `KILN_*` environment variable.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "GPU inference runtime: serve LLMs over an OpenAI-compatible API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt, streamed to stdout.
+    Generate(kiln::cli::generate::GenerateArgs),
+    // Subcommands are added here, each delegating to a function in the library.
+    /// List the GPUs, classify a GPU name, or check a GPU request (`kiln gpus --help`).
+    Gpus(kiln::gpu::cli::GpusArgs),
+    /// Check every CUDA kernel against the CPU reference and time it (exits 0 without a GPU).
+    Selftest {
+        /// Print the report as JSON.
+        #[arg(long, env = "KILN_SELFTEST_JSON")]
+        json: bool,
+        /// Smaller shapes and fewer timing iterations.
+        #[arg(long, env = "KILN_SELFTEST_QUICK")]
+        quick: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => kiln::cli::generate::run(args),
+        Command::Gpus(args) => kiln::gpu::cli::run(args),
+        Command::Selftest { json, quick } => {
+            if !kiln::backend::cuda::selftest::run(json, quick)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The CPU reference backend: candle tensors for the dense math, plain loops for paged
+//! attention. Every CUDA op is checked against this.
+
+mod attention;
+mod kv_cache;
+
+pub use kv_cache::CpuKvCache;
+
+use super::{AttentionShape, Backend, BatchLayout, KvCacheSpec, Rope};
+use anyhow::{Context, Result};
+use candle_core::{DType as CDType, Device, Tensor};
+
+/// The CPU backend. Stateless: the candle CPU device needs no context.
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+/// Flattens any tensor to f32 values, row-major.
+fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(CDType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Tensor;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn upload(&self, host: Tensor) -> Result<Tensor> {
+        Ok(host)
+    }
+
+    fn to_host_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        host_f32(t)
+    }
+
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        let vocab = table.dim(0)?;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            anyhow::bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let ids = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
+        Ok(table.index_select(&ids, 0)?)
+    }
+
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = x.matmul(&w.t()?).context("linear")?;
+        Ok(match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let dims = x.dims().to_vec();
+        let d = weight.dim(0)?;
+        let xf = x.to_dtype(CDType::F32)?.reshape(((), d))?;
+        let mean_sq = xf.sqr()?.mean_keepdim(1)?;
+        // As HF does: normalise in f32, round to the model dtype, then scale by the weight.
+        let normed = xf
+            .broadcast_div(&(mean_sq + eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
+        Ok(normed.broadcast_mul(weight)?.reshape(dims)?)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        weight: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let sum = (x + residual)?;
+        Ok((self.rms_norm(&sum, weight, eps)?, sum))
+    }
+
+    fn rope(&self, x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<Tensor> {
+        let (n, width) = x.dims2()?;
+        anyhow::ensure!(
+            positions.len() == n,
+            "rope: {} positions for {n} tokens",
+            positions.len()
+        );
+        anyhow::ensure!(
+            rope.inv_freq.len() * 2 == head_dim,
+            "rope: table does not match head_dim {head_dim}"
+        );
+        let mut data = host_f32(x)?;
+        let half = head_dim / 2;
+        for (row, &pos) in data.chunks_mut(width).zip(positions) {
+            for head in row.chunks_mut(head_dim) {
+                for (i, &f) in rope.inv_freq.iter().enumerate() {
+                    // f32 angle as HF computes it (position * inv_freq in f32).
+                    let angle = pos as f32 * f;
+                    let (sin, cos) = angle.sin_cos();
+                    let (ia, ib) = if rope.neox {
+                        (i, i + half)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
+                    let (a, b) = (head[ia], head[ib]);
+                    head[ia] = a * cos - b * sin;
+                    head[ib] = b * cos + a * sin;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(data, (n, width), &Device::Cpu)?.to_dtype(x.dtype())?)
+    }
+
+    fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor> {
+        let width = gate_up.dim(1)?;
+        anyhow::ensure!(width % 2 == 0, "silu_mul: odd width {width}");
+        let half = width / 2;
+        let gate = gate_up.narrow(1, 0, half)?;
+        let up = gate_up.narrow(1, half, half)?;
+        Ok((gate.silu()? * up)?)
+    }
+
+    fn split_columns(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+        let total: usize = widths.iter().sum();
+        anyhow::ensure!(
+            x.dim(1)? == total,
+            "split_columns: width {} != {total}",
+            x.dim(1)?
+        );
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(widths.len());
+        for &w in widths {
+            parts.push(x.narrow(1, start, w)?.contiguous()?);
+            start += w;
+        }
+        Ok(parts)
+    }
+
+    fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), &Device::Cpu)?;
+        Ok(x.index_select(&idx, 0)?)
+    }
+
+    fn new_kv_cache(&self, spec: &KvCacheSpec) -> Result<CpuKvCache> {
+        Ok(CpuKvCache::new(*spec))
+    }
+
+    fn write_kv(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+        slots: &[i64],
+    ) -> Result<()> {
+        cache.write(layer, &host_f32(k)?, &host_f32(v)?, slots)
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        batch: &BatchLayout,
+        shape: &AttentionShape,
+    ) -> Result<Tensor> {
+        let q_host = host_f32(q)?;
+        let out = attention::paged_attention(&q_host, cache, layer, batch, shape)?;
+        let n = batch.num_tokens();
+        Ok(
+            Tensor::from_vec(out, (n, shape.num_heads * shape.head_dim), &Device::Cpu)?
+                .to_dtype(q.dtype())?,
+        )
+    }
+}

@@ -1,0 +1,124 @@
+//! The op set every model is written against, and its backends.
+//!
+//! A model calls these ops and nothing else, so one implementation runs on the CPU reference
+//! backend (`cpu`, candle tensors) and on the CUDA backend (our kernels + cuBLAS). Layouts are
+//! fixed here, because both backends and the kernels must agree on them:
+//! - activations are row-major `[tokens, width]`; weights are HF's `[out, in]`;
+//! - the paged KV cache holds, per layer, K and V as `[blocks, block_size, kv_heads, head_dim]`;
+//! - a batch is the concatenation of every scheduled sequence's new tokens (see [`BatchLayout`]).
+
+pub mod batch;
+pub mod cpu;
+pub mod cuda;
+pub mod dtype;
+
+pub use batch::BatchLayout;
+pub use dtype::DType;
+
+use anyhow::Result;
+
+/// Shape of the attention part of a model, as the attention ops need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Tokens further back than this are not attended to (Mistral-style sliding window).
+    pub sliding_window: Option<usize>,
+}
+
+/// Rotary position embedding: the per-pair inverse frequencies (scaling already applied) and
+/// whether pairs are split halves (`neox`, HF's `rotate_half`) or adjacent elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub inv_freq: Vec<f32>,
+    pub neox: bool,
+}
+
+/// The ops a model needs. `Tensor` lives on the backend's device.
+pub trait Backend: Send + Sync {
+    type Tensor: Send + Sync;
+    type KvCache: Send;
+
+    /// A short name for logs ("cpu", "cuda:0").
+    fn name(&self) -> String;
+
+    /// Moves a host tensor (already in the model dtype) onto the device.
+    fn upload(&self, host: candle_core::Tensor) -> Result<Self::Tensor>;
+    /// Copies a tensor back as f32 values, row-major.
+    fn to_host_f32(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+
+    /// Rows of `table` (`[vocab, hidden]`) picked by `ids`.
+    fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor>;
+    /// `x W^T + b` with `x: [n, in]`, `w: [out, in]`, `b: [out]`.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+    /// RMS norm over the last `weight.len()` elements of each row (also per-head norms).
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor>;
+    /// `sum = x + residual` (in the model dtype), then `(rms_norm(sum), sum)`.
+    fn add_rms_norm(
+        &self,
+        x: &Self::Tensor,
+        residual: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f64,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// Rotates `x: [n, heads * head_dim]` by each token's position.
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<Self::Tensor>;
+    /// `silu(gate) * up` where `gate_up: [n, 2 * I]` holds gate in its first half.
+    fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Splits the columns of `x: [n, sum(widths)]` into consecutive parts.
+    fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
+    /// The given rows of `x`, in order.
+    fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+
+    /// A zeroed paged KV cache.
+    fn new_kv_cache(&self, spec: &KvCacheSpec) -> Result<Self::KvCache>;
+    /// Writes each token's K and V (`[n, kv_heads * head_dim]`) into its cache slot.
+    fn write_kv(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        slots: &[i64],
+    ) -> Result<()>;
+    /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
+    /// which already holds the batch's own K and V.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        cache: &Self::KvCache,
+        layer: usize,
+        batch: &BatchLayout,
+        shape: &AttentionShape,
+    ) -> Result<Self::Tensor>;
+}
+
+/// Geometry of a paged KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheSpec {
+    pub num_layers: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub dtype: DType,
+}
+
+impl KvCacheSpec {
+    /// Bytes one token occupies across all layers (K and V).
+    pub fn bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.size_in_bytes()
+    }
+}

@@ -1,0 +1,3 @@
+//! Subcommands of the `kiln` binary that are ours (the CLI entry point stays thin).
+
+pub mod generate;

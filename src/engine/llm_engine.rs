@@ -1,0 +1,325 @@
+//! The engine loop body: `step() = schedule -> run -> postprocess`. Knows nothing of HTTP.
+
+use super::block_manager::BlockManager;
+use super::output::{FinishReason, RequestOutput};
+use super::params::{ParamError, SamplingParams};
+use super::runner::{Runner, StepInput};
+use super::sampler::{sample, SampleContext};
+use super::scheduler::{Scheduler, SchedulerConfig};
+use super::sequence::Sequence;
+use super::text::OutputText;
+use crate::model::tokenizer::Tokenizer;
+use anyhow::Result;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub max_model_len: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub enable_prefix_caching: bool,
+    /// Seeds the random streams of requests that bring no seed of their own.
+    pub seed: u64,
+}
+
+/// Why a request was refused before it started.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("invalid parameter {0}")]
+    InvalidParam(#[from] ParamError),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens; this model's maximum context length is {max} tokens, and at least one token must be generated")]
+    PromptTooLong { prompt: usize, max: usize },
+    #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
+    InvalidToken { id: u32, vocab: usize },
+    #[error("the request queue is full ({0} waiting)")]
+    QueueFull(usize),
+    #[error("the engine is not running: {0}")]
+    EngineDown(String),
+}
+
+/// Checks a request against the engine's limits; shared by the engine and its handle.
+pub fn validate_request(
+    prompt: &[u32],
+    params: &SamplingParams,
+    max_model_len: usize,
+    vocab: usize,
+) -> Result<(), RequestError> {
+    params.validate()?;
+    if prompt.is_empty() {
+        return Err(RequestError::EmptyPrompt);
+    }
+    if prompt.len() >= max_model_len {
+        return Err(RequestError::PromptTooLong {
+            prompt: prompt.len(),
+            max: max_model_len,
+        });
+    }
+    if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab) {
+        return Err(RequestError::InvalidToken { id, vocab });
+    }
+    Ok(())
+}
+
+/// Per-request state the scheduler does not need.
+struct RequestState {
+    rng: ChaCha8Rng,
+    text: OutputText,
+    /// Queue time not yet reported.
+    report_queue_time: bool,
+}
+
+pub struct LlmEngine {
+    config: EngineConfig,
+    scheduler: Scheduler,
+    runner: Box<dyn Runner>,
+    tokenizer: Arc<Tokenizer>,
+    eos: Vec<u32>,
+    states: HashMap<u64, RequestState>,
+    seeds: ChaCha8Rng,
+    steps: u64,
+}
+
+impl LlmEngine {
+    pub fn new(
+        mut config: EngineConfig,
+        runner: Box<dyn Runner>,
+        tokenizer: Arc<Tokenizer>,
+        eos: Vec<u32>,
+    ) -> Result<Self> {
+        anyhow::ensure!(
+            config.block_size > 0 && config.num_blocks > 0,
+            "the KV cache needs at least one block"
+        );
+        let capacity = config.num_blocks * config.block_size;
+        if config.max_model_len > capacity {
+            // A lone sequence must always fit, or preemption could never make progress.
+            tracing::warn!(
+                "max_model_len {} exceeds the KV cache ({capacity} tokens); lowering it to {capacity}",
+                config.max_model_len
+            );
+            config.max_model_len = capacity;
+        }
+        config.max_num_batched_tokens = config.max_num_batched_tokens.max(1);
+        let blocks = BlockManager::new(
+            config.num_blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+        );
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: config.max_num_seqs.max(1),
+                max_num_batched_tokens: config.max_num_batched_tokens,
+            },
+            blocks,
+        );
+        let seeds = ChaCha8Rng::seed_from_u64(config.seed);
+        Ok(LlmEngine {
+            config,
+            scheduler,
+            runner,
+            tokenizer,
+            eos,
+            states: HashMap::new(),
+            seeds,
+            steps: 0,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.runner.vocab_size()
+    }
+
+    pub fn describe(&self) -> String {
+        self.runner.describe()
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.scheduler.num_running()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.scheduler.num_waiting()
+    }
+
+    pub fn kv_usage(&self) -> f64 {
+        self.scheduler.blocks.usage()
+    }
+
+    pub fn num_free_blocks(&self) -> usize {
+        self.scheduler.blocks.num_free()
+    }
+
+    pub fn num_preemptions(&self) -> u64 {
+        self.scheduler.num_preemptions()
+    }
+
+    pub fn add_request(
+        &mut self,
+        id: u64,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<(), RequestError> {
+        validate_request(
+            &prompt,
+            &params,
+            self.config.max_model_len,
+            self.runner.vocab_size(),
+        )?;
+        let seed = params
+            .seed
+            .unwrap_or_else(|| rand::Rng::random(&mut self.seeds));
+        let text = OutputText::new(
+            self.tokenizer.clone(),
+            &prompt,
+            params.stop.clone(),
+            params.include_stop_str_in_output,
+            params.skip_special_tokens,
+        );
+        self.states.insert(
+            id,
+            RequestState {
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                text,
+                report_queue_time: true,
+            },
+        );
+        self.scheduler
+            .add(Sequence::new(id, prompt, params, self.config.max_model_len));
+        Ok(())
+    }
+
+    /// Cancels a request, freeing its blocks at once. Returns its final output if it existed.
+    pub fn abort(&mut self, id: u64) -> Option<RequestOutput> {
+        self.states.remove(&id);
+        let seq = self.scheduler.remove(id)?;
+        Some(RequestOutput {
+            finish_reason: Some(FinishReason::Abort),
+            prompt_tokens: seq.num_prompt,
+            completion_tokens: seq.num_output(),
+            cached_tokens: seq.num_cached_prompt,
+            ..Default::default()
+        })
+    }
+
+    /// One engine iteration. Returns the outputs produced, by request id.
+    pub fn step(&mut self) -> Result<Vec<(u64, RequestOutput)>> {
+        let work = self.scheduler.schedule();
+        if work.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.steps += 1;
+        let input = {
+            let pairs: Vec<_> = work
+                .iter()
+                .map(|w| (self.scheduler.get(w.id).expect("scheduled"), *w))
+                .collect();
+            StepInput::build(&pairs, self.config.block_size)
+        };
+        let logits = self.runner.execute(&input)?;
+        let vocab = self.runner.vocab_size();
+        anyhow::ensure!(
+            logits.len() == input.layout.logits_rows.len() * vocab,
+            "runner returned {} logits",
+            logits.len()
+        );
+
+        let mut outputs = Vec::new();
+        let mut rows = logits.chunks_exact(vocab);
+        for w in work {
+            self.scheduler.mark_computed(w.id, w.len);
+            if !w.samples {
+                continue;
+            }
+            let mut row = rows.next().expect("one row per sampling sequence").to_vec();
+            let out = self.postprocess(w.id, &mut row)?;
+            if out.finish_reason.is_some() {
+                self.scheduler.remove(w.id);
+                self.states.remove(&w.id);
+            }
+            outputs.push((w.id, out));
+        }
+        Ok(outputs)
+    }
+
+    /// Samples a sequence's next token and works out its text and whether it is finished.
+    fn postprocess(&mut self, id: u64, logits: &mut [f32]) -> Result<RequestOutput> {
+        let seq = self.scheduler.get(id).expect("scheduled");
+        let state = self
+            .states
+            .get_mut(&id)
+            .expect("state exists for every sequence");
+        let p = &seq.params;
+        let mut end_tokens = p.stop_token_ids.clone();
+        if !p.ignore_eos {
+            end_tokens.extend(&self.eos);
+        }
+        let ctx = SampleContext {
+            params: p,
+            prompt: &seq.tokens[..seq.num_prompt],
+            output: seq.output_tokens(),
+            end_tokens: &end_tokens,
+        };
+        let sampled = sample(logits, &ctx, &mut state.rng);
+        let token = sampled.token;
+        let is_eos = !p.ignore_eos && self.eos.contains(&token);
+        let is_stop_id = p.stop_token_ids.contains(&token);
+        let queue_time = if state.report_queue_time {
+            state.report_queue_time = false;
+            seq.first_scheduled.map(|t| t.duration_since(seq.arrival))
+        } else {
+            None
+        };
+
+        let seq = self.scheduler.get_mut(id).expect("scheduled");
+        seq.tokens.push(token);
+        let mut out = RequestOutput {
+            token_ids: vec![token],
+            logprobs: sampled.logprob.into_iter().collect(),
+            prompt_tokens: seq.num_prompt,
+            completion_tokens: seq.num_output(),
+            cached_tokens: seq.num_cached_prompt,
+            queue_time,
+            ..Default::default()
+        };
+        if is_eos || is_stop_id {
+            out.finish_reason = Some(FinishReason::Stop);
+            if is_stop_id && !is_eos {
+                out.stop_reason = Some(token.to_string());
+            }
+        } else {
+            let step = state.text.push(token)?;
+            out.text = step.emit;
+            if let Some(s) = step.stopped_by {
+                out.finish_reason = Some(FinishReason::Stop);
+                out.stop_reason = Some(s);
+                return Ok(out);
+            }
+            if seq.tokens.len() >= seq.max_len {
+                out.finish_reason = Some(FinishReason::Length);
+            }
+        }
+        if out.finish_reason.is_some() {
+            out.text.push_str(&state.text.finish()?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,17 @@
+//! The engine: sequences, paged KV blocks, scheduling, sampling, the model runner.
+
+pub mod block_manager;
+pub mod handle;
+pub mod llm_engine;
+pub mod output;
+pub mod params;
+pub mod runner;
+pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod text;
+
+pub use handle::{EngineHandle, RequestStream};
+pub use llm_engine::{EngineConfig, LlmEngine, RequestError};
+pub use output::{FinishReason, RequestOutput};
+pub use params::SamplingParams;

@@ -1,0 +1,213 @@
+//! Per-request sampling and stopping parameters, validated before a request is accepted.
+
+use serde::{Deserialize, Serialize};
+
+/// How to pick tokens and when to stop. Defaults match OpenAI's API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// Tokens to generate at most; None means up to the model length.
+    pub max_tokens: Option<usize>,
+    /// Tokens to generate before EOS or stop token ids may end the sequence.
+    pub min_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    pub min_p: f32,
+    /// HF-style: divides positive logits (multiplies negative) of every token seen so far.
+    pub repetition_penalty: f32,
+    /// OpenAI-style: subtracted once from every generated token's logit.
+    pub presence_penalty: f32,
+    /// OpenAI-style: subtracted per occurrence of a generated token.
+    pub frequency_penalty: f32,
+    /// Makes sampling reproducible whatever else is in the batch.
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub include_stop_str_in_output: bool,
+    pub ignore_eos: bool,
+    /// Return the chosen token's logprob and this many alternatives.
+    pub logprobs: Option<usize>,
+    pub skip_special_tokens: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            max_tokens: None,
+            min_tokens: 0,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            include_stop_str_in_output: false,
+            ignore_eos: false,
+            logprobs: None,
+            skip_special_tokens: true,
+        }
+    }
+}
+
+/// Most alternatives a request may ask for (OpenAI allows 20).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A rejected parameter: which one and why, for OpenAI's `param` field.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct ParamError {
+    pub param: &'static str,
+    pub message: String,
+}
+
+fn check(ok: bool, param: &'static str, message: impl Into<String>) -> Result<(), ParamError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ParamError {
+            param,
+            message: message.into(),
+        })
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == 1
+    }
+
+    pub fn validate(&self) -> Result<(), ParamError> {
+        let t = self.temperature;
+        check(
+            t.is_finite() && t >= 0.0,
+            "temperature",
+            format!("must be >= 0, got {t}"),
+        )?;
+        let p = self.top_p;
+        check(
+            p.is_finite() && p > 0.0 && p <= 1.0,
+            "top_p",
+            format!("must be in (0, 1], got {p}"),
+        )?;
+        let m = self.min_p;
+        check(
+            m.is_finite() && (0.0..=1.0).contains(&m),
+            "min_p",
+            format!("must be in [0, 1], got {m}"),
+        )?;
+        let r = self.repetition_penalty;
+        check(
+            r.is_finite() && r > 0.0,
+            "repetition_penalty",
+            format!("must be > 0, got {r}"),
+        )?;
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            check(
+                v.is_finite() && (-2.0..=2.0).contains(&v),
+                name,
+                format!("must be in [-2, 2], got {v}"),
+            )?;
+        }
+        if let Some(n) = self.max_tokens {
+            check(n >= 1, "max_tokens", "must be at least 1")?;
+        }
+        if let Some(n) = self.logprobs {
+            check(
+                n <= MAX_TOP_LOGPROBS,
+                "top_logprobs",
+                format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+            )?;
+        }
+        check(
+            self.stop.iter().all(|s| !s.is_empty()),
+            "stop",
+            "stop strings must not be empty",
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_not_greedy() {
+        let p = SamplingParams::default();
+        assert!(p.validate().is_ok());
+        assert!(!p.is_greedy());
+        assert!(SamplingParams::greedy().is_greedy());
+    }
+
+    #[test]
+    fn rejects_out_of_range_values_naming_the_param() {
+        let cases = [
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                presence_penalty: 3.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                max_tokens: Some(0),
+                ..Default::default()
+            },
+            SamplingParams {
+                logprobs: Some(21),
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+        ];
+        let params: Vec<&str> = cases
+            .iter()
+            .map(|c| c.validate().unwrap_err().param)
+            .collect();
+        assert_eq!(
+            params,
+            [
+                "temperature",
+                "top_p",
+                "min_p",
+                "repetition_penalty",
+                "presence_penalty",
+                "max_tokens",
+                "top_logprobs",
+                "temperature"
+            ]
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The model runner: turns a scheduled step into one forward pass on a backend.
+
+use super::scheduler::ScheduledSeq;
+use super::sequence::Sequence;
+use crate::backend::{Backend, BatchLayout, KvCacheSpec};
+use crate::model::llama::LlamaModel;
+use anyhow::Result;
+
+/// Tokens and layout of one step, built from the scheduler's choice.
+pub struct StepInput {
+    pub tokens: Vec<u32>,
+    pub layout: BatchLayout,
+}
+
+impl StepInput {
+    pub fn build(work: &[(&Sequence, ScheduledSeq)], block_size: usize) -> StepInput {
+        let mut layout = BatchLayout {
+            block_size,
+            query_start: vec![0],
+            ..Default::default()
+        };
+        let mut tokens = Vec::new();
+        for (seq, s) in work {
+            for pos in s.start..s.start + s.len {
+                tokens.push(seq.tokens[pos]);
+                layout.positions.push(pos as u32);
+                let block = seq.block_table[pos / block_size] as i64;
+                layout
+                    .slots
+                    .push(block * block_size as i64 + (pos % block_size) as i64);
+            }
+            layout.query_start.push(tokens.len());
+            layout.context_lens.push(s.start + s.len);
+            layout.block_tables.push(seq.block_table.clone());
+            if s.samples {
+                layout.logits_rows.push(tokens.len() - 1);
+            }
+        }
+        StepInput { tokens, layout }
+    }
+}
+
+/// Runs forward passes; the engine needs nothing else from the model side.
+pub trait Runner: Send {
+    /// Logits (`[sampling sequences, vocab]`, row-major) of the step.
+    fn execute(&mut self, input: &StepInput) -> Result<Vec<f32>>;
+    fn vocab_size(&self) -> usize;
+    fn describe(&self) -> String;
+}
+
+/// A model and its KV cache on one backend.
+pub struct ModelRunner<B: Backend> {
+    backend: B,
+    model: LlamaModel<B>,
+    cache: B::KvCache,
+}
+
+impl<B: Backend> ModelRunner<B> {
+    pub fn new(
+        backend: B,
+        model: LlamaModel<B>,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self> {
+        let c = &model.config;
+        let spec = KvCacheSpec {
+            num_layers: c.num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            dtype: model.dtype,
+        };
+        let cache = backend.new_kv_cache(&spec)?;
+        Ok(ModelRunner {
+            backend,
+            model,
+            cache,
+        })
+    }
+}
+
+impl<B: Backend + 'static> Runner for ModelRunner<B>
+where
+    B::Tensor: 'static,
+{
+    fn execute(&mut self, input: &StepInput) -> Result<Vec<f32>> {
+        self.model
+            .forward(&self.backend, &input.tokens, &input.layout, &mut self.cache)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:?} on {} ({})",
+            self.model.config.architecture,
+            self.backend.name(),
+            self.model.dtype
+        )
+    }
+}

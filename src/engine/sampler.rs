@@ -1,0 +1,266 @@
+//! Turning one sequence's logits into its next token, on the host.
+//!
+//! Order: logprobs of the raw distribution (what OpenAI clients expect), then penalties,
+//! `min_tokens` masking, and either argmax (greedy) or temperature, top-k, top-p, min-p and a
+//! draw from the sequence's own random stream (so a seed gives the same text in any batch).
+
+use super::output::TokenLogprob;
+use super::params::SamplingParams;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+
+/// Everything about a sequence the sampler reads.
+pub struct SampleContext<'a> {
+    pub params: &'a SamplingParams,
+    pub prompt: &'a [u32],
+    pub output: &'a [u32],
+    /// Tokens masked while `output.len() < min_tokens` (EOS and stop token ids).
+    pub end_tokens: &'a [u32],
+}
+
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: Option<TokenLogprob>,
+}
+
+pub fn sample(logits: &mut [f32], ctx: &SampleContext, rng: &mut ChaCha8Rng) -> Sampled {
+    let p = ctx.params;
+    let raw_logprobs = p.logprobs.map(|_| log_softmax(logits));
+    apply_penalties(logits, ctx);
+    if ctx.output.len() < p.min_tokens {
+        for &t in ctx.end_tokens {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let token = if p.is_greedy() {
+        argmax(logits)
+    } else {
+        draw(logits, p, rng)
+    };
+    let logprob = raw_logprobs.map(|lp| TokenLogprob {
+        token_id: token,
+        logprob: lp[token as usize],
+        top: top_n(&lp, p.logprobs.unwrap_or(0)),
+    });
+    Sampled { token, logprob }
+}
+
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn log_softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = x.iter().map(|v| (v - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    x.iter().map(|v| v - log_sum).collect()
+}
+
+/// The `n` most likely tokens, most likely first.
+fn top_n(logprobs: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<u32> = (0..logprobs.len() as u32).collect();
+    let n = n.min(idx.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let by_desc = |a: &u32, b: &u32| logprobs[*b as usize].total_cmp(&logprobs[*a as usize]);
+    idx.select_nth_unstable_by(n - 1, by_desc);
+    idx.truncate(n);
+    idx.sort_by(by_desc);
+    idx.into_iter().map(|i| (i, logprobs[i as usize])).collect()
+}
+
+fn apply_penalties(logits: &mut [f32], ctx: &SampleContext) {
+    let p = ctx.params;
+    if p.repetition_penalty != 1.0 {
+        let mut seen: Vec<u32> = ctx.prompt.iter().chain(ctx.output).copied().collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for t in seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 {
+                    *l / p.repetition_penalty
+                } else {
+                    *l * p.repetition_penalty
+                };
+            }
+        }
+    }
+    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        let mut counts: HashMap<u32, u32> = HashMap::new();
+        for &t in ctx.output {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, c) in counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= p.presence_penalty + p.frequency_penalty * c as f32;
+            }
+        }
+    }
+}
+
+/// Temperature, then the truncations, then one draw.
+fn draw(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, &l)| (i as u32, l / p.temperature))
+        .collect();
+    if cand.is_empty() {
+        return argmax(logits);
+    }
+    if p.top_k > 0 && p.top_k < cand.len() {
+        cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
+        cand.truncate(p.top_k);
+    }
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let max = cand[0].1;
+    let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
+    let total: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= total);
+    let mut keep = probs.len();
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, &pr) in probs.iter().enumerate() {
+            acc += pr;
+            if acc >= p.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    if p.min_p > 0.0 {
+        let floor = p.min_p * probs[0];
+        keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
+    }
+    let total: f32 = probs[..keep].iter().sum();
+    let mut r = rng.random::<f32>() * total;
+    for (i, &pr) in probs[..keep].iter().enumerate() {
+        if r < pr {
+            return cand[i].0;
+        }
+        r -= pr;
+    }
+    cand[keep - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn ctx<'a>(p: &'a SamplingParams, output: &'a [u32]) -> SampleContext<'a> {
+        SampleContext {
+            params: p,
+            prompt: &[],
+            output,
+            end_tokens: &[3],
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let p = SamplingParams::greedy();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(
+            sample(&mut [0.1, 2.0, -1.0, 1.9], &ctx(&p, &[]), &mut rng).token,
+            1
+        );
+    }
+
+    #[test]
+    fn top_k_one_and_tiny_top_p_are_greedy_whatever_the_seed() {
+        for seed in 0..20 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let p = SamplingParams {
+                top_p: 0.01,
+                ..Default::default()
+            };
+            assert_eq!(
+                sample(&mut [0.0, 3.0, 1.0, 2.9], &ctx(&p, &[]), &mut rng).token,
+                1
+            );
+            let p = SamplingParams {
+                top_k: 1,
+                ..Default::default()
+            };
+            assert_eq!(
+                sample(&mut [0.0, 3.0, 1.0, 2.9], &ctx(&p, &[]), &mut rng).token,
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn min_p_cuts_unlikely_tokens() {
+        let p = SamplingParams {
+            min_p: 0.5,
+            ..Default::default()
+        };
+        for seed in 0..50 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            // exp(-3) relative probability is far below half of the best.
+            let t = sample(&mut [0.0, 3.0, 0.0, 2.9], &ctx(&p, &[]), &mut rng).token;
+            assert!(t == 1 || t == 3);
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let p = SamplingParams::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let logits = [0.0f32, (3.0f32).ln()]; // probabilities 1/4, 3/4
+        let ones = (0..4000)
+            .filter(|_| sample(&mut logits.clone(), &ctx(&p, &[]), &mut rng).token == 1)
+            .count();
+        assert!((2850..3150).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn penalties_follow_hf_and_openai_definitions() {
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..Default::default()
+        };
+        let mut l = [4.0, -4.0, 4.0, 1.0];
+        let c = SampleContext {
+            params: &p,
+            prompt: &[0],
+            output: &[1, 1],
+            end_tokens: &[],
+        };
+        apply_penalties(&mut l, &c);
+        assert_eq!(l, [2.0, -8.0 - 0.5 - 0.5, 4.0, 1.0]);
+    }
+
+    #[test]
+    fn min_tokens_masks_end_tokens_and_logprobs_are_raw() {
+        let p = SamplingParams {
+            min_tokens: 2,
+            logprobs: Some(2),
+            ..SamplingParams::greedy()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let s = sample(&mut [0.0, 1.0, 0.0, 5.0], &ctx(&p, &[9]), &mut rng);
+        assert_eq!(s.token, 1);
+        let lp = s.logprob.unwrap();
+        assert_eq!(
+            lp.top[0].0, 3,
+            "alternatives come from the unmasked distribution"
+        );
+        let expect = log_softmax(&[0.0, 1.0, 0.0, 5.0])[1];
+        assert!((lp.logprob - expect).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,365 @@
+//! Continuous batching: which sequences run this step, and how many tokens each.
+//!
+//! Every step has a token budget (`max_num_batched_tokens`). Running sequences go first, in
+//! admission order: a decoding one takes one token, one still in prefill takes as much of its
+//! prompt as the budget allows (chunked prefill). Waiting sequences are admitted next while
+//! there is budget, a free seat (`max_num_seqs`) and KV blocks. When a running sequence needs
+//! a block and none is free, the most recently admitted one is preempted: its blocks are freed
+//! and it goes back to the front of the queue, to be recomputed later (its prefix may still be
+//! in the cache).
+
+use super::block_manager::{block_hash, BlockManager};
+use super::sequence::{SeqStatus, Sequence};
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerConfig {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+}
+
+/// One sequence's share of a step: tokens `start..start + len` of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScheduledSeq {
+    pub id: u64,
+    pub start: usize,
+    pub len: usize,
+    /// The step completes the sequence's known tokens, so a new one is sampled.
+    pub samples: bool,
+}
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    pub blocks: BlockManager,
+    seqs: HashMap<u64, Sequence>,
+    waiting: VecDeque<u64>,
+    running: Vec<u64>,
+    num_preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig, blocks: BlockManager) -> Self {
+        Scheduler {
+            config,
+            blocks,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            num_preemptions: 0,
+        }
+    }
+
+    pub fn add(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq.id);
+        self.seqs.insert(seq.id, seq);
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Sequence> {
+        self.seqs.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Sequence> {
+        self.seqs.get_mut(&id)
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_preemptions(&self) -> u64 {
+        self.num_preemptions
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.seqs.is_empty()
+    }
+
+    /// Removes a sequence (finished or cancelled) and frees its blocks at once.
+    pub fn remove(&mut self, id: u64) -> Option<Sequence> {
+        let seq = self.seqs.remove(&id)?;
+        self.waiting.retain(|&w| w != id);
+        self.running.retain(|&r| r != id);
+        self.blocks.release(&seq.block_table);
+        Some(seq)
+    }
+
+    fn preempt(&mut self, id: u64) {
+        let seq = self.seqs.get_mut(&id).expect("running sequence exists");
+        self.blocks.release(&seq.block_table);
+        seq.block_table.clear();
+        seq.block_hashes.clear();
+        seq.num_computed = 0;
+        seq.status = SeqStatus::Waiting;
+        self.running.retain(|&r| r != id);
+        self.waiting.push_front(id);
+        self.num_preemptions += 1;
+    }
+
+    /// Grows a sequence's block table to hold `new_len` tokens. False if blocks are short.
+    fn grow(&mut self, id: u64, new_len: usize) -> bool {
+        let seq = &self.seqs[&id];
+        let needed = self
+            .blocks
+            .blocks_for(new_len)
+            .saturating_sub(seq.block_table.len());
+        match self.blocks.allocate(needed) {
+            Some(ids) => {
+                self.seqs
+                    .get_mut(&id)
+                    .expect("exists")
+                    .block_table
+                    .extend(ids);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Picks this step's work. Empty when there is nothing to run.
+    pub fn schedule(&mut self) -> Vec<ScheduledSeq> {
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut out = Vec::new();
+        let mut preempted = false;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let seq = &self.seqs[&id];
+            let (start, len) = (seq.num_computed, seq.num_uncomputed().min(budget));
+            let mut scheduled = true;
+            while !self.grow(id, start + len) {
+                let victim = *self.running.last().expect("non-empty");
+                self.preempt(victim);
+                preempted = true;
+                if victim == id {
+                    scheduled = false;
+                    break;
+                }
+            }
+            if scheduled {
+                let samples = start + len == self.seqs[&id].tokens.len();
+                out.push(ScheduledSeq {
+                    id,
+                    start,
+                    len,
+                    samples,
+                });
+                budget -= len;
+                i += 1;
+            }
+        }
+        // Admitting new work right after a preemption would only thrash.
+        while !preempted && budget > 0 && self.running.len() < self.config.max_num_seqs {
+            let Some(&id) = self.waiting.front() else {
+                break;
+            };
+            if !self.admit(id, budget, &mut out) {
+                break;
+            }
+            budget -= out.last().expect("admitted").len;
+        }
+        out
+    }
+
+    /// Moves the head of the queue to running if its first chunk fits in blocks.
+    fn admit(&mut self, id: u64, budget: usize, out: &mut Vec<ScheduledSeq>) -> bool {
+        let seq = &self.seqs[&id];
+        let (mut hits, mut hashes) = self.blocks.lookup_prefix(&seq.tokens);
+        // Keep at least one token to compute: its logits give the next token.
+        let max_hits = (seq.tokens.len() - 1) / self.blocks.block_size();
+        hits.truncate(max_hits);
+        hashes.truncate(max_hits);
+        let start = hits.len() * self.blocks.block_size();
+        let len = (seq.tokens.len() - start).min(budget);
+        let fresh = self.blocks.blocks_for(start + len) - hits.len();
+        if fresh + self.blocks.count_free_among(&hits) > self.blocks.num_free() {
+            return false;
+        }
+        self.blocks.take_cached(&hits);
+        let fresh_ids = self.blocks.allocate(fresh).expect("counted above");
+        let seq = self.seqs.get_mut(&id).expect("exists");
+        seq.block_table = hits;
+        seq.block_table.extend(fresh_ids);
+        seq.block_hashes = hashes;
+        seq.num_computed = start;
+        if seq.first_scheduled.is_none() {
+            seq.num_cached_prompt = start.min(seq.num_prompt);
+            seq.first_scheduled = Some(std::time::Instant::now());
+        }
+        seq.status = SeqStatus::Running;
+        let samples = start + len == seq.tokens.len();
+        self.waiting.pop_front();
+        self.running.push(id);
+        out.push(ScheduledSeq {
+            id,
+            start,
+            len,
+            samples,
+        });
+        true
+    }
+
+    /// Records that a step computed `len` more tokens of a sequence, registering blocks that
+    /// became full for prefix reuse.
+    pub fn mark_computed(&mut self, id: u64, len: usize) {
+        let bs = self.blocks.block_size();
+        let seq = self.seqs.get_mut(&id).expect("scheduled sequence exists");
+        seq.num_computed += len;
+        let full = seq.num_computed / bs;
+        while seq.block_hashes.len() < full {
+            let b = seq.block_hashes.len();
+            let tokens = &seq.tokens[b * bs..(b + 1) * bs];
+            let h = block_hash(seq.block_hashes.last().copied(), tokens);
+            self.blocks.register_full(seq.block_table[b], h, tokens);
+            seq.block_hashes.push(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::params::SamplingParams;
+
+    fn sched(blocks: usize, bs: usize, seqs: usize, tokens: usize) -> Scheduler {
+        Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: seqs,
+                max_num_batched_tokens: tokens,
+            },
+            BlockManager::new(blocks, bs, true),
+        )
+    }
+
+    fn seq(id: u64, len: usize) -> Sequence {
+        Sequence::new(
+            id,
+            (0..len as u32).map(|t| t + id as u32 * 1000).collect(),
+            SamplingParams::greedy(),
+            1000,
+        )
+    }
+
+    /// Runs a step as the engine would: every sampling sequence gets one more token.
+    fn run_step(s: &mut Scheduler, step: &[ScheduledSeq]) {
+        for it in step {
+            s.mark_computed(it.id, it.len);
+            if it.samples {
+                s.get_mut(it.id).unwrap().tokens.push(7);
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_prefill_respects_the_token_budget() {
+        let mut s = sched(64, 4, 8, 10);
+        s.add(seq(1, 25));
+        let a = s.schedule();
+        assert_eq!(
+            a,
+            [ScheduledSeq {
+                id: 1,
+                start: 0,
+                len: 10,
+                samples: false
+            }]
+        );
+        run_step(&mut s, &a);
+        let b = s.schedule();
+        assert_eq!(
+            b,
+            [ScheduledSeq {
+                id: 1,
+                start: 10,
+                len: 10,
+                samples: false
+            }]
+        );
+        run_step(&mut s, &b);
+        let c = s.schedule();
+        assert_eq!(
+            c,
+            [ScheduledSeq {
+                id: 1,
+                start: 20,
+                len: 5,
+                samples: true
+            }]
+        );
+    }
+
+    #[test]
+    fn decodes_batch_with_new_prefills() {
+        let mut s = sched(64, 4, 8, 100);
+        s.add(seq(1, 5));
+        let a = s.schedule();
+        run_step(&mut s, &a);
+        s.add(seq(2, 3));
+        let b = s.schedule();
+        assert_eq!(b.len(), 2);
+        assert_eq!((b[0].id, b[0].len), (1, 1));
+        assert_eq!((b[1].id, b[1].len), (2, 3));
+    }
+
+    #[test]
+    fn max_num_seqs_limits_the_running_set() {
+        let mut s = sched(64, 4, 2, 100);
+        for id in 0..5 {
+            s.add(seq(id, 3));
+        }
+        assert_eq!(s.schedule().len(), 2);
+        assert_eq!(s.num_waiting(), 3);
+    }
+
+    #[test]
+    fn preempts_the_newest_when_blocks_run_out_and_frees_everything() {
+        // 4 blocks of 2 tokens: two sequences of 4 tokens fill the cache.
+        let mut s = sched(4, 2, 8, 100);
+        s.add(seq(1, 4));
+        s.add(seq(2, 4));
+        let a = s.schedule();
+        assert_eq!(a.len(), 2);
+        run_step(&mut s, &a);
+        // Both now need a fifth slot: the newest is preempted so the oldest can go on.
+        let b = s.schedule();
+        assert_eq!(b.iter().map(|x| x.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(s.num_preemptions(), 1);
+        assert_eq!(s.get(2).unwrap().num_computed, 0);
+        s.remove(1);
+        s.remove(2);
+        assert_eq!(s.blocks.num_free(), 4);
+    }
+
+    #[test]
+    fn prefix_hits_skip_cached_blocks_but_leave_one_token() {
+        let mut s = sched(16, 4, 8, 100);
+        s.add(seq(1, 8));
+        let a = s.schedule();
+        run_step(&mut s, &a);
+        s.remove(1);
+        // Same 8 prompt tokens: both blocks cached, but the last token is recomputed.
+        s.add(seq(1, 8));
+        let b = s.schedule();
+        assert_eq!(
+            b,
+            [ScheduledSeq {
+                id: 1,
+                start: 4,
+                len: 4,
+                samples: true
+            }]
+        );
+        assert_eq!(s.get(1).unwrap().num_cached_prompt, 4);
+        s.add(Sequence::new(
+            5,
+            (1000..1009).collect(),
+            SamplingParams::greedy(),
+            1000,
+        ));
+        let c = s.schedule();
+        assert_eq!(c.last().unwrap().start, 8);
+    }
+}

@@ -1,0 +1,68 @@
+//! One request's state inside the engine.
+
+use super::params::SamplingParams;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqStatus {
+    Waiting,
+    Running,
+}
+
+#[derive(Debug)]
+pub struct Sequence {
+    pub id: u64,
+    /// Prompt followed by generated tokens.
+    pub tokens: Vec<u32>,
+    pub num_prompt: usize,
+    /// Leading tokens whose K/V are in the cache (computed or found in the prefix cache).
+    pub num_computed: usize,
+    /// Prompt tokens found in the prefix cache when first scheduled (for usage reports).
+    pub num_cached_prompt: usize,
+    pub block_table: Vec<u32>,
+    /// Hashes of the leading full blocks registered for prefix reuse.
+    pub block_hashes: Vec<u64>,
+    pub params: SamplingParams,
+    pub status: SeqStatus,
+    pub arrival: Instant,
+    pub first_scheduled: Option<Instant>,
+    /// Hard cap on `tokens.len()`: the smaller of the model length and prompt + max_tokens.
+    pub max_len: usize,
+}
+
+impl Sequence {
+    pub fn new(id: u64, prompt: Vec<u32>, params: SamplingParams, max_model_len: usize) -> Self {
+        let num_prompt = prompt.len();
+        let max_len = match params.max_tokens {
+            Some(m) => (num_prompt + m).min(max_model_len),
+            None => max_model_len,
+        };
+        Sequence {
+            id,
+            tokens: prompt,
+            num_prompt,
+            num_computed: 0,
+            num_cached_prompt: 0,
+            block_table: Vec::new(),
+            block_hashes: Vec::new(),
+            params,
+            status: SeqStatus::Waiting,
+            arrival: Instant::now(),
+            first_scheduled: None,
+            max_len,
+        }
+    }
+
+    pub fn output_tokens(&self) -> &[u32] {
+        &self.tokens[self.num_prompt..]
+    }
+
+    pub fn num_output(&self) -> usize {
+        self.tokens.len() - self.num_prompt
+    }
+
+    /// Tokens still to run through the model before the next token can be sampled.
+    pub fn num_uncomputed(&self) -> usize {
+        self.tokens.len() - self.num_computed
+    }
+}

@@ -1,0 +1,242 @@
+//! Turning command-line / environment settings into a running engine: find the model, pick
+//! the dtype, load the weights with progress, size the KV cache.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::DType;
+use crate::engine::runner::ModelRunner;
+use crate::engine::{EngineConfig, LlmEngine};
+use crate::model::config::ModelConfig;
+use crate::model::llama::LlamaModel;
+use crate::model::source::{self, ModelFiles};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::{DummyWeights, SafetensorsWeights, WeightSource};
+use crate::model::{demo, presets};
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The model used when none is given, if it can be had (cache or download).
+pub const DEFAULT_MODEL: &str = "Qwen/Qwen2.5-0.5B-Instruct";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadFormat {
+    /// Safetensors weights from the model directory or repo.
+    Auto,
+    Safetensors,
+    /// Random weights of the config's shapes, for benchmarking.
+    Dummy,
+}
+
+/// Settings shared by every command that runs a model (vLLM's flag names).
+#[derive(clap::Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Local HF model directory, config.json, preset name (with --load-format dummy) or hub repo id.
+    #[arg(long, env = "KILN_MODEL")]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, env = "KILN_REVISION")]
+    pub revision: Option<String>,
+    #[arg(long, env = "KILN_LOAD_FORMAT", value_enum, default_value = "auto")]
+    pub load_format: LoadFormat,
+    /// auto, bfloat16, float16 or float32. `auto` is the checkpoint's dtype on a GPU and
+    /// float32 on the CPU (whose matmuls widen 16-bit types to f32 anyway).
+    #[arg(long, env = "KILN_DTYPE", default_value = "auto")]
+    pub dtype: String,
+    /// Longest prompt + output; defaults to the model's max_position_embeddings.
+    #[arg(long, env = "KILN_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
+    #[arg(long, env = "KILN_MAX_NUM_SEQS", default_value_t = 256)]
+    pub max_num_seqs: usize,
+    #[arg(long, env = "KILN_MAX_NUM_BATCHED_TOKENS", default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Tokens per KV-cache block.
+    #[arg(long, env = "KILN_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+    /// Exact number of KV-cache blocks (overrides the memory-based size).
+    #[arg(long, env = "KILN_NUM_KV_BLOCKS")]
+    pub num_kv_blocks: Option<usize>,
+    /// Host memory for the KV cache when running on the CPU, in GiB.
+    #[arg(long, env = "KILN_KV_CACHE_MEMORY_GB", default_value_t = 2.0)]
+    pub kv_cache_memory_gb: f64,
+    /// Share KV blocks of common prompt prefixes between requests.
+    #[arg(long, env = "KILN_ENABLE_PREFIX_CACHING", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_prefix_caching: bool,
+    /// Seed of the random streams of requests without their own seed (and of dummy weights).
+    #[arg(long, env = "KILN_SEED", default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Resolves the model files named by the arguments.
+pub fn resolve_model(args: &EngineArgs) -> Result<ModelFiles> {
+    let dummy = args.load_format == LoadFormat::Dummy;
+    let Some(name) = &args.model else {
+        return match source::hub(DEFAULT_MODEL, None, !dummy) {
+            Ok(files) => Ok(files),
+            Err(e) => {
+                tracing::warn!("default model {DEFAULT_MODEL} unavailable ({e:#}); using the built-in DEMO model (tiny, random-quality text)");
+                demo::files()
+            }
+        };
+    };
+    if Path::new(name).exists() {
+        return source::local(Path::new(name));
+    }
+    if let Some(text) = presets::preset(name) {
+        anyhow::ensure!(
+            dummy,
+            "'{name}' is a config-only preset: use it with --load-format dummy"
+        );
+        return demo::preset_files(name, text);
+    }
+    anyhow::ensure!(
+        name.split('/').count() == 2 && !name.starts_with('.') && !name.starts_with('/'),
+        "model '{name}' is neither a local path, a preset ({}) nor a hub repo id (owner/name)",
+        presets::names().join(", ")
+    );
+    source::hub(name, args.revision.as_deref(), !dummy)
+}
+
+/// The dtype to run in, from `--dtype` and the checkpoint.
+pub fn pick_dtype(arg: &str, config: &ModelConfig, on_cpu: bool) -> Result<DType> {
+    if arg != "auto" {
+        return arg.parse().map_err(anyhow::Error::msg);
+    }
+    if on_cpu {
+        return Ok(DType::F32);
+    }
+    Ok(config
+        .checkpoint_dtype
+        .as_deref()
+        .and_then(DType::from_hf)
+        .unwrap_or(DType::BF16))
+}
+
+/// EOS ids from the config, generation_config.json and the tokenizer, deduplicated.
+fn eos_ids(config: &ModelConfig, files: &ModelFiles, tokenizer: &Tokenizer) -> Vec<u32> {
+    let mut ids = config.eos_token_ids.clone();
+    if let Some(path) = &files.generation_config {
+        if let Ok(g) =
+            std::fs::read_to_string(path).map(|t| ModelConfig::eos_from_generation_config(&t))
+        {
+            ids.extend(g);
+        }
+    }
+    ids.extend(tokenizer.eos_token_ids());
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} layers {elapsed}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A model loaded on the CPU backend, with what the engine needs beside it.
+pub struct LoadedModel {
+    pub name: String,
+    pub model: LlamaModel<CpuBackend>,
+    pub backend: CpuBackend,
+    pub tokenizer: Tokenizer,
+    pub eos: Vec<u32>,
+}
+
+/// Finds and loads the model the arguments name.
+pub fn load_model(args: &EngineArgs) -> Result<LoadedModel> {
+    let files = resolve_model(args)?;
+    let config = ModelConfig::from_file(&files.config)?;
+    let dtype = pick_dtype(&args.dtype, &config, true)?;
+    let tokenizer = match &files.tokenizer_dir {
+        Some(dir) => Tokenizer::from_dir(dir)?,
+        None => {
+            tracing::warn!(
+                "{} has no tokenizer; using the demo model's tokenizer for text",
+                files.name
+            );
+            Tokenizer::from_dir(&demo::files()?.tokenizer_dir.context("demo tokenizer")?)?
+        }
+    };
+    let eos = eos_ids(&config, &files, &tokenizer);
+    let weights: Box<dyn WeightSource> = match args.load_format {
+        LoadFormat::Dummy => Box::new(DummyWeights { seed: args.seed }),
+        _ => {
+            anyhow::ensure!(
+                !files.weights.is_empty(),
+                "{} has no safetensors weights",
+                files.name
+            );
+            Box::new(SafetensorsWeights::open(&files.weights)?)
+        }
+    };
+    tracing::info!(
+        "loading {} ({:?}, {:.2}B parameters) in {dtype} on the CPU",
+        files.name,
+        config.architecture,
+        config.num_parameters() as f64 / 1e9
+    );
+    let backend = CpuBackend::new();
+    let bar = progress_bar(config.num_layers as u64, "loading weights");
+    let model = LlamaModel::load(&backend, config, weights.as_ref(), dtype, |_| bar.inc(1))
+        .with_context(|| format!("loading {}", files.name))?;
+    bar.finish_and_clear();
+    Ok(LoadedModel {
+        name: files.name,
+        model,
+        backend,
+        tokenizer,
+        eos,
+    })
+}
+
+/// KV-cache blocks for the CPU: the memory budget, but no more than every sequence at full
+/// length needs.
+fn cpu_kv_blocks(args: &EngineArgs, config: &ModelConfig, max_model_len: usize) -> usize {
+    if let Some(n) = args.num_kv_blocks {
+        return n;
+    }
+    // The CPU cache stores f32 whatever the model dtype.
+    let per_token = 2 * config.num_layers * config.kv_width() * 4;
+    let budget = (args.kv_cache_memory_gb * (1u64 << 30) as f64) as usize;
+    let want = max_model_len.div_ceil(args.block_size) * args.max_num_seqs.max(1);
+    (budget / (per_token * args.block_size)).min(want).max(1)
+}
+
+/// Wraps a loaded model into an engine.
+pub fn engine_from(loaded: LoadedModel, args: &EngineArgs) -> Result<LlmEngine> {
+    let config = loaded.model.config.clone();
+    let max_model_len = args.max_model_len.unwrap_or(config.max_position_embeddings);
+    let num_blocks = cpu_kv_blocks(args, &config, max_model_len);
+    tracing::info!(
+        "KV cache: {num_blocks} blocks of {} tokens",
+        args.block_size
+    );
+    let runner = ModelRunner::new(loaded.backend, loaded.model, num_blocks, args.block_size)?;
+    let engine_config = EngineConfig {
+        max_model_len,
+        max_num_seqs: args.max_num_seqs,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        block_size: args.block_size,
+        num_blocks,
+        enable_prefix_caching: args.enable_prefix_caching,
+        seed: args.seed,
+    };
+    LlmEngine::new(
+        engine_config,
+        Box::new(runner),
+        Arc::new(loaded.tokenizer),
+        loaded.eos,
+    )
+}
+
+/// Loads everything and returns a ready engine plus the model's name.
+pub fn build_engine(args: &EngineArgs) -> Result<(LlmEngine, String)> {
+    let loaded = load_model(args)?;
+    let name = loaded.name.clone();
+    Ok((engine_from(loaded, args)?, name))
+}

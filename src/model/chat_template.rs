@@ -1,0 +1,238 @@
+//! Chat templates: the Jinja programs shipped in `tokenizer_config.json` that turn a list
+//! of messages into the model's prompt text.
+//!
+//! The environment mirrors the one HuggingFace `transformers` renders with, so that a
+//! prompt built here matches `apply_chat_template(..., tokenize=False)` byte for byte:
+//! `trim_blocks` + `lstrip_blocks`, no trailing newline kept, Python string/dict methods
+//! (`.strip()`, `.items()`, ... through minijinja-contrib's pycompat), `raise_exception`,
+//! `strftime_now`, and a `tojson` that writes like Python's `json.dumps`.
+//!
+//! The rendered prompt already holds the special tokens the template writes (e.g.
+//! `bos_token`), so encode it with `add_special_tokens = false`, as HF does.
+
+mod pyjson;
+mod strftime;
+
+use minijinja::value::ValueKind;
+use minijinja::{Environment, Error, ErrorKind, Output, State, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The template's name inside its environment. No file extension, so no HTML autoescape.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// One chat message as the template sees it: `message.role`, `message.content`, plus any
+/// other fields the request carried (`tool_calls`, `tool_call_id`, `name`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: MessageContent,
+    /// Fields other than role and content, passed through to the template unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ChatMessage {
+    /// A message whose content is plain text.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: MessageContent::Text(content.into()),
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Message content in either OpenAI form. The template sees a string as a string and
+/// parts as a list of maps (`{"type": "text", "text": ...}`), exactly as sent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<serde_json::Map<String, serde_json::Value>>),
+    /// `"content": null` (an assistant turn that only calls tools) or no content at all.
+    #[default]
+    Null,
+}
+
+impl MessageContent {
+    /// The text of the content: the string itself, or the `text` of every text part joined.
+    pub fn joined_text(&self) -> String {
+        match self {
+            MessageContent::Text(text) => text.clone(),
+            MessageContent::Parts(parts) => parts
+                .iter()
+                .filter(|part| part.get("type").and_then(|t| t.as_str()) == Some("text"))
+                .filter_map(|part| part.get("text").and_then(|t| t.as_str()))
+                .collect(),
+            MessageContent::Null => String::new(),
+        }
+    }
+}
+
+/// Why a chat template could not be compiled or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatTemplateError {
+    #[error("chat template does not compile: {0}")]
+    Compile(#[source] Error),
+    /// The template called `raise_exception(message)`: the request does not fit the
+    /// model's conversation rules (e.g. roles must alternate). A client error.
+    #[error("chat template rejected the conversation: {0}")]
+    Raised(String),
+    #[error("chat template failed to render: {0}")]
+    Render(#[source] Error),
+    #[error("chat template extra arguments must be a JSON object or null, got {0}")]
+    ExtraNotAnObject(String),
+}
+
+/// The message a template passed to `raise_exception`, carried as the source of the
+/// minijinja error so rendering can tell it apart from bugs in the template.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TemplateException(String);
+
+/// A chat template compiled once, rendered per request. Cheap to share across threads.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`. `bos_token` / `eos_token` are the strings templates see under
+    /// those names (from `tokenizer_config.json`).
+    pub fn new(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, ChatTemplateError> {
+        let mut env = hf_environment();
+        env.add_template_owned(TEMPLATE_NAME, neutralize_generation_tags(source))
+            .map_err(ChatTemplateError::Compile)?;
+        Ok(ChatTemplate {
+            env,
+            bos_token,
+            eos_token,
+        })
+    }
+
+    /// Renders the prompt for `messages`. `extra` (a JSON object, or null) adds template
+    /// variables such as `tools`, `documents` or `date_string`; it may override
+    /// `bos_token`/`eos_token` but not `messages` or `add_generation_prompt`.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: serde_json::Value,
+    ) -> Result<String, ChatTemplateError> {
+        let mut context: BTreeMap<String, Value> = BTreeMap::new();
+        if let Some(bos) = &self.bos_token {
+            context.insert("bos_token".into(), Value::from(bos.as_str()));
+        }
+        if let Some(eos) = &self.eos_token {
+            context.insert("eos_token".into(), Value::from(eos.as_str()));
+        }
+        match extra {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    context.insert(key, Value::from_serialize(&value));
+                }
+            }
+            other => return Err(ChatTemplateError::ExtraNotAnObject(other.to_string())),
+        }
+        context.insert("messages".into(), Value::from_serialize(messages));
+        context.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(ChatTemplateError::Render)?;
+        template.render(context).map_err(classify_render_error)
+    }
+}
+
+/// The environment HF's `_compile_jinja_template` builds, rebuilt on minijinja.
+fn hf_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(false);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", |format: String| {
+        strftime::format(&strftime::DateTime::now_utc(), &format)
+    });
+    env.add_filter("tojson", pyjson::tojson);
+    env.set_formatter(python_formatter);
+    env
+}
+
+/// Prints `{{ value }}` as Jinja2 under Python does for the values where minijinja differs:
+/// booleans as `True`/`False` and none as `None`.
+fn python_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), Error> {
+    match value.kind() {
+        ValueKind::Bool if value.is_true() => Ok(out.write_str("True")?),
+        ValueKind::Bool => Ok(out.write_str("False")?),
+        ValueKind::None => Ok(out.write_str("None")?),
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+        .with_source(TemplateException(message)))
+}
+
+/// Separates the template's own `raise_exception` from other failures.
+fn classify_render_error(err: Error) -> ChatTemplateError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
+    while let Some(e) = cause {
+        if let Some(raised) = e.downcast_ref::<TemplateException>() {
+            return ChatTemplateError::Raised(raised.0.clone());
+        }
+        cause = e.source();
+    }
+    ChatTemplateError::Render(err)
+}
+
+/// Some templates mark assistant turns with `{% generation %}...{% endgeneration %}`, a
+/// transformers-only extension for training masks. It has no effect on the rendered text,
+/// so it becomes `{% if true %}...{% endif %}`, which keeps the tags' whitespace control.
+fn neutralize_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        let Some(len) = rest[start..].find("%}").map(|end| end + 2) else {
+            break;
+        };
+        let tag = &rest[start..start + len];
+        let inner =
+            tag[2..len - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        out.push_str(&rest[..start]);
+        match inner {
+            "generation" => out.push_str(&tag.replacen("generation", "if true", 1)),
+            "endgeneration" => out.push_str(&tag.replacen("endgeneration", "endif", 1)),
+            _ => out.push_str(tag),
+        }
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! Model configs, weight loading, tokenizer and the Llama-family implementation.
+
+pub mod chat_template;
+pub mod config;
+pub mod demo;
+pub mod detokenizer;
+pub mod llama;
+pub mod presets;
+pub mod rope;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;

@@ -1,0 +1,69 @@
+//! Configs of popular models, built into the binary, for `--load-format dummy` benchmarks and
+//! memory planning without downloading anything.
+
+/// (name, config.json text)
+pub const PRESETS: [(&str, &str); 6] = [
+    (
+        "llama-3.1-8b",
+        include_str!("../../models/presets/llama-3.1-8b.json"),
+    ),
+    (
+        "llama-3.1-70b",
+        include_str!("../../models/presets/llama-3.1-70b.json"),
+    ),
+    (
+        "qwen2.5-7b",
+        include_str!("../../models/presets/qwen2.5-7b.json"),
+    ),
+    (
+        "qwen2.5-0.5b",
+        include_str!("../../models/presets/qwen2.5-0.5b.json"),
+    ),
+    (
+        "mistral-7b",
+        include_str!("../../models/presets/mistral-7b.json"),
+    ),
+    (
+        "qwen3-8b",
+        include_str!("../../models/presets/qwen3-8b.json"),
+    ),
+];
+
+/// The config text of a preset, by name (case-insensitive).
+pub fn preset(name: &str) -> Option<&'static str> {
+    PRESETS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, c)| *c)
+}
+
+pub fn names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(n, _)| *n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::ModelConfig;
+
+    #[test]
+    fn every_preset_parses_and_has_the_known_size() {
+        for (name, text) in PRESETS {
+            let c = ModelConfig::from_json(text).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let billions = c.num_parameters() as f64 / 1e9;
+            let expected = match name {
+                "llama-3.1-8b" => 8.03,
+                "llama-3.1-70b" => 70.6,
+                "qwen2.5-7b" => 7.6,
+                "qwen2.5-0.5b" => 0.49,
+                "mistral-7b" => 7.25,
+                "qwen3-8b" => 8.2,
+                _ => unreachable!(),
+            };
+            assert!(
+                (billions - expected).abs() / expected < 0.03,
+                "{name}: {billions:.2}B"
+            );
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Finding a model's files: a local directory in HF layout, a config-only preset (for dummy
+//! weights), or a Hugging Face hub repo id (standard cache, HF_HOME / HF_HUB_CACHE,
+//! HF_HUB_OFFLINE, HF_TOKEN, HF_ENDPOINT).
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The files of one model, all on local disk.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    /// Name to report (repo id, directory name or preset name).
+    pub name: String,
+    pub config: PathBuf,
+    /// Directory holding tokenizer.json and tokenizer_config.json, if any.
+    pub tokenizer_dir: Option<PathBuf>,
+    pub generation_config: Option<PathBuf>,
+    /// Safetensors files; empty for a preset (only dummy weights can be built).
+    pub weights: Vec<PathBuf>,
+}
+
+/// Lists the safetensors files of a directory: the index's shards, or `model.safetensors`,
+/// or every `*.safetensors` file.
+fn weight_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        return shards_from_index(&index, |f| Ok(dir.join(f)));
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    all.sort();
+    Ok(all)
+}
+
+/// Shard file names listed in a `model.safetensors.index.json`, resolved by `fetch`.
+fn shards_from_index(
+    index: &Path,
+    mut fetch: impl FnMut(&str) -> Result<PathBuf>,
+) -> Result<Vec<PathBuf>> {
+    let text =
+        std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{} has no weight_map", index.display()))?;
+    let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names.into_iter().map(&mut fetch).collect()
+}
+
+fn optional(path: PathBuf) -> Option<PathBuf> {
+    path.exists().then_some(path)
+}
+
+/// A local model directory (or a bare config.json, for dummy weights).
+pub fn local(path: &Path) -> Result<ModelFiles> {
+    if path.is_file() {
+        let dir = path.parent().map(Path::to_path_buf);
+        return Ok(ModelFiles {
+            name: path.display().to_string(),
+            config: path.to_path_buf(),
+            tokenizer_dir: dir.clone().filter(|d| d.join("tokenizer.json").exists()),
+            generation_config: None,
+            weights: Vec::new(),
+        });
+    }
+    let config = path.join("config.json");
+    anyhow::ensure!(
+        config.exists(),
+        "{} has no config.json (is it a Hugging Face model directory?)",
+        path.display()
+    );
+    Ok(ModelFiles {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string()),
+        config,
+        tokenizer_dir: path
+            .join("tokenizer.json")
+            .exists()
+            .then(|| path.to_path_buf()),
+        generation_config: optional(path.join("generation_config.json")),
+        weights: weight_files_in(path)?,
+    })
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+fn hub_cache() -> hf_hub::Cache {
+    match std::env::var("HF_HUB_CACHE") {
+        Ok(dir) => hf_hub::Cache::new(dir.into()),
+        Err(_) => hf_hub::Cache::from_env(),
+    }
+}
+
+/// A hub repo id. Files come from the HF cache, downloading what is missing unless
+/// HF_HUB_OFFLINE is set. `need_weights` is false for dummy weights (config only).
+pub fn hub(repo_id: &str, revision: Option<&str>, need_weights: bool) -> Result<ModelFiles> {
+    let repo = match revision {
+        Some(r) => {
+            hf_hub::Repo::with_revision(repo_id.to_string(), hf_hub::RepoType::Model, r.to_string())
+        }
+        None => hf_hub::Repo::model(repo_id.to_string()),
+    };
+    let offline = env_flag("HF_HUB_OFFLINE");
+    let cache = hub_cache();
+    let cached = cache.repo(repo.clone());
+    let api = if offline {
+        None
+    } else {
+        let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).with_progress(true);
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            b = b.with_endpoint(endpoint);
+        }
+        if let Ok(token) = std::env::var("HF_TOKEN") {
+            b = b.with_token(Some(token));
+        }
+        Some(
+            b.build()
+                .context("setting up the Hugging Face hub client")?
+                .repo(repo),
+        )
+    };
+    let mut get = |file: &str| -> Result<PathBuf> {
+        if let Some(p) = cached.get(file) {
+            return Ok(p);
+        }
+        match &api {
+            None => anyhow::bail!(
+                "{repo_id}/{file} is not in the local HF cache and HF_HUB_OFFLINE is set"
+            ),
+            Some(api) => api
+                .get(file)
+                .with_context(|| format!("downloading {repo_id}/{file}")),
+        }
+    };
+    let config = get("config.json")?;
+    let tokenizer = get("tokenizer.json").ok();
+    let _ = get("tokenizer_config.json");
+    let generation_config = get("generation_config.json").ok();
+    let weights = if !need_weights {
+        Vec::new()
+    } else if let Ok(index) = get("model.safetensors.index.json") {
+        shards_from_index(&index, &mut get)?
+    } else {
+        vec![get("model.safetensors")
+            .with_context(|| format!("{repo_id} has no safetensors weights"))?]
+    };
+    Ok(ModelFiles {
+        name: repo_id.to_string(),
+        config,
+        tokenizer_dir: tokenizer.and_then(|t| t.parent().map(Path::to_path_buf)),
+        generation_config,
+        weights,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_shards_through_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-2.safetensors"}}"#,
+        )
+        .unwrap();
+        let files = local(dir.path()).unwrap();
+        let names: Vec<_> = files
+            .weights
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["m-1.safetensors", "m-2.safetensors"]);
+        assert!(files.tokenizer_dir.is_none());
+    }
+
+    #[test]
+    fn a_directory_without_config_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = local(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no config.json"), "{err}");
+    }
+
+    #[test]
+    fn offline_without_cache_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only this test reads these variables, and it sets them for its own process view.
+        std::env::set_var("HF_HUB_CACHE", dir.path());
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+        let err = format!("{:#}", hub("nobody/nothing", None, true).unwrap_err());
+        assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+    }
+}

@@ -1,0 +1,164 @@
+use super::test_fixtures::*;
+use super::*;
+use crate::model::chat_template::ChatMessage;
+use serde_json::json;
+use std::fs;
+use tempfile::TempDir;
+
+/// A model directory holding the byte-level fixture's tokenizer.json and the given files.
+fn model_dir(files: &[(&str, String)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let json = byte_level_bpe().to_string(false).unwrap();
+    fs::write(dir.path().join(TOKENIZER_FILE), json).unwrap();
+    for (name, content) in files {
+        fs::write(dir.path().join(name), content).unwrap();
+    }
+    dir
+}
+
+fn error_text(result: Result<Tokenizer>) -> String {
+    format!("{:#}", result.expect_err("loading should fail"))
+}
+
+#[test]
+fn tokenizer_json_alone_loads_without_config() {
+    let dir = model_dir(&[]);
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    assert!(tok.eos_token_ids().is_empty());
+    assert_eq!(tok.bos_token(), None);
+    assert!(tok.chat_template().is_none());
+    let ids = tok.encode(MIXED_TEXT, false).unwrap();
+    assert!(ids.len() > 20);
+    assert_eq!(tok.decode(&ids, false).unwrap(), MIXED_TEXT);
+    assert_eq!(tok.vocab_size(), byte_level_bpe().get_vocab_size(true));
+}
+
+#[test]
+fn config_gives_bos_eos_and_chat_template() {
+    let config = json!({
+        "bos_token": {"__type": "AddedToken", "content": "<|endoftext|>", "lstrip": false,
+                      "normalized": false, "rstrip": false, "single_word": false},
+        "eos_token": "<|im_end|>",
+        "model_max_length": 32768,
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}{{ eos_token }}{% endfor %}"
+    });
+    let dir = model_dir(&[(CONFIG_FILE, config.to_string())]);
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let im_end = tok.token_to_id("<|im_end|>").unwrap();
+    assert_eq!(tok.eos_token_ids(), vec![im_end]);
+    assert_eq!(tok.id_to_token(im_end).as_deref(), Some("<|im_end|>"));
+    assert_eq!(tok.bos_token(), Some("<|endoftext|>"));
+    assert_eq!(tok.eos_token(), Some("<|im_end|>"));
+    let prompt = tok
+        .chat_template()
+        .unwrap()
+        .render(&[ChatMessage::new("user", "hi")], false, json!(null))
+        .unwrap();
+    assert_eq!(prompt, "<|endoftext|>user: hi<|im_end|>");
+    // The rendered prompt holds its special tokens; they encode as single ids.
+    let ids = tok.encode(&prompt, false).unwrap();
+    assert_eq!(ids.last(), Some(&im_end));
+}
+
+#[test]
+fn named_templates_pick_default() {
+    let config = json!({
+        "chat_template": [
+            {"name": "tool_use", "template": "tools"},
+            {"name": "default", "template": "plain"}
+        ]
+    });
+    let dir = model_dir(&[(CONFIG_FILE, config.to_string())]);
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let out = tok.chat_template().unwrap().render(&[], false, json!(null));
+    assert_eq!(out.unwrap(), "plain");
+}
+
+#[test]
+fn chat_template_jinja_file_wins_over_config_and_json_file_is_a_fallback() {
+    let config = json!({"chat_template": "from config"});
+    let dir = model_dir(&[
+        (CONFIG_FILE, config.to_string()),
+        (TEMPLATE_FILE, "from jinja file\n".to_string()),
+    ]);
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let out = tok.chat_template().unwrap().render(&[], false, json!(null));
+    assert_eq!(out.unwrap(), "from jinja file");
+
+    let dir = model_dir(&[(
+        TEMPLATE_JSON_FILE,
+        json!({"chat_template": "from json file"}).to_string(),
+    )]);
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let out = tok.chat_template().unwrap().render(&[], false, json!(null));
+    assert_eq!(out.unwrap(), "from json file");
+}
+
+#[test]
+fn a_template_that_does_not_compile_is_left_out() {
+    let dir = model_dir(&[(
+        CONFIG_FILE,
+        json!({"chat_template": "{% if %}"}).to_string(),
+    )]);
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    assert!(tok.chat_template().is_none());
+}
+
+#[test]
+fn errors_name_the_file_and_the_problem() {
+    let empty = tempfile::tempdir().unwrap();
+    let msg = error_text(Tokenizer::from_dir(empty.path()));
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("missing"),
+        "{msg}"
+    );
+
+    let dir = model_dir(&[(CONFIG_FILE, "{\"eos_token\": ".to_string())]);
+    let msg = error_text(Tokenizer::from_dir(dir.path()));
+    assert!(
+        msg.contains("tokenizer_config.json") && msg.contains("corrupt"),
+        "{msg}"
+    );
+
+    let dir = model_dir(&[]);
+    fs::write(dir.path().join(TOKENIZER_FILE), "{\"model\": 3}").unwrap();
+    let msg = error_text(Tokenizer::from_dir(dir.path()));
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("not a valid tokenizer"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn extra_eos_ids_are_added_once_in_order() {
+    let dir = model_dir(&[(CONFIG_FILE, json!({"eos_token": "<|im_end|>"}).to_string())]);
+    let mut tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let im_end = tok.token_to_id("<|im_end|>").unwrap();
+    let eot = tok.token_to_id("<|endoftext|>").unwrap();
+    tok.add_eos_token_ids([eot, im_end, eot]);
+    assert_eq!(tok.eos_token_ids(), vec![im_end, eot]);
+}
+
+#[test]
+fn sentencepiece_fixture_adds_bos_and_falls_back_to_bytes() {
+    for style in [SentencePieceStyle::Llama2, SentencePieceStyle::Metaspace] {
+        let tok = Tokenizer::new(sentencepiece_bpe(style));
+        let ids = tok.encode("Hello world", true).unwrap();
+        let hello = tok.token_to_id("▁Hello").unwrap();
+        let world = tok.token_to_id("▁world").unwrap();
+        assert_eq!(ids, vec![1, hello, world], "{style:?}");
+        assert_eq!(tok.decode(&ids, true).unwrap(), "Hello world", "{style:?}");
+        // As in HF: only the very first space of the text is dropped, and "<s>" comes first.
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            "<s> Hello world",
+            "{style:?}"
+        );
+
+        let text = "Hello 🦀 world";
+        let ids = tok.encode(text, false).unwrap();
+        let crab_bytes = ids.iter().filter(|&&id| (3..259).contains(&id)).count();
+        assert_eq!(crab_bytes, 4, "{style:?}: the crab is four byte tokens");
+        assert_eq!(tok.decode(&ids, true).unwrap(), text, "{style:?}");
+    }
+}

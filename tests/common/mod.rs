@@ -1,0 +1,82 @@
+//! Helpers shared by the integration tests: fixture paths and engines built from them.
+#![allow(dead_code)]
+
+use clap::Parser;
+use kiln::engine::{EngineHandle, LlmEngine};
+use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+pub const ARCHS: [&str; 5] = ["llama", "llama31", "mistral", "qwen2", "qwen3"];
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    args: EngineArgs,
+}
+
+/// Engine arguments as the CLI would parse them from `flags`.
+pub fn engine_args(flags: &[&str]) -> EngineArgs {
+    let mut argv = vec!["kiln"];
+    argv.extend_from_slice(flags);
+    Wrapper::parse_from(argv).args
+}
+
+pub fn load(name: &str, dtype: &str) -> LoadedModel {
+    let dir = fixture(name);
+    load_model(&engine_args(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--dtype",
+        dtype,
+    ]))
+    .unwrap()
+}
+
+pub fn engine(name: &str, extra: &[&str]) -> LlmEngine {
+    let dir = fixture(name);
+    let mut flags = vec!["--model", dir.to_str().unwrap(), "--dtype", "float32"];
+    flags.extend_from_slice(extra);
+    build_engine(&engine_args(&flags)).unwrap().0
+}
+
+pub fn handle(name: &str, extra: &[&str]) -> EngineHandle {
+    EngineHandle::spawn(engine(name, extra), 0)
+}
+
+#[derive(Deserialize)]
+pub struct Reference {
+    pub architecture: String,
+    pub prompts: Vec<PromptReference>,
+}
+
+#[derive(Deserialize)]
+pub struct PromptReference {
+    pub text: String,
+    pub prompt_ids: Vec<u32>,
+    pub last_logits: Vec<f32>,
+    pub greedy_ids: Vec<u32>,
+    pub greedy_margins: Vec<f32>,
+    pub bf16_last_logits: Vec<f32>,
+    pub bf16_greedy_ids: Vec<u32>,
+    pub bf16_greedy_margins: Vec<f32>,
+}
+
+pub fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

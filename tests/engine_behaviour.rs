@@ -1,0 +1,363 @@
+//! The engine's promises: batching changes nothing, seeds reproduce, blocks come back,
+//! prefix caching and preemption keep outputs identical, bad input is refused clearly.
+
+mod common;
+
+use common::*;
+use kiln::engine::handle::merge;
+use kiln::engine::{FinishReason, LlmEngine, RequestError, RequestOutput, SamplingParams};
+use std::collections::HashMap;
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens: Some(n),
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    }
+}
+
+/// Sixteen different prompts of varied lengths, from the fixture tokenizer.
+fn prompts(engine: &LlmEngine) -> Vec<Vec<u32>> {
+    let tok = engine.tokenizer();
+    (0..16)
+        .map(|i| {
+            let text = format!(
+                "Prompt number {i}: the kiln fires {} pots today.",
+                "clay ".repeat(i % 5 + 1)
+            );
+            tok.encode(&text, false).unwrap()
+        })
+        .collect()
+}
+
+/// Drives the engine directly until every request is done.
+fn run_all(
+    engine: &mut LlmEngine,
+    reqs: Vec<(u64, Vec<u32>, SamplingParams)>,
+) -> HashMap<u64, RequestOutput> {
+    let mut outs: HashMap<u64, RequestOutput> = HashMap::new();
+    for (id, p, s) in reqs {
+        engine.add_request(id, p, s).unwrap();
+        outs.insert(id, RequestOutput::default());
+    }
+    let mut guard = 0;
+    while engine.has_work() {
+        for (id, o) in engine.step().unwrap() {
+            merge(outs.get_mut(&id).unwrap(), o);
+        }
+        guard += 1;
+        assert!(guard < 100_000, "engine made no progress");
+    }
+    outs
+}
+
+#[test]
+fn sixteen_concurrent_prompts_equal_each_run_alone() {
+    let mut e = engine(
+        "qwen2",
+        &["--block-size", "4", "--max-num-batched-tokens", "64"],
+    );
+    let ps = prompts(&e);
+    let alone: Vec<Vec<u32>> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            run_all(&mut e, vec![(i as u64, p.clone(), greedy(24))])
+                .remove(&(i as u64))
+                .unwrap()
+                .token_ids
+        })
+        .collect();
+    let batch = run_all(
+        &mut e,
+        ps.iter()
+            .enumerate()
+            .map(|(i, p)| (100 + i as u64, p.clone(), greedy(24)))
+            .collect(),
+    );
+    for (i, a) in alone.iter().enumerate() {
+        assert_eq!(&batch[&(100 + i as u64)].token_ids, a, "prompt {i}");
+        assert_eq!(a.len(), 24);
+    }
+    assert_eq!(e.num_free_blocks(), e.config().num_blocks, "blocks leaked");
+}
+
+#[test]
+fn a_seeded_sample_is_the_same_alone_and_in_a_batch() {
+    let mut e = engine("llama", &[]);
+    let ps = prompts(&e);
+    let seeded = SamplingParams {
+        max_tokens: Some(20),
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: Some(42),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let alone = run_all(&mut e, vec![(1, ps[3].clone(), seeded.clone())])
+        .remove(&1)
+        .unwrap();
+    let mut reqs: Vec<_> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                10 + i as u64,
+                p.clone(),
+                SamplingParams {
+                    seed: None,
+                    ..seeded.clone()
+                },
+            )
+        })
+        .collect();
+    reqs.push((2, ps[3].clone(), seeded.clone()));
+    let batch = run_all(&mut e, reqs);
+    assert_eq!(batch[&2].token_ids, alone.token_ids);
+    assert_eq!(batch[&2].text, alone.text);
+    // And a different seed gives a different sample (20 tokens at T=0.9 from 448).
+    let other = run_all(
+        &mut e,
+        vec![(
+            3,
+            ps[3].clone(),
+            SamplingParams {
+                seed: Some(7),
+                ..seeded
+            },
+        )],
+    )
+    .remove(&3)
+    .unwrap();
+    assert_ne!(other.token_ids, alone.token_ids);
+}
+
+#[test]
+fn prefix_cache_hits_reuse_blocks_and_change_nothing() {
+    let mut e = engine("mistral", &["--block-size", "4"]);
+    let base = prompts(&e)[7].clone();
+    let first = run_all(&mut e, vec![(1, base.clone(), greedy(16))])
+        .remove(&1)
+        .unwrap();
+    assert_eq!(first.cached_tokens, 0);
+    let second = run_all(&mut e, vec![(2, base.clone(), greedy(16))])
+        .remove(&2)
+        .unwrap();
+    assert_eq!(second.token_ids, first.token_ids);
+    assert_eq!(
+        second.cached_tokens,
+        (base.len() - 1) / 4 * 4,
+        "full prompt blocks should be cache hits"
+    );
+    // Without prefix caching the result is the same too.
+    let mut cold = engine(
+        "mistral",
+        &["--block-size", "4", "--enable-prefix-caching", "false"],
+    );
+    let third = run_all(&mut cold, vec![(3, base, greedy(16))])
+        .remove(&3)
+        .unwrap();
+    assert_eq!(third.token_ids, first.token_ids);
+    assert_eq!(third.cached_tokens, 0);
+}
+
+#[test]
+fn preemption_under_a_tiny_kv_budget_completes_every_request_correctly() {
+    let mut roomy = engine("qwen3", &["--block-size", "4"]);
+    let ps = prompts(&roomy);
+    let expected = run_all(
+        &mut roomy,
+        ps.iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, p.clone(), greedy(20)))
+            .collect(),
+    );
+    // 24 blocks of 4 tokens cannot hold 16 sequences of ~35 tokens at once.
+    let mut tight = engine(
+        "qwen3",
+        &[
+            "--block-size",
+            "4",
+            "--num-kv-blocks",
+            "24",
+            "--max-model-len",
+            "96",
+        ],
+    );
+    let got = run_all(
+        &mut tight,
+        ps.iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, p.clone(), greedy(20)))
+            .collect(),
+    );
+    assert!(
+        tight.num_preemptions() > 0,
+        "the budget was meant to force preemption"
+    );
+    for i in 0..ps.len() as u64 {
+        assert_eq!(got[&i].token_ids, expected[&i].token_ids, "request {i}");
+    }
+    assert_eq!(tight.num_free_blocks(), 24);
+}
+
+#[test]
+fn cancellation_frees_blocks_at_once() {
+    let mut e = engine("llama", &["--block-size", "4"]);
+    let ps = prompts(&e);
+    for (i, p) in ps.iter().enumerate() {
+        e.add_request(i as u64, p.clone(), greedy(50)).unwrap();
+    }
+    for _ in 0..3 {
+        e.step().unwrap();
+    }
+    assert!(e.num_free_blocks() < e.config().num_blocks);
+    for i in 0..ps.len() as u64 {
+        let out = e.abort(i).unwrap();
+        assert_eq!(out.finish_reason, Some(FinishReason::Abort));
+    }
+    assert!(!e.has_work());
+    assert_eq!(e.num_free_blocks(), e.config().num_blocks);
+}
+
+#[test]
+fn dropping_a_stream_cancels_its_request() {
+    let h = handle("llama", &[]);
+    let p = h
+        .tokenizer()
+        .encode("a long story about clay", false)
+        .unwrap();
+    let mut s = h.submit(p.clone(), greedy(200)).unwrap();
+    assert!(s.blocking_next().unwrap().is_ok());
+    drop(s);
+    // The next request still runs, and the dropped one's blocks come back.
+    let out = h.submit(p, greedy(3)).unwrap().collect_blocking().unwrap();
+    assert_eq!(out.completion_tokens, 3);
+    for _ in 0..200 {
+        if h.stats().kv_usage() == 0.0
+            && h.stats().running.load(std::sync::atomic::Ordering::Relaxed) == 0
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(h.stats().kv_usage(), 0.0);
+    h.shutdown();
+}
+
+#[test]
+fn stop_strings_and_max_tokens_end_requests_with_the_right_reason() {
+    let mut e = engine("qwen2", &[]);
+    let p = prompts(&e)[0].clone();
+    let free = run_all(&mut e, vec![(1, p.clone(), greedy(12))])
+        .remove(&1)
+        .unwrap();
+    assert_eq!(free.finish_reason, Some(FinishReason::Length));
+    assert_eq!(free.completion_tokens, 12);
+    // Stop on a piece of what greedy decoding will produce.
+    let text = free.text.clone();
+    let stop: String = text
+        .chars()
+        .skip(text.chars().count() / 2)
+        .take(3)
+        .collect();
+    assert!(!stop.is_empty());
+    let params = SamplingParams {
+        stop: vec![stop.clone()],
+        ..greedy(12)
+    };
+    let stopped = run_all(&mut e, vec![(2, p, params)]).remove(&2).unwrap();
+    assert_eq!(stopped.finish_reason, Some(FinishReason::Stop));
+    assert_eq!(stopped.stop_reason.as_deref(), Some(stop.as_str()));
+    let cut = text.find(&stop).unwrap();
+    assert_eq!(stopped.text, text[..cut]);
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_clear_reason() {
+    let h = handle("llama", &["--max-model-len", "32"]);
+    let too_long = h.submit(vec![5; 40], greedy(4)).err().unwrap();
+    assert!(
+        matches!(
+            too_long,
+            RequestError::PromptTooLong {
+                prompt: 40,
+                max: 32
+            }
+        ),
+        "{too_long}"
+    );
+    assert!(too_long.to_string().contains("40 tokens"));
+    assert!(matches!(
+        h.submit(vec![], greedy(4)).err().unwrap(),
+        RequestError::EmptyPrompt
+    ));
+    assert!(matches!(
+        h.submit(vec![100_000], greedy(4)).err().unwrap(),
+        RequestError::InvalidToken { .. }
+    ));
+    let bad = SamplingParams {
+        top_p: 1.5,
+        ..Default::default()
+    };
+    match h.submit(vec![5], bad).err().unwrap() {
+        RequestError::InvalidParam(p) => assert_eq!(p.param, "top_p"),
+        other => panic!("{other}"),
+    }
+    // Generation stops at the model length.
+    let out = h
+        .submit(
+            vec![5; 30],
+            SamplingParams {
+                max_tokens: None,
+                ignore_eos: true,
+                ..SamplingParams::greedy()
+            },
+        )
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(out.finish_reason, Some(FinishReason::Length));
+    assert_eq!(out.completion_tokens, 2);
+    h.shutdown();
+}
+
+#[test]
+fn missing_or_corrupt_model_files_fail_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("llama");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"not a safetensors file",
+    )
+    .unwrap();
+    let args = engine_args(&["--model", dir.path().to_str().unwrap()]);
+    let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::write(
+        dir.path().join("config.json"),
+        b"{\"architectures\": [\"GPT2LMHeadModel\"]}",
+    )
+    .unwrap();
+    let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
+    assert!(
+        err.contains("LlamaForCausalLM") || err.contains("config"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("config.json"),
+        std::fs::read_to_string(src.join("config.json"))
+            .unwrap()
+            .replace("LlamaForCausalLM", "GPT2LMHeadModel"),
+    )
+    .unwrap();
+    let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
+    assert!(
+        err.contains("unsupported architecture 'GPT2LMHeadModel'")
+            && err.contains("Qwen3ForCausalLM"),
+        "{err}"
+    );
+}

@@ -1,0 +1,157 @@
+//! kiln against HuggingFace transformers: logits and greedy tokens of tiny random models of
+//! every supported architecture (fixtures made by scripts/make_fixtures.py).
+
+mod common;
+
+use common::*;
+use kiln::backend::{Backend, BatchLayout, KvCacheSpec};
+use kiln::engine::SamplingParams;
+
+/// Logits of the last prompt token, computed in one prefill through the paged cache.
+fn last_logits(m: &kiln::launch::LoadedModel, ids: &[u32]) -> Vec<f32> {
+    let c = &m.model.config;
+    let block_size = 4;
+    let blocks = ids.len().div_ceil(block_size);
+    let spec = KvCacheSpec {
+        num_layers: c.num_layers,
+        num_blocks: blocks,
+        block_size,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        dtype: m.model.dtype,
+    };
+    let mut cache = m.backend.new_kv_cache(&spec).unwrap();
+    // Blocks deliberately out of order, so the block table is really used.
+    let table: Vec<u32> = (0..blocks as u32).rev().collect();
+    let layout = BatchLayout {
+        positions: (0..ids.len() as u32).collect(),
+        slots: (0..ids.len())
+            .map(|p| (table[p / block_size] as usize * block_size + p % block_size) as i64)
+            .collect(),
+        query_start: vec![0, ids.len()],
+        context_lens: vec![ids.len()],
+        block_tables: vec![table],
+        block_size,
+        logits_rows: vec![ids.len() - 1],
+    };
+    m.model
+        .forward(&m.backend, ids, &layout, &mut cache)
+        .unwrap()
+}
+
+#[test]
+fn f32_logits_match_transformers_within_1e_3() {
+    for arch in ARCHS {
+        let m = load(arch, "float32");
+        let r = reference(arch);
+        for p in &r.prompts {
+            let diff = max_abs_diff(&last_logits(&m, &p.prompt_ids), &p.last_logits);
+            assert!(
+                diff < 1e-3,
+                "{arch} '{}': max abs logit diff {diff}",
+                p.text
+            );
+        }
+    }
+}
+
+/// bf16 on the CPU rounds at op boundaries like transformers but accumulates in f32
+/// everywhere. These fixtures' logits reach magnitudes of 16-32, where one bf16 ulp is 0.125
+/// (transformers' own bf16 logits are quantised that coarsely), so the tolerance is two ulps.
+const BF16_LOGIT_TOLERANCE: f32 = 0.25;
+
+#[test]
+fn bf16_logits_match_transformers_within_tolerance() {
+    for arch in ARCHS {
+        let m = load(arch, "bfloat16");
+        let r = reference(arch);
+        for p in &r.prompts {
+            let diff = max_abs_diff(&last_logits(&m, &p.prompt_ids), &p.bf16_last_logits);
+            eprintln!("{arch} bf16 max abs logit diff {diff:.4}");
+            assert!(
+                diff < BF16_LOGIT_TOLERANCE,
+                "{arch} '{}': bf16 max abs logit diff {diff}",
+                p.text
+            );
+        }
+    }
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens: Some(max_tokens),
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    }
+}
+
+#[test]
+fn greedy_tokens_match_transformers_alone_and_batched() {
+    for arch in ARCHS {
+        let r = reference(arch);
+        let h = handle(arch, &["--block-size", "4"]);
+        // One at a time.
+        for p in &r.prompts {
+            let out = h
+                .submit(p.prompt_ids.clone(), greedy(p.greedy_ids.len()))
+                .unwrap()
+                .collect_blocking()
+                .unwrap();
+            assert_eq!(out.token_ids, p.greedy_ids, "{arch} '{}' alone", p.text);
+        }
+        // All at once: batching must not change anything.
+        let streams: Vec<_> = r
+            .prompts
+            .iter()
+            .map(|p| {
+                h.submit(p.prompt_ids.clone(), greedy(p.greedy_ids.len()))
+                    .unwrap()
+            })
+            .collect();
+        for (s, p) in streams.into_iter().zip(&r.prompts) {
+            assert_eq!(
+                s.collect_blocking().unwrap().token_ids,
+                p.greedy_ids,
+                "{arch} '{}' batched",
+                p.text
+            );
+        }
+        h.shutdown();
+    }
+}
+
+#[test]
+fn bf16_greedy_tokens_match_until_a_near_tie() {
+    let mut compared = 0;
+    for arch in ARCHS {
+        let r = reference(arch);
+        let dir = fixture(arch);
+        let args = engine_args(&["--model", dir.to_str().unwrap(), "--dtype", "bfloat16"]);
+        let h = kiln::engine::EngineHandle::spawn(kiln::launch::build_engine(&args).unwrap().0, 0);
+        for p in &r.prompts {
+            let out = h
+                .submit(p.prompt_ids.clone(), greedy(p.bf16_greedy_ids.len()))
+                .unwrap()
+                .collect_blocking()
+                .unwrap();
+            // Where transformers' own top-2 margin is below bf16 noise, either choice is right.
+            let firm = p
+                .bf16_greedy_margins
+                .iter()
+                .take_while(|&&m| m > BF16_LOGIT_TOLERANCE)
+                .count();
+            assert_eq!(
+                out.token_ids[..firm],
+                p.bf16_greedy_ids[..firm],
+                "{arch} '{}' bf16",
+                p.text
+            );
+            compared += firm;
+        }
+        h.shutdown();
+    }
+    assert!(
+        compared >= 20,
+        "only {compared} firm bf16 steps: the check would prove little"
+    );
+}
