@@ -1,8 +1,9 @@
 use super::test_fixtures::*;
 use super::*;
-use crate::model::chat_template::ChatMessage;
+use crate::model::chat_template::{ChatMessage, ChatTemplateError};
 use serde_json::json;
 use std::fs;
+use std::path::Path;
 use tempfile::TempDir;
 
 /// A model directory holding the byte-level fixture's tokenizer.json and the given files.
@@ -160,5 +161,61 @@ fn sentencepiece_fixture_adds_bos_and_falls_back_to_bytes() {
         let crab_bytes = ids.iter().filter(|&&id| (3..259).contains(&id)).count();
         assert_eq!(crab_bytes, 4, "{style:?}: the crab is four byte tokens");
         assert_eq!(tok.decode(&ids, true).unwrap(), text, "{style:?}");
+    }
+}
+
+/// HF's own outputs for the shared fixture tokenizer (tests/fixtures/README.md), when the
+/// fixtures are present: encoding, decoding, chat template rendering and its errors.
+#[test]
+fn matches_hf_reference_cases_when_present() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+    let Ok(text) = fs::read_to_string(dir.join("cases.json")) else {
+        return;
+    };
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    assert_eq!(
+        tok.vocab_size() as u64,
+        cases["vocab_size"].as_u64().unwrap()
+    );
+    for (token, id) in cases["special_tokens"].as_object().unwrap() {
+        assert_eq!(tok.token_to_id(token), Some(id.as_u64().unwrap() as u32));
+    }
+    assert_eq!(
+        tok.eos_token_ids(),
+        vec![tok.token_to_id("<|im_end|>").unwrap()]
+    );
+
+    let ids_of = |v: &serde_json::Value| -> Vec<u32> { serde_json::from_value(v.clone()).unwrap() };
+    for case in cases["encode"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(ids, ids_of(&case["ids"]), "{text:?}");
+        let tokens: Vec<String> = ids.iter().map(|&id| tok.id_to_token(id).unwrap()).collect();
+        assert_eq!(json!(tokens), case["tokens"], "{text:?}");
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            case["decoded"].as_str().unwrap()
+        );
+    }
+
+    let template = tok
+        .chat_template()
+        .expect("the fixture has a chat template");
+    for case in cases["chat_template"].as_array().unwrap() {
+        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let add_generation_prompt = case["add_generation_prompt"].as_bool().unwrap();
+        let rendered = template
+            .render(&messages, add_generation_prompt, json!(null))
+            .unwrap();
+        assert_eq!(rendered, case["rendered"].as_str().unwrap());
+        assert_eq!(tok.encode(&rendered, false).unwrap(), ids_of(&case["ids"]));
+    }
+    for case in cases["chat_template_errors"].as_array().unwrap() {
+        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        match template.render(&messages, true, json!(null)) {
+            Err(ChatTemplateError::Raised(msg)) => assert_eq!(msg, case["error"].as_str().unwrap()),
+            other => panic!("expected the template to raise, got {other:?}"),
+        }
     }
 }
