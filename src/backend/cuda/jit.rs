@@ -1,7 +1,7 @@
 //! Kernel JIT: compile every `kernels/*.cu` with NVRTC for the device's architecture,
 //! cache the result on disk, load it into a CUDA context, and look kernels up by name.
 
-use super::dtype::DType;
+use crate::backend::DType;
 use super::jit_cache::{cache_dir, cache_key, cache_path, CompileTarget};
 use super::kernel_sources::{KernelFile, KERNEL_FILES};
 use super::nvrtc::Nvrtc;

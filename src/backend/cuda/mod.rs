@@ -6,7 +6,6 @@
 //! [`ops_sampling`]) and [`gemm::Blas::linear`] for `y = x W^T`.
 
 pub mod device;
-pub mod dtype;
 pub mod gemm;
 pub mod jit;
 pub mod jit_cache;
@@ -21,7 +20,8 @@ pub mod selftest;
 pub mod tensor;
 
 pub use device::{device_count, CudaDevice, CudaUnavailable};
-pub use dtype::DType;
+/// The one element-type enum of every backend, re-exported for the kernels' callers.
+pub use crate::backend::DType;
 pub use ops::RopeStyle;
 pub use ops_attention::AttentionMetadata;
 pub use tensor::CudaTensor;

@@ -2,7 +2,7 @@
 //! type serves f32, f16 and bf16 (kernels are picked by [`DType`]).
 
 use super::device::CudaDevice;
-use super::dtype::DType;
+use crate::backend::DType;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::CudaSlice;
 
@@ -15,7 +15,7 @@ pub struct CudaTensor {
 impl CudaTensor {
     /// A zero-filled tensor.
     pub fn zeros(dev: &CudaDevice, dtype: DType, shape: &[usize]) -> Result<Self> {
-        let bytes = numel(shape) * dtype.size();
+        let bytes = numel(shape) * dtype.size_in_bytes();
         let data = dev
             .stream()
             .alloc_zeros::<u8>(bytes.max(1))
@@ -34,7 +34,7 @@ impl CudaTensor {
         shape: &[usize],
         bytes: &[u8],
     ) -> Result<Self> {
-        let expected = numel(shape) * dtype.size();
+        let expected = numel(shape) * dtype.size_in_bytes();
         if bytes.len() != expected {
             bail!(
                 "{shape:?} {dtype} needs {expected} bytes, got {}",
@@ -90,7 +90,7 @@ impl CudaTensor {
 
     /// Bytes of payload (what a kernel reads or writes in full).
     pub fn num_bytes(&self) -> usize {
-        self.numel() * self.dtype.size()
+        self.numel() * self.dtype.size_in_bytes()
     }
 
     pub fn data(&self) -> &CudaSlice<u8> {

@@ -184,7 +184,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         dev.attention(&q, &k_cache, &v_cache, &meta, scale, &mut out)
     })?;
     // Every sequence's cached K and V are read at least once.
-    let kv_bytes = (total_ctx * width * 2 * dtype.size()) as f64;
+    let kv_bytes = (total_ctx * width * 2 * dtype.size_in_bytes()) as f64;
     s.rows[row].note = format!("{:.0} GB/s of KV", kv_bytes / (us * 1e-6) / 1e9);
     Ok(())
 }

@@ -23,7 +23,7 @@ pub fn run(s: &mut Suite<'_>) -> Result<()> {
             let mut y = CudaTensor::zeros(dev, dtype, &[m, n])?;
             let iters = s.sizes.timing_iters * 5;
             let us = super::timing::time_us(dev, iters, || dev.blas().linear(&x, &w, &mut y))?;
-            let bytes = ((n * k + m * k + m * n) * dtype.size()) as f64;
+            let bytes = ((n * k + m * k + m * n) * dtype.size_in_bytes()) as f64;
             let mut row =
                 Row::checked("gemm bench", format!("m={m} k={k} n={n}"), "bf16", 0.0, 0.0);
             row.us_per_call = Some(us);
