@@ -36,9 +36,16 @@ pub struct Rope {
 }
 
 /// The ops a model needs. `Tensor` lives on the backend's device.
+///
+/// Ops that a GPU does in place (`add_rms_norm`, `rope`) take their inputs by value, so a
+/// backend can reuse the buffers instead of copying them.
 pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;
     type KvCache: Send;
+    /// A [`BatchLayout`] in the form the ops read it (on a GPU: uploaded once per forward).
+    type BatchMeta;
+    /// A [`Rope`] in the form [`Backend::rope`] reads it (on a GPU: uploaded once per model).
+    type RopeTable: Send + Sync;
 
     /// A short name for logs ("cpu", "cuda:0").
     fn name(&self) -> String;
@@ -47,6 +54,12 @@ pub trait Backend: Send + Sync {
     fn upload(&self, host: candle_core::Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor back as f32 values, row-major.
     fn to_host_f32(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+
+    /// Prepares the per-token and per-sequence metadata of one forward pass, once for all
+    /// layers.
+    fn prepare_batch(&self, batch: &BatchLayout) -> Result<Self::BatchMeta>;
+    /// Prepares the rotary table, once per model.
+    fn prepare_rope(&self, rope: &Rope) -> Result<Self::RopeTable>;
 
     /// Rows of `table` (`[vocab, hidden]`) picked by `ids`.
     fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor>;
@@ -62,19 +75,21 @@ pub trait Backend: Send + Sync {
     /// `sum = x + residual` (in the model dtype), then `(rms_norm(sum), sum)`.
     fn add_rms_norm(
         &self,
-        x: &Self::Tensor,
-        residual: &Self::Tensor,
+        x: Self::Tensor,
+        residual: Self::Tensor,
         weight: &Self::Tensor,
         eps: f64,
     ) -> Result<(Self::Tensor, Self::Tensor)>;
-    /// Rotates `x: [n, heads * head_dim]` by each token's position.
+    /// Rotates `q: [n, q_heads * head_dim]` and `k: [n, kv_heads * head_dim]` by each token's
+    /// position in `batch`.
     fn rope(
         &self,
-        x: &Self::Tensor,
+        q: Self::Tensor,
+        k: Self::Tensor,
         head_dim: usize,
-        positions: &[u32],
-        rope: &Rope,
-    ) -> Result<Self::Tensor>;
+        rope: &Self::RopeTable,
+        batch: &Self::BatchMeta,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
     /// `silu(gate) * up` where `gate_up: [n, 2 * I]` holds gate in its first half.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
     /// Splits the columns of `x: [n, sum(widths)]` into consecutive parts.
@@ -91,7 +106,7 @@ pub trait Backend: Send + Sync {
         layer: usize,
         k: &Self::Tensor,
         v: &Self::Tensor,
-        slots: &[i64],
+        batch: &Self::BatchMeta,
     ) -> Result<()>;
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
     /// which already holds the batch's own K and V.
@@ -100,7 +115,7 @@ pub trait Backend: Send + Sync {
         q: &Self::Tensor,
         cache: &Self::KvCache,
         layer: usize,
-        batch: &BatchLayout,
+        batch: &Self::BatchMeta,
         shape: &AttentionShape,
     ) -> Result<Self::Tensor>;
 }

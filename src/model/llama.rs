@@ -6,7 +6,7 @@
 use super::config::ModelConfig;
 use super::rope::rope_for;
 use super::weights::WeightSource;
-use crate::backend::{AttentionShape, Backend, BatchLayout, DType, Rope};
+use crate::backend::{AttentionShape, Backend, BatchLayout, DType};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 
@@ -32,7 +32,7 @@ pub struct LlamaModel<B: Backend> {
     norm: B::Tensor,
     /// None when the LM head is tied to the embedding.
     lm_head: Option<B::Tensor>,
-    rope: Rope,
+    rope: B::RopeTable,
     attention: AttentionShape,
 }
 
@@ -171,7 +171,7 @@ impl<B: Backend> LlamaModel<B> {
         } else {
             Some(load(be, src, "lm_head.weight", &[c.vocab_size, h], dtype)?)
         };
-        let rope = rope_for(c).context("building the rotary embedding table")?;
+        let rope = be.prepare_rope(&rope_for(c).context("building the rotary embedding table")?)?;
         let attention = AttentionShape {
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
@@ -205,26 +205,26 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         anyhow::ensure!(tokens.len() == batch.num_tokens(), "one position per token");
+        let meta = be.prepare_batch(batch)?;
         let mut hidden = be.embedding(&self.embed, tokens)?;
         let mut residual: Option<B::Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let x = match &residual {
+            let x = match residual.take() {
                 None => {
                     let x = be.rms_norm(&hidden, &layer.input_norm, c.rms_norm_eps)?;
                     residual = Some(hidden);
                     x
                 }
                 Some(r) => {
-                    let (x, sum) =
-                        be.add_rms_norm(&hidden, r, &layer.input_norm, c.rms_norm_eps)?;
+                    let (x, sum) = be.add_rms_norm(hidden, r, &layer.input_norm, c.rms_norm_eps)?;
                     residual = Some(sum);
                     x
                 }
             };
-            let attn = self.attention_block(be, layer, i, &x, batch, cache)?;
+            let attn = self.attention_block(be, layer, i, &x, &meta, cache)?;
             let (x, sum) = be.add_rms_norm(
-                &attn,
-                residual.as_ref().expect("set above"),
+                attn,
+                residual.take().expect("set above"),
                 &layer.post_attention_norm,
                 c.rms_norm_eps,
             )?;
@@ -237,7 +237,7 @@ impl<B: Backend> LlamaModel<B> {
             residual.as_ref().context("model has no layers")?,
             &batch.logits_rows,
         )?;
-        let (x, _) = be.add_rms_norm(&last, &last_residual, &self.norm, c.rms_norm_eps)?;
+        let (x, _) = be.add_rms_norm(last, last_residual, &self.norm, c.rms_norm_eps)?;
         let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
         be.to_host_f32(&logits)
     }
@@ -248,7 +248,7 @@ impl<B: Backend> LlamaModel<B> {
         layer: &Layer<B>,
         index: usize,
         x: &B::Tensor,
-        batch: &BatchLayout,
+        batch: &B::BatchMeta,
         cache: &mut B::KvCache,
     ) -> Result<B::Tensor> {
         let c = &self.config;
@@ -265,9 +265,8 @@ impl<B: Backend> LlamaModel<B> {
             q = be.rms_norm(&q, qn, c.rms_norm_eps)?;
             k = be.rms_norm(&k, kn, c.rms_norm_eps)?;
         }
-        let q = be.rope(&q, c.head_dim, &batch.positions, &self.rope)?;
-        let k = be.rope(&k, c.head_dim, &batch.positions, &self.rope)?;
-        be.write_kv(cache, index, &k, &v, &batch.slots)?;
+        let (q, k) = be.rope(q, k, c.head_dim, &self.rope, batch)?;
+        be.write_kv(cache, index, &k, &v, batch)?;
         let attn = be.attention(&q, cache, index, batch, &self.attention)?;
         be.linear(&attn, &layer.o_proj, None)
     }

@@ -28,6 +28,9 @@ fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
 impl Backend for CpuBackend {
     type Tensor = Tensor;
     type KvCache = CpuKvCache;
+    // The CPU reads the layout and the table where they are: a copy is all it takes.
+    type BatchMeta = BatchLayout;
+    type RopeTable = Rope;
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -39,6 +42,15 @@ impl Backend for CpuBackend {
 
     fn to_host_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
         host_f32(t)
+    }
+
+    fn prepare_batch(&self, batch: &BatchLayout) -> Result<BatchLayout> {
+        batch.validate()?;
+        Ok(batch.clone())
+    }
+
+    fn prepare_rope(&self, rope: &Rope) -> Result<Rope> {
+        Ok(rope.clone())
     }
 
     fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
@@ -73,8 +85,8 @@ impl Backend for CpuBackend {
 
     fn add_rms_norm(
         &self,
-        x: &Tensor,
-        residual: &Tensor,
+        x: Tensor,
+        residual: Tensor,
         weight: &Tensor,
         eps: f64,
     ) -> Result<(Tensor, Tensor)> {
@@ -82,37 +94,18 @@ impl Backend for CpuBackend {
         Ok((self.rms_norm(&sum, weight, eps)?, sum))
     }
 
-    fn rope(&self, x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<Tensor> {
-        let (n, width) = x.dims2()?;
-        anyhow::ensure!(
-            positions.len() == n,
-            "rope: {} positions for {n} tokens",
-            positions.len()
-        );
-        anyhow::ensure!(
-            rope.inv_freq.len() * 2 == head_dim,
-            "rope: table does not match head_dim {head_dim}"
-        );
-        let mut data = host_f32(x)?;
-        let half = head_dim / 2;
-        for (row, &pos) in data.chunks_mut(width).zip(positions) {
-            for head in row.chunks_mut(head_dim) {
-                for (i, &f) in rope.inv_freq.iter().enumerate() {
-                    // f32 angle as HF computes it (position * inv_freq in f32).
-                    let angle = pos as f32 * f;
-                    let (sin, cos) = angle.sin_cos();
-                    let (ia, ib) = if rope.neox {
-                        (i, i + half)
-                    } else {
-                        (2 * i, 2 * i + 1)
-                    };
-                    let (a, b) = (head[ia], head[ib]);
-                    head[ia] = a * cos - b * sin;
-                    head[ib] = b * cos + a * sin;
-                }
-            }
-        }
-        Ok(Tensor::from_vec(data, (n, width), &Device::Cpu)?.to_dtype(x.dtype())?)
+    fn rope(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        head_dim: usize,
+        rope: &Rope,
+        batch: &BatchLayout,
+    ) -> Result<(Tensor, Tensor)> {
+        Ok((
+            rotate(&q, head_dim, &batch.positions, rope)?,
+            rotate(&k, head_dim, &batch.positions, rope)?,
+        ))
     }
 
     fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor> {
@@ -156,9 +149,9 @@ impl Backend for CpuBackend {
         layer: usize,
         k: &Tensor,
         v: &Tensor,
-        slots: &[i64],
+        batch: &BatchLayout,
     ) -> Result<()> {
-        cache.write(layer, &host_f32(k)?, &host_f32(v)?, slots)
+        cache.write(layer, &host_f32(k)?, &host_f32(v)?, &batch.slots)
     }
 
     fn attention(
@@ -177,4 +170,38 @@ impl Backend for CpuBackend {
                 .to_dtype(q.dtype())?,
         )
     }
+}
+
+/// Rotary embedding of `x: [n, heads * head_dim]`, one position per row, computed in f32.
+fn rotate(x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<Tensor> {
+    let (n, width) = x.dims2()?;
+    anyhow::ensure!(
+        positions.len() == n,
+        "rope: {} positions for {n} tokens",
+        positions.len()
+    );
+    anyhow::ensure!(
+        rope.inv_freq.len() * 2 == head_dim,
+        "rope: table does not match head_dim {head_dim}"
+    );
+    let mut data = host_f32(x)?;
+    let half = head_dim / 2;
+    for (row, &pos) in data.chunks_mut(width).zip(positions) {
+        for head in row.chunks_mut(head_dim) {
+            for (i, &f) in rope.inv_freq.iter().enumerate() {
+                // f32 angle as HF computes it (position * inv_freq in f32).
+                let angle = pos as f32 * f;
+                let (sin, cos) = angle.sin_cos();
+                let (ia, ib) = if rope.neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * cos - b * sin;
+                head[ib] = b * cos + a * sin;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (n, width), &Device::Cpu)?.to_dtype(x.dtype())?)
 }
