@@ -10,6 +10,7 @@ pub mod engine;
 pub mod gpu;
 pub mod launch;
 pub mod model;
+pub mod server;
 
 /// The crate version, reported by `kiln --version` and `GET /version`.
 pub fn version() -> &'static str {

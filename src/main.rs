@@ -20,6 +20,8 @@ enum Command {
     // Subcommands are added here, each delegating to a function in the library.
     /// List the GPUs, classify a GPU name, or check a GPU request (`kiln gpus --help`).
     Gpus(kiln::gpu::cli::GpusArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(kiln::server::ServeArgs),
     /// Check every CUDA kernel against the CPU reference and time it (exits 0 without a GPU).
     Selftest {
         /// Print the report as JSON.
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => kiln::cli::generate::run(args),
         Command::Gpus(args) => kiln::gpu::cli::run(args),
+        Command::Serve(args) => kiln::server::run(args),
         Command::Selftest { json, quick } => {
             if !kiln::backend::cuda::selftest::run(json, quick)? {
                 std::process::exit(1);

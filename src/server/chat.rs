@@ -1,0 +1,232 @@
+//! `POST /v1/chat/completions`.
+
+use super::error::{ApiError, ApiResult};
+use super::generate::{self, finish_reason, Choice, ResponseMeta};
+use super::json::ApiJson;
+use super::logprobs;
+use super::sampling::{choices, to_params};
+use super::sse;
+use super::state::{Served, SharedState};
+use super::types::chat::*;
+use crate::model::chat_template::ChatTemplateError;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use std::time::Instant;
+
+#[utoipa::path(post, tag = "openai", path = "/v1/chat/completions", request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "A completion, or `text/event-stream` chunks when `stream` is true", body = ChatCompletion),
+        (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody)))]
+pub async fn chat_completions(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> ApiResult<Response> {
+    let arrival = Instant::now();
+    let served = state.ready_for(&req.model)?;
+    reject_unsupported(&req)?;
+    if req.top_logprobs.is_some_and(|k| k > 0) && req.logprobs != Some(true) {
+        return Err(ApiError::invalid(
+            Some("top_logprobs"),
+            "top_logprobs requires logprobs to be true",
+        ));
+    }
+    let n = choices(req.n)?;
+    let params = to_params(req.sampling())?;
+    let prompt = render_prompt(served, &req)?;
+    let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
+    let meta = ResponseMeta::new("chatcmpl", &req.model);
+    let want_logprobs = params.logprobs.is_some();
+    if req.stream.unwrap_or(false) {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        return Ok(stream(
+            state.clone(),
+            meta,
+            submitted,
+            n,
+            include_usage,
+            want_logprobs,
+        ));
+    }
+    let finals = generate::collect_all(submitted, &state.metrics).await?;
+    let tokenizer = served.engine.tokenizer();
+    let response = ChatCompletion {
+        id: meta.id,
+        object: "chat.completion",
+        created: meta.created,
+        model: meta.model,
+        usage: generate::usage(&finals, n),
+        choices: finals
+            .iter()
+            .enumerate()
+            .map(|(index, out)| ChatChoice {
+                index,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: out.text.clone(),
+                    refusal: None,
+                },
+                logprobs: want_logprobs.then(|| logprobs::chat(tokenizer, &out.logprobs)),
+                finish_reason: finish_reason(out),
+                stop_reason: out.stop_reason.clone(),
+            })
+            .collect(),
+        system_fingerprint: None,
+    };
+    Ok(axum::Json(response).into_response())
+}
+
+fn reject_unsupported(req: &ChatCompletionRequest) -> ApiResult<()> {
+    if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ApiError::invalid(
+            Some("logit_bias"),
+            "logit_bias is not supported",
+        ));
+    }
+    if let Some(format) = &req.response_format {
+        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(ApiError::invalid(
+                Some("response_format"),
+                "only response_format {\"type\": \"text\"} is supported",
+            ));
+        }
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            "messages must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+/// The prompt token ids: the messages through the model's chat template.
+fn render_prompt(served: &Served, req: &ChatCompletionRequest) -> ApiResult<Vec<u32>> {
+    let tokenizer = served.engine.tokenizer();
+    let template = tokenizer.chat_template().ok_or_else(|| {
+        ApiError::invalid(
+            Some("messages"),
+            "this model has no chat template; use /v1/completions",
+        )
+    })?;
+    let mut extra = req.chat_template_kwargs.clone().unwrap_or_default();
+    if let Some(tools) = &req.tools {
+        extra.insert("tools".into(), serde_json::Value::from(tools.clone()));
+    }
+    let text = template
+        .render(
+            &req.messages,
+            req.add_generation_prompt.unwrap_or(true),
+            serde_json::Value::Object(extra),
+        )
+        .map_err(|e| match e {
+            ChatTemplateError::Compile(_) => ApiError::internal(e.to_string()),
+            _ => ApiError::invalid(Some("messages"), e.to_string()),
+        })?;
+    // The template wrote the special tokens itself.
+    tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e:#}")))
+}
+
+fn chunk(meta: &ResponseMeta, choice: ChatChunkChoice, include_usage: bool) -> ChatCompletionChunk {
+    ChatCompletionChunk {
+        id: meta.id.clone(),
+        object: "chat.completion.chunk",
+        created: meta.created,
+        model: meta.model.clone(),
+        choices: vec![choice],
+        usage: include_usage.then_some(None),
+        system_fingerprint: None,
+    }
+}
+
+fn stream(
+    state: SharedState,
+    meta: ResponseMeta,
+    submitted: Vec<Choice>,
+    n: usize,
+    include_usage: bool,
+    want_logprobs: bool,
+) -> Response {
+    let (tx, response) = sse::channel();
+    tokio::spawn(async move {
+        let Some(served) = state.served() else { return };
+        let tokenizer = served.engine.tokenizer().clone();
+        let count = submitted.len();
+        let mut finals = vec![None; count];
+        for index in 0..count {
+            let delta = ChatDelta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            };
+            let first = ChatChunkChoice {
+                index,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            };
+            if !tx.send(&chunk(&meta, first, include_usage)).await {
+                return;
+            }
+        }
+        let mut events = generate::interleave(submitted, state.clone());
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = tx.closed() => return,
+            };
+            let Some((index, event)) = event else { break };
+            let out = match event {
+                Ok(out) => out,
+                Err(message) => {
+                    tx.send_error(ApiError::internal(message)).await;
+                    tx.done().await;
+                    return;
+                }
+            };
+            let finish = finish_reason(&out);
+            if out.text.is_empty() && finish.is_none() && !want_logprobs {
+                continue;
+            }
+            let choice = ChatChunkChoice {
+                index,
+                delta: ChatDelta {
+                    role: None,
+                    content: Some(out.text.clone()),
+                },
+                logprobs: want_logprobs.then(|| logprobs::chat(&tokenizer, &out.logprobs)),
+                finish_reason: finish.clone(),
+            };
+            if !tx.send(&chunk(&meta, choice, include_usage)).await {
+                return;
+            }
+            if finish.is_some() {
+                finals[index] = Some(out);
+            }
+        }
+        if include_usage {
+            let finals: Vec<_> = finals.into_iter().flatten().collect();
+            let last = ChatCompletionChunk {
+                choices: Vec::new(),
+                usage: Some(Some(generate::usage(&finals, n))),
+                ..chunk(&meta, placeholder_choice(), true)
+            };
+            if !tx.send(&last).await {
+                return;
+            }
+        }
+        tx.done().await;
+    });
+    response
+}
+
+fn placeholder_choice() -> ChatChunkChoice {
+    ChatChunkChoice {
+        index: 0,
+        delta: ChatDelta::default(),
+        logprobs: None,
+        finish_reason: None,
+    }
+}

@@ -1,0 +1,226 @@
+//! `POST /v1/completions`.
+
+use super::error::{ApiError, ApiResult};
+use super::generate::{self, finish_reason, Choice, ResponseMeta};
+use super::json::ApiJson;
+use super::logprobs;
+use super::sampling::{choices, to_params};
+use super::sse;
+use super::state::{Served, SharedState};
+use super::types::completion::*;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use std::time::Instant;
+
+/// Most prompts one request may carry.
+const MAX_PROMPTS: usize = 256;
+
+#[utoipa::path(post, tag = "openai", path = "/v1/completions", request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "A completion, or `text/event-stream` chunks when `stream` is true", body = Completion),
+        (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody)))]
+pub async fn completions(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> ApiResult<Response> {
+    let arrival = Instant::now();
+    let served = state.ready_for(&req.model)?;
+    reject_unsupported(&req)?;
+    let n = choices(req.n)?;
+    let params = to_params(req.sampling())?;
+    let prompts = tokenize_prompts(served, &req.prompt)?;
+    let echo = req.echo.unwrap_or(false);
+    // What `echo` prepends: the prompt as text, once per choice of that prompt.
+    let echoed: Vec<String> = if echo {
+        let tokenizer = served.engine.tokenizer();
+        prompts
+            .iter()
+            .map(|p| {
+                tokenizer
+                    .decode(p, false)
+                    .map_err(|e| ApiError::internal(format!("decoding the prompt: {e:#}")))
+            })
+            .collect::<ApiResult<_>>()?
+    } else {
+        vec![String::new(); prompts.len()]
+    };
+    let submitted = generate::submit(served, prompts, n, &params, arrival, "prompt")?;
+    let meta = ResponseMeta::new("cmpl", &req.model);
+    let want_logprobs = params.logprobs.is_some();
+    if req.stream.unwrap_or(false) {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let options = StreamOptions {
+            n,
+            include_usage,
+            want_logprobs,
+        };
+        return Ok(stream(state.clone(), meta, submitted, echoed, options));
+    }
+    let finals = generate::collect_all(submitted, &state.metrics).await?;
+    let tokenizer = served.engine.tokenizer();
+    let response = Completion {
+        id: meta.id,
+        object: "text_completion",
+        created: meta.created,
+        model: meta.model,
+        usage: Some(Some(generate::usage(&finals, n))),
+        choices: finals
+            .iter()
+            .enumerate()
+            .map(|(index, out)| {
+                let prefix = &echoed[index / n];
+                let mut offset = prefix.len();
+                CompletionChoice {
+                    index,
+                    text: format!("{prefix}{}", out.text),
+                    logprobs: want_logprobs
+                        .then(|| logprobs::completion(tokenizer, &out.logprobs, &mut offset)),
+                    finish_reason: finish_reason(out),
+                    stop_reason: out.stop_reason.clone(),
+                }
+            })
+            .collect(),
+        system_fingerprint: None,
+    };
+    Ok(axum::Json(response).into_response())
+}
+
+fn reject_unsupported(req: &CompletionRequest) -> ApiResult<()> {
+    if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+        return Err(ApiError::invalid(
+            Some("logit_bias"),
+            "logit_bias is not supported",
+        ));
+    }
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid(Some("suffix"), "suffix is not supported"));
+    }
+    if req.best_of.is_some_and(|b| b != req.n.unwrap_or(1)) {
+        return Err(ApiError::invalid(
+            Some("best_of"),
+            "best_of must equal n (every candidate is returned)",
+        ));
+    }
+    if req.echo == Some(true) && req.logprobs.is_some() {
+        return Err(ApiError::invalid(
+            Some("echo"),
+            "echo with logprobs is not supported (prompt logprobs are not computed)",
+        ));
+    }
+    Ok(())
+}
+
+/// The prompt ids of each prompt, in any of OpenAI's four forms.
+fn tokenize_prompts(served: &Served, prompt: &Prompt) -> ApiResult<Vec<Vec<u32>>> {
+    let tokenizer = served.engine.tokenizer();
+    let encode = |text: &str| {
+        tokenizer
+            .encode(text, true)
+            .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e:#}")))
+    };
+    let prompts = match prompt {
+        Prompt::Text(text) => vec![encode(text)?],
+        Prompt::Texts(texts) => texts.iter().map(|t| encode(t)).collect::<ApiResult<_>>()?,
+        Prompt::Tokens(ids) => vec![ids.clone()],
+        Prompt::TokenLists(lists) => lists.clone(),
+    };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid(
+            Some("prompt"),
+            format!("between 1 and {MAX_PROMPTS} prompts per request"),
+        ));
+    }
+    Ok(prompts)
+}
+
+struct StreamOptions {
+    n: usize,
+    include_usage: bool,
+    want_logprobs: bool,
+}
+
+fn chunk(meta: &ResponseMeta, choices: Vec<CompletionChoice>, include_usage: bool) -> Completion {
+    Completion {
+        id: meta.id.clone(),
+        object: "text_completion",
+        created: meta.created,
+        model: meta.model.clone(),
+        choices,
+        usage: include_usage.then_some(None),
+        system_fingerprint: None,
+    }
+}
+
+fn stream(
+    state: SharedState,
+    meta: ResponseMeta,
+    submitted: Vec<Choice>,
+    echoed: Vec<String>,
+    opts: StreamOptions,
+) -> Response {
+    let (tx, response) = sse::channel();
+    tokio::spawn(async move {
+        let Some(served) = state.served() else { return };
+        let tokenizer = served.engine.tokenizer().clone();
+        let count = submitted.len();
+        let mut finals = vec![None; count];
+        // Where each choice's next token starts in its text (after any echoed prompt).
+        let mut offsets: Vec<usize> = (0..count).map(|i| echoed[i / opts.n].len()).collect();
+        let mut pending_echo: Vec<bool> =
+            (0..count).map(|i| !echoed[i / opts.n].is_empty()).collect();
+        let mut events = generate::interleave(submitted, state.clone());
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = tx.closed() => return,
+            };
+            let Some((index, event)) = event else { break };
+            let out = match event {
+                Ok(out) => out,
+                Err(message) => {
+                    tx.send_error(ApiError::internal(message)).await;
+                    tx.done().await;
+                    return;
+                }
+            };
+            let finish = finish_reason(&out);
+            let mut text = out.text.clone();
+            if std::mem::take(&mut pending_echo[index]) {
+                text.insert_str(0, &echoed[index / opts.n]);
+            }
+            if text.is_empty() && finish.is_none() && !opts.want_logprobs {
+                continue;
+            }
+            let choice = CompletionChoice {
+                index,
+                text,
+                logprobs: opts
+                    .want_logprobs
+                    .then(|| logprobs::completion(&tokenizer, &out.logprobs, &mut offsets[index])),
+                finish_reason: finish.clone(),
+                stop_reason: out.stop_reason.clone(),
+            };
+            if !tx
+                .send(&chunk(&meta, vec![choice], opts.include_usage))
+                .await
+            {
+                return;
+            }
+            if finish.is_some() {
+                finals[index] = Some(out);
+            }
+        }
+        if opts.include_usage {
+            let finals: Vec<_> = finals.into_iter().flatten().collect();
+            let mut last = chunk(&meta, Vec::new(), true);
+            last.usage = Some(Some(generate::usage(&finals, opts.n)));
+            if !tx.send(&last).await {
+                return;
+            }
+        }
+        tx.done().await;
+    });
+    response
+}

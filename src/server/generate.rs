@@ -1,0 +1,181 @@
+//! Submitting the choices of a request (each prompt times `n`) and reading them back, with
+//! latency metrics observed on the way. Dropping a [`Choice`] cancels its engine request.
+
+use super::error::{ApiError, ApiResult};
+use super::metrics::{RequestTimer, ServerMetrics};
+use super::sampling::for_choice;
+use super::state::Served;
+use crate::engine::handle::merge;
+use crate::engine::{RequestError, RequestOutput, RequestStream, SamplingParams};
+use futures_util::stream::{self, BoxStream, StreamExt};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::state::AppState;
+
+/// One choice of a response: its place in `choices`, its prompt, its engine stream.
+pub struct Choice {
+    pub index: usize,
+    pub prompt_index: usize,
+    stream: RequestStream,
+    timer: RequestTimer,
+}
+
+/// Submits `n` choices per prompt; choice `p * n + i` is prompt `p`'s `i`-th. If any is
+/// refused, those already submitted are cancelled (dropped) and the error is returned.
+pub fn submit(
+    served: &Served,
+    prompts: Vec<Vec<u32>>,
+    n: usize,
+    params: &SamplingParams,
+    arrival: Instant,
+    prompt_param: &str,
+) -> ApiResult<Vec<Choice>> {
+    let mut choices = Vec::with_capacity(prompts.len() * n);
+    for (prompt_index, prompt) in prompts.into_iter().enumerate() {
+        for i in 0..n {
+            let stream = served
+                .engine
+                .submit(prompt.clone(), for_choice(params, i))
+                .map_err(|e| request_error(e, prompt_param))?;
+            choices.push(Choice {
+                index: prompt_index * n + i,
+                prompt_index,
+                stream,
+                timer: RequestTimer::start(arrival),
+            });
+        }
+    }
+    Ok(choices)
+}
+
+fn request_error(e: RequestError, prompt_param: &str) -> ApiError {
+    let prompt_problem = matches!(
+        e,
+        RequestError::PromptTooLong { .. }
+            | RequestError::EmptyPrompt
+            | RequestError::InvalidToken { .. }
+    );
+    let mut err = ApiError::from(e);
+    if prompt_problem {
+        err.param = Some(prompt_param.to_string());
+    }
+    err
+}
+
+impl Choice {
+    /// The next increment; `None` once the final one (with `finish_reason`) has been read.
+    pub async fn next(&mut self, metrics: &ServerMetrics) -> Option<Result<RequestOutput, String>> {
+        let ev = self.stream.next().await?;
+        if let Ok(out) = &ev {
+            self.timer.observe(metrics, out);
+        }
+        Some(ev)
+    }
+
+    /// Reads the choice to its end, merging the increments.
+    pub async fn collect(mut self, metrics: &ServerMetrics) -> ApiResult<(usize, RequestOutput)> {
+        let mut all = RequestOutput::default();
+        while let Some(ev) = self.next(metrics).await {
+            merge(&mut all, ev.map_err(ApiError::internal)?);
+            if all.finish_reason.is_some() {
+                return Ok((self.index, all));
+            }
+        }
+        Err(ApiError::unavailable(
+            "the engine stopped before the request finished",
+        ))
+    }
+}
+
+/// Reads every choice to its end, concurrently; results in choice order.
+pub async fn collect_all(
+    choices: Vec<Choice>,
+    metrics: &ServerMetrics,
+) -> ApiResult<Vec<RequestOutput>> {
+    let mut results =
+        futures_util::future::join_all(choices.into_iter().map(|c| c.collect(metrics)))
+            .await
+            .into_iter()
+            .collect::<ApiResult<Vec<_>>>()?;
+    results.sort_by_key(|(index, _)| *index);
+    Ok(results.into_iter().map(|(_, out)| out).collect())
+}
+
+/// An event of a streamed response: which choice, and its increment or failure.
+pub type ChoiceEvent = (usize, Result<RequestOutput, String>);
+
+/// All choices' increments as they come, interleaved. Each choice's part ends after its
+/// final increment (or its error); a choice whose engine stream ends early yields an error.
+pub fn interleave(choices: Vec<Choice>, state: Arc<AppState>) -> BoxStream<'static, ChoiceEvent> {
+    let parts = choices.into_iter().map(move |choice| {
+        let state = state.clone();
+        stream::unfold(Some(choice), move |choice| {
+            let state = state.clone();
+            async move {
+                let mut choice = choice?;
+                let index = choice.index;
+                match choice.next(&state.metrics).await {
+                    Some(Ok(out)) if out.finish_reason.is_none() => {
+                        Some(((index, Ok(out)), Some(choice)))
+                    }
+                    Some(ev) => Some(((index, ev), None)),
+                    None => Some((
+                        (
+                            index,
+                            Err("the engine stopped before the request finished".into()),
+                        ),
+                        None,
+                    )),
+                }
+            }
+        })
+        .boxed()
+    });
+    stream::select_all(parts).boxed()
+}
+
+/// The fields every response and chunk of one request repeats.
+#[derive(Clone, Debug)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ResponseMeta {
+    pub fn new(prefix: &str, model: &str) -> Self {
+        ResponseMeta {
+            id: format!("{prefix}-{:032x}", rand::random::<u128>()),
+            created: super::state::unix_now(),
+            model: model.to_string(),
+        }
+    }
+}
+
+/// Usage over all choices: each prompt counted once (as OpenAI does for `n` > 1), every
+/// choice's generated tokens summed. `finals[i]` is choice `i`'s last output.
+pub fn usage<'a>(
+    finals: impl IntoIterator<Item = &'a RequestOutput>,
+    n: usize,
+) -> super::types::common::Usage {
+    let (mut prompt, mut completion, mut cached) = (0, 0, 0);
+    for (i, out) in finals.into_iter().enumerate() {
+        if i % n == 0 {
+            prompt += out.prompt_tokens;
+            cached += out.cached_tokens;
+        }
+        completion += out.completion_tokens;
+    }
+    super::types::common::Usage::new(prompt, completion, cached)
+}
+
+/// OpenAI's name for how a choice ended. An abort only reaches a client when the server
+/// cancelled the request (shutdown deadline), which OpenAI's schema has no value for; it
+/// is reported as `length`, the nearest "cut short" reason.
+pub fn finish_reason(out: &RequestOutput) -> Option<String> {
+    out.finish_reason.map(|r| match r {
+        crate::engine::FinishReason::Abort => "length".to_string(),
+        other => other.as_str().to_string(),
+    })
+}

@@ -1,0 +1,179 @@
+//! `kiln serve`: the OpenAI-compatible HTTP server on top of the engine handle. The server
+//! never reaches into the engine: it submits token ids and reads output streams.
+//!
+//! Startup binds the port first and loads the model in the background, so `/health`
+//! answers 503 while loading. SIGTERM / SIGINT stop new work (new connections are refused,
+//! new requests on open ones get 503), let in-flight requests finish within
+//! `--shutdown-timeout`, then exit 0.
+
+pub mod auth;
+pub mod chat;
+pub mod completions;
+pub mod error;
+pub mod generate;
+pub mod json;
+pub mod logprobs;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod sampling;
+pub mod service;
+pub mod shutdown;
+pub mod sse;
+pub mod state;
+pub mod types;
+
+use crate::engine::EngineHandle;
+use crate::launch::{build_engine, EngineArgs};
+use anyhow::{Context, Result};
+use state::{AppState, Served, SharedState};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Address to listen on.
+    #[arg(long, env = "KILN_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the chosen address is logged).
+    #[arg(long, env = "KILN_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Names the model answers to in requests (comma-separated); the first is reported.
+    /// Defaults to the model's name.
+    #[arg(long, env = "KILN_SERVED_MODEL_NAME", value_delimiter = ',')]
+    pub served_model_name: Vec<String>,
+    /// Require `Authorization: Bearer <key>` on /v1/*.
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests allowed to wait for a slot before new ones get 429 (0: unbounded).
+    #[arg(long, env = "KILN_MAX_QUEUED_REQUESTS", default_value_t = 0)]
+    pub max_queued_requests: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM / SIGINT.
+    #[arg(long, env = "KILN_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, env = "KILN_MAX_REQUEST_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_request_body_bytes: usize,
+}
+
+/// Runs `kiln serve` until a signal (blocking).
+pub fn run(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kiln-http")
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve_from_args(args));
+    // Whatever is still running (requests cancelled at the deadline, a model still
+    // loading) is dropped rather than waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn serve_from_args(args: ServeArgs) -> Result<()> {
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let state = Arc::new(AppState::new(args.api_key.clone()));
+    let engine_args = args.engine.clone();
+    let names = args.served_model_name.clone();
+    let max_queued = args.max_queued_requests;
+    let loader = async move {
+        tokio::task::spawn_blocking(move || load(&engine_args, names, max_queued))
+            .await
+            .context("the model loader panicked")?
+    };
+    let options = ServeOptions {
+        max_request_body_bytes: args.max_request_body_bytes,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+    };
+    serve(listener, state, loader, shutdown::signal(), options).await
+}
+
+/// Loads the model and starts the engine (blocking).
+pub fn load(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<Served> {
+    let (engine, root) = build_engine(args)?;
+    let names = if names.is_empty() {
+        vec![root.clone()]
+    } else {
+        names
+    };
+    Ok(Served {
+        engine: EngineHandle::spawn(engine, max_queued),
+        names,
+        root,
+    })
+}
+
+pub struct ServeOptions {
+    pub max_request_body_bytes: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// Serves on `listener` while `loader` brings the engine up, until `stop` resolves; then
+/// drains. Returns an error if the model fails to load or the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    state: SharedState,
+    loader: impl Future<Output = Result<Served>>,
+    stop: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> Result<()> {
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!("listening on http://{addr}");
+    let app = routes::router(state.clone(), options.max_request_body_bytes);
+    let (stopping_tx, mut stopping) = tokio::sync::oneshot::channel::<()>();
+    let draining_state = state.clone();
+    let graceful = async move {
+        stop.await;
+        draining_state.start_draining();
+        let _ = stopping_tx.send(());
+    };
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+    });
+    tokio::pin!(loader);
+    let mut loading = true;
+    loop {
+        tokio::select! {
+            loaded = &mut loader, if loading => {
+                loading = false;
+                let served = loaded.context("loading the model")?;
+                tracing::info!("ready: serving {} as {:?}", served.root, served.names);
+                state.set_served(served);
+            }
+            _ = &mut stopping => break,
+            ended = &mut server => {
+                ended.context("the HTTP server task failed")?.context("serving HTTP")?;
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(
+        "shutting down: no new requests; waiting up to {:?} for in-flight ones",
+        options.shutdown_timeout
+    );
+    match tokio::time::timeout(options.shutdown_timeout, &mut server).await {
+        Ok(ended) => {
+            ended
+                .context("the HTTP server task failed")?
+                .context("serving HTTP")?;
+            if let Some(served) = state.served() {
+                let engine = served.engine.clone();
+                let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+            }
+            tracing::info!("shut down cleanly");
+        }
+        Err(_) => {
+            server.abort();
+            tracing::warn!("in-flight requests did not finish in time; cancelling them");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! `GET /openapi.json`, generated from the request/response types and handler annotations.
+
+use super::types::{chat, common, completion, service as svc};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kiln", description = "OpenAI-compatible inference API"),
+    paths(
+        super::chat::chat_completions,
+        super::completions::completions,
+        super::service::models,
+        super::service::tokenize,
+        super::service::detokenize,
+        super::service::version,
+        super::service::health,
+        super::service::metrics,
+    ),
+    components(schemas(
+        common::Usage,
+        common::Stop,
+        common::StreamOptions,
+        chat::ChatCompletionChunk,
+        completion::Prompt,
+        svc::ModelCard,
+        super::error::ErrorBody,
+    ))
+)]
+pub struct ApiDoc;
+
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

@@ -1,0 +1,111 @@
+//! OpenAI request fields -> engine [`SamplingParams`], with OpenAI's defaults and errors.
+
+use super::error::{ApiError, ApiResult};
+use super::types::common::{SamplingFields, MAX_STOP_SEQUENCES};
+use crate::engine::SamplingParams;
+
+/// Most choices one request may ask for; each is a sequence in the engine.
+pub const MAX_N: usize = 128;
+
+/// Checks `n` (default 1).
+pub fn choices(n: Option<usize>) -> ApiResult<usize> {
+    let n = n.unwrap_or(1);
+    if n == 0 || n > MAX_N {
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!("n must be between 1 and {MAX_N}, got {n}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Builds and validates the engine parameters of the first choice.
+pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
+    let top_k = match f.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid(
+                Some("top_k"),
+                format!("top_k must be -1 (off) or positive, got {k}"),
+            ))
+        }
+    };
+    let stop = f.stop.map(|s| s.into_vec()).unwrap_or_default();
+    if stop.len() > MAX_STOP_SEQUENCES {
+        return Err(ApiError::invalid(
+            Some("stop"),
+            format!(
+                "at most {MAX_STOP_SEQUENCES} stop sequences, got {}",
+                stop.len()
+            ),
+        ));
+    }
+    let defaults = SamplingParams::default();
+    let params = SamplingParams {
+        max_tokens: f.max_tokens,
+        min_tokens: f.min_tokens,
+        temperature: f.temperature.unwrap_or(defaults.temperature),
+        top_p: f.top_p.unwrap_or(defaults.top_p),
+        top_k,
+        min_p: f.min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: f.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+        presence_penalty: f.presence_penalty.unwrap_or(defaults.presence_penalty),
+        frequency_penalty: f.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+        // OpenAI seeds are signed; the engine's are the same 64 bits.
+        seed: f.seed.map(|s| s as u64),
+        stop,
+        stop_token_ids: f.stop_token_ids,
+        include_stop_str_in_output: f.include_stop_str_in_output,
+        ignore_eos: f.ignore_eos,
+        logprobs: f.logprobs,
+        skip_special_tokens: f
+            .skip_special_tokens
+            .unwrap_or(defaults.skip_special_tokens),
+    };
+    params.validate()?;
+    Ok(params)
+}
+
+/// The parameters of choice `i`: a seeded request gives each choice its own stream
+/// (seed + i), so `n` seeded choices differ from each other yet are reproducible.
+pub fn for_choice(params: &SamplingParams, i: usize) -> SamplingParams {
+    let mut p = params.clone();
+    p.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::types::common::Stop;
+
+    #[test]
+    fn openai_defaults_and_seeds_per_choice() {
+        let p = to_params(SamplingFields {
+            seed: Some(7),
+            stop: Some(Stop::One("x".into())),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.temperature, 1.0);
+        assert_eq!(p.stop, ["x"]);
+        assert_eq!(for_choice(&p, 2).seed, Some(9));
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_them() {
+        let bad_top_k = to_params(SamplingFields {
+            top_k: Some(-3),
+            ..Default::default()
+        });
+        assert_eq!(bad_top_k.unwrap_err().param.as_deref(), Some("top_k"));
+        let bad_temp = to_params(SamplingFields {
+            temperature: Some(-0.5),
+            ..Default::default()
+        });
+        assert_eq!(bad_temp.unwrap_err().param.as_deref(), Some("temperature"));
+        assert_eq!(choices(Some(0)).unwrap_err().param.as_deref(), Some("n"));
+        assert_eq!(choices(None).unwrap(), 1);
+    }
+}

@@ -1,0 +1,135 @@
+//! The small endpoints: models, tokenizer, version, health, metrics.
+
+use super::error::{ApiError, ApiResult};
+use super::json::ApiJson;
+use super::state::{AppState, Served, SharedState};
+use super::types::service::*;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[utoipa::path(get, tag = "openai", path = "/v1/models", responses((status = 200, body = ModelList)))]
+pub async fn models(State(state): State<SharedState>) -> ApiResult<Json<ModelList>> {
+    let served = state.ready()?;
+    let data = served
+        .names
+        .iter()
+        .map(|name| ModelCard {
+            id: name.clone(),
+            object: "model",
+            created: state.started_at,
+            owned_by: "kiln",
+            root: served.root.clone(),
+            max_model_len: served.engine.info().max_model_len,
+        })
+        .collect();
+    Ok(Json(ModelList {
+        object: "list",
+        data,
+    }))
+}
+
+/// A tokenizer request may name a model; if it does, it must be one we serve.
+fn served_for<'a>(state: &'a AppState, model: Option<&str>) -> ApiResult<&'a Served> {
+    match model {
+        Some(model) => state.ready_for(model),
+        None => state.ready(),
+    }
+}
+
+#[utoipa::path(post, tag = "service", path = "/tokenize", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
+pub async fn tokenize(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<TokenizeRequest>,
+) -> ApiResult<Json<TokenizeResponse>> {
+    let served = served_for(&state, req.model.as_deref())?;
+    let tokenizer = served.engine.tokenizer();
+    let encode_failed = |e: anyhow::Error| ApiError::internal(format!("tokenizing: {e:#}"));
+    let tokens = match (&req.prompt, &req.messages) {
+        (Some(prompt), None) => tokenizer
+            .encode(prompt, req.add_special_tokens.unwrap_or(true))
+            .map_err(encode_failed)?,
+        (None, Some(messages)) => {
+            let template = tokenizer.chat_template().ok_or_else(|| {
+                ApiError::invalid(Some("messages"), "this model has no chat template")
+            })?;
+            let text = template
+                .render(
+                    messages,
+                    req.add_generation_prompt.unwrap_or(true),
+                    serde_json::Value::Null,
+                )
+                .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+            tokenizer.encode(&text, false).map_err(encode_failed)?
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                "give exactly one of prompt or messages",
+            ))
+        }
+    };
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        tokens,
+        max_model_len: served.engine.info().max_model_len,
+    }))
+}
+
+#[utoipa::path(post, tag = "service", path = "/detokenize", request_body = DetokenizeRequest,
+    responses((status = 200, body = DetokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
+pub async fn detokenize(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<DetokenizeRequest>,
+) -> ApiResult<Json<DetokenizeResponse>> {
+    let served = served_for(&state, req.model.as_deref())?;
+    let vocab = served.engine.info().vocab_size;
+    if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid(
+            Some("tokens"),
+            format!("token id {bad} is outside the vocabulary ({vocab} tokens)"),
+        ));
+    }
+    let prompt = served
+        .engine
+        .tokenizer()
+        .decode(&req.tokens, false)
+        .map_err(|e| ApiError::invalid(Some("tokens"), format!("{e:#}")))?;
+    Ok(Json(DetokenizeResponse { prompt }))
+}
+
+#[utoipa::path(get, tag = "service", path = "/version", responses((status = 200, body = VersionResponse)))]
+pub async fn version() -> Json<VersionResponse> {
+    Json(VersionResponse {
+        version: crate::version(),
+    })
+}
+
+/// 200 once the model is loaded and the engine healthy; 503 while loading, after an
+/// engine failure, and while shutting down (so load balancers stop routing here).
+#[utoipa::path(get, tag = "service", path = "/health", responses((status = 200), (status = 503)))]
+pub async fn health(State(state): State<SharedState>) -> Response {
+    match state.ready() {
+        Ok(_) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response(),
+        Err(e) => {
+            let body = serde_json::json!({"status": "unavailable", "reason": e.message});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+#[utoipa::path(get, tag = "service", path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(state): State<SharedState>) -> Response {
+    let stats = state.served().map(|s| s.engine.stats().as_ref());
+    let text = state.metrics.render(stats);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

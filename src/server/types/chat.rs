@@ -1,0 +1,170 @@
+//! `POST /v1/chat/completions`: request, response and stream chunk.
+
+use super::common::{SamplingFields, Stop, StreamOptions, Usage};
+use crate::model::chat_template::ChatMessage;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    /// OpenAI chat messages (`role`, `content` as a string or parts, and any other fields
+    /// the chat template reads).
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<ChatMessage>,
+    pub n: Option<usize>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Deprecated by OpenAI in favour of `max_completion_tokens`; both are accepted.
+    pub max_tokens: Option<usize>,
+    pub max_completion_tokens: Option<usize>,
+    pub min_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// -1 or 0: no top-k cut.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub include_stop_str_in_output: Option<bool>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub ignore_eos: Option<bool>,
+    pub skip_special_tokens: Option<bool>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<usize>,
+    /// Must be empty: token biases are not supported.
+    #[schema(value_type = Option<Object>)]
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Only `{"type": "text"}` is supported.
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<serde_json::Value>,
+    /// Passed to the chat template as `tools`; kiln does not parse tool calls out of the
+    /// output.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Vec<serde_json::Value>>,
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// Extra variables for the chat template.
+    #[schema(value_type = Option<Object>)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    pub add_generation_prompt: Option<bool>,
+    pub user: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    pub store: Option<bool>,
+    pub service_tier: Option<String>,
+}
+
+impl ChatCompletionRequest {
+    pub fn sampling(&self) -> SamplingFields {
+        let logprobs = self
+            .logprobs
+            .unwrap_or(false)
+            .then(|| self.top_logprobs.unwrap_or(0));
+        SamplingFields {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            min_tokens: self.min_tokens.unwrap_or(0),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+            include_stop_str_in_output: self.include_stop_str_in_output.unwrap_or(false),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            repetition_penalty: self.repetition_penalty,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            skip_special_tokens: self.skip_special_tokens,
+            logprobs,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TokenLogprobEntry {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<TokenLogprobEntry>,
+    pub refusal: Option<Vec<TokenLogprobEntry>>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+    pub refusal: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: AssistantMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    /// `stop` or `length`.
+    pub finish_reason: Option<String>,
+    /// The stop string that ended the choice, if any (vLLM's extension).
+    pub stop_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    pub system_fingerprint: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: usize,
+    pub delta: ChatDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// Present (null until the last chunk) only with `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+    pub system_fingerprint: Option<String>,
+}

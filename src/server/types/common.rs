@@ -1,0 +1,83 @@
+//! Pieces shared by chat and text completions: stop sequences, stream options, usage.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `stop`: one string or a list of up to [`MAX_STOP_SEQUENCES`].
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Upper bound on stop sequences per request; OpenAI allows 4, vLLM more. Generous but
+/// finite so that a request cannot make every step scan a huge list.
+pub const MAX_STOP_SEQUENCES: usize = 32;
+
+impl Stop {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s],
+            Stop::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and `"usage": null` on every other chunk).
+    #[serde(default)]
+    pub include_usage: bool,
+    /// Accepted for compatibility; usage is only reported at the end.
+    #[serde(default)]
+    pub continuous_usage_stats: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV entries came from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens },
+        }
+    }
+}
+
+/// The sampling fields both endpoints share, before they become engine parameters.
+#[derive(Clone, Debug, Default)]
+pub struct SamplingFields {
+    pub max_tokens: Option<usize>,
+    pub min_tokens: usize,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub stop_token_ids: Vec<u32>,
+    pub include_stop_str_in_output: bool,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub ignore_eos: bool,
+    pub skip_special_tokens: Option<bool>,
+    /// Alternatives per token, when logprobs are asked for at all.
+    pub logprobs: Option<usize>,
+}

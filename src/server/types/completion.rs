@@ -1,0 +1,110 @@
+//! `POST /v1/completions`: request, response and stream chunk.
+
+use super::common::{SamplingFields, Stop, StreamOptions, Usage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// A prompt in any of OpenAI's four forms.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    pub n: Option<usize>,
+    /// Only `null` or equal to `n` (kiln returns every candidate).
+    pub best_of: Option<usize>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Prepend the prompt to the completion text.
+    pub echo: Option<bool>,
+    /// Not supported (no fill-in-the-middle); must be null or empty.
+    pub suffix: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub min_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub include_stop_str_in_output: Option<bool>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub ignore_eos: Option<bool>,
+    pub skip_special_tokens: Option<bool>,
+    /// Alternatives per token (0 returns only the chosen token's logprob).
+    pub logprobs: Option<usize>,
+    #[schema(value_type = Option<Object>)]
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    pub user: Option<String>,
+}
+
+/// OpenAI's default when a completion request names no `max_tokens`.
+pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
+
+impl CompletionRequest {
+    pub fn sampling(&self) -> SamplingFields {
+        SamplingFields {
+            max_tokens: Some(self.max_tokens.unwrap_or(DEFAULT_COMPLETION_MAX_TOKENS)),
+            min_tokens: self.min_tokens.unwrap_or(0),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+            include_stop_str_in_output: self.include_stop_str_in_output.unwrap_or(false),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            repetition_penalty: self.repetition_penalty,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            skip_special_tokens: self.skip_special_tokens,
+            logprobs: self.logprobs,
+        }
+    }
+}
+
+/// The legacy completions logprobs layout: parallel lists, one entry per token.
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub text_offset: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<String>,
+    pub stop_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    /// Null on stream chunks unless it is the last one with `include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+    pub system_fingerprint: Option<String>,
+}

@@ -1,0 +1,8 @@
+//! The wire types of the OpenAI-compatible API. Requests reject unknown fields, as OpenAI
+//! does; responses follow OpenAI's schema field for field. `/openapi.json` is generated
+//! from these definitions.
+
+pub mod chat;
+pub mod common;
+pub mod completion;
+pub mod service;
