@@ -31,10 +31,12 @@ pub fn paged_attention(
     let block_size = batch.block_size;
 
     let mut out = vec![0.0f32; q.len()];
-    out.par_chunks_mut(hd)
-        .enumerate()
-        .for_each(|(row, out_head)| {
-            let (token, head) = (row / hq, row % hq);
+    // One task per (token, kv head): the query heads sharing that kv head are contiguous in
+    // the output row and read each cached K/V vector once between them.
+    out.par_chunks_mut(group * hd).enumerate().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (task, out_group)| {
+            let (token, kv_head) = (task / hk, task % hk);
             let seq = token_seq[token];
             let q_len = batch.query_start[seq + 1] - batch.query_start[seq];
             let pos = batch.context_lens[seq] - q_len + (token - batch.query_start[seq]);
@@ -42,29 +44,59 @@ pub fn paged_attention(
                 Some(w) if pos >= w => pos + 1 - w,
                 _ => 0,
             };
+            let n = pos + 1 - first;
             let table = &batch.block_tables[seq];
-            let kv_head = head / group;
-            let qv = &q[row * hd..(row + 1) * hd];
             let offset_of = |p: usize| {
                 let slot = table[p / block_size] as usize * block_size + p % block_size;
                 slot * width + kv_head * hd
             };
-            let scores: Vec<f32> = (first..=pos)
-                .map(|p| {
-                    let k = &k_cache[offset_of(p)..offset_of(p) + hd];
-                    qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
-                })
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-            let denom: f32 = weights.iter().sum();
-            for (p, w) in (first..=pos).zip(&weights) {
-                let v = &v_cache[offset_of(p)..offset_of(p) + hd];
-                let w = w / denom;
-                for (o, x) in out_head.iter_mut().zip(v) {
-                    *o += w * x;
+            let q_group = &q[(token * hq + kv_head * group) * hd..][..group * hd];
+            scores.clear();
+            scores.resize(group * n, 0.0);
+            for (i, p) in (first..=pos).enumerate() {
+                let k = &k_cache[offset_of(p)..][..hd];
+                for (g, qh) in q_group.chunks_exact(hd).enumerate() {
+                    scores[g * n + i] = dot(qh, k) * scale;
                 }
             }
-        });
+            for row in scores.chunks_exact_mut(n) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut denom = 0.0;
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    denom += *s;
+                }
+                row.iter_mut().for_each(|s| *s /= denom);
+            }
+            for (i, p) in (first..=pos).enumerate() {
+                let v = &v_cache[offset_of(p)..][..hd];
+                for (g, o) in out_group.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[g * n + i];
+                    for (o, x) in o.iter_mut().zip(v) {
+                        *o += w * x;
+                    }
+                }
+            }
+        },
+    );
     Ok(out)
+}
+
+/// Dot product with eight independent partial sums, so the compiler can vectorise it
+/// (a single running sum is a serial dependency chain).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
