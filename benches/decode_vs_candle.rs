@@ -5,6 +5,8 @@
 //! prompt; only decode steps are timed. kiln runs at batch 1 and batch 16 (continuous
 //! batching, paged KV), candle-transformers at batch 1 (its model has no paged batching).
 //! Run: `cargo bench --bench decode_vs_candle` (KILN_BENCH_TOKENS sets the decode length).
+//! Under `cargo test --all-targets` (no `--bench` argument) it only smoke-tests itself on a
+//! tiny shape, so CI keeps it compiling and working without spending minutes.
 
 use candle_core::{DType, Device, Tensor};
 use kiln::backend::cpu::CpuBackend;
@@ -23,6 +25,12 @@ const CONFIG: &str = r#"{
   "architectures": ["LlamaForCausalLM"], "hidden_size": 768, "intermediate_size": 2048,
   "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 4,
   "vocab_size": 32000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+  "max_position_embeddings": 2048, "tie_word_embeddings": false, "hidden_act": "silu"
+}"#;
+const SMOKE_CONFIG: &str = r#"{
+  "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "vocab_size": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
   "max_position_embeddings": 2048, "tie_word_embeddings": false, "hidden_act": "silu"
 }"#;
 const PROMPT_LEN: usize = 16;
@@ -122,10 +130,10 @@ fn kiln_decode(
 }
 
 /// candle-transformers Llama decode tokens/s at batch 1.
-fn candle_decode(weights: &Path, tokens: usize) -> anyhow::Result<f64> {
+fn candle_decode(config: &str, weights: &Path, tokens: usize) -> anyhow::Result<f64> {
     use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
     let dev = Device::Cpu;
-    let cfg: LlamaConfig = serde_json::from_str(CONFIG)?;
+    let cfg: LlamaConfig = serde_json::from_str(config)?;
     let cfg = cfg.into_config(false);
     let vb =
         unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &dev)? };
@@ -148,11 +156,17 @@ fn candle_decode(weights: &Path, tokens: usize) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (config, default_tokens) = if full {
+        (CONFIG, 64)
+    } else {
+        (SMOKE_CONFIG, 4)
+    };
     let tokens: usize = std::env::var("KILN_BENCH_TOKENS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let cfg = ModelConfig::from_json(CONFIG)?;
+        .unwrap_or(default_tokens);
+    let cfg = ModelConfig::from_json(config)?;
     let dir = tempfile::tempdir()?;
     let weights = dir.path().join("model.safetensors");
     write_weights(&cfg, &weights)?;
@@ -165,7 +179,7 @@ fn main() -> anyhow::Result<()> {
         "model: Llama-shaped, {:.0}M parameters, f32, prompt {PROMPT_LEN}, {tokens} decode tokens",
         cfg.num_parameters() as f64 / 1e6
     );
-    let candle = candle_decode(&weights, tokens)?;
+    let candle = candle_decode(config, &weights, tokens)?;
     let kiln1 = kiln_decode(&cfg, &weights, tokenizer.clone(), 1, tokens)?;
     let kiln16 = kiln_decode(&cfg, &weights, tokenizer, 16, tokens)?;
     println!("| implementation | batch | decode tokens/s |");
