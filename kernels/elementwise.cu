@@ -1,6 +1,7 @@
 // Element-wise arithmetic in f32, rounded once to the dtype.
 //   add:      out = a + b               (out may alias a or b)
 //   add_bias: x[r, j] = x[r, j] + b[j]  (in place, bias broadcast over rows)
+//   copy_columns: out[r, j] = x[r, offset + j]  (one column block of x, e.g. q of a fused QKV)
 
 template <typename D>
 __device__ __forceinline__ void add_impl(typename D::T* out, const typename D::T* a,
@@ -20,6 +21,18 @@ __device__ __forceinline__ void add_bias_impl(typename D::T* x, const typename D
     }
 }
 
+template <typename D>
+__device__ __forceinline__ void copy_columns_impl(typename D::T* out, const typename D::T* x,
+                                                  long long total, int out_width, int in_width,
+                                                  int offset) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const long long row = i / out_width;
+        const int col = (int)(i - row * out_width);
+        out[i] = x[row * in_width + offset + col];
+    }
+}
+
 #define KILN_ELEMENTWISE(S, D)                                                            \
     extern "C" __global__ void add_##S(D::T* out, const D::T* a, const D::T* b,           \
                                        long long total) {                                 \
@@ -28,5 +41,9 @@ __device__ __forceinline__ void add_bias_impl(typename D::T* x, const typename D
     extern "C" __global__ void add_bias_##S(D::T* x, const D::T* bias, long long total,   \
                                             int d) {                                      \
         add_bias_impl<D>(x, bias, total, d);                                              \
+    }                                                                                     \
+    extern "C" __global__ void copy_columns_##S(D::T* out, const D::T* x, long long total, \
+                                                int out_width, int in_width, int offset) { \
+        copy_columns_impl<D>(out, x, total, out_width, in_width, offset);                 \
     }
 KILN_FOR_EACH_DTYPE(KILN_ELEMENTWISE)

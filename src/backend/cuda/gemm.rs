@@ -1,8 +1,8 @@
 //! Linear layers through cuBLAS: `y[m, n] = x[m, k] * w[n, k]^T` with row-major
 //! activations and HF-layout weights, f32 accumulation for every dtype.
 
-use crate::backend::DType;
 use super::tensor::CudaTensor;
+use crate::backend::DType;
 use anyhow::{bail, Context, Result};
 use cudarc::cublas::{result as cublas_result, sys as cublas_sys, CudaBlas};
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};

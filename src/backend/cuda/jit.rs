@@ -1,10 +1,10 @@
 //! Kernel JIT: compile every `kernels/*.cu` with NVRTC for the device's architecture,
 //! cache the result on disk, load it into a CUDA context, and look kernels up by name.
 
-use crate::backend::DType;
 use super::jit_cache::{cache_dir, cache_key, cache_path, CompileTarget};
 use super::kernel_sources::{KernelFile, KERNEL_FILES};
 use super::nvrtc::Nvrtc;
+use crate::backend::DType;
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction};
 use cudarc::nvrtc::Ptx;

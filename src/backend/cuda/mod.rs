@@ -5,6 +5,8 @@
 //! Entry point: [`CudaDevice::new`], then the op methods on it ([`ops`], [`ops_attention`],
 //! [`ops_sampling`]) and [`gemm::Blas::linear`] for `y = x W^T`.
 
+pub mod backend;
+pub mod batch_meta;
 pub mod device;
 pub mod gemm;
 pub mod jit;
@@ -14,14 +16,16 @@ pub mod launch;
 pub mod nvrtc;
 pub mod ops;
 pub mod ops_attention;
+pub mod ops_layout;
 pub mod ops_sampling;
 pub mod reference;
 pub mod selftest;
 pub mod tensor;
 
-pub use device::{device_count, CudaDevice, CudaUnavailable};
 /// The one element-type enum of every backend, re-exported for the kernels' callers.
 pub use crate::backend::DType;
+pub use backend::CudaBackend;
+pub use device::{device_count, CudaDevice, CudaUnavailable};
 pub use ops::RopeStyle;
 pub use ops_attention::AttentionMetadata;
 pub use tensor::CudaTensor;

@@ -20,7 +20,7 @@ pub struct AttentionMetadata<'a> {
 }
 
 impl CudaDevice {
-    /// Writes `k, v [n, hk, hd]` into caches `[num_blocks, block_size, hk, hd]` at
+    /// Writes `k, v [n, hk, hd]` (or `[n, hk * hd]`) into caches `[num_blocks, block_size, hk, hd]` at
     /// `slot_mapping[n]` (slot = block * block_size + offset; negative = skip).
     pub fn kv_write(
         &self,
@@ -30,9 +30,9 @@ impl CudaDevice {
         v: &CudaTensor,
         slot_mapping: &CudaSlice<i32>,
     ) -> Result<()> {
-        let [n, hk, hd] = dims3(k, "kv_write k")?;
-        v.expect_shape(k.shape(), "kv_write v")?;
         let (num_slots, cache_hk, cache_hd) = cache_geometry(k_cache)?;
+        let [n, hk, hd] = token_heads(k, cache_hd, "kv_write k")?;
+        v.expect_shape(k.shape(), "kv_write v")?;
         v_cache.expect_shape(k_cache.shape(), "kv_write v cache")?;
         if (cache_hk, cache_hd) != (hk, hd) {
             bail!(
@@ -70,7 +70,7 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// `out[n, hq, hd] = softmax(q k^T * scale) v` over each token's causal window of the
+    /// `out[n, hq, hd] = softmax(q k^T * scale) v` (q and out may also be `[n, hq * hd]`) over each token's causal window of the
     /// paged cache (see kernels/attention.cu). Block indices in `block_tables` are trusted.
     pub fn attention(
         &self,
@@ -81,8 +81,8 @@ impl CudaDevice {
         scale: f32,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let [n, hq, hd] = dims3(q, "attention q")?;
         let (_, hk, cache_hd) = cache_geometry(k_cache)?;
+        let [n, hq, hd] = token_heads(q, cache_hd, "attention q")?;
         let block_size = k_cache.shape()[1];
         v_cache.expect_shape(k_cache.shape(), "attention v cache")?;
         out.expect_shape(q.shape(), "attention output")?;
@@ -137,6 +137,19 @@ impl CudaDevice {
         // SAFETY: matches kernels/attention.cu; shapes checked above.
         unsafe { args.launch(launch::attention(n, hq)?) }.context("attention launch")?;
         Ok(())
+    }
+}
+
+/// `[tokens, heads, head_dim]` of `t`, which is either that or `[tokens, heads * head_dim]`
+/// (the model's flat rows; `head_dim` then comes from the cache).
+fn token_heads(t: &CudaTensor, head_dim: usize, what: &str) -> Result<[usize; 3]> {
+    match t.shape() {
+        &[n, width] if head_dim > 0 && width % head_dim == 0 => Ok([n, width / head_dim, head_dim]),
+        &[_, _] => bail!(
+            "{what}: row width {:?} is not a multiple of head dim {head_dim}",
+            t.shape()
+        ),
+        _ => dims3(t, what),
     }
 }
 

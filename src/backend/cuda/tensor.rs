@@ -76,6 +76,15 @@ impl CudaTensor {
         Ok(values)
     }
 
+    /// The same data under another shape of as many elements (no copy).
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        if numel(shape) != self.numel() {
+            bail!("cannot reshape {:?} to {shape:?}", self.shape);
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }

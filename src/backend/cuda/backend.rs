@@ -1,0 +1,352 @@
+//! The op set ([`Backend`]) on one GPU: each op allocates its output on the device's stream
+//! (stream-ordered, so cheap) and queues our kernels or cuBLAS. Nothing synchronizes except
+//! [`Backend::to_host_f32`], which the model calls once per forward for the logits.
+
+use super::batch_meta::HostBatchMeta;
+use super::device::CudaDevice;
+use super::ops::RopeStyle;
+use super::ops_attention::AttentionMetadata;
+use super::tensor::CudaTensor;
+use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, Rope};
+use anyhow::{bail, Context, Result};
+use candle_core::{CpuStorage, Storage};
+use cudarc::driver::CudaSlice;
+
+/// A GPU as a [`Backend`].
+pub struct CudaBackend {
+    dev: CudaDevice,
+    ordinal: usize,
+}
+
+/// The paged KV cache: per layer, K and V as `[num_blocks, block_size, kv_heads, head_dim]`.
+pub struct CudaKvCache {
+    k: Vec<CudaTensor>,
+    v: Vec<CudaTensor>,
+}
+
+/// A forward pass's layout, uploaded once and read by every layer.
+pub struct CudaBatchMeta {
+    positions: CudaSlice<i32>,
+    slots: CudaSlice<i32>,
+    block_tables: CudaSlice<i32>,
+    max_blocks_per_seq: usize,
+    query_start: CudaSlice<i32>,
+    context_lens: CudaSlice<i32>,
+    num_seqs: usize,
+    max_context: usize,
+}
+
+/// The rotary table, uploaded once per model.
+pub struct CudaRope {
+    inv_freq: CudaSlice<f32>,
+    style: RopeStyle,
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` (kernels compiled or loaded from the disk cache, cuBLAS created).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let dev = CudaDevice::new(ordinal)?;
+        Ok(CudaBackend { dev, ordinal })
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    /// `(free, total)` bytes of device memory, as the driver reports them now.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        self.dev
+            .context()
+            .mem_get_info()
+            .context("querying free GPU memory")
+    }
+
+    /// Makes the device's context current on the calling thread (the engine runs the model
+    /// on its own thread, and cuBLAS uses whatever context is current).
+    fn bind(&self) -> Result<()> {
+        self.dev
+            .context()
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")
+    }
+
+    fn zeros(&self, dtype: DType, shape: &[usize]) -> Result<CudaTensor> {
+        CudaTensor::zeros(&self.dev, dtype, shape)
+    }
+}
+
+/// The bytes of a contiguous host tensor, and its dtype.
+fn host_bytes(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(DType, &[u8]) -> Result<CudaTensor>,
+) -> Result<CudaTensor> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("upload: the weight is not a host tensor");
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .context("upload: the weight is not contiguous")?;
+    match cpu {
+        CpuStorage::F32(v) => f(DType::F32, bytemuck::cast_slice(&v[start..end])),
+        CpuStorage::F16(v) => f(DType::F16, bytemuck::cast_slice(&v[start..end])),
+        CpuStorage::BF16(v) => f(DType::BF16, bytemuck::cast_slice(&v[start..end])),
+        _ => bail!("upload: unsupported host dtype {:?}", t.dtype()),
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type KvCache = CudaKvCache;
+    type BatchMeta = CudaBatchMeta;
+    type RopeTable = CudaRope;
+
+    fn name(&self) -> String {
+        format!("cuda:{}", self.ordinal)
+    }
+
+    fn upload(&self, host: candle_core::Tensor) -> Result<CudaTensor> {
+        self.bind()?;
+        let shape = host.dims().to_vec();
+        host_bytes(&host, |dtype, bytes| {
+            CudaTensor::from_bytes(&self.dev, dtype, &shape, bytes).with_context(|| {
+                format!("uploading a {shape:?} {dtype} weight (out of GPU memory?)")
+            })
+        })
+    }
+
+    fn to_host_f32(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        t.to_f32(&self.dev)
+    }
+
+    fn prepare_batch(&self, batch: &BatchLayout) -> Result<CudaBatchMeta> {
+        self.bind()?;
+        let host = HostBatchMeta::from_layout(batch)?;
+        Ok(CudaBatchMeta {
+            positions: self.dev.upload(&host.positions)?,
+            slots: self.dev.upload(&host.slots)?,
+            block_tables: self.dev.upload(&host.block_tables)?,
+            max_blocks_per_seq: host.max_blocks_per_seq,
+            query_start: self.dev.upload(&host.query_start)?,
+            context_lens: self.dev.upload(&host.context_lens)?,
+            num_seqs: batch.num_seqs(),
+            max_context: host.max_context,
+        })
+    }
+
+    fn prepare_rope(&self, rope: &Rope) -> Result<CudaRope> {
+        self.bind()?;
+        Ok(CudaRope {
+            inv_freq: self.dev.upload(&rope.inv_freq)?,
+            style: if rope.neox {
+                RopeStyle::Neox
+            } else {
+                RopeStyle::Interleaved
+            },
+        })
+    }
+
+    fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
+        let [vocab, hidden] = *table.shape() else {
+            bail!("embedding table must be 2-d, got {:?}", table.shape());
+        };
+        // The kernel zeroes unknown ids; the CPU reference rejects them, so do we.
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let mut out = self.zeros(table.dtype(), &[ids.len(), hidden])?;
+        if !ids.is_empty() {
+            self.dev
+                .embedding(table, &self.dev.upload(ids)?, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaTensor, b: Option<&CudaTensor>) -> Result<CudaTensor> {
+        let (rows, out_features) = match (x.shape(), w.shape()) {
+            (&[rows, _], &[out_features, _]) => (rows, out_features),
+            _ => bail!(
+                "linear: x {:?} and w {:?} must be 2-d",
+                x.shape(),
+                w.shape()
+            ),
+        };
+        let mut out = self.zeros(x.dtype(), &[rows, out_features])?;
+        if rows > 0 {
+            self.dev.blas().linear(x, w, &mut out)?;
+            if let Some(b) = b {
+                self.dev.add_bias(&mut out, b)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f64) -> Result<CudaTensor> {
+        let mut out = self.zeros(x.dtype(), x.shape())?;
+        self.dev.rms_norm(x, weight, eps as f32, &mut out)?;
+        Ok(out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: CudaTensor,
+        residual: CudaTensor,
+        weight: &CudaTensor,
+        eps: f64,
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        let (mut x, mut residual) = (x, residual);
+        self.dev
+            .fused_add_rms_norm(&mut x, &mut residual, weight, eps as f32)?;
+        Ok((x, residual))
+    }
+
+    fn rope(
+        &self,
+        q: CudaTensor,
+        k: CudaTensor,
+        head_dim: usize,
+        rope: &CudaRope,
+        batch: &CudaBatchMeta,
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        let (q_shape, k_shape) = (q.shape().to_vec(), k.shape().to_vec());
+        let (&[n, q_width], &[_, k_width]) = (q_shape.as_slice(), k_shape.as_slice()) else {
+            bail!("rope: q {q_shape:?} and k {k_shape:?} must be 2-d");
+        };
+        if head_dim == 0 || q_width % head_dim != 0 || k_width % head_dim != 0 {
+            bail!("rope: widths {q_width} / {k_width} are not multiples of head dim {head_dim}");
+        }
+        if batch.positions.len() != n {
+            bail!("rope: {} positions for {n} tokens", batch.positions.len());
+        }
+        let mut q = q.reshape(&[n, q_width / head_dim, head_dim])?;
+        let mut k = k.reshape(&[n, k_width / head_dim, head_dim])?;
+        self.dev
+            .rope(&mut q, &mut k, &batch.positions, &rope.inv_freq, rope.style)?;
+        Ok((q.reshape(&q_shape)?, k.reshape(&k_shape)?))
+    }
+
+    fn silu_mul(&self, gate_up: &CudaTensor) -> Result<CudaTensor> {
+        let &[n, width] = gate_up.shape() else {
+            bail!("silu_mul: input must be 2-d, got {:?}", gate_up.shape());
+        };
+        let mut out = self.zeros(gate_up.dtype(), &[n, width / 2])?;
+        self.dev.silu_mul(gate_up, &mut out)?;
+        Ok(out)
+    }
+
+    fn split_columns(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {
+        let &[n, total] = x.shape() else {
+            bail!("split_columns: input must be 2-d, got {:?}", x.shape());
+        };
+        let sum: usize = widths.iter().sum();
+        if sum != total {
+            bail!("split_columns: width {total} != {sum}");
+        }
+        let mut offset = 0;
+        let mut parts = Vec::with_capacity(widths.len());
+        for &w in widths {
+            let mut part = self.zeros(x.dtype(), &[n, w])?;
+            self.dev.copy_columns(x, offset, &mut part)?;
+            parts.push(part);
+            offset += w;
+        }
+        Ok(parts)
+    }
+
+    fn select_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
+        let &[n, width] = x.shape() else {
+            bail!("select_rows: input must be 2-d, got {:?}", x.shape());
+        };
+        let ids = rows
+            .iter()
+            .map(|&r| {
+                anyhow::ensure!(r < n, "select_rows: row {r} of {n}");
+                Ok(r as u32)
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let mut out = self.zeros(x.dtype(), &[ids.len(), width])?;
+        if !ids.is_empty() {
+            self.dev.gather_rows(x, &self.dev.upload(&ids)?, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn new_kv_cache(&self, spec: &KvCacheSpec) -> Result<CudaKvCache> {
+        self.bind()?;
+        let shape = [
+            spec.num_blocks,
+            spec.block_size,
+            spec.num_kv_heads,
+            spec.head_dim,
+        ];
+        let alloc = |what: &str, layer: usize| {
+            self.zeros(spec.dtype, &shape).with_context(|| {
+                format!(
+                    "allocating the KV cache ({what} of layer {layer}, {} blocks): out of GPU memory? \
+                     lower --gpu-memory-utilization, --num-kv-blocks or --max-model-len",
+                    spec.num_blocks
+                )
+            })
+        };
+        let mut cache = CudaKvCache {
+            k: Vec::with_capacity(spec.num_layers),
+            v: Vec::with_capacity(spec.num_layers),
+        };
+        for layer in 0..spec.num_layers {
+            cache.k.push(alloc("K", layer)?);
+            cache.v.push(alloc("V", layer)?);
+        }
+        Ok(cache)
+    }
+
+    fn write_kv(
+        &self,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        batch: &CudaBatchMeta,
+    ) -> Result<()> {
+        let (Some(k_cache), Some(v_cache)) = (cache.k.get_mut(layer), cache.v.get_mut(layer))
+        else {
+            bail!("write_kv: no layer {layer} in the cache");
+        };
+        self.dev.kv_write(k_cache, v_cache, k, v, &batch.slots)
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        cache: &CudaKvCache,
+        layer: usize,
+        batch: &CudaBatchMeta,
+        shape: &AttentionShape,
+    ) -> Result<CudaTensor> {
+        let (Some(k_cache), Some(v_cache)) = (cache.k.get(layer), cache.v.get(layer)) else {
+            bail!("attention: no layer {layer} in the cache");
+        };
+        if let Some(window) = shape.sliding_window {
+            // The kernel attends to the whole context; within the window that is the same.
+            if batch.max_context > window {
+                bail!(
+                    "attention: a {}-token context exceeds the sliding window of {window}, which \
+                     the CUDA attention kernel does not implement yet (use --max-model-len {window})",
+                    batch.max_context
+                );
+            }
+        }
+        let meta = AttentionMetadata {
+            block_tables: &batch.block_tables,
+            max_blocks_per_seq: batch.max_blocks_per_seq,
+            query_start: &batch.query_start,
+            context_lens: &batch.context_lens,
+            num_seqs: batch.num_seqs,
+        };
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let mut out = self.zeros(q.dtype(), q.shape())?;
+        self.dev
+            .attention(q, k_cache, v_cache, &meta, scale, &mut out)?;
+        Ok(out)
+    }
+}
