@@ -148,6 +148,10 @@ impl LlmEngine {
         self.runner.describe()
     }
 
+    pub fn weight_bytes(&self) -> u64 {
+        self.runner.weight_bytes()
+    }
+
     pub fn has_work(&self) -> bool {
         self.scheduler.has_work()
     }

@@ -46,6 +46,8 @@ pub trait Runner: Send {
     fn execute(&mut self, input: &StepInput) -> Result<Vec<f32>>;
     fn vocab_size(&self) -> usize;
     fn describe(&self) -> String;
+    /// Bytes of weights one forward pass reads (for bandwidth rooflines).
+    fn weight_bytes(&self) -> u64;
 }
 
 /// A model and its KV cache on one backend.
@@ -91,6 +93,10 @@ where
 
     fn vocab_size(&self) -> usize {
         self.model.config.vocab_size
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        self.model.config.num_parameters() * self.model.dtype.size_in_bytes() as u64
     }
 
     fn describe(&self) -> String {

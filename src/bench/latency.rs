@@ -1,0 +1,157 @@
+//! `kiln bench latency`: for each batch size, the time to prefill every prompt and the decode
+//! speed after that, with the fraction of the weight-bandwidth roofline when it is known.
+
+use super::prompts::random_prompts;
+use crate::engine::{LlmEngine, SamplingParams};
+use crate::launch::{build_engine, EngineArgs};
+use anyhow::Result;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[arg(long, default_value_t = 128)]
+    pub input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub output_len: usize,
+    /// Comma-separated batch sizes.
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
+    /// Untimed warm-up runs before each measured one (kernel JIT, caches).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Memory bandwidth to compare decode against, in GB/s (decode at batch 1 reads every
+    /// weight once per token). Without it no roofline fraction is printed.
+    #[arg(long, env = "KILN_BENCH_PEAK_GBS")]
+    pub peak_bandwidth_gbs: Option<f64>,
+    #[arg(long)]
+    pub result_json: Option<PathBuf>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct LatencyResult {
+    pub batch_size: usize,
+    pub input_len: usize,
+    pub output_len: usize,
+    /// Time until every sequence has its first token.
+    pub prefill_ms: f64,
+    /// Mean time of one decode step of the whole batch.
+    pub decode_step_ms: f64,
+    pub decode_tokens_per_s: f64,
+    /// Per sequence.
+    pub tokens_per_s_per_seq: f64,
+    pub weight_gbs: f64,
+    pub roofline_fraction: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    engine: String,
+    weight_bytes: u64,
+    results: &'a [LatencyResult],
+}
+
+/// Runs one batch: returns (prefill seconds, decode steps, decode seconds, decode tokens).
+fn run_batch(
+    engine: &mut LlmEngine,
+    prompts: &[Vec<u32>],
+    output_len: usize,
+) -> Result<(f64, usize, f64, usize)> {
+    let params = SamplingParams {
+        max_tokens: Some(output_len),
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    for (i, p) in prompts.iter().enumerate() {
+        engine.add_request(i as u64, p.clone(), params.clone())?;
+    }
+    let start = Instant::now();
+    let mut first_tokens = 0;
+    while first_tokens < prompts.len() {
+        first_tokens += engine.step()?.len();
+    }
+    let prefill = start.elapsed().as_secs_f64();
+    let decode_start = Instant::now();
+    let (mut steps, mut tokens) = (0, 0);
+    while engine.has_work() {
+        tokens += engine.step()?.len();
+        steps += 1;
+    }
+    Ok((prefill, steps, decode_start.elapsed().as_secs_f64(), tokens))
+}
+
+pub fn run(args: LatencyArgs) -> Result<()> {
+    let (mut engine, name) = build_engine(&args.engine)?;
+    let vocab = engine.vocab_size();
+    let weight_bytes = engine.weight_bytes();
+    let mut results = Vec::new();
+    let bar = indicatif::ProgressBar::new(args.batch_sizes.len() as u64);
+    for &batch in &args.batch_sizes {
+        anyhow::ensure!(batch >= 1, "batch sizes must be at least 1");
+        anyhow::ensure!(
+            batch <= engine.config().max_num_seqs,
+            "batch {batch} exceeds --max-num-seqs {}",
+            engine.config().max_num_seqs
+        );
+        let prompts = random_prompts(batch, args.input_len, vocab, batch as u64);
+        for _ in 0..args.warmup {
+            run_batch(&mut engine, &prompts, args.output_len.min(8))?;
+        }
+        let (prefill, steps, decode, tokens) = run_batch(&mut engine, &prompts, args.output_len)?;
+        let step = decode / steps.max(1) as f64;
+        let weight_gbs = weight_bytes as f64 / step / 1e9;
+        results.push(LatencyResult {
+            batch_size: batch,
+            input_len: args.input_len,
+            output_len: args.output_len,
+            prefill_ms: prefill * 1e3,
+            decode_step_ms: step * 1e3,
+            decode_tokens_per_s: tokens as f64 / decode,
+            tokens_per_s_per_seq: 1.0 / step,
+            weight_gbs,
+            roofline_fraction: args.peak_bandwidth_gbs.map(|peak| weight_gbs / peak),
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "model {name} ({}), weights {:.2} GB, input {} output {}",
+        engine.describe(),
+        weight_bytes as f64 / 1e9,
+        args.input_len,
+        args.output_len
+    );
+    println!("| batch | prefill ms | decode step ms | decode tok/s | tok/s per seq | weight GB/s | roofline |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &results {
+        let roof = r
+            .roofline_fraction
+            .map(|f| format!("{:.0}%", f * 100.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} | {roof} |",
+            r.batch_size,
+            r.prefill_ms,
+            r.decode_step_ms,
+            r.decode_tokens_per_s,
+            r.tokens_per_s_per_seq,
+            r.weight_gbs
+        );
+    }
+    if let Some(path) = &args.result_json {
+        super::write_json(
+            path,
+            &Report {
+                model: &name,
+                engine: engine.describe(),
+                weight_bytes,
+                results: &results,
+            },
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! `kiln bench`: latency and offline throughput of the in-process engine, and (`serve`) an
+//! HTTP load generator for any OpenAI-compatible server.
+
+pub mod latency;
+pub mod prompts;
+pub mod serve;
+pub mod throughput;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Batch-size sweep of prefill time and decode tokens/s, in process.
+    Latency(latency::LatencyArgs),
+    /// Offline throughput of many requests, in process.
+    Throughput(throughput::ThroughputArgs),
+    /// Load-test an OpenAI-compatible server over HTTP (vLLM `bench serve` metrics).
+    Serve(serve::ServeBenchArgs),
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Latency(a) => latency::run(a),
+        BenchCommand::Throughput(a) => throughput::run(a),
+        BenchCommand::Serve(a) => serve::run(a),
+    }
+}
+
+/// Writes a result as pretty JSON, creating the folder if needed.
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,71 @@
+//! `kiln bench latency` and `kiln bench throughput` end to end on a fixture model.
+
+use std::process::Command;
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .args(["--result-json", json.to_str().unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn latency_sweep_reports_every_batch_size() {
+    let llama = fixture("llama");
+    let v = run(&[
+        "bench",
+        "latency",
+        "--model",
+        &llama,
+        "--input-len",
+        "8",
+        "--output-len",
+        "5",
+        "--batch-sizes",
+        "1,3",
+        "--peak-bandwidth-gbs",
+        "10",
+    ]);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (r, batch) in results.iter().zip([1, 3]) {
+        assert_eq!(r["batch_size"], batch);
+        assert!(r["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["roofline_fraction"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["weight_bytes"].as_u64().unwrap() > 100_000);
+}
+
+#[test]
+fn throughput_counts_every_token() {
+    let qwen = fixture("qwen2");
+    let v = run(&[
+        "bench",
+        "throughput",
+        "--model",
+        &qwen,
+        "--num-prompts",
+        "20",
+        "--input-len",
+        "10",
+        "--output-len",
+        "4",
+    ]);
+    assert_eq!(v["input_tokens"], 200);
+    assert_eq!(v["output_tokens"], 80);
+    assert!(v["total_tokens_per_s"].as_f64().unwrap() > v["output_tokens_per_s"].as_f64().unwrap());
+}
