@@ -5,6 +5,7 @@
 //! -> `backend::cpu` (reference) or `backend::cuda` (our kernels + cuBLAS).
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod gpu;

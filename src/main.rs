@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks: in-process latency / throughput, or load on an HTTP server.
+    Bench(kiln::bench::BenchArgs),
     /// Generate a completion for one prompt, streamed to stdout.
     Generate(kiln::cli::generate::GenerateArgs),
     // Subcommands are added here, each delegating to a function in the library.
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => kiln::bench::run(args),
         Command::Generate(args) => kiln::cli::generate::run(args),
         Command::Gpus(args) => kiln::gpu::cli::run(args),
         Command::Serve(args) => kiln::server::run(args),
