@@ -162,7 +162,7 @@ impl ModelConfig {
             "head counts must be positive"
         );
         anyhow::ensure!(
-            raw.num_attention_heads % num_kv_heads == 0,
+            raw.num_attention_heads.is_multiple_of(num_kv_heads),
             "num_attention_heads {} is not a multiple of num_key_value_heads {num_kv_heads}",
             raw.num_attention_heads
         );
@@ -170,7 +170,7 @@ impl ModelConfig {
             .head_dim
             .unwrap_or(raw.hidden_size / raw.num_attention_heads);
         anyhow::ensure!(
-            head_dim % 2 == 0,
+            head_dim.is_multiple_of(2),
             "head_dim {head_dim} must be even for rotary embeddings"
         );
         let sliding_window = match (architecture, raw.use_sliding_window) {
