@@ -1,8 +1,16 @@
 //! Turning command-line / environment settings into a running engine: find the model, pick
-//! the dtype, load the weights with progress, size the KV cache.
+//! the device and the dtype, load the weights with progress, size the KV cache.
+
+mod cuda;
+pub mod device;
+pub mod gpu_memory;
+
+pub use cuda::engine_on_cuda;
+pub use device::{Device, DeviceArg};
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::DType;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, DType};
 use crate::engine::runner::ModelRunner;
 use crate::engine::{EngineConfig, LlmEngine};
 use crate::model::config::ModelConfig;
@@ -30,6 +38,12 @@ pub enum LoadFormat {
 /// Settings shared by every command that runs a model (vLLM's flag names).
 #[derive(clap::Args, Clone, Debug)]
 pub struct EngineArgs {
+    /// Where to run: auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
+    pub device: DeviceArg,
+    /// Fraction of the GPU's memory kiln may use for weights, KV cache and activations.
+    #[arg(long, env = "KILN_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
     /// Local HF model directory, config.json, preset name (with --load-format dummy) or hub repo id.
     #[arg(long, env = "KILN_MODEL")]
     pub model: Option<String>,
@@ -69,7 +83,16 @@ pub struct EngineArgs {
 /// Resolves the model files named by the arguments.
 pub fn resolve_model(args: &EngineArgs) -> Result<ModelFiles> {
     let dummy = args.load_format == LoadFormat::Dummy;
-    let Some(name) = &args.model else {
+    resolve_model_named(args.model.as_deref(), args.revision.as_deref(), dummy)
+}
+
+/// Resolves a model by name; `dummy` means only the config is needed.
+pub fn resolve_model_named(
+    model: Option<&str>,
+    revision: Option<&str>,
+    dummy: bool,
+) -> Result<ModelFiles> {
+    let Some(name) = model else {
         return match source::hub(DEFAULT_MODEL, None, !dummy) {
             Ok(files) => Ok(files),
             Err(e) => {
@@ -93,7 +116,7 @@ pub fn resolve_model(args: &EngineArgs) -> Result<ModelFiles> {
         "model '{name}' is neither a local path, a preset ({}) nor a hub repo id (owner/name)",
         presets::names().join(", ")
     );
-    source::hub(name, args.revision.as_deref(), !dummy)
+    source::hub(name, revision, !dummy)
 }
 
 /// The dtype to run in, from `--dtype` and the checkpoint.
@@ -138,20 +161,32 @@ fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// A model loaded on the CPU backend, with what the engine needs beside it.
-pub struct LoadedModel {
+/// A model loaded on a backend (the CPU unless said otherwise), with what the engine needs
+/// beside it.
+pub struct LoadedModel<B: Backend = CpuBackend> {
     pub name: String,
-    pub model: LlamaModel<CpuBackend>,
-    pub backend: CpuBackend,
+    pub model: LlamaModel<B>,
+    pub backend: B,
     pub tokenizer: Tokenizer,
     pub eos: Vec<u32>,
 }
 
-/// Finds and loads the model the arguments name.
+/// Finds and loads the model the arguments name on the CPU (whatever `--device` says: the
+/// reference path of tests and tools).
 pub fn load_model(args: &EngineArgs) -> Result<LoadedModel> {
+    load_model_on(args, CpuBackend::new(), Device::Cpu)
+}
+
+/// Finds the model the arguments name and loads it onto `backend`, which runs on `device`
+/// (that decides what `--dtype auto` means).
+pub fn load_model_on<B: Backend>(
+    args: &EngineArgs,
+    backend: B,
+    device: Device,
+) -> Result<LoadedModel<B>> {
     let files = resolve_model(args)?;
     let config = ModelConfig::from_file(&files.config)?;
-    let dtype = pick_dtype(&args.dtype, &config, true)?;
+    let dtype = pick_dtype(&args.dtype, &config, device == Device::Cpu)?;
     let tokenizer = match &files.tokenizer_dir {
         Some(dir) => Tokenizer::from_dir(dir)?,
         None => {
@@ -175,16 +210,22 @@ pub fn load_model(args: &EngineArgs) -> Result<LoadedModel> {
         }
     };
     tracing::info!(
-        "loading {} ({:?}, {:.2}B parameters) in {dtype} on the CPU",
+        "loading {} ({:?}, {:.2}B parameters) in {dtype} on {}",
         files.name,
         config.architecture,
-        config.num_parameters() as f64 / 1e9
+        config.num_parameters() as f64 / 1e9,
+        backend.name()
     );
-    let backend = CpuBackend::new();
+    let started = std::time::Instant::now();
     let bar = progress_bar(config.num_layers as u64, "loading weights");
     let model = LlamaModel::load(&backend, config, weights.as_ref(), dtype, |_| bar.inc(1))
-        .with_context(|| format!("loading {}", files.name))?;
+        .with_context(|| format!("loading {} onto {}", files.name, backend.name()))?;
     bar.finish_and_clear();
+    tracing::info!(
+        "weights loaded in {:.2} s ({:?})",
+        started.elapsed().as_secs_f64(),
+        args.load_format
+    );
     Ok(LoadedModel {
         name: files.name,
         model,
@@ -207,11 +248,28 @@ fn cpu_kv_blocks(args: &EngineArgs, config: &ModelConfig, max_model_len: usize) 
     (budget / (per_token * args.block_size)).min(want).max(1)
 }
 
-/// Wraps a loaded model into an engine.
+/// Longest prompt + output the engine accepts.
+fn max_model_len(args: &EngineArgs, config: &ModelConfig) -> usize {
+    args.max_model_len.unwrap_or(config.max_position_embeddings)
+}
+
+/// Wraps a model loaded on the CPU into an engine.
 pub fn engine_from(loaded: LoadedModel, args: &EngineArgs) -> Result<LlmEngine> {
-    let config = loaded.model.config.clone();
-    let max_model_len = args.max_model_len.unwrap_or(config.max_position_embeddings);
-    let num_blocks = cpu_kv_blocks(args, &config, max_model_len);
+    let config = &loaded.model.config;
+    let num_blocks = cpu_kv_blocks(args, config, max_model_len(args, config));
+    engine_with_blocks(loaded, args, num_blocks)
+}
+
+/// Wraps a loaded model into an engine with a KV cache of `num_blocks` blocks.
+fn engine_with_blocks<B: Backend + 'static>(
+    loaded: LoadedModel<B>,
+    args: &EngineArgs,
+    num_blocks: usize,
+) -> Result<LlmEngine>
+where
+    B::Tensor: 'static,
+{
+    let max_model_len = max_model_len(args, &loaded.model.config);
     tracing::info!(
         "KV cache: {num_blocks} blocks of {} tokens",
         args.block_size
@@ -234,9 +292,22 @@ pub fn engine_from(loaded: LoadedModel, args: &EngineArgs) -> Result<LlmEngine> 
     )
 }
 
-/// Loads everything and returns a ready engine plus the model's name.
+/// Loads everything on the device `--device` picks and returns a ready engine plus the
+/// model's name.
 pub fn build_engine(args: &EngineArgs) -> Result<(LlmEngine, String)> {
-    let loaded = load_model(args)?;
-    let name = loaded.name.clone();
-    Ok((engine_from(loaded, args)?, name))
+    match device::resolve(args.device, crate::backend::cuda::device_count)? {
+        Device::Cpu => {
+            let loaded = load_model(args)?;
+            let name = loaded.name.clone();
+            Ok((engine_from(loaded, args)?, name))
+        }
+        Device::Cuda(ordinal) => {
+            let backend = CudaBackend::new(ordinal)
+                .with_context(|| format!("opening CUDA device {ordinal}"))?;
+            tracing::info!("running on cuda:{ordinal} ({})", backend.device().name());
+            let loaded = load_model_on(args, backend, Device::Cuda(ordinal))?;
+            let name = loaded.name.clone();
+            Ok((engine_on_cuda(loaded, args)?, name))
+        }
+    }
 }

@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Benchmarks: in-process latency / throughput, or load on an HTTP server.
     Bench(kiln::bench::BenchArgs),
+    /// Memory a model needs and which GPU types and counts can serve it.
+    Plan(kiln::cli::plan::PlanArgs),
     /// Generate a completion for one prompt, streamed to stdout.
     Generate(kiln::cli::generate::GenerateArgs),
     // Subcommands are added here, each delegating to a function in the library.
@@ -24,6 +26,9 @@ enum Command {
     Gpus(kiln::gpu::cli::GpusArgs),
     /// Serve the model over an OpenAI-compatible HTTP API.
     Serve(kiln::server::ServeArgs),
+    /// Run a reference fixture (tests/fixtures/<arch>) and compare logits and greedy tokens
+    /// with its reference.json; exits 1 on a mismatch.
+    CheckReference(kiln::cli::check_reference::CheckReferenceArgs),
     /// Check every CUDA kernel against the CPU reference and time it (exits 0 without a GPU).
     Selftest {
         /// Print the report as JSON.
@@ -47,8 +52,15 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => kiln::bench::run(args),
         Command::Generate(args) => kiln::cli::generate::run(args),
+        Command::Plan(args) => kiln::cli::plan::run(args),
         Command::Gpus(args) => kiln::gpu::cli::run(args),
         Command::Serve(args) => kiln::server::run(args),
+        Command::CheckReference(args) => {
+            if !kiln::cli::check_reference::run(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Selftest { json, quick } => {
             if !kiln::backend::cuda::selftest::run(json, quick)? {
                 std::process::exit(1);

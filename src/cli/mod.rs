@@ -1,3 +1,5 @@
 //! Subcommands of the `kiln` binary that are ours (the CLI entry point stays thin).
 
+pub mod check_reference;
 pub mod generate;
+pub mod plan;

@@ -1,0 +1,340 @@
+//! `kiln check-reference`: runs a reference fixture (`tests/fixtures/<arch>`, made with HF
+//! transformers by scripts/make_fixtures.py) on a device and compares the last prompt token's
+//! logits and the 32-token greedy continuations, one prompt at a time and all batched, with
+//! the fixture's `reference.json`. Exit status 1 on any mismatch: this is how a GPU run is
+//! proved to give the CPU reference's tokens.
+
+use crate::backend::cuda::{device_count, CudaBackend};
+use crate::backend::{Backend, BatchLayout, DType, KvCacheSpec};
+use crate::engine::{EngineHandle, LlmEngine, SamplingParams};
+use crate::launch::{
+    device, engine_from, engine_on_cuda, load_model, load_model_on, Device, EngineArgs, LoadedModel,
+};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args, Debug)]
+pub struct CheckReferenceArgs {
+    /// `--model` is the fixture directory (it must hold reference.json); `--dtype` float32
+    /// or bfloat16 picks which reference is compared.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// float32 logits must match transformers this closely.
+const F32_LOGIT_TOLERANCE: f32 = 1e-3;
+/// bf16 logits of these fixtures reach 16-32 in magnitude, where one bf16 ulp is 0.125, and
+/// the rounding points differ between implementations (fused norms, GEMM epilogues): 4 ulps.
+const BF16_LOGIT_TOLERANCE: f32 = 0.5;
+/// A bf16 greedy step whose reference top-2 margin is below this may go either way.
+const BF16_FIRM_MARGIN: f32 = 0.25;
+
+#[derive(Deserialize)]
+struct Reference {
+    prompts: Vec<PromptReference>,
+}
+
+#[derive(Deserialize)]
+struct PromptReference {
+    prompt_ids: Vec<u32>,
+    last_logits: Vec<f32>,
+    greedy_ids: Vec<u32>,
+    bf16_last_logits: Vec<f32>,
+    bf16_greedy_ids: Vec<u32>,
+    bf16_greedy_margins: Vec<f32>,
+}
+
+/// What one prompt must reproduce in the run's dtype.
+struct Expected<'a> {
+    prompt_ids: &'a [u32],
+    logits: &'a [f32],
+    tokens: &'a [u32],
+    /// Leading tokens that must match (all in f32; up to the first near-tie in bf16).
+    firm: usize,
+}
+
+/// One line of the report.
+#[derive(Serialize, Debug)]
+pub struct CheckRow {
+    pub check: String,
+    pub prompt: usize,
+    /// Max abs logit difference, or tokens matched.
+    pub value: f64,
+    /// Tolerance, or tokens that must match.
+    pub limit: f64,
+    pub ok: bool,
+    pub note: String,
+}
+
+#[derive(Serialize, Debug)]
+pub struct CheckReport {
+    pub model: String,
+    pub device: String,
+    pub dtype: DType,
+    pub ok: bool,
+    pub rows: Vec<CheckRow>,
+}
+
+/// Runs the check; `Ok(false)` when something does not match.
+pub fn run(args: CheckReferenceArgs) -> Result<bool> {
+    let report = check(&args.engine)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(report.ok)
+}
+
+/// Loads the fixture on the device `--device` picks and compares it with its reference.
+pub fn check(args: &EngineArgs) -> Result<CheckReport> {
+    let dir = args
+        .model
+        .as_deref()
+        .context("--model must name a fixture directory")?;
+    let path = std::path::Path::new(dir).join("reference.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (is --model a fixture?)", path.display()))?;
+    let reference: Reference =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    match device::resolve(args.device, device_count)? {
+        Device::Cpu => compare(load_model(args)?, args, &reference, dir, engine_from),
+        Device::Cuda(ordinal) => {
+            let backend = CudaBackend::new(ordinal)
+                .with_context(|| format!("opening CUDA device {ordinal}"))?;
+            let loaded = load_model_on(args, backend, Device::Cuda(ordinal))?;
+            compare(loaded, args, &reference, dir, engine_on_cuda)
+        }
+    }
+}
+
+fn expected(reference: &Reference, dtype: DType) -> Result<Vec<Expected<'_>>> {
+    reference
+        .prompts
+        .iter()
+        .map(|p| match dtype {
+            DType::F32 => Ok(Expected {
+                prompt_ids: &p.prompt_ids,
+                logits: &p.last_logits,
+                tokens: &p.greedy_ids,
+                firm: p.greedy_ids.len(),
+            }),
+            DType::BF16 => Ok(Expected {
+                prompt_ids: &p.prompt_ids,
+                logits: &p.bf16_last_logits,
+                tokens: &p.bf16_greedy_ids,
+                firm: p
+                    .bf16_greedy_margins
+                    .iter()
+                    .take_while(|&&m| m >= BF16_FIRM_MARGIN)
+                    .count(),
+            }),
+            DType::F16 => anyhow::bail!(
+                "the fixtures have no float16 reference: use --dtype float32 or bfloat16"
+            ),
+        })
+        .collect()
+}
+
+fn compare<B: Backend + 'static>(
+    loaded: LoadedModel<B>,
+    args: &EngineArgs,
+    reference: &Reference,
+    dir: &str,
+    into_engine: impl FnOnce(LoadedModel<B>, &EngineArgs) -> Result<LlmEngine>,
+) -> Result<CheckReport>
+where
+    B::Tensor: 'static,
+{
+    let dtype = loaded.model.dtype;
+    let device = loaded.backend.name();
+    let expected = expected(reference, dtype)?;
+    let tolerance = match dtype {
+        DType::F32 => F32_LOGIT_TOLERANCE,
+        _ => BF16_LOGIT_TOLERANCE,
+    };
+    let mut rows = Vec::new();
+    for (i, e) in expected.iter().enumerate() {
+        let logits = last_logits(&loaded, e.prompt_ids)
+            .with_context(|| format!("prompt {i}: prefill on {device}"))?;
+        let diff = max_abs_diff(&logits, e.logits)?;
+        rows.push(CheckRow {
+            check: "last_logits".into(),
+            prompt: i,
+            value: diff as f64,
+            limit: tolerance as f64,
+            ok: diff <= tolerance,
+            note: format!("{} prompt tokens", e.prompt_ids.len()),
+        });
+    }
+    let handle = EngineHandle::spawn(into_engine(loaded, args)?, 0);
+    let outcome = greedy_rows(&handle, &expected);
+    handle.shutdown();
+    rows.extend(outcome?);
+    Ok(CheckReport {
+        model: dir.to_string(),
+        device,
+        dtype,
+        ok: rows.iter().all(|r| r.ok),
+        rows,
+    })
+}
+
+/// Greedy continuations through the engine, one prompt at a time, then all at once.
+fn greedy_rows(handle: &EngineHandle, expected: &[Expected<'_>]) -> Result<Vec<CheckRow>> {
+    let params = |e: &Expected<'_>| SamplingParams {
+        max_tokens: Some(e.tokens.len()),
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    let mut rows = Vec::new();
+    for (i, e) in expected.iter().enumerate() {
+        let out = handle
+            .submit(e.prompt_ids.to_vec(), params(e))?
+            .collect_blocking()
+            .map_err(anyhow::Error::msg)?;
+        rows.push(token_row("greedy_alone", i, e, &out.token_ids));
+    }
+    let streams = expected
+        .iter()
+        .map(|e| handle.submit(e.prompt_ids.to_vec(), params(e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, (stream, e)) in streams.into_iter().zip(expected).enumerate() {
+        let out = stream.collect_blocking().map_err(anyhow::Error::msg)?;
+        rows.push(token_row("greedy_batched", i, e, &out.token_ids));
+    }
+    Ok(rows)
+}
+
+fn token_row(check: &str, prompt: usize, e: &Expected<'_>, got: &[u32]) -> CheckRow {
+    let matched = got.iter().zip(e.tokens).take_while(|(a, b)| a == b).count();
+    let note = match got.iter().zip(e.tokens).position(|(a, b)| a != b) {
+        None if got.len() == e.tokens.len() => String::new(),
+        None => format!(
+            "{} tokens generated, {} expected",
+            got.len(),
+            e.tokens.len()
+        ),
+        Some(step) => format!(
+            "step {step}: got {}, expected {}",
+            got[step], e.tokens[step]
+        ),
+    };
+    CheckRow {
+        check: check.into(),
+        prompt,
+        value: matched as f64,
+        limit: e.firm as f64,
+        ok: matched >= e.firm,
+        note,
+    }
+}
+
+/// Logits of the last prompt token from one prefill through a paged cache of 4-token blocks
+/// laid out in reverse, so the block table is really used.
+fn last_logits<B: Backend>(m: &LoadedModel<B>, ids: &[u32]) -> Result<Vec<f32>> {
+    anyhow::ensure!(!ids.is_empty(), "empty prompt");
+    let c = &m.model.config;
+    let block_size = 4;
+    let blocks = ids.len().div_ceil(block_size);
+    let spec = KvCacheSpec {
+        num_layers: c.num_layers,
+        num_blocks: blocks,
+        block_size,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        dtype: m.model.dtype,
+    };
+    let mut cache = m.backend.new_kv_cache(&spec)?;
+    let table: Vec<u32> = (0..blocks as u32).rev().collect();
+    let layout = BatchLayout {
+        positions: (0..ids.len() as u32).collect(),
+        slots: (0..ids.len())
+            .map(|p| (table[p / block_size] as usize * block_size + p % block_size) as i64)
+            .collect(),
+        query_start: vec![0, ids.len()],
+        context_lens: vec![ids.len()],
+        block_tables: vec![table],
+        block_size,
+        logits_rows: vec![ids.len() - 1],
+    };
+    m.model.forward(&m.backend, ids, &layout, &mut cache)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> Result<f32> {
+    anyhow::ensure!(
+        a.len() == b.len(),
+        "{} logits, the reference has {}",
+        a.len(),
+        b.len()
+    );
+    // NaN must fail the check, so it is not folded away by f32::max.
+    Ok(a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
+        let d = (x - y).abs();
+        if d.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(d)
+        }
+    }))
+}
+
+fn print_table(report: &CheckReport) {
+    println!(
+        "{} on {} ({}): {}",
+        report.model,
+        report.device,
+        report.dtype,
+        if report.ok { "PASS" } else { "FAIL" }
+    );
+    println!(
+        "{:<16} {:>6} {:>12} {:>10} {:>5}  note",
+        "check", "prompt", "value", "limit", "ok"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<16} {:>6} {:>12.6} {:>10} {:>5}  {}",
+            r.check,
+            r.prompt,
+            r.value,
+            r.limit as f32,
+            if r.ok { "yes" } else { "NO" },
+            r.note
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_logits_fail_the_comparison() {
+        assert!(max_abs_diff(&[1.0, f32::NAN], &[1.0, 2.0])
+            .unwrap()
+            .is_nan());
+        assert_eq!(max_abs_diff(&[1.0, 2.5], &[1.5, 2.0]).unwrap(), 0.5);
+        assert!(max_abs_diff(&[1.0], &[1.0, 2.0]).is_err());
+    }
+
+    #[test]
+    fn token_rows_count_the_matching_prefix_against_the_firm_part() {
+        let e = Expected {
+            prompt_ids: &[1],
+            logits: &[],
+            tokens: &[5, 6, 7, 8],
+            firm: 2,
+        };
+        let row = token_row("t", 0, &e, &[5, 6, 9, 9]);
+        assert!(row.ok, "{row:?}");
+        assert_eq!(row.value, 2.0);
+        assert!(row.note.contains("step 2"), "{}", row.note);
+        assert!(!token_row("t", 0, &e, &[5, 9, 7, 8]).ok);
+        let strict = Expected { firm: 4, ..e };
+        assert!(!token_row("t", 0, &strict, &[5, 6, 7]).ok);
+        assert!(token_row("t", 0, &strict, &[5, 6, 7, 8]).ok);
+    }
+}

@@ -1,0 +1,56 @@
+//! The GPU side of launching: the KV cache takes what `--gpu-memory-utilization` leaves after
+//! the weights (measured, not estimated) and one step's activations.
+
+use super::gpu_memory::{activation_reserve, kv_blocks, GpuMemory};
+use super::{engine_with_blocks, max_model_len, EngineArgs, LoadedModel};
+use crate::backend::cuda::CudaBackend;
+use crate::backend::KvCacheSpec;
+use crate::engine::LlmEngine;
+use anyhow::{Context, Result};
+
+/// Wraps a model loaded on a GPU into an engine, its KV cache sized from the free memory.
+pub fn engine_on_cuda(loaded: LoadedModel<CudaBackend>, args: &EngineArgs) -> Result<LlmEngine> {
+    let num_blocks = match args.num_kv_blocks {
+        Some(n) => n,
+        None => plan_kv_blocks(&loaded, args)?,
+    };
+    engine_with_blocks(loaded, args, num_blocks)
+}
+
+fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Result<usize> {
+    let config = &loaded.model.config;
+    let dtype = loaded.model.dtype;
+    let spec = KvCacheSpec {
+        num_layers: config.num_layers,
+        num_blocks: 1,
+        block_size: args.block_size,
+        num_kv_heads: config.num_kv_heads,
+        head_dim: config.head_dim,
+        dtype,
+    };
+    let bytes_per_block = spec.bytes_per_token() * args.block_size;
+    let (free, total) = loaded.backend.memory_info()?;
+    let reserve = activation_reserve(
+        config,
+        dtype.size_in_bytes(),
+        args.max_num_batched_tokens,
+        args.max_num_seqs,
+    );
+    // More blocks than every sequence at full length needs would never be used.
+    let wanted = max_model_len(args, config).div_ceil(args.block_size) * args.max_num_seqs.max(1);
+    let mem = GpuMemory {
+        free,
+        total,
+        utilization: args.gpu_memory_utilization,
+    };
+    let blocks = kv_blocks(mem, reserve, bytes_per_block, wanted)
+        .with_context(|| format!("sizing the KV cache of {}", loaded.name))?;
+    tracing::info!(
+        "GPU memory: {:.2} of {:.2} GiB free after the weights; KV cache {blocks} blocks ({:.2} GiB), {:.2} GiB kept for activations",
+        free as f64 / (1u64 << 30) as f64,
+        total as f64 / (1u64 << 30) as f64,
+        (blocks * bytes_per_block) as f64 / (1u64 << 30) as f64,
+        reserve as f64 / (1u64 << 30) as f64,
+    );
+    Ok(blocks)
+}

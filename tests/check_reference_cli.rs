@@ -1,0 +1,87 @@
+//! `kiln check-reference` on the CPU: every fixture passes in float32 and bfloat16 (the same
+//! command proves the GPU path on a device machine), and a wrong reference makes it fail.
+
+mod common;
+
+use common::{engine_args, fixture, ARCHS};
+use kiln::cli::check_reference::check;
+use std::process::Command;
+
+#[test]
+fn every_fixture_passes_on_the_cpu_in_f32_and_bf16() {
+    for arch in ARCHS {
+        for dtype in ["float32", "bfloat16"] {
+            let dir = fixture(arch);
+            let args = engine_args(&[
+                "--model",
+                dir.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--dtype",
+                dtype,
+                "--block-size",
+                "4",
+            ]);
+            let report = check(&args).unwrap();
+            assert_eq!(report.device, "cpu");
+            // 3 prompts: logits, greedy alone, greedy batched.
+            assert_eq!(report.rows.len(), 9, "{arch} {dtype}");
+            assert!(report.ok, "{arch} {dtype}: {:#?}", report.rows);
+        }
+    }
+}
+
+fn kiln(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_command_prints_json_and_exits_non_zero_on_a_mismatch() {
+    let good = fixture("qwen2");
+    let out = kiln(&[
+        "check-reference",
+        "--model",
+        good.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["dtype"], "f32");
+
+    // The same model against a reference whose greedy continuation was tampered with.
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&good).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let path = tmp.path().join("reference.json");
+    let mut reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let token = &mut reference["prompts"][1]["greedy_ids"][5];
+    *token = serde_json::json!(token.as_u64().unwrap() + 1);
+    std::fs::write(&path, reference.to_string()).unwrap();
+    let out = kiln(&[
+        "check-reference",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("FAIL") && table.contains("step 5"),
+        "{table}"
+    );
+}
