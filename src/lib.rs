@@ -11,6 +11,7 @@ pub mod engine;
 pub mod gpu;
 pub mod launch;
 pub mod model;
+pub mod plan;
 pub mod server;
 
 /// The crate version, reported by `kiln --version` and `GET /version`.

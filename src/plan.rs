@@ -1,0 +1,198 @@
+//! Memory planning: what a model needs (weights, KV cache, activations) and which GPU types
+//! and counts can serve it. Batch-1 decoding reads every weight once per token, so the
+//! bandwidth column bounds single-stream speed: pick the smallest GPU that fits.
+
+use crate::backend::DType;
+use crate::gpu::GpuType;
+use crate::model::config::ModelConfig;
+use serde::Serialize;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Usable memory (what CUDA reports, MiB) and spec bandwidth (GB/s) of each GPU type.
+pub fn gpu_facts(t: GpuType) -> Option<(u64, f64)> {
+    Some(match t {
+        GpuType::T4 => (15_360, 320.0),
+        GpuType::L4 => (23_034, 300.0),
+        GpuType::A10 => (23_028, 600.0),
+        GpuType::A100_40GB => (40_960, 1_555.0),
+        GpuType::A100_80GB => (81_920, 2_039.0),
+        GpuType::L40S => (46_068, 864.0),
+        GpuType::H100 => (81_559, 3_350.0),
+        GpuType::H200 => (143_771, 4_800.0),
+        GpuType::B200 => (183_359, 8_000.0),
+        GpuType::Other => return None,
+    })
+}
+
+/// What one configuration needs, in bytes.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MemoryEstimate {
+    pub weights: u64,
+    pub kv_per_token: u64,
+    pub kv_cache: u64,
+    /// Peak activations of one step of `max_num_batched_tokens` tokens (logits included).
+    pub activations: u64,
+    /// CUDA context, cuBLAS workspace and allocator slack, per GPU.
+    pub runtime_overhead: u64,
+}
+
+impl MemoryEstimate {
+    /// Bytes each of `tp` GPUs needs (weights and KV split evenly).
+    pub fn per_gpu(&self, tp: usize) -> u64 {
+        let tp = tp.max(1) as u64;
+        (self.weights + self.kv_cache) / tp + self.activations + self.runtime_overhead
+    }
+}
+
+pub struct PlanInput<'a> {
+    pub config: &'a ModelConfig,
+    pub dtype: DType,
+    pub max_model_len: usize,
+    /// Sequences that must fit at full length at once.
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+}
+
+pub fn estimate(p: &PlanInput) -> MemoryEstimate {
+    let c = p.config;
+    let e = p.dtype.size_in_bytes() as u64;
+    let kv_per_token = 2 * c.num_layers as u64 * c.kv_width() as u64 * e;
+    let t = p.max_num_batched_tokens as u64;
+    // Residual + normed hidden, qkv, attention out, gate_up and its product, f32 logits of
+    // up to one row per sequence.
+    let widths =
+        2 * c.hidden_size + c.q_width() + 2 * c.kv_width() + c.q_width() + 3 * c.intermediate_size;
+    let activations = t * widths as u64 * e + p.max_num_seqs as u64 * c.vocab_size as u64 * 4;
+    MemoryEstimate {
+        weights: c.num_parameters() * e,
+        kv_per_token,
+        kv_cache: kv_per_token * p.max_model_len as u64 * p.max_num_seqs as u64,
+        activations,
+        runtime_overhead: (GIB * 1.0) as u64,
+    }
+}
+
+/// One row of the planning table.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanRow {
+    pub gpu: String,
+    pub count: usize,
+    pub fits: bool,
+    /// Free memory per GPU after everything, GiB (negative: short by that much).
+    pub headroom_gib: f64,
+    /// Upper bound of batch-1 decode speed from memory bandwidth.
+    pub max_decode_tokens_per_s: f64,
+}
+
+/// Every known GPU type at 1, 2, 4 and 8 GPUs (the count must divide the heads).
+pub fn table(p: &PlanInput, est: &MemoryEstimate) -> Vec<PlanRow> {
+    let mut rows = Vec::new();
+    for t in GpuType::KNOWN {
+        let Some((mib, gbs)) = gpu_facts(t) else {
+            continue;
+        };
+        for count in [1usize, 2, 4, 8] {
+            if !p.config.num_heads.is_multiple_of(count) || (t == GpuType::A10 && count > 4) {
+                continue;
+            }
+            let capacity = mib as f64 * 1024.0 * 1024.0;
+            let headroom = (capacity - est.per_gpu(count) as f64) / GIB;
+            rows.push(PlanRow {
+                gpu: t.to_string(),
+                count,
+                fits: headroom >= 0.0,
+                headroom_gib: headroom,
+                max_decode_tokens_per_s: gbs * 1e9 * count as f64 / est.weights as f64,
+            });
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::presets::preset;
+
+    fn input(name: &str, len: usize, seqs: usize) -> (ModelConfig, usize, usize) {
+        (
+            ModelConfig::from_json(preset(name).unwrap()).unwrap(),
+            len,
+            seqs,
+        )
+    }
+
+    #[test]
+    fn llama_3_1_8b_bf16_matches_the_hand_count() {
+        let (c, len, seqs) = input("llama-3.1-8b", 8192, 1);
+        let e = estimate(&PlanInput {
+            config: &c,
+            dtype: DType::BF16,
+            max_model_len: len,
+            max_num_seqs: seqs,
+            max_num_batched_tokens: 2048,
+        });
+        // 8,030,261,248 parameters x 2 bytes.
+        assert_eq!(e.weights, 16_060_522_496);
+        // 2 (K, V) x 32 layers x 8 kv heads x 128 dims x 2 bytes = 128 KiB per token.
+        assert_eq!(e.kv_per_token, 131_072);
+        assert_eq!(e.kv_cache, 131_072 * 8192);
+        let rows = table(
+            &PlanInput {
+                config: &c,
+                dtype: DType::BF16,
+                max_model_len: len,
+                max_num_seqs: seqs,
+                max_num_batched_tokens: 2048,
+            },
+            &e,
+        );
+        let fits = |gpu: &str, n: usize| {
+            rows.iter()
+                .find(|r| r.gpu == gpu && r.count == n)
+                .unwrap()
+                .fits
+        };
+        assert!(!fits("T4", 1) && fits("L40S", 1) && fits("H100", 1));
+        let h100 = rows
+            .iter()
+            .find(|r| r.gpu == "H100" && r.count == 1)
+            .unwrap();
+        // 3.35 TB/s / 16.06 GB = 208.6 tokens/s.
+        assert!((h100.max_decode_tokens_per_s - 208.6).abs() < 0.5);
+    }
+
+    #[test]
+    fn llama_3_1_70b_bf16_needs_several_big_gpus() {
+        let (c, len, seqs) = input("llama-3.1-70b", 8192, 1);
+        let p = PlanInput {
+            config: &c,
+            dtype: DType::BF16,
+            max_model_len: len,
+            max_num_seqs: seqs,
+            max_num_batched_tokens: 2048,
+        };
+        let e = estimate(&p);
+        // 70,553,706,496 parameters x 2 bytes; 2 x 80 x 8 x 128 x 2 = 320 KiB per token.
+        assert_eq!(e.weights, 141_107_412_992);
+        assert_eq!(e.kv_per_token, 327_680);
+        let rows = table(&p, &e);
+        let fits = |gpu: &str, n: usize| {
+            rows.iter()
+                .find(|r| r.gpu == gpu && r.count == n)
+                .unwrap()
+                .fits
+        };
+        assert!(
+            !fits("H100", 1) && fits("H100", 2) && fits("A100-80GB", 2) && !fits("A100-40GB", 2)
+        );
+        // 131.4 GiB of weights just fit one H200's 140.4 GiB.
+        let h200 = rows
+            .iter()
+            .find(|r| r.gpu == "H200" && r.count == 1)
+            .unwrap();
+        assert!(h200.fits && h200.headroom_gib < 6.0, "{h200:?}");
+        assert!(fits("A100-40GB", 4) && fits("L4", 8));
+    }
+}
