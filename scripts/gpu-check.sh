@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend, for a device machine with no Rust toolchain: run from a
+# bundle made on the build machine with
+#     ../shared/scripts/gpu-bundle.sh tests/fixtures scripts/gpu-check.sh
+# then, on the device machine (repository root, bundle carried as gpu-bundle/):
+#     bash gpu-bundle/scripts/gpu-check.sh
+# Every step has a time limit and keeps going when one fails; stdout goes to $OUT/<step>.json
+# or .txt, stderr (kiln's log) to $OUT/<step>.log, and $OUT/summary.txt lists each step's
+# status and time. Exit status: 0 when every required step passed, 1 otherwise.
+#
+#   KILN=path/to/kiln   the binary (default: the bundle's)
+#   OUT=dir             where results go (default: ./gpu-check-out)
+#   BUDGET_S=270        total time budget; optional steps are skipped once it is spent
+set -u
+
+BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
+KILN="${KILN:-$BUNDLE/kiln}"
+FIXTURES="${FIXTURES:-$BUNDLE/tests/fixtures}"
+OUT="${OUT:-$PWD/gpu-check-out}"
+BUDGET_S="${BUDGET_S:-270}"
+ARCHS="llama llama31 mistral qwen2 qwen3"
+
+mkdir -p "$OUT"
+# Kernels compile once per machine and are cached: keep that cache across the steps.
+export KILN_CACHE_DIR="${KILN_CACHE_DIR:-${TMPDIR:-/tmp}/kiln-gpu-check-cache}"
+export HF_HUB_OFFLINE=1 # no network on the device machine: never wait for the hub
+export KILN_LOG="${KILN_LOG:-info}"
+export NO_COLOR=1
+
+START=$(date +%s)
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+FAILED=0
+
+elapsed() { echo $(($(date +%s) - START)); }
+
+# step NAME LIMIT_S REQUIRED(yes|no) OUTFILE -- command...
+step() {
+    local name=$1 limit=$2 required=$3 outfile=$4
+    shift 5
+    local left=$((BUDGET_S - $(elapsed)))
+    if [ "$required" = no ] && [ "$left" -lt 20 ]; then
+        printf '%-28s %-8s %6s  %s\n' "$name" SKIPPED - "time budget spent" | tee -a "$SUMMARY"
+        return 0
+    fi
+    [ "$left" -lt 10 ] && left=10
+    [ "$limit" -gt "$left" ] && limit=$left
+    local t0 status rc
+    t0=$(date +%s.%N)
+    timeout --kill-after=10 "$limit" "$@" >"$OUT/$outfile" 2>"$OUT/$name.log"
+    rc=$?
+    local secs
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    if [ $rc -eq 0 ]; then
+        status=PASS
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        status=TIMEOUT
+    else
+        status="FAIL($rc)"
+    fi
+    if [ $rc -ne 0 ] && [ "$required" = yes ]; then
+        FAILED=$((FAILED + 1))
+    fi
+    [ "$required" = no ] && [ $rc -ne 0 ] && status="$status,optional"
+    printf '%-28s %-8s %6ss  %s\n' "$name" "$status" "$secs" "$outfile" | tee -a "$SUMMARY"
+    return 0
+}
+
+echo "kiln GPU check: binary $KILN, fixtures $FIXTURES, results in $OUT" | tee -a "$SUMMARY"
+if [ ! -x "$KILN" ]; then
+    echo "no kiln binary at $KILN (build the bundle with ../shared/scripts/gpu-bundle.sh)" | tee -a "$SUMMARY"
+    exit 1
+fi
+
+step nvidia_smi 20 no nvidia_smi.txt -- nvidia-smi
+step gpus 30 yes gpus.json -- "$KILN" gpus --json
+step selftest 150 yes selftest.json -- "$KILN" selftest --json
+
+# The fixtures on the GPU must give the CPU reference's logits and greedy tokens.
+for arch in $ARCHS; do
+    for dtype in float32 bfloat16; do
+        step "check_${arch}_${dtype}" 60 yes "check_${arch}_${dtype}.json" -- \
+            "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda \
+            --dtype "$dtype" --block-size 4 --json
+    done
+done
+
+# The built-in demo model end to end (no --model and no network: kiln falls back to it).
+step generate_demo 60 yes generate_demo.txt -- \
+    "$KILN" generate --device cuda --prompt "The river town" --max-tokens 32 --seed 1
+
+# An 8B model with dummy weights: load time (the log says "weights loaded in") and a few
+# tokens on real shapes.
+step generate_8b_dummy 120 yes generate_8b_dummy.txt -- \
+    "$KILN" generate --device cuda --model llama-3.1-8b --load-format dummy \
+    --dtype bfloat16 --max-model-len 1024 --prompt "The river town" --max-tokens 8 --ignore-eos
+
+if "$KILN" bench latency --help >/dev/null 2>&1; then
+    step bench_latency_8b 150 no bench_latency_8b.txt -- \
+        "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
+        --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
+        --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b.json"
+else
+    printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"
+fi
+
+# Headline numbers, pulled out of the logs for the summary.
+grep -ho "weights loaded in [0-9.]* s" "$OUT"/generate_8b_dummy.log 2>/dev/null |
+    sed 's/^/llama-3.1-8b dummy: /' | tee -a "$SUMMARY"
+for f in "$OUT"/check_*.json; do
+    [ -s "$f" ] || continue
+    grep -q '^  "ok": true' "$f" || echo "mismatch: $f" | tee -a "$SUMMARY"
+done
+
+echo "total $(elapsed) s; $FAILED required step(s) failed" | tee -a "$SUMMARY"
+[ "$FAILED" -eq 0 ]
