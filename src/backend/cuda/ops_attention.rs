@@ -143,9 +143,9 @@ impl CudaDevice {
 /// `[tokens, heads, head_dim]` of `t`, which is either that or `[tokens, heads * head_dim]`
 /// (the model's flat rows; `head_dim` then comes from the cache).
 fn token_heads(t: &CudaTensor, head_dim: usize, what: &str) -> Result<[usize; 3]> {
-    match t.shape() {
-        &[n, width] if head_dim > 0 && width % head_dim == 0 => Ok([n, width / head_dim, head_dim]),
-        &[_, _] => bail!(
+    match *t.shape() {
+        [n, width] if head_dim > 0 && width % head_dim == 0 => Ok([n, width / head_dim, head_dim]),
+        [_, _] => bail!(
             "{what}: row width {:?} is not a multiple of head dim {head_dim}",
             t.shape()
         ),
