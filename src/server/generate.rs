@@ -32,7 +32,24 @@ pub fn submit(
     prompt_param: &str,
 ) -> ApiResult<Vec<Choice>> {
     let mut choices = Vec::with_capacity(prompts.len() * n);
+    let max_model_len = served.engine.info().max_model_len;
     for (prompt_index, prompt) in prompts.into_iter().enumerate() {
+        // OpenAI refuses what cannot fit rather than silently generating less.
+        if let Some(max_tokens) = params.max_tokens {
+            if prompt.len() + max_tokens > max_model_len {
+                return Err(ApiError {
+                    code: Some("context_length_exceeded"),
+                    ..ApiError::invalid(
+                        Some("max_tokens"),
+                        format!(
+                            "this model's maximum context length is {max_model_len} tokens; \
+                             the prompt has {} and max_tokens asks for {max_tokens} more",
+                            prompt.len()
+                        ),
+                    )
+                });
+            }
+        }
         for i in 0..n {
             let stream = served
                 .engine

@@ -1,0 +1,192 @@
+"""Drives a running `kiln serve` with the official `openai` Python client.
+
+Usage: python3 tests/openai_client/check_server.py BASE_URL MODEL API_KEY MAX_QUEUED
+
+The server must run with --max-num-seqs 1 and --max-queued-requests MAX_QUEUED.
+
+Plain Python (no pytest) so CI needs only the `openai` package. Each check is a function
+named check_*; all run, failures are listed, and the exit code is 1 if any failed.
+"""
+
+import sys
+import traceback
+
+import openai
+
+BASE_URL, MODEL, API_KEY = sys.argv[1], sys.argv[2], sys.argv[3]
+MAX_QUEUED = int(sys.argv[4])
+client = openai.OpenAI(base_url=f"{BASE_URL}/v1", api_key=API_KEY, max_retries=0)
+MESSAGES = [{"role": "user", "content": "What is a kiln?"}]
+
+
+def check_models_lists_the_served_model():
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [MODEL], ids
+
+
+def check_chat_completion():
+    r = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=10, temperature=0
+    )
+    assert r.object == "chat.completion"
+    choice = r.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content.startswith("A kiln is"), choice.message.content
+    assert choice.finish_reason == "length"
+    assert r.usage.completion_tokens == 10
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 10
+
+
+def check_chat_max_completion_tokens_and_n_2():
+    r = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_completion_tokens=6, n=2, seed=3
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.usage.completion_tokens == 12
+
+
+def check_chat_stream_with_usage():
+    whole = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=10, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert text == whole.choices[0].message.content, (text, whole)
+    assert finish == "length"
+    assert usage is not None and usage.completion_tokens == 10
+
+
+def check_chat_logprobs():
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=3,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == 3
+    assert content[0].token == "A"
+    assert len(content[0].top_logprobs) == 2
+    assert content[0].logprob <= 0
+
+
+def check_chat_stop_sequence():
+    r = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=20, temperature=0, stop=[" hot"]
+    )
+    assert r.choices[0].message.content == "A kiln is a", r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop"
+
+
+def check_completion_and_stream():
+    whole = client.completions.create(
+        model=MODEL, prompt="The cat", max_tokens=6, temperature=0, logprobs=2
+    )
+    assert whole.object == "text_completion"
+    choice = whole.choices[0]
+    assert "".join(choice.logprobs.tokens) == choice.text
+    assert len(choice.logprobs.token_logprobs) == 6
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=MODEL, prompt="The cat", max_tokens=6, temperature=0, stream=True
+        )
+        if c.choices
+    )
+    assert streamed == choice.text, (streamed, choice.text)
+
+
+def check_completion_n_2_and_echo():
+    r = client.completions.create(
+        model=MODEL, prompt=["The cat", "A river"], max_tokens=4, n=2, echo=True
+    )
+    assert len(r.choices) == 4
+    assert r.choices[0].text.startswith("The cat")
+    assert r.choices[3].text.startswith("A river")
+
+
+def check_bad_request():
+    try:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)
+    except openai.BadRequestError as e:
+        assert e.status_code == 400
+        assert e.body["param"] == "temperature", e.body
+    else:
+        raise AssertionError("no BadRequestError")
+
+
+def check_unknown_model():
+    try:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    except openai.NotFoundError as e:
+        assert e.body["code"] == "model_not_found", e.body
+    else:
+        raise AssertionError("no NotFoundError")
+
+
+def check_wrong_key():
+    bad = openai.OpenAI(base_url=f"{BASE_URL}/v1", api_key="wrong", max_retries=0)
+    try:
+        bad.models.list()
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401
+    else:
+        raise AssertionError("no AuthenticationError")
+
+
+def check_queue_full():
+    """With one sequence running (max_num_seqs 1) and MAX_QUEUED waiting, a burst of
+    requests must see some refused with RateLimitError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def long_stream(_):
+        try:
+            return client.completions.create(
+                model=MODEL, prompt="The cat", max_tokens=1900, stream=True,
+                extra_body={"ignore_eos": True},
+            )
+        except openai.RateLimitError as e:
+            return e
+
+    burst = MAX_QUEUED + 4
+    with ThreadPoolExecutor(burst) as pool:
+        results = list(pool.map(long_stream, range(burst)))
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    for r in results:
+        if not isinstance(r, openai.RateLimitError):
+            r.close()
+    assert refused, "no RateLimitError"
+    assert all(e.response.headers.get("retry-after") == "1" for e in refused)
+
+
+def main():
+    checks = [(n, f) for n, f in globals().items() if n.startswith("check_")]
+    failed = []
+    for name, check in checks:
+        try:
+            check()
+            print(f"ok    {name}")
+        except Exception:
+            failed.append(name)
+            print(f"FAIL  {name}\n{traceback.format_exc()}")
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,453 @@
+//! `kiln serve` over real HTTP on the demo model: every endpoint, both completion
+//! endpoints streamed and not, and OpenAI's error shapes and status codes.
+
+mod server_support;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use server_support::{sse_events, Server, MODEL};
+
+async fn post(client: &Client, url: String, body: Value) -> (StatusCode, Value) {
+    let r = client.post(url).json(&body).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+fn chat_body(extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is a kiln?"}],
+        "temperature": 0,
+        "max_tokens": 12,
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_endpoints_answer() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let get = |path: &str| client.get(server.url(path)).send();
+
+    let models: Value = get("/v1/models").await.unwrap().json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], MODEL);
+
+    let version: Value = get("/version").await.unwrap().json().await.unwrap();
+    assert_eq!(version["version"], kiln::version());
+
+    let (status, tokens) = post(
+        &client,
+        server.url("/tokenize"),
+        json!({"prompt": "The cat sat"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(tokens["count"], tokens["tokens"].as_array().unwrap().len());
+    let (_, text) = post(
+        &client,
+        server.url("/detokenize"),
+        json!({"tokens": tokens["tokens"]}),
+    )
+    .await;
+    assert_eq!(text["prompt"], "The cat sat");
+    let (_, chat_tokens) = post(
+        &client,
+        server.url("/tokenize"),
+        json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert!(
+        chat_tokens["count"].as_u64().unwrap() > 3,
+        "template applied"
+    );
+
+    let spec: Value = get("/openapi.json").await.unwrap().json().await.unwrap();
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/health",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path} in openapi.json");
+    }
+    assert!(spec["components"]["schemas"]["ChatCompletionRequest"].is_object());
+
+    let request_id = get("/version").await.unwrap();
+    assert!(request_id.headers().contains_key("x-request-id"));
+    let echoed = client
+        .get(server.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 200);
+    assert_eq!(echoed.headers()["x-request-id"], "abc-123");
+
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for name in [
+        "kiln:num_requests_running",
+        "kiln:num_requests_waiting",
+        "kiln:kv_cache_usage_perc",
+        "kiln:prompt_tokens_total",
+        "kiln:generation_tokens_total",
+        "kiln:time_to_first_token_seconds_bucket",
+        "kiln:inter_token_latency_seconds_bucket",
+        "kiln:e2e_request_latency_seconds_bucket",
+        "kiln:request_queue_time_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completion_follows_openai_schema() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let url = server.url("/v1/chat/completions");
+    let (status, r) = post(&client, url.clone(), chat_body(json!({}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["model"], MODEL);
+    let choice = &r["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    // The demo model knows this answer (models/demo/README.md).
+    assert!(
+        choice["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("A kiln is"),
+        "{choice}"
+    );
+    assert_eq!(choice["finish_reason"], "length");
+    let usage = &r["usage"];
+    assert_eq!(usage["completion_tokens"], 12);
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["prompt_tokens"].as_u64().unwrap() + 12)
+    );
+    assert!(usage["prompt_tokens_details"]["cached_tokens"].is_u64());
+
+    // n = 2 with a seed: two choices, usage counts the prompt once.
+    let (_, two) = post(
+        &client,
+        url.clone(),
+        chat_body(json!({"n": 2, "temperature": 1.0, "seed": 5})),
+    )
+    .await;
+    assert_eq!(two["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(two["choices"][1]["index"], 1);
+    assert_eq!(two["usage"]["prompt_tokens"], usage["prompt_tokens"]);
+    assert_eq!(two["usage"]["completion_tokens"], 24);
+    let (_, again) = post(
+        &client,
+        url.clone(),
+        chat_body(json!({"n": 2, "temperature": 1.0, "seed": 5})),
+    )
+    .await;
+    assert_eq!(two["choices"], again["choices"], "seeded sampling repeats");
+
+    // A stop string ends the choice with "stop" and is not included.
+    let (_, stopped) = post(&client, url.clone(), chat_body(json!({"stop": [" hot"]}))).await;
+    assert_eq!(stopped["choices"][0]["message"]["content"], "A kiln is a");
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+
+    let (_, lp) = post(
+        &client,
+        url.clone(),
+        chat_body(json!({"logprobs": true, "top_logprobs": 3, "max_tokens": 4})),
+    )
+    .await;
+    let content = lp["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 4);
+    assert_eq!(content[0]["token"], "A");
+    assert!(content[0]["logprob"].as_f64().unwrap() <= 0.0);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 3);
+    assert!(content[0]["bytes"].is_array());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_take_every_prompt_form() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let url = server.url("/v1/completions");
+    let base = json!({"model": MODEL, "temperature": 0, "max_tokens": 5});
+    let with = |extra: Value| {
+        let mut b = base.clone();
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let (status, text) = post(&client, url.clone(), with(json!({"prompt": "The cat"}))).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text["object"], "text_completion");
+    let completion = text["choices"][0]["text"].as_str().unwrap().to_string();
+
+    let (_, ids) = post(
+        &client,
+        server.url("/tokenize"),
+        json!({"prompt": "The cat"}),
+    )
+    .await;
+    let (_, by_ids) = post(&client, url.clone(), with(json!({"prompt": ids["tokens"]}))).await;
+    assert_eq!(by_ids["choices"][0]["text"], completion.as_str());
+
+    let (_, many) = post(
+        &client,
+        url.clone(),
+        with(json!({"prompt": ["The cat", "A river"], "n": 2})),
+    )
+    .await;
+    let choices = many["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    assert_eq!(
+        choices[1]["text"],
+        completion.as_str(),
+        "greedy choices agree"
+    );
+    assert_eq!(many["usage"]["completion_tokens"], 20);
+
+    let (_, echoed) = post(
+        &client,
+        url.clone(),
+        with(json!({"prompt": "The cat", "echo": true})),
+    )
+    .await;
+    assert_eq!(
+        echoed["choices"][0]["text"],
+        format!("The cat{completion}").as_str()
+    );
+
+    let (_, lp) = post(
+        &client,
+        url.clone(),
+        with(json!({"prompt": "The cat", "logprobs": 2})),
+    )
+    .await;
+    let logprobs = &lp["choices"][0]["logprobs"];
+    assert_eq!(logprobs["tokens"].as_array().unwrap().len(), 5);
+    assert_eq!(logprobs["token_logprobs"].as_array().unwrap().len(), 5);
+    assert_eq!(logprobs["text_offset"][0], 0);
+    assert!(logprobs["top_logprobs"][0].as_object().unwrap().len() <= 2);
+    let joined: String = logprobs["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(joined, completion);
+
+    let (_, long) = post(
+        &client,
+        url.clone(),
+        with(json!({"prompt": "The cat", "max_tokens": 40, "ignore_eos": true})),
+    )
+    .await;
+    assert_eq!(long["usage"]["completion_tokens"], 40);
+    assert_eq!(long["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_match_the_non_streamed_answers() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let chat_url = server.url("/v1/chat/completions");
+    let (_, whole) = post(&client, chat_url.clone(), chat_body(json!({"n": 2}))).await;
+    let response = client
+        .post(chat_url)
+        .json(&chat_body(json!({
+            "n": 2, "stream": true, "stream_options": {"include_usage": true}
+        })))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let chunks = sse_events(response).await;
+    let mut texts = [String::new(), String::new()];
+    let mut finishes = [None, None];
+    for chunk in &chunks[..chunks.len() - 1] {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert!(chunk["usage"].is_null(), "usage only on the last chunk");
+        let choice = &chunk["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        texts[i].push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finishes[i] = Some(f.to_string());
+        }
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    for i in 0..2 {
+        assert_eq!(
+            texts[i],
+            whole["choices"][i]["message"]["content"].as_str().unwrap()
+        );
+        assert_eq!(finishes[i].as_deref(), Some("length"));
+    }
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"].as_array().unwrap().len(), 0);
+    // Equal but for cached_tokens: the streamed request found the first one's prefix.
+    for key in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(last["usage"][key], whole["usage"][key], "{key}");
+    }
+
+    // Completions stream, without usage: no `usage` key at all.
+    let body = json!({"model": MODEL, "prompt": "The cat", "temperature": 0, "max_tokens": 6});
+    let (_, whole) = post(&client, server.url("/v1/completions"), body.clone()).await;
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let response = client
+        .post(server.url("/v1/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let chunks = sse_events(response).await;
+    let text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+}
+
+fn assert_openai_error(body: &Value, kind: &str, param: Option<&str>) {
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(error["type"], kind, "{body}");
+    assert_eq!(error["param"].as_str(), param, "{body}");
+    assert!(error.get("code").is_some(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors() {
+    let server = Server::start(&["--max-request-body-bytes", "4096"]);
+    let client = Client::new();
+    let url = server.url("/v1/chat/completions");
+    let cases = [
+        (
+            chat_body(json!({"temperature": "hot"})),
+            Some("temperature"),
+        ),
+        (chat_body(json!({"temperature": -1})), Some("temperature")),
+        (chat_body(json!({"top_p": 1.5})), Some("top_p")),
+        (chat_body(json!({"max_tokens": -3})), Some("max_tokens")),
+        (chat_body(json!({"n": 0})), Some("n")),
+        (
+            chat_body(json!({"top_logprobs": 30, "logprobs": true})),
+            Some("top_logprobs"),
+        ),
+        (
+            chat_body(json!({"no_such_field": 1})),
+            Some("no_such_field"),
+        ),
+        (chat_body(json!({"messages": []})), Some("messages")),
+        (chat_body(json!({"max_tokens": 5000})), None),
+        (json!({"model": MODEL}), None),
+    ];
+    for (body, param) in cases {
+        let (status, error) = post(&client, url.clone(), body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {error}");
+        if param.is_some() {
+            assert_openai_error(&error, "invalid_request_error", param);
+        }
+    }
+    let broken = client
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broken.status(), 400);
+    assert_openai_error(&broken.json().await.unwrap(), "invalid_request_error", None);
+
+    let (status, error) = post(&client, url.clone(), chat_body(json!({"model": "gpt-4"}))).await;
+    assert_eq!(status, 404);
+    assert_openai_error(&error, "invalid_request_error", Some("model"));
+    assert_eq!(error["error"]["code"], "model_not_found");
+
+    let huge = "x".repeat(8192);
+    let (status, error) = post(
+        &client,
+        url.clone(),
+        chat_body(json!({"messages": [{"role": "user", "content": huge}]})),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_openai_error(&error, "invalid_request_error", None);
+
+    let missing = client.get(server.url("/v2/nothing")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The server still answers after all that.
+    let (status, _) = post(&client, url, chat_body(json!({}))).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_guards_v1_only() {
+    let server = Server::start(&["--api-key", "sk-test"]);
+    let client = Client::new();
+    let url = server.url("/v1/models");
+    for auth in [None, Some("Bearer wrong"), Some("sk-test")] {
+        let mut request = client.get(&url);
+        if let Some(a) = auth {
+            request = request.header("authorization", a);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{auth:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+    }
+    let ok = client
+        .get(&url)
+        .bearer_auth("sk-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let health = client.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "health needs no key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let server = Server::start(&["--max-num-seqs", "1", "--max-queued-requests", "1"]);
+    let client = Client::new();
+    let url = server.url("/v1/completions");
+    let long = json!({
+        "model": MODEL, "prompt": "The cat", "max_tokens": 2000, "ignore_eos": true,
+        "stream": true,
+    });
+    // One request runs, one waits behind it, the next is refused: the open streams are
+    // kept so that none of them finishes early.
+    let mut open = Vec::new();
+    let refused = loop {
+        let mut response = client.post(&url).json(&long).send().await.unwrap();
+        if response.status() != 200 {
+            break response;
+        }
+        if open.is_empty() {
+            // Its first token: the first request is running, no longer waiting.
+            assert!(response.chunk().await.unwrap().is_some());
+        }
+        open.push(response);
+        assert!(open.len() < 3, "the third request was accepted");
+    };
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+}

@@ -1,0 +1,61 @@
+//! The official `openai` Python client against `kiln serve` (tests/openai_client/).
+//! Skipped, with the reason printed, when python3 or the package is missing, unless
+//! KILN_REQUIRE_OPENAI_CLIENT=1 (CI), where that is a failure.
+
+mod server_support;
+
+use server_support::{Server, MODEL};
+use std::process::Command;
+
+const API_KEY: &str = "sk-kiln-test";
+const MAX_QUEUED: &str = "4";
+
+fn openai_client_available() -> Result<(), String> {
+    let probe = Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .map_err(|e| format!("python3 not runnable: {e}"))?;
+    if probe.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "python3 cannot import openai: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ))
+    }
+}
+
+#[test]
+fn official_openai_client_works_against_the_server() {
+    if let Err(why) = openai_client_available() {
+        let required = std::env::var("KILN_REQUIRE_OPENAI_CLIENT").is_ok_and(|v| v == "1");
+        assert!(!required, "KILN_REQUIRE_OPENAI_CLIENT=1 but {why}");
+        eprintln!("skipping: {why} (pip install openai)");
+        return;
+    }
+    // One sequence at a time and a short queue, so the client's RateLimitError is
+    // reachable; the other checks are short enough to run one after another.
+    let server = Server::start(&[
+        "--api-key",
+        API_KEY,
+        "--max-num-seqs",
+        "1",
+        "--max-queued-requests",
+        MAX_QUEUED,
+    ]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/openai_client/check_server.py"
+    );
+    let output = Command::new("python3")
+        .args([script, &server.base, MODEL, API_KEY, MAX_QUEUED])
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "openai client checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
