@@ -52,7 +52,10 @@ mod tests {
             content_chunks: 3,
         };
         // Chunks at 0.75, 1.25, 1.75 with two tokens each.
-        assert_eq!(output_tokens_per_window(&[o.clone()], 1.0), vec![2.0, 4.0]);
+        assert_eq!(
+            output_tokens_per_window(std::slice::from_ref(&o), 1.0),
+            vec![2.0, 4.0]
+        );
         assert_eq!(
             output_tokens_per_window(&[o], 0.5),
             vec![0.0, 4.0, 4.0, 4.0]
