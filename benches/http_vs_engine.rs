@@ -1,0 +1,152 @@
+//! HTTP streaming throughput vs the engine in process, on the built-in demo model:
+//! the same 64 concurrent greedy requests, timed end to end both ways.
+//! `cargo bench --bench http_vs_engine` (prints tokens/s and the ratio; target >= 0.9).
+//! The HTTP client runs on the same machine, so its cost is counted against HTTP.
+
+use clap::Parser;
+use futures_util::future::join_all;
+use kiln::engine::{EngineHandle, SamplingParams};
+use kiln::launch::{build_engine, EngineArgs};
+use kiln::server::state::{AppState, Served};
+use kiln::server::{serve, ServeOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CONCURRENCY: usize = 64;
+const OUTPUT_TOKENS: usize = 256;
+const ROUNDS: usize = 5;
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    args: EngineArgs,
+}
+
+fn engine() -> EngineHandle {
+    let args = Wrapper::parse_from(["kiln"]).args;
+    EngineHandle::spawn(build_engine(&args).expect("demo model").0, 0)
+}
+
+fn prompt(i: usize) -> String {
+    format!("The cat number {i} sat on the")
+}
+
+fn params() -> SamplingParams {
+    SamplingParams {
+        max_tokens: Some(OUTPUT_TOKENS),
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    }
+}
+
+/// Generated tokens per second with every request submitted at once, in process.
+async fn in_process(handle: &EngineHandle) -> f64 {
+    let start = Instant::now();
+    let streams: Vec<_> = (0..CONCURRENCY)
+        .map(|i| {
+            let ids = handle.tokenizer().encode(&prompt(i), true).unwrap();
+            handle.submit(ids, params()).unwrap()
+        })
+        .collect();
+    let tokens: usize = join_all(streams.into_iter().map(|mut s| async move {
+        let mut n = 0;
+        while let Some(Ok(out)) = s.next().await {
+            n += out.token_ids.len();
+            if out.finish_reason.is_some() {
+                break;
+            }
+        }
+        n
+    }))
+    .await
+    .into_iter()
+    .sum();
+    tokens as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The same over HTTP: streamed completions, reading every chunk.
+async fn over_http(client: &reqwest::Client, base: &str) -> f64 {
+    let start = Instant::now();
+    let tokens: usize = join_all((0..CONCURRENCY).map(|i| async move {
+        let body = serde_json::json!({
+            "model": "kiln-demo", "prompt": prompt(i), "max_tokens": OUTPUT_TOKENS,
+            "temperature": 0, "ignore_eos": true, "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        let text = client
+            .post(format!("{base}/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let last = text.rsplit("data: ").nth(1).unwrap().trim();
+        let usage: serde_json::Value = serde_json::from_str(last).unwrap();
+        usage["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    }))
+    .await
+    .into_iter()
+    .sum();
+    tokens as f64 / start.elapsed().as_secs_f64()
+}
+
+fn best(samples: &[f64]) -> f64 {
+    samples.iter().cloned().fold(0.0, f64::max)
+}
+
+fn main() {
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let handle = engine();
+        in_process(&handle).await; // warm-up
+        let mut engine_rates = Vec::new();
+        for _ in 0..ROUNDS {
+            engine_rates.push(in_process(&handle).await);
+        }
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(AppState::new(None));
+        let served = Served {
+            engine: handle.clone(),
+            names: vec!["kiln-demo".into()],
+            root: "kiln-demo".into(),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let options = ServeOptions {
+            max_request_body_bytes: 1 << 20,
+            shutdown_timeout: Duration::from_secs(5),
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            state.clone(),
+            async move { Ok(served) },
+            async move {
+                let _ = stop_rx.await;
+            },
+            options,
+        ));
+        while state.served().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let client = reqwest::Client::new();
+        over_http(&client, &base).await; // warm-up
+        let mut http_rates = Vec::new();
+        for _ in 0..ROUNDS {
+            http_rates.push(over_http(&client, &base).await);
+        }
+        let _ = stop_tx.send(());
+        let _ = server.await;
+
+        let (e, h) = (best(&engine_rates), best(&http_rates));
+        println!(
+            "{CONCURRENCY} concurrent x {OUTPUT_TOKENS} tokens, best of {ROUNDS}: \
+             engine {e:.0} tok/s, HTTP streaming {h:.0} tok/s, ratio {:.3}",
+            h / e
+        );
+        println!("engine samples {engine_rates:.0?}, HTTP samples {http_rates:.0?}");
+    });
+}
