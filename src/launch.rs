@@ -216,6 +216,21 @@ pub fn load_model_on<B: Backend>(
         config.num_parameters() as f64 / 1e9,
         backend.name()
     );
+    if let Some(info) = backend.memory_info() {
+        let (free, total) = info?;
+        let weights = config.num_parameters() as f64 * dtype.size_in_bytes() as f64;
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        anyhow::ensure!(
+            weights <= free as f64,
+            "out of GPU memory: {} needs {:.1} GiB of weights in {dtype}, {} has {:.1} of {:.1} GiB free \
+             (try --dtype bfloat16, a smaller model, or a GPU with more memory)",
+            files.name,
+            gib(weights),
+            backend.name(),
+            gib(free as f64),
+            gib(total as f64)
+        );
+    }
     let started = std::time::Instant::now();
     let bar = progress_bar(config.num_layers as u64, "loading weights");
     let model = LlamaModel::load(&backend, config, weights.as_ref(), dtype, |_| bar.inc(1))

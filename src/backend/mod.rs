@@ -50,6 +50,11 @@ pub trait Backend: Send + Sync {
     /// A short name for logs ("cpu", "cuda:0").
     fn name(&self) -> String;
 
+    /// `(free, total)` bytes of device memory, where the device has its own (GPUs).
+    fn memory_info(&self) -> Option<Result<(usize, usize)>> {
+        None
+    }
+
     /// Moves a host tensor (already in the model dtype) onto the device.
     fn upload(&self, host: candle_core::Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor back as f32 values, row-major.

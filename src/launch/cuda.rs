@@ -29,7 +29,7 @@ fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Resul
         dtype,
     };
     let bytes_per_block = spec.bytes_per_token() * args.block_size;
-    let (free, total) = loaded.backend.memory_info()?;
+    let (free, total) = loaded.backend.free_and_total_memory()?;
     let reserve = activation_reserve(
         config,
         dtype.size_in_bytes(),

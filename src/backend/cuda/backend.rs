@@ -54,7 +54,7 @@ impl CudaBackend {
     }
 
     /// `(free, total)` bytes of device memory, as the driver reports them now.
-    pub fn memory_info(&self) -> Result<(usize, usize)> {
+    pub fn free_and_total_memory(&self) -> Result<(usize, usize)> {
         self.bind()?;
         self.dev
             .context()
@@ -104,6 +104,10 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> String {
         format!("cuda:{}", self.ordinal)
+    }
+
+    fn memory_info(&self) -> Option<Result<(usize, usize)>> {
+        Some(self.free_and_total_memory())
     }
 
     fn upload(&self, host: candle_core::Tensor) -> Result<CudaTensor> {
