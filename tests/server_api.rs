@@ -5,7 +5,7 @@ mod server_support;
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use server_support::{sse_events, Server, MODEL};
+use server_support::{metric, sse_events, Server, MODEL};
 
 async fn post(client: &Client, url: String, body: Value) -> (StatusCode, Value) {
     let r = client.post(url).json(&body).send().await.unwrap();
@@ -426,28 +426,44 @@ async fn api_key_guards_v1_only() {
 async fn a_full_queue_answers_429_with_retry_after() {
     let server = Server::start(&["--max-num-seqs", "1", "--max-queued-requests", "1"]);
     let client = Client::new();
-    let url = server.url("/v1/completions");
-    let long = json!({
-        "model": MODEL, "prompt": "The cat", "max_tokens": 2000, "ignore_eos": true,
-        "stream": true,
-    });
-    // One request runs, one waits behind it, the next is refused: the open streams are
-    // kept so that none of them finishes early.
-    let mut open = Vec::new();
-    let refused = loop {
-        let mut response = client.post(&url).json(&long).send().await.unwrap();
-        if response.status() != 200 {
-            break response;
+    // Three choices are submitted back to back: at most one runs and one waits, so the
+    // third finds the queue full whatever the engine thread did in between.
+    let (status, body) = post(
+        &client,
+        server.url("/v1/completions"),
+        json!({"model": MODEL, "prompt": "The cat", "max_tokens": 2000, "n": 3}),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_openai_error(&body, "rate_limit_error", None);
+    let response = client
+        .post(server.url("/v1/completions"))
+        .json(&json!({"model": MODEL, "prompt": "The cat", "max_tokens": 2000, "n": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["retry-after"], "1");
+    // The refused request's accepted choices were cancelled: the engine drains.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = client.get(server.url("/metrics")).send().await.unwrap();
+        let text = text.text().await.unwrap();
+        if metric(&text, "kiln:num_requests_running") + metric(&text, "kiln:num_requests_waiting")
+            == 0.0
+        {
+            break;
         }
-        if open.is_empty() {
-            // Its first token: the first request is running, no longer waiting.
-            assert!(response.chunk().await.unwrap().is_some());
-        }
-        open.push(response);
-        assert!(open.len() < 3, "the third request was accepted");
-    };
-    assert_eq!(refused.status(), 429);
-    assert_eq!(refused.headers()["retry-after"], "1");
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cancelled choices still queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, _) = post(
+        &client,
+        server.url("/v1/completions"),
+        json!({"model": MODEL, "prompt": "The cat", "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(status, 200);
 }
