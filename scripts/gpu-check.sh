@@ -104,6 +104,27 @@ else
     printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"
 fi
 
+# Prefill of one 1024-token prompt (time to first token) and a small model at batch 1.
+if "$KILN" bench latency --help >/dev/null 2>&1; then
+    step bench_prefill_8b 90 no bench_prefill_8b.txt -- \
+        "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
+        --dtype bfloat16 --max-model-len 2048 --input-len 1024 --output-len 4 \
+        --batch-sizes 1 --result-json "$OUT/bench_prefill_8b.json"
+    step bench_latency_qwen05b 90 no bench_latency_qwen05b.txt -- \
+        "$KILN" bench latency --device cuda --model qwen2.5-0.5b --load-format dummy \
+        --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 64 \
+        --batch-sizes 1,32 --result-json "$OUT/bench_latency_qwen05b.json"
+fi
+
+# HF transformers eager on the same shapes, same GPU, same run (the machine has torch).
+HF_BASELINE="$BUNDLE/scripts/hf_baseline.py"
+PRESETS="${PRESETS:-$BUNDLE/models/presets}"
+if [ -f "$HF_BASELINE" ] && python3 -c "import torch, transformers" 2>/dev/null; then
+    step hf_baseline_8b 150 no hf_baseline_8b.json -- \
+        python3 "$HF_BASELINE" --config "$PRESETS/llama-3.1-8b.json" --batch-sizes 1,32 \
+        --input-len 128 --output-len 32 --prefill-len 1024
+fi
+
 # Headline numbers, pulled out of the logs for the summary.
 grep -ho "weights loaded in [0-9.]* s" "$OUT"/generate_8b_dummy.log 2>/dev/null |
     sed 's/^/llama-3.1-8b dummy: /' | tee -a "$SUMMARY"
