@@ -201,6 +201,9 @@ impl CudaDevice {
     /// In place `x[n, d] += bias[d]`.
     pub fn add_bias(&self, x: &mut CudaTensor, bias: &CudaTensor) -> Result<()> {
         let (rows, d) = rows_and_width(x, bias, "add_bias")?;
+        if x.shape().last() != Some(&d) {
+            bail!("add_bias: x {:?} does not end in {d}", x.shape());
+        }
         let total = (rows * d) as i64;
         if total == 0 {
             return Ok(());
@@ -234,7 +237,8 @@ pub(super) fn dims3(t: &CudaTensor, what: &str) -> Result<[usize; 3]> {
     }
 }
 
-/// Rows and width of `x` whose last dim must equal the 1-d `w`'s length.
+/// Rows and width of `x` normalised in groups of the 1-d `w`'s length: the last dim is that
+/// length, or a multiple of it (per-head norms of `[n, heads * head_dim]`, e.g. Qwen3's q/k).
 fn rows_and_width(x: &CudaTensor, w: &CudaTensor, what: &str) -> Result<(usize, usize)> {
     let d = match w.shape() {
         &[d] => d,
@@ -242,7 +246,7 @@ fn rows_and_width(x: &CudaTensor, w: &CudaTensor, what: &str) -> Result<(usize, 
     };
     w.expect_dtype(x.dtype(), what)?;
     match x.shape().last() {
-        Some(&last) if last == d && d > 0 => Ok((x.numel() / d, d)),
+        Some(&last) if d > 0 && last % d == 0 => Ok((x.numel() / d, d)),
         _ => bail!("{what}: x {:?} does not end in {d}", x.shape()),
     }
 }
