@@ -2,6 +2,8 @@
 //! the same 64 concurrent greedy requests, timed end to end both ways.
 //! `cargo bench --bench http_vs_engine` (prints tokens/s and the ratio; target >= 0.9).
 //! The HTTP client runs on the same machine, so its cost is counted against HTTP.
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs one short round as a
+//! smoke test.
 
 use clap::Parser;
 use futures_util::future::join_all;
@@ -13,8 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: usize = 64;
-const OUTPUT_TOKENS: usize = 256;
-const ROUNDS: usize = 5;
+/// (output tokens, rounds): the full benchmark, or a smoke run under `cargo test`.
+fn shape() -> (usize, usize) {
+    if std::env::args().any(|a| a == "--bench") {
+        (256, 5)
+    } else {
+        (8, 1)
+    }
+}
 
 #[derive(Parser)]
 struct Wrapper {
@@ -33,7 +41,7 @@ fn prompt(i: usize) -> String {
 
 fn params() -> SamplingParams {
     SamplingParams {
-        max_tokens: Some(OUTPUT_TOKENS),
+        max_tokens: Some(shape().0),
         ignore_eos: true,
         ..SamplingParams::greedy()
     }
@@ -69,7 +77,7 @@ async fn over_http(client: &reqwest::Client, base: &str) -> f64 {
     let start = Instant::now();
     let tokens: usize = join_all((0..CONCURRENCY).map(|i| async move {
         let body = serde_json::json!({
-            "model": "kiln-demo", "prompt": prompt(i), "max_tokens": OUTPUT_TOKENS,
+            "model": "kiln-demo", "prompt": prompt(i), "max_tokens": shape().0,
             "temperature": 0, "ignore_eos": true, "stream": true,
             "stream_options": {"include_usage": true},
         });
@@ -103,7 +111,7 @@ fn main() {
         let handle = engine();
         in_process(&handle).await; // warm-up
         let mut engine_rates = Vec::new();
-        for _ in 0..ROUNDS {
+        for _ in 0..shape().1 {
             engine_rates.push(in_process(&handle).await);
         }
 
@@ -135,7 +143,7 @@ fn main() {
         let client = reqwest::Client::new();
         over_http(&client, &base).await; // warm-up
         let mut http_rates = Vec::new();
-        for _ in 0..ROUNDS {
+        for _ in 0..shape().1 {
             http_rates.push(over_http(&client, &base).await);
         }
         let _ = stop_tx.send(());
@@ -143,8 +151,10 @@ fn main() {
 
         let (e, h) = (best(&engine_rates), best(&http_rates));
         println!(
-            "{CONCURRENCY} concurrent x {OUTPUT_TOKENS} tokens, best of {ROUNDS}: \
+            "{CONCURRENCY} concurrent x {} tokens, best of {}: \
              engine {e:.0} tok/s, HTTP streaming {h:.0} tok/s, ratio {:.3}",
+            shape().0,
+            shape().1,
             h / e
         );
         println!("engine samples {engine_rates:.0?}, HTTP samples {http_rates:.0?}");
