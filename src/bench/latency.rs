@@ -24,7 +24,7 @@ pub struct LatencyArgs {
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Memory bandwidth to compare decode against, in GB/s (decode at batch 1 reads every
-    /// weight once per token). Without it no roofline fraction is printed.
+    /// weight once per token). Default on a GPU: its type's spec bandwidth; on the CPU none.
     #[arg(long, env = "KILN_BENCH_PEAK_GBS")]
     pub peak_bandwidth_gbs: Option<f64>,
     #[arg(long)]
@@ -84,8 +84,25 @@ fn run_batch(
     Ok((prefill, steps, decode_start.elapsed().as_secs_f64(), tokens))
 }
 
-pub fn run(args: LatencyArgs) -> Result<()> {
+/// The spec bandwidth of the GPU the engine runs on, if it is a known type.
+fn gpu_spec_bandwidth(args: &EngineArgs) -> Option<f64> {
+    use crate::launch::{device, Device};
+    let Device::Cuda(i) = device::resolve(args.device, crate::backend::cuda::device_count).ok()?
+    else {
+        return None;
+    };
+    let gpu = crate::gpu::Inventory::detect()
+        .devices
+        .into_iter()
+        .find(|d| d.index == i)?;
+    crate::plan::gpu_facts(gpu.gpu_type).map(|(_, gbs)| gbs)
+}
+
+pub fn run(mut args: LatencyArgs) -> Result<()> {
     let (mut engine, name) = build_engine(&args.engine)?;
+    if args.peak_bandwidth_gbs.is_none() && engine.describe().contains("cuda") {
+        args.peak_bandwidth_gbs = gpu_spec_bandwidth(&args.engine);
+    }
     let vocab = engine.vocab_size();
     let weight_bytes = engine.weight_bytes();
     let mut results = Vec::new();
@@ -119,11 +136,14 @@ pub fn run(args: LatencyArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     println!(
-        "model {name} ({}), weights {:.2} GB, input {} output {}",
+        "model {name} ({}), weights {:.2} GB, input {} output {}, roofline against {}",
         engine.describe(),
         weight_bytes as f64 / 1e9,
         args.input_len,
-        args.output_len
+        args.output_len,
+        args.peak_bandwidth_gbs
+            .map(|g| format!("{g:.0} GB/s"))
+            .unwrap_or_else(|| "nothing".into())
     );
     println!("| batch | prefill ms | decode step ms | decode tok/s | tok/s per seq | weight GB/s | roofline |");
     println!("|---|---|---|---|---|---|---|");
