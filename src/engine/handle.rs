@@ -98,6 +98,15 @@ impl RequestStream {
         ev
     }
 
+    /// The next increment if one is already waiting; never blocks.
+    pub fn try_next(&mut self) -> Option<RequestEvent> {
+        let ev = self.rx.try_recv().ok();
+        if ev.is_some() {
+            self.note(&ev);
+        }
+        ev
+    }
+
     /// For callers outside an async runtime (CLI, tests).
     pub fn blocking_next(&mut self) -> Option<RequestEvent> {
         let ev = self.rx.blocking_recv();

@@ -83,7 +83,19 @@ fn request_error(e: RequestError, prompt_param: &str) -> ApiError {
 impl Choice {
     /// The next increment; `None` once the final one (with `finish_reason`) has been read.
     pub async fn next(&mut self, metrics: &ServerMetrics) -> Option<Result<RequestOutput, String>> {
-        let ev = self.stream.next().await?;
+        let mut ev = self.stream.next().await?;
+        // Increments already waiting are merged into this one: a client that falls behind the
+        // engine gets fewer, larger chunks instead of a growing backlog of tiny ones.
+        while let Ok(out) = &mut ev {
+            if out.finish_reason.is_some() {
+                break;
+            }
+            match self.stream.try_next() {
+                Some(Ok(more)) => crate::engine::handle::merge(out, more),
+                Some(Err(e)) => ev = Err(e),
+                None => break,
+            }
+        }
         if let Ok(out) = &ev {
             self.timer.observe(metrics, out);
         }
