@@ -4,39 +4,12 @@
 mod common;
 
 use common::*;
-use kiln::backend::{Backend, BatchLayout, KvCacheSpec};
 use kiln::engine::SamplingParams;
 
-/// Logits of the last prompt token, computed in one prefill through the paged cache.
+/// Logits of the last prompt token, computed in one prefill through the paged cache (the
+/// same routine `kiln check-reference` runs on any device).
 fn last_logits(m: &kiln::launch::LoadedModel, ids: &[u32]) -> Vec<f32> {
-    let c = &m.model.config;
-    let block_size = 4;
-    let blocks = ids.len().div_ceil(block_size);
-    let spec = KvCacheSpec {
-        num_layers: c.num_layers,
-        num_blocks: blocks,
-        block_size,
-        num_kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-        dtype: m.model.dtype,
-    };
-    let mut cache = m.backend.new_kv_cache(&spec).unwrap();
-    // Blocks deliberately out of order, so the block table is really used.
-    let table: Vec<u32> = (0..blocks as u32).rev().collect();
-    let layout = BatchLayout {
-        positions: (0..ids.len() as u32).collect(),
-        slots: (0..ids.len())
-            .map(|p| (table[p / block_size] as usize * block_size + p % block_size) as i64)
-            .collect(),
-        query_start: vec![0, ids.len()],
-        context_lens: vec![ids.len()],
-        block_tables: vec![table],
-        block_size,
-        logits_rows: vec![ids.len() - 1],
-    };
-    m.model
-        .forward(&m.backend, ids, &layout, &mut cache)
-        .unwrap()
+    kiln::cli::check_reference::last_logits(m, ids).unwrap()
 }
 
 #[test]

@@ -235,7 +235,7 @@ fn token_row(check: &str, prompt: usize, e: &Expected<'_>, got: &[u32]) -> Check
 
 /// Logits of the last prompt token from one prefill through a paged cache of 4-token blocks
 /// laid out in reverse, so the block table is really used.
-fn last_logits<B: Backend>(m: &LoadedModel<B>, ids: &[u32]) -> Result<Vec<f32>> {
+pub fn last_logits<B: Backend>(m: &LoadedModel<B>, ids: &[u32]) -> Result<Vec<f32>> {
     anyhow::ensure!(!ids.is_empty(), "empty prompt");
     let c = &m.model.config;
     let block_size = 4;
