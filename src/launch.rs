@@ -4,6 +4,7 @@
 mod cuda;
 pub mod device;
 pub mod gpu_memory;
+pub mod gpu_request;
 
 pub use cuda::engine_on_cuda;
 pub use device::{Device, DeviceArg};
@@ -41,6 +42,11 @@ pub struct EngineArgs {
     /// Where to run: auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
     pub device: DeviceArg,
+    /// GPU request, cloud style: `H100`, `H100:8`, `H100!` (no upgrade), `A100-80GB:2`, an
+    /// ordered fallback list `H100:8,A100-80GB:8` (or a JSON array), `any`. Unsatisfiable
+    /// requests fail before loading. Without it: the largest group of same-type GPUs.
+    #[arg(long, env = "KILN_GPU")]
+    pub gpu: Option<String>,
     /// Fraction of the GPU's memory kiln may use for weights, KV cache and activations.
     #[arg(long, env = "KILN_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
@@ -307,10 +313,43 @@ where
     )
 }
 
-/// Loads everything on the device `--device` picks and returns a ready engine plus the
-/// model's name.
+/// The device to run on: `--device`, narrowed by `--gpu` (or, without it, the largest group
+/// of same-type GPUs). An unsatisfiable `--gpu` fails here, before anything is loaded.
+pub fn pick_device(args: &EngineArgs) -> Result<Device> {
+    let device = device::resolve(args.device, crate::backend::cuda::device_count)?;
+    let Device::Cuda(explicit) = device else {
+        anyhow::ensure!(
+            args.gpu.is_none() || args.device != DeviceArg::Cpu,
+            "--gpu {} asks for GPUs but --device cpu was given",
+            args.gpu.as_deref().unwrap_or_default()
+        );
+        if let Some(spec) = &args.gpu {
+            // auto found no GPU: say what was asked and what is (not) there.
+            gpu_request::choose(Some(spec), &crate::gpu::Inventory::detect())?;
+        }
+        return Ok(Device::Cpu);
+    };
+    if args.device != DeviceArg::Auto && args.gpu.is_none() {
+        return Ok(Device::Cuda(explicit));
+    }
+    match gpu_request::choose(args.gpu.as_deref(), &crate::gpu::Inventory::detect())? {
+        Some(selection) => {
+            tracing::info!(
+                "GPUs matched: {} x {} {:?}",
+                selection.indices.len(),
+                selection.gpu_type,
+                selection.indices
+            );
+            Ok(Device::Cuda(gpu_request::primary_ordinal(&selection)))
+        }
+        None => Ok(Device::Cuda(explicit)),
+    }
+}
+
+/// Loads everything on the device `--device` / `--gpu` pick and returns a ready engine plus
+/// the model's name.
 pub fn build_engine(args: &EngineArgs) -> Result<(LlmEngine, String)> {
-    match device::resolve(args.device, crate::backend::cuda::device_count)? {
+    match pick_device(args)? {
         Device::Cpu => {
             let loaded = load_model(args)?;
             let name = loaded.name.clone();
