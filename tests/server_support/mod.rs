@@ -19,6 +19,13 @@ pub struct Server {
 impl Server {
     /// Starts `kiln serve` with `flags` on a free port and waits until /health is 200.
     pub fn start(flags: &[&str]) -> Server {
+        let server = Server::spawn(flags);
+        server.wait_healthy();
+        server
+    }
+
+    /// Starts `kiln serve` and returns once it listens (the model may still be loading).
+    pub fn spawn(flags: &[&str]) -> Server {
         let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
@@ -52,15 +59,13 @@ impl Server {
         let addr = rx
             .recv_timeout(STARTUP_LIMIT)
             .expect("the server logs its address");
-        let server = Server {
+        Server {
             child: Some(child),
             base: format!("http://{addr}"),
-        };
-        server.wait_healthy();
-        server
+        }
     }
 
-    fn wait_healthy(&self) {
+    pub fn wait_healthy(&self) {
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
             if let Ok(200) = raw_http::get_status(&format!("{}/health", self.base)) {
@@ -114,7 +119,7 @@ impl Drop for Server {
 }
 
 /// A plain HTTP/1.1 GET without an async runtime, for the health poll.
-mod raw_http {
+pub mod raw_http {
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
