@@ -47,6 +47,10 @@ pub struct EngineArgs {
     /// requests fail before loading. Without it: the largest group of same-type GPUs.
     #[arg(long, env = "KILN_GPU")]
     pub gpu: Option<String>,
+    /// GPUs to shard the model across. Only 1 until tensor parallelism lands; accepted so
+    /// vLLM-style deployments that pass `--tensor-parallel-size 1` work unchanged.
+    #[arg(long, env = "KILN_TENSOR_PARALLEL_SIZE", default_value_t = 1)]
+    pub tensor_parallel_size: usize,
     /// Fraction of the GPU's memory kiln may use for weights, KV cache and activations.
     #[arg(long, env = "KILN_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
@@ -316,6 +320,11 @@ where
 /// The device to run on: `--device`, narrowed by `--gpu` (or, without it, the largest group
 /// of same-type GPUs). An unsatisfiable `--gpu` fails here, before anything is loaded.
 pub fn pick_device(args: &EngineArgs) -> Result<Device> {
+    anyhow::ensure!(
+        args.tensor_parallel_size == 1,
+        "--tensor-parallel-size {}: this build runs a model on one device (tensor parallelism is not implemented yet); use 1",
+        args.tensor_parallel_size
+    );
     let device = device::resolve(args.device, crate::backend::cuda::device_count)?;
     let Device::Cuda(explicit) = device else {
         anyhow::ensure!(
