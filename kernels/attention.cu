@@ -7,6 +7,10 @@
 // h / (hq / hk). The cache is [num_blocks, block_size, hk, hd], addressed through
 // block_tables[s, position / block_size].
 //
+// Sliding window (Mistral): with sliding_window = w > 0, the token at position pos attends
+// only to positions pos + 1 - w ..= pos (when pos >= w; otherwise to 0..=pos), the last w
+// keys. sliding_window = 0 means no window.
+//
 // One block of ATTN_WARPS warps per (token, q head). Each warp walks every ATTN_WARPS-th key
 // with an online softmax (running max m, running sum l, f32 accumulator); lane L owns the
 // head-dim elements L, L + 32, ... so key/value loads are coalesced. The warps' partial
@@ -36,7 +40,7 @@ __device__ __forceinline__ void attention_impl(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int hd, int q_stride, float scale) {
+    int hk, int hd, int q_stride, int sliding_window, float scale) {
     __shared__ float part_max[ATTN_WARPS];
     __shared__ float part_sum[ATTN_WARPS];
     __shared__ float part_acc[ATTN_WARPS][ATTN_MAX_HEAD_DIM];
@@ -48,8 +52,10 @@ __device__ __forceinline__ void attention_impl(
 
     const int seq = attention_find_sequence(query_start, num_seqs, token);
     const int q_len = query_start[seq + 1] - query_start[seq];
-    const int last_key = min(context_lens[seq] - q_len + (token - query_start[seq]),
-                             max_blocks_per_seq * block_size - 1);
+    const int pos = context_lens[seq] - q_len + (token - query_start[seq]);
+    const int last_key = min(pos, max_blocks_per_seq * block_size - 1);
+    const int first_key =
+        (sliding_window > 0 && pos >= sliding_window) ? pos + 1 - sliding_window : 0;
     const int kv_head = head / (hq / hk);
     const int* table = block_tables + (long long)seq * max_blocks_per_seq;
     const long long kv_row = (long long)hk * hd;
@@ -66,7 +72,7 @@ __device__ __forceinline__ void attention_impl(
 
     float run_max = KILN_NEG_INF;
     float run_sum = 0.0f;
-    for (int p = warp; p <= last_key; p += ATTN_WARPS) {
+    for (int p = first_key + warp; p <= last_key; p += ATTN_WARPS) {
         const long long block = table[p / block_size];
         const long long base = (block * block_size + p % block_size) * kv_row + (long long)kv_head * hd;
         float dot = 0.0f;
@@ -120,9 +126,9 @@ __device__ __forceinline__ void attention_impl(
         D::T* out, const D::T* q, const D::T* k_cache, const D::T* v_cache,                    \
         const int* block_tables, const int* query_start, const int* context_lens,              \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int hd,          \
-        int q_stride, float scale) {                                                           \
+        int q_stride, int sliding_window, float scale) {                                       \
         attention_impl<D>(out, q, k_cache, v_cache, block_tables, query_start, context_lens,   \
                           num_seqs, max_blocks_per_seq, block_size, hq, hk, hd, q_stride,      \
-                          scale);                                                              \
+                          sliding_window, scale);                                              \
     }
 KILN_FOR_EACH_DTYPE(KILN_ATTENTION)

@@ -55,6 +55,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Counters of the device's caching allocator (driver allocations vs reuses), where
+    /// the backend has one (GPUs).
+    fn allocator_stats(&self) -> Option<cuda::pool::PoolStats> {
+        None
+    }
+
     /// Moves a host tensor (already in the model dtype) onto the device.
     fn upload(&self, host: candle_core::Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor back as f32 values, row-major.

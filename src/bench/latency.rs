@@ -2,6 +2,7 @@
 //! speed after that, with the fraction of the weight-bandwidth roofline when it is known.
 
 use super::prompts::random_prompts;
+use crate::backend::cuda::pool::PoolStats;
 use crate::engine::{LlmEngine, SamplingParams};
 use crate::launch::{build_engine, EngineArgs};
 use anyhow::Result;
@@ -45,6 +46,10 @@ pub struct LatencyResult {
     pub tokens_per_s_per_seq: f64,
     pub weight_gbs: f64,
     pub roofline_fraction: Option<f64>,
+    /// GPU only: buffers the caching allocator took from the driver during the measured
+    /// decode steps (0 once the warm-up has seen the batch's shapes), and buffers it reused.
+    pub decode_driver_allocations: Option<u64>,
+    pub decode_buffer_reuses: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -55,12 +60,17 @@ struct Report<'a> {
     results: &'a [LatencyResult],
 }
 
-/// Runs one batch: returns (prefill seconds, decode steps, decode seconds, decode tokens).
-fn run_batch(
-    engine: &mut LlmEngine,
-    prompts: &[Vec<u32>],
-    output_len: usize,
-) -> Result<(f64, usize, f64, usize)> {
+/// One batch's measurements.
+struct BatchRun {
+    prefill_s: f64,
+    decode_steps: usize,
+    decode_s: f64,
+    decode_tokens: usize,
+    /// The device allocator's counters over the decode steps (GPU only).
+    decode_alloc: Option<PoolStats>,
+}
+
+fn run_batch(engine: &mut LlmEngine, prompts: &[Vec<u32>], output_len: usize) -> Result<BatchRun> {
     let params = SamplingParams {
         max_tokens: Some(output_len),
         ignore_eos: true,
@@ -75,13 +85,25 @@ fn run_batch(
         first_tokens += engine.step()?.len();
     }
     let prefill = start.elapsed().as_secs_f64();
+    let alloc_before = engine.allocator_stats();
     let decode_start = Instant::now();
     let (mut steps, mut tokens) = (0, 0);
     while engine.has_work() {
         tokens += engine.step()?.len();
         steps += 1;
     }
-    Ok((prefill, steps, decode_start.elapsed().as_secs_f64(), tokens))
+    let decode_s = decode_start.elapsed().as_secs_f64();
+    let decode_alloc = engine
+        .allocator_stats()
+        .zip(alloc_before)
+        .map(|(after, before)| after.since(before));
+    Ok(BatchRun {
+        prefill_s: prefill,
+        decode_steps: steps,
+        decode_s,
+        decode_tokens: tokens,
+        decode_alloc,
+    })
 }
 
 /// The spec bandwidth of the GPU the engine runs on, if it is a known type.
@@ -118,7 +140,13 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
         for _ in 0..args.warmup {
             run_batch(&mut engine, &prompts, args.output_len.min(8))?;
         }
-        let (prefill, steps, decode, tokens) = run_batch(&mut engine, &prompts, args.output_len)?;
+        let run = run_batch(&mut engine, &prompts, args.output_len)?;
+        let (prefill, steps, decode, tokens) = (
+            run.prefill_s,
+            run.decode_steps,
+            run.decode_s,
+            run.decode_tokens,
+        );
         let step = decode / steps.max(1) as f64;
         let weight_gbs = weight_bytes as f64 / step / 1e9;
         results.push(LatencyResult {
@@ -131,6 +159,8 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
             tokens_per_s_per_seq: 1.0 / step,
             weight_gbs,
             roofline_fraction: args.peak_bandwidth_gbs.map(|peak| weight_gbs / peak),
+            decode_driver_allocations: run.decode_alloc.map(|a| a.driver_allocations),
+            decode_buffer_reuses: run.decode_alloc.map(|a| a.reuses),
         });
         bar.inc(1);
     }
@@ -161,6 +191,16 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
             r.tokens_per_s_per_seq,
             r.weight_gbs
         );
+    }
+    for r in &results {
+        if let (Some(allocs), Some(reuses)) = (r.decode_driver_allocations, r.decode_buffer_reuses)
+        {
+            println!(
+                "GPU allocator, batch {}: {allocs} driver allocations during the measured decode \
+                 ({reuses} buffers reused)",
+                r.batch_size
+            );
+        }
     }
     if let Some(path) = &args.result_json {
         super::write_json(

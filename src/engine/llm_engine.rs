@@ -152,6 +152,11 @@ impl LlmEngine {
         self.runner.weight_bytes()
     }
 
+    /// The device allocator's counters (driver allocations vs reuses); `None` on the CPU.
+    pub fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {
+        self.runner.allocator_stats()
+    }
+
     pub fn has_work(&self) -> bool {
         self.scheduler.has_work()
     }

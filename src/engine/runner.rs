@@ -48,6 +48,10 @@ pub trait Runner: Send {
     fn describe(&self) -> String;
     /// Bytes of weights one forward pass reads (for bandwidth rooflines).
     fn weight_bytes(&self) -> u64;
+    /// The device allocator's counters, where the backend has one (GPUs).
+    fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {
+        None
+    }
 }
 
 /// A model and its KV cache on one backend.
@@ -97,6 +101,10 @@ where
 
     fn weight_bytes(&self) -> u64 {
         self.model.config.num_parameters() * self.model.dtype.size_in_bytes() as u64
+    }
+
+    fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {
+        self.backend.allocator_stats()
     }
 
     fn describe(&self) -> String {

@@ -1,21 +1,29 @@
-//! The op set ([`Backend`]) on one GPU: each op allocates its output on the device's stream
-//! (stream-ordered, so cheap) and queues our kernels or cuBLAS. Nothing synchronizes except
-//! [`Backend::to_host_f32`], which the model calls once per forward for the logits.
+//! The op set ([`Backend`]) on one GPU: each op takes its output from the backend's caching
+//! allocator ([`DevicePools`]; after the first forward of a batch shape no driver allocation
+//! happens) and queues our kernels or cuBLAS on the device's one stream. Nothing
+//! synchronizes except [`Backend::to_host_f32`], which the model calls once per forward for
+//! the logits.
 
 use super::batch_meta::HostBatchMeta;
 use super::device::CudaDevice;
+use super::device_pools::{DeviceI32, DevicePools};
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
+use super::pool::PoolStats;
 use super::tensor::CudaTensor;
 use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, Rope};
 use anyhow::{bail, Context, Result};
 use candle_core::{CpuStorage, Storage};
 use cudarc::driver::CudaSlice;
+use std::sync::Mutex;
 
 /// A GPU as a [`Backend`].
 pub struct CudaBackend {
     dev: CudaDevice,
     ordinal: usize,
+    pools: DevicePools,
+    /// Forward passes so far and the counters when the last one began (for the per-step log).
+    steps: Mutex<(u64, PoolStats)>,
 }
 
 /// The paged KV cache: per layer, K and V as `[num_blocks, block_size, kv_heads, head_dim]`.
@@ -25,15 +33,17 @@ pub struct CudaKvCache {
 }
 
 /// A forward pass's layout, uploaded once and read by every layer.
+/// Buffers come from the pool and may be longer than their contents: the counts here are
+/// the real lengths.
 pub struct CudaBatchMeta {
-    positions: CudaSlice<i32>,
-    slots: CudaSlice<i32>,
-    block_tables: CudaSlice<i32>,
+    positions: DeviceI32,
+    num_tokens: usize,
+    slots: DeviceI32,
+    block_tables: DeviceI32,
     max_blocks_per_seq: usize,
-    query_start: CudaSlice<i32>,
-    context_lens: CudaSlice<i32>,
+    query_start: DeviceI32,
+    context_lens: DeviceI32,
     num_seqs: usize,
-    max_context: usize,
 }
 
 /// The rotary table, uploaded once per model.
@@ -46,7 +56,37 @@ impl CudaBackend {
     /// Opens GPU `ordinal` (kernels compiled or loaded from the disk cache, cuBLAS created).
     pub fn new(ordinal: usize) -> Result<Self> {
         let dev = CudaDevice::new(ordinal)?;
-        Ok(CudaBackend { dev, ordinal })
+        let pools = DevicePools::new(dev.stream());
+        Ok(CudaBackend {
+            dev,
+            ordinal,
+            pools,
+            steps: Mutex::new((0, PoolStats::default())),
+        })
+    }
+
+    /// The caching allocator's counters since the backend was opened.
+    pub fn allocator_stats(&self) -> PoolStats {
+        self.pools.stats()
+    }
+
+    /// Logs (debug) what the previous forward pass cost the driver; called as each begins.
+    fn log_previous_step(&self) {
+        let now = self.pools.stats();
+        let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, before) = *steps;
+        if count > 0 {
+            let step = now.since(before);
+            tracing::debug!(
+                "cuda allocator: forward {count}: {} driver allocations ({} bytes), {} reuses, \
+                 {} bytes idle",
+                step.driver_allocations,
+                step.driver_bytes,
+                step.reuses,
+                step.idle_bytes
+            );
+        }
+        *steps = (count + 1, now);
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -71,8 +111,29 @@ impl CudaBackend {
             .context("binding the CUDA context to this thread")
     }
 
-    fn zeros(&self, dtype: DType, shape: &[usize]) -> Result<CudaTensor> {
-        CudaTensor::zeros(&self.dev, dtype, shape)
+    /// An output tensor from the pool, contents undefined: only for ops whose kernel writes
+    /// every element (all of them today: embedding, cuBLAS with beta = 0, norms, SiLU,
+    /// column copies, row gathers, attention).
+    fn output(&self, dtype: DType, shape: &[usize]) -> Result<CudaTensor> {
+        let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        let buffer = self
+            .pools
+            .bytes(bytes)
+            .with_context(|| format!("allocating a {shape:?} {dtype} activation"))?;
+        CudaTensor::from_pooled(buffer, dtype, shape)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        let s = self.pools.stats();
+        tracing::info!(
+            "cuda allocator: {} driver allocations ({:.1} MiB), {} reuses, {} released",
+            s.driver_allocations,
+            s.driver_bytes as f64 / (1u64 << 20) as f64,
+            s.reuses,
+            s.released
+        );
     }
 }
 
@@ -110,6 +171,10 @@ impl Backend for CudaBackend {
         Some(self.free_and_total_memory())
     }
 
+    fn allocator_stats(&self) -> Option<PoolStats> {
+        Some(self.pools.stats())
+    }
+
     fn upload(&self, host: candle_core::Tensor) -> Result<CudaTensor> {
         self.bind()?;
         let shape = host.dims().to_vec();
@@ -126,16 +191,22 @@ impl Backend for CudaBackend {
 
     fn prepare_batch(&self, batch: &BatchLayout) -> Result<CudaBatchMeta> {
         self.bind()?;
+        self.log_previous_step();
         let host = HostBatchMeta::from_layout(batch)?;
+        let upload = |values: &[i32], what: &str| {
+            self.pools
+                .upload_i32(values)
+                .with_context(|| format!("uploading the batch's {what}"))
+        };
         Ok(CudaBatchMeta {
-            positions: self.dev.upload(&host.positions)?,
-            slots: self.dev.upload(&host.slots)?,
-            block_tables: self.dev.upload(&host.block_tables)?,
+            positions: upload(&host.positions, "positions")?,
+            num_tokens: host.positions.len(),
+            slots: upload(&host.slots, "slot mapping")?,
+            block_tables: upload(&host.block_tables, "block tables")?,
             max_blocks_per_seq: host.max_blocks_per_seq,
-            query_start: self.dev.upload(&host.query_start)?,
-            context_lens: self.dev.upload(&host.context_lens)?,
+            query_start: upload(&host.query_start, "query starts")?,
+            context_lens: upload(&host.context_lens, "context lengths")?,
             num_seqs: batch.num_seqs(),
-            max_context: host.max_context,
         })
     }
 
@@ -159,10 +230,10 @@ impl Backend for CudaBackend {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let mut out = self.zeros(table.dtype(), &[ids.len(), hidden])?;
+        let mut out = self.output(table.dtype(), &[ids.len(), hidden])?;
         if !ids.is_empty() {
-            self.dev
-                .embedding(table, &self.dev.upload(ids)?, &mut out)?;
+            let dev_ids = self.pools.upload_u32(ids).context("uploading token ids")?;
+            self.dev.embedding(table, &dev_ids, ids.len(), &mut out)?;
         }
         Ok(out)
     }
@@ -176,7 +247,7 @@ impl Backend for CudaBackend {
                 w.shape()
             ),
         };
-        let mut out = self.zeros(x.dtype(), &[rows, out_features])?;
+        let mut out = self.output(x.dtype(), &[rows, out_features])?;
         if rows > 0 {
             self.dev.blas().linear(x, w, &mut out)?;
             if let Some(b) = b {
@@ -187,7 +258,7 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f64) -> Result<CudaTensor> {
-        let mut out = self.zeros(x.dtype(), x.shape())?;
+        let mut out = self.output(x.dtype(), x.shape())?;
         self.dev.rms_norm(x, weight, eps as f32, &mut out)?;
         Ok(out)
     }
@@ -220,8 +291,8 @@ impl Backend for CudaBackend {
         if head_dim == 0 || q_width % head_dim != 0 || k_width % head_dim != 0 {
             bail!("rope: widths {q_width} / {k_width} are not multiples of head dim {head_dim}");
         }
-        if batch.positions.len() != n {
-            bail!("rope: {} positions for {n} tokens", batch.positions.len());
+        if batch.num_tokens != n {
+            bail!("rope: {} positions for {n} tokens", batch.num_tokens);
         }
         let mut q = q.reshape(&[n, q_width / head_dim, head_dim])?;
         let mut k = k.reshape(&[n, k_width / head_dim, head_dim])?;
@@ -234,7 +305,7 @@ impl Backend for CudaBackend {
         let &[n, width] = gate_up.shape() else {
             bail!("silu_mul: input must be 2-d, got {:?}", gate_up.shape());
         };
-        let mut out = self.zeros(gate_up.dtype(), &[n, width / 2])?;
+        let mut out = self.output(gate_up.dtype(), &[n, width / 2])?;
         self.dev.silu_mul(gate_up, &mut out)?;
         Ok(out)
     }
@@ -250,7 +321,7 @@ impl Backend for CudaBackend {
         let mut offset = 0;
         let mut parts = Vec::with_capacity(widths.len());
         for &w in widths {
-            let mut part = self.zeros(x.dtype(), &[n, w])?;
+            let mut part = self.output(x.dtype(), &[n, w])?;
             self.dev.copy_columns(x, offset, &mut part)?;
             parts.push(part);
             offset += w;
@@ -269,9 +340,10 @@ impl Backend for CudaBackend {
                 Ok(r as u32)
             })
             .collect::<Result<Vec<u32>>>()?;
-        let mut out = self.zeros(x.dtype(), &[ids.len(), width])?;
+        let mut out = self.output(x.dtype(), &[ids.len(), width])?;
         if !ids.is_empty() {
-            self.dev.gather_rows(x, &self.dev.upload(&ids)?, &mut out)?;
+            let rows = self.pools.upload_u32(&ids).context("uploading row ids")?;
+            self.dev.gather_rows(x, &rows, ids.len(), &mut out)?;
         }
         Ok(out)
     }
@@ -284,8 +356,9 @@ impl Backend for CudaBackend {
             spec.num_kv_heads,
             spec.head_dim,
         ];
+        // Owned, not pooled: allocated once, and zeroed so no stale memory is ever read.
         let alloc = |what: &str, layer: usize| {
-            self.zeros(spec.dtype, &shape).with_context(|| {
+            CudaTensor::zeros(&self.dev, spec.dtype, &shape).with_context(|| {
                 format!(
                     "allocating the KV cache ({what} of layer {layer}, {} blocks): out of GPU memory? \
                      lower --gpu-memory-utilization, --num-kv-blocks or --max-model-len",
@@ -330,25 +403,16 @@ impl Backend for CudaBackend {
         let (Some(k_cache), Some(v_cache)) = (cache.k.get(layer), cache.v.get(layer)) else {
             bail!("attention: no layer {layer} in the cache");
         };
-        if let Some(window) = shape.sliding_window {
-            // The kernel attends to the whole context; within the window that is the same.
-            if batch.max_context > window {
-                bail!(
-                    "attention: a {}-token context exceeds the sliding window of {window}, which \
-                     the CUDA attention kernel does not implement yet (use --max-model-len {window})",
-                    batch.max_context
-                );
-            }
-        }
         let meta = AttentionMetadata {
             block_tables: &batch.block_tables,
             max_blocks_per_seq: batch.max_blocks_per_seq,
             query_start: &batch.query_start,
             context_lens: &batch.context_lens,
             num_seqs: batch.num_seqs,
+            sliding_window: shape.sliding_window,
         };
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let mut out = self.zeros(q.dtype(), q.shape())?;
+        let mut out = self.output(q.dtype(), q.shape())?;
         self.dev
             .attention(q, k_cache, v_cache, &meta, scale, &mut out)?;
         Ok(out)

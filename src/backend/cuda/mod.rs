@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod batch_meta;
 pub mod device;
+pub mod device_pools;
 pub mod gemm;
 pub mod jit;
 pub mod jit_cache;
@@ -18,7 +19,10 @@ pub mod ops;
 pub mod ops_attention;
 pub mod ops_layout;
 pub mod ops_sampling;
+pub mod pool;
 pub mod reference;
+#[cfg(test)]
+mod reference_vs_cpu;
 pub mod selftest;
 pub mod tensor;
 

@@ -17,15 +17,19 @@ pub enum RopeStyle {
 }
 
 impl CudaDevice {
-    /// `out[n, hidden] = table[ids[n], :]`; ids outside the vocabulary give zero rows.
+    /// `out[n, hidden] = table[ids[n], :]` for the first `n` of `ids` (a pooled buffer may
+    /// be longer); ids outside the vocabulary give zero rows.
     pub fn embedding(
         &self,
         table: &CudaTensor,
         ids: &CudaSlice<u32>,
+        n: usize,
         out: &mut CudaTensor,
     ) -> Result<()> {
         let [vocab, hidden] = dims2(table, "embedding table")?;
-        let n = ids.len();
+        if ids.len() < n {
+            bail!("embedding: {} ids on the device for {n} rows", ids.len());
+        }
         out.expect_shape(&[n, hidden], "embedding output")?;
         out.expect_dtype(table.dtype(), "embedding output")?;
         if n == 0 {

@@ -17,6 +17,9 @@ pub struct AttentionMetadata<'a> {
     /// `[num_seqs]`: tokens in the cache for s after this step's K/V were written.
     pub context_lens: &'a CudaSlice<i32>,
     pub num_seqs: usize,
+    /// Mistral-style sliding window: a token at position `pos` attends to the last `w`
+    /// positions `pos + 1 - w ..= pos` only. `None` attends to the whole context.
+    pub sliding_window: Option<usize>,
 }
 
 impl CudaDevice {
@@ -70,8 +73,9 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// `out[n, hq, hd] = softmax(q k^T * scale) v` (q and out may also be `[n, hq * hd]`) over each token's causal window of the
-    /// paged cache (see kernels/attention.cu). Block indices in `block_tables` are trusted.
+    /// `out[n, hq, hd] = softmax(q k^T * scale) v` (q and out may also be `[n, hq * hd]`)
+    /// over each token's causal window of the paged cache, cut to the sliding window if
+    /// there is one (see kernels/attention.cu). Block indices in `block_tables` are trusted.
     pub fn attention(
         &self,
         q: &CudaTensor,
@@ -109,6 +113,11 @@ impl CudaDevice {
         {
             bail!("attention: metadata buffers too small for {seqs} sequences");
         }
+        let window = match meta.sliding_window {
+            None => 0, // the kernel's "no window"
+            Some(0) => bail!("attention: a sliding window of 0 tokens attends to nothing"),
+            Some(w) => as_i32(w, "sliding window")?,
+        };
         if n == 0 {
             return Ok(());
         }
@@ -120,6 +129,7 @@ impl CudaDevice {
             as_i32(hk, "hk")?,
             as_i32(hd, "hd")?,
             as_i32(hq * hd, "q row")?,
+            window,
         ];
         let f = self.kernels().get("attention", q.dtype())?;
         let mut args = self.stream().launch_builder(f);

@@ -43,14 +43,15 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// `out[i, :] = x[rows[i], :]` (the embedding gather, with row indices as ids). Rows
-    /// must be in range: out-of-range ones would silently give zeros.
+    /// `out[i, :] = x[rows[i], :]` for the first `n` of `rows` (the embedding gather, with
+    /// row indices as ids). Rows must be in range: out-of-range ones would silently give zeros.
     pub fn gather_rows(
         &self,
         x: &CudaTensor,
         rows: &CudaSlice<u32>,
+        n: usize,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        self.embedding(x, rows, out).context("gather_rows")
+        self.embedding(x, rows, n, out).context("gather_rows")
     }
 }

@@ -122,6 +122,9 @@ pub struct AttentionShape {
     pub head_dim: usize,
     pub block_size: usize,
     pub max_blocks_per_seq: usize,
+    /// Attend to the last `w` positions only (`None`: the whole context), as the CPU
+    /// backend's `paged_attention` does.
+    pub sliding_window: Option<usize>,
 }
 
 /// Paged causal attention with the layout of kernels/attention.cu (same arguments as the
@@ -143,6 +146,7 @@ pub fn attention(
         head_dim: hd,
         block_size,
         max_blocks_per_seq,
+        sliding_window,
     } = shape;
     let num_tokens = q.len() / (hq * hd);
     let mut out = vec![0.0f32; q.len()];
@@ -155,11 +159,15 @@ pub fn attention(
                 .unwrap_or(0);
             let q_len = (query_start[seq + 1] - query_start[seq]) as i64;
             let last = context_lens[seq] as i64 - q_len + (token as i64 - query_start[seq] as i64);
+            let first = match sliding_window {
+                Some(w) if last >= w as i64 => last + 1 - w as i64,
+                _ => 0,
+            };
             let table = &block_tables[seq * max_blocks_per_seq..(seq + 1) * max_blocks_per_seq];
             for head in 0..hq {
                 let kv_head = head / (hq / hk);
                 let q_vec = &q[(token * hq + head) * hd..(token * hq + head + 1) * hd];
-                let offsets: Vec<usize> = (0..=last.max(-1))
+                let offsets: Vec<usize> = (first..=last.max(-1))
                     .filter(|&p| p >= 0)
                     .map(|p| {
                         let p = p as usize;
@@ -332,6 +340,7 @@ mod tests {
             head_dim: 1,
             block_size: 1,
             max_blocks_per_seq: 2,
+            sliding_window: None,
         };
         let k_cache = [0.0, 0.0];
         let v_cache = [20.0, 10.0];
@@ -358,6 +367,7 @@ mod tests {
             head_dim: 1,
             block_size: 2,
             max_blocks_per_seq: 1,
+            sliding_window: None,
         };
         let k_cache = [0.0, 1.0];
         let v_cache = [1.0, 3.0];
@@ -373,6 +383,33 @@ mod tests {
         );
         // head 0: equal scores -> mean 2; head 1: score 100 on position 1 -> ~3.
         assert!(close(&out, &[2.0, 3.0]), "{out:?}");
+    }
+
+    #[test]
+    fn attention_sliding_window_keeps_the_last_w_positions() {
+        // Prefill of 4 tokens, window 2, equal scores: each token averages the values of
+        // its own and the previous position (token 0 has only itself).
+        let shape = AttentionShape {
+            q_heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+            block_size: 2,
+            max_blocks_per_seq: 2,
+            sliding_window: Some(2),
+        };
+        let k_cache = [0.0; 4];
+        let v_cache = [3.0, 4.0, 1.0, 2.0]; // block 0 holds positions 2, 3
+        let out = attention(
+            &[1.0; 4],
+            &k_cache,
+            &v_cache,
+            &[1, 0],
+            &[0, 4],
+            &[4],
+            shape,
+            1.0,
+        );
+        assert!(close(&out, &[1.0, 1.5, 2.5, 3.5]), "{out:?}");
     }
 
     #[test]

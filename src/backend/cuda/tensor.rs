@@ -2,14 +2,22 @@
 //! type serves f32, f16 and bf16 (kernels are picked by [`DType`]).
 
 use super::device::CudaDevice;
+use super::device_pools::DeviceBytes;
 use crate::backend::DType;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::CudaSlice;
 
 pub struct CudaTensor {
-    data: CudaSlice<u8>,
+    data: Storage,
     dtype: DType,
     shape: Vec<usize>,
+}
+
+/// Weights and the KV cache own their memory for the model's life; activations borrow a
+/// buffer of the backend's pool, at least as large as the payload, returned on drop.
+enum Storage {
+    Owned(CudaSlice<u8>),
+    Pooled(DeviceBytes),
 }
 
 impl CudaTensor {
@@ -21,7 +29,23 @@ impl CudaTensor {
             .alloc_zeros::<u8>(bytes.max(1))
             .with_context(|| format!("allocating {bytes} bytes for a {shape:?} {dtype} tensor"))?;
         Ok(Self {
-            data,
+            data: Storage::Owned(data),
+            dtype,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A tensor over a pooled buffer (contents as the buffer has them).
+    pub fn from_pooled(buffer: DeviceBytes, dtype: DType, shape: &[usize]) -> Result<Self> {
+        let bytes = numel(shape) * dtype.size_in_bytes();
+        if buffer.len() < bytes {
+            bail!(
+                "a {shape:?} {dtype} tensor needs {bytes} bytes, the pooled buffer has {}",
+                buffer.len()
+            );
+        }
+        Ok(Self {
+            data: Storage::Pooled(buffer),
             dtype,
             shape: shape.to_vec(),
         })
@@ -45,7 +69,7 @@ impl CudaTensor {
             return Self::zeros(dev, dtype, shape);
         }
         Ok(Self {
-            data: dev.upload(bytes)?,
+            data: Storage::Owned(dev.upload(bytes)?),
             dtype,
             shape: shape.to_vec(),
         })
@@ -68,10 +92,15 @@ impl CudaTensor {
         Self::from_bytes(dev, dtype, shape, &dtype.encode(values))
     }
 
-    /// Downloads and widens to f32 (synchronizes the stream).
+    /// Downloads and widens to f32 (synchronizes the stream). Only the payload travels: a
+    /// pooled buffer may be larger.
     pub fn to_f32(&self, dev: &CudaDevice) -> Result<Vec<f32>> {
-        let bytes = dev.download(&self.data)?;
-        let mut values = self.dtype.decode(&bytes);
+        let payload = self.data().slice(0..self.num_bytes().max(1));
+        let bytes = dev
+            .stream()
+            .clone_dtoh(&payload)
+            .context("device-to-host copy")?;
+        let mut values = self.dtype.decode(&bytes[..self.num_bytes()]);
         values.truncate(self.numel());
         Ok(values)
     }
@@ -102,12 +131,19 @@ impl CudaTensor {
         self.numel() * self.dtype.size_in_bytes()
     }
 
+    /// The device buffer: at least [`Self::num_bytes`] long (longer when pooled).
     pub fn data(&self) -> &CudaSlice<u8> {
-        &self.data
+        match &self.data {
+            Storage::Owned(slice) => slice,
+            Storage::Pooled(buffer) => buffer,
+        }
     }
 
     pub fn data_mut(&mut self) -> &mut CudaSlice<u8> {
-        &mut self.data
+        match &mut self.data {
+            Storage::Owned(slice) => slice,
+            Storage::Pooled(buffer) => buffer,
+        }
     }
 
     /// Fails unless the shape is exactly `expected` (for op argument checks).

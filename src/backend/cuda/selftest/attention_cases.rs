@@ -1,7 +1,8 @@
 //! Selftest of the paged KV write and attention: decode batches of 1, 8 and 32 sequences
 //! at mixed context lengths, a prefill, and a chunked prefill continuing a cached prefix
-//! batched with a decode. Cache blocks are handed out in shuffled order so the block
-//! tables really are exercised.
+//! batched with a decode; and the decode x8 and chunked batches again with a sliding window
+//! shorter than their contexts (Mistral). Cache blocks are handed out in shuffled order so
+//! the block tables really are exercised.
 
 use super::compare::Check;
 use super::suite::Suite;
@@ -15,6 +16,7 @@ use rand::Rng;
 struct Scenario {
     name: &'static str,
     seqs: Vec<(usize, usize)>,
+    sliding_window: Option<usize>,
 }
 
 fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
@@ -32,26 +34,29 @@ fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
     let (d1, d8, d32) = (vec![(max_ctx * 3 / 4, 1)], decode(8), decode(32));
     let prefill = s.sizes.prefill_tokens;
     let chunk = prefill / 4;
+    let chunked = vec![(prefill * 3 / 5 + chunk, chunk), (77, 1)];
+    let plain = |name, seqs| Scenario {
+        name,
+        seqs,
+        sliding_window: None,
+    };
     vec![
+        plain("decode x1", d1),
+        plain("decode x8", d8.clone()),
+        plain("decode x32", d32),
+        plain("prefill", vec![(prefill, prefill)]),
+        plain("chunked prefill+decode", chunked.clone()),
+        // Windows shorter than most contexts, not a multiple of the block size, so the
+        // first key falls inside a block.
         Scenario {
-            name: "decode x1",
-            seqs: d1,
-        },
-        Scenario {
-            name: "decode x8",
+            name: "decode x8 window",
             seqs: d8,
+            sliding_window: Some(max_ctx / 4 + 3),
         },
         Scenario {
-            name: "decode x32",
-            seqs: d32,
-        },
-        Scenario {
-            name: "prefill",
-            seqs: vec![(prefill, prefill)],
-        },
-        Scenario {
-            name: "chunked prefill+decode",
-            seqs: vec![(prefill * 3 / 5 + chunk, chunk), (77, 1)],
+            name: "chunked+decode window",
+            seqs: chunked,
+            sliding_window: Some(chunk / 2 + 5),
         },
     ]
 }
@@ -149,6 +154,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         query_start: &starts_dev,
         context_lens: &lens_dev,
         num_seqs,
+        sliding_window: sc.sliding_window,
     };
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = CudaTensor::zeros(dev, dtype, &[n, hq, hd])?;
@@ -159,6 +165,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         head_dim: hd,
         block_size: bs,
         max_blocks_per_seq: max_blocks,
+        sliding_window: sc.sliding_window,
     };
     let expected = reference::attention(
         &q_host,
@@ -171,7 +178,11 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         scale,
     );
     let total_ctx: usize = sc.seqs.iter().map(|&(ctx, _)| ctx).sum();
-    let label = format!("{} ({n} tok, ctx sum {total_ctx})", sc.name);
+    let window = sc
+        .sliding_window
+        .map(|w| format!(", window {w}"))
+        .unwrap_or_default();
+    let label = format!("{} ({n} tok, ctx sum {total_ctx}{window})", sc.name);
     let row = s.check(
         "attention",
         label,
@@ -183,8 +194,13 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
     let us = s.time(row, || {
         dev.attention(&q, &k_cache, &v_cache, &meta, scale, &mut out)
     })?;
-    // Every sequence's cached K and V are read at least once.
-    let kv_bytes = (total_ctx * width * 2 * dtype.size_in_bytes()) as f64;
+    // Every key and value in some token's window is read at least once.
+    let keys_read: usize = sc
+        .seqs
+        .iter()
+        .map(|&(ctx, q_len)| sc.sliding_window.map_or(ctx, |w| ctx.min(w + q_len - 1)))
+        .sum();
+    let kv_bytes = (keys_read * width * 2 * dtype.size_in_bytes()) as f64;
     s.rows[row].note = format!("{:.0} GB/s of KV", kv_bytes / (us * 1e-6) / 1e9);
     Ok(())
 }

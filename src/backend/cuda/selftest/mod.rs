@@ -1,8 +1,9 @@
 //! `kiln selftest`: every CUDA op on random inputs of real model shapes, in f32, f16 and
 //! bf16, checked against the plain-Rust reference ([`crate::backend::cuda::reference`]),
-//! timed with CUDA events, plus cuBLAS GEMM bandwidth rows. Without a GPU it says so and
-//! succeeds.
+//! timed with CUDA events, plus cuBLAS GEMM bandwidth rows and a check that the caching
+//! allocator reuses a decode step's buffers. Without a GPU it says so and succeeds.
 
+mod allocator_case;
 mod attention_cases;
 mod compare;
 mod gemm_bench;
@@ -48,6 +49,7 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
         op_cases::run(&mut suite, dtype);
         attention_cases::run(&mut suite, dtype);
     }
+    allocator_case::run(&mut suite);
     if let Err(err) = gemm_bench::run(&mut suite) {
         suite.error("gemm bench", DType::BF16, &err);
     }

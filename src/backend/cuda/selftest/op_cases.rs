@@ -40,7 +40,7 @@ fn embedding(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let table = CudaTensor::from_f32(dev, dtype, &[vocab, hidden], &table_host)?;
     let ids_dev = dev.upload(&ids)?;
     let mut out = CudaTensor::zeros(dev, dtype, &[n, hidden])?;
-    dev.embedding(&table, &ids_dev, &mut out)?;
+    dev.embedding(&table, &ids_dev, ids_dev.len(), &mut out)?;
     let expected = reference::embedding(&table_host, &ids, hidden);
     let row = s.check(
         "embedding",
@@ -50,7 +50,9 @@ fn embedding(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &out.to_f32(dev)?,
         &expected,
     );
-    s.time(row, || dev.embedding(&table, &ids_dev, &mut out))?;
+    s.time(row, || {
+        dev.embedding(&table, &ids_dev, ids_dev.len(), &mut out)
+    })?;
     Ok(())
 }
 

@@ -1,0 +1,150 @@
+//! The CUDA kernels are checked against [`super::reference`] on the GPU; this checks that
+//! reference against the CPU backend (what the models are verified with), so the three agree.
+//! Paged attention with GQA, a chunked prefill beside a decode, shuffled blocks, and
+//! sliding windows shorter than the context.
+
+use super::reference::{self, AttentionShape as RefShape};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec};
+use candle_core::{Device, Tensor};
+
+const HQ: usize = 4;
+const HK: usize = 2;
+const HD: usize = 8;
+const BLOCK: usize = 4;
+
+/// Deterministic values in [-1, 1) (a small LCG: no RNG crate needed for a fixture).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Sequence 0: a 5-token chunk ending a 13-token context; sequence 1: one decode token of 10.
+fn layout() -> BatchLayout {
+    let tables = vec![vec![3u32, 0, 5, 1], vec![2, 6, 4]];
+    let mut positions = Vec::new();
+    let mut slots = Vec::new();
+    for (table, (ctx, q_len)) in tables.iter().zip([(13usize, 5usize), (10, 1)]) {
+        for p in ctx - q_len..ctx {
+            positions.push(p as u32);
+            slots.push((table[p / BLOCK] as usize * BLOCK + p % BLOCK) as i64);
+        }
+    }
+    BatchLayout {
+        positions,
+        slots,
+        query_start: vec![0, 5, 6],
+        context_lens: vec![13, 10],
+        block_tables: tables,
+        block_size: BLOCK,
+        logits_rows: vec![4, 5],
+    }
+}
+
+fn compare(window: Option<usize>) {
+    let batch = layout();
+    let num_blocks = 7;
+    let cpu = CpuBackend::new();
+    let spec = KvCacheSpec {
+        num_layers: 1,
+        num_blocks,
+        block_size: BLOCK,
+        num_kv_heads: HK,
+        head_dim: HD,
+        dtype: DType::F32,
+    };
+    let mut cache = cpu.new_kv_cache(&spec).unwrap();
+    let len = num_blocks * BLOCK * HK * HD;
+    cache.k[0] = values(len, 1);
+    cache.v[0] = values(len, 2);
+    let n = batch.num_tokens();
+    let q = values(n * HQ * HD, 3);
+
+    let shape = AttentionShape {
+        num_heads: HQ,
+        num_kv_heads: HK,
+        head_dim: HD,
+        sliding_window: window,
+    };
+    let q_t = Tensor::from_vec(q.clone(), (n, HQ * HD), &Device::Cpu).unwrap();
+    let meta = cpu.prepare_batch(&batch).unwrap();
+    let out = cpu.attention(&q_t, &cache, 0, &meta, &shape).unwrap();
+    let cpu_out = cpu.to_host_f32(&out).unwrap();
+
+    let max_blocks = 4;
+    let mut flat_tables = vec![0i32; 2 * max_blocks];
+    for (s, table) in batch.block_tables.iter().enumerate() {
+        for (i, &b) in table.iter().enumerate() {
+            flat_tables[s * max_blocks + i] = b as i32;
+        }
+    }
+    let ref_out = reference::attention(
+        &q,
+        &cache.k[0],
+        &cache.v[0],
+        &flat_tables,
+        &[0, 5, 6],
+        &[13, 10],
+        RefShape {
+            q_heads: HQ,
+            kv_heads: HK,
+            head_dim: HD,
+            block_size: BLOCK,
+            max_blocks_per_seq: max_blocks,
+            sliding_window: window,
+        },
+        1.0 / (HD as f32).sqrt(),
+    );
+    assert_eq!(cpu_out.len(), ref_out.len());
+    let err = cpu_out
+        .iter()
+        .zip(&ref_out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(err < 1e-5, "window {window:?}: max abs error {err}");
+}
+
+#[test]
+fn reference_attention_matches_the_cpu_backend_without_a_window() {
+    compare(None);
+}
+
+#[test]
+fn reference_attention_matches_the_cpu_backend_with_windows_shorter_than_the_context() {
+    for w in [1, 3, 6, 9] {
+        compare(Some(w));
+    }
+}
+
+#[test]
+fn a_window_changes_the_result_once_the_context_exceeds_it() {
+    // Sanity of the test itself: with w = 3 the chunk's tokens see fewer keys than without.
+    let q = values(HD, 9);
+    let k = values(8 * HD, 10);
+    let v = values(8 * HD, 11);
+    let shape = |w| RefShape {
+        q_heads: 1,
+        kv_heads: 1,
+        head_dim: HD,
+        block_size: 8,
+        max_blocks_per_seq: 1,
+        sliding_window: w,
+    };
+    let full = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(None), 1.0);
+    let windowed = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(Some(3)), 1.0);
+    let wide = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(Some(8)), 1.0);
+    assert_ne!(full, windowed);
+    assert_eq!(
+        full, wide,
+        "a window as long as the context changes nothing"
+    );
+}
