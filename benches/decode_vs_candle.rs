@@ -156,6 +156,7 @@ fn candle_decode(config: &str, weights: &Path, tokens: usize) -> anyhow::Result<
 }
 
 fn main() -> anyhow::Result<()> {
+    kiln::backend::cpu::pin_thread_count();
     let full = std::env::args().any(|a| a == "--bench");
     let (config, default_tokens) = if full {
         (CONFIG, 64)

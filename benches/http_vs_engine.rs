@@ -105,6 +105,7 @@ fn best(samples: &[f64]) -> f64 {
 }
 
 fn main() {
+    kiln::backend::cpu::pin_thread_count();
     std::env::set_var("HF_HUB_OFFLINE", "1");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

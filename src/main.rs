@@ -41,6 +41,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    kiln::backend::cpu::pin_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
