@@ -2,9 +2,12 @@
 
 use super::classify::classify;
 use super::detect::Inventory;
+use super::nvml::NvmlSource;
+use super::reading::{GpuReading, ReadingSource};
 use super::select::{describe_inventory, select_default, GpuSelection};
 use super::spec::{GpuSpec, GpuSpecError};
 use anyhow::Result;
+use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -78,15 +81,44 @@ pub fn run(args: GpusArgs) -> Result<()> {
             check(spec.as_ref(), &inventory)
         }
         None => {
+            // Live readings only for the GPUs of this machine, not for an inventory file.
+            let live = args.inventory.is_none();
             let inventory = load_inventory(args.inventory)?;
+            let readings = if live { read_nvml(&inventory) } else { vec![] };
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&inventory)?);
+                let listing = Listing {
+                    inventory: &inventory,
+                    readings: &readings,
+                };
+                println!("{}", serde_json::to_string_pretty(&listing)?);
             } else {
                 print!("{}", render_table(&inventory));
+                print!("{}", render_readings(&readings));
             }
             Ok(())
         }
     }
+}
+
+/// `kiln gpus --json`: the inventory (what `--inventory` reads back; it ignores the rest)
+/// plus the NVML readings when there are any.
+#[derive(Serialize)]
+struct Listing<'a> {
+    #[serde(flatten)]
+    inventory: &'a Inventory,
+    #[serde(skip_serializing_if = "<[GpuReading]>::is_empty")]
+    readings: &'a [GpuReading],
+}
+
+/// NVML readings of the whole GPUs; empty without NVML.
+fn read_nvml(inventory: &Inventory) -> Vec<GpuReading> {
+    let gpus: Vec<_> = inventory.whole_gpus().cloned().collect();
+    if gpus.is_empty() {
+        return vec![];
+    }
+    NvmlSource::open(&gpus)
+        .map(|s| s.read())
+        .unwrap_or_default()
 }
 
 fn load_inventory(file: Option<PathBuf>) -> Result<Inventory> {
@@ -181,6 +213,41 @@ pub fn render_table(inventory: &Inventory) -> String {
     out
 }
 
+/// The NVML table printed under the inventory; nothing when there are no readings.
+pub fn render_readings(readings: &[GpuReading]) -> String {
+    if readings.is_empty() {
+        return String::new();
+    }
+    let known = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "\n{:<5} {:>5} {:>21} {:>15} {:>5} {:>9} {:>9} STATUS\n",
+        "INDEX", "UTIL", "MEMORY USED", "POWER", "TEMP", "SM CLOCK", "ECC UNC"
+    );
+    for r in readings {
+        let memory = match (r.memory_used_bytes, r.memory_total_bytes) {
+            (Some(used), Some(total)) => Some(format!("{} / {} MiB", used >> 20, total >> 20)),
+            _ => None,
+        };
+        let power = match (r.power_watts, r.power_limit_watts) {
+            (Some(p), Some(l)) => Some(format!("{p:.0} / {l:.0} W")),
+            (Some(p), None) => Some(format!("{p:.0} W")),
+            _ => None,
+        };
+        out.push_str(&format!(
+            "{:<5} {:>5} {:>21} {:>15} {:>5} {:>9} {:>9} {}\n",
+            r.index,
+            known(r.utilization_perc.map(|u| format!("{u}%"))),
+            known(memory),
+            known(power),
+            known(r.temperature_celsius.map(|t| format!("{t} C"))),
+            known(r.sm_clock_mhz.map(|c| format!("{c} MHz"))),
+            known(r.ecc_uncorrected_errors.map(|e| e.to_string())),
+            r.fatal.as_deref().unwrap_or("ok"),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +263,52 @@ mod tests {
     #[test]
     fn empty_table_says_why() {
         assert!(render_table(&Inventory::default()).contains("no GPUs"));
+    }
+
+    #[test]
+    fn readings_table_marks_unknown_fields_and_fatal_gpus() {
+        assert_eq!(render_readings(&[]), "");
+        let fine = GpuReading {
+            index: 0,
+            utilization_perc: Some(12),
+            memory_used_bytes: Some(1 << 30),
+            memory_total_bytes: Some(80 << 30),
+            power_watts: Some(120.2),
+            power_limit_watts: Some(700.0),
+            temperature_celsius: Some(40),
+            sm_clock_mhz: Some(1755),
+            ecc_uncorrected_errors: None,
+            fatal: None,
+        };
+        let table = render_readings(&[fine, GpuReading::fatal(1, "GPU is lost")]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[1].starts_with("INDEX"), "{table}");
+        for cell in ["12%", "1024 / 81920 MiB", "120 / 700 W", "40 C", "1755 MHz"] {
+            assert!(lines[2].contains(cell), "{cell} missing: {table}");
+        }
+        assert!(lines[2].ends_with(" - ok"), "{table}");
+        assert!(lines[3].ends_with("GPU is lost"), "{table}");
+    }
+
+    #[test]
+    fn json_listing_reads_back_as_the_inventory() {
+        let readings = [GpuReading::fatal(0, "GPU is lost")];
+        let inventory = Inventory::default();
+        let listing = Listing {
+            inventory: &inventory,
+            readings: &readings,
+        };
+        let text = serde_json::to_string(&listing).unwrap();
+        assert!(text.contains("\"readings\":[{\"index\":0"), "{text}");
+        let back: Inventory = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, inventory);
+        let without = Listing {
+            inventory: &inventory,
+            readings: &[],
+        };
+        assert!(!serde_json::to_string(&without)
+            .unwrap()
+            .contains("readings"));
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::engine::handle::EngineStats;
 use crate::engine::RequestOutput;
+use crate::gpu::metrics::GpuGauges;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -36,6 +37,8 @@ pub struct ServerMetrics {
     itl: Histogram,
     e2e: Histogram,
     queue: Histogram,
+    /// Per-GPU NVML gauges, set by the server's GPU watch (none on the CPU).
+    pub gpu: GpuGauges,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -45,8 +48,11 @@ fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
 
 impl ServerMetrics {
     pub fn new() -> Self {
+        let registry = Registry::new();
+        let gpu = GpuGauges::register(&registry).expect("GPU metric names are unique");
         let m = ServerMetrics {
-            registry: Registry::new(),
+            registry,
+            gpu,
             running: IntGauge::new("kiln:num_requests_running", "Requests being generated")
                 .expect("static"),
             waiting: IntGauge::new("kiln:num_requests_waiting", "Requests queued").expect("static"),

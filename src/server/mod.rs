@@ -11,6 +11,7 @@ pub mod chat;
 pub mod completions;
 pub mod error;
 pub mod generate;
+pub mod gpu_watch;
 pub mod json;
 pub mod logprobs;
 pub mod metrics;
@@ -79,6 +80,8 @@ async fn serve_from_args(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let state = Arc::new(AppState::new(args.api_key.clone()));
+    // Detached: it ends with the runtime.
+    let _gpu_watch = gpu_watch::start(state.clone(), args.engine.device);
     let engine_args = args.engine.clone();
     let names = args.served_model_name.clone();
     let max_queued = args.max_queued_requests;

@@ -22,6 +22,8 @@ pub struct AppState {
     /// Set once shutdown has begun: new requests on open connections are refused.
     draining: AtomicBool,
     pub started_at: u64,
+    /// Why a GPU the server runs on became unusable, once one has (see `gpu_watch`).
+    gpu_fault: OnceLock<String>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -34,6 +36,7 @@ impl AppState {
             metrics: ServerMetrics::new(),
             draining: AtomicBool::new(false),
             started_at: unix_now(),
+            gpu_fault: OnceLock::new(),
         }
     }
 
@@ -50,6 +53,9 @@ impl AppState {
     pub fn ready(&self) -> ApiResult<&Served> {
         if self.is_draining() {
             return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        if let Some(why) = self.gpu_fault() {
+            return Err(ApiError::unavailable(format!("GPU failure: {why}")));
         }
         let served = self
             .served()
@@ -69,6 +75,15 @@ impl AppState {
             return Err(ApiError::model_not_found(model));
         }
         Ok(served)
+    }
+
+    /// Records a GPU failure; only the first is kept. True if this was the first.
+    pub fn set_gpu_fault(&self, why: String) -> bool {
+        self.gpu_fault.set(why).is_ok()
+    }
+
+    pub fn gpu_fault(&self) -> Option<&str> {
+        self.gpu_fault.get().map(String::as_str)
     }
 
     pub fn start_draining(&self) {
