@@ -227,19 +227,24 @@ pub fn load_model_on<B: Backend>(
         backend.name()
     );
     if let Some(info) = backend.memory_info() {
+        // The same estimate as `kiln plan`: refuse before loading what cannot fit.
         let (free, total) = info?;
-        let weights = config.num_parameters() as f64 * dtype.size_in_bytes() as f64;
-        let gib = |b: f64| b / (1u64 << 30) as f64;
-        anyhow::ensure!(
-            weights <= free as f64,
-            "out of GPU memory: {} needs {:.1} GiB of weights in {dtype}, {} has {:.1} of {:.1} GiB free \
-             (try --dtype bfloat16, a smaller model, or a GPU with more memory)",
-            files.name,
-            gib(weights),
-            backend.name(),
-            gib(free as f64),
-            gib(total as f64)
-        );
+        let input = crate::plan::PlanInput {
+            config: &config,
+            dtype,
+            max_model_len: args.max_model_len.unwrap_or(config.max_position_embeddings),
+            max_num_seqs: 1,
+            max_num_batched_tokens: args.max_num_batched_tokens,
+        };
+        let est = crate::plan::estimate(&input);
+        crate::plan::check_fits(
+            &est,
+            &input,
+            free as u64,
+            total as u64,
+            args.gpu_memory_utilization,
+        )
+        .with_context(|| format!("{} on {}", files.name, backend.name()))?;
     }
     let started = std::time::Instant::now();
     let bar = progress_bar(config.num_layers as u64, "loading weights");

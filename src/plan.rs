@@ -73,6 +73,39 @@ pub fn estimate(p: &PlanInput) -> MemoryEstimate {
     }
 }
 
+/// Refuses, before anything is loaded, a configuration whose estimate (weights, the KV cache
+/// of the sequences that must fit, activations, runtime) exceeds what
+/// `--gpu-memory-utilization` allows of a device with `free` of `total` bytes free, saying
+/// by how much.
+pub fn check_fits(
+    est: &MemoryEstimate,
+    p: &PlanInput,
+    free: u64,
+    total: u64,
+    utilization: f64,
+) -> anyhow::Result<()> {
+    let allowed = total as f64 * utilization - total.saturating_sub(free) as f64;
+    let need = est.per_gpu(1) as f64;
+    let gib = |b: f64| b / GIB;
+    anyhow::ensure!(
+        need <= allowed,
+        "the model does not fit: it needs {:.2} GiB (weights {:.2}, KV cache {:.2} for {} x {} tokens,          activations {:.2}, runtime {:.2}) but {:.2} GiB is allowed ({:.0}% of {:.2} GiB, {:.2} GiB already in use):          short by {:.2} GiB. Lower --max-model-len, use a smaller --dtype or model, raise          --gpu-memory-utilization, or pick a bigger GPU (see `kiln plan`)",
+        gib(need),
+        gib(est.weights as f64),
+        gib(est.kv_cache as f64),
+        p.max_num_seqs,
+        p.max_model_len,
+        gib(est.activations as f64),
+        gib(est.runtime_overhead as f64),
+        gib(allowed.max(0.0)),
+        utilization * 100.0,
+        gib(total as f64),
+        gib(total.saturating_sub(free) as f64),
+        gib(need - allowed)
+    );
+    Ok(())
+}
+
 /// One row of the planning table.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanRow {
@@ -161,6 +194,36 @@ mod tests {
             .unwrap();
         // 3.35 TB/s / 16.06 GB = 208.6 tokens/s.
         assert!((h100.max_decode_tokens_per_s - 208.6).abs() < 0.5);
+    }
+
+    #[test]
+    fn startup_refuses_what_cannot_fit_saying_by_how_much() {
+        let (c, len, seqs) = input("llama-3.1-8b", 131072, 1);
+        let p = PlanInput {
+            config: &c,
+            dtype: DType::BF16,
+            max_model_len: len,
+            max_num_seqs: seqs,
+            max_num_batched_tokens: 2048,
+        };
+        let e = estimate(&p);
+        let gib = 1u64 << 30;
+        // An L4 (22.5 GiB): 15 GiB of weights + 16 GiB of KV for 131072 tokens cannot fit.
+        let err = check_fits(&e, &p, 22 * gib, 22 * gib + gib / 2, 0.9)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("short by") && err.contains("131072 tokens"),
+            "{err}"
+        );
+        // An H100 holds it.
+        assert!(check_fits(&e, &p, 79 * gib, 80 * gib, 0.9).is_ok());
+        // At 8192 tokens it fits the L4 too.
+        let p = PlanInput {
+            max_model_len: 8192,
+            ..p
+        };
+        assert!(check_fits(&estimate(&p), &p, 22 * gib, 22 * gib + gib / 2, 0.9).is_ok());
     }
 
     #[test]
