@@ -250,7 +250,18 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
         while let Ok(cmd) = rx.try_recv() {
             apply(cmd, &mut engine, &mut senders, &stats, &mut shutting_down);
         }
-        match engine.step() {
+        // A panic inside a step (a bug, a backend fault) must not leave a dead engine behind
+        // a healthy-looking server: it is treated like a step error.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(anyhow::anyhow!("engine step panicked: {what}"))
+            });
+        match step {
             Ok(outputs) => {
                 for (id, out) in outputs {
                     stats
