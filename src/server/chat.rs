@@ -11,7 +11,6 @@ use super::types::chat::*;
 use crate::model::chat_template::ChatTemplateError;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use std::time::Instant;
 
 #[utoipa::path(post, tag = "openai", path = "/v1/chat/completions", request_body = ChatCompletionRequest,
@@ -173,18 +172,10 @@ fn stream(
         }
         let mut events = generate::interleave(submitted, state.clone());
         loop {
-            let event = tokio::select! {
-                event = events.next() => event,
-                _ = tx.closed() => return,
-            };
-            let Some((index, event)) = event else { break };
-            let out = match event {
-                Ok(out) => out,
-                Err(message) => {
-                    tx.send_error(ApiError::internal(message)).await;
-                    tx.done().await;
-                    return;
-                }
+            let (index, out) = match generate::next_output(&mut events, &tx).await {
+                generate::Next::Output(index, out) => (index, out),
+                generate::Next::End => break,
+                generate::Next::Stop => return,
             };
             let finish = finish_reason(&out);
             if out.text.is_empty() && finish.is_none() && !want_logprobs {

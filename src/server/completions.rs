@@ -10,7 +10,6 @@ use super::state::{Served, SharedState};
 use super::types::completion::*;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use std::time::Instant;
 
 /// Most prompts one request may carry.
@@ -172,18 +171,10 @@ fn stream(
             (0..count).map(|i| !echoed[i / opts.n].is_empty()).collect();
         let mut events = generate::interleave(submitted, state.clone());
         loop {
-            let event = tokio::select! {
-                event = events.next() => event,
-                _ = tx.closed() => return,
-            };
-            let Some((index, event)) = event else { break };
-            let out = match event {
-                Ok(out) => out,
-                Err(message) => {
-                    tx.send_error(ApiError::internal(message)).await;
-                    tx.done().await;
-                    return;
-                }
+            let (index, out) = match generate::next_output(&mut events, &tx).await {
+                generate::Next::Output(index, out) => (index, out),
+                generate::Next::End => break,
+                generate::Next::Stop => return,
             };
             let finish = finish_reason(&out);
             let mut text = out.text.clone();

@@ -164,6 +164,37 @@ pub fn interleave(choices: Vec<Choice>, state: Arc<AppState>) -> BoxStream<'stat
     stream::select_all(parts).boxed()
 }
 
+/// What a streaming handler does after [`next_output`].
+pub enum Next {
+    /// An increment of choice `index` to send.
+    Output(usize, RequestOutput),
+    /// Every choice has finished: send the trailer.
+    End,
+    /// The client went away, or an engine error was already sent: stop.
+    Stop,
+}
+
+/// The next increment of a streamed response. An engine error is sent to the client as an
+/// SSE error event followed by `[DONE]`; a closed client stops the stream silently.
+pub async fn next_output(
+    events: &mut BoxStream<'static, ChoiceEvent>,
+    tx: &super::sse::SseSender,
+) -> Next {
+    let event = tokio::select! {
+        event = events.next() => event,
+        _ = tx.closed() => return Next::Stop,
+    };
+    match event {
+        None => Next::End,
+        Some((index, Ok(out))) => Next::Output(index, out),
+        Some((_, Err(message))) => {
+            tx.send_error(ApiError::internal(message)).await;
+            tx.done().await;
+            Next::Stop
+        }
+    }
+}
+
 /// The fields every response and chunk of one request repeats.
 #[derive(Clone, Debug)]
 pub struct ResponseMeta {
