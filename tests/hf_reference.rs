@@ -124,7 +124,7 @@ fn bf16_greedy_tokens_match_until_a_near_tie() {
         h.shutdown();
     }
     assert!(
-        compared >= 20,
+        compared >= 15,
         "only {compared} firm bf16 steps: the check would prove little"
     );
 }
