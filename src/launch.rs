@@ -5,6 +5,7 @@ mod cuda;
 pub mod device;
 pub mod gpu_memory;
 pub mod gpu_request;
+mod tensor_parallel;
 
 pub use cuda::engine_on_cuda;
 pub use device::{Device, DeviceArg};
@@ -47,10 +48,11 @@ pub struct EngineArgs {
     /// requests fail before loading. Without it: the largest group of same-type GPUs.
     #[arg(long, env = "KILN_GPU")]
     pub gpu: Option<String>,
-    /// GPUs to shard the model across. Only 1 until tensor parallelism lands; accepted so
-    /// vLLM-style deployments that pass `--tensor-parallel-size 1` work unchanged.
-    #[arg(long, env = "KILN_TENSOR_PARALLEL_SIZE", default_value_t = 1)]
-    pub tensor_parallel_size: usize,
+    /// Ranks to shard the model across (1, 2, 4 or 8): attention heads, MLP and vocabulary
+    /// split, one worker per rank. Defaults to the number of GPUs `--gpu` matched, else 1.
+    /// More ranks than GPUs share them (for testing); on the CPU, ranks are threads.
+    #[arg(long, env = "KILN_TENSOR_PARALLEL_SIZE")]
+    pub tensor_parallel_size: Option<usize>,
     /// Fraction of the GPU's memory kiln may use for weights, KV cache and activations.
     #[arg(long, env = "KILN_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
@@ -160,7 +162,7 @@ fn eos_ids(config: &ModelConfig, files: &ModelFiles, tokenizer: &Tokenizer) -> V
     ids
 }
 
-fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} layers {elapsed}")
@@ -187,13 +189,19 @@ pub fn load_model(args: &EngineArgs) -> Result<LoadedModel> {
     load_model_on(args, CpuBackend::new(), Device::Cpu)
 }
 
-/// Finds the model the arguments name and loads it onto `backend`, which runs on `device`
-/// (that decides what `--dtype auto` means).
-pub fn load_model_on<B: Backend>(
-    args: &EngineArgs,
-    backend: B,
-    device: Device,
-) -> Result<LoadedModel<B>> {
+/// A model found and its host-side parts read, before any weight is loaded.
+pub struct PreparedModel {
+    pub name: String,
+    pub config: ModelConfig,
+    pub dtype: DType,
+    pub tokenizer: Tokenizer,
+    pub eos: Vec<u32>,
+    pub weights: Arc<dyn WeightSource + Send + Sync>,
+}
+
+/// Finds the model the arguments name, for running on `device` (that decides what
+/// `--dtype auto` means): config, tokenizer, EOS ids and the weight source.
+pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel> {
     let files = resolve_model(args)?;
     let config = ModelConfig::from_file(&files.config)?;
     let dtype = pick_dtype(&args.dtype, &config, device == Device::Cpu)?;
@@ -208,20 +216,44 @@ pub fn load_model_on<B: Backend>(
         }
     };
     let eos = eos_ids(&config, &files, &tokenizer);
-    let weights: Box<dyn WeightSource> = match args.load_format {
-        LoadFormat::Dummy => Box::new(DummyWeights { seed: args.seed }),
+    let weights: Arc<dyn WeightSource + Send + Sync> = match args.load_format {
+        LoadFormat::Dummy => Arc::new(DummyWeights { seed: args.seed }),
         _ => {
             anyhow::ensure!(
                 !files.weights.is_empty(),
                 "{} has no safetensors weights",
                 files.name
             );
-            Box::new(SafetensorsWeights::open(&files.weights)?)
+            Arc::new(SafetensorsWeights::open(&files.weights)?)
         }
     };
+    Ok(PreparedModel {
+        name: files.name,
+        config,
+        dtype,
+        tokenizer,
+        eos,
+        weights,
+    })
+}
+
+/// Finds the model the arguments name and loads it onto `backend`, which runs on `device`
+/// (that decides what `--dtype auto` means).
+pub fn load_model_on<B: Backend>(
+    args: &EngineArgs,
+    backend: B,
+    device: Device,
+) -> Result<LoadedModel<B>> {
+    let PreparedModel {
+        name,
+        config,
+        dtype,
+        tokenizer,
+        eos,
+        weights,
+    } = prepare_model(args, device)?;
     tracing::info!(
-        "loading {} ({:?}, {:.2}B parameters) in {dtype} on {}",
-        files.name,
+        "loading {name} ({:?}, {:.2}B parameters) in {dtype} on {}",
         config.architecture,
         config.num_parameters() as f64 / 1e9,
         backend.name()
@@ -244,12 +276,12 @@ pub fn load_model_on<B: Backend>(
             total as u64,
             args.gpu_memory_utilization,
         )
-        .with_context(|| format!("{} on {}", files.name, backend.name()))?;
+        .with_context(|| format!("{name} on {}", backend.name()))?;
     }
     let started = std::time::Instant::now();
     let bar = progress_bar(config.num_layers as u64, "loading weights");
     let model = LlamaModel::load(&backend, config, weights.as_ref(), dtype, |_| bar.inc(1))
-        .with_context(|| format!("loading {} onto {}", files.name, backend.name()))?;
+        .with_context(|| format!("loading {name} onto {}", backend.name()))?;
     bar.finish_and_clear();
     tracing::info!(
         "weights loaded in {:.2} s ({:?})",
@@ -257,7 +289,7 @@ pub fn load_model_on<B: Backend>(
         args.load_format
     );
     Ok(LoadedModel {
-        name: files.name,
+        name,
         model,
         backend,
         tokenizer,
@@ -267,7 +299,11 @@ pub fn load_model_on<B: Backend>(
 
 /// KV-cache blocks for the CPU: the memory budget, but no more than every sequence at full
 /// length needs.
-fn cpu_kv_blocks(args: &EngineArgs, config: &ModelConfig, max_model_len: usize) -> usize {
+pub(crate) fn cpu_kv_blocks(
+    args: &EngineArgs,
+    config: &ModelConfig,
+    max_model_len: usize,
+) -> usize {
     if let Some(n) = args.num_kv_blocks {
         return n;
     }
@@ -279,7 +315,7 @@ fn cpu_kv_blocks(args: &EngineArgs, config: &ModelConfig, max_model_len: usize) 
 }
 
 /// Longest prompt + output the engine accepts.
-fn max_model_len(args: &EngineArgs, config: &ModelConfig) -> usize {
+pub(crate) fn max_model_len(args: &EngineArgs, config: &ModelConfig) -> usize {
     args.max_model_len.unwrap_or(config.max_position_embeddings)
 }
 
@@ -305,6 +341,25 @@ where
         args.block_size
     );
     let runner = ModelRunner::new(loaded.backend, loaded.model, num_blocks, args.block_size)?;
+    engine_with_runner(
+        Box::new(runner),
+        args,
+        max_model_len,
+        num_blocks,
+        loaded.tokenizer,
+        loaded.eos,
+    )
+}
+
+/// An engine over any runner whose KV cache has `num_blocks` blocks.
+pub(crate) fn engine_with_runner(
+    runner: Box<dyn crate::engine::runner::Runner>,
+    args: &EngineArgs,
+    max_model_len: usize,
+    num_blocks: usize,
+    tokenizer: Tokenizer,
+    eos: Vec<u32>,
+) -> Result<LlmEngine> {
     let engine_config = EngineConfig {
         max_model_len,
         max_num_seqs: args.max_num_seqs,
@@ -314,22 +369,20 @@ where
         enable_prefix_caching: args.enable_prefix_caching,
         seed: args.seed,
     };
-    LlmEngine::new(
-        engine_config,
-        Box::new(runner),
-        Arc::new(loaded.tokenizer),
-        loaded.eos,
-    )
+    LlmEngine::new(engine_config, runner, Arc::new(tokenizer), eos)
 }
 
-/// The device to run on: `--device`, narrowed by `--gpu` (or, without it, the largest group
-/// of same-type GPUs). An unsatisfiable `--gpu` fails here, before anything is loaded.
-pub fn pick_device(args: &EngineArgs) -> Result<Device> {
-    anyhow::ensure!(
-        args.tensor_parallel_size == 1,
-        "--tensor-parallel-size {}: this build runs a model on one device (tensor parallelism is not implemented yet); use 1",
-        args.tensor_parallel_size
-    );
+/// The device of each tensor-parallel rank: `--device`, narrowed by `--gpu` (or, without
+/// it, the largest group of same-type GPUs), and `--tensor-parallel-size` (default: the GPU
+/// count `--gpu` matched, else 1). An unsatisfiable `--gpu` fails here, before anything is
+/// loaded.
+pub fn place_ranks(args: &EngineArgs) -> Result<Vec<Device>> {
+    if let Some(tp) = args.tensor_parallel_size {
+        anyhow::ensure!(
+            matches!(tp, 1 | 2 | 4 | 8),
+            "--tensor-parallel-size {tp}: supported sizes are 1, 2, 4 and 8"
+        );
+    }
     let device = device::resolve(args.device, crate::backend::cuda::device_count)?;
     let Device::Cuda(explicit) = device else {
         anyhow::ensure!(
@@ -341,29 +394,45 @@ pub fn pick_device(args: &EngineArgs) -> Result<Device> {
             // auto found no GPU: say what was asked and what is (not) there.
             gpu_request::choose(Some(spec), &crate::gpu::Inventory::detect())?;
         }
-        return Ok(Device::Cpu);
+        return Ok(vec![Device::Cpu; args.tensor_parallel_size.unwrap_or(1)]);
     };
-    if args.device != DeviceArg::Auto && args.gpu.is_none() {
-        return Ok(Device::Cuda(explicit));
-    }
-    match gpu_request::choose(args.gpu.as_deref(), &crate::gpu::Inventory::detect())? {
-        Some(selection) => {
-            tracing::info!(
-                "GPUs matched: {} x {} {:?}",
-                selection.indices.len(),
-                selection.gpu_type,
-                selection.indices
-            );
-            Ok(Device::Cuda(gpu_request::primary_ordinal(&selection)))
+    let gpus = if args.device != DeviceArg::Auto && args.gpu.is_none() {
+        vec![explicit]
+    } else {
+        match gpu_request::choose(args.gpu.as_deref(), &crate::gpu::Inventory::detect())? {
+            Some(selection) => {
+                tracing::info!(
+                    "GPUs matched: {} x {} {:?}",
+                    selection.indices.len(),
+                    selection.gpu_type,
+                    selection.indices
+                );
+                if args.gpu.is_some() || args.tensor_parallel_size.is_some_and(|t| t > 1) {
+                    selection.indices
+                } else {
+                    vec![gpu_request::primary_ordinal(&selection)]
+                }
+            }
+            None => vec![explicit],
         }
-        None => Ok(Device::Cuda(explicit)),
-    }
+    };
+    let ranks = args.tensor_parallel_size.unwrap_or(gpus.len());
+    Ok(tensor_parallel::assign_gpus(&gpus, ranks))
+}
+
+/// The device a single-rank engine runs on (the first rank's).
+pub fn pick_device(args: &EngineArgs) -> Result<Device> {
+    Ok(place_ranks(args)?[0])
 }
 
 /// Loads everything on the device `--device` / `--gpu` pick and returns a ready engine plus
 /// the model's name.
 pub fn build_engine(args: &EngineArgs) -> Result<(LlmEngine, String)> {
-    match pick_device(args)? {
+    let ranks = place_ranks(args)?;
+    if ranks.len() > 1 {
+        return tensor_parallel::engine(args, &ranks);
+    }
+    match ranks[0] {
         Device::Cpu => {
             let loaded = load_model(args)?;
             let name = loaded.name.clone();

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod gpu;
 pub mod launch;
 pub mod model;
+pub mod parallel;
 pub mod plan;
 pub mod server;
 

@@ -65,6 +65,9 @@ pub trait Backend: Send + Sync {
     fn upload(&self, host: candle_core::Tensor) -> Result<Self::Tensor>;
     /// Copies a tensor back as f32 values, row-major.
     fn to_host_f32(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// `t` holding `values` instead (row-major, as many as `t` has, rounded to `t`'s dtype);
+    /// written in place where the device can (a host-staged all-reduce writes its sum back).
+    fn replace_from_f32(&self, t: Self::Tensor, values: &[f32]) -> Result<Self::Tensor>;
 
     /// Prepares the per-token and per-sequence metadata of one forward pass, once for all
     /// layers.

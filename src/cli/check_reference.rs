@@ -261,7 +261,13 @@ pub fn last_logits<B: Backend>(m: &LoadedModel<B>, ids: &[u32]) -> Result<Vec<f3
         block_size,
         logits_rows: vec![ids.len() - 1],
     };
-    m.model.forward(&m.backend, ids, &layout, &mut cache)
+    m.model.forward(
+        &m.backend,
+        ids,
+        &layout,
+        &mut cache,
+        &crate::parallel::SingleRank,
+    )
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> Result<f32> {

@@ -2,7 +2,7 @@
 
 use super::scheduler::ScheduledSeq;
 use super::sequence::Sequence;
-use crate::backend::{Backend, BatchLayout, KvCacheSpec};
+use crate::backend::{Backend, BatchLayout};
 use crate::model::llama::LlamaModel;
 use anyhow::Result;
 
@@ -68,16 +68,7 @@ impl<B: Backend> ModelRunner<B> {
         num_blocks: usize,
         block_size: usize,
     ) -> Result<Self> {
-        let c = &model.config;
-        let spec = KvCacheSpec {
-            num_layers: c.num_layers,
-            num_blocks,
-            block_size,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-            dtype: model.dtype,
-        };
-        let cache = backend.new_kv_cache(&spec)?;
+        let cache = backend.new_kv_cache(&model.kv_cache_spec(num_blocks, block_size))?;
         Ok(ModelRunner {
             backend,
             model,
@@ -91,8 +82,13 @@ where
     B::Tensor: 'static,
 {
     fn execute(&mut self, input: &StepInput) -> Result<Vec<f32>> {
-        self.model
-            .forward(&self.backend, &input.tokens, &input.layout, &mut self.cache)
+        self.model.forward(
+            &self.backend,
+            &input.tokens,
+            &input.layout,
+            &mut self.cache,
+            &crate::parallel::SingleRank,
+        )
     }
 
     fn vocab_size(&self) -> usize {

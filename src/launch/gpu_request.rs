@@ -18,12 +18,12 @@ pub fn choose(spec: Option<&str>, inventory: &Inventory) -> Result<Option<GpuSel
     }
 }
 
-/// The CUDA ordinal to run on for a selection. One GPU until tensor parallelism lands: a
-/// request for more is honoured in matching (the GPUs must be there) and said in the log.
+/// The CUDA ordinal to run on when the selection came from no `--gpu` request (the largest
+/// group of same-type GPUs): one GPU unless `--tensor-parallel-size` or `--gpu` asks for more.
 pub fn primary_ordinal(selection: &GpuSelection) -> usize {
     if selection.indices.len() > 1 {
-        tracing::warn!(
-            "{} x {} matched (GPUs {:?}); this build runs one model replica on GPU {} (tensor parallelism is not implemented yet)",
+        tracing::info!(
+            "{} x {} present (GPUs {:?}); running on GPU {} (pass --gpu {1}:{0} or --tensor-parallel-size to shard across them)",
             selection.indices.len(),
             selection.gpu_type,
             selection.indices,

@@ -5,10 +5,12 @@
 
 use super::config::ModelConfig;
 use super::rope::rope_for;
-use super::weights::WeightSource;
-use crate::backend::{AttentionShape, Backend, BatchLayout, DType};
+use super::weights::{Slice, WeightSource};
+use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec};
+use crate::parallel::{Communicator, Shard, ShardLayout};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
+use std::ops::Range;
 
 struct Layer<B: Backend> {
     input_norm: B::Tensor,
@@ -25,14 +27,20 @@ struct Layer<B: Backend> {
 }
 
 pub struct LlamaModel<B: Backend> {
+    /// The full model's config (a tensor-parallel rank holds a slice of it, see `layout`).
     pub config: ModelConfig,
     pub dtype: DType,
+    /// What this rank holds; the whole model when not sharded.
+    pub layout: ShardLayout,
+    /// The embedding rows of `layout.vocab`, plus a zero row that tokens of other ranks'
+    /// rows read when the vocabulary is split.
     embed: B::Tensor,
     layers: Vec<Layer<B>>,
     norm: B::Tensor,
     /// None when the LM head is tied to the embedding.
     lm_head: Option<B::Tensor>,
     rope: B::RopeTable,
+    /// This rank's heads.
     attention: AttentionShape,
 }
 
@@ -47,95 +55,167 @@ fn load<B: Backend>(
     be.upload(src.tensor(name, shape, dtype)?)
 }
 
-/// Loads several tensors and stacks them along the output dimension.
+/// One weight's part for this rank: its full name and shape, and the slice (None = whole).
+struct Part {
+    name: String,
+    shape: Vec<usize>,
+    slice: Option<Slice>,
+}
+
+impl Part {
+    fn read(&self, src: &dyn WeightSource, dtype: DType) -> Result<Tensor> {
+        match &self.slice {
+            None => src.tensor(&self.name, &self.shape, dtype),
+            Some(slice) => src.tensor_slice(&self.name, &self.shape, slice, dtype),
+        }
+    }
+}
+
+/// Loads several parts and stacks them along the output dimension.
 fn load_stacked<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
-    parts: &[(String, Vec<usize>)],
+    parts: &[Part],
     dtype: DType,
 ) -> Result<B::Tensor> {
     let host: Vec<Tensor> = parts
         .iter()
-        .map(|(name, shape)| src.tensor(name, shape, dtype))
+        .map(|p| p.read(src, dtype))
         .collect::<Result<_>>()?;
     be.upload(Tensor::cat(&host, 0)?)
 }
 
+/// The part of `[rows, ..]` weight `name` whose rows are `rows` (column-parallel: the whole
+/// weight when `rows` covers it).
+fn rows_part(name: String, shape: Vec<usize>, rows: Range<usize>) -> Part {
+    let slice = (rows.len() != shape[0]).then_some(Slice {
+        dim: 0,
+        range: rows,
+    });
+    Part { name, shape, slice }
+}
+
+/// The part of `[out, in]` weight `name` whose input columns are `cols` (row-parallel).
+fn cols_part(name: String, shape: Vec<usize>, cols: Range<usize>) -> Part {
+    let slice = (cols.len() != shape[1]).then_some(Slice {
+        dim: 1,
+        range: cols,
+    });
+    Part { name, shape, slice }
+}
+
+/// This rank's embedding rows; with a split vocabulary, one zero row is appended for the
+/// tokens other ranks own (see [`LlamaModel::local_ids`]).
+fn load_embedding<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    name: &str,
+    config: &ModelConfig,
+    layout: &ShardLayout,
+    dtype: DType,
+) -> Result<B::Tensor> {
+    let (vocab, h) = (config.vocab_size, config.hidden_size);
+    let rows =
+        rows_part(name.to_string(), vec![vocab, h], layout.vocab.clone()).read(src, dtype)?;
+    if !layout.splits_vocab() {
+        return be.upload(rows);
+    }
+    let zero = Tensor::zeros((1, h), dtype.to_candle(), &candle_core::Device::Cpu)?;
+    be.upload(Tensor::cat(&[rows, zero], 0)?)
+}
+
 impl<B: Backend> LlamaModel<B> {
-    /// Builds the model from a weight source; `on_layer` is called after each layer (progress).
+    /// Builds the whole model from a weight source; `on_layer` is called after each layer
+    /// (progress).
     pub fn load(
         be: &B,
         config: ModelConfig,
         src: &dyn WeightSource,
         dtype: DType,
+        on_layer: impl FnMut(usize),
+    ) -> Result<Self> {
+        Self::load_shard(be, config, src, dtype, Shard::single(), on_layer)
+    }
+
+    /// Builds one tensor-parallel rank's part of the model, reading only its slices.
+    pub fn load_shard(
+        be: &B,
+        config: ModelConfig,
+        src: &dyn WeightSource,
+        dtype: DType,
+        shard: Shard,
         mut on_layer: impl FnMut(usize),
     ) -> Result<Self> {
+        let layout = ShardLayout::new(&config, shard)?;
         let c = &config;
-        let (h, q, kv, inter) = (
+        let (h, q, kv, inter, hd) = (
             c.hidden_size,
             c.q_width(),
             c.kv_width(),
             c.intermediate_size,
+            c.head_dim,
         );
-        let embed = load(
-            be,
-            src,
-            "model.embed_tokens.weight",
-            &[c.vocab_size, h],
-            dtype,
-        )?;
+        let (q_cols, kv_cols) = (layout.q_columns(hd), layout.kv_columns(hd));
+        let embed = load_embedding(be, src, "model.embed_tokens.weight", c, &layout, dtype)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            let proj =
-                |n: &str, rows: usize| (format!("{p}.self_attn.{n}_proj.weight"), vec![rows, h]);
-            let bias = |n: &str, rows: usize| (format!("{p}.self_attn.{n}_proj.bias"), vec![rows]);
+            let proj = |n: &str, rows: usize, part: &Range<usize>| {
+                rows_part(
+                    format!("{p}.self_attn.{n}_proj.weight"),
+                    vec![rows, h],
+                    part.clone(),
+                )
+            };
+            let bias = |n: &str, rows: usize, part: &Range<usize>| {
+                rows_part(
+                    format!("{p}.self_attn.{n}_proj.bias"),
+                    vec![rows],
+                    part.clone(),
+                )
+            };
+            let head_norm = |n: &str| -> Result<Option<B::Tensor>> {
+                if !c.qk_norm {
+                    return Ok(None);
+                }
+                let name = format!("{p}.self_attn.{n}_norm.weight");
+                Ok(Some(load(be, src, &name, &[hd], dtype)?))
+            };
             let layer = Layer {
                 input_norm: load(be, src, &format!("{p}.input_layernorm.weight"), &[h], dtype)?,
                 qkv: load_stacked(
                     be,
                     src,
-                    &[proj("q", q), proj("k", kv), proj("v", kv)],
+                    &[
+                        proj("q", q, &q_cols),
+                        proj("k", kv, &kv_cols),
+                        proj("v", kv, &kv_cols),
+                    ],
                     dtype,
                 )?,
                 qkv_bias: if c.qkv_bias {
                     Some(load_stacked(
                         be,
                         src,
-                        &[bias("q", q), bias("k", kv), bias("v", kv)],
+                        &[
+                            bias("q", q, &q_cols),
+                            bias("k", kv, &kv_cols),
+                            bias("v", kv, &kv_cols),
+                        ],
                         dtype,
                     )?)
                 } else {
                     None
                 },
-                q_norm: if c.qk_norm {
-                    Some(load(
-                        be,
-                        src,
-                        &format!("{p}.self_attn.q_norm.weight"),
-                        &[c.head_dim],
-                        dtype,
-                    )?)
-                } else {
-                    None
-                },
-                k_norm: if c.qk_norm {
-                    Some(load(
-                        be,
-                        src,
-                        &format!("{p}.self_attn.k_norm.weight"),
-                        &[c.head_dim],
-                        dtype,
-                    )?)
-                } else {
-                    None
-                },
-                o_proj: load(
-                    be,
-                    src,
-                    &format!("{p}.self_attn.o_proj.weight"),
-                    &[h, q],
-                    dtype,
+                q_norm: head_norm("q")?,
+                k_norm: head_norm("k")?,
+                o_proj: be.upload(
+                    cols_part(
+                        format!("{p}.self_attn.o_proj.weight"),
+                        vec![h, q],
+                        q_cols.clone(),
+                    )
+                    .read(src, dtype)?,
                 )?,
                 post_attention_norm: load(
                     be,
@@ -148,17 +228,26 @@ impl<B: Backend> LlamaModel<B> {
                     be,
                     src,
                     &[
-                        (format!("{p}.mlp.gate_proj.weight"), vec![inter, h]),
-                        (format!("{p}.mlp.up_proj.weight"), vec![inter, h]),
+                        rows_part(
+                            format!("{p}.mlp.gate_proj.weight"),
+                            vec![inter, h],
+                            layout.intermediate.clone(),
+                        ),
+                        rows_part(
+                            format!("{p}.mlp.up_proj.weight"),
+                            vec![inter, h],
+                            layout.intermediate.clone(),
+                        ),
                     ],
                     dtype,
                 )?,
-                down: load(
-                    be,
-                    src,
-                    &format!("{p}.mlp.down_proj.weight"),
-                    &[h, inter],
-                    dtype,
+                down: be.upload(
+                    cols_part(
+                        format!("{p}.mlp.down_proj.weight"),
+                        vec![h, inter],
+                        layout.intermediate.clone(),
+                    )
+                    .read(src, dtype)?,
                 )?,
             };
             layers.push(layer);
@@ -169,18 +258,24 @@ impl<B: Backend> LlamaModel<B> {
         let lm_head = if c.tie_word_embeddings || !src.contains("lm_head.weight") {
             None
         } else {
-            Some(load(be, src, "lm_head.weight", &[c.vocab_size, h], dtype)?)
+            let part = rows_part(
+                "lm_head.weight".to_string(),
+                vec![c.vocab_size, h],
+                layout.vocab.clone(),
+            );
+            Some(be.upload(part.read(src, dtype)?)?)
         };
         let rope = be.prepare_rope(&rope_for(c).context("building the rotary embedding table")?)?;
         let attention = AttentionShape {
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
+            num_heads: layout.q_heads.len(),
+            num_kv_heads: layout.kv_heads.len(),
+            head_dim: hd,
             sliding_window: c.sliding_window,
         };
         Ok(LlamaModel {
             config,
             dtype,
+            layout,
             embed,
             layers,
             norm,
@@ -190,23 +285,69 @@ impl<B: Backend> LlamaModel<B> {
         })
     }
 
+    /// Row of this rank's embedding for each token: its own rows, or the zero row for the
+    /// tokens other ranks hold.
+    fn local_ids(&self, tokens: &[u32]) -> Vec<u32> {
+        let vocab = &self.layout.vocab;
+        let zero_row = vocab.len() as u32;
+        tokens
+            .iter()
+            .map(|&t| {
+                if vocab.contains(&(t as usize)) {
+                    t - vocab.start as u32
+                } else {
+                    zero_row
+                }
+            })
+            .collect()
+    }
+
     pub fn attention_shape(&self) -> AttentionShape {
         self.attention
     }
 
+    /// The paged KV cache this rank needs: its own KV heads only.
+    pub fn kv_cache_spec(&self, num_blocks: usize, block_size: usize) -> KvCacheSpec {
+        KvCacheSpec {
+            num_layers: self.config.num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: self.attention.num_kv_heads,
+            head_dim: self.config.head_dim,
+            dtype: self.dtype,
+        }
+    }
+
     /// Runs the batch through the model, writing its K/V into `cache`, and returns the logits
-    /// of `batch.logits_rows` as f32, `[rows, vocab]` row-major.
+    /// of `batch.logits_rows` as f32, `[rows, vocab]` row-major. On a tensor-parallel rank
+    /// (every rank calls this with the same input and its own `comm`), the columns are the
+    /// rank's vocabulary rows, `layout.vocab`.
     pub fn forward(
         &self,
         be: &B,
         tokens: &[u32],
         batch: &BatchLayout,
         cache: &mut B::KvCache,
+        comm: &dyn Communicator<B>,
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         anyhow::ensure!(tokens.len() == batch.num_tokens(), "one position per token");
+        anyhow::ensure!(
+            comm.world_size() == self.layout.shard.world && comm.rank() == self.layout.shard.rank,
+            "communicator of rank {}/{} for a shard of rank {}/{}",
+            comm.rank(),
+            comm.world_size(),
+            self.layout.shard.rank,
+            self.layout.shard.world
+        );
         let meta = be.prepare_batch(batch)?;
-        let mut hidden = be.embedding(&self.embed, tokens)?;
+        let mut hidden = if self.layout.splits_vocab() {
+            // Each token's row lives on one rank; the others contribute zeros.
+            let partial = be.embedding(&self.embed, &self.local_ids(tokens))?;
+            comm.all_reduce_sum(be, partial)?
+        } else {
+            be.embedding(&self.embed, tokens)?
+        };
         let mut residual: Option<B::Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let x = match residual.take() {
@@ -221,7 +362,8 @@ impl<B: Backend> LlamaModel<B> {
                     x
                 }
             };
-            let attn = self.attention_block(be, layer, i, &x, &meta, cache)?;
+            let attn =
+                comm.all_reduce_sum(be, self.attention_block(be, layer, i, &x, &meta, cache)?)?;
             let (x, sum) = be.add_rms_norm(
                 attn,
                 residual.take().expect("set above"),
@@ -230,7 +372,8 @@ impl<B: Backend> LlamaModel<B> {
             )?;
             residual = Some(sum);
             let gate_up = be.linear(&x, &layer.gate_up, None)?;
-            hidden = be.linear(&be.silu_mul(&gate_up)?, &layer.down, None)?;
+            hidden =
+                comm.all_reduce_sum(be, be.linear(&be.silu_mul(&gate_up)?, &layer.down, None)?)?;
         }
         let last = be.select_rows(&hidden, &batch.logits_rows)?;
         let last_residual = be.select_rows(
@@ -239,7 +382,14 @@ impl<B: Backend> LlamaModel<B> {
         )?;
         let (x, _) = be.add_rms_norm(last, last_residual, &self.norm, c.rms_norm_eps)?;
         let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
-        be.to_host_f32(&logits)
+        let mut values = be.to_host_f32(&logits)?;
+        let local_vocab = self.layout.vocab.len();
+        if self.lm_head.is_none() && self.layout.splits_vocab() {
+            // The tied head scored the embedding's zero row too: drop that column.
+            let rows = batch.logits_rows.len();
+            values = drop_last_column(values, rows, local_vocab + 1);
+        }
+        Ok(values)
     }
 
     fn attention_block(
@@ -253,8 +403,12 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<B::Tensor> {
         let c = &self.config;
         let qkv = be.linear(x, &layer.qkv, layer.qkv_bias.as_ref())?;
+        let (q_width, kv_width) = (
+            self.attention.num_heads * c.head_dim,
+            self.attention.num_kv_heads * c.head_dim,
+        );
         let mut parts = be
-            .split_columns(&qkv, &[c.q_width(), c.kv_width(), c.kv_width()])?
+            .split_columns(&qkv, &[q_width, kv_width, kv_width])?
             .into_iter();
         let (mut q, mut k, v) = (
             parts.next().unwrap(),
@@ -270,4 +424,13 @@ impl<B: Backend> LlamaModel<B> {
         let attn = be.attention(&q, cache, index, batch, &self.attention)?;
         be.linear(&attn, &layer.o_proj, None)
     }
+}
+
+/// `values` (`rows` rows of `width`) without each row's last element.
+fn drop_last_column(values: Vec<f32>, rows: usize, width: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * (width - 1));
+    for row in values.chunks_exact(width).take(rows) {
+        out.extend_from_slice(&row[..width - 1]);
+    }
+    out
 }

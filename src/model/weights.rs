@@ -13,6 +13,73 @@ use std::path::PathBuf;
 pub trait WeightSource {
     fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor>;
     fn contains(&self, name: &str) -> bool;
+
+    /// The part `range` along dimension `dim` of the tensor whose full shape is `shape`: a
+    /// tensor-parallel rank's shard. Sources that can read a part without the whole
+    /// (memory-mapped files, generated values) override this.
+    fn tensor_slice(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let full = self.tensor(name, shape, dtype)?;
+        Ok(full
+            .narrow(slice.dim, slice.range.start, slice.range.len())?
+            .contiguous()?)
+    }
+}
+
+/// A range of indices along one dimension of a weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub dim: usize,
+    pub range: std::ops::Range<usize>,
+}
+
+impl Slice {
+    /// The shape of the part.
+    fn shape(&self, full: &[usize]) -> Vec<usize> {
+        let mut shape = full.to_vec();
+        shape[self.dim] = self.range.len();
+        shape
+    }
+
+    /// Checks the slice fits `shape` and says where it is: the part is `outer` runs of
+    /// `run` contiguous elements, run `o` starting at element `o * stride + first`.
+    fn runs(&self, name: &str, shape: &[usize]) -> Result<SliceRuns> {
+        anyhow::ensure!(
+            self.dim < shape.len()
+                && self.range.start <= self.range.end
+                && self.range.end <= shape[self.dim],
+            "slice {:?} of dimension {} is outside weight '{name}' of shape {shape:?}",
+            self.range,
+            self.dim
+        );
+        let inner: usize = shape[self.dim + 1..].iter().product();
+        Ok(SliceRuns {
+            outer: shape[..self.dim].iter().product(),
+            run: self.range.len() * inner,
+            stride: shape[self.dim] * inner,
+            first: self.range.start * inner,
+        })
+    }
+}
+
+/// Where a [`Slice`]'s elements sit in the full tensor (see [`Slice::runs`]).
+struct SliceRuns {
+    outer: usize,
+    run: usize,
+    stride: usize,
+    first: usize,
+}
+
+impl SliceRuns {
+    /// Index in the full tensor of element `i` of the part.
+    fn full_index(&self, i: usize) -> usize {
+        (i / self.run) * self.stride + self.first + i % self.run
+    }
 }
 
 /// Safetensors files, memory-mapped: a tensor's bytes are read once, when it is converted.
@@ -52,6 +119,39 @@ impl WeightSource for SafetensorsWeights {
     fn contains(&self, name: &str) -> bool {
         self.files.get(name).is_ok()
     }
+
+    /// Copies only the part's bytes out of the mapped file, so a rank's peak host memory is
+    /// its shard, not the full tensor.
+    fn tensor_slice(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let view = self
+            .files
+            .get(name)
+            .with_context(|| format!("loading weight '{name}'"))?;
+        anyhow::ensure!(
+            view.shape() == shape,
+            "weight '{name}' has shape {:?}, the config implies {shape:?}",
+            view.shape()
+        );
+        let file_dtype = candle_core::DType::try_from(view.dtype())
+            .with_context(|| format!("weight '{name}' has dtype {:?}", view.dtype()))?;
+        let size = file_dtype.size_in_bytes();
+        let runs = slice.runs(name, shape)?;
+        let data = view.data();
+        let mut bytes = Vec::with_capacity(runs.outer * runs.run * size);
+        for o in 0..runs.outer {
+            let start = (o * runs.stride + runs.first) * size;
+            bytes.extend_from_slice(&data[start..start + runs.run * size]);
+        }
+        let part = Tensor::from_raw_buffer(&bytes, file_dtype, &slice.shape(shape), &Device::Cpu)
+            .with_context(|| format!("slicing weight '{name}'"))?;
+        Ok(part.to_dtype(dtype.to_candle())?)
+    }
 }
 
 /// Random weights of the right shapes, reproducible per tensor name. Norm weights are ones
@@ -79,10 +179,12 @@ fn dummy_value(seed: u64, index: u64) -> f32 {
     (unit * 2.0 - 1.0) * 0.02
 }
 
-/// `n` dummy values converted to `T`, filled in parallel.
+/// `n` dummy values converted to `T`, filled in parallel; element `i` is the stream's
+/// element `index(i)` (the identity for a whole tensor, the full-tensor index for a slice).
 fn dummy_fill<T: Copy + Default + Send>(
     n: usize,
     seed: u64,
+    index: impl Fn(usize) -> usize + Sync,
     convert: impl Fn(f32) -> T + Sync,
 ) -> Vec<T> {
     const CHUNK: usize = 1 << 16;
@@ -90,16 +192,23 @@ fn dummy_fill<T: Copy + Default + Send>(
     data.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(c, chunk)| {
-            let base = (c * CHUNK) as u64;
+            let base = c * CHUNK;
             for (i, x) in chunk.iter_mut().enumerate() {
-                *x = convert(dummy_value(seed, base + i as u64));
+                *x = convert(dummy_value(seed, index(base + i) as u64));
             }
         });
     data
 }
 
-impl WeightSource for DummyWeights {
-    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+impl DummyWeights {
+    /// The values of `name` whose part-element `i` is full-tensor element `index(i)`.
+    fn generate(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        index: impl Fn(usize) -> usize + Sync,
+    ) -> Result<Tensor> {
         if name.ends_with("norm.weight") {
             return Ok(Tensor::ones(shape, dtype.to_candle(), &Device::Cpu)?);
         }
@@ -109,15 +218,37 @@ impl WeightSource for DummyWeights {
         });
         let seed = mix64(self.seed ^ name_hash);
         let t = match dtype {
-            DType::F32 => Tensor::from_vec(dummy_fill(n, seed, |x| x), shape, &Device::Cpu)?,
-            DType::F16 => {
-                Tensor::from_vec(dummy_fill(n, seed, f16::from_f32), shape, &Device::Cpu)?
-            }
-            DType::BF16 => {
-                Tensor::from_vec(dummy_fill(n, seed, bf16::from_f32), shape, &Device::Cpu)?
-            }
+            DType::F32 => Tensor::from_vec(dummy_fill(n, seed, index, |x| x), shape, &Device::Cpu)?,
+            DType::F16 => Tensor::from_vec(
+                dummy_fill(n, seed, index, f16::from_f32),
+                shape,
+                &Device::Cpu,
+            )?,
+            DType::BF16 => Tensor::from_vec(
+                dummy_fill(n, seed, index, bf16::from_f32),
+                shape,
+                &Device::Cpu,
+            )?,
         };
         Ok(t)
+    }
+}
+
+impl WeightSource for DummyWeights {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.generate(name, shape, dtype, |i| i)
+    }
+
+    /// Generates only the part, with the values the full tensor has there.
+    fn tensor_slice(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let runs = slice.runs(name, shape)?;
+        self.generate(name, &slice.shape(shape), dtype, |i| runs.full_index(i))
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -128,6 +259,76 @@ impl WeightSource for DummyWeights {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// Every source's slice must equal the narrowed full tensor, for each dimension.
+    fn check_slices(src: &dyn WeightSource, name: &str, shape: &[usize]) {
+        for dim in 0..shape.len() {
+            for range in [0..1, 1..shape[dim], shape[dim] / 2..shape[dim]] {
+                let slice = Slice {
+                    dim,
+                    range: range.clone(),
+                };
+                let part = src.tensor_slice(name, shape, &slice, DType::F32).unwrap();
+                let full = src.tensor(name, shape, DType::F32).unwrap();
+                let expected = full.narrow(dim, range.start, range.len()).unwrap();
+                assert_eq!(part.dims(), expected.dims(), "{name} dim {dim} {range:?}");
+                assert_eq!(
+                    values(&part),
+                    values(&expected),
+                    "{name} dim {dim} {range:?}"
+                );
+            }
+        }
+        let outside = Slice {
+            dim: 0,
+            range: 0..shape[0] + 1,
+        };
+        assert!(src.tensor_slice(name, shape, &outside, DType::F32).is_err());
+    }
+
+    #[test]
+    fn dummy_slices_are_the_full_tensors_values() {
+        check_slices(&DummyWeights { seed: 5 }, "a.weight", &[6, 10]);
+        check_slices(&DummyWeights { seed: 5 }, "b.weight", &[3, 4, 5]);
+    }
+
+    #[test]
+    fn safetensors_slices_read_only_the_part_and_match_the_full_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let a = Tensor::arange(0f32, 60.0, &Device::Cpu)
+            .unwrap()
+            .reshape((6, 10))
+            .unwrap()
+            .to_dtype(candle_core::DType::BF16)
+            .unwrap();
+        let b = Tensor::arange(0f32, 60.0, &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4, 5))
+            .unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("a".to_string(), a), ("b".to_string(), b)]),
+            &path,
+        )
+        .unwrap();
+        let src = SafetensorsWeights::open(&[path]).unwrap();
+        check_slices(&src, "a", &[6, 10]);
+        check_slices(&src, "b", &[3, 4, 5]);
+        let wrong = Slice {
+            dim: 0,
+            range: 0..1,
+        };
+        assert!(src.tensor_slice("a", &[10, 6], &wrong, DType::F32).is_err());
+    }
 
     #[test]
     fn dummy_weights_are_small_reproducible_and_differ_per_name() {

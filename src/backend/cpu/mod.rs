@@ -56,6 +56,16 @@ impl Backend for CpuBackend {
         host_f32(t)
     }
 
+    fn replace_from_f32(&self, t: Tensor, values: &[f32]) -> Result<Tensor> {
+        anyhow::ensure!(
+            values.len() == t.elem_count(),
+            "{} values for a {:?} tensor",
+            values.len(),
+            t.dims()
+        );
+        Ok(Tensor::from_slice(values, t.dims(), t.device())?.to_dtype(t.dtype())?)
+    }
+
     fn prepare_batch(&self, batch: &BatchLayout) -> Result<BatchLayout> {
         batch.validate()?;
         Ok(batch.clone())

@@ -189,6 +189,12 @@ impl Backend for CudaBackend {
         t.to_f32(&self.dev)
     }
 
+    fn replace_from_f32(&self, mut t: CudaTensor, values: &[f32]) -> Result<CudaTensor> {
+        self.bind()?;
+        t.overwrite_from_f32(&self.dev, values)?;
+        Ok(t)
+    }
+
     fn prepare_batch(&self, batch: &BatchLayout) -> Result<CudaBatchMeta> {
         self.bind()?;
         self.log_previous_step();

@@ -105,6 +105,27 @@ impl CudaTensor {
         Ok(values)
     }
 
+    /// Replaces the contents with `values` rounded to the tensor's dtype, in place (no
+    /// allocation: a host-staged all-reduce writes its sum back every layer).
+    pub fn overwrite_from_f32(&mut self, dev: &CudaDevice, values: &[f32]) -> Result<()> {
+        if values.len() != self.numel() {
+            bail!("{} values for a {:?} tensor", values.len(), self.shape);
+        }
+        let bytes = self.dtype.encode(values);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let target = match &mut self.data {
+            Storage::Owned(slice) => slice,
+            Storage::Pooled(buffer) => &mut **buffer,
+        };
+        let mut payload = target.slice_mut(0..bytes.len());
+        dev.stream()
+            .memcpy_htod(&bytes, &mut payload)
+            .context("host-to-device copy")?;
+        Ok(())
+    }
+
     /// The same data under another shape of as many elements (no copy).
     pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
         if numel(shape) != self.numel() {

@@ -1,0 +1,206 @@
+//! Launching a model sharded over several ranks: which device each rank gets, the
+//! communicator they meet in, the KV-cache size every rank can hold, and the engine.
+
+use super::gpu_memory::{activation_reserve, kv_blocks, GpuMemory};
+use super::{
+    cpu_kv_blocks, engine_with_runner, max_model_len, prepare_model, progress_bar, Device,
+    EngineArgs, PreparedModel,
+};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::Backend;
+use crate::engine::LlmEngine;
+use crate::parallel::host_group::HostStaged;
+use crate::parallel::shard::check_divides;
+use crate::parallel::tp_runner::{RankLoaded, TpRunner, TpSpec};
+use crate::parallel::Communicator;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The device of each of `ranks` ranks over the GPUs `gpus`: one GPU per rank when there
+/// are enough, else round-robin, several ranks per GPU (a test setup: slower than one rank).
+pub fn assign_gpus(gpus: &[usize], ranks: usize) -> Vec<Device> {
+    if ranks > gpus.len() {
+        tracing::warn!(
+            "--tensor-parallel-size {ranks} with {} GPU(s) {gpus:?}: ranks share GPUs \
+             (useful for testing; slower than fewer ranks)",
+            gpus.len()
+        );
+    }
+    (0..ranks)
+        .map(|r| Device::Cuda(gpus[r % gpus.len()]))
+        .collect()
+}
+
+/// Loads the model sharded over `ranks` (one device each) and returns the engine and the
+/// model's name.
+pub fn engine(args: &EngineArgs, ranks: &[Device]) -> Result<(LlmEngine, String)> {
+    let world = ranks.len();
+    let prepared = prepare_model(args, ranks[0])?;
+    check_divides(&prepared.config, world)
+        .with_context(|| format!("{} cannot be split {world} ways", prepared.name))?;
+    // Several ranks on one GPU, or GPUs without peer access: the sums go through host
+    // memory. (NCCL and a peer-to-peer kernel are the fast paths still to come.)
+    tracing::info!(
+        "tensor parallel: {world} ranks on {:?}; all-reduce through host memory",
+        ranks
+    );
+    match ranks[0] {
+        Device::Cpu => {
+            let comms = HostStaged::group(world)
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Communicator<CpuBackend>>)
+                .collect();
+            let open = Arc::new(|_rank: usize| Ok(CpuBackend::new()));
+            let wanted = cpu_kv_blocks(
+                args,
+                &prepared.config,
+                max_model_len(args, &prepared.config),
+            );
+            start(args, prepared, open, comms, move |_| Ok(wanted))
+        }
+        Device::Cuda(_) => {
+            let ordinals: Vec<usize> = ranks
+                .iter()
+                .map(|d| match d {
+                    Device::Cuda(o) => *o,
+                    Device::Cpu => unreachable!("ranks are all GPUs or all the CPU"),
+                })
+                .collect();
+            let comms = HostStaged::group(world)
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Communicator<CudaBackend>>)
+                .collect();
+            let open_ordinals = ordinals.clone();
+            let open = Arc::new(move |rank: usize| {
+                let ordinal = open_ordinals[rank];
+                CudaBackend::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
+            });
+            let fixed = args.num_kv_blocks;
+            let (config, dtype) = (prepared.config.clone(), prepared.dtype);
+            let args_for_plan = args.clone();
+            start(args, prepared, open, comms, move |loaded| match fixed {
+                Some(n) => Ok(n),
+                None => gpu_kv_blocks(&args_for_plan, &config, dtype.size_in_bytes(), loaded),
+            })
+        }
+    }
+}
+
+fn start<B: Backend + 'static>(
+    args: &EngineArgs,
+    prepared: PreparedModel,
+    open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
+    communicators: Vec<Box<dyn Communicator<B>>>,
+    decide_blocks: impl FnOnce(&[RankLoaded]) -> Result<usize>,
+) -> Result<(LlmEngine, String)> {
+    let world = communicators.len();
+    let PreparedModel {
+        name,
+        config,
+        dtype,
+        tokenizer,
+        eos,
+        weights,
+    } = prepared;
+    tracing::info!(
+        "loading {name} ({:?}, {:.2}B parameters) in {dtype}, sharded {world} ways",
+        config.architecture,
+        config.num_parameters() as f64 / 1e9,
+    );
+    let started = std::time::Instant::now();
+    let bar = progress_bar((config.num_layers * world) as u64, "loading shards");
+    let progress = bar.clone();
+    let spec = TpSpec {
+        config: config.clone(),
+        dtype,
+        weights,
+        block_size: args.block_size,
+        open_backend,
+        communicators,
+        on_layer: Arc::new(move |_rank, _layer| progress.inc(1)),
+    };
+    let (runner, num_blocks) = TpRunner::start(spec, decide_blocks)
+        .with_context(|| format!("loading {name} over {world} ranks"))?;
+    bar.finish_and_clear();
+    tracing::info!(
+        "shards loaded in {:.2} s; KV cache: {num_blocks} blocks of {} tokens per rank",
+        started.elapsed().as_secs_f64(),
+        args.block_size
+    );
+    let engine = engine_with_runner(
+        Box::new(runner),
+        args,
+        max_model_len(args, &config),
+        num_blocks,
+        tokenizer,
+        eos,
+    )?;
+    Ok((engine, name))
+}
+
+/// KV blocks every rank can hold: each GPU's budget is shared by the ranks on it (their
+/// caches and activations), and the smallest GPU decides, since ranks hold the same blocks.
+fn gpu_kv_blocks(
+    args: &EngineArgs,
+    config: &crate::model::config::ModelConfig,
+    dtype_bytes: usize,
+    loaded: &[RankLoaded],
+) -> Result<usize> {
+    let mut per_device: BTreeMap<String, Vec<&RankLoaded>> = BTreeMap::new();
+    for l in loaded {
+        per_device
+            .entry(l.backend_name.clone())
+            .or_default()
+            .push(l);
+    }
+    let wanted = max_model_len(args, config).div_ceil(args.block_size) * args.max_num_seqs.max(1);
+    let reserve = activation_reserve(
+        config,
+        dtype_bytes,
+        args.max_num_batched_tokens,
+        args.max_num_seqs,
+    );
+    let mut blocks = usize::MAX;
+    for (device, ranks) in per_device {
+        let (free, total) = ranks[0]
+            .memory
+            .with_context(|| format!("{device} did not report its memory"))?;
+        let sharing = ranks.len();
+        let bytes_per_block: usize = ranks.iter().map(|r| r.kv_bytes_per_block).sum();
+        let mem = GpuMemory {
+            free,
+            total,
+            utilization: args.gpu_memory_utilization,
+        };
+        let n = kv_blocks(mem, reserve * sharing, bytes_per_block, wanted)
+            .with_context(|| format!("sizing the KV cache on {device} ({sharing} ranks)"))?;
+        tracing::info!("{device}: room for {n} KV blocks per rank ({sharing} rank(s))");
+        blocks = blocks.min(n);
+    }
+    Ok(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_get_their_own_gpu_when_there_are_enough_else_share() {
+        assert_eq!(
+            assign_gpus(&[3, 5, 6, 7], 2),
+            [Device::Cuda(3), Device::Cuda(5)]
+        );
+        assert_eq!(assign_gpus(&[0], 2), [Device::Cuda(0), Device::Cuda(0)]);
+        assert_eq!(
+            assign_gpus(&[0, 1], 4),
+            [
+                Device::Cuda(0),
+                Device::Cuda(1),
+                Device::Cuda(0),
+                Device::Cuda(1)
+            ]
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! Tensor parallelism inside one process: a model's weights split across `world` ranks
+//! (Megatron-style), each rank a worker thread with its own backend, shard and KV cache,
+//! all driven in lock-step by the one scheduler.
+//!
+//! - [`shard`]: which heads, MLP columns and vocabulary rows a rank owns.
+//! - [`communicator`]: the all-reduce the ranks meet in, twice per layer.
+//! - [`host_group`]: an all-reduce through host memory, for any backend and any placement
+//!   of ranks (CPU threads, several ranks on one GPU, GPUs without peer access).
+//! - [`tp_runner`]: the [`crate::engine::runner::Runner`] that fans a step out to the ranks
+//!   and gathers their vocabulary slices of the logits.
+
+pub mod communicator;
+pub mod host_group;
+pub mod shard;
+pub mod tp_runner;
+
+pub use communicator::{Communicator, SingleRank};
+pub use shard::{Shard, ShardLayout};

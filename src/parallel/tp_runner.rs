@@ -1,0 +1,398 @@
+//! The tensor-parallel [`Runner`]: one worker thread per rank, each owning its backend
+//! (device context and stream), its shard of the weights and its KV cache. The engine's
+//! single scheduler hands a step to [`TpRunner::execute`], which sends it to every rank; the
+//! ranks run the same forward pass in lock-step, meeting in the communicator's all-reduces,
+//! and each returns the logits of its vocabulary rows, which are stitched into full rows here.
+//!
+//! Start-up has two phases so the KV cache can be sized from every rank's free memory: all
+//! ranks load their shards (in parallel), report, and then allocate the number of blocks
+//! the caller decided from the reports.
+
+use super::communicator::Communicator;
+use super::shard::Shard;
+use crate::backend::cuda::pool::PoolStats;
+use crate::backend::{Backend, DType};
+use crate::engine::runner::{Runner, StepInput};
+use crate::model::config::ModelConfig;
+use crate::model::llama::LlamaModel;
+use crate::model::weights::WeightSource;
+use anyhow::{anyhow, Context, Result};
+use std::ops::Range;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// What a rank reports once its shard is loaded.
+#[derive(Clone, Debug)]
+pub struct RankLoaded {
+    pub rank: usize,
+    /// `(free, total)` device bytes once every rank has loaded its shard, where the device
+    /// has its own memory.
+    pub memory: Option<(usize, usize)>,
+    /// KV-cache bytes one block of `block_size` tokens takes on this rank.
+    pub kv_bytes_per_block: usize,
+    pub backend_name: String,
+}
+
+/// How to start a group: the model, the ranks' backends and communicators.
+pub struct TpSpec<B: Backend> {
+    pub config: ModelConfig,
+    pub dtype: DType,
+    pub weights: Arc<dyn WeightSource + Send + Sync>,
+    pub block_size: usize,
+    /// Opens rank `r`'s backend, on the rank's own thread (a GPU context is bound there).
+    pub open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
+    /// One communicator per rank, in rank order.
+    pub communicators: Vec<Box<dyn Communicator<B>>>,
+    /// Called by each rank after each layer it loads (progress).
+    pub on_layer: Arc<dyn Fn(usize, usize) + Send + Sync>,
+}
+
+enum Command {
+    MeasureMemory,
+    Allocate(usize),
+    Step(Arc<StepInput>),
+    AllocatorStats,
+}
+
+enum Reply {
+    Loaded(RankLoaded),
+    Memory(Option<(usize, usize)>),
+    Ready,
+    Logits(Vec<f32>),
+    Stats(Option<PoolStats>),
+}
+
+struct Worker {
+    commands: Sender<Command>,
+    replies: Receiver<Result<Reply>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A model sharded over several ranks, driven as one [`Runner`].
+pub struct TpRunner {
+    workers: Vec<Worker>,
+    /// Each rank's vocabulary rows (the columns of its logits).
+    vocab: Vec<Range<usize>>,
+    config: ModelConfig,
+    dtype: DType,
+    description: String,
+}
+
+impl TpRunner {
+    /// Starts one worker per communicator, loads every shard, then lets `decide_blocks`
+    /// pick the KV-cache size from the ranks' reports and allocates it on every rank.
+    pub fn start<B>(
+        spec: TpSpec<B>,
+        decide_blocks: impl FnOnce(&[RankLoaded]) -> Result<usize>,
+    ) -> Result<(TpRunner, usize)>
+    where
+        B: Backend + 'static,
+    {
+        let world = spec.communicators.len();
+        let mut workers = Vec::with_capacity(world);
+        for (rank, comm) in spec.communicators.into_iter().enumerate() {
+            let (commands, command_rx) = channel();
+            let (reply_tx, replies) = channel();
+            let job = RankJob {
+                shard: Shard { rank, world },
+                config: spec.config.clone(),
+                dtype: spec.dtype,
+                weights: spec.weights.clone(),
+                block_size: spec.block_size,
+                open_backend: spec.open_backend.clone(),
+                on_layer: spec.on_layer.clone(),
+                comm,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("kiln-tp-rank-{rank}"))
+                .spawn(move || job.run(command_rx, reply_tx))
+                .context("starting a tensor-parallel worker thread")?;
+            workers.push(Worker {
+                commands,
+                replies,
+                thread: Some(thread),
+            });
+        }
+        let mut runner = TpRunner {
+            workers,
+            vocab: Vec::new(),
+            config: spec.config,
+            dtype: spec.dtype,
+            description: String::new(),
+        };
+        let mut loaded: Vec<RankLoaded> = runner
+            .collect(|r| match r {
+                Reply::Loaded(l) => Ok(l),
+                _ => Err(anyhow!("unexpected reply while loading")),
+            })
+            .context("loading the tensor-parallel shards")?;
+        // Measured only now: ranks sharing a GPU must all see every shard in place.
+        runner.broadcast(|| Command::MeasureMemory)?;
+        let memory = runner.collect(|r| match r {
+            Reply::Memory(m) => Ok(m),
+            _ => Err(anyhow!("unexpected reply to a memory query")),
+        })?;
+        for (l, m) in loaded.iter_mut().zip(memory) {
+            l.memory = m;
+        }
+        let num_blocks = decide_blocks(&loaded)?;
+        runner.broadcast(|| Command::Allocate(num_blocks))?;
+        runner
+            .collect(|r| match r {
+                Reply::Ready => Ok(()),
+                _ => Err(anyhow!("unexpected reply while allocating")),
+            })
+            .context("allocating the tensor-parallel KV caches")?;
+        runner.vocab = (0..world)
+            .map(|rank| {
+                super::shard::ShardLayout::new(&runner.config, Shard { rank, world })
+                    .map(|l| l.vocab)
+            })
+            .collect::<Result<_>>()?;
+        let names: Vec<_> = loaded.iter().map(|l| l.backend_name.clone()).collect();
+        runner.description = format!(
+            "{:?} on {world} ranks [{}] ({})",
+            runner.config.architecture,
+            names.join(", "),
+            runner.dtype
+        );
+        Ok((runner, num_blocks))
+    }
+
+    fn broadcast(&self, command: impl Fn() -> Command) -> Result<()> {
+        for (rank, w) in self.workers.iter().enumerate() {
+            w.commands
+                .send(command())
+                .map_err(|_| anyhow!("tensor-parallel rank {rank} has stopped"))?;
+        }
+        Ok(())
+    }
+
+    /// One reply from every rank. With failures, the error of the rank that failed first is
+    /// returned (the others only report that the group was aborted).
+    fn collect<T>(&self, mut accept: impl FnMut(Reply) -> Result<T>) -> Result<Vec<T>> {
+        let mut values = Vec::with_capacity(self.workers.len());
+        let mut errors = Vec::new();
+        for (rank, w) in self.workers.iter().enumerate() {
+            match w.replies.recv() {
+                Ok(Ok(reply)) => match accept(reply) {
+                    Ok(v) => values.push(v),
+                    Err(e) => errors.push(e.context(format!("tensor-parallel rank {rank}"))),
+                },
+                Ok(Err(e)) => errors.push(e.context(format!("tensor-parallel rank {rank}"))),
+                Err(_) => errors.push(anyhow!("tensor-parallel rank {rank} stopped unexpectedly")),
+            }
+        }
+        if errors.is_empty() {
+            return Ok(values);
+        }
+        let root = errors
+            .iter()
+            .position(|e| !format!("{e:#}").contains("tensor-parallel group failed"))
+            .unwrap_or(0);
+        Err(errors.swap_remove(root))
+    }
+}
+
+impl Runner for TpRunner {
+    fn execute(&mut self, input: &StepInput) -> Result<Vec<f32>> {
+        // The step is shared by reference count, not copied per rank.
+        let shared = Arc::new(StepInput {
+            tokens: input.tokens.clone(),
+            layout: input.layout.clone(),
+        });
+        self.broadcast(|| Command::Step(shared.clone()))?;
+        let parts = self.collect(|r| match r {
+            Reply::Logits(l) => Ok(l),
+            _ => Err(anyhow!("unexpected reply to a step")),
+        })?;
+        gather_vocab(&parts, &self.vocab, self.config.vocab_size)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        // Per rank, a step reads about 1/world of the weights; ranks read in parallel.
+        self.config.num_parameters() * self.dtype.size_in_bytes() as u64 / self.workers.len() as u64
+    }
+
+    fn allocator_stats(&self) -> Option<PoolStats> {
+        self.broadcast(|| Command::AllocatorStats).ok()?;
+        let stats = self
+            .collect(|r| match r {
+                Reply::Stats(s) => Ok(s),
+                _ => Err(anyhow!("unexpected reply to a stats query")),
+            })
+            .ok()?;
+        stats
+            .into_iter()
+            .try_fold(PoolStats::default(), |sum, s| s.map(|s| sum.plus(s)))
+    }
+}
+
+impl Drop for TpRunner {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            // Closing the command channel ends the worker's loop.
+            let (closed, _) = channel();
+            drop(std::mem::replace(&mut w.commands, closed));
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Full logit rows from each rank's columns: rank `r` holds `vocab[r]` of every row.
+pub fn gather_vocab(parts: &[Vec<f32>], vocab: &[Range<usize>], full: usize) -> Result<Vec<f32>> {
+    let rows = match (parts.first(), vocab.first()) {
+        (Some(p), Some(v)) if !v.is_empty() => p.len() / v.len(),
+        _ => 0,
+    };
+    let mut out = vec![0.0f32; rows * full];
+    for (part, cols) in parts.iter().zip(vocab) {
+        anyhow::ensure!(
+            part.len() == rows * cols.len(),
+            "a rank returned {} logits for {rows} rows of {} columns",
+            part.len(),
+            cols.len()
+        );
+        for (row, values) in part.chunks_exact(cols.len().max(1)).enumerate() {
+            out[row * full + cols.start..row * full + cols.end].copy_from_slice(values);
+        }
+    }
+    Ok(out)
+}
+
+/// Everything one rank's thread needs.
+struct RankJob<B: Backend> {
+    shard: Shard,
+    config: ModelConfig,
+    dtype: DType,
+    weights: Arc<dyn WeightSource + Send + Sync>,
+    block_size: usize,
+    open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
+    on_layer: Arc<dyn Fn(usize, usize) + Send + Sync>,
+    comm: Box<dyn Communicator<B>>,
+}
+
+impl<B: Backend> RankJob<B> {
+    fn run(self, commands: Receiver<Command>, replies: Sender<Result<Reply>>) {
+        let rank = self.shard.rank;
+        let loaded = self.guarded(|| self.load());
+        let (be, model) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = replies.send(Err(e));
+                return;
+            }
+        };
+        let info = RankLoaded {
+            rank,
+            memory: None,
+            kv_bytes_per_block: model.kv_cache_spec(1, self.block_size).bytes_per_token()
+                * self.block_size,
+            backend_name: be.name(),
+        };
+        if replies.send(Ok(Reply::Loaded(info))).is_err() {
+            return;
+        }
+        let mut cache = None;
+        while let Ok(command) = commands.recv() {
+            let reply = match command {
+                Command::MeasureMemory => be.memory_info().transpose().map(Reply::Memory),
+                Command::Allocate(blocks) => self
+                    .guarded(|| be.new_kv_cache(&model.kv_cache_spec(blocks, self.block_size)))
+                    .map(|c| {
+                        cache = Some(c);
+                        Reply::Ready
+                    }),
+                Command::Step(input) => match cache.as_mut() {
+                    None => Err(anyhow!("step before the KV cache was allocated")),
+                    Some(cache) => self
+                        .guarded(|| {
+                            model.forward(
+                                &be,
+                                &input.tokens,
+                                &input.layout,
+                                cache,
+                                self.comm.as_ref(),
+                            )
+                        })
+                        .map(Reply::Logits),
+                },
+                Command::AllocatorStats => Ok(Reply::Stats(be.allocator_stats())),
+            };
+            if replies.send(reply).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn load(&self) -> Result<(B, LlamaModel<B>)> {
+        let rank = self.shard.rank;
+        let be = (self.open_backend)(rank)?;
+        let model = LlamaModel::load_shard(
+            &be,
+            self.config.clone(),
+            self.weights.as_ref(),
+            self.dtype,
+            self.shard,
+            |layer| (self.on_layer)(rank, layer),
+        )
+        .with_context(|| {
+            format!(
+                "loading shard {rank}/{} onto {}",
+                self.shard.world,
+                be.name()
+            )
+        })?;
+        Ok((be, model))
+    }
+
+    /// Runs `f`, turning a panic into an error; either way a failure aborts the group so
+    /// no other rank waits for this one in a collective.
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(anyhow!("panicked: {what}"))
+        });
+        if let Err(e) = &result {
+            self.comm
+                .abort(&format!("rank {} failed: {e:#}", self.shard.rank));
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_stitches_uneven_vocab_slices_into_full_rows() {
+        let vocab = [0..3, 3..5];
+        let parts = [
+            vec![0.0, 1.0, 2.0, 10.0, 11.0, 12.0],
+            vec![3.0, 4.0, 13.0, 14.0],
+        ];
+        let full = gather_vocab(&parts, &vocab, 5).unwrap();
+        assert_eq!(
+            full,
+            [0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 11.0, 12.0, 13.0, 14.0]
+        );
+        assert!(gather_vocab(&[vec![0.0; 6], vec![0.0; 3]], &vocab, 5).is_err());
+    }
+}

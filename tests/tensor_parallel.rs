@@ -1,0 +1,331 @@
+//! Tensor parallelism on the CPU: every fixture architecture sharded 2, 4 and 8 ways gives
+//! TP = 1's logits (within float reordering) and its greedy tokens; a failing rank fails the
+//! step, and the engine, without hanging anyone.
+
+mod common;
+
+use common::*;
+use kiln::backend::cpu::CpuBackend;
+use kiln::backend::{Backend, BatchLayout, DType};
+use kiln::engine::runner::{ModelRunner, Runner, StepInput};
+use kiln::engine::{EngineConfig, EngineHandle, LlmEngine, SamplingParams};
+use kiln::launch::prepare_model;
+use kiln::parallel::host_group::HostStaged;
+use kiln::parallel::tp_runner::{TpRunner, TpSpec};
+use kiln::parallel::Communicator;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+const BLOCK_SIZE: usize = 4;
+const NUM_BLOCKS: usize = 64;
+
+fn spec(
+    arch: &str,
+    dtype: &str,
+    comms: Vec<Box<dyn Communicator<CpuBackend>>>,
+) -> TpSpec<CpuBackend> {
+    let dir = fixture(arch);
+    let args = engine_args(&["--model", dir.to_str().unwrap(), "--dtype", dtype]);
+    let prepared = prepare_model(&args, kiln::launch::Device::Cpu).unwrap();
+    TpSpec {
+        config: prepared.config,
+        dtype: prepared.dtype,
+        weights: prepared.weights,
+        block_size: BLOCK_SIZE,
+        open_backend: Arc::new(|_| Ok(CpuBackend::new())),
+        communicators: comms,
+        on_layer: Arc::new(|_, _| {}),
+    }
+}
+
+fn host_comms(world: usize) -> Vec<Box<dyn Communicator<CpuBackend>>> {
+    HostStaged::group(world)
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn Communicator<CpuBackend>>)
+        .collect()
+}
+
+fn tp_runner(arch: &str, dtype: &str, world: usize) -> TpRunner {
+    TpRunner::start(spec(arch, dtype, host_comms(world)), |_| Ok(NUM_BLOCKS))
+        .unwrap()
+        .0
+}
+
+fn single_runner(arch: &str, dtype: &str) -> ModelRunner<CpuBackend> {
+    let m = load(arch, dtype);
+    ModelRunner::new(m.backend, m.model, NUM_BLOCKS, BLOCK_SIZE).unwrap()
+}
+
+/// One prefill of each prompt, all in one batch, each sampling its last token.
+fn prefill(prompts: &[&[u32]]) -> StepInput {
+    let mut layout = BatchLayout {
+        block_size: BLOCK_SIZE,
+        query_start: vec![0],
+        ..Default::default()
+    };
+    let mut tokens = Vec::new();
+    let mut next_block = 0u32;
+    for ids in prompts {
+        let blocks = ids.len().div_ceil(BLOCK_SIZE) as u32;
+        let table: Vec<u32> = (next_block..next_block + blocks).collect();
+        next_block += blocks;
+        for (pos, &t) in ids.iter().enumerate() {
+            tokens.push(t);
+            layout.positions.push(pos as u32);
+            layout
+                .slots
+                .push((table[pos / BLOCK_SIZE] as usize * BLOCK_SIZE + pos % BLOCK_SIZE) as i64);
+        }
+        layout.query_start.push(tokens.len());
+        layout.context_lens.push(ids.len());
+        layout.block_tables.push(table);
+        layout.logits_rows.push(tokens.len() - 1);
+    }
+    StepInput { tokens, layout }
+}
+
+#[test]
+fn sharded_logits_equal_one_rank_for_every_architecture_and_size() {
+    for arch in ARCHS {
+        let r = reference(arch);
+        let prompts: Vec<&[u32]> = r.prompts.iter().map(|p| p.prompt_ids.as_slice()).collect();
+        let input = prefill(&prompts);
+        let expected = single_runner(arch, "float32").execute(&input).unwrap();
+        for world in [2, 4, 8] {
+            let got = tp_runner(arch, "float32", world).execute(&input).unwrap();
+            // Row-parallel sums add the same products in another order: f32 rounding only.
+            let diff = max_abs_diff(&got, &expected);
+            assert!(diff < 1e-4, "{arch} TP={world}: max abs logit diff {diff}");
+            // And against transformers, as TP = 1 is checked in hf_reference.rs.
+            let vocab = got.len() / prompts.len();
+            for (p, row) in r.prompts.iter().zip(got.chunks(vocab)) {
+                let diff = max_abs_diff(row, &p.last_logits);
+                assert!(diff < 1e-3, "{arch} TP={world} vs transformers: {diff}");
+            }
+        }
+    }
+}
+
+/// bf16 ranks round their partial sums to bf16 before the all-reduce adds them, one rounding
+/// more than TP = 1: at these fixtures' logit magnitudes (16-32, one bf16 ulp = 0.125) that
+/// stays within two ulps.
+#[test]
+fn sharded_bf16_logits_stay_within_two_ulps_of_one_rank() {
+    for arch in ARCHS {
+        let r = reference(arch);
+        let input = prefill(&[r.prompts[2].prompt_ids.as_slice()]);
+        let expected = single_runner(arch, "bfloat16").execute(&input).unwrap();
+        for world in [2, 8] {
+            let got = tp_runner(arch, "bfloat16", world).execute(&input).unwrap();
+            let diff = max_abs_diff(&got, &expected);
+            assert!(
+                diff <= 0.25,
+                "{arch} bf16 TP={world}: max abs logit diff {diff}"
+            );
+        }
+    }
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens: Some(max_tokens),
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    }
+}
+
+#[test]
+fn sharded_engines_generate_the_reference_greedy_tokens_batched() {
+    for arch in ARCHS {
+        let r = reference(arch);
+        for world in ["2", "4", "8"] {
+            let h = handle(
+                arch,
+                &[
+                    "--device",
+                    "cpu",
+                    "--tensor-parallel-size",
+                    world,
+                    "--block-size",
+                    "4",
+                ],
+            );
+            let streams: Vec<_> = r
+                .prompts
+                .iter()
+                .map(|p| {
+                    h.submit(p.prompt_ids.clone(), greedy(p.greedy_ids.len()))
+                        .unwrap()
+                })
+                .collect();
+            for (s, p) in streams.into_iter().zip(&r.prompts) {
+                let out = s.collect_blocking().unwrap();
+                assert_eq!(
+                    out.token_ids, p.greedy_ids,
+                    "{arch} TP={world} '{}'",
+                    p.text
+                );
+            }
+            h.shutdown();
+        }
+    }
+}
+
+#[test]
+fn sizes_that_do_not_fit_the_model_are_refused_before_loading() {
+    let dir = fixture("llama");
+    for (size, expected) in [
+        ("3", "supported sizes are 1, 2, 4 and 8"),
+        ("16", "supported"),
+    ] {
+        let args = engine_args(&[
+            "--model",
+            dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--tensor-parallel-size",
+            size,
+        ]);
+        let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
+        assert!(err.contains(expected), "{err}");
+    }
+}
+
+/// A communicator that fails on rank `bad` at its `after`-th all-reduce, like a GPU that
+/// runs out of memory mid-step.
+struct FailingComm {
+    inner: HostStaged,
+    bad: bool,
+    calls: AtomicUsize,
+    after: usize,
+}
+
+impl Communicator<CpuBackend> for FailingComm {
+    fn rank(&self) -> usize {
+        Communicator::<CpuBackend>::rank(&self.inner)
+    }
+    fn world_size(&self) -> usize {
+        Communicator::<CpuBackend>::world_size(&self.inner)
+    }
+    fn all_reduce_sum(
+        &self,
+        be: &CpuBackend,
+        x: <CpuBackend as Backend>::Tensor,
+    ) -> anyhow::Result<<CpuBackend as Backend>::Tensor> {
+        if self.bad && self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.after {
+            anyhow::bail!("injected device failure");
+        }
+        self.inner.all_reduce_sum(be, x)
+    }
+    fn abort(&self, reason: &str) {
+        Communicator::<CpuBackend>::abort(&self.inner, reason)
+    }
+}
+
+fn failing_comms(world: usize, bad: usize, after: usize) -> Vec<Box<dyn Communicator<CpuBackend>>> {
+    HostStaged::group(world)
+        .into_iter()
+        .enumerate()
+        .map(|(rank, inner)| {
+            Box::new(FailingComm {
+                inner,
+                bad: rank == bad,
+                calls: AtomicUsize::new(0),
+                after,
+            }) as Box<dyn Communicator<CpuBackend>>
+        })
+        .collect()
+}
+
+#[test]
+fn a_rank_failing_mid_step_fails_the_step_with_its_cause_and_nothing_hangs() {
+    let r = reference("qwen2");
+    let input = prefill(&[r.prompts[0].prompt_ids.as_slice()]);
+    let (mut runner, _) = TpRunner::start(spec("qwen2", "float32", failing_comms(4, 2, 3)), |_| {
+        Ok(NUM_BLOCKS)
+    })
+    .unwrap();
+    let err = format!("{:#}", runner.execute(&input).unwrap_err());
+    assert!(
+        err.contains("injected device failure") && err.contains("rank 2"),
+        "{err}"
+    );
+    // The group stays failed: later steps error at once instead of waiting.
+    assert!(runner.execute(&input).is_err());
+}
+
+#[test]
+fn a_rank_that_cannot_open_its_device_fails_startup_naming_it() {
+    let mut s = spec("llama", "float32", host_comms(4));
+    s.open_backend = Arc::new(|rank| {
+        anyhow::ensure!(rank != 3, "CUDA device 3 is lost");
+        Ok(CpuBackend::new())
+    });
+    let err = format!(
+        "{:#}",
+        TpRunner::start(s, |_| Ok(NUM_BLOCKS)).err().unwrap()
+    );
+    assert!(
+        err.contains("rank 3") && err.contains("device 3 is lost"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_rank_fails_the_engine_and_its_requests_get_errors() {
+    let r = reference("llama");
+    let (runner, blocks) =
+        TpRunner::start(spec("llama", "float32", failing_comms(2, 1, 10)), |_| {
+            Ok(NUM_BLOCKS)
+        })
+        .unwrap();
+    let m = load("llama", "float32");
+    let config = EngineConfig {
+        max_model_len: 256,
+        max_num_seqs: 8,
+        max_num_batched_tokens: 256,
+        block_size: BLOCK_SIZE,
+        num_blocks: blocks,
+        enable_prefix_caching: true,
+        seed: 0,
+    };
+    let engine = LlmEngine::new(config, Box::new(runner), Arc::new(m.tokenizer), m.eos).unwrap();
+    let h = EngineHandle::spawn(engine, 0);
+    let streams: Vec<_> = r
+        .prompts
+        .iter()
+        .map(|p| h.submit(p.prompt_ids.clone(), greedy(8)).unwrap())
+        .collect();
+    for s in streams {
+        let err = s.collect_blocking().unwrap_err();
+        assert!(err.contains("injected device failure"), "{err}");
+    }
+    assert!(h.stats().failure().is_some());
+    h.shutdown();
+}
+
+#[test]
+fn kv_heads_are_split_or_replicated_per_rank() {
+    // 2 KV heads: split over 2 ranks, replicated over 4 and 8.
+    let dir = fixture("mistral");
+    let args = engine_args(&["--model", dir.to_str().unwrap(), "--dtype", "float32"]);
+    let prepared = prepare_model(&args, kiln::launch::Device::Cpu).unwrap();
+    let be = CpuBackend::new();
+    for (world, kv_per_rank) in [(1, 2), (2, 1), (4, 1), (8, 1)] {
+        let model = kiln::model::llama::LlamaModel::load_shard(
+            &be,
+            prepared.config.clone(),
+            prepared.weights.as_ref(),
+            DType::F32,
+            kiln::parallel::Shard {
+                rank: world - 1,
+                world,
+            },
+            |_| {},
+        )
+        .unwrap();
+        let shape = model.attention_shape();
+        assert_eq!(shape.num_heads, 8 / world);
+        assert_eq!(shape.num_kv_heads, kv_per_rank, "TP={world}");
+    }
+}
