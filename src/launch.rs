@@ -37,6 +37,14 @@ pub enum LoadFormat {
     Dummy,
 }
 
+/// `--all-reduce`: which collective tensor-parallel GPU ranks use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AllReduceArg {
+    Auto,
+    Device,
+    Host,
+}
+
 /// Settings shared by every command that runs a model (vLLM's flag names).
 #[derive(clap::Args, Clone, Debug)]
 pub struct EngineArgs {
@@ -53,6 +61,10 @@ pub struct EngineArgs {
     /// More ranks than GPUs share them (for testing); on the CPU, ranks are threads.
     #[arg(long, env = "KILN_TENSOR_PARALLEL_SIZE")]
     pub tensor_parallel_size: Option<usize>,
+    /// How tensor-parallel GPU ranks sum their partials: `auto` (kiln's device all-reduce
+    /// when every GPU can reach every other, else through host memory), `device` or `host`.
+    #[arg(long, env = "KILN_ALL_REDUCE", value_enum, default_value = "auto")]
+    pub all_reduce: AllReduceArg,
     /// Fraction of the GPU's memory kiln may use for weights, KV cache and activations.
     #[arg(long, env = "KILN_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,

@@ -3,14 +3,16 @@
 
 use super::gpu_memory::{activation_reserve, kv_blocks, GpuMemory};
 use super::{
-    cpu_kv_blocks, engine_with_runner, max_model_len, prepare_model, progress_bar, Device,
-    EngineArgs, PreparedModel,
+    cpu_kv_blocks, engine_with_runner, max_model_len, prepare_model, progress_bar, AllReduceArg,
+    Device, EngineArgs, PreparedModel,
 };
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
 use crate::backend::Backend;
 use crate::engine::LlmEngine;
+use crate::parallel::device_group::DeviceAllReduce;
 use crate::parallel::host_group::HostStaged;
+use crate::parallel::peer_access::{choose_path, distinct, enable_all, AllReducePath, PeerMatrix};
 use crate::parallel::shard::check_divides;
 use crate::parallel::tp_runner::{RankLoaded, TpRunner, TpSpec};
 use crate::parallel::Communicator;
@@ -40,12 +42,7 @@ pub fn engine(args: &EngineArgs, ranks: &[Device]) -> Result<(LlmEngine, String)
     let prepared = prepare_model(args, ranks[0])?;
     check_divides(&prepared.config, world)
         .with_context(|| format!("{} cannot be split {world} ways", prepared.name))?;
-    // Several ranks on one GPU, or GPUs without peer access: the sums go through host
-    // memory. (NCCL and a peer-to-peer kernel are the fast paths still to come.)
-    tracing::info!(
-        "tensor parallel: {world} ranks on {:?}; all-reduce through host memory",
-        ranks
-    );
+    tracing::info!("tensor parallel: {world} ranks on {ranks:?}");
     match ranks[0] {
         Device::Cpu => {
             let comms = HostStaged::group(world)
@@ -68,10 +65,7 @@ pub fn engine(args: &EngineArgs, ranks: &[Device]) -> Result<(LlmEngine, String)
                     Device::Cpu => unreachable!("ranks are all GPUs or all the CPU"),
                 })
                 .collect();
-            let comms = HostStaged::group(world)
-                .into_iter()
-                .map(|c| Box::new(c) as Box<dyn Communicator<CudaBackend>>)
-                .collect();
+            let comms = gpu_communicators(&ordinals, args.all_reduce)?;
             let open_ordinals = ordinals.clone();
             let open = Arc::new(move |rank: usize| {
                 let ordinal = open_ordinals[rank];
@@ -138,6 +132,49 @@ fn start<B: Backend + 'static>(
         eos,
     )?;
     Ok((engine, name))
+}
+
+/// The communicators of GPU ranks on `ordinals`: kiln's device all-reduce where every rank
+/// can read every other rank's memory, else sums through host memory (`--all-reduce`
+/// overrides). The choice and the peer-access matrix are logged.
+fn gpu_communicators(
+    ordinals: &[usize],
+    choice: AllReduceArg,
+) -> Result<Vec<Box<dyn Communicator<CudaBackend>>>> {
+    let gpus = distinct(ordinals);
+    let matrix = PeerMatrix::probe(&gpus)?;
+    if gpus.len() > 1 {
+        tracing::info!("peer access between the group's GPUs:\n{}", matrix.render());
+    }
+    let path = match (choice, choose_path(ordinals, &matrix)) {
+        (AllReduceArg::Host, _) => AllReducePath::Host("--all-reduce host".into()),
+        (AllReduceArg::Device, AllReducePath::Host(why)) => {
+            anyhow::bail!("--all-reduce device is not possible: {why}")
+        }
+        (_, path) => path,
+    };
+    let world = ordinals.len();
+    Ok(match path {
+        AllReducePath::Device(why) => {
+            tracing::info!("all-reduce: kiln's device kernel ({why})");
+            let contexts = if gpus.len() > 1 {
+                enable_all(&gpus)?
+            } else {
+                Vec::new()
+            };
+            DeviceAllReduce::group(world, contexts)?
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Communicator<CudaBackend>>)
+                .collect()
+        }
+        AllReducePath::Host(why) => {
+            tracing::info!("all-reduce: through host memory ({why})");
+            HostStaged::group(world)
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Communicator<CudaBackend>>)
+                .collect()
+        }
+    })
 }
 
 /// KV blocks every rank can hold: each GPU's budget is shared by the ranks on it (their

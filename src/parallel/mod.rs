@@ -5,12 +5,17 @@
 //! - [`shard`]: which heads, MLP columns and vocabulary rows a rank owns.
 //! - [`communicator`]: the all-reduce the ranks meet in, twice per layer.
 //! - [`host_group`]: an all-reduce through host memory, for any backend and any placement
-//!   of ranks (CPU threads, several ranks on one GPU, GPUs without peer access).
+//!   of ranks (CPU threads, GPUs without peer access).
+//! - [`device_group`]: kiln's own GPU all-reduce, each rank summing the others' partials
+//!   in place on its GPU (ranks sharing a GPU, GPUs with peer access; see [`peer_access`]).
 //! - [`tp_runner`]: the [`crate::engine::runner::Runner`] that fans a step out to the ranks
 //!   and gathers their vocabulary slices of the logits.
 
 pub mod communicator;
+pub mod device_group;
 pub mod host_group;
+pub mod peer_access;
+pub mod rendezvous;
 pub mod shard;
 pub mod tp_runner;
 

@@ -14,7 +14,7 @@ use super::tensor::CudaTensor;
 use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, Rope};
 use anyhow::{bail, Context, Result};
 use candle_core::{CpuStorage, Storage};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Mutex;
 
 /// A GPU as a [`Backend`].
@@ -87,6 +87,32 @@ impl CudaBackend {
             );
         }
         *steps = (count + 1, now);
+    }
+
+    /// The device address of `t`'s data, for ranks that read it directly (same GPU or
+    /// peer access). Valid while `t` lives.
+    pub fn device_address(&self, t: &CudaTensor) -> u64 {
+        let (ptr, _sync) = t.data().device_ptr(self.dev.stream());
+        ptr
+    }
+
+    /// Waits for all work queued on this backend's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        self.dev
+            .stream()
+            .synchronize()
+            .context("synchronizing the stream")
+    }
+
+    /// A new tensor of `like`'s shape and dtype holding the element-wise sum of the tensors
+    /// at `peers` (device addresses readable from this GPU, each with `like`'s shape and
+    /// dtype, their writes complete). The all-reduce's summing step.
+    pub fn sum_of_peers(&self, like: &CudaTensor, peers: &[u64]) -> Result<CudaTensor> {
+        self.bind()?;
+        let mut out = self.output(like.dtype(), like.shape())?;
+        self.dev.sum_peers(peers, &mut out)?;
+        Ok(out)
     }
 
     pub fn device(&self) -> &CudaDevice {

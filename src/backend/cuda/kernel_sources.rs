@@ -64,6 +64,11 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["attention"],
     },
     KernelFile {
+        file: "all_reduce.cu",
+        body: include_str!("../../../kernels/all_reduce.cu"),
+        ops: &["sum_peers"],
+    },
+    KernelFile {
         file: "sampling.cu",
         body: include_str!("../../../kernels/sampling.cu"),
         ops: &["argmax", "softmax"],

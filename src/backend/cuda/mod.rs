@@ -16,6 +16,7 @@ pub mod kernel_sources;
 pub mod launch;
 pub mod nvrtc;
 pub mod ops;
+pub mod ops_all_reduce;
 pub mod ops_attention;
 pub mod ops_layout;
 pub mod ops_sampling;
