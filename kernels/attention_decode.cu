@@ -96,6 +96,10 @@ __device__ __forceinline__ void attention_decode_impl(
     __shared__ float head_max[DEC_MAX_HEADS];
     __shared__ float head_sum[DEC_MAX_HEADS];
 
+    // The host sizes these (attention_plan.rs); past them shared memory would overflow.
+    if (keys_per_split > DEC_MAX_SPLIT_KEYS || heads_per_cta > DEC_MAX_HEADS) {
+        asm volatile("trap;");
+    }
     const int token = blockIdx.x;
     const int head0 = blockIdx.y * heads_per_cta;
     const int split = blockIdx.z;
