@@ -1,4 +1,7 @@
-// Paged causal attention for prefill, chunked prefill and decode in one kernel.
+// Paged causal attention for prefill, chunked prefill and decode in one kernel: the generic
+// fallback. The host (src/backend/cuda/attention_plan.rs) runs attention_decode.cu (split-K,
+// GQA groups per CTA) or attention_prefill.cu (tensor-core tiles) where they apply (head
+// dims 64/80/96/128/256, 16-byte aligned caches) and this kernel for everything else.
 //
 // The new tokens of all sequences are concatenated in q [n, hq, hd] (rows may be strided).
 // Sequence s owns rows query_start[s] .. query_start[s+1]; its token j sits at position

@@ -64,6 +64,29 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["attention"],
     },
     KernelFile {
+        file: "attention_decode.cu",
+        body: include_str!("../../../kernels/attention_decode.cu"),
+        ops: &[
+            "attention_decode_hd64",
+            "attention_decode_hd80",
+            "attention_decode_hd96",
+            "attention_decode_hd128",
+            "attention_decode_hd256",
+            "attention_decode_merge",
+        ],
+    },
+    KernelFile {
+        file: "attention_prefill.cu",
+        body: include_str!("../../../kernels/attention_prefill.cu"),
+        ops: &[
+            "attention_prefill_hd64",
+            "attention_prefill_hd80",
+            "attention_prefill_hd96",
+            "attention_prefill_hd128",
+            "attention_prefill_hd256",
+        ],
+    },
+    KernelFile {
         file: "all_reduce.cu",
         body: include_str!("../../../kernels/all_reduce.cu"),
         ops: &["sum_peers"],

@@ -5,6 +5,8 @@
 //! Entry point: [`CudaDevice::new`], then the op methods on it ([`ops`], [`ops_attention`],
 //! [`ops_sampling`]) and [`gemm::Blas::linear`] for `y = x W^T`.
 
+pub mod attention_kernels;
+pub mod attention_plan;
 pub mod backend;
 pub mod batch_meta;
 pub mod device;

@@ -1,9 +1,13 @@
 //! Paged KV cache write and paged causal attention (prefill, chunked prefill, decode).
 
+use super::attention_kernels::{compiled_arch, AttentionCall, AttentionInts};
+use super::attention_plan::{self, AttentionPath, AttentionProblem};
 use super::device::CudaDevice;
+use super::device_pools::DevicePools;
 use super::launch::{self, as_i32, ATTENTION_MAX_HEAD_DIM};
 use super::ops::dims3;
 use super::tensor::CudaTensor;
+use crate::backend::DType;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
@@ -75,7 +79,10 @@ impl CudaDevice {
 
     /// `out[n, hq, hd] = softmax(q k^T * scale) v` (q and out may also be `[n, hq * hd]`)
     /// over each token's causal window of the paged cache, cut to the sliding window if
-    /// there is one (see kernels/attention.cu). Block indices in `block_tables` are trusted.
+    /// there is one. Block indices in `block_tables` are trusted. The kernel is chosen by
+    /// [`attention_plan::choose`] (split-K decode, tensor-core prefill or the generic
+    /// kernel); split-K scratch comes from `pools`.
+    #[allow(clippy::too_many_arguments)] // the op's tensors, its metadata and the pools
     pub fn attention(
         &self,
         q: &CudaTensor,
@@ -83,6 +90,7 @@ impl CudaDevice {
         v_cache: &CudaTensor,
         meta: &AttentionMetadata<'_>,
         scale: f32,
+        pools: &DevicePools,
         out: &mut CudaTensor,
     ) -> Result<()> {
         let (_, hk, cache_hd) = cache_geometry(k_cache)?;
@@ -114,39 +122,72 @@ impl CudaDevice {
             bail!("attention: metadata buffers too small for {seqs} sequences");
         }
         let window = match meta.sliding_window {
-            None => 0, // the kernel's "no window"
+            None => 0, // the kernels' "no window"
             Some(0) => bail!("attention: a sliding window of 0 tokens attends to nothing"),
             Some(w) => as_i32(w, "sliding window")?,
         };
         if n == 0 {
             return Ok(());
         }
-        let ints = [
-            as_i32(seqs, "num_seqs")?,
-            as_i32(meta.max_blocks_per_seq, "max_blocks_per_seq")?,
-            as_i32(block_size, "block_size")?,
-            as_i32(hq, "hq")?,
-            as_i32(hk, "hk")?,
-            as_i32(hd, "hd")?,
-            as_i32(hq * hd, "q row")?,
-            window,
-        ];
-        let f = self.kernels().get("attention", q.dtype())?;
-        let mut args = self.stream().launch_builder(f);
-        args.arg(out.data_mut())
-            .arg(q.data())
-            .arg(k_cache.data())
-            .arg(v_cache.data());
-        args.arg(meta.block_tables)
-            .arg(meta.query_start)
-            .arg(meta.context_lens);
-        for value in &ints {
-            args.arg(value);
+        let problem = self.attention_problem(q, k_cache, v_cache, meta)?;
+        let call = AttentionCall {
+            q,
+            k_cache,
+            v_cache,
+            meta,
+            scale,
+            ints: AttentionInts {
+                num_seqs: as_i32(seqs, "num_seqs")?,
+                max_blocks_per_seq: as_i32(meta.max_blocks_per_seq, "max_blocks_per_seq")?,
+                block_size: as_i32(block_size, "block_size")?,
+                hq: as_i32(hq, "hq")?,
+                hk: as_i32(hk, "hk")?,
+                hd: as_i32(hd, "hd")?,
+                q_stride: as_i32(hq * hd, "q row")?,
+                window,
+            },
+            tokens: n,
+        };
+        match attention_plan::choose(&problem)? {
+            AttentionPath::Generic => self.attention_generic(&call, out),
+            AttentionPath::Prefill => self.attention_prefill(&call, out),
+            AttentionPath::Decode(plan) => self.attention_decode(&call, &plan, pools, out),
         }
-        args.arg(&scale);
-        // SAFETY: matches kernels/attention.cu; shapes checked above.
-        unsafe { args.launch(launch::attention(n, hq)?) }.context("attention launch")?;
-        Ok(())
+    }
+
+    /// The kernel [`CudaDevice::attention`] runs for these arguments (for reports).
+    pub fn attention_path(
+        &self,
+        q: &CudaTensor,
+        k_cache: &CudaTensor,
+        v_cache: &CudaTensor,
+        meta: &AttentionMetadata<'_>,
+    ) -> Result<AttentionPath> {
+        attention_plan::choose(&self.attention_problem(q, k_cache, v_cache, meta)?)
+    }
+
+    fn attention_problem(
+        &self,
+        q: &CudaTensor,
+        k_cache: &CudaTensor,
+        v_cache: &CudaTensor,
+        meta: &AttentionMetadata<'_>,
+    ) -> Result<AttentionProblem> {
+        let (_, hk, hd) = cache_geometry(k_cache)?;
+        let [n, hq, _] = token_heads(q, hd, "attention q")?;
+        let capacity = meta.max_blocks_per_seq * k_cache.shape()[1];
+        Ok(AttentionProblem {
+            tokens: n,
+            num_seqs: meta.num_seqs,
+            q_heads: hq,
+            kv_heads: hk,
+            head_dim: hd,
+            sixteen_bit: q.dtype() != DType::F32,
+            arch: compiled_arch(self.kernels().target()),
+            sm_count: self.sm_count()?,
+            max_keys: meta.sliding_window.map_or(capacity, |w| w.min(capacity)),
+            caches_aligned: self.is_16_byte_aligned(k_cache) && self.is_16_byte_aligned(v_cache),
+        })
     }
 }
 

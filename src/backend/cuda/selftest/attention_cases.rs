@@ -1,65 +1,17 @@
-//! Selftest of the paged KV write and attention: decode batches of 1, 8 and 32 sequences
-//! at mixed context lengths, a prefill, and a chunked prefill continuing a cached prefix
-//! batched with a decode; and the decode x8 and chunked batches again with a sliding window
-//! shorter than their contexts (Mistral). Cache blocks are handed out in shuffled order so
-//! the block tables really are exercised.
+//! Selftest of the paged KV write and attention over the batches of
+//! [`super::attention_scenarios`]: each row names the kernel path that ran (split-K
+//! decode with its split count, tensor-core prefill, or the generic kernel). Cache blocks
+//! are handed out in shuffled order so the block tables really are exercised.
 
+use super::attention_scenarios::{scenarios, Scenario};
 use super::compare::Check;
 use super::suite::Suite;
+use crate::backend::cuda::attention_plan::AttentionPath;
+use crate::backend::cuda::device_pools::DevicePools;
 use crate::backend::cuda::reference::{self, AttentionShape};
 use crate::backend::cuda::{AttentionMetadata, CudaTensor, DType};
 use anyhow::Result;
 use rand::seq::SliceRandom;
-use rand::Rng;
-
-/// A batch: per sequence `(context length after this step, new tokens this step)`.
-struct Scenario {
-    name: &'static str,
-    seqs: Vec<(usize, usize)>,
-    sliding_window: Option<usize>,
-}
-
-fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
-    let max_ctx = s.sizes.max_context;
-    let mut decode = |count: usize| -> Vec<(usize, usize)> {
-        let mut seqs: Vec<(usize, usize)> = (0..count)
-            .map(|_| (s.rng.random_range(1..=max_ctx), 1))
-            .collect();
-        seqs[0].0 = 1;
-        if count > 1 {
-            seqs[count - 1].0 = max_ctx;
-        }
-        seqs
-    };
-    let (d1, d8, d32) = (vec![(max_ctx * 3 / 4, 1)], decode(8), decode(32));
-    let prefill = s.sizes.prefill_tokens;
-    let chunk = prefill / 4;
-    let chunked = vec![(prefill * 3 / 5 + chunk, chunk), (77, 1)];
-    let plain = |name, seqs| Scenario {
-        name,
-        seqs,
-        sliding_window: None,
-    };
-    vec![
-        plain("decode x1", d1),
-        plain("decode x8", d8.clone()),
-        plain("decode x32", d32),
-        plain("prefill", vec![(prefill, prefill)]),
-        plain("chunked prefill+decode", chunked.clone()),
-        // Windows shorter than most contexts, not a multiple of the block size, so the
-        // first key falls inside a block.
-        Scenario {
-            name: "decode x8 window",
-            seqs: d8,
-            sliding_window: Some(max_ctx / 4 + 3),
-        },
-        Scenario {
-            name: "chunked+decode window",
-            seqs: chunked,
-            sliding_window: Some(chunk / 2 + 5),
-        },
-    ]
-}
 
 pub fn run(suite: &mut Suite<'_>, dtype: DType) {
     for scenario in scenarios(suite) {
@@ -70,8 +22,7 @@ pub fn run(suite: &mut Suite<'_>, dtype: DType) {
 }
 
 fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
-    let sz = s.sizes;
-    let (hq, hk, hd, bs) = (sz.q_heads, sz.kv_heads, sz.head_dim, sz.block_size);
+    let (hq, hk, hd, bs) = (sc.heads.q, sc.heads.kv, sc.heads.dim, s.sizes.block_size);
     let width = hk * hd;
     let num_seqs = sc.seqs.len();
 
@@ -157,8 +108,17 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         sliding_window: sc.sliding_window,
     };
     let scale = 1.0 / (hd as f32).sqrt();
+    let pools = DevicePools::new(dev.stream());
+    let path = match dev.attention_path(&q, &k_cache, &v_cache, &meta)? {
+        AttentionPath::Generic => "generic".to_string(),
+        AttentionPath::Prefill => "prefill tiles".to_string(),
+        AttentionPath::Decode(plan) => format!(
+            "split-K {}x{} keys, {} heads/CTA",
+            plan.num_splits, plan.keys_per_split, plan.heads_per_cta
+        ),
+    };
     let mut out = CudaTensor::zeros(dev, dtype, &[n, hq, hd])?;
-    dev.attention(&q, &k_cache, &v_cache, &meta, scale, &mut out)?;
+    dev.attention(&q, &k_cache, &v_cache, &meta, scale, &pools, &mut out)?;
     let shape = AttentionShape {
         q_heads: hq,
         kv_heads: hk,
@@ -182,7 +142,10 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         .sliding_window
         .map(|w| format!(", window {w}"))
         .unwrap_or_default();
-    let label = format!("{} ({n} tok, ctx sum {total_ctx}{window})", sc.name);
+    let label = format!(
+        "{} ({n} tok, ctx sum {total_ctx}{window}, {hq}/{hk} heads x {hd}; {path})",
+        sc.name
+    );
     let row = s.check(
         "attention",
         label,
@@ -192,7 +155,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         &expected,
     );
     let us = s.time(row, || {
-        dev.attention(&q, &k_cache, &v_cache, &meta, scale, &mut out)
+        dev.attention(&q, &k_cache, &v_cache, &meta, scale, &pools, &mut out)
     })?;
     // Every key and value in some token's window is read at least once.
     let keys_read: usize = sc

@@ -5,6 +5,7 @@
 
 mod allocator_case;
 mod attention_cases;
+mod attention_scenarios;
 mod compare;
 mod gemm_bench;
 mod op_cases;

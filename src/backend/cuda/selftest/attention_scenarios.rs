@@ -1,0 +1,101 @@
+//! The attention batches the selftest checks, chosen so every kernel path and its edges run:
+//! split-K decode at contexts around the block size and far past one split (uneven and
+//! empty splits), batches of 1/8/32 at mixed contexts, GQA ratios 1, 4, 5, 7 and 8 at head
+//! dims 64/80/96/128/256, sliding windows, the tensor-core prefill on several sequences
+//! whose lengths are not multiples of its 64-row tile (chunked: context > new tokens),
+//! and the generic kernel (head dim 32).
+
+use super::suite::Suite;
+use rand::Rng;
+
+/// Head geometry of a scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+/// A batch: per sequence `(context length after this step, new tokens this step)`.
+pub struct Scenario {
+    pub name: &'static str,
+    pub seqs: Vec<(usize, usize)>,
+    pub sliding_window: Option<usize>,
+    pub heads: Heads,
+}
+
+pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
+    let max_ctx = s.sizes.max_context;
+    let model = Heads {
+        q: s.sizes.q_heads,
+        kv: s.sizes.kv_heads,
+        dim: s.sizes.head_dim,
+    };
+    let mut decode = |count: usize| -> Vec<(usize, usize)> {
+        let mut seqs: Vec<(usize, usize)> = (0..count)
+            .map(|_| (s.rng.random_range(1..=max_ctx), 1))
+            .collect();
+        seqs[0].0 = 1;
+        if count > 1 {
+            seqs[count - 1].0 = max_ctx;
+        }
+        seqs
+    };
+    let (d1, d8, d32) = (vec![(max_ctx * 3 / 4, 1)], decode(8), decode(32));
+    let prefill = s.sizes.prefill_tokens;
+    let chunk = prefill / 4;
+    let chunked = vec![(prefill * 3 / 5 + chunk, chunk), (77, 1)];
+    // One token each at contexts on both sides of a block and of a split, up to many splits.
+    let edges: Vec<(usize, usize)> = [1, 15, 16, 17, 255, 1000, 4097, 20_000]
+        .iter()
+        .map(|&ctx| (ctx, 1))
+        .collect();
+    // Prefill of several sequences: tile-sized, one row over, one row, chunked.
+    let ragged = vec![(130, 130), (1, 1), (300, 65), (64, 64), (77, 13)];
+    let at = |name, seqs, heads| Scenario {
+        name,
+        seqs,
+        sliding_window: None,
+        heads,
+    };
+    let windowed = |name, seqs, window| Scenario {
+        name,
+        seqs,
+        sliding_window: Some(window),
+        heads: model,
+    };
+    let heads = |q, kv, dim| Heads { q, kv, dim };
+    vec![
+        at("decode x1", d1, model),
+        at("decode x8", d8.clone(), model),
+        at("decode x32", d32.clone(), model),
+        at("decode ctx 1..20000", edges.clone(), model),
+        at("decode x1 ctx 20000", vec![(20_000, 1)], model),
+        at("decode x1 ctx 4097", vec![(4097, 1)], model),
+        at("decode x8 mha hd64", d8.clone(), heads(16, 16, 64)),
+        at("decode x32 gqa8 hd256", d32, heads(16, 2, 256)),
+        at("decode edges gqa8 hd256", edges.clone(), heads(16, 2, 256)),
+        at("decode x8 gqa5 hd80", d8.clone(), heads(20, 4, 80)),
+        at("decode x8 gqa7 hd96", d8.clone(), heads(28, 4, 96)),
+        at("decode edges mha hd64", edges, heads(8, 8, 64)),
+        at("prefill", vec![(prefill, prefill)], model),
+        at("chunked prefill+decode", chunked.clone(), model),
+        at("prefill ragged x5", ragged.clone(), model),
+        at("prefill ragged mha hd64", ragged.clone(), heads(16, 16, 64)),
+        at(
+            "prefill ragged gqa8 hd256",
+            ragged.clone(),
+            heads(16, 2, 256),
+        ),
+        at("prefill ragged gqa7 hd96", ragged.clone(), heads(14, 2, 96)),
+        at("prefill ragged gqa5 hd80", ragged.clone(), heads(10, 2, 80)),
+        at("generic hd32 decode x8", d8.clone(), heads(8, 2, 32)),
+        at("generic hd32 ragged", ragged.clone(), heads(8, 2, 32)),
+        // Windows shorter than most contexts, not a multiple of the block size, so the
+        // first key falls inside a block.
+        windowed("decode x8 window", d8, max_ctx / 4 + 3),
+        windowed("decode x1 ctx 20000 window", vec![(20_000, 1)], 4099),
+        windowed("chunked+decode window", chunked, chunk / 2 + 5),
+        windowed("prefill ragged window", ragged, 37),
+    ]
+}
