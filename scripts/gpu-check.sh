@@ -85,6 +85,30 @@ for arch in $ARCHS; do
     done
 done
 
+# Tensor parallelism on one GPU ("virtual" TP: two ranks share it): kiln's device
+# all-reduce, and the host-staged one, must give the reference's greedy tokens.
+for arch in llama qwen3; do
+    for dtype in float32 bfloat16; do
+        step "tp2_${arch}_${dtype}" 60 yes "tp2_${arch}_${dtype}.json" -- \
+            "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda \
+            --tensor-parallel-size 2 --dtype "$dtype" --block-size 4 --json
+    done
+done
+step tp4_qwen2_float32 60 yes tp4_qwen2_float32.json -- \
+    "$KILN" check-reference --model "$FIXTURES/qwen2" --device cuda \
+    --tensor-parallel-size 4 --dtype float32 --block-size 4 --json
+step tp2_mistral_host 60 yes tp2_mistral_host.json -- \
+    "$KILN" check-reference --model "$FIXTURES/mistral" --device cuda \
+    --tensor-parallel-size 2 --all-reduce host --dtype float32 --block-size 4 --json
+if "$KILN" bench all-reduce --help >/dev/null 2>&1; then
+    for path in device host; do
+        step "allreduce_${path}" 60 no "allreduce_${path}.txt" -- \
+            "$KILN" bench all-reduce --device cuda --tensor-parallel-size 2 \
+            --all-reduce "$path" --sizes 4K,64K,1M,8M,64M --iters 20 \
+            --result-json "$OUT/allreduce_${path}.json"
+    done
+fi
+
 # The built-in demo model end to end (no --model and no network: kiln falls back to it).
 step generate_demo 60 yes generate_demo.txt -- \
     "$KILN" generate --device cuda --prompt "The river town" --max-tokens 32 --seed 1
@@ -116,6 +140,14 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --batch-sizes 1,32 --result-json "$OUT/bench_latency_qwen05b.json"
 fi
 
+# Offline throughput (prefill-heavy: 1024-token prompts, 128 output tokens).
+if [ "${THROUGHPUT:-1}" = 1 ]; then
+    step bench_throughput_8b 120 no bench_throughput_8b.txt -- \
+        "$KILN" bench throughput --device cuda --model llama-3.1-8b --load-format dummy \
+        --dtype bfloat16 --max-model-len 2048 --num-prompts 200 --input-len 1024 \
+        --output-len 128 --result-json "$OUT/bench_throughput_8b.json"
+fi
+
 # HF transformers eager on the same shapes, same GPU, same run (the machine has torch).
 HF_BASELINE="$BUNDLE/scripts/hf_baseline.py"
 PRESETS="${PRESETS:-$BUNDLE/models/presets}"
@@ -128,7 +160,7 @@ fi
 # Headline numbers, pulled out of the logs for the summary.
 grep -ho "weights loaded in [0-9.]* s" "$OUT"/generate_8b_dummy.log 2>/dev/null |
     sed 's/^/llama-3.1-8b dummy: /' | tee -a "$SUMMARY"
-for f in "$OUT"/check_*.json; do
+for f in "$OUT"/check_*.json "$OUT"/tp*.json; do
     [ -s "$f" ] || continue
     grep -q '^  "ok": true' "$f" || echo "mismatch: $f" | tee -a "$SUMMARY"
 done

@@ -7,6 +7,8 @@ pub mod gpu_memory;
 pub mod gpu_request;
 mod tensor_parallel;
 
+pub use tensor_parallel::{cuda_ordinals, gpu_communicators};
+
 pub use cuda::engine_on_cuda;
 pub use device::{Device, DeviceArg};
 

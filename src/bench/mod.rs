@@ -1,6 +1,7 @@
 //! `kiln bench`: latency and offline throughput of the in-process engine, and (`serve`) an
 //! HTTP load generator for any OpenAI-compatible server.
 
+pub mod all_reduce;
 pub mod latency;
 pub mod prompts;
 pub mod serve;
@@ -18,6 +19,8 @@ pub enum BenchCommand {
     Latency(latency::LatencyArgs),
     /// Offline throughput of many requests, in process.
     Throughput(throughput::ThroughputArgs),
+    /// Latency of the tensor-parallel all-reduce, 4 KB to 64 MB.
+    AllReduce(all_reduce::AllReduceArgs),
     /// Load-test an OpenAI-compatible server over HTTP (vLLM `bench serve` metrics).
     Serve(serve::ServeBenchArgs),
 }
@@ -27,6 +30,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Latency(a) => latency::run(a),
         BenchCommand::Throughput(a) => throughput::run(a),
         BenchCommand::Serve(a) => serve::run(a),
+        BenchCommand::AllReduce(a) => all_reduce::run(a),
     }
 }
 

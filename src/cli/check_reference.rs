@@ -8,7 +8,7 @@ use crate::backend::cuda::{device_count, CudaBackend};
 use crate::backend::{Backend, BatchLayout, DType, KvCacheSpec};
 use crate::engine::{EngineHandle, LlmEngine, SamplingParams};
 use crate::launch::{
-    device, engine_from, engine_on_cuda, load_model, load_model_on, Device, EngineArgs, LoadedModel,
+    build_engine, device, engine_from, engine_on_cuda, load_model, load_model_on, Device, EngineArgs, LoadedModel,
 };
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -100,6 +100,9 @@ pub fn check(args: &EngineArgs) -> Result<CheckReport> {
         .with_context(|| format!("reading {} (is --model a fixture?)", path.display()))?;
     let reference: Reference =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if args.tensor_parallel_size.is_some_and(|tp| tp > 1) {
+        return compare_sharded(args, &reference, dir);
+    }
     match device::resolve(args.device, device_count)? {
         Device::Cpu => compare(load_model(args)?, args, &reference, dir, engine_from),
         Device::Cuda(ordinal) => {
@@ -174,6 +177,29 @@ where
     let outcome = greedy_rows(&handle, &expected);
     handle.shutdown();
     rows.extend(outcome?);
+    Ok(CheckReport {
+        model: dir.to_string(),
+        device,
+        dtype,
+        ok: rows.iter().all(|r| r.ok),
+        rows,
+    })
+}
+
+/// A model sharded over `--tensor-parallel-size` ranks: its greedy continuations through
+/// the engine must be the reference's (the logits check needs one unsharded model).
+fn compare_sharded(args: &EngineArgs, reference: &Reference, dir: &str) -> Result<CheckReport> {
+    let (engine, _) = build_engine(args)?;
+    let device = engine.describe();
+    let dtype = match args.dtype.as_str() {
+        "auto" | "float32" => DType::F32,
+        other => other.parse().map_err(anyhow::Error::msg)?,
+    };
+    let expected = expected(reference, dtype)?;
+    let handle = EngineHandle::spawn(engine, 0);
+    let outcome = greedy_rows(&handle, &expected);
+    handle.shutdown();
+    let rows = outcome?;
     Ok(CheckReport {
         model: dir.to_string(),
         device,

@@ -58,14 +58,8 @@ pub fn engine(args: &EngineArgs, ranks: &[Device]) -> Result<(LlmEngine, String)
             start(args, prepared, open, comms, move |_| Ok(wanted))
         }
         Device::Cuda(_) => {
-            let ordinals: Vec<usize> = ranks
-                .iter()
-                .map(|d| match d {
-                    Device::Cuda(o) => *o,
-                    Device::Cpu => unreachable!("ranks are all GPUs or all the CPU"),
-                })
-                .collect();
-            let comms = gpu_communicators(&ordinals, args.all_reduce)?;
+            let ordinals = cuda_ordinals(ranks);
+            let (comms, _) = gpu_communicators(&ordinals, args.all_reduce)?;
             let open_ordinals = ordinals.clone();
             let open = Arc::new(move |rank: usize| {
                 let ordinal = open_ordinals[rank];
@@ -137,10 +131,10 @@ fn start<B: Backend + 'static>(
 /// The communicators of GPU ranks on `ordinals`: kiln's device all-reduce where every rank
 /// can read every other rank's memory, else sums through host memory (`--all-reduce`
 /// overrides). The choice and the peer-access matrix are logged.
-fn gpu_communicators(
+pub fn gpu_communicators(
     ordinals: &[usize],
     choice: AllReduceArg,
-) -> Result<Vec<Box<dyn Communicator<CudaBackend>>>> {
+) -> Result<(Vec<Box<dyn Communicator<CudaBackend>>>, String)> {
     let gpus = distinct(ordinals);
     let matrix = PeerMatrix::probe(&gpus)?;
     if gpus.len() > 1 {
@@ -154,7 +148,7 @@ fn gpu_communicators(
         (_, path) => path,
     };
     let world = ordinals.len();
-    Ok(match path {
+    let comms = match &path {
         AllReducePath::Device(why) => {
             tracing::info!("all-reduce: kiln's device kernel ({why})");
             let contexts = if gpus.len() > 1 {
@@ -174,7 +168,23 @@ fn gpu_communicators(
                 .map(|c| Box::new(c) as Box<dyn Communicator<CudaBackend>>)
                 .collect()
         }
-    })
+    };
+    let name = match path {
+        AllReducePath::Device(why) => format!("device kernel: {why}"),
+        AllReducePath::Host(why) => format!("host staging: {why}"),
+    };
+    Ok((comms, name))
+}
+
+/// The CUDA ordinal of each rank (all ranks are GPUs).
+pub fn cuda_ordinals(ranks: &[Device]) -> Vec<usize> {
+    ranks
+        .iter()
+        .filter_map(|d| match d {
+            Device::Cuda(o) => Some(*o),
+            Device::Cpu => None,
+        })
+        .collect()
 }
 
 /// KV blocks every rank can hold: each GPU's budget is shared by the ranks on it (their
