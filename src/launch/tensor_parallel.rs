@@ -128,13 +128,16 @@ fn start<B: Backend + 'static>(
     Ok((engine, name))
 }
 
+/// One communicator per GPU rank.
+pub type GpuCommunicators = Vec<Box<dyn Communicator<CudaBackend>>>;
+
 /// The communicators of GPU ranks on `ordinals`: kiln's device all-reduce where every rank
 /// can read every other rank's memory, else sums through host memory (`--all-reduce`
 /// overrides). The choice and the peer-access matrix are logged.
 pub fn gpu_communicators(
     ordinals: &[usize],
     choice: AllReduceArg,
-) -> Result<(Vec<Box<dyn Communicator<CudaBackend>>>, String)> {
+) -> Result<(GpuCommunicators, String)> {
     let gpus = distinct(ordinals);
     let matrix = PeerMatrix::probe(&gpus)?;
     if gpus.len() > 1 {

@@ -64,18 +64,6 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["attention"],
     },
     KernelFile {
-        file: "attention_decode.cu",
-        body: include_str!("../../../kernels/attention_decode.cu"),
-        ops: &[
-            "attention_decode_hd64",
-            "attention_decode_hd80",
-            "attention_decode_hd96",
-            "attention_decode_hd128",
-            "attention_decode_hd256",
-            "attention_decode_merge",
-        ],
-    },
-    KernelFile {
         file: "attention_prefill.cu",
         body: include_str!("../../../kernels/attention_prefill.cu"),
         ops: &[
