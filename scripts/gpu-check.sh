@@ -101,7 +101,7 @@ step tp2_mistral_host 60 yes tp2_mistral_host.json -- \
     "$KILN" check-reference --model "$FIXTURES/mistral" --device cuda \
     --tensor-parallel-size 2 --all-reduce host --dtype float32 --block-size 4 --json
 if "$KILN" bench all-reduce --help >/dev/null 2>&1; then
-    for path in device host; do
+    for path in ${ALLREDUCE_PATHS:-device host}; do
         step "allreduce_${path}" 60 no "allreduce_${path}.txt" -- \
             "$KILN" bench all-reduce --device cuda --tensor-parallel-size 2 \
             --all-reduce "$path" --sizes 4K,64K,1M,8M,64M --iters 20 \
@@ -146,6 +146,15 @@ if [ "${THROUGHPUT:-1}" = 1 ]; then
         "$KILN" bench throughput --device cuda --model llama-3.1-8b --load-format dummy \
         --dtype bfloat16 --max-model-len 2048 --num-prompts 200 --input-len 1024 \
         --output-len 128 --result-json "$OUT/bench_throughput_8b.json"
+fi
+
+# The same 8B model sharded over two ranks sharing the GPU: what the all-reduces cost a
+# real step (the input of the multi-GPU scaling estimate in docs/PERFORMANCE.md).
+if [ "${TP_LATENCY:-1}" = 1 ]; then
+    step bench_latency_8b_tp2 120 no bench_latency_8b_tp2.txt -- \
+        "$KILN" bench latency --device cuda --tensor-parallel-size 2 --model llama-3.1-8b \
+        --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
+        --output-len 32 --batch-sizes 1,32 --result-json "$OUT/bench_latency_8b_tp2.json"
 fi
 
 # HF transformers eager on the same shapes, same GPU, same run (the machine has torch).
