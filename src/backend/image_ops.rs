@@ -117,6 +117,10 @@ pub trait ImageOps: Backend {
         b: &Self::Tensor,
         beta: f32,
     ) -> Result<Self::Tensor>;
+    /// `s * x`, elementwise.
+    fn scale(&self, x: &Self::Tensor, s: f32) -> Result<Self::Tensor> {
+        self.lincomb(x, s, x, 0.0)
+    }
     /// `a + b`, elementwise, same shapes.
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
         self.lincomb(a, 1.0, b, 1.0)

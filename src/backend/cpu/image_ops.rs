@@ -137,6 +137,10 @@ impl ImageOps for CpuBackend {
         Ok(y.to_dtype(a.dtype())?)
     }
 
+    fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
+        Ok(x.affine(s as f64, 0.0)?)
+    }
+
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         anyhow::ensure!(
             a.dims() == b.dims(),
