@@ -158,6 +158,11 @@ impl<B: ImageOps> Pipeline<B> {
     pub fn scheduler_config(&self) -> &SchedulerConfig {
         &self.scheduler
     }
+    /// Swaps the scheduler (diffusers' `pipe.scheduler = ...`), e.g. Euler ancestral with
+    /// "trailing" spacing for Turbo models.
+    pub fn set_scheduler(&mut self, scheduler: SchedulerConfig) {
+        self.scheduler = scheduler;
+    }
 
     /// Width and height must divide by this.
     pub fn size_multiple(&self) -> usize {
