@@ -58,7 +58,8 @@ pub trait ImageOps: Backend {
     /// The same elements, viewed (or copied) with a new shape of the same size.
     fn reshape(&self, t: &Self::Tensor, dims: &[usize]) -> Result<Self::Tensor>;
     /// A tensor of the given f32 values, converted to `dtype`, on the device.
-    fn from_f32(&self, data: Vec<f32>, dims: &[usize], dtype: DType) -> Result<Self::Tensor>;
+    fn tensor_from_f32(&self, data: Vec<f32>, dims: &[usize], dtype: DType)
+        -> Result<Self::Tensor>;
 
     /// 2-D convolution of NCHW `x` with `w: [out, in, k, k]` and optional `b: [out]`; zero
     /// padding on every side.
@@ -167,7 +168,7 @@ pub trait ImageOps: Backend {
         dtype: DType,
     ) -> Result<Self::Tensor> {
         let values = spec.host_values(timesteps);
-        self.from_f32(values, &[timesteps.len(), spec.dim], dtype)
+        self.tensor_from_f32(values, &[timesteps.len(), spec.dim], dtype)
     }
 }
 

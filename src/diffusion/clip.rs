@@ -83,7 +83,7 @@ impl<B: ImageOps> ClipTextModel<B> {
     /// Encodes `batch` sequences of equal length (`ids` row-major `[batch, n]`).
     pub fn forward(&self, be: &B, ids: &[u32], batch: usize) -> Result<ClipOutput<B::Tensor>> {
         anyhow::ensure!(
-            batch > 0 && ids.len() % batch == 0,
+            batch > 0 && ids.len().is_multiple_of(batch),
             "{} token ids do not split into {batch} sequences",
             ids.len()
         );

@@ -118,7 +118,7 @@ pub struct GroupNorm<B: ImageOps> {
 impl<B: ImageOps> GroupNorm<B> {
     pub fn load(vb: &Weights<B>, channels: usize, groups: usize, eps: f64) -> Result<Self> {
         anyhow::ensure!(
-            groups > 0 && channels % groups == 0,
+            groups > 0 && channels.is_multiple_of(groups),
             "{channels} channels do not split into {groups} norm groups"
         );
         Ok(GroupNorm {
@@ -178,7 +178,7 @@ impl<B: ImageOps> Attention<B> {
         qkv_bias: bool,
     ) -> Result<Self> {
         anyhow::ensure!(
-            heads > 0 && inner % heads == 0,
+            heads > 0 && inner.is_multiple_of(heads),
             "attention width {inner} is not {heads} heads"
         );
         let old_names = !vb.contains("to_q.weight") && vb.contains("query.weight");

@@ -173,7 +173,10 @@ impl<B: ImageOps> Pipeline<B> {
     pub fn validate(&self, req: &ImageRequest) -> Result<()> {
         let m = self.size_multiple();
         anyhow::ensure!(
-            req.width > 0 && req.height > 0 && req.width % m == 0 && req.height % m == 0,
+            req.width > 0
+                && req.height > 0
+                && req.width.is_multiple_of(m)
+                && req.height.is_multiple_of(m),
             "width and height must be positive multiples of {m}, not {}x{}",
             req.width,
             req.height
@@ -255,7 +258,7 @@ impl<B: ImageOps> Pipeline<B> {
             }
             None => normal(count),
         };
-        let initial = be.from_f32(initial, &dims, self.dtype)?;
+        let initial = be.tensor_from_f32(initial, &dims, self.dtype)?;
         let mut latents = be.scale(&initial, schedule.init_noise_sigma())?;
         let total = schedule.timesteps().len();
         let n = req.num_images;
@@ -278,7 +281,7 @@ impl<B: ImageOps> Pipeline<B> {
             let rule = schedule.step_rule(i);
             latents = be.lincomb(&latents, rule.sample, &prediction, rule.model_output)?;
             if rule.noise != 0.0 {
-                let noise = be.from_f32(normal(count), &dims, self.dtype)?;
+                let noise = be.tensor_from_f32(normal(count), &dims, self.dtype)?;
                 latents = be.lincomb(&latents, 1.0, &noise, rule.noise)?;
             }
             on_step(i + 1, total);
@@ -300,7 +303,7 @@ impl<B: ImageOps> Pipeline<B> {
         let mut z = be.scale(latents, (1.0 / vc.scaling_factor) as f32)?;
         if let Some(shift) = vc.shift_factor.filter(|&s| s != 0.0) {
             let dims = be.dims(&z);
-            let ones = be.from_f32(vec![1.0; dims.iter().product()], &dims, self.dtype)?;
+            let ones = be.tensor_from_f32(vec![1.0; dims.iter().product()], &dims, self.dtype)?;
             z = be.lincomb(&z, 1.0, &ones, shift as f32)?;
         }
         let image = self.vae.decode(be, &z)?;

@@ -89,7 +89,7 @@ impl ClipTokenizer {
         let max_length = config
             .get("model_max_length")
             .and_then(|v| v.as_u64())
-            .filter(|&n| n >= 2 && n <= 4096)
+            .filter(|&n| (2..=4096).contains(&n))
             .unwrap_or(77) as usize;
         Ok(ClipTokenizer {
             inner,

@@ -42,11 +42,11 @@ impl ImageOps for CpuBackend {
     }
 
     fn reshape(&self, t: &Tensor, dims: &[usize]) -> Result<Tensor> {
-        Ok(t.reshape(dims)
-            .with_context(|| format!("reshape {:?} to {dims:?}", t.dims()))?)
+        t.reshape(dims)
+            .with_context(|| format!("reshape {:?} to {dims:?}", t.dims()))
     }
 
-    fn from_f32(&self, data: Vec<f32>, dims: &[usize], dtype: DType) -> Result<Tensor> {
+    fn tensor_from_f32(&self, data: Vec<f32>, dims: &[usize], dtype: DType) -> Result<Tensor> {
         Ok(Tensor::from_vec(data, dims, &Device::Cpu)?.to_dtype(dtype.to_candle())?)
     }
 
@@ -172,7 +172,7 @@ impl ImageOps for CpuBackend {
     }
 
     fn concat(&self, parts: &[&Tensor], axis: usize) -> Result<Tensor> {
-        Ok(Tensor::cat(parts, axis).context("concat")?)
+        Tensor::cat(parts, axis).context("concat")
     }
 
     fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
