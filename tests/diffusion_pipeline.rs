@@ -10,6 +10,11 @@ fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion/tiny-sd")
 }
 
+/// A change to a request, and what the error must say.
+type RequestCase = (fn(&mut ImageRequest), &'static str);
+/// A config file, a change to it, and what the load error must say.
+type ConfigCase = (&'static str, fn(&mut serde_json::Value), &'static str);
+
 fn pipeline() -> Pipeline<CpuBackend> {
     Pipeline::load(CpuBackend::new(), &fixture_dir(), DType::F32).unwrap()
 }
@@ -45,7 +50,7 @@ fn the_same_seed_gives_the_same_images_and_another_seed_others() {
 #[test]
 fn bad_requests_are_refused_with_the_reason() {
     let p = pipeline();
-    let cases: [(fn(&mut ImageRequest), &str); 5] = [
+    let cases: [RequestCase; 5] = [
         (|r| r.width = 30, "multiples of 4"),
         (|r| r.height = 0, "multiples of 4"),
         (|r| r.num_images = 0, "number of images"),
@@ -98,7 +103,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn unsupported_models_fail_with_a_clear_message() {
-    let cases: [(&str, fn(&mut serde_json::Value), &str); 4] = [
+    let cases: [ConfigCase; 4] = [
         (
             "model_index.json",
             |v| v["_class_name"] = "StableDiffusion3Pipeline".into(),
