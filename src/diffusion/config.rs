@@ -175,6 +175,9 @@ pub struct UNetConfig {
     pub mid_block_scale_factor: Option<f64>,
     #[serde(default)]
     pub attention_type: Option<String>,
+    /// The latent side the model was trained at (the default image size / VAE factor).
+    #[serde(default)]
+    pub sample_size: Option<PerBlock>,
 }
 
 fn default_transformer_layers() -> PerBlock {

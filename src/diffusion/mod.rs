@@ -8,6 +8,7 @@ pub mod clip;
 pub mod config;
 pub mod nn;
 pub mod pipeline;
+pub mod png;
 pub mod resnet;
 pub mod scheduler;
 pub mod tokenizer;

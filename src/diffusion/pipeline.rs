@@ -164,6 +164,16 @@ impl<B: ImageOps> Pipeline<B> {
         self.scheduler = scheduler;
     }
 
+    /// The image side the model was trained at (diffusers' default width and height).
+    pub fn default_size(&self) -> usize {
+        let latent = match &self.unet_config.sample_size {
+            Some(super::config::PerBlock::One(s)) => *s,
+            Some(super::config::PerBlock::Each(v)) if !v.is_empty() => v[0],
+            _ => 64,
+        };
+        latent * self.vae.config().scale_factor()
+    }
+
     /// Width and height must divide by this.
     pub fn size_multiple(&self) -> usize {
         self.vae.config().scale_factor() << self.unet.downsamples()
