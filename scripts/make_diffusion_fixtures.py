@@ -37,11 +37,18 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPTokenizerFast,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "tests" / "fixtures" / "diffusion"
@@ -402,9 +409,129 @@ def make_sd(out: Path) -> None:
     (out / "reference.json").write_text(json.dumps(ref, indent=1, default=str) + "\n")
 
 
+def make_sdxl(out: Path) -> None:
+    """SDXL-style: two text encoders (the second with a projection, pooled output and "!"
+    padding, eos_token_id 2 so HF pools at the largest id), their penultimate states
+    concatenated as context, and the UNet's "text_time" added conditioning."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    tok = make_tokenizer(out / "tokenizer", pad_token="<|endoftext|>")
+    tok2 = make_tokenizer(out / "tokenizer_2", pad_token="!")
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    text_encoder = CLIPTextModel(clip_config(len(tok), eos, "quick_gelu")).eval()
+    noise_weights(text_encoder, 11)
+    cfg2 = clip_config(len(tok2), eos, "gelu")
+    cfg2.eos_token_id = 2
+    text_encoder_2 = CLIPTextModelWithProjection(cfg2).eval()
+    noise_weights(text_encoder_2, 12)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=64,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=32 + 6 * time_dim,
+        norm_num_groups=4,
+    ).eval()
+    noise_weights(unet, 13)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=0.13025,
+    ).eval()
+    noise_weights(vae, 14)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tok,
+        tokenizer_2=tok2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**euler_config()),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    for name, module in [
+        ("text_encoder", text_encoder),
+        ("text_encoder_2", text_encoder_2),
+        ("unet", unet),
+        ("vae", vae),
+    ]:
+        shutil.rmtree(out / name)
+        save_f16(module, out / name)
+
+    tensors: dict[str, torch.Tensor] = {}
+    ref: dict = {
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "tokenizer_2_cases": token_cases(tok2, CLIPTokenizerFast.from_pretrained(out / "tokenizer_2", from_slow=True)),
+    }
+    with torch.no_grad():
+        ids2 = tok2([PROMPT, NEGATIVE_PROMPT], padding="max_length", max_length=77, truncation=True,
+                    return_tensors="pt").input_ids
+        enc2 = text_encoder_2(ids2, output_hidden_states=True)
+        ref["text_encoder_2"] = {"input_ids": ids2.tolist()}
+        tensors["text_encoder_2.penultimate"] = to_f32(enc2.hidden_states[-2])
+        tensors["text_encoder_2.text_embeds"] = to_f32(enc2.text_embeds)
+        gen = torch.Generator().manual_seed(42)
+        latents = torch.randn((2, 4, 8, 16), generator=gen)
+        context = torch.randn((2, 77, 64), generator=gen)
+        text_embeds = torch.randn((2, 32), generator=gen)
+        time_ids = torch.tensor([[16.0, 32.0, 0.0, 0.0, 16.0, 32.0], [64.0, 48.0, 2.0, 4.0, 16.0, 32.0]])
+        out_t = unet(latents, 501.0, encoder_hidden_states=context,
+                     added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample
+        for k, v in [("sample", latents), ("context", context), ("text_embeds", text_embeds),
+                     ("time_ids", time_ids), ("out", out_t)]:
+            tensors[f"unet.{k}"] = to_f32(v)
+        ref["unet"] = {"timestep": 501.0}
+
+    runs = []
+    gen = torch.Generator().manual_seed(123)
+    init = torch.randn((1, 4, 8, 16), generator=gen)
+    tensors["run.initial_latents"] = init
+    run_specs = [
+        ("euler_cfg", EulerDiscreteScheduler, {}, 3, 6.0, NEGATIVE_PROMPT),
+        ("euler_zero_negative", EulerDiscreteScheduler, {}, 2, 5.0, None),
+        ("euler_ancestral_turbo", EulerAncestralDiscreteScheduler, {"timestep_spacing": "trailing"}, 1, 0.0, None),
+    ]
+    for name, cls, overrides, steps, guidance, negative in run_specs:
+        pipe.scheduler = cls(**dict(euler_config(), **overrides))
+        common = dict(prompt=PROMPT, negative_prompt=negative, num_inference_steps=steps,
+                      guidance_scale=guidance, height=16, width=32, latents=init.clone())
+        with torch.no_grad():
+            final = pipe(**common, output_type="latent").images
+            image = pipe(**common, output_type="np").images
+        tensors[f"run.{name}.latents"] = to_f32(final)
+        tensors[f"run.{name}.image"] = torch.from_numpy(np.ascontiguousarray(image)).float()
+        runs.append({"name": name, "scheduler": {"_class_name": cls.__name__, **pipe.scheduler.config},
+                     "prompt": PROMPT, "negative_prompt": negative, "steps": steps,
+                     "guidance_scale": guidance, "height": 16, "width": 32, "num_images": 1})
+    ref["runs"] = runs
+    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, out / "reference.safetensors")
+    (out / "reference.json").write_text(json.dumps(ref, indent=1, default=str) + "\n")
+
+
 def main() -> None:
     torch.set_num_threads(1)
     make_sd(OUT_DIR / "tiny-sd")
+    make_sdxl(OUT_DIR / "tiny-sdxl")
     for f in sorted(OUT_DIR.rglob("*")):
         if f.is_file():
             print(f"{f.relative_to(REPO_ROOT)}: {f.stat().st_size} bytes")
