@@ -80,6 +80,11 @@ impl<B: ImageOps> ClipTextModel<B> {
         })
     }
 
+    /// Whether the model has `text_projection` (and so fills [`ClipOutput::projected`]).
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
+    }
+
     /// Encodes `batch` sequences of equal length (`ids` row-major `[batch, n]`).
     pub fn forward(&self, be: &B, ids: &[u32], batch: usize) -> Result<ClipOutput<B::Tensor>> {
         anyhow::ensure!(

@@ -20,6 +20,8 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 pub enum PipelineKind {
     /// Stable Diffusion 1.x / 2.x and SD-Turbo: one CLIP text encoder.
     StableDiffusion,
+    /// SDXL and SDXL-Turbo: two CLIP text encoders, pooled embeddings, size conditioning.
+    StableDiffusionXL,
 }
 
 /// `model_index.json`: the pipeline class and, per component, `[library, class]`.
@@ -27,10 +29,14 @@ pub enum PipelineKind {
 pub struct ModelIndex {
     pub kind: PipelineKind,
     pub components: BTreeMap<String, String>,
+    /// SDXL: without a negative prompt, guidance pushes away from zeros rather than from the
+    /// empty prompt's states.
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 impl ModelIndex {
-    pub const SUPPORTED: [&'static str; 1] = ["StableDiffusionPipeline"];
+    pub const SUPPORTED: [&'static str; 2] =
+        ["StableDiffusionPipeline", "StableDiffusionXLPipeline"];
 
     pub fn read(dir: &Path) -> Result<ModelIndex> {
         let raw: BTreeMap<String, serde_json::Value> = read_json(&dir.join("model_index.json"))?;
@@ -40,6 +46,7 @@ impl ModelIndex {
             .context("model_index.json has no _class_name")?;
         let kind = match class {
             "StableDiffusionPipeline" => PipelineKind::StableDiffusion,
+            "StableDiffusionXLPipeline" => PipelineKind::StableDiffusionXL,
             other => anyhow::bail!(
                 "unsupported diffusers pipeline '{other}'; kiln supports: {}",
                 Self::SUPPORTED.join(", ")
@@ -54,7 +61,19 @@ impl ModelIndex {
                 Some((k.clone(), class.to_string()))
             })
             .collect();
-        let index = ModelIndex { kind, components };
+        let force_zeros_for_empty_prompt = raw
+            .get("force_zeros_for_empty_prompt")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        let index = ModelIndex {
+            kind,
+            components,
+            force_zeros_for_empty_prompt,
+        };
+        if kind == PipelineKind::StableDiffusionXL {
+            index.expect("text_encoder_2", &["CLIPTextModelWithProjection"])?;
+            index.expect("tokenizer_2", &["CLIPTokenizer", "CLIPTokenizerFast"])?;
+        }
         index.expect(
             "text_encoder",
             &["CLIPTextModel", "CLIPTextModelWithProjection"],
@@ -147,8 +166,13 @@ pub struct UNetConfig {
     pub freq_shift: f64,
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// `"text_time"` (SDXL): pooled text embeds and size / crop ids join the time embedding.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     #[serde(default)]
     pub class_embed_type: Option<String>,
     #[serde(default)]
@@ -218,7 +242,19 @@ impl UNetConfig {
             mid.unwrap_or_default()
         );
         let unsupported = [
-            ("addition_embed_type", self.addition_embed_type.is_some()),
+            (
+                "addition_embed_type other than text_time",
+                !matches!(
+                    self.addition_embed_type.as_deref(),
+                    None | Some("text_time")
+                ),
+            ),
+            (
+                "text_time without addition_time_embed_dim / projection_class_embeddings_input_dim",
+                self.addition_embed_type.is_some()
+                    && (self.addition_time_embed_dim.is_none()
+                        || self.projection_class_embeddings_input_dim.is_none()),
+            ),
             ("class_embed_type", self.class_embed_type.is_some()),
             ("time_cond_proj_dim", self.time_cond_proj_dim.is_some()),
             ("center_input_sample", self.center_input_sample),

@@ -3,11 +3,11 @@
 //! scheduler, decode them with the VAE.
 
 use super::clip::ClipTextModel;
-use super::config::{ClipConfig, ModelIndex, UNetConfig, VaeConfig};
+use super::config::{ClipConfig, ModelIndex, PipelineKind, UNetConfig, VaeConfig};
 use super::nn::Weights;
 use super::scheduler::SchedulerConfig;
 use super::tokenizer::ClipTokenizer;
-use super::unet::UNet;
+use super::unet::{TextTime, UNet};
 use super::vae::VaeDecoder;
 use crate::backend::image_ops::ImageOps;
 use crate::backend::DType;
@@ -62,11 +62,28 @@ impl GeneratedImages {
     }
 }
 
+/// What the UNet is conditioned on, for the whole guided batch.
+pub struct Conditioning<T> {
+    /// `[batch, n, cross_attention_dim]`.
+    pub context: T,
+    /// SDXL: pooled text embeds `[batch, projection_dim]` and time ids `[batch, 6]`.
+    pub text_embeds: Option<T>,
+    pub time_ids: Vec<f32>,
+}
+
+/// SDXL's second text encoder.
+struct SecondEncoder<B: ImageOps> {
+    tokenizer: ClipTokenizer,
+    model: ClipTextModel<B>,
+}
+
 pub struct Pipeline<B: ImageOps> {
     be: B,
     dtype: DType,
+    index: ModelIndex,
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextModel<B>,
+    second: Option<SecondEncoder<B>>,
     unet: UNet<B>,
     unet_config: UNetConfig,
     vae: VaeDecoder<B>,
@@ -104,7 +121,7 @@ fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
 impl<B: ImageOps> Pipeline<B> {
     /// Loads a diffusers pipeline directory.
     pub fn load(be: B, dir: &Path, dtype: DType) -> Result<Self> {
-        ModelIndex::read(dir)?;
+        let index = ModelIndex::read(dir)?;
         let clip_config = ClipConfig::read(&dir.join("text_encoder/config.json"))?;
         let unet_config = UNetConfig::read(&dir.join("unet/config.json"))?;
         let vae_config = VaeConfig::read(&dir.join("vae/config.json"))?;
@@ -122,17 +139,36 @@ impl<B: ImageOps> Pipeline<B> {
             SafetensorsWeights::open(&weight_files(&dir.join("vae"), "diffusion_pytorch_model")?)?;
         let vae = VaeDecoder::load(&Weights::new(&be, &vae_src, dtype), &vae_config)
             .context("loading the VAE")?;
+        let (second, context_width) = if index.kind == PipelineKind::StableDiffusionXL {
+            let config = ClipConfig::read(&dir.join("text_encoder_2/config.json"))?;
+            let src =
+                SafetensorsWeights::open(&weight_files(&dir.join("text_encoder_2"), "model")?)?;
+            let model = ClipTextModel::load(&Weights::new(&be, &src, dtype), &config)
+                .context("loading the second text encoder")?;
+            anyhow::ensure!(
+                model.has_projection(),
+                "text_encoder_2 has no text_projection (SDXL needs its pooled embeds)"
+            );
+            let second = SecondEncoder {
+                tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?,
+                model,
+            };
+            (Some(second), clip_config.hidden_size + config.hidden_size)
+        } else {
+            (None, clip_config.hidden_size)
+        };
         anyhow::ensure!(
-            unet_config.context_dim() == clip_config.hidden_size,
-            "the UNet attends to {}-wide text states, the text encoder makes {}",
+            unet_config.context_dim() == context_width,
+            "the UNet attends to {}-wide text states, the text encoders make {context_width}",
             unet_config.context_dim(),
-            clip_config.hidden_size
         );
         Ok(Pipeline {
             be,
             dtype,
+            index,
             tokenizer,
             text_encoder,
+            second,
             unet,
             unet_config,
             vae,
@@ -148,6 +184,10 @@ impl<B: ImageOps> Pipeline<B> {
     }
     pub fn text_encoder(&self) -> &ClipTextModel<B> {
         &self.text_encoder
+    }
+    /// SDXL's second tokenizer and text encoder.
+    pub fn second_text_encoder(&self) -> Option<(&ClipTokenizer, &ClipTextModel<B>)> {
+        self.second.as_ref().map(|s| (&s.tokenizer, &s.model))
     }
     pub fn unet(&self) -> &UNet<B> {
         &self.unet
@@ -214,29 +254,83 @@ impl<B: ImageOps> Pipeline<B> {
         ]
     }
 
-    /// The UNet's text conditioning `[batch, n, d]`: with guidance the negative prompt's
-    /// states for every image, then the prompt's; without, the prompt's only.
-    pub fn encode_prompts(&self, req: &ImageRequest, guided: bool) -> Result<B::Tensor> {
+    /// The UNet's conditioning for the whole batch: with guidance the negative prompt's for
+    /// every image, then the prompt's; without, the prompt's only.
+    pub fn encode_prompts(
+        &self,
+        req: &ImageRequest,
+        guided: bool,
+    ) -> Result<Conditioning<B::Tensor>> {
         let be = &self.be;
+        // SDXL guides away from zeros, not from the empty prompt, when there is no negative.
+        let zero_negative = guided
+            && req.negative_prompt.is_none()
+            && self.second.is_some()
+            && self.index.force_zeros_for_empty_prompt;
         let mut texts = Vec::new();
-        if guided {
+        if guided && !zero_negative {
             texts.push(req.negative_prompt.as_deref().unwrap_or(""));
         }
         texts.push(req.prompt.as_str());
-        let mut ids = Vec::new();
-        for text in &texts {
-            ids.extend(self.tokenizer.encode_padded(text)?);
-        }
-        let states = self
+        let ids = |tok: &ClipTokenizer| -> Result<Vec<u32>> {
+            let mut ids = Vec::new();
+            for text in &texts {
+                ids.extend(tok.encode_padded(text)?);
+            }
+            Ok(ids)
+        };
+        let first = self
             .text_encoder
-            .forward(be, &ids, texts.len())?
-            .last_hidden;
-        let rows = (0..texts.len())
-            .map(|i| be.narrow(&states, 0, i, 1))
+            .forward(be, &ids(&self.tokenizer)?, texts.len())?;
+        let (mut context, mut pooled) = match &self.second {
+            None => (first.last_hidden, None),
+            Some(second) => {
+                let out = second
+                    .model
+                    .forward(be, &ids(&second.tokenizer)?, texts.len())?;
+                let context = be.concat(&[&first.penultimate, &out.penultimate], 2)?;
+                (context, out.projected)
+            }
+        };
+        if zero_negative {
+            let zeros_like = |t: &B::Tensor| -> Result<B::Tensor> {
+                let dims = be.dims(t);
+                let zeros =
+                    be.tensor_from_f32(vec![0.0; dims.iter().product()], &dims, self.dtype)?;
+                be.concat(&[&zeros, t], 0)
+            };
+            context = zeros_like(&context)?;
+            pooled = pooled.as_ref().map(zeros_like).transpose()?;
+        }
+        let entries = if guided { 2 } else { 1 };
+        let context = self.repeat_each(&context, entries, req.num_images)?;
+        let text_embeds = match &pooled {
+            Some(p) => Some(self.repeat_each(p, entries, req.num_images)?),
+            None => None,
+        };
+        // Original size, crop top-left, target size: kiln neither crops nor resizes.
+        let (h, w) = (req.height as f32, req.width as f32);
+        let time_ids = if text_embeds.is_some() {
+            [h, w, 0.0, 0.0, h, w].repeat(entries * req.num_images)
+        } else {
+            Vec::new()
+        };
+        Ok(Conditioning {
+            context,
+            text_embeds,
+            time_ids,
+        })
+    }
+
+    /// Each of the `entries` rows of `x` (axis 0), `n` times in a row.
+    fn repeat_each(&self, x: &B::Tensor, entries: usize, n: usize) -> Result<B::Tensor> {
+        let be = &self.be;
+        let rows = (0..entries)
+            .map(|i| be.narrow(x, 0, i, 1))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&B::Tensor> = rows
             .iter()
-            .flat_map(|row| std::iter::repeat_n(row, req.num_images))
+            .flat_map(|row| std::iter::repeat_n(row, n))
             .collect();
         be.concat(&refs, 0)
     }
@@ -251,7 +345,11 @@ impl<B: ImageOps> Pipeline<B> {
         let be = &self.be;
         let schedule = self.scheduler.build(req.steps)?;
         let guided = req.guidance_scale > 1.0;
-        let context = self.encode_prompts(req, guided)?;
+        let cond = self.encode_prompts(req, guided)?;
+        let added = cond.text_embeds.as_ref().map(|text_embeds| TextTime {
+            text_embeds,
+            time_ids: &cond.time_ids,
+        });
         let dims = self.latent_dims(req);
         let count: usize = dims.iter().product();
         let mut rng = ChaCha8Rng::seed_from_u64(req.seed);
@@ -279,7 +377,9 @@ impl<B: ImageOps> Pipeline<B> {
                 be.scale(&latents, 1.0)?
             };
             let input = be.scale(&input, schedule.input_scale(i))?;
-            let out = self.unet.forward(be, &input, t, &context)?;
+            let out = self
+                .unet
+                .forward(be, &input, t, &cond.context, added.as_ref())?;
             let prediction = if guided {
                 let uncond = be.narrow(&out, 0, 0, n)?;
                 let cond = be.narrow(&out, 0, n, n)?;

@@ -13,7 +13,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// Words, single digits and runs of punctuation, as CLIP splits text.
 const CLIP_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
@@ -31,6 +31,18 @@ fn token_text(v: &serde_json::Value) -> Option<String> {
     v.as_str()
         .map(str::to_string)
         .or_else(|| v.get("content")?.as_str().map(str::to_string))
+}
+
+/// One entry of `added_tokens_decoder`.
+fn added_token(v: &serde_json::Value) -> Option<AddedToken> {
+    let flag = |name: &str| v.get(name).and_then(|f| f.as_bool()).unwrap_or(false);
+    Some(
+        AddedToken::from(v.get("content")?.as_str()?, flag("special"))
+            .lstrip(flag("lstrip"))
+            .rstrip(flag("rstrip"))
+            .single_word(flag("single_word"))
+            .normalized(flag("normalized")),
+    )
 }
 
 impl ClipTokenizer {
@@ -78,6 +90,14 @@ impl ClipTokenizer {
             PreTokenizerWrapper::from(split),
             PreTokenizerWrapper::from(ByteLevel::new(false, true, true)),
         ])));
+        // Added tokens (the specials; SDXL's second tokenizer pads with "!", which HF then
+        // also splits out of the text) match before BPE, as in HF.
+        let added: Vec<AddedToken> = config
+            .get("added_tokens_decoder")
+            .and_then(|v| v.as_object())
+            .map(|tokens| tokens.values().filter_map(added_token).collect())
+            .unwrap_or_default();
+        inner.add_special_tokens(&added);
         let id = |token: &str| {
             inner
                 .token_to_id(token)

@@ -24,8 +24,25 @@ struct MidBlock<B: ImageOps> {
     rest: Vec<(Transformer2D<B>, ResnetBlock<B>)>,
 }
 
+/// SDXL's added conditioning ("text_time"): the pooled, projected text embedding
+/// `[b, projection_dim]` and per sample `[orig_h, orig_w, crop_top, crop_left, h, w]`.
+pub struct TextTime<'a, T> {
+    pub text_embeds: &'a T,
+    /// Row-major `[b, 6]`.
+    pub time_ids: &'a [f32],
+}
+
+/// `add_time_proj` + `add_embedding`: sinusoids of the time ids, joined to the text embeds,
+/// through two linear layers; the result is added to the time embedding.
+struct AddEmbedding<B: ImageOps> {
+    time_spec: TimestepEmbedding,
+    linear1: Linear<B>,
+    linear2: Linear<B>,
+}
+
 pub struct UNet<B: ImageOps> {
     config: UNetConfig,
+    add_embedding: Option<AddEmbedding<B>>,
     time_spec: TimestepEmbedding,
     time_linear1: Linear<B>,
     time_linear2: Linear<B>,
@@ -140,7 +157,23 @@ impl<B: ImageOps> UNet<B> {
             up.push(block);
         }
 
+        let add_embedding = match (
+            c.addition_time_embed_dim,
+            c.projection_class_embeddings_input_dim,
+        ) {
+            (Some(dim), Some(input)) if c.addition_embed_type.is_some() => Some(AddEmbedding {
+                time_spec: TimestepEmbedding {
+                    dim,
+                    flip_sin_to_cos: c.flip_sin_to_cos,
+                    downscale_freq_shift: c.freq_shift,
+                },
+                linear1: Linear::load(&vb.at("add_embedding.linear_1"), input, temb, true)?,
+                linear2: Linear::load(&vb.at("add_embedding.linear_2"), temb, temb, true)?,
+            }),
+            _ => None,
+        };
         Ok(UNet {
+            add_embedding,
             time_spec: TimestepEmbedding {
                 dim: ch[0],
                 flip_sin_to_cos: c.flip_sin_to_cos,
@@ -169,13 +202,15 @@ impl<B: ImageOps> UNet<B> {
     }
 
     /// The model output (noise, or v) for `sample: [b, c, h, w]` at `timestep`, conditioned on
-    /// `context: [b, m, cross_attention_dim]`.
+    /// `context: [b, m, cross_attention_dim]`, plus SDXL's added conditioning where the model
+    /// has it.
     pub fn forward(
         &self,
         be: &B,
         sample: &B::Tensor,
         timestep: f32,
         context: &B::Tensor,
+        added: Option<&TextTime<B::Tensor>>,
     ) -> Result<B::Tensor> {
         let dims = be.dims(sample);
         anyhow::ensure!(dims.len() == 4, "UNet input {dims:?} is not NCHW");
@@ -190,9 +225,18 @@ impl<B: ImageOps> UNet<B> {
         let dtype = be.dtype_of(sample);
         let t = be.timestep_embedding(&vec![timestep; batch], &self.time_spec, dtype)?;
         let emb = self.time_linear1.forward(be, &t)?;
-        let emb = self
+        let mut emb = self
             .time_linear2
             .forward(be, &be.activation(&emb, Activation::Silu)?)?;
+        match (&self.add_embedding, added) {
+            (Some(add), Some(tt)) => {
+                let aug = add.forward(be, tt, batch, dtype)?;
+                emb = be.add(&emb, &aug)?;
+            }
+            (Some(_), None) => anyhow::bail!("this UNet needs text_embeds and time_ids (SDXL)"),
+            (None, Some(_)) => anyhow::bail!("this UNet takes no added conditioning"),
+            (None, None) => {}
+        }
         // Every resnet applies silu to the embedding first: do it once.
         let temb = be.activation(&emb, Activation::Silu)?;
 
@@ -243,6 +287,29 @@ impl<B: ImageOps> UNet<B> {
 
 fn top<T>(skips: &[T]) -> Result<&T> {
     skips.last().context("UNet has no activation")
+}
+
+impl<B: ImageOps> AddEmbedding<B> {
+    fn forward(
+        &self,
+        be: &B,
+        tt: &TextTime<B::Tensor>,
+        batch: usize,
+        dtype: crate::backend::DType,
+    ) -> Result<B::Tensor> {
+        anyhow::ensure!(
+            !tt.time_ids.is_empty() && tt.time_ids.len() % batch == 0,
+            "{} time ids for a batch of {batch}",
+            tt.time_ids.len()
+        );
+        let per_sample = tt.time_ids.len() / batch;
+        let ids = be.timestep_embedding(tt.time_ids, &self.time_spec, dtype)?;
+        let ids = be.reshape(&ids, &[batch, per_sample * self.time_spec.dim])?;
+        let joined = be.concat(&[tt.text_embeds, &ids], 1)?;
+        let h = self.linear1.forward(be, &joined)?;
+        self.linear2
+            .forward(be, &be.activation(&h, Activation::Silu)?)
+    }
 }
 
 impl<B: ImageOps> Block<B> {
