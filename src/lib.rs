@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod diffusion;
 pub mod engine;
 pub mod gpu;
 pub mod launch;

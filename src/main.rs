@@ -21,6 +21,8 @@ enum Command {
     Plan(kiln::cli::plan::PlanArgs),
     /// Generate a completion for one prompt, streamed to stdout.
     Generate(kiln::cli::generate::GenerateArgs),
+    /// Generate images from a diffusers pipeline directory to PNG files.
+    Image(kiln::cli::image::ImageArgs),
     // Subcommands are added here, each delegating to a function in the library.
     /// List the GPUs, classify a GPU name, or check a GPU request (`kiln gpus --help`).
     Gpus(kiln::gpu::cli::GpusArgs),
@@ -53,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => kiln::bench::run(args),
         Command::Generate(args) => kiln::cli::generate::run(args),
+        Command::Image(args) => kiln::cli::image::run(args),
         Command::Plan(args) => kiln::cli::plan::run(args),
         Command::Gpus(args) => kiln::gpu::cli::run(args),
         Command::Serve(args) => kiln::server::run(args),

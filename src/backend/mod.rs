@@ -11,6 +11,7 @@ pub mod batch;
 pub mod cpu;
 pub mod cuda;
 pub mod dtype;
+pub mod image_ops;
 
 pub use batch::BatchLayout;
 pub use dtype::DType;

@@ -2,4 +2,5 @@
 
 pub mod check_reference;
 pub mod generate;
+pub mod image;
 pub mod plan;

@@ -2,6 +2,7 @@
 //! attention. Every CUDA op is checked against this.
 
 mod attention;
+mod image_ops;
 mod kv_cache;
 
 pub use kv_cache::CpuKvCache;
