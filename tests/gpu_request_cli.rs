@@ -54,8 +54,11 @@ fn bad_requests_and_conflicts_are_refused() {
     assert!(!ok && err.contains("unknown GPU type"), "{err}");
     let (ok, err) = generate(&["--gpu", "H100", "--device", "cpu"]);
     assert!(!ok && err.contains("--device cpu"), "{err}");
+    let (ok, err) = generate(&["--tensor-parallel-size", "3"]);
+    assert!(!ok && err.contains("--tensor-parallel-size 3"), "{err}");
+    // Without GPUs, ranks are CPU threads.
     let (ok, err) = generate(&["--tensor-parallel-size", "2"]);
-    assert!(!ok && err.contains("--tensor-parallel-size 2"), "{err}");
+    assert!(ok && err.contains("2 ranks on [Cpu, Cpu]"), "{err}");
     let (ok, err) = generate(&["--tensor-parallel-size", "1"]);
     assert!(ok, "{err}");
 }
