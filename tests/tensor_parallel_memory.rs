@@ -53,7 +53,11 @@ const CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "l
 
 /// Writes the config's weights (values irrelevant) and returns their total bytes.
 fn write_model(dir: &std::path::Path, config: &ModelConfig) -> usize {
-    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let (h, i, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
     let (q, kv) = (config.q_width(), config.kv_width());
     let mut shapes: Vec<(String, Vec<usize>)> = vec![
         ("model.embed_tokens.weight".into(), vec![v, h]),
@@ -81,8 +85,12 @@ fn write_model(dir: &std::path::Path, config: &ModelConfig) -> usize {
         .into_iter()
         .map(|(name, shape)| {
             total += shape.iter().product::<usize>() * 4;
-            let t = candle_core::Tensor::ones(shape, candle_core::DType::F32, &candle_core::Device::Cpu)
-                .unwrap();
+            let t = candle_core::Tensor::ones(
+                shape,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
             (name, t)
         })
         .collect();
