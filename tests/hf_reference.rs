@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use kiln::engine::SamplingParams;
 
 /// Logits of the last prompt token, computed in one prefill through the paged cache (the
 /// same routine `kiln check-reference` runs on any device).
@@ -47,14 +46,6 @@ fn bf16_logits_match_transformers_within_tolerance() {
                 p.text
             );
         }
-    }
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        max_tokens: Some(max_tokens),
-        ignore_eos: true,
-        ..SamplingParams::greedy()
     }
 }
 

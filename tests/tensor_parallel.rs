@@ -8,7 +8,7 @@ use common::*;
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::{Backend, BatchLayout, DType};
 use kiln::engine::runner::{ModelRunner, Runner, StepInput};
-use kiln::engine::{EngineConfig, EngineHandle, LlmEngine, SamplingParams};
+use kiln::engine::{EngineConfig, EngineHandle, LlmEngine};
 use kiln::launch::prepare_model;
 use kiln::parallel::host_group::HostStaged;
 use kiln::parallel::tp_runner::{TpRunner, TpSpec};
@@ -123,14 +123,6 @@ fn sharded_bf16_logits_stay_within_two_ulps_of_one_rank() {
                 "{arch} bf16 TP={world}: max abs logit diff {diff}"
             );
         }
-    }
-}
-
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        max_tokens: Some(max_tokens),
-        ignore_eos: true,
-        ..SamplingParams::greedy()
     }
 }
 

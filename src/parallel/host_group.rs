@@ -1,6 +1,6 @@
-//! An all-reduce through host memory: each rank copies its tensor to the host, the last rank
-//! to arrive sums the contributions in rank order (so every rank, and every run, gets the
-//! same bits), and each rank writes the sum back into its tensor.
+//! An all-reduce through host memory: each rank copies its tensor to the host, rank 0 sums
+//! the contributions in rank order (so every rank, and every run, gets the same bits), and
+//! each rank writes the sum back into its tensor.
 //!
 //! It works for any backend and any placement of ranks: CPU worker threads, several ranks on
 //! one GPU, GPUs without peer access. A rank that fails calls [`HostGroup::abort`]; every
@@ -8,44 +8,34 @@
 //! forever for a partner that will not come.
 
 use super::communicator::Communicator;
+use super::rendezvous::Rendezvous;
 use crate::backend::Backend;
-use anyhow::{bail, Result};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
-
-/// How long a rank waits for the others before calling the group broken. Far above any
-/// real step, so it only fires on a hung rank.
-const WAIT_LIMIT: Duration = Duration::from_secs(600);
+use anyhow::Result;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The state shared by the ranks of one group.
 pub struct HostGroup {
     world: usize,
-    state: Mutex<RoundState>,
-    turned: Condvar,
+    meeting: Rendezvous,
+    /// Each rank's values for the collective in progress.
+    contributions: Mutex<Vec<Option<Vec<f32>>>>,
+    /// The sum of the last collective, written by rank 0.
+    result: Mutex<Arc<Vec<f32>>>,
 }
 
-struct RoundState {
-    /// Each rank's values for the collective in progress.
-    contributions: Vec<Option<Vec<f32>>>,
-    arrived: usize,
-    /// Completed collectives; a waiter knows its round is done when this moves.
-    generation: u64,
-    result: Arc<Vec<f32>>,
-    failure: Option<String>,
+/// Locks `m`; every update under these locks completes before anything can panic, so a
+/// poisoned lock holds consistent data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl HostGroup {
     pub fn new(world: usize) -> Arc<HostGroup> {
         Arc::new(HostGroup {
             world,
-            state: Mutex::new(RoundState {
-                contributions: vec![None; world],
-                arrived: 0,
-                generation: 0,
-                result: Arc::new(Vec::new()),
-                failure: None,
-            }),
-            turned: Condvar::new(),
+            meeting: Rendezvous::new(world),
+            contributions: Mutex::new(vec![None; world]),
+            result: Mutex::new(Arc::new(Vec::new())),
         })
     }
 
@@ -53,96 +43,65 @@ impl HostGroup {
         self.world
     }
 
-    fn lock(&self) -> MutexGuard<'_, RoundState> {
-        // A rank that panicked while holding the lock left consistent state (every update
-        // below is completed before anything can panic), so poisoning is not an error here.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Marks the group failed and wakes every waiting rank.
     pub fn abort(&self, reason: &str) {
-        let mut state = self.lock();
-        if state.failure.is_none() {
-            state.failure = Some(reason.to_string());
-        }
-        self.turned.notify_all();
+        self.meeting.abort(reason);
     }
 
     /// The element-wise sum of every rank's `values`.
+    ///
+    /// Every rank deposits its values and meets the others; rank 0 sums them in rank order
+    /// and publishes the sum; a second meeting tells the others it is there. Rank 0 writes
+    /// the next sum only after the next round's first meeting, which no rank reaches before
+    /// it has read this one.
     pub fn all_reduce(&self, rank: usize, values: Vec<f32>) -> Result<Arc<Vec<f32>>> {
-        let mut state = self.lock();
-        if let Some(reason) = &state.failure {
-            bail!("tensor-parallel group failed: {reason}");
-        }
-        if rank >= self.world || state.contributions[rank].is_some() {
-            let reason = format!("rank {rank} entered an all-reduce twice or out of range");
-            state.failure = Some(reason.clone());
-            self.turned.notify_all();
-            bail!(reason);
-        }
-        if let Some(other) = state.contributions.iter().flatten().next() {
-            if other.len() != values.len() {
-                let reason = format!(
-                    "all-reduce size mismatch: rank {rank} has {} values, another rank {}",
-                    values.len(),
-                    other.len()
-                );
-                state.failure = Some(reason.clone());
-                self.turned.notify_all();
-                bail!(reason);
+        anyhow::ensure!(
+            rank < self.world,
+            "rank {rank} of a group of {}",
+            self.world
+        );
+        lock(&self.contributions)[rank] = Some(values);
+        self.meeting.wait(rank)?;
+        if rank == 0 {
+            match sum_in_rank_order(&mut lock(&self.contributions)) {
+                Ok(sum) => *lock(&self.result) = Arc::new(sum),
+                Err(reason) => {
+                    self.meeting.abort(&reason);
+                    anyhow::bail!(reason);
+                }
             }
         }
-        state.contributions[rank] = Some(values);
-        state.arrived += 1;
-        if state.arrived == self.world {
-            let sum = sum_in_rank_order(&mut state.contributions);
-            state.result = Arc::new(sum);
-            state.arrived = 0;
-            state.generation += 1;
-            self.turned.notify_all();
-            return Ok(state.result.clone());
-        }
-        let round = state.generation;
-        while state.generation == round && state.failure.is_none() {
-            let (next, timeout) = self
-                .turned
-                .wait_timeout(state, WAIT_LIMIT)
-                .unwrap_or_else(|p| p.into_inner());
-            state = next;
-            if timeout.timed_out() && state.generation == round {
-                let reason = format!(
-                    "rank {rank} waited {} s for the other ranks in an all-reduce",
-                    WAIT_LIMIT.as_secs()
-                );
-                state.failure = Some(reason.clone());
-                self.turned.notify_all();
-                bail!(reason);
-            }
-        }
-        if state.generation == round {
-            bail!(
-                "tensor-parallel group failed: {}",
-                state.failure.as_deref().unwrap_or("unknown")
-            );
-        }
-        // The next round cannot complete before this rank joins it, so `result` is still
-        // this round's.
-        Ok(state.result.clone())
+        self.meeting.wait(rank)?;
+        Ok(lock(&self.result).clone())
     }
 }
 
-/// Sums the contributions (all present) in rank order and clears them for the next round.
-fn sum_in_rank_order(contributions: &mut [Option<Vec<f32>>]) -> Vec<f32> {
-    let mut parts = contributions
-        .iter_mut()
-        .map(|c| c.take().unwrap_or_default());
+/// Sums the contributions in rank order and clears them for the next round; an error
+/// when a rank is missing or the sizes differ.
+fn sum_in_rank_order(contributions: &mut [Option<Vec<f32>>]) -> Result<Vec<f32>, String> {
+    let mut parts = Vec::with_capacity(contributions.len());
+    for (rank, c) in contributions.iter_mut().enumerate() {
+        parts.push(
+            c.take()
+                .ok_or_else(|| format!("rank {rank} did not contribute"))?,
+        );
+    }
+    let mut parts = parts.into_iter();
     let mut sum = parts.next().unwrap_or_default();
-    for part in parts {
+    for (rank, part) in parts.enumerate() {
+        if part.len() != sum.len() {
+            return Err(format!(
+                "all-reduce size mismatch: rank 0 has {} values, rank {} has {}",
+                sum.len(),
+                rank + 1,
+                part.len()
+            ));
+        }
         for (s, v) in sum.iter_mut().zip(&part) {
             *s += v;
         }
     }
-    sum
+    Ok(sum)
 }
 
 /// One rank's [`Communicator`] over a [`HostGroup`].

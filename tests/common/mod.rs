@@ -46,6 +46,15 @@ pub fn engine(name: &str, extra: &[&str]) -> LlmEngine {
     build_engine(&engine_args(&flags)).unwrap().0
 }
 
+/// Greedy decoding of exactly `max_tokens` tokens.
+pub fn greedy(max_tokens: usize) -> kiln::engine::SamplingParams {
+    kiln::engine::SamplingParams {
+        max_tokens: Some(max_tokens),
+        ignore_eos: true,
+        ..kiln::engine::SamplingParams::greedy()
+    }
+}
+
 pub fn handle(name: &str, extra: &[&str]) -> EngineHandle {
     EngineHandle::spawn(engine(name, extra), 0)
 }
