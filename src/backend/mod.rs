@@ -64,6 +64,17 @@ pub trait Backend: Send + Sync {
 
     /// Moves a host tensor (already in the model dtype) onto the device.
     fn upload(&self, host: candle_core::Tensor) -> Result<Self::Tensor>;
+    /// A weight of `shape` whose elements are the concatenation of `parts` (generated
+    /// dummy weights), computed on the device without a host copy; `None` where the backend
+    /// does not do that (the caller then generates on the host and uploads).
+    fn generate(
+        &self,
+        _parts: &[crate::model::weights::GeneratedPart],
+        _shape: &[usize],
+        _dtype: DType,
+    ) -> Option<Result<Self::Tensor>> {
+        None
+    }
     /// Copies a tensor back as f32 values, row-major.
     fn to_host_f32(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// `t` holding `values` instead (row-major, as many as `t` has, rounded to `t`'s dtype);

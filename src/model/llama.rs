@@ -52,7 +52,12 @@ fn load<B: Backend>(
     shape: &[usize],
     dtype: DType,
 ) -> Result<B::Tensor> {
-    be.upload(src.tensor(name, shape, dtype)?)
+    let whole = Part {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        slice: None,
+    };
+    load_stacked(be, src, &[whole], dtype)
 }
 
 /// One weight's part for this rank: its full name and shape, and the slice (None = whole).
@@ -63,6 +68,15 @@ struct Part {
 }
 
 impl Part {
+    /// The shape of what this part holds.
+    fn part_shape(&self) -> Vec<usize> {
+        let mut shape = self.shape.clone();
+        if let Some(slice) = &self.slice {
+            shape[slice.dim] = slice.range.len();
+        }
+        shape
+    }
+
     fn read(&self, src: &dyn WeightSource, dtype: DType) -> Result<Tensor> {
         match &self.slice {
             None => src.tensor(&self.name, &self.shape, dtype),
@@ -71,13 +85,25 @@ impl Part {
     }
 }
 
-/// Loads several parts and stacks them along the output dimension.
+/// Loads several parts and stacks them along the output dimension. Generated weights are
+/// computed on the device when the backend can (no host work, no upload).
 fn load_stacked<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
     parts: &[Part],
     dtype: DType,
 ) -> Result<B::Tensor> {
+    let generated: Option<Vec<_>> = parts
+        .iter()
+        .map(|p| src.generated(&p.name, &p.shape, p.slice.as_ref()))
+        .collect();
+    if let Some(generated) = generated {
+        let mut shape = parts[0].part_shape();
+        shape[0] = parts.iter().map(|p| p.part_shape()[0]).sum();
+        if let Some(t) = be.generate(&generated, &shape, dtype) {
+            return t.with_context(|| format!("generating {} on {}", parts[0].name, be.name()));
+        }
+    }
     let host: Vec<Tensor> = parts
         .iter()
         .map(|p| p.read(src, dtype))
@@ -209,13 +235,15 @@ impl<B: Backend> LlamaModel<B> {
                 },
                 q_norm: head_norm("q")?,
                 k_norm: head_norm("k")?,
-                o_proj: be.upload(
-                    cols_part(
+                o_proj: load_stacked(
+                    be,
+                    src,
+                    &[cols_part(
                         format!("{p}.self_attn.o_proj.weight"),
                         vec![h, q],
                         q_cols.clone(),
-                    )
-                    .read(src, dtype)?,
+                    )],
+                    dtype,
                 )?,
                 post_attention_norm: load(
                     be,
@@ -241,13 +269,15 @@ impl<B: Backend> LlamaModel<B> {
                     ],
                     dtype,
                 )?,
-                down: be.upload(
-                    cols_part(
+                down: load_stacked(
+                    be,
+                    src,
+                    &[cols_part(
                         format!("{p}.mlp.down_proj.weight"),
                         vec![h, inter],
                         layout.intermediate.clone(),
-                    )
-                    .read(src, dtype)?,
+                    )],
+                    dtype,
                 )?,
             };
             layers.push(layer);
@@ -263,7 +293,7 @@ impl<B: Backend> LlamaModel<B> {
                 vec![c.vocab_size, h],
                 layout.vocab.clone(),
             );
-            Some(be.upload(part.read(src, dtype)?)?)
+            Some(load_stacked(be, src, &[part], dtype)?)
         };
         let rope = be.prepare_rope(&rope_for(c).context("building the rotary embedding table")?)?;
         let attention = AttentionShape {

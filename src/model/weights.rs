@@ -14,6 +14,17 @@ pub trait WeightSource {
     fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor>;
     fn contains(&self, name: &str) -> bool;
 
+    /// For generated weights: how to compute the values of `name` (the part `slice`, or
+    /// all of it) on the device instead of on the host. `None`: the values must be read.
+    fn generated(
+        &self,
+        _name: &str,
+        _shape: &[usize],
+        _slice: Option<&Slice>,
+    ) -> Option<GeneratedPart> {
+        None
+    }
+
     /// The part `range` along dimension `dim` of the tensor whose full shape is `shape`: a
     /// tensor-parallel rank's shard. Sources that can read a part without the whole
     /// (memory-mapped files, generated values) override this.
@@ -48,7 +59,7 @@ impl Slice {
 
     /// Checks the slice fits `shape` and says where it is: the part is `outer` runs of
     /// `run` contiguous elements, run `o` starting at element `o * stride + first`.
-    fn runs(&self, name: &str, shape: &[usize]) -> Result<SliceRuns> {
+    pub fn runs(&self, name: &str, shape: &[usize]) -> Result<SliceRuns> {
         anyhow::ensure!(
             self.dim < shape.len()
                 && self.range.start <= self.range.end
@@ -68,16 +79,55 @@ impl Slice {
 }
 
 /// Where a [`Slice`]'s elements sit in the full tensor (see [`Slice::runs`]).
-struct SliceRuns {
-    outer: usize,
-    run: usize,
-    stride: usize,
-    first: usize,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceRuns {
+    pub outer: usize,
+    pub run: usize,
+    pub stride: usize,
+    pub first: usize,
+}
+
+impl SliceRuns {
+    /// The whole of a tensor of `n` elements.
+    pub fn whole(n: usize) -> SliceRuns {
+        SliceRuns {
+            outer: 1,
+            run: n,
+            stride: n,
+            first: 0,
+        }
+    }
+
+    /// Elements of the part.
+    pub fn len(&self) -> usize {
+        self.outer * self.run
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A generated weight (or part of one): element `i` is [`dummy_value`]`(stream,
+/// runs.full_index(i))`. Backends that can compute it on the device skip the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeneratedPart {
+    pub stream: u64,
+    pub runs: SliceRuns,
+}
+
+impl GeneratedPart {
+    /// The part's values, computed on the host (the reference for device generation).
+    pub fn values(&self) -> Vec<f32> {
+        (0..self.runs.len())
+            .map(|i| dummy_value(self.stream, self.runs.full_index(i) as u64))
+            .collect()
+    }
 }
 
 impl SliceRuns {
     /// Index in the full tensor of element `i` of the part.
-    fn full_index(&self, i: usize) -> usize {
+    pub fn full_index(&self, i: usize) -> usize {
         (i / self.run) * self.stride + self.first + i % self.run
     }
 }
@@ -172,8 +222,9 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Element `index` of the stream `seed`, uniform in [-0.02, 0.02).
-fn dummy_value(seed: u64, index: u64) -> f32 {
+/// Element `index` of the stream `seed`, uniform in [-0.02, 0.02). kernels/dummy.cu
+/// computes the same bits on a GPU.
+pub fn dummy_value(seed: u64, index: u64) -> f32 {
     let bits = mix64(seed.wrapping_add(index.wrapping_mul(0x9e3779b97f4a7c15)));
     let unit = (bits >> 40) as f32 / (1u64 << 24) as f32;
     (unit * 2.0 - 1.0) * 0.02
@@ -200,7 +251,20 @@ fn dummy_fill<T: Copy + Default + Send>(
     data
 }
 
+/// Norm weights are ones, not random (activations stay sane through many layers).
+fn is_norm(name: &str) -> bool {
+    name.ends_with("norm.weight")
+}
+
 impl DummyWeights {
+    /// The random stream of weight `name`.
+    fn stream(&self, name: &str) -> u64 {
+        let name_hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        mix64(self.seed ^ name_hash)
+    }
+
     /// The values of `name` whose part-element `i` is full-tensor element `index(i)`.
     fn generate(
         &self,
@@ -209,14 +273,11 @@ impl DummyWeights {
         dtype: DType,
         index: impl Fn(usize) -> usize + Sync,
     ) -> Result<Tensor> {
-        if name.ends_with("norm.weight") {
+        if is_norm(name) {
             return Ok(Tensor::ones(shape, dtype.to_candle(), &Device::Cpu)?);
         }
         let n: usize = shape.iter().product();
-        let name_hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-        let seed = mix64(self.seed ^ name_hash);
+        let seed = self.stream(name);
         let t = match dtype {
             DType::F32 => Tensor::from_vec(dummy_fill(n, seed, index, |x| x), shape, &Device::Cpu)?,
             DType::F16 => Tensor::from_vec(
@@ -249,6 +310,25 @@ impl WeightSource for DummyWeights {
     ) -> Result<Tensor> {
         let runs = slice.runs(name, shape)?;
         self.generate(name, &slice.shape(shape), dtype, |i| runs.full_index(i))
+    }
+
+    fn generated(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: Option<&Slice>,
+    ) -> Option<GeneratedPart> {
+        if is_norm(name) {
+            return None;
+        }
+        let runs = match slice {
+            None => SliceRuns::whole(shape.iter().product()),
+            Some(s) => s.runs(name, shape).ok()?,
+        };
+        Some(GeneratedPart {
+            stream: self.stream(name),
+            runs,
+        })
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -293,6 +373,32 @@ mod tests {
             range: 0..shape[0] + 1,
         };
         assert!(src.tensor_slice(name, shape, &outside, DType::F32).is_err());
+    }
+
+    #[test]
+    fn generated_parts_describe_the_dummy_values_exactly() {
+        let w = DummyWeights { seed: 9 };
+        let shape = [6, 10];
+        for slice in [
+            None,
+            Some(Slice {
+                dim: 1,
+                range: 3..7,
+            }),
+            Some(Slice {
+                dim: 0,
+                range: 2..5,
+            }),
+        ] {
+            let part = w.generated("x.weight", &shape, slice.as_ref()).unwrap();
+            let expected = match &slice {
+                None => w.tensor("x.weight", &shape, DType::F32).unwrap(),
+                Some(s) => w.tensor_slice("x.weight", &shape, s, DType::F32).unwrap(),
+            };
+            assert_eq!(part.values(), values(&expected), "{slice:?}");
+        }
+        // Norms are ones, read from the host; safetensors are never generated.
+        assert!(w.generated("model.norm.weight", &[8], None).is_none());
     }
 
     #[test]

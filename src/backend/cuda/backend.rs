@@ -211,6 +211,19 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn generate(
+        &self,
+        parts: &[crate::model::weights::GeneratedPart],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Option<Result<CudaTensor>> {
+        Some(self.bind().and_then(|()| {
+            let mut out = CudaTensor::zeros(&self.dev, dtype, shape)?;
+            self.dev.dummy_fill(parts, &mut out)?;
+            Ok(out)
+        }))
+    }
+
     fn to_host_f32(&self, t: &CudaTensor) -> Result<Vec<f32>> {
         t.to_f32(&self.dev)
     }

@@ -80,6 +80,11 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["sum_peers"],
     },
     KernelFile {
+        file: "dummy.cu",
+        body: include_str!("../../../kernels/dummy.cu"),
+        ops: &["dummy_fill"],
+    },
+    KernelFile {
         file: "sampling.cu",
         body: include_str!("../../../kernels/sampling.cu"),
         ops: &["argmax", "softmax"],

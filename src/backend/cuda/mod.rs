@@ -20,6 +20,7 @@ pub mod nvrtc;
 pub mod ops;
 pub mod ops_all_reduce;
 pub mod ops_attention;
+pub mod ops_dummy;
 pub mod ops_layout;
 pub mod ops_sampling;
 pub mod pool;

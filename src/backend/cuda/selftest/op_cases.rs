@@ -11,7 +11,7 @@ type Case = fn(&mut Suite<'_>, DType) -> Result<()>;
 
 /// Runs every case for `dtype`; an error in one case is recorded and the rest still run.
 pub fn run(suite: &mut Suite<'_>, dtype: DType) {
-    let cases: [(&str, Case); 9] = [
+    let cases: [(&str, Case); 10] = [
         ("embedding", embedding),
         ("rms_norm", rms_norm),
         ("fused_add_rms_norm", fused_add_rms_norm),
@@ -21,6 +21,7 @@ pub fn run(suite: &mut Suite<'_>, dtype: DType) {
         ("argmax", argmax),
         ("softmax", softmax),
         ("linear", linear),
+        ("dummy_weights", dummy_weights),
     ];
     for (name, case) in cases {
         if let Err(err) = case(suite, dtype) {
@@ -307,5 +308,43 @@ fn linear(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &expected,
     );
     s.time(row, || dev.blas().linear(&x, &w, &mut y))?;
+    Ok(())
+}
+
+/// Dummy weights generated on the GPU must be the host generator's values, bit for bit
+/// (after rounding to the dtype): a stacked weight of a whole part and a column slice.
+fn dummy_weights(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    use crate::model::weights::{DummyWeights, Slice, WeightSource};
+    let (rows, cols) = (s.sizes.kv_heads * s.sizes.head_dim, s.sizes.hidden);
+    let src = DummyWeights { seed: 7 };
+    let slice = Slice {
+        dim: 1,
+        range: cols / 4..cols / 2,
+    };
+    let parts = [
+        src.generated("a.weight", &[rows, cols / 4], None),
+        src.generated("b.weight", &[rows, cols], Some(&slice)),
+    ];
+    let parts: Vec<_> = parts
+        .into_iter()
+        .collect::<Option<_>>()
+        .expect("dummy weights are generated");
+    let expected: Vec<f32> = parts
+        .iter()
+        .flat_map(|p| p.values())
+        .map(|v| dtype.round(v))
+        .collect();
+    let dev = s.dev;
+    let mut out = CudaTensor::zeros(dev, dtype, &[2 * rows, cols / 4])?;
+    dev.dummy_fill(&parts, &mut out)?;
+    let row = s.check(
+        "dummy_weights",
+        format!("[{rows}, {}] + slice of [{rows}, {cols}]", cols / 4),
+        dtype,
+        Check::Exact,
+        &out.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.dummy_fill(&parts, &mut out))?;
     Ok(())
 }
