@@ -82,6 +82,62 @@ fn sixteen_concurrent_prompts_equal_each_run_alone() {
     assert_eq!(e.num_free_blocks(), e.config().num_blocks, "blocks leaked");
 }
 
+/// Rows the runner picks (plain greedy) and rows the host samples (logprobs, penalties,
+/// min_tokens, seeded sampling) in one batch: each request gets what it gets alone.
+#[test]
+fn device_picked_and_host_sampled_rows_mix_in_one_batch() {
+    let mut e = engine("mistral", &["--block-size", "4"]);
+    let ps = prompts(&e);
+    let kinds = [
+        greedy(12),
+        SamplingParams {
+            logprobs: Some(2),
+            ..greedy(12)
+        },
+        SamplingParams {
+            repetition_penalty: 1.3,
+            ..greedy(12)
+        },
+        SamplingParams {
+            min_tokens: 5,
+            ignore_eos: false,
+            ..greedy(12)
+        },
+        SamplingParams {
+            temperature: 0.8,
+            seed: Some(5),
+            ..greedy(12)
+        },
+    ];
+    let alone: Vec<RequestOutput> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            run_all(&mut e, vec![(i as u64, ps[i].clone(), k.clone())])
+                .remove(&(i as u64))
+                .unwrap()
+        })
+        .collect();
+    let batch = run_all(
+        &mut e,
+        kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (50 + i as u64, ps[i].clone(), k.clone()))
+            .collect(),
+    );
+    for (i, a) in alone.iter().enumerate() {
+        let b = &batch[&(50 + i as u64)];
+        assert_eq!(b.token_ids, a.token_ids, "request kind {i}");
+        assert_eq!(b.logprobs.len(), a.logprobs.len(), "request kind {i}");
+    }
+    assert_eq!(
+        alone[1].logprobs.len(),
+        12,
+        "logprobs rows are sampled on the host"
+    );
+}
+
 #[test]
 fn a_seeded_sample_is_the_same_alone_and_in_a_batch() {
     let mut e = engine("llama", &[]);

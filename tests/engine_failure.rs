@@ -3,7 +3,7 @@
 
 mod common;
 
-use kiln::engine::runner::{Runner, StepInput};
+use kiln::engine::runner::{Runner, StepInput, StepOutput};
 use kiln::engine::{EngineConfig, EngineHandle, LlmEngine, RequestError, SamplingParams};
 use kiln::model::tokenizer::Tokenizer;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ struct Broken {
 }
 
 impl Runner for Broken {
-    fn execute(&mut self, _: &StepInput) -> anyhow::Result<Vec<f32>> {
+    fn execute(&mut self, _: &StepInput) -> anyhow::Result<StepOutput> {
         if self.panic {
             panic!("kernel exploded");
         }

@@ -81,7 +81,11 @@ fn prefill(prompts: &[&[u32]]) -> StepInput {
         layout.block_tables.push(table);
         layout.logits_rows.push(tokens.len() - 1);
     }
-    StepInput { tokens, layout }
+    StepInput {
+        tokens,
+        layout,
+        pick_argmax: Vec::new(),
+    }
 }
 
 #[test]
@@ -90,9 +94,15 @@ fn sharded_logits_equal_one_rank_for_every_architecture_and_size() {
         let r = reference(arch);
         let prompts: Vec<&[u32]> = r.prompts.iter().map(|p| p.prompt_ids.as_slice()).collect();
         let input = prefill(&prompts);
-        let expected = single_runner(arch, "float32").execute(&input).unwrap();
+        let expected = single_runner(arch, "float32")
+            .execute(&input)
+            .unwrap()
+            .logits;
         for world in [2, 4, 8] {
-            let got = tp_runner(arch, "float32", world).execute(&input).unwrap();
+            let got = tp_runner(arch, "float32", world)
+                .execute(&input)
+                .unwrap()
+                .logits;
             // Row-parallel sums add the same products in another order: f32 rounding only.
             let diff = max_abs_diff(&got, &expected);
             assert!(diff < 1e-4, "{arch} TP={world}: max abs logit diff {diff}");
@@ -114,9 +124,15 @@ fn sharded_bf16_logits_stay_within_two_ulps_of_one_rank() {
     for arch in ARCHS {
         let r = reference(arch);
         let input = prefill(&[r.prompts[2].prompt_ids.as_slice()]);
-        let expected = single_runner(arch, "bfloat16").execute(&input).unwrap();
+        let expected = single_runner(arch, "bfloat16")
+            .execute(&input)
+            .unwrap()
+            .logits;
         for world in [2, 8] {
-            let got = tp_runner(arch, "bfloat16", world).execute(&input).unwrap();
+            let got = tp_runner(arch, "bfloat16", world)
+                .execute(&input)
+                .unwrap()
+                .logits;
             let diff = max_abs_diff(&got, &expected);
             assert!(
                 diff <= 0.25,
@@ -161,6 +177,33 @@ fn sharded_engines_generate_the_reference_greedy_tokens_batched() {
             h.shutdown();
         }
     }
+}
+
+#[test]
+fn rows_marked_for_picking_get_the_argmax_and_the_rest_keep_their_logits() {
+    let r = reference("qwen2");
+    let prompts: Vec<&[u32]> = r.prompts.iter().map(|p| p.prompt_ids.as_slice()).collect();
+    let mut input = prefill(&prompts);
+    let all = single_runner("qwen2", "float32").execute(&input).unwrap();
+    assert!(all.picked.iter().all(Option::is_none));
+    input.pick_argmax = vec![true, false, true];
+    let mixed = single_runner("qwen2", "float32").execute(&input).unwrap();
+    let vocab = all.logits.len() / prompts.len();
+    let rows: Vec<&[f32]> = all.logits.chunks(vocab).collect();
+    assert_eq!(
+        mixed.picked,
+        [
+            Some(kiln::engine::sampler::argmax(rows[0])),
+            None,
+            Some(kiln::engine::sampler::argmax(rows[2]))
+        ]
+    );
+    assert_eq!(mixed.logits, rows[1]);
+    // The first greedy token of each prompt is the reference's.
+    assert_eq!(mixed.picked[0], Some(r.prompts[0].greedy_ids[0]));
+    // A sharded runner sends every row back as logits.
+    let tp = tp_runner("qwen2", "float32", 2).execute(&input).unwrap();
+    assert_eq!(tp.picked, [None, None, None]);
 }
 
 #[test]

@@ -122,6 +122,25 @@ pub trait Backend: Send + Sync {
     fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
     /// The given rows of `x`, in order.
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// The index of the largest value (lowest on ties) of each of the given rows of
+    /// `logits: [rows, vocab]`. Devices compute it in place and send back only the indices.
+    fn argmax_rows(&self, logits: &Self::Tensor, rows: &[usize]) -> Result<Vec<u32>> {
+        let dims = self.tensor_dims(logits)?;
+        let &[n, vocab] = dims.as_slice() else {
+            anyhow::bail!("argmax needs [rows, vocab] logits, got {dims:?}");
+        };
+        let values = self.to_host_f32(logits)?;
+        rows.iter()
+            .map(|&r| {
+                anyhow::ensure!(r < n, "argmax of row {r} of {n}");
+                Ok(crate::engine::sampler::argmax(
+                    &values[r * vocab..(r + 1) * vocab],
+                ))
+            })
+            .collect()
+    }
+    /// The shape of `t`.
+    fn tensor_dims(&self, t: &Self::Tensor) -> Result<Vec<usize>>;
 
     /// A zeroed paged KV cache.
     fn new_kv_cache(&self, spec: &KvCacheSpec) -> Result<Self::KvCache>;

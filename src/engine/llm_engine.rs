@@ -4,7 +4,7 @@ use super::block_manager::BlockManager;
 use super::output::{FinishReason, RequestOutput};
 use super::params::{ParamError, SamplingParams};
 use super::runner::{Runner, StepInput};
-use super::sampler::{sample, SampleContext};
+use super::sampler::{picks_argmax, sample, SampleContext, Sampled};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::Sequence;
 use super::text::OutputText;
@@ -241,25 +241,43 @@ impl LlmEngine {
                 .iter()
                 .map(|w| (self.scheduler.get(w.id).expect("scheduled"), *w))
                 .collect();
-            StepInput::build(&pairs, self.config.block_size)
+            let mut input = StepInput::build(&pairs, self.config.block_size);
+            input.pick_argmax = pairs
+                .iter()
+                .filter(|(_, w)| w.samples)
+                .map(|(seq, _)| self.picks_argmax(seq))
+                .collect();
+            input
         };
-        let logits = self.runner.execute(&input)?;
+        let result = self.runner.execute(&input)?;
         let vocab = self.runner.vocab_size();
+        let rows = input.layout.logits_rows.len();
+        let unpicked = result.picked.iter().filter(|p| p.is_none()).count();
         anyhow::ensure!(
-            logits.len() == input.layout.logits_rows.len() * vocab,
-            "runner returned {} logits",
-            logits.len()
+            result.picked.len() == rows && result.logits.len() == unpicked * vocab,
+            "runner returned {} picks and {} logits for {rows} rows",
+            result.picked.len(),
+            result.logits.len()
         );
 
         let mut outputs = Vec::new();
-        let mut rows = logits.chunks_exact(vocab);
+        let mut picks = result.picked.iter();
+        let mut logit_rows = result.logits.chunks_exact(vocab);
         for w in work {
             self.scheduler.mark_computed(w.id, w.len);
             if !w.samples {
                 continue;
             }
-            let mut row = rows.next().expect("one row per sampling sequence").to_vec();
-            let out = self.postprocess(w.id, &mut row)?;
+            let choice = match picks.next().copied().flatten() {
+                Some(token) => Choice::Picked(token),
+                None => Choice::Logits(
+                    logit_rows
+                        .next()
+                        .expect("one row per unpicked sampling sequence")
+                        .to_vec(),
+                ),
+            };
+            let out = self.postprocess(w.id, choice)?;
             if out.finish_reason.is_some() {
                 self.scheduler.remove(w.id);
                 self.states.remove(&w.id);
@@ -269,8 +287,23 @@ impl LlmEngine {
         Ok(outputs)
     }
 
+    /// Whether `seq`'s next token is the raw argmax, which the runner may pick on the device.
+    fn picks_argmax(&self, seq: &Sequence) -> bool {
+        let p = &seq.params;
+        let mut end_tokens = p.stop_token_ids.clone();
+        if !p.ignore_eos {
+            end_tokens.extend(&self.eos);
+        }
+        picks_argmax(&SampleContext {
+            params: p,
+            prompt: &seq.tokens[..seq.num_prompt],
+            output: seq.output_tokens(),
+            end_tokens: &end_tokens,
+        })
+    }
+
     /// Samples a sequence's next token and works out its text and whether it is finished.
-    fn postprocess(&mut self, id: u64, logits: &mut [f32]) -> Result<RequestOutput> {
+    fn postprocess(&mut self, id: u64, choice: Choice) -> Result<RequestOutput> {
         let seq = self.scheduler.get(id).expect("scheduled");
         let state = self
             .states
@@ -287,7 +320,14 @@ impl LlmEngine {
             output: seq.output_tokens(),
             end_tokens: &end_tokens,
         };
-        let sampled = sample(logits, &ctx, &mut state.rng);
+        let sampled = match choice {
+            // The runner took the argmax the sampler would have taken (see picks_argmax).
+            Choice::Picked(token) => Sampled {
+                token,
+                logprob: None,
+            },
+            Choice::Logits(mut logits) => sample(&mut logits, &ctx, &mut state.rng),
+        };
         let token = sampled.token;
         let is_eos = !p.ignore_eos && self.eos.contains(&token);
         let is_stop_id = p.stop_token_ids.contains(&token);
@@ -331,4 +371,12 @@ impl LlmEngine {
         }
         Ok(out)
     }
+}
+
+/// A sampling row's result from the runner.
+enum Choice {
+    /// The token, picked on the device.
+    Picked(u32),
+    /// The row's logits, for the sampler.
+    Logits(Vec<f32>),
 }

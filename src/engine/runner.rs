@@ -7,9 +7,40 @@ use crate::model::llama::LlamaModel;
 use anyhow::Result;
 
 /// Tokens and layout of one step, built from the scheduler's choice.
+#[derive(Clone, Debug, Default)]
 pub struct StepInput {
     pub tokens: Vec<u32>,
     pub layout: BatchLayout,
+    /// Per logits row: the engine takes the raw argmax, so the runner may pick it on the
+    /// device and send back the token instead of the row's logits. Empty: no row.
+    pub pick_argmax: Vec<bool>,
+}
+
+impl StepInput {
+    /// Whether logits row `row` may be picked on the device.
+    pub fn picks(&self, row: usize) -> bool {
+        self.pick_argmax.get(row).copied().unwrap_or(false)
+    }
+}
+
+/// What a step produced for its sampling rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepOutput {
+    /// Per logits row: the token the runner picked (argmax), or `None` when the row's
+    /// logits are in `logits`.
+    pub picked: Vec<Option<u32>>,
+    /// The logits of the rows without a pick, in row order, `[rows, vocab]` row-major.
+    pub logits: Vec<f32>,
+}
+
+impl StepOutput {
+    /// Every row as logits (a runner that picks nothing).
+    pub fn all_logits(rows: usize, logits: Vec<f32>) -> StepOutput {
+        StepOutput {
+            picked: vec![None; rows],
+            logits,
+        }
+    }
 }
 
 impl StepInput {
@@ -36,14 +67,19 @@ impl StepInput {
                 layout.logits_rows.push(tokens.len() - 1);
             }
         }
-        StepInput { tokens, layout }
+        StepInput {
+            tokens,
+            layout,
+            pick_argmax: Vec::new(),
+        }
     }
 }
 
 /// Runs forward passes; the engine needs nothing else from the model side.
 pub trait Runner: Send {
-    /// Logits (`[sampling sequences, vocab]`, row-major) of the step.
-    fn execute(&mut self, input: &StepInput) -> Result<Vec<f32>>;
+    /// The step's sampling rows: picked tokens where `input.pick_argmax` allows and the
+    /// runner can, logits for the rest.
+    fn execute(&mut self, input: &StepInput) -> Result<StepOutput>;
     fn vocab_size(&self) -> usize;
     fn describe(&self) -> String;
     /// Bytes of weights one forward pass reads (for bandwidth rooflines).
@@ -81,13 +117,13 @@ impl<B: Backend + 'static> Runner for ModelRunner<B>
 where
     B::Tensor: 'static,
 {
-    fn execute(&mut self, input: &StepInput) -> Result<Vec<f32>> {
-        self.model.forward(
+    fn execute(&mut self, input: &StepInput) -> Result<StepOutput> {
+        self.model.forward_picking(
             &self.backend,
             &input.tokens,
             &input.layout,
             &mut self.cache,
-            &crate::parallel::SingleRank,
+            &input.pick_argmax,
         )
     }
 

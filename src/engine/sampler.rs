@@ -48,6 +48,19 @@ pub fn sample(logits: &mut [f32], ctx: &SampleContext, rng: &mut ChaCha8Rng) -> 
     Sampled { token, logprob }
 }
 
+/// True when the next token is the plain argmax of the raw logits (greedy, no penalty, no
+/// logprobs, no end token to hold back), so the device may pick it without sending the
+/// logits to the host. `sample` gives the same token for such a row.
+pub fn picks_argmax(ctx: &SampleContext) -> bool {
+    let p = ctx.params;
+    p.is_greedy()
+        && p.logprobs.is_none()
+        && p.repetition_penalty == 1.0
+        && p.presence_penalty == 0.0
+        && p.frequency_penalty == 0.0
+        && (ctx.output.len() >= p.min_tokens || ctx.end_tokens.is_empty())
+}
+
 pub fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
@@ -166,6 +179,46 @@ mod tests {
             output,
             end_tokens: &[3],
         }
+    }
+
+    #[test]
+    fn only_plain_greedy_rows_may_be_picked_on_the_device() {
+        let greedy = SamplingParams::greedy();
+        assert!(picks_argmax(&ctx(&greedy, &[])));
+        let top_k_one = SamplingParams {
+            top_k: 1,
+            temperature: 1.0,
+            ..Default::default()
+        };
+        assert!(picks_argmax(&ctx(&top_k_one, &[])));
+        for p in [
+            SamplingParams::default(),
+            SamplingParams {
+                logprobs: Some(0),
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                repetition_penalty: 1.1,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                presence_penalty: 0.5,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                frequency_penalty: 0.5,
+                ..SamplingParams::greedy()
+            },
+        ] {
+            assert!(!picks_argmax(&ctx(&p, &[])), "{p:?}");
+        }
+        // min_tokens masks the end tokens until enough output exists.
+        let min = SamplingParams {
+            min_tokens: 2,
+            ..SamplingParams::greedy()
+        };
+        assert!(!picks_argmax(&ctx(&min, &[7])));
+        assert!(picks_argmax(&ctx(&min, &[7, 8])));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use super::config::ModelConfig;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
 use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec};
-use crate::parallel::{Communicator, Shard, ShardLayout};
+use crate::engine::runner::StepOutput;
+use crate::parallel::{Communicator, Shard, ShardLayout, SingleRank};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use std::ops::Range;
@@ -360,6 +361,54 @@ impl<B: Backend> LlamaModel<B> {
         cache: &mut B::KvCache,
         comm: &dyn Communicator<B>,
     ) -> Result<Vec<f32>> {
+        let logits = self.logits(be, tokens, batch, cache, comm)?;
+        let values = be.to_host_f32(&logits)?;
+        Ok(self.strip_zero_row(values, batch.logits_rows.len()))
+    }
+
+    /// Like [`LlamaModel::forward`] on an unsharded model, but rows marked in `pick_argmax`
+    /// get their argmax picked on the device: only the token travels to the host.
+    pub fn forward_picking(
+        &self,
+        be: &B,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        cache: &mut B::KvCache,
+        pick_argmax: &[bool],
+    ) -> Result<StepOutput> {
+        let rows = batch.logits_rows.len();
+        let logits = self.logits(be, tokens, batch, cache, &SingleRank)?;
+        let picked_rows: Vec<usize> = (0..rows)
+            .filter(|&r| pick_argmax.get(r).copied().unwrap_or(false))
+            .collect();
+        if picked_rows.is_empty() {
+            let values = be.to_host_f32(&logits)?;
+            return Ok(StepOutput::all_logits(rows, values));
+        }
+        let tokens = be.argmax_rows(&logits, &picked_rows)?;
+        let mut picked = vec![None; rows];
+        for (&r, t) in picked_rows.iter().zip(tokens) {
+            picked[r] = Some(t);
+        }
+        let rest: Vec<usize> = (0..rows).filter(|r| picked[*r].is_none()).collect();
+        let logits = if rest.is_empty() {
+            Vec::new()
+        } else {
+            be.to_host_f32(&be.select_rows(&logits, &rest)?)?
+        };
+        Ok(StepOutput { picked, logits })
+    }
+
+    /// The logits of `batch.logits_rows` on the device, `[rows, local vocab]` (plus the
+    /// zero row's column for a tied head over a split vocabulary).
+    fn logits(
+        &self,
+        be: &B,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        cache: &mut B::KvCache,
+        comm: &dyn Communicator<B>,
+    ) -> Result<B::Tensor> {
         let c = &self.config;
         anyhow::ensure!(tokens.len() == batch.num_tokens(), "one position per token");
         anyhow::ensure!(
@@ -411,15 +460,16 @@ impl<B: Backend> LlamaModel<B> {
             &batch.logits_rows,
         )?;
         let (x, _) = be.add_rms_norm(last, last_residual, &self.norm, c.rms_norm_eps)?;
-        let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
-        let mut values = be.to_host_f32(&logits)?;
-        let local_vocab = self.layout.vocab.len();
+        be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)
+    }
+
+    /// Host logits without the zero row's column, where a tied head scored it.
+    fn strip_zero_row(&self, values: Vec<f32>, rows: usize) -> Vec<f32> {
         if self.lm_head.is_none() && self.layout.splits_vocab() {
-            // The tied head scored the embedding's zero row too: drop that column.
-            let rows = batch.logits_rows.len();
-            values = drop_last_column(values, rows, local_vocab + 1);
+            drop_last_column(values, rows, self.layout.vocab.len() + 1)
+        } else {
+            values
         }
-        Ok(values)
     }
 
     fn attention_block(

@@ -12,7 +12,7 @@ use super::communicator::Communicator;
 use super::shard::Shard;
 use crate::backend::cuda::pool::PoolStats;
 use crate::backend::{Backend, DType};
-use crate::engine::runner::{Runner, StepInput};
+use crate::engine::runner::{Runner, StepInput, StepOutput};
 use crate::model::config::ModelConfig;
 use crate::model::llama::LlamaModel;
 use crate::model::weights::WeightSource;
@@ -197,18 +197,21 @@ impl TpRunner {
 }
 
 impl Runner for TpRunner {
-    fn execute(&mut self, input: &StepInput) -> Result<Vec<f32>> {
+    /// Every row comes back as logits: the argmax of a split vocabulary needs every
+    /// rank's slice (picking on the ranks is left for later).
+    fn execute(&mut self, input: &StepInput) -> Result<StepOutput> {
         // The step is shared by reference count, not copied per rank.
-        let shared = Arc::new(StepInput {
-            tokens: input.tokens.clone(),
-            layout: input.layout.clone(),
-        });
+        let shared = Arc::new(input.clone());
         self.broadcast(|| Command::Step(shared.clone()))?;
         let parts = self.collect(|r| match r {
             Reply::Logits(l) => Ok(l),
             _ => Err(anyhow!("unexpected reply to a step")),
         })?;
-        gather_vocab(&parts, &self.vocab, self.config.vocab_size)
+        let logits = gather_vocab(&parts, &self.vocab, self.config.vocab_size)?;
+        Ok(StepOutput::all_logits(
+            input.layout.logits_rows.len(),
+            logits,
+        ))
     }
 
     fn vocab_size(&self) -> usize {

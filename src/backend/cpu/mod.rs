@@ -57,6 +57,10 @@ impl Backend for CpuBackend {
         host_f32(t)
     }
 
+    fn tensor_dims(&self, t: &Tensor) -> Result<Vec<usize>> {
+        Ok(t.dims().to_vec())
+    }
+
     fn replace_from_f32(&self, t: Tensor, values: &[f32]) -> Result<Tensor> {
         anyhow::ensure!(
             values.len() == t.elem_count(),

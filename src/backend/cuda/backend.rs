@@ -228,6 +228,35 @@ impl Backend for CudaBackend {
         t.to_f32(&self.dev)
     }
 
+    fn tensor_dims(&self, t: &CudaTensor) -> Result<Vec<usize>> {
+        Ok(t.shape().to_vec())
+    }
+
+    /// The argmax kernel over the picked rows; only the indices come back.
+    fn argmax_rows(&self, logits: &CudaTensor, rows: &[usize]) -> Result<Vec<u32>> {
+        self.bind()?;
+        let n = logits.shape().first().copied().unwrap_or(0);
+        let all_in_order = rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r);
+        let selected;
+        let source = if all_in_order {
+            logits
+        } else {
+            selected = self.select_rows(logits, rows)?;
+            &selected
+        };
+        let mut ids = self
+            .pools
+            .u32_buffer(rows.len())
+            .context("argmax output buffer")?;
+        self.dev.argmax(source, &mut ids)?;
+        let host = self
+            .dev
+            .stream()
+            .clone_dtoh(&ids.slice(0..rows.len()))
+            .context("copying the picked tokens")?;
+        Ok(host)
+    }
+
     fn replace_from_f32(&self, mut t: CudaTensor, values: &[f32]) -> Result<CudaTensor> {
         self.bind()?;
         t.overwrite_from_f32(&self.dev, values)?;

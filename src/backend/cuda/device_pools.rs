@@ -65,6 +65,11 @@ impl DevicePools {
         }
     }
 
+    /// At least `units` u32 values, contents undefined (for outputs a kernel overwrites).
+    pub fn u32_buffer(&self, units: usize) -> Result<DeviceU32> {
+        self.u32s.take(units)
+    }
+
     /// At least `bytes` bytes, contents undefined (for outputs a kernel overwrites in full).
     pub fn bytes(&self, bytes: usize) -> Result<DeviceBytes> {
         self.bytes.take(bytes)
