@@ -4,6 +4,7 @@
 //! A generation's path: [`pipeline::Pipeline::generate`] -> [`tokenizer`] + [`clip`] (text
 //! conditioning) -> [`scheduler`] + [`unet`] (denoising loop) -> [`vae`] (latents to pixels).
 
+pub mod batch;
 pub mod clip;
 pub mod config;
 pub mod nn;
