@@ -7,9 +7,12 @@
 pub mod batch;
 pub mod clip;
 pub mod config;
+pub mod engine;
+pub mod handle;
 pub mod nn;
 pub mod pipeline;
 pub mod png;
+pub mod queue;
 pub mod resnet;
 pub mod scheduler;
 pub mod tokenizer;
