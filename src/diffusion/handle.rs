@@ -50,6 +50,8 @@ pub struct ImageModelInfo {
     pub max_side: usize,
     pub default_steps: usize,
     pub default_guidance: f32,
+    /// Prompt tokens the text encoder reads (longer prompts are cut).
+    pub max_prompt_tokens: usize,
     scheduler: SchedulerConfig,
 }
 
@@ -64,6 +66,7 @@ impl ImageModelInfo {
             max_side: (2 * default_size).max(size_multiple),
             default_steps: 25,
             default_guidance: 7.5,
+            max_prompt_tokens: pipeline.tokenizer().max_length(),
             scheduler: pipeline.scheduler_config().clone(),
         }
     }

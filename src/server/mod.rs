@@ -12,6 +12,8 @@ pub mod completions;
 pub mod error;
 pub mod generate;
 pub mod gpu_watch;
+pub mod image_metrics;
+pub mod images;
 pub mod json;
 pub mod logprobs;
 pub mod metrics;
@@ -27,7 +29,7 @@ pub mod types;
 use crate::engine::EngineHandle;
 use crate::launch::{build_engine, EngineArgs};
 use anyhow::{Context, Result};
-use state::{AppState, Served, SharedState};
+use state::{AppState, Loaded, Served, ServedImages, SharedState};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +88,7 @@ async fn serve_from_args(args: ServeArgs) -> Result<()> {
     let names = args.served_model_name.clone();
     let max_queued = args.max_queued_requests;
     let loader = async move {
-        tokio::task::spawn_blocking(move || load(&engine_args, names, max_queued))
+        tokio::task::spawn_blocking(move || load_any(&engine_args, names, max_queued))
             .await
             .context("the model loader panicked")?
     };
@@ -112,6 +114,25 @@ pub fn load(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<
     })
 }
 
+/// Loads what the model directory holds: a diffusers pipeline (it has model_index.json)
+/// is served for images, anything else as an LLM (blocking).
+pub fn load_any(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<Loaded> {
+    let Some(dir) = crate::launch::images::diffusers_dir(args) else {
+        return load(args, names, max_queued).map(Loaded::Text);
+    };
+    let (engine, root) = crate::launch::images::build_image_engine(args, dir, max_queued)?;
+    let names = if names.is_empty() {
+        vec![root.clone()]
+    } else {
+        names
+    };
+    Ok(Loaded::Images(ServedImages {
+        engine,
+        names,
+        root,
+    }))
+}
+
 pub struct ServeOptions {
     pub max_request_body_bytes: usize,
     pub shutdown_timeout: Duration,
@@ -122,7 +143,7 @@ pub struct ServeOptions {
 pub async fn serve(
     listener: TcpListener,
     state: SharedState,
-    loader: impl Future<Output = Result<Served>>,
+    loader: impl Future<Output = Result<Loaded>>,
     stop: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> Result<()> {
@@ -147,9 +168,13 @@ pub async fn serve(
         tokio::select! {
             loaded = &mut loader, if loading => {
                 loading = false;
-                let served = loaded.context("loading the model")?;
-                tracing::info!("ready: serving {} as {:?}", served.root, served.names);
-                state.set_served(served);
+                let loaded = loaded.context("loading the model")?;
+                let (root, names) = match &loaded {
+                    Loaded::Text(s) => (&s.root, &s.names),
+                    Loaded::Images(s) => (&s.root, &s.names),
+                };
+                tracing::info!("ready: serving {root} as {names:?}");
+                state.set_loaded(loaded);
             }
             _ = &mut stopping => break,
             ended = &mut server => {
@@ -169,6 +194,10 @@ pub async fn serve(
                 .context("serving HTTP")?;
             if let Some(served) = state.served() {
                 let engine = served.engine.clone();
+                let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+            }
+            if let Some(images) = state.images() {
+                let engine = images.engine.clone();
                 let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
             }
             tracing::info!("shut down cleanly");
