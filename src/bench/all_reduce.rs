@@ -75,10 +75,7 @@ pub fn run(mut args: AllReduceArgs) -> Result<()> {
                 .map(|c| Box::new(c) as Box<dyn Communicator<CpuBackend>>)
                 .collect();
             let open = Arc::new(|_| Ok(CpuBackend::new()));
-            (
-                "host".to_string(),
-                measure(open, comms, &sizes, dtype, args.iters)?,
-            )
+            ("host".to_string(), measure(open, comms, &sizes, dtype, args.iters)?)
         }
         Device::Cuda(_) => {
             let ordinals = launch::cuda_ordinals(&ranks);
@@ -91,10 +88,7 @@ pub fn run(mut args: AllReduceArgs) -> Result<()> {
         "all-reduce over {} ranks on {ranks:?} ({path}), {dtype}",
         ranks.len()
     );
-    println!(
-        "{:>12} {:>12} {:>12} {:>10}",
-        "bytes", "median us", "min us", "GB/s"
-    );
+    println!("{:>12} {:>12} {:>12} {:>10}", "bytes", "median us", "min us", "GB/s");
     for r in &results {
         println!(
             "{:>12} {:>12.1} {:>12.1} {:>10.2}",
@@ -137,11 +131,8 @@ fn measure<B: Backend + 'static>(
                     for &bytes in sizes {
                         let n = (bytes / dtype.size_in_bytes()).max(1);
                         // Zeros stay zeros however often they are summed.
-                        let host = candle_core::Tensor::zeros(
-                            n,
-                            dtype.to_candle(),
-                            &candle_core::Device::Cpu,
-                        )?;
+                        let host =
+                            candle_core::Tensor::zeros(n, dtype.to_candle(), &candle_core::Device::Cpu)?;
                         let mut x = be.upload(host)?;
                         let mut samples = Vec::with_capacity(iters);
                         for i in 0..iters + 3 {
@@ -159,10 +150,7 @@ fn measure<B: Backend + 'static>(
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a rank panicked")))
-            })
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rank panicked"))))
             .collect()
     });
     let mut ranks = per_rank.into_iter();

@@ -8,8 +8,7 @@ use crate::backend::cuda::{device_count, CudaBackend};
 use crate::backend::{Backend, BatchLayout, DType, KvCacheSpec};
 use crate::engine::{EngineHandle, LlmEngine, SamplingParams};
 use crate::launch::{
-    build_engine, device, engine_from, engine_on_cuda, load_model, load_model_on, Device,
-    EngineArgs, LoadedModel,
+    build_engine, device, engine_from, engine_on_cuda, load_model, load_model_on, Device, EngineArgs, LoadedModel,
 };
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
