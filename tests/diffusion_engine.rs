@@ -23,6 +23,9 @@ fn engine(max_queued: usize) -> ImageHandle {
     ImageHandle::spawn(pipeline, info, args).unwrap()
 }
 
+/// A change to a request, and the parameter its error must name.
+type ParamCase = (fn(&mut ImageParams), &'static str);
+
 fn params(seed: Option<u64>, steps: usize) -> ImageParams {
     ImageParams {
         prompt: "a red cat".into(),
@@ -72,7 +75,7 @@ fn images_come_back_and_seeds_reproduce() {
 #[test]
 fn bad_requests_name_the_parameter() {
     let e = engine(0);
-    let cases: [(fn(&mut ImageParams), &str); 7] = [
+    let cases: [ParamCase; 7] = [
         (|p| p.width = Some(18), "size"),
         (|p| p.height = Some(4096), "size"),
         (|p| p.num_images = 0, "n"),

@@ -96,7 +96,7 @@ async fn serve_from_args(args: ServeArgs) -> Result<()> {
         max_request_body_bytes: args.max_request_body_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
     };
-    serve(listener, state, loader, shutdown::signal(), options).await
+    serve_loaded(listener, state, loader, shutdown::signal(), options).await
 }
 
 /// Loads the model and starts the engine (blocking).
@@ -138,9 +138,21 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
 }
 
-/// Serves on `listener` while `loader` brings the engine up, until `stop` resolves; then
-/// drains. Returns an error if the model fails to load or the listener fails.
+/// Serves an LLM on `listener` while `loader` brings the engine up, until `stop` resolves;
+/// then drains. Returns an error if the model fails to load or the listener fails.
 pub async fn serve(
+    listener: TcpListener,
+    state: SharedState,
+    loader: impl Future<Output = Result<Served>>,
+    stop: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> Result<()> {
+    let loader = async move { loader.await.map(Loaded::Text) };
+    serve_loaded(listener, state, loader, stop, options).await
+}
+
+/// [`serve`] for whatever `loader` loads: an LLM or an image pipeline.
+pub async fn serve_loaded(
     listener: TcpListener,
     state: SharedState,
     loader: impl Future<Output = Result<Loaded>>,
