@@ -114,6 +114,21 @@ async fn pngs_of_the_requested_size_and_seeds_that_reproduce() {
         .await
         .unwrap();
     assert_eq!(models["data"][0]["id"], MODEL, "{models}");
+    let spec: Value = client
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["paths"]["/v1/images/generations"]["post"].is_object());
+    for schema in ["ImageGenerationRequest", "ImagesResponse"] {
+        assert!(
+            spec["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
+    }
 
     let body = json!({
         "model": MODEL, "prompt": "a red cat", "n": 3, "size": "32x16",
