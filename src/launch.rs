@@ -5,6 +5,7 @@ mod cuda;
 pub mod device;
 pub mod gpu_memory;
 pub mod gpu_request;
+pub mod images;
 mod tensor_parallel;
 
 pub use tensor_parallel::{cuda_ordinals, gpu_communicators};

@@ -25,12 +25,20 @@ fn openai_client_available() -> Result<(), String> {
     }
 }
 
-#[test]
-fn official_openai_client_works_against_the_server() {
+/// False (with the reason printed) when the client is missing and not required.
+fn client_or_skip() -> bool {
     if let Err(why) = openai_client_available() {
         let required = std::env::var("KILN_REQUIRE_OPENAI_CLIENT").is_ok_and(|v| v == "1");
         assert!(!required, "KILN_REQUIRE_OPENAI_CLIENT=1 but {why}");
         eprintln!("skipping: {why} (pip install openai)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn official_openai_client_works_against_the_server() {
+    if !client_or_skip() {
         return;
     }
     // One sequence at a time and a short queue, so the client's RateLimitError is
@@ -56,6 +64,33 @@ fn official_openai_client_works_against_the_server() {
     assert!(
         output.status.success(),
         "openai client checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn official_openai_client_generates_images() {
+    if !client_or_skip() {
+        return;
+    }
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/diffusion/tiny-sd"
+    );
+    let server = Server::start(&["--model", fixture, "--api-key", API_KEY]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/openai_client/check_images.py"
+    );
+    let output = Command::new("python3")
+        .args([script, &server.base, "tiny-sd", API_KEY])
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "openai client image checks failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
 }

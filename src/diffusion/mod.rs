@@ -4,11 +4,15 @@
 //! A generation's path: [`pipeline::Pipeline::generate`] -> [`tokenizer`] + [`clip`] (text
 //! conditioning) -> [`scheduler`] + [`unet`] (denoising loop) -> [`vae`] (latents to pixels).
 
+pub mod batch;
 pub mod clip;
 pub mod config;
+pub mod engine;
+pub mod handle;
 pub mod nn;
 pub mod pipeline;
 pub mod png;
+pub mod queue;
 pub mod resnet;
 pub mod scheduler;
 pub mod tokenizer;

@@ -179,6 +179,10 @@ impl<B: ImageOps> Pipeline<B> {
     pub fn backend(&self) -> &B {
         &self.be
     }
+    /// The dtype the weights (and so the latents) are held in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
     pub fn tokenizer(&self) -> &ClipTokenizer {
         &self.tokenizer
     }
@@ -244,7 +248,8 @@ impl<B: ImageOps> Pipeline<B> {
         Ok(())
     }
 
-    fn latent_dims(&self, req: &ImageRequest) -> [usize; 4] {
+    /// `[num_images, channels, height / f, width / f]`: the starting latents of `req`.
+    pub fn latent_dims(&self, req: &ImageRequest) -> [usize; 4] {
         let f = self.vae.config().scale_factor();
         [
             req.num_images,

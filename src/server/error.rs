@@ -84,6 +84,14 @@ impl ApiError {
         )
     }
 
+    /// An endpoint of a kind (text or images) this server does not serve.
+    pub fn not_served(message: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("unsupported_endpoint"),
+            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -39,6 +39,8 @@ pub struct ServerMetrics {
     queue: Histogram,
     /// Per-GPU NVML gauges, set by the server's GPU watch (none on the CPU).
     pub gpu: GpuGauges,
+    /// Image generation (`kiln:image_*`), on a server that serves a diffusers pipeline.
+    pub images: super::image_metrics::ImageMetrics,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -50,9 +52,12 @@ impl ServerMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let gpu = GpuGauges::register(&registry).expect("GPU metric names are unique");
+        let images = super::image_metrics::ImageMetrics::register(&registry)
+            .expect("image metric names are unique");
         let m = ServerMetrics {
             registry,
             gpu,
+            images,
             running: IntGauge::new("kiln:num_requests_running", "Requests being generated")
                 .expect("static"),
             waiting: IntGauge::new("kiln:num_requests_waiting", "Requests queued").expect("static"),

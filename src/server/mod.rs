@@ -12,6 +12,8 @@ pub mod completions;
 pub mod error;
 pub mod generate;
 pub mod gpu_watch;
+pub mod image_metrics;
+pub mod images;
 pub mod json;
 pub mod logprobs;
 pub mod metrics;
@@ -27,7 +29,7 @@ pub mod types;
 use crate::engine::EngineHandle;
 use crate::launch::{build_engine, EngineArgs};
 use anyhow::{Context, Result};
-use state::{AppState, Served, SharedState};
+use state::{AppState, Loaded, Served, ServedImages, SharedState};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +88,7 @@ async fn serve_from_args(args: ServeArgs) -> Result<()> {
     let names = args.served_model_name.clone();
     let max_queued = args.max_queued_requests;
     let loader = async move {
-        tokio::task::spawn_blocking(move || load(&engine_args, names, max_queued))
+        tokio::task::spawn_blocking(move || load_any(&engine_args, names, max_queued))
             .await
             .context("the model loader panicked")?
     };
@@ -94,7 +96,7 @@ async fn serve_from_args(args: ServeArgs) -> Result<()> {
         max_request_body_bytes: args.max_request_body_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
     };
-    serve(listener, state, loader, shutdown::signal(), options).await
+    serve_loaded(listener, state, loader, shutdown::signal(), options).await
 }
 
 /// Loads the model and starts the engine (blocking).
@@ -112,17 +114,48 @@ pub fn load(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<
     })
 }
 
+/// Loads what the model directory holds: a diffusers pipeline (it has model_index.json)
+/// is served for images, anything else as an LLM (blocking).
+pub fn load_any(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<Loaded> {
+    let Some(dir) = crate::launch::images::diffusers_dir(args) else {
+        return load(args, names, max_queued).map(Loaded::Text);
+    };
+    let (engine, root) = crate::launch::images::build_image_engine(args, dir, max_queued)?;
+    let names = if names.is_empty() {
+        vec![root.clone()]
+    } else {
+        names
+    };
+    Ok(Loaded::Images(ServedImages {
+        engine,
+        names,
+        root,
+    }))
+}
+
 pub struct ServeOptions {
     pub max_request_body_bytes: usize,
     pub shutdown_timeout: Duration,
 }
 
-/// Serves on `listener` while `loader` brings the engine up, until `stop` resolves; then
-/// drains. Returns an error if the model fails to load or the listener fails.
+/// Serves an LLM on `listener` while `loader` brings the engine up, until `stop` resolves;
+/// then drains. Returns an error if the model fails to load or the listener fails.
 pub async fn serve(
     listener: TcpListener,
     state: SharedState,
     loader: impl Future<Output = Result<Served>>,
+    stop: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> Result<()> {
+    let loader = async move { loader.await.map(Loaded::Text) };
+    serve_loaded(listener, state, loader, stop, options).await
+}
+
+/// [`serve`] for whatever `loader` loads: an LLM or an image pipeline.
+pub async fn serve_loaded(
+    listener: TcpListener,
+    state: SharedState,
+    loader: impl Future<Output = Result<Loaded>>,
     stop: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> Result<()> {
@@ -147,9 +180,13 @@ pub async fn serve(
         tokio::select! {
             loaded = &mut loader, if loading => {
                 loading = false;
-                let served = loaded.context("loading the model")?;
-                tracing::info!("ready: serving {} as {:?}", served.root, served.names);
-                state.set_served(served);
+                let loaded = loaded.context("loading the model")?;
+                let (root, names) = match &loaded {
+                    Loaded::Text(s) => (&s.root, &s.names),
+                    Loaded::Images(s) => (&s.root, &s.names),
+                };
+                tracing::info!("ready: serving {root} as {names:?}");
+                state.set_loaded(loaded);
             }
             _ = &mut stopping => break,
             ended = &mut server => {
@@ -169,6 +206,10 @@ pub async fn serve(
                 .context("serving HTTP")?;
             if let Some(served) = state.served() {
                 let engine = served.engine.clone();
+                let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+            }
+            if let Some(images) = state.images() {
+                let engine = images.engine.clone();
                 let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
             }
             tracing::info!("shut down cleanly");

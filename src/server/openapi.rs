@@ -1,6 +1,6 @@
 //! `GET /openapi.json`, generated from the request/response types and handler annotations.
 
-use super::types::{chat, common, completion, service as svc};
+use super::types::{chat, common, completion, images, service as svc};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -9,6 +9,7 @@ use utoipa::OpenApi;
     paths(
         super::chat::chat_completions,
         super::completions::completions,
+        super::images::generate_images,
         super::service::models,
         super::service::tokenize,
         super::service::detokenize,
@@ -23,6 +24,7 @@ use utoipa::OpenApi;
         chat::ChatCompletionChunk,
         completion::Prompt,
         svc::ModelCard,
+        images::ImageData,
         super::error::ErrorBody,
     ))
 )]

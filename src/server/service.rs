@@ -2,7 +2,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::json::ApiJson;
-use super::state::{AppState, Served, SharedState};
+use super::state::{AppState, Served, ServedImages, SharedState};
 use super::types::service::*;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -11,6 +11,10 @@ use axum::Json;
 
 #[utoipa::path(get, tag = "openai", path = "/v1/models", responses((status = 200, body = ModelList)))]
 pub async fn models(State(state): State<SharedState>) -> ApiResult<Json<ModelList>> {
+    if let Some(images) = state.images() {
+        state.healthy()?;
+        return Ok(Json(image_models(&state, images)));
+    }
     let served = state.ready()?;
     let data = served
         .names
@@ -28,6 +32,26 @@ pub async fn models(State(state): State<SharedState>) -> ApiResult<Json<ModelLis
         object: "list",
         data,
     }))
+}
+
+/// An image server's models: the pipeline under each served name.
+fn image_models(state: &AppState, images: &ServedImages) -> ModelList {
+    let data = images
+        .names
+        .iter()
+        .map(|name| ModelCard {
+            id: name.clone(),
+            object: "model",
+            created: state.started_at,
+            owned_by: "kiln",
+            root: images.root.clone(),
+            max_model_len: images.engine.info().max_prompt_tokens,
+        })
+        .collect();
+    ModelList {
+        object: "list",
+        data,
+    }
 }
 
 /// A tokenizer request may name a model; if it does, it must be one we serve.
@@ -111,8 +135,8 @@ pub async fn version() -> Json<VersionResponse> {
 /// engine failure, and while shutting down (so load balancers stop routing here).
 #[utoipa::path(get, tag = "service", path = "/health", responses((status = 200), (status = 503)))]
 pub async fn health(State(state): State<SharedState>) -> Response {
-    match state.ready() {
-        Ok(_) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response(),
+    match state.healthy() {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response(),
         Err(e) => {
             let body = serde_json::json!({"status": "unavailable", "reason": e.message});
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -123,6 +147,9 @@ pub async fn health(State(state): State<SharedState>) -> Response {
 #[utoipa::path(get, tag = "service", path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     let stats = state.served().map(|s| s.engine.stats().as_ref());
+    if let Some(images) = state.images() {
+        state.metrics.images.sync(images.engine.stats());
+    }
     let text = state.metrics.render(stats);
     (
         [(

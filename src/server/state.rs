@@ -2,6 +2,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::metrics::ServerMetrics;
+use crate::diffusion::handle::ImageHandle;
 use crate::engine::EngineHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -15,8 +16,23 @@ pub struct Served {
     pub root: String,
 }
 
+/// The image engine and the names it answers to, when the server serves a diffusers
+/// pipeline instead of an LLM.
+pub struct ServedImages {
+    pub engine: ImageHandle,
+    pub names: Vec<String>,
+    pub root: String,
+}
+
+/// What `kiln serve` loaded: an LLM or an image pipeline (decided by the model directory).
+pub enum Loaded {
+    Text(Served),
+    Images(ServedImages),
+}
+
 pub struct AppState {
     served: OnceLock<Served>,
+    images: OnceLock<ServedImages>,
     pub api_key: Option<String>,
     pub metrics: ServerMetrics,
     /// Set once shutdown has begun: new requests on open connections are refused.
@@ -32,6 +48,7 @@ impl AppState {
     pub fn new(api_key: Option<String>) -> Self {
         AppState {
             served: OnceLock::new(),
+            images: OnceLock::new(),
             api_key: api_key.filter(|k| !k.is_empty()),
             metrics: ServerMetrics::new(),
             draining: AtomicBool::new(false),
@@ -49,13 +66,68 @@ impl AppState {
         self.served.get()
     }
 
-    /// The engine if it can take requests, else 503.
-    pub fn ready(&self) -> ApiResult<&Served> {
+    /// Publishes whatever was loaded; later calls are ignored.
+    pub fn set_loaded(&self, loaded: Loaded) {
+        match loaded {
+            Loaded::Text(served) => self.set_served(served),
+            Loaded::Images(images) => {
+                let _ = self.images.set(images);
+            }
+        }
+    }
+
+    /// The image engine, on a server that serves a diffusers pipeline.
+    pub fn images(&self) -> Option<&ServedImages> {
+        self.images.get()
+    }
+
+    /// 503 while shutting down or after a GPU failure.
+    fn accepting(&self) -> ApiResult<()> {
         if self.is_draining() {
             return Err(ApiError::unavailable("the server is shutting down"));
         }
         if let Some(why) = self.gpu_fault() {
             return Err(ApiError::unavailable(format!("GPU failure: {why}")));
+        }
+        Ok(())
+    }
+
+    /// Whether the server can take requests of the kind it serves (for `/health`).
+    pub fn healthy(&self) -> ApiResult<()> {
+        if self.images().is_some() {
+            return self.accepting();
+        }
+        self.ready().map(|_| ())
+    }
+
+    /// The image engine if it can take requests; `model`, when given, must be one of its
+    /// names. A text server answers 404 saying what it serves.
+    pub fn ready_images(&self, model: Option<&str>) -> ApiResult<&ServedImages> {
+        self.accepting()?;
+        if let Some(text) = self.served() {
+            return Err(ApiError::not_served(format!(
+                "this server serves the text model `{}`, not image generation (start \
+                 `kiln serve` with a diffusers pipeline directory, one with model_index.json)",
+                text.names.first().unwrap_or(&text.root)
+            )));
+        }
+        let images = self
+            .images()
+            .ok_or_else(|| ApiError::unavailable("the model is still loading"))?;
+        if let Some(model) = model.filter(|m| !images.names.iter().any(|n| n == m)) {
+            return Err(ApiError::model_not_found(model));
+        }
+        Ok(images)
+    }
+
+    /// The engine if it can take requests, else 503 (404 on an image server).
+    pub fn ready(&self) -> ApiResult<&Served> {
+        self.accepting()?;
+        if let Some(images) = self.images() {
+            return Err(ApiError::not_served(format!(
+                "this server serves the image pipeline `{}`: use POST /v1/images/generations",
+                images.names.first().unwrap_or(&images.root)
+            )));
         }
         let served = self
             .served()

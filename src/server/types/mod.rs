@@ -5,4 +5,5 @@
 pub mod chat;
 pub mod common;
 pub mod completion;
+pub mod images;
 pub mod service;

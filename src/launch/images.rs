@@ -1,0 +1,68 @@
+//! Starting the image engine for `kiln serve` when the model is a diffusers pipeline.
+
+use super::{DeviceArg, EngineArgs};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::DType;
+use crate::diffusion::config::ModelIndex;
+use crate::diffusion::handle::{ImageEngineArgs, ImageHandle, ImageModelInfo};
+use crate::diffusion::Pipeline;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Images one UNet batch may hold: batching beyond this buys little on a CPU and costs
+/// memory.
+const MAX_BATCH_IMAGES: usize = 16;
+
+/// The pipeline directory `--model` names, if it is a diffusers pipeline (one with a
+/// `model_index.json`); `None` for everything an LLM is loaded from.
+pub fn diffusers_dir(args: &EngineArgs) -> Option<&Path> {
+    let dir = Path::new(args.model.as_deref()?);
+    dir.join("model_index.json").is_file().then_some(dir)
+}
+
+/// Loads the pipeline in `dir` and starts its engine; returns it with the model's name.
+pub fn build_image_engine(
+    args: &EngineArgs,
+    dir: &Path,
+    max_queued: usize,
+) -> Result<(ImageHandle, String)> {
+    anyhow::ensure!(
+        !matches!(args.device, DeviceArg::Cuda(_)),
+        "image pipelines run on the CPU so far (the CUDA diffusion ops are still to come): \
+         use --device cpu or auto"
+    );
+    anyhow::ensure!(
+        args.tensor_parallel_size.unwrap_or(1) == 1,
+        "image pipelines are not sharded: leave --tensor-parallel-size at 1"
+    );
+    let dtype: DType = match args.dtype.as_str() {
+        "auto" => DType::F32,
+        other => other.parse().map_err(anyhow::Error::msg)?,
+    };
+    let index = ModelIndex::read(dir)?;
+    let class = match index.kind {
+        crate::diffusion::config::PipelineKind::StableDiffusion => "StableDiffusionPipeline",
+        crate::diffusion::config::PipelineKind::StableDiffusionXL => "StableDiffusionXLPipeline",
+    };
+    tracing::info!(
+        "loading the {class} in {} on the CPU ({dtype:?})",
+        dir.display()
+    );
+    let pipeline = Pipeline::load(CpuBackend::new(), dir, dtype)
+        .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
+    let info = ImageModelInfo::of(&pipeline, class.to_string());
+    let engine_args = ImageEngineArgs {
+        max_queued,
+        max_batch_images: MAX_BATCH_IMAGES,
+        seed: args.seed,
+    };
+    let name = dir
+        .canonicalize()
+        .ok()
+        .as_deref()
+        .unwrap_or(dir)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    Ok((ImageHandle::spawn(pipeline, info, engine_args)?, name))
+}
