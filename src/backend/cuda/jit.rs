@@ -40,7 +40,11 @@ impl Loader {
             CompileTarget::Ptx(_) => Ptx::from_src(String::from_utf8_lossy(&image).into_owned()),
         };
         let module = self.ctx.load_module(ptx).with_context(|| {
-            format!("loading kernels/{} ({})", file.file, self.target.arch_flag())
+            format!(
+                "loading kernels/{} ({})",
+                file.file,
+                self.target.arch_flag()
+            )
         })?;
         let mut functions = HashMap::new();
         for op in file.ops {
@@ -104,7 +108,9 @@ impl KernelRegistry {
             .ok_or_else(|| anyhow!("no kernel named {name}"))?;
         let loaded = slot.get_or_init(|| {
             tracing::info!(file = file.file, "compiling kernels on first use");
-            self.loader.load_file(file).map_err(|err| format!("{err:#}"))
+            self.loader
+                .load_file(file)
+                .map_err(|err| format!("{err:#}"))
         });
         match loaded {
             Ok(functions) => functions
