@@ -1,13 +1,16 @@
-//! Launches of the attention kernels (generic, tensor-core prefill) once [`super::attention_plan::choose`] has picked one. Argument lists match the
+//! Launches of the three attention kernels (generic, split-K decode + merge, tensor-core
+//! prefill) once [`super::attention_plan::choose`] has picked one. Argument lists match the
 //! kernels' signatures in kernels/attention*.cu one for one.
 
-use super::attention_plan;
+use super::attention_plan::{self, DecodePlan};
 use super::device::CudaDevice;
+use super::device_pools::DevicePools;
 use super::jit_cache::CompileTarget;
 use super::launch;
 use super::ops_attention::AttentionMetadata;
 use super::tensor::CudaTensor;
 use anyhow::{Context, Result};
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{DevicePtr, LaunchArgs, PushKernelArg};
 
 /// The `int` arguments shared by the kernels, already range-checked.
@@ -52,6 +55,15 @@ fn push_inputs<'a>(args: &mut LaunchArgs<'a>, c: &'a AttentionCall<'a>) {
 }
 
 impl CudaDevice {
+    /// Streaming multiprocessors of this GPU (split-K sizing).
+    pub fn sm_count(&self) -> Result<usize> {
+        let count = self
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .context("querying the SM count")?;
+        Ok(count.max(1) as usize)
+    }
+
     /// Whether `t`'s device address allows 16-byte vector loads (whole allocations always
     /// do; the check guards against views).
     pub fn is_16_byte_aligned(&self, t: &CudaTensor) -> bool {
@@ -109,6 +121,61 @@ impl CudaDevice {
         // SAFETY: matches kernels/attention_prefill.cu; the path is only chosen for 16-bit
         // dtypes on sm_80+ with a head dim it is instantiated for and aligned caches.
         unsafe { args.launch(cfg) }.context("attention prefill launch")?;
+        Ok(())
+    }
+
+    /// kernels/attention_decode.cu: split-K over the keys, then the merge when split.
+    pub(crate) fn attention_decode(
+        &self,
+        c: &AttentionCall<'_>,
+        plan: &DecodePlan,
+        pools: &DevicePools,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let n = &c.ints;
+        let (hq, hd) = (n.hq as usize, n.hd as usize);
+        // With one split the kernel writes `out` itself and never touches the scratch;
+        // it still needs a valid pointer argument.
+        let floats = plan.scratch_floats(c.tokens, hq, hd).max(1);
+        let mut scratch = pools
+            .bytes(floats * std::mem::size_of::<f32>())
+            .context("split-K attention scratch")?;
+        let heads_per_cta = launch::as_i32(plan.heads_per_cta, "heads per CTA")?;
+        let keys_per_split = launch::as_i32(plan.keys_per_split, "keys per split")?;
+        let op = attention_plan::kernel_op("decode", hd);
+        let f = self.kernels().get(&op, c.q.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(&mut *scratch).arg(out.data_mut());
+        push_inputs(&mut args, c);
+        args.arg(&n.num_seqs)
+            .arg(&n.max_blocks_per_seq)
+            .arg(&n.block_size)
+            .arg(&n.hq)
+            .arg(&n.hk)
+            .arg(&n.q_stride)
+            .arg(&n.window)
+            .arg(&c.scale)
+            .arg(&heads_per_cta)
+            .arg(&keys_per_split);
+        // SAFETY: matches kernels/attention_decode.cu; the scratch holds
+        // `scratch_floats` f32 values, the layout both kernels index.
+        unsafe { args.launch(plan.launch(c.tokens, hq)?) }.context("attention decode launch")?;
+
+        if let Some(cfg) = plan.merge_launch(c.tokens, hq)? {
+            let splits = launch::as_i32(plan.num_splits, "splits")?;
+            let f = self.kernels().get("attention_decode_merge", c.q.dtype())?;
+            let mut args = self.stream().launch_builder(f);
+            args.arg(out.data_mut())
+                .arg(&*scratch)
+                .arg(&n.hq)
+                .arg(&n.hd)
+                .arg(&splits);
+            // SAFETY: matches attention_decode_merge in kernels/attention_decode.cu; same
+            // grid x (tokens) and split count as the kernel that filled the scratch.
+            unsafe { args.launch(cfg) }.context("attention merge launch")?;
+        }
+        // The scratch returns to the pool here; the next user is queued after the merge
+        // on the same stream (see pool.rs).
         Ok(())
     }
 }

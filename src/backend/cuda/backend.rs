@@ -488,7 +488,7 @@ impl Backend for CudaBackend {
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let mut out = self.output(q.dtype(), q.shape())?;
         self.dev
-            .attention(q, k_cache, v_cache, &meta, scale, &mut out)?;
+            .attention(q, k_cache, v_cache, &meta, scale, &self.pools, &mut out)?;
         Ok(out)
     }
 }

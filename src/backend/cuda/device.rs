@@ -43,6 +43,8 @@ pub struct CudaDevice {
     kernels: KernelRegistry,
     blas: Blas,
     nvrtc: Nvrtc,
+    /// `KILN_SPLIT_K_DECODE=1`: let attention run the split-K decode kernel.
+    split_k_decode: bool,
 }
 
 impl CudaDevice {
@@ -68,6 +70,7 @@ impl CudaDevice {
             kernels,
             blas,
             nvrtc,
+            split_k_decode: std::env::var("KILN_SPLIT_K_DECODE").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -77,6 +80,11 @@ impl CudaDevice {
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Whether attention may pick the split-K decode kernel (see attention_plan.rs).
+    pub fn split_k_decode(&self) -> bool {
+        self.split_k_decode
     }
 
     pub fn kernels(&self) -> &KernelRegistry {

@@ -2,7 +2,7 @@
 //! cache the result on disk, load it into a CUDA context, and look kernels up by name.
 
 use super::jit_cache::{cache_dir, cache_key, cache_path, CompileTarget};
-use super::kernel_sources::{KernelFile, KERNEL_FILES};
+use super::kernel_sources::{all_kernel_files, KernelFile, KERNEL_FILES, LAZY_KERNEL_FILES};
 use super::nvrtc::Nvrtc;
 use crate::backend::DType;
 use anyhow::{anyhow, Context, Result};
@@ -10,13 +10,54 @@ use cudarc::driver::{CudaContext, CudaFunction};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-/// Every kernel of every file, loaded into one context.
+/// Every kernel of every file, loaded into one context: the files of `KERNEL_FILES` at
+/// startup, those of `LAZY_KERNEL_FILES` when one of their kernels is first asked for.
 pub struct KernelRegistry {
     functions: HashMap<String, CudaFunction>,
     target: CompileTarget,
+    loader: Loader,
+    /// One slot per lazy file: its kernels, or why it failed to build (not retried).
+    lazy: Vec<OnceLock<Result<HashMap<String, CudaFunction>, String>>>,
+}
+
+/// What compiling and loading a file needs, kept for the lazy files.
+struct Loader {
+    ctx: Arc<CudaContext>,
+    nvrtc: Nvrtc,
+    target: CompileTarget,
+    dir: Option<PathBuf>,
+}
+
+impl Loader {
+    /// Compiles (or loads from the disk cache) `file` and loads its kernels.
+    fn load_file(&self, file: &KernelFile) -> Result<HashMap<String, CudaFunction>> {
+        let image = compile_cached(&self.nvrtc, file, self.target, self.dir.as_deref())?;
+        let ptx = match self.target {
+            CompileTarget::Sass(_) => Ptx::from_binary(image),
+            CompileTarget::Ptx(_) => Ptx::from_src(String::from_utf8_lossy(&image).into_owned()),
+        };
+        let module = self.ctx.load_module(ptx).with_context(|| {
+            format!(
+                "loading kernels/{} ({})",
+                file.file,
+                self.target.arch_flag()
+            )
+        })?;
+        let mut functions = HashMap::new();
+        for op in file.ops {
+            for dtype in DType::ALL {
+                let name = kernel_name(op, dtype);
+                let function = module
+                    .load_function(&name)
+                    .with_context(|| format!("kernel {name} missing from kernels/{}", file.file))?;
+                functions.insert(name, function);
+            }
+        }
+        Ok(functions)
+    }
 }
 
 impl KernelRegistry {
@@ -35,38 +76,48 @@ impl KernelRegistry {
                     nvrtc.supported_archs()
                 )
             })?;
-        let dir = cache_dir(|name| std::env::var(name).ok());
+        let loader = Loader {
+            ctx: ctx.clone(),
+            nvrtc: nvrtc.clone(),
+            target,
+            dir: cache_dir(|name| std::env::var(name).ok()),
+        };
         let mut functions = HashMap::new();
         for file in KERNEL_FILES {
-            let image = compile_cached(nvrtc, file, target, dir.as_deref())?;
-            let ptx = match target {
-                CompileTarget::Sass(_) => Ptx::from_binary(image),
-                CompileTarget::Ptx(_) => {
-                    Ptx::from_src(String::from_utf8_lossy(&image).into_owned())
-                }
-            };
-            let module = ctx.load_module(ptx).with_context(|| {
-                format!("loading kernels/{} ({})", file.file, target.arch_flag())
-            })?;
-            for op in file.ops {
-                for dtype in DType::ALL {
-                    let name = kernel_name(op, dtype);
-                    let function = module.load_function(&name).with_context(|| {
-                        format!("kernel {name} missing from kernels/{}", file.file)
-                    })?;
-                    functions.insert(name, function);
-                }
-            }
+            functions.extend(loader.load_file(file)?);
         }
-        Ok(Self { functions, target })
+        Ok(Self {
+            functions,
+            target,
+            loader,
+            lazy: LAZY_KERNEL_FILES.iter().map(|_| OnceLock::new()).collect(),
+        })
     }
 
     /// The kernel `<op>_<dtype>`.
     pub fn get(&self, op: &str, dtype: DType) -> Result<&CudaFunction> {
         let name = kernel_name(op, dtype);
-        self.functions
-            .get(&name)
-            .ok_or_else(|| anyhow!("no kernel named {name}"))
+        if let Some(function) = self.functions.get(&name) {
+            return Ok(function);
+        }
+        let (slot, file) = self
+            .lazy
+            .iter()
+            .zip(LAZY_KERNEL_FILES)
+            .find(|(_, file)| file.ops.contains(&op))
+            .ok_or_else(|| anyhow!("no kernel named {name}"))?;
+        let loaded = slot.get_or_init(|| {
+            tracing::info!(file = file.file, "compiling kernels on first use");
+            self.loader
+                .load_file(file)
+                .map_err(|err| format!("{err:#}"))
+        });
+        match loaded {
+            Ok(functions) => functions
+                .get(&name)
+                .ok_or_else(|| anyhow!("no kernel named {name}")),
+            Err(err) => Err(anyhow!("{err}")),
+        }
     }
 
     /// What the kernels were compiled for.
@@ -136,7 +187,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// the CI check: the same sources and options as the GPU path, no device needed.
 pub fn check_all(nvrtc: &Nvrtc, target: CompileTarget) -> Result<Vec<(&'static str, usize)>> {
     let mut sizes = Vec::new();
-    for file in KERNEL_FILES {
+    for file in all_kernel_files() {
         let compiled = nvrtc.compile(file, target)?;
         if !compiled.log.is_empty() {
             anyhow::bail!(

@@ -3,6 +3,7 @@
 use super::attention_kernels::{compiled_arch, AttentionCall, AttentionInts};
 use super::attention_plan::{self, AttentionPath, AttentionProblem};
 use super::device::CudaDevice;
+use super::device_pools::DevicePools;
 use super::launch::{self, as_i32, ATTENTION_MAX_HEAD_DIM};
 use super::ops::dims3;
 use super::tensor::CudaTensor;
@@ -79,7 +80,9 @@ impl CudaDevice {
     /// `out[n, hq, hd] = softmax(q k^T * scale) v` (q and out may also be `[n, hq * hd]`)
     /// over each token's causal window of the paged cache, cut to the sliding window if
     /// there is one. Block indices in `block_tables` are trusted. The kernel is chosen by
-    /// [`attention_plan::choose`] (tensor-core prefill or the generic kernel).
+    /// [`attention_plan::choose`] (split-K decode, tensor-core prefill or the generic
+    /// kernel); split-K scratch comes from `pools`.
+    #[allow(clippy::too_many_arguments)] // the op's tensors, its metadata and the pools
     pub fn attention(
         &self,
         q: &CudaTensor,
@@ -87,6 +90,7 @@ impl CudaDevice {
         v_cache: &CudaTensor,
         meta: &AttentionMetadata<'_>,
         scale: f32,
+        pools: &DevicePools,
         out: &mut CudaTensor,
     ) -> Result<()> {
         let (_, hk, cache_hd) = cache_geometry(k_cache)?;
@@ -147,6 +151,7 @@ impl CudaDevice {
         match attention_plan::choose(&problem)? {
             AttentionPath::Generic => self.attention_generic(&call, out),
             AttentionPath::Prefill => self.attention_prefill(&call, out),
+            AttentionPath::Decode(plan) => self.attention_decode(&call, &plan, pools, out),
         }
     }
 
@@ -170,6 +175,7 @@ impl CudaDevice {
     ) -> Result<AttentionProblem> {
         let (_, hk, hd) = cache_geometry(k_cache)?;
         let [n, hq, _] = token_heads(q, hd, "attention q")?;
+        let capacity = meta.max_blocks_per_seq * k_cache.shape()[1];
         Ok(AttentionProblem {
             tokens: n,
             num_seqs: meta.num_seqs,
@@ -178,7 +184,10 @@ impl CudaDevice {
             head_dim: hd,
             sixteen_bit: q.dtype() != DType::F32,
             arch: compiled_arch(self.kernels().target()),
+            sm_count: self.sm_count()?,
+            max_keys: meta.sliding_window.map_or(capacity, |w| w.min(capacity)),
             caches_aligned: self.is_16_byte_aligned(k_cache) && self.is_16_byte_aligned(v_cache),
+            split_k_decode: self.split_k_decode(),
         })
     }
 }

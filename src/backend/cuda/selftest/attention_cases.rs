@@ -7,6 +7,7 @@ use super::attention_scenarios::{scenarios, Scenario};
 use super::compare::Check;
 use super::suite::Suite;
 use crate::backend::cuda::attention_plan::AttentionPath;
+use crate::backend::cuda::device_pools::DevicePools;
 use crate::backend::cuda::reference::{self, AttentionShape};
 use crate::backend::cuda::{AttentionMetadata, CudaTensor, DType};
 use anyhow::Result;
@@ -107,12 +108,17 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         sliding_window: sc.sliding_window,
     };
     let scale = 1.0 / (hd as f32).sqrt();
+    let pools = DevicePools::new(dev.stream());
     let path = match dev.attention_path(&q, &k_cache, &v_cache, &meta)? {
         AttentionPath::Generic => "generic".to_string(),
         AttentionPath::Prefill => "prefill tiles".to_string(),
+        AttentionPath::Decode(plan) => format!(
+            "split-K {}x{} keys, {} heads/CTA",
+            plan.num_splits, plan.keys_per_split, plan.heads_per_cta
+        ),
     };
     let mut out = CudaTensor::zeros(dev, dtype, &[n, hq, hd])?;
-    dev.attention(&q, &k_cache, &v_cache, &meta, scale, &mut out)?;
+    dev.attention(&q, &k_cache, &v_cache, &meta, scale, &pools, &mut out)?;
     let shape = AttentionShape {
         q_heads: hq,
         kv_heads: hk,
@@ -149,7 +155,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         &expected,
     );
     let us = s.time(row, || {
-        dev.attention(&q, &k_cache, &v_cache, &meta, scale, &mut out)
+        dev.attention(&q, &k_cache, &v_cache, &meta, scale, &pools, &mut out)
     })?;
     // Every key and value in some token's window is read at least once.
     let keys_read: usize = sc

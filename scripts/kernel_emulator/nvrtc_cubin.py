@@ -1,0 +1,30 @@
+"""Compiles one CUDA source to a cubin with NVRTC through ctypes, with kiln's options
+(src/backend/cuda/nvrtc.rs: -default-device --std=c++17).
+
+    python3 nvrtc_cubin.py LIBNVRTC ARCH SOURCE.cu OUT.cubin
+"""
+import ctypes
+import sys
+
+lib_path, arch, source, out = sys.argv[1:5]
+nvrtc = ctypes.CDLL(lib_path)
+program = ctypes.c_void_p()
+with open(source, "rb") as f:
+    text = f.read()
+if nvrtc.nvrtcCreateProgram(ctypes.byref(program), text, b"kernels.cu", 0, None, None):
+    sys.exit("nvrtcCreateProgram failed")
+options = [f"--gpu-architecture={arch}".encode(), b"-default-device", b"--std=c++17"]
+status = nvrtc.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
+size = ctypes.c_size_t()
+nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+log = ctypes.create_string_buffer(size.value)
+nvrtc.nvrtcGetProgramLog(program, log)
+if log.value.strip():
+    print(log.value.decode(), file=sys.stderr)
+if status:
+    sys.exit(f"NVRTC failed ({status})")
+nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size))
+image = ctypes.create_string_buffer(size.value)
+nvrtc.nvrtcGetCUBIN(program, image)
+with open(out, "wb") as f:
+    f.write(image.raw)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs kernels/attention_decode.cu on the CPU through cuda_emu.h and compares it with a
+# double-precision reference (about 15 s; `full` adds the selftest's failing shapes, a few
+# minutes). Needs only g++ (C++20).
+#
+#   scripts/kernel_emulator/run.sh [full]
+set -euo pipefail
+cd "$(dirname "$0")"
+BUILD="${TMPDIR:-/tmp}/kiln-kernel-emulator"
+mkdir -p "$BUILD"
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/attention_decode_check" attention_decode_check.cpp -ldl
+exec "$BUILD/attention_decode_check" "$@"
