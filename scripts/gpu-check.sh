@@ -75,6 +75,11 @@ fi
 step nvidia_smi 20 no nvidia_smi.txt -- nvidia-smi
 step gpus 30 yes gpus.json -- "$KILN" gpus --json
 step selftest 150 yes selftest.json -- "$KILN" selftest --json
+# The split-K decode attention kernel is opt-in until it passes here.
+if [ "${SPLIT_K:-0}" = 1 ]; then
+    step selftest_split_k 120 no selftest_split_k.json -- \
+        env KILN_SPLIT_K_DECODE=1 "$KILN" selftest --json
+fi
 
 # The fixtures on the GPU must give the CPU reference's logits and greedy tokens.
 for arch in $ARCHS; do
@@ -160,7 +165,7 @@ fi
 # HF transformers eager on the same shapes, same GPU, same run (the machine has torch).
 HF_BASELINE="$BUNDLE/scripts/hf_baseline.py"
 PRESETS="${PRESETS:-$BUNDLE/models/presets}"
-if [ -f "$HF_BASELINE" ] && python3 -c "import torch, transformers" 2>/dev/null; then
+if [ "${HF:-1}" = 1 ] && [ -f "$HF_BASELINE" ] && python3 -c "import torch, transformers" 2>/dev/null; then
     step hf_baseline_8b 150 no hf_baseline_8b.json -- \
         python3 "$HF_BASELINE" --config "$PRESETS/llama-3.1-8b.json" --batch-sizes 1,32 \
         --input-len 128 --output-len 32 --prefill-len 1024
