@@ -169,6 +169,10 @@ if [ "${HF:-1}" = 1 ] && [ -f "$HF_BASELINE" ] && python3 -c "import torch, tran
     step hf_baseline_8b 150 no hf_baseline_8b.json -- \
         python3 "$HF_BASELINE" --config "$PRESETS/llama-3.1-8b.json" --batch-sizes 1,32 \
         --input-len 128 --output-len 32 --prefill-len 1024
+    # transformers' fastest documented decode: static cache + torch.compile (issue 6's 2.5x bar).
+    step hf_baseline_8b_compiled 240 no hf_baseline_8b_compiled.json -- \
+        python3 "$HF_BASELINE" --config "$PRESETS/llama-3.1-8b.json" --batch-sizes 1 \
+        --input-len 128 --output-len 128 --prefill-len 1024 --mode static-compiled
 fi
 
 # Headline numbers, pulled out of the logs for the summary.
