@@ -407,6 +407,51 @@ def make_sd(out: Path) -> None:
 
     save_file({k: v.clone().contiguous() for k, v in tensors.items()}, out / "reference.safetensors")
     (out / "reference.json").write_text(json.dumps(ref, indent=1, default=str) + "\n")
+    odd_size_references(pipe, context, out)
+
+
+# 22x30 pixels: 11x15 latents, which the UNet's one downsample rounds up to 6x8; diffusers
+# then upsamples to the skip connection's 11x15 instead of doubling.
+ODD_HEIGHT, ODD_WIDTH = 22, 30
+
+
+def odd_size_references(pipe: StableDiffusionPipeline, context: torch.Tensor, out: Path) -> None:
+    """One UNet forward and one full run at a size whose latents have odd sides, in their own
+    files (reference_odd_sizes.*) so the references above stay as they were.
+
+    diffusers' pipeline insists on multiples of 8 pixels whatever the VAE's factor; the tiny
+    VAE's factor is 2, so every multiple of 8 gives latents that halve evenly. The run skips
+    that one check (22x30 here is what 88x120 is for a real factor-8 VAE); everything else is
+    the unchanged pipeline."""
+    tensors: dict[str, torch.Tensor] = {}
+    f = pipe.vae_scale_factor
+    gen = torch.Generator().manual_seed(2024)
+    with torch.no_grad():
+        latents = torch.randn((2, 4, ODD_HEIGHT // f, ODD_WIDTH // f), generator=gen)
+        timestep = 501.0
+        tensors["unet.sample"] = latents
+        tensors["unet.context"] = to_f32(context)
+        tensors["unet.out"] = to_f32(pipe.unet(latents, timestep, encoder_hidden_states=context).sample)
+
+    init = torch.randn((1, 4, ODD_HEIGHT // f, ODD_WIDTH // f), generator=gen)
+    tensors["run.initial_latents"] = init
+    pipe.scheduler = EulerDiscreteScheduler(**euler_config())
+    checked = pipe.check_inputs
+    pipe.check_inputs = lambda prompt, height, width, *rest, **kw: checked(prompt, 8, 8, *rest, **kw)
+    run = dict(name="euler_cfg", prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, steps=3,
+               guidance_scale=7.5, height=ODD_HEIGHT, width=ODD_WIDTH, num_images=1)
+    common = dict(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=3,
+                  guidance_scale=7.5, height=ODD_HEIGHT, width=ODD_WIDTH, latents=init.clone())
+    with torch.no_grad():
+        final = pipe(**common, output_type="latent").images
+        image = pipe(**common, output_type="np").images
+    del pipe.check_inputs
+    tensors["run.euler_cfg.latents"] = to_f32(final)
+    tensors["run.euler_cfg.image"] = torch.from_numpy(np.ascontiguousarray(image)).float()
+    run["scheduler"] = {"_class_name": "EulerDiscreteScheduler", **pipe.scheduler.config}
+    ref = {"unet": {"timestep": timestep}, "runs": [run]}
+    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, out / "reference_odd_sizes.safetensors")
+    (out / "reference_odd_sizes.json").write_text(json.dumps(ref, indent=1, default=str) + "\n")
 
 
 def make_sdxl(out: Path) -> None:

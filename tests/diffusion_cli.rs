@@ -70,7 +70,7 @@ fn kiln_image_refuses_a_bad_size() {
             "--prompt",
             "x",
             "--width",
-            "30",
+            "31",
         ])
         .arg("--out")
         .arg(dir.path().join("x.png"))
@@ -78,5 +78,5 @@ fn kiln_image_refuses_a_bad_size() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("multiples of 4"), "{stderr}");
+    assert!(stderr.contains("multiples of 2"), "{stderr}");
 }

@@ -51,8 +51,8 @@ fn the_same_seed_gives_the_same_images_and_another_seed_others() {
 fn bad_requests_are_refused_with_the_reason() {
     let p = pipeline();
     let cases: [RequestCase; 5] = [
-        (|r| r.width = 30, "multiples of 4"),
-        (|r| r.height = 0, "multiples of 4"),
+        (|r| r.width = 31, "multiples of 2"),
+        (|r| r.height = 0, "multiples of 2"),
         (|r| r.num_images = 0, "number of images"),
         (|r| r.num_images = 17, "number of images"),
         (|r| r.guidance_scale = f32::NAN, "guidance_scale"),

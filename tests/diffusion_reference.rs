@@ -13,7 +13,9 @@
 //!   1-step Euler ancestral "trailing" without CFG; SDXL: Euler + CFG with a negative prompt
 //!   and with zeroed negative conditioning, 1-step Euler ancestral): final latents 1e-5 relative to their
 //!   largest magnitude (CFG with random weights blows them up to tens; measured <= 2e-6),
-//!   pixels in [0, 1] 1e-4 absolute (measured <= 4e-6).
+//!   pixels in [0, 1] 1e-4 absolute (measured <= 4e-6);
+//! - sizes whose latents have odd sides (`tiny-sd` at 22x30 pixels, `reference_odd_sizes.*`):
+//!   one UNet forward and a 3-step Euler + CFG run, with the same tolerances.
 
 use candle_core::{Device, Tensor};
 use kiln::backend::cpu::CpuBackend;
@@ -34,23 +36,38 @@ fn fixture_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The references of the fixture `name` (`reference.*`), or those of one of its extra sets
+/// (`reference_<set>.*`, e.g. `odd_sizes`).
+fn reference_file(name: &str, set: Option<&str>, ext: &str) -> PathBuf {
+    let stem = set.map_or("reference".to_string(), |s| format!("reference_{s}"));
+    fixture_dir(name).join(format!("{stem}.{ext}"))
+}
+
 fn reference_json(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture_dir(name).join("reference.json")).unwrap();
+    set_json(name, None)
+}
+
+fn set_json(name: &str, set: Option<&str>) -> serde_json::Value {
+    let text = std::fs::read_to_string(reference_file(name, set, "json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 fn tensors(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(
-        fixture_dir(name).join("reference.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap()
+    set_tensors(name, None)
+}
+
+fn set_tensors(name: &str, set: Option<&str>) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(reference_file(name, set, "safetensors"), &Device::Cpu).unwrap()
 }
 
 fn reference(name: &str, key: &str) -> Tensor {
-    tensors(name)
+    set_reference(name, None, key)
+}
+
+fn set_reference(name: &str, set: Option<&str>, key: &str) -> Tensor {
+    set_tensors(name, set)
         .remove(key)
-        .unwrap_or_else(|| panic!("{name}/reference.safetensors has no {key}"))
+        .unwrap_or_else(|| panic!("{name} {set:?} references have no {key}"))
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -195,11 +212,13 @@ fn schedulers_match_diffusers() {
     }
 }
 
-/// Every full run recorded for the fixture `name`, from its initial latents.
-fn check_full_runs(name: &str) {
+/// Every full run recorded for the fixture `name` (in its reference set `set`), from its
+/// initial latents.
+fn check_full_runs(name: &str, set: Option<&str>) {
     let mut p = pipeline(name);
+    let reference = |name, key: &str| set_reference(name, set, key);
     let initial = reference(name, "run.initial_latents");
-    for run in reference_json(name)["runs"].as_array().unwrap() {
+    for run in set_json(name, set)["runs"].as_array().unwrap() {
         let run_name = format!("{name} {}", run["name"].as_str().unwrap());
         let key = format!("run.{}", run["name"].as_str().unwrap());
         p.set_scheduler(SchedulerConfig::from_json(run["scheduler"].clone()).unwrap());
@@ -233,7 +252,41 @@ fn check_full_runs(name: &str) {
 
 #[test]
 fn full_runs_match_diffusers() {
-    check_full_runs(SD);
+    check_full_runs(SD, None);
+}
+
+/// Reference set of `tiny-sd` at 22x30 pixels: 11x15 latents, whose odd sides the UNet's
+/// downsample rounds up (6x8), so its upsample must return to 11x15, not double.
+const ODD: Option<&str> = Some("odd_sizes");
+
+#[test]
+fn unet_forward_on_odd_latent_sides_matches_diffusers() {
+    let p = pipeline(SD);
+    let be = p.backend();
+    let timestep = set_json(SD, ODD)["unet"]["timestep"].as_f64().unwrap() as f32;
+    let sample = set_reference(SD, ODD, "unet.sample");
+    assert_eq!(sample.dims(), &[2, 4, 11, 15]);
+    let out = p
+        .unet()
+        .forward(
+            be,
+            &sample,
+            timestep,
+            &set_reference(SD, ODD, "unet.context"),
+            None,
+        )
+        .unwrap();
+    let want = set_reference(SD, ODD, "unet.out");
+    assert_eq!(out.dims(), want.dims());
+    assert_close("unet 11x15", &values(&out), &values(&want), 2e-5);
+}
+
+#[test]
+fn full_run_at_a_size_with_odd_latent_sides_matches_diffusers() {
+    let p = pipeline(SD);
+    // The pipeline accepts any multiple of the VAE's factor (2 here, 8 for real models).
+    assert_eq!(p.size_multiple(), 2);
+    check_full_runs(SD, ODD);
 }
 
 #[test]
@@ -301,5 +354,5 @@ fn sdxl_unet_with_added_conditioning_matches_diffusers() {
 
 #[test]
 fn sdxl_full_runs_match_diffusers() {
-    check_full_runs(SDXL);
+    check_full_runs(SDXL, None);
 }

@@ -188,7 +188,9 @@ async fn bad_parameters_are_openai_errors_naming_the_param() {
     let client = client();
     let base = json!({"model": MODEL, "prompt": "a cat", "num_inference_steps": 1});
     let cases: &[(Value, Option<&str>)] = &[
-        (json!({"size": "30x32"}), Some("size")),
+        // Sides must be multiples of the VAE's factor (2 for the tiny fixture, 8 for real
+        // models).
+        (json!({"size": "31x32"}), Some("size")),
         (json!({"size": "4096x4096"}), Some("size")),
         (json!({"size": "0x32"}), Some("size")),
         (json!({"size": "large"}), Some("size")),
@@ -219,6 +221,14 @@ async fn bad_parameters_are_openai_errors_naming_the_param() {
         assert_eq!(status, 400, "{change}: {error}");
         assert_error(&error, "invalid_request_error", *param);
     }
+    // Any multiple of the VAE's factor runs, even when the UNet's downsample meets an odd
+    // latent side (30x22 pixels: 15x11 latents, downsampled to 8x6).
+    let mut odd = base.clone();
+    odd["size"] = json!("30x22");
+    let (status, body) = generate(&client, &server, odd).await;
+    assert_eq!(status, 200, "{body}");
+    let images = pngs(&body);
+    assert_eq!((images.len(), images[0].0, images[0].1), (1, 30, 22));
     let (status, error) = generate(&client, &server, json!({"model": "nope", "prompt": "x"})).await;
     assert_eq!(status, 404, "{error}");
     assert_eq!(error["error"]["code"], "model_not_found");

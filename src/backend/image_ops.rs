@@ -49,6 +49,20 @@ impl TimestepEmbedding {
     }
 }
 
+/// The input index that nearest-neighbour resizing from `input` to `output` entries reads for
+/// output entry `i`: PyTorch's legacy `nearest` rule, `floor(i * (input / output))` computed
+/// in f32 (as PyTorch does, so the rare rounding cases agree too), clamped to the input.
+pub fn nearest_source_index(i: usize, input: usize, output: usize) -> usize {
+    if output == input {
+        i
+    } else if output == 2 * input {
+        i / 2
+    } else {
+        let scale = input as f32 / output as f32;
+        ((i as f32 * scale).floor() as usize).min(input.saturating_sub(1))
+    }
+}
+
 /// The image-model op set. Every op returns a new tensor; inputs are left as they were.
 pub trait ImageOps: Backend {
     /// The tensor's shape.
@@ -132,7 +146,21 @@ pub trait ImageOps: Backend {
     fn add_row(&self, x: &Self::Tensor, row: &Self::Tensor) -> Result<Self::Tensor>;
 
     /// Nearest-neighbour upsampling of NCHW `x` by 2 in height and width.
-    fn upsample_nearest2x(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    fn upsample_nearest2x(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        let dims = self.dims(x);
+        anyhow::ensure!(dims.len() == 4, "upsample_nearest2x: {dims:?} is not NCHW");
+        self.upsample_nearest(x, 2 * dims[2], 2 * dims[3])
+    }
+    /// Nearest-neighbour resize of NCHW `x` to `height` x `width`, as PyTorch's
+    /// `F.interpolate(mode="nearest", size=...)`: output row `i` reads input row
+    /// [`nearest_source_index`]`(i, in, out)`, and the same for columns. diffusers' UNet
+    /// upsamples to its skip connection's size this way when a downsample halved an odd side.
+    fn upsample_nearest(
+        &self,
+        x: &Self::Tensor,
+        height: usize,
+        width: usize,
+    ) -> Result<Self::Tensor>;
     /// Concatenation along `axis` (channels of a skip connection: 1; a batch: 0).
     fn concat(&self, parts: &[&Self::Tensor], axis: usize) -> Result<Self::Tensor>;
     /// `len` entries of `axis` from `start` on, as a new tensor.
@@ -214,6 +242,22 @@ mod tests {
         for (a, b) in v.iter().zip(expect) {
             assert!((a - b).abs() < 1e-6, "{v:?}");
         }
+    }
+
+    #[test]
+    fn nearest_source_index_follows_pytorch() {
+        // F.interpolate(torch.arange(3.).view(1, 1, 1, 3), size=(1, 5)) reads 0, 0, 1, 1, 2;
+        // size 6 doubles; size 2 reads 0, 1 (floor(1 * 1.5)).
+        let read = |input, output| -> Vec<usize> {
+            (0..output)
+                .map(|i| nearest_source_index(i, input, output))
+                .collect()
+        };
+        assert_eq!(read(3, 5), [0, 0, 1, 1, 2]);
+        assert_eq!(read(3, 6), [0, 0, 1, 1, 2, 2]);
+        assert_eq!(read(3, 2), [0, 1]);
+        assert_eq!(read(4, 4), [0, 1, 2, 3]);
+        assert_eq!(read(8, 15), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7]);
     }
 
     #[test]

@@ -218,9 +218,11 @@ impl<B: ImageOps> Pipeline<B> {
         latent * self.vae.config().scale_factor()
     }
 
-    /// Width and height must divide by this.
+    /// Width and height must divide by this: the VAE's scale factor (8 for real models), so
+    /// that the latents have whole sides. The UNet takes latents of any size (see
+    /// [`UNet::forward`](super::unet::UNet::forward)).
     pub fn size_multiple(&self) -> usize {
-        self.vae.config().scale_factor() << self.unet.downsamples()
+        self.vae.config().scale_factor()
     }
 
     /// Checks a request's numbers, with messages fit for an API error.

@@ -105,4 +105,17 @@ impl<B: ImageOps> Upsample<B> {
     pub fn forward(&self, be: &B, x: &B::Tensor) -> Result<B::Tensor> {
         self.conv.forward(be, &be.upsample_nearest2x(x)?)
     }
+
+    /// Nearest upsampling to exactly `height` x `width` (diffusers' `output_size`), then the
+    /// convolution: a UNet up block matches its skip connection's size this way.
+    pub fn forward_to(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        height: usize,
+        width: usize,
+    ) -> Result<B::Tensor> {
+        self.conv
+            .forward(be, &be.upsample_nearest(x, height, width)?)
+    }
 }

@@ -196,7 +196,8 @@ impl<B: ImageOps> UNet<B> {
         })
     }
 
-    /// How many times the UNet halves the latents (their sides must divide by 2^this).
+    /// How many times the UNet halves the latents (an odd side rounds up, and the up path
+    /// matches the skip connections' sizes, so latents of any size run).
     pub fn downsamples(&self) -> usize {
         self.config.block_out_channels.len() - 1
     }
@@ -213,13 +214,9 @@ impl<B: ImageOps> UNet<B> {
         added: Option<&TextTime<B::Tensor>>,
     ) -> Result<B::Tensor> {
         let dims = be.dims(sample);
-        anyhow::ensure!(dims.len() == 4, "UNet input {dims:?} is not NCHW");
-        let step = 1usize << self.downsamples();
         anyhow::ensure!(
-            dims[2] % step == 0 && dims[3] % step == 0,
-            "latents {}x{} do not divide by {step}",
-            dims[2],
-            dims[3]
+            dims.len() == 4 && dims[2] > 0 && dims[3] > 0,
+            "UNet input {dims:?} is not NCHW"
         );
         let batch = dims[0];
         let dtype = be.dtype_of(sample);
@@ -272,7 +269,11 @@ impl<B: ImageOps> UNet<B> {
                 }
             }
             if let Some(u) = &block.up {
-                h = u.forward(be, &h)?;
+                // As diffusers: upsample to the size of the skip connection the next block
+                // reads. That is twice the size unless a downsample halved an odd side
+                // (rounding up), which latents of any multiple of 8 pixels may have.
+                let next_skip = be.dims(top(&skips)?);
+                h = u.forward_to(be, &h, next_skip[2], next_skip[3])?;
             }
         }
         anyhow::ensure!(

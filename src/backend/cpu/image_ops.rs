@@ -1,7 +1,7 @@
 //! [`ImageOps`] on the CPU: candle tensor ops, norms and softmax in f32.
 
 use super::CpuBackend;
-use crate::backend::image_ops::{Activation, ImageOps};
+use crate::backend::image_ops::{nearest_source_index, Activation, ImageOps};
 use crate::backend::DType;
 use anyhow::{Context, Result};
 use candle_core::{DType as CDType, Device, Tensor, D};
@@ -166,9 +166,26 @@ impl ImageOps for CpuBackend {
         Ok(x.broadcast_add(row)?)
     }
 
-    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
+    fn upsample_nearest(&self, x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        Ok(x.upsample_nearest2d(2 * h, 2 * w)?)
+        anyhow::ensure!(
+            height > 0 && width > 0,
+            "upsample_nearest: {h}x{w} to {height}x{width}"
+        );
+        if (height, width) == (2 * h, 2 * w) {
+            return Ok(x.upsample_nearest2d(height, width)?);
+        }
+        // Any other size: gather rows then columns by PyTorch's index rule (candle's own
+        // resize computes the indices in f64, which could round differently).
+        let gather = |x: &Tensor, axis: usize, input: usize, output: usize| -> Result<Tensor> {
+            let idx: Vec<u32> = (0..output)
+                .map(|i| nearest_source_index(i, input, output) as u32)
+                .collect();
+            let idx = Tensor::from_vec(idx, output, x.device())?;
+            Ok(x.index_select(&idx, axis)?)
+        };
+        let rows = gather(&x.contiguous()?, 2, h, height)?;
+        gather(&rows, 3, w, width)
     }
 
     fn concat(&self, parts: &[&Tensor], axis: usize) -> Result<Tensor> {
@@ -299,6 +316,27 @@ mod tests {
             term *= -x * x / (n + 1) as f64;
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn upsample_nearest_to_an_odd_size_repeats_like_pytorch() {
+        let be = CpuBackend;
+        // A 2x3 map to 3x5: rows read 0, 0, 1; columns 0, 0, 1, 1, 2.
+        let x = t(&[1., 2., 3., 4., 5., 6.], &[1, 1, 2, 3]);
+        let y = be.upsample_nearest(&x, 3, 5).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 3, 5]);
+        #[rustfmt::skip]
+        let want = [
+            1., 1., 2., 2., 3.,
+            1., 1., 2., 2., 3.,
+            4., 4., 5., 5., 6.,
+        ];
+        assert_eq!(vals(&y), want);
+        // Twice the size is the plain 2x upsampling.
+        let y = be.upsample_nearest2x(&x).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 4, 6]);
+        assert_eq!(vals(&y)[..6], [1., 1., 2., 2., 3., 3.]);
+        assert!(be.upsample_nearest(&x, 0, 5).is_err());
     }
 
     #[test]
