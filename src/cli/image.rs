@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct ImageArgs {
-    /// A diffusers pipeline directory (model_index.json, unet/, vae/, text_encoder/, ...).
+    /// A diffusers pipeline: a directory (model_index.json, unet/, vae/, text_encoder/, ...)
+    /// or a hub repo id, fetched into the HF cache.
     #[arg(long, env = "KILN_IMAGE_MODEL")]
     pub model: PathBuf,
     #[arg(long)]
@@ -51,8 +52,12 @@ fn output_path(out: &Path, i: usize, n: usize) -> PathBuf {
 }
 
 pub fn run(args: ImageArgs) -> Result<()> {
-    let pipeline = Pipeline::load(CpuBackend::new(), &args.model, args.dtype)
-        .with_context(|| format!("loading the pipeline in {}", args.model.display()))?;
+    let name = args.model.to_string_lossy().into_owned();
+    let dir = crate::launch::images::pipeline_dir(&name, None)?.with_context(|| {
+        format!("{name} is not a diffusers pipeline (no model_index.json, locally or on the hub)")
+    })?;
+    let pipeline = Pipeline::load(CpuBackend::new(), &dir, args.dtype)
+        .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
     let size = pipeline.default_size();
     let req = ImageRequest {
         prompt: args.prompt,

@@ -9,6 +9,7 @@ pub mod clip;
 pub mod config;
 pub mod engine;
 pub mod handle;
+pub mod hub;
 pub mod nn;
 pub mod pipeline;
 pub mod png;

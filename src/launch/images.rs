@@ -7,7 +7,7 @@ use crate::diffusion::config::ModelIndex;
 use crate::diffusion::handle::{ImageEngineArgs, ImageHandle, ImageModelInfo};
 use crate::diffusion::Pipeline;
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Images one UNet batch may hold: batching beyond this buys little on a CPU and costs
 /// memory.
@@ -15,9 +15,29 @@ const MAX_BATCH_IMAGES: usize = 16;
 
 /// The pipeline directory `--model` names, if it is a diffusers pipeline (one with a
 /// `model_index.json`); `None` for everything an LLM is loaded from.
-pub fn diffusers_dir(args: &EngineArgs) -> Option<&Path> {
-    let dir = Path::new(args.model.as_deref()?);
-    dir.join("model_index.json").is_file().then_some(dir)
+pub fn diffusers_dir(args: &EngineArgs) -> Result<Option<PathBuf>> {
+    match args.model.as_deref() {
+        None => Ok(None),
+        Some(model) => pipeline_dir(model, args.revision.as_deref()),
+    }
+}
+
+/// `model` as a diffusers pipeline directory: a local directory with `model_index.json`, or
+/// a hub repo that has one (fetched into the HF cache); `None` when it is neither.
+pub fn pipeline_dir(model: &str, revision: Option<&str>) -> Result<Option<PathBuf>> {
+    let local = Path::new(model);
+    if local.exists() {
+        return Ok(local
+            .join("model_index.json")
+            .is_file()
+            .then(|| local.to_path_buf()));
+    }
+    let looks_like_repo = model.split('/').count() == 2 && !model.starts_with('.');
+    if !looks_like_repo {
+        return Ok(None);
+    }
+    let repo = crate::model::source::HubRepo::open(model, revision)?;
+    crate::diffusion::hub::fetch(&repo).with_context(|| format!("fetching the pipeline {model}"))
 }
 
 /// Loads the pipeline in `dir` and starts its engine; returns it with the model's name.

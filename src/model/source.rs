@@ -106,58 +106,106 @@ fn hub_cache() -> hf_hub::Cache {
     }
 }
 
-/// A hub repo id. Files come from the HF cache, downloading what is missing unless
-/// HF_HUB_OFFLINE is set. `need_weights` is false for dummy weights (config only).
-pub fn hub(repo_id: &str, revision: Option<&str>, need_weights: bool) -> Result<ModelFiles> {
-    let repo = match revision {
-        Some(r) => {
-            hf_hub::Repo::with_revision(repo_id.to_string(), hf_hub::RepoType::Model, r.to_string())
-        }
-        None => hf_hub::Repo::model(repo_id.to_string()),
-    };
-    let offline = env_flag("HF_HUB_OFFLINE");
-    let cache = hub_cache();
-    let cached = cache.repo(repo.clone());
-    let api = if offline {
-        None
-    } else {
-        let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).with_progress(true);
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            b = b.with_endpoint(endpoint);
-        }
-        if let Ok(token) = std::env::var("HF_TOKEN") {
-            b = b.with_token(Some(token));
-        }
-        Some(
-            b.build()
-                .context("setting up the Hugging Face hub client")?
-                .repo(repo),
-        )
-    };
-    let mut get = |file: &str| -> Result<PathBuf> {
-        if let Some(p) = cached.get(file) {
+/// Files of one hub repo: from the HF cache, downloading what is missing unless offline.
+pub struct HubRepo {
+    repo_id: String,
+    cached: hf_hub::CacheRepo,
+    api: Option<hf_hub::api::sync::ApiRepo>,
+}
+
+impl HubRepo {
+    /// `repo_id` at `revision` through the HF cache (`HF_HUB_CACHE`/`HF_HOME`), downloading
+    /// unless HF_HUB_OFFLINE is set.
+    pub fn open(repo_id: &str, revision: Option<&str>) -> Result<HubRepo> {
+        Self::open_in(hub_cache(), env_flag("HF_HUB_OFFLINE"), repo_id, revision)
+    }
+
+    /// The same with an explicit cache and offline switch (tests use a cache of their own).
+    pub fn open_in(
+        cache: hf_hub::Cache,
+        offline: bool,
+        repo_id: &str,
+        revision: Option<&str>,
+    ) -> Result<HubRepo> {
+        let repo = match revision {
+            Some(r) => hf_hub::Repo::with_revision(
+                repo_id.to_string(),
+                hf_hub::RepoType::Model,
+                r.to_string(),
+            ),
+            None => hf_hub::Repo::model(repo_id.to_string()),
+        };
+        let cached = cache.repo(repo.clone());
+        let api = if offline {
+            None
+        } else {
+            let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(true);
+            if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+                b = b.with_endpoint(endpoint);
+            }
+            if let Ok(token) = std::env::var("HF_TOKEN") {
+                b = b.with_token(Some(token));
+            }
+            Some(
+                b.build()
+                    .context("setting up the Hugging Face hub client")?
+                    .repo(repo),
+            )
+        };
+        Ok(HubRepo {
+            repo_id: repo_id.to_string(),
+            cached,
+            api,
+        })
+    }
+
+    /// The local path of `file` (a path inside the repo), fetched if needed.
+    pub fn get(&self, file: &str) -> Result<PathBuf> {
+        if let Some(p) = self.cached.get(file) {
             return Ok(p);
         }
-        match &api {
+        match &self.api {
             None => anyhow::bail!(
-                "{repo_id}/{file} is not in the local HF cache and HF_HUB_OFFLINE is set"
+                "{}/{file} is not in the local HF cache and HF_HUB_OFFLINE is set",
+                self.repo_id
             ),
             Some(api) => api
                 .get(file)
-                .with_context(|| format!("downloading {repo_id}/{file}")),
+                .with_context(|| format!("downloading {}/{file}", self.repo_id)),
         }
-    };
+    }
+
+    /// The safetensors weights `<dir>/<stem>.safetensors`, or the shards its index lists.
+    pub fn weights(&self, dir: &str, stem: &str) -> Result<Vec<PathBuf>> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        if let Ok(index) = self.get(&format!("{prefix}{stem}.safetensors.index.json")) {
+            return shards_from_index(&index, |f| self.get(&format!("{prefix}{f}")));
+        }
+        Ok(vec![self
+            .get(&format!("{prefix}{stem}.safetensors"))
+            .with_context(|| {
+                format!("{} has no safetensors weights in '{dir}'", self.repo_id)
+            })?])
+    }
+}
+
+/// A hub repo id. Files come from the HF cache, downloading what is missing unless
+/// HF_HUB_OFFLINE is set. `need_weights` is false for dummy weights (config only).
+pub fn hub(repo_id: &str, revision: Option<&str>, need_weights: bool) -> Result<ModelFiles> {
+    let repo = HubRepo::open(repo_id, revision)?;
+    let get = |file: &str| repo.get(file);
     let config = get("config.json")?;
     let tokenizer = get("tokenizer.json").ok();
     let _ = get("tokenizer_config.json");
     let generation_config = get("generation_config.json").ok();
-    let weights = if !need_weights {
-        Vec::new()
-    } else if let Ok(index) = get("model.safetensors.index.json") {
-        shards_from_index(&index, &mut get)?
+    let weights = if need_weights {
+        repo.weights("", "model")?
     } else {
-        vec![get("model.safetensors")
-            .with_context(|| format!("{repo_id} has no safetensors weights"))?]
+        Vec::new()
     };
     Ok(ModelFiles {
         name: repo_id.to_string(),

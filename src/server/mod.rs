@@ -117,10 +117,10 @@ pub fn load(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<
 /// Loads what the model directory holds: a diffusers pipeline (it has model_index.json)
 /// is served for images, anything else as an LLM (blocking).
 pub fn load_any(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<Loaded> {
-    let Some(dir) = crate::launch::images::diffusers_dir(args) else {
+    let Some(dir) = crate::launch::images::diffusers_dir(args)? else {
         return load(args, names, max_queued).map(Loaded::Text);
     };
-    let (engine, root) = crate::launch::images::build_image_engine(args, dir, max_queued)?;
+    let (engine, root) = crate::launch::images::build_image_engine(args, &dir, max_queued)?;
     let names = if names.is_empty() {
         vec![root.clone()]
     } else {
