@@ -23,21 +23,6 @@
 #define ATTN_MAX_HEAD_DIM 256
 #define ATTN_MAX_PER_LANE (ATTN_MAX_HEAD_DIM / 32)
 
-__device__ __forceinline__ int attention_find_sequence(const int* query_start, int num_seqs,
-                                                       int token) {
-    int lo = 0;
-    int hi = num_seqs - 1;
-    while (lo < hi) {  // the last sequence whose first row is <= token
-        const int mid = (lo + hi + 1) / 2;
-        if (query_start[mid] <= token) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    return lo;
-}
-
 template <typename D>
 __device__ __forceinline__ void attention_impl(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
@@ -53,7 +38,7 @@ __device__ __forceinline__ void attention_impl(
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
 
-    const int seq = attention_find_sequence(query_start, num_seqs, token);
+    const int seq = kiln_find_sequence(query_start, num_seqs, token);
     const int q_len = query_start[seq + 1] - query_start[seq];
     const int pos = context_lens[seq] - q_len + (token - query_start[seq]);
     const int last_key = min(pos, max_blocks_per_seq * block_size - 1);

@@ -52,21 +52,6 @@ __device__ __forceinline__ void dec_unpack(const DecChunk& c, float* out) {
     }
 }
 
-__device__ __forceinline__ int dec_find_sequence(const int* query_start, int num_seqs,
-                                                 int token) {
-    int lo = 0;
-    int hi = num_seqs - 1;
-    while (lo < hi) {  // the last sequence whose first row is <= token
-        const int mid = (lo + hi + 1) / 2;
-        if (query_start[mid] <= token) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    return lo;
-}
-
 // Lanes per key in the score phase: the 16-byte chunks of a row, rounded up to a power of
 // two (shuffle groups must be aligned), at most a warp.
 template <int CHUNKS>
@@ -107,7 +92,7 @@ __device__ __forceinline__ void attention_decode_impl(
     const int heads = heads_per_cta;
     const int kv_head = head0 / (hq / hk);  // heads_per_cta divides the group size
 
-    const int seq = dec_find_sequence(query_start, num_seqs, token);
+    const int seq = kiln_find_sequence(query_start, num_seqs, token);
     const int q_len = query_start[seq + 1] - query_start[seq];
     const int pos = context_lens[seq] - q_len + (token - query_start[seq]);
     const int last_key = min(pos, max_blocks_per_seq * block_size - 1);

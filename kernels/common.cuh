@@ -105,3 +105,22 @@ __device__ __forceinline__ float kiln_block_max(float v, float* scratch) {
     v = lane < num_warps ? scratch[lane] : KILN_NEG_INF;
     return kiln_warp_max(v);
 }
+
+// ---- paged attention helpers ------------------------------------------------------------
+
+// The sequence owning flattened query row `token`: the last sequence whose first row
+// (query_start[s]) is <= token. Shared by the attention kernels.
+__device__ __forceinline__ int kiln_find_sequence(const int* query_start, int num_seqs,
+                                                  int token) {
+    int lo = 0;
+    int hi = num_seqs - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (query_start[mid] <= token) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return lo;
+}
