@@ -76,7 +76,7 @@ fn images_come_back_and_seeds_reproduce() {
 fn bad_requests_name_the_parameter() {
     let e = engine(0);
     let cases: [ParamCase; 7] = [
-        (|p| p.width = Some(18), "size"),
+        (|p| p.width = Some(19), "size"),
         (|p| p.height = Some(4096), "size"),
         (|p| p.num_images = 0, "n"),
         (|p| p.num_images = 11, "n"),

@@ -59,7 +59,7 @@ def check_url_format_is_a_bad_request():
 def check_bad_size_is_a_bad_request():
     try:
         client.images.generate(
-            model=MODEL, prompt="a cat", size="30x30", response_format="b64_json"
+            model=MODEL, prompt="a cat", size="31x30", response_format="b64_json"
         )
     except openai.BadRequestError as e:
         assert e.body["param"] == "size", e.body
