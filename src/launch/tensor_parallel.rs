@@ -235,6 +235,49 @@ fn gpu_kv_blocks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EngineArgs,
+    }
+
+    fn rank(rank: usize, device: &str, free_gib: usize, kv_bytes_per_block: usize) -> RankLoaded {
+        RankLoaded {
+            rank,
+            memory: Some((free_gib << 30, 80 << 30)),
+            kv_bytes_per_block,
+            backend_name: device.to_string(),
+        }
+    }
+
+    #[test]
+    fn kv_blocks_fit_the_fullest_gpu_and_ranks_sharing_a_gpu_split_it() {
+        let config = crate::model::config::ModelConfig::from_json(
+            r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 131072}"#,
+        )
+        .unwrap();
+        let args = Cli::parse_from(["kiln", "--gpu-memory-utilization", "0.9"]).args;
+        let block = 1 << 20;
+        // Two GPUs with one rank each: the one with less free memory decides.
+        let two = [rank(0, "cuda:0", 60, block), rank(1, "cuda:1", 40, block)];
+        let lean = [rank(0, "cuda:1", 40, block)];
+        let n_two = gpu_kv_blocks(&args, &config, 2, &two).unwrap();
+        assert_eq!(n_two, gpu_kv_blocks(&args, &config, 2, &lean).unwrap());
+        // Two ranks on one GPU: both caches (and activations) come out of its budget.
+        let shared = [rank(0, "cuda:0", 40, block), rank(1, "cuda:0", 40, block)];
+        let n_shared = gpu_kv_blocks(&args, &config, 2, &shared).unwrap();
+        assert!(n_shared < n_two, "{n_shared} vs {n_two}");
+        assert!(n_shared * 2 <= n_two + 1, "{n_shared} vs {n_two}");
+        // A GPU that is already full is an error naming it.
+        let full = [rank(0, "cuda:3", 1, block)];
+        let err = format!("{:#}", gpu_kv_blocks(&args, &config, 2, &full).unwrap_err());
+        assert!(err.contains("cuda:3"), "{err}");
+    }
 
     #[test]
     fn ranks_get_their_own_gpu_when_there_are_enough_else_share() {
