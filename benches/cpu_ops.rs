@@ -89,5 +89,46 @@ fn ops(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ops);
+/// Host sampling of one row of a Llama-3 vocabulary (128,256 logits, spread like a real
+/// model's) at temperature 0.8, top-p 0.95; beside it, the full sort of that row, which is
+/// what the sampler did per token before it ordered candidates lazily.
+fn sampling(c: &mut Criterion) {
+    use kiln::engine::sampler::{sample, SampleContext};
+    use kiln::engine::SamplingParams;
+    use rand::SeedableRng;
+    let logits: Vec<f32> = Tensor::randn(0f32, 3.0, 128_256, &Device::Cpu)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        ..Default::default()
+    };
+    let ctx = SampleContext {
+        params: &params,
+        prompt: &[],
+        output: &[],
+        end_tokens: &[],
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut g = c.benchmark_group("sampling_128k_vocab");
+    g.bench_function("sample_t0.8_top_p0.95", |b| {
+        b.iter(|| sample(&mut logits.clone(), &ctx, &mut rng))
+    });
+    g.bench_function("full_sort_reference", |b| {
+        b.iter(|| {
+            let mut v: Vec<(u32, f32)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l))
+                .collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            v
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ops, sampling);
 criterion_main!(benches);

@@ -260,10 +260,10 @@ impl LlmEngine {
             result.logits.len()
         );
 
-        let mut outputs = Vec::new();
         let mut picks = result.picked.iter();
         let mut logit_rows = result.logits.chunks_exact(vocab);
-        for w in work {
+        let mut rows: Vec<(u64, Choice)> = Vec::new();
+        for w in &work {
             self.scheduler.mark_computed(w.id, w.len);
             if !w.samples {
                 continue;
@@ -277,14 +277,77 @@ impl LlmEngine {
                         .to_vec(),
                 ),
             };
-            let out = self.postprocess(w.id, choice)?;
+            rows.push((w.id, choice));
+        }
+        let sampled = self.sample_rows(rows);
+        let mut outputs = Vec::with_capacity(sampled.len());
+        for (id, s) in sampled {
+            let out = self.postprocess(id, s)?;
             if out.finish_reason.is_some() {
-                self.scheduler.remove(w.id);
-                self.states.remove(&w.id);
+                self.scheduler.remove(id);
+                self.states.remove(&id);
             }
-            outputs.push((w.id, out));
+            outputs.push((id, out));
         }
         Ok(outputs)
+    }
+
+    /// The next token of every sampling row. Rows with logits are sampled in parallel: a
+    /// 128k vocabulary takes a millisecond or more per row on one core, which at batch 32
+    /// would outlast a GPU step. Each request draws from its own random stream, so the
+    /// result does not depend on the threads.
+    fn sample_rows(&mut self, rows: Vec<(u64, Choice)>) -> Vec<(u64, Sampled)> {
+        use rayon::prelude::*;
+        let mut jobs: Vec<(u64, Choice, Option<ChaCha8Rng>)> = rows
+            .into_iter()
+            .map(|(id, choice)| {
+                let rng = match choice {
+                    Choice::Picked(_) => None,
+                    Choice::Logits(_) => self
+                        .states
+                        .get_mut(&id)
+                        .map(|s| std::mem::replace(&mut s.rng, ChaCha8Rng::seed_from_u64(0))),
+                };
+                (id, choice, rng)
+            })
+            .collect();
+        let scheduler = &self.scheduler;
+        let eos = &self.eos;
+        let sampled: Vec<Sampled> = jobs
+            .par_iter_mut()
+            .map(|(id, choice, rng)| match (choice, rng) {
+                // The runner took the argmax the sampler would have taken (picks_argmax).
+                (Choice::Picked(token), _) => Sampled {
+                    token: *token,
+                    logprob: None,
+                },
+                (Choice::Logits(logits), Some(rng)) => {
+                    let seq = scheduler.get(*id).expect("scheduled");
+                    let p = &seq.params;
+                    let mut end_tokens = p.stop_token_ids.clone();
+                    if !p.ignore_eos {
+                        end_tokens.extend(eos);
+                    }
+                    let ctx = SampleContext {
+                        params: p,
+                        prompt: &seq.tokens[..seq.num_prompt],
+                        output: seq.output_tokens(),
+                        end_tokens: &end_tokens,
+                    };
+                    sample(logits, &ctx, rng)
+                }
+                (Choice::Logits(_), None) => unreachable!("every sampled row has a state"),
+            })
+            .collect();
+        jobs.into_iter()
+            .zip(sampled)
+            .map(|((id, _, rng), s)| {
+                if let (Some(rng), Some(state)) = (rng, self.states.get_mut(&id)) {
+                    state.rng = rng;
+                }
+                (id, s)
+            })
+            .collect()
     }
 
     /// Whether `seq`'s next token is the raw argmax, which the runner may pick on the device.
@@ -302,32 +365,14 @@ impl LlmEngine {
         })
     }
 
-    /// Samples a sequence's next token and works out its text and whether it is finished.
-    fn postprocess(&mut self, id: u64, choice: Choice) -> Result<RequestOutput> {
+    /// Appends a sequence's next token and works out its text and whether it is finished.
+    fn postprocess(&mut self, id: u64, sampled: Sampled) -> Result<RequestOutput> {
         let seq = self.scheduler.get(id).expect("scheduled");
         let state = self
             .states
             .get_mut(&id)
             .expect("state exists for every sequence");
         let p = &seq.params;
-        let mut end_tokens = p.stop_token_ids.clone();
-        if !p.ignore_eos {
-            end_tokens.extend(&self.eos);
-        }
-        let ctx = SampleContext {
-            params: p,
-            prompt: &seq.tokens[..seq.num_prompt],
-            output: seq.output_tokens(),
-            end_tokens: &end_tokens,
-        };
-        let sampled = match choice {
-            // The runner took the argmax the sampler would have taken (see picks_argmax).
-            Choice::Picked(token) => Sampled {
-                token,
-                logprob: None,
-            },
-            Choice::Logits(mut logits) => sample(&mut logits, &ctx, &mut state.rng),
-        };
         let token = sampled.token;
         let is_eos = !p.ignore_eos && self.eos.contains(&token);
         let is_stop_id = p.stop_token_ids.contains(&token);
