@@ -79,6 +79,18 @@ pub struct CheckReport {
     pub rows: Vec<CheckRow>,
 }
 
+impl CheckReport {
+    fn new(model: &str, device: String, dtype: DType, rows: Vec<CheckRow>) -> CheckReport {
+        CheckReport {
+            model: model.to_string(),
+            device,
+            dtype,
+            ok: rows.iter().all(|r| r.ok),
+            rows,
+        }
+    }
+}
+
 /// Runs the check; `Ok(false)` when something does not match.
 pub fn run(args: CheckReferenceArgs) -> Result<bool> {
     let report = check(&args.engine)?;
@@ -178,13 +190,7 @@ where
     let outcome = greedy_rows(&handle, &expected);
     handle.shutdown();
     rows.extend(outcome?);
-    Ok(CheckReport {
-        model: dir.to_string(),
-        device,
-        dtype,
-        ok: rows.iter().all(|r| r.ok),
-        rows,
-    })
+    Ok(CheckReport::new(dir, device, dtype, rows))
 }
 
 /// A model sharded over `--tensor-parallel-size` ranks: its greedy continuations through
@@ -201,13 +207,7 @@ fn compare_sharded(args: &EngineArgs, reference: &Reference, dir: &str) -> Resul
     let outcome = greedy_rows(&handle, &expected);
     handle.shutdown();
     let rows = outcome?;
-    Ok(CheckReport {
-        model: dir.to_string(),
-        device,
-        dtype,
-        ok: rows.iter().all(|r| r.ok),
-        rows,
-    })
+    Ok(CheckReport::new(dir, device, dtype, rows))
 }
 
 /// Greedy continuations through the engine, one prompt at a time, then all at once.

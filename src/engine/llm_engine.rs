@@ -323,18 +323,7 @@ impl LlmEngine {
                 },
                 (Choice::Logits(logits), Some(rng)) => {
                     let seq = scheduler.get(*id).expect("scheduled");
-                    let p = &seq.params;
-                    let mut end_tokens = p.stop_token_ids.clone();
-                    if !p.ignore_eos {
-                        end_tokens.extend(eos);
-                    }
-                    let ctx = SampleContext {
-                        params: p,
-                        prompt: &seq.tokens[..seq.num_prompt],
-                        output: seq.output_tokens(),
-                        end_tokens: &end_tokens,
-                    };
-                    sample(logits, &ctx, rng)
+                    with_sample_context(seq, eos, |ctx| sample(logits, ctx, rng))
                 }
                 (Choice::Logits(_), None) => unreachable!("every sampled row has a state"),
             })
@@ -352,17 +341,7 @@ impl LlmEngine {
 
     /// Whether `seq`'s next token is the raw argmax, which the runner may pick on the device.
     fn picks_argmax(&self, seq: &Sequence) -> bool {
-        let p = &seq.params;
-        let mut end_tokens = p.stop_token_ids.clone();
-        if !p.ignore_eos {
-            end_tokens.extend(&self.eos);
-        }
-        picks_argmax(&SampleContext {
-            params: p,
-            prompt: &seq.tokens[..seq.num_prompt],
-            output: seq.output_tokens(),
-            end_tokens: &end_tokens,
-        })
+        with_sample_context(seq, &self.eos, picks_argmax)
     }
 
     /// Appends a sequence's next token and works out its text and whether it is finished.
@@ -416,6 +395,22 @@ impl LlmEngine {
         }
         Ok(out)
     }
+}
+
+/// Runs `f` on `seq`'s sampling context: its parameters, prompt and output so far, and the
+/// tokens that end it (stop ids, plus EOS unless ignored).
+fn with_sample_context<T>(seq: &Sequence, eos: &[u32], f: impl FnOnce(&SampleContext) -> T) -> T {
+    let p = &seq.params;
+    let mut end_tokens = p.stop_token_ids.clone();
+    if !p.ignore_eos {
+        end_tokens.extend(eos);
+    }
+    f(&SampleContext {
+        params: p,
+        prompt: &seq.tokens[..seq.num_prompt],
+        output: seq.output_tokens(),
+        end_tokens: &end_tokens,
+    })
 }
 
 /// A sampling row's result from the runner.

@@ -10,6 +10,7 @@
 //! all ranks have read it.
 
 use super::communicator::Communicator;
+use super::lock;
 use super::rendezvous::Rendezvous;
 use crate::backend::cuda::ops_all_reduce::MAX_RANKS;
 use crate::backend::cuda::tensor::CudaTensor;
@@ -61,17 +62,9 @@ impl DeviceAllReduce {
 
     fn reduce(&self, be: &CudaBackend, x: &CudaTensor) -> Result<CudaTensor> {
         be.synchronize()?;
-        self.group
-            .partials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())[self.rank] = (be.device_address(x), x.numel());
+        lock(&self.group.partials)[self.rank] = (be.device_address(x), x.numel());
         self.group.meeting.wait(self.rank)?;
-        let partials = self
-            .group
-            .partials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let partials = lock(&self.group.partials).clone();
         if let Some((_, n)) = partials.iter().find(|(_, n)| *n != x.numel()) {
             bail!(
                 "all-reduce size mismatch: rank {} has {} elements, another rank {n}",

@@ -8,10 +8,11 @@
 //! forever for a partner that will not come.
 
 use super::communicator::Communicator;
+use super::lock;
 use super::rendezvous::Rendezvous;
 use crate::backend::Backend;
 use anyhow::Result;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// The state shared by the ranks of one group.
 pub struct HostGroup {
@@ -21,12 +22,6 @@ pub struct HostGroup {
     contributions: Mutex<Vec<Option<Vec<f32>>>>,
     /// The sum of the last collective, written by rank 0.
     result: Mutex<Arc<Vec<f32>>>,
-}
-
-/// Locks `m`; every update under these locks completes before anything can panic, so a
-/// poisoned lock holds consistent data.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl HostGroup {

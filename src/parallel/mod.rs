@@ -20,4 +20,10 @@ pub mod shard;
 pub mod tp_runner;
 
 pub use communicator::{Communicator, SingleRank};
+
+/// Locks `m`, also after a rank panicked while holding it: every update under the group
+/// locks completes before anything can panic, so the data is consistent either way.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 pub use shard::{Shard, ShardLayout};

@@ -36,8 +36,7 @@ impl Rendezvous {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every update below completes before anything can panic: poisoning is harmless.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        super::lock(&self.state)
     }
 
     /// Breaks the group: every waiting and future [`Rendezvous::wait`] fails with `reason`.
