@@ -149,8 +149,7 @@ fn stream(
     include_usage: bool,
     want_logprobs: bool,
 ) -> Response {
-    let (tx, response) = sse::channel();
-    tokio::spawn(async move {
+    sse::response(move |tx| async move {
         let Some(served) = state.served() else { return };
         let tokenizer = served.engine.tokenizer().clone();
         let count = submitted.len();
@@ -166,9 +165,7 @@ fn stream(
                 logprobs: None,
                 finish_reason: None,
             };
-            if !tx.send(&chunk(&meta, first, include_usage)).await {
-                return;
-            }
+            tx.send(&chunk(&meta, first, include_usage));
         }
         let mut events = generate::interleave(submitted, state.clone());
         loop {
@@ -190,9 +187,7 @@ fn stream(
                 logprobs: want_logprobs.then(|| logprobs::chat(&tokenizer, &out.logprobs)),
                 finish_reason: finish.clone(),
             };
-            if !tx.send(&chunk(&meta, choice, include_usage)).await {
-                return;
-            }
+            tx.send(&chunk(&meta, choice, include_usage));
             if finish.is_some() {
                 finals[index] = Some(out);
             }
@@ -204,13 +199,10 @@ fn stream(
                 usage: Some(Some(generate::usage(&finals, n))),
                 ..chunk(&meta, placeholder_choice(), true)
             };
-            if !tx.send(&last).await {
-                return;
-            }
+            tx.send(&last);
         }
-        tx.done().await;
-    });
-    response
+        tx.done();
+    })
 }
 
 fn placeholder_choice() -> ChatChunkChoice {

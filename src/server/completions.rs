@@ -159,8 +159,7 @@ fn stream(
     echoed: Vec<String>,
     opts: StreamOptions,
 ) -> Response {
-    let (tx, response) = sse::channel();
-    tokio::spawn(async move {
+    sse::response(move |tx| async move {
         let Some(served) = state.served() else { return };
         let tokenizer = served.engine.tokenizer().clone();
         let count = submitted.len();
@@ -193,12 +192,7 @@ fn stream(
                 finish_reason: finish.clone(),
                 stop_reason: out.stop_reason.clone(),
             };
-            if !tx
-                .send(&chunk(&meta, vec![choice], opts.include_usage))
-                .await
-            {
-                return;
-            }
+            tx.send(&chunk(&meta, vec![choice], opts.include_usage));
             if finish.is_some() {
                 finals[index] = Some(out);
             }
@@ -207,11 +201,8 @@ fn stream(
             let finals: Vec<_> = finals.into_iter().flatten().collect();
             let mut last = chunk(&meta, Vec::new(), true);
             last.usage = Some(Some(generate::usage(&finals, opts.n)));
-            if !tx.send(&last).await {
-                return;
-            }
+            tx.send(&last);
         }
-        tx.done().await;
-    });
-    response
+        tx.done();
+    })
 }

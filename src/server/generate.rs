@@ -170,26 +170,23 @@ pub enum Next {
     Output(usize, RequestOutput),
     /// Every choice has finished: send the trailer.
     End,
-    /// The client went away, or an engine error was already sent: stop.
+    /// An engine error was already sent: stop.
     Stop,
 }
 
 /// The next increment of a streamed response. An engine error is sent to the client as an
-/// SSE error event followed by `[DONE]`; a closed client stops the stream silently.
+/// SSE error event followed by `[DONE]`. (A client that goes away drops the whole producer,
+/// so there is no "closed" case to watch for here.)
 pub async fn next_output(
     events: &mut BoxStream<'static, ChoiceEvent>,
     tx: &super::sse::SseSender,
 ) -> Next {
-    let event = tokio::select! {
-        event = events.next() => event,
-        _ = tx.closed() => return Next::Stop,
-    };
-    match event {
+    match events.next().await {
         None => Next::End,
         Some((index, Ok(out))) => Next::Output(index, out),
         Some((_, Err(message))) => {
-            tx.send_error(ApiError::internal(message)).await;
-            tx.done().await;
+            tx.send_error(ApiError::internal(message));
+            tx.done();
             Next::Stop
         }
     }
