@@ -100,6 +100,21 @@ async fn over_http(client: &reqwest::Client, base: &str) -> f64 {
     tokens as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU time this process has used (user + system), from /proc (Linux; zero elsewhere).
+/// Per token it shows each path's cost even when other work shares the cores.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let ticks: f64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0 // USER_HZ is 100 on every Linux we run on
+}
+
 fn best(samples: &[f64]) -> f64 {
     samples.iter().cloned().fold(0.0, f64::max)
 }
@@ -112,9 +127,11 @@ fn main() {
         let handle = engine();
         in_process(&handle).await; // warm-up
         let mut engine_rates = Vec::new();
+        let cpu_start = cpu_seconds();
         for _ in 0..shape().1 {
             engine_rates.push(in_process(&handle).await);
         }
+        let engine_cpu = cpu_seconds() - cpu_start;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -144,9 +161,11 @@ fn main() {
         let client = reqwest::Client::new();
         over_http(&client, &base).await; // warm-up
         let mut http_rates = Vec::new();
+        let cpu_start = cpu_seconds();
         for _ in 0..shape().1 {
             http_rates.push(over_http(&client, &base).await);
         }
+        let http_cpu = cpu_seconds() - cpu_start;
         let _ = stop_tx.send(());
         let _ = server.await;
 
@@ -159,5 +178,12 @@ fn main() {
             h / e
         );
         println!("engine samples {engine_rates:.0?}, HTTP samples {http_rates:.0?}");
+        let tokens = (CONCURRENCY * shape().0 * shape().1) as f64;
+        println!(
+            "CPU time per token (server, engine and client together): engine {:.1} us, \
+             HTTP {:.1} us",
+            engine_cpu / tokens * 1e6,
+            http_cpu / tokens * 1e6
+        );
     });
 }
