@@ -44,6 +44,7 @@ pub enum LoadFormat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AllReduceArg {
     Auto,
+    Nccl,
     Device,
     Host,
 }
@@ -64,8 +65,9 @@ pub struct EngineArgs {
     /// More ranks than GPUs share them (for testing); on the CPU, ranks are threads.
     #[arg(long, env = "KILN_TENSOR_PARALLEL_SIZE")]
     pub tensor_parallel_size: Option<usize>,
-    /// How tensor-parallel GPU ranks sum their partials: `auto` (kiln's device all-reduce
-    /// when every GPU can reach every other, else through host memory), `device` or `host`.
+    /// How tensor-parallel GPU ranks sum their partials: `auto` (NCCL when libnccl.so.2 is
+    /// installed and each rank has its own GPU, else kiln's device all-reduce when every GPU
+    /// can reach every other, else through host memory), `nccl`, `device` or `host`.
     #[arg(long, env = "KILN_ALL_REDUCE", value_enum, default_value = "auto")]
     pub all_reduce: AllReduceArg,
     /// Fraction of the GPU's memory kiln may use for weights, KV cache and activations.

@@ -12,6 +12,8 @@ use crate::backend::Backend;
 use crate::engine::LlmEngine;
 use crate::parallel::device_group::DeviceAllReduce;
 use crate::parallel::host_group::HostStaged;
+use crate::parallel::nccl_group::NcclAllReduce;
+use crate::parallel::nccl_lib::Nccl;
 use crate::parallel::peer_access::{choose_path, distinct, enable_all, AllReducePath, PeerMatrix};
 use crate::parallel::shard::check_divides;
 use crate::parallel::tp_runner::{RankLoaded, TpRunner, TpSpec};
@@ -131,9 +133,10 @@ fn start<B: Backend + 'static>(
 /// One communicator per GPU rank.
 pub type GpuCommunicators = Vec<Box<dyn Communicator<CudaBackend>>>;
 
-/// The communicators of GPU ranks on `ordinals`: kiln's device all-reduce where every rank
-/// can read every other rank's memory, else sums through host memory (`--all-reduce`
-/// overrides). The choice and the peer-access matrix are logged.
+/// The communicators of GPU ranks on `ordinals`: NCCL when it is installed and each rank
+/// has its own GPU, else kiln's device all-reduce where every rank can read every other
+/// rank's memory, else sums through host memory (`--all-reduce` overrides). The choice, the
+/// reason and the peer-access matrix are logged.
 pub fn gpu_communicators(
     ordinals: &[usize],
     choice: AllReduceArg,
@@ -143,15 +146,53 @@ pub fn gpu_communicators(
     if gpus.len() > 1 {
         tracing::info!("peer access between the group's GPUs:\n{}", matrix.render());
     }
-    let path = match (choice, choose_path(ordinals, &matrix)) {
+    // Opened only where it could serve: ranks on distinct GPUs.
+    let nccl = if gpus.len() > 1 {
+        Some(Nccl::open())
+    } else {
+        None
+    };
+    let nccl_status = match &nccl {
+        Some(Ok(lib)) => lib.version().map_err(|e| format!("{e:#}")),
+        Some(Err(e)) => Err(format!("{e:#}")),
+        None => Err("one GPU".to_string()),
+    };
+    let path = match (choice, choose_path(ordinals, &matrix, &nccl_status)) {
         (AllReduceArg::Host, _) => AllReducePath::Host("--all-reduce host".into()),
         (AllReduceArg::Device, AllReducePath::Host(why)) => {
             anyhow::bail!("--all-reduce device is not possible: {why}")
         }
-        (_, path) => path,
+        (AllReduceArg::Device, AllReducePath::Nccl(_)) => {
+            match choose_path(ordinals, &matrix, &Err("--all-reduce device".into())) {
+                AllReducePath::Host(why) => {
+                    anyhow::bail!("--all-reduce device is not possible: {why}")
+                }
+                path => path,
+            }
+        }
+        (AllReduceArg::Nccl, AllReducePath::Nccl(why)) => AllReducePath::Nccl(why),
+        (AllReduceArg::Nccl, _) => {
+            let why = if gpus.len() < ordinals.len() {
+                "it needs one GPU per rank, and ranks share GPUs here".to_string()
+            } else {
+                nccl_status.clone().err().unwrap_or_default()
+            };
+            anyhow::bail!("--all-reduce nccl is not possible: {why}")
+        }
+        (AllReduceArg::Auto | AllReduceArg::Device, path) => path,
     };
     let world = ordinals.len();
     let comms = match &path {
+        AllReducePath::Nccl(why) => {
+            tracing::info!("all-reduce: NCCL ({why})");
+            let Some(Ok(lib)) = nccl else {
+                anyhow::bail!("NCCL was chosen without having opened")
+            };
+            NcclAllReduce::group(lib, world)?
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Communicator<CudaBackend>>)
+                .collect()
+        }
         AllReducePath::Device(why) => {
             tracing::info!("all-reduce: kiln's device kernel ({why})");
             let contexts = if gpus.len() > 1 {
@@ -173,6 +214,7 @@ pub fn gpu_communicators(
         }
     };
     let name = match path {
+        AllReducePath::Nccl(why) => format!("NCCL: {why}"),
         AllReducePath::Device(why) => format!("device kernel: {why}"),
         AllReducePath::Host(why) => format!("host staging: {why}"),
     };

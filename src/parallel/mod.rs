@@ -8,12 +8,16 @@
 //!   of ranks (CPU threads, GPUs without peer access).
 //! - [`device_group`]: kiln's own GPU all-reduce, each rank summing the others' partials
 //!   in place on its GPU (ranks sharing a GPU, GPUs with peer access; see [`peer_access`]).
+//! - [`nccl_group`]: NCCL's all-reduce, for ranks on distinct GPUs, with the library
+//!   opened at run time ([`nccl_lib`]).
 //! - [`tp_runner`]: the [`crate::engine::runner::Runner`] that fans a step out to the ranks
 //!   and gathers their vocabulary slices of the logits.
 
 pub mod communicator;
 pub mod device_group;
 pub mod host_group;
+pub mod nccl_group;
+pub mod nccl_lib;
 pub mod peer_access;
 pub mod rendezvous;
 pub mod shard;

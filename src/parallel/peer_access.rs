@@ -1,7 +1,7 @@
 //! Which GPUs of a tensor-parallel group can read each other's memory, and which
-//! all-reduce that allows: kiln's device all-reduce needs every rank to reach every other
-//! rank's buffers (same GPU, or peer-to-peer access between the GPUs); otherwise the sums go
-//! through host memory.
+//! all-reduce that allows: NCCL when it is installed and every rank has its own GPU; kiln's
+//! device all-reduce when every rank reaches every other rank's buffers (same GPU, or
+//! peer-to-peer access between the GPUs); otherwise the sums go through host memory.
 
 use anyhow::{Context, Result};
 use cudarc::driver::{sys, CudaContext};
@@ -70,14 +70,23 @@ impl PeerMatrix {
 /// The all-reduce a group of ranks on `rank_gpus` (a GPU ordinal per rank) can use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AllReducePath {
+    /// NCCL, with the reason it applies.
+    Nccl(String),
     /// kiln's device all-reduce, with the reason it applies.
     Device(String),
     /// Sums through host memory, with the reason the device path does not apply.
     Host(String),
 }
 
-/// Picks the all-reduce for `rank_gpus` given the peer matrix of its distinct GPUs.
-pub fn choose_path(rank_gpus: &[usize], matrix: &PeerMatrix) -> AllReducePath {
+/// Picks the all-reduce for `rank_gpus` given the peer matrix of its distinct GPUs and
+/// NCCL's availability (`Ok(version)` or why it did not open). NCCL when every rank has a
+/// GPU of its own (NCCL refuses two ranks on one device); else kiln's device kernel when
+/// every GPU reaches every other (or all ranks share one); else host memory.
+pub fn choose_path(
+    rank_gpus: &[usize],
+    matrix: &PeerMatrix,
+    nccl: &std::result::Result<String, String>,
+) -> AllReducePath {
     if matrix.gpus.len() <= 1 {
         return AllReducePath::Device(format!(
             "all {} ranks share GPU {}",
@@ -85,16 +94,28 @@ pub fn choose_path(rank_gpus: &[usize], matrix: &PeerMatrix) -> AllReducePath {
             rank_gpus.first().copied().unwrap_or_default()
         ));
     }
+    let own_gpus = matrix.gpus.len() == rank_gpus.len();
+    let no_nccl = match (own_gpus, nccl) {
+        (true, Ok(version)) => {
+            return AllReducePath::Nccl(format!(
+                "{} ranks on {} distinct GPUs, NCCL {version}",
+                rank_gpus.len(),
+                matrix.gpus.len()
+            ))
+        }
+        (true, Err(why)) => why.clone(),
+        (false, _) => "ranks share GPUs, which NCCL refuses".to_string(),
+    };
     for (i, row) in matrix.can.iter().enumerate() {
         if let Some(j) = row.iter().position(|&c| !c) {
             return AllReducePath::Host(format!(
-                "GPU {} cannot access GPU {} peer-to-peer",
+                "{no_nccl}; GPU {} cannot access GPU {} peer-to-peer",
                 matrix.gpus[i], matrix.gpus[j]
             ));
         }
     }
     AllReducePath::Device(format!(
-        "peer-to-peer access between all {} GPUs",
+        "{no_nccl}; peer-to-peer access between all {} GPUs",
         matrix.gpus.len()
     ))
 }
@@ -158,26 +179,66 @@ mod tests {
         }
     }
 
+    fn no_nccl() -> std::result::Result<String, String> {
+        Err("NCCL is not installed".into())
+    }
+
     #[test]
-    fn ranks_sharing_one_gpu_use_the_device_path() {
-        let path = choose_path(&[0, 0], &matrix(&distinct(&[0, 0]), None));
+    fn ranks_sharing_one_gpu_use_the_device_path_even_with_nccl() {
+        for nccl in [no_nccl(), Ok("2.27.3".into())] {
+            let path = choose_path(&[0, 0], &matrix(&distinct(&[0, 0]), None), &nccl);
+            assert_eq!(
+                path,
+                AllReducePath::Device("all 2 ranks share GPU 0".into())
+            );
+        }
+    }
+
+    #[test]
+    fn distinct_gpus_use_nccl_when_it_opened() {
+        let gpus = distinct(&[0, 1, 2, 3]);
+        let nccl = Ok("2.27.3".to_string());
+        // Peer access does not matter to NCCL: it routes through the host itself.
+        for missing in [None, Some((2, 1))] {
+            assert_eq!(
+                choose_path(&[0, 1, 2, 3], &matrix(&gpus, missing), &nccl),
+                AllReducePath::Nccl("4 ranks on 4 distinct GPUs, NCCL 2.27.3".into())
+            );
+        }
+    }
+
+    #[test]
+    fn without_nccl_full_peer_access_uses_the_device_path_and_one_gap_host_memory() {
+        let gpus = distinct(&[0, 1, 2, 3]);
+        assert_eq!(
+            choose_path(&[0, 1, 2, 3], &matrix(&gpus, None), &no_nccl()),
+            AllReducePath::Device(
+                "NCCL is not installed; peer-to-peer access between all 4 GPUs".into()
+            )
+        );
+        let path = choose_path(&[0, 1, 2, 3], &matrix(&gpus, Some((2, 1))), &no_nccl());
         assert_eq!(
             path,
-            AllReducePath::Device("all 2 ranks share GPU 0".into())
+            AllReducePath::Host(
+                "NCCL is not installed; GPU 2 cannot access GPU 1 peer-to-peer".into()
+            )
         );
     }
 
     #[test]
-    fn full_peer_access_uses_the_device_path_and_one_gap_falls_back_to_host() {
-        let gpus = distinct(&[0, 1, 2, 3]);
-        assert!(matches!(
-            choose_path(&[0, 1, 2, 3], &matrix(&gpus, None)),
-            AllReducePath::Device(_)
-        ));
-        let path = choose_path(&[0, 1, 2, 3], &matrix(&gpus, Some((2, 1))));
+    fn ranks_sharing_some_gpus_skip_nccl() {
+        let ranks = [0, 1, 0, 1];
+        let path = choose_path(
+            &ranks,
+            &matrix(&distinct(&ranks), None),
+            &Ok("2.27.3".into()),
+        );
         assert_eq!(
             path,
-            AllReducePath::Host("GPU 2 cannot access GPU 1 peer-to-peer".into())
+            AllReducePath::Device(
+                "ranks share GPUs, which NCCL refuses; peer-to-peer access between all 2 GPUs"
+                    .into()
+            )
         );
     }
 
