@@ -236,8 +236,13 @@ fn compare<B: ImageOps>(
     let mut rows = Vec::new();
     for set in sets {
         let set = ReferenceSet::load(dir, set)?;
-        rows.extend(stages(&pipeline, &set, &tol).with_context(|| format!("{}", set.name))?);
-        rows.extend(runs(&mut pipeline, &set, &tol).with_context(|| format!("{}", set.name))?);
+        rows.extend(
+            stages(&pipeline, &set, &tol).with_context(|| format!("reference set {}", set.name))?,
+        );
+        rows.extend(
+            runs(&mut pipeline, &set, &tol)
+                .with_context(|| format!("reference set {}", set.name))?,
+        );
     }
     Ok(ImageCheckReport {
         model: dir.display().to_string(),

@@ -283,7 +283,7 @@ mod tests {
     fn steps_cover_every_query_of_every_batch_entry_once() {
         let d = AttentionDims::new(&[3, 10, 8], &[3, 5, 8], &[3, 5, 8], 2, false).unwrap();
         let steps = attention_steps(&d, 4 * 2 * 5);
-        let mut seen = vec![0; 30];
+        let mut seen = [0; 30];
         for s in &steps {
             for i in 0..s.queries {
                 seen[s.batch * 10 + s.q0 + i] += 1;
