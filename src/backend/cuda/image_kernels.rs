@@ -140,7 +140,9 @@ impl CudaDevice {
 
     /// `y[.., h] = x[.., :h] * gelu(x[.., h:])` for `x[.., 2h]`.
     pub fn geglu_into(&self, x: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
-        let width = x.shape().last().copied().unwrap_or(0);
+        let Some(&width) = x.shape().last() else {
+            bail!("geglu of a scalar");
+        };
         ensure!(width % 2 == 0, "geglu: odd width {width}");
         let mut half_dims = x.shape().to_vec();
         if let Some(last) = half_dims.last_mut() {
@@ -232,7 +234,9 @@ impl CudaDevice {
 
     /// `y = x + row`, `row` repeated over every row of `x`'s last dimension.
     pub fn add_row_into(&self, x: &CudaTensor, row: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
-        let width = x.shape().last().copied().unwrap_or(0);
+        let Some(&width) = x.shape().last() else {
+            bail!("add_row to a scalar");
+        };
         vector_of(row, width, "add_row row")?;
         same_dtype(row, x, "add_row row")?;
         y.expect_shape(x.shape(), "add_row output")?;
