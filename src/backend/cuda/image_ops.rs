@@ -1,8 +1,9 @@
 //! [`ImageOps`] on a GPU: the diffusion models' ops over [`CudaTensor`]s, with the CPU
 //! backend's semantics (same shapes accepted, errors where it has errors, f32 arithmetic).
-//! Kernels are launched through `image_kernels.rs` and `image_layout_kernels.rs`; conv2d and dense attention are cuBLAS
-//! GEMMs around kernels (`image_conv.rs`, `image_attention.rs`). Every op writes a new
-//! pooled tensor; a reshape is a device copy (a tensor owns its buffer).
+//! Kernels are launched through `image_kernels.rs` and `image_layout_kernels.rs`; conv2d and
+//! dense attention are cuBLAS GEMMs around kernels (`image_conv.rs`, `image_attention.rs`).
+//! Every op writes a new pooled tensor; a reshape is a device copy (a tensor owns its
+//! buffer).
 
 use super::backend::CudaBackend;
 use super::gemm_batched::{Operand, OperandMut, StridedGemm};

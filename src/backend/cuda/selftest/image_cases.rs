@@ -59,7 +59,8 @@ impl ImageSuite<'_, '_> {
         Ok(self.s.check(op, shape, self.dtype, check, &got, &want))
     }
 
-    /// Times `op` on the GPU into row `row` (one output per call, from the pool).
+    /// Times `op` on the GPU into row `row` (one output per call, from the pool). `op` may
+    /// not borrow the suite, so cases copy `t.gpu` into a local `be` for it.
     pub fn time(&mut self, row: usize, mut op: impl FnMut() -> Result<CudaTensor>) -> Result<()> {
         self.s.time(row, || op().map(drop))?;
         Ok(())
@@ -96,9 +97,9 @@ pub fn run<'d>(s: &mut Suite<'d>, gpu: &'d CudaBackend, dtype: DType) {
 }
 
 fn group_norm(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
-                    // (x dims, groups, silu): 5 channels a group, one group, one channel a group, and a
-                    // UNet-like 32 groups of 3 channels at 22x30.
+    let be = t.gpu;
+    // (x dims, groups, silu): 5 channels a group, one group, one channel a group, and a
+    // UNet-like 32 groups of 3 channels at 22x30.
     for (dims, groups, silu) in [
         ([2, 40, 11, 15], 8, true),
         ([2, 40, 11, 15], 1, false),
@@ -134,7 +135,7 @@ fn group_norm(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 }
 
 fn layer_norm(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
+    let be = t.gpu;
     for dims in [[2, 165, 40], [2, 77, 36]] {
         let x = t.input(&dims, 2.0)?;
         let w = t.input(&[dims[2]], 1.5)?;
@@ -154,7 +155,7 @@ fn layer_norm(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 }
 
 fn activations(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
+    let be = t.gpu;
     let x = t.input(&[3, 1001], 6.0)?;
     for (act, name) in [
         (Activation::Silu, "silu"),
@@ -180,7 +181,7 @@ fn activations(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 }
 
 fn lincomb(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
+    let be = t.gpu;
     let dims = [2, 4, 11, 15];
     let (a, b) = (t.input(&dims, 3.0)?, t.input(&dims, 3.0)?);
     let shape = format!("{dims:?}");
@@ -198,7 +199,7 @@ fn lincomb(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 }
 
 fn biases(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
+    let be = t.gpu;
     let x = t.input(&[2, 40, 11, 15], 2.0)?;
     let bias = t.input(&[2, 40], 2.0)?;
     let gpu = t.gpu.add_channel_bias(&x.gpu, &bias.gpu)?;
@@ -226,8 +227,8 @@ fn biases(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 }
 
 fn upsample(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
-                    // The UNet's odd-side case (6x8 back to its 11x15 skip), 2x, and 11x15 -> 22x30.
+    let be = t.gpu;
+    // The UNet's odd-side case (6x8 back to its 11x15 skip), 2x, and 11x15 -> 22x30.
     for (dims, (h, w)) in [
         ([2, 8, 6, 8], (11, 15)),
         ([2, 8, 6, 8], (12, 16)),
@@ -245,7 +246,7 @@ fn upsample(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 }
 
 fn concat_narrow(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
+    let be = t.gpu;
     let a = t.input(&[2, 8, 11, 15], 4.0)?;
     let b = t.input(&[2, 5, 11, 15], 4.0)?;
     let c = t.input(&[1, 8, 11, 15], 4.0)?;
@@ -290,7 +291,7 @@ fn concat_narrow(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 }
 
 fn tokens(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
+    let be = t.gpu;
     let x = t.input(&[2, 40, 11, 15], 4.0)?;
     let gpu = t.gpu.nchw_to_tokens(&x.gpu)?;
     let cpu = t.cpu.nchw_to_tokens(&x.cpu)?;

@@ -13,9 +13,9 @@ pub fn run(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 }
 
 fn conv2d(t: &mut ImageSuite<'_, '_>) -> Result<()> {
-    let be = t.gpu; // the closures timed below borrow it, not `t`
-                    // (x, weight, stride, padding, bias): 3x3 on 11x15 latents, the stride-2 downsample,
-                    // a 1x1 channel change, a non-square kernel without padding, and a UNet-sized layer.
+    let be = t.gpu;
+    // (x, weight, stride, padding, bias): 3x3 on 11x15 latents, the stride-2 downsample,
+    // a 1x1 channel change, a non-square kernel without padding, and a UNet-sized layer.
     for (x_dims, w_dims, stride, pad, bias) in [
         ([2, 5, 11, 15], [7, 5, 3, 3], 1, 1, true),
         ([2, 5, 11, 15], [7, 5, 3, 3], 2, 1, false),
