@@ -114,6 +114,29 @@ if "$KILN" bench all-reduce --help >/dev/null 2>&1; then
     done
 fi
 
+# Diffusion on the GPU: the tiny diffusers fixtures' stages and full runs (text encoder,
+# UNet, VAE, schedulers, CFG; 11x15 latents in tiny-sd's odd_sizes set) must match the
+# diffusers references: f32 required, 16-bit informational (looser tolerances, first GPU
+# numbers still to come). Then `kiln image` end to end to a PNG.
+DIFFUSION="$FIXTURES/diffusion"
+if "$KILN" check-image-reference --help >/dev/null 2>&1 && [ -d "$DIFFUSION/tiny-sd" ]; then
+    for fixture in tiny-sd tiny-sdxl; do
+        step "image_check_${fixture}_f32" 90 yes "image_check_${fixture}_f32.json" -- \
+            "$KILN" check-image-reference --model "$DIFFUSION/$fixture" --device cuda \
+            --dtype f32 --json
+    done
+    for dtype in bf16 f16; do
+        step "image_check_tiny-sd_${dtype}" 60 no "image_check_tiny-sd_${dtype}.json" -- \
+            "$KILN" check-image-reference --model "$DIFFUSION/tiny-sd" --device cuda \
+            --dtype "$dtype" --json
+    done
+    step image_tiny_sd 60 yes image_tiny_sd.txt -- \
+        "$KILN" image --model "$DIFFUSION/tiny-sd" --device cuda --prompt "a red cat" \
+        --steps 3 --width 30 --height 22 --seed 1 --out "$OUT/image_tiny_sd.png"
+else
+    printf '%-28s %-8s %6s  %s\n' image_check SKIPPED - "no 'kiln check-image-reference' or no diffusion fixtures" | tee -a "$SUMMARY"
+fi
+
 # The built-in demo model end to end (no --model and no network: kiln falls back to it).
 step generate_demo 60 yes generate_demo.txt -- \
     "$KILN" generate --device cuda --prompt "The river town" --max-tokens 32 --seed 1
@@ -178,7 +201,7 @@ fi
 # Headline numbers, pulled out of the logs for the summary.
 grep -ho "weights loaded in [0-9.]* s" "$OUT"/generate_8b_dummy.log 2>/dev/null |
     sed 's/^/llama-3.1-8b dummy: /' | tee -a "$SUMMARY"
-for f in "$OUT"/check_*.json "$OUT"/tp*.json; do
+for f in "$OUT"/check_*.json "$OUT"/tp*.json "$OUT"/image_check_*.json; do
     [ -s "$f" ] || continue
     grep -q '^  "ok": true' "$f" || echo "mismatch: $f" | tee -a "$SUMMARY"
 done

@@ -31,6 +31,9 @@ enum Command {
     /// Run a reference fixture (tests/fixtures/<arch>) and compare logits and greedy tokens
     /// with its reference.json; exits 1 on a mismatch.
     CheckReference(kiln::cli::check_reference::CheckReferenceArgs),
+    /// Run a diffusion fixture (tests/fixtures/diffusion/<name>) and compare its stages and
+    /// full runs with the diffusers references it holds; exits 1 on a mismatch.
+    CheckImageReference(kiln::cli::check_image_reference::CheckImageReferenceArgs),
     /// Check every CUDA kernel against the CPU reference and time it (exits 0 without a GPU).
     Selftest {
         /// Print the report as JSON.
@@ -61,6 +64,12 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => kiln::server::run(args),
         Command::CheckReference(args) => {
             if !kiln::cli::check_reference::run(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::CheckImageReference(args) => {
+            if !kiln::cli::check_image_reference::run(args)? {
                 std::process::exit(1);
             }
             Ok(())

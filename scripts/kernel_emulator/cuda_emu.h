@@ -329,5 +329,6 @@ inline int __float_as_int(float f) {
     std::memcpy(&i, &f, 4);
     return i;
 }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs kernels/attention_decode.cu on the CPU through cuda_emu.h and compares it with a
+# Runs kernels/image_*.cu + attention_softmax.cu, then kernels/attention_decode.cu, on the CPU through cuda_emu.h and compares it with a
 # double-precision reference (about 15 s; `full` adds the selftest's failing shapes, a few
 # minutes). Needs only g++ (C++20).
 #
@@ -10,4 +10,8 @@ BUILD="${TMPDIR:-/tmp}/kiln-kernel-emulator"
 mkdir -p "$BUILD"
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/attention_decode_check" attention_decode_check.cpp -ldl
+# The image-model kernels (norms, element-wise, layout, im2col, attention softmax): ~2 s.
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/image_ops_check" image_ops_check.cpp
+"$BUILD/image_ops_check"
 exec "$BUILD/attention_decode_check" "$@"

@@ -2,8 +2,11 @@
 //! with a progress bar over the denoising steps.
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{device_count, CudaBackend};
+use crate::backend::image_ops::ImageOps;
 use crate::backend::DType;
 use crate::diffusion::{png, ImageRequest, Pipeline};
+use crate::launch::{device, Device, DeviceArg};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -38,6 +41,9 @@ pub struct ImageArgs {
     /// Weights dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: DType,
+    /// auto (GPU 0 when there is one), cpu, cuda or cuda:N.
+    #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
+    pub device: DeviceArg,
     #[arg(long, default_value = "image.png")]
     pub out: PathBuf,
 }
@@ -56,7 +62,18 @@ pub fn run(args: ImageArgs) -> Result<()> {
     let dir = crate::launch::images::pipeline_dir(&name, None)?.with_context(|| {
         format!("{name} is not a diffusers pipeline (no model_index.json, locally or on the hub)")
     })?;
-    let pipeline = Pipeline::load(CpuBackend::new(), &dir, args.dtype)
+    match device::resolve(args.device, device_count)? {
+        Device::Cpu => generate_on(CpuBackend::new(), &dir, args),
+        Device::Cuda(ordinal) => {
+            let backend = CudaBackend::new(ordinal)
+                .with_context(|| format!("opening CUDA device {ordinal}"))?;
+            generate_on(backend, &dir, args)
+        }
+    }
+}
+
+fn generate_on<B: ImageOps>(be: B, dir: &Path, args: ImageArgs) -> Result<()> {
+    let pipeline = Pipeline::load(be, dir, args.dtype)
         .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
     let size = pipeline.default_size();
     let req = ImageRequest {

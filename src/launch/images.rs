@@ -1,7 +1,9 @@
 //! Starting the image engine for `kiln serve` when the model is a diffusers pipeline.
 
-use super::{DeviceArg, EngineArgs};
+use super::{Device, EngineArgs};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::image_ops::ImageOps;
 use crate::backend::DType;
 use crate::diffusion::config::ModelIndex;
 use crate::diffusion::handle::{ImageEngineArgs, ImageHandle, ImageModelInfo};
@@ -47,11 +49,6 @@ pub fn build_image_engine(
     max_queued: usize,
 ) -> Result<(ImageHandle, String)> {
     anyhow::ensure!(
-        !matches!(args.device, DeviceArg::Cuda(_)),
-        "image pipelines run on the CPU so far (the CUDA diffusion ops are still to come): \
-         use --device cpu or auto"
-    );
-    anyhow::ensure!(
         args.tensor_parallel_size.unwrap_or(1) == 1,
         "image pipelines are not sharded: leave --tensor-parallel-size at 1"
     );
@@ -64,13 +61,6 @@ pub fn build_image_engine(
         crate::diffusion::config::PipelineKind::StableDiffusion => "StableDiffusionPipeline",
         crate::diffusion::config::PipelineKind::StableDiffusionXL => "StableDiffusionXLPipeline",
     };
-    tracing::info!(
-        "loading the {class} in {} on the CPU ({dtype:?})",
-        dir.display()
-    );
-    let pipeline = Pipeline::load(CpuBackend::new(), dir, dtype)
-        .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
-    let info = ImageModelInfo::of(&pipeline, class.to_string());
     let engine_args = ImageEngineArgs {
         max_queued,
         max_batch_images: MAX_BATCH_IMAGES,
@@ -84,5 +74,33 @@ pub fn build_image_engine(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
-    Ok((ImageHandle::spawn(pipeline, info, engine_args)?, name))
+    // `--device` / `--gpu` pick the device as for an LLM (auto: GPU 0 when there is one).
+    let handle = match super::pick_device(args)? {
+        Device::Cpu => spawn_on(CpuBackend::new(), dir, dtype, class, engine_args)?,
+        Device::Cuda(ordinal) => {
+            let backend = CudaBackend::new(ordinal)
+                .with_context(|| format!("opening CUDA device {ordinal}"))?;
+            spawn_on(backend, dir, dtype, class, engine_args)?
+        }
+    };
+    Ok((handle, name))
+}
+
+/// Loads the pipeline onto `be` and starts its engine thread.
+fn spawn_on<B: ImageOps + Send + 'static>(
+    be: B,
+    dir: &Path,
+    dtype: DType,
+    class: &str,
+    engine_args: ImageEngineArgs,
+) -> Result<ImageHandle> {
+    let device = be.name();
+    tracing::info!(
+        "loading the {class} in {} on {device} ({dtype:?})",
+        dir.display()
+    );
+    let pipeline = Pipeline::load(be, dir, dtype)
+        .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
+    let info = ImageModelInfo::of(&pipeline, class.to_string());
+    ImageHandle::spawn(pipeline, info, engine_args)
 }

@@ -130,7 +130,7 @@ impl CudaBackend {
 
     /// Makes the device's context current on the calling thread (the engine runs the model
     /// on its own thread, and cuBLAS uses whatever context is current).
-    fn bind(&self) -> Result<()> {
+    pub(super) fn bind(&self) -> Result<()> {
         self.dev
             .context()
             .bind_to_thread()
@@ -139,8 +139,8 @@ impl CudaBackend {
 
     /// An output tensor from the pool, contents undefined: only for ops whose kernel writes
     /// every element (all of them today: embedding, cuBLAS with beta = 0, norms, SiLU,
-    /// column copies, row gathers, attention).
-    fn output(&self, dtype: DType, shape: &[usize]) -> Result<CudaTensor> {
+    /// column copies, row gathers, attention, and the image ops of `image_ops.rs`).
+    pub(super) fn output(&self, dtype: DType, shape: &[usize]) -> Result<CudaTensor> {
         let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
         let buffer = self
             .pools

@@ -27,6 +27,16 @@ impl Blas {
         Ok(Self { handle, stream })
     }
 
+    /// The cuBLAS handle, for the other GEMM shapes (`gemm_batched.rs`).
+    pub(super) fn handle(&self) -> &CudaBlas {
+        &self.handle
+    }
+
+    /// The stream the handle is bound to.
+    pub(super) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// `out[m, n] = x[m, k] * w[n, k]^T`; all three share one dtype.
     pub fn linear(&self, x: &CudaTensor, w: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
         let (m, k, n) = gemm_dims(x.shape(), w.shape())?;
@@ -81,7 +91,7 @@ pub fn gemm_dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
     }
 }
 
-fn cuda_data_type(dtype: DType) -> cublas_sys::cudaDataType {
+pub(super) fn cuda_data_type(dtype: DType) -> cublas_sys::cudaDataType {
     match dtype {
         DType::F32 => cublas_sys::cudaDataType::CUDA_R_32F,
         DType::F16 => cublas_sys::cudaDataType::CUDA_R_16F,

@@ -93,19 +93,47 @@ pub const KERNEL_FILES: &[KernelFile] = &[
 
 /// Files compiled on first use rather than at startup: their NVRTC compile is long (the
 /// split-K decode kernel's 15 variants took 15.6 s cold on an H200) and only some
-/// configurations run them.
-pub const LAZY_KERNEL_FILES: &[KernelFile] = &[KernelFile {
-    file: "attention_decode.cu",
-    body: include_str!("../../../kernels/attention_decode.cu"),
-    ops: &[
-        "attention_decode_hd64",
-        "attention_decode_hd80",
-        "attention_decode_hd96",
-        "attention_decode_hd128",
-        "attention_decode_hd256",
-        "attention_decode_merge",
-    ],
-}];
+/// configurations run them (the image-model kernels only serve diffusion pipelines).
+pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
+    KernelFile {
+        file: "attention_decode.cu",
+        body: include_str!("../../../kernels/attention_decode.cu"),
+        ops: &[
+            "attention_decode_hd64",
+            "attention_decode_hd80",
+            "attention_decode_hd96",
+            "attention_decode_hd128",
+            "attention_decode_hd256",
+            "attention_decode_merge",
+        ],
+    },
+    KernelFile {
+        file: "image_norm.cu",
+        body: include_str!("../../../kernels/image_norm.cu"),
+        ops: &["group_norm", "layer_norm"],
+    },
+    KernelFile {
+        file: "image_pointwise.cu",
+        body: include_str!("../../../kernels/image_pointwise.cu"),
+        ops: &[
+            "activation",
+            "geglu",
+            "lincomb",
+            "add_channel_bias",
+            "add_row",
+        ],
+    },
+    KernelFile {
+        file: "image_layout.cu",
+        body: include_str!("../../../kernels/image_layout.cu"),
+        ops: &["upsample_nearest", "copy_axis", "transpose_last2", "im2col"],
+    },
+    KernelFile {
+        file: "attention_softmax.cu",
+        body: include_str!("../../../kernels/attention_softmax.cu"),
+        ops: &["attention_softmax"],
+    },
+];
 
 /// Every kernel file, those compiled at startup first.
 pub fn all_kernel_files() -> impl Iterator<Item = &'static KernelFile> {

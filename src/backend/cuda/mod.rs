@@ -3,7 +3,8 @@
 //! machine without them every entry point returns an error instead of panicking.
 //!
 //! Entry point: [`CudaDevice::new`], then the op methods on it ([`ops`], [`ops_attention`],
-//! [`ops_sampling`]) and [`gemm::Blas::linear`] for `y = x W^T`.
+//! [`ops_sampling`]) and [`gemm::Blas::linear`] for `y = x W^T`. [`CudaBackend`] also
+//! implements the diffusion models' `ImageOps` (`image_ops.rs` and the `image_*` files).
 
 pub mod attention_kernels;
 pub mod attention_plan;
@@ -12,6 +13,13 @@ pub mod batch_meta;
 pub mod device;
 pub mod device_pools;
 pub mod gemm;
+pub mod gemm_batched;
+pub mod image_attention;
+pub mod image_conv;
+pub mod image_geometry;
+pub mod image_kernels;
+pub mod image_layout_kernels;
+mod image_ops;
 pub mod jit;
 pub mod jit_cache;
 pub mod kernel_sources;

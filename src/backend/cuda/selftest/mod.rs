@@ -1,13 +1,16 @@
 //! `kiln selftest`: every CUDA op on random inputs of real model shapes, in f32, f16 and
 //! bf16, checked against the plain-Rust reference ([`crate::backend::cuda::reference`]),
 //! timed with CUDA events, plus cuBLAS GEMM bandwidth rows and a check that the caching
-//! allocator reuses a decode step's buffers. Without a GPU it says so and succeeds.
+//! allocator reuses a decode step's buffers; the diffusion models' ops (`ImageOps`) are
+//! checked against the CPU backend. Without a GPU it says so and succeeds.
 
 mod allocator_case;
 mod attention_cases;
 mod attention_scenarios;
 mod compare;
 mod gemm_bench;
+mod image_cases;
+mod image_gemm_cases;
 mod op_cases;
 mod report;
 mod suite;
@@ -16,7 +19,7 @@ mod timing;
 pub use compare::{max_abs_error, tolerance, Check};
 pub use report::{format_table, Report, Row};
 
-use crate::backend::cuda::{device_count, CudaDevice, DType};
+use crate::backend::cuda::{device_count, CudaBackend, DType};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -35,7 +38,9 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
         return Ok(true);
     }
     let started = Instant::now();
-    let dev = CudaDevice::new(0)?;
+    // A whole backend (not just the device): the image-model cases run its `ImageOps`.
+    let backend = CudaBackend::new(0)?;
+    let dev = backend.device();
     if !json {
         let (major, minor) = dev.nvrtc().version();
         println!(
@@ -45,10 +50,11 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
             if quick { ", quick" } else { "" }
         );
     }
-    let mut suite = suite::Suite::new(&dev, quick);
+    let mut suite = suite::Suite::new(dev, quick);
     for dtype in DType::ALL {
         op_cases::run(&mut suite, dtype);
         attention_cases::run(&mut suite, dtype);
+        image_cases::run(&mut suite, &backend, dtype);
     }
     allocator_case::run(&mut suite);
     if let Err(err) = gemm_bench::run(&mut suite) {

@@ -1,0 +1,112 @@
+// Element-wise ops of the image models, grid-stride loops, f32 arithmetic rounded once:
+//   activation:       out = act(x), act one of the KILN_ACT_* codes below
+//   geglu:            x[r, 2h] = [hidden | gate] -> out[r, h] = hidden * gelu_erf(gate)
+//   lincomb:          out = alpha * a + beta * b (b unused when has_b is 0: a plain scale, so
+//                     an infinite value of a scales to infinity, not NaN)
+//   add_channel_bias: x[n, c, spatial] + bias[n * bias_batch_stride + c] (a resnet's time
+//                     embedding with stride c; a conv bias with stride 0)
+//   add_row:          x[r, w] + row[w]
+
+// Codes of `activation`'s act argument (src/backend/cuda/ops_image.rs passes them).
+#define KILN_ACT_SILU 0
+#define KILN_ACT_GELU_ERF 1
+#define KILN_ACT_GELU_TANH 2
+#define KILN_ACT_QUICK_GELU 3
+
+__device__ __forceinline__ float kiln_gelu_erf(float x) {
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+__device__ __forceinline__ float kiln_activate(float x, int act) {
+    switch (act) {
+        case KILN_ACT_SILU:
+            return x / (1.0f + expf(-x));
+        case KILN_ACT_GELU_ERF:
+            return kiln_gelu_erf(x);
+        case KILN_ACT_GELU_TANH:
+            // sqrt(2 / pi) * (x + 0.044715 x^3), as PyTorch's approximate="tanh".
+            return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * x * (1.0f + 0.044715f * x * x)));
+        default:  // KILN_ACT_QUICK_GELU: x * sigmoid(1.702 x)
+            return x / (1.0f + expf(-1.702f * x));
+    }
+}
+
+// A grid-stride loop over `total` elements (also defined by the other image_*.cu files).
+#ifndef KILN_GRID_STRIDE
+#define KILN_GRID_STRIDE(i, total)                                                  \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
+         i += (long long)gridDim.x * blockDim.x)
+#endif
+
+template <typename D>
+__device__ __forceinline__ void activation_impl(typename D::T* out, const typename D::T* x,
+                                                long long total, int act) {
+    KILN_GRID_STRIDE(i, total) { out[i] = D::store(kiln_activate(D::load(x[i]), act)); }
+}
+
+template <typename D>
+__device__ __forceinline__ void geglu_impl(typename D::T* out, const typename D::T* x,
+                                           long long total, int half) {
+    KILN_GRID_STRIDE(i, total) {
+        const long long row = i / half;
+        const long long col = i - row * half;
+        const float hidden = D::load(x[row * 2 * half + col]);
+        const float gate = D::load(x[row * 2 * half + half + col]);
+        out[i] = D::store(hidden * kiln_gelu_erf(gate));
+    }
+}
+
+template <typename D>
+__device__ __forceinline__ void lincomb_impl(typename D::T* out, const typename D::T* a,
+                                             const typename D::T* b, long long total, float alpha,
+                                             float beta, int has_b) {
+    KILN_GRID_STRIDE(i, total) {
+        const float scaled = alpha * D::load(a[i]);
+        out[i] = D::store(has_b ? scaled + beta * D::load(b[i]) : scaled);
+    }
+}
+
+template <typename D>
+__device__ __forceinline__ void add_channel_bias_impl(typename D::T* out, const typename D::T* x,
+                                                      const typename D::T* bias, long long total,
+                                                      int channels, long long spatial,
+                                                      int bias_batch_stride) {
+    KILN_GRID_STRIDE(i, total) {
+        const long long plane = i / spatial;  // n * channels + c
+        const long long n = plane / channels;
+        const int c = (int)(plane - n * channels);
+        out[i] = D::store(D::load(x[i]) + D::load(bias[n * bias_batch_stride + c]));
+    }
+}
+
+template <typename D>
+__device__ __forceinline__ void add_row_impl(typename D::T* out, const typename D::T* x,
+                                             const typename D::T* row, long long total,
+                                             int width) {
+    KILN_GRID_STRIDE(i, total) { out[i] = D::store(D::load(x[i]) + D::load(row[i % width])); }
+}
+
+#define KILN_IMAGE_POINTWISE(S, D)                                                             \
+    extern "C" __global__ void activation_##S(D::T* out, const D::T* x, long long total,       \
+                                              int act) {                                       \
+        activation_impl<D>(out, x, total, act);                                                \
+    }                                                                                          \
+    extern "C" __global__ void geglu_##S(D::T* out, const D::T* x, long long total, int half) { \
+        geglu_impl<D>(out, x, total, half);                                                    \
+    }                                                                                          \
+    extern "C" __global__ void lincomb_##S(D::T* out, const D::T* a, const D::T* b,            \
+                                           long long total, float alpha, float beta,           \
+                                           int has_b) {                                        \
+        lincomb_impl<D>(out, a, b, total, alpha, beta, has_b);                                 \
+    }                                                                                          \
+    extern "C" __global__ void add_channel_bias_##S(D::T* out, const D::T* x,                  \
+                                                    const D::T* bias, long long total,         \
+                                                    int channels, long long spatial,           \
+                                                    int bias_batch_stride) {                   \
+        add_channel_bias_impl<D>(out, x, bias, total, channels, spatial, bias_batch_stride);   \
+    }                                                                                          \
+    extern "C" __global__ void add_row_##S(D::T* out, const D::T* x, const D::T* row,          \
+                                           long long total, int width) {                       \
+        add_row_impl<D>(out, x, row, total, width);                                            \
+    }
+KILN_FOR_EACH_DTYPE(KILN_IMAGE_POINTWISE)

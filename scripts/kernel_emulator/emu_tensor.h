@@ -1,0 +1,80 @@
+// Host-side tensors for the emulator checks: the three storage dtypes with the kernels'
+// rounding (common.cuh: bf16 round to nearest even, f16 through the host's _Float16), and a
+// buffer holding values the way the GPU would (f32 words or 16-bit words).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace kiln_emu_tensor {
+
+enum class DType { F32, F16, BF16 };
+
+inline const char* dtype_name(DType d) {
+    return d == DType::F32 ? "f32" : (d == DType::F16 ? "f16" : "bf16");
+}
+
+inline std::uint16_t to_bits(DType d, float x) {
+    if (d == DType::F16) {
+        const _Float16 h = static_cast<_Float16>(x);
+        std::uint16_t b;
+        std::memcpy(&b, &h, 2);
+        return b;
+    }
+    std::uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<std::uint16_t>(u >> 16);
+}
+
+inline float from_bits(DType d, std::uint16_t b) {
+    if (d == DType::F16) {
+        _Float16 h;
+        std::memcpy(&h, &b, 2);
+        return static_cast<float>(h);
+    }
+    const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// `x` rounded to the dtype and widened back.
+inline float round_to(DType d, float x) {
+    return d == DType::F32 ? x : from_bits(d, to_bits(d, x));
+}
+
+// Values in the dtype's storage, as a kernel reads and writes them.
+struct Buffer {
+    DType dtype;
+    std::vector<float> f32;
+    std::vector<std::uint16_t> half;
+
+    Buffer(DType d, const std::vector<float>& values) : dtype(d) {
+        if (d == DType::F32) {
+            f32 = values;
+        } else {
+            half.resize(values.size());
+            for (size_t i = 0; i < values.size(); ++i) half[i] = to_bits(d, values[i]);
+        }
+    }
+    // A buffer of `n` NaNs: an element a kernel forgets to write stays NaN.
+    static Buffer unwritten(DType d, size_t n) {
+        return Buffer(d, std::vector<float>(n, __builtin_nanf("")));
+    }
+    void* data() {
+        return dtype == DType::F32 ? static_cast<void*>(f32.data())
+                                   : static_cast<void*>(half.data());
+    }
+    size_t size() const { return dtype == DType::F32 ? f32.size() : half.size(); }
+    float at(size_t i) const { return dtype == DType::F32 ? f32[i] : from_bits(dtype, half[i]); }
+    std::vector<float> values() const {
+        std::vector<float> v(size());
+        for (size_t i = 0; i < v.size(); ++i) v[i] = at(i);
+        return v;
+    }
+};
+
+}  // namespace kiln_emu_tensor

@@ -1,0 +1,281 @@
+//! Launches of the image-model kernels that compute (`kernels/image_norm.cu`,
+//! `image_pointwise.cu`), as methods of [`CudaDevice`] writing into a given output; the
+//! data-movement ones are in `image_layout_kernels.rs`. Each checks that its tensors hold
+//! what the kernel will index (errors, never out-of-bounds launches); the op semantics
+//! (which shapes an op accepts) live in `image_ops.rs`.
+
+use super::device::CudaDevice;
+use super::launch::{self, as_i32};
+use super::tensor::CudaTensor;
+use crate::backend::image_ops::Activation;
+use anyhow::{bail, ensure, Context, Result};
+use cudarc::driver::PushKernelArg;
+
+/// `act` code of kernels/image_pointwise.cu (`KILN_ACT_*`).
+pub fn activation_code(act: Activation) -> i32 {
+    match act {
+        Activation::Silu => 0,
+        Activation::Gelu => 1,
+        Activation::GeluTanh => 2,
+        Activation::QuickGelu => 3,
+    }
+}
+
+/// Fails unless `t` has `x`'s dtype.
+fn same_dtype(t: &CudaTensor, x: &CudaTensor, what: &str) -> Result<()> {
+    t.expect_dtype(x.dtype(), what)
+}
+
+/// Fails unless `t` is 1-d of length `len`.
+fn vector_of(t: &CudaTensor, len: usize, what: &str) -> Result<()> {
+    t.expect_shape(&[len], what)
+}
+
+impl CudaDevice {
+    /// Group norm of `x: [n, c, ...]` (+ SiLU) into `y` of the same shape.
+    pub fn group_norm_into(
+        &self,
+        x: &CudaTensor,
+        groups: usize,
+        (w, b): (&CudaTensor, &CudaTensor),
+        eps: f32,
+        silu: bool,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        let (n, c) = match x.shape() {
+            [n, c, ..] => (*n, *c),
+            other => bail!("group_norm: rank {} < 2 ({other:?})", other.len()),
+        };
+        ensure!(
+            groups > 0 && c % groups == 0,
+            "group_norm: {c} channels do not split into {groups} groups"
+        );
+        vector_of(w, c, "group_norm weight")?;
+        vector_of(b, c, "group_norm bias")?;
+        for (t, what) in [(w, "group_norm weight"), (b, "group_norm bias")] {
+            same_dtype(t, x, what)?;
+        }
+        y.expect_shape(x.shape(), "group_norm output")?;
+        same_dtype(y, x, "group_norm output")?;
+        let spatial: usize = x.shape()[2..].iter().product();
+        if n * c * spatial == 0 {
+            return Ok(());
+        }
+        let ints = [as_i32(c, "channels")?, as_i32(groups, "groups")?];
+        let (spatial, silu) = (spatial as i64, i32::from(silu));
+        let threads = launch::row_threads(c / groups * spatial as usize);
+        let f = self.kernels().get("group_norm", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut())
+            .arg(x.data())
+            .arg(w.data())
+            .arg(b.data());
+        args.arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&spatial)
+            .arg(&eps)
+            .arg(&silu);
+        // SAFETY: matches kernels/image_norm.cu; shapes checked above.
+        unsafe { args.launch(launch::per_row(n * groups, threads)?) }
+            .context("group_norm launch")?;
+        Ok(())
+    }
+
+    /// Layer norm over the last dimension of `x` into `y`.
+    pub fn layer_norm_into(
+        &self,
+        x: &CudaTensor,
+        (w, b): (&CudaTensor, &CudaTensor),
+        eps: f32,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        let Some(&d) = x.shape().last() else {
+            bail!("layer_norm of a scalar");
+        };
+        vector_of(w, d, "layer_norm weight")?;
+        vector_of(b, d, "layer_norm bias")?;
+        for (t, what) in [(w, "layer_norm weight"), (b, "layer_norm bias")] {
+            same_dtype(t, x, what)?;
+        }
+        y.expect_shape(x.shape(), "layer_norm output")?;
+        same_dtype(y, x, "layer_norm output")?;
+        if x.numel() == 0 {
+            return Ok(());
+        }
+        let d_i = as_i32(d, "layer_norm width")?;
+        let f = self.kernels().get("layer_norm", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut())
+            .arg(x.data())
+            .arg(w.data())
+            .arg(b.data());
+        args.arg(&d_i).arg(&eps);
+        // SAFETY: matches kernels/image_norm.cu; shapes checked above.
+        unsafe { args.launch(launch::per_row(x.numel() / d, launch::row_threads(d))?) }
+            .context("layer_norm launch")?;
+        Ok(())
+    }
+
+    /// `y = act(x)`, elementwise.
+    pub fn activation_into(
+        &self,
+        x: &CudaTensor,
+        act: Activation,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        y.expect_shape(x.shape(), "activation output")?;
+        same_dtype(y, x, "activation output")?;
+        let total = x.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let code = activation_code(act);
+        let f = self.kernels().get("activation", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut()).arg(x.data()).arg(&total).arg(&code);
+        // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("activation launch")?;
+        Ok(())
+    }
+
+    /// `y[.., h] = x[.., :h] * gelu(x[.., h:])` for `x[.., 2h]`.
+    pub fn geglu_into(&self, x: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
+        let Some(&width) = x.shape().last() else {
+            bail!("geglu of a scalar");
+        };
+        ensure!(width % 2 == 0, "geglu: odd width {width}");
+        let mut half_dims = x.shape().to_vec();
+        if let Some(last) = half_dims.last_mut() {
+            *last = width / 2;
+        }
+        y.expect_shape(&half_dims, "geglu output")?;
+        same_dtype(y, x, "geglu output")?;
+        let total = y.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let half = as_i32(width / 2, "geglu width")?;
+        let f = self.kernels().get("geglu", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut()).arg(x.data()).arg(&total).arg(&half);
+        // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("geglu launch")?;
+        Ok(())
+    }
+
+    /// `y = alpha * a + beta * b`, or `alpha * a` without `b`.
+    pub fn lincomb_into(
+        &self,
+        (a, alpha): (&CudaTensor, f32),
+        b: Option<(&CudaTensor, f32)>,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        if let Some((b, _)) = b {
+            ensure!(
+                b.shape() == a.shape(),
+                "lincomb: shapes {:?} and {:?} differ",
+                a.shape(),
+                b.shape()
+            );
+            same_dtype(b, a, "lincomb rhs")?;
+        }
+        y.expect_shape(a.shape(), "lincomb output")?;
+        same_dtype(y, a, "lincomb output")?;
+        let total = a.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let (b_tensor, beta) = b.unwrap_or((a, 0.0));
+        let has_b = i32::from(b.is_some());
+        let f = self.kernels().get("lincomb", a.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut()).arg(a.data()).arg(b_tensor.data());
+        args.arg(&total).arg(&alpha).arg(&beta).arg(&has_b);
+        // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("lincomb launch")?;
+        Ok(())
+    }
+
+    /// `y[n, c, ..] = x[n, c, ..] + bias[n, c]` (`bias: [n, c]`) or `+ bias[c]` (`bias: [c]`,
+    /// a conv bias).
+    pub fn channel_bias_into(
+        &self,
+        x: &CudaTensor,
+        bias: &CudaTensor,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        let (n, c) = match x.shape() {
+            [n, c, ..] => (*n, *c),
+            other => bail!("channel bias: input {other:?} has no channel axis"),
+        };
+        let batch_stride = match bias.shape() {
+            [bn, bc] if (*bn, *bc) == (n, c) => c,
+            [bc] if *bc == c => 0,
+            other => bail!("channel bias {other:?} does not fit {:?}", x.shape()),
+        };
+        same_dtype(bias, x, "channel bias")?;
+        y.expect_shape(x.shape(), "channel bias output")?;
+        same_dtype(y, x, "channel bias output")?;
+        let total = x.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let spatial = (x.numel() / (n * c)) as i64;
+        let ints = [as_i32(c, "channels")?, as_i32(batch_stride, "bias stride")?];
+        let f = self.kernels().get("add_channel_bias", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut()).arg(x.data()).arg(bias.data());
+        args.arg(&total).arg(&ints[0]).arg(&spatial).arg(&ints[1]);
+        // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }
+            .context("add_channel_bias launch")?;
+        Ok(())
+    }
+
+    /// `y = x + row`, `row` repeated over every row of `x`'s last dimension.
+    pub fn add_row_into(&self, x: &CudaTensor, row: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
+        let Some(&width) = x.shape().last() else {
+            bail!("add_row to a scalar");
+        };
+        vector_of(row, width, "add_row row")?;
+        same_dtype(row, x, "add_row row")?;
+        y.expect_shape(x.shape(), "add_row output")?;
+        same_dtype(y, x, "add_row output")?;
+        let total = x.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let width = as_i32(width, "row width")?;
+        let f = self.kernels().get("add_row", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut()).arg(x.data()).arg(row.data());
+        args.arg(&total).arg(&width);
+        // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("add_row launch")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::kernel_sources::all_kernel_files;
+
+    /// The activation codes must be the `KILN_ACT_*` values the kernel switches on.
+    #[test]
+    fn activation_codes_match_the_kernel() {
+        let body = all_kernel_files()
+            .find(|f| f.file == "image_pointwise.cu")
+            .expect("image_pointwise.cu is registered")
+            .body;
+        for (act, name) in [
+            (Activation::Silu, "KILN_ACT_SILU"),
+            (Activation::Gelu, "KILN_ACT_GELU_ERF"),
+            (Activation::GeluTanh, "KILN_ACT_GELU_TANH"),
+            (Activation::QuickGelu, "KILN_ACT_QUICK_GELU"),
+        ] {
+            let define = format!("#define {name} {}", activation_code(act));
+            assert!(body.contains(&define), "missing `{define}`");
+        }
+    }
+}
