@@ -20,6 +20,8 @@ Regenerate from the repository root:
   python scripts/make_diffusion_fixtures.py
 or, to add only tiny-sdxl/reference_odd_sizes.* and leave every other file untouched:
   python scripts/make_diffusion_fixtures.py --only-sdxl-odd-sizes
+A full run rewrites every file with the same bytes except the JSON lists of diffusers'
+`_use_default_values`, a set whose order follows Python's hash seed (PYTHONHASHSEED).
 
 Weights are seeded normal noise rounded to float16 (stored as float16 to halve the files);
 every reference is computed in float32 from those rounded values, so kiln loads the same
