@@ -10,10 +10,18 @@ Outputs (committed; CI never runs this script):
                                         scheduler tables
     reference.safetensors               float32 tensors: encoder states, one UNet forward,
                                         one VAE decode, full runs, scheduler steps
+    reference_odd_sizes.json/.safetensors   a UNet forward and a full run at a size with odd
+                                        latent sides
+  tests/fixtures/diffusion/tiny-sdxl/   SDXL-style pipeline (two text encoders, "text_time"
+                                        added conditioning), with the same kinds of files
 
 Regenerate from the repository root:
   pip install torch "transformers>=4.56,<5" diffusers safetensors
   python scripts/make_diffusion_fixtures.py
+or, to add only tiny-sdxl/reference_odd_sizes.* and leave every other file untouched:
+  python scripts/make_diffusion_fixtures.py --only-sdxl-odd-sizes
+A full run rewrites every file with the same bytes except the JSON lists of diffusers'
+`_use_default_values`, a set whose order follows Python's hash seed (PYTHONHASHSEED).
 
 Weights are seeded normal noise rounded to float16 (stored as float16 to halve the files);
 every reference is computed in float32 from those rounded values, so kiln loads the same
@@ -22,6 +30,8 @@ numbers whether it reads them as f16 or f32.
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import shutil
 from collections import Counter
@@ -407,41 +417,76 @@ def make_sd(out: Path) -> None:
 
     save_file({k: v.clone().contiguous() for k, v in tensors.items()}, out / "reference.safetensors")
     (out / "reference.json").write_text(json.dumps(ref, indent=1, default=str) + "\n")
-    odd_size_references(pipe, context, out)
+    odd_size_references(pipe, out, ODD_HEIGHT, ODD_WIDTH, {"context": context}, guidance_scale=7.5)
 
 
-# 22x30 pixels: 11x15 latents, which the UNet's one downsample rounds up to 6x8; diffusers
-# then upsamples to the skip connection's 11x15 instead of doubling.
+# Sizes (height, width in pixels) whose latents have odd sides. Both tiny UNets have two
+# blocks, so one downsample: an odd side rounds up there (11 -> 6), and diffusers then
+# upsamples to the skip connection's size instead of doubling (6 -> 11, not 12). With a
+# single downsample, one odd latent side per axis exercises every level that can round.
+# tiny-sd: 22x30 pixels, 11x15 latents (6x8 below the downsample).
 ODD_HEIGHT, ODD_WIDTH = 22, 30
+# tiny-sdxl: 26x18 pixels, 13x9 latents (7x5 below the downsample): portrait where the other
+# references are landscape, so a height / width swap in the size conditioning shows.
+SDXL_ODD_HEIGHT, SDXL_ODD_WIDTH = 26, 18
 
 
-def odd_size_references(pipe: StableDiffusionPipeline, context: torch.Tensor, out: Path) -> None:
+def skip_size_check(pipe) -> None:
+    """Makes `pipe.check_inputs` check everything but the multiple of 8 pixels.
+
+    diffusers' pipelines insist on multiples of 8 whatever the VAE's factor; the tiny VAEs'
+    factor is 2, so every multiple of 8 gives latents that halve evenly. The SD and SDXL
+    pipelines take height and width at different positions, so bind by name. `del
+    pipe.check_inputs` restores the method."""
+    checked = pipe.check_inputs
+    signature = inspect.signature(checked)
+
+    def check(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["height"] = bound.arguments["width"] = 8
+        return checked(*bound.args, **bound.kwargs)
+
+    pipe.check_inputs = check
+
+
+def odd_size_references(
+    pipe,
+    out: Path,
+    height: int,
+    width: int,
+    unet_conditioning: dict[str, torch.Tensor],
+    guidance_scale: float,
+) -> None:
     """One UNet forward and one full run at a size whose latents have odd sides, in their own
-    files (reference_odd_sizes.*) so the references above stay as they were.
+    files (reference_odd_sizes.*) so the references of `out` stay as they were.
 
-    diffusers' pipeline insists on multiples of 8 pixels whatever the VAE's factor; the tiny
-    VAE's factor is 2, so every multiple of 8 gives latents that halve evenly. The run skips
-    that one check (22x30 here is what 88x120 is for a real factor-8 VAE); everything else is
-    the unchanged pipeline."""
+    `unet_conditioning` is what the forward attends to, recorded as `unet.<key>`: "context"
+    (batch 2), plus "text_embeds" and "time_ids" for a UNet with SDXL's added conditioning.
+    The run is a 3-step Euler + CFG with the negative prompt at `guidance_scale`; it skips
+    only the pipeline's multiple-of-8 check (22x30 for a factor-2 VAE is what 88x120 is for
+    a real factor-8 one), everything else is the unchanged pipeline."""
     tensors: dict[str, torch.Tensor] = {}
     f = pipe.vae_scale_factor
     gen = torch.Generator().manual_seed(2024)
+    added = {k: v for k, v in unet_conditioning.items() if k in ("text_embeds", "time_ids")}
     with torch.no_grad():
-        latents = torch.randn((2, 4, ODD_HEIGHT // f, ODD_WIDTH // f), generator=gen)
+        latents = torch.randn((2, 4, height // f, width // f), generator=gen)
         timestep = 501.0
         tensors["unet.sample"] = latents
-        tensors["unet.context"] = to_f32(context)
-        tensors["unet.out"] = to_f32(pipe.unet(latents, timestep, encoder_hidden_states=context).sample)
+        for key, value in unet_conditioning.items():
+            tensors[f"unet.{key}"] = to_f32(value)
+        forward = pipe.unet(latents, timestep, encoder_hidden_states=unet_conditioning["context"],
+                            added_cond_kwargs=added or None)
+        tensors["unet.out"] = to_f32(forward.sample)
 
-    init = torch.randn((1, 4, ODD_HEIGHT // f, ODD_WIDTH // f), generator=gen)
+    init = torch.randn((1, 4, height // f, width // f), generator=gen)
     tensors["run.initial_latents"] = init
     pipe.scheduler = EulerDiscreteScheduler(**euler_config())
-    checked = pipe.check_inputs
-    pipe.check_inputs = lambda prompt, height, width, *rest, **kw: checked(prompt, 8, 8, *rest, **kw)
+    skip_size_check(pipe)
     run = dict(name="euler_cfg", prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, steps=3,
-               guidance_scale=7.5, height=ODD_HEIGHT, width=ODD_WIDTH, num_images=1)
+               guidance_scale=guidance_scale, height=height, width=width, num_images=1)
     common = dict(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=3,
-                  guidance_scale=7.5, height=ODD_HEIGHT, width=ODD_WIDTH, latents=init.clone())
+                  guidance_scale=guidance_scale, height=height, width=width, latents=init.clone())
     with torch.no_grad():
         final = pipe(**common, output_type="latent").images
         image = pipe(**common, output_type="np").images
@@ -452,6 +497,22 @@ def odd_size_references(pipe: StableDiffusionPipeline, context: torch.Tensor, ou
     ref = {"unet": {"timestep": timestep}, "runs": [run]}
     save_file({k: v.clone().contiguous() for k, v in tensors.items()}, out / "reference_odd_sizes.safetensors")
     (out / "reference_odd_sizes.json").write_text(json.dumps(ref, indent=1, default=str) + "\n")
+
+
+def sdxl_odd_size_references(pipe: StableDiffusionXLPipeline, out: Path) -> None:
+    """SDXL's odd-size references: the forward is conditioned as the pipeline's CFG batch at
+    that size would be (negative prompt, then prompt; pooled text embeds; time ids of the
+    odd size, uncropped)."""
+    h, w = SDXL_ODD_HEIGHT, SDXL_ODD_WIDTH
+    with torch.no_grad():
+        context, negative, pooled, negative_pooled = pipe.encode_prompt(
+            PROMPT, negative_prompt=NEGATIVE_PROMPT, do_classifier_free_guidance=True)
+    conditioning = {
+        "context": torch.cat([negative, context]),
+        "text_embeds": torch.cat([negative_pooled, pooled]),
+        "time_ids": torch.tensor([[h, w, 0.0, 0.0, h, w]] * 2),
+    }
+    odd_size_references(pipe, out, h, w, conditioning, guidance_scale=6.0)
 
 
 def make_sdxl(out: Path) -> None:
@@ -571,15 +632,31 @@ def make_sdxl(out: Path) -> None:
     ref["runs"] = runs
     save_file({k: v.clone().contiguous() for k, v in tensors.items()}, out / "reference.safetensors")
     (out / "reference.json").write_text(json.dumps(ref, indent=1, default=str) + "\n")
+    sdxl_odd_size_references(pipe, out)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only-sdxl-odd-sizes",
+        action="store_true",
+        help="write only tiny-sdxl/reference_odd_sizes.*, from the committed tiny-sdxl "
+        "pipeline (its float16 weights load exactly), leaving every other file as it is",
+    )
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    make_sd(OUT_DIR / "tiny-sd")
-    make_sdxl(OUT_DIR / "tiny-sdxl")
-    for f in sorted(OUT_DIR.rglob("*")):
-        if f.is_file():
-            print(f"{f.relative_to(REPO_ROOT)}: {f.stat().st_size} bytes")
+    if args.only_sdxl_odd_sizes:
+        out = OUT_DIR / "tiny-sdxl"
+        pipe = StableDiffusionXLPipeline.from_pretrained(out, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        sdxl_odd_size_references(pipe, out)
+        written = sorted(out.glob("reference_odd_sizes.*"))
+    else:
+        make_sd(OUT_DIR / "tiny-sd")
+        make_sdxl(OUT_DIR / "tiny-sdxl")
+        written = sorted(f for f in OUT_DIR.rglob("*") if f.is_file())
+    for f in written:
+        print(f"{f.relative_to(REPO_ROOT)}: {f.stat().st_size} bytes")
 
 
 if __name__ == "__main__":

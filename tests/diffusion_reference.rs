@@ -14,8 +14,9 @@
 //!   and with zeroed negative conditioning, 1-step Euler ancestral): final latents 1e-5 relative to their
 //!   largest magnitude (CFG with random weights blows them up to tens; measured <= 2e-6),
 //!   pixels in [0, 1] 1e-4 absolute (measured <= 4e-6);
-//! - sizes whose latents have odd sides (`tiny-sd` at 22x30 pixels, `reference_odd_sizes.*`):
-//!   one UNet forward and a 3-step Euler + CFG run, with the same tolerances.
+//! - sizes whose latents have odd sides (`reference_odd_sizes.*`: `tiny-sd` at 22x30 pixels,
+//!   `tiny-sdxl` at 26x18 with its size conditioning): one UNet forward and a 3-step
+//!   Euler + CFG run, with the same tolerances.
 
 use candle_core::{Device, Tensor};
 use kiln::backend::cpu::CpuBackend;
@@ -255,8 +256,9 @@ fn full_runs_match_diffusers() {
     check_full_runs(SD, None);
 }
 
-/// Reference set of `tiny-sd` at 22x30 pixels: 11x15 latents, whose odd sides the UNet's
-/// downsample rounds up (6x8), so its upsample must return to 11x15, not double.
+/// Reference set at a size whose latents have odd sides, which the UNet's downsample rounds
+/// up, so its upsample must return to the skip connection's size, not double: `tiny-sd` at
+/// 22x30 pixels (11x15 latents, 6x8 below), `tiny-sdxl` at 26x18 (13x9, 7x5 below).
 const ODD: Option<&str> = Some("odd_sizes");
 
 #[test]
@@ -355,4 +357,44 @@ fn sdxl_unet_with_added_conditioning_matches_diffusers() {
 #[test]
 fn sdxl_full_runs_match_diffusers() {
     check_full_runs(SDXL, None);
+}
+
+/// `tiny-sdxl`'s odd-size set: 26x18 pixels, 13x9 latents, which its one downsample rounds up
+/// to 7x5; the UNet also carries the size in its added conditioning (time ids).
+#[test]
+fn sdxl_unet_forward_on_odd_latent_sides_matches_diffusers() {
+    let p = pipeline(SDXL);
+    let be = p.backend();
+    let reference = |key| set_reference(SDXL, ODD, key);
+    let timestep = set_json(SDXL, ODD)["unet"]["timestep"].as_f64().unwrap() as f32;
+    let sample = reference("unet.sample");
+    assert_eq!(sample.dims(), &[2, 4, 13, 9]);
+    let text_embeds = reference("unet.text_embeds");
+    let time_ids = values(&reference("unet.time_ids"));
+    // Both rows: original size 26x18, no crop, target size 26x18.
+    assert_eq!(&time_ids[..6], &[26.0, 18.0, 0.0, 0.0, 26.0, 18.0]);
+    let added = TextTime {
+        text_embeds: &text_embeds,
+        time_ids: &time_ids,
+    };
+    let out = p
+        .unet()
+        .forward(
+            be,
+            &sample,
+            timestep,
+            &reference("unet.context"),
+            Some(&added),
+        )
+        .unwrap();
+    let want = reference("unet.out");
+    assert_eq!(out.dims(), want.dims());
+    assert_close("sdxl unet 13x9", &values(&out), &values(&want), 2e-5);
+}
+
+#[test]
+fn sdxl_full_run_at_a_size_with_odd_latent_sides_matches_diffusers() {
+    let p = pipeline(SDXL);
+    assert_eq!(p.size_multiple(), 2);
+    check_full_runs(SDXL, ODD);
 }
