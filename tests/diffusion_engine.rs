@@ -12,15 +12,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 fn engine(max_queued: usize) -> ImageHandle {
+    engine_with_replicas(max_queued, 1)
+}
+
+/// The tiny SD pipeline, loaded `replicas` times (as on that many GPUs).
+fn engine_with_replicas(max_queued: usize, replicas: usize) -> ImageHandle {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion/tiny-sd");
-    let pipeline = Pipeline::load(CpuBackend::new(), &dir, DType::F32).unwrap();
-    let info = ImageModelInfo::of(&pipeline, "StableDiffusionPipeline".into());
+    let pipelines: Vec<_> = (0..replicas)
+        .map(|_| Pipeline::load(CpuBackend::new(), &dir, DType::F32).unwrap())
+        .collect();
+    let info = ImageModelInfo::of(&pipelines[0], "StableDiffusionPipeline".into());
     let args = ImageEngineArgs {
         max_queued,
         max_batch_images: 16,
         seed: 0,
     };
-    ImageHandle::spawn(pipeline, info, args).unwrap()
+    ImageHandle::spawn(pipelines, info, args).unwrap()
 }
 
 /// A change to a request, and the parameter its error must name.
@@ -142,4 +149,51 @@ fn shutdown_finishes_queued_requests_then_refuses() {
         e.submit(&params(Some(1), 2)),
         Err(RequestError::EngineDown(_))
     ));
+}
+
+#[test]
+fn replicas_run_requests_in_parallel_and_agree() {
+    let e = engine_with_replicas(0, 2);
+    assert_eq!(e.replicas(), 2);
+    let stats = e.stats().clone();
+    // A long request keeps one replica busy...
+    let long = e.submit(&params(Some(1), 500)).unwrap();
+    wait_until(&stats, "the long request to start", |s| {
+        s.running.load(Ordering::Relaxed) == 1
+    });
+    // ...and a short one (another batch key: other steps) runs on the other meanwhile.
+    e.submit(&params(Some(2), 2))
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    // (Images are counted before a request is answered.)
+    assert_eq!(
+        stats.images.load(Ordering::Relaxed),
+        1,
+        "the short request finished while the long one still ran"
+    );
+    drop(long);
+    wait_until(&stats, "the long request to stop", |s| {
+        s.running.load(Ordering::Relaxed) == 0
+    });
+    // Replicas hold the same weights: the same request gives the same bytes on each. The
+    // queue hands the next request to whichever replica is free; keep asking until both
+    // have answered (each is free again once its answer is out).
+    let mut by_replica: [Option<Vec<Vec<u8>>>; 2] = [None, None];
+    for _ in 0..200 {
+        let out = e
+            .submit(&params(Some(7), 2))
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        by_replica[out.replica] = Some(out.images);
+        if by_replica.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [Some(a), Some(b)] = by_replica else {
+        panic!("one replica answered all 200 requests");
+    };
+    assert_eq!(a, b);
+    e.shutdown();
 }

@@ -1,5 +1,7 @@
-//! The image engine thread: owns the pipeline, queues requests, runs them in batches of
-//! requests that share size, steps and guidance, and answers each on its ticket.
+//! The image engine: one thread per pipeline replica (one per GPU), all taking batches off
+//! one shared queue of requests that share size, steps and guidance, each answering its
+//! requests on their tickets. A replica takes only the batch it runs next, so an idle
+//! replica picks up the following one at once instead of it waiting behind a busy one.
 //! It knows nothing of HTTP; [`super::handle::ImageHandle`] is its only door.
 
 use super::batch::generate_batch;
@@ -7,73 +9,130 @@ use super::handle::{ImageOutput, ImageStats, Job};
 use super::pipeline::Pipeline;
 use super::queue::take_batch;
 use crate::backend::image_ops::ImageOps;
-use crossbeam_channel::Receiver;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
-
-pub(crate) enum Command {
-    Submit(Job),
-    /// Finish what is queued, then stop.
-    Shutdown,
-}
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EngineConfig {
     pub max_batch_images: usize,
 }
 
-pub(crate) fn engine_loop<B: ImageOps>(
-    pipeline: Pipeline<B>,
-    rx: Receiver<Command>,
-    stats: Arc<ImageStats>,
-    config: EngineConfig,
-) {
-    let mut queue: VecDeque<Job> = VecDeque::new();
-    let mut shutting_down = false;
-    loop {
-        if queue.is_empty() {
-            match rx.recv() {
-                Ok(cmd) => shutting_down |= apply(cmd, &mut queue),
-                Err(_) => break,
+/// The requests waiting for a replica, and whether the engine is shutting down.
+#[derive(Default)]
+pub(crate) struct SharedQueue {
+    state: Mutex<QueueState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    shutting_down: bool,
+    /// Replica threads still running; none left means requests would wait forever.
+    live_replicas: usize,
+}
+
+impl SharedQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Nothing panics while holding the lock, so the state is consistent either way.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn with_replicas(replicas: usize) -> Self {
+        SharedQueue {
+            state: Mutex::new(QueueState {
+                live_replicas: replicas,
+                ..Default::default()
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Queues a request; gives it back if no replica is left to run it.
+    pub fn push(&self, job: Job) -> Result<(), Job> {
+        let mut state = self.lock();
+        if state.live_replicas == 0 {
+            return Err(job);
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Lets the replicas finish what is queued, then stop.
+    pub fn shut_down(&self) {
+        self.lock().shutting_down = true;
+        self.changed.notify_all();
+    }
+
+    /// The next batch to run, waiting for one; `None` once shut down and drained.
+    fn next_batch(&self, max_images: usize) -> Option<Vec<Job>> {
+        let mut state = self.lock();
+        loop {
+            // Requests whose clients left while queued are dropped here, unrun.
+            state.jobs.retain(|job| !job.is_cancelled());
+            if !state.jobs.is_empty() {
+                let batch = take_batch(&mut state.jobs, max_images);
+                if !state.jobs.is_empty() {
+                    // More is waiting: another idle replica may take it.
+                    self.changed.notify_one();
+                }
+                return Some(batch);
             }
+            if state.shutting_down {
+                return None;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
-        while let Ok(cmd) = rx.try_recv() {
-            shutting_down |= apply(cmd, &mut queue);
-        }
-        // Requests whose clients left while queued are dropped here, unrun.
-        queue.retain(|job| !job.is_cancelled());
-        let batch: Vec<Job> = take_batch(&mut queue, config.max_batch_images)
-            .into_iter()
-            .filter(Job::start)
-            .collect();
-        if !batch.is_empty() {
-            stats.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
-            run_batch(&pipeline, batch, &stats);
-        }
-        if queue.is_empty() && shutting_down && rx.is_empty() {
-            break;
-        }
+    }
+
+    fn replica_exited(&self) {
+        self.lock().live_replicas -= 1;
     }
 }
 
-/// Queues a request; true for the shutdown command.
-fn apply(cmd: Command, queue: &mut VecDeque<Job>) -> bool {
-    match cmd {
-        Command::Submit(job) => {
-            queue.push_back(job);
-            false
+/// One replica's thread: runs batches until the queue is shut down and drained.
+pub(crate) fn replica_loop<B: ImageOps>(
+    replica: usize,
+    pipeline: Pipeline<B>,
+    queue: Arc<SharedQueue>,
+    stats: Arc<ImageStats>,
+    config: EngineConfig,
+) {
+    /// Counts the replica out however its thread ends.
+    struct Exit(Arc<SharedQueue>);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            self.0.replica_exited();
         }
-        Command::Shutdown => true,
+    }
+    let _exit = Exit(queue.clone());
+    while let Some(batch) = queue.next_batch(config.max_batch_images) {
+        let batch: Vec<Job> = batch.into_iter().filter(Job::start).collect();
+        if !batch.is_empty() {
+            stats.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
+            run_batch(replica, &pipeline, batch, &stats);
+        }
     }
 }
 
 /// Runs one batch and answers its requests. A failure (or a panic: a bug, a backend fault)
 /// fails this batch's requests only; the pipeline is read-only, so the next batch is sound.
-fn run_batch<B: ImageOps>(pipeline: &Pipeline<B>, batch: Vec<Job>, stats: &ImageStats) {
+fn run_batch<B: ImageOps>(
+    replica: usize,
+    pipeline: &Pipeline<B>,
+    batch: Vec<Job>,
+    stats: &ImageStats,
+) {
     let started = Instant::now();
-    stats.running.store(batch.len(), Ordering::Relaxed);
+    let members = batch.len();
+    stats.running.fetch_add(members, Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats
         .batched_requests
@@ -116,16 +175,17 @@ fn run_batch<B: ImageOps>(pipeline: &Pipeline<B>, batch: Vec<Job>, stats: &Image
                     images: (0..generated.count).map(|i| generated.rgb8(i)).collect(),
                     seed: job.request.seed,
                     queue_time: started.saturating_duration_since(job.arrival),
+                    replica,
                 };
                 job.finish(Ok(output));
             }
         }
         Err(message) => {
-            tracing::error!("{message}");
+            tracing::error!(replica, "{message}");
             for job in batch {
                 job.finish(Err(message.clone()));
             }
         }
     }
-    stats.running.store(0, Ordering::Relaxed);
+    stats.running.fetch_sub(members, Ordering::Relaxed);
 }

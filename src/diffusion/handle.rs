@@ -4,13 +4,12 @@
 //! a running one leaves its batch before the next denoising step.
 
 use super::batch::BatchKey;
-use super::engine::{engine_loop, Command, EngineConfig};
+use super::engine::{replica_loop, EngineConfig, SharedQueue};
 use super::pipeline::{ImageRequest, Pipeline};
 use super::queue::Batchable;
 use super::scheduler::SchedulerConfig;
 use crate::backend::image_ops::ImageOps;
 use anyhow::{Context, Result};
-use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -148,7 +147,7 @@ pub enum RequestError {
 pub struct ImageStats {
     /// Requests accepted and not yet started (cancelled ones leave at once).
     pub waiting: AtomicUsize,
-    /// Requests in the batch being denoised.
+    /// Requests in the batches being denoised (all replicas together).
     pub running: AtomicUsize,
     pub batches: AtomicU64,
     /// Requests summed over batches (over `batches`: the mean batch size).
@@ -168,6 +167,8 @@ pub struct ImageOutput {
     pub seed: u64,
     /// Arrival to the start of its batch.
     pub queue_time: Duration,
+    /// Which pipeline replica (GPU) made the images.
+    pub replica: usize,
 }
 
 /// A request's life: queued -> running -> done, or cancelled by its ticket on the way.
@@ -272,44 +273,58 @@ pub struct ImageEngineArgs {
 
 #[derive(Clone)]
 pub struct ImageHandle {
-    tx: Sender<Command>,
+    queue: Arc<SharedQueue>,
     stats: Arc<ImageStats>,
     info: Arc<ImageModelInfo>,
     args: ImageEngineArgs,
     next_id: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    replicas: usize,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl ImageHandle {
-    /// Starts the engine thread, which owns `pipeline` from now on.
+    /// Starts one engine thread per pipeline replica (each owns its replica from now on);
+    /// the replicas share one queue. `info` describes them all (they are the same model).
     pub fn spawn<B>(
-        pipeline: Pipeline<B>,
+        replicas: Vec<Pipeline<B>>,
         info: ImageModelInfo,
         args: ImageEngineArgs,
     ) -> Result<ImageHandle>
     where
         B: ImageOps + Send + 'static,
     {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        anyhow::ensure!(!replicas.is_empty(), "an image engine needs a pipeline");
+        let queue = Arc::new(SharedQueue::with_replicas(replicas.len()));
         let stats = Arc::new(ImageStats::default());
         let config = EngineConfig {
             max_batch_images: args.max_batch_images.max(1),
         };
-        let thread_stats = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("kiln-images".into())
-            .spawn(move || engine_loop(pipeline, rx, thread_stats, config))
-            .context("spawning the image engine thread")?;
-        Ok(ImageHandle {
-            tx,
-            stats,
+        let handle = ImageHandle {
+            queue: queue.clone(),
+            stats: stats.clone(),
             info: Arc::new(info),
             args,
             next_id: Arc::new(AtomicU64::new(1)),
             closed: Arc::new(AtomicBool::new(false)),
-            thread: Arc::new(Mutex::new(Some(thread))),
-        })
+            replicas: replicas.len(),
+            threads: Arc::new(Mutex::new(Vec::new())),
+        };
+        for (replica, pipeline) in replicas.into_iter().enumerate() {
+            let (queue, stats) = (queue.clone(), stats.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("kiln-images-{replica}"))
+                .spawn(move || replica_loop(replica, pipeline, queue, stats, config));
+            match spawned {
+                Ok(thread) => lock(&handle.threads).push(thread),
+                Err(e) => {
+                    // Lets the replicas already started stop again.
+                    handle.shutdown();
+                    return Err(e).context("spawning an image engine thread");
+                }
+            }
+        }
+        Ok(handle)
     }
 
     pub fn info(&self) -> &ImageModelInfo {
@@ -347,24 +362,34 @@ impl ImageHandle {
             state,
             stats: self.stats.clone(),
         };
-        if self.tx.send(Command::Submit(job)).is_err() {
+        if self.queue.push(job).is_err() {
             ticket.state.store(DONE, Ordering::Release);
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(RequestError::EngineDown(
-                "the image engine thread has exited".into(),
+                "the image engine threads have exited".into(),
             ));
         }
         Ok(ticket)
     }
 
-    /// Refuses new requests, lets the engine finish the ones it has, waits for it.
+    /// Pipeline replicas serving requests.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// Refuses new requests, lets the replicas finish the ones queued, waits for them.
     pub fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
-        let _ = self.tx.send(Command::Shutdown);
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+        self.queue.shut_down();
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
             let _ = t.join();
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A well-spread seed from the server's seed and a request id (SplitMix64's finaliser).

@@ -74,33 +74,90 @@ pub fn build_image_engine(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
-    // `--device` / `--gpu` pick the device as for an LLM (auto: GPU 0 when there is one).
-    let handle = match super::pick_device(args)? {
-        Device::Cpu => spawn_on(CpuBackend::new(), dir, dtype, class, engine_args)?,
-        Device::Cuda(ordinal) => {
-            let backend = CudaBackend::new(ordinal)
-                .with_context(|| format!("opening CUDA device {ordinal}"))?;
-            spawn_on(backend, dir, dtype, class, engine_args)?
-        }
+    // `--device` / `--gpu` pick the devices as for an LLM (auto: GPU 0 when there is one;
+    // `--gpu H100:4`: four GPUs), and each distinct GPU gets a replica of the pipeline.
+    let devices = distinct_devices(&super::place_ranks(args)?);
+    let handle = if devices == [Device::Cpu] {
+        spawn_replicas(vec![CpuBackend::new()], dir, dtype, class, engine_args)?
+    } else {
+        let backends = devices
+            .iter()
+            .map(|d| match d {
+                Device::Cuda(ordinal) => CudaBackend::new(*ordinal)
+                    .with_context(|| format!("opening CUDA device {ordinal}")),
+                Device::Cpu => anyhow::bail!("image replicas mix the CPU and GPUs"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        spawn_replicas(backends, dir, dtype, class, engine_args)?
     };
     Ok((handle, name))
 }
 
-/// Loads the pipeline onto `be` and starts its engine thread.
-fn spawn_on<B: ImageOps + Send + 'static>(
-    be: B,
+/// Each device once, in first-use order.
+fn distinct_devices(ranks: &[Device]) -> Vec<Device> {
+    let mut devices: Vec<Device> = Vec::new();
+    for d in ranks {
+        if !devices.contains(d) {
+            devices.push(*d);
+        }
+    }
+    devices
+}
+
+/// Loads the pipeline onto every backend (in parallel: each replica reads the same files)
+/// and starts one engine thread per replica over a shared queue.
+fn spawn_replicas<B: ImageOps + Send + 'static>(
+    backends: Vec<B>,
     dir: &Path,
     dtype: DType,
     class: &str,
     engine_args: ImageEngineArgs,
 ) -> Result<ImageHandle> {
-    let device = be.name();
-    tracing::info!(
-        "loading the {class} in {} on {device} ({dtype:?})",
-        dir.display()
-    );
-    let pipeline = Pipeline::load(be, dir, dtype)
-        .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
-    let info = ImageModelInfo::of(&pipeline, class.to_string());
-    ImageHandle::spawn(pipeline, info, engine_args)
+    let replicas = backends.len();
+    let pipelines = std::thread::scope(|scope| {
+        let loading: Vec<_> = backends
+            .into_iter()
+            .map(|be| {
+                scope.spawn(move || {
+                    let device = be.name();
+                    tracing::info!(
+                        "loading the {class} in {} on {device} ({dtype:?})",
+                        dir.display()
+                    );
+                    Pipeline::load(be, dir, dtype).with_context(|| {
+                        format!("loading the pipeline in {} on {device}", dir.display())
+                    })
+                })
+            })
+            .collect();
+        loading
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("loading panicked")))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    if replicas > 1 {
+        tracing::info!("{replicas} replicas of the pipeline serve requests in parallel");
+    }
+    let info = ImageModelInfo::of(&pipelines[0], class.to_string());
+    ImageHandle::spawn(pipelines, info, engine_args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_gpu_gets_one_replica() {
+        let ranks = [
+            Device::Cuda(2),
+            Device::Cuda(0),
+            Device::Cuda(2),
+            Device::Cuda(0),
+        ];
+        assert_eq!(distinct_devices(&ranks), [Device::Cuda(2), Device::Cuda(0)]);
+        assert_eq!(distinct_devices(&[Device::Cpu]), [Device::Cpu]);
+    }
 }
