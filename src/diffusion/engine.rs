@@ -50,16 +50,17 @@ impl SharedQueue {
         }
     }
 
-    /// Queues a request; gives it back if no replica is left to run it.
-    pub fn push(&self, job: Job) -> Result<(), Job> {
+    /// Queues a request; false (and the request dropped) if no replica is left to run it.
+    #[must_use]
+    pub fn push(&self, job: Job) -> bool {
         let mut state = self.lock();
         if state.live_replicas == 0 {
-            return Err(job);
+            return false;
         }
         state.jobs.push_back(job);
         drop(state);
         self.changed.notify_one();
-        Ok(())
+        true
     }
 
     /// Lets the replicas finish what is queued, then stop.

@@ -362,7 +362,7 @@ impl ImageHandle {
             state,
             stats: self.stats.clone(),
         };
-        if self.queue.push(job).is_err() {
+        if !self.queue.push(job) {
             ticket.state.store(DONE, Ordering::Release);
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(RequestError::EngineDown(
