@@ -13,6 +13,7 @@
 // clang-format on
 #include "cuda_emu_end.h"
 #include "cuda_driver.h"
+#include "emu_tensor.h"
 
 #include <fstream>
 #include <memory>
@@ -20,58 +21,8 @@
 
 namespace {
 
-enum class DType { F32, F16, BF16 };
-
-const char* dtype_name(DType d) {
-    return d == DType::F32 ? "f32" : (d == DType::F16 ? "f16" : "bf16");
-}
-
-// Host storage conversions, the same rounding as the kernels' (common.cuh).
-std::uint16_t to_bits(DType d, float x) {
-    if (d == DType::F16) {
-        const _Float16 h = static_cast<_Float16>(x);
-        std::uint16_t b;
-        std::memcpy(&b, &h, 2);
-        return b;
-    }
-    std::uint32_t u;
-    std::memcpy(&u, &x, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return static_cast<std::uint16_t>(u >> 16);
-}
-
-float from_bits(DType d, std::uint16_t b) {
-    if (d == DType::F16) {
-        _Float16 h;
-        std::memcpy(&h, &b, 2);
-        return static_cast<float>(h);
-    }
-    const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-
-// A tensor as the GPU would hold it (f32 or 16-bit words), 16-byte aligned.
-struct DeviceBuffer {
-    DType dtype;
-    std::vector<float> f32;
-    std::vector<std::uint16_t> half;
-
-    DeviceBuffer(DType d, const std::vector<float>& values) : dtype(d) {
-        if (d == DType::F32) {
-            f32 = values;
-        } else {
-            half.resize(values.size());
-            for (size_t i = 0; i < values.size(); ++i) half[i] = to_bits(d, values[i]);
-        }
-    }
-    void* data() {
-        return dtype == DType::F32 ? static_cast<void*>(f32.data())
-                                   : static_cast<void*>(half.data());
-    }
-    float at(size_t i) const { return dtype == DType::F32 ? f32[i] : from_bits(dtype, half[i]); }
-};
+using namespace kiln_emu_tensor;
+using DeviceBuffer = Buffer;
 
 struct Case {
     std::string name;

@@ -133,18 +133,9 @@ impl CudaBackend {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
+    use crate::backend::cuda::test_values::values;
     use crate::backend::image_ops::ImageOps;
     use candle_core::{Device, Tensor};
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761) ^ seed).wrapping_mul(40503) % 2001) as f32
-                    / 1000.0
-                    - 1.0
-            })
-            .collect()
-    }
 
     /// The im2col matrices of images `first .. first + count`, as the kernel writes them.
     fn im2col(x: &[f32], s: &ConvShape, first: usize, count: usize) -> Vec<f32> {

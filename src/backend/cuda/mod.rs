@@ -37,6 +37,8 @@ pub mod reference;
 mod reference_vs_cpu;
 pub mod selftest;
 pub mod tensor;
+#[cfg(test)]
+mod test_values;
 
 /// The one element-type enum of every backend, re-exported for the kernels' callers.
 pub use crate::backend::DType;
