@@ -75,6 +75,12 @@ fi
 step nvidia_smi 20 no nvidia_smi.txt -- nvidia-smi
 step gpus 30 yes gpus.json -- "$KILN" gpus --json
 step selftest 150 yes selftest.json -- "$KILN" selftest --json
+# The split-K probe (scripts/kernel_emulator/gpu_probe.sh gpu-bundle/probe, built after the
+# bundle): the emulator's cases on this GPU, per compiler variant, to localise the split-K bug.
+if [ -x "$BUNDLE/probe/probe.sh" ]; then
+    step split_k_probe 200 no split_k_probe.txt -- "$BUNDLE/probe/probe.sh" "$OUT/split_k_probe"
+fi
+
 # The split-K decode attention kernel is opt-in until it passes here.
 if [ "${SPLIT_K:-0}" = 1 ]; then
     step selftest_split_k 120 no selftest_split_k.json -- \

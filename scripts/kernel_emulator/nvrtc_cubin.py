@@ -1,7 +1,8 @@
 """Compiles one CUDA source to a cubin with NVRTC through ctypes, with kiln's options
-(src/backend/cuda/nvrtc.rs: -default-device --std=c++17).
+(src/backend/cuda/nvrtc.rs: -default-device --std=c++17) plus any EXTRA options (the GPU
+probe's compiler variants, e.g. -G or --ptxas-options=-O0).
 
-    python3 nvrtc_cubin.py LIBNVRTC ARCH SOURCE.cu OUT.cubin
+    python3 nvrtc_cubin.py LIBNVRTC ARCH SOURCE.cu OUT.cubin [EXTRA...]
 """
 import ctypes
 import sys
@@ -14,6 +15,7 @@ with open(source, "rb") as f:
 if nvrtc.nvrtcCreateProgram(ctypes.byref(program), text, b"kernels.cu", 0, None, None):
     sys.exit("nvrtcCreateProgram failed")
 options = [f"--gpu-architecture={arch}".encode(), b"-default-device", b"--std=c++17"]
+options += [o.encode() for o in sys.argv[5:]]
 status = nvrtc.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
 size = ctypes.c_size_t()
 nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
