@@ -258,8 +258,15 @@ std::vector<Params> param_grid(int vocab) {
     return grid;
 }
 
-void check_tokens(DType d, int vocab, int threads, Order order) {
-    const std::vector<float> logits = random_logits(d, vocab, 2.0f);
+// `coarse`: logits on a grid of 0.5 (many ties, so top-k and the draw must break them toward
+// the lower id) with every 10th token -inf (excluded, as masked or non-finite logits are).
+void check_tokens(DType d, int vocab, int threads, Order order, bool coarse = false) {
+    std::vector<float> logits = random_logits(d, vocab, 2.0f);
+    if (coarse) {
+        for (size_t i = 0; i < logits.size(); ++i) {
+            logits[i] = i % 10 == 9 ? -INFINITY : std::floor(logits[i] * 2.0f) / 2.0f;
+        }
+    }
     const std::vector<Params> grid = param_grid(vocab);
     Packed packed;
     std::vector<std::pair<const Params*, float>> cases;
@@ -290,9 +297,10 @@ void check_tokens(DType d, int vocab, int threads, Order order) {
         }
     }
     failures += wrong == 0 ? 0 : 1;
-    std::printf("%s  tokens vocab %-5d %4d threads %-4s  %zu rows: %d exact, %d at a boundary, "
+    std::printf("%s  tokens vocab %-5d %4d threads %-4s%s  %zu rows: %d exact, %d at a boundary, "
                 "%d wrong\n",
-                wrong == 0 ? "ok  " : "FAIL", vocab, threads, dtype_name(d), cases.size(), exact,
+                wrong == 0 ? "ok  " : "FAIL", vocab, threads, dtype_name(d),
+                coarse ? " ties" : "", cases.size(), exact,
                 boundary, wrong);
 }
 
@@ -328,6 +336,7 @@ int main() {
         check_tokens(d, 1, 32, Order::Forward);
         check_tokens(d, 7, 64, Order::Random);
         check_tokens(d, 1000, 96, Order::Reverse);
+        check_tokens(d, 301, 64, Order::Random, true);
         // The 16-bit types differ only in the load; the large vocabulary runs once (~1 min).
         if (d == DType::F32) check_tokens(d, 4099, 128, Order::Random);
         Params plain;
