@@ -139,6 +139,21 @@ pub trait Backend: Send + Sync {
             })
             .collect()
     }
+    /// Samples the given rows of `logits: [rows, vocab]` on the device, one [`DrawRow`]
+    /// (parameters, penalty tokens, the host's uniform `u`) per selected row, with the
+    /// semantics of `engine::sampler::sample` (without logprobs). `None`: the backend does
+    /// not sample on its device, so the caller samples on the host. Not yet called by the
+    /// engine (device sampling is opt-in once routed, `KILN_GPU_SAMPLING=1`).
+    ///
+    /// [`DrawRow`]: cuda::sampling_draw_rows::DrawRow
+    fn draw_rows(
+        &self,
+        _logits: &Self::Tensor,
+        _rows: &[usize],
+        _draws: &[cuda::sampling_draw_rows::DrawRow],
+    ) -> Result<Option<Vec<u32>>> {
+        Ok(None)
+    }
     /// The shape of `t`.
     fn tensor_dims(&self, t: &Self::Tensor) -> Result<Vec<usize>>;
 

@@ -232,3 +232,15 @@ fn rotate(x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result
     }
     Ok(Tensor::from_vec(data, (n, width), &Device::Cpu)?.to_dtype(x.dtype())?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_backend_leaves_sampling_to_the_host() {
+        let logits = Tensor::new(&[[0.5f32, 1.0, -1.0]], &candle_core::Device::Cpu).unwrap();
+        let drawn = CpuBackend::new().draw_rows(&logits, &[0], &[]).unwrap();
+        assert!(drawn.is_none());
+    }
+}

@@ -257,6 +257,35 @@ impl Backend for CudaBackend {
         Ok(host)
     }
 
+    fn draw_rows(
+        &self,
+        logits: &CudaTensor,
+        rows: &[usize],
+        draws: &[super::sampling_draw_rows::DrawRow],
+    ) -> Result<Option<Vec<u32>>> {
+        if rows.len() != draws.len() {
+            bail!("draw_rows: {} rows but {} draws", rows.len(), draws.len());
+        }
+        if rows.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        self.bind()?;
+        let vocab = logits.shape().get(1).copied().unwrap_or(0);
+        let packed = super::sampling_draw_rows::pack_draw_rows(draws, vocab)?;
+        let selected = self.select_rows(logits, rows)?;
+        let mut ids = self
+            .pools
+            .u32_buffer(rows.len())
+            .context("sampling output buffer")?;
+        self.dev.sampling_draw(&selected, &packed, &mut ids)?;
+        let host = self
+            .dev
+            .stream()
+            .clone_dtoh(&ids.slice(0..rows.len()))
+            .context("copying the sampled tokens")?;
+        Ok(Some(host))
+    }
+
     fn replace_from_f32(&self, mut t: CudaTensor, values: &[f32]) -> Result<CudaTensor> {
         self.bind()?;
         t.overwrite_from_f32(&self.dev, values)?;

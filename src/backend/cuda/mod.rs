@@ -31,10 +31,12 @@ pub mod ops_attention;
 pub mod ops_dummy;
 pub mod ops_layout;
 pub mod ops_sampling;
+pub mod ops_sampling_draw;
 pub mod pool;
 pub mod reference;
 #[cfg(test)]
 mod reference_vs_cpu;
+pub mod sampling_draw_rows;
 pub mod selftest;
 pub mod tensor;
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod image_cases;
 mod image_gemm_cases;
 mod op_cases;
 mod report;
+mod sampling_case;
 mod suite;
 mod timing;
 
@@ -55,6 +56,11 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
         op_cases::run(&mut suite, dtype);
         attention_cases::run(&mut suite, dtype);
         image_cases::run(&mut suite, &backend, dtype);
+        if sampling_case::enabled() {
+            if let Err(err) = sampling_case::run(&mut suite, dtype) {
+                suite.error("sampling_draw", dtype, &err);
+            }
+        }
     }
     allocator_case::run(&mut suite);
     if let Err(err) = gemm_bench::run(&mut suite) {

@@ -1,0 +1,360 @@
+// Runs kernels/sampling_draw.cu on the CPU through cuda_emu.h and compares it with a C++
+// transcription of src/engine/sampler.rs (penalties, min_tokens masking, greedy, then
+// `draw`: temperature, top-k, min-p, top-p and the walk with r = u * kept weight).
+//
+// Two checks per dtype:
+//   * token by token on many (params, u) rows over odd vocabularies; a mismatch is allowed
+//     only where u sits at a float-rounding boundary (the reference at u +- 1e-4 gives the
+//     kernel's token);
+//   * the distribution: evenly spaced u over [0, 1) must hit each token in proportion to
+//     its probability after the cuts (to within rounding of the spacing).
+//
+//   sampling_draw_check      exit status 1 if any case is off
+#include "cuda_emu.h"
+// clang-format off
+#include "common.cuh"
+#include "sampling_draw.cu"
+// clang-format on
+#include "cuda_emu_end.h"
+#include "emu_tensor.h"
+
+#include <map>
+
+namespace {
+
+using kiln_emu::Order;
+using kiln_emu_tensor::Buffer;
+using kiln_emu_tensor::DType;
+using kiln_emu_tensor::dtype_name;
+using kiln_emu_tensor::round_to;
+
+using DrawFn = void (*)(unsigned*, const void*, int, const float*, const int*, const int*,
+                        const float*, float*);
+
+DrawFn kernel_for(DType d) {
+    if (d == DType::F32) return reinterpret_cast<DrawFn>(sampling_draw_f32);
+    if (d == DType::F16) return reinterpret_cast<DrawFn>(sampling_draw_f16);
+    return reinterpret_cast<DrawFn>(sampling_draw_bf16);
+}
+
+struct Params {
+    float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f;
+    int top_k = 0;
+    float repetition = 1.0f, presence = 0.0f, frequency = 0.0f;
+    std::vector<unsigned> prompt, output, end_tokens;
+    int min_tokens = 0;
+};
+
+// ---- the reference: sampler.rs, transcribed ---------------------------------------------
+
+void apply_penalties(std::vector<float>& l, const Params& p) {
+    const int vocab = static_cast<int>(l.size());
+    if (p.repetition != 1.0f) {
+        std::vector<unsigned> seen = p.prompt;
+        seen.insert(seen.end(), p.output.begin(), p.output.end());
+        std::sort(seen.begin(), seen.end());
+        seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+        for (unsigned t : seen) {
+            if (static_cast<int>(t) < vocab) {
+                l[t] = l[t] > 0.0f ? l[t] / p.repetition : l[t] * p.repetition;
+            }
+        }
+    }
+    if (p.presence != 0.0f || p.frequency != 0.0f) {
+        std::map<unsigned, unsigned> counts;
+        for (unsigned t : p.output) counts[t] += 1;
+        for (auto [t, c] : counts) {
+            if (static_cast<int>(t) < vocab) {
+                l[t] -= p.presence + p.frequency * static_cast<float>(c);
+            }
+        }
+    }
+    if (static_cast<int>(p.output.size()) < p.min_tokens) {
+        for (unsigned t : p.end_tokens) {
+            if (static_cast<int>(t) < vocab) l[t] = -INFINITY;
+        }
+    }
+}
+
+unsigned argmax(const std::vector<float>& x) {
+    size_t best = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+        if (x[i] > x[best]) best = i;
+    }
+    return static_cast<unsigned>(best);
+}
+
+// Candidates in order (weight desc, id asc) with their weights, and how many are kept.
+struct Kept {
+    std::vector<std::pair<unsigned, float>> order;
+    size_t keep = 0;
+    float kept_weight = 0.0f;
+};
+
+bool by_probability(const std::pair<unsigned, float>& a, const std::pair<unsigned, float>& b) {
+    return a.second != b.second ? a.second > b.second : a.first < b.first;
+}
+
+Kept cut(const std::vector<float>& logits, const Params& p) {
+    Kept k;
+    for (size_t i = 0; i < logits.size(); ++i) {
+        if (std::isfinite(logits[i])) k.order.push_back({i, logits[i] / p.temperature});
+    }
+    if (k.order.empty()) return k;
+    std::sort(k.order.begin(), k.order.end(), by_probability);
+    if (p.top_k > 0 && static_cast<size_t>(p.top_k) < k.order.size()) k.order.resize(p.top_k);
+    const float max = k.order[0].second;
+    float total = 0.0f;
+    for (auto& c : k.order) {
+        c.second = std::exp(c.second - max);
+        total += c.second;
+    }
+    k.keep = k.order.size();
+    k.kept_weight = total;
+    if (p.min_p > 0.0f) {
+        size_t n = 0;
+        float w = 0.0f;
+        for (auto& c : k.order) {
+            if (c.second >= p.min_p) {
+                n += 1;
+                w += c.second;
+            }
+        }
+        k.keep = std::max<size_t>(n, 1);
+        k.kept_weight = w;
+    }
+    if (p.top_p < 1.0f) {
+        const float target = p.top_p * total;
+        float acc = 0.0f;
+        size_t i = 0;
+        while (i < k.keep) {
+            acc += k.order[i].second;
+            i += 1;
+            if (acc >= target) break;
+        }
+        if (i < k.keep) {
+            k.keep = i;
+            k.kept_weight = acc;
+        }
+    }
+    return k;
+}
+
+unsigned reference(std::vector<float> logits, const Params& p, float u) {
+    apply_penalties(logits, p);
+    if (p.temperature == 0.0f || p.top_k == 1) return argmax(logits);
+    const Kept k = cut(logits, p);
+    if (k.order.empty()) return argmax(logits);
+    float r = u * k.kept_weight;
+    for (size_t i = 0; i < k.keep; ++i) {
+        if (r < k.order[i].second) return k.order[i].first;
+        r -= k.order[i].second;
+    }
+    return k.order[k.keep - 1].first;
+}
+
+// ---- the host packing the runtime does (src/backend/cuda/sampling_draw_rows.rs) ----------
+
+struct Packed {
+    std::vector<float> row_f;
+    std::vector<int> row_i, edit_token;
+    std::vector<float> edit_value;
+
+    void add(const Params& p, float u) {
+        row_f.insert(row_f.end(), {p.temperature, p.top_p, p.min_p, u});
+        const int begin = static_cast<int>(edit_token.size());
+        // token -> (repetition factor, bias)
+        std::map<unsigned, std::pair<float, float>> edits;
+        if (p.repetition != 1.0f) {
+            for (unsigned t : p.prompt) edits[t] = {p.repetition, 0.0f};
+            for (unsigned t : p.output) edits[t] = {p.repetition, 0.0f};
+        }
+        if (p.presence != 0.0f || p.frequency != 0.0f) {
+            std::map<unsigned, unsigned> counts;
+            for (unsigned t : p.output) counts[t] += 1;
+            for (auto [t, c] : counts) {
+                auto& e = edits.try_emplace(t, 1.0f, 0.0f).first->second;
+                e.second = p.presence + p.frequency * static_cast<float>(c);
+            }
+        }
+        if (static_cast<int>(p.output.size()) < p.min_tokens) {
+            for (unsigned t : p.end_tokens) {
+                edits.try_emplace(t, 1.0f, 0.0f).first->second.second = INFINITY;
+            }
+        }
+        for (auto [t, e] : edits) {
+            edit_token.push_back(static_cast<int>(t));
+            edit_value.push_back(e.first);
+            edit_value.push_back(e.second);
+        }
+        row_i.insert(row_i.end(), {p.top_k, begin, static_cast<int>(edit_token.size())});
+    }
+};
+
+std::vector<unsigned> run_kernel(DType d, const std::vector<float>& logits_row, int vocab,
+                                 Packed& packed, int threads, Order order) {
+    const size_t rows = packed.row_i.size() / 3;
+    std::vector<float> all;
+    for (size_t r = 0; r < rows; ++r) all.insert(all.end(), logits_row.begin(), logits_row.end());
+    Buffer logits(d, all);
+    std::vector<float> scratch(all.size(), NAN);
+    std::vector<unsigned> out(rows, 0xdeadbeefu);
+    // Empty edit lists still need valid pointers.
+    packed.edit_token.push_back(0);
+    packed.edit_value.insert(packed.edit_value.end(), {1.0f, 0.0f});
+    kiln_emu::launch({static_cast<unsigned>(rows), 1, 1}, {static_cast<unsigned>(threads), 1, 1},
+                     order, 3, [&] {
+                         kernel_for(d)(out.data(), logits.data(), vocab, packed.row_f.data(),
+                                       packed.row_i.data(), packed.edit_token.data(),
+                                       packed.edit_value.data(), scratch.data());
+                     });
+    return out;
+}
+
+std::mt19937 rng(11);
+int failures = 0;
+
+std::vector<float> random_logits(DType d, int vocab, float spread) {
+    std::normal_distribution<float> n(0.0f, spread);
+    std::vector<float> v(vocab);
+    for (float& x : v) x = round_to(d, n(rng));
+    return v;
+}
+
+std::vector<Params> param_grid(int vocab) {
+    std::vector<Params> grid;
+    const unsigned v = static_cast<unsigned>(vocab);
+    for (float t : {0.0f, 0.7f, 1.5f}) {
+        for (int k : {0, 1, 3, 50}) {
+            for (float top_p : {1.0f, 0.9f, 0.3f}) {
+                for (float min_p : {0.0f, 0.1f}) {
+                    Params p;
+                    p.temperature = t;
+                    p.top_k = k;
+                    p.top_p = top_p;
+                    p.min_p = min_p;
+                    grid.push_back(p);
+                }
+            }
+        }
+    }
+    Params pen;
+    pen.repetition = 1.3f;
+    pen.presence = 0.4f;
+    pen.frequency = 0.25f;
+    pen.prompt = {0, 2 % v, 5 % v, 999 % v};
+    pen.output = {2 % v, 2 % v, 3 % v, 4098 % v};
+    grid.push_back(pen);
+    pen.temperature = 0.0f;  // greedy with penalties
+    grid.push_back(pen);
+    Params masked;
+    masked.min_tokens = 3;
+    masked.output = {1 % v};
+    masked.end_tokens = {0, 1 % v, 6 % v};
+    masked.top_p = 0.8f;
+    grid.push_back(masked);
+    masked.temperature = 0.0f;
+    grid.push_back(masked);
+    return grid;
+}
+
+// `coarse`: logits on a grid of 0.5 (many ties, so top-k and the draw must break them toward
+// the lower id) with every 10th token -inf (excluded, as masked or non-finite logits are).
+void check_tokens(DType d, int vocab, int threads, Order order, bool coarse = false) {
+    std::vector<float> logits = random_logits(d, vocab, 2.0f);
+    if (coarse) {
+        for (size_t i = 0; i < logits.size(); ++i) {
+            logits[i] = i % 10 == 9 ? -INFINITY : std::floor(logits[i] * 2.0f) / 2.0f;
+        }
+    }
+    const std::vector<Params> grid = param_grid(vocab);
+    Packed packed;
+    std::vector<std::pair<const Params*, float>> cases;
+    std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+    for (const Params& p : grid) {
+        for (int i = 0; i < 1; ++i) {
+            const float u = cases.size() % 5 == 0 ? 0.0f : uni(rng);
+            packed.add(p, u);
+            cases.push_back({&p, u});
+        }
+    }
+    const std::vector<unsigned> got = run_kernel(d, logits, vocab, packed, threads, order);
+    int exact = 0, boundary = 0, wrong = 0;
+    for (size_t i = 0; i < cases.size(); ++i) {
+        const auto [p, u] = cases[i];
+        const unsigned want = reference(logits, *p, u);
+        if (got[i] == want) {
+            exact += 1;
+        } else if (reference(logits, *p, std::max(0.0f, u - 1e-4f)) == got[i] ||
+                   reference(logits, *p, std::min(0.99999f, u + 1e-4f)) == got[i]) {
+            boundary += 1;
+        } else {
+            wrong += 1;
+            if (wrong <= 3) {
+                std::printf("    row %zu: t %g k %d top_p %g min_p %g u %.6f: got %u want %u\n", i,
+                            p->temperature, p->top_k, p->top_p, p->min_p, u, got[i], want);
+            }
+        }
+    }
+    failures += wrong == 0 ? 0 : 1;
+    std::printf("%s  tokens vocab %-5d %4d threads %-4s%s  %zu rows: %d exact, %d at a boundary, "
+                "%d wrong\n",
+                wrong == 0 ? "ok  " : "FAIL", vocab, threads, dtype_name(d),
+                coarse ? " ties" : "", cases.size(), exact,
+                boundary, wrong);
+}
+
+// Evenly spaced u: token i must come up about n * p_i times (p after the cuts).
+void check_distribution(DType d, int vocab, Params p, int n) {
+    const std::vector<float> logits = random_logits(d, vocab, 1.0f);
+    Packed packed;
+    for (int i = 0; i < n; ++i) packed.add(p, (static_cast<float>(i) + 0.5f) / n);
+    const std::vector<unsigned> got = run_kernel(d, logits, vocab, packed, 64, Order::Random);
+    std::vector<float> edited = logits;
+    apply_penalties(edited, p);
+    const Kept k = cut(edited, p);
+    std::vector<double> want(vocab, 0.0);
+    for (size_t i = 0; i < k.keep; ++i) want[k.order[i].first] = n * k.order[i].second / k.kept_weight;
+    std::vector<int> hits(vocab, 0);
+    for (unsigned t : got) hits[t < static_cast<unsigned>(vocab) ? t : 0] += 1;
+    double worst = 0.0;
+    for (int t = 0; t < vocab; ++t) worst = std::max(worst, std::fabs(hits[t] - want[t]));
+    const bool ok = worst <= 2.0;  // each token's interval holds its share of the grid +- 1
+    failures += ok ? 0 : 1;
+    std::printf("%s  distribution vocab %-5d %-4s  t %g k %d top_p %g min_p %g, %d draws: worst "
+                "count off by %.2f\n",
+                ok ? "ok  " : "FAIL", vocab, dtype_name(d), p.temperature, p.top_k, p.top_p,
+                p.min_p, n, worst);
+}
+
+}  // namespace
+
+int main() {
+    setvbuf(stdout, nullptr, _IOLBF, 0);
+    for (DType d : {DType::F32, DType::F16, DType::BF16}) {
+        std::printf("== %s\n", dtype_name(d));
+        check_tokens(d, 1, 32, Order::Forward);
+        check_tokens(d, 7, 64, Order::Random);
+        check_tokens(d, 1000, 96, Order::Reverse);
+        check_tokens(d, 301, 64, Order::Random, true);
+        // The 16-bit types differ only in the load; the large vocabulary runs once (~1 min).
+        if (d == DType::F32) check_tokens(d, 4099, 128, Order::Random);
+        Params plain;
+        check_distribution(d, 7, plain, 400);
+        Params cuts;
+        cuts.temperature = 0.8f;
+        cuts.top_k = 5;
+        cuts.top_p = 0.9f;
+        cuts.min_p = 0.05f;
+        check_distribution(d, 9, cuts, 400);
+        Params penalised;
+        penalised.repetition = 1.5f;
+        penalised.frequency = 0.3f;
+        penalised.prompt = {1, 4};
+        penalised.output = {4, 4, 6};
+        check_distribution(d, 8, penalised, 400);
+    }
+    std::printf("%s\n", failures == 0 ? "the sampling kernel matches sampler.rs"
+                                      : "SOME CASES FAILED");
+    return failures == 0 ? 0 : 1;
+}
