@@ -70,6 +70,11 @@ pub struct EngineArgs {
     /// can reach every other, else through host memory), `nccl`, `device` or `host`.
     #[arg(long, env = "KILN_ALL_REDUCE", value_enum, default_value = "auto")]
     pub all_reduce: AllReduceArg,
+    /// Sample temperature / top-k / top-p / min-p / penalty rows on the GPU
+    /// (`kernels/sampling_draw.cu`) instead of copying their logits to the host. Opt-in until
+    /// a GPU run has validated it; rows that want logprobs always sample on the host.
+    #[arg(long, env = "KILN_GPU_SAMPLING", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub gpu_sampling: bool,
     /// Fraction of the GPU's memory kiln may use for weights, KV cache and activations.
     #[arg(long, env = "KILN_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
@@ -386,7 +391,9 @@ pub(crate) fn engine_with_runner(
         enable_prefix_caching: args.enable_prefix_caching,
         seed: args.seed,
     };
-    LlmEngine::new(engine_config, runner, Arc::new(tokenizer), eos)
+    let mut engine = LlmEngine::new(engine_config, runner, Arc::new(tokenizer), eos)?;
+    engine.set_device_sampling(args.gpu_sampling);
+    Ok(engine)
 }
 
 /// The device of each tensor-parallel rank: `--device`, narrowed by `--gpu` (or, without

@@ -84,7 +84,7 @@ fn prefill(prompts: &[&[u32]]) -> StepInput {
     StepInput {
         tokens,
         layout,
-        pick_argmax: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The engine loop body: `step() = schedule -> run -> postprocess`. Knows nothing of HTTP.
 
 use super::block_manager::BlockManager;
+use super::device_draw::DeviceDraw;
 use super::output::{FinishReason, RequestOutput};
 use super::params::{ParamError, SamplingParams};
 use super::runner::{Runner, StepInput};
@@ -10,6 +11,7 @@ use super::sequence::Sequence;
 use super::text::OutputText;
 use crate::model::tokenizer::Tokenizer;
 use anyhow::Result;
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -84,6 +86,8 @@ pub struct LlmEngine {
     states: HashMap<u64, RequestState>,
     seeds: ChaCha8Rng,
     steps: u64,
+    /// Sample rows on the runner's device where it can (`--gpu-sampling`).
+    device_sampling: bool,
 }
 
 impl LlmEngine {
@@ -127,6 +131,7 @@ impl LlmEngine {
             tokenizer,
             eos,
             states: HashMap::new(),
+            device_sampling: false,
             seeds,
             steps: 0,
         })
@@ -229,6 +234,12 @@ impl LlmEngine {
         })
     }
 
+    /// Samples rows on the runner's device where it can, instead of sending their logits
+    /// to the host (rows that want log-probabilities always go to the host).
+    pub fn set_device_sampling(&mut self, on: bool) {
+        self.device_sampling = on;
+    }
+
     /// One engine iteration. Returns the outputs produced, by request id.
     pub fn step(&mut self) -> Result<Vec<(u64, RequestOutput)>> {
         let work = self.scheduler.schedule();
@@ -247,6 +258,21 @@ impl LlmEngine {
                 .filter(|(_, w)| w.samples)
                 .map(|(seq, _)| self.picks_argmax(seq))
                 .collect();
+            if self.device_sampling {
+                input.device_draws = pairs
+                    .iter()
+                    .filter(|(_, w)| w.samples)
+                    .zip(&input.pick_argmax)
+                    .map(|((seq, w), &argmax)| {
+                        // Peeked, not taken: the stream moves on only if the row comes
+                        // back sampled (below), so a host fallback draws the same `u`.
+                        let u = self.states.get(&w.id)?.rng.clone().random::<f32>();
+                        let draw =
+                            with_sample_context(seq, &self.eos, |ctx| DeviceDraw::for_row(ctx, u));
+                        draw.filter(|_| !argmax)
+                    })
+                    .collect();
+            }
             input
         };
         let result = self.runner.execute(&input)?;
@@ -260,6 +286,17 @@ impl LlmEngine {
             result.logits.len()
         );
 
+        // Rows the device drew from their stream: the stream moves past that draw.
+        for (row, w) in work.iter().filter(|w| w.samples).enumerate() {
+            let drew = input.device_draws.get(row).and_then(|d| d.as_ref());
+            if let (Some(d), Some(_)) = (drew, result.picked[row]) {
+                if d.draws() {
+                    if let Some(state) = self.states.get_mut(&w.id) {
+                        state.rng.random::<f32>();
+                    }
+                }
+            }
+        }
         let mut picks = result.picked.iter();
         let mut logit_rows = result.logits.chunks_exact(vocab);
         let mut rows: Vec<(u64, Choice)> = Vec::new();

@@ -14,6 +14,9 @@ pub struct StepInput {
     /// Per logits row: the engine takes the raw argmax, so the runner may pick it on the
     /// device and send back the token instead of the row's logits. Empty: no row.
     pub pick_argmax: Vec<bool>,
+    /// Per logits row: sample it on the device with these parameters, where the runner can
+    /// (rows it cannot come back as logits). Empty: no row.
+    pub device_draws: Vec<Option<super::device_draw::DeviceDraw>>,
 }
 
 impl StepInput {
@@ -71,6 +74,7 @@ impl StepInput {
             tokens,
             layout,
             pick_argmax: Vec::new(),
+            device_draws: Vec::new(),
         }
     }
 }
@@ -124,6 +128,7 @@ where
             &input.layout,
             &mut self.cache,
             &input.pick_argmax,
+            &input.device_draws,
         )
     }
 

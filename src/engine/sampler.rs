@@ -38,7 +38,7 @@ pub fn sample(logits: &mut [f32], ctx: &SampleContext, rng: &mut ChaCha8Rng) -> 
     let token = if p.is_greedy() {
         argmax(logits)
     } else {
-        draw(logits, p, rng)
+        draw(logits, p, rng.random::<f32>())
     };
     let logprob = raw_logprobs.map(|lp| TokenLogprob {
         token_id: token,
@@ -128,7 +128,8 @@ fn apply_penalties(logits: &mut [f32], ctx: &SampleContext) {
 /// Sorting a whole 128k vocabulary costs ~10 ms per token on one core, and almost all the
 /// probability sits in the first few candidates, so the order is built lazily: the top
 /// `SORT_CHUNK` first, more only when a cut or the draw walks past them.
-fn draw(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
+/// `u` in [0, 1) is the request's next uniform draw (the device sampler gets the same one).
+pub fn draw(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
     let mut cand: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
@@ -172,7 +173,7 @@ fn draw(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
             kept_weight = acc;
         }
     }
-    let mut r = rng.random::<f32>() * kept_weight;
+    let mut r = u * kept_weight;
     for i in 0..keep {
         let (id, w) = order.get(i);
         if r < w {

@@ -7,6 +7,7 @@ use super::config::ModelConfig;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
 use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec};
+use crate::engine::device_draw::DeviceDraw;
 use crate::engine::runner::StepOutput;
 use crate::parallel::{Communicator, Shard, ShardLayout, SingleRank};
 use anyhow::{Context, Result};
@@ -375,24 +376,39 @@ impl<B: Backend> LlamaModel<B> {
         batch: &BatchLayout,
         cache: &mut B::KvCache,
         pick_argmax: &[bool],
+        device_draws: &[Option<DeviceDraw>],
     ) -> Result<StepOutput> {
         let rows = batch.logits_rows.len();
         let logits = self.logits(be, tokens, batch, cache, &SingleRank)?;
-        let picked_rows: Vec<usize> = (0..rows)
+        let mut picked = vec![None; rows];
+        let argmax_rows: Vec<usize> = (0..rows)
             .filter(|&r| pick_argmax.get(r).copied().unwrap_or(false))
             .collect();
-        if picked_rows.is_empty() {
-            let values = be.to_host_f32(&logits)?;
-            return Ok(StepOutput::all_logits(rows, values));
+        if !argmax_rows.is_empty() {
+            for (&r, t) in argmax_rows
+                .iter()
+                .zip(be.argmax_rows(&logits, &argmax_rows)?)
+            {
+                picked[r] = Some(t);
+            }
         }
-        let tokens = be.argmax_rows(&logits, &picked_rows)?;
-        let mut picked = vec![None; rows];
-        for (&r, t) in picked_rows.iter().zip(tokens) {
-            picked[r] = Some(t);
+        let (draw_rows, draws): (Vec<usize>, Vec<_>) = (0..rows)
+            .filter(|&r| picked[r].is_none())
+            .filter_map(|r| device_draws.get(r)?.as_ref().map(|d| (r, d.as_row())))
+            .unzip();
+        if !draw_rows.is_empty() {
+            // None: this backend leaves sampling to the host; the rows go back as logits.
+            if let Some(drawn) = be.draw_rows(&logits, &draw_rows, &draws)? {
+                for (&r, t) in draw_rows.iter().zip(drawn) {
+                    picked[r] = Some(t);
+                }
+            }
         }
         let rest: Vec<usize> = (0..rows).filter(|r| picked[*r].is_none()).collect();
         let logits = if rest.is_empty() {
             Vec::new()
+        } else if rest.len() == rows {
+            be.to_host_f32(&logits)?
         } else {
             be.to_host_f32(&be.select_rows(&logits, &rest)?)?
         };

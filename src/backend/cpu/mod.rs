@@ -2,6 +2,7 @@
 //! attention. Every CUDA op is checked against this.
 
 mod attention;
+mod draw;
 mod image_ops;
 mod kv_cache;
 
@@ -160,6 +161,16 @@ impl Backend for CpuBackend {
         Ok(parts)
     }
 
+    fn draw_rows(
+        &self,
+        logits: &Tensor,
+        rows: &[usize],
+        draws: &[crate::backend::cuda::sampling_draw_rows::DrawRow],
+    ) -> Result<Option<Vec<u32>>> {
+        let vocab = logits.dims().last().copied().unwrap_or(0);
+        draw::draw_rows(&host_f32(logits)?, vocab, rows, draws).map(Some)
+    }
+
     fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx = Tensor::from_vec(idx, rows.len(), &Device::Cpu)?;
@@ -238,9 +249,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cpu_backend_leaves_sampling_to_the_host() {
-        let logits = Tensor::new(&[[0.5f32, 1.0, -1.0]], &candle_core::Device::Cpu).unwrap();
-        let drawn = CpuBackend::new().draw_rows(&logits, &[0], &[]).unwrap();
-        assert!(drawn.is_none());
+    fn the_cpu_backend_draws_rows_as_the_host_sampler() {
+        use crate::backend::cuda::sampling_draw_rows::DrawRow;
+        let logits = Tensor::new(
+            &[[0.5f32, 1.0, -1.0], [3.0, 2.0, 1.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let row = DrawRow {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            prompt: &[],
+            output: &[],
+            masked: &[],
+            u: 0.5,
+        };
+        let be = CpuBackend::new();
+        // Greedy with token 1 masked (min_tokens hold): the next best, token 0.
+        let greedy = DrawRow {
+            masked: &[1],
+            ..row
+        };
+        // A draw at u = 0 takes the most likely candidate; near 1, the least likely kept one.
+        let first = DrawRow {
+            temperature: 1.0,
+            u: 0.0,
+            ..row
+        };
+        let last = DrawRow {
+            temperature: 1.0,
+            u: 0.999_999,
+            ..row
+        };
+        let drawn = be
+            .draw_rows(&logits, &[0, 1, 1], &[greedy, first, last])
+            .unwrap();
+        assert_eq!(drawn, Some(vec![0, 0, 2]));
+        assert!(be.draw_rows(&logits, &[0], &[]).is_err());
     }
 }
