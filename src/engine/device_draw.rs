@@ -56,19 +56,36 @@ impl DeviceDraw {
     }
 
     pub fn as_row(&self) -> DrawRow<'_> {
-        let p = &self.params;
-        DrawRow {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repetition_penalty: p.repetition_penalty,
-            presence_penalty: p.presence_penalty,
-            frequency_penalty: p.frequency_penalty,
-            prompt: &self.prompt,
-            output: &self.output,
-            masked: &self.masked,
-            u: self.u,
-        }
+        draw_row(
+            &self.params,
+            &self.prompt,
+            &self.output,
+            &self.masked,
+            self.u,
+        )
+    }
+}
+
+/// The device sampler's view of `p` for one row: the penalty tokens, the masked end tokens
+/// and the uniform `u` (greedy parameters become temperature 0, the kernel's greedy).
+pub fn draw_row<'a>(
+    p: &SamplingParams,
+    prompt: &'a [u32],
+    output: &'a [u32],
+    masked: &'a [u32],
+    u: f32,
+) -> DrawRow<'a> {
+    DrawRow {
+        temperature: if p.is_greedy() { 0.0 } else { p.temperature },
+        top_k: p.top_k,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        repetition_penalty: p.repetition_penalty,
+        presence_penalty: p.presence_penalty,
+        frequency_penalty: p.frequency_penalty,
+        prompt,
+        output,
+        masked,
+        u,
     }
 }

@@ -4,7 +4,7 @@
 //! it exists so the engine's device-sampling route (rows, `u` taken from each request's
 //! stream, the stream advanced after) is tested end to end without a GPU.
 
-use crate::backend::cuda::sampling_draw_rows::{pack_draw_rows, DrawRow};
+use crate::backend::cuda::sampling_draw_rows::{apply_edits, pack_draw_rows, DrawRow};
 use crate::engine::sampler::{argmax, draw};
 use crate::engine::SamplingParams;
 use anyhow::{ensure, Result};
@@ -30,16 +30,7 @@ pub fn draw_rows(
             "draw_rows: row {r} is outside the logits"
         );
         let mut row = logits[r * vocab..(r + 1) * vocab].to_vec();
-        let (begin, end) = (
-            packed.row_i[3 * i + 1] as usize,
-            packed.row_i[3 * i + 2] as usize,
-        );
-        for e in begin..end {
-            let l = &mut row[packed.edit_token[e] as usize];
-            let (factor, bias) = (packed.edit_value[2 * e], packed.edit_value[2 * e + 1]);
-            // As the kernel: repetition factor, then the bias (+inf masks the token).
-            *l = if *l > 0.0 { *l / factor } else { *l * factor } - bias;
-        }
+        apply_edits(&packed, i, &mut row);
         let params = SamplingParams {
             temperature: d.temperature,
             top_k: d.top_k,

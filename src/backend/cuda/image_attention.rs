@@ -184,7 +184,7 @@ impl CudaBackend {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::backend::cuda::test_values::values;
+    use crate::backend::cuda::test_values::{max_abs_error, values};
     use crate::backend::image_ops::ImageOps;
     use candle_core::{Device, Tensor};
 
@@ -244,14 +244,7 @@ mod tests {
             .dense_attention(&t(&q, nq), &t(&k, nk), &t(&v, nk), heads, causal)
             .unwrap();
         let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-        let err = out
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(
-                0.0f32,
-                |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
-            );
+        let err = max_abs_error(&out, &want);
         assert!(
             err < 1e-5,
             "b{b} nq{nq} nk{nk} {heads}x{dim} causal {causal}: error {err} over {} steps",

@@ -133,7 +133,7 @@ impl CudaBackend {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::backend::cuda::test_values::values;
+    use crate::backend::cuda::test_values::{max_abs_error, values};
     use crate::backend::image_ops::ImageOps;
     use candle_core::{Device, Tensor};
 
@@ -190,14 +190,7 @@ mod tests {
             .unwrap();
         let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(out.len(), want.len());
-        let err = out
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(
-                0.0f32,
-                |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
-            );
+        let err = max_abs_error(&out, &want);
         assert!(
             err < 1e-4,
             "{x_dims:?} * {w_dims:?} s{stride} p{pad}: error {err}"

@@ -77,6 +77,22 @@ pub fn pack_draw_rows(rows: &[DrawRow], vocab: usize) -> Result<PackedDrawRows> 
     Ok(packed)
 }
 
+/// What the kernel does with row `r`'s edits, on the host: `l > 0 ? l / factor : l * factor`,
+/// then `l - bias`, a bias of +inf masking the token to -inf.
+pub fn apply_edits(packed: &PackedDrawRows, r: usize, logits: &mut [f32]) {
+    let (begin, end) = (packed.row_i[3 * r + 1], packed.row_i[3 * r + 2]);
+    for e in begin as usize..end as usize {
+        let l = &mut logits[packed.edit_token[e] as usize];
+        let (factor, bias) = (packed.edit_value[2 * e], packed.edit_value[2 * e + 1]);
+        let scaled = if *l > 0.0 { *l / factor } else { *l * factor };
+        *l = if bias == f32::INFINITY {
+            f32::NEG_INFINITY
+        } else {
+            scaled - bias
+        };
+    }
+}
+
 fn edit_index(n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| anyhow::anyhow!("{n} penalty edits do not fit the kernel's i32"))
 }
@@ -127,25 +143,6 @@ mod tests {
         }
     }
 
-    /// What the kernel does with the edits, on the host.
-    fn apply(packed: &PackedDrawRows, r: usize, logits: &mut [f32]) {
-        let (begin, end) = (packed.row_i[3 * r + 1], packed.row_i[3 * r + 2]);
-        for e in begin as usize..end as usize {
-            let t = packed.edit_token[e] as usize;
-            let (factor, bias) = (packed.edit_value[2 * e], packed.edit_value[2 * e + 1]);
-            let l = if logits[t] > 0.0 {
-                logits[t] / factor
-            } else {
-                logits[t] * factor
-            };
-            logits[t] = if bias == f32::INFINITY {
-                f32::NEG_INFINITY
-            } else {
-                l - bias
-            };
-        }
-    }
-
     #[test]
     fn plain_rows_have_no_edits_and_keep_their_parameters() {
         let rows = [
@@ -182,7 +179,7 @@ mod tests {
         let packed = pack_draw_rows(&[row(), r], 10).unwrap();
         let mut got: Vec<f32> = (0..10).map(|i| i as f32 * 0.7 - 3.0).collect();
         let mut want = got.clone();
-        apply(&packed, 1, &mut got);
+        apply_edits(&packed, 1, &mut got);
         // sampler.rs apply_penalties, by hand for this row.
         for t in [1usize, 2, 4, 7] {
             want[t] = if want[t] > 0.0 {

@@ -11,3 +11,15 @@ pub fn values(n: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The largest absolute difference between `got` and `want`; a NaN counts as infinite, so a
+/// value a kernel never wrote cannot pass.
+pub fn max_abs_error(got: &[f32], want: &[f32]) -> f32 {
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(
+            0.0f32,
+            |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+        )
+}

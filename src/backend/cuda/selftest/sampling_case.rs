@@ -6,6 +6,7 @@ use super::compare::Check;
 use super::suite::Suite;
 use crate::backend::cuda::sampling_draw_rows::{pack_draw_rows, DrawRow};
 use crate::backend::cuda::{CudaTensor, DType};
+use crate::engine::device_draw::draw_row;
 use crate::engine::params::SamplingParams;
 use crate::engine::sampler::{sample, SampleContext};
 use anyhow::Result;
@@ -74,23 +75,12 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let draw_rows: Vec<DrawRow> = (0..rows)
         .map(|r| {
             let p = &sets[r / draws_per_set];
-            DrawRow {
-                temperature: if p.is_greedy() { 0.0 } else { p.temperature },
-                top_k: p.top_k,
-                top_p: p.top_p,
-                min_p: p.min_p,
-                repetition_penalty: p.repetition_penalty,
-                presence_penalty: p.presence_penalty,
-                frequency_penalty: p.frequency_penalty,
-                prompt: &prompt,
-                output: &output,
-                masked: if output.len() < p.min_tokens {
-                    &end_tokens
-                } else {
-                    &[]
-                },
-                u: us[r],
-            }
+            let masked: &[u32] = if output.len() < p.min_tokens {
+                &end_tokens
+            } else {
+                &[]
+            };
+            draw_row(p, &prompt, &output, masked, us[r])
         })
         .collect();
     let packed = pack_draw_rows(&draw_rows, vocab)?;
