@@ -78,7 +78,7 @@ step selftest 150 yes selftest.json -- "$KILN" selftest --json
 # The split-K probe (scripts/kernel_emulator/gpu_probe.sh gpu-bundle/probe, built after the
 # bundle): the emulator's cases on this GPU, per compiler variant, to localise the split-K bug.
 if [ -x "$BUNDLE/probe/probe.sh" ]; then
-    step split_k_probe 200 no split_k_probe.txt -- "$BUNDLE/probe/probe.sh" "$OUT/split_k_probe"
+    step split_k_probe 120 no split_k_probe.txt -- "$BUNDLE/probe/probe.sh" "$OUT/split_k_probe"
 fi
 
 # The split-K decode attention kernel is opt-in until it passes here.
@@ -165,6 +165,18 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b.json"
 else
     printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"
+fi
+
+# Where the time of a batch-1 decode step goes: every kernel's GPU time under Nsight Compute
+# (kernels serialised, so only durations count, not the gaps between them), for a short
+# generation on the 8B shape: the prefill, then decode steps of ~12 launches per layer.
+NCU_BIN="$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
+if [ "${NCU:-1}" = 1 ] && [ -n "$NCU_BIN" ]; then
+    step ncu_decode_8b 150 no ncu_decode_8b.csv -- \
+        "$NCU_BIN" --metrics gpu__time_duration.sum --csv --clock-control none \
+        --cache-control none "$KILN" generate --device cuda --model llama-3.1-8b \
+        --load-format dummy --dtype bfloat16 --max-model-len 256 \
+        --prompt "The river town" --max-tokens 4 --ignore-eos
 fi
 
 # Prefill of one 1024-token prompt (time to first token) and a small model at batch 1.

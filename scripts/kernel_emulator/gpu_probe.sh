@@ -41,10 +41,22 @@ OUTDIR="${1:-.}"
 mkdir -p "$OUTDIR"
 for cubin in "$HERE"/kernels*.cubin; do
     name="$(basename "$cubin" .cubin)"
-    timeout 120 "$HERE/attention_decode_check" gpu "$cubin" full >"$OUTDIR/probe_$name.txt" 2>&1
+    timeout 20 "$HERE/attention_decode_check" gpu "$cubin" full >"$OUTDIR/probe_$name.txt" 2>&1
     rc=$?
     echo "$name exit=$rc $(grep -c '^ok' "$OUTDIR/probe_$name.txt") ok, $(grep -c '^FAIL' "$OUTDIR/probe_$name.txt") failing (generic control + split-K)"
 done
+# compute-sanitizer on the optimised cubin, quick cases: a shared-memory race (racecheck), a
+# missing barrier (synccheck) or an out-of-bounds access (memcheck) names the faulting line.
+SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
+if [ -n "$SAN" ]; then
+    for tool in racecheck synccheck memcheck; do
+        timeout 30 "$SAN" --tool "$tool" --print-limit 20 "$HERE/attention_decode_check" gpu \
+            "$HERE/kernels.cubin" >"$OUTDIR/sanitizer_$tool.txt" 2>&1
+        echo "sanitizer $tool exit=$? $(grep -c -i 'hazard\|error' "$OUTDIR/sanitizer_$tool.txt") hazard/error lines"
+    done
+else
+    echo "no compute-sanitizer on this machine"
+fi
 PROBE
 chmod +x "$DIR/probe.sh"
 g++ -std=c++20 -O2 -Wno-unknown-pragmas -I"$HERE" -I"$HERE/../../kernels" \
