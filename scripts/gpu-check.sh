@@ -101,6 +101,13 @@ for arch in $ARCHS; do
     done
 done
 
+# The same with every step launched from the host (no CUDA graphs): the tokens must agree.
+for arch in llama qwen2; do
+    step "check_${arch}_bfloat16_eager" 60 yes "check_${arch}_bfloat16_eager.json" -- \
+        "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda --enforce-eager \
+        --dtype bfloat16 --block-size 4 --json
+done
+
 # Tensor parallelism on one GPU ("virtual" TP: two ranks share it): kiln's device
 # all-reduce, and the host-staged one, must give the reference's greedy tokens.
 for arch in llama qwen3; do
@@ -165,6 +172,14 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b.json"
 else
     printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"
+fi
+
+# Decode with every kernel launched from the host, for the CUDA-graph A/B in the same run.
+if "$KILN" bench latency --help >/dev/null 2>&1; then
+    step bench_latency_8b_eager 150 no bench_latency_8b_eager.txt -- \
+        "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
+        --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
+        --batch-sizes 1,8,32 --enforce-eager --result-json "$OUT/bench_latency_8b_eager.json"
 fi
 
 # Where the time of a batch-1 decode step goes: every kernel's GPU time under Nsight Compute

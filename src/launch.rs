@@ -75,6 +75,11 @@ pub struct EngineArgs {
     /// a GPU run has validated it; rows that want logprobs always sample on the host.
     #[arg(long, env = "KILN_GPU_SAMPLING", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub gpu_sampling: bool,
+    /// Launch every kernel of every step from the host; without it, decode steps of up to
+    /// 256 sequences on a single GPU are recorded as CUDA graphs (one per batch-size bucket
+    /// and block-table width, the first time each is seen) and replayed.
+    #[arg(long, env = "KILN_ENFORCE_EAGER", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub enforce_eager: bool,
     /// Fraction of the GPU's memory kiln may use for weights, KV cache and activations.
     #[arg(long, env = "KILN_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,

@@ -36,6 +36,10 @@ pub struct Rope {
     pub neox: bool,
 }
 
+/// The forward pass [`Backend::forward_recorded`] runs, records or replays: from prepared
+/// batch metadata, tokens and layout to logits.
+pub type RecordedBody<'a, M, T> = dyn FnMut(&M, &[u32], &BatchLayout) -> Result<T> + 'a;
+
 /// The ops a model needs. `Tensor` lives on the backend's device.
 ///
 /// Ops that a GPU does in place (`add_rms_norm`, `rope`) take their inputs by value, so a
@@ -89,6 +93,33 @@ pub trait Backend: Send + Sync {
 
     /// Rows of `table` (`[vocab, hidden]`) picked by `ids`.
     fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor>;
+    /// The embeddings of a forward pass's tokens (`tokens`, as `batch` was prepared for):
+    /// [`Backend::embedding`], except where the batch metadata already holds the ids on the
+    /// device (a recorded decode step reads them from its own input buffer).
+    fn embed_batch(
+        &self,
+        table: &Self::Tensor,
+        _batch: &Self::BatchMeta,
+        tokens: &[u32],
+    ) -> Result<Self::Tensor> {
+        self.embedding(table, tokens)
+    }
+
+    /// A decode step through a recording the backend replays (CUDA graphs), where it keeps
+    /// them. `body` is the forward pass from prepared metadata, tokens and layout to the
+    /// logits of the layout's `logits_rows`; the backend may call it on a padded copy of the
+    /// batch (extra sequences that store nothing), to run it eagerly once and record it, and
+    /// then replays the recording instead of calling it. The result holds the logits of
+    /// `batch.logits_rows`. `Ok(None)`: nothing recorded for this batch (not a pure decode
+    /// step, too large, recording off or failed): the caller runs the eager path.
+    fn forward_recorded(
+        &self,
+        _tokens: &[u32],
+        _batch: &BatchLayout,
+        _body: &mut RecordedBody<'_, Self::BatchMeta, Self::Tensor>,
+    ) -> Result<Option<Self::Tensor>> {
+        Ok(None)
+    }
     /// `x W^T + b` with `x: [n, in]`, `w: [out, in]`, `b: [out]`.
     fn linear(
         &self,

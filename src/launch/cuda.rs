@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 /// Wraps a model loaded on a GPU into an engine, its KV cache sized from the free memory.
 pub fn engine_on_cuda(loaded: LoadedModel<CudaBackend>, args: &EngineArgs) -> Result<LlmEngine> {
+    loaded.backend.set_decode_graphs(!args.enforce_eager);
     let num_blocks = match args.num_kv_blocks {
         Some(n) => n,
         None => plan_kv_blocks(&loaded, args)?,

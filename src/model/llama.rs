@@ -425,6 +425,41 @@ impl<B: Backend> LlamaModel<B> {
         cache: &mut B::KvCache,
         comm: &dyn Communicator<B>,
     ) -> Result<B::Tensor> {
+        anyhow::ensure!(tokens.len() == batch.num_tokens(), "one position per token");
+        // Checked here, not only by the embedding: a replayed step reads ids no op checks.
+        if let Some(bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            anyhow::bail!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab_size
+            );
+        }
+        // Decode steps of a single rank may be replayed from a recording (CUDA graphs); the
+        // ranks of a sharded model meet in all-reduces a recording cannot hold.
+        if self.layout.shard.world == 1 && comm.world_size() == 1 {
+            let mut body = |meta: &B::BatchMeta, tokens: &[u32], batch: &BatchLayout| {
+                self.logits_from_meta(be, meta, tokens, batch, cache, comm)
+            };
+            if let Some(logits) = be.forward_recorded(tokens, batch, &mut body)? {
+                return Ok(logits);
+            }
+        }
+        let meta = be.prepare_batch(batch)?;
+        self.logits_from_meta(be, &meta, tokens, batch, cache, comm)
+    }
+
+    /// [`LlamaModel::logits`] from prepared batch metadata.
+    fn logits_from_meta(
+        &self,
+        be: &B,
+        meta: &B::BatchMeta,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        cache: &mut B::KvCache,
+        comm: &dyn Communicator<B>,
+    ) -> Result<B::Tensor> {
         let c = &self.config;
         anyhow::ensure!(tokens.len() == batch.num_tokens(), "one position per token");
         anyhow::ensure!(
@@ -435,13 +470,12 @@ impl<B: Backend> LlamaModel<B> {
             self.layout.shard.rank,
             self.layout.shard.world
         );
-        let meta = be.prepare_batch(batch)?;
         let mut hidden = if self.layout.splits_vocab() {
             // Each token's row lives on one rank; the others contribute zeros.
             let partial = be.embedding(&self.embed, &self.local_ids(tokens))?;
             comm.all_reduce_sum(be, partial)?
         } else {
-            be.embedding(&self.embed, tokens)?
+            be.embed_batch(&self.embed, meta, tokens)?
         };
         let mut residual: Option<B::Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -458,7 +492,7 @@ impl<B: Backend> LlamaModel<B> {
                 }
             };
             let attn =
-                comm.all_reduce_sum(be, self.attention_block(be, layer, i, &x, &meta, cache)?)?;
+                comm.all_reduce_sum(be, self.attention_block(be, layer, i, &x, meta, cache)?)?;
             let (x, sum) = be.add_rms_norm(
                 attn,
                 residual.take().expect("set above"),
@@ -470,11 +504,18 @@ impl<B: Backend> LlamaModel<B> {
             hidden =
                 comm.all_reduce_sum(be, be.linear(&be.silu_mul(&gate_up)?, &layer.down, None)?)?;
         }
-        let last = be.select_rows(&hidden, &batch.logits_rows)?;
-        let last_residual = be.select_rows(
-            residual.as_ref().context("model has no layers")?,
-            &batch.logits_rows,
-        )?;
+        let residual = residual.context("model has no layers")?;
+        // Decode steps want every row in order: no gather.
+        let every_row = batch.logits_rows.len() == batch.num_tokens()
+            && batch.logits_rows.iter().enumerate().all(|(i, &r)| i == r);
+        let (last, last_residual) = if every_row {
+            (hidden, residual)
+        } else {
+            (
+                be.select_rows(&hidden, &batch.logits_rows)?,
+                be.select_rows(&residual, &batch.logits_rows)?,
+            )
+        };
         let (x, _) = be.add_rms_norm(last, last_residual, &self.norm, c.rms_norm_eps)?;
         be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)
     }

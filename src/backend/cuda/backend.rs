@@ -5,8 +5,9 @@
 //! the logits.
 
 use super::batch_meta::HostBatchMeta;
+use super::decode_graphs::{Recordings, SendGraph};
 use super::device::CudaDevice;
-use super::device_pools::{DeviceI32, DevicePools};
+use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::pool::PoolStats;
@@ -15,15 +16,31 @@ use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, R
 use anyhow::{bail, Context, Result};
 use candle_core::{CpuStorage, Storage};
 use cudarc::driver::{CudaSlice, DevicePtr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// A GPU as a [`Backend`].
 pub struct CudaBackend {
-    dev: CudaDevice,
+    pub(super) dev: CudaDevice,
     ordinal: usize,
     pools: DevicePools,
+    /// The buffers of recorded decode steps ([`super::decode_graphs`]): never released.
+    pub(super) graph_pools: DevicePools,
+    /// Set while a decode step runs to be recorded: ops then take buffers from `graph_pools`.
+    pub(super) on_graph_pools: AtomicBool,
+    /// Record and replay decode steps (off: `--enforce-eager`).
+    pub(super) record_decode: AtomicBool,
+    pub(super) recordings: Mutex<Recordings<RecordedStep>>,
     /// Forward passes so far and the counters when the last one began (for the per-step log).
     steps: Mutex<(u64, PoolStats)>,
+}
+
+/// A recorded decode step: the graph, the input buffers it reads (uploaded before each
+/// replay) and the logits buffer it writes.
+pub(super) struct RecordedStep {
+    pub(super) graph: SendGraph,
+    pub(super) inputs: CudaBatchMeta,
+    pub(super) logits: CudaTensor,
 }
 
 /// The paged KV cache: per layer, K and V as `[num_blocks, block_size, kv_heads, head_dim]`.
@@ -36,14 +53,16 @@ pub struct CudaKvCache {
 /// Buffers come from the pool and may be longer than their contents: the counts here are
 /// the real lengths.
 pub struct CudaBatchMeta {
-    positions: DeviceI32,
-    num_tokens: usize,
-    slots: DeviceI32,
-    block_tables: DeviceI32,
-    max_blocks_per_seq: usize,
-    query_start: DeviceI32,
-    context_lens: DeviceI32,
-    num_seqs: usize,
+    pub(super) positions: DeviceI32,
+    pub(super) num_tokens: usize,
+    pub(super) slots: DeviceI32,
+    pub(super) block_tables: DeviceI32,
+    pub(super) max_blocks_per_seq: usize,
+    pub(super) query_start: DeviceI32,
+    pub(super) context_lens: DeviceI32,
+    pub(super) num_seqs: usize,
+    /// The tokens' ids, where the step reads them from the device (recorded steps).
+    pub(super) token_ids: Option<DeviceU32>,
 }
 
 /// The rotary table, uploaded once per model.
@@ -57,22 +76,41 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<Self> {
         let dev = CudaDevice::new(ordinal)?;
         let pools = DevicePools::new(dev.stream());
+        let graph_pools = DevicePools::kept(dev.stream());
         Ok(CudaBackend {
             dev,
             ordinal,
             pools,
+            graph_pools,
+            on_graph_pools: AtomicBool::new(false),
+            record_decode: AtomicBool::new(true),
+            recordings: Mutex::new(Recordings::default()),
             steps: Mutex::new((0, PoolStats::default())),
         })
     }
 
-    /// The caching allocator's counters since the backend was opened.
+    /// Whether decode steps are recorded as CUDA graphs and replayed (default: yes).
+    pub fn set_decode_graphs(&self, enabled: bool) {
+        self.record_decode.store(enabled, Ordering::SeqCst);
+    }
+
+    /// The caching allocator's counters since the backend was opened (both pool sets).
     pub fn allocator_stats(&self) -> PoolStats {
-        self.pools.stats()
+        self.pools.stats().plus(self.graph_pools.stats())
+    }
+
+    /// The pools ops take their buffers from now.
+    pub(super) fn pools(&self) -> &DevicePools {
+        if self.on_graph_pools.load(Ordering::SeqCst) {
+            &self.graph_pools
+        } else {
+            &self.pools
+        }
     }
 
     /// Logs (debug) what the previous forward pass cost the driver; called as each begins.
     fn log_previous_step(&self) {
-        let now = self.pools.stats();
+        let now = self.allocator_stats();
         let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
         let (count, before) = *steps;
         if count > 0 {
@@ -143,7 +181,7 @@ impl CudaBackend {
     pub(super) fn output(&self, dtype: DType, shape: &[usize]) -> Result<CudaTensor> {
         let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
         let buffer = self
-            .pools
+            .pools()
             .bytes(bytes)
             .with_context(|| format!("allocating a {shape:?} {dtype} activation"))?;
         CudaTensor::from_pooled(buffer, dtype, shape)
@@ -152,7 +190,7 @@ impl CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
-        let s = self.pools.stats();
+        let s = self.allocator_stats();
         tracing::info!(
             "cuda allocator: {} driver allocations ({:.1} MiB), {} reuses, {} released",
             s.driver_allocations,
@@ -198,7 +236,7 @@ impl Backend for CudaBackend {
     }
 
     fn allocator_stats(&self) -> Option<PoolStats> {
-        Some(self.pools.stats())
+        Some(CudaBackend::allocator_stats(self))
     }
 
     fn upload(&self, host: candle_core::Tensor) -> Result<CudaTensor> {
@@ -245,7 +283,7 @@ impl Backend for CudaBackend {
             &selected
         };
         let mut ids = self
-            .pools
+            .pools()
             .u32_buffer(rows.len())
             .context("argmax output buffer")?;
         self.dev.argmax(source, &mut ids)?;
@@ -274,7 +312,7 @@ impl Backend for CudaBackend {
         let packed = super::sampling_draw_rows::pack_draw_rows(draws, vocab)?;
         let selected = self.select_rows(logits, rows)?;
         let mut ids = self
-            .pools
+            .pools()
             .u32_buffer(rows.len())
             .context("sampling output buffer")?;
         self.dev.sampling_draw(&selected, &packed, &mut ids)?;
@@ -297,7 +335,7 @@ impl Backend for CudaBackend {
         self.log_previous_step();
         let host = HostBatchMeta::from_layout(batch)?;
         let upload = |values: &[i32], what: &str| {
-            self.pools
+            self.pools()
                 .upload_i32(values)
                 .with_context(|| format!("uploading the batch's {what}"))
         };
@@ -310,6 +348,7 @@ impl Backend for CudaBackend {
             query_start: upload(&host.query_start, "query starts")?,
             context_lens: upload(&host.context_lens, "context lengths")?,
             num_seqs: batch.num_seqs(),
+            token_ids: None,
         })
     }
 
@@ -335,10 +374,39 @@ impl Backend for CudaBackend {
         }
         let mut out = self.output(table.dtype(), &[ids.len(), hidden])?;
         if !ids.is_empty() {
-            let dev_ids = self.pools.upload_u32(ids).context("uploading token ids")?;
+            let dev_ids = self.pools().upload_u32(ids).context("uploading token ids")?;
             self.dev.embedding(table, &dev_ids, ids.len(), &mut out)?;
         }
         Ok(out)
+    }
+
+    fn embed_batch(
+        &self,
+        table: &CudaTensor,
+        batch: &CudaBatchMeta,
+        tokens: &[u32],
+    ) -> Result<CudaTensor> {
+        let Some(ids) = &batch.token_ids else {
+            return self.embedding(table, tokens);
+        };
+        let [vocab, hidden] = *table.shape() else {
+            bail!("embedding table must be 2-d, got {:?}", table.shape());
+        };
+        if let Some(bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let mut out = self.output(table.dtype(), &[batch.num_tokens, hidden])?;
+        self.dev.embedding(table, ids, batch.num_tokens, &mut out)?;
+        Ok(out)
+    }
+
+    fn forward_recorded(
+        &self,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        body: &mut crate::backend::RecordedBody<'_, CudaBatchMeta, CudaTensor>,
+    ) -> Result<Option<CudaTensor>> {
+        self.run_recorded(tokens, batch, body)
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, b: Option<&CudaTensor>) -> Result<CudaTensor> {
@@ -445,7 +513,7 @@ impl Backend for CudaBackend {
             .collect::<Result<Vec<u32>>>()?;
         let mut out = self.output(x.dtype(), &[ids.len(), width])?;
         if !ids.is_empty() {
-            let rows = self.pools.upload_u32(&ids).context("uploading row ids")?;
+            let rows = self.pools().upload_u32(&ids).context("uploading row ids")?;
             self.dev.gather_rows(x, &rows, ids.len(), &mut out)?;
         }
         Ok(out)
@@ -517,7 +585,7 @@ impl Backend for CudaBackend {
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let mut out = self.output(q.dtype(), q.shape())?;
         self.dev
-            .attention(q, k_cache, v_cache, &meta, scale, &self.pools, &mut out)?;
+            .attention(q, k_cache, v_cache, &meta, scale, self.pools(), &mut out)?;
         Ok(out)
     }
 }

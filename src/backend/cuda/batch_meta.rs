@@ -26,6 +26,12 @@ fn to_i32(value: usize, what: &str) -> Result<i32> {
 
 impl HostBatchMeta {
     pub fn from_layout(batch: &BatchLayout) -> Result<Self> {
+        Self::with_table_width(batch, 1)
+    }
+
+    /// Like [`HostBatchMeta::from_layout`], with block tables at least `min_blocks` wide (a
+    /// recorded decode step reads tables of the width it was recorded with).
+    pub fn with_table_width(batch: &BatchLayout, min_blocks: usize) -> Result<Self> {
         batch.validate()?;
         anyhow::ensure!(batch.num_seqs() > 0, "a forward pass needs a sequence");
         let positions = batch
@@ -51,6 +57,7 @@ impl HostBatchMeta {
             .map(Vec::len)
             .max()
             .unwrap_or(0)
+            .max(min_blocks)
             .max(1);
         let mut block_tables = vec![0i32; batch.num_seqs() * max_blocks_per_seq];
         for (row, table) in block_tables

@@ -65,6 +65,24 @@ impl DevicePools {
         }
     }
 
+    /// Pools that never release a buffer, for the buffers recorded CUDA graphs use
+    /// ([`super::decode_graphs`]).
+    pub fn kept(stream: &Arc<CudaStream>) -> Self {
+        Self {
+            stream: stream.clone(),
+            bytes: BufferPool::kept(allocator(stream), MIN_TENSOR_BYTES),
+            i32s: BufferPool::kept(allocator(stream), MIN_INDEX_UNITS),
+            u32s: BufferPool::kept(allocator(stream), MIN_INDEX_UNITS),
+        }
+    }
+
+    /// While frozen, only idle buffers are handed out (see [`BufferPool::set_frozen`]).
+    pub fn set_frozen(&self, frozen: bool) {
+        self.bytes.set_frozen(frozen);
+        self.i32s.set_frozen(frozen);
+        self.u32s.set_frozen(frozen);
+    }
+
     /// At least `units` u32 values, contents undefined (for outputs a kernel overwrites).
     pub fn u32_buffer(&self, units: usize) -> Result<DeviceU32> {
         self.u32s.take(units)
@@ -83,6 +101,15 @@ impl DevicePools {
             .memset_zeros(&mut *buffer)
             .context("zeroing a GPU buffer")?;
         Ok(buffer)
+    }
+
+    /// Overwrites the start of `buffer` with `values` (queued on the stream).
+    pub fn copy_into_i32(&self, values: &[i32], buffer: &mut DeviceI32) -> Result<()> {
+        copy_into(&self.stream, values, buffer)
+    }
+
+    pub fn copy_into_u32(&self, values: &[u32], buffer: &mut DeviceU32) -> Result<()> {
+        copy_into(&self.stream, values, buffer)
     }
 
     /// A copy of `values` in a pooled buffer (whose capacity may be larger: pass lengths
@@ -110,6 +137,15 @@ fn upload<T: DeviceRepr + Send>(
     values: &[T],
 ) -> Result<Pooled<StreamAllocator<T>>> {
     let mut buffer = pool.take(values.len())?;
+    copy_into(stream, values, &mut buffer)?;
+    Ok(buffer)
+}
+
+fn copy_into<T: DeviceRepr + Send>(
+    stream: &Arc<CudaStream>,
+    values: &[T],
+    buffer: &mut Pooled<StreamAllocator<T>>,
+) -> Result<()> {
     // The capacity is at least the request (memcpy_htod asserts it; keep that an error).
     anyhow::ensure!(
         buffer.len() >= values.len(),
@@ -118,9 +154,10 @@ fn upload<T: DeviceRepr + Send>(
         values.len()
     );
     if !values.is_empty() {
+        let mut head = buffer.slice_mut(0..values.len());
         stream
-            .memcpy_htod(values, &mut *buffer)
+            .memcpy_htod(values, &mut head)
             .context("host-to-device copy")?;
     }
-    Ok(buffer)
+    Ok(())
 }

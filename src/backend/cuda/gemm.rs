@@ -5,7 +5,7 @@ use super::tensor::CudaTensor;
 use crate::backend::DType;
 use anyhow::{bail, Context, Result};
 use cudarc::cublas::{result as cublas_result, sys as cublas_sys, CudaBlas};
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::ffi::c_int;
 use std::sync::Arc;
 
@@ -13,7 +13,13 @@ use std::sync::Arc;
 pub struct Blas {
     handle: CudaBlas,
     stream: Arc<CudaStream>,
+    /// cuBLAS's workspace, ours rather than one it allocates: a GEMM recorded into a CUDA
+    /// graph must not allocate, and must find the same workspace on every replay.
+    _workspace: CudaSlice<u8>,
 }
+
+/// Workspace for cuBLAS's split-K and other algorithms (NVIDIA suggests 32 MiB on Hopper).
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 impl Blas {
     pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
@@ -24,7 +30,29 @@ impl Blas {
         let handle = std::panic::catch_unwind(|| CudaBlas::new(stream.clone()))
             .map_err(|_| anyhow::anyhow!("libcublas was found but lacks an expected symbol"))?
             .map_err(|e| anyhow::anyhow!("creating a cuBLAS handle: {e:?}"))?;
-        Ok(Self { handle, stream })
+        let mut workspace = stream
+            .alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)
+            .context("allocating cuBLAS's workspace")?;
+        {
+            let (ptr, _sync) = workspace.device_ptr_mut(&stream);
+            // SAFETY: the handle is live and the buffer outlives it (both fields of self; the
+            // handle is dropped first, as fields drop in declaration order).
+            let status = unsafe {
+                cublas_sys::cublasSetWorkspace_v2(
+                    *handle.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    CUBLAS_WORKSPACE_BYTES,
+                )
+            };
+            if status != cublas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                bail!("cublasSetWorkspace: {status:?}");
+            }
+        }
+        Ok(Self {
+            handle,
+            stream,
+            _workspace: workspace,
+        })
     }
 
     /// The cuBLAS handle, for the other GEMM shapes (`gemm_batched.rs`).

@@ -10,6 +10,8 @@ pub mod attention_kernels;
 pub mod attention_plan;
 pub mod backend;
 pub mod batch_meta;
+pub mod decode_graphs;
+mod decode_replay;
 pub mod device;
 pub mod device_pools;
 pub mod gemm;

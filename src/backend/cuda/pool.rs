@@ -13,6 +13,7 @@
 use anyhow::Result;
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Where a pool gets fresh buffers. `units` are elements of the buffer's type.
@@ -84,11 +85,26 @@ pub struct BufferPool<A: RawAllocator> {
     allocator: A,
     min_units: usize,
     idle: Mutex<Idle<A::Buffer>>,
+    /// Never hand idle buffers back to the allocator: recorded CUDA graphs keep using the
+    /// addresses of the buffers they were recorded with.
+    kept: bool,
+    /// Serve only idle buffers (while a graph is recorded, an allocation would be recorded
+    /// into it instead of happening).
+    frozen: AtomicBool,
 }
 
 impl<A: RawAllocator> BufferPool<A> {
     /// A pool whose classes are at least `min_units` (small buffers all share one class).
     pub fn new(allocator: A, min_units: usize) -> Arc<Self> {
+        Self::with_policy(allocator, min_units, false)
+    }
+
+    /// A pool that never releases a buffer (see `kept`): for buffers recorded graphs use.
+    pub fn kept(allocator: A, min_units: usize) -> Arc<Self> {
+        Self::with_policy(allocator, min_units, true)
+    }
+
+    fn with_policy(allocator: A, min_units: usize, kept: bool) -> Arc<Self> {
         Arc::new(Self {
             allocator,
             min_units,
@@ -96,7 +112,14 @@ impl<A: RawAllocator> BufferPool<A> {
                 by_class: HashMap::new(),
                 stats: PoolStats::default(),
             }),
+            kept,
+            frozen: AtomicBool::new(false),
         })
+    }
+
+    /// While frozen, a request no idle buffer serves fails instead of allocating.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
     }
 
     /// A buffer of at least `units` units (exactly its size class), reused when one is
@@ -111,6 +134,12 @@ impl<A: RawAllocator> BufferPool<A> {
                 idle.stats.idle_bytes -= bytes;
                 return Ok(self.wrap(buffer, class));
             }
+        }
+        if self.frozen.load(Ordering::SeqCst) {
+            anyhow::bail!(
+                "no idle buffer of {} bytes in a frozen pool (recording a CUDA graph)",
+                bytes
+            );
         }
         let buffer = match self.allocator.allocate(class) {
             Ok(buffer) => buffer,
@@ -127,8 +156,12 @@ impl<A: RawAllocator> BufferPool<A> {
         Ok(self.wrap(buffer, class))
     }
 
-    /// Hands every idle buffer back to the allocator (dropping it); returns how many.
+    /// Hands every idle buffer back to the allocator (dropping it); returns how many. A kept
+    /// pool releases nothing.
     pub fn release_idle(&self) -> usize {
+        if self.kept {
+            return 0;
+        }
         let drained: Vec<Vec<A::Buffer>> = {
             let mut idle = self.lock();
             idle.stats.idle_bytes = 0;
@@ -363,5 +396,36 @@ mod tests {
         assert_eq!(sum.reuses, 14);
         assert_eq!(sum.since(a).driver_allocations, 3);
         assert_eq!(sum.since(a).idle_bytes, 20);
+    }
+
+    #[test]
+    fn a_frozen_pool_serves_idle_buffers_and_refuses_to_allocate() {
+        let (pool, alive) = pool(8);
+        drop(pool.take(100).unwrap());
+        pool.set_frozen(true);
+        let reused = pool.take(100).unwrap();
+        assert_eq!(reused.units, size_class(100, 1));
+        let err = pool.take(5000).err().expect("no idle buffer of that class");
+        assert!(err.to_string().contains("frozen"), "{err}");
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        pool.set_frozen(false);
+        assert!(pool.take(5000).is_ok());
+    }
+
+    #[test]
+    fn a_kept_pool_never_releases_its_buffers() {
+        let alive = Arc::new(AtomicUsize::new(0));
+        let allocator = FakeAllocator {
+            next_id: AtomicUsize::new(0),
+            alive: alive.clone(),
+            limit: 1,
+        };
+        let pool = BufferPool::kept(allocator, 1);
+        drop(pool.take(64).unwrap());
+        assert_eq!(pool.release_idle(), 0);
+        // Out of memory for another class: the idle buffer stays, the request fails.
+        assert!(pool.take(4096).is_err());
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.stats().released, 0);
     }
 }
