@@ -31,6 +31,7 @@
 #define DEC_MAX_HEADS 8
 #define DEC_MAX_SPLIT_KEYS 512
 #define DEC_UNROLL 4
+#define DEC_SOFTMAX_SLOTS (DEC_MAX_SPLIT_KEYS / 32)  // keys per lane in the softmax
 
 // 16 bytes of K or V; copied as one vector load (rows and chunks are 16-byte aligned: the
 // host checks the cache pointers, and hd * sizeof(T) is a multiple of 16).
@@ -208,15 +209,33 @@ __device__ __forceinline__ void attention_decode_impl(
     __syncthreads();
 
     // ---- softmax over the split, one warp per head ----
+    // Lane l owns keys l, l + 32, ...: at most DEC_SOFTMAX_SLOTS of them, one register each,
+    // in fully unrolled slots with a guard per slot (and a warp-uniform exit once the slots
+    // pass num_keys). No loop here has a trip count derived from num_keys: with the former
+    // `for (j = lane; j < num_keys; j += 32)` loops NVVM runtime-unrolled them by 4 and
+    // computed the remainder from the min() chain behind num_keys, and ptxas for sm_90 (CUDA
+    // 13) dropped a negation in that expression (-(max_blocks_per_seq * block_size) became
+    // +...), so lanes read and summed scores past num_keys (stale shared memory) into
+    // head_sum: every output scaled down by a per-head, run-to-run varying factor.
     for (int g = warp; g < heads; g += DEC_WARPS) {
+        float e[DEC_SOFTMAX_SLOTS];
         float m = KILN_NEG_INF;
-        for (int j = lane; j < num_keys; j += 32) m = fmaxf(m, probs[g][j]);
+#pragma unroll
+        for (int i = 0; i < DEC_SOFTMAX_SLOTS; ++i) {
+            const int j = lane + 32 * i;
+            e[i] = (32 * i < num_keys && j < num_keys) ? probs[g][j] : KILN_NEG_INF;
+            m = fmaxf(m, e[i]);
+        }
         m = kiln_warp_max(m);
         float s = 0.0f;
-        for (int j = lane; j < num_keys; j += 32) {
-            const float e = expf(probs[g][j] - m);
-            probs[g][j] = e;
-            s += e;
+#pragma unroll
+        for (int i = 0; i < DEC_SOFTMAX_SLOTS; ++i) {
+            const int j = lane + 32 * i;
+            if (32 * i < num_keys && j < num_keys) {
+                e[i] = expf(e[i] - m);
+                probs[g][j] = e[i];
+                s += e[i];
+            }
         }
         s = kiln_warp_sum(s);
         if (lane == 0) {

@@ -307,6 +307,9 @@ std::vector<Case> cases(bool full) {
     add({"gqa7 hd96 bf16", {{3, 1}, {90, 1}}, 28, 4, 96, 0, DType::BF16, 2, 64});
     add({"mha hd64 f16", {{3, 1}, {90, 1}}, 8, 8, 64, 0, DType::F16, 2, 64});
     add({"window 37", {{100, 1}, {20, 1}, {64, 3}}, 32, 8, 128, 37, DType::F32, 2, 32});
+    // Splits of the most keys a CTA takes (512): every softmax slot of every lane in use,
+    // and a last split only partly filled (1000 = 512 + 488).
+    add({"decode x2 2 splits x 512", {{1000, 1}, {512, 1}}, 8, 2, 64, 0, DType::F32, 2, 512});
     if (full) {
         // The failing selftest shapes at their planned splits.
         add({"decode x1 ctx 1500 (plan)", {{1500, 1}}, 32, 8, 128});

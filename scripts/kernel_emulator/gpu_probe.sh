@@ -24,6 +24,9 @@ cat "$HERE/../../kernels/common.cuh" "$HERE/../../kernels/attention.cu" \
     "$HERE/../../kernels/attention_decode.cu" >"$DIR/kernels.cu"
 LD_LIBRARY_PATH="$LIB" python3 "$HERE/nvrtc_cubin.py" "$LIB/libnvrtc.so.13" "$ARCH" \
     "$DIR/kernels.cu" "$DIR/kernels.cubin"
+# The PTX ptxas was given, to read next to the cubin's SASS (cuobjdump -sass / nvdisasm).
+LD_LIBRARY_PATH="$LIB" python3 "$HERE/nvrtc_cubin.py" "$LIB/libnvrtc.so.13" "$ARCH" \
+    "$DIR/kernels.cu" "$DIR/kernels.ptx"
 # name:options (options comma-separated)
 VARIANTS="device_debug:-G ptxas_O0:--ptxas-options=-O0 ptxas_O1:--ptxas-options=-O1 no_fmad:--fmad=false"
 for v in $VARIANTS; do

@@ -1,4 +1,4 @@
-"""Compiles one CUDA source to a cubin with NVRTC through ctypes, with kiln's options
+"""Compiles one CUDA source to a cubin (or, when OUT ends in .ptx, to PTX) with NVRTC through ctypes, with kiln's options
 (src/backend/cuda/nvrtc.rs: -default-device --std=c++17) plus any EXTRA options (the GPU
 probe's compiler variants, e.g. -G or --ptxas-options=-O0).
 
@@ -25,8 +25,15 @@ if log.value.strip():
     print(log.value.decode(), file=sys.stderr)
 if status:
     sys.exit(f"NVRTC failed ({status})")
-nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size))
-image = ctypes.create_string_buffer(size.value)
-nvrtc.nvrtcGetCUBIN(program, image)
+if out.endswith(".ptx"):
+    nvrtc.nvrtcGetPTXSize(program, ctypes.byref(size))
+    image = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetPTX(program, image)
+    data = image.raw.rstrip(b"\0")
+else:
+    nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size))
+    image = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetCUBIN(program, image)
+    data = image.raw
 with open(out, "wb") as f:
-    f.write(image.raw)
+    f.write(data)
