@@ -374,7 +374,10 @@ impl Backend for CudaBackend {
         }
         let mut out = self.output(table.dtype(), &[ids.len(), hidden])?;
         if !ids.is_empty() {
-            let dev_ids = self.pools().upload_u32(ids).context("uploading token ids")?;
+            let dev_ids = self
+                .pools()
+                .upload_u32(ids)
+                .context("uploading token ids")?;
             self.dev.embedding(table, &dev_ids, ids.len(), &mut out)?;
         }
         Ok(out)

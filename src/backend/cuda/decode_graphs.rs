@@ -31,8 +31,9 @@ use std::collections::{HashMap, HashSet};
 pub const MAX_RECORDED_SEQS: usize = 256;
 
 /// The recorded batch size a decode batch of `n` sequences runs as: 1, 2, 4, 8, then
-/// multiples of 8 up to 64, of 16 up to 128 and of 32 up to [`MAX_RECORDED_SEQS`] (padding
-/// wastes at most 1/8 of a step past 8 sequences). `None` above that or for 0.
+/// multiples of 8 up to 64, of 16 up to 128 and of 32 up to [`MAX_RECORDED_SEQS`] (at most
+/// 7, 15 or 31 padding sequences: few recordings, and little waste where steps are long).
+/// `None` above that or for 0.
 pub fn token_bucket(n: usize) -> Option<usize> {
     match n {
         0 => None,
@@ -95,7 +96,9 @@ pub fn pad_decode(batch: &BatchLayout, tokens: &[u32]) -> Option<PaddedDecode> {
     layout.slots.extend(std::iter::repeat_n(-1, pad));
     layout.query_start = (0..=seqs).collect();
     layout.context_lens.extend(std::iter::repeat_n(1, pad));
-    layout.block_tables.extend(std::iter::repeat_n(vec![0], pad));
+    layout
+        .block_tables
+        .extend(std::iter::repeat_n(vec![0], pad));
     layout.logits_rows = (0..seqs).collect();
     let mut padded_tokens = tokens.to_vec();
     padded_tokens.extend(std::iter::repeat_n(0, pad));
@@ -181,9 +184,13 @@ mod tests {
         for n in 1..=MAX_RECORDED_SEQS {
             let b = token_bucket(n).unwrap();
             assert!(b >= n && b <= MAX_RECORDED_SEQS, "{n} -> {b}");
-            if n > 8 {
-                assert!((b - n) * 8 <= n, "{n} -> {b} pads more than 1/8");
-            }
+            let most = match n {
+                0..=4 => 1,
+                5..=64 => 7,
+                65..=128 => 15,
+                _ => 31,
+            };
+            assert!(b - n <= most, "{n} -> {b} pads more than {most}");
         }
         assert_eq!(blocks_bucket(1), 16);
         assert_eq!(blocks_bucket(17), 32);
@@ -221,7 +228,7 @@ mod tests {
     #[test]
     fn the_same_shapes_find_the_same_recording() {
         let (a, ta) = decode_batch(&[5, 40, 17], 16);
-        let (b, tb) = decode_batch(&[300, 2, 9, 33], 16);
+        let (b, tb) = decode_batch(&[250, 2, 9, 33], 16);
         assert_eq!(
             pad_decode(&a, &ta).unwrap().key,
             pad_decode(&b, &tb).unwrap().key

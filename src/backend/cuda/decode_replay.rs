@@ -6,9 +6,9 @@ use super::backend::{CudaBackend, CudaBatchMeta, RecordedStep};
 use super::decode_graphs::{pad_decode, PaddedDecode, SendGraph};
 use super::tensor::CudaTensor;
 use crate::backend::{Backend, BatchLayout, RecordedBody};
-use std::collections::hash_map::Entry;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use std::collections::hash_map::Entry;
 use std::sync::atomic::Ordering;
 
 /// The forward pass a recording is made of (see `Backend::forward_recorded`).
