@@ -182,6 +182,20 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --batch-sizes 1,8,32 --enforce-eager --result-json "$OUT/bench_latency_8b_eager.json"
 fi
 
+# Long contexts (4000-token prompts): decode attention reads 0.5 GB of KV per step at batch
+# 8; the generic kernel against the split-K one (KILN_SPLIT_K_DECODE=1), same run.
+if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${LONG:-1}" = 1 ]; then
+    for variant in generic split_k; do
+        flag=0
+        [ "$variant" = split_k ] && flag=1
+        step "bench_long_8b_${variant}" 90 no "bench_long_8b_${variant}.txt" -- \
+            env KILN_SPLIT_K_DECODE=$flag "$KILN" bench latency --device cuda \
+            --model llama-3.1-8b --load-format dummy --dtype bfloat16 --max-model-len 4200 \
+            --input-len 4000 --output-len 16 --batch-sizes 1,8 \
+            --result-json "$OUT/bench_long_8b_${variant}.json"
+    done
+fi
+
 # Where the time of a batch-1 decode step goes: every kernel's GPU time under Nsight Compute
 # (kernels serialised, so only durations count, not the gaps between them), for a short
 # generation on the 8B shape: the prefill, then decode steps of ~12 launches per layer.
