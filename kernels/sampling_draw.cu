@@ -361,6 +361,14 @@ __device__ KilnDrawCut kiln_draw_select(float* row, int vocab, const KilnDrawVie
     }
 }
 
+template <typename T>
+struct alignas(4 * sizeof(T)) KilnDrawLogitQuad {
+    T v[4];
+};
+
+// The pass over the edited logits (`logits` itself, or scratch after the edits): their
+// argmax (first index of the largest, NaN ignored), the range and count of the finite ones,
+// and with `keep_tempered` scratch = the tempered logit (NaN: no candidate).
 template <typename D, bool FromLogits>
 __device__ __forceinline__ void kiln_draw_load(float* row, const typename D::T* logits, int vocab,
                                                float div, bool keep_tempered, float* amax,
@@ -368,8 +376,7 @@ __device__ __forceinline__ void kiln_draw_load(float* row, const typename D::T* 
                                                float* finite) {
     float best = KILN_NEG_INF, hi = KILN_NEG_INF, lo = -KILN_NEG_INF, n = 0.0f;
     int first = vocab;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        const float l = FromLogits ? D::load(logits[j]) : row[j];
+    auto visit = [&](float l, int j) {
         if (l == l && (first == vocab || l > best)) {
             best = l;
             first = j;
@@ -381,7 +388,27 @@ __device__ __forceinline__ void kiln_draw_load(float* row, const typename D::T* 
             lo = fminf(lo, c);
             n += 1.0f;
         }
-        if (keep_tempered) row[j] = c;
+        return c;
+    };
+    if (FromLogits && (vocab & 3) == 0) {
+        const KilnDrawLogitQuad<typename D::T>* quads =
+            reinterpret_cast<const KilnDrawLogitQuad<typename D::T>*>(logits);
+        KilnDrawQuad* out = reinterpret_cast<KilnDrawQuad*>(row);
+        for (int q = threadIdx.x; q < (vocab >> 2); q += blockDim.x) {
+            const KilnDrawLogitQuad<typename D::T> v = quads[q];
+            const int j = q << 2;
+            KilnDrawQuad c;
+            c.x = visit(D::load(v.v[0]), j);
+            c.y = visit(D::load(v.v[1]), j + 1);
+            c.z = visit(D::load(v.v[2]), j + 2);
+            c.w = visit(D::load(v.v[3]), j + 3);
+            if (keep_tempered) out[q] = c;
+        }
+    } else {
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            const float c = visit(FromLogits ? D::load(logits[j]) : row[j], j);
+            if (keep_tempered) row[j] = c;
+        }
     }
     *amax = best;
     *aidx = first;
