@@ -316,7 +316,13 @@ __device__ KilnDrawCut kiln_draw_select(float* row, int vocab, const KilnDrawVie
             kiln_draw_u64 m;
             if (kiln_draw_view(view, x, j, &key, &m) && (key & range_mask) == prefix) {
                 const unsigned b = (key >> shift) & (unsigned)(bins - 1);
-                atomicAdd(&sh.hist[b], (1ull << KILN_DRAW_COUNT_SHIFT) | m);
+                // A 64-bit shared atomic add is a compare-and-swap loop; two native 32-bit
+                // adds, the low word's carry going into the high word, sum the same.
+                const kiln_draw_u64 add = (1ull << KILN_DRAW_COUNT_SHIFT) | m;
+                unsigned* word = reinterpret_cast<unsigned*>(&sh.hist[b]);  // little-endian
+                const unsigned lo = (unsigned)add;
+                const unsigned old = atomicAdd(word, lo);
+                atomicAdd(word + 1, (unsigned)(add >> 32) + (old + lo < old ? 1u : 0u));
             }
             return x;
         });
