@@ -72,15 +72,15 @@ __device__ __forceinline__ kiln_draw_u64 kiln_draw_mass(float w) {
 }
 
 // Every element of a row that thread owns, x = row[j], as f(x, j); with `Write`, row[j]
-// becomes what f returns. Four at a time where the row allows (vocab a multiple of 4, so
-// rows are 16-byte aligned).
+// becomes what f returns. Four at a time where the row allows (vocab a multiple of 4 and
+// the row 16-byte aligned).
 struct alignas(16) KilnDrawQuad {
     float x, y, z, w;
 };
 
 template <bool Write, typename F>
 __device__ __forceinline__ void kiln_draw_each(float* row, int vocab, F f) {
-    if ((vocab & 3) == 0) {
+    if ((vocab & 3) == 0 && ((unsigned long long)row & 15ull) == 0) {
         KilnDrawQuad* quads = reinterpret_cast<KilnDrawQuad*>(row);
         for (int q = threadIdx.x; q < (vocab >> 2); q += blockDim.x) {
             KilnDrawQuad v = quads[q];
@@ -396,7 +396,8 @@ __device__ __forceinline__ void kiln_draw_load(float* row, const typename D::T* 
         }
         return c;
     };
-    if (FromLogits && (vocab & 3) == 0) {
+    if (FromLogits && (vocab & 3) == 0 && ((unsigned long long)row & 15ull) == 0 &&
+        ((unsigned long long)logits & (4 * sizeof(typename D::T) - 1)) == 0) {
         const KilnDrawLogitQuad<typename D::T>* quads =
             reinterpret_cast<const KilnDrawLogitQuad<typename D::T>*>(logits);
         KilnDrawQuad* out = reinterpret_cast<KilnDrawQuad*>(row);
