@@ -9,6 +9,9 @@ use super::tensor::CudaTensor;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
+/// Vocabularies from this size on are refused (kernels/sampling_draw.cu: fixed-point masses).
+pub const MAX_VOCAB: usize = 1 << 19;
+
 impl CudaDevice {
     /// Samples one token per row of `logits[rows, vocab]` into `out[..rows]`.
     pub fn sampling_draw(
@@ -29,6 +32,10 @@ impl CudaDevice {
         }
         if n == 0 || vocab == 0 {
             return Ok(());
+        }
+        // The kernel's fixed-point masses (weight * 2^24) of a row must stay below 2^43.
+        if vocab >= MAX_VOCAB {
+            bail!("sampling: a vocabulary of {vocab} is beyond the device sampler's {MAX_VOCAB}");
         }
         let vocab_i = as_i32(vocab, "vocab")?;
         let row_f = self.upload(&rows.row_f)?;
@@ -54,8 +61,9 @@ impl CudaDevice {
             .arg(&edit_token)
             .arg(&edit_value)
             .arg(&mut scratch);
-        // SAFETY: matches kernels/sampling_draw.cu; shapes and row count checked above, edit
-        // ranges built by pack_draw_rows over tokens inside the vocabulary.
+        // SAFETY: matches kernels/sampling_draw.cu (1024 threads, its __launch_bounds__);
+        // shapes and row count checked above, edit ranges built by pack_draw_rows over tokens
+        // inside the vocabulary.
         unsafe { args.launch(launch::per_row(n, VOCAB_THREADS)?) }
             .context("sampling_draw launch")?;
         Ok(())
