@@ -18,6 +18,10 @@ g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/gemv_check" gemv_check.cpp
 "$BUILD/gemv_check"
+# The decode step's small ops (norm.cu, rope.cu, argmax of sampling.cu): ~30 s.
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/decode_ops_check" decode_ops_check.cpp
+"$BUILD/decode_ops_check"
 # Device sampling (kernels/sampling_draw.cu) against sampler.rs: ~1-2 min.
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/sampling_draw_check" sampling_draw_check.cpp
