@@ -62,7 +62,7 @@ pub fn choose_linear(enabled: bool, s: LinearShape) -> LinearPath {
     let fits = s.rows >= 1
         && s.rows <= GEMV_MAX_ROWS
         && s.k > 0
-        && s.k % GEMV_K_MULTIPLE == 0
+        && s.k.is_multiple_of(GEMV_K_MULTIPLE)
         && s.n > 0
         && s.aligned
         && i32::try_from(s.k).is_ok()
@@ -131,7 +131,7 @@ impl CudaDevice {
         let Some(op) = gemv_op(m) else {
             bail!("gemv: {m} rows (the kernels serve 1 to {GEMV_KERNEL_MAX_ROWS})");
         };
-        if k == 0 || k % GEMV_K_MULTIPLE != 0 {
+        if k == 0 || !k.is_multiple_of(GEMV_K_MULTIPLE) {
             bail!("gemv: K = {k} is not a positive multiple of {GEMV_K_MULTIPLE}");
         }
         if !self.aligned16(x) || !self.aligned16(w) {
@@ -271,7 +271,7 @@ mod tests {
         for rows in 1..=GEMV_MAX_ROWS {
             assert!(gemv_op(rows).is_some());
         }
-        assert!(GEMV_MAX_ROWS <= GEMV_KERNEL_MAX_ROWS);
+        const { assert!(GEMV_MAX_ROWS <= GEMV_KERNEL_MAX_ROWS) };
     }
 
     #[test]
