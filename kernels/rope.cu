@@ -1,5 +1,6 @@
 // Rotary position embedding, in place on q [n, hq, hd] and k [n, hk, hd] (rows may be
-// strided, e.g. inside a fused QKV buffer). One block per token.
+// strided, e.g. inside a fused QKV buffer). One block per (token, head): grid (n, hq + hk),
+// heads [0, hq) of q then [0, hk) of k; threads stride over the head's hd/2 pairs.
 //   neox (HF rotate_half): pairs (i, i + hd/2);  interleaved (GPT-J): pairs (2i, 2i + 1).
 // The angle is pos * inv_freq[i] in f32 with accurate cosf/sinf, as HF computes it.
 
@@ -16,14 +17,13 @@ __device__ __forceinline__ void rope_impl(typename D::T* q, typename D::T* k, co
                                           const float* inv_freq, int hq, int hk, int hd,
                                           int q_stride, int k_stride, int neox) {
     const long long token = blockIdx.x;
+    const int head = blockIdx.y;
+    if (head >= hq + hk) return;
     const float pos = (float)positions[token];
     const int half_dim = hd / 2;
-    const int pairs = (hq + hk) * half_dim;
-    for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
-        const int head = p / half_dim;
-        const int i = p - head * half_dim;
-        typename D::T* base = head < hq ? q + token * q_stride + (long long)head * hd
-                                        : k + token * k_stride + (long long)(head - hq) * hd;
+    typename D::T* base = head < hq ? q + token * q_stride + (long long)head * hd
+                                    : k + token * k_stride + (long long)(head - hq) * hd;
+    for (int i = threadIdx.x; i < half_dim; i += blockDim.x) {
         const float angle = pos * inv_freq[i];
         const float c = cosf(angle);
         const float s = sinf(angle);

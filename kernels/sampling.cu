@@ -8,20 +8,74 @@ __device__ __forceinline__ bool argmax_better(float v, unsigned int i, float bes
     return v > best || (v == best && i < best_i);
 }
 
+// 16 bytes of logits: 8 16-bit values or 4 f32.
+struct alignas(16) ArgmaxVec {
+    unsigned int w[4];
+};
+
+template <typename D>
+__device__ __forceinline__ void argmax_take(float v, unsigned int j, float& best,
+                                            unsigned int& best_i) {
+    if (argmax_better(v, j, best, best_i)) {
+        best = v;
+        best_i = j;
+    }
+}
+
+// One block per row. The row is read with 16-byte loads, ARGMAX_UNROLL per thread in flight
+// (a 128256-entry bf16 row is 16 such rounds of 1024 threads: a few memory round trips
+// instead of 125 dependent scalar loads); a scalar head up to the first 16-byte boundary and
+// a scalar tail cover any vocab. The tie rule compares indices, so the visiting order does
+// not change the answer.
+#define ARGMAX_UNROLL 4
+
 template <typename D>
 __device__ __forceinline__ void argmax_impl(unsigned int* out, const typename D::T* logits,
                                             int vocab) {
     __shared__ float warp_best[32];
     __shared__ unsigned int warp_best_i[32];
+    constexpr int PER = 16 / (int)sizeof(typename D::T);
     const typename D::T* row = logits + (long long)blockIdx.x * vocab;
     float best = KILN_NEG_INF;
     unsigned int best_i = 0xffffffffu;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        const float v = D::load(row[j]);
-        if (argmax_better(v, j, best, best_i)) {
-            best = v;
-            best_i = j;
+    // Elements before the first 16-byte boundary of the row (rows are element-aligned).
+    const int misalign = (int)((reinterpret_cast<unsigned long long>(row) & 15ull) /
+                               sizeof(typename D::T));
+    const int head = min(vocab, misalign == 0 ? 0 : PER - misalign);
+    const int nvec = (vocab - head) / PER;
+    const int tail = head + nvec * PER;
+    for (int j = threadIdx.x; j < head; j += blockDim.x) {
+        argmax_take<D>(D::load(row[j]), j, best, best_i);
+    }
+    const ArgmaxVec* vecs = reinterpret_cast<const ArgmaxVec*>(row + head);
+    for (int v0 = threadIdx.x; v0 < nvec; v0 += ARGMAX_UNROLL * blockDim.x) {
+        ArgmaxVec c[ARGMAX_UNROLL];
+#pragma unroll
+        for (int u = 0; u < ARGMAX_UNROLL; ++u) {
+            const int v = v0 + u * blockDim.x;
+            c[u] = v < nvec ? vecs[v] : ArgmaxVec{{0u, 0u, 0u, 0u}};
         }
+#pragma unroll
+        for (int u = 0; u < ARGMAX_UNROLL; ++u) {
+            const int v = v0 + u * blockDim.x;
+            if (v < nvec) {
+                const unsigned int j0 = (unsigned int)(head + v * PER);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    if constexpr (sizeof(typename D::T) == 4) {
+                        argmax_take<D>(__uint_as_float(c[u].w[e]), j0 + e, best, best_i);
+                    } else {
+                        argmax_take<D>(D::load((kiln_u16)(c[u].w[e] & 0xffffu)), j0 + 2 * e,
+                                       best, best_i);
+                        argmax_take<D>(D::load((kiln_u16)(c[u].w[e] >> 16)), j0 + 2 * e + 1,
+                                       best, best_i);
+                    }
+                }
+            }
+        }
+    }
+    for (int j = tail + threadIdx.x; j < vocab; j += blockDim.x) {
+        argmax_take<D>(D::load(row[j]), j, best, best_i);
     }
     for (int offset = 16; offset > 0; offset >>= 1) {
         const float other = __shfl_xor_sync(KILN_FULL_MASK, best, offset);

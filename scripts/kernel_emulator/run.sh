@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs kernels/image_*.cu + attention_softmax.cu, kernels/sampling_draw.cu, then kernels/attention_decode.cu, on the CPU through cuda_emu.h and compares it with a
+# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/sampling_draw.cu, then kernels/attention_decode.cu, on the CPU through cuda_emu.h and compares it with a
 # double-precision reference (about 15 s; `full` adds the selftest's failing shapes, a few
 # minutes). Needs only g++ (C++20).
 #
@@ -14,6 +14,14 @@ g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/image_ops_check" image_ops_check.cpp
 "$BUILD/image_ops_check"
+# The small-M linear layer (kernels/gemv.cu): ~2 s.
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/gemv_check" gemv_check.cpp
+"$BUILD/gemv_check"
+# The decode step's small ops (norm.cu, rope.cu, argmax of sampling.cu): ~30 s.
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/decode_ops_check" decode_ops_check.cpp
+"$BUILD/decode_ops_check"
 # Device sampling (kernels/sampling_draw.cu) against sampler.rs: ~1-2 min.
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/sampling_draw_check" sampling_draw_check.cpp

@@ -423,10 +423,8 @@ impl Backend for CudaBackend {
         };
         let mut out = self.output(x.dtype(), &[rows, out_features])?;
         if rows > 0 {
-            self.dev.blas().linear(x, w, &mut out)?;
-            if let Some(b) = b {
-                self.dev.add_bias(&mut out, b)?;
-            }
+            // The GEMV for a few rows (bias fused), cuBLAS + add_bias otherwise (gemv.rs).
+            self.dev.linear_routed(x, w, b, &mut out)?;
         }
         Ok(out)
     }

@@ -85,6 +85,11 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["dummy_fill"],
     },
     KernelFile {
+        file: "gemv.cu",
+        body: include_str!("../../../kernels/gemv.cu"),
+        ops: &["gemv1", "gemv2", "gemv4", "gemv8"],
+    },
+    KernelFile {
         file: "sampling.cu",
         body: include_str!("../../../kernels/sampling.cu"),
         ops: &["argmax", "softmax"],

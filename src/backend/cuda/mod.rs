@@ -16,6 +16,7 @@ pub mod device;
 pub mod device_pools;
 pub mod gemm;
 pub mod gemm_batched;
+pub mod gemv;
 pub mod image_attention;
 pub mod image_conv;
 pub mod image_geometry;

@@ -5,7 +5,7 @@ use super::device::CudaDevice;
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
 use anyhow::{bail, Context, Result};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// Rotary-embedding variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,17 @@ impl CudaDevice {
         let (hq_i, hk_i, hd_i) = (as_i32(hq, "hq")?, as_i32(hk, "hk")?, as_i32(hd, "hd")?);
         let (q_stride, k_stride) = (as_i32(hq * hd, "q row")?, as_i32(hk * hd, "k row")?);
         let neox = i32::from(style == RopeStyle::Neox);
-        let threads = ((hq + hk) * hd / 2).next_power_of_two().clamp(32, 512) as u32;
+        // One block per (token, head), a thread per rotated pair: a decode step's 40 heads
+        // run on 40 SMs instead of looping in one block.
+        let heads = hq + hk;
+        if heads > 65_535 {
+            bail!("rope: {heads} heads exceed the grid's y limit");
+        }
+        let config = LaunchConfig {
+            grid_dim: (as_i32(n, "rope tokens")? as u32, heads as u32, 1),
+            block_dim: ((hd / 2).next_power_of_two().clamp(32, 1024) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let f = self.kernels().get("rope", q.dtype())?;
         let mut args = self.stream().launch_builder(f);
         args.arg(q.data_mut())
@@ -152,7 +162,7 @@ impl CudaDevice {
             .arg(&k_stride)
             .arg(&neox);
         // SAFETY: matches kernels/rope.cu; shapes checked above.
-        unsafe { args.launch(launch::per_row(n, threads)?) }.context("rope launch")?;
+        unsafe { args.launch(config) }.context("rope launch")?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! `kiln selftest`: every CUDA op on random inputs of real model shapes, in f32, f16 and
 //! bf16, checked against the plain-Rust reference ([`crate::backend::cuda::reference`]),
-//! timed with CUDA events, plus cuBLAS GEMM bandwidth rows and a check that the caching
+//! timed with CUDA events, the small-M GEMV against cuBLAS at the decode shapes, plus cuBLAS GEMM bandwidth rows and a check that the caching
 //! allocator reuses a decode step's buffers; the diffusion models' ops (`ImageOps`) are
 //! checked against the CPU backend. Without a GPU it says so and succeeds.
 
@@ -9,6 +9,7 @@ mod attention_cases;
 mod attention_scenarios;
 mod compare;
 mod gemm_bench;
+mod gemv_cases;
 mod image_cases;
 mod image_gemm_cases;
 mod op_cases;
@@ -55,6 +56,9 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
     for dtype in DType::ALL {
         op_cases::run(&mut suite, dtype);
         attention_cases::run(&mut suite, dtype);
+        if let Err(err) = gemv_cases::run(&mut suite, dtype) {
+            suite.error("gemv", dtype, &err);
+        }
         image_cases::run(&mut suite, &backend, dtype);
         if sampling_case::enabled() {
             if let Err(err) = sampling_case::run(&mut suite, dtype) {

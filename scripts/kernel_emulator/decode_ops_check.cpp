@@ -1,0 +1,221 @@
+// Runs the decode step's small ops (kernels/norm.cu, rope.cu and the argmax of sampling.cu)
+// on the CPU through cuda_emu.h, with the launch shapes of src/backend/cuda/ops.rs and
+// ops_sampling.rs, against double-precision references: norms of rows wider than the
+// registers hold (the strided tail), rope over (token, head) blocks with q and k inside a
+// wider fused row, argmax over odd vocabularies (rows starting off a 16-byte boundary),
+// ties, NaN and all -inf rows.
+//
+//   decode_ops_check      exit status 1 if any case is off
+#include "cuda_emu.h"
+inline unsigned __shfl_xor_sync(unsigned mask, unsigned v, int lane_mask, int width = 32) {
+    return kiln_emu::shfl_xor(mask, v, lane_mask, width);
+}
+// clang-format off
+#include "common.cuh"
+#include "norm.cu"
+#include "rope.cu"
+#include "sampling.cu"
+// clang-format on
+#include "cuda_emu_end.h"
+#include "emu_tensor.h"
+
+namespace {
+
+using kiln_emu::Order;
+using kiln_emu_tensor::Buffer;
+using kiln_emu_tensor::DType;
+using kiln_emu_tensor::dtype_name;
+using kiln_emu_tensor::round_to;
+
+template <typename Fn, typename A, typename B, typename C>
+Fn pick(DType d, A f32, B f16, C bf16) {
+    if (d == DType::F32) return reinterpret_cast<Fn>(f32);
+    if (d == DType::F16) return reinterpret_cast<Fn>(f16);
+    return reinterpret_cast<Fn>(bf16);
+}
+#define KILN_PICK(Fn, op, d) pick<Fn>(d, op##_f32, op##_f16, op##_bf16)
+
+std::mt19937 rng(5);
+int failures = 0;
+
+std::vector<float> random(DType d, size_t n, float range) {
+    std::uniform_real_distribution<float> u(-range, range);
+    std::vector<float> v(n);
+    for (float& x : v) x = round_to(d, u(rng));
+    return v;
+}
+
+// Max abs error relative to max |ref| against the selftest's tolerances.
+void report(const std::string& name, DType d, const std::vector<float>& got,
+            const std::vector<double>& want, double rel) {
+    double worst = got.size() == want.size() ? 0.0 : INFINITY, largest = 1e-30;
+    for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+        largest = std::max(largest, std::fabs(want[i]));
+        const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+        worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+    }
+    const bool ok = worst <= rel * largest;
+    failures += ok ? 0 : 1;
+    std::printf("%s  %-56s %-4s  max abs err %.3g (max |ref| %.3g)\n", ok ? "ok  " : "FAIL",
+                name.c_str(), dtype_name(d), worst, largest);
+}
+
+double reduction_tol(DType d) { return d == DType::F32 ? 2e-5 : (d == DType::F16 ? 0x1p-9 : 0x1p-6); }
+double elementwise_tol(DType d) { return d == DType::F32 ? 1e-5 : (d == DType::F16 ? 0x1p-10 : 0x1p-7); }
+
+// launch::row_threads
+unsigned row_threads(int d) {
+    unsigned p = 1;
+    while (p < static_cast<unsigned>((d + 3) / 4)) p <<= 1;
+    return std::min(1024u, std::max(32u, p));
+}
+
+using NormFn = void (*)(void*, const void*, const void*, float, int);
+
+void check_norm(DType d, int rows, int width, unsigned threads, bool fused, Order order) {
+    const std::vector<float> x = random(d, static_cast<size_t>(rows) * width, 2.0f);
+    const std::vector<float> r = random(d, x.size(), 2.0f);
+    const std::vector<float> w = random(d, width, 1.5f);
+    const float eps = 1e-5f;
+    Buffer xb(d, x), rb(d, r), wb(d, w), y = Buffer::unwritten(d, x.size());
+    if (fused) {
+        auto k = KILN_PICK(NormFn, fused_add_rms_norm, d);
+        kiln_emu::launch({static_cast<unsigned>(rows), 1, 1}, {threads, 1, 1}, order, 2,
+                         [&] { k(xb.data(), rb.data(), wb.data(), eps, width); });
+    } else {
+        auto k = KILN_PICK(NormFn, rms_norm, d);
+        kiln_emu::launch({static_cast<unsigned>(rows), 1, 1}, {threads, 1, 1}, order, 2,
+                         [&] { k(y.data(), xb.data(), wb.data(), eps, width); });
+    }
+    std::vector<double> want(x.size()), want_res(x.size());
+    for (int i = 0; i < rows; ++i) {
+        double ss = 0.0;
+        for (int j = 0; j < width; ++j) {
+            const size_t at = static_cast<size_t>(i) * width + j;
+            const double v = fused ? round_to(d, x[at] + r[at]) : x[at];
+            want_res[at] = v;
+            ss += v * v;
+        }
+        const double inv = 1.0 / std::sqrt(ss / width + eps);
+        for (int j = 0; j < width; ++j) {
+            const size_t at = static_cast<size_t>(i) * width + j;
+            want[at] = want_res[at] * inv * w[j];
+        }
+    }
+    char name[96];
+    std::snprintf(name, sizeof name, "%s [%d, %d], %u threads", fused ? "fused_add_rms_norm" : "rms_norm",
+                  rows, width, threads);
+    report(name, d, fused ? xb.values() : y.values(), want, reduction_tol(d));
+    if (fused) report(std::string(name) + " (residual)", d, rb.values(), want_res, 0.0);
+}
+
+using RopeFn = void (*)(void*, void*, const int*, const float*, int, int, int, int, int, int);
+
+// q and k live in one fused row [q | k | v] of width (hq + 2 hk) * hd, as after the QKV GEMM.
+void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order) {
+    const int row = (hq + 2 * hk) * hd;
+    const std::vector<float> qkv = random(d, static_cast<size_t>(n) * row, 1.0f);
+    std::vector<int> pos(n);
+    for (int& p : pos) p = static_cast<int>(rng() % 8192);
+    std::vector<float> inv(hd / 2);
+    for (int i = 0; i < hd / 2; ++i) inv[i] = 1.0f / std::pow(500000.0f, 2.0f * i / hd);
+    Buffer b(d, qkv);
+    auto k = KILN_PICK(RopeFn, rope, d);
+    const size_t elt = d == DType::F32 ? 4 : 2;
+    char* base = static_cast<char*>(b.data());
+    unsigned threads = 32;
+    while (threads < static_cast<unsigned>(hd / 2)) threads <<= 1;
+    kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
+                     order, 4, [&] {
+                         k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, row,
+                           row, neox ? 1 : 0);
+                     });
+    std::vector<double> want(qkv.begin(), qkv.end());
+    for (int t = 0; t < n; ++t) {
+        for (int h = 0; h < hq + hk; ++h) {
+            const size_t head = static_cast<size_t>(t) * row + static_cast<size_t>(h) * hd;
+            for (int i = 0; i < hd / 2; ++i) {
+                const float angle = static_cast<float>(pos[t]) * inv[i];
+                const double c = std::cos(angle), s = std::sin(angle);
+                const size_t a = head + (neox ? i : 2 * i), bb = head + (neox ? i + hd / 2 : 2 * i + 1);
+                want[a] = qkv[a] * c - qkv[bb] * s;
+                want[bb] = qkv[bb] * c + qkv[a] * s;
+            }
+        }
+    }
+    char name[96];
+    std::snprintf(name, sizeof name, "rope(%s) n=%d q %dx%d k %d, in a fused row", neox ? "neox" : "interleaved",
+                  n, hq, hd, hk);
+    report(name, d, b.values(), want, elementwise_tol(d));
+}
+
+using ArgmaxFn = void (*)(unsigned*, const void*, int);
+
+void check_argmax(DType d, int rows, int vocab, Order order, bool specials) {
+    std::vector<float> logits = random(d, static_cast<size_t>(rows) * vocab, 8.0f);
+    if (specials) {
+        // Row 0: a tie between two maxima (the lower index wins) and NaNs; row 1 (if any): all -inf.
+        logits[vocab - 1] = 100.0f;
+        logits[vocab / 2] = 100.0f;
+        logits[0] = __builtin_nanf("");
+        if (rows > 1) std::fill(logits.begin() + vocab, logits.begin() + 2 * vocab, -INFINITY);
+    } else {
+        // A unique maximum at the row's last, first or second element: the scalar tail and
+        // head around the 16-byte vectors.
+        for (int i = 0; i < rows; ++i) {
+            const int at = i % 3 == 0 ? vocab - 1 : (i % 3 == 1 ? 0 : std::min(1, vocab - 1));
+            logits[static_cast<size_t>(i) * vocab + at] = 50.0f;
+        }
+    }
+    Buffer b(d, logits);
+    std::vector<unsigned> out(rows, 0xdeadbeefu);
+    auto k = KILN_PICK(ArgmaxFn, argmax, d);
+    kiln_emu::launch({static_cast<unsigned>(rows), 1, 1}, {1024, 1, 1}, order, 6,
+                     [&] { k(out.data(), b.data(), vocab); });
+    int wrong = 0;
+    for (int i = 0; i < rows; ++i) {
+        float best = -INFINITY;
+        unsigned best_i = 0xffffffffu;
+        for (int j = 0; j < vocab; ++j) {
+            const float v = b.at(static_cast<size_t>(i) * vocab + j);
+            if (v > best) {
+                best = v;
+                best_i = j;
+            }
+        }
+        if (best_i == 0xffffffffu) best_i = 0;
+        wrong += out[i] != best_i;
+    }
+    char name[96];
+    std::snprintf(name, sizeof name, "argmax [%d, %d]%s (error = wrong rows)", rows, vocab,
+                  specials ? " ties/NaN/-inf" : "");
+    report(name, d, {static_cast<float>(wrong)}, {0.0}, 0.0);
+}
+
+}  // namespace
+
+int main() {
+    for (DType d : {DType::F32, DType::F16, DType::BF16}) {
+        std::printf("== %s\n", dtype_name(d));
+        for (bool fused : {false, true}) {
+            check_norm(d, 1, 4096, row_threads(4096), fused, Order::Random);  // decode
+            check_norm(d, 3, 4096, 32, fused, Order::Forward);   // 128 per thread: tail loop
+            check_norm(d, 5, 1000, row_threads(1000), fused, Order::Reverse);
+            check_norm(d, 4, 128, row_threads(128), fused, Order::Random);  // per-head norm
+            check_norm(d, 2, 33, 32, fused, Order::Forward);
+        }
+        for (bool neox : {true, false}) {
+            check_rope(d, 1, 32, 8, 128, neox, Order::Random);  // Llama decode
+            check_rope(d, 3, 5, 2, 16, neox, Order::Forward);
+            check_rope(d, 2, 3, 1, 80, neox, Order::Reverse);  // hd/2 = 40: partial warp
+        }
+        check_argmax(d, 1, 128256, Order::Random, false);  // Llama-3 vocab, decode
+        check_argmax(d, 3, 4099, Order::Forward, true);     // rows 1, 2 off 16-byte boundaries
+        check_argmax(d, 2, 7, Order::Reverse, true);
+        check_argmax(d, 4, 1, Order::Forward, false);
+        check_argmax(d, 2, 1003, Order::Random, false);
+        check_argmax(d, 3, 4101, Order::Forward, false);
+    }
+    std::printf("%s\n", failures == 0 ? "the decode ops match the reference" : "SOME CASES FAILED");
+    return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,137 @@
+// Runs kernels/gemv.cu (the small-M linear layer) on the CPU through cuda_emu.h and
+// compares every output with a double-precision x W^T (+ bias) over the same dtype-rounded
+// inputs: M = 1..8 (each through the kernel the host picks, gemv1/2/4/8), odd N (a last
+// block with rows past N), K not a multiple of a warp's stride, K crossing the shared-memory
+// chunk of x (8192 16-bit values or 4096 f32 for M = 1, fewer for larger M), f32/f16/bf16,
+// with and without bias, warps in forward, reverse and random order.
+//
+// The bound per element is tight enough that one missing or doubled 16-byte vector fails:
+// half an ulp of the dtype at |ref| (the one output rounding) plus 64 f32 ulps of
+// sum |x w| (the f32 accumulation; the real error is far below).
+//
+//   gemv_check      exit status 1 if any case is off
+#include "cuda_emu.h"
+// clang-format off
+#include "common.cuh"
+#include "gemv.cu"
+// clang-format on
+#include "cuda_emu_end.h"
+#include "emu_tensor.h"
+
+namespace {
+
+using kiln_emu::Order;
+using kiln_emu_tensor::Buffer;
+using kiln_emu_tensor::DType;
+using kiln_emu_tensor::dtype_name;
+using kiln_emu_tensor::round_to;
+
+using GemvFn = void (*)(void*, const void*, const void*, const void*, int, int, int, int);
+
+// The kernel the host (src/backend/cuda/gemv.rs) launches for m rows.
+GemvFn pick(DType d, int m) {
+    const int mt = m <= 1 ? 1 : (m <= 2 ? 2 : (m <= 4 ? 4 : 8));
+#define KILN_PICK_MT(MT)                                                          \
+    if (mt == MT) {                                                               \
+        if (d == DType::F32) return reinterpret_cast<GemvFn>(gemv##MT##_f32);     \
+        if (d == DType::F16) return reinterpret_cast<GemvFn>(gemv##MT##_f16);     \
+        return reinterpret_cast<GemvFn>(gemv##MT##_bf16);                         \
+    }
+    KILN_PICK_MT(1)
+    KILN_PICK_MT(2)
+    KILN_PICK_MT(4)
+    KILN_PICK_MT(8)
+#undef KILN_PICK_MT
+    return nullptr;
+}
+
+std::mt19937 rng(11);
+
+std::vector<float> random(DType d, size_t n, float range) {
+    std::uniform_real_distribution<float> u(-range, range);
+    std::vector<float> v(n);
+    for (float& x : v) x = round_to(d, u(rng));
+    return v;
+}
+
+int failures = 0;
+int cases = 0;
+
+void check(DType d, int m, int n, int k, bool bias, Order order) {
+    const std::vector<float> x = random(d, static_cast<size_t>(m) * k, 1.0f);
+    const std::vector<float> w = random(d, static_cast<size_t>(n) * k, 1.0f);
+    const std::vector<float> b = random(d, n, 4.0f);
+    Buffer xb(d, x), wb(d, w), bb(d, b), y = Buffer::unwritten(d, static_cast<size_t>(m) * n);
+    GemvFn kernel = pick(d, m);
+    const unsigned blocks = static_cast<unsigned>((n + GEMV_WARPS * GEMV_ROWS_PER_WARP - 1) /
+                                                  (GEMV_WARPS * GEMV_ROWS_PER_WARP));
+    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, order, 3, [&] {
+        kernel(y.data(), xb.data(), wb.data(), bias ? bb.data() : wb.data(), m, n, k,
+               bias ? 1 : 0);
+    });
+    const double round_rel = d == DType::F32 ? 0.0 : (d == DType::F16 ? 0x1p-11 : 0x1p-8);
+    double worst_ratio = 0.0;
+    size_t at = 0;
+    double at_want = 0.0;
+    for (int i = 0; i < m; ++i) {
+        for (int j = 0; j < n; ++j) {
+            double dot = 0.0, mag = 0.0;
+            for (int t = 0; t < k; ++t) {
+                const double p = static_cast<double>(x[static_cast<size_t>(i) * k + t]) *
+                                 w[static_cast<size_t>(j) * k + t];
+                dot += p;
+                mag += std::fabs(p);
+            }
+            if (bias) {
+                dot += b[j];
+                mag += std::fabs(b[j]);
+            }
+            const size_t idx = static_cast<size_t>(i) * n + j;
+            const double err = std::fabs(static_cast<double>(y.at(idx)) - dot);
+            const double allowed = round_rel * std::fabs(dot) + 64.0 * 0x1p-24 * mag + 1e-30;
+            const double ratio = std::isnan(err) ? INFINITY : err / allowed;
+            if (ratio > worst_ratio) {
+                worst_ratio = ratio;
+                at = idx;
+                at_want = dot;
+            }
+        }
+    }
+    const bool ok = worst_ratio <= 1.0;
+    failures += ok ? 0 : 1;
+    ++cases;
+    const char* order_name =
+        order == Order::Forward ? "fwd" : (order == Order::Reverse ? "rev" : "rand");
+    std::printf("%s  gemv m=%d n=%-5d k=%-5d %-7s %-4s %-4s  worst err/bound %.3f", ok ? "ok  " : "FAIL",
+                m, n, k, bias ? "+bias" : "", order_name, dtype_name(d), worst_ratio);
+    if (!ok) std::printf("  at [%zu, %zu]: got %g want %g", at / n, at % n, y.at(at), at_want);
+    std::printf("\n");
+}
+
+}  // namespace
+
+int main() {
+    for (DType d : {DType::F32, DType::F16, DType::BF16}) {
+        std::printf("== %s\n", dtype_name(d));
+        // Every M through its kernel, odd N (last block partly past N), K = 17 vectors of
+        // bf16 (not a multiple of 32 lanes, nor of the unroll).
+        for (int m = 1; m <= 8; ++m) {
+            check(d, m, 37, 136, m % 3 == 0, m % 2 ? Order::Forward : Order::Reverse);
+        }
+        // Tiny: one output, one vector (f32: two).
+        check(d, 1, 1, 8, false, Order::Forward);
+        check(d, 3, 5, 8, true, Order::Random);
+        // K crossing the x chunk for M = 1 (8192 16-bit / 4096 f32 values per chunk) and
+        // several chunks for M = 8 (1024 / 512 values per chunk); many unrolled iterations.
+        check(d, 1, 13, 8200, false, Order::Random);
+        check(d, 2, 11, 4104, true, Order::Reverse);
+        check(d, 5, 9, 1032, false, Order::Forward);
+        check(d, 8, 17, 2056, true, Order::Random);
+        // Exactly filled blocks and a long K with all lanes busy.
+        check(d, 1, 16, 4096, false, Order::Forward);
+        check(d, 4, 24, 1024, true, Order::Reverse);
+    }
+    std::printf("%d cases: %s\n", cases,
+                failures == 0 ? "the gemv kernels match the reference" : "SOME CASES FAILED");
+    return failures == 0 ? 0 : 1;
+}
