@@ -81,16 +81,12 @@ if [ -x "$BUNDLE/probe/probe.sh" ]; then
     step split_k_probe 120 no split_k_probe.txt -- "$BUNDLE/probe/probe.sh" "$OUT/split_k_probe"
 fi
 
-# The split-K decode attention kernel is opt-in until it passes here.
-if [ "${SPLIT_K:-0}" = 1 ]; then
-    step selftest_split_k 120 no selftest_split_k.json -- \
-        env KILN_SPLIT_K_DECODE=1 "$KILN" selftest --json
-fi
-
-# Device sampling (kernels/sampling_draw.cu) is opt-in until its selftest case passes here:
-# the device's tokens against the host sampler's for the same logits, parameters and u.
-step selftest_gpu_sampling 150 no selftest_gpu_sampling.json -- \
-    env KILN_GPU_SAMPLING=1 "$KILN" selftest --json
+# The split-K decode attention kernel and device sampling (kernels/sampling_draw.cu) are
+# opt-in until they pass here: one more selftest with both on (the split-K rows replace the
+# generic attention rows the first selftest checked; the sampling case compares the device's
+# tokens with the host sampler's for the same logits, parameters and u).
+step selftest_split_k_sampling 150 no selftest_split_k_sampling.json -- \
+    env KILN_SPLIT_K_DECODE=1 KILN_GPU_SAMPLING=1 "$KILN" selftest --json
 
 # The fixtures on the GPU must give the CPU reference's logits and greedy tokens.
 for arch in $ARCHS; do
@@ -172,6 +168,14 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b.json"
 else
     printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"
+fi
+
+# Decode without the GEMV kernel (cuBLAS for every linear), for its A/B in the same run.
+if "$KILN" bench latency --help >/dev/null 2>&1; then
+    step bench_latency_8b_no_gemv 120 no bench_latency_8b_no_gemv.txt -- \
+        env KILN_GEMV=0 "$KILN" bench latency --device cuda --model llama-3.1-8b \
+        --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
+        --output-len 32 --batch-sizes 1,8 --result-json "$OUT/bench_latency_8b_no_gemv.json"
 fi
 
 # Decode with every kernel launched from the host, for the CUDA-graph A/B in the same run.
