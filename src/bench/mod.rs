@@ -2,6 +2,7 @@
 //! HTTP load generator for any OpenAI-compatible server.
 
 pub mod all_reduce;
+pub mod image;
 pub mod latency;
 pub mod prompts;
 pub mod serve;
@@ -23,6 +24,8 @@ pub enum BenchCommand {
     AllReduce(all_reduce::AllReduceArgs),
     /// Load-test an OpenAI-compatible server over HTTP (vLLM `bench serve` metrics).
     Serve(serve::ServeBenchArgs),
+    /// A diffusion pipeline end to end: stage times, UNet it/s and TFLOP/s.
+    Image(image::ImageBenchArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -31,6 +34,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Throughput(a) => throughput::run(a),
         BenchCommand::Serve(a) => serve::run(a),
         BenchCommand::AllReduce(a) => all_reduce::run(a),
+        BenchCommand::Image(a) => image::run(a),
     }
 }
 

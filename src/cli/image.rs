@@ -5,8 +5,9 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{device_count, CudaBackend};
 use crate::backend::image_ops::ImageOps;
 use crate::backend::DType;
-use crate::diffusion::{png, ImageRequest, Pipeline};
-use crate::launch::{device, Device, DeviceArg};
+use crate::diffusion::presets::{self, PipelineFiles};
+use crate::diffusion::{png, ImageRequest, Pipeline, PipelineWeights};
+use crate::launch::{device, Device, DeviceArg, LoadFormat};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -14,8 +15,12 @@ use std::path::{Path, PathBuf};
 pub struct ImageArgs {
     /// A diffusers pipeline: a directory (model_index.json, unet/, vae/, text_encoder/, ...)
     /// or a hub repo id, fetched into the HF cache.
+    /// With --load-format dummy also a built-in preset (sd-1.5, sd-turbo).
     #[arg(long, env = "KILN_IMAGE_MODEL")]
     pub model: PathBuf,
+    /// dummy: random weights of the config's shapes (benchmarks; the images are noise).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub load_format: LoadFormat,
     #[arg(long)]
     pub prompt: String,
     #[arg(long)]
@@ -59,22 +64,40 @@ fn output_path(out: &Path, i: usize, n: usize) -> PathBuf {
 
 pub fn run(args: ImageArgs) -> Result<()> {
     let name = args.model.to_string_lossy().into_owned();
-    let dir = crate::launch::images::pipeline_dir(&name, None)?.with_context(|| {
-        format!("{name} is not a diffusers pipeline (no model_index.json, locally or on the hub)")
-    })?;
+    let preset = presets::preset(&name).filter(|_| !args.model.exists());
+    let files = match preset {
+        Some(p) if args.load_format == LoadFormat::Dummy => PipelineFiles::Preset(p),
+        _ => PipelineFiles::Dir(
+            crate::launch::images::pipeline_dir(&name, None)?.with_context(|| {
+                let hint = if preset.is_some() {
+                    " (it is a config-only preset: add --load-format dummy)"
+                } else {
+                    ""
+                };
+                format!(
+                    "{name} is not a diffusers pipeline (no model_index.json, locally or on the \
+                     hub){hint}"
+                )
+            })?,
+        ),
+    };
     match device::resolve(args.device, device_count)? {
-        Device::Cpu => generate_on(CpuBackend::new(), &dir, args),
+        Device::Cpu => generate_on(CpuBackend::new(), &files, args),
         Device::Cuda(ordinal) => {
             let backend = CudaBackend::new(ordinal)
                 .with_context(|| format!("opening CUDA device {ordinal}"))?;
-            generate_on(backend, &dir, args)
+            generate_on(backend, &files, args)
         }
     }
 }
 
-fn generate_on<B: ImageOps>(be: B, dir: &Path, args: ImageArgs) -> Result<()> {
-    let pipeline = Pipeline::load(be, dir, args.dtype)
-        .with_context(|| format!("loading the pipeline in {}", dir.display()))?;
+fn generate_on<B: ImageOps>(be: B, files: &PipelineFiles, args: ImageArgs) -> Result<()> {
+    let weights = match args.load_format {
+        LoadFormat::Dummy => PipelineWeights::Dummy { seed: args.seed },
+        LoadFormat::Auto | LoadFormat::Safetensors => PipelineWeights::Files,
+    };
+    let pipeline = Pipeline::load_from(be, files, weights, args.dtype)
+        .with_context(|| format!("loading the pipeline {}", files.name()))?;
     let size = pipeline.default_size();
     let req = ImageRequest {
         prompt: args.prompt,

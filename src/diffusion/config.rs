@@ -8,6 +8,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::presets::PipelineFiles;
+
 /// Reads and parses one JSON config file.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
@@ -39,7 +41,12 @@ impl ModelIndex {
         ["StableDiffusionPipeline", "StableDiffusionXLPipeline"];
 
     pub fn read(dir: &Path) -> Result<ModelIndex> {
-        let raw: BTreeMap<String, serde_json::Value> = read_json(&dir.join("model_index.json"))?;
+        Self::from_files(&PipelineFiles::Dir(dir.to_path_buf()))
+    }
+
+    /// `model_index.json` of a directory or a built-in preset.
+    pub fn from_files(files: &PipelineFiles) -> Result<ModelIndex> {
+        let raw: BTreeMap<String, serde_json::Value> = files.json("model_index.json")?;
         let class = raw
             .get("_class_name")
             .and_then(|v| v.as_str())
@@ -209,6 +216,15 @@ fn default_transformer_layers() -> PerBlock {
 }
 
 impl UNetConfig {
+    /// `unet/config.json` of a directory or a built-in preset, validated.
+    pub fn from_files(files: &PipelineFiles) -> Result<UNetConfig> {
+        let rel = "unet/config.json";
+        let cfg: UNetConfig = files.json(rel)?;
+        cfg.validate()
+            .with_context(|| format!("in {}", files.describe(rel)))?;
+        Ok(cfg)
+    }
+
     pub fn read(path: &Path) -> Result<UNetConfig> {
         let cfg: UNetConfig = read_json(path)?;
         cfg.validate()
@@ -351,6 +367,15 @@ pub struct VaeConfig {
 }
 
 impl VaeConfig {
+    /// `vae/config.json` of a directory or a built-in preset, validated.
+    pub fn from_files(files: &PipelineFiles) -> Result<VaeConfig> {
+        let rel = "vae/config.json";
+        let cfg: VaeConfig = files.json(rel)?;
+        cfg.validate()
+            .with_context(|| format!("in {}", files.describe(rel)))?;
+        Ok(cfg)
+    }
+
     pub fn read(path: &Path) -> Result<VaeConfig> {
         let cfg: VaeConfig = read_json(path)?;
         cfg.validate()
@@ -411,6 +436,11 @@ fn default_eos() -> u32 {
 }
 
 impl ClipConfig {
+    /// `<component>/config.json` (`text_encoder`, `text_encoder_2`) of a directory or preset.
+    pub fn from_files(files: &PipelineFiles, component: &str) -> Result<ClipConfig> {
+        files.json(&format!("{component}/config.json"))
+    }
+
     pub fn read(path: &Path) -> Result<ClipConfig> {
         read_json(path)
     }

@@ -4,7 +4,7 @@
 use crate::backend::image_ops::ImageOps;
 use crate::backend::DType;
 use crate::model::weights::WeightSource;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// Weights under a name prefix (`unet.down_blocks.0.`), uploaded to the backend as loaded.
 pub struct Weights<'a, B: ImageOps> {
@@ -42,9 +42,15 @@ impl<'a, B: ImageOps> Weights<'a, B> {
         self.src.contains(&format!("{}{name}", self.prefix))
     }
 
-    /// One tensor, checked against `shape`.
+    /// One tensor, checked against `shape`. Generated (dummy) weights are computed on the
+    /// device where the backend can, as the LLM loader does: no host values, no upload.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<B::Tensor> {
         let full = format!("{}{name}", self.prefix);
+        if let Some(part) = self.src.generated(&full, shape, None) {
+            if let Some(t) = self.be.generate(&[part], shape, self.dtype) {
+                return t.with_context(|| format!("generating {full} on {}", self.be.name()));
+            }
+        }
         self.be.upload(self.src.tensor(&full, shape, self.dtype)?)
     }
 }

@@ -5,13 +5,14 @@
 use super::clip::ClipTextModel;
 use super::config::{ClipConfig, ModelIndex, PipelineKind, UNetConfig, VaeConfig};
 use super::nn::Weights;
+use super::presets::PipelineFiles;
 use super::scheduler::SchedulerConfig;
 use super::tokenizer::ClipTokenizer;
 use super::unet::{TextTime, UNet};
 use super::vae::VaeDecoder;
 use crate::backend::image_ops::ImageOps;
 use crate::backend::DType;
-use crate::model::weights::SafetensorsWeights;
+use crate::model::weights::{DummyWeights, GeneratedPart, SafetensorsWeights, Slice, WeightSource};
 use anyhow::{Context, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -60,6 +61,25 @@ impl GeneratedImages {
             .map(|&v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
             .collect()
     }
+}
+
+/// The stages of a generation, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The prompts are encoded (the UNet's conditioning is queued).
+    TextEncoded,
+    /// The denoising loop is queued.
+    Denoised,
+    /// The VAE decoded the latents and the pixels are on the host.
+    Decoded,
+}
+
+/// What a caller hears of a running generation.
+pub trait Progress {
+    /// After denoising step `done` of `total`.
+    fn step(&mut self, _done: usize, _total: usize) {}
+    /// At the end of each stage.
+    fn stage(&mut self, _stage: Stage) {}
 }
 
 /// What the UNet is conditioned on, for the whole guided batch.
@@ -118,39 +138,143 @@ fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     )
 }
 
+/// Where a pipeline's weights come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PipelineWeights {
+    /// The safetensors files of the pipeline directory.
+    Files,
+    /// Random values of the right shapes (`--load-format dummy`), generated on the device
+    /// where the backend can.
+    Dummy { seed: u64 },
+}
+
+/// Dummy weights of one component, with the names its real checkpoint has: a
+/// `CLIPTextModel` has no `text_projection` (its config's `projection_dim` notwithstanding).
+/// Norm weights are ones, every other value uniform in [-0.02, 0.02) (see [`DummyWeights`]):
+/// activations keep a sane scale through the UNet and stay finite over many steps.
+struct DummyComponent {
+    inner: DummyWeights,
+    projection: bool,
+}
+
+/// A norm's scale (`norm1.weight`, `conv_norm_out.weight`, `layer_norm2.weight`, ...).
+fn is_norm_scale(name: &str) -> bool {
+    name.ends_with(".weight")
+        && name
+            .rsplit('.')
+            .nth(1)
+            .is_some_and(|layer| layer.contains("norm"))
+}
+
+impl WeightSource for DummyComponent {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<candle_core::Tensor> {
+        if is_norm_scale(name) {
+            return Ok(candle_core::Tensor::ones(
+                shape,
+                dtype.to_candle(),
+                &candle_core::Device::Cpu,
+            )?);
+        }
+        self.inner.tensor(name, shape, dtype)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.projection || name != "text_projection.weight"
+    }
+
+    fn generated(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: Option<&Slice>,
+    ) -> Option<GeneratedPart> {
+        if is_norm_scale(name) {
+            return None;
+        }
+        self.inner.generated(name, shape, slice)
+    }
+}
+
+/// The weights of `component` (`unet`, `text_encoder`, ...), whose files are `<stem>.safetensors`.
+fn component_weights(
+    files: &PipelineFiles,
+    weights: PipelineWeights,
+    index: &ModelIndex,
+    component: &str,
+    stem: &str,
+) -> Result<Box<dyn WeightSource>> {
+    match weights {
+        PipelineWeights::Files => {
+            let dir = files.dir().with_context(|| {
+                format!(
+                    "{} is a config-only preset: use it with --load-format dummy",
+                    files.name()
+                )
+            })?;
+            Ok(Box::new(SafetensorsWeights::open(&weight_files(
+                &dir.join(component),
+                stem,
+            )?)?))
+        }
+        PipelineWeights::Dummy { seed } => Ok(Box::new(DummyComponent {
+            inner: DummyWeights { seed },
+            projection: index
+                .components
+                .get(component)
+                .is_some_and(|class| class == "CLIPTextModelWithProjection"),
+        })),
+    }
+}
+
 impl<B: ImageOps> Pipeline<B> {
     /// Loads a diffusers pipeline directory.
     pub fn load(be: B, dir: &Path, dtype: DType) -> Result<Self> {
-        let index = ModelIndex::read(dir)?;
-        let clip_config = ClipConfig::read(&dir.join("text_encoder/config.json"))?;
-        let unet_config = UNetConfig::read(&dir.join("unet/config.json"))?;
-        let vae_config = VaeConfig::read(&dir.join("vae/config.json"))?;
-        let scheduler = SchedulerConfig::read(&dir.join("scheduler/scheduler_config.json"))?;
-        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        Self::load_from(
+            be,
+            &PipelineFiles::Dir(dir.to_path_buf()),
+            PipelineWeights::Files,
+            dtype,
+        )
+    }
 
-        let te_src = SafetensorsWeights::open(&weight_files(&dir.join("text_encoder"), "model")?)?;
-        let text_encoder = ClipTextModel::load(&Weights::new(&be, &te_src, dtype), &clip_config)
-            .context("loading the text encoder")?;
-        let unet_src =
-            SafetensorsWeights::open(&weight_files(&dir.join("unet"), "diffusion_pytorch_model")?)?;
-        let unet = UNet::load(&Weights::new(&be, &unet_src, dtype), &unet_config)
+    /// Loads a pipeline from a directory or a built-in preset, with its weights or dummy ones.
+    pub fn load_from(
+        be: B,
+        files: &PipelineFiles,
+        weights: PipelineWeights,
+        dtype: DType,
+    ) -> Result<Self> {
+        let index = ModelIndex::from_files(files)?;
+        let clip_config = ClipConfig::from_files(files, "text_encoder")?;
+        let unet_config = UNetConfig::from_files(files)?;
+        let vae_config = VaeConfig::from_files(files)?;
+        let scheduler = SchedulerConfig::from_files(files)?;
+        let tokenizer = ClipTokenizer::from_files(files, "tokenizer")?;
+        let source = |component: &str, stem: &str| {
+            component_weights(files, weights, &index, component, stem)
+        };
+
+        let te_src = source("text_encoder", "model")?;
+        let text_encoder =
+            ClipTextModel::load(&Weights::new(&be, te_src.as_ref(), dtype), &clip_config)
+                .context("loading the text encoder")?;
+        let unet_src = source("unet", "diffusion_pytorch_model")?;
+        let unet = UNet::load(&Weights::new(&be, unet_src.as_ref(), dtype), &unet_config)
             .context("loading the UNet")?;
-        let vae_src =
-            SafetensorsWeights::open(&weight_files(&dir.join("vae"), "diffusion_pytorch_model")?)?;
-        let vae = VaeDecoder::load(&Weights::new(&be, &vae_src, dtype), &vae_config)
+        let vae_src = source("vae", "diffusion_pytorch_model")?;
+        let vae = VaeDecoder::load(&Weights::new(&be, vae_src.as_ref(), dtype), &vae_config)
             .context("loading the VAE")?;
         let (second, context_width) = if index.kind == PipelineKind::StableDiffusionXL {
-            let config = ClipConfig::read(&dir.join("text_encoder_2/config.json"))?;
-            let src =
-                SafetensorsWeights::open(&weight_files(&dir.join("text_encoder_2"), "model")?)?;
-            let model = ClipTextModel::load(&Weights::new(&be, &src, dtype), &config)
+            let config = ClipConfig::from_files(files, "text_encoder_2")?;
+            let src = source("text_encoder_2", "model")?;
+            let model = ClipTextModel::load(&Weights::new(&be, src.as_ref(), dtype), &config)
                 .context("loading the second text encoder")?;
             anyhow::ensure!(
                 model.has_projection(),
                 "text_encoder_2 has no text_projection (SDXL needs its pooled embeds)"
             );
             let second = SecondEncoder {
-                tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?,
+                tokenizer: ClipTokenizer::from_files(files, "tokenizer_2")?,
                 model,
             };
             (Some(second), clip_config.hidden_size + config.hidden_size)
@@ -195,6 +319,9 @@ impl<B: ImageOps> Pipeline<B> {
     }
     pub fn unet(&self) -> &UNet<B> {
         &self.unet
+    }
+    pub fn unet_config(&self) -> &UNetConfig {
+        &self.unet_config
     }
     pub fn vae(&self) -> &VaeDecoder<B> {
         &self.vae
@@ -348,11 +475,28 @@ impl<B: ImageOps> Pipeline<B> {
         req: &ImageRequest,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<GeneratedImages> {
+        struct Steps<'a>(&'a mut dyn FnMut(usize, usize));
+        impl Progress for Steps<'_> {
+            fn step(&mut self, done: usize, total: usize) {
+                (self.0)(done, total)
+            }
+        }
+        self.generate_observed(req, &mut Steps(on_step))
+    }
+
+    /// [`Pipeline::generate`], telling `progress` of each step and the end of each stage
+    /// (for benchmarks: a stage's work is queued, not necessarily done, when it is told).
+    pub fn generate_observed(
+        &self,
+        req: &ImageRequest,
+        progress: &mut dyn Progress,
+    ) -> Result<GeneratedImages> {
         self.validate(req)?;
         let be = &self.be;
         let schedule = self.scheduler.build(req.steps)?;
         let guided = req.guidance_scale > 1.0;
         let cond = self.encode_prompts(req, guided)?;
+        progress.stage(Stage::TextEncoded);
         let added = cond.text_embeds.as_ref().map(|text_embeds| TextTime {
             text_embeds,
             time_ids: &cond.time_ids,
@@ -401,9 +545,11 @@ impl<B: ImageOps> Pipeline<B> {
                 let noise = be.tensor_from_f32(normal(count), &dims, self.dtype)?;
                 latents = be.lincomb(&latents, 1.0, &noise, rule.noise)?;
             }
-            on_step(i + 1, total);
+            progress.step(i + 1, total);
         }
+        progress.stage(Stage::Denoised);
         let pixels = self.decode_to_pixels(&latents)?;
+        progress.stage(Stage::Decoded);
         Ok(GeneratedImages {
             width: req.width,
             height: req.height,

@@ -3,11 +3,11 @@
 //! pre-tokenizer and BPE as HF's fast CLIP tokenizer, then `[start] ids [end] [pad]...`
 //! truncated and padded to `model_max_length`.
 
-use super::config::read_json;
+use super::presets::PipelineFiles;
 use anyhow::{anyhow, Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Replace, Sequence, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
@@ -45,16 +45,39 @@ fn added_token(v: &serde_json::Value) -> Option<AddedToken> {
     )
 }
 
+/// `merges.txt`: an optional `#version` line, then one `left right` pair per line.
+fn parse_merges(text: &str) -> Result<Vec<(String, String)>> {
+    text.lines()
+        .enumerate()
+        .filter(|(i, line)| !(*i == 0 && line.starts_with("#version")) && !line.is_empty())
+        .map(|(i, line)| {
+            let (a, b) = line
+                .split_once(' ')
+                .with_context(|| format!("line {} is not a merge: '{line}'", i + 1))?;
+            Ok((a.to_string(), b.to_string()))
+        })
+        .collect()
+}
+
 impl ClipTokenizer {
     pub fn from_dir(dir: &Path) -> Result<ClipTokenizer> {
-        let vocab = dir.join("vocab.json");
-        let merges = dir.join("merges.txt");
-        let (vocab_s, merges_s) = (
-            vocab.to_str().context("non-UTF-8 path")?,
-            merges.to_str().context("non-UTF-8 path")?,
-        );
+        let parent = dir.parent().unwrap_or(Path::new("")).to_path_buf();
+        let component = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("non-UTF-8 tokenizer path")?;
+        Self::from_files(&PipelineFiles::Dir(parent), component)
+    }
+
+    /// The tokenizer in `component/` (`tokenizer`, `tokenizer_2`) of a directory or preset.
+    pub fn from_files(files: &PipelineFiles, component: &str) -> Result<ClipTokenizer> {
+        let vocab_rel = format!("{component}/vocab.json");
+        let vocab: HashMap<String, u32> = files.json(&vocab_rel)?;
+        let vocab: Vocab = vocab.into_iter().collect();
+        let merges = parse_merges(&files.text(&format!("{component}/merges.txt"))?)
+            .with_context(|| files.describe(&format!("{component}/merges.txt")))?;
         let config: BTreeMap<String, serde_json::Value> =
-            read_json(&dir.join("tokenizer_config.json"))?;
+            files.json(&format!("{component}/tokenizer_config.json"))?;
         let special = |key: &str, default: &str| {
             config
                 .get(key)
@@ -62,11 +85,12 @@ impl ClipTokenizer {
                 .unwrap_or_else(|| default.to_string())
         };
         let unk = special("unk_token", "<|endoftext|>");
-        let bpe = BPE::from_file(vocab_s, merges_s)
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
             .end_of_word_suffix("</w>".into())
             .unk_token(unk)
             .build()
-            .map_err(|e| anyhow!("loading CLIP BPE from {}: {e}", dir.display()))?;
+            .map_err(|e| anyhow!("loading CLIP BPE from {}: {e}", files.describe(&vocab_rel)))?;
         let mut inner = Tokenizer::new(bpe);
         let normalizer = Sequence::new(vec![
             NormalizerWrapper::from(NFC),

@@ -125,6 +125,12 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// `scheduler/scheduler_config.json` of a directory or a built-in preset.
+    pub fn from_files(files: &super::presets::PipelineFiles) -> Result<SchedulerConfig> {
+        let rel = "scheduler/scheduler_config.json";
+        Self::from_json(files.json(rel)?).with_context(|| format!("in {}", files.describe(rel)))
+    }
+
     pub fn read(path: &Path) -> Result<SchedulerConfig> {
         let value: serde_json::Value = read_json(path)?;
         Self::from_json(value).with_context(|| format!("in {}", path.display()))
