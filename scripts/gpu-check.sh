@@ -170,6 +170,52 @@ else
     printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"
 fi
 
+# Diffusion (issue 9): SD 1.5 at 512x512, 50 Euler steps with CFG, batch 1, and SD-Turbo at
+# 512x512, 1 step, with dummy weights of the real shapes (built-in presets), then diffusers
+# fp16 + SDPA on the same shapes and the same GPU. The wheels of diffusers (the machine has
+# torch and transformers) may be given as DIFFUSERS_WHEELS=dir; they go to a private folder.
+if [ "${IMAGE_BENCH:-1}" = 1 ]; then
+    if "$KILN" bench image --help >/dev/null 2>&1; then
+        step bench_image_sd15 70 no bench_image_sd15.txt -- \
+            "$KILN" bench image --model sd-1.5 --load-format dummy --device cuda --dtype f16 \
+            --width 512 --height 512 --steps "${SD_STEPS:-50}" --guidance-scale 7.5 --batch 1 \
+            --warmup 1 --iters 1 --result-json "$OUT/bench_image_sd15.json"
+        step bench_image_sd_turbo 25 no bench_image_sd_turbo.txt -- \
+            "$KILN" bench image --model sd-turbo --load-format dummy --device cuda --dtype f16 \
+            --width 512 --height 512 --steps 1 --guidance-scale 0 --batch 1 --warmup 2 \
+            --iters 3 --result-json "$OUT/bench_image_sd_turbo.json"
+    else
+        printf '%-28s %-8s %6s  %s\n' bench_image_sd15 SKIPPED - "no 'kiln bench image' in this binary" | tee -a "$SUMMARY"
+    fi
+    DIFFUSERS_BASELINE="$BUNDLE/scripts/diffusers_baseline.py"
+    if [ -f "$DIFFUSERS_BASELINE" ] && python3 -c "import torch, transformers" 2>/dev/null; then
+        if ! python3 -c "import diffusers" 2>/dev/null && [ -d "${DIFFUSERS_WHEELS:-}" ]; then
+            PYLIB="${TMPDIR:-/tmp}/kiln-gpu-check-diffusers"
+            python3 -m pip install --quiet --no-deps --no-index --target "$PYLIB" \
+                "$DIFFUSERS_WHEELS"/*.whl >"$OUT/diffusers_install.log" 2>&1
+            export PYTHONPATH="$PYLIB${PYTHONPATH:+:$PYTHONPATH}"
+        fi
+        if python3 -c "import diffusers" 2>/dev/null; then
+            step diffusers_sd15 50 no diffusers_sd15.json -- \
+                python3 "$DIFFUSERS_BASELINE" --preset sd-1.5 --device cuda --dtype f16 \
+                --width 512 --height 512 --steps 50 --guidance-scale 7.5 --batch 1 \
+                --warmup 1 --iters 2
+            step diffusers_sd_turbo 30 no diffusers_sd_turbo.json -- \
+                python3 "$DIFFUSERS_BASELINE" --preset sd-turbo --device cuda --dtype f16 \
+                --width 512 --height 512 --steps 1 --guidance-scale 0 --batch 1 \
+                --warmup 2 --iters 3
+        else
+            printf '%-28s %-8s %6s  %s\n' diffusers_sd15 SKIPPED - "no diffusers (set DIFFUSERS_WHEELS)" | tee -a "$SUMMARY"
+        fi
+    fi
+    for f in "$OUT"/bench_image_*.txt; do
+        [ -s "$f" ] && grep -h "^median" "$f" | sed "s|^|$(basename "$f" .txt): |" | tee -a "$SUMMARY"
+    done
+    for f in "$OUT"/diffusers_*.json; do
+        [ -s "$f" ] && python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); m=r["median"]; print("%s: median %.3f s, UNet %.2f it/s" % (sys.argv[1].rsplit("/",1)[-1], m["total_s"], m["unet_it_per_s"]))' "$f" | tee -a "$SUMMARY"
+    done
+fi
+
 # Decode without the GEMV kernel (cuBLAS for every linear), for its A/B in the same run.
 if "$KILN" bench latency --help >/dev/null 2>&1; then
     step bench_latency_8b_no_gemv 120 no bench_latency_8b_no_gemv.txt -- \
@@ -254,51 +300,6 @@ if [ "${HF:-1}" = 1 ] && [ -f "$HF_BASELINE" ] && python3 -c "import torch, tran
         --input-len 128 --output-len 128 --prefill-len 1024 --mode static-compiled
 fi
 
-# Diffusion (issue 9): SD 1.5 at 512x512, 50 Euler steps with CFG, batch 1, and SD-Turbo at
-# 512x512, 1 step, with dummy weights of the real shapes (built-in presets), then diffusers
-# fp16 + SDPA on the same shapes and the same GPU. The wheels of diffusers (the machine has
-# torch and transformers) may be given as DIFFUSERS_WHEELS=dir; they go to a private folder.
-if [ "${IMAGE_BENCH:-1}" = 1 ]; then
-    if "$KILN" bench image --help >/dev/null 2>&1; then
-        step bench_image_sd15 45 no bench_image_sd15.txt -- \
-            "$KILN" bench image --model sd-1.5 --load-format dummy --device cuda --dtype f16 \
-            --width 512 --height 512 --steps 50 --guidance-scale 7.5 --batch 1 --warmup 1 \
-            --iters 2 --result-json "$OUT/bench_image_sd15.json"
-        step bench_image_sd_turbo 25 no bench_image_sd_turbo.txt -- \
-            "$KILN" bench image --model sd-turbo --load-format dummy --device cuda --dtype f16 \
-            --width 512 --height 512 --steps 1 --guidance-scale 0 --batch 1 --warmup 2 \
-            --iters 3 --result-json "$OUT/bench_image_sd_turbo.json"
-    else
-        printf '%-28s %-8s %6s  %s\n' bench_image_sd15 SKIPPED - "no 'kiln bench image' in this binary" | tee -a "$SUMMARY"
-    fi
-    DIFFUSERS_BASELINE="$BUNDLE/scripts/diffusers_baseline.py"
-    if [ -f "$DIFFUSERS_BASELINE" ] && python3 -c "import torch, transformers" 2>/dev/null; then
-        if ! python3 -c "import diffusers" 2>/dev/null && [ -d "${DIFFUSERS_WHEELS:-}" ]; then
-            PYLIB="${TMPDIR:-/tmp}/kiln-gpu-check-diffusers"
-            python3 -m pip install --quiet --no-deps --no-index --target "$PYLIB" \
-                "$DIFFUSERS_WHEELS"/*.whl >"$OUT/diffusers_install.log" 2>&1
-            export PYTHONPATH="$PYLIB${PYTHONPATH:+:$PYTHONPATH}"
-        fi
-        if python3 -c "import diffusers" 2>/dev/null; then
-            step diffusers_sd15 50 no diffusers_sd15.json -- \
-                python3 "$DIFFUSERS_BASELINE" --preset sd-1.5 --device cuda --dtype f16 \
-                --width 512 --height 512 --steps 50 --guidance-scale 7.5 --batch 1 \
-                --warmup 1 --iters 2
-            step diffusers_sd_turbo 30 no diffusers_sd_turbo.json -- \
-                python3 "$DIFFUSERS_BASELINE" --preset sd-turbo --device cuda --dtype f16 \
-                --width 512 --height 512 --steps 1 --guidance-scale 0 --batch 1 \
-                --warmup 2 --iters 3
-        else
-            printf '%-28s %-8s %6s  %s\n' diffusers_sd15 SKIPPED - "no diffusers (set DIFFUSERS_WHEELS)" | tee -a "$SUMMARY"
-        fi
-    fi
-    for f in "$OUT"/bench_image_*.txt; do
-        [ -s "$f" ] && grep -h "^median" "$f" | sed "s|^|$(basename "$f" .txt): |" | tee -a "$SUMMARY"
-    done
-    for f in "$OUT"/diffusers_*.json; do
-        [ -s "$f" ] && python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); m=r["median"]; print("%s: median %.3f s, UNet %.2f it/s" % (sys.argv[1].rsplit("/",1)[-1], m["total_s"], m["unet_it_per_s"]))' "$f" | tee -a "$SUMMARY"
-    done
-fi
 
 # Headline numbers, pulled out of the logs for the summary.
 grep -ho "weights loaded in [0-9.]* s" "$OUT"/generate_8b_dummy.log 2>/dev/null |
