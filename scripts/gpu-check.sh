@@ -81,12 +81,10 @@ if [ -x "$BUNDLE/probe/probe.sh" ]; then
     step split_k_probe 120 no split_k_probe.txt -- "$BUNDLE/probe/probe.sh" "$OUT/split_k_probe"
 fi
 
-# The split-K decode attention kernel and device sampling (kernels/sampling_draw.cu) are
-# opt-in until they pass here: one more selftest with both on (the split-K rows replace the
-# generic attention rows the first selftest checked; the sampling case compares the device's
-# tokens with the host sampler's for the same logits, parameters and u).
-step selftest_split_k_sampling 150 no selftest_split_k_sampling.json -- \
-    env KILN_SPLIT_K_DECODE=1 KILN_GPU_SAMPLING=1 "$KILN" selftest --json
+# The selftest above runs split-K decode attention and device sampling (both default); this
+# one checks the generic decode attention kernel that KILN_SPLIT_K_DECODE=0 selects.
+step selftest_generic_decode 150 no selftest_generic_decode.json -- \
+    env KILN_SPLIT_K_DECODE=0 KILN_GPU_SAMPLING=0 "$KILN" selftest --json
 
 # The fixtures on the GPU must give the CPU reference's logits and greedy tokens.
 for arch in $ARCHS; do
@@ -233,7 +231,7 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
 fi
 
 # Long contexts (4000-token prompts): decode attention reads 0.5 GB of KV per step at batch
-# 8; the generic kernel against the split-K one (KILN_SPLIT_K_DECODE=1), same run.
+# 8; the generic kernel (KILN_SPLIT_K_DECODE=0) against the split-K one, same run.
 if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${LONG:-1}" = 1 ]; then
     for variant in generic split_k; do
         flag=0

@@ -71,9 +71,10 @@ pub struct EngineArgs {
     #[arg(long, env = "KILN_ALL_REDUCE", value_enum, default_value = "auto")]
     pub all_reduce: AllReduceArg,
     /// Sample temperature / top-k / top-p / min-p / penalty rows on the GPU
-    /// (`kernels/sampling_draw.cu`) instead of copying their logits to the host. Opt-in until
-    /// a GPU run has validated it; rows that want logprobs always sample on the host.
-    #[arg(long, env = "KILN_GPU_SAMPLING", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    /// (`kernels/sampling_draw.cu`) instead of copying their logits to the host (default;
+    /// `--gpu-sampling false` samples every row on the host). Rows that want logprobs always
+    /// sample on the host.
+    #[arg(long, env = "KILN_GPU_SAMPLING", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub gpu_sampling: bool,
     /// Launch every kernel of every step from the host; without it, decode steps of up to
     /// 256 sequences on a single GPU are recorded as CUDA graphs (one per batch-size bucket

@@ -173,8 +173,8 @@ pub trait Backend: Send + Sync {
     /// Samples the given rows of `logits: [rows, vocab]` on the device, one [`DrawRow`]
     /// (parameters, penalty tokens, the host's uniform `u`) per selected row, with the
     /// semantics of `engine::sampler::sample` (without logprobs). `None`: the backend does
-    /// not sample on its device, so the caller samples on the host. Called only with
-    /// `--gpu-sampling` (opt-in until a GPU run validates the CUDA kernel).
+    /// not sample on its device, so the caller samples on the host. Called unless
+    /// `--gpu-sampling false`.
     ///
     /// [`DrawRow`]: cuda::sampling_draw_rows::DrawRow
     fn draw_rows(

@@ -14,14 +14,12 @@ use anyhow::{bail, Context, Result};
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use std::sync::OnceLock;
 
-/// Most rows of x routed to the GEMV. Arithmetic (bf16, per weight value, R = 2 weight rows
-/// per warp sharing each x vector): 1 unpack + M/R x unpacks + M FMAs = 2.5 / 4 / 7 / 13
-/// FP32-pipe ops for M = 1 / 2 / 4 / 8 (kernels gemv1/2/4/8). Streaming weights at 4.8 TB/s
-/// leaves about 14 such ops per value on an H200 (132 SMs x 128 lanes x 1.98 GHz / 2.4e12
-/// values/s), so M = 8 would be ALU-bound at ~95% of the pipe while cuBLAS's 8-wide tile
-/// costs the same at M = 8 as at M = 1; up to 4 the GEMV keeps a 2x margin.
-/// `kiln selftest` times both at M = 1, 2, 4, 8 to revisit this.
-pub const GEMV_MAX_ROWS: usize = 4;
+/// Most rows of x routed to the GEMV, from `kiln selftest` on an H200 (bf16, time of the
+/// GEMV over cuBLAS's at qkv / gate_up / down / lm head): M = 1: 0.73 / 0.98 / 1.03 / 0.97;
+/// M = 2: 0.90 / 1.02 / 1.10 / 0.98; M = 4: 1.28 / 1.18 / 1.32 / 1.10. At M = 4 the kernel
+/// turns ALU-bound (per weight value 1 unpack + M/2 x unpacks + M FMAs, against ~14 FP32 ops
+/// of headroom per value streamed at 4.8 TB/s), so it serves one or two rows.
+pub const GEMV_MAX_ROWS: usize = 2;
 
 /// Most rows any GEMV kernel serves (`gemv8`).
 pub const GEMV_KERNEL_MAX_ROWS: usize = 8;

@@ -138,7 +138,7 @@ pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
         body: include_str!("../../../kernels/attention_softmax.cu"),
         ops: &["attention_softmax"],
     },
-    // Device sampling runs only with --gpu-sampling until a GPU run validates it.
+    // Device sampling (--gpu-sampling, on by default), compiled on first use.
     KernelFile {
         file: "sampling_draw.cu",
         body: include_str!("../../../kernels/sampling_draw.cu"),

@@ -20,9 +20,10 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Whether `kiln selftest` runs this case: only while device sampling is opt-in.
+/// Whether `kiln selftest` runs this case: unless device sampling is turned off
+/// (`KILN_GPU_SAMPLING=0` or `false`).
 pub fn enabled() -> bool {
-    std::env::var("KILN_GPU_SAMPLING").is_ok_and(|v| v == "1")
+    std::env::var("KILN_GPU_SAMPLING").map_or(true, |v| v != "0" && v != "false")
 }
 
 fn param_sets() -> Vec<SamplingParams> {
