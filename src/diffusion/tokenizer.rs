@@ -49,7 +49,7 @@ fn added_token(v: &serde_json::Value) -> Option<AddedToken> {
 fn parse_merges(text: &str) -> Result<Vec<(String, String)>> {
     text.lines()
         .enumerate()
-        .filter(|(i, line)| !(*i == 0 && line.starts_with("#version")) && !line.is_empty())
+        .filter(|(i, line)| !(line.is_empty() || (*i == 0 && line.starts_with("#version"))))
         .map(|(i, line)| {
             let (a, b) = line
                 .split_once(' ')
