@@ -35,23 +35,7 @@
 
 // 16 bytes of K or V; copied as one vector load (rows and chunks are 16-byte aligned: the
 // host checks the cache pointers, and hd * sizeof(T) is a multiple of 16).
-struct alignas(16) DecChunk {
-    unsigned int w[4];
-};
-
-template <typename D>
-__device__ __forceinline__ void dec_unpack(const DecChunk& c, float* out) {
-    if constexpr (sizeof(typename D::T) == 4) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(c.w[i]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            out[2 * i] = D::load((kiln_u16)(c.w[i] & 0xffffu));
-            out[2 * i + 1] = D::load((kiln_u16)(c.w[i] >> 16));
-        }
-    }
-}
+typedef KilnVec16 DecChunk;
 
 // Lanes per key in the score phase: the 16-byte chunks of a row, rounded up to a power of
 // two (shuffle groups must be aligned), at most a warp.
@@ -178,7 +162,7 @@ __device__ __forceinline__ void attention_decode_impl(
 #pragma unroll
             for (int c = 0; c < CPL; ++c) {
                 float kf[VEC];
-                dec_unpack<D>(kraw[u][c], kf);
+                kiln_unpack16<D>(kraw[u][c], kf);
 #pragma unroll
                 for (int g = 0; g < DEC_MAX_HEADS; ++g) {
                     if (g < heads) {
@@ -275,7 +259,7 @@ __device__ __forceinline__ void attention_decode_impl(
                 const int j = base + u * PV_ROWS;
                 if (j < num_keys) {
                     float vf[VEC];
-                    dec_unpack<D>(vraw[u], vf);
+                    kiln_unpack16<D>(vraw[u], vf);
 #pragma unroll
                     for (int g = 0; g < DEC_MAX_HEADS; ++g) {
                         if (g < heads) {

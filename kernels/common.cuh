@@ -61,6 +61,27 @@ struct KilnBF16 {
     M(f16, KilnF16)            \
     M(bf16, KilnBF16)
 
+// 16 bytes of a row of D::T (8 16-bit values or 4 f32), read with one vector load; the
+// caller guarantees 16-byte alignment.
+struct alignas(16) KilnVec16 {
+    unsigned int w[4];
+};
+
+// The values of a KilnVec16 of D::T as f32 (4 for f32, 8 for the 16-bit types).
+template <typename D>
+__device__ __forceinline__ void kiln_unpack16(const KilnVec16& c, float* out) {
+    if constexpr (sizeof(typename D::T) == 4) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(c.w[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            out[2 * i] = D::load((kiln_u16)(c.w[i] & 0xffffu));
+            out[2 * i + 1] = D::load((kiln_u16)(c.w[i] >> 16));
+        }
+    }
+}
+
 // ---- reductions -------------------------------------------------------------------------
 
 #define KILN_FULL_MASK 0xffffffffu

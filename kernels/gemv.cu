@@ -21,23 +21,7 @@
 #define GEMV_SMEM_BYTES 16384
 
 // 16 bytes of a weight or activation row: 8 16-bit values or 4 f32.
-struct alignas(16) GemvVec {
-    unsigned int w[4];
-};
-
-template <typename D>
-__device__ __forceinline__ void gemv_unpack(const GemvVec& c, float* out) {
-    if constexpr (sizeof(typename D::T) == 4) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(c.w[i]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            out[2 * i] = D::load((kiln_u16)(c.w[i] & 0xffffu));
-            out[2 * i + 1] = D::load((kiln_u16)(c.w[i] >> 16));
-        }
-    }
-}
+typedef KilnVec16 GemvVec;
 
 template <typename D, int MT>
 __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
@@ -101,11 +85,11 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                 if (v < cvecs) {
                     float wf[R][PER];
 #pragma unroll
-                    for (int r = 0; r < R; ++r) gemv_unpack<D>(wv[u][r], wf[r]);
+                    for (int r = 0; r < R; ++r) kiln_unpack16<D>(wv[u][r], wf[r]);
 #pragma unroll
                     for (int m = 0; m < MT; ++m) {
                         float xf[PER];
-                        gemv_unpack<D>(xs[m * CHUNK_VECS + v], xf);
+                        kiln_unpack16<D>(xs[m * CHUNK_VECS + v], xf);
 #pragma unroll
                         for (int r = 0; r < R; ++r) {
 #pragma unroll

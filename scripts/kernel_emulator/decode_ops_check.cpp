@@ -27,14 +27,6 @@ using kiln_emu_tensor::DType;
 using kiln_emu_tensor::dtype_name;
 using kiln_emu_tensor::round_to;
 
-template <typename Fn, typename A, typename B, typename C>
-Fn pick(DType d, A f32, B f16, C bf16) {
-    if (d == DType::F32) return reinterpret_cast<Fn>(f32);
-    if (d == DType::F16) return reinterpret_cast<Fn>(f16);
-    return reinterpret_cast<Fn>(bf16);
-}
-#define KILN_PICK(Fn, op, d) pick<Fn>(d, op##_f32, op##_f16, op##_bf16)
-
 std::mt19937 rng(5);
 int failures = 0;
 

@@ -77,4 +77,15 @@ struct Buffer {
     }
 };
 
+// The kernel of an op for dtype d (its _f32, _f16 and _bf16 instantiations), as a function
+// pointer of type Fn taking untyped pointers.
+template <typename Fn, typename A, typename B, typename C>
+Fn pick(DType d, A f32, B f16, C bf16) {
+    if (d == DType::F32) return reinterpret_cast<Fn>(f32);
+    if (d == DType::F16) return reinterpret_cast<Fn>(f16);
+    return reinterpret_cast<Fn>(bf16);
+}
+
 }  // namespace kiln_emu_tensor
+
+#define KILN_PICK(Fn, op, d) kiln_emu_tensor::pick<Fn>(d, op##_f32, op##_f16, op##_bf16)
