@@ -256,6 +256,16 @@ if [ "${NCU:-1}" = 1 ] && [ -n "$NCU_BIN" ]; then
         --prompt "The river town" --max-tokens 4 --ignore-eos
 fi
 
+# Where SD-Turbo's 91 ms go (the eighth run: VAE decode 73 ms, 2.7x diffusers): every
+# kernel's GPU time in one 512x512 1-step image, no warm-up (kernels serialised).
+if [ "${NCU:-1}" = 1 ] && [ -n "$NCU_BIN" ] && "$KILN" bench image --help >/dev/null 2>&1; then
+    step ncu_sd_turbo 150 no ncu_sd_turbo.csv -- \
+        "$NCU_BIN" --metrics gpu__time_duration.sum --csv --clock-control none \
+        --cache-control none "$KILN" bench image --model sd-turbo --load-format dummy \
+        --device cuda --dtype f16 --width 512 --height 512 --steps 1 --guidance-scale 0 \
+        --warmup 0 --iters 1
+fi
+
 # Prefill of one 1024-token prompt (time to first token) and a small model at batch 1.
 if "$KILN" bench latency --help >/dev/null 2>&1; then
     step bench_prefill_8b 90 no bench_prefill_8b.txt -- \
