@@ -484,3 +484,59 @@ fn device_sampling_gives_the_host_samplers_tokens() {
     // The sampled kinds did sample (not all greedy by accident).
     assert_ne!(host[&1].token_ids, host[&0].token_ids);
 }
+
+/// Decode steps recorded as CUDA graphs run on padded batches (extra sequences that store
+/// nothing, block tables padded to a power-of-two width). The CPU backend can run that same
+/// padding eagerly: every request must come out token for token as unpadded, with the
+/// logprobs of its tokens, while requests of different lengths finish at different steps
+/// (so the padding changes from step to step) and blocks are shared by prefix caching.
+#[test]
+fn padded_decode_batches_change_no_sequence() {
+    let run = |padded: bool| {
+        let args = engine_args(&[
+            "--model",
+            fixture("llama").to_str().unwrap(),
+            "--dtype",
+            "float32",
+            "--block-size",
+            "4",
+        ]);
+        let mut loaded = kiln::launch::load_model(&args).unwrap();
+        if padded {
+            loaded.backend = kiln::backend::cpu::CpuBackend::padding_decode_batches();
+        }
+        let mut e = kiln::launch::engine_from(loaded, &args).unwrap();
+        let ps = prompts(&e);
+        let reqs = (0..7u64)
+            .map(|i| {
+                let params = SamplingParams {
+                    logprobs: Some(2),
+                    temperature: if i % 3 == 0 { 0.8 } else { 0.0 },
+                    seed: Some(i),
+                    ..greedy(4 + 3 * i as usize)
+                };
+                (i, ps[i as usize % 4].clone(), params)
+            })
+            .collect();
+        run_all(&mut e, reqs)
+    };
+    let (plain, padded) = (run(false), run(true));
+    for i in 0..7u64 {
+        assert_eq!(padded[&i].token_ids, plain[&i].token_ids, "request {i}");
+        assert_eq!(
+            padded[&i].token_ids.len(),
+            4 + 3 * i as usize,
+            "request {i} ran to its length"
+        );
+        let (a, b) = (&padded[&i].logprobs, &plain[&i].logprobs);
+        assert_eq!(a.len(), b.len(), "request {i}");
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x.logprob - y.logprob).abs() < 1e-4,
+                "request {i}: logprob {} vs {}",
+                x.logprob,
+                y.logprob
+            );
+        }
+    }
+}

@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn group_norm_normalises_each_group() {
-        let be = CpuBackend;
+        let be = CpuBackend::new();
         // 1 sample, 4 channels of 2 pixels, 2 groups.
         let x = t(&[1., 2., 3., 4., 10., 10., 10., 30.], &[1, 4, 2]);
         let ones = t(&[1.; 4], &[4]);
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn causal_attention_of_the_first_query_is_the_first_value() {
-        let be = CpuBackend;
+        let be = CpuBackend::new();
         let q = t(&[1., 0., 0., 1.], &[1, 2, 2]);
         let k = t(&[1., 0., 0., 1.], &[1, 2, 2]);
         let v = t(&[5., 6., 7., 8.], &[1, 2, 2]);
@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn geglu_gates_with_exact_gelu() {
-        let be = CpuBackend;
+        let be = CpuBackend::new();
         let y = vals(&be.geglu(&t(&[2., 1.], &[1, 2])).unwrap());
         let gelu1 = 0.5 * (1.0 + erf_series(1.0 / 2f64.sqrt()));
         assert!((y[0] as f64 - 2.0 * gelu1).abs() < 1e-6, "{y:?}");
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn upsample_nearest_to_an_odd_size_repeats_like_pytorch() {
-        let be = CpuBackend;
+        let be = CpuBackend::new();
         // A 2x3 map to 3x5: rows read 0, 0, 1; columns 0, 0, 1, 1, 2.
         let x = t(&[1., 2., 3., 4., 5., 6.], &[1, 1, 2, 3]);
         let y = be.upsample_nearest(&x, 3, 5).unwrap();
@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_nchw() {
-        let be = CpuBackend;
+        let be = CpuBackend::new();
         let data: Vec<f32> = (0..24).map(|x| x as f32).collect();
         let x = t(&data, &[2, 3, 2, 2]);
         let tokens = be.nchw_to_tokens(&x).unwrap();

@@ -24,13 +24,24 @@ pub fn pin_thread_count() {
     }
 }
 
-/// The CPU backend. Stateless: the candle CPU device needs no context.
+/// The CPU backend. The candle CPU device needs no context; the one setting says whether
+/// decode steps run on padded batches.
 #[derive(Clone, Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    pad_decode: bool,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend::default()
+    }
+
+    /// A CPU backend that runs every decode step on the padded batch the CUDA backend records
+    /// and replays (`Backend::forward_recorded`: extra sequences that store nothing), eagerly,
+    /// keeping the real rows' logits. How the padding's contract (the model's results for
+    /// the real sequences do not change) is tested without a GPU.
+    pub fn padding_decode_batches() -> Self {
+        CpuBackend { pad_decode: true }
     }
 }
 
@@ -70,6 +81,23 @@ impl Backend for CpuBackend {
             t.dims()
         );
         Ok(Tensor::from_slice(values, t.dims(), t.device())?.to_dtype(t.dtype())?)
+    }
+
+    fn forward_recorded(
+        &self,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        body: &mut super::RecordedBody<'_, BatchLayout, Tensor>,
+    ) -> Result<Option<Tensor>> {
+        if !self.pad_decode {
+            return Ok(None);
+        }
+        let Some(padded) = crate::backend::cuda::decode_graphs::pad_decode(batch, tokens) else {
+            return Ok(None);
+        };
+        let meta = self.prepare_batch(&padded.layout)?;
+        let logits = body(&meta, &padded.tokens, &padded.layout)?;
+        self.select_rows(&logits, &batch.logits_rows).map(Some)
     }
 
     fn prepare_batch(&self, batch: &BatchLayout) -> Result<BatchLayout> {
