@@ -272,6 +272,23 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
         --dtype bfloat16 --max-model-len 2048 --input-len 1024 --output-len 4 \
         --batch-sizes 1 --result-json "$OUT/bench_prefill_8b.json"
+    # The 1024-token prefill went from 17.5 to 43.9 ms between two runs of 2026-11-26:
+    # the same prefill without graphs, without the GEMV, without kiln's cuBLAS workspace,
+    # and without prefix caching (the warm-up's prompt is the measured one).
+    if [ "${PREFILL_AB:-1}" = 1 ]; then
+        for variant in eager no_gemv cublas_workspace no_prefix_cache; do
+            case $variant in
+            eager) envs="KILN_ENFORCE_EAGER=1" ;;
+            no_gemv) envs="KILN_GEMV=0" ;;
+            cublas_workspace) envs="KILN_CUBLAS_WORKSPACE=0" ;;
+            no_prefix_cache) envs="KILN_ENABLE_PREFIX_CACHING=false" ;;
+            esac
+            step "bench_prefill_8b_${variant}" 60 no "bench_prefill_8b_${variant}.txt" -- \
+                env $envs "$KILN" bench latency --device cuda --model llama-3.1-8b \
+                --load-format dummy --dtype bfloat16 --max-model-len 2048 --input-len 1024 \
+                --output-len 4 --batch-sizes 1
+        done
+    fi
     step bench_latency_qwen05b 90 no bench_latency_qwen05b.txt -- \
         "$KILN" bench latency --device cuda --model qwen2.5-0.5b --load-format dummy \
         --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 64 \

@@ -14,8 +14,10 @@ pub struct Blas {
     handle: CudaBlas,
     stream: Arc<CudaStream>,
     /// cuBLAS's workspace, ours rather than one it allocates: a GEMM recorded into a CUDA
-    /// graph must not allocate, and must find the same workspace on every replay.
-    _workspace: CudaSlice<u8>,
+    /// graph must not allocate, and must find the same workspace on every replay. `None`
+    /// with `KILN_CUBLAS_WORKSPACE=0` (cuBLAS's own; for A/B timing only: recordings of
+    /// steps whose GEMMs need a workspace may then fail and run eagerly).
+    _workspace: Option<CudaSlice<u8>>,
 }
 
 /// Workspace for cuBLAS's split-K and other algorithms (NVIDIA suggests 32 MiB on Hopper).
@@ -30,6 +32,14 @@ impl Blas {
         let handle = std::panic::catch_unwind(|| CudaBlas::new(stream.clone()))
             .map_err(|_| anyhow::anyhow!("libcublas was found but lacks an expected symbol"))?
             .map_err(|e| anyhow::anyhow!("creating a cuBLAS handle: {e:?}"))?;
+        if std::env::var("KILN_CUBLAS_WORKSPACE").is_ok_and(|v| v == "0") {
+            tracing::warn!("KILN_CUBLAS_WORKSPACE=0: cuBLAS uses its own workspace");
+            return Ok(Self {
+                handle,
+                stream,
+                _workspace: None,
+            });
+        }
         let mut workspace = stream
             .alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)
             .context("allocating cuBLAS's workspace")?;
@@ -51,7 +61,7 @@ impl Blas {
         Ok(Self {
             handle,
             stream,
-            _workspace: workspace,
+            _workspace: Some(workspace),
         })
     }
 
