@@ -82,6 +82,11 @@ __device__ __forceinline__ void kiln_unpack16(const KilnVec16& c, float* out) {
     }
 }
 
+// A grid-stride loop of index `i` over `total` elements.
+#define KILN_GRID_STRIDE(i, total)                                                  \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
+         i += (long long)gridDim.x * blockDim.x)
+
 // ---- reductions -------------------------------------------------------------------------
 
 #define KILN_FULL_MASK 0xffffffffu

@@ -18,13 +18,6 @@ __device__ __forceinline__ int kiln_nearest_source(int i, int in, int out) {
     return s < in - 1 ? s : in - 1;
 }
 
-// A grid-stride loop over `total` elements (also defined by the other image_*.cu files).
-#ifndef KILN_GRID_STRIDE
-#define KILN_GRID_STRIDE(i, total)                                                  \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
-         i += (long long)gridDim.x * blockDim.x)
-#endif
-
 template <typename D>
 __device__ __forceinline__ void upsample_nearest_impl(typename D::T* out, const typename D::T* x,
                                                       long long total, int in_h, int in_w,

@@ -31,13 +31,6 @@ __device__ __forceinline__ float kiln_activate(float x, int act) {
     }
 }
 
-// A grid-stride loop over `total` elements (also defined by the other image_*.cu files).
-#ifndef KILN_GRID_STRIDE
-#define KILN_GRID_STRIDE(i, total)                                                  \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
-         i += (long long)gridDim.x * blockDim.x)
-#endif
-
 template <typename D>
 __device__ __forceinline__ void activation_impl(typename D::T* out, const typename D::T* x,
                                                 long long total, int act) {

@@ -66,14 +66,7 @@ pub fn build_image_engine(
         max_batch_images: MAX_BATCH_IMAGES,
         seed: args.seed,
     };
-    let name = dir
-        .canonicalize()
-        .ok()
-        .as_deref()
-        .unwrap_or(dir)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string());
+    let name = crate::diffusion::presets::PipelineFiles::Dir(dir.to_path_buf()).name();
     // `--device` / `--gpu` pick the devices as for an LLM (auto: GPU 0 when there is one;
     // `--gpu H100:4`: four GPUs), and each distinct GPU gets a replica of the pipeline.
     let devices = distinct_devices(&super::place_ranks(args)?);
