@@ -162,6 +162,9 @@ fn run_batch<B: ImageOps>(
             Err(format!("image generation panicked: {what}"))
         }
     };
+    // Counted out before anyone is answered: a client that has its images must not still
+    // see its request as running.
+    stats.running.fetch_sub(members, Ordering::Relaxed);
     match outcome {
         Ok(images) => {
             for (job, generated) in batch.into_iter().zip(images) {
@@ -188,5 +191,4 @@ fn run_batch<B: ImageOps>(
             }
         }
     }
-    stats.running.fetch_sub(members, Ordering::Relaxed);
 }
