@@ -272,9 +272,10 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
         --dtype bfloat16 --max-model-len 2048 --input-len 1024 --output-len 4 \
         --batch-sizes 1 --result-json "$OUT/bench_prefill_8b.json"
-    # The 1024-token prefill went from 17.5 to 43.9 ms between two runs of 2026-11-26:
-    # the same prefill without graphs, without the GEMV, without kiln's cuBLAS workspace,
-    # and without prefix caching (the warm-up's prompt is the measured one).
+    # Both earlier 1024-token prefill figures (17.5 and 43.9 ms) were prefix-cache hits (the
+    # warm-up ran the measured prompt; it no longer does, and the JSON reports
+    # prefill_cached_tokens). The same prefill without graphs, without the GEMV, without
+    # kiln's cuBLAS workspace and without prefix caching, to see what each costs.
     if [ "${PREFILL_AB:-1}" = 1 ]; then
         for variant in eager no_gemv cublas_workspace no_prefix_cache; do
             case $variant in

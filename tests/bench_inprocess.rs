@@ -31,8 +31,9 @@ fn latency_sweep_reports_every_batch_size() {
         "latency",
         "--model",
         &llama,
+        // Two full KV blocks of 16 and a partial one: prompts the prefix cache could serve.
         "--input-len",
-        "8",
+        "40",
         "--output-len",
         "5",
         "--batch-sizes",
@@ -46,6 +47,8 @@ fn latency_sweep_reports_every_batch_size() {
         assert_eq!(r["batch_size"], batch);
         assert!(r["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
         assert!(r["roofline_fraction"].as_f64().unwrap() > 0.0);
+        // The measured prefill computes every prompt token: the warm-up ran other prompts.
+        assert_eq!(r["prefill_cached_tokens"], 0, "{r}");
     }
     assert!(v["weight_bytes"].as_u64().unwrap() > 100_000);
 }

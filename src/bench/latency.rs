@@ -46,6 +46,10 @@ pub struct LatencyResult {
     pub tokens_per_s_per_seq: f64,
     pub weight_gbs: f64,
     pub roofline_fraction: Option<f64>,
+    /// Prompt tokens of the measured prefill served from the prefix cache: 0, because the
+    /// warm-up runs other prompts (a warm-up on the measured prompts once made the "prefill"
+    /// a cache hit that computed one block per sequence).
+    pub prefill_cached_tokens: usize,
     /// GPU only: buffers the caching allocator took from the driver during the measured
     /// decode steps (0 once the warm-up has seen the batch's shapes), and buffers it reused.
     pub decode_driver_allocations: Option<u64>,
@@ -63,6 +67,7 @@ struct Report<'a> {
 /// One batch's measurements.
 struct BatchRun {
     prefill_s: f64,
+    prefill_cached_tokens: usize,
     decode_steps: usize,
     decode_s: f64,
     decode_tokens: usize,
@@ -80,9 +85,11 @@ fn run_batch(engine: &mut LlmEngine, prompts: &[Vec<u32>], output_len: usize) ->
         engine.add_request(i as u64, p.clone(), params.clone())?;
     }
     let start = Instant::now();
-    let mut first_tokens = 0;
+    let (mut first_tokens, mut cached) = (0, 0);
     while first_tokens < prompts.len() {
-        first_tokens += engine.step()?.len();
+        let outputs = engine.step()?;
+        first_tokens += outputs.len();
+        cached += outputs.iter().map(|(_, o)| o.cached_tokens).sum::<usize>();
     }
     let prefill = start.elapsed().as_secs_f64();
     let alloc_before = engine.allocator_stats();
@@ -99,11 +106,21 @@ fn run_batch(engine: &mut LlmEngine, prompts: &[Vec<u32>], output_len: usize) ->
         .map(|(after, before)| after.since(before));
     Ok(BatchRun {
         prefill_s: prefill,
+        prefill_cached_tokens: cached,
         decode_steps: steps,
         decode_s,
         decode_tokens: tokens,
         decode_alloc,
     })
+}
+
+/// The warm-up's prompts and the measured ones for one batch size: the same lengths (so the
+/// warm-up compiles kernels and records graphs for the measured shapes) but other tokens, so
+/// that no measured prompt finds its prefix in the cache the warm-up filled.
+fn bench_prompts(batch: usize, len: usize, vocab: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let measured = random_prompts(batch, len, vocab, batch as u64);
+    let warm = random_prompts(batch, len, vocab, (1 << 32) | batch as u64);
+    (warm, measured)
 }
 
 /// The spec bandwidth of the GPU the engine runs on, if it is a known type.
@@ -136,11 +153,18 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
             "batch {batch} exceeds --max-num-seqs {}",
             engine.config().max_num_seqs
         );
-        let prompts = random_prompts(batch, args.input_len, vocab, batch as u64);
+        let (warm_prompts, prompts) = bench_prompts(batch, args.input_len, vocab);
         for _ in 0..args.warmup {
-            run_batch(&mut engine, &prompts, args.output_len.min(8))?;
+            run_batch(&mut engine, &warm_prompts, args.output_len.min(8))?;
         }
         let run = run_batch(&mut engine, &prompts, args.output_len)?;
+        if run.prefill_cached_tokens > 0 {
+            tracing::warn!(
+                "batch {batch}: {} prompt tokens of the measured prefill came from the prefix \
+                 cache",
+                run.prefill_cached_tokens
+            );
+        }
         let (prefill, steps, decode, tokens) = (
             run.prefill_s,
             run.decode_steps,
@@ -154,6 +178,7 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
             input_len: args.input_len,
             output_len: args.output_len,
             prefill_ms: prefill * 1e3,
+            prefill_cached_tokens: run.prefill_cached_tokens,
             decode_step_ms: step * 1e3,
             decode_tokens_per_s: tokens as f64 / decode,
             tokens_per_s_per_seq: 1.0 / step,
