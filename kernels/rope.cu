@@ -4,12 +4,23 @@
 //   neox (HF rotate_half): pairs (i, i + hd/2);  interleaved (GPT-J): pairs (2i, 2i + 1).
 // The angle is pos * inv_freq[i] in f32 with accurate cosf/sinf, as HF computes it.
 
+// Rotates one head of hd values from src into dst (the same pointer for in place): each
+// thread takes pairs i, i + blockDim.x, ... of the hd / 2.
 template <typename D>
-__device__ __forceinline__ void rope_rotate(typename D::T* head, int a, int b, float c, float s) {
-    const float xa = D::load(head[a]);
-    const float xb = D::load(head[b]);
-    head[a] = D::store(xa * c - xb * s);
-    head[b] = D::store(xb * c + xa * s);
+__device__ __forceinline__ void rope_head(typename D::T* dst, const typename D::T* src, float pos,
+                                          const float* inv_freq, int hd, int neox) {
+    const int half_dim = hd / 2;
+    for (int i = threadIdx.x; i < half_dim; i += blockDim.x) {
+        const float angle = pos * inv_freq[i];
+        const float c = cosf(angle);
+        const float s = sinf(angle);
+        const int a = neox ? i : 2 * i;
+        const int b = neox ? i + half_dim : 2 * i + 1;
+        const float xa = D::load(src[a]);
+        const float xb = D::load(src[b]);
+        dst[a] = D::store(xa * c - xb * s);
+        dst[b] = D::store(xb * c + xa * s);
+    }
 }
 
 template <typename D>
@@ -19,20 +30,41 @@ __device__ __forceinline__ void rope_impl(typename D::T* q, typename D::T* k, co
     const long long token = blockIdx.x;
     const int head = blockIdx.y;
     if (head >= hq + hk) return;
-    const float pos = (float)positions[token];
-    const int half_dim = hd / 2;
     typename D::T* base = head < hq ? q + token * q_stride + (long long)head * hd
                                     : k + token * k_stride + (long long)(head - hq) * hd;
-    for (int i = threadIdx.x; i < half_dim; i += blockDim.x) {
-        const float angle = pos * inv_freq[i];
-        const float c = cosf(angle);
-        const float s = sinf(angle);
-        if (neox) {
-            rope_rotate<D>(base, i, i + half_dim, c, s);
-        } else {
-            rope_rotate<D>(base, 2 * i, 2 * i + 1, c, s);
-        }
+    rope_head<D>(base, base, (float)positions[token], inv_freq, hd, neox);
+}
+
+// The attention block's entry in one launch instead of three column copies, rope and the
+// cache write: token t's fused row qkv[t] = [q (hq * hd) | k (hk * hd) | v (hk * hd)] gives
+// the rotated q in q_out[t] ([n, hq * hd]), and the rotated k and the v in cache slot
+// slot_mapping[t] (caches [num_blocks, block_size, hk, hd]; slot < 0 is padding and slots
+// past the cache are bad input: both store nothing). Grid (n, hq + hk): block (t, h) rotates
+// q head h for h < hq, else rotates k head h - hq and copies v head h - hq.
+template <typename D>
+__device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typename D::T* k_cache,
+                                                    typename D::T* v_cache,
+                                                    const typename D::T* qkv,
+                                                    const int* positions, const float* inv_freq,
+                                                    const int* slot_mapping, int hq, int hk,
+                                                    int hd, int neox, long long num_slots) {
+    const long long token = blockIdx.x;
+    const int head = blockIdx.y;
+    if (head >= hq + hk) return;
+    const typename D::T* row = qkv + token * (long long)(hq + 2 * hk) * hd;
+    const float pos = (float)positions[token];
+    if (head < hq) {
+        rope_head<D>(q_out + (token * hq + head) * hd, row + (long long)head * hd, pos, inv_freq,
+                     hd, neox);
+        return;
     }
+    const long long slot = slot_mapping[token];
+    if (slot < 0 || slot >= num_slots) return;
+    const int kv_head = head - hq;
+    const long long dst = (slot * hk + kv_head) * hd;
+    const typename D::T* v_src = row + (long long)(hq + hk + kv_head) * hd;
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) v_cache[dst + j] = v_src[j];
+    rope_head<D>(k_cache + dst, row + (long long)(hq + kv_head) * hd, pos, inv_freq, hd, neox);
 }
 
 #define KILN_ROPE(S, D)                                                                   \
@@ -42,3 +74,13 @@ __device__ __forceinline__ void rope_impl(typename D::T* q, typename D::T* k, co
         rope_impl<D>(q, k, positions, inv_freq, hq, hk, hd, q_stride, k_stride, neox);    \
     }
 KILN_FOR_EACH_DTYPE(KILN_ROPE)
+
+#define KILN_QKV_ROPE_CACHE(S, D)                                                              \
+    extern "C" __global__ void qkv_rope_cache_##S(                                             \
+        D::T* q_out, D::T* k_cache, D::T* v_cache, const D::T* qkv, const int* positions,      \
+        const float* inv_freq, const int* slot_mapping, int hq, int hk, int hd, int neox,      \
+        long long num_slots) {                                                                 \
+        qkv_rope_cache_impl<D>(q_out, k_cache, v_cache, qkv, positions, inv_freq, slot_mapping, \
+                               hq, hk, hd, neox, num_slots);                                   \
+    }
+KILN_FOR_EACH_DTYPE(KILN_QKV_ROPE_CACHE)

@@ -1,4 +1,5 @@
-// Runs the decode step's small ops (kernels/norm.cu, rope.cu and the argmax of sampling.cu)
+// Runs the decode step's small ops (kernels/norm.cu, rope.cu with the fused qkv_rope_cache, and
+// the argmax of sampling.cu)
 // on the CPU through cuda_emu.h, with the launch shapes of src/backend/cuda/ops.rs and
 // ops_sampling.rs, against double-precision references: norms of rows wider than the
 // registers hold (the strided tail), rope over (token, head) blocks with q and k inside a
@@ -141,6 +142,72 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order) 
     report(name, d, b.values(), want, elementwise_tol(d));
 }
 
+using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, const float*,
+                               const int*, int, int, int, int, long long);
+
+// The fused entry step (qkv_rope_cache) against the unfused path it replaces, run in the
+// emulator too: rope in place on the fused rows, then the rotated k and the v copied to
+// their slots. The two must agree exactly (the same float operations), slot -1 (padding)
+// and a slot past the cache must store nothing, and every other cache entry must keep its
+// old value.
+void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Order order) {
+    const int row = (hq + 2 * hk) * hd, kv = hk * hd;
+    const int num_slots = 4 * n + 3;
+    const std::vector<float> qkv = random(d, static_cast<size_t>(n) * row, 1.0f);
+    // 8 slots more than the kernel is told of: a write past num_slots lands there and fails.
+    const std::vector<float> old_cache = random(d, static_cast<size_t>(num_slots + 8) * kv, 1.0f);
+    std::vector<int> pos(n), slots(n);
+    for (int& p : pos) p = static_cast<int>(rng() % 8192);
+    std::vector<int> free_slots(num_slots);
+    for (int i = 0; i < num_slots; ++i) free_slots[i] = i;
+    std::shuffle(free_slots.begin(), free_slots.end(), rng);
+    for (int t = 0; t < n; ++t) slots[t] = free_slots[t];
+    if (n > 1) slots[1] = -1;             // a padding token of a recorded decode step
+    if (n > 2) slots[2] = num_slots + 7;  // bad input: past the cache
+    std::vector<float> inv(hd / 2);
+    for (int i = 0; i < hd / 2; ++i) inv[i] = 1.0f / std::pow(500000.0f, 2.0f * i / hd);
+    unsigned threads = 32;
+    while (threads < static_cast<unsigned>(hd / 2)) threads <<= 1;
+
+    Buffer in(d, qkv), q = Buffer::unwritten(d, static_cast<size_t>(n) * hq * hd);
+    Buffer kc(d, old_cache), vc(d, old_cache);
+    auto fused = KILN_PICK(QkvRopeCacheFn, qkv_rope_cache, d);
+    kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
+                     order, 4, [&] {
+                         fused(q.data(), kc.data(), vc.data(), in.data(), pos.data(), inv.data(),
+                               slots.data(), hq, hk, hd, neox ? 1 : 0, num_slots);
+                     });
+
+    // The unfused path: rope in place on the fused rows, then the copies.
+    Buffer rotated(d, qkv);
+    auto rope_k = KILN_PICK(RopeFn, rope, d);
+    const size_t elt = d == DType::F32 ? 4 : 2;
+    char* base = static_cast<char*>(rotated.data());
+    kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
+                     Order::Forward, 4, [&] {
+                         rope_k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, row,
+                                row, neox ? 1 : 0);
+                     });
+    const std::vector<float> r = rotated.values();
+    std::vector<double> want_q(static_cast<size_t>(n) * hq * hd);
+    std::vector<double> want_k(old_cache.begin(), old_cache.end()), want_v = want_k;
+    for (int t = 0; t < n; ++t) {
+        const size_t src = static_cast<size_t>(t) * row;
+        for (int j = 0; j < hq * hd; ++j) want_q[static_cast<size_t>(t) * hq * hd + j] = r[src + j];
+        if (slots[t] < 0 || slots[t] >= num_slots) continue;
+        for (int j = 0; j < kv; ++j) {
+            want_k[static_cast<size_t>(slots[t]) * kv + j] = r[src + hq * hd + j];
+            want_v[static_cast<size_t>(slots[t]) * kv + j] = r[src + hq * hd + kv + j];
+        }
+    }
+    char name[96];
+    std::snprintf(name, sizeof name, "qkv_rope_cache(%s) n=%d q %dx%d k %d", neox ? "neox" : "interleaved", n,
+                  hq, hd, hk);
+    report(std::string(name) + " q", d, q.values(), want_q, 0.0);
+    report(std::string(name) + " k cache", d, kc.values(), want_k, 0.0);
+    report(std::string(name) + " v cache", d, vc.values(), want_v, 0.0);
+}
+
 using ArgmaxFn = void (*)(unsigned*, const void*, int);
 
 void check_argmax(DType d, int rows, int vocab, Order order, bool specials) {
@@ -200,6 +267,9 @@ int main() {
             check_rope(d, 1, 32, 8, 128, neox, Order::Random);  // Llama decode
             check_rope(d, 3, 5, 2, 16, neox, Order::Forward);
             check_rope(d, 2, 3, 1, 80, neox, Order::Reverse);  // hd/2 = 40: partial warp
+            check_qkv_rope_cache(d, 1, 32, 8, 128, neox, Order::Random);  // Llama decode
+            check_qkv_rope_cache(d, 5, 14, 2, 64, neox, Order::Reverse);  // Qwen2.5-0.5B
+            check_qkv_rope_cache(d, 3, 3, 1, 80, neox, Order::Forward);
         }
         check_argmax(d, 1, 128256, Order::Random, false);  // Llama-3 vocab, decode
         check_argmax(d, 3, 4099, Order::Forward, true);     // rows 1, 2 off 16-byte boundaries

@@ -199,6 +199,32 @@ pub trait Backend: Send + Sync {
         v: &Self::Tensor,
         batch: &Self::BatchMeta,
     ) -> Result<()>;
+    /// The attention block's entry: splits `qkv: [n, q_width + 2 * kv_width]` into q, k and
+    /// v, rotates q and k by position, writes k and v into layer `layer` of the cache, and
+    /// returns the rotated q `[n, q_width]`. Devices fuse it into one kernel; this default
+    /// composes the ops above (and is the reference the fused version must equal).
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_rope_write(
+        &self,
+        qkv: &Self::Tensor,
+        widths: (usize, usize),
+        head_dim: usize,
+        rope: &Self::RopeTable,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::BatchMeta,
+    ) -> Result<Self::Tensor> {
+        let (q_width, kv_width) = widths;
+        let mut parts = self
+            .split_columns(qkv, &[q_width, kv_width, kv_width])?
+            .into_iter();
+        let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+            anyhow::bail!("qkv_rope_write: split_columns returned fewer than three parts");
+        };
+        let (q, k) = self.rope(q, k, head_dim, rope, batch)?;
+        self.write_kv(cache, layer, &k, &v, batch)?;
+        Ok(q)
+    }
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
     /// which already holds the batch's own K and V.
     fn attention(

@@ -544,6 +544,20 @@ impl<B: Backend> LlamaModel<B> {
             self.attention.num_heads * c.head_dim,
             self.attention.num_kv_heads * c.head_dim,
         );
+        if layer.q_norm.is_none() && layer.k_norm.is_none() {
+            let q = be.qkv_rope_write(
+                &qkv,
+                (q_width, kv_width),
+                c.head_dim,
+                &self.rope,
+                cache,
+                index,
+                batch,
+            )?;
+            let attn = be.attention(&q, cache, index, batch, &self.attention)?;
+            return be.linear(&attn, &layer.o_proj, None);
+        }
+        // Qwen3's per-head q / k norms come between the split and the rotation.
         let mut parts = be
             .split_columns(&qkv, &[q_width, kv_width, kv_width])?
             .into_iter();

@@ -10,6 +10,7 @@ use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
+use super::ops_qkv::QkvRopeCache;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
 use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, Rope};
@@ -562,6 +563,42 @@ impl Backend for CudaBackend {
             bail!("write_kv: no layer {layer} in the cache");
         };
         self.dev.kv_write(k_cache, v_cache, k, v, &batch.slots)
+    }
+
+    fn qkv_rope_write(
+        &self,
+        qkv: &CudaTensor,
+        widths: (usize, usize),
+        head_dim: usize,
+        rope: &CudaRope,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatchMeta,
+    ) -> Result<CudaTensor> {
+        let &[n, _] = qkv.shape() else {
+            bail!("qkv_rope_write: input must be 2-d, got {:?}", qkv.shape());
+        };
+        if batch.num_tokens != n {
+            bail!(
+                "qkv_rope_write: {} positions for {n} tokens",
+                batch.num_tokens
+            );
+        }
+        let (Some(k_cache), Some(v_cache)) = (cache.k.get_mut(layer), cache.v.get_mut(layer))
+        else {
+            bail!("qkv_rope_write: no layer {layer} in the cache");
+        };
+        let mut q = self.output(qkv.dtype(), &[n, widths.0])?;
+        let params = QkvRopeCache {
+            positions: &batch.positions,
+            slot_mapping: &batch.slots,
+            inv_freq: &rope.inv_freq,
+            style: rope.style,
+            head_dim,
+        };
+        self.dev
+            .qkv_rope_cache(qkv, &mut q, k_cache, v_cache, &params)?;
+        Ok(q)
     }
 
     fn attention(

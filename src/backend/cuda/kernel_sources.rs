@@ -41,7 +41,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "rope.cu",
         body: include_str!("../../../kernels/rope.cu"),
-        ops: &["rope"],
+        ops: &["rope", "qkv_rope_cache"],
     },
     KernelFile {
         file: "activation.cu",

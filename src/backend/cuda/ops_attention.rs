@@ -206,7 +206,7 @@ fn token_heads(t: &CudaTensor, head_dim: usize, what: &str) -> Result<[usize; 3]
 }
 
 /// `(num_slots, kv_heads, head_dim)` of a cache `[num_blocks, block_size, hk, hd]`.
-fn cache_geometry(cache: &CudaTensor) -> Result<(usize, usize, usize)> {
+pub(super) fn cache_geometry(cache: &CudaTensor) -> Result<(usize, usize, usize)> {
     match cache.shape() {
         &[blocks, block_size, hk, hd] => Ok((blocks * block_size, hk, hd)),
         other => {

@@ -13,6 +13,7 @@ mod gemv_cases;
 mod image_cases;
 mod image_gemm_cases;
 mod op_cases;
+mod qkv_case;
 mod report;
 mod sampling_case;
 mod suite;
@@ -56,6 +57,9 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
     for dtype in DType::ALL {
         op_cases::run(&mut suite, dtype);
         attention_cases::run(&mut suite, dtype);
+        if let Err(err) = qkv_case::run(&mut suite, dtype) {
+            suite.error("qkv_rope_cache", dtype, &err);
+        }
         if let Err(err) = gemv_cases::run(&mut suite, dtype) {
             suite.error("gemv", dtype, &err);
         }

@@ -1,0 +1,101 @@
+//! Selftest case of the fused attention entry (`qkv_rope_cache`): the rotated q and the
+//! caches after the kernel, against the reference's rope and cache write on the split rows,
+//! at a decode batch and a prefill batch of the real shape, with a padding token (slot -1).
+
+use super::compare::Check;
+use super::suite::Suite;
+use crate::backend::cuda::ops_qkv::QkvRopeCache;
+use crate::backend::cuda::{reference, CudaTensor, DType, RopeStyle};
+use anyhow::Result;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    for n in [32, s.sizes.prefill_tokens] {
+        for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
+            case(s, dtype, n, style)?;
+        }
+    }
+    Ok(())
+}
+
+fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle) -> Result<()> {
+    let sz = s.sizes;
+    let (hq, hk, hd) = (sz.q_heads, sz.kv_heads, sz.head_dim);
+    let (q_width, kv_width) = (hq * hd, hk * hd);
+    let row = q_width + 2 * kv_width;
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / 500_000f32.powf(2.0 * i as f32 / hd as f32))
+        .collect();
+    let positions: Vec<i32> = (0..n).map(|_| s.rng.random_range(0..8192)).collect();
+    // Distinct slots in a cache twice the batch, the last token a padding one.
+    let blocks = (2 * n).div_ceil(sz.block_size);
+    let num_slots = blocks * sz.block_size;
+    let mut slots: Vec<i32> = (0..num_slots as i32).collect();
+    slots.shuffle(&mut s.rng);
+    slots.truncate(n);
+    slots[n - 1] = -1;
+
+    let qkv_host = s.random(n * row, 1.0, dtype);
+    let mut k_cache_host = s.random(num_slots * kv_width, 1.0, dtype);
+    let mut v_cache_host = s.random(num_slots * kv_width, 1.0, dtype);
+    let dev = s.dev;
+    let cache_shape = [blocks, sz.block_size, hk, hd];
+    let qkv = CudaTensor::from_f32(dev, dtype, &[n, row], &qkv_host)?;
+    let mut q = CudaTensor::zeros(dev, dtype, &[n, q_width])?;
+    let mut k_cache = CudaTensor::from_f32(dev, dtype, &cache_shape, &k_cache_host)?;
+    let mut v_cache = CudaTensor::from_f32(dev, dtype, &cache_shape, &v_cache_host)?;
+    let (pos_dev, slots_dev, freq_dev) = (
+        dev.upload(&positions)?,
+        dev.upload(&slots)?,
+        dev.upload(&inv_freq)?,
+    );
+    let params = QkvRopeCache {
+        positions: &pos_dev,
+        slot_mapping: &slots_dev,
+        inv_freq: &freq_dev,
+        style,
+        head_dim: hd,
+    };
+    dev.qkv_rope_cache(&qkv, &mut q, &mut k_cache, &mut v_cache, &params)?;
+
+    // The unfused reference: split, rotate q and k, write k and v.
+    let column = |from: usize, width: usize| -> Vec<f32> {
+        qkv_host
+            .chunks(row)
+            .flat_map(|r| r[from..from + width].iter().copied())
+            .collect()
+    };
+    let (mut q_ref, mut k_ref, v_ref) = (
+        column(0, q_width),
+        column(q_width, kv_width),
+        column(q_width + kv_width, kv_width),
+    );
+    let neox = style == RopeStyle::Neox;
+    reference::rope(&mut q_ref, &positions, &inv_freq, hq, hd, neox);
+    reference::rope(&mut k_ref, &positions, &inv_freq, hk, hd, neox);
+    reference::kv_write(
+        &mut k_cache_host,
+        &mut v_cache_host,
+        &k_ref,
+        &v_ref,
+        &slots,
+        kv_width,
+    );
+    let mut gpu = q.to_f32(dev)?;
+    gpu.extend(k_cache.to_f32(dev)?);
+    gpu.extend(v_cache.to_f32(dev)?);
+    q_ref.extend(k_cache_host);
+    q_ref.extend(v_cache_host);
+    let label = if neox {
+        "qkv_rope_cache(neox)"
+    } else {
+        "qkv_rope_cache(interleaved)"
+    };
+    let shape = format!("qkv[{n}, {hq}+{hk}+{hk} x {hd}], 1 pad token");
+    let check_row = s.check(label, shape, dtype, Check::Elementwise, &gpu, &q_ref);
+    s.time(check_row, || {
+        dev.qkv_rope_cache(&qkv, &mut q, &mut k_cache, &mut v_cache, &params)
+    })?;
+    Ok(())
+}
