@@ -222,6 +222,19 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --output-len 32 --batch-sizes 1,8 --result-json "$OUT/bench_latency_8b_no_gemv.json"
 fi
 
+# Decode and the small model without the fused QKV split + rope + cache write kernel, for
+# its A/B in the same run (four launches per layer more).
+if "$KILN" bench latency --help >/dev/null 2>&1; then
+    step bench_latency_8b_unfused_qkv 120 no bench_latency_8b_unfused_qkv.txt -- \
+        env KILN_FUSED_QKV=0 "$KILN" bench latency --device cuda --model llama-3.1-8b \
+        --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
+        --output-len 32 --batch-sizes 1,8 --result-json "$OUT/bench_latency_8b_unfused_qkv.json"
+    step bench_latency_qwen05b_unfused_qkv 90 no bench_latency_qwen05b_unfused_qkv.txt -- \
+        env KILN_FUSED_QKV=0 "$KILN" bench latency --device cuda --model qwen2.5-0.5b \
+        --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
+        --output-len 64 --batch-sizes 1 --result-json "$OUT/bench_latency_qwen05b_unfused_qkv.json"
+fi
+
 # Decode with every kernel launched from the host, for the CUDA-graph A/B in the same run.
 if "$KILN" bench latency --help >/dev/null 2>&1; then
     step bench_latency_8b_eager 150 no bench_latency_8b_eager.txt -- \

@@ -214,16 +214,7 @@ pub trait Backend: Send + Sync {
         layer: usize,
         batch: &Self::BatchMeta,
     ) -> Result<Self::Tensor> {
-        let (q_width, kv_width) = widths;
-        let mut parts = self
-            .split_columns(qkv, &[q_width, kv_width, kv_width])?
-            .into_iter();
-        let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
-            anyhow::bail!("qkv_rope_write: split_columns returned fewer than three parts");
-        };
-        let (q, k) = self.rope(q, k, head_dim, rope, batch)?;
-        self.write_kv(cache, layer, &k, &v, batch)?;
-        Ok(q)
+        unfused_qkv_rope_write(self, qkv, widths, head_dim, rope, cache, layer, batch)
     }
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
     /// which already holds the batch's own K and V.
@@ -253,4 +244,28 @@ impl KvCacheSpec {
     pub fn bytes_per_token(&self) -> usize {
         2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.size_in_bytes()
     }
+}
+
+/// [`Backend::qkv_rope_write`] composed of the split, the rotation and the cache write: the
+/// default, and what a device with the fused kernel switched off runs.
+#[allow(clippy::too_many_arguments)]
+pub fn unfused_qkv_rope_write<B: Backend + ?Sized>(
+    be: &B,
+    qkv: &B::Tensor,
+    (q_width, kv_width): (usize, usize),
+    head_dim: usize,
+    rope: &B::RopeTable,
+    cache: &mut B::KvCache,
+    layer: usize,
+    batch: &B::BatchMeta,
+) -> Result<B::Tensor> {
+    let mut parts = be
+        .split_columns(qkv, &[q_width, kv_width, kv_width])?
+        .into_iter();
+    let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+        anyhow::bail!("qkv_rope_write: split_columns returned fewer than three parts");
+    };
+    let (q, k) = be.rope(q, k, head_dim, rope, batch)?;
+    be.write_kv(cache, layer, &k, &v, batch)?;
+    Ok(q)
 }

@@ -13,7 +13,9 @@ use super::ops_attention::AttentionMetadata;
 use super::ops_qkv::QkvRopeCache;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
-use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, Rope};
+use crate::backend::{
+    unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, Rope,
+};
 use anyhow::{bail, Context, Result};
 use candle_core::{CpuStorage, Storage};
 use cudarc::driver::{CudaSlice, DevicePtr};
@@ -34,6 +36,9 @@ pub struct CudaBackend {
     pub(super) recordings: Mutex<Recordings<RecordedStep>>,
     /// Forward passes so far and the counters when the last one began (for the per-step log).
     steps: Mutex<(u64, PoolStats)>,
+    /// Run the attention entry as one kernel (`qkv_rope_cache`); `KILN_FUSED_QKV=0` runs the
+    /// column copies, rope and cache write separately, for A/B timing.
+    fused_qkv: bool,
 }
 
 /// A recorded decode step: the graph, the input buffers it reads (uploaded before each
@@ -87,6 +92,7 @@ impl CudaBackend {
             record_decode: AtomicBool::new(true),
             recordings: Mutex::new(Recordings::default()),
             steps: Mutex::new((0, PoolStats::default())),
+            fused_qkv: std::env::var("KILN_FUSED_QKV").map_or(true, |v| v != "0"),
         })
     }
 
@@ -575,6 +581,9 @@ impl Backend for CudaBackend {
         layer: usize,
         batch: &CudaBatchMeta,
     ) -> Result<CudaTensor> {
+        if !self.fused_qkv {
+            return unfused_qkv_rope_write(self, qkv, widths, head_dim, rope, cache, layer, batch);
+        }
         let &[n, _] = qkv.shape() else {
             bail!("qkv_rope_write: input must be 2-d, got {:?}", qkv.shape());
         };
