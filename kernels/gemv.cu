@@ -13,6 +13,11 @@
 // per vector for all rows of the warp. Lanes reduce with shuffles; lane r * MT + m writes
 // y[m, row0 + r]. Blocks are small (4 warps, 8 output columns) so even N = 4096 gives 512
 // blocks, several per SM.
+//
+// gemv<MT>_silu: the MLP's down projection fused with the SwiGLU before it. x is then the
+// gate_up row [m, 2K] = [g | u], and the staging writes silu(g) * u, rounded to the dtype
+// exactly as silu_mul (activation.cu) would store it, into shared memory: the same result
+// as silu_mul then gemv<MT>, without the launch and the [m, K] round trip.
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
@@ -23,7 +28,29 @@
 // 16 bytes of a weight or activation row: 8 16-bit values or 4 f32.
 typedef KilnVec16 GemvVec;
 
-template <typename D, int MT>
+// silu(g) * u of the values of two vectors, each rounded to D::T as silu_mul stores it.
+template <typename D>
+__device__ __forceinline__ GemvVec gemv_silu_mul_vec(const GemvVec& gv, const GemvVec& uv) {
+    constexpr int PER = 16 / (int)sizeof(typename D::T);
+    float g[PER], u[PER];
+    kiln_unpack16<D>(gv, g);
+    kiln_unpack16<D>(uv, u);
+    GemvVec out;
+    if constexpr (PER == 4) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out.w[i] = __float_as_uint(g[i] / (1.0f + expf(-g[i])) * u[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float lo = g[2 * i] / (1.0f + expf(-g[2 * i])) * u[2 * i];
+            const float hi = g[2 * i + 1] / (1.0f + expf(-g[2 * i + 1])) * u[2 * i + 1];
+            out.w[i] = (unsigned int)D::store(lo) | ((unsigned int)D::store(hi) << 16);
+        }
+    }
+    return out;
+}
+
+template <typename D, int MT, bool GATED>
 __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                                           const typename D::T* __restrict__ x,
                                           const typename D::T* __restrict__ w,
@@ -62,7 +89,12 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
             const int v = i - m * cvecs;
             GemvVec val = {{0u, 0u, 0u, 0u}};
             if (m < m_rows) {
-                val = reinterpret_cast<const GemvVec*>(x + (long long)m * k)[c0 + v];
+                if constexpr (GATED) {
+                    const GemvVec* row = reinterpret_cast<const GemvVec*>(x + (long long)m * 2 * k);
+                    val = gemv_silu_mul_vec<D>(row[c0 + v], row[kvecs + c0 + v]);
+                } else {
+                    val = reinterpret_cast<const GemvVec*>(x + (long long)m * k)[c0 + v];
+                }
             }
             xs[m * CHUNK_VECS + v] = val;
         }
@@ -122,17 +154,15 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
 
 #define KILN_GEMV_PARAMS(D) \
     D::T *y, const D::T *x, const D::T *w, const D::T *bias, int m_rows, int n, int k, int has_bias
-#define KILN_GEMV(S, D)                                                                       \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_##S(KILN_GEMV_PARAMS(D)) { \
-        gemv_impl<D, 1>(y, x, w, bias, m_rows, n, k, has_bias);                               \
-    }                                                                                         \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_##S(KILN_GEMV_PARAMS(D)) { \
-        gemv_impl<D, 2>(y, x, w, bias, m_rows, n, k, has_bias);                               \
-    }                                                                                         \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv4_##S(KILN_GEMV_PARAMS(D)) { \
-        gemv_impl<D, 4>(y, x, w, bias, m_rows, n, k, has_bias);                               \
-    }                                                                                         \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8_##S(KILN_GEMV_PARAMS(D)) { \
-        gemv_impl<D, 8>(y, x, w, bias, m_rows, n, k, has_bias);                               \
+#define KILN_GEMV_KERNEL(NAME, MT, GATED, D)                                                  \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) NAME(KILN_GEMV_PARAMS(D)) {    \
+        gemv_impl<D, MT, GATED>(y, x, w, bias, m_rows, n, k, has_bias);                       \
     }
+#define KILN_GEMV(S, D)                              \
+    KILN_GEMV_KERNEL(gemv1_##S, 1, false, D)         \
+    KILN_GEMV_KERNEL(gemv2_##S, 2, false, D)         \
+    KILN_GEMV_KERNEL(gemv4_##S, 4, false, D)         \
+    KILN_GEMV_KERNEL(gemv8_##S, 8, false, D)         \
+    KILN_GEMV_KERNEL(gemv1_silu_##S, 1, true, D)     \
+    KILN_GEMV_KERNEL(gemv2_silu_##S, 2, true, D)
 KILN_FOR_EACH_DTYPE(KILN_GEMV)

@@ -222,17 +222,19 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --output-len 32 --batch-sizes 1,8 --result-json "$OUT/bench_latency_8b_no_gemv.json"
 fi
 
-# Decode and the small model without the fused QKV split + rope + cache write kernel, for
-# its A/B in the same run (four launches per layer more).
+# Decode and the small model without the decode fusions (the QKV split + rope + cache write
+# kernel, the SwiGLU folded into the down projection's GEMV), for their A/B in the same run:
+# five launches per layer more.
 if "$KILN" bench latency --help >/dev/null 2>&1; then
-    step bench_latency_8b_unfused_qkv 120 no bench_latency_8b_unfused_qkv.txt -- \
-        env KILN_FUSED_QKV=0 "$KILN" bench latency --device cuda --model llama-3.1-8b \
+    unfused="KILN_FUSED_QKV=0 KILN_FUSED_SILU_GEMV=0"
+    step bench_latency_8b_unfused 120 no bench_latency_8b_unfused.txt -- \
+        env $unfused "$KILN" bench latency --device cuda --model llama-3.1-8b \
         --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
-        --output-len 32 --batch-sizes 1,8 --result-json "$OUT/bench_latency_8b_unfused_qkv.json"
-    step bench_latency_qwen05b_unfused_qkv 90 no bench_latency_qwen05b_unfused_qkv.txt -- \
-        env KILN_FUSED_QKV=0 "$KILN" bench latency --device cuda --model qwen2.5-0.5b \
+        --output-len 32 --batch-sizes 1,8 --result-json "$OUT/bench_latency_8b_unfused.json"
+    step bench_latency_qwen05b_unfused 90 no bench_latency_qwen05b_unfused.txt -- \
+        env $unfused "$KILN" bench latency --device cuda --model qwen2.5-0.5b \
         --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
-        --output-len 64 --batch-sizes 1 --result-json "$OUT/bench_latency_qwen05b_unfused_qkv.json"
+        --output-len 64 --batch-sizes 1 --result-json "$OUT/bench_latency_qwen05b_unfused.json"
 fi
 
 # Decode with every kernel launched from the host, for the CUDA-graph A/B in the same run.

@@ -9,10 +9,14 @@
 // half an ulp of the dtype at |ref| (the one output rounding) plus 64 f32 ulps of
 // sum |x w| (the f32 accumulation; the real error is far below).
 //
+// gemv1_silu / gemv2_silu (the down projection fused with the SwiGLU) must equal silu_mul
+// then gemv1 / gemv2 exactly: the same roundings in the same order.
+//
 //   gemv_check      exit status 1 if any case is off
 #include "cuda_emu.h"
 // clang-format off
 #include "common.cuh"
+#include "activation.cu"
 #include "gemv.cu"
 // clang-format on
 #include "cuda_emu_end.h"
@@ -108,6 +112,43 @@ void check(DType d, int m, int n, int k, bool bias, Order order) {
     std::printf("\n");
 }
 
+using SiluMulFn = void (*)(void*, const void*, long long, int);
+
+// gemv<MT>_silu on gate_up [m, 2k] against silu_mul into [m, k], then gemv<MT>.
+void check_silu(DType d, int m, int n, int k, bool bias, Order order) {
+    const std::vector<float> gu = random(d, static_cast<size_t>(m) * 2 * k, 4.0f);
+    const std::vector<float> w = random(d, static_cast<size_t>(n) * k, 1.0f);
+    const std::vector<float> b = random(d, n, 4.0f);
+    Buffer gub(d, gu), wb(d, w), bb(d, b);
+    Buffer fused = Buffer::unwritten(d, static_cast<size_t>(m) * n);
+    Buffer h = Buffer::unwritten(d, static_cast<size_t>(m) * k);
+    Buffer y = Buffer::unwritten(d, static_cast<size_t>(m) * n);
+    GemvFn gated = m == 1 ? KILN_PICK(GemvFn, gemv1_silu, d) : KILN_PICK(GemvFn, gemv2_silu, d);
+    const unsigned blocks = static_cast<unsigned>((n + GEMV_WARPS * GEMV_ROWS_PER_WARP - 1) /
+                                                  (GEMV_WARPS * GEMV_ROWS_PER_WARP));
+    const void* bias_ptr = bias ? bb.data() : wb.data();
+    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, order, 3, [&] {
+        gated(fused.data(), gub.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0);
+    });
+    auto silu = KILN_PICK(SiluMulFn, silu_mul, d);
+    kiln_emu::launch({2, 1, 1}, {64, 1, 1}, Order::Forward, 1,
+                     [&] { silu(h.data(), gub.data(), static_cast<long long>(m) * k, k); });
+    GemvFn plain = pick(d, m);
+    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 3, [&] {
+        plain(y.data(), h.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0);
+    });
+    size_t differ = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+        const float a = fused.at(i), want = y.at(i);
+        if (!(a == want)) ++differ;
+    }
+    failures += differ == 0 ? 0 : 1;
+    ++cases;
+    std::printf("%s  gemv_silu m=%d n=%-5d k=%-5d %-7s %-4s  %zu of %zu outputs differ from silu_mul + gemv\n",
+                differ == 0 ? "ok  " : "FAIL", m, n, k, bias ? "+bias" : "", dtype_name(d), differ,
+                y.size());
+}
+
 }  // namespace
 
 int main() {
@@ -130,6 +171,10 @@ int main() {
         // Exactly filled blocks and a long K with all lanes busy.
         check(d, 1, 16, 4096, false, Order::Forward);
         check(d, 4, 24, 1024, true, Order::Reverse);
+        // The fused SwiGLU + down projection: odd N, K crossing the x chunk, both kernels.
+        check_silu(d, 1, 37, 136, false, Order::Reverse);
+        check_silu(d, 2, 11, 4104, true, Order::Random);
+        check_silu(d, 1, 13, 8200, true, Order::Forward);
     }
     std::printf("%d cases: %s\n", cases,
                 failures == 0 ? "the gemv kernels match the reference" : "SOME CASES FAILED");

@@ -149,6 +149,15 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Self::Tensor, Self::Tensor)>;
     /// `silu(gate) * up` where `gate_up: [n, 2 * I]` holds gate in its first half.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// The MLP's tail, `linear(silu_mul(gate_up), w, b)`; devices may fuse the two.
+    fn silu_mul_linear(
+        &self,
+        gate_up: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        self.linear(&self.silu_mul(gate_up)?, w, b)
+    }
     /// Splits the columns of `x: [n, sum(widths)]` into consecutive parts.
     fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
     /// The given rows of `x`, in order.

@@ -501,8 +501,7 @@ impl<B: Backend> LlamaModel<B> {
             )?;
             residual = Some(sum);
             let gate_up = be.linear(&x, &layer.gate_up, None)?;
-            hidden =
-                comm.all_reduce_sum(be, be.linear(&be.silu_mul(&gate_up)?, &layer.down, None)?)?;
+            hidden = comm.all_reduce_sum(be, be.silu_mul_linear(&gate_up, &layer.down, None)?)?;
         }
         let residual = residual.context("model has no layers")?;
         // Decode steps want every row in order: no gather.

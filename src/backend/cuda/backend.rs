@@ -39,6 +39,9 @@ pub struct CudaBackend {
     /// Run the attention entry as one kernel (`qkv_rope_cache`); `KILN_FUSED_QKV=0` runs the
     /// column copies, rope and cache write separately, for A/B timing.
     fused_qkv: bool,
+    /// Fold the SwiGLU into the down projection's GEMV (one or two rows);
+    /// `KILN_FUSED_SILU_GEMV=0` runs `silu_mul` first, for A/B timing.
+    fused_silu_gemv: bool,
 }
 
 /// A recorded decode step: the graph, the input buffers it reads (uploaded before each
@@ -93,6 +96,7 @@ impl CudaBackend {
             recordings: Mutex::new(Recordings::default()),
             steps: Mutex::new((0, PoolStats::default())),
             fused_qkv: std::env::var("KILN_FUSED_QKV").map_or(true, |v| v != "0"),
+            fused_silu_gemv: std::env::var("KILN_FUSED_SILU_GEMV").map_or(true, |v| v != "0"),
         })
     }
 
@@ -487,6 +491,23 @@ impl Backend for CudaBackend {
         let mut out = self.output(gate_up.dtype(), &[n, width / 2])?;
         self.dev.silu_mul(gate_up, &mut out)?;
         Ok(out)
+    }
+
+    fn silu_mul_linear(
+        &self,
+        gate_up: &CudaTensor,
+        w: &CudaTensor,
+        b: Option<&CudaTensor>,
+    ) -> Result<CudaTensor> {
+        if let (true, &[rows, _], &[out_features, _]) =
+            (self.fused_silu_gemv, gate_up.shape(), w.shape())
+        {
+            let mut out = self.output(gate_up.dtype(), &[rows, out_features])?;
+            if rows > 0 && self.dev.silu_mul_gemv(gate_up, w, b, &mut out)? {
+                return Ok(out);
+            }
+        }
+        self.linear(&self.silu_mul(gate_up)?, w, b)
     }
 
     fn split_columns(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {

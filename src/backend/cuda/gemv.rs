@@ -135,13 +135,32 @@ impl CudaDevice {
         if !self.aligned16(x) || !self.aligned16(w) {
             bail!("gemv: x or w is not 16-byte aligned");
         }
+        // SAFETY: shapes, K % 8 and alignment checked above.
+        unsafe { self.launch_gemv(op, x, w, bias, out, (m, n, k)) }
+    }
+
+    /// Queues GEMV kernel `op` (of the dtype of `out`) on `(m, n, k)`.
+    ///
+    /// # Safety
+    /// The caller has checked what the kernel assumes: `out` is `[m, n]`, `w` `[n, k]`, `x`
+    /// `[m, k]` (`[m, 2k]` for the `_silu` kernels), the bias `[n]`, one dtype, K a multiple
+    /// of 8, x and w 16-byte aligned, `m` within the kernel's rows.
+    pub(super) unsafe fn launch_gemv(
+        &self,
+        op: &str,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        out: &mut CudaTensor,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<()> {
         let (m_i, n_i, k_i) = (
             as_i32(m, "gemv rows")?,
             as_i32(n, "gemv N")?,
             as_i32(k, "gemv K")?,
         );
         let has_bias = i32::from(bias.is_some());
-        let f = self.kernels().get(op, dtype)?;
+        let f = self.kernels().get(op, out.dtype())?;
         let mut args = self.stream().launch_builder(f);
         // Without a bias the kernel never reads its pointer; w stands in.
         let bias_data = bias.map_or(w.data(), |b| b.data());
@@ -153,7 +172,7 @@ impl CudaDevice {
             .arg(&n_i)
             .arg(&k_i)
             .arg(&has_bias);
-        // SAFETY: matches kernels/gemv.cu; shapes, K % 8 and alignment checked above.
+        // SAFETY: matches kernels/gemv.cu; the caller checked its assumptions.
         unsafe { args.launch(gemv_launch(n)?) }.context("gemv launch")?;
         Ok(())
     }
@@ -187,7 +206,7 @@ impl CudaDevice {
         }
     }
 
-    fn aligned16(&self, t: &CudaTensor) -> bool {
+    pub(super) fn aligned16(&self, t: &CudaTensor) -> bool {
         let (ptr, _sync) = t.data().device_ptr(self.stream());
         ptr % 16 == 0
     }

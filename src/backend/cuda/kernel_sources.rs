@@ -87,7 +87,14 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "gemv.cu",
         body: include_str!("../../../kernels/gemv.cu"),
-        ops: &["gemv1", "gemv2", "gemv4", "gemv8"],
+        ops: &[
+            "gemv1",
+            "gemv2",
+            "gemv4",
+            "gemv8",
+            "gemv1_silu",
+            "gemv2_silu",
+        ],
     },
     KernelFile {
         file: "sampling.cu",

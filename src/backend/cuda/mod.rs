@@ -17,6 +17,7 @@ pub mod device_pools;
 pub mod gemm;
 pub mod gemm_batched;
 pub mod gemv;
+pub mod gemv_silu;
 pub mod image_attention;
 pub mod image_conv;
 pub mod image_geometry;

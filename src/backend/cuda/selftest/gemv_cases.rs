@@ -128,7 +128,7 @@ fn bias_case(
 
 /// `y[m, n] = x[m, k] * w[n, k]^T` in f64, parallel over the rows of w (an lm head is half
 /// a billion products per row of x).
-fn reference_linear(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
+pub(super) fn reference_linear(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
     let m = x.len() / k;
     let n = w.len() / k;
     let per_row: Vec<Vec<f64>> = w

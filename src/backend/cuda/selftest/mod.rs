@@ -10,6 +10,7 @@ mod attention_scenarios;
 mod compare;
 mod gemm_bench;
 mod gemv_cases;
+mod gemv_silu_case;
 mod image_cases;
 mod image_gemm_cases;
 mod op_cases;
@@ -62,6 +63,9 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
         }
         if let Err(err) = gemv_cases::run(&mut suite, dtype) {
             suite.error("gemv", dtype, &err);
+        }
+        if let Err(err) = gemv_silu_case::run(&mut suite, dtype) {
+            suite.error("gemv_silu", dtype, &err);
         }
         image_cases::run(&mut suite, &backend, dtype);
         if sampling_case::enabled() {
