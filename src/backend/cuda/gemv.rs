@@ -159,7 +159,8 @@ impl CudaDevice {
     }
 
     /// A linear layer through whichever of the GEMV and cuBLAS [`choose_linear`] picks;
-    /// the bias is fused into the GEMV, added by a kernel after cuBLAS.
+    /// the bias is fused into the GEMV (and cuBLASLt's epilogue, `gemm_lt.rs`), added by a
+    /// kernel after cublasGemmEx.
     pub fn linear_routed(
         &self,
         x: &CudaTensor,
@@ -177,13 +178,7 @@ impl CudaDevice {
         };
         match choose_linear(gemv_enabled(), shape) {
             LinearPath::Gemv => self.gemv(x, w, bias, out),
-            LinearPath::Cublas => {
-                self.blas().linear(x, w, out)?;
-                if let Some(b) = bias {
-                    self.add_bias(out, b)?;
-                }
-                Ok(())
-            }
+            LinearPath::Cublas => self.linear_cublas(x, w, bias, out),
         }
     }
 
