@@ -200,7 +200,14 @@ mod tests {
             base,
             PlanKey::new(8, 6144, 4096, DType::BF16, false, &aligned)
         );
-        let with_bias = PlanKey::new(8, 6144, 4096, DType::BF16, true, &[0x1000, 0x2000, 0x3000, 0x4000]);
+        let with_bias = PlanKey::new(
+            8,
+            6144,
+            4096,
+            DType::BF16,
+            true,
+            &[0x1000, 0x2000, 0x3000, 0x4000],
+        );
         assert_eq!(with_bias.epilogue, LtEpilogue::Bias);
         let others = [
             PlanKey::new(9, 6144, 4096, DType::BF16, false, &aligned),
@@ -215,7 +222,15 @@ mod tests {
             assert_ne!(base, other);
         }
         assert_eq!(
-            PlanKey::new(8, 6144, 4096, DType::BF16, true, &[0x1000, 0x2000, 0x3000, 0x4008]).alignment,
+            PlanKey::new(
+                8,
+                6144,
+                4096,
+                DType::BF16,
+                true,
+                &[0x1000, 0x2000, 0x3000, 0x4008]
+            )
+            .alignment,
             8
         );
     }

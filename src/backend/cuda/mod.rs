@@ -17,6 +17,7 @@ pub mod device_pools;
 pub mod gemm;
 pub mod gemm_batched;
 pub mod gemm_lt;
+pub mod gemm_lt_desc;
 pub mod gemm_lt_plan;
 pub mod gemv;
 pub mod image_attention;
