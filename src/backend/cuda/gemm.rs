@@ -99,11 +99,7 @@ impl Blas {
 
     /// `out[m, n] = x[m, k] * w[n, k]^T`; all three share one dtype.
     pub fn linear(&self, x: &CudaTensor, w: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
-        let (m, k, n) = gemm_dims(x.shape(), w.shape())?;
-        out.expect_shape(&[m, n], "linear output")?;
-        for (t, what) in [(x, "linear input"), (w, "linear weight")] {
-            t.expect_dtype(out.dtype(), what)?;
-        }
+        let (m, k, n) = checked_linear_dims(x, w, None, out, "linear")?;
         let dtype = out.dtype();
         let data_type = cuda_data_type(dtype);
         let (m_i, n_i, k_i) = (to_c_int(m, "m")?, to_c_int(n, "n")?, to_c_int(k, "k")?);
@@ -149,6 +145,37 @@ pub fn gemm_dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
         ([m, k], [n, k2]) if k == k2 => Ok((*m, *k, *n)),
         _ => bail!("linear: x {x:?} and w {w:?} are not [m, k] and [n, k]"),
     }
+}
+
+/// `(m, k, n)` of a linear layer after checking its operands fit: x [m, k], w [n, k],
+/// out [m, n] and bias [n], all of out's dtype. `op` names the caller in errors.
+pub fn checked_linear_dims(
+    x: &CudaTensor,
+    w: &CudaTensor,
+    bias: Option<&CudaTensor>,
+    out: &CudaTensor,
+    op: &str,
+) -> Result<(usize, usize, usize)> {
+    // Messages are formatted only on failure: this runs for every linear layer.
+    let (m, k, n) = gemm_dims(x.shape(), w.shape())?;
+    if out.shape() != [m, n] {
+        bail!(
+            "{op} output: expected shape {:?}, got {:?}",
+            [m, n],
+            out.shape()
+        );
+    }
+    if let Some(b) = bias.filter(|b| b.shape() != [n]) {
+        bail!("{op} bias: expected shape [{n}], got {:?}", b.shape());
+    }
+    let dtype = out.dtype();
+    let operands = [(x, "input"), (w, "weight")].into_iter();
+    for (t, what) in operands.chain(bias.map(|b| (b, "bias"))) {
+        if t.dtype() != dtype {
+            bail!("{op} {what}: expected dtype {dtype}, got {}", t.dtype());
+        }
+    }
+    Ok((m, k, n))
 }
 
 pub(super) fn cuda_data_type(dtype: DType) -> cublas_sys::cudaDataType {

@@ -19,7 +19,7 @@
 //! on the device's one stream).
 
 use super::device::CudaDevice;
-use super::gemm::gemm_dims;
+use super::gemm::checked_linear_dims;
 use super::gemm_lt_desc::{Handle, Plan};
 use super::gemm_lt_plan::PlanKey;
 use super::tensor::CudaTensor;
@@ -85,15 +85,8 @@ impl GemmLt {
         bias: Option<&CudaTensor>,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let (m, k, n) = gemm_dims(x.shape(), w.shape())?;
-        out.expect_shape(&[m, n], "cuBLASLt linear output")?;
+        let (m, k, n) = checked_linear_dims(x, w, bias, out, "cuBLASLt linear")?;
         let dtype = out.dtype();
-        x.expect_dtype(dtype, "cuBLASLt linear input")?;
-        w.expect_dtype(dtype, "cuBLASLt linear weight")?;
-        if let Some(b) = bias {
-            b.expect_shape(&[n], "cuBLASLt linear bias")?;
-            b.expect_dtype(dtype, "cuBLASLt linear bias")?;
-        }
         if m == 0 || n == 0 {
             return Ok(());
         }

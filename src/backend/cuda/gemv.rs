@@ -117,15 +117,8 @@ impl CudaDevice {
         bias: Option<&CudaTensor>,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let (m, k, n) = super::gemm::gemm_dims(x.shape(), w.shape())?;
-        out.expect_shape(&[m, n], "gemv output")?;
+        let (m, k, n) = super::gemm::checked_linear_dims(x, w, bias, out, "gemv")?;
         let dtype = out.dtype();
-        x.expect_dtype(dtype, "gemv input")?;
-        w.expect_dtype(dtype, "gemv weight")?;
-        if let Some(b) = bias {
-            b.expect_shape(&[n], "gemv bias")?;
-            b.expect_dtype(dtype, "gemv bias")?;
-        }
         let Some(op) = gemv_op(m) else {
             bail!("gemv: {m} rows (the kernels serve 1 to {GEMV_KERNEL_MAX_ROWS})");
         };
