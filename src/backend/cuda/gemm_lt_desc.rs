@@ -9,6 +9,18 @@ use anyhow::Result;
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublaslt::{result as lt, sys as lt_sys};
 use cudarc::driver::sys::CUdeviceptr;
+use lt_sys::cublasLtMatmulDescAttributes_t::{
+    CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE as BIAS_DATA_TYPE,
+    CUBLASLT_MATMUL_DESC_BIAS_POINTER as BIAS_POINTER, CUBLASLT_MATMUL_DESC_EPILOGUE as EPILOGUE,
+    CUBLASLT_MATMUL_DESC_TRANSA as TRANSA, CUBLASLT_MATMUL_DESC_TRANSB as TRANSB,
+};
+use lt_sys::cublasLtMatmulPreferenceAttributes_t::{
+    CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES as MAX_WORKSPACE,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES as ALIGN_A,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES as ALIGN_B,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES as ALIGN_C,
+    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES as ALIGN_D,
+};
 use std::ffi::c_void;
 
 /// cuBLASLt's types for a dtype: inputs and output share it; products accumulate and
@@ -24,19 +36,6 @@ fn lt_data_type(dtype: DType) -> lt_sys::cudaDataType {
 
 const COMPUTE: lt_sys::cublasComputeType_t = lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
 const SCALE: lt_sys::cudaDataType = lt_sys::cudaDataType::CUDA_R_32F;
-
-use lt_sys::cublasLtMatmulDescAttributes_t::{
-    CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE as BIAS_DATA_TYPE,
-    CUBLASLT_MATMUL_DESC_BIAS_POINTER as BIAS_POINTER, CUBLASLT_MATMUL_DESC_EPILOGUE as EPILOGUE,
-    CUBLASLT_MATMUL_DESC_TRANSA as TRANSA, CUBLASLT_MATMUL_DESC_TRANSB as TRANSB,
-};
-use lt_sys::cublasLtMatmulPreferenceAttributes_t::{
-    CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES as MAX_WORKSPACE,
-    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES as ALIGN_A,
-    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES as ALIGN_B,
-    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES as ALIGN_C,
-    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES as ALIGN_D,
-};
 
 /// One shape's descriptors and algorithm, made once and reused by every call.
 pub struct Plan {
@@ -94,7 +93,7 @@ impl Plan {
         // SAFETY: every descriptor is live; the layouts match the plan's shapes.
         let heuristic =
             unsafe { lt::get_matmul_algo_heuristic(handle.0, desc.0, a.0, b.0, d.0, d.0, pref.0) }
-                .map_err(|e| err("algorithm heuristic (no algorithm fits)", e))?;
+                .map_err(|e| err("algorithm heuristic", e))?;
         Ok(Self {
             desc,
             a,
