@@ -102,6 +102,14 @@ for arch in llama qwen2; do
         --dtype bfloat16 --block-size 4 --json
 done
 
+# The same through cuBLASLt (KILN_CUBLASLT=1: opt-in, so not required yet); qwen2's qkv
+# bias takes the fused epilogue.
+for arch in llama qwen2; do
+    step "check_${arch}_bfloat16_cublaslt" 60 no "check_${arch}_bfloat16_cublaslt.json" -- \
+        env KILN_CUBLASLT=1 "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda \
+        --dtype bfloat16 --block-size 4 --json
+done
+
 # Tensor parallelism on one GPU ("virtual" TP: two ranks share it): kiln's device
 # all-reduce, and the host-staged one, must give the reference's greedy tokens.
 for arch in llama qwen3; do
@@ -237,6 +245,18 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --output-len 64 --batch-sizes 1 --result-json "$OUT/bench_latency_qwen05b_unfused.json"
 fi
 
+# Linear layers through cuBLASLt (bias fused, algorithm cached per shape) instead of
+# cublasGemmEx, for the A/B in the same run: the 8B decode at batch 1/8/32 (graphs on, so
+# it also checks that cuBLASLt GEMMs record; compare with bench_latency_8b). The 1024-token
+# prefill's A/B is bench_prefill_8b_cublaslt below; the selftest's linear(cuBLASLt) rows
+# time each shape against cublasGemmEx.
+if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${CUBLASLT_AB:-1}" = 1 ]; then
+    step bench_latency_8b_cublaslt 150 no bench_latency_8b_cublaslt.txt -- \
+        env KILN_CUBLASLT=1 "$KILN" bench latency --device cuda --model llama-3.1-8b \
+        --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
+        --output-len 32 --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b_cublaslt.json"
+fi
+
 # Decode with every kernel launched from the host, for the CUDA-graph A/B in the same run.
 if "$KILN" bench latency --help >/dev/null 2>&1; then
     step bench_latency_8b_eager 150 no bench_latency_8b_eager.txt -- \
@@ -290,10 +310,12 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
     # Both earlier 1024-token prefill figures (17.5 and 43.9 ms) were prefix-cache hits (the
     # warm-up ran the measured prompt; it no longer does, and the JSON reports
     # prefill_cached_tokens). The same prefill without graphs, without the GEMV, without
-    # kiln's cuBLAS workspace and without prefix caching, to see what each costs.
+    # kiln's cuBLAS workspace and without prefix caching, and through cuBLASLt
+    # (KILN_CUBLASLT=1), to see what each costs.
     if [ "${PREFILL_AB:-1}" = 1 ]; then
-        for variant in eager no_gemv cublas_workspace no_prefix_cache; do
+        for variant in cublaslt eager no_gemv cublas_workspace no_prefix_cache; do
             case $variant in
+            cublaslt) envs="KILN_CUBLASLT=1" ;;
             eager) envs="KILN_ENFORCE_EAGER=1" ;;
             no_gemv) envs="KILN_GEMV=0" ;;
             cublas_workspace) envs="KILN_CUBLAS_WORKSPACE=0" ;;

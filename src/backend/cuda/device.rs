@@ -3,6 +3,7 @@
 //! [`CudaUnavailable`] error.
 
 use super::gemm::Blas;
+use super::gemm_lt_plan::lt_switch_on;
 use super::jit::KernelRegistry;
 use super::nvrtc::Nvrtc;
 use anyhow::{Context, Result};
@@ -46,6 +47,10 @@ pub struct CudaDevice {
     /// Let attention run the split-K decode kernel (off with `KILN_SPLIT_K_DECODE=0`): on
     /// an H200 it took a 4000-token batch-1 decode step from 36.5 to 5.7 ms.
     split_k_decode: bool,
+    /// Run the linear layers the GEMV does not take through cuBLASLt, bias fused
+    /// (`KILN_CUBLASLT=1`, opt-in until a GPU run proves it; see gemm_lt.rs). Off, with a
+    /// warning, when libcublasLt cannot be loaded.
+    cublaslt: bool,
 }
 
 impl CudaDevice {
@@ -65,6 +70,17 @@ impl CudaDevice {
         let nvrtc = Nvrtc::load()?;
         let kernels = KernelRegistry::load(&ctx, &nvrtc)?;
         let blas = Blas::new(stream.clone())?;
+        let cublaslt = lt_switch_on(std::env::var("KILN_CUBLASLT").ok().as_deref())
+            && match blas.lt() {
+                Ok(_) => {
+                    tracing::info!("KILN_CUBLASLT=1: linear layers run through cuBLASLt");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("KILN_CUBLASLT=1 but {e:#}; linear layers use cublasGemmEx");
+                    false
+                }
+            };
         Ok(Self {
             ctx,
             stream,
@@ -72,6 +88,7 @@ impl CudaDevice {
             blas,
             nvrtc,
             split_k_decode: std::env::var("KILN_SPLIT_K_DECODE").map_or(true, |v| v != "0"),
+            cublaslt,
         })
     }
 
@@ -86,6 +103,11 @@ impl CudaDevice {
     /// Whether attention may pick the split-K decode kernel (see attention_plan.rs).
     pub fn split_k_decode(&self) -> bool {
         self.split_k_decode
+    }
+
+    /// Whether non-GEMV linear layers go through cuBLASLt (`KILN_CUBLASLT=1`).
+    pub fn cublaslt(&self) -> bool {
+        self.cublaslt
     }
 
     pub fn kernels(&self) -> &KernelRegistry {

@@ -1,23 +1,28 @@
 //! Linear layers through cuBLAS: `y[m, n] = x[m, k] * w[n, k]^T` with row-major
 //! activations and HF-layout weights, f32 accumulation for every dtype.
 
+use super::gemm_lt::GemmLt;
 use super::tensor::CudaTensor;
 use crate::backend::DType;
 use anyhow::{bail, Context, Result};
 use cudarc::cublas::{result as cublas_result, sys as cublas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::ffi::c_int;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A cuBLAS handle bound to the device's stream.
 pub struct Blas {
     handle: CudaBlas,
+    /// cuBLASLt (`gemm_lt.rs`), made on first use: at start-up with `KILN_CUBLASLT=1`,
+    /// else only if the selftest asks. Dropped before the workspace it uses.
+    lt: OnceLock<Result<GemmLt, String>>,
     stream: Arc<CudaStream>,
     /// cuBLAS's workspace, ours rather than one it allocates: a GEMM recorded into a CUDA
     /// graph must not allocate, and must find the same workspace on every replay. `None`
     /// with `KILN_CUBLAS_WORKSPACE=0` (cuBLAS's own; for A/B timing only: recordings of
-    /// steps whose GEMMs need a workspace may then fail and run eagerly).
-    _workspace: Option<CudaSlice<u8>>,
+    /// steps whose GEMMs need a workspace may then fail and run eagerly). cuBLASLt uses
+    /// it too (same stream, so their uses never overlap).
+    workspace: Option<CudaSlice<u8>>,
 }
 
 /// Workspace for cuBLAS's split-K and other algorithms (NVIDIA suggests 32 MiB on Hopper).
@@ -36,8 +41,9 @@ impl Blas {
             tracing::warn!("KILN_CUBLAS_WORKSPACE=0: cuBLAS uses its own workspace");
             return Ok(Self {
                 handle,
+                lt: OnceLock::new(),
                 stream,
-                _workspace: None,
+                workspace: None,
             });
         }
         let mut workspace = stream
@@ -60,14 +66,30 @@ impl Blas {
         }
         Ok(Self {
             handle,
+            lt: OnceLock::new(),
             stream,
-            _workspace: Some(workspace),
+            workspace: Some(workspace),
         })
     }
 
     /// The cuBLAS handle, for the other GEMM shapes (`gemm_batched.rs`).
     pub(super) fn handle(&self) -> &CudaBlas {
         &self.handle
+    }
+
+    /// The cuBLASLt linear (`gemm_lt.rs`) on cuBLAS's workspace, made on the first call;
+    /// an error says why cuBLASLt is unavailable (no libcublasLt, a missing symbol).
+    pub fn lt(&self) -> Result<&GemmLt> {
+        self.lt
+            .get_or_init(|| {
+                let workspace = self.workspace.as_ref().map_or((0, 0), |w| {
+                    let (ptr, _sync) = w.device_ptr(&self.stream);
+                    (ptr, w.len())
+                });
+                GemmLt::new(self.stream.clone(), workspace).map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// The stream the handle is bound to.
@@ -77,11 +99,7 @@ impl Blas {
 
     /// `out[m, n] = x[m, k] * w[n, k]^T`; all three share one dtype.
     pub fn linear(&self, x: &CudaTensor, w: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
-        let (m, k, n) = gemm_dims(x.shape(), w.shape())?;
-        out.expect_shape(&[m, n], "linear output")?;
-        for (t, what) in [(x, "linear input"), (w, "linear weight")] {
-            t.expect_dtype(out.dtype(), what)?;
-        }
+        let (m, k, n) = checked_linear_dims(x, w, None, out, "linear")?;
         let dtype = out.dtype();
         let data_type = cuda_data_type(dtype);
         let (m_i, n_i, k_i) = (to_c_int(m, "m")?, to_c_int(n, "n")?, to_c_int(k, "k")?);
@@ -127,6 +145,37 @@ pub fn gemm_dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
         ([m, k], [n, k2]) if k == k2 => Ok((*m, *k, *n)),
         _ => bail!("linear: x {x:?} and w {w:?} are not [m, k] and [n, k]"),
     }
+}
+
+/// `(m, k, n)` of a linear layer after checking its operands fit: x [m, k], w [n, k],
+/// out [m, n] and bias [n], all of out's dtype. `op` names the caller in errors.
+pub fn checked_linear_dims(
+    x: &CudaTensor,
+    w: &CudaTensor,
+    bias: Option<&CudaTensor>,
+    out: &CudaTensor,
+    op: &str,
+) -> Result<(usize, usize, usize)> {
+    // Messages are formatted only on failure: this runs for every linear layer.
+    let (m, k, n) = gemm_dims(x.shape(), w.shape())?;
+    if out.shape() != [m, n] {
+        bail!(
+            "{op} output: expected shape {:?}, got {:?}",
+            [m, n],
+            out.shape()
+        );
+    }
+    if let Some(b) = bias.filter(|b| b.shape() != [n]) {
+        bail!("{op} bias: expected shape [{n}], got {:?}", b.shape());
+    }
+    let dtype = out.dtype();
+    let operands = [(x, "input"), (w, "weight")].into_iter();
+    for (t, what) in operands.chain(bias.map(|b| (b, "bias"))) {
+        if t.dtype() != dtype {
+            bail!("{op} {what}: expected dtype {dtype}, got {}", t.dtype());
+        }
+    }
+    Ok((m, k, n))
 }
 
 pub(super) fn cuda_data_type(dtype: DType) -> cublas_sys::cudaDataType {

@@ -117,15 +117,8 @@ impl CudaDevice {
         bias: Option<&CudaTensor>,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let (m, k, n) = super::gemm::gemm_dims(x.shape(), w.shape())?;
-        out.expect_shape(&[m, n], "gemv output")?;
+        let (m, k, n) = super::gemm::checked_linear_dims(x, w, bias, out, "gemv")?;
         let dtype = out.dtype();
-        x.expect_dtype(dtype, "gemv input")?;
-        w.expect_dtype(dtype, "gemv weight")?;
-        if let Some(b) = bias {
-            b.expect_shape(&[n], "gemv bias")?;
-            b.expect_dtype(dtype, "gemv bias")?;
-        }
         let Some(op) = gemv_op(m) else {
             bail!("gemv: {m} rows (the kernels serve 1 to {GEMV_KERNEL_MAX_ROWS})");
         };
@@ -178,7 +171,8 @@ impl CudaDevice {
     }
 
     /// A linear layer through whichever of the GEMV and cuBLAS [`choose_linear`] picks;
-    /// the bias is fused into the GEMV, added by a kernel after cuBLAS.
+    /// the bias is fused into the GEMV (and cuBLASLt's epilogue, `gemm_lt.rs`), added by a
+    /// kernel after cublasGemmEx.
     pub fn linear_routed(
         &self,
         x: &CudaTensor,
@@ -196,13 +190,7 @@ impl CudaDevice {
         };
         match choose_linear(gemv_enabled(), shape) {
             LinearPath::Gemv => self.gemv(x, w, bias, out),
-            LinearPath::Cublas => {
-                self.blas().linear(x, w, out)?;
-                if let Some(b) = bias {
-                    self.add_bias(out, b)?;
-                }
-                Ok(())
-            }
+            LinearPath::Cublas => self.linear_cublas(x, w, bias, out),
         }
     }
 

@@ -1,5 +1,5 @@
 //! The CUDA backend: our kernels (`kernels/*.cu`, JIT-compiled with NVRTC and cached on
-//! disk), cuBLAS GEMMs, and `kiln selftest`. CUDA libraries are loaded at run time; on a
+//! disk), cuBLAS GEMMs (cuBLASLt with `KILN_CUBLASLT=1`), and `kiln selftest`. CUDA libraries are loaded at run time; on a
 //! machine without them every entry point returns an error instead of panicking.
 //!
 //! Entry point: [`CudaDevice::new`], then the op methods on it ([`ops`], [`ops_attention`],
@@ -16,6 +16,9 @@ pub mod device;
 pub mod device_pools;
 pub mod gemm;
 pub mod gemm_batched;
+pub mod gemm_lt;
+pub mod gemm_lt_desc;
+pub mod gemm_lt_plan;
 pub mod gemv;
 pub mod gemv_silu;
 pub mod image_attention;

@@ -1,6 +1,8 @@
 //! `kiln selftest`: every CUDA op on random inputs of real model shapes, in f32, f16 and
 //! bf16, checked against the plain-Rust reference ([`crate::backend::cuda::reference`]),
-//! timed with CUDA events, the small-M GEMV against cuBLAS at the decode shapes, plus cuBLAS GEMM bandwidth rows and a check that the caching
+//! timed with CUDA events, the small-M GEMV against cuBLAS at the decode shapes, the
+//! cuBLASLt linear against the CPU and cublasGemmEx at the 8B's shapes (whatever
+//! `KILN_CUBLASLT` says), plus cuBLAS GEMM bandwidth rows and a check that the caching
 //! allocator reuses a decode step's buffers; the diffusion models' ops (`ImageOps`) are
 //! checked against the CPU backend. Without a GPU it says so and succeeds.
 
@@ -13,6 +15,7 @@ mod gemv_cases;
 mod gemv_silu_case;
 mod image_cases;
 mod image_gemm_cases;
+mod linear_lt_cases;
 mod op_cases;
 mod qkv_case;
 mod report;
@@ -67,6 +70,7 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
         if let Err(err) = gemv_silu_case::run(&mut suite, dtype) {
             suite.error("gemv_silu", dtype, &err);
         }
+        linear_lt_cases::run(&mut suite, dtype);
         image_cases::run(&mut suite, &backend, dtype);
         if sampling_case::enabled() {
             if let Err(err) = sampling_case::run(&mut suite, dtype) {
