@@ -82,6 +82,28 @@ __device__ __forceinline__ void kiln_unpack16(const KilnVec16& c, float* out) {
     }
 }
 
+// The inverse of kiln_unpack16 on storage values: 16 bytes of T (8 16-bit values or 4 f32)
+// as one vector, for a single 16-byte store.
+template <typename T>
+__device__ __forceinline__ KilnVec16 kiln_pack16(const T* v) {
+    KilnVec16 c;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c.w[i] = __float_as_uint(v[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c.w[i] = (unsigned int)v[2 * i] | ((unsigned int)v[2 * i + 1] << 16);
+    }
+    return c;
+}
+
+// Elements of T before the first 16-byte boundary at or after `p` (0 when `p` is aligned).
+template <typename T>
+__device__ __forceinline__ int kiln_head_to_16(const T* p) {
+    const int misalign = (int)(((unsigned long long)p & 15ull) / sizeof(T));
+    return misalign == 0 ? 0 : (int)(16 / sizeof(T)) - misalign;
+}
+
 // A grid-stride loop of index `i` over `total` elements.
 #define KILN_GRID_STRIDE(i, total)                                                  \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \

@@ -70,47 +70,89 @@ const kiln_emu::Dim3 kStrideBlock{64, 1, 1};
 
 // ---- norms ------------------------------------------------------------------------------
 
-using GroupNormFn = void (*)(void*, const void*, const void*, const void*, int, int, long long,
-                             float, int);
+using GroupNormStatsFn = void (*)(float*, const void*, long long, int);
+using GroupNormFinalizeFn = void (*)(float*, const float*, int, int, float);
+using GroupNormApplyFn = void (*)(void*, const void*, const float*, const void*, const void*, int,
+                                  int, long long, int, int);
 using LayerNormFn = void (*)(void*, const void*, const void*, const void*, int, float);
 
-void check_group_norm(DType d, int n, int c, int h, int w, int groups, bool silu, int threads,
-                      Order order) {
+// A group norm's three launches (src/backend/cuda/image_launch.rs GroupNormLaunch): the
+// statistics over `chunks` blocks per group, the f64 merge, the apply over a
+// (tiles, grid_y) grid of `apply_threads` (grid_y < planes makes the kernel loop over
+// planes). x and y start `x_shift` / `y_shift` elements into their buffers, so rows sit off
+// 16-byte boundaries (equal shifts: vectors with a scalar head; unequal: all scalar).
+struct GroupNormGrid {
+    int chunks, apply_threads, tiles, grid_y;
+    int x_shift = 0, y_shift = 0;
+};
+
+void check_group_norm(DType d, int n, int c, int h, int w, int groups, bool silu,
+                      GroupNormGrid g, Order order, float shift = 2.0f) {
     const long long spatial = static_cast<long long>(h) * w;
-    const std::vector<float> x = random(d, n * c * spatial, 3.0f, 2.0f);
+    const size_t total = static_cast<size_t>(n) * c * spatial;
+    const std::vector<float> x = random(d, total, 3.0f, shift);
     const std::vector<float> wt = random(d, c, 1.5f), b = random(d, c, 1.0f);
     const float eps = 1e-5f;
-    Buffer xb(d, x), wb(d, wt), bb(d, b), y = Buffer::unwritten(d, x.size());
-    auto kernel = KILN_PICK(GroupNormFn, group_norm, d);
-    kiln_emu::launch({static_cast<unsigned>(n * groups), 1, 1}, {static_cast<unsigned>(threads), 1, 1},
-                     order, 1, [&] {
-                         kernel(y.data(), xb.data(), wb.data(), bb.data(), c, groups, spatial, eps,
-                                silu ? 1 : 0);
+    std::vector<float> x_padded(g.x_shift, 0.0f);
+    x_padded.insert(x_padded.end(), x.begin(), x.end());
+    Buffer xb(d, x_padded), wb(d, wt), bb(d, b), y = Buffer::unwritten(d, total + g.y_shift);
+    const size_t elem = d == DType::F32 ? 4 : 2;
+    const void* x_at = static_cast<const char*>(xb.data()) + g.x_shift * elem;
+    void* y_at = static_cast<char*>(y.data()) + g.y_shift * elem;
+    const int rows = n * groups, per = c / groups;
+    std::vector<float> partials(static_cast<size_t>(rows) * g.chunks * 3, NAN);
+    std::vector<float> stats(2 * rows, NAN);
+    auto stats_kernel = KILN_PICK(GroupNormStatsFn, group_norm_stats, d);
+    auto finalize = KILN_PICK(GroupNormFinalizeFn, group_norm_finalize, d);
+    auto apply = KILN_PICK(GroupNormApplyFn, group_norm_apply, d);
+    const long long count = per * spatial;
+    kiln_emu::launch({static_cast<unsigned>(g.chunks), static_cast<unsigned>(rows), 1}, {256, 1, 1},
+                     order, 1, [&] { stats_kernel(partials.data(), x_at, count, g.chunks); });
+    kiln_emu::launch({static_cast<unsigned>((rows + 127) / 128), 1, 1}, {128, 1, 1}, order, 1,
+                     [&] { finalize(stats.data(), partials.data(), rows, g.chunks, eps); });
+    const int planes = n * c;
+    kiln_emu::launch({static_cast<unsigned>(g.tiles), static_cast<unsigned>(g.grid_y), 1},
+                     {static_cast<unsigned>(g.apply_threads), 1, 1}, order, 1, [&] {
+                         apply(y_at, x_at, stats.data(), wb.data(), bb.data(), c, per, spatial,
+                               planes, silu ? 1 : 0);
                      });
-    std::vector<double> want(x.size());
-    const int per = c / groups;
+    std::vector<double> want(total);
     for (int s = 0; s < n; ++s) {
-        for (int g = 0; g < groups; ++g) {
-            const size_t base = (static_cast<size_t>(s) * c + g * per) * spatial;
-            const size_t count = per * spatial;
+        for (int grp = 0; grp < groups; ++grp) {
+            const size_t base = (static_cast<size_t>(s) * c + grp * per) * spatial;
+            const size_t cnt = per * spatial;
             double mean = 0.0, var = 0.0;
-            for (size_t j = 0; j < count; ++j) mean += x[base + j];
-            mean /= count;
-            for (size_t j = 0; j < count; ++j) var += (x[base + j] - mean) * (x[base + j] - mean);
-            var /= count;
-            for (size_t j = 0; j < count; ++j) {
-                const int ch = g * per + static_cast<int>(j / spatial);
+            for (size_t j = 0; j < cnt; ++j) mean += x[base + j];
+            mean /= cnt;
+            for (size_t j = 0; j < cnt; ++j) var += (x[base + j] - mean) * (x[base + j] - mean);
+            var /= cnt;
+            for (size_t j = 0; j < cnt; ++j) {
+                const int ch = grp * per + static_cast<int>(j / spatial);
                 double v = (x[base + j] - mean) / std::sqrt(var + eps) * wt[ch] + b[ch];
                 if (silu) v = v / (1.0 + std::exp(-v));
                 want[base + j] = v;
             }
         }
     }
-    char name[96];
-    std::snprintf(name, sizeof name, "group_norm%s [%d,%d,%d,%d] %d groups, %d threads%s",
-                  silu ? "+silu" : "", n, c, h, w, groups, threads,
-                  order == Order::Random ? " random" : "");
-    report(name, d, y.values(), want);
+    std::vector<float> got = y.values();
+    got.erase(got.begin(), got.begin() + g.y_shift);
+    char name[120];
+    std::snprintf(name, sizeof name,
+                  "group_norm%s [%d,%d,%d,%d]/%d, %d chunks, %dx%d of %d, +%d/+%d%s%s",
+                  silu ? "+silu" : "", n, c, h, w, groups, g.chunks, g.tiles, g.grid_y,
+                  g.apply_threads, g.x_shift, g.y_shift, order == Order::Random ? " random" : "",
+                  shift != 2.0f ? " offset" : "");
+    report(name, d, got, want);
+}
+
+// The host's geometry (GroupNormLaunch::new) for the shape, in small: chunks as given.
+GroupNormGrid host_grid(DType d, int n, int c, long long spatial, int chunks) {
+    const int per_vec = d == DType::F32 ? 4 : 8;
+    const long long vectors = (spatial + per_vec - 1) / per_vec;
+    int threads = 32;
+    while (threads < vectors && threads < 256) threads *= 2;
+    return GroupNormGrid{chunks, threads, static_cast<int>((vectors + threads - 1) / threads),
+                         std::min(n * c, 65535)};
 }
 
 void check_layer_norm(DType d, int rows, int width, int threads, Order order) {
@@ -367,8 +409,67 @@ void check_transpose(DType d) {
 
 // ---- conv2d: im2col + (host) GEMM + bias -------------------------------------------------
 
-using Im2colFn = void (*)(void*, const void*, long long, int, int, int, int, int, int, int, int,
+using Im2colFn = void (*)(void*, const void*, int, int, int, int, int, int, int, int, int, int,
                           int, int);
+
+// The host's im2col launch (image_launch.rs Im2colLaunch::new) with the y grid capped at
+// `max_y` (65535 there; smaller here so the kernel's loop over planes runs).
+struct Im2colGrid {
+    unsigned tiles, grid_y, threads;
+    int vectorised;
+};
+
+Im2colGrid im2col_grid(DType d, int planes, int oh, int ow, int max_y) {
+    const int per_vec = d == DType::F32 ? 4 : 8;
+    const int vectorised = ow % per_vec == 0 ? 1 : 0;
+    const int items = oh * ow / (vectorised ? per_vec : 1);
+    int threads = 32;
+    while (threads < items && threads < 256) threads *= 2;
+    return Im2colGrid{static_cast<unsigned>((items + threads - 1) / threads),
+                      static_cast<unsigned>(std::min(planes, max_y)),
+                      static_cast<unsigned>(threads), vectorised};
+}
+
+// col[count, cin * k * k, oh * ow] of images first .. first + count, exactly, written
+// `col_shift` elements into its buffer (off 16 bytes: the kernel must fall back to scalar).
+void check_im2col(DType d, int n, int cin, int h, int w, int k, int stride, int pad, int first,
+                  int count, int max_y, int col_shift = 0) {
+    const int oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
+    const int rows = cin * k * k, pixels = oh * ow, planes = count * rows;
+    const std::vector<float> x = random(d, n * cin * h * w, 2.0f);
+    Buffer xb(d, x), col = Buffer::unwritten(d, static_cast<size_t>(planes) * pixels + col_shift);
+    const size_t elem = d == DType::F32 ? 4 : 2;
+    void* col_at = static_cast<char*>(col.data()) + col_shift * elem;
+    const Im2colGrid g = im2col_grid(d, planes, oh, ow, max_y);
+    auto im2col = KILN_PICK(Im2colFn, im2col, d);
+    kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Random, 16, [&] {
+        im2col(col_at, xb.data(), planes, first, cin, h, w, k, k, stride, pad, oh, ow,
+               g.vectorised);
+    });
+    std::vector<double> want;
+    for (int image = first; image < first + count; ++image) {
+        for (int c = 0; c < cin; ++c) {
+            for (int ky = 0; ky < k; ++ky) {
+                for (int kx = 0; kx < k; ++kx) {
+                    for (int oy = 0; oy < oh; ++oy) {
+                        for (int ox = 0; ox < ow; ++ox) {
+                            const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+                            const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+                            want.push_back(inside ? x[((image * cin + c) * h + iy) * w + ix] : 0.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::vector<float> got = col.values();
+    got.erase(got.begin(), got.begin() + col_shift);
+    char name[120];
+    std::snprintf(name, sizeof name, "im2col [%d,%d,%d,%d] k%d s%d p%d images %d+%d, %ux%u%s%s",
+                  n, cin, h, w, k, stride, pad, first, count, g.tiles, g.grid_y,
+                  g.vectorised ? " vec" : "", col_shift ? " col+1" : "");
+    report(name, d, got, want, true);
+}
 
 void check_conv(DType d, int n, int cin, int h, int w, int cout, int k, int stride, int pad) {
     const int oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
@@ -381,9 +482,10 @@ void check_conv(DType d, int n, int cin, int h, int w, int cout, int k, int stri
     // One image per im2col launch (`first` = the image), as the backend's chunking can.
     for (int image = 0; image < n; ++image) {
         Buffer col = Buffer::unwritten(d, static_cast<size_t>(rows) * pixels);
-        long long total = static_cast<long long>(col.size());
-        kiln_emu::launch(kStrideGrid, kStrideBlock, Order::Forward, 13, [&] {
-            im2col(col.data(), xb.data(), total, image, cin, h, w, k, k, stride, pad, oh, ow);
+        const Im2colGrid g = im2col_grid(d, rows, oh, ow, 65535);
+        kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Forward, 13, [&] {
+            im2col(col.data(), xb.data(), rows, image, cin, h, w, k, k, stride, pad, oh, ow,
+                   g.vectorised);
         });
         // cuBLAS: out[cout, pixels] = W[cout, rows] col[rows, pixels], f32 accumulation,
         // rounded to the dtype.
@@ -516,10 +618,21 @@ void check_attention(DType d, int batch, int nq, int nk, int heads, int dim, boo
 int main() {
     for (DType d : {DType::F32, DType::F16, DType::BF16}) {
         std::printf("== %s\n", dtype_name(d));
-        check_group_norm(d, 2, 12, 5, 7, 1, false, 64, Order::Forward);
-        check_group_norm(d, 2, 12, 5, 7, 4, true, 96, Order::Random);
-        check_group_norm(d, 1, 40, 11, 15, 8, true, 128, Order::Reverse);
-        check_group_norm(d, 2, 36, 3, 3, 36, false, 32, Order::Forward);  // one channel a group
+        // One group; 5 channels a group; one channel a group (spatial 9: never a whole row
+        // of vectors); chunks > vectors (empty chunks); grid y < planes (the apply loops).
+        check_group_norm(d, 2, 12, 5, 7, 1, false, host_grid(d, 2, 12, 35, 1), Order::Forward);
+        check_group_norm(d, 2, 12, 5, 7, 4, true, host_grid(d, 2, 12, 35, 3), Order::Random);
+        check_group_norm(d, 1, 40, 11, 15, 8, true, host_grid(d, 1, 40, 165, 7), Order::Reverse);
+        check_group_norm(d, 2, 36, 3, 3, 36, false, host_grid(d, 2, 36, 9, 2), Order::Forward);
+        check_group_norm(d, 1, 8, 4, 4, 2, false, {40, 32, 1, 8}, Order::Random);
+        check_group_norm(d, 2, 40, 11, 15, 8, true, {5, 32, 2, 7}, Order::Forward);
+        // Rows off 16-byte boundaries: equal shifts (vector body after a scalar head),
+        // unequal (scalar apply), and a large mean (the merge must not cancel).
+        check_group_norm(d, 2, 12, 8, 8, 4, true, {3, 64, 2, 24, 3, 3}, Order::Forward);
+        check_group_norm(d, 2, 12, 8, 8, 4, false, {3, 64, 1, 24, 1, 2}, Order::Reverse);
+        check_group_norm(d, 1, 32, 16, 16, 4, false, {6, 64, 4, 32, 5, 5}, Order::Random, 300.0f);
+        // A VAE-like row, 32 x 32 x 64 / 32 groups, at the host's geometry with 8 chunks.
+        check_group_norm(d, 1, 64, 32, 32, 32, true, host_grid(d, 1, 64, 1024, 8), Order::Forward);
         check_layer_norm(d, 5, 37, 32, Order::Forward);
         check_layer_norm(d, 3, 77, 96, Order::Random);
         check_activations(d);
@@ -541,6 +654,15 @@ int main() {
         check_conv(d, 2, 5, 11, 15, 7, 3, 2, 1);
         check_conv(d, 2, 5, 11, 15, 7, 1, 1, 0);
         check_conv(d, 1, 3, 6, 9, 4, 3, 1, 0);
+        check_conv(d, 1, 4, 16, 16, 5, 3, 1, 1);  // 16 wide: vectorised in every dtype
+        // Exact im2col: vectorised (16 and 8 wide), scalar (15 wide), stride 2 (8 wide out),
+        // a later image of the batch, planes looped past the y grid, col off 16 bytes.
+        check_im2col(d, 2, 3, 16, 16, 3, 1, 1, 1, 1, 65535);
+        check_im2col(d, 3, 5, 8, 8, 3, 1, 1, 0, 3, 7);
+        check_im2col(d, 2, 5, 11, 15, 3, 1, 1, 0, 2, 65535);
+        check_im2col(d, 1, 2, 16, 16, 3, 2, 1, 0, 1, 65535);
+        check_im2col(d, 1, 2, 8, 9, 2, 1, 0, 0, 1, 65535);
+        check_im2col(d, 2, 3, 16, 16, 3, 1, 1, 1, 1, 5, 1);
         check_attention(d, 2, 7, 11, 3, 5, false, 7, 64);
         check_attention(d, 2, 9, 9, 3, 5, true, 4, 32);
         check_attention(d, 1, 13, 13, 2, 8, true, 13, 96);

@@ -5,6 +5,7 @@
 
 use super::device::CudaDevice;
 use super::image_geometry::{AxisView, ConvShape};
+use super::image_launch::Im2colLaunch;
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
 use anyhow::{bail, ensure, Context, Result};
@@ -148,8 +149,13 @@ impl CudaDevice {
         if needed == 0 {
             return Ok(());
         }
-        let total = needed as i64;
+        let l = Im2colLaunch::new(
+            count * s.patch(),
+            (s.out_h, s.out_w),
+            x.dtype().size_in_bytes(),
+        )?;
         let ints = [
+            as_i32(l.planes, "im2col planes")?,
             as_i32(first, "first image")?,
             as_i32(s.c_in, "channels")?,
             as_i32(s.h, "height")?,
@@ -160,15 +166,16 @@ impl CudaDevice {
             as_i32(s.pad, "padding")?,
             as_i32(s.out_h, "output height")?,
             as_i32(s.out_w, "output width")?,
+            i32::from(l.vectorised),
         ];
         let f = self.kernels().get("im2col", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
-        args.arg(col.data_mut()).arg(x.data()).arg(&total);
+        args.arg(col.data_mut()).arg(x.data());
         for v in &ints {
             args.arg(v);
         }
         // SAFETY: matches kernels/image_layout.cu; extents checked above.
-        unsafe { args.launch(launch::elementwise(needed)) }.context("im2col launch")?;
+        unsafe { args.launch(l.config) }.context("im2col launch")?;
         Ok(())
     }
 }
