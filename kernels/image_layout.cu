@@ -1,14 +1,14 @@
-// Data movement of the image models (copies, no arithmetic), grid-stride loops over the
-// output:
+// Data movement of the image models (copies, no arithmetic):
 //   upsample_nearest: x[planes, in_h, in_w] -> out[planes, out_h, out_w], each output pixel
 //                     reads the input pixel PyTorch's legacy `nearest` rule picks
+//   im2col:           images [first, first + count) of x[n, c, h, w] -> col[count, c * kh * kw,
+//                     out_h * out_w], zero outside the image (the GEMM operand of a conv)
+// both gather whole output planes on a 2-D grid (kiln_gather_planes), and, as grid-stride
+// loops over the output:
 //   copy_axis:        tensors viewed as [outer, len, inner]; copies `count` entries of the
 //                     middle axis from src (len src_len, from src_offset) to dst (len dst_len,
 //                     from dst_offset): one part of a concat, or a narrow
 //   transpose_last2:  x[batch, rows, cols] -> out[batch, cols, rows] (NCHW <-> tokens)
-//   im2col:           images [first, first + count) of x[n, c, h, w] -> col[count, c * kh * kw,
-//                     out_h * out_w], zero outside the image (the GEMM operand of a conv);
-//                     2-D grid over (tile of a plane's pixels, plane), see below
 
 // src/backend/image_ops.rs `nearest_source_index`: floor(i * (in / out)) in f32, clamped.
 __device__ __forceinline__ int kiln_nearest_source(int i, int in, int out) {
@@ -19,19 +19,55 @@ __device__ __forceinline__ int kiln_nearest_source(int i, int in, int out) {
     return s < in - 1 ? s : in - 1;
 }
 
+// Writes `planes` planes out[q, out_h, out_w]: block y walks the planes (grid-stride),
+// block x a tile of a plane's pixels, each thread PER consecutive output x in one 16-byte
+// store when `vectorised` (the host sets it when out_w is a multiple of the vector; out's
+// base is checked here), else one value. `plane(q)` returns the plane's `row(oy)`, which
+// returns the row's `pick(ox)`: the value of output pixel (oy, ox). One 32-bit division
+// per item; 64-bit offsets are only multiplied. These are copies that write more than they
+// read (im2col kh * kw times), so the stores are what must run at bandwidth.
+template <typename D, typename PlaneFn>
+__device__ __forceinline__ void kiln_gather_planes(typename D::T* out, int planes, int out_h,
+                                                   int out_w, int vectorised, PlaneFn plane) {
+    typedef typename D::T T;
+    constexpr int PER = 16 / (int)sizeof(T);
+    const bool vec = vectorised && ((unsigned long long)out & 15ull) == 0;
+    const int width = vec ? PER : 1;
+    const int per_row = out_w / width;
+    const int items = out_h * per_row;
+    for (int q = blockIdx.y; q < planes; q += gridDim.y) {
+        const auto row = plane(q);
+        T* dst = out + (long long)q * out_h * out_w;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < items;
+             i += gridDim.x * blockDim.x) {
+            const int oy = i / per_row;
+            const int ox0 = (i - oy * per_row) * width;
+            const auto pick = row(oy);
+            T* o = dst + (long long)oy * out_w + ox0;
+            if (vec) {
+                T v[PER];
+#pragma unroll
+                for (int e = 0; e < PER; ++e) v[e] = pick(ox0 + e);
+                *reinterpret_cast<KilnVec16*>(o) = kiln_pack16(v);
+            } else {
+                *o = pick(ox0);
+            }
+        }
+    }
+}
+
 template <typename D>
 __device__ __forceinline__ void upsample_nearest_impl(typename D::T* out, const typename D::T* x,
-                                                      long long total, int in_h, int in_w,
-                                                      int out_h, int out_w) {
-    KILN_GRID_STRIDE(i, total) {
-        const int ox = (int)(i % out_w);
-        const long long rows = i / out_w;  // plane * out_h + oy
-        const int oy = (int)(rows % out_h);
-        const long long plane = rows / out_h;
-        const int sy = kiln_nearest_source(oy, in_h, out_h);
-        const int sx = kiln_nearest_source(ox, in_w, out_w);
-        out[i] = x[(plane * in_h + sy) * in_w + sx];
-    }
+                                                      int planes, int in_h, int in_w, int out_h,
+                                                      int out_w, int vectorised) {
+    typedef typename D::T T;
+    kiln_gather_planes<D>(out, planes, out_h, out_w, vectorised, [=](int q) {
+        const T* src = x + (long long)q * in_h * in_w;
+        return [=](int oy) {
+            const T* srow = src + (long long)kiln_nearest_source(oy, in_h, out_h) * in_w;
+            return [=](int ox) { return srow[kiln_nearest_source(ox, in_w, out_w)]; };
+        };
+    });
 }
 
 template <typename D>
@@ -62,62 +98,39 @@ __device__ __forceinline__ void transpose_last2_impl(typename D::T* out, const t
     }
 }
 
-// Block y walks the planes q = image * patch + (c * kh + ky) * kw + kx of col (grid-stride),
-// block x a tile of the plane's output pixels, each thread `vec` consecutive output x: one
-// 16-byte store when `vectorised` (the host sets it when out_w is a multiple of the vector;
-// col's base is checked here). Per item one 32-bit division; the 64-bit offsets are only
-// multiplied. im2col writes kh * kw times what it reads, so the stores are what must run
-// at bandwidth; the loads of neighbouring taps hit the same cache lines.
+// Plane q of col is image q / patch, tap k = q % patch = (c * kh + ky) * kw + kx.
 template <typename D>
 __device__ __forceinline__ void im2col_impl(typename D::T* col, const typename D::T* x,
                                             int planes, int first, int channels, int h, int w,
                                             int kh, int kw, int stride, int pad, int out_h,
                                             int out_w, int vectorised) {
     typedef typename D::T T;
-    constexpr int PER = 16 / (int)sizeof(T);
-    const bool vec = vectorised && ((unsigned long long)col & 15ull) == 0;
-    const int width = vec ? PER : 1;
-    const int per_row = out_w / width;
-    const int items = out_h * per_row;
-    const int taps = kh * kw;
-    const int patch = channels * taps;
     const T zero = D::store(0.0f);
-    for (int q = blockIdx.y; q < planes; q += gridDim.y) {
+    kiln_gather_planes<D>(col, planes, out_h, out_w, vectorised, [=](int q) {
+        const int patch = channels * kh * kw;
         const int image = q / patch;
         const int k = q - image * patch;
-        const int c = k / taps;
-        const int ky = (k - c * taps) / kw;
-        const int kx = k - c * taps - ky * kw;
+        const int c = k / (kh * kw);
+        const int ky = (k - c * kh * kw) / kw;
+        const int kx = k - c * kh * kw - ky * kw;
         const T* src = x + ((long long)(first + image) * channels + c) * h * w;
-        T* dst = col + (long long)q * out_h * out_w;
-        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < items;
-             i += gridDim.x * blockDim.x) {
-            const int oy = i / per_row;
-            const int ox0 = (i - oy * per_row) * width;
+        return [=](int oy) {
             const int iy = oy * stride - pad + ky;
-            const bool row_inside = iy >= 0 && iy < h;
-            const T* srow = src + (long long)(row_inside ? iy : 0) * w;
-            const int ix0 = ox0 * stride - pad + kx;
-            T* out = dst + (long long)oy * out_w + ox0;
-            if (vec) {
-                T v[PER];
-#pragma unroll
-                for (int e = 0; e < PER; ++e) {
-                    const int ix = ix0 + e * stride;
-                    v[e] = row_inside && ix >= 0 && ix < w ? srow[ix] : zero;
-                }
-                *reinterpret_cast<KilnVec16*>(out) = kiln_pack16(v);
-            } else {
-                *out = row_inside && ix0 >= 0 && ix0 < w ? srow[ix0] : zero;
-            }
-        }
-    }
+            const bool inside = iy >= 0 && iy < h;
+            const T* srow = src + (long long)(inside ? iy : 0) * w;
+            return [=](int ox) {
+                const int ix = ox * stride - pad + kx;
+                return inside && ix >= 0 && ix < w ? srow[ix] : zero;
+            };
+        };
+    });
 }
 
 #define KILN_IMAGE_LAYOUT(S, D)                                                                 \
-    extern "C" __global__ void upsample_nearest_##S(D::T* out, const D::T* x, long long total,  \
-                                                    int in_h, int in_w, int out_h, int out_w) { \
-        upsample_nearest_impl<D>(out, x, total, in_h, in_w, out_h, out_w);                      \
+    extern "C" __global__ void upsample_nearest_##S(D::T* out, const D::T* x, int planes,       \
+                                                    int in_h, int in_w, int out_h, int out_w,   \
+                                                    int vectorised) {                           \
+        upsample_nearest_impl<D>(out, x, planes, in_h, in_w, out_h, out_w, vectorised);         \
     }                                                                                           \
     extern "C" __global__ void copy_axis_##S(D::T* dst, const D::T* src, long long total,       \
                                              long long inner, int count, int src_len,           \

@@ -145,57 +145,23 @@ __device__ __forceinline__ void group_norm_finalize_impl(float* stats, const flo
 }
 
 template <typename D>
-__device__ __forceinline__ typename D::T group_norm_value(float x, float mean, float scale,
-                                                          float shift, int silu) {
-    float v = (x - mean) * scale + shift;
-    if (silu) v = v / (1.0f + expf(-v));
-    return D::store(v);
-}
-
-template <typename D>
 __device__ __forceinline__ void group_norm_apply_impl(typename D::T* y, const typename D::T* x,
                                                       const float* stats,
                                                       const typename D::T* w,
                                                       const typename D::T* b, int channels,
                                                       int per_group, long long spatial,
                                                       int planes, int silu) {
-    typedef typename D::T T;
-    constexpr int PER = 16 / (int)sizeof(T);
-    // x and y are the same shape: vectors line up in both unless their bases differ mod 16.
-    const bool vectorised = (((unsigned long long)x ^ (unsigned long long)y) & 15ull) == 0;
     for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const int c = plane % channels;
         const int r = plane / per_group;  // n * groups + c / per_group
         const float mean = stats[2 * r];
         const float scale = stats[2 * r + 1] * D::load(w[c]);
         const float shift = D::load(b[c]);
-        const T* xp = x + (long long)plane * spatial;
-        T* yp = y + (long long)plane * spatial;
-        long long head = vectorised ? kiln_head_to_16(xp) : spatial;
-        if (head > spatial) head = spatial;
-        const long long nvec = (spatial - head) / PER;
-        const long long tail = head + nvec * PER;
-        if (blockIdx.x == 0) {
-            for (long long j = threadIdx.x; j < head; j += blockDim.x) {
-                yp[j] = group_norm_value<D>(D::load(xp[j]), mean, scale, shift, silu);
-            }
-            for (long long j = tail + threadIdx.x; j < spatial; j += blockDim.x) {
-                yp[j] = group_norm_value<D>(D::load(xp[j]), mean, scale, shift, silu);
-            }
-        }
-        const KilnVec16* xv = reinterpret_cast<const KilnVec16*>(xp + head);
-        KilnVec16* yv = reinterpret_cast<KilnVec16*>(yp + head);
-        for (long long v = (long long)blockIdx.x * blockDim.x + threadIdx.x; v < nvec;
-             v += (long long)gridDim.x * blockDim.x) {
-            float in[PER];
-            kiln_unpack16<D>(xv[v], in);
-            T out[PER];
-#pragma unroll
-            for (int i = 0; i < PER; ++i) {
-                out[i] = group_norm_value<D>(in[i], mean, scale, shift, silu);
-            }
-            yv[v] = kiln_pack16(out);
-        }
+        const long long at = (long long)plane * spatial;
+        kiln_map_row<D>(y + at, x + at, spatial, [=](float v) {
+            v = (v - mean) * scale + shift;
+            return silu ? v / (1.0f + expf(-v)) : v;
+        });
     }
 }
 

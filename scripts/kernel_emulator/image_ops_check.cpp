@@ -145,14 +145,25 @@ void check_group_norm(DType d, int n, int c, int h, int w, int groups, bool silu
     report(name, d, got, want);
 }
 
-// The host's geometry (GroupNormLaunch::new) for the shape, in small: chunks as given.
-GroupNormGrid host_grid(DType d, int n, int c, long long spatial, int chunks) {
+// The host's per-plane map (image_launch.rs plane_map): (tiles, min(planes, max_y)) blocks
+// of `threads`.
+struct PlaneGrid {
+    int threads, tiles, grid_y;
+};
+
+PlaneGrid plane_grid(DType d, int planes, long long spatial, int max_y = 65535) {
     const int per_vec = d == DType::F32 ? 4 : 8;
     const long long vectors = (spatial + per_vec - 1) / per_vec;
     int threads = 32;
     while (threads < vectors && threads < 256) threads *= 2;
-    return GroupNormGrid{chunks, threads, static_cast<int>((vectors + threads - 1) / threads),
-                         std::min(n * c, 65535)};
+    return PlaneGrid{threads, static_cast<int>((vectors + threads - 1) / threads),
+                     std::min(planes, max_y)};
+}
+
+// The host's geometry (GroupNormLaunch::new) for the shape, in small: chunks as given.
+GroupNormGrid host_grid(DType d, int n, int c, long long spatial, int chunks) {
+    const PlaneGrid p = plane_grid(d, n * c, spatial);
+    return GroupNormGrid{chunks, p.threads, p.tiles, p.grid_y};
 }
 
 void check_layer_norm(DType d, int rows, int width, int threads, Order order) {
@@ -187,7 +198,7 @@ void check_layer_norm(DType d, int rows, int width, int threads, Order order) {
 using ActivationFn = void (*)(void*, const void*, long long, int);
 using GegluFn = void (*)(void*, const void*, long long, int);
 using LincombFn = void (*)(void*, const void*, const void*, long long, float, float, int);
-using ChannelBiasFn = void (*)(void*, const void*, const void*, long long, int, long long, int);
+using ChannelBiasFn = void (*)(void*, const void*, const void*, int, int, long long, int);
 using AddRowFn = void (*)(void*, const void*, const void*, long long, int);
 
 double gelu_erf(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
@@ -265,25 +276,38 @@ void check_lincomb(DType d) {
     }
 }
 
-void check_channel_bias(DType d) {
-    const int n = 2, c = 5, h = 3, w = 7;
+// x[n, c, h, w] + bias, at the host's grid with the y grid capped at `max_y` (the kernel
+// loops over the planes past it), x and y `shift` elements into their buffers.
+void check_channel_bias(DType d, int n, int c, int h, int w, int max_y, int shift) {
     const long long spatial = h * w;
+    const int planes = n * c;
     const std::vector<float> x = random(d, n * c * spatial, 2.0f);
+    std::vector<float> x_padded(shift, 0.0f);
+    x_padded.insert(x_padded.end(), x.begin(), x.end());
     auto kernel = KILN_PICK(ChannelBiasFn, add_channel_bias, d);
-    long long total = static_cast<long long>(x.size());
+    const PlaneGrid g = plane_grid(d, planes, spatial, max_y);
+    const size_t elem = d == DType::F32 ? 4 : 2;
     for (int stride : {c, 0}) {
         const std::vector<float> bias = random(d, stride == 0 ? c : n * c, 2.0f);
-        Buffer xb(d, x), bb(d, bias), y = Buffer::unwritten(d, x.size());
-        kiln_emu::launch(kStrideGrid, kStrideBlock, Order::Forward, 6, [&] {
-            kernel(y.data(), xb.data(), bb.data(), total, c, spatial, stride);
-        });
+        Buffer xb(d, x_padded), bb(d, bias), y = Buffer::unwritten(d, x_padded.size());
+        kiln_emu::launch({static_cast<unsigned>(g.tiles), static_cast<unsigned>(g.grid_y), 1},
+                         {static_cast<unsigned>(g.threads), 1, 1}, Order::Forward, 6, [&] {
+                             kernel(static_cast<char*>(y.data()) + shift * elem,
+                                    static_cast<char*>(xb.data()) + shift * elem, bb.data(),
+                                    planes, c, spatial, stride);
+                         });
         std::vector<double> want(x.size());
         for (size_t i = 0; i < x.size(); ++i) {
             const size_t plane = i / spatial;
             want[i] = x[i] + static_cast<double>(bias[(plane / c) * stride + plane % c]);
         }
-        report(stride ? "add_channel_bias [2,5,3,7] + [2,5]" : "conv bias [2,5,3,7] + [5]", d,
-               y.values(), want);
+        std::vector<float> got = y.values();
+        got.erase(got.begin(), got.begin() + shift);
+        char name[96];
+        std::snprintf(name, sizeof name, "%s [%d,%d,%d,%d], %dx%d of %d, +%d",
+                      stride ? "add_channel_bias" : "conv bias", n, c, h, w, g.tiles, g.grid_y,
+                      g.threads, shift);
+        report(name, d, got, want);
     }
 }
 
@@ -302,18 +326,38 @@ void check_add_row(DType d) {
 
 // ---- layout -----------------------------------------------------------------------------
 
-using UpsampleFn = void (*)(void*, const void*, long long, int, int, int, int);
+using UpsampleFn = void (*)(void*, const void*, int, int, int, int, int, int);
 using CopyAxisFn = void (*)(void*, const void*, long long, long long, int, int, int, int, int);
 using TransposeFn = void (*)(void*, const void*, long long, int, int);
 
-void check_upsample(DType d, int in_h, int in_w, int out_h, int out_w) {
+// The host's launch of a plane gather (image_launch.rs GatherLaunch::new: im2col,
+// upsample) with the y grid capped at `max_y` (65535 there; smaller here so the kernel's
+// loop over planes runs).
+struct GatherGrid {
+    unsigned tiles, grid_y, threads;
+    int vectorised;
+};
+
+GatherGrid gather_grid(DType d, int planes, int oh, int ow, int max_y) {
+    const int per_vec = d == DType::F32 ? 4 : 8;
+    const int vectorised = ow % per_vec == 0 ? 1 : 0;
+    const int items = oh * ow / (vectorised ? per_vec : 1);
+    int threads = 32;
+    while (threads < items && threads < 256) threads *= 2;
+    return GatherGrid{static_cast<unsigned>((items + threads - 1) / threads),
+                      static_cast<unsigned>(std::min(planes, max_y)),
+                      static_cast<unsigned>(threads), vectorised};
+}
+
+void check_upsample(DType d, int in_h, int in_w, int out_h, int out_w, int max_y = 65535) {
     const int planes = 6;  // n = 2, c = 3
     const std::vector<float> x = random(d, planes * in_h * in_w, 5.0f);
     Buffer xb(d, x), y = Buffer::unwritten(d, static_cast<size_t>(planes) * out_h * out_w);
     auto kernel = KILN_PICK(UpsampleFn, upsample_nearest, d);
-    long long total = static_cast<long long>(y.size());
-    kiln_emu::launch(kStrideGrid, kStrideBlock, Order::Forward, 8,
-                     [&] { kernel(y.data(), xb.data(), total, in_h, in_w, out_h, out_w); });
+    const GatherGrid g = gather_grid(d, planes, out_h, out_w, max_y);
+    kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Forward, 8, [&] {
+        kernel(y.data(), xb.data(), planes, in_h, in_w, out_h, out_w, g.vectorised);
+    });
     // Small sizes: floor(i * in / out) in exact integers is what the f32 rule gives.
     std::vector<double> want(y.size());
     for (int p = 0; p < planes; ++p) {
@@ -327,8 +371,8 @@ void check_upsample(DType d, int in_h, int in_w, int out_h, int out_w) {
         }
     }
     char name[96];
-    std::snprintf(name, sizeof name, "upsample_nearest [2,3,%d,%d] -> %dx%d", in_h, in_w, out_h,
-                  out_w);
+    std::snprintf(name, sizeof name, "upsample_nearest [2,3,%d,%d] -> %dx%d, %ux%u%s", in_h, in_w,
+                  out_h, out_w, g.tiles, g.grid_y, g.vectorised ? " vec" : "");
     report(name, d, y.values(), want, true);
 }
 
@@ -412,24 +456,6 @@ void check_transpose(DType d) {
 using Im2colFn = void (*)(void*, const void*, int, int, int, int, int, int, int, int, int, int,
                           int, int);
 
-// The host's im2col launch (image_launch.rs Im2colLaunch::new) with the y grid capped at
-// `max_y` (65535 there; smaller here so the kernel's loop over planes runs).
-struct Im2colGrid {
-    unsigned tiles, grid_y, threads;
-    int vectorised;
-};
-
-Im2colGrid im2col_grid(DType d, int planes, int oh, int ow, int max_y) {
-    const int per_vec = d == DType::F32 ? 4 : 8;
-    const int vectorised = ow % per_vec == 0 ? 1 : 0;
-    const int items = oh * ow / (vectorised ? per_vec : 1);
-    int threads = 32;
-    while (threads < items && threads < 256) threads *= 2;
-    return Im2colGrid{static_cast<unsigned>((items + threads - 1) / threads),
-                      static_cast<unsigned>(std::min(planes, max_y)),
-                      static_cast<unsigned>(threads), vectorised};
-}
-
 // col[count, cin * k * k, oh * ow] of images first .. first + count, exactly, written
 // `col_shift` elements into its buffer (off 16 bytes: the kernel must fall back to scalar).
 void check_im2col(DType d, int n, int cin, int h, int w, int k, int stride, int pad, int first,
@@ -440,7 +466,7 @@ void check_im2col(DType d, int n, int cin, int h, int w, int k, int stride, int 
     Buffer xb(d, x), col = Buffer::unwritten(d, static_cast<size_t>(planes) * pixels + col_shift);
     const size_t elem = d == DType::F32 ? 4 : 2;
     void* col_at = static_cast<char*>(col.data()) + col_shift * elem;
-    const Im2colGrid g = im2col_grid(d, planes, oh, ow, max_y);
+    const GatherGrid g = gather_grid(d, planes, oh, ow, max_y);
     auto im2col = KILN_PICK(Im2colFn, im2col, d);
     kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Random, 16, [&] {
         im2col(col_at, xb.data(), planes, first, cin, h, w, k, k, stride, pad, oh, ow,
@@ -482,7 +508,7 @@ void check_conv(DType d, int n, int cin, int h, int w, int cout, int k, int stri
     // One image per im2col launch (`first` = the image), as the backend's chunking can.
     for (int image = 0; image < n; ++image) {
         Buffer col = Buffer::unwritten(d, static_cast<size_t>(rows) * pixels);
-        const Im2colGrid g = im2col_grid(d, rows, oh, ow, 65535);
+        const GatherGrid g = gather_grid(d, rows, oh, ow, 65535);
         kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Forward, 13, [&] {
             im2col(col.data(), xb.data(), rows, image, cin, h, w, k, k, stride, pad, oh, ow,
                    g.vectorised);
@@ -499,10 +525,12 @@ void check_conv(DType d, int n, int cin, int h, int w, int cout, int k, int stri
     }
     Buffer cb(d, conv), bb(d, bias), y = Buffer::unwritten(d, conv.size());
     auto add_bias = KILN_PICK(ChannelBiasFn, add_channel_bias, d);
-    long long total = static_cast<long long>(conv.size());
-    long long spatial = pixels;
-    kiln_emu::launch(kStrideGrid, kStrideBlock, Order::Forward, 14,
-                     [&] { add_bias(y.data(), cb.data(), bb.data(), total, cout, spatial, 0); });
+    const long long spatial = pixels;
+    const PlaneGrid pg = plane_grid(d, n * cout, spatial);
+    kiln_emu::launch({static_cast<unsigned>(pg.tiles), static_cast<unsigned>(pg.grid_y), 1},
+                     {static_cast<unsigned>(pg.threads), 1, 1}, Order::Forward, 14, [&] {
+                         add_bias(y.data(), cb.data(), bb.data(), n * cout, cout, spatial, 0);
+                     });
     std::vector<double> want(conv.size());
     for (int image = 0; image < n; ++image) {
         for (int o = 0; o < cout; ++o) {
@@ -638,7 +666,9 @@ int main() {
         check_activations(d);
         check_geglu(d);
         check_lincomb(d);
-        check_channel_bias(d);
+        check_channel_bias(d, 2, 5, 3, 7, 65535, 0);  // 21 values a plane: heads and tails
+        check_channel_bias(d, 2, 5, 8, 8, 3, 0);      // whole vectors, planes looped past y
+        check_channel_bias(d, 1, 3, 40, 50, 2, 3);    // 2000 a plane: 2 tiles, off 16 bytes
         check_add_row(d);
         check_upsample(d, 3, 5, 6, 10);
         check_upsample(d, 11, 15, 22, 30);
@@ -646,6 +676,10 @@ int main() {
         check_upsample(d, 6, 8, 11, 15);
         check_upsample(d, 3, 5, 2, 3);
         check_upsample(d, 3, 5, 3, 5);
+        check_upsample(d, 8, 8, 16, 16, 4);   // vectorised, planes looped past the y grid
+        check_upsample(d, 5, 6, 10, 12);      // vectorised in f32 only
+        check_upsample(d, 32, 32, 64, 64);    // several vectors a row, 2 tiles in f16
+        check_upsample(d, 6, 9, 11, 16);      // a 16-wide row of a non-2x resize
         check_concat_narrow(d, {{2, 3, 4}, {2, 5, 4}}, 1);
         check_concat_narrow(d, {{2, 3, 4}, {1, 3, 4}, {3, 3, 4}}, 0);
         check_concat_narrow(d, {{2, 3, 4}, {2, 3, 1}}, 2);

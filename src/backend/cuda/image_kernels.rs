@@ -5,7 +5,7 @@
 //! (which shapes an op accepts) live in `image_ops.rs`.
 
 use super::device::CudaDevice;
-use super::image_launch::GroupNormLaunch;
+use super::image_launch::{plane_map, GroupNormLaunch};
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
 use crate::backend::image_ops::Activation;
@@ -256,19 +256,26 @@ impl CudaDevice {
         same_dtype(bias, x, "channel bias")?;
         y.expect_shape(x.shape(), "channel bias output")?;
         same_dtype(y, x, "channel bias output")?;
-        let total = x.numel() as i64;
-        if total == 0 {
+        if x.numel() == 0 {
             return Ok(());
         }
-        let spatial = (x.numel() / (n * c)) as i64;
-        let ints = [as_i32(c, "channels")?, as_i32(batch_stride, "bias stride")?];
+        let spatial = x.numel() / (n * c);
+        let config = plane_map(n * c, spatial, x.dtype().size_in_bytes())?;
+        let ints = [
+            as_i32(n * c, "planes")?,
+            as_i32(c, "channels")?,
+            as_i32(batch_stride, "bias stride")?,
+        ];
+        let spatial = spatial as i64;
         let f = self.kernels().get("add_channel_bias", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
         args.arg(y.data_mut()).arg(x.data()).arg(bias.data());
-        args.arg(&total).arg(&ints[0]).arg(&spatial).arg(&ints[1]);
+        args.arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&spatial)
+            .arg(&ints[2]);
         // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
-        unsafe { args.launch(launch::elementwise(total as usize)) }
-            .context("add_channel_bias launch")?;
+        unsafe { args.launch(config) }.context("add_channel_bias launch")?;
         Ok(())
     }
 

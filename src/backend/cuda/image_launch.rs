@@ -1,5 +1,5 @@
 //! Launch geometry of the image kernels that spread one op over a 2-D grid (group norm's
-//! statistics and apply, im2col), as pure functions: what `image_kernels.rs` and
+//! statistics and apply, the channel bias, im2col, nearest upsampling), as pure functions: what `image_kernels.rs` and
 //! `image_layout_kernels.rs` launch, unit-tested without a GPU. The kernels' side of each
 //! contract is in `kernels/image_norm.cu` and `kernels/image_layout.cu`.
 
@@ -15,7 +15,7 @@ pub const STATS_TARGET_BLOCKS: usize = 1024;
 pub const STATS_MIN_PER_BLOCK: usize = 8 * 1024;
 /// Most elements one statistics block reduces: its count is an f32, exact up to 2^24.
 pub const STATS_MAX_PER_BLOCK: usize = 1 << 24;
-/// CUDA's limit on gridDim.y; the apply and im2col kernels loop over the rest.
+/// CUDA's limit on gridDim.y; the per-plane kernels loop over the rest.
 pub const MAX_GRID_Y: usize = 65_535;
 /// Rows (one group of one image) the finalize kernel merges per block, one a thread.
 pub const FINALIZE_THREADS: u32 = 128;
@@ -35,6 +35,22 @@ fn config(grid: (usize, usize), threads: u32) -> Result<LaunchConfig> {
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     })
+}
+
+/// A per-plane map over `planes` rows of `spatial` values (`kiln_map_row` in
+/// kernels/common.cuh: group norm's apply, the channel bias): grid (tiles, planes), one
+/// 16-byte vector a thread per tile; narrow planes get fewer threads, not idle ones.
+pub fn plane_map(planes: usize, spatial: usize, elem_bytes: usize) -> Result<LaunchConfig> {
+    ensure!(
+        planes <= i32::MAX as usize,
+        "{planes} planes overflow the kernel's int index"
+    );
+    let vectors = spatial.div_ceil(per_vector(elem_bytes));
+    let threads = vectors.next_power_of_two().clamp(32, IMAGE_THREADS as usize);
+    config(
+        (vectors.div_ceil(threads), planes.min(MAX_GRID_Y)),
+        threads as u32,
+    )
 }
 
 /// The three launches of a group norm of `x[n, channels, spatial]`.
@@ -74,9 +90,6 @@ impl GroupNormLaunch {
             rows <= MAX_GRID_Y,
             "group norm: {rows} groups exceed the grid's y limit"
         );
-        // One vector a thread per tile; narrow planes get fewer threads, not idle ones.
-        let vectors = spatial.div_ceil(per_vector(elem_bytes));
-        let apply_threads = vectors.next_power_of_two().clamp(32, IMAGE_THREADS as usize);
         let planes = n * channels;
         Ok(GroupNormLaunch {
             rows,
@@ -85,43 +98,41 @@ impl GroupNormLaunch {
             planes,
             stats: config((chunks, rows), IMAGE_THREADS)?,
             finalize: config((rows.div_ceil(FINALIZE_THREADS as usize), 1), FINALIZE_THREADS)?,
-            apply: config(
-                (vectors.div_ceil(apply_threads), planes.min(MAX_GRID_Y)),
-                apply_threads as u32,
-            )?,
+            apply: plane_map(planes, spatial, elem_bytes)?,
         })
     }
 }
 
-/// The launch of im2col over `planes = images * c_in * kh * kw` planes of
-/// `out_h * out_w` pixels.
+/// The launch of a plane gather (`kiln_gather_planes` in kernels/image_layout.cu: im2col
+/// over `images * c_in * kh * kw` planes, nearest upsampling over `n * c`) writing `planes`
+/// planes of `out_h * out_w` pixels.
 #[derive(Debug, Clone, Copy)]
-pub struct Im2colLaunch {
+pub struct GatherLaunch {
     pub planes: usize,
     /// Whether each thread writes one 16-byte vector (`out_w` a multiple of it) or one value.
     pub vectorised: bool,
     pub config: LaunchConfig,
 }
 
-impl Im2colLaunch {
+impl GatherLaunch {
     pub fn new(
         planes: usize,
         (out_h, out_w): (usize, usize),
         elem_bytes: usize,
-    ) -> Result<Im2colLaunch> {
+    ) -> Result<GatherLaunch> {
         ensure!(
             planes > 0 && out_h * out_w > 0,
-            "im2col of {planes} planes of {out_h}x{out_w}"
+            "gather of {planes} planes of {out_h}x{out_w}"
         );
         ensure!(
             planes <= i32::MAX as usize && out_h * out_w <= i32::MAX as usize,
-            "im2col: {planes} planes of {out_h}x{out_w} overflow the kernel's int indices"
+            "gather: {planes} planes of {out_h}x{out_w} overflow the kernel's int indices"
         );
         let vectorised = out_w % per_vector(elem_bytes) == 0;
         let width = if vectorised { per_vector(elem_bytes) } else { 1 };
         let items = out_h * out_w / width;
         let threads = items.next_power_of_two().clamp(32, IMAGE_THREADS as usize);
-        Ok(Im2colLaunch {
+        Ok(GatherLaunch {
             planes,
             vectorised,
             config: config(
@@ -175,6 +186,18 @@ mod tests {
     }
 
     #[test]
+    fn plane_maps_cover_every_plane_and_vector() {
+        let c = plane_map(3, 1000, 2).unwrap(); // 125 half vectors a plane
+        assert_eq!((c.grid_dim, c.block_dim), ((1, 3, 1), (128, 1, 1)));
+        let c = plane_map(3, 1001, 4).unwrap(); // 251 f32 vectors (last one partial)
+        assert_eq!((c.grid_dim, c.block_dim), ((1, 3, 1), (256, 1, 1)));
+        let c = plane_map(2, 4096 * 8 + 1, 2).unwrap();
+        assert_eq!(c.grid_dim, (17, 2, 1));
+        assert!(plane_map(0, 8, 2).is_err());
+        assert!(plane_map(3, 0, 2).is_err());
+    }
+
+    #[test]
     fn group_norm_refuses_bad_shapes() {
         assert!(GroupNormLaunch::new((1, 10, 4), 3, 2).is_err());
         assert!(GroupNormLaunch::new((1, 10, 0), 5, 2).is_err());
@@ -183,21 +206,21 @@ mod tests {
     }
 
     #[test]
-    fn im2col_vectorises_when_rows_hold_whole_vectors() {
+    fn gathers_vectorise_when_rows_hold_whole_vectors() {
         // VAE conv at 512x512, 128 channels: 1152 planes of 32768 half vectors.
-        let l = Im2colLaunch::new(128 * 9, (512, 512), 2).unwrap();
+        let l = GatherLaunch::new(128 * 9, (512, 512), 2).unwrap();
         assert!(l.vectorised);
         assert_eq!(l.config.grid_dim, (128, 1152, 1));
         // 22x30 latents: 30 is not a multiple of 8 halves (scalar) but f32's... neither.
-        let l = Im2colLaunch::new(45, (22, 30), 2).unwrap();
+        let l = GatherLaunch::new(45, (22, 30), 2).unwrap();
         assert!(!l.vectorised);
         assert_eq!(l.config.grid_dim, (3, 45, 1));
-        assert!(Im2colLaunch::new(45, (22, 28), 4).unwrap().vectorised);
-        assert!(!Im2colLaunch::new(45, (22, 28), 2).unwrap().vectorised);
+        assert!(GatherLaunch::new(45, (22, 28), 4).unwrap().vectorised);
+        assert!(!GatherLaunch::new(45, (22, 28), 2).unwrap().vectorised);
         // More planes than the y limit: capped, the kernel loops.
-        let l = Im2colLaunch::new(100_000, (8, 8), 2).unwrap();
+        let l = GatherLaunch::new(100_000, (8, 8), 2).unwrap();
         assert_eq!(l.config.grid_dim, (1, MAX_GRID_Y as u32, 1));
         assert_eq!(l.config.block_dim, (32, 1, 1));
-        assert!(Im2colLaunch::new(0, (8, 8), 2).is_err());
+        assert!(GatherLaunch::new(0, (8, 8), 2).is_err());
     }
 }

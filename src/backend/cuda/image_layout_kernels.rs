@@ -5,7 +5,7 @@
 
 use super::device::CudaDevice;
 use super::image_geometry::{AxisView, ConvShape};
-use super::image_launch::Im2colLaunch;
+use super::image_launch::GatherLaunch;
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
 use anyhow::{bail, ensure, Context, Result};
@@ -28,25 +28,26 @@ impl CudaDevice {
             y.shape()
         );
         y.expect_dtype(x.dtype(), "upsample output")?;
-        let total = y.numel() as i64;
-        if total == 0 {
+        if y.numel() == 0 {
             return Ok(());
         }
+        let l = GatherLaunch::new(n * c, (oh, ow), x.dtype().size_in_bytes())?;
         let ints = [
+            as_i32(l.planes, "planes")?,
             as_i32(h, "height")?,
             as_i32(w, "width")?,
             as_i32(oh, "output height")?,
             as_i32(ow, "output width")?,
+            i32::from(l.vectorised),
         ];
         let f = self.kernels().get("upsample_nearest", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
-        args.arg(y.data_mut()).arg(x.data()).arg(&total);
+        args.arg(y.data_mut()).arg(x.data());
         for v in &ints {
             args.arg(v);
         }
         // SAFETY: matches kernels/image_layout.cu; shapes checked above.
-        unsafe { args.launch(launch::elementwise(total as usize)) }
-            .context("upsample_nearest launch")?;
+        unsafe { args.launch(l.config) }.context("upsample_nearest launch")?;
         Ok(())
     }
 
@@ -149,7 +150,7 @@ impl CudaDevice {
         if needed == 0 {
             return Ok(());
         }
-        let l = Im2colLaunch::new(
+        let l = GatherLaunch::new(
             count * s.patch(),
             (s.out_h, s.out_w),
             x.dtype().size_in_bytes(),

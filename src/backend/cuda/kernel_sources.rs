@@ -115,7 +115,12 @@ pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "image_norm.cu",
         body: include_str!("../../../kernels/image_norm.cu"),
-        ops: &["group_norm", "layer_norm"],
+        ops: &[
+            "group_norm_stats",
+            "group_norm_finalize",
+            "group_norm_apply",
+            "layer_norm",
+        ],
     },
     KernelFile {
         file: "image_pointwise.cu",

@@ -98,13 +98,16 @@ pub fn run<'d>(s: &mut Suite<'d>, gpu: &'d CudaBackend, dtype: DType) {
 
 fn group_norm(t: &mut ImageSuite<'_, '_>) -> Result<()> {
     let be = t.gpu;
-    // (x dims, groups, silu): 5 channels a group, one group, one channel a group, and a
-    // UNet-like 32 groups of 3 channels at 22x30.
+    // (x dims, groups, silu): 5 channels a group, one group, one channel a group, a
+    // UNet-like 32 groups of 3 channels at 22x30, and the SD VAE decoder's largest and
+    // deepest norms (512x512x128: 32 statistics blocks per group; 64x64x512).
     for (dims, groups, silu) in [
         ([2, 40, 11, 15], 8, true),
         ([2, 40, 11, 15], 1, false),
         ([1, 12, 7, 9], 12, true),
         ([2, 96, 22, 30], 32, true),
+        ([1, 128, 512, 512], 32, true),
+        ([1, 512, 64, 64], 32, false),
     ] {
         let x = t.input(&dims, 3.0)?;
         let w = t.input(&[dims[1]], 1.5)?;
