@@ -92,7 +92,9 @@ __device__ __forceinline__ KilnVec16 kiln_pack16(const T* v) {
         for (int i = 0; i < 4; ++i) c.w[i] = __float_as_uint(v[i]);
     } else {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) c.w[i] = (unsigned int)v[2 * i] | ((unsigned int)v[2 * i + 1] << 16);
+        for (int i = 0; i < 4; ++i) {
+            c.w[i] = (unsigned int)v[2 * i] | ((unsigned int)v[2 * i + 1] << 16);
+        }
     }
     return c;
 }
@@ -118,7 +120,9 @@ __device__ __forceinline__ void kiln_map_row(typename D::T* y, const typename D:
     const long long nvec = (len - head) / PER;
     const long long tail = head + nvec * PER;
     if (blockIdx.x == 0) {
-        for (long long j = threadIdx.x; j < head; j += blockDim.x) y[j] = D::store(f(D::load(x[j])));
+        for (long long j = threadIdx.x; j < head; j += blockDim.x) {
+            y[j] = D::store(f(D::load(x[j])));
+        }
         for (long long j = tail + threadIdx.x; j < len; j += blockDim.x) {
             y[j] = D::store(f(D::load(x[j])));
         }

@@ -270,10 +270,7 @@ impl CudaDevice {
         let f = self.kernels().get("add_channel_bias", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
         args.arg(y.data_mut()).arg(x.data()).arg(bias.data());
-        args.arg(&ints[0])
-            .arg(&ints[1])
-            .arg(&spatial)
-            .arg(&ints[2]);
+        args.arg(&ints[0]).arg(&ints[1]).arg(&spatial).arg(&ints[2]);
         // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
         unsafe { args.launch(config) }.context("add_channel_bias launch")?;
         Ok(())

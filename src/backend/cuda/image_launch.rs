@@ -46,7 +46,9 @@ pub fn plane_map(planes: usize, spatial: usize, elem_bytes: usize) -> Result<Lau
         "{planes} planes overflow the kernel's int index"
     );
     let vectors = spatial.div_ceil(per_vector(elem_bytes));
-    let threads = vectors.next_power_of_two().clamp(32, IMAGE_THREADS as usize);
+    let threads = vectors
+        .next_power_of_two()
+        .clamp(32, IMAGE_THREADS as usize);
     config(
         (vectors.div_ceil(threads), planes.min(MAX_GRID_Y)),
         threads as u32,
@@ -97,7 +99,10 @@ impl GroupNormLaunch {
             count,
             planes,
             stats: config((chunks, rows), IMAGE_THREADS)?,
-            finalize: config((rows.div_ceil(FINALIZE_THREADS as usize), 1), FINALIZE_THREADS)?,
+            finalize: config(
+                (rows.div_ceil(FINALIZE_THREADS as usize), 1),
+                FINALIZE_THREADS,
+            )?,
             apply: plane_map(planes, spatial, elem_bytes)?,
         })
     }
@@ -129,7 +134,11 @@ impl GatherLaunch {
             "gather: {planes} planes of {out_h}x{out_w} overflow the kernel's int indices"
         );
         let vectorised = out_w % per_vector(elem_bytes) == 0;
-        let width = if vectorised { per_vector(elem_bytes) } else { 1 };
+        let width = if vectorised {
+            per_vector(elem_bytes)
+        } else {
+            1
+        };
         let items = out_h * out_w / width;
         let threads = items.next_power_of_two().clamp(32, IMAGE_THREADS as usize);
         Ok(GatherLaunch {

@@ -112,13 +112,8 @@ impl ImageOps for CudaBackend {
             silu,
         };
         self.new_output(x, x.shape(), |y| {
-            self.device().group_norm_into(
-                x,
-                (weight, bias),
-                norm,
-                (&mut partials, &mut stats),
-                y,
-            )
+            self.device()
+                .group_norm_into(x, (weight, bias), norm, (&mut partials, &mut stats), y)
         })
     }
 
