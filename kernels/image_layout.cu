@@ -1,9 +1,10 @@
 // Data movement of the image models (copies, no arithmetic):
 //   upsample_nearest: x[planes, in_h, in_w] -> out[planes, out_h, out_w], each output pixel
 //                     reads the input pixel PyTorch's legacy `nearest` rule picks
-//   im2col:           images [first, first + count) of x[n, c, h, w] -> col[count, c * kh * kw,
-//                     out_h * out_w], zero outside the image (the GEMM operand of a conv)
-// both gather whole output planes on a 2-D grid (kiln_gather_planes), and, as grid-stride
+//   im2col:           images [first, first + count) of x[n, c, h, w] -> col[count, c * kh * kw
+//                     (+ bias_rows), out_h * out_w], zero outside the image (the GEMM operand
+//                     of a conv), and conv_weight_bias, the matching weights
+// all gather whole output planes on a 2-D grid (kiln_gather_planes), and, as grid-stride
 // loops over the output:
 //   copy_axis:        tensors viewed as [outer, len, inner]; copies `count` entries of the
 //                     middle axis from src (len src_len, from src_offset) to dst (len dst_len,
@@ -98,30 +99,54 @@ __device__ __forceinline__ void transpose_last2_impl(typename D::T* out, const t
     }
 }
 
-// Plane q of col is image q / patch, tap k = q % patch = (c * kh + ky) * kw + kx.
+// Plane q of col is image q / rows, row k = q % rows of the image's rows = patch + bias_rows:
+// k < patch is tap (c * kh + ky) * kw + kx; k == patch is all ones and the rest all zeros
+// (bias_rows > 0: the GEMM adds the bias, a column of conv_weight_bias's weights).
 template <typename D>
 __device__ __forceinline__ void im2col_impl(typename D::T* col, const typename D::T* x,
                                             int planes, int first, int channels, int h, int w,
                                             int kh, int kw, int stride, int pad, int out_h,
-                                            int out_w, int vectorised) {
+                                            int out_w, int bias_rows, int vectorised) {
     typedef typename D::T T;
     const T zero = D::store(0.0f);
+    const T one = D::store(1.0f);
     kiln_gather_planes<D>(col, planes, out_h, out_w, vectorised, [=](int q) {
         const int patch = channels * kh * kw;
-        const int image = q / patch;
-        const int k = q - image * patch;
+        const int image = q / (patch + bias_rows);
+        const int k = q - image * (patch + bias_rows);
         const int c = k / (kh * kw);
         const int ky = (k - c * kh * kw) / kw;
         const int kx = k - c * kh * kw - ky * kw;
         const T* src = x + ((long long)(first + image) * channels + c) * h * w;
+        // A bias row is "outside the image" everywhere, with `one` or `zero` as its fill.
+        const bool tap = k < patch;
+        const T fill = k == patch ? one : zero;
         return [=](int oy) {
             const int iy = oy * stride - pad + ky;
-            const bool inside = iy >= 0 && iy < h;
+            const bool inside = tap && iy >= 0 && iy < h;
             const T* srow = src + (long long)(inside ? iy : 0) * w;
             return [=](int ox) {
                 const int ix = ox * stride - pad + kx;
-                return inside && ix >= 0 && ix < w ? srow[ix] : zero;
+                return inside && ix >= 0 && ix < w ? srow[ix] : fill;
             };
+        };
+    });
+}
+
+// The weights of a conv whose bias rides in its GEMM: out[c_out, patch + bias_rows] is
+// w[c_out, patch], then b[o] (against im2col's row of ones), then zeros (bias_rows keeps
+// the GEMM's K and leading dimension multiples of 8 for the tensor cores).
+template <typename D>
+__device__ __forceinline__ void conv_weight_bias_impl(typename D::T* out, const typename D::T* w,
+                                                      const typename D::T* b, int c_out,
+                                                      int patch, int bias_rows, int vectorised) {
+    typedef typename D::T T;
+    const T zero = D::store(0.0f);
+    kiln_gather_planes<D>(out, 1, c_out, patch + bias_rows, vectorised, [=](int) {
+        return [=](int o) {
+            const T* row = w + (long long)o * patch;
+            const T bias = b[o];
+            return [=](int j) { return j < patch ? row[j] : (j == patch ? bias : zero); };
         };
     });
 }
@@ -145,8 +170,13 @@ __device__ __forceinline__ void im2col_impl(typename D::T* col, const typename D
     extern "C" __global__ void im2col_##S(D::T* col, const D::T* x, int planes, int first,      \
                                           int channels, int h, int w, int kh, int kw,           \
                                           int stride, int pad, int out_h, int out_w,            \
-                                          int vectorised) {                                     \
+                                          int bias_rows, int vectorised) {                      \
         im2col_impl<D>(col, x, planes, first, channels, h, w, kh, kw, stride, pad, out_h,       \
-                       out_w, vectorised);                                                      \
+                       out_w, bias_rows, vectorised);                                           \
+    }                                                                                           \
+    extern "C" __global__ void conv_weight_bias_##S(D::T* out, const D::T* w, const D::T* b,    \
+                                                    int c_out, int patch, int bias_rows,        \
+                                                    int vectorised) {                           \
+        conv_weight_bias_impl<D>(out, w, b, c_out, patch, bias_rows, vectorised);               \
     }
 KILN_FOR_EACH_DTYPE(KILN_IMAGE_LAYOUT)

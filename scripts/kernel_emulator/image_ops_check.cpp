@@ -454,14 +454,16 @@ void check_transpose(DType d) {
 // ---- conv2d: im2col + (host) GEMM + bias -------------------------------------------------
 
 using Im2colFn = void (*)(void*, const void*, int, int, int, int, int, int, int, int, int, int,
-                          int, int);
+                          int, int, int);
+using ConvWeightBiasFn = void (*)(void*, const void*, const void*, int, int, int, int);
 
-// col[count, cin * k * k, oh * ow] of images first .. first + count, exactly, written
-// `col_shift` elements into its buffer (off 16 bytes: the kernel must fall back to scalar).
+// col[count, cin * k * k + bias_rows, oh * ow] of images first .. first + count, exactly,
+// written `col_shift` elements into its buffer (off 16 bytes: the kernel must fall back to
+// scalar).
 void check_im2col(DType d, int n, int cin, int h, int w, int k, int stride, int pad, int first,
-                  int count, int max_y, int col_shift = 0) {
+                  int count, int max_y, int col_shift = 0, int bias_rows = 0) {
     const int oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
-    const int rows = cin * k * k, pixels = oh * ow, planes = count * rows;
+    const int rows = cin * k * k + bias_rows, pixels = oh * ow, planes = count * rows;
     const std::vector<float> x = random(d, n * cin * h * w, 2.0f);
     Buffer xb(d, x), col = Buffer::unwritten(d, static_cast<size_t>(planes) * pixels + col_shift);
     const size_t elem = d == DType::F32 ? 4 : 2;
@@ -469,7 +471,7 @@ void check_im2col(DType d, int n, int cin, int h, int w, int k, int stride, int 
     const GatherGrid g = gather_grid(d, planes, oh, ow, max_y);
     auto im2col = KILN_PICK(Im2colFn, im2col, d);
     kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Random, 16, [&] {
-        im2col(col_at, xb.data(), planes, first, cin, h, w, k, k, stride, pad, oh, ow,
+        im2col(col_at, xb.data(), planes, first, cin, h, w, k, k, stride, pad, oh, ow, bias_rows,
                g.vectorised);
     });
     std::vector<double> want;
@@ -487,50 +489,76 @@ void check_im2col(DType d, int n, int cin, int h, int w, int k, int stride, int 
                 }
             }
         }
+        for (int r = 0; r < bias_rows * pixels; ++r) want.push_back(r < pixels ? 1.0 : 0.0);
     }
     std::vector<float> got = col.values();
     got.erase(got.begin(), got.begin() + col_shift);
     char name[120];
-    std::snprintf(name, sizeof name, "im2col [%d,%d,%d,%d] k%d s%d p%d images %d+%d, %ux%u%s%s",
-                  n, cin, h, w, k, stride, pad, first, count, g.tiles, g.grid_y,
-                  g.vectorised ? " vec" : "", col_shift ? " col+1" : "");
+    std::snprintf(name, sizeof name, "im2col [%d,%d,%d,%d] k%d s%d p%d images %d+%d%s, %ux%u%s%s",
+                  n, cin, h, w, k, stride, pad, first, count, bias_rows ? " +bias" : "", g.tiles,
+                  g.grid_y, g.vectorised ? " vec" : "", col_shift ? " col+1" : "");
     report(name, d, got, want, true);
 }
 
+// As src/backend/cuda/image_conv.rs: a 3x3 (any non-1x1) conv carries its bias in the GEMM
+// (conv_weight_bias's weights against im2col's 8 extra rows); a 1x1 conv multiplies the
+// image itself, then add_channel_bias.
 void check_conv(DType d, int n, int cin, int h, int w, int cout, int k, int stride, int pad) {
     const int oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
-    const int rows = cin * k * k, pixels = oh * ow;
+    const int patch = cin * k * k, pixels = oh * ow;
+    const bool pointwise = k == 1 && stride == 1 && pad == 0;
+    const int bias_rows = pointwise ? 0 : 8, rows = patch + bias_rows;
     const std::vector<float> x = random(d, n * cin * h * w, 2.0f);
-    const std::vector<float> wt = random(d, cout * rows, 0.5f), bias = random(d, cout, 1.0f);
-    Buffer xb(d, x);
+    const std::vector<float> wt = random(d, cout * patch, 0.5f), bias = random(d, cout, 1.0f);
+    Buffer xb(d, x), wb(d, wt), bb(d, bias);
+    Buffer weights = pointwise ? Buffer(d, wt) : Buffer::unwritten(d, cout * rows);
+    if (!pointwise) {
+        auto weight_bias = KILN_PICK(ConvWeightBiasFn, conv_weight_bias, d);
+        const GatherGrid g = gather_grid(d, 1, cout, rows, 65535);
+        kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Forward, 12, [&] {
+            weight_bias(weights.data(), wb.data(), bb.data(), cout, patch, bias_rows,
+                        g.vectorised);
+        });
+    }
     auto im2col = KILN_PICK(Im2colFn, im2col, d);
     std::vector<float> conv(static_cast<size_t>(n) * cout * pixels);
     // One image per im2col launch (`first` = the image), as the backend's chunking can.
     for (int image = 0; image < n; ++image) {
         Buffer col = Buffer::unwritten(d, static_cast<size_t>(rows) * pixels);
-        const GatherGrid g = gather_grid(d, rows, oh, ow, 65535);
-        kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Forward, 13, [&] {
-            im2col(col.data(), xb.data(), rows, image, cin, h, w, k, k, stride, pad, oh, ow,
-                   g.vectorised);
-        });
+        if (pointwise) {
+            col = Buffer(d, std::vector<float>(x.begin() + image * patch * pixels,
+                                               x.begin() + (image + 1) * patch * pixels));
+        } else {
+            const GatherGrid g = gather_grid(d, rows, oh, ow, 65535);
+            kiln_emu::launch({g.tiles, g.grid_y, 1}, {g.threads, 1, 1}, Order::Forward, 13, [&] {
+                im2col(col.data(), xb.data(), rows, image, cin, h, w, k, k, stride, pad, oh, ow,
+                       bias_rows, g.vectorised);
+            });
+        }
         // cuBLAS: out[cout, pixels] = W[cout, rows] col[rows, pixels], f32 accumulation,
         // rounded to the dtype.
         for (int o = 0; o < cout; ++o) {
             for (int p = 0; p < pixels; ++p) {
                 float acc = 0.0f;
-                for (int r = 0; r < rows; ++r) acc += wt[o * rows + r] * col.at(r * pixels + p);
+                for (int r = 0; r < rows; ++r) {
+                    acc += weights.at(o * rows + r) * col.at(r * pixels + p);
+                }
                 conv[(static_cast<size_t>(image) * cout + o) * pixels + p] = round_to(d, acc);
             }
         }
     }
-    Buffer cb(d, conv), bb(d, bias), y = Buffer::unwritten(d, conv.size());
-    auto add_bias = KILN_PICK(ChannelBiasFn, add_channel_bias, d);
-    const long long spatial = pixels;
-    const PlaneGrid pg = plane_grid(d, n * cout, spatial);
-    kiln_emu::launch({static_cast<unsigned>(pg.tiles), static_cast<unsigned>(pg.grid_y), 1},
-                     {static_cast<unsigned>(pg.threads), 1, 1}, Order::Forward, 14, [&] {
-                         add_bias(y.data(), cb.data(), bb.data(), n * cout, cout, spatial, 0);
-                     });
+    std::vector<float> got = conv;
+    if (pointwise) {
+        Buffer cb(d, conv), y = Buffer::unwritten(d, conv.size());
+        auto add_bias = KILN_PICK(ChannelBiasFn, add_channel_bias, d);
+        const long long spatial = pixels;
+        const PlaneGrid pg = plane_grid(d, n * cout, spatial);
+        kiln_emu::launch({static_cast<unsigned>(pg.tiles), static_cast<unsigned>(pg.grid_y), 1},
+                         {static_cast<unsigned>(pg.threads), 1, 1}, Order::Forward, 14, [&] {
+                             add_bias(y.data(), cb.data(), bb.data(), n * cout, cout, spatial, 0);
+                         });
+        got = y.values();
+    }
     std::vector<double> want(conv.size());
     for (int image = 0; image < n; ++image) {
         for (int o = 0; o < cout; ++o) {
@@ -555,7 +583,7 @@ void check_conv(DType d, int n, int cin, int h, int w, int cout, int k, int stri
     char name[96];
     std::snprintf(name, sizeof name, "conv2d [%d,%d,%d,%d] * [%d,%d,%d,%d] s%d p%d", n, cin, h, w,
                   cout, cin, k, k, stride, pad);
-    report(name, d, y.values(), want);
+    report(name, d, got, want);
 }
 
 // ---- dense attention: (host) q k^T GEMM + softmax kernel + (host) p v GEMM ---------------
@@ -697,6 +725,9 @@ int main() {
         check_im2col(d, 1, 2, 16, 16, 3, 2, 1, 0, 1, 65535);
         check_im2col(d, 1, 2, 8, 9, 2, 1, 0, 0, 1, 65535);
         check_im2col(d, 2, 3, 16, 16, 3, 1, 1, 1, 1, 5, 1);
+        check_im2col(d, 3, 5, 8, 8, 3, 1, 1, 1, 2, 9, 0, 8);     // bias rows, planes looped
+        check_im2col(d, 2, 5, 11, 15, 3, 2, 1, 0, 2, 65535, 0, 8);
+        check_conv(d, 2, 8, 8, 8, 16, 3, 1, 1);  // 72 + 8 weight columns: vectorised
         check_attention(d, 2, 7, 11, 3, 5, false, 7, 64);
         check_attention(d, 2, 9, 9, 3, 5, true, 4, 32);
         check_attention(d, 1, 13, 13, 2, 8, true, 13, 96);

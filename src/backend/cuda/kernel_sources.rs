@@ -136,7 +136,13 @@ pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "image_layout.cu",
         body: include_str!("../../../kernels/image_layout.cu"),
-        ops: &["upsample_nearest", "copy_axis", "transpose_last2", "im2col"],
+        ops: &[
+            "upsample_nearest",
+            "copy_axis",
+            "transpose_last2",
+            "im2col",
+            "conv_weight_bias",
+        ],
     },
     KernelFile {
         file: "attention_softmax.cu",
