@@ -131,8 +131,9 @@ __device__ __forceinline__ void kiln_map_row(typename D::T* y, const typename D:
     KilnVec16* yv = reinterpret_cast<KilnVec16*>(y + head);
     for (long long v = (long long)blockIdx.x * blockDim.x + threadIdx.x; v < nvec;
          v += (long long)gridDim.x * blockDim.x) {
+        const KilnVec16 packed = xv[v];  // one 16-byte load (a reference would load words)
         float in[PER];
-        kiln_unpack16<D>(xv[v], in);
+        kiln_unpack16<D>(packed, in);
         T out[PER];
 #pragma unroll
         for (int i = 0; i < PER; ++i) out[i] = D::store(f(in[i]));

@@ -104,8 +104,9 @@ __device__ __forceinline__ void group_norm_stats_impl(float* partials,
     }
     const KilnVec16* vecs = reinterpret_cast<const KilnVec16*>(row + head);
     for (long long v = v0 + threadIdx.x; v < v1; v += blockDim.x) {
+        const KilnVec16 packed = vecs[v];  // one 16-byte load (a reference would load words)
         float f[PER];
-        kiln_unpack16<D>(vecs[v], f);
+        kiln_unpack16<D>(packed, f);
         // The vector's own moments exactly (two passes over registers), then one merge.
         float sum = 0.0f;
 #pragma unroll
