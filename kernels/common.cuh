@@ -82,6 +82,65 @@ __device__ __forceinline__ void kiln_unpack16(const KilnVec16& c, float* out) {
     }
 }
 
+// The inverse of kiln_unpack16 on storage values: 16 bytes of T (8 16-bit values or 4 f32)
+// as one vector, for a single 16-byte store.
+template <typename T>
+__device__ __forceinline__ KilnVec16 kiln_pack16(const T* v) {
+    KilnVec16 c;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c.w[i] = __float_as_uint(v[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            c.w[i] = (unsigned int)v[2 * i] | ((unsigned int)v[2 * i + 1] << 16);
+        }
+    }
+    return c;
+}
+
+// Elements of T before the first 16-byte boundary at or after `p` (0 when `p` is aligned).
+template <typename T>
+__device__ __forceinline__ int kiln_head_to_16(const T* p) {
+    const int misalign = (int)(((unsigned long long)p & 15ull) / sizeof(T));
+    return misalign == 0 ? 0 : (int)(16 / sizeof(T)) - misalign;
+}
+
+// y[j] = f(x[j]) for the `len` values of one row, by the blocks along the grid's x: 16-byte
+// vectors strided over every block, plus a scalar head up to x's first 16-byte boundary and
+// a scalar tail, both done by block 0. All scalar when x and y are aligned differently.
+template <typename D, typename F>
+__device__ __forceinline__ void kiln_map_row(typename D::T* y, const typename D::T* x,
+                                             long long len, F f) {
+    typedef typename D::T T;
+    constexpr int PER = 16 / (int)sizeof(T);
+    const bool together = (((unsigned long long)x ^ (unsigned long long)y) & 15ull) == 0;
+    long long head = together ? kiln_head_to_16(x) : len;
+    if (head > len) head = len;
+    const long long nvec = (len - head) / PER;
+    const long long tail = head + nvec * PER;
+    if (blockIdx.x == 0) {
+        for (long long j = threadIdx.x; j < head; j += blockDim.x) {
+            y[j] = D::store(f(D::load(x[j])));
+        }
+        for (long long j = tail + threadIdx.x; j < len; j += blockDim.x) {
+            y[j] = D::store(f(D::load(x[j])));
+        }
+    }
+    const KilnVec16* xv = reinterpret_cast<const KilnVec16*>(x + head);
+    KilnVec16* yv = reinterpret_cast<KilnVec16*>(y + head);
+    for (long long v = (long long)blockIdx.x * blockDim.x + threadIdx.x; v < nvec;
+         v += (long long)gridDim.x * blockDim.x) {
+        const KilnVec16 packed = xv[v];  // one 16-byte load (a reference would load words)
+        float in[PER];
+        kiln_unpack16<D>(packed, in);
+        T out[PER];
+#pragma unroll
+        for (int i = 0; i < PER; ++i) out[i] = D::store(f(in[i]));
+        yv[v] = kiln_pack16(out);
+    }
+}
+
 // A grid-stride loop of index `i` over `total` elements.
 #define KILN_GRID_STRIDE(i, total)                                                  \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \

@@ -4,7 +4,7 @@
 //   lincomb:          out = alpha * a + beta * b (b unused when has_b is 0: a plain scale, so
 //                     an infinite value of a scales to infinity, not NaN)
 //   add_channel_bias: x[n, c, spatial] + bias[n * bias_batch_stride + c] (a resnet's time
-//                     embedding with stride c; a conv bias with stride 0)
+//                     embedding with stride c; a conv bias with stride 0), grid (tiles, planes)
 //   add_row:          x[r, w] + row[w]
 
 // Codes of `activation`'s act argument (src/backend/cuda/ops_image.rs passes them).
@@ -59,16 +59,17 @@ __device__ __forceinline__ void lincomb_impl(typename D::T* out, const typename 
     }
 }
 
+// Grid (tiles, planes) like group_norm_apply: one bias per plane, no per-element division.
 template <typename D>
 __device__ __forceinline__ void add_channel_bias_impl(typename D::T* out, const typename D::T* x,
-                                                      const typename D::T* bias, long long total,
+                                                      const typename D::T* bias, int planes,
                                                       int channels, long long spatial,
                                                       int bias_batch_stride) {
-    KILN_GRID_STRIDE(i, total) {
-        const long long plane = i / spatial;  // n * channels + c
-        const long long n = plane / channels;
-        const int c = (int)(plane - n * channels);
-        out[i] = D::store(D::load(x[i]) + D::load(bias[n * bias_batch_stride + c]));
+    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int n = plane / channels;
+        const float add = D::load(bias[n * bias_batch_stride + (plane - n * channels)]);
+        const long long at = (long long)plane * spatial;
+        kiln_map_row<D>(out + at, x + at, spatial, [=](float v) { return v + add; });
     }
 }
 
@@ -93,10 +94,10 @@ __device__ __forceinline__ void add_row_impl(typename D::T* out, const typename 
         lincomb_impl<D>(out, a, b, total, alpha, beta, has_b);                                 \
     }                                                                                          \
     extern "C" __global__ void add_channel_bias_##S(D::T* out, const D::T* x,                  \
-                                                    const D::T* bias, long long total,         \
+                                                    const D::T* bias, int planes,              \
                                                     int channels, long long spatial,           \
                                                     int bias_batch_stride) {                   \
-        add_channel_bias_impl<D>(out, x, bias, total, channels, spatial, bias_batch_stride);   \
+        add_channel_bias_impl<D>(out, x, bias, planes, channels, spatial, bias_batch_stride);  \
     }                                                                                          \
     extern "C" __global__ void add_row_##S(D::T* out, const D::T* x, const D::T* row,          \
                                            long long total, int width) {                       \

@@ -5,9 +5,11 @@
 //! (which shapes an op accepts) live in `image_ops.rs`.
 
 use super::device::CudaDevice;
+use super::image_launch::{plane_map, GroupNormLaunch};
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
 use crate::backend::image_ops::Activation;
+use crate::backend::DType;
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::PushKernelArg;
 
@@ -21,6 +23,14 @@ pub fn activation_code(act: Activation) -> i32 {
     }
 }
 
+/// What a group norm computes: `groups` groups, `eps`, SiLU after the affine or not.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupNormSpec {
+    pub groups: usize,
+    pub eps: f32,
+    pub silu: bool,
+}
+
 /// Fails unless `t` has `x`'s dtype.
 fn same_dtype(t: &CudaTensor, x: &CudaTensor, what: &str) -> Result<()> {
     t.expect_dtype(x.dtype(), what)
@@ -32,24 +42,22 @@ fn vector_of(t: &CudaTensor, len: usize, what: &str) -> Result<()> {
 }
 
 impl CudaDevice {
-    /// Group norm of `x: [n, c, ...]` (+ SiLU) into `y` of the same shape.
+    /// Group norm of `x: [n, c, ...]` (+ SiLU) into `y` of the same shape, in the three
+    /// launches of `launch` (the [`GroupNormLaunch`] of `x`'s shape), with f32 scratch
+    /// `partials` (`rows * chunks * 3`) and `stats` (`rows * 2`).
     pub fn group_norm_into(
         &self,
         x: &CudaTensor,
-        groups: usize,
         (w, b): (&CudaTensor, &CudaTensor),
-        eps: f32,
-        silu: bool,
+        norm: GroupNormSpec,
+        (partials, stats): (&mut CudaTensor, &mut CudaTensor),
         y: &mut CudaTensor,
     ) -> Result<()> {
         let (n, c) = match x.shape() {
             [n, c, ..] => (*n, *c),
             other => bail!("group_norm: rank {} < 2 ({other:?})", other.len()),
         };
-        ensure!(
-            groups > 0 && c % groups == 0,
-            "group_norm: {c} channels do not split into {groups} groups"
-        );
+        let spatial: usize = x.shape()[2..].iter().product();
         vector_of(w, c, "group_norm weight")?;
         vector_of(b, c, "group_norm bias")?;
         for (t, what) in [(w, "group_norm weight"), (b, "group_norm bias")] {
@@ -57,27 +65,59 @@ impl CudaDevice {
         }
         y.expect_shape(x.shape(), "group_norm output")?;
         same_dtype(y, x, "group_norm output")?;
-        let spatial: usize = x.shape()[2..].iter().product();
         if n * c * spatial == 0 {
             return Ok(());
         }
-        let ints = [as_i32(c, "channels")?, as_i32(groups, "groups")?];
-        let (spatial, silu) = (spatial as i64, i32::from(silu));
-        let threads = launch::row_threads(c / groups * spatial as usize);
-        let f = self.kernels().get("group_norm", x.dtype())?;
+        let l = GroupNormLaunch::new((n, c, spatial), norm.groups, x.dtype().size_in_bytes())?;
+        vector_of(partials, l.rows * l.chunks * 3, "group_norm partials")?;
+        vector_of(stats, l.rows * 2, "group_norm statistics")?;
+        partials.expect_dtype(DType::F32, "group_norm partials")?;
+        stats.expect_dtype(DType::F32, "group_norm statistics")?;
+        let (count, chunks, rows) = (
+            l.count as i64,
+            as_i32(l.chunks, "chunks")?,
+            as_i32(l.rows, "groups")?,
+        );
+        let f = self.kernels().get("group_norm_stats", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(partials.data_mut())
+            .arg(x.data())
+            .arg(&count)
+            .arg(&chunks);
+        // SAFETY: matches kernels/image_norm.cu; partials sized for the grid above.
+        unsafe { args.launch(l.stats) }.context("group_norm_stats launch")?;
+
+        let f = self.kernels().get("group_norm_finalize", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(stats.data_mut())
+            .arg(partials.data())
+            .arg(&rows)
+            .arg(&chunks)
+            .arg(&norm.eps);
+        // SAFETY: as above; one thread per row, past `rows` they return.
+        unsafe { args.launch(l.finalize) }.context("group_norm_finalize launch")?;
+
+        let ints = [
+            as_i32(c, "channels")?,
+            as_i32(c / norm.groups, "channels per group")?,
+            as_i32(l.planes, "planes")?,
+            i32::from(norm.silu),
+        ];
+        let spatial = spatial as i64;
+        let f = self.kernels().get("group_norm_apply", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
         args.arg(y.data_mut())
             .arg(x.data())
+            .arg(stats.data())
             .arg(w.data())
             .arg(b.data());
         args.arg(&ints[0])
             .arg(&ints[1])
             .arg(&spatial)
-            .arg(&eps)
-            .arg(&silu);
+            .arg(&ints[2])
+            .arg(&ints[3]);
         // SAFETY: matches kernels/image_norm.cu; shapes checked above.
-        unsafe { args.launch(launch::per_row(n * groups, threads)?) }
-            .context("group_norm launch")?;
+        unsafe { args.launch(l.apply) }.context("group_norm_apply launch")?;
         Ok(())
     }
 
@@ -216,19 +256,23 @@ impl CudaDevice {
         same_dtype(bias, x, "channel bias")?;
         y.expect_shape(x.shape(), "channel bias output")?;
         same_dtype(y, x, "channel bias output")?;
-        let total = x.numel() as i64;
-        if total == 0 {
+        if x.numel() == 0 {
             return Ok(());
         }
-        let spatial = (x.numel() / (n * c)) as i64;
-        let ints = [as_i32(c, "channels")?, as_i32(batch_stride, "bias stride")?];
+        let spatial = x.numel() / (n * c);
+        let config = plane_map(n * c, spatial, x.dtype().size_in_bytes())?;
+        let ints = [
+            as_i32(n * c, "planes")?,
+            as_i32(c, "channels")?,
+            as_i32(batch_stride, "bias stride")?,
+        ];
+        let spatial = spatial as i64;
         let f = self.kernels().get("add_channel_bias", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
         args.arg(y.data_mut()).arg(x.data()).arg(bias.data());
-        args.arg(&total).arg(&ints[0]).arg(&spatial).arg(&ints[1]);
+        args.arg(&ints[0]).arg(&ints[1]).arg(&spatial).arg(&ints[2]);
         // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
-        unsafe { args.launch(launch::elementwise(total as usize)) }
-            .context("add_channel_bias launch")?;
+        unsafe { args.launch(config) }.context("add_channel_bias launch")?;
         Ok(())
     }
 

@@ -1,10 +1,11 @@
 //! Launches of the data-movement kernels of the image models (`kernels/image_layout.cu`:
 //! nearest upsampling, axis copies for concat / narrow, the NCHW <-> tokens transpose,
-//! im2col), as methods of [`CudaDevice`] writing into a given output. Each checks that its
+//! im2col and its weights), as methods of [`CudaDevice`] writing into a given output. Each checks that its
 //! tensors hold what the kernel will index; the op semantics live in `image_ops.rs`.
 
 use super::device::CudaDevice;
 use super::image_geometry::{AxisView, ConvShape};
+use super::image_launch::GatherLaunch;
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
 use anyhow::{bail, ensure, Context, Result};
@@ -27,25 +28,26 @@ impl CudaDevice {
             y.shape()
         );
         y.expect_dtype(x.dtype(), "upsample output")?;
-        let total = y.numel() as i64;
-        if total == 0 {
+        if y.numel() == 0 {
             return Ok(());
         }
+        let l = GatherLaunch::new(n * c, (oh, ow), x.dtype().size_in_bytes())?;
         let ints = [
+            as_i32(l.planes, "planes")?,
             as_i32(h, "height")?,
             as_i32(w, "width")?,
             as_i32(oh, "output height")?,
             as_i32(ow, "output width")?,
+            i32::from(l.vectorised),
         ];
         let f = self.kernels().get("upsample_nearest", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
-        args.arg(y.data_mut()).arg(x.data()).arg(&total);
+        args.arg(y.data_mut()).arg(x.data());
         for v in &ints {
             args.arg(v);
         }
         // SAFETY: matches kernels/image_layout.cu; shapes checked above.
-        unsafe { args.launch(launch::elementwise(total as usize)) }
-            .context("upsample_nearest launch")?;
+        unsafe { args.launch(l.config) }.context("upsample_nearest launch")?;
         Ok(())
     }
 
@@ -127,16 +129,19 @@ impl CudaDevice {
     }
 
     /// The im2col matrices of images `first .. first + count` of `x` into
-    /// `col[count, patch, pixels]` (at least that many elements).
+    /// `col[count, patch + bias_rows, pixels]` (at least that many elements): with
+    /// `bias_rows`, each image's matrix ends in a row of ones and `bias_rows - 1` rows of
+    /// zeros (the conv's bias in its GEMM, against [`Self::conv_weight_bias_into`]'s weights).
     pub fn im2col_into(
         &self,
         x: &CudaTensor,
         s: &ConvShape,
         (first, count): (usize, usize),
+        bias_rows: usize,
         col: &mut CudaTensor,
     ) -> Result<()> {
         x.expect_shape(&[s.n, s.c_in, s.h, s.w], "im2col input")?;
-        let needed = count * s.patch() * s.pixels();
+        let needed = count * (s.patch() + bias_rows) * s.pixels();
         ensure!(
             first + count <= s.n && col.numel() >= needed,
             "im2col: images {first}..{} of {}, {} elements for {needed}",
@@ -148,8 +153,13 @@ impl CudaDevice {
         if needed == 0 {
             return Ok(());
         }
-        let total = needed as i64;
+        let l = GatherLaunch::new(
+            count * (s.patch() + bias_rows),
+            (s.out_h, s.out_w),
+            x.dtype().size_in_bytes(),
+        )?;
         let ints = [
+            as_i32(l.planes, "im2col planes")?,
             as_i32(first, "first image")?,
             as_i32(s.c_in, "channels")?,
             as_i32(s.h, "height")?,
@@ -160,15 +170,52 @@ impl CudaDevice {
             as_i32(s.pad, "padding")?,
             as_i32(s.out_h, "output height")?,
             as_i32(s.out_w, "output width")?,
+            as_i32(bias_rows, "bias rows")?,
+            i32::from(l.vectorised),
         ];
         let f = self.kernels().get("im2col", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
-        args.arg(col.data_mut()).arg(x.data()).arg(&total);
+        args.arg(col.data_mut()).arg(x.data());
         for v in &ints {
             args.arg(v);
         }
         // SAFETY: matches kernels/image_layout.cu; extents checked above.
-        unsafe { args.launch(launch::elementwise(needed)) }.context("im2col launch")?;
+        unsafe { args.launch(l.config) }.context("im2col launch")?;
+        Ok(())
+    }
+
+    /// `out[c_out, patch + bias_rows]`: the conv weights `w[c_out, c_in, kh, kw]` with the
+    /// bias `b[c_out]` as column `patch` and zeros after it (`bias_rows > 0`).
+    pub fn conv_weight_bias_into(
+        &self,
+        (w, b): (&CudaTensor, &CudaTensor),
+        s: &ConvShape,
+        bias_rows: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let k = s.patch() + bias_rows;
+        ensure!(bias_rows > 0, "conv_weight_bias without bias rows");
+        w.expect_shape(&[s.c_out, s.c_in, s.kh, s.kw], "conv weight")?;
+        b.expect_shape(&[s.c_out], "conv bias")?;
+        out.expect_shape(&[s.c_out, k], "conv weight with bias")?;
+        for (t, what) in [(b, "conv bias"), (&*out, "conv weight with bias")] {
+            t.expect_dtype(w.dtype(), what)?;
+        }
+        let l = GatherLaunch::new(1, (s.c_out, k), w.dtype().size_in_bytes())?;
+        let ints = [
+            as_i32(s.c_out, "output channels")?,
+            as_i32(s.patch(), "patch")?,
+            as_i32(bias_rows, "bias rows")?,
+            i32::from(l.vectorised),
+        ];
+        let f = self.kernels().get("conv_weight_bias", w.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(out.data_mut()).arg(w.data()).arg(b.data());
+        for v in &ints {
+            args.arg(v);
+        }
+        // SAFETY: matches kernels/image_layout.cu; shapes checked above.
+        unsafe { args.launch(l.config) }.context("conv_weight_bias launch")?;
         Ok(())
     }
 }

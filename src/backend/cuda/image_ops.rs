@@ -8,6 +8,8 @@
 use super::backend::CudaBackend;
 use super::gemm_batched::{Operand, OperandMut, StridedGemm};
 use super::image_geometry::{concat_dims, nchw, AxisView};
+use super::image_kernels::GroupNormSpec;
+use super::image_launch::GroupNormLaunch;
 use super::tensor::CudaTensor;
 use crate::backend::image_ops::{Activation, ImageOps};
 use crate::backend::DType;
@@ -89,9 +91,29 @@ impl ImageOps for CudaBackend {
         eps: f64,
         silu: bool,
     ) -> Result<CudaTensor> {
+        let (n, c) = match x.shape() {
+            [n, c, ..] => (*n, *c),
+            other => bail!("group_norm: rank {} < 2 ({other:?})", other.len()),
+        };
+        ensure!(
+            groups > 0 && c % groups == 0,
+            "group_norm: {c} channels do not split into {groups} groups"
+        );
+        let spatial: usize = x.shape()[2..].iter().product();
+        if n * c * spatial == 0 {
+            return self.output(x.dtype(), x.shape());
+        }
+        let l = GroupNormLaunch::new((n, c, spatial), groups, x.dtype().size_in_bytes())?;
+        let mut partials = self.output(DType::F32, &[l.rows * l.chunks * 3])?;
+        let mut stats = self.output(DType::F32, &[l.rows * 2])?;
+        let norm = GroupNormSpec {
+            groups,
+            eps: eps as f32,
+            silu,
+        };
         self.new_output(x, x.shape(), |y| {
             self.device()
-                .group_norm_into(x, groups, (weight, bias), eps as f32, silu, y)
+                .group_norm_into(x, (weight, bias), norm, (&mut partials, &mut stats), y)
         })
     }
 

@@ -122,7 +122,12 @@ pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "image_norm.cu",
         body: include_str!("../../../kernels/image_norm.cu"),
-        ops: &["group_norm", "layer_norm"],
+        ops: &[
+            "group_norm_stats",
+            "group_norm_finalize",
+            "group_norm_apply",
+            "layer_norm",
+        ],
     },
     KernelFile {
         file: "image_pointwise.cu",
@@ -138,7 +143,13 @@ pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "image_layout.cu",
         body: include_str!("../../../kernels/image_layout.cu"),
-        ops: &["upsample_nearest", "copy_axis", "transpose_last2", "im2col"],
+        ops: &[
+            "upsample_nearest",
+            "copy_axis",
+            "transpose_last2",
+            "im2col",
+            "conv_weight_bias",
+        ],
     },
     KernelFile {
         file: "attention_softmax.cu",

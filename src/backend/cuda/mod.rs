@@ -25,6 +25,7 @@ pub mod image_attention;
 pub mod image_conv;
 pub mod image_geometry;
 pub mod image_kernels;
+pub mod image_launch;
 pub mod image_layout_kernels;
 mod image_ops;
 pub mod jit;

@@ -98,13 +98,16 @@ pub fn run<'d>(s: &mut Suite<'d>, gpu: &'d CudaBackend, dtype: DType) {
 
 fn group_norm(t: &mut ImageSuite<'_, '_>) -> Result<()> {
     let be = t.gpu;
-    // (x dims, groups, silu): 5 channels a group, one group, one channel a group, and a
-    // UNet-like 32 groups of 3 channels at 22x30.
+    // (x dims, groups, silu): 5 channels a group, one group, one channel a group, a
+    // UNet-like 32 groups of 3 channels at 22x30, and the SD VAE decoder's largest and
+    // deepest norms (512x512x128: 32 statistics blocks per group; 64x64x512).
     for (dims, groups, silu) in [
         ([2, 40, 11, 15], 8, true),
         ([2, 40, 11, 15], 1, false),
         ([1, 12, 7, 9], 12, true),
         ([2, 96, 22, 30], 32, true),
+        ([1, 128, 512, 512], 32, true),
+        ([1, 512, 64, 64], 32, false),
     ] {
         let x = t.input(&dims, 3.0)?;
         let w = t.input(&[dims[1]], 1.5)?;
@@ -200,18 +203,21 @@ fn lincomb(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 
 fn biases(t: &mut ImageSuite<'_, '_>) -> Result<()> {
     let be = t.gpu;
-    let x = t.input(&[2, 40, 11, 15], 2.0)?;
-    let bias = t.input(&[2, 40], 2.0)?;
-    let gpu = t.gpu.add_channel_bias(&x.gpu, &bias.gpu)?;
-    let cpu = t.cpu.add_channel_bias(&x.cpu, &bias.cpu)?;
-    let row = t.compare(
-        "add_channel_bias",
-        "[2, 40, 11, 15] + [2, 40]".into(),
-        Check::Elementwise,
-        &gpu,
-        &cpu,
-    )?;
-    t.time(row, || be.add_channel_bias(&x.gpu, &bias.gpu))?;
+    // Odd planes (heads and tails), and an SD UNet resnet's time embedding at 64x64.
+    for (n, c, h, w) in [(2, 40, 11, 15), (2, 320, 64, 64)] {
+        let x = t.input(&[n, c, h, w], 2.0)?;
+        let bias = t.input(&[n, c], 2.0)?;
+        let gpu = t.gpu.add_channel_bias(&x.gpu, &bias.gpu)?;
+        let cpu = t.cpu.add_channel_bias(&x.cpu, &bias.cpu)?;
+        let row = t.compare(
+            "add_channel_bias",
+            format!("[{n}, {c}, {h}, {w}] + [{n}, {c}]"),
+            Check::Elementwise,
+            &gpu,
+            &cpu,
+        )?;
+        t.time(row, || be.add_channel_bias(&x.gpu, &bias.gpu))?;
+    }
     let x = t.input(&[77, 36], 2.0)?;
     let r = t.input(&[36], 2.0)?;
     let gpu = t.gpu.add_row(&x.gpu, &r.gpu)?;
@@ -228,12 +234,14 @@ fn biases(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 
 fn upsample(t: &mut ImageSuite<'_, '_>) -> Result<()> {
     let be = t.gpu;
-    // The UNet's odd-side case (6x8 back to its 11x15 skip), 2x, and 11x15 -> 22x30.
+    // The UNet's odd-side case (6x8 back to its 11x15 skip), 2x, 11x15 -> 22x30, and the
+    // SD VAE's first upsample (16-byte stores).
     for (dims, (h, w)) in [
         ([2, 8, 6, 8], (11, 15)),
         ([2, 8, 6, 8], (12, 16)),
         ([2, 5, 11, 15], (22, 30)),
         ([1, 3, 7, 5], (3, 4)),
+        ([1, 512, 64, 64], (128, 128)),
     ] {
         let x = t.input(&dims, 4.0)?;
         let gpu = t.gpu.upsample_nearest(&x.gpu, h, w)?;

@@ -15,13 +15,17 @@ pub fn run(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 fn conv2d(t: &mut ImageSuite<'_, '_>) -> Result<()> {
     let be = t.gpu;
     // (x, weight, stride, padding, bias): 3x3 on 11x15 latents, the stride-2 downsample,
-    // a 1x1 channel change, a non-square kernel without padding, and a UNet-sized layer.
+    // a 1x1 channel change, a non-square kernel without padding, a UNet-sized layer, and
+    // the SD VAE decoder's im2col shapes (vectorised rows): its conv_out at 512x512x128
+    // and a mid-block conv at 64x64x512 with fewer output channels (the CPU's cost).
     for (x_dims, w_dims, stride, pad, bias) in [
         ([2, 5, 11, 15], [7, 5, 3, 3], 1, 1, true),
         ([2, 5, 11, 15], [7, 5, 3, 3], 2, 1, false),
         ([2, 40, 11, 15], [24, 40, 1, 1], 1, 0, true),
         ([1, 3, 6, 9], [4, 3, 3, 2], 1, 0, true),
         ([2, 64, 32, 32], [64, 64, 3, 3], 1, 1, true),
+        ([1, 128, 512, 512], [3, 128, 3, 3], 1, 1, true),
+        ([1, 512, 64, 64], [32, 512, 3, 3], 1, 1, true),
     ] {
         let x = t.input(&x_dims, 1.0)?;
         let w = t.input(&w_dims, 0.5)?;
