@@ -118,7 +118,6 @@ impl CudaDevice {
         out: &mut CudaTensor,
     ) -> Result<()> {
         let (m, k, n) = super::gemm::checked_linear_dims(x, w, bias, out, "gemv")?;
-        let dtype = out.dtype();
         let Some(op) = gemv_op(m) else {
             bail!("gemv: {m} rows (the kernels serve 1 to {GEMV_KERNEL_MAX_ROWS})");
         };
