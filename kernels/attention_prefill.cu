@@ -33,6 +33,9 @@ struct alignas(16) PfChunk {
     unsigned int w[4];
 };
 
+// D += A B on the tensor cores. scripts/kernel_emulator/cuda_emu.h, which cannot run
+// inline PTX, defines KILN_EMU_MMA as a warp-collective CPU model of the same instruction;
+// NVRTC never sees that macro.
 template <typename D>
 struct PfMma;
 
@@ -40,7 +43,9 @@ template <>
 struct PfMma<KilnBF16> {
     static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4],
                                                unsigned int b0, unsigned int b1) {
-#if __CUDA_ARCH__ >= 800
+#if defined(KILN_EMU_MMA)
+        KILN_EMU_MMA(c, a, b0, b1, bf16);
+#elif __CUDA_ARCH__ >= 800
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
             "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -54,7 +59,9 @@ template <>
 struct PfMma<KilnF16> {
     static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4],
                                                unsigned int b0, unsigned int b1) {
-#if __CUDA_ARCH__ >= 800
+#if defined(KILN_EMU_MMA)
+        KILN_EMU_MMA(c, a, b0, b1, f16);
+#elif __CUDA_ARCH__ >= 800
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
             "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -85,8 +92,8 @@ __device__ __forceinline__ void attention_prefill_tiles(
     constexpr int STRIDE = HD + PF_PAD;
     constexpr int CHUNKS = HD / 8;  // 16-byte chunks per K/V row
     static_assert(HD % 16 == 0, "head dim must be a multiple of 16");
-    __shared__ alignas(16) kiln_u16 k_tile[PF_BK * STRIDE];
-    __shared__ alignas(16) kiln_u16 v_tile[PF_BK * STRIDE];
+    alignas(16) __shared__ kiln_u16 k_tile[PF_BK * STRIDE];
+    alignas(16) __shared__ kiln_u16 v_tile[PF_BK * STRIDE];
 
     // Which sequence and which 64-row tile of it: tiles are numbered sequence by sequence.
     int tile = blockIdx.x;
@@ -283,7 +290,7 @@ __device__ __forceinline__ void attention_prefill_impl(
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
     int hk, int q_stride, int sliding_window, float scale) {
-#if __CUDA_ARCH__ >= 800
+#if __CUDA_ARCH__ >= 800 || defined(KILN_EMU_MMA)
     if constexpr (sizeof(typename D::T) == 2) {
         attention_prefill_tiles<D, HD>(out, q, k_cache, v_cache, block_tables, query_start,
                                        context_lens, num_seqs, max_blocks_per_seq, block_size,
