@@ -2,7 +2,10 @@
 // cuda_emu.h's warp-collective model) on the CPU and compares it with a double-precision
 // paged causal attention on chunked-prefill batches: several sequences, query lengths
 // that are not multiples of the 64-row tile, cached prefixes (the first new token at
-// position > 0), GQA, sliding windows, shuffled block tables, f16 and bf16.
+// position > 0), GQA, sliding windows, shuffled block tables, f16 and bf16. Then the
+// image models' attention through the same kernel (src/backend/cuda/image_attention.rs):
+// q [b, nq, heads * d], k/v [b, nk, heads * d] as a cache of one nk-token block per batch
+// entry, without the causal mask (self- and cross-attention) and with it (CLIP).
 //
 //   attention_prefill_check        exit status 1 if any case is off
 //
@@ -34,7 +37,8 @@ struct Case {
 };
 
 using PrefillKernel = void (*)(void*, const void*, const void*, const void*, const int*,
-                               const int*, const int*, int, int, int, int, int, int, int, float);
+                               const int*, const int*, int, int, int, int, int, int, int, float,
+                               int);
 
 PrefillKernel prefill_kernel(DType d, int hd) {
     struct Entry {
@@ -46,8 +50,9 @@ PrefillKernel prefill_kernel(DType d, int hd) {
         HD, reinterpret_cast<PrefillKernel>(attention_prefill_hd##HD##_f16), \
             reinterpret_cast<PrefillKernel>(attention_prefill_hd##HD##_bf16) \
     }
-    const Entry table[] = {KILN_PF_ENTRY(64), KILN_PF_ENTRY(80), KILN_PF_ENTRY(96),
-                           KILN_PF_ENTRY(128), KILN_PF_ENTRY(256)};
+    const Entry table[] = {KILN_PF_ENTRY(40),  KILN_PF_ENTRY(64),  KILN_PF_ENTRY(80),
+                           KILN_PF_ENTRY(96),  KILN_PF_ENTRY(128), KILN_PF_ENTRY(160),
+                           KILN_PF_ENTRY(256)};
 #undef KILN_PF_ENTRY
     for (const Entry& e : table) {
         if (e.hd == hd) return d == DType::F16 ? e.f16 : e.bf16;
@@ -94,11 +99,78 @@ Result run_paged(const Case& c, unsigned seed) {
     kiln_emu::launch(prefill_grid(b.tokens, num_seqs, c.hq), {128, 1, 1}, c.order, seed, [&] {
         kernel(out.data(), q.data(), k.data(), v.data(), b.block_tables.data(),
                b.query_start.data(), b.context_lens.data(), num_seqs, b.max_blocks,
-               b.block_size, c.hq, c.hk, c.hq * c.hd, c.window, scale);
+               b.block_size, c.hq, c.hk, c.hq * c.hd, c.window, scale, 1);
     });
     std::vector<double> magnitude;
     const std::vector<double> want = kiln_attention_ref::reference(c, b, scale, &magnitude);
     return compare(out, want, magnitude, c.dtype);
+}
+
+struct ImageCase {
+    std::string name;
+    int batch, nq, nk, heads, hd;
+    DType dtype;
+    bool causal = false;
+};
+
+// The launch image_attention.rs makes: batch entry e is sequence e, its queries rows
+// e * nq .., its K/V block e of nk tokens (block table [e], max one block per sequence).
+Result run_image(const ImageCase& c, unsigned seed) {
+    std::mt19937 rng(seed);
+    const int width = c.heads * c.hd;
+    using kiln_attention_ref::random_values;
+    const std::vector<float> qv = random_values(size_t(c.batch) * c.nq * width, 2.0f, c.dtype, rng);
+    const std::vector<float> kv = random_values(size_t(c.batch) * c.nk * width, 2.0f, c.dtype, rng);
+    const std::vector<float> vv = random_values(size_t(c.batch) * c.nk * width, 1.0f, c.dtype, rng);
+    std::vector<int> tables(c.batch), starts(c.batch + 1), lens(c.batch, c.nk);
+    std::iota(tables.begin(), tables.end(), 0);
+    for (int e = 0; e <= c.batch; ++e) starts[e] = e * c.nq;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    Buffer q(c.dtype, qv), k(c.dtype, kv), v(c.dtype, vv);
+    Buffer out = Buffer::unwritten(c.dtype, qv.size());
+    const PrefillKernel kernel = prefill_kernel(c.dtype, c.hd);
+    kiln_emu::launch(prefill_grid(c.batch * c.nq, c.batch, c.heads), {128, 1, 1},
+                     kiln_emu::Order::Random, seed, [&] {
+                         kernel(out.data(), q.data(), k.data(), v.data(), tables.data(),
+                                starts.data(), lens.data(), c.batch, 1, c.nk, c.heads,
+                                c.heads, width, 0, scale, c.causal ? 1 : 0);
+                     });
+    std::vector<double> want(qv.size()), magnitude(qv.size());
+    for (int e = 0; e < c.batch; ++e) {
+        for (int i = 0; i < c.nq; ++i) {
+            for (int h = 0; h < c.heads; ++h) {
+                std::vector<const float*> keys, values;
+                for (int j = 0; j < (c.causal ? i + 1 : c.nk); ++j) {
+                    const size_t row = (size_t(e) * c.nk + j) * width + h * c.hd;
+                    keys.push_back(&kv[row]);
+                    values.push_back(&vv[row]);
+                }
+                const size_t at = (size_t(e) * c.nq + i) * width + h * c.hd;
+                kiln_attention_ref::attend(&qv[at], scale, keys, values, c.hd, &want[at],
+                                           &magnitude[at]);
+            }
+        }
+    }
+    return compare(out, want, magnitude, c.dtype);
+}
+
+std::vector<ImageCase> image_cases() {
+    const DType f16 = DType::F16, bf16 = DType::BF16;
+    return {
+        // Self-attention over 300 latent positions (not a multiple of 64 or 32).
+        {"image self 300 8x40", 2, 300, 300, 8, 40, f16},
+        {"image self 300 8x40", 2, 300, 300, 8, 40, bf16},
+        {"image self 300 5x64", 2, 300, 300, 5, 64, bf16},
+        {"image self 300 8x80", 2, 300, 300, 8, 80, f16},
+        {"image self 300 5x160", 2, 300, 300, 5, 160, bf16},
+        // Cross-attention to 77 text tokens.
+        {"image cross 300/77 8x40", 2, 300, 77, 8, 40, bf16},
+        {"image cross 300/77 5x64", 2, 300, 77, 5, 64, f16},
+        {"image cross 300/77 8x80", 2, 300, 77, 8, 80, bf16},
+        {"image cross 300/77 5x160", 2, 300, 77, 5, 160, f16},
+        // CLIP's causal self-attention.
+        {"image causal 77 4x64", 2, 77, 77, 4, 64, f16, true},
+    };
 }
 
 std::vector<Case> cases() {
@@ -115,28 +187,38 @@ std::vector<Case> cases() {
     v.push_back({"gqa 4/2 hd256", {{120, 66}}, 4, 2, 256, 0, DType::F16});
     v.push_back({"reverse warps", {{100, 70}, {33, 1}}, 4, 1, 64, 0, DType::BF16, O::Reverse});
     v.push_back({"random warps", {{100, 70}, {33, 1}}, 4, 1, 128, 20, DType::F16, O::Random});
+    v.push_back({"gqa 4/2 hd40 window 45", {{120, 66}, {20, 20}}, 4, 2, 40, 45, DType::BF16});
+    v.push_back({"gqa 4/1 hd160", {{90, 70}}, 4, 1, 160, 0, DType::F16});
     return v;
 }
 
 }  // namespace
 
+// Runs one case and prints its line; false if it failed.
+template <typename C, typename Run>
+bool report(const C& c, Run run) {
+    Result r;
+    try {
+        r = run();
+    } catch (const std::exception& e) {
+        std::printf("FAIL  %-34s %-4s  %s\n", c.name.c_str(), dtype_name(c.dtype), e.what());
+        return false;
+    }
+    const bool ok = r.worst_ratio <= 1.0;
+    std::printf("%s  %-34s %-4s  max abs err %.3g (%.2f of the bound)\n", ok ? "ok  " : "FAIL",
+                c.name.c_str(), dtype_name(c.dtype), r.max_err, r.worst_ratio);
+    std::fflush(stdout);
+    return ok;
+}
+
 int main() {
     int failures = 0;
     unsigned seed = 1;
     for (const Case& c : cases()) {
-        Result r;
-        try {
-            r = run_paged(c, seed++);
-        } catch (const std::exception& e) {
-            std::printf("FAIL  %-34s %-4s  %s\n", c.name.c_str(), dtype_name(c.dtype), e.what());
-            ++failures;
-            continue;
-        }
-        const bool ok = r.worst_ratio <= 1.0;
-        failures += ok ? 0 : 1;
-        std::printf("%s  %-34s %-4s  max abs err %.3g (%.2f of the bound)\n", ok ? "ok  " : "FAIL",
-                    c.name.c_str(), dtype_name(c.dtype), r.max_err, r.worst_ratio);
-        std::fflush(stdout);
+        failures += report(c, [&] { return run_paged(c, seed++); }) ? 0 : 1;
+    }
+    for (const ImageCase& c : image_cases()) {
+        failures += report(c, [&] { return run_image(c, seed++); }) ? 0 : 1;
     }
     std::printf("%s\n", failures == 0 ? "all prefill cases match the reference"
                                       : "SOME PREFILL CASES FAILED");

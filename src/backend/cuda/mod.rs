@@ -19,6 +19,7 @@ pub mod gemm_batched;
 pub mod gemv;
 pub mod image_attention;
 pub mod image_conv;
+pub mod image_flash;
 pub mod image_geometry;
 pub mod image_kernels;
 pub mod image_layout_kernels;
