@@ -45,7 +45,7 @@ fn attention(t: &mut ImageSuite<'_, '_>) -> Result<()> {
     // (batch, nq, nk, heads, head dim, causal): UNet self-attention over 11x15 latents,
     // cross-attention to 77 text tokens, CLIP's causal self-attention, one-head VAE-style;
     // then the same with head dims the tiled kernel takes (SD 1.5's 40 and 160, 64, 80),
-    // each run on it and on the dense path.
+    // each run on it (rows "attention(flash...)") and on the dense path.
     for (b, nq, nk, heads, dim, causal) in [
         (2, 165, 165, 4, 10, false),
         (2, 165, 77, 4, 10, false),
@@ -57,6 +57,8 @@ fn attention(t: &mut ImageSuite<'_, '_>) -> Result<()> {
         (2, 165, 77, 4, 80, false),
         (2, 165, 77, 5, 160, false),
         (2, 77, 77, 4, 64, true),
+        // 32x32 latents: big enough for the two paths' timings to mean something.
+        (2, 1024, 1024, 8, 40, false),
     ] {
         let q = t.input(&[b, nq, heads * dim], 2.0)?;
         let k = t.input(&[b, nk, heads * dim], 2.0)?;
