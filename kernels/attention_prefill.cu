@@ -20,6 +20,13 @@
 //   B 16x8:  b0 = (k 2t..2t+1, n g)  b1 = (k 2t+8..2t+9, n g)
 //   C 16x8:  c0, c1 = (g, 2t..2t+1)  c2, c3 = (g+8, 2t..2t+1)
 //
+// Not causal (causal == 0, the image models' attention: sliding_window must be 0): every
+// row of sequence s sees all context_lens[s] keys, as a token at the last position would.
+// An image batch entry's K/V [nk, heads, hd] is then a cache of one nk-token block.
+//
+// Head dims that are a multiple of 8 but not of 16 (40) run the last k16 step of Q K^T
+// with its upper 8 columns zero in the Q and K fragments (never read from memory).
+//
 // Grid: x = query tiles (a CTA finds its sequence by walking query_start; surplus CTAs
 // return at once), y = q heads. The f32 instantiation and builds for GPUs before sm_80
 // contain only a trap: the host never launches them (it uses attention_decode.cu there).
@@ -33,6 +40,9 @@ struct alignas(16) PfChunk {
     unsigned int w[4];
 };
 
+// D += A B on the tensor cores. scripts/kernel_emulator/cuda_emu.h, which cannot run
+// inline PTX, defines KILN_EMU_MMA as a warp-collective CPU model of the same instruction;
+// NVRTC never sees that macro.
 template <typename D>
 struct PfMma;
 
@@ -40,7 +50,9 @@ template <>
 struct PfMma<KilnBF16> {
     static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4],
                                                unsigned int b0, unsigned int b1) {
-#if __CUDA_ARCH__ >= 800
+#if defined(KILN_EMU_MMA)
+        KILN_EMU_MMA(c, a, b0, b1, bf16);
+#elif __CUDA_ARCH__ >= 800
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
             "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -54,7 +66,9 @@ template <>
 struct PfMma<KilnF16> {
     static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4],
                                                unsigned int b0, unsigned int b1) {
-#if __CUDA_ARCH__ >= 800
+#if defined(KILN_EMU_MMA)
+        KILN_EMU_MMA(c, a, b0, b1, f16);
+#elif __CUDA_ARCH__ >= 800
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
             "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -78,15 +92,15 @@ __device__ __forceinline__ void attention_prefill_tiles(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int q_stride, int sliding_window, float scale) {
-    constexpr int KSTEPS = HD / 16;  // k16 steps of Q K^T over the head dim
+    int hk, int q_stride, int sliding_window, float scale, int causal) {
+    constexpr int KSTEPS = (HD + 15) / 16;  // k16 steps of Q K^T over the head dim
     constexpr int DTILES = HD / 8;   // n8 tiles of O over the head dim
     constexpr int NTILES = PF_BK / 8;
     constexpr int STRIDE = HD + PF_PAD;
     constexpr int CHUNKS = HD / 8;  // 16-byte chunks per K/V row
-    static_assert(HD % 16 == 0, "head dim must be a multiple of 16");
-    __shared__ alignas(16) kiln_u16 k_tile[PF_BK * STRIDE];
-    __shared__ alignas(16) kiln_u16 v_tile[PF_BK * STRIDE];
+    static_assert(HD % 8 == 0, "head dim must be a multiple of 8");
+    alignas(16) __shared__ kiln_u16 k_tile[PF_BK * STRIDE];
+    alignas(16) __shared__ kiln_u16 v_tile[PF_BK * STRIDE];
 
     // Which sequence and which 64-row tile of it: tiles are numbered sequence by sequence.
     int tile = blockIdx.x;
@@ -108,7 +122,8 @@ __device__ __forceinline__ void attention_prefill_tiles(
     const int rows = min(PF_BQ, q_len - q0);
     const int first_row = query_start[seq] + q0;    // token index of tile row 0
     const int pos0 = context_lens[seq] - q_len + q0;  // its position
-    const int max_key = min(pos0 + rows - 1, max_blocks_per_seq * block_size - 1);
+    const int last_key = causal ? pos0 + rows - 1 : context_lens[seq] - 1;
+    const int max_key = min(last_key, max_blocks_per_seq * block_size - 1);
     const int min_key = sliding_window > 0 ? max(0, pos0 + 1 - sliding_window) : 0;
 
     const int lane = threadIdx.x & 31;
@@ -118,8 +133,9 @@ __device__ __forceinline__ void attention_prefill_tiles(
     const int r_lo = warp * 16 + g;  // this lane's two tile rows
     const int r_hi = r_lo + 8;
     // Padding rows (past the sequence's tokens) get position -1: every key is masked.
-    const int pos_lo = r_lo < rows ? pos0 + r_lo : -1;
-    const int pos_hi = r_hi < rows ? pos0 + r_hi : -1;
+    // Without the causal mask every row sits at the last key.
+    const int pos_lo = r_lo < rows ? (causal ? pos0 + r_lo : max_key) : -1;
+    const int pos_hi = r_hi < rows ? (causal ? pos0 + r_hi : max_key) : -1;
     const int first_lo = sliding_window > 0 ? pos_lo + 1 - sliding_window : 0;
     const int first_hi = sliding_window > 0 ? pos_hi + 1 - sliding_window : 0;
 
@@ -131,10 +147,11 @@ __device__ __forceinline__ void attention_prefill_tiles(
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) {
             const int col = ks * 16 + 2 * t;
+            const bool upper = ks * 16 + 8 < HD;  // false only in the padded step
             qa[ks][0] = r_lo < rows ? pf_load_pair(q_lo + col) : 0u;
             qa[ks][1] = r_hi < rows ? pf_load_pair(q_hi + col) : 0u;
-            qa[ks][2] = r_lo < rows ? pf_load_pair(q_lo + col + 8) : 0u;
-            qa[ks][3] = r_hi < rows ? pf_load_pair(q_hi + col + 8) : 0u;
+            qa[ks][2] = upper && r_lo < rows ? pf_load_pair(q_lo + col + 8) : 0u;
+            qa[ks][3] = upper && r_hi < rows ? pf_load_pair(q_hi + col + 8) : 0u;
         }
     }
 
@@ -181,8 +198,10 @@ __device__ __forceinline__ void attention_prefill_tiles(
             const kiln_u16* k_row = k_tile + (nt * 8 + g) * STRIDE + 2 * t;
 #pragma unroll
             for (int ks = 0; ks < KSTEPS; ++ks) {
+                // The padded step's upper columns are not staged: B is 0 there as Q is.
+                const bool upper = ks * 16 + 8 < HD;
                 PfMma<D>::run(s[nt], qa[ks], pf_load_pair(k_row + ks * 16),
-                              pf_load_pair(k_row + ks * 16 + 8));
+                              upper ? pf_load_pair(k_row + ks * 16 + 8) : 0u);
             }
         }
 
@@ -282,12 +301,12 @@ __device__ __forceinline__ void attention_prefill_impl(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int q_stride, int sliding_window, float scale) {
-#if __CUDA_ARCH__ >= 800
+    int hk, int q_stride, int sliding_window, float scale, int causal) {
+#if __CUDA_ARCH__ >= 800 || defined(KILN_EMU_MMA)
     if constexpr (sizeof(typename D::T) == 2) {
         attention_prefill_tiles<D, HD>(out, q, k_cache, v_cache, block_tables, query_start,
                                        context_lens, num_seqs, max_blocks_per_seq, block_size,
-                                       hq, hk, q_stride, sliding_window, scale);
+                                       hq, hk, q_stride, sliding_window, scale, causal);
     } else {
         asm volatile("trap;");  // f32: the host launches attention_decode instead
     }
@@ -300,12 +319,17 @@ __device__ __forceinline__ void attention_prefill_impl(
     D::T *out, const D::T *q, const D::T *k_cache, const D::T *v_cache,                      \
         const int *block_tables, const int *query_start, const int *context_lens,            \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int q_stride,  \
-        int sliding_window, float scale
+        int sliding_window, float scale, int causal
 #define PF_ARGS                                                                              \
     out, q, k_cache, v_cache, block_tables, query_start, context_lens, num_seqs,             \
-        max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale
+        max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, causal
 
+// 40 and 160: Stable Diffusion 1.5's UNet attention (the LLM path uses 64 .. 256).
 #define KILN_ATTENTION_PREFILL(S, D)                                                         \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
+        attention_prefill_hd40_##S(PF_PARAMS(D)) {                                           \
+        attention_prefill_impl<D, 40>(PF_ARGS);                                              \
+    }                                                                                        \
     extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
         attention_prefill_hd64_##S(PF_PARAMS(D)) {                                           \
         attention_prefill_impl<D, 64>(PF_ARGS);                                              \
@@ -321,6 +345,10 @@ __device__ __forceinline__ void attention_prefill_impl(
     extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
         attention_prefill_hd128_##S(PF_PARAMS(D)) {                                          \
         attention_prefill_impl<D, 128>(PF_ARGS);                                             \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
+        attention_prefill_hd160_##S(PF_PARAMS(D)) {                                          \
+        attention_prefill_impl<D, 160>(PF_ARGS);                                             \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
         attention_prefill_hd256_##S(PF_PARAMS(D)) {                                          \

@@ -13,6 +13,7 @@
 // clang-format on
 #include "cuda_emu_end.h"
 #include "cuda_driver.h"
+#include "attention_reference.h"
 #include "emu_tensor.h"
 
 #include <fstream>
@@ -22,6 +23,9 @@
 namespace {
 
 using namespace kiln_emu_tensor;
+using kiln_attention_ref::Batch;
+using kiln_attention_ref::make_batch;
+using kiln_attention_ref::reference;
 using DeviceBuffer = Buffer;
 
 struct Case {
@@ -103,84 +107,6 @@ MergeKernel merge_kernel(DType d) {
         default:
             return reinterpret_cast<MergeKernel>(attention_decode_merge_bf16);
     }
-}
-
-struct Batch {
-    int block_size = 16, max_blocks = 1, num_blocks = 0, tokens = 0;
-    std::vector<int> block_tables, query_start, context_lens;
-    std::vector<float> q, k_cache, v_cache;  // already rounded to the dtype
-};
-
-Batch make_batch(const Case& c, std::mt19937& rng) {
-    Batch b;
-    const int bs = b.block_size;
-    std::vector<int> blocks_per_seq;
-    for (auto [ctx, q_len] : c.seqs) blocks_per_seq.push_back((ctx + bs - 1) / bs);
-    b.max_blocks = std::max(1, *std::max_element(blocks_per_seq.begin(), blocks_per_seq.end()));
-    b.num_blocks = std::accumulate(blocks_per_seq.begin(), blocks_per_seq.end(), 0) + 3;
-    std::vector<int> pool(b.num_blocks);
-    std::iota(pool.begin(), pool.end(), 0);
-    std::shuffle(pool.begin(), pool.end(), rng);
-    const int seqs = static_cast<int>(c.seqs.size());
-    b.block_tables.assign(seqs * b.max_blocks, 0);
-    int next = 0;
-    for (int s = 0; s < seqs; ++s) {
-        for (int i = 0; i < blocks_per_seq[s]; ++i) b.block_tables[s * b.max_blocks + i] = pool[next++];
-    }
-    b.query_start.push_back(0);
-    for (auto [ctx, q_len] : c.seqs) {
-        b.query_start.push_back(b.query_start.back() + q_len);
-        b.context_lens.push_back(ctx);
-    }
-    b.tokens = b.query_start.back();
-    auto random = [&](size_t n, float range) {
-        std::uniform_real_distribution<float> u(-range, range);
-        std::vector<float> v(n);
-        for (float& x : v) {
-            x = u(rng);
-            if (c.dtype != DType::F32) x = from_bits(c.dtype, to_bits(c.dtype, x));
-        }
-        return v;
-    };
-    const size_t cache = static_cast<size_t>(b.num_blocks) * bs * c.hk * c.hd;
-    b.k_cache = random(cache, 1.0f);
-    b.v_cache = random(cache, 1.0f);
-    b.q = random(static_cast<size_t>(b.tokens) * c.hq * c.hd, 2.0f);
-    return b;
-}
-
-std::vector<double> reference(const Case& c, const Batch& b, float scale) {
-    const int hq = c.hq, hk = c.hk, hd = c.hd, bs = b.block_size;
-    std::vector<double> out(static_cast<size_t>(b.tokens) * hq * hd, 0.0);
-    for (int token = 0; token < b.tokens; ++token) {
-        int seq = 0;
-        while (seq + 1 < static_cast<int>(c.seqs.size()) && b.query_start[seq + 1] <= token) ++seq;
-        const int q_len = b.query_start[seq + 1] - b.query_start[seq];
-        const int pos = b.context_lens[seq] - q_len + (token - b.query_start[seq]);
-        const int first = (c.window > 0 && pos >= c.window) ? pos + 1 - c.window : 0;
-        for (int head = 0; head < hq; ++head) {
-            const int kv_head = head / (hq / hk);
-            const float* qv = &b.q[(static_cast<size_t>(token) * hq + head) * hd];
-            std::vector<double> scores;
-            std::vector<size_t> rows;
-            for (int p = first; p <= pos; ++p) {
-                const int block = b.block_tables[seq * b.max_blocks + p / bs];
-                const size_t row = ((static_cast<size_t>(block) * bs + p % bs) * hk + kv_head) * hd;
-                double dot = 0.0;
-                for (int d = 0; d < hd; ++d) dot += static_cast<double>(qv[d]) * scale * b.k_cache[row + d];
-                scores.push_back(dot);
-                rows.push_back(row);
-            }
-            const double m = *std::max_element(scores.begin(), scores.end());
-            double sum = 0.0;
-            for (double& s : scores) sum += (s = std::exp(s - m));
-            double* dst = &out[(static_cast<size_t>(token) * hq + head) * hd];
-            for (size_t j = 0; j < rows.size(); ++j) {
-                for (int d = 0; d < hd; ++d) dst[d] += scores[j] / sum * b.v_cache[rows[j] + d];
-            }
-        }
-    }
-    return out;
 }
 
 // Max abs error of the emulated kernels against the reference.

@@ -10,7 +10,14 @@
 //     one at a time);
 //   * warps take turns, each running to its next CTA barrier, in a chosen order (forward,
 //     reverse, random), so a missing barrier shows up as results that depend on the order;
-//   * 16-bit float conversions through the host's _Float16 (IEEE, round to nearest even).
+//   * 16-bit float conversions through the host's _Float16 (IEEE, round to nearest even);
+//   * mma.sync.m16n8k16 (row.col, f16/bf16 in, f32 accumulate; KILN_EMU_MMA, used by
+//     kernels/attention_prefill.cu) as a warp collective like a shuffle: every lane
+//     deposits its A and B fragments, a warp barrier, every lane computes its own four C
+//     values from all 32 lanes' fragments. The products are exact (as on the hardware);
+//     the 16 of a C element are summed in double and added to C with one f32 rounding,
+//     where the tensor cores add in their own order and precision: the two differ by a few
+//     f32 ulps of the sum of |products| per instruction, far below a 16-bit output's ulp.
 //
 // What is not: shared memory is not cleared between CTAs (a read of a value this CTA
 // never wrote goes unnoticed), memory-model subtleties inside a phase (each fiber runs to its next barrier
@@ -66,6 +73,7 @@ struct Launch {
     std::vector<int> warp_arrived;
     std::vector<unsigned long long> warp_gen;
     std::vector<float> exchange;  // [warp][parity][lane]
+    std::vector<unsigned> mma_exchange;  // [warp][parity][lane][a0..a3, b0, b1]
     std::function<void()> body;
 };
 
@@ -122,6 +130,63 @@ V shfl_xor(unsigned mask, V value, int lane_mask, int width) {
     // every lane of the warp passed the next barrier, i.e. finished reading this one.
     f.shuffle_parity ^= 1;
     return out;
+}
+
+enum class MmaType { f16, bf16 };
+
+// Element `half` (0 = low) of a register holding two 16-bit values of `type`, widened.
+inline double mma_element(unsigned reg, int half, MmaType type) {
+    const unsigned short bits = static_cast<unsigned short>(half ? reg >> 16 : reg & 0xffffu);
+    if (type == MmaType::bf16) {
+        const unsigned u = static_cast<unsigned>(bits) << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    }
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return static_cast<double>(h);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.f32, C += A B, with the fragment layout
+// of the PTX ISA (g = lane / 4, t = lane % 4; the lower column in a register's low half):
+//   A 16x16 (row k):  a0 = (g, 2t..2t+1)  a1 = (g+8, 2t..)  a2 = (g, 2t+8..)  a3 = (g+8, 2t+8..)
+//   B 16x8 (col k):   b0 = (k 2t..2t+1, n g)  b1 = (k 2t+8..2t+9, n g)
+//   C 16x8:           c0, c1 = (g, 2t..2t+1)  c2, c3 = (g+8, 2t..2t+1)
+// Double-buffered by the shuffles' parity: a lane can only write this half again after
+// the next warp barrier (of a shuffle or an mma), which every lane reaches after reading.
+inline void mma_m16n8k16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1,
+                         MmaType type) {
+    Launch& l = *current();
+    Fiber& f = fiber();
+    const int warp = f.linear / 32;
+    const int lane = f.linear % 32;
+    unsigned* slots = l.mma_exchange.data() + (warp * 2 + f.shuffle_parity) * 32 * 6;
+    unsigned* mine = slots + lane * 6;
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    mine[4] = b0;
+    mine[5] = b1;
+    syncwarp_all();
+    // A(row, k) sits in lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) + 2 (k >= 8);
+    // B(k, n) in lane n * 4 + (k % 8) / 2, register 4 + (k >= 8); half k % 2 for both.
+    auto a_at = [&](int row, int k) {
+        const unsigned* src = slots + ((row % 8) * 4 + (k % 8) / 2) * 6;
+        return mma_element(src[(row >= 8) + 2 * (k >= 8)], k % 2, type);
+    };
+    auto b_at = [&](int k, int n) {
+        const unsigned* src = slots + (n * 4 + (k % 8) / 2) * 6;
+        return mma_element(src[4 + (k >= 8)], k % 2, type);
+    };
+    const int g = lane / 4;
+    const int t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + (i >= 2 ? 8 : 0);
+        const int col = 2 * t + (i & 1);
+        double sum = 0.0;
+        for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+        c[i] = static_cast<float>(static_cast<double>(c[i]) + sum);
+    }
+    f.shuffle_parity ^= 1;
 }
 
 inline void fiber_entry() {
@@ -241,6 +306,7 @@ inline void launch(Dim3 grid, Dim3 block, Order order, unsigned seed,
     l.warp_arrived.assign(warps, 0);
     l.warp_gen.assign(warps, 0);
     l.exchange.assign(warps * 2 * 32, 0.0f);
+    l.mma_exchange.assign(warps * 2 * 32 * 6, 0u);
     std::mt19937 rng(seed);
     current() = &l;
     try {
@@ -301,6 +367,9 @@ inline void KILN_EMU_ASM(const char* text) {
 #define blockDim (kiln_emu::current()->block)
 
 inline void __syncthreads() { kiln_emu::syncthreads(); }
+
+#define KILN_EMU_MMA(c, a, b0, b1, type) \
+    kiln_emu::mma_m16n8k16(c, a, b0, b1, kiln_emu::MmaType::type)
 
 inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask, int width = 32) {
     return kiln_emu::shfl_xor(mask, v, lane_mask, width);

@@ -26,4 +26,9 @@ g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/sampling_draw_check" sampling_draw_check.cpp
 "$BUILD/sampling_draw_check"
+# The tensor-core prefill (kernels/attention_prefill.cu, mma.sync modelled), LLM and
+# image shapes: ~30 s.
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/attention_prefill_check" attention_prefill_check.cpp
+"$BUILD/attention_prefill_check"
 exec "$BUILD/attention_decode_check" "$@"

@@ -103,7 +103,19 @@ impl CudaDevice {
         c: &AttentionCall<'_>,
         out: &mut CudaTensor,
     ) -> Result<()> {
+        self.attention_prefill_masked(c, true, out)
+    }
+
+    /// The same kernel with or without the causal mask (`causal` false: every query sees
+    /// every key of its sequence's context; the image models' attention, no window).
+    pub(crate) fn attention_prefill_masked(
+        &self,
+        c: &AttentionCall<'_>,
+        causal: bool,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         let n = &c.ints;
+        let causal = i32::from(causal);
         let op = attention_plan::kernel_op("prefill", n.hd as usize);
         let f = self.kernels().get(&op, c.q.dtype())?;
         let mut args = self.stream().launch_builder(f);
@@ -116,7 +128,8 @@ impl CudaDevice {
             .arg(&n.hk)
             .arg(&n.q_stride)
             .arg(&n.window)
-            .arg(&c.scale);
+            .arg(&c.scale)
+            .arg(&causal);
         let cfg = attention_plan::prefill_launch(c.tokens, n.num_seqs as usize, n.hq as usize)?;
         // SAFETY: matches kernels/attention_prefill.cu; the path is only chosen for 16-bit
         // dtypes on sm_80+ with a head dim it is instantiated for and aligned caches.

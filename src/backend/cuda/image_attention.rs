@@ -5,9 +5,14 @@
 //! `[b, nq, heads * d]` output. Heads are the batch of the strided GEMMs: a head of
 //! `[n, heads, d]` is a matrix with leading dimension `heads * d` starting `d` elements after
 //! the previous head. Queries are chunked so the scores stay within [`SCORES_BUDGET`].
+//!
+//! Where the tiled tensor-core kernel applies (16-bit, sm_80+, its head dims; see
+//! [`super::image_flash`]) it runs instead and no score matrix is written;
+//! `KILN_IMAGE_FLASH=0` keeps everything on this path.
 
 use super::backend::CudaBackend;
 use super::gemm_batched::{Operand, OperandMut, StridedGemm};
+use super::image_flash::ImageAttentionPath;
 use super::image_geometry::{entries_per_chunk, AttentionDims};
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
@@ -94,14 +99,17 @@ pub fn attention_steps(d: &AttentionDims, budget: usize) -> Vec<AttentionStep> {
 }
 
 impl CudaBackend {
-    /// As [`crate::backend::image_ops::ImageOps::dense_attention`].
-    pub(super) fn dense_attention_gpu(
+    /// As [`crate::backend::image_ops::ImageOps::dense_attention`], on the tiled kernel
+    /// where it applies; `allow_flash` false keeps it on the dense path (the selftest runs
+    /// both).
+    pub fn image_attention_gpu(
         &self,
         q: &CudaTensor,
         k: &CudaTensor,
         v: &CudaTensor,
         heads: usize,
         causal: bool,
+        allow_flash: bool,
     ) -> Result<CudaTensor> {
         let d = AttentionDims::new(q.shape(), k.shape(), v.shape(), heads, causal)?;
         k.expect_dtype(q.dtype(), "attention k")?;
@@ -112,6 +120,12 @@ impl CudaBackend {
         }
         ensure!(d.nk > 0, "attention over no keys");
         self.bind()?; // cuBLAS uses the thread's current context
+        if self.image_attention_path([q, k, v], heads, causal, allow_flash)?
+            == ImageAttentionPath::Flash
+        {
+            self.flash_attention_gpu(q, k, v, &d, causal, &mut out)?;
+            return Ok(out);
+        }
         let steps = attention_steps(&d, SCORES_BUDGET);
         let rows = steps.iter().map(|s| s.queries).max().unwrap_or(1) * heads;
         let mut scores = self.output(DType::F32, &[rows * d.nk])?;

@@ -292,6 +292,6 @@ impl ImageOps for CudaBackend {
         heads: usize,
         causal: bool,
     ) -> Result<CudaTensor> {
-        self.dense_attention_gpu(q, k, v, heads, causal)
+        self.image_attention_gpu(q, k, v, heads, causal, true)
     }
 }

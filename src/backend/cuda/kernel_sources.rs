@@ -67,10 +67,12 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         file: "attention_prefill.cu",
         body: include_str!("../../../kernels/attention_prefill.cu"),
         ops: &[
+            "attention_prefill_hd40",
             "attention_prefill_hd64",
             "attention_prefill_hd80",
             "attention_prefill_hd96",
             "attention_prefill_hd128",
+            "attention_prefill_hd160",
             "attention_prefill_hd256",
         ],
     },

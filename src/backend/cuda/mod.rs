@@ -23,6 +23,7 @@ pub mod gemv;
 pub mod gemv_silu;
 pub mod image_attention;
 pub mod image_conv;
+pub mod image_flash;
 pub mod image_geometry;
 pub mod image_kernels;
 pub mod image_launch;

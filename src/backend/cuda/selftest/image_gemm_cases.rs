@@ -3,6 +3,7 @@
 
 use super::compare::Check;
 use super::image_cases::ImageSuite;
+use crate::backend::cuda::image_flash::ImageAttentionPath;
 use crate::backend::image_ops::ImageOps;
 use anyhow::Result;
 
@@ -46,30 +47,48 @@ fn conv2d(t: &mut ImageSuite<'_, '_>) -> Result<()> {
 fn attention(t: &mut ImageSuite<'_, '_>) -> Result<()> {
     let be = t.gpu;
     // (batch, nq, nk, heads, head dim, causal): UNet self-attention over 11x15 latents,
-    // cross-attention to 77 text tokens, CLIP's causal self-attention, one-head VAE-style.
+    // cross-attention to 77 text tokens, CLIP's causal self-attention, one-head VAE-style;
+    // then the same with head dims the tiled kernel takes (SD 1.5's 40 and 160, 64, 80),
+    // each run on it (rows "attention(flash...)") and on the dense path.
     for (b, nq, nk, heads, dim, causal) in [
         (2, 165, 165, 4, 10, false),
         (2, 165, 77, 4, 10, false),
         (2, 77, 77, 4, 8, true),
         (1, 330, 330, 1, 24, false),
+        (2, 165, 165, 8, 40, false),
+        (2, 165, 77, 8, 40, false),
+        (2, 165, 165, 5, 64, false),
+        (2, 165, 77, 4, 80, false),
+        (2, 165, 77, 5, 160, false),
+        (2, 77, 77, 4, 64, true),
+        // 32x32 latents: big enough for the two paths' timings to mean something.
+        (2, 1024, 1024, 8, 40, false),
     ] {
         let q = t.input(&[b, nq, heads * dim], 2.0)?;
         let k = t.input(&[b, nk, heads * dim], 2.0)?;
         let v = t.input(&[b, nk, heads * dim], 1.0)?;
-        let gpu = be.dense_attention(&q.gpu, &k.gpu, &v.gpu, heads, causal)?;
         let cpu = t
             .cpu
             .dense_attention(&q.cpu, &k.cpu, &v.cpu, heads, causal)?;
-        let op = if causal {
-            "attention(causal)"
-        } else {
-            "attention(dense)"
-        };
         let shape = format!("b{b} nq{nq} nk{nk} {heads}x{dim}");
-        let row = t.compare(op, shape, Check::Reduction, &gpu, &cpu)?;
-        t.time(row, || {
-            be.dense_attention(&q.gpu, &k.gpu, &v.gpu, heads, causal)
-        })?;
+        for allow_flash in [true, false] {
+            let path =
+                be.image_attention_path([&q.gpu, &k.gpu, &v.gpu], heads, causal, allow_flash)?;
+            let flash = path == ImageAttentionPath::Flash;
+            let run = || be.image_attention_gpu(&q.gpu, &k.gpu, &v.gpu, heads, causal, allow_flash);
+            let gpu = run()?;
+            let op = match (flash, causal) {
+                (true, false) => "attention(flash)",
+                (true, true) => "attention(flash causal)",
+                (false, false) => "attention(dense)",
+                (false, true) => "attention(causal)",
+            };
+            let row = t.compare(op, shape.clone(), Check::Reduction, &gpu, &cpu)?;
+            t.time(row, run)?;
+            if !flash {
+                break; // the dense path ran: nothing left to compare it with
+            }
+        }
     }
     Ok(())
 }

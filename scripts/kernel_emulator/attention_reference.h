@@ -1,0 +1,126 @@
+// Host side of the attention checks: random paged batches (chunked prefill and decode) and
+// the double-precision attention they are compared with. Shared by
+// attention_decode_check.cpp and attention_prefill_check.cpp.
+//
+// A case type C has the fields `seqs` ((context after this step, new tokens) per
+// sequence), `hq`, `hk`, `hd`, `window` (0 = none) and `dtype`.
+#pragma once
+
+#include "emu_tensor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+namespace kiln_attention_ref {
+
+using kiln_emu_tensor::DType;
+
+struct Batch {
+    int block_size = 16, max_blocks = 1, num_blocks = 0, tokens = 0;
+    std::vector<int> block_tables, query_start, context_lens;
+    std::vector<float> q, k_cache, v_cache;  // already rounded to the dtype
+};
+
+// `n` uniform values in [-range, range], rounded to `d`.
+inline std::vector<float> random_values(size_t n, float range, DType d, std::mt19937& rng) {
+    std::uniform_real_distribution<float> u(-range, range);
+    std::vector<float> v(n);
+    for (float& x : v) x = kiln_emu_tensor::round_to(d, u(rng));
+    return v;
+}
+
+// Sequences in a paged cache of 16-token blocks, handed out in shuffled order (with three
+// spare blocks), q of every new token, K/V of every cached position.
+template <typename C>
+Batch make_batch(const C& c, std::mt19937& rng) {
+    Batch b;
+    const int bs = b.block_size;
+    std::vector<int> blocks_per_seq;
+    for (auto [ctx, q_len] : c.seqs) blocks_per_seq.push_back((ctx + bs - 1) / bs);
+    b.max_blocks = std::max(1, *std::max_element(blocks_per_seq.begin(), blocks_per_seq.end()));
+    b.num_blocks = std::accumulate(blocks_per_seq.begin(), blocks_per_seq.end(), 0) + 3;
+    std::vector<int> pool(b.num_blocks);
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), rng);
+    const int seqs = static_cast<int>(c.seqs.size());
+    b.block_tables.assign(seqs * b.max_blocks, 0);
+    int next = 0;
+    for (int s = 0; s < seqs; ++s) {
+        for (int i = 0; i < blocks_per_seq[s]; ++i) b.block_tables[s * b.max_blocks + i] = pool[next++];
+    }
+    b.query_start.push_back(0);
+    for (auto [ctx, q_len] : c.seqs) {
+        b.query_start.push_back(b.query_start.back() + q_len);
+        b.context_lens.push_back(ctx);
+    }
+    b.tokens = b.query_start.back();
+    const size_t cache = static_cast<size_t>(b.num_blocks) * bs * c.hk * c.hd;
+    b.k_cache = random_values(cache, 1.0f, c.dtype, rng);
+    b.v_cache = random_values(cache, 1.0f, c.dtype, rng);
+    b.q = random_values(static_cast<size_t>(b.tokens) * c.hq * c.hd, 2.0f, c.dtype, rng);
+    return b;
+}
+
+// One query row against the key rows `k[i]`, `v[i]` (hd values each): writes softmax(scale
+// q k^T) v to `out` and, if `magnitude` is given, sum_i p_i |v_i| (what a relative error
+// in the probabilities scales with) to it.
+inline void attend(const float* q, double scale, const std::vector<const float*>& k,
+                   const std::vector<const float*>& v, int hd, double* out,
+                   double* magnitude) {
+    std::vector<double> scores(k.size());
+    for (size_t j = 0; j < k.size(); ++j) {
+        double dot = 0.0;
+        for (int d = 0; d < hd; ++d) dot += static_cast<double>(q[d]) * scale * k[j][d];
+        scores[j] = dot;
+    }
+    const double m = *std::max_element(scores.begin(), scores.end());
+    double sum = 0.0;
+    for (double& s : scores) sum += (s = std::exp(s - m));
+    for (int d = 0; d < hd; ++d) {
+        out[d] = 0.0;
+        if (magnitude != nullptr) magnitude[d] = 0.0;
+    }
+    for (size_t j = 0; j < k.size(); ++j) {
+        const double p = scores[j] / sum;
+        for (int d = 0; d < hd; ++d) {
+            out[d] += p * v[j][d];
+            if (magnitude != nullptr) magnitude[d] += p * std::fabs(v[j][d]);
+        }
+    }
+}
+
+// Paged causal attention of every token of `b` (with the sliding window), [tokens, hq, hd].
+template <typename C>
+std::vector<double> reference(const C& c, const Batch& b, float scale,
+                              std::vector<double>* magnitude = nullptr) {
+    const int hq = c.hq, hk = c.hk, hd = c.hd, bs = b.block_size;
+    const size_t n = static_cast<size_t>(b.tokens) * hq * hd;
+    std::vector<double> out(n, 0.0);
+    if (magnitude != nullptr) magnitude->assign(n, 0.0);
+    for (int token = 0; token < b.tokens; ++token) {
+        int seq = 0;
+        while (seq + 1 < static_cast<int>(c.seqs.size()) && b.query_start[seq + 1] <= token) ++seq;
+        const int q_len = b.query_start[seq + 1] - b.query_start[seq];
+        const int pos = b.context_lens[seq] - q_len + (token - b.query_start[seq]);
+        const int first = (c.window > 0 && pos >= c.window) ? pos + 1 - c.window : 0;
+        for (int head = 0; head < hq; ++head) {
+            const int kv_head = head / (hq / hk);
+            std::vector<const float*> k, v;
+            for (int p = first; p <= pos; ++p) {
+                const int block = b.block_tables[seq * b.max_blocks + p / bs];
+                const size_t row = ((static_cast<size_t>(block) * bs + p % bs) * hk + kv_head) * hd;
+                k.push_back(&b.k_cache[row]);
+                v.push_back(&b.v_cache[row]);
+            }
+            const size_t at = (static_cast<size_t>(token) * hq + head) * hd;
+            attend(&b.q[at], scale, k, v, hd, &out[at],
+                   magnitude != nullptr ? &(*magnitude)[at] : nullptr);
+        }
+    }
+    return out;
+}
+
+}  // namespace kiln_attention_ref
