@@ -154,15 +154,23 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
 
 #define KILN_GEMV_PARAMS(D) \
     D::T *y, const D::T *x, const D::T *w, const D::T *bias, int m_rows, int n, int k, int has_bias
-#define KILN_GEMV_KERNEL(NAME, MT, GATED, D)                                                  \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) NAME(KILN_GEMV_PARAMS(D)) {    \
-        gemv_impl<D, MT, GATED>(y, x, w, bias, m_rows, n, k, has_bias);                       \
+#define KILN_GEMV(S, D)                                                                               \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_##S(KILN_GEMV_PARAMS(D)) {       \
+        gemv_impl<D, 1, false>(y, x, w, bias, m_rows, n, k, has_bias);                                \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_##S(KILN_GEMV_PARAMS(D)) {       \
+        gemv_impl<D, 2, false>(y, x, w, bias, m_rows, n, k, has_bias);                                \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv4_##S(KILN_GEMV_PARAMS(D)) {       \
+        gemv_impl<D, 4, false>(y, x, w, bias, m_rows, n, k, has_bias);                                \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8_##S(KILN_GEMV_PARAMS(D)) {       \
+        gemv_impl<D, 8, false>(y, x, w, bias, m_rows, n, k, has_bias);                                \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_silu_##S(KILN_GEMV_PARAMS(D)) {  \
+        gemv_impl<D, 1, true>(y, x, w, bias, m_rows, n, k, has_bias);                                 \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_silu_##S(KILN_GEMV_PARAMS(D)) {  \
+        gemv_impl<D, 2, true>(y, x, w, bias, m_rows, n, k, has_bias);                                 \
     }
-#define KILN_GEMV(S, D)                              \
-    KILN_GEMV_KERNEL(gemv1_##S, 1, false, D)         \
-    KILN_GEMV_KERNEL(gemv2_##S, 2, false, D)         \
-    KILN_GEMV_KERNEL(gemv4_##S, 4, false, D)         \
-    KILN_GEMV_KERNEL(gemv8_##S, 8, false, D)         \
-    KILN_GEMV_KERNEL(gemv1_silu_##S, 1, true, D)     \
-    KILN_GEMV_KERNEL(gemv2_silu_##S, 2, true, D)
 KILN_FOR_EACH_DTYPE(KILN_GEMV)
