@@ -18,6 +18,12 @@
 // gate_up row [m, 2K] = [g | u], and the staging writes silu(g) * u, rounded to the dtype
 // exactly as silu_mul (activation.cu) would store it, into shared memory: the same result
 // as silu_mul then gemv<MT>, without the launch and the [m, K] round trip.
+//
+// gemv<MT>_add_norm: a projection fused with the residual add + RMS norm before it. Every
+// block first finds each row's rms of x + residual (a few KB, from L2), then stages
+// rms_norm(x + residual) * norm_w into shared memory; block 0 also stores x + residual (the
+// new residual stream, rounded as fused_add_rms_norm rounds it) into res_out, which must
+// not alias res_in: the other blocks are still reading it.
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
@@ -28,6 +34,20 @@
 // 16 bytes of a weight or activation row: 8 16-bit values or 4 f32.
 typedef KilnVec16 GemvVec;
 
+// How the staging turns the input rows into the x the GEMV multiplies.
+#define GEMV_PLAIN 0     // x as it is
+#define GEMV_SILU 1      // x = silu(g) * u of gate_up rows [g | u] (twice as wide)
+#define GEMV_ADD_NORM 2  // x = rms_norm(x + residual) * norm_w; the sum is also stored
+
+// The extra operands of GEMV_ADD_NORM (unused otherwise).
+template <typename D>
+struct GemvNorm {
+    typename D::T* res_out;        // x + residual, rounded to the dtype (block 0 writes it)
+    const typename D::T* res_in;   // the residual stream before this layer
+    const typename D::T* norm_w;   // [K]
+    float eps;
+};
+
 // silu(g) * u of the values of two vectors, each rounded to D::T as silu_mul stores it.
 template <typename D>
 __device__ __forceinline__ GemvVec gemv_silu_mul_vec(const GemvVec& gv, const GemvVec& uv) {
@@ -35,27 +55,67 @@ __device__ __forceinline__ GemvVec gemv_silu_mul_vec(const GemvVec& gv, const Ge
     float g[PER], u[PER];
     kiln_unpack16<D>(gv, g);
     kiln_unpack16<D>(uv, u);
-    GemvVec out;
-    if constexpr (PER == 4) {
+    typename D::T out[PER];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) out.w[i] = __float_as_uint(g[i] / (1.0f + expf(-g[i])) * u[i]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float lo = g[2 * i] / (1.0f + expf(-g[2 * i])) * u[2 * i];
-            const float hi = g[2 * i + 1] / (1.0f + expf(-g[2 * i + 1])) * u[2 * i + 1];
-            out.w[i] = (unsigned int)D::store(lo) | ((unsigned int)D::store(hi) << 16);
-        }
-    }
-    return out;
+    for (int j = 0; j < PER; ++j) out[j] = D::store(g[j] / (1.0f + expf(-g[j])) * u[j]);
+    return kiln_pack16(out);
 }
 
-template <typename D, int MT, bool GATED>
+// x + residual per value, rounded to D::T as fused_add_rms_norm rounds the residual stream.
+template <typename D>
+__device__ __forceinline__ void gemv_add_round(const GemvVec& xv, const GemvVec& rv,
+                                               typename D::T* sum) {
+    constexpr int PER = 16 / (int)sizeof(typename D::T);
+    float x[PER], r[PER];
+    kiln_unpack16<D>(xv, x);
+    kiln_unpack16<D>(rv, r);
+#pragma unroll
+    for (int j = 0; j < PER; ++j) sum[j] = D::store(x[j] + r[j]);
+}
+
+// 1 / rms of row m of x + residual over k values, in every thread of the block (all call
+// it with the same m).
+template <typename D>
+__device__ __forceinline__ float gemv_inv_rms(const typename D::T* x, const GemvNorm<D>& nm,
+                                              int m, int k, float* scratch) {
+    constexpr int PER = 16 / (int)sizeof(typename D::T);
+    const GemvVec* xr = reinterpret_cast<const GemvVec*>(x + (long long)m * k);
+    const GemvVec* rr = reinterpret_cast<const GemvVec*>(nm.res_in + (long long)m * k);
+    float sum_sq = 0.0f;
+    for (int v = threadIdx.x; v < k / PER; v += GEMV_THREADS) {
+        typename D::T s[PER];
+        gemv_add_round<D>(xr[v], rr[v], s);
+#pragma unroll
+        for (int j = 0; j < PER; ++j) sum_sq += D::load(s[j]) * D::load(s[j]);
+    }
+    return rsqrtf(kiln_block_sum(sum_sq, scratch) / (float)k + nm.eps);
+}
+
+// Vector v of row m of the normalised x, rms_norm's formula (value * inv_rms * weight); block
+// 0 also stores the row's rounded sum into res_out.
+template <typename D>
+__device__ __forceinline__ GemvVec gemv_add_norm_vec(const typename D::T* x, const GemvNorm<D>& nm,
+                                                     int m, int k, int v, float inv_rms) {
+    constexpr int PER = 16 / (int)sizeof(typename D::T);
+    const long long row = (long long)m * k;
+    typename D::T s[PER];
+    gemv_add_round<D>(reinterpret_cast<const GemvVec*>(x + row)[v],
+                      reinterpret_cast<const GemvVec*>(nm.res_in + row)[v], s);
+    if (blockIdx.x == 0) reinterpret_cast<GemvVec*>(nm.res_out + row)[v] = kiln_pack16(s);
+    float w[PER];
+    kiln_unpack16<D>(reinterpret_cast<const GemvVec*>(nm.norm_w)[v], w);
+    typename D::T out[PER];
+#pragma unroll
+    for (int j = 0; j < PER; ++j) out[j] = D::store(D::load(s[j]) * inv_rms * w[j]);
+    return kiln_pack16(out);
+}
+
+template <typename D, int MT, int MODE>
 __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                                           const typename D::T* __restrict__ x,
                                           const typename D::T* __restrict__ w,
                                           const typename D::T* __restrict__ bias, int m_rows,
-                                          int n, int k, int has_bias) {
+                                          int n, int k, int has_bias, const GemvNorm<D>& nm) {
     constexpr int PER = 16 / (int)sizeof(typename D::T);  // values per vector
     constexpr int R = GEMV_ROWS_PER_WARP;
     constexpr int CHUNK_VECS = GEMV_SMEM_BYTES / 16 / MT;  // vectors of one x row per chunk
@@ -81,6 +141,17 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
         for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
     }
 
+    // GEMV_ADD_NORM: each block finds the rows' rms itself (x and the residual are a few KB,
+    // read from L2), so no separate norm launch is needed.
+    float inv_rms[MT];
+    if constexpr (MODE == GEMV_ADD_NORM) {
+        __shared__ float norm_scratch[32];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            inv_rms[m] = m < m_rows ? gemv_inv_rms<D>(x, nm, m, k, norm_scratch) : 0.0f;
+        }
+    }
+
     for (int c0 = 0; c0 < kvecs; c0 += CHUNK_VECS) {
         const int cvecs = min(CHUNK_VECS, kvecs - c0);
         __syncthreads();  // the previous chunk's readers are done with xs
@@ -89,9 +160,13 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
             const int v = i - m * cvecs;
             GemvVec val = {{0u, 0u, 0u, 0u}};
             if (m < m_rows) {
-                if constexpr (GATED) {
+                if constexpr (MODE == GEMV_SILU) {
                     const GemvVec* row = reinterpret_cast<const GemvVec*>(x + (long long)m * 2 * k);
                     val = gemv_silu_mul_vec<D>(row[c0 + v], row[kvecs + c0 + v]);
+                } else if constexpr (MODE == GEMV_ADD_NORM) {
+                    // MT is 1 or 2 here: no dynamically indexed register array.
+                    const float inv = (MT == 1 || m == 0) ? inv_rms[0] : inv_rms[MT - 1];
+                    val = gemv_add_norm_vec<D>(x, nm, m, k, c0 + v, inv);
                 } else {
                     val = reinterpret_cast<const GemvVec*>(x + (long long)m * k)[c0 + v];
                 }
@@ -154,23 +229,34 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
 
 #define KILN_GEMV_PARAMS(D) \
     D::T *y, const D::T *x, const D::T *w, const D::T *bias, int m_rows, int n, int k, int has_bias
-#define KILN_GEMV(S, D)                                                                               \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_##S(KILN_GEMV_PARAMS(D)) {       \
-        gemv_impl<D, 1, false>(y, x, w, bias, m_rows, n, k, has_bias);                                \
-    }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_##S(KILN_GEMV_PARAMS(D)) {       \
-        gemv_impl<D, 2, false>(y, x, w, bias, m_rows, n, k, has_bias);                                \
-    }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv4_##S(KILN_GEMV_PARAMS(D)) {       \
-        gemv_impl<D, 4, false>(y, x, w, bias, m_rows, n, k, has_bias);                                \
-    }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8_##S(KILN_GEMV_PARAMS(D)) {       \
-        gemv_impl<D, 8, false>(y, x, w, bias, m_rows, n, k, has_bias);                                \
-    }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_silu_##S(KILN_GEMV_PARAMS(D)) {  \
-        gemv_impl<D, 1, true>(y, x, w, bias, m_rows, n, k, has_bias);                                 \
-    }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_silu_##S(KILN_GEMV_PARAMS(D)) {  \
-        gemv_impl<D, 2, true>(y, x, w, bias, m_rows, n, k, has_bias);                                 \
+#define KILN_GEMV_ARGS y, x, w, bias, m_rows, n, k, has_bias
+#define KILN_GEMV_NORM_PARAMS(D) \
+    KILN_GEMV_PARAMS(D), D::T *res_out, const D::T *res_in, const D::T *norm_w, float eps
+#define KILN_GEMV(S, D)                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_##S(KILN_GEMV_PARAMS(D)) {      \
+        gemv_impl<D, 1, GEMV_PLAIN>(KILN_GEMV_ARGS, GemvNorm<D>{});                                  \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_##S(KILN_GEMV_PARAMS(D)) {      \
+        gemv_impl<D, 2, GEMV_PLAIN>(KILN_GEMV_ARGS, GemvNorm<D>{});                                  \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv4_##S(KILN_GEMV_PARAMS(D)) {      \
+        gemv_impl<D, 4, GEMV_PLAIN>(KILN_GEMV_ARGS, GemvNorm<D>{});                                  \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8_##S(KILN_GEMV_PARAMS(D)) {      \
+        gemv_impl<D, 8, GEMV_PLAIN>(KILN_GEMV_ARGS, GemvNorm<D>{});                                  \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_silu_##S(KILN_GEMV_PARAMS(D)) { \
+        gemv_impl<D, 1, GEMV_SILU>(KILN_GEMV_ARGS, GemvNorm<D>{});                                   \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_silu_##S(KILN_GEMV_PARAMS(D)) { \
+        gemv_impl<D, 2, GEMV_SILU>(KILN_GEMV_ARGS, GemvNorm<D>{});                                   \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                       \
+        gemv1_add_norm_##S(KILN_GEMV_NORM_PARAMS(D)) {                                               \
+        gemv_impl<D, 1, GEMV_ADD_NORM>(KILN_GEMV_ARGS, GemvNorm<D>{res_out, res_in, norm_w, eps});   \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                       \
+        gemv2_add_norm_##S(KILN_GEMV_NORM_PARAMS(D)) {                                               \
+        gemv_impl<D, 2, GEMV_ADD_NORM>(KILN_GEMV_ARGS, GemvNorm<D>{res_out, res_in, norm_w, eps});   \
     }
 KILN_FOR_EACH_DTYPE(KILN_GEMV)

@@ -241,10 +241,10 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
 fi
 
 # Decode and the small model without the decode fusions (the QKV split + rope + cache write
-# kernel, the SwiGLU folded into the down projection's GEMV), for their A/B in the same run:
-# five launches per layer more.
+# kernel; the SwiGLU and the residual add + RMS norms folded into the GEMVs), for their A/B
+# in the same run: seven launches per layer more at batch 1.
 if "$KILN" bench latency --help >/dev/null 2>&1; then
-    unfused="KILN_FUSED_QKV=0 KILN_FUSED_SILU_GEMV=0"
+    unfused="KILN_FUSED_QKV=0 KILN_FUSED_GEMV=0"
     step bench_latency_8b_unfused 120 no bench_latency_8b_unfused.txt -- \
         env $unfused "$KILN" bench latency --device cuda --model llama-3.1-8b \
         --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \

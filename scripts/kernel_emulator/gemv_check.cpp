@@ -10,13 +10,17 @@
 // sum |x w| (the f32 accumulation; the real error is far below).
 //
 // gemv1_silu / gemv2_silu (the down projection fused with the SwiGLU) must equal silu_mul
-// then gemv1 / gemv2 exactly: the same roundings in the same order.
+// then gemv1 / gemv2 exactly: the same roundings in the same order. gemv1_add_norm /
+// gemv2_add_norm (a linear layer fused with the residual add + RMS norm before it) must store
+// the residual stream exactly as fused_add_rms_norm does, and give y within the GEMV bound
+// plus one dtype ulp per normalised value (its f32 sum of squares runs in another order).
 //
 //   gemv_check      exit status 1 if any case is off
 #include "cuda_emu.h"
 // clang-format off
 #include "common.cuh"
 #include "activation.cu"
+#include "norm.cu"
 #include "gemv.cu"
 // clang-format on
 #include "cuda_emu_end.h"
@@ -149,6 +153,69 @@ void check_silu(DType d, int m, int n, int k, bool bias, Order order) {
                 y.size());
 }
 
+using GemvNormFn = void (*)(void*, const void*, const void*, const void*, int, int, int, int, void*,
+                           const void*, const void*, float);
+using AddNormFn = void (*)(void*, void*, const void*, float, int);
+
+void check_add_norm(DType d, int m, int n, int k, bool bias, Order order) {
+    std::vector<float> x = random(d, static_cast<size_t>(m) * k, 2.0f);
+    std::vector<float> r = random(d, static_cast<size_t>(m) * k, 2.0f);
+    // Rows of different scale, so one row normalised by another's rms is off by 3x.
+    for (size_t i = static_cast<size_t>(k); i < x.size(); ++i) {
+        x[i] = round_to(d, 3.0f * x[i]);
+        r[i] = round_to(d, 3.0f * r[i]);
+    }
+    const std::vector<float> nw = random(d, k, 1.5f);
+    const std::vector<float> w = random(d, static_cast<size_t>(n) * k, 1.0f);
+    const std::vector<float> b = random(d, n, 4.0f);
+    const float eps = 1e-5f;
+    Buffer xb(d, x), rb(d, r), nwb(d, nw), wb(d, w), bb(d, b);
+    Buffer y = Buffer::unwritten(d, static_cast<size_t>(m) * n);
+    Buffer res_out = Buffer::unwritten(d, static_cast<size_t>(m) * k);
+    GemvNormFn fused = m == 1 ? KILN_PICK(GemvNormFn, gemv1_add_norm, d)
+                              : KILN_PICK(GemvNormFn, gemv2_add_norm, d);
+    const unsigned blocks = static_cast<unsigned>((n + GEMV_WARPS * GEMV_ROWS_PER_WARP - 1) /
+                                                  (GEMV_WARPS * GEMV_ROWS_PER_WARP));
+    const void* bias_ptr = bias ? bb.data() : wb.data();
+    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, order, 3, [&] {
+        fused(y.data(), xb.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0, res_out.data(),
+              rb.data(), nwb.data(), eps);
+    });
+    // The unfused residual stream: fused_add_rms_norm in place on copies.
+    Buffer hx(d, x), hr(d, r);
+    auto norm = KILN_PICK(AddNormFn, fused_add_rms_norm, d);
+    kiln_emu::launch({static_cast<unsigned>(m), 1, 1}, {256, 1, 1}, Order::Forward, 2,
+                     [&] { norm(hx.data(), hr.data(), nwb.data(), eps, k); });
+    size_t residual_differs = 0;
+    for (size_t i = 0; i < hr.size(); ++i) residual_differs += res_out.at(i) == hr.at(i) ? 0 : 1;
+    // y against a double reference over the dtype-rounded residual.
+    const double ulp = d == DType::F32 ? 0x1p-23 : (d == DType::F16 ? 0x1p-10 : 0x1p-7);
+    const double round_rel = d == DType::F32 ? 0.0 : ulp / 2;
+    double worst = 0.0;
+    for (int i = 0; i < m; ++i) {
+        double ss = 0.0;
+        for (int t = 0; t < k; ++t) ss += static_cast<double>(hr.at(static_cast<size_t>(i) * k + t)) * hr.at(static_cast<size_t>(i) * k + t);
+        const double inv = 1.0 / std::sqrt(ss / k + eps);
+        for (int j = 0; j < n; ++j) {
+            double dot = bias ? b[j] : 0.0, mag = bias ? std::fabs(b[j]) : 0.0;
+            for (int t = 0; t < k; ++t) {
+                const double h = round_to(d, static_cast<float>(hr.at(static_cast<size_t>(i) * k + t) * inv * nw[t]));
+                const double p = h * w[static_cast<size_t>(j) * k + t];
+                dot += p;
+                mag += std::fabs(p);
+            }
+            const double err = std::fabs(static_cast<double>(y.at(static_cast<size_t>(i) * n + j)) - dot);
+            const double allowed = round_rel * std::fabs(dot) + (ulp + 64.0 * 0x1p-24) * mag + 1e-30;
+            worst = std::max(worst, std::isnan(err) ? INFINITY : err / allowed);
+        }
+    }
+    const bool ok = worst <= 1.0 && residual_differs == 0;
+    failures += ok ? 0 : 1;
+    ++cases;
+    std::printf("%s  gemv_add_norm m=%d n=%-5d k=%-5d %-7s %-4s  worst err/bound %.3f, %zu residual values differ\n",
+                ok ? "ok  " : "FAIL", m, n, k, bias ? "+bias" : "", dtype_name(d), worst, residual_differs);
+}
+
 }  // namespace
 
 int main() {
@@ -175,6 +242,11 @@ int main() {
         check_silu(d, 1, 37, 136, false, Order::Reverse);
         check_silu(d, 2, 11, 4104, true, Order::Random);
         check_silu(d, 1, 13, 8200, true, Order::Forward);
+        // The residual add + RMS norm fused in front: both kernels, the x chunk crossed.
+        check_add_norm(d, 1, 37, 136, false, Order::Reverse);
+        check_add_norm(d, 2, 19, 1032, true, Order::Random);
+        check_add_norm(d, 1, 9, 8200, true, Order::Forward);
+        check_add_norm(d, 2, 11, 4104, false, Order::Forward);
     }
     std::printf("%d cases: %s\n", cases,
                 failures == 0 ? "the gemv kernels match the reference" : "SOME CASES FAILED");

@@ -137,6 +137,19 @@ pub trait Backend: Send + Sync {
         weight: &Self::Tensor,
         eps: f64,
     ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// `add_rms_norm` followed by `linear(normed, w, b)`: `(linear output, sum)`. Devices may
+    /// fuse the norm into the linear layer for a few rows.
+    fn add_rms_norm_linear(
+        &self,
+        x: Self::Tensor,
+        residual: Self::Tensor,
+        norm: (&Self::Tensor, f64),
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let (normed, sum) = self.add_rms_norm(x, residual, norm.0, norm.1)?;
+        Ok((self.linear(&normed, w, b)?, sum))
+    }
     /// Rotates `q: [n, q_heads * head_dim]` and `k: [n, kv_heads * head_dim]` by each token's
     /// position in `batch`.
     fn rope(

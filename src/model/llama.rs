@@ -478,29 +478,35 @@ impl<B: Backend> LlamaModel<B> {
             be.embed_batch(&self.embed, meta, tokens)?
         };
         let mut residual: Option<B::Tensor> = None;
+        let eps = c.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
-            let x = match residual.take() {
+            // The norms go through `add_rms_norm_linear` with the projection after them, so a
+            // device can fuse the two.
+            let qkv_bias = layer.qkv_bias.as_ref();
+            let qkv = match residual.take() {
                 None => {
-                    let x = be.rms_norm(&hidden, &layer.input_norm, c.rms_norm_eps)?;
+                    let x = be.rms_norm(&hidden, &layer.input_norm, eps)?;
                     residual = Some(hidden);
-                    x
+                    be.linear(&x, &layer.qkv, qkv_bias)?
                 }
                 Some(r) => {
-                    let (x, sum) = be.add_rms_norm(hidden, r, &layer.input_norm, c.rms_norm_eps)?;
+                    let norm = (&layer.input_norm, eps);
+                    let (qkv, sum) =
+                        be.add_rms_norm_linear(hidden, r, norm, &layer.qkv, qkv_bias)?;
                     residual = Some(sum);
-                    x
+                    qkv
                 }
             };
             let attn =
-                comm.all_reduce_sum(be, self.attention_block(be, layer, i, &x, meta, cache)?)?;
-            let (x, sum) = be.add_rms_norm(
+                comm.all_reduce_sum(be, self.attention_block(be, layer, i, qkv, meta, cache)?)?;
+            let (gate_up, sum) = be.add_rms_norm_linear(
                 attn,
                 residual.take().expect("set above"),
-                &layer.post_attention_norm,
-                c.rms_norm_eps,
+                (&layer.post_attention_norm, eps),
+                &layer.gate_up,
+                None,
             )?;
             residual = Some(sum);
-            let gate_up = be.linear(&x, &layer.gate_up, None)?;
             hidden = comm.all_reduce_sum(be, be.silu_mul_linear(&gate_up, &layer.down, None)?)?;
         }
         let residual = residual.context("model has no layers")?;
@@ -533,12 +539,11 @@ impl<B: Backend> LlamaModel<B> {
         be: &B,
         layer: &Layer<B>,
         index: usize,
-        x: &B::Tensor,
+        qkv: B::Tensor,
         batch: &B::BatchMeta,
         cache: &mut B::KvCache,
     ) -> Result<B::Tensor> {
         let c = &self.config;
-        let qkv = be.linear(x, &layer.qkv, layer.qkv_bias.as_ref())?;
         let (q_width, kv_width) = (
             self.attention.num_heads * c.head_dim,
             self.attention.num_kv_heads * c.head_dim,

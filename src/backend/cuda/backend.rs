@@ -8,6 +8,7 @@ use super::batch_meta::HostBatchMeta;
 use super::decode_graphs::{Recordings, SendGraph};
 use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
+use super::gemv_norm::AddNormInput;
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::ops_qkv::QkvRopeCache;
@@ -39,9 +40,10 @@ pub struct CudaBackend {
     /// Run the attention entry as one kernel (`qkv_rope_cache`); `KILN_FUSED_QKV=0` runs the
     /// column copies, rope and cache write separately, for A/B timing.
     fused_qkv: bool,
-    /// Fold the SwiGLU into the down projection's GEMV (one or two rows);
-    /// `KILN_FUSED_SILU_GEMV=0` runs `silu_mul` first, for A/B timing.
-    fused_silu_gemv: bool,
+    /// Fold the SwiGLU into the down projection's GEMV and the residual add + RMS norm into
+    /// the QKV and gate_up GEMVs (one or two rows); `KILN_FUSED_GEMV=0` runs them as separate
+    /// launches, for A/B timing.
+    fused_gemv: bool,
 }
 
 /// A recorded decode step: the graph, the input buffers it reads (uploaded before each
@@ -96,7 +98,7 @@ impl CudaBackend {
             recordings: Mutex::new(Recordings::default()),
             steps: Mutex::new((0, PoolStats::default())),
             fused_qkv: std::env::var("KILN_FUSED_QKV").map_or(true, |v| v != "0"),
-            fused_silu_gemv: std::env::var("KILN_FUSED_SILU_GEMV").map_or(true, |v| v != "0"),
+            fused_gemv: std::env::var("KILN_FUSED_GEMV").map_or(true, |v| v != "0"),
         })
     }
 
@@ -493,6 +495,32 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn add_rms_norm_linear(
+        &self,
+        x: CudaTensor,
+        residual: CudaTensor,
+        norm: (&CudaTensor, f64),
+        w: &CudaTensor,
+        b: Option<&CudaTensor>,
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        if let (true, &[rows, width], &[out_features, _]) = (self.fused_gemv, x.shape(), w.shape())
+        {
+            let mut out = self.output(x.dtype(), &[rows, out_features])?;
+            let mut sum = self.output(x.dtype(), &[rows, width])?;
+            let input = AddNormInput {
+                x: &x,
+                residual: &residual,
+                norm_weight: norm.0,
+                eps: norm.1 as f32,
+            };
+            if rows > 0 && self.dev.add_norm_gemv(&input, w, b, &mut out, &mut sum)? {
+                return Ok((out, sum));
+            }
+        }
+        let (normed, sum) = self.add_rms_norm(x, residual, norm.0, norm.1)?;
+        Ok((self.linear(&normed, w, b)?, sum))
+    }
+
     fn silu_mul_linear(
         &self,
         gate_up: &CudaTensor,
@@ -500,7 +528,7 @@ impl Backend for CudaBackend {
         b: Option<&CudaTensor>,
     ) -> Result<CudaTensor> {
         if let (true, &[rows, _], &[out_features, _]) =
-            (self.fused_silu_gemv, gate_up.shape(), w.shape())
+            (self.fused_gemv, gate_up.shape(), w.shape())
         {
             let mut out = self.output(gate_up.dtype(), &[rows, out_features])?;
             if rows > 0 && self.dev.silu_mul_gemv(gate_up, w, b, &mut out)? {

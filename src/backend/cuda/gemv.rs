@@ -107,6 +107,15 @@ fn env_enables(value: Option<&str>) -> bool {
     value.map(str::trim) != Some("0")
 }
 
+/// The extra operands of the `_add_norm` GEMVs (kernels/gemv.cu `KILN_GEMV_NORM_PARAMS`).
+pub struct GemvNormOperands<'a> {
+    /// Where block 0 stores x + residual.
+    pub res_out: &'a mut CudaTensor,
+    pub res_in: &'a CudaTensor,
+    pub norm_w: &'a CudaTensor,
+    pub eps: f32,
+}
+
 impl CudaDevice {
     /// `out[m, n] = x[m, k] * w[n, k]^T (+ bias[n])` through the GEMV kernel, for
     /// 1..=8 rows; errors (never panics) when the shape does not fit the kernel.
@@ -128,7 +137,7 @@ impl CudaDevice {
             bail!("gemv: x or w is not 16-byte aligned");
         }
         // SAFETY: shapes, K % 8 and alignment checked above.
-        unsafe { self.launch_gemv(op, x, w, bias, out, (m, n, k)) }
+        unsafe { self.launch_gemv(op, x, w, bias, out, (m, n, k), None) }
     }
 
     /// Queues GEMV kernel `op` (of the dtype of `out`) on `(m, n, k)`.
@@ -136,7 +145,10 @@ impl CudaDevice {
     /// # Safety
     /// The caller has checked what the kernel assumes: `out` is `[m, n]`, `w` `[n, k]`, `x`
     /// `[m, k]` (`[m, 2k]` for the `_silu` kernels), the bias `[n]`, one dtype, K a multiple
-    /// of 8, x and w 16-byte aligned, `m` within the kernel's rows.
+    /// of 8, x and w 16-byte aligned, `m` within the kernel's rows; `norm` given exactly for
+    /// the `_add_norm` kernels, its tensors `[m, k]` / `[k]` and aligned, `res_out` not
+    /// aliasing `res_in`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn launch_gemv(
         &self,
         op: &str,
@@ -145,6 +157,7 @@ impl CudaDevice {
         bias: Option<&CudaTensor>,
         out: &mut CudaTensor,
         (m, n, k): (usize, usize, usize),
+        norm: Option<GemvNormOperands>,
     ) -> Result<()> {
         let (m_i, n_i, k_i) = (
             as_i32(m, "gemv rows")?,
@@ -164,6 +177,13 @@ impl CudaDevice {
             .arg(&n_i)
             .arg(&k_i)
             .arg(&has_bias);
+        let eps = norm.as_ref().map_or(0.0, |nm| nm.eps);
+        if let Some(nm) = norm {
+            args.arg(nm.res_out.data_mut())
+                .arg(nm.res_in.data())
+                .arg(nm.norm_w.data())
+                .arg(&eps);
+        }
         // SAFETY: matches kernels/gemv.cu; the caller checked its assumptions.
         unsafe { args.launch(gemv_launch(n)?) }.context("gemv launch")?;
         Ok(())

@@ -57,7 +57,7 @@ impl CudaDevice {
         }
         // SAFETY: choose_linear checked K % 8, alignment and the int ranges; the dims and
         // dtypes are checked above, and u starts K values (a multiple of 16 bytes) into a row.
-        unsafe { self.launch_gemv(op, gate_up, w, bias, out, (m, n, k))? };
+        unsafe { self.launch_gemv(op, gate_up, w, bias, out, (m, n, k), None)? };
         Ok(true)
     }
 }

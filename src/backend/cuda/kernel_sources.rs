@@ -96,6 +96,8 @@ pub const KERNEL_FILES: &[KernelFile] = &[
             "gemv8",
             "gemv1_silu",
             "gemv2_silu",
+            "gemv1_add_norm",
+            "gemv2_add_norm",
         ],
     },
     KernelFile {

@@ -20,6 +20,7 @@ pub mod gemm_lt;
 pub mod gemm_lt_desc;
 pub mod gemm_lt_plan;
 pub mod gemv;
+pub mod gemv_norm;
 pub mod gemv_silu;
 pub mod image_attention;
 pub mod image_conv;

@@ -12,7 +12,7 @@ mod attention_scenarios;
 mod compare;
 mod gemm_bench;
 mod gemv_cases;
-mod gemv_silu_case;
+mod gemv_fused_cases;
 mod image_cases;
 mod image_gemm_cases;
 mod linear_lt_cases;
@@ -67,8 +67,8 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
         if let Err(err) = gemv_cases::run(&mut suite, dtype) {
             suite.error("gemv", dtype, &err);
         }
-        if let Err(err) = gemv_silu_case::run(&mut suite, dtype) {
-            suite.error("gemv_silu", dtype, &err);
+        if let Err(err) = gemv_fused_cases::run(&mut suite, dtype) {
+            suite.error("gemv_fused", dtype, &err);
         }
         linear_lt_cases::run(&mut suite, dtype);
         image_cases::run(&mut suite, &backend, dtype);

@@ -1,0 +1,98 @@
+//! A linear layer fused with the residual add + RMS norm in front of it, for decode steps of
+//! one or two rows: `gemv1_add_norm` / `gemv2_add_norm` (kernels/gemv.cu) compute each row's
+//! rms in every block (x and the residual are a few KB, read from L2), stage the normalised
+//! values into the GEMV's shared memory, and block 0 stores the new residual stream. That
+//! removes the norm launch in front of the QKV and gate_up projections of every layer.
+
+use super::device::CudaDevice;
+use super::gemv::{choose_linear, gemv_enabled, GemvNormOperands, LinearPath, LinearShape};
+use super::tensor::CudaTensor;
+use anyhow::Result;
+
+/// The fused kernel for `rows` rows, if one exists.
+pub fn gemv_add_norm_op(rows: usize) -> Option<&'static str> {
+    match rows {
+        1 => Some("gemv1_add_norm"),
+        2 => Some("gemv2_add_norm"),
+        _ => None,
+    }
+}
+
+/// The operands of one fused call besides the weight and the outputs.
+pub struct AddNormInput<'a> {
+    /// The layer's input `[m, k]` before the residual add.
+    pub x: &'a CudaTensor,
+    /// The residual stream `[m, k]` (read only; the sum goes to a new tensor).
+    pub residual: &'a CudaTensor,
+    /// The norm's weight `[k]`.
+    pub norm_weight: &'a CudaTensor,
+    pub eps: f32,
+}
+
+impl CudaDevice {
+    /// `out = (rms_norm(x + residual) * norm_weight) w^T (+ bias)` and `residual_out = x +
+    /// residual` (rounded to the dtype), when the fused GEMV serves the shape; `Ok(false)`
+    /// (nothing queued) when it does not, and the caller runs the norm and the linear layer.
+    pub fn add_norm_gemv(
+        &self,
+        input: &AddNormInput,
+        w: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        out: &mut CudaTensor,
+        residual_out: &mut CudaTensor,
+    ) -> Result<bool> {
+        let (x, residual, norm_w) = (input.x, input.residual, input.norm_weight);
+        let (&[m, k], &[n, k_w]) = (x.shape(), w.shape()) else {
+            return Ok(false);
+        };
+        let Some(op) = gemv_add_norm_op(m) else {
+            return Ok(false);
+        };
+        let dtype = out.dtype();
+        let fits = k_w == k
+            && residual.shape() == [m, k]
+            && norm_w.shape() == [k]
+            && out.shape() == [m, n]
+            && residual_out.shape() == [m, k]
+            && [x, residual, norm_w, w, &*residual_out]
+                .iter()
+                .all(|t| t.dtype() == dtype)
+            && bias.is_none_or(|b| b.dtype() == dtype && b.shape() == [n])
+            && [x, residual, norm_w, &*residual_out]
+                .iter()
+                .all(|t| self.aligned16(t));
+        let shape = LinearShape {
+            rows: m,
+            k,
+            n,
+            aligned: fits && self.aligned16(w),
+        };
+        if !fits || choose_linear(gemv_enabled(), shape) != LinearPath::Gemv {
+            return Ok(false);
+        }
+        let norm = GemvNormOperands {
+            res_out: residual_out,
+            res_in: residual,
+            norm_w,
+            eps: input.eps,
+        };
+        // SAFETY: shapes, dtypes, K % 8 and 16-byte alignment checked above (choose_linear
+        // and `fits`); residual_out is a tensor of its own, so block 0's stores never race
+        // the other blocks' reads of the residual.
+        unsafe { self.launch_gemv(op, x, w, bias, out, (m, n, k), Some(norm))? };
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gemv_add_norm_op;
+
+    #[test]
+    fn one_or_two_rows_have_a_kernel() {
+        assert_eq!(gemv_add_norm_op(1), Some("gemv1_add_norm"));
+        assert_eq!(gemv_add_norm_op(2), Some("gemv2_add_norm"));
+        assert_eq!(gemv_add_norm_op(0), None);
+        assert_eq!(gemv_add_norm_op(3), None);
+    }
+}
