@@ -40,44 +40,6 @@ struct alignas(16) PfChunk {
     unsigned int w[4];
 };
 
-// D += A B on the tensor cores. scripts/kernel_emulator/cuda_emu.h, which cannot run
-// inline PTX, defines KILN_EMU_MMA as a warp-collective CPU model of the same instruction;
-// NVRTC never sees that macro.
-template <typename D>
-struct PfMma;
-
-template <>
-struct PfMma<KilnBF16> {
-    static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4],
-                                               unsigned int b0, unsigned int b1) {
-#if defined(KILN_EMU_MMA)
-        KILN_EMU_MMA(c, a, b0, b1, bf16);
-#elif __CUDA_ARCH__ >= 800
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-    }
-};
-
-template <>
-struct PfMma<KilnF16> {
-    static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4],
-                                               unsigned int b0, unsigned int b1) {
-#if defined(KILN_EMU_MMA)
-        KILN_EMU_MMA(c, a, b0, b1, f16);
-#elif __CUDA_ARCH__ >= 800
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-    }
-};
-
 template <typename D>
 __device__ __forceinline__ unsigned int pf_pack(float lo, float hi) {
     return (unsigned int)D::store(lo) | ((unsigned int)D::store(hi) << 16);
@@ -200,7 +162,7 @@ __device__ __forceinline__ void attention_prefill_tiles(
             for (int ks = 0; ks < KSTEPS; ++ks) {
                 // The padded step's upper columns are not staged: B is 0 there as Q is.
                 const bool upper = ks * 16 + 8 < HD;
-                PfMma<D>::run(s[nt], qa[ks], pf_load_pair(k_row + ks * 16),
+                KilnMma<D>::run(s[nt], qa[ks], pf_load_pair(k_row + ks * 16),
                               upper ? pf_load_pair(k_row + ks * 16 + 8) : 0u);
             }
         }
@@ -269,7 +231,7 @@ __device__ __forceinline__ void attention_prefill_tiles(
                 const unsigned int b0 = (unsigned int)v[0] | ((unsigned int)v[STRIDE] << 16);
                 const unsigned int b1 =
                     (unsigned int)v[8 * STRIDE] | ((unsigned int)v[9 * STRIDE] << 16);
-                PfMma<D>::run(o[dt], pa, b0, b1);
+                KilnMma<D>::run(o[dt], pa, b0, b1);
             }
         }
     }

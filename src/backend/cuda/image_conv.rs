@@ -4,9 +4,12 @@
 //! matching columns (the bias, then zeros), so no pass over the output is left. A 1x1
 //! stride-1 conv needs no im2col: the image is its own matrix, and its bias is a separate
 //! pass. The im2col scratch is bounded ([`COL_BUDGET`]), so large images go a few at a time.
+//! With `KILN_CONV_IMPLICIT=1`, 16-bit convs on sm_80+ take the implicit-GEMM kernel of
+//! [`super::image_conv_implicit`] instead (no im2col matrix).
 
 use super::backend::CudaBackend;
 use super::gemm_batched::{Operand, OperandMut, StridedGemm};
+use super::image_conv_implicit::implicit_switch;
 use super::image_geometry::{entries_per_chunk, ConvShape};
 use super::tensor::CudaTensor;
 use anyhow::{ensure, Result};
@@ -97,6 +100,10 @@ impl CudaBackend {
         let s = ConvShape::new(x.shape(), w.shape(), stride, padding)?;
         w.expect_dtype(x.dtype(), "conv2d weight")?;
         ensure!(s.c_in > 0, "conv2d of {:?}: no input channels", x.shape());
+        let opt_in = implicit_switch(std::env::var("KILN_CONV_IMPLICIT").ok().as_deref());
+        if opt_in && self.conv_implicit_usable(x, &s) {
+            return self.conv2d_implicit(x, w, b, stride, padding);
+        }
         let dev = self.device();
         let mut out = self.output(x.dtype(), &s.out_dims())?;
         if out.numel() == 0 {

@@ -155,6 +155,12 @@ pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
             "conv_weight_bias",
         ],
     },
+    // conv2d as an implicit GEMM (KILN_CONV_IMPLICIT=1; 16-bit, sm_80+).
+    KernelFile {
+        file: "conv_implicit.cu",
+        body: include_str!("../../../kernels/conv_implicit.cu"),
+        ops: &["conv_implicit"],
+    },
     KernelFile {
         file: "attention_softmax.cu",
         body: include_str!("../../../kernels/attention_softmax.cu"),

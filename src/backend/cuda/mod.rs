@@ -24,6 +24,7 @@ pub mod gemv_norm;
 pub mod gemv_silu;
 pub mod image_attention;
 pub mod image_conv;
+pub mod image_conv_implicit;
 pub mod image_flash;
 pub mod image_geometry;
 pub mod image_kernels;

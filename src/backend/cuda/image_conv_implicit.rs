@@ -1,0 +1,227 @@
+//! conv2d as an implicit GEMM on tensor cores (`kernels/conv_implicit.cu`): each CTA
+//! gathers its patch tile from the image into shared memory, so the im2col matrix of
+//! [`super::image_conv`] (9x the image for a 3x3 conv, ~11 GB written and read back per
+//! 512x512 SD VAE decode) never exists, and the bias is added in the kernel's epilogue.
+//!
+//! Opt-in with `KILN_CONV_IMPLICIT=1` until a GPU run has checked and timed it (`kiln
+//! selftest`'s `conv2d(implicit)` rows always run it). Where it applies (16-bit dtypes,
+//! sm_80+, sizes within the kernel's 32-bit indices and the grid) and the launch geometry
+//! are pure functions, tested on the CPU.
+
+use super::attention_kernels::compiled_arch;
+use super::backend::CudaBackend;
+use super::device::CudaDevice;
+use super::image_geometry::ConvShape;
+use super::launch::as_i32;
+use super::tensor::CudaTensor;
+use crate::backend::DType;
+use anyhow::{ensure, Context, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+/// Threads of a CTA: `CI_THREADS` in kernels/conv_implicit.cu (8 warps).
+pub const THREADS: u32 = 256;
+/// Output pixels per CTA (`CI_BM`).
+pub const TILE_PIXELS: usize = 128;
+/// Output channels per CTA (`CI_BN`).
+pub const TILE_CHANNELS: usize = 128;
+/// Largest grid y and z.
+const GRID_YZ_MAX: usize = 65_535;
+
+/// Whether the kernel can run conv `s` in this dtype on kernels built for `arch`: it has
+/// only 16-bit instantiations with mma.sync m16n8k16 (sm_80+), indexes within an image and
+/// the output's pixels with 32-bit ints, and takes images and channel tiles as grid z / y.
+/// Alignment is no condition: the kernel falls back to scalar loads and stores itself.
+pub fn implicit_conv_usable(s: &ConvShape, dtype: DType, arch: u32) -> bool {
+    let fits = |v: usize| i32::try_from(v).is_ok();
+    dtype != DType::F32
+        && arch >= 80
+        && s.n > 0
+        && s.c_in > 0
+        && s.pixels() > 0
+        && s.n <= GRID_YZ_MAX
+        && s.c_out.div_ceil(TILE_CHANNELS) <= GRID_YZ_MAX
+        && fits(s.c_in * s.h * s.w)
+        && fits(s.pixels() + TILE_PIXELS)
+        && fits(s.patch())
+        && fits(s.h + s.pad + s.kh * s.stride)
+        && fits(s.w + s.pad + s.kw * s.stride)
+        && fits(s.out_h * s.stride + s.kh)
+        && fits(s.out_w * s.stride + s.kw)
+}
+
+/// The `KILN_CONV_IMPLICIT` switch: only "1" routes conv2d to the kernel (opt-in).
+pub fn implicit_switch(value: Option<&str>) -> bool {
+    value == Some("1")
+}
+
+/// The kernel's grid: pixel tiles x channel tiles x images, [`THREADS`] each; all shared
+/// memory is static.
+pub fn implicit_launch(s: &ConvShape) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            s.pixels().div_ceil(TILE_PIXELS) as u32,
+            s.c_out.div_ceil(TILE_CHANNELS) as u32,
+            s.n as u32,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaDevice {
+    /// `out = conv2d(x, w) + b` for conv `s` on kernels/conv_implicit.cu; the caller checked
+    /// [`implicit_conv_usable`].
+    pub fn conv_implicit_into(
+        &self,
+        (x, w, b): (&CudaTensor, &CudaTensor, Option<&CudaTensor>),
+        s: &ConvShape,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        x.expect_shape(&[s.n, s.c_in, s.h, s.w], "implicit conv input")?;
+        w.expect_shape(&[s.c_out, s.c_in, s.kh, s.kw], "implicit conv weight")?;
+        out.expect_shape(&s.out_dims(), "implicit conv output")?;
+        if let Some(b) = b {
+            b.expect_shape(&[s.c_out], "implicit conv bias")?;
+            b.expect_dtype(x.dtype(), "implicit conv bias")?;
+        }
+        w.expect_dtype(x.dtype(), "implicit conv weight")?;
+        out.expect_dtype(x.dtype(), "implicit conv output")?;
+        let arch = compiled_arch(self.kernels().target());
+        ensure!(
+            implicit_conv_usable(s, x.dtype(), arch),
+            "implicit conv: {s:?} in {:?} on sm_{arch} is not supported",
+            x.dtype()
+        );
+        let ints = [
+            as_i32(s.c_in, "input channels")?,
+            as_i32(s.h, "height")?,
+            as_i32(s.w, "width")?,
+            as_i32(s.c_out, "output channels")?,
+            as_i32(s.kh, "kernel height")?,
+            as_i32(s.kw, "kernel width")?,
+            as_i32(s.stride, "stride")?,
+            as_i32(s.pad, "padding")?,
+            as_i32(s.out_h, "output height")?,
+            as_i32(s.out_w, "output width")?,
+            i32::from(b.is_some()),
+        ];
+        let f = self.kernels().get("conv_implicit", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        // Without a bias the kernel never reads that pointer: pass the weights.
+        args.arg(out.data_mut())
+            .arg(x.data())
+            .arg(w.data())
+            .arg(b.unwrap_or(w).data());
+        for v in &ints {
+            args.arg(v);
+        }
+        // SAFETY: matches kernels/conv_implicit.cu; shapes, dtypes and sizes checked above.
+        unsafe { args.launch(implicit_launch(s)) }.context("conv_implicit launch")?;
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// Whether conv2d of `x` with `w` can run on the implicit-GEMM kernel here.
+    pub fn conv_implicit_usable(&self, x: &CudaTensor, s: &ConvShape) -> bool {
+        let arch = compiled_arch(self.device().kernels().target());
+        implicit_conv_usable(s, x.dtype(), arch)
+    }
+
+    /// `conv2d(x, w) + b` on the implicit-GEMM kernel, whatever `KILN_CONV_IMPLICIT` says
+    /// (an error where [`implicit_conv_usable`] refuses it).
+    pub fn conv2d_implicit(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        b: Option<&CudaTensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<CudaTensor> {
+        let s = ConvShape::new(x.shape(), w.shape(), stride, padding)?;
+        let mut out = self.output(x.dtype(), &s.out_dims())?;
+        if out.numel() > 0 {
+            self.device().conv_implicit_into((x, w, b), &s, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize) -> ConvShape {
+        ConvShape::new(&x, &w, stride, pad).unwrap()
+    }
+
+    #[test]
+    fn diffusion_convs_are_usable_in_16_bit_on_sm80_and_later() {
+        let vae = conv([1, 128, 512, 512], [128, 128, 3, 3], 1, 1);
+        let down = conv([2, 320, 64, 64], [320, 320, 3, 3], 2, 1);
+        let conv_in = conv([1, 4, 64, 64], [512, 4, 3, 3], 1, 1);
+        let pointwise = conv([2, 640, 32, 32], [320, 640, 1, 1], 1, 0);
+        for s in [vae, down, conv_in, pointwise] {
+            for dtype in [DType::F16, DType::BF16] {
+                for arch in [80, 86, 89, 90] {
+                    assert!(implicit_conv_usable(&s, dtype, arch), "{s:?} {dtype:?}");
+                }
+            }
+            assert!(!implicit_conv_usable(&s, DType::F32, 90));
+            assert!(!implicit_conv_usable(&s, DType::F16, 75));
+        }
+    }
+
+    #[test]
+    fn sizes_past_the_kernel_indices_or_the_grid_are_refused() {
+        // An image of more than 2^31 values: the in-image offset is a 32-bit int.
+        let huge = conv([1, 512, 2048, 2048], [8, 512, 3, 3], 1, 1);
+        assert!(!implicit_conv_usable(&huge, DType::F16, 90));
+        let many = conv([65_536, 4, 8, 8], [8, 4, 3, 3], 1, 1);
+        assert!(!implicit_conv_usable(&many, DType::F16, 90));
+        let wide = conv([1, 1, 8, 8], [65_536 * 128 + 1, 1, 1, 1], 1, 0);
+        assert!(!implicit_conv_usable(&wide, DType::F16, 90));
+        let empty = conv([0, 4, 8, 8], [8, 4, 3, 3], 1, 1);
+        assert!(!implicit_conv_usable(&empty, DType::F16, 90));
+        let most = conv([65_535, 4, 8, 8], [65_535 * 128, 4, 1, 1], 1, 0);
+        assert!(implicit_conv_usable(&most, DType::BF16, 80));
+    }
+
+    #[test]
+    fn the_grid_covers_every_pixel_channel_and_image() {
+        // SD VAE at 512x512: 2048 pixel tiles of one 128-channel tile.
+        let l = implicit_launch(&conv([1, 128, 512, 512], [128, 128, 3, 3], 1, 1));
+        assert_eq!((l.grid_dim, l.block_dim), ((2048, 1, 1), (256, 1, 1)));
+        // Odd: 165 pixels -> 2 tiles, 136 channels -> 2 tiles, 2 images.
+        let l = implicit_launch(&conv([2, 5, 11, 15], [136, 5, 3, 3], 1, 1));
+        assert_eq!(l.grid_dim, (2, 2, 2));
+        // The stride-2 downsampler of a 64x64 UNet level: 32x32 = 1024 pixels.
+        let l = implicit_launch(&conv([2, 320, 64, 64], [320, 320, 3, 3], 2, 1));
+        assert_eq!(l.grid_dim, (8, 3, 2));
+        assert_eq!(l.shared_mem_bytes, 0);
+    }
+
+    #[test]
+    fn the_env_switch_is_opt_in() {
+        assert!(!implicit_switch(None));
+        assert!(!implicit_switch(Some("0")));
+        assert!(!implicit_switch(Some("yes")));
+        assert!(implicit_switch(Some("1")));
+    }
+
+    #[test]
+    fn the_kernel_file_is_registered_with_its_tile_sizes() {
+        use crate::backend::cuda::kernel_sources::all_kernel_files;
+        let file = all_kernel_files()
+            .find(|f| f.file == "conv_implicit.cu")
+            .expect("conv_implicit.cu is registered");
+        assert_eq!(file.ops, ["conv_implicit"]);
+        for define in [
+            format!("#define CI_THREADS {THREADS}"),
+            format!("#define CI_BM {TILE_PIXELS}"),
+            format!("#define CI_BN {TILE_CHANNELS}"),
+        ] {
+            assert!(file.body.contains(&define), "{define}");
+        }
+    }
+}
