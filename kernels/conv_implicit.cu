@@ -42,6 +42,10 @@
 // bandwidth bound rather than DRAM or tensor-core bound. c_out < 128 (the VAE's conv_out,
 // 3 channels) wastes most of the n tile.
 //
+// Registers: 64 accumulators + 24 fragment + 16 staging registers per thread; the launch
+// bounds ask for 2 CTAs per SM (at most 128 registers, 80 KiB of shared memory) so that 16
+// warps hide the gather's latency. A GPU run must check ptxas kept that without spilling.
+//
 // Grid: x = pixel tiles, y = channel tiles, z = images. The f32 instantiation and builds for
 // GPUs before sm_80 contain only a trap: the host (src/backend/cuda/image_conv_implicit.rs)
 // never launches them.
@@ -287,7 +291,7 @@ __device__ __forceinline__ void conv_implicit_impl(typename D::T* out, const typ
 
 // `bias` is read only when has_bias != 0 (the host passes any valid pointer otherwise).
 #define KILN_CONV_IMPLICIT(S, D)                                                             \
-    extern "C" __global__ void __launch_bounds__(CI_THREADS) conv_implicit_##S(              \
+    extern "C" __global__ void __launch_bounds__(CI_THREADS, 2) conv_implicit_##S(           \
         D::T* out, const D::T* x, const D::T* w, const D::T* bias, int c_in, int h, int w_in, \
         int c_out, int kh, int kw, int stride, int pad, int out_h, int out_w, int has_bias) { \
         const CiShape s = {c_in, h, w_in, c_out, kh, kw, stride, pad, out_h, out_w};         \

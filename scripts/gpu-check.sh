@@ -206,6 +206,19 @@ if [ "${IMAGE_BENCH:-1}" = 1 ]; then
             "$KILN" bench image --model sd-turbo --load-format dummy --device cuda --dtype f16 \
             --width 512 --height 512 --steps 1 --guidance-scale 0 --batch 1 --warmup 2 \
             --iters 3 --result-json "$OUT/bench_image_sd_turbo.json"
+        # A/B of the implicit-GEMM conv (kernels/conv_implicit.cu, opt-in until this shows
+        # it correct and faster): the same two runs with KILN_CONV_IMPLICIT=1, against the
+        # two above (im2col + cuBLAS). The selftest's conv2d(implicit) rows check its values.
+        step bench_image_sd_turbo_conv_implicit 25 no bench_image_sd_turbo_conv_implicit.txt -- \
+            env KILN_CONV_IMPLICIT=1 "$KILN" bench image --model sd-turbo --load-format dummy \
+            --device cuda --dtype f16 --width 512 --height 512 --steps 1 --guidance-scale 0 \
+            --batch 1 --warmup 2 --iters 3 \
+            --result-json "$OUT/bench_image_sd_turbo_conv_implicit.json"
+        step bench_image_sd15_conv_implicit 70 no bench_image_sd15_conv_implicit.txt -- \
+            env KILN_CONV_IMPLICIT=1 "$KILN" bench image --model sd-1.5 --load-format dummy \
+            --device cuda --dtype f16 --width 512 --height 512 --steps "${SD_STEPS:-50}" \
+            --guidance-scale 7.5 --batch 1 --warmup 1 --iters 1 \
+            --result-json "$OUT/bench_image_sd15_conv_implicit.json"
     else
         printf '%-28s %-8s %6s  %s\n' bench_image_sd15 SKIPPED - "no 'kiln bench image' in this binary" | tee -a "$SUMMARY"
     fi

@@ -88,8 +88,27 @@ pub fn bias_rows(s: &ConvShape, has_bias: bool) -> usize {
 }
 
 impl CudaBackend {
-    /// `conv2d(x, w) + b`, as [`crate::backend::image_ops::ImageOps::conv2d`].
+    /// `conv2d(x, w) + b`, as [`crate::backend::image_ops::ImageOps::conv2d`]: im2col +
+    /// cuBLAS, or the implicit-GEMM kernel where `KILN_CONV_IMPLICIT=1` and it applies.
     pub(super) fn conv2d_gpu(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        b: Option<&CudaTensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<CudaTensor> {
+        let s = ConvShape::new(x.shape(), w.shape(), stride, padding)?;
+        let opt_in = implicit_switch(std::env::var("KILN_CONV_IMPLICIT").ok().as_deref());
+        if opt_in && w.dtype() == x.dtype() && self.conv_implicit_usable(x, &s) {
+            return self.conv2d_implicit(x, w, b, stride, padding);
+        }
+        self.conv2d_im2col(x, w, b, stride, padding)
+    }
+
+    /// `conv2d(x, w) + b` as im2col + strided-batched cuBLAS GEMMs, whatever
+    /// `KILN_CONV_IMPLICIT` says.
+    pub fn conv2d_im2col(
         &self,
         x: &CudaTensor,
         w: &CudaTensor,
@@ -100,10 +119,6 @@ impl CudaBackend {
         let s = ConvShape::new(x.shape(), w.shape(), stride, padding)?;
         w.expect_dtype(x.dtype(), "conv2d weight")?;
         ensure!(s.c_in > 0, "conv2d of {:?}: no input channels", x.shape());
-        let opt_in = implicit_switch(std::env::var("KILN_CONV_IMPLICIT").ok().as_deref());
-        if opt_in && self.conv_implicit_usable(x, &s) {
-            return self.conv2d_implicit(x, w, b, stride, padding);
-        }
         let dev = self.device();
         let mut out = self.output(x.dtype(), &s.out_dims())?;
         if out.numel() == 0 {

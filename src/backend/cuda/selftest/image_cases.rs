@@ -72,7 +72,7 @@ type Case = fn(&mut ImageSuite<'_, '_>) -> Result<()>;
 
 /// Runs every image case for `dtype`; an error in one is recorded and the rest still run.
 pub fn run<'d>(s: &mut Suite<'d>, gpu: &'d CudaBackend, dtype: DType) {
-    let cases: [(&str, Case); 9] = [
+    let cases: [(&str, Case); 10] = [
         ("group_norm", group_norm),
         ("layer_norm", layer_norm),
         ("activations", activations),
@@ -82,6 +82,7 @@ pub fn run<'d>(s: &mut Suite<'d>, gpu: &'d CudaBackend, dtype: DType) {
         ("concat/narrow", concat_narrow),
         ("tokens", tokens),
         ("gemm ops", super::image_gemm_cases::run),
+        ("implicit conv", super::image_conv_cases::run),
     ];
     let mut suite = ImageSuite {
         s,

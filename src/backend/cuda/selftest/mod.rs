@@ -14,6 +14,7 @@ mod gemm_bench;
 mod gemv_cases;
 mod gemv_fused_cases;
 mod image_cases;
+mod image_conv_cases;
 mod image_gemm_cases;
 mod linear_lt_cases;
 mod op_cases;
