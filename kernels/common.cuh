@@ -198,40 +198,31 @@ __device__ __forceinline__ float kiln_block_max(float v, float* scratch) {
 // by the tensor-core kernels (attention_prefill.cu, conv_implicit.cu).
 // scripts/kernel_emulator/cuda_emu.h, which cannot run inline PTX, defines KILN_EMU_MMA as
 // a warp-collective CPU model of the same instruction; NVRTC never sees that macro.
+#if defined(KILN_EMU_MMA)
+#define KILN_MMA_M16N8K16(TYPE) KILN_EMU_MMA(c, a, b0, b1, TYPE)
+#elif __CUDA_ARCH__ >= 800
+#define KILN_MMA_M16N8K16(TYPE)                                                           \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." #TYPE "." #TYPE ".f32 "           \
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"      \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                          \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+#else
+#define KILN_MMA_M16N8K16(TYPE)  // no m16n8k16: callers trap before reaching it
+#endif
+
 template <typename D>
 struct KilnMma;
 
-template <>
-struct KilnMma<KilnBF16> {
-    static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4],
-                                               unsigned int b0, unsigned int b1) {
-#if defined(KILN_EMU_MMA)
-        KILN_EMU_MMA(c, a, b0, b1, bf16);
-#elif __CUDA_ARCH__ >= 800
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-    }
-};
-
-template <>
-struct KilnMma<KilnF16> {
-    static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4],
-                                               unsigned int b0, unsigned int b1) {
-#if defined(KILN_EMU_MMA)
-        KILN_EMU_MMA(c, a, b0, b1, f16);
-#elif __CUDA_ARCH__ >= 800
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-    }
-};
+#define KILN_MMA_FOR(D, TYPE)                                                               \
+    template <>                                                                             \
+    struct KilnMma<D> {                                                                     \
+        static __device__ __forceinline__ void run(float (&c)[4], const unsigned int (&a)[4], \
+                                                   unsigned int b0, unsigned int b1) {      \
+            KILN_MMA_M16N8K16(TYPE);                                                        \
+        }                                                                                   \
+    };
+KILN_MMA_FOR(KilnBF16, bf16)
+KILN_MMA_FOR(KilnF16, f16)
 
 // ---- paged attention helpers ------------------------------------------------------------
 

@@ -71,7 +71,10 @@ pub fn run(t: &mut ImageSuite<'_, '_>) -> Result<()> {
         let implicit = || be.conv2d_implicit(&x.gpu, &w.gpu, Some(&b.gpu), stride, pad);
         let im2col = || be.conv2d_im2col(&x.gpu, &w.gpu, Some(&b.gpu), stride, pad);
         for (op, path) in [
-            ("conv2d(implicit)", &implicit as &dyn Fn() -> Result<CudaTensor>),
+            (
+                "conv2d(implicit)",
+                &implicit as &dyn Fn() -> Result<CudaTensor>,
+            ),
             ("conv2d(im2col)", &im2col),
         ] {
             let gpu = be.narrow(&path()?, 1, first, count)?;
