@@ -4,7 +4,8 @@
 // images) and compares it with a double-precision direct convolution on small odd shapes:
 // 3x3 padding 1, the stride-2 downsampler, 1x1, a non-square kernel without padding, c_in
 // of 3 and 4 (the VAE's conv_in), c_out and pixel counts off the 128-wide tiles, K off the
-// 32-wide k tile, f16 and bf16, with and without bias, forward / reverse / random warps.
+// 32-wide k tile, weights and output off 16-byte boundaries, f16 and bf16, with and
+// without bias, forward / reverse / random warps.
 //
 //   conv_implicit_check        exit status 1 if any case is off
 //
@@ -32,6 +33,8 @@ struct Case {
     DType dtype;
     bool bias;
     Order order;
+    // Weights and output one element past a 16-byte boundary: the kernel's scalar paths.
+    bool misaligned = false;
 };
 
 using ConvFn = void (*)(void*, const void*, const void*, const void*, int, int, int, int, int,
@@ -54,14 +57,19 @@ double run(const Case& c, unsigned seed) {
     const auto x = random(c.dtype, size_t(c.n) * c.c_in * c.h * c.w, rng);
     const auto w = random(c.dtype, size_t(c.c_out) * k, rng);
     const auto b = random(c.dtype, c.c_out, rng);
-    Buffer xb(c.dtype, x), wb(c.dtype, w), bb(c.dtype, b);
-    Buffer out = Buffer::unwritten(c.dtype, size_t(c.n) * c.c_out * pixels);
+    const size_t skip = c.misaligned ? 1 : 0;
+    std::vector<float> w_stored(skip, 0.0f);
+    w_stored.insert(w_stored.end(), w.begin(), w.end());
+    Buffer xb(c.dtype, x), wb(c.dtype, w_stored), bb(c.dtype, b);
+    Buffer out = Buffer::unwritten(c.dtype, skip + size_t(c.n) * c.c_out * pixels);
+    auto* out_at = static_cast<std::uint16_t*>(out.data()) + skip;
+    const auto* w_at = static_cast<const std::uint16_t*>(wb.data()) + skip;
     const ConvFn f = c.dtype == DType::F16 ? reinterpret_cast<ConvFn>(conv_implicit_f16)
                                            : reinterpret_cast<ConvFn>(conv_implicit_bf16);
     const kiln_emu::Dim3 grid{unsigned((pixels + 127) / 128), unsigned((c.c_out + 127) / 128),
                               unsigned(c.n)};
     kiln_emu::launch(grid, {256, 1, 1}, c.order, seed, [&] {
-        f(out.data(), xb.data(), wb.data(), bb.data(), c.c_in, c.h, c.w, c.c_out, c.kh, c.kw,
+        f(out_at, xb.data(), w_at, bb.data(), c.c_in, c.h, c.w, c.c_out, c.kh, c.kw,
           c.stride, c.pad, oh, ow, c.bias ? 1 : 0);
     });
     const double u = c.dtype == DType::F16 ? 0x1p-11 : 0x1p-8;
@@ -86,7 +94,7 @@ double run(const Case& c, unsigned seed) {
                         }
                     }
                 }
-                const double got = out.at((size_t(img) * c.c_out + o) * pixels + p);
+                const double got = out.at(skip + (size_t(img) * c.c_out + o) * pixels + p);
                 const double bound =
                     u * std::fabs(want) + (k / 16 + 2) * 0x1p-24 * magnitude + 1e-6;
                 const double err = std::fabs(got - want);
@@ -120,6 +128,11 @@ std::vector<Case> cases() {
         {1, 32, 16, 16, 128, 3, 3, 1, 1, f16, false, fwd},
         // A 3x2 kernel without padding.
         {1, 6, 7, 9, 9, 3, 2, 1, 0, f16, true, rnd},
+        // Two images by two channel tiles, the bias's second tile.
+        {2, 8, 9, 10, 130, 3, 3, 1, 1, f16, true, rnd},
+        // K and pixels multiples of 8, but weights and output off 16-byte boundaries.
+        {1, 16, 8, 8, 24, 3, 3, 1, 1, bf16, true, rnd, true},
+        {1, 16, 8, 8, 24, 1, 1, 1, 0, f16, false, fwd, true},
     };
 }
 
@@ -130,9 +143,9 @@ int main() {
     unsigned seed = 1;
     for (const Case& c : cases()) {
         char name[128];
-        std::snprintf(name, sizeof name, "[%d,%d,%d,%d] * [%d,%d,%d,%d] s%d p%d%s", c.n, c.c_in,
-                      c.h, c.w, c.c_out, c.c_in, c.kh, c.kw, c.stride, c.pad,
-                      c.bias ? " +bias" : "");
+        std::snprintf(name, sizeof name, "[%d,%d,%d,%d] * [%d,%d,%d,%d] s%d p%d%s%s", c.n,
+                      c.c_in, c.h, c.w, c.c_out, c.c_in, c.kh, c.kw, c.stride, c.pad,
+                      c.bias ? " +bias" : "", c.misaligned ? " unaligned" : "");
         double ratio;
         try {
             ratio = run(c, seed++);
