@@ -27,8 +27,9 @@
 // is loaded into registers before tile t's mma steps and stored to the other buffer after
 // them, one barrier per tile. Loading roles: thread i gathers pixel m = i % 128, k half
 // i / 128 (16 values; a warp's 32 lanes are 32 consecutive pixels, so for stride 1 each of
-// its loads is one contiguous run of x), stepping (ci, ky, kx) incrementally instead of
-// dividing per value; and two 16-byte chunks of weight rows (scalar loads where K is not a
+// its loads is one contiguous run of x), with a per-pixel bit mask of the kernel taps that
+// fall inside the image (kh * kw <= 32) and an offset stepped per value instead of
+// dividing and bounds-checking per value; and two 16-byte chunks of weight rows (scalar loads where K is not a
 // multiple of 8 or at the K tail). Pixels past the image, k past K and padding pixels are
 // zeros in A; channels past c_out and k past K zeros in B, so tails add nothing.
 //
@@ -69,39 +70,54 @@ __device__ __forceinline__ unsigned int ci_load_pair(const kiln_u16* p) {
 }
 
 // This thread's 16 values of A for k tile `k0` (k0 + k_half ..), packed two per register.
+// Which taps of its pixel fall inside the image is decided once per CTA (`inside`, bit
+// ky * kw + kx, so kh * kw <= 32); per value the loop only steps an offset and tests a bit.
 struct CiGather {
-    const kiln_u16* x;  // this image
-    int iy0, ix0;       // input row / column of the pixel's (ky, kx) = (0, 0) tap
-    bool pixel_ok;      // the pixel is inside the output
-    int k_half;         // 0 or 16
+    const kiln_u16* x;    // this image
+    int base;             // offset in a channel plane of tap (0, 0): negative in the padding
+    unsigned int inside;  // taps reading the image (none for pixels past the output)
+    int k_half;           // 0 or 16
+
+    __device__ __forceinline__ void init(const CiShape& s, int oy, int ox, bool pixel_ok) {
+        const int iy0 = oy * s.stride - s.pad;
+        const int ix0 = ox * s.stride - s.pad;
+        base = iy0 * s.w + ix0;
+        inside = 0u;
+        for (int ky = 0; pixel_ok && ky < s.kh; ++ky) {
+            for (int kx = 0; kx < s.kw; ++kx) {
+                const bool in = (unsigned)(iy0 + ky) < (unsigned)s.h &&
+                                (unsigned)(ix0 + kx) < (unsigned)s.w;
+                inside |= (in ? 1u : 0u) << (ky * s.kw + kx);
+            }
+        }
+    }
 
     __device__ __forceinline__ void load(const CiShape& s, int k0, unsigned int (&r)[8]) const {
         const int taps = s.kh * s.kw;
+        const int plane = s.h * s.w;
         const int k = k0 + k_half;
-        const int total = s.c_in * taps;
-        int ci = k / taps;
-        const int tap = k - ci * taps;
-        int ky = tap / s.kw;
-        int kx = tap - ky * s.kw;
+        const int left = s.c_in * taps - k;  // values from k on (the K tail)
+        const int ci = k / taps;
+        int tap = k - ci * taps;
+        int kx = tap % s.kw;
+        // Not dereferenced unless the tap is inside: then it is in the image.
+        int off = base + ci * plane + (tap / s.kw) * s.w + kx;
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
-            const int iy = iy0 + ky;
-            const int ix = ix0 + kx;
-            unsigned int v = 0u;
-            if (pixel_ok && k + i < total && (unsigned)iy < (unsigned)s.h &&
-                (unsigned)ix < (unsigned)s.w) {
-                v = x[(ci * s.h + iy) * s.w + ix];
-            }
+            const unsigned int v = i < left && ((inside >> tap) & 1u) ? x[off] : 0u;
             if (i % 2 == 0) {
                 r[i / 2] = v;
             } else {
                 r[i / 2] |= v << 16;
             }
-            if (++kx == s.kw) {
+            ++off;
+            ++tap;
+            if (++kx == s.kw) {  // next kernel row
                 kx = 0;
-                if (++ky == s.kh) {
-                    ky = 0;
-                    ++ci;
+                off += s.w - s.kw;
+                if (tap == taps) {  // next channel
+                    tap = 0;
+                    off += plane - s.kh * s.w;
                 }
             }
         }
@@ -180,11 +196,9 @@ __device__ __forceinline__ void conv_implicit_tiles(kiln_u16* out, const kiln_u1
     CiGather gather;
     gather.x = x + (long long)image * s.c_in * s.h * s.w;
     gather.k_half = (threadIdx.x / CI_BM) * 16;
-    gather.pixel_ok = m0 + am < pixels;
-    const int oy = gather.pixel_ok ? (m0 + am) / s.out_w : 0;
-    const int ox = gather.pixel_ok ? (m0 + am) - oy * s.out_w : 0;
-    gather.iy0 = oy * s.stride - s.pad;
-    gather.ix0 = ox * s.stride - s.pad;
+    const bool pixel_ok = m0 + am < pixels;
+    const int oy = pixel_ok ? (m0 + am) / s.out_w : 0;
+    gather.init(s, oy, pixel_ok ? (m0 + am) - oy * s.out_w : 0, pixel_ok);
     const bool vector_rows = total_k % 8 == 0 && ((unsigned long long)w & 15ull) == 0;
 
     float acc[4][4][4];
@@ -281,6 +295,7 @@ __device__ __forceinline__ void conv_implicit_impl(typename D::T* out, const typ
                                                    int has_bias) {
 #if __CUDA_ARCH__ >= 800 || defined(KILN_EMU_MMA)
     if constexpr (sizeof(typename D::T) == 2) {
+        if (s.kh * s.kw > 32) asm volatile("trap;");  // the tap mask's bits; the host checks
         conv_implicit_tiles<D>(out, x, w, bias, s, has_bias);
     } else {
         asm volatile("trap;");  // f32: the host runs im2col + GEMM instead

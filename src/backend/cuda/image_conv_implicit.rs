@@ -27,26 +27,28 @@ pub const TILE_CHANNELS: usize = 128;
 /// Largest grid y and z.
 const GRID_YZ_MAX: usize = 65_535;
 
+/// Kernel taps a conv may have: the kernel keeps one bit per tap (`CiGather::inside`).
+pub const MAX_TAPS: usize = 32;
+
 /// Whether the kernel can run conv `s` in this dtype on kernels built for `arch`: it has
-/// only 16-bit instantiations with mma.sync m16n8k16 (sm_80+), indexes within an image and
-/// the output's pixels with 32-bit ints, and takes images and channel tiles as grid z / y.
+/// only 16-bit instantiations with mma.sync m16n8k16 (sm_80+), a mask of at most
+/// [`MAX_TAPS`] kernel taps, indexes within an image (padding around it included) and the
+/// output's pixels with 32-bit ints, and takes images and channel tiles as grid z / y.
 /// Alignment is no condition: the kernel falls back to scalar loads and stores itself.
 pub fn implicit_conv_usable(s: &ConvShape, dtype: DType, arch: u32) -> bool {
     let fits = |v: usize| i32::try_from(v).is_ok();
+    let padded = |side: usize, taps: usize| side + 2 * s.pad + taps + s.stride;
     dtype != DType::F32
         && arch >= 80
+        && s.kh * s.kw <= MAX_TAPS
         && s.n > 0
         && s.c_in > 0
         && s.pixels() > 0
         && s.n <= GRID_YZ_MAX
         && s.c_out.div_ceil(TILE_CHANNELS) <= GRID_YZ_MAX
-        && fits(s.c_in * s.h * s.w)
+        && fits((s.c_in + 1) * padded(s.h, s.kh) * padded(s.w, s.kw))
         && fits(s.pixels() + TILE_PIXELS)
         && fits(s.patch())
-        && fits(s.h + s.pad + s.kh * s.stride)
-        && fits(s.w + s.pad + s.kw * s.stride)
-        && fits(s.out_h * s.stride + s.kh)
-        && fits(s.out_w * s.stride + s.kw)
 }
 
 /// The `KILN_CONV_IMPLICIT` switch: only "1" routes conv2d to the kernel (opt-in).
@@ -174,13 +176,21 @@ mod tests {
 
     #[test]
     fn sizes_past_the_kernel_indices_or_the_grid_are_refused() {
-        // An image of more than 2^31 values: the in-image offset is a 32-bit int.
+        // An image of 2^31 values: the in-image offset is a 32-bit int.
         let huge = conv([1, 512, 2048, 2048], [8, 512, 3, 3], 1, 1);
         assert!(!implicit_conv_usable(&huge, DType::F16, 90));
+        // Just under, but not with the padding around each channel counted.
+        let edge = conv([1, 511, 2048, 2048], [8, 511, 3, 3], 1, 1);
+        assert!(!implicit_conv_usable(&edge, DType::F16, 90));
         let many = conv([65_536, 4, 8, 8], [8, 4, 3, 3], 1, 1);
         assert!(!implicit_conv_usable(&many, DType::F16, 90));
         let wide = conv([1, 1, 8, 8], [65_536 * 128 + 1, 1, 1, 1], 1, 0);
         assert!(!implicit_conv_usable(&wide, DType::F16, 90));
+        // 7x7 = 49 taps: more than the tap mask holds; 5x5 fits.
+        let big_kernel = conv([1, 4, 16, 16], [8, 4, 7, 7], 1, 3);
+        assert!(!implicit_conv_usable(&big_kernel, DType::F16, 90));
+        let five = conv([1, 4, 16, 16], [8, 4, 5, 5], 1, 2);
+        assert!(implicit_conv_usable(&five, DType::F16, 90));
         let empty = conv([0, 4, 8, 8], [8, 4, 3, 3], 1, 1);
         assert!(!implicit_conv_usable(&empty, DType::F16, 90));
         let most = conv([65_535, 4, 8, 8], [65_535 * 128, 4, 1, 1], 1, 0);
