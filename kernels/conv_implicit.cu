@@ -37,15 +37,22 @@
 // in the (then free) shared memory and written out with 16-byte stores along m (an output
 // channel's pixels are contiguous), scalar where pixels is not a multiple of 8.
 //
-// Expected bottleneck: the A gather. Per k tile a thread issues 16 two-byte loads for A
-// (plus 2 vector loads for B) against 32 mma per warp; the loads hit L1/L2 (a 3x3 conv reads
-// each x value ~9 times across neighbouring k, within the CTA), so it is load-issue and L1
-// bandwidth bound rather than DRAM or tensor-core bound. c_out < 128 (the VAE's conv_out,
-// 3 channels) wastes most of the n tile.
+// Expected bottleneck: issuing the A gather. Per k tile a thread runs 16 two-byte loads
+// for A, each with its tap-mask test, offset step and packing (~15 instructions per value
+// in the PTX), plus 2 vector loads for B, against 32 mma per warp: about 1900 warp
+// instructions of gather per CTA tile next to 256 mma, so the issue slots of the gather
+// rather than the tensor cores, DRAM (a 3x3 conv reads each x value ~9 times, from L1/L2)
+// or shared memory (3 KiB of fragments per warp per k16 step, ~1.5 cycles of bandwidth
+// per mma) are likely to set the pace. The next steps, once a GPU run has timed this one:
+// order K tap-major (k = tap * c_in + ci, with the weights permuted once) so that a k tile
+// is one tap of 32 channels where c_in % 32 == 0 (every VAE and UNet conv but conv_in):
+// one mask test per tile and ~3 instructions per value; then ldmatrix for the fragments,
+// cp.async for B, 64 x 64 warp tiles. c_out < 128 (the VAE's conv_out, 3 channels) wastes
+// most of the n tile.
 //
 // Registers: 64 accumulators + 24 fragment + 16 staging registers per thread; the launch
 // bounds ask for 2 CTAs per SM (at most 128 registers, 80 KiB of shared memory) so that 16
-// warps hide the gather's latency. ptxas (NVRTC 13.0, sm_80 and sm_90, `-v`) reports 128
+// warps hide the gather's latency. ptxas (NVRTC 13.0, sm_80 and sm_90, `-v`) reports 127
 // registers, no spills, 40960 bytes of shared memory (it also picks 128 without the hint).
 //
 // Grid: x = pixel tiles, y = channel tiles, z = images. The f32 instantiation and builds for
