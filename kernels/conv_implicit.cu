@@ -11,6 +11,14 @@
 // per 512x512 SD VAE decode) and reads it back; here each CTA gathers its A tile straight
 // from x into shared memory.
 //
+// Two orders of K (the sum is the same; the host picks, image_conv_implicit.rs):
+//   conv_implicit       the weights' order above, any c_in;
+//   conv_implicit_taps  tap-major, k = (ky * kw + kx) * c_in + ci, for c_in % CI_BK == 0
+//                       (every SD VAE / UNet conv but the VAE's 4-channel conv_in), with
+//                       weights reordered by conv_weight_taps (a 1x1 conv's already are):
+//                       a k tile is then one tap of 32 channels, so a thread tests its
+//                       pixel's tap once per tile and loads 16 channels a plane apart.
+//
 // Tiling: a CTA (8 warps) computes a CI_BM x CI_BN = 128 pixels x 128 channels tile of one
 // image, CI_BK = 32 values of k at a time. Warps form 2 (m) x 4 (n); each owns 64 x 32 of
 // the tile: 4 x 4 mma.m16n8k16 per k16 step into 64 f32 accumulators per thread, with the
@@ -28,27 +36,24 @@
 // them, one barrier per tile. Loading roles: thread i gathers pixel m = i % 128, k half
 // i / 128 (16 values; a warp's 32 lanes are 32 consecutive pixels, so for stride 1 each of
 // its loads is one contiguous run of x), with a per-pixel bit mask of the kernel taps that
-// fall inside the image (kh * kw <= 32) and an offset stepped per value instead of
-// dividing and bounds-checking per value; and two 16-byte chunks of weight rows (scalar loads where K is not a
-// multiple of 8 or at the K tail). Pixels past the image, k past K and padding pixels are
+// fall inside the image (kh * kw <= 32) instead of bounds checks per value; and two
+// 16-byte chunks of weight rows (scalar loads where K is not a multiple of 8 or at the K
+// tail). Pixels past the image, k past K and padding pixels are
 // zeros in A; channels past c_out and k past K zeros in B, so tails add nothing.
 //
 // Epilogue: accumulators + bias in f32, one rounding to the dtype, staged as a [n][m] tile
 // in the (then free) shared memory and written out with 16-byte stores along m (an output
 // channel's pixels are contiguous), scalar where pixels is not a multiple of 8.
 //
-// Expected bottleneck: issuing the A gather. Per k tile a thread runs 16 two-byte loads
-// for A, each with its tap-mask test, offset step and packing (~15 instructions per value
-// in the PTX), plus 2 vector loads for B, against 32 mma per warp: about 1900 warp
-// instructions of gather per CTA tile next to 256 mma, so the issue slots of the gather
-// rather than the tensor cores, DRAM (a 3x3 conv reads each x value ~9 times, from L1/L2)
-// or shared memory (3 KiB of fragments per warp per k16 step, ~1.5 cycles of bandwidth
-// per mma) are likely to set the pace. The next steps, once a GPU run has timed this one:
-// order K tap-major (k = tap * c_in + ci, with the weights permuted once) so that a k tile
-// is one tap of 32 channels where c_in % 32 == 0 (every VAE and UNet conv but conv_in):
-// one mask test per tile and ~3 instructions per value; then ldmatrix for the fragments,
-// cp.async for B, 64 x 64 warp tiles. c_out < 128 (the VAE's conv_out, 3 channels) wastes
-// most of the n tile.
+// Expected bottleneck: issuing the A gather. In the weights' order a thread steps and
+// tests each of its 16 values' tap (~15 PTX instructions per value): ~1900 warp
+// instructions of gather per CTA tile next to 256 mma, more issue slots than the tensor
+// cores need. Tap-major, a value costs a load, an address and half a pack, so the mma
+// steps, shared-memory bandwidth (3 KiB of fragments per warp per k16 step, ~1.5 cycles
+// per mma at 128 B/cycle) and the L1/L2 reads of x (a 3x3 conv reads each value ~9 times)
+// are what is left; DRAM is not (x is read about once per channel tile). Next steps once a
+// GPU run has timed both orders: ldmatrix for the fragments, cp.async for B, 64 x 64 warp
+// tiles. c_out < 128 (the VAE's conv_out, 3 channels) wastes most of the n tile.
 //
 // Registers: 64 accumulators + 24 fragment + 16 staging registers per thread; the launch
 // bounds ask for 2 CTAs per SM (at most 128 registers, 80 KiB of shared memory) so that 16
@@ -129,6 +134,27 @@ struct CiGather {
             }
         }
     }
+
+    // The same for K ordered tap-major (k = tap * c_in + ci, weights from conv_weight_taps)
+    // with c_in % CI_BK == 0: the whole k tile is one tap, so one mask test covers it, and
+    // the 16 values are 16 channels of one input pixel, a plane apart.
+    __device__ __forceinline__ void load_taps(const CiShape& s, int k0,
+                                              unsigned int (&r)[8]) const {
+        const int tap = k0 / s.c_in;
+        const int plane = s.h * s.w;
+        if (((inside >> tap) & 1u) == 0u) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) r[i] = 0u;
+            return;
+        }
+        const int ky = tap / s.kw;
+        const int ci = k0 - tap * s.c_in + k_half;
+        const kiln_u16* p = x + (ci * plane + base + ky * s.w + (tap - ky * s.kw));
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            r[i] = (unsigned int)p[2 * i * plane] | ((unsigned int)p[(2 * i + 1) * plane] << 16);
+        }
+    }
 };
 
 // 8 consecutive k of weight row `n` from `k`, zeros past K (or past c_out).
@@ -156,10 +182,15 @@ struct CiStage {
 };
 
 // The tile's B chunks: chunk c = tid + i * 256 is weight row c / 4, k (c % 4) * 8 ...
+template <bool TAPS>
 __device__ __forceinline__ void ci_load_stage(CiStage& st, const CiGather& gather,
                                               const kiln_u16* w, const CiShape& s, int n0,
                                               int k0, bool vector_rows) {
-    gather.load(s, k0, st.a);
+    if constexpr (TAPS) {
+        gather.load_taps(s, k0, st.a);
+    } else {
+        gather.load(s, k0, st.a);
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int c = threadIdx.x + i * CI_THREADS;
@@ -179,7 +210,7 @@ __device__ __forceinline__ void ci_store_stage(const CiStage& st, kiln_u16* a_ti
     }
 }
 
-template <typename D>
+template <typename D, bool TAPS>
 __device__ __forceinline__ void conv_implicit_tiles(kiln_u16* out, const kiln_u16* x,
                                                     const kiln_u16* w, const kiln_u16* bias,
                                                     const CiShape s, int has_bias) {
@@ -217,7 +248,7 @@ __device__ __forceinline__ void conv_implicit_tiles(kiln_u16* out, const kiln_u1
 
     const int tiles = (total_k + CI_BK - 1) / CI_BK;
     CiStage stage;
-    ci_load_stage(stage, gather, w, s, n0, 0, vector_rows);
+    ci_load_stage<TAPS>(stage, gather, w, s, n0, 0, vector_rows);
     ci_store_stage(stage, smem, smem + 2 * CI_TILE, am, gather.k_half);
     __syncthreads();
     for (int tile = 0; tile < tiles; ++tile) {
@@ -225,7 +256,7 @@ __device__ __forceinline__ void conv_implicit_tiles(kiln_u16* out, const kiln_u1
         const kiln_u16* b_tile = smem + (2 + tile % 2) * CI_TILE;
         const bool more = tile + 1 < tiles;
         // The next tile's global loads are in flight during this tile's mma steps.
-        if (more) ci_load_stage(stage, gather, w, s, n0, (tile + 1) * CI_BK, vector_rows);
+        if (more) ci_load_stage<TAPS>(stage, gather, w, s, n0, (tile + 1) * CI_BK, vector_rows);
 #pragma unroll
         for (int kk = 0; kk < CI_BK; kk += 16) {
             unsigned int af[4][4];
@@ -295,15 +326,16 @@ __device__ __forceinline__ void conv_implicit_tiles(kiln_u16* out, const kiln_u1
     }
 }
 
-template <typename D>
+template <typename D, bool TAPS>
 __device__ __forceinline__ void conv_implicit_impl(typename D::T* out, const typename D::T* x,
                                                    const typename D::T* w,
                                                    const typename D::T* bias, const CiShape s,
                                                    int has_bias) {
 #if __CUDA_ARCH__ >= 800 || defined(KILN_EMU_MMA)
     if constexpr (sizeof(typename D::T) == 2) {
-        if (s.kh * s.kw > 32) asm volatile("trap;");  // the tap mask's bits; the host checks
-        conv_implicit_tiles<D>(out, x, w, bias, s, has_bias);
+        // The tap mask's bits, and whole-tap k tiles for TAPS: the host checks both.
+        if (s.kh * s.kw > 32 || (TAPS && s.c_in % CI_BK != 0)) asm volatile("trap;");
+        conv_implicit_tiles<D, TAPS>(out, x, w, bias, s, has_bias);
     } else {
         asm volatile("trap;");  // f32: the host runs im2col + GEMM instead
     }
@@ -312,12 +344,39 @@ __device__ __forceinline__ void conv_implicit_impl(typename D::T* out, const typ
 #endif
 }
 
+// out[n][tap][ci] = w[n][ci][tap]: the weights in conv_implicit_taps's K order (one pass
+// over the weights per conv; a 1x1 conv's are already in it).
+template <typename D>
+__device__ __forceinline__ void conv_weight_taps_impl(typename D::T* out, const typename D::T* w,
+                                                      long long total, int c_in, int taps) {
+    const long long k = (long long)c_in * taps;
+    KILN_GRID_STRIDE(i, total) {
+        const long long n = i / k;
+        const int r = (int)(i - n * k);
+        const int tap = r / c_in;
+        out[i] = w[n * k + (long long)(r - tap * c_in) * taps + tap];
+    }
+}
+
+#define CI_PARAMS(D)                                                                         \
+    D::T *out, const D::T *x, const D::T *w, const D::T *bias, int c_in, int h, int w_in,     \
+        int c_out, int kh, int kw, int stride, int pad, int out_h, int out_w, int has_bias
+#define CI_SHAPE {c_in, h, w_in, c_out, kh, kw, stride, pad, out_h, out_w}
+
 // `bias` is read only when has_bias != 0 (the host passes any valid pointer otherwise).
+// conv_implicit orders K as the weights are (k = (ci * kh + ky) * kw + kx); conv_implicit_taps
+// tap-major, for c_in % 32 == 0, with weights from conv_weight_taps.
 #define KILN_CONV_IMPLICIT(S, D)                                                             \
-    extern "C" __global__ void __launch_bounds__(CI_THREADS, 2) conv_implicit_##S(           \
-        D::T* out, const D::T* x, const D::T* w, const D::T* bias, int c_in, int h, int w_in, \
-        int c_out, int kh, int kw, int stride, int pad, int out_h, int out_w, int has_bias) { \
-        const CiShape s = {c_in, h, w_in, c_out, kh, kw, stride, pad, out_h, out_w};         \
-        conv_implicit_impl<D>(out, x, w, bias, s, has_bias);                                 \
+    extern "C" __global__ void __launch_bounds__(CI_THREADS, 2)                              \
+        conv_implicit_##S(CI_PARAMS(D)) {                                                    \
+        conv_implicit_impl<D, false>(out, x, w, bias, CI_SHAPE, has_bias);                   \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(CI_THREADS, 2)                              \
+        conv_implicit_taps_##S(CI_PARAMS(D)) {                                               \
+        conv_implicit_impl<D, true>(out, x, w, bias, CI_SHAPE, has_bias);                    \
+    }                                                                                        \
+    extern "C" __global__ void conv_weight_taps_##S(D::T* out, const D::T* w, long long total, \
+                                                    int c_in, int taps) {                    \
+        conv_weight_taps_impl<D>(out, w, total, c_in, taps);                                 \
     }
 KILN_FOR_EACH_DTYPE(KILN_CONV_IMPLICIT)

@@ -5,7 +5,8 @@
 // 3x3 padding 1, the stride-2 downsampler, 1x1, a non-square kernel without padding, c_in
 // of 3 and 4 (the VAE's conv_in), c_out and pixel counts off the 128-wide tiles, K off the
 // 32-wide k tile, weights and output off 16-byte boundaries, f16 and bf16, with and
-// without bias, forward / reverse / random warps.
+// without bias, forward / reverse / random warps; where c_in is a multiple of 32, also
+// tap-major (conv_weight_taps + conv_implicit_taps, as the host runs them).
 //
 //   conv_implicit_check        exit status 1 if any case is off
 //
@@ -39,6 +40,7 @@ struct Case {
 
 using ConvFn = void (*)(void*, const void*, const void*, const void*, int, int, int, int, int,
                         int, int, int, int, int, int);
+using TapsFn = void (*)(void*, const void*, long long, int, int);
 
 std::vector<float> random(DType d, size_t n, std::mt19937& rng) {
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -47,8 +49,9 @@ std::vector<float> random(DType d, size_t n, std::mt19937& rng) {
     return v;
 }
 
-// Worst error / bound over the output (> 1 fails; infinite for NaN, i.e. unwritten).
-double run(const Case& c, unsigned seed) {
+// Worst error / bound over the output (> 1 fails; infinite for NaN, i.e. unwritten), on
+// conv_implicit or (`taps`) conv_implicit_taps, after conv_weight_taps unless 1x1.
+double run(const Case& c, unsigned seed, bool taps) {
     std::mt19937 rng(seed);
     const int oh = (c.h + 2 * c.pad - c.kh) / c.stride + 1;
     const int ow = (c.w + 2 * c.pad - c.kw) / c.stride + 1;
@@ -61,11 +64,22 @@ double run(const Case& c, unsigned seed) {
     std::vector<float> w_stored(skip, 0.0f);
     w_stored.insert(w_stored.end(), w.begin(), w.end());
     Buffer xb(c.dtype, x), wb(c.dtype, w_stored), bb(c.dtype, b);
+    if (taps && c.kh * c.kw > 1) {  // as the host does: the weights reordered by the kernel
+        Buffer permuted = Buffer::unwritten(c.dtype, w_stored.size());
+        const long long total = static_cast<long long>(w.size());
+        const TapsFn permute = KILN_PICK(TapsFn, conv_weight_taps, c.dtype);
+        kiln_emu::launch({3, 1, 1}, {64, 1, 1}, Order::Forward, seed, [&] {
+            permute(static_cast<std::uint16_t*>(permuted.data()) + skip,
+                    static_cast<const std::uint16_t*>(wb.data()) + skip, total, c.c_in,
+                    c.kh * c.kw);
+        });
+        wb = permuted;
+    }
     Buffer out = Buffer::unwritten(c.dtype, skip + size_t(c.n) * c.c_out * pixels);
     auto* out_at = static_cast<std::uint16_t*>(out.data()) + skip;
     const auto* w_at = static_cast<const std::uint16_t*>(wb.data()) + skip;
-    const ConvFn f = c.dtype == DType::F16 ? reinterpret_cast<ConvFn>(conv_implicit_f16)
-                                           : reinterpret_cast<ConvFn>(conv_implicit_bf16);
+    const ConvFn f = taps ? KILN_PICK(ConvFn, conv_implicit_taps, c.dtype)
+                          : KILN_PICK(ConvFn, conv_implicit, c.dtype);
     const kiln_emu::Dim3 grid{unsigned((pixels + 127) / 128), unsigned((c.c_out + 127) / 128),
                               unsigned(c.n)};
     kiln_emu::launch(grid, {256, 1, 1}, c.order, seed, [&] {
@@ -126,6 +140,10 @@ std::vector<Case> cases() {
         // Whole tiles everywhere: 128 channels, K = 288, 256 pixels.
         {1, 32, 16, 16, 128, 3, 3, 1, 1, bf16, true, rnd},
         {1, 32, 16, 16, 128, 3, 3, 1, 1, f16, false, fwd},
+        // c_in multiples of 32 (also run tap-major): 3x3, stride 2, 1x1, two channel tiles.
+        {2, 64, 9, 11, 136, 3, 3, 1, 1, bf16, true, rnd},
+        {1, 32, 15, 13, 40, 3, 3, 2, 1, f16, false, rev},
+        {2, 64, 7, 9, 24, 1, 1, 1, 0, f16, true, rnd},
         // A 3x2 kernel without padding.
         {1, 6, 7, 9, 9, 3, 2, 1, 0, f16, true, rnd},
         // Two images by two channel tiles, the bias's second tile.
@@ -146,19 +164,24 @@ int main() {
         std::snprintf(name, sizeof name, "[%d,%d,%d,%d] * [%d,%d,%d,%d] s%d p%d%s%s", c.n,
                       c.c_in, c.h, c.w, c.c_out, c.c_in, c.kh, c.kw, c.stride, c.pad,
                       c.bias ? " +bias" : "", c.misaligned ? " unaligned" : "");
-        double ratio;
-        try {
-            ratio = run(c, seed++);
-        } catch (const std::exception& e) {
-            std::printf("FAIL  %-40s %-4s  %s\n", name, dtype_name(c.dtype), e.what());
-            ++failures;
-            continue;
+        // K in the weights' order always; tap-major too where the host would take it.
+        for (bool taps : {false, true}) {
+            if (taps && c.c_in % 32 != 0) continue;
+            double ratio;
+            try {
+                ratio = run(c, seed++, taps);
+            } catch (const std::exception& e) {
+                std::printf("FAIL  %-48s %-4s %s  %s\n", name, dtype_name(c.dtype),
+                            taps ? "taps" : "    ", e.what());
+                ++failures;
+                continue;
+            }
+            const bool ok = ratio <= 1.0;
+            failures += ok ? 0 : 1;
+            std::printf("%s  %-48s %-4s %s  %.2f of the bound\n", ok ? "ok  " : "FAIL", name,
+                        dtype_name(c.dtype), taps ? "taps" : "    ", ratio);
+            std::fflush(stdout);
         }
-        const bool ok = ratio <= 1.0;
-        failures += ok ? 0 : 1;
-        std::printf("%s  %-40s %-4s  %.2f of the bound\n", ok ? "ok  " : "FAIL", name,
-                    dtype_name(c.dtype), ratio);
-        std::fflush(stdout);
     }
     std::printf("%s\n", failures == 0 ? "all implicit-GEMM conv cases match the reference"
                                       : "SOME IMPLICIT-GEMM CONV CASES FAILED");

@@ -5,14 +5,15 @@
 //!
 //! Opt-in with `KILN_CONV_IMPLICIT=1` until a GPU run has checked and timed it (`kiln
 //! selftest`'s `conv2d(implicit)` rows always run it). Where it applies (16-bit dtypes,
-//! sm_80+, sizes within the kernel's 32-bit indices and the grid) and the launch geometry
-//! are pure functions, tested on the CPU.
+//! sm_80+, sizes within the kernel's 32-bit indices and the grid), the launch geometry
+//! and the order of K (tap-major where c_in is a multiple of 32, see [`KOrder`]) are pure
+//! functions, tested on the CPU.
 
 use super::attention_kernels::compiled_arch;
 use super::backend::CudaBackend;
 use super::device::CudaDevice;
 use super::image_geometry::ConvShape;
-use super::launch::as_i32;
+use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
 use crate::backend::DType;
 use anyhow::{ensure, Context, Result};
@@ -24,8 +25,33 @@ pub const THREADS: u32 = 256;
 pub const TILE_PIXELS: usize = 128;
 /// Output channels per CTA (`CI_BN`).
 pub const TILE_CHANNELS: usize = 128;
+/// Values of k per k tile (`CI_BK`).
+pub const TILE_K: usize = 32;
 /// Largest grid y and z.
 const GRID_YZ_MAX: usize = 65_535;
+
+/// The order of the GEMM's K in which the kernel runs a conv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KOrder {
+    /// The weights' own order, k = (ci * kh + ky) * kw + kx (`conv_implicit`): the gather
+    /// tests and steps each value's tap.
+    Weights,
+    /// Tap-major, k = tap * c_in + ci, with c_in a multiple of [`TILE_K`] so that a k tile
+    /// is one tap (`conv_implicit_taps`): one test per tile. The weights are reordered
+    /// first (`conv_weight_taps`, one pass over them) unless the conv is 1x1.
+    Taps { reorder_weights: bool },
+}
+
+/// Tap-major wherever c_in allows it (every VAE and UNet conv but the VAE's conv_in).
+pub fn k_order(s: &ConvShape) -> KOrder {
+    if s.c_in % TILE_K == 0 {
+        KOrder::Taps {
+            reorder_weights: s.kh * s.kw > 1,
+        }
+    } else {
+        KOrder::Weights
+    }
+}
 
 /// Kernel taps a conv may have: the kernel keeps one bit per tap (`CiGather::inside`).
 pub const MAX_TAPS: usize = 32;
@@ -71,16 +97,55 @@ pub fn implicit_launch(s: &ConvShape) -> LaunchConfig {
 }
 
 impl CudaDevice {
-    /// `out = conv2d(x, w) + b` for conv `s` on kernels/conv_implicit.cu; the caller checked
-    /// [`implicit_conv_usable`].
+    /// `out[c_out, kh * kw, c_in]`: the conv weights `w[c_out, c_in, kh, kw]` in
+    /// [`KOrder::Taps`]'s order.
+    pub fn conv_weight_taps_into(
+        &self,
+        w: &CudaTensor,
+        s: &ConvShape,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        w.expect_shape(&[s.c_out, s.c_in, s.kh, s.kw], "conv weight")?;
+        out.expect_shape(&[s.c_out, s.patch()], "tap-major conv weight")?;
+        out.expect_dtype(w.dtype(), "tap-major conv weight")?;
+        let total = w.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let ints = [
+            as_i32(s.c_in, "input channels")?,
+            as_i32(s.kh * s.kw, "kernel taps")?,
+        ];
+        let f = self.kernels().get("conv_weight_taps", w.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(out.data_mut()).arg(w.data()).arg(&total);
+        args.arg(&ints[0]).arg(&ints[1]);
+        // SAFETY: matches kernels/conv_implicit.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }
+            .context("conv_weight_taps launch")?;
+        Ok(())
+    }
+
+    /// `out = conv2d(x, w) + b` for conv `s` on kernels/conv_implicit.cu, K in `order` (`w`
+    /// reordered by [`Self::conv_weight_taps_into`] where that order asks for it); the caller
+    /// checked [`implicit_conv_usable`].
     pub fn conv_implicit_into(
         &self,
         (x, w, b): (&CudaTensor, &CudaTensor, Option<&CudaTensor>),
         s: &ConvShape,
+        order: KOrder,
         out: &mut CudaTensor,
     ) -> Result<()> {
         x.expect_shape(&[s.n, s.c_in, s.h, s.w], "implicit conv input")?;
-        w.expect_shape(&[s.c_out, s.c_in, s.kh, s.kw], "implicit conv weight")?;
+        ensure!(
+            w.numel() == s.c_out * s.patch(),
+            "implicit conv: weights {:?} for {s:?}",
+            w.shape()
+        );
+        ensure!(
+            order == KOrder::Weights || s.c_in % TILE_K == 0,
+            "implicit conv: tap-major K needs c_in % {TILE_K} == 0, {s:?}"
+        );
         out.expect_shape(&s.out_dims(), "implicit conv output")?;
         if let Some(b) = b {
             b.expect_shape(&[s.c_out], "implicit conv bias")?;
@@ -107,7 +172,11 @@ impl CudaDevice {
             as_i32(s.out_w, "output width")?,
             i32::from(b.is_some()),
         ];
-        let f = self.kernels().get("conv_implicit", x.dtype())?;
+        let op = match order {
+            KOrder::Weights => "conv_implicit",
+            KOrder::Taps { .. } => "conv_implicit_taps",
+        };
+        let f = self.kernels().get(op, x.dtype())?;
         let mut args = self.stream().launch_builder(f);
         // Without a bias the kernel never reads that pointer: pass the weights.
         args.arg(out.data_mut())
@@ -130,8 +199,8 @@ impl CudaBackend {
         implicit_conv_usable(s, x.dtype(), arch)
     }
 
-    /// `conv2d(x, w) + b` on the implicit-GEMM kernel, whatever `KILN_CONV_IMPLICIT` says
-    /// (an error where [`implicit_conv_usable`] refuses it).
+    /// `conv2d(x, w) + b` on the implicit-GEMM kernel in the [`k_order`] of the conv,
+    /// whatever `KILN_CONV_IMPLICIT` says (an error where [`implicit_conv_usable`] refuses it).
     pub fn conv2d_implicit(
         &self,
         x: &CudaTensor,
@@ -141,10 +210,34 @@ impl CudaBackend {
         padding: usize,
     ) -> Result<CudaTensor> {
         let s = ConvShape::new(x.shape(), w.shape(), stride, padding)?;
+        self.conv2d_implicit_ordered((x, w, b), &s, k_order(&s))
+    }
+
+    /// The same with K in `order` (the selftest times both orders).
+    pub fn conv2d_implicit_ordered(
+        &self,
+        (x, w, b): (&CudaTensor, &CudaTensor, Option<&CudaTensor>),
+        s: &ConvShape,
+        order: KOrder,
+    ) -> Result<CudaTensor> {
+        w.expect_shape(&[s.c_out, s.c_in, s.kh, s.kw], "implicit conv weight")?;
+        w.expect_dtype(x.dtype(), "implicit conv weight")?;
         let mut out = self.output(x.dtype(), &s.out_dims())?;
-        if out.numel() > 0 {
-            self.device().conv_implicit_into((x, w, b), &s, &mut out)?;
+        if out.numel() == 0 {
+            return Ok(out);
         }
+        let dev = self.device();
+        let reordered = match order {
+            KOrder::Taps {
+                reorder_weights: true,
+            } => {
+                let mut wt = self.output(x.dtype(), &[s.c_out, s.patch()])?;
+                dev.conv_weight_taps_into(w, s, &mut wt)?;
+                Some(wt)
+            }
+            _ => None,
+        };
+        dev.conv_implicit_into((x, reordered.as_ref().unwrap_or(w), b), s, order, &mut out)?;
         Ok(out)
     }
 }
@@ -212,6 +305,29 @@ mod tests {
     }
 
     #[test]
+    fn k_is_tap_major_where_c_in_fills_whole_k_tiles() {
+        let taps = |reorder_weights| KOrder::Taps { reorder_weights };
+        // VAE and UNet 3x3 convs; the 1x1 skip needs no reordered weights.
+        assert_eq!(
+            k_order(&conv([1, 128, 64, 64], [128, 128, 3, 3], 1, 1)),
+            taps(true)
+        );
+        assert_eq!(
+            k_order(&conv([2, 320, 64, 64], [320, 320, 3, 3], 2, 1)),
+            taps(true)
+        );
+        assert_eq!(
+            k_order(&conv([2, 640, 8, 8], [320, 640, 1, 1], 1, 0)),
+            taps(false)
+        );
+        // The VAE's conv_in (4 channels), odd channel counts: the weights' order.
+        for c_in in [3, 4, 16, 48, 100] {
+            let s = conv([1, c_in, 16, 16], [8, c_in, 3, 3], 1, 1);
+            assert_eq!(k_order(&s), KOrder::Weights, "{c_in}");
+        }
+    }
+
+    #[test]
     fn the_env_switch_is_opt_in() {
         assert!(!implicit_switch(None));
         assert!(!implicit_switch(Some("0")));
@@ -225,11 +341,15 @@ mod tests {
         let file = all_kernel_files()
             .find(|f| f.file == "conv_implicit.cu")
             .expect("conv_implicit.cu is registered");
-        assert_eq!(file.ops, ["conv_implicit"]);
+        assert_eq!(
+            file.ops,
+            ["conv_implicit", "conv_implicit_taps", "conv_weight_taps"]
+        );
         for define in [
             format!("#define CI_THREADS {THREADS}"),
             format!("#define CI_BM {TILE_PIXELS}"),
             format!("#define CI_BN {TILE_CHANNELS}"),
+            format!("#define CI_BK {TILE_K}"),
         ] {
             assert!(file.body.contains(&define), "{define}");
         }

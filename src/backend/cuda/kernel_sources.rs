@@ -159,7 +159,7 @@ pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "conv_implicit.cu",
         body: include_str!("../../../kernels/conv_implicit.cu"),
-        ops: &["conv_implicit"],
+        ops: &["conv_implicit", "conv_implicit_taps", "conv_weight_taps"],
     },
     KernelFile {
         file: "attention_softmax.cu",

@@ -1,6 +1,7 @@
 //! Selftest of the implicit-GEMM conv (kernels/conv_implicit.cu) at the diffusion models'
-//! real shapes, run whatever `KILN_CONV_IMPLICIT` says, each row beside the same conv on
-//! the im2col + cuBLAS path so the two timings can be compared. 16-bit dtypes on sm_80+
+//! real shapes, run whatever `KILN_CONV_IMPLICIT` says, in both orders of K where c_in
+//! allows the tap-major one (`conv2d(implicit taps)` beside `conv2d(implicit)`), each
+//! beside the same conv on the im2col + cuBLAS path so the timings can be compared. 16-bit dtypes on sm_80+
 //! only (where the kernel exists); elsewhere the rows are left out.
 //!
 //! The CPU reference of a whole SD VAE conv at 512x512 is ~40 G multiply-adds, so it
@@ -9,7 +10,7 @@
 
 use super::compare::Check;
 use super::image_cases::ImageSuite;
-use crate::backend::cuda::image_conv_implicit::TILE_CHANNELS;
+use crate::backend::cuda::image_conv_implicit::{k_order, KOrder, TILE_CHANNELS};
 use crate::backend::cuda::image_geometry::ConvShape;
 use crate::backend::cuda::{CudaTensor, DType};
 use crate::backend::image_ops::ImageOps;
@@ -68,15 +69,22 @@ pub fn run(t: &mut ImageSuite<'_, '_>) -> Result<()> {
             "{x_dims:?} * {w_dims:?} s{stride} p{pad} (ch {first}..{})",
             first + count
         );
-        let implicit = || be.conv2d_implicit(&x.gpu, &w.gpu, Some(&b.gpu), stride, pad);
+        let inputs = (&x.gpu, &w.gpu, Some(&b.gpu));
+        let implicit = |order| be.conv2d_implicit_ordered(inputs, &s, order);
+        let taps = || implicit(k_order(&s));
+        let by_weights = || implicit(KOrder::Weights);
         let im2col = || be.conv2d_im2col(&x.gpu, &w.gpu, Some(&b.gpu), stride, pad);
-        for (op, path) in [
-            (
-                "conv2d(implicit)",
-                &implicit as &dyn Fn() -> Result<CudaTensor>,
-            ),
-            ("conv2d(im2col)", &im2col),
-        ] {
+        // The chosen order; where that is tap-major, the weights' order beside it (the
+        // kernel's A/B); then im2col + cuBLAS.
+        let mut paths: Vec<(&str, &dyn Fn() -> Result<CudaTensor>)> = vec![];
+        if k_order(&s) == KOrder::Weights {
+            paths.push(("conv2d(implicit)", &by_weights));
+        } else {
+            paths.push(("conv2d(implicit taps)", &taps));
+            paths.push(("conv2d(implicit)", &by_weights));
+        }
+        paths.push(("conv2d(im2col)", &im2col));
+        for (op, path) in paths {
             let gpu = be.narrow(&path()?, 1, first, count)?;
             let row = t.compare(op, shape.clone(), Check::Reduction, &gpu, &cpu)?;
             t.time(row, path)?;
