@@ -44,7 +44,7 @@ pub enum KOrder {
 
 /// Tap-major wherever c_in allows it (every VAE and UNet conv but the VAE's conv_in).
 pub fn k_order(s: &ConvShape) -> KOrder {
-    if s.c_in % TILE_K == 0 {
+    if s.c_in.is_multiple_of(TILE_K) {
         KOrder::Taps {
             reorder_weights: s.kh * s.kw > 1,
         }
@@ -143,7 +143,7 @@ impl CudaDevice {
             w.shape()
         );
         ensure!(
-            order == KOrder::Weights || s.c_in % TILE_K == 0,
+            order == KOrder::Weights || s.c_in.is_multiple_of(TILE_K),
             "implicit conv: tap-major K needs c_in % {TILE_K} == 0, {s:?}"
         );
         out.expect_shape(&s.out_dims(), "implicit conv output")?;
