@@ -9,7 +9,7 @@
 
 use super::backend::CudaBackend;
 use super::gemm_batched::{Operand, OperandMut, StridedGemm};
-use super::image_conv_implicit::implicit_switch;
+use super::image_conv_implicit::{implicit_switch, k_order};
 use super::image_geometry::{entries_per_chunk, ConvShape};
 use super::tensor::CudaTensor;
 use anyhow::{ensure, Result};
@@ -101,7 +101,7 @@ impl CudaBackend {
         let s = ConvShape::new(x.shape(), w.shape(), stride, padding)?;
         let opt_in = implicit_switch(std::env::var("KILN_CONV_IMPLICIT").ok().as_deref());
         if opt_in && w.dtype() == x.dtype() && self.conv_implicit_usable(x, &s) {
-            return self.conv2d_implicit(x, w, b, stride, padding);
+            return self.conv2d_implicit_ordered((x, w, b), &s, k_order(&s));
         }
         self.conv2d_im2col(x, w, b, stride, padding)
     }

@@ -199,21 +199,9 @@ impl CudaBackend {
         implicit_conv_usable(s, x.dtype(), arch)
     }
 
-    /// `conv2d(x, w) + b` on the implicit-GEMM kernel in the [`k_order`] of the conv,
-    /// whatever `KILN_CONV_IMPLICIT` says (an error where [`implicit_conv_usable`] refuses it).
-    pub fn conv2d_implicit(
-        &self,
-        x: &CudaTensor,
-        w: &CudaTensor,
-        b: Option<&CudaTensor>,
-        stride: usize,
-        padding: usize,
-    ) -> Result<CudaTensor> {
-        let s = ConvShape::new(x.shape(), w.shape(), stride, padding)?;
-        self.conv2d_implicit_ordered((x, w, b), &s, k_order(&s))
-    }
-
-    /// The same with K in `order` (the selftest times both orders).
+    /// `conv2d(x, w) + b` for conv `s` on the implicit-GEMM kernel with K in `order`
+    /// ([`k_order`] unless the selftest compares both), whatever `KILN_CONV_IMPLICIT` says:
+    /// an error where [`implicit_conv_usable`] refuses it.
     pub fn conv2d_implicit_ordered(
         &self,
         (x, w, b): (&CudaTensor, &CudaTensor, Option<&CudaTensor>),
