@@ -58,11 +58,12 @@
 // Registers: 64 accumulators + 24 fragment + 16 staging registers per thread; the launch
 // bounds ask for 2 CTAs per SM (at most 128 registers, 80 KiB of shared memory) so that 16
 // warps hide the gather's latency. ptxas (NVRTC 13.0, sm_80 and sm_90, `-v`) reports 127
-// registers, no spills, 40960 bytes of shared memory (it also picks 128 without the hint).
+// (conv_implicit) and 128 (conv_implicit_taps) registers, no spills, 40960 bytes of shared
+// memory (it also picks 128 without the hint).
 //
-// Grid: x = pixel tiles, y = channel tiles, z = images. The f32 instantiation and builds for
-// GPUs before sm_80 contain only a trap: the host (src/backend/cuda/image_conv_implicit.rs)
-// never launches them.
+// Grid: x = pixel tiles, y = channel tiles, z = images. conv_implicit(_taps) built for f32
+// or for GPUs before sm_80 contain only a trap: the host
+// (src/backend/cuda/image_conv_implicit.rs) never launches them.
 
 #define CI_THREADS 256
 #define CI_BM 128
