@@ -318,6 +318,13 @@ if [ "${NCU:-1}" = 1 ] && [ -n "$NCU_BIN" ]; then
         --cache-control none "$KILN" generate --device cuda --model llama-3.1-8b \
         --load-format dummy --dtype bfloat16 --max-model-len 256 \
         --prompt "The river town" --max-tokens 4 --ignore-eos
+    # The same for one 1024-token prefill (no warm-up, no decode): which kernels take the
+    # prefill's time against transformers' 32.5 ms forward (GEMMs vs attention vs the rest).
+    step ncu_prefill_8b 150 no ncu_prefill_8b.csv -- \
+        "$NCU_BIN" --metrics gpu__time_duration.sum --csv --clock-control none \
+        --cache-control none "$KILN" bench latency --device cuda --model llama-3.1-8b \
+        --load-format dummy --dtype bfloat16 --max-model-len 2048 --input-len 1024 \
+        --output-len 1 --batch-sizes 1 --warmup 0
 fi
 
 # Where SD-Turbo's 91 ms go (the eighth run: VAE decode 73 ms, 2.7x diffusers): every
