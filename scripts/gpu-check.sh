@@ -327,6 +327,17 @@ if [ "${NCU:-1}" = 1 ] && [ -n "$NCU_BIN" ]; then
         --output-len 1 --batch-sizes 1 --warmup 0
 fi
 
+# Where a batch-1 decode step's wall time goes besides kernels (the eighth run: 5.86 ms per
+# step against 5.2 ms of kernel time): an Nsight Systems timeline, summarised (CUDA API calls
+# and their host time, kernel and memcpy totals), if nsys is installed.
+NSYS_BIN="$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)"
+if [ "${NSYS:-1}" = 1 ] && [ -n "$NSYS_BIN" ]; then
+    step nsys_decode_8b 150 no nsys_decode_8b.txt -- \
+        "$NSYS_BIN" profile --stats=true --force-overwrite true -o "$OUT/nsys_decode_8b" \
+        "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
+        --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 64 --batch-sizes 1
+fi
+
 # Where SD-Turbo's 91 ms go (the eighth run: VAE decode 73 ms, 2.7x diffusers): every
 # kernel's GPU time in one 512x512 1-step image, no warm-up (kernels serialised).
 if [ "${NCU:-1}" = 1 ] && [ -n "$NCU_BIN" ] && "$KILN" bench image --help >/dev/null 2>&1; then
