@@ -9,6 +9,7 @@ use super::decode_graphs::{Recordings, SendGraph};
 use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::gemv_norm::AddNormInput;
+use super::image_flash::FlashLayouts;
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::ops_qkv::QkvRopeCache;
@@ -44,6 +45,8 @@ pub struct CudaBackend {
     /// the QKV and gate_up GEMVs (one or two rows); `KILN_FUSED_GEMV=0` runs them as separate
     /// launches, for A/B timing.
     fused_gemv: bool,
+    /// Image attention's sequence metadata per shape, uploaded once.
+    pub(super) flash_layouts: FlashLayouts,
 }
 
 /// A recorded decode step: the graph, the input buffers it reads (uploaded before each
@@ -99,6 +102,7 @@ impl CudaBackend {
             steps: Mutex::new((0, PoolStats::default())),
             fused_qkv: std::env::var("KILN_FUSED_QKV").map_or(true, |v| v != "0"),
             fused_gemv: std::env::var("KILN_FUSED_GEMV").map_or(true, |v| v != "0"),
+            flash_layouts: FlashLayouts::default(),
         })
     }
 

@@ -11,12 +11,16 @@
 
 use super::attention_kernels::{compiled_arch, AttentionCall, AttentionInts};
 use super::backend::CudaBackend;
+use super::device::CudaDevice;
 use super::image_geometry::AttentionDims;
 use super::launch::as_i32;
 use super::ops_attention::AttentionMetadata;
 use super::tensor::CudaTensor;
 use crate::backend::DType;
 use anyhow::{Context, Result};
+use cudarc::driver::CudaSlice;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Head dims kernels/attention_prefill.cu is instantiated for: the LLMs' and Stable
 /// Diffusion 1.5's 40 and 160 (2.x and XL use 64). The VAE's 512 stays dense.
@@ -75,6 +79,65 @@ pub fn flash_switch(value: Option<&str>) -> bool {
     value != Some("0")
 }
 
+/// `(block tables, query starts, context lengths)` of the kernel for `batch` entries of
+/// `nq` queries over `nk` keys: entry e is sequence e, its K/V block e, its queries rows
+/// `e * nq ..`, its context all `nk` keys.
+pub fn flash_layout_values(
+    batch: usize,
+    nq: usize,
+    nk: usize,
+) -> Result<(Vec<i32>, Vec<i32>, Vec<i32>)> {
+    let tables = (0..batch)
+        .map(|e| as_i32(e, "batch"))
+        .collect::<Result<Vec<_>>>()?;
+    let starts = (0..=batch)
+        .map(|e| as_i32(e * nq, "query rows"))
+        .collect::<Result<Vec<_>>>()?;
+    let lens = vec![as_i32(nk, "keys")?; batch];
+    Ok((tables, starts, lens))
+}
+
+/// The metadata of one image attention shape on the device.
+pub struct FlashLayout {
+    tables: CudaSlice<i32>,
+    starts: CudaSlice<i32>,
+    lens: CudaSlice<i32>,
+}
+
+/// Shapes seen so far, uploaded once each: a 50-step SD 1.5 image runs its 16 attention
+/// layers 50 times over a handful of shapes, and three host-to-device copies per call
+/// would stall the host between launches.
+#[derive(Default)]
+pub struct FlashLayouts(Mutex<HashMap<(usize, usize, usize), Arc<FlashLayout>>>);
+
+/// More shapes than any pipeline has (a bound against unbounded growth: cleared past it).
+const MAX_FLASH_LAYOUTS: usize = 64;
+
+impl FlashLayouts {
+    fn get(&self, dev: &CudaDevice, d: &AttentionDims) -> Result<Arc<FlashLayout>> {
+        let key = (d.batch, d.nq, d.nk);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(layout) = map.get(&key) {
+            return Ok(layout.clone());
+        }
+        let (tables, starts, lens) = flash_layout_values(d.batch, d.nq, d.nk)?;
+        let upload = |values: &[i32]| {
+            dev.upload(values)
+                .context("uploading image attention metadata")
+        };
+        let layout = Arc::new(FlashLayout {
+            tables: upload(&tables)?,
+            starts: upload(&starts)?,
+            lens: upload(&lens)?,
+        });
+        if map.len() >= MAX_FLASH_LAYOUTS {
+            map.clear();
+        }
+        map.insert(key, layout.clone());
+        Ok(layout)
+    }
+}
+
 impl CudaBackend {
     /// The path [`Self::image_attention_gpu`] takes for these tensors (`allow_flash`
     /// false: always dense).
@@ -110,22 +173,12 @@ impl CudaBackend {
         causal: bool,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let tables: Vec<i32> = (0..as_i32(d.batch, "batch")?).collect();
-        let starts = (0..=d.batch)
-            .map(|e| as_i32(e * d.nq, "query rows"))
-            .collect::<Result<Vec<_>>>()?;
-        let lens = vec![as_i32(d.nk, "keys")?; d.batch];
-        let upload = |values: &[i32]| {
-            self.pools()
-                .upload_i32(values)
-                .context("uploading image attention metadata")
-        };
-        let (tables, starts, lens) = (upload(&tables)?, upload(&starts)?, upload(&lens)?);
+        let layout = self.flash_layouts.get(self.device(), d)?;
         let meta = AttentionMetadata {
-            block_tables: &tables,
+            block_tables: &layout.tables,
             max_blocks_per_seq: 1,
-            query_start: &starts,
-            context_lens: &lens,
+            query_start: &layout.starts,
+            context_lens: &layout.lens,
             num_seqs: d.batch,
             sliding_window: None,
         };
@@ -188,6 +241,15 @@ mod tests {
             ..sd15(77, 77, 12, 64)
         };
         assert_eq!(choose_image_path(&clip), ImageAttentionPath::Flash);
+    }
+
+    #[test]
+    fn every_batch_entry_is_one_sequence_over_all_keys() {
+        let (tables, starts, lens) = flash_layout_values(2, 4096, 77).unwrap();
+        assert_eq!(tables, vec![0, 1]);
+        assert_eq!(starts, vec![0, 4096, 8192]);
+        assert_eq!(lens, vec![77, 77]);
+        assert!(flash_layout_values(2, 1 << 31, 77).is_err());
     }
 
     #[test]
