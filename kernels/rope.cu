@@ -35,36 +35,69 @@ __device__ __forceinline__ void rope_impl(typename D::T* q, typename D::T* k, co
     rope_head<D>(base, base, (float)positions[token], inv_freq, hd, neox);
 }
 
+// Most head dims qkv_rope_cache normalises per head (the head is staged in shared memory).
+#define QKV_NORM_MAX_HEAD_DIM 512
+
+// Qwen3's per-head RMS norm of one head of hd values into `tile`, rounded to D::T as rms_norm
+// stores it (value * inv_rms * weight); every thread of the block takes part.
+template <typename D>
+__device__ __forceinline__ const typename D::T* qkv_head_norm(const typename D::T* src,
+                                                              const typename D::T* w, float eps,
+                                                              int hd, typename D::T* tile,
+                                                              float* scratch) {
+    float sum_sq = 0.0f;
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+        const float x = D::load(src[j]);
+        sum_sq += x * x;
+    }
+    const float inv_rms = rsqrtf(kiln_block_sum(sum_sq, scratch) / (float)hd + eps);
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+        tile[j] = D::store(D::load(src[j]) * inv_rms * D::load(w[j]));
+    }
+    __syncthreads();  // rope_head reads pairs other threads wrote
+    return tile;
+}
+
 // The attention block's entry in one launch instead of three column copies, rope and the
 // cache write: token t's fused row qkv[t] = [q (hq * hd) | k (hk * hd) | v (hk * hd)] gives
 // the rotated q in q_out[t] ([n, hq * hd]), and the rotated k and the v in cache slot
 // slot_mapping[t] (caches [num_blocks, block_size, hk, hd]; slot < 0 is padding and slots
-// past the cache are bad input: both store nothing). Grid (n, hq + hk): block (t, h) rotates
-// q head h for h < hq, else rotates k head h - hq and copies v head h - hq.
+// past the cache are bad input: both store nothing). With has_norm (Qwen3) each q and k head
+// is RMS-normalised by q_norm / k_norm ([hd]) before its rotation. Grid (n, hq + hk): block
+// (t, h) rotates q head h for h < hq, else rotates k head h - hq and copies v head h - hq.
 template <typename D>
 __device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typename D::T* k_cache,
                                                     typename D::T* v_cache,
                                                     const typename D::T* qkv,
                                                     const int* positions, const float* inv_freq,
                                                     const int* slot_mapping, int hq, int hk,
-                                                    int hd, int neox, long long num_slots) {
+                                                    int hd, int neox, long long num_slots,
+                                                    const typename D::T* q_norm,
+                                                    const typename D::T* k_norm, float eps,
+                                                    int has_norm) {
+    __shared__ typename D::T tile[QKV_NORM_MAX_HEAD_DIM];
+    __shared__ float scratch[32];
     const long long token = blockIdx.x;
     const int head = blockIdx.y;
     if (head >= hq + hk) return;
     const typename D::T* row = qkv + token * (long long)(hq + 2 * hk) * hd;
     const float pos = (float)positions[token];
     if (head < hq) {
-        rope_head<D>(q_out + (token * hq + head) * hd, row + (long long)head * hd, pos, inv_freq,
-                     hd, neox);
+        const typename D::T* src = row + (long long)head * hd;
+        if (has_norm) src = qkv_head_norm<D>(src, q_norm, eps, hd, tile, scratch);
+        rope_head<D>(q_out + (token * hq + head) * hd, src, pos, inv_freq, hd, neox);
         return;
     }
+    // The whole block leaves together (one token, one slot), before any barrier.
     const long long slot = slot_mapping[token];
     if (slot < 0 || slot >= num_slots) return;
     const int kv_head = head - hq;
     const long long dst = (slot * hk + kv_head) * hd;
     const typename D::T* v_src = row + (long long)(hq + hk + kv_head) * hd;
     for (int j = threadIdx.x; j < hd; j += blockDim.x) v_cache[dst + j] = v_src[j];
-    rope_head<D>(k_cache + dst, row + (long long)(hq + kv_head) * hd, pos, inv_freq, hd, neox);
+    const typename D::T* src = row + (long long)(hq + kv_head) * hd;
+    if (has_norm) src = qkv_head_norm<D>(src, k_norm, eps, hd, tile, scratch);
+    rope_head<D>(k_cache + dst, src, pos, inv_freq, hd, neox);
 }
 
 #define KILN_ROPE(S, D)                                                                   \
@@ -79,8 +112,8 @@ KILN_FOR_EACH_DTYPE(KILN_ROPE)
     extern "C" __global__ void qkv_rope_cache_##S(                                             \
         D::T* q_out, D::T* k_cache, D::T* v_cache, const D::T* qkv, const int* positions,      \
         const float* inv_freq, const int* slot_mapping, int hq, int hk, int hd, int neox,      \
-        long long num_slots) {                                                                 \
+        long long num_slots, const D::T* q_norm, const D::T* k_norm, float eps, int has_norm) { \
         qkv_rope_cache_impl<D>(q_out, k_cache, v_cache, qkv, positions, inv_freq, slot_mapping, \
-                               hq, hk, hd, neox, num_slots);                                   \
+                               hq, hk, hd, neox, num_slots, q_norm, k_norm, eps, has_norm);    \
     }
 KILN_FOR_EACH_DTYPE(KILN_QKV_ROPE_CACHE)

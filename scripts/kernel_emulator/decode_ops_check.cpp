@@ -143,14 +143,19 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order) 
 }
 
 using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, const float*,
-                               const int*, int, int, int, int, long long);
+                               const int*, int, int, int, int, long long, const void*,
+                               const void*, float, int);
 
 // The fused entry step (qkv_rope_cache) against the unfused path it replaces, run in the
 // emulator too: rope in place on the fused rows, then the rotated k and the v copied to
 // their slots. The two must agree exactly (the same float operations), slot -1 (padding)
 // and a slot past the cache must store nothing, and every other cache entry must keep its
-// old value.
-void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Order order) {
+// old value. With `norm` (Qwen3's per-head q/k RMS norms) the reference rotates heads
+// normalised on the host in double and rounded to the dtype; the kernel's f32 sum of
+// squares may round a value the other way, so that case compares within the elementwise
+// tolerance instead of exactly.
+void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Order order,
+                          bool norm = false) {
     const int row = (hq + 2 * hk) * hd, kv = hk * hd;
     const int num_slots = 4 * n + 3;
     const std::vector<float> qkv = random(d, static_cast<size_t>(n) * row, 1.0f);
@@ -169,17 +174,33 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     unsigned threads = 32;
     while (threads < static_cast<unsigned>(hd / 2)) threads <<= 1;
 
+    const std::vector<float> q_norm = random(d, hd, 1.5f), k_norm = random(d, hd, 1.5f);
+    const float eps = 1e-6f;
     Buffer in(d, qkv), q = Buffer::unwritten(d, static_cast<size_t>(n) * hq * hd);
-    Buffer kc(d, old_cache), vc(d, old_cache);
+    Buffer kc(d, old_cache), vc(d, old_cache), qn(d, q_norm), kn(d, k_norm);
     auto fused = KILN_PICK(QkvRopeCacheFn, qkv_rope_cache, d);
     kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
                      order, 4, [&] {
                          fused(q.data(), kc.data(), vc.data(), in.data(), pos.data(), inv.data(),
-                               slots.data(), hq, hk, hd, neox ? 1 : 0, num_slots);
+                               slots.data(), hq, hk, hd, neox ? 1 : 0, num_slots, qn.data(),
+                               kn.data(), eps, norm ? 1 : 0);
                      });
 
-    // The unfused path: rope in place on the fused rows, then the copies.
-    Buffer rotated(d, qkv);
+    // The unfused path: (the norms,) rope in place on the fused rows, then the copies.
+    std::vector<float> pre = qkv;
+    if (norm) {
+        for (int t = 0; t < n; ++t) {
+            for (int h = 0; h < hq + hk; ++h) {
+                float* head = pre.data() + static_cast<size_t>(t) * row + static_cast<size_t>(h) * hd;
+                const std::vector<float>& w = h < hq ? q_norm : k_norm;
+                double ss = 0.0;
+                for (int j = 0; j < hd; ++j) ss += static_cast<double>(head[j]) * head[j];
+                const double inv_rms = 1.0 / std::sqrt(ss / hd + eps);
+                for (int j = 0; j < hd; ++j) head[j] = round_to(d, static_cast<float>(head[j] * inv_rms * w[j]));
+            }
+        }
+    }
+    Buffer rotated(d, pre);
     auto rope_k = KILN_PICK(RopeFn, rope, d);
     const size_t elt = d == DType::F32 ? 4 : 2;
     char* base = static_cast<char*>(rotated.data());
@@ -201,10 +222,11 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
         }
     }
     char name[96];
-    std::snprintf(name, sizeof name, "qkv_rope_cache(%s) n=%d q %dx%d k %d", neox ? "neox" : "interleaved", n,
-                  hq, hd, hk);
-    report(std::string(name) + " q", d, q.values(), want_q, 0.0);
-    report(std::string(name) + " k cache", d, kc.values(), want_k, 0.0);
+    std::snprintf(name, sizeof name, "qkv_rope_cache(%s%s) n=%d q %dx%d k %d", neox ? "neox" : "interleaved",
+                  norm ? ", q/k norm" : "", n, hq, hd, hk);
+    const double tol = norm ? elementwise_tol(d) : 0.0;
+    report(std::string(name) + " q", d, q.values(), want_q, tol);
+    report(std::string(name) + " k cache", d, kc.values(), want_k, tol);
     report(std::string(name) + " v cache", d, vc.values(), want_v, 0.0);
 }
 
@@ -270,6 +292,8 @@ int main() {
             check_qkv_rope_cache(d, 1, 32, 8, 128, neox, Order::Random);  // Llama decode
             check_qkv_rope_cache(d, 5, 14, 2, 64, neox, Order::Reverse);  // Qwen2.5-0.5B
             check_qkv_rope_cache(d, 3, 3, 1, 80, neox, Order::Forward);
+            check_qkv_rope_cache(d, 3, 32, 8, 128, neox, Order::Random, true);  // Qwen3-8B
+            check_qkv_rope_cache(d, 2, 4, 2, 64, neox, Order::Reverse, true);
         }
         check_argmax(d, 1, 128256, Order::Random, false);  // Llama-3 vocab, decode
         check_argmax(d, 3, 4099, Order::Forward, true);     // rows 1, 2 off 16-byte boundaries

@@ -222,21 +222,22 @@ pub trait Backend: Send + Sync {
         batch: &Self::BatchMeta,
     ) -> Result<()>;
     /// The attention block's entry: splits `qkv: [n, q_width + 2 * kv_width]` into q, k and
-    /// v, rotates q and k by position, writes k and v into layer `layer` of the cache, and
-    /// returns the rotated q `[n, q_width]`. Devices fuse it into one kernel; this default
-    /// composes the ops above (and is the reference the fused version must equal).
+    /// v, normalises each q and k head when `head.norms` is given (Qwen3), rotates q and k by
+    /// position, writes k and v into layer `layer` of the cache, and returns the rotated q
+    /// `[n, q_width]`. Devices fuse it into one kernel; this default composes the ops above
+    /// (and is the reference the fused version must equal).
     #[allow(clippy::too_many_arguments)]
     fn qkv_rope_write(
         &self,
         qkv: &Self::Tensor,
         widths: (usize, usize),
-        head_dim: usize,
+        head: &QkvHeads<'_, Self>,
         rope: &Self::RopeTable,
         cache: &mut Self::KvCache,
         layer: usize,
         batch: &Self::BatchMeta,
     ) -> Result<Self::Tensor> {
-        unfused_qkv_rope_write(self, qkv, widths, head_dim, rope, cache, layer, batch)
+        unfused_qkv_rope_write(self, qkv, widths, head, rope, cache, layer, batch)
     }
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
     /// which already holds the batch's own K and V.
@@ -275,7 +276,7 @@ pub fn unfused_qkv_rope_write<B: Backend + ?Sized>(
     be: &B,
     qkv: &B::Tensor,
     (q_width, kv_width): (usize, usize),
-    head_dim: usize,
+    head: &QkvHeads<'_, B>,
     rope: &B::RopeTable,
     cache: &mut B::KvCache,
     layer: usize,
@@ -284,10 +285,21 @@ pub fn unfused_qkv_rope_write<B: Backend + ?Sized>(
     let mut parts = be
         .split_columns(qkv, &[q_width, kv_width, kv_width])?
         .into_iter();
-    let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(mut q), Some(mut k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
         anyhow::bail!("qkv_rope_write: split_columns returned fewer than three parts");
     };
-    let (q, k) = be.rope(q, k, head_dim, rope, batch)?;
+    if let Some((q_norm, k_norm, eps)) = head.norms {
+        q = be.rms_norm(&q, q_norm, eps)?;
+        k = be.rms_norm(&k, k_norm, eps)?;
+    }
+    let (q, k) = be.rope(q, k, head.head_dim, rope, batch)?;
     be.write_kv(cache, layer, &k, &v, batch)?;
     Ok(q)
+}
+
+/// The heads of a fused QKV row: their width and, for Qwen3, the per-head RMS norms of q and
+/// k (`[head_dim]` weights, epsilon) applied before the rotation.
+pub struct QkvHeads<'a, B: Backend + ?Sized> {
+    pub head_dim: usize,
+    pub norms: Option<(&'a B::Tensor, &'a B::Tensor, f64)>,
 }

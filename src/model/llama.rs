@@ -6,7 +6,7 @@
 use super::config::ModelConfig;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
-use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec};
+use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads};
 use crate::engine::device_draw::DeviceDraw;
 use crate::engine::runner::StepOutput;
 use crate::parallel::{Communicator, Shard, ShardLayout, SingleRank};
@@ -548,34 +548,24 @@ impl<B: Backend> LlamaModel<B> {
             self.attention.num_heads * c.head_dim,
             self.attention.num_kv_heads * c.head_dim,
         );
-        if layer.q_norm.is_none() && layer.k_norm.is_none() {
-            let q = be.qkv_rope_write(
-                &qkv,
-                (q_width, kv_width),
-                c.head_dim,
-                &self.rope,
-                cache,
-                index,
-                batch,
-            )?;
-            let attn = be.attention(&q, cache, index, batch, &self.attention)?;
-            return be.linear(&attn, &layer.o_proj, None);
-        }
         // Qwen3's per-head q / k norms come between the split and the rotation.
-        let mut parts = be
-            .split_columns(&qkv, &[q_width, kv_width, kv_width])?
-            .into_iter();
-        let (mut q, mut k, v) = (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-        );
-        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = be.rms_norm(&q, qn, c.rms_norm_eps)?;
-            k = be.rms_norm(&k, kn, c.rms_norm_eps)?;
-        }
-        let (q, k) = be.rope(q, k, c.head_dim, &self.rope, batch)?;
-        be.write_kv(cache, index, &k, &v, batch)?;
+        let norms = match (&layer.q_norm, &layer.k_norm) {
+            (Some(qn), Some(kn)) => Some((qn, kn, c.rms_norm_eps)),
+            _ => None,
+        };
+        let head = QkvHeads {
+            head_dim: c.head_dim,
+            norms,
+        };
+        let q = be.qkv_rope_write(
+            &qkv,
+            (q_width, kv_width),
+            &head,
+            &self.rope,
+            cache,
+            index,
+            batch,
+        )?;
         let attn = be.attention(&q, cache, index, batch, &self.attention)?;
         be.linear(&attn, &layer.o_proj, None)
     }

@@ -16,7 +16,8 @@ use super::ops_qkv::QkvRopeCache;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
 use crate::backend::{
-    unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, Rope,
+    unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads,
+    Rope,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{CpuStorage, Storage};
@@ -628,14 +629,14 @@ impl Backend for CudaBackend {
         &self,
         qkv: &CudaTensor,
         widths: (usize, usize),
-        head_dim: usize,
+        head: &QkvHeads<'_, Self>,
         rope: &CudaRope,
         cache: &mut CudaKvCache,
         layer: usize,
         batch: &CudaBatchMeta,
     ) -> Result<CudaTensor> {
         if !self.fused_qkv {
-            return unfused_qkv_rope_write(self, qkv, widths, head_dim, rope, cache, layer, batch);
+            return unfused_qkv_rope_write(self, qkv, widths, head, rope, cache, layer, batch);
         }
         let &[n, _] = qkv.shape() else {
             bail!("qkv_rope_write: input must be 2-d, got {:?}", qkv.shape());
@@ -656,7 +657,8 @@ impl Backend for CudaBackend {
             slot_mapping: &batch.slots,
             inv_freq: &rope.inv_freq,
             style: rope.style,
-            head_dim,
+            head_dim: head.head_dim,
+            norms: head.norms.map(|(q, k, eps)| (q, k, eps as f32)),
         };
         self.dev
             .qkv_rope_cache(qkv, &mut q, k_cache, v_cache, &params)?;

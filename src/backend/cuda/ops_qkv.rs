@@ -38,7 +38,13 @@ pub struct QkvRopeCache<'a> {
     pub inv_freq: &'a CudaSlice<f32>,
     pub style: RopeStyle,
     pub head_dim: usize,
+    /// Qwen3's per-head RMS norms of q and k (`[head_dim]` weights) and their epsilon,
+    /// applied before the rotation.
+    pub norms: Option<(&'a CudaTensor, &'a CudaTensor, f32)>,
 }
+
+/// Most head dims the fused kernel normalises (`QKV_NORM_MAX_HEAD_DIM` in kernels/rope.cu).
+pub const QKV_NORM_MAX_HEAD_DIM: usize = 512;
 
 impl CudaDevice {
     /// `q_out[n, hq * hd]` = q of `qkv[n, (hq + 2 hk) * hd]` rotated by `positions`; k rotated
@@ -66,6 +72,18 @@ impl CudaDevice {
             );
         }
         v_cache.expect_shape(k_cache.shape(), "qkv_rope_cache v cache")?;
+        if let Some((qn, kn, _)) = p.norms {
+            if p.head_dim > QKV_NORM_MAX_HEAD_DIM {
+                bail!(
+                    "qkv_rope_cache: per-head norms of head dim {} (at most {QKV_NORM_MAX_HEAD_DIM})",
+                    p.head_dim
+                );
+            }
+            for (t, what) in [(qn, "q norm"), (kn, "k norm")] {
+                t.expect_shape(&[p.head_dim], what)?;
+                t.expect_dtype(qkv.dtype(), what)?;
+            }
+        }
         for (t, what) in [
             (&*q_out, "q"),
             (&*k_cache, "k cache"),
@@ -117,6 +135,13 @@ impl CudaDevice {
             .arg(qkv.data());
         args.arg(p.positions).arg(p.inv_freq).arg(p.slot_mapping);
         args.arg(&hq_i).arg(&hk_i).arg(&hd_i).arg(&neox).arg(&slots);
+        // Without norms the kernel never reads their pointers; qkv stands in.
+        let (q_norm, k_norm, eps) = p.norms.map_or((qkv, qkv, 0.0), |(q, k, e)| (q, k, e));
+        let has_norm = i32::from(p.norms.is_some());
+        args.arg(q_norm.data())
+            .arg(k_norm.data())
+            .arg(&eps)
+            .arg(&has_norm);
         // SAFETY: matches kernels/rope.cu; shapes checked above, slots bounds-checked in the
         // kernel.
         unsafe { args.launch(config) }.context("qkv_rope_cache launch")?;

@@ -1,6 +1,8 @@
 //! Selftest case of the fused attention entry (`qkv_rope_cache`): the rotated q and the
 //! caches after the kernel, against the reference's rope and cache write on the split rows,
-//! at a decode batch and a prefill batch of the real shape, with a padding token (slot -1).
+//! at a decode batch and a prefill batch of the real shape, with a padding token (slot -1),
+//! with and without Qwen3's per-head q/k RMS norms (the reference rounds the normalised
+//! heads to the dtype, as the unfused rms_norm stores them).
 
 use super::compare::Check;
 use super::suite::Suite;
@@ -13,13 +15,13 @@ use rand::Rng;
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     for n in [32, s.sizes.prefill_tokens] {
         for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
-            case(s, dtype, n, style)?;
+            case(s, dtype, n, style, false)?;
         }
     }
-    Ok(())
+    case(s, dtype, 32, RopeStyle::Neox, true)
 }
 
-fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle) -> Result<()> {
+fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle, norm: bool) -> Result<()> {
     let sz = s.sizes;
     let (hq, hk, hd) = (sz.q_heads, sz.kv_heads, sz.head_dim);
     let (q_width, kv_width) = (hq * hd, hk * hd);
@@ -37,6 +39,8 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle) -> Result<(
     slots[n - 1] = -1;
 
     let qkv_host = s.random(n * row, 1.0, dtype);
+    let (q_norm_host, k_norm_host) = (s.random(hd, 1.5, dtype), s.random(hd, 1.5, dtype));
+    let eps = 1e-6f32;
     let mut k_cache_host = s.random(num_slots * kv_width, 1.0, dtype);
     let mut v_cache_host = s.random(num_slots * kv_width, 1.0, dtype);
     let dev = s.dev;
@@ -45,6 +49,8 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle) -> Result<(
     let mut q = CudaTensor::zeros(dev, dtype, &[n, q_width])?;
     let mut k_cache = CudaTensor::from_f32(dev, dtype, &cache_shape, &k_cache_host)?;
     let mut v_cache = CudaTensor::from_f32(dev, dtype, &cache_shape, &v_cache_host)?;
+    let q_norm = CudaTensor::from_f32(dev, dtype, &[hd], &q_norm_host)?;
+    let k_norm = CudaTensor::from_f32(dev, dtype, &[hd], &k_norm_host)?;
     let (pos_dev, slots_dev, freq_dev) = (
         dev.upload(&positions)?,
         dev.upload(&slots)?,
@@ -56,6 +62,7 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle) -> Result<(
         inv_freq: &freq_dev,
         style,
         head_dim: hd,
+        norms: norm.then_some((&q_norm, &k_norm, eps)),
     };
     dev.qkv_rope_cache(&qkv, &mut q, &mut k_cache, &mut v_cache, &params)?;
 
@@ -71,6 +78,11 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle) -> Result<(
         column(q_width, kv_width),
         column(q_width + kv_width, kv_width),
     );
+    if norm {
+        let rounded = |v: Vec<f32>| v.into_iter().map(|x| dtype.round(x)).collect::<Vec<_>>();
+        q_ref = rounded(reference::rms_norm(&q_ref, &q_norm_host, eps));
+        k_ref = rounded(reference::rms_norm(&k_ref, &k_norm_host, eps));
+    }
     let neox = style == RopeStyle::Neox;
     reference::rope(&mut q_ref, &positions, &inv_freq, hq, hd, neox);
     reference::rope(&mut k_ref, &positions, &inv_freq, hk, hd, neox);
@@ -87,13 +99,19 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle) -> Result<(
     gpu.extend(v_cache.to_f32(dev)?);
     q_ref.extend(k_cache_host);
     q_ref.extend(v_cache_host);
-    let label = if neox {
-        "qkv_rope_cache(neox)"
-    } else {
-        "qkv_rope_cache(interleaved)"
+    let label = match (neox, norm) {
+        (true, false) => "qkv_rope_cache(neox)",
+        (false, false) => "qkv_rope_cache(interleaved)",
+        (_, true) => "qkv_rope_cache(neox, q/k norm)",
     };
     let shape = format!("qkv[{n}, {hq}+{hk}+{hk} x {hd}], 1 pad token");
-    let check_row = s.check(label, shape, dtype, Check::Elementwise, &gpu, &q_ref);
+    // The norm's sum of squares may round a normalised value the other way: a reduction.
+    let check = if norm {
+        Check::Reduction
+    } else {
+        Check::Elementwise
+    };
+    let check_row = s.check(label, shape, dtype, check, &gpu, &q_ref);
     s.time(check_row, || {
         dev.qkv_rope_cache(&qkv, &mut q, &mut k_cache, &mut v_cache, &params)
     })?;
