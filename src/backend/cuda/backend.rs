@@ -8,6 +8,7 @@ use super::batch_meta::HostBatchMeta;
 use super::decode_graphs::{Recordings, SendGraph};
 use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
+use super::gemv::GEMV_MAX_ROWS;
 use super::gemv_norm::AddNormInput;
 use super::image_flash::FlashLayouts;
 use super::ops::RopeStyle;
@@ -510,16 +511,19 @@ impl Backend for CudaBackend {
     ) -> Result<(CudaTensor, CudaTensor)> {
         if let (true, &[rows, width], &[out_features, _]) = (self.fused_gemv, x.shape(), w.shape())
         {
-            let mut out = self.output(x.dtype(), &[rows, out_features])?;
-            let mut sum = self.output(x.dtype(), &[rows, width])?;
-            let input = AddNormInput {
-                x: &x,
-                residual: &residual,
-                norm_weight: norm.0,
-                eps: norm.1 as f32,
-            };
-            if rows > 0 && self.dev.add_norm_gemv(&input, w, b, &mut out, &mut sum)? {
-                return Ok((out, sum));
+            // Decode rows only: larger batches never reach the kernel, so allocate nothing.
+            if (1..=GEMV_MAX_ROWS).contains(&rows) {
+                let mut out = self.output(x.dtype(), &[rows, out_features])?;
+                let mut sum = self.output(x.dtype(), &[rows, width])?;
+                let input = AddNormInput {
+                    x: &x,
+                    residual: &residual,
+                    norm_weight: norm.0,
+                    eps: norm.1 as f32,
+                };
+                if self.dev.add_norm_gemv(&input, w, b, &mut out, &mut sum)? {
+                    return Ok((out, sum));
+                }
             }
         }
         let (normed, sum) = self.add_rms_norm(x, residual, norm.0, norm.1)?;
@@ -535,9 +539,12 @@ impl Backend for CudaBackend {
         if let (true, &[rows, _], &[out_features, _]) =
             (self.fused_gemv, gate_up.shape(), w.shape())
         {
-            let mut out = self.output(gate_up.dtype(), &[rows, out_features])?;
-            if rows > 0 && self.dev.silu_mul_gemv(gate_up, w, b, &mut out)? {
-                return Ok(out);
+            // As above: only one or two rows can take the fused kernel.
+            if (1..=GEMV_MAX_ROWS).contains(&rows) {
+                let mut out = self.output(gate_up.dtype(), &[rows, out_features])?;
+                if self.dev.silu_mul_gemv(gate_up, w, b, &mut out)? {
+                    return Ok(out);
+                }
             }
         }
         self.linear(&self.silu_mul(gate_up)?, w, b)

@@ -5,7 +5,7 @@
 //! take (more rows, unaligned, `KILN_GEMV=0`) keep the two-step path.
 
 use super::device::CudaDevice;
-use super::gemv::{choose_linear, gemv_enabled, LinearPath, LinearShape, GEMV_MAX_ROWS};
+use super::gemv::{choose_linear, gemv_enabled, LinearPath, LinearShape};
 use super::tensor::CudaTensor;
 use anyhow::{bail, Result};
 
@@ -52,7 +52,7 @@ impl CudaDevice {
         let Some(op) = gemv_silu_op(m) else {
             return Ok(false);
         };
-        if m > GEMV_MAX_ROWS || choose_linear(gemv_enabled(), shape) != LinearPath::Gemv {
+        if choose_linear(gemv_enabled(), shape) != LinearPath::Gemv {
             return Ok(false);
         }
         // SAFETY: choose_linear checked K % 8, alignment and the int ranges; the dims and
