@@ -9,34 +9,37 @@
 // Each warp owns GEMV_ROWS_PER_WARP output columns n (rows of w): lane l streams the 16-byte
 // vectors l, l + 32, ... of those weight rows, GEMV_UNROLL vectors per row in flight, and
 // multiplies them with the matching vectors of x. x is staged in shared memory in chunks of
-// GEMV_SMEM_BYTES (whole K when it fits: 8192 bf16 values per row for M = 1) and read once
-// per vector for all rows of the warp. Lanes reduce with shuffles; lane r * MT + m writes
+// GEMV_SMEM_BYTES (whole K when it fits: 16384 bf16 values per row for M = 1, so the 8B's
+// down projection, K = 14336, stages once) and read once per vector for all rows of the
+// warp. Each chunk's first weight loads are issued before its staging (they do not depend
+// on x), and every step loads the next step's weights before multiplying its own, so the
+// staging's latency and the multiplies hide behind weight traffic. Lanes reduce with shuffles; lane r * MT + m writes
 // y[m, row0 + r]. Blocks are small (4 warps, 8 output columns) so even N = 4096 gives 512
 // blocks, several per SM.
-//
-// gemv<MT>_silu: the MLP's down projection fused with the SwiGLU before it. x is then the
-// gate_up row [m, 2K] = [g | u], and the staging writes silu(g) * u, rounded to the dtype
-// exactly as silu_mul (activation.cu) would store it, into shared memory: the same result
-// as silu_mul then gemv<MT>, without the launch and the [m, K] round trip.
 //
 // gemv<MT>_add_norm: a projection fused with the residual add + RMS norm before it. Every
 // block first finds each row's rms of x + residual (a few KB, from L2), then stages
 // rms_norm(x + residual) * norm_w into shared memory; block 0 also stores x + residual (the
 // new residual stream, rounded as fused_add_rms_norm rounds it) into res_out, which must
 // not alias res_in: the other blocks are still reading it.
+//
+// gemv<MT>_add_norm_swiglu: the same for the MLP's gate_up projection (w [2I, K] = [gate |
+// up] rows), with the SwiGLU as its epilogue: each warp takes gate row c and up row c + I
+// instead of two neighbouring rows, and writes y[m, c] = silu(g) * u ([m, I]), g and u
+// rounded to the dtype first, so the result is the plain kernel's [m, 2I] followed by
+// silu_mul (activation.cu) bit for bit, without that launch and the round trip.
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
 #define GEMV_ROWS_PER_WARP 2
 #define GEMV_UNROLL 4
-#define GEMV_SMEM_BYTES 16384
+#define GEMV_SMEM_BYTES 32768
 
 // 16 bytes of a weight or activation row: 8 16-bit values or 4 f32.
 typedef KilnVec16 GemvVec;
 
 // How the staging turns the input rows into the x the GEMV multiplies.
 #define GEMV_PLAIN 0     // x as it is
-#define GEMV_SILU 1      // x = silu(g) * u of gate_up rows [g | u] (twice as wide)
 #define GEMV_ADD_NORM 2  // x = rms_norm(x + residual) * norm_w; the sum is also stored
 
 // The extra operands of GEMV_ADD_NORM (unused otherwise).
@@ -47,19 +50,6 @@ struct GemvNorm {
     const typename D::T* norm_w;   // [K]
     float eps;
 };
-
-// silu(g) * u of the values of two vectors, each rounded to D::T as silu_mul stores it.
-template <typename D>
-__device__ __forceinline__ GemvVec gemv_silu_mul_vec(const GemvVec& gv, const GemvVec& uv) {
-    constexpr int PER = 16 / (int)sizeof(typename D::T);
-    float g[PER], u[PER];
-    kiln_unpack16<D>(gv, g);
-    kiln_unpack16<D>(uv, u);
-    typename D::T out[PER];
-#pragma unroll
-    for (int j = 0; j < PER; ++j) out[j] = D::store(g[j] / (1.0f + expf(-g[j])) * u[j]);
-    return kiln_pack16(out);
-}
 
 // x + residual per value, rounded to D::T as fused_add_rms_norm rounds the residual stream.
 template <typename D>
@@ -110,7 +100,23 @@ __device__ __forceinline__ GemvVec gemv_add_norm_vec(const typename D::T* x, con
     return kiln_pack16(out);
 }
 
-template <typename D, int MT, int MODE>
+// One step's weight vectors: vectors c0 + v0 + 32 u (u < GEMV_UNROLL) of each of the warp's
+// R rows, zero past the chunk's cvecs vectors (never read).
+template <int R>
+__device__ __forceinline__ void gemv_load_step(GemvVec (&wv)[GEMV_UNROLL][R],
+                                               const GemvVec* const (&wrow)[R], int c0, int v0,
+                                               int cvecs) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; ++u) {
+        const int v = v0 + 32 * u;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            wv[u][r] = v < cvecs ? wrow[r][c0 + v] : GemvVec{{0u, 0u, 0u, 0u}};
+        }
+    }
+}
+
+template <typename D, int MT, int MODE, bool SWIGLU>
 __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                                           const typename D::T* __restrict__ x,
                                           const typename D::T* __restrict__ w,
@@ -125,13 +131,17 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
     const int warp = threadIdx.x >> 5;
     const int row0 = ((int)blockIdx.x * GEMV_WARPS + warp) * R;
     const int kvecs = k / PER;
+    // SWIGLU: output column c of [m, I] (I = n / 2) from gate row c and up row c + I.
+    const int half = n / 2;
+    const int col = (int)blockIdx.x * GEMV_WARPS + warp;
+    static_assert(!SWIGLU || R == 2, "the SwiGLU epilogue pairs a gate row with an up row");
 
     // Rows past N (the last block) read row N - 1 and write nothing: every thread must
     // stay for the block barriers.
     const GemvVec* wrow[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        const int row = min(row0 + r, n - 1);
+        const int row = SWIGLU ? min(col, half - 1) + r * half : min(row0 + r, n - 1);
         wrow[r] = reinterpret_cast<const GemvVec*>(w + (long long)row * k);
     }
     float acc[R][MT];
@@ -140,6 +150,10 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
 #pragma unroll
         for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
     }
+
+    // The first chunk's first weight vectors, in flight during the rms pass and staging.
+    GemvVec wv[GEMV_UNROLL][R];
+    gemv_load_step<R>(wv, wrow, 0, lane, min(CHUNK_VECS, kvecs));
 
     // GEMV_ADD_NORM: each block finds the rows' rms itself (x and the residual are a few KB,
     // read from L2), so no separate norm launch is needed.
@@ -154,16 +168,14 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
 
     for (int c0 = 0; c0 < kvecs; c0 += CHUNK_VECS) {
         const int cvecs = min(CHUNK_VECS, kvecs - c0);
+        if (c0 > 0) gemv_load_step<R>(wv, wrow, c0, lane, cvecs);
         __syncthreads();  // the previous chunk's readers are done with xs
         for (int i = threadIdx.x; i < MT * cvecs; i += GEMV_THREADS) {
             const int m = i / cvecs;
             const int v = i - m * cvecs;
             GemvVec val = {{0u, 0u, 0u, 0u}};
             if (m < m_rows) {
-                if constexpr (MODE == GEMV_SILU) {
-                    const GemvVec* row = reinterpret_cast<const GemvVec*>(x + (long long)m * 2 * k);
-                    val = gemv_silu_mul_vec<D>(row[c0 + v], row[kvecs + c0 + v]);
-                } else if constexpr (MODE == GEMV_ADD_NORM) {
+                if constexpr (MODE == GEMV_ADD_NORM) {
                     // MT is 1 or 2 here: no dynamically indexed register array.
                     const float inv = (MT == 1 || m == 0) ? inv_rms[0] : inv_rms[MT - 1];
                     val = gemv_add_norm_vec<D>(x, nm, m, k, c0 + v, inv);
@@ -176,16 +188,10 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
         __syncthreads();
 
         for (int v0 = lane; v0 < cvecs; v0 += 32 * GEMV_UNROLL) {
-            // All loads first, so GEMV_UNROLL * R vectors per lane are in flight.
-            GemvVec wv[GEMV_UNROLL][R];
-#pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; ++u) {
-                const int v = v0 + 32 * u;
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    wv[u][r] = v < cvecs ? wrow[r][c0 + v] : GemvVec{{0u, 0u, 0u, 0u}};
-                }
-            }
+            // The next step's weights go out before this step's multiplies (past the chunk
+            // nothing is read: every vector is bounds-checked).
+            GemvVec next[GEMV_UNROLL][R];
+            gemv_load_step<R>(next, wrow, c0, v0 + 32 * GEMV_UNROLL, cvecs);
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; ++u) {
                 const int v = v0 + 32 * u;
@@ -205,6 +211,11 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                     }
                 }
             }
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; ++u) {
+#pragma unroll
+                for (int r = 0; r < R; ++r) wv[u][r] = next[u][r];
+            }
         }
     }
 
@@ -213,15 +224,33 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
 #pragma unroll
         for (int m = 0; m < MT; ++m) acc[r][m] = kiln_warp_sum(acc[r][m]);
     }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
+    if constexpr (SWIGLU) {
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
-            const int row = row0 + r;
-            if (lane == r * MT + m && row < n && m < m_rows) {
-                float v = acc[r][m];
-                if (has_bias) v += D::load(bias[row]);
-                y[(long long)m * n + row] = D::store(v);
+            if (lane == m && col < half && m < m_rows) {
+                float g = acc[0][m];
+                float u = acc[1][m];
+                if (has_bias) {
+                    g += D::load(bias[col]);
+                    u += D::load(bias[col + half]);
+                }
+                // Rounded as the plain kernel stores them, then silu_mul's formula.
+                g = D::load(D::store(g));
+                u = D::load(D::store(u));
+                y[(long long)m * half + col] = D::store(g / (1.0f + expf(-g)) * u);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                const int row = row0 + r;
+                if (lane == r * MT + m && row < n && m < m_rows) {
+                    float v = acc[r][m];
+                    if (has_bias) v += D::load(bias[row]);
+                    y[(long long)m * n + row] = D::store(v);
+                }
             }
         }
     }
@@ -234,29 +263,35 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
     KILN_GEMV_PARAMS(D), D::T *res_out, const D::T *res_in, const D::T *norm_w, float eps
 #define KILN_GEMV(S, D)                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_##S(KILN_GEMV_PARAMS(D)) {      \
-        gemv_impl<D, 1, GEMV_PLAIN>(KILN_GEMV_ARGS, GemvNorm<D>{});                                  \
+        gemv_impl<D, 1, GEMV_PLAIN, false>(KILN_GEMV_ARGS, GemvNorm<D>{});                           \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_##S(KILN_GEMV_PARAMS(D)) {      \
-        gemv_impl<D, 2, GEMV_PLAIN>(KILN_GEMV_ARGS, GemvNorm<D>{});                                  \
+        gemv_impl<D, 2, GEMV_PLAIN, false>(KILN_GEMV_ARGS, GemvNorm<D>{});                           \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv4_##S(KILN_GEMV_PARAMS(D)) {      \
-        gemv_impl<D, 4, GEMV_PLAIN>(KILN_GEMV_ARGS, GemvNorm<D>{});                                  \
+        gemv_impl<D, 4, GEMV_PLAIN, false>(KILN_GEMV_ARGS, GemvNorm<D>{});                           \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8_##S(KILN_GEMV_PARAMS(D)) {      \
-        gemv_impl<D, 8, GEMV_PLAIN>(KILN_GEMV_ARGS, GemvNorm<D>{});                                  \
-    }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_silu_##S(KILN_GEMV_PARAMS(D)) { \
-        gemv_impl<D, 1, GEMV_SILU>(KILN_GEMV_ARGS, GemvNorm<D>{});                                   \
-    }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_silu_##S(KILN_GEMV_PARAMS(D)) { \
-        gemv_impl<D, 2, GEMV_SILU>(KILN_GEMV_ARGS, GemvNorm<D>{});                                   \
+        gemv_impl<D, 8, GEMV_PLAIN, false>(KILN_GEMV_ARGS, GemvNorm<D>{});                           \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                       \
         gemv1_add_norm_##S(KILN_GEMV_NORM_PARAMS(D)) {                                               \
-        gemv_impl<D, 1, GEMV_ADD_NORM>(KILN_GEMV_ARGS, GemvNorm<D>{res_out, res_in, norm_w, eps});   \
+        gemv_impl<D, 1, GEMV_ADD_NORM, false>(KILN_GEMV_ARGS,                                        \
+                                              GemvNorm<D>{res_out, res_in, norm_w, eps});            \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                       \
         gemv2_add_norm_##S(KILN_GEMV_NORM_PARAMS(D)) {                                               \
-        gemv_impl<D, 2, GEMV_ADD_NORM>(KILN_GEMV_ARGS, GemvNorm<D>{res_out, res_in, norm_w, eps});   \
+        gemv_impl<D, 2, GEMV_ADD_NORM, false>(KILN_GEMV_ARGS,                                        \
+                                              GemvNorm<D>{res_out, res_in, norm_w, eps});            \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                       \
+        gemv1_add_norm_swiglu_##S(KILN_GEMV_NORM_PARAMS(D)) {                                        \
+        gemv_impl<D, 1, GEMV_ADD_NORM, true>(KILN_GEMV_ARGS,                                         \
+                                             GemvNorm<D>{res_out, res_in, norm_w, eps});             \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                       \
+        gemv2_add_norm_swiglu_##S(KILN_GEMV_NORM_PARAMS(D)) {                                        \
+        gemv_impl<D, 2, GEMV_ADD_NORM, true>(KILN_GEMV_ARGS,                                         \
+                                             GemvNorm<D>{res_out, res_in, norm_w, eps});             \
     }
 KILN_FOR_EACH_DTYPE(KILN_GEMV)

@@ -11,6 +11,12 @@
 #   KILN=path/to/kiln   the binary (default: the bundle's)
 #   OUT=dir             where results go (default: ./gpu-check-out)
 #   BUDGET_S=270        total time budget; optional steps are skipped once it is spent
+# SELFTEST_ONLY=gemv,attention runs only those selftest groups (`kiln selftest --only`).
+# Optional parts, each on unless set to 0: HF (transformers baselines), HF_COMPILED,
+# STARTUP, IMAGE_BENCH, NO_GEMV_AB, EAGER_AB, CUBLASLT_AB, LONG, NCU, NSYS, PREFILL_AB,
+# THROUGHPUT, TP_LATENCY; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
+# those A/Bs' variants;
+# SELFTEST_GENERIC=1 adds the generic decode kernel's selftest.
 set -u
 
 BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
@@ -77,7 +83,7 @@ step gpus 30 yes gpus.json -- "$KILN" gpus --json
 # Every op against the CPU (75 s in the eighth run; the ninth session added the fused GEMVs,
 # the fused QKV entry, cuBLASLt at every 8B shape, image flash attention and the implicit-GEMM
 # conv at VAE shapes, whose CPU references are the slow part).
-step selftest 300 yes selftest.json -- "$KILN" selftest --json
+step selftest 300 yes selftest.json -- "$KILN" selftest --json ${SELFTEST_ONLY:+--only "$SELFTEST_ONLY"}
 # The split-K probe (scripts/kernel_emulator/gpu_probe.sh gpu-bundle/probe, built after the
 # bundle): the emulator's cases on this GPU, per compiler variant, to localise the split-K bug.
 if [ -x "$BUNDLE/probe/probe.sh" ]; then
@@ -108,11 +114,11 @@ for arch in llama qwen2; do
         --dtype bfloat16 --block-size 4 --json
 done
 
-# The same through cuBLASLt (KILN_CUBLASLT=1: opt-in, so not required yet); qwen2's qkv
-# bias takes the fused epilogue.
+# The same through cublasGemmEx (KILN_CUBLASLT=0) instead of cuBLASLt, the default since
+# the tenth GPU run (qwen2's qkv bias takes cuBLASLt's fused epilogue in the checks above).
 for arch in llama qwen2; do
-    step "check_${arch}_bfloat16_cublaslt" 60 no "check_${arch}_bfloat16_cublaslt.json" -- \
-        env KILN_CUBLASLT=1 "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda \
+    step "check_${arch}_bfloat16_gemmex" 60 yes "check_${arch}_bfloat16_gemmex.json" -- \
+        env KILN_CUBLASLT=0 "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda \
         --dtype bfloat16 --block-size 4 --json
 done
 
@@ -173,6 +179,13 @@ step generate_8b_dummy 120 yes generate_8b_dummy.txt -- \
     "$KILN" generate --device cuda --model llama-3.1-8b --load-format dummy \
     --dtype bfloat16 --max-model-len 1024 --prompt "The river town" --max-tokens 8 --ignore-eos
 
+# Issue 6's startup target: process start to /health 200 for the 8B dummy model, with an
+# empty kernel cache and with a warm one (<= 15 s and <= 8 s), then a chat completion.
+if [ -f "$BUNDLE/scripts/gpu-startup-check.sh" ] && [ "${STARTUP:-1}" = 1 ]; then
+    step startup_8b 100 no startup_8b.json -- \
+        env KILN="$KILN" LOG="$OUT/startup_8b_serve.log" bash "$BUNDLE/scripts/gpu-startup-check.sh"
+fi
+
 if "$KILN" bench latency --help >/dev/null 2>&1; then
     step bench_latency_8b 150 no bench_latency_8b.txt -- \
         "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
@@ -190,6 +203,16 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --batch-sizes 1,32 --result-json "$OUT/bench_latency_qwen05b.json"
 else
     printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"
+fi
+
+# HF transformers eager on the same shapes, same GPU, same run (the machine has torch): right
+# after kiln's own figures, so the prefill ratio is measured even on a short budget.
+HF_BASELINE="$BUNDLE/scripts/hf_baseline.py"
+PRESETS="${PRESETS:-$BUNDLE/models/presets}"
+if [ "${HF:-1}" = 1 ] && [ -f "$HF_BASELINE" ] && python3 -c "import torch, transformers" 2>/dev/null; then
+    step hf_baseline_8b 150 no hf_baseline_8b.json -- \
+        python3 "$HF_BASELINE" --config "$PRESETS/llama-3.1-8b.json" --batch-sizes 1,32 \
+        --input-len 128 --output-len 32 --prefill-len 1024
 fi
 
 # Diffusion (issue 9): SD 1.5 at 512x512, 50 Euler steps with CFG, batch 1, and SD-Turbo at
@@ -252,7 +275,7 @@ if [ "${IMAGE_BENCH:-1}" = 1 ]; then
 fi
 
 # Decode without the GEMV kernel (cuBLAS for every linear), for its A/B in the same run.
-if "$KILN" bench latency --help >/dev/null 2>&1; then
+if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${NO_GEMV_AB:-1}" = 1 ]; then
     step bench_latency_8b_no_gemv 120 no bench_latency_8b_no_gemv.txt -- \
         env KILN_GEMV=0 "$KILN" bench latency --device cuda --model llama-3.1-8b \
         --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
@@ -260,8 +283,9 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
 fi
 
 # Decode and the small model without the decode fusions (the QKV split + rope + cache write
-# kernel; the SwiGLU and the residual add + RMS norms folded into the GEMVs), for their A/B
-# in the same run: seven launches per layer more at batch 1.
+# kernel; the residual add + RMS norms folded into the QKV and gate_up GEMVs, the SwiGLU
+# into the gate_up GEMV's epilogue), for their A/B in the same run: seven launches per
+# layer more at batch 1.
 if "$KILN" bench latency --help >/dev/null 2>&1; then
     unfused="KILN_FUSED_QKV=0 KILN_FUSED_GEMV=0"
     step bench_latency_8b_unfused 120 no bench_latency_8b_unfused.txt -- \
@@ -274,20 +298,20 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         --output-len 64 --batch-sizes 1 --result-json "$OUT/bench_latency_qwen05b_unfused.json"
 fi
 
-# Linear layers through cuBLASLt (bias fused, algorithm cached per shape) instead of
-# cublasGemmEx, for the A/B in the same run: the 8B decode at batch 1/8/32 (graphs on, so
-# it also checks that cuBLASLt GEMMs record; compare with bench_latency_8b). The 1024-token
-# prefill's A/B is bench_prefill_8b_cublaslt below; the selftest's linear(cuBLASLt) rows
-# time each shape against cublasGemmEx.
+# Linear layers through cublasGemmEx (KILN_CUBLASLT=0) instead of cuBLASLt (the default:
+# bias fused, algorithm cached per shape), for the A/B in the same run: the 8B decode at
+# batch 1/8/32, to compare with bench_latency_8b. The 1024-token prefill's A/B is
+# bench_prefill_8b_gemmex below; the selftest's linear(cuBLASLt) rows time each shape
+# against cublasGemmEx.
 if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${CUBLASLT_AB:-1}" = 1 ]; then
-    step bench_latency_8b_cublaslt 150 no bench_latency_8b_cublaslt.txt -- \
-        env KILN_CUBLASLT=1 "$KILN" bench latency --device cuda --model llama-3.1-8b \
+    step bench_latency_8b_gemmex 150 no bench_latency_8b_gemmex.txt -- \
+        env KILN_CUBLASLT=0 "$KILN" bench latency --device cuda --model llama-3.1-8b \
         --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
-        --output-len 32 --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b_cublaslt.json"
+        --output-len 32 --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b_gemmex.json"
 fi
 
 # Decode with every kernel launched from the host, for the CUDA-graph A/B in the same run.
-if "$KILN" bench latency --help >/dev/null 2>&1; then
+if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${EAGER_AB:-1}" = 1 ]; then
     step bench_latency_8b_eager 150 no bench_latency_8b_eager.txt -- \
         "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
         --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
@@ -353,12 +377,12 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
     # Both earlier 1024-token prefill figures (17.5 and 43.9 ms) were prefix-cache hits (the
     # warm-up ran the measured prompt; it no longer does, and the JSON reports
     # prefill_cached_tokens). The same prefill without graphs, without the GEMV, without
-    # kiln's cuBLAS workspace and without prefix caching, and through cuBLASLt
-    # (KILN_CUBLASLT=1), to see what each costs.
+    # kiln's cuBLAS workspace and without prefix caching, and through cublasGemmEx
+    # (KILN_CUBLASLT=0), to see what each costs.
     if [ "${PREFILL_AB:-1}" = 1 ]; then
-        for variant in cublaslt eager no_gemv cublas_workspace no_prefix_cache; do
+        for variant in ${PREFILL_VARIANTS:-gemmex eager no_gemv cublas_workspace no_prefix_cache}; do
             case $variant in
-            cublaslt) envs="KILN_CUBLASLT=1" ;;
+            gemmex) envs="KILN_CUBLASLT=0" ;;
             eager) envs="KILN_ENFORCE_EAGER=1" ;;
             no_gemv) envs="KILN_GEMV=0" ;;
             cublas_workspace) envs="KILN_CUBLAS_WORKSPACE=0" ;;
@@ -372,12 +396,25 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
     fi
 fi
 
-# Offline throughput (prefill-heavy: 1024-token prompts, 128 output tokens).
+# Offline throughput (prefill-heavy: 1024-token prompts, 128 output tokens). Variants, for
+# A/Bs in the same run (THROUGHPUT_VARIANTS): default; no_mixed_split (a serving step's
+# decode rows stay in the tensor-core prefill kernel, KILN_SPLIT_MIXED_ATTENTION=0);
+# tokens8192 / tokens16384 (a larger per-step token budget than the default 2048).
 if [ "${THROUGHPUT:-1}" = 1 ]; then
-    step bench_throughput_8b 120 no bench_throughput_8b.txt -- \
-        "$KILN" bench throughput --device cuda --model llama-3.1-8b --load-format dummy \
-        --dtype bfloat16 --max-model-len 2048 --num-prompts 200 --input-len 1024 \
-        --output-len 128 --result-json "$OUT/bench_throughput_8b.json"
+    for variant in ${THROUGHPUT_VARIANTS:-default}; do
+        envs="KILN_THROUGHPUT_VARIANT=$variant"
+        flags=""
+        case $variant in
+        no_mixed_split) envs="KILN_SPLIT_MIXED_ATTENTION=0" ;;
+        tokens*) flags="--max-num-batched-tokens ${variant#tokens}" ;;
+        esac
+        name=bench_throughput_8b
+        [ "$variant" = default ] || name="bench_throughput_8b_${variant}"
+        step "$name" 120 no "$name.txt" -- \
+            env $envs "$KILN" bench throughput --device cuda --model llama-3.1-8b \
+            --load-format dummy --dtype bfloat16 --max-model-len 2048 --num-prompts 200 \
+            --input-len 1024 --output-len 128 $flags --result-json "$OUT/$name.json"
+    done
 fi
 
 # The same 8B model sharded over two ranks sharing the GPU: what the all-reduces cost a
@@ -389,19 +426,13 @@ if [ "${TP_LATENCY:-1}" = 1 ]; then
         --output-len 32 --batch-sizes 1,32 --result-json "$OUT/bench_latency_8b_tp2.json"
 fi
 
-# HF transformers eager on the same shapes, same GPU, same run (the machine has torch).
-HF_BASELINE="$BUNDLE/scripts/hf_baseline.py"
-PRESETS="${PRESETS:-$BUNDLE/models/presets}"
-if [ "${HF:-1}" = 1 ] && [ -f "$HF_BASELINE" ] && python3 -c "import torch, transformers" 2>/dev/null; then
-    step hf_baseline_8b 150 no hf_baseline_8b.json -- \
-        python3 "$HF_BASELINE" --config "$PRESETS/llama-3.1-8b.json" --batch-sizes 1,32 \
-        --input-len 128 --output-len 32 --prefill-len 1024
-    # transformers' fastest documented decode: static cache + torch.compile (issue 6's 2.5x bar).
+# transformers' fastest documented decode: static cache + torch.compile (issue 6's 2.5x bar).
+if [ "${HF:-1}" = 1 ] && [ "${HF_COMPILED:-1}" = 1 ] && [ -f "$HF_BASELINE" ] &&
+    python3 -c "import torch, transformers" 2>/dev/null; then
     step hf_baseline_8b_compiled 240 no hf_baseline_8b_compiled.json -- \
         python3 "$HF_BASELINE" --config "$PRESETS/llama-3.1-8b.json" --batch-sizes 1 \
         --input-len 128 --output-len 128 --prefill-len 1024 --mode static-compiled
 fi
-
 
 # Headline numbers, pulled out of the logs for the summary.
 grep -ho "weights loaded in [0-9.]* s" "$OUT"/generate_8b_dummy.log 2>/dev/null |

@@ -42,6 +42,10 @@ enum Command {
         /// Smaller shapes and fewer timing iterations.
         #[arg(long, env = "KILN_SELFTEST_QUICK")]
         quick: bool,
+        /// Run only these groups of cases (comma-separated): ops, attention, qkv, gemv,
+        /// gemv_fused, linear_lt, image, sampling, allocator, gemm_bench. Default: all.
+        #[arg(long, env = "KILN_SELFTEST_ONLY", value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -74,8 +78,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Selftest { json, quick } => {
-            if !kiln::backend::cuda::selftest::run(json, quick)? {
+        Command::Selftest { json, quick, only } => {
+            if !kiln::backend::cuda::selftest::run(json, quick, &only)? {
                 std::process::exit(1);
             }
             Ok(())

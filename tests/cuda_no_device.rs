@@ -20,5 +20,8 @@ fn selftest_without_device_passes() {
     if device_count().is_ok() {
         return;
     }
-    assert!(kiln::backend::cuda::selftest::run(true, true).unwrap());
+    assert!(kiln::backend::cuda::selftest::run(true, true, &[]).unwrap());
+    // An unknown group is refused before anything runs, GPU or not.
+    let only = ["no-such-group".to_string()];
+    assert!(kiln::backend::cuda::selftest::run(true, true, &only).is_err());
 }

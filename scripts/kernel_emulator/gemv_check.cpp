@@ -2,18 +2,19 @@
 // compares every output with a double-precision x W^T (+ bias) over the same dtype-rounded
 // inputs: M = 1..8 (each through the kernel the host picks, gemv1/2/4/8), odd N (a last
 // block with rows past N), K not a multiple of a warp's stride, K crossing the shared-memory
-// chunk of x (8192 16-bit values or 4096 f32 for M = 1, fewer for larger M), f32/f16/bf16,
+// chunk of x (16384 16-bit values or 8192 f32 for M = 1, fewer for larger M), f32/f16/bf16,
 // with and without bias, warps in forward, reverse and random order.
 //
 // The bound per element is tight enough that one missing or doubled 16-byte vector fails:
 // half an ulp of the dtype at |ref| (the one output rounding) plus 64 f32 ulps of
 // sum |x w| (the f32 accumulation; the real error is far below).
 //
-// gemv1_silu / gemv2_silu (the down projection fused with the SwiGLU) must equal silu_mul
-// then gemv1 / gemv2 exactly: the same roundings in the same order. gemv1_add_norm /
+// gemv1_add_norm /
 // gemv2_add_norm (a linear layer fused with the residual add + RMS norm before it) must store
 // the residual stream exactly as fused_add_rms_norm does, and give y within the GEMV bound
 // plus one dtype ulp per normalised value (its f32 sum of squares runs in another order).
+// gemv1_add_norm_swiglu / gemv2_add_norm_swiglu (the gate_up projection with the SwiGLU as
+// its epilogue) must equal gemv<m>_add_norm then silu_mul exactly, residual stream included.
 //
 //   gemv_check      exit status 1 if any case is off
 #include "cuda_emu.h"
@@ -116,43 +117,6 @@ void check(DType d, int m, int n, int k, bool bias, Order order) {
     std::printf("\n");
 }
 
-using SiluMulFn = void (*)(void*, const void*, long long, int);
-
-// gemv<MT>_silu on gate_up [m, 2k] against silu_mul into [m, k], then gemv<MT>.
-void check_silu(DType d, int m, int n, int k, bool bias, Order order) {
-    const std::vector<float> gu = random(d, static_cast<size_t>(m) * 2 * k, 4.0f);
-    const std::vector<float> w = random(d, static_cast<size_t>(n) * k, 1.0f);
-    const std::vector<float> b = random(d, n, 4.0f);
-    Buffer gub(d, gu), wb(d, w), bb(d, b);
-    Buffer fused = Buffer::unwritten(d, static_cast<size_t>(m) * n);
-    Buffer h = Buffer::unwritten(d, static_cast<size_t>(m) * k);
-    Buffer y = Buffer::unwritten(d, static_cast<size_t>(m) * n);
-    GemvFn gated = m == 1 ? KILN_PICK(GemvFn, gemv1_silu, d) : KILN_PICK(GemvFn, gemv2_silu, d);
-    const unsigned blocks = static_cast<unsigned>((n + GEMV_WARPS * GEMV_ROWS_PER_WARP - 1) /
-                                                  (GEMV_WARPS * GEMV_ROWS_PER_WARP));
-    const void* bias_ptr = bias ? bb.data() : wb.data();
-    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, order, 3, [&] {
-        gated(fused.data(), gub.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0);
-    });
-    auto silu = KILN_PICK(SiluMulFn, silu_mul, d);
-    kiln_emu::launch({2, 1, 1}, {64, 1, 1}, Order::Forward, 1,
-                     [&] { silu(h.data(), gub.data(), static_cast<long long>(m) * k, k); });
-    GemvFn plain = pick(d, m);
-    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 3, [&] {
-        plain(y.data(), h.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0);
-    });
-    size_t differ = 0;
-    for (size_t i = 0; i < y.size(); ++i) {
-        const float a = fused.at(i), want = y.at(i);
-        if (!(a == want)) ++differ;
-    }
-    failures += differ == 0 ? 0 : 1;
-    ++cases;
-    std::printf("%s  gemv_silu m=%d n=%-5d k=%-5d %-7s %-4s  %zu of %zu outputs differ from silu_mul + gemv\n",
-                differ == 0 ? "ok  " : "FAIL", m, n, k, bias ? "+bias" : "", dtype_name(d), differ,
-                y.size());
-}
-
 using GemvNormFn = void (*)(void*, const void*, const void*, const void*, int, int, int, int, void*,
                            const void*, const void*, float);
 using AddNormFn = void (*)(void*, void*, const void*, float, int);
@@ -216,6 +180,57 @@ void check_add_norm(DType d, int m, int n, int k, bool bias, Order order) {
                 ok ? "ok  " : "FAIL", m, n, k, bias ? "+bias" : "", dtype_name(d), worst, residual_differs);
 }
 
+
+using SiluMulFn = void (*)(void*, const void*, long long, int);
+
+// gemv<m>_add_norm_swiglu (y [m, I] from w [2I, K]) against gemv<m>_add_norm (y [m, 2I])
+// then silu_mul: bit for bit, the residual stream too.
+void check_swiglu(DType d, int m, int inter, int k, bool bias, Order order) {
+    const int n = 2 * inter;
+    const std::vector<float> x = random(d, static_cast<size_t>(m) * k, 2.0f);
+    const std::vector<float> r = random(d, static_cast<size_t>(m) * k, 2.0f);
+    const std::vector<float> nw = random(d, k, 1.5f);
+    const std::vector<float> w = random(d, static_cast<size_t>(n) * k, 1.0f);
+    const std::vector<float> b = random(d, n, 4.0f);
+    const float eps = 1e-5f;
+    Buffer xb(d, x), rb(d, r), nwb(d, nw), wb(d, w), bb(d, b);
+    Buffer act = Buffer::unwritten(d, static_cast<size_t>(m) * inter);
+    Buffer res_fused = Buffer::unwritten(d, static_cast<size_t>(m) * k);
+    Buffer gate_up = Buffer::unwritten(d, static_cast<size_t>(m) * n);
+    Buffer res_plain = Buffer::unwritten(d, static_cast<size_t>(m) * k);
+    Buffer want = Buffer::unwritten(d, static_cast<size_t>(m) * inter);
+    GemvNormFn fused = m == 1 ? KILN_PICK(GemvNormFn, gemv1_add_norm_swiglu, d)
+                              : KILN_PICK(GemvNormFn, gemv2_add_norm_swiglu, d);
+    GemvNormFn plain = m == 1 ? KILN_PICK(GemvNormFn, gemv1_add_norm, d)
+                              : KILN_PICK(GemvNormFn, gemv2_add_norm, d);
+    // The host's launch for both: one block per 8 rows of w (4 output columns of the SwiGLU).
+    const unsigned blocks = static_cast<unsigned>((n + GEMV_WARPS * GEMV_ROWS_PER_WARP - 1) /
+                                                  (GEMV_WARPS * GEMV_ROWS_PER_WARP));
+    const void* bias_ptr = bias ? bb.data() : wb.data();
+    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, order, 3, [&] {
+        fused(act.data(), xb.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0, res_fused.data(),
+              rb.data(), nwb.data(), eps);
+    });
+    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 3, [&] {
+        plain(gate_up.data(), xb.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0,
+              res_plain.data(), rb.data(), nwb.data(), eps);
+    });
+    auto silu = KILN_PICK(SiluMulFn, silu_mul, d);
+    kiln_emu::launch({2, 1, 1}, {64, 1, 1}, Order::Forward, 1, [&] {
+        silu(want.data(), gate_up.data(), static_cast<long long>(m) * inter, inter);
+    });
+    size_t differ = 0, residual_differs = 0;
+    for (size_t i = 0; i < want.size(); ++i) differ += act.at(i) == want.at(i) ? 0 : 1;
+    for (size_t i = 0; i < res_plain.size(); ++i)
+        residual_differs += res_fused.at(i) == res_plain.at(i) ? 0 : 1;
+    const bool ok = differ == 0 && residual_differs == 0;
+    failures += ok ? 0 : 1;
+    ++cases;
+    std::printf("%s  gemv_add_norm_swiglu m=%d I=%-5d k=%-5d %-7s %-4s  %zu of %zu outputs, %zu residual values differ from add_norm gemv + silu_mul\n",
+                ok ? "ok  " : "FAIL", m, inter, k, bias ? "+bias" : "", dtype_name(d), differ,
+                want.size(), residual_differs);
+}
+
 }  // namespace
 
 int main() {
@@ -229,24 +244,29 @@ int main() {
         // Tiny: one output, one vector (f32: two).
         check(d, 1, 1, 8, false, Order::Forward);
         check(d, 3, 5, 8, true, Order::Random);
-        // K crossing the x chunk for M = 1 (8192 16-bit / 4096 f32 values per chunk) and
-        // several chunks for M = 8 (1024 / 512 values per chunk); many unrolled iterations.
-        check(d, 1, 13, 8200, false, Order::Random);
-        check(d, 2, 11, 4104, true, Order::Reverse);
+        // K crossing the x chunk for M = 1 (16384 16-bit / 8192 f32 values per chunk) and
+        // M = 2 (8192 / 4096), several chunks for M = 8 (2048 / 1024 values per chunk); many
+        // unrolled iterations; the 8B's down projection (K = 14336: one 16-bit chunk).
+        check(d, 1, 13, 16400, false, Order::Random);
+        check(d, 2, 11, 8200, true, Order::Reverse);
+        check(d, 1, 9, 14336, false, Order::Forward);
+        check(d, 2, 7, 4104, true, Order::Random);
         check(d, 5, 9, 1032, false, Order::Forward);
         check(d, 8, 17, 2056, true, Order::Random);
         // Exactly filled blocks and a long K with all lanes busy.
         check(d, 1, 16, 4096, false, Order::Forward);
         check(d, 4, 24, 1024, true, Order::Reverse);
-        // The fused SwiGLU + down projection: odd N, K crossing the x chunk, both kernels.
-        check_silu(d, 1, 37, 136, false, Order::Reverse);
-        check_silu(d, 2, 11, 4104, true, Order::Random);
-        check_silu(d, 1, 13, 8200, true, Order::Forward);
         // The residual add + RMS norm fused in front: both kernels, the x chunk crossed.
         check_add_norm(d, 1, 37, 136, false, Order::Reverse);
         check_add_norm(d, 2, 19, 1032, true, Order::Random);
-        check_add_norm(d, 1, 9, 8200, true, Order::Forward);
-        check_add_norm(d, 2, 11, 4104, false, Order::Forward);
+        check_add_norm(d, 1, 9, 16400, true, Order::Forward);
+        check_add_norm(d, 2, 11, 8200, false, Order::Forward);
+        // The gate_up projection with the SwiGLU epilogue: an odd I (the last block's last
+        // warps past I), both kernels, the x chunk crossed, with and without bias.
+        check_swiglu(d, 1, 37, 136, false, Order::Reverse);
+        check_swiglu(d, 2, 19, 1032, true, Order::Random);
+        check_swiglu(d, 1, 13, 16400, true, Order::Forward);
+        check_swiglu(d, 2, 6, 8200, false, Order::Forward);
     }
     std::printf("%d cases: %s\n", cases,
                 failures == 0 ? "the gemv kernels match the reference" : "SOME CASES FAILED");

@@ -162,14 +162,19 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Self::Tensor, Self::Tensor)>;
     /// `silu(gate) * up` where `gate_up: [n, 2 * I]` holds gate in its first half.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
-    /// The MLP's tail, `linear(silu_mul(gate_up), w, b)`; devices may fuse the two.
-    fn silu_mul_linear(
+    /// The MLP's head: `add_rms_norm_linear` into the gate_up projection `w: [2 * I, k]`,
+    /// then `silu_mul`: `(silu(gate) * up: [n, I], sum)`. Devices may fuse all three for a
+    /// few rows.
+    fn add_rms_norm_swiglu(
         &self,
-        gate_up: &Self::Tensor,
+        x: Self::Tensor,
+        residual: Self::Tensor,
+        norm: (&Self::Tensor, f64),
         w: &Self::Tensor,
         b: Option<&Self::Tensor>,
-    ) -> Result<Self::Tensor> {
-        self.linear(&self.silu_mul(gate_up)?, w, b)
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let (gate_up, sum) = self.add_rms_norm_linear(x, residual, norm, w, b)?;
+        Ok((self.silu_mul(&gate_up)?, sum))
     }
     /// Splits the columns of `x: [n, sum(widths)]` into consecutive parts.
     fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;

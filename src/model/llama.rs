@@ -499,7 +499,7 @@ impl<B: Backend> LlamaModel<B> {
             };
             let attn =
                 comm.all_reduce_sum(be, self.attention_block(be, layer, i, qkv, meta, cache)?)?;
-            let (gate_up, sum) = be.add_rms_norm_linear(
+            let (act, sum) = be.add_rms_norm_swiglu(
                 attn,
                 residual.take().expect("set above"),
                 (&layer.post_attention_norm, eps),
@@ -507,7 +507,7 @@ impl<B: Backend> LlamaModel<B> {
                 None,
             )?;
             residual = Some(sum);
-            hidden = comm.all_reduce_sum(be, be.silu_mul_linear(&gate_up, &layer.down, None)?)?;
+            hidden = comm.all_reduce_sum(be, be.linear(&act, &layer.down, None)?)?;
         }
         let residual = residual.context("model has no layers")?;
         // Decode steps want every row in order: no gather.

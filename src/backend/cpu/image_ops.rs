@@ -6,6 +6,9 @@ use crate::backend::DType;
 use anyhow::{Context, Result};
 use candle_core::{DType as CDType, Device, Tensor, D};
 
+/// Bytes of f32 attention scores one chunk of queries may take ([`CpuBackend::dense_attention`]).
+const SCORE_BYTES: usize = 256 << 20;
+
 fn f32_of(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(CDType::F32)?)
 }
@@ -215,46 +218,70 @@ impl ImageOps for CpuBackend {
         heads: usize,
         causal: bool,
     ) -> Result<Tensor> {
-        let (b, nq, width) = q.dims3()?;
-        let (_, nk, _) = k.dims3()?;
-        anyhow::ensure!(
-            width % heads == 0,
-            "attention: width {width} is not {heads} heads"
-        );
-        anyhow::ensure!(
-            k.dims() == v.dims() && k.dim(0)? == b && k.dim(2)? == width,
-            "attention: q {:?}, k {:?}, v {:?}",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-        anyhow::ensure!(!causal || nq == nk, "causal attention needs nq == nk");
-        let d = width / heads;
-        // [b, n, heads, d] -> [b, heads, n, d], in f32.
-        let split = |t: &Tensor, n: usize| -> Result<Tensor> {
-            Ok(f32_of(t)?
-                .reshape((b, n, heads, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let (qh, kh, vh) = (split(q, nq)?, split(k, nk)?, split(v, nk)?);
+        chunked_attention(q, k, v, heads, causal, SCORE_BYTES)
+    }
+}
+
+/// `softmax(q k^T / sqrt(d)) v` per batch entry and head (see [`ImageOps::dense_attention`]),
+/// with queries in chunks whose f32 scores take about `score_bytes`.
+fn chunked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    causal: bool,
+    score_bytes: usize,
+) -> Result<Tensor> {
+    let (b, nq, width) = q.dims3()?;
+    let (_, nk, _) = k.dims3()?;
+    anyhow::ensure!(
+        width % heads == 0,
+        "attention: width {width} is not {heads} heads"
+    );
+    anyhow::ensure!(
+        k.dims() == v.dims() && k.dim(0)? == b && k.dim(2)? == width,
+        "attention: q {:?}, k {:?}, v {:?}",
+        q.dims(),
+        k.dims(),
+        v.dims()
+    );
+    anyhow::ensure!(!causal || nq == nk, "causal attention needs nq == nk");
+    let d = width / heads;
+    // [b, n, heads, d] -> [b, heads, n, d], in f32.
+    let split = |t: &Tensor, n: usize| -> Result<Tensor> {
+        Ok(f32_of(t)?
+            .reshape((b, n, heads, d))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let (qh, kh, vh) = (split(q, nq)?, split(k, nk)?, split(v, nk)?);
+    let kt = kh.transpose(2, 3)?.contiguous()?;
+    // Queries in chunks, so the f32 scores stay near `score_bytes` whatever the sequence
+    // length: a 512x512 image through a VAE that only halves it attends over 65,536
+    // tokens, whose whole score matrix (16 GiB per head) would not fit in memory.
+    let rows = (score_bytes / (b * heads * nk * 4).max(1)).clamp(1, nq.max(1));
+    let mut parts = Vec::with_capacity(nq.div_ceil(rows));
+    for i0 in (0..nq).step_by(rows) {
+        let len = rows.min(nq - i0);
         let mut scores = qh
-            .matmul(&kh.transpose(2, 3)?.contiguous()?)?
+            .narrow(2, i0, len)?
+            .matmul(&kt)?
             .affine(1.0 / (d as f64).sqrt(), 0.0)?;
         if causal {
-            let mask: Vec<f32> = (0..nq)
+            let mask: Vec<f32> = (i0..i0 + len)
                 .flat_map(|i| (0..nk).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
                 .collect();
-            let mask = Tensor::from_vec(mask, (nq, nk), &Device::Cpu)?;
+            let mask = Tensor::from_vec(mask, (len, nk), &Device::Cpu)?;
             scores = scores.broadcast_add(&mask)?;
         }
-        let out = softmax_last(&scores)?.matmul(&vh)?;
-        Ok(out
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, nq, width))?
-            .to_dtype(q.dtype())?)
+        parts.push(softmax_last(&scores)?.matmul(&vh)?);
     }
+    let out = Tensor::cat(&parts, 2)?;
+    Ok(out
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, nq, width))?
+        .to_dtype(q.dtype())?)
 }
 
 #[cfg(test)]
@@ -284,6 +311,33 @@ mod tests {
         }
         // group 2: mean 15, var 75.
         assert!((y[7] - 15.0 / 75f32.sqrt()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn attention_in_query_chunks_equals_one_chunk() {
+        let (b, nq, nk, heads, d) = (2, 37, 29, 2, 3);
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (i as f32 * 0.37 + seed).sin() * 2.0)
+                .collect()
+        };
+        let tokens = |n: usize, seed: f32| t(&values(b * n * heads * d, seed), &[b, n, heads * d]);
+        // 5 query rows per chunk (the last chunk shorter) against all rows at once.
+        let chunks_agree = |k: &Tensor, v: &Tensor, causal: bool| {
+            let q = tokens(nq, 0.1);
+            let five_rows = 5 * b * heads * k.dim(1).unwrap() * 4;
+            let whole = vals(&chunked_attention(&q, k, v, heads, causal, usize::MAX).unwrap());
+            let chunked = vals(&chunked_attention(&q, k, v, heads, causal, five_rows).unwrap());
+            let worst = whole
+                .iter()
+                .zip(&chunked)
+                .map(|(a, c)| (a - c).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "causal {causal}: {worst}");
+        };
+        chunks_agree(&tokens(nk, 0.2), &tokens(nk, 0.3), false);
+        // Causal: each chunk's mask starts at its own first query.
+        chunks_agree(&tokens(nq, 0.4), &tokens(nq, 0.5), true);
     }
 
     #[test]

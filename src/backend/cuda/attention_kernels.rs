@@ -11,7 +11,7 @@ use super::ops_attention::AttentionMetadata;
 use super::tensor::CudaTensor;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{DevicePtr, LaunchArgs, PushKernelArg};
+use cudarc::driver::{CudaView, DevicePtr, LaunchArgs, PushKernelArg};
 
 /// The `int` arguments shared by the kernels, already range-checked.
 pub struct AttentionInts {
@@ -35,6 +35,25 @@ pub struct AttentionCall<'a> {
     pub scale: f32,
     pub ints: AttentionInts,
     pub tokens: usize,
+    /// The call covers sequences `first_seq .. first_seq + ints.num_seqs` of `meta` (a part
+    /// of a mixed batch); token indices stay absolute, as `query_start` holds them.
+    pub first_seq: usize,
+}
+
+/// The call's rows of the metadata: `(block_tables, query_start, context_lens)` from
+/// `first_seq` on.
+type MetaViews<'a> = (CudaView<'a, i32>, CudaView<'a, i32>, CudaView<'a, i32>);
+
+impl<'a> AttentionCall<'a> {
+    fn meta_views(&self) -> MetaViews<'a> {
+        let m = self.meta;
+        let s = self.first_seq;
+        (
+            m.block_tables.slice(s * m.max_blocks_per_seq..),
+            m.query_start.slice(s..),
+            m.context_lens.slice(s..),
+        )
+    }
 }
 
 /// The compute capability the kernels were built for (`sm_90` and `compute_90` -> 90).
@@ -45,13 +64,11 @@ pub fn compiled_arch(target: CompileTarget) -> u32 {
 }
 
 /// Pushes `q, k_cache, v_cache, block_tables, query_start, context_lens` in kernel order.
-fn push_inputs<'a>(args: &mut LaunchArgs<'a>, c: &'a AttentionCall<'a>) {
+fn push_inputs<'a>(args: &mut LaunchArgs<'a>, c: &'a AttentionCall<'a>, views: &'a MetaViews<'a>) {
     args.arg(c.q.data())
         .arg(c.k_cache.data())
         .arg(c.v_cache.data());
-    args.arg(c.meta.block_tables)
-        .arg(c.meta.query_start)
-        .arg(c.meta.context_lens);
+    args.arg(&views.0).arg(&views.1).arg(&views.2);
 }
 
 impl CudaDevice {
@@ -79,9 +96,10 @@ impl CudaDevice {
     ) -> Result<()> {
         let n = &c.ints;
         let f = self.kernels().get("attention", c.q.dtype())?;
+        let views = c.meta_views();
         let mut args = self.stream().launch_builder(f);
         args.arg(out.data_mut());
-        push_inputs(&mut args, c);
+        push_inputs(&mut args, c, &views);
         args.arg(&n.num_seqs)
             .arg(&n.max_blocks_per_seq)
             .arg(&n.block_size)
@@ -118,9 +136,10 @@ impl CudaDevice {
         let causal = i32::from(causal);
         let op = attention_plan::kernel_op("prefill", n.hd as usize);
         let f = self.kernels().get(&op, c.q.dtype())?;
+        let views = c.meta_views();
         let mut args = self.stream().launch_builder(f);
         args.arg(out.data_mut());
-        push_inputs(&mut args, c);
+        push_inputs(&mut args, c, &views);
         args.arg(&n.num_seqs)
             .arg(&n.max_blocks_per_seq)
             .arg(&n.block_size)
@@ -157,9 +176,10 @@ impl CudaDevice {
         let keys_per_split = launch::as_i32(plan.keys_per_split, "keys per split")?;
         let op = attention_plan::kernel_op("decode", hd);
         let f = self.kernels().get(&op, c.q.dtype())?;
+        let views = c.meta_views();
         let mut args = self.stream().launch_builder(f);
         args.arg(&mut *scratch).arg(out.data_mut());
-        push_inputs(&mut args, c);
+        push_inputs(&mut args, c, &views);
         args.arg(&n.num_seqs)
             .arg(&n.max_blocks_per_seq)
             .arg(&n.block_size)

@@ -92,6 +92,40 @@ pub fn choose(p: &AttentionProblem) -> Result<AttentionPath> {
     Ok(AttentionPath::Decode(DecodePlan::new(p)?))
 }
 
+/// A mixed batch (its first `decode_seqs` sequences have one new token each, the rest are
+/// prefill chunks) that [`choose`] would hand whole to the tensor-core prefill kernel. That
+/// kernel gives each one-token sequence a 64-row tile per q head, so it reads the sequence's
+/// whole context once per q head for one real row; in a serving step of 200 decode rows
+/// beside a prefill chunk that is most of the step's attention time. The split-K decode
+/// kernel reads it once per GQA group instead. Returns the decode kernel's plan for those
+/// leading sequences when the batch should be split, else None (the caller runs `p` whole).
+pub fn mixed_decode_part(p: &AttentionProblem, decode_seqs: usize) -> Result<Option<DecodePlan>> {
+    if decode_seqs == 0 || decode_seqs >= p.num_seqs || decode_seqs >= p.tokens {
+        return Ok(None);
+    }
+    if choose(p)? != AttentionPath::Prefill {
+        return Ok(None);
+    }
+    let part = AttentionProblem {
+        tokens: decode_seqs,
+        num_seqs: decode_seqs,
+        ..*p
+    };
+    match choose(&part)? {
+        AttentionPath::Decode(plan) => Ok(Some(plan)),
+        _ => Ok(None),
+    }
+}
+
+/// How many of the batch's first sequences have exactly one query token
+/// (`query_start[s + 1] - query_start[s] == 1`): the decode rows a mixed batch leads with.
+pub fn leading_decode_seqs(query_start: &[i32]) -> usize {
+    query_start
+        .windows(2)
+        .take_while(|w| w[1] - w[0] == 1)
+        .count()
+}
+
 impl DecodePlan {
     /// Heads per CTA (the largest divisor of the group of at most 8), then as many splits
     /// as it takes to give every SM a few CTAs, none shorter than 64 keys, none longer than
@@ -218,6 +252,36 @@ mod tests {
             AttentionPath::Decode(plan) => plan,
             other => panic!("expected decode, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn mixed_batches_split_their_leading_decode_rows_off() {
+        assert_eq!(leading_decode_seqs(&[0, 1, 2, 3, 67, 68]), 3);
+        assert_eq!(leading_decode_seqs(&[0, 64, 65]), 0);
+        assert_eq!(leading_decode_seqs(&[0, 1, 2]), 2);
+        assert_eq!(leading_decode_seqs(&[0]), 0);
+        // 200 decode rows and a 1848-token prefill chunk: the decode rows go to split-K
+        // with the plan of a 200-row decode batch.
+        let mixed = llama(2048, 201, 1200);
+        let plan = mixed_decode_part(&mixed, 200).unwrap().expect("split");
+        assert_eq!(plan, decode(&llama(200, 200, 1200)));
+        // Nothing to split: no decode rows, only decode rows, a pure decode batch.
+        assert_eq!(mixed_decode_part(&mixed, 0).unwrap(), None);
+        assert_eq!(mixed_decode_part(&mixed, 201).unwrap(), None);
+        assert_eq!(mixed_decode_part(&llama(32, 32, 256), 32).unwrap(), None);
+        // Where the prefill kernel does not run (f32), the batch already runs whole on the
+        // decode kernel.
+        let f32_mixed = AttentionProblem {
+            sixteen_bit: false,
+            ..mixed
+        };
+        assert_eq!(mixed_decode_part(&f32_mixed, 200).unwrap(), None);
+        // Without split-K the decode rows stay with the prefill kernel.
+        let no_split_k = AttentionProblem {
+            split_k_decode: false,
+            ..mixed
+        };
+        assert_eq!(mixed_decode_part(&no_split_k, 200).unwrap(), None);
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! synchronizes except [`Backend::to_host_f32`], which the model calls once per forward for
 //! the logits.
 
+use super::attention_plan;
 use super::batch_meta::HostBatchMeta;
 use super::decode_graphs::{Recordings, SendGraph};
 use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::gemv::GEMV_MAX_ROWS;
-use super::gemv_norm::AddNormInput;
+use super::gemv_norm::{AddNormInput, GemvEpilogue};
 use super::image_flash::FlashLayouts;
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
@@ -43,9 +44,9 @@ pub struct CudaBackend {
     /// Run the attention entry as one kernel (`qkv_rope_cache`); `KILN_FUSED_QKV=0` runs the
     /// column copies, rope and cache write separately, for A/B timing.
     fused_qkv: bool,
-    /// Fold the SwiGLU into the down projection's GEMV and the residual add + RMS norm into
-    /// the QKV and gate_up GEMVs (one or two rows); `KILN_FUSED_GEMV=0` runs them as separate
-    /// launches, for A/B timing.
+    /// Fold the residual add + RMS norm into the QKV and gate_up GEMVs, and the SwiGLU into
+    /// the gate_up GEMV's epilogue (one or two rows); `KILN_FUSED_GEMV=0` runs them as
+    /// separate launches, for A/B timing.
     fused_gemv: bool,
     /// Image attention's sequence metadata per shape, uploaded once.
     pub(super) flash_layouts: FlashLayouts,
@@ -77,6 +78,8 @@ pub struct CudaBatchMeta {
     pub(super) query_start: DeviceI32,
     pub(super) context_lens: DeviceI32,
     pub(super) num_seqs: usize,
+    /// Leading sequences with one new token each (a mixed batch's decode rows).
+    pub(super) decode_prefix: usize,
     /// The tokens' ids, where the step reads them from the device (recorded steps).
     pub(super) token_ids: Option<DeviceU32>,
 }
@@ -111,6 +114,45 @@ impl CudaBackend {
     /// Whether decode steps are recorded as CUDA graphs and replayed (default: yes).
     pub fn set_decode_graphs(&self, enabled: bool) {
         self.record_decode.store(enabled, Ordering::SeqCst);
+    }
+
+    /// The norm-fused GEMV's `(output, new residual stream)` for one or two rows, or None
+    /// (nothing queued, nothing allocated) when the switch is off or the kernel does not
+    /// serve the shape and the caller runs the unfused ops.
+    #[allow(clippy::too_many_arguments)] // the op's operands, its weight and the epilogue
+    fn fused_add_norm_gemv(
+        &self,
+        x: &CudaTensor,
+        residual: &CudaTensor,
+        norm: (&CudaTensor, f64),
+        w: &CudaTensor,
+        b: Option<&CudaTensor>,
+        epilogue: GemvEpilogue,
+    ) -> Result<Option<(CudaTensor, CudaTensor)>> {
+        let (&[rows, width], &[out_features, _]) = (x.shape(), w.shape()) else {
+            return Ok(None);
+        };
+        // Decode rows only: larger batches never reach the kernel, so allocate nothing.
+        if !self.fused_gemv || !(1..=GEMV_MAX_ROWS).contains(&rows) {
+            return Ok(None);
+        }
+        let out_cols = match epilogue {
+            GemvEpilogue::Plain => out_features,
+            GemvEpilogue::SwiGlu => out_features / 2,
+        };
+        let dtype = x.dtype();
+        let mut out = self.output(dtype, &[rows, out_cols])?;
+        let mut sum = self.output(dtype, &[rows, width])?;
+        let input = AddNormInput {
+            x,
+            residual,
+            norm_weight: norm.0,
+            eps: norm.1 as f32,
+        };
+        Ok(self
+            .dev
+            .add_norm_gemv(&input, w, b, epilogue, &mut out, &mut sum)?
+            .then_some((out, sum)))
     }
 
     /// The caching allocator's counters since the backend was opened (both pool sets).
@@ -367,6 +409,7 @@ impl Backend for CudaBackend {
             query_start: upload(&host.query_start, "query starts")?,
             context_lens: upload(&host.context_lens, "context lengths")?,
             num_seqs: batch.num_seqs(),
+            decode_prefix: attention_plan::leading_decode_seqs(&host.query_start),
             token_ids: None,
         })
     }
@@ -509,45 +552,30 @@ impl Backend for CudaBackend {
         w: &CudaTensor,
         b: Option<&CudaTensor>,
     ) -> Result<(CudaTensor, CudaTensor)> {
-        if let (true, &[rows, width], &[out_features, _]) = (self.fused_gemv, x.shape(), w.shape())
+        if let Some(fused) =
+            self.fused_add_norm_gemv(&x, &residual, norm, w, b, GemvEpilogue::Plain)?
         {
-            // Decode rows only: larger batches never reach the kernel, so allocate nothing.
-            if (1..=GEMV_MAX_ROWS).contains(&rows) {
-                let mut out = self.output(x.dtype(), &[rows, out_features])?;
-                let mut sum = self.output(x.dtype(), &[rows, width])?;
-                let input = AddNormInput {
-                    x: &x,
-                    residual: &residual,
-                    norm_weight: norm.0,
-                    eps: norm.1 as f32,
-                };
-                if self.dev.add_norm_gemv(&input, w, b, &mut out, &mut sum)? {
-                    return Ok((out, sum));
-                }
-            }
+            return Ok(fused);
         }
         let (normed, sum) = self.add_rms_norm(x, residual, norm.0, norm.1)?;
         Ok((self.linear(&normed, w, b)?, sum))
     }
 
-    fn silu_mul_linear(
+    fn add_rms_norm_swiglu(
         &self,
-        gate_up: &CudaTensor,
+        x: CudaTensor,
+        residual: CudaTensor,
+        norm: (&CudaTensor, f64),
         w: &CudaTensor,
         b: Option<&CudaTensor>,
-    ) -> Result<CudaTensor> {
-        if let (true, &[rows, _], &[out_features, _]) =
-            (self.fused_gemv, gate_up.shape(), w.shape())
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        if let Some(fused) =
+            self.fused_add_norm_gemv(&x, &residual, norm, w, b, GemvEpilogue::SwiGlu)?
         {
-            // As above: only one or two rows can take the fused kernel.
-            if (1..=GEMV_MAX_ROWS).contains(&rows) {
-                let mut out = self.output(gate_up.dtype(), &[rows, out_features])?;
-                if self.dev.silu_mul_gemv(gate_up, w, b, &mut out)? {
-                    return Ok(out);
-                }
-            }
+            return Ok(fused);
         }
-        self.linear(&self.silu_mul(gate_up)?, w, b)
+        let (gate_up, sum) = self.add_rms_norm_linear(x, residual, norm, w, b)?;
+        Ok((self.silu_mul(&gate_up)?, sum))
     }
 
     fn split_columns(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {
@@ -690,6 +718,7 @@ impl Backend for CudaBackend {
             context_lens: &batch.context_lens,
             num_seqs: batch.num_seqs,
             sliding_window: shape.sliding_window,
+            decode_prefix: batch.decode_prefix,
         };
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let mut out = self.output(q.dtype(), q.shape())?;

@@ -140,6 +140,7 @@ impl CudaBackend {
             query_start: i32s(&host.query_start, "query starts")?,
             context_lens: i32s(&host.context_lens, "context lengths")?,
             num_seqs: padded.key.seqs,
+            decode_prefix: padded.key.seqs,
             token_ids: Some(
                 pools
                     .upload_u32(&padded.tokens)

@@ -47,9 +47,13 @@ pub struct CudaDevice {
     /// Let attention run the split-K decode kernel (off with `KILN_SPLIT_K_DECODE=0`): on
     /// an H200 it took a 4000-token batch-1 decode step from 36.5 to 5.7 ms.
     split_k_decode: bool,
-    /// Run the linear layers the GEMV does not take through cuBLASLt, bias fused
-    /// (`KILN_CUBLASLT=1`, opt-in until a GPU run proves it; see gemm_lt.rs). Off, with a
-    /// warning, when libcublasLt cannot be loaded.
+    /// Give a mixed batch's leading decode rows to the split-K decode kernel and only its
+    /// prefill chunks to the tensor-core kernel (off with `KILN_SPLIT_MIXED_ATTENTION=0`,
+    /// for A/B runs); see [`super::attention_plan::mixed_decode_part`].
+    split_mixed_attention: bool,
+    /// Run the linear layers the GEMV does not take through cuBLASLt, bias fused (default;
+    /// `KILN_CUBLASLT=0` keeps cublasGemmEx; see gemm_lt.rs). Off, with a warning, when
+    /// libcublasLt cannot be loaded.
     cublaslt: bool,
 }
 
@@ -72,12 +76,9 @@ impl CudaDevice {
         let blas = Blas::new(stream.clone())?;
         let cublaslt = lt_switch_on(std::env::var("KILN_CUBLASLT").ok().as_deref())
             && match blas.lt() {
-                Ok(_) => {
-                    tracing::info!("KILN_CUBLASLT=1: linear layers run through cuBLASLt");
-                    true
-                }
+                Ok(_) => true,
                 Err(e) => {
-                    tracing::warn!("KILN_CUBLASLT=1 but {e:#}; linear layers use cublasGemmEx");
+                    tracing::warn!("{e:#}; linear layers use cublasGemmEx");
                     false
                 }
             };
@@ -88,6 +89,8 @@ impl CudaDevice {
             blas,
             nvrtc,
             split_k_decode: std::env::var("KILN_SPLIT_K_DECODE").map_or(true, |v| v != "0"),
+            split_mixed_attention: std::env::var("KILN_SPLIT_MIXED_ATTENTION")
+                .map_or(true, |v| v != "0"),
             cublaslt,
         })
     }
@@ -105,7 +108,12 @@ impl CudaDevice {
         self.split_k_decode
     }
 
-    /// Whether non-GEMV linear layers go through cuBLASLt (`KILN_CUBLASLT=1`).
+    /// Whether a mixed batch's decode rows may run apart from its prefill chunks.
+    pub fn split_mixed_attention(&self) -> bool {
+        self.split_mixed_attention
+    }
+
+    /// Whether non-GEMV linear layers go through cuBLASLt (`KILN_CUBLASLT=0` turns it off).
     pub fn cublaslt(&self) -> bool {
         self.cublaslt
     }

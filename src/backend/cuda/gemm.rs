@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 /// A cuBLAS handle bound to the device's stream.
 pub struct Blas {
     handle: CudaBlas,
-    /// cuBLASLt (`gemm_lt.rs`), made on first use: at start-up with `KILN_CUBLASLT=1`,
+    /// cuBLASLt (`gemm_lt.rs`), made on first use: at start-up unless `KILN_CUBLASLT=0`,
     /// else only if the selftest asks. Dropped before the workspace it uses.
     lt: OnceLock<Result<GemmLt, String>>,
     stream: Arc<CudaStream>,

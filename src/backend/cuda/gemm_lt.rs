@@ -1,7 +1,7 @@
 //! Linear layers through cuBLASLt: `y[m, n] = x[m, k] * w[n, k]^T (+ bias[n])`, f32
 //! accumulation (`CUBLAS_COMPUTE_32F`) for f32, f16 and bf16, the bias fused as the
-//! `CUBLASLT_EPILOGUE_BIAS` epilogue. Opt-in with `KILN_CUBLASLT=1` until a GPU run has
-//! checked it (`kiln selftest` runs it at the Llama-3.1-8B shapes whatever the switch).
+//! `CUBLASLT_EPILOGUE_BIAS` epilogue. The default since the tenth GPU run (H100) checked it;
+//! `KILN_CUBLASLT=0` keeps cublasGemmEx (`kiln selftest` runs both at the 8B's shapes).
 //!
 //! Why: cublasGemmEx chooses its algorithm inside every call and cannot fuse the bias;
 //! cuBLASLt lets kiln choose once per shape (`cublasLtMatmulAlgoGetHeuristic`, told the
@@ -178,8 +178,8 @@ fn first_missing_symbol() -> Option<&'static str> {
 }
 
 impl CudaDevice {
-    /// A linear layer the GEMV does not take: cuBLASLt with the bias fused when
-    /// `KILN_CUBLASLT=1` (and the library loaded), else cublasGemmEx then `add_bias`.
+    /// A linear layer the GEMV does not take: cuBLASLt with the bias fused unless
+    /// `KILN_CUBLASLT=0` (or the library is missing), else cublasGemmEx then `add_bias`.
     pub fn linear_cublas(
         &self,
         x: &CudaTensor,

@@ -3,17 +3,31 @@
 //! rms in every block (x and the residual are a few KB, read from L2), stage the normalised
 //! values into the GEMV's shared memory, and block 0 stores the new residual stream. That
 //! removes the norm launch in front of the QKV and gate_up projections of every layer.
+//! `gemv1_add_norm_swiglu` / `gemv2_add_norm_swiglu` also end the gate_up projection with
+//! the SwiGLU (each warp pairs gate row c with up row c + I and writes `silu(g) * u`), which
+//! removes the `silu_mul` launch and its `[m, 2I]` round trip as well.
 
 use super::device::CudaDevice;
 use super::gemv::{choose_linear, gemv_enabled, GemvNormOperands, LinearPath, LinearShape};
 use super::tensor::CudaTensor;
 use anyhow::Result;
 
+/// What the fused GEMV writes after the dot products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvEpilogue {
+    /// `y [m, n]`, the projection itself.
+    Plain,
+    /// `y [m, n / 2] = silu(gate) * up` of the projection's two halves (the MLP's gate_up).
+    SwiGlu,
+}
+
 /// The fused kernel for `rows` rows, if one exists.
-pub fn gemv_add_norm_op(rows: usize) -> Option<&'static str> {
-    match rows {
-        1 => Some("gemv1_add_norm"),
-        2 => Some("gemv2_add_norm"),
+pub fn gemv_add_norm_op(rows: usize, epilogue: GemvEpilogue) -> Option<&'static str> {
+    match (rows, epilogue) {
+        (1, GemvEpilogue::Plain) => Some("gemv1_add_norm"),
+        (2, GemvEpilogue::Plain) => Some("gemv2_add_norm"),
+        (1, GemvEpilogue::SwiGlu) => Some("gemv1_add_norm_swiglu"),
+        (2, GemvEpilogue::SwiGlu) => Some("gemv2_add_norm_swiglu"),
         _ => None,
     }
 }
@@ -30,14 +44,16 @@ pub struct AddNormInput<'a> {
 }
 
 impl CudaDevice {
-    /// `out = (rms_norm(x + residual) * norm_weight) w^T (+ bias)` and `residual_out = x +
-    /// residual` (rounded to the dtype), when the fused GEMV serves the shape; `Ok(false)`
-    /// (nothing queued) when it does not, and the caller runs the norm and the linear layer.
+    /// `out = (rms_norm(x + residual) * norm_weight) w^T (+ bias)`, with `epilogue` applied,
+    /// and `residual_out = x + residual` (rounded to the dtype), when the fused GEMV serves
+    /// the shape; `Ok(false)` (nothing queued) when it does not, and the caller runs the
+    /// norm, the linear layer (and the SwiGLU) itself.
     pub fn add_norm_gemv(
         &self,
         input: &AddNormInput,
         w: &CudaTensor,
         bias: Option<&CudaTensor>,
+        epilogue: GemvEpilogue,
         out: &mut CudaTensor,
         residual_out: &mut CudaTensor,
     ) -> Result<bool> {
@@ -45,14 +61,19 @@ impl CudaDevice {
         let (&[m, k], &[n, k_w]) = (x.shape(), w.shape()) else {
             return Ok(false);
         };
-        let Some(op) = gemv_add_norm_op(m) else {
+        let Some(op) = gemv_add_norm_op(m, epilogue) else {
             return Ok(false);
+        };
+        let out_cols = match epilogue {
+            GemvEpilogue::Plain => n,
+            GemvEpilogue::SwiGlu if n % 2 == 0 => n / 2,
+            GemvEpilogue::SwiGlu => return Ok(false),
         };
         let dtype = out.dtype();
         let fits = k_w == k
             && residual.shape() == [m, k]
             && norm_w.shape() == [k]
-            && out.shape() == [m, n]
+            && out.shape() == [m, out_cols]
             && residual_out.shape() == [m, k]
             && [x, residual, norm_w, w, &*residual_out]
                 .iter()
@@ -78,7 +99,8 @@ impl CudaDevice {
         };
         // SAFETY: shapes, dtypes, K % 8 and 16-byte alignment checked above (choose_linear
         // and `fits`); residual_out is a tensor of its own, so block 0's stores never race
-        // the other blocks' reads of the residual.
+        // the other blocks' reads of the residual. The SwiGLU kernel reads w's n rows and
+        // writes n / 2 columns per row of out, on the same grid (one block per 8 rows of w).
         unsafe { self.launch_gemv(op, x, w, bias, out, (m, n, k), Some(norm))? };
         Ok(true)
     }
@@ -86,13 +108,18 @@ impl CudaDevice {
 
 #[cfg(test)]
 mod tests {
-    use super::gemv_add_norm_op;
+    use super::{gemv_add_norm_op, GemvEpilogue};
 
     #[test]
     fn one_or_two_rows_have_a_kernel() {
-        assert_eq!(gemv_add_norm_op(1), Some("gemv1_add_norm"));
-        assert_eq!(gemv_add_norm_op(2), Some("gemv2_add_norm"));
-        assert_eq!(gemv_add_norm_op(0), None);
-        assert_eq!(gemv_add_norm_op(3), None);
+        use GemvEpilogue::{Plain, SwiGlu};
+        assert_eq!(gemv_add_norm_op(1, Plain), Some("gemv1_add_norm"));
+        assert_eq!(gemv_add_norm_op(2, Plain), Some("gemv2_add_norm"));
+        assert_eq!(gemv_add_norm_op(1, SwiGlu), Some("gemv1_add_norm_swiglu"));
+        assert_eq!(gemv_add_norm_op(2, SwiGlu), Some("gemv2_add_norm_swiglu"));
+        for epilogue in [Plain, SwiGlu] {
+            assert_eq!(gemv_add_norm_op(0, epilogue), None);
+            assert_eq!(gemv_add_norm_op(3, epilogue), None);
+        }
     }
 }

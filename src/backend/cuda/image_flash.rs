@@ -181,6 +181,7 @@ impl CudaBackend {
             context_lens: &layout.lens,
             num_seqs: d.batch,
             sliding_window: None,
+            decode_prefix: 0,
         };
         let heads = as_i32(d.heads, "heads")?;
         let call = AttentionCall {
@@ -200,6 +201,7 @@ impl CudaBackend {
                 window: 0,
             },
             tokens: d.batch * d.nq,
+            first_seq: 0,
         };
         self.device().attention_prefill_masked(&call, causal, out)
     }

@@ -94,10 +94,10 @@ pub const KERNEL_FILES: &[KernelFile] = &[
             "gemv2",
             "gemv4",
             "gemv8",
-            "gemv1_silu",
-            "gemv2_silu",
             "gemv1_add_norm",
             "gemv2_add_norm",
+            "gemv1_add_norm_swiglu",
+            "gemv2_add_norm_swiglu",
         ],
     },
     KernelFile {

@@ -1,5 +1,5 @@
 //! The CUDA backend: our kernels (`kernels/*.cu`, JIT-compiled with NVRTC and cached on
-//! disk), cuBLAS GEMMs (cuBLASLt with `KILN_CUBLASLT=1`), and `kiln selftest`. CUDA libraries are loaded at run time; on a
+//! disk), cuBLAS GEMMs (cuBLASLt unless `KILN_CUBLASLT=0`), and `kiln selftest`. CUDA libraries are loaded at run time; on a
 //! machine without them every entry point returns an error instead of panicking.
 //!
 //! Entry point: [`CudaDevice::new`], then the op methods on it ([`ops`], [`ops_attention`],
@@ -21,7 +21,6 @@ pub mod gemm_lt_desc;
 pub mod gemm_lt_plan;
 pub mod gemv;
 pub mod gemv_norm;
-pub mod gemv_silu;
 pub mod image_attention;
 pub mod image_conv;
 pub mod image_conv_implicit;

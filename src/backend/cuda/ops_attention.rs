@@ -24,6 +24,10 @@ pub struct AttentionMetadata<'a> {
     /// Mistral-style sliding window: a token at position `pos` attends to the last `w`
     /// positions `pos + 1 - w ..= pos` only. `None` attends to the whole context.
     pub sliding_window: Option<usize>,
+    /// How many leading sequences have one query token each, as the host laid the batch
+    /// out ([`attention_plan::leading_decode_seqs`]); 0 when unknown. A mixed batch's
+    /// decode rows then run on the decode kernel, apart from its prefill chunks.
+    pub decode_prefix: usize,
 }
 
 impl CudaDevice {
@@ -130,14 +134,9 @@ impl CudaDevice {
             return Ok(());
         }
         let problem = self.attention_problem(q, k_cache, v_cache, meta)?;
-        let call = AttentionCall {
-            q,
-            k_cache,
-            v_cache,
-            meta,
-            scale,
-            ints: AttentionInts {
-                num_seqs: as_i32(seqs, "num_seqs")?,
+        let ints = |num_seqs: usize| -> Result<AttentionInts> {
+            Ok(AttentionInts {
+                num_seqs: as_i32(num_seqs, "num_seqs")?,
                 max_blocks_per_seq: as_i32(meta.max_blocks_per_seq, "max_blocks_per_seq")?,
                 block_size: as_i32(block_size, "block_size")?,
                 hq: as_i32(hq, "hq")?,
@@ -145,9 +144,45 @@ impl CudaDevice {
                 hd: as_i32(hd, "hd")?,
                 q_stride: as_i32(hq * hd, "q row")?,
                 window,
-            },
-            tokens: n,
+            })
         };
+        let call = AttentionCall {
+            q,
+            k_cache,
+            v_cache,
+            meta,
+            scale,
+            ints: ints(seqs)?,
+            tokens: n,
+            first_seq: 0,
+        };
+        let mixed = if self.split_mixed_attention() {
+            attention_plan::mixed_decode_part(&problem, meta.decode_prefix)?
+        } else {
+            None
+        };
+        if let Some(plan) = mixed {
+            // Decode rows 0..d (sequences 0..d, one token each), then the prefill chunks of
+            // sequences d.. (tokens d..n): each kernel writes only its own rows of `out`.
+            let d = meta.decode_prefix;
+            let decode = AttentionCall {
+                ints: ints(d)?,
+                tokens: d,
+                ..call
+            };
+            self.attention_decode(&decode, &plan, pools, out)?;
+            let prefill = AttentionCall {
+                q,
+                k_cache,
+                v_cache,
+                meta,
+                scale,
+                ints: ints(seqs - d)?,
+                tokens: n - d,
+                first_seq: d,
+            };
+            return self.attention_prefill(&prefill, out);
+        }
         match attention_plan::choose(&problem)? {
             AttentionPath::Generic => self.attention_generic(&call, out),
             AttentionPath::Prefill => self.attention_prefill(&call, out),

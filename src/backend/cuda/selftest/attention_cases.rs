@@ -6,7 +6,7 @@
 use super::attention_scenarios::{scenarios, Scenario};
 use super::compare::Check;
 use super::suite::Suite;
-use crate::backend::cuda::attention_plan::AttentionPath;
+use crate::backend::cuda::attention_plan::{self, AttentionPath};
 use crate::backend::cuda::device_pools::DevicePools;
 use crate::backend::cuda::reference::{self, AttentionShape};
 use crate::backend::cuda::{AttentionMetadata, CudaTensor, DType};
@@ -106,11 +106,18 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         context_lens: &lens_dev,
         num_seqs,
         sliding_window: sc.sliding_window,
+        decode_prefix: attention_plan::leading_decode_seqs(&query_start),
     };
     let scale = 1.0 / (hd as f32).sqrt();
     let pools = DevicePools::new(dev.stream());
     let path = match dev.attention_path(&q, &k_cache, &v_cache, &meta)? {
         AttentionPath::Generic => "generic".to_string(),
+        AttentionPath::Prefill if meta.decode_prefix > 0 && dev.split_mixed_attention() => {
+            format!(
+                "split-K rows of {} decode seqs + prefill tiles",
+                meta.decode_prefix
+            )
+        }
         AttentionPath::Prefill => "prefill tiles".to_string(),
         AttentionPath::Decode(plan) => format!(
             "split-K {}x{} keys, {} heads/CTA",

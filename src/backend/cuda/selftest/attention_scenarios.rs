@@ -3,6 +3,7 @@
 //! empty splits), batches of 1/8/32 at mixed contexts, GQA ratios 1, 4, 5, 7 and 8 at head
 //! dims 64/80/96/128/256, sliding windows, the tensor-core prefill on several sequences
 //! whose lengths are not multiples of its 64-row tile (chunked: context > new tokens),
+//! serving steps of decode rows followed by prefill chunks (split between the two kernels),
 //! and the generic kernel (head dim 32).
 
 use super::suite::Suite;
@@ -52,6 +53,9 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         .collect();
     // Prefill of several sequences: tile-sized, one row over, one row, chunked.
     let ragged = vec![(130, 130), (1, 1), (300, 65), (64, 64), (77, 13)];
+    // A serving step: decode rows first, then prefill chunks (the decode rows run on the
+    // split-K kernel, the rest on the tensor-core one).
+    let mixed: Vec<(usize, usize)> = d8.iter().chain(&ragged).copied().collect();
     let at = |name, seqs, heads| Scenario {
         name,
         seqs,
@@ -88,6 +92,13 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
             heads(16, 2, 256),
         ),
         at("prefill ragged gqa7 hd96", ragged.clone(), heads(14, 2, 96)),
+        at("mixed decode x8 + prefill", mixed.clone(), model),
+        at(
+            "mixed decode + prefill gqa8 hd256",
+            mixed.clone(),
+            heads(16, 2, 256),
+        ),
+        windowed("mixed decode + prefill window", mixed, 37),
         at("prefill ragged gqa5 hd80", ragged.clone(), heads(10, 2, 80)),
         at("generic hd32 decode x8", d8.clone(), heads(8, 2, 32)),
         at("generic hd32 ragged", ragged.clone(), heads(8, 2, 32)),

@@ -1,8 +1,8 @@
 //! The cuBLASLt linear (`gemm_lt.rs`) at the Llama-3.1-8B shapes (qkv, o, gate_up, down,
 //! lm head) for M = 1, 8, 32, 512 and 1024, without and with the fused bias, checked
 //! against the CPU backend and timed next to cublasGemmEx (+ the add_bias kernel) at the
-//! same shape. It runs whatever `KILN_CUBLASLT` says, so the GPU run that precedes turning
-//! the switch on is already its check; the note says which path `linear` takes now.
+//! same shape. It runs whatever `KILN_CUBLASLT` says; the note says which path `linear`
+//! takes now.
 //!
 //! Cost: the CPU computes a sample of rows ([`sampled_rows`]: the first eight, a stride
 //! and every M's last) rather than 1024 lm-head rows, and the weights tile a block of

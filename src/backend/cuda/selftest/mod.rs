@@ -31,9 +31,33 @@ use crate::backend::cuda::{device_count, CudaBackend, DType};
 use anyhow::Result;
 use std::time::Instant;
 
-/// Runs the selftest on GPU 0. Returns `Ok(true)` when every check passed (or there is no
-/// GPU), `Ok(false)` when a check failed; `Err` only when the GPU could not be set up.
-pub fn run(json: bool, quick: bool) -> Result<bool> {
+/// The groups of cases `--only` can pick, in the order they run.
+pub const GROUPS: [&str; 10] = [
+    "ops",
+    "attention",
+    "qkv",
+    "gemv",
+    "gemv_fused",
+    "linear_lt",
+    "image",
+    "sampling",
+    "allocator",
+    "gemm_bench",
+];
+
+/// Which groups run: all of them when `only` is empty; an unknown name is an error.
+fn selected(only: &[String]) -> Result<impl Fn(&str) -> bool + '_> {
+    if let Some(bad) = only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        anyhow::bail!("selftest: no group '{bad}' (groups: {})", GROUPS.join(", "));
+    }
+    Ok(move |group: &str| only.is_empty() || only.iter().any(|g| g == group))
+}
+
+/// Runs the selftest on GPU 0 (the groups in `only`, or all). Returns `Ok(true)` when every
+/// check passed (or there is no GPU), `Ok(false)` when a check failed; `Err` only when the
+/// GPU could not be set up or a group name is unknown.
+pub fn run(json: bool, quick: bool, only: &[String]) -> Result<bool> {
+    let wants = selected(only)?;
     if let Err(reason) = device_count() {
         if json {
             println!(
@@ -60,28 +84,46 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
     }
     let mut suite = suite::Suite::new(dev, quick);
     for dtype in DType::ALL {
-        op_cases::run(&mut suite, dtype);
-        attention_cases::run(&mut suite, dtype);
-        if let Err(err) = qkv_case::run(&mut suite, dtype) {
-            suite.error("qkv_rope_cache", dtype, &err);
+        if wants("ops") {
+            op_cases::run(&mut suite, dtype);
         }
-        if let Err(err) = gemv_cases::run(&mut suite, dtype) {
-            suite.error("gemv", dtype, &err);
+        if wants("attention") {
+            attention_cases::run(&mut suite, dtype);
         }
-        if let Err(err) = gemv_fused_cases::run(&mut suite, dtype) {
-            suite.error("gemv_fused", dtype, &err);
+        if wants("qkv") {
+            if let Err(err) = qkv_case::run(&mut suite, dtype) {
+                suite.error("qkv_rope_cache", dtype, &err);
+            }
         }
-        linear_lt_cases::run(&mut suite, dtype);
-        image_cases::run(&mut suite, &backend, dtype);
-        if sampling_case::enabled() {
+        if wants("gemv") {
+            if let Err(err) = gemv_cases::run(&mut suite, dtype) {
+                suite.error("gemv", dtype, &err);
+            }
+        }
+        if wants("gemv_fused") {
+            if let Err(err) = gemv_fused_cases::run(&mut suite, dtype) {
+                suite.error("gemv_fused", dtype, &err);
+            }
+        }
+        if wants("linear_lt") {
+            linear_lt_cases::run(&mut suite, dtype);
+        }
+        if wants("image") {
+            image_cases::run(&mut suite, &backend, dtype);
+        }
+        if wants("sampling") && sampling_case::enabled() {
             if let Err(err) = sampling_case::run(&mut suite, dtype) {
                 suite.error("sampling_draw", dtype, &err);
             }
         }
     }
-    allocator_case::run(&mut suite);
-    if let Err(err) = gemm_bench::run(&mut suite) {
-        suite.error("gemm bench", DType::BF16, &err);
+    if wants("allocator") {
+        allocator_case::run(&mut suite);
+    }
+    if wants("gemm_bench") {
+        if let Err(err) = gemm_bench::run(&mut suite) {
+            suite.error("gemm bench", DType::BF16, &err);
+        }
     }
     // A kernel fault surfaces here at the latest; it must fail the run, not hide.
     if let Err(err) = dev.synchronize() {
@@ -108,4 +150,20 @@ pub fn run(json: bool, quick: bool) -> Result<bool> {
         );
     }
     Ok(failed == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_picks_named_groups_and_rejects_unknown_ones() {
+        let all = selected(&[]).unwrap();
+        assert!(GROUPS.iter().all(|g| all(g)));
+        let only = ["gemv".to_string(), "attention".to_string()];
+        let some = selected(&only).unwrap();
+        assert!(some("gemv") && some("attention") && !some("image"));
+        let err = selected(&["gemvv".to_string()]).err().unwrap().to_string();
+        assert!(err.contains("gemvv") && err.contains("gemv_fused"), "{err}");
+    }
 }
