@@ -7,7 +7,10 @@ use anyhow::{Context, Result};
 use candle_core::{DType as CDType, Device, Tensor, D};
 
 /// Bytes of f32 attention scores one chunk of queries may take ([`CpuBackend::dense_attention`]).
-const SCORE_BYTES: usize = 256 << 20;
+/// Under glibc's largest mmap threshold (32 MiB), so the chunks' buffers are reused from the
+/// heap: 256 MiB chunks were mapped and unmapped each time, and page faults took most of
+/// a 65,536-token attention's time.
+const SCORE_BYTES: usize = 16 << 20;
 
 fn f32_of(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(CDType::F32)?)

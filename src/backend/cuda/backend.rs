@@ -9,8 +9,7 @@ use super::batch_meta::HostBatchMeta;
 use super::decode_graphs::{Recordings, SendGraph};
 use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
-use super::gemv::GEMV_MAX_ROWS;
-use super::gemv_norm::{AddNormInput, GemvEpilogue};
+use super::gemv_norm::{add_norm_fusion_pays, AddNormInput, GemvEpilogue};
 use super::image_flash::FlashLayouts;
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
@@ -133,7 +132,7 @@ impl CudaBackend {
             return Ok(None);
         };
         // Decode rows only: larger batches never reach the kernel, so allocate nothing.
-        if !self.fused_gemv || !(1..=GEMV_MAX_ROWS).contains(&rows) {
+        if !self.fused_gemv || !add_norm_fusion_pays(rows, width) {
             return Ok(None);
         }
         let out_cols = match epilogue {
