@@ -1,14 +1,12 @@
 //! The engine on its own thread, behind a channel. Requests go in, outputs stream back on a
-//! per-request channel (delivered by a second thread, `delivery.rs`, so waking the streams
-//! never delays the next step); dropping a [`RequestStream`] before it finishes cancels the
-//! request.
+//! per-request channel; dropping a [`RequestStream`] before it finishes cancels the request.
 
-use super::delivery::{Deliverer, Delivery};
 use super::llm_engine::{validate_request, LlmEngine, RequestError};
 use super::output::{RequestEvent, RequestOutput};
 use super::params::SamplingParams;
 use crate::model::tokenizer::Tokenizer;
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -237,8 +235,7 @@ impl EngineHandle {
 }
 
 fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineStats>) {
-    let (undelivered_tx, undelivered) = crossbeam_channel::unbounded();
-    let mut deliver = Deliverer::spawn(undelivered_tx);
+    let mut senders: HashMap<u64, UnboundedSender<RequestEvent>> = HashMap::new();
     let mut shutting_down = false;
     loop {
         if !engine.has_work() {
@@ -246,16 +243,12 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
                 break;
             }
             match rx.recv() {
-                Ok(cmd) => apply(cmd, &mut engine, &deliver, &stats, &mut shutting_down),
+                Ok(cmd) => apply(cmd, &mut engine, &mut senders, &stats, &mut shutting_down),
                 Err(_) => break,
             }
         }
         while let Ok(cmd) = rx.try_recv() {
-            apply(cmd, &mut engine, &deliver, &stats, &mut shutting_down);
-        }
-        // Clients that went away: free their blocks now.
-        for id in undelivered.try_iter() {
-            engine.abort(id);
+            apply(cmd, &mut engine, &mut senders, &stats, &mut shutting_down);
         }
         // A panic inside a step (a bug, a backend fault) must not leave a dead engine behind
         // a healthy-looking server: it is treated like a step error.
@@ -270,12 +263,19 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
             });
         match step {
             Ok(outputs) => {
-                let tokens: usize = outputs.iter().map(|(_, o)| o.token_ids.len()).sum();
-                stats
-                    .generation_tokens
-                    .fetch_add(tokens as u64, Ordering::Relaxed);
-                if !outputs.is_empty() {
-                    deliver.send(Delivery::Outputs(outputs));
+                for (id, out) in outputs {
+                    stats
+                        .generation_tokens
+                        .fetch_add(out.token_ids.len() as u64, Ordering::Relaxed);
+                    let finished = out.finish_reason.is_some();
+                    let delivered = senders.get(&id).is_some_and(|s| s.send(Ok(out)).is_ok());
+                    if finished {
+                        senders.remove(&id);
+                    } else if !delivered {
+                        // The client went away: free its blocks now.
+                        engine.abort(id);
+                        senders.remove(&id);
+                    }
                 }
             }
             Err(e) => {
@@ -285,7 +285,9 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
                     *f = Some(msg.clone());
                 }
                 stats.failed.store(true, Ordering::Release);
-                deliver.send(Delivery::Fail(msg));
+                for (_, s) in senders.drain() {
+                    let _ = s.send(Err(format!("engine failure: {msg}")));
+                }
                 break;
             }
         }
@@ -299,8 +301,6 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
             .store(engine.num_preemptions(), Ordering::Relaxed);
         stats.steps.fetch_add(1, Ordering::Relaxed);
     }
-    // Every output sent reaches its stream before the thread (and `shutdown`) returns.
-    deliver.finish();
     stats.running.store(0, Ordering::Relaxed);
     stats.waiting.store(0, Ordering::Relaxed);
 }
@@ -308,7 +308,7 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
 fn apply(
     cmd: Command,
     engine: &mut LlmEngine,
-    deliver: &Deliverer,
+    senders: &mut HashMap<u64, UnboundedSender<RequestEvent>>,
     stats: &EngineStats,
     shutting_down: &mut bool,
 ) {
@@ -323,7 +323,7 @@ fn apply(
             match engine.add_request(id, prompt, params) {
                 Ok(()) => {
                     stats.prompt_tokens.fetch_add(n, Ordering::Relaxed);
-                    deliver.send(Delivery::Register(id, out));
+                    senders.insert(id, out);
                 }
                 Err(e) => {
                     let _ = out.send(Err(e.to_string()));
@@ -332,7 +332,7 @@ fn apply(
         }
         Command::Abort(id) => {
             engine.abort(id);
-            deliver.send(Delivery::Forget(id));
+            senders.remove(&id);
         }
         Command::Shutdown => *shutting_down = true,
     }

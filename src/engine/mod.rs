@@ -1,7 +1,6 @@
 //! The engine: sequences, paged KV blocks, scheduling, sampling, the model runner.
 
 pub mod block_manager;
-mod delivery;
 pub mod device_draw;
 pub mod handle;
 pub mod llm_engine;
