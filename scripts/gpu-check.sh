@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA backend, for a device machine with no Rust toolchain: run from a
 # bundle made on the build machine with
-#     ../shared/scripts/gpu-bundle.sh tests/fixtures scripts/gpu-check.sh
+#     ../shared/scripts/gpu-bundle.sh tests/fixtures tests/openai_client scripts models/presets
 # then, on the device machine (repository root, bundle carried as gpu-bundle/):
 #     bash gpu-bundle/scripts/gpu-check.sh
 # Every step has a time limit and keeps going when one fails; stdout goes to $OUT/<step>.json
@@ -16,7 +16,8 @@
 # STARTUP, IMAGE_BENCH, NO_GEMV_AB, EAGER_AB, CUBLASLT_AB, LONG, NCU, NSYS, PREFILL_AB,
 # THROUGHPUT, TP_LATENCY; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
 # those A/Bs' variants;
-# SELFTEST_GENERIC=1 adds the generic decode kernel's selftest.
+# SELFTEST_GENERIC=1 adds the generic decode kernel's selftest; OPENAI_WHEELS=dir lets the
+# openai client check run where the machine lacks the package.
 set -u
 
 BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
@@ -167,6 +168,14 @@ if "$KILN" check-image-reference --help >/dev/null 2>&1 && [ -d "$DIFFUSION/tiny
         --steps 3 --width 30 --height 22 --seed 1 --out "$OUT/image_tiny_sd.png"
 else
     printf '%-28s %-8s %6s  %s\n' image_check SKIPPED - "no 'kiln check-image-reference' or no diffusion fixtures" | tee -a "$SUMMARY"
+fi
+
+# The official openai client against `kiln serve` on the GPU (OPENAI_WHEELS=dir brings the
+# client to a machine without it; skipped when neither is there).
+if [ -f "$BUNDLE/scripts/gpu-openai-check.sh" ] && [ -f "$BUNDLE/tests/openai_client/check_server.py" ] &&
+    { python3 -c "import openai" 2>/dev/null || [ -d "${OPENAI_WHEELS:-}" ]; }; then
+    step openai_client 90 no openai_client.txt -- \
+        env KILN="$KILN" bash "$BUNDLE/scripts/gpu-openai-check.sh"
 fi
 
 # The built-in demo model end to end (no --model and no network: kiln falls back to it).
