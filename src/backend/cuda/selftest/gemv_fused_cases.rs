@@ -92,22 +92,8 @@ fn swiglu_cases(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 "the fused GEMV declined m={m} k={k} n={n} (KILN_GEMV=0?)"
             );
             let label = format!("m={m} k={k} I={inter} ({model} gate_up)");
-            s.check(
-                "gemv_add_norm_swiglu(residual)",
-                label.clone(),
-                dtype,
-                Check::Exact,
-                &sum.to_f32(dev)?,
-                &sum_host,
-            );
-            let row = s.check(
-                "gemv_add_norm_swiglu",
-                label,
-                dtype,
-                Check::Reduction,
-                &act.to_f32(dev)?,
-                &expected,
-            );
+            let outputs = [(&sum, &sum_host[..]), (&act, &expected[..])];
+            let row = check_outputs(s, "gemv_add_norm_swiglu", label, dtype, outputs)?;
             let iters = s.sizes.timing_iters * 5;
             let us = time_us(dev, iters, || {
                 dev.add_norm_gemv(&input, &w, None, swiglu, &mut act, &mut sum)
@@ -155,22 +141,8 @@ fn add_norm_cases(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 "the fused GEMV declined m={m} k={k} n={n} (KILN_GEMV=0?)"
             );
             let label = format!("m={m} k={k} n={n} ({layer})");
-            s.check(
-                "gemv_add_norm(residual)",
-                label.clone(),
-                dtype,
-                Check::Exact,
-                &sum.to_f32(dev)?,
-                &sum_host,
-            );
-            let row = s.check(
-                "gemv_add_norm",
-                label,
-                dtype,
-                Check::Reduction,
-                &y.to_f32(dev)?,
-                &expected,
-            );
+            let outputs = [(&sum, &sum_host[..]), (&y, &expected[..])];
+            let row = check_outputs(s, "gemv_add_norm", label, dtype, outputs)?;
             let iters = s.sizes.timing_iters * 5;
             let us = time_us(dev, iters, || {
                 dev.add_norm_gemv(&input, &w, None, plain, &mut y, &mut sum)
@@ -188,6 +160,36 @@ fn add_norm_cases(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The norm-fused kernel's two outputs against their references: the new residual stream
+/// exactly (row `op(residual)`), the projection as a reduction (row `op`, whose index is
+/// returned for the timing note).
+fn check_outputs(
+    s: &mut Suite<'_>,
+    op: &str,
+    label: String,
+    dtype: DType,
+    [(sum, sum_want), (out, out_want)]: [(&CudaTensor, &[f32]); 2],
+) -> Result<usize> {
+    let dev = s.dev;
+    let residual_op = format!("{op}(residual)");
+    s.check(
+        &residual_op,
+        label.clone(),
+        dtype,
+        Check::Exact,
+        &sum.to_f32(dev)?,
+        sum_want,
+    );
+    Ok(s.check(
+        op,
+        label,
+        dtype,
+        Check::Reduction,
+        &out.to_f32(dev)?,
+        out_want,
+    ))
 }
 
 /// The fused kernel's time on its row, with the unfused launches' time and the ratio.
