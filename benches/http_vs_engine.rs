@@ -16,6 +16,7 @@ use kiln::engine::{EngineHandle, SamplingParams};
 use kiln::launch::{build_engine, EngineArgs};
 use kiln::server::state::{AppState, Served};
 use kiln::server::{serve, ServeOptions};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,6 +135,34 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0 // USER_HZ is 100 on every Linux we run on
 }
 
+/// CPU time, engine steps and wall time over one phase's rounds.
+struct Phase {
+    cpu: f64,
+    steps: u64,
+    wall: f64,
+    started: Instant,
+}
+
+impl Phase {
+    fn start(handle: &EngineHandle) -> Phase {
+        Phase {
+            cpu: cpu_seconds(),
+            steps: handle.stats().steps.load(Ordering::Relaxed),
+            wall: 0.0,
+            started: Instant::now(),
+        }
+    }
+
+    fn end(self, handle: &EngineHandle) -> Phase {
+        Phase {
+            cpu: cpu_seconds() - self.cpu,
+            steps: handle.stats().steps.load(Ordering::Relaxed) - self.steps,
+            wall: self.started.elapsed().as_secs_f64(),
+            started: self.started,
+        }
+    }
+}
+
 fn best(samples: &[f64]) -> f64 {
     samples.iter().cloned().fold(0.0, f64::max)
 }
@@ -152,11 +181,11 @@ fn main() {
             at_least
         };
         let mut engine_rates = Vec::new();
-        let cpu_start = cpu_seconds();
+        let engine_phase = Phase::start(&handle);
         for _ in 0..rounds {
             engine_rates.push(in_process(&handle, tokens).await);
         }
-        let engine_cpu = cpu_seconds() - cpu_start;
+        let engine_phase = engine_phase.end(&handle);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -186,11 +215,11 @@ fn main() {
         let client = reqwest::Client::new();
         over_http(&client, &base, tokens).await; // warm-up
         let mut http_rates = Vec::new();
-        let cpu_start = cpu_seconds();
+        let http_phase = Phase::start(&handle);
         for _ in 0..rounds {
             http_rates.push(over_http(&client, &base, tokens).await);
         }
-        let http_cpu = cpu_seconds() - cpu_start;
+        let http_phase = http_phase.end(&handle);
         let _ = stop_tx.send(());
         let _ = server.await;
 
@@ -205,8 +234,18 @@ fn main() {
         println!(
             "CPU time per token (server, engine and client together): engine {:.1} us, \
              HTTP {:.1} us",
-            engine_cpu / tokens * 1e6,
-            http_cpu / tokens * 1e6
+            engine_phase.cpu / tokens * 1e6,
+            http_phase.cpu / tokens * 1e6
         );
+        // Whether HTTP slows the engine's steps or shrinks its batches: a slower step
+        // rate at the same tokens per step points at work on the engine thread.
+        for (name, p) in [("engine", &engine_phase), ("HTTP", &http_phase)] {
+            println!(
+                "{name}: {} engine steps, {:.0} steps/s, {:.1} tokens per step",
+                p.steps,
+                p.steps as f64 / p.wall,
+                tokens / p.steps.max(1) as f64
+            );
+        }
     });
 }
