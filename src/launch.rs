@@ -1,6 +1,7 @@
 //! Turning command-line / environment settings into a running engine: find the model, pick
 //! the device and the dtype, load the weights with progress, size the KV cache.
 
+pub mod chat_template;
 mod cuda;
 pub mod device;
 pub mod gpu_memory;
@@ -118,6 +119,19 @@ pub struct EngineArgs {
     /// Seed of the random streams of requests without their own seed (and of dummy weights).
     #[arg(long, env = "KILN_SEED", default_value_t = 0)]
     pub seed: u64,
+    /// A chat template to use instead of the model's: a file, or the Jinja text itself.
+    #[arg(long, env = "KILN_CHAT_TEMPLATE")]
+    pub chat_template: Option<String>,
+    /// How the chat template reads `message.content`: `auto` (`openai` when it loops over
+    /// a message's content, else `string`), `string` (text parts joined with newlines,
+    /// null content empty) or `openai` (the list of parts).
+    #[arg(
+        long,
+        env = "KILN_CHAT_TEMPLATE_CONTENT_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub chat_template_content_format: chat_template::ContentFormatArg,
 }
 
 /// Resolves the model files named by the arguments.
@@ -243,6 +257,12 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             Tokenizer::from_dir(&demo::files()?.tokenizer_dir.context("demo tokenizer")?)?
         }
     };
+    let mut tokenizer = tokenizer;
+    chat_template::configure(
+        &mut tokenizer,
+        args.chat_template.as_deref(),
+        args.chat_template_content_format,
+    )?;
     let eos = eos_ids(&config, &files, &tokenizer);
     let weights: Arc<dyn WeightSource + Send + Sync> = match args.load_format {
         LoadFormat::Dummy => Arc::new(DummyWeights { seed: args.seed }),

@@ -169,6 +169,55 @@ async fn chat_completion_follows_openai_schema() {
     assert!(content[0]["bytes"].is_array());
 }
 
+/// Clients send content as OpenAI's list of parts and system prompts as `developer`
+/// messages; the demo's template takes strings and knows no developer role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_parts_and_developer_messages_work_with_a_string_template() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let url = server.url("/v1/chat/completions");
+    let plain = json!([
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is a kiln?"}
+    ]);
+    let parts = json!([
+        {"role": "developer", "content": [{"type": "text", "text": "Answer briefly."}]},
+        {"role": "user", "content": [{"type": "text", "text": "What is a kiln?"}]}
+    ]);
+    let (status, a) = post(&client, url.clone(), chat_body(json!({"messages": plain}))).await;
+    assert_eq!(status, 200, "{a}");
+    let (status, b) = post(&client, url.clone(), chat_body(json!({"messages": parts}))).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(a["choices"], b["choices"]);
+    assert_eq!(a["usage"]["prompt_tokens"], b["usage"]["prompt_tokens"]);
+
+    // An assistant turn that only called a tool has null content.
+    let tool_turn = json!([
+        {"role": "user", "content": "What is a kiln?"},
+        {"role": "assistant", "content": null,
+         "tool_calls": [{"id": "c1", "type": "function",
+                         "function": {"name": "look_up", "arguments": "{}"}}]},
+        {"role": "user", "content": "Go on."}
+    ]);
+    let (status, r) = post(
+        &client,
+        url.clone(),
+        chat_body(json!({"messages": tool_turn})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+
+    let image = json!([{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/kiln.png"}}
+    ]}]);
+    let (status, error) = post(&client, url, chat_body(json!({"messages": image}))).await;
+    assert_eq!(status, 400, "{error}");
+    assert_openai_error(&error, "invalid_request_error", Some("messages"));
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("image_url"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_take_every_prompt_form() {
     let server = Server::start(&[]);

@@ -57,16 +57,72 @@ pub enum MessageContent {
 }
 
 impl MessageContent {
-    /// The text of the content: the string itself, or the `text` of every text part joined.
+    /// The text of the content: the string itself, or the `text` of every text part, one
+    /// per line (as vLLM joins them for templates that take strings).
     pub fn joined_text(&self) -> String {
         match self {
             MessageContent::Text(text) => text.clone(),
             MessageContent::Parts(parts) => parts
                 .iter()
-                .filter(|part| part.get("type").and_then(|t| t.as_str()) == Some("text"))
+                .filter(|part| part_type(part) == Some("text"))
                 .filter_map(|part| part.get("text").and_then(|t| t.as_str()))
-                .collect(),
+                .collect::<Vec<_>>()
+                .join("\n"),
             MessageContent::Null => String::new(),
+        }
+    }
+}
+
+fn part_type(part: &serde_json::Map<String, serde_json::Value>) -> Option<&str> {
+    part.get("type").and_then(|t| t.as_str())
+}
+
+/// How a template reads `message.content`. Most templates concatenate it as a string and
+/// break on OpenAI's list of parts; multimodal ones loop over the parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentFormat {
+    /// Content is a string: text parts are joined, a null content is empty.
+    String,
+    /// Content is OpenAI's list of parts: a string stays a string, null is an empty list.
+    OpenAi,
+}
+
+impl ContentFormat {
+    /// The format a template's source expects: parts if it loops over a message's content.
+    pub fn detect(source: &str) -> ContentFormat {
+        let mut rest = source;
+        while let Some(at) = rest.find("{%") {
+            let tag = &rest[at + 2..];
+            let end = tag.find("%}").unwrap_or(tag.len());
+            let inner =
+                tag[..end].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+            if let Some(iterable) = inner
+                .strip_prefix("for ")
+                .and_then(|head| head.split_once(" in ").map(|(_, it)| it))
+            {
+                let iterable = iterable.split('|').next().unwrap_or("").trim();
+                if iterable.ends_with("content")
+                    || iterable.ends_with("content']")
+                    || iterable.ends_with("content\"]")
+                {
+                    return ContentFormat::OpenAi;
+                }
+            }
+            rest = &tag[end..];
+        }
+        ContentFormat::String
+    }
+}
+
+impl std::str::FromStr for ContentFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "string" => Ok(ContentFormat::String),
+            "openai" => Ok(ContentFormat::OpenAi),
+            other => Err(format!(
+                "unknown chat template content format {other:?} (string or openai)"
+            )),
         }
     }
 }
@@ -84,6 +140,9 @@ pub enum ChatTemplateError {
     Render(#[source] Error),
     #[error("chat template extra arguments must be a JSON object or null, got {0}")]
     ExtraNotAnObject(String),
+    /// A message the model cannot take (an image part for a text-only model).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The message a template passed to `raise_exception`, carried as the source of the
@@ -97,6 +156,10 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    content_format: ContentFormat,
+    /// Whether the template has a `developer` role of its own; if not, OpenAI's developer
+    /// messages (the newer name of system messages) reach it as `system`.
+    knows_developer: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -123,10 +186,61 @@ impl ChatTemplate {
             env,
             bos_token,
             eos_token,
+            content_format: ContentFormat::detect(source),
+            knows_developer: source.contains("developer"),
         })
     }
 
-    /// Renders the prompt for `messages`. `extra` (a JSON object, or null) adds template
+    /// Overrides the detected content format (`--chat-template-content-format`).
+    pub fn with_content_format(mut self, format: ContentFormat) -> Self {
+        self.content_format = format;
+        self
+    }
+
+    pub fn content_format(&self) -> ContentFormat {
+        self.content_format
+    }
+
+    /// The messages as this template reads them: content in its format, developer
+    /// messages as system messages where it has no developer role. Parts other than text
+    /// are refused: every model kiln serves takes text only.
+    fn prepare(&self, messages: &[ChatMessage]) -> Result<Vec<ChatMessage>, ChatTemplateError> {
+        messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if let MessageContent::Parts(parts) = &m.content {
+                    if let Some(other) = parts.iter().find(|p| part_type(p) != Some("text")) {
+                        return Err(ChatTemplateError::Unsupported(format!(
+                            "messages[{i}]: content part of type {} is not supported: this \
+                             model takes text only",
+                            part_type(other)
+                                .map(|t| format!("{t:?}"))
+                                .unwrap_or_else(|| "(none)".into())
+                        )));
+                    }
+                }
+                let content = match (self.content_format, &m.content) {
+                    (ContentFormat::String, c) => MessageContent::Text(c.joined_text()),
+                    (ContentFormat::OpenAi, MessageContent::Null) => MessageContent::Parts(vec![]),
+                    (ContentFormat::OpenAi, c) => c.clone(),
+                };
+                let role = if m.role == "developer" && !self.knows_developer {
+                    "system".to_string()
+                } else {
+                    m.role.clone()
+                };
+                Ok(ChatMessage {
+                    role,
+                    content,
+                    extra: m.extra.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Renders the prompt for `messages` (prepared for the template's content format
+    /// first, see [`ContentFormat`]). `extra` (a JSON object, or null) adds template
     /// variables such as `tools`, `documents` or `date_string`; it may override
     /// `bos_token`/`eos_token` but not `messages` or `add_generation_prompt`.
     pub fn render(
@@ -151,7 +265,10 @@ impl ChatTemplate {
             }
             other => return Err(ChatTemplateError::ExtraNotAnObject(other.to_string())),
         }
-        context.insert("messages".into(), Value::from_serialize(messages));
+        context.insert(
+            "messages".into(),
+            Value::from_serialize(self.prepare(messages)?),
+        );
         context.insert(
             "add_generation_prompt".into(),
             Value::from(add_generation_prompt),

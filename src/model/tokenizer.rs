@@ -185,6 +185,10 @@ impl Tokenizer {
         self.chat_template.as_ref()
     }
 
+    pub fn take_chat_template(&mut self) -> Option<ChatTemplate> {
+        self.chat_template.take()
+    }
+
     /// The underlying `tokenizers` tokenizer, for what this wrapper does not expose.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

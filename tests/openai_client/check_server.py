@@ -120,6 +120,38 @@ def check_completion_n_2_and_echo():
     assert r.choices[3].text.startswith("A river")
 
 
+def check_content_parts_and_developer_role():
+    """The client's typed content parts and developer messages give the same answer as
+    plain strings and a system message; an image part is refused for a text model."""
+    plain = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": "Answer briefly."}] + MESSAGES,
+        max_tokens=8,
+        temperature=0,
+    )
+    parts = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "developer", "content": [{"type": "text", "text": "Answer briefly."}]},
+            {"role": "user", "content": [{"type": "text", "text": "What is a kiln?"}]},
+        ],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert parts.choices[0].message.content == plain.choices[0].message.content
+    try:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+            ]}],
+        )
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "messages", e.body
+    else:
+        raise AssertionError("no BadRequestError")
+
+
 def check_bad_request():
     try:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)

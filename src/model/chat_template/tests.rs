@@ -258,36 +258,132 @@ fn mistral_raise_exception_carries_the_templates_message() {
     assert!(err.to_string().contains("Roles must go user, assistant"));
 }
 
-#[test]
-fn content_parts_stay_a_list_of_maps_and_strings_stay_strings() {
-    let source = r#"{%- for message in messages %}
+/// Loops over a message's parts, as multimodal templates (Llama 3.2, Qwen2-VL, Gemma 3) do.
+const PARTS_LOOP: &str = r#"{%- for message in messages %}
 {{- message.role }}:
 {%- if message.content is string %} {{ message.content }}
 {%- else %}
-{%- for part in message.content %}
-{%- if part.type == 'text' %} {{ part['text'] }}{% elif part.type == 'image_url' %} <image>{% endif %}
-{%- endfor %}
+{%- for part in message['content'] | selectattr('type', 'equalto', 'text') %} {{ part['text'] }}{% endfor %}
 {%- endif %}
 {{- '|' }}
 {%- endfor %}"#;
+
+#[test]
+fn a_template_that_loops_over_parts_gets_them_as_a_list_and_strings_stay_strings() {
+    let template = ChatTemplate::new(PARTS_LOOP, None, None).unwrap();
+    assert_eq!(template.content_format(), ContentFormat::OpenAi);
     let messages: Vec<ChatMessage> = serde_json::from_value(json!([
         {"role": "system", "content": "plain"},
         {"role": "user", "content": [
             {"type": "text", "text": "look"},
-            {"type": "image_url", "image_url": {"url": "http://x/y.png"}},
             {"type": "text", "text": "here"}
-        ]}
+        ]},
+        {"role": "assistant", "content": null, "tool_calls": []}
     ]))
     .unwrap();
     assert_eq!(
-        messages[1].content.joined_text(),
-        "lookhere",
-        "joined_text keeps only text parts"
+        template.render(&messages, false, json!(null)).unwrap(),
+        "system: plain|user: look here|assistant:|"
     );
+}
+
+#[test]
+fn a_string_template_gets_text_parts_joined_and_null_content_empty() {
+    let template = chatml();
+    assert_eq!(template.content_format(), ContentFormat::String);
+    let as_parts: Vec<ChatMessage> = serde_json::from_value(json!([
+        {"role": "user", "content": [
+            {"type": "text", "text": "first line"},
+            {"type": "text", "text": "second line"}
+        ]},
+        {"role": "assistant", "content": null, "tool_calls": []},
+        {"role": "user"}
+    ]))
+    .unwrap();
+    let as_strings = [
+        ChatMessage::new("user", "first line\nsecond line"),
+        ChatMessage {
+            extra: as_parts[1].extra.clone(),
+            ..ChatMessage::new("assistant", "")
+        },
+        ChatMessage::new("user", ""),
+    ];
     assert_eq!(
-        render_source(source, &messages, json!(null)),
-        "system: plain|user: look <image> here|"
+        template.render(&as_parts, true, json!(null)).unwrap(),
+        template.render(&as_strings, true, json!(null)).unwrap()
     );
+}
+
+#[test]
+fn image_parts_are_refused_with_the_message_index() {
+    let messages: Vec<ChatMessage> = serde_json::from_value(json!([
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+        ]}
+    ]))
+    .unwrap();
+    for template in [chatml(), ChatTemplate::new(PARTS_LOOP, None, None).unwrap()] {
+        match template.render(&messages, true, json!(null)) {
+            Err(ChatTemplateError::Unsupported(why)) => {
+                assert!(
+                    why.contains("messages[1]") && why.contains("image_url"),
+                    "{why}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn developer_messages_reach_templates_without_that_role_as_system() {
+    let with_developer = [
+        ChatMessage::new("developer", "be brief"),
+        ChatMessage::new("user", "hi"),
+    ];
+    let with_system = [
+        ChatMessage::new("system", "be brief"),
+        ChatMessage::new("user", "hi"),
+    ];
+    let t = chatml();
+    assert_eq!(
+        t.render(&with_developer, true, json!(null)).unwrap(),
+        t.render(&with_system, true, json!(null)).unwrap()
+    );
+    // A template that names the role gets it unchanged.
+    let own = "{% for m in messages %}{% if m.role == 'developer' %}D{% endif %}{{ m.role }};{% endfor %}";
+    assert_eq!(
+        render_source(own, &with_developer, json!(null)),
+        "Ddeveloper;user;"
+    );
+}
+
+#[test]
+fn content_format_detection_and_override() {
+    assert_eq!(ContentFormat::detect(CHATML_TOOLS), ContentFormat::String);
+    assert_eq!(ContentFormat::detect(LLAMA31), ContentFormat::String);
+    assert_eq!(ContentFormat::detect(PARTS_LOOP), ContentFormat::OpenAi);
+    for looping in [
+        "{% for c in message.content %}{% endfor %}",
+        "{%- for item in messages[0]['content'] -%}{% endfor %}",
+        "{% for x in m[\"content\"] | reverse %}{% endfor %}",
+    ] {
+        assert_eq!(
+            ContentFormat::detect(looping),
+            ContentFormat::OpenAi,
+            "{looping}"
+        );
+    }
+    assert_eq!(
+        ContentFormat::detect("{% for tool_call in message.tool_calls %}{% endfor %}"),
+        ContentFormat::String
+    );
+    assert_eq!("openai".parse(), Ok(ContentFormat::OpenAi));
+    assert!("parts".parse::<ContentFormat>().is_err());
+    let forced = chatml().with_content_format(ContentFormat::OpenAi);
+    assert_eq!(forced.content_format(), ContentFormat::OpenAi);
 }
 
 #[test]

@@ -1,0 +1,132 @@
+//! `--chat-template` and `--chat-template-content-format`: the template a model's chat
+//! requests go through, when the model's own is missing, wrong or reads content
+//! differently than detected.
+
+use crate::model::chat_template::{ChatTemplate, ContentFormat};
+use crate::model::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// `--chat-template-content-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContentFormatArg {
+    /// `openai` when the template loops over a message's content, else `string`.
+    Auto,
+    /// Content is a string: text parts are joined with newlines.
+    String,
+    /// Content is OpenAI's list of parts.
+    Openai,
+}
+
+/// Installs the template `given` names (a file, or the Jinja text itself) in place of the
+/// tokenizer's, then applies the content format.
+pub fn configure(
+    tokenizer: &mut Tokenizer,
+    given: Option<&str>,
+    format: ContentFormatArg,
+) -> Result<()> {
+    if let Some(given) = given {
+        let source = template_source(given)?;
+        let template = ChatTemplate::new(
+            &source,
+            tokenizer.bos_token().map(str::to_owned),
+            tokenizer.eos_token().map(str::to_owned),
+        )
+        .context("--chat-template")?;
+        tokenizer.set_chat_template(Some(template));
+    }
+    let forced = match format {
+        ContentFormatArg::Auto => None,
+        ContentFormatArg::String => Some(ContentFormat::String),
+        ContentFormatArg::Openai => Some(ContentFormat::OpenAi),
+    };
+    if let Some(template) = tokenizer.take_chat_template() {
+        let template = match forced {
+            Some(format) => template.with_content_format(format),
+            None => template,
+        };
+        tracing::info!(
+            "chat template reads message content as {}",
+            match template.content_format() {
+                ContentFormat::String => "a string",
+                ContentFormat::OpenAi => "a list of parts",
+            }
+        );
+        tokenizer.set_chat_template(Some(template));
+    }
+    Ok(())
+}
+
+/// The Jinja text of `given`: the file it names, or itself when it is a template.
+fn template_source(given: &str) -> Result<String> {
+    let path = Path::new(given);
+    if path.is_file() {
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("--chat-template: reading {}", path.display()));
+    }
+    anyhow::ensure!(
+        given.contains("{{") || given.contains("{%"),
+        "--chat-template {given:?} is neither a file nor a Jinja template"
+    );
+    Ok(given.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::chat_template::ChatMessage;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    fn fixture_tokenizer() -> Tokenizer {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+        Tokenizer::from_dir(&dir).unwrap()
+    }
+
+    fn render(tokenizer: &Tokenizer, messages: serde_json::Value) -> String {
+        let messages: Vec<ChatMessage> = serde_json::from_value(messages).unwrap();
+        tokenizer
+            .chat_template()
+            .unwrap()
+            .render(&messages, false, json!(null))
+            .unwrap()
+    }
+
+    #[test]
+    fn an_inline_or_file_template_replaces_the_models() {
+        let inline = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}";
+        let mut tok = fixture_tokenizer();
+        configure(&mut tok, Some(inline), ContentFormatArg::Auto).unwrap();
+        let hi = json!([{"role": "user", "content": "hi"}]);
+        assert_eq!(render(&tok, hi.clone()), "[user] hi\n");
+
+        let file = std::env::temp_dir().join(format!("kiln-template-{}.jinja", std::process::id()));
+        std::fs::write(&file, "<{{ messages[0].content }}>").unwrap();
+        let mut tok = fixture_tokenizer();
+        configure(&mut tok, file.to_str(), ContentFormatArg::Auto).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(render(&tok, hi), "<hi>");
+
+        let err = configure(
+            &mut fixture_tokenizer(),
+            Some("no/such/file.jinja"),
+            ContentFormatArg::Auto,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("neither a file nor"), "{err:#}");
+    }
+
+    #[test]
+    fn the_content_format_can_be_forced() {
+        let loops =
+            "{% for m in messages %}{% for p in m.content %}{{ p.text }};{% endfor %}{% endfor %}";
+        let parts = json!([{"role": "user", "content": [{"type": "text", "text": "a"}]}]);
+        let mut tok = fixture_tokenizer();
+        configure(&mut tok, Some(loops), ContentFormatArg::Auto).unwrap();
+        assert_eq!(render(&tok, parts.clone()), "a;");
+        // Forced to strings, the same template loops over the characters of "a".
+        let mut tok = fixture_tokenizer();
+        configure(&mut tok, Some(loops), ContentFormatArg::String).unwrap();
+        assert_eq!(render(&tok, parts), ";");
+    }
+}
