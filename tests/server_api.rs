@@ -219,6 +219,71 @@ async fn content_parts_and_developer_messages_work_with_a_string_template() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_forces_and_bans_tokens_and_bad_biases_are_400() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let url = server.url("/v1/completions");
+    let body = |extra: Value| {
+        let mut b = json!({"model": MODEL, "prompt": "The cat", "max_tokens": 3,
+                           "temperature": 0});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let (_, forced) = post(
+        &client,
+        url.clone(),
+        body(json!({"logit_bias": {"100": 100}})),
+    )
+    .await;
+    let (_, expected) = post(
+        &client,
+        server.url("/detokenize"),
+        json!({"model": MODEL, "tokens": [100, 100, 100]}),
+    )
+    .await;
+    assert_eq!(forced["choices"][0]["text"], expected["prompt"], "{forced}");
+
+    let (_, plain) = post(&client, url.clone(), body(json!({"max_tokens": 1}))).await;
+    let first = plain["choices"][0]["text"].as_str().unwrap().to_string();
+    let (_, ids) = post(
+        &client,
+        server.url("/tokenize"),
+        json!({"model": MODEL, "prompt": first}),
+    )
+    .await;
+    let argmax = ids["tokens"][0].as_u64().unwrap();
+    let (_, banned) = post(
+        &client,
+        url.clone(),
+        body(json!({"max_tokens": 1, "logit_bias": {argmax.to_string(): -100}})),
+    )
+    .await;
+    assert_ne!(banned["choices"][0]["text"], plain["choices"][0]["text"]);
+
+    let chat = server.url("/v1/chat/completions");
+    let (status, r) = post(
+        &client,
+        chat,
+        chat_body(json!({"logit_bias": {"100": 100}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+
+    for bad in [
+        json!({"logit_bias": {"cat": 1}}),
+        json!({"logit_bias": {"100": 150}}),
+        json!({"logit_bias": {"100": "high"}}),
+        json!({"logit_bias": {"99999999": 1}}),
+    ] {
+        let (status, error) = post(&client, url.clone(), body(bad.clone())).await;
+        assert_eq!(status, 400, "{bad} -> {error}");
+        assert_openai_error(&error, "invalid_request_error", Some("logit_bias"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_take_every_prompt_form() {
     let server = Server::start(&[]);
     let client = Client::new();

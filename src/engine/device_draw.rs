@@ -23,7 +23,8 @@ impl DeviceDraw {
     /// host (log-probabilities are computed from the raw logits there).
     pub fn for_row(ctx: &SampleContext, u: f32) -> Option<DeviceDraw> {
         let p = ctx.params;
-        if p.logprobs.is_some() {
+        // Logit biases are applied on the host only.
+        if p.logprobs.is_some() || !p.logit_bias.is_empty() {
             return None;
         }
         let penalised =

@@ -66,6 +66,16 @@ pub fn validate_request(
     if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab) {
         return Err(RequestError::InvalidToken { id, vocab });
     }
+    if let Some((id, _)) = params
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= vocab)
+    {
+        return Err(RequestError::InvalidParam(ParamError {
+            param: "logit_bias",
+            message: format!("token id {id} is outside the vocabulary ({vocab} tokens)"),
+        }));
+    }
     Ok(())
 }
 

@@ -31,6 +31,8 @@ pub struct SamplingParams {
     /// Return the chosen token's logprob and this many alternatives.
     pub logprobs: Option<usize>,
     pub skip_special_tokens: bool,
+    /// Added to these tokens' logits before sampling (OpenAI's `logit_bias`, -100..=100).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -52,6 +54,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             skip_special_tokens: true,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -140,6 +143,16 @@ impl SamplingParams {
             "stop",
             "stop strings must not be empty",
         )?;
+        if let Some((id, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(b.is_finite() && (-100.0..=100.0).contains(b)))
+        {
+            return Err(ParamError {
+                param: "logit_bias",
+                message: format!("biases must be between -100 and 100, got {bias} for token {id}"),
+            });
+        }
         Ok(())
     }
 }
@@ -154,6 +167,23 @@ mod tests {
         assert!(p.validate().is_ok());
         assert!(!p.is_greedy());
         assert!(SamplingParams::greedy().is_greedy());
+    }
+
+    #[test]
+    fn logit_biases_must_lie_within_plus_minus_100() {
+        let with = |bias: f32| SamplingParams {
+            logit_bias: vec![(5, 1.0), (7, bias)],
+            ..Default::default()
+        };
+        assert!(with(-100.0).validate().is_ok());
+        assert!(with(100.0).validate().is_ok());
+        for bad in [100.5, -101.0, f32::NAN, f32::INFINITY] {
+            assert_eq!(
+                with(bad).validate().unwrap_err().param,
+                "logit_bias",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

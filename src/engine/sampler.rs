@@ -1,7 +1,7 @@
 //! Turning one sequence's logits into its next token, on the host.
 //!
 //! Order: logprobs of the raw distribution (what OpenAI clients expect), then penalties,
-//! `min_tokens` masking, and either argmax (greedy) or temperature, top-k, top-p, min-p and a
+//! logit biases, `min_tokens` masking, and either argmax (greedy) or temperature, top-k, top-p, min-p and a
 //! draw from the sequence's own random stream (so a seed gives the same text in any batch).
 
 use super::output::TokenLogprob;
@@ -28,6 +28,11 @@ pub fn sample(logits: &mut [f32], ctx: &SampleContext, rng: &mut ChaCha8Rng) -> 
     let p = ctx.params;
     let raw_logprobs = p.logprobs.map(|_| log_softmax(logits));
     apply_penalties(logits, ctx);
+    for &(token, bias) in &p.logit_bias {
+        if let Some(l) = logits.get_mut(token as usize) {
+            *l += bias;
+        }
+    }
     if ctx.output.len() < p.min_tokens {
         for &t in ctx.end_tokens {
             if let Some(l) = logits.get_mut(t as usize) {
@@ -58,6 +63,7 @@ pub fn picks_argmax(ctx: &SampleContext) -> bool {
         && p.repetition_penalty == 1.0
         && p.presence_penalty == 0.0
         && p.frequency_penalty == 0.0
+        && p.logit_bias.is_empty()
         && (ctx.output.len() >= p.min_tokens || ctx.end_tokens.is_empty())
 }
 
@@ -232,6 +238,7 @@ impl LazyOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::device_draw::DeviceDraw;
     use rand::SeedableRng;
 
     fn ctx<'a>(p: &'a SamplingParams, output: &'a [u32]) -> SampleContext<'a> {
@@ -271,6 +278,10 @@ mod tests {
                 frequency_penalty: 0.5,
                 ..SamplingParams::greedy()
             },
+            SamplingParams {
+                logit_bias: vec![(2, -1.0)],
+                ..SamplingParams::greedy()
+            },
         ] {
             assert!(!picks_argmax(&ctx(&p, &[])), "{p:?}");
         }
@@ -281,6 +292,42 @@ mod tests {
         };
         assert!(!picks_argmax(&ctx(&min, &[7])));
         assert!(picks_argmax(&ctx(&min, &[7, 8])));
+    }
+
+    #[test]
+    fn logit_biases_move_tokens_before_the_pick_but_not_the_logprobs() {
+        let logits = [0.1, 2.0, -1.0, 1.9];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let banned = SamplingParams {
+            logit_bias: vec![(1, -100.0)],
+            logprobs: Some(1),
+            ..SamplingParams::greedy()
+        };
+        let s = sample(&mut logits.clone(), &ctx(&banned, &[]), &mut rng);
+        assert_eq!(s.token, 3, "the argmax is banned, the runner-up wins");
+        let raw = log_softmax(&logits);
+        assert_eq!(
+            s.logprob.unwrap().logprob,
+            raw[3],
+            "logprobs are of the raw logits"
+        );
+        // A strong bias makes even a sampled token certain.
+        let forced = SamplingParams {
+            logit_bias: vec![(2, 100.0)],
+            temperature: 1.0,
+            ..Default::default()
+        };
+        for seed in 0..10 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            assert_eq!(
+                sample(&mut logits.clone(), &ctx(&forced, &[]), &mut rng).token,
+                2
+            );
+        }
+        assert!(
+            DeviceDraw::for_row(&ctx(&forced, &[]), 0.5).is_none(),
+            "host only"
+        );
     }
 
     #[test]

@@ -77,12 +77,6 @@ pub async fn chat_completions(
 }
 
 fn reject_unsupported(req: &ChatCompletionRequest) -> ApiResult<()> {
-    if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(ApiError::invalid(
-            Some("logit_bias"),
-            "logit_bias is not supported",
-        ));
-    }
     if let Some(format) = &req.response_format {
         if format.get("type").and_then(|t| t.as_str()) != Some("text") {
             return Err(ApiError::invalid(

@@ -87,12 +87,6 @@ pub async fn completions(
 }
 
 fn reject_unsupported(req: &CompletionRequest) -> ApiResult<()> {
-    if req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-        return Err(ApiError::invalid(
-            Some("logit_bias"),
-            "logit_bias is not supported",
-        ));
-    }
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid(Some("suffix"), "suffix is not supported"));
     }

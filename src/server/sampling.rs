@@ -41,6 +41,7 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
             ),
         ));
     }
+    let logit_bias = parse_logit_bias(f.logit_bias.as_ref())?;
     let defaults = SamplingParams::default();
     let params = SamplingParams {
         max_tokens: f.max_tokens,
@@ -62,9 +63,33 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
         skip_special_tokens: f
             .skip_special_tokens
             .unwrap_or(defaults.skip_special_tokens),
+        logit_bias,
     };
     params.validate()?;
     Ok(params)
+}
+
+/// OpenAI's `logit_bias` map (token id strings to numbers) as (id, bias) pairs; ranges
+/// are checked with the other parameters.
+fn parse_logit_bias(
+    map: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> ApiResult<Vec<(u32, f32)>> {
+    let bad = |message: String| ApiError::invalid(Some("logit_bias"), message);
+    map.into_iter()
+        .flatten()
+        .map(|(key, value)| {
+            let id = key
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| bad(format!("keys must be token ids, got {key:?}")))?;
+            let bias = value.as_f64().ok_or_else(|| {
+                bad(format!(
+                    "token {id}: the bias must be a number, got {value}"
+                ))
+            })?;
+            Ok((id, bias as f32))
+        })
+        .collect()
 }
 
 /// The parameters of choice `i`: a seeded request gives each choice its own stream

@@ -152,6 +152,20 @@ def check_content_parts_and_developer_role():
         raise AssertionError("no BadRequestError")
 
 
+def check_logit_bias():
+    plain = client.completions.create(model=MODEL, prompt="The cat", max_tokens=3, temperature=0)
+    forced = client.completions.create(
+        model=MODEL, prompt="The cat", max_tokens=3, temperature=0, logit_bias={"100": 100}
+    )
+    assert forced.choices[0].text != plain.choices[0].text
+    try:
+        client.completions.create(model=MODEL, prompt="The cat", logit_bias={"100": 500})
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "logit_bias", e.body
+    else:
+        raise AssertionError("no BadRequestError")
+
+
 def check_bad_request():
     try:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)

@@ -37,7 +37,7 @@ pub struct ChatCompletionRequest {
     pub skip_special_tokens: Option<bool>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<usize>,
-    /// Must be empty: token biases are not supported.
+    /// Token id (as a string) to a bias in -100..=100 added to its logit.
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     /// Only `{"type": "text"}` is supported.
@@ -84,6 +84,7 @@ impl ChatCompletionRequest {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             skip_special_tokens: self.skip_special_tokens,
             logprobs,
+            logit_bias: self.logit_bias.clone(),
         }
     }
 }

@@ -80,4 +80,6 @@ pub struct SamplingFields {
     pub skip_special_tokens: Option<bool>,
     /// Alternatives per token, when logprobs are asked for at all.
     pub logprobs: Option<usize>,
+    /// OpenAI's `logit_bias`: token ids (as strings) to biases.
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
 }

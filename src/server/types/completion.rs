@@ -46,6 +46,7 @@ pub struct CompletionRequest {
     pub skip_special_tokens: Option<bool>,
     /// Alternatives per token (0 returns only the chosen token's logprob).
     pub logprobs: Option<usize>,
+    /// Token id (as a string) to a bias in -100..=100 added to its logit.
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     pub user: Option<String>,
@@ -73,6 +74,7 @@ impl CompletionRequest {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             skip_special_tokens: self.skip_special_tokens,
             logprobs: self.logprobs,
+            logit_bias: self.logit_bias.clone(),
         }
     }
 }
