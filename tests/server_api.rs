@@ -35,6 +35,14 @@ async fn service_endpoints_answer() {
     let models: Value = get("/v1/models").await.unwrap().json().await.unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL);
+    let card = get(&format!("/v1/models/{MODEL}")).await.unwrap();
+    assert_eq!(card.status(), 200);
+    assert_eq!(card.json::<Value>().await.unwrap(), models["data"][0]);
+    // Names may hold slashes (`org/model`): the whole rest of the path is the name.
+    let missing = get("/v1/models/org/no-such-model").await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let missing: Value = missing.json().await.unwrap();
+    assert_eq!(missing["error"]["code"], "model_not_found", "{missing}");
 
     let version: Value = get("/version").await.unwrap().json().await.unwrap();
     assert_eq!(version["version"], kiln::version());
@@ -70,6 +78,7 @@ async fn service_endpoints_answer() {
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/models",
+        "/v1/models/{model}",
         "/health",
     ] {
         assert!(spec["paths"][path].is_object(), "{path} in openapi.json");

@@ -11,6 +11,7 @@ use utoipa::OpenApi;
         super::completions::completions,
         super::images::generate_images,
         super::service::models,
+        super::service::retrieve_model,
         super::service::tokenize,
         super::service::detokenize,
         super::service::version,

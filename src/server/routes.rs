@@ -19,6 +19,7 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(service::models))
+        .route("/v1/models/{*model}", get(service::retrieve_model))
         .route("/v1/images/generations", post(images::generate_images))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -4,7 +4,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::ApiJson;
 use super::state::{AppState, Served, ServedImages, SharedState};
 use super::types::service::*;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -32,6 +32,23 @@ pub async fn models(State(state): State<SharedState>) -> ApiResult<Json<ModelLis
         object: "list",
         data,
     }))
+}
+
+/// OpenAI's model retrieval: the card of one served name (which may hold slashes, as
+/// `Qwen/Qwen2.5-0.5B-Instruct` does).
+#[utoipa::path(get, tag = "openai", path = "/v1/models/{model}",
+    params(("model" = String, Path, description = "A served model name")),
+    responses((status = 200, body = ModelCard), (status = 404, body = super::error::ErrorBody)))]
+pub async fn retrieve_model(
+    State(state): State<SharedState>,
+    Path(model): Path<String>,
+) -> ApiResult<Json<ModelCard>> {
+    let Json(list) = models(State(state)).await?;
+    list.data
+        .into_iter()
+        .find(|card| card.id == model)
+        .map(Json)
+        .ok_or_else(|| ApiError::model_not_found(&model))
 }
 
 /// An image server's models: the pipeline under each served name.

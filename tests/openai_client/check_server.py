@@ -22,6 +22,13 @@ MESSAGES = [{"role": "user", "content": "What is a kiln?"}]
 def check_models_lists_the_served_model():
     ids = [m.id for m in client.models.list().data]
     assert ids == [MODEL], ids
+    assert client.models.retrieve(MODEL).id == MODEL
+    try:
+        client.models.retrieve("no-such-model")
+    except openai.NotFoundError:
+        pass
+    else:
+        raise AssertionError("no NotFoundError")
 
 
 def check_chat_completion():
