@@ -132,6 +132,16 @@ pub struct EngineArgs {
         default_value = "auto"
     )]
     pub chat_template_content_format: chat_template::ContentFormatArg,
+    /// How tool calls are found in chat output when a request offers `tools`: `auto`
+    /// (`hermes` when the chat template documents `<tool_call>` blocks), `hermes` or `none`
+    /// (calls stay in the text).
+    #[arg(
+        long,
+        env = "KILN_TOOL_CALL_PARSER",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub tool_call_parser: chat_template::ToolCallParserArg,
 }
 
 /// Resolves the model files named by the arguments.
@@ -262,6 +272,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
         &mut tokenizer,
         args.chat_template.as_deref(),
         args.chat_template_content_format,
+        args.tool_call_parser,
     )?;
     let eos = eos_ids(&config, &files, &tokenizer);
     let weights: Arc<dyn WeightSource + Send + Sync> = match args.load_format {

@@ -13,6 +13,13 @@ async fn post(client: &Client, url: String, body: Value) -> (StatusCode, Value) 
     (status, r.json().await.unwrap())
 }
 
+/// The SSE payloads of `body` sent with `"stream": true`.
+async fn streamed(client: &Client, url: String, body: &Value) -> Vec<Value> {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    sse_events(client.post(url).json(&body).send().await.unwrap()).await
+}
+
 fn chat_body(extra: Value) -> Value {
     let mut body = json!({
         "model": MODEL,
@@ -292,6 +299,54 @@ async fn logit_bias_forces_and_bans_tokens_and_bad_biases_are_400() {
     }
 }
 
+/// With tools offered and the Hermes parser on, an answer without call blocks comes back
+/// as plain content, streamed or not (the demo model never writes `<tool_call>`: the
+/// parsing itself is covered by the unit tests of `model::tool_calls` and
+/// `server::chat_tools`); forcing a call is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offered_tools_leave_plain_answers_as_content() {
+    let server = Server::start(&["--tool-call-parser", "hermes"]);
+    let client = Client::new();
+    let url = server.url("/v1/chat/completions");
+    let tools = json!([{"type": "function", "function": {
+        "name": "look_up", "description": "Looks a word up",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}]);
+    let body = chat_body(json!({"tools": tools, "max_tokens": 16}));
+    let (status, whole) = post(&client, url.clone(), body.clone()).await;
+    assert_eq!(status, 200, "{whole}");
+    let message = &whole["choices"][0]["message"];
+    let content = message["content"].as_str().unwrap();
+    assert!(!content.is_empty());
+    assert!(message.get("tool_calls").is_none(), "{message}");
+    assert_eq!(whole["choices"][0]["finish_reason"], "length");
+
+    let chunks = streamed(&client, url.clone(), &body).await;
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, content);
+    assert!(chunks
+        .iter()
+        .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+    let last = &chunks.last().unwrap()["choices"][0];
+    assert_eq!(last["finish_reason"], "length");
+
+    for forced in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "look_up"}}),
+    ] {
+        let (status, error) = post(
+            &client,
+            url.clone(),
+            chat_body(json!({"tools": tools, "tool_choice": forced})),
+        )
+        .await;
+        assert_eq!(status, 400, "{error}");
+        assert_openai_error(&error, "invalid_request_error", Some("tool_choice"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_take_every_prompt_form() {
     let server = Server::start(&[]);
@@ -421,15 +476,7 @@ async fn streams_match_the_non_streamed_answers() {
     // Completions stream, without usage: no `usage` key at all.
     let body = json!({"model": MODEL, "prompt": "The cat", "temperature": 0, "max_tokens": 6});
     let (_, whole) = post(&client, server.url("/v1/completions"), body.clone()).await;
-    let mut streamed = body.clone();
-    streamed["stream"] = json!(true);
-    let response = client
-        .post(server.url("/v1/completions"))
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
-    let chunks = sse_events(response).await;
+    let chunks = streamed(&client, server.url("/v1/completions"), &body).await;
     let text: String = chunks
         .iter()
         .map(|c| c["choices"][0]["text"].as_str().unwrap().to_string())

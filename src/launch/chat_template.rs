@@ -4,6 +4,7 @@
 
 use crate::model::chat_template::{ChatTemplate, ContentFormat};
 use crate::model::tokenizer::Tokenizer;
+use crate::model::tool_calls::ToolCallFormat;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -18,12 +19,24 @@ pub enum ContentFormatArg {
     Openai,
 }
 
+/// `--tool-call-parser`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolCallParserArg {
+    /// `hermes` when the chat template documents `<tool_call>` blocks, else none.
+    Auto,
+    /// `<tool_call>{"name": ..., "arguments": ...}</tool_call>` (Qwen2.5, Qwen3, Hermes).
+    Hermes,
+    /// Tool calls stay in the text.
+    None,
+}
+
 /// Installs the template `given` names (a file, or the Jinja text itself) in place of the
-/// tokenizer's, then applies the content format.
+/// tokenizer's, then applies the content format and the tool-call parser.
 pub fn configure(
     tokenizer: &mut Tokenizer,
     given: Option<&str>,
     format: ContentFormatArg,
+    parser: ToolCallParserArg,
 ) -> Result<()> {
     if let Some(given) = given {
         let source = template_source(given)?;
@@ -45,6 +58,16 @@ pub fn configure(
             Some(format) => template.with_content_format(format),
             None => template,
         };
+        let template = match parser {
+            ToolCallParserArg::Auto => template,
+            ToolCallParserArg::Hermes => {
+                template.with_tool_call_format(Some(ToolCallFormat::Hermes))
+            }
+            ToolCallParserArg::None => template.with_tool_call_format(None),
+        };
+        if let Some(format) = template.tool_call_format() {
+            tracing::info!("tool calls are parsed from the output ({format:?} format)");
+        }
         tracing::info!(
             "chat template reads message content as {}",
             match template.content_format() {
@@ -96,14 +119,26 @@ mod tests {
     fn an_inline_or_file_template_replaces_the_models() {
         let inline = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}";
         let mut tok = fixture_tokenizer();
-        configure(&mut tok, Some(inline), ContentFormatArg::Auto).unwrap();
+        configure(
+            &mut tok,
+            Some(inline),
+            ContentFormatArg::Auto,
+            ToolCallParserArg::Auto,
+        )
+        .unwrap();
         let hi = json!([{"role": "user", "content": "hi"}]);
         assert_eq!(render(&tok, hi.clone()), "[user] hi\n");
 
         let file = std::env::temp_dir().join(format!("kiln-template-{}.jinja", std::process::id()));
         std::fs::write(&file, "<{{ messages[0].content }}>").unwrap();
         let mut tok = fixture_tokenizer();
-        configure(&mut tok, file.to_str(), ContentFormatArg::Auto).unwrap();
+        configure(
+            &mut tok,
+            file.to_str(),
+            ContentFormatArg::Auto,
+            ToolCallParserArg::Auto,
+        )
+        .unwrap();
         std::fs::remove_file(&file).unwrap();
         assert_eq!(render(&tok, hi), "<hi>");
 
@@ -111,6 +146,7 @@ mod tests {
             &mut fixture_tokenizer(),
             Some("no/such/file.jinja"),
             ContentFormatArg::Auto,
+            ToolCallParserArg::Auto,
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("neither a file nor"), "{err:#}");
@@ -122,11 +158,23 @@ mod tests {
             "{% for m in messages %}{% for p in m.content %}{{ p.text }};{% endfor %}{% endfor %}";
         let parts = json!([{"role": "user", "content": [{"type": "text", "text": "a"}]}]);
         let mut tok = fixture_tokenizer();
-        configure(&mut tok, Some(loops), ContentFormatArg::Auto).unwrap();
+        configure(
+            &mut tok,
+            Some(loops),
+            ContentFormatArg::Auto,
+            ToolCallParserArg::Auto,
+        )
+        .unwrap();
         assert_eq!(render(&tok, parts.clone()), "a;");
         // Forced to strings, the same template loops over the characters of "a".
         let mut tok = fixture_tokenizer();
-        configure(&mut tok, Some(loops), ContentFormatArg::String).unwrap();
+        configure(
+            &mut tok,
+            Some(loops),
+            ContentFormatArg::String,
+            ToolCallParserArg::Auto,
+        )
+        .unwrap();
         assert_eq!(render(&tok, parts), ";");
     }
 }

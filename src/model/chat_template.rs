@@ -13,6 +13,7 @@
 mod pyjson;
 mod strftime;
 
+use super::tool_calls::ToolCallFormat;
 use minijinja::value::ValueKind;
 use minijinja::{Environment, Error, ErrorKind, Output, State, Value};
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,8 @@ pub struct ChatTemplate {
     /// Whether the template has a `developer` role of its own; if not, OpenAI's developer
     /// messages (the newer name of system messages) reach it as `system`.
     knows_developer: bool,
+    /// How the model writes tool calls, as the template teaches it.
+    tool_call_format: Option<ToolCallFormat>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -188,7 +191,18 @@ impl ChatTemplate {
             eos_token,
             content_format: ContentFormat::detect(source),
             knows_developer: source.contains("developer"),
+            tool_call_format: ToolCallFormat::detect(source),
         })
+    }
+
+    /// Overrides the detected tool-call format (`--tool-call-parser`).
+    pub fn with_tool_call_format(mut self, format: Option<ToolCallFormat>) -> Self {
+        self.tool_call_format = format;
+        self
+    }
+
+    pub fn tool_call_format(&self) -> Option<ToolCallFormat> {
+        self.tool_call_format
     }
 
     /// Overrides the detected content format (`--chat-template-content-format`).

@@ -9,4 +9,5 @@ pub mod presets;
 pub mod rope;
 pub mod source;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod weights;

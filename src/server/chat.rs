@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`.
 
+use super::chat_tools;
 use super::error::{ApiError, ApiResult};
 use super::generate::{self, finish_reason, Choice, ResponseMeta};
 use super::json::ApiJson;
@@ -9,6 +10,7 @@ use super::sse;
 use super::state::{Served, SharedState};
 use super::types::chat::*;
 use crate::model::chat_template::ChatTemplateError;
+use crate::model::tool_calls::ToolCallFormat;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
@@ -33,6 +35,7 @@ pub async fn chat_completions(
     }
     let n = choices(req.n)?;
     let params = to_params(req.sampling())?;
+    let tool_parser = chat_tools::parser_for(&req, served.engine.tokenizer().chat_template())?;
     let prompt = render_prompt(served, &req)?;
     let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
     let meta = ResponseMeta::new("chatcmpl", &req.model);
@@ -46,6 +49,7 @@ pub async fn chat_completions(
             n,
             include_usage,
             want_logprobs,
+            tool_parser,
         ));
     }
     let finals = generate::collect_all(submitted, &state.metrics).await?;
@@ -59,16 +63,15 @@ pub async fn chat_completions(
         choices: finals
             .iter()
             .enumerate()
-            .map(|(index, out)| ChatChoice {
-                index,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: out.text.clone(),
-                    refusal: None,
-                },
-                logprobs: want_logprobs.then(|| logprobs::chat(tokenizer, &out.logprobs)),
-                finish_reason: finish_reason(out),
-                stop_reason: out.stop_reason.clone(),
+            .map(|(index, out)| {
+                let (message, made_calls) = chat_tools::message(&out.text, tool_parser);
+                ChatChoice {
+                    index,
+                    message,
+                    logprobs: want_logprobs.then(|| logprobs::chat(tokenizer, &out.logprobs)),
+                    finish_reason: chat_tools::finish_reason(finish_reason(out), made_calls),
+                    stop_reason: out.stop_reason.clone(),
+                }
             })
             .collect(),
         system_fingerprint: None,
@@ -142,6 +145,7 @@ fn stream(
     n: usize,
     include_usage: bool,
     want_logprobs: bool,
+    tool_parser: Option<ToolCallFormat>,
 ) -> Response {
     sse::response(move |tx| async move {
         let Some(served) = state.served() else { return };
@@ -152,6 +156,7 @@ fn stream(
             let delta = ChatDelta {
                 role: Some("assistant"),
                 content: Some(String::new()),
+                tool_calls: None,
             };
             let first = ChatChunkChoice {
                 index,
@@ -161,6 +166,9 @@ fn stream(
             };
             tx.send(&chunk(&meta, first, include_usage));
         }
+        let mut choice_streams: Vec<_> = (0..count)
+            .map(|_| chat_tools::ChoiceStream::new(tool_parser))
+            .collect();
         let mut events = generate::interleave(submitted, state.clone());
         loop {
             let (index, out) = match generate::next_output(&mut events, &tx).await {
@@ -169,19 +177,32 @@ fn stream(
                 generate::Next::Stop => return,
             };
             let finish = finish_reason(&out);
-            if out.text.is_empty() && finish.is_none() && !want_logprobs {
+            let choice_stream = &mut choice_streams[index];
+            let mut deltas = choice_stream.deltas(&out.text, finish.is_some());
+            let nothing_new = deltas
+                .iter()
+                .all(|d| d.tool_calls.is_none() && d.content.as_deref().is_none_or(str::is_empty));
+            if nothing_new && finish.is_none() && !want_logprobs {
                 continue;
             }
-            let choice = ChatChunkChoice {
-                index,
-                delta: ChatDelta {
-                    role: None,
-                    content: Some(out.text.clone()),
-                },
-                logprobs: want_logprobs.then(|| logprobs::chat(&tokenizer, &out.logprobs)),
-                finish_reason: finish.clone(),
-            };
-            tx.send(&chunk(&meta, choice, include_usage));
+            let finish = chat_tools::finish_reason(finish, choice_stream.made_calls());
+            if deltas.is_empty() {
+                deltas.push(ChatDelta {
+                    content: Some(String::new()),
+                    ..Default::default()
+                });
+            }
+            let last = deltas.len() - 1;
+            for (k, delta) in deltas.into_iter().enumerate() {
+                let choice = ChatChunkChoice {
+                    index,
+                    delta,
+                    logprobs: (want_logprobs && k == 0)
+                        .then(|| logprobs::chat(&tokenizer, &out.logprobs)),
+                    finish_reason: finish.clone().filter(|_| k == last),
+                };
+                tx.send(&chunk(&meta, choice, include_usage));
+            }
             if finish.is_some() {
                 finals[index] = Some(out);
             }

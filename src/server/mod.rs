@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod chat_tools;
 pub mod completions;
 pub mod error;
 pub mod generate;

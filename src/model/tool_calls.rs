@@ -1,0 +1,180 @@
+//! Tool calls in a model's output text, and how to find them.
+//!
+//! Models trained on the Hermes format (Qwen2.5, Qwen3, Hermes, and others whose chat
+//! template documents it) answer a tool request with blocks of
+//! `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` around or instead of plain text.
+//! The server turns those blocks into OpenAI `tool_calls`, both for a finished text and for
+//! a stream (where a block is held back until it closes).
+
+use serde_json::Value;
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+
+/// A tool-call output format a model may be trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolCallFormat {
+    /// `<tool_call>{"name": "f", "arguments": {...}}</tool_call>` blocks.
+    Hermes,
+}
+
+impl ToolCallFormat {
+    /// The format a chat template teaches its model, if it names one.
+    pub fn detect(template_source: &str) -> Option<ToolCallFormat> {
+        template_source
+            .contains(OPEN)
+            .then_some(ToolCallFormat::Hermes)
+    }
+}
+
+/// One call: the function's name and its arguments as JSON text (OpenAI sends a string).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A finished text split into its plain text and its calls.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedOutput {
+    /// The text outside the call blocks, trimmed; `None` when nothing is left.
+    pub content: Option<String>,
+    pub calls: Vec<ToolCall>,
+}
+
+/// Splits a finished output. A block whose body is not a call (bad JSON, no name) or that
+/// never closes leaves the whole text as plain content: the model did not make a call
+/// the client could act on, and dropping its text would lose it.
+pub fn parse(format: ToolCallFormat, text: &str) -> ParsedOutput {
+    let ToolCallFormat::Hermes = format;
+    let as_text = || ParsedOutput {
+        content: Some(text.to_string()),
+        calls: Vec::new(),
+    };
+    let mut calls = Vec::new();
+    let mut content = String::new();
+    let mut rest = text;
+    while let Some(open) = rest.find(OPEN) {
+        content.push_str(&rest[..open]);
+        let body_start = &rest[open + OPEN.len()..];
+        let Some(close) = body_start.find(CLOSE) else {
+            return as_text();
+        };
+        match call_from_json(&body_start[..close]) {
+            Some(call) => calls.push(call),
+            None => return as_text(),
+        }
+        rest = &body_start[close + CLOSE.len()..];
+    }
+    if calls.is_empty() {
+        return as_text();
+    }
+    content.push_str(rest);
+    let content = content.trim();
+    ParsedOutput {
+        content: (!content.is_empty()).then(|| content.to_string()),
+        calls,
+    }
+}
+
+/// `{"name": "f", "arguments": {...}}` (arguments may also be given as a JSON string, or
+/// under `parameters`) as a call.
+fn call_from_json(body: &str) -> Option<ToolCall> {
+    let value: Value = serde_json::from_str(body.trim()).ok()?;
+    let name = value.get("name")?.as_str()?.to_string();
+    let arguments = match value.get("arguments").or_else(|| value.get("parameters")) {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    Some(ToolCall { name, arguments })
+}
+
+/// What a stream's next piece of text amounts to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamPiece {
+    Text(String),
+    Call(ToolCall),
+}
+
+/// Finds calls in a streamed output: plain text passes through at once, except a tail
+/// that may be the start of `<tool_call>`; a block is held until it closes and then comes
+/// out as one call (or as its raw text, if it is not a call).
+#[derive(Debug)]
+pub struct ToolCallStream {
+    held: String,
+    calls: usize,
+}
+
+impl ToolCallStream {
+    pub fn new(format: ToolCallFormat) -> Self {
+        let ToolCallFormat::Hermes = format;
+        ToolCallStream {
+            held: String::new(),
+            calls: 0,
+        }
+    }
+
+    /// How many calls came out so far.
+    pub fn calls(&self) -> usize {
+        self.calls
+    }
+
+    /// Adds newly generated text; returns what can be sent now.
+    pub fn push(&mut self, text: &str) -> Vec<StreamPiece> {
+        self.held.push_str(text);
+        let mut out = Vec::new();
+        loop {
+            match self.held.find(OPEN) {
+                Some(open) => {
+                    let before = &self.held[..open];
+                    if !before.is_empty() {
+                        out.push(StreamPiece::Text(before.to_string()));
+                    }
+                    let body = &self.held[open + OPEN.len()..];
+                    let Some(close) = body.find(CLOSE) else {
+                        self.held.drain(..open);
+                        return out;
+                    };
+                    let raw_end = open + OPEN.len() + close + CLOSE.len();
+                    match call_from_json(&body[..close]) {
+                        Some(call) => {
+                            self.calls += 1;
+                            out.push(StreamPiece::Call(call));
+                        }
+                        None => out.push(StreamPiece::Text(self.held[open..raw_end].to_string())),
+                    }
+                    self.held.drain(..raw_end);
+                }
+                None => {
+                    // Keep a tail that could still grow into the opening tag.
+                    let keep = partial_prefix_len(&self.held, OPEN);
+                    let send = self.held.len() - keep;
+                    if send > 0 {
+                        out.push(StreamPiece::Text(self.held[..send].to_string()));
+                        self.held.drain(..send);
+                    }
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// The end of the output: whatever is still held is plain text.
+    pub fn finish(&mut self) -> Option<String> {
+        (!self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+    }
+}
+
+/// The length of the longest tail of `text` that is a proper prefix of `tag`.
+fn partial_prefix_len(text: &str, tag: &str) -> usize {
+    (1..tag.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && tag.starts_with(&text[text.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

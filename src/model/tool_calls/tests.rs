@@ -1,0 +1,113 @@
+use super::*;
+
+fn call(name: &str, arguments: &str) -> ToolCall {
+    ToolCall {
+        name: name.into(),
+        arguments: arguments.into(),
+    }
+}
+
+#[test]
+fn blocks_become_calls_and_the_rest_is_content() {
+    let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n<tool_call>{\"name\": \"now\", \"arguments\": \"{}\"}</tool_call>";
+    let parsed = parse(ToolCallFormat::Hermes, text);
+    assert_eq!(parsed.content.as_deref(), Some("Let me check."));
+    assert_eq!(
+        parsed.calls,
+        [call("get_weather", r#"{"city":"Oslo"}"#), call("now", "{}")]
+    );
+    let only = parse(
+        ToolCallFormat::Hermes,
+        "<tool_call>{\"name\": \"f\", \"parameters\": {\"x\": 1}}</tool_call>",
+    );
+    assert_eq!(only.content, None);
+    assert_eq!(only.calls, [call("f", r#"{"x":1}"#)]);
+}
+
+#[test]
+fn text_without_a_valid_closed_block_stays_text() {
+    for text in [
+        "no calls here",
+        "<tool_call>{\"name\": \"f\", \"arguments\": {}",
+        "<tool_call>not json</tool_call>",
+        "<tool_call>{\"arguments\": {}}</tool_call>",
+    ] {
+        let parsed = parse(ToolCallFormat::Hermes, text);
+        assert_eq!(parsed.content.as_deref(), Some(text));
+        assert!(parsed.calls.is_empty());
+    }
+}
+
+#[test]
+fn templates_that_document_the_tags_are_detected() {
+    assert_eq!(
+        ToolCallFormat::detect("... within <tool_call></tool_call> XML tags ..."),
+        Some(ToolCallFormat::Hermes)
+    );
+    assert_eq!(ToolCallFormat::detect("{{ messages[0].content }}"), None);
+}
+
+/// Feeds `text` in pieces of `size` bytes (on char boundaries) and collects the stream.
+fn stream(text: &str, size: usize) -> (String, Vec<ToolCall>) {
+    let mut s = ToolCallStream::new(ToolCallFormat::Hermes);
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    let mut take = |pieces: Vec<StreamPiece>| {
+        for p in pieces {
+            match p {
+                StreamPiece::Text(t) => {
+                    assert!(!t.is_empty());
+                    content.push_str(&t)
+                }
+                StreamPiece::Call(c) => calls.push(c),
+            }
+        }
+    };
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + size).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        take(s.push(&text[start..end]));
+        start = end;
+    }
+    if let Some(rest) = s.finish() {
+        content.push_str(&rest);
+    }
+    assert_eq!(s.calls(), calls.len());
+    (content, calls)
+}
+
+#[test]
+fn a_stream_in_any_pieces_gives_the_same_calls_and_text() {
+    let text = "Sure — <tool_call>{\"name\": \"a\", \"arguments\": {\"q\": \"<x>\"}}</tool_call> and <tool_call>{\"name\": \"b\", \"arguments\": {}}</tool_call> done <tool";
+    for size in [1, 2, 3, 5, 7, 16, 1000] {
+        let (content, calls) = stream(text, size);
+        assert_eq!(
+            calls,
+            [call("a", r#"{"q":"<x>"}"#), call("b", "{}")],
+            "{size}"
+        );
+        assert_eq!(content, "Sure —  and  done <tool", "{size}");
+    }
+    // A block that is not a call comes out as its text; one cut off comes out at the end.
+    let (content, calls) = stream("x<tool_call>oops</tool_call>y<tool_call>{\"na", 3);
+    assert!(calls.is_empty());
+    assert_eq!(content, "x<tool_call>oops</tool_call>y<tool_call>{\"na");
+}
+
+#[test]
+fn plain_text_is_not_held_back_except_a_possible_tag_start() {
+    let mut s = ToolCallStream::new(ToolCallFormat::Hermes);
+    assert_eq!(s.push("Hello"), [StreamPiece::Text("Hello".into())]);
+    assert_eq!(
+        s.push(" world <tool"),
+        [StreamPiece::Text(" world ".into())]
+    );
+    assert_eq!(
+        s.push("s are great"),
+        [StreamPiece::Text("<tools are great".into())]
+    );
+    assert_eq!(s.finish(), None);
+}

@@ -1,0 +1,122 @@
+use super::*;
+use serde_json::json;
+
+const HERMES_TEMPLATE: &str =
+    "{% if tools %}Wrap calls in <tool_call></tool_call> tags.{% endif %}{{ messages[0].content }}";
+
+fn request(extra: serde_json::Value) -> ChatCompletionRequest {
+    let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(body).unwrap()
+}
+
+#[test]
+fn calls_are_looked_for_only_when_offered_and_left_to_the_model() {
+    let hermes = ChatTemplate::new(HERMES_TEMPLATE, None, None).unwrap();
+    let plain = ChatTemplate::new("{{ messages[0].content }}", None, None).unwrap();
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    let with = |choice: serde_json::Value| {
+        let mut extra = json!({"tools": tools});
+        if !choice.is_null() {
+            extra["tool_choice"] = choice;
+        }
+        request(extra)
+    };
+    let found = Some(ToolCallFormat::Hermes);
+    assert_eq!(
+        parser_for(&with(json!(null)), Some(&hermes)).unwrap(),
+        found
+    );
+    assert_eq!(
+        parser_for(&with(json!("auto")), Some(&hermes)).unwrap(),
+        found
+    );
+    assert_eq!(
+        parser_for(&with(json!("none")), Some(&hermes)).unwrap(),
+        None
+    );
+    assert_eq!(
+        parser_for(&request(json!({})), Some(&hermes)).unwrap(),
+        None
+    );
+    assert_eq!(parser_for(&with(json!(null)), Some(&plain)).unwrap(), None);
+    assert_eq!(parser_for(&with(json!(null)), None).unwrap(), None);
+    for forced in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "f"}}),
+    ] {
+        let err = parser_for(&with(forced), Some(&hermes)).unwrap_err();
+        assert_eq!(err.body().error.param.as_deref(), Some("tool_choice"));
+    }
+}
+
+#[test]
+fn a_message_carries_the_calls_and_the_choice_finishes_with_tool_calls() {
+    let text = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>";
+    let (parsed, made_calls) = message(text, Some(ToolCallFormat::Hermes));
+    assert!(made_calls);
+    assert_eq!(parsed.content, None);
+    assert_eq!(parsed.tool_calls.len(), 1);
+    let call = &parsed.tool_calls[0];
+    assert!(call.id.starts_with("call_"), "{}", call.id);
+    assert_eq!(call.kind, "function");
+    assert_eq!(call.function.name, "f");
+    assert_eq!(call.function.arguments, r#"{"a":1}"#);
+    let wire = serde_json::to_value(&parsed).unwrap();
+    assert_eq!(wire["tool_calls"][0]["type"], "function");
+    assert!(wire["content"].is_null());
+
+    let (untouched, made_calls) = message(text, None);
+    assert!(!made_calls);
+    assert_eq!(untouched.content.as_deref(), Some(text));
+    assert!(serde_json::to_value(&untouched)
+        .unwrap()
+        .get("tool_calls")
+        .is_none());
+
+    assert_eq!(
+        finish_reason(Some("stop".into()), true).as_deref(),
+        Some("tool_calls")
+    );
+    assert_eq!(
+        finish_reason(Some("length".into()), true).as_deref(),
+        Some("length")
+    );
+    assert_eq!(
+        finish_reason(Some("stop".into()), false).as_deref(),
+        Some("stop")
+    );
+}
+
+#[test]
+fn streamed_calls_are_numbered_per_choice_and_text_passes_through() {
+    let mut s = ChoiceStream::new(Some(ToolCallFormat::Hermes));
+    let call = |name: &str| {
+        format!("<tool_call>{{\"name\": \"{name}\", \"arguments\": {{}}}}</tool_call>")
+    };
+    let first = s.deltas(&format!("ok {}", call("a")), false);
+    assert_eq!(first[0].content.as_deref(), Some("ok "));
+    let a = &first[1].tool_calls.as_ref().unwrap()[0];
+    assert_eq!((a.index, a.call.function.name.as_str()), (0, "a"));
+    let second = s.deltas(&format!("{}<tool", call("b")), true);
+    let b = &second[0].tool_calls.as_ref().unwrap()[0];
+    assert_eq!((b.index, b.call.function.name.as_str()), (1, "b"));
+    assert_eq!(
+        second[1].content.as_deref(),
+        Some("<tool"),
+        "held text flushed at the end"
+    );
+    assert!(s.made_calls());
+    let wire = serde_json::to_value(&second[0]).unwrap();
+    assert_eq!(wire["tool_calls"][0]["index"], 1);
+    assert_eq!(wire["tool_calls"][0]["function"]["name"], "b");
+    assert_eq!(wire["tool_calls"][0]["type"], "function");
+
+    let mut plain = ChoiceStream::new(None);
+    let deltas = plain.deltas("<tool_call>", false);
+    assert_eq!(deltas.len(), 1);
+    assert_eq!(deltas[0].content.as_deref(), Some("<tool_call>"));
+    assert!(!plain.made_calls());
+}
