@@ -128,6 +128,25 @@ impl std::str::FromStr for ContentFormat {
     }
 }
 
+/// OpenAI sends a call's arguments as JSON text; templates (Qwen's, Llama 3.1's) write them
+/// with `tojson` or iterate over them, which needs the object itself, as transformers users
+/// pass it. Text that is not a JSON object stays text.
+fn arguments_as_object(call: &mut serde_json::Value) {
+    let Some(arguments) = call
+        .get_mut("function")
+        .and_then(|f| f.get_mut("arguments"))
+    else {
+        return;
+    };
+    if let Some(parsed) = arguments
+        .as_str()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        .filter(serde_json::Value::is_object)
+    {
+        *arguments = parsed;
+    }
+}
+
 /// Why a chat template could not be compiled or rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatTemplateError {
@@ -244,10 +263,14 @@ impl ChatTemplate {
                 } else {
                     m.role.clone()
                 };
+                let mut extra = m.extra.clone();
+                if let Some(serde_json::Value::Array(calls)) = extra.get_mut("tool_calls") {
+                    calls.iter_mut().for_each(arguments_as_object);
+                }
                 Ok(ChatMessage {
                     role,
                     content,
-                    extra: m.extra.clone(),
+                    extra,
                 })
             })
             .collect()

@@ -517,3 +517,20 @@ fn chat_template_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ChatTemplate>();
 }
+
+#[test]
+fn tool_call_arguments_sent_as_json_text_reach_the_template_as_objects() {
+    let source = "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.name }}{{ c.function.arguments | tojson }};{% endfor %}{% endfor %}";
+    let messages: Vec<ChatMessage> = serde_json::from_value(json!([
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{\"city\": \"Oslo\"}"}},
+            {"id": "2", "type": "function", "function": {"name": "g", "arguments": {"n": 1}}},
+            {"id": "3", "type": "function", "function": {"name": "h", "arguments": "not json"}}
+        ]}
+    ]))
+    .unwrap();
+    assert_eq!(
+        render_source(source, &messages, json!(null)),
+        r#"f{"city": "Oslo"};g{"n": 1};h"not json";"#
+    );
+}
