@@ -1,6 +1,7 @@
 //! The model's tokenizer: HuggingFace `tokenizer.json` (through the `tokenizers` crate) plus
 //! what `tokenizer_config.json` adds on top: the BOS/EOS token strings and the chat template.
 
+use crate::model::byte_pieces::BytePieces;
 use crate::model::chat_template::ChatTemplate;
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
@@ -68,12 +69,15 @@ pub struct Tokenizer {
     eos_token: Option<String>,
     eos_token_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
+    /// Every token's bytes, for byte-level BPE tokenizers (fast incremental decoding).
+    byte_pieces: Option<BytePieces>,
 }
 
 impl Tokenizer {
     /// Wraps a `tokenizers` tokenizer that has no config: no BOS/EOS, no chat template.
     pub fn new(inner: tokenizers::Tokenizer) -> Self {
         Tokenizer {
+            byte_pieces: BytePieces::build(&inner),
             inner,
             bos_token: None,
             eos_token: None,
@@ -179,6 +183,11 @@ impl Tokenizer {
 
     pub fn eos_token(&self) -> Option<&str> {
         self.eos_token.as_deref()
+    }
+
+    /// The token byte table, when this is a byte-level BPE tokenizer.
+    pub fn byte_pieces(&self) -> Option<&BytePieces> {
+        self.byte_pieces.as_ref()
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {

@@ -145,11 +145,14 @@ fn special_tokens_are_skipped_or_kept() {
 fn window_stays_small_over_a_long_stream() {
     let tok = byte_level();
     let ids = tok.encode(&MIXED_TEXT.repeat(20), false).unwrap();
-    let mut detok = IncrementalDetokenizer::new(tok.clone(), &[], false);
+    let mut detok = IncrementalDetokenizer::windowed(tok.clone(), &[], false);
     let mut longest = 0;
     for &id in &ids {
         detok.push(id).unwrap();
-        longest = longest.max(detok.window.len());
+        let Mode::Window { window, .. } = &detok.mode else {
+            panic!("windowed")
+        };
+        longest = longest.max(window.len());
     }
     assert!(ids.len() > 1000);
     // A character is at most 4 byte tokens, plus the one-chunk context.
@@ -203,5 +206,38 @@ fn committed_tokenizers_stream_exactly() {
             .unwrap();
         let (prompt, generated) = ids.split_at(split);
         assert_streams_exactly(&tok, prompt, generated, false);
+    }
+}
+
+/// The byte-table path and the window path give the same deltas step by step.
+#[test]
+fn byte_level_tokenizers_take_the_byte_path_with_the_window_paths_deltas() {
+    let tok = byte_level();
+    assert!(tok.byte_pieces().is_some());
+    assert!(matches!(
+        IncrementalDetokenizer::new(tok.clone(), &[], false).mode,
+        Mode::Bytes { .. }
+    ));
+    let mut ids = tok.encode(MIXED_TEXT, false).unwrap();
+    ids.push(tok.token_to_id("<|im_end|>").unwrap());
+    ids.extend(tok.encode("🚀 after", false).unwrap());
+    let lead = byte_token(&tok, "\u{E4}");
+    ids.extend([lead, tok.token_to_id("a").unwrap(), lead]);
+    let prompt = tok.encode("Say 你好", false).unwrap();
+    // A prompt that ends inside a character: the output finishes it.
+    let cut = tok.encode("🚀", false).unwrap();
+    for prompt in [&[][..], &prompt, &cut[..cut.len() - 1]] {
+        for skip in [false, true] {
+            let run = |mut d: IncrementalDetokenizer| {
+                let mut deltas: Vec<String> = ids.iter().map(|&id| d.push(id).unwrap()).collect();
+                deltas.push(d.finish().unwrap());
+                deltas
+            };
+            assert_eq!(
+                run(IncrementalDetokenizer::new(tok.clone(), prompt, skip)),
+                run(IncrementalDetokenizer::windowed(tok.clone(), prompt, skip)),
+                "prompt {prompt:?} skip {skip}"
+            );
+        }
     }
 }
