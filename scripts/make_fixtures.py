@@ -37,6 +37,8 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -393,6 +395,17 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
+        # Fused qkv_proj and gate_up_proj weights.
+        "phi3": (
+            Phi3ForCausalLM,
+            Phi3Config(
+                **common,
+                rope_theta=10000.0,
+                sliding_window=None,
+                original_max_position_embeddings=256,
+                tie_word_embeddings=False,
+            ),
+        ),
     }
 
 
@@ -680,6 +693,7 @@ def write_reference_json(path: Path, reference: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-demo", action="store_true", help="only rebuild tests/fixtures")
+    parser.add_argument("--only", metavar="NAME", help="build only this model fixture (and no demo)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # fixed reduction order, so reruns give identical bits
@@ -695,8 +709,9 @@ def main() -> None:
     eos_id = hf_tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad_id = hf_tokenizer.convert_tokens_to_ids("<|endoftext|>")
     for name, (model_cls, config) in fixture_configs(len(hf_tokenizer), eos_id, pad_id).items():
-        build_fixture(name, model_cls, config, tokenizer, prompts)
-    if not args.skip_demo:
+        if args.only in (None, name):
+            build_fixture(name, model_cls, config, tokenizer, prompts)
+    if not args.skip_demo and args.only is None:
         build_demo(tokenizer)
 
 

@@ -413,7 +413,7 @@ fn missing_or_corrupt_model_files_fail_with_the_file_named() {
     let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
     assert!(
         err.contains("unsupported architecture 'GPT2LMHeadModel'")
-            && err.contains("Qwen3ForCausalLM"),
+            && err.contains("Phi3ForCausalLM"),
         "{err}"
     );
 }

@@ -11,14 +11,17 @@ pub enum Architecture {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Llama's layers with q/k/v and gate/up each stored as one fused weight.
+    Phi3,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 4] = [
+    pub const SUPPORTED: [&'static str; 5] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
         "Qwen3ForCausalLM",
+        "Phi3ForCausalLM",
     ];
 
     pub fn from_hf(name: &str) -> Result<Self> {
@@ -27,6 +30,7 @@ impl Architecture {
             "MistralForCausalLM" => Architecture::Mistral,
             "Qwen2ForCausalLM" => Architecture::Qwen2,
             "Qwen3ForCausalLM" => Architecture::Qwen3,
+            "Phi3ForCausalLM" => Architecture::Phi3,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}",
                 Self::SUPPORTED.join(", ")
@@ -83,6 +87,9 @@ struct RawConfig {
     dtype: Option<String>,
     #[serde(default)]
     hidden_act: Option<String>,
+    /// Rotary embedding on only this fraction of each head (Phi-3.5/4-mini): not supported.
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
     #[serde(default)]
     eos_token_id: Option<serde_json::Value>,
     #[serde(default)]
@@ -156,6 +163,12 @@ impl ModelConfig {
         if let Some(act) = &raw.hidden_act {
             anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)");
         }
+        if let Some(f) = raw.partial_rotary_factor {
+            anyhow::ensure!(
+                f == 1.0,
+                "partial_rotary_factor {f} is not supported (rotary embedding on whole heads only)"
+            );
+        }
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         anyhow::ensure!(
             raw.num_attention_heads > 0 && num_kv_heads > 0,
@@ -224,5 +237,33 @@ impl ModelConfig {
         let embed = self.vocab_size as u64 * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
         self.num_layers as u64 * per_layer + embed + head + h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phi3(extra: &str) -> Result<ModelConfig> {
+        ModelConfig::from_json(&format!(
+            r#"{{"architectures": ["Phi3ForCausalLM"], "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 8,
+                "num_key_value_heads": 2, "vocab_size": 100{extra}}}"#
+        ))
+    }
+
+    #[test]
+    fn phi3_loads_and_partial_rotary_embeddings_are_refused() {
+        assert_eq!(phi3("").unwrap().architecture, Architecture::Phi3);
+        assert!(phi3(r#", "partial_rotary_factor": 1.0"#).is_ok());
+        let err = phi3(r#", "partial_rotary_factor": 0.75"#).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("partial_rotary_factor"),
+            "{err:#}"
+        );
+        let err = phi3(r#", "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}"#)
+            .and_then(|c| crate::model::rope::rope_for(&c).map(|_| c))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("longrope"), "{err:#}");
     }
 }

@@ -3,7 +3,7 @@
 //! Differences between the architectures are config switches: QKV bias (Qwen2), per-head
 //! q/k RMS norm before RoPE (Qwen3), sliding window (Mistral), tied embeddings, RoPE scaling.
 
-use super::config::ModelConfig;
+use super::config::{Architecture, ModelConfig};
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
 use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads};
@@ -132,6 +132,40 @@ fn cols_part(name: String, shape: Vec<usize>, cols: Range<usize>) -> Part {
     Part { name, shape, slice }
 }
 
+/// This rank's q, k and v rows of Phi-3's fused `qkv_proj` (q, then k, then v rows).
+fn fused_qkv_parts(
+    c: &ModelConfig,
+    layer: &str,
+    q_cols: &Range<usize>,
+    kv_cols: &Range<usize>,
+) -> [Part; 3] {
+    let (q, kv) = (c.q_width(), c.kv_width());
+    let name = format!("{layer}.self_attn.qkv_proj.weight");
+    let shape = vec![q + 2 * kv, c.hidden_size];
+    [(0, q_cols), (q, kv_cols), (q + kv, kv_cols)]
+        .map(|(offset, rows)| rows_at(name.clone(), shape.clone(), offset, rows))
+}
+
+/// This rank's gate and up rows of Phi-3's fused `gate_up_proj` (gate rows first).
+fn fused_gate_up_parts(c: &ModelConfig, layer: &str, rows: &Range<usize>) -> [Part; 2] {
+    let inter = c.intermediate_size;
+    let name = format!("{layer}.mlp.gate_up_proj.weight");
+    let shape = vec![2 * inter, c.hidden_size];
+    [0, inter].map(|offset| rows_at(name.clone(), shape.clone(), offset, rows))
+}
+
+/// Rows `offset + rows` of weight `name`.
+fn rows_at(name: String, shape: Vec<usize>, offset: usize, rows: &Range<usize>) -> Part {
+    Part {
+        name,
+        shape,
+        slice: Some(Slice {
+            dim: 0,
+            range: offset + rows.start..offset + rows.end,
+        }),
+    }
+}
+
 /// This rank's embedding rows; with a split vocabulary, one zero row is appended for the
 /// tokens other ranks own (see [`LlamaModel::local_ids`]).
 fn load_embedding<B: Backend>(
@@ -209,29 +243,28 @@ impl<B: Backend> LlamaModel<B> {
                 let name = format!("{p}.self_attn.{n}_norm.weight");
                 Ok(Some(load(be, src, &name, &[hd], dtype)?))
             };
+            // This rank's q, k and v rows of three separate weights (or biases).
+            let q_k_v = |part: &dyn Fn(&str, usize, &Range<usize>) -> Part| {
+                [
+                    part("q", q, &q_cols),
+                    part("k", kv, &kv_cols),
+                    part("v", kv, &kv_cols),
+                ]
+            };
             let layer = Layer {
                 input_norm: load(be, src, &format!("{p}.input_layernorm.weight"), &[h], dtype)?,
                 qkv: load_stacked(
                     be,
                     src,
-                    &[
-                        proj("q", q, &q_cols),
-                        proj("k", kv, &kv_cols),
-                        proj("v", kv, &kv_cols),
-                    ],
+                    &if c.architecture == Architecture::Phi3 {
+                        fused_qkv_parts(c, &p, &q_cols, &kv_cols)
+                    } else {
+                        q_k_v(&proj)
+                    },
                     dtype,
                 )?,
                 qkv_bias: if c.qkv_bias {
-                    Some(load_stacked(
-                        be,
-                        src,
-                        &[
-                            bias("q", q, &q_cols),
-                            bias("k", kv, &kv_cols),
-                            bias("v", kv, &kv_cols),
-                        ],
-                        dtype,
-                    )?)
+                    Some(load_stacked(be, src, &q_k_v(&bias), dtype)?)
                 } else {
                     None
                 },
@@ -254,23 +287,32 @@ impl<B: Backend> LlamaModel<B> {
                     &[h],
                     dtype,
                 )?,
-                gate_up: load_stacked(
-                    be,
-                    src,
-                    &[
-                        rows_part(
-                            format!("{p}.mlp.gate_proj.weight"),
-                            vec![inter, h],
-                            layout.intermediate.clone(),
-                        ),
-                        rows_part(
-                            format!("{p}.mlp.up_proj.weight"),
-                            vec![inter, h],
-                            layout.intermediate.clone(),
-                        ),
-                    ],
-                    dtype,
-                )?,
+                gate_up: if c.architecture == Architecture::Phi3 {
+                    load_stacked(
+                        be,
+                        src,
+                        &fused_gate_up_parts(c, &p, &layout.intermediate),
+                        dtype,
+                    )?
+                } else {
+                    load_stacked(
+                        be,
+                        src,
+                        &[
+                            rows_part(
+                                format!("{p}.mlp.gate_proj.weight"),
+                                vec![inter, h],
+                                layout.intermediate.clone(),
+                            ),
+                            rows_part(
+                                format!("{p}.mlp.up_proj.weight"),
+                                vec![inter, h],
+                                layout.intermediate.clone(),
+                            ),
+                        ],
+                        dtype,
+                    )?
+                },
                 down: load_stacked(
                     be,
                     src,
