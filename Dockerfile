@@ -3,6 +3,9 @@
 #        -v kiln-cache:/home/kiln/.cache kiln
 # Configured only through KILN_* variables (every `kiln serve` flag has one).
 
+# The runtime stage's base; declared before the first FROM, where FROM lines can see it.
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
+
 # --- build: a plain Rust toolchain; kiln loads CUDA at run time, so no CUDA SDK here ---
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -15,7 +18,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # --- runtime: NVIDIA's CUDA runtime image has the libraries kiln dlopens
 #     (libnvrtc, libcublas, libcublasLt); the driver (libcuda) comes from the host via
 #     the NVIDIA container toolkit. Without a GPU kiln runs on the CPU. ---
-ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
 FROM ${CUDA_RUNTIME_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
