@@ -419,6 +419,35 @@ async fn completions_take_every_prompt_form() {
         .collect();
     assert_eq!(joined, completion);
 
+    // echo + logprobs, as evaluation harnesses score a text: the prompt's tokens come first,
+    // the first without a logprob; the generated token's entry equals the plain request's.
+    let scored = with(json!({"prompt": "The cat", "max_tokens": 1, "echo": true, "logprobs": 1}));
+    let (status, echoed) = post(&client, url.clone(), scored.clone()).await;
+    assert_eq!(status, 200, "{echoed}");
+    let prompt_len = ids["tokens"].as_array().unwrap().len();
+    let lp = &echoed["choices"][0]["logprobs"];
+    let token_logprobs = lp["token_logprobs"].as_array().unwrap();
+    assert_eq!(token_logprobs.len(), prompt_len + 1);
+    assert!(token_logprobs[0].is_null() && lp["top_logprobs"][0].is_null());
+    for v in &token_logprobs[1..] {
+        assert!(v.as_f64().unwrap() <= 0.0, "{lp}");
+    }
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    assert_eq!(
+        token_logprobs[prompt_len], logprobs["token_logprobs"][0],
+        "the generated token scores as without echo"
+    );
+    let chunks = streamed(&client, url.clone(), &scored).await;
+    let first = &chunks[0]["choices"][0]["logprobs"];
+    assert_eq!(first["token_logprobs"], lp["token_logprobs"]);
+
     let (_, long) = post(
         &client,
         url.clone(),

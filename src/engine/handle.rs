@@ -16,7 +16,8 @@ enum Command {
     Add {
         id: u64,
         prompt: Vec<u32>,
-        params: SamplingParams,
+        // Boxed: the parameters are most of the command's size.
+        params: Box<SamplingParams>,
         out: UnboundedSender<RequestEvent>,
     },
     Abort(u64),
@@ -138,6 +139,7 @@ pub fn merge(all: &mut RequestOutput, o: RequestOutput) {
     all.completion_tokens = o.completion_tokens;
     all.cached_tokens = o.cached_tokens;
     all.queue_time = all.queue_time.or(o.queue_time);
+    all.prompt_logprobs = all.prompt_logprobs.take().or(o.prompt_logprobs);
 }
 
 impl Drop for RequestStream {
@@ -213,7 +215,7 @@ impl EngineHandle {
             .send(Command::Add {
                 id,
                 prompt,
-                params,
+                params: Box::new(params),
                 out,
             })
             .map_err(|_| RequestError::EngineDown("engine thread has exited".into()))?;
@@ -320,7 +322,7 @@ fn apply(
             out,
         } => {
             let n = prompt.len() as u64;
-            match engine.add_request(id, prompt, params) {
+            match engine.add_request(id, prompt, *params) {
                 Ok(()) => {
                     stats.prompt_tokens.fetch_add(n, Ordering::Relaxed);
                     senders.insert(id, out);

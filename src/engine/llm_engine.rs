@@ -4,9 +4,10 @@ use super::block_manager::BlockManager;
 use super::device_draw::DeviceDraw;
 use super::output::{FinishReason, RequestOutput};
 use super::params::{ParamError, SamplingParams};
+use super::prompt_logprobs::PromptLogprobs;
 use super::runner::{Runner, StepInput};
 use super::sampler::{picks_argmax, sample, SampleContext, Sampled};
-use super::scheduler::{Scheduler, SchedulerConfig};
+use super::scheduler::{ScheduledSeq, Scheduler, SchedulerConfig};
 use super::sequence::Sequence;
 use super::text::OutputText;
 use crate::model::tokenizer::Tokenizer;
@@ -85,6 +86,8 @@ struct RequestState {
     text: OutputText,
     /// Queue time not yet reported.
     report_queue_time: bool,
+    /// The prompt's scores, when asked for.
+    prompt_logprobs: Option<PromptLogprobs>,
 }
 
 pub struct LlmEngine {
@@ -224,6 +227,7 @@ impl LlmEngine {
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 text,
                 report_queue_time: true,
+                prompt_logprobs: params.prompt_logprobs.map(PromptLogprobs::new),
             },
         );
         self.scheduler
@@ -283,8 +287,12 @@ impl LlmEngine {
                     })
                     .collect();
             }
-            input
+            // Prompt-scoring rows go after every sampling row, so sampling rows keep their
+            // indices (and the device's picks and draws theirs).
+            let prompt_rows = self.add_prompt_rows(&pairs, &mut input);
+            (input, prompt_rows)
         };
+        let (input, prompt_rows) = input;
         let result = self.runner.execute(&input)?;
         let vocab = self.runner.vocab_size();
         let rows = input.layout.logits_rows.len();
@@ -326,10 +334,29 @@ impl LlmEngine {
             };
             rows.push((w.id, choice));
         }
+        // The unpicked rows left are the prompt-scoring rows, in order.
+        for ((id, position), logits) in prompt_rows.into_iter().zip(logit_rows) {
+            let seq = self.scheduler.get(id).expect("scheduled");
+            if let Some(p) = self
+                .states
+                .get_mut(&id)
+                .and_then(|s| s.prompt_logprobs.as_mut())
+            {
+                p.record(position, &seq.tokens, logits);
+            }
+        }
         let sampled = self.sample_rows(rows);
         let mut outputs = Vec::with_capacity(sampled.len());
         for (id, s) in sampled {
-            let out = self.postprocess(id, s)?;
+            let mut out = self.postprocess(id, s)?;
+            let num_prompt = out.prompt_tokens;
+            if let Some(p) = self
+                .states
+                .get_mut(&id)
+                .and_then(|s| s.prompt_logprobs.as_mut())
+            {
+                out.prompt_logprobs = p.take_complete(num_prompt);
+            }
             if out.finish_reason.is_some() {
                 self.scheduler.remove(id);
                 self.states.remove(&id);
@@ -337,6 +364,38 @@ impl LlmEngine {
             outputs.push((id, out));
         }
         Ok(outputs)
+    }
+
+    /// Appends a logits row for every position of this step that scores a prompt token of
+    /// a request asking for prompt logprobs; returns (request, position) per added row.
+    fn add_prompt_rows(
+        &self,
+        pairs: &[(&Sequence, ScheduledSeq)],
+        input: &mut StepInput,
+    ) -> Vec<(u64, usize)> {
+        let mut added = Vec::new();
+        for (i, (seq, w)) in pairs.iter().enumerate() {
+            let Some(p) = self
+                .states
+                .get(&w.id)
+                .and_then(|s| s.prompt_logprobs.as_ref())
+            else {
+                continue;
+            };
+            let first_row = input.layout.query_start[i];
+            for position in p.wanted(seq.num_prompt, w.start..w.start + w.len) {
+                input
+                    .layout
+                    .logits_rows
+                    .push(first_row + position - w.start);
+                input.pick_argmax.push(false);
+                if self.device_sampling {
+                    input.device_draws.push(None);
+                }
+                added.push((w.id, position));
+            }
+        }
+        added
     }
 
     /// The next token of every sampling row. Rows with logits are sampled in parallel: a

@@ -6,6 +6,7 @@ pub mod handle;
 pub mod llm_engine;
 pub mod output;
 pub mod params;
+pub mod prompt_logprobs;
 pub mod runner;
 pub mod sampler;
 pub mod scheduler;

@@ -48,6 +48,9 @@ pub struct RequestOutput {
     pub completion_tokens: usize,
     /// Prompt tokens served from the prefix cache.
     pub cached_tokens: usize,
+    /// Every prompt token's log-probability (the first has none), on the first increment
+    /// of a request that asked for them.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
     /// Time between arrival and first scheduling; set on the first increment.
     #[serde(skip)]
     pub queue_time: Option<Duration>,

@@ -33,6 +33,8 @@ pub struct SamplingParams {
     pub skip_special_tokens: bool,
     /// Added to these tokens' logits before sampling (OpenAI's `logit_bias`, -100..=100).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Score every prompt token, with this many alternatives each (`echo` + `logprobs`).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -55,6 +57,7 @@ impl Default for SamplingParams {
             logprobs: None,
             skip_special_tokens: true,
             logit_bias: Vec::new(),
+            prompt_logprobs: None,
         }
     }
 }
@@ -135,6 +138,13 @@ impl SamplingParams {
             check(
                 n <= MAX_TOP_LOGPROBS,
                 "top_logprobs",
+                format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+            )?;
+        }
+        if let Some(n) = self.prompt_logprobs {
+            check(
+                n <= MAX_TOP_LOGPROBS,
+                "prompt_logprobs",
                 format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
             )?;
         }

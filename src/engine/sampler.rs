@@ -85,7 +85,7 @@ pub fn log_softmax(x: &[f32]) -> Vec<f32> {
 }
 
 /// The `n` most likely tokens, most likely first.
-fn top_n(logprobs: &[f32], n: usize) -> Vec<(u32, f32)> {
+pub fn top_n(logprobs: &[f32], n: usize) -> Vec<(u32, f32)> {
     let mut idx: Vec<u32> = (0..logprobs.len() as u32).collect();
     let n = n.min(idx.len());
     if n == 0 {

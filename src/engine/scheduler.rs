@@ -168,6 +168,11 @@ impl Scheduler {
     fn admit(&mut self, id: u64, budget: usize, out: &mut Vec<ScheduledSeq>) -> bool {
         let seq = &self.seqs[&id];
         let (mut hits, mut hashes) = self.blocks.lookup_prefix(&seq.tokens);
+        if seq.params.prompt_logprobs.is_some() {
+            // Every prompt position must be computed to be scored.
+            hits.clear();
+            hashes.clear();
+        }
         // Keep at least one token to compute: its logits give the next token.
         let max_hits = (seq.tokens.len() - 1) / self.blocks.block_size();
         hits.truncate(max_hits);

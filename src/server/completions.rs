@@ -45,6 +45,8 @@ pub async fn completions(
     } else {
         vec![String::new(); prompts.len()]
     };
+    // An echoed prompt's ids, for its logprobs' token texts.
+    let echoed_ids: Vec<Vec<u32>> = if echo { prompts.clone() } else { Vec::new() };
     let submitted = generate::submit(served, prompts, n, &params, arrival, "prompt")?;
     let meta = ResponseMeta::new("cmpl", &req.model);
     let want_logprobs = params.logprobs.is_some();
@@ -55,7 +57,16 @@ pub async fn completions(
             include_usage,
             want_logprobs,
         };
-        return Ok(stream(state.clone(), meta, submitted, echoed, options));
+        return Ok(stream(
+            state.clone(),
+            meta,
+            submitted,
+            Echo {
+                texts: echoed,
+                ids: echoed_ids,
+            },
+            options,
+        ));
     }
     let finals = generate::collect_all(submitted, &state.metrics).await?;
     let tokenizer = served.engine.tokenizer();
@@ -74,8 +85,11 @@ pub async fn completions(
                 CompletionChoice {
                     index,
                     text: format!("{prefix}{}", out.text),
-                    logprobs: want_logprobs
-                        .then(|| logprobs::completion(tokenizer, &out.logprobs, &mut offset)),
+                    logprobs: want_logprobs.then(|| {
+                        let mut all = echoed_logprobs(tokenizer, &echoed_ids, index / n, out);
+                        all.extend(logprobs::completion(tokenizer, &out.logprobs, &mut offset));
+                        all
+                    }),
                     finish_reason: finish_reason(out),
                     stop_reason: out.stop_reason.clone(),
                 }
@@ -96,13 +110,26 @@ fn reject_unsupported(req: &CompletionRequest) -> ApiResult<()> {
             "best_of must equal n (every candidate is returned)",
         ));
     }
-    if req.echo == Some(true) && req.logprobs.is_some() {
-        return Err(ApiError::invalid(
-            Some("echo"),
-            "echo with logprobs is not supported (prompt logprobs are not computed)",
-        ));
-    }
     Ok(())
+}
+
+/// The echoed prompt's logprobs entries for a choice of prompt `prompt` (none without echo).
+fn echoed_logprobs(
+    tokenizer: &crate::model::tokenizer::Tokenizer,
+    echoed_ids: &[Vec<u32>],
+    prompt: usize,
+    out: &crate::engine::RequestOutput,
+) -> CompletionLogprobs {
+    match (echoed_ids.get(prompt), &out.prompt_logprobs) {
+        (Some(ids), Some(scores)) => logprobs::completion_prompt(tokenizer, ids, scores),
+        _ => CompletionLogprobs::default(),
+    }
+}
+
+/// What `echo` prepends to each prompt's choices: its text and its ids.
+struct Echo {
+    texts: Vec<String>,
+    ids: Vec<Vec<u32>>,
 }
 
 /// The prompt ids of each prompt, in any of OpenAI's four forms.
@@ -150,9 +177,10 @@ fn stream(
     state: SharedState,
     meta: ResponseMeta,
     submitted: Vec<Choice>,
-    echoed: Vec<String>,
+    echo: Echo,
     opts: StreamOptions,
 ) -> Response {
+    let echoed = echo.texts;
     sse::response(move |tx| async move {
         let Some(served) = state.served() else { return };
         let tokenizer = served.engine.tokenizer().clone();
@@ -180,9 +208,16 @@ fn stream(
             let choice = CompletionChoice {
                 index,
                 text,
-                logprobs: opts
-                    .want_logprobs
-                    .then(|| logprobs::completion(&tokenizer, &out.logprobs, &mut offsets[index])),
+                logprobs: opts.want_logprobs.then(|| {
+                    // The first increment of an echoed choice carries the prompt's scores.
+                    let mut all = echoed_logprobs(&tokenizer, &echo.ids, index / opts.n, &out);
+                    all.extend(logprobs::completion(
+                        &tokenizer,
+                        &out.logprobs,
+                        &mut offsets[index],
+                    ));
+                    all
+                }),
                 finish_reason: finish.clone(),
                 stop_reason: out.stop_reason.clone(),
             };

@@ -50,17 +50,43 @@ pub fn completion(
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     for lp in logprobs {
-        let token = token_text(tokenizer, lp.token_id);
-        out.text_offset.push(*offset);
-        *offset += token.len();
-        out.tokens.push(token);
-        out.token_logprobs.push(lp.logprob);
-        out.top_logprobs.push(
-            lp.top
-                .iter()
-                .map(|&(id, logprob)| (token_text(tokenizer, id), logprob))
-                .collect(),
-        );
+        push_entry(&mut out, tokenizer, lp.token_id, Some(lp), offset);
     }
     out
+}
+
+/// An echoed prompt's entries, from offset 0: each prompt token with its score (`None` for
+/// the first, which nothing precedes).
+pub fn completion_prompt(
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    scores: &[Option<TokenLogprob>],
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut offset = 0;
+    for (k, &id) in prompt.iter().enumerate() {
+        let score = scores.get(k).and_then(Option::as_ref);
+        push_entry(&mut out, tokenizer, id, score, &mut offset);
+    }
+    out
+}
+
+fn push_entry(
+    out: &mut CompletionLogprobs,
+    tokenizer: &Tokenizer,
+    id: u32,
+    score: Option<&TokenLogprob>,
+    offset: &mut usize,
+) {
+    let token = token_text(tokenizer, id);
+    out.text_offset.push(*offset);
+    *offset += token.len();
+    out.tokens.push(token);
+    out.token_logprobs.push(score.map(|s| s.logprob));
+    out.top_logprobs.push(score.map(|s| {
+        s.top
+            .iter()
+            .map(|&(id, logprob)| (token_text(tokenizer, id), logprob))
+            .collect()
+    }));
 }

@@ -64,6 +64,7 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
             .skip_special_tokens
             .unwrap_or(defaults.skip_special_tokens),
         logit_bias,
+        prompt_logprobs: f.prompt_logprobs,
     };
     params.validate()?;
     Ok(params)

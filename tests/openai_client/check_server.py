@@ -173,6 +173,18 @@ def check_logit_bias():
         raise AssertionError("no BadRequestError")
 
 
+def check_echo_with_logprobs_scores_the_prompt():
+    """What lm-evaluation-harness sends for loglikelihood tasks."""
+    r = client.completions.create(
+        model=MODEL, prompt="The cat sat", max_tokens=1, temperature=0, echo=True, logprobs=1
+    )
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text.startswith("The cat sat"), r.choices[0].text
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v <= 0 for v in lp.token_logprobs[1:]), lp.token_logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == r.usage.prompt_tokens + 1
+
+
 def check_bad_request():
     try:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)

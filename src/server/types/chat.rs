@@ -85,6 +85,7 @@ impl ChatCompletionRequest {
             skip_special_tokens: self.skip_special_tokens,
             logprobs,
             logit_bias: self.logit_bias.clone(),
+            prompt_logprobs: None,
         }
     }
 }

@@ -82,4 +82,6 @@ pub struct SamplingFields {
     pub logprobs: Option<usize>,
     /// OpenAI's `logit_bias`: token ids (as strings) to biases.
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Alternatives per prompt token, when the prompt's logprobs are asked for at all.
+    pub prompt_logprobs: Option<usize>,
 }

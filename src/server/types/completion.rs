@@ -75,6 +75,8 @@ impl CompletionRequest {
             skip_special_tokens: self.skip_special_tokens,
             logprobs: self.logprobs,
             logit_bias: self.logit_bias.clone(),
+            // `echo` with `logprobs` scores the echoed prompt too.
+            prompt_logprobs: self.logprobs.filter(|_| self.echo == Some(true)),
         }
     }
 }
@@ -83,9 +85,20 @@ impl CompletionRequest {
 #[derive(Clone, Debug, Default, Serialize, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    /// `null` for an echoed prompt's first token (nothing precedes it).
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<BTreeMap<String, f32>>>,
     pub text_offset: Vec<usize>,
+}
+
+impl CompletionLogprobs {
+    /// Appends `other`'s entries (an echoed prompt's, then the generated tokens').
+    pub fn extend(&mut self, other: CompletionLogprobs) {
+        self.tokens.extend(other.tokens);
+        self.token_logprobs.extend(other.token_logprobs);
+        self.top_logprobs.extend(other.top_logprobs);
+        self.text_offset.extend(other.text_offset);
+    }
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

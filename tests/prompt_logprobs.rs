@@ -1,0 +1,129 @@
+//! Prompt log-probabilities (`echo` + `logprobs`): every prompt token scored, checked
+//! against transformers where the fixtures pin the model's distribution, and unchanged by
+//! chunked prefill and by a warm prefix cache.
+
+mod common;
+
+use common::*;
+use kiln::engine::handle::merge;
+use kiln::engine::output::TokenLogprob;
+use kiln::engine::{LlmEngine, RequestOutput, SamplingParams};
+
+fn log_softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = x.iter().map(|v| (v - max).exp()).sum();
+    x.iter().map(|v| v - max - sum.ln()).collect()
+}
+
+/// The whole output of one request run to completion.
+fn run(engine: &mut LlmEngine, id: u64, prompt: &[u32], top: usize) -> RequestOutput {
+    let params = SamplingParams {
+        max_tokens: Some(1),
+        ignore_eos: true,
+        prompt_logprobs: Some(top),
+        ..SamplingParams::greedy()
+    };
+    engine.add_request(id, prompt.to_vec(), params).unwrap();
+    let mut all = RequestOutput::default();
+    while engine.has_work() {
+        for (_, out) in engine.step().unwrap() {
+            merge(&mut all, out);
+        }
+    }
+    all
+}
+
+fn scores(out: &RequestOutput) -> Vec<Option<TokenLogprob>> {
+    out.prompt_logprobs
+        .clone()
+        .expect("prompt logprobs delivered")
+}
+
+#[test]
+fn prompt_tokens_are_scored_as_transformers_scores_them() {
+    for arch in ARCHS {
+        let reference = reference(arch);
+        // Chunks of 8 tokens: each prompt is scored across several steps.
+        let mut chunked = engine(
+            arch,
+            &["--block-size", "4", "--max-num-batched-tokens", "8"],
+        );
+        let mut whole = engine(arch, &["--block-size", "4"]);
+        for (i, p) in reference.prompts.iter().enumerate() {
+            let n = p.prompt_ids.len();
+            // The prompt plus transformers' greedy continuation: there, each token is the
+            // argmax of the distribution before it.
+            let mut text = p.prompt_ids.clone();
+            text.extend(&p.greedy_ids[..8]);
+            let out = run(&mut chunked, 2 * i as u64, &text, 2);
+            let got = scores(&out);
+            assert_eq!(got.len(), text.len(), "{arch}");
+            assert!(got[0].is_none(), "the first token has no score");
+            for (k, entry) in got.iter().enumerate().skip(1) {
+                let entry = entry.as_ref().unwrap();
+                assert_eq!(entry.token_id, text[k]);
+                assert!(entry.logprob <= 0.0);
+                assert_eq!(entry.top.len(), 2);
+                if k >= n && p.greedy_margins[k - n] > 1e-3 {
+                    assert_eq!(entry.top[0], (text[k], entry.logprob), "{arch} token {k}");
+                }
+            }
+            // Position n - 1's distribution is transformers' last_logits of the prompt.
+            let expected = log_softmax(&p.last_logits)[text[n] as usize];
+            let at_n = got[n].as_ref().unwrap().logprob;
+            assert!(
+                (at_n - expected).abs() < 1e-3,
+                "{arch}: {at_n} vs {expected}"
+            );
+
+            // In one chunk, and again with the prompt's blocks in the prefix cache.
+            for again in 0..2 {
+                let other = scores(&run(&mut whole, 2 * i as u64 + 1 + 100 * again, &text, 2));
+                for (a, b) in got.iter().zip(&other).skip(1) {
+                    let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+                    assert_eq!(a.token_id, b.token_id);
+                    assert!((a.logprob - b.logprob).abs() < 1e-4, "{arch}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sharded_model_scores_the_prompt_as_one_rank_does() {
+    let p = &reference("qwen2").prompts[2];
+    let one = scores(&run(&mut engine("qwen2", &[]), 1, &p.prompt_ids, 3));
+    let mut sharded = engine(
+        "qwen2",
+        &[
+            "--tensor-parallel-size",
+            "2",
+            "--max-num-batched-tokens",
+            "8",
+        ],
+    );
+    let two = scores(&run(&mut sharded, 1, &p.prompt_ids, 3));
+    assert_eq!(one.len(), two.len());
+    for (a, b) in one.iter().zip(&two).skip(1) {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert!((a.logprob - b.logprob).abs() < 1e-4);
+        assert_eq!(
+            a.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            b.top.iter().map(|t| t.0).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn requests_without_prompt_logprobs_get_none() {
+    let mut e = engine("llama", &[]);
+    e.add_request(1, vec![5, 6, 7], SamplingParams::greedy())
+        .unwrap();
+    let mut all = RequestOutput::default();
+    while e.has_work() {
+        for (_, out) in e.step().unwrap() {
+            merge(&mut all, out);
+        }
+    }
+    assert!(all.prompt_logprobs.is_none());
+}
