@@ -110,6 +110,7 @@ fn sampling(c: &mut Criterion) {
         prompt: &[],
         output: &[],
         end_tokens: &[],
+        allowed: None,
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut g = c.benchmark_group("sampling_128k_vocab");

@@ -24,7 +24,7 @@ impl DeviceDraw {
     pub fn for_row(ctx: &SampleContext, u: f32) -> Option<DeviceDraw> {
         let p = ctx.params;
         // Logit biases are applied on the host only.
-        if p.logprobs.is_some() || !p.logit_bias.is_empty() {
+        if p.logprobs.is_some() || !p.logit_bias.is_empty() || p.structure.is_some() {
             return None;
         }
         let penalised =

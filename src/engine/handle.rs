@@ -1,7 +1,7 @@
 //! The engine on its own thread, behind a channel. Requests go in, outputs stream back on a
 //! per-request channel; dropping a [`RequestStream`] before it finishes cancels the request.
 
-use super::llm_engine::{validate_request, LlmEngine, RequestError};
+use super::llm_engine::{compile_structure, validate_request, LlmEngine, RequestError};
 use super::output::{RequestEvent, RequestOutput};
 use super::params::SamplingParams;
 use crate::model::tokenizer::Tokenizer;
@@ -203,6 +203,8 @@ impl EngineHandle {
             self.info.max_model_len,
             self.info.vocab_size,
         )?;
+        // A grammar that does not compile is the caller's error, reported now.
+        compile_structure(&self.info.tokenizer, &params, self.info.vocab_size)?;
         let waiting = self.stats.waiting.load(Ordering::Relaxed);
         if self.max_queued > 0 && waiting >= self.max_queued {
             return Err(RequestError::QueueFull(waiting));

@@ -10,6 +10,7 @@ use super::sampler::{picks_argmax, sample, SampleContext, Sampled};
 use super::scheduler::{ScheduledSeq, Scheduler, SchedulerConfig};
 use super::sequence::Sequence;
 use super::text::OutputText;
+use crate::model::grammar::{Constraint, TokenMask};
 use crate::model::tokenizer::Tokenizer;
 use anyhow::Result;
 use rand::Rng;
@@ -88,6 +89,8 @@ struct RequestState {
     report_queue_time: bool,
     /// The prompt's scores, when asked for.
     prompt_logprobs: Option<PromptLogprobs>,
+    /// Where the output stands in its structured-output grammar.
+    constraint: Option<Constraint>,
 }
 
 pub struct LlmEngine {
@@ -211,6 +214,7 @@ impl LlmEngine {
             self.config.max_model_len,
             self.runner.vocab_size(),
         )?;
+        let constraint = compile_structure(&self.tokenizer, &params, self.runner.vocab_size())?;
         let seed = params
             .seed
             .unwrap_or_else(|| rand::Rng::random(&mut self.seeds));
@@ -228,6 +232,7 @@ impl LlmEngine {
                 text,
                 report_queue_time: true,
                 prompt_logprobs: params.prompt_logprobs.map(PromptLogprobs::new),
+                constraint,
             },
         );
         self.scheduler
@@ -404,24 +409,26 @@ impl LlmEngine {
     /// result does not depend on the threads.
     fn sample_rows(&mut self, rows: Vec<(u64, Choice)>) -> Vec<(u64, Sampled)> {
         use rayon::prelude::*;
-        let mut jobs: Vec<(u64, Choice, Option<ChaCha8Rng>)> = rows
+        type Job = (u64, Choice, Option<ChaCha8Rng>, Option<Constraint>);
+        let mut jobs: Vec<Job> = rows
             .into_iter()
             .map(|(id, choice)| {
-                let rng = match choice {
-                    Choice::Picked(_) => None,
-                    Choice::Logits(_) => self
-                        .states
-                        .get_mut(&id)
-                        .map(|s| std::mem::replace(&mut s.rng, ChaCha8Rng::seed_from_u64(0))),
+                let state = self.states.get_mut(&id);
+                let (rng, constraint) = match (&choice, state) {
+                    (Choice::Logits(_), Some(s)) => (
+                        Some(std::mem::replace(&mut s.rng, ChaCha8Rng::seed_from_u64(0))),
+                        s.constraint.take(),
+                    ),
+                    _ => (None, None),
                 };
-                (id, choice, rng)
+                (id, choice, rng, constraint)
             })
             .collect();
         let scheduler = &self.scheduler;
         let eos = &self.eos;
         let sampled: Vec<Sampled> = jobs
             .par_iter_mut()
-            .map(|(id, choice, rng)| match (choice, rng) {
+            .map(|(id, choice, rng, constraint)| match (choice, rng) {
                 // The runner took the argmax the sampler would have taken (picks_argmax).
                 (Choice::Picked(token), _) => Sampled {
                     token: *token,
@@ -429,16 +436,34 @@ impl LlmEngine {
                 },
                 (Choice::Logits(logits), Some(rng)) => {
                     let seq = scheduler.get(*id).expect("scheduled");
-                    with_sample_context(seq, eos, |ctx| sample(logits, ctx, rng))
+                    let allowed = constrained_mask(*id, constraint);
+                    let s = with_sample_context(seq, eos, |ctx| {
+                        let ctx = SampleContext {
+                            allowed: allowed.as_ref(),
+                            ..*ctx
+                        };
+                        sample(logits, &ctx, rng)
+                    });
+                    if let Some(c) = constraint.as_mut() {
+                        if let Err(e) = c.advance(s.token) {
+                            tracing::warn!("request {id}: {e:#}; its output ends here");
+                        }
+                    }
+                    s
                 }
                 (Choice::Logits(_), None) => unreachable!("every sampled row has a state"),
             })
             .collect();
         jobs.into_iter()
             .zip(sampled)
-            .map(|((id, _, rng), s)| {
-                if let (Some(rng), Some(state)) = (rng, self.states.get_mut(&id)) {
-                    state.rng = rng;
+            .map(|((id, _, rng, constraint), s)| {
+                if let Some(state) = self.states.get_mut(&id) {
+                    if let Some(rng) = rng {
+                        state.rng = rng;
+                    }
+                    if constraint.is_some() {
+                        state.constraint = constraint;
+                    }
                 }
                 (id, s)
             })
@@ -459,7 +484,9 @@ impl LlmEngine {
             .expect("state exists for every sequence");
         let p = &seq.params;
         let token = sampled.token;
-        let is_eos = !p.ignore_eos && self.eos.contains(&token);
+        // A grammar that allows nothing more ends the output whatever ignore_eos says.
+        let grammar_done = state.constraint.as_ref().is_some_and(Constraint::finished);
+        let is_eos = (!p.ignore_eos || grammar_done) && self.eos.contains(&token);
         let is_stop_id = p.stop_token_ids.contains(&token);
         let queue_time = if state.report_queue_time {
             state.report_queue_time = false;
@@ -492,7 +519,9 @@ impl LlmEngine {
                 out.stop_reason = Some(s);
                 return Ok(out);
             }
-            if seq.tokens.len() >= seq.max_len {
+            if grammar_done {
+                out.finish_reason = Some(FinishReason::Stop);
+            } else if seq.tokens.len() >= seq.max_len {
                 out.finish_reason = Some(FinishReason::Length);
             }
         }
@@ -516,7 +545,40 @@ fn with_sample_context<T>(seq: &Sequence, eos: &[u32], f: impl FnOnce(&SampleCon
         prompt: &seq.tokens[..seq.num_prompt],
         output: seq.output_tokens(),
         end_tokens: &end_tokens,
+        allowed: None,
     })
+}
+
+/// The compiled grammar of a request that asks for structured output.
+pub fn compile_structure(
+    tokenizer: &Tokenizer,
+    params: &SamplingParams,
+    vocab_size: usize,
+) -> Result<Option<Constraint>, RequestError> {
+    let Some(structure) = &params.structure else {
+        return Ok(None);
+    };
+    let invalid = |e: anyhow::Error| {
+        RequestError::InvalidParam(ParamError {
+            param: "response_format",
+            message: format!("{e:#}"),
+        })
+    };
+    let compiler = tokenizer.grammar_compiler(vocab_size).map_err(invalid)?;
+    compiler.compile(structure).map(Some).map_err(invalid)
+}
+
+/// The tokens a constrained row may take now; `None` without a grammar. A grammar that
+/// fails here no longer constrains the row (logged).
+fn constrained_mask(id: u64, constraint: &mut Option<Constraint>) -> Option<TokenMask> {
+    let c = constraint.as_mut()?;
+    match c.mask() {
+        Ok(mask) => Some(mask),
+        Err(e) => {
+            tracing::warn!("request {id}: {e:#}");
+            None
+        }
+    }
 }
 
 /// A sampling row's result from the runner.

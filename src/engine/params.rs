@@ -35,6 +35,8 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Score every prompt token, with this many alternatives each (`echo` + `logprobs`).
     pub prompt_logprobs: Option<usize>,
+    /// What the output must match (structured output); sampled on the host.
+    pub structure: Option<crate::model::grammar::Structure>,
 }
 
 impl Default for SamplingParams {
@@ -58,6 +60,7 @@ impl Default for SamplingParams {
             skip_special_tokens: true,
             logit_bias: Vec::new(),
             prompt_logprobs: None,
+            structure: None,
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Turning one sequence's logits into its next token, on the host.
 //!
 //! Order: logprobs of the raw distribution (what OpenAI clients expect), then penalties,
-//! logit biases, `min_tokens` masking, and either argmax (greedy) or temperature, top-k, top-p, min-p and a
+//! logit biases, a grammar's mask, `min_tokens` masking, and either argmax (greedy) or temperature, top-k, top-p, min-p and a
 //! draw from the sequence's own random stream (so a seed gives the same text in any batch).
 
 use super::output::TokenLogprob;
 use super::params::SamplingParams;
+use crate::model::grammar::TokenMask;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -17,6 +18,8 @@ pub struct SampleContext<'a> {
     pub output: &'a [u32],
     /// Tokens masked while `output.len() < min_tokens` (EOS and stop token ids).
     pub end_tokens: &'a [u32],
+    /// The tokens a structured-output grammar allows now; all others are dropped.
+    pub allowed: Option<&'a TokenMask>,
 }
 
 pub struct Sampled {
@@ -31,6 +34,13 @@ pub fn sample(logits: &mut [f32], ctx: &SampleContext, rng: &mut ChaCha8Rng) -> 
     for &(token, bias) in &p.logit_bias {
         if let Some(l) = logits.get_mut(token as usize) {
             *l += bias;
+        }
+    }
+    if let Some(allowed) = ctx.allowed {
+        for (t, l) in logits.iter_mut().enumerate() {
+            if !allowed.is_allowed(t as u32) {
+                *l = f32::NEG_INFINITY;
+            }
         }
     }
     if ctx.output.len() < p.min_tokens {
@@ -64,6 +74,7 @@ pub fn picks_argmax(ctx: &SampleContext) -> bool {
         && p.presence_penalty == 0.0
         && p.frequency_penalty == 0.0
         && p.logit_bias.is_empty()
+        && p.structure.is_none()
         && (ctx.output.len() >= p.min_tokens || ctx.end_tokens.is_empty())
 }
 
@@ -247,6 +258,7 @@ mod tests {
             prompt: &[],
             output,
             end_tokens: &[3],
+            allowed: None,
         }
     }
 
@@ -456,6 +468,7 @@ mod tests {
             prompt: &[0],
             output: &[1, 1],
             end_tokens: &[],
+            allowed: None,
         };
         apply_penalties(&mut l, &c);
         assert_eq!(l, [2.0, -8.0 - 0.5 - 0.5, 4.0, 1.0]);

@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod config;
 pub mod demo;
 pub mod detokenizer;
+pub mod grammar;
 pub mod llama;
 pub mod presets;
 pub mod rope;

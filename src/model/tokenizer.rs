@@ -3,9 +3,11 @@
 
 use crate::model::byte_pieces::BytePieces;
 use crate::model::chat_template::ChatTemplate;
+use crate::model::grammar::GrammarCompiler;
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 /// Where each piece lives inside a model directory (HF layout).
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -71,6 +73,8 @@ pub struct Tokenizer {
     chat_template: Option<ChatTemplate>,
     /// Every token's bytes, for byte-level BPE tokenizers (fast incremental decoding).
     byte_pieces: Option<BytePieces>,
+    /// Built on the first structured-output request (a trie over the vocabulary).
+    grammars: OnceLock<Result<Arc<GrammarCompiler>, String>>,
 }
 
 impl Tokenizer {
@@ -83,6 +87,7 @@ impl Tokenizer {
             eos_token: None,
             eos_token_ids: Vec::new(),
             chat_template: None,
+            grammars: OnceLock::new(),
         }
     }
 
@@ -183,6 +188,19 @@ impl Tokenizer {
 
     pub fn eos_token(&self) -> Option<&str> {
         self.eos_token.as_deref()
+    }
+
+    /// Compiles structured-output grammars against this vocabulary, padded to the model's
+    /// `vocab_size` (the same for every call of one model); built on first use.
+    pub fn grammar_compiler(&self, vocab_size: usize) -> Result<Arc<GrammarCompiler>> {
+        self.grammars
+            .get_or_init(|| {
+                GrammarCompiler::new(self, vocab_size)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(|e| anyhow!("structured output is not available for this tokenizer: {e}"))
     }
 
     /// The token byte table, when this is a byte-level BPE tokenizer.

@@ -80,14 +80,6 @@ pub async fn chat_completions(
 }
 
 fn reject_unsupported(req: &ChatCompletionRequest) -> ApiResult<()> {
-    if let Some(format) = &req.response_format {
-        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(ApiError::invalid(
-                Some("response_format"),
-                "only response_format {\"type\": \"text\"} is supported",
-            ));
-        }
-    }
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             Some("messages"),

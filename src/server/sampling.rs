@@ -1,8 +1,9 @@
 //! OpenAI request fields -> engine [`SamplingParams`], with OpenAI's defaults and errors.
 
 use super::error::{ApiError, ApiResult};
-use super::types::common::{SamplingFields, MAX_STOP_SEQUENCES};
+use super::types::common::{Guided, SamplingFields, MAX_STOP_SEQUENCES};
 use crate::engine::SamplingParams;
+use crate::model::grammar::Structure;
 
 /// Most choices one request may ask for; each is a sequence in the engine.
 pub const MAX_N: usize = 128;
@@ -42,6 +43,7 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
         ));
     }
     let logit_bias = parse_logit_bias(f.logit_bias.as_ref())?;
+    let structure = structure(&f.guided)?;
     let defaults = SamplingParams::default();
     let params = SamplingParams {
         max_tokens: f.max_tokens,
@@ -65,9 +67,58 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
             .unwrap_or(defaults.skip_special_tokens),
         logit_bias,
         prompt_logprobs: f.prompt_logprobs,
+        structure,
     };
     params.validate()?;
     Ok(params)
+}
+
+/// The structure the output must have, from whichever structured-output field is set.
+fn structure(g: &Guided) -> ApiResult<Option<Structure>> {
+    let from_format = match &g.response_format {
+        None => None,
+        Some(format) => match format.get("type").and_then(|t| t.as_str()) {
+            Some("text") => None,
+            Some("json_object") => Some(Structure::JsonObject),
+            Some("json_schema") => {
+                let schema = format
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .cloned()
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            Some("response_format"),
+                            "json_schema needs {\"json_schema\": {\"schema\": {...}}}",
+                        )
+                    })?;
+                Some(Structure::JsonSchema(schema))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    Some("response_format"),
+                    format!(
+                    "response_format type must be text, json_object or json_schema, got {format}"
+                ),
+                ))
+            }
+        },
+    };
+    let given: Vec<Structure> = [
+        from_format,
+        g.guided_json.clone().map(Structure::JsonSchema),
+        g.guided_regex.clone().map(Structure::Regex),
+        g.guided_choice.clone().map(Structure::Choice),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match given.len() {
+        0 | 1 => Ok(given.into_iter().next()),
+        _ => Err(ApiError::invalid(
+            Some("response_format"),
+            "at most one of response_format, guided_json, guided_regex and guided_choice",
+        )),
+    }
 }
 
 /// OpenAI's `logit_bias` map (token id strings to numbers) as (id, bias) pairs; ranges

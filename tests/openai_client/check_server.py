@@ -185,6 +185,28 @@ def check_echo_with_logprobs_scores_the_prompt():
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == r.usage.prompt_tokens + 1
 
 
+def check_structured_output():
+    """response_format json_schema through the client: the answer parses and fits."""
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"material": {"enum": ["clay", "glass"]}, "hot": {"type": "boolean"}},
+        "required": ["material", "hot"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=64,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "kiln", "schema": schema}},
+    )
+    value = json.loads(r.choices[0].message.content)
+    assert value["material"] in ("clay", "glass") and isinstance(value["hot"], bool), value
+    assert r.choices[0].finish_reason == "stop"
+
+
 def check_bad_request():
     try:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)

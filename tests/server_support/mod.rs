@@ -141,6 +141,19 @@ pub mod raw_http {
     }
 }
 
+/// POSTs `body` as JSON; the status and the body read as JSON (or as text, if it is not).
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = client.post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, value)
+}
+
 /// Reads an SSE body into its `data:` payloads (without the final `[DONE]`), checking
 /// that the stream ends with `[DONE]`.
 pub async fn sse_events(response: reqwest::Response) -> Vec<serde_json::Value> {

@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions`: request, response and stream chunk.
 
-use super::common::{SamplingFields, Stop, StreamOptions, Usage};
+use super::common::{Guided, SamplingFields, Stop, StreamOptions, Usage};
 use crate::model::chat_template::ChatMessage;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -40,9 +40,17 @@ pub struct ChatCompletionRequest {
     /// Token id (as a string) to a bias in -100..=100 added to its logit.
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Only `{"type": "text"}` is supported.
+    /// `{"type": "text"}`, `{"type": "json_object"}` or
+    /// `{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`.
     #[schema(value_type = Option<Object>)]
     pub response_format: Option<serde_json::Value>,
+    /// vLLM's: a JSON schema the output must satisfy.
+    #[schema(value_type = Option<Object>)]
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM's: a regular expression the output must match.
+    pub guided_regex: Option<String>,
+    /// vLLM's: the output is exactly one of these strings.
+    pub guided_choice: Option<Vec<String>>,
     /// Passed to the chat template as `tools`; kiln does not parse tool calls out of the
     /// output.
     #[schema(value_type = Option<Vec<Object>>)]
@@ -86,6 +94,12 @@ impl ChatCompletionRequest {
             logprobs,
             logit_bias: self.logit_bias.clone(),
             prompt_logprobs: None,
+            guided: Guided {
+                response_format: self.response_format.clone(),
+                guided_json: self.guided_json.clone(),
+                guided_regex: self.guided_regex.clone(),
+                guided_choice: self.guided_choice.clone(),
+            },
         }
     }
 }

@@ -84,4 +84,16 @@ pub struct SamplingFields {
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     /// Alternatives per prompt token, when the prompt's logprobs are asked for at all.
     pub prompt_logprobs: Option<usize>,
+    /// Structured output, in OpenAI's form and vLLM's.
+    pub guided: Guided,
+}
+
+/// The structured-output fields of a request: OpenAI's `response_format` and vLLM's
+/// `guided_json` / `guided_regex` / `guided_choice`; at most one may constrain it.
+#[derive(Clone, Debug, Default)]
+pub struct Guided {
+    pub response_format: Option<serde_json::Value>,
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
 }

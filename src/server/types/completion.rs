@@ -1,6 +1,6 @@
 //! `POST /v1/completions`: request, response and stream chunk.
 
-use super::common::{SamplingFields, Stop, StreamOptions, Usage};
+use super::common::{Guided, SamplingFields, Stop, StreamOptions, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -49,6 +49,17 @@ pub struct CompletionRequest {
     /// Token id (as a string) to a bias in -100..=100 added to its logit.
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or
+    /// `{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`.
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<serde_json::Value>,
+    /// vLLM's: a JSON schema the output must satisfy.
+    #[schema(value_type = Option<Object>)]
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM's: a regular expression the output must match.
+    pub guided_regex: Option<String>,
+    /// vLLM's: the output is exactly one of these strings.
+    pub guided_choice: Option<Vec<String>>,
     pub user: Option<String>,
 }
 
@@ -77,6 +88,12 @@ impl CompletionRequest {
             logit_bias: self.logit_bias.clone(),
             // `echo` with `logprobs` scores the echoed prompt too.
             prompt_logprobs: self.logprobs.filter(|_| self.echo == Some(true)),
+            guided: Guided {
+                response_format: self.response_format.clone(),
+                guided_json: self.guided_json.clone(),
+                guided_regex: self.guided_regex.clone(),
+                guided_choice: self.guided_choice.clone(),
+            },
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             prompt: &prompt,
             output: &output,
             end_tokens: &end_tokens,
+            allowed: None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(r as u64);
         us.push(rng.clone().random::<f32>());

@@ -1,0 +1,101 @@
+use super::*;
+use std::path::PathBuf;
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer"))
+        .unwrap()
+}
+
+/// Walks the grammar taking, at every step, the allowed token that `choose` prefers (as a
+/// model would with its logits), until only end-of-sequence is left; returns the text.
+fn walk(tok: &Tokenizer, c: &mut Constraint, choose: impl Fn(&[u32]) -> u32) -> String {
+    let eos = tok.eos_token_ids();
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let mask = c.mask().unwrap();
+        let allowed: Vec<u32> = (0..mask.len() as u32)
+            .filter(|&t| mask.is_allowed(t) && !eos.contains(&t))
+            .collect();
+        if allowed.is_empty() || c.finished() {
+            assert!(
+                eos.iter().any(|&e| mask.is_allowed(e)),
+                "EOS allowed at the end"
+            );
+            return tok.decode(&ids, true).unwrap();
+        }
+        let t = choose(&allowed);
+        c.advance(t).unwrap();
+        ids.push(t);
+    }
+    panic!("the grammar never finished: {:?}", tok.decode(&ids, true));
+}
+
+#[test]
+fn every_walk_through_a_schema_is_valid_json_of_it() {
+    let tok = tokenizer();
+    let compiler = GrammarCompiler::new(&tok, 448).unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "green"]}, "n": {"type": "integer", "maximum": 99, "minimum": 0}},
+        "required": ["colour", "n"],
+        "additionalProperties": false,
+        "x-guidance": {"whitespace_flexible": false}
+    });
+    let pickers: [fn(&[u32]) -> u32; 3] = [|a| a[0], |a| a[a.len() - 1], |a| a[a.len() / 2]];
+    for choose in pickers {
+        let mut c = compiler
+            .compile(&Structure::JsonSchema(schema.clone()))
+            .unwrap();
+        let text = walk(&tok, &mut c, choose);
+        let value: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(
+            ["red", "green"].contains(&value["colour"].as_str().unwrap()),
+            "{text}"
+        );
+        assert!(value["n"].as_i64().unwrap() <= 99, "{text}");
+    }
+}
+
+#[test]
+fn choices_regexes_and_json_objects_constrain_the_text() {
+    let tok = tokenizer();
+    let compiler = GrammarCompiler::new(&tok, 500).unwrap();
+    let options = vec!["yes (sure)".to_string(), "no".to_string()];
+    for choose in [|a: &[u32]| a[0], |a: &[u32]| a[a.len() - 1]] {
+        let mut c = compiler
+            .compile(&Structure::Choice(options.clone()))
+            .unwrap();
+        let text = walk(&tok, &mut c, choose);
+        assert!(options.contains(&text), "{text:?}");
+        let mut c = compiler
+            .compile(&Structure::Regex("[0-9]{3}-[a-c]".into()))
+            .unwrap();
+        let text = walk(&tok, &mut c, choose);
+        assert!(
+            text.len() == 5 && text[..3].chars().all(|c| c.is_ascii_digit()) && &text[3..4] == "-",
+            "{text:?}"
+        );
+    }
+    // Ids past the tokenizer's vocabulary (the model's padding) are never allowed.
+    let mut c = compiler.compile(&Structure::JsonObject).unwrap();
+    let mask = c.mask().unwrap();
+    assert!((448..500).all(|t| !mask.is_allowed(t)));
+    assert!(mask.is_allowed(tok.token_to_id("{").unwrap()));
+    assert!(
+        !mask.is_allowed(tok.token_to_id("a").unwrap()),
+        "an object starts with {{"
+    );
+}
+
+#[test]
+fn a_bad_grammar_is_an_error_naming_it() {
+    let compiler = GrammarCompiler::new(&tokenizer(), 448).unwrap();
+    for bad in [
+        Structure::JsonSchema(serde_json::json!({"type": "no-such-type"})),
+        Structure::Regex("(unclosed".into()),
+    ] {
+        assert!(compiler.compile(&bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(escape_regex("a.b(c)"), r"a\.b\(c\)");
+}
