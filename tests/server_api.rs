@@ -300,11 +300,10 @@ async fn logit_bias_forces_and_bans_tokens_and_bad_biases_are_400() {
 }
 
 /// With tools offered and the Hermes parser on, an answer without call blocks comes back
-/// as plain content, streamed or not (the demo model never writes `<tool_call>`: the
-/// parsing itself is covered by the unit tests of `model::tool_calls` and
-/// `server::chat_tools`); forcing a call is refused.
+/// as plain content, streamed or not (the demo model never writes `<tool_call>` by itself);
+/// `tool_choice` `required` or a named function makes it write one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offered_tools_leave_plain_answers_as_content() {
+async fn offered_tools_leave_plain_answers_as_content_and_forced_ones_are_calls() {
     let server = Server::start(&["--tool-call-parser", "hermes"]);
     let client = Client::new();
     let url = server.url("/v1/chat/completions");
@@ -332,14 +331,58 @@ async fn offered_tools_leave_plain_answers_as_content() {
     let last = &chunks.last().unwrap()["choices"][0];
     assert_eq!(last["finish_reason"], "length");
 
+    // Forced calls are generated under a grammar: the answer is a call, whatever the
+    // model would rather say.
+    let word_tool = json!([{"type": "function", "function": {
+        "name": "look_up",
+        "parameters": {"type": "object", "properties": {"word": {"enum": ["kiln", "clay"]}},
+                       "required": ["word"], "additionalProperties": false}}}]);
     for forced in [
         json!("required"),
         json!({"type": "function", "function": {"name": "look_up"}}),
     ] {
+        let body = chat_body(json!({"tools": word_tool, "tool_choice": forced,
+                                    "max_tokens": 256, "parallel_tool_calls": false}));
+        let (status, r) = post(&client, url.clone(), body.clone()).await;
+        assert_eq!(status, 200, "{r}");
+        let choice = &r["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+        assert!(choice["message"]["content"].is_null(), "{r}");
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "look_up");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(
+            ["kiln", "clay"].contains(&args["word"].as_str().unwrap()),
+            "{args}"
+        );
+
+        let chunks = streamed(&client, url.clone(), &body).await;
+        let calls: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+            .collect();
+        assert_eq!(calls.len(), 1, "{chunks:?}");
+        assert_eq!(calls[0]["index"], 0);
+        assert_eq!(
+            calls[0]["function"]["arguments"],
+            call["function"]["arguments"]
+        );
+        let last = &chunks.last().unwrap()["choices"][0];
+        assert_eq!(last["finish_reason"], "tool_calls");
+    }
+    for (bad_tools, choice) in [
+        (json!([]), json!("required")),
+        (
+            word_tool.clone(),
+            json!({"type": "function", "function": {"name": "nope"}}),
+        ),
+    ] {
         let (status, error) = post(
             &client,
             url.clone(),
-            chat_body(json!({"tools": tools, "tool_choice": forced})),
+            chat_body(json!({"tools": bad_tools, "tool_choice": choice})),
         )
         .await;
         assert_eq!(status, 400, "{error}");

@@ -25,13 +25,15 @@ pub enum Structure {
     Regex(String),
     /// Exactly one of these strings (`guided_choice`).
     Choice(Vec<String>),
+    /// A grammar in llguidance's Lark dialect (forced tool calls).
+    Lark(String),
 }
 
 /// Whitespace allowed between two JSON tokens unless a schema says otherwise (in
 /// llguidance's `x-guidance` options): a space or two, or a line break and an indent of up
 /// to 16; enough for compact or pretty-printed output, never unbounded, so a model that
 /// keeps choosing whitespace still has to write the value.
-const JSON_WHITESPACE: &str = r"[\x20\x09]{1,2}|\x0D?\x0A[\x20\x09]{0,16}";
+pub const JSON_WHITESPACE: &str = r"[\x20\x09]{1,2}|\x0D?\x0A[\x20\x09]{0,16}";
 
 /// `schema` with the default whitespace rule, unless it sets its own options.
 fn with_default_options(schema: &serde_json::Value) -> serde_json::Value {
@@ -54,6 +56,7 @@ impl Structure {
                 TopLevelGrammar::from_json_schema(with_default_options(schema))
             }
             Structure::Regex(rx) => TopLevelGrammar::from_regex(rx),
+            Structure::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
             Structure::Choice(options) => {
                 let alternatives: Vec<String> = options.iter().map(|o| escape_regex(o)).collect();
                 TopLevelGrammar::from_regex(&format!("({})", alternatives.join("|")))

@@ -27,6 +27,33 @@ impl ToolCallFormat {
     }
 }
 
+/// A Lark grammar (llguidance's dialect) for output that is nothing but calls in `format`:
+/// each a block whose JSON names one of `tools` (name, parameters schema) and gives
+/// arguments valid under its schema; several blocks, one per line, when `parallel`.
+pub fn forcing_grammar(
+    format: ToolCallFormat,
+    tools: &[(String, Value)],
+    parallel: bool,
+    json_options: &Value,
+) -> String {
+    let ToolCallFormat::Hermes = format;
+    let alternatives: Vec<Value> = tools
+        .iter()
+        .map(|(name, parameters)| {
+            serde_json::json!({
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let schema = serde_json::json!({"anyOf": alternatives, "x-guidance": json_options});
+    let repeat = if parallel { r#" ("\n" call)*"# } else { "" };
+    // Lark string literals take the same escapes as JSON strings.
+    format!("start: call{repeat}\ncall: \"{OPEN}\\n\" %json {schema} \"\\n{CLOSE}\"\n")
+}
+
 /// One call: the function's name and its arguments as JSON text (OpenAI sends a string).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ToolCall {

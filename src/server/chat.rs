@@ -34,8 +34,18 @@ pub async fn chat_completions(
         ));
     }
     let n = choices(req.n)?;
-    let params = to_params(req.sampling())?;
-    let tool_parser = chat_tools::parser_for(&req, served.engine.tokenizer().chat_template())?;
+    let mut params = to_params(req.sampling())?;
+    let plan = chat_tools::tool_plan(&req, served.engine.tokenizer().chat_template())?;
+    if let Some(forced) = plan.forced {
+        if params.structure.is_some() {
+            return Err(ApiError::invalid(
+                Some("tool_choice"),
+                "a forced tool call cannot be combined with response_format",
+            ));
+        }
+        params.structure = Some(forced);
+    }
+    let tool_parser = plan.parser;
     let prompt = render_prompt(served, &req)?;
     let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
     let meta = ResponseMeta::new("chatcmpl", &req.model);

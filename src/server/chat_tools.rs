@@ -6,33 +6,116 @@ use super::types::chat::{
     AssistantMessage, ChatCompletionRequest, ChatDelta, FunctionCall, ToolCall, ToolCallDelta,
 };
 use crate::model::chat_template::ChatTemplate;
+use crate::model::grammar::{Structure, JSON_WHITESPACE};
 use crate::model::tool_calls::{self, StreamPiece, ToolCallFormat, ToolCallStream};
 
-/// The format to look for calls in: only when the request offers tools, lets the model
-/// choose (`tool_choice` absent or `auto`) and the model's template names a format.
-/// Forcing a call (`required`, a named function) would need constrained decoding: a 400.
-pub fn parser_for(
+/// What a request's tools ask of the generation.
+#[derive(Debug, PartialEq)]
+pub struct ToolPlan {
+    /// Look for calls in this format in the output.
+    pub parser: Option<ToolCallFormat>,
+    /// `tool_choice` `required` or a named function: the output must be calls, so it is
+    /// generated under this grammar.
+    pub forced: Option<Structure>,
+}
+
+/// The plan for `req`: calls are looked for when it offers tools and the model's template
+/// names a format; `tool_choice` `none` turns that off, `auto` (the default) leaves the
+/// choice to the model, `required` or `{"type": "function", "function": {"name": ...}}`
+/// force calls (to any offered tool, or to that one) with a grammar.
+pub fn tool_plan(
     req: &ChatCompletionRequest,
     template: Option<&ChatTemplate>,
-) -> ApiResult<Option<ToolCallFormat>> {
-    match req.tool_choice.as_ref() {
-        None => {}
-        Some(choice) if choice.as_str() == Some("auto") => {}
-        Some(choice) if choice.as_str() == Some("none") => return Ok(None),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                Some("tool_choice"),
-                format!(
-                    "tool_choice {other} is not supported: only \"auto\" and \"none\" (forcing a \
-                     call needs constrained decoding)"
-                ),
-            ))
-        }
-    }
-    let offered = req.tools.as_ref().is_some_and(|tools| !tools.is_empty());
-    Ok(template
+) -> ApiResult<ToolPlan> {
+    let invalid = |message: String| ApiError::invalid(Some("tool_choice"), message);
+    let tools = offered_tools(req)?;
+    let format = template
         .and_then(ChatTemplate::tool_call_format)
-        .filter(|_| offered))
+        .filter(|_| !tools.is_empty());
+    let forced_to: Option<Option<&str>> = match req.tool_choice.as_ref() {
+        None => None,
+        Some(choice) => match (choice.as_str(), choice.pointer("/function/name")) {
+            (Some("auto"), _) => None,
+            (Some("none"), _) => {
+                return Ok(ToolPlan {
+                    parser: None,
+                    forced: None,
+                })
+            }
+            (Some("required"), _) => Some(None),
+            (None, Some(name))
+                if choice.get("type").and_then(|t| t.as_str()) == Some("function") =>
+            {
+                Some(Some(name.as_str().unwrap_or_default()))
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "tool_choice must be \"auto\", \"none\", \"required\" or \
+                     {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {choice}"
+                )))
+            }
+        },
+    };
+    let Some(only) = forced_to else {
+        return Ok(ToolPlan {
+            parser: format,
+            forced: None,
+        });
+    };
+    let Some(format) = format else {
+        return Err(invalid(if tools.is_empty() {
+            "tool_choice forces a call but the request offers no tools".into()
+        } else {
+            "this model's chat template names no tool-call format to force calls in (see \
+             --tool-call-parser)"
+                .into()
+        }));
+    };
+    let chosen: Vec<(String, serde_json::Value)> = match only {
+        None => tools,
+        Some(name) => {
+            let chosen: Vec<_> = tools.into_iter().filter(|(n, _)| n == name).collect();
+            if chosen.is_empty() {
+                return Err(invalid(format!(
+                    "tool_choice names {name:?}, which is not among the tools"
+                )));
+            }
+            chosen
+        }
+    };
+    let parallel = req.parallel_tool_calls.unwrap_or(true) && only.is_none();
+    let options = serde_json::json!({"whitespace_pattern": JSON_WHITESPACE});
+    Ok(ToolPlan {
+        parser: Some(format),
+        forced: Some(Structure::Lark(tool_calls::forcing_grammar(
+            format, &chosen, parallel, &options,
+        ))),
+    })
+}
+
+/// The request's functions: (name, parameters schema), in order.
+fn offered_tools(req: &ChatCompletionRequest) -> ApiResult<Vec<(String, serde_json::Value)>> {
+    req.tools
+        .iter()
+        .flatten()
+        .map(|tool| {
+            let function = tool.get("function");
+            let name = function
+                .and_then(|f| f.get("name"))
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        Some("tools"),
+                        format!("a tool without a function name: {tool}"),
+                    )
+                })?;
+            let parameters = function
+                .and_then(|f| f.get("parameters"))
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+            Ok((name.to_string(), parameters))
+        })
+        .collect()
 }
 
 /// A finished choice's message; the flag says whether it holds calls.

@@ -9,6 +9,17 @@ fn tokenizer() -> Tokenizer {
 /// Walks the grammar taking, at every step, the allowed token that `choose` prefers (as a
 /// model would with its logits), until only end-of-sequence is left; returns the text.
 fn walk(tok: &Tokenizer, c: &mut Constraint, choose: impl Fn(&[u32]) -> u32) -> String {
+    walk_until(tok, c, choose, false)
+}
+
+/// `walk`, ending as soon as end-of-sequence is allowed when `end_early` (a grammar that
+/// could go on forever, like any number of tool calls).
+fn walk_until(
+    tok: &Tokenizer,
+    c: &mut Constraint,
+    choose: impl Fn(&[u32]) -> u32,
+    end_early: bool,
+) -> String {
     let eos = tok.eos_token_ids();
     let mut ids = Vec::new();
     for _ in 0..200 {
@@ -16,7 +27,8 @@ fn walk(tok: &Tokenizer, c: &mut Constraint, choose: impl Fn(&[u32]) -> u32) -> 
         let allowed: Vec<u32> = (0..mask.len() as u32)
             .filter(|&t| mask.is_allowed(t) && !eos.contains(&t))
             .collect();
-        if allowed.is_empty() || c.finished() {
+        let may_end = eos.iter().any(|&e| mask.is_allowed(e));
+        if allowed.is_empty() || c.finished() || (end_early && may_end) {
             assert!(
                 eos.iter().any(|&e| mask.is_allowed(e)),
                 "EOS allowed at the end"
@@ -98,4 +110,43 @@ fn a_bad_grammar_is_an_error_naming_it() {
         assert!(compiler.compile(&bad).is_err(), "{bad:?}");
     }
     assert_eq!(escape_regex("a.b(c)"), r"a\.b\(c\)");
+}
+
+#[test]
+fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
+    use crate::model::tool_calls::{forcing_grammar, parse, ToolCallFormat};
+    let tok = tokenizer();
+    let compiler = GrammarCompiler::new(&tok, 448).unwrap();
+    let tools = vec![
+        (
+            "look_up".to_string(),
+            serde_json::json!({"type": "object", "properties": {"word": {"enum": ["kiln", "clay"]}},
+                               "required": ["word"], "additionalProperties": false}),
+        ),
+        (
+            "now".to_string(),
+            serde_json::json!({"type": "object", "additionalProperties": false}),
+        ),
+    ];
+    let options = serde_json::json!({"whitespace_flexible": false});
+    for parallel in [false, true] {
+        let grammar = forcing_grammar(ToolCallFormat::Hermes, &tools, parallel, &options);
+        for choose in [|a: &[u32]| a[0], |a: &[u32]| a[a.len() - 1]] {
+            let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
+            let text = walk_until(&tok, &mut c, choose, true);
+            let parsed = parse(ToolCallFormat::Hermes, &text);
+            assert_eq!(parsed.content, None, "{text:?}");
+            assert!(!parsed.calls.is_empty(), "{text:?}");
+            for call in &parsed.calls {
+                let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+                match call.name.as_str() {
+                    "look_up" => {
+                        assert!(["kiln", "clay"].contains(&args["word"].as_str().unwrap()))
+                    }
+                    "now" => assert_eq!(args, serde_json::json!({})),
+                    other => panic!("{other}"),
+                }
+            }
+        }
+    }
 }

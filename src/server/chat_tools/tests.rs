@@ -13,10 +13,13 @@ fn request(extra: serde_json::Value) -> ChatCompletionRequest {
 }
 
 #[test]
-fn calls_are_looked_for_only_when_offered_and_left_to_the_model() {
+fn calls_are_looked_for_when_offered_and_forced_with_a_grammar() {
     let hermes = ChatTemplate::new(HERMES_TEMPLATE, None, None).unwrap();
     let plain = ChatTemplate::new("{{ messages[0].content }}", None, None).unwrap();
-    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    let tools = json!([
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "g"}}
+    ]);
     let with = |choice: serde_json::Value| {
         let mut extra = json!({"tools": tools});
         if !choice.is_null() {
@@ -25,31 +28,66 @@ fn calls_are_looked_for_only_when_offered_and_left_to_the_model() {
         request(extra)
     };
     let found = Some(ToolCallFormat::Hermes);
+    for choice in [json!(null), json!("auto")] {
+        let plan = tool_plan(&with(choice), Some(&hermes)).unwrap();
+        assert_eq!((plan.parser, plan.forced), (found, None));
+    }
     assert_eq!(
-        parser_for(&with(json!(null)), Some(&hermes)).unwrap(),
-        found
-    );
-    assert_eq!(
-        parser_for(&with(json!("auto")), Some(&hermes)).unwrap(),
-        found
-    );
-    assert_eq!(
-        parser_for(&with(json!("none")), Some(&hermes)).unwrap(),
+        tool_plan(&with(json!("none")), Some(&hermes))
+            .unwrap()
+            .parser,
         None
     );
     assert_eq!(
-        parser_for(&request(json!({})), Some(&hermes)).unwrap(),
+        tool_plan(&request(json!({})), Some(&hermes))
+            .unwrap()
+            .parser,
         None
     );
-    assert_eq!(parser_for(&with(json!(null)), Some(&plain)).unwrap(), None);
-    assert_eq!(parser_for(&with(json!(null)), None).unwrap(), None);
-    for forced in [
-        json!("required"),
-        json!({"type": "function", "function": {"name": "f"}}),
+    assert_eq!(
+        tool_plan(&with(json!(null)), Some(&plain)).unwrap().parser,
+        None
+    );
+
+    let required = tool_plan(&with(json!("required")), Some(&hermes)).unwrap();
+    assert_eq!(required.parser, found);
+    let Some(Structure::Lark(grammar)) = required.forced else {
+        panic!("a grammar")
+    };
+    assert!(
+        grammar.contains(r#"("\n" call)*"#) && grammar.contains(r#""g""#),
+        "{grammar}"
+    );
+    let named = tool_plan(
+        &with(json!({"type": "function", "function": {"name": "g"}})),
+        Some(&hermes),
+    )
+    .unwrap();
+    let Some(Structure::Lark(grammar)) = named.forced else {
+        panic!("a grammar")
+    };
+    assert!(
+        !grammar.contains(r#""f""#) && !grammar.contains("call)*"),
+        "{grammar}"
+    );
+
+    for (choice, template) in [
+        (
+            json!({"type": "function", "function": {"name": "nope"}}),
+            &hermes,
+        ),
+        (json!("required"), &plain),
+        (json!("sometimes"), &hermes),
     ] {
-        let err = parser_for(&with(forced), Some(&hermes)).unwrap_err();
+        let err = tool_plan(&with(choice), Some(template)).unwrap_err();
         assert_eq!(err.body().error.param.as_deref(), Some("tool_choice"));
     }
+    let err = tool_plan(
+        &request(json!({"tools": [{"type": "function"}]})),
+        Some(&hermes),
+    )
+    .unwrap_err();
+    assert_eq!(err.body().error.param.as_deref(), Some("tools"));
 }
 
 #[test]
