@@ -142,6 +142,16 @@ pub struct EngineArgs {
         default_value = "auto"
     )]
     pub tool_call_parser: chat_template::ToolCallParserArg,
+    /// Return a reasoning model's thinking apart from its answer, as `reasoning_content`:
+    /// `none` (default: thinking stays in the content) or `think` (`<think>...</think>`;
+    /// `qwen3` and `deepseek_r1` are accepted too).
+    #[arg(
+        long,
+        env = "KILN_REASONING_PARSER",
+        value_enum,
+        default_value = "none"
+    )]
+    pub reasoning_parser: chat_template::ReasoningParserArg,
 }
 
 /// Resolves the model files named by the arguments.
@@ -273,6 +283,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
         args.chat_template.as_deref(),
         args.chat_template_content_format,
         args.tool_call_parser,
+        args.reasoning_parser,
     )?;
     let eos = eos_ids(&config, &files, &tokenizer);
     let weights: Arc<dyn WeightSource + Send + Sync> = match args.load_format {

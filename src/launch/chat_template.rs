@@ -30,6 +30,17 @@ pub enum ToolCallParserArg {
     None,
 }
 
+/// `--reasoning-parser` (vLLM's names for the two `<think>` formats are accepted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReasoningParserArg {
+    /// Reasoning stays in the content.
+    None,
+    /// `<think>...</think>` before the answer (or only `</think>` when the chat template
+    /// opens the block): Qwen3, QwQ, DeepSeek-R1 and its distills.
+    #[value(alias = "qwen3", alias = "deepseek_r1", alias = "deepseek-r1")]
+    Think,
+}
+
 /// Installs the template `given` names (a file, or the Jinja text itself) in place of the
 /// tokenizer's, then applies the content format and the tool-call parser.
 pub fn configure(
@@ -37,6 +48,7 @@ pub fn configure(
     given: Option<&str>,
     format: ContentFormatArg,
     parser: ToolCallParserArg,
+    reasoning: ReasoningParserArg,
 ) -> Result<()> {
     if let Some(given) = given {
         let source = template_source(given)?;
@@ -65,6 +77,7 @@ pub fn configure(
             }
             ToolCallParserArg::None => template.with_tool_call_format(None),
         };
+        let template = template.with_reasoning_split(reasoning == ReasoningParserArg::Think);
         if let Some(format) = template.tool_call_format() {
             tracing::info!("tool calls are parsed from the output ({format:?} format)");
         }
@@ -124,6 +137,7 @@ mod tests {
             Some(inline),
             ContentFormatArg::Auto,
             ToolCallParserArg::Auto,
+            ReasoningParserArg::None,
         )
         .unwrap();
         let hi = json!([{"role": "user", "content": "hi"}]);
@@ -137,6 +151,7 @@ mod tests {
             file.to_str(),
             ContentFormatArg::Auto,
             ToolCallParserArg::Auto,
+            ReasoningParserArg::None,
         )
         .unwrap();
         std::fs::remove_file(&file).unwrap();
@@ -147,6 +162,7 @@ mod tests {
             Some("no/such/file.jinja"),
             ContentFormatArg::Auto,
             ToolCallParserArg::Auto,
+            ReasoningParserArg::None,
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("neither a file nor"), "{err:#}");
@@ -163,6 +179,7 @@ mod tests {
             Some(loops),
             ContentFormatArg::Auto,
             ToolCallParserArg::Auto,
+            ReasoningParserArg::None,
         )
         .unwrap();
         assert_eq!(render(&tok, parts.clone()), "a;");
@@ -173,6 +190,7 @@ mod tests {
             Some(loops),
             ContentFormatArg::String,
             ToolCallParserArg::Auto,
+            ReasoningParserArg::None,
         )
         .unwrap();
         assert_eq!(render(&tok, parts), ";");

@@ -182,6 +182,8 @@ pub struct ChatTemplate {
     knows_developer: bool,
     /// How the model writes tool calls, as the template teaches it.
     tool_call_format: Option<ToolCallFormat>,
+    /// Split `<think>` reasoning off the answer (`--reasoning-parser`).
+    splits_reasoning: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -211,6 +213,7 @@ impl ChatTemplate {
             content_format: ContentFormat::detect(source),
             knows_developer: source.contains("developer"),
             tool_call_format: ToolCallFormat::detect(source),
+            splits_reasoning: false,
         })
     }
 
@@ -222,6 +225,16 @@ impl ChatTemplate {
 
     pub fn tool_call_format(&self) -> Option<ToolCallFormat> {
         self.tool_call_format
+    }
+
+    /// Splits `<think>` reasoning off chat answers (`--reasoning-parser`).
+    pub fn with_reasoning_split(mut self, on: bool) -> Self {
+        self.splits_reasoning = on;
+        self
+    }
+
+    pub fn splits_reasoning(&self) -> bool {
+        self.splits_reasoning
     }
 
     /// Overrides the detected content format (`--chat-template-content-format`).

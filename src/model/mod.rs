@@ -8,6 +8,7 @@ pub mod detokenizer;
 pub mod grammar;
 pub mod llama;
 pub mod presets;
+pub mod reasoning;
 pub mod rope;
 pub mod source;
 pub mod tokenizer;

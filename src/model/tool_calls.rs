@@ -193,8 +193,9 @@ impl ToolCallStream {
     }
 }
 
-/// The length of the longest tail of `text` that is a proper prefix of `tag`.
-fn partial_prefix_len(text: &str, tag: &str) -> usize {
+/// The length of the longest tail of `text` that is a proper prefix of `tag` (text held
+/// back in a stream because it may still become the tag).
+pub(crate) fn partial_prefix_len(text: &str, tag: &str) -> usize {
     (1..tag.len().min(text.len() + 1))
         .rev()
         .find(|&n| {

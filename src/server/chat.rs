@@ -46,21 +46,27 @@ pub async fn chat_completions(
         params.structure = Some(forced);
     }
     let tool_parser = plan.parser;
-    let prompt = render_prompt(served, &req)?;
+    let (prompt, prompt_text) = render_prompt(served, &req)?;
+    // With a reasoning parser, the rendered prompt tells whether it opened the thinking.
+    let reasoning_prompt = served
+        .engine
+        .tokenizer()
+        .chat_template()
+        .filter(|t| t.splits_reasoning())
+        .map(|_| prompt_text);
     let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
     let meta = ResponseMeta::new("chatcmpl", &req.model);
     let want_logprobs = params.logprobs.is_some();
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        return Ok(stream(
-            state.clone(),
-            meta,
-            submitted,
+        let options = StreamOptions {
             n,
             include_usage,
             want_logprobs,
             tool_parser,
-        ));
+            reasoning_prompt,
+        };
+        return Ok(stream(state.clone(), meta, submitted, options));
     }
     let finals = generate::collect_all(submitted, &state.metrics).await?;
     let tokenizer = served.engine.tokenizer();
@@ -74,7 +80,11 @@ pub async fn chat_completions(
             .iter()
             .enumerate()
             .map(|(index, out)| {
-                let (message, made_calls) = chat_tools::message(&out.text, tool_parser);
+                let (message, made_calls) = chat_tools::message_after_reasoning(
+                    reasoning_prompt.as_deref(),
+                    &out.text,
+                    tool_parser,
+                );
                 ChatChoice {
                     index,
                     message,
@@ -100,7 +110,8 @@ fn reject_unsupported(req: &ChatCompletionRequest) -> ApiResult<()> {
 }
 
 /// The prompt token ids: the messages through the model's chat template.
-fn render_prompt(served: &Served, req: &ChatCompletionRequest) -> ApiResult<Vec<u32>> {
+/// The prompt token ids and the text they were encoded from.
+fn render_prompt(served: &Served, req: &ChatCompletionRequest) -> ApiResult<(Vec<u32>, String)> {
     let tokenizer = served.engine.tokenizer();
     let template = tokenizer.chat_template().ok_or_else(|| {
         ApiError::invalid(
@@ -123,9 +134,20 @@ fn render_prompt(served: &Served, req: &ChatCompletionRequest) -> ApiResult<Vec<
             _ => ApiError::invalid(Some("messages"), e.to_string()),
         })?;
     // The template wrote the special tokens itself.
-    tokenizer
+    let ids = tokenizer
         .encode(&text, false)
-        .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e:#}")))
+        .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e:#}")))?;
+    Ok((ids, text))
+}
+
+/// How a streamed chat response is shaped.
+struct StreamOptions {
+    n: usize,
+    include_usage: bool,
+    want_logprobs: bool,
+    tool_parser: Option<ToolCallFormat>,
+    /// The rendered prompt, when reasoning is split off the answer.
+    reasoning_prompt: Option<String>,
 }
 
 fn chunk(meta: &ResponseMeta, choice: ChatChunkChoice, include_usage: bool) -> ChatCompletionChunk {
@@ -144,11 +166,15 @@ fn stream(
     state: SharedState,
     meta: ResponseMeta,
     submitted: Vec<Choice>,
-    n: usize,
-    include_usage: bool,
-    want_logprobs: bool,
-    tool_parser: Option<ToolCallFormat>,
+    options: StreamOptions,
 ) -> Response {
+    let StreamOptions {
+        n,
+        include_usage,
+        want_logprobs,
+        tool_parser,
+        reasoning_prompt,
+    } = options;
     sse::response(move |tx| async move {
         let Some(served) = state.served() else { return };
         let tokenizer = served.engine.tokenizer().clone();
@@ -159,6 +185,7 @@ fn stream(
                 role: Some("assistant"),
                 content: Some(String::new()),
                 tool_calls: None,
+                reasoning_content: None,
             };
             let first = ChatChunkChoice {
                 index,
@@ -169,7 +196,13 @@ fn stream(
             tx.send(&chunk(&meta, first, include_usage));
         }
         let mut choice_streams: Vec<_> = (0..count)
-            .map(|_| chat_tools::ChoiceStream::new(tool_parser))
+            .map(|_| {
+                let s = chat_tools::ChoiceStream::new(tool_parser);
+                match &reasoning_prompt {
+                    Some(prompt) => s.with_reasoning(prompt),
+                    None => s,
+                }
+            })
             .collect();
         let mut events = generate::interleave(submitted, state.clone());
         loop {
@@ -181,9 +214,11 @@ fn stream(
             let finish = finish_reason(&out);
             let choice_stream = &mut choice_streams[index];
             let mut deltas = choice_stream.deltas(&out.text, finish.is_some());
-            let nothing_new = deltas
-                .iter()
-                .all(|d| d.tool_calls.is_none() && d.content.as_deref().is_none_or(str::is_empty));
+            let nothing_new = deltas.iter().all(|d| {
+                d.tool_calls.is_none()
+                    && d.reasoning_content.is_none()
+                    && d.content.as_deref().is_none_or(str::is_empty)
+            });
             if nothing_new && finish.is_none() && !want_logprobs {
                 continue;
             }

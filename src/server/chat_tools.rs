@@ -7,6 +7,7 @@ use super::types::chat::{
 };
 use crate::model::chat_template::ChatTemplate;
 use crate::model::grammar::{Structure, JSON_WHITESPACE};
+use crate::model::reasoning::{self, Piece, ReasoningSplitter};
 use crate::model::tool_calls::{self, StreamPiece, ToolCallFormat, ToolCallStream};
 
 /// What a request's tools ask of the generation.
@@ -120,6 +121,21 @@ fn offered_tools(req: &ChatCompletionRequest) -> ApiResult<Vec<(String, serde_js
 
 /// A finished choice's message; the flag says whether it holds calls.
 pub fn message(text: &str, parser: Option<ToolCallFormat>) -> (AssistantMessage, bool) {
+    message_after_reasoning(None, text, parser)
+}
+
+/// A finished choice's message when `reasoning` split the model's thinking off `text`
+/// (`prompt_text` is the rendered prompt, which may have opened the thinking block).
+pub fn message_after_reasoning(
+    prompt_text: Option<&str>,
+    text: &str,
+    parser: Option<ToolCallFormat>,
+) -> (AssistantMessage, bool) {
+    let (reasoning_content, answer) = match prompt_text {
+        Some(prompt) => reasoning::split(prompt, text),
+        None => (None, Some(text.to_string())),
+    };
+    let text = answer.as_deref().unwrap_or("");
     let (content, calls) = match parser {
         Some(format) => {
             let parsed = tool_calls::parse(format, text);
@@ -130,9 +146,11 @@ pub fn message(text: &str, parser: Option<ToolCallFormat>) -> (AssistantMessage,
     let made_calls = !calls.is_empty();
     let message = AssistantMessage {
         role: "assistant",
-        content,
+        // Only thinking (cut off before the answer): no content.
+        content: content.filter(|_| answer.is_some()),
         refusal: None,
         tool_calls: calls.into_iter().map(api_call).collect(),
+        reasoning_content,
     };
     (message, made_calls)
 }
@@ -159,13 +177,22 @@ fn api_call(call: tool_calls::ToolCall) -> ToolCall {
 /// One streamed choice: text deltas as they come, each call as one delta once it closes.
 pub struct ChoiceStream {
     parser: Option<ToolCallStream>,
+    /// Splits the model's thinking off first (with `--reasoning-parser`).
+    reasoning: Option<ReasoningSplitter>,
 }
 
 impl ChoiceStream {
     pub fn new(parser: Option<ToolCallFormat>) -> Self {
         ChoiceStream {
             parser: parser.map(ToolCallStream::new),
+            reasoning: None,
         }
+    }
+
+    /// Also splits reasoning off, for a prompt rendered as `prompt_text`.
+    pub fn with_reasoning(mut self, prompt_text: &str) -> Self {
+        self.reasoning = Some(ReasoningSplitter::new(prompt_text));
+        self
     }
 
     pub fn made_calls(&self) -> bool {
@@ -174,6 +201,32 @@ impl ChoiceStream {
 
     /// The deltas for newly generated `text` (`finished`: nothing follows it).
     pub fn deltas(&mut self, text: &str, finished: bool) -> Vec<ChatDelta> {
+        let Some(splitter) = self.reasoning.as_mut() else {
+            return self.answer_deltas(text, finished);
+        };
+        let mut pieces = splitter.push(text);
+        if finished {
+            pieces.extend(splitter.finish());
+        }
+        let mut deltas = Vec::new();
+        let mut answer = String::new();
+        for piece in pieces {
+            match piece {
+                Piece::Reasoning(r) => deltas.push(ChatDelta {
+                    reasoning_content: Some(r),
+                    ..Default::default()
+                }),
+                Piece::Content(c) => answer.push_str(&c),
+            }
+        }
+        if !answer.is_empty() || finished {
+            deltas.extend(self.answer_deltas(&answer, finished));
+        }
+        deltas
+    }
+
+    /// The deltas of the answer part: text, and calls where a parser finds them.
+    fn answer_deltas(&mut self, text: &str, finished: bool) -> Vec<ChatDelta> {
         let Some(parser) = self.parser.as_mut() else {
             return vec![text_delta(text.to_string())];
         };

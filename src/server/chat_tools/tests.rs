@@ -158,3 +158,37 @@ fn streamed_calls_are_numbered_per_choice_and_text_passes_through() {
     assert_eq!(deltas[0].content.as_deref(), Some("<tool_call>"));
     assert!(!plain.made_calls());
 }
+
+#[test]
+fn reasoning_is_split_off_before_calls_are_looked_for() {
+    let text = "<think>Need the word.</think>\n\nOk <tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
+    let (m, made_calls) =
+        message_after_reasoning(Some("assistant\n"), text, Some(ToolCallFormat::Hermes));
+    assert!(made_calls);
+    assert_eq!(m.reasoning_content.as_deref(), Some("Need the word."));
+    assert_eq!(m.content.as_deref(), Some("Ok"));
+    // Cut off while thinking: reasoning, no content.
+    let (m, _) = message_after_reasoning(Some("<think>\n"), "hmm", None);
+    assert_eq!(
+        (m.reasoning_content.as_deref(), m.content),
+        (Some("hmm"), None)
+    );
+
+    let mut s = ChoiceStream::new(Some(ToolCallFormat::Hermes)).with_reasoning("assistant\n");
+    let mut reasoning = String::new();
+    let mut content = String::new();
+    let mut calls = 0;
+    let chars: Vec<char> = text.chars().collect();
+    let pieces: Vec<String> = chars.chunks(3).map(|c| c.iter().collect()).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        for d in s.deltas(piece, i == pieces.len() - 1) {
+            reasoning.push_str(d.reasoning_content.as_deref().unwrap_or(""));
+            content.push_str(d.content.as_deref().unwrap_or(""));
+            calls += d.tool_calls.map_or(0, |c| c.len());
+        }
+    }
+    assert_eq!(reasoning, "Need the word.");
+    assert_eq!(content, "Ok ");
+    assert_eq!(calls, 1);
+    assert!(s.made_calls());
+}

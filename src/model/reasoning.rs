@@ -1,0 +1,203 @@
+//! Reasoning in a model's output: models that think before they answer (Qwen3, QwQ,
+//! DeepSeek-R1 and its distills) write `<think>...</think>` before the answer, or, when the
+//! chat template opens the block itself, just the reasoning and `</think>`. With a
+//! reasoning parser on, the server returns the two apart (`reasoning_content`, as vLLM
+//! does), whole or streamed.
+
+use super::tool_calls::partial_prefix_len;
+
+const OPEN: &str = "<think>";
+const CLOSE: &str = "</think>";
+
+/// Where the output starts, as the rendered prompt leaves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Not yet known: the output may open a block.
+    Start,
+    Reasoning,
+    /// Right after `</think>`: the answer's leading line breaks are dropped.
+    AfterReasoning,
+    Content,
+}
+
+/// A piece of streamed output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Piece {
+    Reasoning(String),
+    Content(String),
+}
+
+/// Splits an output stream into reasoning and answer; feed it text as it comes.
+#[derive(Debug)]
+pub struct ReasoningSplitter {
+    part: Part,
+    held: String,
+}
+
+impl ReasoningSplitter {
+    /// `prompt_text` is the rendered prompt: when it ends inside an opened block (the
+    /// template wrote `<think>`), the output starts as reasoning.
+    pub fn new(prompt_text: &str) -> Self {
+        let inside = prompt_text.trim_end().ends_with(OPEN);
+        ReasoningSplitter {
+            part: if inside { Part::Reasoning } else { Part::Start },
+            held: String::new(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> Vec<Piece> {
+        self.held.push_str(text);
+        let mut out = Vec::new();
+        loop {
+            match self.part {
+                Part::Start => {
+                    let trimmed = self.held.trim_start();
+                    if let Some(rest) = trimmed.strip_prefix(OPEN) {
+                        self.held = rest.to_string();
+                        self.part = Part::Reasoning;
+                    } else if OPEN.starts_with(trimmed) {
+                        return out; // could still become the opening tag
+                    } else {
+                        self.part = Part::Content;
+                    }
+                }
+                Part::Reasoning => match self.held.find(CLOSE) {
+                    Some(at) => {
+                        let reasoning: String = self.held.drain(..at + CLOSE.len()).collect();
+                        push_nonempty(&mut out, Piece::Reasoning(reasoning[..at].to_string()));
+                        self.part = Part::AfterReasoning;
+                    }
+                    None => {
+                        let keep = partial_prefix_len(&self.held, CLOSE);
+                        let send: String = self.held.drain(..self.held.len() - keep).collect();
+                        push_nonempty(&mut out, Piece::Reasoning(send));
+                        return out;
+                    }
+                },
+                Part::AfterReasoning => {
+                    let rest = self.held.trim_start_matches(['\n', '\r']).to_string();
+                    if rest.is_empty() {
+                        self.held.clear();
+                        return out;
+                    }
+                    self.held = rest;
+                    self.part = Part::Content;
+                }
+                Part::Content => {
+                    let content = std::mem::take(&mut self.held);
+                    push_nonempty(&mut out, Piece::Content(content));
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// The end of the output: what is still held back (a partial tag) is what it was in.
+    pub fn finish(&mut self) -> Option<Piece> {
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return None;
+        }
+        Some(match self.part {
+            Part::Reasoning => Piece::Reasoning(held),
+            _ => Piece::Content(held),
+        })
+    }
+}
+
+/// A finished output's reasoning and answer (`None` where there is none).
+pub fn split(prompt_text: &str, text: &str) -> (Option<String>, Option<String>) {
+    let mut splitter = ReasoningSplitter::new(prompt_text);
+    let mut pieces = splitter.push(text);
+    pieces.extend(splitter.finish());
+    let (mut reasoning, mut content) = (String::new(), String::new());
+    for piece in pieces {
+        match piece {
+            Piece::Reasoning(r) => reasoning.push_str(&r),
+            Piece::Content(c) => content.push_str(&c),
+        }
+    }
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    (some(reasoning), some(content))
+}
+
+fn push_nonempty(out: &mut Vec<Piece>, piece: Piece) {
+    let empty = match &piece {
+        Piece::Reasoning(s) | Piece::Content(s) => s.is_empty(),
+    };
+    if !empty {
+        out.push(piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streamed(prompt: &str, text: &str, size: usize) -> (String, String) {
+        let mut s = ReasoningSplitter::new(prompt);
+        let (mut reasoning, mut content) = (String::new(), String::new());
+        let chars: Vec<char> = text.chars().collect();
+        let mut pieces = Vec::new();
+        for chunk in chars.chunks(size) {
+            pieces.extend(s.push(&chunk.iter().collect::<String>()));
+        }
+        pieces.extend(s.finish());
+        for p in pieces {
+            match p {
+                Piece::Reasoning(r) => reasoning.push_str(&r),
+                Piece::Content(c) => content.push_str(&c),
+            }
+        }
+        (reasoning, content)
+    }
+
+    #[test]
+    fn an_opened_block_is_reasoning_and_the_rest_the_answer_in_any_pieces() {
+        let text = "<think>\nThe kiln is hot; <b>clay</b> hardens.\n</think>\n\nA kiln fires clay.";
+        for size in [1, 2, 3, 7, 100] {
+            let (r, c) = streamed("<|im_start|>assistant\n", text, size);
+            assert_eq!(r, "\nThe kiln is hot; <b>clay</b> hardens.\n", "{size}");
+            assert_eq!(c, "A kiln fires clay.", "{size}");
+        }
+        assert_eq!(
+            split("", text),
+            (
+                Some("\nThe kiln is hot; <b>clay</b> hardens.\n".into()),
+                Some("A kiln fires clay.".into())
+            )
+        );
+    }
+
+    #[test]
+    fn a_template_that_opens_the_block_starts_the_output_as_reasoning() {
+        let prompt = "<｜Assistant｜><think>\n";
+        for size in [1, 4, 50] {
+            let (r, c) = streamed(prompt, "thinking...</think>Answer", size);
+            assert_eq!((r.as_str(), c.as_str()), ("thinking...", "Answer"));
+        }
+        // Cut off while thinking: all of it is reasoning.
+        assert_eq!(
+            split(prompt, "still thinking </th"),
+            (Some("still thinking </th".into()), None)
+        );
+    }
+
+    #[test]
+    fn output_without_a_block_is_all_answer() {
+        for text in [
+            "Just an answer.",
+            "<thinking is not the tag>",
+            "  <b>bold</b>",
+        ] {
+            assert_eq!(split("", text), (None, Some(text.to_string())), "{text}");
+            let (r, c) = streamed("", text, 1);
+            assert_eq!((r.as_str(), c.as_str()), ("", text));
+        }
+        // Thinking switched off by the template (an empty block in the prompt).
+        assert_eq!(
+            split("<think>\n\n</think>\n\n", "Answer"),
+            (None, Some("Answer".into()))
+        );
+    }
+}
