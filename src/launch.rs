@@ -133,8 +133,9 @@ pub struct EngineArgs {
     )]
     pub chat_template_content_format: chat_template::ContentFormatArg,
     /// How tool calls are found in chat output when a request offers `tools`: `auto`
-    /// (`hermes` when the chat template documents `<tool_call>` blocks), `hermes` or `none`
-    /// (calls stay in the text).
+    /// (from the chat template: `hermes` for `<tool_call>` blocks, `llama3_json` for bare
+    /// `{"name": ..., "parameters": ...}` answers), `hermes`, `llama3_json` or `none` (calls
+    /// stay in the text).
     #[arg(
         long,
         env = "KILN_TOOL_CALL_PARSER",

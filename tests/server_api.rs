@@ -304,7 +304,14 @@ async fn logit_bias_forces_and_bans_tokens_and_bad_biases_are_400() {
 /// `tool_choice` `required` or a named function makes it write one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offered_tools_leave_plain_answers_as_content_and_forced_ones_are_calls() {
-    let server = Server::start(&["--tool-call-parser", "hermes"]);
+    for parser in ["hermes", "llama3_json"] {
+        check_tools(parser).await;
+    }
+}
+
+/// The checks above with one tool-call format.
+async fn check_tools(parser: &str) {
+    let server = Server::start(&["--tool-call-parser", parser]);
     let client = Client::new();
     let url = server.url("/v1/chat/completions");
     let tools = json!([{"type": "function", "function": {

@@ -22,10 +22,14 @@ pub enum ContentFormatArg {
 /// `--tool-call-parser`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolCallParserArg {
-    /// `hermes` when the chat template documents `<tool_call>` blocks, else none.
+    /// `hermes` when the chat template documents `<tool_call>` blocks, `llama3_json` when it
+    /// asks for `{"name": ..., "parameters": ...}`, else none.
     Auto,
     /// `<tool_call>{"name": ..., "arguments": ...}</tool_call>` (Qwen2.5, Qwen3, Hermes).
     Hermes,
+    /// The answer is `{"name": ..., "parameters": ...}` (Llama 3.1 / 3.2 / 3.3).
+    #[value(name = "llama3_json")]
+    Llama3Json,
     /// Tool calls stay in the text.
     None,
 }
@@ -74,6 +78,9 @@ pub fn configure(
             ToolCallParserArg::Auto => template,
             ToolCallParserArg::Hermes => {
                 template.with_tool_call_format(Some(ToolCallFormat::Hermes))
+            }
+            ToolCallParserArg::Llama3Json => {
+                template.with_tool_call_format(Some(ToolCallFormat::Llama3Json))
             }
             ToolCallParserArg::None => template.with_tool_call_format(None),
         };

@@ -3,8 +3,11 @@
 //! Models trained on the Hermes format (Qwen2.5, Qwen3, Hermes, and others whose chat
 //! template documents it) answer a tool request with blocks of
 //! `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` around or instead of plain text.
-//! The server turns those blocks into OpenAI `tool_calls`, both for a finished text and for
-//! a stream (where a block is held back until it closes).
+//! Llama 3.x answers with bare JSON objects instead (`llama3_json.rs`). The server turns
+//! either into OpenAI `tool_calls`, both for a finished text and for a stream (where a
+//! block, or an answer that opens with `{`, is held back until it can be read).
+
+mod llama3_json;
 
 use serde_json::Value;
 
@@ -16,14 +19,20 @@ const CLOSE: &str = "</tool_call>";
 pub enum ToolCallFormat {
     /// `<tool_call>{"name": "f", "arguments": {...}}</tool_call>` blocks.
     Hermes,
+    /// The whole answer is `{"name": "f", "parameters": {...}}` (`;`-separated for several).
+    Llama3Json,
 }
 
 impl ToolCallFormat {
     /// The format a chat template teaches its model, if it names one.
     pub fn detect(template_source: &str) -> Option<ToolCallFormat> {
-        template_source
-            .contains(OPEN)
-            .then_some(ToolCallFormat::Hermes)
+        if template_source.contains(OPEN) {
+            Some(ToolCallFormat::Hermes)
+        } else if template_source.contains(llama3_json::TEMPLATE_MARK) {
+            Some(ToolCallFormat::Llama3Json)
+        } else {
+            None
+        }
     }
 }
 
@@ -36,22 +45,30 @@ pub fn forcing_grammar(
     parallel: bool,
     json_options: &Value,
 ) -> String {
-    let ToolCallFormat::Hermes = format;
+    if format == ToolCallFormat::Llama3Json {
+        return llama3_json::forcing_grammar(tools, parallel, json_options);
+    }
+    let schema = call_schema(tools, "arguments", json_options);
+    let repeat = if parallel { r#" ("\n" call)*"# } else { "" };
+    // Lark string literals take the same escapes as JSON strings.
+    format!("start: call{repeat}\ncall: \"{OPEN}\\n\" %json {schema} \"\\n{CLOSE}\"\n")
+}
+
+/// The JSON schema of one call object naming one of `tools` (name, parameters schema),
+/// its arguments under `arguments_key` and valid under that tool's schema.
+fn call_schema(tools: &[(String, Value)], arguments_key: &str, json_options: &Value) -> Value {
     let alternatives: Vec<Value> = tools
         .iter()
         .map(|(name, parameters)| {
             serde_json::json!({
                 "type": "object",
-                "properties": {"name": {"const": name}, "arguments": parameters},
-                "required": ["name", "arguments"],
+                "properties": {"name": {"const": name}, arguments_key: parameters},
+                "required": ["name", arguments_key],
                 "additionalProperties": false,
             })
         })
         .collect();
-    let schema = serde_json::json!({"anyOf": alternatives, "x-guidance": json_options});
-    let repeat = if parallel { r#" ("\n" call)*"# } else { "" };
-    // Lark string literals take the same escapes as JSON strings.
-    format!("start: call{repeat}\ncall: \"{OPEN}\\n\" %json {schema} \"\\n{CLOSE}\"\n")
+    serde_json::json!({"anyOf": alternatives, "x-guidance": json_options})
 }
 
 /// One call: the function's name and its arguments as JSON text (OpenAI sends a string).
@@ -73,11 +90,19 @@ pub struct ParsedOutput {
 /// never closes leaves the whole text as plain content: the model did not make a call
 /// the client could act on, and dropping its text would lose it.
 pub fn parse(format: ToolCallFormat, text: &str) -> ParsedOutput {
-    let ToolCallFormat::Hermes = format;
     let as_text = || ParsedOutput {
         content: Some(text.to_string()),
         calls: Vec::new(),
     };
+    if format == ToolCallFormat::Llama3Json {
+        return match llama3_json::parse_calls(text) {
+            Some(calls) => ParsedOutput {
+                content: None,
+                calls,
+            },
+            None => as_text(),
+        };
+    }
     let mut calls = Vec::new();
     let mut content = String::new();
     let mut rest = text;
@@ -107,7 +132,10 @@ pub fn parse(format: ToolCallFormat, text: &str) -> ParsedOutput {
 /// `{"name": "f", "arguments": {...}}` (arguments may also be given as a JSON string, or
 /// under `parameters`) as a call.
 fn call_from_json(body: &str) -> Option<ToolCall> {
-    let value: Value = serde_json::from_str(body.trim()).ok()?;
+    call_from_value(&serde_json::from_str(body.trim()).ok()?)
+}
+
+fn call_from_value(value: &Value) -> Option<ToolCall> {
     let name = value.get("name")?.as_str()?.to_string();
     let arguments = match value.get("arguments").or_else(|| value.get("parameters")) {
         None | Some(Value::Null) => "{}".to_string(),
@@ -129,16 +157,20 @@ pub enum StreamPiece {
 /// out as one call (or as its raw text, if it is not a call).
 #[derive(Debug)]
 pub struct ToolCallStream {
+    format: ToolCallFormat,
     held: String,
     calls: usize,
+    /// Llama 3 JSON: whether the answer is calls, once its first text tells.
+    json_answer: Option<bool>,
 }
 
 impl ToolCallStream {
     pub fn new(format: ToolCallFormat) -> Self {
-        let ToolCallFormat::Hermes = format;
         ToolCallStream {
+            format,
             held: String::new(),
             calls: 0,
+            json_answer: None,
         }
     }
 
@@ -150,6 +182,9 @@ impl ToolCallStream {
     /// Adds newly generated text; returns what can be sent now.
     pub fn push(&mut self, text: &str) -> Vec<StreamPiece> {
         self.held.push_str(text);
+        if self.format == ToolCallFormat::Llama3Json {
+            return self.push_llama3();
+        }
         let mut out = Vec::new();
         loop {
             match self.held.find(OPEN) {
@@ -187,9 +222,36 @@ impl ToolCallStream {
         }
     }
 
-    /// The end of the output: whatever is still held is plain text.
-    pub fn finish(&mut self) -> Option<String> {
-        (!self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+    /// Llama 3 JSON: text passes through once the answer starts as text; an answer that
+    /// starts as an object is held whole until `finish`.
+    fn push_llama3(&mut self) -> Vec<StreamPiece> {
+        if self.json_answer.is_none() {
+            self.json_answer = match llama3_json::start(&self.held) {
+                llama3_json::Start::Undecided => return Vec::new(),
+                llama3_json::Start::Call => Some(true),
+                llama3_json::Start::Text => Some(false),
+            };
+        }
+        if self.json_answer == Some(true) || self.held.is_empty() {
+            return Vec::new();
+        }
+        vec![StreamPiece::Text(std::mem::take(&mut self.held))]
+    }
+
+    /// The end of the output: what is still held is calls (a held Llama 3 answer that
+    /// reads as calls) or plain text.
+    pub fn finish(&mut self) -> Vec<StreamPiece> {
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return Vec::new();
+        }
+        if self.json_answer == Some(true) {
+            if let Some(calls) = llama3_json::parse_calls(&held) {
+                self.calls += calls.len();
+                return calls.into_iter().map(StreamPiece::Call).collect();
+            }
+        }
+        vec![StreamPiece::Text(held)]
     }
 }
 

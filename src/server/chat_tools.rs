@@ -233,7 +233,7 @@ impl ChoiceStream {
         let first_call = parser.calls();
         let mut pieces = parser.push(text);
         if finished {
-            pieces.extend(parser.finish().map(StreamPiece::Text));
+            pieces.extend(parser.finish());
         }
         let mut calls = first_call..;
         pieces

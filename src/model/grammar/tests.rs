@@ -129,12 +129,17 @@ fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
         ),
     ];
     let options = serde_json::json!({"whitespace_flexible": false});
-    for parallel in [false, true] {
-        let grammar = forcing_grammar(ToolCallFormat::Hermes, &tools, parallel, &options);
+    for (format, parallel) in [
+        (ToolCallFormat::Hermes, false),
+        (ToolCallFormat::Hermes, true),
+        (ToolCallFormat::Llama3Json, false),
+        (ToolCallFormat::Llama3Json, true),
+    ] {
+        let grammar = forcing_grammar(format, &tools, parallel, &options);
         for choose in [|a: &[u32]| a[0], |a: &[u32]| a[a.len() - 1]] {
             let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
             let text = walk_until(&tok, &mut c, choose, true);
-            let parsed = parse(ToolCallFormat::Hermes, &text);
+            let parsed = parse(format, &text);
             assert_eq!(parsed.content, None, "{text:?}");
             assert!(!parsed.calls.is_empty(), "{text:?}");
             for call in &parsed.calls {

@@ -72,9 +72,7 @@ fn stream(text: &str, size: usize) -> (String, Vec<ToolCall>) {
         take(s.push(&text[start..end]));
         start = end;
     }
-    if let Some(rest) = s.finish() {
-        content.push_str(&rest);
-    }
+    take(s.finish());
     assert_eq!(s.calls(), calls.len());
     (content, calls)
 }
@@ -109,5 +107,43 @@ fn plain_text_is_not_held_back_except_a_possible_tag_start() {
         s.push("s are great"),
         [StreamPiece::Text("<tools are great".into())]
     );
-    assert_eq!(s.finish(), None);
+    assert_eq!(s.finish(), vec![]);
+}
+
+#[test]
+fn llama3_answers_that_are_objects_become_calls_streamed_or_not() {
+    let answer = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}";
+    let parsed = parse(ToolCallFormat::Llama3Json, answer);
+    assert_eq!(parsed.content, None);
+    assert_eq!(parsed.calls, [call("get_weather", r#"{"city":"Oslo"}"#)]);
+    let text = parse(ToolCallFormat::Llama3Json, "It is sunny {not a call}");
+    assert_eq!(text.content.as_deref(), Some("It is sunny {not a call}"));
+
+    for size in [1, 4, 100] {
+        let mut s = ToolCallStream::new(ToolCallFormat::Llama3Json);
+        let mut pieces = Vec::new();
+        let chars: Vec<char> = format!(" {answer}").chars().collect();
+        for chunk in chars.chunks(size) {
+            let got = s.push(&chunk.iter().collect::<String>());
+            assert!(got.is_empty(), "an object answer is held until the end");
+        }
+        pieces.extend(s.finish());
+        assert_eq!(
+            pieces,
+            [StreamPiece::Call(call("get_weather", r#"{"city":"Oslo"}"#))]
+        );
+        assert_eq!(s.calls(), 1);
+    }
+    // Text answers pass through as they come.
+    let mut s = ToolCallStream::new(ToolCallFormat::Llama3Json);
+    assert_eq!(s.push("  "), vec![]);
+    assert_eq!(s.push("It is"), [StreamPiece::Text("  It is".into())]);
+    assert_eq!(s.push(" {sunny}"), [StreamPiece::Text(" {sunny}".into())]);
+    assert_eq!(s.finish(), vec![]);
+    assert_eq!(
+        ToolCallFormat::detect(
+            r#"Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}."#
+        ),
+        Some(ToolCallFormat::Llama3Json)
+    );
 }
