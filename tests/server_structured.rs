@@ -140,6 +140,7 @@ async fn bad_structures_are_400_on_response_format() {
         json!({"response_format": {"type": "yaml"}}),
         json!({"guided_regex": "(unclosed"}),
         json!({"guided_regex": "a", "guided_choice": ["b"]}),
+        json!({"guided_choice": []}),
     ] {
         let (status, r) = chat(&client, &server, bad.clone()).await;
         assert_eq!(status, 400, "{bad} -> {r}");

@@ -103,6 +103,12 @@ fn structure(g: &Guided) -> ApiResult<Option<Structure>> {
             }
         },
     };
+    if g.guided_choice.as_ref().is_some_and(|c| c.is_empty()) {
+        return Err(ApiError::invalid(
+            Some("response_format"),
+            "guided_choice needs at least one choice",
+        ));
+    }
     let given: Vec<Structure> = [
         from_format,
         g.guided_json.clone().map(Structure::JsonSchema),
