@@ -234,6 +234,55 @@ async fn content_parts_and_developer_messages_work_with_a_string_template() {
     assert!(message.contains("image_url"), "{message}");
 }
 
+/// A prefilled assistant message is continued, not answered: the prompt ends with its text
+/// (no end of turn) and the model goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_final_message_continues_the_prefilled_answer() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let messages = json!([
+        {"role": "user", "content": "What is a kiln?"},
+        {"role": "assistant", "content": "A kiln is"}
+    ]);
+    let (status, open) = post(
+        &client,
+        server.url("/tokenize"),
+        json!({"messages": messages, "continue_final_message": true,
+               "add_generation_prompt": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{open}");
+    let ids: Vec<u32> = serde_json::from_value(open["tokens"].clone()).unwrap();
+    let (_, text) = post(&client, server.url("/detokenize"), json!({"tokens": ids})).await;
+    assert!(
+        text["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("assistant\nA kiln is"),
+        "{text}"
+    );
+
+    let body = chat_body(json!({"messages": messages, "continue_final_message": true,
+                                "add_generation_prompt": false}));
+    let (status, r) = post(&client, server.url("/v1/chat/completions"), body).await;
+    assert_eq!(status, 200, "{r}");
+    let answer = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        !answer.is_empty() && !answer.starts_with("A kiln"),
+        "{answer:?}"
+    );
+
+    let both = chat_body(json!({"messages": messages, "continue_final_message": true,
+                                "add_generation_prompt": true}));
+    let (status, error) = post(&client, server.url("/v1/chat/completions"), both).await;
+    assert_eq!(status, 400);
+    assert_openai_error(
+        &error,
+        "invalid_request_error",
+        Some("continue_final_message"),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logit_bias_forces_and_bans_tokens_and_bad_biases_are_400() {
     let server = Server::start(&[]);

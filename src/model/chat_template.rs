@@ -247,6 +247,38 @@ impl ChatTemplate {
         self.content_format
     }
 
+    /// Renders `messages` with the last one left open for the model to continue: rendered
+    /// without a generation prompt, then cut right after the final message's content (its
+    /// end-of-turn marks dropped), as transformers' `continue_final_message` does.
+    pub fn render_continuing(
+        &self,
+        messages: &[ChatMessage],
+        extra: serde_json::Value,
+    ) -> Result<String, ChatTemplateError> {
+        let last = messages
+            .last()
+            .map(|m| m.content.joined_text())
+            .unwrap_or_default();
+        if last.trim().is_empty() {
+            return Err(ChatTemplateError::Unsupported(
+                "continuing the final message needs one with text".into(),
+            ));
+        }
+        let text = self.render(messages, false, extra)?;
+        // Templates often trim content, so the trimmed text is looked for too.
+        let end = [last.as_str(), last.trim()]
+            .iter()
+            .find_map(|c| text.rfind(c).map(|at| at + c.len()))
+            .ok_or_else(|| {
+                ChatTemplateError::Unsupported(
+                    "the chat template does not write the final message's text as given, so it \
+                     cannot be continued"
+                        .into(),
+                )
+            })?;
+        Ok(text[..end].to_string())
+    }
+
     /// The messages as this template reads them: content in its format, developer
     /// messages as system messages where it has no developer role. Parts other than text
     /// are refused: every model kiln serves takes text only.

@@ -9,7 +9,7 @@ use super::sampling::{choices, to_params};
 use super::sse;
 use super::state::{Served, SharedState};
 use super::types::chat::*;
-use crate::model::chat_template::ChatTemplateError;
+use crate::model::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 use crate::model::tool_calls::ToolCallFormat;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -109,8 +109,8 @@ fn reject_unsupported(req: &ChatCompletionRequest) -> ApiResult<()> {
     Ok(())
 }
 
-/// The prompt token ids: the messages through the model's chat template.
-/// The prompt token ids and the text they were encoded from.
+/// The prompt token ids (the messages through the model's chat template) and the text they
+/// were encoded from.
 fn render_prompt(served: &Served, req: &ChatCompletionRequest) -> ApiResult<(Vec<u32>, String)> {
     let tokenizer = served.engine.tokenizer();
     let template = tokenizer.chat_template().ok_or_else(|| {
@@ -123,21 +123,45 @@ fn render_prompt(served: &Served, req: &ChatCompletionRequest) -> ApiResult<(Vec
     if let Some(tools) = &req.tools {
         extra.insert("tools".into(), serde_json::Value::from(tools.clone()));
     }
-    let text = template
-        .render(
-            &req.messages,
-            req.add_generation_prompt.unwrap_or(true),
-            serde_json::Value::Object(extra),
-        )
-        .map_err(|e| match e {
-            ChatTemplateError::Compile(_) => ApiError::internal(e.to_string()),
-            _ => ApiError::invalid(Some("messages"), e.to_string()),
-        })?;
+    let text = render_messages(
+        template,
+        &req.messages,
+        req.add_generation_prompt,
+        req.continue_final_message,
+        serde_json::Value::Object(extra),
+    )?;
     // The template wrote the special tokens itself.
     let ids = tokenizer
         .encode(&text, false)
         .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e:#}")))?;
     Ok((ids, text))
+}
+
+/// The chat text of `messages`: a new assistant turn opened (default), or with
+/// `continue_final_message` the final message left open.
+pub fn render_messages(
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+    add_generation_prompt: Option<bool>,
+    continue_final_message: Option<bool>,
+    extra: serde_json::Value,
+) -> ApiResult<String> {
+    let continuing = continue_final_message.unwrap_or(false);
+    if continuing && add_generation_prompt == Some(true) {
+        return Err(ApiError::invalid(
+            Some("continue_final_message"),
+            "continue_final_message cannot be combined with add_generation_prompt",
+        ));
+    }
+    let rendered = if continuing {
+        template.render_continuing(messages, extra)
+    } else {
+        template.render(messages, add_generation_prompt.unwrap_or(true), extra)
+    };
+    rendered.map_err(|e| match e {
+        ChatTemplateError::Compile(_) => ApiError::internal(e.to_string()),
+        _ => ApiError::invalid(Some("messages"), e.to_string()),
+    })
 }
 
 /// How a streamed chat response is shaped.

@@ -96,13 +96,13 @@ pub async fn tokenize(
             let template = tokenizer.chat_template().ok_or_else(|| {
                 ApiError::invalid(Some("messages"), "this model has no chat template")
             })?;
-            let text = template
-                .render(
-                    messages,
-                    req.add_generation_prompt.unwrap_or(true),
-                    serde_json::Value::Null,
-                )
-                .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+            let text = super::chat::render_messages(
+                template,
+                messages,
+                req.add_generation_prompt,
+                req.continue_final_message,
+                serde_json::Value::Null,
+            )?;
             tokenizer.encode(&text, false).map_err(encode_failed)?
         }
         _ => {

@@ -519,6 +519,38 @@ fn chat_template_is_shareable_across_threads() {
 }
 
 #[test]
+fn the_final_message_can_be_left_open_for_the_model_to_continue() {
+    let t = chatml();
+    let messages = [
+        ChatMessage::new("user", "Name a colour."),
+        ChatMessage::new("assistant", "Sure, the colour is "),
+    ];
+    let closed = t.render(&messages, false, json!(null)).unwrap();
+    let open = t.render_continuing(&messages, json!(null)).unwrap();
+    assert!(
+        open.ends_with("<|im_start|>assistant\nSure, the colour is"),
+        "{open:?}"
+    );
+    assert!(closed.starts_with(&open) && closed.len() > open.len());
+    // A template that trims the content: cut after the trimmed text.
+    let trimming = ChatTemplate::new(
+        "{% for m in messages %}[{{ m.content | trim }}]{% endfor %}",
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        trimming.render_continuing(&messages, json!(null)).unwrap(),
+        "[Name a colour.][Sure, the colour is"
+    );
+    let empty = [ChatMessage::new("assistant", " ")];
+    assert!(matches!(
+        t.render_continuing(&empty, json!(null)),
+        Err(ChatTemplateError::Unsupported(_))
+    ));
+}
+
+#[test]
 fn tool_call_arguments_sent_as_json_text_reach_the_template_as_objects() {
     let source = "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.name }}{{ c.function.arguments | tojson }};{% endfor %}{% endfor %}";
     let messages: Vec<ChatMessage> = serde_json::from_value(json!([

@@ -62,6 +62,9 @@ pub struct ChatCompletionRequest {
     #[schema(value_type = Option<Object>)]
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     pub add_generation_prompt: Option<bool>,
+    /// Leave the final (assistant) message open and let the model continue it, instead of
+    /// starting a new turn (vLLM's; not with `add_generation_prompt`).
+    pub continue_final_message: Option<bool>,
     pub user: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,

@@ -33,6 +33,8 @@ pub struct TokenizeRequest {
     pub add_special_tokens: Option<bool>,
     /// For `messages` (default true).
     pub add_generation_prompt: Option<bool>,
+    /// As for chat completions: leave the final message open.
+    pub continue_final_message: Option<bool>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
