@@ -127,3 +127,35 @@ fn requests_without_prompt_logprobs_get_none() {
     }
     assert!(all.prompt_logprobs.is_none());
 }
+
+/// A long prompt is scored a bounded number of positions per step (each is a logits row of
+/// the whole vocabulary), and still completely.
+#[test]
+fn long_prompts_are_scored_in_bounded_chunks() {
+    use kiln::engine::scheduler::PROMPT_LOGPROB_ROWS_PER_STEP;
+    let mut e = kiln::launch::build_engine(&engine_args(&["--max-num-batched-tokens", "2048"]))
+        .unwrap()
+        .0; // the demo model: a 2048-token context
+    let prompt: Vec<u32> = (0..600).map(|i| 10 + (i * 7) % 300).collect();
+    let params = SamplingParams {
+        max_tokens: Some(1),
+        prompt_logprobs: Some(0),
+        ..SamplingParams::greedy()
+    };
+    e.add_request(1, prompt.clone(), params).unwrap();
+    let mut steps = 0;
+    let mut all = RequestOutput::default();
+    while e.has_work() {
+        steps += 1;
+        for (_, out) in e.step().unwrap() {
+            merge(&mut all, out);
+        }
+    }
+    assert!(
+        steps >= prompt.len().div_ceil(PROMPT_LOGPROB_ROWS_PER_STEP),
+        "{steps} steps"
+    );
+    let scores = scores(&all);
+    assert_eq!(scores.len(), prompt.len());
+    assert!(scores.iter().skip(1).all(|s| s.is_some()));
+}

@@ -28,6 +28,16 @@ pub struct ScheduledSeq {
     pub samples: bool,
 }
 
+/// Most prompt positions scored per step: each is a logits row of the whole vocabulary
+/// (128k f32 = 0.5 MB for Llama 3), so an unbounded chunk of a long prompt could take
+/// gigabytes of device memory in one step.
+pub const PROMPT_LOGPROB_ROWS_PER_STEP: usize = 256;
+
+/// Whether `seq` still has prompt positions to score (its next chunk adds logits rows).
+fn scores_prompt(seq: &Sequence) -> bool {
+    seq.params.prompt_logprobs.is_some() && seq.num_computed + 1 < seq.num_prompt
+}
+
 pub struct Scheduler {
     config: SchedulerConfig,
     pub blocks: BlockManager,
@@ -122,13 +132,24 @@ impl Scheduler {
     /// Picks this step's work. Empty when there is nothing to run.
     pub fn schedule(&mut self) -> Vec<ScheduledSeq> {
         let mut budget = self.config.max_num_batched_tokens;
+        let mut prompt_rows_left = PROMPT_LOGPROB_ROWS_PER_STEP;
         let mut out = Vec::new();
         let mut preempted = false;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
             let seq = &self.seqs[&id];
-            let (start, len) = (seq.num_computed, seq.num_uncomputed().min(budget));
+            let scores_prompt = scores_prompt(seq);
+            if scores_prompt && prompt_rows_left == 0 {
+                i += 1; // its next chunk waits for the next step
+                continue;
+            }
+            let cap = if scores_prompt {
+                prompt_rows_left
+            } else {
+                budget
+            };
+            let (start, len) = (seq.num_computed, seq.num_uncomputed().min(budget).min(cap));
             let mut scheduled = true;
             while !self.grow(id, start + len) {
                 let victim = *self.running.last().expect("non-empty");
@@ -140,6 +161,9 @@ impl Scheduler {
                 }
             }
             if scheduled {
+                if scores_prompt {
+                    prompt_rows_left -= len;
+                }
                 let samples = start + len == self.seqs[&id].tokens.len();
                 out.push(ScheduledSeq {
                     id,
@@ -156,15 +180,24 @@ impl Scheduler {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
-            if !self.admit(id, budget, &mut out) {
+            let cap = if scores_prompt(&self.seqs[&id]) {
+                prompt_rows_left
+            } else {
+                budget
+            };
+            if cap == 0 || !self.admit(id, budget.min(cap), &mut out) {
                 break;
+            }
+            if scores_prompt(&self.seqs[&id]) {
+                prompt_rows_left -= out.last().expect("admitted").len;
             }
             budget -= out.last().expect("admitted").len;
         }
         out
     }
 
-    /// Moves the head of the queue to running if its first chunk fits in blocks.
+    /// Moves the head of the queue to running if its first chunk (at most `budget` tokens)
+    /// fits in blocks.
     fn admit(&mut self, id: u64, budget: usize, out: &mut Vec<ScheduledSeq>) -> bool {
         let seq = &self.seqs[&id];
         let (mut hits, mut hashes) = self.blocks.lookup_prefix(&seq.tokens);
