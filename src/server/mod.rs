@@ -170,6 +170,14 @@ pub async fn serve_loaded(
         draining_state.start_draining();
         let _ = stopping_tx.send(());
     };
+    // Tokens go out as small writes: without TCP_NODELAY, Nagle's algorithm holds each
+    // until the previous one is acknowledged, and a client that delays its ACKs stalls
+    // the stream by tens of milliseconds.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY not set on a connection: {e}");
+        }
+    });
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(graceful)
