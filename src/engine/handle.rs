@@ -4,6 +4,7 @@
 use super::llm_engine::{compile_structure, validate_request, LlmEngine, RequestError};
 use super::output::{RequestEvent, RequestOutput};
 use super::params::SamplingParams;
+use crate::model::grammar::Constraint;
 use crate::model::tokenizer::Tokenizer;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -16,8 +17,9 @@ enum Command {
     Add {
         id: u64,
         prompt: Vec<u32>,
-        // Boxed: the parameters are most of the command's size.
+        // Boxed: the parameters and a grammar's matcher are most of the command's size.
         params: Box<SamplingParams>,
+        constraint: Option<Box<Constraint>>,
         out: UnboundedSender<RequestEvent>,
     },
     Abort(u64),
@@ -203,8 +205,9 @@ impl EngineHandle {
             self.info.max_model_len,
             self.info.vocab_size,
         )?;
-        // A grammar that does not compile is the caller's error, reported now.
-        compile_structure(&self.info.tokenizer, &params, self.info.vocab_size)?;
+        // Compiled here, on the caller's thread: an error is the caller's, reported now, and
+        // the engine loop never stalls on a grammar.
+        let constraint = compile_structure(&self.info.tokenizer, &params, self.info.vocab_size)?;
         let waiting = self.stats.waiting.load(Ordering::Relaxed);
         if self.max_queued > 0 && waiting >= self.max_queued {
             return Err(RequestError::QueueFull(waiting));
@@ -218,6 +221,7 @@ impl EngineHandle {
                 id,
                 prompt,
                 params: Box::new(params),
+                constraint: constraint.map(Box::new),
                 out,
             })
             .map_err(|_| RequestError::EngineDown("engine thread has exited".into()))?;
@@ -321,10 +325,11 @@ fn apply(
             id,
             prompt,
             params,
+            constraint,
             out,
         } => {
             let n = prompt.len() as u64;
-            match engine.add_request(id, prompt, *params) {
+            match engine.add_compiled_request(id, prompt, *params, constraint.map(|c| *c)) {
                 Ok(()) => {
                     stats.prompt_tokens.fetch_add(n, Ordering::Relaxed);
                     senders.insert(id, out);

@@ -208,13 +208,31 @@ impl LlmEngine {
         prompt: Vec<u32>,
         params: SamplingParams,
     ) -> Result<(), RequestError> {
+        let constraint = compile_structure(&self.tokenizer, &params, self.runner.vocab_size())?;
+        self.add_compiled_request(id, prompt, params, constraint)
+    }
+
+    /// `add_request` with the structured-output grammar already compiled (by the caller's
+    /// thread, so the engine loop never spends a step's time on it).
+    pub fn add_compiled_request(
+        &mut self,
+        id: u64,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        constraint: Option<Constraint>,
+    ) -> Result<(), RequestError> {
         validate_request(
             &prompt,
             &params,
             self.config.max_model_len,
             self.runner.vocab_size(),
         )?;
-        let constraint = compile_structure(&self.tokenizer, &params, self.runner.vocab_size())?;
+        if params.structure.is_some() != constraint.is_some() {
+            return Err(RequestError::InvalidParam(ParamError {
+                param: "response_format",
+                message: "the grammar was not compiled for this request".into(),
+            }));
+        }
         let seed = params
             .seed
             .unwrap_or_else(|| rand::Rng::random(&mut self.seeds));
