@@ -30,7 +30,7 @@ fi
 # The same settings as the CPU test: one sequence at a time and a short queue, so the
 # client's RateLimitError is reachable.
 "$KILN" serve --device "$DEVICE" --host 127.0.0.1 --port "$PORT" --api-key "$KEY" \
-    --max-num-seqs 1 --max-queued-requests "$MAX_QUEUED" >&2 &
+    --max-num-seqs 1 --max-queued-requests "$MAX_QUEUED" --tool-call-parser hermes >&2 &
 PID=$!
 for _ in $(seq 300); do
     kill -0 "$PID" 2>/dev/null || { echo "kiln serve exited before it was healthy" >&2; exit 1; }

@@ -50,6 +50,9 @@ fn official_openai_client_works_against_the_server() {
         "1",
         "--max-queued-requests",
         MAX_QUEUED,
+        // The demo's template names no tool-call format; Hermes lets forced calls run.
+        "--tool-call-parser",
+        "hermes",
     ]);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -2,7 +2,8 @@
 
 Usage: python3 tests/openai_client/check_server.py BASE_URL MODEL API_KEY MAX_QUEUED
 
-The server must run with --max-num-seqs 1 and --max-queued-requests MAX_QUEUED.
+The server must run with --max-num-seqs 1, --max-queued-requests MAX_QUEUED and
+--tool-call-parser hermes.
 
 Plain Python (no pytest) so CI needs only the `openai` package. Each check is a function
 named check_*; all run, failures are listed, and the exit code is 1 if any failed.
@@ -205,6 +206,46 @@ def check_structured_output():
     value = json.loads(r.choices[0].message.content)
     assert value["material"] in ("clay", "glass") and isinstance(value["hot"], bool), value
     assert r.choices[0].finish_reason == "stop"
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "look_up",
+            "description": "Looks a word up",
+            "parameters": {
+                "type": "object",
+                "properties": {"word": {"enum": ["kiln", "clay"]}},
+                "required": ["word"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
+
+
+def check_forced_tool_call():
+    """tool_choice "required": the client gets a typed tool call, whole and streamed."""
+    import json
+
+    r = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, max_tokens=256, temperature=0,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "look_up"
+    assert json.loads(call.function.arguments)["word"] in ("kiln", "clay")
+    streamed = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "look_up"}},
+        max_tokens=256, temperature=0, stream=True,
+    )
+    calls = [tc for chunk in streamed if chunk.choices for tc in (chunk.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].function.name == "look_up", calls
+    assert json.loads(calls[0].function.arguments)["word"] in ("kiln", "clay")
 
 
 def check_bad_request():
