@@ -18,6 +18,9 @@
 # those A/Bs' variants;
 # SELFTEST_GENERIC=1 adds the generic decode kernel's selftest; OPENAI_WHEELS=dir lets the
 # openai client check run where the machine lacks the package.
+# HTTP_BENCH (on unless 0) runs issue 3's HTTP-vs-engine bench when the bundle carries its
+# binary: `cargo bench --bench http_vs_engine --no-run`, then copy the newest
+# target/release/deps/http_vs_engine-* (not the .d file) to gpu-bundle/http_vs_engine.
 set -u
 
 BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
@@ -176,6 +179,12 @@ if [ -f "$BUNDLE/scripts/gpu-openai-check.sh" ] && [ -f "$BUNDLE/tests/openai_cl
     { python3 -c "import openai" 2>/dev/null || [ -d "${OPENAI_WHEELS:-}" ]; }; then
     step openai_client 90 no openai_client.txt -- \
         env KILN="$KILN" bash "$BUNDLE/scripts/gpu-openai-check.sh"
+fi
+
+# Issue 3's HTTP streaming vs in-process throughput on the demo model, with each phase's
+# engine steps/s and tokens per step (slower steps or smaller batches).
+if [ -x "$BUNDLE/http_vs_engine" ] && [ "${HTTP_BENCH:-1}" = 1 ]; then
+    step http_vs_engine 120 no http_vs_engine.txt -- "$BUNDLE/http_vs_engine" --bench
 fi
 
 # The built-in demo model end to end (no --model and no network: kiln falls back to it).
