@@ -283,6 +283,37 @@ async fn continue_final_message_continues_the_prefilled_answer() {
     );
 }
 
+/// vLLM's `continuous_usage_stats`: every chunk of generated text carries usage so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_usage_stats_put_usage_on_every_chunk() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    for (path, body) in [
+        ("/v1/chat/completions", chat_body(json!({}))),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "The cat", "max_tokens": 12, "temperature": 0}),
+        ),
+    ] {
+        let mut body = body;
+        body["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
+        let chunks = streamed(&client, server.url(path), &body).await;
+        let counts: Vec<u64> = chunks
+            .iter()
+            .filter(|c| !c["choices"].as_array().unwrap().is_empty())
+            .filter_map(|c| c["usage"]["completion_tokens"].as_u64())
+            .collect();
+        assert!(counts.len() >= 6, "{path}: {counts:?}");
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+        assert_eq!(*counts.last().unwrap(), 12);
+        let last = chunks.last().unwrap();
+        assert_eq!(
+            last["usage"]["completion_tokens"], 12,
+            "the final usage chunk stays"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logit_bias_forces_and_bans_tokens_and_bad_biases_are_400() {
     let server = Server::start(&[]);

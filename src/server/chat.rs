@@ -9,6 +9,7 @@ use super::sampling::{choices, to_params};
 use super::sse;
 use super::state::{Served, SharedState};
 use super::types::chat::*;
+use super::types::common;
 use crate::model::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 use crate::model::tool_calls::ToolCallFormat;
 use axum::extract::State;
@@ -62,6 +63,7 @@ pub async fn chat_completions(
         let options = StreamOptions {
             n,
             include_usage,
+            continuous_usage: common::StreamOptions::continuous(req.stream_options.as_ref()),
             want_logprobs,
             tool_parser,
             reasoning_prompt,
@@ -168,6 +170,8 @@ pub fn render_messages(
 struct StreamOptions {
     n: usize,
     include_usage: bool,
+    /// Usage so far on every chunk of generated text.
+    continuous_usage: bool,
     want_logprobs: bool,
     tool_parser: Option<ToolCallFormat>,
     /// The rendered prompt, when reasoning is split off the answer.
@@ -195,6 +199,7 @@ fn stream(
     let StreamOptions {
         n,
         include_usage,
+        continuous_usage,
         want_logprobs,
         tool_parser,
         reasoning_prompt,
@@ -262,7 +267,11 @@ fn stream(
                         .then(|| logprobs::chat(&tokenizer, &out.logprobs)),
                     finish_reason: finish.clone().filter(|_| k == last),
                 };
-                tx.send(&chunk(&meta, choice, include_usage));
+                let mut c = chunk(&meta, choice, include_usage);
+                if continuous_usage {
+                    c.usage = Some(Some(usage_so_far(&out)));
+                }
+                tx.send(&c);
             }
             if finish.is_some() {
                 finals[index] = Some(out);
@@ -279,6 +288,11 @@ fn stream(
         }
         tx.done();
     })
+}
+
+/// A choice's usage up to this output (`continuous_usage_stats`).
+pub fn usage_so_far(out: &crate::engine::RequestOutput) -> common::Usage {
+    common::Usage::new(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
 }
 
 fn placeholder_choice() -> ChatChunkChoice {

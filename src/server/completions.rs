@@ -55,6 +55,9 @@ pub async fn completions(
         let options = StreamOptions {
             n,
             include_usage,
+            continuous_usage: super::types::common::StreamOptions::continuous(
+                req.stream_options.as_ref(),
+            ),
             want_logprobs,
         };
         return Ok(stream(
@@ -158,6 +161,8 @@ fn tokenize_prompts(served: &Served, prompt: &Prompt) -> ApiResult<Vec<Vec<u32>>
 struct StreamOptions {
     n: usize,
     include_usage: bool,
+    /// Usage so far on every chunk of generated text.
+    continuous_usage: bool,
     want_logprobs: bool,
 }
 
@@ -221,7 +226,11 @@ fn stream(
                 finish_reason: finish.clone(),
                 stop_reason: out.stop_reason.clone(),
             };
-            tx.send(&chunk(&meta, vec![choice], opts.include_usage));
+            let mut c = chunk(&meta, vec![choice], opts.include_usage);
+            if opts.continuous_usage {
+                c.usage = Some(Some(super::chat::usage_so_far(&out)));
+            }
+            tx.send(&c);
             if finish.is_some() {
                 finals[index] = Some(out);
             }

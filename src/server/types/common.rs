@@ -30,9 +30,17 @@ pub struct StreamOptions {
     /// Send a last chunk with `usage` (and `"usage": null` on every other chunk).
     #[serde(default)]
     pub include_usage: bool,
-    /// Accepted for compatibility; usage is only reported at the end.
+    /// vLLM's: with `include_usage`, every chunk of generated text also carries its
+    /// choice's usage so far.
     #[serde(default)]
     pub continuous_usage_stats: bool,
+}
+
+impl StreamOptions {
+    /// Whether every chunk carries usage (`continuous_usage_stats` with `include_usage`).
+    pub fn continuous(options: Option<&StreamOptions>) -> bool {
+        options.is_some_and(|o| o.include_usage && o.continuous_usage_stats)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
