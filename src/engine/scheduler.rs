@@ -180,15 +180,12 @@ impl Scheduler {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
-            let cap = if scores_prompt(&self.seqs[&id]) {
-                prompt_rows_left
-            } else {
-                budget
-            };
+            let scores = scores_prompt(&self.seqs[&id]);
+            let cap = if scores { prompt_rows_left } else { budget };
             if cap == 0 || !self.admit(id, budget.min(cap), &mut out) {
                 break;
             }
-            if scores_prompt(&self.seqs[&id]) {
+            if scores {
                 prompt_rows_left -= out.last().expect("admitted").len;
             }
             budget -= out.last().expect("admitted").len;

@@ -82,11 +82,8 @@ pub async fn chat_completions(
             .iter()
             .enumerate()
             .map(|(index, out)| {
-                let (message, made_calls) = chat_tools::message_after_reasoning(
-                    reasoning_prompt.as_deref(),
-                    &out.text,
-                    tool_parser,
-                );
+                let (message, made_calls) =
+                    chat_tools::message(reasoning_prompt.as_deref(), &out.text, tool_parser);
                 ChatChoice {
                     index,
                     message,

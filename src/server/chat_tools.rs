@@ -119,14 +119,10 @@ fn offered_tools(req: &ChatCompletionRequest) -> ApiResult<Vec<(String, serde_js
         .collect()
 }
 
-/// A finished choice's message; the flag says whether it holds calls.
-pub fn message(text: &str, parser: Option<ToolCallFormat>) -> (AssistantMessage, bool) {
-    message_after_reasoning(None, text, parser)
-}
-
-/// A finished choice's message when `reasoning` split the model's thinking off `text`
-/// (`prompt_text` is the rendered prompt, which may have opened the thinking block).
-pub fn message_after_reasoning(
+/// A finished choice's message; the flag says whether it holds calls. With `prompt_text`
+/// (the rendered prompt, which may have opened the thinking block) the model's reasoning is
+/// split off `text` first.
+pub fn message(
     prompt_text: Option<&str>,
     text: &str,
     parser: Option<ToolCallFormat>,

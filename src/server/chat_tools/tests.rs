@@ -93,7 +93,7 @@ fn calls_are_looked_for_when_offered_and_forced_with_a_grammar() {
 #[test]
 fn a_message_carries_the_calls_and_the_choice_finishes_with_tool_calls() {
     let text = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>";
-    let (parsed, made_calls) = message(text, Some(ToolCallFormat::Hermes));
+    let (parsed, made_calls) = message(None, text, Some(ToolCallFormat::Hermes));
     assert!(made_calls);
     assert_eq!(parsed.content, None);
     assert_eq!(parsed.tool_calls.len(), 1);
@@ -106,7 +106,7 @@ fn a_message_carries_the_calls_and_the_choice_finishes_with_tool_calls() {
     assert_eq!(wire["tool_calls"][0]["type"], "function");
     assert!(wire["content"].is_null());
 
-    let (untouched, made_calls) = message(text, None);
+    let (untouched, made_calls) = message(None, text, None);
     assert!(!made_calls);
     assert_eq!(untouched.content.as_deref(), Some(text));
     assert!(serde_json::to_value(&untouched)
@@ -162,13 +162,12 @@ fn streamed_calls_are_numbered_per_choice_and_text_passes_through() {
 #[test]
 fn reasoning_is_split_off_before_calls_are_looked_for() {
     let text = "<think>Need the word.</think>\n\nOk <tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
-    let (m, made_calls) =
-        message_after_reasoning(Some("assistant\n"), text, Some(ToolCallFormat::Hermes));
+    let (m, made_calls) = message(Some("assistant\n"), text, Some(ToolCallFormat::Hermes));
     assert!(made_calls);
     assert_eq!(m.reasoning_content.as_deref(), Some("Need the word."));
     assert_eq!(m.content.as_deref(), Some("Ok"));
     // Cut off while thinking: reasoning, no content.
-    let (m, _) = message_after_reasoning(Some("<think>\n"), "hmm", None);
+    let (m, _) = message(Some("<think>\n"), "hmm", None);
     assert_eq!(
         (m.reasoning_content.as_deref(), m.content),
         (Some("hmm"), None)

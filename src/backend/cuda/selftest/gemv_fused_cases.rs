@@ -54,6 +54,22 @@ fn norm_reference(
     (sum, normed)
 }
 
+/// One case's input rows and residual on the device, and a zeroed buffer for their sum.
+fn add_norm_buffers(
+    s: &Suite<'_>,
+    dtype: DType,
+    m: usize,
+    k: usize,
+    x_host: &[f32],
+    r_host: &[f32],
+) -> Result<(CudaTensor, CudaTensor, CudaTensor)> {
+    Ok((
+        CudaTensor::from_f32(s.dev, dtype, &[m, k], x_host)?,
+        CudaTensor::from_f32(s.dev, dtype, &[m, k], r_host)?,
+        CudaTensor::zeros(s.dev, dtype, &[m, k])?,
+    ))
+}
+
 fn swiglu_cases(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let dev = s.dev;
     let eps = 1e-5f32;
@@ -75,10 +91,8 @@ fn swiglu_cases(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 .into_iter()
                 .map(|v| dtype.round(v))
                 .collect();
-            let x = CudaTensor::from_f32(dev, dtype, &[m, k], &x_host)?;
-            let residual = CudaTensor::from_f32(dev, dtype, &[m, k], &r_host)?;
+            let (x, residual, mut sum) = add_norm_buffers(s, dtype, m, k, &x_host, &r_host)?;
             let mut act = CudaTensor::zeros(dev, dtype, &[m, inter])?;
-            let mut sum = CudaTensor::zeros(dev, dtype, &[m, k])?;
             let input = AddNormInput {
                 x: &x,
                 residual: &residual,
@@ -124,10 +138,8 @@ fn add_norm_cases(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             let r_host = s.random(m * k, 2.0, dtype);
             let (sum_host, normed) = norm_reference(&x_host, &r_host, &norm_host, eps, dtype);
             let expected = reference_linear(&normed, &w_host, k);
-            let x = CudaTensor::from_f32(dev, dtype, &[m, k], &x_host)?;
-            let residual = CudaTensor::from_f32(dev, dtype, &[m, k], &r_host)?;
+            let (x, residual, mut sum) = add_norm_buffers(s, dtype, m, k, &x_host, &r_host)?;
             let mut y = CudaTensor::zeros(dev, dtype, &[m, n])?;
-            let mut sum = CudaTensor::zeros(dev, dtype, &[m, k])?;
             let input = AddNormInput {
                 x: &x,
                 residual: &residual,
