@@ -9,13 +9,22 @@
 //! model's context) until they do. With 256 tokens a round took 0.11 s on an H100, where
 //! the 64 requests' HTTP start-up alone is a visible share of it, so the ratio measured
 //! that latency rather than streaming throughput.
+//!
+//! `-- --simulated-step-us N` swaps the demo model for a runner that waits N us per step
+//! and picks tokens without computing (the engine, tokenizer, server and client are the
+//! real ones). It shows whether the server keeps up with an engine whose steps leave the
+//! CPU free, as a GPU's do, on a machine without one: the demo model on two cores says
+//! only how much the server's work slows CPU compute sharing its cores.
 
 use clap::Parser;
 use futures_util::future::join_all;
-use kiln::engine::{EngineHandle, SamplingParams};
+use kiln::engine::runner::{Runner, StepInput, StepOutput};
+use kiln::engine::{EngineConfig, EngineHandle, LlmEngine, SamplingParams};
 use kiln::launch::{build_engine, EngineArgs};
+use kiln::model::tokenizer::Tokenizer;
 use kiln::server::state::{AppState, Served};
 use kiln::server::{serve, ServeOptions};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,9 +59,83 @@ struct Wrapper {
     args: EngineArgs,
 }
 
+/// The demo model's engine, or with `--simulated-step-us` one on a [`WaitingRunner`].
 fn engine() -> EngineHandle {
-    let args = Wrapper::parse_from(["kiln"]).args;
-    EngineHandle::spawn(build_engine(&args).expect("demo model").0, 0)
+    let engine = match simulated_step() {
+        None => {
+            build_engine(&Wrapper::parse_from(["kiln"]).args)
+                .expect("demo model")
+                .0
+        }
+        Some(step) => simulated_engine(step),
+    };
+    EngineHandle::spawn(engine, 0)
+}
+
+/// `--simulated-step-us N` (or `=N`) from the command line.
+fn simulated_step() -> Option<Duration> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--simulated-step-us=")
+            .map(str::to_string)
+            .or_else(|| (a == "--simulated-step-us").then(|| args.get(i + 1).cloned())?)
+    })?;
+    let us: u64 = value
+        .parse()
+        .expect("--simulated-step-us takes microseconds");
+    Some(Duration::from_micros(us))
+}
+
+const SIMULATED_VOCAB: u32 = 448;
+
+/// Waits a fixed time per step, as an engine thread blocked on a device does, then picks a
+/// token for every row from its position. Its tokens are not checked: it stands in for the
+/// device so that only the host side (engine, server, client) is measured.
+struct WaitingRunner {
+    step: Duration,
+}
+
+impl Runner for WaitingRunner {
+    fn execute(&mut self, input: &StepInput) -> anyhow::Result<StepOutput> {
+        std::thread::sleep(self.step);
+        let picked = input
+            .layout
+            .logits_rows
+            .iter()
+            .map(|&row| Some(3 + input.layout.positions[row] % (SIMULATED_VOCAB - 3)))
+            .collect();
+        Ok(StepOutput {
+            picked,
+            logits: Vec::new(),
+        })
+    }
+    fn vocab_size(&self) -> usize {
+        SIMULATED_VOCAB as usize
+    }
+    fn describe(&self) -> String {
+        format!("waiting runner ({:?} per step, no forward pass)", self.step)
+    }
+    fn weight_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// An engine with the demo model's limits (64 sequences, 2048 tokens) on a [`WaitingRunner`]
+/// and the fixture tokenizer (byte-level BPE, as real models have).
+fn simulated_engine(step: Duration) -> LlmEngine {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+    let tokenizer = Arc::new(Tokenizer::from_dir(&dir).expect("fixture tokenizer"));
+    let config = EngineConfig {
+        max_model_len: 2048,
+        max_num_seqs: CONCURRENCY,
+        max_num_batched_tokens: 8192,
+        block_size: 16,
+        num_blocks: CONCURRENCY * 2048 / 16,
+        enable_prefix_caching: true,
+        seed: 0,
+    };
+    LlmEngine::new(config, Box::new(WaitingRunner { step }), tokenizer, vec![])
+        .expect("simulated engine")
 }
 
 fn prompt(i: usize) -> String {
@@ -67,6 +150,18 @@ fn params(tokens: usize) -> SamplingParams {
     }
 }
 
+/// Runs each consumer as its own task and sums what they count. Tasks, not one joined
+/// future: joined, every consumer runs on the thread that awaits the join, and on a machine
+/// where the engine outruns one core's worth of client work (a GPU host) that thread,
+/// not the server, sets the HTTP rate.
+async fn spawned_sum<F>(consumers: impl Iterator<Item = F>) -> usize
+where
+    F: std::future::Future<Output = usize> + Send + 'static,
+{
+    let tasks: Vec<_> = consumers.map(tokio::spawn).collect();
+    join_all(tasks).await.into_iter().map(|n| n.unwrap()).sum()
+}
+
 /// Generated tokens per second with every request submitted at once, in process.
 async fn in_process(handle: &EngineHandle, tokens: usize) -> f64 {
     let start = Instant::now();
@@ -76,7 +171,7 @@ async fn in_process(handle: &EngineHandle, tokens: usize) -> f64 {
             handle.submit(ids, params(tokens)).unwrap()
         })
         .collect();
-    let tokens: usize = join_all(streams.into_iter().map(|mut s| async move {
+    let tokens = spawned_sum(streams.into_iter().map(|mut s| async move {
         let mut n = 0;
         while let Some(Ok(out)) = s.next().await {
             n += out.token_ids.len();
@@ -86,37 +181,36 @@ async fn in_process(handle: &EngineHandle, tokens: usize) -> f64 {
         }
         n
     }))
-    .await
-    .into_iter()
-    .sum();
+    .await;
     tokens as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The same over HTTP: streamed completions, reading every chunk.
 async fn over_http(client: &reqwest::Client, base: &str, tokens: usize) -> f64 {
     let start = Instant::now();
-    let tokens: usize = join_all((0..CONCURRENCY).map(|i| async move {
-        let body = serde_json::json!({
-            "model": "kiln-demo", "prompt": prompt(i), "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": true, "stream": true,
-            "stream_options": {"include_usage": true},
-        });
-        let text = client
-            .post(format!("{base}/v1/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let last = text.rsplit("data: ").nth(1).unwrap().trim();
-        let usage: serde_json::Value = serde_json::from_str(last).unwrap();
-        usage["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    let tokens = spawned_sum((0..CONCURRENCY).map(|i| {
+        let (client, base) = (client.clone(), base.to_string());
+        async move {
+            let body = serde_json::json!({
+                "model": "kiln-demo", "prompt": prompt(i), "max_tokens": tokens,
+                "temperature": 0, "ignore_eos": true, "stream": true,
+                "stream_options": {"include_usage": true},
+            });
+            let text = client
+                .post(format!("{base}/v1/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let last = text.rsplit("data: ").nth(1).unwrap().trim();
+            let usage: serde_json::Value = serde_json::from_str(last).unwrap();
+            usage["usage"]["completion_tokens"].as_u64().unwrap() as usize
+        }
     }))
-    .await
-    .into_iter()
-    .sum();
+    .await;
     tokens as f64 / start.elapsed().as_secs_f64()
 }
 

@@ -55,6 +55,11 @@ pub trait Backend: Send + Sync {
     /// A short name for logs ("cpu", "cuda:0").
     fn name(&self) -> String;
 
+    /// Whether the ops run on this process's CPU threads (rayon) rather than a device.
+    fn computes_on_host(&self) -> bool {
+        false
+    }
+
     /// `(free, total)` bytes of device memory, where the device has its own (GPUs).
     fn memory_info(&self) -> Option<Result<(usize, usize)>> {
         None

@@ -166,7 +166,7 @@ impl EngineHandle {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-engine".into())
-            .spawn(move || engine_loop(engine, rx, thread_stats))
+            .spawn(move || run_engine_loop(engine, rx, thread_stats))
             .expect("spawning the engine thread");
         EngineHandle {
             tx,
@@ -238,6 +238,31 @@ impl EngineHandle {
         let _ = self.tx.send(Command::Shutdown);
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = t.join();
+        }
+    }
+}
+
+/// Runs [`engine_loop`] on this thread, or, when the model computes on the CPU, on a worker
+/// of a rayon pool of its own. Called from outside a pool, every parallel op of a CPU
+/// forward pass (tens per step) hands its work to the pool's threads and sleeps until they
+/// finish: a futex wake and wait per op, and one thread more than there are cores. Inside
+/// the pool the loop's thread is one of the workers and takes part in the work itself. The
+/// pool is the engine's own, so nothing else blocks its workers, and the loop never waits on
+/// another pool job (tensor-parallel ranks keep their own threads).
+fn run_engine_loop(engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineStats>) {
+    if !engine.computes_on_host() {
+        return engine_loop(engine, rx, stats);
+    }
+    let threads = candle_core::utils::get_num_threads();
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("kiln-cpu-{i}"))
+        .build()
+    {
+        Ok(pool) => pool.install(move || engine_loop(engine, rx, stats)),
+        Err(e) => {
+            tracing::warn!("no CPU thread pool for the engine ({e}); running without one");
+            engine_loop(engine, rx, stats)
         }
     }
 }

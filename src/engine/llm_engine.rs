@@ -173,6 +173,11 @@ impl LlmEngine {
         self.runner.weight_bytes()
     }
 
+    /// Whether the forward pass runs on this process's rayon threads (the CPU backend).
+    pub fn computes_on_host(&self) -> bool {
+        self.runner.computes_on_host()
+    }
+
     /// The device allocator's counters (driver allocations vs reuses); `None` on the CPU.
     pub fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {
         self.runner.allocator_stats()

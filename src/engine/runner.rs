@@ -92,6 +92,11 @@ pub trait Runner: Send {
     fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {
         None
     }
+    /// Whether the forward pass runs on rayon threads of this process (the CPU backend), so
+    /// the engine loop should run on one of them (see `EngineHandle::spawn`).
+    fn computes_on_host(&self) -> bool {
+        false
+    }
 }
 
 /// A model and its KV cache on one backend.
@@ -142,6 +147,10 @@ where
 
     fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {
         self.backend.allocator_stats()
+    }
+
+    fn computes_on_host(&self) -> bool {
+        self.backend.computes_on_host()
     }
 
     fn describe(&self) -> String {

@@ -61,6 +61,10 @@ impl Backend for CpuBackend {
         "cpu".to_string()
     }
 
+    fn computes_on_host(&self) -> bool {
+        true
+    }
+
     fn upload(&self, host: Tensor) -> Result<Tensor> {
         Ok(host)
     }
