@@ -84,6 +84,7 @@ async fn service_endpoints_answer() {
     for path in [
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/responses",
         "/v1/models",
         "/v1/models/{model}",
         "/health",

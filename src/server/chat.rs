@@ -27,37 +27,14 @@ pub async fn chat_completions(
 ) -> ApiResult<Response> {
     let arrival = Instant::now();
     let served = state.ready_for(&req.model)?;
-    reject_unsupported(&req)?;
-    if req.top_logprobs.is_some_and(|k| k > 0) && req.logprobs != Some(true) {
-        return Err(ApiError::invalid(
-            Some("top_logprobs"),
-            "top_logprobs requires logprobs to be true",
-        ));
-    }
-    let n = choices(req.n)?;
-    let mut params = to_params(req.sampling())?;
-    let plan = chat_tools::tool_plan(&req, served.engine.tokenizer().chat_template())?;
-    if let Some(forced) = plan.forced {
-        if params.structure.is_some() {
-            return Err(ApiError::invalid(
-                Some("tool_choice"),
-                "a forced tool call cannot be combined with response_format",
-            ));
-        }
-        params.structure = Some(forced);
-    }
-    let tool_parser = plan.parser;
-    let (prompt, prompt_text) = render_prompt(served, &req)?;
-    // With a reasoning parser, the rendered prompt tells whether it opened the thinking.
-    let reasoning_prompt = served
-        .engine
-        .tokenizer()
-        .chat_template()
-        .filter(|t| t.splits_reasoning())
-        .map(|_| prompt_text);
-    let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
+    let Prepared {
+        submitted,
+        n,
+        want_logprobs,
+        tool_parser,
+        reasoning_prompt,
+    } = prepare(served, &req, arrival)?;
     let meta = ResponseMeta::new("chatcmpl", &req.model);
-    let want_logprobs = params.logprobs.is_some();
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let options = StreamOptions {
@@ -96,6 +73,61 @@ pub async fn chat_completions(
         system_fingerprint: None,
     };
     Ok(axum::Json(response).into_response())
+}
+
+/// A chat request checked, rendered through the template and submitted.
+pub struct Prepared {
+    pub submitted: Vec<Choice>,
+    pub n: usize,
+    pub want_logprobs: bool,
+    /// Where calls are looked for in the output.
+    pub tool_parser: Option<ToolCallFormat>,
+    /// The rendered prompt, when the model's reasoning is split off its answer.
+    pub reasoning_prompt: Option<String>,
+}
+
+/// Validates `req`, renders its messages and submits its choices (shared with
+/// `/v1/responses`, which arrives here as a chat request).
+pub fn prepare(
+    served: &Served,
+    req: &ChatCompletionRequest,
+    arrival: Instant,
+) -> ApiResult<Prepared> {
+    reject_unsupported(req)?;
+    if req.top_logprobs.is_some_and(|k| k > 0) && req.logprobs != Some(true) {
+        return Err(ApiError::invalid(
+            Some("top_logprobs"),
+            "top_logprobs requires logprobs to be true",
+        ));
+    }
+    let n = choices(req.n)?;
+    let mut params = to_params(req.sampling())?;
+    let plan = chat_tools::tool_plan(req, served.engine.tokenizer().chat_template())?;
+    if let Some(forced) = plan.forced {
+        if params.structure.is_some() {
+            return Err(ApiError::invalid(
+                Some("tool_choice"),
+                "a forced tool call cannot be combined with response_format",
+            ));
+        }
+        params.structure = Some(forced);
+    }
+    let (prompt, prompt_text) = render_prompt(served, req)?;
+    // With a reasoning parser, the rendered prompt tells whether it opened the thinking.
+    let reasoning_prompt = served
+        .engine
+        .tokenizer()
+        .chat_template()
+        .filter(|t| t.splits_reasoning())
+        .map(|_| prompt_text);
+    let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
+    Ok(Prepared {
+        submitted,
+        n,
+        want_logprobs: params.logprobs.is_some(),
+        tool_parser: plan.parser,
+        reasoning_prompt,
+    })
 }
 
 fn reject_unsupported(req: &ChatCompletionRequest) -> ApiResult<()> {

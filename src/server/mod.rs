@@ -19,6 +19,7 @@ pub mod json;
 pub mod logprobs;
 pub mod metrics;
 pub mod openapi;
+pub mod responses;
 pub mod routes;
 pub mod sampling;
 pub mod service;

@@ -33,12 +33,26 @@ pub struct SseSender {
 impl SseSender {
     /// Appends one `data:` event.
     pub fn send<T: Serialize>(&self, chunk: &T) {
+        self.append(None, chunk)
+    }
+
+    /// Appends one event with an SSE `event:` name (the Responses API's streams name them).
+    pub fn send_event<T: Serialize>(&self, name: &str, event: &T) {
+        self.append(Some(name), event)
+    }
+
+    fn append<T: Serialize>(&self, name: Option<&str>, payload: &T) {
         let mut out = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
         let start = out.len();
+        if let Some(name) = name {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'\n');
+        }
         out.extend_from_slice(b"data: ");
-        if let Err(e) = serde_json::to_writer(&mut *out, chunk) {
+        if let Err(e) = serde_json::to_writer(&mut *out, payload) {
             // Our own types always serialise; if one ever does not, drop the partial event.
-            tracing::error!("serialising a stream chunk: {e}");
+            tracing::error!("serialising a stream event: {e}");
             out.truncate(start);
             return;
         }

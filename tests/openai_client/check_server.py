@@ -248,6 +248,59 @@ def check_forced_tool_call():
     assert json.loads(calls[0].function.arguments)["word"] in ("kiln", "clay")
 
 
+def check_responses_whole_and_streamed():
+    """The Responses API gives the chat endpoint's answer, whole and as typed events."""
+    chat = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=10, temperature=0
+    )
+    r = client.responses.create(
+        model=MODEL, input="What is a kiln?", max_output_tokens=10, temperature=0
+    )
+    assert r.object == "response" and r.status == "incomplete", r
+    assert r.incomplete_details.reason == "max_output_tokens", r
+    assert r.output_text == chat.choices[0].message.content, (r.output_text, chat)
+    assert r.usage.output_tokens == 10, r.usage
+    assert r.usage.input_tokens == chat.usage.prompt_tokens, r.usage
+    stream = client.responses.create(
+        model=MODEL, input=MESSAGES, max_output_tokens=10, temperature=0, stream=True
+    )
+    deltas, final = [], None
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert "".join(deltas) == r.output_text, deltas
+    assert final is not None and final.output_text == r.output_text, final
+
+
+def check_responses_function_call_and_parse():
+    """A forced call comes back as a typed function_call item; `responses.parse` gets a
+    pydantic object from a strict json_schema format."""
+    import json
+    from typing import Literal
+
+    import pydantic
+
+    tool = dict(TOOLS[0]["function"], type="function", strict=True)
+    r = client.responses.create(
+        model=MODEL, input="Look up kiln.", tools=[tool], tool_choice="required",
+        parallel_tool_calls=False, max_output_tokens=256, temperature=0,
+    )
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "look_up", r.output
+    assert json.loads(calls[0].arguments)["word"] in ("kiln", "clay"), calls
+
+    class Kiln(pydantic.BaseModel):
+        material: Literal["clay", "glass"]
+        hot: bool
+
+    parsed = client.responses.parse(
+        model=MODEL, input="Describe a kiln.", text_format=Kiln, max_output_tokens=64
+    )
+    assert parsed.output_parsed.material in ("clay", "glass"), parsed.output_text
+
+
 def check_bad_request():
     try:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)

@@ -6,4 +6,5 @@ pub mod chat;
 pub mod common;
 pub mod completion;
 pub mod images;
+pub mod responses;
 pub mod service;
