@@ -40,6 +40,14 @@ pub struct Rope {
 /// batch metadata, tokens and layout to logits.
 pub type RecordedBody<'a, M, T> = dyn FnMut(&M, &[u32], &BatchLayout) -> Result<T> + 'a;
 
+/// Rows of one tensor to add into a sum: row `i` of `tensor`, times `weights[i]`, goes to
+/// row `rows[i]` (see [`Backend::weighted_row_sum`]).
+pub struct RowContribution<'a, T> {
+    pub tensor: &'a T,
+    pub rows: &'a [usize],
+    pub weights: &'a [f32],
+}
+
 /// The ops a model needs. `Tensor` lives on the backend's device.
 ///
 /// Ops that a GPU does in place (`add_rms_norm`, `rope`) take their inputs by value, so a
@@ -185,6 +193,48 @@ pub trait Backend: Send + Sync {
     fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
     /// The given rows of `x`, in order.
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+
+    /// A zero `[num_rows, width]` tensor of `dtype` with every part's weighted rows added
+    /// in, parts in order. Rounding follows a loop of per-part `index_add`s in `dtype` (HF's
+    /// mixture-of-experts loop): each weight, each product and each running sum is rounded
+    /// to `dtype`. The default goes through the host, where the experts' routing was
+    /// decided anyway; a device kernel would save one copy each way.
+    fn weighted_row_sum(
+        &self,
+        num_rows: usize,
+        width: usize,
+        dtype: DType,
+        parts: &[RowContribution<'_, Self::Tensor>],
+    ) -> Result<Self::Tensor> {
+        let mut sum = vec![0f32; num_rows * width];
+        for part in parts {
+            let values = self.to_host_f32(part.tensor)?;
+            anyhow::ensure!(
+                values.len() == part.rows.len() * width && part.rows.len() == part.weights.len(),
+                "{} rows and {} weights for {} values of width {width}",
+                part.rows.len(),
+                part.weights.len(),
+                values.len()
+            );
+            for ((&row, &weight), src) in part
+                .rows
+                .iter()
+                .zip(part.weights)
+                .zip(values.chunks_exact(width))
+            {
+                anyhow::ensure!(row < num_rows, "row {row} of a {num_rows}-row sum");
+                let weight = dtype.round(weight);
+                let dst = &mut sum[row * width..(row + 1) * width];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = dtype.round(*d + dtype.round(v * weight));
+                }
+            }
+        }
+        let host =
+            candle_core::Tensor::from_vec(sum, (num_rows, width), &candle_core::Device::Cpu)?
+                .to_dtype(dtype.to_candle())?;
+        self.upload(host)
+    }
     /// The index of the largest value (lowest on ties) of each of the given rows of
     /// `logits: [rows, vocab]`. Devices compute it in place and send back only the indices.
     fn argmax_rows(&self, logits: &Self::Tensor, rows: &[usize]) -> Result<Vec<u32>> {

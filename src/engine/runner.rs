@@ -86,7 +86,8 @@ pub trait Runner: Send {
     fn execute(&mut self, input: &StepInput) -> Result<StepOutput>;
     fn vocab_size(&self) -> usize;
     fn describe(&self) -> String;
-    /// Bytes of weights one forward pass reads (for bandwidth rooflines).
+    /// Bytes of weights a batch-1 forward pass reads (for bandwidth rooflines; a
+    /// mixture-of-experts model reads only the chosen experts).
     fn weight_bytes(&self) -> u64;
     /// The device allocator's counters, where the backend has one (GPUs).
     fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {
@@ -142,7 +143,7 @@ where
     }
 
     fn weight_bytes(&self) -> u64 {
-        self.model.config.num_parameters() * self.model.dtype.size_in_bytes() as u64
+        self.model.config.active_parameters() * self.model.dtype.size_in_bytes() as u64
     }
 
     fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {

@@ -13,15 +13,21 @@ pub enum Architecture {
     Qwen3,
     /// Llama's layers with q/k/v and gate/up each stored as one fused weight.
     Phi3,
+    /// Qwen3's attention with mixture-of-experts MLPs (`mlp.gate`, `mlp.experts.N`).
+    Qwen3Moe,
+    /// Mistral's attention with mixture-of-experts MLPs (`block_sparse_moe`, `w1/w2/w3`).
+    Mixtral,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 5] = [
+    pub const SUPPORTED: [&'static str; 7] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
         "Qwen3ForCausalLM",
         "Phi3ForCausalLM",
+        "Qwen3MoeForCausalLM",
+        "MixtralForCausalLM",
     ];
 
     pub fn from_hf(name: &str) -> Result<Self> {
@@ -31,6 +37,8 @@ impl Architecture {
             "Qwen2ForCausalLM" => Architecture::Qwen2,
             "Qwen3ForCausalLM" => Architecture::Qwen3,
             "Phi3ForCausalLM" => Architecture::Phi3,
+            "Qwen3MoeForCausalLM" => Architecture::Qwen3Moe,
+            "MixtralForCausalLM" => Architecture::Mixtral,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}",
                 Self::SUPPORTED.join(", ")
@@ -90,6 +98,21 @@ struct RawConfig {
     /// Rotary embedding on only this fraction of each head (Phi-3.5/4-mini): not supported.
     #[serde(default)]
     partial_rotary_factor: Option<f64>,
+    /// Mixture of experts: Qwen3-MoE's `num_experts`, Mixtral's `num_local_experts`.
+    #[serde(default)]
+    num_experts: Option<usize>,
+    #[serde(default)]
+    num_local_experts: Option<usize>,
+    #[serde(default)]
+    num_experts_per_tok: Option<usize>,
+    #[serde(default)]
+    moe_intermediate_size: Option<usize>,
+    #[serde(default)]
+    norm_topk_prob: Option<bool>,
+    #[serde(default)]
+    decoder_sparse_step: Option<usize>,
+    #[serde(default)]
+    mlp_only_layers: Vec<usize>,
     #[serde(default)]
     eos_token_id: Option<serde_json::Value>,
     #[serde(default)]
@@ -104,6 +127,65 @@ fn default_theta() -> f64 {
 }
 fn default_max_pos() -> usize {
     4096
+}
+
+/// The mixture-of-experts MLP of the layers that have one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts each token is sent to.
+    pub top_k: usize,
+    /// Intermediate size of one expert.
+    pub expert_intermediate_size: usize,
+    /// Whether the chosen experts' weights are rescaled to sum to one (Mixtral always;
+    /// Qwen3-MoE when `norm_topk_prob`).
+    pub normalize_top_k: bool,
+    /// Per layer: true where the MLP is the experts, false where it is a dense MLP of
+    /// `intermediate_size` (Qwen3-MoE's `mlp_only_layers`, `decoder_sparse_step`).
+    pub sparse_layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    fn from_raw(architecture: Architecture, raw: &RawConfig) -> Result<Option<MoeConfig>> {
+        let (num_experts, expert_intermediate_size, normalize_top_k) = match architecture {
+            Architecture::Qwen3Moe => (
+                raw.num_experts.unwrap_or(0),
+                raw.moe_intermediate_size
+                    .context("Qwen3-MoE config has no moe_intermediate_size")?,
+                raw.norm_topk_prob.unwrap_or(false),
+            ),
+            Architecture::Mixtral => (
+                raw.num_local_experts.unwrap_or(0),
+                raw.intermediate_size,
+                true,
+            ),
+            _ => return Ok(None),
+        };
+        if num_experts == 0 {
+            return Ok(None);
+        }
+        let top_k = raw.num_experts_per_tok.unwrap_or(2);
+        anyhow::ensure!(
+            (1..=num_experts).contains(&top_k),
+            "num_experts_per_tok {top_k} must be between 1 and the {num_experts} experts"
+        );
+        let step = raw.decoder_sparse_step.unwrap_or(1).max(1);
+        let sparse_layers = (0..raw.num_hidden_layers)
+            .map(|i| !raw.mlp_only_layers.contains(&i) && (i + 1) % step == 0)
+            .collect();
+        Ok(Some(MoeConfig {
+            num_experts,
+            top_k,
+            expert_intermediate_size,
+            normalize_top_k,
+            sparse_layers,
+        }))
+    }
+
+    /// Whether layer `i`'s MLP is the experts.
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        self.sparse_layers.get(layer).copied().unwrap_or(false)
+    }
 }
 
 /// A validated model config.
@@ -125,6 +207,8 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     pub qk_norm: bool,
     pub sliding_window: Option<usize>,
+    /// The experts, for mixture-of-experts models.
+    pub moe: Option<MoeConfig>,
     /// The dtype the checkpoint was saved in, if it says.
     pub checkpoint_dtype: Option<String>,
     pub eos_token_ids: Vec<u32>,
@@ -188,9 +272,13 @@ impl ModelConfig {
         );
         let sliding_window = match (architecture, raw.use_sliding_window) {
             // Qwen2/3 only slide when use_sliding_window says so.
-            (Architecture::Qwen2 | Architecture::Qwen3, Some(false) | None) => None,
+            (
+                Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Qwen3Moe,
+                Some(false) | None,
+            ) => None,
             _ => raw.sliding_window,
         };
+        let moe = MoeConfig::from_raw(architecture, &raw)?;
         Ok(ModelConfig {
             architecture,
             hidden_size: raw.hidden_size,
@@ -206,8 +294,9 @@ impl ModelConfig {
             max_position_embeddings: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
             qkv_bias: architecture == Architecture::Qwen2 || raw.attention_bias,
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Qwen3Moe),
             sliding_window,
+            moe,
             checkpoint_dtype: raw.torch_dtype.or(raw.dtype),
             eos_token_ids: token_ids(&raw.eos_token_id),
             bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
@@ -230,19 +319,65 @@ impl ModelConfig {
 
     /// Parameter count, for memory planning and logs.
     pub fn num_parameters(&self) -> u64 {
+        self.parameters(|m| m.num_experts)
+    }
+
+    /// Parameters one token's forward pass reads: for mixture-of-experts layers only its
+    /// `top_k` experts (and the router). The weights a batch-1 decode step streams, for
+    /// bandwidth rooflines; larger batches touch more experts.
+    pub fn active_parameters(&self) -> u64 {
+        self.parameters(|m| m.top_k)
+    }
+
+    /// Parameter count with `experts(moe)` experts per sparse layer.
+    fn parameters(&self, experts: impl Fn(&MoeConfig) -> usize) -> u64 {
         let h = self.hidden_size as u64;
         let attn = h * (self.q_width() + 2 * self.kv_width()) as u64 + self.q_width() as u64 * h;
-        let mlp = 3 * h * self.intermediate_size as u64;
-        let per_layer = attn + mlp + 2 * h;
+        let dense_mlp = 3 * h * self.intermediate_size as u64;
+        let layers: u64 = (0..self.num_layers)
+            .map(|i| {
+                let mlp = match &self.moe {
+                    // Every expert's weights, and the router's.
+                    Some(m) if m.is_sparse(i) => {
+                        experts(m) as u64 * 3 * h * m.expert_intermediate_size as u64
+                            + m.num_experts as u64 * h
+                    }
+                    _ => dense_mlp,
+                };
+                attn + mlp + 2 * h
+            })
+            .sum();
         let embed = self.vocab_size as u64 * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        self.num_layers as u64 * per_layer + embed + head + h
+        layers + embed + head + h
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_layers_follow_the_step_and_the_dense_list() {
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "moe_intermediate_size": 32, "num_experts": 4,
+            "num_experts_per_tok": 2, "decoder_sparse_step": 2, "mlp_only_layers": [3],
+            "num_hidden_layers": 6, "num_attention_heads": 4, "vocab_size": 100}"#,
+        )
+        .unwrap();
+        let moe = c.moe.unwrap();
+        assert_eq!(moe.sparse_layers, [false, true, false, false, false, true]);
+        assert!(
+            !moe.normalize_top_k,
+            "Qwen3-MoE's norm_topk_prob defaults to false"
+        );
+        let bad = r#"{"architectures": ["MixtralForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_local_experts": 2, "num_experts_per_tok": 3,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 100}"#;
+        let err = ModelConfig::from_json(bad).unwrap_err().to_string();
+        assert!(err.contains("num_experts_per_tok 3"), "{err}");
+    }
 
     fn phi3(extra: &str) -> Result<ModelConfig> {
         ModelConfig::from_json(&format!(

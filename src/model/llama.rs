@@ -1,9 +1,11 @@
-//! The Llama family (Llama 2/3/3.1, Mistral, Qwen2, Qwen3), written once against the op set.
+//! The Llama family (Llama 2/3/3.1, Mistral, Qwen2, Qwen3, Phi-3, and the mixture-of-experts
+//! Qwen3-MoE and Mixtral), written once against the op set.
 //!
 //! Differences between the architectures are config switches: QKV bias (Qwen2), per-head
 //! q/k RMS norm before RoPE (Qwen3), sliding window (Mistral), tied embeddings, RoPE scaling.
 
 use super::config::{Architecture, ModelConfig};
+use super::moe::SparseMlp;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
 use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads};
@@ -23,9 +25,17 @@ struct Layer<B: Backend> {
     k_norm: Option<B::Tensor>,
     o_proj: B::Tensor,
     post_attention_norm: B::Tensor,
-    /// gate and up projections stacked into `[2 * intermediate, hidden]`.
-    gate_up: B::Tensor,
-    down: B::Tensor,
+    mlp: Mlp<B>,
+}
+
+enum Mlp<B: Backend> {
+    Dense {
+        /// gate and up projections stacked into `[2 * intermediate, hidden]`.
+        gate_up: B::Tensor,
+        down: B::Tensor,
+    },
+    /// Mixture of experts (`moe.rs`).
+    Sparse(SparseMlp<B>),
 }
 
 pub struct LlamaModel<B: Backend> {
@@ -47,7 +57,7 @@ pub struct LlamaModel<B: Backend> {
 }
 
 /// Loads one named tensor and uploads it.
-fn load<B: Backend>(
+pub(super) fn load<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
     name: &str,
@@ -63,7 +73,7 @@ fn load<B: Backend>(
 }
 
 /// One weight's part for this rank: its full name and shape, and the slice (None = whole).
-struct Part {
+pub(super) struct Part {
     name: String,
     shape: Vec<usize>,
     slice: Option<Slice>,
@@ -89,7 +99,7 @@ impl Part {
 
 /// Loads several parts and stacks them along the output dimension. Generated weights are
 /// computed on the device when the backend can (no host work, no upload).
-fn load_stacked<B: Backend>(
+pub(super) fn load_stacked<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
     parts: &[Part],
@@ -115,7 +125,7 @@ fn load_stacked<B: Backend>(
 
 /// The part of `[rows, ..]` weight `name` whose rows are `rows` (column-parallel: the whole
 /// weight when `rows` covers it).
-fn rows_part(name: String, shape: Vec<usize>, rows: Range<usize>) -> Part {
+pub(super) fn rows_part(name: String, shape: Vec<usize>, rows: Range<usize>) -> Part {
     let slice = (rows.len() != shape[0]).then_some(Slice {
         dim: 0,
         range: rows,
@@ -124,7 +134,7 @@ fn rows_part(name: String, shape: Vec<usize>, rows: Range<usize>) -> Part {
 }
 
 /// The part of `[out, in]` weight `name` whose input columns are `cols` (row-parallel).
-fn cols_part(name: String, shape: Vec<usize>, cols: Range<usize>) -> Part {
+pub(super) fn cols_part(name: String, shape: Vec<usize>, cols: Range<usize>) -> Part {
     let slice = (cols.len() != shape[1]).then_some(Slice {
         dim: 1,
         range: cols,
@@ -164,6 +174,55 @@ fn rows_at(name: String, shape: Vec<usize>, offset: usize, rows: &Range<usize>) 
             range: offset + rows.start..offset + rows.end,
         }),
     }
+}
+
+/// Layer `p`'s dense MLP: this rank's gate and up rows stacked, and its down columns.
+fn dense_mlp<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    c: &ModelConfig,
+    p: &str,
+    layout: &ShardLayout,
+    dtype: DType,
+) -> Result<Mlp<B>> {
+    let (h, inter) = (c.hidden_size, c.intermediate_size);
+    let gate_up = if c.architecture == Architecture::Phi3 {
+        load_stacked(
+            be,
+            src,
+            &fused_gate_up_parts(c, p, &layout.intermediate),
+            dtype,
+        )?
+    } else {
+        load_stacked(
+            be,
+            src,
+            &[
+                rows_part(
+                    format!("{p}.mlp.gate_proj.weight"),
+                    vec![inter, h],
+                    layout.intermediate.clone(),
+                ),
+                rows_part(
+                    format!("{p}.mlp.up_proj.weight"),
+                    vec![inter, h],
+                    layout.intermediate.clone(),
+                ),
+            ],
+            dtype,
+        )?
+    };
+    let down = load_stacked(
+        be,
+        src,
+        &[cols_part(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, inter],
+            layout.intermediate.clone(),
+        )],
+        dtype,
+    )?;
+    Ok(Mlp::Dense { gate_up, down })
 }
 
 /// This rank's embedding rows; with a split vocabulary, one zero row is appended for the
@@ -210,13 +269,7 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<Self> {
         let layout = ShardLayout::new(&config, shard)?;
         let c = &config;
-        let (h, q, kv, inter, hd) = (
-            c.hidden_size,
-            c.q_width(),
-            c.kv_width(),
-            c.intermediate_size,
-            c.head_dim,
-        );
+        let (h, q, kv, hd) = (c.hidden_size, c.q_width(), c.kv_width(), c.head_dim);
         let (q_cols, kv_cols) = (layout.q_columns(hd), layout.kv_columns(hd));
         let embed = load_embedding(be, src, "model.embed_tokens.weight", c, &layout, dtype)?;
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -287,42 +340,12 @@ impl<B: Backend> LlamaModel<B> {
                     &[h],
                     dtype,
                 )?,
-                gate_up: if c.architecture == Architecture::Phi3 {
-                    load_stacked(
-                        be,
-                        src,
-                        &fused_gate_up_parts(c, &p, &layout.intermediate),
-                        dtype,
-                    )?
-                } else {
-                    load_stacked(
-                        be,
-                        src,
-                        &[
-                            rows_part(
-                                format!("{p}.mlp.gate_proj.weight"),
-                                vec![inter, h],
-                                layout.intermediate.clone(),
-                            ),
-                            rows_part(
-                                format!("{p}.mlp.up_proj.weight"),
-                                vec![inter, h],
-                                layout.intermediate.clone(),
-                            ),
-                        ],
-                        dtype,
-                    )?
+                mlp: match &c.moe {
+                    Some(moe) if moe.is_sparse(i) => {
+                        Mlp::Sparse(SparseMlp::load(be, src, c, moe, &p, &layout, dtype)?)
+                    }
+                    _ => dense_mlp(be, src, c, &p, &layout, dtype)?,
                 },
-                down: load_stacked(
-                    be,
-                    src,
-                    &[cols_part(
-                        format!("{p}.mlp.down_proj.weight"),
-                        vec![h, inter],
-                        layout.intermediate.clone(),
-                    )],
-                    dtype,
-                )?,
             };
             layers.push(layer);
             on_layer(i);
@@ -480,7 +503,8 @@ impl<B: Backend> LlamaModel<B> {
         }
         // Decode steps of a single rank may be replayed from a recording (CUDA graphs); the
         // ranks of a sharded model meet in all-reduces a recording cannot hold.
-        if self.layout.shard.world == 1 && comm.world_size() == 1 {
+        // Mixture-of-experts layers route on the host, which a recording cannot hold either.
+        if self.layout.shard.world == 1 && comm.world_size() == 1 && self.config.moe.is_none() {
             let mut body = |meta: &B::BatchMeta, tokens: &[u32], batch: &BatchLayout| {
                 self.logits_from_meta(be, meta, tokens, batch, cache, comm)
             };
@@ -541,15 +565,27 @@ impl<B: Backend> LlamaModel<B> {
             };
             let attn =
                 comm.all_reduce_sum(be, self.attention_block(be, layer, i, qkv, meta, cache)?)?;
-            let (act, sum) = be.add_rms_norm_swiglu(
-                attn,
-                residual.take().expect("set above"),
-                (&layer.post_attention_norm, eps),
-                &layer.gate_up,
-                None,
-            )?;
-            residual = Some(sum);
-            hidden = comm.all_reduce_sum(be, be.linear(&act, &layer.down, None)?)?;
+            let residual_in = residual.take().expect("set above");
+            let partial = match &layer.mlp {
+                Mlp::Dense { gate_up, down } => {
+                    let (act, sum) = be.add_rms_norm_swiglu(
+                        attn,
+                        residual_in,
+                        (&layer.post_attention_norm, eps),
+                        gate_up,
+                        None,
+                    )?;
+                    residual = Some(sum);
+                    be.linear(&act, down, None)?
+                }
+                Mlp::Sparse(experts) => {
+                    let (x, sum) =
+                        be.add_rms_norm(attn, residual_in, &layer.post_attention_norm, eps)?;
+                    residual = Some(sum);
+                    experts.forward(be, &x, self.dtype)?
+                }
+            };
+            hidden = comm.all_reduce_sum(be, partial)?;
         }
         let residual = residual.context("model has no layers")?;
         // Decode steps want every row in order: no gather.

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod detokenizer;
 pub mod grammar;
 pub mod llama;
+pub mod moe;
 pub mod presets;
 pub mod reasoning;
 pub mod rope;

@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 6] = [
+pub const PRESETS: [(&str, &str); 8] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -26,6 +26,14 @@ pub const PRESETS: [(&str, &str); 6] = [
     (
         "qwen3-8b",
         include_str!("../../models/presets/qwen3-8b.json"),
+    ),
+    (
+        "qwen3-30b-a3b",
+        include_str!("../../models/presets/qwen3-30b-a3b.json"),
+    ),
+    (
+        "mixtral-8x7b",
+        include_str!("../../models/presets/mixtral-8x7b.json"),
     ),
 ];
 
@@ -58,11 +66,23 @@ mod tests {
                 "qwen2.5-0.5b" => 0.49,
                 "mistral-7b" => 7.25,
                 "qwen3-8b" => 8.2,
+                "qwen3-30b-a3b" => 30.5,
+                "mixtral-8x7b" => 46.7,
                 _ => unreachable!(),
             };
             assert!(
                 (billions - expected).abs() / expected < 0.03,
                 "{name}: {billions:.2}B"
+            );
+            let active = c.active_parameters() as f64 / 1e9;
+            let expected_active = match name {
+                "qwen3-30b-a3b" => 3.3,
+                "mixtral-8x7b" => 12.9,
+                _ => billions,
+            };
+            assert!(
+                (active - expected_active).abs() / expected_active < 0.03,
+                "{name}: {active:.2}B active"
             );
         }
     }

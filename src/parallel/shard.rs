@@ -39,6 +39,9 @@ pub struct ShardLayout {
     pub kv_heads: Range<usize>,
     /// Columns of the MLP's intermediate dimension.
     pub intermediate: Range<usize>,
+    /// Columns of each expert's intermediate dimension (mixture-of-experts models; every
+    /// rank holds a slice of every expert, as of a dense MLP).
+    pub expert_intermediate: Range<usize>,
     /// Rows of the embedding table and the LM head.
     pub vocab: Range<usize>,
 }
@@ -64,6 +67,13 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
         "--tensor-parallel-size {world} does not divide the MLP's intermediate size {}",
         config.intermediate_size
     );
+    if let Some(moe) = &config.moe {
+        ensure!(
+            moe.expert_intermediate_size.is_multiple_of(world),
+            "--tensor-parallel-size {world} does not divide the experts' intermediate size {}",
+            moe.expert_intermediate_size
+        );
+    }
     ensure!(
         config.vocab_size >= world,
         "--tensor-parallel-size {world} is larger than the vocabulary ({})",
@@ -106,6 +116,12 @@ impl ShardLayout {
             q_heads: even(config.num_heads),
             kv_heads,
             intermediate: even(config.intermediate_size),
+            expert_intermediate: even(
+                config
+                    .moe
+                    .as_ref()
+                    .map_or(0, |m| m.expert_intermediate_size),
+            ),
             vocab,
         })
     }

@@ -224,7 +224,8 @@ impl Runner for TpRunner {
 
     fn weight_bytes(&self) -> u64 {
         // Per rank, a step reads about 1/world of the weights; ranks read in parallel.
-        self.config.num_parameters() * self.dtype.size_in_bytes() as u64 / self.workers.len() as u64
+        self.config.active_parameters() * self.dtype.size_in_bytes() as u64
+            / self.workers.len() as u64
     }
 
     fn allocator_stats(&self) -> Option<PoolStats> {

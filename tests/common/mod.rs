@@ -7,7 +7,16 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 6] = ["llama", "llama31", "mistral", "qwen2", "qwen3", "phi3"];
+pub const ARCHS: [&str; 8] = [
+    "llama",
+    "llama31",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "qwen3_moe",
+    "mixtral",
+];
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
