@@ -299,12 +299,20 @@ async fn continuous_usage_stats_put_usage_on_every_chunk() {
         let mut body = body;
         body["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
         let chunks = streamed(&client, server.url(path), &body).await;
-        let counts: Vec<u64> = chunks
+        let text_chunks: Vec<&Value> = chunks
             .iter()
             .filter(|c| !c["choices"].as_array().unwrap().is_empty())
+            // The chat stream's opening role chunk comes before any output.
+            .filter(|c| c["choices"][0]["delta"]["role"].is_null())
+            .collect();
+        let counts: Vec<u64> = text_chunks
+            .iter()
             .filter_map(|c| c["usage"]["completion_tokens"].as_u64())
             .collect();
-        assert!(counts.len() >= 6, "{path}: {counts:?}");
+        // How many chunks there are depends on timing (a producer that falls behind the
+        // engine merges increments); that each one carries its usage does not.
+        assert_eq!(counts.len(), text_chunks.len(), "{path}: {counts:?}");
+        assert!(counts.len() >= 2, "{path}: {counts:?}");
         assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
         assert_eq!(*counts.last().unwrap(), 12);
         let last = chunks.last().unwrap();
