@@ -159,3 +159,59 @@ fn long_prompts_are_scored_in_bounded_chunks() {
     assert_eq!(scores.len(), prompt.len());
     assert!(scores.iter().skip(1).all(|s| s.is_some()));
 }
+
+/// Requests preempted after their prompt scores went out are recomputed without scoring
+/// the prompt again (a fuzzed server once died on exactly that), and every output still
+/// equals the one an engine with room to spare gives.
+#[test]
+fn preemption_after_the_prompt_was_scored_recomputes_without_rescoring() {
+    let params = SamplingParams {
+        max_tokens: Some(20),
+        ignore_eos: true,
+        prompt_logprobs: Some(1),
+        ..SamplingParams::greedy()
+    };
+    let prompts: Vec<Vec<u32>> = (0..12u32)
+        .map(|i| (0..30).map(|j| 3 + (i * 31 + j * 7) % 400).collect())
+        .collect();
+    let run_all = |engine: &mut LlmEngine| {
+        for (i, p) in prompts.iter().enumerate() {
+            engine
+                .add_request(i as u64, p.clone(), params.clone())
+                .unwrap();
+        }
+        let mut outs: Vec<RequestOutput> = vec![RequestOutput::default(); prompts.len()];
+        while engine.has_work() {
+            for (id, out) in engine.step().unwrap() {
+                merge(&mut outs[id as usize], out);
+            }
+        }
+        outs
+    };
+    let expected = run_all(&mut engine("llama", &["--block-size", "4"]));
+    let mut tight = engine(
+        "llama",
+        &[
+            "--block-size",
+            "4",
+            "--num-kv-blocks",
+            "24",
+            "--max-model-len",
+            "96",
+        ],
+    );
+    let got = run_all(&mut tight);
+    assert!(
+        tight.num_preemptions() > 0,
+        "the budget was meant to force preemption"
+    );
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g.token_ids, e.token_ids);
+        assert_eq!(scores(g).len(), 30);
+        let ids = |s: Vec<Option<TokenLogprob>>| -> Vec<Option<u32>> {
+            s.into_iter().map(|t| t.map(|t| t.token_id)).collect()
+        };
+        assert_eq!(ids(scores(g)), ids(scores(e)));
+    }
+    assert_eq!(tight.num_free_blocks(), 24);
+}

@@ -28,8 +28,12 @@ impl PromptLogprobs {
 
     /// The positions of a computed `chunk` whose logits score a prompt token not scored
     /// yet (position p scores token p + 1). A recomputed chunk (after a preemption) wants
-    /// none of the positions it already gave.
+    /// none of the positions it already gave, nor any once the scores were sent (the
+    /// entries went with them).
     pub fn wanted(&self, num_prompt: usize, chunk: Range<usize>) -> Range<usize> {
+        if self.sent {
+            return chunk.start..chunk.start;
+        }
         let from = (self.entries.len() - 1).max(chunk.start);
         let to = chunk.end.min(num_prompt.saturating_sub(1));
         from..to.max(from)
@@ -78,6 +82,7 @@ mod tests {
         assert_eq!(p.wanted(5, 4..6), 4..4);
         let all = p.take_complete(5).unwrap();
         assert_eq!(all.len(), 5);
+        assert!(p.wanted(5, 0..5).is_empty(), "a recomputation after sending");
         assert!(all[0].is_none());
         let last = all[4].as_ref().unwrap();
         assert_eq!(last.token_id, 4);
