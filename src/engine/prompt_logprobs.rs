@@ -82,7 +82,10 @@ mod tests {
         assert_eq!(p.wanted(5, 4..6), 4..4);
         let all = p.take_complete(5).unwrap();
         assert_eq!(all.len(), 5);
-        assert!(p.wanted(5, 0..5).is_empty(), "a recomputation after sending");
+        assert!(
+            p.wanted(5, 0..5).is_empty(),
+            "a recomputation after sending"
+        );
         assert!(all[0].is_none());
         let last = all[4].as_ref().unwrap();
         assert_eq!(last.token_id, 4);

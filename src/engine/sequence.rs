@@ -34,7 +34,7 @@ impl Sequence {
     pub fn new(id: u64, prompt: Vec<u32>, params: SamplingParams, max_model_len: usize) -> Self {
         let num_prompt = prompt.len();
         let max_len = match params.max_tokens {
-            Some(m) => (num_prompt + m).min(max_model_len),
+            Some(m) => num_prompt.saturating_add(m).min(max_model_len),
             None => max_model_len,
         };
         Sequence {
@@ -64,5 +64,20 @@ impl Sequence {
     /// Tokens still to run through the model before the next token can be sampled.
     pub fn num_uncomputed(&self) -> usize {
         self.tokens.len() - self.num_computed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_max_tokens_caps_at_the_model_length_instead_of_overflowing() {
+        let params = SamplingParams {
+            max_tokens: Some(usize::MAX),
+            ..SamplingParams::greedy()
+        };
+        let seq = Sequence::new(1, vec![1, 2, 3], params, 64);
+        assert_eq!(seq.max_len, 64);
     }
 }

@@ -36,7 +36,7 @@ pub fn submit(
     for (prompt_index, prompt) in prompts.into_iter().enumerate() {
         // OpenAI refuses what cannot fit rather than silently generating less.
         if let Some(max_tokens) = params.max_tokens {
-            if prompt.len() + max_tokens > max_model_len {
+            if prompt.len().saturating_add(max_tokens) > max_model_len {
                 return Err(ApiError {
                     code: Some("context_length_exceeded"),
                     ..ApiError::invalid(
