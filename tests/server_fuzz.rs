@@ -142,7 +142,12 @@ async fn mutated_requests_get_answers_or_clean_errors() {
     let client = Client::new();
     let seeds = seeds();
     let mut failures = Vec::new();
-    for seed in 0..3u64 {
+    // KILN_FUZZ_SEEDS=N runs seeds 0..N (3 in CI; more for a deeper local search).
+    let num_seeds = std::env::var("KILN_FUZZ_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3u64);
+    for seed in 0..num_seeds {
         let mut rng = StdRng::seed_from_u64(seed);
         for i in 0..REQUESTS_PER_SEED {
             let (path, base) = &seeds[rng.random_range(0..seeds.len())];
