@@ -1,9 +1,22 @@
-// SwiGLU: out[n, I] = silu(g) * u where gate_up[n, 2I] holds g in its first I columns and
-// u in its last I. silu(g) = g / (1 + exp(-g)), all in f32.
+// Gated MLP activations: out[n, I] = act(g) * u where gate_up[n, 2I] holds g in its first I
+// columns and u in its last I, all in f32, rounded once.
+//   silu_mul:      act = silu(g) = g / (1 + exp(-g))            (SwiGLU: Llama, Qwen, ...)
+//   gelu_tanh_mul: act = PyTorch's gelu(approximate="tanh")     (GeGLU: Gemma)
 
-template <typename D>
-__device__ __forceinline__ void silu_mul_impl(typename D::T* out, const typename D::T* gate_up,
-                                              long long total, int inter) {
+struct KilnSilu {
+    __device__ __forceinline__ float operator()(float g) const { return g / (1.0f + expf(-g)); }
+};
+
+struct KilnGeluTanh {
+    // 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3)))
+    __device__ __forceinline__ float operator()(float g) const {
+        return 0.5f * g * (1.0f + tanhf(0.79788456080286536f * g * (1.0f + 0.044715f * g * g)));
+    }
+};
+
+template <typename D, typename Act>
+__device__ __forceinline__ void gated_mul_impl(typename D::T* out, const typename D::T* gate_up,
+                                               long long total, int inter) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += stride) {
@@ -11,13 +24,17 @@ __device__ __forceinline__ void silu_mul_impl(typename D::T* out, const typename
         const long long col = idx - row * inter;
         const float g = D::load(gate_up[row * 2 * inter + col]);
         const float u = D::load(gate_up[row * 2 * inter + inter + col]);
-        out[idx] = D::store(g / (1.0f + expf(-g)) * u);
+        out[idx] = D::store(Act()(g) * u);
     }
 }
 
 #define KILN_SILU_MUL(S, D)                                                               \
     extern "C" __global__ void silu_mul_##S(D::T* out, const D::T* gate_up,               \
                                             long long total, int inter) {                 \
-        silu_mul_impl<D>(out, gate_up, total, inter);                                     \
+        gated_mul_impl<D, KilnSilu>(out, gate_up, total, inter);                          \
+    }                                                                                     \
+    extern "C" __global__ void gelu_tanh_mul_##S(D::T* out, const D::T* gate_up,          \
+                                                 long long total, int inter) {            \
+        gated_mul_impl<D, KilnGeluTanh>(out, gate_up, total, inter);                      \
     }
 KILN_FOR_EACH_DTYPE(KILN_SILU_MUL)

@@ -32,6 +32,8 @@ import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -439,6 +441,28 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
                 num_local_experts=4,
                 num_experts_per_tok=2,
+            ),
+        ),
+        # Gemma 3: a sliding layer (window 8, RoPE base 10000) then a global one (base 1e6,
+        # linear scaling 4); query_pre_attn_scalar 24 with head_dim 32, so the query scale
+        # is not head_dim's; GeGLU (tanh); scaled embeddings. Untied, unlike real Gemma:
+        # with random weights a tied head scores the input token's own (sqrt(hidden)-scaled)
+        # embedding highest and the model repeats it. llama31 and qwen2 cover tied heads.
+        "gemma3": (
+            Gemma3ForCausalLM,
+            Gemma3TextConfig(
+                **{k: v for k, v in common.items() if k != "hidden_act"},
+                hidden_activation="gelu_pytorch_tanh",
+                head_dim=32,
+                query_pre_attn_scalar=24,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                rope_theta=1000000.0,
+                rope_local_base_freq=10000.0,
+                rope_scaling={"rope_type": "linear", "factor": 4.0},
+                final_logit_softcapping=None,
+                attn_logit_softcapping=None,
+                tie_word_embeddings=False,
             ),
         ),
     }

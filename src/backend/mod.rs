@@ -175,6 +175,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Self::Tensor, Self::Tensor)>;
     /// `silu(gate) * up` where `gate_up: [n, 2 * I]` holds gate in its first half.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `gelu_tanh(gate) * up` (GeGLU with PyTorch's tanh approximation, Gemma's MLP), laid
+    /// out as for [`Backend::silu_mul`].
+    fn gelu_tanh_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `x * factor`, rounded once to the tensor's dtype (Gemma's embedding scale).
+    fn mul_scalar(&self, x: &Self::Tensor, factor: f32) -> Result<Self::Tensor>;
     /// The MLP's head: `add_rms_norm_linear` into the gate_up projection `w: [2 * I, k]`,
     /// then `silu_mul`: `(silu(gate) * up: [n, I], sum)`. Devices may fuse all three for a
     /// few rows.

@@ -17,10 +17,13 @@ pub enum Architecture {
     Qwen3Moe,
     /// Mistral's attention with mixture-of-experts MLPs (`block_sparse_moe`, `w1/w2/w3`).
     Mixtral,
+    /// Gemma 3 text models: norms around both blocks, `1 + w` norm weights, GeGLU (tanh),
+    /// scaled embeddings, local (sliding, own RoPE base) and global layers.
+    Gemma3,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 7] = [
+    pub const SUPPORTED: [&'static str; 8] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -28,6 +31,7 @@ impl Architecture {
         "Phi3ForCausalLM",
         "Qwen3MoeForCausalLM",
         "MixtralForCausalLM",
+        "Gemma3ForCausalLM",
     ];
 
     pub fn from_hf(name: &str) -> Result<Self> {
@@ -39,6 +43,7 @@ impl Architecture {
             "Phi3ForCausalLM" => Architecture::Phi3,
             "Qwen3MoeForCausalLM" => Architecture::Qwen3Moe,
             "MixtralForCausalLM" => Architecture::Mixtral,
+            "Gemma3ForCausalLM" => Architecture::Gemma3,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}",
                 Self::SUPPORTED.join(", ")
@@ -95,6 +100,25 @@ struct RawConfig {
     dtype: Option<String>,
     #[serde(default)]
     hidden_act: Option<String>,
+    /// Gemma's name for `hidden_act`.
+    #[serde(default)]
+    hidden_activation: Option<String>,
+    /// Gemma 3: attention scores are scaled by `query_pre_attn_scalar^-0.5`.
+    #[serde(default)]
+    query_pre_attn_scalar: Option<f64>,
+    /// Gemma 3: `sliding_attention` / `full_attention` per layer.
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    /// Gemma 3: every n-th layer is global (when `layer_types` is absent).
+    #[serde(default)]
+    sliding_window_pattern: Option<usize>,
+    /// Gemma 3: RoPE base of the sliding (local) layers.
+    #[serde(default)]
+    rope_local_base_freq: Option<f64>,
+    #[serde(default)]
+    final_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    attn_logit_softcapping: Option<f64>,
     /// Rotary embedding on only this fraction of each head (Phi-3.5/4-mini): not supported.
     #[serde(default)]
     partial_rotary_factor: Option<f64>,
@@ -188,6 +212,68 @@ impl MoeConfig {
     }
 }
 
+/// What Gemma 3 does differently from the Llama layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmaConfig {
+    /// Per layer: whether it attends only over the last `sliding_window` tokens (local,
+    /// with RoPE base `local_rope_theta` and no scaling) or over everything (global).
+    pub sliding_layers: Vec<bool>,
+    pub local_rope_theta: f64,
+    /// Multiplies q before the scores: `query_pre_attn_scalar^-0.5` over the usual
+    /// `head_dim^-0.5` (folded into the q norm's weight at load).
+    pub query_scale: f64,
+}
+
+impl GemmaConfig {
+    fn from_raw(architecture: Architecture, raw: &RawConfig) -> Result<Option<GemmaConfig>> {
+        if architecture != Architecture::Gemma3 {
+            return Ok(None);
+        }
+        for (name, cap) in [
+            ("final_logit_softcapping", raw.final_logit_softcapping),
+            ("attn_logit_softcapping", raw.attn_logit_softcapping),
+        ] {
+            anyhow::ensure!(
+                cap.is_none(),
+                "{name} is not supported (Gemma 2's softcapping)"
+            );
+        }
+        let n = raw.num_hidden_layers;
+        let sliding_layers = match (&raw.layer_types, raw.sliding_window_pattern) {
+            (Some(types), _) => {
+                anyhow::ensure!(
+                    types.len() == n,
+                    "layer_types has {} entries for {n} layers",
+                    types.len()
+                );
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "sliding_attention" => Ok(true),
+                        "full_attention" => Ok(false),
+                        other => anyhow::bail!("unknown layer type '{other}'"),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            // Every `pattern`-th layer is global (Gemma 3's default is 6).
+            (None, pattern) => {
+                let pattern = pattern.unwrap_or(6).max(1);
+                (0..n).map(|i| (i + 1) % pattern != 0).collect()
+            }
+        };
+        let head_dim =
+            raw.head_dim
+                .unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1)) as f64;
+        let scalar = raw.query_pre_attn_scalar.unwrap_or(head_dim);
+        anyhow::ensure!(scalar > 0.0, "query_pre_attn_scalar must be positive");
+        Ok(Some(GemmaConfig {
+            sliding_layers,
+            local_rope_theta: raw.rope_local_base_freq.unwrap_or(10000.0),
+            query_scale: (head_dim / scalar).sqrt(),
+        }))
+    }
+}
+
 /// A validated model config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -209,6 +295,8 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// The experts, for mixture-of-experts models.
     pub moe: Option<MoeConfig>,
+    /// Gemma 3's differences from the Llama layer.
+    pub gemma: Option<GemmaConfig>,
     /// The dtype the checkpoint was saved in, if it says.
     pub checkpoint_dtype: Option<String>,
     pub eos_token_ids: Vec<u32>,
@@ -244,8 +332,18 @@ impl ModelConfig {
             .first()
             .context("config.json has no 'architectures' entry")?;
         let architecture = Architecture::from_hf(arch_name)?;
-        if let Some(act) = &raw.hidden_act {
-            anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)");
+        let gemma = GemmaConfig::from_raw(architecture, &raw)?;
+        match (&raw.hidden_act, &raw.hidden_activation, architecture) {
+            (_, Some(act), Architecture::Gemma3) | (Some(act), None, Architecture::Gemma3) => {
+                anyhow::ensure!(
+                    act == "gelu_pytorch_tanh",
+                    "unsupported hidden_activation '{act}' for Gemma 3 (only gelu_pytorch_tanh)"
+                )
+            }
+            (Some(act), _, _) => {
+                anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
+            }
+            _ => {}
         }
         if let Some(f) = raw.partial_rotary_factor {
             anyhow::ensure!(
@@ -294,9 +392,13 @@ impl ModelConfig {
             max_position_embeddings: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
             qkv_bias: architecture == Architecture::Qwen2 || raw.attention_bias,
-            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Qwen3Moe),
+            qk_norm: matches!(
+                architecture,
+                Architecture::Qwen3 | Architecture::Qwen3Moe | Architecture::Gemma3
+            ),
             sliding_window,
             moe,
+            gemma,
             checkpoint_dtype: raw.torch_dtype.or(raw.dtype),
             eos_token_ids: token_ids(&raw.eos_token_id),
             bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
@@ -307,6 +409,14 @@ impl ModelConfig {
     pub fn eos_from_generation_config(text: &str) -> Vec<u32> {
         let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         token_ids(&v.get("eos_token_id").cloned())
+    }
+
+    /// Layer `i`'s attention window: Gemma 3's local layers only, every layer elsewhere.
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        match &self.gemma {
+            Some(g) if !g.sliding_layers.get(i).copied().unwrap_or(false) => None,
+            _ => self.sliding_window,
+        }
     }
 
     pub fn q_width(&self) -> usize {
@@ -356,6 +466,40 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemma3_layers_query_scale_and_refusals() {
+        let json = |extra: &str| {
+            format!(
+                r#"{{"architectures": ["Gemma3ForCausalLM"], "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 7, "num_attention_heads": 4,
+                "num_key_value_heads": 1, "head_dim": 32, "vocab_size": 100,
+                "sliding_window": 16, "query_pre_attn_scalar": 8{extra}}}"#
+            )
+        };
+        let c = ModelConfig::from_json(&json("")).unwrap();
+        let g = c.gemma.clone().unwrap();
+        // Every 6th layer is global by default.
+        assert_eq!(
+            g.sliding_layers,
+            [true, true, true, true, true, false, true]
+        );
+        assert_eq!(c.layer_window(0), Some(16));
+        assert_eq!(c.layer_window(5), None);
+        assert!((g.query_scale - 2.0).abs() < 1e-12, "sqrt(32 / 8)");
+        assert!(c.qk_norm);
+        let err = ModelConfig::from_json(&json(r#", "final_logit_softcapping": 30.0"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("final_logit_softcapping"), "{err}");
+        assert!(
+            ModelConfig::from_json(&json(r#", "hidden_activation": "gelu_pytorch_tanh""#)).is_ok()
+        );
+        let err = ModelConfig::from_json(&json(r#", "hidden_activation": "gelu""#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hidden_activation 'gelu'"), "{err}");
+    }
 
     #[test]
     fn sparse_layers_follow_the_step_and_the_dense_list() {

@@ -25,7 +25,19 @@ struct Layer<B: Backend> {
     k_norm: Option<B::Tensor>,
     o_proj: B::Tensor,
     post_attention_norm: B::Tensor,
+    /// Gemma 3's norms around the MLP (its `post_attention_norm` closes the attention
+    /// block instead of opening the MLP).
+    sandwich: Option<SandwichNorms<B>>,
     mlp: Mlp<B>,
+    /// This layer's attention window (Gemma 3's local layers; Mistral's every layer).
+    sliding_window: Option<usize>,
+    /// Rotate with the local RoPE table (Gemma 3's sliding layers).
+    local_rope: bool,
+}
+
+struct SandwichNorms<B: Backend> {
+    pre_feedforward: B::Tensor,
+    post_feedforward: B::Tensor,
 }
 
 enum Mlp<B: Backend> {
@@ -52,6 +64,10 @@ pub struct LlamaModel<B: Backend> {
     /// None when the LM head is tied to the embedding.
     lm_head: Option<B::Tensor>,
     rope: B::RopeTable,
+    /// Gemma 3's sliding layers' RoPE table (own base, no scaling).
+    rope_local: Option<B::RopeTable>,
+    /// Gemma 3 multiplies the embeddings by `sqrt(hidden)` (rounded to the dtype).
+    embed_scale: Option<f32>,
     /// This rank's heads.
     attention: AttentionShape,
 }
@@ -70,6 +86,26 @@ pub(super) fn load<B: Backend>(
         slice: None,
     };
     load_stacked(be, src, &[whole], dtype)
+}
+
+/// A norm weight as the model applies it. Gemma stores `w` and scales by `1 + w` (computed
+/// in f32, as HF does, then stored in the model dtype), times `extra` (Gemma 3's query scale,
+/// folded into its q norm); the other models store the scale itself.
+fn load_norm<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    config: &ModelConfig,
+    name: &str,
+    len: usize,
+    dtype: DType,
+    extra: f64,
+) -> Result<B::Tensor> {
+    if config.gemma.is_none() {
+        return load(be, src, name, &[len], dtype);
+    }
+    let w = src.tensor(name, &[len], DType::F32)?;
+    let folded = ((w + 1.0)? * extra)?.to_dtype(dtype.to_candle())?;
+    be.upload(folded)
 }
 
 /// One weight's part for this rank: its full name and shape, and the slice (None = whole).
@@ -294,7 +330,11 @@ impl<B: Backend> LlamaModel<B> {
                     return Ok(None);
                 }
                 let name = format!("{p}.self_attn.{n}_norm.weight");
-                Ok(Some(load(be, src, &name, &[hd], dtype)?))
+                let scale = match (&c.gemma, n) {
+                    (Some(g), "q") => g.query_scale,
+                    _ => 1.0,
+                };
+                Ok(Some(load_norm(be, src, c, &name, hd, dtype, scale)?))
             };
             // This rank's q, k and v rows of three separate weights (or biases).
             let q_k_v = |part: &dyn Fn(&str, usize, &Range<usize>) -> Part| {
@@ -305,7 +345,15 @@ impl<B: Backend> LlamaModel<B> {
                 ]
             };
             let layer = Layer {
-                input_norm: load(be, src, &format!("{p}.input_layernorm.weight"), &[h], dtype)?,
+                input_norm: load_norm(
+                    be,
+                    src,
+                    c,
+                    &format!("{p}.input_layernorm.weight"),
+                    h,
+                    dtype,
+                    1.0,
+                )?,
                 qkv: load_stacked(
                     be,
                     src,
@@ -333,24 +381,40 @@ impl<B: Backend> LlamaModel<B> {
                     )],
                     dtype,
                 )?,
-                post_attention_norm: load(
+                post_attention_norm: load_norm(
                     be,
                     src,
+                    c,
                     &format!("{p}.post_attention_layernorm.weight"),
-                    &[h],
+                    h,
                     dtype,
+                    1.0,
                 )?,
+                sandwich: match c.gemma {
+                    None => None,
+                    Some(_) => {
+                        let norm = |n: &str| {
+                            load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0)
+                        };
+                        Some(SandwichNorms {
+                            pre_feedforward: norm("pre_feedforward_layernorm")?,
+                            post_feedforward: norm("post_feedforward_layernorm")?,
+                        })
+                    }
+                },
                 mlp: match &c.moe {
                     Some(moe) if moe.is_sparse(i) => {
                         Mlp::Sparse(SparseMlp::load(be, src, c, moe, &p, &layout, dtype)?)
                     }
                     _ => dense_mlp(be, src, c, &p, &layout, dtype)?,
                 },
+                sliding_window: c.layer_window(i),
+                local_rope: c.gemma.as_ref().is_some_and(|g| g.sliding_layers[i]),
             };
             layers.push(layer);
             on_layer(i);
         }
-        let norm = load(be, src, "model.norm.weight", &[h], dtype)?;
+        let norm = load_norm(be, src, c, "model.norm.weight", h, dtype, 1.0)?;
         // Some checkpoints of tied models still carry lm_head.weight; the config decides.
         let lm_head = if c.tie_word_embeddings || !src.contains("lm_head.weight") {
             None
@@ -363,6 +427,18 @@ impl<B: Backend> LlamaModel<B> {
             Some(load_stacked(be, src, &[part], dtype)?)
         };
         let rope = be.prepare_rope(&rope_for(c).context("building the rotary embedding table")?)?;
+        let rope_local = match &c.gemma {
+            None => None,
+            Some(g) => {
+                let local = ModelConfig {
+                    rope_theta: g.local_rope_theta,
+                    rope_scaling: None,
+                    ..c.clone()
+                };
+                Some(be.prepare_rope(&rope_for(&local).context("building the local RoPE table")?)?)
+            }
+        };
+        let embed_scale = c.gemma.as_ref().map(|_| dtype.round((h as f32).sqrt()));
         let attention = AttentionShape {
             num_heads: layout.q_heads.len(),
             num_kv_heads: layout.kv_heads.len(),
@@ -378,6 +454,8 @@ impl<B: Backend> LlamaModel<B> {
             norm,
             lm_head,
             rope,
+            rope_local,
+            embed_scale,
             attention,
         })
     }
@@ -543,6 +621,9 @@ impl<B: Backend> LlamaModel<B> {
         } else {
             be.embed_batch(&self.embed, meta, tokens)?
         };
+        if let Some(scale) = self.embed_scale {
+            hidden = be.mul_scalar(&hidden, scale)?;
+        }
         let mut residual: Option<B::Tensor> = None;
         let eps = c.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -566,6 +647,21 @@ impl<B: Backend> LlamaModel<B> {
             let attn =
                 comm.all_reduce_sum(be, self.attention_block(be, layer, i, qkv, meta, cache)?)?;
             let residual_in = residual.take().expect("set above");
+            if let Some(sandwich) = &layer.sandwich {
+                // Gemma: norm the attention output, add it, norm into the MLP, norm its
+                // output; that output is what the next layer (or the final norm) adds.
+                let attn = be.rms_norm(&attn, &layer.post_attention_norm, eps)?;
+                let (x, sum) =
+                    be.add_rms_norm(attn, residual_in, &sandwich.pre_feedforward, eps)?;
+                residual = Some(sum);
+                let Mlp::Dense { gate_up, down } = &layer.mlp else {
+                    anyhow::bail!("Gemma layers have dense MLPs");
+                };
+                let act = be.gelu_tanh_mul(&be.linear(&x, gate_up, None)?)?;
+                let out = comm.all_reduce_sum(be, be.linear(&act, down, None)?)?;
+                hidden = be.rms_norm(&out, &sandwich.post_feedforward, eps)?;
+                continue;
+            }
             let partial = match &layer.mlp {
                 Mlp::Dense { gate_up, down } => {
                     let (act, sum) = be.add_rms_norm_swiglu(
@@ -635,16 +731,16 @@ impl<B: Backend> LlamaModel<B> {
             head_dim: c.head_dim,
             norms,
         };
-        let q = be.qkv_rope_write(
-            &qkv,
-            (q_width, kv_width),
-            &head,
-            &self.rope,
-            cache,
-            index,
-            batch,
-        )?;
-        let attn = be.attention(&q, cache, index, batch, &self.attention)?;
+        let rope = match (&self.rope_local, layer.local_rope) {
+            (Some(local), true) => local,
+            _ => &self.rope,
+        };
+        let q = be.qkv_rope_write(&qkv, (q_width, kv_width), &head, rope, cache, index, batch)?;
+        let shape = AttentionShape {
+            sliding_window: layer.sliding_window,
+            ..self.attention
+        };
+        let attn = be.attention(&q, cache, index, batch, &shape)?;
         be.linear(&attn, &layer.o_proj, None)
     }
 }

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 8] = [
+pub const ARCHS: [&str; 9] = [
     "llama",
     "llama31",
     "mistral",
@@ -16,6 +16,7 @@ pub const ARCHS: [&str; 8] = [
     "phi3",
     "qwen3_moe",
     "mixtral",
+    "gemma3",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {

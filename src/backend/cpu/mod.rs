@@ -177,6 +177,23 @@ impl Backend for CpuBackend {
         Ok((gate.silu()? * up)?)
     }
 
+    fn gelu_tanh_mul(&self, gate_up: &Tensor) -> Result<Tensor> {
+        let width = gate_up.dim(1)?;
+        anyhow::ensure!(width % 2 == 0, "gelu_tanh_mul: odd width {width}");
+        let half = width / 2;
+        let gate = gate_up.narrow(1, 0, half)?;
+        let up = gate_up.narrow(1, half, half)?;
+        // candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one). In f32,
+        // rounded once, as PyTorch computes it for 16-bit inputs: candle's own 16-bit gelu
+        // rounds after every step of the formula.
+        let act = gate.to_dtype(CDType::F32)?.gelu()?.to_dtype(gate.dtype())?;
+        Ok((act * up)?)
+    }
+
+    fn mul_scalar(&self, x: &Tensor, factor: f32) -> Result<Tensor> {
+        Ok(x.affine(factor as f64, 0.0)?)
+    }
+
     fn split_columns(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
         let total: usize = widths.iter().sum();
         anyhow::ensure!(

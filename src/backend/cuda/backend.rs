@@ -543,6 +543,24 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn gelu_tanh_mul(&self, gate_up: &CudaTensor) -> Result<CudaTensor> {
+        let &[n, width] = gate_up.shape() else {
+            bail!(
+                "gelu_tanh_mul: input must be 2-d, got {:?}",
+                gate_up.shape()
+            );
+        };
+        let mut out = self.output(gate_up.dtype(), &[n, width / 2])?;
+        self.dev.gelu_tanh_mul(gate_up, &mut out)?;
+        Ok(out)
+    }
+
+    fn mul_scalar(&self, x: &CudaTensor, factor: f32) -> Result<CudaTensor> {
+        let mut out = self.output(x.dtype(), x.shape())?;
+        self.dev.lincomb_into((x, factor), None, &mut out)?;
+        Ok(out)
+    }
+
     fn add_rms_norm_linear(
         &self,
         x: CudaTensor,

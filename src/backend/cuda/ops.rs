@@ -168,26 +168,37 @@ impl CudaDevice {
 
     /// `out[n, I] = silu(gate_up[:, :I]) * gate_up[:, I:]`.
     pub fn silu_mul(&self, gate_up: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
-        let [n, two_i] = dims2(gate_up, "silu_mul input")?;
+        self.gated_mul("silu_mul", gate_up, out)
+    }
+
+    /// `out = gelu_tanh(gate) * up`, laid out as for [`CudaDevice::silu_mul`].
+    pub fn gelu_tanh_mul(&self, gate_up: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        self.gated_mul("gelu_tanh_mul", gate_up, out)
+    }
+
+    /// One of kernels/activation.cu's gated activations, by kernel name.
+    fn gated_mul(&self, op: &str, gate_up: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        let [n, two_i] = dims2(gate_up, "gated activation input")?;
         if two_i % 2 != 0 {
-            bail!("silu_mul: width {two_i} is odd");
+            bail!("{op}: width {two_i} is odd");
         }
         let inter = two_i / 2;
-        out.expect_shape(&[n, inter], "silu_mul output")?;
-        out.expect_dtype(gate_up.dtype(), "silu_mul output")?;
+        out.expect_shape(&[n, inter], "gated activation output")?;
+        out.expect_dtype(gate_up.dtype(), "gated activation output")?;
         let total = (n * inter) as i64;
         if total == 0 {
             return Ok(());
         }
         let inter_i = as_i32(inter, "intermediate size")?;
-        let f = self.kernels().get("silu_mul", gate_up.dtype())?;
+        let f = self.kernels().get(op, gate_up.dtype())?;
         let mut args = self.stream().launch_builder(f);
         args.arg(out.data_mut())
             .arg(gate_up.data())
             .arg(&total)
             .arg(&inter_i);
         // SAFETY: matches kernels/activation.cu; shapes checked above.
-        unsafe { args.launch(launch::elementwise(total as usize)) }.context("silu_mul launch")?;
+        unsafe { args.launch(launch::elementwise(total as usize)) }
+            .with_context(|| format!("{op} launch"))?;
         Ok(())
     }
 

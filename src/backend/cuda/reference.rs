@@ -84,6 +84,20 @@ pub fn silu_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
     out
 }
 
+/// `out[n, I] = gelu_tanh(g) * u` with `gate_up[n, 2I] = [g | u]` (PyTorch's tanh GELU).
+pub fn gelu_tanh_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
+    let gelu = |g: f64| {
+        0.5 * g * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
+    };
+    let mut out = Vec::with_capacity(gate_up.len() / 2);
+    for row in gate_up.chunks(2 * inter) {
+        for j in 0..inter {
+            out.push((gelu(row[j] as f64) * row[inter + j] as f64) as f32);
+        }
+    }
+    out
+}
+
 pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x + y).collect()
 }

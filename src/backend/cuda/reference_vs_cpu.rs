@@ -148,3 +148,34 @@ fn a_window_changes_the_result_once_the_context_exceeds_it() {
         "a window as long as the context changes nothing"
     );
 }
+
+#[test]
+fn reference_gated_activations_match_the_cpu_backend() {
+    let (n, inter) = (3, 40);
+    let host = values(n * 2 * inter, 7)
+        .iter()
+        .map(|v| v * 4.0)
+        .collect::<Vec<_>>();
+    let be = CpuBackend::new();
+    let t = Tensor::from_vec(host.clone(), (n, 2 * inter), &candle_core::Device::Cpu).unwrap();
+    for (name, cpu, reference) in [
+        (
+            "silu",
+            be.silu_mul(&t).unwrap(),
+            reference::silu_mul(&host, inter),
+        ),
+        (
+            "gelu_tanh",
+            be.gelu_tanh_mul(&t).unwrap(),
+            reference::gelu_tanh_mul(&host, inter),
+        ),
+    ] {
+        let cpu: Vec<f32> = cpu.flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in cpu.iter().zip(&reference) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{name}: {a} vs {b}"
+            );
+        }
+    }
+}

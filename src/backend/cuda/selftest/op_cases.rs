@@ -186,6 +186,17 @@ fn silu_mul(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &expected,
     );
     s.time(row, || dev.silu_mul(&gu, &mut out))?;
+    dev.gelu_tanh_mul(&gu, &mut out)?;
+    let expected = reference::gelu_tanh_mul(&gu_host, inter);
+    let row = s.check(
+        "gelu_tanh_mul",
+        format!("[{n}, 2 x {inter}]"),
+        dtype,
+        Check::Elementwise,
+        &out.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.gelu_tanh_mul(&gu, &mut out))?;
     Ok(())
 }
 
