@@ -20,6 +20,7 @@ use crate::backend::{Backend, DType};
 use crate::engine::runner::ModelRunner;
 use crate::engine::{EngineConfig, LlmEngine};
 use crate::model::config::ModelConfig;
+use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
 use crate::model::source::{self, ModelFiles};
 use crate::model::tokenizer::Tokenizer;
@@ -295,7 +296,12 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 "{} has no safetensors weights",
                 files.name
             );
-            Arc::new(SafetensorsWeights::open(&files.weights)?)
+            let files_source = SafetensorsWeights::open(&files.weights)?;
+            if config.nested_language_model {
+                Arc::new(LanguageModelWeights::new(files_source)?)
+            } else {
+                Arc::new(files_source)
+            }
         }
     };
     Ok(PreparedModel {

@@ -153,6 +153,45 @@ fn default_max_pos() -> usize {
     4096
 }
 
+/// Multimodal checkpoints whose language model kiln runs alone (Gemma 3 4B/12B/27B): their
+/// `text_config` as a text model's config, over the defaults transformers fills in (the
+/// hub's text configs leave most fields out), and whether that applied.
+fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value, bool)> {
+    let arch = value["architectures"][0].as_str().unwrap_or_default();
+    if arch != "Gemma3ForConditionalGeneration" {
+        return Ok((value, false));
+    }
+    let text = value
+        .get("text_config")
+        .and_then(|t| t.as_object())
+        .context("a Gemma3ForConditionalGeneration config without text_config")?;
+    // Gemma3TextConfig's defaults (transformers 4.57).
+    let mut merged = serde_json::json!({
+        "architectures": ["Gemma3ForCausalLM"],
+        "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+        "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "query_pre_attn_scalar": 256, "sliding_window": 4096, "rope_local_base_freq": 10000.0,
+        "tie_word_embeddings": true, "bos_token_id": 2, "eos_token_id": 1,
+    });
+    let fields = merged.as_object_mut().expect("an object");
+    for (k, v) in text {
+        if k != "architectures" {
+            fields.insert(k.clone(), v.clone());
+        }
+    }
+    // The top level says these for the whole checkpoint.
+    for key in ["eos_token_id", "bos_token_id", "torch_dtype", "dtype"] {
+        if let Some(v) = value.get(key).filter(|v| !v.is_null()) {
+            if !text.contains_key(key) {
+                fields.insert(key.into(), v.clone());
+            }
+        }
+    }
+    Ok((merged, true))
+}
+
 /// The mixture-of-experts MLP of the layers that have one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MoeConfig {
@@ -297,6 +336,9 @@ pub struct ModelConfig {
     pub moe: Option<MoeConfig>,
     /// Gemma 3's differences from the Llama layer.
     pub gemma: Option<GemmaConfig>,
+    /// The checkpoint is a multimodal one whose language model is run alone: its weights
+    /// sit under `language_model` (see `weights::LanguageModelWeights`).
+    pub nested_language_model: bool,
     /// The dtype the checkpoint was saved in, if it says.
     pub checkpoint_dtype: Option<String>,
     pub eos_token_ids: Vec<u32>,
@@ -325,8 +367,11 @@ impl ModelConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).context("config.json is not JSON")?;
+        let (value, nested_language_model) = language_model_config(value)?;
         let raw: RawConfig =
-            serde_json::from_str(text).context("config.json is not a valid model config")?;
+            serde_json::from_value(value).context("config.json is not a valid model config")?;
         let arch_name = raw
             .architectures
             .first()
@@ -399,6 +444,7 @@ impl ModelConfig {
             sliding_window,
             moe,
             gemma,
+            nested_language_model,
             checkpoint_dtype: raw.torch_dtype.or(raw.dtype),
             eos_token_ids: token_ids(&raw.eos_token_id),
             bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
@@ -466,6 +512,33 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_multimodal_gemma3_config_runs_its_text_config_over_transformers_defaults() {
+        // gemma-3-4b-it's config.json, vision parts shortened.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+            "eos_token_id": [1, 106], "torch_dtype": "bfloat16",
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                "model_type": "gemma3_text", "num_hidden_layers": 34,
+                "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+            "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model"}}"#,
+        )
+        .unwrap();
+        assert!(c.nested_language_model);
+        assert_eq!(c.architecture, Architecture::Gemma3);
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (8, 4, 256));
+        assert_eq!(
+            (c.hidden_size, c.num_layers, c.vocab_size),
+            (2560, 34, 262208)
+        );
+        assert_eq!(c.eos_token_ids, [1, 106]);
+        assert_eq!(c.layer_window(0), Some(1024));
+        assert_eq!(c.layer_window(5), None);
+        assert_eq!(c.rope_scaling.as_ref().unwrap().rope_type, "linear");
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 3.88).abs() < 0.1, "{billions}");
+    }
 
     #[test]
     fn gemma3_layers_query_scale_and_refusals() {

@@ -1,0 +1,140 @@
+//! The language model's weights inside a multimodal checkpoint (Gemma 3 4B/12B/27B), under
+//! the names the text model asks for (`model.layers.0...`, `lm_head.weight`). The hub's
+//! files keep them under `language_model.` (`language_model.model.layers.0...`); newer
+//! transformers versions save them as `model.language_model.layers.0...`. The vision tower's
+//! weights are never read.
+
+use super::weights::{GeneratedPart, Slice, WeightSource};
+use crate::backend::DType;
+use anyhow::Result;
+use candle_core::Tensor;
+
+/// How the checkpoint names the language model's weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// `language_model.` + the text model's name.
+    Prefixed,
+    /// `model.language_model.` in place of `model.`; `lm_head` unchanged.
+    Nested,
+}
+
+pub struct LanguageModelWeights<S> {
+    inner: S,
+    layout: Layout,
+}
+
+impl<S: WeightSource> LanguageModelWeights<S> {
+    /// Wraps `inner`, finding its layout from where the embedding table is.
+    pub fn new(inner: S) -> Result<Self> {
+        let layout = if inner.contains("language_model.model.embed_tokens.weight") {
+            Layout::Prefixed
+        } else if inner.contains("model.language_model.embed_tokens.weight") {
+            Layout::Nested
+        } else {
+            anyhow::bail!(
+                "a multimodal checkpoint without its language model's embed_tokens (looked \
+                 for language_model.model.* and model.language_model.*)"
+            )
+        };
+        Ok(LanguageModelWeights { inner, layout })
+    }
+
+    fn name(&self, name: &str) -> String {
+        match self.layout {
+            Layout::Prefixed => format!("language_model.{name}"),
+            Layout::Nested => match name.strip_prefix("model.") {
+                Some(rest) => format!("model.language_model.{rest}"),
+                None => name.to_string(),
+            },
+        }
+    }
+}
+
+impl<S: WeightSource> WeightSource for LanguageModelWeights<S> {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.inner.tensor(&self.name(name), shape, dtype)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(&self.name(name))
+    }
+
+    fn generated(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: Option<&Slice>,
+    ) -> Option<GeneratedPart> {
+        self.inner.generated(&self.name(name), shape, slice)
+    }
+
+    fn tensor_slice(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        self.inner
+            .tensor_slice(&self.name(name), shape, slice, dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Named 1-element tensors.
+    struct Named(HashMap<String, f32>);
+
+    impl WeightSource for Named {
+        fn tensor(&self, name: &str, _shape: &[usize], _dtype: DType) -> Result<Tensor> {
+            let v = *self
+                .0
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("no {name}"))?;
+            Ok(Tensor::new(&[v], &candle_core::Device::Cpu)?)
+        }
+        fn contains(&self, name: &str) -> bool {
+            self.0.contains_key(name)
+        }
+    }
+
+    fn value(src: &impl WeightSource, name: &str) -> f32 {
+        src.tensor(name, &[1], DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0]
+    }
+
+    #[test]
+    fn both_layouts_answer_to_the_text_model_names() {
+        let hub = Named(HashMap::from([
+            ("language_model.model.embed_tokens.weight".to_string(), 1.0),
+            (
+                "language_model.model.layers.0.mlp.up_proj.weight".to_string(),
+                2.0,
+            ),
+            ("vision_tower.x".to_string(), 9.0),
+        ]));
+        let hub = LanguageModelWeights::new(hub).unwrap();
+        assert_eq!(value(&hub, "model.layers.0.mlp.up_proj.weight"), 2.0);
+        assert!(!hub.contains("lm_head.weight"));
+
+        let saved = Named(HashMap::from([
+            ("model.language_model.embed_tokens.weight".to_string(), 1.0),
+            ("model.language_model.norm.weight".to_string(), 3.0),
+            ("lm_head.weight".to_string(), 4.0),
+        ]));
+        let saved = LanguageModelWeights::new(saved).unwrap();
+        assert_eq!(value(&saved, "model.norm.weight"), 3.0);
+        assert_eq!(value(&saved, "lm_head.weight"), 4.0);
+
+        let neither = Named(HashMap::from([(
+            "model.embed_tokens.weight".to_string(),
+            1.0,
+        )]));
+        assert!(LanguageModelWeights::new(neither).is_err());
+    }
+}
