@@ -13,7 +13,11 @@ use std::collections::HashMap;
 fn a_repackaged_gemma3_fixture_gives_the_text_models_logits() {
     let src = fixture("gemma3");
     let dir = tempfile::tempdir().unwrap();
-    for file in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(src.join(file), dir.path().join(file)).unwrap();
     }
     let text_config: serde_json::Value =
