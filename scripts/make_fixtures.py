@@ -34,6 +34,8 @@ from transformers import (
     AutoTokenizer,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    GraniteConfig,
+    GraniteForCausalLM,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -462,6 +464,21 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 rope_scaling={"rope_type": "linear", "factor": 4.0},
                 final_logit_softcapping=None,
                 attn_logit_softcapping=None,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Granite: Llama with its four multipliers, none of them 1. Untied, unlike real
+        # Granite, for the reason given at gemma3 (kiln applies the logit scaling to the last
+        # hidden state either way).
+        "granite": (
+            GraniteForCausalLM,
+            GraniteConfig(
+                **common,
+                rope_theta=10000.0,
+                embedding_multiplier=4.0,
+                attention_multiplier=0.05,
+                residual_multiplier=0.5,
+                logits_scaling=3.0,
                 tie_word_embeddings=False,
             ),
         ),

@@ -20,10 +20,12 @@ pub enum Architecture {
     /// Gemma 3 text models: norms around both blocks, `1 + w` norm weights, GeGLU (tanh),
     /// scaled embeddings, local (sliding, own RoPE base) and global layers.
     Gemma3,
+    /// IBM Granite 3.x: Llama's layers with four scalar multipliers (see `GraniteScales`).
+    Granite,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 8] = [
+    pub const SUPPORTED: [&'static str; 9] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -32,6 +34,7 @@ impl Architecture {
         "Qwen3MoeForCausalLM",
         "MixtralForCausalLM",
         "Gemma3ForCausalLM",
+        "GraniteForCausalLM",
     ];
 
     pub fn from_hf(name: &str) -> Result<Self> {
@@ -44,6 +47,7 @@ impl Architecture {
             "Qwen3MoeForCausalLM" => Architecture::Qwen3Moe,
             "MixtralForCausalLM" => Architecture::Mixtral,
             "Gemma3ForCausalLM" => Architecture::Gemma3,
+            "GraniteForCausalLM" => Architecture::Granite,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}",
                 Self::SUPPORTED.join(", ")
@@ -115,6 +119,15 @@ struct RawConfig {
     /// Gemma 3: RoPE base of the sliding (local) layers.
     #[serde(default)]
     rope_local_base_freq: Option<f64>,
+    /// Granite's multipliers.
+    #[serde(default)]
+    embedding_multiplier: Option<f64>,
+    #[serde(default)]
+    attention_multiplier: Option<f64>,
+    #[serde(default)]
+    residual_multiplier: Option<f64>,
+    #[serde(default)]
+    logits_scaling: Option<f64>,
     #[serde(default)]
     final_logit_softcapping: Option<f64>,
     #[serde(default)]
@@ -251,6 +264,21 @@ impl MoeConfig {
     }
 }
 
+/// Granite's four multipliers. Three are folded into weights at load (attention into the q
+/// rows, residual into the o and down projections); the embedding and logit ones are
+/// applied to the embeddings and to the last hidden state before the (possibly tied) head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraniteScales {
+    /// Multiplies the embeddings.
+    pub embedding: f64,
+    /// Replaces `head_dim^-0.5` as the attention scale.
+    pub attention: f64,
+    /// Multiplies each block's output before its residual add.
+    pub residual: f64,
+    /// Divides the logits.
+    pub logits: f64,
+}
+
 /// What Gemma 3 does differently from the Llama layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmaConfig {
@@ -336,6 +364,8 @@ pub struct ModelConfig {
     pub moe: Option<MoeConfig>,
     /// Gemma 3's differences from the Llama layer.
     pub gemma: Option<GemmaConfig>,
+    /// Granite's multipliers.
+    pub granite: Option<GraniteScales>,
     /// The checkpoint is a multimodal one whose language model is run alone: its weights
     /// sit under `language_model` (see `weights::LanguageModelWeights`).
     pub nested_language_model: bool,
@@ -422,6 +452,16 @@ impl ModelConfig {
             _ => raw.sliding_window,
         };
         let moe = MoeConfig::from_raw(architecture, &raw)?;
+        let granite = (architecture == Architecture::Granite).then(|| GraniteScales {
+            embedding: raw.embedding_multiplier.unwrap_or(1.0),
+            // transformers' default, like the others.
+            attention: raw.attention_multiplier.unwrap_or(1.0),
+            residual: raw.residual_multiplier.unwrap_or(1.0),
+            logits: raw.logits_scaling.unwrap_or(1.0),
+        });
+        if let Some(g) = &granite {
+            anyhow::ensure!(g.logits != 0.0, "logits_scaling must not be zero");
+        }
         Ok(ModelConfig {
             architecture,
             hidden_size: raw.hidden_size,
@@ -444,6 +484,7 @@ impl ModelConfig {
             sliding_window,
             moe,
             gemma,
+            granite,
             nested_language_model,
             checkpoint_dtype: raw.torch_dtype.or(raw.dtype),
             eos_token_ids: token_ids(&raw.eos_token_id),
@@ -538,6 +579,35 @@ mod tests {
         assert_eq!(c.rope_scaling.as_ref().unwrap().rope_type, "linear");
         let billions = c.num_parameters() as f64 / 1e9;
         assert!((billions - 3.88).abs() < 0.1, "{billions}");
+    }
+
+    #[test]
+    fn granite_multipliers_default_to_transformers_ones() {
+        let json = |extra: &str| {
+            format!(
+                r#"{{"architectures": ["GraniteForCausalLM"], "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
+                "vocab_size": 100{extra}}}"#
+            )
+        };
+        let g = ModelConfig::from_json(&json("")).unwrap().granite.unwrap();
+        assert_eq!(
+            (g.embedding, g.attention, g.residual, g.logits),
+            (1.0, 1.0, 1.0, 1.0)
+        );
+        let g = ModelConfig::from_json(&json(
+            r#", "embedding_multiplier": 12.0,
+            "attention_multiplier": 0.0078125, "residual_multiplier": 0.22,
+            "logits_scaling": 16.0"#,
+        ))
+        .unwrap()
+        .granite
+        .unwrap();
+        assert_eq!(
+            (g.embedding, g.attention, g.residual, g.logits),
+            (12.0, 0.0078125, 0.22, 16.0)
+        );
+        assert!(ModelConfig::from_json(&json(r#", "logits_scaling": 0.0"#)).is_err());
     }
 
     #[test]

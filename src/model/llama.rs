@@ -66,8 +66,12 @@ pub struct LlamaModel<B: Backend> {
     rope: B::RopeTable,
     /// Gemma 3's sliding layers' RoPE table (own base, no scaling).
     rope_local: Option<B::RopeTable>,
-    /// Gemma 3 multiplies the embeddings by `sqrt(hidden)` (rounded to the dtype).
+    /// Multiplies the embeddings: Gemma 3's `sqrt(hidden)` (rounded to the dtype),
+    /// Granite's `embedding_multiplier`.
     embed_scale: Option<f32>,
+    /// Multiplies the last hidden state before the head: Granite's `1 / logits_scaling`
+    /// (the head may be the tied embedding, so it cannot be folded into it).
+    logit_scale: Option<f32>,
     /// This rank's heads.
     attention: AttentionShape,
 }
@@ -84,6 +88,7 @@ pub(super) fn load<B: Backend>(
         name: name.to_string(),
         shape: shape.to_vec(),
         slice: None,
+        scale: 1.0,
     };
     load_stacked(be, src, &[whole], dtype)
 }
@@ -108,11 +113,13 @@ fn load_norm<B: Backend>(
     be.upload(folded)
 }
 
-/// One weight's part for this rank: its full name and shape, and the slice (None = whole).
+/// One weight's part for this rank: its full name and shape, the slice (None = whole), and
+/// a factor folded into its values at load (Granite's multipliers; 1 elsewhere).
 pub(super) struct Part {
     name: String,
     shape: Vec<usize>,
     slice: Option<Slice>,
+    scale: f64,
 }
 
 impl Part {
@@ -126,10 +133,22 @@ impl Part {
     }
 
     fn read(&self, src: &dyn WeightSource, dtype: DType) -> Result<Tensor> {
-        match &self.slice {
-            None => src.tensor(&self.name, &self.shape, dtype),
-            Some(slice) => src.tensor_slice(&self.name, &self.shape, slice, dtype),
+        // A scaled part is read in f32 and rounded to the dtype once, after scaling.
+        let read_as = if self.scale == 1.0 { dtype } else { DType::F32 };
+        let t = match &self.slice {
+            None => src.tensor(&self.name, &self.shape, read_as),
+            Some(slice) => src.tensor_slice(&self.name, &self.shape, slice, read_as),
+        }?;
+        if self.scale == 1.0 {
+            return Ok(t);
         }
+        Ok((t * self.scale)?.to_dtype(dtype.to_candle())?)
+    }
+
+    /// This part with its values multiplied by `factor`.
+    pub(super) fn scaled(mut self, factor: f64) -> Part {
+        self.scale *= factor;
+        self
     }
 }
 
@@ -166,7 +185,12 @@ pub(super) fn rows_part(name: String, shape: Vec<usize>, rows: Range<usize>) -> 
         dim: 0,
         range: rows,
     });
-    Part { name, shape, slice }
+    Part {
+        name,
+        shape,
+        slice,
+        scale: 1.0,
+    }
 }
 
 /// The part of `[out, in]` weight `name` whose input columns are `cols` (row-parallel).
@@ -175,7 +199,12 @@ pub(super) fn cols_part(name: String, shape: Vec<usize>, cols: Range<usize>) -> 
         dim: 1,
         range: cols,
     });
-    Part { name, shape, slice }
+    Part {
+        name,
+        shape,
+        slice,
+        scale: 1.0,
+    }
 }
 
 /// This rank's q, k and v rows of Phi-3's fused `qkv_proj` (q, then k, then v rows).
@@ -209,6 +238,7 @@ fn rows_at(name: String, shape: Vec<usize>, offset: usize, rows: &Range<usize>) 
             dim: 0,
             range: offset + rows.start..offset + rows.end,
         }),
+        scale: 1.0,
     }
 }
 
@@ -248,6 +278,7 @@ fn dense_mlp<B: Backend>(
             dtype,
         )?
     };
+    let residual_scale = c.granite.as_ref().map_or(1.0, |g| g.residual);
     let down = load_stacked(
         be,
         src,
@@ -255,7 +286,8 @@ fn dense_mlp<B: Backend>(
             format!("{p}.mlp.down_proj.weight"),
             vec![h, inter],
             layout.intermediate.clone(),
-        )],
+        )
+        .scaled(residual_scale)],
         dtype,
     )?;
     Ok(Mlp::Dense { gate_up, down })
@@ -307,6 +339,12 @@ impl<B: Backend> LlamaModel<B> {
         let c = &config;
         let (h, q, kv, hd) = (c.hidden_size, c.q_width(), c.kv_width(), c.head_dim);
         let (q_cols, kv_cols) = (layout.q_columns(hd), layout.kv_columns(hd));
+        // Granite's attention scale goes into the q rows (the attention applies
+        // head_dim^-0.5), its residual multiplier into the blocks' output projections.
+        let (q_scale, residual_scale) = match &c.granite {
+            Some(g) => (g.attention * (hd as f64).sqrt(), g.residual),
+            None => (1.0, 1.0),
+        };
         let embed = load_embedding(be, src, "model.embed_tokens.weight", c, &layout, dtype)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -339,7 +377,7 @@ impl<B: Backend> LlamaModel<B> {
             // This rank's q, k and v rows of three separate weights (or biases).
             let q_k_v = |part: &dyn Fn(&str, usize, &Range<usize>) -> Part| {
                 [
-                    part("q", q, &q_cols),
+                    part("q", q, &q_cols).scaled(q_scale),
                     part("k", kv, &kv_cols),
                     part("v", kv, &kv_cols),
                 ]
@@ -378,7 +416,8 @@ impl<B: Backend> LlamaModel<B> {
                         format!("{p}.self_attn.o_proj.weight"),
                         vec![h, q],
                         q_cols.clone(),
-                    )],
+                    )
+                    .scaled(residual_scale)],
                     dtype,
                 )?,
                 post_attention_norm: load_norm(
@@ -438,7 +477,17 @@ impl<B: Backend> LlamaModel<B> {
                 Some(be.prepare_rope(&rope_for(&local).context("building the local RoPE table")?)?)
             }
         };
-        let embed_scale = c.gemma.as_ref().map(|_| dtype.round((h as f32).sqrt()));
+        let embed_scale = match (&c.gemma, &c.granite) {
+            // Gemma rounds its scale to the dtype first; Granite multiplies by its own.
+            (Some(_), _) => Some(dtype.round((h as f32).sqrt())),
+            (None, Some(g)) if g.embedding != 1.0 => Some(g.embedding as f32),
+            _ => None,
+        };
+        let logit_scale = c
+            .granite
+            .as_ref()
+            .filter(|g| g.logits != 1.0)
+            .map(|g| (1.0 / g.logits) as f32);
         let attention = AttentionShape {
             num_heads: layout.q_heads.len(),
             num_kv_heads: layout.kv_heads.len(),
@@ -456,6 +505,7 @@ impl<B: Backend> LlamaModel<B> {
             rope,
             rope_local,
             embed_scale,
+            logit_scale,
             attention,
         })
     }
@@ -696,6 +746,10 @@ impl<B: Backend> LlamaModel<B> {
             )
         };
         let (x, _) = be.add_rms_norm(last, last_residual, &self.norm, c.rms_norm_eps)?;
+        let x = match self.logit_scale {
+            Some(scale) => be.mul_scalar(&x, scale)?,
+            None => x,
+        };
         be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)
     }
 

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 9] = [
+pub const ARCHS: [&str; 10] = [
     "llama",
     "llama31",
     "mistral",
@@ -17,6 +17,7 @@ pub const ARCHS: [&str; 9] = [
     "qwen3_moe",
     "mixtral",
     "gemma3",
+    "granite",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {
