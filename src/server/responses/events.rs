@@ -60,6 +60,10 @@ pub fn stream(state: SharedState, response: ResponseObject, prepared: Prepared) 
             }
         };
         let status = item_status(&last);
+        if output.items.is_empty() && output.open.is_none() {
+            // Nothing was said: an empty message, as the whole response would have.
+            output.open_message(&mut events);
+        }
         output.close(status, &mut events);
         let response = finished(response, output.items, &last, &tokenizer);
         events.send(if response.status == "incomplete" {
@@ -161,19 +165,23 @@ impl OutputBuilder {
         }
     }
 
+    /// Opens a message item (and its text part).
+    fn open_message(&mut self, events: &mut Emitter) {
+        let id = new_id("msg");
+        let item = message_item(id.clone(), String::new(), Vec::new(), "in_progress");
+        let part = serde_json::to_value(output_text(String::new(), Vec::new())).unwrap_or_default();
+        self.open_item(id.clone(), item, part, events);
+        self.open = Some(Open::Message {
+            id,
+            text: String::new(),
+            logprobs: Vec::new(),
+        });
+    }
+
     fn text(&mut self, delta: String, events: &mut Emitter) {
         if !matches!(self.open, Some(Open::Message { .. })) {
             self.close("completed", events);
-            let id = new_id("msg");
-            let item = message_item(id.clone(), String::new(), Vec::new(), "in_progress");
-            let part =
-                serde_json::to_value(output_text(String::new(), Vec::new())).unwrap_or_default();
-            self.open_item(id.clone(), item, part, events);
-            self.open = Some(Open::Message {
-                id,
-                text: String::new(),
-                logprobs: Vec::new(),
-            });
+            self.open_message(events);
         }
         let output_index = self.index();
         let new_logprobs = std::mem::take(&mut self.pending_logprobs);
