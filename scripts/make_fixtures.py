@@ -52,6 +52,8 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
+    SmolLM3Config,
+    SmolLM3ForCausalLM,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -479,6 +481,17 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 attention_multiplier=0.05,
                 residual_multiplier=0.5,
                 logits_scaling=3.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # SmolLM3: layer 1 of 2 has no rotary embedding (no_rope_layer_interval 2).
+        "smollm3": (
+            SmolLM3ForCausalLM,
+            SmolLM3Config(
+                **common,
+                rope_theta=10000.0,
+                no_rope_layer_interval=2,
+                use_sliding_window=False,
                 tie_word_embeddings=False,
             ),
         ),

@@ -22,10 +22,12 @@ pub enum Architecture {
     Gemma3,
     /// IBM Granite 3.x: Llama's layers with four scalar multipliers (see `GraniteScales`).
     Granite,
+    /// SmolLM3: Llama's layers, every 4th without rotary embeddings (NoPE).
+    SmolLM3,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 9] = [
+    pub const SUPPORTED: [&'static str; 10] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -35,6 +37,7 @@ impl Architecture {
         "MixtralForCausalLM",
         "Gemma3ForCausalLM",
         "GraniteForCausalLM",
+        "SmolLM3ForCausalLM",
     ];
 
     pub fn from_hf(name: &str) -> Result<Self> {
@@ -48,6 +51,7 @@ impl Architecture {
             "MixtralForCausalLM" => Architecture::Mixtral,
             "Gemma3ForCausalLM" => Architecture::Gemma3,
             "GraniteForCausalLM" => Architecture::Granite,
+            "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}",
                 Self::SUPPORTED.join(", ")
@@ -119,6 +123,11 @@ struct RawConfig {
     /// Gemma 3: RoPE base of the sliding (local) layers.
     #[serde(default)]
     rope_local_base_freq: Option<f64>,
+    /// SmolLM3: per layer, 1 where it rotates q and k, 0 where it does not.
+    #[serde(default)]
+    no_rope_layers: Option<Vec<u8>>,
+    #[serde(default)]
+    no_rope_layer_interval: Option<usize>,
     /// Granite's multipliers.
     #[serde(default)]
     embedding_multiplier: Option<f64>,
@@ -366,6 +375,9 @@ pub struct ModelConfig {
     pub gemma: Option<GemmaConfig>,
     /// Granite's multipliers.
     pub granite: Option<GraniteScales>,
+    /// Per layer, whether it applies rotary embeddings (SmolLM3's NoPE layers do not);
+    /// `None`: every layer does.
+    pub rope_layers: Option<Vec<bool>>,
     /// The checkpoint is a multimodal one whose language model is run alone: its weights
     /// sit under `language_model` (see `weights::LanguageModelWeights`).
     pub nested_language_model: bool,
@@ -446,9 +458,15 @@ impl ModelConfig {
         let sliding_window = match (architecture, raw.use_sliding_window) {
             // Qwen2/3 only slide when use_sliding_window says so.
             (
-                Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Qwen3Moe,
+                Architecture::Qwen2
+                | Architecture::Qwen3
+                | Architecture::Qwen3Moe
+                | Architecture::SmolLM3,
                 Some(false) | None,
             ) => None,
+            (Architecture::SmolLM3, Some(true)) => anyhow::bail!(
+                "SmolLM3 with use_sliding_window is not supported (per-layer sliding windows)"
+            ),
             _ => raw.sliding_window,
         };
         let moe = MoeConfig::from_raw(architecture, &raw)?;
@@ -462,6 +480,27 @@ impl ModelConfig {
         if let Some(g) = &granite {
             anyhow::ensure!(g.logits != 0.0, "logits_scaling must not be zero");
         }
+        let rope_layers = match (architecture, &raw.no_rope_layers) {
+            (Architecture::SmolLM3, Some(flags)) => {
+                anyhow::ensure!(
+                    flags.len() == raw.num_hidden_layers,
+                    "no_rope_layers has {} entries for {} layers",
+                    flags.len(),
+                    raw.num_hidden_layers
+                );
+                Some(flags.iter().map(|&f| f != 0).collect())
+            }
+            // transformers' default: every `no_rope_layer_interval`-th layer is NoPE.
+            (Architecture::SmolLM3, None) => {
+                let every = raw.no_rope_layer_interval.unwrap_or(4).max(1);
+                Some(
+                    (0..raw.num_hidden_layers)
+                        .map(|i| (i + 1) % every != 0)
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
         Ok(ModelConfig {
             architecture,
             hidden_size: raw.hidden_size,
@@ -485,6 +524,7 @@ impl ModelConfig {
             moe,
             gemma,
             granite,
+            rope_layers,
             nested_language_model,
             checkpoint_dtype: raw.torch_dtype.or(raw.dtype),
             eos_token_ids: token_ids(&raw.eos_token_id),
@@ -579,6 +619,25 @@ mod tests {
         assert_eq!(c.rope_scaling.as_ref().unwrap().rope_type, "linear");
         let billions = c.num_parameters() as f64 / 1e9;
         assert!((billions - 3.88).abs() < 0.1, "{billions}");
+    }
+
+    #[test]
+    fn smollm3_drops_rope_on_every_fourth_layer_by_default() {
+        let json = |extra: &str| {
+            format!(
+                r#"{{"architectures": ["SmolLM3ForCausalLM"], "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 8, "num_attention_heads": 4,
+                "vocab_size": 100{extra}}}"#
+            )
+        };
+        let c = ModelConfig::from_json(&json("")).unwrap();
+        let on = [true, true, true, false, true, true, true, false];
+        assert_eq!(c.rope_layers.as_deref(), Some(&on[..]));
+        let c = ModelConfig::from_json(&json(r#", "no_rope_layers": [1, 0, 0, 1, 1, 1, 1, 1]"#))
+            .unwrap();
+        assert_eq!(c.rope_layers.unwrap()[..3], [true, false, false]);
+        assert!(ModelConfig::from_json(&json(r#", "use_sliding_window": true"#)).is_err());
+        assert!(ModelConfig::from_json(&json(r#", "no_rope_layers": [1]"#)).is_err());
     }
 
     #[test]

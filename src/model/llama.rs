@@ -8,7 +8,7 @@ use super::config::{Architecture, ModelConfig};
 use super::moe::SparseMlp;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
-use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads};
+use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads, Rope};
 use crate::engine::device_draw::DeviceDraw;
 use crate::engine::runner::StepOutput;
 use crate::parallel::{Communicator, Shard, ShardLayout, SingleRank};
@@ -31,8 +31,18 @@ struct Layer<B: Backend> {
     mlp: Mlp<B>,
     /// This layer's attention window (Gemma 3's local layers; Mistral's every layer).
     sliding_window: Option<usize>,
-    /// Rotate with the local RoPE table (Gemma 3's sliding layers).
-    local_rope: bool,
+    /// Which rotary table this layer rotates with.
+    rope: LayerRope,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LayerRope {
+    /// The model's table.
+    Global,
+    /// Gemma 3's sliding layers' table (own base, no scaling).
+    Local,
+    /// None: SmolLM3's NoPE layers (an all-zero frequency table, so every angle is 0).
+    Off,
 }
 
 struct SandwichNorms<B: Backend> {
@@ -66,6 +76,8 @@ pub struct LlamaModel<B: Backend> {
     rope: B::RopeTable,
     /// Gemma 3's sliding layers' RoPE table (own base, no scaling).
     rope_local: Option<B::RopeTable>,
+    /// The identity rotation, for layers without rotary embeddings.
+    rope_off: Option<B::RopeTable>,
     /// Multiplies the embeddings: Gemma 3's `sqrt(hidden)` (rounded to the dtype),
     /// Granite's `embedding_multiplier`.
     embed_scale: Option<f32>,
@@ -448,7 +460,13 @@ impl<B: Backend> LlamaModel<B> {
                     _ => dense_mlp(be, src, c, &p, &layout, dtype)?,
                 },
                 sliding_window: c.layer_window(i),
-                local_rope: c.gemma.as_ref().is_some_and(|g| g.sliding_layers[i]),
+                rope: if c.gemma.as_ref().is_some_and(|g| g.sliding_layers[i]) {
+                    LayerRope::Local
+                } else if c.rope_layers.as_ref().is_some_and(|r| !r[i]) {
+                    LayerRope::Off
+                } else {
+                    LayerRope::Global
+                },
             };
             layers.push(layer);
             on_layer(i);
@@ -477,6 +495,13 @@ impl<B: Backend> LlamaModel<B> {
                 Some(be.prepare_rope(&rope_for(&local).context("building the local RoPE table")?)?)
             }
         };
+        let rope_off = match &c.rope_layers {
+            Some(layers) if layers.iter().any(|&on| !on) => Some(be.prepare_rope(&Rope {
+                inv_freq: vec![0.0; hd / 2],
+                neox: true,
+            })?),
+            _ => None,
+        };
         let embed_scale = match (&c.gemma, &c.granite) {
             // Gemma rounds its scale to the dtype first; Granite multiplies by its own.
             (Some(_), _) => Some(dtype.round((h as f32).sqrt())),
@@ -504,6 +529,7 @@ impl<B: Backend> LlamaModel<B> {
             lm_head,
             rope,
             rope_local,
+            rope_off,
             embed_scale,
             logit_scale,
             attention,
@@ -785,8 +811,9 @@ impl<B: Backend> LlamaModel<B> {
             head_dim: c.head_dim,
             norms,
         };
-        let rope = match (&self.rope_local, layer.local_rope) {
-            (Some(local), true) => local,
+        let rope = match (layer.rope, &self.rope_local, &self.rope_off) {
+            (LayerRope::Local, Some(local), _) => local,
+            (LayerRope::Off, _, Some(off)) => off,
             _ => &self.rope,
         };
         let q = be.qkv_rope_write(&qkv, (q_width, kv_width), &head, rope, cache, index, batch)?;

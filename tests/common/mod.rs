@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 10] = [
+pub const ARCHS: [&str; 11] = [
     "llama",
     "llama31",
     "mistral",
@@ -18,6 +18,7 @@ pub const ARCHS: [&str; 10] = [
     "mixtral",
     "gemma3",
     "granite",
+    "smollm3",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {
