@@ -48,6 +48,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
@@ -433,6 +435,25 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 norm_topk_prob=False,
                 decoder_sparse_step=1,
                 mlp_only_layers=[1],
+            ),
+        ),
+        # Qwen2-MoE: q/k/v biases, 4 experts of 32, top 2, and a shared expert of 64 behind a
+        # sigmoid gate.
+        "qwen2_moe": (
+            Qwen2MoeForCausalLM,
+            Qwen2MoeConfig(
+                **common,
+                rope_theta=1000000.0,
+                use_sliding_window=False,
+                sliding_window=None,
+                tie_word_embeddings=False,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=32,
+                shared_expert_intermediate_size=64,
+                norm_topk_prob=False,
+                decoder_sparse_step=1,
+                mlp_only_layers=[],
             ),
         ),
         # 4 experts of 128, top 2, renormalised (Mixtral always is).

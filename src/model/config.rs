@@ -15,6 +15,8 @@ pub enum Architecture {
     Phi3,
     /// Qwen3's attention with mixture-of-experts MLPs (`mlp.gate`, `mlp.experts.N`).
     Qwen3Moe,
+    /// Qwen2's attention (q/k/v biases) with experts plus a gated shared expert.
+    Qwen2Moe,
     /// Mistral's attention with mixture-of-experts MLPs (`block_sparse_moe`, `w1/w2/w3`).
     Mixtral,
     /// Gemma 3 text models: norms around both blocks, `1 + w` norm weights, GeGLU (tanh),
@@ -27,13 +29,14 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 10] = [
+    pub const SUPPORTED: [&'static str; 11] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
         "Qwen3ForCausalLM",
         "Phi3ForCausalLM",
         "Qwen3MoeForCausalLM",
+        "Qwen2MoeForCausalLM",
         "MixtralForCausalLM",
         "Gemma3ForCausalLM",
         "GraniteForCausalLM",
@@ -48,6 +51,7 @@ impl Architecture {
             "Qwen3ForCausalLM" => Architecture::Qwen3,
             "Phi3ForCausalLM" => Architecture::Phi3,
             "Qwen3MoeForCausalLM" => Architecture::Qwen3Moe,
+            "Qwen2MoeForCausalLM" => Architecture::Qwen2Moe,
             "MixtralForCausalLM" => Architecture::Mixtral,
             "Gemma3ForCausalLM" => Architecture::Gemma3,
             "GraniteForCausalLM" => Architecture::Granite,
@@ -154,6 +158,8 @@ struct RawConfig {
     #[serde(default)]
     moe_intermediate_size: Option<usize>,
     #[serde(default)]
+    shared_expert_intermediate_size: Option<usize>,
+    #[serde(default)]
     norm_topk_prob: Option<bool>,
     #[serde(default)]
     decoder_sparse_step: Option<usize>,
@@ -228,15 +234,18 @@ pub struct MoeConfig {
     /// Per layer: true where the MLP is the experts, false where it is a dense MLP of
     /// `intermediate_size` (Qwen3-MoE's `mlp_only_layers`, `decoder_sparse_step`).
     pub sparse_layers: Vec<bool>,
+    /// Qwen2-MoE: an expert every token goes through, weighted by a sigmoid gate, of this
+    /// intermediate size.
+    pub shared_expert_intermediate_size: Option<usize>,
 }
 
 impl MoeConfig {
     fn from_raw(architecture: Architecture, raw: &RawConfig) -> Result<Option<MoeConfig>> {
         let (num_experts, expert_intermediate_size, normalize_top_k) = match architecture {
-            Architecture::Qwen3Moe => (
+            Architecture::Qwen3Moe | Architecture::Qwen2Moe => (
                 raw.num_experts.unwrap_or(0),
                 raw.moe_intermediate_size
-                    .context("Qwen3-MoE config has no moe_intermediate_size")?,
+                    .context("a Qwen MoE config without moe_intermediate_size")?,
                 raw.norm_topk_prob.unwrap_or(false),
             ),
             Architecture::Mixtral => (
@@ -264,6 +273,14 @@ impl MoeConfig {
             expert_intermediate_size,
             normalize_top_k,
             sparse_layers,
+            shared_expert_intermediate_size: match architecture {
+                Architecture::Qwen2Moe => Some(
+                    raw.shared_expert_intermediate_size
+                        .context("a Qwen2-MoE config without shared_expert_intermediate_size")?,
+                )
+                .filter(|&n| n > 0),
+                _ => None,
+            },
         }))
     }
 
@@ -461,6 +478,7 @@ impl ModelConfig {
                 Architecture::Qwen2
                 | Architecture::Qwen3
                 | Architecture::Qwen3Moe
+                | Architecture::Qwen2Moe
                 | Architecture::SmolLM3,
                 Some(false) | None,
             ) => None,
@@ -515,7 +533,8 @@ impl ModelConfig {
             rope_scaling: raw.rope_scaling,
             max_position_embeddings: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
-            qkv_bias: architecture == Architecture::Qwen2 || raw.attention_bias,
+            qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
+                || raw.attention_bias,
             qk_norm: matches!(
                 architecture,
                 Architecture::Qwen3 | Architecture::Qwen3Moe | Architecture::Gemma3
@@ -576,8 +595,12 @@ impl ModelConfig {
                 let mlp = match &self.moe {
                     // Every expert's weights, and the router's.
                     Some(m) if m.is_sparse(i) => {
+                        let shared = m
+                            .shared_expert_intermediate_size
+                            .map_or(0, |s| 3 * h * s as u64 + h);
                         experts(m) as u64 * 3 * h * m.expert_intermediate_size as u64
                             + m.num_experts as u64 * h
+                            + shared
                     }
                     _ => dense_mlp,
                 };

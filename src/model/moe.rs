@@ -1,6 +1,7 @@
-//! Mixture-of-experts MLPs (Qwen3-MoE, Mixtral): a router scores the experts for each token,
-//! the token goes through its `top_k` best, and their outputs are summed with the router's
-//! weights.
+//! Mixture-of-experts MLPs (Qwen3-MoE, Qwen2-MoE, Mixtral): a router scores the experts for
+//! each token, the token goes through its `top_k` best, and their outputs are summed with
+//! the router's weights (plus, in Qwen2-MoE, a shared expert every token goes through,
+//! weighted by a sigmoid gate).
 //!
 //! The routing is decided on the host: the router's logits (`[tokens, experts]`, small) are
 //! copied back, each expert then runs on just its tokens through the backend's ordinary
@@ -29,6 +30,9 @@ pub struct SparseMlp<B: Backend> {
     experts: Vec<Expert<B>>,
     top_k: usize,
     normalize_top_k: bool,
+    /// Qwen2-MoE: an expert for every token, and its gate (`[1, hidden]`, whole on every
+    /// rank): the expert's output is scaled by `sigmoid(gate . x)` and added last.
+    shared: Option<(Expert<B>, B::Tensor)>,
 }
 
 /// Checkpoint names of layer `prefix`'s router and of expert `e`'s gate, up and down
@@ -64,6 +68,33 @@ impl<B: Backend> SparseMlp<B> {
         let (h, inter) = (config.hidden_size, moe.expert_intermediate_size);
         let (router_name, _) = names(config.architecture, prefix, 0);
         let router = super::llama::load(be, src, &router_name, &[moe.num_experts, h], dtype)?;
+        let shared = match moe.shared_expert_intermediate_size {
+            None => None,
+            Some(inter) => {
+                let w = |n: &str| format!("{prefix}.mlp.shared_expert.{n}_proj.weight");
+                let cols = layout.shared_expert_intermediate.clone();
+                let expert = Expert {
+                    gate_up: load_stacked(
+                        be,
+                        src,
+                        &[
+                            rows_part(w("gate"), vec![inter, h], cols.clone()),
+                            rows_part(w("up"), vec![inter, h], cols.clone()),
+                        ],
+                        dtype,
+                    )?,
+                    down: load_stacked(
+                        be,
+                        src,
+                        &[cols_part(w("down"), vec![h, inter], cols)],
+                        dtype,
+                    )?,
+                };
+                let gate_name = format!("{prefix}.mlp.shared_expert_gate.weight");
+                let gate = super::llama::load(be, src, &gate_name, &[1, h], dtype)?;
+                Some((expert, gate))
+            }
+        };
         let experts = (0..moe.num_experts)
             .map(|e| {
                 let (_, [gate, up, down]) = names(config.architecture, prefix, e);
@@ -88,6 +119,7 @@ impl<B: Backend> SparseMlp<B> {
             experts,
             top_k: moe.top_k,
             normalize_top_k: moe.normalize_top_k,
+            shared,
         })
     }
 
@@ -111,7 +143,7 @@ impl<B: Backend> SparseMlp<B> {
             let act = be.silu_mul(&be.linear(&input, &expert.gate_up, None)?)?;
             outputs.push(be.linear(&act, &expert.down, None)?);
         }
-        let parts: Vec<RowContribution<'_, B::Tensor>> = routes
+        let mut parts: Vec<RowContribution<'_, B::Tensor>> = routes
             .iter()
             .filter(|(rows, _)| !rows.is_empty())
             .zip(&outputs)
@@ -121,6 +153,28 @@ impl<B: Backend> SparseMlp<B> {
                 weights,
             })
             .collect();
+        let every_row: Vec<usize> = (0..tokens).collect();
+        let shared = match &self.shared {
+            None => None,
+            Some((expert, gate)) => {
+                let act = be.silu_mul(&be.linear(x, &expert.gate_up, None)?)?;
+                let output = be.linear(&act, &expert.down, None)?;
+                // sigmoid of the gate's logit as it is stored (in the model dtype).
+                let weights: Vec<f32> = be
+                    .to_host_f32(&be.linear(x, gate, None)?)?
+                    .into_iter()
+                    .map(|g| dtype.round(1.0 / (1.0 + (-g).exp())))
+                    .collect();
+                Some((output, weights))
+            }
+        };
+        if let Some((tensor, weights)) = &shared {
+            parts.push(RowContribution {
+                tensor,
+                rows: &every_row,
+                weights,
+            });
+        }
         be.weighted_row_sum(tokens, hidden, dtype, &parts)
     }
 }

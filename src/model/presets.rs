@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 9] = [
+pub const PRESETS: [(&str, &str); 10] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -39,6 +39,10 @@ pub const PRESETS: [(&str, &str); 9] = [
         "gemma-3-1b",
         include_str!("../../models/presets/gemma-3-1b.json"),
     ),
+    (
+        "qwen1.5-moe-a2.7b",
+        include_str!("../../models/presets/qwen1.5-moe-a2.7b.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -73,6 +77,7 @@ mod tests {
                 "qwen3-30b-a3b" => 30.5,
                 "mixtral-8x7b" => 46.7,
                 "gemma-3-1b" => 1.0,
+                "qwen1.5-moe-a2.7b" => 14.3,
                 _ => unreachable!(),
             };
             assert!(
@@ -83,6 +88,7 @@ mod tests {
             let expected_active = match name {
                 "qwen3-30b-a3b" => 3.3,
                 "mixtral-8x7b" => 12.9,
+                "qwen1.5-moe-a2.7b" => 2.7,
                 _ => billions,
             };
             assert!(

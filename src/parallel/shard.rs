@@ -42,6 +42,8 @@ pub struct ShardLayout {
     /// Columns of each expert's intermediate dimension (mixture-of-experts models; every
     /// rank holds a slice of every expert, as of a dense MLP).
     pub expert_intermediate: Range<usize>,
+    /// Columns of Qwen2-MoE's shared expert's intermediate dimension.
+    pub shared_expert_intermediate: Range<usize>,
     /// Rows of the embedding table and the LM head.
     pub vocab: Range<usize>,
 }
@@ -73,6 +75,13 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
             "--tensor-parallel-size {world} does not divide the experts' intermediate size {}",
             moe.expert_intermediate_size
         );
+        if let Some(shared) = moe.shared_expert_intermediate_size {
+            ensure!(
+                shared.is_multiple_of(world),
+                "--tensor-parallel-size {world} does not divide the shared expert's \
+                 intermediate size {shared}"
+            );
+        }
     }
     ensure!(
         config.vocab_size >= world,
@@ -121,6 +130,13 @@ impl ShardLayout {
                     .moe
                     .as_ref()
                     .map_or(0, |m| m.expert_intermediate_size),
+            ),
+            shared_expert_intermediate: even(
+                config
+                    .moe
+                    .as_ref()
+                    .and_then(|m| m.shared_expert_intermediate_size)
+                    .unwrap_or(0),
             ),
             vocab,
         })

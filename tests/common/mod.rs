@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 11] = [
+pub const ARCHS: [&str; 12] = [
     "llama",
     "llama31",
     "mistral",
@@ -19,6 +19,7 @@ pub const ARCHS: [&str; 11] = [
     "gemma3",
     "granite",
     "smollm3",
+    "qwen2_moe",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {
