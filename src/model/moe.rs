@@ -24,6 +24,28 @@ struct Expert<B: Backend> {
     down: B::Tensor,
 }
 
+impl<B: Backend> Expert<B> {
+    /// The expert whose gate, up and down weights are `names`, `(hidden, intermediate)`
+    /// in size: this rank's intermediate columns `cols` of it.
+    fn load(
+        be: &B,
+        src: &dyn WeightSource,
+        [gate, up, down]: [String; 3],
+        (h, inter): (usize, usize),
+        cols: std::ops::Range<usize>,
+        dtype: DType,
+    ) -> Result<Self> {
+        let gate_up = [
+            rows_part(gate, vec![inter, h], cols.clone()),
+            rows_part(up, vec![inter, h], cols.clone()),
+        ];
+        Ok(Expert {
+            gate_up: load_stacked(be, src, &gate_up, dtype)?,
+            down: load_stacked(be, src, &[cols_part(down, vec![h, inter], cols)], dtype)?,
+        })
+    }
+}
+
 pub struct SparseMlp<B: Backend> {
     /// `[experts, hidden]`, whole on every rank.
     router: B::Tensor,
@@ -73,23 +95,8 @@ impl<B: Backend> SparseMlp<B> {
             Some(inter) => {
                 let w = |n: &str| format!("{prefix}.mlp.shared_expert.{n}_proj.weight");
                 let cols = layout.shared_expert_intermediate.clone();
-                let expert = Expert {
-                    gate_up: load_stacked(
-                        be,
-                        src,
-                        &[
-                            rows_part(w("gate"), vec![inter, h], cols.clone()),
-                            rows_part(w("up"), vec![inter, h], cols.clone()),
-                        ],
-                        dtype,
-                    )?,
-                    down: load_stacked(
-                        be,
-                        src,
-                        &[cols_part(w("down"), vec![h, inter], cols)],
-                        dtype,
-                    )?,
-                };
+                let names = [w("gate"), w("up"), w("down")];
+                let expert = Expert::load(be, src, names, (h, inter), cols, dtype)?;
                 let gate_name = format!("{prefix}.mlp.shared_expert_gate.weight");
                 let gate = super::llama::load(be, src, &gate_name, &[1, h], dtype)?;
                 Some((expert, gate))
@@ -99,18 +106,7 @@ impl<B: Backend> SparseMlp<B> {
             .map(|e| {
                 let (_, [gate, up, down]) = names(config.architecture, prefix, e);
                 let cols = layout.expert_intermediate.clone();
-                Ok(Expert {
-                    gate_up: load_stacked(
-                        be,
-                        src,
-                        &[
-                            rows_part(gate, vec![inter, h], cols.clone()),
-                            rows_part(up, vec![inter, h], cols.clone()),
-                        ],
-                        dtype,
-                    )?,
-                    down: load_stacked(be, src, &[cols_part(down, vec![h, inter], cols)], dtype)?,
-                })
+                Expert::load(be, src, [gate, up, down], (h, inter), cols, dtype)
             })
             .collect::<Result<_>>()
             .with_context(|| format!("loading the experts of {prefix}"))?;
