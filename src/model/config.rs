@@ -57,7 +57,8 @@ impl Architecture {
             "GraniteForCausalLM" => Architecture::Granite,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             other => anyhow::bail!(
-                "unsupported architecture '{other}'; kiln supports: {}",
+                "unsupported architecture '{other}'; kiln supports: {}, and \
+                 Gemma3ForConditionalGeneration as its text model",
                 Self::SUPPORTED.join(", ")
             ),
         })
