@@ -12,9 +12,12 @@
 //! `cargo bench --bench engine_host` (criterion; time per step at batch 1, 32 and 256).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use kiln::engine::runner::{Runner, StepInput, StepOutput};
+#[path = "support/picking_runner.rs"]
+mod picking_runner;
+
 use kiln::engine::{EngineConfig, LlmEngine, SamplingParams};
 use kiln::model::tokenizer::Tokenizer;
+use picking_runner::{PickingRunner, VOCAB};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,34 +25,6 @@ use std::time::{Duration, Instant};
 const PROMPT: usize = 128;
 /// Decode steps per engine: the contexts stay between 128 and 640 tokens.
 const STEPS_PER_ENGINE: usize = 512;
-const VOCAB: usize = 448;
-
-/// Picks a token for every sampling row without computing anything.
-struct PickingRunner;
-
-impl Runner for PickingRunner {
-    fn execute(&mut self, input: &StepInput) -> anyhow::Result<StepOutput> {
-        let picked = input
-            .layout
-            .logits_rows
-            .iter()
-            .map(|&row| Some(3 + input.layout.positions[row] % (VOCAB as u32 - 3)))
-            .collect();
-        Ok(StepOutput {
-            picked,
-            logits: Vec::new(),
-        })
-    }
-    fn vocab_size(&self) -> usize {
-        VOCAB
-    }
-    fn describe(&self) -> String {
-        "picking runner (no forward pass)".into()
-    }
-    fn weight_bytes(&self) -> u64 {
-        0
-    }
-}
 
 /// An engine with `batch` greedy requests of a 128-token prompt, past their prefill.
 fn decoding_engine(tokenizer: &Arc<Tokenizer>, batch: usize) -> LlmEngine {
@@ -62,8 +37,15 @@ fn decoding_engine(tokenizer: &Arc<Tokenizer>, batch: usize) -> LlmEngine {
         enable_prefix_caching: true,
         seed: 0,
     };
-    let mut engine =
-        LlmEngine::new(config, Box::new(PickingRunner), tokenizer.clone(), vec![2]).unwrap();
+    let mut engine = LlmEngine::new(
+        config,
+        Box::new(PickingRunner {
+            step: Duration::ZERO,
+        }),
+        tokenizer.clone(),
+        vec![2],
+    )
+    .unwrap();
     for id in 0..batch as u64 {
         // Distinct prompts, so prefix caching shares nothing.
         let prompt = (0..PROMPT as u32)

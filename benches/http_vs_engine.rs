@@ -18,12 +18,15 @@
 
 use clap::Parser;
 use futures_util::future::join_all;
-use kiln::engine::runner::{Runner, StepInput, StepOutput};
+#[path = "support/picking_runner.rs"]
+mod picking_runner;
+
 use kiln::engine::{EngineConfig, EngineHandle, LlmEngine, SamplingParams};
 use kiln::launch::{build_engine, EngineArgs};
 use kiln::model::tokenizer::Tokenizer;
 use kiln::server::state::{AppState, Served};
 use kiln::server::{serve, ServeOptions};
+use picking_runner::PickingRunner;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -59,7 +62,7 @@ struct Wrapper {
     args: EngineArgs,
 }
 
-/// The demo model's engine, or with `--simulated-step-us` one on a [`WaitingRunner`].
+/// The demo model's engine, or with `--simulated-step-us` one on a [`PickingRunner`] that waits each step.
 fn engine() -> EngineHandle {
     let engine = match simulated_step() {
         None => {
@@ -86,41 +89,7 @@ fn simulated_step() -> Option<Duration> {
     Some(Duration::from_micros(us))
 }
 
-const SIMULATED_VOCAB: u32 = 448;
-
-/// Waits a fixed time per step, as an engine thread blocked on a device does, then picks a
-/// token for every row from its position. Its tokens are not checked: it stands in for the
-/// device so that only the host side (engine, server, client) is measured.
-struct WaitingRunner {
-    step: Duration,
-}
-
-impl Runner for WaitingRunner {
-    fn execute(&mut self, input: &StepInput) -> anyhow::Result<StepOutput> {
-        std::thread::sleep(self.step);
-        let picked = input
-            .layout
-            .logits_rows
-            .iter()
-            .map(|&row| Some(3 + input.layout.positions[row] % (SIMULATED_VOCAB - 3)))
-            .collect();
-        Ok(StepOutput {
-            picked,
-            logits: Vec::new(),
-        })
-    }
-    fn vocab_size(&self) -> usize {
-        SIMULATED_VOCAB as usize
-    }
-    fn describe(&self) -> String {
-        format!("waiting runner ({:?} per step, no forward pass)", self.step)
-    }
-    fn weight_bytes(&self) -> u64 {
-        0
-    }
-}
-
-/// An engine with the demo model's limits (64 sequences, 2048 tokens) on a [`WaitingRunner`]
+/// An engine with the demo model's limits (64 sequences, 2048 tokens) on a [`PickingRunner`] that waits each step
 /// and the fixture tokenizer (byte-level BPE, as real models have).
 fn simulated_engine(step: Duration) -> LlmEngine {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
@@ -134,7 +103,7 @@ fn simulated_engine(step: Duration) -> LlmEngine {
         enable_prefix_caching: true,
         seed: 0,
     };
-    LlmEngine::new(config, Box::new(WaitingRunner { step }), tokenizer, vec![])
+    LlmEngine::new(config, Box::new(PickingRunner { step }), tokenizer, vec![])
         .expect("simulated engine")
 }
 

@@ -149,7 +149,6 @@ impl<B: Backend> SparseMlp<B> {
                 weights,
             })
             .collect();
-        let every_row: Vec<usize> = (0..tokens).collect();
         let shared = match &self.shared {
             None => None,
             Some((expert, gate)) => {
@@ -161,13 +160,13 @@ impl<B: Backend> SparseMlp<B> {
                     .into_iter()
                     .map(|g| dtype.round(1.0 / (1.0 + (-g).exp())))
                     .collect();
-                Some((output, weights))
+                Some((output, weights, (0..tokens).collect::<Vec<usize>>()))
             }
         };
-        if let Some((tensor, weights)) = &shared {
+        if let Some((tensor, weights, rows)) = &shared {
             parts.push(RowContribution {
                 tensor,
-                rows: &every_row,
+                rows,
                 weights,
             });
         }

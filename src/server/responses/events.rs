@@ -4,7 +4,7 @@
 //! `response.completed` (or `response.incomplete` at the token limit) with the whole
 //! response. Each event goes out with its SSE `event:` name and a `sequence_number`.
 
-use super::{call_item, finished, item_status, message_item, new_id, output_text, reasoning_item};
+use super::{finished, item_status, message_item, new_id, output_text, reasoning_item};
 use crate::server::chat::Prepared;
 use crate::server::chat_tools::ChoiceStream;
 use crate::server::generate::{self, finish_reason};
@@ -202,16 +202,8 @@ impl OutputBuilder {
     fn call(&mut self, call: ToolCall, events: &mut Emitter) {
         self.close("completed", events);
         let output_index = self.index();
-        let OutputItem::FunctionCall {
-            id,
-            call_id,
-            name,
-            arguments,
-            ..
-        } = call_item(call, "completed")
-        else {
-            unreachable!("call_item makes function calls")
-        };
+        let id = new_id("fc");
+        let (call_id, name, arguments) = (call.id, call.function.name, call.function.arguments);
         let item = |arguments: String, status| OutputItem::FunctionCall {
             id: id.clone(),
             call_id: call_id.clone(),
