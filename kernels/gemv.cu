@@ -28,6 +28,15 @@
 // instead of two neighbouring rows, and writes y[m, c] = silu(g) * u ([m, I]), g and u
 // rounded to the dtype first, so the result is the plain kernel's [m, 2I] followed by
 // silu_mul (activation.cu) bit for bit, without that launch and the round trip.
+//
+// gemv1_expert / gemv1_expert_swiglu: the experts of a mixture-of-experts layer routed on the
+// device (kernels/moe.cu picks them, src/backend/cuda/moe.rs launches). Block (x, p) serves
+// routed pair p (token p / top_k, its slot p % top_k): its weights are expert ids[p]'s,
+// found through `table` (one device address per expert, every expert [n, k]), its input
+// is row p / x_div of x (the token's hidden row for gate_up, x_div = top_k; the pair's own
+// activation row for down, x_div = 1) and its output row p. The GEMV itself is gemv1's (or
+// gemv1_add_norm_swiglu's epilogue without the norm), so a pair's result equals that kernel
+// run on the one row with that expert's weights.
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
@@ -295,3 +304,27 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                                              GemvNorm<D>{res_out, res_in, norm_w, eps});             \
     }
 KILN_FOR_EACH_DTYPE(KILN_GEMV)
+
+template <typename D, bool SWIGLU>
+__device__ __forceinline__ void gemv_expert(typename D::T* y, const typename D::T* x,
+                                            const unsigned long long* table, const int* ids,
+                                            int x_div, int n, int k) {
+    const int p = (int)blockIdx.y;
+    const typename D::T* w = reinterpret_cast<const typename D::T*>(table[ids[p]]);
+    const long long width = SWIGLU ? n / 2 : n;
+    gemv_impl<D, 1, GEMV_PLAIN, SWIGLU>(y + (long long)p * width, x + (long long)(p / x_div) * k,
+                                        w, nullptr, 1, n, k, 0, GemvNorm<D>{});
+}
+
+#define KILN_GEMV_EXPERT_PARAMS(D) \
+    D::T *y, const D::T *x, const unsigned long long *table, const int *ids, int x_div, int n, int k
+#define KILN_GEMV_EXPERT(S, D)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                   \
+        gemv1_expert_##S(KILN_GEMV_EXPERT_PARAMS(D)) {                                           \
+        gemv_expert<D, false>(y, x, table, ids, x_div, n, k);                                    \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                   \
+        gemv1_expert_swiglu_##S(KILN_GEMV_EXPERT_PARAMS(D)) {                                    \
+        gemv_expert<D, true>(y, x, table, ids, x_div, n, k);                                     \
+    }
+KILN_FOR_EACH_DTYPE(KILN_GEMV_EXPERT)

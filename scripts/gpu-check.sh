@@ -14,7 +14,7 @@
 # SELFTEST_ONLY=gemv,attention runs only those selftest groups (`kiln selftest --only`).
 # Optional parts, each on unless set to 0: HF (transformers baselines), HF_COMPILED,
 # STARTUP, IMAGE_BENCH, NO_GEMV_AB, EAGER_AB, CUBLASLT_AB, LONG, NCU, NSYS, PREFILL_AB,
-# THROUGHPUT, TP_LATENCY; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
+# THROUGHPUT, TP_LATENCY, MOE; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
 # those A/Bs' variants;
 # SELFTEST_GENERIC=1 adds the generic decode kernel's selftest; OPENAI_WHEELS=dir lets the
 # openai client check run where the machine lacks the package.
@@ -219,6 +219,20 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         "$KILN" bench latency --device cuda --model qwen2.5-0.5b --load-format dummy \
         --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 64 \
         --batch-sizes 1,32 --result-json "$OUT/bench_latency_qwen05b.json"
+    # Mixture of experts: decode steps of up to 8 sequences routed on the device (and so
+    # recorded as graphs) against the host path (KILN_MOE_DEVICE=0), same model, same run.
+    # MOE=0 skips them (Qwen3-30B-A3B is 61 GB in bf16).
+    if [ "${MOE:-1}" = 1 ]; then
+        for path in device host; do
+            moe_env=""
+            [ "$path" = host ] && moe_env="KILN_MOE_DEVICE=0"
+            step "bench_latency_qwen3_moe_${path}" 150 no "bench_latency_qwen3_moe_${path}.txt" -- \
+                env $moe_env "$KILN" bench latency --device cuda --model qwen3-30b-a3b \
+                --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
+                --output-len 32 --batch-sizes 1,8,32 \
+                --result-json "$OUT/bench_latency_qwen3_moe_${path}.json"
+        done
+    fi
 else
     printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"
 fi

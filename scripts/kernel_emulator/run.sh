@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/sampling_draw.cu, then kernels/attention_decode.cu, on the CPU through cuda_emu.h and compares it with a
+# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/moe.cu, kernels/sampling_draw.cu, then kernels/attention_decode.cu, on the CPU through cuda_emu.h and compares it with a
 # double-precision reference (about 15 s; `full` adds the selftest's failing shapes, a few
 # minutes). Needs only g++ (C++20).
 #
@@ -18,6 +18,11 @@ g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/gemv_check" gemv_check.cpp
 "$BUILD/gemv_check"
+# Mixture-of-experts routing on the device (kernels/moe.cu, the expert GEMVs of gemv.cu)
+# against the host path: ~20 s.
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/moe_check" moe_check.cpp
+"$BUILD/moe_check"
 # The decode step's small ops (norm.cu, rope.cu, argmax of sampling.cu): ~30 s.
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/decode_ops_check" decode_ops_check.cpp

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod dtype;
 pub mod image_ops;
+pub mod moe;
 
 pub use batch::BatchLayout;
 pub use dtype::DType;
@@ -59,6 +60,10 @@ pub trait Backend: Send + Sync {
     type BatchMeta;
     /// A [`Rope`] in the form [`Backend::rope`] reads it (on a GPU: uploaded once per model).
     type RopeTable: Send + Sync;
+    /// What [`Backend::moe_experts`] needs of one mixture-of-experts layer beyond its expert
+    /// tensors, prepared once at load ([`Backend::index_experts`]; CUDA: a device array of
+    /// every expert's weight address).
+    type ExpertIndex: Send + Sync;
 
     /// A short name for logs ("cpu", "cuda:0").
     fn name(&self) -> String;
@@ -239,6 +244,31 @@ pub trait Backend: Send + Sync {
             candle_core::Tensor::from_vec(sum, (num_rows, width), &candle_core::Device::Cpu)?
                 .to_dtype(dtype.to_candle())?;
         self.upload(host)
+    }
+    /// Prepares one MoE layer's experts (`gate_up[e]`, `down[e]`, see [`moe::ExpertSet`])
+    /// for [`Backend::moe_experts`].
+    fn index_experts(
+        &self,
+        gate_up: &[Self::Tensor],
+        down: &[Self::Tensor],
+    ) -> Result<Self::ExpertIndex>;
+    /// The routed experts' weighted sum for each row of `x` (`[tokens, hidden]`, normed),
+    /// given the router's logits (`[tokens, experts]`), plus the shared expert's part when
+    /// there is one. The default routes on the host ([`moe::host_routed_experts`]); a GPU
+    /// backend routes a few tokens on the device (see [`Backend::routes_experts_on_device`]).
+    fn moe_experts(
+        &self,
+        x: &Self::Tensor,
+        router_logits: &Self::Tensor,
+        experts: &moe::ExpertSet<'_, Self::Tensor, Self::ExpertIndex>,
+        routing: &moe::MoeRouting<'_, Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        moe::host_routed_experts(self, x, router_logits, experts, routing)
+    }
+    /// Whether [`Backend::moe_experts`] on `tokens` rows stays on the device (no host round
+    /// trip), so that a decode step of a MoE model can be recorded.
+    fn routes_experts_on_device(&self, _tokens: usize) -> bool {
+        false
     }
     /// The index of the largest value (lowest on ties) of each of the given rows of
     /// `logits: [rows, vocab]`. Devices compute it in place and send back only the indices.

@@ -657,8 +657,11 @@ impl<B: Backend> LlamaModel<B> {
         }
         // Decode steps of a single rank may be replayed from a recording (CUDA graphs); the
         // ranks of a sharded model meet in all-reduces a recording cannot hold.
-        // Mixture-of-experts layers route on the host, which a recording cannot hold either.
-        if self.layout.shard.world == 1 && comm.world_size() == 1 && self.config.moe.is_none() {
+        // Mixture-of-experts layers route on the host (which a recording cannot hold either)
+        // unless the backend routes this many tokens on the device.
+        let routing_recordable =
+            self.config.moe.is_none() || be.routes_experts_on_device(tokens.len());
+        if self.layout.shard.world == 1 && comm.world_size() == 1 && routing_recordable {
             let mut body = |meta: &B::BatchMeta, tokens: &[u32], batch: &BatchLayout| {
                 self.logits_from_meta(be, meta, tokens, batch, cache, comm)
             };

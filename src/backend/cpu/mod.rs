@@ -56,6 +56,8 @@ impl Backend for CpuBackend {
     // The CPU reads the layout and the table where they are: a copy is all it takes.
     type BatchMeta = BatchLayout;
     type RopeTable = Rope;
+    /// The host path reads the expert tensors themselves.
+    type ExpertIndex = ();
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -218,6 +220,10 @@ impl Backend for CpuBackend {
     ) -> Result<Option<Vec<u32>>> {
         let vocab = logits.dims().last().copied().unwrap_or(0);
         draw::draw_rows(&host_f32(logits)?, vocab, rows, draws).map(Some)
+    }
+
+    fn index_experts(&self, _gate_up: &[Tensor], _down: &[Tensor]) -> Result<()> {
+        Ok(())
     }
 
     fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {

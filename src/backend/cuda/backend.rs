@@ -11,11 +11,13 @@ use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::gemv_norm::{add_norm_fusion_pays, AddNormInput, GemvEpilogue};
 use super::image_flash::FlashLayouts;
+use super::moe::{moe_device_enabled, routes_on_device, MOE_DEVICE_MAX_ROWS};
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::ops_qkv::QkvRopeCache;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
+use crate::backend::moe::{host_routed_experts, ExpertSet, MoeRouting};
 use crate::backend::{
     unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads,
     Rope,
@@ -286,6 +288,7 @@ impl Backend for CudaBackend {
     type KvCache = CudaKvCache;
     type BatchMeta = CudaBatchMeta;
     type RopeTable = CudaRope;
+    type ExpertIndex = super::moe::CudaExpertIndex;
 
     fn name(&self) -> String {
         format!("cuda:{}", self.ordinal)
@@ -612,6 +615,67 @@ impl Backend for CudaBackend {
             offset += w;
         }
         Ok(parts)
+    }
+
+    fn index_experts(
+        &self,
+        gate_up: &[CudaTensor],
+        down: &[CudaTensor],
+    ) -> Result<super::moe::CudaExpertIndex> {
+        self.bind()?;
+        self.dev.index_experts(gate_up, down)
+    }
+
+    fn moe_experts(
+        &self,
+        x: &CudaTensor,
+        router_logits: &CudaTensor,
+        experts: &ExpertSet<'_, CudaTensor, super::moe::CudaExpertIndex>,
+        routing: &MoeRouting<'_, CudaTensor>,
+    ) -> Result<CudaTensor> {
+        let tokens = x.shape().first().copied().unwrap_or(0);
+        let top_k = routing.top_k;
+        let on_device = experts.index.shape().filter(|&(n, hidden, _, dtype)| {
+            x.shape() == [tokens, hidden]
+                && x.dtype() == dtype
+                && router_logits.shape() == [tokens, n]
+                && n == experts.gate_up.len()
+                && routes_on_device(moe_device_enabled(), tokens, n, top_k)
+        });
+        let Some((_, hidden, inter, dtype)) = on_device else {
+            return host_routed_experts(self, x, router_logits, experts, routing);
+        };
+        self.bind()?;
+        let pairs = tokens * top_k;
+        let mut ids = self
+            .pools()
+            .u32_buffer(pairs)
+            .context("moe expert ids buffer")?;
+        let mut weights = self.output(DType::F32, &[pairs])?;
+        self.dev.moe_route(
+            router_logits,
+            top_k,
+            routing.normalize,
+            &mut ids,
+            &mut weights,
+        )?;
+        let mut act = self.output(dtype, &[pairs, inter])?;
+        self.dev
+            .moe_expert_gemv(experts.index, true, x, &ids, top_k, &mut act)?;
+        let mut y = self.output(dtype, &[pairs, hidden])?;
+        self.dev
+            .moe_expert_gemv(experts.index, false, &act, &ids, top_k, &mut y)?;
+        let mut out = self.output(dtype, &[tokens, hidden])?;
+        let shared = routing.shared.as_ref().map(|s| (s.output, s.gate_logits));
+        self.dev
+            .moe_combine(&y, &weights, top_k, shared, &mut out)?;
+        Ok(out)
+    }
+
+    fn routes_experts_on_device(&self, tokens: usize) -> bool {
+        // The layer's own limits (experts, top k) are checked per call; a layer outside them
+        // falls back to the host, and a recording of it fails and stays eager.
+        moe_device_enabled() && (1..=MOE_DEVICE_MAX_ROWS).contains(&tokens)
     }
 
     fn select_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {

@@ -87,6 +87,11 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["dummy_fill"],
     },
     KernelFile {
+        file: "moe.cu",
+        body: include_str!("../../../kernels/moe.cu"),
+        ops: &["moe_route", "moe_combine"],
+    },
+    KernelFile {
         file: "gemv.cu",
         body: include_str!("../../../kernels/gemv.cu"),
         ops: &[
@@ -98,6 +103,8 @@ pub const KERNEL_FILES: &[KernelFile] = &[
             "gemv2_add_norm",
             "gemv1_add_norm_swiglu",
             "gemv2_add_norm_swiglu",
+            "gemv1_expert",
+            "gemv1_expert_swiglu",
         ],
     },
     KernelFile {

@@ -34,6 +34,7 @@ pub mod jit;
 pub mod jit_cache;
 pub mod kernel_sources;
 pub mod launch;
+pub mod moe;
 pub mod nvrtc;
 pub mod ops;
 pub mod ops_all_reduce;

@@ -17,6 +17,7 @@ mod image_cases;
 mod image_conv_cases;
 mod image_gemm_cases;
 mod linear_lt_cases;
+mod moe_case;
 mod op_cases;
 mod qkv_case;
 mod report;
@@ -32,12 +33,13 @@ use anyhow::Result;
 use std::time::Instant;
 
 /// The groups of cases `--only` can pick, in the order they run.
-pub const GROUPS: [&str; 10] = [
+pub const GROUPS: [&str; 11] = [
     "ops",
     "attention",
     "qkv",
     "gemv",
     "gemv_fused",
+    "moe",
     "linear_lt",
     "image",
     "sampling",
@@ -103,6 +105,11 @@ pub fn run(json: bool, quick: bool, only: &[String]) -> Result<bool> {
         if wants("gemv_fused") {
             if let Err(err) = gemv_fused_cases::run(&mut suite, dtype) {
                 suite.error("gemv_fused", dtype, &err);
+            }
+        }
+        if wants("moe") {
+            if let Err(err) = moe_case::run(&mut suite, dtype) {
+                suite.error("moe_experts", dtype, &err);
             }
         }
         if wants("linear_lt") {

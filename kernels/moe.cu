@@ -1,0 +1,147 @@
+// Mixture-of-experts routing and recombination on the device, for the decode steps of MoE
+// models (src/backend/cuda/moe.rs): the router's logits never leave the GPU, so the step
+// needs no host round trip per layer and can be recorded as a CUDA graph. Between the two
+// kernels here run the expert GEMVs of kernels/gemv.cu (gemv1_expert_swiglu, gemv1_expert).
+// The semantics are those of the host path (src/backend/moe_host.rs), which follows HF.
+//
+// moe_route: one warp per token. A softmax over the token's expert logits (in f32), its
+// top_k largest probabilities (ties to the lower expert), optionally rescaled to sum to one;
+// written as top_k (expert, weight) pairs sorted by expert id, so that the recombination
+// adds the experts in the order HF's per-expert loop does. Experts <= MOE_MAX_EXPERTS,
+// top_k <= MOE_MAX_TOP_K (the host checks both).
+//
+// moe_combine: out[t, c] = sum over the token's pairs s of y[t * top_k + s, c] * weight, each
+// weight, product and running sum rounded to the dtype as a loop of index_adds rounds them,
+// then (Qwen2-MoE) the shared expert's row times sigmoid of its gate's logit, added last.
+
+#define MOE_ROUTE_THREADS 32
+#define MOE_MAX_EXPERTS 512
+#define MOE_MAX_TOP_K 32
+#define MOE_PER_LANE (MOE_MAX_EXPERTS / 32)
+
+template <typename D>
+__device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__ logits,
+                                               int* __restrict__ ids, float* __restrict__ weights,
+                                               int experts, int top_k, int normalize) {
+    __shared__ int chosen[MOE_MAX_TOP_K];
+    __shared__ float chosen_p[MOE_MAX_TOP_K];
+    const int lane = threadIdx.x;
+    const long long row = blockIdx.x;
+    const typename D::T* s = logits + row * experts;
+
+    // Lane l holds experts l, l + 32, ...; empty places hold -1 (below every exp).
+    float v[MOE_PER_LANE];
+    float mx = KILN_NEG_INF;
+#pragma unroll
+    for (int i = 0; i < MOE_PER_LANE; ++i) {
+        const int e = lane + 32 * i;
+        v[i] = e < experts ? D::load(s[e]) : KILN_NEG_INF;
+        mx = fmaxf(mx, v[i]);
+    }
+    mx = kiln_warp_max(mx);
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MOE_PER_LANE; ++i) {
+        const int e = lane + 32 * i;
+        v[i] = e < experts ? expf(v[i] - mx) : -1.0f;
+        total += e < experts ? v[i] : 0.0f;
+    }
+    total = kiln_warp_sum(total);
+
+    for (int r = 0; r < top_k; ++r) {
+        // This lane's best: the first (lowest expert) of its largest values.
+        float best = -2.0f;
+        int best_e = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < MOE_PER_LANE; ++i) {
+            if (v[i] > best) {
+                best = v[i];
+                best_e = lane + 32 * i;
+            }
+        }
+        // The warp's best: larger value, or the lower expert on equal values.
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            const float other = __shfl_xor_sync(KILN_FULL_MASK, best, offset);
+            const int other_e = __shfl_xor_sync(KILN_FULL_MASK, best_e, offset);
+            if (other > best || (other == best && other_e < best_e)) {
+                best = other;
+                best_e = other_e;
+            }
+        }
+        // Its owner takes it out of the running (no dynamic register indexing).
+#pragma unroll
+        for (int i = 0; i < MOE_PER_LANE; ++i) {
+            if (lane + 32 * i == best_e) v[i] = -1.0f;
+        }
+        if (lane == 0) {
+            chosen[r] = best_e;
+            chosen_p[r] = best / total;
+        }
+    }
+    // Only lane 0 wrote `chosen` and only it reads it back: no barrier needed.
+    if (lane == 0) {
+        // The kept mass, summed in the order the experts were chosen (as the host does).
+        float kept = 0.0f;
+        for (int r = 0; r < top_k; ++r) kept += chosen_p[r];
+        // Insertion sort by expert id (top_k is small).
+        for (int a = 1; a < top_k; ++a) {
+            const int e = chosen[a];
+            const float p = chosen_p[a];
+            int b = a - 1;
+            while (b >= 0 && chosen[b] > e) {
+                chosen[b + 1] = chosen[b];
+                chosen_p[b + 1] = chosen_p[b];
+                --b;
+            }
+            chosen[b + 1] = e;
+            chosen_p[b + 1] = p;
+        }
+        for (int r = 0; r < top_k; ++r) {
+            ids[row * top_k + r] = chosen[r];
+            weights[row * top_k + r] = normalize ? chosen_p[r] / kept : chosen_p[r];
+        }
+    }
+}
+
+template <typename D>
+__device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out,
+                                                 const typename D::T* __restrict__ y,
+                                                 const float* __restrict__ weights, int rows,
+                                                 int hidden, int top_k,
+                                                 const typename D::T* __restrict__ shared,
+                                                 const typename D::T* __restrict__ shared_gate,
+                                                 int has_shared) {
+    const long long total = (long long)rows * hidden;
+    KILN_GRID_STRIDE(i, total) {
+        const long long t = i / hidden;
+        const long long c = i - t * hidden;
+        float acc = 0.0f;
+        for (int s = 0; s < top_k; ++s) {
+            const long long p = t * top_k + s;
+            const float w = D::load(D::store(weights[p]));
+            const float prod = D::load(D::store(D::load(y[p * hidden + c]) * w));
+            acc = D::load(D::store(acc + prod));
+        }
+        if (has_shared) {
+            const float g = D::load(shared_gate[t]);
+            const float gate = D::load(D::store(1.0f / (1.0f + expf(-g))));
+            acc = D::load(D::store(acc + D::load(D::store(D::load(shared[i]) * gate))));
+        }
+        out[i] = D::store(acc);
+    }
+}
+
+#define KILN_MOE(S, D)                                                                         \
+    extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)                            \
+        moe_route_##S(const D::T* logits, int* ids, float* weights, int experts, int top_k,    \
+                      int normalize) {                                                         \
+        moe_route_impl<D>(logits, ids, weights, experts, top_k, normalize);                    \
+    }                                                                                          \
+    extern "C" __global__ void moe_combine_##S(D::T* out, const D::T* y, const float* weights, \
+                                               int rows, int hidden, int top_k,                \
+                                               const D::T* shared, const D::T* shared_gate,    \
+                                               int has_shared) {                               \
+        moe_combine_impl<D>(out, y, weights, rows, hidden, top_k, shared, shared_gate,         \
+                            has_shared);                                                       \
+    }
+KILN_FOR_EACH_DTYPE(KILN_MOE)

@@ -1,0 +1,261 @@
+// Runs the device-routed mixture-of-experts kernels on the CPU through cuda_emu.h:
+//
+// * moe_route (kernels/moe.cu) against the host's routing (src/backend/moe.rs `route`,
+//   transcribed: softmax in f32, the top_k largest with ties to the lower expert, optional
+//   renormalisation), output sorted by expert: the same experts exactly, weights within
+//   8 + experts / 4 f32 ulps (the warp sums the softmax's denominator in another order). Expert counts
+//   of real models (8, 60, 128) and the kernel's limit (512), ties, every dtype.
+// * gemv1_expert_swiglu / gemv1_expert (kernels/gemv.cu), with expert addresses in a table
+//   as src/backend/cuda/moe.rs builds it: each pair's row must equal gemv1 run on that one
+//   row with that expert's weights (then silu_mul for the SwiGLU) bit for bit.
+// * moe_combine against the host's weighted_row_sum loop (src/backend/mod.rs), shared
+//   expert included: bit for bit.
+//
+//   moe_check      exit status 1 if any case is off
+#include "cuda_emu.h"
+// clang-format off
+#include "common.cuh"
+#include "activation.cu"
+#include "gemv.cu"
+#include "moe.cu"
+// clang-format on
+#include "cuda_emu_end.h"
+#include "emu_tensor.h"
+
+namespace {
+
+using kiln_emu::Order;
+using kiln_emu_tensor::Buffer;
+using kiln_emu_tensor::DType;
+using kiln_emu_tensor::dtype_name;
+using kiln_emu_tensor::round_to;
+
+std::mt19937 rng(23);
+int failures = 0;
+int cases = 0;
+
+std::vector<float> random(DType d, size_t n, float range) {
+    std::uniform_real_distribution<float> u(-range, range);
+    std::vector<float> v(n);
+    for (float& x : v) x = round_to(d, u(rng));
+    return v;
+}
+
+void report(bool ok, const char* what) {
+    failures += ok ? 0 : 1;
+    ++cases;
+    std::printf("%s  %s\n", ok ? "ok  " : "FAIL", what);
+}
+
+// The host's route for one row: (expert, weight) pairs sorted by expert.
+std::vector<std::pair<int, float>> host_route(const std::vector<float>& s, int top_k,
+                                              bool normalize) {
+    const int n = static_cast<int>(s.size());
+    float mx = -INFINITY;
+    for (float v : s) mx = std::max(mx, v);
+    std::vector<float> exps(n);
+    float total = 0.0f;
+    for (int e = 0; e < n; ++e) {
+        exps[e] = std::exp(s[e] - mx);
+        total += exps[e];
+    }
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return exps[a] > exps[b]; });
+    std::vector<std::pair<int, float>> chosen;
+    float kept = 0.0f;
+    for (int r = 0; r < top_k; ++r) {
+        chosen.push_back({order[r], exps[order[r]] / total});
+        kept += chosen.back().second;
+    }
+    if (normalize) {
+        for (auto& c : chosen) c.second /= kept;
+    }
+    std::sort(chosen.begin(), chosen.end());
+    return chosen;
+}
+
+using RouteFn = void (*)(const void*, int*, float*, int, int, int);
+
+void check_route(DType d, int tokens, int experts, int top_k, bool normalize, bool ties,
+                 Order order) {
+    std::vector<float> logits = random(d, static_cast<size_t>(tokens) * experts, 4.0f);
+    if (ties) {
+        // Runs of equal logits across lanes and within a lane, among the largest.
+        for (int t = 0; t < tokens; ++t) {
+            for (int e = 0; e < experts; e += 3) logits[static_cast<size_t>(t) * experts + e] = round_to(d, 3.5f);
+        }
+    }
+    Buffer lb(d, logits);
+    std::vector<int> ids(static_cast<size_t>(tokens) * top_k, -1);
+    std::vector<float> weights(ids.size(), NAN);
+    auto route = KILN_PICK(RouteFn, moe_route, d);
+    kiln_emu::launch({static_cast<unsigned>(tokens), 1, 1}, {MOE_ROUTE_THREADS, 1, 1}, order, 5,
+                     [&] { route(lb.data(), ids.data(), weights.data(), experts, top_k, normalize ? 1 : 0); });
+    size_t wrong_ids = 0;
+    double worst = 0.0;
+    for (int t = 0; t < tokens; ++t) {
+        std::vector<float> row(experts);
+        for (int e = 0; e < experts; ++e) row[e] = lb.at(static_cast<size_t>(t) * experts + e);
+        const auto want = host_route(row, top_k, normalize);
+        for (int r = 0; r < top_k; ++r) {
+            const size_t p = static_cast<size_t>(t) * top_k + r;
+            wrong_ids += ids[p] == want[r].first ? 0 : 1;
+            const double err = std::fabs(static_cast<double>(weights[p]) - want[r].second);
+            // The denominator's f32 sum runs in another order: a few ulps per term.
+            const double bound = (8.0 + experts / 4.0) * 0x1p-24 * std::max(want[r].second, 1e-30f);
+            worst = std::max(worst, std::isnan(err) ? INFINITY : err / bound);
+        }
+    }
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "moe_route tokens=%d experts=%-3d top_k=%d %-9s %-4s %-4s  %zu ids differ, worst weight err/bound %.3f",
+                  tokens, experts, top_k, normalize ? "normalize" : "", ties ? "ties" : "", dtype_name(d),
+                  wrong_ids, worst);
+    report(wrong_ids == 0 && worst <= 1.0, what);
+}
+
+using ExpertFn = void (*)(void*, const void*, const unsigned long long*, const int*, int, int, int);
+using GemvFn = void (*)(void*, const void*, const void*, const void*, int, int, int, int);
+using SiluMulFn = void (*)(void*, const void*, long long, int);
+
+// Every pair of `tokens` tokens routed to `top_k` of `experts` experts (ids drawn at
+// random, repeats across tokens included), through the expert kernels with a table of
+// expert addresses, against gemv1 (+ silu_mul) per pair: bit for bit.
+void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, int inter,
+                       Order order) {
+    const int pairs = tokens * top_k;
+    std::vector<Buffer> gate_up, down;
+    std::vector<unsigned long long> gate_up_table, down_table;
+    for (int e = 0; e < experts; ++e) {
+        gate_up.emplace_back(d, random(d, static_cast<size_t>(2) * inter * hidden, 1.0f));
+        down.emplace_back(d, random(d, static_cast<size_t>(hidden) * inter, 1.0f));
+    }
+    for (int e = 0; e < experts; ++e) {
+        gate_up_table.push_back(reinterpret_cast<unsigned long long>(gate_up[e].data()));
+        down_table.push_back(reinterpret_cast<unsigned long long>(down[e].data()));
+    }
+    std::vector<int> ids(pairs);
+    std::uniform_int_distribution<int> pick(0, experts - 1);
+    for (int& id : ids) id = pick(rng);
+    Buffer x(d, random(d, static_cast<size_t>(tokens) * hidden, 2.0f));
+    Buffer act = Buffer::unwritten(d, static_cast<size_t>(pairs) * inter);
+    Buffer y = Buffer::unwritten(d, static_cast<size_t>(pairs) * hidden);
+    auto swiglu = KILN_PICK(ExpertFn, gemv1_expert_swiglu, d);
+    auto plain = KILN_PICK(ExpertFn, gemv1_expert, d);
+    const unsigned per_block = GEMV_WARPS * GEMV_ROWS_PER_WARP;
+    const unsigned gu_blocks = (2 * inter + per_block - 1) / per_block;
+    const unsigned down_blocks = (hidden + per_block - 1) / per_block;
+    kiln_emu::launch({gu_blocks, static_cast<unsigned>(pairs), 1}, {GEMV_THREADS, 1, 1}, order, 7, [&] {
+        swiglu(act.data(), x.data(), gate_up_table.data(), ids.data(), top_k, 2 * inter, hidden);
+    });
+    kiln_emu::launch({down_blocks, static_cast<unsigned>(pairs), 1}, {GEMV_THREADS, 1, 1}, order, 9, [&] {
+        plain(y.data(), act.data(), down_table.data(), ids.data(), 1, hidden, inter);
+    });
+    // The reference: gemv1 on each pair's row alone, with its expert's weights.
+    auto gemv1 = KILN_PICK(GemvFn, gemv1, d);
+    auto silu = KILN_PICK(SiluMulFn, silu_mul, d);
+    const std::vector<float> xs = x.values();
+    const std::vector<float> acts = act.values();
+    size_t act_differ = 0, y_differ = 0;
+    for (int p = 0; p < pairs; ++p) {
+        const int t = p / top_k;
+        Buffer xr(d, std::vector<float>(xs.begin() + static_cast<long>(t) * hidden,
+                                        xs.begin() + static_cast<long>(t + 1) * hidden));
+        Buffer gu = Buffer::unwritten(d, static_cast<size_t>(2) * inter);
+        Buffer a = Buffer::unwritten(d, inter);
+        kiln_emu::launch({gu_blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 1, [&] {
+            gemv1(gu.data(), xr.data(), gate_up[ids[p]].data(), gate_up[ids[p]].data(), 1, 2 * inter, hidden, 0);
+        });
+        kiln_emu::launch({1, 1, 1}, {64, 1, 1}, Order::Forward, 1,
+                         [&] { silu(a.data(), gu.data(), inter, inter); });
+        // The down GEMV from the kernel's own activation row (compared above).
+        Buffer ar(d, std::vector<float>(acts.begin() + static_cast<long>(p) * inter,
+                                        acts.begin() + static_cast<long>(p + 1) * inter));
+        Buffer yr = Buffer::unwritten(d, hidden);
+        kiln_emu::launch({down_blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 1, [&] {
+            gemv1(yr.data(), ar.data(), down[ids[p]].data(), down[ids[p]].data(), 1, hidden, inter, 0);
+        });
+        for (int c = 0; c < inter; ++c) {
+            const float got = act.at(static_cast<size_t>(p) * inter + c);
+            act_differ += (got == a.at(c) && !std::isnan(got)) ? 0 : 1;
+        }
+        for (int c = 0; c < hidden; ++c) {
+            const float got = y.at(static_cast<size_t>(p) * hidden + c);
+            y_differ += (got == yr.at(c) && !std::isnan(got)) ? 0 : 1;
+        }
+    }
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "gemv1_expert(_swiglu) tokens=%d top_k=%d experts=%d hidden=%-4d inter=%-4d %-4s  %zu act, %zu y values differ from gemv1 per pair",
+                  tokens, top_k, experts, hidden, inter, dtype_name(d), act_differ, y_differ);
+    report(act_differ == 0 && y_differ == 0, what);
+}
+
+using CombineFn = void (*)(void*, const void*, const float*, int, int, int, const void*, const void*, int);
+
+void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Order order) {
+    const int pairs = tokens * top_k;
+    Buffer y(d, random(d, static_cast<size_t>(pairs) * hidden, 3.0f));
+    std::vector<float> weights(pairs);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (float& w : weights) w = u(rng);
+    Buffer so(d, random(d, static_cast<size_t>(tokens) * hidden, 3.0f));
+    Buffer sg(d, random(d, tokens, 4.0f));
+    Buffer out = Buffer::unwritten(d, static_cast<size_t>(tokens) * hidden);
+    auto combine = KILN_PICK(CombineFn, moe_combine, d);
+    kiln_emu::launch({3, 1, 1}, {64, 1, 1}, order, 11, [&] {
+        combine(out.data(), y.data(), weights.data(), tokens, hidden, top_k, shared ? so.data() : y.data(),
+                shared ? sg.data() : y.data(), shared ? 1 : 0);
+    });
+    // weighted_row_sum's loop: each weight, product and running sum rounded to the dtype.
+    size_t differ = 0;
+    for (int t = 0; t < tokens; ++t) {
+        for (int c = 0; c < hidden; ++c) {
+            float acc = 0.0f;
+            for (int s = 0; s < top_k; ++s) {
+                const size_t p = static_cast<size_t>(t) * top_k + s;
+                const float w = round_to(d, weights[p]);
+                acc = round_to(d, acc + round_to(d, y.at(p * hidden + c) * w));
+            }
+            if (shared) {
+                const float g = round_to(d, 1.0f / (1.0f + std::exp(-sg.at(t))));
+                acc = round_to(d, acc + round_to(d, so.at(static_cast<size_t>(t) * hidden + c) * g));
+            }
+            const float got = out.at(static_cast<size_t>(t) * hidden + c);
+            differ += got == acc ? 0 : 1;
+        }
+    }
+    char what[160];
+    std::snprintf(what, sizeof what, "moe_combine tokens=%d top_k=%d hidden=%d %-7s %-4s  %zu of %d values differ",
+                  tokens, top_k, hidden, shared ? "+shared" : "", dtype_name(d), differ, tokens * hidden);
+    report(differ == 0, what);
+}
+
+}  // namespace
+
+int main() {
+    for (DType d : {DType::F32, DType::F16, DType::BF16}) {
+        std::printf("== %s\n", dtype_name(d));
+        // Mixtral (8, top 2, renormalised), Qwen1.5-MoE (60, top 4), Qwen3-30B-A3B (128, top
+        // 8), the kernel's limit (512, 16 per lane), ties among the largest.
+        check_route(d, 3, 8, 2, true, false, Order::Forward);
+        check_route(d, 2, 60, 4, false, false, Order::Reverse);
+        check_route(d, 8, 128, 8, true, false, Order::Random);
+        check_route(d, 2, 512, 32, false, false, Order::Forward);
+        check_route(d, 4, 128, 8, false, true, Order::Random);
+        check_route(d, 1, 7, 7, true, true, Order::Forward);
+        // Several tokens sharing experts, one token with four, K = hidden crossing the x
+        // chunk of gemv1 (the host sends only hidden and intermediate widths that are
+        // multiples of 8, so every block is full).
+        check_expert_gemv(d, 3, 2, 4, 64, 24, Order::Random);
+        check_expert_gemv(d, 1, 4, 6, 136, 40, Order::Reverse);
+        check_expert_gemv(d, 1, 2, 2, 16400, 8, Order::Forward);
+        // Recombination, with and without Qwen2-MoE's shared expert.
+        check_combine(d, 3, 2, 40, false, Order::Forward);
+        check_combine(d, 5, 8, 72, true, Order::Random);
+    }
+    std::printf("%d cases: %s\n", cases,
+                failures == 0 ? "the moe kernels match the host path" : "SOME CASES FAILED");
+    return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,186 @@
+//! A mixture-of-experts layer routed on the device (`src/backend/cuda/moe.rs`: `moe_route`,
+//! the expert GEMVs, `moe_combine`) at Qwen3-30B-A3B's expert shape (hidden 2048,
+//! intermediate 768, top 8 renormalised) and, with Qwen1.5-MoE's shared expert (top 4 of
+//! 60-like routing, intermediate 1408), for 1, 4 and 8 tokens, against a host reference
+//! with the host path's semantics (`backend::moe::route`, each expert output rounded to the
+//! dtype, the sum rounded as HF's loop). 32 experts: more than the top 8 and, at 9.4 MB
+//! each in bf16, more than fits the L2 cache, so the timing (one layer, four launches) is a
+//! fair read of the weight bandwidth: the note carries the GB/s of the experts read.
+
+use super::compare::Check;
+use super::suite::Suite;
+use crate::backend::cuda::{CudaTensor, DType};
+use crate::backend::moe::route;
+use anyhow::Result;
+use rayon::prelude::*;
+
+/// `(hidden, intermediate, experts, top_k, normalize, shared expert)`.
+const LAYERS: [(usize, usize, usize, usize, bool, bool); 2] = [
+    (2048, 768, 32, 8, true, false),
+    (2048, 1408, 16, 4, false, true),
+];
+
+const TOKENS: [usize; 3] = [1, 4, 8];
+
+struct HostLayer {
+    hidden: usize,
+    inter: usize,
+    gate_up: Vec<Vec<f32>>,
+    down: Vec<Vec<f32>>,
+}
+
+pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    for (hidden, inter, experts, top_k, normalize, shared) in LAYERS {
+        let layer = HostLayer {
+            hidden,
+            inter,
+            gate_up: (0..experts)
+                .map(|_| s.random(2 * inter * hidden, 0.05, dtype))
+                .collect(),
+            down: (0..experts)
+                .map(|_| s.random(hidden * inter, 0.05, dtype))
+                .collect(),
+        };
+        let dev = s.dev;
+        let upload = |ws: &[Vec<f32>], shape: [usize; 2]| -> Result<Vec<CudaTensor>> {
+            ws.iter()
+                .map(|w| CudaTensor::from_f32(dev, dtype, &shape, w))
+                .collect()
+        };
+        let gate_up = upload(&layer.gate_up, [2 * inter, hidden])?;
+        let down = upload(&layer.down, [hidden, inter])?;
+        let index = dev.index_experts(&gate_up, &down)?;
+        anyhow::ensure!(
+            index.shape().is_some(),
+            "the experts did not fit the device path"
+        );
+        for tokens in TOKENS {
+            let x_host = s.random(tokens * hidden, 1.0, dtype);
+            let logits_host = s.random(tokens * experts, 2.0, dtype);
+            let shared_host = shared.then(|| {
+                (
+                    s.random(tokens * hidden, 0.5, dtype),
+                    s.random(tokens, 3.0, dtype),
+                )
+            });
+            let reference = reference(
+                &layer,
+                &x_host,
+                &logits_host,
+                (top_k, normalize),
+                shared_host.as_ref(),
+                dtype,
+            );
+            let x = CudaTensor::from_f32(dev, dtype, &[tokens, hidden], &x_host)?;
+            let logits = CudaTensor::from_f32(dev, dtype, &[tokens, experts], &logits_host)?;
+            let shared_dev = match &shared_host {
+                Some((out, gate)) => Some((
+                    CudaTensor::from_f32(dev, dtype, &[tokens, hidden], out)?,
+                    CudaTensor::from_f32(dev, dtype, &[tokens, 1], gate)?,
+                )),
+                None => None,
+            };
+            let pairs = tokens * top_k;
+            let mut ids = dev.upload(&vec![0u32; pairs])?;
+            let mut weights = CudaTensor::zeros(dev, DType::F32, &[pairs])?;
+            let mut act = CudaTensor::zeros(dev, dtype, &[pairs, inter])?;
+            let mut y = CudaTensor::zeros(dev, dtype, &[pairs, hidden])?;
+            let mut out = CudaTensor::zeros(dev, dtype, &[tokens, hidden])?;
+            let mut layer_on_device = |out: &mut CudaTensor| -> Result<()> {
+                dev.moe_route(&logits, top_k, normalize, &mut ids, &mut weights)?;
+                dev.moe_expert_gemv(&index, true, &x, &ids, top_k, &mut act)?;
+                dev.moe_expert_gemv(&index, false, &act, &ids, top_k, &mut y)?;
+                let shared = shared_dev.as_ref().map(|(o, g)| (o, g));
+                dev.moe_combine(&y, &weights, top_k, shared, out)
+            };
+            layer_on_device(&mut out)?;
+            let shape = format!(
+                "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{}",
+                if shared { " +shared" } else { "" }
+            );
+            let row = s.check(
+                "moe_experts",
+                shape,
+                dtype,
+                Check::Reduction,
+                &out.to_f32(dev)?,
+                &reference,
+            );
+            let us = s.time(row, || layer_on_device(&mut out))?;
+            let distinct = distinct_experts(&logits_host, experts, top_k);
+            let bytes = distinct * 3 * inter * hidden * dtype.size_in_bytes();
+            s.rows[row].note = format!(
+                "{distinct} experts read, {:.0} GB/s",
+                bytes as f64 / (us * 1e-6) / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How many distinct experts the tokens route to (each pair reads its expert once, so a
+/// batch sharing experts reads more than this).
+fn distinct_experts(logits: &[f32], experts: usize, top_k: usize) -> usize {
+    route(logits, experts, top_k, false)
+        .iter()
+        .filter(|(rows, _)| !rows.is_empty())
+        .count()
+}
+
+/// The layer on the host with the host path's semantics.
+fn reference(
+    layer: &HostLayer,
+    x: &[f32],
+    logits: &[f32],
+    (top_k, normalize): (usize, bool),
+    shared: Option<&(Vec<f32>, Vec<f32>)>,
+    dtype: DType,
+) -> Vec<f32> {
+    let (hidden, inter) = (layer.hidden, layer.inter);
+    let experts = layer.gate_up.len();
+    let routes = route(logits, experts, top_k, normalize);
+    let tokens = x.len() / hidden;
+    // Per token, its (expert, weight) pairs in expert order.
+    let mut per_token = vec![Vec::new(); tokens];
+    for (e, (rows, weights)) in routes.iter().enumerate() {
+        for (&t, &w) in rows.iter().zip(weights) {
+            per_token[t].push((e, w));
+        }
+    }
+    let dot = |a: &[f32], b: &[f32]| -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(&p, &q)| p as f64 * q as f64)
+            .sum::<f64>() as f32
+    };
+    (0..tokens)
+        .into_par_iter()
+        .flat_map_iter(|t| {
+            let xt = &x[t * hidden..(t + 1) * hidden];
+            let mut acc = vec![0f32; hidden];
+            for &(e, w) in &per_token[t] {
+                let gu = &layer.gate_up[e];
+                let act: Vec<f32> = (0..inter)
+                    .map(|c| {
+                        let g = dtype.round(dot(xt, &gu[c * hidden..(c + 1) * hidden]));
+                        let u = dtype
+                            .round(dot(xt, &gu[(inter + c) * hidden..(inter + c + 1) * hidden]));
+                        dtype.round(g / (1.0 + (-g).exp()) * u)
+                    })
+                    .collect();
+                let w = dtype.round(w);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let y = dtype.round(dot(&act, &layer.down[e][j * inter..(j + 1) * inter]));
+                    *a = dtype.round(*a + dtype.round(y * w));
+                }
+            }
+            if let Some((out, gate)) = shared {
+                let g = dtype.round(1.0 / (1.0 + (-gate[t]).exp()));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = dtype.round(*a + dtype.round(out[t * hidden + j] * g));
+                }
+            }
+            acc
+        })
+        .collect()
+}

@@ -1,0 +1,258 @@
+//! The experts' part of a mixture-of-experts MLP as a backend op ([`Backend::moe_experts`]):
+//! given the router's logits for each token, send the token through its `top_k` best experts
+//! and add their outputs up with the router's weights (plus, in Qwen2-MoE, a shared expert's
+//! output weighted by a sigmoid gate).
+//!
+//! [`host_routed_experts`] is the portable path every backend has: the logits are copied to
+//! the host, routed there ([`route`]), each expert runs on just its tokens through the
+//! ordinary ops, and [`Backend::weighted_row_sum`] adds the results up. A GPU backend may
+//! route on the device instead for a few tokens (decode), with the same semantics: no host
+//! round trip, and a step a CUDA graph can record.
+
+use super::{Backend, DType, RowContribution};
+use anyhow::Result;
+
+/// One MoE layer's experts (this rank's slice of each): expert `e`'s stacked gate and up
+/// rows `gate_up[e]` (`[2 * intermediate, hidden]`) and its `down[e]`
+/// (`[hidden, intermediate]`), plus whatever the backend prepared from them
+/// ([`Backend::index_experts`]).
+pub struct ExpertSet<'a, T, I> {
+    pub gate_up: &'a [T],
+    pub down: &'a [T],
+    pub index: &'a I,
+}
+
+/// Qwen2-MoE's shared expert, already run on every token: its output (`[tokens, hidden]`)
+/// and its gate's logits (`[tokens, 1]`); the output is scaled by the gate's sigmoid and
+/// added after the routed experts.
+pub struct SharedExpertOutput<'a, T> {
+    pub output: &'a T,
+    pub gate_logits: &'a T,
+}
+
+/// How the router's choice is made and its results combined.
+pub struct MoeRouting<'a, T> {
+    pub top_k: usize,
+    /// Rescale the chosen experts' probabilities to sum to one (Mixtral, most Qwen3-MoE).
+    pub normalize: bool,
+    /// The model's dtype: the rounding of the weighted sum follows HF's loop in it.
+    pub dtype: DType,
+    pub shared: Option<SharedExpertOutput<'a, T>>,
+}
+
+/// For each expert, the rows routed to it and their weights: per row, a softmax over the
+/// experts' logits (`[rows, experts]`, f32), its `top_k` largest (ties to the lower expert),
+/// rescaled to sum to one when `normalize`.
+pub fn route(
+    logits: &[f32],
+    num_experts: usize,
+    top_k: usize,
+    normalize: bool,
+) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+    for (row, scores) in logits.chunks_exact(num_experts).enumerate() {
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
+        let total: f32 = exps.iter().sum();
+        let mut order: Vec<usize> = (0..num_experts).collect();
+        order.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]).then(a.cmp(&b)));
+        let chosen = &order[..top_k];
+        let probs: Vec<f32> = chosen.iter().map(|&e| exps[e] / total).collect();
+        let kept: f32 = probs.iter().sum();
+        for (&e, &p) in chosen.iter().zip(&probs) {
+            routes[e].0.push(row);
+            routes[e].1.push(if normalize { p / kept } else { p });
+        }
+    }
+    routes
+}
+
+/// [`Backend::moe_experts`] through the host: route there, run each used expert on its rows,
+/// add up with [`Backend::weighted_row_sum`] (experts in order, the shared expert last).
+pub fn host_routed_experts<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Tensor,
+    router_logits: &B::Tensor,
+    experts: &ExpertSet<'_, B::Tensor, B::ExpertIndex>,
+    routing: &MoeRouting<'_, B::Tensor>,
+) -> Result<B::Tensor> {
+    let dims = be.tensor_dims(x)?;
+    let &[tokens, hidden] = dims.as_slice() else {
+        anyhow::bail!("moe experts: x must be [tokens, hidden], got {dims:?}");
+    };
+    let num_experts = experts.gate_up.len();
+    anyhow::ensure!(
+        experts.down.len() == num_experts && (1..=num_experts).contains(&routing.top_k),
+        "moe experts: {num_experts} gate_up, {} down weights, top {}",
+        experts.down.len(),
+        routing.top_k
+    );
+    let logits = be.to_host_f32(router_logits)?;
+    anyhow::ensure!(
+        logits.len() == tokens * num_experts,
+        "moe experts: {} router logits for {tokens} tokens and {num_experts} experts",
+        logits.len()
+    );
+    let routes = route(&logits, num_experts, routing.top_k, routing.normalize);
+    let mut outputs = Vec::new();
+    for ((gate_up, down), (rows, _)) in experts.gate_up.iter().zip(experts.down).zip(&routes) {
+        if rows.is_empty() {
+            continue;
+        }
+        let input = be.select_rows(x, rows)?;
+        let act = be.silu_mul(&be.linear(&input, gate_up, None)?)?;
+        outputs.push(be.linear(&act, down, None)?);
+    }
+    let mut parts: Vec<RowContribution<'_, B::Tensor>> = routes
+        .iter()
+        .filter(|(rows, _)| !rows.is_empty())
+        .zip(&outputs)
+        .map(|((rows, weights), tensor)| RowContribution {
+            tensor,
+            rows,
+            weights,
+        })
+        .collect();
+    let all_rows: Vec<usize> = (0..tokens).collect();
+    let shared_weights: Vec<f32>;
+    if let Some(shared) = &routing.shared {
+        // sigmoid of the gate's logit as it is stored (in the model dtype).
+        shared_weights = be
+            .to_host_f32(shared.gate_logits)?
+            .into_iter()
+            .map(|g| routing.dtype.round(1.0 / (1.0 + (-g).exp())))
+            .collect();
+        anyhow::ensure!(
+            shared_weights.len() == tokens,
+            "moe experts: {} shared-expert gate logits for {tokens} tokens",
+            shared_weights.len()
+        );
+        parts.push(RowContribution {
+            tensor: shared.output,
+            rows: &all_rows,
+            weights: &shared_weights,
+        });
+    }
+    be.weighted_row_sum(tokens, hidden, routing.dtype, &parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_row_goes_to_its_top_k_experts_with_softmax_weights() {
+        // Row 0 prefers expert 2 then 0; row 1 prefers 1 then 3.
+        let logits = [1.0, 0.0, 2.0, -1.0, 0.0, 3.0, -2.0, 1.0];
+        let routes = route(&logits, 4, 2, false);
+        assert_eq!(routes[0].0, vec![0]);
+        assert_eq!(routes[1].0, vec![1]);
+        assert_eq!(routes[2].0, vec![0]);
+        assert_eq!(routes[3].0, vec![1]);
+        let z: f32 = [1.0f32, 0.0, 2.0, -1.0].iter().map(|x| x.exp()).sum();
+        assert!((routes[2].1[0] - 2f32.exp() / z).abs() < 1e-6);
+        assert!((routes[0].1[0] - 1f32.exp() / z).abs() < 1e-6);
+
+        let normalized = route(&logits, 4, 2, true);
+        let sum = normalized[2].1[0] + normalized[0].1[0];
+        assert!((sum - 1.0).abs() < 1e-6);
+        assert!((normalized[2].1[0] - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn weighted_rows_add_up_rounded_as_a_loop_of_index_adds() {
+        use crate::backend::cpu::CpuBackend;
+        let be = CpuBackend::new();
+        let dev = candle_core::Device::Cpu;
+        let a = candle_core::Tensor::new(&[[1.0f32, 2.0], [3.0, 4.0]], &dev).unwrap();
+        let b = candle_core::Tensor::new(&[[10.0f32, 20.0]], &dev).unwrap();
+        let parts = [
+            RowContribution {
+                tensor: &a,
+                rows: &[2, 0],
+                weights: &[0.5, 0.25],
+            },
+            RowContribution {
+                tensor: &b,
+                rows: &[2],
+                weights: &[0.1],
+            },
+        ];
+        let sum = be.weighted_row_sum(3, 2, DType::F32, &parts).unwrap();
+        let values: Vec<f32> = sum.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(values, vec![0.75, 1.0, 0.0, 0.0, 0.5 + 1.0, 1.0 + 2.0]);
+
+        // In bf16 the running sum is rounded at each add: 1 + 0.01 is 1.0078125 there.
+        let (x, y) = (
+            candle_core::Tensor::new(&[[1.0f32]], &dev).unwrap(),
+            candle_core::Tensor::new(&[[0.01f32]], &dev).unwrap(),
+        );
+        let parts = [&x, &y].map(|tensor| RowContribution {
+            tensor,
+            rows: &[0],
+            weights: &[1.0],
+        });
+        let sum = be.weighted_row_sum(1, 1, DType::BF16, &parts).unwrap();
+        let value: Vec<f32> = sum
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(value, vec![1.0078125]);
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_expert() {
+        let routes = route(&[0.5, 0.5, 0.5], 3, 1, true);
+        assert_eq!(routes[0], (vec![0], vec![1.0]));
+        assert!(routes[1].0.is_empty() && routes[2].0.is_empty());
+    }
+
+    #[test]
+    fn host_path_sends_each_token_through_its_experts_and_the_shared_one() {
+        use crate::backend::cpu::CpuBackend;
+        use candle_core::{Device, Tensor};
+        let be = CpuBackend::new();
+        let dev = Device::Cpu;
+        // Two experts of intermediate 1 on hidden 2: expert e's gate row is all ones and its
+        // up row picks x[e]; down maps the activation to [a, 2a].
+        let gate_up = [
+            Tensor::new(&[[1.0f32, 1.0], [1.0, 0.0]], &dev).unwrap(),
+            Tensor::new(&[[1.0f32, 1.0], [0.0, 1.0]], &dev).unwrap(),
+        ];
+        let down = [
+            Tensor::new(&[[1.0f32], [2.0]], &dev).unwrap(),
+            Tensor::new(&[[1.0f32], [2.0]], &dev).unwrap(),
+        ];
+        let x = Tensor::new(&[[1.0f32, 2.0]], &dev).unwrap();
+        // The token prefers expert 1 (logit 1 against 0).
+        let logits = Tensor::new(&[[0.0f32, 1.0]], &dev).unwrap();
+        let shared_out = Tensor::new(&[[4.0f32, 8.0]], &dev).unwrap();
+        let gate_logits = Tensor::new(&[[0.0f32]], &dev).unwrap();
+        let experts = ExpertSet {
+            gate_up: &gate_up,
+            down: &down,
+            index: &(),
+        };
+        let silu = |v: f32| v / (1.0 + (-v).exp());
+        let routing = MoeRouting {
+            top_k: 1,
+            normalize: false,
+            dtype: DType::F32,
+            shared: Some(SharedExpertOutput {
+                output: &shared_out,
+                gate_logits: &gate_logits,
+            }),
+        };
+        let out = host_routed_experts(&be, &x, &logits, &experts, &routing).unwrap();
+        let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+        let p1 = 1f32.exp() / (1.0 + 1f32.exp());
+        let a = silu(3.0) * 2.0; // gate 1 + 2, up x[1]
+        let want = [a * p1 + 2.0, 2.0 * a * p1 + 4.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+    }
+}
