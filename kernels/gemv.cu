@@ -29,20 +29,25 @@
 // rounded to the dtype first, so the result is the plain kernel's [m, 2I] followed by
 // silu_mul (activation.cu) bit for bit, without that launch and the round trip.
 //
-// gemv1_expert / gemv1_expert_swiglu: the experts of a mixture-of-experts layer routed on the
-// device (kernels/moe.cu picks them, src/backend/cuda/moe.rs launches). Block (x, p) serves
-// routed pair p (token p / top_k, its slot p % top_k): its weights are expert ids[p]'s,
-// found through `table` (one device address per expert, every expert [n, k]), its input
-// is row p / x_div of x (the token's hidden row for gate_up, x_div = top_k; the pair's own
-// activation row for down, x_div = 1) and its output row p. The GEMV itself is gemv1's (or
-// gemv1_add_norm_swiglu's epilogue without the norm), so a pair's result equals that kernel
-// run on the one row with that expert's weights.
+// gemv_expert / gemv_expert_swiglu: the experts of a mixture-of-experts layer routed on the
+// device (src/backend/cuda/moe.rs). kernels/moe.cu's routing groups the step's routed pairs
+// (token p / top_k, its slot p % top_k) by expert into work items of at most
+// GEMV_EXPERT_ROWS pairs; block (x, i) serves item i with its expert's weights, found through
+// `table` (one device address per expert, every expert [n, k]), as the plain GEMV of
+// GEMV_EXPERT_ROWS rows whose row m is the item's pair p: x row p / x_div (the token's
+// hidden row for gate_up, x_div = top_k; the pair's own activation row for down, x_div = 1),
+// y row p. So an expert's weights are read once per item, not once per pair, and each
+// pair's result equals gemv1's on its one row with that expert's weights (the per-row
+// arithmetic does not depend on the other rows). Items past the step's count have no rows
+// and return at once (the grid is sized for the most items a step can have).
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
 #define GEMV_ROWS_PER_WARP 2
 #define GEMV_UNROLL 4
 #define GEMV_SMEM_BYTES 32768
+// Pairs per work item of the expert GEMVs (a gemv4: ALU-bound beyond, see gemv.rs).
+#define GEMV_EXPERT_ROWS 4
 
 // 16 bytes of a weight or activation row: 8 16-bit values or 4 f32.
 typedef KilnVec16 GemvVec;
@@ -125,12 +130,21 @@ __device__ __forceinline__ void gemv_load_step(GemvVec (&wv)[GEMV_UNROLL][R],
     }
 }
 
-template <typename D, int MT, int MODE, bool SWIGLU>
+// GATHER (the expert GEMVs): row m of the block's rows is routed pair pairs[m]: its x row
+// is pairs[m] / x_div, its y row pairs[m].
+struct GemvGather {
+    const int* pairs;
+    int x_div;
+};
+
+template <typename D, int MT, int MODE, bool SWIGLU, bool GATHER = false>
 __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                                           const typename D::T* __restrict__ x,
                                           const typename D::T* __restrict__ w,
                                           const typename D::T* __restrict__ bias, int m_rows,
-                                          int n, int k, int has_bias, const GemvNorm<D>& nm) {
+                                          int n, int k, int has_bias, const GemvNorm<D>& nm,
+                                          const GemvGather& gather = GemvGather{nullptr, 1}) {
+    static_assert(!GATHER || MODE == GEMV_PLAIN, "gathered rows are not normed");
     constexpr int PER = 16 / (int)sizeof(typename D::T);  // values per vector
     constexpr int R = GEMV_ROWS_PER_WARP;
     constexpr int CHUNK_VECS = GEMV_SMEM_BYTES / 16 / MT;  // vectors of one x row per chunk
@@ -189,7 +203,8 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                     const float inv = (MT == 1 || m == 0) ? inv_rms[0] : inv_rms[MT - 1];
                     val = gemv_add_norm_vec<D>(x, nm, m, k, c0 + v, inv);
                 } else {
-                    val = reinterpret_cast<const GemvVec*>(x + (long long)m * k)[c0 + v];
+                    const long long xrow = GATHER ? gather.pairs[m] / gather.x_div : m;
+                    val = reinterpret_cast<const GemvVec*>(x + xrow * k)[c0 + v];
                 }
             }
             xs[m * CHUNK_VECS + v] = val;
@@ -246,7 +261,8 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                 // Rounded as the plain kernel stores them, then silu_mul's formula.
                 g = D::load(D::store(g));
                 u = D::load(D::store(u));
-                y[(long long)m * half + col] = D::store(g / (1.0f + expf(-g)) * u);
+                const long long yrow = GATHER ? gather.pairs[m] : m;
+                y[yrow * half + col] = D::store(g / (1.0f + expf(-g)) * u);
             }
         }
     } else {
@@ -258,7 +274,8 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                 if (lane == r * MT + m && row < n && m < m_rows) {
                     float v = acc[r][m];
                     if (has_bias) v += D::load(bias[row]);
-                    y[(long long)m * n + row] = D::store(v);
+                    const long long yrow = GATHER ? gather.pairs[m] : m;
+                    y[yrow * n + row] = D::store(v);
                 }
             }
         }
@@ -307,24 +324,29 @@ KILN_FOR_EACH_DTYPE(KILN_GEMV)
 
 template <typename D, bool SWIGLU>
 __device__ __forceinline__ void gemv_expert(typename D::T* y, const typename D::T* x,
-                                            const unsigned long long* table, const int* ids,
-                                            int x_div, int n, int k) {
-    const int p = (int)blockIdx.y;
-    const typename D::T* w = reinterpret_cast<const typename D::T*>(table[ids[p]]);
-    const long long width = SWIGLU ? n / 2 : n;
-    gemv_impl<D, 1, GEMV_PLAIN, SWIGLU>(y + (long long)p * width, x + (long long)(p / x_div) * k,
-                                        w, nullptr, 1, n, k, 0, GemvNorm<D>{});
+                                            const unsigned long long* table,
+                                            const int* item_expert, const int* item_rows,
+                                            const int* item_pairs, int x_div, int n, int k) {
+    const int item = (int)blockIdx.y;
+    const int rows = item_rows[item];
+    if (rows == 0) return;  // past the step's items: the whole block leaves together
+    const typename D::T* w = reinterpret_cast<const typename D::T*>(table[item_expert[item]]);
+    gemv_impl<D, GEMV_EXPERT_ROWS, GEMV_PLAIN, SWIGLU, true>(
+        y, x, w, nullptr, rows, n, k, 0, GemvNorm<D>{},
+        GemvGather{item_pairs + (long long)item * GEMV_EXPERT_ROWS, x_div});
 }
 
-#define KILN_GEMV_EXPERT_PARAMS(D) \
-    D::T *y, const D::T *x, const unsigned long long *table, const int *ids, int x_div, int n, int k
+#define KILN_GEMV_EXPERT_PARAMS(D)                                                         \
+    D::T *y, const D::T *x, const unsigned long long *table, const int *item_expert,       \
+        const int *item_rows, const int *item_pairs, int x_div, int n, int k
+#define KILN_GEMV_EXPERT_ARGS y, x, table, item_expert, item_rows, item_pairs, x_div, n, k
 #define KILN_GEMV_EXPERT(S, D)                                                                   \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                   \
-        gemv1_expert_##S(KILN_GEMV_EXPERT_PARAMS(D)) {                                           \
-        gemv_expert<D, false>(y, x, table, ids, x_div, n, k);                                    \
+        gemv_expert_##S(KILN_GEMV_EXPERT_PARAMS(D)) {                                            \
+        gemv_expert<D, false>(KILN_GEMV_EXPERT_ARGS);                                            \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                   \
-        gemv1_expert_swiglu_##S(KILN_GEMV_EXPERT_PARAMS(D)) {                                    \
-        gemv_expert<D, true>(y, x, table, ids, x_div, n, k);                                     \
+        gemv_expert_swiglu_##S(KILN_GEMV_EXPERT_PARAMS(D)) {                                     \
+        gemv_expert<D, true>(KILN_GEMV_EXPERT_ARGS);                                             \
     }
 KILN_FOR_EACH_DTYPE(KILN_GEMV_EXPERT)

@@ -1,32 +1,41 @@
 // Mixture-of-experts routing and recombination on the device, for the decode steps of MoE
 // models (src/backend/cuda/moe.rs): the router's logits never leave the GPU, so the step
 // needs no host round trip per layer and can be recorded as a CUDA graph. Between the two
-// kernels here run the expert GEMVs of kernels/gemv.cu (gemv1_expert_swiglu, gemv1_expert).
-// The semantics are those of the host path (src/backend/moe_host.rs), which follows HF.
+// kernels here run the expert GEMVs of kernels/gemv.cu (gemv_expert_swiglu, gemv_expert).
+// The semantics are those of the host path (src/backend/moe.rs), which follows HF.
 //
-// moe_route: one warp per token. A softmax over the token's expert logits (in f32), its
-// top_k largest probabilities (ties to the lower expert), optionally rescaled to sum to one;
-// written as top_k (expert, weight) pairs sorted by expert id, so that the recombination
-// adds the experts in the order HF's per-expert loop does. Experts <= MOE_MAX_EXPERTS,
-// top_k <= MOE_MAX_TOP_K (the host checks both).
+// moe_route: one block for the whole step. Each warp routes tokens (warp w: tokens w, w +
+// MOE_ROUTE_WARPS, ...): a softmax over the token's expert logits (in f32), its top_k
+// largest probabilities (ties to the lower expert), optionally rescaled to sum to one,
+// written as top_k (expert, weight) pairs sorted by expert id, so that the recombination adds
+// the experts in the order HF's per-expert loop does. Pair p is token p / top_k's slot
+// p % top_k. Then the block groups the pairs by expert into the expert GEMVs' work items:
+// expert e's pairs, in pair order, cut into items of GEMV_EXPERT_ROWS (items of expert e
+// before those of e + 1); item i gets its expert, its row count and its pairs; the items
+// past the step's count up to `max_items` get no rows. Experts <= MOE_MAX_EXPERTS,
+// top_k <= MOE_MAX_TOP_K, pairs <= MOE_MAX_PAIRS (the host checks all three and sizes
+// max_items as pairs / GEMV_EXPERT_ROWS rounded up plus min(experts, pairs)).
 //
 // moe_combine: out[t, c] = sum over the token's pairs s of y[t * top_k + s, c] * weight, each
 // weight, product and running sum rounded to the dtype as a loop of index_adds rounds them,
 // then (Qwen2-MoE) the shared expert's row times sigmoid of its gate's logit, added last.
 
-#define MOE_ROUTE_THREADS 32
+#define MOE_ROUTE_THREADS 256
+#define MOE_ROUTE_WARPS (MOE_ROUTE_THREADS / 32)
 #define MOE_MAX_EXPERTS 512
 #define MOE_MAX_TOP_K 32
+#define MOE_MAX_PAIRS 1024
 #define MOE_PER_LANE (MOE_MAX_EXPERTS / 32)
+#define MOE_ITEM_ROWS 4  // GEMV_EXPERT_ROWS of kernels/gemv.cu
 
+// Warp `warp` routes token `row`: its pairs into ids / weights and the block's `pair_expert`.
 template <typename D>
-__device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__ logits,
-                                               int* __restrict__ ids, float* __restrict__ weights,
-                                               int experts, int top_k, int normalize) {
-    __shared__ int chosen[MOE_MAX_TOP_K];
-    __shared__ float chosen_p[MOE_MAX_TOP_K];
-    const int lane = threadIdx.x;
-    const long long row = blockIdx.x;
+__device__ __forceinline__ void moe_route_token(const typename D::T* __restrict__ logits,
+                                                int* __restrict__ ids,
+                                                float* __restrict__ weights, int* pair_expert,
+                                                int* chosen, float* chosen_p, long long row,
+                                                int experts, int top_k, int normalize) {
+    const int lane = threadIdx.x & 31;
     const typename D::T* s = logits + row * experts;
 
     // Lane l holds experts l, l + 32, ...; empty places hold -1 (below every exp).
@@ -78,7 +87,7 @@ __device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__
             chosen_p[r] = best / total;
         }
     }
-    // Only lane 0 wrote `chosen` and only it reads it back: no barrier needed.
+    // Only lane 0 wrote this warp's `chosen` and only it reads it back: no barrier needed.
     if (lane == 0) {
         // The kept mass, summed in the order the experts were chosen (as the host does).
         float kept = 0.0f;
@@ -97,9 +106,78 @@ __device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__
             chosen_p[b + 1] = p;
         }
         for (int r = 0; r < top_k; ++r) {
-            ids[row * top_k + r] = chosen[r];
-            weights[row * top_k + r] = normalize ? chosen_p[r] / kept : chosen_p[r];
+            const long long p = row * top_k + r;
+            ids[p] = chosen[r];
+            pair_expert[p] = chosen[r];
+            weights[p] = normalize ? chosen_p[r] / kept : chosen_p[r];
         }
+    }
+}
+
+template <typename D>
+__device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__ logits,
+                                               int* __restrict__ ids, float* __restrict__ weights,
+                                               int* __restrict__ item_expert,
+                                               int* __restrict__ item_rows,
+                                               int* __restrict__ item_pairs, int tokens,
+                                               int experts, int top_k, int normalize,
+                                               int max_items) {
+    __shared__ int chosen[MOE_ROUTE_WARPS][MOE_MAX_TOP_K];
+    __shared__ float chosen_p[MOE_ROUTE_WARPS][MOE_MAX_TOP_K];
+    __shared__ int pair_expert[MOE_MAX_PAIRS];
+    __shared__ int count[MOE_MAX_EXPERTS];
+    __shared__ int first_item[MOE_MAX_EXPERTS];
+    __shared__ int lane_items[32];
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5;
+    const int pairs = tokens * top_k;
+
+    for (int t = warp; t < tokens; t += MOE_ROUTE_WARPS) {
+        moe_route_token<D>(logits, ids, weights, pair_expert, chosen[warp], chosen_p[warp], t,
+                           experts, top_k, normalize);
+    }
+    for (int e = tid; e < experts; e += MOE_ROUTE_THREADS) count[e] = 0;
+    __syncthreads();
+    for (int p = tid; p < pairs; p += MOE_ROUTE_THREADS) atomicAdd(&count[pair_expert[p]], 1);
+    __syncthreads();
+    // Each expert's first item: lane l of warp 0 sums the items of experts [l * span, (l + 1)
+    // * span), then walks them again from the sum of the lanes before it.
+    const int span = (experts + 31) / 32;
+    if (tid < 32) {
+        int items = 0;
+        for (int e = tid * span; e < min(experts, (tid + 1) * span); ++e) {
+            items += (count[e] + MOE_ITEM_ROWS - 1) / MOE_ITEM_ROWS;
+        }
+        lane_items[tid] = items;
+    }
+    __syncthreads();
+    int total_items = 0;
+    for (int l = 0; l < 32; ++l) total_items += lane_items[l];
+    if (tid < 32) {
+        int next = 0;
+        for (int l = 0; l < tid; ++l) next += lane_items[l];
+        for (int e = tid * span; e < min(experts, (tid + 1) * span); ++e) {
+            first_item[e] = next;
+            next += (count[e] + MOE_ITEM_ROWS - 1) / MOE_ITEM_ROWS;
+        }
+    }
+    __syncthreads();
+    // Pair p is number `rank` of its expert's pairs (in pair order).
+    for (int p = tid; p < pairs; p += MOE_ROUTE_THREADS) {
+        const int e = pair_expert[p];
+        int rank = 0;
+        for (int q = 0; q < p; ++q) rank += pair_expert[q] == e ? 1 : 0;
+        const int item = first_item[e] + rank / MOE_ITEM_ROWS;
+        const int slot = rank % MOE_ITEM_ROWS;
+        item_pairs[item * MOE_ITEM_ROWS + slot] = p;
+        if (slot == 0) {
+            item_expert[item] = e;
+            item_rows[item] = min(MOE_ITEM_ROWS, count[e] - rank);
+        }
+    }
+    for (int i = total_items + tid; i < max_items; i += MOE_ROUTE_THREADS) {
+        item_expert[i] = 0;
+        item_rows[i] = 0;
     }
 }
 
@@ -133,9 +211,11 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
 
 #define KILN_MOE(S, D)                                                                         \
     extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)                            \
-        moe_route_##S(const D::T* logits, int* ids, float* weights, int experts, int top_k,    \
-                      int normalize) {                                                         \
-        moe_route_impl<D>(logits, ids, weights, experts, top_k, normalize);                    \
+        moe_route_##S(const D::T* logits, int* ids, float* weights, int* item_expert,          \
+                      int* item_rows, int* item_pairs, int tokens, int experts, int top_k,     \
+                      int normalize, int max_items) {                                          \
+        moe_route_impl<D>(logits, ids, weights, item_expert, item_rows, item_pairs, tokens,    \
+                          experts, top_k, normalize, max_items);                               \
     }                                                                                          \
     extern "C" __global__ void moe_combine_##S(D::T* out, const D::T* y, const float* weights, \
                                                int rows, int hidden, int top_k,                \

@@ -367,6 +367,13 @@ inline void KILN_EMU_ASM(const char* text) {
 #define blockDim (kiln_emu::current()->block)
 
 inline void __syncthreads() { kiln_emu::syncthreads(); }
+// Fibers run one at a time and switch only at barriers, so a plain read-modify-write is
+// atomic here.
+inline int atomicAdd(int* address, int value) {
+    const int old = *address;
+    *address = old + value;
+    return old;
+}
 
 #define KILN_EMU_MMA(c, a, b0, b1, type) \
     kiln_emu::mma_m16n8k16(c, a, b0, b1, kiln_emu::MmaType::type)

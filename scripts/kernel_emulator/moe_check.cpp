@@ -5,9 +5,12 @@
 //   renormalisation), output sorted by expert: the same experts exactly, weights within
 //   8 + experts / 4 f32 ulps (the warp sums the softmax's denominator in another order). Expert counts
 //   of real models (8, 60, 128) and the kernel's limit (512), ties, every dtype.
-// * gemv1_expert_swiglu / gemv1_expert (kernels/gemv.cu), with expert addresses in a table
-//   as src/backend/cuda/moe.rs builds it: each pair's row must equal gemv1 run on that one
-//   row with that expert's weights (then silu_mul for the SwiGLU) bit for bit.
+//   Its work items must partition the pairs by expert (each pair once, in its expert's
+//   items, at most GEMV_EXPERT_ROWS per item, unused items cleared).
+// * gemv_expert_swiglu / gemv_expert (kernels/gemv.cu), with expert addresses in a table as
+//   src/backend/cuda/moe.rs builds it and work items grouped on the host: each pair's row
+//   must equal gemv1 run on that one row with that expert's weights (then silu_mul for the
+//   SwiGLU) bit for bit.
 // * moe_combine against the host's weighted_row_sum loop (src/backend/mod.rs), shared
 //   expert included: bit for bit.
 //
@@ -75,7 +78,47 @@ std::vector<std::pair<int, float>> host_route(const std::vector<float>& s, int t
     return chosen;
 }
 
-using RouteFn = void (*)(const void*, int*, float*, int, int, int);
+using RouteFn = void (*)(const void*, int*, float*, int*, int*, int*, int, int, int, int, int);
+
+int max_items(int pairs, int experts) {
+    return (pairs + GEMV_EXPERT_ROWS - 1) / GEMV_EXPERT_ROWS + std::min(experts, pairs);
+}
+
+// The work items must partition the pairs: each pair in exactly one item, of its own
+// expert, in pair order within an expert, at most GEMV_EXPERT_ROWS per item; items past the
+// used ones have no rows.
+size_t item_errors(const std::vector<int>& ids, const std::vector<int>& item_expert,
+                   const std::vector<int>& item_rows, const std::vector<int>& item_pairs) {
+    size_t errors = 0;
+    std::vector<int> seen(ids.size(), 0);
+    std::vector<int> last(1024, -1);
+    bool ended = false;
+    for (size_t i = 0; i < item_rows.size(); ++i) {
+        const int rows = item_rows[i];
+        if (rows == 0) {
+            ended = true;
+            continue;
+        }
+        if (ended || rows < 0 || rows > GEMV_EXPERT_ROWS) {
+            ++errors;
+            continue;
+        }
+        for (int m = 0; m < rows; ++m) {
+            const int p = item_pairs[i * GEMV_EXPERT_ROWS + m];
+            if (p < 0 || p >= static_cast<int>(ids.size())) {
+                ++errors;
+                continue;
+            }
+            ++seen[p];
+            const int e = item_expert[i];
+            errors += ids[p] == e ? 0 : 1;
+            errors += p > last[e] ? 0 : 1;
+            last[e] = p;
+        }
+    }
+    for (int n : seen) errors += n == 1 ? 0 : 1;
+    return errors;
+}
 
 void check_route(DType d, int tokens, int experts, int top_k, bool normalize, bool ties,
                  Order order) {
@@ -87,11 +130,17 @@ void check_route(DType d, int tokens, int experts, int top_k, bool normalize, bo
         }
     }
     Buffer lb(d, logits);
-    std::vector<int> ids(static_cast<size_t>(tokens) * top_k, -1);
-    std::vector<float> weights(ids.size(), NAN);
+    const int pairs = tokens * top_k;
+    const int items = max_items(pairs, experts);
+    std::vector<int> ids(pairs, -1);
+    std::vector<float> weights(pairs, NAN);
+    // Garbage where the kernel must write: it has to clear unused items itself.
+    std::vector<int> item_expert(items, -7), item_rows(items, -7), item_pairs(items * GEMV_EXPERT_ROWS, -7);
     auto route = KILN_PICK(RouteFn, moe_route, d);
-    kiln_emu::launch({static_cast<unsigned>(tokens), 1, 1}, {MOE_ROUTE_THREADS, 1, 1}, order, 5,
-                     [&] { route(lb.data(), ids.data(), weights.data(), experts, top_k, normalize ? 1 : 0); });
+    kiln_emu::launch({1, 1, 1}, {MOE_ROUTE_THREADS, 1, 1}, order, 5, [&] {
+        route(lb.data(), ids.data(), weights.data(), item_expert.data(), item_rows.data(),
+              item_pairs.data(), tokens, experts, top_k, normalize ? 1 : 0, items);
+    });
     size_t wrong_ids = 0;
     double worst = 0.0;
     for (int t = 0; t < tokens; ++t) {
@@ -107,15 +156,40 @@ void check_route(DType d, int tokens, int experts, int top_k, bool normalize, bo
             worst = std::max(worst, std::isnan(err) ? INFINITY : err / bound);
         }
     }
-    char what[200];
+    const size_t bad_items = item_errors(ids, item_expert, item_rows, item_pairs);
+    char what[220];
     std::snprintf(what, sizeof what,
-                  "moe_route tokens=%d experts=%-3d top_k=%d %-9s %-4s %-4s  %zu ids differ, worst weight err/bound %.3f",
+                  "moe_route tokens=%-2d experts=%-3d top_k=%-2d %-9s %-4s %-4s  %zu ids differ, worst weight err/bound %.3f, %zu item errors",
                   tokens, experts, top_k, normalize ? "normalize" : "", ties ? "ties" : "", dtype_name(d),
-                  wrong_ids, worst);
-    report(wrong_ids == 0 && worst <= 1.0, what);
+                  wrong_ids, worst, bad_items);
+    report(wrong_ids == 0 && worst <= 1.0 && bad_items == 0, what);
 }
 
-using ExpertFn = void (*)(void*, const void*, const unsigned long long*, const int*, int, int, int);
+// The host's grouping of pairs into work items (any partition the kernel accepts).
+void group(const std::vector<int>& ids, int experts, std::vector<int>& item_expert,
+           std::vector<int>& item_rows, std::vector<int>& item_pairs) {
+    const int items = max_items(static_cast<int>(ids.size()), experts);
+    item_expert.assign(items, 0);
+    item_rows.assign(items, 0);
+    item_pairs.assign(static_cast<size_t>(items) * GEMV_EXPERT_ROWS, -1);
+    int next = 0;
+    for (int e = 0; e < experts; ++e) {
+        int rank = 0;
+        for (size_t p = 0; p < ids.size(); ++p) {
+            if (ids[p] != e) continue;
+            if (rank % GEMV_EXPERT_ROWS == 0) {
+                item_expert[next] = e;
+                ++next;
+            }
+            item_rows[next - 1] += 1;
+            item_pairs[static_cast<size_t>(next - 1) * GEMV_EXPERT_ROWS + rank % GEMV_EXPERT_ROWS] = static_cast<int>(p);
+            ++rank;
+        }
+    }
+}
+
+using ExpertFn = void (*)(void*, const void*, const unsigned long long*, const int*, const int*,
+                         const int*, int, int, int);
 using GemvFn = void (*)(void*, const void*, const void*, const void*, int, int, int, int);
 using SiluMulFn = void (*)(void*, const void*, long long, int);
 
@@ -141,16 +215,21 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
     Buffer x(d, random(d, static_cast<size_t>(tokens) * hidden, 2.0f));
     Buffer act = Buffer::unwritten(d, static_cast<size_t>(pairs) * inter);
     Buffer y = Buffer::unwritten(d, static_cast<size_t>(pairs) * hidden);
-    auto swiglu = KILN_PICK(ExpertFn, gemv1_expert_swiglu, d);
-    auto plain = KILN_PICK(ExpertFn, gemv1_expert, d);
+    auto swiglu = KILN_PICK(ExpertFn, gemv_expert_swiglu, d);
+    auto plain = KILN_PICK(ExpertFn, gemv_expert, d);
+    std::vector<int> item_expert, item_rows, item_pairs;
+    group(ids, experts, item_expert, item_rows, item_pairs);
+    const unsigned items = static_cast<unsigned>(item_rows.size());
     const unsigned per_block = GEMV_WARPS * GEMV_ROWS_PER_WARP;
     const unsigned gu_blocks = (2 * inter + per_block - 1) / per_block;
     const unsigned down_blocks = (hidden + per_block - 1) / per_block;
-    kiln_emu::launch({gu_blocks, static_cast<unsigned>(pairs), 1}, {GEMV_THREADS, 1, 1}, order, 7, [&] {
-        swiglu(act.data(), x.data(), gate_up_table.data(), ids.data(), top_k, 2 * inter, hidden);
+    kiln_emu::launch({gu_blocks, items, 1}, {GEMV_THREADS, 1, 1}, order, 7, [&] {
+        swiglu(act.data(), x.data(), gate_up_table.data(), item_expert.data(), item_rows.data(),
+               item_pairs.data(), top_k, 2 * inter, hidden);
     });
-    kiln_emu::launch({down_blocks, static_cast<unsigned>(pairs), 1}, {GEMV_THREADS, 1, 1}, order, 9, [&] {
-        plain(y.data(), act.data(), down_table.data(), ids.data(), 1, hidden, inter);
+    kiln_emu::launch({down_blocks, items, 1}, {GEMV_THREADS, 1, 1}, order, 9, [&] {
+        plain(y.data(), act.data(), down_table.data(), item_expert.data(), item_rows.data(),
+              item_pairs.data(), 1, hidden, inter);
     });
     // The reference: gemv1 on each pair's row alone, with its expert's weights.
     auto gemv1 = KILN_PICK(GemvFn, gemv1, d);
@@ -187,7 +266,7 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
     }
     char what[200];
     std::snprintf(what, sizeof what,
-                  "gemv1_expert(_swiglu) tokens=%d top_k=%d experts=%d hidden=%-4d inter=%-4d %-4s  %zu act, %zu y values differ from gemv1 per pair",
+                  "gemv_expert(_swiglu) tokens=%d top_k=%d experts=%d hidden=%-4d inter=%-4d %-4s  %zu act, %zu y values differ from gemv1 per pair",
                   tokens, top_k, experts, hidden, inter, dtype_name(d), act_differ, y_differ);
     report(act_differ == 0 && y_differ == 0, what);
 }
@@ -238,19 +317,26 @@ int main() {
     for (DType d : {DType::F32, DType::F16, DType::BF16}) {
         std::printf("== %s\n", dtype_name(d));
         // Mixtral (8, top 2, renormalised), Qwen1.5-MoE (60, top 4), Qwen3-30B-A3B (128, top
-        // 8), the kernel's limit (512, 16 per lane), ties among the largest.
+        // 8) at 1, 8 and 64 tokens (tokens sharing experts: items of up to 4 pairs, several
+        // per expert), the kernel's limits (512 experts, 16 per lane; top 32; 1024 pairs),
+        // ties among the largest.
         check_route(d, 3, 8, 2, true, false, Order::Forward);
         check_route(d, 2, 60, 4, false, false, Order::Reverse);
         check_route(d, 8, 128, 8, true, false, Order::Random);
+        check_route(d, 64, 128, 8, true, false, Order::Forward);
+        check_route(d, 1, 128, 8, false, false, Order::Reverse);
         check_route(d, 2, 512, 32, false, false, Order::Forward);
+        check_route(d, 32, 64, 32, false, false, Order::Random);
         check_route(d, 4, 128, 8, false, true, Order::Random);
         check_route(d, 1, 7, 7, true, true, Order::Forward);
-        // Several tokens sharing experts, one token with four, K = hidden crossing the x
-        // chunk of gemv1 (the host sends only hidden and intermediate widths that are
-        // multiples of 8, so every block is full).
+        check_route(d, 20, 4, 2, true, false, Order::Reverse);
+        // Tokens sharing experts (items of 1 to 4 pairs, several per expert), one token
+        // with four, K = hidden crossing the x chunk of the 4-row GEMV (the host sends only
+        // hidden and intermediate widths that are multiples of 8, so every block is full).
         check_expert_gemv(d, 3, 2, 4, 64, 24, Order::Random);
+        check_expert_gemv(d, 9, 2, 2, 32, 16, Order::Forward);
         check_expert_gemv(d, 1, 4, 6, 136, 40, Order::Reverse);
-        check_expert_gemv(d, 1, 2, 2, 16400, 8, Order::Forward);
+        check_expert_gemv(d, 2, 2, 2, 4104, 8, Order::Forward);
         // Recombination, with and without Qwen2-MoE's shared expert.
         check_combine(d, 3, 2, 40, false, Order::Forward);
         check_combine(d, 5, 8, 72, true, Order::Random);

@@ -11,7 +11,10 @@ use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::gemv_norm::{add_norm_fusion_pays, AddNormInput, GemvEpilogue};
 use super::image_flash::FlashLayouts;
-use super::moe::{moe_device_enabled, routes_on_device, MOE_DEVICE_MAX_ROWS};
+use super::moe::{
+    max_items, moe_device_enabled, routes_on_device, RouteOutputs, WorkItems, GEMV_EXPERT_ROWS,
+    MOE_DEVICE_MAX_ROWS,
+};
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::ops_qkv::QkvRopeCache;
@@ -647,24 +650,41 @@ impl Backend for CudaBackend {
         };
         self.bind()?;
         let pairs = tokens * top_k;
-        let mut ids = self
-            .pools()
-            .u32_buffer(pairs)
-            .context("moe expert ids buffer")?;
+        let count = max_items(pairs, experts.gate_up.len());
+        let ints = |units: usize, what: &str| {
+            self.pools()
+                .u32_buffer(units)
+                .with_context(|| format!("moe {what} buffer"))
+        };
+        let mut ids = ints(pairs, "expert ids")?;
+        let mut item_expert = ints(count, "item experts")?;
+        let mut item_rows = ints(count, "item rows")?;
+        let mut item_pairs = ints(count * GEMV_EXPERT_ROWS, "item pairs")?;
         let mut weights = self.output(DType::F32, &[pairs])?;
         self.dev.moe_route(
             router_logits,
             top_k,
             routing.normalize,
-            &mut ids,
-            &mut weights,
+            &mut RouteOutputs {
+                ids: &mut ids,
+                weights: &mut weights,
+                item_expert: &mut item_expert,
+                item_rows: &mut item_rows,
+                item_pairs: &mut item_pairs,
+            },
         )?;
+        let items = WorkItems {
+            expert: &item_expert,
+            rows: &item_rows,
+            pairs: &item_pairs,
+            count,
+        };
         let mut act = self.output(dtype, &[pairs, inter])?;
         self.dev
-            .moe_expert_gemv(experts.index, true, x, &ids, top_k, &mut act)?;
+            .moe_expert_gemv(experts.index, true, x, &items, top_k, &mut act)?;
         let mut y = self.output(dtype, &[pairs, hidden])?;
         self.dev
-            .moe_expert_gemv(experts.index, false, &act, &ids, top_k, &mut y)?;
+            .moe_expert_gemv(experts.index, false, &act, &items, top_k, &mut y)?;
         let mut out = self.output(dtype, &[tokens, hidden])?;
         let shared = routing.shared.as_ref().map(|s| (s.output, s.gate_logits));
         self.dev

@@ -1,22 +1,24 @@
-//! Mixture-of-experts layers routed on the GPU for a few tokens (decode steps).
+//! Mixture-of-experts layers routed on the GPU for the tokens of a decode step.
 //!
 //! The portable path ([`crate::backend::moe::host_routed_experts`]) copies each layer's
-//! router logits to the host: a stream synchronisation per layer (48 in Qwen3-30B-A3B) and a
-//! step no CUDA graph can record. For up to [`MOE_DEVICE_MAX_ROWS`] tokens the whole layer
-//! stays on the device instead, in four launches:
+//! router logits to the host: a stream synchronisation per layer (48 in Qwen3-30B-A3B), a
+//! gather and three launches per used expert (at batch 32 about 110 of Qwen3's 128), and a
+//! step no CUDA graph can record. For up to [`MOE_DEVICE_MAX_ROWS`] tokens the layer stays
+//! on the device instead, in four launches:
 //!
-//! 1. `moe_route` (kernels/moe.cu): softmax, top-k and the weights, per token, into
-//!    `top_k` (expert, weight) pairs sorted by expert;
-//! 2. `gemv1_expert_swiglu` (kernels/gemv.cu): each pair's gate_up GEMV with its expert's
-//!    weights, found through a device table of expert addresses made at load
-//!    ([`CudaExpertIndex`]), and the SwiGLU as epilogue;
-//! 3. `gemv1_expert`: each pair's down GEMV;
+//! 1. `moe_route` (kernels/moe.cu, one block): softmax, top-k and the weights per token,
+//!    as `top_k` (expert, weight) pairs sorted by expert; then the pairs grouped by expert
+//!    into work items of up to [`GEMV_EXPERT_ROWS`] pairs;
+//! 2. `gemv_expert_swiglu` (kernels/gemv.cu): per item, its expert's gate_up GEMV on the
+//!    item's tokens, the SwiGLU as epilogue, the expert's weights found through a device
+//!    table of expert addresses made at load ([`CudaExpertIndex`]);
+//! 3. `gemv_expert`: per item, its expert's down GEMV on the items' activations;
 //! 4. `moe_combine`: the weighted sum per token, rounded as HF's loop rounds it, the
 //!    shared expert last.
 //!
-//! Each pair reads its expert's weights once, so a batch whose tokens share experts reads
-//! them more than once; above a few tokens the host path's per-expert GEMMs win (and a step
-//! is long enough that the round trips matter less).
+//! An expert's weights are read once per item: once per step while at most four of the
+//! step's tokens share it. Prefill chunks keep the host path, whose per-expert GEMMs read
+//! each expert once for any number of tokens.
 
 use super::device::CudaDevice;
 use super::gemv::{gemv_launch, GEMV_K_MULTIPLE};
@@ -27,20 +29,34 @@ use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use std::sync::OnceLock;
 
-/// Most tokens routed on the device: a decode batch of up to this many sequences (and its
-/// recorded bucket, which never exceeds it: 1, 2, 4, 8).
-pub const MOE_DEVICE_MAX_ROWS: usize = 8;
-/// `MOE_MAX_EXPERTS` in kernels/moe.cu (16 per lane of the routing warp).
+/// Most tokens routed on the device: decode batches (and their recorded buckets) up to 64
+/// sequences.
+pub const MOE_DEVICE_MAX_ROWS: usize = 64;
+/// `MOE_MAX_EXPERTS` in kernels/moe.cu (16 per lane of a routing warp).
 pub const MOE_MAX_EXPERTS: usize = 512;
 /// `MOE_MAX_TOP_K` in kernels/moe.cu.
 pub const MOE_MAX_TOP_K: usize = 32;
-/// `MOE_ROUTE_THREADS` in kernels/moe.cu: one warp per token.
-pub const MOE_ROUTE_THREADS: u32 = 32;
+/// `MOE_MAX_PAIRS` in kernels/moe.cu: tokens x top_k of one step.
+pub const MOE_MAX_PAIRS: usize = 1024;
+/// `MOE_ROUTE_THREADS` in kernels/moe.cu: the one routing block.
+pub const MOE_ROUTE_THREADS: u32 = 256;
+/// `GEMV_EXPERT_ROWS` in kernels/gemv.cu (= `MOE_ITEM_ROWS` in kernels/moe.cu): pairs per
+/// work item of the expert GEMVs.
+pub const GEMV_EXPERT_ROWS: usize = 4;
+
+/// The most work items `pairs` routed pairs over `experts` experts can form: each expert's
+/// pairs in items of [`GEMV_EXPERT_ROWS`], so at most one part-filled item per used expert.
+pub fn max_items(pairs: usize, experts: usize) -> usize {
+    pairs.div_ceil(GEMV_EXPERT_ROWS) + experts.min(pairs)
+}
 
 /// Whether `tokens` rows of a layer of `experts` experts, `top_k` per token, go through the
 /// device path.
 pub fn routes_on_device(enabled: bool, tokens: usize, experts: usize, top_k: usize) -> bool {
-    enabled && (1..=MOE_DEVICE_MAX_ROWS).contains(&tokens) && route_kernel_fits(experts, top_k)
+    enabled
+        && (1..=MOE_DEVICE_MAX_ROWS).contains(&tokens)
+        && route_kernel_fits(experts, top_k)
+        && tokens * top_k <= MOE_MAX_PAIRS
 }
 
 /// Whether `moe_route` takes a layer of `experts` experts, `top_k` per token.
@@ -80,6 +96,26 @@ impl CudaExpertIndex {
             .as_ref()
             .map(|t| (t.experts, t.hidden, t.inter, t.dtype))
     }
+}
+
+/// Where `moe_route` writes: each pair's expert (as i32) and weight (f32), and the work
+/// items of [`WorkItems`].
+pub struct RouteOutputs<'a> {
+    pub ids: &'a mut CudaSlice<u32>,
+    pub weights: &'a mut CudaTensor,
+    pub item_expert: &'a mut CudaSlice<u32>,
+    pub item_rows: &'a mut CudaSlice<u32>,
+    pub item_pairs: &'a mut CudaSlice<u32>,
+}
+
+/// The expert GEMVs' work items of one step: item `i`'s expert, its number of pairs (0 past
+/// the step's items) and its pairs (`GEMV_EXPERT_ROWS` slots each); `count` =
+/// [`max_items`] of the step, the GEMVs' grid height.
+pub struct WorkItems<'a> {
+    pub expert: &'a CudaSlice<u32>,
+    pub rows: &'a CudaSlice<u32>,
+    pub pairs: &'a CudaSlice<u32>,
+    pub count: usize,
 }
 
 impl CudaDevice {
@@ -132,14 +168,14 @@ impl CudaDevice {
     }
 
     /// `moe_route`: `top_k` (expert, weight) pairs per row of `logits` (`[tokens, experts]`)
-    /// into `ids` (as i32) and `weights` (f32 `[tokens * top_k]`), sorted by expert.
+    /// into `out.ids` (as i32) and `out.weights` (f32 `[tokens * top_k]`), sorted by expert,
+    /// and the pairs grouped into the expert GEMVs' work items (`out.items`).
     pub fn moe_route(
         &self,
         logits: &CudaTensor,
         top_k: usize,
         normalize: bool,
-        ids: &mut CudaSlice<u32>,
-        weights: &mut CudaTensor,
+        out: &mut RouteOutputs<'_>,
     ) -> Result<()> {
         let &[tokens, experts] = logits.shape() else {
             bail!(
@@ -147,34 +183,42 @@ impl CudaDevice {
                 logits.shape()
             );
         };
+        let pairs = tokens * top_k;
         ensure!(
-            route_kernel_fits(experts, top_k),
-            "moe_route: {experts} experts, top {top_k} (the kernel takes up to \
-             {MOE_MAX_EXPERTS} experts and top {MOE_MAX_TOP_K})"
+            route_kernel_fits(experts, top_k) && pairs <= MOE_MAX_PAIRS,
+            "moe_route: {experts} experts, top {top_k}, {pairs} pairs (the kernel takes up to \
+             {MOE_MAX_EXPERTS} experts, top {MOE_MAX_TOP_K} and {MOE_MAX_PAIRS} pairs)"
         );
+        let items = max_items(pairs, experts);
         ensure!(
-            ids.len() >= tokens * top_k && weights.numel() >= tokens * top_k,
+            out.ids.len() >= pairs
+                && out.weights.numel() >= pairs
+                && out.item_expert.len() >= items
+                && out.item_rows.len() >= items
+                && out.item_pairs.len() >= items * GEMV_EXPERT_ROWS,
             "moe_route: outputs too small for {tokens} x {top_k} pairs"
         );
-        weights.expect_dtype(DType::F32, "moe_route weights")?;
+        out.weights.expect_dtype(DType::F32, "moe_route weights")?;
         if tokens == 0 {
             return Ok(());
         }
-        let (experts_i, top_k_i, normalize_i) = (
-            as_i32(experts, "experts")?,
-            as_i32(top_k, "top_k")?,
-            i32::from(normalize),
-        );
+        let ints = [tokens, experts, top_k, usize::from(normalize), items]
+            .map(|v| as_i32(v, "moe_route size"))
+            .into_iter()
+            .collect::<Result<Vec<i32>>>()?;
         let f = self.kernels().get("moe_route", logits.dtype())?;
         let mut args = self.stream().launch_builder(f);
         args.arg(logits.data())
-            .arg(ids)
-            .arg(weights.data_mut())
-            .arg(&experts_i)
-            .arg(&top_k_i)
-            .arg(&normalize_i);
+            .arg(&mut *out.ids)
+            .arg(out.weights.data_mut())
+            .arg(&mut *out.item_expert)
+            .arg(&mut *out.item_rows)
+            .arg(&mut *out.item_pairs);
+        for v in &ints {
+            args.arg(v);
+        }
         let config = LaunchConfig {
-            grid_dim: (as_i32(tokens, "tokens")? as u32, 1, 1),
+            grid_dim: (1, 1, 1),
             block_dim: (MOE_ROUTE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -183,16 +227,16 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// The expert GEMVs of every routed pair: `swiglu` gives `out[p] = silu(g) * u` of
-    /// `x[p / top_k]` through expert `ids[p]`'s gate_up (`out` `[pairs, inter]`); otherwise
-    /// `out[p] = down_{ids[p]} act[p]` (`x` the `[pairs, inter]` activations, `out`
-    /// `[pairs, hidden]`).
+    /// The expert GEMVs over the work items `moe_route` made for `pairs` pairs of top
+    /// `top_k`: `swiglu` gives `out[p] = silu(g) * u` of `x[p / top_k]` through expert p's
+    /// gate_up (`out` `[pairs, inter]`); otherwise `out[p] = down_e act[p]` (`x` the
+    /// `[pairs, inter]` activations, `out` `[pairs, hidden]`).
     pub fn moe_expert_gemv(
         &self,
         index: &CudaExpertIndex,
         swiglu: bool,
         x: &CudaTensor,
-        ids: &CudaSlice<u32>,
+        items: &WorkItems<'_>,
         top_k: usize,
         out: &mut CudaTensor,
     ) -> Result<()> {
@@ -210,10 +254,10 @@ impl CudaDevice {
                 tokens,
                 top_k,
                 &t.gate_up,
-                "gemv1_expert_swiglu",
+                "gemv_expert_swiglu",
             )
         } else {
-            (t.hidden, t.inter, pairs, 1, &t.down, "gemv1_expert")
+            (t.hidden, t.inter, pairs, 1, &t.down, "gemv_expert")
         };
         let out_width = if swiglu { t.inter } else { t.hidden };
         ensure!(
@@ -228,33 +272,39 @@ impl CudaDevice {
             "moe expert gemv: x / out must be aligned {} tensors",
             t.dtype
         );
+        let count = max_items(pairs, t.experts);
         ensure!(
-            ids.len() >= pairs,
-            "moe expert gemv: {} ids for {pairs} pairs",
-            ids.len()
+            items.count == count
+                && items.expert.len() >= count
+                && items.rows.len() >= count
+                && items.pairs.len() >= count * GEMV_EXPERT_ROWS,
+            "moe expert gemv: work items for another step shape"
         );
         if pairs == 0 {
             return Ok(());
         }
         let (x_div_i, n_i, k_i) = (as_i32(x_div, "top_k")?, as_i32(n, "N")?, as_i32(k, "K")?);
-        let pairs_y = u32::try_from(pairs)
+        let items_y = u32::try_from(count)
             .ok()
-            .filter(|&p| p <= 65_535)
-            .context("moe expert gemv: more than 65535 pairs")?;
+            .filter(|&c| c <= 65_535)
+            .context("moe expert gemv: more than 65535 work items")?;
         let mut config = gemv_launch(n)?;
-        config.grid_dim.1 = pairs_y;
+        config.grid_dim.1 = items_y;
         let f = self.kernels().get(op, t.dtype)?;
         let mut args = self.stream().launch_builder(f);
         args.arg(out.data_mut())
             .arg(x.data())
             .arg(table)
-            .arg(ids)
+            .arg(items.expert)
+            .arg(items.rows)
+            .arg(items.pairs)
             .arg(&x_div_i)
             .arg(&n_i)
             .arg(&k_i);
         // SAFETY: matches kernels/gemv.cu's expert kernels: the table holds `experts`
-        // addresses of [n, k] weights of this dtype (checked at indexing), the ids come from
-        // moe_route (below `experts`), x / out shapes and alignment checked above.
+        // addresses of [n, k] weights of this dtype (checked at indexing); the items come
+        // from moe_route for this step's shape (experts below `experts`, pairs below
+        // `pairs`, rows at most GEMV_EXPERT_ROWS); x / out shapes and alignment checked.
         unsafe { args.launch(config) }.context("moe expert gemv launch")?;
         Ok(())
     }
@@ -324,7 +374,8 @@ mod tests {
 
     #[test]
     fn decode_batches_of_real_moe_models_route_on_the_device() {
-        // Qwen3-30B-A3B (128 experts, top 8), Mixtral (8, top 2), Qwen1.5-MoE (60, top 4).
+        // Qwen3-30B-A3B (128 experts, top 8), Mixtral (8, top 2), Qwen1.5-MoE (60, top 4),
+        // DeepSeek-V3-like (256, top 8).
         for (experts, top_k) in [(128, 8), (8, 2), (60, 4), (256, 8)] {
             for tokens in 1..=MOE_DEVICE_MAX_ROWS {
                 assert!(routes_on_device(true, tokens, experts, top_k));
@@ -346,6 +397,9 @@ mod tests {
         assert!(!routes_on_device(true, 1, 64, MOE_MAX_TOP_K + 1));
         assert!(!routes_on_device(true, 1, 4, 5));
         assert!(!routes_on_device(true, 1, 4, 0));
+        // 64 tokens of top 32 are 2048 pairs: past the routing block's pair buffer.
+        assert!(!routes_on_device(true, 64, 64, 32));
+        assert!(routes_on_device(true, 32, 64, 32));
     }
 
     #[test]
@@ -355,8 +409,26 @@ mod tests {
             ("MOE_ROUTE_THREADS", MOE_ROUTE_THREADS as usize),
             ("MOE_MAX_EXPERTS", MOE_MAX_EXPERTS),
             ("MOE_MAX_TOP_K", MOE_MAX_TOP_K),
+            ("MOE_MAX_PAIRS", MOE_MAX_PAIRS),
+            ("MOE_ITEM_ROWS", GEMV_EXPERT_ROWS),
         ] {
-            assert!(src.contains(&format!("#define {name} {value}\n")), "{name}");
+            assert!(src.contains(&format!("#define {name} {value}")), "{name}");
+        }
+        let gemv = include_str!("../../../kernels/gemv.cu");
+        assert!(gemv.contains(&format!("#define GEMV_EXPERT_ROWS {GEMV_EXPERT_ROWS}\n")));
+    }
+
+    #[test]
+    fn work_items_cover_any_grouping_of_the_pairs() {
+        // Every pair on its own expert: one item each.
+        assert!(max_items(8, 128) >= 8);
+        // All pairs on one expert: pairs / 4 items.
+        assert!(max_items(64, 1) >= 16);
+        // The worst mix: one part-filled item per used expert plus full ones.
+        for (pairs, experts) in [(512, 128), (64, 8), (1024, 512), (3, 2)] {
+            let used = experts.min(pairs);
+            let worst = (pairs - used) / GEMV_EXPERT_ROWS + used;
+            assert!(max_items(pairs, experts) >= worst, "{pairs} {experts}");
         }
     }
 }

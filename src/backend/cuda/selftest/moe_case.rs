@@ -1,14 +1,16 @@
 //! A mixture-of-experts layer routed on the device (`src/backend/cuda/moe.rs`: `moe_route`,
 //! the expert GEMVs, `moe_combine`) at Qwen3-30B-A3B's expert shape (hidden 2048,
 //! intermediate 768, top 8 renormalised) and, with Qwen1.5-MoE's shared expert (top 4 of
-//! 60-like routing, intermediate 1408), for 1, 4 and 8 tokens, against a host reference
+//! 60-like routing, intermediate 1408), for 1, 8, 32 and 64 tokens, against a host reference
 //! with the host path's semantics (`backend::moe::route`, each expert output rounded to the
 //! dtype, the sum rounded as HF's loop). 32 experts: more than the top 8 and, at 9.4 MB
 //! each in bf16, more than fits the L2 cache, so the timing (one layer, four launches) is a
-//! fair read of the weight bandwidth: the note carries the GB/s of the experts read.
+//! fair read of the weight bandwidth: the note carries the GB/s of the distinct experts
+//! read (a step reads an expert once per work item of up to four of its tokens).
 
 use super::compare::Check;
 use super::suite::Suite;
+use crate::backend::cuda::moe::{max_items, RouteOutputs, WorkItems, GEMV_EXPERT_ROWS};
 use crate::backend::cuda::{CudaTensor, DType};
 use crate::backend::moe::route;
 use anyhow::Result;
@@ -20,7 +22,7 @@ const LAYERS: [(usize, usize, usize, usize, bool, bool); 2] = [
     (2048, 1408, 16, 4, false, true),
 ];
 
-const TOKENS: [usize; 3] = [1, 4, 8];
+const TOKENS: [usize; 4] = [1, 8, 32, 64];
 
 struct HostLayer {
     hidden: usize,
@@ -81,15 +83,36 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 None => None,
             };
             let pairs = tokens * top_k;
+            let count = max_items(pairs, experts);
             let mut ids = dev.upload(&vec![0u32; pairs])?;
+            let mut item_expert = dev.upload(&vec![0u32; count])?;
+            let mut item_rows = dev.upload(&vec![0u32; count])?;
+            let mut item_pairs = dev.upload(&vec![0u32; count * GEMV_EXPERT_ROWS])?;
             let mut weights = CudaTensor::zeros(dev, DType::F32, &[pairs])?;
             let mut act = CudaTensor::zeros(dev, dtype, &[pairs, inter])?;
             let mut y = CudaTensor::zeros(dev, dtype, &[pairs, hidden])?;
             let mut out = CudaTensor::zeros(dev, dtype, &[tokens, hidden])?;
             let mut layer_on_device = |out: &mut CudaTensor| -> Result<()> {
-                dev.moe_route(&logits, top_k, normalize, &mut ids, &mut weights)?;
-                dev.moe_expert_gemv(&index, true, &x, &ids, top_k, &mut act)?;
-                dev.moe_expert_gemv(&index, false, &act, &ids, top_k, &mut y)?;
+                dev.moe_route(
+                    &logits,
+                    top_k,
+                    normalize,
+                    &mut RouteOutputs {
+                        ids: &mut ids,
+                        weights: &mut weights,
+                        item_expert: &mut item_expert,
+                        item_rows: &mut item_rows,
+                        item_pairs: &mut item_pairs,
+                    },
+                )?;
+                let items = WorkItems {
+                    expert: &item_expert,
+                    rows: &item_rows,
+                    pairs: &item_pairs,
+                    count,
+                };
+                dev.moe_expert_gemv(&index, true, &x, &items, top_k, &mut act)?;
+                dev.moe_expert_gemv(&index, false, &act, &items, top_k, &mut y)?;
                 let shared = shared_dev.as_ref().map(|(o, g)| (o, g));
                 dev.moe_combine(&y, &weights, top_k, shared, out)
             };
