@@ -12,7 +12,7 @@ use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::gemv_norm::{add_norm_fusion_pays, AddNormInput, GemvEpilogue};
 use super::image_flash::FlashLayouts;
 use super::moe::{
-    max_items, moe_device_enabled, routes_on_device, RouteOutputs, WorkItems, GEMV_EXPERT_ROWS,
+    max_items, moe_device_enabled, routes_on_device, MoeBuffers, GEMV_EXPERT_ROWS,
     MOE_DEVICE_MAX_ROWS,
 };
 use super::ops::RopeStyle;
@@ -661,34 +661,27 @@ impl Backend for CudaBackend {
         let mut item_rows = ints(count, "item rows")?;
         let mut item_pairs = ints(count * GEMV_EXPERT_ROWS, "item pairs")?;
         let mut weights = self.output(DType::F32, &[pairs])?;
-        self.dev.moe_route(
+        let mut act = self.output(dtype, &[pairs, inter])?;
+        let mut y = self.output(dtype, &[pairs, hidden])?;
+        let mut out = self.output(dtype, &[tokens, hidden])?;
+        let shared = routing.shared.as_ref().map(|s| (s.output, s.gate_logits));
+        self.dev.moe_layer(
+            experts.index,
+            x,
             router_logits,
-            top_k,
-            routing.normalize,
-            &mut RouteOutputs {
+            (top_k, routing.normalize),
+            shared,
+            &mut MoeBuffers {
                 ids: &mut ids,
                 weights: &mut weights,
                 item_expert: &mut item_expert,
                 item_rows: &mut item_rows,
                 item_pairs: &mut item_pairs,
+                act: &mut act,
+                y: &mut y,
             },
+            &mut out,
         )?;
-        let items = WorkItems {
-            expert: &item_expert,
-            rows: &item_rows,
-            pairs: &item_pairs,
-            count,
-        };
-        let mut act = self.output(dtype, &[pairs, inter])?;
-        self.dev
-            .moe_expert_gemv(experts.index, true, x, &items, top_k, &mut act)?;
-        let mut y = self.output(dtype, &[pairs, hidden])?;
-        self.dev
-            .moe_expert_gemv(experts.index, false, &act, &items, top_k, &mut y)?;
-        let mut out = self.output(dtype, &[tokens, hidden])?;
-        let shared = routing.shared.as_ref().map(|s| (s.output, s.gate_logits));
-        self.dev
-            .moe_combine(&y, &weights, top_k, shared, &mut out)?;
         Ok(out)
     }
 

@@ -98,14 +98,18 @@ impl CudaExpertIndex {
     }
 }
 
-/// Where `moe_route` writes: each pair's expert (as i32) and weight (f32), and the work
-/// items of [`WorkItems`].
-pub struct RouteOutputs<'a> {
+/// The intermediates of one device-routed layer ([`CudaDevice::moe_layer`]): what
+/// `moe_route` writes (each pair's expert as i32 and weight as f32, and the work items of
+/// [`WorkItems`]), the pairs' activations `act` (`[pairs, inter]`) and expert outputs `y`
+/// (`[pairs, hidden]`).
+pub struct MoeBuffers<'a> {
     pub ids: &'a mut CudaSlice<u32>,
     pub weights: &'a mut CudaTensor,
     pub item_expert: &'a mut CudaSlice<u32>,
     pub item_rows: &'a mut CudaSlice<u32>,
     pub item_pairs: &'a mut CudaSlice<u32>,
+    pub act: &'a mut CudaTensor,
+    pub y: &'a mut CudaTensor,
 }
 
 /// The expert GEMVs' work items of one step: item `i`'s expert, its number of pairs (0 past
@@ -169,13 +173,13 @@ impl CudaDevice {
 
     /// `moe_route`: `top_k` (expert, weight) pairs per row of `logits` (`[tokens, experts]`)
     /// into `out.ids` (as i32) and `out.weights` (f32 `[tokens * top_k]`), sorted by expert,
-    /// and the pairs grouped into the expert GEMVs' work items (`out.items`).
+    /// and the pairs grouped into the expert GEMVs' work items (`out.item_*`).
     pub fn moe_route(
         &self,
         logits: &CudaTensor,
         top_k: usize,
         normalize: bool,
-        out: &mut RouteOutputs<'_>,
+        out: &mut MoeBuffers<'_>,
     ) -> Result<()> {
         let &[tokens, experts] = logits.shape() else {
             bail!(
@@ -225,6 +229,34 @@ impl CudaDevice {
         // SAFETY: matches kernels/moe.cu; sizes checked above.
         unsafe { args.launch(config) }.context("moe_route launch")?;
         Ok(())
+    }
+
+    /// The routed experts' weighted sum of `x` (`[tokens, hidden]`) into `out`, given the
+    /// router's `logits`: `moe_route`, the two expert GEMVs over its work items, and
+    /// `moe_combine` (with the shared expert's output and gate logits when given).
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_layer(
+        &self,
+        index: &CudaExpertIndex,
+        x: &CudaTensor,
+        logits: &CudaTensor,
+        (top_k, normalize): (usize, bool),
+        shared: Option<(&CudaTensor, &CudaTensor)>,
+        buffers: &mut MoeBuffers<'_>,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let experts = logits.shape().get(1).copied().unwrap_or(0);
+        let pairs = buffers.act.shape().first().copied().unwrap_or(0);
+        self.moe_route(logits, top_k, normalize, buffers)?;
+        let items = WorkItems {
+            expert: buffers.item_expert,
+            rows: buffers.item_rows,
+            pairs: buffers.item_pairs,
+            count: max_items(pairs, experts),
+        };
+        self.moe_expert_gemv(index, true, x, &items, top_k, buffers.act)?;
+        self.moe_expert_gemv(index, false, buffers.act, &items, top_k, buffers.y)?;
+        self.moe_combine(buffers.y, buffers.weights, top_k, shared, out)
     }
 
     /// The expert GEMVs over the work items `moe_route` made for `pairs` pairs of top

@@ -10,7 +10,7 @@
 
 use super::compare::Check;
 use super::suite::Suite;
-use crate::backend::cuda::moe::{max_items, RouteOutputs, WorkItems, GEMV_EXPERT_ROWS};
+use crate::backend::cuda::moe::{max_items, MoeBuffers, GEMV_EXPERT_ROWS};
 use crate::backend::cuda::{CudaTensor, DType};
 use crate::backend::moe::route;
 use anyhow::Result;
@@ -92,29 +92,26 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             let mut act = CudaTensor::zeros(dev, dtype, &[pairs, inter])?;
             let mut y = CudaTensor::zeros(dev, dtype, &[pairs, hidden])?;
             let mut out = CudaTensor::zeros(dev, dtype, &[tokens, hidden])?;
+            let shared_parts = shared_dev.as_ref().map(|(o, g)| (o, g));
             let mut layer_on_device = |out: &mut CudaTensor| -> Result<()> {
-                dev.moe_route(
-                    &logits,
-                    top_k,
-                    normalize,
-                    &mut RouteOutputs {
-                        ids: &mut ids,
-                        weights: &mut weights,
-                        item_expert: &mut item_expert,
-                        item_rows: &mut item_rows,
-                        item_pairs: &mut item_pairs,
-                    },
-                )?;
-                let items = WorkItems {
-                    expert: &item_expert,
-                    rows: &item_rows,
-                    pairs: &item_pairs,
-                    count,
+                let mut buffers = MoeBuffers {
+                    ids: &mut ids,
+                    weights: &mut weights,
+                    item_expert: &mut item_expert,
+                    item_rows: &mut item_rows,
+                    item_pairs: &mut item_pairs,
+                    act: &mut act,
+                    y: &mut y,
                 };
-                dev.moe_expert_gemv(&index, true, &x, &items, top_k, &mut act)?;
-                dev.moe_expert_gemv(&index, false, &act, &items, top_k, &mut y)?;
-                let shared = shared_dev.as_ref().map(|(o, g)| (o, g));
-                dev.moe_combine(&y, &weights, top_k, shared, out)
+                dev.moe_layer(
+                    &index,
+                    &x,
+                    &logits,
+                    (top_k, normalize),
+                    shared_parts,
+                    &mut buffers,
+                    out,
+                )
             };
             layer_on_device(&mut out)?;
             let shape = format!(
