@@ -79,6 +79,7 @@ fn ops(c: &mut Criterion) {
             num_kv_heads: 4,
             head_dim: 64,
             sliding_window: None,
+            logit_softcap: None,
         };
         g.bench_with_input(
             BenchmarkId::new("decode_attention_ctx512", batch),

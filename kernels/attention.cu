@@ -12,7 +12,8 @@
 //
 // Sliding window (Mistral): with sliding_window = w > 0, the token at position pos attends
 // only to positions pos + 1 - w ..= pos (when pos >= w; otherwise to 0..=pos), the last w
-// keys. sliding_window = 0 means no window.
+// keys. sliding_window = 0 means no window. softcap > 0 (Gemma 2) caps each scaled score s
+// at softcap * tanh(s / softcap) before the softmax; 0 leaves it.
 //
 // One block of ATTN_WARPS warps per (token, q head). Each warp walks every ATTN_WARPS-th key
 // with an online softmax (running max m, running sum l, f32 accumulator); lane L owns the
@@ -28,7 +29,7 @@ __device__ __forceinline__ void attention_impl(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int hd, int q_stride, int sliding_window, float scale) {
+    int hk, int hd, int q_stride, int sliding_window, float scale, float softcap) {
     __shared__ float part_max[ATTN_WARPS];
     __shared__ float part_sum[ATTN_WARPS];
     __shared__ float part_acc[ATTN_WARPS][ATTN_MAX_HEAD_DIM];
@@ -69,7 +70,7 @@ __device__ __forceinline__ void attention_impl(
             const int d = e * 32 + lane;
             if (d < hd) dot += q_reg[e] * D::load(k_cache[base + d]);
         }
-        const float score = kiln_warp_sum(dot);
+        const float score = kiln_softcap(kiln_warp_sum(dot), softcap);
         const float new_max = fmaxf(run_max, score);
         const float rescale = expf(run_max - new_max);  // 0 on the first key (run_max = -inf)
         const float weight = expf(score - new_max);
@@ -114,9 +115,9 @@ __device__ __forceinline__ void attention_impl(
         D::T* out, const D::T* q, const D::T* k_cache, const D::T* v_cache,                    \
         const int* block_tables, const int* query_start, const int* context_lens,              \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int hd,          \
-        int q_stride, int sliding_window, float scale) {                                       \
+        int q_stride, int sliding_window, float scale, float softcap) {                                       \
         attention_impl<D>(out, q, k_cache, v_cache, block_tables, query_start, context_lens,   \
                           num_seqs, max_blocks_per_seq, block_size, hq, hk, hd, q_stride,      \
-                          sliding_window, scale);                                              \
+                          sliding_window, scale, softcap);                                              \
     }
 KILN_FOR_EACH_DTYPE(KILN_ATTENTION)

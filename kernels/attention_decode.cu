@@ -50,7 +50,7 @@ __device__ __forceinline__ void attention_decode_impl(
     const typename D::T* k_cache, const typename D::T* v_cache, const int* block_tables,
     const int* query_start, const int* context_lens, int num_seqs, int max_blocks_per_seq,
     int block_size, int hq, int hk, int q_stride, int sliding_window, float scale,
-    int heads_per_cta, int keys_per_split) {
+    float softcap, int heads_per_cta, int keys_per_split) {
     typedef typename D::T T;
     constexpr int VEC = 16 / (int)sizeof(T);        // elements per 16-byte chunk
     constexpr int CHUNKS = HD / VEC;                // chunks per K/V row
@@ -185,7 +185,7 @@ __device__ __forceinline__ void attention_decode_impl(
             if (sub == 0 && j < num_keys) {
 #pragma unroll
                 for (int g = 0; g < DEC_MAX_HEADS; ++g) {
-                    if (g < heads) probs[g][j] = dot[g];
+                    if (g < heads) probs[g][j] = kiln_softcap(dot[g], softcap);
                 }
             }
         }
@@ -334,10 +334,10 @@ __device__ __forceinline__ void attention_decode_merge_impl(typename D::T* out,
     float *partials, D::T *out, const D::T *q, const D::T *k_cache, const D::T *v_cache,     \
         const int *block_tables, const int *query_start, const int *context_lens,            \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int q_stride,  \
-        int sliding_window, float scale, int heads_per_cta, int keys_per_split
+        int sliding_window, float scale, float softcap, int heads_per_cta, int keys_per_split
 #define DEC_ARGS                                                                             \
     partials, out, q, k_cache, v_cache, block_tables, query_start, context_lens, num_seqs,   \
-        max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale,             \
+        max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, softcap,             \
         heads_per_cta, keys_per_split
 
 #define KILN_ATTENTION_DECODE(S, D)                                                          \

@@ -54,7 +54,7 @@ __device__ __forceinline__ void attention_prefill_tiles(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int q_stride, int sliding_window, float scale, int causal) {
+    int hk, int q_stride, int sliding_window, float scale, float softcap, int causal) {
     constexpr int KSTEPS = (HD + 15) / 16;  // k16 steps of Q K^T over the head dim
     constexpr int DTILES = HD / 8;   // n8 tiles of O over the head dim
     constexpr int NTILES = PF_BK / 8;
@@ -178,7 +178,11 @@ __device__ __forceinline__ void attention_prefill_tiles(
                 const int pos = i < 2 ? pos_lo : pos_hi;
                 const int first = i < 2 ? first_lo : first_hi;
                 const bool valid = key <= pos && key >= first && key <= max_key;
-                s[nt][i] = valid ? s[nt][i] * log2_scale : KILN_NEG_INF;
+                // Soft-capped (Gemma 2) in the scores' own units, before the log2 scaling.
+                const float scaled = softcap > 0.0f
+                                         ? kiln_softcap(s[nt][i] * scale, softcap) * 1.4426950408889634f
+                                         : s[nt][i] * log2_scale;
+                s[nt][i] = valid ? scaled : KILN_NEG_INF;
             }
             tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[nt][0], s[nt][1]));
             tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[nt][2], s[nt][3]));
@@ -263,12 +267,12 @@ __device__ __forceinline__ void attention_prefill_impl(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int q_stride, int sliding_window, float scale, int causal) {
+    int hk, int q_stride, int sliding_window, float scale, float softcap, int causal) {
 #if __CUDA_ARCH__ >= 800 || defined(KILN_EMU_MMA)
     if constexpr (sizeof(typename D::T) == 2) {
         attention_prefill_tiles<D, HD>(out, q, k_cache, v_cache, block_tables, query_start,
                                        context_lens, num_seqs, max_blocks_per_seq, block_size,
-                                       hq, hk, q_stride, sliding_window, scale, causal);
+                                       hq, hk, q_stride, sliding_window, scale, softcap, causal);
     } else {
         asm volatile("trap;");  // f32: the host launches attention_decode instead
     }
@@ -281,10 +285,10 @@ __device__ __forceinline__ void attention_prefill_impl(
     D::T *out, const D::T *q, const D::T *k_cache, const D::T *v_cache,                      \
         const int *block_tables, const int *query_start, const int *context_lens,            \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int q_stride,  \
-        int sliding_window, float scale, int causal
+        int sliding_window, float scale, float softcap, int causal
 #define PF_ARGS                                                                              \
     out, q, k_cache, v_cache, block_tables, query_start, context_lens, num_seqs,             \
-        max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, causal
+        max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, softcap, causal
 
 // 40 and 160: Stable Diffusion 1.5's UNet attention (the LLM path uses 64 .. 256).
 #define KILN_ATTENTION_PREFILL(S, D)                                                         \

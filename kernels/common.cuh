@@ -146,6 +146,12 @@ __device__ __forceinline__ void kiln_map_row(typename D::T* y, const typename D:
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
          i += (long long)gridDim.x * blockDim.x)
 
+// Gemma 2's attention-logit soft-capping of a scaled score: cap * tanh(s / cap); cap 0 is
+// off (the score unchanged).
+__device__ __forceinline__ float kiln_softcap(float s, float cap) {
+    return cap > 0.0f ? cap * tanhf(s / cap) : s;
+}
+
 // ---- reductions -------------------------------------------------------------------------
 
 #define KILN_FULL_MASK 0xffffffffu

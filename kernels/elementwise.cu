@@ -2,6 +2,7 @@
 //   add:      out = a + b               (out may alias a or b)
 //   add_bias: x[r, j] = x[r, j] + b[j]  (in place, bias broadcast over rows)
 //   copy_columns: out[r, j] = x[r, offset + j]  (one column block of x, e.g. q of a fused QKV)
+//   softcap:  x = cap * tanh(x / cap)   (in place; Gemma 2's final logits)
 
 template <typename D>
 __device__ __forceinline__ void add_impl(typename D::T* out, const typename D::T* a,
@@ -33,6 +34,11 @@ __device__ __forceinline__ void copy_columns_impl(typename D::T* out, const type
     }
 }
 
+template <typename D>
+__device__ __forceinline__ void softcap_impl(typename D::T* x, long long total, float cap) {
+    KILN_GRID_STRIDE(i, total) { x[i] = D::store(kiln_softcap(D::load(x[i]), cap)); }
+}
+
 #define KILN_ELEMENTWISE(S, D)                                                            \
     extern "C" __global__ void add_##S(D::T* out, const D::T* a, const D::T* b,           \
                                        long long total) {                                 \
@@ -45,5 +51,8 @@ __device__ __forceinline__ void copy_columns_impl(typename D::T* out, const type
     extern "C" __global__ void copy_columns_##S(D::T* out, const D::T* x, long long total, \
                                                 int out_width, int in_width, int offset) { \
         copy_columns_impl<D>(out, x, total, out_width, in_width, offset);                 \
+    }                                                                                     \
+    extern "C" __global__ void softcap_##S(D::T* x, long long total, float cap) {         \
+        softcap_impl<D>(x, total, cap);                                                   \
     }
 KILN_FOR_EACH_DTYPE(KILN_ELEMENTWISE)

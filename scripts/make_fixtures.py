@@ -32,6 +32,8 @@ import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoTokenizer,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     GraniteConfig,
@@ -487,6 +489,25 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 rope_scaling={"rope_type": "linear", "factor": 4.0},
                 final_logit_softcapping=None,
                 attn_logit_softcapping=None,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Gemma 2: a sliding layer (window 8) then a global one; query_pre_attn_scalar 24 with
+        # head_dim 32 (no q norm: kiln folds the scale into q's rows); soft-capped scores
+        # and logits at caps small enough to matter for these weights (Gemma 2's own 50 and
+        # 30 would change them by less than the test's tolerance). Untied, as gemma3.
+        "gemma2": (
+            Gemma2ForCausalLM,
+            Gemma2Config(
+                **{k: v for k, v in common.items() if k != "hidden_act"},
+                hidden_activation="gelu_pytorch_tanh",
+                head_dim=32,
+                query_pre_attn_scalar=24,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                rope_theta=10000.0,
+                attn_logit_softcapping=4.0,
+                final_logit_softcapping=12.0,
                 tie_word_embeddings=False,
             ),
         ),

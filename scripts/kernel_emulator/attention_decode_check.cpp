@@ -37,6 +37,7 @@ struct Case {
     int forced_splits = 0;  // > 0: this many splits of forced_keys keys instead of the plan
     int forced_keys = 0;
     kiln_emu::Order order = kiln_emu::Order::Forward;
+    float softcap = 0.0f;  // Gemma 2's score soft-cap; 0 = none
 };
 
 struct Plan {
@@ -66,7 +67,7 @@ Plan decode_plan(int tokens, int hq, int hk, int max_keys) {
 
 using DecodeKernel = void (*)(float*, void*, const void*, const void*, const void*, const int*,
                               const int*, const int*, int, int, int, int, int, int, int, float,
-                              int, int);
+                              float, int, int);
 using MergeKernel = void (*)(void*, const float*, int, int, int);
 
 DecodeKernel decode_kernel(DType d, int hd) {
@@ -138,6 +139,7 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
     int max_blocks = b.max_blocks, hpc = plan.heads_per_cta, kps = plan.keys_per_split;
     int splits = plan.num_splits;
     float scale_arg = scale;
+    float softcap = c.softcap;
     if (mode == Mode::Emulate) {
         const DecodeKernel kernel = decode_kernel(c.dtype, c.hd);
         kiln_emu::launch({static_cast<unsigned>(b.tokens), static_cast<unsigned>(hq / hpc),
@@ -146,7 +148,7 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
                              kernel(partials.data(), out.data(), q.data(), k.data(), v.data(),
                                     b.block_tables.data(), b.query_start.data(),
                                     b.context_lens.data(), num_seqs, max_blocks, block_size, hq,
-                                    hk, q_stride, window, scale, hpc, kps);
+                                    hk, q_stride, window, scale, softcap, hpc, kps);
                          });
         if (splits > 1) {
             const MergeKernel merge = merge_kernel(c.dtype);
@@ -171,13 +173,13 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
             gpu->launch(f, b.tokens, hq, 1, 128,
                         {&d_out, &d_q, &d_k, &d_v, &d_tables, &d_starts, &d_lens, &num_seqs,
                          &max_blocks, &block_size, &hq, &hk, &hd, &q_stride, &window,
-                         &scale_arg});
+                         &scale_arg, &softcap});
         } else {
             void* f = gpu->function("attention_decode_hd" + std::to_string(hd) + suffix);
             gpu->launch(f, b.tokens, hq / hpc, splits, 128,
                         {&d_part, &d_out, &d_q, &d_k, &d_v, &d_tables, &d_starts, &d_lens,
                          &num_seqs, &max_blocks, &block_size, &hq, &hk, &q_stride, &window,
-                         &scale_arg, &hpc, &kps});
+                         &scale_arg, &softcap, &hpc, &kps});
             if (splits > 1) {
                 void* m = gpu->function("attention_decode_merge" + suffix);
                 gpu->launch(m, b.tokens, hq, 1, 128, {&d_out, &d_part, &hq, &hd, &splits});
@@ -233,6 +235,11 @@ std::vector<Case> cases(bool full) {
     add({"gqa7 hd96 bf16", {{3, 1}, {90, 1}}, 28, 4, 96, 0, DType::BF16, 2, 64});
     add({"mha hd64 f16", {{3, 1}, {90, 1}}, 8, 8, 64, 0, DType::F16, 2, 64});
     add({"window 37", {{100, 1}, {20, 1}, {64, 3}}, 32, 8, 128, 37, DType::F32, 2, 32});
+    // Gemma 2's soft-capped scores (a cap small enough to change every softmax), split and
+    // not, with a window, at its head dim 256.
+    add({"softcap 1.5", {{1, 1}, {40, 1}, {100, 1}}, 32, 8, 128, 0, DType::F32, 0, 0, O::Forward, 1.5f});
+    add({"softcap 1.5 5x64 bf16", {{7, 1}, {150, 1}, {300, 1}}, 32, 8, 128, 0, DType::BF16, 5, 64, O::Random, 1.5f});
+    add({"softcap 50 window 37 hd256", {{100, 1}, {20, 1}, {64, 3}}, 8, 4, 256, 37, DType::F16, 2, 32, O::Forward, 50.0f});
     // Splits of the most keys a CTA takes (512): every softmax slot of every lane in use,
     // and a last split only partly filled (1000 = 512 + 488).
     add({"decode x2 2 splits x 512", {{1000, 1}, {512, 1}}, 8, 2, 64, 0, DType::F32, 2, 512});

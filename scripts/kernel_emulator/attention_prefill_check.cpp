@@ -34,11 +34,12 @@ struct Case {
     int window = 0;  // 0 = none
     DType dtype = DType::BF16;
     kiln_emu::Order order = kiln_emu::Order::Forward;
+    float softcap = 0.0f;  // Gemma 2's score soft-cap; 0 = none
 };
 
 using PrefillKernel = void (*)(void*, const void*, const void*, const void*, const int*,
                                const int*, const int*, int, int, int, int, int, int, int, float,
-                               int);
+                               float, int);
 
 PrefillKernel prefill_kernel(DType d, int hd) {
     struct Entry {
@@ -99,7 +100,7 @@ Result run_paged(const Case& c, unsigned seed) {
     kiln_emu::launch(prefill_grid(b.tokens, num_seqs, c.hq), {128, 1, 1}, c.order, seed, [&] {
         kernel(out.data(), q.data(), k.data(), v.data(), b.block_tables.data(),
                b.query_start.data(), b.context_lens.data(), num_seqs, b.max_blocks,
-               b.block_size, c.hq, c.hk, c.hq * c.hd, c.window, scale, 1);
+               b.block_size, c.hq, c.hk, c.hq * c.hd, c.window, scale, c.softcap, 1);
     });
     std::vector<double> magnitude;
     const std::vector<double> want = kiln_attention_ref::reference(c, b, scale, &magnitude);
@@ -133,7 +134,7 @@ Result run_image(const ImageCase& c, unsigned seed) {
                      kiln_emu::Order::Random, seed, [&] {
                          kernel(out.data(), q.data(), k.data(), v.data(), tables.data(),
                                 starts.data(), lens.data(), c.batch, 1, c.nk, c.heads,
-                                c.heads, width, 0, scale, c.causal ? 1 : 0);
+                                c.heads, width, 0, scale, 0.0f, c.causal ? 1 : 0);
                      });
     std::vector<double> want(qv.size()), magnitude(qv.size());
     for (int e = 0; e < c.batch; ++e) {
@@ -189,6 +190,10 @@ std::vector<Case> cases() {
     v.push_back({"random warps", {{100, 70}, {33, 1}}, 4, 1, 128, 20, DType::F16, O::Random});
     v.push_back({"gqa 4/2 hd40 window 45", {{120, 66}, {20, 20}}, 4, 2, 40, 45, DType::BF16});
     v.push_back({"gqa 4/1 hd160", {{90, 70}}, 4, 1, 160, 0, DType::F16});
+    // Gemma 2's soft-capped scores: a small cap (every softmax changes), and its own 50 with
+    // a window at head dim 256.
+    v.push_back({"softcap 1.5 chunked gqa 4/1 hd128", {{130, 70}, {40, 40}}, 4, 1, 128, 0, DType::BF16, O::Forward, 1.5f});
+    v.push_back({"softcap 50 window 45 gqa 8/4 hd256", {{120, 66}, {20, 20}}, 8, 4, 256, 45, DType::F16, O::Random, 50.0f});
     return v;
 }
 

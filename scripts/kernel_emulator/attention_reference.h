@@ -3,7 +3,7 @@
 // attention_decode_check.cpp and attention_prefill_check.cpp.
 //
 // A case type C has the fields `seqs` ((context after this step, new tokens) per
-// sequence), `hq`, `hk`, `hd`, `window` (0 = none) and `dtype`.
+// sequence), `hq`, `hk`, `hd`, `window` (0 = none), `softcap` (0 = none) and `dtype`.
 #pragma once
 
 #include "emu_tensor.h"
@@ -65,16 +65,17 @@ Batch make_batch(const C& c, std::mt19937& rng) {
 }
 
 // One query row against the key rows `k[i]`, `v[i]` (hd values each): writes softmax(scale
-// q k^T) v to `out` and, if `magnitude` is given, sum_i p_i |v_i| (what a relative error
+// q k^T) v to `out` (each scaled score s soft-capped to softcap tanh(s / softcap) first when
+// softcap > 0: Gemma 2) and, if `magnitude` is given, sum_i p_i |v_i| (what a relative error
 // in the probabilities scales with) to it.
 inline void attend(const float* q, double scale, const std::vector<const float*>& k,
                    const std::vector<const float*>& v, int hd, double* out,
-                   double* magnitude) {
+                   double* magnitude, double softcap = 0.0) {
     std::vector<double> scores(k.size());
     for (size_t j = 0; j < k.size(); ++j) {
         double dot = 0.0;
         for (int d = 0; d < hd; ++d) dot += static_cast<double>(q[d]) * scale * k[j][d];
-        scores[j] = dot;
+        scores[j] = softcap > 0.0 ? softcap * std::tanh(dot / softcap) : dot;
     }
     const double m = *std::max_element(scores.begin(), scores.end());
     double sum = 0.0;
@@ -117,7 +118,7 @@ std::vector<double> reference(const C& c, const Batch& b, float scale,
             }
             const size_t at = (static_cast<size_t>(token) * hq + head) * hd;
             attend(&b.q[at], scale, k, v, hd, &out[at],
-                   magnitude != nullptr ? &(*magnitude)[at] : nullptr);
+                   magnitude != nullptr ? &(*magnitude)[at] : nullptr, c.softcap);
         }
     }
     return out;

@@ -20,13 +20,15 @@ pub use dtype::DType;
 use anyhow::Result;
 
 /// Shape of the attention part of a model, as the attention ops need it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
     /// Tokens further back than this are not attended to (Mistral-style sliding window).
     pub sliding_window: Option<usize>,
+    /// Gemma 2: each scaled score `s` becomes `cap * tanh(s / cap)` before the softmax.
+    pub logit_softcap: Option<f32>,
 }
 
 /// Rotary position embedding: the per-pair inverse frequencies (scaling already applied) and
@@ -185,6 +187,9 @@ pub trait Backend: Send + Sync {
     fn gelu_tanh_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
     /// `x * factor`, rounded once to the tensor's dtype (Gemma's embedding scale).
     fn mul_scalar(&self, x: &Self::Tensor, factor: f32) -> Result<Self::Tensor>;
+    /// `cap * tanh(x / cap)` element-wise, computed in f32 and rounded once (Gemma 2's
+    /// final logit soft-capping). The GPU works in place.
+    fn softcap(&self, x: Self::Tensor, cap: f32) -> Result<Self::Tensor>;
     /// The MLP's head: `add_rms_norm_linear` into the gate_up projection `w: [2 * I, k]`,
     /// then `silu_mul`: `(silu(gate) * up: [n, I], sum)`. Devices may fuse all three for a
     /// few rows.

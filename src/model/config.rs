@@ -19,8 +19,12 @@ pub enum Architecture {
     Qwen2Moe,
     /// Mistral's attention with mixture-of-experts MLPs (`block_sparse_moe`, `w1/w2/w3`).
     Mixtral,
-    /// Gemma 3 text models: norms around both blocks, `1 + w` norm weights, GeGLU (tanh),
-    /// scaled embeddings, local (sliding, own RoPE base) and global layers.
+    /// Gemma 2: norms around both blocks, `1 + w` norm weights, GeGLU (tanh), scaled
+    /// embeddings, alternating local (sliding) and global layers, soft-capped attention
+    /// scores and logits.
+    Gemma2,
+    /// Gemma 3 text models: Gemma 2's layer with q/k norms instead of the soft-capping, and
+    /// local layers with their own RoPE base.
     Gemma3,
     /// IBM Granite 3.x: Llama's layers with four scalar multipliers (see `GraniteScales`).
     Granite,
@@ -29,7 +33,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 11] = [
+    pub const SUPPORTED: [&'static str; 12] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -38,6 +42,7 @@ impl Architecture {
         "Qwen3MoeForCausalLM",
         "Qwen2MoeForCausalLM",
         "MixtralForCausalLM",
+        "Gemma2ForCausalLM",
         "Gemma3ForCausalLM",
         "GraniteForCausalLM",
         "SmolLM3ForCausalLM",
@@ -53,6 +58,7 @@ impl Architecture {
             "Qwen3MoeForCausalLM" => Architecture::Qwen3Moe,
             "Qwen2MoeForCausalLM" => Architecture::Qwen2Moe,
             "MixtralForCausalLM" => Architecture::Mixtral,
+            "Gemma2ForCausalLM" => Architecture::Gemma2,
             "Gemma3ForCausalLM" => Architecture::Gemma3,
             "GraniteForCausalLM" => Architecture::Granite,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
@@ -306,7 +312,7 @@ pub struct GraniteScales {
     pub logits: f64,
 }
 
-/// What Gemma 3 does differently from the Llama layer.
+/// What Gemma 2 and 3 do differently from the Llama layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmaConfig {
     /// Per layer: whether it attends only over the last `sliding_window` tokens (local,
@@ -314,24 +320,30 @@ pub struct GemmaConfig {
     pub sliding_layers: Vec<bool>,
     pub local_rope_theta: f64,
     /// Multiplies q before the scores: `query_pre_attn_scalar^-0.5` over the usual
-    /// `head_dim^-0.5` (folded into the q norm's weight at load).
+    /// `head_dim^-0.5` (folded into the q norm's weight at load, or into q's rows where
+    /// there is no q norm: Gemma 2).
     pub query_scale: f64,
+    /// Gemma 2: each scaled attention score `s` becomes `cap * tanh(s / cap)`.
+    pub attn_softcap: Option<f32>,
+    /// Gemma 2: the logits likewise.
+    pub final_softcap: Option<f32>,
 }
 
 impl GemmaConfig {
     fn from_raw(architecture: Architecture, raw: &RawConfig) -> Result<Option<GemmaConfig>> {
-        if architecture != Architecture::Gemma3 {
+        if !matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3) {
             return Ok(None);
         }
-        for (name, cap) in [
-            ("final_logit_softcapping", raw.final_logit_softcapping),
-            ("attn_logit_softcapping", raw.attn_logit_softcapping),
-        ] {
-            anyhow::ensure!(
-                cap.is_none(),
-                "{name} is not supported (Gemma 2's softcapping)"
-            );
-        }
+        let cap = |name: &str, cap: Option<f64>| -> Result<Option<f32>> {
+            match cap {
+                Some(c) if !(c > 0.0 && c.is_finite()) => {
+                    anyhow::bail!("{name} must be positive, got {c}")
+                }
+                c => Ok(c.map(|c| c as f32)),
+            }
+        };
+        let attn_softcap = cap("attn_logit_softcapping", raw.attn_logit_softcapping)?;
+        let final_softcap = cap("final_logit_softcapping", raw.final_logit_softcapping)?;
         let n = raw.num_hidden_layers;
         let sliding_layers = match (&raw.layer_types, raw.sliding_window_pattern) {
             (Some(types), _) => {
@@ -349,9 +361,15 @@ impl GemmaConfig {
                     })
                     .collect::<Result<_>>()?
             }
-            // Every `pattern`-th layer is global (Gemma 3's default is 6).
+            // Every `pattern`-th layer is global (Gemma 3's default is 6; Gemma 2 alternates,
+            // local first).
             (None, pattern) => {
-                let pattern = pattern.unwrap_or(6).max(1);
+                let default = if architecture == Architecture::Gemma2 {
+                    2
+                } else {
+                    6
+                };
+                let pattern = pattern.unwrap_or(default).max(1);
                 (0..n).map(|i| (i + 1) % pattern != 0).collect()
             }
         };
@@ -362,8 +380,14 @@ impl GemmaConfig {
         anyhow::ensure!(scalar > 0.0, "query_pre_attn_scalar must be positive");
         Ok(Some(GemmaConfig {
             sliding_layers,
-            local_rope_theta: raw.rope_local_base_freq.unwrap_or(10000.0),
+            // Gemma 2's local layers rotate like its global ones.
+            local_rope_theta: match architecture {
+                Architecture::Gemma2 => raw.rope_local_base_freq.unwrap_or(raw.rope_theta),
+                _ => raw.rope_local_base_freq.unwrap_or(10000.0),
+            },
             query_scale: (head_dim / scalar).sqrt(),
+            attn_softcap,
+            final_softcap,
         }))
     }
 }
@@ -439,10 +463,11 @@ impl ModelConfig {
         let architecture = Architecture::from_hf(arch_name)?;
         let gemma = GemmaConfig::from_raw(architecture, &raw)?;
         match (&raw.hidden_act, &raw.hidden_activation, architecture) {
-            (_, Some(act), Architecture::Gemma3) | (Some(act), None, Architecture::Gemma3) => {
+            (_, Some(act), Architecture::Gemma2 | Architecture::Gemma3)
+            | (Some(act), None, Architecture::Gemma2 | Architecture::Gemma3) => {
                 anyhow::ensure!(
                     act == "gelu_pytorch_tanh",
-                    "unsupported hidden_activation '{act}' for Gemma 3 (only gelu_pytorch_tanh)"
+                    "unsupported hidden_activation '{act}' for Gemma (only gelu_pytorch_tanh)"
                 )
             }
             (Some(act), _, _) => {
@@ -714,7 +739,13 @@ mod tests {
         assert_eq!(c.layer_window(5), None);
         assert!((g.query_scale - 2.0).abs() < 1e-12, "sqrt(32 / 8)");
         assert!(c.qk_norm);
-        let err = ModelConfig::from_json(&json(r#", "final_logit_softcapping": 30.0"#))
+        let capped = ModelConfig::from_json(&json(
+            r#", "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0"#,
+        ))
+        .unwrap();
+        let g = capped.gemma.unwrap();
+        assert_eq!((g.attn_softcap, g.final_softcap), (Some(50.0), Some(30.0)));
+        let err = ModelConfig::from_json(&json(r#", "final_logit_softcapping": -1.0"#))
             .unwrap_err()
             .to_string();
         assert!(err.contains("final_logit_softcapping"), "{err}");

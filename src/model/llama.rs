@@ -84,6 +84,8 @@ pub struct LlamaModel<B: Backend> {
     /// Multiplies the last hidden state before the head: Granite's `1 / logits_scaling`
     /// (the head may be the tied embedding, so it cannot be folded into it).
     logit_scale: Option<f32>,
+    /// Gemma 2: the logits become `cap * tanh(logits / cap)`.
+    final_softcap: Option<f32>,
     /// This rank's heads.
     attention: AttentionShape,
 }
@@ -352,10 +354,12 @@ impl<B: Backend> LlamaModel<B> {
         let (h, q, kv, hd) = (c.hidden_size, c.q_width(), c.kv_width(), c.head_dim);
         let (q_cols, kv_cols) = (layout.q_columns(hd), layout.kv_columns(hd));
         // Granite's attention scale goes into the q rows (the attention applies
-        // head_dim^-0.5), its residual multiplier into the blocks' output projections.
-        let (q_scale, residual_scale) = match &c.granite {
-            Some(g) => (g.attention * (hd as f64).sqrt(), g.residual),
-            None => (1.0, 1.0),
+        // head_dim^-0.5), its residual multiplier into the blocks' output projections; so
+        // does Gemma 2's query scale (Gemma 3 folds it into its q norm).
+        let (q_scale, residual_scale) = match (&c.granite, &c.gemma) {
+            (Some(g), _) => (g.attention * (hd as f64).sqrt(), g.residual),
+            (None, Some(g)) if !c.qk_norm => (g.query_scale, 1.0),
+            _ => (1.0, 1.0),
         };
         let embed = load_embedding(be, src, "model.embed_tokens.weight", c, &layout, dtype)?;
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -518,7 +522,9 @@ impl<B: Backend> LlamaModel<B> {
             num_kv_heads: layout.kv_heads.len(),
             head_dim: hd,
             sliding_window: c.sliding_window,
+            logit_softcap: c.gemma.as_ref().and_then(|g| g.attn_softcap),
         };
+        let final_softcap = c.gemma.as_ref().and_then(|g| g.final_softcap);
         Ok(LlamaModel {
             config,
             dtype,
@@ -532,6 +538,7 @@ impl<B: Backend> LlamaModel<B> {
             rope_off,
             embed_scale,
             logit_scale,
+            final_softcap,
             attention,
         })
     }
@@ -779,7 +786,11 @@ impl<B: Backend> LlamaModel<B> {
             Some(scale) => be.mul_scalar(&x, scale)?,
             None => x,
         };
-        be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)
+        let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
+        match self.final_softcap {
+            Some(cap) => be.softcap(logits, cap),
+            None => Ok(logits),
+        }
     }
 
     /// Host logits without the zero row's column, where a tied head scored it.

@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 10] = [
+pub const PRESETS: [(&str, &str); 11] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -34,6 +34,10 @@ pub const PRESETS: [(&str, &str); 10] = [
     (
         "mixtral-8x7b",
         include_str!("../../models/presets/mixtral-8x7b.json"),
+    ),
+    (
+        "gemma-2-9b",
+        include_str!("../../models/presets/gemma-2-9b.json"),
     ),
     (
         "gemma-3-1b",
@@ -76,6 +80,7 @@ mod tests {
                 "qwen3-8b" => 8.2,
                 "qwen3-30b-a3b" => 30.5,
                 "mixtral-8x7b" => 46.7,
+                "gemma-2-9b" => 9.24,
                 "gemma-3-1b" => 1.0,
                 "qwen1.5-moe-a2.7b" => 14.3,
                 _ => unreachable!(),

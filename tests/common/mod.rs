@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 12] = [
+pub const ARCHS: [&str; 13] = [
     "llama",
     "llama31",
     "mistral",
@@ -16,6 +16,7 @@ pub const ARCHS: [&str; 12] = [
     "phi3",
     "qwen3_moe",
     "mixtral",
+    "gemma2",
     "gemma3",
     "granite",
     "smollm3",

@@ -6,6 +6,14 @@ use crate::backend::{AttentionShape, BatchLayout};
 use anyhow::Result;
 use rayon::prelude::*;
 
+/// Gemma 2's soft-capping of a scaled score (`cap * tanh(s / cap)`), or the score.
+pub fn softcap(score: f32, cap: Option<f32>) -> f32 {
+    match cap {
+        Some(cap) => cap * (score / cap).tanh(),
+        None => score,
+    }
+}
+
 pub fn paged_attention(
     q: &[f32],
     cache: &CpuKvCache,
@@ -56,7 +64,7 @@ pub fn paged_attention(
             for (i, p) in (first..=pos).enumerate() {
                 let k = &k_cache[offset_of(p)..][..hd];
                 for (g, qh) in q_group.chunks_exact(hd).enumerate() {
-                    scores[g * n + i] = dot(qh, k) * scale;
+                    scores[g * n + i] = softcap(dot(qh, k) * scale, shape.logit_softcap);
                 }
             }
             for row in scores.chunks_exact_mut(n) {

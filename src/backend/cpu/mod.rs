@@ -1,7 +1,7 @@
 //! The CPU reference backend: candle tensors for the dense math, plain loops for paged
 //! attention. Every CUDA op is checked against this.
 
-mod attention;
+pub(crate) mod attention;
 mod draw;
 mod image_ops;
 mod kv_cache;
@@ -190,6 +190,16 @@ impl Backend for CpuBackend {
         // rounds after every step of the formula.
         let act = gate.to_dtype(CDType::F32)?.gelu()?.to_dtype(gate.dtype())?;
         Ok((act * up)?)
+    }
+
+    fn softcap(&self, x: Tensor, cap: f32) -> Result<Tensor> {
+        anyhow::ensure!(
+            cap > 0.0 && cap.is_finite(),
+            "softcap: the cap must be positive, got {cap}"
+        );
+        let dtype = x.dtype();
+        let capped = ((x.to_dtype(candle_core::DType::F32)? / cap as f64)?.tanh()? * cap as f64)?;
+        Ok(capped.to_dtype(dtype)?)
     }
 
     fn mul_scalar(&self, x: &Tensor, factor: f32) -> Result<Tensor> {

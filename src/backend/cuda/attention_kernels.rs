@@ -33,6 +33,8 @@ pub struct AttentionCall<'a> {
     pub v_cache: &'a CudaTensor,
     pub meta: &'a AttentionMetadata<'a>,
     pub scale: f32,
+    /// Gemma 2's soft-cap of the scaled scores (`cap * tanh(s / cap)`); 0 = none.
+    pub softcap: f32,
     pub ints: AttentionInts,
     pub tokens: usize,
     /// The call covers sequences `first_seq .. first_seq + ints.num_seqs` of `meta` (a part
@@ -108,7 +110,8 @@ impl CudaDevice {
             .arg(&n.hd)
             .arg(&n.q_stride)
             .arg(&n.window)
-            .arg(&c.scale);
+            .arg(&c.scale)
+            .arg(&c.softcap);
         let cfg = launch::attention(c.tokens, n.hq as usize)?;
         // SAFETY: matches kernels/attention.cu; shapes checked by the caller.
         unsafe { args.launch(cfg) }.context("attention launch")?;
@@ -148,6 +151,7 @@ impl CudaDevice {
             .arg(&n.q_stride)
             .arg(&n.window)
             .arg(&c.scale)
+            .arg(&c.softcap)
             .arg(&causal);
         let cfg = attention_plan::prefill_launch(c.tokens, n.num_seqs as usize, n.hq as usize)?;
         // SAFETY: matches kernels/attention_prefill.cu; the path is only chosen for 16-bit
@@ -188,6 +192,7 @@ impl CudaDevice {
             .arg(&n.q_stride)
             .arg(&n.window)
             .arg(&c.scale)
+            .arg(&c.softcap)
             .arg(&heads_per_cta)
             .arg(&keys_per_split);
         // SAFETY: matches kernels/attention_decode.cu; the scratch holds

@@ -561,6 +561,12 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn softcap(&self, x: CudaTensor, cap: f32) -> Result<CudaTensor> {
+        let mut x = x;
+        self.dev.softcap(&mut x, cap)?;
+        Ok(x)
+    }
+
     fn mul_scalar(&self, x: &CudaTensor, factor: f32) -> Result<CudaTensor> {
         let mut out = self.output(x.dtype(), x.shape())?;
         self.dev.lincomb_into((x, factor), None, &mut out)?;
@@ -812,6 +818,7 @@ impl Backend for CudaBackend {
             context_lens: &batch.context_lens,
             num_seqs: batch.num_seqs,
             sliding_window: shape.sliding_window,
+            softcap: shape.logit_softcap,
             decode_prefix: batch.decode_prefix,
         };
         let scale = 1.0 / (shape.head_dim as f32).sqrt();

@@ -181,6 +181,7 @@ impl CudaBackend {
             context_lens: &layout.lens,
             num_seqs: d.batch,
             sliding_window: None,
+            softcap: None,
             decode_prefix: 0,
         };
         let heads = as_i32(d.heads, "heads")?;
@@ -190,6 +191,7 @@ impl CudaBackend {
             v_cache: v,
             meta: &meta,
             scale: 1.0 / (d.head_dim as f32).sqrt(),
+            softcap: 0.0,
             ints: AttentionInts {
                 num_seqs: as_i32(d.batch, "batch")?,
                 max_blocks_per_seq: 1,

@@ -244,6 +244,23 @@ impl CudaDevice {
         unsafe { args.launch(launch::elementwise(total as usize)) }.context("add_bias launch")?;
         Ok(())
     }
+
+    /// `x = cap * tanh(x / cap)` in place (Gemma 2's final logit soft-capping).
+    pub fn softcap(&self, x: &mut CudaTensor, cap: f32) -> Result<()> {
+        if !(cap > 0.0 && cap.is_finite()) {
+            bail!("softcap: the cap must be positive, got {cap}");
+        }
+        let total = x.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let f = self.kernels().get("softcap", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(x.data_mut()).arg(&total).arg(&cap);
+        // SAFETY: matches kernels/elementwise.cu; the kernel touches `total` elements of x.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("softcap launch")?;
+        Ok(())
+    }
 }
 
 /// `[a, b]` of a rank-2 tensor.

@@ -24,6 +24,8 @@ pub struct AttentionMetadata<'a> {
     /// Mistral-style sliding window: a token at position `pos` attends to the last `w`
     /// positions `pos + 1 - w ..= pos` only. `None` attends to the whole context.
     pub sliding_window: Option<usize>,
+    /// Gemma 2's soft-cap of the scaled scores (`cap * tanh(s / cap)`); `None`: none.
+    pub softcap: Option<f32>,
     /// How many leading sequences have one query token each, as the host laid the batch
     /// out ([`attention_plan::leading_decode_seqs`]); 0 when unknown. A mixed batch's
     /// decode rows then run on the decode kernel, apart from its prefill chunks.
@@ -130,6 +132,11 @@ impl CudaDevice {
             Some(0) => bail!("attention: a sliding window of 0 tokens attends to nothing"),
             Some(w) => as_i32(w, "sliding window")?,
         };
+        let softcap = match meta.softcap {
+            None => 0.0, // the kernels' "no cap"
+            Some(cap) if cap > 0.0 && cap.is_finite() => cap,
+            Some(cap) => bail!("attention: a logit soft-cap of {cap} (must be positive)"),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -152,6 +159,7 @@ impl CudaDevice {
             v_cache,
             meta,
             scale,
+            softcap,
             ints: ints(seqs)?,
             tokens: n,
             first_seq: 0,
@@ -177,6 +185,7 @@ impl CudaDevice {
                 v_cache,
                 meta,
                 scale,
+                softcap,
                 ints: ints(seqs - d)?,
                 tokens: n - d,
                 first_seq: d,

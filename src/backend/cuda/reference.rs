@@ -139,6 +139,8 @@ pub struct AttentionShape {
     /// Attend to the last `w` positions only (`None`: the whole context), as the CPU
     /// backend's `paged_attention` does.
     pub sliding_window: Option<usize>,
+    /// Gemma 2's soft-cap of the scaled scores.
+    pub softcap: Option<f32>,
 }
 
 /// Paged causal attention with the layout of kernels/attention.cu (same arguments as the
@@ -161,6 +163,7 @@ pub fn attention(
         block_size,
         max_blocks_per_seq,
         sliding_window,
+        softcap,
     } = shape;
     let num_tokens = q.len() / (hq * hd);
     let mut out = vec![0.0f32; q.len()];
@@ -199,6 +202,7 @@ pub fn attention(
                             .sum::<f32>()
                             * scale
                     })
+                    .map(|s| crate::backend::cpu::attention::softcap(s, softcap))
                     .collect();
                 let probs = softmax(&scores);
                 let dst = &mut out_row[head * hd..(head + 1) * hd];
@@ -355,6 +359,7 @@ mod tests {
             block_size: 1,
             max_blocks_per_seq: 2,
             sliding_window: None,
+            softcap: None,
         };
         let k_cache = [0.0, 0.0];
         let v_cache = [20.0, 10.0];
@@ -382,6 +387,7 @@ mod tests {
             block_size: 2,
             max_blocks_per_seq: 1,
             sliding_window: None,
+            softcap: None,
         };
         let k_cache = [0.0, 1.0];
         let v_cache = [1.0, 3.0];
@@ -410,6 +416,7 @@ mod tests {
             block_size: 2,
             max_blocks_per_seq: 2,
             sliding_window: Some(2),
+            softcap: None,
         };
         let k_cache = [0.0; 4];
         let v_cache = [3.0, 4.0, 1.0, 2.0]; // block 0 holds positions 2, 3

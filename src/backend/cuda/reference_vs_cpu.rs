@@ -50,7 +50,7 @@ fn layout() -> BatchLayout {
     }
 }
 
-fn compare(window: Option<usize>) {
+fn compare(window: Option<usize>, softcap: Option<f32>) {
     let batch = layout();
     let num_blocks = 7;
     let cpu = CpuBackend::new();
@@ -74,6 +74,7 @@ fn compare(window: Option<usize>) {
         num_kv_heads: HK,
         head_dim: HD,
         sliding_window: window,
+        logit_softcap: softcap,
     };
     let q_t = Tensor::from_vec(q.clone(), (n, HQ * HD), &Device::Cpu).unwrap();
     let meta = cpu.prepare_batch(&batch).unwrap();
@@ -101,6 +102,7 @@ fn compare(window: Option<usize>) {
             block_size: BLOCK,
             max_blocks_per_seq: max_blocks,
             sliding_window: window,
+            softcap,
         },
         1.0 / (HD as f32).sqrt(),
     );
@@ -110,18 +112,28 @@ fn compare(window: Option<usize>) {
         .zip(&ref_out)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(err < 1e-5, "window {window:?}: max abs error {err}");
+    assert!(
+        err < 1e-5,
+        "window {window:?}, softcap {softcap:?}: max abs error {err}"
+    );
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_without_a_window() {
-    compare(None);
+    compare(None, None);
+}
+
+#[test]
+fn reference_attention_matches_the_cpu_backend_with_soft_capped_scores() {
+    for (window, cap) in [(None, 0.5), (Some(3), 2.0), (None, 50.0)] {
+        compare(window, Some(cap));
+    }
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_with_windows_shorter_than_the_context() {
     for w in [1, 3, 6, 9] {
-        compare(Some(w));
+        compare(Some(w), None);
     }
 }
 
@@ -138,6 +150,7 @@ fn a_window_changes_the_result_once_the_context_exceeds_it() {
         block_size: 8,
         max_blocks_per_seq: 1,
         sliding_window: w,
+        softcap: None,
     };
     let full = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(None), 1.0);
     let windowed = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(Some(3)), 1.0);

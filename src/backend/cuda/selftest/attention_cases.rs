@@ -106,6 +106,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         context_lens: &lens_dev,
         num_seqs,
         sliding_window: sc.sliding_window,
+        softcap: sc.softcap,
         decode_prefix: attention_plan::leading_decode_seqs(&query_start),
     };
     let scale = 1.0 / (hd as f32).sqrt();
@@ -133,6 +134,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         block_size: bs,
         max_blocks_per_seq: max_blocks,
         sliding_window: sc.sliding_window,
+        softcap: sc.softcap,
     };
     let expected = reference::attention(
         &q_host,

@@ -4,7 +4,7 @@
 //! dims 64/80/96/128/256, sliding windows, the tensor-core prefill on several sequences
 //! whose lengths are not multiples of its 64-row tile (chunked: context > new tokens),
 //! serving steps of decode rows followed by prefill chunks (split between the two kernels),
-//! and the generic kernel (head dim 32).
+//! the generic kernel (head dim 32), and Gemma 2's soft-capped scores on every kernel.
 
 use super::suite::Suite;
 use rand::Rng;
@@ -22,6 +22,8 @@ pub struct Scenario {
     pub name: &'static str,
     pub seqs: Vec<(usize, usize)>,
     pub sliding_window: Option<usize>,
+    /// Gemma 2's soft-cap of the scaled scores.
+    pub softcap: Option<f32>,
     pub heads: Heads,
 }
 
@@ -60,13 +62,24 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         name,
         seqs,
         sliding_window: None,
+        softcap: None,
         heads,
     };
     let windowed = |name, seqs, window| Scenario {
         name,
         seqs,
         sliding_window: Some(window),
+        softcap: None,
         heads: model,
+    };
+    // Gemma 2's soft-capped scores (a cap small enough to change every softmax), with its
+    // head dim 256 and its sliding window.
+    let capped = |name, seqs, window, heads| Scenario {
+        name,
+        seqs,
+        sliding_window: window,
+        softcap: Some(1.5),
+        heads,
     };
     let heads = |q, kv, dim| Heads { q, kv, dim };
     vec![
@@ -98,7 +111,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
             mixed.clone(),
             heads(16, 2, 256),
         ),
-        windowed("mixed decode + prefill window", mixed, 37),
+        windowed("mixed decode + prefill window", mixed.clone(), 37),
         at("prefill ragged gqa5 hd80", ragged.clone(), heads(10, 2, 80)),
         at("generic hd32 decode x8", d8.clone(), heads(8, 2, 32)),
         at("generic hd32 ragged", ragged.clone(), heads(8, 2, 32)),
@@ -107,6 +120,20 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         windowed("decode x8 window", d8, max_ctx / 4 + 3),
         windowed("decode x1 ctx 20000 window", vec![(20_000, 1)], 4099),
         windowed("chunked+decode window", chunked, chunk / 2 + 5),
-        windowed("prefill ragged window", ragged, 37),
+        windowed("prefill ragged window", ragged.clone(), 37),
+        capped("mixed decode + prefill softcap", mixed.clone(), None, model),
+        capped(
+            "mixed softcap window gqa2 hd256",
+            mixed,
+            Some(37),
+            heads(8, 4, 256),
+        ),
+        capped(
+            "decode edges softcap",
+            vec![(1, 1), (17, 1), (4097, 1)],
+            None,
+            model,
+        ),
+        capped("generic hd32 ragged softcap", ragged, None, heads(8, 2, 32)),
     ]
 }

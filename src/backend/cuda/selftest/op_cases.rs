@@ -11,13 +11,14 @@ type Case = fn(&mut Suite<'_>, DType) -> Result<()>;
 
 /// Runs every case for `dtype`; an error in one case is recorded and the rest still run.
 pub fn run(suite: &mut Suite<'_>, dtype: DType) {
-    let cases: [(&str, Case); 10] = [
+    let cases: [(&str, Case); 11] = [
         ("embedding", embedding),
         ("rms_norm", rms_norm),
         ("fused_add_rms_norm", fused_add_rms_norm),
         ("rope", rope),
         ("silu_mul", silu_mul),
         ("add", add),
+        ("softcap", softcap),
         ("argmax", argmax),
         ("softmax", softmax),
         ("linear", linear),
@@ -197,6 +198,27 @@ fn silu_mul(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &expected,
     );
     s.time(row, || dev.gelu_tanh_mul(&gu, &mut out))?;
+    Ok(())
+}
+
+/// Gemma 2's final logit soft-capping, in place over a vocabulary-wide row block.
+fn softcap(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (n, vocab) = (8, s.sizes.vocab);
+    let cap = 30.0f32;
+    let host = s.random(n * vocab, 90.0, dtype);
+    let dev = s.dev;
+    let mut x = CudaTensor::from_f32(dev, dtype, &[n, vocab], &host)?;
+    dev.softcap(&mut x, cap)?;
+    let expected: Vec<f32> = host.iter().map(|&v| cap * (v / cap).tanh()).collect();
+    let row = s.check(
+        "softcap",
+        format!("[{n}, {vocab}] cap {cap}"),
+        dtype,
+        Check::Elementwise,
+        &x.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.softcap(&mut x, cap))?;
     Ok(())
 }
 
