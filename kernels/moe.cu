@@ -16,9 +16,11 @@
 // top_k <= MOE_MAX_TOP_K, pairs <= MOE_MAX_PAIRS (the host checks all three and sizes
 // max_items as pairs / GEMV_EXPERT_ROWS rounded up plus min(experts, pairs)).
 //
-// moe_combine: out[t, c] = sum over the token's pairs s of y[t * top_k + s, c] * weight, each
-// weight, product and running sum rounded to the dtype as a loop of index_adds rounds them,
-// then (Qwen2-MoE) the shared expert's row times sigmoid of its gate's logit, added last.
+// moe_combine: out[t, c] = sum over the token's pairs s of y[row(t * top_k + s), c] * weight,
+// each weight, product and running sum rounded to the dtype as a loop of index_adds rounds
+// them, then (Qwen2-MoE) the shared expert's row times sigmoid of its gate's logit, added
+// last. row(p) is p, or pair_rows[p] when has_pair_rows (the host-routed prefill path,
+// whose expert outputs are grouped by expert).
 
 #define MOE_ROUTE_THREADS 256
 #define MOE_ROUTE_WARPS (MOE_ROUTE_THREADS / 32)
@@ -188,7 +190,9 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
                                                  int hidden, int top_k,
                                                  const typename D::T* __restrict__ shared,
                                                  const typename D::T* __restrict__ shared_gate,
-                                                 int has_shared) {
+                                                 int has_shared,
+                                                 const int* __restrict__ pair_rows,
+                                                 int has_pair_rows) {
     const long long total = (long long)rows * hidden;
     KILN_GRID_STRIDE(i, total) {
         const long long t = i / hidden;
@@ -197,7 +201,8 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
         for (int s = 0; s < top_k; ++s) {
             const long long p = t * top_k + s;
             const float w = D::load(D::store(weights[p]));
-            const float prod = D::load(D::store(D::load(y[p * hidden + c]) * w));
+            const long long row = has_pair_rows ? pair_rows[p] : p;
+            const float prod = D::load(D::store(D::load(y[row * hidden + c]) * w));
             acc = D::load(D::store(acc + prod));
         }
         if (has_shared) {
@@ -220,8 +225,9 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
     extern "C" __global__ void moe_combine_##S(D::T* out, const D::T* y, const float* weights, \
                                                int rows, int hidden, int top_k,                \
                                                const D::T* shared, const D::T* shared_gate,    \
-                                               int has_shared) {                               \
+                                               int has_shared, const int* pair_rows,           \
+                                               int has_pair_rows) {                            \
         moe_combine_impl<D>(out, y, weights, rows, hidden, top_k, shared, shared_gate,         \
-                            has_shared);                                                       \
+                            has_shared, pair_rows, has_pair_rows);                             \
     }
 KILN_FOR_EACH_DTYPE(KILN_MOE)

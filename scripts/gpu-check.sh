@@ -118,6 +118,21 @@ for arch in llama qwen2; do
         --dtype bfloat16 --block-size 4 --json
 done
 
+# Mixture of experts: the same with device routing only for one-token steps
+# (KILN_MOE_DEVICE_ROWS=1), so every prefill takes the grouped host-routed path; eager as
+# well, to compare recorded decode against launched; and the portable host path.
+for arch in qwen3_moe qwen2_moe mixtral; do
+    step "check_${arch}_bfloat16_grouped" 60 yes "check_${arch}_bfloat16_grouped.json" -- \
+        env KILN_MOE_DEVICE_ROWS=1 "$KILN" check-reference --model "$FIXTURES/$arch" \
+        --device cuda --dtype bfloat16 --block-size 4 --json
+    step "check_${arch}_bfloat16_eager" 60 yes "check_${arch}_bfloat16_eager.json" -- \
+        "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda --enforce-eager \
+        --dtype bfloat16 --block-size 4 --json
+    step "check_${arch}_bfloat16_host" 60 yes "check_${arch}_bfloat16_host.json" -- \
+        env KILN_MOE_DEVICE=0 "$KILN" check-reference --model "$FIXTURES/$arch" \
+        --device cuda --dtype bfloat16 --block-size 4 --json
+done
+
 # The same through cublasGemmEx (KILN_CUBLASLT=0) instead of cuBLASLt, the default since
 # the tenth GPU run (qwen2's qkv bias takes cuBLASLt's fused epilogue in the checks above).
 for arch in llama qwen2; do

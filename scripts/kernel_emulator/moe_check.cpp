@@ -12,7 +12,8 @@
 //   must equal gemv1 run on that one row with that expert's weights (then silu_mul for the
 //   SwiGLU) bit for bit.
 // * moe_combine against the host's weighted_row_sum loop (src/backend/mod.rs), shared
-//   expert included: bit for bit.
+//   expert included, expert outputs in pair order or grouped (through a pair-row map):
+//   bit for bit.
 //
 //   moe_check      exit status 1 if any case is off
 #include "cuda_emu.h"
@@ -271,9 +272,13 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
     report(act_differ == 0 && y_differ == 0, what);
 }
 
-using CombineFn = void (*)(void*, const void*, const float*, int, int, int, const void*, const void*, int);
+using CombineFn = void (*)(void*, const void*, const float*, int, int, int, const void*, const void*, int,
+                          const int*, int);
 
-void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Order order) {
+// With `grouped`, the expert outputs sit in rows of a shuffled order, found through a
+// pair-row map (the host-routed prefill path).
+void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Order order,
+                   bool grouped = false) {
     const int pairs = tokens * top_k;
     Buffer y(d, random(d, static_cast<size_t>(pairs) * hidden, 3.0f));
     std::vector<float> weights(pairs);
@@ -282,10 +287,14 @@ void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Orde
     Buffer so(d, random(d, static_cast<size_t>(tokens) * hidden, 3.0f));
     Buffer sg(d, random(d, tokens, 4.0f));
     Buffer out = Buffer::unwritten(d, static_cast<size_t>(tokens) * hidden);
+    std::vector<int> pair_rows(pairs);
+    std::iota(pair_rows.begin(), pair_rows.end(), 0);
+    if (grouped) std::shuffle(pair_rows.begin(), pair_rows.end(), rng);
     auto combine = KILN_PICK(CombineFn, moe_combine, d);
     kiln_emu::launch({3, 1, 1}, {64, 1, 1}, order, 11, [&] {
         combine(out.data(), y.data(), weights.data(), tokens, hidden, top_k, shared ? so.data() : y.data(),
-                shared ? sg.data() : y.data(), shared ? 1 : 0);
+                shared ? sg.data() : y.data(), shared ? 1 : 0, grouped ? pair_rows.data() : nullptr,
+                grouped ? 1 : 0);
     });
     // weighted_row_sum's loop: each weight, product and running sum rounded to the dtype.
     size_t differ = 0;
@@ -295,7 +304,8 @@ void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Orde
             for (int s = 0; s < top_k; ++s) {
                 const size_t p = static_cast<size_t>(t) * top_k + s;
                 const float w = round_to(d, weights[p]);
-                acc = round_to(d, acc + round_to(d, y.at(p * hidden + c) * w));
+                const size_t row = static_cast<size_t>(pair_rows[p]);
+                acc = round_to(d, acc + round_to(d, y.at(row * hidden + c) * w));
             }
             if (shared) {
                 const float g = round_to(d, 1.0f / (1.0f + std::exp(-sg.at(t))));
@@ -306,8 +316,9 @@ void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Orde
         }
     }
     char what[160];
-    std::snprintf(what, sizeof what, "moe_combine tokens=%d top_k=%d hidden=%d %-7s %-4s  %zu of %d values differ",
-                  tokens, top_k, hidden, shared ? "+shared" : "", dtype_name(d), differ, tokens * hidden);
+    std::snprintf(what, sizeof what, "moe_combine tokens=%d top_k=%d hidden=%d %-7s %-7s %-4s  %zu of %d values differ",
+                  tokens, top_k, hidden, shared ? "+shared" : "", grouped ? "grouped" : "", dtype_name(d), differ,
+                  tokens * hidden);
     report(differ == 0, what);
 }
 
@@ -340,6 +351,7 @@ int main() {
         // Recombination, with and without Qwen2-MoE's shared expert.
         check_combine(d, 3, 2, 40, false, Order::Forward);
         check_combine(d, 5, 8, 72, true, Order::Random);
+        check_combine(d, 7, 4, 40, true, Order::Reverse, true);
     }
     std::printf("%d cases: %s\n", cases,
                 failures == 0 ? "the moe kernels match the host path" : "SOME CASES FAILED");

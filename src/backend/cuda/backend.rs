@@ -12,15 +12,15 @@ use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::gemv_norm::{add_norm_fusion_pays, AddNormInput, GemvEpilogue};
 use super::image_flash::FlashLayouts;
 use super::moe::{
-    max_items, moe_device_enabled, routes_on_device, MoeBuffers, GEMV_EXPERT_ROWS,
-    MOE_DEVICE_MAX_ROWS,
+    group_routes, max_items, moe_device_enabled, moe_device_rows, routes_on_device, GroupedBuffers,
+    MoeBuffers, GEMV_EXPERT_ROWS,
 };
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::ops_qkv::QkvRopeCache;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
-use crate::backend::moe::{host_routed_experts, ExpertSet, MoeRouting};
+use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting};
 use crate::backend::{
     unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads,
     Rope,
@@ -250,6 +250,68 @@ impl CudaBackend {
             .bytes(bytes)
             .with_context(|| format!("allocating a {shape:?} {dtype} activation"))?;
         CudaTensor::from_pooled(buffer, dtype, shape)
+    }
+}
+
+impl CudaBackend {
+    /// [`Backend::moe_experts`] for the tokens the device routing does not take (prefill,
+    /// large batches): routed on the host, then `moe_layer_grouped`, where the host path
+    /// would copy every expert's output back for the weighted sum. Layers whose experts do
+    /// not fit the expert kernels take the host path.
+    fn moe_experts_grouped(
+        &self,
+        x: &CudaTensor,
+        router_logits: &CudaTensor,
+        experts: &ExpertSet<'_, CudaTensor, super::moe::CudaExpertIndex>,
+        routing: &MoeRouting<'_, CudaTensor>,
+    ) -> Result<CudaTensor> {
+        let num_experts = experts.gate_up.len();
+        let fits = experts
+            .index
+            .fits(x, router_logits)
+            .filter(|&(tokens, n, ..)| {
+                n == num_experts
+                    && (1..=n).contains(&routing.top_k)
+                    && tokens > 0
+                    && moe_device_enabled()
+            });
+        let Some((tokens, _, hidden, inter, dtype)) = fits else {
+            return host_routed_experts(self, x, router_logits, experts, routing);
+        };
+        self.bind()?;
+        let top_k = routing.top_k;
+        let logits = self.to_host_f32(router_logits)?;
+        let routes = route(&logits, num_experts, top_k, routing.normalize);
+        let grouped = group_routes(&routes, tokens, top_k)?;
+        let pairs = tokens * top_k;
+        let row_tokens = self.pools().upload_u32(&grouped.row_tokens)?;
+        let pair_rows = self.pools().upload_u32(&grouped.pair_rows)?;
+        let mut weights = self.output(DType::F32, &[pairs])?;
+        weights.overwrite_from_f32(&self.dev, &grouped.pair_weights)?;
+        let mut gathered = self.output(dtype, &[pairs, hidden])?;
+        let mut gate_up = self.output(dtype, &[pairs, 2 * inter])?;
+        let mut act = self.output(dtype, &[pairs, inter])?;
+        let mut y = self.output(dtype, &[pairs, hidden])?;
+        let mut out = self.output(dtype, &[tokens, hidden])?;
+        let shared = routing.shared.as_ref().map(|s| (s.output, s.gate_logits));
+        self.dev.moe_layer_grouped(
+            (experts.gate_up, experts.down),
+            x,
+            &grouped,
+            top_k,
+            shared,
+            &mut GroupedBuffers {
+                row_tokens: &row_tokens,
+                pair_rows: &pair_rows,
+                weights: &weights,
+                x: &mut gathered,
+                gate_up: &mut gate_up,
+                act: &mut act,
+                y: &mut y,
+            },
+            &mut out,
+        )?;
+        Ok(out)
     }
 }
 
@@ -642,17 +704,16 @@ impl Backend for CudaBackend {
         experts: &ExpertSet<'_, CudaTensor, super::moe::CudaExpertIndex>,
         routing: &MoeRouting<'_, CudaTensor>,
     ) -> Result<CudaTensor> {
-        let tokens = x.shape().first().copied().unwrap_or(0);
         let top_k = routing.top_k;
-        let on_device = experts.index.shape().filter(|&(n, hidden, _, dtype)| {
-            x.shape() == [tokens, hidden]
-                && x.dtype() == dtype
-                && router_logits.shape() == [tokens, n]
-                && n == experts.gate_up.len()
-                && routes_on_device(moe_device_enabled(), tokens, n, top_k)
-        });
-        let Some((_, hidden, inter, dtype)) = on_device else {
-            return host_routed_experts(self, x, router_logits, experts, routing);
+        let on_device = experts
+            .index
+            .fits(x, router_logits)
+            .filter(|&(tokens, n, ..)| {
+                n == experts.gate_up.len()
+                    && routes_on_device(moe_device_enabled(), tokens, n, top_k)
+            });
+        let Some((tokens, _, hidden, inter, dtype)) = on_device else {
+            return self.moe_experts_grouped(x, router_logits, experts, routing);
         };
         self.bind()?;
         let pairs = tokens * top_k;
@@ -694,7 +755,7 @@ impl Backend for CudaBackend {
     fn routes_experts_on_device(&self, tokens: usize) -> bool {
         // The layer's own limits (experts, top k) are checked per call; a layer outside them
         // falls back to the host, and a recording of it fails and stays eager.
-        moe_device_enabled() && (1..=MOE_DEVICE_MAX_ROWS).contains(&tokens)
+        moe_device_enabled() && (1..=moe_device_rows()).contains(&tokens)
     }
 
     fn select_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {

@@ -101,16 +101,84 @@ impl Blas {
     pub fn linear(&self, x: &CudaTensor, w: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
         let (m, k, n) = checked_linear_dims(x, w, None, out, "linear")?;
         let dtype = out.dtype();
+        let (x_ptr, _x_sync) = x.data().device_ptr(&self.stream);
+        let (w_ptr, _w_sync) = w.data().device_ptr(&self.stream);
+        let (y_ptr, _y_sync) = out.data_mut().device_ptr_mut(&self.stream);
+        // SAFETY: the pointers come from live buffers whose sizes were checked above.
+        unsafe { self.gemm_at(x_ptr, w_ptr, y_ptr, (m, k, n), dtype) }.context("linear")
+    }
+
+    /// `out[o0 + i] = x[x0 + i] * w^T` for `i < rows`: the linear layer on a block of rows
+    /// of `x` (`[_, k]`) into a block of rows of `out` (`[_, n]`). Row blocks are contiguous
+    /// in the row-major layout, so this is the same GEMM at offset addresses (the
+    /// mixture-of-experts prefill runs each expert on its rows of one gathered buffer).
+    pub fn linear_row_block(
+        &self,
+        x: &CudaTensor,
+        x0: usize,
+        w: &CudaTensor,
+        out: &mut CudaTensor,
+        o0: usize,
+        rows: usize,
+    ) -> Result<()> {
+        let (&[x_rows, k], &[n, k2], &[out_rows, n2]) = (x.shape(), w.shape(), out.shape()) else {
+            bail!(
+                "linear_row_block: x {:?}, w {:?}, out {:?} must be 2-d",
+                x.shape(),
+                w.shape(),
+                out.shape()
+            );
+        };
+        let dtype = out.dtype();
+        if k != k2 || n != n2 || x.dtype() != dtype || w.dtype() != dtype {
+            bail!(
+                "linear_row_block: x {:?} {}, w {:?} {}, out {:?} {dtype} do not fit",
+                x.shape(),
+                x.dtype(),
+                w.shape(),
+                w.dtype(),
+                out.shape()
+            );
+        }
+        if x0 + rows > x_rows || o0 + rows > out_rows {
+            bail!("linear_row_block: rows {x0}+{rows} of {x_rows} into {o0}+{rows} of {out_rows}");
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let elem = dtype.size_in_bytes() as u64;
+        let (x_ptr, _x_sync) = x.data().device_ptr(&self.stream);
+        let (w_ptr, _w_sync) = w.data().device_ptr(&self.stream);
+        let (y_ptr, _y_sync) = out.data_mut().device_ptr_mut(&self.stream);
+        let (x_at, y_at) = (
+            x_ptr + (x0 * k) as u64 * elem,
+            y_ptr + (o0 * n) as u64 * elem,
+        );
+        // SAFETY: rows x0 .. x0 + rows of x and o0 .. o0 + rows of out lie inside their
+        // buffers (checked above), and w is whole.
+        unsafe { self.gemm_at(x_at, w_ptr, y_at, (rows, k, n), dtype) }
+            .context("linear on a row block")
+    }
+
+    /// cublasGemmEx of `y[m, n] = x[m, k] * w[n, k]^T` at raw device addresses.
+    ///
+    /// # Safety
+    /// `x`, `w` and `y` address at least `m * k`, `n * k` and `m * n` values of `dtype`.
+    unsafe fn gemm_at(
+        &self,
+        x_ptr: u64,
+        w_ptr: u64,
+        y_ptr: u64,
+        (m, k, n): (usize, usize, usize),
+        dtype: DType,
+    ) -> Result<()> {
         let data_type = cuda_data_type(dtype);
         let (m_i, n_i, k_i) = (to_c_int(m, "m")?, to_c_int(n, "n")?, to_c_int(k, "k")?);
         let alpha: f32 = 1.0;
         let beta: f32 = 0.0;
-        let (x_ptr, _x_sync) = x.data().device_ptr(&self.stream);
-        let (w_ptr, _w_sync) = w.data().device_ptr(&self.stream);
-        let (y_ptr, _y_sync) = out.data_mut().device_ptr_mut(&self.stream);
         // cuBLAS is column-major: row-major y[m, n] is column-major y^T[n, m] = W x^T, where
         // row-major w[n, k] read column-major with ld = k is w^T, hence transa = T.
-        // SAFETY: pointers come from live buffers whose sizes were checked above.
+        // SAFETY: the caller guarantees the extents.
         unsafe {
             cublas_result::gemm_ex(
                 *self.handle.handle(),
@@ -135,7 +203,6 @@ impl Blas {
             )
         }
         .map_err(|e| anyhow::anyhow!("cublasGemmEx m={m} n={n} k={k} {dtype}: {e:?}"))
-        .context("linear")
     }
 }
 

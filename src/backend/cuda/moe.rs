@@ -54,7 +54,7 @@ pub fn max_items(pairs: usize, experts: usize) -> usize {
 /// device path.
 pub fn routes_on_device(enabled: bool, tokens: usize, experts: usize, top_k: usize) -> bool {
     enabled
-        && (1..=MOE_DEVICE_MAX_ROWS).contains(&tokens)
+        && (1..=MOE_DEVICE_MAX_ROWS.min(moe_device_rows())).contains(&tokens)
         && route_kernel_fits(experts, top_k)
         && tokens * top_k <= MOE_MAX_PAIRS
 }
@@ -64,10 +64,27 @@ fn route_kernel_fits(experts: usize, top_k: usize) -> bool {
     (1..=MOE_MAX_EXPERTS).contains(&experts) && (1..=MOE_MAX_TOP_K.min(experts)).contains(&top_k)
 }
 
-/// `KILN_MOE_DEVICE=0` (read once) keeps every MoE layer on the host path, for A/B runs.
+/// `KILN_MOE_DEVICE=0` (read once) keeps every MoE layer on the portable host path, for
+/// A/B runs.
 pub fn moe_device_enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("KILN_MOE_DEVICE").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Most tokens routed on the device: [`MOE_DEVICE_MAX_ROWS`], or fewer with
+/// `KILN_MOE_DEVICE_ROWS` (read once), so that checks can send short prompts down the
+/// grouped prefill path.
+pub fn moe_device_rows() -> usize {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    *ROWS.get_or_init(|| device_rows(std::env::var("KILN_MOE_DEVICE_ROWS").ok().as_deref()))
+}
+
+/// `KILN_MOE_DEVICE_ROWS`'s value, capped at [`MOE_DEVICE_MAX_ROWS`] (unset or not a
+/// number: the cap).
+fn device_rows(value: Option<&str>) -> usize {
+    value
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(MOE_DEVICE_MAX_ROWS, |rows| rows.min(MOE_DEVICE_MAX_ROWS))
 }
 
 /// One layer's experts as the device path reads them. `None` inside when they do not fit
@@ -95,6 +112,19 @@ impl CudaExpertIndex {
         self.tables
             .as_ref()
             .map(|t| (t.experts, t.hidden, t.inter, t.dtype))
+    }
+
+    /// `(tokens, experts, hidden, inter, dtype)` when `x` (`[tokens, hidden]`) and the
+    /// router's `logits` (`[tokens, experts]`) fit this layer's kernels.
+    pub fn fits(
+        &self,
+        x: &CudaTensor,
+        logits: &CudaTensor,
+    ) -> Option<(usize, usize, usize, usize, DType)> {
+        let (experts, hidden, inter, dtype) = self.shape()?;
+        let tokens = x.shape().first().copied()?;
+        (x.shape() == [tokens, hidden] && x.dtype() == dtype && logits.shape() == [tokens, experts])
+            .then_some((tokens, experts, hidden, inter, dtype))
     }
 }
 
@@ -256,7 +286,7 @@ impl CudaDevice {
         };
         self.moe_expert_gemv(index, true, x, &items, top_k, buffers.act)?;
         self.moe_expert_gemv(index, false, buffers.act, &items, top_k, buffers.y)?;
-        self.moe_combine(buffers.y, buffers.weights, top_k, shared, out)
+        self.moe_combine(buffers.y, buffers.weights, top_k, shared, None, out)
     }
 
     /// The expert GEMVs over the work items `moe_route` made for `pairs` pairs of top
@@ -341,14 +371,16 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// `moe_combine`: `out[t] = sum_s y[t * top_k + s] * weights[..]` (rounded per add), then
-    /// the shared expert's `output[t] * sigmoid(gate_logits[t])` when given.
+    /// `moe_combine`: `out[t] = sum_s y[row(t * top_k + s)] * weights[..]` (rounded per
+    /// add), then the shared expert's `output[t] * sigmoid(gate_logits[t])` when given;
+    /// `row(p)` is `p`, or `pair_rows[p]` when given (expert outputs grouped by expert).
     pub fn moe_combine(
         &self,
         y: &CudaTensor,
         weights: &CudaTensor,
         top_k: usize,
         shared: Option<(&CudaTensor, &CudaTensor)>,
+        pair_rows: Option<&CudaSlice<u32>>,
         out: &mut CudaTensor,
     ) -> Result<()> {
         let &[tokens, hidden] = out.shape() else {
@@ -371,6 +403,10 @@ impl CudaDevice {
                 "moe_combine: the shared expert's dtype differs"
             );
         }
+        ensure!(
+            pair_rows.is_none_or(|r| r.len() >= tokens * top_k),
+            "moe_combine: fewer pair rows than pairs"
+        );
         if tokens * hidden == 0 {
             return Ok(());
         }
@@ -394,9 +430,125 @@ impl CudaDevice {
             .arg(shared_out)
             .arg(shared_gate)
             .arg(&has_shared);
-        // SAFETY: matches kernels/moe.cu; shapes checked above.
+        // Without a row map the kernel never reads it; the weights stand in.
+        let has_pair_rows = i32::from(pair_rows.is_some());
+        match pair_rows {
+            Some(rows) => args.arg(rows),
+            None => args.arg(weights.data()),
+        };
+        args.arg(&has_pair_rows);
+        // SAFETY: matches kernels/moe.cu; shapes checked above; a row map holds rows of y
+        // (the host built it from the same routes, `group_routes`).
         unsafe { args.launch(elementwise(tokens * hidden)) }.context("moe_combine launch")?;
         Ok(())
+    }
+}
+
+/// The host path's routes laid out for [`CudaDevice::moe_layer_grouped`]: the routed pairs
+/// grouped by expert into the rows of one buffer (expert `e`'s rows `expert_rows[..]`, in
+/// expert order), the token each grouped row reads, and per pair `p = t * top_k + s` (a
+/// token's pairs in expert order, as the combine adds them) its grouped row and weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupedRoutes {
+    pub expert_rows: Vec<(usize, std::ops::Range<usize>)>,
+    pub row_tokens: Vec<u32>,
+    pub pair_rows: Vec<u32>,
+    pub pair_weights: Vec<f32>,
+}
+
+/// Groups [`crate::backend::moe::route`]'s per-expert rows and weights (`tokens` tokens,
+/// `top_k` experts each).
+pub fn group_routes(
+    routes: &[(Vec<usize>, Vec<f32>)],
+    tokens: usize,
+    top_k: usize,
+) -> Result<GroupedRoutes> {
+    let pairs = tokens * top_k;
+    let mut g = GroupedRoutes {
+        expert_rows: Vec::new(),
+        row_tokens: Vec::with_capacity(pairs),
+        pair_rows: vec![0; pairs],
+        pair_weights: vec![0.0; pairs],
+    };
+    let mut slots = vec![0usize; tokens];
+    for (e, (rows, weights)) in routes.iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let start = g.row_tokens.len();
+        for (&t, &w) in rows.iter().zip(weights) {
+            ensure!(
+                t < tokens && slots[t] < top_k,
+                "moe routes: token {t} routed more than {top_k} times or out of {tokens}"
+            );
+            let p = t * top_k + slots[t];
+            slots[t] += 1;
+            g.pair_rows[p] = u32::try_from(g.row_tokens.len())?;
+            g.pair_weights[p] = w;
+            g.row_tokens.push(u32::try_from(t)?);
+        }
+        g.expert_rows.push((e, start..g.row_tokens.len()));
+    }
+    ensure!(
+        slots.iter().all(|&s| s == top_k),
+        "moe routes: a token is routed to fewer than {top_k} experts"
+    );
+    Ok(g)
+}
+
+/// The buffers of one host-routed grouped layer ([`CudaDevice::moe_layer_grouped`]): the
+/// uploaded routes (`GroupedRoutes::row_tokens`, `pair_rows`, `pair_weights` as f32
+/// `[pairs]`) and the grouped rows' inputs `x` (`[pairs, hidden]`), gate/up outputs
+/// (`[pairs, 2 * inter]`), activations (`[pairs, inter]`) and expert outputs `y`
+/// (`[pairs, hidden]`).
+pub struct GroupedBuffers<'a> {
+    pub row_tokens: &'a CudaSlice<u32>,
+    pub pair_rows: &'a CudaSlice<u32>,
+    pub weights: &'a CudaTensor,
+    pub x: &'a mut CudaTensor,
+    pub gate_up: &'a mut CudaTensor,
+    pub act: &'a mut CudaTensor,
+    pub y: &'a mut CudaTensor,
+}
+
+impl CudaDevice {
+    /// A MoE layer routed on the host (prefill and large batches): one gather of the
+    /// routed rows grouped by expert, each expert's gate_up and down GEMMs on its block of
+    /// rows, one SwiGLU over all of them, and `moe_combine` through the pair-row map, so
+    /// nothing but the router's logits leaves the device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_layer_grouped(
+        &self,
+        (gate_up, down): (&[CudaTensor], &[CudaTensor]),
+        x: &CudaTensor,
+        routes: &GroupedRoutes,
+        top_k: usize,
+        shared: Option<(&CudaTensor, &CudaTensor)>,
+        b: &mut GroupedBuffers<'_>,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let pairs = routes.row_tokens.len();
+        ensure!(
+            routes.pair_rows.len() == pairs && b.row_tokens.len() >= pairs,
+            "moe grouped layer: routes and buffers for different pair counts"
+        );
+        if pairs == 0 {
+            return Ok(());
+        }
+        self.gather_rows(x, b.row_tokens, pairs, b.x)?;
+        let blas = self.blas();
+        for (e, rows) in &routes.expert_rows {
+            let w = gate_up
+                .get(*e)
+                .context("moe grouped layer: no such expert")?;
+            blas.linear_row_block(b.x, rows.start, w, b.gate_up, rows.start, rows.len())?;
+        }
+        self.silu_mul(b.gate_up, b.act)?;
+        for (e, rows) in &routes.expert_rows {
+            let w = down.get(*e).context("moe grouped layer: no such expert")?;
+            blas.linear_row_block(b.act, rows.start, w, b.y, rows.start, rows.len())?;
+        }
+        self.moe_combine(b.y, b.weights, top_k, shared, Some(b.pair_rows), out)
     }
 }
 
@@ -448,6 +600,52 @@ mod tests {
         }
         let gemv = include_str!("../../../kernels/gemv.cu");
         assert!(gemv.contains(&format!("#define GEMV_EXPERT_ROWS {GEMV_EXPERT_ROWS}\n")));
+    }
+
+    #[test]
+    fn grouped_routes_put_each_pair_on_its_experts_row() {
+        use crate::backend::moe::route;
+        // 3 tokens, 4 experts, top 2.
+        let logits = [
+            0.0, 3.0, 1.0, -1.0, // token 0: experts 1, 2
+            2.0, 0.0, 0.0, 2.5, // token 1: experts 3, 0
+            0.0, 1.0, 0.0, 0.5, // token 2: experts 1, 3
+        ];
+        let routes = route(&logits, 4, 2, true);
+        let g = group_routes(&routes, 3, 2).unwrap();
+        // Expert order: 0 {t1}, 1 {t0, t2}, 2 {t0}, 3 {t1, t2}.
+        assert_eq!(g.row_tokens, vec![1, 0, 2, 0, 1, 2]);
+        assert_eq!(
+            g.expert_rows,
+            vec![(0, 0..1), (1, 1..3), (2, 3..4), (3, 4..6)]
+        );
+        // Token 0's pairs in expert order (1, 2), token 1's (0, 3), token 2's (1, 3).
+        assert_eq!(g.pair_rows, vec![1, 3, 0, 4, 2, 5]);
+        for (p, &row) in g.pair_rows.iter().enumerate() {
+            let (t, e) = (
+                p / 2,
+                g.expert_rows
+                    .iter()
+                    .find(|(_, r)| r.contains(&(row as usize)))
+                    .unwrap()
+                    .0,
+            );
+            assert_eq!(g.row_tokens[row as usize] as usize, t);
+            let (rows, weights) = &routes[e];
+            let at = rows.iter().position(|&r| r == t).unwrap();
+            assert_eq!(g.pair_weights[p], weights[at]);
+        }
+        // Routes that do not give every token top_k experts are refused.
+        assert!(group_routes(&routes, 3, 3).is_err());
+    }
+
+    #[test]
+    fn the_row_limit_can_only_go_down() {
+        assert_eq!(device_rows(None), MOE_DEVICE_MAX_ROWS);
+        assert_eq!(device_rows(Some("1")), 1);
+        assert_eq!(device_rows(Some(" 0 ")), 0);
+        assert_eq!(device_rows(Some("1000")), MOE_DEVICE_MAX_ROWS);
+        assert_eq!(device_rows(Some("many")), MOE_DEVICE_MAX_ROWS);
     }
 
     #[test]

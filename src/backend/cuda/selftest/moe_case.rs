@@ -1,16 +1,20 @@
-//! A mixture-of-experts layer routed on the device (`src/backend/cuda/moe.rs`: `moe_route`,
-//! the expert GEMVs, `moe_combine`) at Qwen3-30B-A3B's expert shape (hidden 2048,
-//! intermediate 768, top 8 renormalised) and, with Qwen1.5-MoE's shared expert (top 4 of
-//! 60-like routing, intermediate 1408), for 1, 8, 32 and 64 tokens, against a host reference
-//! with the host path's semantics (`backend::moe::route`, each expert output rounded to the
-//! dtype, the sum rounded as HF's loop). 32 experts: more than the top 8 and, at 9.4 MB
-//! each in bf16, more than fits the L2 cache, so the timing (one layer, four launches) is a
-//! fair read of the weight bandwidth: the note carries the GB/s of the distinct experts
-//! read (a step reads an expert once per work item of up to four of its tokens).
+//! A mixture-of-experts layer on the GPU at Qwen3-30B-A3B's expert shape (hidden 2048,
+//! intermediate 768, top 8 renormalised) and with Qwen1.5-MoE's shared expert (top 4,
+//! intermediate 1408), against a host reference with the host path's semantics
+//! (`backend::moe::route`, each expert output rounded to the dtype, the sum rounded as HF's
+//! loop). 1, 8, 32 and 64 tokens take the device-routed path (`moe_route`, the expert GEMVs,
+//! `moe_combine`: src/backend/cuda/moe.rs); 256 tokens (a prefill chunk) the grouped
+//! host-routed one (`moe_layer_grouped`). 32 experts: more than the top 8 and, at 9.4 MB
+//! each in bf16, more than fits the L2 cache, so the device path's timing (one layer, four
+//! launches) is a fair read of the weight bandwidth: the note carries the GB/s of the
+//! distinct experts read (a step reads an expert once per work item of up to four of its
+//! tokens).
 
 use super::compare::Check;
 use super::suite::Suite;
-use crate::backend::cuda::moe::{max_items, MoeBuffers, GEMV_EXPERT_ROWS};
+use crate::backend::cuda::moe::{
+    group_routes, max_items, GroupedBuffers, MoeBuffers, GEMV_EXPERT_ROWS, MOE_DEVICE_MAX_ROWS,
+};
 use crate::backend::cuda::{CudaTensor, DType};
 use crate::backend::moe::route;
 use anyhow::Result;
@@ -22,7 +26,8 @@ const LAYERS: [(usize, usize, usize, usize, bool, bool); 2] = [
     (2048, 1408, 16, 4, false, true),
 ];
 
-const TOKENS: [usize; 4] = [1, 8, 32, 64];
+/// Up to 64 tokens route on the device; 256 (a prefill chunk) take the grouped host path.
+const TOKENS: [usize; 5] = [1, 8, 32, 64, 256];
 
 struct HostLayer {
     hidden: usize,
@@ -57,31 +62,81 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             "the experts did not fit the device path"
         );
         for tokens in TOKENS {
-            let x_host = s.random(tokens * hidden, 1.0, dtype);
-            let logits_host = s.random(tokens * experts, 2.0, dtype);
-            let shared_host = shared.then(|| {
-                (
-                    s.random(tokens * hidden, 0.5, dtype),
-                    s.random(tokens, 3.0, dtype),
-                )
-            });
+            let inputs = Inputs::new(s, (tokens, hidden, experts), shared, dtype);
             let reference = reference(
                 &layer,
-                &x_host,
-                &logits_host,
+                &inputs.x,
+                &inputs.logits,
                 (top_k, normalize),
-                shared_host.as_ref(),
+                inputs.shared.as_ref(),
                 dtype,
             );
-            let x = CudaTensor::from_f32(dev, dtype, &[tokens, hidden], &x_host)?;
-            let logits = CudaTensor::from_f32(dev, dtype, &[tokens, experts], &logits_host)?;
-            let shared_dev = match &shared_host {
+            let x = CudaTensor::from_f32(dev, dtype, &[tokens, hidden], &inputs.x)?;
+            let logits = CudaTensor::from_f32(dev, dtype, &[tokens, experts], &inputs.logits)?;
+            let shared_dev = match &inputs.shared {
                 Some((out, gate)) => Some((
                     CudaTensor::from_f32(dev, dtype, &[tokens, hidden], out)?,
                     CudaTensor::from_f32(dev, dtype, &[tokens, 1], gate)?,
                 )),
                 None => None,
             };
+            let shape = format!(
+                "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{}",
+                if shared { " +shared" } else { "" }
+            );
+            if tokens > MOE_DEVICE_MAX_ROWS {
+                // Prefill: routed on the host, the experts' GEMMs on their row blocks.
+                let routes = route(&inputs.logits, experts, top_k, normalize);
+                let grouped = group_routes(&routes, tokens, top_k)?;
+                let pairs = tokens * top_k;
+                let row_tokens = dev.upload(&grouped.row_tokens)?;
+                let pair_rows = dev.upload(&grouped.pair_rows)?;
+                let weights =
+                    CudaTensor::from_f32(dev, DType::F32, &[pairs], &grouped.pair_weights)?;
+                let mut gathered = CudaTensor::zeros(dev, dtype, &[pairs, hidden])?;
+                let mut gate_up_out = CudaTensor::zeros(dev, dtype, &[pairs, 2 * inter])?;
+                let mut act = CudaTensor::zeros(dev, dtype, &[pairs, inter])?;
+                let mut y = CudaTensor::zeros(dev, dtype, &[pairs, hidden])?;
+                let mut out = CudaTensor::zeros(dev, dtype, &[tokens, hidden])?;
+                let shared_parts = shared_dev.as_ref().map(|(o, g)| (o, g));
+                let mut grouped_layer = |out: &mut CudaTensor| -> Result<()> {
+                    let mut buffers = GroupedBuffers {
+                        row_tokens: &row_tokens,
+                        pair_rows: &pair_rows,
+                        weights: &weights,
+                        x: &mut gathered,
+                        gate_up: &mut gate_up_out,
+                        act: &mut act,
+                        y: &mut y,
+                    };
+                    dev.moe_layer_grouped(
+                        (&gate_up, &down),
+                        &x,
+                        &grouped,
+                        top_k,
+                        shared_parts,
+                        &mut buffers,
+                        out,
+                    )
+                };
+                grouped_layer(&mut out)?;
+                let row = s.check(
+                    "moe_experts(grouped)",
+                    shape,
+                    dtype,
+                    Check::Reduction,
+                    &out.to_f32(dev)?,
+                    &reference,
+                );
+                let us = s.time(row, || grouped_layer(&mut out))?;
+                let distinct = distinct_experts(&inputs.logits, experts, top_k);
+                s.rows[row].note = format!(
+                    "{distinct} experts, {} GEMMs; device part only (routing on the host not timed), {:.0} us",
+                    2 * grouped.expert_rows.len(),
+                    us
+                );
+                continue;
+            }
             let pairs = tokens * top_k;
             let count = max_items(pairs, experts);
             let mut ids = dev.upload(&vec![0u32; pairs])?;
@@ -127,7 +182,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 &reference,
             );
             let us = s.time(row, || layer_on_device(&mut out))?;
-            let distinct = distinct_experts(&logits_host, experts, top_k);
+            let distinct = distinct_experts(&inputs.logits, experts, top_k);
             let bytes = distinct * 3 * inter * hidden * dtype.size_in_bytes();
             s.rows[row].note = format!(
                 "{distinct} experts read, {:.0} GB/s",
@@ -136,6 +191,34 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One case's host inputs: x, the router logits and (Qwen2-MoE) the shared expert's output
+/// and gate logits.
+struct Inputs {
+    x: Vec<f32>,
+    logits: Vec<f32>,
+    shared: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Inputs {
+    fn new(
+        s: &mut Suite<'_>,
+        (tokens, hidden, experts): (usize, usize, usize),
+        shared: bool,
+        dtype: DType,
+    ) -> Self {
+        Inputs {
+            x: s.random(tokens * hidden, 1.0, dtype),
+            logits: s.random(tokens * experts, 2.0, dtype),
+            shared: shared.then(|| {
+                (
+                    s.random(tokens * hidden, 0.5, dtype),
+                    s.random(tokens, 3.0, dtype),
+                )
+            }),
+        }
+    }
 }
 
 /// How many distinct experts the tokens route to (each pair reads its expert once, so a
