@@ -339,6 +339,15 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         env $unfused "$KILN" bench latency --device cuda --model llama-3.1-8b \
         --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
         --output-len 32 --batch-sizes 1,8 --result-json "$OUT/bench_latency_8b_unfused.json"
+    # Each fusion alone off at batch 1, to find which one the fused path's 0.1 ms loss at
+    # the 8B's batch 1 (tenth run) comes from.
+    for fusion in QKV GEMV; do
+        step "bench_latency_8b_no_fused_${fusion,,}" 90 no "bench_latency_8b_no_fused_${fusion,,}.txt" -- \
+            env "KILN_FUSED_${fusion}=0" "$KILN" bench latency --device cuda --model llama-3.1-8b \
+            --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
+            --output-len 32 --batch-sizes 1 \
+            --result-json "$OUT/bench_latency_8b_no_fused_${fusion,,}.json"
+    done
     step bench_latency_qwen05b_unfused 90 no bench_latency_qwen05b_unfused.txt -- \
         env $unfused "$KILN" bench latency --device cuda --model qwen2.5-0.5b \
         --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
