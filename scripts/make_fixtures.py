@@ -45,6 +45,8 @@ from transformers import (
     MistralForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     PreTrainedTokenizerFast,
@@ -523,6 +525,16 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 attention_multiplier=0.05,
                 residual_multiplier=0.5,
                 logits_scaling=3.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # OLMo 2: no norm before either block, each block's output normed before its residual
+        # add, RMS norms over the whole q and k projections.
+        "olmo2": (
+            Olmo2ForCausalLM,
+            Olmo2Config(
+                **common,
+                rope_theta=500000.0,
                 tie_word_embeddings=False,
             ),
         ),

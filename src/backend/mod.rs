@@ -187,6 +187,9 @@ pub trait Backend: Send + Sync {
     fn gelu_tanh_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
     /// `x * factor`, rounded once to the tensor's dtype (Gemma's embedding scale).
     fn mul_scalar(&self, x: &Self::Tensor, factor: f32) -> Result<Self::Tensor>;
+    /// `a + b` element-wise (rounded once to the dtype): OLMo 2's residual adds, which
+    /// no norm follows.
+    fn add_tensors(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
     /// `cap * tanh(x / cap)` element-wise, computed in f32 and rounded once (Gemma 2's
     /// final logit soft-capping). The GPU works in place.
     fn softcap(&self, x: Self::Tensor, cap: f32) -> Result<Self::Tensor>;

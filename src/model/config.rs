@@ -28,12 +28,15 @@ pub enum Architecture {
     Gemma3,
     /// IBM Granite 3.x: Llama's layers with four scalar multipliers (see `GraniteScales`).
     Granite,
+    /// AI2's OLMo 2: Llama's layers normed after each block instead of before (no input
+    /// norm), with RMS norms over the whole q and k projections.
+    Olmo2,
     /// SmolLM3: Llama's layers, every 4th without rotary embeddings (NoPE).
     SmolLM3,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 12] = [
+    pub const SUPPORTED: [&'static str; 13] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -45,6 +48,7 @@ impl Architecture {
         "Gemma2ForCausalLM",
         "Gemma3ForCausalLM",
         "GraniteForCausalLM",
+        "Olmo2ForCausalLM",
         "SmolLM3ForCausalLM",
     ];
 
@@ -61,6 +65,7 @@ impl Architecture {
             "Gemma2ForCausalLM" => Architecture::Gemma2,
             "Gemma3ForCausalLM" => Architecture::Gemma3,
             "GraniteForCausalLM" => Architecture::Granite,
+            "Olmo2ForCausalLM" => Architecture::Olmo2,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and \
@@ -410,6 +415,10 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     pub qkv_bias: bool,
     pub qk_norm: bool,
+    /// OLMo 2: the q / k norms span the whole projection (all heads), not one head.
+    pub qk_norm_whole: bool,
+    /// OLMo 2: no norm before a block; its output is normed before the residual add.
+    pub post_norm: bool,
     pub sliding_window: Option<usize>,
     /// The experts, for mixture-of-experts models.
     pub moe: Option<MoeConfig>,
@@ -563,8 +572,13 @@ impl ModelConfig {
                 || raw.attention_bias,
             qk_norm: matches!(
                 architecture,
-                Architecture::Qwen3 | Architecture::Qwen3Moe | Architecture::Gemma3
+                Architecture::Qwen3
+                    | Architecture::Qwen3Moe
+                    | Architecture::Gemma3
+                    | Architecture::Olmo2
             ),
+            qk_norm_whole: architecture == Architecture::Olmo2,
+            post_norm: architecture == Architecture::Olmo2,
             sliding_window,
             moe,
             gemma,

@@ -17,7 +17,8 @@ use candle_core::Tensor;
 use std::ops::Range;
 
 struct Layer<B: Backend> {
-    input_norm: B::Tensor,
+    /// The norm before attention; none in OLMo 2 (which norms after each block).
+    input_norm: Option<B::Tensor>,
     /// q, k and v projections stacked into one `[q + 2 kv, hidden]` matrix: one GEMM.
     qkv: B::Tensor,
     qkv_bias: Option<B::Tensor>,
@@ -25,8 +26,8 @@ struct Layer<B: Backend> {
     k_norm: Option<B::Tensor>,
     o_proj: B::Tensor,
     post_attention_norm: B::Tensor,
-    /// Gemma 3's norms around the MLP (its `post_attention_norm` closes the attention
-    /// block instead of opening the MLP).
+    /// Gemma's norms around the MLP, OLMo 2's after it (their `post_attention_norm` closes
+    /// the attention block instead of opening the MLP).
     sandwich: Option<SandwichNorms<B>>,
     mlp: Mlp<B>,
     /// This layer's attention window (Gemma 3's local layers; Mistral's every layer).
@@ -46,7 +47,8 @@ enum LayerRope {
 }
 
 struct SandwichNorms<B: Backend> {
-    pre_feedforward: B::Tensor,
+    /// Gemma's norm into the MLP; none in OLMo 2.
+    pre_feedforward: Option<B::Tensor>,
     post_feedforward: B::Tensor,
 }
 
@@ -388,7 +390,13 @@ impl<B: Backend> LlamaModel<B> {
                     (Some(g), "q") => g.query_scale,
                     _ => 1.0,
                 };
-                Ok(Some(load_norm(be, src, c, &name, hd, dtype, scale)?))
+                // OLMo 2 norms the whole projection (one rank holds all of it).
+                let len = match (c.qk_norm_whole, n) {
+                    (true, "q") => q,
+                    (true, _) => kv,
+                    (false, _) => hd,
+                };
+                Ok(Some(load_norm(be, src, c, &name, len, dtype, scale)?))
             };
             // This rank's q, k and v rows of three separate weights (or biases).
             let q_k_v = |part: &dyn Fn(&str, usize, &Range<usize>) -> Part| {
@@ -398,16 +406,13 @@ impl<B: Backend> LlamaModel<B> {
                     part("v", kv, &kv_cols),
                 ]
             };
+            let norm = |n: &str| load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0);
             let layer = Layer {
-                input_norm: load_norm(
-                    be,
-                    src,
-                    c,
-                    &format!("{p}.input_layernorm.weight"),
-                    h,
-                    dtype,
-                    1.0,
-                )?,
+                input_norm: if c.post_norm {
+                    None
+                } else {
+                    Some(norm("input_layernorm")?)
+                },
                 qkv: load_stacked(
                     be,
                     src,
@@ -445,17 +450,17 @@ impl<B: Backend> LlamaModel<B> {
                     dtype,
                     1.0,
                 )?,
-                sandwich: match c.gemma {
-                    None => None,
-                    Some(_) => {
-                        let norm = |n: &str| {
-                            load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0)
-                        };
-                        Some(SandwichNorms {
-                            pre_feedforward: norm("pre_feedforward_layernorm")?,
-                            post_feedforward: norm("post_feedforward_layernorm")?,
-                        })
-                    }
+                sandwich: if c.gemma.is_some() || c.post_norm {
+                    Some(SandwichNorms {
+                        pre_feedforward: if c.post_norm {
+                            None
+                        } else {
+                            Some(norm("pre_feedforward_layernorm")?)
+                        },
+                        post_feedforward: norm("post_feedforward_layernorm")?,
+                    })
+                } else {
+                    None
                 },
                 mlp: match &c.moe {
                     Some(moe) if moe.is_sparse(i) => {
@@ -716,17 +721,27 @@ impl<B: Backend> LlamaModel<B> {
             // The norms go through `add_rms_norm_linear` with the projection after them, so a
             // device can fuse the two.
             let qkv_bias = layer.qkv_bias.as_ref();
-            let qkv = match residual.take() {
-                None => {
-                    let x = be.rms_norm(&hidden, &layer.input_norm, eps)?;
+            let qkv = match (residual.take(), &layer.input_norm) {
+                (None, Some(input_norm)) => {
+                    let x = be.rms_norm(&hidden, input_norm, eps)?;
                     residual = Some(hidden);
                     be.linear(&x, &layer.qkv, qkv_bias)?
                 }
-                Some(r) => {
-                    let norm = (&layer.input_norm, eps);
+                (Some(r), Some(input_norm)) => {
+                    let norm = (input_norm, eps);
                     let (qkv, sum) =
                         be.add_rms_norm_linear(hidden, r, norm, &layer.qkv, qkv_bias)?;
                     residual = Some(sum);
+                    qkv
+                }
+                // OLMo 2: the block reads the residual stream itself.
+                (r, None) => {
+                    let stream = match r {
+                        Some(r) => be.add_tensors(&hidden, &r)?,
+                        None => hidden,
+                    };
+                    let qkv = be.linear(&stream, &layer.qkv, qkv_bias)?;
+                    residual = Some(stream);
                     qkv
                 }
             };
@@ -736,14 +751,25 @@ impl<B: Backend> LlamaModel<B> {
             if let Some(sandwich) = &layer.sandwich {
                 // Gemma: norm the attention output, add it, norm into the MLP, norm its
                 // output; that output is what the next layer (or the final norm) adds.
+                // OLMo 2 the same without the norm into the MLP.
                 let attn = be.rms_norm(&attn, &layer.post_attention_norm, eps)?;
-                let (x, sum) =
-                    be.add_rms_norm(attn, residual_in, &sandwich.pre_feedforward, eps)?;
-                residual = Some(sum);
-                let Mlp::Dense { gate_up, down } = &layer.mlp else {
-                    anyhow::bail!("Gemma layers have dense MLPs");
+                let (normed, sum) = match &sandwich.pre_feedforward {
+                    Some(pre) => {
+                        let (x, sum) = be.add_rms_norm(attn, residual_in, pre, eps)?;
+                        (Some(x), sum)
+                    }
+                    None => (None, be.add_tensors(&attn, &residual_in)?),
                 };
-                let act = be.gelu_tanh_mul(&be.linear(&x, gate_up, None)?)?;
+                let Mlp::Dense { gate_up, down } = &layer.mlp else {
+                    anyhow::bail!("Gemma and OLMo 2 layers have dense MLPs");
+                };
+                let gate_up = be.linear(normed.as_ref().unwrap_or(&sum), gate_up, None)?;
+                residual = Some(sum);
+                let act = if c.gemma.is_some() {
+                    be.gelu_tanh_mul(&gate_up)?
+                } else {
+                    be.silu_mul(&gate_up)?
+                };
                 let out = comm.all_reduce_sum(be, be.linear(&act, down, None)?)?;
                 hidden = be.rms_norm(&out, &sandwich.post_feedforward, eps)?;
                 continue;

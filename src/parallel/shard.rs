@@ -95,6 +95,13 @@ impl ShardLayout {
     /// The layout of `shard`, after checking the model can be split `shard.world` ways.
     pub fn new(config: &ModelConfig, shard: Shard) -> Result<ShardLayout> {
         check_divides(config, shard.world)?;
+        // A norm over a whole projection split across ranks would need its sum of squares
+        // all-reduced; kiln does not shard such models.
+        ensure!(
+            !config.qk_norm_whole || shard.world == 1,
+            "{:?} cannot be tensor-parallel: its q / k norms span every head",
+            config.architecture
+        );
         ensure!(
             shard.rank < shard.world,
             "rank {} of a group of {}",

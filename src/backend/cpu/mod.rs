@@ -202,6 +202,10 @@ impl Backend for CpuBackend {
         Ok(capped.to_dtype(dtype)?)
     }
 
+    fn add_tensors(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a + b)?)
+    }
+
     fn mul_scalar(&self, x: &Tensor, factor: f32) -> Result<Tensor> {
         Ok(x.affine(factor as f64, 0.0)?)
     }

@@ -629,6 +629,12 @@ impl Backend for CudaBackend {
         Ok(x)
     }
 
+    fn add_tensors(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
+        let mut out = self.output(a.dtype(), a.shape())?;
+        self.dev.add(a, b, &mut out)?;
+        Ok(out)
+    }
+
     fn mul_scalar(&self, x: &CudaTensor, factor: f32) -> Result<CudaTensor> {
         let mut out = self.output(x.dtype(), x.shape())?;
         self.dev.lincomb_into((x, factor), None, &mut out)?;
@@ -831,7 +837,12 @@ impl Backend for CudaBackend {
         layer: usize,
         batch: &CudaBatchMeta,
     ) -> Result<CudaTensor> {
-        if !self.fused_qkv {
+        // The fused kernel norms one head at a time (Qwen3, Gemma 3); OLMo 2's norms span
+        // the whole projection.
+        let per_head_norms = head
+            .norms
+            .is_none_or(|(q, k, _)| q.shape() == [head.head_dim] && k.shape() == [head.head_dim]);
+        if !self.fused_qkv || !per_head_norms {
             return unfused_qkv_rope_write(self, qkv, widths, head, rope, cache, layer, batch);
         }
         let &[n, _] = qkv.shape() else {
