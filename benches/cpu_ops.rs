@@ -80,6 +80,7 @@ fn ops(c: &mut Criterion) {
             head_dim: 64,
             sliding_window: None,
             logit_softcap: None,
+            score_scale: 1.0,
         };
         g.bench_with_input(
             BenchmarkId::new("decode_attention_ctx512", batch),

@@ -411,6 +411,21 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
+        # Qwen3 with YaRN (Qwen2.5 / Qwen3's long-context setting): factor 4 over an original
+        # context of 64, so the ramp runs over pairs 0..5 of 16 and the attention factor is
+        # 0.1 ln 4 + 1.
+        "qwen3_yarn": (
+            Qwen3ForCausalLM,
+            Qwen3Config(
+                **common,
+                head_dim=32,
+                rope_theta=10000.0,
+                rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+                use_sliding_window=False,
+                sliding_window=None,
+                tie_word_embeddings=False,
+            ),
+        ),
         # Fused qkv_proj and gate_up_proj weights.
         "phi3": (
             Phi3ForCausalLM,

@@ -29,6 +29,16 @@ pub struct AttentionShape {
     pub sliding_window: Option<usize>,
     /// Gemma 2: each scaled score `s` becomes `cap * tanh(s / cap)` before the softmax.
     pub logit_softcap: Option<f32>,
+    /// Multiplies the usual `head_dim^-0.5` score scale (YaRN's attention factor, squared;
+    /// 1 elsewhere).
+    pub score_scale: f32,
+}
+
+impl AttentionShape {
+    /// The factor q . k is multiplied by before the softmax.
+    pub fn scale(&self) -> f32 {
+        self.score_scale / (self.head_dim as f32).sqrt()
+    }
 }
 
 /// Rotary position embedding: the per-pair inverse frequencies (scaling already applied) and

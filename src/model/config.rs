@@ -89,6 +89,21 @@ pub struct RopeScaling {
     pub high_freq_factor: Option<f64>,
     #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
+    /// YaRN: the rotations bounding the ramp between extrapolated and interpolated
+    /// frequencies (32 and 1 by default), the attention factor or what it is derived from,
+    /// and whether the ramp's bounds are rounded outwards (default true).
+    #[serde(default)]
+    pub beta_fast: Option<f64>,
+    #[serde(default)]
+    pub beta_slow: Option<f64>,
+    #[serde(default)]
+    pub attention_factor: Option<f64>,
+    #[serde(default)]
+    pub mscale: Option<f64>,
+    #[serde(default)]
+    pub mscale_all_dim: Option<f64>,
+    #[serde(default)]
+    pub truncate: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

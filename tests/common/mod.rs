@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 14] = [
+pub const ARCHS: [&str; 15] = [
     "llama",
     "llama31",
     "mistral",
@@ -22,6 +22,7 @@ pub const ARCHS: [&str; 14] = [
     "smollm3",
     "qwen2_moe",
     "olmo2",
+    "qwen3_yarn",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, whose q / k norms span every head

@@ -32,7 +32,7 @@ pub fn paged_attention(
         "attention: query shape mismatch"
     );
     let group = hq / hk;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = shape.scale();
     let token_seq = batch.token_seq();
     let (k_cache, v_cache) = (&cache.k[layer], &cache.v[layer]);
     let width = cache.token_width();

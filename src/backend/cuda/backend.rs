@@ -893,7 +893,7 @@ impl Backend for CudaBackend {
             softcap: shape.logit_softcap,
             decode_prefix: batch.decode_prefix,
         };
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let scale = shape.scale();
         let mut out = self.output(q.dtype(), q.shape())?;
         self.dev
             .attention(q, k_cache, v_cache, &meta, scale, self.pools(), &mut out)?;
