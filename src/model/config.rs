@@ -68,13 +68,22 @@ impl Architecture {
             "Olmo2ForCausalLM" => Architecture::Olmo2,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             other => anyhow::bail!(
-                "unsupported architecture '{other}'; kiln supports: {}, and \
-                 Gemma3ForConditionalGeneration as its text model",
-                Self::SUPPORTED.join(", ")
+                "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
+                 models",
+                Self::SUPPORTED.join(", "),
+                MULTIMODAL_ARCHITECTURES.join(", ")
             ),
         })
     }
 }
+
+/// Multimodal architectures whose language model kiln runs alone (see
+/// `language_model_config`).
+pub const MULTIMODAL_ARCHITECTURES: [&str; 3] = [
+    "Gemma3ForConditionalGeneration",
+    "Mistral3ForConditionalGeneration",
+    "LlavaForConditionalGeneration",
+];
 
 /// `rope_scaling` as HF writes it (`rope_type`, or the older `type`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -208,28 +217,53 @@ fn default_max_pos() -> usize {
     4096
 }
 
-/// Multimodal checkpoints whose language model kiln runs alone (Gemma 3 4B/12B/27B): their
-/// `text_config` as a text model's config, over the defaults transformers fills in (the
-/// hub's text configs leave most fields out), and whether that applied.
+/// Multimodal checkpoints whose language model kiln runs alone (Gemma 3 4B/12B/27B,
+/// Mistral Small 3.1/3.2, Pixtral and other LLaVA-style models): their `text_config` as a
+/// text model's config, over the defaults transformers fills in (the hub's text configs
+/// leave most fields out), and whether that applied.
 fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value, bool)> {
     let arch = value["architectures"][0].as_str().unwrap_or_default();
-    if arch != "Gemma3ForConditionalGeneration" {
+    if !MULTIMODAL_ARCHITECTURES.contains(&arch) {
         return Ok((value, false));
     }
     let text = value
         .get("text_config")
         .and_then(|t| t.as_object())
-        .context("a Gemma3ForConditionalGeneration config without text_config")?;
-    // Gemma3TextConfig's defaults (transformers 4.57).
-    let mut merged = serde_json::json!({
-        "architectures": ["Gemma3ForCausalLM"],
-        "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
-        "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
-        "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "query_pre_attn_scalar": 256, "sliding_window": 4096, "rope_local_base_freq": 10000.0,
-        "tie_word_embeddings": true, "bos_token_id": 2, "eos_token_id": 1,
-    });
+        .with_context(|| format!("a {arch} config without text_config"))?;
+    let mut merged = match (arch, text.get("model_type").and_then(|t| t.as_str())) {
+        // Gemma3TextConfig's defaults (transformers 4.57).
+        ("Gemma3ForConditionalGeneration", _) => serde_json::json!({
+            "architectures": ["Gemma3ForCausalLM"],
+            "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+            "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+            "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "query_pre_attn_scalar": 256, "sliding_window": 4096, "rope_local_base_freq": 10000.0,
+            "tie_word_embeddings": true, "bos_token_id": 2, "eos_token_id": 1,
+        }),
+        // MistralConfig's defaults (transformers 4.57).
+        (_, Some("mistral")) => serde_json::json!({
+            "architectures": ["MistralForCausalLM"],
+            "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "hidden_act": "silu", "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": false,
+            "bos_token_id": 1, "eos_token_id": 2,
+        }),
+        // LlamaConfig's defaults (transformers 4.57).
+        (_, Some("llama")) => serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0, "tie_word_embeddings": false, "bos_token_id": 1,
+            "eos_token_id": 2,
+        }),
+        (_, other) => anyhow::bail!(
+            "a {arch} checkpoint whose text model is '{}' (kiln runs mistral and llama ones)",
+            other.unwrap_or("unnamed")
+        ),
+    };
     let fields = merged.as_object_mut().expect("an object");
     for (k, v) in text {
         if k != "architectures" {
@@ -697,6 +731,29 @@ mod tests {
         assert_eq!(c.rope_scaling.as_ref().unwrap().rope_type, "linear");
         let billions = c.num_parameters() as f64 / 1e9;
         assert!((billions - 3.88).abs() < 0.1, "{billions}");
+    }
+
+    #[test]
+    fn mistral_small_3_1_runs_as_its_mistral_text_model() {
+        // Mistral-Small-3.1-24B-Instruct-2503's config.json, vision parts shortened.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
+            "torch_dtype": "bfloat16",
+            "text_config": {"head_dim": 128, "hidden_act": "silu", "hidden_size": 5120,
+                "intermediate_size": 32768, "max_position_embeddings": 131072,
+                "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 40,
+                "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000000.0,
+                "sliding_window": null, "vocab_size": 131072},
+            "vision_config": {"hidden_size": 1024, "model_type": "pixtral"}}"#,
+        )
+        .unwrap();
+        assert!(c.nested_language_model);
+        assert_eq!(c.architecture, Architecture::Mistral);
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (32, 8, 128));
+        assert_eq!(c.sliding_window, None, "an explicit null is no window");
+        assert_eq!(c.eos_token_ids, [2], "MistralConfig's default");
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 23.57).abs() < 0.3, "{billions}");
     }
 
     #[test]
