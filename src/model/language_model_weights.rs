@@ -1,6 +1,6 @@
 //! The language model's weights inside a multimodal checkpoint (Gemma 3 4B/12B/27B, Mistral
-//! Small 3.1, LLaVA-style models), under
-//! the names the text model asks for (`model.layers.0...`, `lm_head.weight`). The hub's
+//! Small 3.1, LLaVA-style models), under the names the text model asks for
+//! (`model.layers.0...`, `lm_head.weight`). The hub's
 //! files keep them under `language_model.` (`language_model.model.layers.0...`); newer
 //! transformers versions save them as `model.language_model.layers.0...`. The vision tower's
 //! weights are never read.
