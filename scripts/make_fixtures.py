@@ -39,6 +39,8 @@ from transformers import (
     GraniteConfig,
     GraniteForCausalLM,
     GenerationConfig,
+    Glm4Config,
+    Glm4ForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -540,6 +542,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 attention_multiplier=0.05,
                 residual_multiplier=0.5,
                 logits_scaling=3.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # GLM-4 (0414): norms around both blocks, fused gate/up weights, q/k/v biases, and
+        # interleaved rotary embeddings on half of each 32-value head.
+        "glm4": (
+            Glm4ForCausalLM,
+            Glm4Config(
+                **common,
+                head_dim=32,
+                partial_rotary_factor=0.5,
+                attention_bias=True,
+                rope_theta=10000.0,
                 tie_word_embeddings=False,
             ),
         ),

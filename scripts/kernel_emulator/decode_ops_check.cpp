@@ -95,23 +95,25 @@ void check_norm(DType d, int rows, int width, unsigned threads, bool fused, Orde
             want[at] = want_res[at] * inv * w[j];
         }
     }
-    char name[96];
+    char name[128];
     std::snprintf(name, sizeof name, "%s [%d, %d], %u threads", fused ? "fused_add_rms_norm" : "rms_norm",
                   rows, width, threads);
     report(name, d, fused ? xb.values() : y.values(), want, reduction_tol(d));
     if (fused) report(std::string(name) + " (residual)", d, rb.values(), want_res, 0.0);
 }
 
-using RopeFn = void (*)(void*, void*, const int*, const float*, int, int, int, int, int, int);
+using RopeFn = void (*)(void*, void*, const int*, const float*, int, int, int, int, int, int, int);
 
 // q and k live in one fused row [q | k | v] of width (hq + 2 hk) * hd, as after the QKV GEMM.
-void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order) {
+// rot < hd: partial rotary (GLM-4), only the first rot values of each head rotate.
+void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, int rot = 0) {
+    if (rot == 0) rot = hd;
     const int row = (hq + 2 * hk) * hd;
     const std::vector<float> qkv = random(d, static_cast<size_t>(n) * row, 1.0f);
     std::vector<int> pos(n);
     for (int& p : pos) p = static_cast<int>(rng() % 8192);
-    std::vector<float> inv(hd / 2);
-    for (int i = 0; i < hd / 2; ++i) inv[i] = 1.0f / std::pow(500000.0f, 2.0f * i / hd);
+    std::vector<float> inv(rot / 2);
+    for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(500000.0f, 2.0f * i / rot);
     Buffer b(d, qkv);
     auto k = KILN_PICK(RopeFn, rope, d);
     const size_t elt = d == DType::F32 ? 4 : 2;
@@ -120,30 +122,30 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order) 
     while (threads < static_cast<unsigned>(hd / 2)) threads <<= 1;
     kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
                      order, 4, [&] {
-                         k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, row,
-                           row, neox ? 1 : 0);
+                         k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, rot,
+                           row, row, neox ? 1 : 0);
                      });
     std::vector<double> want(qkv.begin(), qkv.end());
     for (int t = 0; t < n; ++t) {
         for (int h = 0; h < hq + hk; ++h) {
             const size_t head = static_cast<size_t>(t) * row + static_cast<size_t>(h) * hd;
-            for (int i = 0; i < hd / 2; ++i) {
+            for (int i = 0; i < rot / 2; ++i) {
                 const float angle = static_cast<float>(pos[t]) * inv[i];
                 const double c = std::cos(angle), s = std::sin(angle);
-                const size_t a = head + (neox ? i : 2 * i), bb = head + (neox ? i + hd / 2 : 2 * i + 1);
+                const size_t a = head + (neox ? i : 2 * i), bb = head + (neox ? i + rot / 2 : 2 * i + 1);
                 want[a] = qkv[a] * c - qkv[bb] * s;
                 want[bb] = qkv[bb] * c + qkv[a] * s;
             }
         }
     }
-    char name[96];
-    std::snprintf(name, sizeof name, "rope(%s) n=%d q %dx%d k %d, in a fused row", neox ? "neox" : "interleaved",
-                  n, hq, hd, hk);
+    char name[128];
+    std::snprintf(name, sizeof name, "rope(%s) n=%d q %dx%d k %d rot %d, in a fused row",
+                  neox ? "neox" : "interleaved", n, hq, hd, hk, rot);
     report(name, d, b.values(), want, elementwise_tol(d));
 }
 
 using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, const float*,
-                               const int*, int, int, int, int, long long, const void*,
+                               const int*, int, int, int, int, int, long long, const void*,
                                const void*, float, int);
 
 // The fused entry step (qkv_rope_cache) against the unfused path it replaces, run in the
@@ -155,7 +157,8 @@ using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, co
 // squares may round a value the other way, so that case compares within the elementwise
 // tolerance instead of exactly.
 void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Order order,
-                          bool norm = false) {
+                          bool norm = false, int rot = 0) {
+    if (rot == 0) rot = hd;
     const int row = (hq + 2 * hk) * hd, kv = hk * hd;
     const int num_slots = 4 * n + 3;
     const std::vector<float> qkv = random(d, static_cast<size_t>(n) * row, 1.0f);
@@ -169,8 +172,8 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     for (int t = 0; t < n; ++t) slots[t] = free_slots[t];
     if (n > 1) slots[1] = -1;             // a padding token of a recorded decode step
     if (n > 2) slots[2] = num_slots + 7;  // bad input: past the cache
-    std::vector<float> inv(hd / 2);
-    for (int i = 0; i < hd / 2; ++i) inv[i] = 1.0f / std::pow(500000.0f, 2.0f * i / hd);
+    std::vector<float> inv(rot / 2);
+    for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(500000.0f, 2.0f * i / rot);
     unsigned threads = 32;
     while (threads < static_cast<unsigned>(hd / 2)) threads <<= 1;
 
@@ -182,7 +185,7 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
                      order, 4, [&] {
                          fused(q.data(), kc.data(), vc.data(), in.data(), pos.data(), inv.data(),
-                               slots.data(), hq, hk, hd, neox ? 1 : 0, num_slots, qn.data(),
+                               slots.data(), hq, hk, hd, rot, neox ? 1 : 0, num_slots, qn.data(),
                                kn.data(), eps, norm ? 1 : 0);
                      });
 
@@ -206,8 +209,8 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     char* base = static_cast<char*>(rotated.data());
     kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
                      Order::Forward, 4, [&] {
-                         rope_k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, row,
-                                row, neox ? 1 : 0);
+                         rope_k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, rot,
+                                row, row, neox ? 1 : 0);
                      });
     const std::vector<float> r = rotated.values();
     std::vector<double> want_q(static_cast<size_t>(n) * hq * hd);
@@ -221,9 +224,9 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
             want_v[static_cast<size_t>(slots[t]) * kv + j] = r[src + hq * hd + kv + j];
         }
     }
-    char name[96];
-    std::snprintf(name, sizeof name, "qkv_rope_cache(%s%s) n=%d q %dx%d k %d", neox ? "neox" : "interleaved",
-                  norm ? ", q/k norm" : "", n, hq, hd, hk);
+    char name[128];
+    std::snprintf(name, sizeof name, "qkv_rope_cache(%s%s) n=%d q %dx%d k %d rot %d",
+                  neox ? "neox" : "interleaved", norm ? ", q/k norm" : "", n, hq, hd, hk, rot);
     const double tol = norm ? elementwise_tol(d) : 0.0;
     report(std::string(name) + " q", d, q.values(), want_q, tol);
     report(std::string(name) + " k cache", d, kc.values(), want_k, tol);
@@ -267,7 +270,7 @@ void check_argmax(DType d, int rows, int vocab, Order order, bool specials) {
         if (best_i == 0xffffffffu) best_i = 0;
         wrong += out[i] != best_i;
     }
-    char name[96];
+    char name[128];
     std::snprintf(name, sizeof name, "argmax [%d, %d]%s (error = wrong rows)", rows, vocab,
                   specials ? " ties/NaN/-inf" : "");
     report(name, d, {static_cast<float>(wrong)}, {0.0}, 0.0);
@@ -294,6 +297,11 @@ int main() {
             check_qkv_rope_cache(d, 3, 3, 1, 80, neox, Order::Forward);
             check_qkv_rope_cache(d, 3, 32, 8, 128, neox, Order::Random, true);  // Qwen3-8B
             check_qkv_rope_cache(d, 2, 4, 2, 64, neox, Order::Reverse, true);
+            // Partial rotary (GLM-4: half of a 128 head; Phi-4-mini: 3/4 of 128).
+            check_rope(d, 3, 4, 2, 128, neox, Order::Random, 64);
+            check_rope(d, 2, 3, 1, 128, neox, Order::Forward, 96);
+            check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Reverse, false, 64);
+            check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Random, true, 96);
         }
         check_argmax(d, 1, 128256, Order::Random, false);  // Llama-3 vocab, decode
         check_argmax(d, 3, 4099, Order::Forward, true);     // rows 1, 2 off 16-byte boundaries

@@ -28,6 +28,9 @@ pub enum Architecture {
     Gemma3,
     /// IBM Granite 3.x: Llama's layers with four scalar multipliers (see `GraniteScales`).
     Granite,
+    /// GLM-4 (0414): norms around both blocks (Gemma's sandwich with plain weights and a
+    /// SiLU MLP), fused gate/up weights, q/k/v biases, interleaved rotary on half the head.
+    Glm4,
     /// AI2's OLMo 2: Llama's layers normed after each block instead of before (no input
     /// norm), with RMS norms over the whole q and k projections.
     Olmo2,
@@ -36,7 +39,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 13] = [
+    pub const SUPPORTED: [&'static str; 14] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -48,6 +51,7 @@ impl Architecture {
         "Gemma2ForCausalLM",
         "Gemma3ForCausalLM",
         "GraniteForCausalLM",
+        "Glm4ForCausalLM",
         "Olmo2ForCausalLM",
         "SmolLM3ForCausalLM",
     ];
@@ -66,6 +70,7 @@ impl Architecture {
             "Gemma3ForCausalLM" => Architecture::Gemma3,
             "GraniteForCausalLM" => Architecture::Granite,
             "Olmo2ForCausalLM" => Architecture::Olmo2,
+            "Glm4ForCausalLM" => Architecture::Glm4,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
@@ -464,6 +469,8 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     pub qkv_bias: bool,
     pub qk_norm: bool,
+    /// Values of each head that rotate (`head_dim` unless `partial_rotary_factor`).
+    pub rotary_dim: usize,
     /// OLMo 2: the q / k norms span the whole projection (all heads), not one head.
     pub qk_norm_whole: bool,
     /// OLMo 2: no norm before a block; its output is normed before the residual add.
@@ -533,12 +540,6 @@ impl ModelConfig {
             }
             _ => {}
         }
-        if let Some(f) = raw.partial_rotary_factor {
-            anyhow::ensure!(
-                f == 1.0,
-                "partial_rotary_factor {f} is not supported (rotary embedding on whole heads only)"
-            );
-        }
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         anyhow::ensure!(
             raw.num_attention_heads > 0 && num_kv_heads > 0,
@@ -555,6 +556,14 @@ impl ModelConfig {
         anyhow::ensure!(
             head_dim.is_multiple_of(2),
             "head_dim {head_dim} must be even for rotary embeddings"
+        );
+        // As HF: the first int(head_dim * factor) values of each head rotate.
+        let factor = raw.partial_rotary_factor.unwrap_or(1.0);
+        let rotary_dim = (head_dim as f64 * factor) as usize;
+        anyhow::ensure!(
+            factor > 0.0 && factor <= 1.0 && rotary_dim > 0 && rotary_dim.is_multiple_of(2),
+            "partial_rotary_factor {factor} gives {rotary_dim} rotary dims of head_dim \
+             {head_dim} (must be even and positive)"
         );
         let sliding_window = match (architecture, raw.use_sliding_window) {
             // Qwen2/3 only slide when use_sliding_window says so.
@@ -627,6 +636,7 @@ impl ModelConfig {
                     | Architecture::Olmo2
             ),
             qk_norm_whole: architecture == Architecture::Olmo2,
+            rotary_dim,
             post_norm: architecture == Architecture::Olmo2,
             sliding_window,
             moe,
@@ -875,10 +885,19 @@ mod tests {
     }
 
     #[test]
-    fn phi3_loads_and_partial_rotary_embeddings_are_refused() {
+    fn phi3_loads_with_partial_rotary_embeddings_and_longrope_is_refused() {
         assert_eq!(phi3("").unwrap().architecture, Architecture::Phi3);
-        assert!(phi3(r#", "partial_rotary_factor": 1.0"#).is_ok());
-        let err = phi3(r#", "partial_rotary_factor": 0.75"#).unwrap_err();
+        assert_eq!(
+            phi3(r#", "partial_rotary_factor": 1.0"#)
+                .unwrap()
+                .rotary_dim,
+            8
+        );
+        // head_dim 8: 0.75 rotates 6 values, 0.25 would rotate 2, 0.1 none.
+        let c = phi3(r#", "partial_rotary_factor": 0.75"#).unwrap();
+        assert_eq!(c.rotary_dim, 6);
+        assert_eq!(crate::model::rope::rope_for(&c).unwrap().inv_freq.len(), 3);
+        let err = phi3(r#", "partial_rotary_factor": 0.1"#).unwrap_err();
         assert!(
             format!("{err:#}").contains("partial_rotary_factor"),
             "{err:#}"

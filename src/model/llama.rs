@@ -26,8 +26,8 @@ struct Layer<B: Backend> {
     k_norm: Option<B::Tensor>,
     o_proj: B::Tensor,
     post_attention_norm: B::Tensor,
-    /// Gemma's norms around the MLP, OLMo 2's after it (their `post_attention_norm` closes
-    /// the attention block instead of opening the MLP).
+    /// Gemma's and GLM-4's norms around the MLP, OLMo 2's after it (their
+    /// `post_attention_norm` closes the attention block instead of opening the MLP).
     sandwich: Option<SandwichNorms<B>>,
     mlp: Mlp<B>,
     /// This layer's attention window (Gemma 3's local layers; Mistral's every layer).
@@ -268,7 +268,7 @@ fn dense_mlp<B: Backend>(
     dtype: DType,
 ) -> Result<Mlp<B>> {
     let (h, inter) = (c.hidden_size, c.intermediate_size);
-    let gate_up = if c.architecture == Architecture::Phi3 {
+    let gate_up = if matches!(c.architecture, Architecture::Phi3 | Architecture::Glm4) {
         load_stacked(
             be,
             src,
@@ -441,26 +441,27 @@ impl<B: Backend> LlamaModel<B> {
                     .scaled(residual_scale)],
                     dtype,
                 )?,
-                post_attention_norm: load_norm(
-                    be,
-                    src,
-                    c,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    h,
-                    dtype,
-                    1.0,
-                )?,
-                sandwich: if c.gemma.is_some() || c.post_norm {
-                    Some(SandwichNorms {
+                // GLM-4 names its sandwich differently: its post_attention_layernorm opens
+                // the MLP, post_self_attn_layernorm closes the attention block.
+                post_attention_norm: norm(if c.architecture == Architecture::Glm4 {
+                    "post_self_attn_layernorm"
+                } else {
+                    "post_attention_layernorm"
+                })?,
+                sandwich: match (c.architecture, c.gemma.is_some() || c.post_norm) {
+                    (Architecture::Glm4, _) => Some(SandwichNorms {
+                        pre_feedforward: Some(norm("post_attention_layernorm")?),
+                        post_feedforward: norm("post_mlp_layernorm")?,
+                    }),
+                    (_, true) => Some(SandwichNorms {
                         pre_feedforward: if c.post_norm {
                             None
                         } else {
                             Some(norm("pre_feedforward_layernorm")?)
                         },
                         post_feedforward: norm("post_feedforward_layernorm")?,
-                    })
-                } else {
-                    None
+                    }),
+                    (_, false) => None,
                 },
                 mlp: match &c.moe {
                     Some(moe) if moe.is_sparse(i) => {
@@ -762,7 +763,7 @@ impl<B: Backend> LlamaModel<B> {
                     None => (None, be.add_tensors(&attn, &residual_in)?),
                 };
                 let Mlp::Dense { gate_up, down } = &layer.mlp else {
-                    anyhow::bail!("Gemma and OLMo 2 layers have dense MLPs");
+                    anyhow::bail!("Gemma, GLM-4 and OLMo 2 layers have dense MLPs");
                 };
                 let gate_up = be.linear(normed.as_ref().unwrap_or(&sum), gate_up, None)?;
                 residual = Some(sum);

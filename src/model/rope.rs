@@ -4,9 +4,10 @@ use super::config::ModelConfig;
 use crate::backend::Rope;
 use anyhow::{Context, Result};
 
-/// Per-pair inverse frequencies `theta^(-2i/d)`, scaled as the config asks.
+/// Per-pair inverse frequencies `theta^(-2i/d)` over the rotary dims `d` (the head, or its
+/// first part under partial rotary), scaled as the config asks.
 pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
-    let d = cfg.head_dim;
+    let d = cfg.rotary_dim;
     let base: Vec<f64> = (0..d / 2)
         .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
         .collect();
@@ -29,7 +30,8 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
     // HF computes inv_freq in f32 and the angle as f32 products.
     Ok(Rope {
         inv_freq: inv_freq.iter().map(|&f| f as f32).collect(),
-        neox: true,
+        // GLM-4 rotates adjacent pairs (GPT-J style); the others HF's rotate_half.
+        neox: cfg.architecture != super::config::Architecture::Glm4,
     })
 }
 
@@ -74,7 +76,7 @@ fn yarn_scaled(
         .original_max_position_embeddings
         .unwrap_or(cfg.max_position_embeddings) as f64;
     let (fast, slow) = (s.beta_fast.unwrap_or(32.0), s.beta_slow.unwrap_or(1.0));
-    let dim = cfg.head_dim as f64;
+    let dim = cfg.rotary_dim as f64;
     let theta = cfg.rope_theta;
     // The pair index at which a frequency turns `rotations` times over the original context.
     let correction = |rotations: f64| {

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 15] = [
+pub const ARCHS: [&str; 16] = [
     "llama",
     "llama31",
     "mistral",
@@ -23,6 +23,7 @@ pub const ARCHS: [&str; 15] = [
     "qwen2_moe",
     "olmo2",
     "qwen3_yarn",
+    "glm4",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, whose q / k norms span every head

@@ -287,12 +287,16 @@ fn rotate(x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result
         "rope: {} positions for {n} tokens",
         positions.len()
     );
+    // The first `2 * inv_freq.len()` values of each head rotate (fewer than the head under
+    // partial rotary, GLM-4); the rest pass through.
+    let rot = rope.inv_freq.len() * 2;
     anyhow::ensure!(
-        rope.inv_freq.len() * 2 == head_dim,
-        "rope: table does not match head_dim {head_dim}"
+        rot > 0 && rot <= head_dim,
+        "rope: a table of {} pairs does not fit head_dim {head_dim}",
+        rope.inv_freq.len()
     );
     let mut data = host_f32(x)?;
-    let half = head_dim / 2;
+    let half = rot / 2;
     for (row, &pos) in data.chunks_mut(width).zip(positions) {
         for head in row.chunks_mut(head_dim) {
             for (i, &f) in rope.inv_freq.iter().enumerate() {

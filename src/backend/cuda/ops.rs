@@ -106,7 +106,8 @@ impl CudaDevice {
     }
 
     /// Rotary embedding in place on `q[n, hq, hd]` and `k[n, hk, hd]`. `positions[n]`,
-    /// `inv_freq[hd/2]` (any frequency scaling, e.g. llama3, is already applied).
+    /// `inv_freq[rot/2]` (any frequency scaling, e.g. llama3, is already applied): the first
+    /// `rot` values of each head rotate (all of them unless partial rotary, GLM-4).
     pub fn rope(
         &self,
         q: &mut CudaTensor,
@@ -125,7 +126,8 @@ impl CudaDevice {
             );
         }
         k.expect_dtype(q.dtype(), "rope k")?;
-        if positions.len() < n || inv_freq.len() < hd / 2 {
+        let rot = 2 * inv_freq.len();
+        if positions.len() < n || rot == 0 || rot > hd {
             bail!(
                 "rope: {} positions / {} inv_freq for {n} tokens, head dim {hd}",
                 positions.len(),
@@ -136,6 +138,7 @@ impl CudaDevice {
             return Ok(());
         }
         let (hq_i, hk_i, hd_i) = (as_i32(hq, "hq")?, as_i32(hk, "hk")?, as_i32(hd, "hd")?);
+        let rot_i = as_i32(rot, "rotary dims")?;
         let (q_stride, k_stride) = (as_i32(hq * hd, "q row")?, as_i32(hk * hd, "k row")?);
         let neox = i32::from(style == RopeStyle::Neox);
         // One block per (token, head), a thread per rotated pair: a decode step's 40 heads
@@ -158,6 +161,7 @@ impl CudaDevice {
         args.arg(&hq_i)
             .arg(&hk_i)
             .arg(&hd_i)
+            .arg(&rot_i)
             .arg(&q_stride)
             .arg(&k_stride)
             .arg(&neox);

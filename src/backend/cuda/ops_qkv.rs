@@ -91,7 +91,8 @@ impl CudaDevice {
         ] {
             t.expect_dtype(qkv.dtype(), what)?;
         }
-        if p.positions.len() < n || p.slot_mapping.len() < n || p.inv_freq.len() < p.head_dim / 2 {
+        let rot = 2 * p.inv_freq.len();
+        if p.positions.len() < n || p.slot_mapping.len() < n || rot == 0 || rot > p.head_dim {
             bail!(
                 "qkv_rope_cache: {} positions / {} slots for {n} tokens, {} inv_freq for head dim {}",
                 p.positions.len(),
@@ -115,6 +116,7 @@ impl CudaDevice {
             as_i32(p.head_dim, "hd")?,
         );
         let neox = i32::from(p.style == RopeStyle::Neox);
+        let rot_i = as_i32(rot, "rotary dims")?;
         let slots = num_slots as i64;
         // As rope: one block per (token, head), a thread per rotated pair (k blocks also copy
         // v, two values per thread).
@@ -134,7 +136,12 @@ impl CudaDevice {
             .arg(v_cache.data_mut())
             .arg(qkv.data());
         args.arg(p.positions).arg(p.inv_freq).arg(p.slot_mapping);
-        args.arg(&hq_i).arg(&hk_i).arg(&hd_i).arg(&neox).arg(&slots);
+        args.arg(&hq_i)
+            .arg(&hk_i)
+            .arg(&hd_i)
+            .arg(&rot_i)
+            .arg(&neox)
+            .arg(&slots);
         // Without norms the kernel never reads their pointers; qkv stands in.
         let (q_norm, k_norm, eps) = p.norms.map_or((qkv, qkv, 0.0), |(q, k, e)| (q, k, e));
         let has_norm = i32::from(p.norms.is_some());

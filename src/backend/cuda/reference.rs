@@ -52,7 +52,8 @@ pub fn rope(
     hd: usize,
     neox: bool,
 ) {
-    let half = hd / 2;
+    // The first 2 * inv_freq.len() values of each head rotate (partial rotary: fewer than hd).
+    let half = inv_freq.len().min(hd / 2);
     for (token, &pos) in positions.iter().enumerate() {
         for head in 0..heads {
             let base = (token * heads + head) * hd;

@@ -122,12 +122,18 @@ fn fused_add_rms_norm(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
 fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let sz = s.sizes;
     let n = sz.prefill_tokens;
-    let half = sz.head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / 500_000f32.powf(2.0 * i as f32 / sz.head_dim as f32))
-        .collect();
     let positions: Vec<i32> = (0..n).map(|_| s.rng.random_range(0..8192)).collect();
-    for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
+    // The whole head, and half of it (partial rotary, GLM-4).
+    let variants = [
+        (RopeStyle::Neox, sz.head_dim),
+        (RopeStyle::Interleaved, sz.head_dim),
+        (RopeStyle::Neox, sz.head_dim / 2),
+        (RopeStyle::Interleaved, sz.head_dim / 2),
+    ];
+    for (style, rot) in variants {
+        let inv_freq: Vec<f32> = (0..rot / 2)
+            .map(|i| 1.0 / 500_000f32.powf(2.0 * i as f32 / rot as f32))
+            .collect();
         let neox = style == RopeStyle::Neox;
         let mut q_host = s.random(n * sz.q_heads * sz.head_dim, 1.0, dtype);
         let mut k_host = s.random(n * sz.kv_heads * sz.head_dim, 1.0, dtype);
@@ -155,10 +161,11 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         let mut gpu = q.to_f32(dev)?;
         gpu.extend(k.to_f32(dev)?);
         q_host.extend(k_host);
-        let label = if neox {
-            "rope(neox)"
-        } else {
-            "rope(interleaved)"
+        let label = match (neox, rot == sz.head_dim) {
+            (true, true) => "rope(neox)",
+            (false, true) => "rope(interleaved)",
+            (true, false) => "rope(neox, half the head)",
+            (false, false) => "rope(interleaved, half the head)",
         };
         let shape = format!(
             "q[{n}, {}, {}] k[.., {}, ..]",
