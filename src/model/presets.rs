@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 11] = [
+pub const PRESETS: [(&str, &str); 13] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -34,6 +34,14 @@ pub const PRESETS: [(&str, &str); 11] = [
     (
         "mixtral-8x7b",
         include_str!("../../models/presets/mixtral-8x7b.json"),
+    ),
+    (
+        "glm-4-9b",
+        include_str!("../../models/presets/glm-4-9b.json"),
+    ),
+    (
+        "olmo-2-7b",
+        include_str!("../../models/presets/olmo-2-7b.json"),
     ),
     (
         "gemma-2-9b",
@@ -81,6 +89,8 @@ mod tests {
                 "qwen3-30b-a3b" => 30.5,
                 "mixtral-8x7b" => 46.7,
                 "gemma-2-9b" => 9.24,
+                "glm-4-9b" => 9.4,
+                "olmo-2-7b" => 7.3,
                 "gemma-3-1b" => 1.0,
                 "qwen1.5-moe-a2.7b" => 14.3,
                 _ => unreachable!(),
