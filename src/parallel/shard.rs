@@ -54,6 +54,13 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
         matches!(world, 1 | 2 | 4 | 8),
         "--tensor-parallel-size {world}: supported sizes are 1, 2, 4 and 8"
     );
+    // A norm over a whole projection split across ranks would need its sum of squares
+    // all-reduced; kiln does not shard such models (OLMo 2).
+    ensure!(
+        !config.qk_norm_whole || world == 1,
+        "{:?} cannot be tensor-parallel: its q / k norms span every head",
+        config.architecture
+    );
     let (heads, kv) = (config.num_heads, config.num_kv_heads);
     ensure!(
         heads.is_multiple_of(world),
@@ -95,13 +102,6 @@ impl ShardLayout {
     /// The layout of `shard`, after checking the model can be split `shard.world` ways.
     pub fn new(config: &ModelConfig, shard: Shard) -> Result<ShardLayout> {
         check_divides(config, shard.world)?;
-        // A norm over a whole projection split across ranks would need its sum of squares
-        // all-reduced; kiln does not shard such models.
-        ensure!(
-            !config.qk_norm_whole || shard.world == 1,
-            "{:?} cannot be tensor-parallel: its q / k norms span every head",
-            config.architecture
-        );
         ensure!(
             shard.rank < shard.world,
             "rank {} of a group of {}",
