@@ -234,7 +234,7 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         "$KILN" bench latency --device cuda --model qwen2.5-0.5b --load-format dummy \
         --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 64 \
         --batch-sizes 1,32 --result-json "$OUT/bench_latency_qwen05b.json"
-    # Mixture of experts: decode steps of up to 8 sequences routed on the device (and so
+    # Mixture of experts: decode steps of up to 64 sequences routed on the device (and so
     # recorded as graphs) against the host path (KILN_MOE_DEVICE=0), same model, same run.
     # MOE=0 skips them (Qwen3-30B-A3B is 61 GB in bf16).
     if [ "${MOE:-1}" = 1 ]; then

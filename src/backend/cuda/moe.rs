@@ -54,7 +54,7 @@ pub fn max_items(pairs: usize, experts: usize) -> usize {
 /// device path.
 pub fn routes_on_device(enabled: bool, tokens: usize, experts: usize, top_k: usize) -> bool {
     enabled
-        && (1..=MOE_DEVICE_MAX_ROWS.min(moe_device_rows())).contains(&tokens)
+        && (1..=moe_device_rows()).contains(&tokens)
         && route_kernel_fits(experts, top_k)
         && tokens * top_k <= MOE_MAX_PAIRS
 }
