@@ -44,6 +44,7 @@ fn ops(c: &mut Criterion) {
                 .map(|i| 1.0 / 10000f32.powf(i as f32 / 32.0))
                 .collect(),
             neox: true,
+            scale: 1.0,
         };
         let rope = be.prepare_rope(&rope).unwrap();
         let k = rand(&[batch, 4 * 64]);
@@ -80,7 +81,6 @@ fn ops(c: &mut Criterion) {
             head_dim: 64,
             sliding_window: None,
             logit_softcap: None,
-            score_scale: 1.0,
         };
         g.bench_with_input(
             BenchmarkId::new("decode_attention_ctx512", batch),

@@ -4,22 +4,25 @@
 // Only the first rot of the hd values rotate (rot < hd: partial rotary, GLM-4; the table
 // inv_freq has rot / 2 entries); the rest pass through.
 //   neox (HF rotate_half): pairs (i, i + rot/2);  interleaved (GPT-J): pairs (2i, 2i + 1).
-// The angle is pos * inv_freq[i] in f32 with accurate cosf/sinf, as HF computes it.
+// The angle is pos * inv_freq[i] in f32 with accurate cosf/sinf, as HF computes it. cos and
+// sin are multiplied by `scale`: YaRN's and LongRoPE's attention factor (1 otherwise), which
+// HF folds into the rotation, so it scales only the rotated values of q and k.
 
 // Rotates one head of hd values from src into dst (the same pointer for in place): each
 // thread takes pairs i, i + blockDim.x, ... of the rot / 2; out of place, the values past
 // rot are copied.
 template <typename D>
 __device__ __forceinline__ void rope_head(typename D::T* dst, const typename D::T* src, float pos,
-                                          const float* inv_freq, int hd, int rot, int neox) {
+                                          const float* inv_freq, int hd, int rot, int neox,
+                                          float scale) {
     const int half_dim = rot / 2;
     if (dst != src) {
         for (int j = rot + threadIdx.x; j < hd; j += blockDim.x) dst[j] = src[j];
     }
     for (int i = threadIdx.x; i < half_dim; i += blockDim.x) {
         const float angle = pos * inv_freq[i];
-        const float c = cosf(angle);
-        const float s = sinf(angle);
+        const float c = cosf(angle) * scale;
+        const float s = sinf(angle) * scale;
         const int a = neox ? i : 2 * i;
         const int b = neox ? i + half_dim : 2 * i + 1;
         const float xa = D::load(src[a]);
@@ -32,13 +35,14 @@ __device__ __forceinline__ void rope_head(typename D::T* dst, const typename D::
 template <typename D>
 __device__ __forceinline__ void rope_impl(typename D::T* q, typename D::T* k, const int* positions,
                                           const float* inv_freq, int hq, int hk, int hd,
-                                          int rot, int q_stride, int k_stride, int neox) {
+                                          int rot, int q_stride, int k_stride, int neox,
+                                          float scale) {
     const long long token = blockIdx.x;
     const int head = blockIdx.y;
     if (head >= hq + hk) return;
     typename D::T* base = head < hq ? q + token * q_stride + (long long)head * hd
                                     : k + token * k_stride + (long long)(head - hq) * hd;
-    rope_head<D>(base, base, (float)positions[token], inv_freq, hd, rot, neox);
+    rope_head<D>(base, base, (float)positions[token], inv_freq, hd, rot, neox, scale);
 }
 
 // Most head dims qkv_rope_cache normalises per head (the head is staged in shared memory).
@@ -80,7 +84,7 @@ __device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typena
                                                     int hd, int rot, int neox, long long num_slots,
                                                     const typename D::T* q_norm,
                                                     const typename D::T* k_norm, float eps,
-                                                    int has_norm) {
+                                                    int has_norm, float scale) {
     __shared__ typename D::T tile[QKV_NORM_MAX_HEAD_DIM];
     __shared__ float scratch[32];
     const long long token = blockIdx.x;
@@ -91,7 +95,7 @@ __device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typena
     if (head < hq) {
         const typename D::T* src = row + (long long)head * hd;
         if (has_norm) src = qkv_head_norm<D>(src, q_norm, eps, hd, tile, scratch);
-        rope_head<D>(q_out + (token * hq + head) * hd, src, pos, inv_freq, hd, rot, neox);
+        rope_head<D>(q_out + (token * hq + head) * hd, src, pos, inv_freq, hd, rot, neox, scale);
         return;
     }
     // The whole block leaves together (one token, one slot), before any barrier.
@@ -103,14 +107,16 @@ __device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typena
     for (int j = threadIdx.x; j < hd; j += blockDim.x) v_cache[dst + j] = v_src[j];
     const typename D::T* src = row + (long long)(hq + kv_head) * hd;
     if (has_norm) src = qkv_head_norm<D>(src, k_norm, eps, hd, tile, scratch);
-    rope_head<D>(k_cache + dst, src, pos, inv_freq, hd, rot, neox);
+    rope_head<D>(k_cache + dst, src, pos, inv_freq, hd, rot, neox, scale);
 }
 
-#define KILN_ROPE(S, D)                                                                   \
-    extern "C" __global__ void rope_##S(D::T* q, D::T* k, const int* positions,           \
-                                        const float* inv_freq, int hq, int hk, int hd,    \
-                                        int rot, int q_stride, int k_stride, int neox) {  \
-        rope_impl<D>(q, k, positions, inv_freq, hq, hk, hd, rot, q_stride, k_stride, neox); \
+#define KILN_ROPE(S, D)                                                                    \
+    extern "C" __global__ void rope_##S(D::T* q, D::T* k, const int* positions,            \
+                                        const float* inv_freq, int hq, int hk, int hd,     \
+                                        int rot, int q_stride, int k_stride, int neox,     \
+                                        float scale) {                                     \
+        rope_impl<D>(q, k, positions, inv_freq, hq, hk, hd, rot, q_stride, k_stride, neox, \
+                     scale);                                                               \
     }
 KILN_FOR_EACH_DTYPE(KILN_ROPE)
 
@@ -119,8 +125,9 @@ KILN_FOR_EACH_DTYPE(KILN_ROPE)
         D::T* q_out, D::T* k_cache, D::T* v_cache, const D::T* qkv, const int* positions,      \
         const float* inv_freq, const int* slot_mapping, int hq, int hk, int hd, int rot,       \
         int neox, long long num_slots, const D::T* q_norm, const D::T* k_norm, float eps,      \
-        int has_norm) {                                                                        \
+        int has_norm, float scale) {                                                           \
         qkv_rope_cache_impl<D>(q_out, k_cache, v_cache, qkv, positions, inv_freq, slot_mapping, \
-                               hq, hk, hd, rot, neox, num_slots, q_norm, k_norm, eps, has_norm); \
+                               hq, hk, hd, rot, neox, num_slots, q_norm, k_norm, eps, has_norm, \
+                               scale);                                                         \
     }
 KILN_FOR_EACH_DTYPE(KILN_QKV_ROPE_CACHE)

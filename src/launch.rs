@@ -267,7 +267,20 @@ pub struct PreparedModel {
 /// `--dtype auto` means): config, tokenizer, EOS ids and the weight source.
 pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel> {
     let files = resolve_model(args)?;
-    let config = ModelConfig::from_file(&files.config)?;
+    let mut config = ModelConfig::from_file(&files.config)?;
+    config.context_len = max_model_len(args, &config);
+    if let Some(long) = crate::model::rope::uses_long_factors(&config) {
+        tracing::info!(
+            "LongRoPE: {} factors for a {}-token context{}",
+            if long { "long" } else { "short" },
+            config.context_len,
+            if long {
+                " (--max-model-len at or under the original context picks the short ones)"
+            } else {
+                ""
+            }
+        );
+    }
     let dtype = pick_dtype(&args.dtype, &config, device == Device::Cpu)?;
     let tokenizer = match &files.tokenizer_dir {
         Some(dir) => Tokenizer::from_dir(dir)?,

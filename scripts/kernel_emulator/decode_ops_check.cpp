@@ -102,11 +102,14 @@ void check_norm(DType d, int rows, int width, unsigned threads, bool fused, Orde
     if (fused) report(std::string(name) + " (residual)", d, rb.values(), want_res, 0.0);
 }
 
-using RopeFn = void (*)(void*, void*, const int*, const float*, int, int, int, int, int, int, int);
+using RopeFn = void (*)(void*, void*, const int*, const float*, int, int, int, int, int, int, int,
+                        float);
 
 // q and k live in one fused row [q | k | v] of width (hq + 2 hk) * hd, as after the QKV GEMM.
-// rot < hd: partial rotary (GLM-4), only the first rot values of each head rotate.
-void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, int rot = 0) {
+// rot < hd: partial rotary (GLM-4), only the first rot values of each head rotate. scale:
+// YaRN's / LongRoPE's attention factor on cos and sin (the pass-through values keep theirs).
+void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, int rot = 0,
+                float scale = 1.0f) {
     if (rot == 0) rot = hd;
     const int row = (hq + 2 * hk) * hd;
     const std::vector<float> qkv = random(d, static_cast<size_t>(n) * row, 1.0f);
@@ -123,7 +126,7 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, 
     kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
                      order, 4, [&] {
                          k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, rot,
-                           row, row, neox ? 1 : 0);
+                           row, row, neox ? 1 : 0, scale);
                      });
     std::vector<double> want(qkv.begin(), qkv.end());
     for (int t = 0; t < n; ++t) {
@@ -131,7 +134,7 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, 
             const size_t head = static_cast<size_t>(t) * row + static_cast<size_t>(h) * hd;
             for (int i = 0; i < rot / 2; ++i) {
                 const float angle = static_cast<float>(pos[t]) * inv[i];
-                const double c = std::cos(angle), s = std::sin(angle);
+                const double c = std::cos(angle) * scale, s = std::sin(angle) * scale;
                 const size_t a = head + (neox ? i : 2 * i), bb = head + (neox ? i + rot / 2 : 2 * i + 1);
                 want[a] = qkv[a] * c - qkv[bb] * s;
                 want[bb] = qkv[bb] * c + qkv[a] * s;
@@ -139,14 +142,14 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, 
         }
     }
     char name[128];
-    std::snprintf(name, sizeof name, "rope(%s) n=%d q %dx%d k %d rot %d, in a fused row",
-                  neox ? "neox" : "interleaved", n, hq, hd, hk, rot);
+    std::snprintf(name, sizeof name, "rope(%s) n=%d q %dx%d k %d rot %d scale %g, in a fused row",
+                  neox ? "neox" : "interleaved", n, hq, hd, hk, rot, scale);
     report(name, d, b.values(), want, elementwise_tol(d));
 }
 
 using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, const float*,
                                const int*, int, int, int, int, int, long long, const void*,
-                               const void*, float, int);
+                               const void*, float, int, float);
 
 // The fused entry step (qkv_rope_cache) against the unfused path it replaces, run in the
 // emulator too: rope in place on the fused rows, then the rotated k and the v copied to
@@ -157,7 +160,7 @@ using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, co
 // squares may round a value the other way, so that case compares within the elementwise
 // tolerance instead of exactly.
 void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Order order,
-                          bool norm = false, int rot = 0) {
+                          bool norm = false, int rot = 0, float scale = 1.0f) {
     if (rot == 0) rot = hd;
     const int row = (hq + 2 * hk) * hd, kv = hk * hd;
     const int num_slots = 4 * n + 3;
@@ -186,7 +189,7 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
                      order, 4, [&] {
                          fused(q.data(), kc.data(), vc.data(), in.data(), pos.data(), inv.data(),
                                slots.data(), hq, hk, hd, rot, neox ? 1 : 0, num_slots, qn.data(),
-                               kn.data(), eps, norm ? 1 : 0);
+                               kn.data(), eps, norm ? 1 : 0, scale);
                      });
 
     // The unfused path: (the norms,) rope in place on the fused rows, then the copies.
@@ -210,7 +213,7 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
                      Order::Forward, 4, [&] {
                          rope_k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, rot,
-                                row, row, neox ? 1 : 0);
+                                row, row, neox ? 1 : 0, scale);
                      });
     const std::vector<float> r = rotated.values();
     std::vector<double> want_q(static_cast<size_t>(n) * hq * hd);
@@ -225,8 +228,8 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
         }
     }
     char name[128];
-    std::snprintf(name, sizeof name, "qkv_rope_cache(%s%s) n=%d q %dx%d k %d rot %d",
-                  neox ? "neox" : "interleaved", norm ? ", q/k norm" : "", n, hq, hd, hk, rot);
+    std::snprintf(name, sizeof name, "qkv_rope_cache(%s%s) n=%d q %dx%d k %d rot %d scale %g",
+                  neox ? "neox" : "interleaved", norm ? ", q/k norm" : "", n, hq, hd, hk, rot, scale);
     const double tol = norm ? elementwise_tol(d) : 0.0;
     report(std::string(name) + " q", d, q.values(), want_q, tol);
     report(std::string(name) + " k cache", d, kc.values(), want_k, tol);
@@ -302,6 +305,11 @@ int main() {
             check_rope(d, 2, 3, 1, 128, neox, Order::Forward, 96);
             check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Reverse, false, 64);
             check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Random, true, 96);
+            // The attention factor of YaRN (whole head, Qwen3) and LongRoPE (3/4, Phi-4-mini).
+            check_rope(d, 3, 4, 2, 128, neox, Order::Reverse, 128, 1.19f);
+            check_rope(d, 2, 3, 1, 128, neox, Order::Random, 96, 1.19f);
+            check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Forward, true, 128, 1.139f);
+            check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Reverse, false, 96, 1.19f);
         }
         check_argmax(d, 1, 128256, Order::Random, false);  // Llama-3 vocab, decode
         check_argmax(d, 3, 4099, Order::Forward, true);     // rows 1, 2 off 16-byte boundaries

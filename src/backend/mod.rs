@@ -29,15 +29,13 @@ pub struct AttentionShape {
     pub sliding_window: Option<usize>,
     /// Gemma 2: each scaled score `s` becomes `cap * tanh(s / cap)` before the softmax.
     pub logit_softcap: Option<f32>,
-    /// Multiplies the usual `head_dim^-0.5` score scale (YaRN's attention factor, squared;
-    /// 1 elsewhere).
-    pub score_scale: f32,
 }
 
 impl AttentionShape {
-    /// The factor q . k is multiplied by before the softmax.
+    /// The factor q . k is multiplied by before the softmax. (YaRN's and LongRoPE's
+    /// attention factors live in the rotation, `Rope::scale`.)
     pub fn scale(&self) -> f32 {
-        self.score_scale / (self.head_dim as f32).sqrt()
+        1.0 / (self.head_dim as f32).sqrt()
     }
 }
 
@@ -47,6 +45,10 @@ impl AttentionShape {
 pub struct Rope {
     pub inv_freq: Vec<f32>,
     pub neox: bool,
+    /// What cos and sin are multiplied by: YaRN's and LongRoPE's attention factor, 1
+    /// otherwise. HF folds it into the rotation, so only the rotated values of q and k are
+    /// scaled (not the pass-through ones under partial rotary).
+    pub scale: f32,
 }
 
 /// The forward pass [`Backend::forward_recorded`] runs, records or replays: from prepared

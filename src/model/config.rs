@@ -118,6 +118,12 @@ pub struct RopeScaling {
     pub mscale_all_dim: Option<f64>,
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// LongRoPE (Phi-3/3.5/4-mini): per-pair divisors of the inverse frequencies, one set
+    /// for sequences within the original context and one for longer ones.
+    #[serde(default)]
+    pub short_factor: Option<Vec<f64>>,
+    #[serde(default)]
+    pub long_factor: Option<Vec<f64>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -139,6 +145,10 @@ struct RawConfig {
     rope_scaling: Option<RopeScaling>,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
+    /// Phi-3: the pretraining context, which LongRoPE scales from (top level, not in
+    /// `rope_scaling`).
+    #[serde(default)]
+    original_max_position_embeddings: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default)]
@@ -186,7 +196,7 @@ struct RawConfig {
     final_logit_softcapping: Option<f64>,
     #[serde(default)]
     attn_logit_softcapping: Option<f64>,
-    /// Rotary embedding on only this fraction of each head (Phi-3.5/4-mini): not supported.
+    /// Rotary embedding on only the first fraction of each head (Phi-4-mini, GLM-4).
     #[serde(default)]
     partial_rotary_factor: Option<f64>,
     /// Mixture of experts: Qwen3-MoE's `num_experts`, Mixtral's `num_local_experts`.
@@ -466,6 +476,10 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
+    /// The longest sequence the engine will run (`--max-model-len`; the config's
+    /// `max_position_embeddings` until the launcher says). LongRoPE picks its long factors
+    /// when this exceeds the original context.
+    pub context_len: usize,
     pub tie_word_embeddings: bool,
     pub qkv_bias: bool,
     pub qk_norm: bool,
@@ -623,8 +637,15 @@ impl ModelConfig {
             vocab_size: raw.vocab_size,
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta: raw.rope_theta,
-            rope_scaling: raw.rope_scaling,
+            rope_scaling: super::rope::resolve_scaling(
+                raw.rope_scaling.clone(),
+                architecture,
+                raw.original_max_position_embeddings,
+                raw.max_position_embeddings,
+                rotary_dim,
+            )?,
             max_position_embeddings: raw.max_position_embeddings,
+            context_len: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
             qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
                 || raw.attention_bias,
@@ -885,7 +906,7 @@ mod tests {
     }
 
     #[test]
-    fn phi3_loads_with_partial_rotary_embeddings_and_longrope_is_refused() {
+    fn phi3_loads_with_partial_rotary_embeddings() {
         assert_eq!(phi3("").unwrap().architecture, Architecture::Phi3);
         assert_eq!(
             phi3(r#", "partial_rotary_factor": 1.0"#)
@@ -902,9 +923,5 @@ mod tests {
             format!("{err:#}").contains("partial_rotary_factor"),
             "{err:#}"
         );
-        let err = phi3(r#", "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}"#)
-            .and_then(|c| crate::model::rope::rope_for(&c).map(|_| c))
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("longrope"), "{err:#}");
     }
 }

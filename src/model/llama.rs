@@ -509,6 +509,7 @@ impl<B: Backend> LlamaModel<B> {
             Some(layers) if layers.iter().any(|&on| !on) => Some(be.prepare_rope(&Rope {
                 inv_freq: vec![0.0; hd / 2],
                 neox: true,
+                scale: 1.0,
             })?),
             _ => None,
         };
@@ -529,7 +530,6 @@ impl<B: Backend> LlamaModel<B> {
             head_dim: hd,
             sliding_window: c.sliding_window,
             logit_softcap: c.gemma.as_ref().and_then(|g| g.attn_softcap),
-            score_scale: super::rope::score_scale(c) as f32,
         };
         let final_softcap = c.gemma.as_ref().and_then(|g| g.final_softcap);
         Ok(LlamaModel {
@@ -861,12 +861,6 @@ impl<B: Backend> LlamaModel<B> {
         let q = be.qkv_rope_write(&qkv, (q_width, kv_width), &head, rope, cache, index, batch)?;
         let shape = AttentionShape {
             sliding_window: layer.sliding_window,
-            // YaRN's factor belongs to the scaled table: not to Gemma's local layers nor to
-            // SmolLM3's layers without rotation.
-            score_scale: match layer.rope {
-                LayerRope::Global => self.attention.score_scale,
-                LayerRope::Local | LayerRope::Off => 1.0,
-            },
             ..self.attention
         };
         let attn = be.attention(&q, cache, index, batch, &shape)?;

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 16] = [
+pub const ARCHS: [&str; 17] = [
     "llama",
     "llama31",
     "mistral",
@@ -24,6 +24,7 @@ pub const ARCHS: [&str; 16] = [
     "olmo2",
     "qwen3_yarn",
     "glm4",
+    "phi3_longrope",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, whose q / k norms span every head

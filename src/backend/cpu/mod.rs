@@ -303,6 +303,7 @@ fn rotate(x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result
                 // f32 angle as HF computes it (position * inv_freq in f32).
                 let angle = pos as f32 * f;
                 let (sin, cos) = angle.sin_cos();
+                let (sin, cos) = (sin * rope.scale, cos * rope.scale);
                 let (ia, ib) = if rope.neox {
                     (i, i + half)
                 } else {

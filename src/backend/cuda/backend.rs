@@ -92,6 +92,7 @@ pub struct CudaBatchMeta {
 pub struct CudaRope {
     inv_freq: CudaSlice<f32>,
     style: RopeStyle,
+    scale: f32,
 }
 
 impl CudaBackend {
@@ -490,6 +491,7 @@ impl Backend for CudaBackend {
             } else {
                 RopeStyle::Interleaved
             },
+            scale: rope.scale,
         })
     }
 
@@ -597,8 +599,14 @@ impl Backend for CudaBackend {
         }
         let mut q = q.reshape(&[n, q_width / head_dim, head_dim])?;
         let mut k = k.reshape(&[n, k_width / head_dim, head_dim])?;
-        self.dev
-            .rope(&mut q, &mut k, &batch.positions, &rope.inv_freq, rope.style)?;
+        self.dev.rope(
+            &mut q,
+            &mut k,
+            &batch.positions,
+            &rope.inv_freq,
+            rope.style,
+            rope.scale,
+        )?;
         Ok((q.reshape(&q_shape)?, k.reshape(&k_shape)?))
     }
 
@@ -864,6 +872,7 @@ impl Backend for CudaBackend {
             slot_mapping: &batch.slots,
             inv_freq: &rope.inv_freq,
             style: rope.style,
+            scale: rope.scale,
             head_dim: head.head_dim,
             norms: head.norms.map(|(q, k, eps)| (q, k, eps as f32)),
         };

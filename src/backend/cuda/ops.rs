@@ -107,7 +107,8 @@ impl CudaDevice {
 
     /// Rotary embedding in place on `q[n, hq, hd]` and `k[n, hk, hd]`. `positions[n]`,
     /// `inv_freq[rot/2]` (any frequency scaling, e.g. llama3, is already applied): the first
-    /// `rot` values of each head rotate (all of them unless partial rotary, GLM-4).
+    /// `rot` values of each head rotate (all of them unless partial rotary, GLM-4); cos and
+    /// sin are multiplied by `scale` (the rope's attention factor).
     pub fn rope(
         &self,
         q: &mut CudaTensor,
@@ -115,6 +116,7 @@ impl CudaDevice {
         positions: &CudaSlice<i32>,
         inv_freq: &CudaSlice<f32>,
         style: RopeStyle,
+        scale: f32,
     ) -> Result<()> {
         let [n, hq, hd] = dims3(q, "rope q")?;
         let [n_k, hk, hd_k] = dims3(k, "rope k")?;
@@ -164,7 +166,8 @@ impl CudaDevice {
             .arg(&rot_i)
             .arg(&q_stride)
             .arg(&k_stride)
-            .arg(&neox);
+            .arg(&neox)
+            .arg(&scale);
         // SAFETY: matches kernels/rope.cu; shapes checked above.
         unsafe { args.launch(config) }.context("rope launch")?;
         Ok(())

@@ -37,6 +37,8 @@ pub struct QkvRopeCache<'a> {
     pub slot_mapping: &'a CudaSlice<i32>,
     pub inv_freq: &'a CudaSlice<f32>,
     pub style: RopeStyle,
+    /// The rope's attention factor on cos and sin (see `Rope::scale`).
+    pub scale: f32,
     pub head_dim: usize,
     /// Qwen3's per-head RMS norms of q and k (`[head_dim]` weights) and their epsilon,
     /// applied before the rotation.
@@ -148,7 +150,8 @@ impl CudaDevice {
         args.arg(q_norm.data())
             .arg(k_norm.data())
             .arg(&eps)
-            .arg(&has_norm);
+            .arg(&has_norm)
+            .arg(&p.scale);
         // SAFETY: matches kernels/rope.cu; shapes checked above, slots bounds-checked in the
         // kernel.
         unsafe { args.launch(config) }.context("qkv_rope_cache launch")?;

@@ -51,8 +51,10 @@ pub fn rope(
     heads: usize,
     hd: usize,
     neox: bool,
+    scale: f32,
 ) {
     // The first 2 * inv_freq.len() values of each head rotate (partial rotary: fewer than hd).
+    // cos and sin carry the attention factor `scale`, as in kernels/rope.cu.
     let half = inv_freq.len().min(hd / 2);
     for (token, &pos) in positions.iter().enumerate() {
         for head in 0..heads {
@@ -60,6 +62,7 @@ pub fn rope(
             for (i, &freq) in inv_freq.iter().enumerate().take(half) {
                 let angle = pos as f32 * freq;
                 let (s, c) = angle.sin_cos();
+                let (s, c) = (s * scale, c * scale);
                 let (ia, ib) = if neox {
                     (i, i + half)
                 } else {
@@ -304,17 +307,17 @@ mod tests {
         // hd = 4, inv_freq = [1, 0]: the first pair turns by `pos` radians, the second not.
         let quarter = std::f32::consts::FRAC_PI_2;
         let mut neox = vec![1.0, 1.0, 0.0, 0.0];
-        rope(&mut neox, &[0], &[quarter, 0.0], 1, 4, true);
+        rope(&mut neox, &[0], &[quarter, 0.0], 1, 4, true, 1.0);
         assert!(
             close(&neox, &[1.0, 1.0, 0.0, 0.0]),
             "position 0 is the identity"
         );
         let mut neox = vec![1.0, 1.0, 0.0, 0.0];
-        rope(&mut neox, &[1], &[quarter, 0.0], 1, 4, true);
+        rope(&mut neox, &[1], &[quarter, 0.0], 1, 4, true, 1.0);
         // pair (x0, x2) = (1, 0) turned 90 degrees -> (0, 1); pair (x1, x3) unchanged.
         assert!(close(&neox, &[0.0, 1.0, 1.0, 0.0]), "{neox:?}");
         let mut inter = vec![1.0, 0.0, 1.0, 0.0];
-        rope(&mut inter, &[1], &[quarter, 0.0], 1, 4, false);
+        rope(&mut inter, &[1], &[quarter, 0.0], 1, 4, false, 1.0);
         assert!(close(&inter, &[0.0, 1.0, 1.0, 0.0]), "{inter:?}");
     }
 

@@ -75,7 +75,6 @@ fn compare(window: Option<usize>, softcap: Option<f32>) {
         head_dim: HD,
         sliding_window: window,
         logit_softcap: softcap,
-        score_scale: 1.0,
     };
     let q_t = Tensor::from_vec(q.clone(), (n, HQ * HD), &Device::Cpu).unwrap();
     let meta = cpu.prepare_batch(&batch).unwrap();

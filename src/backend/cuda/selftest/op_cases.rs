@@ -123,14 +123,16 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let sz = s.sizes;
     let n = sz.prefill_tokens;
     let positions: Vec<i32> = (0..n).map(|_| s.rng.random_range(0..8192)).collect();
-    // The whole head, and half of it (partial rotary, GLM-4).
+    // The whole head, and half of it (partial rotary, GLM-4); LongRoPE's attention factor on
+    // three quarters of the head (Phi-4-mini).
     let variants = [
-        (RopeStyle::Neox, sz.head_dim),
-        (RopeStyle::Interleaved, sz.head_dim),
-        (RopeStyle::Neox, sz.head_dim / 2),
-        (RopeStyle::Interleaved, sz.head_dim / 2),
+        (RopeStyle::Neox, sz.head_dim, 1.0),
+        (RopeStyle::Interleaved, sz.head_dim, 1.0),
+        (RopeStyle::Neox, sz.head_dim / 2, 1.0),
+        (RopeStyle::Interleaved, sz.head_dim / 2, 1.0),
+        (RopeStyle::Neox, sz.head_dim * 3 / 4 / 2 * 2, 1.19),
     ];
-    for (style, rot) in variants {
+    for (style, rot, scale) in variants {
         let inv_freq: Vec<f32> = (0..rot / 2)
             .map(|i| 1.0 / 500_000f32.powf(2.0 * i as f32 / rot as f32))
             .collect();
@@ -141,7 +143,7 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         let mut q = CudaTensor::from_f32(dev, dtype, &[n, sz.q_heads, sz.head_dim], &q_host)?;
         let mut k = CudaTensor::from_f32(dev, dtype, &[n, sz.kv_heads, sz.head_dim], &k_host)?;
         let (pos_dev, freq_dev) = (dev.upload(&positions)?, dev.upload(&inv_freq)?);
-        dev.rope(&mut q, &mut k, &pos_dev, &freq_dev, style)?;
+        dev.rope(&mut q, &mut k, &pos_dev, &freq_dev, style, scale)?;
         reference::rope(
             &mut q_host,
             &positions,
@@ -149,6 +151,7 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             sz.q_heads,
             sz.head_dim,
             neox,
+            scale,
         );
         reference::rope(
             &mut k_host,
@@ -157,22 +160,33 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             sz.kv_heads,
             sz.head_dim,
             neox,
+            scale,
         );
         let mut gpu = q.to_f32(dev)?;
         gpu.extend(k.to_f32(dev)?);
         q_host.extend(k_host);
-        let label = match (neox, rot == sz.head_dim) {
-            (true, true) => "rope(neox)",
-            (false, true) => "rope(interleaved)",
-            (true, false) => "rope(neox, half the head)",
-            (false, false) => "rope(interleaved, half the head)",
-        };
+        let label = format!(
+            "rope({}{}{})",
+            if neox { "neox" } else { "interleaved" },
+            match (rot == sz.head_dim, scale != 1.0) {
+                (true, _) => "",
+                (false, false) => ", half the head",
+                (false, true) => ", 3/4 of the head",
+            },
+            if scale != 1.0 {
+                ", attention factor"
+            } else {
+                ""
+            }
+        );
         let shape = format!(
             "q[{n}, {}, {}] k[.., {}, ..]",
             sz.q_heads, sz.head_dim, sz.kv_heads
         );
-        let row = s.check(label, shape, dtype, Check::Elementwise, &gpu, &q_host);
-        s.time(row, || dev.rope(&mut q, &mut k, &pos_dev, &freq_dev, style))?;
+        let row = s.check(&label, shape, dtype, Check::Elementwise, &gpu, &q_host);
+        s.time(row, || {
+            dev.rope(&mut q, &mut k, &pos_dev, &freq_dev, style, scale)
+        })?;
     }
     Ok(())
 }

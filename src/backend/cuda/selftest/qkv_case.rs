@@ -15,13 +15,23 @@ use rand::Rng;
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     for n in [32, s.sizes.prefill_tokens] {
         for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
-            case(s, dtype, n, style, false)?;
+            case(s, dtype, n, style, false, 1.0)?;
         }
     }
-    case(s, dtype, 32, RopeStyle::Neox, true)
+    // YaRN's or LongRoPE's attention factor on cos and sin; with the norms, Qwen3 + YaRN.
+    case(s, dtype, 32, RopeStyle::Neox, false, 1.19)?;
+    case(s, dtype, 32, RopeStyle::Neox, true, 1.0)?;
+    case(s, dtype, 32, RopeStyle::Neox, true, 1.19)
 }
 
-fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle, norm: bool) -> Result<()> {
+fn case(
+    s: &mut Suite<'_>,
+    dtype: DType,
+    n: usize,
+    style: RopeStyle,
+    norm: bool,
+    scale: f32,
+) -> Result<()> {
     let sz = s.sizes;
     let (hq, hk, hd) = (sz.q_heads, sz.kv_heads, sz.head_dim);
     let (q_width, kv_width) = (hq * hd, hk * hd);
@@ -61,6 +71,7 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle, norm: bool)
         slot_mapping: &slots_dev,
         inv_freq: &freq_dev,
         style,
+        scale,
         head_dim: hd,
         norms: norm.then_some((&q_norm, &k_norm, eps)),
     };
@@ -84,8 +95,8 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle, norm: bool)
         k_ref = rounded(reference::rms_norm(&k_ref, &k_norm_host, eps));
     }
     let neox = style == RopeStyle::Neox;
-    reference::rope(&mut q_ref, &positions, &inv_freq, hq, hd, neox);
-    reference::rope(&mut k_ref, &positions, &inv_freq, hk, hd, neox);
+    reference::rope(&mut q_ref, &positions, &inv_freq, hq, hd, neox, scale);
+    reference::rope(&mut k_ref, &positions, &inv_freq, hk, hd, neox, scale);
     reference::kv_write(
         &mut k_cache_host,
         &mut v_cache_host,
@@ -99,11 +110,16 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle, norm: bool)
     gpu.extend(v_cache.to_f32(dev)?);
     q_ref.extend(k_cache_host);
     q_ref.extend(v_cache_host);
-    let label = match (neox, norm) {
-        (true, false) => "qkv_rope_cache(neox)",
-        (false, false) => "qkv_rope_cache(interleaved)",
-        (_, true) => "qkv_rope_cache(neox, q/k norm)",
-    };
+    let label = format!(
+        "qkv_rope_cache({}{}{})",
+        if neox { "neox" } else { "interleaved" },
+        if norm { ", q/k norm" } else { "" },
+        if scale != 1.0 {
+            ", attention factor"
+        } else {
+            ""
+        }
+    );
     let shape = format!("qkv[{n}, {hq}+{hk}+{hk} x {hd}], 1 pad token");
     // The norm's sum of squares may round a normalised value the other way: a reduction.
     let check = if norm {
@@ -111,7 +127,7 @@ fn case(s: &mut Suite<'_>, dtype: DType, n: usize, style: RopeStyle, norm: bool)
     } else {
         Check::Elementwise
     };
-    let check_row = s.check(label, shape, dtype, check, &gpu, &q_ref);
+    let check_row = s.check(&label, shape, dtype, check, &gpu, &q_ref);
     s.time(check_row, || {
         dev.qkv_rope_cache(&qkv, &mut q, &mut k_cache, &mut v_cache, &params)
     })?;
