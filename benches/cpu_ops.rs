@@ -85,7 +85,7 @@ fn ops(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("decode_attention_ctx512", batch),
             &batch,
-            |b, _| b.iter(|| be.attention(&q, &cache, 0, &meta, &shape).unwrap()),
+            |b, _| b.iter(|| be.attention(&q, &cache, 0, &meta, &shape, None).unwrap()),
         );
     }
     g.finish();

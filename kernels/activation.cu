@@ -2,6 +2,8 @@
 // columns and u in its last I, all in f32, rounded once.
 //   silu_mul:      act = silu(g) = g / (1 + exp(-g))            (SwiGLU: Llama, Qwen, ...)
 //   gelu_tanh_mul: act = PyTorch's gelu(approximate="tanh")     (GeGLU: Gemma)
+//   clamped_swiglu (gpt-oss): g = min(g, limit), u = clamp(u, -limit, limit),
+//                  out = (u + 1) * g * sigmoid(alpha * g)
 
 struct KilnSilu {
     __device__ __forceinline__ float operator()(float g) const { return g / (1.0f + expf(-g)); }
@@ -28,6 +30,22 @@ __device__ __forceinline__ void gated_mul_impl(typename D::T* out, const typenam
     }
 }
 
+template <typename D>
+__device__ __forceinline__ void clamped_swiglu_impl(typename D::T* out,
+                                                    const typename D::T* gate_up,
+                                                    long long total, int inter, float limit,
+                                                    float alpha) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += stride) {
+        const long long row = idx / inter;
+        const long long col = idx - row * inter;
+        const float g = fminf(D::load(gate_up[row * 2 * inter + col]), limit);
+        const float u = fmaxf(fminf(D::load(gate_up[row * 2 * inter + inter + col]), limit), -limit);
+        out[idx] = D::store((u + 1.0f) * (g / (1.0f + expf(-alpha * g))));
+    }
+}
+
 #define KILN_SILU_MUL(S, D)                                                               \
     extern "C" __global__ void silu_mul_##S(D::T* out, const D::T* gate_up,               \
                                             long long total, int inter) {                 \
@@ -36,5 +54,10 @@ __device__ __forceinline__ void gated_mul_impl(typename D::T* out, const typenam
     extern "C" __global__ void gelu_tanh_mul_##S(D::T* out, const D::T* gate_up,          \
                                                  long long total, int inter) {            \
         gated_mul_impl<D, KilnGeluTanh>(out, gate_up, total, inter);                      \
+    }                                                                                     \
+    extern "C" __global__ void clamped_swiglu_##S(D::T* out, const D::T* gate_up,         \
+                                                  long long total, int inter, float limit, \
+                                                  float alpha) {                          \
+        clamped_swiglu_impl<D>(out, gate_up, total, inter, limit, alpha);                 \
     }
 KILN_FOR_EACH_DTYPE(KILN_SILU_MUL)

@@ -39,6 +39,8 @@ from transformers import (
     GraniteConfig,
     GraniteForCausalLM,
     GenerationConfig,
+    GptOssConfig,
+    GptOssForCausalLM,
     Glm4Config,
     Glm4ForCausalLM,
     LlamaConfig,
@@ -577,6 +579,29 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                     "type": "longrope",
                     "short_factor": [1.0, 1.1, 1.3, 1.8, 2.5, 3.0],
                     "long_factor": [1.0, 1.5, 3.0, 6.0, 12.0, 20.0],
+                },
+                tie_word_embeddings=False,
+            ),
+        ),
+        # gpt-oss: attention sinks, q/k/v/o biases, sliding (window 8, under the prompts'
+        # lengths) and full layers alternating, YaRN without truncation, and 4 experts (top 2)
+        # with biases, interleaved gate/up columns and the clamped SwiGLU.
+        "gpt_oss": (
+            GptOssForCausalLM,
+            GptOssConfig(
+                **dict(common, intermediate_size=32),
+                head_dim=16,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                sliding_window=8,
+                rope_theta=150000.0,
+                rope_scaling={
+                    "rope_type": "yarn",
+                    "factor": 4.0,
+                    "beta_fast": 32.0,
+                    "beta_slow": 1.0,
+                    "truncate": False,
+                    "original_max_position_embeddings": 64,
                 },
                 tie_word_embeddings=False,
             ),

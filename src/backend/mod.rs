@@ -197,6 +197,15 @@ pub trait Backend: Send + Sync {
     /// `gelu_tanh(gate) * up` (GeGLU with PyTorch's tanh approximation, Gemma's MLP), laid
     /// out as for [`Backend::silu_mul`].
     fn gelu_tanh_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// gpt-oss's expert activation, laid out as for [`Backend::silu_mul`]: gate clamped to
+    /// at most `limit`, up to `[-limit, limit]`, then `(up + 1) * gate * sigmoid(alpha *
+    /// gate)`, in f32 and rounded once.
+    fn clamped_swiglu(
+        &self,
+        gate_up: &Self::Tensor,
+        limit: f32,
+        alpha: f32,
+    ) -> Result<Self::Tensor>;
     /// `x * factor`, rounded once to the tensor's dtype (Gemma's embedding scale).
     fn mul_scalar(&self, x: &Self::Tensor, factor: f32) -> Result<Self::Tensor>;
     /// `a + b` element-wise (rounded once to the dtype): OLMo 2's residual adds, which
@@ -355,7 +364,8 @@ pub trait Backend: Send + Sync {
         unfused_qkv_rope_write(self, qkv, widths, head, rope, cache, layer, batch)
     }
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
-    /// which already holds the batch's own K and V.
+    /// which already holds the batch's own K and V. `sinks` (gpt-oss, f32 `[heads]`): one
+    /// more logit per head in each softmax, with no value (it only takes probability mass).
     fn attention(
         &self,
         q: &Self::Tensor,
@@ -363,6 +373,7 @@ pub trait Backend: Send + Sync {
         layer: usize,
         batch: &Self::BatchMeta,
         shape: &AttentionShape,
+        sinks: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor>;
 }
 

@@ -20,6 +20,29 @@ pub struct ExpertSet<'a, T, I> {
     pub gate_up: &'a [T],
     pub down: &'a [T],
     pub index: &'a I,
+    /// gpt-oss: each expert's gate/up bias (`[2 * intermediate]`, laid out as its rows) and
+    /// down bias (`[hidden]`; on one tensor-parallel rank only, the others hold none).
+    pub gate_up_bias: Option<&'a [T]>,
+    pub down_bias: Option<&'a [T]>,
+}
+
+impl<T, I> ExpertSet<'_, T, I> {
+    /// Plain SwiGLU experts without biases: what the device-routed kernels compute.
+    pub fn is_plain(&self, activation: ExpertActivation) -> bool {
+        self.gate_up_bias.is_none()
+            && self.down_bias.is_none()
+            && activation == ExpertActivation::SwiGlu
+    }
+}
+
+/// What an expert computes between its gate/up and down projections.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ExpertActivation {
+    /// `silu(gate) * up`.
+    SwiGlu,
+    /// gpt-oss: gate clamped to at most `limit`, up to `[-limit, limit]`, then
+    /// `(up + 1) * gate * sigmoid(alpha * gate)`.
+    ClampedSwiGlu { limit: f32, alpha: f32 },
 }
 
 /// Qwen2-MoE's shared expert, already run on every token: its output (`[tokens, hidden]`)
@@ -37,6 +60,7 @@ pub struct MoeRouting<'a, T> {
     pub normalize: bool,
     /// The model's dtype: the rounding of the weighted sum follows HF's loop in it.
     pub dtype: DType,
+    pub activation: ExpertActivation,
     pub shared: Option<SharedExpertOutput<'a, T>>,
 }
 
@@ -95,13 +119,21 @@ pub fn host_routed_experts<B: Backend + ?Sized>(
     );
     let routes = route(&logits, num_experts, routing.top_k, routing.normalize);
     let mut outputs = Vec::new();
-    for ((gate_up, down), (rows, _)) in experts.gate_up.iter().zip(experts.down).zip(&routes) {
+    for (e, (rows, _)) in routes.iter().enumerate() {
         if rows.is_empty() {
             continue;
         }
         let input = be.select_rows(x, rows)?;
-        let act = be.silu_mul(&be.linear(&input, gate_up, None)?)?;
-        outputs.push(be.linear(&act, down, None)?);
+        let gate_up_bias = experts.gate_up_bias.and_then(|b| b.get(e));
+        let gate_up = be.linear(&input, &experts.gate_up[e], gate_up_bias)?;
+        let act = match routing.activation {
+            ExpertActivation::SwiGlu => be.silu_mul(&gate_up)?,
+            ExpertActivation::ClampedSwiGlu { limit, alpha } => {
+                be.clamped_swiglu(&gate_up, limit, alpha)?
+            }
+        };
+        let down_bias = experts.down_bias.and_then(|b| b.get(e));
+        outputs.push(be.linear(&act, &experts.down[e], down_bias)?);
     }
     let mut parts: Vec<RowContribution<'_, B::Tensor>> = routes
         .iter()
@@ -235,12 +267,15 @@ mod tests {
             gate_up: &gate_up,
             down: &down,
             index: &(),
+            gate_up_bias: None,
+            down_bias: None,
         };
         let silu = |v: f32| v / (1.0 + (-v).exp());
         let routing = MoeRouting {
             top_k: 1,
             normalize: false,
             dtype: DType::F32,
+            activation: ExpertActivation::SwiGlu,
             shared: Some(SharedExpertOutput {
                 output: &shared_out,
                 gate_logits: &gate_logits,

@@ -1,5 +1,6 @@
 //! The model config (HF `config.json`), reduced to what the Llama family needs.
 
+pub use crate::backend::moe::ExpertActivation;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -36,10 +37,13 @@ pub enum Architecture {
     Olmo2,
     /// SmolLM3: Llama's layers, every 4th without rotary embeddings (NoPE).
     SmolLM3,
+    /// OpenAI's gpt-oss: attention with learned sinks and q/k/v/o biases, sliding and full
+    /// layers alternating, and experts with biases and a clamped SwiGLU.
+    GptOss,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 14] = [
+    pub const SUPPORTED: [&'static str; 15] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -54,6 +58,7 @@ impl Architecture {
         "Glm4ForCausalLM",
         "Olmo2ForCausalLM",
         "SmolLM3ForCausalLM",
+        "GptOssForCausalLM",
     ];
 
     pub fn from_hf(name: &str) -> Result<Self> {
@@ -72,6 +77,7 @@ impl Architecture {
             "Olmo2ForCausalLM" => Architecture::Olmo2,
             "Glm4ForCausalLM" => Architecture::Glm4,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
+            "GptOssForCausalLM" => Architecture::GptOss,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -216,6 +222,9 @@ struct RawConfig {
     decoder_sparse_step: Option<usize>,
     #[serde(default)]
     mlp_only_layers: Vec<usize>,
+    /// gpt-oss: the clamp of its SwiGLU's gate and up values (7 in its configs).
+    #[serde(default)]
+    swiglu_limit: Option<f64>,
     #[serde(default)]
     eos_token_id: Option<serde_json::Value>,
     #[serde(default)]
@@ -313,6 +322,9 @@ pub struct MoeConfig {
     /// Qwen2-MoE: an expert every token goes through, weighted by a sigmoid gate, of this
     /// intermediate size.
     pub shared_expert_intermediate_size: Option<usize>,
+    /// gpt-oss: biases on the router and on each expert's projections, and its activation.
+    pub biases: bool,
+    pub activation: ExpertActivation,
 }
 
 impl MoeConfig {
@@ -324,7 +336,8 @@ impl MoeConfig {
                     .context("a Qwen MoE config without moe_intermediate_size")?,
                 raw.norm_topk_prob.unwrap_or(false),
             ),
-            Architecture::Mixtral => (
+            // gpt-oss takes the softmax of the top-k logits: the same as renormalising.
+            Architecture::Mixtral | Architecture::GptOss => (
                 raw.num_local_experts.unwrap_or(0),
                 raw.intermediate_size,
                 true,
@@ -356,6 +369,14 @@ impl MoeConfig {
                 )
                 .filter(|&n| n > 0),
                 _ => None,
+            },
+            biases: architecture == Architecture::GptOss,
+            activation: match architecture {
+                Architecture::GptOss => ExpertActivation::ClampedSwiGlu {
+                    limit: raw.swiglu_limit.unwrap_or(7.0) as f32,
+                    alpha: 1.702,
+                },
+                _ => ExpertActivation::SwiGlu,
             },
         }))
     }
@@ -398,6 +419,28 @@ pub struct GemmaConfig {
     pub final_softcap: Option<f32>,
 }
 
+/// `layer_types` (Gemma 3, gpt-oss): per layer, whether it is a sliding-window one.
+fn parse_layer_types(raw: &RawConfig) -> Result<Option<Vec<bool>>> {
+    let Some(types) = &raw.layer_types else {
+        return Ok(None);
+    };
+    let n = raw.num_hidden_layers;
+    anyhow::ensure!(
+        types.len() == n,
+        "layer_types has {} entries for {n} layers",
+        types.len()
+    );
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "sliding_attention" => Ok(true),
+            "full_attention" => Ok(false),
+            other => anyhow::bail!("unknown layer type '{other}'"),
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
 impl GemmaConfig {
     fn from_raw(architecture: Architecture, raw: &RawConfig) -> Result<Option<GemmaConfig>> {
         if !matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3) {
@@ -414,22 +457,8 @@ impl GemmaConfig {
         let attn_softcap = cap("attn_logit_softcapping", raw.attn_logit_softcapping)?;
         let final_softcap = cap("final_logit_softcapping", raw.final_logit_softcapping)?;
         let n = raw.num_hidden_layers;
-        let sliding_layers = match (&raw.layer_types, raw.sliding_window_pattern) {
-            (Some(types), _) => {
-                anyhow::ensure!(
-                    types.len() == n,
-                    "layer_types has {} entries for {n} layers",
-                    types.len()
-                );
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "sliding_attention" => Ok(true),
-                        "full_attention" => Ok(false),
-                        other => anyhow::bail!("unknown layer type '{other}'"),
-                    })
-                    .collect::<Result<_>>()?
-            }
+        let sliding_layers = match (parse_layer_types(raw)?, raw.sliding_window_pattern) {
+            (Some(sliding), _) => sliding,
             // Every `pattern`-th layer is global (Gemma 3's default is 6; Gemma 2 alternates,
             // local first).
             (None, pattern) => {
@@ -490,6 +519,14 @@ pub struct ModelConfig {
     /// OLMo 2: no norm before a block; its output is normed before the residual add.
     pub post_norm: bool,
     pub sliding_window: Option<usize>,
+    /// gpt-oss: per layer, whether `sliding_window` applies (Gemma keeps its own in `gemma`);
+    /// `None`: every layer slides when there is a window.
+    pub sliding_layers: Option<Vec<bool>>,
+    /// gpt-oss: a bias on the attention's output projection.
+    pub o_bias: bool,
+    /// gpt-oss: a learned logit per head that joins each softmax (`self_attn.sinks`): it
+    /// takes part of the probability mass without contributing a value.
+    pub attention_sinks: bool,
     /// The experts, for mixture-of-experts models.
     pub moe: Option<MoeConfig>,
     /// Gemma 3's differences from the Llama layer.
@@ -660,6 +697,12 @@ impl ModelConfig {
             rotary_dim,
             post_norm: architecture == Architecture::Olmo2,
             sliding_window,
+            sliding_layers: match architecture {
+                Architecture::GptOss => parse_layer_types(&raw)?,
+                _ => None,
+            },
+            o_bias: architecture == Architecture::GptOss,
+            attention_sinks: architecture == Architecture::GptOss,
             moe,
             gemma,
             granite,
@@ -679,10 +722,12 @@ impl ModelConfig {
 
     /// Layer `i`'s attention window: Gemma 3's local layers only, every layer elsewhere.
     pub fn layer_window(&self, i: usize) -> Option<usize> {
-        match &self.gemma {
-            Some(g) if !g.sliding_layers.get(i).copied().unwrap_or(false) => None,
-            _ => self.sliding_window,
-        }
+        let sliding = match (&self.gemma, &self.sliding_layers) {
+            (Some(g), _) => g.sliding_layers.get(i).copied().unwrap_or(false),
+            (None, Some(layers)) => layers.get(i).copied().unwrap_or(false),
+            (None, None) => true,
+        };
+        self.sliding_window.filter(|_| sliding)
     }
 
     pub fn q_width(&self) -> usize {

@@ -25,6 +25,11 @@ struct Layer<B: Backend> {
     q_norm: Option<B::Tensor>,
     k_norm: Option<B::Tensor>,
     o_proj: B::Tensor,
+    /// gpt-oss: the output projection's bias, held by rank 0 only (the ranks' partial sums
+    /// are all-reduced, so it is added once).
+    o_bias: Option<B::Tensor>,
+    /// gpt-oss: this rank's heads' attention sinks, f32.
+    sinks: Option<B::Tensor>,
     post_attention_norm: B::Tensor,
     /// Gemma's and GLM-4's norms around the MLP, OLMo 2's after it (their
     /// `post_attention_norm` closes the attention block instead of opening the MLP).
@@ -441,6 +446,20 @@ impl<B: Backend> LlamaModel<B> {
                     .scaled(residual_scale)],
                     dtype,
                 )?,
+                o_bias: if c.o_bias && layout.shard.rank == 0 {
+                    let name = format!("{p}.self_attn.o_proj.bias");
+                    Some(load(be, src, &name, &[h], dtype)?)
+                } else {
+                    None
+                },
+                sinks: if c.attention_sinks {
+                    let name = format!("{p}.self_attn.sinks");
+                    let heads = layout.q_heads.clone();
+                    let part = rows_part(name, vec![c.num_heads], heads);
+                    Some(load_stacked(be, src, &[part], DType::F32)?)
+                } else {
+                    None
+                },
                 // GLM-4 names its sandwich differently: its post_attention_layernorm opens
                 // the MLP, post_self_attn_layernorm closes the attention block.
                 post_attention_norm: norm(if c.architecture == Architecture::Glm4 {
@@ -863,8 +882,8 @@ impl<B: Backend> LlamaModel<B> {
             sliding_window: layer.sliding_window,
             ..self.attention
         };
-        let attn = be.attention(&q, cache, index, batch, &shape)?;
-        be.linear(&attn, &layer.o_proj, None)
+        let attn = be.attention(&q, cache, index, batch, &shape, layer.sinks.as_ref())?;
+        be.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())
     }
 }
 

@@ -9,6 +9,8 @@ pub mod grammar;
 pub mod language_model_weights;
 pub mod llama;
 pub mod moe;
+mod moe_fused;
+pub mod mxfp4;
 pub mod presets;
 pub mod reasoning;
 pub mod rope;

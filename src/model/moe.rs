@@ -10,7 +10,7 @@
 //! parallelism every rank holds a slice of every expert's intermediate dimension, like a
 //! dense MLP, and routes identically (its input is the all-reduced hidden state).
 
-use super::config::{Architecture, ModelConfig, MoeConfig};
+use super::config::{Architecture, ExpertActivation, ModelConfig, MoeConfig};
 use super::llama::{cols_part, load_stacked, rows_part};
 use super::weights::WeightSource;
 use crate::backend::moe::{ExpertSet, MoeRouting, SharedExpertOutput};
@@ -49,6 +49,12 @@ impl<B: Backend> Expert<B> {
 pub struct SparseMlp<B: Backend> {
     /// `[experts, hidden]`, whole on every rank.
     router: B::Tensor,
+    /// gpt-oss: the router's bias, and each expert's gate/up and down biases (the down ones
+    /// on rank 0 only, as the ranks' partial sums are all-reduced).
+    router_bias: Option<B::Tensor>,
+    gate_up_bias: Option<Vec<B::Tensor>>,
+    down_bias: Option<Vec<B::Tensor>>,
+    activation: ExpertActivation,
     /// Expert `e`'s gate and up rows (this rank's), stacked: `[2 * intermediate, hidden]`.
     gate_up: Vec<B::Tensor>,
     /// Expert `e`'s down projection (this rank's columns).
@@ -92,6 +98,9 @@ impl<B: Backend> SparseMlp<B> {
         layout: &ShardLayout,
         dtype: DType,
     ) -> Result<Self> {
+        if config.architecture == Architecture::GptOss {
+            return super::moe_fused::load_gpt_oss(be, src, config, moe, prefix, layout, dtype);
+        }
         let (h, inter) = (config.hidden_size, moe.expert_intermediate_size);
         let (router_name, _) = names(config.architecture, prefix, 0);
         let router = super::llama::load(be, src, &router_name, &[moe.num_experts, h], dtype)?;
@@ -121,20 +130,40 @@ impl<B: Backend> SparseMlp<B> {
         let index = be
             .index_experts(&gate_up, &down)
             .with_context(|| format!("indexing the experts of {prefix}"))?;
-        Ok(SparseMlp {
-            router,
+        let mut mlp = Self::from_parts((router, None), gate_up, down, None, None, index, moe);
+        mlp.shared = shared;
+        Ok(mlp)
+    }
+
+    /// A layer without a shared expert, from its loaded parts.
+    #[allow(clippy::too_many_arguments)] // the parts of one layer
+    pub(super) fn from_parts(
+        router: (B::Tensor, Option<B::Tensor>),
+        gate_up: Vec<B::Tensor>,
+        down: Vec<B::Tensor>,
+        gate_up_bias: Option<Vec<B::Tensor>>,
+        down_bias: Option<Vec<B::Tensor>>,
+        index: B::ExpertIndex,
+        moe: &MoeConfig,
+    ) -> Self {
+        SparseMlp {
+            router: router.0,
+            router_bias: router.1,
+            gate_up_bias,
+            down_bias,
+            activation: moe.activation,
             gate_up,
             down,
             index,
             top_k: moe.top_k,
             normalize_top_k: moe.normalize_top_k,
-            shared,
-        })
+            shared: None,
+        }
     }
 
     /// The experts' weighted sum for each row of `x` (`[tokens, hidden]`, normed).
     pub fn forward(&self, be: &B, x: &B::Tensor, dtype: DType) -> Result<B::Tensor> {
-        let router_logits = be.linear(x, &self.router, None)?;
+        let router_logits = be.linear(x, &self.router, self.router_bias.as_ref())?;
         let shared = match &self.shared {
             None => None,
             Some((expert, gate)) => {
@@ -149,11 +178,14 @@ impl<B: Backend> SparseMlp<B> {
             gate_up: &self.gate_up,
             down: &self.down,
             index: &self.index,
+            gate_up_bias: self.gate_up_bias.as_deref(),
+            down_bias: self.down_bias.as_deref(),
         };
         let routing = MoeRouting {
             top_k: self.top_k,
             normalize: self.normalize_top_k,
             dtype,
+            activation: self.activation,
             shared: shared
                 .as_ref()
                 .map(|(output, gate_logits)| SharedExpertOutput {

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 17] = [
+pub const ARCHS: [&str; 18] = [
     "llama",
     "llama31",
     "mistral",
@@ -25,6 +25,7 @@ pub const ARCHS: [&str; 17] = [
     "qwen3_yarn",
     "glm4",
     "phi3_longrope",
+    "gpt_oss",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, whose q / k norms span every head

@@ -20,9 +20,13 @@ pub fn paged_attention(
     layer: usize,
     batch: &BatchLayout,
     shape: &AttentionShape,
+    sinks: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
     batch.validate()?;
     let (hq, hk, hd) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    if let Some(s) = sinks {
+        anyhow::ensure!(s.len() == hq, "attention: {} sinks for {hq} heads", s.len());
+    }
     anyhow::ensure!(
         hq % hk == 0,
         "attention: {hq} heads not a multiple of {hk} kv heads"
@@ -67,9 +71,15 @@ pub fn paged_attention(
                     scores[g * n + i] = softcap(dot(qh, k) * scale, shape.logit_softcap);
                 }
             }
-            for row in scores.chunks_exact_mut(n) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut denom = 0.0;
+            for (g, row) in scores.chunks_exact_mut(n).enumerate() {
+                // A sink joins the softmax as one more logit whose value is dropped.
+                let sink = sinks.map(|s| s[kv_head * group + g]);
+                let max = row
+                    .iter()
+                    .copied()
+                    .chain(sink)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut denom = sink.map_or(0.0, |s| (s - max).exp());
                 for s in row.iter_mut() {
                     *s = (*s - max).exp();
                     denom += *s;

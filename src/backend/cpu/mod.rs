@@ -192,6 +192,24 @@ impl Backend for CpuBackend {
         Ok((act * up)?)
     }
 
+    fn clamped_swiglu(&self, gate_up: &Tensor, limit: f32, alpha: f32) -> Result<Tensor> {
+        let (n, width) = gate_up.dims2()?;
+        anyhow::ensure!(width % 2 == 0, "clamped_swiglu: odd width {width}");
+        let half = width / 2;
+        let values = host_f32(gate_up)?;
+        let out: Vec<f32> = values
+            .chunks_exact(width)
+            .flat_map(|row| {
+                let (gate, up) = row.split_at(half);
+                gate.iter().zip(up).map(|(&g, &u)| {
+                    let (g, u) = (g.min(limit), u.clamp(-limit, limit));
+                    (u + 1.0) * (g / (1.0 + (-alpha * g).exp()))
+                })
+            })
+            .collect();
+        Ok(Tensor::from_vec(out, (n, half), &Device::Cpu)?.to_dtype(gate_up.dtype())?)
+    }
+
     fn softcap(&self, x: Tensor, cap: f32) -> Result<Tensor> {
         anyhow::ensure!(
             cap > 0.0 && cap.is_finite(),
@@ -268,9 +286,12 @@ impl Backend for CpuBackend {
         layer: usize,
         batch: &BatchLayout,
         shape: &AttentionShape,
+        sinks: Option<&Tensor>,
     ) -> Result<Tensor> {
         let q_host = host_f32(q)?;
-        let out = attention::paged_attention(&q_host, cache, layer, batch, shape)?;
+        let sinks = sinks.map(host_f32).transpose()?;
+        let out =
+            attention::paged_attention(&q_host, cache, layer, batch, shape, sinks.as_deref())?;
         let n = batch.num_tokens();
         Ok(
             Tensor::from_vec(out, (n, shape.num_heads * shape.head_dim), &Device::Cpu)?
@@ -321,6 +342,29 @@ fn rotate(x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clamped_swiglu_clamps_gate_above_and_up_both_ways() {
+        let be = CpuBackend::new();
+        // Rows of [gate | up]: inside the limit, then gate and up past it.
+        let x = Tensor::new(&[[1.0f32, 2.0], [9.0, -8.0], [-9.0, 8.0]], &Device::Cpu).unwrap();
+        let got: Vec<f32> = be
+            .clamped_swiglu(&x, 7.0, 1.702)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let act = |g: f32, u: f32| (u + 1.0) * g / (1.0 + (-1.702 * g).exp());
+        // The gate is only clamped from above: -9 stays -9.
+        let want = [act(1.0, 2.0), act(7.0, -7.0), act(-9.0, 7.0)];
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_cpu_backend_draws_rows_as_the_host_sampler() {

@@ -631,6 +631,18 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn clamped_swiglu(&self, gate_up: &CudaTensor, limit: f32, alpha: f32) -> Result<CudaTensor> {
+        let &[n, width] = gate_up.shape() else {
+            bail!(
+                "clamped_swiglu: input must be 2-d, got {:?}",
+                gate_up.shape()
+            );
+        };
+        let mut out = self.output(gate_up.dtype(), &[n, width / 2])?;
+        self.dev.clamped_swiglu(gate_up, (limit, alpha), &mut out)?;
+        Ok(out)
+    }
+
     fn softcap(&self, x: CudaTensor, cap: f32) -> Result<CudaTensor> {
         let mut x = x;
         self.dev.softcap(&mut x, cap)?;
@@ -718,6 +730,10 @@ impl Backend for CudaBackend {
         experts: &ExpertSet<'_, CudaTensor, super::moe::CudaExpertIndex>,
         routing: &MoeRouting<'_, CudaTensor>,
     ) -> Result<CudaTensor> {
+        // The device kernels compute plain SwiGLU experts; gpt-oss's take the host path.
+        if !experts.is_plain(routing.activation) {
+            return host_routed_experts(self, x, router_logits, experts, routing);
+        }
         let top_k = routing.top_k;
         let on_device = experts
             .index
@@ -888,7 +904,11 @@ impl Backend for CudaBackend {
         layer: usize,
         batch: &CudaBatchMeta,
         shape: &AttentionShape,
+        sinks: Option<&CudaTensor>,
     ) -> Result<CudaTensor> {
+        if sinks.is_some() {
+            bail!("attention sinks (gpt-oss) are not implemented in the CUDA kernels yet");
+        }
         let (Some(k_cache), Some(v_cache)) = (cache.k.get(layer), cache.v.get(layer)) else {
             bail!("attention: no layer {layer} in the cache");
         };

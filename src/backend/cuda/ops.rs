@@ -183,8 +183,29 @@ impl CudaDevice {
         self.gated_mul("gelu_tanh_mul", gate_up, out)
     }
 
+    /// gpt-oss's clamped SwiGLU, laid out as for [`CudaDevice::silu_mul`].
+    pub fn clamped_swiglu(
+        &self,
+        gate_up: &CudaTensor,
+        (limit, alpha): (f32, f32),
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        self.gated_mul_with("clamped_swiglu", gate_up, out, Some((limit, alpha)))
+    }
+
     /// One of kernels/activation.cu's gated activations, by kernel name.
     fn gated_mul(&self, op: &str, gate_up: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        self.gated_mul_with(op, gate_up, out, None)
+    }
+
+    /// A gated activation, with the clamped SwiGLU's two parameters where it takes them.
+    fn gated_mul_with(
+        &self,
+        op: &str,
+        gate_up: &CudaTensor,
+        out: &mut CudaTensor,
+        params: Option<(f32, f32)>,
+    ) -> Result<()> {
         let [n, two_i] = dims2(gate_up, "gated activation input")?;
         if two_i % 2 != 0 {
             bail!("{op}: width {two_i} is odd");
@@ -203,6 +224,9 @@ impl CudaDevice {
             .arg(gate_up.data())
             .arg(&total)
             .arg(&inter_i);
+        if let Some((limit, alpha)) = &params {
+            args.arg(limit).arg(alpha);
+        }
         // SAFETY: matches kernels/activation.cu; shapes checked above.
         unsafe { args.launch(launch::elementwise(total as usize)) }
             .with_context(|| format!("{op} launch"))?;

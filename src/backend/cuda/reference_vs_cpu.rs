@@ -78,7 +78,7 @@ fn compare(window: Option<usize>, softcap: Option<f32>) {
     };
     let q_t = Tensor::from_vec(q.clone(), (n, HQ * HD), &Device::Cpu).unwrap();
     let meta = cpu.prepare_batch(&batch).unwrap();
-    let out = cpu.attention(&q_t, &cache, 0, &meta, &shape).unwrap();
+    let out = cpu.attention(&q_t, &cache, 0, &meta, &shape, None).unwrap();
     let cpu_out = cpu.to_host_f32(&out).unwrap();
 
     let max_blocks = 4;

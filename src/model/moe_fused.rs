@@ -1,0 +1,116 @@
+//! Experts stored as whole stacks, one tensor per projection for all experts of a layer
+//! (gpt-oss): `gate_up_proj [experts, hidden, 2 * intermediate]` with gate and up columns
+//! interleaved, `down_proj [experts, intermediate, hidden]` (both `x @ w`, the transpose of
+//! a linear layer's weight), or the same as MXFP4 blocks laid out `[experts, out, in]`; plus
+//! a bias per projection and the router's. Each expert is cut out, de-interleaved into
+//! kiln's `[gate rows; up rows]` and sliced for this rank at load.
+
+use super::config::{ModelConfig, MoeConfig};
+use super::llama::load;
+use super::moe::SparseMlp;
+use super::mxfp4;
+use super::weights::WeightSource;
+use crate::backend::{Backend, DType};
+use crate::parallel::ShardLayout;
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use std::ops::Range;
+
+/// gpt-oss's MoE layer `prefix` (this rank's slice of every expert).
+pub(super) fn load_gpt_oss<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    config: &ModelConfig,
+    moe: &MoeConfig,
+    prefix: &str,
+    layout: &ShardLayout,
+    dtype: DType,
+) -> Result<SparseMlp<B>> {
+    let (h, inter, n) = (
+        config.hidden_size,
+        moe.expert_intermediate_size,
+        moe.num_experts,
+    );
+    let p = format!("{prefix}.mlp");
+    let router = load(be, src, &format!("{p}.router.weight"), &[n, h], dtype)?;
+    let router_bias = load(be, src, &format!("{p}.router.bias"), &[n], dtype)?;
+    let name = |n: &str| format!("{p}.experts.{n}");
+    let gate_up = as_linear(src, &name("gate_up_proj"), [n, h, 2 * inter], dtype)?;
+    let down = as_linear(src, &name("down_proj"), [n, inter, h], dtype)?;
+    let gate_up_bias = src.tensor(&name("gate_up_proj_bias"), &[n, 2 * inter], dtype)?;
+    let down_bias = src.tensor(&name("down_proj_bias"), &[n, h], dtype)?;
+    let cols = layout.expert_intermediate.clone();
+    let (gate_rows, up_rows) = interleaved_rows(&cols)?;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        // gate_up's rows (or bias entries) alternate gate, up: this rank's of each, stacked.
+        Ok(Tensor::cat(
+            &[t.index_select(&gate_rows, 0)?, t.index_select(&up_rows, 0)?],
+            0,
+        )?)
+    };
+    let mut experts = (Vec::new(), Vec::new());
+    let mut biases = (Vec::new(), Vec::new());
+    for e in 0..n {
+        experts.0.push(be.upload(split(&gate_up.get(e)?)?)?);
+        let down_e = down.get(e)?.narrow(1, cols.start, cols.len())?;
+        experts.1.push(be.upload(down_e.contiguous()?)?);
+        biases.0.push(be.upload(split(&gate_up_bias.get(e)?)?)?);
+        if layout.shard.rank == 0 {
+            biases.1.push(be.upload(down_bias.get(e)?)?);
+        }
+    }
+    let index = be
+        .index_experts(&experts.0, &experts.1)
+        .with_context(|| format!("indexing the experts of {prefix}"))?;
+    let down_bias = (layout.shard.rank == 0).then_some(biases.1);
+    Ok(SparseMlp::from_parts(
+        (router, Some(router_bias)),
+        experts.0,
+        experts.1,
+        Some(biases.0),
+        down_bias,
+        index,
+        moe,
+    ))
+}
+
+/// Stack `name`, stored `x @ w` as `[experts, in, out]` (or packed as MXFP4
+/// `[experts, out, in]`), as linear-layer weights `[experts, out, in]` on the host.
+fn as_linear(
+    src: &dyn WeightSource,
+    name: &str,
+    [n, inputs, outputs]: [usize; 3],
+    dtype: DType,
+) -> Result<Tensor> {
+    if mxfp4::is_packed(src, name) {
+        return mxfp4::unpack(src, name, [n, outputs, inputs], dtype);
+    }
+    Ok(src
+        .tensor(name, &[n, inputs, outputs], dtype)?
+        .transpose(1, 2)?
+        .contiguous()?)
+}
+
+/// The row indices of intermediate columns `cols` in an interleaved gate/up stack: gate
+/// `2c`, up `2c + 1`.
+fn interleaved_rows(cols: &Range<usize>) -> Result<(Tensor, Tensor)> {
+    let gate: Vec<u32> = cols.clone().map(|c| 2 * c as u32).collect();
+    let up: Vec<u32> = gate.iter().map(|g| g + 1).collect();
+    let (len, dev) = (gate.len(), &Device::Cpu);
+    Ok((
+        Tensor::from_vec(gate, len, dev)?,
+        Tensor::from_vec(up, len, dev)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_columns_split_into_gate_then_up_rows() {
+        let (gate, up) = interleaved_rows(&(1..3)).unwrap();
+        assert_eq!(gate.to_vec1::<u32>().unwrap(), vec![2, 4]);
+        assert_eq!(up.to_vec1::<u32>().unwrap(), vec![3, 5]);
+    }
+}
