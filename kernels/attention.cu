@@ -13,7 +13,8 @@
 // Sliding window (Mistral): with sliding_window = w > 0, the token at position pos attends
 // only to positions pos + 1 - w ..= pos (when pos >= w; otherwise to 0..=pos), the last w
 // keys. sliding_window = 0 means no window. softcap > 0 (Gemma 2) caps each scaled score s
-// at softcap * tanh(s / softcap) before the softmax; 0 leaves it.
+// at softcap * tanh(s / softcap) before the softmax; 0 leaves it. sinks (gpt-oss, f32
+// [hq], or null): head h's softmax has one more logit sinks[h] with no value.
 //
 // One block of ATTN_WARPS warps per (token, q head). Each warp walks every ATTN_WARPS-th key
 // with an online softmax (running max m, running sum l, f32 accumulator); lane L owns the
@@ -29,7 +30,8 @@ __device__ __forceinline__ void attention_impl(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int hd, int q_stride, int sliding_window, float scale, float softcap) {
+    int hk, int hd, int q_stride, int sliding_window, float scale, float softcap,
+    const float* sinks) {
     __shared__ float part_max[ATTN_WARPS];
     __shared__ float part_sum[ATTN_WARPS];
     __shared__ float part_acc[ATTN_WARPS][ATTN_MAX_HEAD_DIM];
@@ -96,6 +98,8 @@ __device__ __forceinline__ void attention_impl(
 
     float global_max = KILN_NEG_INF;
     for (int w = 0; w < ATTN_WARPS; ++w) global_max = fmaxf(global_max, part_max[w]);
+    const int has_sink = sinks != nullptr;
+    const float sink = has_sink ? sinks[head] : 0.0f;
     typename D::T* out_head = out + ((long long)token * hq + head) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float numerator = 0.0f;
@@ -106,7 +110,8 @@ __device__ __forceinline__ void attention_impl(
             numerator += f * part_acc[w][d];
             denominator += f * part_sum[w];
         }
-        out_head[d] = D::store(denominator > 0.0f ? numerator / denominator : 0.0f);
+        const float norm = kiln_softmax_norm(global_max, denominator, has_sink, sink, KilnExpE());
+        out_head[d] = D::store(numerator * norm);
     }
 }
 
@@ -115,9 +120,9 @@ __device__ __forceinline__ void attention_impl(
         D::T* out, const D::T* q, const D::T* k_cache, const D::T* v_cache,                    \
         const int* block_tables, const int* query_start, const int* context_lens,              \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int hd,          \
-        int q_stride, int sliding_window, float scale, float softcap) {                                       \
+        int q_stride, int sliding_window, float scale, float softcap, const float* sinks) {     \
         attention_impl<D>(out, q, k_cache, v_cache, block_tables, query_start, context_lens,   \
                           num_seqs, max_blocks_per_seq, block_size, hq, hk, hd, q_stride,      \
-                          sliding_window, scale, softcap);                                              \
+                          sliding_window, scale, softcap, sinks);                              \
     }
 KILN_FOR_EACH_DTYPE(KILN_ATTENTION)

@@ -50,7 +50,7 @@ __device__ __forceinline__ void attention_decode_impl(
     const typename D::T* k_cache, const typename D::T* v_cache, const int* block_tables,
     const int* query_start, const int* context_lens, int num_seqs, int max_blocks_per_seq,
     int block_size, int hq, int hk, int q_stride, int sliding_window, float scale,
-    float softcap, int heads_per_cta, int keys_per_split) {
+    float softcap, int heads_per_cta, int keys_per_split, const float* sinks) {
     typedef typename D::T T;
     constexpr int VEC = 16 / (int)sizeof(T);        // elements per 16-byte chunk
     constexpr int CHUNKS = HD / VEC;                // chunks per K/V row
@@ -286,8 +286,11 @@ __device__ __forceinline__ void attention_decode_impl(
                 float total = 0.0f;
                 for (int r = 0; r < PV_ROWS; ++r) total += reduce_buf[r][d];
                 if (num_splits == 1) {
-                    out[((long long)token * hq + head0 + g) * HD + d] =
-                        D::store(total / head_sum[g]);
+                    // The sink (gpt-oss) joins here; split, it joins in the merge.
+                    const float norm = kiln_softmax_norm(
+                        head_max[g], head_sum[g], sinks != nullptr,
+                        sinks != nullptr ? sinks[head0 + g] : 0.0f, KilnExpE());
+                    out[((long long)token * hq + head0 + g) * HD + d] = D::store(total * norm);
                 } else {
                     const long long row = part_row + (long long)g * num_splits;
                     partials[row * HD + d] = total;
@@ -307,7 +310,8 @@ __device__ __forceinline__ void attention_decode_impl(
 template <typename D>
 __device__ __forceinline__ void attention_decode_merge_impl(typename D::T* out,
                                                             const float* partials, int hq,
-                                                            int hd, int num_splits) {
+                                                            int hd, int num_splits,
+                                                            const float* sinks) {
     const int token = blockIdx.x;
     const int head = blockIdx.y;
     const long long row = ((long long)token * hq + head) * num_splits;
@@ -315,6 +319,8 @@ __device__ __forceinline__ void attention_decode_merge_impl(typename D::T* out,
     const float* ml = partials + (long long)gridDim.x * hq * num_splits * hd + row * 2;
     float global_max = KILN_NEG_INF;
     for (int s = 0; s < num_splits; ++s) global_max = fmaxf(global_max, ml[2 * s]);
+    const int has_sink = sinks != nullptr;
+    const float sink = has_sink ? sinks[head] : 0.0f;
     typename D::T* out_head = out + ((long long)token * hq + head) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float numerator = 0.0f;
@@ -326,7 +332,8 @@ __device__ __forceinline__ void attention_decode_merge_impl(typename D::T* out,
             numerator += f * acc[(long long)s * hd + d];
             denominator += f * ml[2 * s + 1];
         }
-        out_head[d] = D::store(denominator > 0.0f ? numerator / denominator : 0.0f);
+        const float norm = kiln_softmax_norm(global_max, denominator, has_sink, sink, KilnExpE());
+        out_head[d] = D::store(numerator * norm);
     }
 }
 
@@ -334,11 +341,12 @@ __device__ __forceinline__ void attention_decode_merge_impl(typename D::T* out,
     float *partials, D::T *out, const D::T *q, const D::T *k_cache, const D::T *v_cache,     \
         const int *block_tables, const int *query_start, const int *context_lens,            \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int q_stride,  \
-        int sliding_window, float scale, float softcap, int heads_per_cta, int keys_per_split
+        int sliding_window, float scale, float softcap, int heads_per_cta, int keys_per_split, \
+        const float *sinks
 #define DEC_ARGS                                                                             \
     partials, out, q, k_cache, v_cache, block_tables, query_start, context_lens, num_seqs,   \
         max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, softcap,             \
-        heads_per_cta, keys_per_split
+        heads_per_cta, keys_per_split, sinks
 
 #define KILN_ATTENTION_DECODE(S, D)                                                          \
     extern "C" __global__ void __launch_bounds__(DEC_THREADS)                                \
@@ -362,7 +370,8 @@ __device__ __forceinline__ void attention_decode_merge_impl(typename D::T* out,
         attention_decode_impl<D, 256>(DEC_ARGS);                                             \
     }                                                                                        \
     extern "C" __global__ void attention_decode_merge_##S(D::T* out, const float* partials,  \
-                                                          int hq, int hd, int num_splits) {  \
-        attention_decode_merge_impl<D>(out, partials, hq, hd, num_splits);                   \
+                                                          int hq, int hd, int num_splits,    \
+                                                          const float* sinks) {              \
+        attention_decode_merge_impl<D>(out, partials, hq, hd, num_splits, sinks);            \
     }
 KILN_FOR_EACH_DTYPE(KILN_ATTENTION_DECODE)

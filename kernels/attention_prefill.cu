@@ -54,7 +54,8 @@ __device__ __forceinline__ void attention_prefill_tiles(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int q_stride, int sliding_window, float scale, float softcap, int causal) {
+    int hk, int q_stride, int sliding_window, float scale, float softcap, int causal,
+    const float* sinks) {
     constexpr int KSTEPS = (HD + 15) / 16;  // k16 steps of Q K^T over the head dim
     constexpr int DTILES = HD / 8;   // n8 tiles of O over the head dim
     constexpr int NTILES = PF_BK / 8;
@@ -245,8 +246,11 @@ __device__ __forceinline__ void attention_prefill_tiles(
         l_lo += __shfl_xor_sync(KILN_FULL_MASK, l_lo, offset);
         l_hi += __shfl_xor_sync(KILN_FULL_MASK, l_hi, offset);
     }
-    const float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f;
-    const float inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
+    // m and l are in base-2 units here, so is the sink (gpt-oss) that joins the softmax.
+    const int has_sink = sinks != nullptr;
+    const float sink = has_sink ? sinks[head] * 1.4426950408889634f : 0.0f;
+    const float inv_lo = kiln_softmax_norm(m_lo, l_lo, has_sink, sink, KilnExp2());
+    const float inv_hi = kiln_softmax_norm(m_hi, l_hi, has_sink, sink, KilnExp2());
     kiln_u16* out_lo = out + ((long long)(first_row + r_lo) * hq + head) * HD + 2 * t;
     kiln_u16* out_hi = out + ((long long)(first_row + r_hi) * hq + head) * HD + 2 * t;
 #pragma unroll
@@ -267,12 +271,14 @@ __device__ __forceinline__ void attention_prefill_impl(
     typename D::T* out, const typename D::T* q, const typename D::T* k_cache,
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
-    int hk, int q_stride, int sliding_window, float scale, float softcap, int causal) {
+    int hk, int q_stride, int sliding_window, float scale, float softcap, int causal,
+    const float* sinks) {
 #if __CUDA_ARCH__ >= 800 || defined(KILN_EMU_MMA)
     if constexpr (sizeof(typename D::T) == 2) {
         attention_prefill_tiles<D, HD>(out, q, k_cache, v_cache, block_tables, query_start,
                                        context_lens, num_seqs, max_blocks_per_seq, block_size,
-                                       hq, hk, q_stride, sliding_window, scale, softcap, causal);
+                                       hq, hk, q_stride, sliding_window, scale, softcap, causal,
+                                       sinks);
     } else {
         asm volatile("trap;");  // f32: the host launches attention_decode instead
     }
@@ -285,10 +291,11 @@ __device__ __forceinline__ void attention_prefill_impl(
     D::T *out, const D::T *q, const D::T *k_cache, const D::T *v_cache,                      \
         const int *block_tables, const int *query_start, const int *context_lens,            \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int q_stride,  \
-        int sliding_window, float scale, float softcap, int causal
+        int sliding_window, float scale, float softcap, int causal, const float *sinks
 #define PF_ARGS                                                                              \
     out, q, k_cache, v_cache, block_tables, query_start, context_lens, num_seqs,             \
-        max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, softcap, causal
+        max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, softcap, causal, \
+        sinks
 
 // 40 and 160: Stable Diffusion 1.5's UNet attention (the LLM path uses 64 .. 256).
 #define KILN_ATTENTION_PREFILL(S, D)                                                         \

@@ -157,6 +157,27 @@ __device__ __forceinline__ float kiln_softcap(float s, float cap) {
 #define KILN_FULL_MASK 0xffffffffu
 #define KILN_NEG_INF (-__int_as_float(0x7f800000))
 
+// gpt-oss's attention sink joins a finished softmax as one more logit `sink` with no value.
+// The softmax's accumulator and sum are relative to its max `m` (-inf: no key seen, both
+// 0); returns what the accumulator is multiplied by: e^(m - M) / (sum e^(m - M) +
+// e^(sink - M)) with M = max(m, sink), so nothing overflows whichever is larger. Without a
+// sink (has_sink 0) it is 1 / sum (0 for an empty softmax). `exp` is expf or exp2f, for
+// softmaxes kept in natural or base-2 units (sink and m in those units).
+struct KilnExpE {
+    __device__ __forceinline__ float operator()(float x) const { return expf(x); }
+};
+struct KilnExp2 {
+    __device__ __forceinline__ float operator()(float x) const { return exp2f(x); }
+};
+template <typename Exp>
+__device__ __forceinline__ float kiln_softmax_norm(float m, float sum, int has_sink, float sink,
+                                                   Exp exp) {
+    if (!has_sink) return sum > 0.0f ? 1.0f / sum : 0.0f;
+    const float top = fmaxf(m, sink);
+    const float keep = m == KILN_NEG_INF ? 0.0f : exp(m - top);
+    return keep / (sum * keep + exp(sink - top));
+}
+
 __device__ __forceinline__ float kiln_warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         v += __shfl_xor_sync(KILN_FULL_MASK, v, offset);

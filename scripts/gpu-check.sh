@@ -247,6 +247,12 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
                 --output-len 32 --batch-sizes 1,8,32 \
                 --result-json "$OUT/bench_latency_qwen3_moe_${path}.json"
         done
+        # gpt-oss-20b (39 GiB in bf16): sinks in every attention kernel, host-routed experts.
+        step bench_latency_gpt_oss_20b 150 no bench_latency_gpt_oss_20b.txt -- \
+            "$KILN" bench latency --device cuda --model gpt-oss-20b \
+            --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
+            --output-len 32 --batch-sizes 1,8 \
+            --result-json "$OUT/bench_latency_gpt_oss_20b.json"
     fi
 else
     printf '%-28s %-8s %6s  %s\n' bench_latency_8b SKIPPED - "no 'kiln bench latency' in this binary" | tee -a "$SUMMARY"

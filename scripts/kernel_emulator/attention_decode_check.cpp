@@ -38,6 +38,7 @@ struct Case {
     int forced_keys = 0;
     kiln_emu::Order order = kiln_emu::Order::Forward;
     float softcap = 0.0f;  // Gemma 2's score soft-cap; 0 = none
+    bool sinks = false;    // gpt-oss's per-head attention sinks
 };
 
 struct Plan {
@@ -67,8 +68,8 @@ Plan decode_plan(int tokens, int hq, int hk, int max_keys) {
 
 using DecodeKernel = void (*)(float*, void*, const void*, const void*, const void*, const int*,
                               const int*, const int*, int, int, int, int, int, int, int, float,
-                              float, int, int);
-using MergeKernel = void (*)(void*, const float*, int, int, int);
+                              float, int, int, const float*);
+using MergeKernel = void (*)(void*, const float*, int, int, int, const float*);
 
 DecodeKernel decode_kernel(DType d, int hd) {
     struct Entry {
@@ -140,6 +141,7 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
     int splits = plan.num_splits;
     float scale_arg = scale;
     float softcap = c.softcap;
+    const float* sinks = b.sinks.empty() ? nullptr : b.sinks.data();
     if (mode == Mode::Emulate) {
         const DecodeKernel kernel = decode_kernel(c.dtype, c.hd);
         kiln_emu::launch({static_cast<unsigned>(b.tokens), static_cast<unsigned>(hq / hpc),
@@ -148,13 +150,13 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
                              kernel(partials.data(), out.data(), q.data(), k.data(), v.data(),
                                     b.block_tables.data(), b.query_start.data(),
                                     b.context_lens.data(), num_seqs, max_blocks, block_size, hq,
-                                    hk, q_stride, window, scale, softcap, hpc, kps);
+                                    hk, q_stride, window, scale, softcap, hpc, kps, sinks);
                          });
         if (splits > 1) {
             const MergeKernel merge = merge_kernel(c.dtype);
             kiln_emu::launch({static_cast<unsigned>(b.tokens), static_cast<unsigned>(hq), 1},
                              {128, 1, 1}, c.order, seed,
-                             [&] { merge(out.data(), partials.data(), hq, hd, splits); });
+                             [&] { merge(out.data(), partials.data(), hq, hd, splits, sinks); });
         }
     } else {
         const size_t elem = c.dtype == DType::F32 ? 4 : 2;
@@ -167,28 +169,32 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
         DevPtr d_tables = gpu->upload(b.block_tables.data(), b.block_tables.size() * 4);
         DevPtr d_starts = gpu->upload(b.query_start.data(), b.query_start.size() * 4);
         DevPtr d_lens = gpu->upload(b.context_lens.data(), b.context_lens.size() * 4);
+        // The kernels read a null pointer as "no sinks".
+        DevPtr d_sinks = b.sinks.empty() ? 0 : gpu->upload(b.sinks.data(), b.sinks.size() * 4);
         const std::string suffix = std::string("_") + dtype_name(c.dtype);
         if (mode == Mode::GpuGeneric) {
             void* f = gpu->function("attention" + suffix);
             gpu->launch(f, b.tokens, hq, 1, 128,
                         {&d_out, &d_q, &d_k, &d_v, &d_tables, &d_starts, &d_lens, &num_seqs,
                          &max_blocks, &block_size, &hq, &hk, &hd, &q_stride, &window,
-                         &scale_arg, &softcap});
+                         &scale_arg, &softcap, &d_sinks});
         } else {
             void* f = gpu->function("attention_decode_hd" + std::to_string(hd) + suffix);
             gpu->launch(f, b.tokens, hq / hpc, splits, 128,
                         {&d_part, &d_out, &d_q, &d_k, &d_v, &d_tables, &d_starts, &d_lens,
                          &num_seqs, &max_blocks, &block_size, &hq, &hk, &q_stride, &window,
-                         &scale_arg, &softcap, &hpc, &kps});
+                         &scale_arg, &softcap, &hpc, &kps, &d_sinks});
             if (splits > 1) {
                 void* m = gpu->function("attention_decode_merge" + suffix);
-                gpu->launch(m, b.tokens, hq, 1, 128, {&d_out, &d_part, &hq, &hd, &splits});
+                gpu->launch(m, b.tokens, hq, 1, 128,
+                            {&d_out, &d_part, &hq, &hd, &splits, &d_sinks});
             }
         }
         gpu->download(out.data(), d_out, b.q.size() * elem);
         for (DevPtr p : {d_q, d_k, d_v, d_out, d_part, d_tables, d_starts, d_lens}) {
             gpu->cuMemFree_v2(p);
         }
+        if (d_sinks != 0) gpu->cuMemFree_v2(d_sinks);
     }
     const std::vector<double> expected = reference(c, b, scale);
     double worst = 0.0;
@@ -240,6 +246,17 @@ std::vector<Case> cases(bool full) {
     add({"softcap 1.5", {{1, 1}, {40, 1}, {100, 1}}, 32, 8, 128, 0, DType::F32, 0, 0, O::Forward, 1.5f});
     add({"softcap 1.5 5x64 bf16", {{7, 1}, {150, 1}, {300, 1}}, 32, 8, 128, 0, DType::BF16, 5, 64, O::Random, 1.5f});
     add({"softcap 50 window 37 hd256", {{100, 1}, {20, 1}, {64, 3}}, 8, 4, 256, 37, DType::F16, 2, 32, O::Forward, 50.0f});
+    // gpt-oss's sinks: in the kernel's own normalisation (one split) and in the merge,
+    // with its sliding window and head dim 64.
+    Case sunk1{"sinks 1 split", {{1, 1}, {40, 1}, {100, 1}}, 32, 8, 128, 0, DType::F32, 1, 512};
+    sunk1.sinks = true;
+    add(sunk1);
+    Case sunk5{"sinks 5x64 bf16", {{7, 1}, {150, 1}, {300, 1}}, 64, 8, 64, 0, DType::BF16, 5, 64, O::Random};
+    sunk5.sinks = true;
+    add(sunk5);
+    Case sunkw{"sinks window 37 f16", {{100, 1}, {20, 1}, {64, 3}}, 64, 8, 64, 37, DType::F16, 2, 32};
+    sunkw.sinks = true;
+    add(sunkw);
     // Splits of the most keys a CTA takes (512): every softmax slot of every lane in use,
     // and a last split only partly filled (1000 = 512 + 488).
     add({"decode x2 2 splits x 512", {{1000, 1}, {512, 1}}, 8, 2, 64, 0, DType::F32, 2, 512});

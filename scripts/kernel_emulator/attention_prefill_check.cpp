@@ -35,11 +35,12 @@ struct Case {
     DType dtype = DType::BF16;
     kiln_emu::Order order = kiln_emu::Order::Forward;
     float softcap = 0.0f;  // Gemma 2's score soft-cap; 0 = none
+    bool sinks = false;    // gpt-oss's per-head attention sinks
 };
 
 using PrefillKernel = void (*)(void*, const void*, const void*, const void*, const int*,
                                const int*, const int*, int, int, int, int, int, int, int, float,
-                               float, int);
+                               float, int, const float*);
 
 PrefillKernel prefill_kernel(DType d, int hd) {
     struct Entry {
@@ -100,7 +101,8 @@ Result run_paged(const Case& c, unsigned seed) {
     kiln_emu::launch(prefill_grid(b.tokens, num_seqs, c.hq), {128, 1, 1}, c.order, seed, [&] {
         kernel(out.data(), q.data(), k.data(), v.data(), b.block_tables.data(),
                b.query_start.data(), b.context_lens.data(), num_seqs, b.max_blocks,
-               b.block_size, c.hq, c.hk, c.hq * c.hd, c.window, scale, c.softcap, 1);
+               b.block_size, c.hq, c.hk, c.hq * c.hd, c.window, scale, c.softcap, 1,
+               b.sinks.empty() ? nullptr : b.sinks.data());
     });
     std::vector<double> magnitude;
     const std::vector<double> want = kiln_attention_ref::reference(c, b, scale, &magnitude);
@@ -134,7 +136,7 @@ Result run_image(const ImageCase& c, unsigned seed) {
                      kiln_emu::Order::Random, seed, [&] {
                          kernel(out.data(), q.data(), k.data(), v.data(), tables.data(),
                                 starts.data(), lens.data(), c.batch, 1, c.nk, c.heads,
-                                c.heads, width, 0, scale, 0.0f, c.causal ? 1 : 0);
+                                c.heads, width, 0, scale, 0.0f, c.causal ? 1 : 0, nullptr);
                      });
     std::vector<double> want(qv.size()), magnitude(qv.size());
     for (int e = 0; e < c.batch; ++e) {
@@ -194,6 +196,9 @@ std::vector<Case> cases() {
     // a window at head dim 256.
     v.push_back({"softcap 1.5 chunked gqa 4/1 hd128", {{130, 70}, {40, 40}}, 4, 1, 128, 0, DType::BF16, O::Forward, 1.5f});
     v.push_back({"softcap 50 window 45 gqa 8/4 hd256", {{120, 66}, {20, 20}}, 8, 4, 256, 45, DType::F16, O::Random, 50.0f});
+    // gpt-oss's attention sinks (base-2 units inside the kernel), chunked, with its window.
+    v.push_back({"sinks chunked gqa 8/1 hd64", {{130, 70}, {40, 40}}, 8, 1, 64, 0, DType::BF16, O::Forward, 0.0f, true});
+    v.push_back({"sinks window 45 gqa 8/2 hd64", {{120, 66}, {20, 20}}, 8, 2, 64, 45, DType::F16, O::Random, 0.0f, true});
     return v;
 }
 

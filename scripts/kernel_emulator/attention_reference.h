@@ -3,7 +3,8 @@
 // attention_decode_check.cpp and attention_prefill_check.cpp.
 //
 // A case type C has the fields `seqs` ((context after this step, new tokens) per
-// sequence), `hq`, `hk`, `hd`, `window` (0 = none), `softcap` (0 = none) and `dtype`.
+// sequence), `hq`, `hk`, `hd`, `window` (0 = none), `softcap` (0 = none), `sinks` (false:
+// none; true: gpt-oss's per-head sink logits, drawn into the batch) and `dtype`.
 #pragma once
 
 #include "emu_tensor.h"
@@ -22,6 +23,7 @@ struct Batch {
     int block_size = 16, max_blocks = 1, num_blocks = 0, tokens = 0;
     std::vector<int> block_tables, query_start, context_lens;
     std::vector<float> q, k_cache, v_cache;  // already rounded to the dtype
+    std::vector<float> sinks;                // [hq] f32, or empty: no sinks
 };
 
 // `n` uniform values in [-range, range], rounded to `d`.
@@ -61,24 +63,28 @@ Batch make_batch(const C& c, std::mt19937& rng) {
     b.k_cache = random_values(cache, 1.0f, c.dtype, rng);
     b.v_cache = random_values(cache, 1.0f, c.dtype, rng);
     b.q = random_values(static_cast<size_t>(b.tokens) * c.hq * c.hd, 2.0f, c.dtype, rng);
+    // Sinks of the scores' own size, so each takes a real share of its softmax.
+    if (c.sinks) b.sinks = random_values(c.hq, 3.0f, DType::F32, rng);
     return b;
 }
 
 // One query row against the key rows `k[i]`, `v[i]` (hd values each): writes softmax(scale
 // q k^T) v to `out` (each scaled score s soft-capped to softcap tanh(s / softcap) first when
 // softcap > 0: Gemma 2) and, if `magnitude` is given, sum_i p_i |v_i| (what a relative error
-// in the probabilities scales with) to it.
+// in the probabilities scales with) to it. A `sink` (gpt-oss) is one more logit in the
+// softmax, whose value is dropped.
 inline void attend(const float* q, double scale, const std::vector<const float*>& k,
                    const std::vector<const float*>& v, int hd, double* out,
-                   double* magnitude, double softcap = 0.0) {
+                   double* magnitude, double softcap = 0.0, const float* sink = nullptr) {
     std::vector<double> scores(k.size());
     for (size_t j = 0; j < k.size(); ++j) {
         double dot = 0.0;
         for (int d = 0; d < hd; ++d) dot += static_cast<double>(q[d]) * scale * k[j][d];
         scores[j] = softcap > 0.0 ? softcap * std::tanh(dot / softcap) : dot;
     }
-    const double m = *std::max_element(scores.begin(), scores.end());
-    double sum = 0.0;
+    double m = *std::max_element(scores.begin(), scores.end());
+    if (sink != nullptr) m = std::max(m, static_cast<double>(*sink));
+    double sum = sink != nullptr ? std::exp(*sink - m) : 0.0;
     for (double& s : scores) sum += (s = std::exp(s - m));
     for (int d = 0; d < hd; ++d) {
         out[d] = 0.0;
@@ -118,7 +124,8 @@ std::vector<double> reference(const C& c, const Batch& b, float scale,
             }
             const size_t at = (static_cast<size_t>(token) * hq + head) * hd;
             attend(&b.q[at], scale, k, v, hd, &out[at],
-                   magnitude != nullptr ? &(*magnitude)[at] : nullptr, c.softcap);
+                   magnitude != nullptr ? &(*magnitude)[at] : nullptr, c.softcap,
+                   b.sinks.empty() ? nullptr : &b.sinks[head]);
         }
     }
     return out;

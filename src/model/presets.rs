@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 13] = [
+pub const PRESETS: [(&str, &str); 14] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -38,6 +38,10 @@ pub const PRESETS: [(&str, &str); 13] = [
     (
         "glm-4-9b",
         include_str!("../../models/presets/glm-4-9b.json"),
+    ),
+    (
+        "gpt-oss-20b",
+        include_str!("../../models/presets/gpt-oss-20b.json"),
     ),
     (
         "olmo-2-7b",
@@ -90,6 +94,7 @@ mod tests {
                 "mixtral-8x7b" => 46.7,
                 "gemma-2-9b" => 9.24,
                 "glm-4-9b" => 9.4,
+                "gpt-oss-20b" => 20.9,
                 "olmo-2-7b" => 7.3,
                 "gemma-3-1b" => 1.0,
                 "qwen1.5-moe-a2.7b" => 14.3,
@@ -104,6 +109,8 @@ mod tests {
                 "qwen3-30b-a3b" => 3.3,
                 "mixtral-8x7b" => 12.9,
                 "qwen1.5-moe-a2.7b" => 2.7,
+                // OpenAI's 3.6B active leaves out the 0.58B embedding table.
+                "gpt-oss-20b" => 4.19,
                 _ => billions,
             };
             assert!(

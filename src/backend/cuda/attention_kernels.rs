@@ -65,6 +65,17 @@ pub fn compiled_arch(target: CompileTarget) -> u32 {
     }
 }
 
+/// The null pointer the kernels read as "no attention sinks".
+const NO_SINKS: u64 = 0;
+
+/// Pushes the call's attention sinks (a device pointer, or null).
+fn push_sinks<'a>(args: &mut LaunchArgs<'a>, c: &'a AttentionCall<'a>) {
+    match c.meta.sinks {
+        Some(sinks) => args.arg(sinks.data()),
+        None => args.arg(&NO_SINKS),
+    };
+}
+
 /// Pushes `q, k_cache, v_cache, block_tables, query_start, context_lens` in kernel order.
 fn push_inputs<'a>(args: &mut LaunchArgs<'a>, c: &'a AttentionCall<'a>, views: &'a MetaViews<'a>) {
     args.arg(c.q.data())
@@ -112,6 +123,7 @@ impl CudaDevice {
             .arg(&n.window)
             .arg(&c.scale)
             .arg(&c.softcap);
+        push_sinks(&mut args, c);
         let cfg = launch::attention(c.tokens, n.hq as usize)?;
         // SAFETY: matches kernels/attention.cu; shapes checked by the caller.
         unsafe { args.launch(cfg) }.context("attention launch")?;
@@ -153,6 +165,7 @@ impl CudaDevice {
             .arg(&c.scale)
             .arg(&c.softcap)
             .arg(&causal);
+        push_sinks(&mut args, c);
         let cfg = attention_plan::prefill_launch(c.tokens, n.num_seqs as usize, n.hq as usize)?;
         // SAFETY: matches kernels/attention_prefill.cu; the path is only chosen for 16-bit
         // dtypes on sm_80+ with a head dim it is instantiated for and aligned caches.
@@ -195,6 +208,7 @@ impl CudaDevice {
             .arg(&c.softcap)
             .arg(&heads_per_cta)
             .arg(&keys_per_split);
+        push_sinks(&mut args, c);
         // SAFETY: matches kernels/attention_decode.cu; the scratch holds
         // `scratch_floats` f32 values, the layout both kernels index.
         unsafe { args.launch(plan.launch(c.tokens, hq)?) }.context("attention decode launch")?;
@@ -208,6 +222,7 @@ impl CudaDevice {
                 .arg(&n.hq)
                 .arg(&n.hd)
                 .arg(&splits);
+            push_sinks(&mut args, c);
             // SAFETY: matches attention_decode_merge in kernels/attention_decode.cu; same
             // grid x (tokens) and split count as the kernel that filled the scratch.
             unsafe { args.launch(cfg) }.context("attention merge launch")?;

@@ -906,9 +906,6 @@ impl Backend for CudaBackend {
         shape: &AttentionShape,
         sinks: Option<&CudaTensor>,
     ) -> Result<CudaTensor> {
-        if sinks.is_some() {
-            bail!("attention sinks (gpt-oss) are not implemented in the CUDA kernels yet");
-        }
         let (Some(k_cache), Some(v_cache)) = (cache.k.get(layer), cache.v.get(layer)) else {
             bail!("attention: no layer {layer} in the cache");
         };
@@ -920,6 +917,7 @@ impl Backend for CudaBackend {
             num_seqs: batch.num_seqs,
             sliding_window: shape.sliding_window,
             softcap: shape.logit_softcap,
+            sinks,
             decode_prefix: batch.decode_prefix,
         };
         let scale = shape.scale();

@@ -182,6 +182,7 @@ impl CudaBackend {
             num_seqs: d.batch,
             sliding_window: None,
             softcap: None,
+            sinks: None,
             decode_prefix: 0,
         };
         let heads = as_i32(d.heads, "heads")?;

@@ -46,7 +46,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "activation.cu",
         body: include_str!("../../../kernels/activation.cu"),
-        ops: &["silu_mul", "gelu_tanh_mul"],
+        ops: &["silu_mul", "gelu_tanh_mul", "clamped_swiglu"],
     },
     KernelFile {
         file: "elementwise.cu",

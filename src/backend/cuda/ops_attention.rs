@@ -26,6 +26,9 @@ pub struct AttentionMetadata<'a> {
     pub sliding_window: Option<usize>,
     /// Gemma 2's soft-cap of the scaled scores (`cap * tanh(s / cap)`); `None`: none.
     pub softcap: Option<f32>,
+    /// gpt-oss's attention sinks, f32 `[hq]`: one more logit per head's softmax, with no
+    /// value. `None`: none.
+    pub sinks: Option<&'a CudaTensor>,
     /// How many leading sequences have one query token each, as the host laid the batch
     /// out ([`attention_plan::leading_decode_seqs`]); 0 when unknown. A mixed batch's
     /// decode rows then run on the decode kernel, apart from its prefill chunks.
@@ -132,6 +135,10 @@ impl CudaDevice {
             Some(0) => bail!("attention: a sliding window of 0 tokens attends to nothing"),
             Some(w) => as_i32(w, "sliding window")?,
         };
+        if let Some(sinks) = meta.sinks {
+            sinks.expect_shape(&[hq], "attention sinks")?;
+            sinks.expect_dtype(DType::F32, "attention sinks")?;
+        }
         let softcap = match meta.softcap {
             None => 0.0, // the kernels' "no cap"
             Some(cap) if cap > 0.0 && cap.is_finite() => cap,

@@ -88,6 +88,20 @@ pub fn silu_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
     out
 }
 
+/// gpt-oss's `out[n, I] = (clamp(u, -l, l) + 1) * g' sigmoid(alpha g')`, `g' = min(g, l)`,
+/// with `gate_up[n, 2I] = [g | u]`.
+pub fn clamped_swiglu(gate_up: &[f32], inter: usize, (limit, alpha): (f32, f32)) -> Vec<f32> {
+    let mut out = Vec::with_capacity(gate_up.len() / 2);
+    for row in gate_up.chunks(2 * inter) {
+        for j in 0..inter {
+            let g = row[j].min(limit);
+            let u = row[inter + j].clamp(-limit, limit);
+            out.push((u + 1.0) * g / (1.0 + (-alpha * g).exp()));
+        }
+    }
+    out
+}
+
 /// `out[n, I] = gelu_tanh(g) * u` with `gate_up[n, 2I] = [g | u]` (PyTorch's tanh GELU).
 pub fn gelu_tanh_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
     let gelu = |g: f64| {
@@ -134,7 +148,7 @@ pub fn kv_write(
 
 /// Shapes of a paged attention call.
 #[derive(Debug, Clone, Copy)]
-pub struct AttentionShape {
+pub struct AttentionShape<'a> {
     pub q_heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -145,6 +159,8 @@ pub struct AttentionShape {
     pub sliding_window: Option<usize>,
     /// Gemma 2's soft-cap of the scaled scores.
     pub softcap: Option<f32>,
+    /// gpt-oss's per-head sink logits (`[q_heads]`), as the CPU backend applies them.
+    pub sinks: Option<&'a [f32]>,
 }
 
 /// Paged causal attention with the layout of kernels/attention.cu (same arguments as the
@@ -157,7 +173,7 @@ pub fn attention(
     block_tables: &[i32],
     query_start: &[i32],
     context_lens: &[i32],
-    shape: AttentionShape,
+    shape: AttentionShape<'_>,
     scale: f32,
 ) -> Vec<f32> {
     let AttentionShape {
@@ -168,6 +184,7 @@ pub fn attention(
         max_blocks_per_seq,
         sliding_window,
         softcap,
+        sinks,
     } = shape;
     let num_tokens = q.len() / (hq * hd);
     let mut out = vec![0.0f32; q.len()];
@@ -208,7 +225,17 @@ pub fn attention(
                     })
                     .map(|s| crate::backend::cpu::attention::softcap(s, softcap))
                     .collect();
-                let probs = softmax(&scores);
+                // A sink is one more logit in the softmax, whose value is dropped.
+                let probs = match sinks {
+                    Some(s) => {
+                        let mut with_sink = scores.clone();
+                        with_sink.push(s[head]);
+                        let mut p = softmax(&with_sink);
+                        p.pop();
+                        p
+                    }
+                    None => softmax(&scores),
+                };
                 let dst = &mut out_row[head * hd..(head + 1) * hd];
                 for (&o, &p) in offsets.iter().zip(&probs) {
                     for (d, v) in dst.iter_mut().zip(&v_cache[o..o + hd]) {
@@ -364,6 +391,7 @@ mod tests {
             max_blocks_per_seq: 2,
             sliding_window: None,
             softcap: None,
+            sinks: None,
         };
         let k_cache = [0.0, 0.0];
         let v_cache = [20.0, 10.0];
@@ -392,6 +420,7 @@ mod tests {
             max_blocks_per_seq: 1,
             sliding_window: None,
             softcap: None,
+            sinks: None,
         };
         let k_cache = [0.0, 1.0];
         let v_cache = [1.0, 3.0];
@@ -421,6 +450,7 @@ mod tests {
             max_blocks_per_seq: 2,
             sliding_window: Some(2),
             softcap: None,
+            sinks: None,
         };
         let k_cache = [0.0; 4];
         let v_cache = [3.0, 4.0, 1.0, 2.0]; // block 0 holds positions 2, 3

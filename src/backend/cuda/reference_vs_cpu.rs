@@ -50,7 +50,7 @@ fn layout() -> BatchLayout {
     }
 }
 
-fn compare(window: Option<usize>, softcap: Option<f32>) {
+fn compare(window: Option<usize>, softcap: Option<f32>, with_sinks: bool) {
     let batch = layout();
     let num_blocks = 7;
     let cpu = CpuBackend::new();
@@ -78,7 +78,13 @@ fn compare(window: Option<usize>, softcap: Option<f32>) {
     };
     let q_t = Tensor::from_vec(q.clone(), (n, HQ * HD), &Device::Cpu).unwrap();
     let meta = cpu.prepare_batch(&batch).unwrap();
-    let out = cpu.attention(&q_t, &cache, 0, &meta, &shape, None).unwrap();
+    let sinks = with_sinks.then(|| values(HQ, 4).iter().map(|v| v * 3.0).collect::<Vec<_>>());
+    let sinks_t = sinks
+        .as_ref()
+        .map(|s| Tensor::from_vec(s.clone(), HQ, &Device::Cpu).unwrap());
+    let out = cpu
+        .attention(&q_t, &cache, 0, &meta, &shape, sinks_t.as_ref())
+        .unwrap();
     let cpu_out = cpu.to_host_f32(&out).unwrap();
 
     let max_blocks = 4;
@@ -103,6 +109,7 @@ fn compare(window: Option<usize>, softcap: Option<f32>) {
             max_blocks_per_seq: max_blocks,
             sliding_window: window,
             softcap,
+            sinks: sinks.as_deref(),
         },
         1.0 / (HD as f32).sqrt(),
     );
@@ -114,26 +121,32 @@ fn compare(window: Option<usize>, softcap: Option<f32>) {
         .fold(0.0f32, f32::max);
     assert!(
         err < 1e-5,
-        "window {window:?}, softcap {softcap:?}: max abs error {err}"
+        "window {window:?}, softcap {softcap:?}, sinks {with_sinks}: max abs error {err}"
     );
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_without_a_window() {
-    compare(None, None);
+    compare(None, None, false);
+}
+
+#[test]
+fn reference_attention_matches_the_cpu_backend_with_attention_sinks() {
+    compare(None, None, true);
+    compare(Some(3), None, true);
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_with_soft_capped_scores() {
     for (window, cap) in [(None, 0.5), (Some(3), 2.0), (None, 50.0)] {
-        compare(window, Some(cap));
+        compare(window, Some(cap), false);
     }
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_with_windows_shorter_than_the_context() {
     for w in [1, 3, 6, 9] {
-        compare(Some(w), None);
+        compare(Some(w), None, false);
     }
 }
 
@@ -151,6 +164,7 @@ fn a_window_changes_the_result_once_the_context_exceeds_it() {
         max_blocks_per_seq: 1,
         sliding_window: w,
         softcap: None,
+        sinks: None,
     };
     let full = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(None), 1.0);
     let windowed = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(Some(3)), 1.0);
@@ -181,6 +195,11 @@ fn reference_gated_activations_match_the_cpu_backend() {
             "gelu_tanh",
             be.gelu_tanh_mul(&t).unwrap(),
             reference::gelu_tanh_mul(&host, inter),
+        ),
+        (
+            "clamped_swiglu",
+            be.clamped_swiglu(&t, 2.0, 1.702).unwrap(),
+            reference::clamped_swiglu(&host, inter, (2.0, 1.702)),
         ),
     ] {
         let cpu: Vec<f32> = cpu.flatten_all().unwrap().to_vec1().unwrap();

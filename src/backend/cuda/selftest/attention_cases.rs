@@ -99,6 +99,12 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         dev.upload(&query_start)?,
         dev.upload(&context_lens)?,
     );
+    // Sinks around the scores' own range, so they take a real share of each softmax.
+    let sinks_host = sc.sinks.then(|| s.random(hq, 3.0, DType::F32));
+    let sinks_dev = sinks_host
+        .as_ref()
+        .map(|v| CudaTensor::from_f32(dev, DType::F32, &[hq], v))
+        .transpose()?;
     let meta = AttentionMetadata {
         block_tables: &tables_dev,
         max_blocks_per_seq: max_blocks,
@@ -107,6 +113,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         num_seqs,
         sliding_window: sc.sliding_window,
         softcap: sc.softcap,
+        sinks: sinks_dev.as_ref(),
         decode_prefix: attention_plan::leading_decode_seqs(&query_start),
     };
     let scale = 1.0 / (hd as f32).sqrt();
@@ -135,6 +142,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         max_blocks_per_seq: max_blocks,
         sliding_window: sc.sliding_window,
         softcap: sc.softcap,
+        sinks: sinks_host.as_deref(),
     };
     let expected = reference::attention(
         &q_host,
@@ -151,8 +159,9 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         .sliding_window
         .map(|w| format!(", window {w}"))
         .unwrap_or_default();
+    let sinks = if sc.sinks { ", sinks" } else { "" };
     let label = format!(
-        "{} ({n} tok, ctx sum {total_ctx}{window}, {hq}/{hk} heads x {hd}; {path})",
+        "{} ({n} tok, ctx sum {total_ctx}{window}{sinks}, {hq}/{hk} heads x {hd}; {path})",
         sc.name
     );
     let row = s.check(

@@ -24,6 +24,8 @@ pub struct Scenario {
     pub sliding_window: Option<usize>,
     /// Gemma 2's soft-cap of the scaled scores.
     pub softcap: Option<f32>,
+    /// gpt-oss's attention sinks (random per head).
+    pub sinks: bool,
     pub heads: Heads,
 }
 
@@ -58,11 +60,14 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
     // A serving step: decode rows first, then prefill chunks (the decode rows run on the
     // split-K kernel, the rest on the tensor-core one).
     let mixed: Vec<(usize, usize)> = d8.iter().chain(&ragged).copied().collect();
+    let mixed_for_sinks = mixed.clone();
+    let sink_edges = vec![(1, 1), (17, 1), (4097, 1), (20_000, 1)];
     let at = |name, seqs, heads| Scenario {
         name,
         seqs,
         sliding_window: None,
         softcap: None,
+        sinks: false,
         heads,
     };
     let windowed = |name, seqs, window| Scenario {
@@ -70,6 +75,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         seqs,
         sliding_window: Some(window),
         softcap: None,
+        sinks: false,
         heads: model,
     };
     // Gemma 2's soft-capped scores (a cap small enough to change every softmax), with its
@@ -79,6 +85,17 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         seqs,
         sliding_window: window,
         softcap: Some(1.5),
+        sinks: false,
+        heads,
+    };
+    // gpt-oss: a sink per head, on every kernel path (split-K with and without the merge,
+    // prefill tiles, the generic kernel), with its sliding window and head dim 64.
+    let sunk = |name, seqs, window, heads| Scenario {
+        name,
+        seqs,
+        sliding_window: window,
+        softcap: None,
+        sinks: true,
         heads,
     };
     let heads = |q, kv, dim| Heads { q, kv, dim };
@@ -134,6 +151,25 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
             None,
             model,
         ),
-        capped("generic hd32 ragged softcap", ragged, None, heads(8, 2, 32)),
+        capped(
+            "generic hd32 ragged softcap",
+            ragged.clone(),
+            None,
+            heads(8, 2, 32),
+        ),
+        sunk(
+            "mixed decode + prefill sinks",
+            mixed_for_sinks.clone(),
+            None,
+            model,
+        ),
+        sunk(
+            "mixed sinks window gqa8 hd64",
+            mixed_for_sinks,
+            Some(37),
+            heads(64, 8, 64),
+        ),
+        sunk("decode edges sinks", sink_edges, None, model),
+        sunk("generic hd32 ragged sinks", ragged, None, heads(8, 2, 32)),
     ]
 }

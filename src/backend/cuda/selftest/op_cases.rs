@@ -219,6 +219,19 @@ fn silu_mul(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &expected,
     );
     s.time(row, || dev.gelu_tanh_mul(&gu, &mut out))?;
+    // gpt-oss's clamped SwiGLU: inputs up to 6 in size, so a limit of 4 clamps many.
+    let params = (4.0, 1.702);
+    dev.clamped_swiglu(&gu, params, &mut out)?;
+    let expected = reference::clamped_swiglu(&gu_host, inter, params);
+    let row = s.check(
+        "clamped_swiglu",
+        format!("[{n}, 2 x {inter}], limit 4"),
+        dtype,
+        Check::Elementwise,
+        &out.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.clamped_swiglu(&gu, params, &mut out))?;
     Ok(())
 }
 
