@@ -735,6 +735,73 @@ def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prom
     )
 
 
+# E2M1 magnitudes, by the low three bits of a nibble (the fourth is the sign).
+E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], dtype=np.float32)
+
+
+def mxfp4_pack(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise `w [..., cols]` to MXFP4 along its last axis: per 32 values one power-of-two
+    scale (E8M0 byte, bias 127) chosen so the largest fits E2M1's 6, each value rounded to the
+    nearest E2M1 magnitude; returns (blocks [..., cols / 32, 16] uint8, scales [..., cols / 32]
+    uint8), two values per byte, the even one in the low nibble."""
+    *lead, cols = w.shape
+    groups = w.reshape(*lead, cols // 32, 32).astype(np.float32)
+    amax = np.abs(groups).max(axis=-1, keepdims=True)
+    exp = np.where(amax > 0, np.ceil(np.log2(np.maximum(amax, 1e-30) / 6.0)), 0).astype(np.int32)
+    scaled = groups / np.exp2(exp)
+    mag = np.abs(scaled)[..., None]
+    index = np.abs(mag - E2M1).argmin(axis=-1).astype(np.uint8)
+    nibble = index | (np.signbit(scaled).astype(np.uint8) << 3)
+    blocks = nibble[..., 0::2] | (nibble[..., 1::2] << 4)
+    scales = (exp[..., 0] + 127).astype(np.uint8)
+    return blocks, scales
+
+
+def build_mxfp4_fixture(prompts: list[list[int]]) -> None:
+    """gpt_oss's checkpoint with its experts packed as MXFP4, the way OpenAI ships gpt-oss:
+    `*_blocks` / `*_scales` laid out [experts, out, in / 32, 16]. The reference is what
+    transformers computes from it (it unpacks MXFP4 to bf16 without a GPU), so the fixture
+    checks kiln's unpacking against transformers' own."""
+    from safetensors.numpy import load_file, save_file
+
+    src, directory = FIXTURES_DIR / "gpt_oss", FIXTURES_DIR / "gpt_oss_mxfp4"
+    if directory.exists():
+        shutil.rmtree(directory)
+    shutil.copytree(src, directory)
+    (directory / "reference.json").unlink()
+    tensors = load_file(str(directory / "model.safetensors"))
+    for name in list(tensors):
+        if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            # Stored x @ w ([experts, in, out]); packed per output row.
+            blocks, scales = mxfp4_pack(np.ascontiguousarray(tensors.pop(name).transpose(0, 2, 1)))
+            tensors[f"{name}_blocks"], tensors[f"{name}_scales"] = blocks, scales
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    model = GptOssForCausalLM.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager")
+    # transformers unpacks to bf16 without a GPU; every MXFP4 value is exact there.
+    model = model.float().eval()
+    with torch.no_grad():
+        logits = [model(input_ids=torch.tensor([p]), use_cache=False).logits[0, -1] for p in prompts]
+    reference = {
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "architecture": "GptOssForCausalLM",
+        "prompts": [
+            {"text": text, "prompt_ids": ids, "last_logits": f32_list(l)}
+            for text, ids, l in zip(PROMPT_TEXTS, prompts, logits)
+        ],
+    }
+    write_reference_json(directory / "reference.json", reference)
+    unpacked = json.loads((src / "reference.json").read_text())["prompts"][0]["last_logits"]
+    moved = float(np.abs(np.array(unpacked) - np.array(reference["prompts"][0]["last_logits"])).max())
+    print(f"  gpt_oss_mxfp4: the packing moves prompt 0's logits by up to {moved:.4f}")
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -938,6 +1005,8 @@ def main() -> None:
     for name, (model_cls, config) in fixture_configs(len(hf_tokenizer), eos_id, pad_id).items():
         if args.only in (None, name):
             build_fixture(name, model_cls, config, tokenizer, prompts)
+    if args.only in (None, "gpt_oss", "gpt_oss_mxfp4"):
+        build_mxfp4_fixture(prompts)
     if not args.skip_demo and args.only is None:
         build_demo(tokenizer)
 
