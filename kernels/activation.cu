@@ -40,9 +40,9 @@ __device__ __forceinline__ void clamped_swiglu_impl(typename D::T* out,
          idx += stride) {
         const long long row = idx / inter;
         const long long col = idx - row * inter;
-        const float g = fminf(D::load(gate_up[row * 2 * inter + col]), limit);
-        const float u = fmaxf(fminf(D::load(gate_up[row * 2 * inter + inter + col]), limit), -limit);
-        out[idx] = D::store((u + 1.0f) * (g / (1.0f + expf(-alpha * g))));
+        const float g = D::load(gate_up[row * 2 * inter + col]);
+        const float u = D::load(gate_up[row * 2 * inter + inter + col]);
+        out[idx] = D::store(kiln_clamped_swiglu(g, u, limit, alpha));
     }
 }
 

@@ -152,6 +152,15 @@ __device__ __forceinline__ float kiln_softcap(float s, float cap) {
     return cap > 0.0f ? cap * tanhf(s / cap) : s;
 }
 
+// gpt-oss's expert activation: g clamped to at most `limit`, u to [-limit, limit], then
+// (u + 1) * g * sigmoid(alpha * g). One definition for activation.cu and the expert GEMVs'
+// epilogue, so the two agree bit for bit.
+__device__ __forceinline__ float kiln_clamped_swiglu(float g, float u, float limit, float alpha) {
+    const float gc = fminf(g, limit);
+    const float uc = fmaxf(fminf(u, limit), -limit);
+    return (uc + 1.0f) * (gc / (1.0f + expf(-alpha * gc)));
+}
+
 // ---- reductions -------------------------------------------------------------------------
 
 #define KILN_FULL_MASK 0xffffffffu

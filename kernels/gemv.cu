@@ -39,7 +39,10 @@
 // y row p. So an expert's weights are read once per item, not once per pair, and each
 // pair's result equals gemv1's on its one row with that expert's weights (the per-row
 // arithmetic does not depend on the other rows). Items past the step's count have no rows
-// and return at once (the grid is sized for the most items a step can have).
+// and return at once (the grid is sized for the most items a step can have). gpt-oss's
+// experts add a bias per expert (`bias` stacked [experts, n], has_bias) and use the clamped
+// SwiGLU (`clamped`, with `limit` and `alpha`), as the host path's linear and
+// clamped_swiglu compute them.
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
@@ -137,13 +140,20 @@ struct GemvGather {
     int x_div;
 };
 
+// The SwiGLU epilogue's activation: silu(g) * u, or gpt-oss's clamped form.
+struct GemvAct {
+    int clamped;
+    float limit, alpha;
+};
+
 template <typename D, int MT, int MODE, bool SWIGLU, bool GATHER = false>
 __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                                           const typename D::T* __restrict__ x,
                                           const typename D::T* __restrict__ w,
                                           const typename D::T* __restrict__ bias, int m_rows,
                                           int n, int k, int has_bias, const GemvNorm<D>& nm,
-                                          const GemvGather& gather = GemvGather{nullptr, 1}) {
+                                          const GemvGather& gather = GemvGather{nullptr, 1},
+                                          const GemvAct& act = GemvAct{0, 0.0f, 0.0f}) {
     static_assert(!GATHER || MODE == GEMV_PLAIN, "gathered rows are not normed");
     constexpr int PER = 16 / (int)sizeof(typename D::T);  // values per vector
     constexpr int R = GEMV_ROWS_PER_WARP;
@@ -262,7 +272,9 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                 g = D::load(D::store(g));
                 u = D::load(D::store(u));
                 const long long yrow = GATHER ? gather.pairs[m] : m;
-                y[yrow * half + col] = D::store(g / (1.0f + expf(-g)) * u);
+                y[yrow * half + col] =
+                    D::store(act.clamped ? kiln_clamped_swiglu(g, u, act.limit, act.alpha)
+                                         : g / (1.0f + expf(-g)) * u);
             }
         }
     } else {
@@ -326,20 +338,28 @@ template <typename D, bool SWIGLU>
 __device__ __forceinline__ void gemv_expert(typename D::T* y, const typename D::T* x,
                                             const unsigned long long* table,
                                             const int* item_expert, const int* item_rows,
-                                            const int* item_pairs, int x_div, int n, int k) {
+                                            const int* item_pairs, int x_div, int n, int k,
+                                            const typename D::T* bias, int has_bias,
+                                            int clamped, float limit, float alpha) {
     const int item = (int)blockIdx.y;
     const int rows = item_rows[item];
     if (rows == 0) return;  // past the step's items: the whole block leaves together
-    const typename D::T* w = reinterpret_cast<const typename D::T*>(table[item_expert[item]]);
+    const int expert = item_expert[item];
+    const typename D::T* w = reinterpret_cast<const typename D::T*>(table[expert]);
+    // gpt-oss: the experts' biases, stacked [experts, n].
+    const typename D::T* b = has_bias ? bias + (long long)expert * n : nullptr;
     gemv_impl<D, GEMV_EXPERT_ROWS, GEMV_PLAIN, SWIGLU, true>(
-        y, x, w, nullptr, rows, n, k, 0, GemvNorm<D>{},
-        GemvGather{item_pairs + (long long)item * GEMV_EXPERT_ROWS, x_div});
+        y, x, w, b, rows, n, k, has_bias, GemvNorm<D>{},
+        GemvGather{item_pairs + (long long)item * GEMV_EXPERT_ROWS, x_div},
+        GemvAct{clamped, limit, alpha});
 }
 
 #define KILN_GEMV_EXPERT_PARAMS(D)                                                         \
     D::T *y, const D::T *x, const unsigned long long *table, const int *item_expert,       \
-        const int *item_rows, const int *item_pairs, int x_div, int n, int k
-#define KILN_GEMV_EXPERT_ARGS y, x, table, item_expert, item_rows, item_pairs, x_div, n, k
+        const int *item_rows, const int *item_pairs, int x_div, int n, int k, const D::T *bias,  \
+        int has_bias, int clamped, float limit, float alpha
+#define KILN_GEMV_EXPERT_ARGS \
+    y, x, table, item_expert, item_rows, item_pairs, x_div, n, k, bias, has_bias, clamped, limit, alpha
 #define KILN_GEMV_EXPERT(S, D)                                                                   \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                   \
         gemv_expert_##S(KILN_GEMV_EXPERT_PARAMS(D)) {                                            \

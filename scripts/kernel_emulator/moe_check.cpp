@@ -190,15 +190,22 @@ void group(const std::vector<int>& ids, int experts, std::vector<int>& item_expe
 }
 
 using ExpertFn = void (*)(void*, const void*, const unsigned long long*, const int*, const int*,
-                         const int*, int, int, int);
+                         const int*, int, int, int, const void*, int, int, float, float);
+using ClampedFn = void (*)(void*, const void*, long long, int, float, float);
 using GemvFn = void (*)(void*, const void*, const void*, const void*, int, int, int, int);
 using SiluMulFn = void (*)(void*, const void*, long long, int);
 
 // Every pair of `tokens` tokens routed to `top_k` of `experts` experts (ids drawn at
 // random, repeats across tokens included), through the expert kernels with a table of
-// expert addresses, against gemv1 (+ silu_mul) per pair: bit for bit.
+// expert addresses, against gemv1 (+ silu_mul) per pair: bit for bit. `gpt_oss`: with
+// per-expert biases and the clamped SwiGLU (limit 1.5, so many values clamp), against gemv1
+// with the bias and clamped_swiglu.
 void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, int inter,
-                       Order order) {
+                       Order order, bool gpt_oss = false) {
+    const float limit = 1.5f, alpha = 1.702f;
+    Buffer gu_bias(d, random(d, static_cast<size_t>(experts) * 2 * inter, 1.0f));
+    Buffer down_bias(d, random(d, static_cast<size_t>(experts) * hidden, 1.0f));
+    const int has_bias = gpt_oss ? 1 : 0;
     const int pairs = tokens * top_k;
     std::vector<Buffer> gate_up, down;
     std::vector<unsigned long long> gate_up_table, down_table;
@@ -226,16 +233,23 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
     const unsigned down_blocks = (hidden + per_block - 1) / per_block;
     kiln_emu::launch({gu_blocks, items, 1}, {GEMV_THREADS, 1, 1}, order, 7, [&] {
         swiglu(act.data(), x.data(), gate_up_table.data(), item_expert.data(), item_rows.data(),
-               item_pairs.data(), top_k, 2 * inter, hidden);
+               item_pairs.data(), top_k, 2 * inter, hidden, gu_bias.data(), has_bias, has_bias,
+               limit, alpha);
     });
     kiln_emu::launch({down_blocks, items, 1}, {GEMV_THREADS, 1, 1}, order, 9, [&] {
         plain(y.data(), act.data(), down_table.data(), item_expert.data(), item_rows.data(),
-              item_pairs.data(), 1, hidden, inter);
+              item_pairs.data(), 1, hidden, inter, down_bias.data(), has_bias, 0, 0.0f, 0.0f);
     });
     // The reference: gemv1 on each pair's row alone, with its expert's weights.
     auto gemv1 = KILN_PICK(GemvFn, gemv1, d);
     auto silu = KILN_PICK(SiluMulFn, silu_mul, d);
-    const std::vector<float> xs = x.values();
+    auto clamped = KILN_PICK(ClampedFn, clamped_swiglu, d);
+    const std::vector<float> xs = x.values(), gub = gu_bias.values(), db = down_bias.values();
+    // Expert e's bias rows, as the host path's linear reads them.
+    auto bias_of = [&](const std::vector<float>& all, int e, int n) {
+        return Buffer(d, std::vector<float>(all.begin() + static_cast<long>(e) * n,
+                                            all.begin() + static_cast<long>(e + 1) * n));
+    };
     const std::vector<float> acts = act.values();
     size_t act_differ = 0, y_differ = 0;
     for (int p = 0; p < pairs; ++p) {
@@ -244,17 +258,23 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
                                         xs.begin() + static_cast<long>(t + 1) * hidden));
         Buffer gu = Buffer::unwritten(d, static_cast<size_t>(2) * inter);
         Buffer a = Buffer::unwritten(d, inter);
+        Buffer gb = bias_of(gub, ids[p], 2 * inter), dbr = bias_of(db, ids[p], hidden);
         kiln_emu::launch({gu_blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 1, [&] {
-            gemv1(gu.data(), xr.data(), gate_up[ids[p]].data(), gate_up[ids[p]].data(), 1, 2 * inter, hidden, 0);
+            gemv1(gu.data(), xr.data(), gate_up[ids[p]].data(), gb.data(), 1, 2 * inter, hidden, has_bias);
         });
-        kiln_emu::launch({1, 1, 1}, {64, 1, 1}, Order::Forward, 1,
-                         [&] { silu(a.data(), gu.data(), inter, inter); });
+        kiln_emu::launch({1, 1, 1}, {64, 1, 1}, Order::Forward, 1, [&] {
+            if (gpt_oss) {
+                clamped(a.data(), gu.data(), inter, inter, limit, alpha);
+            } else {
+                silu(a.data(), gu.data(), inter, inter);
+            }
+        });
         // The down GEMV from the kernel's own activation row (compared above).
         Buffer ar(d, std::vector<float>(acts.begin() + static_cast<long>(p) * inter,
                                         acts.begin() + static_cast<long>(p + 1) * inter));
         Buffer yr = Buffer::unwritten(d, hidden);
         kiln_emu::launch({down_blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 1, [&] {
-            gemv1(yr.data(), ar.data(), down[ids[p]].data(), down[ids[p]].data(), 1, hidden, inter, 0);
+            gemv1(yr.data(), ar.data(), down[ids[p]].data(), dbr.data(), 1, hidden, inter, has_bias);
         });
         for (int c = 0; c < inter; ++c) {
             const float got = act.at(static_cast<size_t>(p) * inter + c);
@@ -267,8 +287,8 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
     }
     char what[200];
     std::snprintf(what, sizeof what,
-                  "gemv_expert(_swiglu) tokens=%d top_k=%d experts=%d hidden=%-4d inter=%-4d %-4s  %zu act, %zu y values differ from gemv1 per pair",
-                  tokens, top_k, experts, hidden, inter, dtype_name(d), act_differ, y_differ);
+                  "gemv_expert(_swiglu)%s tokens=%d top_k=%d experts=%d hidden=%-4d inter=%-4d %-4s  %zu act, %zu y values differ from gemv1 per pair",
+                  gpt_oss ? " gpt-oss" : "", tokens, top_k, experts, hidden, inter, dtype_name(d), act_differ, y_differ);
     report(act_differ == 0 && y_differ == 0, what);
 }
 
@@ -348,6 +368,9 @@ int main() {
         check_expert_gemv(d, 9, 2, 2, 32, 16, Order::Forward);
         check_expert_gemv(d, 1, 4, 6, 136, 40, Order::Reverse);
         check_expert_gemv(d, 2, 2, 2, 4104, 8, Order::Forward);
+        // gpt-oss: biases per expert and the clamped SwiGLU.
+        check_expert_gemv(d, 3, 2, 4, 64, 24, Order::Random, true);
+        check_expert_gemv(d, 5, 4, 8, 136, 40, Order::Reverse, true);
         // Recombination, with and without Qwen2-MoE's shared expert.
         check_combine(d, 3, 2, 40, false, Order::Forward);
         check_combine(d, 5, 8, 72, true, Order::Random);

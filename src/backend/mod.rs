@@ -274,12 +274,13 @@ pub trait Backend: Send + Sync {
                 .to_dtype(dtype.to_candle())?;
         self.upload(host)
     }
-    /// Prepares one MoE layer's experts (`gate_up[e]`, `down[e]`, see [`moe::ExpertSet`])
-    /// for [`Backend::moe_experts`].
+    /// Prepares one MoE layer's experts (`gate_up[e]`, `down[e]`, and gpt-oss's biases, see
+    /// [`moe::ExpertSet`]) for [`Backend::moe_experts`].
     fn index_experts(
         &self,
         gate_up: &[Self::Tensor],
         down: &[Self::Tensor],
+        biases: moe::ExpertBiases<'_, Self::Tensor>,
     ) -> Result<Self::ExpertIndex>;
     /// The routed experts' weighted sum for each row of `x` (`[tokens, hidden]`, normed),
     /// given the router's logits (`[tokens, experts]`), plus the shared expert's part when

@@ -26,7 +26,36 @@ pub struct ExpertSet<'a, T, I> {
     pub down_bias: Option<&'a [T]>,
 }
 
-impl<T, I> ExpertSet<'_, T, I> {
+/// gpt-oss's expert biases as [`ExpertSet`] holds them: per expert, gate/up (`[2 *
+/// intermediate]`) and down (`[hidden]`, one tensor-parallel rank only).
+pub struct ExpertBiases<'a, T> {
+    pub gate_up: Option<&'a [T]>,
+    pub down: Option<&'a [T]>,
+}
+
+// Copy whatever T is (derive would ask T: Copy): it holds only references.
+impl<T> Clone for ExpertBiases<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ExpertBiases<'_, T> {}
+
+impl<T> ExpertBiases<'_, T> {
+    pub const NONE: Self = ExpertBiases {
+        gate_up: None,
+        down: None,
+    };
+}
+
+impl<'a, T, I> ExpertSet<'a, T, I> {
+    pub fn biases(&self) -> ExpertBiases<'a, T> {
+        ExpertBiases {
+            gate_up: self.gate_up_bias,
+            down: self.down_bias,
+        }
+    }
+
     /// Plain SwiGLU experts without biases: what the device-routed kernels compute.
     pub fn is_plain(&self, activation: ExpertActivation) -> bool {
         self.gate_up_bias.is_none()

@@ -13,7 +13,7 @@
 use super::config::{Architecture, ExpertActivation, ModelConfig, MoeConfig};
 use super::llama::{cols_part, load_stacked, rows_part};
 use super::weights::WeightSource;
-use crate::backend::moe::{ExpertSet, MoeRouting, SharedExpertOutput};
+use crate::backend::moe::{ExpertBiases, ExpertSet, MoeRouting, SharedExpertOutput};
 use crate::backend::{Backend, DType};
 use crate::parallel::ShardLayout;
 use anyhow::{Context, Result};
@@ -128,7 +128,7 @@ impl<B: Backend> SparseMlp<B> {
             .into_iter()
             .unzip();
         let index = be
-            .index_experts(&gate_up, &down)
+            .index_experts(&gate_up, &down, ExpertBiases::NONE)
             .with_context(|| format!("indexing the experts of {prefix}"))?;
         let mut mlp = Self::from_parts((router, None), gate_up, down, None, None, index, moe);
         mlp.shared = shared;

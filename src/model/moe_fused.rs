@@ -10,6 +10,7 @@ use super::llama::load;
 use super::moe::SparseMlp;
 use super::mxfp4;
 use super::weights::WeightSource;
+use crate::backend::moe::ExpertBiases;
 use crate::backend::{Backend, DType};
 use crate::parallel::ShardLayout;
 use anyhow::{Context, Result};
@@ -59,10 +60,17 @@ pub(super) fn load_gpt_oss<B: Backend>(
             biases.1.push(be.upload(down_bias.get(e)?)?);
         }
     }
-    let index = be
-        .index_experts(&experts.0, &experts.1)
-        .with_context(|| format!("indexing the experts of {prefix}"))?;
     let down_bias = (layout.shard.rank == 0).then_some(biases.1);
+    let index = be
+        .index_experts(
+            &experts.0,
+            &experts.1,
+            ExpertBiases {
+                gate_up: Some(&biases.0),
+                down: down_bias.as_deref(),
+            },
+        )
+        .with_context(|| format!("indexing the experts of {prefix}"))?;
     Ok(SparseMlp::from_parts(
         (router, Some(router_bias)),
         experts.0,

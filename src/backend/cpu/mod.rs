@@ -254,7 +254,12 @@ impl Backend for CpuBackend {
         draw::draw_rows(&host_f32(logits)?, vocab, rows, draws).map(Some)
     }
 
-    fn index_experts(&self, _gate_up: &[Tensor], _down: &[Tensor]) -> Result<()> {
+    fn index_experts(
+        &self,
+        _gate_up: &[Tensor],
+        _down: &[Tensor],
+        _biases: crate::backend::moe::ExpertBiases<'_, Tensor>,
+    ) -> Result<()> {
         Ok(())
     }
 

@@ -718,9 +718,11 @@ impl Backend for CudaBackend {
         &self,
         gate_up: &[CudaTensor],
         down: &[CudaTensor],
+        biases: crate::backend::moe::ExpertBiases<'_, CudaTensor>,
     ) -> Result<super::moe::CudaExpertIndex> {
         self.bind()?;
-        self.dev.index_experts(gate_up, down)
+        let index = self.dev.index_experts(gate_up, down)?;
+        self.dev.index_expert_biases(index, biases)
     }
 
     fn moe_experts(
@@ -730,8 +732,10 @@ impl Backend for CudaBackend {
         experts: &ExpertSet<'_, CudaTensor, super::moe::CudaExpertIndex>,
         routing: &MoeRouting<'_, CudaTensor>,
     ) -> Result<CudaTensor> {
-        // The device kernels compute plain SwiGLU experts; gpt-oss's take the host path.
-        if !experts.is_plain(routing.activation) {
+        // gpt-oss's experts (biases, the clamped SwiGLU) run on the device when the index
+        // holds their biases; otherwise, and beyond the device path's rows, on the host.
+        let plain = experts.is_plain(routing.activation);
+        if !plain && !experts.index.serves(&experts.biases()) {
             return host_routed_experts(self, x, router_logits, experts, routing);
         }
         let top_k = routing.top_k;
@@ -743,6 +747,9 @@ impl Backend for CudaBackend {
                     && routes_on_device(moe_device_enabled(), tokens, n, top_k)
             });
         let Some((tokens, _, hidden, inter, dtype)) = on_device else {
+            if !plain {
+                return host_routed_experts(self, x, router_logits, experts, routing);
+            }
             return self.moe_experts_grouped(x, router_logits, experts, routing);
         };
         self.bind()?;
@@ -767,6 +774,7 @@ impl Backend for CudaBackend {
             x,
             router_logits,
             (top_k, routing.normalize),
+            routing.activation,
             shared,
             &mut MoeBuffers {
                 ids: &mut ids,

@@ -24,6 +24,7 @@ use super::device::CudaDevice;
 use super::gemv::{gemv_launch, GEMV_K_MULTIPLE};
 use super::launch::{as_i32, elementwise};
 use super::tensor::CudaTensor;
+use crate::backend::moe::{ExpertActivation, ExpertBiases};
 use crate::backend::DType;
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
@@ -87,6 +88,14 @@ fn device_rows(value: Option<&str>) -> usize {
         .map_or(MOE_DEVICE_MAX_ROWS, |rows| rows.min(MOE_DEVICE_MAX_ROWS))
 }
 
+/// Which of an expert's two GEMVs [`CudaDevice::moe_expert_gemv`] runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ExpertGemv {
+    /// gate_up, with the activation as its epilogue.
+    GateUp(ExpertActivation),
+    Down,
+}
+
 /// One layer's experts as the device path reads them. `None` inside when they do not fit
 /// the kernels (shapes or dtypes that differ between experts, K not a multiple of 8,
 /// misaligned weights): the layer then always takes the host path.
@@ -104,6 +113,10 @@ struct ExpertTables {
     /// This rank's intermediate width.
     inter: usize,
     dtype: DType,
+    /// gpt-oss: the experts' gate/up biases stacked `[experts, 2 * inter]`, and their down
+    /// biases `[experts, hidden]` (on the rank that holds them).
+    gate_up_bias: Option<CudaTensor>,
+    down_bias: Option<CudaTensor>,
 }
 
 impl CudaExpertIndex {
@@ -112,6 +125,15 @@ impl CudaExpertIndex {
         self.tables
             .as_ref()
             .map(|t| (t.experts, t.hidden, t.inter, t.dtype))
+    }
+
+    /// Whether the device path computes these experts: it has their biases exactly when
+    /// they have biases.
+    pub fn serves(&self, biases: &ExpertBiases<'_, CudaTensor>) -> bool {
+        self.tables.as_ref().is_some_and(|t| {
+            t.gate_up_bias.is_some() == biases.gate_up.is_some()
+                && t.down_bias.is_some() == biases.down.is_some()
+        })
     }
 
     /// `(tokens, experts, hidden, inter, dtype)` when `x` (`[tokens, hidden]`) and the
@@ -197,8 +219,49 @@ impl CudaDevice {
                 hidden,
                 inter,
                 dtype,
+                gate_up_bias: None,
+                down_bias: None,
             }),
         })
+    }
+
+    /// `index` with gpt-oss's expert biases stacked beside it (each expert's `[n]` bias as
+    /// row e of one `[experts, n]` tensor, which the expert GEMVs index by expert). Biases
+    /// that do not fit leave the layer on the host path.
+    pub fn index_expert_biases(
+        &self,
+        mut index: CudaExpertIndex,
+        biases: ExpertBiases<'_, CudaTensor>,
+    ) -> Result<CudaExpertIndex> {
+        let Some(t) = index.tables.as_mut() else {
+            return Ok(index);
+        };
+        let stack = |parts: &[CudaTensor], width: usize| -> Result<Option<CudaTensor>> {
+            let fits = parts.len() == t.experts
+                && parts
+                    .iter()
+                    .all(|b| b.shape() == [width] && b.dtype() == t.dtype);
+            if !fits {
+                return Ok(None);
+            }
+            let mut host = Vec::with_capacity(t.experts * width);
+            for b in parts {
+                host.extend(b.to_f32(self)?);
+            }
+            Ok(Some(CudaTensor::from_f32(
+                self,
+                t.dtype,
+                &[t.experts, width],
+                &host,
+            )?))
+        };
+        if let Some(parts) = biases.gate_up {
+            t.gate_up_bias = stack(parts, 2 * t.inter)?;
+        }
+        if let Some(parts) = biases.down {
+            t.down_bias = stack(parts, t.hidden)?;
+        }
+        Ok(index)
     }
 
     /// `moe_route`: `top_k` (expert, weight) pairs per row of `logits` (`[tokens, experts]`)
@@ -271,6 +334,7 @@ impl CudaDevice {
         x: &CudaTensor,
         logits: &CudaTensor,
         (top_k, normalize): (usize, bool),
+        activation: ExpertActivation,
         shared: Option<(&CudaTensor, &CudaTensor)>,
         buffers: &mut MoeBuffers<'_>,
         out: &mut CudaTensor,
@@ -284,19 +348,28 @@ impl CudaDevice {
             pairs: buffers.item_pairs,
             count: max_items(pairs, experts),
         };
-        self.moe_expert_gemv(index, true, x, &items, top_k, buffers.act)?;
-        self.moe_expert_gemv(index, false, buffers.act, &items, top_k, buffers.y)?;
+        let gate_up = ExpertGemv::GateUp(activation);
+        self.moe_expert_gemv(index, gate_up, x, &items, top_k, buffers.act)?;
+        self.moe_expert_gemv(
+            index,
+            ExpertGemv::Down,
+            buffers.act,
+            &items,
+            top_k,
+            buffers.y,
+        )?;
         self.moe_combine(buffers.y, buffers.weights, top_k, shared, None, out)
     }
 
     /// The expert GEMVs over the work items `moe_route` made for `pairs` pairs of top
-    /// `top_k`: `swiglu` gives `out[p] = silu(g) * u` of `x[p / top_k]` through expert p's
-    /// gate_up (`out` `[pairs, inter]`); otherwise `out[p] = down_e act[p]` (`x` the
-    /// `[pairs, inter]` activations, `out` `[pairs, hidden]`).
+    /// `top_k`: [`ExpertGemv::GateUp`] gives `out[p] = act(g, u)` of `x[p / top_k]` through
+    /// expert p's gate_up (`out` `[pairs, inter]`); [`ExpertGemv::Down`] `out[p] = down_e
+    /// act[p]` (`x` the `[pairs, inter]` activations, `out` `[pairs, hidden]`). The experts'
+    /// biases join where the index has them.
     pub fn moe_expert_gemv(
         &self,
         index: &CudaExpertIndex,
-        swiglu: bool,
+        gemv: ExpertGemv,
         x: &CudaTensor,
         items: &WorkItems<'_>,
         top_k: usize,
@@ -308,6 +381,7 @@ impl CudaDevice {
         let &[pairs, width] = out.shape() else {
             bail!("moe expert gemv: out must be 2-d, got {:?}", out.shape());
         };
+        let swiglu = matches!(gemv, ExpertGemv::GateUp(_));
         let (n, k, x_rows, x_div, table, op) = if swiglu {
             let tokens = pairs / top_k.max(1);
             (
@@ -346,6 +420,18 @@ impl CudaDevice {
             return Ok(());
         }
         let (x_div_i, n_i, k_i) = (as_i32(x_div, "top_k")?, as_i32(n, "N")?, as_i32(k, "K")?);
+        let bias = if swiglu {
+            &t.gate_up_bias
+        } else {
+            &t.down_bias
+        };
+        let has_bias = i32::from(bias.is_some());
+        let (clamped, limit, alpha) = match gemv {
+            ExpertGemv::GateUp(ExpertActivation::ClampedSwiGlu { limit, alpha }) => {
+                (1, limit, alpha)
+            }
+            _ => (0i32, 0.0f32, 0.0f32),
+        };
         let items_y = u32::try_from(count)
             .ok()
             .filter(|&c| c <= 65_535)
@@ -363,6 +449,12 @@ impl CudaDevice {
             .arg(&x_div_i)
             .arg(&n_i)
             .arg(&k_i);
+        // Without biases the kernel never reads the pointer; x stands in.
+        match bias {
+            Some(b) => args.arg(b.data()),
+            None => args.arg(x.data()),
+        };
+        args.arg(&has_bias).arg(&clamped).arg(&limit).arg(&alpha);
         // SAFETY: matches kernels/gemv.cu's expert kernels: the table holds `experts`
         // addresses of [n, k] weights of this dtype (checked at indexing); the items come
         // from moe_route for this step's shape (experts below `experts`, pairs below

@@ -8,7 +8,9 @@
 //! each in bf16, more than fits the L2 cache, so the device path's timing (one layer, four
 //! launches) is a fair read of the weight bandwidth: the note carries the GB/s of the
 //! distinct experts read (a step reads an expert once per work item of up to four of its
-//! tokens).
+//! tokens). A third layer has gpt-oss-20b's experts (hidden and intermediate 2880, top 4
+//! of 32, biases, the clamped SwiGLU), on the device path only (the grouped one keeps
+//! such experts on the host).
 
 use super::compare::Check;
 use super::suite::Suite;
@@ -16,28 +18,41 @@ use crate::backend::cuda::moe::{
     group_routes, max_items, GroupedBuffers, MoeBuffers, GEMV_EXPERT_ROWS, MOE_DEVICE_MAX_ROWS,
 };
 use crate::backend::cuda::{CudaTensor, DType};
-use crate::backend::moe::route;
+use crate::backend::moe::{route, ExpertActivation, ExpertBiases};
 use anyhow::Result;
 use rayon::prelude::*;
 
-/// `(hidden, intermediate, experts, top_k, normalize, shared expert)`.
-const LAYERS: [(usize, usize, usize, usize, bool, bool); 2] = [
-    (2048, 768, 32, 8, true, false),
-    (2048, 1408, 16, 4, false, true),
+/// `(hidden, intermediate, experts, top_k, normalize, shared expert, gpt-oss)`.
+const LAYERS: [(usize, usize, usize, usize, bool, bool, bool); 3] = [
+    (2048, 768, 32, 8, true, false, false),
+    (2048, 1408, 16, 4, false, true, false),
+    (2880, 2880, 32, 4, true, false, true),
 ];
+
+/// gpt-oss's activation (its limit 7 is rarely reached at these magnitudes; 0.5 is).
+const CLAMPED: ExpertActivation = ExpertActivation::ClampedSwiGlu {
+    limit: 0.5,
+    alpha: 1.702,
+};
 
 /// Up to 64 tokens route on the device; 256 (a prefill chunk) take the grouped host path.
 const TOKENS: [usize; 5] = [1, 8, 32, 64, 256];
+
+/// Per expert, one bias vector: (gate/up, down).
+type HostBiases = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 
 struct HostLayer {
     hidden: usize,
     inter: usize,
     gate_up: Vec<Vec<f32>>,
     down: Vec<Vec<f32>>,
+    /// gpt-oss: per expert, the gate/up (`[2 * inter]`) and down (`[hidden]`) biases.
+    biases: Option<HostBiases>,
+    activation: ExpertActivation,
 }
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
-    for (hidden, inter, experts, top_k, normalize, shared) in LAYERS {
+    for (hidden, inter, experts, top_k, normalize, shared, gpt_oss) in LAYERS {
         let layer = HostLayer {
             hidden,
             inter,
@@ -47,6 +62,19 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             down: (0..experts)
                 .map(|_| s.random(hidden * inter, 0.05, dtype))
                 .collect(),
+            biases: gpt_oss.then(|| {
+                (
+                    (0..experts)
+                        .map(|_| s.random(2 * inter, 0.5, dtype))
+                        .collect(),
+                    (0..experts).map(|_| s.random(hidden, 0.5, dtype)).collect(),
+                )
+            }),
+            activation: if gpt_oss {
+                CLAMPED
+            } else {
+                ExpertActivation::SwiGlu
+            },
         };
         let dev = s.dev;
         let upload = |ws: &[Vec<f32>], shape: [usize; 2]| -> Result<Vec<CudaTensor>> {
@@ -56,12 +84,30 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         };
         let gate_up = upload(&layer.gate_up, [2 * inter, hidden])?;
         let down = upload(&layer.down, [hidden, inter])?;
-        let index = dev.index_experts(&gate_up, &down)?;
+        let bias_tensors = match &layer.biases {
+            Some((gu, d)) => Some((
+                gu.iter()
+                    .map(|b| CudaTensor::from_f32(dev, dtype, &[2 * inter], b))
+                    .collect::<Result<Vec<_>>>()?,
+                d.iter()
+                    .map(|b| CudaTensor::from_f32(dev, dtype, &[hidden], b))
+                    .collect::<Result<Vec<_>>>()?,
+            )),
+            None => None,
+        };
+        let biases = ExpertBiases {
+            gate_up: bias_tensors.as_ref().map(|b| b.0.as_slice()),
+            down: bias_tensors.as_ref().map(|b| b.1.as_slice()),
+        };
+        let index = dev.index_expert_biases(dev.index_experts(&gate_up, &down)?, biases)?;
         anyhow::ensure!(
-            index.shape().is_some(),
+            index.shape().is_some() && index.serves(&biases),
             "the experts did not fit the device path"
         );
         for tokens in TOKENS {
+            if gpt_oss && tokens > MOE_DEVICE_MAX_ROWS {
+                continue; // the grouped path leaves gpt-oss's experts on the host
+            }
             let inputs = Inputs::new(s, (tokens, hidden, experts), shared, dtype);
             let reference = reference(
                 &layer,
@@ -163,6 +209,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                     &x,
                     &logits,
                     (top_k, normalize),
+                    layer.activation,
                     shared_parts,
                     &mut buffers,
                     out,
@@ -171,7 +218,11 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             layer_on_device(&mut out)?;
             let shape = format!(
                 "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{}",
-                if shared { " +shared" } else { "" }
+                match (shared, gpt_oss) {
+                    (true, _) => " +shared",
+                    (_, true) => " gpt-oss (biases, clamped SwiGLU)",
+                    _ => "",
+                }
             );
             let row = s.check(
                 "moe_experts",
@@ -263,17 +314,33 @@ fn reference(
             let mut acc = vec![0f32; hidden];
             for &(e, w) in &per_token[t] {
                 let gu = &layer.gate_up[e];
+                let bias = |which: usize, i: usize| -> f32 {
+                    layer.biases.as_ref().map_or(0.0, |b| {
+                        if which == 0 {
+                            b.0[e][i]
+                        } else {
+                            b.1[e][i]
+                        }
+                    })
+                };
                 let act: Vec<f32> = (0..inter)
                     .map(|c| {
-                        let g = dtype.round(dot(xt, &gu[c * hidden..(c + 1) * hidden]));
-                        let u = dtype
-                            .round(dot(xt, &gu[(inter + c) * hidden..(inter + c + 1) * hidden]));
-                        dtype.round(g / (1.0 + (-g).exp()) * u)
+                        let row = |r: usize| &gu[r * hidden..(r + 1) * hidden];
+                        let g = dtype.round(dot(xt, row(c)) + bias(0, c));
+                        let u = dtype.round(dot(xt, row(inter + c)) + bias(0, inter + c));
+                        dtype.round(match layer.activation {
+                            ExpertActivation::SwiGlu => g / (1.0 + (-g).exp()) * u,
+                            ExpertActivation::ClampedSwiGlu { limit, alpha } => {
+                                let (g, u) = (g.min(limit), u.clamp(-limit, limit));
+                                (u + 1.0) * (g / (1.0 + (-alpha * g).exp()))
+                            }
+                        })
                     })
                     .collect();
                 let w = dtype.round(w);
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let y = dtype.round(dot(&act, &layer.down[e][j * inter..(j + 1) * inter]));
+                    let down_row = &layer.down[e][j * inter..(j + 1) * inter];
+                    let y = dtype.round(dot(&act, down_row) + bias(1, j));
                     *a = dtype.round(*a + dtype.round(y * w));
                 }
             }
