@@ -298,7 +298,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
         args.chat_template.as_deref(),
         args.chat_template_content_format,
         args.tool_call_parser,
-        args.reasoning_parser,
+        reasoning_parser(args.reasoning_parser, &config),
     )?;
     let eos = eos_ids(&config, &files, &tokenizer);
     let weights: Arc<dyn WeightSource + Send + Sync> = match args.load_format {
@@ -405,6 +405,23 @@ pub(crate) fn cpu_kv_blocks(
 }
 
 /// Longest prompt + output the engine accepts.
+/// gpt-oss always writes harmony messages: without a parser its channel markers would be
+/// dropped (special tokens) and the reasoning run into the answer, so harmony is its
+/// default. Other models keep what `--reasoning-parser` says.
+fn reasoning_parser(
+    given: chat_template::ReasoningParserArg,
+    config: &ModelConfig,
+) -> chat_template::ReasoningParserArg {
+    use chat_template::ReasoningParserArg;
+    match (given, config.architecture) {
+        (ReasoningParserArg::None, crate::model::config::Architecture::GptOss) => {
+            tracing::info!("gpt-oss: its harmony channels are parsed (reasoning, answer, calls)");
+            ReasoningParserArg::Harmony
+        }
+        (given, _) => given,
+    }
+}
+
 pub(crate) fn max_model_len(args: &EngineArgs, config: &ModelConfig) -> usize {
     args.max_model_len.unwrap_or(config.max_position_embeddings)
 }

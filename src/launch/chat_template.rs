@@ -3,6 +3,7 @@
 //! differently than detected.
 
 use crate::model::chat_template::{ChatTemplate, ContentFormat};
+use crate::model::reasoning::ReasoningFormat;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::tool_calls::ToolCallFormat;
 use anyhow::{Context, Result};
@@ -43,6 +44,11 @@ pub enum ReasoningParserArg {
     /// opens the block): Qwen3, QwQ, DeepSeek-R1 and its distills.
     #[value(alias = "qwen3", alias = "deepseek_r1", alias = "deepseek-r1")]
     Think,
+    /// OpenAI's harmony channels (gpt-oss): `analysis` is reasoning, `final` the answer,
+    /// `commentary` messages to `functions.*` tool calls. The output is decoded with its
+    /// special tokens, which the markers are.
+    #[value(alias = "openai_gptoss", alias = "gpt_oss", alias = "gpt-oss")]
+    Harmony,
 }
 
 /// Installs the template `given` names (a file, or the Jinja text itself) in place of the
@@ -84,7 +90,11 @@ pub fn configure(
             }
             ToolCallParserArg::None => template.with_tool_call_format(None),
         };
-        let template = template.with_reasoning_split(reasoning == ReasoningParserArg::Think);
+        let template = template.with_reasoning(match reasoning {
+            ReasoningParserArg::None => None,
+            ReasoningParserArg::Think => Some(ReasoningFormat::Think),
+            ReasoningParserArg::Harmony => Some(ReasoningFormat::Harmony),
+        });
         if let Some(format) = template.tool_call_format() {
             tracing::info!("tool calls are parsed from the output ({format:?} format)");
         }

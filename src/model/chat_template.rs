@@ -13,6 +13,7 @@
 mod pyjson;
 mod strftime;
 
+use super::reasoning::ReasoningFormat;
 use super::tool_calls::ToolCallFormat;
 use minijinja::value::ValueKind;
 use minijinja::{Environment, Error, ErrorKind, Output, State, Value};
@@ -182,8 +183,8 @@ pub struct ChatTemplate {
     knows_developer: bool,
     /// How the model writes tool calls, as the template teaches it.
     tool_call_format: Option<ToolCallFormat>,
-    /// Split `<think>` reasoning off the answer (`--reasoning-parser`).
-    splits_reasoning: bool,
+    /// Split reasoning off the answer, in this format (`--reasoning-parser`).
+    reasoning: Option<ReasoningFormat>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -213,7 +214,7 @@ impl ChatTemplate {
             content_format: ContentFormat::detect(source),
             knows_developer: source.contains("developer"),
             tool_call_format: ToolCallFormat::detect(source),
-            splits_reasoning: false,
+            reasoning: None,
         })
     }
 
@@ -227,14 +228,14 @@ impl ChatTemplate {
         self.tool_call_format
     }
 
-    /// Splits `<think>` reasoning off chat answers (`--reasoning-parser`).
-    pub fn with_reasoning_split(mut self, on: bool) -> Self {
-        self.splits_reasoning = on;
+    /// Splits reasoning in `format` off chat answers (`--reasoning-parser`).
+    pub fn with_reasoning(mut self, format: Option<ReasoningFormat>) -> Self {
+        self.reasoning = format;
         self
     }
 
-    pub fn splits_reasoning(&self) -> bool {
-        self.splits_reasoning
+    pub fn reasoning_format(&self) -> Option<ReasoningFormat> {
+        self.reasoning
     }
 
     /// Overrides the detected content format (`--chat-template-content-format`).

@@ -6,6 +6,7 @@ pub mod config;
 pub mod demo;
 pub mod detokenizer;
 pub mod grammar;
+pub mod harmony;
 pub mod language_model_weights;
 pub mod llama;
 pub mod moe;

@@ -2,9 +2,28 @@
 //! DeepSeek-R1 and its distills) write `<think>...</think>` before the answer, or, when the
 //! chat template opens the block itself, just the reasoning and `</think>`. With a
 //! reasoning parser on, the server returns the two apart (`reasoning_content`, as vLLM
-//! does), whole or streamed.
+//! does), whole or streamed. gpt-oss writes harmony messages instead (`harmony.rs`), whose
+//! channels also carry its tool calls.
 
-use super::tool_calls::partial_prefix_len;
+use super::harmony::HarmonySplitter;
+use super::tool_calls::{partial_prefix_len, ToolCall};
+
+/// How a model marks its reasoning (`--reasoning-parser`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReasoningFormat {
+    /// `<think>...</think>` before the answer.
+    Think,
+    /// OpenAI's harmony channels (gpt-oss): `analysis`, `final`, calls on `commentary`.
+    Harmony,
+}
+
+/// What a request's output is split with: the format, and the rendered prompt (which may
+/// have opened the thinking block).
+#[derive(Clone, Debug)]
+pub struct Reasoning {
+    pub format: ReasoningFormat,
+    pub prompt: String,
+}
 
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
@@ -25,21 +44,54 @@ enum Part {
 pub enum Piece {
     Reasoning(String),
     Content(String),
+    /// A whole tool call (harmony's format carries them itself).
+    Call(ToolCall),
 }
 
 /// Splits an output stream into reasoning and answer; feed it text as it comes.
 #[derive(Debug)]
-pub struct ReasoningSplitter {
+pub enum ReasoningSplitter {
+    Think(ThinkSplitter),
+    Harmony(HarmonySplitter),
+}
+
+impl ReasoningSplitter {
+    pub fn new(reasoning: &Reasoning) -> Self {
+        match reasoning.format {
+            ReasoningFormat::Think => Self::Think(ThinkSplitter::new(&reasoning.prompt)),
+            ReasoningFormat::Harmony => Self::Harmony(HarmonySplitter::new()),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> Vec<Piece> {
+        match self {
+            Self::Think(s) => s.push(text),
+            Self::Harmony(s) => s.push(text),
+        }
+    }
+
+    /// The end of the output: whatever is still held back.
+    pub fn finish(&mut self) -> Vec<Piece> {
+        match self {
+            Self::Think(s) => s.finish().into_iter().collect(),
+            Self::Harmony(s) => s.finish(),
+        }
+    }
+}
+
+/// The `<think>` format's splitter.
+#[derive(Debug)]
+pub struct ThinkSplitter {
     part: Part,
     held: String,
 }
 
-impl ReasoningSplitter {
+impl ThinkSplitter {
     /// `prompt_text` is the rendered prompt: when it ends inside an opened block (the
     /// template wrote `<think>`), the output starts as reasoning.
     pub fn new(prompt_text: &str) -> Self {
         let inside = prompt_text.trim_end().ends_with(OPEN);
-        ReasoningSplitter {
+        ThinkSplitter {
             part: if inside { Part::Reasoning } else { Part::Start },
             held: String::new(),
         }
@@ -105,25 +157,41 @@ impl ReasoningSplitter {
     }
 }
 
-/// A finished output's reasoning and answer (`None` where there is none).
-pub fn split(prompt_text: &str, text: &str) -> (Option<String>, Option<String>) {
-    let mut splitter = ReasoningSplitter::new(prompt_text);
+/// A finished output, split.
+#[derive(Debug, Default, PartialEq)]
+pub struct Split {
+    /// `None` where there is none.
+    pub reasoning: Option<String>,
+    pub content: Option<String>,
+    /// Calls the format itself carries (harmony).
+    pub calls: Vec<ToolCall>,
+}
+
+/// A finished output's reasoning, answer and (harmony) calls.
+pub fn split(reasoning: &Reasoning, text: &str) -> Split {
+    let mut splitter = ReasoningSplitter::new(reasoning);
     let mut pieces = splitter.push(text);
     pieces.extend(splitter.finish());
-    let (mut reasoning, mut content) = (String::new(), String::new());
+    let (mut thought, mut content, mut calls) = (String::new(), String::new(), Vec::new());
     for piece in pieces {
         match piece {
-            Piece::Reasoning(r) => reasoning.push_str(&r),
+            Piece::Reasoning(r) => thought.push_str(&r),
             Piece::Content(c) => content.push_str(&c),
+            Piece::Call(c) => calls.push(c),
         }
     }
     let some = |s: String| (!s.is_empty()).then_some(s);
-    (some(reasoning), some(content))
+    Split {
+        reasoning: some(thought),
+        content: some(content),
+        calls,
+    }
 }
 
 fn push_nonempty(out: &mut Vec<Piece>, piece: Piece) {
     let empty = match &piece {
         Piece::Reasoning(s) | Piece::Content(s) => s.is_empty(),
+        Piece::Call(_) => false,
     };
     if !empty {
         out.push(piece);
@@ -134,8 +202,22 @@ fn push_nonempty(out: &mut Vec<Piece>, piece: Piece) {
 mod tests {
     use super::*;
 
+    fn think(prompt: &str) -> Reasoning {
+        Reasoning {
+            format: ReasoningFormat::Think,
+            prompt: prompt.to_string(),
+        }
+    }
+
+    /// The old two-part view of `split` (the think format carries no calls).
+    fn split(prompt: &str, text: &str) -> (Option<String>, Option<String>) {
+        let s = super::split(&think(prompt), text);
+        assert!(s.calls.is_empty());
+        (s.reasoning, s.content)
+    }
+
     fn streamed(prompt: &str, text: &str, size: usize) -> (String, String) {
-        let mut s = ReasoningSplitter::new(prompt);
+        let mut s = ReasoningSplitter::new(&think(prompt));
         let (mut reasoning, mut content) = (String::new(), String::new());
         let chars: Vec<char> = text.chars().collect();
         let mut pieces = Vec::new();
@@ -147,6 +229,7 @@ mod tests {
             match p {
                 Piece::Reasoning(r) => reasoning.push_str(&r),
                 Piece::Content(c) => content.push_str(&c),
+                Piece::Call(c) => panic!("a call in the think format: {c:?}"),
             }
         }
         (reasoning, content)

@@ -11,6 +11,7 @@ use super::state::{Served, SharedState};
 use super::types::chat::*;
 use super::types::common;
 use crate::model::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
+use crate::model::reasoning::{Reasoning, ReasoningFormat};
 use crate::model::tool_calls::ToolCallFormat;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -32,7 +33,7 @@ pub async fn chat_completions(
         n,
         want_logprobs,
         tool_parser,
-        reasoning_prompt,
+        reasoning,
     } = prepare(served, &req, arrival)?;
     let meta = ResponseMeta::new("chatcmpl", &req.model);
     if req.stream.unwrap_or(false) {
@@ -43,7 +44,7 @@ pub async fn chat_completions(
             continuous_usage: common::StreamOptions::continuous(req.stream_options.as_ref()),
             want_logprobs,
             tool_parser,
-            reasoning_prompt,
+            reasoning,
         };
         return Ok(stream(state.clone(), meta, submitted, options));
     }
@@ -60,7 +61,7 @@ pub async fn chat_completions(
             .enumerate()
             .map(|(index, out)| {
                 let (message, made_calls) =
-                    chat_tools::message(reasoning_prompt.as_deref(), &out.text, tool_parser);
+                    chat_tools::message(reasoning.as_ref(), &out.text, tool_parser);
                 ChatChoice {
                     index,
                     message,
@@ -82,8 +83,8 @@ pub struct Prepared {
     pub want_logprobs: bool,
     /// Where calls are looked for in the output.
     pub tool_parser: Option<ToolCallFormat>,
-    /// The rendered prompt, when the model's reasoning is split off its answer.
-    pub reasoning_prompt: Option<String>,
+    /// How the model's reasoning is split off its answer, if it is.
+    pub reasoning: Option<Reasoning>,
 }
 
 /// Validates `req`, renders its messages and submits its choices (shared with
@@ -114,19 +115,29 @@ pub fn prepare(
     }
     let (prompt, prompt_text) = render_prompt(served, req)?;
     // With a reasoning parser, the rendered prompt tells whether it opened the thinking.
-    let reasoning_prompt = served
+    let reasoning = served
         .engine
         .tokenizer()
         .chat_template()
-        .filter(|t| t.splits_reasoning())
-        .map(|_| prompt_text);
+        .and_then(|t| t.reasoning_format())
+        .map(|format| Reasoning {
+            format,
+            prompt: prompt_text,
+        });
+    if reasoning
+        .as_ref()
+        .is_some_and(|r| r.format == ReasoningFormat::Harmony)
+    {
+        // Harmony's channel markers are special tokens: the parser reads them.
+        params.skip_special_tokens = false;
+    }
     let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
     Ok(Prepared {
         submitted,
         n,
         want_logprobs: params.logprobs.is_some(),
         tool_parser: plan.parser,
-        reasoning_prompt,
+        reasoning,
     })
 }
 
@@ -203,8 +214,8 @@ struct StreamOptions {
     continuous_usage: bool,
     want_logprobs: bool,
     tool_parser: Option<ToolCallFormat>,
-    /// The rendered prompt, when reasoning is split off the answer.
-    reasoning_prompt: Option<String>,
+    /// How reasoning is split off the answer, if it is.
+    reasoning: Option<Reasoning>,
 }
 
 fn chunk(meta: &ResponseMeta, choice: ChatChunkChoice, include_usage: bool) -> ChatCompletionChunk {
@@ -231,7 +242,7 @@ fn stream(
         continuous_usage,
         want_logprobs,
         tool_parser,
-        reasoning_prompt,
+        reasoning,
     } = options;
     sse::response(move |tx| async move {
         let Some(served) = state.served() else { return };
@@ -256,8 +267,8 @@ fn stream(
         let mut choice_streams: Vec<_> = (0..count)
             .map(|_| {
                 let s = chat_tools::ChoiceStream::new(tool_parser);
-                match &reasoning_prompt {
-                    Some(prompt) => s.with_reasoning(prompt),
+                match &reasoning {
+                    Some(r) => s.with_reasoning(r),
                     None => s,
                 }
             })

@@ -7,7 +7,7 @@ use super::types::chat::{
 };
 use crate::model::chat_template::ChatTemplate;
 use crate::model::grammar::{Structure, JSON_WHITESPACE};
-use crate::model::reasoning::{self, Piece, ReasoningSplitter};
+use crate::model::reasoning::{self, Piece, Reasoning, ReasoningSplitter};
 use crate::model::tool_calls::{self, StreamPiece, ToolCallFormat, ToolCallStream};
 
 /// What a request's tools ask of the generation.
@@ -119,26 +119,30 @@ fn offered_tools(req: &ChatCompletionRequest) -> ApiResult<Vec<(String, serde_js
         .collect()
 }
 
-/// A finished choice's message; the flag says whether it holds calls. With `prompt_text`
-/// (the rendered prompt, which may have opened the thinking block) the model's reasoning is
-/// split off `text` first.
+/// A finished choice's message; the flag says whether it holds calls. With `reasoning` the
+/// model's reasoning is split off `text` first (and, in harmony, its calls).
 pub fn message(
-    prompt_text: Option<&str>,
+    reasoning: Option<&Reasoning>,
     text: &str,
     parser: Option<ToolCallFormat>,
 ) -> (AssistantMessage, bool) {
-    let (reasoning_content, answer) = match prompt_text {
-        Some(prompt) => reasoning::split(prompt, text),
-        None => (None, Some(text.to_string())),
+    let split = match reasoning {
+        Some(r) => reasoning::split(r, text),
+        None => reasoning::Split {
+            content: Some(text.to_string()),
+            ..Default::default()
+        },
     };
+    let (reasoning_content, answer) = (split.reasoning, split.content);
     let text = answer.as_deref().unwrap_or("");
-    let (content, calls) = match parser {
+    let (content, mut calls) = match parser {
         Some(format) => {
             let parsed = tool_calls::parse(format, text);
             (parsed.content, parsed.calls)
         }
         None => (Some(text.to_string()), Vec::new()),
     };
+    calls.extend(split.calls);
     let made_calls = !calls.is_empty();
     let message = AssistantMessage {
         role: "assistant",
@@ -175,6 +179,8 @@ pub struct ChoiceStream {
     parser: Option<ToolCallStream>,
     /// Splits the model's thinking off first (with `--reasoning-parser`).
     reasoning: Option<ReasoningSplitter>,
+    /// Calls the reasoning format carried itself (harmony), as streamed so far.
+    format_calls: usize,
 }
 
 impl ChoiceStream {
@@ -182,17 +188,23 @@ impl ChoiceStream {
         ChoiceStream {
             parser: parser.map(ToolCallStream::new),
             reasoning: None,
+            format_calls: 0,
         }
     }
 
-    /// Also splits reasoning off, for a prompt rendered as `prompt_text`.
-    pub fn with_reasoning(mut self, prompt_text: &str) -> Self {
-        self.reasoning = Some(ReasoningSplitter::new(prompt_text));
+    /// Also splits reasoning off, as `reasoning` says.
+    pub fn with_reasoning(mut self, reasoning: &Reasoning) -> Self {
+        self.reasoning = Some(ReasoningSplitter::new(reasoning));
         self
     }
 
     pub fn made_calls(&self) -> bool {
-        self.parser.as_ref().is_some_and(|p| p.calls() > 0)
+        self.calls() > 0
+    }
+
+    /// Calls streamed so far, from the tool-call parser and the reasoning format.
+    fn calls(&self) -> usize {
+        self.parser.as_ref().map_or(0, |p| p.calls()) + self.format_calls
     }
 
     /// The deltas for newly generated `text` (`finished`: nothing follows it).
@@ -213,6 +225,17 @@ impl ChoiceStream {
                     ..Default::default()
                 }),
                 Piece::Content(c) => answer.push_str(&c),
+                Piece::Call(call) => {
+                    let index = self.calls();
+                    self.format_calls += 1;
+                    deltas.push(ChatDelta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index,
+                            call: api_call(call),
+                        }]),
+                        ..Default::default()
+                    });
+                }
             }
         }
         if !answer.is_empty() || finished {
@@ -226,7 +249,7 @@ impl ChoiceStream {
         let Some(parser) = self.parser.as_mut() else {
             return vec![text_delta(text.to_string())];
         };
-        let first_call = parser.calls();
+        let first_call = parser.calls() + self.format_calls;
         let mut pieces = parser.push(text);
         if finished {
             pieces.extend(parser.finish());

@@ -43,7 +43,7 @@ pub async fn create_response(
         submitted,
         want_logprobs,
         tool_parser,
-        reasoning_prompt,
+        reasoning,
         ..
     } = prepared;
     let finals = generate::collect_all(submitted, &state.metrics).await?;
@@ -51,7 +51,7 @@ pub async fn create_response(
         .first()
         .ok_or_else(|| ApiError::internal("a response without its choice"))?;
     let tokenizer = served.engine.tokenizer();
-    let (message, _) = chat_tools::message(reasoning_prompt.as_deref(), &out.text, tool_parser);
+    let (message, _) = chat_tools::message(reasoning.as_ref(), &out.text, tool_parser);
     let text_logprobs = if want_logprobs {
         logprobs::chat(tokenizer, &out.logprobs).content
     } else {

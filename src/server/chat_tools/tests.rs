@@ -1,5 +1,30 @@
 use super::*;
+use crate::model::reasoning::ReasoningFormat;
 use serde_json::json;
+
+fn think(prompt: &str) -> Reasoning {
+    Reasoning {
+        format: ReasoningFormat::Think,
+        prompt: prompt.to_string(),
+    }
+}
+
+/// Deltas of `text` streamed 3 characters at a time: (reasoning, content, call names).
+fn streamed(s: &mut ChoiceStream, text: &str) -> (String, String, Vec<String>) {
+    let (mut reasoning, mut content, mut calls) = (String::new(), String::new(), Vec::new());
+    let chars: Vec<char> = text.chars().collect();
+    let pieces: Vec<String> = chars.chunks(3).map(|c| c.iter().collect()).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        for d in s.deltas(piece, i == pieces.len() - 1) {
+            reasoning.push_str(d.reasoning_content.as_deref().unwrap_or(""));
+            content.push_str(d.content.as_deref().unwrap_or(""));
+            for c in d.tool_calls.unwrap_or_default() {
+                calls.push(format!("{}#{}", c.call.function.name, c.index));
+            }
+        }
+    }
+    (reasoning, content, calls)
+}
 
 const HERMES_TEMPLATE: &str =
     "{% if tools %}Wrap calls in <tool_call></tool_call> tags.{% endif %}{{ messages[0].content }}";
@@ -162,32 +187,65 @@ fn streamed_calls_are_numbered_per_choice_and_text_passes_through() {
 #[test]
 fn reasoning_is_split_off_before_calls_are_looked_for() {
     let text = "<think>Need the word.</think>\n\nOk <tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
-    let (m, made_calls) = message(Some("assistant\n"), text, Some(ToolCallFormat::Hermes));
+    let (m, made_calls) = message(
+        Some(&think("assistant\n")),
+        text,
+        Some(ToolCallFormat::Hermes),
+    );
     assert!(made_calls);
     assert_eq!(m.reasoning_content.as_deref(), Some("Need the word."));
     assert_eq!(m.content.as_deref(), Some("Ok"));
     // Cut off while thinking: reasoning, no content.
-    let (m, _) = message(Some("<think>\n"), "hmm", None);
+    let (m, _) = message(Some(&think("<think>\n")), "hmm", None);
     assert_eq!(
         (m.reasoning_content.as_deref(), m.content),
         (Some("hmm"), None)
     );
 
-    let mut s = ChoiceStream::new(Some(ToolCallFormat::Hermes)).with_reasoning("assistant\n");
-    let mut reasoning = String::new();
-    let mut content = String::new();
-    let mut calls = 0;
-    let chars: Vec<char> = text.chars().collect();
-    let pieces: Vec<String> = chars.chunks(3).map(|c| c.iter().collect()).collect();
-    for (i, piece) in pieces.iter().enumerate() {
-        for d in s.deltas(piece, i == pieces.len() - 1) {
-            reasoning.push_str(d.reasoning_content.as_deref().unwrap_or(""));
-            content.push_str(d.content.as_deref().unwrap_or(""));
-            calls += d.tool_calls.map_or(0, |c| c.len());
-        }
-    }
+    let mut s =
+        ChoiceStream::new(Some(ToolCallFormat::Hermes)).with_reasoning(&think("assistant\n"));
+    let (reasoning, content, calls) = streamed(&mut s, text);
     assert_eq!(reasoning, "Need the word.");
     assert_eq!(content, "Ok ");
-    assert_eq!(calls, 1);
+    assert_eq!(calls, ["f#0"]);
+    assert!(s.made_calls());
+}
+
+#[test]
+fn harmony_channels_split_into_reasoning_answer_and_calls() {
+    let harmony = Reasoning {
+        format: ReasoningFormat::Harmony,
+        prompt: "<|start|>assistant".into(),
+    };
+    let answer = "<|channel|>analysis<|message|>Simple sum.<|end|><|start|>assistant<|channel|>final<|message|>4";
+    let (m, made_calls) = message(Some(&harmony), answer, None);
+    assert!(!made_calls);
+    assert_eq!(m.reasoning_content.as_deref(), Some("Simple sum."));
+    assert_eq!(m.content.as_deref(), Some("4"));
+    let (r, c, calls) = streamed(
+        &mut ChoiceStream::new(None).with_reasoning(&harmony),
+        answer,
+    );
+    assert_eq!(
+        (r.as_str(), c.as_str(), calls.len()),
+        ("Simple sum.", "4", 0)
+    );
+
+    // Two calls in one turn: both are calls, numbered in order, with no content.
+    let call = "<|channel|>analysis<|message|>Two lookups.<|end|><|start|>assistant to=functions.a<|channel|>commentary json<|message|>{\"x\": 1}<|call|><|start|>assistant to=functions.b<|channel|>commentary json<|message|>{}";
+    let (m, made_calls) = message(Some(&harmony), call, None);
+    assert!(made_calls);
+    assert_eq!(m.content, None);
+    let names: Vec<_> = m
+        .tool_calls
+        .iter()
+        .map(|c| c.function.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(m.tool_calls[0].function.arguments, "{\"x\": 1}");
+    let mut s = ChoiceStream::new(None).with_reasoning(&harmony);
+    let (r, c, calls) = streamed(&mut s, call);
+    assert_eq!((r.as_str(), c.as_str()), ("Two lookups.", ""));
+    assert_eq!(calls, ["a#0", "b#1"]);
     assert!(s.made_calls());
 }

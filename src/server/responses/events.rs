@@ -21,7 +21,7 @@ pub fn stream(state: SharedState, response: ResponseObject, prepared: Prepared) 
         submitted,
         want_logprobs,
         tool_parser,
-        reasoning_prompt,
+        reasoning,
         ..
     } = prepared;
     sse::response(move |tx| async move {
@@ -35,8 +35,8 @@ pub fn stream(state: SharedState, response: ResponseObject, prepared: Prepared) 
             response: Box::new(response.clone()),
         });
         let mut choice = ChoiceStream::new(tool_parser);
-        if let Some(prompt) = &reasoning_prompt {
-            choice = choice.with_reasoning(prompt);
+        if let Some(r) = &reasoning {
+            choice = choice.with_reasoning(r);
         }
         let mut output = OutputBuilder::default();
         let mut outputs = generate::interleave(submitted, state.clone());
