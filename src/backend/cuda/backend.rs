@@ -287,6 +287,11 @@ impl CudaBackend {
         let pairs = tokens * top_k;
         let row_tokens = self.pools().upload_u32(&grouped.row_tokens)?;
         let pair_rows = self.pools().upload_u32(&grouped.pair_rows)?;
+        // gpt-oss: the rows' experts pick their biases.
+        let row_experts = match experts.index.bias_stacks() {
+            (None, None) => None,
+            _ => Some(self.pools().upload_u32(&grouped.row_experts())?),
+        };
         let mut weights = self.output(DType::F32, &[pairs])?;
         weights.overwrite_from_f32(&self.dev, &grouped.pair_weights)?;
         let mut gathered = self.output(dtype, &[pairs, hidden])?;
@@ -297,12 +302,14 @@ impl CudaBackend {
         let shared = routing.shared.as_ref().map(|s| (s.output, s.gate_logits));
         self.dev.moe_layer_grouped(
             (experts.gate_up, experts.down),
+            (experts.index, routing.activation),
             x,
             &grouped,
             top_k,
             shared,
             &mut GroupedBuffers {
                 row_tokens: &row_tokens,
+                row_experts: row_experts.as_deref(),
                 pair_rows: &pair_rows,
                 weights: &weights,
                 x: &mut gathered,
@@ -747,9 +754,6 @@ impl Backend for CudaBackend {
                     && routes_on_device(moe_device_enabled(), tokens, n, top_k)
             });
         let Some((tokens, _, hidden, inter, dtype)) = on_device else {
-            if !plain {
-                return host_routed_experts(self, x, router_logits, experts, routing);
-            }
             return self.moe_experts_grouped(x, router_logits, experts, routing);
         };
         self.bind()?;

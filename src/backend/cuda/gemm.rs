@@ -105,13 +105,16 @@ impl Blas {
         let (w_ptr, _w_sync) = w.data().device_ptr(&self.stream);
         let (y_ptr, _y_sync) = out.data_mut().device_ptr_mut(&self.stream);
         // SAFETY: the pointers come from live buffers whose sizes were checked above.
-        unsafe { self.gemm_at(x_ptr, w_ptr, y_ptr, (m, k, n), dtype) }.context("linear")
+        unsafe { self.gemm_at(x_ptr, w_ptr, y_ptr, (m, k, n), dtype, false) }.context("linear")
     }
 
     /// `out[o0 + i] = x[x0 + i] * w^T` for `i < rows`: the linear layer on a block of rows
     /// of `x` (`[_, k]`) into a block of rows of `out` (`[_, n]`). Row blocks are contiguous
     /// in the row-major layout, so this is the same GEMM at offset addresses (the
     /// mixture-of-experts prefill runs each expert on its rows of one gathered buffer).
+    /// `accumulate`: add to what the rows of `out` hold (gpt-oss's experts hold their bias
+    /// there), in the GEMM's f32 epilogue, rounded once.
+    #[allow(clippy::too_many_arguments)] // two row blocks and the weight between them
     pub fn linear_row_block(
         &self,
         x: &CudaTensor,
@@ -120,6 +123,7 @@ impl Blas {
         out: &mut CudaTensor,
         o0: usize,
         rows: usize,
+        accumulate: bool,
     ) -> Result<()> {
         let (&[x_rows, k], &[n, k2], &[out_rows, n2]) = (x.shape(), w.shape(), out.shape()) else {
             bail!(
@@ -156,11 +160,12 @@ impl Blas {
         );
         // SAFETY: rows x0 .. x0 + rows of x and o0 .. o0 + rows of out lie inside their
         // buffers (checked above), and w is whole.
-        unsafe { self.gemm_at(x_at, w_ptr, y_at, (rows, k, n), dtype) }
+        unsafe { self.gemm_at(x_at, w_ptr, y_at, (rows, k, n), dtype, accumulate) }
             .context("linear on a row block")
     }
 
-    /// cublasGemmEx of `y[m, n] = x[m, k] * w[n, k]^T` at raw device addresses.
+    /// cublasGemmEx of `y[m, n] = x[m, k] * w[n, k]^T` (`+ y` when `accumulate`) at raw
+    /// device addresses.
     ///
     /// # Safety
     /// `x`, `w` and `y` address at least `m * k`, `n * k` and `m * n` values of `dtype`.
@@ -171,11 +176,12 @@ impl Blas {
         y_ptr: u64,
         (m, k, n): (usize, usize, usize),
         dtype: DType,
+        accumulate: bool,
     ) -> Result<()> {
         let data_type = cuda_data_type(dtype);
         let (m_i, n_i, k_i) = (to_c_int(m, "m")?, to_c_int(n, "n")?, to_c_int(k, "k")?);
         let alpha: f32 = 1.0;
-        let beta: f32 = 0.0;
+        let beta: f32 = if accumulate { 1.0 } else { 0.0 };
         // cuBLAS is column-major: row-major y[m, n] is column-major y^T[n, m] = W x^T, where
         // row-major w[n, k] read column-major with ld = k is w^T, hence transa = T.
         // SAFETY: the caller guarantees the extents.

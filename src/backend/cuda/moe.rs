@@ -127,6 +127,14 @@ impl CudaExpertIndex {
             .map(|t| (t.experts, t.hidden, t.inter, t.dtype))
     }
 
+    /// gpt-oss's stacked gate/up and down biases, where the index holds them.
+    pub fn bias_stacks(&self) -> (Option<&CudaTensor>, Option<&CudaTensor>) {
+        match &self.tables {
+            Some(t) => (t.gate_up_bias.as_ref(), t.down_bias.as_ref()),
+            None => (None, None),
+        }
+    }
+
     /// Whether the device path computes these experts: it has their biases exactly when
     /// they have biases.
     pub fn serves(&self, biases: &ExpertBiases<'_, CudaTensor>) -> bool {
@@ -548,6 +556,17 @@ pub struct GroupedRoutes {
     pub pair_weights: Vec<f32>,
 }
 
+impl GroupedRoutes {
+    /// Each grouped row's expert (rows are grouped by expert, in `expert_rows`).
+    pub fn row_experts(&self) -> Vec<u32> {
+        let mut experts = vec![0u32; self.row_tokens.len()];
+        for (e, rows) in &self.expert_rows {
+            experts[rows.clone()].fill(*e as u32);
+        }
+        experts
+    }
+}
+
 /// Groups [`crate::backend::moe::route`]'s per-expert rows and weights (`tokens` tokens,
 /// `top_k` experts each).
 pub fn group_routes(
@@ -595,6 +614,8 @@ pub fn group_routes(
 /// (`[pairs, hidden]`).
 pub struct GroupedBuffers<'a> {
     pub row_tokens: &'a CudaSlice<u32>,
+    /// gpt-oss: each grouped row's expert, for its biases (`None`: no biases).
+    pub row_experts: Option<&'a CudaSlice<u32>>,
     pub pair_rows: &'a CudaSlice<u32>,
     pub weights: &'a CudaTensor,
     pub x: &'a mut CudaTensor,
@@ -606,12 +627,15 @@ pub struct GroupedBuffers<'a> {
 impl CudaDevice {
     /// A MoE layer routed on the host (prefill and large batches): one gather of the
     /// routed rows grouped by expert, each expert's gate_up and down GEMMs on its block of
-    /// rows, one SwiGLU over all of them, and `moe_combine` through the pair-row map, so
-    /// nothing but the router's logits leaves the device.
+    /// rows, one activation over all of them, and `moe_combine` through the pair-row map, so
+    /// nothing but the router's logits leaves the device. gpt-oss's biases (the index's
+    /// stacks) are gathered into the GEMMs' outputs first, by `b.row_experts`, and the GEMMs
+    /// add to them.
     #[allow(clippy::too_many_arguments)]
     pub fn moe_layer_grouped(
         &self,
         (gate_up, down): (&[CudaTensor], &[CudaTensor]),
+        (index, activation): (&CudaExpertIndex, ExpertActivation),
         x: &CudaTensor,
         routes: &GroupedRoutes,
         top_k: usize,
@@ -628,17 +652,38 @@ impl CudaDevice {
             return Ok(());
         }
         self.gather_rows(x, b.row_tokens, pairs, b.x)?;
+        let (gate_up_bias, down_bias) = index.bias_stacks();
+        // Each grouped row's bias, where the GEMM then adds its product.
+        let preload = |bias: Option<&CudaTensor>, out: &mut CudaTensor| -> Result<bool> {
+            match (bias, b.row_experts) {
+                (Some(bias), Some(experts)) => {
+                    self.gather_rows(bias, experts, pairs, out)?;
+                    Ok(true)
+                }
+                (None, _) => Ok(false),
+                (Some(_), None) => bail!("moe grouped layer: biases without the rows' experts"),
+            }
+        };
+        let with_bias = preload(gate_up_bias, b.gate_up)?;
         let blas = self.blas();
         for (e, rows) in &routes.expert_rows {
             let w = gate_up
                 .get(*e)
                 .context("moe grouped layer: no such expert")?;
-            blas.linear_row_block(b.x, rows.start, w, b.gate_up, rows.start, rows.len())?;
+            let at = rows.start;
+            blas.linear_row_block(b.x, at, w, b.gate_up, at, rows.len(), with_bias)?;
         }
-        self.silu_mul(b.gate_up, b.act)?;
+        match activation {
+            ExpertActivation::SwiGlu => self.silu_mul(b.gate_up, b.act)?,
+            ExpertActivation::ClampedSwiGlu { limit, alpha } => {
+                self.clamped_swiglu(b.gate_up, (limit, alpha), b.act)?
+            }
+        }
+        let with_bias = preload(down_bias, b.y)?;
         for (e, rows) in &routes.expert_rows {
             let w = down.get(*e).context("moe grouped layer: no such expert")?;
-            blas.linear_row_block(b.act, rows.start, w, b.y, rows.start, rows.len())?;
+            let at = rows.start;
+            blas.linear_row_block(b.act, at, w, b.y, at, rows.len(), with_bias)?;
         }
         self.moe_combine(b.y, b.weights, top_k, shared, Some(b.pair_rows), out)
     }
@@ -711,6 +756,8 @@ mod tests {
             g.expert_rows,
             vec![(0, 0..1), (1, 1..3), (2, 3..4), (3, 4..6)]
         );
+        // Each row's expert (gpt-oss's biases are gathered by it).
+        assert_eq!(g.row_experts(), vec![0, 1, 1, 2, 3, 3]);
         // Token 0's pairs in expert order (1, 2), token 1's (0, 3), token 2's (1, 3).
         assert_eq!(g.pair_rows, vec![1, 3, 0, 4, 2, 5]);
         for (p, &row) in g.pair_rows.iter().enumerate() {

@@ -9,8 +9,7 @@
 //! launches) is a fair read of the weight bandwidth: the note carries the GB/s of the
 //! distinct experts read (a step reads an expert once per work item of up to four of its
 //! tokens). A third layer has gpt-oss-20b's experts (hidden and intermediate 2880, top 4
-//! of 32, biases, the clamped SwiGLU), on the device path only (the grouped one keeps
-//! such experts on the host).
+//! of 32, biases, the clamped SwiGLU) on both paths.
 
 use super::compare::Check;
 use super::suite::Suite;
@@ -105,9 +104,6 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             "the experts did not fit the device path"
         );
         for tokens in TOKENS {
-            if gpt_oss && tokens > MOE_DEVICE_MAX_ROWS {
-                continue; // the grouped path leaves gpt-oss's experts on the host
-            }
             let inputs = Inputs::new(s, (tokens, hidden, experts), shared, dtype);
             let reference = reference(
                 &layer,
@@ -126,9 +122,13 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 )),
                 None => None,
             };
+            let kind = match (shared, gpt_oss) {
+                (true, _) => " +shared",
+                (_, true) => " gpt-oss (biases, clamped SwiGLU)",
+                _ => "",
+            };
             let shape = format!(
-                "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{}",
-                if shared { " +shared" } else { "" }
+                "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{kind}"
             );
             if tokens > MOE_DEVICE_MAX_ROWS {
                 // Prefill: routed on the host, the experts' GEMMs on their row blocks.
@@ -136,6 +136,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 let grouped = group_routes(&routes, tokens, top_k)?;
                 let pairs = tokens * top_k;
                 let row_tokens = dev.upload(&grouped.row_tokens)?;
+                let row_experts = dev.upload(&grouped.row_experts())?;
                 let pair_rows = dev.upload(&grouped.pair_rows)?;
                 let weights =
                     CudaTensor::from_f32(dev, DType::F32, &[pairs], &grouped.pair_weights)?;
@@ -148,6 +149,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 let mut grouped_layer = |out: &mut CudaTensor| -> Result<()> {
                     let mut buffers = GroupedBuffers {
                         row_tokens: &row_tokens,
+                        row_experts: Some(&row_experts),
                         pair_rows: &pair_rows,
                         weights: &weights,
                         x: &mut gathered,
@@ -157,6 +159,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                     };
                     dev.moe_layer_grouped(
                         (&gate_up, &down),
+                        (&index, layer.activation),
                         &x,
                         &grouped,
                         top_k,
@@ -217,12 +220,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             };
             layer_on_device(&mut out)?;
             let shape = format!(
-                "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{}",
-                match (shared, gpt_oss) {
-                    (true, _) => " +shared",
-                    (_, true) => " gpt-oss (biases, clamped SwiGLU)",
-                    _ => "",
-                }
+                "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{kind}"
             );
             let row = s.check(
                 "moe_experts",
