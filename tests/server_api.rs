@@ -827,3 +827,40 @@ async fn a_full_queue_answers_429_with_retry_after() {
     .await;
     assert_eq!(status, 200);
 }
+
+/// `reasoning_effort` reaches the chat template as the variable gpt-oss's template reads
+/// (an explicit `chat_template_kwargs` entry wins), and unknown efforts are 400s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_effort_reaches_the_chat_template() {
+    let template = "{% if reasoning_effort == 'high' %}Think long and hard first. {% endif %}\
+                    {% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                    {% endfor %}<|im_start|>assistant\n";
+    let server = Server::start(&["--chat-template", template]);
+    let client = Client::new();
+    let url = server.url("/v1/chat/completions");
+    let messages = json!([{"role": "user", "content": "What is a kiln?"}]);
+    let prompt_tokens = |r: &Value| r["usage"]["prompt_tokens"].as_u64().unwrap();
+    let mut counts = Vec::new();
+    for extra in [
+        json!({}),
+        json!({"reasoning_effort": "low"}),
+        json!({"reasoning_effort": "high"}),
+        json!({"reasoning_effort": "high", "chat_template_kwargs": {"reasoning_effort": "low"}}),
+    ] {
+        let mut body = json!({"messages": messages, "max_tokens": 1});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, r) = post(&client, url.clone(), chat_body(body)).await;
+        assert_eq!(status, 200, "{r}");
+        counts.push(prompt_tokens(&r));
+    }
+    assert_eq!(counts[0], counts[1]);
+    assert!(counts[2] > counts[1], "{counts:?}");
+    assert_eq!(counts[3], counts[1], "the template kwarg wins");
+
+    let body = chat_body(json!({"messages": messages, "reasoning_effort": "extreme"}));
+    let (status, error) = post(&client, url, body).await;
+    assert_eq!(status, 400, "{error}");
+    assert_openai_error(&error, "invalid_request_error", Some("reasoning_effort"));
+}

@@ -141,12 +141,26 @@ pub fn prepare(
     })
 }
 
+/// The values OpenAI's `reasoning_effort` takes.
+const REASONING_EFFORTS: [&str; 5] = ["none", "minimal", "low", "medium", "high"];
+
 fn reject_unsupported(req: &ChatCompletionRequest) -> ApiResult<()> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             Some("messages"),
             "messages must not be empty",
         ));
+    }
+    if let Some(effort) = &req.reasoning_effort {
+        if !REASONING_EFFORTS.contains(&effort.as_str()) {
+            return Err(ApiError::invalid(
+                Some("reasoning_effort"),
+                format!(
+                    "reasoning_effort must be one of {}, got {effort:?}",
+                    REASONING_EFFORTS.join(", ")
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -162,6 +176,12 @@ fn render_prompt(served: &Served, req: &ChatCompletionRequest) -> ApiResult<(Vec
         )
     })?;
     let mut extra = req.chat_template_kwargs.clone().unwrap_or_default();
+    // A template variable of the same name, given explicitly, wins.
+    if let Some(effort) = &req.reasoning_effort {
+        extra
+            .entry("reasoning_effort")
+            .or_insert_with(|| effort.clone().into());
+    }
     if let Some(tools) = &req.tools {
         extra.insert("tools".into(), serde_json::Value::from(tools.clone()));
     }

@@ -52,6 +52,12 @@ pub fn chat_request(req: &ResponsesRequest) -> ApiResult<ChatCompletionRequest> 
     if let Some(format) = response_format(req.text.as_ref())? {
         fields.insert("response_format".into(), format);
     }
+    // `reasoning: {"effort": ...}` is the chat endpoint's `reasoning_effort`.
+    if let Some(effort) = req.reasoning.as_ref().and_then(|r| r.get("effort")) {
+        if !effort.is_null() {
+            fields.insert("reasoning_effort".into(), effort.clone());
+        }
+    }
     serde_json::from_value(chat).map_err(|e| ApiError::invalid(None, e.to_string()))
 }
 

@@ -61,6 +61,9 @@ pub struct ChatCompletionRequest {
     /// Extra variables for the chat template.
     #[schema(value_type = Option<Object>)]
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// OpenAI's reasoning effort (`none`, `minimal`, `low`, `medium`, `high`), handed to
+    /// the chat template as `reasoning_effort` (gpt-oss's template reads it).
+    pub reasoning_effort: Option<String>,
     pub add_generation_prompt: Option<bool>,
     /// Leave the final (assistant) message open and let the model continue it, instead of
     /// starting a new turn (vLLM's; not with `add_generation_prompt`).
