@@ -9,7 +9,7 @@ use super::config::{ModelConfig, MoeConfig};
 use super::llama::load;
 use super::moe::SparseMlp;
 use super::mxfp4;
-use super::weights::WeightSource;
+use super::weights::{Slice, WeightSource};
 use crate::backend::moe::ExpertBiases;
 use crate::backend::{Backend, DType};
 use crate::parallel::ShardLayout;
@@ -36,8 +36,6 @@ pub(super) fn load_gpt_oss<B: Backend>(
     let router = load(be, src, &format!("{p}.router.weight"), &[n, h], dtype)?;
     let router_bias = load(be, src, &format!("{p}.router.bias"), &[n], dtype)?;
     let name = |n: &str| format!("{p}.experts.{n}");
-    let gate_up = as_linear(src, &name("gate_up_proj"), [n, h, 2 * inter], dtype)?;
-    let down = as_linear(src, &name("down_proj"), [n, inter, h], dtype)?;
     let gate_up_bias = src.tensor(&name("gate_up_proj_bias"), &[n, 2 * inter], dtype)?;
     let down_bias = src.tensor(&name("down_proj_bias"), &[n, h], dtype)?;
     let cols = layout.expert_intermediate.clone();
@@ -51,9 +49,12 @@ pub(super) fn load_gpt_oss<B: Backend>(
     };
     let mut experts = (Vec::new(), Vec::new());
     let mut biases = (Vec::new(), Vec::new());
+    // One expert at a time, so a rank's host memory holds one expert, not a layer's stack.
     for e in 0..n {
-        experts.0.push(be.upload(split(&gate_up.get(e)?)?)?);
-        let down_e = down.get(e)?.narrow(1, cols.start, cols.len())?;
+        let gate_up = as_linear(src, &name("gate_up_proj"), [n, h, 2 * inter], e, dtype)?;
+        experts.0.push(be.upload(split(&gate_up)?)?);
+        let down = as_linear(src, &name("down_proj"), [n, inter, h], e, dtype)?;
+        let down_e = down.narrow(1, cols.start, cols.len())?;
         experts.1.push(be.upload(down_e.contiguous()?)?);
         biases.0.push(be.upload(split(&gate_up_bias.get(e)?)?)?);
         if layout.shard.rank == 0 {
@@ -82,20 +83,27 @@ pub(super) fn load_gpt_oss<B: Backend>(
     ))
 }
 
-/// Stack `name`, stored `x @ w` as `[experts, in, out]` (or packed as MXFP4
-/// `[experts, out, in]`), as linear-layer weights `[experts, out, in]` on the host.
+/// Expert `e` of stack `name`, stored `x @ w` as `[experts, in, out]` (or packed as MXFP4
+/// `[experts, out, in]`), as a linear-layer weight `[out, in]` on the host; only its part
+/// of the stack is read.
 fn as_linear(
     src: &dyn WeightSource,
     name: &str,
     [n, inputs, outputs]: [usize; 3],
+    e: usize,
     dtype: DType,
 ) -> Result<Tensor> {
     if mxfp4::is_packed(src, name) {
-        return mxfp4::unpack(src, name, [n, outputs, inputs], dtype);
+        return mxfp4::unpack(src, name, [n, outputs, inputs], e, dtype);
     }
+    let entry = Slice {
+        dim: 0,
+        range: e..e + 1,
+    };
     Ok(src
-        .tensor(name, &[n, inputs, outputs], dtype)?
-        .transpose(1, 2)?
+        .tensor_slice(name, &[n, inputs, outputs], &entry, dtype)?
+        .squeeze(0)?
+        .t()?
         .contiguous()?)
 }
 

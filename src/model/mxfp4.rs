@@ -3,7 +3,7 @@
 //! value is an E2M1 nibble, two to a byte, low nibble first. kiln expands the weights to
 //! the model dtype at load.
 
-use super::weights::WeightSource;
+use super::weights::{Slice, WeightSource};
 use crate::backend::DType;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -21,13 +21,15 @@ pub fn is_packed(src: &dyn WeightSource, name: &str) -> bool {
     src.contains(&format!("{name}_blocks")) && src.contains(&format!("{name}_scales"))
 }
 
-/// The weight `name` of shape `[outer, rows, cols]` from its packed `_blocks`
-/// (`[outer, rows, cols / 32, 16]` bytes) and `_scales` (`[outer, rows, cols / 32]`), in
-/// `dtype`.
+/// Entry `index` (`[rows, cols]`) of the weight `name` of shape `[outer, rows, cols]`, from
+/// its packed `_blocks` (`[outer, rows, cols / 32, 16]` bytes) and `_scales` (`[outer,
+/// rows, cols / 32]`), in `dtype`. Only that entry's bytes are read: one expert of a
+/// layer's stack, not the whole stack.
 pub fn unpack(
     src: &dyn WeightSource,
     name: &str,
     [outer, rows, cols]: [usize; 3],
+    index: usize,
     dtype: DType,
 ) -> Result<Tensor> {
     anyhow::ensure!(
@@ -35,25 +37,22 @@ pub fn unpack(
         "MXFP4 weight {name}: {cols} columns are not whole blocks of {BLOCK}"
     );
     let groups = cols / BLOCK;
+    let entry = Slice {
+        dim: 0,
+        range: index..index + 1,
+    };
     // Bytes come back as exact small floats through the f32 reader.
-    let blocks = src
-        .tensor(
-            &format!("{name}_blocks"),
-            &[outer, rows, groups, BLOCK / 2],
-            DType::F32,
-        )?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let scales = src
-        .tensor(
-            &format!("{name}_scales"),
-            &[outer, rows, groups],
-            DType::F32,
-        )?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let read = |suffix: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let name = format!("{name}_{suffix}");
+        Ok(src
+            .tensor_slice(&name, shape, &entry, DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    let blocks = read("blocks", &[outer, rows, groups, BLOCK / 2])?;
+    let scales = read("scales", &[outer, rows, groups])?;
     let values = decode(&blocks, &scales).with_context(|| format!("unpacking {name}"))?;
-    Ok(Tensor::from_vec(values, (outer, rows, cols), &Device::Cpu)?.to_dtype(dtype.to_candle())?)
+    Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(dtype.to_candle())?)
 }
 
 /// Expands packed bytes (16 per block) with one scale byte per block.
