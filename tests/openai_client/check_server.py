@@ -301,6 +301,23 @@ def check_responses_function_call_and_parse():
     assert parsed.output_parsed.material in ("clay", "glass"), parsed.output_text
 
 
+def check_reasoning_effort():
+    # The client's own parameter reaches the server (a template variable there); the demo
+    # template ignores it, so the answer is the plain one.
+    r = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=10, temperature=0, reasoning_effort="low"
+    )
+    assert r.choices[0].message.content.startswith("A kiln is"), r.choices[0].message.content
+    try:
+        client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=1, reasoning_effort="extreme"
+        )
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "reasoning_effort", e.body
+    else:
+        raise AssertionError("no BadRequestError")
+
+
 def check_bad_request():
     try:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)
