@@ -12,6 +12,9 @@ const MESSAGE: &str = "<|message|>";
 /// What ends a message: `<|end|>`, or the turn (`<|return|>` after the answer, `<|call|>`
 /// after a tool call; both are also end-of-sequence tokens, so usually not in the text).
 const ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
+/// A new message's start also ends the one before it (should the model skip `<|end|>`); it
+/// stays in the text, as the next header's opening.
+const START: &str = "<|start|>";
 const MARKER_START: &str = "<|";
 
 /// Where a message's body goes.
@@ -88,6 +91,7 @@ impl HarmonySplitter {
                     let end = ENDS
                         .iter()
                         .filter_map(|e| self.held.find(e).map(|at| (at, e.len())))
+                        .chain(self.held.find(START).map(|at| (at, 0)))
                         .min();
                     match end {
                         Some((at, len)) => {
@@ -99,6 +103,7 @@ impl HarmonySplitter {
                         None => {
                             let keep = ENDS
                                 .iter()
+                                .chain([&START])
                                 .map(|e| partial_prefix_len(&self.held, e))
                                 .max()
                                 .unwrap_or(0);
@@ -230,6 +235,16 @@ mod tests {
                     "{text} / {size}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_message_start_ends_the_message_before_it() {
+        let text =
+            "<|channel|>analysis<|message|>Quick.<|start|>assistant<|channel|>final<|message|>Done";
+        for size in [1, 3, 100] {
+            let (r, c, _) = streamed(text, size);
+            assert_eq!((r.as_str(), c.as_str()), ("Quick.", "Done"), "{size}");
         }
     }
 
