@@ -121,7 +121,7 @@ done
 # Mixture of experts: the same with device routing only for one-token steps
 # (KILN_MOE_DEVICE_ROWS=1), so every prefill takes the grouped host-routed path; eager as
 # well, to compare recorded decode against launched; and the portable host path.
-for arch in qwen3_moe qwen2_moe mixtral; do
+for arch in qwen3_moe qwen2_moe mixtral gpt_oss; do
     step "check_${arch}_bfloat16_grouped" 60 yes "check_${arch}_bfloat16_grouped.json" -- \
         env KILN_MOE_DEVICE_ROWS=1 "$KILN" check-reference --model "$FIXTURES/$arch" \
         --device cuda --dtype bfloat16 --block-size 4 --json
