@@ -757,6 +757,26 @@ def mxfp4_pack(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return blocks, scales
 
 
+@torch.no_grad()
+def write_quantized_reference(model, prompts: list[list[int]], src: Path, directory: Path) -> None:
+    """A quantized fixture's reference.json: transformers' last-token logits per prompt
+    (no greedy runs), and how far the quantization moved them from `src`'s."""
+    logits = [model(input_ids=torch.tensor([p]), use_cache=False).logits[0, -1] for p in prompts]
+    reference = {
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "architecture": type(model).__name__,
+        "prompts": [
+            {"text": text, "prompt_ids": ids, "last_logits": f32_list(l)}
+            for text, ids, l in zip(PROMPT_TEXTS, prompts, logits)
+        ],
+    }
+    write_reference_json(directory / "reference.json", reference)
+    unquantized = json.loads((src / "reference.json").read_text())["prompts"][0]["last_logits"]
+    moved = float(np.abs(np.array(unquantized) - np.array(reference["prompts"][0]["last_logits"])).max())
+    print(f"  {directory.name}: quantizing moves prompt 0's logits by up to {moved:.4f}")
+
+
 def build_mxfp4_fixture(prompts: list[list[int]]) -> None:
     """gpt_oss's checkpoint with its experts packed as MXFP4, the way OpenAI ships gpt-oss:
     `*_blocks` / `*_scales` laid out [experts, out, in / 32, 16]. The reference is what
@@ -785,21 +805,53 @@ def build_mxfp4_fixture(prompts: list[list[int]]) -> None:
     model = GptOssForCausalLM.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager")
     # transformers unpacks to bf16 without a GPU; every MXFP4 value is exact there.
     model = model.float().eval()
-    with torch.no_grad():
-        logits = [model(input_ids=torch.tensor([p]), use_cache=False).logits[0, -1] for p in prompts]
-    reference = {
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-        "architecture": "GptOssForCausalLM",
-        "prompts": [
-            {"text": text, "prompt_ids": ids, "last_logits": f32_list(l)}
-            for text, ids, l in zip(PROMPT_TEXTS, prompts, logits)
-        ],
+    write_quantized_reference(model, prompts, src, directory)
+
+
+def build_fp8_fixture(prompts: list[list[int]]) -> None:
+    """qwen3's checkpoint as an FP8 one in compressed-tensors' float-quantized format: every
+    projection's weight float8 e4m3 with one scale per 32 x 32 block (the block-scaled layout
+    of Qwen3-FP8 and DeepSeek). The reference is what transformers computes from it
+    (compressed-tensors decompresses it on the CPU)."""
+    from safetensors.torch import load_file, save_file
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    src, directory = FIXTURES_DIR / "qwen3", FIXTURES_DIR / "qwen3_fp8"
+    if directory.exists():
+        shutil.rmtree(directory)
+    shutil.copytree(src, directory)
+    (directory / "reference.json").unlink()
+    block = 32
+    tensors = load_file(str(directory / "model.safetensors"))
+    for name in [n for n in tensors if n.endswith("_proj.weight")]:
+        w = tensors[name]
+        rows, cols = w.shape
+        blocks = w.reshape(rows // block, block, cols // block, block)
+        scale = (blocks.abs().amax(dim=(1, 3)) / torch.finfo(torch.float8_e4m3fn).max).clamp(min=1e-12)
+        expanded = scale.repeat_interleave(block, 0).repeat_interleave(block, 1)
+        tensors[name] = (w / expanded).to(torch.float8_e4m3fn)
+        tensors[name.removesuffix("weight") + "weight_scale"] = scale.to(torch.float32)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "format": "float-quantized",
+        "quantization_status": "compressed",
+        "ignore": ["lm_head"],
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": False,
+                            "strategy": "block", "block_structure": [block, block]},
+            }
+        },
     }
-    write_reference_json(directory / "reference.json", reference)
-    unpacked = json.loads((src / "reference.json").read_text())["prompts"][0]["last_logits"]
-    moved = float(np.abs(np.array(unpacked) - np.array(reference["prompts"][0]["last_logits"])).max())
-    print(f"  gpt_oss_mxfp4: the packing moves prompt 0's logits by up to {moved:.4f}")
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    model = Qwen3ForCausalLM.from_pretrained(
+        str(directory), dtype=torch.float32, attn_implementation="eager",
+        quantization_config=CompressedTensorsConfig(run_compressed=False),
+    ).eval()
+    write_quantized_reference(model, prompts, src, directory)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -1007,6 +1059,8 @@ def main() -> None:
             build_fixture(name, model_cls, config, tokenizer, prompts)
     if args.only in (None, "gpt_oss", "gpt_oss_mxfp4"):
         build_mxfp4_fixture(prompts)
+    if args.only in (None, "qwen3", "qwen3_fp8"):
+        build_fp8_fixture(prompts)
     if not args.skip_demo and args.only is None:
         build_demo(tokenizer)
 

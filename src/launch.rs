@@ -19,7 +19,8 @@ use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, DType};
 use crate::engine::runner::ModelRunner;
 use crate::engine::{EngineConfig, LlmEngine};
-use crate::model::config::ModelConfig;
+use crate::model::config::{ModelConfig, Quantization};
+use crate::model::fp8::Fp8Weights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
 use crate::model::source::{self, ModelFiles};
@@ -310,10 +311,15 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 files.name
             );
             let files_source = SafetensorsWeights::open(&files.weights)?;
-            if config.nested_language_model {
-                Arc::new(LanguageModelWeights::new(files_source)?)
-            } else {
-                Arc::new(files_source)
+            let fp8 = config.quantization == Some(Quantization::Fp8);
+            if fp8 {
+                tracing::info!("FP8 checkpoint: weights are expanded to {dtype} as they load");
+            }
+            match (config.nested_language_model, fp8) {
+                (true, true) => Arc::new(Fp8Weights::new(LanguageModelWeights::new(files_source)?)),
+                (true, false) => Arc::new(LanguageModelWeights::new(files_source)?),
+                (false, true) => Arc::new(Fp8Weights::new(files_source)),
+                (false, false) => Arc::new(files_source),
             }
         }
     };

@@ -226,6 +226,8 @@ struct RawConfig {
     #[serde(default)]
     swiglu_limit: Option<f64>,
     #[serde(default)]
+    quantization_config: Option<serde_json::Value>,
+    #[serde(default)]
     eos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     bos_token_id: Option<serde_json::Value>,
@@ -419,6 +421,41 @@ pub struct GemmaConfig {
     pub final_softcap: Option<f32>,
 }
 
+/// A quantized checkpoint's format (`quantization_config`); kiln expands the weights to the
+/// model dtype as they load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantization {
+    /// float8 e4m3 weights with `weight_scale` / `weight_scale_inv` beside them
+    /// (`model/fp8.rs`): quant_method `fp8`, or compressed-tensors' `float-quantized`.
+    Fp8,
+    /// gpt-oss's MXFP4 experts (`model/mxfp4.rs`).
+    Mxfp4,
+}
+
+impl Quantization {
+    fn from_config(config: Option<&serde_json::Value>) -> Result<Option<Self>> {
+        let Some(config) = config.filter(|c| !c.is_null()) else {
+            return Ok(None);
+        };
+        let field = |k: &str| config.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let method = field("quant_method");
+        Ok(Some(match (method, field("format")) {
+            ("fp8", _) => Quantization::Fp8,
+            ("compressed-tensors", "float-quantized") => Quantization::Fp8,
+            ("mxfp4", _) => Quantization::Mxfp4,
+            (method, format) => anyhow::bail!(
+                "quantized checkpoints of quant_method '{method}'{} are not supported (kiln \
+                 loads fp8, compressed-tensors float-quantized and mxfp4 ones)",
+                if format.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (format '{format}')")
+                }
+            ),
+        }))
+    }
+}
+
 /// `layer_types` (Gemma 3, gpt-oss): per layer, whether it is a sliding-window one.
 fn parse_layer_types(raw: &RawConfig) -> Result<Option<Vec<bool>>> {
     let Some(types) = &raw.layer_types else {
@@ -541,6 +578,8 @@ pub struct ModelConfig {
     pub nested_language_model: bool,
     /// The dtype the checkpoint was saved in, if it says.
     pub checkpoint_dtype: Option<String>,
+    /// How the checkpoint's weights are quantized, if they are (expanded at load).
+    pub quantization: Option<Quantization>,
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,
 }
@@ -708,6 +747,7 @@ impl ModelConfig {
             granite,
             rope_layers,
             nested_language_model,
+            quantization: Quantization::from_config(raw.quantization_config.as_ref())?,
             checkpoint_dtype: raw.torch_dtype.or(raw.dtype),
             eos_token_ids: token_ids(&raw.eos_token_id),
             bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
@@ -948,6 +988,24 @@ mod tests {
                 "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 8,
                 "num_key_value_heads": 2, "vocab_size": 100{extra}}}"#
         ))
+    }
+
+    #[test]
+    fn quantized_checkpoints_load_only_in_formats_kiln_expands() {
+        let with = |q: &str| phi3(&format!(r#", "quantization_config": {q}"#));
+        let fp8 = with(r#"{"quant_method": "fp8", "weight_block_size": [128, 128]}"#);
+        assert_eq!(fp8.unwrap().quantization, Some(Quantization::Fp8));
+        let ct = with(r#"{"quant_method": "compressed-tensors", "format": "float-quantized"}"#);
+        assert_eq!(ct.unwrap().quantization, Some(Quantization::Fp8));
+        assert_eq!(phi3("").unwrap().quantization, None);
+        for refused in [
+            r#"{"quant_method": "awq", "bits": 4}"#,
+            r#"{"quant_method": "compressed-tensors", "format": "pack-quantized"}"#,
+            r#"{"quant_method": "gptq"}"#,
+        ] {
+            let err = with(refused).unwrap_err();
+            assert!(format!("{err:#}").contains("not supported"), "{err:#}");
+        }
     }
 
     #[test]

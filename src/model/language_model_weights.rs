@@ -60,6 +60,10 @@ impl<S: WeightSource> WeightSource for LanguageModelWeights<S> {
         self.inner.contains(&self.name(name))
     }
 
+    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        self.inner.shape_of(&self.name(name))
+    }
+
     fn generated(
         &self,
         name: &str,

@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod config;
 pub mod demo;
 pub mod detokenizer;
+pub mod fp8;
 pub mod grammar;
 pub mod harmony;
 pub mod language_model_weights;

@@ -14,6 +14,12 @@ pub trait WeightSource {
     fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor>;
     fn contains(&self, name: &str) -> bool;
 
+    /// The stored shape of `name`, for tensors whose shape the config does not imply (an
+    /// FP8 weight's scale). Sources that hold no such tensors need not say.
+    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        anyhow::bail!("this weight source cannot tell the shape of '{name}'")
+    }
+
     /// For generated weights: how to compute the values of `name` (the part `slice`, or
     /// all of it) on the device instead of on the host. `None`: the values must be read.
     fn generated(
@@ -168,6 +174,14 @@ impl WeightSource for SafetensorsWeights {
 
     fn contains(&self, name: &str) -> bool {
         self.files.get(name).is_ok()
+    }
+
+    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        let view = self
+            .files
+            .get(name)
+            .with_context(|| format!("loading weight '{name}'"))?;
+        Ok(view.shape().to_vec())
     }
 
     /// Copies only the part's bytes out of the mapped file, so a rank's peak host memory is
