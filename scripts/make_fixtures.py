@@ -51,6 +51,8 @@ from transformers import (
     MixtralForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
+    Olmo3Config,
+    Olmo3ForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     PreTrainedTokenizerFast,
@@ -613,6 +615,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             Olmo2Config(
                 **common,
                 rope_theta=500000.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # OLMo 3: OLMo 2's layers, sliding (window 8, under the prompts' lengths) and full
+        # alternating here, YaRN on the full layers only.
+        "olmo3": (
+            Olmo3ForCausalLM,
+            Olmo3Config(
+                **common,
+                rope_theta=500000.0,
+                rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
                 tie_word_embeddings=False,
             ),
         ),

@@ -35,6 +35,8 @@ pub enum Architecture {
     /// AI2's OLMo 2: Llama's layers normed after each block instead of before (no input
     /// norm), with RMS norms over the whole q and k projections.
     Olmo2,
+    /// OLMo 3: OLMo 2's layers, three of every four sliding (their RoPE unscaled).
+    Olmo3,
     /// SmolLM3: Llama's layers, every 4th without rotary embeddings (NoPE).
     SmolLM3,
     /// OpenAI's gpt-oss: attention with learned sinks and q/k/v/o biases, sliding and full
@@ -43,7 +45,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 15] = [
+    pub const SUPPORTED: [&'static str; 16] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -57,6 +59,7 @@ impl Architecture {
         "GraniteForCausalLM",
         "Glm4ForCausalLM",
         "Olmo2ForCausalLM",
+        "Olmo3ForCausalLM",
         "SmolLM3ForCausalLM",
         "GptOssForCausalLM",
     ];
@@ -75,6 +78,7 @@ impl Architecture {
             "Gemma3ForCausalLM" => Architecture::Gemma3,
             "GraniteForCausalLM" => Architecture::Granite,
             "Olmo2ForCausalLM" => Architecture::Olmo2,
+            "Olmo3ForCausalLM" => Architecture::Olmo3,
             "Glm4ForCausalLM" => Architecture::Glm4,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             "GptOssForCausalLM" => Architecture::GptOss,
@@ -731,13 +735,20 @@ impl ModelConfig {
                     | Architecture::Qwen3Moe
                     | Architecture::Gemma3
                     | Architecture::Olmo2
+                    | Architecture::Olmo3
             ),
-            qk_norm_whole: architecture == Architecture::Olmo2,
+            qk_norm_whole: matches!(architecture, Architecture::Olmo2 | Architecture::Olmo3),
             rotary_dim,
-            post_norm: architecture == Architecture::Olmo2,
+            post_norm: matches!(architecture, Architecture::Olmo2 | Architecture::Olmo3),
             sliding_window,
             sliding_layers: match architecture {
                 Architecture::GptOss => parse_layer_types(&raw)?,
+                // transformers' default: every fourth layer is a full one.
+                Architecture::Olmo3 => Some(parse_layer_types(&raw)?.unwrap_or_else(|| {
+                    (0..raw.num_hidden_layers)
+                        .map(|i| (i + 1) % 4 != 0)
+                        .collect()
+                })),
                 _ => None,
             },
             o_bias: architecture == Architecture::GptOss,

@@ -489,7 +489,9 @@ impl<B: Backend> LlamaModel<B> {
                     _ => dense_mlp(be, src, c, &p, &layout, dtype)?,
                 },
                 sliding_window: c.layer_window(i),
-                rope: if c.gemma.as_ref().is_some_and(|g| g.sliding_layers[i]) {
+                rope: if c.gemma.as_ref().is_some_and(|g| g.sliding_layers[i])
+                    || (c.architecture == Architecture::Olmo3 && c.layer_window(i).is_some())
+                {
                     LayerRope::Local
                 } else if c.rope_layers.as_ref().is_some_and(|r| !r[i]) {
                     LayerRope::Off
@@ -513,11 +515,18 @@ impl<B: Backend> LlamaModel<B> {
             Some(load_stacked(be, src, &[part], dtype)?)
         };
         let rope = be.prepare_rope(&rope_for(c).context("building the rotary embedding table")?)?;
-        let rope_local = match &c.gemma {
+        // The sliding layers' table: Gemma's own base, unscaled; OLMo 3's base, unscaled
+        // (its RoPE scaling is for the full layers only).
+        let local_theta = match (&c.gemma, c.architecture) {
+            (Some(g), _) => Some(g.local_rope_theta),
+            (None, Architecture::Olmo3) => Some(c.rope_theta),
+            _ => None,
+        };
+        let rope_local = match local_theta {
             None => None,
-            Some(g) => {
+            Some(rope_theta) => {
                 let local = ModelConfig {
-                    rope_theta: g.local_rope_theta,
+                    rope_theta,
                     rope_scaling: None,
                     ..c.clone()
                 };

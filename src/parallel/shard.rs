@@ -55,7 +55,7 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
         "--tensor-parallel-size {world}: supported sizes are 1, 2, 4 and 8"
     );
     // A norm over a whole projection split across ranks would need its sum of squares
-    // all-reduced; kiln does not shard such models (OLMo 2).
+    // all-reduced; kiln does not shard such models (OLMo 2 and 3).
     ensure!(
         !config.qk_norm_whole || world == 1,
         "{:?} cannot be tensor-parallel: its q / k norms span every head",

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 18] = [
+pub const ARCHS: [&str; 19] = [
     "llama",
     "llama31",
     "mistral",
@@ -26,12 +26,13 @@ pub const ARCHS: [&str; 18] = [
     "glm4",
     "phi3_longrope",
     "gpt_oss",
+    "olmo3",
 ];
 
-/// The fixtures kiln shards across ranks: all but OLMo 2, whose q / k norms span every head
-/// (it refuses tensor parallelism with a clear error instead).
+/// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
+/// every head (they refuse tensor parallelism with a clear error instead).
 pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
-    ARCHS.into_iter().filter(|&a| a != "olmo2")
+    ARCHS.into_iter().filter(|&a| a != "olmo2" && a != "olmo3")
 }
 
 pub fn fixture(name: &str) -> PathBuf {
