@@ -64,6 +64,8 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
+    SeedOssConfig,
+    SeedOssForCausalLM,
     SmolLM3Config,
     SmolLM3ForCausalLM,
 )
@@ -615,6 +617,18 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             Olmo2Config(
                 **common,
                 rope_theta=500000.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Seed-OSS: Llama's layers with q/k/v biases and, here, the optional o bias.
+        "seed_oss": (
+            SeedOssForCausalLM,
+            SeedOssConfig(
+                **common,
+                head_dim=16,
+                rope_theta=10000000.0,
+                attention_bias=True,
+                attention_out_bias=True,
                 tie_word_embeddings=False,
             ),
         ),

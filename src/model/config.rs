@@ -37,6 +37,8 @@ pub enum Architecture {
     Olmo2,
     /// OLMo 3: OLMo 2's layers, three of every four sliding (their RoPE unscaled).
     Olmo3,
+    /// ByteDance Seed-OSS: Llama's layers with q/k/v biases (and optionally an o bias).
+    SeedOss,
     /// SmolLM3: Llama's layers, every 4th without rotary embeddings (NoPE).
     SmolLM3,
     /// OpenAI's gpt-oss: attention with learned sinks and q/k/v/o biases, sliding and full
@@ -45,7 +47,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 16] = [
+    pub const SUPPORTED: [&'static str; 17] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -60,6 +62,7 @@ impl Architecture {
         "Glm4ForCausalLM",
         "Olmo2ForCausalLM",
         "Olmo3ForCausalLM",
+        "SeedOssForCausalLM",
         "SmolLM3ForCausalLM",
         "GptOssForCausalLM",
     ];
@@ -79,6 +82,7 @@ impl Architecture {
             "GraniteForCausalLM" => Architecture::Granite,
             "Olmo2ForCausalLM" => Architecture::Olmo2,
             "Olmo3ForCausalLM" => Architecture::Olmo3,
+            "SeedOssForCausalLM" => Architecture::SeedOss,
             "Glm4ForCausalLM" => Architecture::Glm4,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             "GptOssForCausalLM" => Architecture::GptOss,
@@ -161,8 +165,14 @@ struct RawConfig {
     original_max_position_embeddings: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: bool,
+    /// q/k/v biases (Seed-OSS's config class defaults it to true, the others to false).
     #[serde(default)]
-    attention_bias: bool,
+    attention_bias: Option<bool>,
+    /// Seed-OSS: a bias on the attention's output projection.
+    #[serde(default)]
+    attention_out_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
     #[serde(default)]
     sliding_window: Option<usize>,
     #[serde(default)]
@@ -634,6 +644,10 @@ impl ModelConfig {
             }
             _ => {}
         }
+        anyhow::ensure!(
+            raw.mlp_bias != Some(true),
+            "MLP biases (mlp_bias) are not supported"
+        );
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         anyhow::ensure!(
             raw.num_attention_heads > 0 && num_kv_heads > 0,
@@ -728,7 +742,9 @@ impl ModelConfig {
             context_len: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
             qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
-                || raw.attention_bias,
+                || raw
+                    .attention_bias
+                    .unwrap_or(architecture == Architecture::SeedOss),
             qk_norm: matches!(
                 architecture,
                 Architecture::Qwen3
@@ -751,7 +767,7 @@ impl ModelConfig {
                 })),
                 _ => None,
             },
-            o_bias: architecture == Architecture::GptOss,
+            o_bias: architecture == Architecture::GptOss || raw.attention_out_bias == Some(true),
             attention_sinks: architecture == Architecture::GptOss,
             moe,
             gemma,

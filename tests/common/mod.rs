@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 19] = [
+pub const ARCHS: [&str; 20] = [
     "llama",
     "llama31",
     "mistral",
@@ -27,6 +27,7 @@ pub const ARCHS: [&str; 19] = [
     "phi3_longrope",
     "gpt_oss",
     "olmo3",
+    "seed_oss",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
