@@ -26,13 +26,7 @@ struct Batch {
     std::vector<float> sinks;                // [hq] f32, or empty: no sinks
 };
 
-// `n` uniform values in [-range, range], rounded to `d`.
-inline std::vector<float> random_values(size_t n, float range, DType d, std::mt19937& rng) {
-    std::uniform_real_distribution<float> u(-range, range);
-    std::vector<float> v(n);
-    for (float& x : v) x = kiln_emu_tensor::round_to(d, u(rng));
-    return v;
-}
+using kiln_emu_tensor::random_values;
 
 // Sequences in a paged cache of 16-token blocks, handed out in shuffled order (with three
 // spare blocks), q of every new token, K/V of every cached position.

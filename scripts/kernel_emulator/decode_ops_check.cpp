@@ -32,10 +32,7 @@ std::mt19937 rng(5);
 int failures = 0;
 
 std::vector<float> random(DType d, size_t n, float range) {
-    std::uniform_real_distribution<float> u(-range, range);
-    std::vector<float> v(n);
-    for (float& x : v) x = round_to(d, u(rng));
-    return v;
+    return kiln_emu_tensor::random_values(n, range, d, rng);
 }
 
 // Max abs error relative to max |ref| against the selftest's tolerances.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <random>
 #include <vector>
 
 namespace kiln_emu_tensor {
@@ -44,6 +45,14 @@ inline float from_bits(DType d, std::uint16_t b) {
 // `x` rounded to the dtype and widened back.
 inline float round_to(DType d, float x) {
     return d == DType::F32 ? x : from_bits(d, to_bits(d, x));
+}
+
+// `n` uniform values in [-range, range], rounded to `d`: the checks' random inputs.
+inline std::vector<float> random_values(size_t n, float range, DType d, std::mt19937& rng) {
+    std::uniform_real_distribution<float> u(-range, range);
+    std::vector<float> v(n);
+    for (float& x : v) x = round_to(d, u(rng));
+    return v;
 }
 
 // Values in the dtype's storage, as a kernel reads and writes them.

@@ -57,10 +57,7 @@ GemvFn pick(DType d, int m) {
 std::mt19937 rng(11);
 
 std::vector<float> random(DType d, size_t n, float range) {
-    std::uniform_real_distribution<float> u(-range, range);
-    std::vector<float> v(n);
-    for (float& x : v) x = round_to(d, u(rng));
-    return v;
+    return kiln_emu_tensor::random_values(n, range, d, rng);
 }
 
 int failures = 0;

@@ -96,12 +96,8 @@ fn as_linear(
     if mxfp4::is_packed(src, name) {
         return mxfp4::unpack(src, name, [n, outputs, inputs], e, dtype);
     }
-    let entry = Slice {
-        dim: 0,
-        range: e..e + 1,
-    };
     Ok(src
-        .tensor_slice(name, &[n, inputs, outputs], &entry, dtype)?
+        .tensor_slice(name, &[n, inputs, outputs], &Slice::entry(e), dtype)?
         .squeeze(0)?
         .t()?
         .contiguous()?)

@@ -37,10 +37,7 @@ pub fn unpack(
         "MXFP4 weight {name}: {cols} columns are not whole blocks of {BLOCK}"
     );
     let groups = cols / BLOCK;
-    let entry = Slice {
-        dim: 0,
-        range: index..index + 1,
-    };
+    let entry = Slice::entry(index);
     // Bytes come back as exact small floats through the f32 reader.
     let read = |suffix: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let name = format!("{name}_{suffix}");

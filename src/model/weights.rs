@@ -56,6 +56,14 @@ pub struct Slice {
 }
 
 impl Slice {
+    /// Entry `index` of the outermost dimension (one expert of a stacked weight).
+    pub fn entry(index: usize) -> Slice {
+        Slice {
+            dim: 0,
+            range: index..index + 1,
+        }
+    }
+
     /// The shape of the part.
     fn shape(&self, full: &[usize]) -> Vec<usize> {
         let mut shape = full.to_vec();
