@@ -34,6 +34,9 @@ enum Command {
     /// Run a diffusion fixture (tests/fixtures/diffusion/<name>) and compare its stages and
     /// full runs with the diffusers references it holds; exits 1 on a mismatch.
     CheckImageReference(kiln::cli::check_image_reference::CheckImageReferenceArgs),
+    /// Render the chat-template cases recorded with transformers
+    /// (scripts/chat_template_parity.py) and compare the prompts; exits 1 on a difference.
+    CheckChatTemplates(kiln::cli::check_chat_templates::CheckChatTemplatesArgs),
     /// Check every CUDA kernel against the CPU reference and time it (exits 0 without a GPU).
     Selftest {
         /// Print the report as JSON.
@@ -76,6 +79,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::CheckImageReference(args) => {
             if !kiln::cli::check_image_reference::run(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::CheckChatTemplates(args) => {
+            if !kiln::cli::check_chat_templates::run(args)? {
                 std::process::exit(1);
             }
             Ok(())

@@ -11,6 +11,7 @@
 //! `bos_token`), so encode it with `add_special_tokens = false`, as HF does.
 
 mod pyjson;
+mod pyrepr;
 mod strftime;
 
 use super::reasoning::ReasoningFormat;
@@ -22,6 +23,9 @@ use std::collections::BTreeMap;
 
 /// The template's name inside its environment. No file extension, so no HTML autoescape.
 const TEMPLATE_NAME: &str = "chat_template";
+/// The name of the template for requests with tools, where the model ships one apart
+/// (tokenizer_config.json's list form: `[{"name": "default", ...}, {"name": "tool_use", ...}]`).
+const TOOL_USE_TEMPLATE_NAME: &str = "tool_use";
 
 /// One chat message as the template sees it: `message.role`, `message.content`, plus any
 /// other fields the request carried (`tool_calls`, `tool_call_id`, `name`, ...).
@@ -185,6 +189,8 @@ pub struct ChatTemplate {
     tool_call_format: Option<ToolCallFormat>,
     /// Split reasoning off the answer, in this format (`--reasoning-parser`).
     reasoning: Option<ReasoningFormat>,
+    /// Whether the environment also holds a template for requests with tools.
+    has_tool_use: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -215,7 +221,23 @@ impl ChatTemplate {
             knows_developer: source.contains("developer"),
             tool_call_format: ToolCallFormat::detect(source),
             reasoning: None,
+            has_tool_use: false,
         })
+    }
+
+    /// Adds the template that renders requests with tools, as transformers picks it: the
+    /// `tool_use` entry of a named list when `tools` is given, `default` otherwise. The
+    /// tool-call format is then read from it where the default template teaches none.
+    pub fn with_tool_use_template(mut self, source: &str) -> Result<Self, ChatTemplateError> {
+        self.env
+            .add_template_owned(TOOL_USE_TEMPLATE_NAME, neutralize_generation_tags(source))
+            .map_err(ChatTemplateError::Compile)?;
+        self.has_tool_use = true;
+        self.knows_developer |= source.contains("developer");
+        if self.tool_call_format.is_none() {
+            self.tool_call_format = ToolCallFormat::detect(source);
+        }
+        Ok(self)
     }
 
     /// Overrides the detected tool-call format (`--tool-call-parser`).
@@ -333,6 +355,10 @@ impl ChatTemplate {
         extra: serde_json::Value,
     ) -> Result<String, ChatTemplateError> {
         let mut context: BTreeMap<String, Value> = BTreeMap::new();
+        // transformers always passes these two, as None when the request has none, and
+        // templates test them with `is not none` (undefined would pass that test).
+        context.insert("tools".into(), Value::from(()));
+        context.insert("documents".into(), Value::from(()));
         if let Some(bos) = &self.bos_token {
             context.insert("bos_token".into(), Value::from(bos.as_str()));
         }
@@ -357,9 +383,15 @@ impl ChatTemplate {
             Value::from(add_generation_prompt),
         );
 
+        let wants_tools = context.get("tools").is_some_and(|tools| !tools.is_none());
+        let name = if self.has_tool_use && wants_tools {
+            TOOL_USE_TEMPLATE_NAME
+        } else {
+            TEMPLATE_NAME
+        };
         let template = self
             .env
-            .get_template(TEMPLATE_NAME)
+            .get_template(name)
             .map_err(ChatTemplateError::Render)?;
         template.render(context).map_err(classify_render_error)
     }
@@ -377,19 +409,46 @@ fn hf_environment() -> Environment<'static> {
         strftime::format(&strftime::DateTime::now_utc(), &format)
     });
     env.add_filter("tojson", pyjson::tojson);
+    env.add_filter("string", pyrepr::string_filter);
+    env.add_filter("length", python_length);
+    env.add_filter("count", python_length);
+    env.add_test("iterable", python_iterable);
     env.set_formatter(python_formatter);
     env
 }
 
 /// Prints `{{ value }}` as Jinja2 under Python does for the values where minijinja differs:
-/// booleans as `True`/`False` and none as `None`.
+/// booleans as `True`/`False`, none as `None`, lists and dicts as their Python reprs.
 fn python_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), Error> {
     match value.kind() {
-        ValueKind::Bool if value.is_true() => Ok(out.write_str("True")?),
-        ValueKind::Bool => Ok(out.write_str("False")?),
-        ValueKind::None => Ok(out.write_str("None")?),
+        ValueKind::Bool | ValueKind::None | ValueKind::Map | ValueKind::Seq => {
+            Ok(out.write_str(&pyrepr::str(value)?)?)
+        }
         _ => minijinja::escape_formatter(out, state, value),
     }
+}
+
+/// Jinja2's `length`: Python's `len()`, which is 0 for an undefined value (a message
+/// without `tool_calls`, say) and an error for none, numbers and booleans.
+fn python_length(value: &Value) -> Result<usize, Error> {
+    if value.is_undefined() {
+        return Ok(0);
+    }
+    value.len().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("object of type {} has no len()", value.kind()),
+        )
+    })
+}
+
+/// Jinja2's `is iterable`: true for strings, lists, dicts and undefined values, false for
+/// none. Templates guard `tools | length` with it, and `tools` is none without tools.
+fn python_iterable(value: &Value) -> bool {
+    !matches!(
+        value.kind(),
+        ValueKind::None | ValueKind::Bool | ValueKind::Number
+    ) && (value.is_undefined() || value.try_iter().is_ok())
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {

@@ -119,12 +119,17 @@ impl Tokenizer {
             }
         }
 
-        if let Some((source, origin)) = find_chat_template(dir, config.chat_template)? {
-            match ChatTemplate::new(
-                &source,
+        if let Some((sources, origin)) = find_chat_template(dir, config.chat_template)? {
+            let compiled = ChatTemplate::new(
+                &sources.default,
                 tokenizer.bos_token.clone(),
                 tokenizer.eos_token.clone(),
-            ) {
+            )
+            .and_then(|template| match &sources.tool_use {
+                Some(tool_use) => template.with_tool_use_template(tool_use),
+                None => Ok(template),
+            });
+            match compiled {
                 Ok(template) => tokenizer.chat_template = Some(template),
                 Err(e) => tracing::warn!("{}: chat template left out: {e}", origin.display()),
             }
@@ -235,38 +240,60 @@ fn parse_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         .map_err(|e| anyhow!("{}: corrupt or unexpected JSON: {e}", path.display()))
 }
 
-/// The chat template source and the file it came from, in HF's order of precedence.
+/// A model's chat templates: the one every request renders with, and the one for requests
+/// with tools where the model ships that apart (Hermes 2 Pro / 3, Command R).
+#[derive(Debug, PartialEq)]
+struct TemplateSources {
+    default: String,
+    tool_use: Option<String>,
+}
+
+/// The chat template sources and the file they came from, in HF's order of precedence.
 fn find_chat_template(
     dir: &Path,
     from_config: Option<ChatTemplateField>,
-) -> Result<Option<(String, std::path::PathBuf)>> {
+) -> Result<Option<(TemplateSources, std::path::PathBuf)>> {
     let jinja_path = dir.join(TEMPLATE_FILE);
     if jinja_path.exists() {
         let source = std::fs::read_to_string(&jinja_path)
             .with_context(|| format!("{}: cannot read as UTF-8 text", jinja_path.display()))?;
-        return Ok(Some((source, jinja_path)));
+        let sources = TemplateSources {
+            default: source,
+            tool_use: None,
+        };
+        return Ok(Some((sources, jinja_path)));
     }
     let config_path = dir.join(CONFIG_FILE);
     if let Some(field) = from_config {
-        return Ok(default_template(field).map(|s| (s, config_path)));
+        return Ok(template_sources(field).map(|s| (s, config_path)));
     }
     let json_path = dir.join(TEMPLATE_JSON_FILE);
     if json_path.exists() {
         let file: ChatTemplateJsonFile = parse_json(&json_path)?;
-        return Ok(default_template(file.chat_template).map(|s| (s, json_path)));
+        return Ok(template_sources(file.chat_template).map(|s| (s, json_path)));
     }
     Ok(None)
 }
 
-/// A single template, or the one named "default" from a list (HF's rule when no tools
-/// template is asked for).
-fn default_template(field: ChatTemplateField) -> Option<String> {
+/// A single template, or from a named list the "default" one and the "tool_use" one
+/// (transformers renders requests with tools with the latter).
+fn template_sources(field: ChatTemplateField) -> Option<TemplateSources> {
     match field {
-        ChatTemplateField::Single(source) => Some(source),
-        ChatTemplateField::Named(list) => list
-            .into_iter()
-            .find(|t| t.name == "default")
-            .map(|t| t.template),
+        ChatTemplateField::Single(source) => Some(TemplateSources {
+            default: source,
+            tool_use: None,
+        }),
+        ChatTemplateField::Named(list) => {
+            let named = |name: &str| {
+                list.iter()
+                    .find(|t| t.name == name)
+                    .map(|t| t.template.clone())
+            };
+            Some(TemplateSources {
+                default: named("default")?,
+                tool_use: named("tool_use"),
+            })
+        }
     }
 }
 

@@ -176,7 +176,7 @@ fn write_key(out: &mut String, key: &Value, layout: &Layout) -> Result<(), Error
     Ok(())
 }
 
-fn write_number(out: &mut String, value: &Value) {
+pub(super) fn write_number(out: &mut String, value: &Value) {
     if value.is_integer() {
         // Display of an integer Value is its decimal digits, whatever its width.
         out.push_str(&value.to_string());

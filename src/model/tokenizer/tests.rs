@@ -62,17 +62,38 @@ fn config_gives_bos_eos_and_chat_template() {
 }
 
 #[test]
-fn named_templates_pick_default() {
+fn named_templates_render_tools_with_tool_use_and_the_rest_with_default() {
+    // Hermes 2 Pro / 3's layout: the default template knows nothing of tools.
     let config = json!({
         "chat_template": [
-            {"name": "tool_use", "template": "tools"},
+            {"name": "tool_use", "template":
+                "{% for t in tools %}<tool_call>{{ t.function.name }}</tool_call>{% endfor %}"},
             {"name": "default", "template": "plain"}
         ]
     });
     let dir = model_dir(&[(CONFIG_FILE, config.to_string())]);
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
-    let out = tok.chat_template().unwrap().render(&[], false, json!(null));
+    let template = tok.chat_template().unwrap();
+    let out = template.render(&[], false, json!(null));
     assert_eq!(out.unwrap(), "plain");
+    let out = template.render(&[], false, json!({"tools": null}));
+    assert_eq!(out.unwrap(), "plain");
+    let tools = json!({"tools": [{"type": "function", "function": {"name": "get"}}]});
+    let out = template.render(&[], false, tools);
+    assert_eq!(out.unwrap(), "<tool_call>get</tool_call>");
+    // The tool-call format comes from the template that teaches it.
+    assert_eq!(
+        template.tool_call_format(),
+        Some(crate::model::tool_calls::ToolCallFormat::Hermes)
+    );
+}
+
+#[test]
+fn a_named_list_without_a_default_gives_no_template() {
+    let config = json!({"chat_template": [{"name": "tool_use", "template": "tools"}]});
+    let dir = model_dir(&[(CONFIG_FILE, config.to_string())]);
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    assert!(tok.chat_template().is_none());
 }
 
 #[test]
