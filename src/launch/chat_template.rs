@@ -23,14 +23,22 @@ pub enum ContentFormatArg {
 /// `--tool-call-parser`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolCallParserArg {
-    /// `hermes` when the chat template documents `<tool_call>` blocks, `llama3_json` when it
-    /// asks for `{"name": ..., "parameters": ...}`, else none.
+    /// `qwen3_coder` (or `seed_oss`, in `<seed:tool_call>` blocks) when the chat template
+    /// documents `<function=...>` elements, `hermes`
+    /// when it documents `<tool_call>` blocks, `llama3_json` when it asks for
+    /// `{"name": ..., "parameters": ...}`, else none.
     Auto,
     /// `<tool_call>{"name": ..., "arguments": ...}</tool_call>` (Qwen2.5, Qwen3, Hermes).
     Hermes,
     /// The answer is `{"name": ..., "parameters": ...}` (Llama 3.1 / 3.2 / 3.3).
     #[value(name = "llama3_json")]
     Llama3Json,
+    /// `<tool_call><function=...><parameter=...>` XML (Qwen3-Coder, Qwen3.5, Nemotron 3).
+    #[value(name = "qwen3_coder", alias = "qwen3_xml")]
+    Qwen3Coder,
+    /// The same XML in `<seed:tool_call>` blocks (Seed-OSS).
+    #[value(name = "seed_oss")]
+    SeedOss,
     /// Tool calls stay in the text.
     None,
 }
@@ -87,6 +95,12 @@ pub fn configure(
             }
             ToolCallParserArg::Llama3Json => {
                 template.with_tool_call_format(Some(ToolCallFormat::Llama3Json))
+            }
+            ToolCallParserArg::Qwen3Coder => {
+                template.with_tool_call_format(Some(ToolCallFormat::Qwen3Xml))
+            }
+            ToolCallParserArg::SeedOss => {
+                template.with_tool_call_format(Some(ToolCallFormat::SeedXml))
             }
             ToolCallParserArg::None => template.with_tool_call_format(None),
         };

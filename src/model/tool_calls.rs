@@ -3,16 +3,21 @@
 //! Models trained on the Hermes format (Qwen2.5, Qwen3, Hermes, and others whose chat
 //! template documents it) answer a tool request with blocks of
 //! `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` around or instead of plain text.
-//! Llama 3.x answers with bare JSON objects instead (`llama3_json.rs`). The server turns
-//! either into OpenAI `tool_calls`, both for a finished text and for a stream (where a
+//! Llama 3.x answers with bare JSON objects instead (`llama3_json.rs`); Qwen3-Coder, Qwen3.5
+//! and Nemotron 3 write XML elements inside the same blocks (`qwen3_xml.rs`). The server
+//! turns each into OpenAI `tool_calls`, both for a finished text and for a stream (where a
 //! block, or an answer that opens with `{`, is held back until it can be read).
 
 mod llama3_json;
+mod qwen3_xml;
 
 use serde_json::Value;
+use std::sync::Arc;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+const SEED_OPEN: &str = "<seed:tool_call>";
+const SEED_CLOSE: &str = "</seed:tool_call>";
 
 /// A tool-call output format a model may be trained on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,18 +26,69 @@ pub enum ToolCallFormat {
     Hermes,
     /// The whole answer is `{"name": "f", "parameters": {...}}` (`;`-separated for several).
     Llama3Json,
+    /// `<tool_call><function=f><parameter=k>value</parameter></function></tool_call>` blocks.
+    Qwen3Xml,
+    /// The same elements in `<seed:tool_call>` blocks, values without line breaks around
+    /// them (Seed-OSS).
+    SeedXml,
 }
 
 impl ToolCallFormat {
     /// The format a chat template teaches its model, if it names one.
     pub fn detect(template_source: &str) -> Option<ToolCallFormat> {
-        if template_source.contains(OPEN) {
+        if qwen3_xml::taught_by(template_source) && template_source.contains(SEED_OPEN) {
+            Some(ToolCallFormat::SeedXml)
+        } else if qwen3_xml::taught_by(template_source) {
+            Some(ToolCallFormat::Qwen3Xml)
+        } else if template_source.contains(OPEN) {
             Some(ToolCallFormat::Hermes)
         } else if template_source.contains(llama3_json::TEMPLATE_MARK) {
             Some(ToolCallFormat::Llama3Json)
         } else {
             None
         }
+    }
+}
+
+/// How to read one request's calls: the format, and the request's tools (name, parameters
+/// schema), whose schemas give XML-style arguments their JSON types.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolParser {
+    pub format: ToolCallFormat,
+    pub tools: Arc<[(String, Value)]>,
+}
+
+impl ToolParser {
+    pub fn new(format: ToolCallFormat, tools: Vec<(String, Value)>) -> Self {
+        ToolParser {
+            format,
+            tools: tools.into(),
+        }
+    }
+
+    /// The call in one block's body, if it holds one.
+    fn call_in_block(&self, body: &str) -> Option<ToolCall> {
+        match self.format {
+            ToolCallFormat::Qwen3Xml | ToolCallFormat::SeedXml => {
+                qwen3_xml::parse_call(body, &self.tools)
+            }
+            _ => call_from_json(body),
+        }
+    }
+
+    /// The tags around each call.
+    fn block_tags(&self) -> (&'static str, &'static str) {
+        match self.format {
+            ToolCallFormat::SeedXml => (SEED_OPEN, SEED_CLOSE),
+            _ => (OPEN, CLOSE),
+        }
+    }
+}
+
+/// A format without tools: arguments are read as the model wrote them.
+impl From<ToolCallFormat> for ToolParser {
+    fn from(format: ToolCallFormat) -> Self {
+        ToolParser::new(format, Vec::new())
     }
 }
 
@@ -45,8 +101,19 @@ pub fn forcing_grammar(
     parallel: bool,
     json_options: &Value,
 ) -> String {
-    if format == ToolCallFormat::Llama3Json {
-        return llama3_json::forcing_grammar(tools, parallel, json_options);
+    match format {
+        ToolCallFormat::Llama3Json => {
+            return llama3_json::forcing_grammar(tools, parallel, json_options)
+        }
+        ToolCallFormat::Qwen3Xml => {
+            let layout = qwen3_xml::Layout::qwen3();
+            return qwen3_xml::forcing_grammar(&layout, tools, parallel, json_options);
+        }
+        ToolCallFormat::SeedXml => {
+            let layout = qwen3_xml::Layout::seed();
+            return qwen3_xml::forcing_grammar(&layout, tools, parallel, json_options);
+        }
+        ToolCallFormat::Hermes => {}
     }
     let schema = call_schema(tools, "arguments", json_options);
     let repeat = if parallel { r#" ("\n" call)*"# } else { "" };
@@ -89,12 +156,13 @@ pub struct ParsedOutput {
 /// Splits a finished output. A block whose body is not a call (bad JSON, no name) or that
 /// never closes leaves the whole text as plain content: the model did not make a call
 /// the client could act on, and dropping its text would lose it.
-pub fn parse(format: ToolCallFormat, text: &str) -> ParsedOutput {
+pub fn parse(parser: impl Into<ToolParser>, text: &str) -> ParsedOutput {
+    let parser = parser.into();
     let as_text = || ParsedOutput {
         content: Some(text.to_string()),
         calls: Vec::new(),
     };
-    if format == ToolCallFormat::Llama3Json {
+    if parser.format == ToolCallFormat::Llama3Json {
         return match llama3_json::parse_calls(text) {
             Some(calls) => ParsedOutput {
                 content: None,
@@ -103,20 +171,21 @@ pub fn parse(format: ToolCallFormat, text: &str) -> ParsedOutput {
             None => as_text(),
         };
     }
+    let (open_tag, close_tag) = parser.block_tags();
     let mut calls = Vec::new();
     let mut content = String::new();
     let mut rest = text;
-    while let Some(open) = rest.find(OPEN) {
+    while let Some(open) = rest.find(open_tag) {
         content.push_str(&rest[..open]);
-        let body_start = &rest[open + OPEN.len()..];
-        let Some(close) = body_start.find(CLOSE) else {
+        let body_start = &rest[open + open_tag.len()..];
+        let Some(close) = body_start.find(close_tag) else {
             return as_text();
         };
-        match call_from_json(&body_start[..close]) {
+        match parser.call_in_block(&body_start[..close]) {
             Some(call) => calls.push(call),
             None => return as_text(),
         }
-        rest = &body_start[close + CLOSE.len()..];
+        rest = &body_start[close + close_tag.len()..];
     }
     if calls.is_empty() {
         return as_text();
@@ -157,7 +226,7 @@ pub enum StreamPiece {
 /// out as one call (or as its raw text, if it is not a call).
 #[derive(Debug)]
 pub struct ToolCallStream {
-    format: ToolCallFormat,
+    parser: ToolParser,
     held: String,
     calls: usize,
     /// Llama 3 JSON: whether the answer is calls, once its first text tells.
@@ -165,9 +234,9 @@ pub struct ToolCallStream {
 }
 
 impl ToolCallStream {
-    pub fn new(format: ToolCallFormat) -> Self {
+    pub fn new(parser: impl Into<ToolParser>) -> Self {
         ToolCallStream {
-            format,
+            parser: parser.into(),
             held: String::new(),
             calls: 0,
             json_answer: None,
@@ -182,24 +251,25 @@ impl ToolCallStream {
     /// Adds newly generated text; returns what can be sent now.
     pub fn push(&mut self, text: &str) -> Vec<StreamPiece> {
         self.held.push_str(text);
-        if self.format == ToolCallFormat::Llama3Json {
+        if self.parser.format == ToolCallFormat::Llama3Json {
             return self.push_llama3();
         }
+        let (open_tag, close_tag) = self.parser.block_tags();
         let mut out = Vec::new();
         loop {
-            match self.held.find(OPEN) {
+            match self.held.find(open_tag) {
                 Some(open) => {
                     let before = &self.held[..open];
                     if !before.is_empty() {
                         out.push(StreamPiece::Text(before.to_string()));
                     }
-                    let body = &self.held[open + OPEN.len()..];
-                    let Some(close) = body.find(CLOSE) else {
+                    let body = &self.held[open + open_tag.len()..];
+                    let Some(close) = body.find(close_tag) else {
                         self.held.drain(..open);
                         return out;
                     };
-                    let raw_end = open + OPEN.len() + close + CLOSE.len();
-                    match call_from_json(&body[..close]) {
+                    let raw_end = open + open_tag.len() + close + close_tag.len();
+                    match self.parser.call_in_block(&body[..close]) {
                         Some(call) => {
                             self.calls += 1;
                             out.push(StreamPiece::Call(call));
@@ -210,7 +280,7 @@ impl ToolCallStream {
                 }
                 None => {
                     // Keep a tail that could still grow into the opening tag.
-                    let keep = partial_prefix_len(&self.held, OPEN);
+                    let keep = partial_prefix_len(&self.held, open_tag);
                     let send = self.held.len() - keep;
                     if send > 0 {
                         out.push(StreamPiece::Text(self.held[..send].to_string()));

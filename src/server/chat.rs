@@ -12,7 +12,7 @@ use super::types::chat::*;
 use super::types::common;
 use crate::model::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 use crate::model::reasoning::{Reasoning, ReasoningFormat};
-use crate::model::tool_calls::ToolCallFormat;
+use crate::model::tool_calls::ToolParser;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
@@ -61,7 +61,7 @@ pub async fn chat_completions(
             .enumerate()
             .map(|(index, out)| {
                 let (message, made_calls) =
-                    chat_tools::message(reasoning.as_ref(), &out.text, tool_parser);
+                    chat_tools::message(reasoning.as_ref(), &out.text, tool_parser.as_ref());
                 ChatChoice {
                     index,
                     message,
@@ -82,7 +82,7 @@ pub struct Prepared {
     pub n: usize,
     pub want_logprobs: bool,
     /// Where calls are looked for in the output.
-    pub tool_parser: Option<ToolCallFormat>,
+    pub tool_parser: Option<ToolParser>,
     /// How the model's reasoning is split off its answer, if it is.
     pub reasoning: Option<Reasoning>,
 }
@@ -233,7 +233,7 @@ struct StreamOptions {
     /// Usage so far on every chunk of generated text.
     continuous_usage: bool,
     want_logprobs: bool,
-    tool_parser: Option<ToolCallFormat>,
+    tool_parser: Option<ToolParser>,
     /// How reasoning is split off the answer, if it is.
     reasoning: Option<Reasoning>,
 }
@@ -286,7 +286,7 @@ fn stream(
         }
         let mut choice_streams: Vec<_> = (0..count)
             .map(|_| {
-                let s = chat_tools::ChoiceStream::new(tool_parser);
+                let s = chat_tools::ChoiceStream::new(tool_parser.clone());
                 match &reasoning {
                     Some(r) => s.with_reasoning(r),
                     None => s,

@@ -8,13 +8,13 @@ use super::types::chat::{
 use crate::model::chat_template::ChatTemplate;
 use crate::model::grammar::{Structure, JSON_WHITESPACE};
 use crate::model::reasoning::{self, Piece, Reasoning, ReasoningSplitter};
-use crate::model::tool_calls::{self, StreamPiece, ToolCallFormat, ToolCallStream};
+use crate::model::tool_calls::{self, StreamPiece, ToolCallStream, ToolParser};
 
 /// What a request's tools ask of the generation.
 #[derive(Debug, PartialEq)]
 pub struct ToolPlan {
-    /// Look for calls in this format in the output.
-    pub parser: Option<ToolCallFormat>,
+    /// Look for calls in the output, in this format (typed by the request's tools).
+    pub parser: Option<ToolParser>,
     /// `tool_choice` `required` or a named function: the output must be calls, so it is
     /// generated under this grammar.
     pub forced: Option<Structure>,
@@ -59,7 +59,7 @@ pub fn tool_plan(
     };
     let Some(only) = forced_to else {
         return Ok(ToolPlan {
-            parser: format,
+            parser: format.map(|f| ToolParser::new(f, tools)),
             forced: None,
         });
     };
@@ -73,9 +73,9 @@ pub fn tool_plan(
         }));
     };
     let chosen: Vec<(String, serde_json::Value)> = match only {
-        None => tools,
+        None => tools.clone(),
         Some(name) => {
-            let chosen: Vec<_> = tools.into_iter().filter(|(n, _)| n == name).collect();
+            let chosen: Vec<_> = tools.iter().filter(|(n, _)| n == name).cloned().collect();
             if chosen.is_empty() {
                 return Err(invalid(format!(
                     "tool_choice names {name:?}, which is not among the tools"
@@ -87,7 +87,7 @@ pub fn tool_plan(
     let parallel = req.parallel_tool_calls.unwrap_or(true) && only.is_none();
     let options = serde_json::json!({"whitespace_pattern": JSON_WHITESPACE});
     Ok(ToolPlan {
-        parser: Some(format),
+        parser: Some(ToolParser::new(format, tools)),
         forced: Some(Structure::Lark(tool_calls::forcing_grammar(
             format, &chosen, parallel, &options,
         ))),
@@ -124,7 +124,7 @@ fn offered_tools(req: &ChatCompletionRequest) -> ApiResult<Vec<(String, serde_js
 pub fn message(
     reasoning: Option<&Reasoning>,
     text: &str,
-    parser: Option<ToolCallFormat>,
+    parser: Option<&ToolParser>,
 ) -> (AssistantMessage, bool) {
     let split = match reasoning {
         Some(r) => reasoning::split(r, text),
@@ -136,8 +136,8 @@ pub fn message(
     let (reasoning_content, answer) = (split.reasoning, split.content);
     let text = answer.as_deref().unwrap_or("");
     let (content, mut calls) = match parser {
-        Some(format) => {
-            let parsed = tool_calls::parse(format, text);
+        Some(parser) => {
+            let parsed = tool_calls::parse(parser.clone(), text);
             (parsed.content, parsed.calls)
         }
         None => (Some(text.to_string()), Vec::new()),
@@ -184,7 +184,7 @@ pub struct ChoiceStream {
 }
 
 impl ChoiceStream {
-    pub fn new(parser: Option<ToolCallFormat>) -> Self {
+    pub fn new(parser: Option<ToolParser>) -> Self {
         ChoiceStream {
             parser: parser.map(ToolCallStream::new),
             reasoning: None,

@@ -51,7 +51,7 @@ pub async fn create_response(
         .first()
         .ok_or_else(|| ApiError::internal("a response without its choice"))?;
     let tokenizer = served.engine.tokenizer();
-    let (message, _) = chat_tools::message(reasoning.as_ref(), &out.text, tool_parser);
+    let (message, _) = chat_tools::message(reasoning.as_ref(), &out.text, tool_parser.as_ref());
     let text_logprobs = if want_logprobs {
         logprobs::chat(tokenizer, &out.logprobs).content
     } else {

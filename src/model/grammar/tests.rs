@@ -114,7 +114,7 @@ fn a_bad_grammar_is_an_error_naming_it() {
 
 #[test]
 fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
-    use crate::model::tool_calls::{forcing_grammar, parse, ToolCallFormat};
+    use crate::model::tool_calls::{forcing_grammar, parse, ToolCallFormat, ToolParser};
     let tok = tokenizer();
     let compiler = GrammarCompiler::new(&tok, 448).unwrap();
     let tools = vec![
@@ -134,12 +134,16 @@ fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
         (ToolCallFormat::Hermes, true),
         (ToolCallFormat::Llama3Json, false),
         (ToolCallFormat::Llama3Json, true),
+        (ToolCallFormat::Qwen3Xml, false),
+        (ToolCallFormat::Qwen3Xml, true),
+        (ToolCallFormat::SeedXml, false),
+        (ToolCallFormat::SeedXml, true),
     ] {
         let grammar = forcing_grammar(format, &tools, parallel, &options);
         for choose in [|a: &[u32]| a[0], |a: &[u32]| a[a.len() - 1]] {
             let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
             let text = walk_until(&tok, &mut c, choose, true);
-            let parsed = parse(format, &text);
+            let parsed = parse(ToolParser::new(format, tools.clone()), &text);
             assert_eq!(parsed.content, None, "{text:?}");
             assert!(!parsed.calls.is_empty(), "{text:?}");
             for call in &parsed.calls {
@@ -153,5 +157,66 @@ fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
                 }
             }
         }
+    }
+}
+
+/// Whether `c` takes `text`'s tokens one by one and may end after them.
+fn accepts(tok: &Tokenizer, c: &mut Constraint, text: &str) -> bool {
+    for t in tok.encode(text, false).unwrap() {
+        if !c.mask().unwrap().is_allowed(t) {
+            return false;
+        }
+        c.advance(t).unwrap();
+    }
+    let mask = c.mask().unwrap();
+    tok.eos_token_ids().iter().any(|&e| mask.is_allowed(e))
+}
+
+#[test]
+fn the_forced_xml_call_grammar_takes_free_text_strings_and_typed_values() {
+    use crate::model::tool_calls::{forcing_grammar, ToolCallFormat};
+    let tok = tokenizer();
+    let compiler = GrammarCompiler::new(&tok, 448).unwrap();
+    let tools = vec![(
+        "note_down".to_string(),
+        serde_json::json!({"type": "object", "properties": {
+            "text": {"type": "string"},
+            "count": {"type": "integer"},
+            "level": {"enum": ["lo", "hi"]}
+        }, "required": ["text", "count"]}),
+    )];
+    let options = serde_json::json!({"whitespace_flexible": false});
+    // Qwen3-Coder's layout (a line break around each value) and Seed-OSS's (none).
+    for (format, tag, br) in [
+        (ToolCallFormat::Qwen3Xml, "tool_call", "\n"),
+        (ToolCallFormat::SeedXml, "seed:tool_call", ""),
+    ] {
+        let grammar = forcing_grammar(format, &tools, false, &options);
+        let parameter =
+            |key: &str, value: &str| format!("<parameter={key}>{br}{value}{br}</parameter>\n");
+        let call = |parameters: &str| {
+            format!("<{tag}>\n<function=note_down>\n{parameters}</function>\n</{tag}>")
+        };
+        let check = |text: &str| {
+            let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
+            accepts(&tok, &mut c, text)
+        };
+        let text = parameter("text", "line one\n<b>bold</b> & more");
+        let count = parameter("count", "3");
+        // Free text may hold newlines and markup; the optional enum parameter may follow.
+        assert!(check(&call(&format!("{text}{count}"))), "{format:?}");
+        let level = parameter("level", "hi");
+        assert!(check(&call(&format!(
+            "{text}{}{level}",
+            parameter("count", "-12")
+        ))));
+        // Not an integer, not one of the enum's values, a required parameter left out.
+        assert!(!check(&call(&format!(
+            "{text}{}",
+            parameter("count", "three")
+        ))));
+        let bad_level = parameter("level", "medium");
+        assert!(!check(&call(&format!("{text}{count}{bad_level}"))));
+        assert!(!check(&call(&count)));
     }
 }

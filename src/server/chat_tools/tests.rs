@@ -1,5 +1,6 @@
 use super::*;
 use crate::model::reasoning::ReasoningFormat;
+use crate::model::tool_calls::ToolCallFormat;
 use serde_json::json;
 
 fn think(prompt: &str) -> Reasoning {
@@ -55,7 +56,7 @@ fn calls_are_looked_for_when_offered_and_forced_with_a_grammar() {
     let found = Some(ToolCallFormat::Hermes);
     for choice in [json!(null), json!("auto")] {
         let plan = tool_plan(&with(choice), Some(&hermes)).unwrap();
-        assert_eq!((plan.parser, plan.forced), (found, None));
+        assert_eq!((plan.parser.map(|p| p.format), plan.forced), (found, None));
     }
     assert_eq!(
         tool_plan(&with(json!("none")), Some(&hermes))
@@ -75,7 +76,7 @@ fn calls_are_looked_for_when_offered_and_forced_with_a_grammar() {
     );
 
     let required = tool_plan(&with(json!("required")), Some(&hermes)).unwrap();
-    assert_eq!(required.parser, found);
+    assert_eq!(required.parser.map(|p| p.format), found);
     let Some(Structure::Lark(grammar)) = required.forced else {
         panic!("a grammar")
     };
@@ -118,7 +119,7 @@ fn calls_are_looked_for_when_offered_and_forced_with_a_grammar() {
 #[test]
 fn a_message_carries_the_calls_and_the_choice_finishes_with_tool_calls() {
     let text = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>";
-    let (parsed, made_calls) = message(None, text, Some(ToolCallFormat::Hermes));
+    let (parsed, made_calls) = message(None, text, Some(&ToolCallFormat::Hermes.into()));
     assert!(made_calls);
     assert_eq!(parsed.content, None);
     assert_eq!(parsed.tool_calls.len(), 1);
@@ -155,7 +156,7 @@ fn a_message_carries_the_calls_and_the_choice_finishes_with_tool_calls() {
 
 #[test]
 fn streamed_calls_are_numbered_per_choice_and_text_passes_through() {
-    let mut s = ChoiceStream::new(Some(ToolCallFormat::Hermes));
+    let mut s = ChoiceStream::new(Some(ToolCallFormat::Hermes.into()));
     let call = |name: &str| {
         format!("<tool_call>{{\"name\": \"{name}\", \"arguments\": {{}}}}</tool_call>")
     };
@@ -190,7 +191,7 @@ fn reasoning_is_split_off_before_calls_are_looked_for() {
     let (m, made_calls) = message(
         Some(&think("assistant\n")),
         text,
-        Some(ToolCallFormat::Hermes),
+        Some(&ToolCallFormat::Hermes.into()),
     );
     assert!(made_calls);
     assert_eq!(m.reasoning_content.as_deref(), Some("Need the word."));
@@ -202,8 +203,8 @@ fn reasoning_is_split_off_before_calls_are_looked_for() {
         (Some("hmm"), None)
     );
 
-    let mut s =
-        ChoiceStream::new(Some(ToolCallFormat::Hermes)).with_reasoning(&think("assistant\n"));
+    let mut s = ChoiceStream::new(Some(ToolCallFormat::Hermes.into()))
+        .with_reasoning(&think("assistant\n"));
     let (reasoning, content, calls) = streamed(&mut s, text);
     assert_eq!(reasoning, "Need the word.");
     assert_eq!(content, "Ok ");
@@ -248,4 +249,48 @@ fn harmony_channels_split_into_reasoning_answer_and_calls() {
     assert_eq!((r.as_str(), c.as_str()), ("Two lookups.", ""));
     assert_eq!(calls, ["a#0", "b#1"]);
     assert!(s.made_calls());
+}
+
+/// Qwen3-Coder's chat template teaches the XML form; the plan's parser types each value by
+/// the request's schema, in a whole message and in a stream.
+#[test]
+fn xml_calls_are_typed_by_the_requests_tools() {
+    let template = ChatTemplate::new(
+        "{{ '<tool_call>\\n<function=example_function_name>\\n<parameter=example_parameter_1>' }}",
+        None,
+        None,
+    )
+    .unwrap();
+    let req = request(
+        json!({"tools": [{"type": "function", "function": {"name": "move",
+        "parameters": {"type": "object", "properties": {
+            "to": {"type": "string"}, "steps": {"type": "integer"}}}}}]}),
+    );
+    let parser = tool_plan(&req, Some(&template)).unwrap().parser.unwrap();
+    assert_eq!(parser.format, ToolCallFormat::Qwen3Xml);
+    let text = "Moving.\n<tool_call>\n<function=move>\n<parameter=to>\n007\n</parameter>\n\
+                <parameter=steps>\n12\n</parameter>\n</function>\n</tool_call>";
+    let (m, made_calls) = message(None, text, Some(&parser));
+    assert!(made_calls);
+    assert_eq!(m.content.as_deref(), Some("Moving."));
+    assert_eq!(m.tool_calls[0].function.name, "move");
+    assert_eq!(
+        m.tool_calls[0].function.arguments,
+        r#"{"to":"007","steps":12}"#
+    );
+
+    let mut s = ChoiceStream::new(Some(parser));
+    let mut arguments = Vec::new();
+    let mut content = String::new();
+    for piece in text.as_bytes().chunks(5) {
+        for d in s.deltas(std::str::from_utf8(piece).unwrap(), false) {
+            content.push_str(d.content.as_deref().unwrap_or(""));
+            for call in d.tool_calls.into_iter().flatten() {
+                arguments.push(call.call.function.arguments);
+            }
+        }
+    }
+    s.deltas("", true);
+    assert_eq!(content, "Moving.\n");
+    assert_eq!(arguments, [r#"{"to":"007","steps":12}"#]);
 }
