@@ -410,7 +410,6 @@ pub(crate) fn cpu_kv_blocks(
     (budget / (per_token * args.block_size)).min(want).max(1)
 }
 
-/// Longest prompt + output the engine accepts.
 /// gpt-oss always writes harmony messages: without a parser its channel markers would be
 /// dropped (special tokens) and the reasoning run into the answer, so harmony is its
 /// default. Other models keep what `--reasoning-parser` says.
@@ -428,6 +427,7 @@ fn reasoning_parser(
     }
 }
 
+/// Longest prompt + output the engine accepts.
 pub(crate) fn max_model_len(args: &EngineArgs, config: &ModelConfig) -> usize {
     args.max_model_len.unwrap_or(config.max_position_embeddings)
 }

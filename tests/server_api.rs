@@ -410,12 +410,12 @@ async fn logit_bias_forces_and_bans_tokens_and_bad_biases_are_400() {
     }
 }
 
-/// With tools offered and the Hermes parser on, an answer without call blocks comes back
+/// With tools offered and a tool-call parser on, an answer without call blocks comes back
 /// as plain content, streamed or not (the demo model never writes `<tool_call>` by itself);
 /// `tool_choice` `required` or a named function makes it write one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offered_tools_leave_plain_answers_as_content_and_forced_ones_are_calls() {
-    for parser in ["hermes", "llama3_json"] {
+    for parser in ["hermes", "llama3_json", "qwen3_coder", "seed_oss"] {
         check_tools(parser).await;
     }
 }

@@ -57,6 +57,9 @@ pub enum ReasoningParserArg {
     /// special tokens, which the markers are.
     #[value(alias = "openai_gptoss", alias = "gpt_oss", alias = "gpt-oss")]
     Harmony,
+    /// `<seed:think>...</seed:think>` before the answer (Seed-OSS).
+    #[value(name = "seed_oss")]
+    SeedOss,
 }
 
 /// Installs the template `given` names (a file, or the Jinja text itself) in place of the
@@ -108,6 +111,7 @@ pub fn configure(
             ReasoningParserArg::None => None,
             ReasoningParserArg::Think => Some(ReasoningFormat::Think),
             ReasoningParserArg::Harmony => Some(ReasoningFormat::Harmony),
+            ReasoningParserArg::SeedOss => Some(ReasoningFormat::SeedThink),
         });
         if let Some(format) = template.tool_call_format() {
             tracing::info!("tool calls are parsed from the output ({format:?} format)");

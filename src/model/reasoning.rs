@@ -13,8 +13,18 @@ use super::tool_calls::{partial_prefix_len, ToolCall};
 pub enum ReasoningFormat {
     /// `<think>...</think>` before the answer.
     Think,
+    /// `<seed:think>...</seed:think>` before the answer (Seed-OSS).
+    SeedThink,
     /// OpenAI's harmony channels (gpt-oss): `analysis`, `final`, calls on `commentary`.
     Harmony,
+}
+
+impl ReasoningFormat {
+    /// Whether the format's markers may be special tokens, which decoding must then keep
+    /// (harmony's channel markers are; Seed-OSS's think tags are added tokens).
+    pub fn marks_may_be_special_tokens(self) -> bool {
+        matches!(self, ReasoningFormat::Harmony | ReasoningFormat::SeedThink)
+    }
 }
 
 /// What a request's output is split with: the format, and the rendered prompt (which may
@@ -25,8 +35,9 @@ pub struct Reasoning {
     pub prompt: String,
 }
 
-const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+/// The tags of the `<think>` format and of Seed-OSS's.
+const THINK_TAGS: (&str, &str) = ("<think>", "</think>");
+const SEED_THINK_TAGS: (&str, &str) = ("<seed:think>", "</seed:think>");
 
 /// Where the output starts, as the rendered prompt leaves it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +69,12 @@ pub enum ReasoningSplitter {
 impl ReasoningSplitter {
     pub fn new(reasoning: &Reasoning) -> Self {
         match reasoning.format {
-            ReasoningFormat::Think => Self::Think(ThinkSplitter::new(&reasoning.prompt)),
+            ReasoningFormat::Think => {
+                Self::Think(ThinkSplitter::new(&reasoning.prompt, THINK_TAGS))
+            }
+            ReasoningFormat::SeedThink => {
+                Self::Think(ThinkSplitter::new(&reasoning.prompt, SEED_THINK_TAGS))
+            }
             ReasoningFormat::Harmony => Self::Harmony(HarmonySplitter::new()),
         }
     }
@@ -79,21 +95,25 @@ impl ReasoningSplitter {
     }
 }
 
-/// The `<think>` format's splitter.
+/// The `<think>` format's splitter (with its own tags or Seed-OSS's).
 #[derive(Debug)]
 pub struct ThinkSplitter {
     part: Part,
     held: String,
+    open: &'static str,
+    close: &'static str,
 }
 
 impl ThinkSplitter {
     /// `prompt_text` is the rendered prompt: when it ends inside an opened block (the
     /// template wrote `<think>`), the output starts as reasoning.
-    pub fn new(prompt_text: &str) -> Self {
-        let inside = prompt_text.trim_end().ends_with(OPEN);
+    pub fn new(prompt_text: &str, (open, close): (&'static str, &'static str)) -> Self {
+        let inside = prompt_text.trim_end().ends_with(open);
         ThinkSplitter {
             part: if inside { Part::Reasoning } else { Part::Start },
             held: String::new(),
+            open,
+            close,
         }
     }
 
@@ -104,23 +124,23 @@ impl ThinkSplitter {
             match self.part {
                 Part::Start => {
                     let trimmed = self.held.trim_start();
-                    if let Some(rest) = trimmed.strip_prefix(OPEN) {
+                    if let Some(rest) = trimmed.strip_prefix(self.open) {
                         self.held = rest.to_string();
                         self.part = Part::Reasoning;
-                    } else if OPEN.starts_with(trimmed) {
+                    } else if self.open.starts_with(trimmed) {
                         return out; // could still become the opening tag
                     } else {
                         self.part = Part::Content;
                     }
                 }
-                Part::Reasoning => match self.held.find(CLOSE) {
+                Part::Reasoning => match self.held.find(self.close) {
                     Some(at) => {
-                        let reasoning: String = self.held.drain(..at + CLOSE.len()).collect();
+                        let reasoning: String = self.held.drain(..at + self.close.len()).collect();
                         push_nonempty(&mut out, Piece::Reasoning(reasoning[..at].to_string()));
                         self.part = Part::AfterReasoning;
                     }
                     None => {
-                        let keep = partial_prefix_len(&self.held, CLOSE);
+                        let keep = partial_prefix_len(&self.held, self.close);
                         let send: String = self.held.drain(..self.held.len() - keep).collect();
                         push_nonempty(&mut out, Piece::Reasoning(send));
                         return out;
@@ -281,6 +301,29 @@ mod tests {
         assert_eq!(
             split("<think>\n\n</think>\n\n", "Answer"),
             (None, Some("Answer".into()))
+        );
+    }
+
+    #[test]
+    fn seed_oss_thinks_in_its_own_tags() {
+        let seed = |prompt: &str| Reasoning {
+            format: ReasoningFormat::SeedThink,
+            prompt: prompt.to_string(),
+        };
+        let text =
+            "<seed:think>Budget left: 500.<seed:cot_budget_reflect>ok</seed:cot_budget_reflect>\
+                    </seed:think>\nIt is 4.";
+        let s = super::split(&seed("<seed:bos>assistant\n"), text);
+        assert_eq!(
+            s.reasoning.as_deref(),
+            Some("Budget left: 500.<seed:cot_budget_reflect>ok</seed:cot_budget_reflect>")
+        );
+        assert_eq!(s.content.as_deref(), Some("It is 4."));
+        // `<think>` is not Seed's tag: it stays in the answer.
+        let s = super::split(&seed(""), "<think>x</think>y");
+        assert_eq!(
+            (s.reasoning, s.content.as_deref()),
+            (None, Some("<think>x</think>y"))
         );
     }
 }

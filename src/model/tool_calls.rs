@@ -34,6 +34,12 @@ pub enum ToolCallFormat {
 }
 
 impl ToolCallFormat {
+    /// Whether the format's tags may be special tokens, which decoding must then keep
+    /// (Seed-OSS's `<seed:tool_call>` is an added token).
+    pub fn marks_may_be_special_tokens(self) -> bool {
+        self == ToolCallFormat::SeedXml
+    }
+
     /// The format a chat template teaches its model, if it names one.
     pub fn detect(template_source: &str) -> Option<ToolCallFormat> {
         if qwen3_xml::taught_by(template_source) && template_source.contains(SEED_OPEN) {

@@ -11,7 +11,7 @@ use super::state::{Served, SharedState};
 use super::types::chat::*;
 use super::types::common;
 use crate::model::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
-use crate::model::reasoning::{Reasoning, ReasoningFormat};
+use crate::model::reasoning::Reasoning;
 use crate::model::tool_calls::ToolParser;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -124,11 +124,16 @@ pub fn prepare(
             format,
             prompt: prompt_text,
         });
-    if reasoning
+    let marks_are_special = reasoning
         .as_ref()
-        .is_some_and(|r| r.format == ReasoningFormat::Harmony)
-    {
-        // Harmony's channel markers are special tokens: the parser reads them.
+        .is_some_and(|r| r.format.marks_may_be_special_tokens())
+        || plan
+            .parser
+            .as_ref()
+            .is_some_and(|p| p.format.marks_may_be_special_tokens());
+    if marks_are_special {
+        // The parsers read markers that the tokenizer may list as special tokens
+        // (harmony's channels, Seed-OSS's tags): decoding must keep them.
         params.skip_special_tokens = false;
     }
     let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
