@@ -23,8 +23,9 @@ pub enum ContentFormatArg {
 /// `--tool-call-parser`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolCallParserArg {
-    /// `qwen3_coder` (or `seed_oss`, in `<seed:tool_call>` blocks) when the chat template
-    /// documents `<function=...>` elements, `hermes`
+    /// `mistral` when the chat template writes `[TOOL_CALLS]`, `qwen3_coder` (or
+    /// `seed_oss`, in `<seed:tool_call>` blocks) when it documents `<function=...>`
+    /// elements, `hermes`
     /// when it documents `<tool_call>` blocks, `llama3_json` when it asks for
     /// `{"name": ..., "parameters": ...}`, else none.
     Auto,
@@ -39,6 +40,9 @@ pub enum ToolCallParserArg {
     /// The same XML in `<seed:tool_call>` blocks (Seed-OSS).
     #[value(name = "seed_oss")]
     SeedOss,
+    /// `[TOOL_CALLS]` then a JSON list, or `NAME[ARGS]{...}` per call (Mistral, Devstral,
+    /// Magistral).
+    Mistral,
     /// Tool calls stay in the text.
     None,
 }
@@ -104,6 +108,9 @@ pub fn configure(
             }
             ToolCallParserArg::SeedOss => {
                 template.with_tool_call_format(Some(ToolCallFormat::SeedXml))
+            }
+            ToolCallParserArg::Mistral => {
+                template.with_tool_call_format(Some(ToolCallFormat::Mistral))
             }
             ToolCallParserArg::None => template.with_tool_call_format(None),
         };

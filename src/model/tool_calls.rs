@@ -9,6 +9,7 @@
 //! block, or an answer that opens with `{`, is held back until it can be read).
 
 mod llama3_json;
+mod mistral;
 mod qwen3_xml;
 
 use serde_json::Value;
@@ -31,18 +32,31 @@ pub enum ToolCallFormat {
     /// The same elements in `<seed:tool_call>` blocks, values without line breaks around
     /// them (Seed-OSS).
     SeedXml,
+    /// `[TOOL_CALLS]` then a JSON list of calls, or `NAME[ARGS]{...}` per call (Mistral).
+    Mistral,
 }
 
 impl ToolCallFormat {
     /// Whether the format's tags may be special tokens, which decoding must then keep
     /// (Seed-OSS's `<seed:tool_call>` is an added token).
     pub fn marks_may_be_special_tokens(self) -> bool {
-        self == ToolCallFormat::SeedXml
+        matches!(self, ToolCallFormat::SeedXml | ToolCallFormat::Mistral)
+    }
+
+    /// A new id for a call the model made: OpenAI's `call_...` shape, or for Mistral the 9
+    /// alphanumerics its templates check when the call comes back in the conversation.
+    pub fn call_id(self) -> String {
+        match self {
+            ToolCallFormat::Mistral => mistral::call_id(),
+            _ => format!("call_{:024x}", rand::random::<u128>() >> 32),
+        }
     }
 
     /// The format a chat template teaches its model, if it names one.
     pub fn detect(template_source: &str) -> Option<ToolCallFormat> {
-        if qwen3_xml::taught_by(template_source) && template_source.contains(SEED_OPEN) {
+        if mistral::taught_by(template_source) {
+            Some(ToolCallFormat::Mistral)
+        } else if qwen3_xml::taught_by(template_source) && template_source.contains(SEED_OPEN) {
             Some(ToolCallFormat::SeedXml)
         } else if qwen3_xml::taught_by(template_source) {
             Some(ToolCallFormat::Qwen3Xml)
@@ -101,30 +115,43 @@ impl From<ToolCallFormat> for ToolParser {
 /// A Lark grammar (llguidance's dialect) for output that is nothing but calls in `format`:
 /// each a block whose JSON names one of `tools` (name, parameters schema) and gives
 /// arguments valid under its schema; several blocks, one per line, when `parallel`.
+/// `special_token_id` finds the ids of the special tokens a format's markers are
+/// (Mistral's); without them the format cannot be forced, and the error says why.
 pub fn forcing_grammar(
     format: ToolCallFormat,
     tools: &[(String, Value)],
     parallel: bool,
     json_options: &Value,
-) -> String {
-    match format {
-        ToolCallFormat::Llama3Json => {
-            return llama3_json::forcing_grammar(tools, parallel, json_options)
-        }
+    special_token_id: &dyn Fn(&str) -> Option<u32>,
+) -> Result<String, String> {
+    let grammar = match format {
+        ToolCallFormat::Llama3Json => llama3_json::forcing_grammar(tools, parallel, json_options),
         ToolCallFormat::Qwen3Xml => {
             let layout = qwen3_xml::Layout::qwen3();
-            return qwen3_xml::forcing_grammar(&layout, tools, parallel, json_options);
+            qwen3_xml::forcing_grammar(&layout, tools, parallel, json_options)
         }
         ToolCallFormat::SeedXml => {
             let layout = qwen3_xml::Layout::seed();
-            return qwen3_xml::forcing_grammar(&layout, tools, parallel, json_options);
+            qwen3_xml::forcing_grammar(&layout, tools, parallel, json_options)
         }
-        ToolCallFormat::Hermes => {}
-    }
-    let schema = call_schema(tools, "arguments", json_options);
-    let repeat = if parallel { r#" ("\n" call)*"# } else { "" };
-    // Lark string literals take the same escapes as JSON strings.
-    format!("start: call{repeat}\ncall: \"{OPEN}\\n\" %json {schema} \"\\n{CLOSE}\"\n")
+        ToolCallFormat::Mistral => {
+            let marker = special_token_id(mistral::TOOL_CALLS).ok_or_else(|| {
+                format!(
+                    "the tokenizer has no {} token to force calls with",
+                    mistral::TOOL_CALLS
+                )
+            })?;
+            let args = special_token_id(mistral::ARGS);
+            mistral::forcing_grammar(tools, parallel, json_options, marker, args)
+        }
+        ToolCallFormat::Hermes => {
+            let schema = call_schema(tools, "arguments", json_options);
+            let repeat = if parallel { r#" ("\n" call)*"# } else { "" };
+            // Lark string literals take the same escapes as JSON strings.
+            format!("start: call{repeat}\ncall: \"{OPEN}\\n\" %json {schema} \"\\n{CLOSE}\"\n")
+        }
+    };
+    Ok(grammar)
 }
 
 /// The JSON schema of one call object naming one of `tools` (name, parameters schema),
@@ -172,6 +199,15 @@ pub fn parse(parser: impl Into<ToolParser>, text: &str) -> ParsedOutput {
         return match llama3_json::parse_calls(text) {
             Some(calls) => ParsedOutput {
                 content: None,
+                calls,
+            },
+            None => as_text(),
+        };
+    }
+    if parser.format == ToolCallFormat::Mistral {
+        return match mistral::parse(text) {
+            Some((before, calls)) => ParsedOutput {
+                content: Some(before.trim().to_string()).filter(|c| !c.is_empty()),
                 calls,
             },
             None => as_text(),
@@ -260,6 +296,9 @@ impl ToolCallStream {
         if self.parser.format == ToolCallFormat::Llama3Json {
             return self.push_llama3();
         }
+        if self.parser.format == ToolCallFormat::Mistral {
+            return self.push_mistral();
+        }
         let (open_tag, close_tag) = self.parser.block_tags();
         let mut out = Vec::new();
         loop {
@@ -314,12 +353,39 @@ impl ToolCallStream {
         vec![StreamPiece::Text(std::mem::take(&mut self.held))]
     }
 
-    /// The end of the output: what is still held is calls (a held Llama 3 answer that
-    /// reads as calls) or plain text.
+    /// Mistral: text passes through until `[TOOL_CALLS]`; from there the rest is held
+    /// until `finish` reads it.
+    fn push_mistral(&mut self) -> Vec<StreamPiece> {
+        if self.json_answer == Some(true) {
+            return Vec::new();
+        }
+        let send = match self.held.find(mistral::TOOL_CALLS) {
+            Some(at) => {
+                self.json_answer = Some(true);
+                at
+            }
+            None => self.held.len() - partial_prefix_len(&self.held, mistral::TOOL_CALLS),
+        };
+        if send == 0 {
+            return Vec::new();
+        }
+        let text: String = self.held.drain(..send).collect();
+        vec![StreamPiece::Text(text)]
+    }
+
+    /// The end of the output: what is still held is calls (a held Llama 3 or Mistral answer
+    /// that reads as calls) or plain text.
     pub fn finish(&mut self) -> Vec<StreamPiece> {
         let held = std::mem::take(&mut self.held);
         if held.is_empty() {
             return Vec::new();
+        }
+        if self.json_answer == Some(true) && self.parser.format == ToolCallFormat::Mistral {
+            if let Some((_, calls)) = mistral::parse(&held) {
+                self.calls += calls.len();
+                return calls.into_iter().map(StreamPiece::Call).collect();
+            }
+            return vec![StreamPiece::Text(held)];
         }
         if self.json_answer == Some(true) {
             if let Some(calls) = llama3_json::parse_calls(&held) {

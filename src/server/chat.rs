@@ -103,7 +103,10 @@ pub fn prepare(
     }
     let n = choices(req.n)?;
     let mut params = to_params(req.sampling())?;
-    let plan = chat_tools::tool_plan(req, served.engine.tokenizer().chat_template())?;
+    let tokenizer = served.engine.tokenizer();
+    let plan = chat_tools::tool_plan(req, tokenizer.chat_template(), &|token| {
+        tokenizer.token_to_id(token)
+    })?;
     if let Some(forced) = plan.forced {
         if params.structure.is_some() {
             return Err(ApiError::invalid(

@@ -8,7 +8,7 @@ use super::types::chat::{
 use crate::model::chat_template::ChatTemplate;
 use crate::model::grammar::{Structure, JSON_WHITESPACE};
 use crate::model::reasoning::{self, Piece, Reasoning, ReasoningSplitter};
-use crate::model::tool_calls::{self, StreamPiece, ToolCallStream, ToolParser};
+use crate::model::tool_calls::{self, StreamPiece, ToolCallFormat, ToolCallStream, ToolParser};
 
 /// What a request's tools ask of the generation.
 #[derive(Debug, PartialEq)]
@@ -23,10 +23,12 @@ pub struct ToolPlan {
 /// The plan for `req`: calls are looked for when it offers tools and the model's template
 /// names a format; `tool_choice` `none` turns that off, `auto` (the default) leaves the
 /// choice to the model, `required` or `{"type": "function", "function": {"name": ...}}`
-/// force calls (to any offered tool, or to that one) with a grammar.
+/// force calls (to any offered tool, or to that one) with a grammar (`special_token_id`
+/// looks up the tokenizer's ids for formats whose markers are special tokens).
 pub fn tool_plan(
     req: &ChatCompletionRequest,
     template: Option<&ChatTemplate>,
+    special_token_id: &dyn Fn(&str) -> Option<u32>,
 ) -> ApiResult<ToolPlan> {
     let invalid = |message: String| ApiError::invalid(Some("tool_choice"), message);
     let tools = offered_tools(req)?;
@@ -86,11 +88,12 @@ pub fn tool_plan(
     };
     let parallel = req.parallel_tool_calls.unwrap_or(true) && only.is_none();
     let options = serde_json::json!({"whitespace_pattern": JSON_WHITESPACE});
+    let grammar =
+        tool_calls::forcing_grammar(format, &chosen, parallel, &options, special_token_id)
+            .map_err(|why| invalid(format!("calls cannot be forced for this model: {why}")))?;
     Ok(ToolPlan {
         parser: Some(ToolParser::new(format, tools)),
-        forced: Some(Structure::Lark(tool_calls::forcing_grammar(
-            format, &chosen, parallel, &options,
-        ))),
+        forced: Some(Structure::Lark(grammar)),
     })
 }
 
@@ -144,12 +147,16 @@ pub fn message(
     };
     calls.extend(split.calls);
     let made_calls = !calls.is_empty();
+    let format = parser.map(|p| p.format);
     let message = AssistantMessage {
         role: "assistant",
         // Only thinking (cut off before the answer): no content.
         content: content.filter(|_| answer.is_some()),
         refusal: None,
-        tool_calls: calls.into_iter().map(api_call).collect(),
+        tool_calls: calls
+            .into_iter()
+            .map(|call| api_call(call, format))
+            .collect(),
         reasoning_content,
     };
     (message, made_calls)
@@ -163,9 +170,10 @@ pub fn finish_reason(reason: Option<String>, made_calls: bool) -> Option<String>
     }
 }
 
-fn api_call(call: tool_calls::ToolCall) -> ToolCall {
+/// The OpenAI shape of a call, with a new id in the shape the model's format wants back.
+fn api_call(call: tool_calls::ToolCall, format: Option<ToolCallFormat>) -> ToolCall {
     ToolCall {
-        id: format!("call_{:024x}", rand::random::<u128>() >> 32),
+        id: format.unwrap_or(ToolCallFormat::Hermes).call_id(),
         kind: "function",
         function: FunctionCall {
             name: call.name,
@@ -177,6 +185,8 @@ fn api_call(call: tool_calls::ToolCall) -> ToolCall {
 /// One streamed choice: text deltas as they come, each call as one delta once it closes.
 pub struct ChoiceStream {
     parser: Option<ToolCallStream>,
+    /// The format calls are read in, which shapes their ids.
+    format: Option<ToolCallFormat>,
     /// Splits the model's thinking off first (with `--reasoning-parser`).
     reasoning: Option<ReasoningSplitter>,
     /// Calls the reasoning format carried itself (harmony), as streamed so far.
@@ -186,6 +196,7 @@ pub struct ChoiceStream {
 impl ChoiceStream {
     pub fn new(parser: Option<ToolParser>) -> Self {
         ChoiceStream {
+            format: parser.as_ref().map(|p| p.format),
             parser: parser.map(ToolCallStream::new),
             reasoning: None,
             format_calls: 0,
@@ -231,7 +242,7 @@ impl ChoiceStream {
                     deltas.push(ChatDelta {
                         tool_calls: Some(vec![ToolCallDelta {
                             index,
-                            call: api_call(call),
+                            call: api_call(call, None),
                         }]),
                         ..Default::default()
                     });
@@ -262,7 +273,7 @@ impl ChoiceStream {
                 StreamPiece::Call(call) => ChatDelta {
                     tool_calls: Some(vec![ToolCallDelta {
                         index: calls.next().unwrap_or_default(),
-                        call: api_call(call),
+                        call: api_call(call, self.format),
                     }]),
                     ..Default::default()
                 },

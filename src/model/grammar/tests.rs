@@ -139,7 +139,7 @@ fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
         (ToolCallFormat::SeedXml, false),
         (ToolCallFormat::SeedXml, true),
     ] {
-        let grammar = forcing_grammar(format, &tools, parallel, &options);
+        let grammar = forcing_grammar(format, &tools, parallel, &options, &|_| None).unwrap();
         for choose in [|a: &[u32]| a[0], |a: &[u32]| a[a.len() - 1]] {
             let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
             let text = walk_until(&tok, &mut c, choose, true);
@@ -191,7 +191,7 @@ fn the_forced_xml_call_grammar_takes_free_text_strings_and_typed_values() {
         (ToolCallFormat::Qwen3Xml, "tool_call", "\n"),
         (ToolCallFormat::SeedXml, "seed:tool_call", ""),
     ] {
-        let grammar = forcing_grammar(format, &tools, false, &options);
+        let grammar = forcing_grammar(format, &tools, false, &options, &|_| None).unwrap();
         let parameter =
             |key: &str, value: &str| format!("<parameter={key}>{br}{value}{br}</parameter>\n");
         let call = |parameters: &str| {
@@ -219,4 +219,93 @@ fn the_forced_xml_call_grammar_takes_free_text_strings_and_typed_values() {
         assert!(!check(&call(&format!("{text}{count}{bad_level}"))));
         assert!(!check(&call(&count)));
     }
+}
+
+/// The fixture tokenizer with Mistral's call markers as special tokens (and `[ARGS]` only
+/// for the newer layout).
+fn mistral_tokenizer(with_args: bool) -> Tokenizer {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/tokenizer.json");
+    let mut inner = tokenizers::Tokenizer::from_file(path).unwrap();
+    let mut markers = vec![tokenizers::AddedToken::from("[TOOL_CALLS]", true)];
+    if with_args {
+        markers.push(tokenizers::AddedToken::from("[ARGS]", true));
+    }
+    inner.add_special_tokens(&markers);
+    let mut tok = Tokenizer::new(inner);
+    let eos = tok
+        .token_to_id("<|im_end|>")
+        .or_else(|| tok.token_to_id("</s>"));
+    tok.add_eos_token_ids(eos);
+    tok
+}
+
+#[test]
+fn forced_mistral_calls_start_with_the_special_token_in_either_layout() {
+    use crate::model::tool_calls::{forcing_grammar, parse, ToolCallFormat};
+    let tools = vec![(
+        "look_up".to_string(),
+        serde_json::json!({"type": "object", "properties": {"word": {"enum": ["kiln", "clay"]}},
+                           "required": ["word"], "additionalProperties": false}),
+    )];
+    let options = serde_json::json!({"whitespace_flexible": false});
+    for with_args in [false, true] {
+        let tok = mistral_tokenizer(with_args);
+        assert!(!tok.eos_token_ids().is_empty());
+        let compiler = GrammarCompiler::new(&tok, tok.vocab_size()).unwrap();
+        let id = |t: &str| tok.token_to_id(t);
+        let first: fn(&[u32]) -> u32 = |a| a[0];
+        let last: fn(&[u32]) -> u32 = |a| a[a.len() - 1];
+        for choose in [first, last] {
+            let grammar =
+                forcing_grammar(ToolCallFormat::Mistral, &tools, false, &options, &id).unwrap();
+            let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
+            let mut ids = Vec::new();
+            for _ in 0..200 {
+                let mask = c.mask().unwrap();
+                if tok.eos_token_ids().iter().any(|&e| mask.is_allowed(e)) {
+                    break;
+                }
+                let allowed: Vec<u32> = (0..mask.len() as u32)
+                    .filter(|&t| mask.is_allowed(t))
+                    .collect();
+                let t = choose(&allowed);
+                c.advance(t).unwrap();
+                ids.push(t);
+            }
+            assert_eq!(
+                ids[0],
+                id("[TOOL_CALLS]").unwrap(),
+                "the marker is the special token"
+            );
+            let text = tok.decode(&ids, false).unwrap();
+            assert_eq!(text.contains("[ARGS]"), with_args, "{text}");
+            let parsed = parse(ToolCallFormat::Mistral, &text);
+            assert_eq!(parsed.content, None, "{text}");
+            assert_eq!(parsed.calls[0].name, "look_up", "{text}");
+        }
+    }
+    // Two calls where parallel calls are allowed, in each layout.
+    for (with_args, text) in [
+        (
+            false,
+            r#"[TOOL_CALLS][{"name":"look_up","arguments":{"word":"kiln"}}, {"name":"look_up","arguments":{"word":"clay"}}]"#,
+        ),
+        (
+            true,
+            r#"[TOOL_CALLS]look_up[ARGS]{"word":"kiln"}[TOOL_CALLS]look_up[ARGS]{"word":"clay"}"#,
+        ),
+    ] {
+        let tok = mistral_tokenizer(with_args);
+        let compiler = GrammarCompiler::new(&tok, tok.vocab_size()).unwrap();
+        let id = |t: &str| tok.token_to_id(t);
+        let grammar =
+            forcing_grammar(ToolCallFormat::Mistral, &tools, true, &options, &id).unwrap();
+        let mut c = compiler.compile(&Structure::Lark(grammar)).unwrap();
+        assert!(accepts(&tok, &mut c, text), "{text}");
+        assert_eq!(parse(ToolCallFormat::Mistral, text).calls.len(), 2);
+    }
+    // Without the token there is nothing to force with.
+    let err = forcing_grammar(ToolCallFormat::Mistral, &tools, false, &options, &|_| None);
+    assert!(err.unwrap_err().contains("[TOOL_CALLS]"));
 }

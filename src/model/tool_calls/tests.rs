@@ -147,3 +147,52 @@ fn llama3_answers_that_are_objects_become_calls_streamed_or_not() {
         Some(ToolCallFormat::Llama3Json)
     );
 }
+
+#[test]
+fn mistral_text_streams_until_the_marker_and_the_calls_come_at_the_end() {
+    let text =
+        "Let me look.[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\"}[TOOL_CALLS]now[ARGS]{}";
+    for size in [1, 3, 7, 200] {
+        let mut s = ToolCallStream::new(ToolCallFormat::Mistral);
+        let (mut content, mut calls) = (String::new(), Vec::new());
+        let chars: Vec<char> = text.chars().collect();
+        let mut pieces = Vec::new();
+        for chunk in chars.chunks(size) {
+            pieces.extend(s.push(&chunk.iter().collect::<String>()));
+        }
+        pieces.extend(s.finish());
+        for piece in pieces {
+            match piece {
+                StreamPiece::Text(t) => content.push_str(&t),
+                StreamPiece::Call(c) => calls.push(c),
+            }
+        }
+        assert_eq!(content, "Let me look.", "{size}");
+        assert_eq!(
+            calls,
+            [call("get_weather", r#"{"city":"Oslo"}"#), call("now", "{}")]
+        );
+    }
+    // A marker followed by something that is not calls comes back as text.
+    let mut s = ToolCallStream::new(ToolCallFormat::Mistral);
+    let mut out = s.push("Hi [TOOL_CALLS] oops");
+    out.extend(s.finish());
+    assert_eq!(
+        out,
+        [
+            StreamPiece::Text("Hi ".into()),
+            StreamPiece::Text("[TOOL_CALLS] oops".into())
+        ]
+    );
+    assert_eq!(
+        ToolCallFormat::detect("{{- '[TOOL_CALLS][' }}"),
+        Some(ToolCallFormat::Mistral)
+    );
+    // Ids as Mistral's templates accept them when the call comes back.
+    let id = ToolCallFormat::Mistral.call_id();
+    assert!(
+        id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{id}"
+    );
+    assert!(ToolCallFormat::Hermes.call_id().starts_with("call_"));
+}

@@ -55,27 +55,29 @@ fn calls_are_looked_for_when_offered_and_forced_with_a_grammar() {
     };
     let found = Some(ToolCallFormat::Hermes);
     for choice in [json!(null), json!("auto")] {
-        let plan = tool_plan(&with(choice), Some(&hermes)).unwrap();
+        let plan = tool_plan(&with(choice), Some(&hermes), &|_| None).unwrap();
         assert_eq!((plan.parser.map(|p| p.format), plan.forced), (found, None));
     }
     assert_eq!(
-        tool_plan(&with(json!("none")), Some(&hermes))
+        tool_plan(&with(json!("none")), Some(&hermes), &|_| None)
             .unwrap()
             .parser,
         None
     );
     assert_eq!(
-        tool_plan(&request(json!({})), Some(&hermes))
+        tool_plan(&request(json!({})), Some(&hermes), &|_| None)
             .unwrap()
             .parser,
         None
     );
     assert_eq!(
-        tool_plan(&with(json!(null)), Some(&plain)).unwrap().parser,
+        tool_plan(&with(json!(null)), Some(&plain), &|_| None)
+            .unwrap()
+            .parser,
         None
     );
 
-    let required = tool_plan(&with(json!("required")), Some(&hermes)).unwrap();
+    let required = tool_plan(&with(json!("required")), Some(&hermes), &|_| None).unwrap();
     assert_eq!(required.parser.map(|p| p.format), found);
     let Some(Structure::Lark(grammar)) = required.forced else {
         panic!("a grammar")
@@ -87,6 +89,7 @@ fn calls_are_looked_for_when_offered_and_forced_with_a_grammar() {
     let named = tool_plan(
         &with(json!({"type": "function", "function": {"name": "g"}})),
         Some(&hermes),
+        &|_| None,
     )
     .unwrap();
     let Some(Structure::Lark(grammar)) = named.forced else {
@@ -105,12 +108,13 @@ fn calls_are_looked_for_when_offered_and_forced_with_a_grammar() {
         (json!("required"), &plain),
         (json!("sometimes"), &hermes),
     ] {
-        let err = tool_plan(&with(choice), Some(template)).unwrap_err();
+        let err = tool_plan(&with(choice), Some(template), &|_| None).unwrap_err();
         assert_eq!(err.body().error.param.as_deref(), Some("tool_choice"));
     }
     let err = tool_plan(
         &request(json!({"tools": [{"type": "function"}]})),
         Some(&hermes),
+        &|_| None,
     )
     .unwrap_err();
     assert_eq!(err.body().error.param.as_deref(), Some("tools"));
@@ -266,7 +270,10 @@ fn xml_calls_are_typed_by_the_requests_tools() {
         "parameters": {"type": "object", "properties": {
             "to": {"type": "string"}, "steps": {"type": "integer"}}}}}]}),
     );
-    let parser = tool_plan(&req, Some(&template)).unwrap().parser.unwrap();
+    let parser = tool_plan(&req, Some(&template), &|_| None)
+        .unwrap()
+        .parser
+        .unwrap();
     assert_eq!(parser.format, ToolCallFormat::Qwen3Xml);
     let text = "Moving.\n<tool_call>\n<function=move>\n<parameter=to>\n007\n</parameter>\n\
                 <parameter=steps>\n12\n</parameter>\n</function>\n</tool_call>";
