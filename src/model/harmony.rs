@@ -12,6 +12,42 @@ const MESSAGE: &str = "<|message|>";
 /// What ends a message: `<|end|>`, or the turn (`<|return|>` after the answer, `<|call|>`
 /// after a tool call; both are also end-of-sequence tokens, so usually not in the text).
 const ENDS: [&str; 3] = ["<|end|>", "<|return|>", "<|call|>"];
+/// llguidance Lark for an answer that is one call to one of `tools` (name, parameters
+/// schema), as gpt-oss writes it after the prompt's `<|start|>assistant`:
+/// `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}`, the turn
+/// then ending with `<|call|>` (an end-of-sequence token). The markers are special tokens,
+/// referred to by the ids `special_token_id` finds. Harmony makes one call per turn, so
+/// there is no parallel form.
+pub fn forcing_grammar(
+    tools: &[(String, serde_json::Value)],
+    json_options: &serde_json::Value,
+    special_token_id: &dyn Fn(&str) -> Option<u32>,
+) -> Result<String, String> {
+    let id = |marker: &str| {
+        special_token_id(marker)
+            .map(|id| format!("<[{id}]>"))
+            .ok_or_else(|| format!("the tokenizer has no {marker} token to force calls with"))
+    };
+    let (channel, message) = (id("<|channel|>")?, id(MESSAGE)?);
+    // Without `<|constrain|>` the content type follows the recipient after a space.
+    let constrain = id("<|constrain|>").unwrap_or_else(|_| "\" \"".into());
+    let functions: Vec<String> = tools
+        .iter()
+        .map(|(name, parameters)| {
+            let mut schema = parameters.clone();
+            if let Some(map) = schema.as_object_mut() {
+                map.insert("x-guidance".into(), json_options.clone());
+            }
+            let name = serde_json::Value::String(format!("{name} "));
+            format!("{name} {constrain} \"json\" {message} %json {schema}")
+        })
+        .collect();
+    Ok(format!(
+        "start: {channel} \"commentary to=functions.\" ({})\n",
+        functions.join(" | ")
+    ))
+}
+
 /// A new message's start also ends the one before it (should the model skip `<|end|>`); it
 /// stays in the text, as the next header's opening.
 const START: &str = "<|start|>";

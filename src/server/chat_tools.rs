@@ -7,7 +7,8 @@ use super::types::chat::{
 };
 use crate::model::chat_template::ChatTemplate;
 use crate::model::grammar::{Structure, JSON_WHITESPACE};
-use crate::model::reasoning::{self, Piece, Reasoning, ReasoningSplitter};
+use crate::model::harmony;
+use crate::model::reasoning::{self, Piece, Reasoning, ReasoningFormat, ReasoningSplitter};
 use crate::model::tool_calls::{self, StreamPiece, ToolCallFormat, ToolCallStream, ToolParser};
 
 /// What a request's tools ask of the generation.
@@ -65,7 +66,9 @@ pub fn tool_plan(
             forced: None,
         });
     };
-    let Some(format) = format else {
+    let harmony =
+        template.and_then(ChatTemplate::reasoning_format) == Some(ReasoningFormat::Harmony);
+    if tools.is_empty() || (format.is_none() && !harmony) {
         return Err(invalid(if tools.is_empty() {
             "tool_choice forces a call but the request offers no tools".into()
         } else {
@@ -73,7 +76,7 @@ pub fn tool_plan(
              --tool-call-parser)"
                 .into()
         }));
-    };
+    }
     let chosen: Vec<(String, serde_json::Value)> = match only {
         None => tools.clone(),
         Some(name) => {
@@ -86,11 +89,22 @@ pub fn tool_plan(
             chosen
         }
     };
-    let parallel = req.parallel_tool_calls.unwrap_or(true) && only.is_none();
     let options = serde_json::json!({"whitespace_pattern": JSON_WHITESPACE});
+    let cannot_force =
+        |why: String| invalid(format!("calls cannot be forced for this model: {why}"));
+    let Some(format) = format else {
+        // gpt-oss: harmony carries the calls itself, and its splitter reads them.
+        let grammar =
+            harmony::forcing_grammar(&chosen, &options, special_token_id).map_err(cannot_force)?;
+        return Ok(ToolPlan {
+            parser: None,
+            forced: Some(Structure::Lark(grammar)),
+        });
+    };
+    let parallel = req.parallel_tool_calls.unwrap_or(true) && only.is_none();
     let grammar =
         tool_calls::forcing_grammar(format, &chosen, parallel, &options, special_token_id)
-            .map_err(|why| invalid(format!("calls cannot be forced for this model: {why}")))?;
+            .map_err(cannot_force)?;
     Ok(ToolPlan {
         parser: Some(ToolParser::new(format, tools)),
         forced: Some(Structure::Lark(grammar)),

@@ -221,16 +221,15 @@ fn the_forced_xml_call_grammar_takes_free_text_strings_and_typed_values() {
     }
 }
 
-/// The fixture tokenizer with Mistral's call markers as special tokens (and `[ARGS]` only
-/// for the newer layout).
-fn mistral_tokenizer(with_args: bool) -> Tokenizer {
+/// The fixture tokenizer with `markers` added as special tokens.
+fn tokenizer_with_specials(markers: &[&str]) -> Tokenizer {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/tokenizer.json");
     let mut inner = tokenizers::Tokenizer::from_file(path).unwrap();
-    let mut markers = vec![tokenizers::AddedToken::from("[TOOL_CALLS]", true)];
-    if with_args {
-        markers.push(tokenizers::AddedToken::from("[ARGS]", true));
-    }
+    let markers: Vec<_> = markers
+        .iter()
+        .map(|m| tokenizers::AddedToken::from(*m, true))
+        .collect();
     inner.add_special_tokens(&markers);
     let mut tok = Tokenizer::new(inner);
     let eos = tok
@@ -308,4 +307,74 @@ fn forced_mistral_calls_start_with_the_special_token_in_either_layout() {
     // Without the token there is nothing to force with.
     let err = forcing_grammar(ToolCallFormat::Mistral, &tools, false, &options, &|_| None);
     assert!(err.unwrap_err().contains("[TOOL_CALLS]"));
+}
+
+/// Mistral's call markers as special tokens (and `[ARGS]` only for the newer layout).
+fn mistral_tokenizer(with_args: bool) -> Tokenizer {
+    if with_args {
+        tokenizer_with_specials(&["[TOOL_CALLS]", "[ARGS]"])
+    } else {
+        tokenizer_with_specials(&["[TOOL_CALLS]"])
+    }
+}
+
+#[test]
+fn a_forced_harmony_call_is_one_commentary_message_the_splitter_reads() {
+    use crate::model::harmony::forcing_grammar;
+    use crate::model::reasoning::{split, Reasoning, ReasoningFormat};
+    let tools = vec![
+        (
+            "look_up".to_string(),
+            serde_json::json!({"type": "object", "properties": {"word": {"enum": ["kiln", "clay"]}},
+                               "required": ["word"], "additionalProperties": false}),
+        ),
+        (
+            "now".to_string(),
+            serde_json::json!({"type": "object", "additionalProperties": false}),
+        ),
+    ];
+    let options = serde_json::json!({"whitespace_flexible": false});
+    let tok = tokenizer_with_specials(&["<|channel|>", "<|constrain|>", "<|message|>", "<|call|>"]);
+    let compiler = GrammarCompiler::new(&tok, tok.vocab_size()).unwrap();
+    let id = |t: &str| tok.token_to_id(t);
+    let grammar = forcing_grammar(&tools, &options, &id).unwrap();
+    let first: fn(&[u32]) -> u32 = |a| a[0];
+    let last: fn(&[u32]) -> u32 = |a| a[a.len() - 1];
+    let mut names = Vec::new();
+    for choose in [first, last] {
+        let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
+        let mut ids = Vec::new();
+        while !tok
+            .eos_token_ids()
+            .iter()
+            .any(|&e| c.mask().unwrap().is_allowed(e))
+        {
+            let mask = c.mask().unwrap();
+            let allowed: Vec<u32> = (0..mask.len() as u32)
+                .filter(|&t| mask.is_allowed(t))
+                .collect();
+            let t = choose(&allowed);
+            c.advance(t).unwrap();
+            ids.push(t);
+            assert!(ids.len() < 200, "{:?}", tok.decode(&ids, false));
+        }
+        assert_eq!(ids[0], id("<|channel|>").unwrap());
+        let text = tok.decode(&ids, false).unwrap();
+        let reasoning = Reasoning {
+            format: ReasoningFormat::Harmony,
+            prompt: "<|start|>assistant".into(),
+        };
+        let parsed = split(&reasoning, &text);
+        assert_eq!(parsed.calls.len(), 1, "{text}");
+        assert_eq!((parsed.content, parsed.reasoning), (None, None), "{text}");
+        let args: serde_json::Value = serde_json::from_str(&parsed.calls[0].arguments).unwrap();
+        match parsed.calls[0].name.as_str() {
+            "look_up" => assert!(["kiln", "clay"].contains(&args["word"].as_str().unwrap())),
+            "now" => assert_eq!(args, serde_json::json!({})),
+            other => panic!("{other}"),
+        }
+        names.push(parsed.calls[0].name.clone());
+    }
+    assert_eq!(names.len(), 2);
+    assert!(forcing_grammar(&tools, &options, &|_| None).is_err());
 }

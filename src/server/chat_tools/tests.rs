@@ -301,3 +301,38 @@ fn xml_calls_are_typed_by_the_requests_tools() {
     assert_eq!(content, "Moving.\n");
     assert_eq!(arguments, [r#"{"to":"007","steps":12}"#]);
 }
+
+/// gpt-oss: harmony carries calls itself, so forcing one is a grammar over its special
+/// tokens, and the harmony splitter (not a tool-call parser) reads the result.
+#[test]
+fn forced_calls_with_harmony_use_its_special_tokens() {
+    let template = ChatTemplate::new("{{ messages[0].content }}", None, None)
+        .unwrap()
+        .with_reasoning(Some(ReasoningFormat::Harmony));
+    let req = request(
+        json!({"tools": [{"type": "function", "function": {"name": "f"}}],
+                             "tool_choice": "required"}),
+    );
+    let ids = |t: &str| match t {
+        "<|channel|>" => Some(7),
+        "<|constrain|>" => Some(8),
+        "<|message|>" => Some(9),
+        _ => None,
+    };
+    let plan = tool_plan(&req, Some(&template), &ids).unwrap();
+    assert_eq!(plan.parser, None);
+    let Some(Structure::Lark(grammar)) = plan.forced else {
+        panic!("a grammar")
+    };
+    assert!(
+        grammar.starts_with("start: <[7]> \"commentary to=functions.\""),
+        "{grammar}"
+    );
+    let err = tool_plan(&req, Some(&template), &|_| None).unwrap_err();
+    assert_eq!(err.body().error.param.as_deref(), Some("tool_choice"));
+    assert!(
+        err.body().error.message.contains("<|channel|>"),
+        "{}",
+        err.body().error.message
+    );
+}
