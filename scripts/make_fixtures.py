@@ -43,6 +43,8 @@ from transformers import (
     GptOssForCausalLM,
     Glm4Config,
     Glm4ForCausalLM,
+    Glm4MoeConfig,
+    Glm4MoeForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -567,6 +569,31 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
+        # GLM-4.5's MoE: a dense first layer, then 8 experts (top 2) chosen by sigmoid score plus
+        # a correction bias within the better of 2 groups, weights renormalised and scaled by
+        # 2.5, and an ungated shared expert; q/k/v biases, q/k norms and rotate-half rotary on
+        # half of each head.
+        "glm4_moe": (
+            Glm4MoeForCausalLM,
+            Glm4MoeConfig(
+                **dict(common, num_hidden_layers=3, intermediate_size=96),
+                head_dim=16,
+                partial_rotary_factor=0.5,
+                attention_bias=True,
+                use_qk_norm=True,
+                rope_theta=10000.0,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_group=2,
+                topk_group=1,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                routed_scaling_factor=2.5,
+                norm_topk_prob=True,
+                tie_word_embeddings=False,
+            ),
+        ),
         # Phi-4-mini's rotary: LongRoPE on the first 3/4 of each 16-value head (6 pairs). The
         # original context of 3 is under every prompt's length, so transformers runs the long
         # factors throughout, as kiln does whenever its context exceeds the original one; the
@@ -671,6 +698,10 @@ def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> No
                 param.copy_(0.1 * noise)
             else:
                 param.copy_(std * noise)
+        # GLM-4.5's router correction bias is a buffer (zeros at init): it must steer choices.
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.copy_(0.3 * torch.randn(buffer.shape, generator=generator, dtype=torch.float32))
 
 
 def is_varied(tokens: list[int]) -> bool:

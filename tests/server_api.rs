@@ -415,7 +415,7 @@ async fn logit_bias_forces_and_bans_tokens_and_bad_biases_are_400() {
 /// `tool_choice` `required` or a named function makes it write one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offered_tools_leave_plain_answers_as_content_and_forced_ones_are_calls() {
-    for parser in ["hermes", "llama3_json", "qwen3_coder", "seed_oss"] {
+    for parser in ["hermes", "llama3_json", "qwen3_coder", "seed_oss", "glm45"] {
         check_tools(parser).await;
     }
 }

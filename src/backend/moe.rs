@@ -82,26 +82,94 @@ pub struct SharedExpertOutput<'a, T> {
     pub gate_logits: &'a T,
 }
 
+/// How a router turns a token's logits into its experts and their weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RouterScoring {
+    /// A softmax over all experts; the `top_k` most probable (Mixtral, Qwen, gpt-oss).
+    Softmax,
+    /// GLM-4.5 (and DeepSeek-V3's router): each expert's score is the sigmoid of its logit;
+    /// experts are chosen by score plus a learned per-expert correction bias, only among
+    /// the `top_groups` best of `groups` equal groups (a group ranks by its two best biased
+    /// scores); the weights are the chosen experts' unbiased scores (renormalised when
+    /// `normalize`), times `scale`.
+    SigmoidGrouped {
+        groups: usize,
+        top_groups: usize,
+        scale: f32,
+    },
+}
+
 /// How the router's choice is made and its results combined.
 pub struct MoeRouting<'a, T> {
     pub top_k: usize,
     /// Rescale the chosen experts' probabilities to sum to one (Mixtral, most Qwen3-MoE).
     pub normalize: bool,
+    pub scoring: RouterScoring,
+    /// [`RouterScoring::SigmoidGrouped`]'s correction bias, one per expert.
+    pub correction_bias: Option<&'a [f32]>,
     /// The model's dtype: the rounding of the weighted sum follows HF's loop in it.
     pub dtype: DType,
     pub activation: ExpertActivation,
     pub shared: Option<SharedExpertOutput<'a, T>>,
 }
 
-/// For each expert, the rows routed to it and their weights: per row, a softmax over the
-/// experts' logits (`[rows, experts]`, f32), its `top_k` largest (ties to the lower expert),
-/// rescaled to sum to one when `normalize`.
+impl<'a, T> MoeRouting<'a, T> {
+    /// The routing decision's part.
+    pub fn rule(&self) -> RouteRule<'a> {
+        RouteRule {
+            top_k: self.top_k,
+            normalize: self.normalize,
+            scoring: self.scoring,
+            correction_bias: self.correction_bias,
+        }
+    }
+}
+
+/// What decides a token's experts and their weights (see [`route`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteRule<'a> {
+    pub top_k: usize,
+    pub normalize: bool,
+    pub scoring: RouterScoring,
+    pub correction_bias: Option<&'a [f32]>,
+}
+
+impl RouteRule<'static> {
+    /// The softmax router's rule.
+    pub fn softmax(top_k: usize, normalize: bool) -> Self {
+        RouteRule {
+            top_k,
+            normalize,
+            scoring: RouterScoring::Softmax,
+            correction_bias: None,
+        }
+    }
+}
+
+/// For each expert, the rows routed to it and their weights, by `rule`'s scoring of the
+/// experts' logits (`[rows, experts]`, f32). [`RouterScoring::Softmax`]: per row, a softmax
+/// over the logits, its `top_k` largest (ties to the lower expert), rescaled to sum to one
+/// when `normalize`.
 pub fn route(
     logits: &[f32],
     num_experts: usize,
-    top_k: usize,
-    normalize: bool,
+    rule: &RouteRule<'_>,
 ) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let (top_k, normalize) = (rule.top_k, rule.normalize);
+    if let RouterScoring::SigmoidGrouped {
+        groups,
+        top_groups,
+        scale,
+    } = rule.scoring
+    {
+        let grouped = GroupedScoring {
+            groups,
+            top_groups,
+            scale,
+            correction_bias: rule.correction_bias.unwrap_or(&[]),
+        };
+        return route_sigmoid_grouped(logits, num_experts, top_k, normalize, &grouped);
+    }
     let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
     for (row, scores) in logits.chunks_exact(num_experts).enumerate() {
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -115,6 +183,69 @@ pub fn route(
         for (&e, &p) in chosen.iter().zip(&probs) {
             routes[e].0.push(row);
             routes[e].1.push(if normalize { p / kept } else { p });
+        }
+    }
+    routes
+}
+
+/// The parameters of [`RouterScoring::SigmoidGrouped`] with its bias.
+struct GroupedScoring<'a> {
+    groups: usize,
+    top_groups: usize,
+    scale: f32,
+    correction_bias: &'a [f32],
+}
+
+/// [`route`] for [`RouterScoring::SigmoidGrouped`], step for step as transformers'
+/// `Glm4MoeTopkRouter`: experts outside the chosen groups compete with a biased score of 0
+/// (not minus infinity), so a chosen group's experts with negative biased scores can lose
+/// to them, as there.
+fn route_sigmoid_grouped(
+    logits: &[f32],
+    num_experts: usize,
+    top_k: usize,
+    normalize: bool,
+    g: &GroupedScoring<'_>,
+) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let groups = g.groups.max(1);
+    let per_group = num_experts / groups;
+    let bias = |e: usize| g.correction_bias.get(e).copied().unwrap_or(0.0);
+    let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+    for (row, row_logits) in logits.chunks_exact(num_experts).enumerate() {
+        let scores: Vec<f32> = row_logits
+            .iter()
+            .map(|&l| 1.0 / (1.0 + (-l).exp()))
+            .collect();
+        let mut choice: Vec<f32> = (0..num_experts).map(|e| scores[e] + bias(e)).collect();
+        if groups > 1 && per_group > 0 {
+            // A group's rank: the sum of its two best biased scores.
+            let group_score = |grp: usize| {
+                let mut members: Vec<f32> = choice[grp * per_group..(grp + 1) * per_group].to_vec();
+                members.sort_by(|a, b| b.total_cmp(a));
+                members.iter().take(2).sum::<f32>()
+            };
+            let mut order: Vec<usize> = (0..groups).collect();
+            let ranks: Vec<f32> = order.iter().map(|&grp| group_score(grp)).collect();
+            order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
+            let kept = &order[..g.top_groups.clamp(1, groups)];
+            for (e, c) in choice.iter_mut().enumerate() {
+                if !kept.contains(&(e / per_group)) {
+                    *c = 0.0;
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..num_experts).collect();
+        order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]).then(a.cmp(&b)));
+        let chosen = &order[..top_k];
+        let total: f32 = chosen.iter().map(|&e| scores[e]).sum::<f32>() + 1e-20;
+        for &e in chosen {
+            let weight = if normalize {
+                scores[e] / total
+            } else {
+                scores[e]
+            };
+            routes[e].0.push(row);
+            routes[e].1.push(weight * g.scale);
         }
     }
     routes
@@ -146,7 +277,7 @@ pub fn host_routed_experts<B: Backend + ?Sized>(
         "moe experts: {} router logits for {tokens} tokens and {num_experts} experts",
         logits.len()
     );
-    let routes = route(&logits, num_experts, routing.top_k, routing.normalize);
+    let routes = route(&logits, num_experts, &routing.rule());
     let mut outputs = Vec::new();
     for (e, (rows, _)) in routes.iter().enumerate() {
         if rows.is_empty() {
@@ -205,7 +336,7 @@ mod tests {
     fn each_row_goes_to_its_top_k_experts_with_softmax_weights() {
         // Row 0 prefers expert 2 then 0; row 1 prefers 1 then 3.
         let logits = [1.0, 0.0, 2.0, -1.0, 0.0, 3.0, -2.0, 1.0];
-        let routes = route(&logits, 4, 2, false);
+        let routes = route(&logits, 4, &RouteRule::softmax(2, false));
         assert_eq!(routes[0].0, vec![0]);
         assert_eq!(routes[1].0, vec![1]);
         assert_eq!(routes[2].0, vec![0]);
@@ -214,7 +345,7 @@ mod tests {
         assert!((routes[2].1[0] - 2f32.exp() / z).abs() < 1e-6);
         assert!((routes[0].1[0] - 1f32.exp() / z).abs() < 1e-6);
 
-        let normalized = route(&logits, 4, 2, true);
+        let normalized = route(&logits, 4, &RouteRule::softmax(2, true));
         let sum = normalized[2].1[0] + normalized[0].1[0];
         assert!((sum - 1.0).abs() < 1e-6);
         assert!((normalized[2].1[0] - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
@@ -264,9 +395,41 @@ mod tests {
         assert_eq!(value, vec![1.0078125]);
     }
 
+    /// GLM-4.5's router: sigmoid scores, choice by score plus bias within the best group,
+    /// weights from the unbiased scores, renormalised and scaled.
+    #[test]
+    fn sigmoid_grouped_routing_follows_transformers_step_by_step() {
+        let rule = |bias: &'static [f32], scale: f32| RouteRule {
+            top_k: 2,
+            normalize: true,
+            scoring: RouterScoring::SigmoidGrouped {
+                groups: 2,
+                top_groups: 1,
+                scale,
+            },
+            correction_bias: Some(bias),
+        };
+        // Equal scores (0.5); the bias makes group 1 (experts 2, 3) the better one (1.5 +
+        // -0.3 against 0.5 + 0.5), but expert 3's biased score is negative, and the dropped
+        // group's experts compete with 0: expert 0 (the lower of the tie) is second.
+        let routes = route(&[0.0; 4], 4, &rule(&[0.0, 0.0, 1.0, -0.8], 2.0));
+        assert_eq!(routes[2], (vec![0], vec![1.0]));
+        assert_eq!(routes[0], (vec![0], vec![1.0]));
+        assert!(routes[1].0.is_empty() && routes[3].0.is_empty());
+        // Unequal scores: the weights are the chosen sigmoids, renormalised, times the scale.
+        let logits = [-1.0, 0.5, 2.0, 1.0];
+        let routes = route(&logits, 4, &rule(&[0.0; 4], 2.5));
+        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let total = sig(2.0) + sig(1.0);
+        assert_eq!(routes[2].0, vec![0]);
+        assert_eq!(routes[3].0, vec![0]);
+        assert!((routes[2].1[0] - 2.5 * sig(2.0) / total).abs() < 1e-6);
+        assert!((routes[3].1[0] - 2.5 * sig(1.0) / total).abs() < 1e-6);
+    }
+
     #[test]
     fn ties_go_to_the_lower_expert() {
-        let routes = route(&[0.5, 0.5, 0.5], 3, 1, true);
+        let routes = route(&[0.5, 0.5, 0.5], 3, &RouteRule::softmax(1, true));
         assert_eq!(routes[0], (vec![0], vec![1.0]));
         assert!(routes[1].0.is_empty() && routes[2].0.is_empty());
     }
@@ -303,6 +466,8 @@ mod tests {
         let routing = MoeRouting {
             top_k: 1,
             normalize: false,
+            scoring: RouterScoring::Softmax,
+            correction_bias: None,
             dtype: DType::F32,
             activation: ExpertActivation::SwiGlu,
             shared: Some(SharedExpertOutput {

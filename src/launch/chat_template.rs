@@ -23,7 +23,8 @@ pub enum ContentFormatArg {
 /// `--tool-call-parser`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolCallParserArg {
-    /// `mistral` when the chat template writes `[TOOL_CALLS]`, `qwen3_coder` (or
+    /// `mistral` when the chat template writes `[TOOL_CALLS]`, `glm45` when it documents
+    /// `<arg_key>` pairs, `qwen3_coder` (or
     /// `seed_oss`, in `<seed:tool_call>` blocks) when it documents `<function=...>`
     /// elements, `hermes`
     /// when it documents `<tool_call>` blocks, `llama3_json` when it asks for
@@ -43,6 +44,9 @@ pub enum ToolCallParserArg {
     /// `[TOOL_CALLS]` then a JSON list, or `NAME[ARGS]{...}` per call (Mistral, Devstral,
     /// Magistral).
     Mistral,
+    /// `<tool_call>NAME` then `<arg_key>` / `<arg_value>` pairs (GLM-4.5, 4.6, 4.7).
+    #[value(name = "glm45", alias = "glm4_moe")]
+    Glm45,
     /// Tool calls stay in the text.
     None,
 }
@@ -112,6 +116,7 @@ pub fn configure(
             ToolCallParserArg::Mistral => {
                 template.with_tool_call_format(Some(ToolCallFormat::Mistral))
             }
+            ToolCallParserArg::Glm45 => template.with_tool_call_format(Some(ToolCallFormat::Glm45)),
             ToolCallParserArg::None => template.with_tool_call_format(None),
         };
         let template = template.with_reasoning(match reasoning {

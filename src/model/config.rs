@@ -1,6 +1,6 @@
 //! The model config (HF `config.json`), reduced to what the Llama family needs.
 
-pub use crate::backend::moe::ExpertActivation;
+pub use crate::backend::moe::{ExpertActivation, RouterScoring};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -44,10 +44,15 @@ pub enum Architecture {
     /// OpenAI's gpt-oss: attention with learned sinks and q/k/v/o biases, sliding and full
     /// layers alternating, and experts with biases and a clamped SwiGLU.
     GptOss,
+    /// GLM-4.5 / 4.6 / 4.7 (`Glm4MoeForCausalLM`): Llama-style layers with q/k/v biases,
+    /// optional q/k norms and rotate-half rotary on part of each head; after the first dense
+    /// layers, experts chosen by a sigmoid router with a correction bias and groups, plus an
+    /// ungated shared expert.
+    Glm4Moe,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 17] = [
+    pub const SUPPORTED: [&'static str; 18] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -65,6 +70,7 @@ impl Architecture {
         "SeedOssForCausalLM",
         "SmolLM3ForCausalLM",
         "GptOssForCausalLM",
+        "Glm4MoeForCausalLM",
     ];
 
     pub fn from_hf(name: &str) -> Result<Self> {
@@ -86,6 +92,7 @@ impl Architecture {
             "Glm4ForCausalLM" => Architecture::Glm4,
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             "GptOssForCausalLM" => Architecture::GptOss,
+            "Glm4MoeForCausalLM" => Architecture::Glm4Moe,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -236,6 +243,22 @@ struct RawConfig {
     decoder_sparse_step: Option<usize>,
     #[serde(default)]
     mlp_only_layers: Vec<usize>,
+    /// GLM-4.5's names: routed and shared experts, dense layers before the first MoE one,
+    /// the router's scale and groups, and whether q and k are normed.
+    #[serde(default)]
+    n_routed_experts: Option<usize>,
+    #[serde(default)]
+    n_shared_experts: Option<usize>,
+    #[serde(default)]
+    first_k_dense_replace: Option<usize>,
+    #[serde(default)]
+    routed_scaling_factor: Option<f64>,
+    #[serde(default)]
+    n_group: Option<usize>,
+    #[serde(default)]
+    topk_group: Option<usize>,
+    #[serde(default)]
+    use_qk_norm: Option<bool>,
     /// gpt-oss: the clamp of its SwiGLU's gate and up values (7 in its configs).
     #[serde(default)]
     swiglu_limit: Option<f64>,
@@ -336,8 +359,12 @@ pub struct MoeConfig {
     /// `intermediate_size` (Qwen3-MoE's `mlp_only_layers`, `decoder_sparse_step`).
     pub sparse_layers: Vec<bool>,
     /// Qwen2-MoE: an expert every token goes through, weighted by a sigmoid gate, of this
-    /// intermediate size.
+    /// intermediate size (GLM-4.5: the same, without the gate).
     pub shared_expert_intermediate_size: Option<usize>,
+    /// Whether the shared expert's output is scaled by `sigmoid(gate . x)` (Qwen2-MoE).
+    pub shared_expert_gated: bool,
+    /// How the router picks and weighs experts.
+    pub scoring: RouterScoring,
     /// gpt-oss: biases on the router and on each expert's projections, and its activation.
     pub biases: bool,
     pub activation: ExpertActivation,
@@ -358,6 +385,12 @@ impl MoeConfig {
                 raw.intermediate_size,
                 true,
             ),
+            // Glm4MoeConfig's defaults.
+            Architecture::Glm4Moe => (
+                raw.n_routed_experts.unwrap_or(128),
+                raw.moe_intermediate_size.unwrap_or(1408),
+                raw.norm_topk_prob.unwrap_or(true),
+            ),
             _ => return Ok(None),
         };
         if num_experts == 0 {
@@ -369,9 +402,34 @@ impl MoeConfig {
             "num_experts_per_tok {top_k} must be between 1 and the {num_experts} experts"
         );
         let step = raw.decoder_sparse_step.unwrap_or(1).max(1);
+        let first_sparse = match architecture {
+            Architecture::Glm4Moe => raw.first_k_dense_replace.unwrap_or(1),
+            _ => 0,
+        };
         let sparse_layers = (0..raw.num_hidden_layers)
-            .map(|i| !raw.mlp_only_layers.contains(&i) && (i + 1) % step == 0)
+            .map(|i| i >= first_sparse && !raw.mlp_only_layers.contains(&i) && (i + 1) % step == 0)
             .collect();
+        let scoring = match architecture {
+            Architecture::Glm4Moe => {
+                let groups = raw.n_group.unwrap_or(1).max(1);
+                let top_groups = raw.topk_group.unwrap_or(1);
+                anyhow::ensure!(
+                    num_experts.is_multiple_of(groups) && (1..=groups).contains(&top_groups),
+                    "n_group {groups} must divide the {num_experts} experts and topk_group \
+                     {top_groups} be between 1 and it"
+                );
+                anyhow::ensure!(
+                    top_k <= top_groups * (num_experts / groups),
+                    "num_experts_per_tok {top_k} exceeds the experts of topk_group groups"
+                );
+                RouterScoring::SigmoidGrouped {
+                    groups,
+                    top_groups,
+                    scale: raw.routed_scaling_factor.unwrap_or(1.0) as f32,
+                }
+            }
+            _ => RouterScoring::Softmax,
+        };
         Ok(Some(MoeConfig {
             num_experts,
             top_k,
@@ -384,8 +442,14 @@ impl MoeConfig {
                         .context("a Qwen2-MoE config without shared_expert_intermediate_size")?,
                 )
                 .filter(|&n| n > 0),
+                Architecture::Glm4Moe => {
+                    Some(expert_intermediate_size * raw.n_shared_experts.unwrap_or(1))
+                        .filter(|&n| n > 0)
+                }
                 _ => None,
             },
+            shared_expert_gated: architecture == Architecture::Qwen2Moe,
+            scoring,
             biases: architecture == Architecture::GptOss,
             activation: match architecture {
                 Architecture::GptOss => ExpertActivation::ClampedSwiGlu {
@@ -752,7 +816,7 @@ impl ModelConfig {
                     | Architecture::Gemma3
                     | Architecture::Olmo2
                     | Architecture::Olmo3
-            ),
+            ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true)),
             qk_norm_whole: matches!(architecture, Architecture::Olmo2 | Architecture::Olmo3),
             rotary_dim,
             post_norm: matches!(architecture, Architecture::Olmo2 | Architecture::Olmo3),
@@ -827,9 +891,11 @@ impl ModelConfig {
                 let mlp = match &self.moe {
                     // Every expert's weights, and the router's.
                     Some(m) if m.is_sparse(i) => {
+                        // The shared expert, and its gate where it has one.
+                        let gate = if m.shared_expert_gated { h } else { 0 };
                         let shared = m
                             .shared_expert_intermediate_size
-                            .map_or(0, |s| 3 * h * s as u64 + h);
+                            .map_or(0, |s| 3 * h * s as u64 + gate);
                         experts(m) as u64 * 3 * h * m.expert_intermediate_size as u64
                             + m.num_experts as u64 * h
                             + shared

@@ -1,7 +1,8 @@
-//! Mixture-of-experts MLPs (Qwen3-MoE, Qwen2-MoE, Mixtral): a router scores the experts for
-//! each token, the token goes through its `top_k` best, and their outputs are summed with
-//! the router's weights (plus, in Qwen2-MoE, a shared expert every token goes through,
-//! weighted by a sigmoid gate).
+//! Mixture-of-experts MLPs (Qwen3-MoE, Qwen2-MoE, Mixtral, gpt-oss, GLM-4.5): a router
+//! scores the experts for each token, the token goes through its `top_k` best, and their
+//! outputs are summed with the router's weights (plus, in Qwen2-MoE and GLM-4.5, a shared
+//! expert every token goes through: weighted by a sigmoid gate in Qwen2-MoE, added as it is
+//! in GLM-4.5).
 //!
 //! The layer computes the router's logits (and the shared expert) through the ordinary ops
 //! and hands the routed part to [`Backend::moe_experts`]: routed on the host on every
@@ -13,7 +14,7 @@
 use super::config::{Architecture, ExpertActivation, ModelConfig, MoeConfig};
 use super::llama::{cols_part, load_stacked, rows_part};
 use super::weights::WeightSource;
-use crate::backend::moe::{ExpertBiases, ExpertSet, MoeRouting, SharedExpertOutput};
+use crate::backend::moe::{ExpertBiases, ExpertSet, MoeRouting, RouterScoring, SharedExpertOutput};
 use crate::backend::{Backend, DType};
 use crate::parallel::ShardLayout;
 use anyhow::{Context, Result};
@@ -63,9 +64,13 @@ pub struct SparseMlp<B: Backend> {
     index: B::ExpertIndex,
     top_k: usize,
     normalize_top_k: bool,
-    /// Qwen2-MoE: an expert for every token, and its gate (`[1, hidden]`, whole on every
-    /// rank): the expert's output is scaled by `sigmoid(gate . x)` and added last.
-    shared: Option<(Expert<B>, B::Tensor)>,
+    scoring: RouterScoring,
+    /// GLM-4.5: the router's per-expert correction bias (host f32; it only steers choices).
+    correction_bias: Option<Vec<f32>>,
+    /// An expert for every token (Qwen2-MoE, GLM-4.5), and in Qwen2-MoE its gate
+    /// (`[1, hidden]`, whole on every rank): the expert's output is scaled by
+    /// `sigmoid(gate . x)` and added last. Without a gate it is added as it is.
+    shared: Option<(Expert<B>, Option<B::Tensor>)>,
 }
 
 /// Checkpoint names of layer `prefix`'s router and of expert `e`'s gate, up and down
@@ -107,13 +112,31 @@ impl<B: Backend> SparseMlp<B> {
         let shared = match moe.shared_expert_intermediate_size {
             None => None,
             Some(inter) => {
-                let w = |n: &str| format!("{prefix}.mlp.shared_expert.{n}_proj.weight");
+                // Qwen2-MoE's `shared_expert` and its gate; GLM-4.5's `shared_experts`.
+                let module = if moe.shared_expert_gated {
+                    "shared_expert"
+                } else {
+                    "shared_experts"
+                };
+                let w = |n: &str| format!("{prefix}.mlp.{module}.{n}_proj.weight");
                 let cols = layout.shared_expert_intermediate.clone();
                 let names = [w("gate"), w("up"), w("down")];
                 let expert = Expert::load(be, src, names, (h, inter), cols, dtype)?;
-                let gate_name = format!("{prefix}.mlp.shared_expert_gate.weight");
-                let gate = super::llama::load(be, src, &gate_name, &[1, h], dtype)?;
+                let gate = if moe.shared_expert_gated {
+                    let gate_name = format!("{prefix}.mlp.shared_expert_gate.weight");
+                    Some(super::llama::load(be, src, &gate_name, &[1, h], dtype)?)
+                } else {
+                    None
+                };
                 Some((expert, gate))
+            }
+        };
+        let correction_bias = match moe.scoring {
+            RouterScoring::Softmax => None,
+            RouterScoring::SigmoidGrouped { .. } => {
+                let name = format!("{prefix}.mlp.gate.e_score_correction_bias");
+                let bias = src.tensor(&name, &[moe.num_experts], DType::F32)?;
+                Some(bias.flatten_all()?.to_vec1::<f32>()?)
             }
         };
         let (gate_up, down): (Vec<_>, Vec<_>) = (0..moe.num_experts)
@@ -132,6 +155,7 @@ impl<B: Backend> SparseMlp<B> {
             .with_context(|| format!("indexing the experts of {prefix}"))?;
         let mut mlp = Self::from_parts((router, None), gate_up, down, None, None, index, moe);
         mlp.shared = shared;
+        mlp.correction_bias = correction_bias;
         Ok(mlp)
     }
 
@@ -157,6 +181,8 @@ impl<B: Backend> SparseMlp<B> {
             index,
             top_k: moe.top_k,
             normalize_top_k: moe.normalize_top_k,
+            scoring: moe.scoring,
+            correction_bias: None,
             shared: None,
         }
     }
@@ -164,16 +190,19 @@ impl<B: Backend> SparseMlp<B> {
     /// The experts' weighted sum for each row of `x` (`[tokens, hidden]`, normed).
     pub fn forward(&self, be: &B, x: &B::Tensor, dtype: DType) -> Result<B::Tensor> {
         let router_logits = be.linear(x, &self.router, self.router_bias.as_ref())?;
-        let shared = match &self.shared {
+        let shared_output = match &self.shared {
             None => None,
-            Some((expert, gate)) => {
+            Some((expert, _)) => {
                 let act = be.silu_mul(&be.linear(x, &expert.gate_up, None)?)?;
-                Some((
-                    be.linear(&act, &expert.down, None)?,
-                    be.linear(x, gate, None)?,
-                ))
+                Some(be.linear(&act, &expert.down, None)?)
             }
         };
+        // A gated shared expert joins the weighted sum; an ungated one is added after it.
+        let gate_logits = match &self.shared {
+            Some((_, Some(gate))) => Some(be.linear(x, gate, None)?),
+            _ => None,
+        };
+        let shared = shared_output.as_ref().zip(gate_logits.as_ref());
         let experts = ExpertSet {
             gate_up: &self.gate_up,
             down: &self.down,
@@ -184,15 +213,19 @@ impl<B: Backend> SparseMlp<B> {
         let routing = MoeRouting {
             top_k: self.top_k,
             normalize: self.normalize_top_k,
+            scoring: self.scoring,
+            correction_bias: self.correction_bias.as_deref(),
             dtype,
             activation: self.activation,
-            shared: shared
-                .as_ref()
-                .map(|(output, gate_logits)| SharedExpertOutput {
-                    output,
-                    gate_logits,
-                }),
+            shared: shared.map(|(output, gate_logits)| SharedExpertOutput {
+                output,
+                gate_logits,
+            }),
         };
-        be.moe_experts(x, &router_logits, &experts, &routing)
+        let routed = be.moe_experts(x, &router_logits, &experts, &routing)?;
+        match (&shared_output, &gate_logits) {
+            (Some(output), None) => be.add_tensors(&routed, output),
+            _ => Ok(routed),
+        }
     }
 }

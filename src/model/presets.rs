@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 14] = [
+pub const PRESETS: [(&str, &str); 15] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -59,6 +59,10 @@ pub const PRESETS: [(&str, &str); 14] = [
         "qwen1.5-moe-a2.7b",
         include_str!("../../models/presets/qwen1.5-moe-a2.7b.json"),
     ),
+    (
+        "glm-4.5-air",
+        include_str!("../../models/presets/glm-4.5-air.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -98,6 +102,8 @@ mod tests {
                 "olmo-2-7b" => 7.3,
                 "gemma-3-1b" => 1.0,
                 "qwen1.5-moe-a2.7b" => 14.3,
+                // Z.ai's 106B; its next-token-prediction layer is not loaded.
+                "glm-4.5-air" => 106.8,
                 _ => unreachable!(),
             };
             assert!(
@@ -111,6 +117,8 @@ mod tests {
                 "qwen1.5-moe-a2.7b" => 2.7,
                 // OpenAI's 3.6B active leaves out the 0.58B embedding table.
                 "gpt-oss-20b" => 4.19,
+                // Z.ai's 12B active leaves out the 1.24B of embedding and head.
+                "glm-4.5-air" => 13.4,
                 _ => billions,
             };
             assert!(

@@ -8,6 +8,8 @@
 //! turns each into OpenAI `tool_calls`, both for a finished text and for a stream (where a
 //! block, or an answer that opens with `{`, is held back until it can be read).
 
+mod argument_grammar;
+mod glm45;
 mod llama3_json;
 mod mistral;
 mod qwen3_xml;
@@ -34,6 +36,8 @@ pub enum ToolCallFormat {
     SeedXml,
     /// `[TOOL_CALLS]` then a JSON list of calls, or `NAME[ARGS]{...}` per call (Mistral).
     Mistral,
+    /// `<tool_call>NAME<arg_key>k</arg_key><arg_value>v</arg_value></tool_call>` (GLM-4.5).
+    Glm45,
 }
 
 impl ToolCallFormat {
@@ -56,6 +60,8 @@ impl ToolCallFormat {
     pub fn detect(template_source: &str) -> Option<ToolCallFormat> {
         if mistral::taught_by(template_source) {
             Some(ToolCallFormat::Mistral)
+        } else if glm45::taught_by(template_source) {
+            Some(ToolCallFormat::Glm45)
         } else if qwen3_xml::taught_by(template_source) && template_source.contains(SEED_OPEN) {
             Some(ToolCallFormat::SeedXml)
         } else if qwen3_xml::taught_by(template_source) {
@@ -92,6 +98,7 @@ impl ToolParser {
             ToolCallFormat::Qwen3Xml | ToolCallFormat::SeedXml => {
                 qwen3_xml::parse_call(body, &self.tools)
             }
+            ToolCallFormat::Glm45 => glm45::parse_call(body, &self.tools),
             _ => call_from_json(body),
         }
     }
@@ -144,6 +151,7 @@ pub fn forcing_grammar(
             let args = special_token_id(mistral::ARGS);
             mistral::forcing_grammar(tools, parallel, json_options, marker, args)
         }
+        ToolCallFormat::Glm45 => glm45::forcing_grammar(tools, parallel, json_options),
         ToolCallFormat::Hermes => {
             let schema = call_schema(tools, "arguments", json_options);
             let repeat = if parallel { r#" ("\n" call)*"# } else { "" };

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 20] = [
+pub const ARCHS: [&str; 21] = [
     "llama",
     "llama31",
     "mistral",
@@ -28,6 +28,7 @@ pub const ARCHS: [&str; 20] = [
     "gpt_oss",
     "olmo3",
     "seed_oss",
+    "glm4_moe",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span

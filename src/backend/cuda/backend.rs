@@ -20,7 +20,7 @@ use super::ops_attention::AttentionMetadata;
 use super::ops_qkv::QkvRopeCache;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
-use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting};
+use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting, RouterScoring};
 use crate::backend::{
     unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads,
     Rope,
@@ -282,7 +282,7 @@ impl CudaBackend {
         self.bind()?;
         let top_k = routing.top_k;
         let logits = self.to_host_f32(router_logits)?;
-        let routes = route(&logits, num_experts, top_k, routing.normalize);
+        let routes = route(&logits, num_experts, &routing.rule());
         let grouped = group_routes(&routes, tokens, top_k)?;
         let pairs = tokens * top_k;
         let row_tokens = self.pools().upload_u32(&grouped.row_tokens)?;
@@ -744,6 +744,11 @@ impl Backend for CudaBackend {
         let plain = experts.is_plain(routing.activation);
         if !plain && !experts.index.serves(&experts.biases()) {
             return host_routed_experts(self, x, router_logits, experts, routing);
+        }
+        // The device routing kernel scores with a softmax; other routers (GLM-4.5's sigmoid
+        // groups) are routed on the host and run through the grouped path.
+        if routing.scoring != RouterScoring::Softmax {
+            return self.moe_experts_grouped(x, router_logits, experts, routing);
         }
         let top_k = routing.top_k;
         let on_device = experts

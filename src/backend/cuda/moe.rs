@@ -741,14 +741,14 @@ mod tests {
 
     #[test]
     fn grouped_routes_put_each_pair_on_its_experts_row() {
-        use crate::backend::moe::route;
+        use crate::backend::moe::{route, RouteRule};
         // 3 tokens, 4 experts, top 2.
         let logits = [
             0.0, 3.0, 1.0, -1.0, // token 0: experts 1, 2
             2.0, 0.0, 0.0, 2.5, // token 1: experts 3, 0
             0.0, 1.0, 0.0, 0.5, // token 2: experts 1, 3
         ];
-        let routes = route(&logits, 4, 2, true);
+        let routes = route(&logits, 4, &RouteRule::softmax(2, true));
         let g = group_routes(&routes, 3, 2).unwrap();
         // Expert order: 0 {t1}, 1 {t0, t2}, 2 {t0}, 3 {t1, t2}.
         assert_eq!(g.row_tokens, vec![1, 0, 2, 0, 1, 2]);

@@ -138,6 +138,8 @@ fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
         (ToolCallFormat::Qwen3Xml, true),
         (ToolCallFormat::SeedXml, false),
         (ToolCallFormat::SeedXml, true),
+        (ToolCallFormat::Glm45, false),
+        (ToolCallFormat::Glm45, true),
     ] {
         let grammar = forcing_grammar(format, &tools, parallel, &options, &|_| None).unwrap();
         for choose in [|a: &[u32]| a[0], |a: &[u32]| a[a.len() - 1]] {
@@ -377,4 +379,40 @@ fn a_forced_harmony_call_is_one_commentary_message_the_splitter_reads() {
     }
     assert_eq!(names.len(), 2);
     assert!(forcing_grammar(&tools, &options, &|_| None).is_err());
+}
+
+#[test]
+fn the_forced_glm45_call_grammar_takes_free_text_strings_and_typed_values() {
+    use crate::model::tool_calls::{forcing_grammar, parse, ToolCallFormat, ToolParser};
+    let tok = tokenizer();
+    let compiler = GrammarCompiler::new(&tok, 448).unwrap();
+    let tools = vec![(
+        "note_down".to_string(),
+        serde_json::json!({"type": "object", "properties": {
+            "text": {"type": "string"}, "count": {"type": "integer"}
+        }, "required": ["text", "count"]}),
+    )];
+    let options = serde_json::json!({"whitespace_flexible": false});
+    let grammar =
+        forcing_grammar(ToolCallFormat::Glm45, &tools, false, &options, &|_| None).unwrap();
+    let call = |count: &str| {
+        format!(
+            "<tool_call>note_down\n<arg_key>text</arg_key>\n<arg_value>two\nlines <b></arg_value>\n\
+             <arg_key>count</arg_key>\n<arg_value>{count}</arg_value>\n</tool_call>"
+        )
+    };
+    let check = |text: &str| {
+        let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
+        accepts(&tok, &mut c, text)
+    };
+    assert!(check(&call("7")));
+    assert!(!check(&call("seven")));
+    let parsed = parse(
+        ToolParser::new(ToolCallFormat::Glm45, tools.clone()),
+        &call("7"),
+    );
+    assert_eq!(
+        parsed.calls[0].arguments,
+        r#"{"text":"two\nlines <b>","count":7}"#
+    );
 }

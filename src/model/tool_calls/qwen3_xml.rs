@@ -16,6 +16,7 @@
 //! string parameter keeps the text as written, a number, boolean, object or array parameter
 //! is read as one (the templates write Python's `True`/`False`/`None`, which are accepted).
 
+use super::argument_grammar::{self, property, typed_value, ArgumentTags};
 use super::{ToolCall, CLOSE, OPEN, SEED_CLOSE, SEED_OPEN};
 use serde_json::{Map, Value};
 
@@ -59,9 +60,8 @@ pub fn parse_call(body: &str, tools: &[(String, Value)]) -> Option<ToolCall> {
             (None, Some(following)) => (&value_text[..following], following),
             (None, None) => (value_text, value_text.len()),
         };
-        let property =
-            schema.and_then(|s| s.pointer(&format!("/properties/{}", escape_pointer(&key))));
-        arguments.insert(key, typed_value(strip_one_newline(raw), property));
+        let value = typed_value(strip_one_newline(raw), property(schema, &key));
+        arguments.insert(key, value);
         rest = &value_text[next..];
     }
     Some(ToolCall {
@@ -74,74 +74,6 @@ pub fn parse_call(body: &str, tools: &[(String, Value)]) -> Option<ToolCall> {
 fn strip_one_newline(raw: &str) -> &str {
     let raw = raw.strip_prefix('\n').unwrap_or(raw);
     raw.strip_suffix('\n').unwrap_or(raw)
-}
-
-fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
-
-/// The JSON types a property's schema allows (`type` as a string or a list; `anyOf`/`oneOf`
-/// alternatives); empty when it says nothing.
-fn schema_types(property: &Value) -> Vec<String> {
-    let mut types = Vec::new();
-    match property.get("type") {
-        Some(Value::String(t)) => types.push(t.clone()),
-        Some(Value::Array(list)) => {
-            types.extend(list.iter().filter_map(|t| t.as_str()).map(String::from))
-        }
-        _ => {}
-    }
-    for key in ["anyOf", "oneOf"] {
-        for alternative in property
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            types.extend(schema_types(alternative));
-        }
-    }
-    if types.is_empty() {
-        if let Some(values) = property.get("enum").and_then(Value::as_array) {
-            if values.iter().all(Value::is_string) {
-                types.push("string".into());
-            }
-        }
-    }
-    types
-}
-
-/// `text` as the value `property` asks for. A string parameter keeps the text; a parameter
-/// of another type takes the first reading that fits; what fits none (or a parameter the
-/// schema does not know) stays text, as written.
-fn typed_value(text: &str, property: Option<&Value>) -> Value {
-    let types = property.map(schema_types).unwrap_or_default();
-    if types.is_empty() || types.iter().any(|t| t == "string") {
-        return Value::String(text.to_string());
-    }
-    let trimmed = text.trim();
-    for kind in &types {
-        let read = match kind.as_str() {
-            "integer" => trimmed.parse::<i64>().ok().map(Value::from),
-            "number" => serde_json::from_str::<serde_json::Number>(trimmed)
-                .ok()
-                .map(Value::Number),
-            "boolean" => match trimmed {
-                "true" | "True" => Some(Value::Bool(true)),
-                "false" | "False" => Some(Value::Bool(false)),
-                _ => None,
-            },
-            "null" => matches!(trimmed, "null" | "None").then_some(Value::Null),
-            "object" | "array" => serde_json::from_str::<Value>(trimmed)
-                .ok()
-                .filter(|v| v.is_object() == (kind == "object") && (v.is_object() || v.is_array())),
-            _ => None,
-        };
-        if let Some(value) = read {
-            return value;
-        }
-    }
-    Value::String(text.to_string())
 }
 
 /// How a model family lays the elements out.
@@ -170,9 +102,8 @@ impl Layout {
     }
 }
 
-/// llguidance Lark for answers that are calls to `tools` in this format: each parameter in
-/// its schema's order (required ones always, the others optional), string values as free
-/// text up to the closing tag, other values as JSON under their schema.
+/// llguidance Lark for answers that are calls to `tools` in this format (see
+/// `argument_grammar`).
 pub fn forcing_grammar(
     layout: &Layout,
     tools: &[(String, Value)],
@@ -180,80 +111,16 @@ pub fn forcing_grammar(
     json_options: &Value,
 ) -> String {
     let value_break = layout.value_break;
-    let mut rules = Vec::new();
-    let mut functions = Vec::new();
-    for (t, (name, schema)) in tools.iter().enumerate() {
-        let required: Vec<&str> = schema
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let mut items = vec![lark_string(&format!("{FUNCTION}{name}>\n"))];
-        let properties = schema.get("properties").and_then(Value::as_object);
-        for (p, (key, property)) in properties.into_iter().flatten().enumerate() {
-            let rule = format!("p{t}_{p}");
-            let open = lark_string(&format!("{PARAMETER}{key}>{value_break}"));
-            let close = format!("{value_break}{PARAMETER_END}\n");
-            let types = schema_types(property);
-            if let Some(choices) = string_choices(property) {
-                rules.push(format!(
-                    "{rule}: {open} ({}) {}",
-                    choices.join(" | "),
-                    lark_string(&close)
-                ));
-            } else if types.is_empty() || types.iter().any(|ty| ty == "string") {
-                rules.push(format!("{rule}: {open} {rule}_text"));
-                rules.push(format!(
-                    "{rule}_text[suffix={}]: /(?s:.*)/",
-                    lark_string(&close)
-                ));
-            } else {
-                let mut value_schema = property.clone();
-                if let Some(map) = value_schema.as_object_mut() {
-                    map.insert("x-guidance".into(), json_options.clone());
-                }
-                rules.push(format!(
-                    "{rule}: {open} %json {value_schema} {}",
-                    lark_string(&close)
-                ));
-            }
-            let optional = if required.contains(&key.as_str()) {
-                ""
-            } else {
-                "?"
-            };
-            items.push(format!("{rule}{optional}"));
-        }
-        rules.push(format!("f{t}: {}", items.join(" ")));
-        functions.push(format!("f{t}"));
-    }
-    let repeat = if parallel { r#" ("\n" call)*"# } else { "" };
-    let block = format!(
-        "call: {} ({}) {}",
-        lark_string(&format!("{}\n", layout.open)),
-        functions.join(" | "),
-        lark_string(&format!("{FUNCTION_END}\n{}", layout.close))
-    );
-    format!("start: call{repeat}\n{block}\n{}\n", rules.join("\n"))
-}
-
-/// The texts a string parameter is limited to (`enum` or `const`), as Lark literals.
-fn string_choices(property: &Value) -> Option<Vec<String>> {
-    let values = match (property.get("enum"), property.get("const")) {
-        (Some(Value::Array(values)), _) => values.clone(),
-        (None, Some(value)) => vec![value.clone()],
-        _ => return None,
+    let tags = ArgumentTags {
+        call: (
+            format!("{}\n", layout.open),
+            format!("{FUNCTION_END}\n{}", layout.close),
+        ),
+        function: &|name| format!("{FUNCTION}{name}>\n"),
+        parameter: &|key| format!("{PARAMETER}{key}>{value_break}"),
+        value_end: format!("{value_break}{PARAMETER_END}\n"),
     };
-    values
-        .iter()
-        .map(|v| v.as_str().map(lark_string))
-        .collect::<Option<Vec<_>>>()
-        .filter(|choices| !choices.is_empty())
-}
-
-/// A Lark string literal (the same escapes as a JSON string).
-fn lark_string(text: &str) -> String {
-    Value::String(text.to_string()).to_string()
+    argument_grammar::grammar(&tags, tools, parallel, json_options)
 }
 
 #[cfg(test)]

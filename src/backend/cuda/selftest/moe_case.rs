@@ -17,7 +17,7 @@ use crate::backend::cuda::moe::{
     group_routes, max_items, GroupedBuffers, MoeBuffers, GEMV_EXPERT_ROWS, MOE_DEVICE_MAX_ROWS,
 };
 use crate::backend::cuda::{CudaTensor, DType};
-use crate::backend::moe::{route, ExpertActivation, ExpertBiases};
+use crate::backend::moe::{route, ExpertActivation, ExpertBiases, RouteRule};
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -132,7 +132,11 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             );
             if tokens > MOE_DEVICE_MAX_ROWS {
                 // Prefill: routed on the host, the experts' GEMMs on their row blocks.
-                let routes = route(&inputs.logits, experts, top_k, normalize);
+                let routes = route(
+                    &inputs.logits,
+                    experts,
+                    &RouteRule::softmax(top_k, normalize),
+                );
                 let grouped = group_routes(&routes, tokens, top_k)?;
                 let pairs = tokens * top_k;
                 let row_tokens = dev.upload(&grouped.row_tokens)?;
@@ -273,7 +277,7 @@ impl Inputs {
 /// How many distinct experts the tokens route to (each pair reads its expert once, so a
 /// batch sharing experts reads more than this).
 fn distinct_experts(logits: &[f32], experts: usize, top_k: usize) -> usize {
-    route(logits, experts, top_k, false)
+    route(logits, experts, &RouteRule::softmax(top_k, false))
         .iter()
         .filter(|(rows, _)| !rows.is_empty())
         .count()
@@ -290,7 +294,7 @@ fn reference(
 ) -> Vec<f32> {
     let (hidden, inter) = (layer.hidden, layer.inter);
     let experts = layer.gate_up.len();
-    let routes = route(logits, experts, top_k, normalize);
+    let routes = route(logits, experts, &RouteRule::softmax(top_k, normalize));
     let tokens = x.len() / hidden;
     // Per token, its (expert, weight) pairs in expert order.
     let mut per_token = vec![Vec::new(); tokens];
