@@ -73,6 +73,15 @@ impl Architecture {
         "Glm4MoeForCausalLM",
     ];
 
+    /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
+    /// default it to true for Gemma 2 / 3 and SmolLM3, false for the others (4.57).
+    pub fn ties_embeddings_by_default(self) -> bool {
+        matches!(
+            self,
+            Architecture::Gemma2 | Architecture::Gemma3 | Architecture::SmolLM3
+        )
+    }
+
     pub fn from_hf(name: &str) -> Result<Self> {
         Ok(match name {
             "LlamaForCausalLM" => Architecture::Llama,
@@ -170,8 +179,9 @@ struct RawConfig {
     /// `rope_scaling`).
     #[serde(default)]
     original_max_position_embeddings: Option<usize>,
+    /// Absent: the config class's default (see `ties_embeddings_by_default`).
     #[serde(default)]
-    tie_word_embeddings: bool,
+    tie_word_embeddings: Option<bool>,
     /// q/k/v biases (Seed-OSS's config class defaults it to true, the others to false).
     #[serde(default)]
     attention_bias: Option<bool>,
@@ -804,7 +814,9 @@ impl ModelConfig {
             )?,
             max_position_embeddings: raw.max_position_embeddings,
             context_len: raw.max_position_embeddings,
-            tie_word_embeddings: raw.tie_word_embeddings,
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .unwrap_or(architecture.ties_embeddings_by_default()),
             qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
                 || raw
                     .attention_bias
@@ -982,6 +994,30 @@ mod tests {
         assert_eq!(c.rope_layers.unwrap()[..3], [true, false, false]);
         assert!(ModelConfig::from_json(&json(r#", "use_sliding_window": true"#)).is_err());
         assert!(ModelConfig::from_json(&json(r#", "no_rope_layers": [1]"#)).is_err());
+    }
+
+    /// SmolLM3-3B's and gemma-2-9b-it's config.json leave `tie_word_embeddings` out; their
+    /// config classes tie, so the published sizes (3.08B, 9.24B) count no separate head.
+    #[test]
+    fn an_absent_tie_word_embeddings_takes_the_config_classes_default() {
+        let smollm3 = r#"{"architectures": ["SmolLM3ForCausalLM"], "hidden_size": 2048,
+            "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+            "num_key_value_heads": 4, "vocab_size": 128256, "rope_theta": 5000000.0}"#;
+        let gemma2 = r#"{"architectures": ["Gemma2ForCausalLM"], "hidden_size": 3584,
+            "intermediate_size": 14336, "num_hidden_layers": 42, "num_attention_heads": 16,
+            "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000,
+            "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256,
+            "sliding_window": 4096}"#;
+        for (json, billions) in [(smollm3, 3.08), (gemma2, 9.24)] {
+            let c = ModelConfig::from_json(json).unwrap();
+            assert!(c.tie_word_embeddings);
+            let got = c.num_parameters() as f64 / 1e9;
+            assert!((got - billions).abs() < 0.02, "{got}");
+        }
+        let llama = r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "vocab_size": 100}"#;
+        assert!(!ModelConfig::from_json(llama).unwrap().tie_word_embeddings);
     }
 
     #[test]
