@@ -29,8 +29,8 @@ pub fn forcing_grammar(
             .ok_or_else(|| format!("the tokenizer has no {marker} token to force calls with"))
     };
     let (channel, message) = (id("<|channel|>")?, id(MESSAGE)?);
-    // Without `<|constrain|>` the content type follows the recipient after a space.
-    let constrain = id("<|constrain|>").unwrap_or_else(|_| "\" \"".into());
+    // Without `<|constrain|>` the content type follows the recipient's space directly.
+    let constrain = id("<|constrain|>").map(|c| c + " ").unwrap_or_default();
     let functions: Vec<String> = tools
         .iter()
         .map(|(name, parameters)| {
@@ -39,7 +39,7 @@ pub fn forcing_grammar(
                 map.insert("x-guidance".into(), json_options.clone());
             }
             let name = serde_json::Value::String(format!("{name} "));
-            format!("{name} {constrain} \"json\" {message} %json {schema}")
+            format!("{name} {constrain}\"json\" {message} %json {schema}")
         })
         .collect();
     Ok(format!(

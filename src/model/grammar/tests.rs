@@ -379,6 +379,14 @@ fn a_forced_harmony_call_is_one_commentary_message_the_splitter_reads() {
     }
     assert_eq!(names.len(), 2);
     assert!(forcing_grammar(&tools, &options, &|_| None).is_err());
+    // Without a `<|constrain|>` token the content type follows the recipient.
+    let tok = tokenizer_with_specials(&["<|channel|>", "<|message|>"]);
+    let compiler = GrammarCompiler::new(&tok, tok.vocab_size()).unwrap();
+    let id = |t: &str| tok.token_to_id(t);
+    let grammar = forcing_grammar(&tools[1..], &options, &id).unwrap();
+    let mut c = compiler.compile(&Structure::Lark(grammar)).unwrap();
+    let text = "<|channel|>commentary to=functions.now json<|message|>{}";
+    assert!(accepts(&tok, &mut c, text), "{text}");
 }
 
 #[test]
