@@ -16,6 +16,13 @@
 // top_k <= MOE_MAX_TOP_K, pairs <= MOE_MAX_PAIRS (the host checks all three and sizes
 // max_items as pairs / GEMV_EXPERT_ROWS rounded up plus min(experts, pairs)).
 //
+// With a correction bias (GLM-4.5's router; null otherwise) moe_route scores instead as
+// src/backend/moe.rs `route_sigmoid_grouped`: each expert's sigmoid in f32, the choice by
+// sigmoid plus bias among the `top_groups` best of `groups` equal groups (a group ranks by
+// the sum of its two best biased scores, ties to the lower group; experts of the other groups
+// compete with 0), the weights the chosen sigmoids, over their sum plus 1e-20 when
+// `normalize`, times `scale`. groups <= MOE_MAX_GROUPS.
+//
 // moe_combine: out[t, c] = sum over the token's pairs s of y[row(t * top_k + s), c] * weight,
 // each weight, product and running sum rounded to the dtype as a loop of index_adds rounds
 // them, then (Qwen2-MoE) the shared expert's row times sigmoid of its gate's logit, added
@@ -28,7 +35,64 @@
 #define MOE_MAX_TOP_K 32
 #define MOE_MAX_PAIRS 1024
 #define MOE_PER_LANE (MOE_MAX_EXPERTS / 32)
+#define MOE_MAX_GROUPS 32
 #define MOE_ITEM_ROWS 4  // GEMV_EXPERT_ROWS of kernels/gemv.cu
+
+// The warp's largest value (lane l holds experts l, l + 32, ...: the first, lowest expert,
+// of its largest, then the larger over the lanes, the lower expert on equal values) and, in
+// `best_e`, its expert. Values at or below `floor` never win.
+__device__ __forceinline__ float moe_warp_best(const float* v, float floor, int& best_e) {
+    const int lane = threadIdx.x & 31;
+    float best = floor;
+    best_e = 0x7fffffff;
+#pragma unroll
+    for (int i = 0; i < MOE_PER_LANE; ++i) {
+        if (v[i] > best) {
+            best = v[i];
+            best_e = lane + 32 * i;
+        }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float other = __shfl_xor_sync(KILN_FULL_MASK, best, offset);
+        const int other_e = __shfl_xor_sync(KILN_FULL_MASK, best_e, offset);
+        if (other > best || (other == best && other_e < best_e)) {
+            best = other;
+            best_e = other_e;
+        }
+    }
+    return best;
+}
+
+// Lane 0 writes token `row`'s chosen experts (sorted by id) and their weights.
+__device__ __forceinline__ void moe_write_pairs(int* __restrict__ ids, float* __restrict__ weights,
+                                                int* pair_expert, int* chosen, float* chosen_p,
+                                                long long row, int top_k, int normalize,
+                                                float add_to_kept, float scale) {
+    // The kept mass, summed in the order the experts were chosen, then `add_to_kept` (as the
+    // host does).
+    float kept = 0.0f;
+    for (int r = 0; r < top_k; ++r) kept += chosen_p[r];
+    kept += add_to_kept;
+    // Insertion sort by expert id (top_k is small).
+    for (int a = 1; a < top_k; ++a) {
+        const int e = chosen[a];
+        const float p = chosen_p[a];
+        int b = a - 1;
+        while (b >= 0 && chosen[b] > e) {
+            chosen[b + 1] = chosen[b];
+            chosen_p[b + 1] = chosen_p[b];
+            --b;
+        }
+        chosen[b + 1] = e;
+        chosen_p[b + 1] = p;
+    }
+    for (int r = 0; r < top_k; ++r) {
+        const long long p = row * top_k + r;
+        ids[p] = chosen[r];
+        pair_expert[p] = chosen[r];
+        weights[p] = (normalize ? chosen_p[r] / kept : chosen_p[r]) * scale;
+    }
+}
 
 // Warp `warp` routes token `row`: its pairs into ids / weights and the block's `pair_expert`.
 template <typename D>
@@ -60,25 +124,8 @@ __device__ __forceinline__ void moe_route_token(const typename D::T* __restrict_
     total = kiln_warp_sum(total);
 
     for (int r = 0; r < top_k; ++r) {
-        // This lane's best: the first (lowest expert) of its largest values.
-        float best = -2.0f;
-        int best_e = 0x7fffffff;
-#pragma unroll
-        for (int i = 0; i < MOE_PER_LANE; ++i) {
-            if (v[i] > best) {
-                best = v[i];
-                best_e = lane + 32 * i;
-            }
-        }
-        // The warp's best: larger value, or the lower expert on equal values.
-        for (int offset = 16; offset > 0; offset >>= 1) {
-            const float other = __shfl_xor_sync(KILN_FULL_MASK, best, offset);
-            const int other_e = __shfl_xor_sync(KILN_FULL_MASK, best_e, offset);
-            if (other > best || (other == best && other_e < best_e)) {
-                best = other;
-                best_e = other_e;
-            }
-        }
+        int best_e;
+        const float best = moe_warp_best(v, -2.0f, best_e);
         // Its owner takes it out of the running (no dynamic register indexing).
 #pragma unroll
         for (int i = 0; i < MOE_PER_LANE; ++i) {
@@ -91,28 +138,98 @@ __device__ __forceinline__ void moe_route_token(const typename D::T* __restrict_
     }
     // Only lane 0 wrote this warp's `chosen` and only it reads it back: no barrier needed.
     if (lane == 0) {
-        // The kept mass, summed in the order the experts were chosen (as the host does).
-        float kept = 0.0f;
-        for (int r = 0; r < top_k; ++r) kept += chosen_p[r];
-        // Insertion sort by expert id (top_k is small).
-        for (int a = 1; a < top_k; ++a) {
-            const int e = chosen[a];
-            const float p = chosen_p[a];
-            int b = a - 1;
-            while (b >= 0 && chosen[b] > e) {
-                chosen[b + 1] = chosen[b];
-                chosen_p[b + 1] = chosen_p[b];
-                --b;
+        moe_write_pairs(ids, weights, pair_expert, chosen, chosen_p, row, top_k, normalize, 0.0f,
+                        1.0f);
+    }
+}
+
+// The two largest of a lane's (best, second) and another's, merged.
+__device__ __forceinline__ void moe_top2_merge(float& a1, float& a2, float b1, float b2) {
+    if (b1 > a1) {
+        a2 = fmaxf(a1, b2);
+        a1 = b1;
+    } else {
+        a2 = fmaxf(a2, b1);
+    }
+}
+
+// Warp `warp` routes token `row` by sigmoid scores, correction bias and groups (see the top).
+template <typename D>
+__device__ __forceinline__ void moe_route_token_grouped(
+    const typename D::T* __restrict__ logits, const float* __restrict__ bias,
+    int* __restrict__ ids, float* __restrict__ weights, int* pair_expert, int* chosen,
+    float* chosen_p, long long row, int experts, int top_k, int normalize, int groups,
+    int top_groups, float scale) {
+    const int lane = threadIdx.x & 31;
+    const typename D::T* s = logits + row * experts;
+    const int per_group = experts / groups;
+
+    // Lane l holds experts l, l + 32, ...: sigmoid scores and biased choices (empty places
+    // -inf, below every choice).
+    float score[MOE_PER_LANE];
+    float c[MOE_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < MOE_PER_LANE; ++i) {
+        const int e = lane + 32 * i;
+        score[i] = e < experts ? 1.0f / (1.0f + expf(-D::load(s[e]))) : 0.0f;
+        c[i] = e < experts ? score[i] + bias[e] : KILN_NEG_INF;
+    }
+    if (groups > 1) {
+        // Each group's rank: the sum of its two best choices, reduced over the warp.
+        float rank[MOE_MAX_GROUPS];
+        for (int g = 0; g < groups; ++g) {
+            float b1 = KILN_NEG_INF, b2 = KILN_NEG_INF;
+#pragma unroll
+            for (int i = 0; i < MOE_PER_LANE; ++i) {
+                const int e = lane + 32 * i;
+                if (e < experts && e / per_group == g) moe_top2_merge(b1, b2, c[i], KILN_NEG_INF);
             }
-            chosen[b + 1] = e;
-            chosen_p[b + 1] = p;
+            for (int offset = 16; offset > 0; offset >>= 1) {
+                const float o1 = __shfl_xor_sync(KILN_FULL_MASK, b1, offset);
+                const float o2 = __shfl_xor_sync(KILN_FULL_MASK, b2, offset);
+                moe_top2_merge(b1, b2, o1, o2);
+            }
+            // A group of one expert ranks by it alone.
+            rank[g] = b2 == KILN_NEG_INF ? b1 : b1 + b2;
         }
-        for (int r = 0; r < top_k; ++r) {
-            const long long p = row * top_k + r;
-            ids[p] = chosen[r];
-            pair_expert[p] = chosen[r];
-            weights[p] = normalize ? chosen_p[r] / kept : chosen_p[r];
+        // The kept groups: the best `top_groups` ranks, ties to the lower group.
+        unsigned kept = 0u;
+        for (int k = 0; k < top_groups; ++k) {
+            int best = -1;
+            for (int g = 0; g < groups; ++g) {
+                if ((kept >> g) & 1u) continue;
+                if (best < 0 || rank[g] > rank[best]) best = g;
+            }
+            kept |= 1u << best;
         }
+#pragma unroll
+        for (int i = 0; i < MOE_PER_LANE; ++i) {
+            const int e = lane + 32 * i;
+            if (e < experts && !((kept >> (e / per_group)) & 1u)) c[i] = 0.0f;
+        }
+    }
+
+    for (int r = 0; r < top_k; ++r) {
+        int best_e;
+        moe_warp_best(c, KILN_NEG_INF, best_e);
+        // Its owner takes it out of the running and hands over its unbiased score.
+        float mine = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MOE_PER_LANE; ++i) {
+            if (lane + 32 * i == best_e) {
+                mine = score[i];
+                c[i] = KILN_NEG_INF;
+            }
+        }
+        const float chosen_score = kiln_warp_sum(mine);
+        if (lane == 0) {
+            chosen[r] = best_e;
+            chosen_p[r] = chosen_score;
+        }
+    }
+    if (lane == 0) {
+        moe_write_pairs(ids, weights, pair_expert, chosen, chosen_p, row, top_k, normalize,
+                        1e-20f, scale);
     }
 }
 
@@ -123,7 +240,8 @@ __device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__
                                                int* __restrict__ item_rows,
                                                int* __restrict__ item_pairs, int tokens,
                                                int experts, int top_k, int normalize,
-                                               int max_items) {
+                                               int max_items, const float* __restrict__ bias,
+                                               int groups, int top_groups, float scale) {
     __shared__ int chosen[MOE_ROUTE_WARPS][MOE_MAX_TOP_K];
     __shared__ float chosen_p[MOE_ROUTE_WARPS][MOE_MAX_TOP_K];
     __shared__ int pair_expert[MOE_MAX_PAIRS];
@@ -135,8 +253,14 @@ __device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__
     const int pairs = tokens * top_k;
 
     for (int t = warp; t < tokens; t += MOE_ROUTE_WARPS) {
-        moe_route_token<D>(logits, ids, weights, pair_expert, chosen[warp], chosen_p[warp], t,
-                           experts, top_k, normalize);
+        if (bias) {
+            moe_route_token_grouped<D>(logits, bias, ids, weights, pair_expert, chosen[warp],
+                                       chosen_p[warp], t, experts, top_k, normalize, groups,
+                                       top_groups, scale);
+        } else {
+            moe_route_token<D>(logits, ids, weights, pair_expert, chosen[warp], chosen_p[warp], t,
+                               experts, top_k, normalize);
+        }
     }
     for (int e = tid; e < experts; e += MOE_ROUTE_THREADS) count[e] = 0;
     __syncthreads();
@@ -218,9 +342,11 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
     extern "C" __global__ void __launch_bounds__(MOE_ROUTE_THREADS)                            \
         moe_route_##S(const D::T* logits, int* ids, float* weights, int* item_expert,          \
                       int* item_rows, int* item_pairs, int tokens, int experts, int top_k,     \
-                      int normalize, int max_items) {                                          \
+                      int normalize, int max_items, const float* bias, int groups,             \
+                      int top_groups, float scale) {                                           \
         moe_route_impl<D>(logits, ids, weights, item_expert, item_rows, item_pairs, tokens,    \
-                          experts, top_k, normalize, max_items);                               \
+                          experts, top_k, normalize, max_items, bias, groups, top_groups,      \
+                          scale);                                                              \
     }                                                                                          \
     extern "C" __global__ void moe_combine_##S(D::T* out, const D::T* y, const float* weights, \
                                                int rows, int hidden, int top_k,                \

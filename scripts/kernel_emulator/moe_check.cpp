@@ -76,7 +76,62 @@ std::vector<std::pair<int, float>> host_route(const std::vector<float>& s, int t
     return chosen;
 }
 
-using RouteFn = void (*)(const void*, int*, float*, int*, int*, int*, int, int, int, int, int);
+// GLM-4.5's router (src/backend/moe.rs `route_sigmoid_grouped`, transcribed): sigmoid
+// scores, the choice by score plus bias among the best `top_groups` groups (a group ranks by
+// its two best biased scores, ties to the lower group; other groups' experts compete with
+// 0), the top_k largest choices (ties to the lower expert), weights the chosen scores over
+// their sum plus 1e-20 when `normalize`, times `scale`. Sorted by expert.
+struct Grouped {
+    std::vector<float> bias;
+    int groups;
+    int top_groups;
+    float scale;
+};
+
+std::vector<std::pair<int, float>> host_route_grouped(const std::vector<float>& s, int top_k,
+                                                      bool normalize, const Grouped& g) {
+    const int n = static_cast<int>(s.size());
+    const int per_group = n / g.groups;
+    std::vector<float> score(n), choice(n);
+    for (int e = 0; e < n; ++e) {
+        score[e] = 1.0f / (1.0f + std::exp(-s[e]));
+        choice[e] = score[e] + g.bias[e];
+    }
+    if (g.groups > 1) {
+        std::vector<float> rank(g.groups);
+        for (int grp = 0; grp < g.groups; ++grp) {
+            std::vector<float> members(choice.begin() + grp * per_group,
+                                       choice.begin() + (grp + 1) * per_group);
+            std::sort(members.begin(), members.end(), std::greater<float>());
+            rank[grp] = 0.0f;
+            for (size_t i = 0; i < std::min<size_t>(2, members.size()); ++i) rank[grp] += members[i];
+        }
+        std::vector<int> order(g.groups);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return rank[a] > rank[b]; });
+        for (int e = 0; e < n; ++e) {
+            const bool kept = std::find(order.begin(), order.begin() + g.top_groups, e / per_group) !=
+                              order.begin() + g.top_groups;
+            if (!kept) choice[e] = 0.0f;
+        }
+    }
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return choice[a] > choice[b]; });
+    float total = 0.0f;
+    for (int r = 0; r < top_k; ++r) total += score[order[r]];
+    total += 1e-20f;
+    std::vector<std::pair<int, float>> chosen;
+    for (int r = 0; r < top_k; ++r) {
+        const int e = order[r];
+        chosen.push_back({e, (normalize ? score[e] / total : score[e]) * g.scale});
+    }
+    std::sort(chosen.begin(), chosen.end());
+    return chosen;
+}
+
+using RouteFn = void (*)(const void*, int*, float*, int*, int*, int*, int, int, int, int, int,
+                         const float*, int, int, float);
 
 int max_items(int pairs, int experts) {
     return (pairs + GEMV_EXPERT_ROWS - 1) / GEMV_EXPERT_ROWS + std::min(experts, pairs);
@@ -119,7 +174,7 @@ size_t item_errors(const std::vector<int>& ids, const std::vector<int>& item_exp
 }
 
 void check_route(DType d, int tokens, int experts, int top_k, bool normalize, bool ties,
-                 Order order) {
+                 Order order, const Grouped* grouped = nullptr) {
     std::vector<float> logits = random(d, static_cast<size_t>(tokens) * experts, 4.0f);
     if (ties) {
         // Runs of equal logits across lanes and within a lane, among the largest.
@@ -137,28 +192,34 @@ void check_route(DType d, int tokens, int experts, int top_k, bool normalize, bo
     auto route = KILN_PICK(RouteFn, moe_route, d);
     kiln_emu::launch({1, 1, 1}, {MOE_ROUTE_THREADS, 1, 1}, order, 5, [&] {
         route(lb.data(), ids.data(), weights.data(), item_expert.data(), item_rows.data(),
-              item_pairs.data(), tokens, experts, top_k, normalize ? 1 : 0, items);
+              item_pairs.data(), tokens, experts, top_k, normalize ? 1 : 0, items,
+              grouped ? grouped->bias.data() : nullptr, grouped ? grouped->groups : 1,
+              grouped ? grouped->top_groups : 1, grouped ? grouped->scale : 1.0f);
     });
     size_t wrong_ids = 0;
     double worst = 0.0;
     for (int t = 0; t < tokens; ++t) {
         std::vector<float> row(experts);
         for (int e = 0; e < experts; ++e) row[e] = lb.at(static_cast<size_t>(t) * experts + e);
-        const auto want = host_route(row, top_k, normalize);
+        const auto want = grouped ? host_route_grouped(row, top_k, normalize, *grouped)
+                                  : host_route(row, top_k, normalize);
         for (int r = 0; r < top_k; ++r) {
             const size_t p = static_cast<size_t>(t) * top_k + r;
             wrong_ids += ids[p] == want[r].first ? 0 : 1;
             const double err = std::fabs(static_cast<double>(weights[p]) - want[r].second);
-            // The denominator's f32 sum runs in another order: a few ulps per term.
-            const double bound = (8.0 + experts / 4.0) * 0x1p-24 * std::max(want[r].second, 1e-30f);
+            // The denominator's f32 sum runs in another order: a few ulps per term. (The
+            // grouped router sums in the host's order; its sigmoids may differ by an ulp.)
+            const double bound = (8.0 + experts / 4.0) * 0x1p-24 * std::max(std::fabs(want[r].second), 1e-30f);
             worst = std::max(worst, std::isnan(err) ? INFINITY : err / bound);
         }
     }
     const size_t bad_items = item_errors(ids, item_expert, item_rows, item_pairs);
     char what[220];
+    char kind[48] = "";
+    if (grouped) std::snprintf(kind, sizeof kind, " sigmoid %d/%d groups", grouped->top_groups, grouped->groups);
     std::snprintf(what, sizeof what,
-                  "moe_route tokens=%-2d experts=%-3d top_k=%-2d %-9s %-4s %-4s  %zu ids differ, worst weight err/bound %.3f, %zu item errors",
-                  tokens, experts, top_k, normalize ? "normalize" : "", ties ? "ties" : "", dtype_name(d),
+                  "moe_route tokens=%-2d experts=%-3d top_k=%-2d %-9s %-4s %-4s%s  %zu ids differ, worst weight err/bound %.3f, %zu item errors",
+                  tokens, experts, top_k, normalize ? "normalize" : "", ties ? "ties" : "", dtype_name(d), kind,
                   wrong_ids, worst, bad_items);
     report(wrong_ids == 0 && worst <= 1.0 && bad_items == 0, what);
 }
@@ -358,6 +419,17 @@ int main() {
         check_route(d, 4, 128, 8, false, true, Order::Random);
         check_route(d, 1, 7, 7, true, true, Order::Forward);
         check_route(d, 20, 4, 2, true, false, Order::Reverse);
+        // GLM-4.5's router: GLM-4.5-Air's shape (128 experts, top 8, one group), DeepSeek-V3's
+        // groups (256 experts in 8, the best 4 kept; here 64 in 8), biases that push some
+        // biased scores below 0 (where the dropped groups' zeros win), a scale.
+        const Grouped air{random(DType::F32, 128, 0.05f), 1, 1, 1.0f};
+        const Grouped eight{random(DType::F32, 64, 0.5f), 8, 4, 2.5f};
+        const Grouped negative{random(DType::F32, 16, 1.5f), 4, 1, 2.5f};
+        check_route(d, 1, 128, 8, true, false, Order::Forward, &air);
+        check_route(d, 16, 128, 8, true, false, Order::Random, &air);
+        check_route(d, 8, 64, 8, true, false, Order::Reverse, &eight);
+        check_route(d, 5, 64, 6, false, false, Order::Random, &eight);
+        check_route(d, 12, 16, 4, true, false, Order::Forward, &negative);
         // Tokens sharing experts (items of 1 to 4 pairs, several per expert), one token
         // with four, K = hidden crossing the x chunk of the 4-row GEMV (the host sends only
         // hidden and intermediate widths that are multiples of 8, so every block is full).

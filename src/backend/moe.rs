@@ -105,8 +105,10 @@ pub struct MoeRouting<'a, T> {
     /// Rescale the chosen experts' probabilities to sum to one (Mixtral, most Qwen3-MoE).
     pub normalize: bool,
     pub scoring: RouterScoring,
-    /// [`RouterScoring::SigmoidGrouped`]'s correction bias, one per expert.
+    /// [`RouterScoring::SigmoidGrouped`]'s correction bias, one per expert: on the host, and
+    /// as an f32 tensor for a backend that routes on the device.
     pub correction_bias: Option<&'a [f32]>,
+    pub correction_bias_tensor: Option<&'a T>,
     /// The model's dtype: the rounding of the weighted sum follows HF's loop in it.
     pub dtype: DType,
     pub activation: ExpertActivation,
@@ -468,6 +470,7 @@ mod tests {
             normalize: false,
             scoring: RouterScoring::Softmax,
             correction_bias: None,
+            correction_bias_tensor: None,
             dtype: DType::F32,
             activation: ExpertActivation::SwiGlu,
             shared: Some(SharedExpertOutput {

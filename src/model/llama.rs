@@ -4,7 +4,7 @@
 //! Differences between the architectures are config switches: QKV bias (Qwen2), per-head
 //! q/k RMS norm before RoPE (Qwen3), sliding window (Mistral), tied embeddings, RoPE scaling.
 
-use super::config::{Architecture, ModelConfig, RouterScoring};
+use super::config::{Architecture, ModelConfig};
 use super::moe::SparseMlp;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
@@ -700,14 +700,9 @@ impl<B: Backend> LlamaModel<B> {
         // Decode steps of a single rank may be replayed from a recording (CUDA graphs); the
         // ranks of a sharded model meet in all-reduces a recording cannot hold.
         // Mixture-of-experts layers route on the host (which a recording cannot hold either)
-        // unless the backend routes this many tokens on the device, which it does for
-        // softmax routers only (GLM-4.5's sigmoid-grouped one is routed on the host).
-        let routing_recordable = match &self.config.moe {
-            None => true,
-            Some(moe) => {
-                moe.scoring == RouterScoring::Softmax && be.routes_experts_on_device(tokens.len())
-            }
-        };
+        // unless the backend routes this many tokens on the device.
+        let routing_recordable =
+            self.config.moe.is_none() || be.routes_experts_on_device(tokens.len());
         if self.layout.shard.world == 1 && comm.world_size() == 1 && routing_recordable {
             let mut body = |meta: &B::BatchMeta, tokens: &[u32], batch: &BatchLayout| {
                 self.logits_from_meta(be, meta, tokens, batch, cache, comm)

@@ -65,8 +65,9 @@ pub struct SparseMlp<B: Backend> {
     top_k: usize,
     normalize_top_k: bool,
     scoring: RouterScoring,
-    /// GLM-4.5: the router's per-expert correction bias (host f32; it only steers choices).
-    correction_bias: Option<Vec<f32>>,
+    /// GLM-4.5: the router's per-expert correction bias (it only steers choices), on the host
+    /// and as an f32 tensor for device routing.
+    correction_bias: Option<(Vec<f32>, B::Tensor)>,
     /// An expert for every token (Qwen2-MoE, GLM-4.5), and in Qwen2-MoE its gate
     /// (`[1, hidden]`, whole on every rank): the expert's output is scaled by
     /// `sigmoid(gate . x)` and added last. Without a gate it is added as it is.
@@ -136,7 +137,9 @@ impl<B: Backend> SparseMlp<B> {
             RouterScoring::SigmoidGrouped { .. } => {
                 let name = format!("{prefix}.mlp.gate.e_score_correction_bias");
                 let bias = src.tensor(&name, &[moe.num_experts], DType::F32)?;
-                Some(bias.flatten_all()?.to_vec1::<f32>()?)
+                let host = bias.flatten_all()?.to_vec1::<f32>()?;
+                let device = super::llama::load(be, src, &name, &[moe.num_experts], DType::F32)?;
+                Some((host, device))
             }
         };
         let (gate_up, down): (Vec<_>, Vec<_>) = (0..moe.num_experts)
@@ -214,7 +217,8 @@ impl<B: Backend> SparseMlp<B> {
             top_k: self.top_k,
             normalize: self.normalize_top_k,
             scoring: self.scoring,
-            correction_bias: self.correction_bias.as_deref(),
+            correction_bias: self.correction_bias.as_ref().map(|(h, _)| h.as_slice()),
+            correction_bias_tensor: self.correction_bias.as_ref().map(|(_, t)| t),
             dtype,
             activation: self.activation,
             shared: shared.map(|(output, gate_logits)| SharedExpertOutput {

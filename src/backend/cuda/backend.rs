@@ -13,7 +13,7 @@ use super::gemv_norm::{add_norm_fusion_pays, AddNormInput, GemvEpilogue};
 use super::image_flash::FlashLayouts;
 use super::moe::{
     group_routes, max_items, moe_device_enabled, moe_device_rows, routes_on_device, GroupedBuffers,
-    MoeBuffers, GEMV_EXPERT_ROWS,
+    GroupedRouter, MoeBuffers, GEMV_EXPERT_ROWS,
 };
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
@@ -745,9 +745,27 @@ impl Backend for CudaBackend {
         if !plain && !experts.index.serves(&experts.biases()) {
             return host_routed_experts(self, x, router_logits, experts, routing);
         }
-        // The device routing kernel scores with a softmax; other routers (GLM-4.5's sigmoid
-        // groups) are routed on the host and run through the grouped path.
-        if routing.scoring != RouterScoring::Softmax {
+        // GLM-4.5's router routes on the device with its bias there and groups the kernel
+        // takes; otherwise on the host, through the grouped path.
+        let grouped = match (routing.scoring, routing.correction_bias_tensor) {
+            (RouterScoring::Softmax, _) => None,
+            (
+                RouterScoring::SigmoidGrouped {
+                    groups,
+                    top_groups,
+                    scale,
+                },
+                Some(bias),
+            ) => Some(GroupedRouter {
+                bias,
+                groups,
+                top_groups,
+                scale,
+            })
+            .filter(|g| g.fits(experts.gate_up.len())),
+            _ => None,
+        };
+        if routing.scoring != RouterScoring::Softmax && grouped.is_none() {
             return self.moe_experts_grouped(x, router_logits, experts, routing);
         }
         let top_k = routing.top_k;
@@ -782,7 +800,7 @@ impl Backend for CudaBackend {
             experts.index,
             x,
             router_logits,
-            (top_k, routing.normalize),
+            (top_k, routing.normalize, grouped.as_ref()),
             routing.activation,
             shared,
             &mut MoeBuffers {

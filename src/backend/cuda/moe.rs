@@ -33,6 +33,30 @@ use std::sync::OnceLock;
 /// Most tokens routed on the device: decode batches (and their recorded buckets) up to 64
 /// sequences.
 pub const MOE_DEVICE_MAX_ROWS: usize = 64;
+/// `MOE_MAX_GROUPS` in kernels/moe.cu (the kept groups are a 32-bit mask).
+pub const MOE_MAX_GROUPS: usize = 32;
+
+/// The null pointer `moe_route` reads as "score with a softmax".
+const NO_BIAS: u64 = 0;
+
+/// GLM-4.5's router for `moe_route` (`RouterScoring::SigmoidGrouped`): its per-expert
+/// correction bias on the device (f32 `[experts]`), its groups and scale.
+pub struct GroupedRouter<'a> {
+    pub bias: &'a CudaTensor,
+    pub groups: usize,
+    pub top_groups: usize,
+    pub scale: f32,
+}
+
+impl GroupedRouter<'_> {
+    /// Whether the routing kernel takes this router over `experts` experts.
+    pub fn fits(&self, experts: usize) -> bool {
+        (1..=MOE_MAX_GROUPS).contains(&self.groups)
+            && experts.is_multiple_of(self.groups)
+            && (1..=self.groups).contains(&self.top_groups)
+    }
+}
+
 /// `MOE_MAX_EXPERTS` in kernels/moe.cu (16 per lane of a routing warp).
 pub const MOE_MAX_EXPERTS: usize = 512;
 /// `MOE_MAX_TOP_K` in kernels/moe.cu.
@@ -274,12 +298,13 @@ impl CudaDevice {
 
     /// `moe_route`: `top_k` (expert, weight) pairs per row of `logits` (`[tokens, experts]`)
     /// into `out.ids` (as i32) and `out.weights` (f32 `[tokens * top_k]`), sorted by expert,
-    /// and the pairs grouped into the expert GEMVs' work items (`out.item_*`).
+    /// and the pairs grouped into the expert GEMVs' work items (`out.item_*`). Scored by a
+    /// softmax, or by `grouped`'s sigmoid router where given.
     pub fn moe_route(
         &self,
         logits: &CudaTensor,
-        top_k: usize,
-        normalize: bool,
+        (top_k, normalize): (usize, bool),
+        grouped: Option<&GroupedRouter<'_>>,
         out: &mut MoeBuffers<'_>,
     ) -> Result<()> {
         let &[tokens, experts] = logits.shape() else {
@@ -304,6 +329,19 @@ impl CudaDevice {
             "moe_route: outputs too small for {tokens} x {top_k} pairs"
         );
         out.weights.expect_dtype(DType::F32, "moe_route weights")?;
+        if let Some(g) = grouped {
+            g.bias
+                .expect_shape(&[experts], "moe_route correction bias")?;
+            g.bias
+                .expect_dtype(DType::F32, "moe_route correction bias")?;
+            ensure!(
+                g.fits(experts),
+                "moe_route: {} groups (top {}) of {experts} experts (the kernel takes up to \
+                 {MOE_MAX_GROUPS} equal groups)",
+                g.groups,
+                g.top_groups
+            );
+        }
         if tokens == 0 {
             return Ok(());
         }
@@ -322,6 +360,22 @@ impl CudaDevice {
         for v in &ints {
             args.arg(v);
         }
+        // The grouped router's bias (null: softmax), groups, kept groups and scale.
+        let grouped_ints = grouped
+            .map(|g| [g.groups, g.top_groups])
+            .unwrap_or([1, 1])
+            .map(|v| as_i32(v, "moe_route groups"))
+            .into_iter()
+            .collect::<Result<Vec<i32>>>()?;
+        let scale = grouped.map_or(1.0f32, |g| g.scale);
+        match grouped {
+            Some(g) => args.arg(g.bias.data()),
+            None => args.arg(&NO_BIAS),
+        };
+        for v in &grouped_ints {
+            args.arg(v);
+        }
+        args.arg(&scale);
         let config = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (MOE_ROUTE_THREADS, 1, 1),
@@ -341,7 +395,7 @@ impl CudaDevice {
         index: &CudaExpertIndex,
         x: &CudaTensor,
         logits: &CudaTensor,
-        (top_k, normalize): (usize, bool),
+        (top_k, normalize, grouped): (usize, bool, Option<&GroupedRouter<'_>>),
         activation: ExpertActivation,
         shared: Option<(&CudaTensor, &CudaTensor)>,
         buffers: &mut MoeBuffers<'_>,
@@ -349,7 +403,7 @@ impl CudaDevice {
     ) -> Result<()> {
         let experts = logits.shape().get(1).copied().unwrap_or(0);
         let pairs = buffers.act.shape().first().copied().unwrap_or(0);
-        self.moe_route(logits, top_k, normalize, buffers)?;
+        self.moe_route(logits, (top_k, normalize), grouped, buffers)?;
         let items = WorkItems {
             expert: buffers.item_expert,
             rows: buffers.item_rows,

@@ -215,7 +215,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                     &index,
                     &x,
                     &logits,
-                    (top_k, normalize),
+                    (top_k, normalize, None),
                     layer.activation,
                     shared_parts,
                     &mut buffers,
