@@ -747,24 +747,8 @@ impl Backend for CudaBackend {
         }
         // GLM-4.5's router routes on the device with its bias there and groups the kernel
         // takes; otherwise on the host, through the grouped path.
-        let grouped = match (routing.scoring, routing.correction_bias_tensor) {
-            (RouterScoring::Softmax, _) => None,
-            (
-                RouterScoring::SigmoidGrouped {
-                    groups,
-                    top_groups,
-                    scale,
-                },
-                Some(bias),
-            ) => Some(GroupedRouter {
-                bias,
-                groups,
-                top_groups,
-                scale,
-            })
-            .filter(|g| g.fits(experts.gate_up.len())),
-            _ => None,
-        };
+        let grouped = GroupedRouter::new(routing.scoring, routing.correction_bias_tensor)
+            .filter(|g| g.fits(experts.gate_up.len()));
         if routing.scoring != RouterScoring::Softmax && grouped.is_none() {
             return self.moe_experts_grouped(x, router_logits, experts, routing);
         }

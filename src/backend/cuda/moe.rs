@@ -24,7 +24,7 @@ use super::device::CudaDevice;
 use super::gemv::{gemv_launch, GEMV_K_MULTIPLE};
 use super::launch::{as_i32, elementwise};
 use super::tensor::CudaTensor;
-use crate::backend::moe::{ExpertActivation, ExpertBiases};
+use crate::backend::moe::{ExpertActivation, ExpertBiases, RouterScoring};
 use crate::backend::DType;
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
@@ -48,7 +48,28 @@ pub struct GroupedRouter<'a> {
     pub scale: f32,
 }
 
-impl GroupedRouter<'_> {
+impl<'a> GroupedRouter<'a> {
+    /// The router `scoring` describes with `bias` on the device; `None` for a softmax router
+    /// (or without a bias).
+    pub fn new(scoring: RouterScoring, bias: Option<&'a CudaTensor>) -> Option<Self> {
+        match (scoring, bias) {
+            (
+                RouterScoring::SigmoidGrouped {
+                    groups,
+                    top_groups,
+                    scale,
+                },
+                Some(bias),
+            ) => Some(GroupedRouter {
+                bias,
+                groups,
+                top_groups,
+                scale,
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the routing kernel takes this router over `experts` experts.
     pub fn fits(&self, experts: usize) -> bool {
         (1..=MOE_MAX_GROUPS).contains(&self.groups)

@@ -9,24 +9,46 @@
 //! launches) is a fair read of the weight bandwidth: the note carries the GB/s of the
 //! distinct experts read (a step reads an expert once per work item of up to four of its
 //! tokens). A third layer has gpt-oss-20b's experts (hidden and intermediate 2880, top 4
-//! of 32, biases, the clamped SwiGLU) on both paths.
+//! of 32, biases, the clamped SwiGLU) on both paths, and a fourth GLM-4.5's router (sigmoid
+//! scores, a correction bias, 2 of 4 groups kept, scale 2.5) at GLM-4.5-Air's expert width.
 
 use super::compare::Check;
 use super::suite::Suite;
 use crate::backend::cuda::moe::{
-    group_routes, max_items, GroupedBuffers, MoeBuffers, GEMV_EXPERT_ROWS, MOE_DEVICE_MAX_ROWS,
+    group_routes, max_items, GroupedBuffers, GroupedRouter, MoeBuffers, GEMV_EXPERT_ROWS,
+    MOE_DEVICE_MAX_ROWS,
 };
 use crate::backend::cuda::{CudaTensor, DType};
-use crate::backend::moe::{route, ExpertActivation, ExpertBiases, RouteRule};
+use crate::backend::moe::{route, ExpertActivation, ExpertBiases, RouteRule, RouterScoring};
 use anyhow::Result;
 use rayon::prelude::*;
 
-/// `(hidden, intermediate, experts, top_k, normalize, shared expert, gpt-oss)`.
-const LAYERS: [(usize, usize, usize, usize, bool, bool, bool); 3] = [
-    (2048, 768, 32, 8, true, false, false),
-    (2048, 1408, 16, 4, false, true, false),
-    (2880, 2880, 32, 4, true, false, true),
+/// What sets a case's layer apart from plain SwiGLU experts under a softmax router.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Plain,
+    /// Qwen1.5-MoE's gated shared expert.
+    Shared,
+    /// gpt-oss's biases and clamped SwiGLU.
+    GptOss,
+    /// GLM-4.5's router ([`GROUPED`]).
+    Glm,
+}
+
+/// `(hidden, intermediate, experts, top_k, normalize, kind)`.
+const LAYERS: [(usize, usize, usize, usize, bool, Kind); 4] = [
+    (2048, 768, 32, 8, true, Kind::Plain),
+    (2048, 1408, 16, 4, false, Kind::Shared),
+    (2880, 2880, 32, 4, true, Kind::GptOss),
+    (2048, 1408, 32, 8, true, Kind::Glm),
 ];
+
+/// The GLM-4.5-style router of the fourth layer: groups, kept groups, scale.
+const GROUPED: RouterScoring = RouterScoring::SigmoidGrouped {
+    groups: 4,
+    top_groups: 2,
+    scale: 2.5,
+};
 
 /// gpt-oss's activation (its limit 7 is rarely reached at these magnitudes; 0.5 is).
 const CLAMPED: ExpertActivation = ExpertActivation::ClampedSwiGlu {
@@ -51,7 +73,25 @@ struct HostLayer {
 }
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
-    for (hidden, inter, experts, top_k, normalize, shared, gpt_oss) in LAYERS {
+    for (hidden, inter, experts, top_k, normalize, kind) in LAYERS {
+        let (shared, gpt_oss, glm) = (
+            kind == Kind::Shared,
+            kind == Kind::GptOss,
+            kind == Kind::Glm,
+        );
+        // GLM-4.5: the router's correction bias (f32), on the host and on the device.
+        let bias = glm.then(|| s.random(experts, 0.5, DType::F32));
+        let bias_dev = match &bias {
+            Some(b) => Some(CudaTensor::from_f32(s.dev, DType::F32, &[experts], b)?),
+            None => None,
+        };
+        let rule = RouteRule {
+            top_k,
+            normalize,
+            scoring: if glm { GROUPED } else { RouterScoring::Softmax },
+            correction_bias: bias.as_deref(),
+        };
+        let router = GroupedRouter::new(GROUPED, bias_dev.as_ref());
         let layer = HostLayer {
             hidden,
             inter,
@@ -109,7 +149,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 &layer,
                 &inputs.x,
                 &inputs.logits,
-                (top_k, normalize),
+                &rule,
                 inputs.shared.as_ref(),
                 dtype,
             );
@@ -122,21 +162,18 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 )),
                 None => None,
             };
-            let kind = match (shared, gpt_oss) {
-                (true, _) => " +shared",
-                (_, true) => " gpt-oss (biases, clamped SwiGLU)",
-                _ => "",
+            let kind = match kind {
+                Kind::Shared => " +shared",
+                Kind::GptOss => " gpt-oss (biases, clamped SwiGLU)",
+                Kind::Glm => " GLM-4.5 router (sigmoid, bias, 2 of 4 groups)",
+                Kind::Plain => "",
             };
             let shape = format!(
                 "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{kind}"
             );
             if tokens > MOE_DEVICE_MAX_ROWS {
                 // Prefill: routed on the host, the experts' GEMMs on their row blocks.
-                let routes = route(
-                    &inputs.logits,
-                    experts,
-                    &RouteRule::softmax(top_k, normalize),
-                );
+                let routes = route(&inputs.logits, experts, &rule);
                 let grouped = group_routes(&routes, tokens, top_k)?;
                 let pairs = tokens * top_k;
                 let row_tokens = dev.upload(&grouped.row_tokens)?;
@@ -182,7 +219,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                     &reference,
                 );
                 let us = s.time(row, || grouped_layer(&mut out))?;
-                let distinct = distinct_experts(&inputs.logits, experts, top_k);
+                let distinct = distinct_experts(&inputs.logits, experts, &rule);
                 s.rows[row].note = format!(
                     "{distinct} experts, {} GEMMs; device part only (routing on the host not timed), {:.0} us",
                     2 * grouped.expert_rows.len(),
@@ -215,7 +252,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                     &index,
                     &x,
                     &logits,
-                    (top_k, normalize, None),
+                    (top_k, normalize, router.as_ref()),
                     layer.activation,
                     shared_parts,
                     &mut buffers,
@@ -235,7 +272,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 &reference,
             );
             let us = s.time(row, || layer_on_device(&mut out))?;
-            let distinct = distinct_experts(&inputs.logits, experts, top_k);
+            let distinct = distinct_experts(&inputs.logits, experts, &rule);
             let bytes = distinct * 3 * inter * hidden * dtype.size_in_bytes();
             s.rows[row].note = format!(
                 "{distinct} experts read, {:.0} GB/s",
@@ -276,8 +313,8 @@ impl Inputs {
 
 /// How many distinct experts the tokens route to (each pair reads its expert once, so a
 /// batch sharing experts reads more than this).
-fn distinct_experts(logits: &[f32], experts: usize, top_k: usize) -> usize {
-    route(logits, experts, &RouteRule::softmax(top_k, false))
+fn distinct_experts(logits: &[f32], experts: usize, rule: &RouteRule<'_>) -> usize {
+    route(logits, experts, rule)
         .iter()
         .filter(|(rows, _)| !rows.is_empty())
         .count()
@@ -288,13 +325,13 @@ fn reference(
     layer: &HostLayer,
     x: &[f32],
     logits: &[f32],
-    (top_k, normalize): (usize, bool),
+    rule: &RouteRule<'_>,
     shared: Option<&(Vec<f32>, Vec<f32>)>,
     dtype: DType,
 ) -> Vec<f32> {
     let (hidden, inter) = (layer.hidden, layer.inter);
     let experts = layer.gate_up.len();
-    let routes = route(logits, experts, &RouteRule::softmax(top_k, normalize));
+    let routes = route(logits, experts, rule);
     let tokens = x.len() / hidden;
     // Per token, its (expert, weight) pairs in expert order.
     let mut per_token = vec![Vec::new(); tokens];
