@@ -136,10 +136,10 @@ impl<B: Backend> SparseMlp<B> {
             RouterScoring::Softmax => None,
             RouterScoring::SigmoidGrouped { .. } => {
                 let name = format!("{prefix}.mlp.gate.e_score_correction_bias");
+                // Read once: kept on the host for host routing, uploaded for device routing.
                 let bias = src.tensor(&name, &[moe.num_experts], DType::F32)?;
                 let host = bias.flatten_all()?.to_vec1::<f32>()?;
-                let device = super::llama::load(be, src, &name, &[moe.num_experts], DType::F32)?;
-                Some((host, device))
+                Some((host, be.upload(bias)?))
             }
         };
         let (gate_up, down): (Vec<_>, Vec<_>) = (0..moe.num_experts)

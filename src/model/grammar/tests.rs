@@ -117,17 +117,7 @@ fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
     use crate::model::tool_calls::{forcing_grammar, parse, ToolCallFormat, ToolParser};
     let tok = tokenizer();
     let compiler = GrammarCompiler::new(&tok, 448).unwrap();
-    let tools = vec![
-        (
-            "look_up".to_string(),
-            serde_json::json!({"type": "object", "properties": {"word": {"enum": ["kiln", "clay"]}},
-                               "required": ["word"], "additionalProperties": false}),
-        ),
-        (
-            "now".to_string(),
-            serde_json::json!({"type": "object", "additionalProperties": false}),
-        ),
-    ];
+    let tools = word_and_clock_tools();
     let options = serde_json::json!({"whitespace_flexible": false});
     for (format, parallel) in [
         (ToolCallFormat::Hermes, false),
@@ -159,6 +149,40 @@ fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
                 }
             }
         }
+    }
+}
+
+/// Two tools: `look_up` a word of an enum, and `now` without arguments.
+fn word_and_clock_tools() -> Vec<(String, serde_json::Value)> {
+    vec![
+        (
+            "look_up".to_string(),
+            serde_json::json!({"type": "object", "properties": {"word": {"enum": ["kiln", "clay"]}},
+                               "required": ["word"], "additionalProperties": false}),
+        ),
+        (
+            "now".to_string(),
+            serde_json::json!({"type": "object", "additionalProperties": false}),
+        ),
+    ]
+}
+
+/// The token ids of a walk (as `walk`) up to where end-of-sequence is allowed, for output
+/// whose special tokens the caller decodes itself.
+fn walk_ids(tok: &Tokenizer, c: &mut Constraint, choose: impl Fn(&[u32]) -> u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    loop {
+        let mask = c.mask().unwrap();
+        if tok.eos_token_ids().iter().any(|&e| mask.is_allowed(e)) {
+            return ids;
+        }
+        let allowed: Vec<u32> = (0..mask.len() as u32)
+            .filter(|&t| mask.is_allowed(t))
+            .collect();
+        let t = choose(&allowed);
+        c.advance(t).unwrap();
+        ids.push(t);
+        assert!(ids.len() < 200, "{:?}", tok.decode(&ids, false));
     }
 }
 
@@ -244,11 +268,7 @@ fn tokenizer_with_specials(markers: &[&str]) -> Tokenizer {
 #[test]
 fn forced_mistral_calls_start_with_the_special_token_in_either_layout() {
     use crate::model::tool_calls::{forcing_grammar, parse, ToolCallFormat};
-    let tools = vec![(
-        "look_up".to_string(),
-        serde_json::json!({"type": "object", "properties": {"word": {"enum": ["kiln", "clay"]}},
-                           "required": ["word"], "additionalProperties": false}),
-    )];
+    let tools = word_and_clock_tools()[..1].to_vec();
     let options = serde_json::json!({"whitespace_flexible": false});
     for with_args in [false, true] {
         let tok = mistral_tokenizer(with_args);
@@ -261,19 +281,7 @@ fn forced_mistral_calls_start_with_the_special_token_in_either_layout() {
             let grammar =
                 forcing_grammar(ToolCallFormat::Mistral, &tools, false, &options, &id).unwrap();
             let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
-            let mut ids = Vec::new();
-            for _ in 0..200 {
-                let mask = c.mask().unwrap();
-                if tok.eos_token_ids().iter().any(|&e| mask.is_allowed(e)) {
-                    break;
-                }
-                let allowed: Vec<u32> = (0..mask.len() as u32)
-                    .filter(|&t| mask.is_allowed(t))
-                    .collect();
-                let t = choose(&allowed);
-                c.advance(t).unwrap();
-                ids.push(t);
-            }
+            let ids = walk_ids(&tok, &mut c, choose);
             assert_eq!(
                 ids[0],
                 id("[TOOL_CALLS]").unwrap(),
@@ -324,17 +332,7 @@ fn mistral_tokenizer(with_args: bool) -> Tokenizer {
 fn a_forced_harmony_call_is_one_commentary_message_the_splitter_reads() {
     use crate::model::harmony::forcing_grammar;
     use crate::model::reasoning::{split, Reasoning, ReasoningFormat};
-    let tools = vec![
-        (
-            "look_up".to_string(),
-            serde_json::json!({"type": "object", "properties": {"word": {"enum": ["kiln", "clay"]}},
-                               "required": ["word"], "additionalProperties": false}),
-        ),
-        (
-            "now".to_string(),
-            serde_json::json!({"type": "object", "additionalProperties": false}),
-        ),
-    ];
+    let tools = word_and_clock_tools();
     let options = serde_json::json!({"whitespace_flexible": false});
     let tok = tokenizer_with_specials(&["<|channel|>", "<|constrain|>", "<|message|>", "<|call|>"]);
     let compiler = GrammarCompiler::new(&tok, tok.vocab_size()).unwrap();
@@ -345,21 +343,7 @@ fn a_forced_harmony_call_is_one_commentary_message_the_splitter_reads() {
     let mut names = Vec::new();
     for choose in [first, last] {
         let mut c = compiler.compile(&Structure::Lark(grammar.clone())).unwrap();
-        let mut ids = Vec::new();
-        while !tok
-            .eos_token_ids()
-            .iter()
-            .any(|&e| c.mask().unwrap().is_allowed(e))
-        {
-            let mask = c.mask().unwrap();
-            let allowed: Vec<u32> = (0..mask.len() as u32)
-                .filter(|&t| mask.is_allowed(t))
-                .collect();
-            let t = choose(&allowed);
-            c.advance(t).unwrap();
-            ids.push(t);
-            assert!(ids.len() < 200, "{:?}", tok.decode(&ids, false));
-        }
+        let ids = walk_ids(&tok, &mut c, choose);
         assert_eq!(ids[0], id("<|channel|>").unwrap());
         let text = tok.decode(&ids, false).unwrap();
         let reasoning = Reasoning {
