@@ -2,6 +2,8 @@
 //   add:      out = a + b               (out may alias a or b)
 //   add_bias: x[r, j] = x[r, j] + b[j]  (in place, bias broadcast over rows)
 //   copy_columns: out[r, j] = x[r, offset + j]  (one column block of x, e.g. q of a fused QKV)
+//   join_heads: out[r, h, :] = [shared[r, :], own[r, h, :]]  (DeepSeek's keys: the rotated part
+//             all heads share, then each head's own part)
 //   softcap:  x = cap * tanh(x / cap)   (in place; Gemma 2's final logits)
 
 template <typename D>
@@ -35,6 +37,23 @@ __device__ __forceinline__ void copy_columns_impl(typename D::T* out, const type
 }
 
 template <typename D>
+__device__ __forceinline__ void join_heads_impl(typename D::T* out, const typename D::T* shared,
+                                                const typename D::T* own, long long total,
+                                                int heads, int shared_width, int own_width) {
+    const int head_width = shared_width + own_width;
+    const long long row_width = (long long)heads * head_width;
+    KILN_GRID_STRIDE(i, total) {
+        const long long row = i / row_width;
+        const int in_row = (int)(i - row * row_width);
+        const int head = in_row / head_width;
+        const int col = in_row - head * head_width;
+        out[i] = col < shared_width
+                     ? shared[row * shared_width + col]
+                     : own[(row * heads + head) * own_width + (col - shared_width)];
+    }
+}
+
+template <typename D>
 __device__ __forceinline__ void softcap_impl(typename D::T* x, long long total, float cap) {
     KILN_GRID_STRIDE(i, total) { x[i] = D::store(kiln_softcap(D::load(x[i]), cap)); }
 }
@@ -51,6 +70,11 @@ __device__ __forceinline__ void softcap_impl(typename D::T* x, long long total, 
     extern "C" __global__ void copy_columns_##S(D::T* out, const D::T* x, long long total, \
                                                 int out_width, int in_width, int offset) { \
         copy_columns_impl<D>(out, x, total, out_width, in_width, offset);                 \
+    }                                                                                     \
+    extern "C" __global__ void join_heads_##S(D::T* out, const D::T* shared, const D::T* own, \
+                                              long long total, int heads, int shared_width,  \
+                                              int own_width) {                               \
+        join_heads_impl<D>(out, shared, own, total, heads, shared_width, own_width);        \
     }                                                                                     \
     extern "C" __global__ void softcap_##S(D::T* x, long long total, float cap) {         \
         softcap_impl<D>(x, total, cap);                                                   \

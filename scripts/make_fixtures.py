@@ -32,6 +32,10 @@ import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoTokenizer,
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
@@ -589,6 +593,71 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 moe_intermediate_size=32,
                 n_shared_experts=1,
                 first_k_dense_replace=1,
+                routed_scaling_factor=2.5,
+                norm_topk_prob=True,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # DeepSeek-V2 (V2-Lite's layout): multi-head latent attention with q projected directly,
+        # k and v decompressed from a 32-value latent, 16 + 8 rotary values per q/k head and 12
+        # per v head; a dense first layer, then 8 experts (top 2) by softmax within the 2 best
+        # of 4 groups (group_limited_greedy, by the group's best score), scaled by 2 without
+        # renormalising, and 2 ungated shared experts. No rope scaling: transformers' port of
+        # V2 leaves out the original's YaRN softmax scale (kiln applies it, see deepseek_v3).
+        "deepseek_v2": (
+            DeepseekV2ForCausalLM,
+            DeepseekV2Config(
+                **dict(common, num_hidden_layers=3, intermediate_size=96, num_key_value_heads=8),
+                q_lora_rank=None,
+                kv_lora_rank=32,
+                qk_nope_head_dim=16,
+                qk_rope_head_dim=8,
+                v_head_dim=12,
+                rope_theta=10000.0,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                moe_intermediate_size=32,
+                n_shared_experts=2,
+                first_k_dense_replace=1,
+                topk_method="group_limited_greedy",
+                n_group=4,
+                topk_group=2,
+                routed_scaling_factor=2.0,
+                norm_topk_prob=False,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # DeepSeek-V3 / R1, Kimi K2, Moonlight: V2's latent attention with a low-rank q (24) and
+        # interleaved rotary pairs under YaRN (factor 4, mscale = mscale_all_dim = 1: the
+        # rotation unscaled, the softmax scaled by (0.1 ln 4 + 1)^2); GLM-4.5's router (sigmoid,
+        # correction bias, 2 of 4 groups, renormalised, scale 2.5) and one shared expert.
+        "deepseek_v3": (
+            DeepseekV3ForCausalLM,
+            DeepseekV3Config(
+                **dict(common, num_hidden_layers=3, intermediate_size=96, num_key_value_heads=8),
+                q_lora_rank=24,
+                kv_lora_rank=32,
+                qk_nope_head_dim=16,
+                qk_rope_head_dim=8,
+                v_head_dim=20,
+                rope_theta=10000.0,
+                rope_scaling={
+                    "rope_type": "yarn",
+                    "factor": 4.0,
+                    "beta_fast": 32.0,
+                    "beta_slow": 1.0,
+                    "mscale": 1.0,
+                    "mscale_all_dim": 1.0,
+                    "original_max_position_embeddings": 64,
+                },
+                rope_interleave=True,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                n_group=4,
+                topk_group=2,
                 routed_scaling_factor=2.5,
                 norm_topk_prob=True,
                 tie_word_embeddings=False,

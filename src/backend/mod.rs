@@ -230,6 +230,16 @@ pub trait Backend: Send + Sync {
     }
     /// Splits the columns of `x: [n, sum(widths)]` into consecutive parts.
     fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
+    /// Per head, a part every head shares followed by the head's own part:
+    /// `shared: [n, s]` and `own: [n, heads * o]` give `[n, heads * (s + o)]` whose head `h`
+    /// is `shared` then `own`'s head `h`. DeepSeek's decompressed keys: one rotated part,
+    /// computed once, beside each head's own unrotated part.
+    fn join_heads(
+        &self,
+        shared: &Self::Tensor,
+        own: &Self::Tensor,
+        heads: usize,
+    ) -> Result<Self::Tensor>;
     /// The given rows of `x`, in order.
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
 

@@ -97,6 +97,15 @@ pub enum RouterScoring {
         top_groups: usize,
         scale: f32,
     },
+    /// DeepSeek-V2: the softmax over all experts; experts chosen only among the `top_groups`
+    /// best of `groups` equal groups (a group ranks by its best probability; one group is
+    /// V2-Lite's plain top k); the weights are the chosen probabilities (renormalised when
+    /// `normalize`), times `scale`.
+    SoftmaxGrouped {
+        groups: usize,
+        top_groups: usize,
+        scale: f32,
+    },
 }
 
 /// How the router's choice is made and its results combined.
@@ -158,19 +167,34 @@ pub fn route(
     rule: &RouteRule<'_>,
 ) -> Vec<(Vec<usize>, Vec<f32>)> {
     let (top_k, normalize) = (rule.top_k, rule.normalize);
-    if let RouterScoring::SigmoidGrouped {
-        groups,
-        top_groups,
-        scale,
-    } = rule.scoring
-    {
-        let grouped = GroupedScoring {
+    match rule.scoring {
+        RouterScoring::Softmax => {}
+        RouterScoring::SigmoidGrouped {
             groups,
             top_groups,
             scale,
-            correction_bias: rule.correction_bias.unwrap_or(&[]),
-        };
-        return route_sigmoid_grouped(logits, num_experts, top_k, normalize, &grouped);
+        } => {
+            let grouped = GroupedScoring {
+                groups,
+                top_groups,
+                scale,
+                correction_bias: rule.correction_bias.unwrap_or(&[]),
+            };
+            return route_sigmoid_grouped(logits, num_experts, top_k, normalize, &grouped);
+        }
+        RouterScoring::SoftmaxGrouped {
+            groups,
+            top_groups,
+            scale,
+        } => {
+            let grouped = GroupedScoring {
+                groups,
+                top_groups,
+                scale,
+                correction_bias: &[],
+            };
+            return route_softmax_grouped(logits, num_experts, top_k, normalize, &grouped);
+        }
     }
     let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
     for (row, scores) in logits.chunks_exact(num_experts).enumerate() {
@@ -246,6 +270,55 @@ fn route_sigmoid_grouped(
             } else {
                 scores[e]
             };
+            routes[e].0.push(row);
+            routes[e].1.push(weight * g.scale);
+        }
+    }
+    routes
+}
+
+/// [`route`] for [`RouterScoring::SoftmaxGrouped`], as DeepSeek-V2's `group_limited_greedy`:
+/// the softmax of the row, the groups ranked by their best probability, the experts of the
+/// other groups out of the running.
+fn route_softmax_grouped(
+    logits: &[f32],
+    num_experts: usize,
+    top_k: usize,
+    normalize: bool,
+    g: &GroupedScoring<'_>,
+) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let groups = g.groups.max(1);
+    let per_group = num_experts / groups;
+    let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+    for (row, row_logits) in logits.chunks_exact(num_experts).enumerate() {
+        let max = row_logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = row_logits.iter().map(|&l| (l - max).exp()).collect();
+        let total: f32 = exps.iter().sum();
+        let probs: Vec<f32> = exps.iter().map(|&e| e / total).collect();
+        let mut kept_group = vec![true; groups];
+        if groups > 1 && per_group > 0 {
+            let best = |grp: usize| {
+                probs[grp * per_group..(grp + 1) * per_group]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max)
+            };
+            let ranks: Vec<f32> = (0..groups).map(best).collect();
+            let mut order: Vec<usize> = (0..groups).collect();
+            order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
+            kept_group = vec![false; groups];
+            for &grp in &order[..g.top_groups.clamp(1, groups)] {
+                kept_group[grp] = true;
+            }
+        }
+        let mut order: Vec<usize> = (0..num_experts)
+            .filter(|&e| kept_group[(e / per_group.max(1)).min(groups - 1)])
+            .collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let chosen = &order[..top_k.min(order.len())];
+        let kept: f32 = chosen.iter().map(|&e| probs[e]).sum();
+        for &e in chosen {
+            let weight = if normalize { probs[e] / kept } else { probs[e] };
             routes[e].0.push(row);
             routes[e].1.push(weight * g.scale);
         }
@@ -427,6 +500,38 @@ mod tests {
         assert_eq!(routes[3].0, vec![0]);
         assert!((routes[2].1[0] - 2.5 * sig(2.0) / total).abs() < 1e-6);
         assert!((routes[3].1[0] - 2.5 * sig(1.0) / total).abs() < 1e-6);
+    }
+
+    /// DeepSeek-V2's `group_limited_greedy`: softmax probabilities, the groups ranked by
+    /// their best one, the rest of the groups' experts out of the running even where their
+    /// probabilities are higher than a kept group's second best.
+    #[test]
+    fn softmax_grouped_routing_picks_within_the_best_groups() {
+        let rule = |groups: usize, normalize: bool| RouteRule {
+            top_k: 2,
+            normalize,
+            scoring: RouterScoring::SoftmaxGrouped {
+                groups,
+                top_groups: 1,
+                scale: 2.0,
+            },
+            correction_bias: None,
+        };
+        // Group 0 (experts 0, 1) holds the best expert; group 1's experts both beat expert 1.
+        let logits = [3.0, -1.0, 2.0, 2.5];
+        let exps: Vec<f32> = logits.iter().map(|&l: &f32| (l - 3.0).exp()).collect();
+        let total: f32 = exps.iter().sum();
+        let p = |e: usize| exps[e] / total;
+        let routes = route(&logits, 4, &rule(2, false));
+        assert_eq!(routes[0].0, vec![0]);
+        assert_eq!(routes[1].0, vec![0]);
+        assert!(routes[2].0.is_empty() && routes[3].0.is_empty());
+        assert!((routes[0].1[0] - 2.0 * p(0)).abs() < 1e-6);
+        assert!((routes[1].1[0] - 2.0 * p(1)).abs() < 1e-6);
+        // One group: V2-Lite's plain top k, here renormalised.
+        let routes = route(&logits, 4, &rule(1, true));
+        assert_eq!((routes[0].0.len(), routes[3].0.len()), (1, 1));
+        assert!((routes[0].1[0] - 2.0 * p(0) / (p(0) + p(3))).abs() < 1e-6);
     }
 
     #[test]

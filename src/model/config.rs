@@ -49,10 +49,17 @@ pub enum Architecture {
     /// layers, experts chosen by a sigmoid router with a correction bias and groups, plus an
     /// ungated shared expert.
     Glm4Moe,
+    /// DeepSeek-V2 / V2-Lite: multi-head latent attention (`mla.rs`), then experts by a
+    /// softmax router (within the best groups, `group_limited_greedy`) plus ungated shared
+    /// experts, after the first dense layers.
+    DeepseekV2,
+    /// DeepSeek-V3 / R1, Kimi K2, Moonlight: V2's attention (with a low-rank q) and GLM-4.5's
+    /// router.
+    DeepseekV3,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 18] = [
+    pub const SUPPORTED: [&'static str; 20] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -71,6 +78,8 @@ impl Architecture {
         "SmolLM3ForCausalLM",
         "GptOssForCausalLM",
         "Glm4MoeForCausalLM",
+        "DeepseekV2ForCausalLM",
+        "DeepseekV3ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -102,6 +111,8 @@ impl Architecture {
             "SmolLM3ForCausalLM" => Architecture::SmolLM3,
             "GptOssForCausalLM" => Architecture::GptOss,
             "Glm4MoeForCausalLM" => Architecture::Glm4Moe,
+            "DeepseekV2ForCausalLM" => Architecture::DeepseekV2,
+            "DeepseekV3ForCausalLM" => Architecture::DeepseekV3,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -269,6 +280,12 @@ struct RawConfig {
     topk_group: Option<usize>,
     #[serde(default)]
     use_qk_norm: Option<bool>,
+    /// DeepSeek: every `moe_layer_freq`-th layer from `first_k_dense_replace` on has experts;
+    /// V2's router (`greedy` or `group_limited_greedy`; V3's is always the grouped sigmoid).
+    #[serde(default)]
+    moe_layer_freq: Option<usize>,
+    #[serde(default)]
+    topk_method: Option<String>,
     /// gpt-oss: the clamp of its SwiGLU's gate and up values (7 in its configs).
     #[serde(default)]
     swiglu_limit: Option<f64>,
@@ -401,6 +418,17 @@ impl MoeConfig {
                 raw.moe_intermediate_size.unwrap_or(1408),
                 raw.norm_topk_prob.unwrap_or(true),
             ),
+            // DeepseekV2Config's and DeepseekV3Config's defaults.
+            Architecture::DeepseekV2 => (
+                raw.n_routed_experts.unwrap_or(64),
+                raw.moe_intermediate_size.unwrap_or(1407),
+                raw.norm_topk_prob.unwrap_or(false),
+            ),
+            Architecture::DeepseekV3 => (
+                raw.n_routed_experts.unwrap_or(256),
+                raw.moe_intermediate_size.unwrap_or(2048),
+                raw.norm_topk_prob.unwrap_or(true),
+            ),
             _ => return Ok(None),
         };
         if num_experts == 0 {
@@ -412,30 +440,65 @@ impl MoeConfig {
             "num_experts_per_tok {top_k} must be between 1 and the {num_experts} experts"
         );
         let step = raw.decoder_sparse_step.unwrap_or(1).max(1);
+        // DeepSeek's experts come every `moe_layer_freq` layers, counted from layer 0.
+        let deepseek_step = raw.moe_layer_freq.unwrap_or(1).max(1);
         let first_sparse = match architecture {
             Architecture::Glm4Moe => raw.first_k_dense_replace.unwrap_or(1),
+            Architecture::DeepseekV2 => raw.first_k_dense_replace.unwrap_or(0),
+            Architecture::DeepseekV3 => raw.first_k_dense_replace.unwrap_or(3),
             _ => 0,
         };
         let sparse_layers = (0..raw.num_hidden_layers)
-            .map(|i| i >= first_sparse && !raw.mlp_only_layers.contains(&i) && (i + 1) % step == 0)
+            .map(|i| {
+                i >= first_sparse
+                    && !raw.mlp_only_layers.contains(&i)
+                    && (i + 1) % step == 0
+                    && i % deepseek_step == 0
+            })
             .collect();
+        // The groups of a grouped router, checked.
+        let groups = |groups: Option<usize>, top_groups: Option<usize>| -> Result<(usize, usize)> {
+            let groups = groups.unwrap_or(1).max(1);
+            let top_groups = top_groups.unwrap_or(groups);
+            anyhow::ensure!(
+                num_experts.is_multiple_of(groups) && (1..=groups).contains(&top_groups),
+                "n_group {groups} must divide the {num_experts} experts and topk_group \
+                 {top_groups} be between 1 and it"
+            );
+            anyhow::ensure!(
+                top_k <= top_groups * (num_experts / groups),
+                "num_experts_per_tok {top_k} exceeds the experts of topk_group groups"
+            );
+            Ok((groups, top_groups))
+        };
+        let scale = raw.routed_scaling_factor.unwrap_or(1.0) as f32;
         let scoring = match architecture {
-            Architecture::Glm4Moe => {
-                let groups = raw.n_group.unwrap_or(1).max(1);
-                let top_groups = raw.topk_group.unwrap_or(1);
-                anyhow::ensure!(
-                    num_experts.is_multiple_of(groups) && (1..=groups).contains(&top_groups),
-                    "n_group {groups} must divide the {num_experts} experts and topk_group \
-                     {top_groups} be between 1 and it"
-                );
-                anyhow::ensure!(
-                    top_k <= top_groups * (num_experts / groups),
-                    "num_experts_per_tok {top_k} exceeds the experts of topk_group groups"
-                );
+            Architecture::Glm4Moe | Architecture::DeepseekV3 => {
+                let (groups, top_groups) = groups(raw.n_group, raw.topk_group.or(Some(1)))?;
                 RouterScoring::SigmoidGrouped {
                     groups,
                     top_groups,
-                    scale: raw.routed_scaling_factor.unwrap_or(1.0) as f32,
+                    scale,
+                }
+            }
+            Architecture::DeepseekV2 => {
+                let (groups, top_groups) = match raw.topk_method.as_deref().unwrap_or("greedy") {
+                    "greedy" => (1, 1),
+                    "group_limited_greedy" => groups(raw.n_group, raw.topk_group)?,
+                    other => anyhow::bail!(
+                        "DeepSeek-V2 topk_method '{other}' is not supported (greedy, \
+                         group_limited_greedy)"
+                    ),
+                };
+                // V2-Lite's router is the plain softmax one, which devices route themselves.
+                if groups == 1 && scale == 1.0 {
+                    RouterScoring::Softmax
+                } else {
+                    RouterScoring::SoftmaxGrouped {
+                        groups,
+                        top_groups,
+                        scale,
+                    }
                 }
             }
             _ => RouterScoring::Softmax,
@@ -452,8 +515,12 @@ impl MoeConfig {
                         .context("a Qwen2-MoE config without shared_expert_intermediate_size")?,
                 )
                 .filter(|&n| n > 0),
-                Architecture::Glm4Moe => {
+                Architecture::Glm4Moe | Architecture::DeepseekV3 => {
                     Some(expert_intermediate_size * raw.n_shared_experts.unwrap_or(1))
+                        .filter(|&n| n > 0)
+                }
+                Architecture::DeepseekV2 => {
+                    Some(expert_intermediate_size * raw.n_shared_experts.unwrap_or(2))
                         .filter(|&n| n > 0)
                 }
                 _ => None,
@@ -652,6 +719,8 @@ pub struct ModelConfig {
     /// gpt-oss: a learned logit per head that joins each softmax (`self_attn.sinks`): it
     /// takes part of the probability mass without contributing a value.
     pub attention_sinks: bool,
+    /// DeepSeek's multi-head latent attention (`head_dim` is then its q / k head size).
+    pub mla: Option<super::mla::MlaConfig>,
     /// The experts, for mixture-of-experts models.
     pub moe: Option<MoeConfig>,
     /// Gemma 3's differences from the Llama layer.
@@ -697,8 +766,8 @@ impl ModelConfig {
         let value: serde_json::Value =
             serde_json::from_str(text).context("config.json is not JSON")?;
         let (value, nested_language_model) = language_model_config(value)?;
-        let raw: RawConfig =
-            serde_json::from_value(value).context("config.json is not a valid model config")?;
+        let raw: RawConfig = serde_json::from_value(value.clone())
+            .context("config.json is not a valid model config")?;
         let arch_name = raw
             .architectures
             .first()
@@ -732,16 +801,38 @@ impl ModelConfig {
             "num_attention_heads {} is not a multiple of num_key_value_heads {num_kv_heads}",
             raw.num_attention_heads
         );
-        let head_dim = raw
-            .head_dim
-            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        // DeepSeek's latent attention runs as ordinary heads of q's and k's size, each with
+        // its own (decompressed) key and value, its rope part rotating (`mla.rs`).
+        let mla = match architecture {
+            Architecture::DeepseekV2 | Architecture::DeepseekV3 => {
+                Some(super::mla::MlaConfig::from_value(&value)?)
+            }
+            _ => None,
+        };
+        let num_kv_heads = if mla.is_some() {
+            raw.num_attention_heads
+        } else {
+            num_kv_heads
+        };
+        let head_dim = match &mla {
+            Some(m) => m.qk_head_dim(),
+            None => raw
+                .head_dim
+                .unwrap_or(raw.hidden_size / raw.num_attention_heads),
+        };
         anyhow::ensure!(
             head_dim.is_multiple_of(2),
             "head_dim {head_dim} must be even for rotary embeddings"
         );
         // As HF: the first int(head_dim * factor) values of each head rotate.
-        let factor = raw.partial_rotary_factor.unwrap_or(1.0);
-        let rotary_dim = (head_dim as f64 * factor) as usize;
+        let factor = match &mla {
+            Some(m) => m.qk_rope_head_dim as f64 / head_dim as f64,
+            None => raw.partial_rotary_factor.unwrap_or(1.0),
+        };
+        let rotary_dim = match &mla {
+            Some(m) => m.qk_rope_head_dim,
+            None => (head_dim as f64 * factor) as usize,
+        };
         anyhow::ensure!(
             factor > 0.0 && factor <= 1.0 && rotary_dim > 0 && rotary_dim.is_multiple_of(2),
             "partial_rotary_factor {factor} gives {rotary_dim} rotary dims of head_dim \
@@ -845,6 +936,7 @@ impl ModelConfig {
             },
             o_bias: architecture == Architecture::GptOss || raw.attention_out_bias == Some(true),
             attention_sinks: architecture == Architecture::GptOss,
+            mla,
             moe,
             gemma,
             granite,
@@ -896,7 +988,10 @@ impl ModelConfig {
     /// Parameter count with `experts(moe)` experts per sparse layer.
     fn parameters(&self, experts: impl Fn(&MoeConfig) -> usize) -> u64 {
         let h = self.hidden_size as u64;
-        let attn = h * (self.q_width() + 2 * self.kv_width()) as u64 + self.q_width() as u64 * h;
+        let attn = match &self.mla {
+            Some(m) => m.parameters(self.hidden_size, self.num_heads),
+            None => h * (self.q_width() + 2 * self.kv_width()) as u64 + self.q_width() as u64 * h,
+        };
         let dense_mlp = 3 * h * self.intermediate_size as u64;
         let layers: u64 = (0..self.num_layers)
             .map(|i| {

@@ -5,6 +5,7 @@
 //! q/k RMS norm before RoPE (Qwen3), sliding window (Mistral), tied embeddings, RoPE scaling.
 
 use super::config::{Architecture, ModelConfig};
+use super::mla::LatentAttention;
 use super::moe::SparseMlp;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
@@ -30,6 +31,9 @@ struct Layer<B: Backend> {
     o_bias: Option<B::Tensor>,
     /// gpt-oss: this rank's heads' attention sinks, f32.
     sinks: Option<B::Tensor>,
+    /// DeepSeek: what follows `qkv` in its latent attention (whose `qkv` holds q, or q's
+    /// latent, and the kv latent with the shared rope key).
+    latent: Option<LatentAttention<B>>,
     post_attention_norm: B::Tensor,
     /// Gemma's and GLM-4's norms around the MLP, OLMo 2's after it (their
     /// `post_attention_norm` closes the attention block instead of opening the MLP).
@@ -153,7 +157,7 @@ impl Part {
         shape
     }
 
-    fn read(&self, src: &dyn WeightSource, dtype: DType) -> Result<Tensor> {
+    pub(super) fn read(&self, src: &dyn WeightSource, dtype: DType) -> Result<Tensor> {
         // A scaled part is read in f32 and rounded to the dtype once, after scaling.
         let read_as = if self.scale == 1.0 { dtype } else { DType::F32 };
         let t = match &self.slice {
@@ -412,22 +416,33 @@ impl<B: Backend> LlamaModel<B> {
                 ]
             };
             let norm = |n: &str| load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0);
+            let (latent, latent_qkv, latent_o) = match &c.mla {
+                Some(_) => {
+                    let (latent, qkv, o) = LatentAttention::load(be, src, c, &layout, &p, dtype)
+                        .with_context(|| format!("loading the latent attention of {p}"))?;
+                    (Some(latent), Some(qkv), Some(o))
+                }
+                None => (None, None, None),
+            };
             let layer = Layer {
                 input_norm: if c.post_norm {
                     None
                 } else {
                     Some(norm("input_layernorm")?)
                 },
-                qkv: load_stacked(
-                    be,
-                    src,
-                    &if c.architecture == Architecture::Phi3 {
-                        fused_qkv_parts(c, &p, &q_cols, &kv_cols)
-                    } else {
-                        q_k_v(&proj)
-                    },
-                    dtype,
-                )?,
+                qkv: match latent_qkv {
+                    Some(qkv) => qkv,
+                    None => load_stacked(
+                        be,
+                        src,
+                        &if c.architecture == Architecture::Phi3 {
+                            fused_qkv_parts(c, &p, &q_cols, &kv_cols)
+                        } else {
+                            q_k_v(&proj)
+                        },
+                        dtype,
+                    )?,
+                },
                 qkv_bias: if c.qkv_bias {
                     Some(load_stacked(be, src, &q_k_v(&bias), dtype)?)
                 } else {
@@ -435,17 +450,20 @@ impl<B: Backend> LlamaModel<B> {
                 },
                 q_norm: head_norm("q")?,
                 k_norm: head_norm("k")?,
-                o_proj: load_stacked(
-                    be,
-                    src,
-                    &[cols_part(
-                        format!("{p}.self_attn.o_proj.weight"),
-                        vec![h, q],
-                        q_cols.clone(),
-                    )
-                    .scaled(residual_scale)],
-                    dtype,
-                )?,
+                o_proj: match latent_o {
+                    Some(o) => o,
+                    None => load_stacked(
+                        be,
+                        src,
+                        &[cols_part(
+                            format!("{p}.self_attn.o_proj.weight"),
+                            vec![h, q],
+                            q_cols.clone(),
+                        )
+                        .scaled(residual_scale)],
+                        dtype,
+                    )?,
+                },
                 o_bias: if c.o_bias && layout.shard.rank == 0 {
                     let name = format!("{p}.self_attn.o_proj.bias");
                     Some(load(be, src, &name, &[h], dtype)?)
@@ -460,6 +478,7 @@ impl<B: Backend> LlamaModel<B> {
                 } else {
                     None
                 },
+                latent,
                 // GLM-4 names its sandwich differently: its post_attention_layernorm opens
                 // the MLP, post_self_attn_layernorm closes the attention block.
                 post_attention_norm: norm(if c.architecture == Architecture::Glm4 {
@@ -886,7 +905,17 @@ impl<B: Backend> LlamaModel<B> {
             (LayerRope::Off, _, Some(off)) => off,
             _ => &self.rope,
         };
-        let q = be.qkv_rope_write(&qkv, (q_width, kv_width), &head, rope, cache, index, batch)?;
+        let q = match &layer.latent {
+            Some(latent) => {
+                let [q, k, v] = latent.project(be, &qkv)?;
+                let (q, k) = be.rope(q, k, c.head_dim, rope, batch)?;
+                be.write_kv(cache, index, &k, &v, batch)?;
+                q
+            }
+            None => {
+                be.qkv_rope_write(&qkv, (q_width, kv_width), &head, rope, cache, index, batch)?
+            }
+        };
         let shape = AttentionShape {
             sliding_window: layer.sliding_window,
             ..self.attention

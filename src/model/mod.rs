@@ -10,6 +10,7 @@ pub mod grammar;
 pub mod harmony;
 pub mod language_model_weights;
 pub mod llama;
+pub mod mla;
 pub mod moe;
 mod moe_fused;
 pub mod mxfp4;

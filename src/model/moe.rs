@@ -133,7 +133,7 @@ impl<B: Backend> SparseMlp<B> {
             }
         };
         let correction_bias = match moe.scoring {
-            RouterScoring::Softmax => None,
+            RouterScoring::Softmax | RouterScoring::SoftmaxGrouped { .. } => None,
             RouterScoring::SigmoidGrouped { .. } => {
                 let name = format!("{prefix}.mlp.gate.e_score_correction_bias");
                 // Read once: kept on the host for host routing, uploaded for device routing.

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 21] = [
+pub const ARCHS: [&str; 23] = [
     "llama",
     "llama31",
     "mistral",
@@ -29,6 +29,8 @@ pub const ARCHS: [&str; 21] = [
     "olmo3",
     "seed_oss",
     "glm4_moe",
+    "deepseek_v2",
+    "deepseek_v3",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span

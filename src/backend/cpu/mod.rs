@@ -244,6 +244,19 @@ impl Backend for CpuBackend {
         Ok(parts)
     }
 
+    fn join_heads(&self, shared: &Tensor, own: &Tensor, heads: usize) -> Result<Tensor> {
+        let (n, s) = shared.dims2()?;
+        let (own_n, own_width) = own.dims2()?;
+        anyhow::ensure!(
+            heads > 0 && own_n == n && own_width % heads == 0,
+            "join_heads: {own_width} columns of {own_n} rows are not {heads} heads of {n} rows"
+        );
+        let o = own_width / heads;
+        let shared = shared.unsqueeze(1)?.broadcast_as((n, heads, s))?;
+        let own = own.reshape((n, heads, o))?;
+        Ok(Tensor::cat(&[&shared, &own], 2)?.reshape((n, heads * (s + o)))?)
+    }
+
     fn draw_rows(
         &self,
         logits: &Tensor,

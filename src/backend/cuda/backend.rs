@@ -702,6 +702,28 @@ impl Backend for CudaBackend {
         Ok((self.silu_mul(&gate_up)?, sum))
     }
 
+    fn join_heads(
+        &self,
+        shared: &CudaTensor,
+        own: &CudaTensor,
+        heads: usize,
+    ) -> Result<CudaTensor> {
+        let (&[n, s], &[_, own_width]) = (shared.shape(), own.shape()) else {
+            bail!(
+                "join_heads: inputs must be 2-d, got {:?} and {:?}",
+                shared.shape(),
+                own.shape()
+            );
+        };
+        if heads == 0 || own_width % heads != 0 {
+            bail!("join_heads: {own_width} columns are not {heads} heads");
+        }
+        let width = heads * (s + own_width / heads);
+        let mut out = self.output(shared.dtype(), &[n, width])?;
+        self.dev.join_heads(shared, own, heads, &mut out)?;
+        Ok(out)
+    }
+
     fn split_columns(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {
         let &[n, total] = x.shape() else {
             bail!("split_columns: input must be 2-d, got {:?}", x.shape());
