@@ -28,7 +28,7 @@ KILN="${KILN:-$BUNDLE/kiln}"
 FIXTURES="${FIXTURES:-$BUNDLE/tests/fixtures}"
 OUT="${OUT:-$PWD/gpu-check-out}"
 BUDGET_S="${BUDGET_S:-270}"
-ARCHS="llama llama31 mistral qwen2 qwen3 phi3 qwen3_moe qwen2_moe mixtral gemma2 gemma3 granite smollm3 olmo2 qwen3_yarn glm4 phi3_longrope gpt_oss olmo3 seed_oss glm4_moe"
+ARCHS="llama llama31 mistral qwen2 qwen3 phi3 qwen3_moe qwen2_moe mixtral gemma2 gemma3 granite smollm3 olmo2 qwen3_yarn glm4 phi3_longrope gpt_oss olmo3 seed_oss glm4_moe deepseek_v2 deepseek_v3"
 
 mkdir -p "$OUT"
 # Kernels compile once per machine and are cached: keep that cache across the steps.
@@ -121,7 +121,7 @@ done
 # Mixture of experts: the same with device routing only for one-token steps
 # (KILN_MOE_DEVICE_ROWS=1), so every prefill takes the grouped host-routed path; eager as
 # well, to compare recorded decode against launched; and the portable host path.
-for arch in qwen3_moe qwen2_moe mixtral gpt_oss glm4_moe; do
+for arch in qwen3_moe qwen2_moe mixtral gpt_oss glm4_moe deepseek_v2 deepseek_v3; do
     step "check_${arch}_bfloat16_grouped" 60 yes "check_${arch}_bfloat16_grouped.json" -- \
         env KILN_MOE_DEVICE_ROWS=1 "$KILN" check-reference --model "$FIXTURES/$arch" \
         --device cuda --dtype bfloat16 --block-size 4 --json
@@ -143,7 +143,7 @@ done
 
 # Tensor parallelism on one GPU ("virtual" TP: two ranks share it): kiln's device
 # all-reduce, and the host-staged one, must give the reference's greedy tokens.
-for arch in llama qwen3; do
+for arch in llama qwen3 deepseek_v3; do
     for dtype in float32 bfloat16; do
         step "tp2_${arch}_${dtype}" 60 yes "tp2_${arch}_${dtype}.json" -- \
             "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda \

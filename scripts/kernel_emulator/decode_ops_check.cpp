@@ -1,5 +1,5 @@
-// Runs the decode step's small ops (kernels/norm.cu, rope.cu with the fused qkv_rope_cache, and
-// the argmax of sampling.cu)
+// Runs the decode step's small ops (kernels/norm.cu, rope.cu with the fused qkv_rope_cache, the
+// argmax of sampling.cu, and DeepSeek's key assembly join_heads of elementwise.cu)
 // on the CPU through cuda_emu.h, with the launch shapes of src/backend/cuda/ops.rs and
 // ops_sampling.rs, against double-precision references: norms of rows wider than the
 // registers hold (the strided tail), rope over (token, head) blocks with q and k inside a
@@ -13,6 +13,7 @@ inline unsigned __shfl_xor_sync(unsigned mask, unsigned v, int lane_mask, int wi
 }
 // clang-format off
 #include "common.cuh"
+#include "elementwise.cu"
 #include "norm.cu"
 #include "rope.cu"
 #include "sampling.cu"
@@ -142,6 +143,38 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, 
     std::snprintf(name, sizeof name, "rope(%s) n=%d q %dx%d k %d rot %d scale %g, in a fused row",
                   neox ? "neox" : "interleaved", n, hq, hd, hk, rot, scale);
     report(name, d, b.values(), want, elementwise_tol(d));
+}
+
+using JoinHeadsFn = void (*)(void*, const void*, const void*, long long, int, int, int);
+
+// DeepSeek's keys: per row and head, the shared rope part then the head's own part, with the
+// grid-stride launch of launch::elementwise (256 threads, blocks capped): every element
+// written once, none left NaN.
+void check_join_heads(DType d, int n, int heads, int shared_width, int own_width, Order order,
+                      unsigned max_blocks = 65536) {
+    const std::vector<float> shared = random(d, static_cast<size_t>(n) * shared_width, 2.0f);
+    const std::vector<float> own = random(d, static_cast<size_t>(n) * heads * own_width, 2.0f);
+    const long long total = static_cast<long long>(n) * heads * (shared_width + own_width);
+    Buffer sb(d, shared), ob(d, own);
+    Buffer out = Buffer::unwritten(d, static_cast<size_t>(total));
+    auto k = KILN_PICK(JoinHeadsFn, join_heads, d);
+    const unsigned blocks =
+        std::min(max_blocks, std::max(1u, static_cast<unsigned>((total + 255) / 256)));
+    kiln_emu::launch({blocks, 1, 1}, {256, 1, 1}, order, 1, [&] {
+        k(out.data(), sb.data(), ob.data(), total, heads, shared_width, own_width);
+    });
+    std::vector<double> want;
+    for (int r = 0; r < n; ++r) {
+        for (int h = 0; h < heads; ++h) {
+            for (int i = 0; i < shared_width; ++i) want.push_back(shared[r * shared_width + i]);
+            for (int i = 0; i < own_width; ++i)
+                want.push_back(own[(static_cast<size_t>(r) * heads + h) * own_width + i]);
+        }
+    }
+    char name[128];
+    std::snprintf(name, sizeof name, "join_heads n=%d %d heads of %d + %d, %u blocks max", n,
+                  heads, shared_width, own_width, max_blocks);
+    report(name, d, out.values(), want, 0.0);
 }
 
 using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, const float*,
@@ -308,6 +341,11 @@ int main() {
             check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Forward, true, 128, 1.139f);
             check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Reverse, false, 96, 1.19f);
         }
+        // DeepSeek: 64 rotary values of a 192 head (de-interleaved at load: rotate-half).
+        check_rope(d, 3, 16, 16, 192, true, Order::Random, 64, 1.0f);
+        check_join_heads(d, 1, 16, 64, 128, Order::Random);  // V2-Lite decode
+        check_join_heads(d, 5, 3, 8, 16, Order::Reverse);    // the fixture's shape
+        check_join_heads(d, 7, 4, 6, 10, Order::Forward, 2);  // grid-stride: 2 blocks loop
         check_argmax(d, 1, 128256, Order::Random, false);  // Llama-3 vocab, decode
         check_argmax(d, 3, 4099, Order::Forward, true);     // rows 1, 2 off 16-byte boundaries
         check_argmax(d, 2, 7, Order::Reverse, true);

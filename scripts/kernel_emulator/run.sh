@@ -23,7 +23,8 @@ g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/moe_check" moe_check.cpp
 "$BUILD/moe_check"
-# The decode step's small ops (norm.cu, rope.cu, argmax of sampling.cu): ~30 s.
+# The decode step's small ops (norm.cu, rope.cu, argmax of sampling.cu, join_heads of
+# elementwise.cu): ~30 s.
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/decode_ops_check" decode_ops_check.cpp
 "$BUILD/decode_ops_check"

@@ -173,16 +173,8 @@ pub fn route(
             groups,
             top_groups,
             scale,
-        } => {
-            let grouped = GroupedScoring {
-                groups,
-                top_groups,
-                scale,
-                correction_bias: rule.correction_bias.unwrap_or(&[]),
-            };
-            return route_sigmoid_grouped(logits, num_experts, top_k, normalize, &grouped);
         }
-        RouterScoring::SoftmaxGrouped {
+        | RouterScoring::SoftmaxGrouped {
             groups,
             top_groups,
             scale,
@@ -191,9 +183,13 @@ pub fn route(
                 groups,
                 top_groups,
                 scale,
-                correction_bias: &[],
+                correction_bias: rule.correction_bias.unwrap_or(&[]),
             };
-            return route_softmax_grouped(logits, num_experts, top_k, normalize, &grouped);
+            return if matches!(rule.scoring, RouterScoring::SigmoidGrouped { .. }) {
+                route_sigmoid_grouped(logits, num_experts, top_k, normalize, &grouped)
+            } else {
+                route_softmax_grouped(logits, num_experts, top_k, normalize, &grouped)
+            };
         }
     }
     let mut routes = vec![(Vec::new(), Vec::new()); num_experts];

@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 15] = [
+pub const PRESETS: [(&str, &str); 17] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -63,6 +63,14 @@ pub const PRESETS: [(&str, &str); 15] = [
         "glm-4.5-air",
         include_str!("../../models/presets/glm-4.5-air.json"),
     ),
+    (
+        "deepseek-v2-lite",
+        include_str!("../../models/presets/deepseek-v2-lite.json"),
+    ),
+    (
+        "deepseek-v3",
+        include_str!("../../models/presets/deepseek-v3.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -104,6 +112,10 @@ mod tests {
                 "qwen1.5-moe-a2.7b" => 14.3,
                 // Z.ai's 106B; its next-token-prediction layer is not loaded.
                 "glm-4.5-air" => 106.8,
+                // DeepSeek's 15.7B and 671B (V3's next-token-prediction layer, 14B more, is not
+                // loaded).
+                "deepseek-v2-lite" => 15.7,
+                "deepseek-v3" => 671.0,
                 _ => unreachable!(),
             };
             assert!(
@@ -119,6 +131,10 @@ mod tests {
                 "gpt-oss-20b" => 4.19,
                 // Z.ai's 12B active leaves out the 1.24B of embedding and head.
                 "glm-4.5-air" => 13.4,
+                // DeepSeek's 2.4B leaves out the 0.21B embedding table.
+                "deepseek-v2-lite" => 2.66,
+                // DeepSeek's 37B (kiln counts 37.55B with the embedding table).
+                "deepseek-v3" => 37.0,
                 _ => billions,
             };
             assert!(

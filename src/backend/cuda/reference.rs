@@ -121,6 +121,19 @@ pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
 }
 
 /// `x[n, d] + bias[d]`.
+/// Per row and head, `shared`'s row then the head's part of `own` (`[n, heads * o]`).
+pub fn join_heads(shared: &[f32], own: &[f32], n: usize, heads: usize) -> Vec<f32> {
+    let (s, o) = (shared.len() / n, own.len() / (n * heads));
+    let mut out = Vec::with_capacity(n * heads * (s + o));
+    for r in 0..n {
+        for h in 0..heads {
+            out.extend_from_slice(&shared[r * s..(r + 1) * s]);
+            out.extend_from_slice(&own[(r * heads + h) * o..(r * heads + h + 1) * o]);
+        }
+    }
+    out
+}
+
 pub fn add_bias(x: &[f32], bias: &[f32]) -> Vec<f32> {
     x.chunks(bias.len())
         .flat_map(|row| row.iter().zip(bias).map(|(x, b)| x + b))

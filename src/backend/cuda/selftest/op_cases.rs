@@ -11,13 +11,14 @@ type Case = fn(&mut Suite<'_>, DType) -> Result<()>;
 
 /// Runs every case for `dtype`; an error in one case is recorded and the rest still run.
 pub fn run(suite: &mut Suite<'_>, dtype: DType) {
-    let cases: [(&str, Case); 11] = [
+    let cases: [(&str, Case); 12] = [
         ("embedding", embedding),
         ("rms_norm", rms_norm),
         ("fused_add_rms_norm", fused_add_rms_norm),
         ("rope", rope),
         ("silu_mul", silu_mul),
         ("add", add),
+        ("join_heads", join_heads),
         ("softcap", softcap),
         ("argmax", argmax),
         ("softmax", softmax),
@@ -288,6 +289,30 @@ fn add(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &expected,
     );
     s.time(row, || dev.add_bias(&mut x, &bias))?;
+    Ok(())
+}
+
+/// DeepSeek's key assembly at its shape: one 64-value rope part shared by every head, then
+/// each head's own 128 values.
+fn join_heads(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (n, heads, shared_width, own_width) = (s.sizes.prefill_tokens, s.sizes.q_heads, 64, 128);
+    let shared_host = s.random(n * shared_width, 2.0, dtype);
+    let own_host = s.random(n * heads * own_width, 2.0, dtype);
+    let dev = s.dev;
+    let shared = CudaTensor::from_f32(dev, dtype, &[n, shared_width], &shared_host)?;
+    let own = CudaTensor::from_f32(dev, dtype, &[n, heads * own_width], &own_host)?;
+    let width = heads * (shared_width + own_width);
+    let mut out = CudaTensor::zeros(dev, dtype, &[n, width])?;
+    dev.join_heads(&shared, &own, heads, &mut out)?;
+    let row = s.check(
+        "join_heads",
+        format!("[{n}, {shared_width}] + [{n}, {heads} x {own_width}]"),
+        dtype,
+        Check::Exact,
+        &out.to_f32(dev)?,
+        &reference::join_heads(&shared_host, &own_host, n, heads),
+    );
+    s.time(row, || dev.join_heads(&shared, &own, heads, &mut out))?;
     Ok(())
 }
 
