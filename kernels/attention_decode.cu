@@ -366,6 +366,10 @@ __device__ __forceinline__ void attention_decode_merge_impl(typename D::T* out,
         attention_decode_impl<D, 128>(DEC_ARGS);                                             \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(DEC_THREADS)                                \
+        attention_decode_hd192_##S(DEC_PARAMS(D)) {                                          \
+        attention_decode_impl<D, 192>(DEC_ARGS);                                             \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS)                                \
         attention_decode_hd256_##S(DEC_PARAMS(D)) {                                          \
         attention_decode_impl<D, 256>(DEC_ARGS);                                             \
     }                                                                                        \

@@ -297,7 +297,8 @@ __device__ __forceinline__ void attention_prefill_impl(
         max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, softcap, causal, \
         sinks
 
-// 40 and 160: Stable Diffusion 1.5's UNet attention (the LLM path uses 64 .. 256).
+// 40 and 160: Stable Diffusion 1.5's UNet attention (the LLM path uses 64 .. 256; 192 is
+// DeepSeek's decompressed latent attention).
 #define KILN_ATTENTION_PREFILL(S, D)                                                         \
     extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
         attention_prefill_hd40_##S(PF_PARAMS(D)) {                                           \
@@ -322,6 +323,10 @@ __device__ __forceinline__ void attention_prefill_impl(
     extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
         attention_prefill_hd160_##S(PF_PARAMS(D)) {                                          \
         attention_prefill_impl<D, 160>(PF_ARGS);                                             \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
+        attention_prefill_hd192_##S(PF_PARAMS(D)) {                                          \
+        attention_prefill_impl<D, 192>(PF_ARGS);                                             \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(PF_THREADS)                                 \
         attention_prefill_hd256_##S(PF_PARAMS(D)) {                                          \

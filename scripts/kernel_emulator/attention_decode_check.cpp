@@ -82,16 +82,19 @@ DecodeKernel decode_kernel(DType d, int hd) {
         {DType::F32, 80, reinterpret_cast<DecodeKernel>(attention_decode_hd80_f32)},
         {DType::F32, 96, reinterpret_cast<DecodeKernel>(attention_decode_hd96_f32)},
         {DType::F32, 128, reinterpret_cast<DecodeKernel>(attention_decode_hd128_f32)},
+        {DType::F32, 192, reinterpret_cast<DecodeKernel>(attention_decode_hd192_f32)},
         {DType::F32, 256, reinterpret_cast<DecodeKernel>(attention_decode_hd256_f32)},
         {DType::F16, 64, reinterpret_cast<DecodeKernel>(attention_decode_hd64_f16)},
         {DType::F16, 80, reinterpret_cast<DecodeKernel>(attention_decode_hd80_f16)},
         {DType::F16, 96, reinterpret_cast<DecodeKernel>(attention_decode_hd96_f16)},
         {DType::F16, 128, reinterpret_cast<DecodeKernel>(attention_decode_hd128_f16)},
+        {DType::F16, 192, reinterpret_cast<DecodeKernel>(attention_decode_hd192_f16)},
         {DType::F16, 256, reinterpret_cast<DecodeKernel>(attention_decode_hd256_f16)},
         {DType::BF16, 64, reinterpret_cast<DecodeKernel>(attention_decode_hd64_bf16)},
         {DType::BF16, 80, reinterpret_cast<DecodeKernel>(attention_decode_hd80_bf16)},
         {DType::BF16, 96, reinterpret_cast<DecodeKernel>(attention_decode_hd96_bf16)},
         {DType::BF16, 128, reinterpret_cast<DecodeKernel>(attention_decode_hd128_bf16)},
+        {DType::BF16, 192, reinterpret_cast<DecodeKernel>(attention_decode_hd192_bf16)},
         {DType::BF16, 256, reinterpret_cast<DecodeKernel>(attention_decode_hd256_bf16)},
     };
     for (const Entry& e : table) {
@@ -239,6 +242,9 @@ std::vector<Case> cases(bool full) {
     add({"gqa8 hd256", {{1, 1}, {70, 1}, {200, 1}}, 16, 2, 256, 0, DType::F32, 4, 64});
     add({"gqa5 hd80", {{3, 1}, {90, 1}}, 20, 4, 80, 0, DType::F32, 2, 64});
     add({"gqa7 hd96 bf16", {{3, 1}, {90, 1}}, 28, 4, 96, 0, DType::BF16, 2, 64});
+    // DeepSeek's decompressed latent attention: as many KV heads as q heads, head dim 192.
+    add({"mha hd192 bf16", {{3, 1}, {150, 1}, {300, 1}}, 16, 16, 192, 0, DType::BF16, 5, 64});
+    add({"mha hd192 f32", {{1, 1}, {70, 1}}, 8, 8, 192, 0, DType::F32, 2, 64});
     add({"mha hd64 f16", {{3, 1}, {90, 1}}, 8, 8, 64, 0, DType::F16, 2, 64});
     add({"window 37", {{100, 1}, {20, 1}, {64, 3}}, 32, 8, 128, 37, DType::F32, 2, 32});
     // Gemma 2's soft-capped scores (a cap small enough to change every softmax), split and

@@ -54,7 +54,7 @@ PrefillKernel prefill_kernel(DType d, int hd) {
     }
     const Entry table[] = {KILN_PF_ENTRY(40),  KILN_PF_ENTRY(64),  KILN_PF_ENTRY(80),
                            KILN_PF_ENTRY(96),  KILN_PF_ENTRY(128), KILN_PF_ENTRY(160),
-                           KILN_PF_ENTRY(256)};
+                           KILN_PF_ENTRY(192), KILN_PF_ENTRY(256)};
 #undef KILN_PF_ENTRY
     for (const Entry& e : table) {
         if (e.hd == hd) return d == DType::F16 ? e.f16 : e.bf16;
@@ -188,6 +188,7 @@ std::vector<Case> cases() {
     v.push_back({"mha 4/4 hd80", {{97, 65}, {40, 3}}, 4, 4, 80, 0, DType::F16});
     v.push_back({"gqa 6/2 hd96", {{81, 81}}, 6, 2, 96, 0, DType::BF16});
     v.push_back({"gqa 4/2 hd256", {{120, 66}}, 4, 2, 256, 0, DType::F16});
+    v.push_back({"mha 4/4 hd192 chunked", {{120, 66}, {40, 40}}, 4, 4, 192, 0, DType::BF16});
     v.push_back({"reverse warps", {{100, 70}, {33, 1}}, 4, 1, 64, 0, DType::BF16, O::Reverse});
     v.push_back({"random warps", {{100, 70}, {33, 1}}, 4, 1, 128, 20, DType::F16, O::Random});
     v.push_back({"gqa 4/2 hd40 window 45", {{120, 66}, {20, 20}}, 4, 2, 40, 45, DType::BF16});

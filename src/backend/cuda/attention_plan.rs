@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use cudarc::driver::LaunchConfig;
 
 /// Head dims the decode and prefill kernels are instantiated for.
-pub const TILED_HEAD_DIMS: [usize; 5] = [64, 80, 96, 128, 256];
+pub const TILED_HEAD_DIMS: [usize; 6] = [64, 80, 96, 128, 192, 256];
 /// `DEC_THREADS`.
 pub const DECODE_THREADS: u32 = 128;
 /// `DEC_MAX_HEADS`: q heads one decode CTA handles (a divisor of the GQA group).
@@ -306,7 +306,7 @@ mod tests {
             ..llama(512, 1, 512)
         };
         assert!(matches!(choose(&turing).unwrap(), AttentionPath::Decode(_)));
-        for hd in [32, 48, 112, 160, 192] {
+        for hd in [32, 48, 112, 160, 224] {
             let p = AttentionProblem {
                 head_dim: hd,
                 ..llama(8, 8, 100)

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 /// Head dims kernels/attention_prefill.cu is instantiated for: the LLMs' and Stable
 /// Diffusion 1.5's 40 and 160 (2.x and XL use 64). The VAE's 512 stays dense.
-pub const FLASH_HEAD_DIMS: [usize; 7] = [40, 64, 80, 96, 128, 160, 256];
+pub const FLASH_HEAD_DIMS: [usize; 8] = [40, 64, 80, 96, 128, 160, 192, 256];
 
 /// Which kernels run an image attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

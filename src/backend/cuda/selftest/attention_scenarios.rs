@@ -112,6 +112,8 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         at("decode x8 gqa5 hd80", d8.clone(), heads(20, 4, 80)),
         at("decode x8 gqa7 hd96", d8.clone(), heads(28, 4, 96)),
         at("decode edges mha hd64", edges, heads(8, 8, 64)),
+        // DeepSeek's decompressed latent attention (V2-Lite's 16 heads of 192).
+        at("decode x8 mha hd192", d8.clone(), heads(16, 16, 192)),
         at("prefill", vec![(prefill, prefill)], model),
         at("chunked prefill+decode", chunked.clone(), model),
         at("prefill ragged x5", ragged.clone(), model),
@@ -122,6 +124,11 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
             heads(16, 2, 256),
         ),
         at("prefill ragged gqa7 hd96", ragged.clone(), heads(14, 2, 96)),
+        at(
+            "prefill ragged mha hd192",
+            ragged.clone(),
+            heads(16, 16, 192),
+        ),
         at("mixed decode x8 + prefill", mixed.clone(), model),
         at(
             "mixed decode + prefill gqa8 hd256",
