@@ -47,6 +47,15 @@ pub enum ToolCallParserArg {
     /// `<tool_call>NAME` then `<arg_key>` / `<arg_value>` pairs (GLM-4.5, 4.6, 4.7).
     #[value(name = "glm45", alias = "glm4_moe")]
     Glm45,
+    /// `<｜tool▁calls▁begin｜>` sections of fenced JSON calls (DeepSeek-V3, R1).
+    #[value(name = "deepseek_v3")]
+    DeepSeekV3,
+    /// The same sections with `NAME<｜tool▁sep｜>{...}` calls (DeepSeek-V3.1).
+    #[value(name = "deepseek_v31")]
+    DeepSeekV31,
+    /// `<|tool_calls_section_begin|>` sections with `functions.NAME:I` ids (Kimi K2).
+    #[value(name = "kimi_k2")]
+    KimiK2,
     /// Tool calls stay in the text.
     None,
 }
@@ -117,6 +126,15 @@ pub fn configure(
                 template.with_tool_call_format(Some(ToolCallFormat::Mistral))
             }
             ToolCallParserArg::Glm45 => template.with_tool_call_format(Some(ToolCallFormat::Glm45)),
+            ToolCallParserArg::DeepSeekV3 => {
+                template.with_tool_call_format(Some(ToolCallFormat::DeepSeekV3))
+            }
+            ToolCallParserArg::DeepSeekV31 => {
+                template.with_tool_call_format(Some(ToolCallFormat::DeepSeekV31))
+            }
+            ToolCallParserArg::KimiK2 => {
+                template.with_tool_call_format(Some(ToolCallFormat::KimiK2))
+            }
             ToolCallParserArg::None => template.with_tool_call_format(None),
         };
         let template = template.with_reasoning(match reasoning {

@@ -4,12 +4,15 @@
 //! template documents it) answer a tool request with blocks of
 //! `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` around or instead of plain text.
 //! Llama 3.x answers with bare JSON objects instead (`llama3_json.rs`); Qwen3-Coder, Qwen3.5
-//! and Nemotron 3 write XML elements inside the same blocks (`qwen3_xml.rs`). The server
+//! and Nemotron 3 write XML elements inside the same blocks (`qwen3_xml.rs`); DeepSeek and
+//! Kimi K2 put blocks of their own inside a section (`deepseek.rs`, `kimi.rs`). The server
 //! turns each into OpenAI `tool_calls`, both for a finished text and for a stream (where a
 //! block, or an answer that opens with `{`, is held back until it can be read).
 
 mod argument_grammar;
+mod deepseek;
 mod glm45;
+mod kimi;
 mod llama3_json;
 mod mistral;
 mod qwen3_xml;
@@ -38,27 +41,51 @@ pub enum ToolCallFormat {
     Mistral,
     /// `<tool_call>NAME<arg_key>k</arg_key><arg_value>v</arg_value></tool_call>` (GLM-4.5).
     Glm45,
+    /// `<｜tool▁calls▁begin｜>` then per call `<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME`
+    /// and the arguments fenced as JSON (DeepSeek-V3, R1).
+    DeepSeekV3,
+    /// The same section with `<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}` calls (V3.1).
+    DeepSeekV31,
+    /// `<|tool_calls_section_begin|>` then per call `<|tool_call_begin|>functions.NAME:I`
+    /// and `<|tool_call_argument_begin|>{...}` (Kimi K2).
+    KimiK2,
 }
 
 impl ToolCallFormat {
     /// Whether the format's tags may be special tokens, which decoding must then keep
     /// (Seed-OSS's `<seed:tool_call>` is an added token).
     pub fn marks_may_be_special_tokens(self) -> bool {
-        matches!(self, ToolCallFormat::SeedXml | ToolCallFormat::Mistral)
+        !matches!(
+            self,
+            ToolCallFormat::Hermes
+                | ToolCallFormat::Llama3Json
+                | ToolCallFormat::Qwen3Xml
+                | ToolCallFormat::Glm45
+        )
     }
 
-    /// A new id for a call the model made: OpenAI's `call_...` shape, or for Mistral the 9
-    /// alphanumerics its templates check when the call comes back in the conversation.
-    pub fn call_id(self) -> String {
+    /// A new id for the `index`-th call of a message, to `name`: OpenAI's `call_...` shape;
+    /// for Mistral the 9 alphanumerics its templates check when the call comes back in the
+    /// conversation; for Kimi K2 the `functions.NAME:INDEX` its template writes.
+    pub fn call_id(self, name: &str, index: usize) -> String {
         match self {
             ToolCallFormat::Mistral => mistral::call_id(),
+            ToolCallFormat::KimiK2 => kimi::call_id(name, index),
             _ => format!("call_{:024x}", rand::random::<u128>() >> 32),
         }
     }
 
     /// The format a chat template teaches its model, if it names one.
     pub fn detect(template_source: &str) -> Option<ToolCallFormat> {
-        if mistral::taught_by(template_source) {
+        if let Some(fenced) = deepseek::taught_by(template_source) {
+            Some(if fenced {
+                ToolCallFormat::DeepSeekV3
+            } else {
+                ToolCallFormat::DeepSeekV31
+            })
+        } else if kimi::taught_by(template_source) {
+            Some(ToolCallFormat::KimiK2)
+        } else if mistral::taught_by(template_source) {
             Some(ToolCallFormat::Mistral)
         } else if glm45::taught_by(template_source) {
             Some(ToolCallFormat::Glm45)
@@ -99,6 +126,8 @@ impl ToolParser {
                 qwen3_xml::parse_call(body, &self.tools)
             }
             ToolCallFormat::Glm45 => glm45::parse_call(body, &self.tools),
+            ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => deepseek::parse_call(body),
+            ToolCallFormat::KimiK2 => kimi::parse_call(body),
             _ => call_from_json(body),
         }
     }
@@ -107,9 +136,67 @@ impl ToolParser {
     fn block_tags(&self) -> (&'static str, &'static str) {
         match self.format {
             ToolCallFormat::SeedXml => (SEED_OPEN, SEED_CLOSE),
+            ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => {
+                (deepseek::CALL_BEGIN, deepseek::CALL_END)
+            }
+            ToolCallFormat::KimiK2 => (kimi::CALL_BEGIN, kimi::CALL_END),
             _ => (OPEN, CLOSE),
         }
     }
+
+    /// The markers of the section around a message's calls, which are not content.
+    fn section_marks(&self) -> &'static [&'static str] {
+        match self.format {
+            ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => {
+                &[deepseek::CALLS_BEGIN, deepseek::CALLS_END]
+            }
+            ToolCallFormat::KimiK2 => &[kimi::SECTION_BEGIN, kimi::SECTION_END],
+            _ => &[],
+        }
+    }
+}
+
+/// A marker in a Lark rule: by token id where the tokenizer has it as a special token
+/// (literal text cannot match those), else as its text.
+fn lark_mark(text: &str, special_token_id: &dyn Fn(&str) -> Option<u32>) -> String {
+    match special_token_id(text) {
+        Some(id) => format!("<[{id}]>"),
+        None => Value::from(text).to_string(),
+    }
+}
+
+/// A call to `name` (one word) whose arguments are a JSON object, as a sectioned format
+/// writes them; `None` otherwise.
+fn json_object_call(name: &str, arguments: &str) -> Option<ToolCall> {
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let arguments: Value = serde_json::from_str(arguments.trim()).ok()?;
+    arguments.is_object().then(|| ToolCall {
+        name: name.to_string(),
+        arguments: arguments.to_string(),
+    })
+}
+
+/// The Lark of a section (`begin`, its calls, `end`) holding one call (or, when
+/// `parallel`, several), each one of `rules` (`f0`, `f1`, ... for the tools in order).
+fn section_grammar(begin: &str, end: &str, rules: &[String], parallel: bool) -> String {
+    let alternatives: Vec<String> = (0..rules.len()).map(|i| format!("f{i}")).collect();
+    let calls = if parallel { "call+" } else { "call" };
+    format!(
+        "start: {begin} {calls} {end}\ncall: {}\n{}\n",
+        alternatives.join(" | "),
+        rules.join("\n")
+    )
+}
+
+/// A tool's parameters schema with llguidance's JSON options attached.
+fn guided_schema(parameters: &Value, json_options: &Value) -> Value {
+    let mut schema = parameters.clone();
+    if let Some(map) = schema.as_object_mut() {
+        map.insert("x-guidance".into(), json_options.clone());
+    }
+    schema
 }
 
 /// A format without tools: arguments are read as the model wrote them.
@@ -152,6 +239,13 @@ pub fn forcing_grammar(
             mistral::forcing_grammar(tools, parallel, json_options, marker, args)
         }
         ToolCallFormat::Glm45 => glm45::forcing_grammar(tools, parallel, json_options),
+        ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => {
+            let fenced = format == ToolCallFormat::DeepSeekV3;
+            deepseek::forcing_grammar(tools, parallel, json_options, fenced, special_token_id)
+        }
+        ToolCallFormat::KimiK2 => {
+            kimi::forcing_grammar(tools, parallel, json_options, special_token_id)
+        }
         ToolCallFormat::Hermes => {
             let schema = call_schema(tools, "arguments", json_options);
             let repeat = if parallel { r#" ("\n" call)*"# } else { "" };
@@ -241,6 +335,9 @@ pub fn parse(parser: impl Into<ToolParser>, text: &str) -> ParsedOutput {
         return as_text();
     }
     content.push_str(rest);
+    for mark in parser.section_marks() {
+        content = content.replace(mark, "");
+    }
     let content = content.trim();
     ParsedOutput {
         content: (!content.is_empty()).then(|| content.to_string()),
@@ -308,6 +405,12 @@ impl ToolCallStream {
             return self.push_mistral();
         }
         let (open_tag, close_tag) = self.parser.block_tags();
+        let marks = self.parser.section_marks();
+        for mark in marks {
+            if self.held.contains(mark) {
+                self.held = self.held.replace(mark, "");
+            }
+        }
         let mut out = Vec::new();
         loop {
             match self.held.find(open_tag) {
@@ -332,8 +435,14 @@ impl ToolCallStream {
                     self.held.drain(..raw_end);
                 }
                 None => {
-                    // Keep a tail that could still grow into the opening tag.
-                    let keep = partial_prefix_len(&self.held, open_tag);
+                    // Keep a tail that could still grow into the opening tag (or a
+                    // section marker).
+                    let keep = marks
+                        .iter()
+                        .chain([&open_tag])
+                        .map(|tag| partial_prefix_len(&self.held, tag))
+                        .max()
+                        .unwrap_or(0);
                     let send = self.held.len() - keep;
                     if send > 0 {
                         out.push(StreamPiece::Text(self.held[..send].to_string()));

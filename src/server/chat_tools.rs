@@ -169,7 +169,8 @@ pub fn message(
         refusal: None,
         tool_calls: calls
             .into_iter()
-            .map(|call| api_call(call, format))
+            .enumerate()
+            .map(|(index, call)| api_call(call, format, index))
             .collect(),
         reasoning_content,
     };
@@ -184,10 +185,13 @@ pub fn finish_reason(reason: Option<String>, made_calls: bool) -> Option<String>
     }
 }
 
-/// The OpenAI shape of a call, with a new id in the shape the model's format wants back.
-fn api_call(call: tool_calls::ToolCall, format: Option<ToolCallFormat>) -> ToolCall {
+/// The OpenAI shape of the message's `index`-th call, with a new id in the shape the model's
+/// format wants back.
+fn api_call(call: tool_calls::ToolCall, format: Option<ToolCallFormat>, index: usize) -> ToolCall {
     ToolCall {
-        id: format.unwrap_or(ToolCallFormat::Hermes).call_id(),
+        id: format
+            .unwrap_or(ToolCallFormat::Hermes)
+            .call_id(&call.name, index),
         kind: "function",
         function: FunctionCall {
             name: call.name,
@@ -256,7 +260,7 @@ impl ChoiceStream {
                     deltas.push(ChatDelta {
                         tool_calls: Some(vec![ToolCallDelta {
                             index,
-                            call: api_call(call, None),
+                            call: api_call(call, None, index),
                         }]),
                         ..Default::default()
                     });
@@ -284,13 +288,16 @@ impl ChoiceStream {
             .into_iter()
             .map(|piece| match piece {
                 StreamPiece::Text(t) => text_delta(t),
-                StreamPiece::Call(call) => ChatDelta {
-                    tool_calls: Some(vec![ToolCallDelta {
-                        index: calls.next().unwrap_or_default(),
-                        call: api_call(call, self.format),
-                    }]),
-                    ..Default::default()
-                },
+                StreamPiece::Call(call) => {
+                    let index = calls.next().unwrap_or_default();
+                    ChatDelta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index,
+                            call: api_call(call, self.format, index),
+                        }]),
+                        ..Default::default()
+                    }
+                }
             })
             .collect()
     }

@@ -130,6 +130,12 @@ fn a_forced_tool_call_grammar_yields_calls_the_parser_finds() {
         (ToolCallFormat::SeedXml, true),
         (ToolCallFormat::Glm45, false),
         (ToolCallFormat::Glm45, true),
+        // Parallel sectioned calls may go on until the section closes, which a walk by
+        // lowest or highest token need not choose: `forced_section_calls_use_the_marker_tokens`
+        // checks two calls instead.
+        (ToolCallFormat::DeepSeekV3, false),
+        (ToolCallFormat::DeepSeekV31, false),
+        (ToolCallFormat::KimiK2, false),
     ] {
         let grammar = forcing_grammar(format, &tools, parallel, &options, &|_| None).unwrap();
         for choose in [|a: &[u32]| a[0], |a: &[u32]| a[a.len() - 1]] {
@@ -317,6 +323,75 @@ fn forced_mistral_calls_start_with_the_special_token_in_either_layout() {
     // Without the token there is nothing to force with.
     let err = forcing_grammar(ToolCallFormat::Mistral, &tools, false, &options, &|_| None);
     assert!(err.unwrap_err().contains("[TOOL_CALLS]"));
+}
+
+/// DeepSeek's and Kimi's markers as special tokens: the forced output starts with the
+/// section's token, keeps each marker a single token, and parses back (decoded with its
+/// special tokens, as the server does when such a parser is on).
+#[test]
+fn forced_section_calls_use_the_marker_tokens() {
+    use crate::model::tool_calls::{forcing_grammar, parse, ToolCallFormat, ToolParser};
+    let tools = word_and_clock_tools();
+    let options = serde_json::json!({"whitespace_flexible": false});
+    let deepseek = [
+        "<｜tool▁calls▁begin｜>",
+        "<｜tool▁calls▁end｜>",
+        "<｜tool▁call▁begin｜>",
+        "<｜tool▁call▁end｜>",
+        "<｜tool▁sep｜>",
+    ];
+    let kimi = [
+        "<|tool_calls_section_begin|>",
+        "<|tool_calls_section_end|>",
+        "<|tool_call_begin|>",
+        "<|tool_call_argument_begin|>",
+        "<|tool_call_end|>",
+    ];
+    let two_calls = [
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>look_up\n```json\n{\"word\":\"kiln\"}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>now\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>look_up<｜tool▁sep｜>{\"word\":\"kiln\"}<｜tool▁call▁end｜><｜tool▁call▁begin｜>now<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.look_up:0<|tool_call_argument_begin|>{\"word\":\"kiln\"}<|tool_call_end|><|tool_call_begin|>functions.now:1<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>",
+    ];
+    for ((format, markers), two) in [
+        (ToolCallFormat::DeepSeekV3, &deepseek),
+        (ToolCallFormat::DeepSeekV31, &deepseek),
+        (ToolCallFormat::KimiK2, &kimi),
+    ]
+    .into_iter()
+    .zip(two_calls)
+    {
+        let tok = tokenizer_with_specials(markers);
+        let compiler = GrammarCompiler::new(&tok, tok.vocab_size()).unwrap();
+        let id = |t: &str| tok.token_to_id(t);
+        let first: fn(&[u32]) -> u32 = |a| a[0];
+        let last: fn(&[u32]) -> u32 = |a| a[a.len() - 1];
+        for choose in [first, last] {
+            let grammar = forcing_grammar(format, &tools, false, &options, &id).unwrap();
+            let mut c = compiler.compile(&Structure::Lark(grammar)).unwrap();
+            let ids = walk_ids(&tok, &mut c, choose);
+            assert_eq!(ids[0], id(markers[0]).unwrap(), "{format:?}");
+            let text = tok.decode(&ids, false).unwrap();
+            let parsed = parse(ToolParser::new(format, tools.clone()), &text);
+            assert_eq!(parsed.content, None, "{text}");
+            assert_eq!(parsed.calls.len(), 1, "{text}");
+        }
+        // Two calls where parallel calls are allowed, one where they are not.
+        for (parallel, accepted) in [(true, true), (false, false)] {
+            let grammar = forcing_grammar(format, &tools, parallel, &options, &id).unwrap();
+            let mut c = compiler.compile(&Structure::Lark(grammar)).unwrap();
+            assert_eq!(
+                accepts(&tok, &mut c, two),
+                accepted,
+                "{format:?} {parallel}"
+            );
+        }
+        assert_eq!(
+            parse(ToolParser::new(format, tools.clone()), two)
+                .calls
+                .len(),
+            2
+        );
+    }
 }
 
 /// Mistral's call markers as special tokens (and `[ARGS]` only for the newer layout).

@@ -7,7 +7,7 @@
 //! Mistral's templates also insist that call ids are 9 alphanumeric characters, so ids
 //! handed out for this format are made that way (`call_id`).
 
-use super::{call_from_value, call_schema, ToolCall};
+use super::{call_from_value, call_schema, guided_schema, ToolCall};
 use serde_json::Value;
 
 pub const TOOL_CALLS: &str = "[TOOL_CALLS]";
@@ -106,10 +106,7 @@ pub fn forcing_grammar(
                 .iter()
                 .enumerate()
                 .map(|(i, (name, parameters))| {
-                    let mut schema = parameters.clone();
-                    if let Some(map) = schema.as_object_mut() {
-                        map.insert("x-guidance".into(), json_options.clone());
-                    }
+                    let schema = guided_schema(parameters, json_options);
                     let name = Value::String(name.clone());
                     format!("f{i}: {name} <[{args}]> %json {schema}")
                 })

@@ -49,7 +49,12 @@ fn templates_that_document_the_tags_are_detected() {
 
 /// Feeds `text` in pieces of `size` bytes (on char boundaries) and collects the stream.
 fn stream(text: &str, size: usize) -> (String, Vec<ToolCall>) {
-    let mut s = ToolCallStream::new(ToolCallFormat::Hermes);
+    stream_as(ToolCallFormat::Hermes, text, size)
+}
+
+/// [`stream`] in `format`.
+fn stream_as(format: ToolCallFormat, text: &str, size: usize) -> (String, Vec<ToolCall>) {
+    let mut s = ToolCallStream::new(format);
     let mut content = String::new();
     let mut calls = Vec::new();
     let mut take = |pieces: Vec<StreamPiece>| {
@@ -189,10 +194,75 @@ fn mistral_text_streams_until_the_marker_and_the_calls_come_at_the_end() {
         Some(ToolCallFormat::Mistral)
     );
     // Ids as Mistral's templates accept them when the call comes back.
-    let id = ToolCallFormat::Mistral.call_id();
+    let id = ToolCallFormat::Mistral.call_id("f", 0);
     assert!(
         id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()),
         "{id}"
     );
-    assert!(ToolCallFormat::Hermes.call_id().starts_with("call_"));
+    assert!(ToolCallFormat::Hermes.call_id("f", 0).starts_with("call_"));
+}
+
+/// DeepSeek (both call layouts) and Kimi K2: the section markers are not content, whole or
+/// streamed in any pieces; text before the section is.
+#[test]
+fn sectioned_calls_parse_whole_and_streamed() {
+    let cases = [
+        (
+            ToolCallFormat::DeepSeekV3,
+            "Let me check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Oslo\"}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>now\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        ),
+        (
+            ToolCallFormat::DeepSeekV31,
+            "Let me check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Oslo\"}<｜tool▁call▁end｜><｜tool▁call▁begin｜>now<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        ),
+        (
+            ToolCallFormat::KimiK2,
+            "Let me check.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\": \"Oslo\"}<|tool_call_end|><|tool_call_begin|>functions.now:1<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>",
+        ),
+    ];
+    let want = [call("get_weather", r#"{"city":"Oslo"}"#), call("now", "{}")];
+    for (format, text) in cases {
+        let parsed = parse(format, text);
+        assert_eq!(
+            parsed.content.as_deref(),
+            Some("Let me check."),
+            "{format:?}"
+        );
+        assert_eq!(parsed.calls, want, "{format:?}");
+        for size in [1, 2, 3, 5, 7, 16, 200] {
+            let (content, calls) = stream_as(format, text, size);
+            assert_eq!(content, "Let me check.", "{format:?} {size}");
+            assert_eq!(calls, want, "{format:?} {size}");
+        }
+        // A section cut off before its call closes stays text.
+        let cut = &text[..text.len() - 40];
+        assert_eq!(
+            parse(format, cut).content.as_deref(),
+            Some(cut),
+            "{format:?}"
+        );
+    }
+    // The templates that teach them.
+    assert_eq!(
+        ToolCallFormat::detect(
+            "{{'<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' }}"
+        ),
+        Some(ToolCallFormat::DeepSeekV3)
+    );
+    assert_eq!(
+        ToolCallFormat::detect(
+            "{{'<｜tool▁call▁begin｜>'+ tool['function']['name'] + '<｜tool▁sep｜>' + tool['function']['arguments'] }}"
+        ),
+        Some(ToolCallFormat::DeepSeekV31)
+    );
+    assert_eq!(
+        ToolCallFormat::detect(
+            "<|tool_call_begin|>{{ formatted_id }}<|tool_call_argument_begin|>{{ args }}"
+        ),
+        Some(ToolCallFormat::KimiK2)
+    );
+    assert_eq!(
+        ToolCallFormat::KimiK2.call_id("get_weather", 2),
+        "functions.get_weather:2"
+    );
 }
