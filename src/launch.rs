@@ -115,6 +115,12 @@ pub struct EngineArgs {
     /// Host memory for the KV cache when running on the CPU, in GiB.
     #[arg(long, env = "KILN_KV_CACHE_MEMORY_GB", default_value_t = 2.0)]
     pub kv_cache_memory_gb: f64,
+    /// Speculative decoding, in vLLM's JSON: `{"method": "ngram", "num_speculative_tokens":
+    /// 4, "prompt_lookup_max": 4, "prompt_lookup_min": 1}` drafts tokens by looking the
+    /// latest tokens up earlier in the sequence and verifies them in one forward pass.
+    /// Greedy requests without a grammar speculate; their outputs do not change.
+    #[arg(long, env = "KILN_SPECULATIVE_CONFIG")]
+    pub speculative_config: Option<String>,
     /// Share KV blocks of common prompt prefixes between requests.
     #[arg(long, env = "KILN_ENABLE_PREFIX_CACHING", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_prefix_caching: bool,
@@ -484,6 +490,12 @@ pub(crate) fn engine_with_runner(
     };
     let mut engine = LlmEngine::new(engine_config, runner, Arc::new(tokenizer), eos)?;
     engine.set_device_sampling(args.gpu_sampling);
+    let speculation = args
+        .speculative_config
+        .as_deref()
+        .map(crate::engine::ngram::NgramConfig::from_json)
+        .transpose()?;
+    engine.set_speculation(speculation);
     Ok(engine)
 }
 

@@ -4,9 +4,7 @@
 mod common;
 
 use common::*;
-use kiln::engine::handle::merge;
 use kiln::engine::{FinishReason, LlmEngine, RequestError, RequestOutput, SamplingParams};
-use std::collections::HashMap;
 
 fn greedy(n: usize) -> SamplingParams {
     SamplingParams {
@@ -28,27 +26,6 @@ fn prompts(engine: &LlmEngine) -> Vec<Vec<u32>> {
             tok.encode(&text, false).unwrap()
         })
         .collect()
-}
-
-/// Drives the engine directly until every request is done.
-fn run_all(
-    engine: &mut LlmEngine,
-    reqs: Vec<(u64, Vec<u32>, SamplingParams)>,
-) -> HashMap<u64, RequestOutput> {
-    let mut outs: HashMap<u64, RequestOutput> = HashMap::new();
-    for (id, p, s) in reqs {
-        engine.add_request(id, p, s).unwrap();
-        outs.insert(id, RequestOutput::default());
-    }
-    let mut guard = 0;
-    while engine.has_work() {
-        for (id, o) in engine.step().unwrap() {
-            merge(outs.get_mut(&id).unwrap(), o);
-        }
-        guard += 1;
-        assert!(guard < 100_000, "engine made no progress");
-    }
-    outs
 }
 
 #[test]

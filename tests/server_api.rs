@@ -877,3 +877,42 @@ async fn reasoning_effort_reaches_the_chat_template() {
     assert_eq!(status, 400, "{error}");
     assert_openai_error(&error, "invalid_request_error", Some("reasoning_effort"));
 }
+
+/// `--speculative-config`: the same greedy completion as without it, streamed or not, and
+/// the drafts counted in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculative_decoding_serves_the_same_text() {
+    let ngram = r#"{"method": "ngram", "num_speculative_tokens": 3}"#;
+    let plain = Server::start(&[]);
+    let spec = Server::start(&["--speculative-config", ngram]);
+    let client = Client::new();
+    // The demo model's own answer, then its first words again: what follows them in the
+    // prompt is what the model says next, so drafts from the prompt are kept.
+    let body = json!({"model": MODEL,
+                      "prompt": "A kiln is a hot oven for clay. The potter shapes a bowl on the wheel. A kiln is",
+                      "temperature": 0, "max_tokens": 24, "ignore_eos": true});
+    let (status, a) = post(&client, plain.url("/v1/completions"), body.clone()).await;
+    assert_eq!(status, 200, "{a}");
+    let (status, b) = post(&client, spec.url("/v1/completions"), body.clone()).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    assert_eq!(b["usage"]["completion_tokens"], 24);
+    let chunks = streamed(&client, spec.url("/v1/completions"), &body).await;
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, a["choices"][0]["text"].as_str().unwrap());
+    let metrics = client.get(spec.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metric(&metrics, "kiln:spec_decode_num_draft_tokens_total") > 0.0);
+    let accepted = metric(&metrics, "kiln:spec_decode_num_accepted_tokens_total");
+    assert!(accepted > 0.0, "no draft was kept: {metrics}");
+    // A bad config is refused at startup, not at the first request.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--speculative-config", r#"{"method": "medusa"}"#])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("medusa"));
+}

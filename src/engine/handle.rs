@@ -36,6 +36,9 @@ pub struct EngineStats {
     pub prompt_tokens: AtomicU64,
     pub generation_tokens: AtomicU64,
     pub preemptions: AtomicU64,
+    /// Speculative decoding: tokens drafted, and drafted tokens kept.
+    pub draft_tokens: AtomicU64,
+    pub accepted_draft_tokens: AtomicU64,
     pub steps: AtomicU64,
     pub failed: AtomicBool,
     pub failure: Mutex<Option<String>>,
@@ -332,6 +335,11 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
         stats
             .preemptions
             .store(engine.num_preemptions(), Ordering::Relaxed);
+        let (drafted, accepted) = engine.speculation_counts();
+        stats.draft_tokens.store(drafted, Ordering::Relaxed);
+        stats
+            .accepted_draft_tokens
+            .store(accepted, Ordering::Relaxed);
         stats.steps.fetch_add(1, Ordering::Relaxed);
     }
     stats.running.store(0, Ordering::Relaxed);

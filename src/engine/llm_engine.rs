@@ -2,6 +2,7 @@
 
 use super::block_manager::BlockManager;
 use super::device_draw::DeviceDraw;
+use super::ngram::NgramConfig;
 use super::output::{FinishReason, RequestOutput};
 use super::params::{ParamError, SamplingParams};
 use super::prompt_logprobs::PromptLogprobs;
@@ -9,10 +10,11 @@ use super::runner::{Runner, StepInput};
 use super::sampler::{picks_argmax, sample, SampleContext, Sampled};
 use super::scheduler::{ScheduledSeq, Scheduler, SchedulerConfig};
 use super::sequence::Sequence;
+use super::speculative::Drafts;
 use super::text::OutputText;
 use crate::model::grammar::{Constraint, TokenMask};
 use crate::model::tokenizer::Tokenizer;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -104,6 +106,9 @@ pub struct LlmEngine {
     steps: u64,
     /// Sample rows on the runner's device where it can (`--gpu-sampling`).
     device_sampling: bool,
+    /// Prompt-lookup speculation (`--speculative-config`), and this step's drafts.
+    speculation: Option<NgramConfig>,
+    drafts: Drafts,
 }
 
 impl LlmEngine {
@@ -148,6 +153,8 @@ impl LlmEngine {
             eos,
             states: HashMap::new(),
             device_sampling: false,
+            speculation: None,
+            drafts: Drafts::default(),
             seeds,
             steps: 0,
         })
@@ -282,9 +289,46 @@ impl LlmEngine {
         self.device_sampling = on;
     }
 
+    /// Drafts speculative tokens for greedy decoding sequences without a grammar
+    /// (`--speculative-config`); `None` turns speculation off.
+    pub fn set_speculation(&mut self, config: Option<NgramConfig>) {
+        self.speculation = config;
+    }
+
+    /// Speculative decoding's totals: tokens drafted, and drafted tokens kept.
+    pub fn speculation_counts(&self) -> (u64, u64) {
+        (self.drafts.drafted, self.drafts.accepted)
+    }
+
     /// One engine iteration. Returns the outputs produced, by request id.
     pub fn step(&mut self) -> Result<Vec<(u64, RequestOutput)>> {
-        let work = self.scheduler.schedule();
+        if let Some(config) = &self.speculation {
+            let states = &self.states;
+            let eligible = |id: u64| {
+                states.get(&id).is_some_and(|s| s.constraint.is_none())
+                    && self
+                        .scheduler
+                        .get(id)
+                        .is_some_and(|seq| seq.params.is_greedy())
+            };
+            let eligible: Vec<u64> = self
+                .scheduler
+                .running_ids()
+                .iter()
+                .copied()
+                .filter(|&id| eligible(id))
+                .collect();
+            self.drafts.propose(
+                &mut self.scheduler,
+                config,
+                self.config.max_num_batched_tokens,
+                |id| eligible.contains(&id),
+            );
+        }
+        let mut work = self.scheduler.schedule();
+        if !self.drafts.is_empty() {
+            self.drafts.settle(&mut self.scheduler, &mut work);
+        }
         if work.is_empty() {
             return Ok(Vec::new());
         }
@@ -295,20 +339,46 @@ impl LlmEngine {
                 .map(|w| (self.scheduler.get(w.id).expect("scheduled"), *w))
                 .collect();
             let mut input = StepInput::build(&pairs, self.config.block_size);
-            input.pick_argmax = pairs
+            // A speculating sequence is scored at its last computed token and at each
+            // draft: the rows before its usual last row, in order.
+            if !self.drafts.is_empty() {
+                let mut sampling = pairs.iter().enumerate().filter(|(_, (_, w))| w.samples);
+                input.layout.logits_rows = input
+                    .layout
+                    .logits_rows
+                    .iter()
+                    .flat_map(|&last| {
+                        let (_, (_, w)) = sampling.next().expect("one row per sampling sequence");
+                        (last - self.drafts.count(w.id))..=last
+                    })
+                    .collect();
+            }
+            // Each row's sampling context: the sequence's output up to the row's position.
+            let row_contexts: Vec<(&Sequence, usize)> = pairs
                 .iter()
                 .filter(|(_, w)| w.samples)
-                .map(|(seq, _)| self.picks_argmax(seq))
+                .flat_map(|(seq, w)| {
+                    let drafts = self.drafts.count(w.id);
+                    let end = seq.tokens.len();
+                    ((end - drafts)..=end).map(move |upto| (*seq, upto))
+                })
+                .collect();
+            input.pick_argmax = row_contexts
+                .iter()
+                .map(|&(seq, upto)| with_sample_context_upto(seq, &self.eos, upto, picks_argmax))
                 .collect();
             if self.device_sampling {
-                input.device_draws = pairs
+                input.device_draws = row_contexts
                     .iter()
-                    .filter(|(_, w)| w.samples)
                     .zip(&input.pick_argmax)
-                    .map(|((seq, w), &argmax)| {
+                    .map(|(&(seq, upto), &argmax)| {
+                        // Speculating sequences are greedy: their rows are argmaxes.
+                        if upto != seq.tokens.len() || self.drafts.count(seq.id) > 0 {
+                            return None;
+                        }
                         // Peeked, not taken: the stream moves on only if the row comes
                         // back sampled (below), so a host fallback draws the same `u`.
-                        let u = self.states.get(&w.id)?.rng.clone().random::<f32>();
+                        let u = self.states.get(&seq.id)?.rng.clone().random::<f32>();
                         let draw =
                             with_sample_context(seq, &self.eos, |ctx| DeviceDraw::for_row(ctx, u));
                         draw.filter(|_| !argmax)
@@ -333,11 +403,15 @@ impl LlmEngine {
         );
 
         // Rows the device drew from their stream: the stream moves past that draw.
-        for (row, w) in work.iter().filter(|w| w.samples).enumerate() {
+        let row_owners = work
+            .iter()
+            .filter(|w| w.samples)
+            .flat_map(|w| std::iter::repeat_n(w.id, 1 + self.drafts.count(w.id)));
+        for (row, id) in row_owners.enumerate() {
             let drew = input.device_draws.get(row).and_then(|d| d.as_ref());
             if let (Some(d), Some(_)) = (drew, result.picked[row]) {
                 if d.draws() {
-                    if let Some(state) = self.states.get_mut(&w.id) {
+                    if let Some(state) = self.states.get_mut(&id) {
                         state.rng.random::<f32>();
                     }
                 }
@@ -345,22 +419,33 @@ impl LlmEngine {
         }
         let mut picks = result.picked.iter();
         let mut logit_rows = result.logits.chunks_exact(vocab);
+        let mut next_choice = || match picks.next().copied().flatten() {
+            Some(token) => Choice::Picked(token),
+            None => Choice::Logits(
+                logit_rows
+                    .next()
+                    .expect("one row per unpicked sampling row")
+                    .to_vec(),
+            ),
+        };
         let mut rows: Vec<(u64, Choice)> = Vec::new();
+        let mut speculated: Vec<(u64, Vec<Choice>)> = Vec::new();
         for w in &work {
-            self.scheduler.mark_computed(w.id, w.len);
-            if !w.samples {
+            let drafts = if w.samples {
+                self.drafts.count(w.id)
+            } else {
+                0
+            };
+            if drafts > 0 {
+                // Marked computed once verification knows how many drafts stand.
+                let choices = (0..=drafts).map(|_| next_choice()).collect();
+                speculated.push((w.id, choices));
                 continue;
             }
-            let choice = match picks.next().copied().flatten() {
-                Some(token) => Choice::Picked(token),
-                None => Choice::Logits(
-                    logit_rows
-                        .next()
-                        .expect("one row per unpicked sampling sequence")
-                        .to_vec(),
-                ),
-            };
-            rows.push((w.id, choice));
+            self.scheduler.mark_computed(w.id, w.len);
+            if w.samples {
+                rows.push((w.id, next_choice()));
+            }
         }
         // The unpicked rows left are the prompt-scoring rows, in order.
         for ((id, position), logits) in prompt_rows.into_iter().zip(logit_rows) {
@@ -374,9 +459,16 @@ impl LlmEngine {
             }
         }
         let sampled = self.sample_rows(rows);
-        let mut outputs = Vec::with_capacity(sampled.len());
-        for (id, s) in sampled {
-            let mut out = self.postprocess(id, s)?;
+        let mut outputs = Vec::with_capacity(sampled.len() + speculated.len());
+        let verified: Vec<(u64, RequestOutput)> = speculated
+            .into_iter()
+            .map(|(id, choices)| Ok((id, self.verify(id, choices)?)))
+            .collect::<Result<_>>()?;
+        let sampled = sampled
+            .into_iter()
+            .map(|(id, s)| Ok((id, self.postprocess(id, s)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for (id, mut out) in sampled.into_iter().chain(verified) {
             let num_prompt = out.prompt_tokens;
             if let Some(p) = self
                 .states
@@ -493,9 +585,45 @@ impl LlmEngine {
             .collect()
     }
 
-    /// Whether `seq`'s next token is the raw argmax, which the runner may pick on the device.
-    fn picks_argmax(&self, seq: &Sequence) -> bool {
-        with_sample_context(seq, &self.eos, picks_argmax)
+    /// Keeps a speculating sequence's drafts up to the first the model does not choose
+    /// itself, and the model's own token after them: each row's token is what decoding
+    /// without drafts would pick there (greedy, over the output so far), so the output is
+    /// the same, several tokens at a time. The KV of the kept drafts stays; the rest is
+    /// overwritten by later steps.
+    fn verify(&mut self, id: u64, choices: Vec<Choice>) -> Result<RequestOutput> {
+        let drafts = self.drafts.take(&mut self.scheduler, id);
+        let mut merged: Option<RequestOutput> = None;
+        let mut kept = 0;
+        for (j, choice) in choices.into_iter().enumerate() {
+            let sampled = match choice {
+                Choice::Picked(token) => Sampled {
+                    token,
+                    logprob: None,
+                },
+                Choice::Logits(mut logits) => {
+                    let seq = self.scheduler.get(id).expect("scheduled");
+                    let state = self.states.get_mut(&id).expect("state exists");
+                    with_sample_context(seq, &self.eos, |ctx| {
+                        sample(&mut logits, ctx, &mut state.rng)
+                    })
+                }
+            };
+            let token = sampled.token;
+            let out = self.postprocess(id, sampled)?;
+            let finished = out.finish_reason.is_some();
+            match merged.as_mut() {
+                None => merged = Some(out),
+                Some(m) => super::handle::merge(m, out),
+            }
+            if finished || drafts.get(j) != Some(&token) {
+                break;
+            }
+            kept += 1;
+        }
+        self.drafts.accepted += kept as u64;
+        // The last computed token and the kept drafts now have their KV in the cache.
+        self.scheduler.mark_computed(id, 1 + kept);
+        merged.context("a speculating sequence has at least one row")
     }
 
     /// Appends a sequence's next token and works out its text and whether it is finished.
@@ -558,6 +686,16 @@ impl LlmEngine {
 /// Runs `f` on `seq`'s sampling context: its parameters, prompt and output so far, and the
 /// tokens that end it (stop ids, plus EOS unless ignored).
 fn with_sample_context<T>(seq: &Sequence, eos: &[u32], f: impl FnOnce(&SampleContext) -> T) -> T {
+    with_sample_context_upto(seq, eos, seq.tokens.len(), f)
+}
+
+/// [`with_sample_context`] as of the sequence's first `upto` tokens (a draft's position).
+fn with_sample_context_upto<T>(
+    seq: &Sequence,
+    eos: &[u32],
+    upto: usize,
+    f: impl FnOnce(&SampleContext) -> T,
+) -> T {
     let p = &seq.params;
     let mut end_tokens = p.stop_token_ids.clone();
     if !p.ignore_eos {
@@ -566,7 +704,7 @@ fn with_sample_context<T>(seq: &Sequence, eos: &[u32], f: impl FnOnce(&SampleCon
     f(&SampleContext {
         params: p,
         prompt: &seq.tokens[..seq.num_prompt],
-        output: seq.output_tokens(),
+        output: &seq.tokens[seq.num_prompt..upto],
         end_tokens: &end_tokens,
         allowed: None,
     })

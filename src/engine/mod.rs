@@ -4,6 +4,7 @@ pub mod block_manager;
 pub mod device_draw;
 pub mod handle;
 pub mod llm_engine;
+pub mod ngram;
 pub mod output;
 pub mod params;
 pub mod prompt_logprobs;
@@ -11,6 +12,7 @@ pub mod runner;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
+pub mod speculative;
 pub mod text;
 
 pub use handle::{EngineHandle, RequestStream};

@@ -80,6 +80,11 @@ impl Scheduler {
         self.running.len()
     }
 
+    /// The running sequences, in admission order.
+    pub fn running_ids(&self) -> &[u64] {
+        &self.running
+    }
+
     pub fn num_preemptions(&self) -> u64 {
         self.num_preemptions
     }

@@ -30,6 +30,8 @@ pub struct ServerMetrics {
     prompt_tokens: IntCounter,
     generation_tokens: IntCounter,
     preemptions: IntCounter,
+    draft_tokens: IntCounter,
+    accepted_draft_tokens: IntCounter,
     /// Serialises copying the engine's monotonic counters into ours.
     sync: Mutex<()>,
     success: IntCounterVec,
@@ -75,6 +77,16 @@ impl ServerMetrics {
                 "Sequences preempted for KV space",
             )
             .expect("static"),
+            draft_tokens: IntCounter::new(
+                "kiln:spec_decode_num_draft_tokens_total",
+                "Tokens drafted by speculative decoding",
+            )
+            .expect("static"),
+            accepted_draft_tokens: IntCounter::new(
+                "kiln:spec_decode_num_accepted_tokens_total",
+                "Drafted tokens the model confirmed",
+            )
+            .expect("static"),
             sync: Mutex::new(()),
             success: IntCounterVec::new(
                 Opts::new("kiln:request_success_total", "Finished requests"),
@@ -109,6 +121,8 @@ impl ServerMetrics {
             Box::new(m.prompt_tokens.clone()),
             Box::new(m.generation_tokens.clone()),
             Box::new(m.preemptions.clone()),
+            Box::new(m.draft_tokens.clone()),
+            Box::new(m.accepted_draft_tokens.clone()),
             Box::new(m.success.clone()),
             Box::new(m.ttft.clone()),
             Box::new(m.itl.clone()),
@@ -134,6 +148,11 @@ impl ServerMetrics {
                     s.generation_tokens.load(Ordering::Relaxed),
                 );
                 catch_up(&self.preemptions, s.preemptions.load(Ordering::Relaxed));
+                catch_up(&self.draft_tokens, s.draft_tokens.load(Ordering::Relaxed));
+                catch_up(
+                    &self.accepted_draft_tokens,
+                    s.accepted_draft_tokens.load(Ordering::Relaxed),
+                );
             }
         }
         let mut out = Vec::new();

@@ -119,3 +119,24 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Drives the engine directly until every request is done.
+pub fn run_all(
+    engine: &mut LlmEngine,
+    reqs: Vec<(u64, Vec<u32>, kiln::engine::SamplingParams)>,
+) -> std::collections::HashMap<u64, kiln::engine::RequestOutput> {
+    let mut outs = std::collections::HashMap::new();
+    for (id, p, s) in reqs {
+        engine.add_request(id, p, s).unwrap();
+        outs.insert(id, kiln::engine::RequestOutput::default());
+    }
+    let mut guard = 0;
+    while engine.has_work() {
+        for (id, o) in engine.step().unwrap() {
+            kiln::engine::handle::merge(outs.get_mut(&id).unwrap(), o);
+        }
+        guard += 1;
+        assert!(guard < 100_000, "engine made no progress");
+    }
+    outs
+}
