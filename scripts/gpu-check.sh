@@ -14,7 +14,7 @@
 # SELFTEST_ONLY=gemv,attention runs only those selftest groups (`kiln selftest --only`).
 # Optional parts, each on unless set to 0: HF (transformers baselines), HF_COMPILED,
 # STARTUP, IMAGE_BENCH, NO_GEMV_AB, EAGER_AB, CUBLASLT_AB, LONG, NCU, NSYS, PREFILL_AB,
-# THROUGHPUT, TP_LATENCY, MOE; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
+# THROUGHPUT, TP_LATENCY, MOE, SPEC; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
 # those A/Bs' variants;
 # SELFTEST_GENERIC=1 adds the generic decode kernel's selftest; OPENAI_WHEELS=dir lets the
 # openai client check run where the machine lacks the package.
@@ -234,6 +234,19 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         "$KILN" bench latency --device cuda --model qwen2.5-0.5b --load-format dummy \
         --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 64 \
         --batch-sizes 1,32 --result-json "$OUT/bench_latency_qwen05b.json"
+    # Speculative decoding (prompt lookup) on the demo model and a prompt it copies from,
+    # against plain decoding, same run: verification steps run eager (no CUDA graphs), so
+    # this weighs their cost against the tokens per step they yield. SPEC=0 skips them.
+    if [ "${SPEC:-1}" = 1 ] && [ -f "$BUNDLE/scripts/ngram_prompt.txt" ]; then
+        for spec in off on; do
+            spec_args=()
+            [ "$spec" = on ] && spec_args=(--speculative-config '{"method": "ngram", "num_speculative_tokens": 4}')
+            step "bench_latency_demo_spec_${spec}" 60 no "bench_latency_demo_spec_${spec}.txt" -- \
+                "$KILN" bench latency --device cuda --prompt-file "$BUNDLE/scripts/ngram_prompt.txt" \
+                --output-len 64 --batch-sizes 1,8 "${spec_args[@]}" \
+                --result-json "$OUT/bench_latency_demo_spec_${spec}.json"
+        done
+    fi
     # Mixture of experts: decode steps of up to 64 sequences routed on the device (and so
     # recorded as graphs) against the host path (KILN_MOE_DEVICE=0), same model, same run.
     # MOE=0 skips them (Qwen3-30B-A3B is 61 GB in bf16).

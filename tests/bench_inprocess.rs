@@ -53,6 +53,39 @@ fn latency_sweep_reports_every_batch_size() {
     assert!(v["weight_bytes"].as_u64().unwrap() > 100_000);
 }
 
+/// A given prompt (`--prompt-file`) with speculative decoding: the demo model's own words
+/// repeat, so drafts are kept and a step yields more than one token per sequence.
+#[test]
+fn latency_with_a_prompt_file_counts_speculated_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = dir.path().join("prompt.txt");
+    std::fs::write(
+        &prompt,
+        "A kiln is a hot oven for clay. The potter shapes a bowl on the wheel. A kiln is",
+    )
+    .unwrap();
+    let v = run(&[
+        "bench",
+        "latency",
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "--output-len",
+        "24",
+        "--batch-sizes",
+        "1,2",
+        "--speculative-config",
+        r#"{"method": "ngram", "num_speculative_tokens": 4}"#,
+    ]);
+    for r in v["results"].as_array().unwrap() {
+        let per_step = r["tokens_per_step_per_seq"].as_f64().unwrap();
+        assert!(per_step > 1.0, "{r}");
+        // Every requested token was generated and counted.
+        let tokens = r["decode_tokens_per_s"].as_f64().unwrap();
+        assert!(tokens > 0.0, "{r}");
+        assert!(r["input_len"].as_u64().unwrap() > 10, "{r}");
+    }
+}
+
 #[test]
 fn throughput_counts_every_token() {
     let qwen = fixture("qwen2");

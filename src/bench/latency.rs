@@ -5,7 +5,7 @@ use super::prompts::random_prompts;
 use crate::backend::cuda::pool::PoolStats;
 use crate::engine::{LlmEngine, SamplingParams};
 use crate::launch::{build_engine, EngineArgs};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,6 +21,11 @@ pub struct LatencyArgs {
     /// Comma-separated batch sizes.
     #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
+    /// A text file every sequence takes as its prompt (tokenized; `--input-len` is then its
+    /// length) instead of random tokens: text that repeats itself, for
+    /// `--speculative-config`, whose drafts random tokens never confirm.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
     /// Untimed warm-up runs before each measured one (kernel JIT, caches).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
@@ -44,6 +49,8 @@ pub struct LatencyResult {
     pub decode_tokens_per_s: f64,
     /// Per sequence.
     pub tokens_per_s_per_seq: f64,
+    /// Output tokens per decode step and sequence: 1, or more with speculative decoding.
+    pub tokens_per_step_per_seq: f64,
     pub weight_gbs: f64,
     pub roofline_fraction: Option<f64>,
     /// Prompt tokens of the measured prefill served from the prefix cache: 0, because the
@@ -96,7 +103,11 @@ fn run_batch(engine: &mut LlmEngine, prompts: &[Vec<u32>], output_len: usize) ->
     let decode_start = Instant::now();
     let (mut steps, mut tokens) = (0, 0);
     while engine.has_work() {
-        tokens += engine.step()?.len();
+        tokens += engine
+            .step()?
+            .iter()
+            .map(|(_, o)| o.token_ids.len())
+            .sum::<usize>();
         steps += 1;
     }
     let decode_s = decode_start.elapsed().as_secs_f64();
@@ -123,6 +134,13 @@ fn bench_prompts(batch: usize, len: usize, vocab: usize) -> (Vec<Vec<u32>>, Vec<
     (warm, measured)
 }
 
+/// [`bench_prompts`] for a given prompt: it is every measured sequence's, and its tokens
+/// reversed every warm-up sequence's (the same length, no shared prefix).
+fn given_prompts(batch: usize, prompt: &[u32]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let reversed: Vec<u32> = prompt.iter().rev().copied().collect();
+    (vec![reversed; batch], vec![prompt.to_vec(); batch])
+}
+
 /// The spec bandwidth of the GPU the engine runs on, if it is a known type.
 fn gpu_spec_bandwidth(args: &EngineArgs) -> Option<f64> {
     use crate::launch::{device, Device};
@@ -144,6 +162,17 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
     }
     let vocab = engine.vocab_size();
     let weight_bytes = engine.weight_bytes();
+    let given = match &args.prompt_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let ids = engine.tokenizer().encode(&text, false)?;
+            anyhow::ensure!(!ids.is_empty(), "{} holds no tokens", path.display());
+            args.input_len = ids.len();
+            Some(ids)
+        }
+        None => None,
+    };
     let mut results = Vec::new();
     let bar = indicatif::ProgressBar::new(args.batch_sizes.len() as u64);
     for &batch in &args.batch_sizes {
@@ -153,7 +182,10 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
             "batch {batch} exceeds --max-num-seqs {}",
             engine.config().max_num_seqs
         );
-        let (warm_prompts, prompts) = bench_prompts(batch, args.input_len, vocab);
+        let (warm_prompts, prompts) = match &given {
+            Some(ids) => given_prompts(batch, ids),
+            None => bench_prompts(batch, args.input_len, vocab),
+        };
         for _ in 0..args.warmup {
             run_batch(&mut engine, &warm_prompts, args.output_len.min(8))?;
         }
@@ -181,7 +213,8 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
             prefill_cached_tokens: run.prefill_cached_tokens,
             decode_step_ms: step * 1e3,
             decode_tokens_per_s: tokens as f64 / decode,
-            tokens_per_s_per_seq: 1.0 / step,
+            tokens_per_s_per_seq: tokens as f64 / batch as f64 / decode,
+            tokens_per_step_per_seq: tokens as f64 / batch as f64 / steps.max(1) as f64,
             weight_gbs,
             roofline_fraction: args.peak_bandwidth_gbs.map(|peak| weight_gbs / peak),
             decode_driver_allocations: run.decode_alloc.map(|a| a.driver_allocations),
@@ -200,20 +233,21 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
             .map(|g| format!("{g:.0} GB/s"))
             .unwrap_or_else(|| "nothing".into())
     );
-    println!("| batch | prefill ms | decode step ms | decode tok/s | tok/s per seq | weight GB/s | roofline |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| batch | prefill ms | decode step ms | decode tok/s | tok/s per seq | tok/step per seq | weight GB/s | roofline |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &results {
         let roof = r
             .roofline_fraction
             .map(|f| format!("{:.0}%", f * 100.0))
             .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} | {roof} |",
+            "| {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {:.0} | {roof} |",
             r.batch_size,
             r.prefill_ms,
             r.decode_step_ms,
             r.decode_tokens_per_s,
             r.tokens_per_s_per_seq,
+            r.tokens_per_step_per_seq,
             r.weight_gbs
         );
     }
