@@ -118,7 +118,8 @@ pub struct EngineArgs {
     /// Speculative decoding, in vLLM's JSON: `{"method": "ngram", "num_speculative_tokens":
     /// 4, "prompt_lookup_max": 4, "prompt_lookup_min": 1}` drafts tokens by looking the
     /// latest tokens up earlier in the sequence and verifies them in one forward pass.
-    /// Greedy requests without a grammar speculate; their outputs do not change.
+    /// Requests without a grammar speculate; their outputs do not change (a seed gives the
+    /// same text).
     #[arg(long, env = "KILN_SPECULATIVE_CONFIG")]
     pub speculative_config: Option<String>,
     /// Share KV blocks of common prompt prefixes between requests.

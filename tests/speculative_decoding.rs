@@ -30,11 +30,12 @@ fn run(engine: &mut LlmEngine, reqs: &[(Vec<u32>, SamplingParams)]) -> HashMap<u
     run_all(engine, reqs)
 }
 
-/// The same requests with and without speculation give the same tokens (and logprobs, and
+/// The same requests (greedy, penalised, short, and seeded sampled ones) with and without
+/// speculation give the same tokens (and logprobs, and
 /// texts; logprobs to rounding), across architectures, with a small step budget (drafts cut by the chunking)
 /// and small blocks; the speculating engine made drafts and kept some.
 #[test]
-fn greedy_outputs_are_the_same_with_drafts() {
+fn outputs_are_the_same_with_drafts() {
     let flags = ["--block-size", "4", "--max-num-batched-tokens", "24"];
     let mut kept = 0;
     for arch in [
@@ -64,6 +65,19 @@ fn greedy_outputs_are_the_same_with_drafts() {
             },
         ));
         reqs.push((ps[1].clone(), greedy(3)));
+        // Sampled with a seed: each emitted token takes the stream's next draw, as without
+        // drafts, so the text is the same.
+        for (i, temperature) in [0.7f32, 1.5].into_iter().enumerate() {
+            reqs.push((
+                ps[2 + i].clone(),
+                SamplingParams {
+                    temperature,
+                    top_p: 0.9,
+                    seed: Some(7 + i as u64),
+                    ..greedy(40)
+                },
+            ));
+        }
         let a = run(&mut plain, &reqs);
         let b = run(&mut spec, &reqs);
         for id in 0..reqs.len() as u64 {

@@ -303,20 +303,13 @@ impl LlmEngine {
     /// One engine iteration. Returns the outputs produced, by request id.
     pub fn step(&mut self) -> Result<Vec<(u64, RequestOutput)>> {
         if let Some(config) = &self.speculation {
-            let states = &self.states;
-            let eligible = |id: u64| {
-                states.get(&id).is_some_and(|s| s.constraint.is_none())
-                    && self
-                        .scheduler
-                        .get(id)
-                        .is_some_and(|seq| seq.params.is_greedy())
-            };
+            // A grammar's state cannot follow tokens that may be taken back.
             let eligible: Vec<u64> = self
                 .scheduler
                 .running_ids()
                 .iter()
                 .copied()
-                .filter(|&id| eligible(id))
+                .filter(|id| self.states.get(id).is_some_and(|s| s.constraint.is_none()))
                 .collect();
             self.drafts.propose(
                 &mut self.scheduler,
@@ -372,7 +365,8 @@ impl LlmEngine {
                     .iter()
                     .zip(&input.pick_argmax)
                     .map(|(&(seq, upto), &argmax)| {
-                        // Speculating sequences are greedy: their rows are argmaxes.
+                        // A speculating sequence's rows are sampled on the host, in order,
+                        // each with the next draw of its stream (`verify`).
                         if upto != seq.tokens.len() || self.drafts.count(seq.id) > 0 {
                             return None;
                         }
@@ -586,9 +580,12 @@ impl LlmEngine {
     }
 
     /// Keeps a speculating sequence's drafts up to the first the model does not choose
-    /// itself, and the model's own token after them: each row's token is what decoding
-    /// without drafts would pick there (greedy, over the output so far), so the output is
-    /// the same, several tokens at a time. The KV of the kept drafts stays; the rest is
+    /// itself, and the model's own token after them. Each row's token is what decoding
+    /// without drafts would take there: the same sampling context (the output so far) and,
+    /// for sampled requests, the next draw of the request's own stream, one per emitted
+    /// token as without drafts. So the output is the same, several tokens at a time; a
+    /// draft is kept with exactly its probability, as speculative sampling with a one-hot
+    /// draft distribution requires. The KV of the kept drafts stays; the rest is
     /// overwritten by later steps.
     fn verify(&mut self, id: u64, choices: Vec<Choice>) -> Result<RequestOutput> {
         let drafts = self.drafts.take(&mut self.scheduler, id);

@@ -31,7 +31,7 @@ impl Drafts {
         self.counts.is_empty()
     }
 
-    /// Appends drafts to the decoding sequences `eligible` accepts (greedy ones without a
+    /// Appends drafts to the decoding sequences `eligible` accepts (those without a
     /// grammar), within `token_budget` and the free KV blocks.
     pub fn propose(
         &mut self,
