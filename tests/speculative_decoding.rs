@@ -132,3 +132,50 @@ fn drafts_survive_preemption_and_give_every_block_back() {
     assert!(spec.speculation_counts().0 > 0);
     assert_eq!(spec.kv_usage(), 0.0);
 }
+
+/// Stop strings and stop token ids that fall among kept drafts end the output where
+/// decoding without drafts ends it: the tokens after them are not sent.
+#[test]
+fn stops_inside_kept_drafts_end_the_output_at_the_same_place() {
+    let mut plain = engine("qwen3", &["--block-size", "4"]);
+    let mut spec = engine(
+        "qwen3",
+        &["--block-size", "4", "--speculative-config", NGRAM],
+    );
+    let ps = prompts(&plain);
+    // Where the free-running outputs go, to pick stops from their middles.
+    let free: Vec<(Vec<u32>, SamplingParams)> =
+        ps.iter().map(|p| (p.clone(), greedy(40))).collect();
+    let free = run(&mut plain, &free);
+    let mut reqs = Vec::new();
+    for (i, p) in ps.iter().enumerate() {
+        let out = &free[&(i as u64)];
+        let text: Vec<char> = out.text.chars().collect();
+        let stop: String = text[text.len() / 2..text.len() / 2 + 3].iter().collect();
+        reqs.push((
+            p.clone(),
+            SamplingParams {
+                stop: vec![stop],
+                ..greedy(40)
+            },
+        ));
+        reqs.push((
+            p.clone(),
+            SamplingParams {
+                stop_token_ids: vec![out.token_ids[25]],
+                ..greedy(40)
+            },
+        ));
+    }
+    let a = run(&mut plain, &reqs);
+    let b = run(&mut spec, &reqs);
+    for id in 0..reqs.len() as u64 {
+        let (x, y) = (&a[&id], &b[&id]);
+        assert_eq!(x.token_ids, y.token_ids, "request {id}");
+        assert_eq!(x.text, y.text, "request {id}");
+        assert_eq!(x.finish_reason, y.finish_reason, "request {id}");
+        assert_eq!(x.stop_reason, y.stop_reason, "request {id}");
+        assert!(x.token_ids.len() < 40, "request {id} must stop early");
+    }
+    assert!(spec.speculation_counts().1 > 0, "some drafts must be kept");
+}

@@ -129,3 +129,99 @@ impl Drafts {
         seq.tokens.split_off(at)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::block_manager::BlockManager;
+    use crate::engine::params::SamplingParams;
+    use crate::engine::scheduler::SchedulerConfig;
+    use crate::engine::sequence::Sequence;
+
+    const CONFIG: NgramConfig = NgramConfig {
+        num_speculative_tokens: 3,
+        prompt_lookup_max: 3,
+        prompt_lookup_min: 1,
+    };
+
+    /// Sequences `ids` past their prompt `5 6 7 8 5 6` with 7 sampled: "5 6 7" recurs, so
+    /// each drafts `8 5 6`.
+    fn decoding(ids: &[u64]) -> Scheduler {
+        let config = SchedulerConfig {
+            max_num_seqs: 8,
+            max_num_batched_tokens: 100,
+        };
+        let mut s = Scheduler::new(config, BlockManager::new(64, 4, false));
+        for &id in ids {
+            let prompt = vec![5, 6, 7, 8, 5, 6];
+            s.add(Sequence::new(id, prompt, SamplingParams::greedy(), 64));
+        }
+        for w in s.schedule() {
+            s.mark_computed(w.id, w.len);
+            s.get_mut(w.id).unwrap().tokens.push(7);
+        }
+        s
+    }
+
+    #[test]
+    fn drafts_are_cut_to_what_the_step_computes() {
+        let mut s = decoding(&[1, 2, 3]);
+        let mut drafts = Drafts::default();
+        drafts.propose(&mut s, &CONFIG, 100, |_| true);
+        for id in 1..=3 {
+            assert_eq!(drafts.count(id), 3);
+            assert_eq!(s.get(id).unwrap().tokens[7..], [8, 5, 6]);
+        }
+        // Sequence 1 runs whole, 2 only its last token and one draft, 3 not at all.
+        let step = |id, len| ScheduledSeq {
+            id,
+            start: 6,
+            len,
+            samples: false,
+        };
+        let mut work = [step(1, 4), step(2, 2)];
+        drafts.settle(&mut s, &mut work);
+        assert_eq!(
+            (drafts.count(1), drafts.count(2), drafts.count(3)),
+            (3, 1, 0)
+        );
+        assert_eq!(s.get(1).unwrap().tokens.len(), 10);
+        assert_eq!(s.get(2).unwrap().tokens.len(), 8);
+        assert_eq!(
+            s.get(3).unwrap().tokens.len(),
+            7,
+            "an unscheduled sequence's drafts go"
+        );
+        assert!(
+            work.iter().all(|w| w.samples),
+            "each samples after its last position"
+        );
+        // Verification takes the drafts off again.
+        assert_eq!(drafts.take(&mut s, 2), [8]);
+        assert_eq!((s.get(2).unwrap().tokens.len(), drafts.drafted), (7, 1));
+    }
+
+    #[test]
+    fn drafts_stay_within_the_budget_and_the_spare_blocks() {
+        // A budget of 5 for 3 running sequences: 2 tokens to spare, all for the first.
+        let mut s = decoding(&[1, 2, 3]);
+        let mut drafts = Drafts::default();
+        drafts.propose(&mut s, &CONFIG, 5, |_| true);
+        assert_eq!(
+            (drafts.count(1), drafts.count(2), drafts.count(3)),
+            (2, 0, 0)
+        );
+        // No block to spare: each sequence holds 2 blocks (7 tokens of 8 slots) and the
+        // free ones are kept for the running sequences' next tokens, so only a draft that
+        // fits its last block is made.
+        let mut s = decoding(&[1, 2, 3]);
+        let free = s.blocks.num_free();
+        let _ = s.blocks.allocate(free - 3);
+        let mut drafts = Drafts::default();
+        drafts.propose(&mut s, &CONFIG, 100, |id| id != 3);
+        assert_eq!(
+            (drafts.count(1), drafts.count(2), drafts.count(3)),
+            (1, 1, 0)
+        );
+    }
+}
