@@ -38,12 +38,27 @@ fn client_or_skip() -> bool {
 
 #[test]
 fn official_openai_client_works_against_the_server() {
+    run_client_checks(&[]);
+}
+
+/// The same checks with speculative decoding on: streaming, `n`, logprobs, stops and
+/// errors behave as without it.
+#[test]
+fn official_openai_client_works_with_speculative_decoding() {
+    run_client_checks(&[
+        "--speculative-config",
+        r#"{"method": "ngram", "num_speculative_tokens": 3}"#,
+    ]);
+}
+
+/// Runs tests/openai_client/check_server.py against a server started with `extra` flags.
+fn run_client_checks(extra: &[&str]) {
     if !client_or_skip() {
         return;
     }
     // One sequence at a time and a short queue, so the client's RateLimitError is
     // reachable; the other checks are short enough to run one after another.
-    let server = Server::start(&[
+    let mut flags = vec![
         "--api-key",
         API_KEY,
         "--max-num-seqs",
@@ -53,7 +68,9 @@ fn official_openai_client_works_against_the_server() {
         // The demo's template names no tool-call format; Hermes lets forced calls run.
         "--tool-call-parser",
         "hermes",
-    ]);
+    ];
+    flags.extend_from_slice(extra);
+    let server = Server::start(&flags);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/openai_client/check_server.py"
