@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 /// `--speculative-config`, in vLLM's JSON: `{"method": "ngram", "num_speculative_tokens": 4,
-/// "prompt_lookup_max": 4, "prompt_lookup_min": 1}`.
+/// "prompt_lookup_max": 4, "prompt_lookup_min": 1, "disable_by_batch_size": 8}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NgramConfig {
@@ -23,6 +23,11 @@ pub struct NgramConfig {
     pub prompt_lookup_max: usize,
     #[serde(default = "default_min")]
     pub prompt_lookup_min: usize,
+    /// No drafts while this many sequences or more are running (vLLM's name): at large
+    /// batches a step is bound by compute more than by reading weights, and on a GPU a step
+    /// with drafts is not replayed from a CUDA graph.
+    #[serde(default)]
+    pub disable_by_batch_size: Option<usize>,
 }
 
 fn default_max() -> usize {
@@ -99,6 +104,7 @@ mod tests {
             num_speculative_tokens: k,
             prompt_lookup_max: max,
             prompt_lookup_min: min,
+            disable_by_batch_size: None,
         }
     }
 
@@ -126,6 +132,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c, config(5, 1, 3));
+        let c = NgramConfig::from_json(
+            r#"{"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 8}"#,
+        )
+        .unwrap();
+        assert_eq!(c.disable_by_batch_size, Some(8));
         for bad in [
             r#"{"method": "eagle", "num_speculative_tokens": 5}"#,
             r#"{"method": "ngram"}"#,

@@ -41,6 +41,12 @@ impl Drafts {
         eligible: impl Fn(u64) -> bool,
     ) {
         let running = scheduler.running_ids().to_vec();
+        if config
+            .disable_by_batch_size
+            .is_some_and(|limit| running.len() >= limit)
+        {
+            return;
+        }
         // Every running sequence may need one fresh block for its next token.
         let mut spare_blocks = scheduler.blocks.num_free().saturating_sub(running.len());
         let mut spare_tokens = token_budget.saturating_sub(running.len());
@@ -142,6 +148,7 @@ mod tests {
         num_speculative_tokens: 3,
         prompt_lookup_max: 3,
         prompt_lookup_min: 1,
+        disable_by_batch_size: None,
     };
 
     /// Sequences `ids` past their prompt `5 6 7 8 5 6` with 7 sampled: "5 6 7" recurs, so
@@ -223,5 +230,14 @@ mod tests {
             (drafts.count(1), drafts.count(2), drafts.count(3)),
             (1, 1, 0)
         );
+        // Three running sequences reach a limit of three: no drafts at all.
+        let mut s = decoding(&[1, 2, 3]);
+        let limited = NgramConfig {
+            disable_by_batch_size: Some(3),
+            ..CONFIG
+        };
+        let mut drafts = Drafts::default();
+        drafts.propose(&mut s, &limited, 100, |_| true);
+        assert!(drafts.is_empty());
     }
 }
