@@ -31,6 +31,7 @@ import torch
 import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
+    AutoModel,
     AutoTokenizer,
     DeepseekV2Config,
     DeepseekV2ForCausalLM,
@@ -1165,6 +1166,31 @@ def write_reference_json(path: Path, reference: dict) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+@torch.no_grad()
+def build_embedding_reference(name: str) -> None:
+    """Last-token embeddings of the fixture's prompts as decoder embedding models define them
+    (Qwen3-Embedding): the base model's last hidden state (after its final norm) at the last
+    prompt token, L2-normalised; also cut to the first 16 values and then normalised."""
+    directory = FIXTURES_DIR / name
+    reference = json.loads((directory / "reference.json").read_text())
+    model = AutoModel.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager").eval()
+    rows = []
+    for prompt in reference["prompts"]:
+        hidden = model(input_ids=torch.tensor([prompt["prompt_ids"]])).last_hidden_state[0, -1]
+        rows.append(
+            {
+                "prompt_ids": prompt["prompt_ids"],
+                "embedding": f32_list(torch.nn.functional.normalize(hidden, dim=0)),
+                "embedding_16": f32_list(torch.nn.functional.normalize(hidden[:16], dim=0)),
+            }
+        )
+    write_json(
+        directory / "embeddings.json",
+        {"transformers_version": transformers.__version__, "pooling": "last", "prompts": rows},
+    )
+    print(f"  {name}: embeddings.json ({len(rows)} prompts, {hidden.numel()} values)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-demo", action="store_true", help="only rebuild tests/fixtures")
@@ -1190,6 +1216,8 @@ def main() -> None:
         build_mxfp4_fixture(prompts)
     if args.only in (None, "qwen3", "qwen3_fp8"):
         build_fp8_fixture(prompts)
+    if args.only in (None, "qwen3", "qwen3_embeddings"):
+        build_embedding_reference("qwen3")
     if not args.skip_demo and args.only is None:
         build_demo(tokenizer)
 

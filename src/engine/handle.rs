@@ -145,6 +145,7 @@ pub fn merge(all: &mut RequestOutput, o: RequestOutput) {
     all.cached_tokens = o.cached_tokens;
     all.queue_time = all.queue_time.or(o.queue_time);
     all.prompt_logprobs = all.prompt_logprobs.take().or(o.prompt_logprobs);
+    all.embedding = o.embedding.or(all.embedding.take());
 }
 
 impl Drop for RequestStream {

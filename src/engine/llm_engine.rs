@@ -2,6 +2,7 @@
 
 use super::block_manager::BlockManager;
 use super::device_draw::DeviceDraw;
+use super::embedding::EmbeddingQueue;
 use super::ngram::NgramConfig;
 use super::output::{FinishReason, RequestOutput};
 use super::params::{ParamError, SamplingParams};
@@ -106,6 +107,8 @@ pub struct LlmEngine {
     steps: u64,
     /// Sample rows on the runner's device where it can (`--gpu-sampling`).
     device_sampling: bool,
+    /// Embedding requests waiting for their forward pass.
+    embeddings: EmbeddingQueue,
     /// Prompt-lookup speculation (`--speculative-config`), and this step's drafts.
     speculation: Option<NgramConfig>,
     drafts: Drafts,
@@ -153,6 +156,7 @@ impl LlmEngine {
             eos,
             states: HashMap::new(),
             device_sampling: false,
+            embeddings: EmbeddingQueue::default(),
             speculation: None,
             drafts: Drafts::default(),
             seeds,
@@ -191,7 +195,7 @@ impl LlmEngine {
     }
 
     pub fn has_work(&self) -> bool {
-        self.scheduler.has_work()
+        self.scheduler.has_work() || !self.embeddings.is_empty()
     }
 
     pub fn num_running(&self) -> usize {
@@ -199,7 +203,7 @@ impl LlmEngine {
     }
 
     pub fn num_waiting(&self) -> usize {
-        self.scheduler.num_waiting()
+        self.scheduler.num_waiting() + self.embeddings.len()
     }
 
     pub fn kv_usage(&self) -> f64 {
@@ -239,6 +243,11 @@ impl LlmEngine {
             self.config.max_model_len,
             self.runner.vocab_size(),
         )?;
+        if params.pooling.is_some() {
+            // Nothing to sample: the prompt's hidden state is the output.
+            self.embeddings.push(id, prompt, params);
+            return Ok(());
+        }
         if params.structure.is_some() != constraint.is_some() {
             return Err(RequestError::InvalidParam(ParamError {
                 param: "response_format",
@@ -272,6 +281,12 @@ impl LlmEngine {
 
     /// Cancels a request, freeing its blocks at once. Returns its final output if it existed.
     pub fn abort(&mut self, id: u64) -> Option<RequestOutput> {
+        if self.embeddings.remove(id) {
+            return Some(RequestOutput {
+                finish_reason: Some(FinishReason::Abort),
+                ..Default::default()
+            });
+        }
         self.states.remove(&id);
         let seq = self.scheduler.remove(id)?;
         Some(RequestOutput {
@@ -300,8 +315,24 @@ impl LlmEngine {
         (self.drafts.drafted, self.drafts.accepted)
     }
 
-    /// One engine iteration. Returns the outputs produced, by request id.
+    /// One engine iteration: a batch of waiting embedding requests, if any fits, then a
+    /// generation step. Returns the outputs produced, by request id.
     pub fn step(&mut self) -> Result<Vec<(u64, RequestOutput)>> {
+        let mut outputs = if self.embeddings.is_empty() {
+            Vec::new()
+        } else {
+            self.embeddings.run(
+                self.runner.as_mut(),
+                &mut self.scheduler.blocks,
+                self.config.max_num_batched_tokens,
+            )?
+        };
+        outputs.extend(self.generation_step()?);
+        Ok(outputs)
+    }
+
+    /// Schedules, runs and samples one step of the generating sequences.
+    fn generation_step(&mut self) -> Result<Vec<(u64, RequestOutput)>> {
         if let Some(config) = &self.speculation {
             // A grammar's state cannot follow tokens that may be taken back.
             let eligible: Vec<u64> = self

@@ -2,6 +2,7 @@
 
 pub mod block_manager;
 pub mod device_draw;
+pub mod embedding;
 pub mod handle;
 pub mod llm_engine;
 pub mod ngram;

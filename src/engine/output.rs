@@ -51,6 +51,8 @@ pub struct RequestOutput {
     /// Every prompt token's log-probability (the first has none), on the first increment
     /// of a request that asked for them.
     pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    /// An embedding request's vector (its only increment).
+    pub embedding: Option<Vec<f32>>,
     /// Time between arrival and first scheduling; set on the first increment.
     #[serde(skip)]
     pub queue_time: Option<Duration>,

@@ -37,6 +37,18 @@ pub struct SamplingParams {
     pub prompt_logprobs: Option<usize>,
     /// What the output must match (structured output); sampled on the host.
     pub structure: Option<crate::model::grammar::Structure>,
+    /// An embedding request: nothing is generated; the prompt's pooled hidden state is the
+    /// output (`RequestOutput::embedding`).
+    pub pooling: Option<Pooling>,
+}
+
+/// How an embedding request's prompt becomes its vector: the last token's final hidden
+/// state (decoder embedding models: Qwen3-Embedding, e5-mistral, gte-Qwen2), cut to its
+/// first `dimensions` values (Matryoshka models) and L2-normalised when `normalize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pooling {
+    pub dimensions: Option<usize>,
+    pub normalize: bool,
 }
 
 impl Default for SamplingParams {
@@ -61,6 +73,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             prompt_logprobs: None,
             structure: None,
+            pooling: None,
         }
     }
 }
@@ -100,6 +113,9 @@ impl SamplingParams {
     }
 
     pub fn validate(&self) -> Result<(), ParamError> {
+        if let Some(dimensions) = self.pooling.and_then(|p| p.dimensions) {
+            check(dimensions > 0, "dimensions", "must be at least 1")?;
+        }
         let t = self.temperature;
         check(
             t.is_finite() && t >= 0.0,

@@ -93,6 +93,11 @@ pub trait Runner: Send {
     fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {
         None
     }
+    /// The final hidden state of each logits row of `input` (f32 `[rows, hidden]`), for
+    /// embedding requests; the KV it writes is scratch.
+    fn hidden_rows(&mut self, _input: &StepInput) -> Result<Vec<f32>> {
+        anyhow::bail!("this runner does not return hidden states (tensor parallelism)")
+    }
     /// Whether the forward pass runs on rayon threads of this process (the CPU backend), so
     /// the engine loop should run on one of them (see `EngineHandle::spawn`).
     fn computes_on_host(&self) -> bool {
@@ -136,6 +141,11 @@ where
             &input.pick_argmax,
             &input.device_draws,
         )
+    }
+
+    fn hidden_rows(&mut self, input: &StepInput) -> Result<Vec<f32>> {
+        self.model
+            .hidden_rows(&self.backend, &input.tokens, &input.layout, &mut self.cache)
     }
 
     fn vocab_size(&self) -> usize {

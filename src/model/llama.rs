@@ -734,8 +734,48 @@ impl<B: Backend> LlamaModel<B> {
         self.logits_from_meta(be, &meta, tokens, batch, cache, comm)
     }
 
+    /// The last hidden state (after the final norm) of each of `batch.logits_rows`, f32
+    /// `[rows, hidden]` row-major: what embedding models pool. Unsharded models only.
+    pub fn hidden_rows(
+        &self,
+        be: &B,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        cache: &mut B::KvCache,
+    ) -> Result<Vec<f32>> {
+        anyhow::ensure!(
+            self.layout.shard.world == 1,
+            "hidden states of a tensor-parallel model are not supported"
+        );
+        let meta = be.prepare_batch(batch)?;
+        let x = self.final_hidden(be, &meta, tokens, batch, cache, &SingleRank)?;
+        be.to_host_f32(&x)
+    }
+
     /// [`LlamaModel::logits`] from prepared batch metadata.
     fn logits_from_meta(
+        &self,
+        be: &B,
+        meta: &B::BatchMeta,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        cache: &mut B::KvCache,
+        comm: &dyn Communicator<B>,
+    ) -> Result<B::Tensor> {
+        let x = self.final_hidden(be, meta, tokens, batch, cache, comm)?;
+        let x = match self.logit_scale {
+            Some(scale) => be.mul_scalar(&x, scale)?,
+            None => x,
+        };
+        let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
+        match self.final_softcap {
+            Some(cap) => be.softcap(logits, cap),
+            None => Ok(logits),
+        }
+    }
+
+    /// The final norm's output at `batch.logits_rows`: the layers, then the norm.
+    fn final_hidden(
         &self,
         be: &B,
         meta: &B::BatchMeta,
@@ -857,15 +897,7 @@ impl<B: Backend> LlamaModel<B> {
             )
         };
         let (x, _) = be.add_rms_norm(last, last_residual, &self.norm, c.rms_norm_eps)?;
-        let x = match self.logit_scale {
-            Some(scale) => be.mul_scalar(&x, scale)?,
-            None => x,
-        };
-        let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
-        match self.final_softcap {
-            Some(cap) => be.softcap(logits, cap),
-            None => Ok(logits),
-        }
+        Ok(x)
     }
 
     /// Host logits without the zero row's column, where a tied head scored it.

@@ -68,6 +68,7 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
         logit_bias,
         prompt_logprobs: f.prompt_logprobs,
         structure,
+        pooling: None,
     };
     params.validate()?;
     Ok(params)
