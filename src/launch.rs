@@ -19,6 +19,7 @@ use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, DType};
 use crate::engine::runner::ModelRunner;
 use crate::engine::{EngineConfig, LlmEngine};
+use crate::model::base_model_weights::BaseModelWeights;
 use crate::model::config::{ModelConfig, Quantization};
 use crate::model::fp8::Fp8Weights;
 use crate::model::language_model_weights::LanguageModelWeights;
@@ -322,11 +323,25 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             if fp8 {
                 tracing::info!("FP8 checkpoint: weights are expanded to {dtype} as they load");
             }
-            match (config.nested_language_model, fp8) {
-                (true, true) => Arc::new(Fp8Weights::new(LanguageModelWeights::new(files_source)?)),
-                (true, false) => Arc::new(LanguageModelWeights::new(files_source)?),
-                (false, true) => Arc::new(Fp8Weights::new(files_source)),
-                (false, false) => Arc::new(files_source),
+            let bare = BaseModelWeights::applies_to(&files_source);
+            if bare {
+                tracing::info!(
+                    "{}: a base model saved alone (no `model.` prefix, no LM head): it serves \
+                     embeddings; generation would score with its embedding table",
+                    files.name
+                );
+            }
+            match (config.nested_language_model, fp8, bare) {
+                (true, true, _) => {
+                    Arc::new(Fp8Weights::new(LanguageModelWeights::wrap(files_source)?))
+                }
+                (true, false, _) => Arc::new(LanguageModelWeights::wrap(files_source)?),
+                (false, true, true) => {
+                    Arc::new(Fp8Weights::new(BaseModelWeights::wrap(files_source)))
+                }
+                (false, false, true) => Arc::new(BaseModelWeights::wrap(files_source)),
+                (false, true, false) => Arc::new(Fp8Weights::new(files_source)),
+                (false, false, false) => Arc::new(files_source),
             }
         }
     };

@@ -88,3 +88,48 @@ fn embeddings_wait_for_blocks() {
         assert!(max_abs_diff(e, &cases[2].embedding) < 1e-4);
     }
 }
+
+/// An embedding model published as a base model alone (`AutoModel`: no `model.` prefix, no
+/// LM head, as Qwen3-Embedding) loads and gives the same vectors.
+#[test]
+fn a_base_model_saved_alone_serves_embeddings() {
+    use safetensors::tensor::TensorView;
+    let source = fixture("qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(&source).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            continue;
+        }
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let renamed: Vec<(String, TensorView)> = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "lm_head.weight")
+        .map(|(name, view)| {
+            let bare = name.strip_prefix("model.").unwrap_or(&name).to_string();
+            (bare, view)
+        })
+        .collect();
+    assert!(renamed.iter().any(|(n, _)| n == "embed_tokens.weight"));
+    safetensors::serialize_to_file(renamed, None, &dir.path().join("model.safetensors")).unwrap();
+    let model = dir.path().to_str().unwrap();
+    let mut engine =
+        kiln::launch::build_engine(&engine_args(&["--model", model, "--dtype", "float32"]))
+            .unwrap()
+            .0;
+    let cases = reference().prompts;
+    let reqs = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i as u64, c.prompt_ids.clone(), embed(None)))
+        .collect();
+    let outs = run_all(&mut engine, reqs);
+    for (i, case) in cases.iter().enumerate() {
+        let e = outs[&(i as u64)].embedding.as_ref().unwrap();
+        assert!(max_abs_diff(e, &case.embedding) < 1e-4, "prompt {i}");
+    }
+}

@@ -5,10 +5,8 @@
 //! transformers versions save them as `model.language_model.layers.0...`. The vision tower's
 //! weights are never read.
 
-use super::weights::{GeneratedPart, Slice, WeightSource};
-use crate::backend::DType;
+use super::weights::{RenamedWeights, WeightSource};
 use anyhow::Result;
-use candle_core::Tensor;
 
 /// How the checkpoint names the language model's weights.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -19,14 +17,11 @@ enum Layout {
     Nested,
 }
 
-pub struct LanguageModelWeights<S> {
-    inner: S,
-    layout: Layout,
-}
+pub struct LanguageModelWeights;
 
-impl<S: WeightSource> LanguageModelWeights<S> {
+impl LanguageModelWeights {
     /// Wraps `inner`, finding its layout from where the embedding table is.
-    pub fn new(inner: S) -> Result<Self> {
+    pub fn wrap<S: WeightSource>(inner: S) -> Result<RenamedWeights<S>> {
         let layout = if inner.contains("language_model.model.embed_tokens.weight") {
             Layout::Prefixed
         } else if inner.contains("model.language_model.embed_tokens.weight") {
@@ -37,57 +32,21 @@ impl<S: WeightSource> LanguageModelWeights<S> {
                  for language_model.model.* and model.language_model.*)"
             )
         };
-        Ok(LanguageModelWeights { inner, layout })
-    }
-
-    fn name(&self, name: &str) -> String {
-        match self.layout {
+        Ok(RenamedWeights::new(inner, move |name| match layout {
             Layout::Prefixed => format!("language_model.{name}"),
             Layout::Nested => match name.strip_prefix("model.") {
                 Some(rest) => format!("model.language_model.{rest}"),
                 None => name.to_string(),
             },
-        }
-    }
-}
-
-impl<S: WeightSource> WeightSource for LanguageModelWeights<S> {
-    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        self.inner.tensor(&self.name(name), shape, dtype)
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.inner.contains(&self.name(name))
-    }
-
-    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        self.inner.shape_of(&self.name(name))
-    }
-
-    fn generated(
-        &self,
-        name: &str,
-        shape: &[usize],
-        slice: Option<&Slice>,
-    ) -> Option<GeneratedPart> {
-        self.inner.generated(&self.name(name), shape, slice)
-    }
-
-    fn tensor_slice(
-        &self,
-        name: &str,
-        shape: &[usize],
-        slice: &Slice,
-        dtype: DType,
-    ) -> Result<Tensor> {
-        self.inner
-            .tensor_slice(&self.name(name), shape, slice, dtype)
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::DType;
+    use candle_core::Tensor;
     use std::collections::HashMap;
 
     /// Named 1-element tensors.
@@ -123,7 +82,7 @@ mod tests {
             ),
             ("vision_tower.x".to_string(), 9.0),
         ]));
-        let hub = LanguageModelWeights::new(hub).unwrap();
+        let hub = LanguageModelWeights::wrap(hub).unwrap();
         assert_eq!(value(&hub, "model.layers.0.mlp.up_proj.weight"), 2.0);
         assert!(!hub.contains("lm_head.weight"));
 
@@ -132,7 +91,7 @@ mod tests {
             ("model.language_model.norm.weight".to_string(), 3.0),
             ("lm_head.weight".to_string(), 4.0),
         ]));
-        let saved = LanguageModelWeights::new(saved).unwrap();
+        let saved = LanguageModelWeights::wrap(saved).unwrap();
         assert_eq!(value(&saved, "model.norm.weight"), 3.0);
         assert_eq!(value(&saved, "lm_head.weight"), 4.0);
 
@@ -140,6 +99,6 @@ mod tests {
             "model.embed_tokens.weight".to_string(),
             1.0,
         )]));
-        assert!(LanguageModelWeights::new(neither).is_err());
+        assert!(LanguageModelWeights::wrap(neither).is_err());
     }
 }

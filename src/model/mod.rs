@@ -1,5 +1,6 @@
 //! Model configs, weight loading, tokenizer and the Llama-family implementation.
 
+pub mod base_model_weights;
 pub mod byte_pieces;
 pub mod chat_template;
 pub mod config;

@@ -48,6 +48,57 @@ pub trait WeightSource {
     }
 }
 
+/// A source whose weights are stored under other names than the model asks for: `rename`
+/// maps each asked name to the stored one (a multimodal checkpoint's language model, a base
+/// model saved alone).
+pub struct RenamedWeights<S> {
+    inner: S,
+    rename: Box<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+impl<S> RenamedWeights<S> {
+    pub fn new(inner: S, rename: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        RenamedWeights {
+            inner,
+            rename: Box::new(rename),
+        }
+    }
+}
+
+impl<S: WeightSource> WeightSource for RenamedWeights<S> {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.inner.tensor(&(self.rename)(name), shape, dtype)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(&(self.rename)(name))
+    }
+
+    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        self.inner.shape_of(&(self.rename)(name))
+    }
+
+    fn generated(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: Option<&Slice>,
+    ) -> Option<GeneratedPart> {
+        self.inner.generated(&(self.rename)(name), shape, slice)
+    }
+
+    fn tensor_slice(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        self.inner
+            .tensor_slice(&(self.rename)(name), shape, slice, dtype)
+    }
+}
+
 /// A range of indices along one dimension of a weight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {

@@ -137,11 +137,21 @@ struct Echo {
 
 /// The prompt ids of each prompt, in any of OpenAI's four forms.
 fn tokenize_prompts(served: &Served, prompt: &Prompt) -> ApiResult<Vec<Vec<u32>>> {
+    tokenize_inputs(served, prompt, "prompt", MAX_PROMPTS)
+}
+
+/// The token ids of each input of a prompt-like field (`param`), at most `max` of them.
+pub(super) fn tokenize_inputs(
+    served: &Served,
+    prompt: &Prompt,
+    param: &str,
+    max: usize,
+) -> ApiResult<Vec<Vec<u32>>> {
     let tokenizer = served.engine.tokenizer();
     let encode = |text: &str| {
         tokenizer
             .encode(text, true)
-            .map_err(|e| ApiError::internal(format!("tokenizing the prompt: {e:#}")))
+            .map_err(|e| ApiError::internal(format!("tokenizing the {param}: {e:#}")))
     };
     let prompts = match prompt {
         Prompt::Text(text) => vec![encode(text)?],
@@ -149,10 +159,10 @@ fn tokenize_prompts(served: &Served, prompt: &Prompt) -> ApiResult<Vec<Vec<u32>>
         Prompt::Tokens(ids) => vec![ids.clone()],
         Prompt::TokenLists(lists) => lists.clone(),
     };
-    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+    if prompts.is_empty() || prompts.len() > max {
         return Err(ApiError::invalid(
-            Some("prompt"),
-            format!("between 1 and {MAX_PROMPTS} prompts per request"),
+            Some(param),
+            format!("between 1 and {max} {param}s per request"),
         ));
     }
     Ok(prompts)

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod chat;
 pub mod chat_tools;
 pub mod completions;
+pub mod embeddings;
 pub mod error;
 pub mod generate;
 pub mod gpu_watch;

@@ -9,6 +9,7 @@ use utoipa::OpenApi;
     paths(
         super::chat::chat_completions,
         super::completions::completions,
+        super::embeddings::embeddings,
         super::responses::create_response,
         super::images::generate_images,
         super::service::models,

@@ -3,7 +3,7 @@
 use super::auth::require_api_key;
 use super::error::ApiError;
 use super::state::SharedState;
-use super::{chat, completions, images, openapi, responses, service};
+use super::{chat, completions, embeddings, images, openapi, responses, service};
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
     let openai = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/responses", post(responses::create_response))
         .route("/v1/models", get(service::models))
         .route("/v1/models/{*model}", get(service::retrieve_model))

@@ -318,6 +318,28 @@ def check_reasoning_effort():
         raise AssertionError("no BadRequestError")
 
 
+def check_embeddings():
+    # The client asks for base64 by default and decodes it itself.
+    r = client.embeddings.create(model=MODEL, input=["A kiln is hot.", "Clay"])
+    assert r.object == "list" and [d.index for d in r.data] == [0, 1], r
+    first, second = (d.embedding for d in r.data)
+    assert len(first) == len(second) > 8, len(first)
+    assert abs(sum(x * x for x in first) - 1.0) < 1e-3, "normalised"
+    assert first != second
+    assert r.usage.prompt_tokens == r.usage.total_tokens > 2
+    floats = client.embeddings.create(model=MODEL, input="Clay", encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, second)) < 1e-5
+    cut = client.embeddings.create(model=MODEL, input=[[1, 2, 3]], dimensions=8)
+    assert len(cut.data[0].embedding) == 8
+    for bad in [dict(input=[]), dict(input="x", dimensions=100000)]:
+        try:
+            client.embeddings.create(model=MODEL, **bad)
+        except openai.BadRequestError:
+            pass
+        else:
+            raise AssertionError(f"no BadRequestError for {bad}")
+
+
 def check_bad_request():
     try:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)

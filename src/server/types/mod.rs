@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod common;
 pub mod completion;
+pub mod embeddings;
 pub mod images;
 pub mod responses;
 pub mod service;
