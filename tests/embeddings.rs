@@ -133,3 +133,18 @@ fn a_base_model_saved_alone_serves_embeddings() {
         assert!(max_abs_diff(e, &case.embedding) < 1e-4, "prompt {i}");
     }
 }
+
+/// A tensor-parallel engine refuses embedding requests up front (a clear error, nothing
+/// else disturbed) and keeps generating.
+#[test]
+fn tensor_parallel_engines_refuse_embeddings_clearly() {
+    let mut engine = engine("qwen3", &["--tensor-parallel-size", "2"]);
+    assert!(!engine.supports_embeddings());
+    let prompt = reference().prompts[0].prompt_ids.clone();
+    let err = engine
+        .add_request(1, prompt.clone(), embed(None))
+        .unwrap_err();
+    assert!(err.to_string().contains("tensor parallelism"), "{err}");
+    let outs = run_all(&mut engine, vec![(2, prompt, greedy(4))]);
+    assert_eq!(outs[&2].token_ids.len(), 4);
+}

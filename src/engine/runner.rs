@@ -98,6 +98,10 @@ pub trait Runner: Send {
     fn hidden_rows(&mut self, _input: &StepInput) -> Result<Vec<f32>> {
         anyhow::bail!("this runner does not return hidden states (tensor parallelism)")
     }
+    /// Whether [`Runner::hidden_rows`] works (embedding requests are refused otherwise).
+    fn returns_hidden_rows(&self) -> bool {
+        false
+    }
     /// Whether the forward pass runs on rayon threads of this process (the CPU backend), so
     /// the engine loop should run on one of them (see `EngineHandle::spawn`).
     fn computes_on_host(&self) -> bool {
@@ -146,6 +150,10 @@ where
     fn hidden_rows(&mut self, input: &StepInput) -> Result<Vec<f32>> {
         self.model
             .hidden_rows(&self.backend, &input.tokens, &input.layout, &mut self.cache)
+    }
+
+    fn returns_hidden_rows(&self) -> bool {
+        self.model.layout.shard.world == 1
     }
 
     fn vocab_size(&self) -> usize {
