@@ -70,6 +70,22 @@ fn embeddings_match_transformers_batched_and_alone() {
     assert!(!engine.has_work());
 }
 
+/// A prompt longer than the step's token budget runs in chunks and gives the same vector.
+#[test]
+fn long_prompts_run_in_chunks_of_the_step_budget() {
+    let cases = reference().prompts;
+    let long = &cases[2];
+    assert!(long.prompt_ids.len() > 8);
+    let mut engine = engine(
+        "qwen3",
+        &["--max-num-batched-tokens", "8", "--block-size", "4"],
+    );
+    let outs = run_all(&mut engine, vec![(1, long.prompt_ids.clone(), embed(None))]);
+    let e = outs[&1].embedding.as_ref().unwrap();
+    assert!(max_abs_diff(e, &long.embedding) < 1e-4);
+    assert_eq!(engine.kv_usage(), 0.0);
+}
+
 /// Embedding requests with the KV cache nearly full wait for blocks instead of failing.
 #[test]
 fn embeddings_wait_for_blocks() {

@@ -68,20 +68,7 @@ impl EmbeddingQueue {
             let n = blocks.blocks_for(seq.tokens.len());
             seq.block_table = blocks.allocate(n).expect("free blocks counted above");
         }
-        let work: Vec<(&Sequence, ScheduledSeq)> = batch
-            .iter()
-            .map(|seq| {
-                let step = ScheduledSeq {
-                    id: seq.id,
-                    start: 0,
-                    len: seq.tokens.len(),
-                    samples: true,
-                };
-                (seq, step)
-            })
-            .collect();
-        let input = StepInput::build(&work, blocks.block_size());
-        let hidden = runner.hidden_rows(&input);
+        let hidden = forward(runner, &batch, blocks.block_size(), token_budget);
         for seq in &batch {
             blocks.release(&seq.block_table);
         }
@@ -111,6 +98,44 @@ impl EmbeddingQueue {
                 (seq.id, out)
             })
             .collect())
+    }
+}
+
+/// The batch's last-token hidden states, in one forward pass; a lone prompt longer than the
+/// step's token budget runs in chunks of the budget, as its prefill would (the earlier
+/// chunks only write their KV), so no pass holds more activations than a generation step.
+fn forward(
+    runner: &mut dyn Runner,
+    batch: &[Sequence],
+    block_size: usize,
+    token_budget: usize,
+) -> Result<Vec<f32>> {
+    let chunk = match batch {
+        [seq] if seq.tokens.len() > token_budget => token_budget.max(1),
+        _ => usize::MAX,
+    };
+    let mut start = 0;
+    loop {
+        let mut last = true;
+        let work: Vec<(&Sequence, ScheduledSeq)> = batch
+            .iter()
+            .map(|seq| {
+                let len = chunk.min(seq.tokens.len() - start);
+                last &= start + len == seq.tokens.len();
+                let step = ScheduledSeq {
+                    id: seq.id,
+                    start,
+                    len,
+                    samples: start + len == seq.tokens.len(),
+                };
+                (seq, step)
+            })
+            .collect();
+        let hidden = runner.hidden_rows(&StepInput::build(&work, block_size))?;
+        if last {
+            return Ok(hidden);
+        }
+        start += chunk;
     }
 }
 
