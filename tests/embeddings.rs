@@ -150,17 +150,29 @@ fn a_base_model_saved_alone_serves_embeddings() {
     }
 }
 
-/// A tensor-parallel engine refuses embedding requests up front (a clear error, nothing
-/// else disturbed) and keeps generating.
+/// Tensor-parallel engines give the same vectors (every rank holds the all-reduced rows).
 #[test]
-fn tensor_parallel_engines_refuse_embeddings_clearly() {
-    let mut engine = engine("qwen3", &["--tensor-parallel-size", "2"]);
-    assert!(!engine.supports_embeddings());
-    let prompt = reference().prompts[0].prompt_ids.clone();
-    let err = engine
-        .add_request(1, prompt.clone(), embed(None))
-        .unwrap_err();
-    assert!(err.to_string().contains("tensor parallelism"), "{err}");
-    let outs = run_all(&mut engine, vec![(2, prompt, greedy(4))]);
-    assert_eq!(outs[&2].token_ids.len(), 4);
+fn tensor_parallel_engines_give_the_same_embeddings() {
+    let cases = reference().prompts;
+    for tp in ["2", "4"] {
+        let mut engine = engine(
+            "qwen3",
+            &["--tensor-parallel-size", tp, "--block-size", "4"],
+        );
+        let mut reqs: Vec<_> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as u64, c.prompt_ids.clone(), embed(None)))
+            .collect();
+        reqs.push((9, cases[0].prompt_ids.clone(), greedy(4)));
+        let outs = run_all(&mut engine, reqs);
+        for (i, case) in cases.iter().enumerate() {
+            let e = outs[&(i as u64)].embedding.as_ref().unwrap();
+            assert!(
+                max_abs_diff(e, &case.embedding) < 1e-4,
+                "tp {tp} prompt {i}"
+            );
+        }
+        assert_eq!(outs[&9].token_ids.len(), 4);
+    }
 }

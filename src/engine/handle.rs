@@ -70,8 +70,6 @@ pub struct ModelInfo {
     pub max_model_len: usize,
     pub vocab_size: usize,
     pub description: String,
-    /// Whether embedding requests can run.
-    pub supports_embeddings: bool,
 }
 
 #[derive(Clone)]
@@ -166,7 +164,6 @@ impl EngineHandle {
             max_model_len: engine.config().max_model_len,
             vocab_size: engine.vocab_size(),
             description: engine.describe(),
-            supports_embeddings: engine.supports_embeddings(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(EngineStats::default());
@@ -212,14 +209,6 @@ impl EngineHandle {
             self.info.max_model_len,
             self.info.vocab_size,
         )?;
-        if params.pooling.is_some() && !self.info.supports_embeddings {
-            return Err(RequestError::InvalidParam(
-                crate::engine::params::ParamError {
-                    param: "input",
-                    message: super::llm_engine::EMBEDDINGS_UNSUPPORTED.into(),
-                },
-            ));
-        }
         // Compiled here, on the caller's thread: an error is the caller's, reported now, and
         // the engine loop never stalls on a grammar.
         let constraint = compile_structure(&self.info.tokenizer, &params, self.info.vocab_size)?;

@@ -34,10 +34,6 @@ pub struct EngineConfig {
     pub seed: u64,
 }
 
-/// Why an embedding request is refused where the runner cannot return hidden states.
-pub const EMBEDDINGS_UNSUPPORTED: &str =
-    "embeddings are not available with tensor parallelism (serve with --tensor-parallel-size 1)";
-
 /// Why a request was refused before it started.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -180,11 +176,6 @@ impl LlmEngine {
         self.runner.vocab_size()
     }
 
-    /// Whether embedding requests can run (not with tensor parallelism yet).
-    pub fn supports_embeddings(&self) -> bool {
-        self.runner.returns_hidden_rows()
-    }
-
     pub fn describe(&self) -> String {
         self.runner.describe()
     }
@@ -253,12 +244,6 @@ impl LlmEngine {
             self.runner.vocab_size(),
         )?;
         if params.pooling.is_some() {
-            if !self.supports_embeddings() {
-                return Err(RequestError::InvalidParam(ParamError {
-                    param: "input",
-                    message: EMBEDDINGS_UNSUPPORTED.into(),
-                }));
-            }
             // Nothing to sample: the prompt's hidden state is the output.
             self.embeddings.push(id, prompt, params);
             return Ok(());

@@ -96,11 +96,7 @@ pub trait Runner: Send {
     /// The final hidden state of each logits row of `input` (f32 `[rows, hidden]`), for
     /// embedding requests; the KV it writes is scratch.
     fn hidden_rows(&mut self, _input: &StepInput) -> Result<Vec<f32>> {
-        anyhow::bail!("this runner does not return hidden states (tensor parallelism)")
-    }
-    /// Whether [`Runner::hidden_rows`] works (embedding requests are refused otherwise).
-    fn returns_hidden_rows(&self) -> bool {
-        false
+        anyhow::bail!("{} returns no hidden states", self.describe())
     }
     /// Whether the forward pass runs on rayon threads of this process (the CPU backend), so
     /// the engine loop should run on one of them (see `EngineHandle::spawn`).
@@ -148,12 +144,13 @@ where
     }
 
     fn hidden_rows(&mut self, input: &StepInput) -> Result<Vec<f32>> {
-        self.model
-            .hidden_rows(&self.backend, &input.tokens, &input.layout, &mut self.cache)
-    }
-
-    fn returns_hidden_rows(&self) -> bool {
-        self.model.layout.shard.world == 1
+        self.model.hidden_rows(
+            &self.backend,
+            &input.tokens,
+            &input.layout,
+            &mut self.cache,
+            &crate::parallel::SingleRank,
+        )
     }
 
     fn vocab_size(&self) -> usize {

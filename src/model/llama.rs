@@ -735,20 +735,19 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// The last hidden state (after the final norm) of each of `batch.logits_rows`, f32
-    /// `[rows, hidden]` row-major: what embedding models pool. Unsharded models only.
+    /// `[rows, hidden]` row-major: what embedding models pool. On a tensor-parallel rank
+    /// (every rank calls this with its `comm`) each rank gets the whole rows: the layers'
+    /// outputs are all-reduced.
     pub fn hidden_rows(
         &self,
         be: &B,
         tokens: &[u32],
         batch: &BatchLayout,
         cache: &mut B::KvCache,
+        comm: &dyn Communicator<B>,
     ) -> Result<Vec<f32>> {
-        anyhow::ensure!(
-            self.layout.shard.world == 1,
-            "hidden states of a tensor-parallel model are not supported"
-        );
         let meta = be.prepare_batch(batch)?;
-        let x = self.final_hidden(be, &meta, tokens, batch, cache, &SingleRank)?;
+        let x = self.final_hidden(be, &meta, tokens, batch, cache, comm)?;
         be.to_host_f32(&x)
     }
 

@@ -53,6 +53,8 @@ enum Command {
     MeasureMemory,
     Allocate(usize),
     Step(Arc<StepInput>),
+    /// The final hidden states of the step's logits rows (embedding requests).
+    Hidden(Arc<StepInput>),
     AllocatorStats,
 }
 
@@ -214,6 +216,18 @@ impl Runner for TpRunner {
         ))
     }
 
+    /// Every rank computes the whole rows (the layers' outputs are all-reduced); rank 0's
+    /// are returned.
+    fn hidden_rows(&mut self, input: &StepInput) -> Result<Vec<f32>> {
+        let shared = Arc::new(input.clone());
+        self.broadcast(|| Command::Hidden(shared.clone()))?;
+        let mut rows = self.collect(|r| match r {
+            Reply::Logits(h) => Ok(h),
+            _ => Err(anyhow!("unexpected reply to a hidden-state step")),
+        })?;
+        Ok(rows.swap_remove(0))
+    }
+
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }
@@ -324,6 +338,20 @@ impl<B: Backend> RankJob<B> {
                     Some(cache) => self
                         .guarded(|| {
                             model.forward(
+                                &be,
+                                &input.tokens,
+                                &input.layout,
+                                cache,
+                                self.comm.as_ref(),
+                            )
+                        })
+                        .map(Reply::Logits),
+                },
+                Command::Hidden(input) => match cache.as_mut() {
+                    None => Err(anyhow!("step before the KV cache was allocated")),
+                    Some(cache) => self
+                        .guarded(|| {
+                            model.hidden_rows(
                                 &be,
                                 &input.tokens,
                                 &input.layout,
