@@ -52,10 +52,17 @@ pub struct TpSpec<B: Backend> {
 enum Command {
     MeasureMemory,
     Allocate(usize),
-    Step(Arc<StepInput>),
-    /// The final hidden states of the step's logits rows (embedding requests).
-    Hidden(Arc<StepInput>),
+    Step(Arc<StepInput>, Rows),
     AllocatorStats,
+}
+
+/// What a step returns for its logits rows.
+#[derive(Clone, Copy)]
+enum Rows {
+    /// The rank's vocabulary slice of the logits.
+    Logits,
+    /// The final hidden states (embedding requests): whole on every rank.
+    Hidden,
 }
 
 enum Reply {
@@ -204,7 +211,7 @@ impl Runner for TpRunner {
     fn execute(&mut self, input: &StepInput) -> Result<StepOutput> {
         // The step is shared by reference count, not copied per rank.
         let shared = Arc::new(input.clone());
-        self.broadcast(|| Command::Step(shared.clone()))?;
+        self.broadcast(|| Command::Step(shared.clone(), Rows::Logits))?;
         let parts = self.collect(|r| match r {
             Reply::Logits(l) => Ok(l),
             _ => Err(anyhow!("unexpected reply to a step")),
@@ -220,7 +227,7 @@ impl Runner for TpRunner {
     /// are returned.
     fn hidden_rows(&mut self, input: &StepInput) -> Result<Vec<f32>> {
         let shared = Arc::new(input.clone());
-        self.broadcast(|| Command::Hidden(shared.clone()))?;
+        self.broadcast(|| Command::Step(shared.clone(), Rows::Hidden))?;
         let mut rows = self.collect(|r| match r {
             Reply::Logits(h) => Ok(h),
             _ => Err(anyhow!("unexpected reply to a hidden-state step")),
@@ -333,31 +340,16 @@ impl<B: Backend> RankJob<B> {
                         cache = Some(c);
                         Reply::Ready
                     }),
-                Command::Step(input) => match cache.as_mut() {
+                Command::Step(input, rows) => match cache.as_mut() {
                     None => Err(anyhow!("step before the KV cache was allocated")),
                     Some(cache) => self
                         .guarded(|| {
-                            model.forward(
-                                &be,
-                                &input.tokens,
-                                &input.layout,
-                                cache,
-                                self.comm.as_ref(),
-                            )
-                        })
-                        .map(Reply::Logits),
-                },
-                Command::Hidden(input) => match cache.as_mut() {
-                    None => Err(anyhow!("step before the KV cache was allocated")),
-                    Some(cache) => self
-                        .guarded(|| {
-                            model.hidden_rows(
-                                &be,
-                                &input.tokens,
-                                &input.layout,
-                                cache,
-                                self.comm.as_ref(),
-                            )
+                            let (tokens, layout, comm) =
+                                (&input.tokens, &input.layout, self.comm.as_ref());
+                            match rows {
+                                Rows::Logits => model.forward(&be, tokens, layout, cache, comm),
+                                Rows::Hidden => model.hidden_rows(&be, tokens, layout, cache, comm),
+                            }
                         })
                         .map(Reply::Logits),
                 },
