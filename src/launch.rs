@@ -511,6 +511,15 @@ pub(crate) fn engine_with_runner(
         .as_deref()
         .map(crate::engine::ngram::NgramConfig::from_json)
         .transpose()?;
+    if let Some(s) = &speculation {
+        tracing::info!(
+            "speculative decoding: up to {} drafted tokens per step by prompt lookup \
+             ({}..={}-token suffixes)",
+            s.num_speculative_tokens,
+            s.prompt_lookup_min,
+            s.prompt_lookup_max
+        );
+    }
     engine.set_speculation(speculation);
     Ok(engine)
 }
