@@ -1,7 +1,8 @@
 //! `kiln check-reference`: runs a reference fixture (`tests/fixtures/<arch>`, made with HF
 //! transformers by scripts/make_fixtures.py) on a device and compares the last prompt token's
 //! logits and the 32-token greedy continuations, one prompt at a time and all batched, with
-//! the fixture's `reference.json`. Exit status 1 on any mismatch: this is how a GPU run is
+//! the fixture's `reference.json` (and its embeddings with `embeddings.json`, where it has
+//! one). Exit status 1 on any mismatch: this is how a GPU run is
 //! proved to give the CPU reference's tokens.
 
 use crate::backend::cuda::{device_count, CudaBackend};
@@ -187,7 +188,7 @@ where
         });
     }
     let handle = EngineHandle::spawn(into_engine(loaded, args)?, 0);
-    let outcome = greedy_rows(&handle, &expected);
+    let outcome = engine_rows(&handle, &expected, dir, dtype);
     handle.shutdown();
     rows.extend(outcome?);
     Ok(CheckReport::new(dir, device, dtype, rows))
@@ -204,10 +205,23 @@ fn compare_sharded(args: &EngineArgs, reference: &Reference, dir: &str) -> Resul
     };
     let expected = expected(reference, dtype)?;
     let handle = EngineHandle::spawn(engine, 0);
-    let outcome = greedy_rows(&handle, &expected);
+    let outcome = engine_rows(&handle, &expected, dir, dtype);
     handle.shutdown();
     let rows = outcome?;
     Ok(CheckReport::new(dir, device, dtype, rows))
+}
+
+/// The checks through the engine: greedy continuations, then embeddings where the fixture
+/// has references for them.
+fn engine_rows(
+    handle: &EngineHandle,
+    expected: &[Expected<'_>],
+    dir: &str,
+    dtype: DType,
+) -> Result<Vec<CheckRow>> {
+    let mut rows = greedy_rows(handle, expected)?;
+    rows.extend(embedding_rows(handle, dir, dtype)?);
+    Ok(rows)
 }
 
 /// Greedy continuations through the engine, one prompt at a time, then all at once.
@@ -232,6 +246,68 @@ fn greedy_rows(handle: &EngineHandle, expected: &[Expected<'_>]) -> Result<Vec<C
     for (i, (stream, e)) in streams.into_iter().zip(expected).enumerate() {
         let out = stream.collect_blocking().map_err(anyhow::Error::msg)?;
         rows.push(token_row("greedy_batched", i, e, &out.token_ids));
+    }
+    Ok(rows)
+}
+
+/// A fixture's embedding references (`embeddings.json`: transformers' last-token hidden
+/// states, L2-normalised, from float32): each prompt's vector through the engine, all at
+/// once. float32 must match within 1e-4; a 16-bit run, whose rounding moves every value,
+/// must point the same way (cosine similarity at least 0.99). None without the file.
+fn embedding_rows(handle: &EngineHandle, dir: &str, dtype: DType) -> Result<Vec<CheckRow>> {
+    #[derive(Deserialize)]
+    struct Embeddings {
+        prompts: Vec<EmbeddingCase>,
+    }
+    #[derive(Deserialize)]
+    struct EmbeddingCase {
+        prompt_ids: Vec<u32>,
+        embedding: Vec<f32>,
+    }
+    let path = std::path::Path::new(dir).join("embeddings.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Vec::new());
+    };
+    let reference: Embeddings =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let params = SamplingParams {
+        pooling: Some(crate::engine::params::Pooling {
+            dimensions: None,
+            normalize: true,
+        }),
+        ..SamplingParams::default()
+    };
+    let streams = reference
+        .prompts
+        .iter()
+        .map(|c| handle.submit(c.prompt_ids.clone(), params.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rows = Vec::new();
+    for (i, (stream, case)) in streams.into_iter().zip(&reference.prompts).enumerate() {
+        let out = stream.collect_blocking().map_err(anyhow::Error::msg)?;
+        let got = out
+            .embedding
+            .context("an embedding request returned no vector")?;
+        let (value, limit, ok) = if dtype == DType::F32 {
+            let diff = max_abs_diff(&got, &case.embedding)? as f64;
+            (diff, 1e-4, diff <= 1e-4)
+        } else {
+            anyhow::ensure!(got.len() == case.embedding.len(), "embedding width differs");
+            let cos: f64 = got
+                .iter()
+                .zip(&case.embedding)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            (cos, 0.99, cos >= 0.99)
+        };
+        rows.push(CheckRow {
+            check: "embedding".into(),
+            prompt: i,
+            value,
+            limit,
+            ok,
+            note: format!("{} values", got.len()),
+        });
     }
     Ok(rows)
 }
