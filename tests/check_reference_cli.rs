@@ -24,8 +24,23 @@ fn every_fixture_passes_on_the_cpu_in_f32_and_bf16() {
             ]);
             let report = check(&args).unwrap();
             assert_eq!(report.device, "cpu");
-            // 3 prompts: logits, greedy alone, greedy batched.
-            assert_eq!(report.rows.len(), 9, "{arch} {dtype}");
+            // 3 prompts: logits, greedy alone, greedy batched; and their embeddings where
+            // the fixture has references for them (qwen3).
+            let embeddings = if dir.join("embeddings.json").exists() {
+                3
+            } else {
+                0
+            };
+            assert_eq!(report.rows.len(), 9 + embeddings, "{arch} {dtype}");
+            assert_eq!(
+                report
+                    .rows
+                    .iter()
+                    .filter(|r| r.check == "embedding")
+                    .count(),
+                embeddings,
+                "{arch} {dtype}"
+            );
             assert!(report.ok, "{arch} {dtype}: {:#?}", report.rows);
         }
     }
