@@ -246,12 +246,10 @@ fn route_sigmoid_grouped(
                 members.sort_by(|a, b| b.total_cmp(a));
                 members.iter().take(2).sum::<f32>()
             };
-            let mut order: Vec<usize> = (0..groups).collect();
-            let ranks: Vec<f32> = order.iter().map(|&grp| group_score(grp)).collect();
-            order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
-            let kept = &order[..g.top_groups.clamp(1, groups)];
+            let ranks: Vec<f32> = (0..groups).map(group_score).collect();
+            let kept = kept_groups(&ranks, g.top_groups);
             for (e, c) in choice.iter_mut().enumerate() {
-                if !kept.contains(&(e / per_group)) {
+                if !kept[e / per_group] {
                     *c = 0.0;
                 }
             }
@@ -271,6 +269,17 @@ fn route_sigmoid_grouped(
         }
     }
     routes
+}
+
+/// Per group, whether it is among the `top` best by `ranks` (ties to the lower group).
+fn kept_groups(ranks: &[f32], top: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..ranks.len()).collect();
+    order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
+    let mut kept = vec![false; ranks.len()];
+    for &grp in &order[..top.clamp(1, ranks.len())] {
+        kept[grp] = true;
+    }
+    kept
 }
 
 /// [`route`] for [`RouterScoring::SoftmaxGrouped`], as DeepSeek-V2's `group_limited_greedy`:
@@ -300,12 +309,7 @@ fn route_softmax_grouped(
                     .fold(f32::NEG_INFINITY, f32::max)
             };
             let ranks: Vec<f32> = (0..groups).map(best).collect();
-            let mut order: Vec<usize> = (0..groups).collect();
-            order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
-            kept_group = vec![false; groups];
-            for &grp in &order[..g.top_groups.clamp(1, groups)] {
-                kept_group[grp] = true;
-            }
+            kept_group = kept_groups(&ranks, g.top_groups);
         }
         let mut order: Vec<usize> = (0..num_experts)
             .filter(|&e| kept_group[(e / per_group.max(1)).min(groups - 1)])
