@@ -1218,6 +1218,9 @@ def main() -> None:
         build_fp8_fixture(prompts)
     if args.only in (None, "qwen3", "qwen3_embeddings"):
         build_embedding_reference("qwen3")
+    import int_quant_fixtures
+
+    int_quant_fixtures.build(args.only, FIXTURES_DIR, prompts, write_quantized_reference)
     if not args.skip_demo and args.only is None:
         build_demo(tokenizer)
 

@@ -22,6 +22,7 @@ use crate::engine::{EngineConfig, LlmEngine};
 use crate::model::base_model_weights::BaseModelWeights;
 use crate::model::config::{ModelConfig, Quantization};
 use crate::model::fp8::Fp8Weights;
+use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
 use crate::model::source::{self, ModelFiles};
@@ -319,10 +320,6 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 files.name
             );
             let files_source = SafetensorsWeights::open(&files.weights)?;
-            let fp8 = config.quantization == Some(Quantization::Fp8);
-            if fp8 {
-                tracing::info!("FP8 checkpoint: weights are expanded to {dtype} as they load");
-            }
             let bare = BaseModelWeights::applies_to(&files_source);
             if bare {
                 tracing::info!(
@@ -331,17 +328,28 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                     files.name
                 );
             }
-            match (config.nested_language_model, fp8, bare) {
-                (true, true, _) => {
-                    Arc::new(Fp8Weights::new(LanguageModelWeights::wrap(files_source)?))
+            // Names first (where the checkpoint keeps the text model's weights), then the
+            // expansion of quantized weights under those names.
+            let named: Box<dyn WeightSource + Send + Sync> = if config.nested_language_model {
+                Box::new(LanguageModelWeights::wrap(files_source)?)
+            } else if bare {
+                Box::new(BaseModelWeights::wrap(files_source))
+            } else {
+                Box::new(files_source)
+            };
+            match &config.quantization {
+                Some(Quantization::Fp8) => {
+                    tracing::info!("FP8 checkpoint: weights are expanded to {dtype} as they load");
+                    Arc::new(Fp8Weights::new(named))
                 }
-                (true, false, _) => Arc::new(LanguageModelWeights::wrap(files_source)?),
-                (false, true, true) => {
-                    Arc::new(Fp8Weights::new(BaseModelWeights::wrap(files_source)))
+                Some(Quantization::Int(scheme)) => {
+                    tracing::info!(
+                        "integer-quantized checkpoint ({scheme:?}): weights are expanded to \
+                         {dtype} as they load"
+                    );
+                    Arc::new(IntQuantWeights::new(named, scheme.clone()))
                 }
-                (false, false, true) => Arc::new(BaseModelWeights::wrap(files_source)),
-                (false, true, false) => Arc::new(Fp8Weights::new(files_source)),
-                (false, false, false) => Arc::new(files_source),
+                Some(Quantization::Mxfp4) | None => Arc::from(named),
             }
         }
     };

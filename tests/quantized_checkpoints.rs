@@ -1,13 +1,21 @@
-//! Quantized checkpoints, expanded to the model dtype at load, against what transformers
-//! computes from the same files (it unpacks them itself): gpt-oss's experts packed as
-//! MXFP4 the way OpenAI ships them, and an FP8 checkpoint with 32 x 32 block scales in
-//! compressed-tensors' float-quantized format (Qwen3-FP8's and DeepSeek's layout). Both
-//! fixtures are an unquantized fixture, quantized (scripts/make_fixtures.py).
+//! Quantized checkpoints, expanded to the model dtype at load, against references computed
+//! by the code of the projects that define each format: gpt-oss's experts packed as MXFP4
+//! the way OpenAI ships them, an FP8 checkpoint with 32 x 32 block scales in
+//! compressed-tensors' float-quantized format (Qwen3-FP8's and DeepSeek's layout), and
+//! transformers unpacking them; a compressed-tensors pack-quantized checkpoint (4-bit
+//! groups and 8-bit channels), loaded by transformers; a GPTQ one with `desc_act`, computed
+//! by AutoGPTQ's own modules; an AWQ one, unpacked by AutoAWQ's own code. Each fixture is an
+//! unquantized fixture, quantized (scripts/make_fixtures.py, scripts/int_quant_fixtures.py).
+//! `packed_int` adds single weights at the other bit widths, with their projects' unpacking.
 
 mod common;
 
 use common::{fixture, load, max_abs_diff};
+use kiln::backend::DType;
+use kiln::model::int_quant::{IntQuantWeights, IntScheme};
+use kiln::model::weights::{SafetensorsWeights, WeightSource};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -47,4 +55,116 @@ fn packed_experts_unpack_as_transformers_unpacks_them() {
 #[test]
 fn fp8_block_scaled_weights_expand_as_transformers_expands_them() {
     matches_transformers("qwen3_fp8", "qwen3");
+}
+
+#[test]
+fn gptq_act_order_weights_expand_as_autogptq_computes_them() {
+    matches_transformers("llama_gptq", "llama");
+}
+
+#[test]
+fn awq_weights_expand_as_autoawq_unpacks_them() {
+    matches_transformers("qwen2_awq", "qwen2");
+}
+
+#[test]
+fn pack_quantized_weights_expand_as_transformers_expands_them() {
+    matches_transformers("qwen3_w4a16", "qwen3");
+}
+
+#[derive(Deserialize)]
+struct Case {
+    format: String,
+    bits: u32,
+    group_size: Option<i64>,
+    shape: [usize; 2],
+}
+
+/// A source without some of its tensors (a GPTQ checkpoint saved without `g_idx`).
+struct Without<S> {
+    inner: S,
+    hidden: &'static str,
+}
+
+impl<S: WeightSource> WeightSource for Without<S> {
+    fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> anyhow::Result<candle_core::Tensor> {
+        self.inner.tensor(name, shape, dtype)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        !name.ends_with(self.hidden) && self.inner.contains(name)
+    }
+
+    fn shape_of(&self, name: &str) -> anyhow::Result<Vec<usize>> {
+        self.inner.shape_of(name)
+    }
+
+    fn words(&self, name: &str) -> anyhow::Result<(Vec<usize>, Vec<u32>)> {
+        self.inner.words(name)
+    }
+}
+
+fn expanded(
+    source: impl WeightSource,
+    scheme: IntScheme,
+    case: &str,
+    shape: [usize; 2],
+) -> Vec<f32> {
+    IntQuantWeights::new(source, scheme)
+        .tensor(&format!("{case}.weight"), &shape, DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Every bit width and layout the model fixtures do not reach, weight by weight, exactly as
+/// AutoGPTQ, AutoAWQ and compressed-tensors unpack them.
+#[test]
+fn packed_weights_of_every_width_expand_as_their_projects_unpack_them() {
+    let dir = fixture("packed_int");
+    let cases: BTreeMap<String, Case> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let file = || SafetensorsWeights::open(&[dir.join("cases.safetensors")]).unwrap();
+    assert_eq!(cases.len(), 7);
+    for (name, case) in &cases {
+        let group_size = case.group_size.filter(|&g| g > 0).map(|g| g as usize);
+        let scheme = match case.format.as_str() {
+            "gptq" => IntScheme::Gptq {
+                bits: case.bits,
+                group_size,
+                zero_offset: 1,
+            },
+            "awq" => IntScheme::Awq { group_size },
+            "pack-quantized" => IntScheme::PackQuantized {
+                bits: vec![case.bits],
+                group_sizes: group_size.into_iter().collect(),
+            },
+            other => panic!("{other}"),
+        };
+        let expected: Vec<f32> = file()
+            .tensor(&format!("{name}.expected"), &case.shape, DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let ours = expanded(file(), scheme.clone(), name, case.shape);
+        let diff = max_abs_diff(&ours, &expected);
+        assert!(diff <= 1e-6, "{name}: max abs diff {diff}");
+        if name == "gptq_2bit" {
+            // Saved without g_idx, its groups are runs of group_size inputs: the same weight.
+            let bare = Without {
+                inner: file(),
+                hidden: "g_idx",
+            };
+            assert_eq!(expanded(bare, scheme, name, case.shape), ours);
+        }
+    }
 }

@@ -116,6 +116,40 @@ fn sharded_logits_equal_one_rank_for_every_architecture_and_size() {
     }
 }
 
+/// Quantized checkpoints shard after their weights expand: GPTQ's `desc_act` groups scatter
+/// over every input, so a row-parallel rank's inputs take their groups' scales from the
+/// whole. Each size matches the fixture's transformers reference.
+#[test]
+fn quantized_checkpoints_shard_like_unquantized_ones() {
+    for name in ["llama_gptq", "qwen2_awq", "qwen3_w4a16", "qwen3_fp8"] {
+        let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ids = |p: &serde_json::Value| -> Vec<u32> {
+            serde_json::from_value(p["prompt_ids"].clone()).unwrap()
+        };
+        let prompts: Vec<Vec<u32>> = r["prompts"].as_array().unwrap().iter().map(ids).collect();
+        let slices: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        let input = prefill(&slices);
+        for world in [2, 4] {
+            let got = tp_runner(name, "float32", world)
+                .execute(&input)
+                .unwrap()
+                .logits;
+            let vocab = got.len() / prompts.len();
+            for (p, row) in r["prompts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(got.chunks(vocab))
+            {
+                let want: Vec<f32> = serde_json::from_value(p["last_logits"].clone()).unwrap();
+                let diff = max_abs_diff(row, &want);
+                assert!(diff < 1e-3, "{name} TP={world} vs its reference: {diff}");
+            }
+        }
+    }
+}
+
 /// bf16 ranks round their partial sums to bf16 before the all-reduce adds them, one rounding
 /// more than TP = 1: at these fixtures' logit magnitudes (16-32, one bf16 ulp = 0.125) that
 /// stays within two ulps.

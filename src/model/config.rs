@@ -1,5 +1,6 @@
 //! The model config (HF `config.json`), reduced to what the Llama family needs.
 
+use super::int_quant::IntScheme;
 pub use crate::backend::moe::{ExpertActivation, RouterScoring};
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -578,13 +579,16 @@ pub struct GemmaConfig {
 
 /// A quantized checkpoint's format (`quantization_config`); kiln expands the weights to the
 /// model dtype as they load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Quantization {
     /// float8 e4m3 weights with `weight_scale` / `weight_scale_inv` beside them
     /// (`model/fp8.rs`): quant_method `fp8`, or compressed-tensors' `float-quantized`.
     Fp8,
     /// gpt-oss's MXFP4 experts (`model/mxfp4.rs`).
     Mxfp4,
+    /// Integer weights with group scales: GPTQ, AWQ, compressed-tensors pack-quantized
+    /// (`model/int_quant.rs`).
+    Int(IntScheme),
 }
 
 impl Quantization {
@@ -598,9 +602,15 @@ impl Quantization {
             ("fp8", _) => Quantization::Fp8,
             ("compressed-tensors", "float-quantized") => Quantization::Fp8,
             ("mxfp4", _) => Quantization::Mxfp4,
+            ("gptq", _) => Quantization::Int(gptq_scheme(config)?),
+            ("awq", _) => Quantization::Int(awq_scheme(config)?),
+            ("compressed-tensors", "pack-quantized") => {
+                Quantization::Int(pack_quantized_scheme(config)?)
+            }
             (method, format) => anyhow::bail!(
                 "quantized checkpoints of quant_method '{method}'{} are not supported (kiln \
-                 loads fp8, compressed-tensors float-quantized and mxfp4 ones)",
+                 loads fp8, gptq, awq (GEMM layout), mxfp4 and compressed-tensors \
+                 float-quantized and pack-quantized ones)",
                 if format.is_empty() {
                     String::new()
                 } else {
@@ -609,6 +619,108 @@ impl Quantization {
             ),
         }))
     }
+}
+
+/// A quantization config's `group_size`: -1 (or none) means one group over all inputs.
+fn group_size(config: &serde_json::Value) -> Option<usize> {
+    config
+        .get("group_size")
+        .and_then(|v| v.as_i64())
+        .filter(|&g| g > 0)
+        .map(|g| g as usize)
+}
+
+fn bits(config: &serde_json::Value) -> Result<u32> {
+    let bits = config
+        .get("bits")
+        .and_then(|v| v.as_u64())
+        .context("quantization_config has no integer 'bits'")?;
+    Ok(bits as u32)
+}
+
+/// GPTQ (AutoGPTQ, GPTQModel, optimum): the packed layout at 2, 3, 4 or 8 bits, in the
+/// original format (zeros stored minus one) or GPTQModel's v2.
+fn gptq_scheme(config: &serde_json::Value) -> Result<IntScheme> {
+    let bits = bits(config)?;
+    anyhow::ensure!(
+        matches!(bits, 2 | 3 | 4 | 8),
+        "GPTQ checkpoints of {bits} bits are not supported (2, 3, 4 and 8 are)"
+    );
+    let format = ["checkpoint_format", "format"]
+        .iter()
+        .find_map(|k| config.get(*k).and_then(|v| v.as_str()))
+        .unwrap_or("gptq");
+    let zero_offset = match format {
+        "gptq" => 1,
+        "gptq_v2" => 0,
+        other => anyhow::bail!(
+            "GPTQ checkpoints in the '{other}' layout are not supported (gptq and gptq_v2 are)"
+        ),
+    };
+    Ok(IntScheme::Gptq {
+        bits,
+        group_size: group_size(config),
+        zero_offset,
+    })
+}
+
+/// AWQ (AutoAWQ, llm-awq): 4-bit, zero points, the GEMM layout.
+fn awq_scheme(config: &serde_json::Value) -> Result<IntScheme> {
+    let bits = bits(config)?;
+    anyhow::ensure!(
+        bits == 4,
+        "AWQ checkpoints of {bits} bits are not supported (4 are)"
+    );
+    let version = config
+        .get("version")
+        .and_then(|v| v.as_str())
+        .unwrap_or("gemm")
+        .to_ascii_lowercase();
+    anyhow::ensure!(
+        version == "gemm",
+        "AWQ checkpoints in the '{version}' layout are not supported (gemm is)"
+    );
+    anyhow::ensure!(
+        config.get("zero_point").and_then(|v| v.as_bool()) != Some(false),
+        "AWQ checkpoints without zero points are not supported"
+    );
+    Ok(IntScheme::Awq {
+        group_size: group_size(config),
+    })
+}
+
+/// compressed-tensors pack-quantized (llm-compressor's W4A16, W8A16): integer weights;
+/// each config group's bits and group size.
+fn pack_quantized_scheme(config: &serde_json::Value) -> Result<IntScheme> {
+    let groups = config
+        .get("config_groups")
+        .and_then(|g| g.as_object())
+        .context("a pack-quantized quantization_config without config_groups")?;
+    let (mut bits, mut group_sizes) = (Vec::new(), Vec::new());
+    for (name, group) in groups {
+        // kiln would run such activations unquantized: not the model that was calibrated.
+        anyhow::ensure!(
+            group.get("input_activations").is_none_or(|a| a.is_null()),
+            "config group {name}: quantized activations are not supported (kiln loads \
+             weight-only pack-quantized checkpoints)"
+        );
+        let Some(weights) = group.get("weights").filter(|w| !w.is_null()) else {
+            continue;
+        };
+        let kind = weights
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("int");
+        anyhow::ensure!(
+            kind == "int",
+            "config group {name}: pack-quantized weights of type '{kind}' are not supported"
+        );
+        if let Some(b) = weights.get("num_bits").and_then(|b| b.as_u64()) {
+            bits.push(b as u32);
+        }
+        group_sizes.extend(group_size(weights));
+    }
+    Ok(IntScheme::PackQuantized { bits, group_sizes })
 }
 
 /// `layer_types` (Gemma 3, gpt-oss): per layer, whether it is a sliding-window one.
@@ -1222,14 +1334,62 @@ mod tests {
         let ct = with(r#"{"quant_method": "compressed-tensors", "format": "float-quantized"}"#);
         assert_eq!(ct.unwrap().quantization, Some(Quantization::Fp8));
         assert_eq!(phi3("").unwrap().quantization, None);
+        let int = |q: &str| match with(q).unwrap().quantization {
+            Some(Quantization::Int(scheme)) => scheme,
+            other => panic!("{q}: {other:?}"),
+        };
+        assert_eq!(
+            int(r#"{"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": true}"#),
+            IntScheme::Gptq {
+                bits: 4,
+                group_size: Some(128),
+                zero_offset: 1
+            }
+        );
+        assert_eq!(
+            int(
+                r#"{"quant_method": "gptq", "bits": 8, "group_size": -1, "checkpoint_format": "gptq_v2"}"#
+            ),
+            IntScheme::Gptq {
+                bits: 8,
+                group_size: None,
+                zero_offset: 0
+            }
+        );
+        assert_eq!(
+            int(r#"{"quant_method": "awq", "bits": 4, "group_size": 128, "version": "GEMM"}"#),
+            IntScheme::Awq {
+                group_size: Some(128)
+            }
+        );
+        let w4a16 = r#"{"quant_method": "compressed-tensors", "format": "pack-quantized",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4,
+            "type": "int", "symmetric": true, "strategy": "group", "group_size": 128}}}}"#;
+        assert_eq!(
+            int(w4a16),
+            IntScheme::PackQuantized {
+                bits: vec![4],
+                group_sizes: vec![128]
+            }
+        );
         for refused in [
-            r#"{"quant_method": "awq", "bits": 4}"#,
-            r#"{"quant_method": "compressed-tensors", "format": "pack-quantized"}"#,
-            r#"{"quant_method": "gptq"}"#,
+            r#"{"quant_method": "awq", "bits": 4, "version": "gemv"}"#,
+            r#"{"quant_method": "awq", "bits": 3}"#,
+            r#"{"quant_method": "awq", "bits": 4, "zero_point": false}"#,
+            r#"{"quant_method": "gptq", "bits": 5}"#,
+            r#"{"quant_method": "gptq", "bits": 4, "checkpoint_format": "marlin"}"#,
+            r#"{"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups":
+                {"g": {"weights": {"num_bits": 4, "type": "float"}}}}"#,
+            r#"{"quant_method": "compressed-tensors", "format": "marlin-24"}"#,
+            r#"{"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups":
+                {"g": {"weights": {"num_bits": 4, "type": "int"},
+                "input_activations": {"num_bits": 8, "type": "int"}}}}"#,
+            r#"{"quant_method": "bitsandbytes"}"#,
         ] {
             let err = with(refused).unwrap_err();
             assert!(format!("{err:#}").contains("not supported"), "{err:#}");
         }
+        assert!(with(r#"{"quant_method": "gptq"}"#).is_err(), "no bits");
     }
 
     #[test]

@@ -73,10 +73,7 @@ impl<S: WeightSource> WeightSource for Fp8Weights<S> {
         if self.scale_of(name).is_none() {
             return self.inner.tensor_slice(name, shape, slice, dtype);
         }
-        let full = self.tensor(name, shape, dtype)?;
-        Ok(full
-            .narrow(slice.dim, slice.range.start, slice.range.len())?
-            .contiguous()?)
+        slice.cut(&self.tensor(name, shape, dtype)?)
     }
 }
 

@@ -9,6 +9,8 @@ pub mod detokenizer;
 pub mod fp8;
 pub mod grammar;
 pub mod harmony;
+pub mod int_packing;
+pub mod int_quant;
 pub mod language_model_weights;
 pub mod llama;
 pub mod mla;

@@ -20,6 +20,12 @@ pub trait WeightSource {
         anyhow::bail!("this weight source cannot tell the shape of '{name}'")
     }
 
+    /// The raw 32-bit words of an integer tensor (int32 or uint32: packed quantized weights,
+    /// group indices) with its stored shape; float conversion would lose their bits.
+    fn words(&self, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
+        anyhow::bail!("this weight source holds no integer tensor '{name}'")
+    }
+
     /// For generated weights: how to compute the values of `name` (the part `slice`, or
     /// all of it) on the device instead of on the host. `None`: the values must be read.
     fn generated(
@@ -41,10 +47,45 @@ pub trait WeightSource {
         slice: &Slice,
         dtype: DType,
     ) -> Result<Tensor> {
-        let full = self.tensor(name, shape, dtype)?;
-        Ok(full
-            .narrow(slice.dim, slice.range.start, slice.range.len())?
-            .contiguous()?)
+        slice.cut(&self.tensor(name, shape, dtype)?)
+    }
+}
+
+/// A boxed source is a source, so wrappers can stack on whichever one a checkpoint needs.
+impl<T: WeightSource + ?Sized> WeightSource for Box<T> {
+    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        (**self).tensor(name, shape, dtype)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        (**self).contains(name)
+    }
+
+    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        (**self).shape_of(name)
+    }
+
+    fn words(&self, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
+        (**self).words(name)
+    }
+
+    fn generated(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: Option<&Slice>,
+    ) -> Option<GeneratedPart> {
+        (**self).generated(name, shape, slice)
+    }
+
+    fn tensor_slice(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        (**self).tensor_slice(name, shape, slice, dtype)
     }
 }
 
@@ -78,6 +119,10 @@ impl<S: WeightSource> WeightSource for RenamedWeights<S> {
         self.inner.shape_of(&(self.rename)(name))
     }
 
+    fn words(&self, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
+        self.inner.words(&(self.rename)(name))
+    }
+
     fn generated(
         &self,
         name: &str,
@@ -107,6 +152,13 @@ pub struct Slice {
 }
 
 impl Slice {
+    /// This part of `full`, a whole tensor already read.
+    pub fn cut(&self, full: &Tensor) -> Result<Tensor> {
+        Ok(full
+            .narrow(self.dim, self.range.start, self.range.len())?
+            .contiguous()?)
+    }
+
     /// Entry `index` of the outermost dimension (one expert of a stacked weight).
     pub fn entry(index: usize) -> Slice {
         Slice {
@@ -241,6 +293,27 @@ impl WeightSource for SafetensorsWeights {
             .get(name)
             .with_context(|| format!("loading weight '{name}'"))?;
         Ok(view.shape().to_vec())
+    }
+
+    fn words(&self, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
+        let view = self
+            .files
+            .get(name)
+            .with_context(|| format!("loading weight '{name}'"))?;
+        anyhow::ensure!(
+            matches!(
+                candle_core::DType::try_from(view.dtype()),
+                Ok(candle_core::DType::I32 | candle_core::DType::U32)
+            ),
+            "weight '{name}' is {:?}, not 32-bit integers",
+            view.dtype()
+        );
+        let words = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok((view.shape().to_vec(), words))
     }
 
     /// Copies only the part's bytes out of the mapped file, so a rank's peak host memory is
