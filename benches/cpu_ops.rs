@@ -70,6 +70,7 @@ fn ops(c: &mut Criterion) {
                 .collect(),
             block_size: bs,
             logits_rows: vec![],
+            adapters: vec![],
         };
         let meta = be.prepare_batch(&layout).unwrap();
         g.bench_with_input(BenchmarkId::new("rope", batch), &batch, |b, _| {

@@ -257,6 +257,7 @@ fn main() {
             engine: handle.clone(),
             names: vec!["kiln-demo".into()],
             root: "kiln-demo".into(),
+            adapters: Vec::new(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let options = ServeOptions {

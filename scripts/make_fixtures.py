@@ -1221,6 +1221,10 @@ def main() -> None:
     import int_quant_fixtures
 
     int_quant_fixtures.build(args.only, FIXTURES_DIR, prompts, write_quantized_reference)
+    if args.only in (None, "lora"):
+        import lora_fixtures
+
+        lora_fixtures.build(FIXTURES_DIR, prompts, greedy_reference, f32_list, write_json)
     if not args.skip_demo and args.only is None:
         build_demo(tokenizer)
 

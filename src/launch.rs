@@ -25,6 +25,7 @@ use crate::model::fp8::Fp8Weights;
 use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
+use crate::model::lora::load_adapter;
 use crate::model::source::{self, ModelFiles};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{DummyWeights, SafetensorsWeights, WeightSource};
@@ -124,6 +125,18 @@ pub struct EngineArgs {
     /// same text).
     #[arg(long, env = "KILN_SPECULATIVE_CONFIG")]
     pub speculative_config: Option<String>,
+    /// LoRA adapters to serve beside the base model, each `NAME=PATH` (a PEFT adapter
+    /// directory: adapter_config.json, adapter_model.safetensors) or vLLM's JSON form
+    /// `{"name": NAME, "path": PATH}`. Requests choose one by its name as their `model`.
+    #[arg(long, env = "KILN_LORA_MODULES", num_args = 1..)]
+    pub lora_modules: Vec<crate::model::lora::AdapterSpec>,
+    /// Accepted for vLLM compatibility: adapters are served whenever `--lora-modules`
+    /// names some.
+    #[arg(long, env = "KILN_ENABLE_LORA", default_value_t = false)]
+    pub enable_lora: bool,
+    /// Largest LoRA rank an adapter may have (larger ones are refused at load).
+    #[arg(long, env = "KILN_MAX_LORA_RANK", default_value_t = 64)]
+    pub max_lora_rank: usize,
     /// Share KV blocks of common prompt prefixes between requests.
     #[arg(long, env = "KILN_ENABLE_PREFIX_CACHING", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_prefix_caching: bool,
@@ -406,9 +419,25 @@ pub fn load_model_on<B: Backend>(
     }
     let started = std::time::Instant::now();
     let bar = progress_bar(config.num_layers as u64, "loading weights");
-    let model = LlamaModel::load(&backend, config, weights.as_ref(), dtype, |_| bar.inc(1))
+    let mut model = LlamaModel::load(&backend, config, weights.as_ref(), dtype, |_| bar.inc(1))
         .with_context(|| format!("loading {name} onto {}", backend.name()))?;
     bar.finish_and_clear();
+    for spec in &args.lora_modules {
+        let adapter = load_adapter(&backend, &model.config, dtype, spec, args.max_lora_rank)
+            .with_context(|| {
+                format!(
+                    "loading LoRA adapter {} from {}",
+                    spec.name,
+                    spec.path.display()
+                )
+            })?;
+        model.add_adapter(adapter)?;
+        tracing::info!(
+            "LoRA adapter {} loaded from {}",
+            spec.name,
+            spec.path.display()
+        );
+    }
     tracing::info!(
         "weights loaded in {:.2} s ({:?})",
         started.elapsed().as_secs_f64(),
@@ -589,6 +618,10 @@ pub fn pick_device(args: &EngineArgs) -> Result<Device> {
 /// the model's name.
 pub fn build_engine(args: &EngineArgs) -> Result<(LlmEngine, String)> {
     let ranks = place_ranks(args)?;
+    anyhow::ensure!(
+        ranks.len() == 1 || args.lora_modules.is_empty(),
+        "LoRA adapters (--lora-modules) are not supported with tensor parallelism yet"
+    );
     if ranks.len() > 1 {
         return tensor_parallel::engine(args, &ranks);
     }

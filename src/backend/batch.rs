@@ -14,6 +14,9 @@ pub struct BatchLayout {
     pub block_size: usize,
     /// Token rows whose logits are wanted (each sampling sequence's last token).
     pub logits_rows: Vec<usize>,
+    /// Per sequence, the LoRA adapter its request runs with: 0 for the base model, `k + 1`
+    /// for adapter `k`. Empty: every sequence runs the base model.
+    pub adapters: Vec<u32>,
 }
 
 impl BatchLayout {
@@ -46,6 +49,10 @@ impl BatchLayout {
         );
         anyhow::ensure!(self.block_tables.len() == n, "one block table per sequence");
         anyhow::ensure!(self.slots.len() == self.num_tokens(), "one slot per token");
+        anyhow::ensure!(
+            self.adapters.is_empty() || self.adapters.len() == n,
+            "one adapter entry per sequence"
+        );
         anyhow::ensure!(
             self.query_start.last() == Some(&self.num_tokens()),
             "query_start must end at num_tokens"

@@ -339,6 +339,15 @@ fn token_row(check: &str, prompt: usize, e: &Expected<'_>, got: &[u32]) -> Check
 /// Logits of the last prompt token from one prefill through a paged cache of 4-token blocks
 /// laid out in reverse, so the block table is really used.
 pub fn last_logits<B: Backend>(m: &LoadedModel<B>, ids: &[u32]) -> Result<Vec<f32>> {
+    last_logits_with_adapter(m, ids, None)
+}
+
+/// [`last_logits`] with LoRA adapter `adapter` (an index into the model's adapters).
+pub fn last_logits_with_adapter<B: Backend>(
+    m: &LoadedModel<B>,
+    ids: &[u32],
+    adapter: Option<usize>,
+) -> Result<Vec<f32>> {
     anyhow::ensure!(!ids.is_empty(), "empty prompt");
     let c = &m.model.config;
     let block_size = 4;
@@ -363,6 +372,7 @@ pub fn last_logits<B: Backend>(m: &LoadedModel<B>, ids: &[u32]) -> Result<Vec<f3
         block_tables: vec![table],
         block_size,
         logits_rows: vec![ids.len() - 1],
+        adapters: adapter.map(|a| vec![a as u32 + 1]).unwrap_or_default(),
     };
     m.model.forward(
         &m.backend,

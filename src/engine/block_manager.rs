@@ -36,6 +36,16 @@ pub fn block_hash(parent: Option<u64>, tokens: &[u32]) -> u64 {
     h.finish()
 }
 
+/// The hash chain a sequence's blocks start from: none for the base model, one per LoRA
+/// adapter (the same tokens under another adapter hold other keys and values).
+pub fn chain_root(adapter: Option<usize>) -> Option<u64> {
+    adapter.map(|a| {
+        let mut h = DefaultHasher::new();
+        ("lora adapter", a).hash(&mut h);
+        h.finish()
+    })
+}
+
 impl BlockManager {
     pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
         assert!(block_size > 0, "block_size must be positive");
@@ -72,14 +82,14 @@ impl BlockManager {
         tokens.div_ceil(self.block_size)
     }
 
-    /// Finds cached blocks for the leading full blocks of `tokens`. Returns their ids and
-    /// hashes, without taking them yet.
-    pub fn lookup_prefix(&self, tokens: &[u32]) -> (Vec<u32>, Vec<u64>) {
+    /// Finds cached blocks for the leading full blocks of `tokens`, whose hash chain starts
+    /// at `root` (see [`chain_root`]). Returns their ids and hashes, without taking them yet.
+    pub fn lookup_prefix(&self, root: Option<u64>, tokens: &[u32]) -> (Vec<u32>, Vec<u64>) {
         let (mut ids, mut hashes) = (Vec::new(), Vec::new());
         if !self.prefix_caching {
             return (ids, hashes);
         }
-        let mut parent = None;
+        let mut parent = root;
         for chunk in tokens.chunks_exact(self.block_size) {
             let h = block_hash(parent, chunk);
             match self.by_hash.get(&h) {
@@ -193,11 +203,11 @@ mod tests {
         let h1 = block_hash(Some(h0), &tokens[2..4]);
         bm.register_full(ids[0], h0, &tokens[0..2]);
         bm.register_full(ids[1], h1, &tokens[2..4]);
-        let (found, hashes) = bm.lookup_prefix(&[1, 2, 3, 4, 9, 9]);
+        let (found, hashes) = bm.lookup_prefix(None, &[1, 2, 3, 4, 9, 9]);
         assert_eq!(found, ids[0..2]);
         assert_eq!(hashes, [h0, h1]);
         // A different first block breaks the chain even if the second matches.
-        assert!(bm.lookup_prefix(&[7, 7, 3, 4]).0.is_empty());
+        assert!(bm.lookup_prefix(None, &[7, 7, 3, 4]).0.is_empty());
         bm.take_cached(&found);
         bm.release(&ids);
         // The shared blocks are still owned by the second user.
@@ -205,7 +215,7 @@ mod tests {
         bm.release(&found);
         assert_eq!(bm.num_free(), 8);
         // Freed but still cached: a new lookup revives them.
-        let (again, _) = bm.lookup_prefix(&[1, 2, 3, 4]);
+        let (again, _) = bm.lookup_prefix(None, &[1, 2, 3, 4]);
         assert_eq!(again, ids[0..2]);
         assert_eq!(bm.count_free_among(&again), 2);
     }
@@ -218,7 +228,7 @@ mod tests {
         bm.release(&ids);
         // Two fresh blocks needed: the cached one is evicted.
         let _ = bm.allocate(2).unwrap();
-        assert!(bm.lookup_prefix(&[1, 2]).0.is_empty());
+        assert!(bm.lookup_prefix(None, &[1, 2]).0.is_empty());
     }
 
     #[test]
@@ -226,6 +236,6 @@ mod tests {
         let mut bm = BlockManager::new(4, 2, false);
         let ids = bm.allocate(1).unwrap();
         bm.register_full(ids[0], block_hash(None, &[1, 2]), &[1, 2]);
-        assert!(bm.lookup_prefix(&[1, 2]).0.is_empty());
+        assert!(bm.lookup_prefix(None, &[1, 2]).0.is_empty());
     }
 }

@@ -243,6 +243,19 @@ impl LlmEngine {
             self.config.max_model_len,
             self.runner.vocab_size(),
         )?;
+        if let Some(adapter) = params.lora_adapter {
+            let loaded = self.runner.num_adapters();
+            if adapter >= loaded || params.pooling.is_some() {
+                return Err(RequestError::InvalidParam(ParamError {
+                    param: "model",
+                    message: if adapter >= loaded {
+                        format!("LoRA adapter {adapter} is not loaded ({loaded} are)")
+                    } else {
+                        "embeddings come from the base model, not a LoRA adapter".into()
+                    },
+                }));
+            }
+        }
         if params.pooling.is_some() {
             // Nothing to sample: the prompt's hidden state is the output.
             self.embeddings.push(id, prompt, params);

@@ -40,6 +40,9 @@ pub struct SamplingParams {
     /// An embedding request: nothing is generated; the prompt's pooled hidden state is the
     /// output (`RequestOutput::embedding`).
     pub pooling: Option<Pooling>,
+    /// The LoRA adapter the request runs with (an index into the engine's adapters, in
+    /// `--lora-modules` order); None: the base model.
+    pub lora_adapter: Option<usize>,
 }
 
 /// How an embedding request's prompt becomes its vector: the last token's final hidden
@@ -74,6 +77,7 @@ impl Default for SamplingParams {
             prompt_logprobs: None,
             structure: None,
             pooling: None,
+            lora_adapter: None,
         }
     }
 }

@@ -70,6 +70,15 @@ impl StepInput {
                 layout.logits_rows.push(tokens.len() - 1);
             }
         }
+        if work
+            .iter()
+            .any(|(seq, _)| seq.params.lora_adapter.is_some())
+        {
+            layout.adapters = work
+                .iter()
+                .map(|(seq, _)| seq.params.lora_adapter.map_or(0, |a| a as u32 + 1))
+                .collect();
+        }
         StepInput {
             tokens,
             layout,
@@ -86,6 +95,10 @@ pub trait Runner: Send {
     fn execute(&mut self, input: &StepInput) -> Result<StepOutput>;
     fn vocab_size(&self) -> usize;
     fn describe(&self) -> String;
+    /// How many LoRA adapters requests may name (`SamplingParams::lora_adapter`).
+    fn num_adapters(&self) -> usize {
+        0
+    }
     /// Bytes of weights a batch-1 forward pass reads (for bandwidth rooflines; a
     /// mixture-of-experts model reads only the chosen experts).
     fn weight_bytes(&self) -> u64;
@@ -155,6 +168,10 @@ where
 
     fn vocab_size(&self) -> usize {
         self.model.config.vocab_size
+    }
+
+    fn num_adapters(&self) -> usize {
+        self.model.num_adapters()
     }
 
     fn weight_bytes(&self) -> u64 {

@@ -8,7 +8,7 @@
 //! and it goes back to the front of the queue, to be recomputed later (its prefix may still be
 //! in the cache).
 
-use super::block_manager::{block_hash, BlockManager};
+use super::block_manager::{block_hash, chain_root, BlockManager};
 use super::sequence::{SeqStatus, Sequence};
 use std::collections::{HashMap, VecDeque};
 
@@ -202,7 +202,8 @@ impl Scheduler {
     /// fits in blocks.
     fn admit(&mut self, id: u64, budget: usize, out: &mut Vec<ScheduledSeq>) -> bool {
         let seq = &self.seqs[&id];
-        let (mut hits, mut hashes) = self.blocks.lookup_prefix(&seq.tokens);
+        let root = chain_root(seq.params.lora_adapter);
+        let (mut hits, mut hashes) = self.blocks.lookup_prefix(root, &seq.tokens);
         if seq.params.prompt_logprobs.is_some() {
             // Every prompt position must be computed to be scored.
             hits.clear();
@@ -252,7 +253,8 @@ impl Scheduler {
         while seq.block_hashes.len() < full {
             let b = seq.block_hashes.len();
             let tokens = &seq.tokens[b * bs..(b + 1) * bs];
-            let h = block_hash(seq.block_hashes.last().copied(), tokens);
+            let parent = seq.block_hashes.last().copied();
+            let h = block_hash(parent.or(chain_root(seq.params.lora_adapter)), tokens);
             self.blocks.register_full(seq.block_table[b], h, tokens);
             seq.block_hashes.push(h);
         }

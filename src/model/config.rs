@@ -1077,6 +1077,19 @@ impl ModelConfig {
         self.sliding_window.filter(|_| sliding)
     }
 
+    /// Factors kiln folds into weights at load: `(q rows, block output projections)`.
+    /// Granite's attention scale goes into the q rows (the attention applies
+    /// head_dim^-0.5), its residual multiplier into o_proj and down_proj; Gemma 2's query
+    /// scale into q (Gemma 3 folds it into its q norm). Anything added to those outputs (a
+    /// LoRA update) takes the same factors.
+    pub fn folded_scales(&self) -> (f64, f64) {
+        match (&self.granite, &self.gemma) {
+            (Some(g), _) => (g.attention * (self.head_dim as f64).sqrt(), g.residual),
+            (None, Some(g)) if !self.qk_norm => (g.query_scale, 1.0),
+            _ => (1.0, 1.0),
+        }
+    }
+
     pub fn q_width(&self) -> usize {
         self.num_heads * self.head_dim
     }

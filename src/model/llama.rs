@@ -5,6 +5,8 @@
 //! q/k RMS norm before RoPE (Qwen3), sliding window (Mistral), tied embeddings, RoPE scaling.
 
 use super::config::{Architecture, ModelConfig};
+use super::lora::{LoraAdapter, Site};
+use super::lora_forward::{add_updates, AdapterRows};
 use super::mla::LatentAttention;
 use super::moe::SparseMlp;
 use super::rope::rope_for;
@@ -99,6 +101,8 @@ pub struct LlamaModel<B: Backend> {
     final_softcap: Option<f32>,
     /// This rank's heads.
     attention: AttentionShape,
+    /// LoRA adapters requests may name (`BatchLayout::adapters` indexes them).
+    adapters: Vec<LoraAdapter<B::Tensor>>,
 }
 
 /// Loads one named tensor and uploads it.
@@ -303,7 +307,7 @@ fn dense_mlp<B: Backend>(
             dtype,
         )?
     };
-    let residual_scale = c.granite.as_ref().map_or(1.0, |g| g.residual);
+    let (_, residual_scale) = c.folded_scales();
     let down = load_stacked(
         be,
         src,
@@ -364,14 +368,7 @@ impl<B: Backend> LlamaModel<B> {
         let c = &config;
         let (h, q, kv, hd) = (c.hidden_size, c.q_width(), c.kv_width(), c.head_dim);
         let (q_cols, kv_cols) = (layout.q_columns(hd), layout.kv_columns(hd));
-        // Granite's attention scale goes into the q rows (the attention applies
-        // head_dim^-0.5), its residual multiplier into the blocks' output projections; so
-        // does Gemma 2's query scale (Gemma 3 folds it into its q norm).
-        let (q_scale, residual_scale) = match (&c.granite, &c.gemma) {
-            (Some(g), _) => (g.attention * (hd as f64).sqrt(), g.residual),
-            (None, Some(g)) if !c.qk_norm => (g.query_scale, 1.0),
-            _ => (1.0, 1.0),
-        };
+        let (q_scale, residual_scale) = c.folded_scales();
         let embed = load_embedding(be, src, "model.embed_tokens.weight", c, &layout, dtype)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -594,7 +591,30 @@ impl<B: Backend> LlamaModel<B> {
             logit_scale,
             final_softcap,
             attention,
+            adapters: Vec::new(),
         })
+    }
+
+    /// Adds a LoRA adapter (see `model/lora.rs`); requests reach it as adapter number
+    /// `self.num_adapters()` before the call. Adapters run on an unsharded model only.
+    pub fn add_adapter(&mut self, adapter: LoraAdapter<B::Tensor>) -> Result<()> {
+        anyhow::ensure!(
+            self.layout.shard.world == 1,
+            "LoRA adapters are not supported with tensor parallelism"
+        );
+        anyhow::ensure!(
+            adapter.layers.len() == self.layers.len(),
+            "adapter {} has {} layers, the model {}",
+            adapter.name,
+            adapter.layers.len(),
+            self.layers.len()
+        );
+        self.adapters.push(adapter);
+        Ok(())
+    }
+
+    pub fn num_adapters(&self) -> usize {
+        self.adapters.len()
     }
 
     /// Row of this rank's embedding for each token: its own rows, or the zero row for the
@@ -722,7 +742,10 @@ impl<B: Backend> LlamaModel<B> {
         // unless the backend routes this many tokens on the device.
         let routing_recordable =
             self.config.moe.is_none() || be.routes_experts_on_device(tokens.len());
-        if self.layout.shard.world == 1 && comm.world_size() == 1 && routing_recordable {
+        // Steps with adapters gather their rows on the host's say: run eagerly.
+        let base_only = batch.adapters.iter().all(|&a| a == 0);
+        if self.layout.shard.world == 1 && comm.world_size() == 1 && routing_recordable && base_only
+        {
             let mut body = |meta: &B::BatchMeta, tokens: &[u32], batch: &BatchLayout| {
                 self.logits_from_meta(be, meta, tokens, batch, cache, comm)
             };
@@ -805,15 +828,31 @@ impl<B: Backend> LlamaModel<B> {
         }
         let mut residual: Option<B::Tensor> = None;
         let eps = c.rms_norm_eps;
+        let lora = AdapterRows::of(batch);
+        if let Some(bad) = lora.adapters().find(|&a| a >= self.adapters.len()) {
+            anyhow::bail!("adapter {bad} is not loaded ({} are)", self.adapters.len());
+        }
+        // A base linear's output plus the adapters' updates of it, on their rows.
+        let adapt = |y: B::Tensor, x: &B::Tensor, i: usize, site: Site| -> Result<B::Tensor> {
+            if lora.is_empty() {
+                return Ok(y);
+            }
+            add_updates(be, &self.adapters, y, x, (i, site), &lora, self.dtype)
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             // The norms go through `add_rms_norm_linear` with the projection after them, so a
-            // device can fuse the two.
+            // device can fuse the two (not when adapters need the normed input too).
             let qkv_bias = layer.qkv_bias.as_ref();
             let qkv = match (residual.take(), &layer.input_norm) {
                 (None, Some(input_norm)) => {
                     let x = be.rms_norm(&hidden, input_norm, eps)?;
                     residual = Some(hidden);
-                    be.linear(&x, &layer.qkv, qkv_bias)?
+                    adapt(be.linear(&x, &layer.qkv, qkv_bias)?, &x, i, Site::Qkv)?
+                }
+                (Some(r), Some(input_norm)) if !lora.is_empty() => {
+                    let (x, sum) = be.add_rms_norm(hidden, r, input_norm, eps)?;
+                    residual = Some(sum);
+                    adapt(be.linear(&x, &layer.qkv, qkv_bias)?, &x, i, Site::Qkv)?
                 }
                 (Some(r), Some(input_norm)) => {
                     let norm = (input_norm, eps);
@@ -828,13 +867,24 @@ impl<B: Backend> LlamaModel<B> {
                         Some(r) => be.add_tensors(&hidden, &r)?,
                         None => hidden,
                     };
-                    let qkv = be.linear(&stream, &layer.qkv, qkv_bias)?;
+                    let qkv = adapt(
+                        be.linear(&stream, &layer.qkv, qkv_bias)?,
+                        &stream,
+                        i,
+                        Site::Qkv,
+                    )?;
                     residual = Some(stream);
                     qkv
                 }
             };
-            let attn =
-                comm.all_reduce_sum(be, self.attention_block(be, layer, i, qkv, meta, cache)?)?;
+            let attn = self.attention_block(be, layer, i, qkv, meta, cache)?;
+            let attn = adapt(
+                be.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?,
+                &attn,
+                i,
+                Site::O,
+            )?;
+            let attn = comm.all_reduce_sum(be, attn)?;
             let residual_in = residual.take().expect("set above");
             if let Some(sandwich) = &layer.sandwich {
                 // Gemma: norm the attention output, add it, norm into the MLP, norm its
@@ -851,18 +901,28 @@ impl<B: Backend> LlamaModel<B> {
                 let Mlp::Dense { gate_up, down } = &layer.mlp else {
                     anyhow::bail!("Gemma, GLM-4 and OLMo 2 layers have dense MLPs");
                 };
-                let gate_up = be.linear(normed.as_ref().unwrap_or(&sum), gate_up, None)?;
+                let x = normed.as_ref().unwrap_or(&sum);
+                let gate_up = adapt(be.linear(x, gate_up, None)?, x, i, Site::GateUp)?;
                 residual = Some(sum);
                 let act = if c.gemma.is_some() {
                     be.gelu_tanh_mul(&gate_up)?
                 } else {
                     be.silu_mul(&gate_up)?
                 };
-                let out = comm.all_reduce_sum(be, be.linear(&act, down, None)?)?;
+                let out = adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?;
+                let out = comm.all_reduce_sum(be, out)?;
                 hidden = be.rms_norm(&out, &sandwich.post_feedforward, eps)?;
                 continue;
             }
             let partial = match &layer.mlp {
+                Mlp::Dense { gate_up, down } if !lora.is_empty() => {
+                    let (x, sum) =
+                        be.add_rms_norm(attn, residual_in, &layer.post_attention_norm, eps)?;
+                    residual = Some(sum);
+                    let gate_up = adapt(be.linear(&x, gate_up, None)?, &x, i, Site::GateUp)?;
+                    let act = be.silu_mul(&gate_up)?;
+                    adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?
+                }
                 Mlp::Dense { gate_up, down } => {
                     let (act, sum) = be.add_rms_norm_swiglu(
                         attn,
@@ -908,6 +968,8 @@ impl<B: Backend> LlamaModel<B> {
         }
     }
 
+    /// The attention block up to its output projection: q/k/v split, normed and rotated,
+    /// k/v cached, attention over the cache (the caller projects and adapts the output).
     fn attention_block(
         &self,
         be: &B,
@@ -951,8 +1013,7 @@ impl<B: Backend> LlamaModel<B> {
             sliding_window: layer.sliding_window,
             ..self.attention
         };
-        let attn = be.attention(&q, cache, index, batch, &shape, layer.sinks.as_ref())?;
-        be.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())
+        be.attention(&q, cache, index, batch, &shape, layer.sinks.as_ref())
     }
 }
 

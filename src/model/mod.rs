@@ -13,6 +13,8 @@ pub mod int_packing;
 pub mod int_quant;
 pub mod language_model_weights;
 pub mod llama;
+pub mod lora;
+pub mod lora_forward;
 pub mod mla;
 pub mod moe;
 mod moe_fused;

@@ -103,6 +103,7 @@ pub fn prepare(
     }
     let n = choices(req.n)?;
     let mut params = to_params(req.sampling())?;
+    params.lora_adapter = served.adapter_for(&req.model);
     let tokenizer = served.engine.tokenizer();
     let plan = chat_tools::tool_plan(req, tokenizer.chat_template(), &|token| {
         tokenizer.token_to_id(token)

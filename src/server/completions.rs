@@ -28,7 +28,8 @@ pub async fn completions(
     let served = state.ready_for(&req.model)?;
     reject_unsupported(&req)?;
     let n = choices(req.n)?;
-    let params = to_params(req.sampling())?;
+    let mut params = to_params(req.sampling())?;
+    params.lora_adapter = served.adapter_for(&req.model);
     let prompts = tokenize_prompts(served, &req.prompt)?;
     let echo = req.echo.unwrap_or(false);
     // What `echo` prepends: the prompt as text, once per choice of that prompt.

@@ -27,6 +27,15 @@ pub async fn embeddings(
 ) -> ApiResult<Response> {
     let arrival = Instant::now();
     let served = state.ready_for(&req.model)?;
+    if served.adapter_for(&req.model).is_some() {
+        return Err(ApiError::invalid(
+            Some("model"),
+            format!(
+                "'{}' is a LoRA adapter; embeddings come from the base model",
+                req.model
+            ),
+        ));
+    }
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,

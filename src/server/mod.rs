@@ -110,10 +110,16 @@ pub fn load(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<
     } else {
         names
     };
+    let adapters = args
+        .lora_modules
+        .iter()
+        .map(|a| (a.name.clone(), a.path.display().to_string()))
+        .collect();
     Ok(Served {
         engine: EngineHandle::spawn(engine, max_queued),
         names,
         root,
+        adapters,
     })
 }
 

@@ -69,6 +69,8 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
         prompt_logprobs: f.prompt_logprobs,
         structure,
         pooling: None,
+        // Set from the request's `model` by the handler (`AppState::resolve_model`).
+        lora_adapter: None,
     };
     params.validate()?;
     Ok(params)

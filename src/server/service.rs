@@ -16,17 +16,26 @@ pub async fn models(State(state): State<SharedState>) -> ApiResult<Json<ModelLis
         return Ok(Json(image_models(&state, images)));
     }
     let served = state.ready()?;
+    let card = |id: &str, root: &str, parent: Option<String>| ModelCard {
+        id: id.to_string(),
+        object: "model",
+        created: state.started_at,
+        owned_by: "kiln",
+        root: root.to_string(),
+        max_model_len: served.engine.info().max_model_len,
+        parent,
+    };
+    let base = served.names.first().cloned();
     let data = served
         .names
         .iter()
-        .map(|name| ModelCard {
-            id: name.clone(),
-            object: "model",
-            created: state.started_at,
-            owned_by: "kiln",
-            root: served.root.clone(),
-            max_model_len: served.engine.info().max_model_len,
-        })
+        .map(|name| card(name, &served.root, None))
+        .chain(
+            served
+                .adapters
+                .iter()
+                .map(|(name, path)| card(name, path, base.clone())),
+        )
         .collect();
     Ok(Json(ModelList {
         object: "list",
@@ -63,6 +72,7 @@ fn image_models(state: &AppState, images: &ServedImages) -> ModelList {
             owned_by: "kiln",
             root: images.root.clone(),
             max_model_len: images.engine.info().max_prompt_tokens,
+            parent: None,
         })
         .collect();
     ModelList {

@@ -14,6 +14,16 @@ pub struct Served {
     pub names: Vec<String>,
     /// The model's own name or path (`root` in /v1/models).
     pub root: String,
+    /// LoRA adapters requests may name instead, `(name, path)`, in the engine's order.
+    pub adapters: Vec<(String, String)>,
+}
+
+impl Served {
+    /// The adapter a request's `model` names (an index into the engine's adapters); None
+    /// for the base model's names.
+    pub fn adapter_for(&self, model: &str) -> Option<usize> {
+        self.adapters.iter().position(|(name, _)| name == model)
+    }
 }
 
 /// The image engine and the names it answers to, when the server serves a diffusers
@@ -140,10 +150,11 @@ impl AppState {
         Ok(served)
     }
 
-    /// The engine, checking that `model` is one of the served names (404 otherwise).
+    /// The engine, checking that `model` is one of the served names or adapters (404
+    /// otherwise).
     pub fn ready_for(&self, model: &str) -> ApiResult<&Served> {
         let served = self.ready()?;
-        if !served.names.iter().any(|n| n == model) {
+        if !served.names.iter().any(|n| n == model) && served.adapter_for(model).is_none() {
             return Err(ApiError::model_not_found(model));
         }
         Ok(served)

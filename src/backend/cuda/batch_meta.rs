@@ -105,6 +105,7 @@ mod tests {
             block_tables: vec![vec![5], vec![7, 2]],
             block_size: 16,
             logits_rows: vec![2, 3],
+            adapters: Vec::new(),
         }
     }
 

@@ -166,6 +166,7 @@ mod tests {
             block_tables,
             block_size,
             logits_rows: (0..n).collect(),
+            adapters: Vec::new(),
         };
         (layout, (0..n as u32).map(|i| 100 + i).collect())
     }
@@ -248,6 +249,7 @@ mod tests {
             block_tables: vec![vec![1]],
             block_size: 16,
             logits_rows: vec![2],
+            adapters: Vec::new(),
         };
         assert!(pad_decode(&prefill, &[1, 2, 3]).is_none());
         // Token count that does not match the layout.

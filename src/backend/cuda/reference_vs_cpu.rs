@@ -47,6 +47,7 @@ fn layout() -> BatchLayout {
         block_tables: tables,
         block_size: BLOCK,
         logits_rows: vec![4, 5],
+        adapters: Vec::new(),
     }
 }
 

@@ -12,6 +12,9 @@ pub struct ModelCard {
     pub owned_by: &'static str,
     pub root: String,
     pub max_model_len: usize,
+    /// A LoRA adapter's base model (vLLM's field); absent for the base model itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

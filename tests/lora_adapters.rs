@@ -1,0 +1,186 @@
+//! LoRA adapters (PEFT format) against PEFT's own outputs: four adapters on three fixture
+//! architectures (every projection; q/v with rsLoRA on one layer; Granite's folded
+//! multipliers; Phi-3's fused projections). Logits per prompt, greedy tokens in batches
+//! mixing adapters and the base model, prefix caching kept apart per adapter, and the
+//! refusals.
+
+mod common;
+
+use common::{engine_args, fixture, greedy, max_abs_diff, reference, run_all};
+use kiln::cli::check_reference::last_logits_with_adapter;
+use kiln::launch::{build_engine, load_model};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Deserialize)]
+struct AdapterReference {
+    base: String,
+    prompts: Vec<AdapterPrompt>,
+}
+
+#[derive(Deserialize)]
+struct AdapterPrompt {
+    prompt_ids: Vec<u32>,
+    last_logits: Vec<f32>,
+    greedy_ids: Vec<u32>,
+}
+
+fn adapters() -> BTreeMap<String, AdapterReference> {
+    let text = std::fs::read_to_string(fixture("lora").join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn adapter_flag(name: &str) -> String {
+    format!("{name}={}", fixture("lora").join(name).display())
+}
+
+fn base_flags(base: &str) -> Vec<String> {
+    let dir = fixture(base);
+    ["--model", dir.to_str().unwrap(), "--dtype", "float32"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn with_adapters(base: &str, names: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut flags = base_flags(base);
+    flags.push("--lora-modules".into());
+    flags.extend(names.iter().map(|n| adapter_flag(n)));
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    flags
+}
+
+fn args(flags: &[String]) -> kiln::launch::EngineArgs {
+    engine_args(&flags.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn every_adapter_gives_peft_logits() {
+    let all = adapters();
+    assert_eq!(all.len(), 4);
+    for (name, r) in &all {
+        let m = load_model(&args(&with_adapters(&r.base, &[name], &[]))).unwrap();
+        let base = reference(&r.base);
+        for (p, b) in r.prompts.iter().zip(&base.prompts) {
+            let ours = last_logits_with_adapter(&m, &p.prompt_ids, Some(0)).unwrap();
+            let diff = max_abs_diff(&ours, &p.last_logits);
+            assert!(diff < 1e-3, "{name}: max abs logit diff {diff}");
+            // The adapter matters, and the base model stays the base model.
+            assert!(
+                max_abs_diff(&p.last_logits, &b.last_logits) > 0.05,
+                "{name}"
+            );
+            let plain = last_logits_with_adapter(&m, &p.prompt_ids, None).unwrap();
+            assert!(
+                max_abs_diff(&plain, &b.last_logits) < 1e-3,
+                "{name} base rows"
+            );
+        }
+    }
+}
+
+/// One engine, two llama adapters and the base model, all requests in one batch: each
+/// request's greedy tokens are those PEFT (or transformers, for the base) generates.
+#[test]
+fn batches_mixing_adapters_and_the_base_model_decode_each_as_its_own_model() {
+    let all = adapters();
+    let flags = with_adapters("llama", &["llama_all", "llama_qv_rslora"], &[]);
+    let (mut engine, _) = build_engine(&args(&flags)).unwrap();
+    let base = reference("llama");
+    let new = 12;
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for (i, prompt) in base.prompts.iter().enumerate() {
+        for (slot, adapter) in [None, Some("llama_all"), Some("llama_qv_rslora")]
+            .into_iter()
+            .enumerate()
+        {
+            let mut params = greedy(new);
+            params.lora_adapter = adapter.map(|_| slot - 1);
+            let want = match adapter {
+                None => prompt.greedy_ids[..new].to_vec(),
+                Some(a) => all[a].prompts[i].greedy_ids[..new].to_vec(),
+            };
+            let id = (i * 3 + slot) as u64;
+            requests.push((id, prompt.prompt_ids.clone(), params));
+            expected.push((id, want));
+        }
+    }
+    let outs = run_all(&mut engine, requests);
+    for (id, want) in expected {
+        assert_eq!(outs[&id].token_ids, want, "request {id}");
+    }
+}
+
+/// The same prompt under the base model and then an adapter: the adapter's request must not
+/// reuse the base model's cached blocks (their keys and values differ).
+#[test]
+fn prefix_caching_keeps_adapters_apart() {
+    let all = adapters();
+    let flags = with_adapters("llama", &["llama_all"], &["--block-size", "4"]);
+    let (mut engine, _) = build_engine(&args(&flags)).unwrap();
+    let prompt = &all["llama_all"].prompts[2];
+    let base = reference("llama");
+    let first = run_all(&mut engine, vec![(1, prompt.prompt_ids.clone(), greedy(6))]);
+    assert_eq!(first[&1].token_ids, base.prompts[2].greedy_ids[..6]);
+    let mut params = greedy(6);
+    params.lora_adapter = Some(0);
+    let second = run_all(
+        &mut engine,
+        vec![(2, prompt.prompt_ids.clone(), params.clone())],
+    );
+    assert_eq!(
+        second[&2].cached_tokens, 0,
+        "nothing of the base model's cache is reused"
+    );
+    assert_eq!(second[&2].token_ids, prompt.greedy_ids[..6]);
+    // A second adapter request does reuse the first's blocks, and still matches.
+    let third = run_all(&mut engine, vec![(3, prompt.prompt_ids.clone(), params)]);
+    assert_eq!(third[&3].token_ids, prompt.greedy_ids[..6]);
+    assert!(
+        third[&3].cached_tokens > 0,
+        "the adapter's own prefix is cached"
+    );
+}
+
+#[test]
+fn adapters_the_engine_cannot_apply_are_refused() {
+    // Over the rank limit.
+    let flags = with_adapters("llama", &["llama_all"], &["--max-lora-rank", "2"]);
+    let err = format!("{:#}", load_model(&args(&flags)).err().unwrap());
+    assert!(err.contains("over --max-lora-rank 2"), "{err}");
+    // Tensor parallelism.
+    let flags = with_adapters("llama", &["llama_all"], &["--tensor-parallel-size", "2"]);
+    let err = format!("{:#}", build_engine(&args(&flags)).err().unwrap());
+    assert!(err.contains("tensor parallelism"), "{err}");
+    // An adapter for another shape of model.
+    let flags = with_adapters("qwen3", &["llama_all"], &[]);
+    let err = format!("{:#}", load_model(&args(&flags)).err().unwrap());
+    assert!(err.contains("do not fit"), "{err}");
+    // PEFT options kiln does not run (DoRA), and a missing directory.
+    let dir = std::env::temp_dir().join(format!("kiln-dora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("lora").join("llama_all");
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
+    let dora = config.replace("\"use_dora\": false", "\"use_dora\": true");
+    assert_ne!(config, dora);
+    std::fs::write(dir.join("adapter_config.json"), dora).unwrap();
+    let mut flags = base_flags("llama");
+    flags.extend(["--lora-modules".into(), format!("dora={}", dir.display())]);
+    let err = format!("{:#}", load_model(&args(&flags)).err().unwrap());
+    assert!(err.contains("DoRA"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut flags = base_flags("llama");
+    flags.extend(["--lora-modules".into(), "gone=/nonexistent/adapter".into()]);
+    assert!(load_model(&args(&flags)).is_err());
+    // A request naming an adapter that is not loaded.
+    let mut engine = common::engine("llama", &[]);
+    let mut params = greedy(2);
+    params.lora_adapter = Some(0);
+    let err = engine.add_request(1, vec![3, 4], params).unwrap_err();
+    assert!(format!("{err}").contains("not loaded"), "{err}");
+}

@@ -1,0 +1,100 @@
+//! LoRA adapters over HTTP: listed by /v1/models with their base as `parent`, chosen by a
+//! request's `model`, each answering as PEFT computes it; embeddings stay with the base.
+
+mod server_support;
+
+use reqwest::Client;
+use serde_json::{json, Value};
+use server_support::Server;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_name_adapters_as_their_model() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{fixtures}/lora/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let base = format!("{fixtures}/llama");
+    let adapter = format!("sql={fixtures}/lora/llama_all");
+    let server = Server::start(&[
+        "--model",
+        &base,
+        "--dtype",
+        "float32",
+        "--served-model-name",
+        "base",
+        "--lora-modules",
+        &adapter,
+    ]);
+    let client = Client::new();
+    let models: Value = client
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["base", "sql"]);
+    assert_eq!(models["data"][1]["parent"], "base");
+    assert!(models["data"][0].get("parent").is_none());
+
+    let prompt = &reference["llama_all"]["prompts"][1];
+    let (adapted, plain) = (
+        completion_text(&client, &server, "sql", prompt).await,
+        completion_text(&client, &server, "base", prompt).await,
+    );
+    assert_ne!(adapted, plain, "the adapter changes the answer");
+    // The adapter's text is that of PEFT's greedy tokens.
+    let want_ids = &prompt["greedy_ids"].as_array().unwrap()[..6];
+    let detok: Value = client
+        .post(server.url("/detokenize"))
+        .json(&json!({"tokens": want_ids}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(adapted, detok["prompt"].as_str().unwrap());
+
+    // Embeddings come from the base model; unknown names are 404 as before.
+    for (path, body, status) in [
+        ("/v1/embeddings", json!({"model": "sql", "input": "x"}), 400),
+        (
+            "/v1/completions",
+            json!({"model": "nope", "prompt": "x"}),
+            404,
+        ),
+    ] {
+        let r = client
+            .post(server.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+    }
+}
+
+/// Six greedy tokens of a completion of `prompt`'s ids by `model`, as text.
+async fn completion_text(client: &Client, server: &Server, model: &str, prompt: &Value) -> String {
+    let body = json!({"model": model, "prompt": prompt["prompt_ids"], "max_tokens": 6,
+        "temperature": 0});
+    let r = client
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], model);
+    v["choices"][0]["text"].as_str().unwrap().to_string()
+}
