@@ -88,6 +88,43 @@ fn run_client_checks(extra: &[&str]) {
     );
 }
 
+/// A LoRA adapter served beside the llama fixture, through the client: listed under its
+/// base, answering as itself, refused for embeddings.
+#[test]
+fn official_openai_client_reaches_lora_adapters() {
+    if !client_or_skip() {
+        return;
+    }
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let base = format!("{fixtures}/llama");
+    let adapter = format!("sql={fixtures}/lora/llama_all");
+    let server = Server::start(&[
+        "--model",
+        &base,
+        "--served-model-name",
+        "llama",
+        "--lora-modules",
+        &adapter,
+    ]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/openai_client/check_lora.py"
+    );
+    let output = Command::new("python3")
+        .args([script, &server.base, "llama", "sql"])
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "openai client LoRA checks failed:
+{stdout}
+{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn official_openai_client_generates_images() {
     if !client_or_skip() {
