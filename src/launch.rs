@@ -423,14 +423,21 @@ pub fn load_model_on<B: Backend>(
         .with_context(|| format!("loading {name} onto {}", backend.name()))?;
     bar.finish_and_clear();
     for spec in &args.lora_modules {
-        let adapter = load_adapter(&backend, &model.config, dtype, spec, args.max_lora_rank)
-            .with_context(|| {
-                format!(
-                    "loading LoRA adapter {} from {}",
-                    spec.name,
-                    spec.path.display()
-                )
-            })?;
+        let adapter = load_adapter(
+            &backend,
+            &model.config,
+            &model.layout,
+            dtype,
+            spec,
+            args.max_lora_rank,
+        )
+        .with_context(|| {
+            format!(
+                "loading LoRA adapter {} from {}",
+                spec.name,
+                spec.path.display()
+            )
+        })?;
         model.add_adapter(adapter)?;
         tracing::info!(
             "LoRA adapter {} loaded from {}",
@@ -618,10 +625,6 @@ pub fn pick_device(args: &EngineArgs) -> Result<Device> {
 /// the model's name.
 pub fn build_engine(args: &EngineArgs) -> Result<(LlmEngine, String)> {
     let ranks = place_ranks(args)?;
-    anyhow::ensure!(
-        ranks.len() == 1 || args.lora_modules.is_empty(),
-        "LoRA adapters (--lora-modules) are not supported with tensor parallelism yet"
-    );
     if ranks.len() > 1 {
         return tensor_parallel::engine(args, &ranks);
     }

@@ -1,8 +1,8 @@
 //! LoRA adapters (PEFT format) against PEFT's own outputs: four adapters on three fixture
 //! architectures (every projection; q/v with rsLoRA on one layer; Granite's folded
 //! multipliers; Phi-3's fused projections). Logits per prompt, greedy tokens in batches
-//! mixing adapters and the base model, prefix caching kept apart per adapter, and the
-//! refusals.
+//! mixing adapters and the base model (one rank and sharded), prefix caching kept apart per
+//! adapter, and the refusals.
 
 mod common;
 
@@ -111,6 +111,43 @@ fn batches_mixing_adapters_and_the_base_model_decode_each_as_its_own_model() {
     }
 }
 
+/// Sharded 2 and 4 ways (4: llama's two KV heads replicated), every adapter's requests and
+/// the base model's, in one batch, still decode as PEFT and transformers do: each rank
+/// holds its rows of `B` for q/k/v and gate/up, its columns of `A` for o and down.
+#[test]
+fn adapters_shard_with_the_model() {
+    let all = adapters();
+    let new = 10;
+    for (name, r) in &all {
+        let base = reference(&r.base);
+        for world in ["2", "4"] {
+            let flags = with_adapters(&r.base, &[name], &["--tensor-parallel-size", world]);
+            let (mut engine, _) = build_engine(&args(&flags)).unwrap();
+            let mut requests = Vec::new();
+            for (i, (p, b)) in r.prompts.iter().zip(&base.prompts).enumerate() {
+                let mut adapted = greedy(new);
+                adapted.lora_adapter = Some(0);
+                requests.push((2 * i as u64, p.prompt_ids.clone(), adapted));
+                requests.push((2 * i as u64 + 1, b.prompt_ids.clone(), greedy(new)));
+            }
+            let outs = run_all(&mut engine, requests);
+            for (i, (p, b)) in r.prompts.iter().zip(&base.prompts).enumerate() {
+                let what = format!("{name} TP={world} prompt {i}");
+                assert_eq!(
+                    outs[&(2 * i as u64)].token_ids,
+                    p.greedy_ids[..new],
+                    "{what}"
+                );
+                assert_eq!(
+                    outs[&(2 * i as u64 + 1)].token_ids,
+                    b.greedy_ids[..new],
+                    "{what} base"
+                );
+            }
+        }
+    }
+}
+
 /// The same prompt under the base model and then an adapter: the adapter's request must not
 /// reuse the base model's cached blocks (their keys and values differ).
 #[test]
@@ -148,10 +185,6 @@ fn adapters_the_engine_cannot_apply_are_refused() {
     let flags = with_adapters("llama", &["llama_all"], &["--max-lora-rank", "2"]);
     let err = format!("{:#}", load_model(&args(&flags)).err().unwrap());
     assert!(err.contains("over --max-lora-rank 2"), "{err}");
-    // Tensor parallelism.
-    let flags = with_adapters("llama", &["llama_all"], &["--tensor-parallel-size", "2"]);
-    let err = format!("{:#}", build_engine(&args(&flags)).err().unwrap());
-    assert!(err.contains("tensor parallelism"), "{err}");
     // An adapter for another shape of model.
     let flags = with_adapters("qwen3", &["llama_all"], &[]);
     let err = format!("{:#}", load_model(&args(&flags)).err().unwrap());

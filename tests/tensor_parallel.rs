@@ -35,6 +35,8 @@ fn spec(
         open_backend: Arc::new(|_| Ok(CpuBackend::new())),
         communicators: comms,
         on_layer: Arc::new(|_, _| {}),
+        adapters: Vec::new().into(),
+        max_lora_rank: 64,
     }
 }
 

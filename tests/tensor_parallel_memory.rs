@@ -117,6 +117,8 @@ fn four_cpu_ranks_load_about_one_model_of_heap_not_four() {
         open_backend: Arc::new(|_| Ok(CpuBackend::new())),
         communicators: comms,
         on_layer: Arc::new(|_, _| {}),
+        adapters: Vec::new().into(),
+        max_lora_rank: 64,
     };
     let before = HEAP.live.load(Ordering::SeqCst);
     HEAP.peak.store(before, Ordering::SeqCst);

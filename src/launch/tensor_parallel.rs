@@ -110,6 +110,8 @@ fn start<B: Backend + 'static>(
         open_backend,
         communicators,
         on_layer: Arc::new(move |_rank, _layer| progress.inc(1)),
+        adapters: args.lora_modules.clone().into(),
+        max_lora_rank: args.max_lora_rank,
     };
     let (runner, num_blocks) = TpRunner::start(spec, decide_blocks)
         .with_context(|| format!("loading {name} over {world} ranks"))?;

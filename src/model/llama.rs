@@ -595,13 +595,9 @@ impl<B: Backend> LlamaModel<B> {
         })
     }
 
-    /// Adds a LoRA adapter (see `model/lora.rs`); requests reach it as adapter number
-    /// `self.num_adapters()` before the call. Adapters run on an unsharded model only.
+    /// Adds a LoRA adapter, laid out for this rank (see `model/lora.rs`); requests reach
+    /// it as adapter number `self.num_adapters()` before the call.
     pub fn add_adapter(&mut self, adapter: LoraAdapter<B::Tensor>) -> Result<()> {
-        anyhow::ensure!(
-            self.layout.shard.world == 1,
-            "LoRA adapters are not supported with tensor parallelism"
-        );
         anyhow::ensure!(
             adapter.layers.len() == self.layers.len(),
             "adapter {} has {} layers, the model {}",

@@ -13,10 +13,12 @@
 
 use super::config::ModelConfig;
 use crate::backend::{Backend, DType};
+use crate::parallel::ShardLayout;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -233,12 +235,39 @@ fn placement(c: &ModelConfig, module: &str) -> Option<Placement> {
     }
 }
 
-/// The width of a site's output.
-fn site_rows(c: &ModelConfig, site: Site) -> usize {
+/// What a tensor-parallel rank holds of a site, in the full site's coordinates: the output
+/// rows it computes (in order: its local rows are their concatenation) and, for the
+/// row-parallel sites, the input columns it reads (None: all of them).
+struct SiteShard {
+    rows: Vec<Range<usize>>,
+    inputs: Option<Range<usize>>,
+}
+
+fn site_shard(c: &ModelConfig, layout: &ShardLayout, site: Site) -> SiteShard {
+    let (h, q, kv, hd) = (c.hidden_size, c.q_width(), c.kv_width(), c.head_dim);
+    let (q_cols, kv_cols, inter) = (
+        layout.q_columns(hd),
+        layout.kv_columns(hd),
+        layout.intermediate.clone(),
+    );
+    let shift = |r: &Range<usize>, by: usize| r.start + by..r.end + by;
     match site {
-        Site::Qkv => c.q_width() + 2 * c.kv_width(),
-        Site::O | Site::Down => c.hidden_size,
-        Site::GateUp => 2 * c.intermediate_size,
+        Site::Qkv => SiteShard {
+            rows: vec![q_cols, shift(&kv_cols, q), shift(&kv_cols, q + kv)],
+            inputs: None,
+        },
+        Site::GateUp => SiteShard {
+            rows: vec![inter.clone(), shift(&inter, c.intermediate_size)],
+            inputs: None,
+        },
+        Site::O => SiteShard {
+            rows: std::iter::once(0..h).collect(),
+            inputs: Some(q_cols),
+        },
+        Site::Down => SiteShard {
+            rows: std::iter::once(0..h).collect(),
+            inputs: Some(inter),
+        },
     }
 }
 
@@ -269,12 +298,19 @@ fn parse_name(name: &str) -> Option<(usize, String, char)> {
     Some((layer.parse().ok()?, module.to_string(), which))
 }
 
-/// Reads the adapter at `spec.path` and lays it out for `config`'s layers, in `dtype` on
-/// `be`. Refuses what kiln cannot apply: modules outside the layers' attention and dense
-/// MLP projections, ranks over `max_rank`, shapes that do not match the model.
+/// Reads the adapter at `spec.path` and lays it out for `config`'s layers as `layout`'s
+/// rank holds them, in `dtype` on `be`. Refuses what kiln cannot apply: modules outside
+/// the layers' attention and dense MLP projections, ranks over `max_rank`, shapes that do
+/// not match the model.
+///
+/// Under tensor parallelism a column-parallel site (qkv, gate_up) keeps the `B` rows of
+/// the rank's outputs and all of `A`; a row-parallel one (o, down) keeps the `A` columns
+/// of the rank's inputs and all of `B`, so the rank's partial `(x_r A_r^T) B^T` is summed by
+/// the all-reduce that sums the base partials.
 pub fn load_adapter<B: Backend>(
     be: &B,
     config: &ModelConfig,
+    layout: &ShardLayout,
     dtype: DType,
     spec: &AdapterSpec,
     max_rank: usize,
@@ -367,7 +403,7 @@ pub fn load_adapter<B: Backend>(
         })
         .collect();
     for ((layer, site), parts) in sites {
-        let pair = stack_site(be, site_rows(config, site), &parts, dtype)
+        let pair = stack_site(be, &site_shard(config, layout, site), &parts, dtype)
             .with_context(|| format!("{}: layer {layer}", spec.name))?;
         let slot = match site {
             Site::Qkv => &mut layers[layer].qkv,
@@ -387,40 +423,53 @@ pub fn load_adapter<B: Backend>(
 /// inner dimension suits vectorised GEMVs and tensor cores.
 const RANK_ALIGN: usize = 8;
 
-/// One site's pair: the modules' `A`s stacked (zero rows pad the ranks), and
-/// `B: [out, ranks]` with module `m`'s (scaled) `B` at its rows and at the columns of its
-/// `A` rows.
+/// One site's pair as `shard`'s rank holds it: the modules' `A`s stacked (their columns
+/// for the rank's inputs; zero rows pad the ranks), and `B: [local out, ranks]` with module
+/// `m`'s (scaled) `B` at those of its rows the rank computes, in the columns of its `A`
+/// rows.
 fn stack_site<B: Backend>(
     be: &B,
-    out: usize,
+    shard: &SiteShard,
     parts: &[SitePart],
     dtype: DType,
 ) -> Result<LoraPair<B::Tensor>> {
     let used: usize = parts.iter().map(|(_, a, _)| a.dims()[0]).sum();
     let ranks = used.div_ceil(RANK_ALIGN) * RANK_ALIGN;
-    let inputs = parts[0].1.dims()[1];
-    let padding = Tensor::zeros(
+    let mut a_rows: Vec<Tensor> = parts
+        .iter()
+        .map(|(_, a, _)| match &shard.inputs {
+            Some(cols) => a.narrow(1, cols.start, cols.len()),
+            None => Ok(a.clone()),
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let inputs = a_rows[0].dims()[1];
+    a_rows.push(Tensor::zeros(
         (ranks - used, inputs),
         candle_core::DType::F32,
         &Device::Cpu,
-    )?;
-    let mut a_rows: Vec<&Tensor> = parts.iter().map(|(_, a, _)| a).collect();
-    a_rows.push(&padding);
+    )?);
     let a = Tensor::cat(&a_rows, 0)?;
+    let out: usize = shard.rows.iter().map(|r| r.len()).sum();
     let mut b = vec![0f32; out * ranks];
     let mut column = 0;
     for (place, a, part) in parts {
         let r = a.dims()[0];
         let values = part.flatten_all()?.to_vec1::<f32>()?;
-        for (row, src) in values.chunks_exact(r).enumerate() {
-            let at = (place.offset + row) * ranks + column;
-            b[at..at + r].copy_from_slice(src);
+        let module = place.offset..place.offset + place.rows;
+        let mut local = 0;
+        for kept in &shard.rows {
+            for full in kept.start.max(module.start)..kept.end.min(module.end) {
+                let src = &values[(full - place.offset) * r..][..r];
+                let at = (local + full - kept.start) * ranks + column;
+                b[at..at + r].copy_from_slice(src);
+            }
+            local += kept.len();
         }
         column += r;
     }
     let b = Tensor::from_vec(b, (out, ranks), &Device::Cpu)?;
     Ok(LoraPair {
-        a: be.upload(a.to_dtype(dtype.to_candle())?)?,
+        a: be.upload(a.contiguous()?.to_dtype(dtype.to_candle())?)?,
         b: be.upload(b.to_dtype(dtype.to_candle())?)?,
     })
 }

@@ -15,6 +15,7 @@ use crate::backend::{Backend, DType};
 use crate::engine::runner::{Runner, StepInput, StepOutput};
 use crate::model::config::ModelConfig;
 use crate::model::llama::LlamaModel;
+use crate::model::lora::{load_adapter, AdapterSpec};
 use crate::model::weights::WeightSource;
 use anyhow::{anyhow, Context, Result};
 use std::ops::Range;
@@ -47,6 +48,9 @@ pub struct TpSpec<B: Backend> {
     pub communicators: Vec<Box<dyn Communicator<B>>>,
     /// Called by each rank after each layer it loads (progress).
     pub on_layer: Arc<dyn Fn(usize, usize) + Send + Sync>,
+    /// LoRA adapters every rank loads (its part of each), and the largest rank allowed.
+    pub adapters: Arc<[AdapterSpec]>,
+    pub max_lora_rank: usize,
 }
 
 enum Command {
@@ -87,6 +91,7 @@ pub struct TpRunner {
     config: ModelConfig,
     dtype: DType,
     description: String,
+    num_adapters: usize,
 }
 
 impl TpRunner {
@@ -112,6 +117,8 @@ impl TpRunner {
                 block_size: spec.block_size,
                 open_backend: spec.open_backend.clone(),
                 on_layer: spec.on_layer.clone(),
+                adapters: spec.adapters.clone(),
+                max_lora_rank: spec.max_lora_rank,
                 comm,
             };
             let thread = std::thread::Builder::new()
@@ -130,6 +137,7 @@ impl TpRunner {
             config: spec.config,
             dtype: spec.dtype,
             description: String::new(),
+            num_adapters: spec.adapters.len(),
         };
         let mut loaded: Vec<RankLoaded> = runner
             .collect(|r| match r {
@@ -239,6 +247,10 @@ impl Runner for TpRunner {
         self.config.vocab_size
     }
 
+    fn num_adapters(&self) -> usize {
+        self.num_adapters
+    }
+
     fn describe(&self) -> String {
         self.description.clone()
     }
@@ -306,6 +318,8 @@ struct RankJob<B: Backend> {
     block_size: usize,
     open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
     on_layer: Arc<dyn Fn(usize, usize) + Send + Sync>,
+    adapters: Arc<[AdapterSpec]>,
+    max_lora_rank: usize,
     comm: Box<dyn Communicator<B>>,
 }
 
@@ -364,7 +378,7 @@ impl<B: Backend> RankJob<B> {
     fn load(&self) -> Result<(B, LlamaModel<B>)> {
         let rank = self.shard.rank;
         let be = (self.open_backend)(rank)?;
-        let model = LlamaModel::load_shard(
+        let mut model = LlamaModel::load_shard(
             &be,
             self.config.clone(),
             self.weights.as_ref(),
@@ -379,6 +393,12 @@ impl<B: Backend> RankJob<B> {
                 be.name()
             )
         })?;
+        for spec in self.adapters.iter() {
+            let (c, layout) = (&model.config, &model.layout);
+            let adapter = load_adapter(&be, c, layout, self.dtype, spec, self.max_lora_rank)
+                .with_context(|| format!("loading LoRA adapter {} on rank {rank}", spec.name))?;
+            model.add_adapter(adapter)?;
+        }
         Ok((be, model))
     }
 
