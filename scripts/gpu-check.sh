@@ -14,7 +14,7 @@
 # SELFTEST_ONLY=gemv,attention runs only those selftest groups (`kiln selftest --only`).
 # Optional parts, each on unless set to 0: HF (transformers baselines), HF_COMPILED,
 # STARTUP, IMAGE_BENCH, NO_GEMV_AB, EAGER_AB, CUBLASLT_AB, LONG, NCU, NSYS, PREFILL_AB,
-# THROUGHPUT, TP_LATENCY, MOE, SPEC; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
+# THROUGHPUT, TP_LATENCY, MOE, SPEC, LORA; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
 # those A/Bs' variants;
 # SELFTEST_GENERIC=1 adds the generic decode kernel's selftest; OPENAI_WHEELS=dir lets the
 # openai client check run where the machine lacks the package.
@@ -140,6 +140,25 @@ for arch in llama qwen2; do
         env KILN_CUBLASLT=0 "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda \
         --dtype bfloat16 --block-size 4 --json
 done
+
+# LoRA adapters on the device against PEFT (float32; the fixture folder's reference.json):
+# llama with two adapters (all projections; q/v rsLoRA on one layer), granite (folded
+# multipliers), phi3 (fused projections), and llama's sharded two ways.
+LORA_DIR="$FIXTURES/lora"
+if [ "${LORA:-1}" = 1 ] && [ -f "$LORA_DIR/reference.json" ]; then
+    for case in "llama:llama_all llama_qv_rslora" "granite:granite_all" "phi3:phi3_fused"; do
+        arch="${case%%:*}"
+        modules=()
+        for a in ${case#*:}; do modules+=("$a=$LORA_DIR/$a"); done
+        step "check_${arch}_lora" 60 yes "check_${arch}_lora.json" -- \
+            "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda --dtype float32 \
+            --block-size 4 --lora-modules "${modules[@]}" --json
+    done
+    step tp2_llama_lora 60 yes tp2_llama_lora.json -- \
+        "$KILN" check-reference --model "$FIXTURES/llama" --device cuda --dtype float32 \
+        --tensor-parallel-size 2 --block-size 4 \
+        --lora-modules "llama_all=$LORA_DIR/llama_all" --json
+fi
 
 # Tensor parallelism on one GPU ("virtual" TP: two ranks share it): kiln's device
 # all-reduce, and the host-staged one, must give the reference's greedy tokens.
@@ -391,6 +410,17 @@ if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${EAGER_AB:-1}" = 1 ]; the
         "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
         --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
         --batch-sizes 1,8,32 --enforce-eager --result-json "$OUT/bench_latency_8b_eager.json"
+fi
+
+# LoRA: every request with a generated rank-16 adapter on all seven projections, against
+# the eager base run above (adapter steps are never recorded as graphs), same run.
+# LORA=0 skips it (and the adapter checks against PEFT above).
+if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${LORA:-1}" = 1 ]; then
+    step bench_latency_8b_lora16 150 no bench_latency_8b_lora16.txt -- \
+        "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
+        --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
+        --batch-sizes 1,8,32 --lora-modules gen=dummy:16 --lora-adapter gen \
+        --result-json "$OUT/bench_latency_8b_lora16.json"
 fi
 
 # Long contexts (4000-token prompts): decode attention reads 0.5 GB of KV per step at batch

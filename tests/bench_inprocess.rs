@@ -105,3 +105,62 @@ fn throughput_counts_every_token() {
     assert_eq!(v["output_tokens"], 80);
     assert!(v["total_tokens_per_s"].as_f64().unwrap() > v["output_tokens_per_s"].as_f64().unwrap());
 }
+
+/// A benchmark's requests may all run with a LoRA adapter: a PEFT one, or one generated
+/// for the model's shape (`dummy:RANK`, for dummy weights); an unknown name is refused.
+#[test]
+fn latency_and_throughput_run_with_a_lora_adapter() {
+    let llama = fixture("llama");
+    let peft = format!("sql={}", fixture("lora/llama_all"));
+    for adapter in [peft.as_str(), "gen=dummy:16"] {
+        let name = adapter.split('=').next().unwrap();
+        let v = run(&[
+            "bench",
+            "latency",
+            "--model",
+            &llama,
+            "--input-len",
+            "8",
+            "--output-len",
+            "3",
+            "--batch-sizes",
+            "2",
+            "--lora-modules",
+            adapter,
+            "--lora-adapter",
+            name,
+        ]);
+        assert!(v["results"][0]["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    let v = run(&[
+        "bench",
+        "throughput",
+        "--model",
+        &llama,
+        "--num-prompts",
+        "3",
+        "--input-len",
+        "8",
+        "--output-len",
+        "2",
+        "--lora-modules",
+        &peft,
+        "--lora-adapter",
+        "sql",
+    ]);
+    assert_eq!(v["output_tokens"], 6);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "bench",
+            "latency",
+            "--model",
+            &llama,
+            "--lora-modules",
+            &peft,
+        ])
+        .args(["--lora-adapter", "nope", "--batch-sizes", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not among --lora-modules"));
+}

@@ -100,3 +100,44 @@ fn the_command_prints_json_and_exits_non_zero_on_a_mismatch() {
         "{table}"
     );
 }
+
+/// Adapters given with `--lora-modules` whose folder holds PEFT references for the fixture
+/// add rows: their logits and batched greedy tokens (float32 only; an adapter for another
+/// fixture adds none).
+#[test]
+fn lora_adapters_of_the_fixture_are_checked_against_peft() {
+    let dir = fixture("llama");
+    let lora = fixture("lora");
+    let module = |name: &str| format!("{name}={}", lora.join(name).display());
+    let (all, qv, granite) = (
+        module("llama_all"),
+        module("llama_qv_rslora"),
+        module("granite_all"),
+    );
+    for tp in ["1", "2"] {
+        let args = engine_args(&[
+            "--model",
+            dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--tensor-parallel-size",
+            tp,
+            "--lora-modules",
+            &all,
+            &qv,
+            &granite,
+        ]);
+        let report = check(&args).unwrap();
+        assert!(report.ok, "{:?}", report.rows);
+        let lora_rows = report.rows.iter().filter(|r| r.check.starts_with("lora:"));
+        // One rank: logits and greedy per prompt per adapter; sharded: greedy only.
+        let per_adapter = if tp == "1" { 6 } else { 3 };
+        assert_eq!(lora_rows.count(), 2 * per_adapter, "TP {tp}");
+        assert!(!report
+            .rows
+            .iter()
+            .any(|r| r.check.starts_with("lora:granite_all")));
+    }
+}

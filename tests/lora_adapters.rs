@@ -217,3 +217,18 @@ fn adapters_the_engine_cannot_apply_are_refused() {
     let err = engine.add_request(1, vec![3, 4], params).unwrap_err();
     assert!(format!("{err}").contains("not loaded"), "{err}");
 }
+
+/// A generated adapter (`dummy:RANK`, for benchmarks on dummy weights) covers what kiln can
+/// adapt: attention and dense MLPs, skipping experts and latent attention, and runs.
+#[test]
+fn generated_adapters_fit_every_architecture() {
+    for arch in ["llama", "phi3", "qwen3_moe", "deepseek_v2", "gemma2"] {
+        let mut flags = base_flags(arch);
+        flags.extend(["--lora-modules".into(), "gen=dummy:4".into()]);
+        let (mut engine, _) = build_engine(&args(&flags)).unwrap();
+        let mut params = greedy(3);
+        params.lora_adapter = Some(0);
+        let outs = run_all(&mut engine, vec![(1, vec![5, 6, 7], params)]);
+        assert_eq!(outs[&1].token_ids.len(), 3, "{arch}");
+    }
+}

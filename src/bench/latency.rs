@@ -35,6 +35,10 @@ pub struct LatencyArgs {
     pub peak_bandwidth_gbs: Option<f64>,
     #[arg(long)]
     pub result_json: Option<PathBuf>,
+    /// Run every request with this LoRA adapter (one of `--lora-modules`; `NAME=dummy:RANK`
+    /// generates one for a dummy model).
+    #[arg(long)]
+    pub lora_adapter: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -82,10 +86,16 @@ struct BatchRun {
     decode_alloc: Option<PoolStats>,
 }
 
-fn run_batch(engine: &mut LlmEngine, prompts: &[Vec<u32>], output_len: usize) -> Result<BatchRun> {
+fn run_batch(
+    engine: &mut LlmEngine,
+    prompts: &[Vec<u32>],
+    output_len: usize,
+    lora_adapter: Option<usize>,
+) -> Result<BatchRun> {
     let params = SamplingParams {
         max_tokens: Some(output_len),
         ignore_eos: true,
+        lora_adapter,
         ..SamplingParams::greedy()
     };
     for (i, p) in prompts.iter().enumerate() {
@@ -156,6 +166,7 @@ fn gpu_spec_bandwidth(args: &EngineArgs) -> Option<f64> {
 }
 
 pub fn run(mut args: LatencyArgs) -> Result<()> {
+    let adapter = super::adapter_index(&args.engine, args.lora_adapter.as_deref())?;
     let (mut engine, name) = build_engine(&args.engine)?;
     if args.peak_bandwidth_gbs.is_none() && engine.describe().contains("cuda") {
         args.peak_bandwidth_gbs = gpu_spec_bandwidth(&args.engine);
@@ -187,9 +198,9 @@ pub fn run(mut args: LatencyArgs) -> Result<()> {
             None => bench_prompts(batch, args.input_len, vocab),
         };
         for _ in 0..args.warmup {
-            run_batch(&mut engine, &warm_prompts, args.output_len.min(8))?;
+            run_batch(&mut engine, &warm_prompts, args.output_len.min(8), adapter)?;
         }
-        let run = run_batch(&mut engine, &prompts, args.output_len)?;
+        let run = run_batch(&mut engine, &prompts, args.output_len, adapter)?;
         if run.prefill_cached_tokens > 0 {
             tracing::warn!(
                 "batch {batch}: {} prompt tokens of the measured prefill came from the prefix \

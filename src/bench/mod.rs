@@ -39,6 +39,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Writes a result as pretty JSON, creating the folder if needed.
+/// The index of `--lora-adapter NAME` among `--lora-modules` (the benchmarks' requests then
+/// run with that adapter).
+pub fn adapter_index(
+    engine: &crate::launch::EngineArgs,
+    name: Option<&str>,
+) -> anyhow::Result<Option<usize>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let index = engine.lora_modules.iter().position(|a| a.name == name);
+    index
+        .map(Some)
+        .ok_or_else(|| anyhow::anyhow!("--lora-adapter {name} is not among --lora-modules"))
+}
+
 pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

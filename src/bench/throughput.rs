@@ -24,6 +24,9 @@ pub struct ThroughputArgs {
     pub ignore_eos: bool,
     #[arg(long)]
     pub result_json: Option<PathBuf>,
+    /// Run every request with this LoRA adapter (one of `--lora-modules`).
+    #[arg(long)]
+    pub lora_adapter: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -44,6 +47,7 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
     let params = SamplingParams {
         max_tokens: Some(args.output_len),
         ignore_eos: args.ignore_eos,
+        lora_adapter: super::adapter_index(&args.engine, args.lora_adapter.as_deref())?,
         ..SamplingParams::greedy()
     };
     for (i, p) in prompts.into_iter().enumerate() {

@@ -2,9 +2,11 @@
 //! transformers by scripts/make_fixtures.py) on a device and compares the last prompt token's
 //! logits and the 32-token greedy continuations, one prompt at a time and all batched, with
 //! the fixture's `reference.json` (and its embeddings with `embeddings.json`, where it has
-//! one). Exit status 1 on any mismatch: this is how a GPU run is
+//! one; and, in float32, PEFT's outputs for `--lora-modules` adapters of the fixture, see
+//! `reference_adapters.rs`). Exit status 1 on any mismatch: this is how a GPU run is
 //! proved to give the CPU reference's tokens.
 
+use super::reference_adapters::{adapter_references, AdapterReference};
 use crate::backend::cuda::{device_count, CudaBackend};
 use crate::backend::{Backend, BatchLayout, DType, KvCacheSpec};
 use crate::engine::{EngineHandle, LlmEngine, SamplingParams};
@@ -187,11 +189,77 @@ where
             note: format!("{} prompt tokens", e.prompt_ids.len()),
         });
     }
+    let adapters = checked_adapters(args, dir, dtype)?;
+    for a in &adapters {
+        for (i, p) in a.prompts.iter().enumerate() {
+            let logits = last_logits_with_adapter(&loaded, &p.prompt_ids, Some(a.index))
+                .with_context(|| format!("adapter {} prompt {i}: prefill on {device}", a.name))?;
+            let diff = max_abs_diff(&logits, &p.last_logits)?;
+            rows.push(CheckRow {
+                check: format!("lora:{}:last_logits", a.name),
+                prompt: i,
+                value: diff as f64,
+                limit: F32_LOGIT_TOLERANCE as f64,
+                ok: diff <= F32_LOGIT_TOLERANCE,
+                note: "against PEFT".into(),
+            });
+        }
+    }
     let handle = EngineHandle::spawn(into_engine(loaded, args)?, 0);
-    let outcome = engine_rows(&handle, &expected, dir, dtype);
+    let outcome = engine_rows(&handle, &expected, dir, dtype).and_then(|mut rows| {
+        rows.extend(adapter_greedy_rows(&handle, &adapters)?);
+        Ok(rows)
+    });
     handle.shutdown();
     rows.extend(outcome?);
     Ok(CheckReport::new(dir, device, dtype, rows))
+}
+
+/// The adapters with PEFT references for this fixture; their references are float32, so
+/// other dtypes check none.
+fn checked_adapters(args: &EngineArgs, dir: &str, dtype: DType) -> Result<Vec<AdapterReference>> {
+    if dtype != DType::F32 {
+        return Ok(Vec::new());
+    }
+    adapter_references(args, dir)
+}
+
+/// Each adapter's greedy continuations through the engine, all its prompts batched.
+fn adapter_greedy_rows(
+    handle: &EngineHandle,
+    adapters: &[AdapterReference],
+) -> Result<Vec<CheckRow>> {
+    let mut rows = Vec::new();
+    for a in adapters {
+        let expected: Vec<Expected<'_>> = a
+            .prompts
+            .iter()
+            .map(|p| Expected {
+                prompt_ids: &p.prompt_ids,
+                logits: &p.last_logits,
+                tokens: &p.greedy_ids,
+                firm: p.greedy_ids.len(),
+            })
+            .collect();
+        let streams = expected
+            .iter()
+            .map(|e| {
+                let params = SamplingParams {
+                    max_tokens: Some(e.tokens.len()),
+                    ignore_eos: true,
+                    lora_adapter: Some(a.index),
+                    ..SamplingParams::greedy()
+                };
+                handle.submit(e.prompt_ids.to_vec(), params)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, (stream, e)) in streams.into_iter().zip(&expected).enumerate() {
+            let out = stream.collect_blocking().map_err(anyhow::Error::msg)?;
+            let check = format!("lora:{}:greedy_batched", a.name);
+            rows.push(token_row(&check, i, e, &out.token_ids));
+        }
+    }
+    Ok(rows)
 }
 
 /// A model sharded over `--tensor-parallel-size` ranks: its greedy continuations through
@@ -204,8 +272,12 @@ fn compare_sharded(args: &EngineArgs, reference: &Reference, dir: &str) -> Resul
         other => other.parse().map_err(anyhow::Error::msg)?,
     };
     let expected = expected(reference, dtype)?;
+    let adapters = checked_adapters(args, dir, dtype)?;
     let handle = EngineHandle::spawn(engine, 0);
-    let outcome = engine_rows(&handle, &expected, dir, dtype);
+    let outcome = engine_rows(&handle, &expected, dir, dtype).and_then(|mut rows| {
+        rows.extend(adapter_greedy_rows(&handle, &adapters)?);
+        Ok(rows)
+    });
     handle.shutdown();
     let rows = outcome?;
     Ok(CheckReport::new(dir, device, dtype, rows))

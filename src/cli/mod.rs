@@ -6,3 +6,4 @@ pub mod check_reference;
 pub mod generate;
 pub mod image;
 pub mod plan;
+mod reference_adapters;

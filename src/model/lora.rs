@@ -95,7 +95,7 @@ pub struct LoraAdapter<T> {
 }
 
 /// The fields of `adapter_config.json` kiln reads; those it cannot honour are refused.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct AdapterConfig {
     #[serde(default)]
     peft_type: Option<String>,
@@ -274,6 +274,9 @@ fn site_shard(c: &ModelConfig, layout: &ShardLayout, site: Site) -> SiteShard {
 /// A targeted module's placement, `A` and scaled `B`, on its way into its site's pair.
 type SitePart = (Placement, Tensor, Tensor);
 
+/// An adapter's modules as read: `(layer, module)` to its `A` and `B`.
+type Modules = BTreeMap<(usize, String), ModulePair>;
+
 /// One module's `A` and `B` as read, before placement.
 #[derive(Default)]
 struct ModulePair {
@@ -315,7 +318,70 @@ pub fn load_adapter<B: Backend>(
     spec: &AdapterSpec,
     max_rank: usize,
 ) -> Result<LoraAdapter<B::Tensor>> {
-    let dir = &spec.path;
+    let (adapter, modules) = match dummy_rank(&spec.path)? {
+        Some(rank) => dummy_adapter(config, rank)?,
+        None => read_adapter(config, &spec.path)?,
+    };
+    layout_adapter(be, config, layout, dtype, spec, max_rank, &adapter, modules)
+}
+
+/// `dummy:RANK` (for benchmarks): the rank of a generated adapter.
+fn dummy_rank(path: &Path) -> Result<Option<usize>> {
+    let Some(rank) = path.to_str().and_then(|p| p.strip_prefix("dummy:")) else {
+        return Ok(None);
+    };
+    let rank: usize = rank
+        .parse()
+        .ok()
+        .filter(|&r| r > 0)
+        .with_context(|| format!("'{}': expected dummy:RANK", path.display()))?;
+    Ok(Some(rank))
+}
+
+/// A generated adapter of rank `rank` on every projection of every layer it can adapt,
+/// with small reproducible values (benchmarks, like `--load-format dummy`).
+fn dummy_adapter(config: &ModelConfig, rank: usize) -> Result<(AdapterConfig, Modules)> {
+    let adapter = AdapterConfig {
+        r: rank,
+        lora_alpha: rank as f64,
+        ..AdapterConfig::default()
+    };
+    let attention = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+    ];
+    let mlp = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+    let mut modules = BTreeMap::new();
+    let mut seed = 0u64;
+    let mut values = |shape: (usize, usize)| {
+        seed += 1;
+        let v = (0..shape.0 * shape.1)
+            .map(|i| super::weights::dummy_value(seed, i as u64))
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    };
+    for layer in 0..config.num_layers {
+        let sparse = config.moe.as_ref().is_some_and(|m| m.is_sparse(layer));
+        let targets = attention
+            .iter()
+            .filter(|_| config.mla.is_none())
+            .chain(mlp.iter().filter(|_| !sparse));
+        for module in targets {
+            let place = placement(config, module).context("a module kiln adapts")?;
+            let pair = ModulePair {
+                a: Some(values((rank, place.inputs))?),
+                b: Some(values((place.rows, rank))?),
+            };
+            modules.insert((layer, module.to_string()), pair);
+        }
+    }
+    Ok((adapter, modules))
+}
+
+/// A PEFT adapter directory's config and its modules' `A` and `B`.
+fn read_adapter(config: &ModelConfig, dir: &Path) -> Result<(AdapterConfig, Modules)> {
     let adapter = AdapterConfig::read(dir)?;
     let file = dir.join("adapter_model.safetensors");
     anyhow::ensure!(
@@ -325,7 +391,7 @@ pub fn load_adapter<B: Backend>(
     );
     let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
         .with_context(|| format!("reading {}", file.display()))?;
-    let mut modules: BTreeMap<(usize, String), ModulePair> = BTreeMap::new();
+    let mut modules = Modules::new();
     for (name, t) in tensors {
         let (layer, module, which) = parse_name(&name).with_context(|| {
             format!(
@@ -351,7 +417,21 @@ pub fn load_adapter<B: Backend>(
         "{} holds no LoRA weights",
         file.display()
     );
+    Ok((adapter, modules))
+}
 
+/// Lays read modules out per layer and site for `layout`'s rank (see [`load_adapter`]).
+#[allow(clippy::too_many_arguments)]
+fn layout_adapter<B: Backend>(
+    be: &B,
+    config: &ModelConfig,
+    layout: &ShardLayout,
+    dtype: DType,
+    spec: &AdapterSpec,
+    max_rank: usize,
+    adapter: &AdapterConfig,
+    modules: Modules,
+) -> Result<LoraAdapter<B::Tensor>> {
     // Per (layer, site): each module's A, and its scaled B at its rows.
     let mut sites: BTreeMap<(usize, Site), Vec<SitePart>> = BTreeMap::new();
     for ((layer, module), pair) in modules {
