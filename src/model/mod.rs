@@ -23,6 +23,7 @@ pub mod presets;
 pub mod reasoning;
 pub mod rope;
 pub mod source;
+pub mod tiktoken;
 pub mod tokenizer;
 pub mod tool_calls;
 pub mod weights;

@@ -68,7 +68,7 @@ pub fn local(path: &Path) -> Result<ModelFiles> {
         return Ok(ModelFiles {
             name: path.display().to_string(),
             config: path.to_path_buf(),
-            tokenizer_dir: dir.clone().filter(|d| d.join("tokenizer.json").exists()),
+            tokenizer_dir: dir.clone().filter(|d| has_tokenizer(d)),
             generation_config: None,
             weights: Vec::new(),
         });
@@ -85,13 +85,15 @@ pub fn local(path: &Path) -> Result<ModelFiles> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string()),
         config,
-        tokenizer_dir: path
-            .join("tokenizer.json")
-            .exists()
-            .then(|| path.to_path_buf()),
+        tokenizer_dir: has_tokenizer(path).then(|| path.to_path_buf()),
         generation_config: optional(path.join("generation_config.json")),
         weights: weight_files_in(path)?,
     })
+}
+
+/// Whether `dir` holds a tokenizer kiln reads: tokenizer.json, or a tiktoken vocabulary.
+fn has_tokenizer(dir: &Path) -> bool {
+    dir.join("tokenizer.json").exists() || dir.join(super::tiktoken::TIKTOKEN_FILE).exists()
 }
 
 fn env_flag(name: &str) -> bool {
@@ -199,7 +201,9 @@ pub fn hub(repo_id: &str, revision: Option<&str>, need_weights: bool) -> Result<
     let repo = HubRepo::open(repo_id, revision)?;
     let get = |file: &str| repo.get(file);
     let config = get("config.json")?;
-    let tokenizer = get("tokenizer.json").ok();
+    let tokenizer = get("tokenizer.json")
+        .or_else(|_| get(super::tiktoken::TIKTOKEN_FILE))
+        .ok();
     let _ = get("tokenizer_config.json");
     let generation_config = get("generation_config.json").ok();
     let weights = if need_weights {

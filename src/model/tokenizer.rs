@@ -96,7 +96,11 @@ impl Tokenizer {
     /// so the model still serves plain completions.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tokenizer_path = dir.join(TOKENIZER_FILE);
-        let bytes = read_existing(&tokenizer_path)?;
+        // A tiktoken vocabulary (Kimi) stands in for a missing tokenizer.json.
+        let bytes = match super::tiktoken::tokenizer_json(dir)? {
+            Some(json) if !tokenizer_path.exists() => json.into_bytes(),
+            _ => read_existing(&tokenizer_path)?,
+        };
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| anyhow!("{}: not a valid tokenizer: {e}", tokenizer_path.display()))?;
         let mut tokenizer = Tokenizer::new(inner);
