@@ -257,7 +257,9 @@ fn main() {
             engine: handle.clone(),
             names: vec!["kiln-demo".into()],
             root: "kiln-demo".into(),
-            adapters: Vec::new(),
+            adapters: Default::default(),
+            runtime_lora_max_rank: None,
+            lora_updates: Default::default(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let options = ServeOptions {

@@ -134,6 +134,15 @@ pub struct EngineArgs {
     /// names some.
     #[arg(long, env = "KILN_ENABLE_LORA", default_value_t = false)]
     pub enable_lora: bool,
+    /// Let `POST /v1/load_lora_adapter` and `/v1/unload_lora_adapter` change the served
+    /// adapters while serving (vLLM's `VLLM_ALLOW_RUNTIME_LORA_UPDATING`): whoever can reach
+    /// the API can then make the server read files by path.
+    #[arg(
+        long,
+        env = "KILN_ALLOW_RUNTIME_LORA_UPDATING",
+        default_value_t = false
+    )]
+    pub allow_runtime_lora_updating: bool,
     /// Largest LoRA rank an adapter may have (larger ones are refused at load).
     #[arg(long, env = "KILN_MAX_LORA_RANK", default_value_t = 64)]
     pub max_lora_rank: usize,

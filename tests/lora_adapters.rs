@@ -215,7 +215,10 @@ fn adapters_the_engine_cannot_apply_are_refused() {
     let mut params = greedy(2);
     params.lora_adapter = Some(0);
     let err = engine.add_request(1, vec![3, 4], params).unwrap_err();
-    assert!(format!("{err}").contains("not loaded"), "{err}");
+    assert!(
+        format!("{err}").contains("no LoRA adapter is loaded"),
+        "{err}"
+    );
 }
 
 /// A generated adapter (`dummy:RANK`, for benchmarks on dummy weights) covers what kiln can
@@ -230,5 +233,64 @@ fn generated_adapters_fit_every_architecture() {
         params.lora_adapter = Some(0);
         let outs = run_all(&mut engine, vec![(1, vec![5, 6, 7], params)]);
         assert_eq!(outs[&1].token_ids.len(), 3, "{arch}");
+    }
+}
+
+/// Adapters loaded and freed while the engine runs (one rank and sharded): a loaded one
+/// decodes as PEFT does, one in use cannot be freed, a freed slot is never reused.
+#[test]
+fn adapters_load_and_unload_at_run_time() {
+    let all = adapters();
+    let r = &all["llama_all"];
+    let spec: kiln::model::lora::AdapterSpec = adapter_flag("llama_all").parse().unwrap();
+    for world in ["1", "2"] {
+        let mut flags = base_flags("llama");
+        flags.extend(["--tensor-parallel-size".into(), world.into()]);
+        let (mut engine, _) = build_engine(&args(&flags)).unwrap();
+        let slot = engine.load_adapter(&spec, 64).unwrap();
+        assert_eq!(slot, 0);
+        let mut params = greedy(8);
+        params.lora_adapter = Some(slot);
+        let prompt = &r.prompts[1];
+        // In use (queued): cannot be freed.
+        engine
+            .add_request(1, prompt.prompt_ids.clone(), params.clone())
+            .unwrap();
+        let err = engine.unload_adapter(slot).unwrap_err();
+        assert!(format!("{err}").contains("using the adapter"), "{err}");
+        let mut outs = std::collections::HashMap::new();
+        while engine.has_work() {
+            for (id, o) in engine.step().unwrap() {
+                let all: &mut kiln::engine::RequestOutput = outs.entry(id).or_default();
+                kiln::engine::handle::merge(all, o);
+            }
+        }
+        assert_eq!(outs[&1].token_ids, prompt.greedy_ids[..8], "TP={world}");
+        engine.unload_adapter(slot).unwrap();
+        let err = engine
+            .add_request(2, prompt.prompt_ids.clone(), params)
+            .unwrap_err();
+        assert!(format!("{err}").contains("no LoRA adapter"), "{err}");
+        assert!(engine.unload_adapter(slot).is_err(), "freed twice");
+        // A fresh load takes a new slot and still decodes as PEFT.
+        let again = engine.load_adapter(&spec, 64).unwrap();
+        assert_eq!(again, 1);
+        let mut params = greedy(8);
+        params.lora_adapter = Some(again);
+        let outs = run_all(&mut engine, vec![(3, prompt.prompt_ids.clone(), params)]);
+        assert_eq!(
+            outs[&3].token_ids,
+            prompt.greedy_ids[..8],
+            "TP={world} reloaded"
+        );
+        // A load that fails leaves the engine serving.
+        let bad: kiln::model::lora::AdapterSpec = "bad=/nonexistent".parse().unwrap();
+        assert!(engine.load_adapter(&bad, 64).is_err());
+        assert!(
+            engine.load_adapter(&spec, 2).is_err(),
+            "over the rank limit"
+        );
+        let outs = run_all(&mut engine, vec![(4, prompt.prompt_ids.clone(), greedy(3))]);
+        assert_eq!(outs[&4].token_ids.len(), 3);
     }
 }

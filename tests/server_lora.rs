@@ -7,13 +7,17 @@ use reqwest::Client;
 use serde_json::{json, Value};
 use server_support::Server;
 
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// PEFT's outputs for the fixture adapters.
+fn lora_reference() -> Value {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/lora/reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_name_adapters_as_their_model() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{fixtures}/lora/reference.json")).unwrap(),
-    )
-    .unwrap();
+    let (fixtures, reference) = (FIXTURES, lora_reference());
     let base = format!("{fixtures}/llama");
     let adapter = format!("sql={fixtures}/lora/llama_all");
     let server = Server::start(&[
@@ -97,4 +101,107 @@ async fn completion_text(client: &Client, server: &Server, model: &str, prompt: 
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["model"], model);
     v["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+async fn post_text(client: &Client, server: &Server, path: &str, body: Value) -> (u16, String) {
+    let r = client
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// With `--allow-runtime-lora-updating`, adapters come and go over HTTP (vLLM's endpoints
+/// and answers); without it the endpoints say how to turn them on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_load_and_unload_over_http() {
+    let (fixtures, reference) = (FIXTURES, lora_reference());
+    let base = format!("{fixtures}/llama");
+    let path = format!("{fixtures}/lora/llama_all");
+    let client = Client::new();
+
+    let locked = Server::start(&["--model", &base, "--served-model-name", "base"]);
+    let (status, text) = post_text(
+        &client,
+        &locked,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "sql", "lora_path": path}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(text.contains("--allow-runtime-lora-updating"), "{text}");
+    drop(locked);
+
+    let server = Server::start(&[
+        "--model",
+        &base,
+        "--dtype",
+        "float32",
+        "--served-model-name",
+        "base",
+        "--allow-runtime-lora-updating",
+    ]);
+    let load = json!({"lora_name": "sql", "lora_path": path});
+    let (status, text) = post_text(&client, &server, "/v1/load_lora_adapter", load.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text, "Success: LoRA adapter 'sql' added successfully.");
+    let (status, _) = post_text(&client, &server, "/v1/load_lora_adapter", load).await;
+    assert_eq!(status, 400, "loaded twice");
+    let (status, text) = post_text(
+        &client,
+        &server,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "gone", "lora_path": "/nonexistent/adapter"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(text.contains("lora_path"), "{text}");
+
+    let prompt = &reference["llama_all"]["prompts"][1];
+    let adapted = completion_text(&client, &server, "sql", prompt).await;
+    assert_ne!(
+        adapted,
+        completion_text(&client, &server, "base", prompt).await
+    );
+    let (status, text) = post_text(
+        &client,
+        &server,
+        "/v1/unload_lora_adapter",
+        json!({"lora_name": "sql"}),
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (200, "Success: LoRA adapter 'sql' removed successfully.")
+    );
+    let r = client
+        .post(server.url("/v1/completions"))
+        .json(&json!({"model": "sql", "prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "an unloaded adapter is no longer served");
+    let (status, _) = post_text(
+        &client,
+        &server,
+        "/v1/unload_lora_adapter",
+        json!({"lora_name": "sql"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Loaded again, it answers as before.
+    let (status, _) = post_text(
+        &client,
+        &server,
+        "/v1/load_lora_adapter",
+        json!({"lora_name": "sql", "lora_path": path}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        completion_text(&client, &server, "sql", prompt).await,
+        adapted
+    );
 }

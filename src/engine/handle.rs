@@ -5,6 +5,7 @@ use super::llm_engine::{compile_structure, validate_request, LlmEngine, RequestE
 use super::output::{RequestEvent, RequestOutput};
 use super::params::SamplingParams;
 use crate::model::grammar::Constraint;
+use crate::model::lora::AdapterSpec;
 use crate::model::tokenizer::Tokenizer;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 
 enum Command {
     Add {
@@ -23,6 +25,17 @@ enum Command {
         out: UnboundedSender<RequestEvent>,
     },
     Abort(u64),
+    /// Load a LoRA adapter between steps; the reply is its slot.
+    LoadAdapter {
+        spec: AdapterSpec,
+        max_rank: usize,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+    /// Free adapter `slot` (refused while requests use it).
+    UnloadAdapter {
+        slot: usize,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Shutdown,
 }
 
@@ -237,6 +250,39 @@ impl EngineHandle {
         })
     }
 
+    /// Asks the engine to load a LoRA adapter between steps (it answers with the slot
+    /// requests name it by, or why not). Loading reads and uploads the weights, so running
+    /// requests pause for it.
+    pub fn load_adapter(
+        &self,
+        spec: AdapterSpec,
+        max_rank: usize,
+    ) -> oneshot::Receiver<Result<usize, String>> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::LoadAdapter {
+            spec,
+            max_rank,
+            reply,
+        };
+        if let Err(crossbeam_channel::SendError(Command::LoadAdapter { reply, .. })) =
+            self.tx.send(command)
+        {
+            let _ = reply.send(Err("the engine thread has exited".into()));
+        }
+        rx
+    }
+
+    /// Asks the engine to free adapter `slot` (refused while requests use it).
+    pub fn unload_adapter(&self, slot: usize) -> oneshot::Receiver<Result<(), String>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(crossbeam_channel::SendError(Command::UnloadAdapter { reply, .. })) =
+            self.tx.send(Command::UnloadAdapter { slot, reply })
+        {
+            let _ = reply.send(Err("the engine thread has exited".into()));
+        }
+        rx
+    }
+
     /// Asks the engine to finish what it has and stop; waits for it.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
@@ -376,6 +422,21 @@ fn apply(
         Command::Abort(id) => {
             engine.abort(id);
             senders.remove(&id);
+        }
+        Command::LoadAdapter {
+            spec,
+            max_rank,
+            reply,
+        } => {
+            let loaded = engine.load_adapter(&spec, max_rank);
+            match &loaded {
+                Ok(slot) => tracing::info!("LoRA adapter {} loaded (slot {slot})", spec.name),
+                Err(e) => tracing::warn!("LoRA adapter {} not loaded: {e:#}", spec.name),
+            }
+            let _ = reply.send(loaded.map_err(|e| format!("{e:#}")));
+        }
+        Command::UnloadAdapter { slot, reply } => {
+            let _ = reply.send(engine.unload_adapter(slot).map_err(|e| format!("{e:#}")));
         }
         Command::Shutdown => *shutting_down = true,
     }

@@ -14,6 +14,7 @@ use super::sequence::Sequence;
 use super::speculative::Drafts;
 use super::text::OutputText;
 use crate::model::grammar::{Constraint, TokenMask};
+use crate::model::lora::AdapterSpec;
 use crate::model::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use rand::Rng;
@@ -244,12 +245,12 @@ impl LlmEngine {
             self.runner.vocab_size(),
         )?;
         if let Some(adapter) = params.lora_adapter {
-            let loaded = self.runner.num_adapters();
-            if adapter >= loaded || params.pooling.is_some() {
+            let loaded = self.runner.has_adapter(adapter);
+            if !loaded || params.pooling.is_some() {
                 return Err(RequestError::InvalidParam(ParamError {
                     param: "model",
-                    message: if adapter >= loaded {
-                        format!("LoRA adapter {adapter} is not loaded ({loaded} are)")
+                    message: if !loaded {
+                        format!("no LoRA adapter is loaded in slot {adapter}")
                     } else {
                         "embeddings come from the base model, not a LoRA adapter".into()
                     },
@@ -290,6 +291,19 @@ impl LlmEngine {
         self.scheduler
             .add(Sequence::new(id, prompt, params, self.config.max_model_len));
         Ok(())
+    }
+
+    /// Loads a LoRA adapter while serving (between steps); returns the slot requests name it
+    /// by.
+    pub fn load_adapter(&mut self, spec: &AdapterSpec, max_rank: usize) -> Result<usize> {
+        self.runner.load_adapter(spec, max_rank)
+    }
+
+    /// Frees adapter `slot`; refused while requests use it.
+    pub fn unload_adapter(&mut self, slot: usize) -> Result<()> {
+        let users = self.scheduler.count_with_adapter(slot);
+        anyhow::ensure!(users == 0, "{users} requests are using the adapter");
+        self.runner.unload_adapter(slot)
     }
 
     /// Cancels a request, freeing its blocks at once. Returns its final output if it existed.

@@ -4,6 +4,7 @@ use super::scheduler::ScheduledSeq;
 use super::sequence::Sequence;
 use crate::backend::{Backend, BatchLayout};
 use crate::model::llama::LlamaModel;
+use crate::model::lora::{load_adapter, AdapterSpec};
 use anyhow::Result;
 
 /// Tokens and layout of one step, built from the scheduler's choice.
@@ -95,9 +96,17 @@ pub trait Runner: Send {
     fn execute(&mut self, input: &StepInput) -> Result<StepOutput>;
     fn vocab_size(&self) -> usize;
     fn describe(&self) -> String;
-    /// How many LoRA adapters requests may name (`SamplingParams::lora_adapter`).
-    fn num_adapters(&self) -> usize {
-        0
+    /// Whether a LoRA adapter is loaded in `slot` (`SamplingParams::lora_adapter`).
+    fn has_adapter(&self, _slot: usize) -> bool {
+        false
+    }
+    /// Loads a LoRA adapter into a new slot (on every rank); returns the slot.
+    fn load_adapter(&mut self, spec: &AdapterSpec, _max_rank: usize) -> Result<usize> {
+        anyhow::bail!("{} cannot load LoRA adapter {}", self.describe(), spec.name)
+    }
+    /// Frees adapter `slot` (its requests must have finished).
+    fn unload_adapter(&mut self, slot: usize) -> Result<()> {
+        anyhow::bail!("{} has no adapter in slot {slot}", self.describe())
     }
     /// Bytes of weights a batch-1 forward pass reads (for bandwidth rooflines; a
     /// mixture-of-experts model reads only the chosen experts).
@@ -170,8 +179,18 @@ where
         self.model.config.vocab_size
     }
 
-    fn num_adapters(&self) -> usize {
-        self.model.num_adapters()
+    fn has_adapter(&self, slot: usize) -> bool {
+        self.model.has_adapter(slot)
+    }
+
+    fn load_adapter(&mut self, spec: &AdapterSpec, max_rank: usize) -> Result<usize> {
+        let m = &self.model;
+        let adapter = load_adapter(&self.backend, &m.config, &m.layout, m.dtype, spec, max_rank)?;
+        self.model.add_adapter(adapter)
+    }
+
+    fn unload_adapter(&mut self, slot: usize) -> Result<()> {
+        self.model.remove_adapter(slot)
     }
 
     fn weight_bytes(&self) -> u64 {

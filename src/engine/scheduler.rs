@@ -72,6 +72,14 @@ impl Scheduler {
         self.seqs.get_mut(&id)
     }
 
+    /// Requests (waiting or running) that use LoRA adapter `slot`.
+    pub fn count_with_adapter(&self, slot: usize) -> usize {
+        self.seqs
+            .values()
+            .filter(|s| s.params.lora_adapter == Some(slot))
+            .count()
+    }
+
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
     }

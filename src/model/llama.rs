@@ -101,8 +101,9 @@ pub struct LlamaModel<B: Backend> {
     final_softcap: Option<f32>,
     /// This rank's heads.
     attention: AttentionShape,
-    /// LoRA adapters requests may name (`BatchLayout::adapters` indexes them).
-    adapters: Vec<LoraAdapter<B::Tensor>>,
+    /// LoRA adapters requests may name, by slot (`BatchLayout::adapters` indexes them); an
+    /// unloaded adapter leaves its slot empty, so slots are never reused.
+    adapters: Vec<Option<LoraAdapter<B::Tensor>>>,
 }
 
 /// Loads one named tensor and uploads it.
@@ -595,9 +596,16 @@ impl<B: Backend> LlamaModel<B> {
         })
     }
 
-    /// Adds a LoRA adapter, laid out for this rank (see `model/lora.rs`); requests reach
-    /// it as adapter number `self.num_adapters()` before the call.
-    pub fn add_adapter(&mut self, adapter: LoraAdapter<B::Tensor>) -> Result<()> {
+    /// Adds a LoRA adapter, laid out for this rank (see `model/lora.rs`), in a new slot;
+    /// returns the slot, which requests name it by.
+    pub fn add_adapter(&mut self, adapter: LoraAdapter<B::Tensor>) -> Result<usize> {
+        self.place_adapter(self.adapters.len(), adapter)?;
+        Ok(self.adapters.len() - 1)
+    }
+
+    /// Puts a LoRA adapter in slot `slot`, which must be free (tensor-parallel ranks are
+    /// told the slot, so they agree on it even after a load failed on some of them).
+    pub fn place_adapter(&mut self, slot: usize, adapter: LoraAdapter<B::Tensor>) -> Result<()> {
         anyhow::ensure!(
             adapter.layers.len() == self.layers.len(),
             "adapter {} has {} layers, the model {}",
@@ -605,12 +613,31 @@ impl<B: Backend> LlamaModel<B> {
             adapter.layers.len(),
             self.layers.len()
         );
-        self.adapters.push(adapter);
+        if self.adapters.len() <= slot {
+            self.adapters.resize_with(slot + 1, || None);
+        }
+        anyhow::ensure!(
+            self.adapters[slot].is_none(),
+            "adapter slot {slot} is taken"
+        );
+        self.adapters[slot] = Some(adapter);
         Ok(())
     }
 
-    pub fn num_adapters(&self) -> usize {
-        self.adapters.len()
+    /// Frees adapter `slot`'s weights; the slot stays taken.
+    pub fn remove_adapter(&mut self, slot: usize) -> Result<()> {
+        match self.adapters.get_mut(slot) {
+            Some(adapter @ Some(_)) => {
+                *adapter = None;
+                Ok(())
+            }
+            _ => anyhow::bail!("no adapter is loaded in slot {slot}"),
+        }
+    }
+
+    /// Whether an adapter is loaded in `slot`.
+    pub fn has_adapter(&self, slot: usize) -> bool {
+        self.adapters.get(slot).is_some_and(Option::is_some)
     }
 
     /// Row of this rank's embedding for each token: its own rows, or the zero row for the
@@ -825,8 +852,8 @@ impl<B: Backend> LlamaModel<B> {
         let mut residual: Option<B::Tensor> = None;
         let eps = c.rms_norm_eps;
         let lora = AdapterRows::of(batch);
-        if let Some(bad) = lora.adapters().find(|&a| a >= self.adapters.len()) {
-            anyhow::bail!("adapter {bad} is not loaded ({} are)", self.adapters.len());
+        if let Some(bad) = lora.adapters().find(|&a| !self.has_adapter(a)) {
+            anyhow::bail!("no LoRA adapter is loaded in slot {bad}");
         }
         // A base linear's output plus the adapters' updates of it, on their rows.
         let adapt = |y: B::Tensor, x: &B::Tensor, i: usize, site: Site| -> Result<B::Tensor> {

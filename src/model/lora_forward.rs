@@ -48,7 +48,7 @@ impl AdapterRows {
 #[allow(clippy::too_many_arguments)]
 pub fn add_updates<B: Backend>(
     be: &B,
-    adapters: &[LoraAdapter<B::Tensor>],
+    adapters: &[Option<LoraAdapter<B::Tensor>>],
     y: B::Tensor,
     x: &B::Tensor,
     (layer, site): (usize, Site),
@@ -57,7 +57,8 @@ pub fn add_updates<B: Backend>(
 ) -> Result<B::Tensor> {
     let mut updates = Vec::new();
     for (adapter, tokens) in &rows.groups {
-        let Some(pair) = adapters[*adapter].layers[layer].site(site) else {
+        let loaded = adapters[*adapter].as_ref();
+        let Some(pair) = loaded.and_then(|a| a.layers[layer].site(site)) else {
             continue;
         };
         let whole = tokens.len() == rows.num_tokens;

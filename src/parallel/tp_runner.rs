@@ -55,6 +55,9 @@ pub struct TpSpec<B: Backend> {
 
 enum Command {
     MeasureMemory,
+    /// Load this adapter into this slot.
+    LoadAdapter(Arc<AdapterSpec>, usize, usize),
+    UnloadAdapter(usize),
     Allocate(usize),
     Step(Arc<StepInput>, Rows),
     AllocatorStats,
@@ -91,7 +94,8 @@ pub struct TpRunner {
     config: ModelConfig,
     dtype: DType,
     description: String,
-    num_adapters: usize,
+    /// Per adapter slot, whether every rank holds it loaded.
+    adapters: Vec<bool>,
 }
 
 impl TpRunner {
@@ -137,7 +141,7 @@ impl TpRunner {
             config: spec.config,
             dtype: spec.dtype,
             description: String::new(),
-            num_adapters: spec.adapters.len(),
+            adapters: vec![true; spec.adapters.len()],
         };
         let mut loaded: Vec<RankLoaded> = runner
             .collect(|r| match r {
@@ -247,8 +251,42 @@ impl Runner for TpRunner {
         self.config.vocab_size
     }
 
-    fn num_adapters(&self) -> usize {
-        self.num_adapters
+    fn has_adapter(&self, slot: usize) -> bool {
+        self.adapters.get(slot).copied().unwrap_or(false)
+    }
+
+    /// Every rank loads its part into the next slot; if any fails, the others free theirs
+    /// and the slot is left unused.
+    fn load_adapter(&mut self, spec: &AdapterSpec, max_rank: usize) -> Result<usize> {
+        let slot = self.adapters.len();
+        self.adapters.push(false);
+        let shared = Arc::new(spec.clone());
+        self.broadcast(|| Command::LoadAdapter(shared.clone(), slot, max_rank))?;
+        let loaded = self.collect(|r| match r {
+            Reply::Ready => Ok(()),
+            _ => Err(anyhow!("unexpected reply to loading an adapter")),
+        });
+        if let Err(e) = loaded {
+            let _ = self.broadcast(|| Command::UnloadAdapter(slot));
+            let _ = self.collect(|_| Ok(()));
+            return Err(e);
+        }
+        self.adapters[slot] = true;
+        Ok(slot)
+    }
+
+    fn unload_adapter(&mut self, slot: usize) -> Result<()> {
+        anyhow::ensure!(
+            self.has_adapter(slot),
+            "no adapter is loaded in slot {slot}"
+        );
+        self.adapters[slot] = false;
+        self.broadcast(|| Command::UnloadAdapter(slot))?;
+        self.collect(|r| match r {
+            Reply::Ready => Ok(()),
+            _ => Err(anyhow!("unexpected reply to unloading an adapter")),
+        })?;
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -327,7 +365,7 @@ impl<B: Backend> RankJob<B> {
     fn run(self, commands: Receiver<Command>, replies: Sender<Result<Reply>>) {
         let rank = self.shard.rank;
         let loaded = self.guarded(|| self.load());
-        let (be, model) = match loaded {
+        let (be, mut model) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 let _ = replies.send(Err(e));
@@ -368,6 +406,18 @@ impl<B: Backend> RankJob<B> {
                         .map(Reply::Logits),
                 },
                 Command::AllocatorStats => Ok(Reply::Stats(be.allocator_stats())),
+                // Adapter loads are not collectives: a failing rank reports without aborting
+                // the group (the coordinator frees the slot on the others).
+                Command::LoadAdapter(spec, slot, max_rank) => {
+                    let (c, layout) = (&model.config, &model.layout);
+                    load_adapter(&be, c, layout, self.dtype, &spec, max_rank)
+                        .and_then(|adapter| model.place_adapter(slot, adapter))
+                        .map(|()| Reply::Ready)
+                }
+                Command::UnloadAdapter(slot) => {
+                    let _ = model.remove_adapter(slot);
+                    Ok(Reply::Ready)
+                }
             };
             if replies.send(reply).is_err() {
                 return;

@@ -18,6 +18,7 @@ pub mod image_metrics;
 pub mod images;
 pub mod json;
 pub mod logprobs;
+pub mod lora_admin;
 pub mod metrics;
 pub mod openapi;
 pub mod responses;
@@ -32,9 +33,9 @@ pub mod types;
 use crate::engine::EngineHandle;
 use crate::launch::{build_engine, EngineArgs};
 use anyhow::{Context, Result};
-use state::{AppState, Loaded, Served, ServedImages, SharedState};
+use state::{AppState, Loaded, Served, ServedAdapter, ServedImages, SharedState};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -113,13 +114,22 @@ pub fn load(args: &EngineArgs, names: Vec<String>, max_queued: usize) -> Result<
     let adapters = args
         .lora_modules
         .iter()
-        .map(|a| (a.name.clone(), a.path.display().to_string()))
+        .enumerate()
+        .map(|(slot, a)| ServedAdapter {
+            name: a.name.clone(),
+            path: a.path.display().to_string(),
+            slot,
+        })
         .collect();
     Ok(Served {
         engine: EngineHandle::spawn(engine, max_queued),
         names,
         root,
-        adapters,
+        adapters: RwLock::new(adapters),
+        runtime_lora_max_rank: args
+            .allow_runtime_lora_updating
+            .then_some(args.max_lora_rank),
+        lora_updates: Default::default(),
     })
 }
 

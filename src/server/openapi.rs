@@ -19,6 +19,8 @@ use utoipa::OpenApi;
         super::service::version,
         super::service::health,
         super::service::metrics,
+        super::lora_admin::load_lora_adapter,
+        super::lora_admin::unload_lora_adapter,
     ),
     components(schemas(
         common::Usage,

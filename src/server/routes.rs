@@ -3,7 +3,7 @@
 use super::auth::require_api_key;
 use super::error::ApiError;
 use super::state::SharedState;
-use super::{chat, completions, embeddings, images, openapi, responses, service};
+use super::{chat, completions, embeddings, images, lora_admin, openapi, responses, service};
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,11 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(service::models))
         .route("/v1/models/{*model}", get(service::retrieve_model))
         .route("/v1/images/generations", post(images::generate_images))
+        .route("/v1/load_lora_adapter", post(lora_admin::load_lora_adapter))
+        .route(
+            "/v1/unload_lora_adapter",
+            post(lora_admin::unload_lora_adapter),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,

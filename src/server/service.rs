@@ -32,9 +32,9 @@ pub async fn models(State(state): State<SharedState>) -> ApiResult<Json<ModelLis
         .map(|name| card(name, &served.root, None))
         .chain(
             served
-                .adapters
+                .adapters()
                 .iter()
-                .map(|(name, path)| card(name, path, base.clone())),
+                .map(|a| card(&a.name, &a.path, base.clone())),
         )
         .collect();
     Ok(Json(ModelList {

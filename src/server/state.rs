@@ -5,7 +5,7 @@ use super::metrics::ServerMetrics;
 use crate::diffusion::handle::ImageHandle;
 use crate::engine::EngineHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// The engine and the names it answers to, available once loading has finished.
 pub struct Served {
@@ -14,15 +14,36 @@ pub struct Served {
     pub names: Vec<String>,
     /// The model's own name or path (`root` in /v1/models).
     pub root: String,
-    /// LoRA adapters requests may name instead, `(name, path)`, in the engine's order.
-    pub adapters: Vec<(String, String)>,
+    /// LoRA adapters requests may name instead (changed at run time by the adapter
+    /// endpoints, when `runtime_lora_max_rank` allows them).
+    pub adapters: RwLock<Vec<ServedAdapter>>,
+    /// `--allow-runtime-lora-updating`: the largest rank a loaded adapter may have.
+    pub runtime_lora_max_rank: Option<usize>,
+    /// Held by each adapter load or unload, so two of them never race on one name.
+    pub lora_updates: tokio::sync::Mutex<()>,
+}
+
+/// A LoRA adapter a request may name as its `model`.
+#[derive(Clone, Debug)]
+pub struct ServedAdapter {
+    pub name: String,
+    pub path: String,
+    /// The engine's slot for it (`SamplingParams::lora_adapter`).
+    pub slot: usize,
 }
 
 impl Served {
-    /// The adapter a request's `model` names (an index into the engine's adapters); None
-    /// for the base model's names.
+    /// The adapter slot a request's `model` names; None for the base model's names.
     pub fn adapter_for(&self, model: &str) -> Option<usize> {
-        self.adapters.iter().position(|(name, _)| name == model)
+        self.adapters()
+            .iter()
+            .find(|a| a.name == model)
+            .map(|a| a.slot)
+    }
+
+    /// The adapters served now.
+    pub fn adapters(&self) -> Vec<ServedAdapter> {
+        self.adapters.read().map(|a| a.clone()).unwrap_or_default()
     }
 }
 
