@@ -68,6 +68,20 @@ async fn requests_name_adapters_as_their_model() {
         .unwrap();
     assert_eq!(adapted, detok["prompt"].as_str().unwrap());
 
+    // /metrics has vLLM's adapter info series, naming how many adapters are loaded.
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kiln:lora_requests_info{max_lora=\"1\""),
+        "{metrics}"
+    );
+
     // Embeddings come from the base model; unknown names are 404 as before.
     for (path, body, status) in [
         ("/v1/embeddings", json!({"model": "sql", "input": "x"}), 400),

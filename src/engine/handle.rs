@@ -53,6 +53,8 @@ pub struct EngineStats {
     pub draft_tokens: AtomicU64,
     pub accepted_draft_tokens: AtomicU64,
     pub steps: AtomicU64,
+    /// LoRA adapter slots of the running and of the waiting requests, after the last step.
+    pub adapters_in_use: Mutex<(Vec<usize>, Vec<usize>)>,
     pub failed: AtomicBool,
     pub failure: Mutex<Option<String>>,
 }
@@ -388,6 +390,9 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
             .accepted_draft_tokens
             .store(accepted, Ordering::Relaxed);
         stats.steps.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut in_use) = stats.adapters_in_use.lock() {
+            *in_use = engine.adapters_in_use();
+        }
     }
     stats.running.store(0, Ordering::Relaxed);
     stats.waiting.store(0, Ordering::Relaxed);

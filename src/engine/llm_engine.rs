@@ -299,6 +299,11 @@ impl LlmEngine {
         self.runner.load_adapter(spec, max_rank)
     }
 
+    /// The adapter slots of running and of waiting requests (for `/metrics`).
+    pub fn adapters_in_use(&self) -> (Vec<usize>, Vec<usize>) {
+        self.scheduler.adapters_in_use()
+    }
+
     /// Frees adapter `slot`; refused while requests use it.
     pub fn unload_adapter(&mut self, slot: usize) -> Result<()> {
         let users = self.scheduler.count_with_adapter(slot);

@@ -72,6 +72,21 @@ impl Scheduler {
         self.seqs.get_mut(&id)
     }
 
+    /// The LoRA adapter slots of the running requests and of the waiting ones, each list
+    /// sorted and without repeats.
+    pub fn adapters_in_use(&self) -> (Vec<usize>, Vec<usize>) {
+        let slots = |ids: &mut dyn Iterator<Item = &u64>| {
+            let set: std::collections::BTreeSet<usize> = ids
+                .filter_map(|id| self.seqs.get(id)?.params.lora_adapter)
+                .collect();
+            set.into_iter().collect::<Vec<_>>()
+        };
+        (
+            slots(&mut self.running.iter()),
+            slots(&mut self.waiting.iter()),
+        )
+    }
+
     /// Requests (waiting or running) that use LoRA adapter `slot`.
     pub fn count_with_adapter(&self, slot: usize) -> usize {
         self.seqs

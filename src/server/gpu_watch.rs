@@ -134,7 +134,7 @@ mod tests {
             vec![reading(0, 1)],
         ]));
         apply(&state, &monitor.poll());
-        let text = state.metrics.render(None);
+        let text = state.metrics.render(None, &[]);
         assert!(
             text.contains("kiln:gpu_temperature_celsius{gpu=\"0\"} 55"),
             "{text}"
@@ -165,7 +165,7 @@ mod tests {
             .is_none());
         }
         let state = AppState::new(None);
-        assert!(!state.metrics.render(None).contains("kiln:gpu_"));
+        assert!(!state.metrics.render(None, &[]).contains("kiln:gpu_"));
     }
 
     #[tokio::test]

@@ -6,8 +6,8 @@ use crate::engine::handle::EngineStats;
 use crate::engine::RequestOutput;
 use crate::gpu::metrics::GpuGauges;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -32,6 +32,8 @@ pub struct ServerMetrics {
     preemptions: IntCounter,
     draft_tokens: IntCounter,
     accepted_draft_tokens: IntCounter,
+    /// vLLM's `lora_requests_info`: one series naming the adapters in use.
+    lora_info: GaugeVec,
     /// Serialises copying the engine's monotonic counters into ours.
     sync: Mutex<()>,
     success: IntCounterVec,
@@ -87,6 +89,14 @@ impl ServerMetrics {
                 "Drafted tokens the model confirmed",
             )
             .expect("static"),
+            lora_info: GaugeVec::new(
+                Opts::new(
+                    "kiln:lora_requests_info",
+                    "LoRA adapters in use by running and waiting requests (value: scrape time)",
+                ),
+                &["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+            )
+            .expect("static"),
             sync: Mutex::new(()),
             success: IntCounterVec::new(
                 Opts::new("kiln:request_success_total", "Finished requests"),
@@ -123,6 +133,7 @@ impl ServerMetrics {
             Box::new(m.preemptions.clone()),
             Box::new(m.draft_tokens.clone()),
             Box::new(m.accepted_draft_tokens.clone()),
+            Box::new(m.lora_info.clone()),
             Box::new(m.success.clone()),
             Box::new(m.ttft.clone()),
             Box::new(m.itl.clone()),
@@ -135,9 +146,11 @@ impl ServerMetrics {
         m
     }
 
-    /// The Prometheus text exposition, with the engine's gauges read now.
-    pub fn render(&self, stats: Option<&EngineStats>) -> String {
+    /// The Prometheus text exposition, with the engine's gauges read now; `adapters` names
+    /// the LoRA adapter slots (`(slot, name)`) for `kiln:lora_requests_info`.
+    pub fn render(&self, stats: Option<&EngineStats>, adapters: &[(usize, String)]) -> String {
         if let Some(s) = stats {
+            self.set_lora_info(s, adapters);
             self.running.set(s.running.load(Ordering::Relaxed) as i64);
             self.waiting.set(s.waiting.load(Ordering::Relaxed) as i64);
             self.kv_usage.set(s.kv_usage());
@@ -159,6 +172,34 @@ impl ServerMetrics {
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl ServerMetrics {
+    /// One `kiln:lora_requests_info` series: the names of the adapters running and waiting
+    /// requests use, and how many adapters are loaded; its value the time of the scrape
+    /// (vLLM's form).
+    fn set_lora_info(&self, stats: &EngineStats, adapters: &[(usize, String)]) {
+        let Ok(in_use) = stats.adapters_in_use.lock().map(|u| u.clone()) else {
+            return;
+        };
+        let names = |slots: &[usize]| {
+            slots
+                .iter()
+                .filter_map(|s| adapters.iter().find(|(slot, _)| slot == s))
+                .map(|(_, name)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (running, waiting) = (names(&in_use.0), names(&in_use.1));
+        let loaded = adapters.len().to_string();
+        self.lora_info.reset();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.lora_info
+            .with_label_values(&[running.as_str(), waiting.as_str(), loaded.as_str()])
+            .set(now);
     }
 }
 
@@ -241,7 +282,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let text = m.render(Some(&stats));
+        let text = m.render(Some(&stats), &[]);
         for name in [
             "kiln:num_requests_running",
             "kiln:num_requests_waiting",
@@ -256,5 +297,30 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn lora_info_names_the_adapters_in_use_and_only_them() {
+        let m = ServerMetrics::new();
+        let stats = EngineStats::default();
+        *stats.adapters_in_use.lock().unwrap() = (vec![0, 2], vec![1]);
+        let adapters = [
+            (0, "sql".to_string()),
+            (1, "chat".into()),
+            (2, "code".into()),
+        ];
+        let text = m.render(Some(&stats), &adapters);
+        let series = "kiln:lora_requests_info{max_lora=\"3\",running_lora_adapters=\"sql,code\",\
+                      waiting_lora_adapters=\"chat\"}";
+        assert!(text.contains(series), "{text}");
+        // The next scrape replaces the series rather than adding one.
+        *stats.adapters_in_use.lock().unwrap() = (vec![], vec![]);
+        let text = m.render(Some(&stats), &adapters);
+        assert_eq!(
+            text.matches("kiln:lora_requests_info{").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("running_lora_adapters=\"\""), "{text}");
     }
 }

@@ -177,7 +177,11 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
     if let Some(images) = state.images() {
         state.metrics.images.sync(images.engine.stats());
     }
-    let text = state.metrics.render(stats);
+    let adapters: Vec<(usize, String)> = state
+        .served()
+        .map(|s| s.adapters().into_iter().map(|a| (a.slot, a.name)).collect())
+        .unwrap_or_default();
+    let text = state.metrics.render(stats, &adapters);
     (
         [(
             header::CONTENT_TYPE,
