@@ -1221,6 +1221,10 @@ def main() -> None:
     import int_quant_fixtures
 
     int_quant_fixtures.build(args.only, FIXTURES_DIR, prompts, write_quantized_reference)
+    if args.only in (None, "qwen3", "qwen3_classifier"):
+        import classifier_fixture
+
+        classifier_fixture.build(FIXTURES_DIR, prompts, f32_list, write_json)
     if args.only in (None, "lora"):
         import lora_fixtures
 

@@ -85,6 +85,8 @@ pub struct ModelInfo {
     pub max_model_len: usize,
     pub vocab_size: usize,
     pub description: String,
+    /// A classifier model's labels (see `LlmEngine::classifier`).
+    pub classifier: Option<crate::model::config::ClassifierConfig>,
 }
 
 #[derive(Clone)]
@@ -179,6 +181,7 @@ impl EngineHandle {
             max_model_len: engine.config().max_model_len,
             vocab_size: engine.vocab_size(),
             description: engine.describe(),
+            classifier: engine.classifier(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(EngineStats::default());

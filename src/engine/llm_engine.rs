@@ -257,6 +257,14 @@ impl LlmEngine {
                 }));
             }
         }
+        if params.pooling.is_none() && self.runner.classifier().is_some() {
+            return Err(RequestError::InvalidParam(ParamError {
+                param: "model",
+                message: "this model is a sequence classifier: it classifies (POST /classify) \
+                          and does not generate"
+                    .into(),
+            }));
+        }
         if params.pooling.is_some() {
             // Nothing to sample: the prompt's hidden state is the output.
             self.embeddings.push(id, prompt, params);
@@ -297,6 +305,11 @@ impl LlmEngine {
     /// by.
     pub fn load_adapter(&mut self, spec: &AdapterSpec, max_rank: usize) -> Result<usize> {
         self.runner.load_adapter(spec, max_rank)
+    }
+
+    /// A classifier model's labels (it answers pooling requests only).
+    pub fn classifier(&self) -> Option<crate::model::config::ClassifierConfig> {
+        self.runner.classifier()
     }
 
     /// The adapter slots of running and of waiting requests (for `/metrics`).

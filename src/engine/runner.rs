@@ -3,6 +3,7 @@
 use super::scheduler::ScheduledSeq;
 use super::sequence::Sequence;
 use crate::backend::{Backend, BatchLayout};
+use crate::model::config::ClassifierConfig;
 use crate::model::llama::LlamaModel;
 use crate::model::lora::{load_adapter, AdapterSpec};
 use anyhow::Result;
@@ -96,6 +97,11 @@ pub trait Runner: Send {
     fn execute(&mut self, input: &StepInput) -> Result<StepOutput>;
     fn vocab_size(&self) -> usize;
     fn describe(&self) -> String;
+    /// A classifier model's labels: its pooled rows are their logits, and it generates
+    /// nothing.
+    fn classifier(&self) -> Option<ClassifierConfig> {
+        None
+    }
     /// Whether a LoRA adapter is loaded in `slot` (`SamplingParams::lora_adapter`).
     fn has_adapter(&self, _slot: usize) -> bool {
         false
@@ -181,6 +187,10 @@ where
 
     fn has_adapter(&self, slot: usize) -> bool {
         self.model.has_adapter(slot)
+    }
+
+    fn classifier(&self) -> Option<ClassifierConfig> {
+        self.model.config.classifier.clone()
     }
 
     fn load_adapter(&mut self, spec: &AdapterSpec, max_rank: usize) -> Result<usize> {

@@ -124,6 +124,40 @@ impl Architecture {
     }
 }
 
+/// A sequence classifier's labels (`id2label`, in id order; `LABEL_i` where it names none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassifierConfig {
+    pub labels: Vec<String>,
+}
+
+impl ClassifierConfig {
+    fn from_config(value: &serde_json::Value) -> Result<Self> {
+        let named: std::collections::BTreeMap<usize, String> = value
+            .get("id2label")
+            .and_then(|m| m.as_object())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let count = match value.get("num_labels").and_then(|n| n.as_u64()) {
+            Some(n) => n as usize,
+            None => named.keys().next_back().map_or(2, |last| last + 1),
+        };
+        anyhow::ensure!(count > 0, "a classifier with no labels");
+        let labels = (0..count)
+            .map(|i| {
+                named
+                    .get(&i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect();
+        Ok(ClassifierConfig { labels })
+    }
+}
+
 /// Multimodal architectures whose language model kiln runs alone (see
 /// `language_model_config`).
 pub const MULTIMODAL_ARCHITECTURES: [&str; 3] = [
@@ -845,6 +879,10 @@ pub struct ModelConfig {
     /// The checkpoint is a multimodal one whose language model is run alone: its weights
     /// sit under `language_model` (see `weights::LanguageModelWeights`).
     pub nested_language_model: bool,
+    /// A `*ForSequenceClassification` checkpoint: the decoder plus a `score` head over the
+    /// last token's hidden state (classifiers, reward models); it classifies, never
+    /// generates.
+    pub classifier: Option<ClassifierConfig>,
     /// The dtype the checkpoint was saved in, if it says.
     pub checkpoint_dtype: Option<String>,
     /// How the checkpoint's weights are quantized, if they are (expanded at load).
@@ -884,7 +922,15 @@ impl ModelConfig {
             .architectures
             .first()
             .context("config.json has no 'architectures' entry")?;
-        let architecture = Architecture::from_hf(arch_name)?;
+        // A classifier is its causal LM's decoder with a score head instead of the LM head.
+        let (arch_name, classifier) = match arch_name.strip_suffix("ForSequenceClassification") {
+            Some(stem) => (
+                format!("{stem}ForCausalLM"),
+                Some(ClassifierConfig::from_config(&value)?),
+            ),
+            None => (arch_name.clone(), None),
+        };
+        let architecture = Architecture::from_hf(&arch_name)?;
         let gemma = GemmaConfig::from_raw(architecture, &raw)?;
         match (&raw.hidden_act, &raw.hidden_activation, architecture) {
             (_, Some(act), Architecture::Gemma2 | Architecture::Gemma3)
@@ -1054,6 +1100,7 @@ impl ModelConfig {
             granite,
             rope_layers,
             nested_language_model,
+            classifier,
             quantization: Quantization::from_config(raw.quantization_config.as_ref())?,
             checkpoint_dtype: raw.torch_dtype.or(raw.dtype),
             eos_token_ids: token_ids(&raw.eos_token_id),

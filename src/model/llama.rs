@@ -86,6 +86,9 @@ pub struct LlamaModel<B: Backend> {
     norm: B::Tensor,
     /// None when the LM head is tied to the embedding.
     lm_head: Option<B::Tensor>,
+    /// A classifier's head (`[labels, hidden]`, whole on every rank): what
+    /// [`LlamaModel::hidden_rows`] returns for it instead of the hidden state.
+    score: Option<B::Tensor>,
     rope: B::RopeTable,
     /// Gemma 3's sliding layers' RoPE table (own base, no scaling).
     rope_local: Option<B::RopeTable>,
@@ -531,6 +534,13 @@ impl<B: Backend> LlamaModel<B> {
             );
             Some(load_stacked(be, src, &[part], dtype)?)
         };
+        let score = match &c.classifier {
+            Some(classifier) => {
+                let shape = [classifier.labels.len(), h];
+                Some(load(be, src, "score.weight", &shape, dtype)?)
+            }
+            None => None,
+        };
         let rope = be.prepare_rope(&rope_for(c).context("building the rotary embedding table")?)?;
         // The sliding layers' table: Gemma's own base, unscaled; OLMo 3's base, unscaled
         // (its RoPE scaling is for the full layers only).
@@ -585,6 +595,7 @@ impl<B: Backend> LlamaModel<B> {
             layers,
             norm,
             lm_head,
+            score,
             rope,
             rope_local,
             rope_off,
@@ -781,9 +792,10 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// The last hidden state (after the final norm) of each of `batch.logits_rows`, f32
-    /// `[rows, hidden]` row-major: what embedding models pool. On a tensor-parallel rank
-    /// (every rank calls this with its `comm`) each rank gets the whole rows: the layers'
-    /// outputs are all-reduced.
+    /// `[rows, hidden]` row-major: what embedding models pool; for a classifier, its score
+    /// head's logits of those states, `[rows, labels]`. On a tensor-parallel rank (every rank
+    /// calls this with its `comm`) each rank gets the whole rows: the layers' outputs are
+    /// all-reduced.
     pub fn hidden_rows(
         &self,
         be: &B,
@@ -794,7 +806,10 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<Vec<f32>> {
         let meta = be.prepare_batch(batch)?;
         let x = self.final_hidden(be, &meta, tokens, batch, cache, comm)?;
-        be.to_host_f32(&x)
+        match &self.score {
+            Some(score) => be.to_host_f32(&be.linear(&x, score, None)?),
+            None => be.to_host_f32(&x),
+        }
     }
 
     /// [`LlamaModel::logits`] from prepared batch metadata.

@@ -251,6 +251,10 @@ impl Runner for TpRunner {
         self.config.vocab_size
     }
 
+    fn classifier(&self) -> Option<crate::model::config::ClassifierConfig> {
+        self.config.classifier.clone()
+    }
+
     fn has_adapter(&self, slot: usize) -> bool {
         self.adapters.get(slot).copied().unwrap_or(false)
     }

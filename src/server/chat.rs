@@ -102,6 +102,7 @@ pub fn prepare(
         ));
     }
     let n = choices(req.n)?;
+    served.generates()?;
     let mut params = to_params(req.sampling())?;
     params.lora_adapter = served.adapter_for(&req.model);
     let tokenizer = served.engine.tokenizer();

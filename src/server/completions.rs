@@ -26,6 +26,7 @@ pub async fn completions(
 ) -> ApiResult<Response> {
     let arrival = Instant::now();
     let served = state.ready_for(&req.model)?;
+    served.generates()?;
     reject_unsupported(&req)?;
     let n = choices(req.n)?;
     let mut params = to_params(req.sampling())?;

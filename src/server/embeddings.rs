@@ -7,7 +7,6 @@ use super::json::ApiJson;
 use super::state::SharedState;
 use super::types::embeddings::*;
 use crate::engine::params::Pooling;
-use crate::engine::SamplingParams;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -27,6 +26,7 @@ pub async fn embeddings(
 ) -> ApiResult<Response> {
     let arrival = Instant::now();
     let served = state.ready_for(&req.model)?;
+    served.generates()?;
     if served.adapter_for(&req.model).is_some() {
         return Err(ApiError::invalid(
             Some("model"),
@@ -50,22 +50,14 @@ pub async fn embeddings(
         return Err(ApiError::invalid(Some("dimensions"), "must be at least 1"));
     }
     let inputs = super::completions::tokenize_inputs(served, &req.input, "input", MAX_INPUTS)?;
-    let params = SamplingParams {
-        pooling: Some(Pooling {
-            dimensions: req.dimensions,
-            normalize: req.normalize.unwrap_or(true),
-        }),
-        ..SamplingParams::default()
+    let pooling = Pooling {
+        dimensions: req.dimensions,
+        normalize: req.normalize.unwrap_or(true),
     };
-    let submitted = generate::submit(served, inputs, 1, &params, arrival, "input")?;
-    let finals = generate::collect_all(submitted, &state.metrics).await?;
-    let mut data = Vec::with_capacity(finals.len());
-    let mut prompt_tokens = 0;
-    for (index, out) in finals.into_iter().enumerate() {
-        prompt_tokens += out.prompt_tokens;
-        let vector = out
-            .embedding
-            .ok_or_else(|| ApiError::internal("the engine returned no embedding"))?;
+    let (vectors, prompt_tokens) =
+        generate::pool_all(served, inputs, pooling, arrival, &state.metrics).await?;
+    let mut data = Vec::with_capacity(vectors.len());
+    for (index, vector) in vectors.into_iter().enumerate() {
         if let Some(d) = req.dimensions.filter(|&d| d > vector.len()) {
             return Err(ApiError::invalid(
                 Some("dimensions"),

@@ -117,6 +117,32 @@ impl Choice {
     }
 }
 
+/// Each input's pooled vector (the engine's pooling requests: embeddings, classifier
+/// scores) and the prompt tokens the inputs held in all.
+pub async fn pool_all(
+    served: &Served,
+    inputs: Vec<Vec<u32>>,
+    pooling: crate::engine::params::Pooling,
+    arrival: Instant,
+    metrics: &ServerMetrics,
+) -> ApiResult<(Vec<Vec<f32>>, usize)> {
+    let params = SamplingParams {
+        pooling: Some(pooling),
+        ..SamplingParams::default()
+    };
+    let submitted = submit(served, inputs, 1, &params, arrival, "input")?;
+    let finals = collect_all(submitted, metrics).await?;
+    let prompt_tokens = finals.iter().map(|o| o.prompt_tokens).sum();
+    let vectors = finals
+        .into_iter()
+        .map(|o| {
+            o.embedding
+                .ok_or_else(|| ApiError::internal("the engine returned no pooled vector"))
+        })
+        .collect::<ApiResult<_>>()?;
+    Ok((vectors, prompt_tokens))
+}
+
 /// Reads every choice to its end, concurrently; results in choice order.
 pub async fn collect_all(
     choices: Vec<Choice>,

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod chat;
 pub mod chat_tools;
+pub mod classify;
 pub mod completions;
 pub mod embeddings;
 pub mod error;

@@ -19,6 +19,7 @@ use utoipa::OpenApi;
         super::service::version,
         super::service::health,
         super::service::metrics,
+        super::classify::classify,
         super::lora_admin::load_lora_adapter,
         super::lora_admin::unload_lora_adapter,
     ),

@@ -3,7 +3,9 @@
 use super::auth::require_api_key;
 use super::error::ApiError;
 use super::state::SharedState;
-use super::{chat, completions, embeddings, images, lora_admin, openapi, responses, service};
+use super::{
+    chat, classify, completions, embeddings, images, lora_admin, openapi, responses, service,
+};
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
@@ -34,6 +36,7 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
         ));
     Router::new()
         .merge(openai)
+        .route("/classify", post(classify::classify))
         .route("/tokenize", post(service::tokenize))
         .route("/detokenize", post(service::detokenize))
         .route("/version", get(service::version))

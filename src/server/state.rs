@@ -41,6 +41,17 @@ impl Served {
             .map(|a| a.slot)
     }
 
+    /// 400 for a sequence classifier, which answers `/classify` only.
+    pub fn generates(&self) -> ApiResult<()> {
+        match self.engine.info().classifier {
+            Some(_) => Err(ApiError::invalid(
+                Some("model"),
+                "this model is a sequence classifier: use POST /classify",
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The adapters served now.
     pub fn adapters(&self) -> Vec<ServedAdapter> {
         self.adapters.read().map(|a| a.clone()).unwrap_or_default()

@@ -3,6 +3,7 @@
 //! from these definitions.
 
 pub mod chat;
+pub mod classify;
 pub mod common;
 pub mod completion;
 pub mod embeddings;
