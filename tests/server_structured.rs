@@ -154,3 +154,65 @@ async fn bad_structures_are_400_on_response_format() {
     .await;
     assert_eq!(status, 200);
 }
+
+/// vLLM's `guided_grammar` (a Lark grammar) and its newer `structured_outputs` object
+/// constrain the answer as the older fields do; malformed ones are 400s naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grammars_and_structured_outputs_constrain_the_answer() {
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let grammar = r#"start: "kiln " ("hot" | "cold") " " /[0-9]{2}/"#;
+    let (status, r) = chat(&client, &server, json!({"guided_grammar": grammar})).await;
+    assert_eq!(status, 200, "{r}");
+    let text = content(&r);
+    let (word, digits) = text
+        .strip_prefix("kiln ")
+        .and_then(|t| t.split_once(' '))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(["hot", "cold"].contains(&word), "{text:?}");
+    assert!(
+        digits.len() == 2 && digits.chars().all(|c| c.is_ascii_digit()),
+        "{text:?}"
+    );
+    for (so, check) in [
+        (json!({"choice": ["clay", "glass"]}), "choice"),
+        (json!({"regex": "[a-c]{3}x"}), "regex"),
+        (
+            json!({"grammar": grammar, "disable_fallback": true}),
+            "grammar",
+        ),
+        (
+            json!({"json": {"type": "object", "properties": {"n": {"type": "integer"}},
+                         "required": ["n"], "additionalProperties": false}}),
+            "json",
+        ),
+    ] {
+        let (status, r) = chat(&client, &server, json!({"structured_outputs": so})).await;
+        assert_eq!(status, 200, "{check}: {r}");
+        let text = content(&r);
+        let ok = match check {
+            "choice" => text == "clay" || text == "glass",
+            "regex" => text.len() == 4 && text.ends_with('x'),
+            "grammar" => text.starts_with("kiln "),
+            _ => serde_json::from_str::<Value>(&text).is_ok_and(|v| v["n"].is_i64()),
+        };
+        assert!(ok, "{check}: {text:?}");
+    }
+    for bad in [
+        json!({"structured_outputs": {"regex": "a", "choice": ["b"]}}),
+        json!({"structured_outputs": {"structural_tag": "x"}}),
+        json!({"structured_outputs": {"choice": []}}),
+        json!({"structured_outputs": "regex"}),
+    ] {
+        let (status, r) = chat(&client, &server, bad.clone()).await;
+        assert_eq!(status, 400, "{bad} -> {r}");
+        assert_eq!(r["error"]["param"], "structured_outputs", "{r}");
+    }
+    let (status, r) = chat(
+        &client,
+        &server,
+        json!({"guided_regex": "a", "structured_outputs": {"regex": "b"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{r}");
+}

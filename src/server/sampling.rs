@@ -117,6 +117,8 @@ fn structure(g: &Guided) -> ApiResult<Option<Structure>> {
         g.guided_json.clone().map(Structure::JsonSchema),
         g.guided_regex.clone().map(Structure::Regex),
         g.guided_choice.clone().map(Structure::Choice),
+        g.guided_grammar.clone().map(Structure::Lark),
+        structured_outputs(g.structured_outputs.as_ref())?,
     ]
     .into_iter()
     .flatten()
@@ -125,7 +127,62 @@ fn structure(g: &Guided) -> ApiResult<Option<Structure>> {
         0 | 1 => Ok(given.into_iter().next()),
         _ => Err(ApiError::invalid(
             Some("response_format"),
-            "at most one of response_format, guided_json, guided_regex and guided_choice",
+            "at most one of response_format, guided_json, guided_regex, guided_choice, \
+             guided_grammar and structured_outputs",
+        )),
+    }
+}
+
+/// vLLM's `structured_outputs` object: exactly one constraint among `json`, `regex`,
+/// `choice`, `grammar` and `json_object`; its backend options are accepted and unused.
+fn structured_outputs(value: Option<&serde_json::Value>) -> ApiResult<Option<Structure>> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let bad = |message: String| ApiError::invalid(Some("structured_outputs"), message);
+    let fields = value
+        .as_object()
+        .ok_or_else(|| bad("must be an object".into()))?;
+    let mut found = Vec::new();
+    for (key, v) in fields {
+        if v.is_null() || v == &serde_json::Value::Bool(false) {
+            continue;
+        }
+        let text = || {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("{key} must be a string")))
+        };
+        found.push(match key.as_str() {
+            "json" => match v {
+                serde_json::Value::String(s) => Structure::JsonSchema(
+                    serde_json::from_str(s).map_err(|e| bad(format!("json is not JSON: {e}")))?,
+                ),
+                schema => Structure::JsonSchema(schema.clone()),
+            },
+            "regex" => Structure::Regex(text()?),
+            "grammar" => Structure::Lark(text()?),
+            "choice" => {
+                let choices: Vec<String> = serde_json::from_value(v.clone())
+                    .map_err(|_| bad("choice must be a list of strings".into()))?;
+                if choices.is_empty() {
+                    return Err(bad("choice needs at least one choice".into()));
+                }
+                Structure::Choice(choices)
+            }
+            "json_object" => Structure::JsonObject,
+            "disable_fallback"
+            | "disable_any_whitespace"
+            | "disable_additional_properties"
+            | "whitespace_pattern"
+            | "backend" => continue,
+            other => return Err(bad(format!("'{other}' is not supported"))),
+        });
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(bad(
+            "give exactly one of json, regex, choice, grammar and json_object".into(),
         )),
     }
 }

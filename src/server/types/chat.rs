@@ -51,6 +51,12 @@ pub struct ChatCompletionRequest {
     pub guided_regex: Option<String>,
     /// vLLM's: the output is exactly one of these strings.
     pub guided_choice: Option<Vec<String>>,
+    /// vLLM's: a grammar the output must follow, in llguidance's Lark dialect.
+    pub guided_grammar: Option<String>,
+    /// vLLM's newer form of the above: exactly one of `json` (a schema), `regex`,
+    /// `choice`, `grammar` or `json_object: true`.
+    #[schema(value_type = Option<Object>)]
+    pub structured_outputs: Option<serde_json::Value>,
     /// Passed to the chat template as `tools`; kiln does not parse tool calls out of the
     /// output.
     #[schema(value_type = Option<Vec<Object>>)]
@@ -105,6 +111,8 @@ impl ChatCompletionRequest {
                 guided_json: self.guided_json.clone(),
                 guided_regex: self.guided_regex.clone(),
                 guided_choice: self.guided_choice.clone(),
+                guided_grammar: self.guided_grammar.clone(),
+                structured_outputs: self.structured_outputs.clone(),
             },
         }
     }

@@ -97,11 +97,14 @@ pub struct SamplingFields {
 }
 
 /// The structured-output fields of a request: OpenAI's `response_format` and vLLM's
-/// `guided_json` / `guided_regex` / `guided_choice`; at most one may constrain it.
+/// `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar` and their newer
+/// `structured_outputs` object; at most one may constrain it.
 #[derive(Clone, Debug, Default)]
 pub struct Guided {
     pub response_format: Option<serde_json::Value>,
     pub guided_json: Option<serde_json::Value>,
     pub guided_regex: Option<String>,
     pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    pub structured_outputs: Option<serde_json::Value>,
 }
