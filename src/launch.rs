@@ -98,6 +98,12 @@ pub struct EngineArgs {
     pub revision: Option<String>,
     #[arg(long, env = "KILN_LOAD_FORMAT", value_enum, default_value = "auto")]
     pub load_format: LoadFormat,
+    /// vLLM's `--quantization`: the method the checkpoint must be quantized with (`awq`,
+    /// `gptq`, `fp8`, `compressed-tensors`, `mxfp4`; vLLM's kernel-specific names such as
+    /// `awq_marlin` count as their method). kiln reads the method from the checkpoint, so
+    /// this only checks it; it never quantizes an unquantized checkpoint.
+    #[arg(long, env = "KILN_QUANTIZATION")]
+    pub quantization: Option<String>,
     /// auto, bfloat16, float16 or float32. `auto` is the checkpoint's dtype on a GPU and
     /// float32 on the CPU (whose matmuls widen 16-bit types to f32 anyway).
     #[arg(long, env = "KILN_DTYPE", default_value = "auto")]
@@ -300,6 +306,10 @@ pub struct PreparedModel {
 pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel> {
     let files = resolve_model(args)?;
     let mut config = ModelConfig::from_file(&files.config)?;
+    if let Some(asked) = &args.quantization {
+        crate::model::config::check_quantization_flag(asked, config.quantization.as_ref())
+            .with_context(|| format!("--quantization {asked} for {}", files.name))?;
+    }
     config.context_len = max_model_len(args, &config);
     if let Some(long) = crate::model::rope::uses_long_factors(&config) {
         tracing::info!(

@@ -168,3 +168,23 @@ fn packed_weights_of_every_width_expand_as_their_projects_unpack_them() {
         }
     }
 }
+
+/// vLLM's `--quantization` names the checkpoint's method, or is refused before loading.
+#[test]
+fn the_quantization_flag_is_checked_against_the_checkpoint() {
+    let load_with = |name: &str, method: &str| {
+        let dir = fixture(name);
+        kiln::launch::load_model(&common::engine_args(&[
+            "--model",
+            dir.to_str().unwrap(),
+            "--quantization",
+            method,
+        ]))
+    };
+    assert!(load_with("llama_gptq", "gptq_marlin").is_ok());
+    assert!(load_with("qwen2_awq", "awq").is_ok());
+    let err = format!("{:#}", load_with("qwen2_awq", "gptq").err().unwrap());
+    assert!(err.contains("not gptq"), "{err}");
+    let err = format!("{:#}", load_with("llama", "fp8").err().unwrap());
+    assert!(err.contains("does not quantize"), "{err}");
+}

@@ -655,6 +655,40 @@ impl Quantization {
     }
 }
 
+/// Checks vLLM's `--quantization NAME` against the checkpoint's own method: kiln only reads
+/// checkpoints as they are quantized, so a name that disagrees (or any name for an
+/// unquantized checkpoint, which vLLM would quantize online) is an error.
+pub fn check_quantization_flag(asked: &str, found: Option<&Quantization>) -> Result<()> {
+    let method = asked
+        .to_ascii_lowercase()
+        .replace('-', "_")
+        .trim_end_matches("_marlin")
+        .trim_start_matches("marlin_")
+        .to_string();
+    let matches = matches!(
+        (method.as_str(), found),
+        ("fp8", Some(Quantization::Fp8))
+            | ("mxfp4", Some(Quantization::Mxfp4))
+            | ("gptq", Some(Quantization::Int(IntScheme::Gptq { .. })))
+            | ("awq", Some(Quantization::Int(IntScheme::Awq { .. })))
+            | (
+                "compressed_tensors",
+                Some(Quantization::Fp8 | Quantization::Int(_))
+            )
+    );
+    match (matches, found) {
+        (true, _) => Ok(()),
+        (false, None) => anyhow::bail!(
+            "the checkpoint is not quantized, and kiln does not quantize weights as it loads \
+             them (leave --quantization out)"
+        ),
+        (false, Some(q)) => anyhow::bail!(
+            "the checkpoint is quantized as {q:?}, not {asked} (leave --quantization out: \
+             kiln reads the method from the checkpoint)"
+        ),
+    }
+}
+
 /// A quantization config's `group_size`: -1 (or none) means one group over all inputs.
 fn group_size(config: &serde_json::Value) -> Option<usize> {
     config
@@ -1450,6 +1484,29 @@ mod tests {
             assert!(format!("{err:#}").contains("not supported"), "{err:#}");
         }
         assert!(with(r#"{"quant_method": "gptq"}"#).is_err(), "no bits");
+    }
+
+    #[test]
+    fn the_quantization_flag_must_name_the_checkpoints_method() {
+        let gptq = Quantization::Int(IntScheme::Gptq {
+            bits: 4,
+            group_size: Some(128),
+            zero_offset: 1,
+        });
+        let awq = Quantization::Int(IntScheme::Awq {
+            group_size: Some(128),
+        });
+        assert!(check_quantization_flag("gptq", Some(&gptq)).is_ok());
+        assert!(check_quantization_flag("gptq_marlin", Some(&gptq)).is_ok());
+        assert!(check_quantization_flag("awq_marlin", Some(&awq)).is_ok());
+        assert!(check_quantization_flag("FP8", Some(&Quantization::Fp8)).is_ok());
+        assert!(check_quantization_flag("compressed-tensors", Some(&gptq)).is_ok());
+        assert!(check_quantization_flag("awq", Some(&gptq)).is_err());
+        let err = check_quantization_flag("fp8", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not quantize"), "{err}");
+        assert!(check_quantization_flag("bitsandbytes", Some(&awq)).is_err());
     }
 
     #[test]
