@@ -387,6 +387,37 @@ def build_packed_int_cases(fixtures_dir: Path) -> None:
     print(f"  packed_int: {len(cases)} cases")
 
 
+@torch.no_grad()
+def build_bnb_fixture(fixtures_dir: Path, prompts, write_reference) -> None:
+    """qwen3 as a bitsandbytes 4-bit checkpoint (NF4, double quantization, blocks of 64), as
+    transformers quantizes and saves it with bitsandbytes installed (it runs on the CPU).
+    The reference is transformers' Qwen3 computing with the weights bitsandbytes'
+    `dequantize_4bit` unpacks (the quantized model's own CPU matmul rounds through a lower
+    precision, about 0.02 off in these logits)."""
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig, Qwen3ForCausalLM
+
+    src, directory = copy_fixture(fixtures_dir, "qwen3", "qwen3_bnb_nf4")
+    (directory / "model.safetensors").unlink()
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    model = Qwen3ForCausalLM.from_pretrained(
+        str(src), quantization_config=config, device_map="cpu", dtype=torch.float32,
+        attn_implementation="eager",
+    ).eval()
+    model.save_pretrained(str(directory))
+    reference = Qwen3ForCausalLM.from_pretrained(
+        str(src), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            reference.get_submodule(name).weight.copy_(weight.float())
+    write_reference(reference, prompts, src, directory)
+
+
 def build(only: str | None, fixtures_dir: Path, prompts, write_reference) -> None:
     if only in (None, "llama", "llama_gptq"):
         build_gptq_fixture(fixtures_dir, prompts, write_reference)
@@ -394,5 +425,7 @@ def build(only: str | None, fixtures_dir: Path, prompts, write_reference) -> Non
         build_awq_fixture(fixtures_dir, prompts, write_reference)
     if only in (None, "qwen3", "qwen3_w4a16"):
         build_w4a16_fixture(fixtures_dir, prompts, write_reference)
+    if only in (None, "qwen3", "qwen3_bnb_nf4"):
+        build_bnb_fixture(fixtures_dir, prompts, write_reference)
     if only in (None, "packed_int"):
         build_packed_int_cases(fixtures_dir)

@@ -20,8 +20,9 @@ use crate::backend::{Backend, DType};
 use crate::engine::runner::ModelRunner;
 use crate::engine::{EngineConfig, LlmEngine};
 use crate::model::base_model_weights::BaseModelWeights;
+use crate::model::bnb::{Bnb4, Bnb4Weights};
 use crate::model::config::{ModelConfig, Quantization};
-use crate::model::fp8::Fp8Weights;
+use crate::model::fp8::{Fp8, Fp8Weights};
 use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
@@ -372,7 +373,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             match &config.quantization {
                 Some(Quantization::Fp8) => {
                     tracing::info!("FP8 checkpoint: weights are expanded to {dtype} as they load");
-                    Arc::new(Fp8Weights::new(named))
+                    Arc::new(Fp8Weights::new(named, Fp8))
                 }
                 Some(Quantization::Int(scheme)) => {
                     tracing::info!(
@@ -380,6 +381,12 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                          {dtype} as they load"
                     );
                     Arc::new(IntQuantWeights::new(named, scheme.clone()))
+                }
+                Some(Quantization::Bnb4) => {
+                    tracing::info!(
+                        "bitsandbytes 4-bit checkpoint: weights are expanded to {dtype} as they load"
+                    );
+                    Arc::new(Bnb4Weights::new(named, Bnb4))
                 }
                 Some(Quantization::Mxfp4) | None => Arc::from(named),
             }

@@ -4,7 +4,8 @@
 //! compressed-tensors' float-quantized format (Qwen3-FP8's and DeepSeek's layout), and
 //! transformers unpacking them; a compressed-tensors pack-quantized checkpoint (4-bit
 //! groups and 8-bit channels), loaded by transformers; a GPTQ one with `desc_act`, computed
-//! by AutoGPTQ's own modules; an AWQ one, unpacked by AutoAWQ's own code. Each fixture is an
+//! by AutoGPTQ's own modules; an AWQ one, unpacked by AutoAWQ's own code; a bitsandbytes
+//! NF4 one with double quantization, quantized and unpacked by bitsandbytes on the CPU. Each fixture is an
 //! unquantized fixture, quantized (scripts/make_fixtures.py, scripts/int_quant_fixtures.py).
 //! `packed_int` adds single weights at the other bit widths, with their projects' unpacking.
 
@@ -65,6 +66,11 @@ fn gptq_act_order_weights_expand_as_autogptq_computes_them() {
 #[test]
 fn awq_weights_expand_as_autoawq_unpacks_them() {
     matches_transformers("qwen2_awq", "qwen2");
+}
+
+#[test]
+fn bitsandbytes_nf4_weights_expand_as_bitsandbytes_unpacks_them() {
+    matches_transformers("qwen3_bnb_nf4", "qwen3");
 }
 
 #[test]

@@ -123,7 +123,13 @@ fn sharded_logits_equal_one_rank_for_every_architecture_and_size() {
 /// whole. Each size matches the fixture's transformers reference.
 #[test]
 fn quantized_checkpoints_shard_like_unquantized_ones() {
-    for name in ["llama_gptq", "qwen2_awq", "qwen3_w4a16", "qwen3_fp8"] {
+    for name in [
+        "llama_gptq",
+        "qwen2_awq",
+        "qwen3_w4a16",
+        "qwen3_fp8",
+        "qwen3_bnb_nf4",
+    ] {
         let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
         let r: serde_json::Value = serde_json::from_str(&text).unwrap();
         let ids = |p: &serde_json::Value| -> Vec<u32> {

@@ -623,6 +623,8 @@ pub enum Quantization {
     /// Integer weights with group scales: GPTQ, AWQ, compressed-tensors pack-quantized
     /// (`model/int_quant.rs`).
     Int(IntScheme),
+    /// bitsandbytes 4-bit (NF4 / FP4, double quantization or not: `model/bnb.rs`).
+    Bnb4,
 }
 
 impl Quantization {
@@ -638,13 +640,22 @@ impl Quantization {
             ("mxfp4", _) => Quantization::Mxfp4,
             ("gptq", _) => Quantization::Int(gptq_scheme(config)?),
             ("awq", _) => Quantization::Int(awq_scheme(config)?),
+            ("bitsandbytes", _) => {
+                let flag = |k: &str| config.get(k).and_then(|v| v.as_bool()) == Some(true);
+                anyhow::ensure!(
+                    flag("load_in_4bit") || flag("_load_in_4bit"),
+                    "bitsandbytes checkpoints other than 4-bit ones (load_in_8bit) are not \
+                     supported"
+                );
+                Quantization::Bnb4
+            }
             ("compressed-tensors", "pack-quantized") => {
                 Quantization::Int(pack_quantized_scheme(config)?)
             }
             (method, format) => anyhow::bail!(
                 "quantized checkpoints of quant_method '{method}'{} are not supported (kiln \
-                 loads fp8, gptq, awq (GEMM layout), mxfp4 and compressed-tensors \
-                 float-quantized and pack-quantized ones)",
+                 loads fp8, gptq, awq (GEMM layout), bitsandbytes 4-bit, mxfp4 and \
+                 compressed-tensors float-quantized and pack-quantized ones)",
                 if format.is_empty() {
                     String::new()
                 } else {
@@ -671,6 +682,7 @@ pub fn check_quantization_flag(asked: &str, found: Option<&Quantization>) -> Res
             | ("mxfp4", Some(Quantization::Mxfp4))
             | ("gptq", Some(Quantization::Int(IntScheme::Gptq { .. })))
             | ("awq", Some(Quantization::Int(IntScheme::Awq { .. })))
+            | ("bitsandbytes", Some(Quantization::Bnb4))
             | (
                 "compressed_tensors",
                 Some(Quantization::Fp8 | Quantization::Int(_))
@@ -1478,7 +1490,7 @@ mod tests {
             r#"{"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups":
                 {"g": {"weights": {"num_bits": 4, "type": "int"},
                 "input_activations": {"num_bits": 8, "type": "int"}}}}"#,
-            r#"{"quant_method": "bitsandbytes"}"#,
+            r#"{"quant_method": "bitsandbytes", "load_in_8bit": true}"#,
         ] {
             let err = with(refused).unwrap_err();
             assert!(format!("{err:#}").contains("not supported"), "{err:#}");

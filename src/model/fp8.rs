@@ -5,75 +5,52 @@
 //! the name it multiplies too). kiln computes in the model dtype: the checkpoint loads and
 //! runs, at the memory of an unquantized one.
 
-use super::weights::{Slice, WeightSource};
+use super::expanded_weights::{ExpandedWeights, Expansion};
+use super::weights::WeightSource;
 use crate::backend::DType;
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
 
 /// The scale names a quantized weight `X.weight` may carry, as `X.` + this.
 const SCALE_NAMES: [&str; 2] = ["weight_scale", "weight_scale_inv"];
 
+/// FP8 storage (`w` as float8 with a scale tensor beside it), as an [`Expansion`].
+pub struct Fp8;
+
 /// A weight source whose FP8 weights come out expanded: `w * scale`, the scale broadcast
 /// over the block of the weight it covers.
-pub struct Fp8Weights<S> {
-    inner: S,
+pub type Fp8Weights<S> = ExpandedWeights<S, Fp8>;
+
+/// The scale tensor's name for weight `name`, if the weight is quantized.
+fn scale_of<S: WeightSource>(src: &S, name: &str) -> Option<String> {
+    let stem = name.strip_suffix("weight")?;
+    SCALE_NAMES
+        .iter()
+        .map(|s| format!("{stem}{s}"))
+        .find(|s| src.contains(s))
 }
 
-impl<S: WeightSource> Fp8Weights<S> {
-    pub fn new(inner: S) -> Self {
-        Fp8Weights { inner }
+impl<S: WeightSource> Expansion<S> for Fp8 {
+    fn format(&self) -> &'static str {
+        "FP8"
     }
 
-    /// The scale tensor's name for weight `name`, if the weight is quantized.
-    fn scale_of(&self, name: &str) -> Option<String> {
-        let stem = name.strip_suffix("weight")?;
-        SCALE_NAMES
-            .iter()
-            .map(|s| format!("{stem}{s}"))
-            .find(|s| self.inner.contains(s))
+    fn is_quantized(&self, src: &S, name: &str) -> bool {
+        scale_of(src, name).is_some()
     }
-}
 
-impl<S: WeightSource> WeightSource for Fp8Weights<S> {
-    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let Some(scale_name) = self.scale_of(name) else {
-            return self.inner.tensor(name, shape, dtype);
-        };
+    fn expand(&self, src: &S, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let scale_name = scale_of(src, name).context("not an FP8 weight")?;
         let &[rows, cols] = shape else {
-            anyhow::bail!("FP8 weight {name}: expected a matrix, the config implies {shape:?}");
+            anyhow::bail!("expected a matrix, the config implies {shape:?}");
         };
-        let weight = self.inner.tensor(name, shape, DType::F32)?;
-        let scale = read_any_shape(&self.inner, &scale_name)?;
-        let values = dequantize(
+        let weight = src.tensor(name, shape, DType::F32)?;
+        let scale = read_any_shape(src, &scale_name)?;
+        dequantize(
             &weight.flatten_all()?.to_vec1::<f32>()?,
             (rows, cols),
             &scale,
         )
-        .with_context(|| format!("expanding FP8 weight {name} with {scale_name}"))?;
-        Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(dtype.to_candle())?)
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.inner.contains(name)
-    }
-
-    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        self.inner.shape_of(name)
-    }
-
-    /// A quantized weight's part is cut from the expanded whole (a block scale spans
-    /// rows and columns the part may split); others are read as the inner source reads them.
-    fn tensor_slice(
-        &self,
-        name: &str,
-        shape: &[usize],
-        slice: &Slice,
-        dtype: DType,
-    ) -> Result<Tensor> {
-        if self.scale_of(name).is_none() {
-            return self.inner.tensor_slice(name, shape, slice, dtype);
-        }
-        slice.cut(&self.tensor(name, shape, dtype)?)
+        .with_context(|| format!("with {scale_name}"))
     }
 }
 

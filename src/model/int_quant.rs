@@ -18,11 +18,11 @@
 //!
 //! Weights a checkpoint left unquantized (norms, embeddings, usually `lm_head`) pass through.
 
+use super::expanded_weights::{ExpandedWeights, Expansion};
 use super::int_packing::{unpack_awq_rows, unpack_columns, unpack_rows, words_for};
-use super::weights::{GeneratedPart, Slice, WeightSource};
+use super::weights::WeightSource;
 use crate::backend::DType;
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
 
 /// How an integer weight-quantized checkpoint stores its weights (`quantization_config`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,9 +55,12 @@ impl IntScheme {
 }
 
 /// A weight source whose packed weights come out expanded.
-pub struct IntQuantWeights<S> {
-    inner: S,
-    scheme: IntScheme,
+pub type IntQuantWeights<S> = ExpandedWeights<S, IntScheme>;
+
+/// Reads one checkpoint's packed weights in `scheme`'s layout.
+struct Unpacker<'a, S> {
+    inner: &'a S,
+    scheme: &'a IntScheme,
 }
 
 /// Which group each input column belongs to.
@@ -133,11 +136,7 @@ fn packed_bits(inputs: usize, word_cols: usize, configured: &[u32]) -> Result<u3
     }
 }
 
-impl<S: WeightSource> IntQuantWeights<S> {
-    pub fn new(inner: S, scheme: IntScheme) -> Self {
-        IntQuantWeights { inner, scheme }
-    }
-
+impl<S: WeightSource> Unpacker<'_, S> {
     /// `X.` when weight `name` = `X.weight` is stored packed.
     fn packed_stem<'a>(&self, name: &'a str) -> Option<&'a str> {
         let stem = name.strip_suffix("weight")?;
@@ -162,7 +161,7 @@ impl<S: WeightSource> IntQuantWeights<S> {
 
     /// Scales `[groups, out]` and their group count.
     fn scales_by_group(&self, name: &str, outputs: usize) -> Result<(usize, Vec<f32>)> {
-        let (shape, scales) = read_floats(&self.inner, name)?;
+        let (shape, scales) = read_floats(self.inner, name)?;
         let &[groups, cols] = shape.as_slice() else {
             anyhow::bail!("{name} has shape {shape:?}, expected [groups, {outputs}]");
         };
@@ -198,7 +197,7 @@ impl<S: WeightSource> IntQuantWeights<S> {
         );
         let zeros = unpack_rows(&qzeros, (groups, zshape[1]), bits, outputs)?;
         let group_of = Groups::read(
-            &self.inner,
+            self.inner,
             &format!("{stem}g_idx"),
             group_size.unwrap_or(inputs),
             (inputs, groups),
@@ -249,7 +248,7 @@ impl<S: WeightSource> IntQuantWeights<S> {
         group_sizes: &[usize],
     ) -> Result<Vec<f32>> {
         let shape_name = format!("{stem}weight_shape");
-        let (_, stored_shape) = read_floats(&self.inner, &shape_name)?;
+        let (_, stored_shape) = read_floats(self.inner, &shape_name)?;
         anyhow::ensure!(
             stored_shape == [outputs as f32, inputs as f32],
             "{shape_name} is {stored_shape:?}, the config implies [{outputs}, {inputs}]"
@@ -268,7 +267,7 @@ impl<S: WeightSource> IntQuantWeights<S> {
         let codes = unpack_rows(&packed, (rows, word_cols), bits, inputs)?;
 
         // Scales [out, groups]; a per-tensor scale is one value.
-        let (sshape, scales) = read_floats(&self.inner, &format!("{stem}weight_scale"))?;
+        let (sshape, scales) = read_floats(self.inner, &format!("{stem}weight_scale"))?;
         let groups = match sshape.as_slice() {
             [rows, groups] if *rows == outputs => *groups,
             [rows] if *rows == outputs => 1,
@@ -297,7 +296,7 @@ impl<S: WeightSource> IntQuantWeights<S> {
                 .with_context(|| format!("{stem}weight_scale: no group size gives {groups} groups of {inputs} inputs"))?
         };
         let group_of = Groups::read(
-            &self.inner,
+            self.inner,
             &format!("{stem}weight_g_idx"),
             size,
             (inputs, groups),
@@ -329,7 +328,7 @@ impl<S: WeightSource> IntQuantWeights<S> {
         }
         let shape = self.inner.shape_of(&name)?;
         if shape == scale_shape {
-            return Ok(Some(read_floats(&self.inner, &name)?.1));
+            return Ok(Some(read_floats(self.inner, &name)?.1));
         }
         let (shape, words) = self.inner.words(&name)?;
         anyhow::ensure!(
@@ -359,7 +358,7 @@ impl<S: WeightSource> IntQuantWeights<S> {
                 Ok(vec![shape[1] * 8, shape[0]])
             }
             IntScheme::PackQuantized { .. } => {
-                let (_, dims) = read_floats(&self.inner, &format!("{stem}weight_shape"))?;
+                let (_, dims) = read_floats(self.inner, &format!("{stem}weight_shape"))?;
                 Ok(dims.into_iter().map(|d| d as usize).collect())
             }
         }
@@ -385,60 +384,42 @@ fn expand_by_input_rows(
     values
 }
 
-impl<S: WeightSource> WeightSource for IntQuantWeights<S> {
-    fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let Some(stem) = self.packed_stem(name) else {
-            return self.inner.tensor(name, shape, dtype);
-        };
+impl<S: WeightSource> Expansion<S> for IntScheme {
+    fn format(&self) -> &'static str {
+        match self {
+            IntScheme::Gptq { .. } => "GPTQ",
+            IntScheme::Awq { .. } => "AWQ",
+            IntScheme::PackQuantized { .. } => "pack-quantized",
+        }
+    }
+
+    /// `X.weight` is quantized when `X.qweight` (or `X.weight_packed`) is stored.
+    fn is_quantized(&self, src: &S, name: &str) -> bool {
+        self.unpacker(src).packed_stem(name).is_some()
+    }
+
+    fn expand(&self, src: &S, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let unpacker = self.unpacker(src);
+        let stem = unpacker.packed_stem(name).context("not a packed weight")?;
         let &[outputs, inputs] = shape else {
-            anyhow::bail!(
-                "quantized weight {name}: expected a matrix, the config implies {shape:?}"
-            );
+            anyhow::bail!("expected a matrix, the config implies {shape:?}");
         };
-        let values = self
-            .expand(stem, (outputs, inputs))
-            .with_context(|| format!("expanding quantized weight {name}"))?;
-        Ok(Tensor::from_vec(values, (outputs, inputs), &Device::Cpu)?
-            .to_dtype(dtype.to_candle())?)
+        unpacker.expand(stem, (outputs, inputs))
     }
 
-    fn contains(&self, name: &str) -> bool {
-        self.inner.contains(name) || self.packed_stem(name).is_some()
+    fn expanded_shape(&self, src: &S, name: &str) -> Result<Vec<usize>> {
+        let unpacker = self.unpacker(src);
+        let stem = unpacker.packed_stem(name).context("not a packed weight")?;
+        unpacker.expanded_shape(stem)
     }
+}
 
-    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        match self.packed_stem(name) {
-            Some(stem) => self.expanded_shape(stem),
-            None => self.inner.shape_of(name),
+impl IntScheme {
+    fn unpacker<'a, S>(&'a self, inner: &'a S) -> Unpacker<'a, S> {
+        Unpacker {
+            inner,
+            scheme: self,
         }
-    }
-
-    fn words(&self, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
-        self.inner.words(name)
-    }
-
-    fn generated(
-        &self,
-        name: &str,
-        shape: &[usize],
-        slice: Option<&Slice>,
-    ) -> Option<GeneratedPart> {
-        self.inner.generated(name, shape, slice)
-    }
-
-    /// A packed weight's part is cut from the expanded whole (GPTQ's groups may scatter
-    /// over every input); others are read as the inner source reads them.
-    fn tensor_slice(
-        &self,
-        name: &str,
-        shape: &[usize],
-        slice: &Slice,
-        dtype: DType,
-    ) -> Result<Tensor> {
-        if self.packed_stem(name).is_none() {
-            return self.inner.tensor_slice(name, shape, slice, dtype);
-        }
-        slice.cut(&self.tensor(name, shape, dtype)?)
     }
 }
 

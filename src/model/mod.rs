@@ -1,11 +1,13 @@
 //! Model configs, weight loading, tokenizer and the Llama-family implementation.
 
 pub mod base_model_weights;
+pub mod bnb;
 pub mod byte_pieces;
 pub mod chat_template;
 pub mod config;
 pub mod demo;
 pub mod detokenizer;
+pub mod expanded_weights;
 pub mod fp8;
 pub mod grammar;
 pub mod harmony;
