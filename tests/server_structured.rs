@@ -181,6 +181,11 @@ async fn grammars_and_structured_outputs_constrain_the_answer() {
             json!({"grammar": grammar, "disable_fallback": true}),
             "grammar",
         ),
+        // GBNF, as vLLM's xgrammar backend takes it.
+        (
+            json!({"grammar": "root ::= kiln-word [0-9]{2}\nkiln-word ::= \"kiln \""}),
+            "grammar",
+        ),
         (
             json!({"json": {"type": "object", "properties": {"n": {"type": "integer"}},
                          "required": ["n"], "additionalProperties": false}}),

@@ -56,6 +56,10 @@ impl Structure {
                 TopLevelGrammar::from_json_schema(with_default_options(schema))
             }
             Structure::Regex(rx) => TopLevelGrammar::from_regex(rx),
+            // GBNF (vLLM's xgrammar form) is rewritten; Lark passes as it is.
+            Structure::Lark(lark) if super::gbnf::is_gbnf(lark) => {
+                TopLevelGrammar::from_lark(super::gbnf::to_lark(lark))
+            }
             Structure::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
             Structure::Choice(options) => {
                 let alternatives: Vec<String> = options.iter().map(|o| escape_regex(o)).collect();

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod detokenizer;
 pub mod expanded_weights;
 pub mod fp8;
+pub mod gbnf;
 pub mod grammar;
 pub mod harmony;
 pub mod int_packing;

@@ -483,3 +483,24 @@ fn the_forced_glm45_call_grammar_takes_free_text_strings_and_typed_values() {
         r#"{"text":"two\nlines <b>","count":7}"#
     );
 }
+
+#[test]
+fn gbnf_grammars_compile_and_constrain_as_lark_ones_do() {
+    let tok = tokenizer();
+    let compiler = GrammarCompiler::new(&tok, 448).unwrap();
+    let gbnf = "root ::= \"kiln \" heat-word [0-9]{2}\nheat-word ::= (\"hot\" | \"cold\") \" \"";
+    let pickers: [fn(&[u32]) -> u32; 2] = [|a| a[0], |a| a[a.len() - 1]];
+    for choose in pickers {
+        let mut c = compiler.compile(&Structure::Lark(gbnf.into())).unwrap();
+        let text = walk(&tok, &mut c, choose);
+        let rest = text
+            .strip_prefix("kiln ")
+            .unwrap_or_else(|| panic!("{text:?}"));
+        let (word, digits) = rest.split_once(' ').unwrap();
+        assert!(["hot", "cold"].contains(&word), "{text:?}");
+        assert!(
+            digits.len() == 2 && digits.bytes().all(|b| b.is_ascii_digit()),
+            "{text:?}"
+        );
+    }
+}
