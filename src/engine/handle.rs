@@ -181,7 +181,7 @@ impl EngineHandle {
             max_model_len: engine.config().max_model_len,
             vocab_size: engine.vocab_size(),
             description: engine.describe(),
-            classifier: engine.classifier(),
+            classifier: engine.classifier().cloned(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(EngineStats::default());

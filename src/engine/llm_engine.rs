@@ -308,7 +308,7 @@ impl LlmEngine {
     }
 
     /// A classifier model's labels (it answers pooling requests only).
-    pub fn classifier(&self) -> Option<crate::model::config::ClassifierConfig> {
+    pub fn classifier(&self) -> Option<&crate::model::config::ClassifierConfig> {
         self.runner.classifier()
     }
 

@@ -99,7 +99,7 @@ pub trait Runner: Send {
     fn describe(&self) -> String;
     /// A classifier model's labels: its pooled rows are their logits, and it generates
     /// nothing.
-    fn classifier(&self) -> Option<ClassifierConfig> {
+    fn classifier(&self) -> Option<&ClassifierConfig> {
         None
     }
     /// Whether a LoRA adapter is loaded in `slot` (`SamplingParams::lora_adapter`).
@@ -189,8 +189,8 @@ where
         self.model.has_adapter(slot)
     }
 
-    fn classifier(&self) -> Option<ClassifierConfig> {
-        self.model.config.classifier.clone()
+    fn classifier(&self) -> Option<&ClassifierConfig> {
+        self.model.config.classifier.as_ref()
     }
 
     fn load_adapter(&mut self, spec: &AdapterSpec, max_rank: usize) -> Result<usize> {

@@ -251,8 +251,8 @@ impl Runner for TpRunner {
         self.config.vocab_size
     }
 
-    fn classifier(&self) -> Option<crate::model::config::ClassifierConfig> {
-        self.config.classifier.clone()
+    fn classifier(&self) -> Option<&crate::model::config::ClassifierConfig> {
+        self.config.classifier.as_ref()
     }
 
     fn has_adapter(&self, slot: usize) -> bool {

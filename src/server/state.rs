@@ -35,10 +35,8 @@ pub struct ServedAdapter {
 impl Served {
     /// The adapter slot a request's `model` names; None for the base model's names.
     pub fn adapter_for(&self, model: &str) -> Option<usize> {
-        self.adapters()
-            .iter()
-            .find(|a| a.name == model)
-            .map(|a| a.slot)
+        let adapters = self.adapters.read().ok()?;
+        adapters.iter().find(|a| a.name == model).map(|a| a.slot)
     }
 
     /// 400 for a sequence classifier, which answers `/classify` only.

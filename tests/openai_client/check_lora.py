@@ -7,9 +7,9 @@ named check_*; all run, failures are listed, and the exit code is 1 if any faile
 """
 
 import sys
-import traceback
 
 import openai
+from run_checks import run_checks
 
 BASE_URL, BASE, ADAPTER = sys.argv[1], sys.argv[2], sys.argv[3]
 client = openai.OpenAI(base_url=f"{BASE_URL}/v1", api_key="unused", max_retries=0)
@@ -49,19 +49,5 @@ def check_embeddings_refuse_an_adapter():
         raise AssertionError("no BadRequestError")
 
 
-def main():
-    checks = [(n, f) for n, f in globals().items() if n.startswith("check_")]
-    failed = []
-    for name, check in checks:
-        try:
-            check()
-            print(f"ok    {name}")
-        except Exception:
-            failed.append(name)
-            print(f"FAIL  {name}\n{traceback.format_exc()}")
-    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run_checks(globals())
