@@ -13,7 +13,7 @@
 #   BUDGET_S=270        total time budget; optional steps are skipped once it is spent
 # SELFTEST_ONLY=gemv,attention runs only those selftest groups (`kiln selftest --only`).
 # Optional parts, each on unless set to 0: HF (transformers baselines), HF_COMPILED,
-# STARTUP, IMAGE_BENCH, NO_GEMV_AB, EAGER_AB, CUBLASLT_AB, LONG, NCU, NSYS, PREFILL_AB,
+# STARTUP, IMAGE_BENCH, NO_GEMV_AB, UNFUSED_AB, EAGER_AB, CUBLASLT_AB, LONG, NCU, NSYS, PREFILL_AB,
 # THROUGHPUT, TP_LATENCY, MOE, SPEC, LORA; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
 # those A/Bs' variants;
 # SELFTEST_GENERIC=1 adds the generic decode kernel's selftest; OPENAI_WHEELS=dir lets the
@@ -266,6 +266,26 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
                 --result-json "$OUT/bench_latency_demo_spec_${spec}.json"
         done
     fi
+    # The eager (no CUDA graphs) decode and the LoRA decode against it, early: both are
+    # first measurements waiting for a GPU, and adapter steps run eager.
+    # Decode with every kernel launched from the host, for the CUDA-graph A/B in the same run.
+    if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${EAGER_AB:-1}" = 1 ]; then
+        step bench_latency_8b_eager 150 no bench_latency_8b_eager.txt -- \
+            "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
+            --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
+            --batch-sizes 1,8,32 --enforce-eager --result-json "$OUT/bench_latency_8b_eager.json"
+    fi
+
+    # LoRA: every request with a generated rank-16 adapter on all seven projections, against
+    # the eager base run above (adapter steps are never recorded as graphs), same run.
+    # LORA=0 skips it (and the adapter checks against PEFT above).
+    if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${LORA:-1}" = 1 ]; then
+        step bench_latency_8b_lora16 150 no bench_latency_8b_lora16.txt -- \
+            "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
+            --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
+            --batch-sizes 1,8,32 --lora-modules gen=dummy:16 --lora-adapter gen \
+            --result-json "$OUT/bench_latency_8b_lora16.json"
+    fi
     # Mixture of experts: decode steps of up to 64 sequences routed on the device (and so
     # recorded as graphs) against the host path (KILN_MOE_DEVICE=0), same model, same run.
     # MOE=0 skips them (Qwen3-30B-A3B is 61 GB in bf16).
@@ -371,7 +391,7 @@ fi
 # kernel; the residual add + RMS norms folded into the QKV and gate_up GEMVs, the SwiGLU
 # into the gate_up GEMV's epilogue), for their A/B in the same run: seven launches per
 # layer more at batch 1.
-if "$KILN" bench latency --help >/dev/null 2>&1; then
+if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${UNFUSED_AB:-1}" = 1 ]; then
     unfused="KILN_FUSED_QKV=0 KILN_FUSED_GEMV=0"
     step bench_latency_8b_unfused 120 no bench_latency_8b_unfused.txt -- \
         env $unfused "$KILN" bench latency --device cuda --model llama-3.1-8b \
@@ -402,25 +422,6 @@ if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${CUBLASLT_AB:-1}" = 1 ]; 
         env KILN_CUBLASLT=0 "$KILN" bench latency --device cuda --model llama-3.1-8b \
         --load-format dummy --dtype bfloat16 --max-model-len 1024 --input-len 128 \
         --output-len 32 --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b_gemmex.json"
-fi
-
-# Decode with every kernel launched from the host, for the CUDA-graph A/B in the same run.
-if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${EAGER_AB:-1}" = 1 ]; then
-    step bench_latency_8b_eager 150 no bench_latency_8b_eager.txt -- \
-        "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
-        --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
-        --batch-sizes 1,8,32 --enforce-eager --result-json "$OUT/bench_latency_8b_eager.json"
-fi
-
-# LoRA: every request with a generated rank-16 adapter on all seven projections, against
-# the eager base run above (adapter steps are never recorded as graphs), same run.
-# LORA=0 skips it (and the adapter checks against PEFT above).
-if "$KILN" bench latency --help >/dev/null 2>&1 && [ "${LORA:-1}" = 1 ]; then
-    step bench_latency_8b_lora16 150 no bench_latency_8b_lora16.txt -- \
-        "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
-        --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
-        --batch-sizes 1,8,32 --lora-modules gen=dummy:16 --lora-adapter gen \
-        --result-json "$OUT/bench_latency_8b_lora16.json"
 fi
 
 # Long contexts (4000-token prompts): decode attention reads 0.5 GB of KV per step at batch

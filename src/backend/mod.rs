@@ -305,9 +305,10 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Tensor> {
         moe::host_routed_experts(self, x, router_logits, experts, routing)
     }
-    /// Whether [`Backend::moe_experts`] on `tokens` rows stays on the device (no host round
-    /// trip), so that a decode step of a MoE model can be recorded.
-    fn routes_experts_on_device(&self, _tokens: usize) -> bool {
+    /// Whether [`Backend::moe_experts`] on `tokens` rows of a router scoring as `scoring`
+    /// stays on the device (no host round trip), so that a decode step of a MoE model can be
+    /// recorded.
+    fn routes_experts_on_device(&self, _tokens: usize, _scoring: moe::RouterScoring) -> bool {
         false
     }
     /// The index of the largest value (lowest on ties) of each of the given rows of

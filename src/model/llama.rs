@@ -774,8 +774,10 @@ impl<B: Backend> LlamaModel<B> {
         // ranks of a sharded model meet in all-reduces a recording cannot hold.
         // Mixture-of-experts layers route on the host (which a recording cannot hold either)
         // unless the backend routes this many tokens on the device.
-        let routing_recordable =
-            self.config.moe.is_none() || be.routes_experts_on_device(tokens.len());
+        let routing_recordable = match &self.config.moe {
+            None => true,
+            Some(moe) => be.routes_experts_on_device(tokens.len(), moe.scoring),
+        };
         // Steps with adapters gather their rows on the host's say: run eagerly.
         let base_only = batch.adapters.iter().all(|&a| a == 0);
         if self.layout.shard.world == 1 && comm.world_size() == 1 && routing_recordable && base_only

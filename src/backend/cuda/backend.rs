@@ -10,10 +10,11 @@ use super::decode_graphs::{Recordings, SendGraph};
 use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
 use super::gemv_norm::{add_norm_fusion_pays, AddNormInput, GemvEpilogue};
+use super::host_copy::refuse_while_recording;
 use super::image_flash::FlashLayouts;
 use super::moe::{
-    group_routes, max_items, moe_device_enabled, moe_device_rows, routes_on_device, GroupedBuffers,
-    GroupedRouter, MoeBuffers, GEMV_EXPERT_ROWS,
+    group_routes, max_items, moe_device_enabled, moe_device_rows, router_runs_on_device,
+    routes_on_device, GroupedBuffers, GroupedRouter, MoeBuffers, GEMV_EXPERT_ROWS,
 };
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
@@ -423,6 +424,7 @@ impl Backend for CudaBackend {
             .u32_buffer(rows.len())
             .context("argmax output buffer")?;
         self.dev.argmax(source, &mut ids)?;
+        refuse_while_recording(self.dev.stream(), "copying the picked tokens")?;
         let host = self
             .dev
             .stream()
@@ -452,6 +454,7 @@ impl Backend for CudaBackend {
             .u32_buffer(rows.len())
             .context("sampling output buffer")?;
         self.dev.sampling_draw(&selected, &packed, &mut ids)?;
+        refuse_while_recording(self.dev.stream(), "copying the sampled tokens")?;
         let host = self
             .dev
             .stream()
@@ -823,10 +826,13 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn routes_experts_on_device(&self, tokens: usize) -> bool {
-        // The layer's own limits (experts, top k) are checked per call; a layer outside them
-        // falls back to the host, and a recording of it fails and stays eager.
-        moe_device_enabled() && (1..=moe_device_rows()).contains(&tokens)
+    fn routes_experts_on_device(&self, tokens: usize, scoring: RouterScoring) -> bool {
+        // The layer's own limits (experts, top k, groups) are checked per call; a layer
+        // outside them falls back to the host, and a recording of it fails (its host copies
+        // are refused while recording) and stays eager.
+        moe_device_enabled()
+            && (1..=moe_device_rows()).contains(&tokens)
+            && router_runs_on_device(scoring)
     }
 
     fn select_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {

@@ -139,6 +139,7 @@ impl CudaDevice {
 
     /// Copies host values (ids, positions, block tables, ...) to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, values: &[T]) -> Result<CudaSlice<T>> {
+        super::host_copy::refuse_while_recording(&self.stream, "a host-to-device copy")?;
         self.stream
             .clone_htod(values)
             .context("host-to-device copy")
@@ -149,6 +150,7 @@ impl CudaDevice {
         &self,
         buffer: &CudaSlice<T>,
     ) -> Result<Vec<T>> {
+        super::host_copy::refuse_while_recording(&self.stream, "a device-to-host copy")?;
         self.stream
             .clone_dtoh(buffer)
             .context("device-to-host copy")

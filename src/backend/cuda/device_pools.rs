@@ -154,6 +154,7 @@ fn copy_into<T: DeviceRepr + Send>(
         values.len()
     );
     if !values.is_empty() {
+        super::host_copy::refuse_while_recording(stream, "a host-to-device copy")?;
         let mut head = buffer.slice_mut(0..values.len());
         stream
             .memcpy_htod(values, &mut head)

@@ -21,6 +21,7 @@ pub mod gemm_lt_desc;
 pub mod gemm_lt_plan;
 pub mod gemv;
 pub mod gemv_norm;
+pub mod host_copy;
 pub mod image_attention;
 pub mod image_conv;
 pub mod image_conv_implicit;

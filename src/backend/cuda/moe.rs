@@ -78,6 +78,15 @@ impl<'a> GroupedRouter<'a> {
     }
 }
 
+/// Whether `moe_route` implements this router: the softmax top k, and GLM-4.5 / DeepSeek-V3's
+/// grouped sigmoid; DeepSeek-V2's grouped softmax routes on the host.
+pub fn router_runs_on_device(scoring: RouterScoring) -> bool {
+    match scoring {
+        RouterScoring::Softmax | RouterScoring::SigmoidGrouped { .. } => true,
+        RouterScoring::SoftmaxGrouped { .. } => false,
+    }
+}
+
 /// `MOE_MAX_EXPERTS` in kernels/moe.cu (16 per lane of a routing warp).
 pub const MOE_MAX_EXPERTS: usize = 512;
 /// `MOE_MAX_TOP_K` in kernels/moe.cu.
@@ -784,6 +793,25 @@ mod tests {
             ));
             assert!(!routes_on_device(false, 1, experts, top_k));
         }
+    }
+
+    #[test]
+    fn only_routers_the_routing_kernel_implements_are_recorded() {
+        // DeepSeek-V2's grouped softmax routes on the host: its decode steps must not be
+        // recorded (an H200 run replayed such a recording into freed host memory).
+        let (groups, top_groups, scale) = (8, 3, 16.0);
+        assert!(router_runs_on_device(RouterScoring::Softmax));
+        let sigmoid = RouterScoring::SigmoidGrouped {
+            groups,
+            top_groups,
+            scale,
+        };
+        assert!(router_runs_on_device(sigmoid));
+        assert!(!router_runs_on_device(RouterScoring::SoftmaxGrouped {
+            groups,
+            top_groups,
+            scale
+        }));
     }
 
     #[test]

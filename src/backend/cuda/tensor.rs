@@ -95,6 +95,7 @@ impl CudaTensor {
     /// Downloads and widens to f32 (synchronizes the stream). Only the payload travels: a
     /// pooled buffer may be larger.
     pub fn to_f32(&self, dev: &CudaDevice) -> Result<Vec<f32>> {
+        super::host_copy::refuse_while_recording(dev.stream(), "a device-to-host copy")?;
         let payload = self.data().slice(0..self.num_bytes().max(1));
         let bytes = dev
             .stream()
@@ -119,6 +120,7 @@ impl CudaTensor {
             Storage::Owned(slice) => slice,
             Storage::Pooled(buffer) => &mut **buffer,
         };
+        super::host_copy::refuse_while_recording(dev.stream(), "a host-to-device copy")?;
         let mut payload = target.slice_mut(0..bytes.len());
         dev.stream()
             .memcpy_htod(&bytes, &mut payload)
