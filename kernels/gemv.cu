@@ -29,6 +29,10 @@
 // rounded to the dtype first, so the result is the plain kernel's [m, 2I] followed by
 // silu_mul (activation.cu) bit for bit, without that launch and the round trip.
 //
+// gemv<MT>_swiglu: the same epilogue on plain rows of x, for shapes where the norm in every
+// block costs more than the norm launch it saves (the 8B's k = 4096 on an H200: the fused
+// norm took 1.11x the time of fused_add_rms_norm + gemv).
+//
 // gemv_expert / gemv_expert_swiglu: the experts of a mixture-of-experts layer routed on the
 // device (src/backend/cuda/moe.rs). kernels/moe.cu's routing groups the step's routed pairs
 // (token p / top_k, its slot p % top_k) by expert into work items of at most
@@ -321,6 +325,12 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
         gemv2_add_norm_##S(KILN_GEMV_NORM_PARAMS(D)) {                                               \
         gemv_impl<D, 2, GEMV_ADD_NORM, false>(KILN_GEMV_ARGS,                                        \
                                               GemvNorm<D>{res_out, res_in, norm_w, eps});            \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv1_swiglu_##S(KILN_GEMV_PARAMS(D)) { \
+        gemv_impl<D, 1, GEMV_PLAIN, true>(KILN_GEMV_ARGS, GemvNorm<D>{});                            \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv2_swiglu_##S(KILN_GEMV_PARAMS(D)) { \
+        gemv_impl<D, 2, GEMV_PLAIN, true>(KILN_GEMV_ARGS, GemvNorm<D>{});                            \
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                       \
         gemv1_add_norm_swiglu_##S(KILN_GEMV_NORM_PARAMS(D)) {                                        \

@@ -15,7 +15,8 @@
 # Optional parts, each on unless set to 0: HF (transformers baselines), HF_COMPILED,
 # STARTUP, IMAGE_BENCH, NO_GEMV_AB, UNFUSED_AB, EAGER_AB, CUBLASLT_AB, LONG, NCU, NSYS, PREFILL_AB,
 # THROUGHPUT, TP_LATENCY, MOE, SPEC, LORA; PREFILL_VARIANTS, THROUGHPUT_VARIANTS and ALLREDUCE_PATHS pick
-# those A/Bs' variants;
+# those A/Bs' variants, MOE_PATHS (device host) the MoE bench's routing paths; ADD_NORM_AB
+# (on unless 0) times the norm-fused GEMV's old limit;
 # SELFTEST_GENERIC=1 adds the generic decode kernel's selftest; OPENAI_WHEELS=dir lets the
 # openai client check run where the machine lacks the package.
 # HTTP_BENCH (on unless 0) runs issue 3's HTTP-vs-engine bench when the bundle carries its
@@ -141,6 +142,15 @@ for arch in llama qwen2; do
         --dtype bfloat16 --block-size 4 --json
 done
 
+# The gate_up GEMV with only the SwiGLU epilogue (the norm its own launch), which the 8B's
+# shapes take but the fixtures' small hidden sizes do not: forced with a zero limit on the
+# norm-fused GEMV.
+for arch in llama qwen2; do
+    step "check_${arch}_bfloat16_swiglu_gemv" 60 yes "check_${arch}_bfloat16_swiglu_gemv.json" -- \
+        env KILN_ADD_NORM_GEMV_MAX_VALUES=0 "$KILN" check-reference --model "$FIXTURES/$arch" \
+        --device cuda --dtype bfloat16 --block-size 4 --json
+done
+
 # LoRA adapters on the device against PEFT (float32; the fixture folder's reference.json):
 # llama with two adapters (all projections; q/v rsLoRA on one layer), granite (folded
 # multipliers), phi3 (fused projections), and llama's sharded two ways.
@@ -243,6 +253,16 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
         "$KILN" bench latency --device cuda --model llama-3.1-8b --load-format dummy \
         --dtype bfloat16 --max-model-len 1024 --input-len 128 --output-len 32 \
         --batch-sizes 1,8,32 --result-json "$OUT/bench_latency_8b.json"
+    # The norm-fused GEMV up to k = 4096 at one row (the limit before the eighteenth
+    # session; 1.11x slower than the norm launch + GEMV at the 8B's shapes on an H200),
+    # against the default above, same run. ADD_NORM_AB=0 skips it.
+    if [ "${ADD_NORM_AB:-1}" = 1 ]; then
+        step bench_latency_8b_add_norm_4096 90 no bench_latency_8b_add_norm_4096.txt -- \
+            env KILN_ADD_NORM_GEMV_MAX_VALUES=4096 "$KILN" bench latency --device cuda \
+            --model llama-3.1-8b --load-format dummy --dtype bfloat16 --max-model-len 1024 \
+            --input-len 128 --output-len 32 --batch-sizes 1,8 \
+            --result-json "$OUT/bench_latency_8b_add_norm_4096.json"
+    fi
     # The real 1024-token prefill (the warm-up no longer caches the measured prompt) and the
     # small model at batch 1: early, so a short budget still gets them.
     step bench_prefill_8b 90 no bench_prefill_8b.txt -- \
@@ -290,7 +310,7 @@ if "$KILN" bench latency --help >/dev/null 2>&1; then
     # recorded as graphs) against the host path (KILN_MOE_DEVICE=0), same model, same run.
     # MOE=0 skips them (Qwen3-30B-A3B is 61 GB in bf16).
     if [ "${MOE:-1}" = 1 ]; then
-        for path in device host; do
+        for path in ${MOE_PATHS:-device host}; do
             moe_env=""
             [ "$path" = host ] && moe_env="KILN_MOE_DEVICE=0"
             step "bench_latency_qwen3_moe_${path}" 150 no "bench_latency_qwen3_moe_${path}.txt" -- \

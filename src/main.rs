@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, env = "KILN_SELFTEST_QUICK")]
         quick: bool,
         /// Run only these groups of cases (comma-separated): ops, attention, qkv, gemv,
-        /// gemv_fused, linear_lt, image, sampling, allocator, gemm_bench. Default: all.
+        /// gemv_fused, moe, linear_lt, image, sampling, allocator, gemm_bench. Default: all.
         #[arg(long, env = "KILN_SELFTEST_ONLY", value_delimiter = ',')]
         only: Vec<String>,
     },

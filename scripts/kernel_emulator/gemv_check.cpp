@@ -14,7 +14,9 @@
 // the residual stream exactly as fused_add_rms_norm does, and give y within the GEMV bound
 // plus one dtype ulp per normalised value (its f32 sum of squares runs in another order).
 // gemv1_add_norm_swiglu / gemv2_add_norm_swiglu (the gate_up projection with the SwiGLU as
-// its epilogue) must equal gemv<m>_add_norm then silu_mul exactly, residual stream included.
+// its epilogue) must equal gemv<m>_add_norm then silu_mul exactly, residual stream included;
+// gemv1_swiglu / gemv2_swiglu (the same epilogue on plain rows) must equal gemv<m> then
+// silu_mul exactly.
 //
 //   gemv_check      exit status 1 if any case is off
 #include "cuda_emu.h"
@@ -228,6 +230,42 @@ void check_swiglu(DType d, int m, int inter, int k, bool bias, Order order) {
                 want.size(), residual_differs);
 }
 
+// gemv<m>_swiglu (y [m, I] from w [2I, K]) against gemv<m> (y [m, 2I]) then silu_mul: bit
+// for bit.
+void check_plain_swiglu(DType d, int m, int inter, int k, bool bias, Order order) {
+    const int n = 2 * inter;
+    const std::vector<float> x = random(d, static_cast<size_t>(m) * k, 2.0f);
+    const std::vector<float> w = random(d, static_cast<size_t>(n) * k, 1.0f);
+    const std::vector<float> b = random(d, n, 4.0f);
+    Buffer xb(d, x), wb(d, w), bb(d, b);
+    Buffer act = Buffer::unwritten(d, static_cast<size_t>(m) * inter);
+    Buffer gate_up = Buffer::unwritten(d, static_cast<size_t>(m) * n);
+    Buffer want = Buffer::unwritten(d, static_cast<size_t>(m) * inter);
+    GemvFn fused = m == 1 ? KILN_PICK(GemvFn, gemv1_swiglu, d) : KILN_PICK(GemvFn, gemv2_swiglu, d);
+    GemvFn plain = pick(d, m);
+    const unsigned blocks = static_cast<unsigned>((n + GEMV_WARPS * GEMV_ROWS_PER_WARP - 1) /
+                                                  (GEMV_WARPS * GEMV_ROWS_PER_WARP));
+    const void* bias_ptr = bias ? bb.data() : wb.data();
+    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, order, 3, [&] {
+        fused(act.data(), xb.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0);
+    });
+    kiln_emu::launch({blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 3, [&] {
+        plain(gate_up.data(), xb.data(), wb.data(), bias_ptr, m, n, k, bias ? 1 : 0);
+    });
+    auto silu = KILN_PICK(SiluMulFn, silu_mul, d);
+    kiln_emu::launch({2, 1, 1}, {64, 1, 1}, Order::Forward, 1, [&] {
+        silu(want.data(), gate_up.data(), static_cast<long long>(m) * inter, inter);
+    });
+    size_t differ = 0;
+    for (size_t i = 0; i < want.size(); ++i) differ += act.at(i) == want.at(i) ? 0 : 1;
+    const bool ok = differ == 0;
+    failures += ok ? 0 : 1;
+    ++cases;
+    std::printf("%s  gemv_swiglu m=%d I=%-5d k=%-5d %-7s %-4s  %zu of %zu outputs differ from gemv + silu_mul\n",
+                ok ? "ok  " : "FAIL", m, inter, k, bias ? "+bias" : "", dtype_name(d), differ,
+                want.size());
+}
+
 }  // namespace
 
 int main() {
@@ -264,6 +302,11 @@ int main() {
         check_swiglu(d, 2, 19, 1032, true, Order::Random);
         check_swiglu(d, 1, 13, 16400, true, Order::Forward);
         check_swiglu(d, 2, 6, 8200, false, Order::Forward);
+        // The same epilogue without the norm.
+        check_plain_swiglu(d, 1, 37, 136, true, Order::Reverse);
+        check_plain_swiglu(d, 2, 19, 1032, false, Order::Random);
+        check_plain_swiglu(d, 1, 13, 16400, false, Order::Forward);
+        check_plain_swiglu(d, 2, 6, 8200, true, Order::Forward);
     }
     std::printf("%d cases: %s\n", cases,
                 failures == 0 ? "the gemv kernels match the reference" : "SOME CASES FAILED");

@@ -9,7 +9,9 @@ use super::batch_meta::HostBatchMeta;
 use super::decode_graphs::{Recordings, SendGraph};
 use super::device::CudaDevice;
 use super::device_pools::{DeviceI32, DevicePools, DeviceU32};
-use super::gemv_norm::{add_norm_fusion_pays, AddNormInput, GemvEpilogue};
+use super::gemv_norm::{
+    add_norm_fusion_pays, add_norm_max_values_from_env, gemv_swiglu_op, AddNormInput, GemvEpilogue,
+};
 use super::host_copy::refuse_while_recording;
 use super::image_flash::FlashLayouts;
 use super::moe::{
@@ -53,6 +55,10 @@ pub struct CudaBackend {
     /// the gate_up GEMV's epilogue (one or two rows); `KILN_FUSED_GEMV=0` runs them as
     /// separate launches, for A/B timing.
     fused_gemv: bool,
+    /// The most `rows * k` values the norm-fused GEMV serves (beyond, the norm runs as its
+    /// own launch and the gate_up GEMV keeps only the SwiGLU epilogue);
+    /// `KILN_ADD_NORM_GEMV_MAX_VALUES` overrides it for A/B timing.
+    add_norm_max_values: usize,
     /// Image attention's sequence metadata per shape, uploaded once.
     pub(super) flash_layouts: FlashLayouts,
 }
@@ -113,6 +119,7 @@ impl CudaBackend {
             steps: Mutex::new((0, PoolStats::default())),
             fused_qkv: std::env::var("KILN_FUSED_QKV").map_or(true, |v| v != "0"),
             fused_gemv: std::env::var("KILN_FUSED_GEMV").map_or(true, |v| v != "0"),
+            add_norm_max_values: add_norm_max_values_from_env(),
             flash_layouts: FlashLayouts::default(),
         })
     }
@@ -139,7 +146,7 @@ impl CudaBackend {
             return Ok(None);
         };
         // Decode rows only: larger batches never reach the kernel, so allocate nothing.
-        if !self.fused_gemv || !add_norm_fusion_pays(rows, width) {
+        if !self.fused_gemv || !add_norm_fusion_pays(rows, width, self.add_norm_max_values) {
             return Ok(None);
         }
         let out_cols = match epilogue {
@@ -701,8 +708,18 @@ impl Backend for CudaBackend {
         {
             return Ok(fused);
         }
-        let (gate_up, sum) = self.add_rms_norm_linear(x, residual, norm, w, b)?;
-        Ok((self.silu_mul(&gate_up)?, sum))
+        let (normed, sum) = self.add_rms_norm(x, residual, norm.0, norm.1)?;
+        if self.fused_gemv {
+            if let (&[rows, _], &[out_features, _]) = (normed.shape(), w.shape()) {
+                if gemv_swiglu_op(rows).is_some() {
+                    let mut act = self.output(normed.dtype(), &[rows, out_features / 2])?;
+                    if self.dev.gemv_swiglu(&normed, w, b, &mut act)? {
+                        return Ok((act, sum));
+                    }
+                }
+            }
+        }
+        Ok((self.silu_mul(&self.linear(&normed, w, b)?)?, sum))
     }
 
     fn join_heads(

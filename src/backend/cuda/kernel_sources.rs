@@ -104,6 +104,8 @@ pub const KERNEL_FILES: &[KernelFile] = &[
             "gemv2_add_norm",
             "gemv1_add_norm_swiglu",
             "gemv2_add_norm_swiglu",
+            "gemv1_swiglu",
+            "gemv2_swiglu",
             "gemv_expert",
             "gemv_expert_swiglu",
         ],

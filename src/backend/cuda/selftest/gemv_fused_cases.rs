@@ -5,7 +5,9 @@
 //!   x W^T; the new residual stream must equal the rounded sum exactly;
 //! - the same with the SwiGLU as the gate_up projection's epilogue (`gemv1_add_norm_swiglu`
 //!   / `gemv2_add_norm_swiglu`), against that reference rounded to the dtype, then the
-//!   reference's `silu_mul` rounded as the unfused kernel stores it.
+//!   reference's `silu_mul` rounded as the unfused kernel stores it;
+//! - the SwiGLU epilogue alone (`gemv1_swiglu` / `gemv2_swiglu`) on the normalised rows,
+//!   against the same reference, timed next to the GEMV + `silu_mul`.
 
 use super::compare::Check;
 use super::gemv_cases::reference_linear;
@@ -120,8 +122,50 @@ fn swiglu_cases(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 dev.silu_mul(&y, &mut act)
             })?;
             note_times(s, row, us, "gemv_add_norm + silu_mul", unfused_us);
+            plain_swiglu_case(s, (&w, n), &normed, &expected, dtype)?;
         }
     }
+    Ok(())
+}
+
+/// `gemv<m>_swiglu` on the normalised rows `normed` against `expected` (the reference's
+/// SwiGLU), timed next to the plain GEMV + `silu_mul` it replaces.
+fn plain_swiglu_case(
+    s: &mut Suite<'_>,
+    (w, n): (&CudaTensor, usize),
+    normed: &[f32],
+    expected: &[f32],
+    dtype: DType,
+) -> Result<()> {
+    let dev = s.dev;
+    let (inter, m) = (n / 2, expected.len() / (n / 2));
+    let k = normed.len() / m;
+    let x = CudaTensor::from_f32(dev, dtype, &[m, k], normed)?;
+    let mut act = CudaTensor::zeros(dev, dtype, &[m, inter])?;
+    ensure!(
+        dev.gemv_swiglu(&x, w, None, &mut act)?,
+        "the SwiGLU GEMV declined m={m} k={k} n={n} (KILN_GEMV=0?)"
+    );
+    let label = format!("m={m} k={k} I={inter} (gate_up)");
+    let got = act.to_f32(dev)?;
+    let row = s.check(
+        "gemv_swiglu",
+        label,
+        dtype,
+        Check::Reduction,
+        &got,
+        expected,
+    );
+    let iters = s.sizes.timing_iters * 5;
+    let us = time_us(dev, iters, || {
+        dev.gemv_swiglu(&x, w, None, &mut act).map(|_| ())
+    })?;
+    let mut y = CudaTensor::zeros(dev, dtype, &[m, n])?;
+    let unfused_us = time_us(dev, iters, || {
+        dev.gemv(&x, w, None, &mut y)?;
+        dev.silu_mul(&y, &mut act)
+    })?;
+    note_times(s, row, us, "gemv + silu_mul", unfused_us);
     Ok(())
 }
 
