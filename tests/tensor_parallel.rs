@@ -24,8 +24,20 @@ fn spec(
     dtype: &str,
     comms: Vec<Box<dyn Communicator<CpuBackend>>>,
 ) -> TpSpec<CpuBackend> {
+    spec_with(arch, dtype, &[], comms)
+}
+
+/// [`spec`] with more `kiln serve` flags (`--load-format dummy`, say).
+fn spec_with(
+    arch: &str,
+    dtype: &str,
+    extra: &[&str],
+    comms: Vec<Box<dyn Communicator<CpuBackend>>>,
+) -> TpSpec<CpuBackend> {
     let dir = fixture(arch);
-    let args = engine_args(&["--model", dir.to_str().unwrap(), "--dtype", dtype]);
+    let mut flags = vec!["--model", dir.to_str().unwrap(), "--dtype", dtype];
+    flags.extend_from_slice(extra);
+    let args = engine_args(&flags);
     let prepared = prepare_model(&args, kiln::launch::Device::Cpu).unwrap();
     TpSpec {
         config: prepared.config,
@@ -155,6 +167,34 @@ fn quantized_checkpoints_shard_like_unquantized_ones() {
                 assert!(diff < 1e-3, "{name} TP={world} vs its reference: {diff}");
             }
         }
+    }
+}
+
+/// Generated (dummy) weights shard like stored ones: every rank cuts its part out of the
+/// same values, so TP = 2 and 4 give TP = 1's logits. gpt-oss's experts are generated
+/// straight into the layout the kernels take, not cut from a stored stack.
+#[test]
+fn dummy_weights_shard_like_one_rank() {
+    let input = prefill(&[&[3, 17, 29, 5], &[8, 1]]);
+    let logits = |world: usize| {
+        let spec = spec_with(
+            "gpt_oss",
+            "float32",
+            &["--load-format", "dummy"],
+            host_comms(world),
+        );
+        TpRunner::start(spec, |_| Ok(NUM_BLOCKS))
+            .unwrap()
+            .0
+            .execute(&input)
+            .unwrap()
+            .logits
+    };
+    let one = logits(1);
+    assert!(one.iter().all(|v| v.is_finite()) && one.iter().any(|&v| v != one[0]));
+    for world in [2, 4] {
+        let diff = max_abs_diff(&logits(world), &one);
+        assert!(diff < 1e-4, "gpt_oss dummy TP={world} vs TP=1: {diff}");
     }
 }
 
