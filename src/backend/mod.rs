@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod dtype;
 pub mod image_ops;
 pub mod moe;
+pub mod moe_route;
 
 pub use batch::BatchLayout;
 pub use dtype::DType;

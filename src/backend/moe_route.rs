@@ -1,0 +1,556 @@
+//! Host routing of a mixture-of-experts layer: each token's experts and weights from its
+//! router logits. The CUDA backend's prefill path and the host path run it once per layer
+//! on every token of the step, so it is built for batches of thousands of rows: each row's
+//! top k by partial selection (not a sort of all experts) with scratch buffers reused across
+//! rows, and rows spread over threads. The choice (ties to the lower expert) and the f32
+//! arithmetic are those of a full sort, row by row (a test checks them bit for bit against
+//! that).
+
+use super::moe::{RouteRule, RouterScoring};
+use rayon::prelude::*;
+use std::cmp::Ordering;
+
+/// Rows below this are routed on the calling thread (a decode step's few tokens).
+const PARALLEL_MIN_ROWS: usize = 64;
+
+/// For each expert, the rows routed to it and their weights, by `rule`'s scoring of the
+/// experts' logits (`[rows, experts]`, f32). [`RouterScoring::Softmax`]: per row, a softmax
+/// over the logits, its `top_k` largest (ties to the lower expert), rescaled to sum to one
+/// when `normalize`.
+pub fn route(
+    logits: &[f32],
+    num_experts: usize,
+    rule: &RouteRule<'_>,
+) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let top_k = rule.top_k.min(num_experts);
+    let picks = match rule.scoring {
+        RouterScoring::Softmax => pick_rows(logits, num_experts, top_k, |row, s, out| {
+            softmax_row(row, rule.normalize, s, out)
+        }),
+        RouterScoring::SigmoidGrouped {
+            groups,
+            top_groups,
+            scale,
+        } => {
+            let g = Groups::new(groups, top_groups, num_experts);
+            let bias = rule.correction_bias.unwrap_or(&[]);
+            pick_rows(logits, num_experts, top_k, |row, s, out| {
+                sigmoid_grouped_row(row, &g, bias, (rule.normalize, scale), s, out)
+            })
+        }
+        RouterScoring::SoftmaxGrouped {
+            groups,
+            top_groups,
+            scale,
+        } => {
+            let g = Groups::new(groups, top_groups, num_experts);
+            pick_rows(logits, num_experts, top_k, |row, s, out| {
+                softmax_grouped_row(row, &g, (rule.normalize, scale), s, out)
+            })
+        }
+    };
+    let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+    for (row, chosen) in picks.chunks(top_k.max(1)).enumerate() {
+        for &(e, w) in chosen.iter().filter(|(e, _)| *e != NONE) {
+            routes[e].0.push(row);
+            routes[e].1.push(w);
+        }
+    }
+    routes
+}
+
+/// An empty slot of a row's picks (a grouped router whose kept groups hold fewer than top k
+/// experts).
+const NONE: usize = usize::MAX;
+
+/// A row's reusable buffers.
+#[derive(Default)]
+struct Scratch {
+    values: Vec<f32>,
+    scores: Vec<f32>,
+    order: Vec<usize>,
+}
+
+/// Every row's `top_k` picks `(expert, weight)`, in choice order, `top_k` slots per row,
+/// from `pick(row logits, scratch, slots)`; rows on several threads when there are many.
+fn pick_rows<F>(logits: &[f32], num_experts: usize, top_k: usize, pick: F) -> Vec<(usize, f32)>
+where
+    F: Fn(&[f32], &mut Scratch, &mut [(usize, f32)]) + Sync,
+{
+    let rows = logits.len() / num_experts.max(1);
+    let mut picks = vec![(NONE, 0.0f32); rows * top_k];
+    if top_k == 0 || num_experts == 0 {
+        return picks;
+    }
+    let row_logits = logits.chunks_exact(num_experts);
+    if rows < PARALLEL_MIN_ROWS {
+        let mut scratch = Scratch::default();
+        for (row, out) in row_logits.zip(picks.chunks_mut(top_k)) {
+            pick(row, &mut scratch, out);
+        }
+    } else {
+        picks
+            .par_chunks_mut(top_k)
+            .zip(logits.par_chunks_exact(num_experts))
+            .with_min_len(PARALLEL_MIN_ROWS / 4)
+            .for_each_init(Scratch::default, |scratch, (out, row)| {
+                pick(row, scratch, out)
+            });
+    }
+    picks
+}
+
+/// `candidates` reordered so its first `k` are the `k` best by `better` (a total order), in
+/// that order: the same as the first `k` of a full sort.
+fn top_k_in_order(candidates: &mut [usize], k: usize, better: impl Fn(&usize, &usize) -> Ordering) {
+    let k = k.min(candidates.len());
+    if k == 0 {
+        return;
+    }
+    if k < candidates.len() {
+        candidates.select_nth_unstable_by(k - 1, &better);
+    }
+    candidates[..k].sort_by(&better);
+}
+
+/// Higher `values` first, ties to the lower index.
+fn by_value<'a>(values: &'a [f32]) -> impl Fn(&usize, &usize) -> Ordering + 'a {
+    move |&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b))
+}
+
+fn softmax_row(row: &[f32], normalize: bool, s: &mut Scratch, out: &mut [(usize, f32)]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    s.values.clear();
+    s.values.extend(row.iter().map(|&l| (l - max).exp()));
+    let total: f32 = s.values.iter().sum();
+    s.order.clear();
+    s.order.extend(0..row.len());
+    top_k_in_order(&mut s.order, out.len(), by_value(&s.values));
+    let chosen = &s.order[..out.len()];
+    let kept: f32 = chosen.iter().map(|&e| s.values[e] / total).sum();
+    for (slot, &e) in out.iter_mut().zip(chosen) {
+        let p = s.values[e] / total;
+        *slot = (e, if normalize { p / kept } else { p });
+    }
+}
+
+/// A grouped router's groups: `count` equal groups of `per_group` experts, `top` kept.
+struct Groups {
+    count: usize,
+    per_group: usize,
+    top: usize,
+}
+
+impl Groups {
+    fn new(groups: usize, top_groups: usize, num_experts: usize) -> Self {
+        let count = groups.max(1);
+        Groups {
+            count,
+            per_group: num_experts / count,
+            top: top_groups,
+        }
+    }
+
+    /// Whether the groups are ranked at all (one group, or groups of no experts, keep all).
+    fn ranked(&self) -> bool {
+        self.count > 1 && self.per_group > 0
+    }
+
+    /// Per group, whether it is among the `top` best by `rank(group)` (ties to the lower
+    /// group), written into `kept`.
+    fn keep(&self, rank: impl Fn(usize) -> f32, kept: &mut [bool; MAX_GROUPS]) -> bool {
+        if self.count > MAX_GROUPS {
+            return false;
+        }
+        let mut ranks = [0.0f32; MAX_GROUPS];
+        let mut order = [0usize; MAX_GROUPS];
+        for grp in 0..self.count {
+            ranks[grp] = rank(grp);
+            order[grp] = grp;
+        }
+        let order = &mut order[..self.count];
+        order.sort_by(by_value(&ranks));
+        *kept = [false; MAX_GROUPS];
+        for &grp in &order[..self.top.clamp(1, self.count)] {
+            kept[grp] = true;
+        }
+        true
+    }
+}
+
+/// The most groups [`Groups::keep`] ranks in place (real routers use at most 8; more take
+/// the allocating path).
+const MAX_GROUPS: usize = 64;
+
+/// Per group, whether it is kept (see [`Groups::keep`]), for any number of groups.
+fn kept_groups(g: &Groups, rank: impl Fn(usize) -> f32) -> Vec<bool> {
+    let mut small = [false; MAX_GROUPS];
+    if g.keep(&rank, &mut small) {
+        return small[..g.count].to_vec();
+    }
+    let ranks: Vec<f32> = (0..g.count).map(rank).collect();
+    let mut order: Vec<usize> = (0..g.count).collect();
+    order.sort_by(by_value(&ranks));
+    let mut kept = vec![false; g.count];
+    for &grp in &order[..g.top.clamp(1, g.count)] {
+        kept[grp] = true;
+    }
+    kept
+}
+
+/// The sum of the two largest of `values` (of one if there is one), as the sum of the first
+/// two of a descending sort.
+fn two_best_sum(values: &[f32]) -> f32 {
+    let (mut best, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in values {
+        if v.total_cmp(&best) == Ordering::Greater {
+            second = best;
+            best = v;
+        } else if v.total_cmp(&second) == Ordering::Greater {
+            second = v;
+        }
+    }
+    [best, second][..values.len().min(2)].iter().sum()
+}
+
+/// [`RouterScoring::SigmoidGrouped`], step for step as transformers' `Glm4MoeTopkRouter`:
+/// experts outside the chosen groups compete with a biased score of 0 (not minus
+/// infinity), so a chosen group's experts with negative biased scores can lose to them, as
+/// there.
+fn sigmoid_grouped_row(
+    row: &[f32],
+    g: &Groups,
+    bias: &[f32],
+    (normalize, scale): (bool, f32),
+    s: &mut Scratch,
+    out: &mut [(usize, f32)],
+) {
+    s.scores.clear();
+    s.scores
+        .extend(row.iter().map(|&l| 1.0 / (1.0 + (-l).exp())));
+    s.values.clear();
+    s.values.extend(
+        s.scores
+            .iter()
+            .enumerate()
+            .map(|(e, &sc)| sc + bias.get(e).copied().unwrap_or(0.0)),
+    );
+    if g.ranked() {
+        // A group's rank: the sum of its two best biased scores.
+        let choice = &s.values;
+        let kept = kept_groups(g, |grp| {
+            two_best_sum(&choice[grp * g.per_group..(grp + 1) * g.per_group])
+        });
+        for (e, c) in s.values.iter_mut().enumerate() {
+            if !kept[e / g.per_group] {
+                *c = 0.0;
+            }
+        }
+    }
+    s.order.clear();
+    s.order.extend(0..row.len());
+    top_k_in_order(&mut s.order, out.len(), by_value(&s.values));
+    let chosen = &s.order[..out.len()];
+    let total: f32 = chosen.iter().map(|&e| s.scores[e]).sum::<f32>() + 1e-20;
+    for (slot, &e) in out.iter_mut().zip(chosen) {
+        let weight = if normalize {
+            s.scores[e] / total
+        } else {
+            s.scores[e]
+        };
+        *slot = (e, weight * scale);
+    }
+}
+
+/// [`RouterScoring::SoftmaxGrouped`], as DeepSeek-V2's `group_limited_greedy`: the softmax
+/// of the row, the groups ranked by their best probability, the experts of the other groups
+/// out of the running.
+fn softmax_grouped_row(
+    row: &[f32],
+    g: &Groups,
+    (normalize, scale): (bool, f32),
+    s: &mut Scratch,
+    out: &mut [(usize, f32)],
+) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    s.values.clear();
+    s.values.extend(row.iter().map(|&l| (l - max).exp()));
+    let total: f32 = s.values.iter().sum();
+    s.scores.clear();
+    s.scores.extend(s.values.iter().map(|&e| e / total));
+    let probs = &s.scores;
+    let kept = if g.ranked() {
+        kept_groups(g, |grp| {
+            probs[grp * g.per_group..(grp + 1) * g.per_group]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+    } else {
+        vec![true; g.count]
+    };
+    s.order.clear();
+    s.order
+        .extend((0..row.len()).filter(|&e| kept[(e / g.per_group.max(1)).min(g.count - 1)]));
+    let k = out.len().min(s.order.len());
+    top_k_in_order(&mut s.order, k, by_value(probs));
+    let chosen = &s.order[..k];
+    let kept_mass: f32 = chosen.iter().map(|&e| probs[e]).sum();
+    for (slot, &e) in out.iter_mut().zip(chosen) {
+        let weight = if normalize {
+            probs[e] / kept_mass
+        } else {
+            probs[e]
+        };
+        *slot = (e, weight * scale);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The routing as it was before partial selection (a full sort of every row), the
+    // oracle for the choice and the f32 arithmetic.
+    fn reference_route(
+        logits: &[f32],
+        num_experts: usize,
+        rule: &RouteRule<'_>,
+    ) -> Vec<(Vec<usize>, Vec<f32>)> {
+        let (top_k, normalize) = (rule.top_k, rule.normalize);
+        match rule.scoring {
+            RouterScoring::Softmax => {}
+            RouterScoring::SigmoidGrouped {
+                groups,
+                top_groups,
+                scale,
+            }
+            | RouterScoring::SoftmaxGrouped {
+                groups,
+                top_groups,
+                scale,
+            } => {
+                let grouped = GroupedScoring {
+                    groups,
+                    top_groups,
+                    scale,
+                    correction_bias: rule.correction_bias.unwrap_or(&[]),
+                };
+                return if matches!(rule.scoring, RouterScoring::SigmoidGrouped { .. }) {
+                    route_sigmoid_grouped(logits, num_experts, top_k, normalize, &grouped)
+                } else {
+                    route_softmax_grouped(logits, num_experts, top_k, normalize, &grouped)
+                };
+            }
+        }
+        let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+        for (row, scores) in logits.chunks_exact(num_experts).enumerate() {
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
+            let total: f32 = exps.iter().sum();
+            let mut order: Vec<usize> = (0..num_experts).collect();
+            order.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]).then(a.cmp(&b)));
+            let chosen = &order[..top_k];
+            let probs: Vec<f32> = chosen.iter().map(|&e| exps[e] / total).collect();
+            let kept: f32 = probs.iter().sum();
+            for (&e, &p) in chosen.iter().zip(&probs) {
+                routes[e].0.push(row);
+                routes[e].1.push(if normalize { p / kept } else { p });
+            }
+        }
+        routes
+    }
+
+    struct GroupedScoring<'a> {
+        groups: usize,
+        top_groups: usize,
+        scale: f32,
+        correction_bias: &'a [f32],
+    }
+
+    fn route_sigmoid_grouped(
+        logits: &[f32],
+        num_experts: usize,
+        top_k: usize,
+        normalize: bool,
+        g: &GroupedScoring<'_>,
+    ) -> Vec<(Vec<usize>, Vec<f32>)> {
+        let groups = g.groups.max(1);
+        let per_group = num_experts / groups;
+        let bias = |e: usize| g.correction_bias.get(e).copied().unwrap_or(0.0);
+        let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+        for (row, row_logits) in logits.chunks_exact(num_experts).enumerate() {
+            let scores: Vec<f32> = row_logits
+                .iter()
+                .map(|&l| 1.0 / (1.0 + (-l).exp()))
+                .collect();
+            let mut choice: Vec<f32> = (0..num_experts).map(|e| scores[e] + bias(e)).collect();
+            if groups > 1 && per_group > 0 {
+                // A group's rank: the sum of its two best biased scores.
+                let group_score = |grp: usize| {
+                    let mut members: Vec<f32> =
+                        choice[grp * per_group..(grp + 1) * per_group].to_vec();
+                    members.sort_by(|a, b| b.total_cmp(a));
+                    members.iter().take(2).sum::<f32>()
+                };
+                let ranks: Vec<f32> = (0..groups).map(group_score).collect();
+                let kept = kept_groups(&ranks, g.top_groups);
+                for (e, c) in choice.iter_mut().enumerate() {
+                    if !kept[e / per_group] {
+                        *c = 0.0;
+                    }
+                }
+            }
+            let mut order: Vec<usize> = (0..num_experts).collect();
+            order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]).then(a.cmp(&b)));
+            let chosen = &order[..top_k];
+            let total: f32 = chosen.iter().map(|&e| scores[e]).sum::<f32>() + 1e-20;
+            for &e in chosen {
+                let weight = if normalize {
+                    scores[e] / total
+                } else {
+                    scores[e]
+                };
+                routes[e].0.push(row);
+                routes[e].1.push(weight * g.scale);
+            }
+        }
+        routes
+    }
+
+    fn kept_groups(ranks: &[f32], top: usize) -> Vec<bool> {
+        let mut order: Vec<usize> = (0..ranks.len()).collect();
+        order.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
+        let mut kept = vec![false; ranks.len()];
+        for &grp in &order[..top.clamp(1, ranks.len())] {
+            kept[grp] = true;
+        }
+        kept
+    }
+
+    fn route_softmax_grouped(
+        logits: &[f32],
+        num_experts: usize,
+        top_k: usize,
+        normalize: bool,
+        g: &GroupedScoring<'_>,
+    ) -> Vec<(Vec<usize>, Vec<f32>)> {
+        let groups = g.groups.max(1);
+        let per_group = num_experts / groups;
+        let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+        for (row, row_logits) in logits.chunks_exact(num_experts).enumerate() {
+            let max = row_logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = row_logits.iter().map(|&l| (l - max).exp()).collect();
+            let total: f32 = exps.iter().sum();
+            let probs: Vec<f32> = exps.iter().map(|&e| e / total).collect();
+            let mut kept_group = vec![true; groups];
+            if groups > 1 && per_group > 0 {
+                let best = |grp: usize| {
+                    probs[grp * per_group..(grp + 1) * per_group]
+                        .iter()
+                        .copied()
+                        .fold(f32::NEG_INFINITY, f32::max)
+                };
+                let ranks: Vec<f32> = (0..groups).map(best).collect();
+                kept_group = kept_groups(&ranks, g.top_groups);
+            }
+            let mut order: Vec<usize> = (0..num_experts)
+                .filter(|&e| kept_group[(e / per_group.max(1)).min(groups - 1)])
+                .collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            let chosen = &order[..top_k.min(order.len())];
+            let kept: f32 = chosen.iter().map(|&e| probs[e]).sum();
+            for &e in chosen {
+                let weight = if normalize { probs[e] / kept } else { probs[e] };
+                routes[e].0.push(row);
+                routes[e].1.push(weight * g.scale);
+            }
+        }
+        routes
+    }
+
+    /// Logits on a coarse grid (many ties) or spread, deterministic.
+    fn logits(rows: usize, experts: usize, seed: u64, coarse: bool) -> Vec<f32> {
+        (0..(rows * experts) as u64)
+            .map(|i| {
+                let h = (i ^ seed)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(23);
+                let u = (h >> 40) as f32 / (1u64 << 24) as f32;
+                if coarse {
+                    (u * 6.0).floor() - 3.0
+                } else {
+                    u * 8.0 - 4.0
+                }
+            })
+            .collect()
+    }
+
+    fn same(a: &[(Vec<usize>, Vec<f32>)], b: &[(Vec<usize>, Vec<f32>)]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|((ra, wa), (rb, wb))| {
+                ra == rb
+                    && wa.len() == wb.len()
+                    && wa.iter().zip(wb).all(|(x, y)| x.to_bits() == y.to_bits())
+            })
+    }
+
+    #[test]
+    fn partial_selection_routes_exactly_as_a_full_sort() {
+        let bias: Vec<f32> = logits(1, 256, 7, false).iter().map(|v| v * 0.05).collect();
+        let scorings = [
+            RouterScoring::Softmax,
+            RouterScoring::SigmoidGrouped {
+                groups: 8,
+                top_groups: 4,
+                scale: 2.5,
+            },
+            RouterScoring::SigmoidGrouped {
+                groups: 1,
+                top_groups: 1,
+                scale: 1.0,
+            },
+            RouterScoring::SoftmaxGrouped {
+                groups: 8,
+                top_groups: 3,
+                scale: 16.0,
+            },
+            RouterScoring::SoftmaxGrouped {
+                groups: 4,
+                top_groups: 1,
+                scale: 1.0,
+            },
+        ];
+        // Rows on one thread (3) and on several (300); 64 and 256 experts; ties and not.
+        for (rows, experts, top_k) in [(3, 64, 8), (300, 64, 6), (300, 256, 8)] {
+            for coarse in [true, false] {
+                let x = logits(rows, experts, rows as u64 * 31 + experts as u64, coarse);
+                for scoring in scorings {
+                    for normalize in [true, false] {
+                        let rule = RouteRule {
+                            top_k,
+                            normalize,
+                            scoring,
+                            correction_bias: Some(&bias[..experts]),
+                        };
+                        assert!(
+                            same(
+                                &route(&x, experts, &rule),
+                                &reference_route(&x, experts, &rule)
+                            ),
+                            "{rows} rows, {experts} experts, top {top_k}, {scoring:?}, \
+                             normalize {normalize}, coarse {coarse}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_best_sum_is_the_sorted_sum() {
+        assert_eq!(two_best_sum(&[1.0, 3.0, 2.0]), 5.0);
+        assert_eq!(two_best_sum(&[4.0]), 4.0);
+        assert_eq!(two_best_sum(&[-1.0, -1.0, -5.0]), -2.0);
+    }
+}
