@@ -36,14 +36,16 @@ pub fn block_hash(parent: Option<u64>, tokens: &[u32]) -> u64 {
     h.finish()
 }
 
-/// The hash chain a sequence's blocks start from: none for the base model, one per LoRA
-/// adapter (the same tokens under another adapter hold other keys and values).
-pub fn chain_root(adapter: Option<usize>) -> Option<u64> {
-    adapter.map(|a| {
-        let mut h = DefaultHasher::new();
-        ("lora adapter", a).hash(&mut h);
-        h.finish()
-    })
+/// The hash chain a sequence's blocks start from: none for the base model without a salt;
+/// one per LoRA adapter (the same tokens under another adapter hold other keys and
+/// values) and per cache salt (requests share cached blocks only with their own salt).
+pub fn chain_root(adapter: Option<usize>, salt: Option<&str>) -> Option<u64> {
+    if adapter.is_none() && salt.is_none() {
+        return None;
+    }
+    let mut h = DefaultHasher::new();
+    ("lora adapter", adapter, "cache salt", salt).hash(&mut h);
+    Some(h.finish())
 }
 
 impl BlockManager {

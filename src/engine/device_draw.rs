@@ -23,8 +23,8 @@ impl DeviceDraw {
     /// host (log-probabilities are computed from the raw logits there).
     pub fn for_row(ctx: &SampleContext, u: f32) -> Option<DeviceDraw> {
         let p = ctx.params;
-        // Logit biases are applied on the host only.
-        if p.logprobs.is_some() || !p.logit_bias.is_empty() || p.structure.is_some() {
+        // Logit biases and masks are applied on the host only.
+        if p.logprobs.is_some() || p.edits_logits() {
             return None;
         }
         let penalised =

@@ -82,6 +82,13 @@ pub fn validate_request(
             message: format!("token id {id} is outside the vocabulary ({vocab} tokens)"),
         }));
     }
+    let allowed = params.allowed_token_ids.as_deref().unwrap_or_default();
+    if let Some(id) = allowed.iter().find(|&&id| id as usize >= vocab) {
+        return Err(RequestError::InvalidParam(ParamError {
+            param: "allowed_token_ids",
+            message: format!("token id {id} is outside the vocabulary ({vocab} tokens)"),
+        }));
+    }
     Ok(())
 }
 

@@ -43,6 +43,14 @@ pub struct SamplingParams {
     /// The LoRA adapter the request runs with (an index into the engine's adapters, in
     /// `--lora-modules` order); None: the base model.
     pub lora_adapter: Option<usize>,
+    /// Only these tokens may be sampled (vLLM's `allowed_token_ids`); sorted, no repeats.
+    pub allowed_token_ids: Option<Vec<u32>>,
+    /// Token sequences the output must not contain (vLLM's `bad_words`, tokenized): the
+    /// last token of each is banned where the output ends with the others.
+    pub bad_words_ids: Vec<Vec<u32>>,
+    /// Keeps this request's prefix-cache entries apart from requests with another salt
+    /// (vLLM's `cache_salt`): its blocks' hash chain starts from the salt.
+    pub cache_salt: Option<String>,
 }
 
 /// How an embedding request's prompt becomes its vector: the last token's final hidden
@@ -78,6 +86,9 @@ impl Default for SamplingParams {
             structure: None,
             pooling: None,
             lora_adapter: None,
+            allowed_token_ids: None,
+            bad_words_ids: Vec::new(),
+            cache_salt: None,
         }
     }
 }
@@ -114,6 +125,15 @@ impl SamplingParams {
 
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0 || self.top_k == 1
+    }
+
+    /// Whether the logits are changed on the host before the pick (biases, masks, a
+    /// grammar), so the device cannot pick the token by itself.
+    pub fn edits_logits(&self) -> bool {
+        !self.logit_bias.is_empty()
+            || self.structure.is_some()
+            || self.allowed_token_ids.is_some()
+            || !self.bad_words_ids.is_empty()
     }
 
     pub fn validate(&self) -> Result<(), ParamError> {
@@ -186,6 +206,18 @@ impl SamplingParams {
                 message: format!("biases must be between -100 and 100, got {bias} for token {id}"),
             });
         }
+        if let Some(allowed) = &self.allowed_token_ids {
+            check(
+                !allowed.is_empty(),
+                "allowed_token_ids",
+                "must list at least one token",
+            )?;
+        }
+        check(
+            self.bad_words_ids.iter().all(|w| !w.is_empty()),
+            "bad_words",
+            "a bad word must not be empty",
+        )?;
         Ok(())
     }
 }

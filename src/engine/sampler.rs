@@ -43,6 +43,14 @@ pub fn sample(logits: &mut [f32], ctx: &SampleContext, rng: &mut ChaCha8Rng) -> 
             }
         }
     }
+    if let Some(ids) = &p.allowed_token_ids {
+        keep_only(logits, ids);
+    }
+    for token in banned_next(&p.bad_words_ids, ctx.output) {
+        if let Some(l) = logits.get_mut(token as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
     if ctx.output.len() < p.min_tokens {
         for &t in ctx.end_tokens {
             if let Some(l) = logits.get_mut(t as usize) {
@@ -73,9 +81,29 @@ pub fn picks_argmax(ctx: &SampleContext) -> bool {
         && p.repetition_penalty == 1.0
         && p.presence_penalty == 0.0
         && p.frequency_penalty == 0.0
-        && p.logit_bias.is_empty()
-        && p.structure.is_none()
+        && !p.edits_logits()
         && (ctx.output.len() >= p.min_tokens || ctx.end_tokens.is_empty())
+}
+
+/// Sets every logit but those of `ids` (sorted) to minus infinity.
+fn keep_only(logits: &mut [f32], ids: &[u32]) {
+    for (t, l) in logits.iter_mut().enumerate() {
+        if ids.binary_search(&(t as u32)).is_err() {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// The tokens that would complete one of `bad_words` after `output`: a one-token word
+/// always, a longer one where the output ends with all of it but its last token.
+pub fn banned_next<'a>(
+    bad_words: &'a [Vec<u32>],
+    output: &'a [u32],
+) -> impl Iterator<Item = u32> + 'a {
+    bad_words.iter().filter_map(move |word| {
+        let (&last, prefix) = word.split_last()?;
+        output.ends_with(prefix).then_some(last)
+    })
 }
 
 pub fn argmax(x: &[f32]) -> u32 {
@@ -304,6 +332,22 @@ mod tests {
         };
         assert!(!picks_argmax(&ctx(&min, &[7])));
         assert!(picks_argmax(&ctx(&min, &[7, 8])));
+    }
+
+    #[test]
+    fn bad_words_ban_the_token_that_would_complete_them() {
+        let words = vec![vec![7], vec![3, 4, 5]];
+        let banned = |output: &[u32]| banned_next(&words, output).collect::<Vec<_>>();
+        // A one-token word is always banned; a longer one only after its prefix.
+        assert_eq!(banned(&[]), vec![7]);
+        assert_eq!(banned(&[1, 3]), vec![7]);
+        assert_eq!(banned(&[1, 3, 4]), vec![7, 5]);
+        assert_eq!(banned(&[3, 4, 1]), vec![7]);
+        let mut logits = vec![0.0, 1.0, 2.0, 3.0];
+        keep_only(&mut logits, &[0, 2]);
+        assert_eq!(logits[1], f32::NEG_INFINITY);
+        assert_eq!((logits[0], logits[2]), (0.0, 2.0));
+        assert_eq!(logits[3], f32::NEG_INFINITY);
     }
 
     #[test]

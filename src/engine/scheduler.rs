@@ -225,7 +225,7 @@ impl Scheduler {
     /// fits in blocks.
     fn admit(&mut self, id: u64, budget: usize, out: &mut Vec<ScheduledSeq>) -> bool {
         let seq = &self.seqs[&id];
-        let root = chain_root(seq.params.lora_adapter);
+        let root = chain_root(seq.params.lora_adapter, seq.params.cache_salt.as_deref());
         let (mut hits, mut hashes) = self.blocks.lookup_prefix(root, &seq.tokens);
         if seq.params.prompt_logprobs.is_some() {
             // Every prompt position must be computed to be scored.
@@ -277,7 +277,8 @@ impl Scheduler {
             let b = seq.block_hashes.len();
             let tokens = &seq.tokens[b * bs..(b + 1) * bs];
             let parent = seq.block_hashes.last().copied();
-            let h = block_hash(parent.or(chain_root(seq.params.lora_adapter)), tokens);
+            let root = chain_root(seq.params.lora_adapter, seq.params.cache_salt.as_deref());
+            let h = block_hash(parent.or(root), tokens);
             self.blocks.register_full(seq.block_table[b], h, tokens);
             seq.block_hashes.push(h);
         }

@@ -4,8 +4,8 @@ use super::chat_tools;
 use super::error::{ApiError, ApiResult};
 use super::generate::{self, finish_reason, Choice, ResponseMeta};
 use super::json::ApiJson;
-use super::logprobs;
-use super::sampling::{choices, to_params};
+use super::logprobs::{self, TokenNames};
+use super::sampling::{bad_words_ids, choices, to_params, truncate_prompt};
 use super::sse;
 use super::state::{Served, SharedState};
 use super::types::chat::*;
@@ -43,6 +43,7 @@ pub async fn chat_completions(
             include_usage,
             continuous_usage: common::StreamOptions::continuous(req.stream_options.as_ref()),
             want_logprobs,
+            token_ids: names_tokens_by_id(&req),
             tool_parser,
             reasoning,
         };
@@ -65,7 +66,10 @@ pub async fn chat_completions(
                 ChatChoice {
                     index,
                     message,
-                    logprobs: want_logprobs.then(|| logprobs::chat(tokenizer, &out.logprobs)),
+                    logprobs: want_logprobs.then(|| {
+                        let names = TokenNames::new(tokenizer, names_tokens_by_id(&req));
+                        logprobs::chat(names, &out.logprobs)
+                    }),
                     finish_reason: chat_tools::finish_reason(finish_reason(out), made_calls),
                     stop_reason: out.stop_reason.clone(),
                 }
@@ -106,6 +110,7 @@ pub fn prepare(
     let mut params = to_params(req.sampling())?;
     params.lora_adapter = served.adapter_for(&req.model);
     let tokenizer = served.engine.tokenizer();
+    params.bad_words_ids = bad_words_ids(tokenizer, req.bad_words.as_deref().unwrap_or_default())?;
     let plan = chat_tools::tool_plan(req, tokenizer.chat_template(), &|token| {
         tokenizer.token_to_id(token)
     })?;
@@ -119,6 +124,13 @@ pub fn prepare(
         params.structure = Some(forced);
     }
     let (prompt, prompt_text) = render_prompt(served, req)?;
+    let max_model_len = served.engine.info().max_model_len;
+    let prompt = truncate_prompt(
+        prompt,
+        req.truncate_prompt_tokens,
+        params.max_tokens,
+        max_model_len,
+    )?;
     // With a reasoning parser, the rendered prompt tells whether it opened the thinking.
     let reasoning = served
         .engine
@@ -243,9 +255,16 @@ struct StreamOptions {
     /// Usage so far on every chunk of generated text.
     continuous_usage: bool,
     want_logprobs: bool,
+    /// Logprobs name tokens `token_id:<id>`.
+    token_ids: bool,
     tool_parser: Option<ToolParser>,
     /// How reasoning is split off the answer, if it is.
     reasoning: Option<Reasoning>,
+}
+
+/// vLLM's `return_tokens_as_token_ids`.
+fn names_tokens_by_id(req: &ChatCompletionRequest) -> bool {
+    req.return_tokens_as_token_ids.unwrap_or(false)
 }
 
 fn chunk(meta: &ResponseMeta, choice: ChatChunkChoice, include_usage: bool) -> ChatCompletionChunk {
@@ -271,6 +290,7 @@ fn stream(
         include_usage,
         continuous_usage,
         want_logprobs,
+        token_ids,
         tool_parser,
         reasoning,
     } = options;
@@ -333,8 +353,9 @@ fn stream(
                 let choice = ChatChunkChoice {
                     index,
                     delta,
-                    logprobs: (want_logprobs && k == 0)
-                        .then(|| logprobs::chat(&tokenizer, &out.logprobs)),
+                    logprobs: (want_logprobs && k == 0).then(|| {
+                        logprobs::chat(TokenNames::new(&tokenizer, token_ids), &out.logprobs)
+                    }),
                     finish_reason: finish.clone().filter(|_| k == last),
                 };
                 let mut c = chunk(&meta, choice, include_usage);

@@ -3,8 +3,8 @@
 use super::error::{ApiError, ApiResult};
 use super::generate::{self, finish_reason, Choice, ResponseMeta};
 use super::json::ApiJson;
-use super::logprobs;
-use super::sampling::{choices, to_params};
+use super::logprobs::{self, TokenNames};
+use super::sampling::{bad_words_ids, choices, to_params, truncate_prompt};
 use super::sse;
 use super::state::{Served, SharedState};
 use super::types::completion::*;
@@ -31,7 +31,20 @@ pub async fn completions(
     let n = choices(req.n)?;
     let mut params = to_params(req.sampling())?;
     params.lora_adapter = served.adapter_for(&req.model);
-    let prompts = tokenize_prompts(served, &req.prompt)?;
+    let bad_words = req.bad_words.as_deref().unwrap_or_default();
+    params.bad_words_ids = bad_words_ids(served.engine.tokenizer(), bad_words)?;
+    let max_model_len = served.engine.info().max_model_len;
+    let prompts = tokenize_prompts(served, &req.prompt)?
+        .into_iter()
+        .map(|p| {
+            truncate_prompt(
+                p,
+                req.truncate_prompt_tokens,
+                params.max_tokens,
+                max_model_len,
+            )
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     let echo = req.echo.unwrap_or(false);
     // What `echo` prepends: the prompt as text, once per choice of that prompt.
     let echoed: Vec<String> = if echo {
@@ -52,6 +65,7 @@ pub async fn completions(
     let submitted = generate::submit(served, prompts, n, &params, arrival, "prompt")?;
     let meta = ResponseMeta::new("cmpl", &req.model);
     let want_logprobs = params.logprobs.is_some();
+    let token_ids = req.return_tokens_as_token_ids.unwrap_or(false);
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let options = StreamOptions {
@@ -61,6 +75,7 @@ pub async fn completions(
                 req.stream_options.as_ref(),
             ),
             want_logprobs,
+            token_ids,
         };
         return Ok(stream(
             state.clone(),
@@ -91,8 +106,9 @@ pub async fn completions(
                     index,
                     text: format!("{prefix}{}", out.text),
                     logprobs: want_logprobs.then(|| {
-                        let mut all = echoed_logprobs(tokenizer, &echoed_ids, index / n, out);
-                        all.extend(logprobs::completion(tokenizer, &out.logprobs, &mut offset));
+                        let names = TokenNames::new(tokenizer, token_ids);
+                        let mut all = echoed_logprobs(names, &echoed_ids, index / n, out);
+                        all.extend(logprobs::completion(names, &out.logprobs, &mut offset));
                         all
                     }),
                     finish_reason: finish_reason(out),
@@ -120,13 +136,13 @@ fn reject_unsupported(req: &CompletionRequest) -> ApiResult<()> {
 
 /// The echoed prompt's logprobs entries for a choice of prompt `prompt` (none without echo).
 fn echoed_logprobs(
-    tokenizer: &crate::model::tokenizer::Tokenizer,
+    names: TokenNames<'_>,
     echoed_ids: &[Vec<u32>],
     prompt: usize,
     out: &crate::engine::RequestOutput,
 ) -> CompletionLogprobs {
     match (echoed_ids.get(prompt), &out.prompt_logprobs) {
-        (Some(ids), Some(scores)) => logprobs::completion_prompt(tokenizer, ids, scores),
+        (Some(ids), Some(scores)) => logprobs::completion_prompt(names, ids, scores),
         _ => CompletionLogprobs::default(),
     }
 }
@@ -176,6 +192,8 @@ struct StreamOptions {
     /// Usage so far on every chunk of generated text.
     continuous_usage: bool,
     want_logprobs: bool,
+    /// Logprobs name tokens `token_id:<id>` (vLLM's `return_tokens_as_token_ids`).
+    token_ids: bool,
 }
 
 fn chunk(meta: &ResponseMeta, choices: Vec<CompletionChoice>, include_usage: bool) -> Completion {
@@ -227,9 +245,10 @@ fn stream(
                 text,
                 logprobs: opts.want_logprobs.then(|| {
                     // The first increment of an echoed choice carries the prompt's scores.
-                    let mut all = echoed_logprobs(&tokenizer, &echo.ids, index / opts.n, &out);
+                    let names = TokenNames::new(&tokenizer, opts.token_ids);
+                    let mut all = echoed_logprobs(names, &echo.ids, index / opts.n, &out);
                     all.extend(logprobs::completion(
-                        &tokenizer,
+                        names,
                         &out.logprobs,
                         &mut offsets[index],
                     ));

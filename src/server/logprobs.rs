@@ -11,22 +11,48 @@ pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
     tokenizer.decode(&[id], false).unwrap_or_default()
 }
 
-pub fn chat(tokenizer: &Tokenizer, logprobs: &[TokenLogprob]) -> ChatLogprobs {
+/// How logprobs name their tokens: by text, or as `token_id:<id>` (vLLM's
+/// `return_tokens_as_token_ids`, for clients that must tell apart tokens whose texts are
+/// equal or not valid UTF-8 alone).
+#[derive(Clone, Copy)]
+pub struct TokenNames<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub as_ids: bool,
+}
+
+impl<'a> TokenNames<'a> {
+    pub fn new(tokenizer: &'a Tokenizer, as_ids: bool) -> Self {
+        TokenNames { tokenizer, as_ids }
+    }
+
+    /// The token's name, and the UTF-8 bytes of its text (the text's whatever the name).
+    fn name(&self, id: u32) -> (String, Vec<u8>) {
+        let text = token_text(self.tokenizer, id);
+        let bytes = text.as_bytes().to_vec();
+        if self.as_ids {
+            (format!("token_id:{id}"), bytes)
+        } else {
+            (text, bytes)
+        }
+    }
+}
+
+pub fn chat(names: TokenNames<'_>, logprobs: &[TokenLogprob]) -> ChatLogprobs {
     let content = logprobs
         .iter()
         .map(|lp| {
-            let token = token_text(tokenizer, lp.token_id);
+            let (token, bytes) = names.name(lp.token_id);
             TokenLogprobEntry {
-                bytes: token.as_bytes().to_vec(),
+                bytes,
                 token,
                 logprob: lp.logprob,
                 top_logprobs: lp
                     .top
                     .iter()
                     .map(|&(id, logprob)| {
-                        let token = token_text(tokenizer, id);
+                        let (token, bytes) = names.name(id);
                         TopLogprob {
-                            bytes: token.as_bytes().to_vec(),
+                            bytes,
                             token,
                             logprob,
                         }
@@ -44,13 +70,13 @@ pub fn chat(tokenizer: &Tokenizer, logprobs: &[TokenLogprob]) -> ChatLogprobs {
 /// Completions logprobs; `offset` is where the first token starts in the choice's text and
 /// is advanced past the last one (so streamed chunks continue the count).
 pub fn completion(
-    tokenizer: &Tokenizer,
+    names: TokenNames<'_>,
     logprobs: &[TokenLogprob],
     offset: &mut usize,
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     for lp in logprobs {
-        push_entry(&mut out, tokenizer, lp.token_id, Some(lp), offset);
+        push_entry(&mut out, names, lp.token_id, Some(lp), offset);
     }
     out
 }
@@ -58,7 +84,7 @@ pub fn completion(
 /// An echoed prompt's entries, from offset 0: each prompt token with its score (`None` for
 /// the first, which nothing precedes).
 pub fn completion_prompt(
-    tokenizer: &Tokenizer,
+    names: TokenNames<'_>,
     prompt: &[u32],
     scores: &[Option<TokenLogprob>],
 ) -> CompletionLogprobs {
@@ -66,27 +92,29 @@ pub fn completion_prompt(
     let mut offset = 0;
     for (k, &id) in prompt.iter().enumerate() {
         let score = scores.get(k).and_then(Option::as_ref);
-        push_entry(&mut out, tokenizer, id, score, &mut offset);
+        push_entry(&mut out, names, id, score, &mut offset);
     }
     out
 }
 
+/// One token's entry. Offsets count the token's text, whatever name it is given, so they
+/// stay positions in the choice's text.
 fn push_entry(
     out: &mut CompletionLogprobs,
-    tokenizer: &Tokenizer,
+    names: TokenNames<'_>,
     id: u32,
     score: Option<&TokenLogprob>,
     offset: &mut usize,
 ) {
-    let token = token_text(tokenizer, id);
+    let (token, text) = names.name(id);
     out.text_offset.push(*offset);
-    *offset += token.len();
+    *offset += text.len();
     out.tokens.push(token);
     out.token_logprobs.push(score.map(|s| s.logprob));
     out.top_logprobs.push(score.map(|s| {
         s.top
             .iter()
-            .map(|&(id, logprob)| (token_text(tokenizer, id), logprob))
+            .map(|&(id, logprob)| (names.name(id).0, logprob))
             .collect()
     }));
 }

@@ -53,7 +53,7 @@ pub async fn create_response(
     let tokenizer = served.engine.tokenizer();
     let (message, _) = chat_tools::message(reasoning.as_ref(), &out.text, tool_parser.as_ref());
     let text_logprobs = if want_logprobs {
-        logprobs::chat(tokenizer, &out.logprobs).content
+        logprobs::chat(logprobs::TokenNames::new(tokenizer, false), &out.logprobs).content
     } else {
         Vec::new()
     };

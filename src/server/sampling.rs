@@ -4,6 +4,7 @@ use super::error::{ApiError, ApiResult};
 use super::types::common::{Guided, SamplingFields, MAX_STOP_SEQUENCES};
 use crate::engine::SamplingParams;
 use crate::model::grammar::Structure;
+use crate::model::tokenizer::Tokenizer;
 
 /// Most choices one request may ask for; each is a sequence in the engine.
 pub const MAX_N: usize = 128;
@@ -43,6 +44,24 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
         ));
     }
     let logit_bias = parse_logit_bias(f.logit_bias.as_ref())?;
+    if f.priority.is_some_and(|p| p != 0) {
+        return Err(ApiError::invalid(
+            Some("priority"),
+            "priority scheduling is not enabled: kiln serves requests first come, first \
+             served, so priority must be 0",
+        ));
+    }
+    if f.cache_salt.as_ref().is_some_and(|s| s.is_empty()) {
+        return Err(ApiError::invalid(
+            Some("cache_salt"),
+            "cache_salt must be a non-empty string when given",
+        ));
+    }
+    let allowed_token_ids = f.allowed_token_ids.map(|mut ids| {
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    });
     let structure = structure(&f.guided)?;
     let defaults = SamplingParams::default();
     let params = SamplingParams {
@@ -71,9 +90,67 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
         pooling: None,
         // Set from the request's `model` by the handler (`AppState::resolve_model`).
         lora_adapter: None,
+        allowed_token_ids,
+        // Tokenized by the handler (`bad_words_ids`), which holds the tokenizer.
+        bad_words_ids: Vec::new(),
+        cache_salt: f.cache_salt,
     };
     params.validate()?;
     Ok(params)
+}
+
+/// vLLM's `bad_words` as token sequences: each word as it would start the text and as it
+/// would follow a space (both, where they tokenize differently), without special tokens.
+pub fn bad_words_ids(tokenizer: &Tokenizer, words: &[String]) -> ApiResult<Vec<Vec<u32>>> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for word in words {
+        let word = word.trim_start();
+        if word.is_empty() {
+            return Err(ApiError::invalid(
+                Some("bad_words"),
+                "a bad word must not be empty",
+            ));
+        }
+        for text in [word.to_string(), format!(" {word}")] {
+            let ids = tokenizer
+                .encode(&text, false)
+                .map_err(|e| ApiError::internal(format!("tokenizing bad_words: {e:#}")))?;
+            if !ids.is_empty() && !out.contains(&ids) {
+                out.push(ids);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `prompt` cut to its last tokens by vLLM's `truncate_prompt_tokens`: `k >= 1` keeps the
+/// last `k`; `-1` keeps as many as leave room for `max_tokens` (one token when unset) in a
+/// context of `max_model_len`.
+pub fn truncate_prompt(
+    prompt: Vec<u32>,
+    truncate: Option<i64>,
+    max_tokens: Option<usize>,
+    max_model_len: usize,
+) -> ApiResult<Vec<u32>> {
+    let keep = match truncate {
+        None => return Ok(prompt),
+        Some(-1) => max_model_len.saturating_sub(max_tokens.unwrap_or(1)).max(1),
+        Some(k) if k >= 1 && k as u64 <= max_model_len as u64 => k as usize,
+        Some(k) if k >= 1 => {
+            return Err(ApiError::invalid(
+                Some("truncate_prompt_tokens"),
+                format!("{k} is more than the model's context of {max_model_len} tokens"),
+            ))
+        }
+        Some(k) => {
+            return Err(ApiError::invalid(
+                Some("truncate_prompt_tokens"),
+                format!("must be -1 or at least 1, got {k}"),
+            ))
+        }
+    };
+    let cut = prompt.len().saturating_sub(keep);
+    Ok(prompt[cut..].to_vec())
 }
 
 /// The structure the output must have, from whichever structured-output field is set.

@@ -48,9 +48,10 @@ pub fn stream(state: SharedState, response: ResponseObject, prepared: Prepared) 
             };
             let done = finish_reason(&out).is_some();
             if want_logprobs {
-                output
-                    .pending_logprobs
-                    .extend(logprobs::chat(&tokenizer, &out.logprobs).content);
+                output.pending_logprobs.extend(
+                    logprobs::chat(logprobs::TokenNames::new(&tokenizer, false), &out.logprobs)
+                        .content,
+                );
             }
             for delta in choice.deltas(&out.text, done) {
                 output.apply(delta, &mut events);

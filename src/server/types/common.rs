@@ -94,6 +94,12 @@ pub struct SamplingFields {
     pub prompt_logprobs: Option<usize>,
     /// Structured output, in OpenAI's form and vLLM's.
     pub guided: Guided,
+    /// vLLM's `allowed_token_ids`.
+    pub allowed_token_ids: Option<Vec<u32>>,
+    /// vLLM's `cache_salt`.
+    pub cache_salt: Option<String>,
+    /// vLLM's `priority`.
+    pub priority: Option<i64>,
 }
 
 /// The structured-output fields of a request: OpenAI's `response_format` and vLLM's

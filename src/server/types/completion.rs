@@ -67,6 +67,20 @@ pub struct CompletionRequest {
     #[schema(value_type = Option<Object>)]
     pub structured_outputs: Option<serde_json::Value>,
     pub user: Option<String>,
+    /// vLLM's: only these token ids may be generated.
+    pub allowed_token_ids: Option<Vec<u32>>,
+    /// vLLM's: words the output must not contain (each tokenized as it would start the
+    /// text and after a space).
+    pub bad_words: Option<Vec<String>>,
+    /// vLLM's: keep only the prompt's last N tokens; -1 keeps as many as leave room for
+    /// `max_tokens`.
+    pub truncate_prompt_tokens: Option<i64>,
+    /// vLLM's: prefix-cache entries are shared only between requests with the same salt.
+    pub cache_salt: Option<String>,
+    /// vLLM's scheduling priority: only 0 (kiln schedules first come, first served).
+    pub priority: Option<i64>,
+    /// vLLM's: logprobs name each token `token_id:<id>` instead of by its text.
+    pub return_tokens_as_token_ids: Option<bool>,
 }
 
 /// OpenAI's default when a completion request names no `max_tokens`.
@@ -94,6 +108,9 @@ impl CompletionRequest {
             logit_bias: self.logit_bias.clone(),
             // `echo` with `logprobs` scores the echoed prompt too.
             prompt_logprobs: self.logprobs.filter(|_| self.echo == Some(true)),
+            allowed_token_ids: self.allowed_token_ids.clone(),
+            cache_salt: self.cache_salt.clone(),
+            priority: self.priority,
             guided: Guided {
                 response_format: self.response_format.clone(),
                 guided_json: self.guided_json.clone(),
