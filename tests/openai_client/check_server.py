@@ -174,6 +174,35 @@ def check_logit_bias():
         raise AssertionError("no BadRequestError")
 
 
+def check_vllm_extras_through_extra_body():
+    """vLLM's request extras, as the openai client sends them (`extra_body`)."""
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        extra_body={
+            "allowed_token_ids": [100, 101],
+            "return_tokens_as_token_ids": True,
+            "truncate_prompt_tokens": 8,
+            "cache_salt": "tenant-a",
+            "bad_words": ["kiln"],
+        },
+    )
+    tokens = [e.token for e in r.choices[0].logprobs.content]
+    assert tokens and set(tokens) <= {"token_id:100", "token_id:101"}, tokens
+    assert r.usage.prompt_tokens == 8, r.usage
+    try:
+        client.completions.create(
+            model=MODEL, prompt="The cat", max_tokens=2, extra_body={"priority": 3}
+        )
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "priority", e.body
+    else:
+        raise AssertionError("no BadRequestError")
+
+
 def check_echo_with_logprobs_scores_the_prompt():
     """What lm-evaluation-harness sends for loglikelihood tasks."""
     r = client.completions.create(
@@ -296,7 +325,8 @@ def check_responses_function_call_and_parse():
         hot: bool
 
     parsed = client.responses.parse(
-        model=MODEL, input="Describe a kiln.", text_format=Kiln, max_output_tokens=64
+        model=MODEL, input="Describe a kiln.", text_format=Kiln, max_output_tokens=128,
+        temperature=0,
     )
     assert parsed.output_parsed.material in ("clay", "glass"), parsed.output_text
 
