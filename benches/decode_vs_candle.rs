@@ -107,6 +107,7 @@ fn kiln_decode(
         num_blocks: blocks,
         enable_prefix_caching: false,
         seed: 0,
+        scheduling_policy: Default::default(),
     };
     let mut engine = LlmEngine::new(config, Box::new(runner), tokenizer, vec![])?;
     for b in 0..batch {

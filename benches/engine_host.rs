@@ -36,6 +36,7 @@ fn decoding_engine(tokenizer: &Arc<Tokenizer>, batch: usize) -> LlmEngine {
         num_blocks: batch * (PROMPT + STEPS_PER_ENGINE + 32).div_ceil(16),
         enable_prefix_caching: true,
         seed: 0,
+        scheduling_policy: Default::default(),
     };
     let mut engine = LlmEngine::new(
         config,

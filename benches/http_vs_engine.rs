@@ -102,6 +102,7 @@ fn simulated_engine(step: Duration) -> LlmEngine {
         num_blocks: CONCURRENCY * 2048 / 16,
         enable_prefix_caching: true,
         seed: 0,
+        scheduling_policy: Default::default(),
     };
     LlmEngine::new(config, Box::new(PickingRunner { step }), tokenizer, vec![])
         .expect("simulated engine")

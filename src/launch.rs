@@ -116,6 +116,10 @@ pub struct EngineArgs {
     pub max_num_seqs: usize,
     #[arg(long, env = "KILN_MAX_NUM_BATCHED_TOKENS", default_value_t = 2048)]
     pub max_num_batched_tokens: usize,
+    /// fcfs (first come, first served) or priority (a request's `priority`, lower first,
+    /// then arrival; the lowest-priority running request yields its blocks first).
+    #[arg(long, env = "KILN_SCHEDULING_POLICY", default_value = "fcfs")]
+    pub scheduling_policy: crate::engine::scheduler::SchedulingPolicy,
     /// Tokens per KV-cache block.
     #[arg(long, env = "KILN_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
@@ -573,6 +577,7 @@ pub(crate) fn engine_with_runner(
         num_blocks,
         enable_prefix_caching: args.enable_prefix_caching,
         seed: args.seed,
+        scheduling_policy: args.scheduling_policy,
     };
     let mut engine = LlmEngine::new(engine_config, runner, Arc::new(tokenizer), eos)?;
     engine.set_device_sampling(args.gpu_sampling);

@@ -40,6 +40,7 @@ fn handle(panic: bool) -> EngineHandle {
         num_blocks: 64,
         enable_prefix_caching: true,
         seed: 0,
+        scheduling_policy: Default::default(),
     };
     let engine = LlmEngine::new(
         config,

@@ -1,6 +1,7 @@
 //! vLLM's request extras over HTTP on the demo model: `allowed_token_ids`, `bad_words`,
-//! `truncate_prompt_tokens`, `cache_salt`, `priority` and `return_tokens_as_token_ids`, in
-//! completions and chat, with the errors vLLM gives for values it refuses.
+//! `truncate_prompt_tokens`, `cache_salt`, `priority` (with `--scheduling-policy priority`)
+//! and `return_tokens_as_token_ids`, in completions and chat, with the errors vLLM gives for
+//! values it refuses. (The priority order itself is tested in the scheduler's unit tests.)
 
 mod server_support;
 
@@ -227,6 +228,11 @@ async fn priorities_other_than_zero_are_refused_and_token_ids_name_logprobs() {
     assert_eq!(status, 200);
     let (status, r) = complete(&client, &server, json!({"priority": 5})).await;
     assert_eq!((status, error_param(&r)), (400, "priority"), "{r}");
+    let prioritised = Server::start(&["--scheduling-policy", "priority"]);
+    for priority in [5, -3] {
+        let (status, r) = complete(&client, &prioritised, json!({"priority": priority})).await;
+        assert_eq!(status, 200, "{r}");
+    }
     // Token ids as names: the same tokens, and offsets that still count the text.
     let logprobs = json!({"logprobs": 2, "echo": true});
     let (_, by_text) = complete(&client, &server, logprobs.clone()).await;

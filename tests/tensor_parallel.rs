@@ -405,6 +405,7 @@ fn a_failing_rank_fails_the_engine_and_its_requests_get_errors() {
         num_blocks: blocks,
         enable_prefix_caching: true,
         seed: 0,
+        scheduling_policy: Default::default(),
     };
     let engine = LlmEngine::new(config, Box::new(runner), Arc::new(m.tokenizer), m.eos).unwrap();
     let h = EngineHandle::spawn(engine, 0);

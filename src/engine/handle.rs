@@ -87,6 +87,7 @@ pub struct ModelInfo {
     pub description: String,
     /// A classifier model's labels (see `LlmEngine::classifier`).
     pub classifier: Option<crate::model::config::ClassifierConfig>,
+    pub scheduling_policy: super::scheduler::SchedulingPolicy,
 }
 
 #[derive(Clone)]
@@ -182,6 +183,7 @@ impl EngineHandle {
             vocab_size: engine.vocab_size(),
             description: engine.describe(),
             classifier: engine.classifier().cloned(),
+            scheduling_policy: engine.config().scheduling_policy,
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(EngineStats::default());
@@ -224,8 +226,8 @@ impl EngineHandle {
         validate_request(
             &prompt,
             &params,
-            self.info.max_model_len,
-            self.info.vocab_size,
+            (self.info.max_model_len, self.info.vocab_size),
+            self.info.scheduling_policy,
         )?;
         // Compiled here, on the caller's thread: an error is the caller's, reported now, and
         // the engine loop never stalls on a grammar.

@@ -9,7 +9,7 @@ use super::params::{ParamError, SamplingParams};
 use super::prompt_logprobs::PromptLogprobs;
 use super::runner::{Runner, StepInput};
 use super::sampler::{picks_argmax, sample, SampleContext, Sampled};
-use super::scheduler::{ScheduledSeq, Scheduler, SchedulerConfig};
+use super::scheduler::{ScheduledSeq, Scheduler, SchedulerConfig, SchedulingPolicy};
 use super::sequence::Sequence;
 use super::speculative::Drafts;
 use super::text::OutputText;
@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Seeds the random streams of requests that bring no seed of their own.
     pub seed: u64,
+    /// Which request runs next (`--scheduling-policy`).
+    pub scheduling_policy: SchedulingPolicy,
 }
 
 /// Why a request was refused before it started.
@@ -56,10 +58,19 @@ pub enum RequestError {
 pub fn validate_request(
     prompt: &[u32],
     params: &SamplingParams,
-    max_model_len: usize,
-    vocab: usize,
+    (max_model_len, vocab): (usize, usize),
+    policy: SchedulingPolicy,
 ) -> Result<(), RequestError> {
     params.validate()?;
+    if params.priority != 0 && policy == SchedulingPolicy::Fcfs {
+        return Err(RequestError::InvalidParam(ParamError {
+            param: "priority",
+            message: "priority scheduling is not enabled (start the server with \
+                      --scheduling-policy priority); under first come, first served \
+                      priority must be 0"
+                .into(),
+        }));
+    }
     if prompt.is_empty() {
         return Err(RequestError::EmptyPrompt);
     }
@@ -152,6 +163,7 @@ impl LlmEngine {
             SchedulerConfig {
                 max_num_seqs: config.max_num_seqs.max(1),
                 max_num_batched_tokens: config.max_num_batched_tokens,
+                policy: config.scheduling_policy,
             },
             blocks,
         );
@@ -248,8 +260,8 @@ impl LlmEngine {
         validate_request(
             &prompt,
             &params,
-            self.config.max_model_len,
-            self.runner.vocab_size(),
+            (self.config.max_model_len, self.runner.vocab_size()),
+            self.config.scheduling_policy,
         )?;
         if let Some(adapter) = params.lora_adapter {
             let loaded = self.runner.has_adapter(adapter);

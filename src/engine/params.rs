@@ -51,6 +51,9 @@ pub struct SamplingParams {
     /// Keeps this request's prefix-cache entries apart from requests with another salt
     /// (vLLM's `cache_salt`): its blocks' hash chain starts from the salt.
     pub cache_salt: Option<String>,
+    /// Lower runs first under `--scheduling-policy priority` (vLLM's `priority`); must be 0
+    /// under first come, first served.
+    pub priority: i64,
 }
 
 /// How an embedding request's prompt becomes its vector: the last token's final hidden
@@ -89,6 +92,7 @@ impl Default for SamplingParams {
             allowed_token_ids: None,
             bad_words_ids: Vec::new(),
             cache_salt: None,
+            priority: 0,
         }
     }
 }

@@ -7,6 +7,11 @@
 //! a block and none is free, the most recently admitted one is preempted: its blocks are freed
 //! and it goes back to the front of the queue, to be recomputed later (its prefix may still be
 //! in the cache).
+//!
+//! Under the priority policy (vLLM's `--scheduling-policy priority`) the queue and the
+//! running set are both kept in order of each request's `priority` (lower first), then
+//! arrival: higher-priority sequences get the step's budget first, and the victim of a
+//! preemption is the running sequence that comes last in that order, not the newest.
 
 use super::block_manager::{block_hash, chain_root, BlockManager};
 use super::sequence::{SeqStatus, Sequence};
@@ -16,6 +21,35 @@ use std::collections::{HashMap, VecDeque};
 pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
+    pub policy: SchedulingPolicy,
+}
+
+/// Which waiting request runs next, and which running one yields when blocks run out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SchedulingPolicy {
+    /// First come, first served; requests must have priority 0.
+    #[default]
+    Fcfs,
+    /// Lower `priority` first, then arrival.
+    Priority,
+}
+
+impl std::str::FromStr for SchedulingPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fcfs" => Ok(SchedulingPolicy::Fcfs),
+            "priority" => Ok(SchedulingPolicy::Priority),
+            other => Err(format!(
+                "unknown scheduling policy '{other}' (fcfs or priority)"
+            )),
+        }
+    }
+}
+
+/// A sequence's place in the priority order: its priority, then its arrival (ids grow).
+fn order_key(seq: &Sequence) -> (i64, u64) {
+    (seq.params.priority, seq.id)
 }
 
 /// One sequence's share of a step: tokens `start..start + len` of it.
@@ -60,7 +94,10 @@ impl Scheduler {
     }
 
     pub fn add(&mut self, seq: Sequence) {
-        self.waiting.push_back(seq.id);
+        match self.config.policy {
+            SchedulingPolicy::Fcfs => self.waiting.push_back(seq.id),
+            SchedulingPolicy::Priority => self.enqueue_in_order(&seq),
+        }
         self.seqs.insert(seq.id, seq);
     }
 
@@ -133,8 +170,42 @@ impl Scheduler {
         seq.num_computed = 0;
         seq.status = SeqStatus::Waiting;
         self.running.retain(|&r| r != id);
-        self.waiting.push_front(id);
+        match self.config.policy {
+            SchedulingPolicy::Fcfs => self.waiting.push_front(id),
+            SchedulingPolicy::Priority => {
+                let seq = &self.seqs[&id];
+                let at = self.queue_position(order_key(seq));
+                self.waiting.insert(at, id);
+            }
+        }
         self.num_preemptions += 1;
+    }
+
+    /// Where a sequence of priority-order `key` goes in the waiting queue (after every
+    /// sequence that comes before it).
+    fn queue_position(&self, key: (i64, u64)) -> usize {
+        self.waiting
+            .partition_point(|w| self.seqs.get(w).is_some_and(|s| order_key(s) < key))
+    }
+
+    fn enqueue_in_order(&mut self, seq: &Sequence) {
+        let at = self.queue_position(order_key(seq));
+        self.waiting.insert(at, seq.id);
+    }
+
+    /// Adds `id` to the running set: last, or under the priority policy at its place in
+    /// priority order (so the set's last is always the one to preempt first, and a step
+    /// never preempts a sequence it already scheduled: those come earlier).
+    fn start_running(&mut self, id: u64) {
+        let at = match self.config.policy {
+            SchedulingPolicy::Fcfs => self.running.len(),
+            SchedulingPolicy::Priority => {
+                let key = order_key(&self.seqs[&id]);
+                self.running
+                    .partition_point(|r| order_key(&self.seqs[r]) < key)
+            }
+        };
+        self.running.insert(at, id);
     }
 
     /// Grows a sequence's block table to hold `new_len` tokens. False if blocks are short.
@@ -256,7 +327,7 @@ impl Scheduler {
         seq.status = SeqStatus::Running;
         let samples = start + len == seq.tokens.len();
         self.waiting.pop_front();
-        self.running.push(id);
+        self.start_running(id);
         out.push(ScheduledSeq {
             id,
             start,
@@ -295,6 +366,7 @@ mod tests {
             SchedulerConfig {
                 max_num_seqs: seqs,
                 max_num_batched_tokens: tokens,
+                policy: SchedulingPolicy::Fcfs,
             },
             BlockManager::new(blocks, bs, true),
         )
@@ -397,6 +469,69 @@ mod tests {
         s.remove(1);
         s.remove(2);
         assert_eq!(s.blocks.num_free(), 4);
+    }
+
+    fn prioritised(blocks: usize, bs: usize, seqs: usize) -> Scheduler {
+        Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: seqs,
+                max_num_batched_tokens: 100,
+                policy: SchedulingPolicy::Priority,
+            },
+            BlockManager::new(blocks, bs, true),
+        )
+    }
+
+    fn seq_with_priority(id: u64, len: usize, priority: i64) -> Sequence {
+        let mut s = seq(id, len);
+        s.params.priority = priority;
+        s
+    }
+
+    #[test]
+    fn the_priority_policy_admits_lower_priorities_first_then_by_arrival() {
+        let mut s = prioritised(64, 4, 1);
+        for (id, priority) in [(1, 5), (2, 0), (3, -2), (4, 0)] {
+            s.add(seq_with_priority(id, 3, priority));
+        }
+        let mut order = Vec::new();
+        while s.has_work() {
+            let step = s.schedule();
+            let id = step[0].id;
+            order.push(id);
+            s.remove(id);
+        }
+        assert_eq!(order, [3, 2, 4, 1]);
+        // First come, first served keeps arrival order.
+        let mut f = sched(64, 4, 1, 100);
+        for id in 1..=3 {
+            f.add(seq_with_priority(id, 3, 0));
+        }
+        assert_eq!(f.schedule()[0].id, 1);
+    }
+
+    #[test]
+    fn the_priority_policy_preempts_the_lowest_priority_not_the_newest() {
+        // 4 blocks of 2 tokens. A low-priority sequence runs first; a higher-priority one
+        // arrives a step later; when blocks run out the older, lower-priority one yields.
+        let mut s = prioritised(4, 2, 8);
+        s.add(seq_with_priority(1, 3, 3));
+        let a = s.schedule();
+        run_step(&mut s, &a);
+        s.add(seq_with_priority(2, 3, -1));
+        let b = s.schedule();
+        assert_eq!(b.iter().map(|x| x.id).collect::<Vec<_>>(), [1, 2]);
+        run_step(&mut s, &b);
+        // The running set is in priority order: 2 goes first; 1 needs a third block.
+        let c = s.schedule();
+        assert_eq!(c.iter().map(|x| x.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(s.num_preemptions(), 1);
+        assert_eq!(s.get(1).unwrap().num_computed, 0);
+        // Back in the queue at its place: ahead of a later request of lower priority,
+        // behind a later one of higher priority.
+        s.add(seq_with_priority(3, 2, 4));
+        s.add(seq_with_priority(4, 2, 0));
+        assert_eq!(s.waiting.iter().copied().collect::<Vec<_>>(), [4, 1, 3]);
     }
 
     #[test]

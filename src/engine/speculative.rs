@@ -157,6 +157,7 @@ mod tests {
         let config = SchedulerConfig {
             max_num_seqs: 8,
             max_num_batched_tokens: 100,
+            policy: Default::default(),
         };
         let mut s = Scheduler::new(config, BlockManager::new(64, 4, false));
         for &id in ids {

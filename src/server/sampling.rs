@@ -44,13 +44,6 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
         ));
     }
     let logit_bias = parse_logit_bias(f.logit_bias.as_ref())?;
-    if f.priority.is_some_and(|p| p != 0) {
-        return Err(ApiError::invalid(
-            Some("priority"),
-            "priority scheduling is not enabled: kiln serves requests first come, first \
-             served, so priority must be 0",
-        ));
-    }
     if f.cache_salt.as_ref().is_some_and(|s| s.is_empty()) {
         return Err(ApiError::invalid(
             Some("cache_salt"),
@@ -94,6 +87,8 @@ pub fn to_params(f: SamplingFields) -> ApiResult<SamplingParams> {
         // Tokenized by the handler (`bad_words_ids`), which holds the tokenizer.
         bad_words_ids: Vec::new(),
         cache_salt: f.cache_salt,
+        // Checked against the engine's policy when submitted.
+        priority: f.priority.unwrap_or(0),
     };
     params.validate()?;
     Ok(params)
