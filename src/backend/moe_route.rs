@@ -155,39 +155,10 @@ impl Groups {
     fn ranked(&self) -> bool {
         self.count > 1 && self.per_group > 0
     }
-
-    /// Per group, whether it is among the `top` best by `rank(group)` (ties to the lower
-    /// group), written into `kept`.
-    fn keep(&self, rank: impl Fn(usize) -> f32, kept: &mut [bool; MAX_GROUPS]) -> bool {
-        if self.count > MAX_GROUPS {
-            return false;
-        }
-        let mut ranks = [0.0f32; MAX_GROUPS];
-        let mut order = [0usize; MAX_GROUPS];
-        for grp in 0..self.count {
-            ranks[grp] = rank(grp);
-            order[grp] = grp;
-        }
-        let order = &mut order[..self.count];
-        order.sort_by(by_value(&ranks));
-        *kept = [false; MAX_GROUPS];
-        for &grp in &order[..self.top.clamp(1, self.count)] {
-            kept[grp] = true;
-        }
-        true
-    }
 }
 
-/// The most groups [`Groups::keep`] ranks in place (real routers use at most 8; more take
-/// the allocating path).
-const MAX_GROUPS: usize = 64;
-
-/// Per group, whether it is kept (see [`Groups::keep`]), for any number of groups.
+/// Per group, whether it is among the `top` best by `rank(group)` (ties to the lower group).
 fn kept_groups(g: &Groups, rank: impl Fn(usize) -> f32) -> Vec<bool> {
-    let mut small = [false; MAX_GROUPS];
-    if g.keep(&rank, &mut small) {
-        return small[..g.count].to_vec();
-    }
     let ranks: Vec<f32> = (0..g.count).map(rank).collect();
     let mut order: Vec<usize> = (0..g.count).collect();
     order.sort_by(by_value(&ranks));
