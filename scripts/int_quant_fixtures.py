@@ -388,21 +388,15 @@ def build_packed_int_cases(fixtures_dir: Path) -> None:
 
 
 @torch.no_grad()
-def build_bnb_fixture(fixtures_dir: Path, prompts, write_reference) -> None:
-    """qwen3 as a bitsandbytes 4-bit checkpoint (NF4, double quantization, blocks of 64), as
-    transformers quantizes and saves it with bitsandbytes installed (it runs on the CPU).
-    The reference is transformers' Qwen3 computing with the weights bitsandbytes'
-    `dequantize_4bit` unpacks (the quantized model's own CPU matmul rounds through a lower
-    precision, about 0.02 off in these logits)."""
-    import bitsandbytes as bnb
-    from transformers import BitsAndBytesConfig, Qwen3ForCausalLM
+def build_bnb_checkpoint(fixtures_dir: Path, name: str, config, quantized_module, dequantize,
+                         prompts, write_reference) -> None:
+    """qwen3 quantized by bitsandbytes under `config`, as transformers saves it (on the CPU),
+    as fixture `name`; the reference is transformers' Qwen3 computing with the weights
+    `dequantize(module)` gives for each `quantized_module` layer."""
+    from transformers import Qwen3ForCausalLM
 
-    src, directory = copy_fixture(fixtures_dir, "qwen3", "qwen3_bnb_nf4")
+    src, directory = copy_fixture(fixtures_dir, "qwen3", name)
     (directory / "model.safetensors").unlink()
-    config = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32,
-    )
     model = Qwen3ForCausalLM.from_pretrained(
         str(src), quantization_config=config, device_map="cpu", dtype=torch.float32,
         attn_implementation="eager",
@@ -411,11 +405,45 @@ def build_bnb_fixture(fixtures_dir: Path, prompts, write_reference) -> None:
     reference = Qwen3ForCausalLM.from_pretrained(
         str(src), dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    for name, module in model.named_modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-            reference.get_submodule(name).weight.copy_(weight.float())
+    for module_name, module in model.named_modules():
+        if isinstance(module, quantized_module):
+            reference.get_submodule(module_name).weight.copy_(dequantize(module).float())
     write_reference(reference, prompts, src, directory)
+
+
+def build_bnb_fixture(fixtures_dir: Path, prompts, write_reference) -> None:
+    """qwen3 as a bitsandbytes 4-bit checkpoint (NF4, double quantization, blocks of 64).
+    The reference computes with the weights bitsandbytes' `dequantize_4bit` unpacks (the
+    quantized model's own CPU matmul rounds through a lower precision, about 0.02 off in
+    these logits)."""
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    build_bnb_checkpoint(
+        fixtures_dir, "qwen3_bnb_nf4", config, bnb.nn.Linear4bit,
+        lambda m: bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state),
+        prompts, write_reference,
+    )
+
+
+def build_bnb_int8_fixture(fixtures_dir: Path, prompts, write_reference) -> None:
+    """qwen3 as a bitsandbytes 8-bit (LLM.int8) checkpoint: int8 weights with one absmax per
+    row (`SCB`). The reference computes with `int8 * SCB / 127`, the weights bitsandbytes'
+    own `int8_vectorwise_dequant` gives (the quantized model's matmul splits outlier columns
+    into 16-bit and runs the rest in int8, which is not what kiln reproduces)."""
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+
+    build_bnb_checkpoint(
+        fixtures_dir, "qwen3_bnb_int8", BitsAndBytesConfig(load_in_8bit=True),
+        bnb.nn.Linear8bitLt,
+        lambda m: bnb.functional.int8_vectorwise_dequant(m.weight.data, m.weight.SCB),
+        prompts, write_reference,
+    )
 
 
 def build(only: str | None, fixtures_dir: Path, prompts, write_reference) -> None:
@@ -427,5 +455,7 @@ def build(only: str | None, fixtures_dir: Path, prompts, write_reference) -> Non
         build_w4a16_fixture(fixtures_dir, prompts, write_reference)
     if only in (None, "qwen3", "qwen3_bnb_nf4"):
         build_bnb_fixture(fixtures_dir, prompts, write_reference)
+    if only in (None, "qwen3", "qwen3_bnb_int8"):
+        build_bnb_int8_fixture(fixtures_dir, prompts, write_reference)
     if only in (None, "packed_int"):
         build_packed_int_cases(fixtures_dir)

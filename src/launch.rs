@@ -21,6 +21,7 @@ use crate::engine::runner::ModelRunner;
 use crate::engine::{EngineConfig, LlmEngine};
 use crate::model::base_model_weights::BaseModelWeights;
 use crate::model::bnb::{Bnb4, Bnb4Weights};
+use crate::model::bnb8::{Bnb8, Bnb8Weights};
 use crate::model::config::{ModelConfig, Quantization};
 use crate::model::fp8::{Fp8, Fp8Weights};
 use crate::model::int_quant::IntQuantWeights;
@@ -391,6 +392,12 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                         "bitsandbytes 4-bit checkpoint: weights are expanded to {dtype} as they load"
                     );
                     Arc::new(Bnb4Weights::new(named, Bnb4))
+                }
+                Some(Quantization::Bnb8) => {
+                    tracing::info!(
+                        "bitsandbytes 8-bit checkpoint: weights are expanded to {dtype} as they load"
+                    );
+                    Arc::new(Bnb8Weights::new(named, Bnb8))
                 }
                 Some(Quantization::Mxfp4) | None => Arc::from(named),
             }

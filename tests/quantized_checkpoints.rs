@@ -74,6 +74,11 @@ fn bitsandbytes_nf4_weights_expand_as_bitsandbytes_unpacks_them() {
 }
 
 #[test]
+fn bitsandbytes_int8_weights_expand_as_bitsandbytes_dequantizes_them() {
+    matches_transformers("qwen3_bnb_int8", "qwen3");
+}
+
+#[test]
 fn pack_quantized_weights_expand_as_transformers_expands_them() {
     matches_transformers("qwen3_w4a16", "qwen3");
 }

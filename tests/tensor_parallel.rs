@@ -141,6 +141,7 @@ fn quantized_checkpoints_shard_like_unquantized_ones() {
         "qwen3_w4a16",
         "qwen3_fp8",
         "qwen3_bnb_nf4",
+        "qwen3_bnb_int8",
     ] {
         let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
         let r: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -625,6 +625,8 @@ pub enum Quantization {
     Int(IntScheme),
     /// bitsandbytes 4-bit (NF4 / FP4, double quantization or not: `model/bnb.rs`).
     Bnb4,
+    /// bitsandbytes 8-bit (LLM.int8's row-wise int8: `model/bnb8.rs`).
+    Bnb8,
 }
 
 impl Quantization {
@@ -642,19 +644,23 @@ impl Quantization {
             ("awq", _) => Quantization::Int(awq_scheme(config)?),
             ("bitsandbytes", _) => {
                 let flag = |k: &str| config.get(k).and_then(|v| v.as_bool()) == Some(true);
-                anyhow::ensure!(
-                    flag("load_in_4bit") || flag("_load_in_4bit"),
-                    "bitsandbytes checkpoints other than 4-bit ones (load_in_8bit) are not \
-                     supported"
-                );
-                Quantization::Bnb4
+                if flag("load_in_4bit") || flag("_load_in_4bit") {
+                    Quantization::Bnb4
+                } else if flag("load_in_8bit") || flag("_load_in_8bit") {
+                    Quantization::Bnb8
+                } else {
+                    anyhow::bail!(
+                        "a bitsandbytes checkpoint that is neither load_in_4bit nor load_in_8bit \
+                         is not supported"
+                    )
+                }
             }
             ("compressed-tensors", "pack-quantized") => {
                 Quantization::Int(pack_quantized_scheme(config)?)
             }
             (method, format) => anyhow::bail!(
                 "quantized checkpoints of quant_method '{method}'{} are not supported (kiln \
-                 loads fp8, gptq, awq (GEMM layout), bitsandbytes 4-bit, mxfp4 and \
+                 loads fp8, gptq, awq (GEMM layout), bitsandbytes 4- and 8-bit, mxfp4 and \
                  compressed-tensors float-quantized and pack-quantized ones)",
                 if format.is_empty() {
                     String::new()
@@ -682,7 +688,10 @@ pub fn check_quantization_flag(asked: &str, found: Option<&Quantization>) -> Res
             | ("mxfp4", Some(Quantization::Mxfp4))
             | ("gptq", Some(Quantization::Int(IntScheme::Gptq { .. })))
             | ("awq", Some(Quantization::Int(IntScheme::Awq { .. })))
-            | ("bitsandbytes", Some(Quantization::Bnb4))
+            | (
+                "bitsandbytes",
+                Some(Quantization::Bnb4 | Quantization::Bnb8)
+            )
             | (
                 "compressed_tensors",
                 Some(Quantization::Fp8 | Quantization::Int(_))
@@ -1490,7 +1499,7 @@ mod tests {
             r#"{"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups":
                 {"g": {"weights": {"num_bits": 4, "type": "int"},
                 "input_activations": {"num_bits": 8, "type": "int"}}}}"#,
-            r#"{"quant_method": "bitsandbytes", "load_in_8bit": true}"#,
+            r#"{"quant_method": "bitsandbytes"}"#,
         ] {
             let err = with(refused).unwrap_err();
             assert!(format!("{err:#}").contains("not supported"), "{err:#}");

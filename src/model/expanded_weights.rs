@@ -2,7 +2,7 @@
 //! quantized comes out expanded (to f32, then the model dtype); every other tensor, and
 //! every other question, goes to the inner source. Each format says only which weights
 //! are its own and how to expand them ([`Expansion`]): FP8 (`fp8.rs`), integer groups
-//! (`int_quant.rs`), bitsandbytes 4-bit (`bnb.rs`).
+//! (`int_quant.rs`), bitsandbytes 4-bit (`bnb.rs`) and 8-bit (`bnb8.rs`).
 
 use super::weights::{GeneratedPart, Slice, WeightSource};
 use crate::backend::DType;
@@ -60,6 +60,10 @@ impl<S: WeightSource, E: Expansion<S>> WeightSource for ExpandedWeights<S, E> {
 
     fn words(&self, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
         self.inner.words(name)
+    }
+
+    fn int8s(&self, name: &str) -> Result<(Vec<usize>, Vec<i8>)> {
+        self.inner.int8s(name)
     }
 
     fn generated(

@@ -2,6 +2,7 @@
 
 pub mod base_model_weights;
 pub mod bnb;
+pub mod bnb8;
 pub mod byte_pieces;
 pub mod chat_template;
 pub mod config;

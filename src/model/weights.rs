@@ -26,6 +26,12 @@ pub trait WeightSource {
         anyhow::bail!("this weight source holds no integer tensor '{name}'")
     }
 
+    /// A tensor stored as signed bytes (bitsandbytes' int8 weights), with its shape: candle
+    /// has no 8-bit integer type, so these are read raw.
+    fn int8s(&self, name: &str) -> Result<(Vec<usize>, Vec<i8>)> {
+        anyhow::bail!("this weight source holds no int8 tensor '{name}'")
+    }
+
     /// For generated weights: how to compute the values of `name` (the part `slice`, or
     /// all of it) on the device instead of on the host. `None`: the values must be read.
     fn generated(
@@ -67,6 +73,10 @@ impl<T: WeightSource + ?Sized> WeightSource for Box<T> {
 
     fn words(&self, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
         (**self).words(name)
+    }
+
+    fn int8s(&self, name: &str) -> Result<(Vec<usize>, Vec<i8>)> {
+        (**self).int8s(name)
     }
 
     fn generated(
@@ -121,6 +131,10 @@ impl<S: WeightSource> WeightSource for RenamedWeights<S> {
 
     fn words(&self, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
         self.inner.words(&(self.rename)(name))
+    }
+
+    fn int8s(&self, name: &str) -> Result<(Vec<usize>, Vec<i8>)> {
+        self.inner.int8s(&(self.rename)(name))
     }
 
     fn generated(
@@ -314,6 +328,21 @@ impl WeightSource for SafetensorsWeights {
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         Ok((view.shape().to_vec(), words))
+    }
+
+    fn int8s(&self, name: &str) -> Result<(Vec<usize>, Vec<i8>)> {
+        let view = self
+            .files
+            .get(name)
+            .with_context(|| format!("loading weight '{name}'"))?;
+        // By name: the view's dtype is candle's safetensors version's type, not ours.
+        anyhow::ensure!(
+            format!("{:?}", view.dtype()) == "I8",
+            "weight '{name}' is {:?}, not int8",
+            view.dtype()
+        );
+        let values = view.data().iter().map(|&b| b as i8).collect();
+        Ok((view.shape().to_vec(), values))
     }
 
     /// Copies only the part's bytes out of the mapped file, so a rank's peak host memory is
