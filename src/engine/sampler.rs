@@ -85,12 +85,15 @@ pub fn picks_argmax(ctx: &SampleContext) -> bool {
         && (ctx.output.len() >= p.min_tokens || ctx.end_tokens.is_empty())
 }
 
-/// Sets every logit but those of `ids` (sorted) to minus infinity.
+/// Sets every logit but those of `ids` to minus infinity (one pass over the vocabulary).
 fn keep_only(logits: &mut [f32], ids: &[u32]) {
-    for (t, l) in logits.iter_mut().enumerate() {
-        if ids.binary_search(&(t as u32)).is_err() {
-            *l = f32::NEG_INFINITY;
-        }
+    let kept: Vec<(usize, f32)> = ids
+        .iter()
+        .filter_map(|&t| logits.get(t as usize).map(|&l| (t as usize, l)))
+        .collect();
+    logits.fill(f32::NEG_INFINITY);
+    for (t, l) in kept {
+        logits[t] = l;
     }
 }
 
