@@ -22,6 +22,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `kiln` binary runs with (src/main.rs says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PROMPT: usize = 128;
 /// Decode steps per engine: the contexts stay between 128 and 640 tokens.
 const STEPS_PER_ENGINE: usize = 512;

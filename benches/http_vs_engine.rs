@@ -21,6 +21,7 @@ use futures_util::future::join_all;
 #[path = "support/picking_runner.rs"]
 mod picking_runner;
 
+use kiln::engine::loop_times::LoopPhase;
 use kiln::engine::{EngineConfig, EngineHandle, LlmEngine, SamplingParams};
 use kiln::launch::{build_engine, EngineArgs};
 use kiln::model::tokenizer::Tokenizer;
@@ -31,6 +32,10 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The allocator the `kiln` binary runs with (src/main.rs says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CONCURRENCY: usize = 64;
 /// The shortest in-process round the full benchmark sizes its output length for.
@@ -199,10 +204,12 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0 // USER_HZ is 100 on every Linux we run on
 }
 
-/// CPU time, engine steps and wall time over one phase's rounds.
+/// CPU time, engine steps, the engine thread's time by loop phase, and wall time over one
+/// phase's rounds.
 struct Phase {
     cpu: f64,
     steps: u64,
+    loop_times: [Duration; 4],
     wall: f64,
     started: Instant,
 }
@@ -212,18 +219,35 @@ impl Phase {
         Phase {
             cpu: cpu_seconds(),
             steps: handle.stats().steps.load(Ordering::Relaxed),
+            loop_times: handle.stats().loop_times.snapshot(),
             wall: 0.0,
             started: Instant::now(),
         }
     }
 
     fn end(self, handle: &EngineHandle) -> Phase {
+        let now = handle.stats().loop_times.snapshot();
         Phase {
             cpu: cpu_seconds() - self.cpu,
             steps: handle.stats().steps.load(Ordering::Relaxed) - self.steps,
+            loop_times: std::array::from_fn(|i| now[i].saturating_sub(self.loop_times[i])),
             wall: self.started.elapsed().as_secs_f64(),
             started: self.started,
         }
+    }
+
+    /// Microseconds per step in each loop phase, and what is left of the wall time (the
+    /// engine thread idle between rounds, or waiting for work).
+    fn per_step(&self) -> String {
+        let steps = self.steps.max(1) as f64;
+        let mut parts: Vec<String> = LoopPhase::ALL
+            .iter()
+            .zip(&self.loop_times)
+            .map(|(p, t)| format!("{} {:.1}", p.name(), t.as_secs_f64() / steps * 1e6))
+            .collect();
+        let busy: f64 = self.loop_times.iter().map(Duration::as_secs_f64).sum();
+        parts.push(format!("other {:.1}", (self.wall - busy) / steps * 1e6));
+        parts.join(", ")
     }
 }
 
@@ -305,13 +329,16 @@ fn main() {
             http_phase.cpu / tokens * 1e6
         );
         // Whether HTTP slows the engine's steps or shrinks its batches: a slower step
-        // rate at the same tokens per step points at work on the engine thread.
+        // rate at the same tokens per step points at work on the engine thread, and its
+        // loop phases say which (model, host work, delivery) grew.
         for (name, p) in [("engine", &engine_phase), ("HTTP", &http_phase)] {
             println!(
-                "{name}: {} engine steps, {:.0} steps/s, {:.1} tokens per step",
+                "{name}: {} engine steps, {:.0} steps/s, {:.1} tokens per step; \
+                 us per step: {}",
                 p.steps,
                 p.steps as f64 / p.wall,
-                tokens / p.steps.max(1) as f64
+                tokens / p.steps.max(1) as f64,
+                p.per_step()
             );
         }
     });

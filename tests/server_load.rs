@@ -114,6 +114,17 @@ async fn disconnected_clients_free_their_kv_blocks() {
         if idle {
             // Cancelled, not run to the end: far fewer tokens than 50 x 1500.
             assert!(metric(&m, "kiln:generation_tokens_total") < (CLIENTS * 1500) as f64);
+            // The engine thread's time by phase: every phase ran, and the forward passes
+            // are the model's share, not the host's.
+            let phase = |p: &str| {
+                metric(
+                    &m,
+                    &format!("kiln:engine_loop_seconds_total{{phase=\"{p}\"}}"),
+                )
+            };
+            for p in ["commands", "host", "model", "deliver"] {
+                assert!(phase(p) > 0.0, "{p}: {m}");
+            }
             break;
         }
         assert!(Instant::now() < deadline, "KV blocks still in use:\n{m}");

@@ -2,6 +2,7 @@
 //! per-request channel; dropping a [`RequestStream`] before it finishes cancels the request.
 
 use super::llm_engine::{compile_structure, validate_request, LlmEngine, RequestError};
+use super::loop_times::{LoopPhase, LoopTimes};
 use super::output::{RequestEvent, RequestOutput};
 use super::params::SamplingParams;
 use crate::model::grammar::Constraint;
@@ -12,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
@@ -53,6 +55,8 @@ pub struct EngineStats {
     pub draft_tokens: AtomicU64,
     pub accepted_draft_tokens: AtomicU64,
     pub steps: AtomicU64,
+    /// The engine thread's time by phase (idle waits for work not counted).
+    pub loop_times: LoopTimes,
     /// LoRA adapter slots of the running and of the waiting requests, after the last step.
     pub adapters_in_use: Mutex<(Vec<usize>, Vec<usize>)>,
     pub failed: AtomicBool,
@@ -337,9 +341,15 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         while let Ok(cmd) = rx.try_recv() {
             apply(cmd, &mut engine, &mut senders, &stats, &mut shutting_down);
         }
+        let stepping = Instant::now();
+        stats
+            .loop_times
+            .add(LoopPhase::Commands, stepping - started);
+        let model_before = engine.model_time();
         // A panic inside a step (a bug, a backend fault) must not leave a dead engine behind
         // a healthy-looking server: it is treated like a step error.
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()))
@@ -351,6 +361,13 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
                     .unwrap_or_else(|| "unknown panic".into());
                 Err(anyhow::anyhow!("engine step panicked: {what}"))
             });
+        let delivering = Instant::now();
+        let model = engine.model_time().saturating_sub(model_before);
+        stats.loop_times.add(LoopPhase::Model, model);
+        stats.loop_times.add(
+            LoopPhase::Host,
+            (delivering - stepping).saturating_sub(model),
+        );
         match step {
             Ok(outputs) => {
                 for (id, out) in outputs {
@@ -398,6 +415,9 @@ fn engine_loop(mut engine: LlmEngine, rx: Receiver<Command>, stats: Arc<EngineSt
         if let Ok(mut in_use) = stats.adapters_in_use.lock() {
             *in_use = engine.adapters_in_use();
         }
+        stats
+            .loop_times
+            .add(LoopPhase::Deliver, delivering.elapsed());
     }
     stats.running.store(0, Ordering::Relaxed);
     stats.waiting.store(0, Ordering::Relaxed);

@@ -131,6 +131,9 @@ pub struct LlmEngine {
     /// Prompt-lookup speculation (`--speculative-config`), and this step's drafts.
     speculation: Option<NgramConfig>,
     drafts: Drafts,
+    /// Time spent inside the runner's forward passes (device work included), so the engine
+    /// loop can tell its own host work apart from the model's.
+    model_time: std::time::Duration,
 }
 
 impl LlmEngine {
@@ -181,6 +184,7 @@ impl LlmEngine {
             drafts: Drafts::default(),
             seeds,
             steps: 0,
+            model_time: std::time::Duration::ZERO,
         })
     }
 
@@ -375,6 +379,11 @@ impl LlmEngine {
     }
 
     /// Speculative decoding's totals: tokens drafted, and drafted tokens kept.
+    /// Total time the runner has spent in forward passes (embedding batches and steps).
+    pub fn model_time(&self) -> std::time::Duration {
+        self.model_time
+    }
+
     pub fn speculation_counts(&self) -> (u64, u64) {
         (self.drafts.drafted, self.drafts.accepted)
     }
@@ -385,11 +394,14 @@ impl LlmEngine {
         let mut outputs = if self.embeddings.is_empty() {
             Vec::new()
         } else {
-            self.embeddings.run(
+            let started = std::time::Instant::now();
+            let done = self.embeddings.run(
                 self.runner.as_mut(),
                 &mut self.scheduler.blocks,
                 self.config.max_num_batched_tokens,
-            )?
+            );
+            self.model_time += started.elapsed();
+            done?
         };
         outputs.extend(self.generation_step()?);
         Ok(outputs)
@@ -480,7 +492,10 @@ impl LlmEngine {
             (input, prompt_rows)
         };
         let (input, prompt_rows) = input;
-        let result = self.runner.execute(&input)?;
+        let started = std::time::Instant::now();
+        let result = self.runner.execute(&input);
+        self.model_time += started.elapsed();
+        let result = result?;
         let vocab = self.runner.vocab_size();
         let rows = input.layout.logits_rows.len();
         let unpicked = result.picked.iter().filter(|p| p.is_none()).count();

@@ -5,6 +5,7 @@ pub mod device_draw;
 pub mod embedding;
 pub mod handle;
 pub mod llm_engine;
+pub mod loop_times;
 pub mod ngram;
 pub mod output;
 pub mod params;

@@ -3,11 +3,12 @@
 //! latency histograms are observed by the server as outputs stream through it.
 
 use crate::engine::handle::EngineStats;
+use crate::engine::loop_times::LoopPhase;
 use crate::engine::RequestOutput;
 use crate::gpu::metrics::GpuGauges;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -34,6 +35,8 @@ pub struct ServerMetrics {
     accepted_draft_tokens: IntCounter,
     /// vLLM's `lora_requests_info`: one series naming the adapters in use.
     lora_info: GaugeVec,
+    /// The engine thread's time by phase (`engine::loop_times`).
+    loop_seconds: CounterVec,
     /// Serialises copying the engine's monotonic counters into ours.
     sync: Mutex<()>,
     success: IntCounterVec,
@@ -97,6 +100,15 @@ impl ServerMetrics {
                 &["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
             )
             .expect("static"),
+            loop_seconds: CounterVec::new(
+                Opts::new(
+                    "kiln:engine_loop_seconds_total",
+                    "Engine thread time by phase: commands, host (scheduling, sampling, \
+                     detokenizing), model (forward pass), deliver (outputs to requests)",
+                ),
+                &["phase"],
+            )
+            .expect("static"),
             sync: Mutex::new(()),
             success: IntCounterVec::new(
                 Opts::new("kiln:request_success_total", "Finished requests"),
@@ -134,6 +146,7 @@ impl ServerMetrics {
             Box::new(m.draft_tokens.clone()),
             Box::new(m.accepted_draft_tokens.clone()),
             Box::new(m.lora_info.clone()),
+            Box::new(m.loop_seconds.clone()),
             Box::new(m.success.clone()),
             Box::new(m.ttft.clone()),
             Box::new(m.itl.clone()),
@@ -166,6 +179,13 @@ impl ServerMetrics {
                     &self.accepted_draft_tokens,
                     s.accepted_draft_tokens.load(Ordering::Relaxed),
                 );
+                for phase in LoopPhase::ALL {
+                    let counter = self.loop_seconds.with_label_values(&[phase.name()]);
+                    let behind = s.loop_times.get(phase).as_secs_f64() - counter.get();
+                    if behind > 0.0 {
+                        counter.inc_by(behind);
+                    }
+                }
             }
         }
         let mut out = Vec::new();
