@@ -92,6 +92,8 @@ pub struct ModelInfo {
     /// A classifier model's labels (see `LlmEngine::classifier`).
     pub classifier: Option<crate::model::config::ClassifierConfig>,
     pub scheduling_policy: super::scheduler::SchedulingPolicy,
+    /// The model's EOS token ids.
+    pub eos: Vec<u32>,
 }
 
 #[derive(Clone)]
@@ -188,6 +190,7 @@ impl EngineHandle {
             description: engine.describe(),
             classifier: engine.classifier().cloned(),
             scheduling_policy: engine.config().scheduling_policy,
+            eos: engine.eos_tokens().to_vec(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(EngineStats::default());
@@ -259,6 +262,19 @@ impl EngineHandle {
             tx: self.tx.clone(),
             done: false,
         })
+    }
+
+    /// A stream that yields `out` (a final output, produced outside the engine loop: a
+    /// beam search's beam) and ends; dropping it cancels nothing.
+    pub fn finished_stream(&self, out: RequestOutput) -> RequestStream {
+        let (tx, rx) = unbounded_channel();
+        let _ = tx.send(Ok(out));
+        RequestStream {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            rx,
+            tx: self.tx.clone(),
+            done: true,
+        }
     }
 
     /// Asks the engine to load a LoRA adapter between steps (it answers with the slot

@@ -196,6 +196,11 @@ impl LlmEngine {
         &self.tokenizer
     }
 
+    /// The tokens that end a sequence unless `ignore_eos` (the model's EOS ids).
+    pub fn eos_tokens(&self) -> &[u32] {
+        &self.eos
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.runner.vocab_size()
     }

@@ -1,5 +1,6 @@
 //! The engine: sequences, paged KV blocks, scheduling, sampling, the model runner.
 
+pub mod beam_search;
 pub mod block_manager;
 pub mod device_draw;
 pub mod embedding;

@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`.
 
+use super::beam;
 use super::chat_tools;
 use super::error::{ApiError, ApiResult};
 use super::generate::{self, finish_reason, Choice, ResponseMeta};
@@ -34,7 +35,7 @@ pub async fn chat_completions(
         want_logprobs,
         tool_parser,
         reasoning,
-    } = prepare(served, &req, arrival)?;
+    } = prepare(served, &req, arrival).await?;
     let meta = ResponseMeta::new("chatcmpl", &req.model);
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -93,7 +94,7 @@ pub struct Prepared {
 
 /// Validates `req`, renders its messages and submits its choices (shared with
 /// `/v1/responses`, which arrives here as a chat request).
-pub fn prepare(
+pub async fn prepare(
     served: &Served,
     req: &ChatCompletionRequest,
     arrival: Instant,
@@ -153,7 +154,17 @@ pub fn prepare(
         // (harmony's channels, Seed-OSS's tags): decoding must keep them.
         params.skip_special_tokens = false;
     }
-    let submitted = generate::submit(served, vec![prompt], n, &params, arrival, "messages")?;
+    let (beam, fields) = (req.beam(), req.sampling());
+    let submitted = beam::choices(
+        served,
+        vec![prompt],
+        n,
+        &params,
+        (beam, &fields),
+        arrival,
+        "messages",
+    )
+    .await?;
     Ok(Prepared {
         submitted,
         n,

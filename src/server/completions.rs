@@ -1,5 +1,6 @@
 //! `POST /v1/completions`.
 
+use super::beam;
 use super::error::{ApiError, ApiResult};
 use super::generate::{self, finish_reason, Choice, ResponseMeta};
 use super::json::ApiJson;
@@ -62,7 +63,17 @@ pub async fn completions(
     };
     // An echoed prompt's ids, for its logprobs' token texts.
     let echoed_ids: Vec<Vec<u32>> = if echo { prompts.clone() } else { Vec::new() };
-    let submitted = generate::submit(served, prompts, n, &params, arrival, "prompt")?;
+    let (beam, fields) = (req.beam(), req.sampling());
+    let submitted = beam::choices(
+        served,
+        prompts,
+        n,
+        &params,
+        (beam, &fields),
+        arrival,
+        "prompt",
+    )
+    .await?;
     let meta = ResponseMeta::new("cmpl", &req.model);
     let want_logprobs = params.logprobs.is_some();
     let token_ids = req.return_tokens_as_token_ids.unwrap_or(false);

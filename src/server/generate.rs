@@ -34,22 +34,7 @@ pub fn submit(
     let mut choices = Vec::with_capacity(prompts.len() * n);
     let max_model_len = served.engine.info().max_model_len;
     for (prompt_index, prompt) in prompts.into_iter().enumerate() {
-        // OpenAI refuses what cannot fit rather than silently generating less.
-        if let Some(max_tokens) = params.max_tokens {
-            if prompt.len().saturating_add(max_tokens) > max_model_len {
-                return Err(ApiError {
-                    code: Some("context_length_exceeded"),
-                    ..ApiError::invalid(
-                        Some("max_tokens"),
-                        format!(
-                            "this model's maximum context length is {max_model_len} tokens; \
-                             the prompt has {} and max_tokens asks for {max_tokens} more",
-                            prompt.len()
-                        ),
-                    )
-                });
-            }
-        }
+        check_fits(prompt.len(), params.max_tokens, max_model_len)?;
         for i in 0..n {
             let stream = served
                 .engine
@@ -66,7 +51,31 @@ pub fn submit(
     Ok(choices)
 }
 
-fn request_error(e: RequestError, prompt_param: &str) -> ApiError {
+/// OpenAI refuses a prompt and `max_tokens` that cannot fit the context rather than
+/// silently generating less.
+pub fn check_fits(
+    prompt_len: usize,
+    max_tokens: Option<usize>,
+    max_model_len: usize,
+) -> ApiResult<()> {
+    match max_tokens {
+        Some(max_tokens) if prompt_len.saturating_add(max_tokens) > max_model_len => {
+            Err(ApiError {
+                code: Some("context_length_exceeded"),
+                ..ApiError::invalid(
+                    Some("max_tokens"),
+                    format!(
+                        "this model's maximum context length is {max_model_len} tokens; \
+                         the prompt has {prompt_len} and max_tokens asks for {max_tokens} more"
+                    ),
+                )
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn request_error(e: RequestError, prompt_param: &str) -> ApiError {
     let prompt_problem = matches!(
         e,
         RequestError::PromptTooLong { .. }
@@ -81,6 +90,22 @@ fn request_error(e: RequestError, prompt_param: &str) -> ApiError {
 }
 
 impl Choice {
+    /// A choice whose whole output is already known (a beam of a beam search).
+    pub fn finished(
+        served: &Served,
+        index: usize,
+        prompt_index: usize,
+        out: RequestOutput,
+        arrival: Instant,
+    ) -> Choice {
+        Choice {
+            index,
+            prompt_index,
+            stream: served.engine.finished_stream(out),
+            timer: RequestTimer::start(arrival),
+        }
+    }
+
     /// The next increment; `None` once the final one (with `finish_reason`) has been read.
     pub async fn next(&mut self, metrics: &ServerMetrics) -> Option<Result<RequestOutput, String>> {
         let mut ev = self.stream.next().await?;

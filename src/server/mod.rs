@@ -7,6 +7,7 @@
 //! `--shutdown-timeout`, then exit 0.
 
 pub mod auth;
+pub mod beam;
 pub mod chat;
 pub mod chat_tools;
 pub mod classify;

@@ -34,7 +34,7 @@ pub async fn create_response(
     let arrival = Instant::now();
     let served = state.ready_for(&req.model)?;
     let chat_req = input::chat_request(&req)?;
-    let prepared = chat::prepare(served, &chat_req, arrival)?;
+    let prepared = chat::prepare(served, &chat_req, arrival).await?;
     let response = in_progress(&req);
     if req.stream.unwrap_or(false) {
         return Ok(events::stream(state.clone(), response, prepared));

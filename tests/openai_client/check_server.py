@@ -197,6 +197,29 @@ def check_vllm_extras_through_extra_body():
     )
 
 
+def check_beam_search_through_extra_body():
+    """vLLM's use_beam_search: n distinct beams, best first by summed logprob per token."""
+    r = client.completions.create(
+        model=MODEL,
+        prompt="The cat",
+        n=3,
+        max_tokens=6,
+        logprobs=1,
+        extra_body={"use_beam_search": True, "ignore_eos": True, "length_penalty": 1.0},
+    )
+    assert len(r.choices) == 3, r.choices
+    assert len({c.text for c in r.choices}) == 3, [c.text for c in r.choices]
+    # Equal lengths: the per-token average orders as the sum does.
+    sums = [sum(c.logprobs.token_logprobs) for c in r.choices]
+    assert sums == sorted(sums, reverse=True), sums
+    expect_bad_request(
+        "stop",
+        lambda: client.completions.create(
+            model=MODEL, prompt="The cat", stop=["x"], extra_body={"use_beam_search": True}
+        ),
+    )
+
+
 def check_echo_with_logprobs_scores_the_prompt():
     """What lm-evaluation-harness sends for loglikelihood tasks."""
     r = client.completions.create(

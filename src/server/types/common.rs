@@ -102,6 +102,13 @@ pub struct SamplingFields {
     pub priority: Option<i64>,
 }
 
+/// A request's beam-search fields (vLLM's).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BeamRequest {
+    pub use_beam_search: Option<bool>,
+    pub length_penalty: Option<f64>,
+}
+
 /// The structured-output fields of a request: OpenAI's `response_format` and vLLM's
 /// `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar` and their newer
 /// `structured_outputs` object; at most one may constrain it.

@@ -1,6 +1,6 @@
 //! `POST /v1/completions`: request, response and stream chunk.
 
-use super::common::{Guided, SamplingFields, Stop, StreamOptions, Usage};
+use super::common::{BeamRequest, Guided, SamplingFields, Stop, StreamOptions, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -81,12 +81,24 @@ pub struct CompletionRequest {
     pub priority: Option<i64>,
     /// vLLM's: logprobs name each token `token_id:<id>` instead of by its text.
     pub return_tokens_as_token_ids: Option<bool>,
+    /// vLLM's: return the `n` best beams of a beam search (ranked by cumulative
+    /// log-probability over length^`length_penalty`) instead of sampling.
+    pub use_beam_search: Option<bool>,
+    /// vLLM's: the exponent of the length a beam's score divides by (default 1).
+    pub length_penalty: Option<f64>,
 }
 
 /// OpenAI's default when a completion request names no `max_tokens`.
 pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
 
 impl CompletionRequest {
+    pub fn beam(&self) -> BeamRequest {
+        BeamRequest {
+            use_beam_search: self.use_beam_search,
+            length_penalty: self.length_penalty,
+        }
+    }
+
     pub fn sampling(&self) -> SamplingFields {
         SamplingFields {
             max_tokens: Some(self.max_tokens.unwrap_or(DEFAULT_COMPLETION_MAX_TOKENS)),
