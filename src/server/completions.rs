@@ -1,6 +1,7 @@
 //! `POST /v1/completions`.
 
 use super::beam;
+use super::best_of;
 use super::error::{ApiError, ApiResult};
 use super::generate::{self, finish_reason, Choice, ResponseMeta};
 use super::json::ApiJson;
@@ -30,6 +31,13 @@ pub async fn completions(
     served.generates()?;
     reject_unsupported(&req)?;
     let n = choices(req.n)?;
+    let candidates = best_of::candidates(req.best_of, n, req.stream.unwrap_or(false))?;
+    if candidates > n && req.use_beam_search == Some(true) {
+        return Err(ApiError::invalid(
+            Some("best_of"),
+            "best_of cannot be combined with use_beam_search (n is the beam width)",
+        ));
+    }
     let mut params = to_params(req.sampling())?;
     params.lora_adapter = served.adapter_for(&req.model);
     let bad_words = req.bad_words.as_deref().unwrap_or_default();
@@ -63,11 +71,16 @@ pub async fn completions(
     };
     // An echoed prompt's ids, for its logprobs' token texts.
     let echoed_ids: Vec<Vec<u32>> = if echo { prompts.clone() } else { Vec::new() };
+    let want_logprobs = params.logprobs.is_some();
+    if candidates > n {
+        // best_of ranks the candidates by their tokens' log-probabilities.
+        params.logprobs.get_or_insert(0);
+    }
     let (beam, fields) = (req.beam(), req.sampling());
     let submitted = beam::choices(
         served,
         prompts,
-        n,
+        candidates,
         &params,
         (beam, &fields),
         arrival,
@@ -75,7 +88,6 @@ pub async fn completions(
     )
     .await?;
     let meta = ResponseMeta::new("cmpl", &req.model);
-    let want_logprobs = params.logprobs.is_some();
     let token_ids = req.return_tokens_as_token_ids.unwrap_or(false);
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -100,13 +112,20 @@ pub async fn completions(
         ));
     }
     let finals = generate::collect_all(submitted, &state.metrics).await?;
+    // Every candidate's tokens were generated, so all count.
+    let usage = generate::usage(&finals, candidates);
+    let finals = if candidates > n {
+        best_of::pick(finals, candidates, n, want_logprobs)
+    } else {
+        finals
+    };
     let tokenizer = served.engine.tokenizer();
     let response = Completion {
         id: meta.id,
         object: "text_completion",
         created: meta.created,
         model: meta.model,
-        usage: Some(Some(generate::usage(&finals, n))),
+        usage: Some(Some(usage)),
         choices: finals
             .iter()
             .enumerate()
@@ -135,12 +154,6 @@ pub async fn completions(
 fn reject_unsupported(req: &CompletionRequest) -> ApiResult<()> {
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid(Some("suffix"), "suffix is not supported"));
-    }
-    if req.best_of.is_some_and(|b| b != req.n.unwrap_or(1)) {
-        return Err(ApiError::invalid(
-            Some("best_of"),
-            "best_of must equal n (every candidate is returned)",
-        ));
     }
     Ok(())
 }

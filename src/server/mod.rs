@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod beam;
+pub mod best_of;
 pub mod chat;
 pub mod chat_tools;
 pub mod classify;

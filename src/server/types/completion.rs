@@ -21,7 +21,8 @@ pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
     pub n: Option<usize>,
-    /// Only `null` or equal to `n` (kiln returns every candidate).
+    /// Candidates generated per prompt (at least `n`, at most 20, not streamed); the `n`
+    /// with the highest log-probability per token are returned.
     pub best_of: Option<usize>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,

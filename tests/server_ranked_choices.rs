@@ -1,7 +1,10 @@
-//! vLLM's `use_beam_search` over HTTP: the llama fixture's beams equal those of HF
-//! transformers' own beam search (tests/fixtures/llama/beam_reference.json, written by
-//! scripts/beam_reference.py), in order and with their cumulative log-probabilities;
-//! streamed and chat requests get the same beams; what a beam search would ignore is a 400.
+//! Choices ranked by log-probability, over HTTP.
+//! - vLLM's `use_beam_search`: the llama fixture's beams equal those of HF transformers' own
+//!   beam search (tests/fixtures/llama/beam_reference.json, written by
+//!   scripts/beam_reference.py), in order and with their cumulative log-probabilities;
+//!   streamed and chat requests get the same beams; what a beam search would ignore is a 400.
+//! - OpenAI's `best_of`: the `n` best per token of the `best_of` candidates that the same
+//!   seed gives as `n = best_of` choices.
 
 mod server_support;
 
@@ -154,5 +157,68 @@ async fn chat_beams_and_refusals() {
         let (status, r) = post_json(&client, &url, &body).await;
         assert_eq!(status, 400, "{extra}: {r}");
         assert_eq!(r["error"]["param"], param, "{r}");
+    }
+}
+
+/// Mean logprob per token of a completion choice.
+fn per_token(choice: &Value) -> f64 {
+    let l = choice["logprobs"]["token_logprobs"].as_array().unwrap();
+    l.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / l.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn best_of_returns_the_best_candidates_per_token() {
+    let server = start();
+    let client = Client::new();
+    let url = server.url("/v1/completions");
+    let body = |extra: Value| {
+        let mut b = json!({
+            "model": "llama", "prompt": "The river town", "max_tokens": 6, "ignore_eos": true,
+            "temperature": 1.0, "seed": 11,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    // Choice i of a seeded request samples with seed + i, so these are best_of's candidates.
+    let (status, all) = post_json(&client, &url, &body(json!({"n": 4, "logprobs": 0}))).await;
+    assert_eq!(status, 200, "{all}");
+    let mut ranked: Vec<(f64, String)> = all["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (per_token(c), c["text"].as_str().unwrap().to_string()))
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert!(
+        ranked[1].0 > ranked[2].0,
+        "a tie would leave the pick open: {ranked:?}"
+    );
+
+    let (status, best) = post_json(&client, &url, &body(json!({"n": 2, "best_of": 4}))).await;
+    assert_eq!(status, 200, "{best}");
+    let choices = best["choices"].as_array().unwrap();
+    let texts: Vec<&str> = choices
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, [ranked[0].1.as_str(), ranked[1].1.as_str()]);
+    assert!(
+        choices.iter().all(|c| c["logprobs"].is_null()),
+        "not asked for"
+    );
+    assert_eq!(choices[1]["index"], 1);
+    // All four candidates' tokens were generated.
+    assert_eq!(best["usage"]["completion_tokens"], 24);
+
+    for (extra, why) in [
+        (json!({"n": 3, "best_of": 2}), "fewer than n"),
+        (json!({"best_of": 3, "stream": true}), "streamed"),
+        (json!({"best_of": 21}), "too many"),
+    ] {
+        let (status, r) = post_json(&client, &url, &body(extra)).await;
+        assert_eq!(status, 400, "{why}: {r}");
+        assert_eq!(r["error"]["param"], "best_of", "{r}");
     }
 }
