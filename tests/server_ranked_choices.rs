@@ -1,10 +1,12 @@
-//! Choices ranked by log-probability, over HTTP.
+//! Log-probability scoring over HTTP.
 //! - vLLM's `use_beam_search`: the llama fixture's beams equal those of HF transformers' own
-//!   beam search (tests/fixtures/llama/beam_reference.json, written by
-//!   scripts/beam_reference.py), in order and with their cumulative log-probabilities;
+//!   beam search (tests/fixtures/llama/scoring_reference.json, written by
+//!   scripts/scoring_reference.py), in order and with their cumulative log-probabilities;
 //!   streamed and chat requests get the same beams; what a beam search would ignore is a 400.
 //! - OpenAI's `best_of`: the `n` best per token of the `best_of` candidates that the same
 //!   seed gives as `n = best_of` choices.
+//! - vLLM's `prompt_logprobs`: each prompt token's logprob, rank and top alternatives equal
+//!   transformers' (same reference file).
 
 mod server_support;
 
@@ -15,7 +17,7 @@ use server_support::{post_json, sse_events, Server};
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama");
 
 fn reference() -> Value {
-    let text = std::fs::read_to_string(format!("{FIXTURE}/beam_reference.json")).unwrap();
+    let text = std::fs::read_to_string(format!("{FIXTURE}/scoring_reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -221,4 +223,72 @@ async fn best_of_returns_the_best_candidates_per_token() {
         assert_eq!(status, 400, "{why}: {r}");
         assert_eq!(r["error"]["param"], "best_of", "{r}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_logprobs_equal_transformers() {
+    let reference = reference()["prompt_logprobs"].clone();
+    let server = start();
+    let client = Client::new();
+    let url = server.url("/v1/completions");
+    let body = json!({
+        "model": "llama", "prompt": reference["prompt_ids"], "max_tokens": 1,
+        "prompt_logprobs": reference["top"], "echo": true, "logprobs": 1,
+    });
+    let (status, r) = post_json(&client, &url, &body).await;
+    assert_eq!(status, 200, "{r}");
+    let scores = r["choices"][0]["prompt_logprobs"].as_array().unwrap();
+    assert_eq!(
+        scores.len(),
+        reference["prompt_ids"].as_array().unwrap().len()
+    );
+    assert!(scores[0].is_null(), "nothing precedes the first token");
+    for (got, want) in scores[1..]
+        .iter()
+        .zip(reference["scores"].as_array().unwrap())
+    {
+        let token = &got[want["token"].to_string()];
+        let close = |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4;
+        assert!(
+            close(&token["logprob"], &want["logprob"]),
+            "{got} vs {want}"
+        );
+        assert_eq!(token["rank"], want["rank"], "{got} vs {want}");
+        for (rank, alt) in want["top"].as_array().unwrap().iter().enumerate() {
+            let entry = &got[alt[0].to_string()];
+            assert!(close(&entry["logprob"], &alt[1]), "{got} vs {want}");
+            assert_eq!(entry["rank"], rank + 1);
+            assert!(entry["decoded_token"].is_string());
+        }
+    }
+    // The echoed prompt's own logprobs keep `logprobs`' one alternative.
+    let echoed = &r["choices"][0]["logprobs"]["top_logprobs"];
+    assert!(echoed[1].as_object().unwrap().len() <= 1, "{echoed}");
+
+    // Chat: the rendered prompt's scores, on the response.
+    let chat = server.url("/v1/chat/completions");
+    let body = json!({
+        "model": "llama", "messages": [{"role": "user", "content": "The river town"}],
+        "max_tokens": 1, "prompt_logprobs": 0,
+    });
+    let (status, r) = post_json(&client, &chat, &body).await;
+    assert_eq!(status, 200, "{r}");
+    let scores = r["prompt_logprobs"].as_array().unwrap();
+    assert_eq!(
+        scores.len() as u64,
+        r["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        scores[1].as_object().unwrap().len(),
+        1,
+        "the prompt token alone"
+    );
+
+    // Not streamed, as vLLM has it.
+    let streamed = json!({
+        "model": "llama", "prompt": "The river", "prompt_logprobs": 1, "stream": true,
+    });
+    let (status, r) = post_json(&client, &url, &streamed).await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["error"]["param"], "prompt_logprobs");
 }

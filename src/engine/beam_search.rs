@@ -97,6 +97,7 @@ where
                     token_id: token,
                     logprob,
                     top: top.clone(),
+                    rank: None,
                 });
                 if config.end_tokens.contains(&token) {
                     if config.keep_end_token {
@@ -350,6 +351,7 @@ mod tests {
                     token_id: 5,
                     logprob: -0.1,
                     top: vec![(5, -0.1), (6, -2.0), (7, -3.0)],
+                    rank: None,
                 };
                 2
             ],

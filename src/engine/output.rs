@@ -30,6 +30,9 @@ pub struct TokenLogprob {
     pub token_id: u32,
     pub logprob: f32,
     pub top: Vec<(u32, f32)>,
+    /// The token's rank in the whole vocabulary (1: the likeliest), where it was computed
+    /// (prompt tokens: vLLM's `prompt_logprobs` report it).
+    pub rank: Option<u32>,
 }
 
 /// One increment of a request's output. The last one carries `finish_reason`.

@@ -44,10 +44,13 @@ impl PromptLogprobs {
         debug_assert_eq!(position + 1, self.entries.len(), "positions come in order");
         let token = tokens[position + 1];
         let logprobs = log_softmax(logits);
+        let logprob = logprobs[token as usize];
+        let above = logprobs.iter().filter(|&&l| l > logprob).count();
         self.entries.push(Some(TokenLogprob {
             token_id: token,
-            logprob: logprobs[token as usize],
+            logprob,
             top: top_n(&logprobs, self.top),
+            rank: Some(above as u32 + 1),
         }));
     }
 
@@ -94,6 +97,9 @@ mod tests {
             vec![(4, last.logprob)],
             "the top alternative is the argmax"
         );
+        // Ranks in the vocabulary: token 1 after position 0 is the 4th likeliest of 5.
+        assert_eq!(all[1].as_ref().unwrap().rank, Some(4));
+        assert_eq!(last.rank, Some(1));
         assert_eq!(p.take_complete(5), None, "sent once");
         assert_eq!(PromptLogprobs::new(0).take_complete(1).unwrap(), vec![None]);
     }

@@ -67,6 +67,7 @@ pub fn sample(logits: &mut [f32], ctx: &SampleContext, rng: &mut ChaCha8Rng) -> 
         token_id: token,
         logprob: lp[token as usize],
         top: top_n(&lp, p.logprobs.unwrap_or(0)),
+        rank: None,
     });
     Sampled { token, logprob }
 }

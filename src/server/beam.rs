@@ -14,7 +14,8 @@ use futures_util::future::try_join_all;
 use std::time::Instant;
 
 /// Refuses what a beam search would otherwise ignore: it ranks beams by the model's raw
-/// log-probabilities, so logit edits and stop strings cannot apply. (Temperature, top-p,
+/// log-probabilities, so logit edits and stop strings cannot apply; prompt scores
+/// (`echo` with `logprobs`, `prompt_logprobs`) are not computed for beams. (Temperature, top-p,
 /// top-k, min-p and seeds do not apply either; vLLM accepts them, and so does kiln.)
 /// Penalties are checked on the request's own `fields`: the model's generation config may
 /// set defaults (a repetition penalty) that a beam search, like vLLM's, leaves out.
@@ -55,7 +56,7 @@ pub fn check(
             "repetition_penalty",
             fields.repetition_penalty.is_some_and(|p| p != 1.0),
         ),
-        ("echo", params.prompt_logprobs.is_some()),
+        ("prompt_logprobs", params.prompt_logprobs.is_some()),
     ];
     match unsupported.iter().find(|(_, set)| *set) {
         Some((name, _)) => Err(ApiError::invalid(

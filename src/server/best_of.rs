@@ -77,6 +77,7 @@ mod tests {
                     token_id: 0,
                     logprob,
                     top: vec![],
+                    rank: None,
                 })
                 .collect(),
             ..RequestOutput::default()

@@ -77,6 +77,14 @@ pub async fn chat_completions(
             })
             .collect(),
         system_fingerprint: None,
+        prompt_logprobs: req.prompt_logprobs.map(|top| {
+            let names = TokenNames::new(tokenizer, names_tokens_by_id(&req));
+            let scores = finals
+                .first()
+                .and_then(|f| f.prompt_logprobs.as_deref())
+                .unwrap_or_default();
+            logprobs::vllm_prompt(names, scores, top)
+        }),
     };
     Ok(axum::Json(response).into_response())
 }
@@ -178,6 +186,12 @@ pub async fn prepare(
 const REASONING_EFFORTS: [&str; 5] = ["none", "minimal", "low", "medium", "high"];
 
 fn reject_unsupported(req: &ChatCompletionRequest) -> ApiResult<()> {
+    if req.prompt_logprobs.is_some() && req.stream == Some(true) {
+        return Err(ApiError::invalid(
+            Some("prompt_logprobs"),
+            "prompt_logprobs are not available with stream",
+        ));
+    }
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             Some("messages"),

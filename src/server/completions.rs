@@ -98,6 +98,7 @@ pub async fn completions(
                 req.stream_options.as_ref(),
             ),
             want_logprobs,
+            top: req.logprobs.unwrap_or(0),
             token_ids,
         };
         return Ok(stream(
@@ -137,12 +138,18 @@ pub async fn completions(
                     text: format!("{prefix}{}", out.text),
                     logprobs: want_logprobs.then(|| {
                         let names = TokenNames::new(tokenizer, token_ids);
-                        let mut all = echoed_logprobs(names, &echoed_ids, index / n, out);
+                        let top = req.logprobs.unwrap_or(0);
+                        let mut all = echoed_logprobs(names, &echoed_ids, index / n, out, top);
                         all.extend(logprobs::completion(names, &out.logprobs, &mut offset));
                         all
                     }),
                     finish_reason: finish_reason(out),
                     stop_reason: out.stop_reason.clone(),
+                    prompt_logprobs: req.prompt_logprobs.map(|top| {
+                        let names = TokenNames::new(tokenizer, token_ids);
+                        let scores = out.prompt_logprobs.as_deref().unwrap_or_default();
+                        logprobs::vllm_prompt(names, scores, top)
+                    }),
                 }
             })
             .collect(),
@@ -152,6 +159,12 @@ pub async fn completions(
 }
 
 fn reject_unsupported(req: &CompletionRequest) -> ApiResult<()> {
+    if req.prompt_logprobs.is_some() && req.stream == Some(true) {
+        return Err(ApiError::invalid(
+            Some("prompt_logprobs"),
+            "prompt_logprobs are not available with stream",
+        ));
+    }
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid(Some("suffix"), "suffix is not supported"));
     }
@@ -164,9 +177,10 @@ fn echoed_logprobs(
     echoed_ids: &[Vec<u32>],
     prompt: usize,
     out: &crate::engine::RequestOutput,
+    top: usize,
 ) -> CompletionLogprobs {
     match (echoed_ids.get(prompt), &out.prompt_logprobs) {
-        (Some(ids), Some(scores)) => logprobs::completion_prompt(names, ids, scores),
+        (Some(ids), Some(scores)) => logprobs::completion_prompt(names, ids, scores, top),
         _ => CompletionLogprobs::default(),
     }
 }
@@ -216,6 +230,8 @@ struct StreamOptions {
     /// Usage so far on every chunk of generated text.
     continuous_usage: bool,
     want_logprobs: bool,
+    /// Alternatives per token (`logprobs`).
+    top: usize,
     /// Logprobs name tokens `token_id:<id>` (vLLM's `return_tokens_as_token_ids`).
     token_ids: bool,
 }
@@ -270,7 +286,7 @@ fn stream(
                 logprobs: opts.want_logprobs.then(|| {
                     // The first increment of an echoed choice carries the prompt's scores.
                     let names = TokenNames::new(&tokenizer, opts.token_ids);
-                    let mut all = echoed_logprobs(names, &echo.ids, index / opts.n, &out);
+                    let mut all = echoed_logprobs(names, &echo.ids, index / opts.n, &out, opts.top);
                     all.extend(logprobs::completion(
                         names,
                         &out.logprobs,
@@ -280,6 +296,8 @@ fn stream(
                 }),
                 finish_reason: finish.clone(),
                 stop_reason: out.stop_reason.clone(),
+                // Refused with `stream` (as vLLM does).
+                prompt_logprobs: None,
             };
             let mut c = chunk(&meta, vec![choice], opts.include_usage);
             if opts.continuous_usage {

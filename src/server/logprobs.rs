@@ -82,17 +82,25 @@ pub fn completion(
 }
 
 /// An echoed prompt's entries, from offset 0: each prompt token with its score (`None` for
-/// the first, which nothing precedes).
+/// the first, which nothing precedes) and at most `top` alternatives (the scores may hold
+/// more, when vLLM's `prompt_logprobs` asked for more than `logprobs`).
 pub fn completion_prompt(
     names: TokenNames<'_>,
     prompt: &[u32],
     scores: &[Option<TokenLogprob>],
+    top: usize,
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut offset = 0;
     for (k, &id) in prompt.iter().enumerate() {
-        let score = scores.get(k).and_then(Option::as_ref);
-        push_entry(&mut out, names, id, score, &mut offset);
+        let score = scores
+            .get(k)
+            .and_then(Option::as_ref)
+            .map(|s| TokenLogprob {
+                top: s.top.iter().take(top).copied().collect(),
+                ..s.clone()
+            });
+        push_entry(&mut out, names, id, score.as_ref(), &mut offset);
     }
     out
 }
@@ -117,4 +125,40 @@ fn push_entry(
             .map(|&(id, logprob)| (names.name(id).0, logprob))
             .collect()
     }));
+}
+
+/// One prompt position of vLLM's `prompt_logprobs`: token id (as a string) to its logprob,
+/// rank and decoded text; the scored token first, then its `top` likeliest alternatives.
+pub type PromptLogprobEntry = serde_json::Map<String, serde_json::Value>;
+
+/// vLLM's `prompt_logprobs` for a prompt's `scores` (the first position `null`), with
+/// `top` alternatives per position.
+pub fn vllm_prompt(
+    names: TokenNames<'_>,
+    scores: &[Option<TokenLogprob>],
+    top: usize,
+) -> Vec<Option<PromptLogprobEntry>> {
+    let entry = |id: u32, logprob: f32, rank: Option<u32>| {
+        serde_json::json!({
+            "logprob": logprob,
+            "rank": rank,
+            "decoded_token": names.name(id).0,
+        })
+    };
+    scores
+        .iter()
+        .map(|score| {
+            let score = score.as_ref()?;
+            let mut map = PromptLogprobEntry::new();
+            map.insert(
+                score.token_id.to_string(),
+                entry(score.token_id, score.logprob, score.rank),
+            );
+            for (i, &(id, logprob)) in score.top.iter().take(top).enumerate() {
+                map.entry(id.to_string())
+                    .or_insert_with(|| entry(id, logprob, Some(i as u32 + 1)));
+            }
+            Some(map)
+        })
+        .collect()
 }

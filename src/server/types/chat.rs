@@ -98,6 +98,8 @@ pub struct ChatCompletionRequest {
     pub use_beam_search: Option<bool>,
     /// vLLM's: the exponent of the length a beam's score divides by (default 1).
     pub length_penalty: Option<f64>,
+    /// vLLM's: score every prompt token, with this many alternatives each (not streamed).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl ChatCompletionRequest {
@@ -131,7 +133,7 @@ impl ChatCompletionRequest {
             skip_special_tokens: self.skip_special_tokens,
             logprobs,
             logit_bias: self.logit_bias.clone(),
-            prompt_logprobs: None,
+            prompt_logprobs: self.prompt_logprobs,
             allowed_token_ids: self.allowed_token_ids.clone(),
             cache_salt: self.cache_salt.clone(),
             priority: self.priority,
@@ -227,6 +229,10 @@ pub struct ChatCompletion {
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
     pub system_fingerprint: Option<String>,
+    /// vLLM's: each prompt token's score (the first `null`), when `prompt_logprobs` asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub prompt_logprobs: Option<Vec<Option<crate::server::logprobs::PromptLogprobEntry>>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, ToSchema)]

@@ -87,6 +87,8 @@ pub struct CompletionRequest {
     pub use_beam_search: Option<bool>,
     /// vLLM's: the exponent of the length a beam's score divides by (default 1).
     pub length_penalty: Option<f64>,
+    /// vLLM's: score every prompt token, with this many alternatives each (not streamed).
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// OpenAI's default when a completion request names no `max_tokens`.
@@ -119,8 +121,12 @@ impl CompletionRequest {
             skip_special_tokens: self.skip_special_tokens,
             logprobs: self.logprobs,
             logit_bias: self.logit_bias.clone(),
-            // `echo` with `logprobs` scores the echoed prompt too.
-            prompt_logprobs: self.logprobs.filter(|_| self.echo == Some(true)),
+            // `echo` with `logprobs` scores the echoed prompt too; vLLM's `prompt_logprobs`
+            // asks for it outright. Both: the wider of the two is computed.
+            prompt_logprobs: self
+                .logprobs
+                .filter(|_| self.echo == Some(true))
+                .max(self.prompt_logprobs),
             allowed_token_ids: self.allowed_token_ids.clone(),
             cache_salt: self.cache_salt.clone(),
             priority: self.priority,
@@ -163,6 +169,10 @@ pub struct CompletionChoice {
     pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<String>,
     pub stop_reason: Option<String>,
+    /// vLLM's: each prompt token's score (the first `null`), when `prompt_logprobs` asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub prompt_logprobs: Option<Vec<Option<crate::server::logprobs::PromptLogprobEntry>>>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

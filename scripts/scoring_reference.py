@@ -1,14 +1,17 @@
-"""Beam-search reference for `tests/server_beam_search.rs`: HF transformers' own beam
-search on the llama fixture, with EOS disabled so no beam ends early (then every beam
-search that keeps the `width` best extensions per round by cumulative log-probability
-returns the same beams, whatever its length normalisation).
+"""Scoring references for `tests/server_ranked_choices.rs`, from HF transformers on the
+llama fixture:
+- beams: transformers' own beam search with EOS disabled, so no beam ends early (then
+  every beam search that keeps the `width` best extensions per round by cumulative
+  log-probability returns the same beams, whatever its length normalisation). Per prompt,
+  the beams in HF's order with their tokens and cumulative log-probabilities (re-scored by
+  a plain forward pass), and the smallest gap between neighbouring beams' scores (a
+  near-tie would make the test depend on rounding).
+- prompt_logprobs: every prompt token's log-probability after the tokens before it, its
+  rank in the vocabulary, and the top alternatives (vLLM's `prompt_logprobs`).
 
-Writes tests/fixtures/llama/beam_reference.json: per prompt, the beams in HF's order with
-their tokens and cumulative log-probabilities (re-scored by a plain forward pass), and the
-smallest gap between the scores of neighbouring beams (a near-tie would make the test
-depend on rounding).
+Writes tests/fixtures/llama/scoring_reference.json.
 
-    python3 scripts/beam_reference.py
+    python3 scripts/scoring_reference.py
 """
 
 import json
@@ -31,6 +34,27 @@ def cumulative_logprob(model, prompt, generated):
     for i, token in enumerate(generated):
         total += float(logprobs[len(prompt) + i - 1, token])
     return total
+
+
+def prompt_scores(model, prompt, top):
+    """Per prompt token after the first: its logprob, rank and the `top` alternatives."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0].double()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    scores = []
+    for pos in range(len(prompt) - 1):
+        row = logprobs[pos]
+        token = prompt[pos + 1]
+        values, ids = torch.topk(row, top)
+        scores.append(
+            {
+                "token": token,
+                "logprob": float(row[token]),
+                "rank": int((row > row[token]).sum()) + 1,
+                "top": [[int(i), float(v)] for i, v in zip(ids, values)],
+            }
+        )
+    return scores
 
 
 def main():
@@ -80,7 +104,9 @@ def main():
                 "min_gap": min(a - b for a, b in zip(scores, scores[1:])),
             }
         )
-    path = FIXTURE / "beam_reference.json"
+    first = reference["prompts"][0]["prompt_ids"]
+    out["prompt_logprobs"] = {"prompt_ids": first, "top": 3, "scores": prompt_scores(model, first, 3)}
+    path = FIXTURE / "scoring_reference.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
     for p in out["prompts"]:
