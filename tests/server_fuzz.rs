@@ -38,6 +38,16 @@ fn seeds() -> Vec<(&'static str, Value)> {
             "text": {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object"}}},
             "include": ["message.output_text.logprobs"], "top_logprobs": 1}),
         ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "The cat", "max_tokens": 3, "n": 2,
+            "use_beam_search": true, "length_penalty": 0.7, "ignore_eos": true, "logprobs": 1}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 3, "n": 1, "best_of": 3,
+            "temperature": 0.8, "prompt_logprobs": 2, "return_tokens_as_token_ids": true}),
+        ),
         ("/tokenize", json!({"model": MODEL, "prompt": "hello"})),
         ("/detokenize", json!({"model": MODEL, "tokens": [1, 2, 3]})),
     ]
