@@ -67,10 +67,14 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen2MoeConfig,
     Qwen2MoeForCausalLM,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SeedOssConfig,
     SeedOssForCausalLM,
     SmolLM3Config,
@@ -384,6 +388,10 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
         pad_token_id=pad_id,
         torch_dtype="float32",
     )
+    # The Qwen VL models: the text model's fields (token ids go at the top level) and a
+    # one-block vision tower, which kiln never reads.
+    vl_text = {k: v for k, v in common.items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    vl_vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
     return {
         "llama": (
             LlamaForCausalLM,
@@ -739,6 +747,42 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
                 sliding_window=8,
                 layer_types=["sliding_attention", "full_attention"],
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Qwen2.5-VL, run on text alone: Qwen2's layers (q/k/v biases) with multimodal RoPE,
+        # whose three position axes are equal for text tokens. A tiny vision tower rides
+        # along unread. Saved by transformers 4.57 with the hub's weight names
+        # (model.layers.*, visual.*).
+        "qwen2_5_vl": (
+            Qwen2_5_VLForConditionalGeneration,
+            Qwen2_5_VLConfig(
+                text_config={
+                    **vl_text,
+                    "rope_theta": 1000000.0,
+                    "rope_scaling": {"type": "mrope", "mrope_section": [2, 1, 1]},
+                    "tie_word_embeddings": False,
+                },
+                vision_config={**vl_vision, "fullatt_block_indexes": [0]},
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Qwen3-VL, run on text alone: Qwen3's layers (q/k norms) with interleaved multimodal
+        # RoPE; weights under model.language_model.*.
+        "qwen3_vl": (
+            Qwen3VLForConditionalGeneration,
+            Qwen3VLConfig(
+                text_config={
+                    **vl_text,
+                    "head_dim": 8,
+                    "rope_theta": 5000000.0,
+                    "rope_scaling": {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+                },
+                vision_config={**vl_vision, "deepstack_visual_indexes": [0]},
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
                 tie_word_embeddings=False,
             ),
         ),

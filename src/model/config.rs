@@ -160,10 +160,12 @@ impl ClassifierConfig {
 
 /// Multimodal architectures whose language model kiln runs alone (see
 /// `language_model_config`).
-pub const MULTIMODAL_ARCHITECTURES: [&str; 3] = [
+pub const MULTIMODAL_ARCHITECTURES: [&str; 5] = [
     "Gemma3ForConditionalGeneration",
     "Mistral3ForConditionalGeneration",
     "LlavaForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration",
 ];
 
 /// `rope_scaling` as HF writes it (`rope_type`, or the older `type`).
@@ -347,15 +349,43 @@ fn default_max_pos() -> usize {
 /// text model's config, over the defaults transformers fills in (the hub's text configs
 /// leave most fields out), and whether that applied.
 fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value, bool)> {
-    let arch = value["architectures"][0].as_str().unwrap_or_default();
+    // transformers 4.57 saves a Qwen2.5-VL config's `architectures` inside its text_config.
+    let arch = value["architectures"][0]
+        .as_str()
+        .or_else(|| value["text_config"]["architectures"][0].as_str())
+        .unwrap_or_default();
     if !MULTIMODAL_ARCHITECTURES.contains(&arch) {
         return Ok((value, false));
     }
-    let text = value
-        .get("text_config")
-        .and_then(|t| t.as_object())
-        .with_context(|| format!("a {arch} config without text_config"))?;
+    let qwen_vl = arch.starts_with("Qwen");
+    let text = match value.get("text_config").and_then(|t| t.as_object()) {
+        Some(text) => text.clone(),
+        // The hub's Qwen2.5-VL configs keep the text model's fields at the top level.
+        None if qwen_vl => {
+            let mut top = value.as_object().cloned().unwrap_or_default();
+            top.remove("vision_config");
+            top
+        }
+        None => anyhow::bail!("a {arch} config without text_config"),
+    };
     let mut merged = match (arch, text.get("model_type").and_then(|t| t.as_str())) {
+        // Qwen2_5_VLTextConfig's defaults (transformers 4.57): Qwen2's layers.
+        ("Qwen2_5_VLForConditionalGeneration", _) => serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "vocab_size": 152064, "hidden_size": 8192, "intermediate_size": 29568,
+            "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+            "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
+            "rope_theta": 1000000.0, "use_sliding_window": false, "tie_word_embeddings": false,
+        }),
+        // Qwen3VLTextConfig's defaults (transformers 4.57): Qwen3's layers.
+        ("Qwen3VLForConditionalGeneration", _) => serde_json::json!({
+            "architectures": ["Qwen3ForCausalLM"],
+            "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 128000,
+            "rms_norm_eps": 1e-6, "rope_theta": 5000000.0, "attention_bias": false,
+            "tie_word_embeddings": false,
+        }),
         // Gemma3TextConfig's defaults (transformers 4.57).
         ("Gemma3ForConditionalGeneration", _) => serde_json::json!({
             "architectures": ["Gemma3ForCausalLM"],
@@ -390,13 +420,39 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
         ),
     };
     let fields = merged.as_object_mut().expect("an object");
-    for (k, v) in text {
+    for (k, v) in &text {
         if k != "architectures" {
             fields.insert(k.clone(), v.clone());
         }
     }
+    if qwen_vl {
+        // Multimodal RoPE rotates each section of a head by its own axis (time, height,
+        // width); a text token's three positions are equal, so on text alone it is the
+        // ordinary rotation.
+        if let Some(scaling) = fields
+            .get("rope_scaling")
+            .filter(|r| r.get("mrope_section").is_some())
+        {
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("default");
+            anyhow::ensure!(
+                matches!(kind, "default" | "mrope"),
+                "multimodal RoPE with '{kind}' scaling is not supported"
+            );
+            fields.remove("rope_scaling");
+        }
+    }
     // The top level says these for the whole checkpoint.
-    for key in ["eos_token_id", "bos_token_id", "torch_dtype", "dtype"] {
+    for key in [
+        "eos_token_id",
+        "bos_token_id",
+        "torch_dtype",
+        "dtype",
+        "tie_word_embeddings",
+    ] {
         if let Some(v) = value.get(key).filter(|v| !v.is_null()) {
             if !text.contains_key(key) {
                 fields.insert(key.into(), v.clone());
@@ -1248,6 +1304,56 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qwen2_5_vl_hub_configs_run_their_top_level_text_fields_with_plain_rope() {
+        // Qwen2.5-VL-3B-Instruct's config.json (the hub's layout: the text model's fields
+        // at the top level), vision parts shortened.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "model_type": "qwen2_5_vl", "hidden_size": 2048, "intermediate_size": 11008,
+            "num_attention_heads": 16, "num_hidden_layers": 36, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+            "use_sliding_window": false, "tie_word_embeddings": true, "vocab_size": 151936,
+            "max_position_embeddings": 128000, "eos_token_id": 151645,
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+            "vision_config": {"depth": 32, "hidden_size": 1280, "out_hidden_size": 2048}}"#,
+        )
+        .unwrap();
+        assert!(c.nested_language_model);
+        assert_eq!(c.architecture, Architecture::Qwen2);
+        assert!(c.qkv_bias && c.tie_word_embeddings);
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (16, 2, 128));
+        assert_eq!(
+            c.rope_scaling, None,
+            "text positions make mrope the plain rotation"
+        );
+        assert_eq!(c.layer_window(0), None);
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 3.09).abs() < 0.1, "{billions}");
+        // Qwen3-VL (transformers' layout: text_config), Qwen3's layers; the top level's
+        // tie_word_embeddings holds where the text config says nothing.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
+            "tie_word_embeddings": true,
+            "text_config": {"hidden_size": 2560, "intermediate_size": 9728,
+                "num_attention_heads": 32, "num_hidden_layers": 36, "num_key_value_heads": 8,
+                "head_dim": 128, "vocab_size": 151936, "model_type": "qwen3_vl_text",
+                "rope_scaling": {"rope_type": "default", "mrope_section": [24, 20, 20],
+                    "mrope_interleaved": true}},
+            "vision_config": {"depth": 24}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Qwen3);
+        assert!(c.qk_norm && c.tie_word_embeddings);
+        assert_eq!(c.rope_scaling, None);
+        // Multimodal RoPE over a scaled rotation is not the plain one: refused.
+        let scaled = r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+            "rope_scaling": {"type": "yarn", "factor": 4.0, "mrope_section": [4, 2, 2]}}"#;
+        let err = ModelConfig::from_json(scaled).unwrap_err();
+        assert!(format!("{err:#}").contains("multimodal RoPE"), "{err:#}");
+    }
 
     #[test]
     fn a_multimodal_gemma3_config_runs_its_text_config_over_transformers_defaults() {

@@ -1,9 +1,9 @@
 //! The language model's weights inside a multimodal checkpoint (Gemma 3 4B/12B/27B, Mistral
-//! Small 3.1, LLaVA-style models), under the names the text model asks for
-//! (`model.layers.0...`, `lm_head.weight`). The hub's
-//! files keep them under `language_model.` (`language_model.model.layers.0...`); newer
-//! transformers versions save them as `model.language_model.layers.0...`. The vision tower's
-//! weights are never read.
+//! Small 3.1, LLaVA-style models, Qwen2.5-VL, Qwen3-VL), under the names the text model asks
+//! for (`model.layers.0...`, `lm_head.weight`). The hub's files keep them under
+//! `language_model.` (`language_model.model.layers.0...`) or, for Qwen2.5-VL, under the text
+//! model's own names; newer transformers versions save them as
+//! `model.language_model.layers.0...`. The vision tower's weights are never read.
 
 use super::weights::{RenamedWeights, WeightSource};
 use anyhow::Result;
@@ -15,6 +15,9 @@ enum Layout {
     Prefixed,
     /// `model.language_model.` in place of `model.`; `lm_head` unchanged.
     Nested,
+    /// The text model's own names (the hub's Qwen2.5-VL files: `model.layers.0...`, the
+    /// vision tower under `visual.`).
+    Plain,
 }
 
 pub struct LanguageModelWeights;
@@ -26,10 +29,12 @@ impl LanguageModelWeights {
             Layout::Prefixed
         } else if inner.contains("model.language_model.embed_tokens.weight") {
             Layout::Nested
+        } else if inner.contains("model.embed_tokens.weight") {
+            Layout::Plain
         } else {
             anyhow::bail!(
                 "a multimodal checkpoint without its language model's embed_tokens (looked \
-                 for language_model.model.* and model.language_model.*)"
+                 for language_model.model.*, model.language_model.* and model.*)"
             )
         };
         Ok(RenamedWeights::new(inner, move |name| match layout {
@@ -38,6 +43,7 @@ impl LanguageModelWeights {
                 Some(rest) => format!("model.language_model.{rest}"),
                 None => name.to_string(),
             },
+            Layout::Plain => name.to_string(),
         }))
     }
 }
@@ -73,7 +79,7 @@ mod tests {
     }
 
     #[test]
-    fn both_layouts_answer_to_the_text_model_names() {
+    fn every_layout_answers_to_the_text_model_names() {
         let hub = Named(HashMap::from([
             ("language_model.model.embed_tokens.weight".to_string(), 1.0),
             (
@@ -95,10 +101,16 @@ mod tests {
         assert_eq!(value(&saved, "model.norm.weight"), 3.0);
         assert_eq!(value(&saved, "lm_head.weight"), 4.0);
 
-        let neither = Named(HashMap::from([(
-            "model.embed_tokens.weight".to_string(),
-            1.0,
-        )]));
+        // Qwen2.5-VL's hub files: the text model's own names beside `visual.`.
+        let plain = Named(HashMap::from([
+            ("model.embed_tokens.weight".to_string(), 1.0),
+            ("model.norm.weight".to_string(), 5.0),
+            ("visual.patch_embed.proj.weight".to_string(), 9.0),
+        ]));
+        let plain = LanguageModelWeights::wrap(plain).unwrap();
+        assert_eq!(value(&plain, "model.norm.weight"), 5.0);
+
+        let neither = Named(HashMap::from([("transformer.wte.weight".to_string(), 1.0)]));
         assert!(LanguageModelWeights::wrap(neither).is_err());
     }
 }

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 23] = [
+pub const ARCHS: [&str; 25] = [
     "llama",
     "llama31",
     "mistral",
@@ -31,6 +31,8 @@ pub const ARCHS: [&str; 23] = [
     "glm4_moe",
     "deepseek_v2",
     "deepseek_v3",
+    "qwen2_5_vl",
+    "qwen3_vl",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
