@@ -75,6 +75,8 @@ from transformers import (
     Qwen3MoeForCausalLM,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     SeedOssConfig,
     SeedOssForCausalLM,
     SmolLM3Config,
@@ -779,6 +781,27 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                     "head_dim": 8,
                     "rope_theta": 5000000.0,
                     "rope_scaling": {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+                },
+                vision_config={**vl_vision, "deepstack_visual_indexes": [0]},
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Qwen3-VL-MoE, run on text alone: Qwen3-MoE's layers (softmax routing, top k
+        # renormalised), its experts stored as stacks with gate and up in halves.
+        "qwen3_vl_moe": (
+            Qwen3VLMoeForConditionalGeneration,
+            Qwen3VLMoeConfig(
+                text_config={
+                    **vl_text,
+                    "head_dim": 8,
+                    "rope_theta": 5000000.0,
+                    "rope_scaling": {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+                    "num_experts": 8,
+                    "num_experts_per_tok": 2,
+                    "moe_intermediate_size": 32,
+                    "decoder_sparse_step": 1,
                 },
                 vision_config={**vl_vision, "deepstack_visual_indexes": [0]},
                 eos_token_id=eos_id,

@@ -160,13 +160,17 @@ impl ClassifierConfig {
 
 /// Multimodal architectures whose language model kiln runs alone (see
 /// `language_model_config`).
-pub const MULTIMODAL_ARCHITECTURES: [&str; 5] = [
+pub const MULTIMODAL_ARCHITECTURES: [&str; 6] = [
     "Gemma3ForConditionalGeneration",
     "Mistral3ForConditionalGeneration",
     "LlavaForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration",
     "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration",
 ];
+
+/// The model type of Qwen3-VL-MoE's text model, whose experts are stacked.
+const QWEN3_VL_MOE_TEXT: &str = "qwen3_vl_moe_text";
 
 /// `rope_scaling` as HF writes it (`rope_type`, or the older `type`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -208,6 +212,8 @@ pub struct RopeScaling {
 struct RawConfig {
     #[serde(default)]
     architectures: Vec<String>,
+    #[serde(default)]
+    model_type: Option<String>,
     hidden_size: usize,
     intermediate_size: usize,
     num_hidden_layers: usize,
@@ -377,6 +383,18 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
             "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
             "rope_theta": 1000000.0, "use_sliding_window": false, "tie_word_embeddings": false,
         }),
+        // Qwen3VLMoeTextConfig's defaults (transformers 4.57): Qwen3-MoE's layers, which
+        // always renormalise the top k (the config leaves norm_topk_prob out).
+        ("Qwen3VLMoeForConditionalGeneration", _) => serde_json::json!({
+            "architectures": ["Qwen3MoeForCausalLM"],
+            "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+            "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+            "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 128000,
+            "rms_norm_eps": 1e-6, "rope_theta": 5000000.0, "attention_bias": false,
+            "tie_word_embeddings": false, "num_experts": 60, "num_experts_per_tok": 4,
+            "moe_intermediate_size": 1408, "decoder_sparse_step": 1, "mlp_only_layers": [],
+            "norm_topk_prob": true,
+        }),
         // Qwen3VLTextConfig's defaults (transformers 4.57): Qwen3's layers.
         ("Qwen3VLForConditionalGeneration", _) => serde_json::json!({
             "architectures": ["Qwen3ForCausalLM"],
@@ -445,6 +463,12 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
             fields.remove("rope_scaling");
         }
     }
+    if arch == "Qwen3VLMoeForConditionalGeneration" {
+        // Its MoE block renormalises the top k whatever the config says, and its experts
+        // are stacked (`MoeConfig::stacked` reads the model type).
+        fields.insert("norm_topk_prob".into(), true.into());
+        fields.insert("model_type".into(), QWEN3_VL_MOE_TEXT.into());
+    }
     // The top level says these for the whole checkpoint.
     for key in [
         "eos_token_id",
@@ -486,6 +510,10 @@ pub struct MoeConfig {
     /// gpt-oss: biases on the router and on each expert's projections, and its activation.
     pub biases: bool,
     pub activation: ExpertActivation,
+    /// Qwen3-VL-MoE: each layer's experts stored as two stacks (`experts.gate_up_proj`,
+    /// gate and up columns in halves, and `experts.down_proj`) instead of one tensor per
+    /// expert and projection (`model/moe_fused.rs`).
+    pub stacked: bool,
 }
 
 impl MoeConfig {
@@ -595,6 +623,7 @@ impl MoeConfig {
             _ => RouterScoring::Softmax,
         };
         Ok(Some(MoeConfig {
+            stacked: raw.model_type.as_deref() == Some(QWEN3_VL_MOE_TEXT),
             num_experts,
             top_k,
             expert_intermediate_size,
@@ -1347,6 +1376,23 @@ mod tests {
         assert_eq!(c.architecture, Architecture::Qwen3);
         assert!(c.qk_norm && c.tie_word_embeddings);
         assert_eq!(c.rope_scaling, None);
+        // Qwen3-VL-MoE: Qwen3-MoE's layers with stacked experts, always renormalised.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["Qwen3VLMoeForConditionalGeneration"],
+            "text_config": {"hidden_size": 2048, "num_attention_heads": 32,
+                "num_hidden_layers": 48, "num_key_value_heads": 4, "num_experts": 128,
+                "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+                "norm_topk_prob": false, "model_type": "qwen3_vl_moe_text"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Qwen3Moe);
+        let moe = c.moe.as_ref().unwrap();
+        assert!(moe.stacked && moe.normalize_top_k);
+        assert_eq!((moe.num_experts, moe.top_k), (128, 8));
+        let plain = r#"{"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 64, "vocab_size": 32,
+            "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 1,
+            "num_experts": 4, "moe_intermediate_size": 32, "model_type": "qwen3_moe"}"#;
+        assert!(!ModelConfig::from_json(plain).unwrap().moe.unwrap().stacked);
         // Multimodal RoPE over a scaled rotation is not the plain one: refused.
         let scaled = r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"],
             "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,

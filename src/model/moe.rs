@@ -107,6 +107,11 @@ impl<B: Backend> SparseMlp<B> {
         if config.architecture == Architecture::GptOss {
             return super::moe_fused::load_gpt_oss(be, src, config, moe, prefix, layout, dtype);
         }
+        if moe.stacked {
+            return super::moe_fused::load_qwen3_vl_moe(
+                be, src, config, moe, prefix, layout, dtype,
+            );
+        }
         let (h, inter) = (config.hidden_size, moe.expert_intermediate_size);
         let (router_name, _) = names(config.architecture, prefix, 0);
         let router = super::llama::load(be, src, &router_name, &[moe.num_experts, h], dtype)?;

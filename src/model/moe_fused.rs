@@ -1,5 +1,6 @@
 //! Experts stored as whole stacks, one tensor per projection for all experts of a layer
-//! (gpt-oss): `gate_up_proj [experts, hidden, 2 * intermediate]` with gate and up columns
+//! (gpt-oss; Qwen3-VL-MoE the same without biases, gate and up columns in halves instead of
+//! interleaved): `gate_up_proj [experts, hidden, 2 * intermediate]` with gate and up columns
 //! interleaved, `down_proj [experts, intermediate, hidden]` (both `x @ w`, the transpose of
 //! a linear layer's weight), or the same as MXFP4 blocks laid out `[experts, out, in]`; plus
 //! a bias per projection and the router's. Each expert is cut out, de-interleaved into
@@ -28,11 +29,7 @@ pub(super) fn load_gpt_oss<B: Backend>(
     layout: &ShardLayout,
     dtype: DType,
 ) -> Result<SparseMlp<B>> {
-    let (h, inter, n) = (
-        config.hidden_size,
-        moe.expert_intermediate_size,
-        moe.num_experts,
-    );
+    let (h, inter, n) = dims(config, moe);
     let p = format!("{prefix}.mlp");
     let router = load(be, src, &format!("{p}.router.weight"), &[n, h], dtype)?;
     let router_bias = load(be, src, &format!("{p}.router.bias"), &[n], dtype)?;
@@ -48,24 +45,9 @@ pub(super) fn load_gpt_oss<B: Backend>(
             0,
         )?)
     };
-    let mut experts = (Vec::new(), Vec::new());
+    let experts = stacked_experts(be, src, &p, (n, h, inter), &cols, dtype, &split)?;
     let mut biases = (Vec::new(), Vec::new());
-    let generated = src
-        .generated(&name("gate_up_proj"), &[n, h, 2 * inter], None)
-        .is_some();
-    // One expert at a time, so a rank's host memory holds one expert, not a layer's stack.
     for e in 0..n {
-        if generated {
-            let (gate_up, down) = generated_expert(be, src, &p, e, (h, inter), &cols, dtype)?;
-            experts.0.push(gate_up);
-            experts.1.push(down);
-        } else {
-            let gate_up = as_linear(src, &name("gate_up_proj"), [n, h, 2 * inter], e, dtype)?;
-            experts.0.push(be.upload(split(&gate_up)?)?);
-            let down = as_linear(src, &name("down_proj"), [n, inter, h], e, dtype)?;
-            let down_e = down.narrow(1, cols.start, cols.len())?;
-            experts.1.push(be.upload(down_e.contiguous()?)?);
-        }
         biases.0.push(be.upload(split(&gate_up_bias.get(e)?)?)?);
         if layout.shard.rank == 0 {
             biases.1.push(be.upload(down_bias.get(e)?)?);
@@ -91,6 +73,99 @@ pub(super) fn load_gpt_oss<B: Backend>(
         index,
         moe,
     ))
+}
+
+/// Qwen3-VL-MoE's MoE layer `prefix`: Qwen3-MoE's routing (softmax, top k renormalised),
+/// its router `mlp.gate` without a bias, and its experts as stacks: `gate_up_proj
+/// [experts, hidden, 2 * intermediate]` (gate columns, then up columns) and `down_proj
+/// [experts, intermediate, hidden]`, both `x @ w`.
+pub(super) fn load_qwen3_vl_moe<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    config: &ModelConfig,
+    moe: &MoeConfig,
+    prefix: &str,
+    layout: &ShardLayout,
+    dtype: DType,
+) -> Result<SparseMlp<B>> {
+    let (h, inter, n) = dims(config, moe);
+    let p = format!("{prefix}.mlp");
+    let router = load(be, src, &format!("{p}.gate.weight"), &[n, h], dtype)?;
+    let cols = layout.expert_intermediate.clone();
+    // gate_up's rows as a linear weight: this rank's gate rows, then its up rows.
+    let split = |t: &Tensor| -> Result<Tensor> {
+        let up = inter + cols.start;
+        Ok(Tensor::cat(
+            &[
+                t.narrow(0, cols.start, cols.len())?,
+                t.narrow(0, up, cols.len())?,
+            ],
+            0,
+        )?)
+    };
+    let (gate_up, down) = stacked_experts(be, src, &p, (n, h, inter), &cols, dtype, &split)?;
+    let no_biases = ExpertBiases {
+        gate_up: None,
+        down: None,
+    };
+    let index = be
+        .index_experts(&gate_up, &down, no_biases)
+        .with_context(|| format!("indexing the experts of {prefix}"))?;
+    Ok(SparseMlp::from_parts(
+        (router, None),
+        gate_up,
+        down,
+        None,
+        None,
+        index,
+        moe,
+    ))
+}
+
+/// Every expert's gate_up and down weights, in expert order.
+type ExpertStacks<B> = (Vec<<B as Backend>::Tensor>, Vec<<B as Backend>::Tensor>);
+
+/// `(hidden, expert intermediate, experts)` of a MoE layer.
+fn dims(config: &ModelConfig, moe: &MoeConfig) -> (usize, usize, usize) {
+    (
+        config.hidden_size,
+        moe.expert_intermediate_size,
+        moe.num_experts,
+    )
+}
+
+/// Every expert of the stacks `{p}.experts.gate_up_proj` / `down_proj`, this rank's part,
+/// uploaded: gate_up's rows picked by `split` (from the expert's `[2 * inter, h]` linear
+/// weight), down's columns `cols`. One expert at a time, so a rank's host memory holds one
+/// expert, not a layer's stack.
+fn stacked_experts<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    p: &str,
+    (n, h, inter): (usize, usize, usize),
+    cols: &Range<usize>,
+    dtype: DType,
+    split: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<ExpertStacks<B>> {
+    let name = |n: &str| format!("{p}.experts.{n}");
+    let generated = src
+        .generated(&name("gate_up_proj"), &[n, h, 2 * inter], None)
+        .is_some();
+    let mut experts = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for e in 0..n {
+        if generated {
+            let (gate_up, down) = generated_expert(be, src, p, e, (h, inter), cols, dtype)?;
+            experts.0.push(gate_up);
+            experts.1.push(down);
+        } else {
+            let gate_up = as_linear(src, &name("gate_up_proj"), [n, h, 2 * inter], e, dtype)?;
+            experts.0.push(be.upload(split(&gate_up)?.contiguous()?)?);
+            let down = as_linear(src, &name("down_proj"), [n, inter, h], e, dtype)?;
+            let down_e = down.narrow(1, cols.start, cols.len())?;
+            experts.1.push(be.upload(down_e.contiguous()?)?);
+        }
+    }
+    Ok(experts)
 }
 
 /// Expert `e` of stack `name`, stored `x @ w` as `[experts, in, out]` (or packed as MXFP4

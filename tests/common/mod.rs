@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 25] = [
+pub const ARCHS: [&str; 26] = [
     "llama",
     "llama31",
     "mistral",
@@ -33,6 +33,7 @@ pub const ARCHS: [&str; 25] = [
     "deepseek_v3",
     "qwen2_5_vl",
     "qwen3_vl",
+    "qwen3_vl_moe",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
