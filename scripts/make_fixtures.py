@@ -41,6 +41,8 @@ from transformers import (
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     GraniteConfig,
     GraniteForCausalLM,
     GenerationConfig,
@@ -804,6 +806,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                     "decoder_sparse_step": 1,
                 },
                 vision_config={**vl_vision, "deepstack_visual_indexes": [0]},
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # InternVL (transformers' format) over a Qwen3 text model, run on text alone; saved
+        # as language_model.model.* and language_model.lm_head.
+        "internvl": (
+            InternVLForConditionalGeneration,
+            InternVLConfig(
+                text_config={**vl_text, "model_type": "qwen3", "head_dim": 8, "rope_theta": 1000000.0},
+                vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                               "num_attention_heads": 2, "image_size": [28, 28], "patch_size": [14, 14]},
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
                 tie_word_embeddings=False,

@@ -160,13 +160,14 @@ impl ClassifierConfig {
 
 /// Multimodal architectures whose language model kiln runs alone (see
 /// `language_model_config`).
-pub const MULTIMODAL_ARCHITECTURES: [&str; 6] = [
+pub const MULTIMODAL_ARCHITECTURES: [&str; 7] = [
     "Gemma3ForConditionalGeneration",
     "Mistral3ForConditionalGeneration",
     "LlavaForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration",
     "Qwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration",
+    "InternVLForConditionalGeneration",
 ];
 
 /// The model type of Qwen3-VL-MoE's text model, whose experts are stacked.
@@ -432,8 +433,27 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
             "rope_theta": 10000.0, "tie_word_embeddings": false, "bos_token_id": 1,
             "eos_token_id": 2,
         }),
+        // Qwen2Config's defaults (transformers 4.57): InternVL 2.5 / 3, LLaVA-style models
+        // over Qwen2.
+        (_, Some("qwen2")) => serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0, "use_sliding_window": false, "tie_word_embeddings": false,
+        }),
+        // Qwen3Config's defaults (transformers 4.57): InternVL 3.5 and others over Qwen3.
+        (_, Some("qwen3")) => serde_json::json!({
+            "architectures": ["Qwen3ForCausalLM"],
+            "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "attention_bias": false,
+            "use_sliding_window": false, "tie_word_embeddings": false,
+        }),
         (_, other) => anyhow::bail!(
-            "a {arch} checkpoint whose text model is '{}' (kiln runs mistral and llama ones)",
+            "a {arch} checkpoint whose text model is '{}' (kiln runs mistral, llama, qwen2 \
+             and qwen3 ones)",
             other.unwrap_or("unnamed")
         ),
     };
@@ -1393,6 +1413,19 @@ mod tests {
             "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 1,
             "num_experts": 4, "moe_intermediate_size": 32, "model_type": "qwen3_moe"}"#;
         assert!(!ModelConfig::from_json(plain).unwrap().moe.unwrap().stacked);
+        // InternVL3-8B-hf: a Qwen2 text model under transformers' defaults.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["InternVLForConditionalGeneration"], "model_type": "internvl",
+            "text_config": {"model_type": "qwen2", "hidden_size": 3584,
+                "intermediate_size": 18944, "num_attention_heads": 28,
+                "num_hidden_layers": 28, "num_key_value_heads": 4, "rope_theta": 1000000.0,
+                "vocab_size": 151674},
+            "vision_config": {"hidden_size": 1024}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Qwen2);
+        assert!(c.qkv_bias && !c.tie_word_embeddings);
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (28, 4, 128));
         // Multimodal RoPE over a scaled rotation is not the plain one: refused.
         let scaled = r#"{"architectures": ["Qwen2_5_VLForConditionalGeneration"],
             "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 26] = [
+pub const ARCHS: [&str; 27] = [
     "llama",
     "llama31",
     "mistral",
@@ -34,6 +34,7 @@ pub const ARCHS: [&str; 26] = [
     "qwen2_5_vl",
     "qwen3_vl",
     "qwen3_vl_moe",
+    "internvl",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
