@@ -83,6 +83,8 @@ from transformers import (
     SeedOssForCausalLM,
     SmolLM3Config,
     SmolLM3ForCausalLM,
+    Starcoder2Config,
+    Starcoder2ForCausalLM,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -822,6 +824,20 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
                 tie_word_embeddings=False,
+            ),
+        ),
+        # StarCoder2: LayerNorms with biases, biases on every projection, an ungated GELU
+        # (tanh) MLP, a sliding window (8, under the prompts' lengths).
+        "starcoder2": (
+            Starcoder2ForCausalLM,
+            Starcoder2Config(
+                **{k: v for k, v in common.items() if k not in ("rms_norm_eps", "hidden_act")},
+                hidden_act="gelu_pytorch_tanh",
+                norm_epsilon=1e-5,
+                use_bias=True,
+                rope_theta=100000.0,
+                sliding_window=8,
+                tie_word_embeddings=True,
             ),
         ),
         # SmolLM3: layer 1 of 2 has no rotary embedding (no_rope_layer_interval 2).

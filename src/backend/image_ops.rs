@@ -96,14 +96,6 @@ pub trait ImageOps: Backend {
         eps: f64,
         silu: bool,
     ) -> Result<Self::Tensor>;
-    /// Layer norm over the last dimension, with `weight` and `bias` of that width.
-    fn layer_norm(
-        &self,
-        x: &Self::Tensor,
-        weight: &Self::Tensor,
-        bias: &Self::Tensor,
-        eps: f64,
-    ) -> Result<Self::Tensor>;
     /// `x W^T + b` over the last dimension of a tensor of any rank.
     fn linear_nd(
         &self,
@@ -119,8 +111,6 @@ pub trait ImageOps: Backend {
         self.reshape(&y, &dims)
     }
 
-    /// The activations, elementwise.
-    fn activation(&self, x: &Self::Tensor, act: Activation) -> Result<Self::Tensor>;
     /// GEGLU: the last dimension holds `[hidden, gate]`; returns `hidden * gelu(gate)`.
     fn geglu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 

@@ -198,6 +198,18 @@ pub trait Backend: Send + Sync {
     /// `gelu_tanh(gate) * up` (GeGLU with PyTorch's tanh approximation, Gemma's MLP), laid
     /// out as for [`Backend::silu_mul`].
     fn gelu_tanh_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Layer norm over the last dimension, with `weight` and `bias` of that width, in f32
+    /// and rounded once (StarCoder2's norms; the diffusion models' transformer blocks).
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: &Self::Tensor,
+        eps: f64,
+    ) -> Result<Self::Tensor>;
+    /// An activation, elementwise, in f32 and rounded once (StarCoder2's ungated MLP; the
+    /// diffusion models').
+    fn activation(&self, x: &Self::Tensor, act: image_ops::Activation) -> Result<Self::Tensor>;
     /// gpt-oss's expert activation, laid out as for [`Backend::silu_mul`]: gate clamped to
     /// at most `limit`, up to `[-limit, limit]`, then `(up + 1) * gate * sigmoid(alpha *
     /// gate)`, in f32 and rounded once.

@@ -25,6 +25,10 @@ pub enum Architecture {
     /// embeddings, alternating local (sliding) and global layers, soft-capped attention
     /// scores and logits.
     Gemma2,
+    /// BigCode's StarCoder2: Mistral's attention (sliding window) with biases everywhere,
+    /// LayerNorms with biases instead of RMS norms, and an ungated MLP (`c_fc`, GELU tanh,
+    /// `c_proj`).
+    Starcoder2,
     /// Gemma 3 text models: Gemma 2's layer with q/k norms instead of the soft-capping, and
     /// local layers with their own RoPE base.
     Gemma3,
@@ -60,7 +64,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 20] = [
+    pub const SUPPORTED: [&'static str; 21] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -81,14 +85,19 @@ impl Architecture {
         "Glm4MoeForCausalLM",
         "DeepseekV2ForCausalLM",
         "DeepseekV3ForCausalLM",
+        "Starcoder2ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
-    /// default it to true for Gemma 2 / 3 and SmolLM3, false for the others (4.57).
+    /// default it to true for Gemma 2 / 3, SmolLM3 and StarCoder2, false for the others
+    /// (4.57).
     pub fn ties_embeddings_by_default(self) -> bool {
         matches!(
             self,
-            Architecture::Gemma2 | Architecture::Gemma3 | Architecture::SmolLM3
+            Architecture::Gemma2
+                | Architecture::Gemma3
+                | Architecture::SmolLM3
+                | Architecture::Starcoder2
         )
     }
 
@@ -114,6 +123,7 @@ impl Architecture {
             "Glm4MoeForCausalLM" => Architecture::Glm4Moe,
             "DeepseekV2ForCausalLM" => Architecture::DeepseekV2,
             "DeepseekV3ForCausalLM" => Architecture::DeepseekV3,
+            "Starcoder2ForCausalLM" => Architecture::Starcoder2,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -224,6 +234,12 @@ struct RawConfig {
     vocab_size: usize,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
+    /// StarCoder2's name for its LayerNorms' epsilon.
+    #[serde(default)]
+    norm_epsilon: Option<f64>,
+    /// StarCoder2: biases on every projection.
+    #[serde(default)]
+    use_bias: Option<bool>,
     #[serde(default = "default_theta")]
     rope_theta: f64,
     #[serde(default)]
@@ -1022,6 +1038,12 @@ pub struct ModelConfig {
     pub sliding_layers: Option<Vec<bool>>,
     /// gpt-oss: a bias on the attention's output projection.
     pub o_bias: bool,
+    /// StarCoder2: LayerNorms (mean-centred, with biases) instead of RMS norms; their
+    /// epsilon is `rms_norm_eps`.
+    pub layer_norm: bool,
+    /// StarCoder2: an ungated MLP, `c_proj(act(c_fc(x) + b) ) + b`, with this activation
+    /// (`None`: the gated SiLU / GeLU MLP, or experts).
+    pub ungated_mlp: Option<crate::backend::image_ops::Activation>,
     /// gpt-oss: a learned logit per head that joins each softmax (`self_attn.sinks`): it
     /// takes part of the probability mass without contributing a value.
     pub attention_sinks: bool,
@@ -1100,6 +1122,7 @@ impl ModelConfig {
                     "unsupported hidden_activation '{act}' for Gemma (only gelu_pytorch_tanh)"
                 )
             }
+            (Some(_), _, Architecture::Starcoder2) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
             }
@@ -1203,6 +1226,20 @@ impl ModelConfig {
             }
             _ => None,
         };
+        // StarCoder2's use_bias (transformers' default true) covers its MLP too.
+        let starcoder2_bias =
+            architecture == Architecture::Starcoder2 && raw.use_bias.unwrap_or(true);
+        let ungated_mlp = match architecture {
+            Architecture::Starcoder2 => {
+                anyhow::ensure!(
+                    raw.use_bias != Some(false),
+                    "StarCoder2 without biases (use_bias: false) is not supported"
+                );
+                let act = raw.hidden_act.as_deref().unwrap_or("gelu_pytorch_tanh");
+                Some(crate::backend::image_ops::Activation::from_hf(act)?)
+            }
+            _ => None,
+        };
         Ok(ModelConfig {
             architecture,
             hidden_size: raw.hidden_size,
@@ -1212,7 +1249,7 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: raw.vocab_size,
-            rms_norm_eps: raw.rms_norm_eps,
+            rms_norm_eps: raw.norm_epsilon.unwrap_or(raw.rms_norm_eps),
             rope_theta: raw.rope_theta,
             rope_scaling: super::rope::resolve_scaling(
                 raw.rope_scaling.clone(),
@@ -1227,6 +1264,7 @@ impl ModelConfig {
                 .tie_word_embeddings
                 .unwrap_or(architecture.ties_embeddings_by_default()),
             qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
+                || starcoder2_bias
                 || raw
                     .attention_bias
                     .unwrap_or(architecture == Architecture::SeedOss),
@@ -1252,7 +1290,11 @@ impl ModelConfig {
                 })),
                 _ => None,
             },
-            o_bias: architecture == Architecture::GptOss || raw.attention_out_bias == Some(true),
+            o_bias: architecture == Architecture::GptOss
+                || starcoder2_bias
+                || raw.attention_out_bias == Some(true),
+            layer_norm: architecture == Architecture::Starcoder2,
+            ungated_mlp,
             attention_sinks: architecture == Architecture::GptOss,
             mla,
             moe,
@@ -1324,7 +1366,9 @@ impl ModelConfig {
             Some(m) => m.parameters(self.hidden_size, self.num_heads),
             None => h * (self.q_width() + 2 * self.kv_width()) as u64 + self.q_width() as u64 * h,
         };
-        let dense_mlp = 3 * h * self.intermediate_size as u64;
+        // An ungated MLP (StarCoder2) has two projections, the gated one three.
+        let projections = if self.ungated_mlp.is_some() { 2 } else { 3 };
+        let dense_mlp = projections * h * self.intermediate_size as u64;
         let layers: u64 = (0..self.num_layers)
             .map(|i| {
                 let mlp = match &self.moe {
@@ -1353,6 +1397,33 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starcoder2_has_layer_norms_biases_and_an_ungated_mlp() {
+        // bigcode/starcoder2-3b's config.json.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["Starcoder2ForCausalLM"], "hidden_act": "gelu_pytorch_tanh",
+            "hidden_size": 3072, "intermediate_size": 12288, "max_position_embeddings": 16384,
+            "norm_epsilon": 1e-05, "num_attention_heads": 24, "num_hidden_layers": 30,
+            "num_key_value_heads": 2, "rope_theta": 999999.4420358813, "sliding_window": 4096,
+            "use_bias": true, "vocab_size": 49152, "model_type": "starcoder2"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Starcoder2);
+        assert!(c.layer_norm && c.qkv_bias && c.o_bias && c.tie_word_embeddings);
+        assert_eq!(
+            c.ungated_mlp,
+            Some(crate::backend::image_ops::Activation::GeluTanh)
+        );
+        assert_eq!(c.rms_norm_eps, 1e-5);
+        assert_eq!(c.layer_window(0), Some(4096));
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 3.03).abs() < 0.05, "{billions}");
+        let unbiased = r#"{"architectures": ["Starcoder2ForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 1,
+            "vocab_size": 32, "use_bias": false}"#;
+        assert!(ModelConfig::from_json(unbiased).is_err());
+    }
 
     #[test]
     fn qwen2_5_vl_hub_configs_run_their_top_level_text_fields_with_plain_rope() {

@@ -37,6 +37,9 @@ struct Layer<B: Backend> {
     /// latent, and the kv latent with the shared rope key).
     latent: Option<LatentAttention<B>>,
     post_attention_norm: B::Tensor,
+    /// StarCoder2: the biases of its LayerNorms (`input_norm`'s, `post_attention_norm`'s);
+    /// their presence makes both norms LayerNorms.
+    norm_biases: Option<(B::Tensor, B::Tensor)>,
     /// Gemma's and GLM-4's norms around the MLP, OLMo 2's after it (their
     /// `post_attention_norm` closes the attention block instead of opening the MLP).
     sandwich: Option<SandwichNorms<B>>,
@@ -71,6 +74,15 @@ enum Mlp<B: Backend> {
     },
     /// Mixture of experts (`moe.rs`).
     Sparse(SparseMlp<B>),
+    /// StarCoder2: `down(act(up(x)))`, each projection with its bias (down's on rank 0 only,
+    /// as the ranks' partial sums are all-reduced).
+    Ungated {
+        up: B::Tensor,
+        up_bias: B::Tensor,
+        down: B::Tensor,
+        down_bias: Option<B::Tensor>,
+        act: crate::backend::image_ops::Activation,
+    },
 }
 
 pub struct LlamaModel<B: Backend> {
@@ -84,6 +96,8 @@ pub struct LlamaModel<B: Backend> {
     embed: B::Tensor,
     layers: Vec<Layer<B>>,
     norm: B::Tensor,
+    /// StarCoder2: the final LayerNorm's bias.
+    norm_bias: Option<B::Tensor>,
     /// None when the LM head is tied to the embedding.
     lm_head: Option<B::Tensor>,
     /// A classifier's head (`[labels, hidden]`, whole on every rank): what
@@ -326,6 +340,35 @@ fn dense_mlp<B: Backend>(
     Ok(Mlp::Dense { gate_up, down })
 }
 
+/// StarCoder2's ungated MLP of layer `p`: `c_fc` (this rank's rows and their biases),
+/// `c_proj` (this rank's columns; its bias on rank 0).
+fn ungated_mlp<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    c: &ModelConfig,
+    p: &str,
+    layout: &ShardLayout,
+    dtype: DType,
+    act: crate::backend::image_ops::Activation,
+) -> Result<Mlp<B>> {
+    let (h, inter) = (c.hidden_size, c.intermediate_size);
+    let rows = layout.intermediate.clone();
+    let up = rows_part(format!("{p}.mlp.c_fc.weight"), vec![inter, h], rows.clone());
+    let up_bias = rows_part(format!("{p}.mlp.c_fc.bias"), vec![inter], rows.clone());
+    let down = cols_part(format!("{p}.mlp.c_proj.weight"), vec![h, inter], rows);
+    Ok(Mlp::Ungated {
+        up: load_stacked(be, src, &[up], dtype)?,
+        up_bias: load_stacked(be, src, &[up_bias], dtype)?,
+        down: load_stacked(be, src, &[down], dtype)?,
+        down_bias: if layout.shard.rank == 0 {
+            Some(load(be, src, &format!("{p}.mlp.c_proj.bias"), &[h], dtype)?)
+        } else {
+            None
+        },
+        act,
+    })
+}
+
 /// This rank's embedding rows; with a split vocabulary, one zero row is appended for the
 /// tokens other ranks own (see [`LlamaModel::local_ids`]).
 fn load_embedding<B: Backend>(
@@ -482,6 +525,12 @@ impl<B: Backend> LlamaModel<B> {
                 latent,
                 // GLM-4 names its sandwich differently: its post_attention_layernorm opens
                 // the MLP, post_self_attn_layernorm closes the attention block.
+                norm_biases: if c.layer_norm {
+                    let bias = |n: &str| load(be, src, &format!("{p}.{n}.bias"), &[h], dtype);
+                    Some((bias("input_layernorm")?, bias("post_attention_layernorm")?))
+                } else {
+                    None
+                },
                 post_attention_norm: norm(if c.architecture == Architecture::Glm4 {
                     "post_self_attn_layernorm"
                 } else {
@@ -502,10 +551,11 @@ impl<B: Backend> LlamaModel<B> {
                     }),
                     (_, false) => None,
                 },
-                mlp: match &c.moe {
-                    Some(moe) if moe.is_sparse(i) => {
+                mlp: match (&c.moe, c.ungated_mlp) {
+                    (Some(moe), _) if moe.is_sparse(i) => {
                         Mlp::Sparse(SparseMlp::load(be, src, c, moe, &p, &layout, dtype)?)
                     }
+                    (_, Some(act)) => ungated_mlp(be, src, c, &p, &layout, dtype, act)?,
                     _ => dense_mlp(be, src, c, &p, &layout, dtype)?,
                 },
                 sliding_window: c.layer_window(i),
@@ -523,6 +573,11 @@ impl<B: Backend> LlamaModel<B> {
             on_layer(i);
         }
         let norm = load_norm(be, src, c, "model.norm.weight", h, dtype, 1.0)?;
+        let norm_bias = if c.layer_norm {
+            Some(load(be, src, "model.norm.bias", &[h], dtype)?)
+        } else {
+            None
+        };
         // Some checkpoints of tied models still carry lm_head.weight; the config decides.
         let lm_head = if c.tie_word_embeddings || !src.contains("lm_head.weight") {
             None
@@ -594,6 +649,7 @@ impl<B: Backend> LlamaModel<B> {
             embed,
             layers,
             norm,
+            norm_bias,
             lm_head,
             score,
             rope,
@@ -884,6 +940,17 @@ impl<B: Backend> LlamaModel<B> {
             // device can fuse the two (not when adapters need the normed input too).
             let qkv_bias = layer.qkv_bias.as_ref();
             let qkv = match (residual.take(), &layer.input_norm) {
+                // StarCoder2's LayerNorms: the residual add, then the norm (no fused op).
+                (r, Some(input_norm)) if layer.norm_biases.is_some() => {
+                    let (bias, _) = layer.norm_biases.as_ref().expect("matched");
+                    let sum = match r {
+                        Some(r) => be.add_tensors(&hidden, &r)?,
+                        None => hidden,
+                    };
+                    let x = be.layer_norm(&sum, input_norm, bias, eps)?;
+                    residual = Some(sum);
+                    adapt(be.linear(&x, &layer.qkv, qkv_bias)?, &x, i, Site::Qkv)?
+                }
                 (None, Some(input_norm)) => {
                     let x = be.rms_norm(&hidden, input_norm, eps)?;
                     residual = Some(hidden);
@@ -980,6 +1047,23 @@ impl<B: Backend> LlamaModel<B> {
                     residual = Some(sum);
                     experts.forward(be, &x, self.dtype)?
                 }
+                Mlp::Ungated {
+                    up,
+                    up_bias,
+                    down,
+                    down_bias,
+                    act,
+                } => {
+                    let (_, bias) = layer
+                        .norm_biases
+                        .as_ref()
+                        .context("an ungated MLP without LayerNorm biases")?;
+                    let sum = be.add_tensors(&attn, &residual_in)?;
+                    let x = be.layer_norm(&sum, &layer.post_attention_norm, bias, eps)?;
+                    residual = Some(sum);
+                    let hidden_act = be.activation(&be.linear(&x, up, Some(up_bias))?, *act)?;
+                    be.linear(&hidden_act, down, down_bias.as_ref())?
+                }
             };
             hidden = comm.all_reduce_sum(be, partial)?;
         }
@@ -995,7 +1079,16 @@ impl<B: Backend> LlamaModel<B> {
                 be.select_rows(&residual, &batch.logits_rows)?,
             )
         };
-        let (x, _) = be.add_rms_norm(last, last_residual, &self.norm, c.rms_norm_eps)?;
+        let x = match &self.norm_bias {
+            Some(bias) => {
+                let sum = be.add_tensors(&last, &last_residual)?;
+                be.layer_norm(&sum, &self.norm, bias, c.rms_norm_eps)?
+            }
+            None => {
+                be.add_rms_norm(last, last_residual, &self.norm, c.rms_norm_eps)?
+                    .0
+            }
+        };
         Ok(x)
     }
 

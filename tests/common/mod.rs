@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 27] = [
+pub const ARCHS: [&str; 28] = [
     "llama",
     "llama31",
     "mistral",
@@ -35,6 +35,7 @@ pub const ARCHS: [&str; 27] = [
     "qwen3_vl",
     "qwen3_vl_moe",
     "internvl",
+    "starcoder2",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span

@@ -12,7 +12,7 @@ use candle_core::{DType as CDType, Device, Tensor, D};
 /// a 65,536-token attention's time.
 const SCORE_BYTES: usize = 16 << 20;
 
-fn f32_of(t: &Tensor) -> Result<Tensor> {
+pub(super) fn f32_of(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(CDType::F32)?)
 }
 
@@ -24,7 +24,7 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&sum)?)
 }
 
-fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+pub(super) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => x.silu()?,
         Activation::Gelu => x.gelu_erf()?,
@@ -105,22 +105,6 @@ impl ImageOps for CpuBackend {
             .broadcast_add(&f32_of(bias)?.reshape(affine_shape)?)?;
         let y = if silu { y.silu()? } else { y };
         Ok(y.to_dtype(x.dtype())?)
-    }
-
-    fn layer_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-        let xf = f32_of(x)?;
-        let mean = xf.mean_keepdim(D::Minus1)?;
-        let centred = xf.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = centred
-            .broadcast_div(&(var + eps)?.sqrt()?)?
-            .broadcast_mul(&f32_of(weight)?)?
-            .broadcast_add(&f32_of(bias)?)?;
-        Ok(y.to_dtype(x.dtype())?)
-    }
-
-    fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        Ok(activate(&f32_of(x)?, act)?.to_dtype(x.dtype())?)
     }
 
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {

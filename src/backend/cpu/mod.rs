@@ -192,6 +192,22 @@ impl Backend for CpuBackend {
         Ok((act * up)?)
     }
 
+    fn layer_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+        let xf = image_ops::f32_of(x)?;
+        let mean = xf.mean_keepdim(candle_core::D::Minus1)?;
+        let centred = xf.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        let y = centred
+            .broadcast_div(&(var + eps)?.sqrt()?)?
+            .broadcast_mul(&image_ops::f32_of(weight)?)?
+            .broadcast_add(&image_ops::f32_of(bias)?)?;
+        Ok(y.to_dtype(x.dtype())?)
+    }
+
+    fn activation(&self, x: &Tensor, act: crate::backend::image_ops::Activation) -> Result<Tensor> {
+        Ok(image_ops::activate(&image_ops::f32_of(x)?, act)?.to_dtype(x.dtype())?)
+    }
+
     fn clamped_swiglu(&self, gate_up: &Tensor, limit: f32, alpha: f32) -> Result<Tensor> {
         let (n, width) = gate_up.dims2()?;
         anyhow::ensure!(width % 2 == 0, "clamped_swiglu: odd width {width}");

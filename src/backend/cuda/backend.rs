@@ -636,6 +636,27 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn layer_norm(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        bias: &CudaTensor,
+        eps: f64,
+    ) -> Result<CudaTensor> {
+        self.new_output(x, x.shape(), |y| {
+            self.device()
+                .layer_norm_into(x, (weight, bias), eps as f32, y)
+        })
+    }
+
+    fn activation(
+        &self,
+        x: &CudaTensor,
+        act: crate::backend::image_ops::Activation,
+    ) -> Result<CudaTensor> {
+        self.new_output(x, x.shape(), |y| self.device().activation_into(x, act, y))
+    }
+
     fn gelu_tanh_mul(&self, gate_up: &CudaTensor) -> Result<CudaTensor> {
         let &[n, width] = gate_up.shape() else {
             bail!(

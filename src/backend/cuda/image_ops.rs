@@ -11,13 +11,13 @@ use super::image_geometry::{concat_dims, nchw, AxisView};
 use super::image_kernels::GroupNormSpec;
 use super::image_launch::GroupNormLaunch;
 use super::tensor::CudaTensor;
-use crate::backend::image_ops::{Activation, ImageOps};
+use crate::backend::image_ops::ImageOps;
 use crate::backend::DType;
 use anyhow::{bail, ensure, Context, Result};
 
 impl CudaBackend {
     /// A new tensor of `x`'s dtype and `dims`, filled by `fill`.
-    fn new_output(
+    pub(super) fn new_output(
         &self,
         x: &CudaTensor,
         dims: &[usize],
@@ -117,19 +117,6 @@ impl ImageOps for CudaBackend {
         })
     }
 
-    fn layer_norm(
-        &self,
-        x: &CudaTensor,
-        weight: &CudaTensor,
-        bias: &CudaTensor,
-        eps: f64,
-    ) -> Result<CudaTensor> {
-        self.new_output(x, x.shape(), |y| {
-            self.device()
-                .layer_norm_into(x, (weight, bias), eps as f32, y)
-        })
-    }
-
     /// One GEMM over all leading dimensions (no reshape copies), then the bias.
     fn linear_nd(
         &self,
@@ -176,10 +163,6 @@ impl ImageOps for CudaBackend {
             self.device().add_bias(&mut out, b)?;
         }
         Ok(out)
-    }
-
-    fn activation(&self, x: &CudaTensor, act: Activation) -> Result<CudaTensor> {
-        self.new_output(x, x.shape(), |y| self.device().activation_into(x, act, y))
     }
 
     fn geglu(&self, x: &CudaTensor) -> Result<CudaTensor> {
