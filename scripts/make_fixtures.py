@@ -85,6 +85,8 @@ from transformers import (
     SmolLM3ForCausalLM,
     Starcoder2Config,
     Starcoder2ForCausalLM,
+    CohereConfig,
+    CohereForCausalLM,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -837,6 +839,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 use_bias=True,
                 rope_theta=100000.0,
                 sliding_window=8,
+                tie_word_embeddings=True,
+            ),
+        ),
+        # Cohere (Command R / Aya): one bias-free LayerNorm feeding attention and the MLP in
+        # parallel, interleaved rotary pairs, scaled logits (0.5 here: the real 0.0625 would
+        # leave a random model's greedy steps near ties), tied embeddings.
+        "cohere": (
+            CohereForCausalLM,
+            CohereConfig(
+                **{k: v for k, v in common.items() if k != "rms_norm_eps"},
+                layer_norm_eps=1e-5,
+                logit_scale=0.5,
+                rope_theta=10000.0,
                 tie_word_embeddings=True,
             ),
         ),

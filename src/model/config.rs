@@ -25,6 +25,9 @@ pub enum Architecture {
     /// embeddings, alternating local (sliding) and global layers, soft-capped attention
     /// scores and logits.
     Gemma2,
+    /// Cohere's Command R / Aya: one LayerNorm (no bias) feeding attention and the MLP in
+    /// parallel, interleaved rotary embeddings, scaled logits.
+    Cohere,
     /// BigCode's StarCoder2: Mistral's attention (sliding window) with biases everywhere,
     /// LayerNorms with biases instead of RMS norms, and an ungated MLP (`c_fc`, GELU tanh,
     /// `c_proj`).
@@ -64,7 +67,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 21] = [
+    pub const SUPPORTED: [&'static str; 22] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -86,10 +89,11 @@ impl Architecture {
         "DeepseekV2ForCausalLM",
         "DeepseekV3ForCausalLM",
         "Starcoder2ForCausalLM",
+        "CohereForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
-    /// default it to true for Gemma 2 / 3, SmolLM3 and StarCoder2, false for the others
+    /// default it to true for Gemma 2 / 3, SmolLM3, StarCoder2 and Cohere, false for the others
     /// (4.57).
     pub fn ties_embeddings_by_default(self) -> bool {
         matches!(
@@ -98,6 +102,7 @@ impl Architecture {
                 | Architecture::Gemma3
                 | Architecture::SmolLM3
                 | Architecture::Starcoder2
+                | Architecture::Cohere
         )
     }
 
@@ -124,6 +129,7 @@ impl Architecture {
             "DeepseekV2ForCausalLM" => Architecture::DeepseekV2,
             "DeepseekV3ForCausalLM" => Architecture::DeepseekV3,
             "Starcoder2ForCausalLM" => Architecture::Starcoder2,
+            "CohereForCausalLM" => Architecture::Cohere,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -237,6 +243,12 @@ struct RawConfig {
     /// StarCoder2's name for its LayerNorms' epsilon.
     #[serde(default)]
     norm_epsilon: Option<f64>,
+    /// Cohere's.
+    #[serde(default)]
+    layer_norm_eps: Option<f64>,
+    /// Cohere: what the logits are multiplied by.
+    #[serde(default)]
+    logit_scale: Option<f64>,
     /// StarCoder2: biases on every projection.
     #[serde(default)]
     use_bias: Option<bool>,
@@ -1041,6 +1053,11 @@ pub struct ModelConfig {
     /// StarCoder2: LayerNorms (mean-centred, with biases) instead of RMS norms; their
     /// epsilon is `rms_norm_eps`.
     pub layer_norm: bool,
+    /// Cohere: the attention and the MLP both read the layer's one norm, and both outputs
+    /// join the residual stream (no norm between them).
+    pub parallel_block: bool,
+    /// Cohere: what the logits are multiplied by.
+    pub logit_scale: Option<f64>,
     /// StarCoder2: an ungated MLP, `c_proj(act(c_fc(x) + b) ) + b`, with this activation
     /// (`None`: the gated SiLU / GeLU MLP, or experts).
     pub ungated_mlp: Option<crate::backend::image_ops::Activation>,
@@ -1229,6 +1246,11 @@ impl ModelConfig {
         // StarCoder2's use_bias (transformers' default true) covers its MLP too.
         let starcoder2_bias =
             architecture == Architecture::Starcoder2 && raw.use_bias.unwrap_or(true);
+        anyhow::ensure!(
+            !(architecture == Architecture::Cohere && raw.use_qk_norm == Some(true)),
+            "Cohere's per-head q/k LayerNorms (use_qk_norm, Command R+) are not supported"
+        );
+        anyhow::ensure!(raw.logit_scale != Some(0.0), "logit_scale must not be zero");
         let ungated_mlp = match architecture {
             Architecture::Starcoder2 => {
                 anyhow::ensure!(
@@ -1249,7 +1271,10 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: raw.vocab_size,
-            rms_norm_eps: raw.norm_epsilon.unwrap_or(raw.rms_norm_eps),
+            rms_norm_eps: raw
+                .norm_epsilon
+                .or(raw.layer_norm_eps)
+                .unwrap_or(raw.rms_norm_eps),
             rope_theta: raw.rope_theta,
             rope_scaling: super::rope::resolve_scaling(
                 raw.rope_scaling.clone(),
@@ -1293,7 +1318,16 @@ impl ModelConfig {
             o_bias: architecture == Architecture::GptOss
                 || starcoder2_bias
                 || raw.attention_out_bias == Some(true),
-            layer_norm: architecture == Architecture::Starcoder2,
+            layer_norm: matches!(
+                architecture,
+                Architecture::Starcoder2 | Architecture::Cohere
+            ),
+            parallel_block: architecture == Architecture::Cohere,
+            logit_scale: match architecture {
+                // CohereConfig's default.
+                Architecture::Cohere => Some(raw.logit_scale.unwrap_or(0.0625)),
+                _ => None,
+            },
             ungated_mlp,
             attention_sinks: architecture == Architecture::GptOss,
             mla,
@@ -1397,6 +1431,31 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cohere_runs_a_parallel_layer_with_scaled_logits() {
+        // CohereForAI/c4ai-command-r-v01's config.json.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["CohereForCausalLM"], "hidden_size": 8192,
+            "intermediate_size": 22528, "layer_norm_eps": 1e-05, "logit_scale": 0.0625,
+            "max_position_embeddings": 131072, "num_attention_heads": 64,
+            "num_hidden_layers": 40, "num_key_value_heads": 64, "rope_theta": 8000000.0,
+            "use_qk_norm": false, "vocab_size": 256000, "model_type": "cohere"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Cohere);
+        assert!(c.parallel_block && c.layer_norm && c.tie_word_embeddings);
+        assert!(!c.qkv_bias && c.ungated_mlp.is_none());
+        assert_eq!(c.logit_scale, Some(0.0625));
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 34.9).abs() < 0.3, "{billions}");
+        // Command R+'s per-head q/k LayerNorms are refused, not ignored.
+        let plus = r#"{"architectures": ["CohereForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 1,
+            "vocab_size": 32, "use_qk_norm": true}"#;
+        let err = ModelConfig::from_json(plus).unwrap_err();
+        assert!(format!("{err:#}").contains("use_qk_norm"), "{err:#}");
+    }
 
     #[test]
     fn starcoder2_has_layer_norms_biases_and_an_ungated_mlp() {

@@ -340,6 +340,25 @@ fn dense_mlp<B: Backend>(
     Ok(Mlp::Dense { gate_up, down })
 }
 
+/// A LayerNorm's bias: StarCoder2's, or zeros for Cohere's norms, which have none.
+fn norm_bias<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    name: &str,
+    width: usize,
+    dtype: DType,
+) -> Result<B::Tensor> {
+    if src.contains(name) {
+        load(be, src, name, &[width], dtype)
+    } else {
+        be.upload(Tensor::zeros(
+            width,
+            dtype.to_candle(),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+}
+
 /// StarCoder2's ungated MLP of layer `p`: `c_fc` (this rank's rows and their biases),
 /// `c_proj` (this rank's columns; its bias on rank 0).
 fn ungated_mlp<B: Backend>(
@@ -526,15 +545,18 @@ impl<B: Backend> LlamaModel<B> {
                 // GLM-4 names its sandwich differently: its post_attention_layernorm opens
                 // the MLP, post_self_attn_layernorm closes the attention block.
                 norm_biases: if c.layer_norm {
-                    let bias = |n: &str| load(be, src, &format!("{p}.{n}.bias"), &[h], dtype);
+                    let bias = |n: &str| norm_bias(be, src, &format!("{p}.{n}.bias"), h, dtype);
+                    // Cohere's parallel layer has one norm (and zero biases): the second
+                    // goes unread.
                     Some((bias("input_layernorm")?, bias("post_attention_layernorm")?))
                 } else {
                     None
                 },
-                post_attention_norm: norm(if c.architecture == Architecture::Glm4 {
-                    "post_self_attn_layernorm"
-                } else {
-                    "post_attention_layernorm"
+                post_attention_norm: norm(match c.architecture {
+                    Architecture::Glm4 => "post_self_attn_layernorm",
+                    // Cohere's parallel layer has one norm: this copy goes unread.
+                    Architecture::Cohere => "input_layernorm",
+                    _ => "post_attention_layernorm",
                 })?,
                 sandwich: match (c.architecture, c.gemma.is_some() || c.post_norm) {
                     (Architecture::Glm4, _) => Some(SandwichNorms {
@@ -574,7 +596,7 @@ impl<B: Backend> LlamaModel<B> {
         }
         let norm = load_norm(be, src, c, "model.norm.weight", h, dtype, 1.0)?;
         let norm_bias = if c.layer_norm {
-            Some(load(be, src, "model.norm.bias", &[h], dtype)?)
+            Some(norm_bias(be, src, "model.norm.bias", h, dtype)?)
         } else {
             None
         };
@@ -629,11 +651,13 @@ impl<B: Backend> LlamaModel<B> {
             (None, Some(g)) if g.embedding != 1.0 => Some(g.embedding as f32),
             _ => None,
         };
-        let logit_scale = c
-            .granite
-            .as_ref()
-            .filter(|g| g.logits != 1.0)
-            .map(|g| (1.0 / g.logits) as f32);
+        // Granite divides the logits by its scaling, Cohere multiplies them by its scale;
+        // the head is linear, so either is a multiple of the last hidden state.
+        let logit_scale = match (&c.granite, c.logit_scale) {
+            (Some(g), _) if g.logits != 1.0 => Some((1.0 / g.logits) as f32),
+            (_, Some(scale)) if scale != 1.0 => Some(scale as f32),
+            _ => None,
+        };
         let attention = AttentionShape {
             num_heads: layout.q_heads.len(),
             num_kv_heads: layout.kv_heads.len(),
@@ -936,6 +960,37 @@ impl<B: Backend> LlamaModel<B> {
             add_updates(be, &self.adapters, y, x, (i, site), &lora, self.dtype)
         };
         for (i, layer) in self.layers.iter().enumerate() {
+            if c.parallel_block {
+                // Cohere: one norm feeds both blocks; the stream gains attention, then MLP.
+                let (bias, _) = layer
+                    .norm_biases
+                    .as_ref()
+                    .context("a parallel layer without its norm")?;
+                let norm = layer
+                    .input_norm
+                    .as_ref()
+                    .context("a parallel layer's norm")?;
+                let stream = match residual.take() {
+                    Some(r) => be.add_tensors(&hidden, &r)?,
+                    None => hidden,
+                };
+                let x = be.layer_norm(&stream, norm, bias, eps)?;
+                let qkv = be.linear(&x, &layer.qkv, layer.qkv_bias.as_ref())?;
+                let qkv = adapt(qkv, &x, i, Site::Qkv)?;
+                let attn = self.attention_block(be, layer, i, qkv, meta, cache)?;
+                let out = be.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?;
+                let attn = comm.all_reduce_sum(be, adapt(out, &attn, i, Site::O)?)?;
+                // HF adds in this order: (stream + attention) + MLP.
+                residual = Some(be.add_tensors(&stream, &attn)?);
+                let Mlp::Dense { gate_up, down } = &layer.mlp else {
+                    anyhow::bail!("Cohere's layers have dense MLPs");
+                };
+                let gate_up = adapt(be.linear(&x, gate_up, None)?, &x, i, Site::GateUp)?;
+                let act = be.silu_mul(&gate_up)?;
+                let out = adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?;
+                hidden = comm.all_reduce_sum(be, out)?;
+                continue;
+            }
             // The norms go through `add_rms_norm_linear` with the projection after them, so a
             // device can fuse the two (not when adapters need the normed input too).
             let qkv_bias = layer.qkv_bias.as_ref();

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 28] = [
+pub const ARCHS: [&str; 29] = [
     "llama",
     "llama31",
     "mistral",
@@ -36,6 +36,7 @@ pub const ARCHS: [&str; 28] = [
     "qwen3_vl_moe",
     "internvl",
     "starcoder2",
+    "cohere",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
