@@ -87,6 +87,8 @@ from transformers import (
     Starcoder2ForCausalLM,
     CohereConfig,
     CohereForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -853,6 +855,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 logit_scale=0.5,
                 rope_theta=10000.0,
                 tie_word_embeddings=True,
+            ),
+        ),
+        # Phi-2: Cohere's parallel layer with LayerNorm biases, biases everywhere, half of each
+        # head rotating, an ungated GELU (tanh) MLP and a biased LM head.
+        "phi": (
+            PhiForCausalLM,
+            PhiConfig(
+                **{k: v for k, v in common.items() if k not in ("rms_norm_eps", "hidden_act")},
+                hidden_act="gelu_new",
+                layer_norm_eps=1e-5,
+                partial_rotary_factor=0.5,
+                rope_theta=10000.0,
+                tie_word_embeddings=False,
             ),
         ),
         # SmolLM3: layer 1 of 2 has no rotary embedding (no_rope_layer_interval 2).

@@ -25,6 +25,10 @@ pub enum Architecture {
     /// embeddings, alternating local (sliding) and global layers, soft-capped attention
     /// scores and logits.
     Gemma2,
+    /// Microsoft's Phi-1 / 1.5 / 2: a parallel layer like Cohere's with LayerNorm biases,
+    /// biases on every projection (the output one named `dense`), partial rotary, an
+    /// ungated GELU MLP (`fc1`, `fc2`) and a biased LM head.
+    Phi,
     /// Cohere's Command R / Aya: one LayerNorm (no bias) feeding attention and the MLP in
     /// parallel, interleaved rotary embeddings, scaled logits.
     Cohere,
@@ -67,7 +71,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 22] = [
+    pub const SUPPORTED: [&'static str; 23] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -90,6 +94,7 @@ impl Architecture {
         "DeepseekV3ForCausalLM",
         "Starcoder2ForCausalLM",
         "CohereForCausalLM",
+        "PhiForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -130,6 +135,7 @@ impl Architecture {
             "DeepseekV3ForCausalLM" => Architecture::DeepseekV3,
             "Starcoder2ForCausalLM" => Architecture::Starcoder2,
             "CohereForCausalLM" => Architecture::Cohere,
+            "PhiForCausalLM" => Architecture::Phi,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -249,6 +255,9 @@ struct RawConfig {
     /// Cohere: what the logits are multiplied by.
     #[serde(default)]
     logit_scale: Option<f64>,
+    /// Phi: LayerNorms over q and k.
+    #[serde(default)]
+    qk_layernorm: Option<bool>,
     /// StarCoder2: biases on every projection.
     #[serde(default)]
     use_bias: Option<bool>,
@@ -1139,7 +1148,7 @@ impl ModelConfig {
                     "unsupported hidden_activation '{act}' for Gemma (only gelu_pytorch_tanh)"
                 )
             }
-            (Some(_), _, Architecture::Starcoder2) => {}
+            (Some(_), _, Architecture::Starcoder2 | Architecture::Phi) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
             }
@@ -1243,15 +1252,24 @@ impl ModelConfig {
             }
             _ => None,
         };
-        // StarCoder2's use_bias (transformers' default true) covers its MLP too.
-        let starcoder2_bias =
-            architecture == Architecture::Starcoder2 && raw.use_bias.unwrap_or(true);
+        // StarCoder2's use_bias (transformers' default true) covers its MLP too; Phi always
+        // has biases.
+        let starcoder2_bias = architecture == Architecture::Phi
+            || (architecture == Architecture::Starcoder2 && raw.use_bias.unwrap_or(true));
+        anyhow::ensure!(
+            !(architecture == Architecture::Phi && raw.qk_layernorm == Some(true)),
+            "Phi's q/k LayerNorms (qk_layernorm) are not supported"
+        );
         anyhow::ensure!(
             !(architecture == Architecture::Cohere && raw.use_qk_norm == Some(true)),
             "Cohere's per-head q/k LayerNorms (use_qk_norm, Command R+) are not supported"
         );
         anyhow::ensure!(raw.logit_scale != Some(0.0), "logit_scale must not be zero");
         let ungated_mlp = match architecture {
+            Architecture::Phi => {
+                let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
+                Some(crate::backend::image_ops::Activation::from_hf(act)?)
+            }
             Architecture::Starcoder2 => {
                 anyhow::ensure!(
                     raw.use_bias != Some(false),
@@ -1320,9 +1338,9 @@ impl ModelConfig {
                 || raw.attention_out_bias == Some(true),
             layer_norm: matches!(
                 architecture,
-                Architecture::Starcoder2 | Architecture::Cohere
+                Architecture::Starcoder2 | Architecture::Cohere | Architecture::Phi
             ),
-            parallel_block: architecture == Architecture::Cohere,
+            parallel_block: matches!(architecture, Architecture::Cohere | Architecture::Phi),
             logit_scale: match architecture {
                 // CohereConfig's default.
                 Architecture::Cohere => Some(raw.logit_scale.unwrap_or(0.0625)),
@@ -1431,6 +1449,33 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phi_runs_a_parallel_layer_with_biases_and_partial_rotary() {
+        // microsoft/phi-2's config.json.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["PhiForCausalLM"], "hidden_act": "gelu_new",
+            "hidden_size": 2560, "intermediate_size": 10240, "layer_norm_eps": 1e-05,
+            "max_position_embeddings": 2048, "model_type": "phi", "num_attention_heads": 32,
+            "num_hidden_layers": 32, "num_key_value_heads": 32, "partial_rotary_factor": 0.4,
+            "qk_layernorm": false, "rope_theta": 10000.0, "tie_word_embeddings": false,
+            "vocab_size": 51200}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Phi);
+        assert!(c.parallel_block && c.layer_norm && c.qkv_bias && c.o_bias);
+        assert_eq!(c.rotary_dim, 32);
+        assert_eq!(
+            c.ungated_mlp,
+            Some(crate::backend::image_ops::Activation::GeluTanh)
+        );
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 2.78).abs() < 0.05, "{billions}");
+        let qk = r#"{"architectures": ["PhiForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 1,
+            "vocab_size": 32, "qk_layernorm": true}"#;
+        assert!(ModelConfig::from_json(qk).is_err());
+    }
 
     #[test]
     fn cohere_runs_a_parallel_layer_with_scaled_logits() {

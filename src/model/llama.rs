@@ -85,6 +85,25 @@ enum Mlp<B: Backend> {
     },
 }
 
+impl<B: Backend> Mlp<B> {
+    /// An ungated MLP's output for `x` (StarCoder2's, Phi's); an error for the others,
+    /// which the layer loop runs itself.
+    fn ungated_forward(&self, be: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        let Mlp::Ungated {
+            up,
+            up_bias,
+            down,
+            down_bias,
+            act,
+        } = self
+        else {
+            anyhow::bail!("not an ungated MLP");
+        };
+        let hidden = be.activation(&be.linear(x, up, Some(up_bias))?, *act)?;
+        be.linear(&hidden, down, down_bias.as_ref())
+    }
+}
+
 pub struct LlamaModel<B: Backend> {
     /// The full model's config (a tensor-parallel rank holds a slice of it, see `layout`).
     pub config: ModelConfig,
@@ -100,6 +119,8 @@ pub struct LlamaModel<B: Backend> {
     norm_bias: Option<B::Tensor>,
     /// None when the LM head is tied to the embedding.
     lm_head: Option<B::Tensor>,
+    /// Phi: the LM head's bias (this rank's vocabulary entries).
+    lm_head_bias: Option<B::Tensor>,
     /// A classifier's head (`[labels, hidden]`, whole on every rank): what
     /// [`LlamaModel::hidden_rows`] returns for it instead of the hidden state.
     score: Option<B::Tensor>,
@@ -359,8 +380,8 @@ fn norm_bias<B: Backend>(
     }
 }
 
-/// StarCoder2's ungated MLP of layer `p`: `c_fc` (this rank's rows and their biases),
-/// `c_proj` (this rank's columns; its bias on rank 0).
+/// StarCoder2's ungated MLP of layer `p` (Phi's: `fc1`, `fc2`): `c_fc` (this rank's rows
+/// and their biases), `c_proj` (this rank's columns; its bias on rank 0).
 fn ungated_mlp<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
@@ -372,15 +393,30 @@ fn ungated_mlp<B: Backend>(
 ) -> Result<Mlp<B>> {
     let (h, inter) = (c.hidden_size, c.intermediate_size);
     let rows = layout.intermediate.clone();
-    let up = rows_part(format!("{p}.mlp.c_fc.weight"), vec![inter, h], rows.clone());
-    let up_bias = rows_part(format!("{p}.mlp.c_fc.bias"), vec![inter], rows.clone());
-    let down = cols_part(format!("{p}.mlp.c_proj.weight"), vec![h, inter], rows);
+    let (up_name, down_name) = if c.architecture == Architecture::Phi {
+        ("fc1", "fc2")
+    } else {
+        ("c_fc", "c_proj")
+    };
+    let up = rows_part(
+        format!("{p}.mlp.{up_name}.weight"),
+        vec![inter, h],
+        rows.clone(),
+    );
+    let up_bias = rows_part(format!("{p}.mlp.{up_name}.bias"), vec![inter], rows.clone());
+    let down = cols_part(format!("{p}.mlp.{down_name}.weight"), vec![h, inter], rows);
     Ok(Mlp::Ungated {
         up: load_stacked(be, src, &[up], dtype)?,
         up_bias: load_stacked(be, src, &[up_bias], dtype)?,
         down: load_stacked(be, src, &[down], dtype)?,
         down_bias: if layout.shard.rank == 0 {
-            Some(load(be, src, &format!("{p}.mlp.c_proj.bias"), &[h], dtype)?)
+            Some(load(
+                be,
+                src,
+                &format!("{p}.mlp.{down_name}.bias"),
+                &[h],
+                dtype,
+            )?)
         } else {
             None
         },
@@ -479,6 +515,12 @@ impl<B: Backend> LlamaModel<B> {
                 ]
             };
             let norm = |n: &str| load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0);
+            // Phi names the attention's output projection `dense`.
+            let o_name = if c.architecture == Architecture::Phi {
+                "dense"
+            } else {
+                "o_proj"
+            };
             let (latent, latent_qkv, latent_o) = match &c.mla {
                 Some(_) => {
                     let (latent, qkv, o) = LatentAttention::load(be, src, c, &layout, &p, dtype)
@@ -519,7 +561,7 @@ impl<B: Backend> LlamaModel<B> {
                         be,
                         src,
                         &[cols_part(
-                            format!("{p}.self_attn.o_proj.weight"),
+                            format!("{p}.self_attn.{o_name}.weight"),
                             vec![h, q],
                             q_cols.clone(),
                         )
@@ -528,7 +570,7 @@ impl<B: Backend> LlamaModel<B> {
                     )?,
                 },
                 o_bias: if c.o_bias && layout.shard.rank == 0 {
-                    let name = format!("{p}.self_attn.o_proj.bias");
+                    let name = format!("{p}.self_attn.{o_name}.bias");
                     Some(load(be, src, &name, &[h], dtype)?)
                 } else {
                     None
@@ -546,16 +588,20 @@ impl<B: Backend> LlamaModel<B> {
                 // the MLP, post_self_attn_layernorm closes the attention block.
                 norm_biases: if c.layer_norm {
                     let bias = |n: &str| norm_bias(be, src, &format!("{p}.{n}.bias"), h, dtype);
-                    // Cohere's parallel layer has one norm (and zero biases): the second
-                    // goes unread.
-                    Some((bias("input_layernorm")?, bias("post_attention_layernorm")?))
+                    // A parallel layer has one norm: the second bias goes unread.
+                    let second = if c.parallel_block {
+                        "input_layernorm"
+                    } else {
+                        "post_attention_layernorm"
+                    };
+                    Some((bias("input_layernorm")?, bias(second)?))
                 } else {
                     None
                 },
                 post_attention_norm: norm(match c.architecture {
                     Architecture::Glm4 => "post_self_attn_layernorm",
-                    // Cohere's parallel layer has one norm: this copy goes unread.
-                    Architecture::Cohere => "input_layernorm",
+                    // A parallel layer has one norm: this copy goes unread.
+                    _ if c.parallel_block => "input_layernorm",
                     _ => "post_attention_layernorm",
                 })?,
                 sandwich: match (c.architecture, c.gemma.is_some() || c.post_norm) {
@@ -594,9 +640,25 @@ impl<B: Backend> LlamaModel<B> {
             layers.push(layer);
             on_layer(i);
         }
-        let norm = load_norm(be, src, c, "model.norm.weight", h, dtype, 1.0)?;
+        let final_norm = if c.architecture == Architecture::Phi {
+            "model.final_layernorm"
+        } else {
+            "model.norm"
+        };
+        let norm = load_norm(be, src, c, &format!("{final_norm}.weight"), h, dtype, 1.0)?;
         let norm_bias = if c.layer_norm {
-            Some(norm_bias(be, src, "model.norm.bias", h, dtype)?)
+            Some(norm_bias(be, src, &format!("{final_norm}.bias"), h, dtype)?)
+        } else {
+            None
+        };
+        // Phi's head has a bias: this rank's vocabulary entries of it.
+        let lm_head_bias = if c.architecture == Architecture::Phi {
+            let part = rows_part(
+                "lm_head.bias".into(),
+                vec![c.vocab_size],
+                layout.vocab.clone(),
+            );
+            Some(load_stacked(be, src, &[part], dtype)?)
         } else {
             None
         };
@@ -675,6 +737,7 @@ impl<B: Backend> LlamaModel<B> {
             norm,
             norm_bias,
             lm_head,
+            lm_head_bias,
             score,
             rope,
             rope_local,
@@ -909,7 +972,8 @@ impl<B: Backend> LlamaModel<B> {
             Some(scale) => be.mul_scalar(&x, scale)?,
             None => x,
         };
-        let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let logits = be.linear(&x, head, self.lm_head_bias.as_ref())?;
         match self.final_softcap {
             Some(cap) => be.softcap(logits, cap),
             None => Ok(logits),
@@ -961,7 +1025,7 @@ impl<B: Backend> LlamaModel<B> {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             if c.parallel_block {
-                // Cohere: one norm feeds both blocks; the stream gains attention, then MLP.
+                // Cohere, Phi: one norm feeds both blocks, whose outputs join the stream.
                 let (bias, _) = layer
                     .norm_biases
                     .as_ref()
@@ -980,15 +1044,26 @@ impl<B: Backend> LlamaModel<B> {
                 let attn = self.attention_block(be, layer, i, qkv, meta, cache)?;
                 let out = be.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?;
                 let attn = comm.all_reduce_sum(be, adapt(out, &attn, i, Site::O)?)?;
-                // HF adds in this order: (stream + attention) + MLP.
-                residual = Some(be.add_tensors(&stream, &attn)?);
-                let Mlp::Dense { gate_up, down } = &layer.mlp else {
-                    anyhow::bail!("Cohere's layers have dense MLPs");
+                let mlp = match &layer.mlp {
+                    Mlp::Dense { gate_up, down } => {
+                        let gate_up = adapt(be.linear(&x, gate_up, None)?, &x, i, Site::GateUp)?;
+                        let act = be.silu_mul(&gate_up)?;
+                        adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?
+                    }
+                    ungated @ Mlp::Ungated { .. } => ungated.ungated_forward(be, &x)?,
+                    Mlp::Sparse(_) => anyhow::bail!("parallel layers have dense MLPs"),
                 };
-                let gate_up = adapt(be.linear(&x, gate_up, None)?, &x, i, Site::GateUp)?;
-                let act = be.silu_mul(&gate_up)?;
-                let out = adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?;
-                hidden = comm.all_reduce_sum(be, out)?;
+                let mlp = comm.all_reduce_sum(be, mlp)?;
+                // The next layer adds `hidden` to `residual`, so each model's own order of
+                // additions holds: Cohere's (stream + attention) + MLP, Phi's (attention +
+                // MLP) + stream.
+                if c.architecture == Architecture::Phi {
+                    residual = Some(stream);
+                    hidden = be.add_tensors(&attn, &mlp)?;
+                } else {
+                    residual = Some(be.add_tensors(&stream, &attn)?);
+                    hidden = mlp;
+                }
                 continue;
             }
             // The norms go through `add_rms_norm_linear` with the projection after them, so a
@@ -1102,13 +1177,7 @@ impl<B: Backend> LlamaModel<B> {
                     residual = Some(sum);
                     experts.forward(be, &x, self.dtype)?
                 }
-                Mlp::Ungated {
-                    up,
-                    up_bias,
-                    down,
-                    down_bias,
-                    act,
-                } => {
+                ungated @ Mlp::Ungated { .. } => {
                     let (_, bias) = layer
                         .norm_biases
                         .as_ref()
@@ -1116,8 +1185,7 @@ impl<B: Backend> LlamaModel<B> {
                     let sum = be.add_tensors(&attn, &residual_in)?;
                     let x = be.layer_norm(&sum, &layer.post_attention_norm, bias, eps)?;
                     residual = Some(sum);
-                    let hidden_act = be.activation(&be.linear(&x, up, Some(up_bias))?, *act)?;
-                    be.linear(&hidden_act, down, down_bias.as_ref())?
+                    ungated.ungated_forward(be, &x)?
                 }
             };
             hidden = comm.all_reduce_sum(be, partial)?;

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 29] = [
+pub const ARCHS: [&str; 30] = [
     "llama",
     "llama31",
     "mistral",
@@ -37,6 +37,7 @@ pub const ARCHS: [&str; 29] = [
     "internvl",
     "starcoder2",
     "cohere",
+    "phi",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
