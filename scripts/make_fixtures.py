@@ -87,6 +87,8 @@ from transformers import (
     Starcoder2ForCausalLM,
     CohereConfig,
     CohereForCausalLM,
+    Cohere2Config,
+    Cohere2ForCausalLM,
     PhiConfig,
     PhiForCausalLM,
 )
@@ -854,6 +856,20 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 layer_norm_eps=1e-5,
                 logit_scale=0.5,
                 rope_theta=10000.0,
+                tie_word_embeddings=True,
+            ),
+        ),
+        # Command R7B: Cohere's layer, layer 0 sliding (window 8, rotated), layer 1 global and
+        # not rotated.
+        "cohere2": (
+            Cohere2ForCausalLM,
+            Cohere2Config(
+                **{k: v for k, v in common.items() if k != "rms_norm_eps"},
+                layer_norm_eps=1e-5,
+                logit_scale=0.5,
+                rope_theta=10000.0,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
                 tie_word_embeddings=True,
             ),
         ),

@@ -25,6 +25,9 @@ pub enum Architecture {
     /// embeddings, alternating local (sliding) and global layers, soft-capped attention
     /// scores and logits.
     Gemma2,
+    /// Cohere's Command R7B / Command A: Cohere's parallel layer with three sliding layers
+    /// to one global one (`layer_types`); only the sliding layers rotate q and k.
+    Cohere2,
     /// Microsoft's Phi-1 / 1.5 / 2: a parallel layer like Cohere's with LayerNorm biases,
     /// biases on every projection (the output one named `dense`), partial rotary, an
     /// ungated GELU MLP (`fc1`, `fc2`) and a biased LM head.
@@ -71,7 +74,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 23] = [
+    pub const SUPPORTED: [&'static str; 24] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -95,10 +98,12 @@ impl Architecture {
         "Starcoder2ForCausalLM",
         "CohereForCausalLM",
         "PhiForCausalLM",
+        "Cohere2ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
-    /// default it to true for Gemma 2 / 3, SmolLM3, StarCoder2 and Cohere, false for the others
+    /// default it to true for Gemma 2 / 3, SmolLM3, StarCoder2 and Cohere (both), false for
+    /// the others
     /// (4.57).
     pub fn ties_embeddings_by_default(self) -> bool {
         matches!(
@@ -108,6 +113,7 @@ impl Architecture {
                 | Architecture::SmolLM3
                 | Architecture::Starcoder2
                 | Architecture::Cohere
+                | Architecture::Cohere2
         )
     }
 
@@ -136,6 +142,7 @@ impl Architecture {
             "Starcoder2ForCausalLM" => Architecture::Starcoder2,
             "CohereForCausalLM" => Architecture::Cohere,
             "PhiForCausalLM" => Architecture::Phi,
+            "Cohere2ForCausalLM" => Architecture::Cohere2,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1231,7 +1238,19 @@ impl ModelConfig {
         if let Some(g) = &granite {
             anyhow::ensure!(g.logits != 0.0, "logits_scaling must not be zero");
         }
+        // Command R7B: three sliding layers to one global (`sliding_window_pattern` in older
+        // configs); the global ones do not rotate.
+        let cohere2_sliding = match parse_layer_types(&raw)? {
+            Some(sliding) => sliding,
+            None => {
+                let pattern = raw.sliding_window_pattern.unwrap_or(4).max(1);
+                (0..raw.num_hidden_layers)
+                    .map(|i| (i + 1) % pattern != 0)
+                    .collect()
+            }
+        };
         let rope_layers = match (architecture, &raw.no_rope_layers) {
+            (Architecture::Cohere2, _) => Some(cohere2_sliding.clone()),
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -1261,7 +1280,8 @@ impl ModelConfig {
             "Phi's q/k LayerNorms (qk_layernorm) are not supported"
         );
         anyhow::ensure!(
-            !(architecture == Architecture::Cohere && raw.use_qk_norm == Some(true)),
+            !(matches!(architecture, Architecture::Cohere | Architecture::Cohere2)
+                && raw.use_qk_norm == Some(true)),
             "Cohere's per-head q/k LayerNorms (use_qk_norm, Command R+) are not supported"
         );
         anyhow::ensure!(raw.logit_scale != Some(0.0), "logit_scale must not be zero");
@@ -1325,6 +1345,7 @@ impl ModelConfig {
             sliding_window,
             sliding_layers: match architecture {
                 Architecture::GptOss => parse_layer_types(&raw)?,
+                Architecture::Cohere2 => Some(cohere2_sliding.clone()),
                 // transformers' default: every fourth layer is a full one.
                 Architecture::Olmo3 => Some(parse_layer_types(&raw)?.unwrap_or_else(|| {
                     (0..raw.num_hidden_layers)
@@ -1338,12 +1359,20 @@ impl ModelConfig {
                 || raw.attention_out_bias == Some(true),
             layer_norm: matches!(
                 architecture,
-                Architecture::Starcoder2 | Architecture::Cohere | Architecture::Phi
+                Architecture::Starcoder2
+                    | Architecture::Cohere
+                    | Architecture::Cohere2
+                    | Architecture::Phi
             ),
-            parallel_block: matches!(architecture, Architecture::Cohere | Architecture::Phi),
+            parallel_block: matches!(
+                architecture,
+                Architecture::Cohere | Architecture::Cohere2 | Architecture::Phi
+            ),
             logit_scale: match architecture {
                 // CohereConfig's default.
-                Architecture::Cohere => Some(raw.logit_scale.unwrap_or(0.0625)),
+                Architecture::Cohere | Architecture::Cohere2 => {
+                    Some(raw.logit_scale.unwrap_or(0.0625))
+                }
                 _ => None,
             },
             ungated_mlp,
@@ -1494,6 +1523,23 @@ mod tests {
         assert_eq!(c.logit_scale, Some(0.0625));
         let billions = c.num_parameters() as f64 / 1e9;
         assert!((billions - 34.9).abs() < 0.3, "{billions}");
+        // Command R7B (an older config: sliding_window_pattern instead of layer_types):
+        // three sliding, rotating layers to one global layer without rotation.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["Cohere2ForCausalLM"], "hidden_size": 4096,
+            "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 8,
+            "num_key_value_heads": 8, "vocab_size": 256000, "logit_scale": 0.25,
+            "sliding_window": 4096, "sliding_window_pattern": 4, "rope_theta": 50000.0}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Cohere2);
+        assert!(c.parallel_block && c.layer_norm && c.tie_word_embeddings);
+        assert_eq!(c.logit_scale, Some(0.25));
+        let windows: Vec<_> = (0..8).map(|i| c.layer_window(i)).collect();
+        let w = Some(4096);
+        assert_eq!(windows, [w, w, w, None, w, w, w, None]);
+        let rotates = c.rope_layers.clone().unwrap();
+        assert_eq!(rotates, [true, true, true, false, true, true, true, false]);
         // Command R+'s per-head q/k LayerNorms are refused, not ignored.
         let plus = r#"{"architectures": ["CohereForCausalLM"], "hidden_size": 64,
             "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 1,

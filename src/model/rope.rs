@@ -32,8 +32,11 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
     Ok(Rope {
         inv_freq: inv_freq.iter().map(|&f| f as f32).collect(),
         // GLM-4 rotates adjacent pairs (GPT-J style); the others HF's rotate_half.
-        // GLM-4 and Cohere rotate adjacent pairs (GPT-J's layout).
-        neox: !matches!(cfg.architecture, Architecture::Glm4 | Architecture::Cohere),
+        // GLM-4 and Cohere (both) rotate adjacent pairs (GPT-J's layout).
+        neox: !matches!(
+            cfg.architecture,
+            Architecture::Glm4 | Architecture::Cohere | Architecture::Cohere2
+        ),
         scale: attention_factor(cfg) as f32,
     })
 }

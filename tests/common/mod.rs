@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 30] = [
+pub const ARCHS: [&str; 31] = [
     "llama",
     "llama31",
     "mistral",
@@ -38,6 +38,7 @@ pub const ARCHS: [&str; 30] = [
     "starcoder2",
     "cohere",
     "phi",
+    "cohere2",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
