@@ -31,7 +31,7 @@ KILN="${KILN:-$BUNDLE/kiln}"
 FIXTURES="${FIXTURES:-$BUNDLE/tests/fixtures}"
 OUT="${OUT:-$PWD/gpu-check-out}"
 BUDGET_S="${BUDGET_S:-270}"
-ARCHS="llama llama31 mistral qwen2 qwen3 phi3 qwen3_moe qwen2_moe mixtral gemma2 gemma3 granite smollm3 olmo2 qwen3_yarn glm4 phi3_longrope gpt_oss olmo3 seed_oss glm4_moe deepseek_v2 deepseek_v3 qwen2_5_vl qwen3_vl qwen3_vl_moe internvl starcoder2 cohere phi cohere2"
+ARCHS="llama llama31 mistral qwen2 qwen3 phi3 qwen3_moe qwen2_moe mixtral gemma2 gemma3 granite smollm3 olmo2 qwen3_yarn glm4 phi3_longrope gpt_oss olmo3 seed_oss glm4_moe deepseek_v2 deepseek_v3 qwen2_5_vl qwen3_vl qwen3_vl_moe internvl starcoder2 cohere phi cohere2 olmoe"
 
 mkdir -p "$OUT"
 # Kernels compile once per machine and are cached: keep that cache across the steps.
@@ -124,7 +124,7 @@ done
 # Mixture of experts: the same with device routing only for one-token steps
 # (KILN_MOE_DEVICE_ROWS=1), so every prefill takes the grouped host-routed path; eager as
 # well, to compare recorded decode against launched; and the portable host path.
-for arch in qwen3_moe qwen2_moe mixtral gpt_oss glm4_moe deepseek_v2 deepseek_v3 qwen3_vl_moe; do
+for arch in qwen3_moe qwen2_moe mixtral gpt_oss glm4_moe deepseek_v2 deepseek_v3 qwen3_vl_moe olmoe; do
     step "check_${arch}_bfloat16_grouped" 60 yes "check_${arch}_bfloat16_grouped.json" -- \
         env KILN_MOE_DEVICE_ROWS=1 "$KILN" check-reference --model "$FIXTURES/$arch" \
         --device cuda --dtype bfloat16 --block-size 4 --json

@@ -62,6 +62,8 @@ from transformers import (
     Olmo2ForCausalLM,
     Olmo3Config,
     Olmo3ForCausalLM,
+    OlmoeConfig,
+    OlmoeForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     PreTrainedTokenizerFast,
@@ -857,6 +859,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 logit_scale=0.5,
                 rope_theta=10000.0,
                 tie_word_embeddings=True,
+            ),
+        ),
+        # OLMoE: pre-norm layers, RMS norms over the whole q and k projections, 8 experts of
+        # 128 (intermediate_size), top 2, not renormalised.
+        "olmoe": (
+            OlmoeForCausalLM,
+            OlmoeConfig(
+                **common,
+                rope_theta=10000.0,
+                num_experts=8,
+                num_experts_per_tok=2,
+                norm_topk_prob=False,
+                tie_word_embeddings=False,
             ),
         ),
         # Command R7B: Cohere's layer, layer 0 sliding (window 8, rotated), layer 1 global and

@@ -25,6 +25,9 @@ pub enum Architecture {
     /// embeddings, alternating local (sliding) and global layers, soft-capped attention
     /// scores and logits.
     Gemma2,
+    /// AI2's OLMoE: Llama's pre-norm layers with OLMo 2's q / k norms over whole
+    /// projections and Qwen-style experts (`mlp.gate`, `mlp.experts.N`, softmax top k).
+    Olmoe,
     /// Cohere's Command R7B / Command A: Cohere's parallel layer with three sliding layers
     /// to one global one (`layer_types`); only the sliding layers rotate q and k.
     Cohere2,
@@ -74,7 +77,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 24] = [
+    pub const SUPPORTED: [&'static str; 25] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -99,6 +102,7 @@ impl Architecture {
         "CohereForCausalLM",
         "PhiForCausalLM",
         "Cohere2ForCausalLM",
+        "OlmoeForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -143,6 +147,7 @@ impl Architecture {
             "CohereForCausalLM" => Architecture::Cohere,
             "PhiForCausalLM" => Architecture::Phi,
             "Cohere2ForCausalLM" => Architecture::Cohere2,
+            "OlmoeForCausalLM" => Architecture::Olmoe,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -265,6 +270,9 @@ struct RawConfig {
     /// Phi: LayerNorms over q and k.
     #[serde(default)]
     qk_layernorm: Option<bool>,
+    /// OLMo / OLMoE: clamp q, k and v to this magnitude.
+    #[serde(default)]
+    clip_qkv: Option<f64>,
     /// StarCoder2: biases on every projection.
     #[serde(default)]
     use_bias: Option<bool>,
@@ -587,6 +595,12 @@ impl MoeConfig {
                 raw.num_experts.unwrap_or(0),
                 raw.moe_intermediate_size
                     .context("a Qwen MoE config without moe_intermediate_size")?,
+                raw.norm_topk_prob.unwrap_or(false),
+            ),
+            // OLMoE's experts are `intermediate_size` wide (OlmoeConfig's defaults).
+            Architecture::Olmoe => (
+                raw.num_experts.unwrap_or(64),
+                raw.intermediate_size,
                 raw.norm_topk_prob.unwrap_or(false),
             ),
             // gpt-oss takes the softmax of the top-k logits: the same as renormalising.
@@ -1285,6 +1299,10 @@ impl ModelConfig {
             "Cohere's per-head q/k LayerNorms (use_qk_norm, Command R+) are not supported"
         );
         anyhow::ensure!(raw.logit_scale != Some(0.0), "logit_scale must not be zero");
+        anyhow::ensure!(
+            raw.clip_qkv.is_none(),
+            "clip_qkv (clamped q / k / v projections) is not supported"
+        );
         let ungated_mlp = match architecture {
             Architecture::Phi => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
@@ -1338,8 +1356,12 @@ impl ModelConfig {
                     | Architecture::Gemma3
                     | Architecture::Olmo2
                     | Architecture::Olmo3
+                    | Architecture::Olmoe
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true)),
-            qk_norm_whole: matches!(architecture, Architecture::Olmo2 | Architecture::Olmo3),
+            qk_norm_whole: matches!(
+                architecture,
+                Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe
+            ),
             rotary_dim,
             post_norm: matches!(architecture, Architecture::Olmo2 | Architecture::Olmo3),
             sliding_window,
@@ -1504,6 +1526,33 @@ mod tests {
             "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 1,
             "vocab_size": 32, "qk_layernorm": true}"#;
         assert!(ModelConfig::from_json(qk).is_err());
+    }
+
+    #[test]
+    fn olmoe_has_whole_projection_qk_norms_and_intermediate_sized_experts() {
+        // allenai/OLMoE-1B-7B-0924's config.json.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["OlmoeForCausalLM"], "hidden_size": 2048,
+            "intermediate_size": 1024, "num_attention_heads": 16, "num_hidden_layers": 16,
+            "num_key_value_heads": 16, "num_experts": 64, "num_experts_per_tok": 8,
+            "norm_topk_prob": false, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+            "vocab_size": 50304, "clip_qkv": null, "model_type": "olmoe"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Olmoe);
+        assert!(c.qk_norm && c.qk_norm_whole && !c.post_norm);
+        let moe = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.expert_intermediate_size),
+            (64, 8, 1024)
+        );
+        assert!(!moe.normalize_top_k);
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 6.9).abs() < 0.1, "{billions}");
+        let clipped = r#"{"architectures": ["OlmoeForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 32, "num_attention_heads": 4, "num_hidden_layers": 1,
+            "vocab_size": 32, "num_experts": 4, "clip_qkv": 8.0}"#;
+        assert!(ModelConfig::from_json(clipped).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 31] = [
+pub const ARCHS: [&str; 32] = [
     "llama",
     "llama31",
     "mistral",
@@ -39,12 +39,15 @@ pub const ARCHS: [&str; 31] = [
     "cohere",
     "phi",
     "cohere2",
+    "olmoe",
 ];
 
-/// The fixtures kiln shards across ranks: all but OLMo 2 and 3, whose q / k norms span
-/// every head (they refuse tensor parallelism with a clear error instead).
+/// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
+/// norms span every head (they refuse tensor parallelism with a clear error instead).
 pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
-    ARCHS.into_iter().filter(|&a| a != "olmo2" && a != "olmo3")
+    ARCHS
+        .into_iter()
+        .filter(|&a| !matches!(a, "olmo2" | "olmo3" | "olmoe"))
 }
 
 pub fn fixture(name: &str) -> PathBuf {
