@@ -39,6 +39,8 @@ from transformers import (
     DeepseekV3ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    GemmaConfig,
+    GemmaForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     InternVLConfig,
@@ -73,6 +75,8 @@ from transformers import (
     Qwen2MoeForCausalLM,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
@@ -218,7 +222,7 @@ PROMPT_TEXTS = [
 GREEDY_NEW_TOKENS = 32
 # Smaller random weights where the default's attention would be too peaky for bf16 to follow:
 # LongRoPE's attention factor at an original context of 3 multiplies the scores by 5.
-WEIGHT_STD = {"phi3_longrope": 0.1}
+WEIGHT_STD = {"phi3_longrope": 0.1, "gemma": 0.15}
 MIN_TOP2_MARGIN = 1e-3
 MAX_SEED_ATTEMPTS = 200
 
@@ -568,6 +572,22 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
+        # Gemma (1): Llama's layers with 1 + w norms, GeGLU (tanh) and scaled embeddings;
+        # head_dim 16, so q is wider than the hidden state. hidden_act says tanh too, as
+        # transformers 4.57 reads it (the hub configs say `gelu` there, and kiln follows
+        # `hidden_activation`, as the config's documentation does). Untied, for the reason
+        # given at gemma3.
+        "gemma": (
+            GemmaForCausalLM,
+            GemmaConfig(
+                **{k: v for k, v in common.items() if k != "hidden_act"},
+                hidden_act="gelu_pytorch_tanh",
+                hidden_activation="gelu_pytorch_tanh",
+                head_dim=16,
+                rope_theta=10000.0,
+                tie_word_embeddings=False,
+            ),
+        ),
         # Granite: Llama with its four multipliers, none of them 1. Untied, unlike real
         # Granite, for the reason given at gemma3 (kiln applies the logit scaling to the last
         # hidden state either way).
@@ -778,6 +798,23 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                     "tie_word_embeddings": False,
                 },
                 vision_config={**vl_vision, "fullatt_block_indexes": [0]},
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Qwen2-VL, run on text alone: Qwen2.5-VL's text model (its vision tower differs, and
+        # rides along unread).
+        "qwen2_vl": (
+            Qwen2VLForConditionalGeneration,
+            Qwen2VLConfig(
+                text_config={
+                    **vl_text,
+                    "rope_theta": 1000000.0,
+                    "rope_scaling": {"type": "mrope", "mrope_section": [2, 1, 1]},
+                    "tie_word_embeddings": False,
+                },
+                vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2},
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
                 tie_word_embeddings=False,

@@ -21,6 +21,9 @@ pub enum Architecture {
     Qwen2Moe,
     /// Mistral's attention with mixture-of-experts MLPs (`block_sparse_moe`, `w1/w2/w3`).
     Mixtral,
+    /// Gemma (1), CodeGemma: Llama's layers with `1 + w` norm weights, GeGLU (tanh), scaled
+    /// embeddings and a tied head.
+    Gemma,
     /// Gemma 2: norms around both blocks, `1 + w` norm weights, GeGLU (tanh), scaled
     /// embeddings, alternating local (sliding) and global layers, soft-capped attention
     /// scores and logits.
@@ -77,7 +80,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 25] = [
+    pub const SUPPORTED: [&'static str; 26] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -103,6 +106,7 @@ impl Architecture {
         "PhiForCausalLM",
         "Cohere2ForCausalLM",
         "OlmoeForCausalLM",
+        "GemmaForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -112,7 +116,8 @@ impl Architecture {
     pub fn ties_embeddings_by_default(self) -> bool {
         matches!(
             self,
-            Architecture::Gemma2
+            Architecture::Gemma
+                | Architecture::Gemma2
                 | Architecture::Gemma3
                 | Architecture::SmolLM3
                 | Architecture::Starcoder2
@@ -148,6 +153,7 @@ impl Architecture {
             "PhiForCausalLM" => Architecture::Phi,
             "Cohere2ForCausalLM" => Architecture::Cohere2,
             "OlmoeForCausalLM" => Architecture::Olmoe,
+            "GemmaForCausalLM" => Architecture::Gemma,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -194,10 +200,11 @@ impl ClassifierConfig {
 
 /// Multimodal architectures whose language model kiln runs alone (see
 /// `language_model_config`).
-pub const MULTIMODAL_ARCHITECTURES: [&str; 7] = [
+pub const MULTIMODAL_ARCHITECTURES: [&str; 8] = [
     "Gemma3ForConditionalGeneration",
     "Mistral3ForConditionalGeneration",
     "LlavaForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration",
     "Qwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration",
@@ -428,14 +435,17 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
         None => anyhow::bail!("a {arch} config without text_config"),
     };
     let mut merged = match (arch, text.get("model_type").and_then(|t| t.as_str())) {
-        // Qwen2_5_VLTextConfig's defaults (transformers 4.57): Qwen2's layers.
-        ("Qwen2_5_VLForConditionalGeneration", _) => serde_json::json!({
+        // Qwen2_5_VLTextConfig's and Qwen2VLTextConfig's defaults (transformers 4.57, the
+        // same): Qwen2's layers.
+        ("Qwen2_5_VLForConditionalGeneration" | "Qwen2VLForConditionalGeneration", _) => {
+            serde_json::json!({
             "architectures": ["Qwen2ForCausalLM"],
             "vocab_size": 152064, "hidden_size": 8192, "intermediate_size": 29568,
             "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
             "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
             "rope_theta": 1000000.0, "use_sliding_window": false, "tie_word_embeddings": false,
-        }),
+            })
+        }
         // Qwen3VLMoeTextConfig's defaults (transformers 4.57): Qwen3-MoE's layers, which
         // always renormalise the top k (the config leaves norm_topk_prob out).
         ("Qwen3VLMoeForConditionalGeneration", _) => serde_json::json!({
@@ -768,6 +778,8 @@ pub struct GemmaConfig {
     /// `head_dim^-0.5` (folded into the q norm's weight at load, or into q's rows where
     /// there is no q norm: Gemma 2).
     pub query_scale: f64,
+    /// Gemma 2 and 3: norms around both blocks (Gemma's own layer is Llama's).
+    pub sandwich: bool,
     /// Gemma 2: each scaled attention score `s` becomes `cap * tanh(s / cap)`.
     pub attn_softcap: Option<f32>,
     /// Gemma 2: the logits likewise.
@@ -999,7 +1011,10 @@ fn parse_layer_types(raw: &RawConfig) -> Result<Option<Vec<bool>>> {
 
 impl GemmaConfig {
     fn from_raw(architecture: Architecture, raw: &RawConfig) -> Result<Option<GemmaConfig>> {
-        if !matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3) {
+        if !matches!(
+            architecture,
+            Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3
+        ) {
             return Ok(None);
         }
         let cap = |name: &str, cap: Option<f64>| -> Result<Option<f32>> {
@@ -1014,6 +1029,8 @@ impl GemmaConfig {
         let final_softcap = cap("final_logit_softcapping", raw.final_logit_softcapping)?;
         let n = raw.num_hidden_layers;
         let sliding_layers = match (parse_layer_types(raw)?, raw.sliding_window_pattern) {
+            // Gemma (1) attends over everything in every layer.
+            _ if architecture == Architecture::Gemma => vec![false; n],
             (Some(sliding), _) => sliding,
             // Every `pattern`-th layer is global (Gemma 3's default is 6; Gemma 2 alternates,
             // local first).
@@ -1040,6 +1057,7 @@ impl GemmaConfig {
                 _ => raw.rope_local_base_freq.unwrap_or(10000.0),
             },
             query_scale: (head_dim / scalar).sqrt(),
+            sandwich: architecture != Architecture::Gemma,
             attn_softcap,
             final_softcap,
         }))
@@ -1162,8 +1180,14 @@ impl ModelConfig {
         let architecture = Architecture::from_hf(&arch_name)?;
         let gemma = GemmaConfig::from_raw(architecture, &raw)?;
         match (&raw.hidden_act, &raw.hidden_activation, architecture) {
-            (_, Some(act), Architecture::Gemma2 | Architecture::Gemma3)
-            | (Some(act), None, Architecture::Gemma2 | Architecture::Gemma3) => {
+            // `hidden_activation` overrides the legacy `hidden_act` (Gemma's hub configs say
+            // `gelu` there and `gelu_pytorch_tanh` here).
+            (_, Some(act), Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3)
+            | (
+                Some(act),
+                None,
+                Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3,
+            ) => {
                 anyhow::ensure!(
                     act == "gelu_pytorch_tanh",
                     "unsupported hidden_activation '{act}' for Gemma (only gelu_pytorch_tanh)"
@@ -1864,6 +1888,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("hidden_activation 'gelu'"), "{err}");
+    }
+
+    #[test]
+    fn gemma_hub_configs_run_every_layer_globally_with_their_hidden_activation() {
+        // google/gemma-2b's config: the legacy hidden_act says exact GELU, hidden_activation
+        // the tanh one the model was trained with.
+        let json = |act: &str| {
+            format!(
+                r#"{{"architectures": ["GemmaForCausalLM"], "hidden_size": 2048,
+                "intermediate_size": 16384, "num_hidden_layers": 18, "num_attention_heads": 8,
+                "num_key_value_heads": 1, "head_dim": 256, "vocab_size": 256000,
+                "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "hidden_act": "gelu"{act}}}"#
+            )
+        };
+        let c =
+            ModelConfig::from_json(&json(r#", "hidden_activation": "gelu_pytorch_tanh""#)).unwrap();
+        assert_eq!(c.architecture, Architecture::Gemma);
+        let g = c.gemma.clone().unwrap();
+        assert!(!g.sandwich);
+        assert!(g.sliding_layers.iter().all(|&s| !s));
+        assert_eq!(c.layer_window(3), None);
+        assert_eq!(g.query_scale, 1.0);
+        assert_eq!((g.attn_softcap, g.final_softcap), (None, None));
+        assert!(c.tie_word_embeddings);
+        assert!(!c.qk_norm);
+        assert_eq!(c.q_width(), 2048);
+        // Without hidden_activation, the exact GELU is refused rather than approximated.
+        let err = ModelConfig::from_json(&json("")).unwrap_err().to_string();
+        assert!(err.contains("'gelu'"), "{err}");
     }
 
     #[test]

@@ -604,7 +604,10 @@ impl<B: Backend> LlamaModel<B> {
                     _ if c.parallel_block => "input_layernorm",
                     _ => "post_attention_layernorm",
                 })?,
-                sandwich: match (c.architecture, c.gemma.is_some() || c.post_norm) {
+                sandwich: match (
+                    c.architecture,
+                    c.gemma.as_ref().is_some_and(|g| g.sandwich) || c.post_norm,
+                ) {
                     (Architecture::Glm4, _) => Some(SandwichNorms {
                         pre_feedforward: Some(norm("post_attention_layernorm")?),
                         post_feedforward: norm("post_mlp_layernorm")?,
@@ -1152,12 +1155,17 @@ impl<B: Backend> LlamaModel<B> {
                 continue;
             }
             let partial = match &layer.mlp {
-                Mlp::Dense { gate_up, down } if !lora.is_empty() => {
+                // Gemma's GeGLU has no fused op: the norm, then the projections.
+                Mlp::Dense { gate_up, down } if !lora.is_empty() || c.gemma.is_some() => {
                     let (x, sum) =
                         be.add_rms_norm(attn, residual_in, &layer.post_attention_norm, eps)?;
                     residual = Some(sum);
                     let gate_up = adapt(be.linear(&x, gate_up, None)?, &x, i, Site::GateUp)?;
-                    let act = be.silu_mul(&gate_up)?;
+                    let act = if c.gemma.is_some() {
+                        be.gelu_tanh_mul(&gate_up)?
+                    } else {
+                        be.silu_mul(&gate_up)?
+                    };
                     adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?
                 }
                 Mlp::Dense { gate_up, down } => {

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 32] = [
+pub const ARCHS: [&str; 34] = [
     "llama",
     "llama31",
     "mistral",
@@ -40,6 +40,8 @@ pub const ARCHS: [&str; 32] = [
     "phi",
     "cohere2",
     "olmoe",
+    "gemma",
+    "qwen2_vl",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
