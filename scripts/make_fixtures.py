@@ -41,6 +41,8 @@ from transformers import (
     Gemma2ForCausalLM,
     GemmaConfig,
     GemmaForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     InternVLConfig,
@@ -409,6 +411,13 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
     # The Qwen VL models: the text model's fields (token ids go at the top level) and a
     # one-block vision tower, which kiln never reads.
     vl_text = {k: v for k, v in common.items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    neox = {
+        **{k: v for k, v in common.items() if k not in ("rms_norm_eps", "hidden_act", "num_key_value_heads")},
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "rotary_emb_base": 10000,
+        "tie_word_embeddings": False,
+    }
     vl_vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
     return {
         "llama": (
@@ -937,6 +946,15 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 rope_theta=10000.0,
                 tie_word_embeddings=False,
             ),
+        ),
+        # GPT-NeoX (Pythia): LayerNorms with biases, q/k/v fused head by head with biases,
+        # rotate-half rotary on half of each head, an ungated exact-GELU MLP with biases, and
+        # attention and MLP side by side, each with its own norm; untied `embed_out`.
+        "gpt_neox": (GPTNeoXForCausalLM, GPTNeoXConfig(**neox, rotary_pct=0.5, use_parallel_residual=True)),
+        # GPT-NeoX with its blocks in sequence (use_parallel_residual false).
+        "gpt_neox_sequential": (
+            GPTNeoXForCausalLM,
+            GPTNeoXConfig(**neox, rotary_pct=0.25, use_parallel_residual=False),
         ),
         # SmolLM3: layer 1 of 2 has no rotary embedding (no_rope_layer_interval 2).
         "smollm3": (

@@ -22,8 +22,10 @@ use crate::engine::{EngineConfig, LlmEngine};
 use crate::model::base_model_weights::BaseModelWeights;
 use crate::model::bnb::{Bnb4, Bnb4Weights};
 use crate::model::bnb8::{Bnb8, Bnb8Weights};
+use crate::model::config::Architecture;
 use crate::model::config::{ModelConfig, Quantization};
 use crate::model::fp8::{Fp8, Fp8Weights};
+use crate::model::gpt_neox_weights::GptNeoXWeights;
 use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
@@ -370,6 +372,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             // expansion of quantized weights under those names.
             let named: Box<dyn WeightSource + Send + Sync> = if config.nested_language_model {
                 Box::new(LanguageModelWeights::wrap(files_source)?)
+            } else if config.architecture == Architecture::GptNeoX {
+                Box::new(GptNeoXWeights::wrap(files_source))
             } else if bare {
                 Box::new(BaseModelWeights::wrap(files_source))
             } else {

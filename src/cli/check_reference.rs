@@ -197,7 +197,7 @@ where
             value: diff as f64,
             limit: tolerance as f64,
             ok,
-            note: if diff <= tolerance {
+            note: if diff <= tolerance || dtype == DType::F32 {
                 format!("{} prompt tokens", e.prompt_ids.len())
             } else {
                 format!(

@@ -21,6 +21,11 @@ pub enum Architecture {
     Qwen2Moe,
     /// Mistral's attention with mixture-of-experts MLPs (`block_sparse_moe`, `w1/w2/w3`).
     Mixtral,
+    /// EleutherAI's GPT-NeoX (Pythia, GPT-NeoX-20B, and models trained on its code):
+    /// LayerNorms with biases, q/k/v fused head by head (`query_key_value`), partial
+    /// rotate-half rotary, an ungated GELU MLP, and attention and MLP side by side with a
+    /// norm each (`use_parallel_residual`) or in sequence.
+    GptNeoX,
     /// Gemma (1), CodeGemma: Llama's layers with `1 + w` norm weights, GeGLU (tanh), scaled
     /// embeddings and a tied head.
     Gemma,
@@ -80,7 +85,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 26] = [
+    pub const SUPPORTED: [&'static str; 27] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -107,6 +112,7 @@ impl Architecture {
         "Cohere2ForCausalLM",
         "OlmoeForCausalLM",
         "GemmaForCausalLM",
+        "GPTNeoXForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -154,6 +160,7 @@ impl Architecture {
             "Cohere2ForCausalLM" => Architecture::Cohere2,
             "OlmoeForCausalLM" => Architecture::Olmoe,
             "GemmaForCausalLM" => Architecture::Gemma,
+            "GPTNeoXForCausalLM" => Architecture::GptNeoX,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -350,6 +357,16 @@ struct RawConfig {
     /// Rotary embedding on only the first fraction of each head (Phi-4-mini, GLM-4).
     #[serde(default)]
     partial_rotary_factor: Option<f64>,
+    /// GPT-NeoX's names for `partial_rotary_factor` and `rope_theta` (its hub configs have
+    /// only these).
+    #[serde(default)]
+    rotary_pct: Option<f64>,
+    #[serde(default)]
+    rotary_emb_base: Option<f64>,
+    /// GPT-NeoX: attention and MLP side by side, each with its own norm (transformers'
+    /// default true).
+    #[serde(default)]
+    use_parallel_residual: Option<bool>,
     /// Mixture of experts: Qwen3-MoE's `num_experts`, Mixtral's `num_local_experts`.
     #[serde(default)]
     num_experts: Option<usize>,
@@ -1193,7 +1210,7 @@ impl ModelConfig {
                     "unsupported hidden_activation '{act}' for Gemma (only gelu_pytorch_tanh)"
                 )
             }
-            (Some(_), _, Architecture::Starcoder2 | Architecture::Phi) => {}
+            (Some(_), _, Architecture::Starcoder2 | Architecture::Phi | Architecture::GptNeoX) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
             }
@@ -1239,7 +1256,7 @@ impl ModelConfig {
         // As HF: the first int(head_dim * factor) values of each head rotate.
         let factor = match &mla {
             Some(m) => m.qk_rope_head_dim as f64 / head_dim as f64,
-            None => raw.partial_rotary_factor.unwrap_or(1.0),
+            None => raw.partial_rotary_factor.or(raw.rotary_pct).unwrap_or(1.0),
         };
         let rotary_dim = match &mla {
             Some(m) => m.qk_rope_head_dim,
@@ -1313,6 +1330,10 @@ impl ModelConfig {
         // has biases.
         let starcoder2_bias = architecture == Architecture::Phi
             || (architecture == Architecture::Starcoder2 && raw.use_bias.unwrap_or(true));
+        // GPT-NeoX's attention_bias (default true) covers q/k/v and the output projection;
+        // its MLP always has biases.
+        let neox_attention_bias =
+            architecture == Architecture::GptNeoX && raw.attention_bias.unwrap_or(true);
         anyhow::ensure!(
             !(architecture == Architecture::Phi && raw.qk_layernorm == Some(true)),
             "Phi's q/k LayerNorms (qk_layernorm) are not supported"
@@ -1328,6 +1349,10 @@ impl ModelConfig {
             "clip_qkv (clamped q / k / v projections) is not supported"
         );
         let ungated_mlp = match architecture {
+            Architecture::GptNeoX => {
+                let act = raw.hidden_act.as_deref().unwrap_or("gelu");
+                Some(crate::backend::image_ops::Activation::from_hf(act)?)
+            }
             Architecture::Phi => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
@@ -1355,7 +1380,10 @@ impl ModelConfig {
                 .norm_epsilon
                 .or(raw.layer_norm_eps)
                 .unwrap_or(raw.rms_norm_eps),
-            rope_theta: raw.rope_theta,
+            rope_theta: match architecture {
+                Architecture::GptNeoX => raw.rotary_emb_base.unwrap_or(raw.rope_theta),
+                _ => raw.rope_theta,
+            },
             rope_scaling: super::rope::resolve_scaling(
                 raw.rope_scaling.clone(),
                 architecture,
@@ -1370,6 +1398,7 @@ impl ModelConfig {
                 .unwrap_or(architecture.ties_embeddings_by_default()),
             qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
                 || starcoder2_bias
+                || neox_attention_bias
                 || raw
                     .attention_bias
                     .unwrap_or(architecture == Architecture::SeedOss),
@@ -1402,6 +1431,7 @@ impl ModelConfig {
             },
             o_bias: architecture == Architecture::GptOss
                 || starcoder2_bias
+                || neox_attention_bias
                 || raw.attention_out_bias == Some(true),
             layer_norm: matches!(
                 architecture,
@@ -1409,11 +1439,13 @@ impl ModelConfig {
                     | Architecture::Cohere
                     | Architecture::Cohere2
                     | Architecture::Phi
+                    | Architecture::GptNeoX
             ),
             parallel_block: matches!(
                 architecture,
                 Architecture::Cohere | Architecture::Cohere2 | Architecture::Phi
-            ),
+            ) || (architecture == Architecture::GptNeoX
+                && raw.use_parallel_residual.unwrap_or(true)),
             logit_scale: match architecture {
                 // CohereConfig's default.
                 Architecture::Cohere | Architecture::Cohere2 => {
@@ -1917,6 +1949,38 @@ mod tests {
         // Without hidden_activation, the exact GELU is refused rather than approximated.
         let err = ModelConfig::from_json(&json("")).unwrap_err().to_string();
         assert!(err.contains("'gelu'"), "{err}");
+    }
+
+    #[test]
+    fn pythia_hub_configs_read_neox_names_for_rotary_and_residual() {
+        // EleutherAI/pythia-70m's config.json, as on the hub.
+        let pythia = r#"{"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0,
+            "eos_token_id": 0, "hidden_act": "gelu", "hidden_size": 512,
+            "intermediate_size": 2048, "layer_norm_eps": 1e-05,
+            "max_position_embeddings": 2048, "model_type": "gpt_neox",
+            "num_attention_heads": 8, "num_hidden_layers": 6, "rotary_emb_base": 10000,
+            "rotary_pct": 0.25, "tie_word_embeddings": false, "torch_dtype": "float16",
+            "use_parallel_residual": true, "vocab_size": 50304}"#;
+        let c = ModelConfig::from_json(pythia).unwrap();
+        assert_eq!(c.architecture, Architecture::GptNeoX);
+        assert_eq!((c.head_dim, c.rotary_dim, c.num_kv_heads), (64, 16, 8));
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(c.rms_norm_eps, 1e-5);
+        assert!(c.layer_norm && c.parallel_block && c.qkv_bias && c.o_bias);
+        assert_eq!(
+            c.ungated_mlp,
+            Some(crate::backend::image_ops::Activation::Gelu)
+        );
+        assert!(!c.tie_word_embeddings);
+        let sequential = pythia
+            .replace(
+                r#""use_parallel_residual": true"#,
+                r#""use_parallel_residual": false, "attention_bias": false"#,
+            )
+            .replace(r#""rotary_emb_base": 10000"#, r#""rotary_emb_base": 500"#);
+        let c = ModelConfig::from_json(&sequential).unwrap();
+        assert!(!c.parallel_block && !c.qkv_bias && !c.o_bias);
+        assert_eq!(c.rope_theta, 500.0);
     }
 
     #[test]

@@ -289,6 +289,30 @@ fn fused_qkv_parts(
         .map(|(offset, rows)| rows_at(name.clone(), shape.clone(), offset, rows))
 }
 
+/// This rank's q, k and v rows (`suffix` `weight`) or biases (`bias`) of GPT-NeoX's fused
+/// `query_key_value`, whose rows run head by head, each head's q, k and v in turn: this
+/// rank's heads' q rows, then their k rows, then their v rows (every head has its own k
+/// and v).
+fn per_head_qkv_parts(
+    c: &ModelConfig,
+    layer: &str,
+    heads: &Range<usize>,
+    suffix: &str,
+) -> Vec<Part> {
+    let (h, hd) = (c.hidden_size, c.head_dim);
+    let name = format!("{layer}.self_attn.query_key_value.{suffix}");
+    let rows = 3 * c.num_heads * hd;
+    let shape = if suffix == "bias" {
+        vec![rows]
+    } else {
+        vec![rows, h]
+    };
+    (0..3)
+        .flat_map(|which| heads.clone().map(move |head| (head * 3 + which) * hd))
+        .map(|offset| rows_at(name.clone(), shape.clone(), offset, &(0..hd)))
+        .collect()
+}
+
 /// This rank's gate and up rows of Phi-3's fused `gate_up_proj` (gate rows first).
 fn fused_gate_up_parts(c: &ModelConfig, layer: &str, rows: &Range<usize>) -> [Part; 2] {
     let inter = c.intermediate_size;
@@ -515,6 +539,8 @@ impl<B: Backend> LlamaModel<B> {
                 ]
             };
             let norm = |n: &str| load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0);
+            // GPT-NeoX's parallel layer norms the stream twice, once for each block.
+            let neox = c.architecture == Architecture::GptNeoX;
             // Phi names the attention's output projection `dense`.
             let o_name = if c.architecture == Architecture::Phi {
                 "dense"
@@ -540,15 +566,20 @@ impl<B: Backend> LlamaModel<B> {
                     None => load_stacked(
                         be,
                         src,
-                        &if c.architecture == Architecture::Phi3 {
-                            fused_qkv_parts(c, &p, &q_cols, &kv_cols)
-                        } else {
-                            q_k_v(&proj)
+                        &match c.architecture {
+                            Architecture::Phi3 => fused_qkv_parts(c, &p, &q_cols, &kv_cols).into(),
+                            Architecture::GptNeoX => {
+                                per_head_qkv_parts(c, &p, &layout.q_heads, "weight")
+                            }
+                            _ => q_k_v(&proj).into(),
                         },
                         dtype,
                     )?,
                 },
-                qkv_bias: if c.qkv_bias {
+                qkv_bias: if c.qkv_bias && c.architecture == Architecture::GptNeoX {
+                    let parts = per_head_qkv_parts(c, &p, &layout.q_heads, "bias");
+                    Some(load_stacked(be, src, &parts, dtype)?)
+                } else if c.qkv_bias {
                     Some(load_stacked(be, src, &q_k_v(&bias), dtype)?)
                 } else {
                     None
@@ -588,8 +619,9 @@ impl<B: Backend> LlamaModel<B> {
                 // the MLP, post_self_attn_layernorm closes the attention block.
                 norm_biases: if c.layer_norm {
                     let bias = |n: &str| norm_bias(be, src, &format!("{p}.{n}.bias"), h, dtype);
-                    // A parallel layer has one norm: the second bias goes unread.
-                    let second = if c.parallel_block {
+                    // A parallel layer has one norm (GPT-NeoX's two): the second bias of the
+                    // others goes unread.
+                    let second = if c.parallel_block && !neox {
                         "input_layernorm"
                     } else {
                         "post_attention_layernorm"
@@ -600,8 +632,8 @@ impl<B: Backend> LlamaModel<B> {
                 },
                 post_attention_norm: norm(match c.architecture {
                     Architecture::Glm4 => "post_self_attn_layernorm",
-                    // A parallel layer has one norm: this copy goes unread.
-                    _ if c.parallel_block => "input_layernorm",
+                    // A parallel layer has one norm (GPT-NeoX's two): this copy goes unread.
+                    _ if c.parallel_block && !neox => "input_layernorm",
                     _ => "post_attention_layernorm",
                 })?,
                 sandwich: match (
@@ -1042,25 +1074,33 @@ impl<B: Backend> LlamaModel<B> {
                     None => hidden,
                 };
                 let x = be.layer_norm(&stream, norm, bias, eps)?;
+                // GPT-NeoX's MLP reads its own norm of the stream.
+                let mlp_in = match (c.architecture, &layer.norm_biases) {
+                    (Architecture::GptNeoX, Some((_, mlp_bias))) => {
+                        Some(be.layer_norm(&stream, &layer.post_attention_norm, mlp_bias, eps)?)
+                    }
+                    _ => None,
+                };
                 let qkv = be.linear(&x, &layer.qkv, layer.qkv_bias.as_ref())?;
                 let qkv = adapt(qkv, &x, i, Site::Qkv)?;
                 let attn = self.attention_block(be, layer, i, qkv, meta, cache)?;
                 let out = be.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?;
                 let attn = comm.all_reduce_sum(be, adapt(out, &attn, i, Site::O)?)?;
+                let x = mlp_in.as_ref().unwrap_or(&x);
                 let mlp = match &layer.mlp {
                     Mlp::Dense { gate_up, down } => {
-                        let gate_up = adapt(be.linear(&x, gate_up, None)?, &x, i, Site::GateUp)?;
+                        let gate_up = adapt(be.linear(x, gate_up, None)?, x, i, Site::GateUp)?;
                         let act = be.silu_mul(&gate_up)?;
                         adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?
                     }
-                    ungated @ Mlp::Ungated { .. } => ungated.ungated_forward(be, &x)?,
+                    ungated @ Mlp::Ungated { .. } => ungated.ungated_forward(be, x)?,
                     Mlp::Sparse(_) => anyhow::bail!("parallel layers have dense MLPs"),
                 };
                 let mlp = comm.all_reduce_sum(be, mlp)?;
                 // The next layer adds `hidden` to `residual`, so each model's own order of
                 // additions holds: Cohere's (stream + attention) + MLP, Phi's (attention +
-                // MLP) + stream.
-                if c.architecture == Architecture::Phi {
+                // MLP) + stream, GPT-NeoX's (MLP + attention) + stream.
+                if matches!(c.architecture, Architecture::Phi | Architecture::GptNeoX) {
                     residual = Some(stream);
                     hidden = be.add_tensors(&attn, &mlp)?;
                 } else {

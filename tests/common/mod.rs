@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 34] = [
+pub const ARCHS: [&str; 36] = [
     "llama",
     "llama31",
     "mistral",
@@ -42,6 +42,8 @@ pub const ARCHS: [&str; 34] = [
     "olmoe",
     "gemma",
     "qwen2_vl",
+    "gpt_neox",
+    "gpt_neox_sequential",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
