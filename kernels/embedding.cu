@@ -22,3 +22,29 @@ __device__ __forceinline__ void embedding_impl(typename D::T* out, const typenam
         embedding_impl<D>(out, table, ids, hidden, vocab);                                \
     }
 KILN_FOR_EACH_DTYPE(KILN_EMBEDDING)
+
+// Learned position embeddings (GPT-2, OPT): x[i, :] += table[positions[i] + offset, :], the
+// sum rounded to the dtype once. A row past the table is left as it is (bad input must not
+// read outside the table; the host checks positions against the table first).
+template <typename D>
+__device__ __forceinline__ void add_position_embedding_impl(typename D::T* x,
+                                                            const typename D::T* table,
+                                                            const int* positions, int hidden,
+                                                            int offset, int table_rows) {
+    const long long row = blockIdx.x;
+    const long long at = (long long)positions[row] + offset;
+    if (at < 0 || at >= table_rows) return;
+    typename D::T* dst = x + row * hidden;
+    const typename D::T* src = table + at * hidden;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x)
+        dst[j] = D::store(D::load(dst[j]) + D::load(src[j]));
+}
+
+#define KILN_ADD_POSITION_EMBEDDING(S, D)                                                 \
+    extern "C" __global__ void add_position_embedding_##S(D::T* x, const D::T* table,     \
+                                                          const int* positions,           \
+                                                          int hidden, int offset,         \
+                                                          int table_rows) {               \
+        add_position_embedding_impl<D>(x, table, positions, hidden, offset, table_rows);  \
+    }
+KILN_FOR_EACH_DTYPE(KILN_ADD_POSITION_EMBEDDING)

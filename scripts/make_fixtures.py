@@ -41,6 +41,8 @@ from transformers import (
     Gemma2ForCausalLM,
     GemmaConfig,
     GemmaForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
     Gemma3ForCausalLM,
@@ -956,6 +958,27 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             GPTNeoXForCausalLM,
             GPTNeoXConfig(**neox, rotary_pct=0.25, use_parallel_residual=False),
         ),
+        # GPT-2: learned positions, LayerNorms with biases, fused c_attn, biases everywhere,
+        # GELU (tanh) MLP of n_inner 128, Conv1D weights ([in, out]); untied for the reason
+        # given at gemma3 (real GPT-2 ties its head).
+        "gpt2": (
+            GPT2LMHeadModel,
+            GPT2Config(
+                vocab_size=vocab_size,
+                n_embd=64,
+                n_inner=128,
+                n_layer=2,
+                n_head=8,
+                n_positions=256,
+                activation_function="gelu_new",
+                layer_norm_epsilon=1e-5,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=False,
+            ),
+        ),
         # SmolLM3: layer 1 of 2 has no rotary embedding (no_rope_layer_interval 2).
         "smollm3": (
             SmolLM3ForCausalLM,
@@ -976,7 +999,8 @@ def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> No
     with torch.no_grad():
         for name, param in model.named_parameters():  # tied weights appear once
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-            if name.endswith("norm.weight"):
+            # GPT-2 names its LayerNorms ln_1, ln_2, ln_f.
+            if name.endswith("norm.weight") or (name.endswith(".weight") and name.split(".")[-2].startswith("ln_")):
                 param.copy_(1.0 + 0.1 * noise)
             elif name.endswith(".bias"):
                 param.copy_(0.1 * noise)

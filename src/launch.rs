@@ -25,6 +25,7 @@ use crate::model::bnb8::{Bnb8, Bnb8Weights};
 use crate::model::config::Architecture;
 use crate::model::config::{ModelConfig, Quantization};
 use crate::model::fp8::{Fp8, Fp8Weights};
+use crate::model::gpt2::Gpt2Weights;
 use crate::model::gpt_neox_weights::GptNeoXWeights;
 use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
@@ -372,6 +373,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             // expansion of quantized weights under those names.
             let named: Box<dyn WeightSource + Send + Sync> = if config.nested_language_model {
                 Box::new(LanguageModelWeights::wrap(files_source)?)
+            } else if config.architecture == Architecture::Gpt2 {
+                Box::new(Gpt2Weights::wrap(files_source))
             } else if config.architecture == Architecture::GptNeoX {
                 Box::new(GptNeoXWeights::wrap(files_source))
             } else if bare {

@@ -138,6 +138,18 @@ pub trait Backend: Send + Sync {
         self.embedding(table, tokens)
     }
 
+    /// `x` plus the rows of `table` (`[positions, hidden]`) at each token's position plus
+    /// `offset`: GPT-2's and OPT's learned position embeddings. The positions come from the
+    /// batch metadata, so a recorded step reads its own input buffer. A position past the
+    /// table is an error.
+    fn add_position_embeddings(
+        &self,
+        x: Self::Tensor,
+        table: &Self::Tensor,
+        batch: &Self::BatchMeta,
+        offset: usize,
+    ) -> Result<Self::Tensor>;
+
     /// A decode step through a recording the backend replays (CUDA graphs), where it keeps
     /// them. `body` is the forward pass from prepared metadata, tokens and layout to the
     /// logits of the layout's `logits_rows`; the backend may call it on a padded copy of the

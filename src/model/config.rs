@@ -21,6 +21,10 @@ pub enum Architecture {
     Qwen2Moe,
     /// Mistral's attention with mixture-of-experts MLPs (`block_sparse_moe`, `w1/w2/w3`).
     Mixtral,
+    /// OpenAI's GPT-2 (DistilGPT-2, and others trained with its code): learned absolute
+    /// positions instead of rotary ones, LayerNorms with biases, q/k/v fused (`c_attn`),
+    /// biases everywhere, an ungated GELU (tanh) MLP, `Conv1D` weights stored `[in, out]`.
+    Gpt2,
     /// EleutherAI's GPT-NeoX (Pythia, GPT-NeoX-20B, and models trained on its code):
     /// LayerNorms with biases, q/k/v fused head by head (`query_key_value`), partial
     /// rotate-half rotary, an ungated GELU MLP, and attention and MLP side by side with a
@@ -85,7 +89,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 27] = [
+    pub const SUPPORTED: [&'static str; 28] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -113,6 +117,7 @@ impl Architecture {
         "OlmoeForCausalLM",
         "GemmaForCausalLM",
         "GPTNeoXForCausalLM",
+        "GPT2LMHeadModel",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -125,6 +130,7 @@ impl Architecture {
             Architecture::Gemma
                 | Architecture::Gemma2
                 | Architecture::Gemma3
+                | Architecture::Gpt2
                 | Architecture::SmolLM3
                 | Architecture::Starcoder2
                 | Architecture::Cohere
@@ -161,6 +167,7 @@ impl Architecture {
             "OlmoeForCausalLM" => Architecture::Olmoe,
             "GemmaForCausalLM" => Architecture::Gemma,
             "GPTNeoXForCausalLM" => Architecture::GptNeoX,
+            "GPT2LMHeadModel" => Architecture::Gpt2,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1129,6 +1136,9 @@ pub struct ModelConfig {
     /// gpt-oss: a learned logit per head that joins each softmax (`self_attn.sinks`): it
     /// takes part of the probability mass without contributing a value.
     pub attention_sinks: bool,
+    /// GPT-2: learned absolute position embeddings (`model.embed_positions`), added to the
+    /// token embeddings at each position plus this offset.
+    pub learned_positions: Option<usize>,
     /// DeepSeek's multi-head latent attention (`head_dim` is then its q / k head size).
     pub mla: Option<super::mla::MlaConfig>,
     /// The experts, for mixture-of-experts models.
@@ -1180,6 +1190,10 @@ impl ModelConfig {
         let value: serde_json::Value =
             serde_json::from_str(text).context("config.json is not JSON")?;
         let (value, nested_language_model) = language_model_config(value)?;
+        let value = match value["architectures"][0].as_str() {
+            Some("GPT2LMHeadModel") => super::gpt2::normalized_config(value)?,
+            _ => value,
+        };
         let raw: RawConfig = serde_json::from_value(value.clone())
             .context("config.json is not a valid model config")?;
         let arch_name = raw
@@ -1210,7 +1224,14 @@ impl ModelConfig {
                     "unsupported hidden_activation '{act}' for Gemma (only gelu_pytorch_tanh)"
                 )
             }
-            (Some(_), _, Architecture::Starcoder2 | Architecture::Phi | Architecture::GptNeoX) => {}
+            (
+                Some(_),
+                _,
+                Architecture::Starcoder2
+                | Architecture::Phi
+                | Architecture::GptNeoX
+                | Architecture::Gpt2,
+            ) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
             }
@@ -1306,6 +1327,8 @@ impl ModelConfig {
         };
         let rope_layers = match (architecture, &raw.no_rope_layers) {
             (Architecture::Cohere2, _) => Some(cohere2_sliding.clone()),
+            // GPT-2's positions are learned embeddings: no layer rotates.
+            (Architecture::Gpt2, _) => Some(vec![false; raw.num_hidden_layers]),
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -1332,8 +1355,9 @@ impl ModelConfig {
             || (architecture == Architecture::Starcoder2 && raw.use_bias.unwrap_or(true));
         // GPT-NeoX's attention_bias (default true) covers q/k/v and the output projection;
         // its MLP always has biases.
-        let neox_attention_bias =
-            architecture == Architecture::GptNeoX && raw.attention_bias.unwrap_or(true);
+        let neox_attention_bias = (architecture == Architecture::GptNeoX
+            && raw.attention_bias.unwrap_or(true))
+            || architecture == Architecture::Gpt2;
         anyhow::ensure!(
             !(architecture == Architecture::Phi && raw.qk_layernorm == Some(true)),
             "Phi's q/k LayerNorms (qk_layernorm) are not supported"
@@ -1349,6 +1373,10 @@ impl ModelConfig {
             "clip_qkv (clamped q / k / v projections) is not supported"
         );
         let ungated_mlp = match architecture {
+            Architecture::Gpt2 => {
+                let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
+                Some(crate::backend::image_ops::Activation::from_hf(act)?)
+            }
             Architecture::GptNeoX => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
@@ -1440,6 +1468,7 @@ impl ModelConfig {
                     | Architecture::Cohere2
                     | Architecture::Phi
                     | Architecture::GptNeoX
+                    | Architecture::Gpt2
             ),
             parallel_block: matches!(
                 architecture,
@@ -1455,6 +1484,7 @@ impl ModelConfig {
             },
             ungated_mlp,
             attention_sinks: architecture == Architecture::GptOss,
+            learned_positions: (architecture == Architecture::Gpt2).then_some(0),
             mla,
             moe,
             gemma,

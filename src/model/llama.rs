@@ -117,6 +117,9 @@ pub struct LlamaModel<B: Backend> {
     norm: B::Tensor,
     /// StarCoder2: the final LayerNorm's bias.
     norm_bias: Option<B::Tensor>,
+    /// GPT-2: the learned position embeddings (`[positions, hidden]`, whole on every rank)
+    /// and the offset positions are read at.
+    positions: Option<(B::Tensor, usize)>,
     /// None when the LM head is tied to the embedding.
     lm_head: Option<B::Tensor>,
     /// Phi: the LM head's bias (this rank's vocabulary entries).
@@ -275,16 +278,22 @@ pub(super) fn cols_part(name: String, shape: Vec<usize>, cols: Range<usize>) -> 
     }
 }
 
-/// This rank's q, k and v rows of Phi-3's fused `qkv_proj` (q, then k, then v rows).
+/// This rank's q, k and v rows (`suffix` `weight`) or biases (`bias`) of Phi-3's and GPT-2's
+/// fused `qkv_proj` (q, then k, then v rows).
 fn fused_qkv_parts(
     c: &ModelConfig,
     layer: &str,
     q_cols: &Range<usize>,
     kv_cols: &Range<usize>,
+    suffix: &str,
 ) -> [Part; 3] {
     let (q, kv) = (c.q_width(), c.kv_width());
-    let name = format!("{layer}.self_attn.qkv_proj.weight");
-    let shape = vec![q + 2 * kv, c.hidden_size];
+    let name = format!("{layer}.self_attn.qkv_proj.{suffix}");
+    let shape = if suffix == "bias" {
+        vec![q + 2 * kv]
+    } else {
+        vec![q + 2 * kv, c.hidden_size]
+    };
     [(0, q_cols), (q, kv_cols), (q + kv, kv_cols)]
         .map(|(offset, rows)| rows_at(name.clone(), shape.clone(), offset, rows))
 }
@@ -496,6 +505,14 @@ impl<B: Backend> LlamaModel<B> {
         let (q_cols, kv_cols) = (layout.q_columns(hd), layout.kv_columns(hd));
         let (q_scale, residual_scale) = c.folded_scales();
         let embed = load_embedding(be, src, "model.embed_tokens.weight", c, &layout, dtype)?;
+        let positions = match c.learned_positions {
+            Some(offset) => {
+                let shape = [c.max_position_embeddings + offset, h];
+                let table = load(be, src, "model.embed_positions.weight", &shape, dtype)?;
+                Some((table, offset))
+            }
+            None => None,
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -567,7 +584,9 @@ impl<B: Backend> LlamaModel<B> {
                         be,
                         src,
                         &match c.architecture {
-                            Architecture::Phi3 => fused_qkv_parts(c, &p, &q_cols, &kv_cols).into(),
+                            Architecture::Phi3 | Architecture::Gpt2 => {
+                                fused_qkv_parts(c, &p, &q_cols, &kv_cols, "weight").into()
+                            }
                             Architecture::GptNeoX => {
                                 per_head_qkv_parts(c, &p, &layout.q_heads, "weight")
                             }
@@ -578,6 +597,9 @@ impl<B: Backend> LlamaModel<B> {
                 },
                 qkv_bias: if c.qkv_bias && c.architecture == Architecture::GptNeoX {
                     let parts = per_head_qkv_parts(c, &p, &layout.q_heads, "bias");
+                    Some(load_stacked(be, src, &parts, dtype)?)
+                } else if c.qkv_bias && c.architecture == Architecture::Gpt2 {
+                    let parts = fused_qkv_parts(c, &p, &q_cols, &kv_cols, "bias");
                     Some(load_stacked(be, src, &parts, dtype)?)
                 } else if c.qkv_bias {
                     Some(load_stacked(be, src, &q_k_v(&bias), dtype)?)
@@ -771,6 +793,7 @@ impl<B: Backend> LlamaModel<B> {
             layers,
             norm,
             norm_bias,
+            positions,
             lm_head,
             lm_head_bias,
             score,
@@ -1044,6 +1067,14 @@ impl<B: Backend> LlamaModel<B> {
         };
         if let Some(scale) = self.embed_scale {
             hidden = be.mul_scalar(&hidden, scale)?;
+        }
+        if let Some((table, offset)) = &self.positions {
+            // Checked on the host: a device reads positions no op checks.
+            let rows = c.max_position_embeddings;
+            if let Some(bad) = batch.positions.iter().find(|&&p| p as usize >= rows) {
+                anyhow::bail!("position {bad} is past the model's {rows} learned positions");
+            }
+            hidden = be.add_position_embeddings(hidden, table, meta, *offset)?;
         }
         let mut residual: Option<B::Tensor> = None;
         let eps = c.rms_norm_eps;

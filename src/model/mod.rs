@@ -11,6 +11,7 @@ pub mod detokenizer;
 pub mod expanded_weights;
 pub mod fp8;
 pub mod gbnf;
+pub mod gpt2;
 pub mod gpt_neox_weights;
 pub mod grammar;
 pub mod harmony;

@@ -124,6 +124,30 @@ impl Backend for CpuBackend {
         Ok(table.index_select(&ids, 0)?)
     }
 
+    fn add_position_embeddings(
+        &self,
+        x: Tensor,
+        table: &Tensor,
+        batch: &BatchLayout,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let rows = table.dim(0)?;
+        let at: Vec<u32> = batch
+            .positions
+            .iter()
+            .map(|&p| p as usize + offset)
+            .map(|at| {
+                anyhow::ensure!(
+                    at < rows,
+                    "position {at} is past the {rows} learned positions"
+                );
+                Ok(at as u32)
+            })
+            .collect::<Result<_>>()?;
+        let at = Tensor::from_slice(&at, at.len(), &Device::Cpu)?;
+        Ok((x + table.index_select(&at, 0)?)?)
+    }
+
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let y = x.matmul(&w.t()?).context("linear")?;
         Ok(match b {

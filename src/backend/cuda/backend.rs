@@ -551,6 +551,18 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn add_position_embeddings(
+        &self,
+        mut x: CudaTensor,
+        table: &CudaTensor,
+        batch: &CudaBatchMeta,
+        offset: usize,
+    ) -> Result<CudaTensor> {
+        self.dev
+            .add_position_embedding(&mut x, table, &batch.positions, offset)?;
+        Ok(x)
+    }
+
     fn forward_recorded(
         &self,
         tokens: &[u32],

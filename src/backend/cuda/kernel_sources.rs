@@ -31,7 +31,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "embedding.cu",
         body: include_str!("../../../kernels/embedding.cu"),
-        ops: &["embedding"],
+        ops: &["embedding", "add_position_embedding"],
     },
     KernelFile {
         file: "norm.cu",

@@ -254,6 +254,47 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// In place `x[i, :] += table[positions[i] + offset, :]` for the first `n` rows (learned
+    /// position embeddings); rows whose position falls outside the table are left as they
+    /// are (callers check positions first).
+    pub fn add_position_embedding(
+        &self,
+        x: &mut CudaTensor,
+        table: &CudaTensor,
+        positions: &CudaSlice<i32>,
+        offset: usize,
+    ) -> Result<()> {
+        let [rows, hidden] = dims2(table, "position table")?;
+        let n = x.shape().first().copied().unwrap_or(0);
+        x.expect_shape(&[n, hidden], "position embedding input")?;
+        x.expect_dtype(table.dtype(), "position embedding input")?;
+        if positions.len() < n {
+            bail!(
+                "add_position_embedding: {} positions for {n} rows",
+                positions.len()
+            );
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let hidden_i = as_i32(hidden, "hidden")?;
+        let (offset_i, rows_i) = (as_i32(offset, "offset")?, as_i32(rows, "table rows")?);
+        let f = self
+            .kernels()
+            .get("add_position_embedding", table.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(x.data_mut())
+            .arg(table.data())
+            .arg(positions)
+            .arg(&hidden_i)
+            .arg(&offset_i)
+            .arg(&rows_i);
+        // SAFETY: argument types and sizes match kernels/embedding.cu; shapes checked above.
+        unsafe { args.launch(launch::per_row(n, 256)?) }
+            .context("add_position_embedding launch")?;
+        Ok(())
+    }
+
     /// In place `x[n, d] += bias[d]`.
     pub fn add_bias(&self, x: &mut CudaTensor, bias: &CudaTensor) -> Result<()> {
         let (rows, d) = rows_and_width(x, bias, "add_bias")?;

@@ -289,6 +289,45 @@ fn add(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &expected,
     );
     s.time(row, || dev.add_bias(&mut x, &bias))?;
+    add_position_embedding(s, dtype, &a_host)
+}
+
+/// GPT-2's and OPT's learned positions: `x += table[position + offset]`, with OPT's offset
+/// of 2 and one position past the table (left unchanged).
+fn add_position_embedding(s: &mut Suite<'_>, dtype: DType, x_host: &[f32]) -> Result<()> {
+    let (n, d, offset) = (s.sizes.prefill_tokens, s.sizes.hidden, 2);
+    let rows = n + offset;
+    let table_host = s.random(rows * d, 3.0, dtype);
+    let mut positions: Vec<i32> = (0..n as i32).rev().collect();
+    positions[0] = rows as i32; // past the table
+    let expected: Vec<f32> = x_host
+        .chunks(d)
+        .zip(&positions)
+        .flat_map(|(x, &p)| {
+            let at = p as usize + offset;
+            let row = table_host.get(at * d..(at + 1) * d);
+            x.iter()
+                .enumerate()
+                .map(|(j, &v)| row.map_or(v, |r| v + r[j]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let dev = s.dev;
+    let table = CudaTensor::from_f32(dev, dtype, &[rows, d], &table_host)?;
+    let positions_dev = dev.upload(&positions)?;
+    let mut x = CudaTensor::from_f32(dev, dtype, &[n, d], x_host)?;
+    dev.add_position_embedding(&mut x, &table, &positions_dev, offset)?;
+    let row = s.check(
+        "add_position_embedding",
+        format!("[{n}, {d}] + [{rows}, {d}] rows"),
+        dtype,
+        Check::Elementwise,
+        &x.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || {
+        dev.add_position_embedding(&mut x, &table, &positions_dev, offset)
+    })?;
     Ok(())
 }
 
