@@ -12,6 +12,7 @@
 #define KILN_ACT_GELU_ERF 1
 #define KILN_ACT_GELU_TANH 2
 #define KILN_ACT_QUICK_GELU 3
+#define KILN_ACT_RELU 4
 
 __device__ __forceinline__ float kiln_gelu_erf(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
@@ -26,6 +27,8 @@ __device__ __forceinline__ float kiln_activate(float x, int act) {
         case KILN_ACT_GELU_TANH:
             // sqrt(2 / pi) * (x + 0.044715 x^3), as PyTorch's approximate="tanh".
             return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * x * (1.0f + 0.044715f * x * x)));
+        case KILN_ACT_RELU:
+            return fmaxf(x, 0.0f);
         default:  // KILN_ACT_QUICK_GELU: x * sigmoid(1.702 x)
             return x / (1.0f + expf(-1.702f * x));
     }

@@ -14,6 +14,7 @@ inline unsigned __shfl_xor_sync(unsigned mask, unsigned v, int lane_mask, int wi
 // clang-format off
 #include "common.cuh"
 #include "elementwise.cu"
+#include "embedding.cu"
 #include "norm.cu"
 #include "rope.cu"
 #include "sampling.cu"
@@ -175,6 +176,38 @@ void check_join_heads(DType d, int n, int heads, int shared_width, int own_width
     std::snprintf(name, sizeof name, "join_heads n=%d %d heads of %d + %d, %u blocks max", n,
                   heads, shared_width, own_width, max_blocks);
     report(name, d, out.values(), want, 0.0);
+}
+
+using AddPositionFn = void (*)(void*, const void*, const int*, int, int, int);
+
+// GPT-2's / OPT's learned positions: x[i] += table[positions[i] + offset], the sum rounded
+// once; a position past the table leaves its row alone.
+void check_add_position_embedding(DType d, int n, int hidden, int offset, Order order) {
+    const int rows = n + offset;
+    const std::vector<float> x = random(d, static_cast<size_t>(n) * hidden, 3.0f);
+    const std::vector<float> table = random(d, static_cast<size_t>(rows) * hidden, 3.0f);
+    std::vector<int> positions(n);
+    for (int i = 0; i < n; ++i) positions[i] = (i * 7) % rows;
+    positions[n - 1] = rows;  // past the table
+    Buffer xb(d, x), tb(d, table);
+    auto k = KILN_PICK(AddPositionFn, add_position_embedding, d);
+    const unsigned threads = static_cast<unsigned>(std::min(256, hidden));
+    kiln_emu::launch({static_cast<unsigned>(n), 1, 1}, {threads, 1, 1}, order, 1, [&] {
+        k(xb.data(), tb.data(), positions.data(), hidden, offset, rows);
+    });
+    std::vector<double> want;
+    for (int i = 0; i < n; ++i) {
+        const int at = positions[i] + offset;
+        for (int j = 0; j < hidden; ++j) {
+            const double v = x[static_cast<size_t>(i) * hidden + j];
+            want.push_back(at < rows ? round_to(d, v + table[static_cast<size_t>(at) * hidden + j])
+                                     : v);
+        }
+    }
+    char name[128];
+    std::snprintf(name, sizeof name, "add_position_embedding n=%d hidden=%d offset=%d", n,
+                  hidden, offset);
+    report(name, d, xb.values(), want, 0.0);
 }
 
 using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, const float*,
@@ -343,6 +376,8 @@ int main() {
         }
         // DeepSeek: 64 rotary values of a 192 head (de-interleaved at load: rotate-half).
         check_rope(d, 3, 16, 16, 192, true, Order::Random, 64, 1.0f);
+        check_add_position_embedding(d, 5, 768, 0, Order::Random);  // GPT-2
+        check_add_position_embedding(d, 3, 300, 2, Order::Reverse);  // OPT's offset, tail loop
         check_join_heads(d, 1, 16, 64, 128, Order::Random);  // V2-Lite decode
         check_join_heads(d, 5, 3, 8, 16, Order::Reverse);    // the fixture's shape
         check_join_heads(d, 7, 4, 6, 10, Order::Forward, 2);  // grid-stride: 2 blocks loop

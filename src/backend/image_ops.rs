@@ -200,6 +200,8 @@ pub enum Activation {
     GeluTanh,
     /// `x * sigmoid(1.702 x)` (OpenAI CLIP).
     QuickGelu,
+    /// `max(x, 0)` (OPT).
+    Relu,
 }
 
 impl Activation {
@@ -210,6 +212,7 @@ impl Activation {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "quick_gelu" => Activation::QuickGelu,
+            "relu" => Activation::Relu,
             other => anyhow::bail!("activation '{other}' is not supported"),
         })
     }

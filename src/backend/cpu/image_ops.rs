@@ -31,6 +31,7 @@ pub(super) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::GeluTanh => x.gelu()?,
         // x * sigmoid(1.702 x) = x / (1 + exp(-1.702 x))
         Activation::QuickGelu => (x / (x.affine(-1.702, 0.0)?.exp()? + 1.0)?)?,
+        Activation::Relu => x.relu()?,
     })
 }
 

@@ -20,6 +20,7 @@ pub fn activation_code(act: Activation) -> i32 {
         Activation::Gelu => 1,
         Activation::GeluTanh => 2,
         Activation::QuickGelu => 3,
+        Activation::Relu => 4,
     }
 }
 
@@ -317,6 +318,7 @@ mod tests {
             (Activation::Gelu, "KILN_ACT_GELU_ERF"),
             (Activation::GeluTanh, "KILN_ACT_GELU_TANH"),
             (Activation::QuickGelu, "KILN_ACT_QUICK_GELU"),
+            (Activation::Relu, "KILN_ACT_RELU"),
         ] {
             let define = format!("#define {name} {}", activation_code(act));
             assert!(body.contains(&define), "missing `{define}`");

@@ -166,6 +166,7 @@ fn activations(t: &mut ImageSuite<'_, '_>) -> Result<()> {
         (Activation::Gelu, "gelu(erf)"),
         (Activation::GeluTanh, "gelu(tanh)"),
         (Activation::QuickGelu, "quick_gelu"),
+        (Activation::Relu, "relu"),
     ] {
         let gpu = t.gpu.activation(&x.gpu, act)?;
         let cpu = t.cpu.activation(&x.cpu, act)?;
