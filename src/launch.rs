@@ -31,6 +31,7 @@ use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
 use crate::model::lora::load_adapter;
+use crate::model::opt::OptWeights;
 use crate::model::source::{self, ModelFiles};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{DummyWeights, SafetensorsWeights, WeightSource};
@@ -373,6 +374,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             // expansion of quantized weights under those names.
             let named: Box<dyn WeightSource + Send + Sync> = if config.nested_language_model {
                 Box::new(LanguageModelWeights::wrap(files_source)?)
+            } else if config.architecture == Architecture::Opt {
+                Box::new(OptWeights::wrap(files_source))
             } else if config.architecture == Architecture::Gpt2 {
                 Box::new(Gpt2Weights::wrap(files_source))
             } else if config.architecture == Architecture::GptNeoX {

@@ -25,6 +25,9 @@ pub enum Architecture {
     /// positions instead of rotary ones, LayerNorms with biases, q/k/v fused (`c_attn`),
     /// biases everywhere, an ungated GELU (tanh) MLP, `Conv1D` weights stored `[in, out]`.
     Gpt2,
+    /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
+    /// positions read two rows on (`model/opt.rs`).
+    Opt,
     /// EleutherAI's GPT-NeoX (Pythia, GPT-NeoX-20B, and models trained on its code):
     /// LayerNorms with biases, q/k/v fused head by head (`query_key_value`), partial
     /// rotate-half rotary, an ungated GELU MLP, and attention and MLP side by side with a
@@ -89,7 +92,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 28] = [
+    pub const SUPPORTED: [&'static str; 29] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -118,6 +121,7 @@ impl Architecture {
         "GemmaForCausalLM",
         "GPTNeoXForCausalLM",
         "GPT2LMHeadModel",
+        "OPTForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -131,6 +135,7 @@ impl Architecture {
                 | Architecture::Gemma2
                 | Architecture::Gemma3
                 | Architecture::Gpt2
+                | Architecture::Opt
                 | Architecture::SmolLM3
                 | Architecture::Starcoder2
                 | Architecture::Cohere
@@ -168,6 +173,7 @@ impl Architecture {
             "GemmaForCausalLM" => Architecture::Gemma,
             "GPTNeoXForCausalLM" => Architecture::GptNeoX,
             "GPT2LMHeadModel" => Architecture::Gpt2,
+            "OPTForCausalLM" => Architecture::Opt,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1192,6 +1198,7 @@ impl ModelConfig {
         let (value, nested_language_model) = language_model_config(value)?;
         let value = match value["architectures"][0].as_str() {
             Some("GPT2LMHeadModel") => super::gpt2::normalized_config(value)?,
+            Some("OPTForCausalLM") => super::opt::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1230,7 +1237,8 @@ impl ModelConfig {
                 Architecture::Starcoder2
                 | Architecture::Phi
                 | Architecture::GptNeoX
-                | Architecture::Gpt2,
+                | Architecture::Gpt2
+                | Architecture::Opt,
             ) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
@@ -1328,7 +1336,7 @@ impl ModelConfig {
         let rope_layers = match (architecture, &raw.no_rope_layers) {
             (Architecture::Cohere2, _) => Some(cohere2_sliding.clone()),
             // GPT-2's positions are learned embeddings: no layer rotates.
-            (Architecture::Gpt2, _) => Some(vec![false; raw.num_hidden_layers]),
+            (Architecture::Gpt2 | Architecture::Opt, _) => Some(vec![false; raw.num_hidden_layers]),
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -1357,7 +1365,7 @@ impl ModelConfig {
         // its MLP always has biases.
         let neox_attention_bias = (architecture == Architecture::GptNeoX
             && raw.attention_bias.unwrap_or(true))
-            || architecture == Architecture::Gpt2;
+            || matches!(architecture, Architecture::Gpt2 | Architecture::Opt);
         anyhow::ensure!(
             !(architecture == Architecture::Phi && raw.qk_layernorm == Some(true)),
             "Phi's q/k LayerNorms (qk_layernorm) are not supported"
@@ -1373,6 +1381,10 @@ impl ModelConfig {
             "clip_qkv (clamped q / k / v projections) is not supported"
         );
         let ungated_mlp = match architecture {
+            Architecture::Opt => {
+                let act = raw.hidden_act.as_deref().unwrap_or("relu");
+                Some(crate::backend::image_ops::Activation::from_hf(act)?)
+            }
             Architecture::Gpt2 => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
@@ -1469,6 +1481,7 @@ impl ModelConfig {
                     | Architecture::Phi
                     | Architecture::GptNeoX
                     | Architecture::Gpt2
+                    | Architecture::Opt
             ),
             parallel_block: matches!(
                 architecture,
@@ -1484,7 +1497,11 @@ impl ModelConfig {
             },
             ungated_mlp,
             attention_sinks: architecture == Architecture::GptOss,
-            learned_positions: (architecture == Architecture::Gpt2).then_some(0),
+            learned_positions: match architecture {
+                Architecture::Gpt2 => Some(0),
+                Architecture::Opt => Some(super::opt::POSITION_OFFSET),
+                _ => None,
+            },
             mla,
             moe,
             gemma,

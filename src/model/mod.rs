@@ -25,6 +25,7 @@ pub mod mla;
 pub mod moe;
 mod moe_fused;
 pub mod mxfp4;
+pub mod opt;
 pub mod presets;
 pub mod reasoning;
 pub mod rope;

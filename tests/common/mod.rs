@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 37] = [
+pub const ARCHS: [&str; 38] = [
     "llama",
     "llama31",
     "mistral",
@@ -45,6 +45,7 @@ pub const ARCHS: [&str; 37] = [
     "gpt_neox",
     "gpt_neox_sequential",
     "gpt2",
+    "opt",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
