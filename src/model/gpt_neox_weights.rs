@@ -5,7 +5,7 @@
 //! `embed_out` the LM head. The fused `query_key_value` keeps its name: the loader cuts it
 //! head by head itself (`llama::per_head_qkv_parts`).
 
-use super::weights::{RenamedWeights, WeightSource};
+use super::weights::{renamed_part, RenamedWeights, WeightSource};
 
 pub struct GptNeoXWeights;
 
@@ -38,10 +38,7 @@ fn checkpoint_name(name: &str) -> String {
         ("mlp.c_fc.", "mlp.dense_h_to_4h."),
         ("mlp.c_proj.", "mlp.dense_4h_to_h."),
     ];
-    let part = RENAMED
-        .iter()
-        .find_map(|(ours, theirs)| part.strip_prefix(ours).map(|p| format!("{theirs}{p}")))
-        .unwrap_or_else(|| part.to_string());
+    let part = renamed_part(part, &RENAMED);
     format!("gpt_neox.layers.{index}.{part}")
 }
 

@@ -4,7 +4,7 @@
 //! biases everywhere, an ungated MLP, here ReLU), with separate q / k / v projections and
 //! learned positions read two rows on (`OPTLearnedPositionalEmbedding`'s offset).
 
-use super::weights::{RenamedWeights, WeightSource};
+use super::weights::{renamed_part, RenamedWeights, WeightSource};
 use anyhow::Result;
 
 /// Where OPT's position table starts reading.
@@ -92,10 +92,7 @@ fn checkpoint_name(name: &str) -> String {
         ("mlp.c_fc.", "fc1."),
         ("mlp.c_proj.", "fc2."),
     ];
-    let part = RENAMED
-        .iter()
-        .find_map(|(ours, theirs)| part.strip_prefix(ours).map(|p| format!("{theirs}{p}")))
-        .unwrap_or_else(|| part.to_string());
+    let part = renamed_part(part, &RENAMED);
     format!("model.decoder.layers.{index}.{part}")
 }
 

@@ -158,6 +158,19 @@ impl<S: WeightSource> WeightSource for RenamedWeights<S> {
     }
 }
 
+/// `part` (a layer weight's name below `model.layers.N.`) with the first of `table`'s
+/// `(ours, theirs)` prefixes it starts with replaced: how a checkpoint of another layout
+/// names the loader's weights.
+pub fn renamed_part(part: &str, table: &[(&str, &str)]) -> String {
+    table
+        .iter()
+        .find_map(|(ours, theirs)| {
+            part.strip_prefix(ours)
+                .map(|rest| format!("{theirs}{rest}"))
+        })
+        .unwrap_or_else(|| part.to_string())
+}
+
 /// A range of indices along one dimension of a weight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
