@@ -43,6 +43,8 @@ from transformers import (
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTBigCodeConfig,
+    GPTBigCodeForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
     OPTConfig,
@@ -420,6 +422,21 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
         "hidden_act": "gelu",
         "layer_norm_eps": 1e-5,
         "rotary_emb_base": 10000,
+        "tie_word_embeddings": False,
+    }
+    bigcode = {
+        "vocab_size": vocab_size,
+        "n_embd": 64,
+        "n_inner": 128,
+        "n_layer": 2,
+        "n_head": 8,
+        "n_positions": 256,
+        "activation_function": "gelu_pytorch_tanh",
+        "layer_norm_epsilon": 1e-5,
+        "bos_token_id": None,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+        "torch_dtype": "float32",
         "tie_word_embeddings": False,
     }
     vl_vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
@@ -981,6 +998,11 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
+        # GPT-BigCode (StarCoder 1, SantaCoder): GPT-2's layer with linear weights and one
+        # key / value head; the second fixture without multi-query fuses q / k / v head by
+        # head. Untied for the reason given at gemma3.
+        "gpt_bigcode": (GPTBigCodeForCausalLM, GPTBigCodeConfig(**bigcode, multi_query=True)),
+        "gpt_bigcode_mha": (GPTBigCodeForCausalLM, GPTBigCodeConfig(**bigcode, multi_query=False)),
         # OPT: GPT-2's layer with separate q/k/v projections, a ReLU MLP (ffn_dim 128) and
         # learned positions read two rows on; untied for the reason given at gemma3.
         "opt": (

@@ -321,6 +321,16 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             .with_context(|| format!("--quantization {asked} for {}", files.name))?;
     }
     config.context_len = max_model_len(args, &config);
+    // Learned positions end with their table (rotary ones extrapolate, if badly).
+    if config.learned_positions.is_some() {
+        anyhow::ensure!(
+            config.context_len <= config.max_position_embeddings,
+            "--max-model-len {} is past {}'s {} learned positions",
+            config.context_len,
+            files.name,
+            config.max_position_embeddings
+        );
+    }
     if let Some(long) = crate::model::rope::uses_long_factors(&config) {
         tracing::info!(
             "LongRoPE: {} factors for a {}-token context{}",
@@ -378,6 +388,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 Box::new(OptWeights::wrap(files_source))
             } else if config.architecture == Architecture::Gpt2 {
                 Box::new(Gpt2Weights::wrap(files_source))
+            } else if config.architecture == Architecture::GptBigCode {
+                Box::new(Gpt2Weights::wrap_linear(files_source))
             } else if config.architecture == Architecture::GptNeoX {
                 Box::new(GptNeoXWeights::wrap(files_source))
             } else if bare {

@@ -372,7 +372,7 @@ fn missing_or_corrupt_model_files_fail_with_the_file_named() {
     assert!(err.contains("model.safetensors"), "{err}");
     std::fs::write(
         dir.path().join("config.json"),
-        b"{\"architectures\": [\"GPT2LMHeadModel\"]}",
+        b"{\"architectures\": [\"BloomForCausalLM\"]}",
     )
     .unwrap();
     let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
@@ -384,12 +384,12 @@ fn missing_or_corrupt_model_files_fail_with_the_file_named() {
         dir.path().join("config.json"),
         std::fs::read_to_string(src.join("config.json"))
             .unwrap()
-            .replace("LlamaForCausalLM", "GPT2LMHeadModel"),
+            .replace("LlamaForCausalLM", "BloomForCausalLM"),
     )
     .unwrap();
     let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
     assert!(
-        err.contains("unsupported architecture 'GPT2LMHeadModel'")
+        err.contains("unsupported architecture 'BloomForCausalLM'")
             && err.contains("Phi3ForCausalLM"),
         "{err}"
     );
@@ -515,5 +515,22 @@ fn padded_decode_batches_change_no_sequence() {
                 y.logprob
             );
         }
+    }
+}
+
+/// GPT-2's and OPT's positions are a learned table: a longer context is refused at load,
+/// not discovered as failed requests once a sequence passes the table.
+#[test]
+fn a_context_past_learned_positions_is_refused_at_load() {
+    for arch in ["gpt2", "opt"] {
+        let dir = fixture(arch);
+        let args =
+            |len: &str| engine_args(&["--model", dir.to_str().unwrap(), "--max-model-len", len]);
+        let err = kiln::launch::load_model(&args("257"))
+            .err()
+            .unwrap_or_else(|| panic!("{arch}: 257 positions of 256 loaded"))
+            .to_string();
+        assert!(err.contains("256 learned positions"), "{arch}: {err}");
+        assert!(kiln::launch::load_model(&args("256")).is_ok(), "{arch}");
     }
 }

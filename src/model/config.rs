@@ -25,6 +25,10 @@ pub enum Architecture {
     /// positions instead of rotary ones, LayerNorms with biases, q/k/v fused (`c_attn`),
     /// biases everywhere, an ungated GELU (tanh) MLP, `Conv1D` weights stored `[in, out]`.
     Gpt2,
+    /// BigCode's GPT-BigCode (StarCoder 1, SantaCoder, WizardCoder-15B): GPT-2's layer with
+    /// linear weights and one key / value head (`multi_query`), or q / k / v fused head by
+    /// head without it.
+    GptBigCode,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -92,7 +96,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 29] = [
+    pub const SUPPORTED: [&'static str; 30] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -122,6 +126,7 @@ impl Architecture {
         "GPTNeoXForCausalLM",
         "GPT2LMHeadModel",
         "OPTForCausalLM",
+        "GPTBigCodeForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -135,6 +140,7 @@ impl Architecture {
                 | Architecture::Gemma2
                 | Architecture::Gemma3
                 | Architecture::Gpt2
+                | Architecture::GptBigCode
                 | Architecture::Opt
                 | Architecture::SmolLM3
                 | Architecture::Starcoder2
@@ -174,6 +180,7 @@ impl Architecture {
             "GPTNeoXForCausalLM" => Architecture::GptNeoX,
             "GPT2LMHeadModel" => Architecture::Gpt2,
             "OPTForCausalLM" => Architecture::Opt,
+            "GPTBigCodeForCausalLM" => Architecture::GptBigCode,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1197,7 +1204,9 @@ impl ModelConfig {
             serde_json::from_str(text).context("config.json is not JSON")?;
         let (value, nested_language_model) = language_model_config(value)?;
         let value = match value["architectures"][0].as_str() {
-            Some("GPT2LMHeadModel") => super::gpt2::normalized_config(value)?,
+            Some("GPT2LMHeadModel" | "GPTBigCodeForCausalLM") => {
+                super::gpt2::normalized_config(value)?
+            }
             Some("OPTForCausalLM") => super::opt::normalized_config(value)?,
             _ => value,
         };
@@ -1238,6 +1247,7 @@ impl ModelConfig {
                 | Architecture::Phi
                 | Architecture::GptNeoX
                 | Architecture::Gpt2
+                | Architecture::GptBigCode
                 | Architecture::Opt,
             ) => {}
             (Some(act), _, _) => {
@@ -1336,7 +1346,9 @@ impl ModelConfig {
         let rope_layers = match (architecture, &raw.no_rope_layers) {
             (Architecture::Cohere2, _) => Some(cohere2_sliding.clone()),
             // GPT-2's positions are learned embeddings: no layer rotates.
-            (Architecture::Gpt2 | Architecture::Opt, _) => Some(vec![false; raw.num_hidden_layers]),
+            (Architecture::Gpt2 | Architecture::GptBigCode | Architecture::Opt, _) => {
+                Some(vec![false; raw.num_hidden_layers])
+            }
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -1365,7 +1377,10 @@ impl ModelConfig {
         // its MLP always has biases.
         let neox_attention_bias = (architecture == Architecture::GptNeoX
             && raw.attention_bias.unwrap_or(true))
-            || matches!(architecture, Architecture::Gpt2 | Architecture::Opt);
+            || matches!(
+                architecture,
+                Architecture::Gpt2 | Architecture::GptBigCode | Architecture::Opt
+            );
         anyhow::ensure!(
             !(architecture == Architecture::Phi && raw.qk_layernorm == Some(true)),
             "Phi's q/k LayerNorms (qk_layernorm) are not supported"
@@ -1385,7 +1400,7 @@ impl ModelConfig {
                 let act = raw.hidden_act.as_deref().unwrap_or("relu");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
-            Architecture::Gpt2 => {
+            Architecture::Gpt2 | Architecture::GptBigCode => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
@@ -1481,6 +1496,7 @@ impl ModelConfig {
                     | Architecture::Phi
                     | Architecture::GptNeoX
                     | Architecture::Gpt2
+                    | Architecture::GptBigCode
                     | Architecture::Opt
             ),
             parallel_block: matches!(
@@ -1498,7 +1514,7 @@ impl ModelConfig {
             ungated_mlp,
             attention_sinks: architecture == Architecture::GptOss,
             learned_positions: match architecture {
-                Architecture::Gpt2 => Some(0),
+                Architecture::Gpt2 | Architecture::GptBigCode => Some(0),
                 Architecture::Opt => Some(super::opt::POSITION_OFFSET),
                 _ => None,
             },

@@ -68,12 +68,26 @@ pub fn normalized_config(mut value: serde_json::Value) -> Result<serde_json::Val
     for (k, v) in renamed {
         fields.insert(k.to_string(), v);
     }
+    // GPT-BigCode (StarCoder 1, SantaCoder): one key / value head unless `multi_query` is
+    // false (its config's default is true).
+    if fields.get("model_type").and_then(|v| v.as_str()) == Some("gpt_bigcode") {
+        let heads = fields.get("n_head").and_then(|v| v.as_u64()).unwrap_or(12);
+        let multi_query = fields
+            .get("multi_query")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        let kv_heads = if multi_query { 1 } else { heads };
+        fields.insert("num_key_value_heads".into(), serde_json::json!(kv_heads));
+    }
     Ok(value)
 }
 
-/// A GPT-2 checkpoint under the loader's names (see the module documentation).
+/// A GPT-2 checkpoint under the loader's names (see the module documentation); also
+/// GPT-BigCode's, whose projections are ordinary `[out, in]` linear weights.
 pub struct Gpt2Weights<S> {
     inner: S,
+    /// Whether the projections are `Conv1D` weights (GPT-2's), stored transposed.
+    conv1d: bool,
     /// `transformer.` where the checkpoint is a `GPT2LMHeadModel`'s, empty where it is a
     /// bare `GPT2Model`'s (the hub's original `gpt2` files).
     prefix: &'static str,
@@ -81,12 +95,25 @@ pub struct Gpt2Weights<S> {
 
 impl<S: WeightSource> Gpt2Weights<S> {
     pub fn wrap(inner: S) -> Self {
+        Self::with_layout(inner, true)
+    }
+
+    /// GPT-BigCode's checkpoints: GPT-2's names, linear weights.
+    pub fn wrap_linear(inner: S) -> Self {
+        Self::with_layout(inner, false)
+    }
+
+    fn with_layout(inner: S, conv1d: bool) -> Self {
         let prefix = if inner.contains("transformer.wte.weight") {
             "transformer."
         } else {
             ""
         };
-        Gpt2Weights { inner, prefix }
+        Gpt2Weights {
+            inner,
+            conv1d,
+            prefix,
+        }
     }
 
     /// The stored name of the loader's weight `name`, and whether it is a `Conv1D` weight
@@ -107,10 +134,12 @@ impl<S: WeightSource> Gpt2Weights<S> {
         else {
             return (name.to_string(), false);
         };
-        const RENAMED: [(&str, &str); 6] = [
+        const RENAMED: [(&str, &str); 7] = [
             ("input_layernorm.", "ln_1."),
             ("post_attention_layernorm.", "ln_2."),
             ("self_attn.qkv_proj.", "attn.c_attn."),
+            // GPT-BigCode without multi-query: q / k / v fused head by head.
+            ("self_attn.query_key_value.", "attn.c_attn."),
             ("self_attn.o_proj.", "attn.c_proj."),
             ("mlp.c_fc.", "mlp.c_fc."),
             ("mlp.c_proj.", "mlp.c_proj."),
@@ -122,7 +151,7 @@ impl<S: WeightSource> Gpt2Weights<S> {
             return (format!("{p}h.{index}.{part}"), false);
         };
         // The norms' weights are vectors; every projection's weight is a Conv1D one.
-        let conv1d = rest == "weight" && !theirs.starts_with("ln_");
+        let conv1d = self.conv1d && rest == "weight" && !theirs.starts_with("ln_");
         (format!("{p}h.{index}.{theirs}{rest}"), conv1d)
     }
 }

@@ -590,15 +590,31 @@ impl<B: Backend> LlamaModel<B> {
                             Architecture::GptNeoX => {
                                 per_head_qkv_parts(c, &p, &layout.q_heads, "weight")
                             }
+                            Architecture::GptBigCode if c.num_kv_heads == c.num_heads => {
+                                per_head_qkv_parts(c, &p, &layout.q_heads, "weight")
+                            }
+                            Architecture::GptBigCode => {
+                                fused_qkv_parts(c, &p, &q_cols, &kv_cols, "weight").into()
+                            }
                             _ => q_k_v(&proj).into(),
                         },
                         dtype,
                     )?,
                 },
-                qkv_bias: if c.qkv_bias && c.architecture == Architecture::GptNeoX {
+                // GPT-BigCode without multi-query fuses q / k / v head by head, as GPT-NeoX.
+                qkv_bias: if c.qkv_bias
+                    && (c.architecture == Architecture::GptNeoX
+                        || (c.architecture == Architecture::GptBigCode
+                            && c.num_kv_heads == c.num_heads))
+                {
                     let parts = per_head_qkv_parts(c, &p, &layout.q_heads, "bias");
                     Some(load_stacked(be, src, &parts, dtype)?)
-                } else if c.qkv_bias && c.architecture == Architecture::Gpt2 {
+                } else if c.qkv_bias
+                    && matches!(
+                        c.architecture,
+                        Architecture::Gpt2 | Architecture::GptBigCode
+                    )
+                {
                     let parts = fused_qkv_parts(c, &p, &q_cols, &kv_cols, "bias");
                     Some(load_stacked(be, src, &parts, dtype)?)
                 } else if c.qkv_bias {

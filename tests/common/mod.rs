@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 38] = [
+pub const ARCHS: [&str; 40] = [
     "llama",
     "llama31",
     "mistral",
@@ -46,6 +46,8 @@ pub const ARCHS: [&str; 38] = [
     "gpt_neox_sequential",
     "gpt2",
     "opt",
+    "gpt_bigcode",
+    "gpt_bigcode_mha",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
