@@ -43,6 +43,10 @@ from transformers import (
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GlmConfig,
+    GlmForCausalLM,
+    GPTJConfig,
+    GPTJForCausalLM,
     GPTBigCodeConfig,
     GPTBigCodeForCausalLM,
     GPTNeoXConfig,
@@ -1003,6 +1007,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
         # head. Untied for the reason given at gemma3.
         "gpt_bigcode": (GPTBigCodeForCausalLM, GPTBigCodeConfig(**bigcode, multi_query=True)),
         "gpt_bigcode_mha": (GPTBigCodeForCausalLM, GPTBigCodeConfig(**bigcode, multi_query=False)),
+        # GLM-4-9B in transformers' format: Llama's layer with q/k/v biases, fused gate/up,
+        # adjacent-pair rotary on half of each head (partial_rotary_factor left to its
+        # default, 0.5).
+        "glm": (
+            GlmForCausalLM,
+            GlmConfig(**common, head_dim=8, rope_theta=10000.0, attention_bias=True, tie_word_embeddings=False),
+        ),
+        # GPT-J: one LayerNorm feeding attention (no biases) and a GELU (tanh) MLP in parallel,
+        # adjacent-pair rotary on 4 of each head's 8 values, a biased LM head.
+        "gptj": (
+            GPTJForCausalLM,
+            GPTJConfig(**{k: v for k, v in bigcode.items() if k != "activation_function"}, rotary_dim=4, activation_function="gelu_new"),
+        ),
         # OPT: GPT-2's layer with separate q/k/v projections, a ReLU MLP (ffn_dim 128) and
         # learned positions read two rows on; untied for the reason given at gemma3.
         "opt": (

@@ -27,6 +27,7 @@ use crate::model::config::{ModelConfig, Quantization};
 use crate::model::fp8::{Fp8, Fp8Weights};
 use crate::model::gpt2::Gpt2Weights;
 use crate::model::gpt_neox_weights::GptNeoXWeights;
+use crate::model::gptj::GptJWeights;
 use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
@@ -384,6 +385,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             // expansion of quantized weights under those names.
             let named: Box<dyn WeightSource + Send + Sync> = if config.nested_language_model {
                 Box::new(LanguageModelWeights::wrap(files_source)?)
+            } else if config.architecture == Architecture::GptJ {
+                Box::new(GptJWeights::wrap(files_source))
             } else if config.architecture == Architecture::Opt {
                 Box::new(OptWeights::wrap(files_source))
             } else if config.architecture == Architecture::Gpt2 {

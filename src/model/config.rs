@@ -29,6 +29,13 @@ pub enum Architecture {
     /// linear weights and one key / value head (`multi_query`), or q / k / v fused head by
     /// head without it.
     GptBigCode,
+    /// GLM-4-9B in transformers' format (`GlmForCausalLM`, glm-4-9b-chat-hf, GLM-Edge):
+    /// Llama's layer with q/k/v biases, fused gate/up weights, and adjacent-pair rotary on
+    /// half of each head (GLM-4-0414 without its sandwich norms).
+    Glm,
+    /// EleutherAI's GPT-J (`model/gptj.rs`): Phi's parallel layer without attention biases,
+    /// adjacent-pair rotary on `rotary_dim` values of each head, a biased LM head.
+    GptJ,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -96,7 +103,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 30] = [
+    pub const SUPPORTED: [&'static str; 32] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -127,6 +134,8 @@ impl Architecture {
         "GPT2LMHeadModel",
         "OPTForCausalLM",
         "GPTBigCodeForCausalLM",
+        "GlmForCausalLM",
+        "GPTJForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -181,6 +190,8 @@ impl Architecture {
             "GPT2LMHeadModel" => Architecture::Gpt2,
             "OPTForCausalLM" => Architecture::Opt,
             "GPTBigCodeForCausalLM" => Architecture::GptBigCode,
+            "GlmForCausalLM" => Architecture::Glm,
+            "GPTJForCausalLM" => Architecture::GptJ,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1208,6 +1219,7 @@ impl ModelConfig {
                 super::gpt2::normalized_config(value)?
             }
             Some("OPTForCausalLM") => super::opt::normalized_config(value)?,
+            Some("GPTJForCausalLM") => super::gptj::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1248,6 +1260,7 @@ impl ModelConfig {
                 | Architecture::GptNeoX
                 | Architecture::Gpt2
                 | Architecture::GptBigCode
+                | Architecture::GptJ
                 | Architecture::Opt,
             ) => {}
             (Some(act), _, _) => {
@@ -1295,7 +1308,14 @@ impl ModelConfig {
         // As HF: the first int(head_dim * factor) values of each head rotate.
         let factor = match &mla {
             Some(m) => m.qk_rope_head_dim as f64 / head_dim as f64,
-            None => raw.partial_rotary_factor.or(raw.rotary_pct).unwrap_or(1.0),
+            // GlmConfig's default is half the head.
+            None => raw.partial_rotary_factor.or(raw.rotary_pct).unwrap_or(
+                if architecture == Architecture::Glm {
+                    0.5
+                } else {
+                    1.0
+                },
+            ),
         };
         let rotary_dim = match &mla {
             Some(m) => m.qk_rope_head_dim,
@@ -1400,7 +1420,7 @@ impl ModelConfig {
                 let act = raw.hidden_act.as_deref().unwrap_or("relu");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
-            Architecture::Gpt2 | Architecture::GptBigCode => {
+            Architecture::Gpt2 | Architecture::GptBigCode | Architecture::GptJ => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
@@ -1454,9 +1474,10 @@ impl ModelConfig {
             qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
                 || starcoder2_bias
                 || neox_attention_bias
-                || raw
-                    .attention_bias
-                    .unwrap_or(architecture == Architecture::SeedOss),
+                || raw.attention_bias.unwrap_or(matches!(
+                    architecture,
+                    Architecture::SeedOss | Architecture::Glm
+                )),
             qk_norm: matches!(
                 architecture,
                 Architecture::Qwen3
@@ -1497,11 +1518,15 @@ impl ModelConfig {
                     | Architecture::GptNeoX
                     | Architecture::Gpt2
                     | Architecture::GptBigCode
+                    | Architecture::GptJ
                     | Architecture::Opt
             ),
             parallel_block: matches!(
                 architecture,
-                Architecture::Cohere | Architecture::Cohere2 | Architecture::Phi
+                Architecture::Cohere
+                    | Architecture::Cohere2
+                    | Architecture::Phi
+                    | Architecture::GptJ
             ) || (architecture == Architecture::GptNeoX
                 && raw.use_parallel_residual.unwrap_or(true)),
             logit_scale: match architecture {
@@ -2044,6 +2069,25 @@ mod tests {
         let c = ModelConfig::from_json(&sequential).unwrap();
         assert!(!c.parallel_block && !c.qkv_bias && !c.o_bias);
         assert_eq!(c.rope_theta, 500.0);
+    }
+
+    #[test]
+    fn glm_configs_default_to_biases_and_half_head_rotary() {
+        // THUDM/glm-4-9b-chat-hf's shape, with the two fields GlmConfig defaults left out.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["GlmForCausalLM"], "head_dim": 128, "hidden_act": "silu",
+            "hidden_size": 4096, "intermediate_size": 13696, "max_position_embeddings": 131072,
+            "model_type": "glm", "num_attention_heads": 32, "num_hidden_layers": 40,
+            "num_key_value_heads": 2, "rms_norm_eps": 1.5625e-07, "rope_theta": 10000.0,
+            "vocab_size": 151552, "eos_token_id": [151329, 151336, 151338]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Glm);
+        assert_eq!((c.head_dim, c.rotary_dim), (128, 64));
+        assert!(c.qkv_bias && !c.o_bias);
+        assert!(c.gemma.is_none() && !c.post_norm);
+        assert!(!crate::model::rope::rope_for(&c).unwrap().neox);
+        assert_eq!(c.eos_token_ids, [151329, 151336, 151338]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! read transposed, so the loader sees the usual `[out, in]` (and a tensor-parallel rank's
 //! rows are the stored tensor's columns).
 
-use super::weights::{GeneratedPart, Slice, WeightSource};
+use super::weights::{layer_part, GeneratedPart, Slice, WeightSource};
 use crate::backend::DType;
 use anyhow::Result;
 use candle_core::Tensor;
@@ -128,10 +128,7 @@ impl<S: WeightSource> Gpt2Weights<S> {
         if let Some(rest) = name.strip_prefix("model.norm.") {
             return (format!("{p}ln_f.{rest}"), false);
         }
-        let Some((index, part)) = name
-            .strip_prefix("model.layers.")
-            .and_then(|rest| rest.split_once('.'))
-        else {
+        let Some((index, part)) = layer_part(name) else {
             return (name.to_string(), false);
         };
         const RENAMED: [(&str, &str); 7] = [

@@ -5,7 +5,7 @@
 //! `embed_out` the LM head. The fused `query_key_value` keeps its name: the loader cuts it
 //! head by head itself (`llama::per_head_qkv_parts`).
 
-use super::weights::{renamed_part, RenamedWeights, WeightSource};
+use super::weights::{layer_part, renamed_part, RenamedWeights, WeightSource};
 
 pub struct GptNeoXWeights;
 
@@ -25,10 +25,7 @@ fn checkpoint_name(name: &str) -> String {
     if let Some(rest) = name.strip_prefix("model.norm.") {
         return format!("gpt_neox.final_layer_norm.{rest}");
     }
-    let Some((index, part)) = name
-        .strip_prefix("model.layers.")
-        .and_then(|rest| rest.split_once('.'))
-    else {
+    let Some((index, part)) = layer_part(name) else {
         // A classifier's `score.weight` and anything else keep their names.
         return name.to_string();
     };

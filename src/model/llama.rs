@@ -353,7 +353,10 @@ fn dense_mlp<B: Backend>(
     dtype: DType,
 ) -> Result<Mlp<B>> {
     let (h, inter) = (c.hidden_size, c.intermediate_size);
-    let gate_up = if matches!(c.architecture, Architecture::Phi3 | Architecture::Glm4) {
+    let gate_up = if matches!(
+        c.architecture,
+        Architecture::Phi3 | Architecture::Glm4 | Architecture::Glm
+    ) {
         load_stacked(
             be,
             src,
@@ -725,7 +728,7 @@ impl<B: Backend> LlamaModel<B> {
             None
         };
         // Phi's head has a bias: this rank's vocabulary entries of it.
-        let lm_head_bias = if c.architecture == Architecture::Phi {
+        let lm_head_bias = if matches!(c.architecture, Architecture::Phi | Architecture::GptJ) {
             let part = rows_part(
                 "lm_head.bias".into(),
                 vec![c.vocab_size],
@@ -1147,7 +1150,10 @@ impl<B: Backend> LlamaModel<B> {
                 // The next layer adds `hidden` to `residual`, so each model's own order of
                 // additions holds: Cohere's (stream + attention) + MLP, Phi's (attention +
                 // MLP) + stream, GPT-NeoX's (MLP + attention) + stream.
-                if matches!(c.architecture, Architecture::Phi | Architecture::GptNeoX) {
+                if matches!(
+                    c.architecture,
+                    Architecture::Phi | Architecture::GptNeoX | Architecture::GptJ
+                ) {
                     residual = Some(stream);
                     hidden = be.add_tensors(&attn, &mlp)?;
                 } else {

@@ -13,6 +13,7 @@ pub mod fp8;
 pub mod gbnf;
 pub mod gpt2;
 pub mod gpt_neox_weights;
+pub mod gptj;
 pub mod grammar;
 pub mod harmony;
 pub mod int_packing;

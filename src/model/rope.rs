@@ -31,11 +31,15 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
     // HF computes inv_freq in f32 and the angle as f32 products.
     Ok(Rope {
         inv_freq: inv_freq.iter().map(|&f| f as f32).collect(),
-        // GLM-4 rotates adjacent pairs (GPT-J style); the others HF's rotate_half.
-        // GLM-4 and Cohere (both) rotate adjacent pairs (GPT-J's layout).
+        // GLM-4 (both formats), Cohere and GPT-J rotate adjacent pairs; the others
+        // HF's rotate_half.
         neox: !matches!(
             cfg.architecture,
-            Architecture::Glm4 | Architecture::Cohere | Architecture::Cohere2
+            Architecture::Glm4
+                | Architecture::Glm
+                | Architecture::Cohere
+                | Architecture::Cohere2
+                | Architecture::GptJ
         ),
         scale: attention_factor(cfg) as f32,
     })

@@ -158,6 +158,11 @@ impl<S: WeightSource> WeightSource for RenamedWeights<S> {
     }
 }
 
+/// A layer weight's loader name, `model.layers.N.part`, as `(N, part)`.
+pub fn layer_part(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix("model.layers.")?.split_once('.')
+}
+
 /// `part` (a layer weight's name below `model.layers.N.`) with the first of `table`'s
 /// `(ours, theirs)` prefixes it starts with replaced: how a checkpoint of another layout
 /// names the loader's weights.

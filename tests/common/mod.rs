@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 40] = [
+pub const ARCHS: [&str; 42] = [
     "llama",
     "llama31",
     "mistral",
@@ -48,6 +48,8 @@ pub const ARCHS: [&str; 40] = [
     "opt",
     "gpt_bigcode",
     "gpt_bigcode_mha",
+    "glm",
+    "gptj",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
