@@ -47,6 +47,8 @@ from transformers import (
     GlmForCausalLM,
     GPTJConfig,
     GPTJForCausalLM,
+    GraniteMoeConfig,
+    GraniteMoeForCausalLM,
     GPTBigCodeConfig,
     GPTBigCodeForCausalLM,
     GPTNeoXConfig,
@@ -634,6 +636,23 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 attention_multiplier=0.05,
                 residual_multiplier=0.5,
                 logits_scaling=3.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Granite MoE: granite's multipliers, 8 experts of 32 (intermediate_size) stored as
+        # stacks, top 2 by a softmax over their logits.
+        "granitemoe": (
+            GraniteMoeForCausalLM,
+            GraniteMoeConfig(
+                **{k: v for k, v in common.items() if k != "intermediate_size"},
+                intermediate_size=32,
+                rope_theta=10000.0,
+                embedding_multiplier=4.0,
+                attention_multiplier=0.05,
+                residual_multiplier=0.5,
+                logits_scaling=3.0,
+                num_local_experts=8,
+                num_experts_per_tok=2,
                 tie_word_embeddings=False,
             ),
         ),

@@ -36,6 +36,11 @@ pub enum Architecture {
     /// EleutherAI's GPT-J (`model/gptj.rs`): Phi's parallel layer without attention biases,
     /// adjacent-pair rotary on `rotary_dim` values of each head, a biased LM head.
     GptJ,
+    /// IBM Granite 3.x MoE (`GraniteMoeForCausalLM`, granite-3.0-1b-a400m / 3b-a800m):
+    /// Granite's multipliers with experts stored as stacks (`block_sparse_moe.input_linear`
+    /// `[experts, 2 x intermediate, hidden]`, gate rows first, and `output_linear`), a
+    /// softmax over the top k logits (`model/moe_fused.rs`).
+    GraniteMoe,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -103,7 +108,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 32] = [
+    pub const SUPPORTED: [&'static str; 33] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -136,6 +141,7 @@ impl Architecture {
         "GPTBigCodeForCausalLM",
         "GlmForCausalLM",
         "GPTJForCausalLM",
+        "GraniteMoeForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -192,6 +198,7 @@ impl Architecture {
             "GPTBigCodeForCausalLM" => Architecture::GptBigCode,
             "GlmForCausalLM" => Architecture::Glm,
             "GPTJForCausalLM" => Architecture::GptJ,
+            "GraniteMoeForCausalLM" => Architecture::GraniteMoe,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -661,7 +668,13 @@ impl MoeConfig {
                 raw.intermediate_size,
                 raw.norm_topk_prob.unwrap_or(false),
             ),
-            // gpt-oss takes the softmax of the top-k logits: the same as renormalising.
+            // gpt-oss and Granite MoE take the softmax of the top-k logits: the same as
+            // renormalising.
+            Architecture::GraniteMoe => (
+                raw.num_local_experts.unwrap_or(8),
+                raw.intermediate_size,
+                true,
+            ),
             Architecture::Mixtral | Architecture::GptOss => (
                 raw.num_local_experts.unwrap_or(0),
                 raw.intermediate_size,
@@ -1342,7 +1355,11 @@ impl ModelConfig {
             _ => raw.sliding_window,
         };
         let moe = MoeConfig::from_raw(architecture, &raw)?;
-        let granite = (architecture == Architecture::Granite).then(|| GraniteScales {
+        let granite = matches!(
+            architecture,
+            Architecture::Granite | Architecture::GraniteMoe
+        )
+        .then(|| GraniteScales {
             embedding: raw.embedding_multiplier.unwrap_or(1.0),
             // transformers' default, like the others.
             attention: raw.attention_multiplier.unwrap_or(1.0),

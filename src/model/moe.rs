@@ -107,6 +107,9 @@ impl<B: Backend> SparseMlp<B> {
         if config.architecture == Architecture::GptOss {
             return super::moe_fused::load_gpt_oss(be, src, config, moe, prefix, layout, dtype);
         }
+        if config.architecture == Architecture::GraniteMoe {
+            return super::moe_fused::load_granite_moe(be, src, config, moe, prefix, layout, dtype);
+        }
         if moe.stacked {
             return super::moe_fused::load_qwen3_vl_moe(
                 be, src, config, moe, prefix, layout, dtype,

@@ -104,6 +104,74 @@ pub(super) fn load_qwen3_vl_moe<B: Backend>(
         )?)
     };
     let (gate_up, down) = stacked_experts(be, src, &p, (n, h, inter), &cols, dtype, &split)?;
+    unbiased_layer(be, router, (gate_up, down), moe, prefix)
+}
+
+/// Granite MoE's layer `prefix`: its router `block_sparse_moe.router.layer` (softmax over
+/// the top k logits) and its experts as stacks of linear weights: `input_linear [experts,
+/// 2 * intermediate, hidden]` (gate rows, then up rows) and `output_linear [experts, hidden,
+/// intermediate]`. Granite's residual multiplier, which scales the layer's output, is folded
+/// into the experts' down weights, as into a dense layer's.
+pub(super) fn load_granite_moe<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    config: &ModelConfig,
+    moe: &MoeConfig,
+    prefix: &str,
+    layout: &ShardLayout,
+    dtype: DType,
+) -> Result<SparseMlp<B>> {
+    let (h, inter, n) = dims(config, moe);
+    let p = format!("{prefix}.block_sparse_moe");
+    let router = load(be, src, &format!("{p}.router.layer.weight"), &[n, h], dtype)?;
+    let cols = layout.expert_intermediate.clone();
+    let (_, residual_scale) = config.folded_scales();
+    let (gate_name, down_name) = (
+        format!("{p}.input_linear.weight"),
+        format!("{p}.output_linear.weight"),
+    );
+    let mut gate_up = Vec::with_capacity(n);
+    let mut down = Vec::with_capacity(n);
+    for e in 0..n {
+        if src
+            .generated(&gate_name, &[n, 2 * inter, h], None)
+            .is_some()
+        {
+            let (g, d) = generated_expert(be, src, &p, e, (h, inter), &cols, dtype)?;
+            gate_up.push(g);
+            down.push(d);
+            continue;
+        }
+        // Read in f32 so the down weights take the residual factor before one rounding.
+        let entry = |name: &str, shape: [usize; 3], as_dtype: DType| -> Result<Tensor> {
+            Ok(src
+                .tensor_slice(name, &shape, &Slice::entry(e), as_dtype)?
+                .squeeze(0)?)
+        };
+        let w = entry(&gate_name, [n, 2 * inter, h], dtype)?;
+        let rows = Tensor::cat(
+            &[
+                w.narrow(0, cols.start, cols.len())?,
+                w.narrow(0, inter + cols.start, cols.len())?,
+            ],
+            0,
+        )?;
+        gate_up.push(be.upload(rows.contiguous()?)?);
+        let w = entry(&down_name, [n, h, inter], DType::F32)?;
+        let part = (w.narrow(1, cols.start, cols.len())? * residual_scale)?;
+        down.push(be.upload(part.to_dtype(dtype.to_candle())?.contiguous()?)?);
+    }
+    unbiased_layer(be, router, (gate_up, down), moe, prefix)
+}
+
+/// A layer of experts without biases (and without a shared expert), indexed for routing.
+fn unbiased_layer<B: Backend>(
+    be: &B,
+    router: B::Tensor,
+    (gate_up, down): ExpertStacks<B>,
+    moe: &MoeConfig,
+    prefix: &str,
+) -> Result<SparseMlp<B>> {
     let no_biases = ExpertBiases {
         gate_up: None,
         down: None,

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 42] = [
+pub const ARCHS: [&str; 43] = [
     "llama",
     "llama31",
     "mistral",
@@ -50,6 +50,7 @@ pub const ARCHS: [&str; 42] = [
     "gpt_bigcode_mha",
     "glm",
     "gptj",
+    "granitemoe",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
