@@ -43,8 +43,14 @@ from transformers import (
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    Ernie4_5Config,
+    Ernie4_5ForCausalLM,
+    Exaone4Config,
+    Exaone4ForCausalLM,
     GlmConfig,
     GlmForCausalLM,
+    HeliumConfig,
+    HeliumForCausalLM,
     GPTJConfig,
     GPTJForCausalLM,
     GraniteMoeConfig,
@@ -1038,6 +1044,29 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
         "gptj": (
             GPTJForCausalLM,
             GPTJConfig(**{k: v for k, v in bigcode.items() if k != "activation_function"}, rotary_dim=4, activation_function="gelu_new"),
+        ),
+        # ERNIE 4.5 (dense) and Helium: Llama's layer with adjacent-pair rotary over the whole
+        # head. Untied for the reason given at gemma3 (ERNIE ties by default).
+        "ernie4_5": (
+            Ernie4_5ForCausalLM,
+            Ernie4_5Config(**common, head_dim=8, rope_theta=500000.0, use_bias=False, tie_word_embeddings=False),
+        ),
+        "helium": (
+            HeliumForCausalLM,
+            HeliumConfig(**common, head_dim=8, rope_theta=100000.0, tie_word_embeddings=False),
+        ),
+        # EXAONE 4: norms after each block, per-head q/k norms; layer 0 sliding (window 8,
+        # rotated), layer 1 global and not rotated.
+        "exaone4": (
+            Exaone4ForCausalLM,
+            Exaone4Config(
+                **common,
+                head_dim=8,
+                rope_theta=10000.0,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                tie_word_embeddings=False,
+            ),
         ),
         # OPT: GPT-2's layer with separate q/k/v projections, a ReLU MLP (ffn_dim 128) and
         # learned positions read two rows on; untied for the reason given at gemma3.

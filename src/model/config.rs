@@ -41,6 +41,15 @@ pub enum Architecture {
     /// `[experts, 2 x intermediate, hidden]`, gate rows first, and `output_linear`), a
     /// softmax over the top k logits (`model/moe_fused.rs`).
     GraniteMoe,
+    /// Baidu's ERNIE 4.5 dense models (`Ernie4_5ForCausalLM`, ERNIE-4.5-0.3B): Llama's layer
+    /// with adjacent-pair rotary over the whole head and a tied head by default.
+    Ernie45,
+    /// Kyutai's Helium (`HeliumForCausalLM`): Llama's layer with adjacent-pair rotary.
+    Helium,
+    /// LG's EXAONE 4.0 (`Exaone4ForCausalLM`): OLMo 2's layers normed after each block, with
+    /// per-head q / k norms; with a sliding window, three sliding layers to one global (as
+    /// `layer_types` says), only the sliding ones rotating.
+    Exaone4,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -108,7 +117,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 33] = [
+    pub const SUPPORTED: [&'static str; 36] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -142,6 +151,9 @@ impl Architecture {
         "GlmForCausalLM",
         "GPTJForCausalLM",
         "GraniteMoeForCausalLM",
+        "Ernie4_5ForCausalLM",
+        "HeliumForCausalLM",
+        "Exaone4ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -157,6 +169,7 @@ impl Architecture {
                 | Architecture::Gpt2
                 | Architecture::GptBigCode
                 | Architecture::Opt
+                | Architecture::Ernie45
                 | Architecture::SmolLM3
                 | Architecture::Starcoder2
                 | Architecture::Cohere
@@ -199,6 +212,9 @@ impl Architecture {
             "GlmForCausalLM" => Architecture::Glm,
             "GPTJForCausalLM" => Architecture::GptJ,
             "GraniteMoeForCausalLM" => Architecture::GraniteMoe,
+            "Ernie4_5ForCausalLM" => Architecture::Ernie45,
+            "HeliumForCausalLM" => Architecture::Helium,
+            "Exaone4ForCausalLM" => Architecture::Exaone4,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1285,6 +1301,11 @@ impl ModelConfig {
             raw.mlp_bias != Some(true),
             "MLP biases (mlp_bias) are not supported"
         );
+        // ERNIE 4.5's use_bias covers its MLP too.
+        anyhow::ensure!(
+            !(architecture == Architecture::Ernie45 && raw.use_bias == Some(true)),
+            "ERNIE 4.5 with biases (use_bias: true) is not supported"
+        );
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         anyhow::ensure!(
             raw.num_attention_heads > 0 && num_kv_heads > 0,
@@ -1369,8 +1390,8 @@ impl ModelConfig {
         if let Some(g) = &granite {
             anyhow::ensure!(g.logits != 0.0, "logits_scaling must not be zero");
         }
-        // Command R7B: three sliding layers to one global (`sliding_window_pattern` in older
-        // configs); the global ones do not rotate.
+        // Command R7B and EXAONE 4: three sliding layers to one global
+        // (`sliding_window_pattern` in older configs); the global ones do not rotate.
         let cohere2_sliding = match parse_layer_types(&raw)? {
             Some(sliding) => sliding,
             None => {
@@ -1382,6 +1403,11 @@ impl ModelConfig {
         };
         let rope_layers = match (architecture, &raw.no_rope_layers) {
             (Architecture::Cohere2, _) => Some(cohere2_sliding.clone()),
+            // EXAONE 4 without a window rotates every layer.
+            (Architecture::Exaone4, _) => raw
+                .sliding_window
+                .is_some()
+                .then(|| cohere2_sliding.clone()),
             // GPT-2's positions are learned embeddings: no layer rotates.
             (Architecture::Gpt2 | Architecture::GptBigCode | Architecture::Opt, _) => {
                 Some(vec![false; raw.num_hidden_layers])
@@ -1503,16 +1529,21 @@ impl ModelConfig {
                     | Architecture::Olmo2
                     | Architecture::Olmo3
                     | Architecture::Olmoe
+                    | Architecture::Exaone4
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true)),
             qk_norm_whole: matches!(
                 architecture,
                 Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe
             ),
             rotary_dim,
-            post_norm: matches!(architecture, Architecture::Olmo2 | Architecture::Olmo3),
+            post_norm: matches!(
+                architecture,
+                Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Exaone4
+            ),
             sliding_window,
             sliding_layers: match architecture {
                 Architecture::GptOss => parse_layer_types(&raw)?,
+                Architecture::Exaone4 => Some(cohere2_sliding.clone()),
                 Architecture::Cohere2 => Some(cohere2_sliding.clone()),
                 // transformers' default: every fourth layer is a full one.
                 Architecture::Olmo3 => Some(parse_layer_types(&raw)?.unwrap_or_else(|| {

@@ -31,7 +31,8 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
     // HF computes inv_freq in f32 and the angle as f32 products.
     Ok(Rope {
         inv_freq: inv_freq.iter().map(|&f| f as f32).collect(),
-        // GLM-4 (both formats), Cohere and GPT-J rotate adjacent pairs; the others
+        // GLM-4 (both formats), Cohere, GPT-J, ERNIE 4.5 and Helium rotate adjacent pairs; the
+        // others
         // HF's rotate_half.
         neox: !matches!(
             cfg.architecture,
@@ -40,6 +41,8 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
                 | Architecture::Cohere
                 | Architecture::Cohere2
                 | Architecture::GptJ
+                | Architecture::Ernie45
+                | Architecture::Helium
         ),
         scale: attention_factor(cfg) as f32,
     })

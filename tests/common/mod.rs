@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 43] = [
+pub const ARCHS: [&str; 46] = [
     "llama",
     "llama31",
     "mistral",
@@ -51,6 +51,9 @@ pub const ARCHS: [&str; 43] = [
     "glm",
     "gptj",
     "granitemoe",
+    "ernie4_5",
+    "helium",
+    "exaone4",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
