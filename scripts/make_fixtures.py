@@ -59,6 +59,8 @@ from transformers import (
     GPTBigCodeForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
+    OlmoConfig,
+    OlmoForCausalLM,
     OPTConfig,
     OPTForCausalLM,
     Gemma3ForCausalLM,
@@ -1067,6 +1069,11 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 layer_types=["sliding_attention", "full_attention"],
                 tie_word_embeddings=False,
             ),
+        ),
+        # OLMo (1): Llama's layers with LayerNorms that have no weight or bias.
+        "olmo": (
+            OlmoForCausalLM,
+            OlmoConfig(**{k: v for k, v in common.items() if k != "rms_norm_eps"}, rope_theta=10000.0, tie_word_embeddings=False),
         ),
         # OPT: GPT-2's layer with separate q/k/v projections, a ReLU MLP (ffn_dim 128) and
         # learned positions read two rows on; untied for the reason given at gemma3.

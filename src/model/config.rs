@@ -50,6 +50,9 @@ pub enum Architecture {
     /// per-head q / k norms; with a sliding window, three sliding layers to one global (as
     /// `layer_types` says), only the sliding ones rotating.
     Exaone4,
+    /// AI2's OLMo (1) (`OlmoForCausalLM`, OLMo-1B / 7B): Llama's layers with LayerNorms that
+    /// have neither weight nor bias (epsilon 1e-5).
+    Olmo,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -117,7 +120,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 36] = [
+    pub const SUPPORTED: [&'static str; 37] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -154,6 +157,7 @@ impl Architecture {
         "Ernie4_5ForCausalLM",
         "HeliumForCausalLM",
         "Exaone4ForCausalLM",
+        "OlmoForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -215,6 +219,7 @@ impl Architecture {
             "Ernie4_5ForCausalLM" => Architecture::Ernie45,
             "HeliumForCausalLM" => Architecture::Helium,
             "Exaone4ForCausalLM" => Architecture::Exaone4,
+            "OlmoForCausalLM" => Architecture::Olmo,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1494,10 +1499,14 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: raw.vocab_size,
-            rms_norm_eps: raw
-                .norm_epsilon
-                .or(raw.layer_norm_eps)
-                .unwrap_or(raw.rms_norm_eps),
+            // OLMo's parameter-free LayerNorm has its epsilon built in.
+            rms_norm_eps: if architecture == Architecture::Olmo {
+                1e-5
+            } else {
+                raw.norm_epsilon
+                    .or(raw.layer_norm_eps)
+                    .unwrap_or(raw.rms_norm_eps)
+            },
             rope_theta: match architecture {
                 Architecture::GptNeoX => raw.rotary_emb_base.unwrap_or(raw.rope_theta),
                 _ => raw.rope_theta,
@@ -1568,6 +1577,7 @@ impl ModelConfig {
                     | Architecture::GptBigCode
                     | Architecture::GptJ
                     | Architecture::Opt
+                    | Architecture::Olmo
             ),
             parallel_block: matches!(
                 architecture,

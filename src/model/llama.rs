@@ -176,6 +176,11 @@ fn load_norm<B: Backend>(
     dtype: DType,
     extra: f64,
 ) -> Result<B::Tensor> {
+    // OLMo's LayerNorms have no weight: a scale of one.
+    if config.architecture == Architecture::Olmo && !src.contains(name) {
+        let ones = Tensor::ones(len, dtype.to_candle(), &candle_core::Device::Cpu)?;
+        return be.upload(ones);
+    }
     if config.gemma.is_none() {
         return load(be, src, name, &[len], dtype);
     }
@@ -1248,6 +1253,16 @@ impl<B: Backend> LlamaModel<B> {
                 continue;
             }
             let partial = match &layer.mlp {
+                // OLMo's LayerNorm into a gated MLP.
+                Mlp::Dense { gate_up, down } if layer.norm_biases.is_some() => {
+                    let (_, bias) = layer.norm_biases.as_ref().expect("matched");
+                    let sum = be.add_tensors(&attn, &residual_in)?;
+                    let x = be.layer_norm(&sum, &layer.post_attention_norm, bias, eps)?;
+                    residual = Some(sum);
+                    let gate_up = adapt(be.linear(&x, gate_up, None)?, &x, i, Site::GateUp)?;
+                    let act = be.silu_mul(&gate_up)?;
+                    adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?
+                }
                 // Gemma's GeGLU has no fused op: the norm, then the projections.
                 Mlp::Dense { gate_up, down } if !lora.is_empty() || c.gemma.is_some() => {
                     let (x, sum) =

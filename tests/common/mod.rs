@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 46] = [
+pub const ARCHS: [&str; 47] = [
     "llama",
     "llama31",
     "mistral",
@@ -54,6 +54,7 @@ pub const ARCHS: [&str; 46] = [
     "ernie4_5",
     "helium",
     "exaone4",
+    "olmo",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
