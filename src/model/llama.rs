@@ -303,6 +303,30 @@ fn fused_qkv_parts(
         .map(|(offset, rows)| rows_at(name.clone(), shape.clone(), offset, rows))
 }
 
+/// How a checkpoint stores a layer's q, k and v projections.
+enum QkvStorage {
+    /// `q_proj`, `k_proj`, `v_proj`.
+    Separate,
+    /// One `qkv_proj`: q rows, then k rows, then v rows (Phi-3, GPT-2, multi-query
+    /// GPT-BigCode).
+    Fused,
+    /// One `query_key_value` running head by head, each head's q, k and v in turn
+    /// (GPT-NeoX, GPT-BigCode without multi-query).
+    PerHead,
+}
+
+impl QkvStorage {
+    fn of(c: &ModelConfig) -> QkvStorage {
+        match c.architecture {
+            Architecture::Phi3 | Architecture::Gpt2 => QkvStorage::Fused,
+            Architecture::GptNeoX => QkvStorage::PerHead,
+            Architecture::GptBigCode if c.num_kv_heads == c.num_heads => QkvStorage::PerHead,
+            Architecture::GptBigCode => QkvStorage::Fused,
+            _ => QkvStorage::Separate,
+        }
+    }
+}
+
 /// This rank's q, k and v rows (`suffix` `weight`) or biases (`bias`) of GPT-NeoX's fused
 /// `query_key_value`, whose rows run head by head, each head's q, k and v in turn: this
 /// rank's heads' q rows, then their k rows, then their v rows (every head has its own k
@@ -563,6 +587,17 @@ impl<B: Backend> LlamaModel<B> {
                     part("v", kv, &kv_cols),
                 ]
             };
+            // This rank's q, k and v weights (`suffix` `weight`) or biases (`bias`), as the
+            // checkpoint stores them.
+            let qkv_parts = |suffix: &str| -> Vec<Part> {
+                let separate: &dyn Fn(&str, usize, &Range<usize>) -> Part =
+                    if suffix == "bias" { &bias } else { &proj };
+                match QkvStorage::of(c) {
+                    QkvStorage::Fused => fused_qkv_parts(c, &p, &q_cols, &kv_cols, suffix).into(),
+                    QkvStorage::PerHead => per_head_qkv_parts(c, &p, &layout.q_heads, suffix),
+                    QkvStorage::Separate => q_k_v(separate).into(),
+                }
+            };
             let norm = |n: &str| load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0);
             // GPT-NeoX's parallel layer norms the stream twice, once for each block.
             let neox = c.architecture == Architecture::GptNeoX;
@@ -588,45 +623,10 @@ impl<B: Backend> LlamaModel<B> {
                 },
                 qkv: match latent_qkv {
                     Some(qkv) => qkv,
-                    None => load_stacked(
-                        be,
-                        src,
-                        &match c.architecture {
-                            Architecture::Phi3 | Architecture::Gpt2 => {
-                                fused_qkv_parts(c, &p, &q_cols, &kv_cols, "weight").into()
-                            }
-                            Architecture::GptNeoX => {
-                                per_head_qkv_parts(c, &p, &layout.q_heads, "weight")
-                            }
-                            Architecture::GptBigCode if c.num_kv_heads == c.num_heads => {
-                                per_head_qkv_parts(c, &p, &layout.q_heads, "weight")
-                            }
-                            Architecture::GptBigCode => {
-                                fused_qkv_parts(c, &p, &q_cols, &kv_cols, "weight").into()
-                            }
-                            _ => q_k_v(&proj).into(),
-                        },
-                        dtype,
-                    )?,
+                    None => load_stacked(be, src, &qkv_parts("weight"), dtype)?,
                 },
-                // GPT-BigCode without multi-query fuses q / k / v head by head, as GPT-NeoX.
-                qkv_bias: if c.qkv_bias
-                    && (c.architecture == Architecture::GptNeoX
-                        || (c.architecture == Architecture::GptBigCode
-                            && c.num_kv_heads == c.num_heads))
-                {
-                    let parts = per_head_qkv_parts(c, &p, &layout.q_heads, "bias");
-                    Some(load_stacked(be, src, &parts, dtype)?)
-                } else if c.qkv_bias
-                    && matches!(
-                        c.architecture,
-                        Architecture::Gpt2 | Architecture::GptBigCode
-                    )
-                {
-                    let parts = fused_qkv_parts(c, &p, &q_cols, &kv_cols, "bias");
-                    Some(load_stacked(be, src, &parts, dtype)?)
-                } else if c.qkv_bias {
-                    Some(load_stacked(be, src, &q_k_v(&bias), dtype)?)
+                qkv_bias: if c.qkv_bias {
+                    Some(load_stacked(be, src, &qkv_parts("bias"), dtype)?)
                 } else {
                     None
                 },
