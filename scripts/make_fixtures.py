@@ -1162,6 +1162,31 @@ def f32_list(tensor: torch.Tensor) -> list[float]:
     return [float(np.format_float_positional(v, unique=True, trim="-")) for v in values]
 
 
+def greedy_reference_json(architecture: str, seed, prompts: list[list[int]], f32_refs: list[dict], bf16_refs: list[dict]) -> dict:
+    """A fixture's reference.json: per prompt, transformers' f32 and bf16 last-token logits
+    and greedy continuations with their top-2 margins."""
+    return {
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "architecture": architecture,
+        "seed": seed,
+        "greedy_new_tokens": GREEDY_NEW_TOKENS,
+        "prompts": [
+            {
+                "text": text,
+                "prompt_ids": ids,
+                "last_logits": f32_list(f32["last_logits"]),
+                "greedy_ids": f32["greedy_ids"],
+                "greedy_margins": [round(m, 6) for m in f32["margins"]],
+                "bf16_last_logits": f32_list(bf16["last_logits"]),
+                "bf16_greedy_ids": bf16["greedy_ids"],
+                "bf16_greedy_margins": [round(m, 6) for m in bf16["margins"]],
+            }
+            for text, ids, f32, bf16 in zip(PROMPT_TEXTS, prompts, f32_refs, bf16_refs)
+        ],
+    }
+
+
 def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prompts: list[list[int]]) -> None:
     directory = FIXTURES_DIR / name
     if directory.exists():
@@ -1192,26 +1217,7 @@ def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prom
     check_reload(model, reloaded, prompts[0])
     bf16_refs = [greedy_reference(bf16_model, p) for p in prompts]
 
-    reference = {
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-        "architecture": model_cls.__name__,
-        "seed": seed,
-        "greedy_new_tokens": GREEDY_NEW_TOKENS,
-        "prompts": [
-            {
-                "text": text,
-                "prompt_ids": ids,
-                "last_logits": f32_list(f32["last_logits"]),
-                "greedy_ids": f32["greedy_ids"],
-                "greedy_margins": [round(m, 6) for m in f32["margins"]],
-                "bf16_last_logits": f32_list(bf16["last_logits"]),
-                "bf16_greedy_ids": bf16["greedy_ids"],
-                "bf16_greedy_margins": [round(m, 6) for m in bf16["margins"]],
-            }
-            for text, ids, f32, bf16 in zip(PROMPT_TEXTS, prompts, f32_refs, bf16_refs)
-        ],
-    }
+    reference = greedy_reference_json(model_cls.__name__, seed, prompts, f32_refs, bf16_refs)
     write_reference_json(directory / "reference.json", reference)
     agree = [common_prefix(f["greedy_ids"], b["greedy_ids"]) for f, b in zip(f32_refs, bf16_refs)]
     print(
@@ -1580,6 +1586,11 @@ def main() -> None:
         import classifier_fixture
 
         classifier_fixture.build(FIXTURES_DIR, prompts, f32_list, write_json)
+    import pytorch_checkpoint_fixture
+
+    pytorch_checkpoint_fixture.build(
+        args.only, FIXTURES_DIR, PROMPT_TEXTS, greedy_reference, greedy_reference_json, write_json, write_reference_json
+    )
     if args.only in (None, "lora"):
         import lora_fixtures
 

@@ -33,7 +33,8 @@ use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
 use crate::model::lora::load_adapter;
 use crate::model::opt::OptWeights;
-use crate::model::source::{self, ModelFiles};
+use crate::model::pytorch_weights::PytorchWeights;
+use crate::model::source::{self, ModelFiles, WeightFiles};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{DummyWeights, SafetensorsWeights, WeightSource};
 use crate::model::{demo, presets};
@@ -46,9 +47,11 @@ pub const DEFAULT_MODEL: &str = "Qwen/Qwen2.5-0.5B-Instruct";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LoadFormat {
-    /// Safetensors weights from the model directory or repo.
+    /// Safetensors weights from the model directory or repo, else a PyTorch checkpoint.
     Auto,
     Safetensors,
+    /// A PyTorch checkpoint (`pytorch_model.bin`, whole or sharded).
+    Pt,
     /// Random weights of the config's shapes, for benchmarking.
     Dummy,
 }
@@ -207,18 +210,35 @@ pub struct EngineArgs {
 
 /// Resolves the model files named by the arguments.
 pub fn resolve_model(args: &EngineArgs) -> Result<ModelFiles> {
-    let dummy = args.load_format == LoadFormat::Dummy;
-    resolve_model_named(args.model.as_deref(), args.revision.as_deref(), dummy)
+    resolve_model_named(
+        args.model.as_deref(),
+        args.revision.as_deref(),
+        args.load_format.weight_files(),
+    )
 }
 
-/// Resolves a model by name; `dummy` means only the config is needed.
+impl LoadFormat {
+    /// The weight files this format reads.
+    pub fn weight_files(self) -> WeightFiles {
+        match self {
+            LoadFormat::Auto => WeightFiles::Auto,
+            LoadFormat::Safetensors => WeightFiles::Safetensors,
+            LoadFormat::Pt => WeightFiles::Pytorch,
+            LoadFormat::Dummy => WeightFiles::Skip,
+        }
+    }
+}
+
+/// Resolves a model by name, with the weight files `wanted` asks for (none: only the config
+/// is needed).
 pub fn resolve_model_named(
     model: Option<&str>,
     revision: Option<&str>,
-    dummy: bool,
+    wanted: WeightFiles,
 ) -> Result<ModelFiles> {
+    let dummy = wanted == WeightFiles::Skip;
     let Some(name) = model else {
-        return match source::hub(DEFAULT_MODEL, None, !dummy) {
+        return match source::hub(DEFAULT_MODEL, None, wanted) {
             Ok(files) => Ok(files),
             Err(e) => {
                 tracing::warn!("default model {DEFAULT_MODEL} unavailable ({e:#}); using the built-in DEMO model (tiny, random-quality text)");
@@ -227,7 +247,7 @@ pub fn resolve_model_named(
         };
     };
     if Path::new(name).exists() {
-        return source::local(Path::new(name));
+        return source::local_with(Path::new(name), wanted);
     }
     if let Some(text) = presets::preset(name) {
         anyhow::ensure!(
@@ -241,7 +261,30 @@ pub fn resolve_model_named(
         "model '{name}' is neither a local path, a preset ({}) nor a hub repo id (owner/name)",
         presets::names().join(", ")
     );
-    source::hub(name, revision, !dummy)
+    source::hub(name, revision, wanted)
+}
+
+/// The model's weight files as a source: safetensors, or a PyTorch checkpoint.
+fn open_weight_files(files: &ModelFiles) -> Result<Box<dyn WeightSource + Send + Sync>> {
+    anyhow::ensure!(
+        !files.weights.is_empty(),
+        "{} has no weights of the format asked for (model.safetensors, pytorch_model.bin, \
+         or their shards)",
+        files.name
+    );
+    if files
+        .weights
+        .iter()
+        .all(|p| source::is_pytorch_checkpoint(p))
+    {
+        tracing::info!(
+            "{}: reading a PyTorch checkpoint ({} file(s))",
+            files.name,
+            files.weights.len()
+        );
+        return Ok(Box::new(PytorchWeights::open(&files.weights)?));
+    }
+    Ok(Box::new(SafetensorsWeights::open(&files.weights)?))
 }
 
 /// The dtype to run in, from `--dtype` and the checkpoint.
@@ -367,12 +410,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
     let weights: Arc<dyn WeightSource + Send + Sync> = match args.load_format {
         LoadFormat::Dummy => Arc::new(DummyWeights { seed: args.seed }),
         _ => {
-            anyhow::ensure!(
-                !files.weights.is_empty(),
-                "{} has no safetensors weights",
-                files.name
-            );
-            let files_source = SafetensorsWeights::open(&files.weights)?;
+            let files_source = open_weight_files(&files)?;
             let bare = BaseModelWeights::applies_to(&files_source);
             if bare {
                 tracing::info!(

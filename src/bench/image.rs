@@ -12,7 +12,7 @@ use crate::backend::image_ops::ImageOps;
 use crate::backend::DType;
 use crate::diffusion::flops::{parameter_counts, unet_cost, ParameterCounts, UNetInput};
 use crate::diffusion::presets::{self, PipelineFiles};
-use crate::diffusion::{ImageRequest, Pipeline, PipelineWeights, Progress, Stage};
+use crate::diffusion::{ImageRequest, Pipeline, Progress, Stage};
 use crate::launch::{device, Device, DeviceArg, LoadFormat};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -222,10 +222,7 @@ fn bench_on<B: ImageOps + Synchronize>(
     args: &ImageBenchArgs,
 ) -> Result<ImageBenchReport> {
     anyhow::ensure!(args.iters >= 1, "--iters must be at least 1");
-    let weights = match args.load_format {
-        LoadFormat::Dummy => PipelineWeights::Dummy { seed: args.seed },
-        LoadFormat::Auto | LoadFormat::Safetensors => PipelineWeights::Files,
-    };
+    let weights = crate::cli::image::pipeline_weights(args.load_format, args.seed)?;
     let device_name = be.name();
     let load_start = Instant::now();
     let pipeline = Pipeline::load_from(be, files, weights, args.dtype)

@@ -91,11 +91,22 @@ pub fn run(args: ImageArgs) -> Result<()> {
     }
 }
 
+/// The weights `--load-format` gives a diffusion pipeline: its files (safetensors; diffusers
+/// repositories ship them) or generated ones.
+pub fn pipeline_weights(format: LoadFormat, seed: u64) -> Result<PipelineWeights> {
+    match format {
+        LoadFormat::Dummy => Ok(PipelineWeights::Dummy { seed }),
+        LoadFormat::Auto | LoadFormat::Safetensors => Ok(PipelineWeights::Files),
+        LoadFormat::Pt => {
+            anyhow::bail!(
+                "diffusion pipelines load safetensors weights; --load-format pt is for LLMs"
+            )
+        }
+    }
+}
+
 fn generate_on<B: ImageOps>(be: B, files: &PipelineFiles, args: ImageArgs) -> Result<()> {
-    let weights = match args.load_format {
-        LoadFormat::Dummy => PipelineWeights::Dummy { seed: args.seed },
-        LoadFormat::Auto | LoadFormat::Safetensors => PipelineWeights::Files,
-    };
+    let weights = pipeline_weights(args.load_format, args.seed)?;
     let pipeline = Pipeline::load_from(be, files, weights, args.dtype)
         .with_context(|| format!("loading the pipeline {}", files.name()))?;
     let size = pipeline.default_size();

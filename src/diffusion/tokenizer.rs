@@ -4,6 +4,7 @@
 //! truncated and padded to `model_max_length`.
 
 use super::presets::PipelineFiles;
+use crate::model::bpe_files::{added_token, parse_merges, token_text};
 use anyhow::{anyhow, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,39 +25,6 @@ pub struct ClipTokenizer {
     end: u32,
     pad: u32,
     max_length: usize,
-}
-
-/// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
-fn token_text(v: &serde_json::Value) -> Option<String> {
-    v.as_str()
-        .map(str::to_string)
-        .or_else(|| v.get("content")?.as_str().map(str::to_string))
-}
-
-/// One entry of `added_tokens_decoder`.
-fn added_token(v: &serde_json::Value) -> Option<AddedToken> {
-    let flag = |name: &str| v.get(name).and_then(|f| f.as_bool()).unwrap_or(false);
-    Some(
-        AddedToken::from(v.get("content")?.as_str()?, flag("special"))
-            .lstrip(flag("lstrip"))
-            .rstrip(flag("rstrip"))
-            .single_word(flag("single_word"))
-            .normalized(flag("normalized")),
-    )
-}
-
-/// `merges.txt`: an optional `#version` line, then one `left right` pair per line.
-fn parse_merges(text: &str) -> Result<Vec<(String, String)>> {
-    text.lines()
-        .enumerate()
-        .filter(|(i, line)| !(line.is_empty() || (*i == 0 && line.starts_with("#version"))))
-        .map(|(i, line)| {
-            let (a, b) = line
-                .split_once(' ')
-                .with_context(|| format!("line {} is not a merge: '{line}'", i + 1))?;
-            Ok((a.to_string(), b.to_string()))
-        })
-        .collect()
 }
 
 impl ClipTokenizer {

@@ -3,6 +3,7 @@
 pub mod base_model_weights;
 pub mod bnb;
 pub mod bnb8;
+pub mod bpe_files;
 pub mod byte_pieces;
 pub mod chat_template;
 pub mod config;
@@ -28,6 +29,7 @@ mod moe_fused;
 pub mod mxfp4;
 pub mod opt;
 pub mod presets;
+pub mod pytorch_weights;
 pub mod reasoning;
 pub mod rope;
 pub mod source;

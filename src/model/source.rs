@@ -14,25 +14,68 @@ pub struct ModelFiles {
     /// Directory holding tokenizer.json and tokenizer_config.json, if any.
     pub tokenizer_dir: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
-    /// Safetensors files; empty for a preset (only dummy weights can be built).
+    /// Safetensors files or PyTorch `.bin` shards (never both); empty for a preset (only
+    /// dummy weights can be built).
     pub weights: Vec<PathBuf>,
 }
 
-/// Lists the safetensors files of a directory: the index's shards, or `model.safetensors`,
-/// or every `*.safetensors` file.
-fn weight_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
+/// Which weight files to look for (`--load-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFiles {
+    /// None: the weights are generated (dummy), only the config is needed.
+    Skip,
+    /// Safetensors when the model has them, else a PyTorch checkpoint.
+    Auto,
+    Safetensors,
+    /// `pytorch_model.bin`, whole or sharded.
+    Pytorch,
+}
+
+/// The name of the single-file PyTorch checkpoint; shards are listed by its `.index.json`.
+const PYTORCH_FILE: &str = "pytorch_model.bin";
+
+/// Whether `path` is a PyTorch checkpoint rather than a safetensors file.
+pub fn is_pytorch_checkpoint(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|x| x == "bin" || x == "pt" || x == "pth")
+}
+
+/// Lists the weight files of a directory that `wanted` asks for.
+fn weight_files_in(dir: &Path, wanted: WeightFiles) -> Result<Vec<PathBuf>> {
+    match wanted {
+        WeightFiles::Skip => Ok(Vec::new()),
+        WeightFiles::Safetensors => files_in(dir, "model.safetensors", "model", ".safetensors"),
+        WeightFiles::Pytorch => files_in(dir, PYTORCH_FILE, "pytorch_model", ".bin"),
+        WeightFiles::Auto => {
+            let safetensors = files_in(dir, "model.safetensors", "model", ".safetensors")?;
+            if !safetensors.is_empty() {
+                return Ok(safetensors);
+            }
+            files_in(dir, PYTORCH_FILE, "pytorch_model", ".bin")
+        }
+    }
+}
+
+/// The shards `<single>.index.json` lists, or `single`, or else every file named
+/// `<prefix>*<suffix>` (safetensors shards without an index; only `pytorch_model*.bin`, since
+/// repositories also hold other `.bin` files such as `training_args.bin`).
+fn files_in(dir: &Path, single: &str, prefix: &str, suffix: &str) -> Result<Vec<PathBuf>> {
+    let index = dir.join(format!("{single}.index.json"));
     if index.exists() {
         return shards_from_index(&index, |f| Ok(dir.join(f)));
     }
-    let single = dir.join("model.safetensors");
+    let single = dir.join(single);
     if single.exists() {
         return Ok(vec![single]);
     }
+    let any_stem = suffix == ".safetensors";
     let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.ends_with(suffix) && (any_stem || name.starts_with(prefix))
+        })
         .collect();
     all.sort();
     Ok(all)
@@ -61,8 +104,15 @@ fn optional(path: PathBuf) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// A local model directory (or a bare config.json, for dummy weights).
+/// A local model directory (or a bare config.json, for dummy weights), with whichever
+/// weights it has.
 pub fn local(path: &Path) -> Result<ModelFiles> {
+    local_with(path, WeightFiles::Auto)
+}
+
+/// A local model directory (or a bare config.json, for dummy weights), with the weight
+/// files `wanted` asks for.
+pub fn local_with(path: &Path, wanted: WeightFiles) -> Result<ModelFiles> {
     if path.is_file() {
         let dir = path.parent().map(Path::to_path_buf);
         return Ok(ModelFiles {
@@ -87,13 +137,16 @@ pub fn local(path: &Path) -> Result<ModelFiles> {
         config,
         tokenizer_dir: has_tokenizer(path).then(|| path.to_path_buf()),
         generation_config: optional(path.join("generation_config.json")),
-        weights: weight_files_in(path)?,
+        weights: weight_files_in(path, wanted)?,
     })
 }
 
-/// Whether `dir` holds a tokenizer kiln reads: tokenizer.json, or a tiktoken vocabulary.
+/// Whether `dir` holds a tokenizer kiln reads: tokenizer.json, a tiktoken vocabulary, or
+/// GPT-2's slow `vocab.json` + `merges.txt`.
 fn has_tokenizer(dir: &Path) -> bool {
-    dir.join("tokenizer.json").exists() || dir.join(super::tiktoken::TIKTOKEN_FILE).exists()
+    dir.join("tokenizer.json").exists()
+        || dir.join(super::tiktoken::TIKTOKEN_FILE).exists()
+        || super::bpe_files::present(dir)
 }
 
 fn env_flag(name: &str) -> bool {
@@ -179,38 +232,65 @@ impl HubRepo {
 
     /// The safetensors weights `<dir>/<stem>.safetensors`, or the shards its index lists.
     pub fn weights(&self, dir: &str, stem: &str) -> Result<Vec<PathBuf>> {
+        self.indexed(dir, &format!("{stem}.safetensors"))
+            .with_context(|| format!("{} has no safetensors weights in '{dir}'", self.repo_id))
+    }
+
+    /// The PyTorch checkpoint `pytorch_model.bin`, or the shards its index lists.
+    pub fn pytorch_weights(&self) -> Result<Vec<PathBuf>> {
+        self.indexed("", PYTORCH_FILE).with_context(|| {
+            format!(
+                "{} has no PyTorch checkpoint ({PYTORCH_FILE})",
+                self.repo_id
+            )
+        })
+    }
+
+    /// The shards `<dir>/<file>.index.json` lists, or `<dir>/<file>` itself.
+    fn indexed(&self, dir: &str, file: &str) -> Result<Vec<PathBuf>> {
         let prefix = if dir.is_empty() {
             String::new()
         } else {
             format!("{dir}/")
         };
-        if let Ok(index) = self.get(&format!("{prefix}{stem}.safetensors.index.json")) {
+        if let Ok(index) = self.get(&format!("{prefix}{file}.index.json")) {
             return shards_from_index(&index, |f| self.get(&format!("{prefix}{f}")));
         }
-        Ok(vec![self
-            .get(&format!("{prefix}{stem}.safetensors"))
-            .with_context(|| {
-                format!("{} has no safetensors weights in '{dir}'", self.repo_id)
-            })?])
+        Ok(vec![self.get(&format!("{prefix}{file}"))?])
+    }
+
+    /// The weight files `wanted` asks for.
+    fn weight_files(&self, wanted: WeightFiles) -> Result<Vec<PathBuf>> {
+        match wanted {
+            WeightFiles::Skip => Ok(Vec::new()),
+            WeightFiles::Safetensors => self.weights("", "model"),
+            WeightFiles::Pytorch => self.pytorch_weights(),
+            WeightFiles::Auto => self.weights("", "model").or_else(|safetensors| {
+                self.pytorch_weights().map_err(|pytorch| {
+                    anyhow::anyhow!(
+                        "{} has neither safetensors weights ({safetensors:#}) nor a PyTorch \
+                         checkpoint ({pytorch:#})",
+                        self.repo_id
+                    )
+                })
+            }),
+        }
     }
 }
 
 /// A hub repo id. Files come from the HF cache, downloading what is missing unless
-/// HF_HUB_OFFLINE is set. `need_weights` is false for dummy weights (config only).
-pub fn hub(repo_id: &str, revision: Option<&str>, need_weights: bool) -> Result<ModelFiles> {
+/// HF_HUB_OFFLINE is set. `wanted` says which weights to fetch (none for dummy weights).
+pub fn hub(repo_id: &str, revision: Option<&str>, wanted: WeightFiles) -> Result<ModelFiles> {
     let repo = HubRepo::open(repo_id, revision)?;
     let get = |file: &str| repo.get(file);
     let config = get("config.json")?;
     let tokenizer = get("tokenizer.json")
         .or_else(|_| get(super::tiktoken::TIKTOKEN_FILE))
+        .or_else(|_| slow_bpe_tokenizer(&repo))
         .ok();
     let _ = get("tokenizer_config.json");
     let generation_config = get("generation_config.json").ok();
-    let weights = if need_weights {
-        repo.weights("", "model")?
-    } else {
-        Vec::new()
-    };
+    let weights = repo.weight_files(wanted)?;
     Ok(ModelFiles {
         name: repo_id.to_string(),
         config,
@@ -218,6 +298,18 @@ pub fn hub(repo_id: &str, revision: Option<&str>, need_weights: bool) -> Result<
         generation_config,
         weights,
     })
+}
+
+/// GPT-2's slow tokenizer files, fetched when the repo has no tokenizer.json: the pair
+/// itself, then what may name its special tokens.
+fn slow_bpe_tokenizer(repo: &HubRepo) -> Result<PathBuf> {
+    use super::bpe_files::{ADDED_TOKENS_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE};
+    let vocab = repo.get(VOCAB_FILE)?;
+    repo.get(MERGES_FILE)?;
+    for optional in [SPECIAL_TOKENS_FILE, ADDED_TOKENS_FILE] {
+        let _ = repo.get(optional);
+    }
+    Ok(vocab)
 }
 
 #[cfg(test)]
@@ -243,6 +335,53 @@ mod tests {
         assert!(files.tokenizer_dir.is_none());
     }
 
+    fn names(files: &ModelFiles) -> Vec<&str> {
+        files
+            .weights
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn pytorch_checkpoints_are_found_when_there_are_no_safetensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |name: &str| std::fs::write(dir.path().join(name), "x").unwrap();
+        touch("config.json");
+        // Not weights: only pytorch_model*.bin are, when there is no index.
+        touch("training_args.bin");
+        touch("pytorch_model-00002-of-00002.bin");
+        touch("pytorch_model-00001-of-00002.bin");
+        let auto = local(dir.path()).unwrap();
+        assert_eq!(
+            names(&auto),
+            ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+        );
+        assert!(auto.weights.iter().all(|p| is_pytorch_checkpoint(p)));
+        let safetensors = local_with(dir.path(), WeightFiles::Safetensors).unwrap();
+        assert!(safetensors.weights.is_empty());
+        // Safetensors win over a PyTorch checkpoint beside them, unless pt is asked for.
+        touch("model.safetensors");
+        assert_eq!(names(&local(dir.path()).unwrap()), ["model.safetensors"]);
+        let pt = local_with(dir.path(), WeightFiles::Pytorch).unwrap();
+        assert_eq!(pt.weights.len(), 2);
+        touch("pytorch_model.bin");
+        let pt = local_with(dir.path(), WeightFiles::Pytorch).unwrap();
+        assert_eq!(names(&pt), ["pytorch_model.bin"]);
+        let skip = local_with(dir.path(), WeightFiles::Skip).unwrap();
+        assert!(skip.weights.is_empty());
+    }
+
+    #[test]
+    fn slow_tokenizer_files_count_as_a_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("vocab.json"), "{}").unwrap();
+        assert!(local(dir.path()).unwrap().tokenizer_dir.is_none());
+        std::fs::write(dir.path().join("merges.txt"), "").unwrap();
+        assert!(local(dir.path()).unwrap().tokenizer_dir.is_some());
+    }
+
     #[test]
     fn a_directory_without_config_is_refused_with_its_name() {
         let dir = tempfile::tempdir().unwrap();
@@ -256,7 +395,10 @@ mod tests {
         // Only this test reads these variables, and it sets them for its own process view.
         std::env::set_var("HF_HUB_CACHE", dir.path());
         std::env::set_var("HF_HUB_OFFLINE", "1");
-        let err = format!("{:#}", hub("nobody/nothing", None, true).unwrap_err());
+        let err = format!(
+            "{:#}",
+            hub("nobody/nothing", None, WeightFiles::Auto).unwrap_err()
+        );
         assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     }
 }

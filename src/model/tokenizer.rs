@@ -96,10 +96,16 @@ impl Tokenizer {
     /// so the model still serves plain completions.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tokenizer_path = dir.join(TOKENIZER_FILE);
-        // A tiktoken vocabulary (Kimi) stands in for a missing tokenizer.json.
-        let bytes = match super::tiktoken::tokenizer_json(dir)? {
-            Some(json) if !tokenizer_path.exists() => json.into_bytes(),
-            _ => read_existing(&tokenizer_path)?,
+        // A tiktoken vocabulary (Kimi) or GPT-2's slow files stand in for a missing
+        // tokenizer.json.
+        let bytes = if tokenizer_path.exists() {
+            read_existing(&tokenizer_path)?
+        } else if let Some(json) = super::tiktoken::tokenizer_json(dir)? {
+            json.into_bytes()
+        } else if let Some(json) = super::bpe_files::tokenizer_json(dir)? {
+            json.into_bytes()
+        } else {
+            read_existing(&tokenizer_path)?
         };
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| anyhow!("{}: not a valid tokenizer: {e}", tokenizer_path.display()))?;

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 47] = [
+pub const ARCHS: [&str; 48] = [
     "llama",
     "llama31",
     "mistral",
@@ -55,6 +55,7 @@ pub const ARCHS: [&str; 47] = [
     "helium",
     "exaone4",
     "olmo",
+    "opt_pytorch",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
