@@ -355,7 +355,10 @@ mod tests {
         let auto = local(dir.path()).unwrap();
         assert_eq!(
             names(&auto),
-            ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+            [
+                "pytorch_model-00001-of-00002.bin",
+                "pytorch_model-00002-of-00002.bin"
+            ]
         );
         assert!(auto.weights.iter().all(|p| is_pytorch_checkpoint(p)));
         let safetensors = local_with(dir.path(), WeightFiles::Safetensors).unwrap();
