@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{engine_args, fixture, reference};
+use common::{engine_args, fixture, reference, EncodingCase};
 use kiln::backend::DType;
 use kiln::launch::load_model;
 use kiln::model::pytorch_weights::PytorchWeights;
@@ -16,14 +16,7 @@ use std::path::PathBuf;
 
 #[derive(Deserialize)]
 struct Cases {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    text: String,
-    add_special_tokens: bool,
-    ids: Vec<u32>,
+    cases: Vec<EncodingCase>,
 }
 
 #[test]
@@ -34,16 +27,9 @@ fn slow_gpt2_tokenizer_files_encode_as_transformers_does() {
     let cases: Cases = serde_json::from_str(&text).unwrap();
     let tokenizer = Tokenizer::from_dir(&dir).unwrap();
     for case in &cases.cases {
-        let ids = tokenizer
-            .encode(&case.text, case.add_special_tokens)
-            .unwrap();
-        assert_eq!(
-            ids, case.ids,
-            "{:?} (special tokens: {})",
-            case.text, case.add_special_tokens
-        );
+        case.check(&tokenizer, "slow GPT-2 files");
         if !case.add_special_tokens {
-            assert_eq!(tokenizer.decode(&ids, false).unwrap(), case.text);
+            assert_eq!(tokenizer.decode(&case.ids, false).unwrap(), case.text);
         }
     }
     // The reference's prompts were tokenized by the slow tokenizer, BOS first.

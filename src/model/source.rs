@@ -141,12 +141,13 @@ pub fn local_with(path: &Path, wanted: WeightFiles) -> Result<ModelFiles> {
     })
 }
 
-/// Whether `dir` holds a tokenizer kiln reads: tokenizer.json, a tiktoken vocabulary, or
-/// GPT-2's slow `vocab.json` + `merges.txt`.
-fn has_tokenizer(dir: &Path) -> bool {
+/// Whether `dir` holds a tokenizer kiln reads: tokenizer.json, a tiktoken vocabulary,
+/// GPT-2's slow `vocab.json` + `merges.txt`, or a SentencePiece model.
+pub fn has_tokenizer(dir: &Path) -> bool {
     dir.join("tokenizer.json").exists()
         || dir.join(super::tiktoken::TIKTOKEN_FILE).exists()
         || super::bpe_files::present(dir)
+        || dir.join(super::sentencepiece::MODEL_FILE).exists()
 }
 
 fn env_flag(name: &str) -> bool {
@@ -284,10 +285,7 @@ pub fn hub(repo_id: &str, revision: Option<&str>, wanted: WeightFiles) -> Result
     let repo = HubRepo::open(repo_id, revision)?;
     let get = |file: &str| repo.get(file);
     let config = get("config.json")?;
-    let tokenizer = get("tokenizer.json")
-        .or_else(|_| get(super::tiktoken::TIKTOKEN_FILE))
-        .or_else(|_| slow_bpe_tokenizer(&repo))
-        .ok();
+    let tokenizer = fetch_tokenizer(&repo);
     let _ = get("tokenizer_config.json");
     let generation_config = get("generation_config.json").ok();
     let weights = repo.weight_files(wanted)?;
@@ -300,16 +298,27 @@ pub fn hub(repo_id: &str, revision: Option<&str>, wanted: WeightFiles) -> Result
     })
 }
 
-/// GPT-2's slow tokenizer files, fetched when the repo has no tokenizer.json: the pair
-/// itself, then what may name its special tokens.
-fn slow_bpe_tokenizer(repo: &HubRepo) -> Result<PathBuf> {
-    use super::bpe_files::{ADDED_TOKENS_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE};
-    let vocab = repo.get(VOCAB_FILE)?;
-    repo.get(MERGES_FILE)?;
+/// The repo's tokenizer files, in kiln's order of preference: tokenizer.json; else a form
+/// kiln converts (tiktoken, GPT-2's slow pair, SentencePiece), with the files that name
+/// its special and added tokens. A file in the tokenizer's directory, or None.
+fn fetch_tokenizer(repo: &HubRepo) -> Option<PathBuf> {
+    use super::bpe_files::{MERGES_FILE, VOCAB_FILE};
+    use super::tokenizer_json::{ADDED_TOKENS_FILE, SPECIAL_TOKENS_FILE};
+    if let Ok(path) = repo.get("tokenizer.json") {
+        return Some(path);
+    }
+    let converted = repo
+        .get(super::tiktoken::TIKTOKEN_FILE)
+        .or_else(|_| {
+            let vocab = repo.get(VOCAB_FILE)?;
+            repo.get(MERGES_FILE).map(|_| vocab)
+        })
+        .or_else(|_| repo.get(super::sentencepiece::MODEL_FILE))
+        .ok()?;
     for optional in [SPECIAL_TOKENS_FILE, ADDED_TOKENS_FILE] {
         let _ = repo.get(optional);
     }
-    Ok(vocab)
+    Some(converted)
 }
 
 #[cfg(test)]

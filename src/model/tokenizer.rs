@@ -96,13 +96,15 @@ impl Tokenizer {
     /// so the model still serves plain completions.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tokenizer_path = dir.join(TOKENIZER_FILE);
-        // A tiktoken vocabulary (Kimi) or GPT-2's slow files stand in for a missing
-        // tokenizer.json.
+        // A tiktoken vocabulary (Kimi), GPT-2's slow files or a SentencePiece model stand in
+        // for a missing tokenizer.json.
         let bytes = if tokenizer_path.exists() {
             read_existing(&tokenizer_path)?
         } else if let Some(json) = super::tiktoken::tokenizer_json(dir)? {
             json.into_bytes()
         } else if let Some(json) = super::bpe_files::tokenizer_json(dir)? {
+            json.into_bytes()
+        } else if let Some(json) = super::sentencepiece::tokenizer_json(dir)? {
             json.into_bytes()
         } else {
             read_existing(&tokenizer_path)?

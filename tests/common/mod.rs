@@ -134,6 +134,28 @@ pub struct PromptReference {
     pub bf16_greedy_margins: Vec<f32>,
 }
 
+/// A text and the ids a reference tokenizer gives it (converted-tokenizer fixtures).
+#[derive(Deserialize)]
+pub struct EncodingCase {
+    pub text: String,
+    pub add_special_tokens: bool,
+    pub ids: Vec<u32>,
+}
+
+impl EncodingCase {
+    /// Asserts `tokenizer` gives this case's ids; `what` names the configuration.
+    pub fn check(&self, tokenizer: &kiln::model::tokenizer::Tokenizer, what: &str) {
+        let ids = tokenizer
+            .encode(&self.text, self.add_special_tokens)
+            .unwrap();
+        assert_eq!(
+            ids, self.ids,
+            "{what}: {:?} (special tokens: {})",
+            self.text, self.add_special_tokens
+        );
+    }
+}
+
 pub fn reference(name: &str) -> Reference {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()

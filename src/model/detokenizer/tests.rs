@@ -189,7 +189,8 @@ fn committed_tokenizer_dirs() -> Vec<PathBuf> {
     if let Ok(entries) = std::fs::read_dir(root.join("tests/fixtures")) {
         dirs.extend(entries.flatten().map(|e| e.path()));
     }
-    dirs.retain(|d| d.join("tokenizer.json").is_file());
+    // Converted ones too (tiktoken, GPT-2's slow files, SentencePiece).
+    dirs.retain(|d| crate::model::source::has_tokenizer(d));
     dirs
 }
 
