@@ -51,6 +51,8 @@ from transformers import (
     GlmForCausalLM,
     HeliumConfig,
     HeliumForCausalLM,
+    FalconConfig,
+    FalconForCausalLM,
     GPTJConfig,
     GPTJForCausalLM,
     GraniteMoeConfig,
@@ -413,6 +415,21 @@ def tokenizer_cases(hf_tokenizer: PreTrainedTokenizerFast) -> dict:
 # Tiny random-weight reference models
 # ---------------------------------------------------------------------------
 def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tuple[type, object]]:
+    falcon = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        max_position_embeddings=256,
+        layer_norm_epsilon=1e-5,
+        activation="gelu",
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        torch_dtype="float32",
+        tie_word_embeddings=False,
+    )
     common = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -1003,6 +1020,20 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
         # rotate-half rotary on half of each head, an ungated exact-GELU MLP with biases, and
         # attention and MLP side by side, each with its own norm; untied `embed_out`.
         "gpt_neox": (GPTNeoXForCausalLM, GPTNeoXConfig(**neox, rotary_pct=0.5, use_parallel_residual=True)),
+        # Falcon-7B's shape: multi-query (one KV head) in a fused query_key_value, a parallel
+        # layer with one LayerNorm, no biases, exact-GELU MLP of 128.
+        "falcon": (FalconForCausalLM, FalconConfig(**falcon, multi_query=True, parallel_attn=True, bias=False)),
+        # Falcon-40B's: KV groups (2 of 8 heads) laid out group by group, ln_attn / ln_mlp,
+        # biases everywhere (Falcon-40B has none; the biased variant checks their layout).
+        "falcon_40b": (
+            FalconForCausalLM,
+            FalconConfig(**falcon, new_decoder_architecture=True, num_kv_heads=2, bias=True),
+        ),
+        # Falcon with its blocks in sequence, every head its own k and v (multi_query false).
+        "falcon_sequential": (
+            FalconForCausalLM,
+            FalconConfig(**falcon, multi_query=False, parallel_attn=False, bias=False, rope_theta=500000.0),
+        ),
         # GPT-NeoX with its blocks in sequence (use_parallel_residual false).
         "gpt_neox_sequential": (
             GPTNeoXForCausalLM,

@@ -24,6 +24,7 @@ use crate::model::bnb::{Bnb4, Bnb4Weights};
 use crate::model::bnb8::{Bnb8, Bnb8Weights};
 use crate::model::config::Architecture;
 use crate::model::config::{ModelConfig, Quantization};
+use crate::model::falcon::FalconWeights;
 use crate::model::fp8::{Fp8, Fp8Weights};
 use crate::model::gpt2::Gpt2Weights;
 use crate::model::gpt_neox_weights::GptNeoXWeights;
@@ -431,6 +432,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 Box::new(Gpt2Weights::wrap(files_source))
             } else if config.architecture == Architecture::GptBigCode {
                 Box::new(Gpt2Weights::wrap_linear(files_source))
+            } else if config.architecture == Architecture::Falcon {
+                Box::new(FalconWeights::wrap(files_source, config.parallel_two_norms))
             } else if config.architecture == Architecture::GptNeoX {
                 Box::new(GptNeoXWeights::wrap(files_source))
             } else if bare {

@@ -53,6 +53,10 @@ pub enum Architecture {
     /// AI2's OLMo (1) (`OlmoForCausalLM`, OLMo-1B / 7B): Llama's layers with LayerNorms that
     /// have neither weight nor bias (epsilon 1e-5).
     Olmo,
+    /// TII's Falcon (`FalconForCausalLM`, `RWForCausalLM`; `model/falcon.rs`): a fused
+    /// q/k/v by KV group, parallel (one or two LayerNorms) or sequential layers, an ungated
+    /// GELU MLP, biases by `bias`.
+    Falcon,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -120,7 +124,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 37] = [
+    pub const SUPPORTED: [&'static str; 38] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -158,6 +162,7 @@ impl Architecture {
         "HeliumForCausalLM",
         "Exaone4ForCausalLM",
         "OlmoForCausalLM",
+        "FalconForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -178,6 +183,7 @@ impl Architecture {
                 | Architecture::Starcoder2
                 | Architecture::Cohere
                 | Architecture::Cohere2
+                | Architecture::Falcon
         )
     }
 
@@ -220,6 +226,7 @@ impl Architecture {
             "HeliumForCausalLM" => Architecture::Helium,
             "Exaone4ForCausalLM" => Architecture::Exaone4,
             "OlmoForCausalLM" => Architecture::Olmo,
+            "FalconForCausalLM" => Architecture::Falcon,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1186,6 +1193,11 @@ pub struct ModelConfig {
     /// Cohere: the attention and the MLP both read the layer's one norm, and both outputs
     /// join the residual stream (no norm between them).
     pub parallel_block: bool,
+    /// GPT-NeoX, Falcon-40B: a parallel layer's MLP reads its own norm of the stream
+    /// (`post_attention_layernorm`), not the attention's.
+    pub parallel_two_norms: bool,
+    /// Whether the ungated MLP's projections have biases (Falcon's follow its `bias`).
+    pub ungated_mlp_bias: bool,
     /// Cohere: what the logits are multiplied by.
     pub logit_scale: Option<f64>,
     /// StarCoder2: an ungated MLP, `c_proj(act(c_fc(x) + b) ) + b`, with this activation
@@ -1254,6 +1266,7 @@ impl ModelConfig {
             }
             Some("OPTForCausalLM") => super::opt::normalized_config(value)?,
             Some("GPTJForCausalLM") => super::gptj::normalized_config(value)?,
+            Some("FalconForCausalLM" | "RWForCausalLM") => super::falcon::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1272,6 +1285,9 @@ impl ModelConfig {
         };
         let architecture = Architecture::from_hf(&arch_name)?;
         let gemma = GemmaConfig::from_raw(architecture, &raw)?;
+        let falcon =
+            (architecture == Architecture::Falcon).then(|| super::falcon::FalconLayer::of(&value));
+        let falcon_bias = falcon.is_some_and(|f| f.bias);
         match (&raw.hidden_act, &raw.hidden_activation, architecture) {
             // `hidden_activation` overrides the legacy `hidden_act` (Gemma's hub configs say
             // `gelu` there and `gelu_pytorch_tanh` here).
@@ -1295,7 +1311,8 @@ impl ModelConfig {
                 | Architecture::Gpt2
                 | Architecture::GptBigCode
                 | Architecture::GptJ
-                | Architecture::Opt,
+                | Architecture::Opt
+                | Architecture::Falcon,
             ) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
@@ -1472,7 +1489,7 @@ impl ModelConfig {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
-            Architecture::GptNeoX => {
+            Architecture::GptNeoX | Architecture::Falcon => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
@@ -1524,6 +1541,7 @@ impl ModelConfig {
                 .tie_word_embeddings
                 .unwrap_or(architecture.ties_embeddings_by_default()),
             qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
+                || falcon_bias
                 || starcoder2_bias
                 || neox_attention_bias
                 || raw.attention_bias.unwrap_or(matches!(
@@ -1563,6 +1581,7 @@ impl ModelConfig {
                 _ => None,
             },
             o_bias: architecture == Architecture::GptOss
+                || falcon_bias
                 || starcoder2_bias
                 || neox_attention_bias
                 || raw.attention_out_bias == Some(true),
@@ -1578,6 +1597,7 @@ impl ModelConfig {
                     | Architecture::GptJ
                     | Architecture::Opt
                     | Architecture::Olmo
+                    | Architecture::Falcon
             ),
             parallel_block: matches!(
                 architecture,
@@ -1586,7 +1606,12 @@ impl ModelConfig {
                     | Architecture::Phi
                     | Architecture::GptJ
             ) || (architecture == Architecture::GptNeoX
-                && raw.use_parallel_residual.unwrap_or(true)),
+                && raw.use_parallel_residual.unwrap_or(true))
+                || falcon.is_some_and(|f| f.parallel),
+            parallel_two_norms: (architecture == Architecture::GptNeoX
+                && raw.use_parallel_residual.unwrap_or(true))
+                || falcon.is_some_and(|f| f.two_norms),
+            ungated_mlp_bias: architecture != Architecture::Falcon || falcon_bias,
             logit_scale: match architecture {
                 // CohereConfig's default.
                 Architecture::Cohere | Architecture::Cohere2 => {

@@ -78,7 +78,7 @@ enum Mlp<B: Backend> {
     /// as the ranks' partial sums are all-reduced).
     Ungated {
         up: B::Tensor,
-        up_bias: B::Tensor,
+        up_bias: Option<B::Tensor>,
         down: B::Tensor,
         down_bias: Option<B::Tensor>,
         act: crate::backend::image_ops::Activation,
@@ -99,7 +99,7 @@ impl<B: Backend> Mlp<B> {
         else {
             anyhow::bail!("not an ungated MLP");
         };
-        let hidden = be.activation(&be.linear(x, up, Some(up_bias))?, *act)?;
+        let hidden = be.activation(&be.linear(x, up, up_bias.as_ref())?, *act)?;
         be.linear(&hidden, down, down_bias.as_ref())
     }
 }
@@ -310,44 +310,55 @@ enum QkvStorage {
     /// One `qkv_proj`: q rows, then k rows, then v rows (Phi-3, GPT-2, multi-query
     /// GPT-BigCode).
     Fused,
-    /// One `query_key_value` running head by head, each head's q, k and v in turn
-    /// (GPT-NeoX, GPT-BigCode without multi-query).
-    PerHead,
+    /// One `query_key_value` running KV group by KV group, each group's q heads, then its k
+    /// head, then its v head (GPT-NeoX and GPT-BigCode without multi-query: groups of one
+    /// head; Falcon).
+    Grouped,
 }
 
 impl QkvStorage {
     fn of(c: &ModelConfig) -> QkvStorage {
         match c.architecture {
             Architecture::Phi3 | Architecture::Gpt2 => QkvStorage::Fused,
-            Architecture::GptNeoX => QkvStorage::PerHead,
-            Architecture::GptBigCode if c.num_kv_heads == c.num_heads => QkvStorage::PerHead,
+            Architecture::GptNeoX | Architecture::Falcon => QkvStorage::Grouped,
+            Architecture::GptBigCode if c.num_kv_heads == c.num_heads => QkvStorage::Grouped,
             Architecture::GptBigCode => QkvStorage::Fused,
             _ => QkvStorage::Separate,
         }
     }
 }
 
-/// This rank's q, k and v rows (`suffix` `weight`) or biases (`bias`) of GPT-NeoX's fused
-/// `query_key_value`, whose rows run head by head, each head's q, k and v in turn: this
-/// rank's heads' q rows, then their k rows, then their v rows (every head has its own k
-/// and v).
-fn per_head_qkv_parts(
+/// This rank's q, k and v rows (`suffix` `weight`) or biases (`bias`) of a fused
+/// `query_key_value` whose rows run KV group by KV group, each group's q heads, then its k
+/// head, then its v head: this rank's q heads' rows, then its KV heads' k rows, then their
+/// v rows.
+fn grouped_qkv_parts(
     c: &ModelConfig,
     layer: &str,
-    heads: &Range<usize>,
+    layout: &ShardLayout,
     suffix: &str,
 ) -> Vec<Part> {
     let (h, hd) = (c.hidden_size, c.head_dim);
+    let group = c.num_heads / c.num_kv_heads;
     let name = format!("{layer}.self_attn.query_key_value.{suffix}");
-    let rows = 3 * c.num_heads * hd;
+    let rows = (c.num_heads + 2 * c.num_kv_heads) * hd;
     let shape = if suffix == "bias" {
         vec![rows]
     } else {
         vec![rows, h]
     };
-    (0..3)
-        .flat_map(|which| heads.clone().map(move |head| (head * 3 + which) * hd))
-        .map(|offset| rows_at(name.clone(), shape.clone(), offset, &(0..hd)))
+    let q = layout
+        .q_heads
+        .clone()
+        .map(|head| (head / group) * (group + 2) + head % group);
+    let k = layout.kv_heads.clone().map(|kv| kv * (group + 2) + group);
+    let v = layout
+        .kv_heads
+        .clone()
+        .map(|kv| kv * (group + 2) + group + 1);
+    q.chain(k)
+        .chain(v)
+        .map(|slot| rows_at(name.clone(), shape.clone(), slot * hd, &(0..hd)))
         .collect()
 }
 
@@ -469,12 +480,17 @@ fn ungated_mlp<B: Backend>(
         rows.clone(),
     );
     let up_bias = rows_part(format!("{p}.mlp.{up_name}.bias"), vec![inter], rows.clone());
+    let biased = c.ungated_mlp_bias;
     let down = cols_part(format!("{p}.mlp.{down_name}.weight"), vec![h, inter], rows);
     Ok(Mlp::Ungated {
         up: load_stacked(be, src, &[up], dtype)?,
-        up_bias: load_stacked(be, src, &[up_bias], dtype)?,
+        up_bias: if biased {
+            Some(load_stacked(be, src, &[up_bias], dtype)?)
+        } else {
+            None
+        },
         down: load_stacked(be, src, &[down], dtype)?,
-        down_bias: if layout.shard.rank == 0 {
+        down_bias: if biased && layout.shard.rank == 0 {
             Some(load(
                 be,
                 src,
@@ -594,13 +610,12 @@ impl<B: Backend> LlamaModel<B> {
                     if suffix == "bias" { &bias } else { &proj };
                 match QkvStorage::of(c) {
                     QkvStorage::Fused => fused_qkv_parts(c, &p, &q_cols, &kv_cols, suffix).into(),
-                    QkvStorage::PerHead => per_head_qkv_parts(c, &p, &layout.q_heads, suffix),
+                    QkvStorage::Grouped => grouped_qkv_parts(c, &p, &layout, suffix),
                     QkvStorage::Separate => q_k_v(separate).into(),
                 }
             };
             let norm = |n: &str| load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0);
             // GPT-NeoX's parallel layer norms the stream twice, once for each block.
-            let neox = c.architecture == Architecture::GptNeoX;
             // Phi names the attention's output projection `dense`.
             let o_name = if c.architecture == Architecture::Phi {
                 "dense"
@@ -667,7 +682,7 @@ impl<B: Backend> LlamaModel<B> {
                     let bias = |n: &str| norm_bias(be, src, &format!("{p}.{n}.bias"), h, dtype);
                     // A parallel layer has one norm (GPT-NeoX's two): the second bias of the
                     // others goes unread.
-                    let second = if c.parallel_block && !neox {
+                    let second = if c.parallel_block && !c.parallel_two_norms {
                         "input_layernorm"
                     } else {
                         "post_attention_layernorm"
@@ -679,7 +694,7 @@ impl<B: Backend> LlamaModel<B> {
                 post_attention_norm: norm(match c.architecture {
                     Architecture::Glm4 => "post_self_attn_layernorm",
                     // A parallel layer has one norm (GPT-NeoX's two): this copy goes unread.
-                    _ if c.parallel_block && !neox => "input_layernorm",
+                    _ if c.parallel_block && !c.parallel_two_norms => "input_layernorm",
                     _ => "post_attention_layernorm",
                 })?,
                 sandwich: match (
@@ -1129,9 +1144,9 @@ impl<B: Backend> LlamaModel<B> {
                     None => hidden,
                 };
                 let x = be.layer_norm(&stream, norm, bias, eps)?;
-                // GPT-NeoX's MLP reads its own norm of the stream.
-                let mlp_in = match (c.architecture, &layer.norm_biases) {
-                    (Architecture::GptNeoX, Some((_, mlp_bias))) => {
+                // GPT-NeoX's and Falcon-40B's MLP reads its own norm of the stream.
+                let mlp_in = match (c.parallel_two_norms, &layer.norm_biases) {
+                    (true, Some((_, mlp_bias))) => {
                         Some(be.layer_norm(&stream, &layer.post_attention_norm, mlp_bias, eps)?)
                     }
                     _ => None,
@@ -1157,7 +1172,10 @@ impl<B: Backend> LlamaModel<B> {
                 // MLP) + stream, GPT-NeoX's (MLP + attention) + stream.
                 if matches!(
                     c.architecture,
-                    Architecture::Phi | Architecture::GptNeoX | Architecture::GptJ
+                    Architecture::Phi
+                        | Architecture::GptNeoX
+                        | Architecture::GptJ
+                        | Architecture::Falcon
                 ) {
                     residual = Some(stream);
                     hidden = be.add_tensors(&attn, &mlp)?;

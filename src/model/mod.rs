@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod detokenizer;
 pub mod expanded_weights;
+pub mod falcon;
 pub mod fp8;
 pub mod gbnf;
 pub mod gpt2;

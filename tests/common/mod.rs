@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 48] = [
+pub const ARCHS: [&str; 51] = [
     "llama",
     "llama31",
     "mistral",
@@ -56,6 +56,9 @@ pub const ARCHS: [&str; 48] = [
     "exaone4",
     "olmo",
     "opt_pytorch",
+    "falcon",
+    "falcon_40b",
+    "falcon_sequential",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
