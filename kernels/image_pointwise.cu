@@ -13,6 +13,7 @@
 #define KILN_ACT_GELU_TANH 2
 #define KILN_ACT_QUICK_GELU 3
 #define KILN_ACT_RELU 4
+#define KILN_ACT_RELU2 5
 
 __device__ __forceinline__ float kiln_gelu_erf(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
@@ -29,6 +30,10 @@ __device__ __forceinline__ float kiln_activate(float x, int act) {
             return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * x * (1.0f + 0.044715f * x * x)));
         case KILN_ACT_RELU:
             return fmaxf(x, 0.0f);
+        case KILN_ACT_RELU2: {
+            float r = fmaxf(x, 0.0f);
+            return r * r;
+        }
         default:  // KILN_ACT_QUICK_GELU: x * sigmoid(1.702 x)
             return x / (1.0f + expf(-1.702f * x));
     }

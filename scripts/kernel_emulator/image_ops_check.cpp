@@ -214,14 +214,16 @@ double activate(double x, int act) {
                    (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
         case KILN_ACT_RELU:
             return x > 0.0 ? x : 0.0;
+        case KILN_ACT_RELU2:
+            return x > 0.0 ? x * x : 0.0;
         default:
             return x / (1.0 + std::exp(-1.702 * x));
     }
 }
 
 void check_activations(DType d) {
-    const char* names[] = {"silu", "gelu(erf)", "gelu(tanh)", "quick_gelu", "relu"};
-    for (int act = 0; act < 5; ++act) {
+    const char* names[] = {"silu", "gelu(erf)", "gelu(tanh)", "quick_gelu", "relu", "relu2"};
+    for (int act = 0; act < 6; ++act) {
         std::vector<float> x = random(d, 301, 6.0f);
         x[0] = 0.0f;
         x[1] = -30.0f;  // exp overflow territory for the sigmoid forms

@@ -202,6 +202,8 @@ pub enum Activation {
     QuickGelu,
     /// `max(x, 0)` (OPT).
     Relu,
+    /// `max(x, 0)^2` (Nemotron, Arcee's AFM).
+    Relu2,
 }
 
 impl Activation {
@@ -213,6 +215,7 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "quick_gelu" => Activation::QuickGelu,
             "relu" => Activation::Relu,
+            "relu2" => Activation::Relu2,
             other => anyhow::bail!("activation '{other}' is not supported"),
         })
     }

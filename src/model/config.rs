@@ -57,6 +57,12 @@ pub enum Architecture {
     /// q/k/v by KV group, parallel (one or two LayerNorms) or sequential layers, an ungated
     /// GELU MLP, biases by `bias`.
     Falcon,
+    /// Arcee's AFM (`ArceeForCausalLM`, AFM-4.5B): Llama's layer with an ungated ReLU² MLP
+    /// (`up_proj`, `down_proj`).
+    Arcee,
+    /// NVIDIA's Nemotron (`NemotronForCausalLM`, Nemotron-Mini-4B, Minitron): LayerNorms
+    /// with biases that scale by `1 + w`, partial rotary, an ungated ReLU² MLP.
+    Nemotron,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -124,7 +130,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 38] = [
+    pub const SUPPORTED: [&'static str; 40] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -163,6 +169,8 @@ impl Architecture {
         "Exaone4ForCausalLM",
         "OlmoForCausalLM",
         "FalconForCausalLM",
+        "ArceeForCausalLM",
+        "NemotronForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -227,6 +235,8 @@ impl Architecture {
             "Exaone4ForCausalLM" => Architecture::Exaone4,
             "OlmoForCausalLM" => Architecture::Olmo,
             "FalconForCausalLM" => Architecture::Falcon,
+            "ArceeForCausalLM" => Architecture::Arcee,
+            "NemotronForCausalLM" => Architecture::Nemotron,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -338,8 +348,8 @@ struct RawConfig {
     vocab_size: usize,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
-    /// StarCoder2's name for its LayerNorms' epsilon.
-    #[serde(default)]
+    /// StarCoder2's name for its LayerNorms' epsilon (Nemotron's `norm_eps`).
+    #[serde(default, alias = "norm_eps")]
     norm_epsilon: Option<f64>,
     /// Cohere's.
     #[serde(default)]
@@ -1312,15 +1322,19 @@ impl ModelConfig {
                 | Architecture::GptBigCode
                 | Architecture::GptJ
                 | Architecture::Opt
-                | Architecture::Falcon,
+                | Architecture::Falcon
+                | Architecture::Arcee
+                | Architecture::Nemotron,
             ) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
             }
             _ => {}
         }
+        // Arcee's and Nemotron's ungated MLPs take them; the gated one does not.
+        let ungated_relu2 = matches!(architecture, Architecture::Arcee | Architecture::Nemotron);
         anyhow::ensure!(
-            raw.mlp_bias != Some(true),
+            raw.mlp_bias != Some(true) || ungated_relu2,
             "MLP biases (mlp_bias) are not supported"
         );
         // ERNIE 4.5's use_bias covers its MLP too.
@@ -1364,9 +1378,9 @@ impl ModelConfig {
         // As HF: the first int(head_dim * factor) values of each head rotate.
         let factor = match &mla {
             Some(m) => m.qk_rope_head_dim as f64 / head_dim as f64,
-            // GlmConfig's default is half the head.
+            // GlmConfig's and NemotronConfig's default is half the head.
             None => raw.partial_rotary_factor.or(raw.rotary_pct).unwrap_or(
-                if architecture == Architecture::Glm {
+                if matches!(architecture, Architecture::Glm | Architecture::Nemotron) {
                     0.5
                 } else {
                     1.0
@@ -1489,6 +1503,10 @@ impl ModelConfig {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
+            Architecture::Arcee | Architecture::Nemotron => {
+                let act = raw.hidden_act.as_deref().unwrap_or("relu2");
+                Some(crate::backend::image_ops::Activation::from_hf(act)?)
+            }
             Architecture::GptNeoX | Architecture::Falcon => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
@@ -1598,6 +1616,7 @@ impl ModelConfig {
                     | Architecture::Opt
                     | Architecture::Olmo
                     | Architecture::Falcon
+                    | Architecture::Nemotron
             ),
             parallel_block: matches!(
                 architecture,
@@ -1611,7 +1630,11 @@ impl ModelConfig {
             parallel_two_norms: (architecture == Architecture::GptNeoX
                 && raw.use_parallel_residual.unwrap_or(true))
                 || falcon.is_some_and(|f| f.two_norms),
-            ungated_mlp_bias: architecture != Architecture::Falcon || falcon_bias,
+            ungated_mlp_bias: match architecture {
+                Architecture::Falcon => falcon_bias,
+                Architecture::Arcee | Architecture::Nemotron => raw.mlp_bias.unwrap_or(false),
+                _ => true,
+            },
             logit_scale: match architecture {
                 // CohereConfig's default.
                 Architecture::Cohere | Architecture::Cohere2 => {

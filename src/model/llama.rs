@@ -181,7 +181,8 @@ fn load_norm<B: Backend>(
         let ones = Tensor::ones(len, dtype.to_candle(), &candle_core::Device::Cpu)?;
         return be.upload(ones);
     }
-    if config.gemma.is_none() {
+    // Gemma's RMS norms and Nemotron's LayerNorms scale by `1 + w`.
+    if config.gemma.is_none() && config.architecture != Architecture::Nemotron {
         return load(be, src, name, &[len], dtype);
     }
     let w = src.tensor(name, &[len], DType::F32)?;
@@ -469,10 +470,10 @@ fn ungated_mlp<B: Backend>(
 ) -> Result<Mlp<B>> {
     let (h, inter) = (c.hidden_size, c.intermediate_size);
     let rows = layout.intermediate.clone();
-    let (up_name, down_name) = if c.architecture == Architecture::Phi {
-        ("fc1", "fc2")
-    } else {
-        ("c_fc", "c_proj")
+    let (up_name, down_name) = match c.architecture {
+        Architecture::Phi => ("fc1", "fc2"),
+        Architecture::Arcee | Architecture::Nemotron => ("up_proj", "down_proj"),
+        _ => ("c_fc", "c_proj"),
     };
     let up = rows_part(
         format!("{p}.mlp.{up_name}.weight"),
@@ -1312,12 +1313,17 @@ impl<B: Backend> LlamaModel<B> {
                     experts.forward(be, &x, self.dtype)?
                 }
                 ungated @ Mlp::Ungated { .. } => {
-                    let (_, bias) = layer
-                        .norm_biases
-                        .as_ref()
-                        .context("an ungated MLP without LayerNorm biases")?;
-                    let sum = be.add_tensors(&attn, &residual_in)?;
-                    let x = be.layer_norm(&sum, &layer.post_attention_norm, bias, eps)?;
+                    // LayerNorm models (GPT-2's family), or RMS norms (Arcee).
+                    let (x, sum) = match &layer.norm_biases {
+                        Some((_, bias)) => {
+                            let sum = be.add_tensors(&attn, &residual_in)?;
+                            let x = be.layer_norm(&sum, &layer.post_attention_norm, bias, eps)?;
+                            (x, sum)
+                        }
+                        None => {
+                            be.add_rms_norm(attn, residual_in, &layer.post_attention_norm, eps)?
+                        }
+                    };
                     residual = Some(sum);
                     ungated.ungated_forward(be, &x)?
                 }

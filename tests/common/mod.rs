@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 51] = [
+pub const ARCHS: [&str; 53] = [
     "llama",
     "llama31",
     "mistral",
@@ -59,6 +59,8 @@ pub const ARCHS: [&str; 51] = [
     "falcon",
     "falcon_40b",
     "falcon_sequential",
+    "arcee",
+    "nemotron",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k

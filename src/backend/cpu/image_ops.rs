@@ -32,6 +32,7 @@ pub(super) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         // x * sigmoid(1.702 x) = x / (1 + exp(-1.702 x))
         Activation::QuickGelu => (x / (x.affine(-1.702, 0.0)?.exp()? + 1.0)?)?,
         Activation::Relu => x.relu()?,
+        Activation::Relu2 => x.relu()?.sqr()?,
     })
 }
 
@@ -282,6 +283,16 @@ mod tests {
 
     fn vals(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn relu_family_activations_clamp_then_square() {
+        let x = t(&[-2.0, -0.0, 0.5, 3.0], &[4]);
+        let relu = vals(&activate(&x, Activation::Relu).unwrap());
+        assert_eq!(relu, [0.0, 0.0, 0.5, 3.0]);
+        let relu2 = vals(&activate(&x, Activation::Relu2).unwrap());
+        assert_eq!(relu2, [0.0, 0.0, 0.25, 9.0]);
+        assert_eq!(Activation::from_hf("relu2").unwrap(), Activation::Relu2);
     }
 
     #[test]

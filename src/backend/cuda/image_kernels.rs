@@ -21,6 +21,7 @@ pub fn activation_code(act: Activation) -> i32 {
         Activation::GeluTanh => 2,
         Activation::QuickGelu => 3,
         Activation::Relu => 4,
+        Activation::Relu2 => 5,
     }
 }
 
@@ -319,6 +320,7 @@ mod tests {
             (Activation::GeluTanh, "KILN_ACT_GELU_TANH"),
             (Activation::QuickGelu, "KILN_ACT_QUICK_GELU"),
             (Activation::Relu, "KILN_ACT_RELU"),
+            (Activation::Relu2, "KILN_ACT_RELU2"),
         ] {
             let define = format!("#define {name} {}", activation_code(act));
             assert!(body.contains(&define), "missing `{define}`");

@@ -167,6 +167,7 @@ fn activations(t: &mut ImageSuite<'_, '_>) -> Result<()> {
         (Activation::GeluTanh, "gelu(tanh)"),
         (Activation::QuickGelu, "quick_gelu"),
         (Activation::Relu, "relu"),
+        (Activation::Relu2, "relu2"),
     ] {
         let gpu = t.gpu.activation(&x.gpu, act)?;
         let cpu = t.cpu.activation(&x.cpu, act)?;
