@@ -57,6 +57,8 @@ from transformers import (
     FalconForCausalLM,
     GPTJConfig,
     NemotronConfig,
+    StableLmConfig,
+    StableLmForCausalLM,
     NemotronForCausalLM,
     GPTJForCausalLM,
     GraniteMoeConfig,
@@ -1054,6 +1056,31 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 partial_rotary_factor=0.5,
                 rope_theta=10000.0,
                 mlp_bias=True,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # StableLM 2: LayerNorms with biases, q/k/v biases, a quarter of each head rotating.
+        "stablelm": (
+            StableLmForCausalLM,
+            StableLmConfig(
+                **{k: v for k, v in common.items() if k != "rms_norm_eps"},
+                layer_norm_eps=1e-5,
+                use_qkv_bias=True,
+                partial_rotary_factor=0.25,
+                rope_theta=10000.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # StableLM with attention and MLP in parallel from one LayerNorm (StableLM 2 12B's
+        # layer without its q/k norms).
+        "stablelm_parallel": (
+            StableLmForCausalLM,
+            StableLmConfig(
+                **{k: v for k, v in common.items() if k != "rms_norm_eps"},
+                layer_norm_eps=1e-5,
+                use_parallel_residual=True,
+                partial_rotary_factor=0.5,
+                rope_theta=10000.0,
                 tie_word_embeddings=False,
             ),
         ),

@@ -63,6 +63,10 @@ pub enum Architecture {
     /// NVIDIA's Nemotron (`NemotronForCausalLM`, Nemotron-Mini-4B, Minitron): LayerNorms
     /// with biases that scale by `1 + w`, partial rotary, an ungated ReLU² MLP.
     Nemotron,
+    /// Stability's StableLM (`StableLmForCausalLM`: StableLM 2 1.6B, StableLM-3B-4E1T,
+    /// Stable Code 3B): Llama's layer with LayerNorms (biases), q/k/v biases by
+    /// `use_qkv_bias`, a quarter of each head rotating, optionally a parallel layer.
+    StableLm,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -130,7 +134,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 40] = [
+    pub const SUPPORTED: [&'static str; 41] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -171,6 +175,7 @@ impl Architecture {
         "FalconForCausalLM",
         "ArceeForCausalLM",
         "NemotronForCausalLM",
+        "StableLmForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -237,6 +242,7 @@ impl Architecture {
             "FalconForCausalLM" => Architecture::Falcon,
             "ArceeForCausalLM" => Architecture::Arcee,
             "NemotronForCausalLM" => Architecture::Nemotron,
+            "StableLmForCausalLM" => Architecture::StableLm,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -443,6 +449,9 @@ struct RawConfig {
     /// default true).
     #[serde(default)]
     use_parallel_residual: Option<bool>,
+    /// StableLM: biases on q / k / v.
+    #[serde(default)]
+    use_qkv_bias: Option<bool>,
     /// Mixture of experts: Qwen3-MoE's `num_experts`, Mixtral's `num_local_experts`.
     #[serde(default)]
     num_experts: Option<usize>,
@@ -1378,14 +1387,16 @@ impl ModelConfig {
         // As HF: the first int(head_dim * factor) values of each head rotate.
         let factor = match &mla {
             Some(m) => m.qk_rope_head_dim as f64 / head_dim as f64,
-            // GlmConfig's and NemotronConfig's default is half the head.
-            None => raw.partial_rotary_factor.or(raw.rotary_pct).unwrap_or(
-                if matches!(architecture, Architecture::Glm | Architecture::Nemotron) {
-                    0.5
-                } else {
-                    1.0
-                },
-            ),
+            // GlmConfig's and NemotronConfig's default is half the head, StableLmConfig's a
+            // quarter.
+            None => raw
+                .partial_rotary_factor
+                .or(raw.rotary_pct)
+                .unwrap_or(match architecture {
+                    Architecture::Glm | Architecture::Nemotron => 0.5,
+                    Architecture::StableLm => 0.25,
+                    _ => 1.0,
+                }),
         };
         let rotary_dim = match &mla {
             Some(m) => m.qk_rope_head_dim,
@@ -1481,8 +1492,9 @@ impl ModelConfig {
                 Architecture::Gpt2 | Architecture::GptBigCode | Architecture::Opt
             );
         anyhow::ensure!(
-            !(architecture == Architecture::Phi && raw.qk_layernorm == Some(true)),
-            "Phi's q/k LayerNorms (qk_layernorm) are not supported"
+            !(matches!(architecture, Architecture::Phi | Architecture::StableLm)
+                && raw.qk_layernorm == Some(true)),
+            "{architecture:?}'s q/k LayerNorms (qk_layernorm) are not supported"
         );
         anyhow::ensure!(
             !(matches!(architecture, Architecture::Cohere | Architecture::Cohere2)
@@ -1559,6 +1571,7 @@ impl ModelConfig {
                 .tie_word_embeddings
                 .unwrap_or(architecture.ties_embeddings_by_default()),
             qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
+                || (architecture == Architecture::StableLm && raw.use_qkv_bias == Some(true))
                 || falcon_bias
                 || starcoder2_bias
                 || neox_attention_bias
@@ -1617,6 +1630,7 @@ impl ModelConfig {
                     | Architecture::Olmo
                     | Architecture::Falcon
                     | Architecture::Nemotron
+                    | Architecture::StableLm
             ),
             parallel_block: matches!(
                 architecture,
@@ -1626,7 +1640,9 @@ impl ModelConfig {
                     | Architecture::GptJ
             ) || (architecture == Architecture::GptNeoX
                 && raw.use_parallel_residual.unwrap_or(true))
-                || falcon.is_some_and(|f| f.parallel),
+                || falcon.is_some_and(|f| f.parallel)
+                || (architecture == Architecture::StableLm
+                    && raw.use_parallel_residual == Some(true)),
             parallel_two_norms: (architecture == Architecture::GptNeoX
                 && raw.use_parallel_residual.unwrap_or(true))
                 || falcon.is_some_and(|f| f.two_norms),

@@ -282,15 +282,19 @@ impl HubRepo {
 /// A hub repo id. Files come from the HF cache, downloading what is missing unless
 /// HF_HUB_OFFLINE is set. `wanted` says which weights to fetch (none for dummy weights).
 pub fn hub(repo_id: &str, revision: Option<&str>, wanted: WeightFiles) -> Result<ModelFiles> {
-    let repo = HubRepo::open(repo_id, revision)?;
+    hub_files(&HubRepo::open(repo_id, revision)?, wanted)
+}
+
+/// The model files of an opened hub repo.
+fn hub_files(repo: &HubRepo, wanted: WeightFiles) -> Result<ModelFiles> {
     let get = |file: &str| repo.get(file);
     let config = get("config.json")?;
-    let tokenizer = fetch_tokenizer(&repo);
+    let tokenizer = fetch_tokenizer(repo);
     let _ = get("tokenizer_config.json");
     let generation_config = get("generation_config.json").ok();
     let weights = repo.weight_files(wanted)?;
     Ok(ModelFiles {
-        name: repo_id.to_string(),
+        name: repo.repo_id.clone(),
         config,
         tokenizer_dir: tokenizer.and_then(|t| t.parent().map(Path::to_path_buf)),
         generation_config,
@@ -392,6 +396,59 @@ mod tests {
         assert!(local(dir.path()).unwrap().tokenizer_dir.is_none());
         std::fs::write(dir.path().join("merges.txt"), "").unwrap();
         assert!(local(dir.path()).unwrap().tokenizer_dir.is_some());
+    }
+
+    /// An offline HF cache holding the `fixture` directory's files as repo `kiln/<fixture>`.
+    fn cached_fixture(root: &Path, fixture: &str) -> HubRepo {
+        let repo = root.join(format!("models--kiln--{fixture}"));
+        let snapshot = repo.join("snapshots/0123456789abcdef");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture);
+        for entry in std::fs::read_dir(source).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, snapshot.join(path.file_name().unwrap())).unwrap();
+        }
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+        let cache = hf_hub::Cache::new(root.to_path_buf());
+        HubRepo::open_in(cache, true, &format!("kiln/{fixture}"), None).unwrap()
+    }
+
+    #[test]
+    fn a_hub_repo_without_safetensors_or_tokenizer_json_resolves_its_older_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = cached_fixture(dir.path(), "opt_pytorch");
+        let files = hub_files(&repo, WeightFiles::Auto).unwrap();
+        assert_eq!(files.name, "kiln/opt_pytorch");
+        assert_eq!(
+            names(&files),
+            [
+                "pytorch_model-00001-of-00002.bin",
+                "pytorch_model-00002-of-00002.bin"
+            ]
+        );
+        // The slow tokenizer's directory, which converts to the fixture's ids.
+        let tokenizer_dir = files.tokenizer_dir.unwrap();
+        let tokenizer = crate::model::tokenizer::Tokenizer::from_dir(&tokenizer_dir).unwrap();
+        assert_eq!(tokenizer.encode("The river town", true).unwrap()[0], 0);
+        let err = format!(
+            "{:#}",
+            hub_files(&repo, WeightFiles::Safetensors).unwrap_err()
+        );
+        assert!(err.contains("no safetensors weights"), "{err}");
+        // A repo with neither says what was looked for.
+        let safetensors_only = cached_fixture(dir.path(), "opt");
+        let err = format!(
+            "{:#}",
+            hub_files(&safetensors_only, WeightFiles::Pytorch).unwrap_err()
+        );
+        assert!(err.contains("no PyTorch checkpoint"), "{err}");
+        let sentencepiece = cached_fixture(dir.path(), "sentencepiece");
+        assert!(fetch_tokenizer(&sentencepiece)
+            .unwrap()
+            .ends_with("tokenizer.model"));
     }
 
     #[test]

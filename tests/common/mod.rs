@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 53] = [
+pub const ARCHS: [&str; 55] = [
     "llama",
     "llama31",
     "mistral",
@@ -61,6 +61,8 @@ pub const ARCHS: [&str; 53] = [
     "falcon_sequential",
     "arcee",
     "nemotron",
+    "stablelm",
+    "stablelm_parallel",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
