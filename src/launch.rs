@@ -27,6 +27,7 @@ use crate::model::config::{ModelConfig, Quantization};
 use crate::model::falcon::FalconWeights;
 use crate::model::fp8::{Fp8, Fp8Weights};
 use crate::model::gpt2::Gpt2Weights;
+use crate::model::gpt_neo::GptNeoWeights;
 use crate::model::gpt_neox_weights::GptNeoXWeights;
 use crate::model::gptj::GptJWeights;
 use crate::model::int_quant::IntQuantWeights;
@@ -432,6 +433,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 Box::new(Gpt2Weights::wrap(files_source))
             } else if config.architecture == Architecture::GptBigCode {
                 Box::new(Gpt2Weights::wrap_linear(files_source))
+            } else if config.architecture == Architecture::GptNeo {
+                Box::new(GptNeoWeights::wrap(files_source))
             } else if config.architecture == Architecture::Falcon {
                 Box::new(FalconWeights::wrap(files_source, config.parallel_two_norms))
             } else if config.architecture == Architecture::GptNeoX {

@@ -67,6 +67,9 @@ pub enum Architecture {
     /// Stable Code 3B): Llama's layer with LayerNorms (biases), q/k/v biases by
     /// `use_qkv_bias`, a quarter of each head rotating, optionally a parallel layer.
     StableLm,
+    /// EleutherAI's GPT-Neo (`GPTNeoForCausalLM`; `model/gpt_neo.rs`): GPT-2's layer with
+    /// separate q/k/v, global and local (sliding) layers in turn, unscaled attention scores.
+    GptNeo,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -134,7 +137,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 41] = [
+    pub const SUPPORTED: [&'static str; 42] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -176,6 +179,7 @@ impl Architecture {
         "ArceeForCausalLM",
         "NemotronForCausalLM",
         "StableLmForCausalLM",
+        "GPTNeoForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -197,6 +201,7 @@ impl Architecture {
                 | Architecture::Cohere
                 | Architecture::Cohere2
                 | Architecture::Falcon
+                | Architecture::GptNeo
         )
     }
 
@@ -243,6 +248,7 @@ impl Architecture {
             "ArceeForCausalLM" => Architecture::Arcee,
             "NemotronForCausalLM" => Architecture::Nemotron,
             "StableLmForCausalLM" => Architecture::StableLm,
+            "GPTNeoForCausalLM" => Architecture::GptNeo,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1286,6 +1292,7 @@ impl ModelConfig {
             Some("OPTForCausalLM") => super::opt::normalized_config(value)?,
             Some("GPTJForCausalLM") => super::gptj::normalized_config(value)?,
             Some("FalconForCausalLM" | "RWForCausalLM") => super::falcon::normalized_config(value)?,
+            Some("GPTNeoForCausalLM") => super::gpt_neo::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1333,7 +1340,8 @@ impl ModelConfig {
                 | Architecture::Opt
                 | Architecture::Falcon
                 | Architecture::Arcee
-                | Architecture::Nemotron,
+                | Architecture::Nemotron
+                | Architecture::GptNeo,
             ) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
@@ -1456,9 +1464,13 @@ impl ModelConfig {
                 .is_some()
                 .then(|| cohere2_sliding.clone()),
             // GPT-2's positions are learned embeddings: no layer rotates.
-            (Architecture::Gpt2 | Architecture::GptBigCode | Architecture::Opt, _) => {
-                Some(vec![false; raw.num_hidden_layers])
-            }
+            (
+                Architecture::Gpt2
+                | Architecture::GptBigCode
+                | Architecture::Opt
+                | Architecture::GptNeo,
+                _,
+            ) => Some(vec![false; raw.num_hidden_layers]),
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -1511,7 +1523,10 @@ impl ModelConfig {
                 let act = raw.hidden_act.as_deref().unwrap_or("relu");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
-            Architecture::Gpt2 | Architecture::GptBigCode | Architecture::GptJ => {
+            Architecture::Gpt2
+            | Architecture::GptBigCode
+            | Architecture::GptJ
+            | Architecture::GptNeo => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
@@ -1600,7 +1615,7 @@ impl ModelConfig {
             ),
             sliding_window,
             sliding_layers: match architecture {
-                Architecture::GptOss => parse_layer_types(&raw)?,
+                Architecture::GptOss | Architecture::GptNeo => parse_layer_types(&raw)?,
                 Architecture::Exaone4 => Some(cohere2_sliding.clone()),
                 Architecture::Cohere2 => Some(cohere2_sliding.clone()),
                 // transformers' default: every fourth layer is a full one.
@@ -1611,7 +1626,7 @@ impl ModelConfig {
                 })),
                 _ => None,
             },
-            o_bias: architecture == Architecture::GptOss
+            o_bias: matches!(architecture, Architecture::GptOss | Architecture::GptNeo)
                 || falcon_bias
                 || starcoder2_bias
                 || neox_attention_bias
@@ -1631,6 +1646,7 @@ impl ModelConfig {
                     | Architecture::Falcon
                     | Architecture::Nemotron
                     | Architecture::StableLm
+                    | Architecture::GptNeo
             ),
             parallel_block: matches!(
                 architecture,
@@ -1661,7 +1677,7 @@ impl ModelConfig {
             ungated_mlp,
             attention_sinks: architecture == Architecture::GptOss,
             learned_positions: match architecture {
-                Architecture::Gpt2 | Architecture::GptBigCode => Some(0),
+                Architecture::Gpt2 | Architecture::GptBigCode | Architecture::GptNeo => Some(0),
                 Architecture::Opt => Some(super::opt::POSITION_OFFSET),
                 _ => None,
             },
@@ -1701,6 +1717,10 @@ impl ModelConfig {
     /// scale into q (Gemma 3 folds it into its q norm). Anything added to those outputs (a
     /// LoRA update) takes the same factors.
     pub fn folded_scales(&self) -> (f64, f64) {
+        if self.architecture == Architecture::GptNeo {
+            // Unscaled scores: cancel the attention's head_dim^-0.5.
+            return ((self.head_dim as f64).sqrt(), 1.0);
+        }
         match (&self.granite, &self.gemma) {
             (Some(g), _) => (g.attention * (self.head_dim as f64).sqrt(), g.residual),
             (None, Some(g)) if !self.qk_norm => (g.query_scale, 1.0),

@@ -14,6 +14,7 @@ pub mod falcon;
 pub mod fp8;
 pub mod gbnf;
 pub mod gpt2;
+pub mod gpt_neo;
 pub mod gpt_neox_weights;
 pub mod gptj;
 pub mod grammar;

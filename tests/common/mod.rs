@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 55] = [
+pub const ARCHS: [&str; 56] = [
     "llama",
     "llama31",
     "mistral",
@@ -63,6 +63,7 @@ pub const ARCHS: [&str; 55] = [
     "nemotron",
     "stablelm",
     "stablelm_parallel",
+    "gpt_neo",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
