@@ -43,6 +43,8 @@ from transformers import (
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    Ernie4_5_MoeConfig,
+    Ernie4_5_MoeForCausalLM,
     Ernie4_5Config,
     Ernie4_5ForCausalLM,
     Exaone4Config,
@@ -1158,6 +1160,25 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             Ernie4_5ForCausalLM,
             Ernie4_5Config(**common, head_dim=8, rope_theta=500000.0, use_bias=False, tie_word_embeddings=False),
         ),
+        # ERNIE 4.5 MoE: layer 0 dense, layer 1 eight experts of 32 (top 2) plus one shared
+        # expert; the softmax router's choice steered by moe_statics' correction bias.
+        "ernie4_5_moe": (
+            Ernie4_5_MoeForCausalLM,
+            Ernie4_5_MoeConfig(
+                **common,
+                head_dim=8,
+                rope_theta=500000.0,
+                use_bias=False,
+                moe_num_experts=8,
+                moe_k=2,
+                moe_intermediate_size=32,
+                moe_num_shared_experts=1,
+                moe_layer_start_index=1,
+                moe_layer_end_index=-1,
+                moe_layer_interval=1,
+                tie_word_embeddings=False,
+            ),
+        ),
         "helium": (
             HeliumForCausalLM,
             HeliumConfig(**common, head_dim=8, rope_theta=100000.0, tie_word_embeddings=False),
@@ -1222,7 +1243,11 @@ def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> No
         for name, param in model.named_parameters():  # tied weights appear once
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
             # GPT-2 names its LayerNorms ln_1, ln_2, ln_f.
-            if name.endswith("norm.weight") or (name.endswith(".weight") and name.split(".")[-2].startswith("ln_")):
+            # ERNIE 4.5 MoE's correction bias is a parameter: on the scale of the router's
+            # probabilities, so it steers choices without fixing them.
+            if name.endswith("e_score_correction_bias"):
+                param.copy_(0.05 * noise)
+            elif name.endswith("norm.weight") or (name.endswith(".weight") and name.split(".")[-2].startswith("ln_")):
                 param.copy_(1.0 + 0.1 * noise)
             elif name.endswith(".bias"):
                 param.copy_(0.1 * noise)

@@ -44,8 +44,9 @@ pub fn route(
             scale,
         } => {
             let g = Groups::new(groups, top_groups, num_experts);
+            let bias = rule.correction_bias.unwrap_or(&[]);
             pick_rows(logits, num_experts, top_k, |row, s, out| {
-                softmax_grouped_row(row, &g, (rule.normalize, scale), s, out)
+                softmax_grouped_row(row, &g, bias, (rule.normalize, scale), s, out)
             })
         }
     };
@@ -235,10 +236,12 @@ fn sigmoid_grouped_row(
 
 /// [`RouterScoring::SoftmaxGrouped`], as DeepSeek-V2's `group_limited_greedy`: the softmax
 /// of the row, the groups ranked by their best probability, the experts of the other groups
-/// out of the running.
+/// out of the running. With a correction `bias` (ERNIE 4.5's `moe_statics`), experts and
+/// groups are chosen by probability plus bias, and weighed by probability alone.
 fn softmax_grouped_row(
     row: &[f32],
     g: &Groups,
+    bias: &[f32],
     (normalize, scale): (bool, f32),
     s: &mut Scratch,
     out: &mut [(usize, f32)],
@@ -250,9 +253,18 @@ fn softmax_grouped_row(
     s.scores.clear();
     s.scores.extend(s.values.iter().map(|&e| e / total));
     let probs = &s.scores;
+    // The choice's scores, in `values` (the exponentials are spent).
+    s.values.clear();
+    s.values.extend(
+        probs
+            .iter()
+            .enumerate()
+            .map(|(e, &p)| p + bias.get(e).copied().unwrap_or(0.0)),
+    );
+    let choice = &s.values;
     let kept = if g.ranked() {
         kept_groups(g, |grp| {
-            probs[grp * g.per_group..(grp + 1) * g.per_group]
+            choice[grp * g.per_group..(grp + 1) * g.per_group]
                 .iter()
                 .copied()
                 .fold(f32::NEG_INFINITY, f32::max)
@@ -264,7 +276,7 @@ fn softmax_grouped_row(
     s.order
         .extend((0..row.len()).filter(|&e| kept[(e / g.per_group.max(1)).min(g.count - 1)]));
     let k = out.len().min(s.order.len());
-    top_k_in_order(&mut s.order, k, by_value(probs));
+    top_k_in_order(&mut s.order, k, by_value(choice));
     let chosen = &s.order[..k];
     let kept_mass: f32 = chosen.iter().map(|&e| probs[e]).sum();
     for (slot, &e) in out.iter_mut().zip(chosen) {
@@ -414,10 +426,16 @@ mod tests {
             let exps: Vec<f32> = row_logits.iter().map(|&l| (l - max).exp()).collect();
             let total: f32 = exps.iter().sum();
             let probs: Vec<f32> = exps.iter().map(|&e| e / total).collect();
+            let bias = |e: usize| g.correction_bias.get(e).copied().unwrap_or(0.0);
+            let choice: Vec<f32> = probs
+                .iter()
+                .enumerate()
+                .map(|(e, &p)| p + bias(e))
+                .collect();
             let mut kept_group = vec![true; groups];
             if groups > 1 && per_group > 0 {
                 let best = |grp: usize| {
-                    probs[grp * per_group..(grp + 1) * per_group]
+                    choice[grp * per_group..(grp + 1) * per_group]
                         .iter()
                         .copied()
                         .fold(f32::NEG_INFINITY, f32::max)
@@ -428,7 +446,7 @@ mod tests {
             let mut order: Vec<usize> = (0..num_experts)
                 .filter(|&e| kept_group[(e / per_group.max(1)).min(groups - 1)])
                 .collect();
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]).then(a.cmp(&b)));
             let chosen = &order[..top_k.min(order.len())];
             let kept: f32 = chosen.iter().map(|&e| probs[e]).sum();
             for &e in chosen {
@@ -488,6 +506,12 @@ mod tests {
             },
             RouterScoring::SoftmaxGrouped {
                 groups: 4,
+                top_groups: 1,
+                scale: 1.0,
+            },
+            // ERNIE 4.5's: one group, the bias steering the choice only.
+            RouterScoring::SoftmaxGrouped {
+                groups: 1,
                 top_groups: 1,
                 scale: 1.0,
             },

@@ -70,6 +70,10 @@ pub enum Architecture {
     /// EleutherAI's GPT-Neo (`GPTNeoForCausalLM`; `model/gpt_neo.rs`): GPT-2's layer with
     /// separate q/k/v, global and local (sliding) layers in turn, unscaled attention scores.
     GptNeo,
+    /// Baidu's ERNIE 4.5 MoE (`Ernie4_5_MoeForCausalLM`, ERNIE-4.5-21B-A3B): ERNIE 4.5's
+    /// layer with experts from `moe_layer_start_index` on, shared experts, and a softmax
+    /// router whose choice a correction bias (`moe_statics`) steers.
+    Ernie45Moe,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -137,7 +141,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 42] = [
+    pub const SUPPORTED: [&'static str; 43] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -180,6 +184,7 @@ impl Architecture {
         "NemotronForCausalLM",
         "StableLmForCausalLM",
         "GPTNeoForCausalLM",
+        "Ernie4_5_MoeForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -196,6 +201,7 @@ impl Architecture {
                 | Architecture::GptBigCode
                 | Architecture::Opt
                 | Architecture::Ernie45
+                | Architecture::Ernie45Moe
                 | Architecture::SmolLM3
                 | Architecture::Starcoder2
                 | Architecture::Cohere
@@ -241,6 +247,7 @@ impl Architecture {
             "GPTJForCausalLM" => Architecture::GptJ,
             "GraniteMoeForCausalLM" => Architecture::GraniteMoe,
             "Ernie4_5ForCausalLM" => Architecture::Ernie45,
+            "Ernie4_5_MoeForCausalLM" => Architecture::Ernie45Moe,
             "HeliumForCausalLM" => Architecture::Helium,
             "Exaone4ForCausalLM" => Architecture::Exaone4,
             "OlmoForCausalLM" => Architecture::Olmo,
@@ -475,6 +482,21 @@ struct RawConfig {
     decoder_sparse_step: Option<usize>,
     #[serde(default)]
     mlp_only_layers: Vec<usize>,
+    /// ERNIE 4.5 MoE's names: experts, the top k, shared experts, and which layers have
+    /// experts (every `moe_layer_interval`-th from the start index to the end index, -1 the
+    /// last layer).
+    #[serde(default)]
+    moe_num_experts: Option<usize>,
+    #[serde(default)]
+    moe_k: Option<usize>,
+    #[serde(default)]
+    moe_num_shared_experts: Option<usize>,
+    #[serde(default)]
+    moe_layer_start_index: Option<i64>,
+    #[serde(default)]
+    moe_layer_end_index: Option<i64>,
+    #[serde(default)]
+    moe_layer_interval: Option<usize>,
     /// GLM-4.5's names: routed and shared experts, dense layers before the first MoE one,
     /// the router's scale and groups, and whether q and k are normed.
     #[serde(default)]
@@ -750,12 +772,21 @@ impl MoeConfig {
                 raw.moe_intermediate_size.unwrap_or(2048),
                 raw.norm_topk_prob.unwrap_or(true),
             ),
+            // Ernie4_5_MoeConfig's defaults; the chosen weights are renormalised.
+            Architecture::Ernie45Moe => (
+                raw.moe_num_experts.unwrap_or(64),
+                raw.moe_intermediate_size.unwrap_or(1536),
+                true,
+            ),
             _ => return Ok(None),
         };
         if num_experts == 0 {
             return Ok(None);
         }
-        let top_k = raw.num_experts_per_tok.unwrap_or(2);
+        let top_k = match architecture {
+            Architecture::Ernie45Moe => raw.moe_k.unwrap_or(6),
+            _ => raw.num_experts_per_tok.unwrap_or(2),
+        };
         anyhow::ensure!(
             (1..=num_experts).contains(&top_k),
             "num_experts_per_tok {top_k} must be between 1 and the {num_experts} experts"
@@ -769,14 +800,18 @@ impl MoeConfig {
             Architecture::DeepseekV3 => raw.first_k_dense_replace.unwrap_or(3),
             _ => 0,
         };
-        let sparse_layers = (0..raw.num_hidden_layers)
-            .map(|i| {
-                i >= first_sparse
-                    && !raw.mlp_only_layers.contains(&i)
-                    && (i + 1) % step == 0
-                    && i % deepseek_step == 0
-            })
-            .collect();
+        let sparse_layers = if architecture == Architecture::Ernie45Moe {
+            ernie_moe_layers(raw)
+        } else {
+            (0..raw.num_hidden_layers)
+                .map(|i| {
+                    i >= first_sparse
+                        && !raw.mlp_only_layers.contains(&i)
+                        && (i + 1) % step == 0
+                        && i % deepseek_step == 0
+                })
+                .collect()
+        };
         // The groups of a grouped router, checked.
         let groups = |groups: Option<usize>, top_groups: Option<usize>| -> Result<(usize, usize)> {
             let groups = groups.unwrap_or(1).max(1);
@@ -822,6 +857,12 @@ impl MoeConfig {
                     }
                 }
             }
+            // The softmax's top k by probability plus `moe_statics`' bias: one group.
+            Architecture::Ernie45Moe => RouterScoring::SoftmaxGrouped {
+                groups: 1,
+                top_groups: 1,
+                scale: 1.0,
+            },
             _ => RouterScoring::Softmax,
         };
         Ok(Some(MoeConfig {
@@ -845,6 +886,10 @@ impl MoeConfig {
                     Some(expert_intermediate_size * raw.n_shared_experts.unwrap_or(2))
                         .filter(|&n| n > 0)
                 }
+                Architecture::Ernie45Moe => {
+                    Some(expert_intermediate_size * raw.moe_num_shared_experts.unwrap_or(2))
+                        .filter(|&n| n > 0)
+                }
                 _ => None,
             },
             shared_expert_gated: architecture == Architecture::Qwen2Moe,
@@ -864,6 +909,21 @@ impl MoeConfig {
     pub fn is_sparse(&self, layer: usize) -> bool {
         self.sparse_layers.get(layer).copied().unwrap_or(false)
     }
+}
+
+/// ERNIE 4.5 MoE's expert layers: every `moe_layer_interval`-th (counting from one) between
+/// `moe_layer_start_index` and `moe_layer_end_index` (-1: the last layer), inclusive.
+fn ernie_moe_layers(raw: &RawConfig) -> Vec<bool> {
+    let n = raw.num_hidden_layers as i64;
+    let start = raw.moe_layer_start_index.unwrap_or(1);
+    let end = match raw.moe_layer_end_index.unwrap_or(-1) {
+        -1 => n - 1,
+        end => end,
+    };
+    let interval = raw.moe_layer_interval.unwrap_or(1).max(1) as i64;
+    (0..n)
+        .map(|i| (i + 1) % interval == 0 && i >= start && i <= end)
+        .collect()
 }
 
 /// Granite's four multipliers. Three are folded into weights at load (attention into the q
@@ -1356,7 +1416,10 @@ impl ModelConfig {
         );
         // ERNIE 4.5's use_bias covers its MLP too.
         anyhow::ensure!(
-            !(architecture == Architecture::Ernie45 && raw.use_bias == Some(true)),
+            !(matches!(
+                architecture,
+                Architecture::Ernie45 | Architecture::Ernie45Moe
+            ) && raw.use_bias == Some(true)),
             "ERNIE 4.5 with biases (use_bias: true) is not supported"
         );
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);

@@ -140,13 +140,27 @@ impl<B: Backend> SparseMlp<B> {
                 Some((expert, gate))
             }
         };
-        let correction_bias = match moe.scoring {
-            RouterScoring::Softmax | RouterScoring::SoftmaxGrouped { .. } => None,
-            RouterScoring::SigmoidGrouped { .. } => {
-                let name = format!("{prefix}.mlp.gate.e_score_correction_bias");
+        // The correction bias, where the router has one: GLM-4.5's / DeepSeek-V3's beside the
+        // router, ERNIE 4.5's in `moe_statics` (one group's row).
+        let bias_at = match (moe.scoring, config.architecture) {
+            (RouterScoring::SigmoidGrouped { .. }, _) => Some((
+                format!("{prefix}.mlp.gate.e_score_correction_bias"),
+                vec![moe.num_experts],
+            )),
+            (_, Architecture::Ernie45Moe) => Some((
+                format!("{prefix}.mlp.moe_statics.e_score_correction_bias"),
+                vec![1, moe.num_experts],
+            )),
+            _ => None,
+        };
+        let correction_bias = match bias_at {
+            None => None,
+            Some((name, shape)) => {
                 // Read once: kept on the host for host routing, uploaded for device routing.
-                let bias = src.tensor(&name, &[moe.num_experts], DType::F32)?;
-                let host = bias.flatten_all()?.to_vec1::<f32>()?;
+                let bias = src
+                    .tensor(&name, &shape, DType::F32)?
+                    .reshape(moe.num_experts)?;
+                let host = bias.to_vec1::<f32>()?;
                 Some((host, be.upload(bias)?))
             }
         };

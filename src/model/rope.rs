@@ -42,6 +42,7 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
                 | Architecture::Cohere2
                 | Architecture::GptJ
                 | Architecture::Ernie45
+                | Architecture::Ernie45Moe
                 | Architecture::Helium
         ),
         scale: attention_factor(cfg) as f32,
