@@ -105,13 +105,15 @@ if [ "${SELFTEST_GENERIC:-0}" = 1 ]; then
         env KILN_SPLIT_K_DECODE=0 KILN_GPU_SAMPLING=0 "$KILN" selftest --json --quick
 fi
 
-# The fixtures on the GPU must give the CPU reference's logits and greedy tokens.
-for arch in $ARCHS; do
-    for dtype in float32 bfloat16; do
-        step "check_${arch}_${dtype}" 60 yes "check_${arch}_${dtype}.json" -- \
-            "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda \
-            --dtype "$dtype" --block-size 4 --json
-    done
+# The fixtures on the GPU must give the CPU reference's logits and greedy tokens: all of
+# them in one process per dtype (`--also`), which starts CUDA once instead of per fixture.
+# The JSON is an array of per-fixture reports; a failing fixture's report says why.
+FIRST_ARCH=${ARCHS%% *}
+ALSO=$(for arch in ${ARCHS#* }; do printf '%s,' "$FIXTURES/$arch"; done)
+for dtype in float32 bfloat16; do
+    step "check_fixtures_${dtype}" 300 yes "check_fixtures_${dtype}.json" -- \
+        "$KILN" check-reference --model "$FIXTURES/$FIRST_ARCH" --also "${ALSO%,}" \
+        --device cuda --dtype "$dtype" --block-size 4 --json
 done
 
 # The same with every step launched from the host (no CUDA graphs): the tokens must agree.
@@ -124,17 +126,19 @@ done
 # Mixture of experts: the same with device routing only for one-token steps
 # (KILN_MOE_DEVICE_ROWS=1), so every prefill takes the grouped host-routed path; eager as
 # well, to compare recorded decode against launched; and the portable host path.
-for arch in qwen3_moe qwen2_moe mixtral gpt_oss glm4_moe deepseek_v2 deepseek_v3 qwen3_vl_moe olmoe; do
-    step "check_${arch}_bfloat16_grouped" 60 yes "check_${arch}_bfloat16_grouped.json" -- \
-        env KILN_MOE_DEVICE_ROWS=1 "$KILN" check-reference --model "$FIXTURES/$arch" \
-        --device cuda --dtype bfloat16 --block-size 4 --json
-    step "check_${arch}_bfloat16_eager" 60 yes "check_${arch}_bfloat16_eager.json" -- \
-        "$KILN" check-reference --model "$FIXTURES/$arch" --device cuda --enforce-eager \
-        --dtype bfloat16 --block-size 4 --json
-    step "check_${arch}_bfloat16_host" 60 yes "check_${arch}_bfloat16_host.json" -- \
-        env KILN_MOE_DEVICE=0 "$KILN" check-reference --model "$FIXTURES/$arch" \
-        --device cuda --dtype bfloat16 --block-size 4 --json
-done
+MOE_ARCHS="qwen3_moe qwen2_moe mixtral gpt_oss glm4_moe deepseek_v2 deepseek_v3 qwen3_vl_moe olmoe granitemoe ernie4_5_moe"
+MOE_FIRST=${MOE_ARCHS%% *}
+MOE_ALSO=$(for arch in ${MOE_ARCHS#* }; do printf '%s,' "$FIXTURES/$arch"; done)
+MOE_ALSO=${MOE_ALSO%,}
+step check_moe_bfloat16_grouped 180 yes check_moe_bfloat16_grouped.json -- \
+    env KILN_MOE_DEVICE_ROWS=1 "$KILN" check-reference --model "$FIXTURES/$MOE_FIRST" \
+    --also "$MOE_ALSO" --device cuda --dtype bfloat16 --block-size 4 --json
+step check_moe_bfloat16_eager 180 yes check_moe_bfloat16_eager.json -- \
+    "$KILN" check-reference --model "$FIXTURES/$MOE_FIRST" --also "$MOE_ALSO" --device cuda \
+    --enforce-eager --dtype bfloat16 --block-size 4 --json
+step check_moe_bfloat16_host 180 yes check_moe_bfloat16_host.json -- \
+    env KILN_MOE_DEVICE=0 "$KILN" check-reference --model "$FIXTURES/$MOE_FIRST" \
+    --also "$MOE_ALSO" --device cuda --dtype bfloat16 --block-size 4 --json
 
 # The same through cublasGemmEx (KILN_CUBLASLT=0) instead of cuBLASLt, the default since
 # the tenth GPU run (qwen2's qkv bias takes cuBLASLt's fused epilogue in the checks above).

@@ -101,6 +101,46 @@ fn the_command_prints_json_and_exits_non_zero_on_a_mismatch() {
     );
 }
 
+/// `--also` checks more fixtures in the same process: one report each, and a fixture that
+/// cannot be checked fails on its own without stopping the others.
+#[test]
+fn several_fixtures_check_in_one_process() {
+    let (qwen2, llama) = (fixture("qwen2"), fixture("llama"));
+    let both = format!("{},{}", llama.display(), fixture("falcon").display());
+    let run = |also: &str| {
+        kiln(&[
+            "check-reference",
+            "--model",
+            qwen2.to_str().unwrap(),
+            "--also",
+            also,
+            "--device",
+            "cpu",
+            "--json",
+        ])
+    };
+    let out = run(&both);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports.len(), 3);
+    assert!(reports.iter().all(|r| r["ok"] == true));
+    assert!(reports[1]["model"].as_str().unwrap().ends_with("llama"));
+
+    let missing = tempfile::tempdir().unwrap();
+    let out = run(&format!("{},{}", missing.path().display(), llama.display()));
+    assert_eq!(out.status.code(), Some(1));
+    let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports.len(), 3);
+    assert_eq!(reports[1]["ok"], false);
+    let note = reports[1]["rows"][0]["note"].as_str().unwrap();
+    assert!(note.contains("reference.json"), "{note}");
+    assert_eq!(reports[2]["ok"], true);
+}
+
 /// Adapters given with `--lora-modules` whose folder holds PEFT references for the fixture
 /// add rows: their logits and batched greedy tokens (float32 only; an adapter for another
 /// fixture adds none).

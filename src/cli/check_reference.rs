@@ -23,9 +23,14 @@ pub struct CheckReferenceArgs {
     /// or bfloat16 picks which reference is compared.
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// Print the result as JSON.
+    /// Print the result as JSON (with `--also`, an array of every fixture's report).
     #[arg(long)]
     pub json: bool,
+    /// More fixture directories to check after `--model`, in the same process with the same
+    /// flags (comma-separated): a device run then pays for starting once, not per fixture.
+    /// A fixture that fails to load is reported as failed and the others still run.
+    #[arg(long, value_delimiter = ',')]
+    pub also: Vec<String>,
 }
 
 /// float32 logits must match transformers this closely.
@@ -98,13 +103,66 @@ impl CheckReport {
 
 /// Runs the check; `Ok(false)` when something does not match.
 pub fn run(args: CheckReferenceArgs) -> Result<bool> {
-    let report = check(&args.engine)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
+    if args.also.is_empty() {
+        let report = check(&args.engine)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_table(&report);
+        }
+        return Ok(report.ok);
     }
-    Ok(report.ok)
+    let reports = check_all(&args.engine, &args.also);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for report in &reports {
+            print_table(report);
+            println!();
+        }
+        let failed: Vec<&str> = reports
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| r.model.as_str())
+            .collect();
+        println!(
+            "{} of {} fixtures pass{}",
+            reports.len() - failed.len(),
+            reports.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {}", failed.join(", "))
+            }
+        );
+    }
+    Ok(reports.iter().all(|r| r.ok))
+}
+
+/// Checks `--model` and then each of `also` with the same flags. A fixture whose check
+/// cannot run (it does not load, its reference is missing) gets a failed report saying why.
+pub fn check_all(args: &EngineArgs, also: &[String]) -> Vec<CheckReport> {
+    let first = args.model.clone();
+    std::iter::once(first)
+        .chain(also.iter().cloned().map(Some))
+        .map(|model| {
+            let name = model.clone().unwrap_or_default();
+            let mut one = args.clone();
+            one.model = model;
+            check(&one).unwrap_or_else(|e| {
+                let row = CheckRow {
+                    check: "run".into(),
+                    prompt: 0,
+                    value: 0.0,
+                    limit: 0.0,
+                    ok: false,
+                    note: format!("{e:#}"),
+                };
+                let dtype = one.dtype.parse().unwrap_or(DType::F32);
+                CheckReport::new(&name, format!("{:?}", one.device), dtype, vec![row])
+            })
+        })
+        .collect()
 }
 
 /// Loads the fixture on the device `--device` picks and compares it with its reference.
