@@ -60,6 +60,8 @@ from transformers import (
     GPTJConfig,
     GPTNeoConfig,
     GPTNeoForCausalLM,
+    MinistralConfig,
+    MinistralForCausalLM,
     NemotronConfig,
     StableLmConfig,
     StableLmForCausalLM,
@@ -1176,6 +1178,18 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 moe_layer_start_index=1,
                 moe_layer_end_index=-1,
                 moe_layer_interval=1,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Ministral: Mistral's layer, layer 0 sliding (window 8), layer 1 full.
+        "ministral": (
+            MinistralForCausalLM,
+            MinistralConfig(
+                **common,
+                head_dim=8,
+                rope_theta=100000000.0,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
                 tie_word_embeddings=False,
             ),
         ),

@@ -74,6 +74,9 @@ pub enum Architecture {
     /// layer with experts from `moe_layer_start_index` on, shared experts, and a softmax
     /// router whose choice a correction bias (`moe_statics`) steers.
     Ernie45Moe,
+    /// Mistral's Ministral (`MinistralForCausalLM`, Ministral-8B-Instruct-2410): Mistral's
+    /// layer with the sliding window on the layers `layer_types` marks.
+    Ministral,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -141,7 +144,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 43] = [
+    pub const SUPPORTED: [&'static str; 44] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -185,6 +188,7 @@ impl Architecture {
         "StableLmForCausalLM",
         "GPTNeoForCausalLM",
         "Ernie4_5_MoeForCausalLM",
+        "MinistralForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -248,6 +252,7 @@ impl Architecture {
             "GraniteMoeForCausalLM" => Architecture::GraniteMoe,
             "Ernie4_5ForCausalLM" => Architecture::Ernie45,
             "Ernie4_5_MoeForCausalLM" => Architecture::Ernie45Moe,
+            "MinistralForCausalLM" => Architecture::Ministral,
             "HeliumForCausalLM" => Architecture::Helium,
             "Exaone4ForCausalLM" => Architecture::Exaone4,
             "OlmoForCausalLM" => Architecture::Olmo,
@@ -1678,7 +1683,10 @@ impl ModelConfig {
             ),
             sliding_window,
             sliding_layers: match architecture {
-                Architecture::GptOss | Architecture::GptNeo => parse_layer_types(&raw)?,
+                // MinistralConfig's default: every layer slides when there is a window.
+                Architecture::GptOss | Architecture::GptNeo | Architecture::Ministral => {
+                    parse_layer_types(&raw)?
+                }
                 Architecture::Exaone4 => Some(cohere2_sliding.clone()),
                 Architecture::Cohere2 => Some(cohere2_sliding.clone()),
                 // transformers' default: every fourth layer is a full one.

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 57] = [
+pub const ARCHS: [&str; 58] = [
     "llama",
     "llama31",
     "mistral",
@@ -65,6 +65,7 @@ pub const ARCHS: [&str; 57] = [
     "stablelm_parallel",
     "gpt_neo",
     "ernie4_5_moe",
+    "ministral",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
