@@ -415,6 +415,10 @@ struct RawConfig {
     sliding_window: Option<usize>,
     #[serde(default)]
     use_sliding_window: Option<bool>,
+    /// Qwen2 / Qwen3: with `use_sliding_window`, the first this many layers stay full
+    /// (transformers' default 28), unless `layer_types` says otherwise.
+    #[serde(default)]
+    max_window_layers: Option<usize>,
     #[serde(default)]
     torch_dtype: Option<String>,
     #[serde(default)]
@@ -1687,6 +1691,14 @@ impl ModelConfig {
                 Architecture::GptOss | Architecture::GptNeo | Architecture::Ministral => {
                     parse_layer_types(&raw)?
                 }
+                // Qwen2Config's and Qwen3Config's: layers from max_window_layers on slide
+                // (their MoE models slide every layer).
+                Architecture::Qwen2 | Architecture::Qwen3 => {
+                    Some(parse_layer_types(&raw)?.unwrap_or_else(|| {
+                        let full = raw.max_window_layers.unwrap_or(28);
+                        (0..raw.num_hidden_layers).map(|i| i >= full).collect()
+                    }))
+                }
                 Architecture::Exaone4 => Some(cohere2_sliding.clone()),
                 Architecture::Cohere2 => Some(cohere2_sliding.clone()),
                 // transformers' default: every fourth layer is a full one.
@@ -2109,6 +2121,40 @@ mod tests {
         assert_eq!(c.eos_token_ids, [2], "MistralConfig's default");
         let billions = c.num_parameters() as f64 / 1e9;
         assert!((billions - 23.57).abs() < 0.3, "{billions}");
+    }
+
+    /// Qwen2 / Qwen3 with `use_sliding_window` slide only from `max_window_layers` on (or
+    /// where `layer_types` says), as transformers does; without it nothing slides.
+    #[test]
+    fn qwen_sliding_windows_start_at_max_window_layers() {
+        let json = |extra: &str| {
+            format!(
+                r#"{{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                "vocab_size": 100, "sliding_window": 16{extra}}}"#
+            )
+        };
+        let c = ModelConfig::from_json(&json("")).unwrap();
+        assert_eq!(
+            c.layer_window(3),
+            None,
+            "use_sliding_window is off by default"
+        );
+        let c = ModelConfig::from_json(&json(
+            r#", "use_sliding_window": true, "max_window_layers": 2"#,
+        ))
+        .unwrap();
+        let windows: Vec<_> = (0..4).map(|i| c.layer_window(i)).collect();
+        assert_eq!(windows, [None, None, Some(16), Some(16)]);
+        // The default 28 keeps a 4-layer model full.
+        let c = ModelConfig::from_json(&json(r#", "use_sliding_window": true"#)).unwrap();
+        assert_eq!(c.layer_window(3), None);
+        let c = ModelConfig::from_json(&json(
+            r#", "use_sliding_window": true, "layer_types": ["sliding_attention",
+            "full_attention", "full_attention", "full_attention"]"#,
+        ))
+        .unwrap();
+        assert_eq!((c.layer_window(0), c.layer_window(1)), (Some(16), None));
     }
 
     #[test]
