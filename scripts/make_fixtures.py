@@ -488,6 +488,11 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             LlamaForCausalLM,
             LlamaConfig(**common, rope_theta=10000.0, tie_word_embeddings=False),
         ),
+        # Llama with attention_bias: biases on q, k, v and o_proj (a llamafied checkpoint's).
+        "llama_attention_bias": (
+            LlamaForCausalLM,
+            LlamaConfig(**common, rope_theta=10000.0, attention_bias=True, tie_word_embeddings=False),
+        ),
         "llama31": (
             LlamaForCausalLM,
             LlamaConfig(

@@ -215,6 +215,32 @@ impl Architecture {
         )
     }
 
+    /// Whether `attention_bias` puts a bias on the output projection too, as it does in
+    /// transformers' Llama and the models built like it (not in GLM's, Helium's or
+    /// GLM-4.5's, whose o_proj never has one).
+    pub fn attention_bias_covers_o(self) -> bool {
+        matches!(
+            self,
+            Architecture::Llama
+                | Architecture::Qwen3
+                | Architecture::Qwen3Moe
+                | Architecture::Granite
+                | Architecture::GraniteMoe
+                | Architecture::Olmo
+                | Architecture::Olmo2
+                | Architecture::Olmo3
+                | Architecture::Olmoe
+                | Architecture::Gemma
+                | Architecture::Gemma2
+                | Architecture::Gemma3
+                | Architecture::Cohere
+                | Architecture::Cohere2
+                | Architecture::SmolLM3
+                | Architecture::Arcee
+                | Architecture::Nemotron
+        )
+    }
+
     pub fn from_hf(name: &str) -> Result<Self> {
         Ok(match name {
             "LlamaForCausalLM" => Architecture::Llama,
@@ -1710,6 +1736,7 @@ impl ModelConfig {
                 _ => None,
             },
             o_bias: matches!(architecture, Architecture::GptOss | Architecture::GptNeo)
+                || (architecture.attention_bias_covers_o() && raw.attention_bias == Some(true))
                 || falcon_bias
                 || starcoder2_bias
                 || neox_attention_bias
@@ -2121,6 +2148,27 @@ mod tests {
         assert_eq!(c.eos_token_ids, [2], "MistralConfig's default");
         let billions = c.num_parameters() as f64 / 1e9;
         assert!((billions - 23.57).abs() < 0.3, "{billions}");
+    }
+
+    /// `attention_bias` biases Llama's output projection too (transformers' LlamaAttention),
+    /// but not GLM's or Helium's.
+    #[test]
+    fn attention_bias_reaches_o_proj_where_transformers_puts_it() {
+        let json = |arch: &str| {
+            format!(
+                r#"{{"architectures": ["{arch}"], "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
+                "attention_bias": true}}"#
+            )
+        };
+        let c = ModelConfig::from_json(&json("LlamaForCausalLM")).unwrap();
+        assert!(c.qkv_bias && c.o_bias);
+        for arch in ["GlmForCausalLM", "HeliumForCausalLM"] {
+            let c = ModelConfig::from_json(&json(arch)).unwrap();
+            assert!(c.qkv_bias && !c.o_bias, "{arch}");
+        }
+        let c = ModelConfig::from_json(&json("LlamaForCausalLM").replace("true", "false")).unwrap();
+        assert!(!c.qkv_bias && !c.o_bias);
     }
 
     /// Qwen2 / Qwen3 with `use_sliding_window` slide only from `max_window_layers` on (or

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 58] = [
+pub const ARCHS: [&str; 59] = [
     "llama",
     "llama31",
     "mistral",
@@ -66,6 +66,7 @@ pub const ARCHS: [&str; 58] = [
     "gpt_neo",
     "ernie4_5_moe",
     "ministral",
+    "llama_attention_bias",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
