@@ -15,6 +15,20 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
         None => base,
         Some(s) => match s.rope_type.as_str() {
             "default" => base,
+            // Dynamic NTK changes the frequencies only for sequences past
+            // max_position_embeddings (transformers recomputes them per sequence length);
+            // up to it they are the default ones, so kiln runs such models up to it.
+            "dynamic" => {
+                anyhow::ensure!(
+                    cfg.context_len <= cfg.max_position_embeddings,
+                    "dynamic NTK rope scaling past max_position_embeddings ({}) is not \
+                     supported: use --max-model-len {} or less (the frequencies are exact \
+                     up to there)",
+                    cfg.max_position_embeddings,
+                    cfg.max_position_embeddings
+                );
+                base
+            }
             "linear" => {
                 let factor = s.factor.unwrap_or(1.0);
                 base.iter().map(|f| f / factor).collect()
@@ -24,7 +38,7 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
             "longrope" => longrope_scaled(&base, s, cfg)?,
             other => anyhow::bail!(
                 "unsupported rope_scaling type '{other}' (supported: default, linear, llama3, \
-                 yarn, longrope)"
+                 yarn, longrope, dynamic up to max_position_embeddings)"
             ),
         },
     };
@@ -288,6 +302,24 @@ mod tests {
                 "rope_scaling": {{"type": "longrope", "short_factor": [1, 1.5, 2, 4],
                                   "long_factor": [2, 3, 4, 8]}}{extra}}}"#
         ))
+    }
+
+    #[test]
+    fn dynamic_ntk_is_the_default_rope_up_to_the_trained_context() {
+        let json = |extra: &str| {
+            ModelConfig::from_json(&format!(
+                r#"{{"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
+                "vocab_size": 100, "max_position_embeddings": 2048{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let plain = rope_for(&json("")).unwrap().inv_freq;
+        let mut c = json(r#", "rope_scaling": {"type": "dynamic", "factor": 2.0}"#);
+        assert_eq!(rope_for(&c).unwrap().inv_freq, plain);
+        c.context_len = 4096;
+        let err = rope_for(&c).unwrap_err().to_string();
+        assert!(err.contains("--max-model-len 2048"), "{err}");
     }
 
     #[test]
