@@ -1409,6 +1409,10 @@ impl ModelConfig {
         let falcon =
             (architecture == Architecture::Falcon).then(|| super::falcon::FalconLayer::of(&value));
         let falcon_bias = falcon.is_some_and(|f| f.bias);
+        // GPT-NeoX's parallel layer (use_parallel_residual, transformers' default) reads a
+        // norm per block.
+        let neox_parallel =
+            architecture == Architecture::GptNeoX && raw.use_parallel_residual.unwrap_or(true);
         match (&raw.hidden_act, &raw.hidden_activation, architecture) {
             // `hidden_activation` overrides the legacy `hidden_act` (Gemma's hub configs say
             // `gelu` there and `gelu_pytorch_tanh` here).
@@ -1764,14 +1768,11 @@ impl ModelConfig {
                     | Architecture::Cohere2
                     | Architecture::Phi
                     | Architecture::GptJ
-            ) || (architecture == Architecture::GptNeoX
-                && raw.use_parallel_residual.unwrap_or(true))
+            ) || neox_parallel
                 || falcon.is_some_and(|f| f.parallel)
                 || (architecture == Architecture::StableLm
                     && raw.use_parallel_residual == Some(true)),
-            parallel_two_norms: (architecture == Architecture::GptNeoX
-                && raw.use_parallel_residual.unwrap_or(true))
-                || falcon.is_some_and(|f| f.two_norms),
+            parallel_two_norms: neox_parallel || falcon.is_some_and(|f| f.two_norms),
             ungated_mlp_bias: match architecture {
                 Architecture::Falcon => falcon_bias,
                 Architecture::Arcee | Architecture::Nemotron => raw.mlp_bias.unwrap_or(false),

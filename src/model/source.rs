@@ -44,21 +44,22 @@ pub fn is_pytorch_checkpoint(path: &Path) -> bool {
 fn weight_files_in(dir: &Path, wanted: WeightFiles) -> Result<Vec<PathBuf>> {
     match wanted {
         WeightFiles::Skip => Ok(Vec::new()),
-        WeightFiles::Safetensors => files_in(dir, "model.safetensors", "model", ".safetensors"),
+        WeightFiles::Safetensors => files_in(dir, "model.safetensors", "", ".safetensors"),
         WeightFiles::Pytorch => files_in(dir, PYTORCH_FILE, "pytorch_model", ".bin"),
         WeightFiles::Auto => {
-            let safetensors = files_in(dir, "model.safetensors", "model", ".safetensors")?;
+            let safetensors = weight_files_in(dir, WeightFiles::Safetensors)?;
             if !safetensors.is_empty() {
                 return Ok(safetensors);
             }
-            files_in(dir, PYTORCH_FILE, "pytorch_model", ".bin")
+            weight_files_in(dir, WeightFiles::Pytorch)
         }
     }
 }
 
 /// The shards `<single>.index.json` lists, or `single`, or else every file named
-/// `<prefix>*<suffix>` (safetensors shards without an index; only `pytorch_model*.bin`, since
-/// repositories also hold other `.bin` files such as `training_args.bin`).
+/// `<prefix>*<suffix>` (any safetensors shards without an index, prefix ""; only
+/// `pytorch_model*.bin`, since repositories also hold other `.bin` files such as
+/// `training_args.bin`).
 fn files_in(dir: &Path, single: &str, prefix: &str, suffix: &str) -> Result<Vec<PathBuf>> {
     let index = dir.join(format!("{single}.index.json"));
     if index.exists() {
@@ -68,13 +69,12 @@ fn files_in(dir: &Path, single: &str, prefix: &str, suffix: &str) -> Result<Vec<
     if single.exists() {
         return Ok(vec![single]);
     }
-    let any_stem = suffix == ".safetensors";
     let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            name.ends_with(suffix) && (any_stem || name.starts_with(prefix))
+            name.ends_with(suffix) && name.starts_with(prefix)
         })
         .collect();
     all.sort();
