@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kiln::backend::cpu::CpuBackend;
-use kiln::backend::{AttentionShape, Backend, BatchLayout, KvCacheSpec, Rope};
+use kiln::backend::{AttentionShape, Backend, BatchLayout, HeadTerms, KvCacheSpec, Rope};
 
 const HIDDEN: usize = 768;
 const INTER: usize = 2048;
@@ -86,7 +86,12 @@ fn ops(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("decode_attention_ctx512", batch),
             &batch,
-            |b, _| b.iter(|| be.attention(&q, &cache, 0, &meta, &shape, None).unwrap()),
+            |b, _| {
+                b.iter(|| {
+                    be.attention(&q, &cache, 0, &meta, &shape, HeadTerms::none())
+                        .unwrap()
+                })
+            },
         );
     }
     g.finish();

@@ -40,6 +40,37 @@ impl AttentionShape {
     }
 }
 
+/// What an attention adds to its scores per head beyond the scaled (and soft-capped)
+/// `q . k`: one f32 `[heads]` vector each, the heads of the call (a tensor-parallel rank's).
+pub struct HeadTerms<'a, T: ?Sized> {
+    /// gpt-oss: one more logit per head in each softmax, with no value (it only takes
+    /// probability mass).
+    pub sinks: Option<&'a T>,
+    /// ALiBi (BLOOM, MPT, Falcon-RW): the score of head h's query at position i for the key
+    /// at position p gains `alibi[h] * (p - i)`, a penalty growing with distance. (Models
+    /// write it as `slope * p`; a softmax row does not see the constant `-slope * i`, and
+    /// the relative form keeps the terms small at long positions.)
+    pub alibi: Option<&'a T>,
+}
+
+impl<T: ?Sized> HeadTerms<'_, T> {
+    /// No term: plain causal attention.
+    pub fn none() -> Self {
+        HeadTerms {
+            sinks: None,
+            alibi: None,
+        }
+    }
+}
+
+impl<T: ?Sized> Clone for HeadTerms<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: ?Sized> Copy for HeadTerms<'_, T> {}
+
 /// Rotary position embedding: the per-pair inverse frequencies (scaling already applied) and
 /// whether pairs are split halves (`neox`, HF's `rotate_half`) or adjacent elements.
 #[derive(Clone, Debug, PartialEq)]
@@ -401,8 +432,8 @@ pub trait Backend: Send + Sync {
         unfused_qkv_rope_write(self, qkv, widths, head, rope, cache, layer, batch)
     }
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
-    /// which already holds the batch's own K and V. `sinks` (gpt-oss, f32 `[heads]`): one
-    /// more logit per head in each softmax, with no value (it only takes probability mass).
+    /// which already holds the batch's own K and V, with the per-head terms `terms` adds to
+    /// its scores.
     fn attention(
         &self,
         q: &Self::Tensor,
@@ -410,7 +441,7 @@ pub trait Backend: Send + Sync {
         layer: usize,
         batch: &Self::BatchMeta,
         shape: &AttentionShape,
-        sinks: Option<&Self::Tensor>,
+        terms: HeadTerms<'_, Self::Tensor>,
     ) -> Result<Self::Tensor>;
 }
 

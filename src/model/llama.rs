@@ -11,7 +11,9 @@ use super::mla::LatentAttention;
 use super::moe::SparseMlp;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
-use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads, Rope};
+use crate::backend::{
+    AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec, QkvHeads, Rope,
+};
 use crate::engine::device_draw::DeviceDraw;
 use crate::engine::runner::StepOutput;
 use crate::parallel::{Communicator, Shard, ShardLayout, SingleRank};
@@ -142,6 +144,8 @@ pub struct LlamaModel<B: Backend> {
     final_softcap: Option<f32>,
     /// This rank's heads.
     attention: AttentionShape,
+    /// ALiBi: this rank's heads' slopes (f32), for every layer.
+    alibi: Option<B::Tensor>,
     /// LoRA adapters requests may name, by slot (`BatchLayout::adapters` indexes them); an
     /// unloaded adapter leaves its slot empty, so slots are never reused.
     adapters: Vec<Option<LoraAdapter<B::Tensor>>>,
@@ -841,6 +845,7 @@ impl<B: Backend> LlamaModel<B> {
             rope_local,
             rope_off,
             embed_scale,
+            alibi: None,
             logit_scale,
             final_softcap,
             attention,
@@ -1409,7 +1414,11 @@ impl<B: Backend> LlamaModel<B> {
             sliding_window: layer.sliding_window,
             ..self.attention
         };
-        be.attention(&q, cache, index, batch, &shape, layer.sinks.as_ref())
+        let terms = HeadTerms {
+            sinks: layer.sinks.as_ref(),
+            alibi: self.alibi.as_ref(),
+        };
+        be.attention(&q, cache, index, batch, &shape, terms)
     }
 }
 

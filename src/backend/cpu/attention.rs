@@ -2,7 +2,7 @@
 //! tokens, found through the block table. Covers prefill, chunked prefill and decode alike.
 
 use super::kv_cache::CpuKvCache;
-use crate::backend::{AttentionShape, BatchLayout};
+use crate::backend::{AttentionShape, BatchLayout, HeadTerms};
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -20,12 +20,19 @@ pub fn paged_attention(
     layer: usize,
     batch: &BatchLayout,
     shape: &AttentionShape,
-    sinks: Option<&[f32]>,
+    terms: HeadTerms<'_, [f32]>,
 ) -> Result<Vec<f32>> {
     batch.validate()?;
     let (hq, hk, hd) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
-    if let Some(s) = sinks {
-        anyhow::ensure!(s.len() == hq, "attention: {} sinks for {hq} heads", s.len());
+    let HeadTerms { sinks, alibi } = terms;
+    for (what, t) in [("sinks", sinks), ("ALiBi slopes", alibi)] {
+        if let Some(t) = t {
+            anyhow::ensure!(
+                t.len() == hq,
+                "attention: {} {what} for {hq} heads",
+                t.len()
+            );
+        }
     }
     anyhow::ensure!(
         hq % hk == 0,
@@ -67,8 +74,11 @@ pub fn paged_attention(
             scores.resize(group * n, 0.0);
             for (i, p) in (first..=pos).enumerate() {
                 let k = &k_cache[offset_of(p)..][..hd];
+                // How far back the key is, for ALiBi (<= 0).
+                let distance = p as f32 - pos as f32;
                 for (g, qh) in q_group.chunks_exact(hd).enumerate() {
-                    scores[g * n + i] = softcap(dot(qh, k) * scale, shape.logit_softcap);
+                    let bias = alibi.map_or(0.0, |a| a[kv_head * group + g] * distance);
+                    scores[g * n + i] = softcap(dot(qh, k) * scale, shape.logit_softcap) + bias;
                 }
             }
             for (g, row) in scores.chunks_exact_mut(n).enumerate() {

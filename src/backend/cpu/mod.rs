@@ -8,7 +8,7 @@ mod kv_cache;
 
 pub use kv_cache::CpuKvCache;
 
-use super::{AttentionShape, Backend, BatchLayout, KvCacheSpec, Rope};
+use super::{AttentionShape, Backend, BatchLayout, HeadTerms, KvCacheSpec, Rope};
 use anyhow::{Context, Result};
 use candle_core::{DType as CDType, Device, Tensor};
 
@@ -344,12 +344,16 @@ impl Backend for CpuBackend {
         layer: usize,
         batch: &BatchLayout,
         shape: &AttentionShape,
-        sinks: Option<&Tensor>,
+        terms: HeadTerms<'_, Tensor>,
     ) -> Result<Tensor> {
         let q_host = host_f32(q)?;
-        let sinks = sinks.map(host_f32).transpose()?;
-        let out =
-            attention::paged_attention(&q_host, cache, layer, batch, shape, sinks.as_deref())?;
+        let sinks = terms.sinks.map(host_f32).transpose()?;
+        let alibi = terms.alibi.map(host_f32).transpose()?;
+        let terms = HeadTerms {
+            sinks: sinks.as_deref(),
+            alibi: alibi.as_deref(),
+        };
+        let out = attention::paged_attention(&q_host, cache, layer, batch, shape, terms)?;
         let n = batch.num_tokens();
         Ok(
             Tensor::from_vec(out, (n, shape.num_heads * shape.head_dim), &Device::Cpu)?

@@ -25,8 +25,8 @@ use super::pool::PoolStats;
 use super::tensor::CudaTensor;
 use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting, RouterScoring};
 use crate::backend::{
-    unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, KvCacheSpec, QkvHeads,
-    Rope,
+    unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec,
+    QkvHeads, Rope,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{CpuStorage, Storage};
@@ -1001,7 +1001,7 @@ impl Backend for CudaBackend {
         layer: usize,
         batch: &CudaBatchMeta,
         shape: &AttentionShape,
-        sinks: Option<&CudaTensor>,
+        terms: HeadTerms<'_, CudaTensor>,
     ) -> Result<CudaTensor> {
         let (Some(k_cache), Some(v_cache)) = (cache.k.get(layer), cache.v.get(layer)) else {
             bail!("attention: no layer {layer} in the cache");
@@ -1014,7 +1014,8 @@ impl Backend for CudaBackend {
             num_seqs: batch.num_seqs,
             sliding_window: shape.sliding_window,
             softcap: shape.logit_softcap,
-            sinks,
+            sinks: terms.sinks,
+            alibi: terms.alibi,
             decode_prefix: batch.decode_prefix,
         };
         let scale = shape.scale();

@@ -183,6 +183,7 @@ impl CudaBackend {
             sliding_window: None,
             softcap: None,
             sinks: None,
+            alibi: None,
             decode_prefix: 0,
         };
         let heads = as_i32(d.heads, "heads")?;

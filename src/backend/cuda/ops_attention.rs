@@ -29,6 +29,9 @@ pub struct AttentionMetadata<'a> {
     /// gpt-oss's attention sinks, f32 `[hq]`: one more logit per head's softmax, with no
     /// value. `None`: none.
     pub sinks: Option<&'a CudaTensor>,
+    /// ALiBi slopes, f32 `[hq]`: head h's score for the key at position p from the query at
+    /// position i gains `alibi[h] * (p - i)`. `None`: none.
+    pub alibi: Option<&'a CudaTensor>,
     /// How many leading sequences have one query token each, as the host laid the batch
     /// out ([`attention_plan::leading_decode_seqs`]); 0 when unknown. A mixed batch's
     /// decode rows then run on the decode kernel, apart from its prefill chunks.
@@ -135,9 +138,14 @@ impl CudaDevice {
             Some(0) => bail!("attention: a sliding window of 0 tokens attends to nothing"),
             Some(w) => as_i32(w, "sliding window")?,
         };
-        if let Some(sinks) = meta.sinks {
-            sinks.expect_shape(&[hq], "attention sinks")?;
-            sinks.expect_dtype(DType::F32, "attention sinks")?;
+        for (terms, what) in [
+            (meta.sinks, "attention sinks"),
+            (meta.alibi, "ALiBi slopes"),
+        ] {
+            if let Some(terms) = terms {
+                terms.expect_shape(&[hq], what)?;
+                terms.expect_dtype(DType::F32, what)?;
+            }
         }
         let softcap = match meta.softcap {
             None => 0.0, // the kernels' "no cap"

@@ -5,7 +5,7 @@
 
 use super::reference::{self, AttentionShape as RefShape};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{AttentionShape, Backend, BatchLayout, DType, KvCacheSpec};
+use crate::backend::{AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec};
 use candle_core::{Device, Tensor};
 
 const HQ: usize = 4;
@@ -84,7 +84,17 @@ fn compare(window: Option<usize>, softcap: Option<f32>, with_sinks: bool) {
         .as_ref()
         .map(|s| Tensor::from_vec(s.clone(), HQ, &Device::Cpu).unwrap());
     let out = cpu
-        .attention(&q_t, &cache, 0, &meta, &shape, sinks_t.as_ref())
+        .attention(
+            &q_t,
+            &cache,
+            0,
+            &meta,
+            &shape,
+            HeadTerms {
+                sinks: sinks_t.as_ref(),
+                alibi: None,
+            },
+        )
         .unwrap();
     let cpu_out = cpu.to_host_f32(&out).unwrap();
 

@@ -114,6 +114,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         sliding_window: sc.sliding_window,
         softcap: sc.softcap,
         sinks: sinks_dev.as_ref(),
+        alibi: None,
         decode_prefix: attention_plan::leading_decode_seqs(&query_start),
     };
     let scale = 1.0 / (hd as f32).sqrt();
