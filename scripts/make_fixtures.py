@@ -57,6 +57,10 @@ from transformers import (
     ArceeForCausalLM,
     FalconConfig,
     FalconForCausalLM,
+    BloomConfig,
+    BloomForCausalLM,
+    MptConfig,
+    MptForCausalLM,
     GPTJConfig,
     GPTNeoConfig,
     GPTNeoForCausalLM,
@@ -1047,6 +1051,12 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             FalconConfig(**falcon, new_decoder_architecture=True, num_kv_heads=2, bias=True),
         ),
         # Falcon with its blocks in sequence, every head its own k and v (multi_query false).
+        # Falcon-RW: ALiBi (added before the scores are scaled), a sequential layer, every
+        # head its own K/V, biases.
+        "falcon_rw": (
+            FalconForCausalLM,
+            FalconConfig(**falcon, alibi=True, multi_query=False, parallel_attn=False, bias=True),
+        ),
         "falcon_sequential": (
             FalconForCausalLM,
             FalconConfig(**falcon, multi_query=False, parallel_attn=False, bias=False, rope_theta=500000.0),
@@ -1110,6 +1120,45 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 max_position_embeddings=256,
                 activation_function="gelu_new",
                 layer_norm_epsilon=1e-5,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=False,
+            ),
+        ),
+        # BLOOM: ALiBi with 24 heads of 4 (not a power of two: eight slopes come from the
+        # 32-head sequence; 24 splits 8 ways), a LayerNorm after the embeddings, q/k/v fused
+        # head by head, biases everywhere, a tanh-GELU MLP of 4 x 96.
+        "bloom": (
+            BloomForCausalLM,
+            BloomConfig(
+                vocab_size=vocab_size,
+                hidden_size=96,
+                n_layer=2,
+                n_head=24,
+                layer_norm_epsilon=1e-5,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=False,
+            ),
+        ),
+        # MPT: ALiBi over 8 heads, bias-free LayerNorms and projections, one Wqkv, an exact
+        # GELU MLP of 4 x 64 (transformers' MPT ignores expansion_ratio), and a softmax_scale
+        # that is not head_dim's.
+        "mpt": (
+            MptForCausalLM,
+            MptConfig(
+                vocab_size=vocab_size,
+                d_model=64,
+                n_layers=2,
+                n_heads=8,
+                expansion_ratio=4,
+                max_seq_len=256,
+                layer_norm_epsilon=1e-5,
+                attn_config={"alibi": True, "alibi_bias_max": 8, "softmax_scale": 0.25},
                 bos_token_id=None,
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
@@ -1266,7 +1315,10 @@ def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> No
             # probabilities, so it steers choices without fixing them.
             if name.endswith("e_score_correction_bias"):
                 param.copy_(0.05 * noise)
-            elif name.endswith("norm.weight") or (name.endswith(".weight") and name.split(".")[-2].startswith("ln_")):
+            # MPT names them norm_1, norm_2, norm_f.
+            elif name.endswith("norm.weight") or (
+                name.endswith(".weight") and name.split(".")[-2].startswith(("ln_", "norm_"))
+            ):
                 param.copy_(1.0 + 0.1 * noise)
             elif name.endswith(".bias"):
                 param.copy_(0.1 * noise)
@@ -1336,8 +1388,14 @@ def greedy_reference_json(architecture: str, seed, prompts: list[list[int]], f32
     }
 
 
+# transformers' eager Falcon attention adds ALiBi twice (to the scores and again through the
+# mask it folded ALiBi into); its SDPA path, like the original RW code, adds it once.
+ATTENTION_IMPLEMENTATION = {"falcon_rw": "sdpa"}
+
+
 def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prompts: list[list[int]]) -> None:
     directory = FIXTURES_DIR / name
+    attn = ATTENTION_IMPLEMENTATION.get(name, "eager")
     if directory.exists():
         shutil.rmtree(directory)
     hf_tokenizer = write_tokenizer(tokenizer, directory)
@@ -1346,7 +1404,7 @@ def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prom
         seed = base_seed + attempt
         torch.manual_seed(seed)
         model = model_cls(config).eval()
-        model.config._attn_implementation = "eager"
+        model.config._attn_implementation = attn
         randomize_weights(model, seed, WEIGHT_STD.get(name, 0.2))
         f32_refs = [greedy_reference(model, p) for p in prompts]
         min_margin = min(min(r["margins"]) for r in f32_refs)
@@ -1361,8 +1419,8 @@ def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prom
     model.save_pretrained(str(directory), **save_kwargs)
     generation_config(hf_tokenizer).save_pretrained(str(directory))
 
-    bf16_model = model_cls.from_pretrained(str(directory), dtype=torch.bfloat16, attn_implementation="eager").eval()
-    reloaded = model_cls.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager").eval()
+    bf16_model = model_cls.from_pretrained(str(directory), dtype=torch.bfloat16, attn_implementation=attn).eval()
+    reloaded = model_cls.from_pretrained(str(directory), dtype=torch.float32, attn_implementation=attn).eval()
     check_reload(model, reloaded, prompts[0])
     bf16_refs = [greedy_reference(bf16_model, p) for p in prompts]
 

@@ -20,6 +20,7 @@ use crate::backend::{Backend, DType};
 use crate::engine::runner::ModelRunner;
 use crate::engine::{EngineConfig, LlmEngine};
 use crate::model::base_model_weights::BaseModelWeights;
+use crate::model::bloom::BloomWeights;
 use crate::model::bnb::{Bnb4, Bnb4Weights};
 use crate::model::bnb8::{Bnb8, Bnb8Weights};
 use crate::model::config::Architecture;
@@ -34,6 +35,7 @@ use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
 use crate::model::lora::load_adapter;
+use crate::model::mpt::MptWeights;
 use crate::model::opt::OptWeights;
 use crate::model::pytorch_weights::PytorchWeights;
 use crate::model::source::{self, ModelFiles, WeightFiles};
@@ -435,6 +437,10 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 Box::new(Gpt2Weights::wrap_linear(files_source))
             } else if config.architecture == Architecture::GptNeo {
                 Box::new(GptNeoWeights::wrap(files_source))
+            } else if config.architecture == Architecture::Bloom {
+                Box::new(BloomWeights::wrap(files_source))
+            } else if config.architecture == Architecture::Mpt {
+                Box::new(MptWeights::wrap(files_source))
             } else if config.architecture == Architecture::Falcon {
                 Box::new(FalconWeights::wrap(files_source, config.parallel_two_norms))
             } else if config.architecture == Architecture::GptNeoX {

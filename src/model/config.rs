@@ -1,5 +1,6 @@
 //! The model config (HF `config.json`), reduced to what the Llama family needs.
 
+use super::alibi::Alibi;
 use super::int_quant::IntScheme;
 pub use crate::backend::moe::{ExpertActivation, RouterScoring};
 use anyhow::{Context, Result};
@@ -77,6 +78,12 @@ pub enum Architecture {
     /// Mistral's Ministral (`MinistralForCausalLM`, Ministral-8B-Instruct-2410): Mistral's
     /// layer with the sliding window on the layers `layer_types` marks.
     Ministral,
+    /// BigScience's BLOOM (`model/bloom.rs`): LayerNorms with biases (one after the
+    /// embeddings too), q/k/v fused head by head, ALiBi, an ungated tanh-GELU MLP.
+    Bloom,
+    /// MosaicML's MPT (`model/mpt.rs`): bias-free LayerNorms and projections, one fused
+    /// `Wqkv`, ALiBi, an ungated GELU MLP.
+    Mpt,
     /// Meta's OPT: GPT-2's layer with separate q / k / v projections, a ReLU MLP and learned
     /// positions read two rows on (`model/opt.rs`).
     Opt,
@@ -144,7 +151,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 44] = [
+    pub const SUPPORTED: [&'static str; 46] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -189,6 +196,8 @@ impl Architecture {
         "GPTNeoForCausalLM",
         "Ernie4_5_MoeForCausalLM",
         "MinistralForCausalLM",
+        "BloomForCausalLM",
+        "MptForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -212,6 +221,8 @@ impl Architecture {
                 | Architecture::Cohere2
                 | Architecture::Falcon
                 | Architecture::GptNeo
+                | Architecture::Bloom
+                | Architecture::Mpt
         )
     }
 
@@ -287,6 +298,8 @@ impl Architecture {
             "NemotronForCausalLM" => Architecture::Nemotron,
             "StableLmForCausalLM" => Architecture::StableLm,
             "GPTNeoForCausalLM" => Architecture::GptNeo,
+            "BloomForCausalLM" => Architecture::Bloom,
+            "MptForCausalLM" => Architecture::Mpt,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -413,6 +426,12 @@ struct RawConfig {
     /// OLMo / OLMoE: clamp q, k and v to this magnitude.
     #[serde(default)]
     clip_qkv: Option<f64>,
+    /// MPT (from its `attn_config`): the ALiBi slopes' exponent range.
+    #[serde(default)]
+    alibi_bias_max: Option<f64>,
+    /// MPT (from its `attn_config`): the attention's scale, head_dim^-0.5 when null.
+    #[serde(default)]
+    softmax_scale: Option<f64>,
     /// StarCoder2: biases on every projection.
     #[serde(default)]
     use_bias: Option<bool>,
@@ -1329,6 +1348,14 @@ pub struct ModelConfig {
     /// GPT-2: learned absolute position embeddings (`model.embed_positions`), added to the
     /// token embeddings at each position plus this offset.
     pub learned_positions: Option<usize>,
+    /// BLOOM: a LayerNorm (`model.embed_norm`) right after the embedding lookup.
+    pub embedding_norm: bool,
+    /// BLOOM, MPT, Falcon-RW: positions as ALiBi's per-head distance penalties (no layer
+    /// rotates).
+    pub alibi: Option<Alibi>,
+    /// The attention scores' scale where it is not head_dim^-0.5 (GPT-Neo's 1, MPT's
+    /// `softmax_scale`); folded into the q rows at load.
+    pub score_scale: Option<f64>,
     /// DeepSeek's multi-head latent attention (`head_dim` is then its q / k head size).
     pub mla: Option<super::mla::MlaConfig>,
     /// The experts, for mixture-of-experts models.
@@ -1388,6 +1415,8 @@ impl ModelConfig {
             Some("GPTJForCausalLM") => super::gptj::normalized_config(value)?,
             Some("FalconForCausalLM" | "RWForCausalLM") => super::falcon::normalized_config(value)?,
             Some("GPTNeoForCausalLM") => super::gpt_neo::normalized_config(value)?,
+            Some("BloomForCausalLM") => super::bloom::normalized_config(value)?,
+            Some("MptForCausalLM" | "MPTForCausalLM") => super::mpt::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1440,7 +1469,9 @@ impl ModelConfig {
                 | Architecture::Falcon
                 | Architecture::Arcee
                 | Architecture::Nemotron
-                | Architecture::GptNeo,
+                | Architecture::GptNeo
+                | Architecture::Bloom
+                | Architecture::Mpt,
             ) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
@@ -1565,14 +1596,19 @@ impl ModelConfig {
                 .sliding_window
                 .is_some()
                 .then(|| cohere2_sliding.clone()),
-            // GPT-2's positions are learned embeddings: no layer rotates.
+            // GPT-2's positions are learned embeddings, ALiBi's are biases: no layer rotates.
             (
                 Architecture::Gpt2
                 | Architecture::GptBigCode
                 | Architecture::Opt
-                | Architecture::GptNeo,
+                | Architecture::GptNeo
+                | Architecture::Bloom
+                | Architecture::Mpt,
                 _,
             ) => Some(vec![false; raw.num_hidden_layers]),
+            (Architecture::Falcon, _) if falcon.is_some_and(|f| f.alibi) => {
+                Some(vec![false; raw.num_hidden_layers])
+            }
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -1632,11 +1668,15 @@ impl ModelConfig {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
+            Architecture::Bloom => {
+                let act = raw.hidden_act.as_deref().unwrap_or("gelu_pytorch_tanh");
+                Some(crate::backend::image_ops::Activation::from_hf(act)?)
+            }
             Architecture::Arcee | Architecture::Nemotron => {
                 let act = raw.hidden_act.as_deref().unwrap_or("relu2");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
-            Architecture::GptNeoX | Architecture::Falcon => {
+            Architecture::GptNeoX | Architecture::Falcon | Architecture::Mpt => {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
@@ -1687,8 +1727,11 @@ impl ModelConfig {
             tie_word_embeddings: raw
                 .tie_word_embeddings
                 .unwrap_or(architecture.ties_embeddings_by_default()),
-            qkv_bias: matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe)
-                || (architecture == Architecture::StableLm && raw.use_qkv_bias == Some(true))
+            qkv_bias: matches!(
+                architecture,
+                Architecture::Qwen2 | Architecture::Qwen2Moe | Architecture::Bloom
+            ) || (architecture == Architecture::StableLm
+                && raw.use_qkv_bias == Some(true))
                 || falcon_bias
                 || starcoder2_bias
                 || neox_attention_bias
@@ -1739,8 +1782,11 @@ impl ModelConfig {
                 })),
                 _ => None,
             },
-            o_bias: matches!(architecture, Architecture::GptOss | Architecture::GptNeo)
-                || (architecture.attention_bias_covers_o() && raw.attention_bias == Some(true))
+            o_bias: matches!(
+                architecture,
+                Architecture::GptOss | Architecture::GptNeo | Architecture::Bloom
+            ) || (architecture.attention_bias_covers_o()
+                && raw.attention_bias == Some(true))
                 || falcon_bias
                 || starcoder2_bias
                 || neox_attention_bias
@@ -1761,6 +1807,8 @@ impl ModelConfig {
                     | Architecture::Nemotron
                     | Architecture::StableLm
                     | Architecture::GptNeo
+                    | Architecture::Bloom
+                    | Architecture::Mpt
             ),
             parallel_block: matches!(
                 architecture,
@@ -1775,6 +1823,7 @@ impl ModelConfig {
             parallel_two_norms: neox_parallel || falcon.is_some_and(|f| f.two_norms),
             ungated_mlp_bias: match architecture {
                 Architecture::Falcon => falcon_bias,
+                Architecture::Mpt => false,
                 Architecture::Arcee | Architecture::Nemotron => raw.mlp_bias.unwrap_or(false),
                 _ => true,
             },
@@ -1787,6 +1836,28 @@ impl ModelConfig {
             },
             ungated_mlp,
             attention_sinks: architecture == Architecture::GptOss,
+            embedding_norm: architecture == Architecture::Bloom,
+            alibi: match architecture {
+                Architecture::Bloom => Some(Alibi {
+                    max_bias: 8.0,
+                    scaled_by_head_dim: false,
+                }),
+                Architecture::Mpt => Some(Alibi {
+                    max_bias: raw.alibi_bias_max.unwrap_or(8.0),
+                    scaled_by_head_dim: false,
+                }),
+                Architecture::Falcon if falcon.is_some_and(|f| f.alibi) => Some(Alibi {
+                    max_bias: 8.0,
+                    scaled_by_head_dim: true,
+                }),
+                _ => None,
+            },
+            score_scale: match architecture {
+                // GPT-Neo's scores are not scaled.
+                Architecture::GptNeo => Some(1.0),
+                Architecture::Mpt => raw.softmax_scale,
+                _ => None,
+            },
             learned_positions: match architecture {
                 Architecture::Gpt2 | Architecture::GptBigCode | Architecture::GptNeo => Some(0),
                 Architecture::Opt => Some(super::opt::POSITION_OFFSET),
@@ -1828,9 +1899,9 @@ impl ModelConfig {
     /// scale into q (Gemma 3 folds it into its q norm). Anything added to those outputs (a
     /// LoRA update) takes the same factors.
     pub fn folded_scales(&self) -> (f64, f64) {
-        if self.architecture == Architecture::GptNeo {
-            // Unscaled scores: cancel the attention's head_dim^-0.5.
-            return ((self.head_dim as f64).sqrt(), 1.0);
+        if let Some(scale) = self.score_scale {
+            // The attention applies head_dim^-0.5: the q rows carry the rest.
+            return (scale * (self.head_dim as f64).sqrt(), 1.0);
         }
         match (&self.granite, &self.gemma) {
             (Some(g), _) => (g.attention * (self.head_dim as f64).sqrt(), g.residual),

@@ -8,9 +8,11 @@
 //! - Falcon2-11B: KV groups, one LayerNorm (`num_ln_in_parallel_attn: 1`);
 //! - `parallel_attn: false`: a sequential layer with a norm before each block.
 //!
-//! All use rotate-half rotary over the whole head, an ungated GELU MLP, and biases only where
-//! `bias` says. ALiBi variants (Falcon-RW) are refused.
+//! All use an ungated GELU MLP and biases only where `bias` says, and rotate-half rotary over
+//! the whole head, except the ALiBi variants (`alibi`, Falcon-RW), whose biases are added
+//! before the scores are scaled (`Alibi::scaled_by_head_dim`).
 
+use super::bloom::BLOOM_LAYER_NAMES;
 use super::weights::{layer_part, renamed_part, RenamedWeights, WeightSource};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -24,6 +26,8 @@ pub struct FalconLayer {
     pub two_norms: bool,
     /// Every projection has a bias.
     pub bias: bool,
+    /// Positions as ALiBi biases instead of rotary.
+    pub alibi: bool,
 }
 
 impl FalconLayer {
@@ -41,6 +45,7 @@ impl FalconLayer {
             parallel,
             two_norms: parallel && new_arch && norms == 2,
             bias: flag("bias", false),
+            alibi: flag("alibi", false),
         }
     }
 }
@@ -65,10 +70,6 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
     }
     fields.insert("architectures".into(), json!(["FalconForCausalLM"]));
     let flag = |k: &str, default: bool| fields.get(k).and_then(Value::as_bool).unwrap_or(default);
-    anyhow::ensure!(
-        !flag("alibi", false),
-        "Falcon with ALiBi positions (alibi: true, Falcon-RW) is not supported"
-    );
     anyhow::ensure!(
         !flag("apply_residual_connection_post_layernorm", false),
         "Falcon with the residual taken after the norm \
@@ -137,12 +138,6 @@ fn checkpoint_name(name: &str, two_norms: bool) -> String {
         // lm_head.weight, a classifier's score.weight.
         return name.to_string();
     };
-    const RENAMED: [(&str, &str); 4] = [
-        ("self_attn.o_proj.", "self_attention.dense."),
-        ("self_attn.", "self_attention."),
-        ("mlp.c_fc.", "mlp.dense_h_to_4h."),
-        ("mlp.c_proj.", "mlp.dense_4h_to_h."),
-    ];
     const TWO_NORMS: [(&str, &str); 2] = [
         ("input_layernorm.", "ln_attn."),
         ("post_attention_layernorm.", "ln_mlp."),
@@ -150,7 +145,7 @@ fn checkpoint_name(name: &str, two_norms: bool) -> String {
     let part = if two_norms && part.contains("layernorm.") {
         renamed_part(part, &TWO_NORMS)
     } else {
-        renamed_part(part, &RENAMED)
+        renamed_part(part, &BLOOM_LAYER_NAMES)
     };
     format!("transformer.h.{index}.{part}")
 }
@@ -224,7 +219,8 @@ mod tests {
             FalconLayer {
                 parallel: true,
                 two_norms: false,
-                bias: false
+                bias: false,
+                alibi: false
             }
         );
         // RW's names, the new decoder architecture's KV groups and two norms.
@@ -244,8 +240,29 @@ mod tests {
         .unwrap();
         assert_eq!(sequential["num_key_value_heads"], 8);
         assert!(!FalconLayer::of(&sequential).parallel);
-        let err = normalized_config(json!({"alibi": true})).unwrap_err();
-        assert!(err.to_string().contains("ALiBi"), "{err}");
+        let rw = normalized_config(json!({"alibi": true, "parallel_attn": false})).unwrap();
+        assert!(FalconLayer::of(&rw).alibi);
+    }
+
+    /// tiiuae/falcon-rw-1b's config.json as the hub has it: ALiBi, a sequential layer.
+    #[test]
+    fn the_falcon_rw_1b_hub_config_parses() {
+        let text = r#"{"alibi": true, "apply_residual_connection_post_layernorm": false,
+            "architectures": ["FalconForCausalLM"], "attention_dropout": 0.0, "bias": true,
+            "bos_token_id": 1, "eos_token_id": 2, "hidden_dropout": 0.0, "hidden_size": 2048,
+            "initializer_range": 0.02, "layer_norm_epsilon": 1e-05, "model_type": "falcon",
+            "multi_query": false, "new_decoder_architecture": false,
+            "num_attention_heads": 32, "num_hidden_layers": 24, "parallel_attn": false,
+            "torch_dtype": "bfloat16", "transformers_version": "4.27.4", "use_cache": true,
+            "vocab_size": 50304}"#;
+        let c = crate::model::config::ModelConfig::from_json(text).unwrap();
+        assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (32, 32, 64));
+        assert!(!c.parallel_block && c.qkv_bias && c.o_bias && c.ungated_mlp_bias);
+        assert!(c.rope_layers.as_ref().unwrap().iter().all(|&on| !on));
+        let alibi = c.alibi.unwrap();
+        assert!(alibi.scaled_by_head_dim);
+        // 2^(-8/32) before the 64^-0.5 Falcon scales its biases by.
+        assert!((alibi.slopes(32, 64)[0] - 2f32.powf(-0.25) / 8.0).abs() < 1e-7);
     }
 
     /// tiiuae/falcon-7b's config.json as the hub has it (no rope or context fields).
@@ -269,5 +286,6 @@ mod tests {
         assert!(c.tie_word_embeddings);
         assert_eq!(c.rotary_dim, 64);
         assert_eq!(c.rope_theta, 10000.0);
+        assert!(c.alibi.is_none() && c.rope_layers.is_none());
     }
 }

@@ -119,6 +119,8 @@ pub struct LlamaModel<B: Backend> {
     norm: B::Tensor,
     /// StarCoder2: the final LayerNorm's bias.
     norm_bias: Option<B::Tensor>,
+    /// BLOOM: the LayerNorm after the embedding lookup (weight, bias).
+    embed_norm: Option<(B::Tensor, B::Tensor)>,
     /// GPT-2: the learned position embeddings (`[positions, hidden]`, whole on every rank)
     /// and the offset positions are read at.
     positions: Option<(B::Tensor, usize)>,
@@ -324,8 +326,10 @@ enum QkvStorage {
 impl QkvStorage {
     fn of(c: &ModelConfig) -> QkvStorage {
         match c.architecture {
-            Architecture::Phi3 | Architecture::Gpt2 => QkvStorage::Fused,
-            Architecture::GptNeoX | Architecture::Falcon => QkvStorage::Grouped,
+            Architecture::Phi3 | Architecture::Gpt2 | Architecture::Mpt => QkvStorage::Fused,
+            Architecture::GptNeoX | Architecture::Falcon | Architecture::Bloom => {
+                QkvStorage::Grouped
+            }
             Architecture::GptBigCode if c.num_kv_heads == c.num_heads => QkvStorage::Grouped,
             Architecture::GptBigCode => QkvStorage::Fused,
             _ => QkvStorage::Separate,
@@ -566,6 +570,25 @@ impl<B: Backend> LlamaModel<B> {
             }
             None => None,
         };
+        let embed_norm = if c.embedding_norm {
+            let name = |part: &str| format!("model.embed_norm.{part}");
+            Some((
+                load_norm(be, src, c, &name("weight"), h, dtype, 1.0)?,
+                norm_bias(be, src, &name("bias"), h, dtype)?,
+            ))
+        } else {
+            None
+        };
+        // One slope per head of this rank, shared by every layer.
+        let alibi = match &c.alibi {
+            Some(alibi) => {
+                let all = alibi.slopes(c.num_heads, hd);
+                let ours = all[layout.q_heads.clone()].to_vec();
+                let n = ours.len();
+                Some(be.upload(Tensor::from_vec(ours, n, &candle_core::Device::Cpu)?)?)
+            }
+            None => None,
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -603,21 +626,38 @@ impl<B: Backend> LlamaModel<B> {
             // This rank's q, k and v rows of three separate weights (or biases).
             let q_k_v = |part: &dyn Fn(&str, usize, &Range<usize>) -> Part| {
                 [
-                    part("q", q, &q_cols).scaled(q_scale),
+                    part("q", q, &q_cols),
                     part("k", kv, &kv_cols),
                     part("v", kv, &kv_cols),
                 ]
             };
             // This rank's q, k and v weights (`suffix` `weight`) or biases (`bias`), as the
-            // checkpoint stores them.
+            // checkpoint stores them, the q rows (every storage lists them first, one part per
+            // q head or one for all) carrying the folded scale.
             let qkv_parts = |suffix: &str| -> Vec<Part> {
                 let separate: &dyn Fn(&str, usize, &Range<usize>) -> Part =
                     if suffix == "bias" { &bias } else { &proj };
-                match QkvStorage::of(c) {
-                    QkvStorage::Fused => fused_qkv_parts(c, &p, &q_cols, &kv_cols, suffix).into(),
-                    QkvStorage::Grouped => grouped_qkv_parts(c, &p, &layout, suffix),
-                    QkvStorage::Separate => q_k_v(separate).into(),
-                }
+                let (parts, q_parts): (Vec<Part>, usize) = match QkvStorage::of(c) {
+                    QkvStorage::Fused => {
+                        (fused_qkv_parts(c, &p, &q_cols, &kv_cols, suffix).into(), 1)
+                    }
+                    QkvStorage::Grouped => (
+                        grouped_qkv_parts(c, &p, &layout, suffix),
+                        layout.q_heads.len(),
+                    ),
+                    QkvStorage::Separate => (q_k_v(separate).into(), 1),
+                };
+                parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, part)| {
+                        if i < q_parts {
+                            part.scaled(q_scale)
+                        } else {
+                            part
+                        }
+                    })
+                    .collect()
             };
             let norm = |n: &str| load_norm(be, src, c, &format!("{p}.{n}.weight"), h, dtype, 1.0);
             // GPT-NeoX's parallel layer norms the stream twice, once for each block.
@@ -845,7 +885,8 @@ impl<B: Backend> LlamaModel<B> {
             rope_local,
             rope_off,
             embed_scale,
-            alibi: None,
+            alibi,
+            embed_norm,
             logit_scale,
             final_softcap,
             attention,
@@ -1112,6 +1153,9 @@ impl<B: Backend> LlamaModel<B> {
         };
         if let Some(scale) = self.embed_scale {
             hidden = be.mul_scalar(&hidden, scale)?;
+        }
+        if let Some((weight, bias)) = &self.embed_norm {
+            hidden = be.layer_norm(&hidden, weight, bias, c.rms_norm_eps)?;
         }
         if let Some((table, offset)) = &self.positions {
             // Checked on the host: a device reads positions no op checks.

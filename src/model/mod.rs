@@ -1,6 +1,8 @@
 //! Model configs, weight loading, tokenizer and the Llama-family implementation.
 
+pub mod alibi;
 pub mod base_model_weights;
+pub mod bloom;
 pub mod bnb;
 pub mod bnb8;
 pub mod bpe_files;
@@ -28,6 +30,7 @@ pub mod lora_forward;
 pub mod mla;
 pub mod moe;
 mod moe_fused;
+pub mod mpt;
 pub mod mxfp4;
 pub mod opt;
 pub mod presets;

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 59] = [
+pub const ARCHS: [&str; 62] = [
     "llama",
     "llama31",
     "mistral",
@@ -67,6 +67,9 @@ pub const ARCHS: [&str; 59] = [
     "ernie4_5_moe",
     "ministral",
     "llama_attention_bias",
+    "bloom",
+    "mpt",
+    "falcon_rw",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
