@@ -61,6 +61,8 @@ from transformers import (
     BloomForCausalLM,
     MptConfig,
     MptForCausalLM,
+    PhimoeConfig,
+    PhimoeForCausalLM,
     GPTJConfig,
     GPTNeoConfig,
     GPTNeoForCausalLM,
@@ -1163,6 +1165,35 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
                 torch_dtype="float32",
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Phi-3.5-MoE: Mixtral's experts (4, top 2) behind LayerNorms with biases, attention
+        # and LM head biases, LongRoPE whose original context of 3 is under every prompt
+        # (long factors throughout, as at phi3_longrope) with distinct short / long attention
+        # factors, and SparseMixer routing with a wider threshold than the real 0.01, so
+        # each pick's softmax holds several experts.
+        "phimoe": (
+            PhimoeForCausalLM,
+            PhimoeConfig(
+                **{k: v for k, v in common.items() if k != "rms_norm_eps"},
+                rms_norm_eps=1e-5,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                router_jitter_noise=0.3,
+                attention_bias=True,
+                lm_head_bias=True,
+                rope_theta=10000.0,
+                sliding_window=None,
+                original_max_position_embeddings=3,
+                rope_scaling={
+                    "type": "longrope",
+                    "short_factor": [1.0, 1.2, 1.5, 2.0],
+                    "long_factor": [1.0, 2.0, 4.0, 8.0],
+                    "short_mscale": 1.1,
+                    "long_mscale": 1.3,
+                    "original_max_position_embeddings": 3,
+                },
                 tie_word_embeddings=False,
             ),
         ),

@@ -106,6 +106,11 @@ pub enum RouterScoring {
         top_groups: usize,
         scale: f32,
     },
+    /// Phi-3.5-MoE's SparseMixer at inference, two experts: the best logit, weighted by a
+    /// softmax over the experts whose logits lie within a relative `2 * jitter_eps` of it;
+    /// then, without that expert, the next best, weighted the same way. The two weights
+    /// are not renormalised.
+    SparseMixer { jitter_eps: f32 },
 }
 
 /// How the router's choice is made and its results combined.

@@ -49,6 +49,11 @@ pub fn route(
                 softmax_grouped_row(row, &g, bias, (rule.normalize, scale), s, out)
             })
         }
+        RouterScoring::SparseMixer { jitter_eps } => {
+            pick_rows(logits, num_experts, top_k, |row, _, out| {
+                sparse_mixer_row(row, jitter_eps, out)
+            })
+        }
     };
     let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
     for (row, chosen) in picks.chunks(top_k.max(1)).enumerate() {
@@ -132,6 +137,36 @@ fn softmax_row(row: &[f32], normalize: bool, s: &mut Scratch, out: &mut [(usize,
     for (slot, &e) in out.iter_mut().zip(chosen) {
         let p = s.values[e] / total;
         *slot = (e, if normalize { p / kept } else { p });
+    }
+}
+
+/// [`RouterScoring::SparseMixer`] as transformers' `sparsemixer` runs it at inference, in
+/// its order of operations: pick `i` = the best logit `m` among the experts still in play;
+/// an expert `e` stays in its softmax unless `(m - l_e) / max(|l_e|, m) > 2 eps`; `i`'s
+/// weight is its probability in that softmax. The second pick repeats this without the
+/// first expert. `out` has room for the two picks (fewer slots take fewer).
+fn sparse_mixer_row(row: &[f32], jitter_eps: f32, out: &mut [(usize, f32)]) {
+    let mut taken: Option<usize> = None;
+    for slot in out.iter_mut() {
+        let in_play = |e: usize| Some(e) != taken;
+        // The best in play, ties to the lower expert (torch's max keeps the first).
+        let Some(best) =
+            (0..row.len())
+                .filter(|&e| in_play(e))
+                .reduce(|a, b| if row[b] > row[a] { b } else { a })
+        else {
+            return;
+        };
+        let m = row[best];
+        // Written as the comparison transformers makes: a NaN ratio (a zero best logit
+        // over a zero logit) masks nothing.
+        let masked = |e: usize| (m - row[e]) / row[e].abs().max(m) > 2.0 * jitter_eps;
+        let total: f32 = (0..row.len())
+            .filter(|&e| in_play(e) && !masked(e))
+            .map(|e| (row[e] - m).exp())
+            .sum();
+        *slot = (best, 1.0 / total);
+        taken = Some(best);
     }
 }
 
@@ -293,6 +328,38 @@ fn softmax_grouped_row(
 mod tests {
     use super::*;
 
+    /// SparseMixer keeps only the experts near each pick in that pick's softmax: here the
+    /// first pick's softmax holds experts 0, 1 and 3 (expert 2 is too far below), the
+    /// second's, without expert 0, holds 3 and 1.
+    #[test]
+    fn sparse_mixer_weights_each_pick_by_its_near_rivals() {
+        let logits = [1.0f32, 0.9, -0.5, 0.95, 0.3, 0.2];
+        let rule = RouteRule {
+            top_k: 2,
+            normalize: false,
+            scoring: RouterScoring::SparseMixer { jitter_eps: 0.1 },
+            correction_bias: None,
+        };
+        let routes = route(&logits, 6, &rule);
+        let first = 1.0 / (1.0 + (-0.1f32).exp() + (-0.05f32).exp());
+        let second = 1.0 / (1.0 + (-0.05f32).exp());
+        assert_eq!(routes[0].0, [0]);
+        assert_eq!(routes[3].0, [0]);
+        assert!((routes[0].1[0] - first).abs() < 1e-6, "{routes:?}");
+        assert!((routes[3].1[0] - second).abs() < 1e-6, "{routes:?}");
+        assert!(routes
+            .iter()
+            .enumerate()
+            .all(|(e, r)| r.0.is_empty() || e == 0 || e == 3));
+        // A tiny eps keeps each pick alone in its softmax: both weigh 1.
+        let alone = RouteRule {
+            scoring: RouterScoring::SparseMixer { jitter_eps: 1e-4 },
+            ..rule
+        };
+        let routes = route(&logits, 6, &alone);
+        assert_eq!((routes[0].1[0], routes[3].1[0]), (1.0, 1.0));
+    }
+
     // The routing as it was before partial selection (a full sort of every row), the
     // oracle for the choice and the f32 arithmetic.
     fn reference_route(
@@ -303,6 +370,8 @@ mod tests {
         let (top_k, normalize) = (rule.top_k, rule.normalize);
         match rule.scoring {
             RouterScoring::Softmax => {}
+            // Has no full-sort form: its test checks it by hand.
+            RouterScoring::SparseMixer { .. } => return route(logits, num_experts, rule),
             RouterScoring::SigmoidGrouped {
                 groups,
                 top_groups,

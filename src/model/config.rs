@@ -81,6 +81,11 @@ pub enum Architecture {
     /// BigScience's BLOOM (`model/bloom.rs`): LayerNorms with biases (one after the
     /// embeddings too), q/k/v fused head by head, ALiBi, an ungated tanh-GELU MLP.
     Bloom,
+    /// Microsoft's Phi-3.5-MoE (`PhimoeForCausalLM`, and `PhiMoEForCausalLM` of its hub
+    /// config): Mixtral's experts behind LayerNorms with biases, biased attention
+    /// projections and LM head, LongRoPE with its own attention factors (`short_mscale`,
+    /// `long_mscale`), and the SparseMixer router.
+    PhiMoe,
     /// MosaicML's MPT (`model/mpt.rs`): bias-free LayerNorms and projections, one fused
     /// `Wqkv`, ALiBi, an ungated GELU MLP.
     Mpt,
@@ -151,7 +156,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 46] = [
+    pub const SUPPORTED: [&'static str; 47] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -198,6 +203,7 @@ impl Architecture {
         "MinistralForCausalLM",
         "BloomForCausalLM",
         "MptForCausalLM",
+        "PhimoeForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -249,6 +255,7 @@ impl Architecture {
                 | Architecture::SmolLM3
                 | Architecture::Arcee
                 | Architecture::Nemotron
+                | Architecture::PhiMoe
         )
     }
 
@@ -300,6 +307,7 @@ impl Architecture {
             "GPTNeoForCausalLM" => Architecture::GptNeo,
             "BloomForCausalLM" => Architecture::Bloom,
             "MptForCausalLM" => Architecture::Mpt,
+            "PhimoeForCausalLM" | "PhiMoEForCausalLM" => Architecture::PhiMoe,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -394,6 +402,12 @@ pub struct RopeScaling {
     pub short_factor: Option<Vec<f64>>,
     #[serde(default)]
     pub long_factor: Option<Vec<f64>>,
+    /// Phi-3.5-MoE's LongRoPE: the attention factor of each factor set, given instead of
+    /// derived.
+    #[serde(default)]
+    pub short_mscale: Option<f64>,
+    #[serde(default)]
+    pub long_mscale: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -426,6 +440,12 @@ struct RawConfig {
     /// OLMo / OLMoE: clamp q, k and v to this magnitude.
     #[serde(default)]
     clip_qkv: Option<f64>,
+    /// Phi-3.5-MoE: the SparseMixer router's relative threshold (half of it).
+    #[serde(default)]
+    router_jitter_noise: Option<f64>,
+    /// Phi-3.5-MoE: a bias on the LM head.
+    #[serde(default)]
+    lm_head_bias: Option<bool>,
     /// MPT (from its `attn_config`): the ALiBi slopes' exponent range.
     #[serde(default)]
     alibi_bias_max: Option<f64>,
@@ -809,6 +829,12 @@ impl MoeConfig {
                 raw.intermediate_size,
                 true,
             ),
+            // SparseMixer's weights are its two softmaxes' own (PhimoeConfig's defaults).
+            Architecture::PhiMoe => (
+                raw.num_local_experts.unwrap_or(16),
+                raw.intermediate_size,
+                false,
+            ),
             // Glm4MoeConfig's defaults.
             Architecture::Glm4Moe => (
                 raw.n_routed_experts.unwrap_or(128),
@@ -917,6 +943,15 @@ impl MoeConfig {
                 top_groups: 1,
                 scale: 1.0,
             },
+            Architecture::PhiMoe => {
+                anyhow::ensure!(
+                    top_k == 2,
+                    "Phi-3.5-MoE's SparseMixer router picks 2 experts, not {top_k}"
+                );
+                RouterScoring::SparseMixer {
+                    jitter_eps: raw.router_jitter_noise.unwrap_or(0.01) as f32,
+                }
+            }
             _ => RouterScoring::Softmax,
         };
         Ok(Some(MoeConfig {
@@ -1350,6 +1385,8 @@ pub struct ModelConfig {
     pub learned_positions: Option<usize>,
     /// BLOOM: a LayerNorm (`model.embed_norm`) right after the embedding lookup.
     pub embedding_norm: bool,
+    /// Phi, GPT-J, Phi-3.5-MoE: a bias on the LM head.
+    pub lm_head_bias: bool,
     /// BLOOM, MPT, Falcon-RW: positions as ALiBi's per-head distance penalties (no layer
     /// rotates).
     pub alibi: Option<Alibi>,
@@ -1406,7 +1443,17 @@ impl ModelConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         let value: serde_json::Value =
             serde_json::from_str(text).context("config.json is not JSON")?;
-        let (value, nested_language_model) = language_model_config(value)?;
+        let (mut value, nested_language_model) = language_model_config(value)?;
+        // Configs saved by recent transformers name the scaling twice (`rope_type` and the
+        // older `type`, which it keeps): the newer name wins.
+        if let Some(scaling) = value
+            .get_mut("rope_scaling")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            if scaling.contains_key("rope_type") {
+                scaling.remove("type");
+            }
+        }
         let value = match value["architectures"][0].as_str() {
             Some("GPT2LMHeadModel" | "GPTBigCodeForCausalLM") => {
                 super::gpt2::normalized_config(value)?
@@ -1809,6 +1856,7 @@ impl ModelConfig {
                     | Architecture::GptNeo
                     | Architecture::Bloom
                     | Architecture::Mpt
+                    | Architecture::PhiMoe
             ),
             parallel_block: matches!(
                 architecture,
@@ -1837,6 +1885,8 @@ impl ModelConfig {
             ungated_mlp,
             attention_sinks: architecture == Architecture::GptOss,
             embedding_norm: architecture == Architecture::Bloom,
+            lm_head_bias: matches!(architecture, Architecture::Phi | Architecture::GptJ)
+                || (architecture == Architecture::PhiMoe && raw.lm_head_bias == Some(true)),
             alibi: match architecture {
                 Architecture::Bloom => Some(Alibi {
                     max_bias: 8.0,
@@ -2275,6 +2325,54 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((c.layer_window(0), c.layer_window(1)), (Some(16), None));
+    }
+
+    /// microsoft/Phi-3.5-MoE-instruct's config.json as the hub has it (its factor lists cut
+    /// to placeholders of the right length).
+    #[test]
+    fn the_phi_3_5_moe_hub_config_parses() {
+        let factors = |v: f64| format!("[{}]", vec![v.to_string(); 64].join(", "));
+        let text = format!(
+            r#"{{"architectures": ["PhiMoEForCausalLM"], "attention_bias": true,
+            "bos_token_id": 1, "eos_token_id": 32000, "hidden_act": "silu",
+            "hidden_size": 4096, "input_jitter_noise": 0.01, "intermediate_size": 6400,
+            "lm_head_bias": true, "max_position_embeddings": 131072, "model_type": "phimoe",
+            "num_attention_heads": 32, "num_experts_per_tok": 2, "num_hidden_layers": 32,
+            "num_key_value_heads": 8, "num_local_experts": 16,
+            "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
+            "rope_scaling": {{"long_factor": {long}, "long_mscale": 1.243163121016122,
+                "original_max_position_embeddings": 4096, "short_factor": {short},
+                "short_mscale": 1.243163121016122, "type": "longrope"}},
+            "rope_theta": 10000.0, "router_aux_loss_coef": 0.0, "router_jitter_noise": 0.01,
+            "sliding_window": 131072, "tie_word_embeddings": false, "vocab_size": 32064}}"#,
+            long = factors(1.5),
+            short = factors(1.0),
+        );
+        let c = ModelConfig::from_json(&text).unwrap();
+        assert_eq!(c.architecture, Architecture::PhiMoe);
+        assert!(c.layer_norm && c.qkv_bias && c.o_bias && c.lm_head_bias);
+        let moe = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.normalize_top_k),
+            (16, 2, false)
+        );
+        assert_eq!(moe.scoring, RouterScoring::SparseMixer { jitter_eps: 0.01 });
+        assert!((crate::model::rope::attention_factor(&c) - 1.243163121016122).abs() < 1e-12);
+        let three = text.replace(r#""num_experts_per_tok": 2"#, r#""num_experts_per_tok": 3"#);
+        let err = ModelConfig::from_json(&three).unwrap_err();
+        assert!(format!("{err:#}").contains("SparseMixer"), "{err:#}");
+    }
+
+    /// transformers 4.57 saves `rope_scaling` with both `rope_type` and the older `type`.
+    #[test]
+    fn rope_scaling_may_name_its_type_twice() {
+        let text = r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "vocab_size": 100,
+            "rope_scaling": {"type": "linear", "rope_type": "linear", "factor": 2.0}}"#;
+        let c = ModelConfig::from_json(text).unwrap();
+        let s = c.rope_scaling.unwrap();
+        assert_eq!((s.rope_type.as_str(), s.factor), ("linear", Some(2.0)));
     }
 
     #[test]

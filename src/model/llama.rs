@@ -793,7 +793,7 @@ impl<B: Backend> LlamaModel<B> {
             None
         };
         // Phi's head has a bias: this rank's vocabulary entries of it.
-        let lm_head_bias = if matches!(c.architecture, Architecture::Phi | Architecture::GptJ) {
+        let lm_head_bias = if c.lm_head_bias {
             let part = rows_part(
                 "lm_head.bias".into(),
                 vec![c.vocab_size],
@@ -1355,24 +1355,15 @@ impl<B: Backend> LlamaModel<B> {
                     residual = Some(sum);
                     be.linear(&act, down, None)?
                 }
+                // Experts behind RMS norms, or LayerNorms (Phi-3.5-MoE).
                 Mlp::Sparse(experts) => {
-                    let (x, sum) =
-                        be.add_rms_norm(attn, residual_in, &layer.post_attention_norm, eps)?;
+                    let (x, sum) = post_attention_norm(be, layer, attn, residual_in, eps)?;
                     residual = Some(sum);
                     experts.forward(be, &x, self.dtype)?
                 }
+                // LayerNorm models (GPT-2's family), or RMS norms (Arcee).
                 ungated @ Mlp::Ungated { .. } => {
-                    // LayerNorm models (GPT-2's family), or RMS norms (Arcee).
-                    let (x, sum) = match &layer.norm_biases {
-                        Some((_, bias)) => {
-                            let sum = be.add_tensors(&attn, &residual_in)?;
-                            let x = be.layer_norm(&sum, &layer.post_attention_norm, bias, eps)?;
-                            (x, sum)
-                        }
-                        None => {
-                            be.add_rms_norm(attn, residual_in, &layer.post_attention_norm, eps)?
-                        }
-                    };
+                    let (x, sum) = post_attention_norm(be, layer, attn, residual_in, eps)?;
                     residual = Some(sum);
                     ungated.ungated_forward(be, &x)?
                 }
@@ -1463,6 +1454,25 @@ impl<B: Backend> LlamaModel<B> {
             alibi: self.alibi.as_ref(),
         };
         be.attention(&q, cache, index, batch, &shape, terms)
+    }
+}
+
+/// A sequential layer's norm before its MLP, over the stream plus the attention's output:
+/// `(normed, sum)`, by LayerNorm where the layer's norms have biases, else RMS norm.
+fn post_attention_norm<B: Backend>(
+    be: &B,
+    layer: &Layer<B>,
+    attn: B::Tensor,
+    residual_in: B::Tensor,
+    eps: f64,
+) -> Result<(B::Tensor, B::Tensor)> {
+    match &layer.norm_biases {
+        Some((_, bias)) => {
+            let sum = be.add_tensors(&attn, &residual_in)?;
+            let x = be.layer_norm(&sum, &layer.post_attention_norm, bias, eps)?;
+            Ok((x, sum))
+        }
+        None => be.add_rms_norm(attn, residual_in, &layer.post_attention_norm, eps),
     }
 }
 

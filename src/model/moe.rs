@@ -78,7 +78,7 @@ pub struct SparseMlp<B: Backend> {
 /// projections.
 fn names(arch: Architecture, prefix: &str, e: usize) -> (String, [String; 3]) {
     match arch {
-        Architecture::Mixtral => {
+        Architecture::Mixtral | Architecture::PhiMoe => {
             let moe = format!("{prefix}.block_sparse_moe");
             let w = |n: &str| format!("{moe}.experts.{e}.{n}.weight");
             (format!("{moe}.gate.weight"), [w("w1"), w("w3"), w("w2")])

@@ -69,7 +69,7 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
 pub fn attention_factor(cfg: &ModelConfig) -> f64 {
     match &cfg.rope_scaling {
         Some(s) if s.rope_type == "yarn" => yarn_attention_factor(s),
-        Some(s) if s.rope_type == "longrope" => longrope_attention_factor(s),
+        Some(s) if s.rope_type == "longrope" => longrope_attention_factor(s, cfg),
         _ => 1.0,
     }
 }
@@ -147,9 +147,16 @@ pub fn uses_long_factors(cfg: &ModelConfig) -> Option<bool> {
     Some(cfg.context_len > longrope_original(s, cfg))
 }
 
-/// LongRoPE's attention factor: given, or `sqrt(1 + ln(factor) / ln(original context))`.
-fn longrope_attention_factor(s: &RopeScaling) -> f64 {
-    if let Some(a) = s.attention_factor {
+/// LongRoPE's attention factor: that of the factor set in use where the config gives one
+/// per set (Phi-3.5-MoE's `short_mscale` / `long_mscale`), else given, else
+/// `sqrt(1 + ln(factor) / ln(original context))`.
+fn longrope_attention_factor(s: &RopeScaling, cfg: &ModelConfig) -> f64 {
+    let per_set = if uses_long_factors(cfg) == Some(true) {
+        s.long_mscale
+    } else {
+        s.short_mscale
+    };
+    if let Some(a) = per_set.or(s.attention_factor) {
         return a;
     }
     let factor = s.factor.unwrap_or(1.0);
@@ -290,6 +297,8 @@ mod tests {
             truncate: None,
             short_factor: None,
             long_factor: None,
+            short_mscale: None,
+            long_mscale: None,
         }
     }
 

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 62] = [
+pub const ARCHS: [&str; 63] = [
     "llama",
     "llama31",
     "mistral",
@@ -70,6 +70,7 @@ pub const ARCHS: [&str; 62] = [
     "bloom",
     "mpt",
     "falcon_rw",
+    "phimoe",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
