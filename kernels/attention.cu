@@ -14,7 +14,10 @@
 // only to positions pos + 1 - w ..= pos (when pos >= w; otherwise to 0..=pos), the last w
 // keys. sliding_window = 0 means no window. softcap > 0 (Gemma 2) caps each scaled score s
 // at softcap * tanh(s / softcap) before the softmax; 0 leaves it. sinks (gpt-oss, f32
-// [hq], or null): head h's softmax has one more logit sinks[h] with no value.
+// [hq], or null): head h's softmax has one more logit sinks[h] with no value. alibi (f32
+// [hq], or null): head h's score for the key at position p gains alibi[h] * (p - pos),
+// after the scale and the cap; relative to pos (not alibi[h] * p, as models write it) so
+// the term stays small at long positions, and a softmax row does not see the difference.
 //
 // One block of ATTN_WARPS warps per (token, q head). Each warp walks every ATTN_WARPS-th key
 // with an online softmax (running max m, running sum l, f32 accumulator); lane L owns the
@@ -31,7 +34,7 @@ __device__ __forceinline__ void attention_impl(
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
     int hk, int hd, int q_stride, int sliding_window, float scale, float softcap,
-    const float* sinks) {
+    const float* sinks, const float* alibi) {
     __shared__ float part_max[ATTN_WARPS];
     __shared__ float part_sum[ATTN_WARPS];
     __shared__ float part_acc[ATTN_WARPS][ATTN_MAX_HEAD_DIM];
@@ -50,6 +53,7 @@ __device__ __forceinline__ void attention_impl(
     const int kv_head = head / (hq / hk);
     const int* table = block_tables + (long long)seq * max_blocks_per_seq;
     const long long kv_row = (long long)hk * hd;
+    const float slope = alibi != nullptr ? alibi[head] : 0.0f;  // 0: no ALiBi term
 
     float q_reg[ATTN_MAX_PER_LANE];
     float acc[ATTN_MAX_PER_LANE];
@@ -72,7 +76,8 @@ __device__ __forceinline__ void attention_impl(
             const int d = e * 32 + lane;
             if (d < hd) dot += q_reg[e] * D::load(k_cache[base + d]);
         }
-        const float score = kiln_softcap(kiln_warp_sum(dot), softcap);
+        const float score =
+            kiln_softcap(kiln_warp_sum(dot), softcap) + slope * (float)(p - pos);
         const float new_max = fmaxf(run_max, score);
         const float rescale = expf(run_max - new_max);  // 0 on the first key (run_max = -inf)
         const float weight = expf(score - new_max);
@@ -120,9 +125,10 @@ __device__ __forceinline__ void attention_impl(
         D::T* out, const D::T* q, const D::T* k_cache, const D::T* v_cache,                    \
         const int* block_tables, const int* query_start, const int* context_lens,              \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int hd,          \
-        int q_stride, int sliding_window, float scale, float softcap, const float* sinks) {     \
+        int q_stride, int sliding_window, float scale, float softcap, const float* sinks,      \
+        const float* alibi) {                                                                  \
         attention_impl<D>(out, q, k_cache, v_cache, block_tables, query_start, context_lens,   \
                           num_seqs, max_blocks_per_seq, block_size, hq, hk, hd, q_stride,      \
-                          sliding_window, scale, softcap, sinks);                              \
+                          sliding_window, scale, softcap, sinks, alibi);                       \
     }
 KILN_FOR_EACH_DTYPE(KILN_ATTENTION)

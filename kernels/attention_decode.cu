@@ -5,7 +5,10 @@
 // attention.cu: sequence s owns query rows query_start[s] .. query_start[s+1]; its token j
 // sits at position context_lens[s] - q_len + j and attends to cache positions
 // max(0, pos + 1 - window) ..= pos through block_tables; caches are
-// [num_blocks, block_size, hk, hd].
+// [num_blocks, block_size, hk, hd]. The per-head terms are attention.cu's too: sinks join
+// where the softmax is normalised (the one-split output or the merge), ALiBi's
+// alibi[h] * (p - pos) joins each score. The term is relative to the query's position, so
+// every split of a token scores on the same scale and the merge needs nothing more.
 //
 // Why this shape: at decode there is one query per sequence, so the naive kernel (one CTA
 // per (token, q head), one key per warp step) reads every K/V row once per q head and
@@ -50,7 +53,8 @@ __device__ __forceinline__ void attention_decode_impl(
     const typename D::T* k_cache, const typename D::T* v_cache, const int* block_tables,
     const int* query_start, const int* context_lens, int num_seqs, int max_blocks_per_seq,
     int block_size, int hq, int hk, int q_stride, int sliding_window, float scale,
-    float softcap, int heads_per_cta, int keys_per_split, const float* sinks) {
+    float softcap, int heads_per_cta, int keys_per_split, const float* sinks,
+    const float* alibi) {
     typedef typename D::T T;
     constexpr int VEC = 16 / (int)sizeof(T);        // elements per 16-byte chunk
     constexpr int CHUNKS = HD / VEC;                // chunks per K/V row
@@ -118,8 +122,10 @@ __device__ __forceinline__ void attention_decode_impl(
     const int sub = lane % KEY_LANES;
     const int key_group = warp * (32 / KEY_LANES) + lane / KEY_LANES;
     float qf[DEC_MAX_HEADS][CPL * VEC];
+    float slope[DEC_MAX_HEADS];  // ALiBi; 0 without it
 #pragma unroll
     for (int g = 0; g < DEC_MAX_HEADS; ++g) {
+        slope[g] = (alibi != nullptr && g < heads) ? alibi[head0 + g] : 0.0f;
         const T* q_head = q + (long long)token * q_stride + (long long)(head0 + g) * HD;
 #pragma unroll
         for (int c = 0; c < CPL; ++c) {
@@ -183,9 +189,12 @@ __device__ __forceinline__ void attention_decode_impl(
             }
             const int j = base + u * KEY_GROUPS + key_group;
             if (sub == 0 && j < num_keys) {
+                const float distance = (float)(split_first + j - pos);  // <= 0, for ALiBi
 #pragma unroll
                 for (int g = 0; g < DEC_MAX_HEADS; ++g) {
-                    if (g < heads) probs[g][j] = kiln_softcap(dot[g], softcap);
+                    if (g < heads) {
+                        probs[g][j] = kiln_softcap(dot[g], softcap) + slope[g] * distance;
+                    }
                 }
             }
         }
@@ -342,11 +351,11 @@ __device__ __forceinline__ void attention_decode_merge_impl(typename D::T* out,
         const int *block_tables, const int *query_start, const int *context_lens,            \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int q_stride,  \
         int sliding_window, float scale, float softcap, int heads_per_cta, int keys_per_split, \
-        const float *sinks
+        const float *sinks, const float *alibi
 #define DEC_ARGS                                                                             \
     partials, out, q, k_cache, v_cache, block_tables, query_start, context_lens, num_seqs,   \
         max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, softcap,             \
-        heads_per_cta, keys_per_split, sinks
+        heads_per_cta, keys_per_split, sinks, alibi
 
 #define KILN_ATTENTION_DECODE(S, D)                                                          \
     extern "C" __global__ void __launch_bounds__(DEC_THREADS)                                \

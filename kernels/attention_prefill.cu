@@ -20,6 +20,10 @@
 //   B 16x8:  b0 = (k 2t..2t+1, n g)  b1 = (k 2t+8..2t+9, n g)
 //   C 16x8:  c0, c1 = (g, 2t..2t+1)  c2, c3 = (g+8, 2t..2t+1)
 //
+// sinks and ALiBi slopes (f32 [hq], or null) as in attention.cu, both in the scores' base-2
+// units: the ALiBi term alibi[head] * (key - pos) * log2(e) joins each scaled (and capped)
+// score; masked keys stay -inf (padding rows sit at position -1 and mask every key).
+//
 // Not causal (causal == 0, the image models' attention: sliding_window must be 0): every
 // row of sequence s sees all context_lens[s] keys, as a token at the last position would.
 // An image batch entry's K/V [nk, heads, hd] is then a cache of one nk-token block.
@@ -55,7 +59,7 @@ __device__ __forceinline__ void attention_prefill_tiles(
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
     int hk, int q_stride, int sliding_window, float scale, float softcap, int causal,
-    const float* sinks) {
+    const float* sinks, const float* alibi) {
     constexpr int KSTEPS = (HD + 15) / 16;  // k16 steps of Q K^T over the head dim
     constexpr int DTILES = HD / 8;   // n8 tiles of O over the head dim
     constexpr int NTILES = PF_BK / 8;
@@ -128,6 +132,8 @@ __device__ __forceinline__ void attention_prefill_tiles(
     float l_lo = 0.0f;  // this lane's part of the running sum (the 4 lanes of a row add up)
     float l_hi = 0.0f;
     const float log2_scale = scale * 1.4426950408889634f;
+    // ALiBi's slope in base-2 units; 0 without it (the image models never pass one).
+    const float log2_slope = alibi != nullptr ? alibi[head] * 1.4426950408889634f : 0.0f;
 
     const int* table = block_tables + (long long)seq * max_blocks_per_seq;
     const long long kv_row = (long long)hk * HD;
@@ -183,7 +189,8 @@ __device__ __forceinline__ void attention_prefill_tiles(
                 const float scaled = softcap > 0.0f
                                          ? kiln_softcap(s[nt][i] * scale, softcap) * 1.4426950408889634f
                                          : s[nt][i] * log2_scale;
-                s[nt][i] = valid ? scaled : KILN_NEG_INF;
+                const float biased = scaled + log2_slope * (float)(key - pos);
+                s[nt][i] = valid ? biased : KILN_NEG_INF;
             }
             tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[nt][0], s[nt][1]));
             tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[nt][2], s[nt][3]));
@@ -272,13 +279,13 @@ __device__ __forceinline__ void attention_prefill_impl(
     const typename D::T* v_cache, const int* block_tables, const int* query_start,
     const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size, int hq,
     int hk, int q_stride, int sliding_window, float scale, float softcap, int causal,
-    const float* sinks) {
+    const float* sinks, const float* alibi) {
 #if __CUDA_ARCH__ >= 800 || defined(KILN_EMU_MMA)
     if constexpr (sizeof(typename D::T) == 2) {
         attention_prefill_tiles<D, HD>(out, q, k_cache, v_cache, block_tables, query_start,
                                        context_lens, num_seqs, max_blocks_per_seq, block_size,
                                        hq, hk, q_stride, sliding_window, scale, softcap, causal,
-                                       sinks);
+                                       sinks, alibi);
     } else {
         asm volatile("trap;");  // f32: the host launches attention_decode instead
     }
@@ -291,11 +298,12 @@ __device__ __forceinline__ void attention_prefill_impl(
     D::T *out, const D::T *q, const D::T *k_cache, const D::T *v_cache,                      \
         const int *block_tables, const int *query_start, const int *context_lens,            \
         int num_seqs, int max_blocks_per_seq, int block_size, int hq, int hk, int q_stride,  \
-        int sliding_window, float scale, float softcap, int causal, const float *sinks
+        int sliding_window, float scale, float softcap, int causal, const float *sinks,      \
+        const float *alibi
 #define PF_ARGS                                                                              \
     out, q, k_cache, v_cache, block_tables, query_start, context_lens, num_seqs,             \
         max_blocks_per_seq, block_size, hq, hk, q_stride, sliding_window, scale, softcap, causal, \
-        sinks
+        sinks, alibi
 
 // 40 and 160: Stable Diffusion 1.5's UNet attention (the LLM path uses 64 .. 256; 192 is
 // DeepSeek's decompressed latent attention).

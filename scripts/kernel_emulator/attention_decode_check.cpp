@@ -1,6 +1,7 @@
 // Runs kernels/attention_decode.cu (split-K kernel + merge) on the CPU through cuda_emu.h
 // and compares it with a double-precision paged causal attention, over decode and prefill
-// batches shaped like the GPU selftest's (src/backend/cuda/selftest/attention_scenarios.rs).
+// batches shaped like the GPU selftest's (src/backend/cuda/selftest/attention_scenarios.rs);
+// then the generic kernel (kernels/attention.cu) on the same cases.
 //
 //   attention_decode_check [quick|full]     exit status 1 if any case is off
 //   attention_decode_check gpu KERNELS.cubin [full]
@@ -9,6 +10,7 @@
 #include "cuda_emu.h"
 // clang-format off
 #include "common.cuh"
+#include "attention.cu"
 #include "attention_decode.cu"
 // clang-format on
 #include "cuda_emu_end.h"
@@ -39,6 +41,7 @@ struct Case {
     kiln_emu::Order order = kiln_emu::Order::Forward;
     float softcap = 0.0f;  // Gemma 2's score soft-cap; 0 = none
     bool sinks = false;    // gpt-oss's per-head attention sinks
+    bool alibi = false;    // ALiBi slopes
 };
 
 struct Plan {
@@ -68,8 +71,11 @@ Plan decode_plan(int tokens, int hq, int hk, int max_keys) {
 
 using DecodeKernel = void (*)(float*, void*, const void*, const void*, const void*, const int*,
                               const int*, const int*, int, int, int, int, int, int, int, float,
-                              float, int, int, const float*);
+                              float, int, int, const float*, const float*);
 using MergeKernel = void (*)(void*, const float*, int, int, int, const float*);
+using GenericKernel = void (*)(void*, const void*, const void*, const void*, const int*,
+                               const int*, const int*, int, int, int, int, int, int, int, int,
+                               float, float, const float*, const float*);
 
 DecodeKernel decode_kernel(DType d, int hd) {
     struct Entry {
@@ -114,10 +120,21 @@ MergeKernel merge_kernel(DType d) {
     }
 }
 
+GenericKernel generic_kernel(DType d) {
+    switch (d) {
+        case DType::F32:
+            return reinterpret_cast<GenericKernel>(attention_f32);
+        case DType::F16:
+            return reinterpret_cast<GenericKernel>(attention_f16);
+        default:
+            return reinterpret_cast<GenericKernel>(attention_bf16);
+    }
+}
+
 // Max abs error of the emulated kernels against the reference.
 double tolerance(DType d) { return d == DType::F32 ? 1e-4 : (d == DType::F16 ? 4e-3 : 2e-2); }
 
-enum class Mode { Emulate, GpuDecode, GpuGeneric };
+enum class Mode { Emulate, EmulateGeneric, GpuDecode, GpuGeneric };
 
 double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_gpu::Driver* gpu) {
     std::mt19937 rng(seed);
@@ -145,7 +162,17 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
     float scale_arg = scale;
     float softcap = c.softcap;
     const float* sinks = b.sinks.empty() ? nullptr : b.sinks.data();
-    if (mode == Mode::Emulate) {
+    const float* alibi = b.alibi.empty() ? nullptr : b.alibi.data();
+    if (mode == Mode::EmulateGeneric) {
+        const GenericKernel kernel = generic_kernel(c.dtype);
+        kiln_emu::launch({static_cast<unsigned>(b.tokens), static_cast<unsigned>(hq), 1},
+                         {128, 1, 1}, c.order, seed, [&] {
+                             kernel(out.data(), q.data(), k.data(), v.data(),
+                                    b.block_tables.data(), b.query_start.data(),
+                                    b.context_lens.data(), num_seqs, max_blocks, block_size, hq,
+                                    hk, hd, q_stride, window, scale, softcap, sinks, alibi);
+                         });
+    } else if (mode == Mode::Emulate) {
         const DecodeKernel kernel = decode_kernel(c.dtype, c.hd);
         kiln_emu::launch({static_cast<unsigned>(b.tokens), static_cast<unsigned>(hq / hpc),
                           static_cast<unsigned>(splits)},
@@ -153,7 +180,8 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
                              kernel(partials.data(), out.data(), q.data(), k.data(), v.data(),
                                     b.block_tables.data(), b.query_start.data(),
                                     b.context_lens.data(), num_seqs, max_blocks, block_size, hq,
-                                    hk, q_stride, window, scale, softcap, hpc, kps, sinks);
+                                    hk, q_stride, window, scale, softcap, hpc, kps, sinks,
+                                    alibi);
                          });
         if (splits > 1) {
             const MergeKernel merge = merge_kernel(c.dtype);
@@ -172,21 +200,22 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
         DevPtr d_tables = gpu->upload(b.block_tables.data(), b.block_tables.size() * 4);
         DevPtr d_starts = gpu->upload(b.query_start.data(), b.query_start.size() * 4);
         DevPtr d_lens = gpu->upload(b.context_lens.data(), b.context_lens.size() * 4);
-        // The kernels read a null pointer as "no sinks".
+        // The kernels read a null pointer as "no sinks" or "no ALiBi".
         DevPtr d_sinks = b.sinks.empty() ? 0 : gpu->upload(b.sinks.data(), b.sinks.size() * 4);
+        DevPtr d_alibi = b.alibi.empty() ? 0 : gpu->upload(b.alibi.data(), b.alibi.size() * 4);
         const std::string suffix = std::string("_") + dtype_name(c.dtype);
         if (mode == Mode::GpuGeneric) {
             void* f = gpu->function("attention" + suffix);
             gpu->launch(f, b.tokens, hq, 1, 128,
                         {&d_out, &d_q, &d_k, &d_v, &d_tables, &d_starts, &d_lens, &num_seqs,
                          &max_blocks, &block_size, &hq, &hk, &hd, &q_stride, &window,
-                         &scale_arg, &softcap, &d_sinks});
+                         &scale_arg, &softcap, &d_sinks, &d_alibi});
         } else {
             void* f = gpu->function("attention_decode_hd" + std::to_string(hd) + suffix);
             gpu->launch(f, b.tokens, hq / hpc, splits, 128,
                         {&d_part, &d_out, &d_q, &d_k, &d_v, &d_tables, &d_starts, &d_lens,
                          &num_seqs, &max_blocks, &block_size, &hq, &hk, &q_stride, &window,
-                         &scale_arg, &softcap, &hpc, &kps, &d_sinks});
+                         &scale_arg, &softcap, &hpc, &kps, &d_sinks, &d_alibi});
             if (splits > 1) {
                 void* m = gpu->function("attention_decode_merge" + suffix);
                 gpu->launch(m, b.tokens, hq, 1, 128,
@@ -197,7 +226,9 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
         for (DevPtr p : {d_q, d_k, d_v, d_out, d_part, d_tables, d_starts, d_lens}) {
             gpu->cuMemFree_v2(p);
         }
-        if (d_sinks != 0) gpu->cuMemFree_v2(d_sinks);
+        for (DevPtr p : {d_sinks, d_alibi}) {
+            if (p != 0) gpu->cuMemFree_v2(p);
+        }
     }
     const std::vector<double> expected = reference(c, b, scale);
     double worst = 0.0;
@@ -263,6 +294,28 @@ std::vector<Case> cases(bool full) {
     Case sunkw{"sinks window 37 f16", {{100, 1}, {20, 1}, {64, 3}}, 64, 8, 64, 37, DType::F16, 2, 32};
     sunkw.sinks = true;
     add(sunkw);
+    // ALiBi slopes (one per head: the slope of the wrong head, or the key's distance
+    // taken from the split instead of the token, shows): unsplit, split (each split's
+    // partial max carries the term into the merge), with sinks and a cap beside them, in a
+    // window, a chunk of 3 and a prefill through this kernel.
+    Case sloped1{"alibi 1 split", {{1, 1}, {40, 1}, {100, 1}}, 32, 8, 128, 0, DType::F32, 1, 512};
+    sloped1.alibi = true;
+    add(sloped1);
+    Case sloped5{"alibi 5x64 bf16", {{7, 1}, {150, 1}, {300, 1}}, 32, 8, 128, 0, DType::BF16, 5, 64, O::Random};
+    sloped5.alibi = true;
+    add(sloped5);
+    Case sloped_sunk{"alibi sinks softcap 4x64 f16", {{3, 1}, {90, 1}, {250, 1}}, 16, 2, 64, 0, DType::F16, 4, 64, O::Forward, 1.5f, true};
+    sloped_sunk.alibi = true;
+    add(sloped_sunk);
+    Case slopedw{"alibi window 37 f32", {{100, 1}, {20, 1}, {64, 3}}, 64, 8, 64, 37, DType::F32, 2, 32};
+    slopedw.alibi = true;
+    add(slopedw);
+    Case sloped_prefill{"alibi prefill 24 tokens", {{24, 24}}, 32, 8, 128, 0, DType::F16};
+    sloped_prefill.alibi = true;
+    add(sloped_prefill);
+    Case sloped_long{"alibi decode x2 2 splits x 512", {{1000, 1}, {512, 1}}, 8, 2, 64, 0, DType::F32, 2, 512};
+    sloped_long.alibi = true;
+    add(sloped_long);
     // Splits of the most keys a CTA takes (512): every softmax slot of every lane in use,
     // and a last split only partly filled (1000 = 512 + 488).
     add({"decode x2 2 splits x 512", {{1000, 1}, {512, 1}}, 8, 2, 64, 0, DType::F32, 2, 512});
@@ -273,6 +326,9 @@ std::vector<Case> cases(bool full) {
         add({"decode x8 (plan)", {{1, 1}, {700, 1}, {1999, 1}, {40, 1}, {1200, 1}, {333, 1}, {901, 1}, {2000, 1}}, 32, 8, 128});
         add({"prefill 128 tok, one split", {{128, 128}}, 32, 8, 128});
         add({"decode x8 bf16 (plan)", {{1, 1}, {700, 1}, {1999, 1}, {40, 1}, {1200, 1}, {333, 1}, {901, 1}, {2000, 1}}, 32, 8, 128, 0, DType::BF16});
+        Case sloped_plan{"alibi decode x1 ctx 4097 (plan)", {{4097, 1}}, 32, 8, 128};
+        sloped_plan.alibi = true;
+        add(sloped_plan);
     }
     return v;
 }
@@ -297,13 +353,14 @@ int main(int argc, char** argv) {
         }
         gpu = std::make_unique<kiln_gpu::Driver>(read_file(args[1].c_str()));
     }
-    std::vector<Mode> modes = {Mode::Emulate};
+    std::vector<Mode> modes = {Mode::Emulate, Mode::EmulateGeneric};
     if (on_gpu) modes = {Mode::GpuGeneric, Mode::GpuDecode};
     int failures = 0;
     for (Mode mode : modes) {
-        const char* what = mode == Mode::Emulate ? "emulated split-K"
-                           : mode == Mode::GpuDecode ? "GPU split-K"
-                                                     : "GPU generic kernel (control)";
+        const char* what = mode == Mode::Emulate          ? "emulated split-K"
+                           : mode == Mode::EmulateGeneric ? "emulated generic kernel"
+                           : mode == Mode::GpuDecode      ? "GPU split-K"
+                                                          : "GPU generic kernel (control)";
         std::printf("== %s\n", what);
         unsigned seed = 1;
         for (const Case& c : cases(full)) {
@@ -318,9 +375,15 @@ int main(int argc, char** argv) {
             }
             const bool ok = err <= tolerance(c.dtype);
             failures += ok ? 0 : 1;
-            std::printf("%s  %-36s %-4s  %d heads/CTA, %d x %d keys  max abs err %.3g\n",
-                        ok ? "ok  " : "FAIL", c.name.c_str(), dtype_name(c.dtype),
-                        plan.heads_per_cta, plan.num_splits, plan.keys_per_split, err);
+            char shape[64];
+            if (mode == Mode::Emulate || mode == Mode::GpuDecode) {
+                std::snprintf(shape, sizeof shape, "%d heads/CTA, %d x %d keys",
+                              plan.heads_per_cta, plan.num_splits, plan.keys_per_split);
+            } else {
+                std::snprintf(shape, sizeof shape, "a CTA per (token, head)");
+            }
+            std::printf("%s  %-36s %-4s  %-26s max abs err %.3g\n", ok ? "ok  " : "FAIL",
+                        c.name.c_str(), dtype_name(c.dtype), shape, err);
             std::fflush(stdout);
         }
     }

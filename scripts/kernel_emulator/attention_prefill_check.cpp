@@ -5,7 +5,10 @@
 // position > 0), GQA, sliding windows, shuffled block tables, f16 and bf16. Then the
 // image models' attention through the same kernel (src/backend/cuda/image_attention.rs):
 // q [b, nq, heads * d], k/v [b, nk, heads * d] as a cache of one nk-token block per batch
-// entry, without the causal mask (self- and cross-attention) and with it (CLIP).
+// entry, without the causal mask (self- and cross-attention) and with it (CLIP). Mixed
+// serving steps run as ops_attention.rs splits them: the leading decode rows on the split-K
+// kernel (kernels/attention_decode.cu), the prefill chunks on the tiles, over views of the
+// same metadata.
 //
 //   attention_prefill_check        exit status 1 if any case is off
 //
@@ -17,6 +20,7 @@
 // clang-format off
 #include "common.cuh"
 #include "attention_prefill.cu"
+#include "attention_decode.cu"
 // clang-format on
 #include "cuda_emu_end.h"
 #include "attention_reference.h"
@@ -36,11 +40,17 @@ struct Case {
     kiln_emu::Order order = kiln_emu::Order::Forward;
     float softcap = 0.0f;  // Gemma 2's score soft-cap; 0 = none
     bool sinks = false;    // gpt-oss's per-head attention sinks
+    bool alibi = false;    // ALiBi slopes
+    int decode_prefix = 0;  // > 0: that many leading one-token sequences run on split-K
 };
 
 using PrefillKernel = void (*)(void*, const void*, const void*, const void*, const int*,
                                const int*, const int*, int, int, int, int, int, int, int, float,
-                               float, int, const float*);
+                               float, int, const float*, const float*);
+using DecodeKernel = void (*)(float*, void*, const void*, const void*, const void*, const int*,
+                              const int*, const int*, int, int, int, int, int, int, int, float,
+                              float, int, int, const float*, const float*);
+using MergeKernel = void (*)(void*, const float*, int, int, int, const float*);
 
 PrefillKernel prefill_kernel(DType d, int hd) {
     struct Entry {
@@ -60,6 +70,25 @@ PrefillKernel prefill_kernel(DType d, int hd) {
         if (e.hd == hd) return d == DType::F16 ? e.f16 : e.bf16;
     }
     kiln_emu::fail("no prefill kernel for head dim " + std::to_string(hd));
+}
+
+DecodeKernel decode_kernel(DType d, int hd) {
+    struct Entry {
+        int hd;
+        DecodeKernel f16, bf16;
+    };
+#define KILN_DEC_ENTRY(HD)                                                 \
+    Entry {                                                                \
+        HD, reinterpret_cast<DecodeKernel>(attention_decode_hd##HD##_f16), \
+            reinterpret_cast<DecodeKernel>(attention_decode_hd##HD##_bf16) \
+    }
+    const Entry table[] = {KILN_DEC_ENTRY(64),  KILN_DEC_ENTRY(80),  KILN_DEC_ENTRY(96),
+                           KILN_DEC_ENTRY(128), KILN_DEC_ENTRY(192), KILN_DEC_ENTRY(256)};
+#undef KILN_DEC_ENTRY
+    for (const Entry& e : table) {
+        if (e.hd == hd) return d == DType::F16 ? e.f16 : e.bf16;
+    }
+    kiln_emu::fail("no decode kernel for head dim " + std::to_string(hd));
 }
 
 // The dtype's unit roundoff: half an ulp relative to the value.
@@ -90,20 +119,73 @@ kiln_emu::Dim3 prefill_grid(int tokens, int num_seqs, int hq) {
     return {static_cast<unsigned>((tokens + 63) / 64 + num_seqs), static_cast<unsigned>(hq), 1};
 }
 
+// A paged batch on the device: the inputs and the output every kernel of a case shares.
+struct PagedBuffers {
+    Buffer q, k, v, out;
+};
+
+const float* or_null(const std::vector<float>& terms) {
+    return terms.empty() ? nullptr : terms.data();
+}
+
+// The decode rows of a mixed batch (its first `rows` sequences, one token each) on the
+// split-K kernel, as ops_attention.rs hands them over: the whole metadata, a grid of just
+// those rows, splits of 64 keys over the block table's capacity (several, some empty, so
+// the merge runs), the heads of a GQA group per CTA as attention_plan.rs packs them.
+void run_decode_rows(const Case& c, const Batch& b, int rows, float scale, PagedBuffers& d,
+                     unsigned seed) {
+    const int group = c.hq / c.hk;
+    int hpc = 1;
+    for (int n = std::min(8, group); n >= 1; --n) {
+        if (group % n == 0) {
+            hpc = n;
+            break;
+        }
+    }
+    const int keys = 64;
+    const int splits = (b.max_blocks * b.block_size + keys - 1) / keys;
+    std::vector<float> partials(static_cast<size_t>(rows) * c.hq * splits * (c.hd + 2),
+                                std::nanf(""));
+    const DecodeKernel kernel = decode_kernel(c.dtype, c.hd);
+    const kiln_emu::Dim3 grid{static_cast<unsigned>(rows), static_cast<unsigned>(c.hq / hpc),
+                              static_cast<unsigned>(splits)};
+    kiln_emu::launch(grid, {128, 1, 1}, c.order, seed, [&] {
+        kernel(partials.data(), d.out.data(), d.q.data(), d.k.data(), d.v.data(),
+               b.block_tables.data(), b.query_start.data(), b.context_lens.data(), rows,
+               b.max_blocks, b.block_size, c.hq, c.hk, c.hq * c.hd, c.window, scale, c.softcap,
+               hpc, keys, or_null(b.sinks), or_null(b.alibi));
+    });
+    if (splits > 1) {
+        const MergeKernel merge = reinterpret_cast<MergeKernel>(
+            c.dtype == DType::F16 ? attention_decode_merge_f16 : attention_decode_merge_bf16);
+        kiln_emu::launch({static_cast<unsigned>(rows), static_cast<unsigned>(c.hq), 1},
+                         {128, 1, 1}, c.order, seed, [&] {
+                             merge(d.out.data(), partials.data(), c.hq, c.hd, splits,
+                                   or_null(b.sinks));
+                         });
+    }
+}
+
 Result run_paged(const Case& c, unsigned seed) {
     std::mt19937 rng(seed);
     const Batch b = kiln_attention_ref::make_batch(c, rng);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
-    Buffer q(c.dtype, b.q), k(c.dtype, b.k_cache), v(c.dtype, b.v_cache);
-    Buffer out = Buffer::unwritten(c.dtype, b.q.size());
-    const int num_seqs = static_cast<int>(c.seqs.size());
+    PagedBuffers d{Buffer(c.dtype, b.q), Buffer(c.dtype, b.k_cache), Buffer(c.dtype, b.v_cache),
+                   Buffer::unwritten(c.dtype, b.q.size())};
+    // Sequences (and tokens: one each) before `first` ran on split-K; the tiles take the
+    // rest through views that start there, token indices staying absolute.
+    const int first = c.decode_prefix;
+    if (first > 0) run_decode_rows(c, b, first, scale, d, seed);
+    const int num_seqs = static_cast<int>(c.seqs.size()) - first;
     const PrefillKernel kernel = prefill_kernel(c.dtype, c.hd);
-    kiln_emu::launch(prefill_grid(b.tokens, num_seqs, c.hq), {128, 1, 1}, c.order, seed, [&] {
-        kernel(out.data(), q.data(), k.data(), v.data(), b.block_tables.data(),
-               b.query_start.data(), b.context_lens.data(), num_seqs, b.max_blocks,
-               b.block_size, c.hq, c.hk, c.hq * c.hd, c.window, scale, c.softcap, 1,
-               b.sinks.empty() ? nullptr : b.sinks.data());
+    const kiln_emu::Dim3 grid = prefill_grid(b.tokens - first, num_seqs, c.hq);
+    kiln_emu::launch(grid, {128, 1, 1}, c.order, seed, [&] {
+        kernel(d.out.data(), d.q.data(), d.k.data(), d.v.data(),
+               b.block_tables.data() + first * b.max_blocks, b.query_start.data() + first,
+               b.context_lens.data() + first, num_seqs, b.max_blocks, b.block_size, c.hq, c.hk,
+               c.hq * c.hd, c.window, scale, c.softcap, 1, or_null(b.sinks), or_null(b.alibi));
     });
+    const Buffer& out = d.out;
     std::vector<double> magnitude;
     const std::vector<double> want = kiln_attention_ref::reference(c, b, scale, &magnitude);
     return compare(out, want, magnitude, c.dtype);
@@ -136,7 +218,8 @@ Result run_image(const ImageCase& c, unsigned seed) {
                      kiln_emu::Order::Random, seed, [&] {
                          kernel(out.data(), q.data(), k.data(), v.data(), tables.data(),
                                 starts.data(), lens.data(), c.batch, 1, c.nk, c.heads,
-                                c.heads, width, 0, scale, 0.0f, c.causal ? 1 : 0, nullptr);
+                                c.heads, width, 0, scale, 0.0f, c.causal ? 1 : 0, nullptr,
+                                nullptr);
                      });
     std::vector<double> want(qv.size()), magnitude(qv.size());
     for (int e = 0; e < c.batch; ++e) {
@@ -200,6 +283,17 @@ std::vector<Case> cases() {
     // gpt-oss's attention sinks (base-2 units inside the kernel), chunked, with its window.
     v.push_back({"sinks chunked gqa 8/1 hd64", {{130, 70}, {40, 40}}, 8, 1, 64, 0, DType::BF16, O::Forward, 0.0f, true});
     v.push_back({"sinks window 45 gqa 8/2 hd64", {{120, 66}, {20, 20}}, 8, 2, 64, 45, DType::F16, O::Random, 0.0f, true});
+    // ALiBi (base-2 units inside the kernel, relative to each row's own position): chunked
+    // with cached prefixes, prompts past one 64-row tile, a window, beside a cap and sinks.
+    v.push_back({"alibi chunked x3 gqa 32/8 hd128", {{200, 70}, {100, 100}, {37, 5}}, 32, 8, 128, 0, DType::BF16, O::Forward, 0.0f, false, true});
+    v.push_back({"alibi mha 4/4 hd64", {{150, 90}, {60, 13}}, 4, 4, 64, 0, DType::F16, O::Reverse, 0.0f, false, true});
+    v.push_back({"alibi window 45 gqa 8/2 hd64", {{120, 66}, {20, 20}}, 8, 2, 64, 45, DType::F16, O::Random, 0.0f, false, true});
+    v.push_back({"alibi softcap 1.5 sinks gqa 4/1 hd128", {{130, 70}, {40, 40}}, 4, 1, 128, 0, DType::BF16, O::Forward, 1.5f, true, true});
+    // Serving steps: decode rows first (split-K), then prefill chunks (tiles).
+    const std::vector<std::pair<int, int>> mixed = {{7, 1}, {300, 1}, {150, 1}, {130, 70}, {40, 40}};
+    v.push_back({"mixed decode x3 + prefill hd128", mixed, 32, 8, 128, 0, DType::BF16, O::Forward, 0.0f, false, false, 3});
+    v.push_back({"alibi mixed decode x3 + prefill hd128", mixed, 32, 8, 128, 0, DType::F16, O::Random, 0.0f, false, true, 3});
+    v.push_back({"alibi mixed window 37 gqa 8/1 hd64", {{100, 1}, {20, 1}, {190, 130}, {17, 17}}, 8, 1, 64, 37, DType::BF16, O::Forward, 0.0f, false, true, 2});
     return v;
 }
 

@@ -4,7 +4,8 @@
 //
 // A case type C has the fields `seqs` ((context after this step, new tokens) per
 // sequence), `hq`, `hk`, `hd`, `window` (0 = none), `softcap` (0 = none), `sinks` (false:
-// none; true: gpt-oss's per-head sink logits, drawn into the batch) and `dtype`.
+// none; true: gpt-oss's per-head sink logits, drawn into the batch), `alibi` (false: none;
+// true: the standard ALiBi slopes, put into the batch) and `dtype`.
 #pragma once
 
 #include "emu_tensor.h"
@@ -24,7 +25,17 @@ struct Batch {
     std::vector<int> block_tables, query_start, context_lens;
     std::vector<float> q, k_cache, v_cache;  // already rounded to the dtype
     std::vector<float> sinks;                // [hq] f32, or empty: no sinks
+    std::vector<float> alibi;                // [hq] f32, or empty: no ALiBi
 };
+
+// The standard ALiBi slopes of hq heads, 2^(-8 (h + 1) / hq): from nearly 1 (a head that
+// sees the last few keys) to 1/256 (one that sees hundreds). Not drawn from the generator,
+// so a case with them keeps the values of the same case without.
+inline std::vector<float> alibi_slopes(int hq) {
+    std::vector<float> slopes(hq);
+    for (int h = 0; h < hq; ++h) slopes[h] = std::exp2(-8.0f * (h + 1) / hq);
+    return slopes;
+}
 
 using kiln_emu_tensor::random_values;
 
@@ -59,6 +70,7 @@ Batch make_batch(const C& c, std::mt19937& rng) {
     b.q = random_values(static_cast<size_t>(b.tokens) * c.hq * c.hd, 2.0f, c.dtype, rng);
     // Sinks of the scores' own size, so each takes a real share of its softmax.
     if (c.sinks) b.sinks = random_values(c.hq, 3.0f, DType::F32, rng);
+    if (c.alibi) b.alibi = alibi_slopes(c.hq);
     return b;
 }
 
@@ -66,15 +78,19 @@ Batch make_batch(const C& c, std::mt19937& rng) {
 // q k^T) v to `out` (each scaled score s soft-capped to softcap tanh(s / softcap) first when
 // softcap > 0: Gemma 2) and, if `magnitude` is given, sum_i p_i |v_i| (what a relative error
 // in the probabilities scales with) to it. A `sink` (gpt-oss) is one more logit in the
-// softmax, whose value is dropped.
+// softmax, whose value is dropped. An ALiBi `slope` takes the keys for the query's last
+// positions in order, the last its own: key j of n gains slope * (j + 1 - n) after the cap.
 inline void attend(const float* q, double scale, const std::vector<const float*>& k,
                    const std::vector<const float*>& v, int hd, double* out,
-                   double* magnitude, double softcap = 0.0, const float* sink = nullptr) {
-    std::vector<double> scores(k.size());
-    for (size_t j = 0; j < k.size(); ++j) {
+                   double* magnitude, double softcap = 0.0, const float* sink = nullptr,
+                   double slope = 0.0) {
+    const size_t n = k.size();
+    std::vector<double> scores(n);
+    for (size_t j = 0; j < n; ++j) {
         double dot = 0.0;
         for (int d = 0; d < hd; ++d) dot += static_cast<double>(q[d]) * scale * k[j][d];
-        scores[j] = softcap > 0.0 ? softcap * std::tanh(dot / softcap) : dot;
+        const double capped = softcap > 0.0 ? softcap * std::tanh(dot / softcap) : dot;
+        scores[j] = capped + slope * (static_cast<double>(j) + 1.0 - static_cast<double>(n));
     }
     double m = *std::max_element(scores.begin(), scores.end());
     if (sink != nullptr) m = std::max(m, static_cast<double>(*sink));
@@ -93,7 +109,8 @@ inline void attend(const float* q, double scale, const std::vector<const float*>
     }
 }
 
-// Paged causal attention of every token of `b` (with the sliding window), [tokens, hq, hd].
+// Paged causal attention of every token of `b` (with the sliding window and the batch's
+// per-head terms), [tokens, hq, hd].
 template <typename C>
 std::vector<double> reference(const C& c, const Batch& b, float scale,
                               std::vector<double>* magnitude = nullptr) {
@@ -119,7 +136,8 @@ std::vector<double> reference(const C& c, const Batch& b, float scale,
             const size_t at = (static_cast<size_t>(token) * hq + head) * hd;
             attend(&b.q[at], scale, k, v, hd, &out[at],
                    magnitude != nullptr ? &(*magnitude)[at] : nullptr, c.softcap,
-                   b.sinks.empty() ? nullptr : &b.sinks[head]);
+                   b.sinks.empty() ? nullptr : &b.sinks[head],
+                   b.alibi.empty() ? 0.0 : b.alibi[head]);
         }
     }
     return out;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/moe.cu, kernels/sampling_draw.cu, then kernels/attention_decode.cu, on the CPU through cuda_emu.h and compares it with a
+# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/moe.cu, kernels/sampling_draw.cu, then kernels/attention_decode.cu and attention.cu, on the CPU through cuda_emu.h and compares it with a
 # double-precision reference (about 15 s; `full` adds the selftest's failing shapes, a few
 # minutes). Needs only g++ (C++20).
 #
@@ -33,7 +33,7 @@ g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/sampling_draw_check" sampling_draw_check.cpp
 "$BUILD/sampling_draw_check"
 # The tensor-core prefill (kernels/attention_prefill.cu, mma.sync modelled), LLM and
-# image shapes: ~30 s.
+# image shapes, and mixed steps with the split-K decode: ~1 min.
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/attention_prefill_check" attention_prefill_check.cpp
 "$BUILD/attention_prefill_check"

@@ -65,15 +65,22 @@ pub fn compiled_arch(target: CompileTarget) -> u32 {
     }
 }
 
-/// The null pointer the kernels read as "no attention sinks".
-const NO_SINKS: u64 = 0;
+/// The null pointer the kernels read as "no such per-head term" (no sinks, no ALiBi).
+const NO_TERM: u64 = 0;
 
-/// Pushes the call's attention sinks (a device pointer, or null).
-fn push_sinks<'a>(args: &mut LaunchArgs<'a>, c: &'a AttentionCall<'a>) {
-    match c.meta.sinks {
-        Some(sinks) => args.arg(sinks.data()),
-        None => args.arg(&NO_SINKS),
+/// Pushes one per-head term: its device pointer, or null.
+fn push_term<'a>(args: &mut LaunchArgs<'a>, term: Option<&'a CudaTensor>) {
+    match term {
+        Some(t) => args.arg(t.data()),
+        None => args.arg(&NO_TERM),
     };
+}
+
+/// Pushes `sinks, alibi`, the last two arguments of the three attention kernels (the
+/// merge takes the sinks alone: ALiBi is in the partial scores already).
+fn push_head_terms<'a>(args: &mut LaunchArgs<'a>, c: &'a AttentionCall<'a>) {
+    push_term(args, c.meta.sinks);
+    push_term(args, c.meta.alibi);
 }
 
 /// Pushes `q, k_cache, v_cache, block_tables, query_start, context_lens` in kernel order.
@@ -123,7 +130,7 @@ impl CudaDevice {
             .arg(&n.window)
             .arg(&c.scale)
             .arg(&c.softcap);
-        push_sinks(&mut args, c);
+        push_head_terms(&mut args, c);
         let cfg = launch::attention(c.tokens, n.hq as usize)?;
         // SAFETY: matches kernels/attention.cu; shapes checked by the caller.
         unsafe { args.launch(cfg) }.context("attention launch")?;
@@ -165,7 +172,7 @@ impl CudaDevice {
             .arg(&c.scale)
             .arg(&c.softcap)
             .arg(&causal);
-        push_sinks(&mut args, c);
+        push_head_terms(&mut args, c);
         let cfg = attention_plan::prefill_launch(c.tokens, n.num_seqs as usize, n.hq as usize)?;
         // SAFETY: matches kernels/attention_prefill.cu; the path is only chosen for 16-bit
         // dtypes on sm_80+ with a head dim it is instantiated for and aligned caches.
@@ -208,7 +215,7 @@ impl CudaDevice {
             .arg(&c.softcap)
             .arg(&heads_per_cta)
             .arg(&keys_per_split);
-        push_sinks(&mut args, c);
+        push_head_terms(&mut args, c);
         // SAFETY: matches kernels/attention_decode.cu; the scratch holds
         // `scratch_floats` f32 values, the layout both kernels index.
         unsafe { args.launch(plan.launch(c.tokens, hq)?) }.context("attention decode launch")?;
@@ -222,7 +229,7 @@ impl CudaDevice {
                 .arg(&n.hq)
                 .arg(&n.hd)
                 .arg(&splits);
-            push_sinks(&mut args, c);
+            push_term(&mut args, c.meta.sinks);
             // SAFETY: matches attention_decode_merge in kernels/attention_decode.cu; same
             // grid x (tokens) and split count as the kernel that filled the scratch.
             unsafe { args.launch(cfg) }.context("attention merge launch")?;

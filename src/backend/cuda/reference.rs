@@ -174,6 +174,9 @@ pub struct AttentionShape<'a> {
     pub softcap: Option<f32>,
     /// gpt-oss's per-head sink logits (`[q_heads]`), as the CPU backend applies them.
     pub sinks: Option<&'a [f32]>,
+    /// ALiBi slopes (`[q_heads]`): head h's score for the key at position p from the query
+    /// at position i gains `alibi[h] * (p - i)`, after the scale and the cap.
+    pub alibi: Option<&'a [f32]>,
 }
 
 /// Paged causal attention with the layout of kernels/attention.cu (same arguments as the
@@ -198,6 +201,7 @@ pub fn attention(
         sliding_window,
         softcap,
         sinks,
+        alibi,
     } = shape;
     let num_tokens = q.len() / (hq * hd);
     let mut out = vec![0.0f32; q.len()];
@@ -218,25 +222,29 @@ pub fn attention(
             for head in 0..hq {
                 let kv_head = head / (hq / hk);
                 let q_vec = &q[(token * hq + head) * hd..(token * hq + head + 1) * hd];
-                let offsets: Vec<usize> = (first..=last.max(-1))
-                    .filter(|&p| p >= 0)
-                    .map(|p| {
+                let positions: Vec<i64> = (first..=last.max(-1)).filter(|&p| p >= 0).collect();
+                let offsets: Vec<usize> = positions
+                    .iter()
+                    .map(|&p| {
                         let p = p as usize;
                         let block = table[p / block_size] as usize;
                         ((block * block_size + p % block_size) * hk + kv_head) * hd
                     })
                     .collect();
+                let slope = alibi.map_or(0.0, |a| a[head]);
                 let scores: Vec<f32> = offsets
                     .iter()
-                    .map(|&o| {
-                        q_vec
+                    .zip(&positions)
+                    .map(|(&o, &p)| {
+                        let dot = q_vec
                             .iter()
                             .zip(&k_cache[o..o + hd])
                             .map(|(a, b)| a * b)
-                            .sum::<f32>()
-                            * scale
+                            .sum::<f32>();
+                        let capped = crate::backend::cpu::attention::softcap(dot * scale, softcap);
+                        // ALiBi: the further back the key, the lower its score.
+                        capped + slope * (p - last) as f32
                     })
-                    .map(|s| crate::backend::cpu::attention::softcap(s, softcap))
                     .collect();
                 // A sink is one more logit in the softmax, whose value is dropped.
                 let probs = match sinks {
@@ -405,6 +413,7 @@ mod tests {
             sliding_window: None,
             softcap: None,
             sinks: None,
+            alibi: None,
         };
         let k_cache = [0.0, 0.0];
         let v_cache = [20.0, 10.0];
@@ -434,6 +443,7 @@ mod tests {
             sliding_window: None,
             softcap: None,
             sinks: None,
+            alibi: None,
         };
         let k_cache = [0.0, 1.0];
         let v_cache = [1.0, 3.0];
@@ -464,6 +474,7 @@ mod tests {
             sliding_window: Some(2),
             softcap: None,
             sinks: None,
+            alibi: None,
         };
         let k_cache = [0.0; 4];
         let v_cache = [3.0, 4.0, 1.0, 2.0]; // block 0 holds positions 2, 3
@@ -478,6 +489,35 @@ mod tests {
             1.0,
         );
         assert!(close(&out, &[1.0, 1.5, 2.5, 3.5]), "{out:?}");
+    }
+
+    #[test]
+    fn attention_alibi_favours_the_nearer_keys() {
+        // Decode at position 1 over equal scores (k = 0), values 0 and 1: the slope ln 3
+        // lowers position 0's score by ln 3, so the weights are 1/4 and 3/4.
+        let slopes = [3f32.ln()];
+        let shape = AttentionShape {
+            q_heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+            block_size: 2,
+            max_blocks_per_seq: 1,
+            sliding_window: None,
+            softcap: None,
+            sinks: None,
+            alibi: Some(&slopes),
+        };
+        let out = attention(
+            &[1.0],
+            &[0.0, 0.0],
+            &[0.0, 1.0],
+            &[0],
+            &[0, 1],
+            &[2],
+            shape,
+            1.0,
+        );
+        assert!(close(&out, &[0.75]), "{out:?}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The CUDA kernels are checked against [`super::reference`] on the GPU; this checks that
 //! reference against the CPU backend (what the models are verified with), so the three agree.
-//! Paged attention with GQA, a chunked prefill beside a decode, shuffled blocks, and
-//! sliding windows shorter than the context.
+//! Paged attention with GQA, a chunked prefill beside a decode, shuffled blocks, sliding
+//! windows shorter than the context, soft-capped scores and the per-head terms (sinks,
+//! ALiBi slopes).
 
 use super::reference::{self, AttentionShape as RefShape};
 use crate::backend::cpu::CpuBackend;
@@ -51,7 +52,28 @@ fn layout() -> BatchLayout {
     }
 }
 
-fn compare(window: Option<usize>, softcap: Option<f32>, with_sinks: bool) {
+/// What one comparison adds to plain causal attention.
+#[derive(Debug, Default, Clone, Copy)]
+struct Variant {
+    window: Option<usize>,
+    softcap: Option<f32>,
+    sinks: bool,
+    alibi: bool,
+}
+
+/// ALiBi slopes halving from head to head (0.5, 0.25, ...), large enough that a key a few
+/// positions back loses most of its weight in the first heads.
+fn alibi_slopes() -> Vec<f32> {
+    (1..=HQ as i32).map(|h| 0.5f32.powi(h)).collect()
+}
+
+fn compare(variant: Variant) {
+    let Variant {
+        window,
+        softcap,
+        sinks: with_sinks,
+        alibi: with_alibi,
+    } = variant;
     let batch = layout();
     let num_blocks = 7;
     let cpu = CpuBackend::new();
@@ -80,9 +102,9 @@ fn compare(window: Option<usize>, softcap: Option<f32>, with_sinks: bool) {
     let q_t = Tensor::from_vec(q.clone(), (n, HQ * HD), &Device::Cpu).unwrap();
     let meta = cpu.prepare_batch(&batch).unwrap();
     let sinks = with_sinks.then(|| values(HQ, 4).iter().map(|v| v * 3.0).collect::<Vec<_>>());
-    let sinks_t = sinks
-        .as_ref()
-        .map(|s| Tensor::from_vec(s.clone(), HQ, &Device::Cpu).unwrap());
+    let alibi = with_alibi.then(alibi_slopes);
+    let on_cpu = |v: &Vec<f32>| Tensor::from_vec(v.clone(), HQ, &Device::Cpu).unwrap();
+    let (sinks_t, alibi_t) = (sinks.as_ref().map(on_cpu), alibi.as_ref().map(on_cpu));
     let out = cpu
         .attention(
             &q_t,
@@ -92,7 +114,7 @@ fn compare(window: Option<usize>, softcap: Option<f32>, with_sinks: bool) {
             &shape,
             HeadTerms {
                 sinks: sinks_t.as_ref(),
-                alibi: None,
+                alibi: alibi_t.as_ref(),
             },
         )
         .unwrap();
@@ -121,6 +143,7 @@ fn compare(window: Option<usize>, softcap: Option<f32>, with_sinks: bool) {
             sliding_window: window,
             softcap,
             sinks: sinks.as_deref(),
+            alibi: alibi.as_deref(),
         },
         1.0 / (HD as f32).sqrt(),
     );
@@ -130,34 +153,94 @@ fn compare(window: Option<usize>, softcap: Option<f32>, with_sinks: bool) {
         .zip(&ref_out)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(
-        err < 1e-5,
-        "window {window:?}, softcap {softcap:?}, sinks {with_sinks}: max abs error {err}"
-    );
+    assert!(err < 1e-5, "{variant:?}: max abs error {err}");
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_without_a_window() {
-    compare(None, None, false);
+    compare(Variant::default());
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_with_attention_sinks() {
-    compare(None, None, true);
-    compare(Some(3), None, true);
+    for window in [None, Some(3)] {
+        compare(Variant {
+            window,
+            sinks: true,
+            ..Variant::default()
+        });
+    }
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_with_soft_capped_scores() {
     for (window, cap) in [(None, 0.5), (Some(3), 2.0), (None, 50.0)] {
-        compare(window, Some(cap), false);
+        compare(Variant {
+            window,
+            softcap: Some(cap),
+            ..Variant::default()
+        });
     }
 }
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_with_windows_shorter_than_the_context() {
     for w in [1, 3, 6, 9] {
-        compare(Some(w), None, false);
+        compare(Variant {
+            window: Some(w),
+            ..Variant::default()
+        });
+    }
+}
+
+#[test]
+fn reference_attention_matches_the_cpu_backend_with_alibi() {
+    compare(Variant {
+        alibi: true,
+        ..Variant::default()
+    });
+    // With the other terms: the slope joins after the cap, beside the sink.
+    compare(Variant {
+        softcap: Some(2.0),
+        sinks: true,
+        alibi: true,
+        ..Variant::default()
+    });
+}
+
+#[test]
+fn reference_attention_matches_the_cpu_backend_with_alibi_in_a_window() {
+    for w in [1, 3, 6] {
+        compare(Variant {
+            window: Some(w),
+            alibi: true,
+            ..Variant::default()
+        });
+    }
+}
+
+#[test]
+fn alibi_slopes_change_the_result() {
+    // Sanity of the test itself: the slopes move every head's output (keys are 4 back).
+    let q = values(HQ * HD, 9);
+    let k = values(5 * HD, 10);
+    let v = values(5 * HD, 11);
+    let slopes = alibi_slopes();
+    let shape = |alibi| RefShape {
+        q_heads: HQ,
+        kv_heads: 1,
+        head_dim: HD,
+        block_size: 8,
+        max_blocks_per_seq: 1,
+        sliding_window: None,
+        softcap: None,
+        sinks: None,
+        alibi,
+    };
+    let plain = reference::attention(&q, &k, &v, &[0], &[0, 1], &[5], shape(None), 1.0);
+    let biased = reference::attention(&q, &k, &v, &[0], &[0, 1], &[5], shape(Some(&slopes)), 1.0);
+    for (head, (a, b)) in plain.chunks(HD).zip(biased.chunks(HD)).enumerate() {
+        assert_ne!(a, b, "head {head}");
     }
 }
 
@@ -176,6 +259,7 @@ fn a_window_changes_the_result_once_the_context_exceeds_it() {
         sliding_window: w,
         softcap: None,
         sinks: None,
+        alibi: None,
     };
     let full = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(None), 1.0);
     let windowed = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(Some(3)), 1.0);

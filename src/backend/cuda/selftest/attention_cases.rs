@@ -101,10 +101,10 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
     );
     // Sinks around the scores' own range, so they take a real share of each softmax.
     let sinks_host = sc.sinks.then(|| s.random(hq, 3.0, DType::F32));
-    let sinks_dev = sinks_host
-        .as_ref()
-        .map(|v| CudaTensor::from_f32(dev, DType::F32, &[hq], v))
-        .transpose()?;
+    let alibi_host = sc.alibi.then(|| alibi_slopes(hq));
+    let per_head = |v: &Vec<f32>| CudaTensor::from_f32(dev, DType::F32, &[hq], v);
+    let sinks_dev = sinks_host.as_ref().map(per_head).transpose()?;
+    let alibi_dev = alibi_host.as_ref().map(per_head).transpose()?;
     let meta = AttentionMetadata {
         block_tables: &tables_dev,
         max_blocks_per_seq: max_blocks,
@@ -114,7 +114,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         sliding_window: sc.sliding_window,
         softcap: sc.softcap,
         sinks: sinks_dev.as_ref(),
-        alibi: None,
+        alibi: alibi_dev.as_ref(),
         decode_prefix: attention_plan::leading_decode_seqs(&query_start),
     };
     let scale = 1.0 / (hd as f32).sqrt();
@@ -144,6 +144,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         sliding_window: sc.sliding_window,
         softcap: sc.softcap,
         sinks: sinks_host.as_deref(),
+        alibi: alibi_host.as_deref(),
     };
     let expected = reference::attention(
         &q_host,
@@ -161,8 +162,9 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         .map(|w| format!(", window {w}"))
         .unwrap_or_default();
     let sinks = if sc.sinks { ", sinks" } else { "" };
+    let alibi = if sc.alibi { ", alibi" } else { "" };
     let label = format!(
-        "{} ({n} tok, ctx sum {total_ctx}{window}{sinks}, {hq}/{hk} heads x {hd}; {path})",
+        "{} ({n} tok, ctx sum {total_ctx}{window}{sinks}{alibi}, {hq}/{hk} heads x {hd}; {path})",
         sc.name
     );
     let row = s.check(
@@ -185,4 +187,12 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
     let kv_bytes = (keys_read * width * 2 * dtype.size_in_bytes()) as f64;
     s.rows[row].note = format!("{:.0} GB/s of KV", kv_bytes / (us * 1e-6) / 1e9);
     Ok(())
+}
+
+/// The standard ALiBi slopes of `hq` heads, `2^(-8 (h + 1) / hq)`: from nearly 1 (a head
+/// that sees only the last few keys) down to 1/256 (one that sees thousands).
+fn alibi_slopes(hq: usize) -> Vec<f32> {
+    (1..=hq)
+        .map(|h| (-8.0 * h as f32 / hq as f32).exp2())
+        .collect()
 }

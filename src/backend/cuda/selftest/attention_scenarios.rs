@@ -4,7 +4,8 @@
 //! dims 64/80/96/128/256, sliding windows, the tensor-core prefill on several sequences
 //! whose lengths are not multiples of its 64-row tile (chunked: context > new tokens),
 //! serving steps of decode rows followed by prefill chunks (split between the two kernels),
-//! the generic kernel (head dim 32), and Gemma 2's soft-capped scores on every kernel.
+//! the generic kernel (head dim 32), Gemma 2's soft-capped scores, gpt-oss's sinks and
+//! ALiBi slopes on every kernel.
 
 use super::suite::Suite;
 use rand::Rng;
@@ -26,6 +27,8 @@ pub struct Scenario {
     pub softcap: Option<f32>,
     /// gpt-oss's attention sinks (random per head).
     pub sinks: bool,
+    /// ALiBi (BLOOM, MPT): a slope per head, the standard `2^(-8 (h + 1) / hq)`.
+    pub alibi: bool,
     pub heads: Heads,
 }
 
@@ -61,6 +64,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
     // split-K kernel, the rest on the tensor-core one).
     let mixed: Vec<(usize, usize)> = d8.iter().chain(&ragged).copied().collect();
     let mixed_for_sinks = mixed.clone();
+    let mixed_for_alibi = mixed.clone();
     let sink_edges = vec![(1, 1), (17, 1), (4097, 1), (20_000, 1)];
     let at = |name, seqs, heads| Scenario {
         name,
@@ -68,6 +72,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         sliding_window: None,
         softcap: None,
         sinks: false,
+        alibi: false,
         heads,
     };
     let windowed = |name, seqs, window| Scenario {
@@ -76,6 +81,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         sliding_window: Some(window),
         softcap: None,
         sinks: false,
+        alibi: false,
         heads: model,
     };
     // Gemma 2's soft-capped scores (a cap small enough to change every softmax), with its
@@ -86,6 +92,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         sliding_window: window,
         softcap: Some(1.5),
         sinks: false,
+        alibi: false,
         heads,
     };
     // gpt-oss: a sink per head, on every kernel path (split-K with and without the merge,
@@ -96,6 +103,19 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         sliding_window: window,
         softcap: None,
         sinks: true,
+        alibi: false,
+        heads,
+    };
+    // ALiBi: on every kernel path (split-K over many splits at long contexts, prefill tiles
+    // at head dims 64 and 128, a serving step split between the two, the generic kernel),
+    // and in a window.
+    let sloped = |name, seqs, window, heads| Scenario {
+        name,
+        seqs,
+        sliding_window: window,
+        softcap: None,
+        sinks: false,
+        alibi: true,
         heads,
     };
     let heads = |q, kv, dim| Heads { q, kv, dim };
@@ -176,7 +196,33 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
             Some(37),
             heads(64, 8, 64),
         ),
-        sunk("decode edges sinks", sink_edges, None, model),
-        sunk("generic hd32 ragged sinks", ragged, None, heads(8, 2, 32)),
+        sunk("decode edges sinks", sink_edges.clone(), None, model),
+        sunk(
+            "generic hd32 ragged sinks",
+            ragged.clone(),
+            None,
+            heads(8, 2, 32),
+        ),
+        sloped("decode edges alibi", sink_edges, None, model),
+        sloped("prefill alibi", vec![(prefill, prefill)], None, model),
+        sloped(
+            "prefill ragged alibi mha hd64",
+            ragged.clone(),
+            None,
+            heads(16, 16, 64),
+        ),
+        sloped(
+            "mixed decode + prefill alibi",
+            mixed_for_alibi.clone(),
+            None,
+            model,
+        ),
+        sloped(
+            "mixed alibi window gqa8 hd64",
+            mixed_for_alibi,
+            Some(37),
+            heads(64, 8, 64),
+        ),
+        sloped("generic hd32 ragged alibi", ragged, None, heads(8, 2, 32)),
     ]
 }
