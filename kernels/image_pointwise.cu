@@ -1,5 +1,6 @@
 // Element-wise ops of the image models, grid-stride loops, f32 arithmetic rounded once:
-//   activation:       out = act(x), act one of the KILN_ACT_* codes below
+//   activation:       out = act(x), act one of the KILN_ACT_* codes below; p0..p3 are the
+//                     parameters of a parametric one (xIELU: alpha_p, alpha_n, beta, eps)
 //   geglu:            x[r, 2h] = [hidden | gate] -> out[r, h] = hidden * gelu_erf(gate)
 //   lincomb:          out = alpha * a + beta * b (b unused when has_b is 0: a plain scale, so
 //                     an infinite value of a scales to infinity, not NaN)
@@ -14,12 +15,18 @@
 #define KILN_ACT_QUICK_GELU 3
 #define KILN_ACT_RELU 4
 #define KILN_ACT_RELU2 5
+#define KILN_ACT_XIELU 6
+
+// Parameters of a parametric activation (unused by the others).
+struct KilnActParams {
+    float p0, p1, p2, p3;
+};
 
 __device__ __forceinline__ float kiln_gelu_erf(float x) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
 }
 
-__device__ __forceinline__ float kiln_activate(float x, int act) {
+__device__ __forceinline__ float kiln_activate(float x, int act, KilnActParams p) {
     switch (act) {
         case KILN_ACT_SILU:
             return x / (1.0f + expf(-x));
@@ -34,6 +41,11 @@ __device__ __forceinline__ float kiln_activate(float x, int act) {
             float r = fmaxf(x, 0.0f);
             return r * r;
         }
+        case KILN_ACT_XIELU:
+            // Apertus: alpha_p x^2 + beta x above 0, alpha_n (expm1(min(x, eps)) - x) + beta x
+            // below (expm1 keeps the small negative x's precision).
+            return x > 0.0f ? p.p0 * x * x + p.p2 * x
+                            : (expm1f(fminf(x, p.p3)) - x) * p.p1 + p.p2 * x;
         default:  // KILN_ACT_QUICK_GELU: x * sigmoid(1.702 x)
             return x / (1.0f + expf(-1.702f * x));
     }
@@ -41,8 +53,8 @@ __device__ __forceinline__ float kiln_activate(float x, int act) {
 
 template <typename D>
 __device__ __forceinline__ void activation_impl(typename D::T* out, const typename D::T* x,
-                                                long long total, int act) {
-    KILN_GRID_STRIDE(i, total) { out[i] = D::store(kiln_activate(D::load(x[i]), act)); }
+                                                long long total, int act, KilnActParams p) {
+    KILN_GRID_STRIDE(i, total) { out[i] = D::store(kiln_activate(D::load(x[i]), act, p)); }
 }
 
 template <typename D>
@@ -90,8 +102,9 @@ __device__ __forceinline__ void add_row_impl(typename D::T* out, const typename 
 
 #define KILN_IMAGE_POINTWISE(S, D)                                                             \
     extern "C" __global__ void activation_##S(D::T* out, const D::T* x, long long total,       \
-                                              int act) {                                       \
-        activation_impl<D>(out, x, total, act);                                                \
+                                              int act, float p0, float p1, float p2,           \
+                                              float p3) {                                      \
+        activation_impl<D>(out, x, total, act, KilnActParams{p0, p1, p2, p3});                 \
     }                                                                                          \
     extern "C" __global__ void geglu_##S(D::T* out, const D::T* x, long long total, int half) { \
         geglu_impl<D>(out, x, total, half);                                                    \

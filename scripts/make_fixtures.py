@@ -63,6 +63,8 @@ from transformers import (
     MptForCausalLM,
     PhimoeConfig,
     PhimoeForCausalLM,
+    ApertusConfig,
+    ApertusForCausalLM,
     GPTJConfig,
     GPTNeoConfig,
     GPTNeoForCausalLM,
@@ -1196,6 +1198,13 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 },
                 tie_word_embeddings=False,
             ),
+        ),
+        # Apertus: per-head q/k RMS norms before the rotation, norms named after their blocks,
+        # an ungated xIELU MLP whose parameters (randomised per layer) are stored in bf16,
+        # llama3 rope scaling (ApertusConfig's default).
+        "apertus": (
+            ApertusForCausalLM,
+            ApertusConfig(**{k: v for k, v in common.items() if k != "hidden_act"}, hidden_act="xielu", head_dim=8, rope_theta=10000.0, tie_word_embeddings=False),
         ),
         # GPT-NeoX with its blocks in sequence (use_parallel_residual false).
         "gpt_neox_sequential": (

@@ -19,6 +19,7 @@ use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, DType};
 use crate::engine::runner::ModelRunner;
 use crate::engine::{EngineConfig, LlmEngine};
+use crate::model::apertus::ApertusWeights;
 use crate::model::base_model_weights::BaseModelWeights;
 use crate::model::bloom::BloomWeights;
 use crate::model::bnb::{Bnb4, Bnb4Weights};
@@ -437,6 +438,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 Box::new(Gpt2Weights::wrap_linear(files_source))
             } else if config.architecture == Architecture::GptNeo {
                 Box::new(GptNeoWeights::wrap(files_source))
+            } else if config.architecture == Architecture::Apertus {
+                Box::new(ApertusWeights::wrap(files_source))
             } else if config.architecture == Architecture::Bloom {
                 Box::new(BloomWeights::wrap(files_source))
             } else if config.architecture == Architecture::Mpt {

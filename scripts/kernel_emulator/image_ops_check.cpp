@@ -195,7 +195,7 @@ void check_layer_norm(DType d, int rows, int width, int threads, Order order) {
 
 // ---- element-wise -----------------------------------------------------------------------
 
-using ActivationFn = void (*)(void*, const void*, long long, int);
+using ActivationFn = void (*)(void*, const void*, long long, int, float, float, float, float);
 using GegluFn = void (*)(void*, const void*, long long, int);
 using LincombFn = void (*)(void*, const void*, const void*, long long, float, float, int);
 using ChannelBiasFn = void (*)(void*, const void*, const void*, int, int, long long, int);
@@ -203,8 +203,14 @@ using AddRowFn = void (*)(void*, const void*, const void*, long long, int);
 
 double gelu_erf(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
 
+// xIELU's parameters for the check (Apertus-like: alpha_p, alpha_n, beta, eps).
+const double kXielu[4] = {0.55, 0.8, 0.5, -1e-6};
+
 double activate(double x, int act) {
     switch (act) {
+        case KILN_ACT_XIELU:
+            return x > 0.0 ? kXielu[0] * x * x + kXielu[2] * x
+                           : (std::expm1(std::min(x, kXielu[3])) - x) * kXielu[1] + kXielu[2] * x;
         case KILN_ACT_SILU:
             return x / (1.0 + std::exp(-x));
         case KILN_ACT_GELU_ERF:
@@ -222,8 +228,9 @@ double activate(double x, int act) {
 }
 
 void check_activations(DType d) {
-    const char* names[] = {"silu", "gelu(erf)", "gelu(tanh)", "quick_gelu", "relu", "relu2"};
-    for (int act = 0; act < 6; ++act) {
+    const char* names[] = {"silu",       "gelu(erf)", "gelu(tanh)", "quick_gelu",
+                           "relu",       "relu2",     "xielu"};
+    for (int act = 0; act < 7; ++act) {
         std::vector<float> x = random(d, 301, 6.0f);
         x[0] = 0.0f;
         x[1] = -30.0f;  // exp overflow territory for the sigmoid forms
@@ -231,7 +238,10 @@ void check_activations(DType d) {
         auto kernel = KILN_PICK(ActivationFn, activation, d);
         long long total = static_cast<long long>(x.size());
         kiln_emu::launch(kStrideGrid, kStrideBlock, Order::Forward, 3,
-                         [&] { kernel(y.data(), xb.data(), total, act); });
+                         [&] {
+                             kernel(y.data(), xb.data(), total, act, float(kXielu[0]),
+                                    float(kXielu[1]), float(kXielu[2]), float(kXielu[3]));
+                         });
         std::vector<double> want(x.size());
         for (size_t i = 0; i < x.size(); ++i) want[i] = activate(x[i], act);
         report(std::string("activation ") + names[act] + " [301]", d, y.values(), want);

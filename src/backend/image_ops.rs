@@ -190,8 +190,8 @@ pub trait ImageOps: Backend {
     }
 }
 
-/// Elementwise activations the image models use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Elementwise activations of the image models and of ungated LLM MLPs.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
     Silu,
     /// Exact GELU (erf), PyTorch's default.
@@ -204,6 +204,58 @@ pub enum Activation {
     Relu,
     /// `max(x, 0)^2` (Nemotron, Arcee's AFM).
     Relu2,
+    /// xIELU (Apertus), with a layer's learned parameters.
+    Xielu(Xielu),
+}
+
+/// xIELU's parameters as the activation applies them (the learned ones already through
+/// their softplus): `alpha_p x^2 + beta x` for x > 0, else
+/// `alpha_n (expm1(min(x, eps)) - x) + beta x`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Xielu {
+    pub alpha_p: f32,
+    pub alpha_n: f32,
+    pub beta: f32,
+    pub eps: f32,
+}
+
+impl Xielu {
+    /// transformers' `XIELUActivation` from its stored parameters: `alpha_p` and `alpha_n`
+    /// before their softplus, `beta`, `eps`. It keeps them in bf16, so the softplus results
+    /// and `beta + softplus(alpha_n)` are rounded to bf16 as there.
+    pub fn from_stored(alpha_p: f32, alpha_n: f32, beta: f32, eps: f32) -> Xielu {
+        let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
+        // torch's softplus: x itself above 20, where log1p(exp(x)) is x in f32.
+        let softplus = |v: f32| if v > 20.0 { v } else { v.exp().ln_1p() };
+        Xielu {
+            alpha_p: bf16(softplus(alpha_p)),
+            alpha_n: bf16(beta + bf16(softplus(alpha_n))),
+            beta,
+            eps,
+        }
+    }
+
+    /// The stored parameters of `XIELUActivation()`'s defaults (alpha_p 0.8, alpha_n 0.8,
+    /// beta 0.5, eps -1e-6, each stored in bf16), for configs whose checkpoints lack them.
+    pub fn transformers_default() -> Xielu {
+        let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
+        let inverse_softplus = |v: f32| bf16(bf16(bf16(v).exp_m1()).ln());
+        Xielu::from_stored(
+            inverse_softplus(0.8),
+            inverse_softplus(0.8 - 0.5),
+            bf16(0.5),
+            bf16(-1e-6),
+        )
+    }
+
+    /// The activation of one value.
+    pub fn apply(&self, x: f32) -> f32 {
+        if x > 0.0 {
+            self.alpha_p * x * x + self.beta * x
+        } else {
+            (x.min(self.eps).exp_m1() - x) * self.alpha_n + self.beta * x
+        }
+    }
 }
 
 impl Activation {
@@ -216,6 +268,8 @@ impl Activation {
             "quick_gelu" => Activation::QuickGelu,
             "relu" => Activation::Relu,
             "relu2" => Activation::Relu2,
+            // Its parameters are per layer, in the checkpoint: the loader sets them.
+            "xielu" => Activation::Xielu(Xielu::transformers_default()),
             other => anyhow::bail!("activation '{other}' is not supported"),
         })
     }
@@ -224,6 +278,23 @@ impl Activation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// transformers' `XIELUActivation()` (bf16 parameters): softplus(alpha_p) = 0.80078125
+    /// and beta + softplus(alpha_n) = 0.80078125 after bf16 rounding; values by its formula.
+    #[test]
+    fn xielu_defaults_and_values_follow_transformers() {
+        let p = Xielu::transformers_default();
+        assert_eq!(
+            (p.alpha_p, p.alpha_n, p.beta),
+            (0.80078125, 0.80078125, 0.5)
+        );
+        assert_eq!(p.eps, half::bf16::from_f32(-1e-6).to_f32());
+        assert!((p.apply(2.0) - (0.80078125 * 4.0 + 1.0)).abs() < 1e-6);
+        let neg = ((-2.0f32).exp_m1() + 2.0) * 0.80078125 - 1.0;
+        assert!((p.apply(-2.0) - neg).abs() < 1e-6);
+        // At 0 and just below, min(x, eps) keeps expm1's argument at eps.
+        assert!(p.apply(0.0).abs() < 1e-6);
+    }
 
     #[test]
     fn timestep_embedding_matches_the_formula() {

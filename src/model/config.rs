@@ -81,6 +81,9 @@ pub enum Architecture {
     /// BigScience's BLOOM (`model/bloom.rs`): LayerNorms with biases (one after the
     /// embeddings too), q/k/v fused head by head, ALiBi, an ungated tanh-GELU MLP.
     Bloom,
+    /// Swiss AI's Apertus (`ApertusForCausalLM`, Apertus 8B / 70B): Qwen3's attention
+    /// (per-head q/k RMS norms) with an ungated xIELU MLP whose parameters are per layer.
+    Apertus,
     /// Microsoft's Phi-3.5-MoE (`PhimoeForCausalLM`, and `PhiMoEForCausalLM` of its hub
     /// config): Mixtral's experts behind LayerNorms with biases, biased attention
     /// projections and LM head, LongRoPE with its own attention factors (`short_mscale`,
@@ -156,7 +159,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 47] = [
+    pub const SUPPORTED: [&'static str; 48] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -204,6 +207,7 @@ impl Architecture {
         "BloomForCausalLM",
         "MptForCausalLM",
         "PhimoeForCausalLM",
+        "ApertusForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -256,6 +260,7 @@ impl Architecture {
                 | Architecture::Arcee
                 | Architecture::Nemotron
                 | Architecture::PhiMoe
+                | Architecture::Apertus
         )
     }
 
@@ -308,6 +313,7 @@ impl Architecture {
             "BloomForCausalLM" => Architecture::Bloom,
             "MptForCausalLM" => Architecture::Mpt,
             "PhimoeForCausalLM" | "PhiMoEForCausalLM" => Architecture::PhiMoe,
+            "ApertusForCausalLM" => Architecture::Apertus,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1518,7 +1524,8 @@ impl ModelConfig {
                 | Architecture::Nemotron
                 | Architecture::GptNeo
                 | Architecture::Bloom
-                | Architecture::Mpt,
+                | Architecture::Mpt
+                | Architecture::Apertus,
             ) => {}
             (Some(act), _, _) => {
                 anyhow::ensure!(act == "silu", "unsupported hidden_act '{act}' (only silu)")
@@ -1526,7 +1533,10 @@ impl ModelConfig {
             _ => {}
         }
         // Arcee's and Nemotron's ungated MLPs take them; the gated one does not.
-        let ungated_relu2 = matches!(architecture, Architecture::Arcee | Architecture::Nemotron);
+        let ungated_relu2 = matches!(
+            architecture,
+            Architecture::Arcee | Architecture::Nemotron | Architecture::Apertus
+        );
         anyhow::ensure!(
             raw.mlp_bias != Some(true) || ungated_relu2,
             "MLP biases (mlp_bias) are not supported"
@@ -1719,6 +1729,10 @@ impl ModelConfig {
                 let act = raw.hidden_act.as_deref().unwrap_or("gelu_pytorch_tanh");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
+            Architecture::Apertus => {
+                let act = raw.hidden_act.as_deref().unwrap_or("xielu");
+                Some(crate::backend::image_ops::Activation::from_hf(act)?)
+            }
             Architecture::Arcee | Architecture::Nemotron => {
                 let act = raw.hidden_act.as_deref().unwrap_or("relu2");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
@@ -1795,6 +1809,7 @@ impl ModelConfig {
                     | Architecture::Olmo3
                     | Architecture::Olmoe
                     | Architecture::Exaone4
+                    | Architecture::Apertus
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true)),
             qk_norm_whole: matches!(
                 architecture,
@@ -1872,7 +1887,9 @@ impl ModelConfig {
             ungated_mlp_bias: match architecture {
                 Architecture::Falcon => falcon_bias,
                 Architecture::Mpt => false,
-                Architecture::Arcee | Architecture::Nemotron => raw.mlp_bias.unwrap_or(false),
+                Architecture::Arcee | Architecture::Nemotron | Architecture::Apertus => {
+                    raw.mlp_bias.unwrap_or(false)
+                }
                 _ => true,
             },
             logit_scale: match architecture {

@@ -11,6 +11,7 @@ use super::mla::LatentAttention;
 use super::moe::SparseMlp;
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
+use crate::backend::image_ops::{Activation, Xielu};
 use crate::backend::{
     AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec, QkvHeads, Rope,
 };
@@ -480,7 +481,9 @@ fn ungated_mlp<B: Backend>(
     let rows = layout.intermediate.clone();
     let (up_name, down_name) = match c.architecture {
         Architecture::Phi => ("fc1", "fc2"),
-        Architecture::Arcee | Architecture::Nemotron => ("up_proj", "down_proj"),
+        Architecture::Arcee | Architecture::Nemotron | Architecture::Apertus => {
+            ("up_proj", "down_proj")
+        }
         _ => ("c_fc", "c_proj"),
     };
     let up = rows_part(
@@ -510,8 +513,37 @@ fn ungated_mlp<B: Backend>(
         } else {
             None
         },
-        act,
+        act: match act {
+            // xIELU's parameters are the layer's own.
+            Activation::Xielu(_) => Activation::Xielu(xielu_of(src, p)?),
+            other => other,
+        },
     })
+}
+
+/// Layer `p`'s xIELU parameters (`mlp.act_fn.*`, as transformers stores them), or
+/// `XIELUActivation`'s defaults where the checkpoint has none.
+fn xielu_of(src: &dyn WeightSource, p: &str) -> Result<Xielu> {
+    let name = |n: &str| format!("{p}.mlp.act_fn.{n}");
+    if !src.contains(&name("alpha_p")) {
+        return Ok(Xielu::transformers_default());
+    }
+    let scalar = |n: &str| -> Result<f32> {
+        let name = name(n);
+        let shape = src.shape_of(&name)?;
+        anyhow::ensure!(
+            shape.iter().product::<usize>() == 1,
+            "{name} has shape {shape:?}, not one value"
+        );
+        let values = src.tensor(&name, &shape, DType::F32)?.flatten_all()?;
+        Ok(values.to_vec1::<f32>()?[0])
+    };
+    Ok(Xielu::from_stored(
+        scalar("alpha_p")?,
+        scalar("alpha_n")?,
+        scalar("beta")?,
+        scalar("eps")?,
+    ))
 }
 
 /// This rank's embedding rows; with a split vocabulary, one zero row is appended for the

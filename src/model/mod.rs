@@ -1,6 +1,7 @@
 //! Model configs, weight loading, tokenizer and the Llama-family implementation.
 
 pub mod alibi;
+pub mod apertus;
 pub mod base_model_weights;
 pub mod bloom;
 pub mod bnb;

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 63] = [
+pub const ARCHS: [&str; 64] = [
     "llama",
     "llama31",
     "mistral",
@@ -71,6 +71,7 @@ pub const ARCHS: [&str; 63] = [
     "mpt",
     "falcon_rw",
     "phimoe",
+    "apertus",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k

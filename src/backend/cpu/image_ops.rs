@@ -33,6 +33,14 @@ pub(super) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::QuickGelu => (x / (x.affine(-1.702, 0.0)?.exp()? + 1.0)?)?,
         Activation::Relu => x.relu()?,
         Activation::Relu2 => x.relu()?.sqr()?,
+        Activation::Xielu(p) => {
+            let values: Vec<f32> = x
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
+            let out: Vec<f32> = values.iter().map(|&v| p.apply(v)).collect();
+            Tensor::from_vec(out, x.dims(), x.device())?.to_dtype(x.dtype())?
+        }
     })
 }
 

@@ -22,6 +22,16 @@ pub fn activation_code(act: Activation) -> i32 {
         Activation::QuickGelu => 3,
         Activation::Relu => 4,
         Activation::Relu2 => 5,
+        Activation::Xielu(_) => 6,
+    }
+}
+
+/// The `p0..p3` arguments of kernels/image_pointwise.cu's `activation`: xIELU's
+/// parameters, zeros for the activations that take none.
+fn activation_params(act: Activation) -> [f32; 4] {
+    match act {
+        Activation::Xielu(p) => [p.alpha_p, p.alpha_n, p.beta, p.eps],
+        _ => [0.0; 4],
     }
 }
 
@@ -172,9 +182,11 @@ impl CudaDevice {
             return Ok(());
         }
         let code = activation_code(act);
+        let [p0, p1, p2, p3] = activation_params(act);
         let f = self.kernels().get("activation", x.dtype())?;
         let mut args = self.stream().launch_builder(f);
         args.arg(y.data_mut()).arg(x.data()).arg(&total).arg(&code);
+        args.arg(&p0).arg(&p1).arg(&p2).arg(&p3);
         // SAFETY: matches kernels/image_pointwise.cu; shapes checked above.
         unsafe { args.launch(launch::elementwise(total as usize)) }.context("activation launch")?;
         Ok(())
@@ -321,6 +333,10 @@ mod tests {
             (Activation::QuickGelu, "KILN_ACT_QUICK_GELU"),
             (Activation::Relu, "KILN_ACT_RELU"),
             (Activation::Relu2, "KILN_ACT_RELU2"),
+            (
+                Activation::Xielu(crate::backend::image_ops::Xielu::transformers_default()),
+                "KILN_ACT_XIELU",
+            ),
         ] {
             let define = format!("#define {name} {}", activation_code(act));
             assert!(body.contains(&define), "missing `{define}`");

@@ -168,6 +168,12 @@ fn activations(t: &mut ImageSuite<'_, '_>) -> Result<()> {
         (Activation::QuickGelu, "quick_gelu"),
         (Activation::Relu, "relu"),
         (Activation::Relu2, "relu2"),
+        (
+            Activation::Xielu(crate::backend::image_ops::Xielu::from_stored(
+                -0.5, 0.2, 0.5, -1e-6,
+            )),
+            "xielu",
+        ),
     ] {
         let gpu = t.gpu.activation(&x.gpu, act)?;
         let cpu = t.cpu.activation(&x.cpu, act)?;
