@@ -65,6 +65,8 @@ from transformers import (
     PhimoeForCausalLM,
     ApertusConfig,
     ApertusForCausalLM,
+    Dots1Config,
+    Dots1ForCausalLM,
     GPTJConfig,
     GPTNeoConfig,
     GPTNeoForCausalLM,
@@ -1205,6 +1207,30 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
         "apertus": (
             ApertusForCausalLM,
             ApertusConfig(**{k: v for k, v in common.items() if k != "hidden_act"}, hidden_act="xielu", head_dim=8, rope_theta=10000.0, tie_word_embeddings=False),
+        ),
+        # dots.llm1: Qwen3's attention, layer 0 dense, layer 1 eight experts of 32 (top 2,
+        # one group as in the released model) plus one shared expert behind GLM-4.5's sigmoid
+        # router with its correction bias, weights renormalised and scaled by 2; layer 1
+        # slides over a window of 8 (max_window_layers 1).
+        "dots1": (
+            Dots1ForCausalLM,
+            Dots1Config(
+                **common,
+                head_dim=8,
+                rope_theta=10000.0,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                moe_intermediate_size=32,
+                n_shared_experts=1,
+                first_k_dense_replace=1,
+                n_group=1,
+                topk_group=1,
+                norm_topk_prob=True,
+                routed_scaling_factor=2.0,
+                sliding_window=8,
+                max_window_layers=1,
+                tie_word_embeddings=False,
+            ),
         ),
         # GPT-NeoX with its blocks in sequence (use_parallel_residual false).
         "gpt_neox_sequential": (

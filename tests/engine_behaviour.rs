@@ -372,7 +372,7 @@ fn missing_or_corrupt_model_files_fail_with_the_file_named() {
     assert!(err.contains("model.safetensors"), "{err}");
     std::fs::write(
         dir.path().join("config.json"),
-        b"{\"architectures\": [\"BloomForCausalLM\"]}",
+        b"{\"architectures\": [\"MambaForCausalLM\"]}",
     )
     .unwrap();
     let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
@@ -384,12 +384,12 @@ fn missing_or_corrupt_model_files_fail_with_the_file_named() {
         dir.path().join("config.json"),
         std::fs::read_to_string(src.join("config.json"))
             .unwrap()
-            .replace("LlamaForCausalLM", "BloomForCausalLM"),
+            .replace("LlamaForCausalLM", "MambaForCausalLM"),
     )
     .unwrap();
     let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
     assert!(
-        err.contains("unsupported architecture 'BloomForCausalLM'")
+        err.contains("unsupported architecture 'MambaForCausalLM'")
             && err.contains("Phi3ForCausalLM"),
         "{err}"
     );

@@ -203,6 +203,10 @@ pub trait Backend: Send + Sync {
         w: &Self::Tensor,
         b: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor>;
+    /// `x · wᵀ` as f32 (`[rows, out]`) from inputs in the model's dtype, accumulated in f32
+    /// and never rounded to the dtype: the routers transformers runs in f32 (GLM-4.5's,
+    /// DeepSeek's, ERNIE 4.5's, dots.llm1's), whose expert choices a rounded logit can flip.
+    fn linear_f32(&self, x: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor>;
     /// RMS norm over the last `weight.len()` elements of each row (also per-head norms).
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor>;
     /// `sum = x + residual` (in the model dtype), then `(rms_norm(sum), sum)`.

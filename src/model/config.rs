@@ -81,6 +81,10 @@ pub enum Architecture {
     /// BigScience's BLOOM (`model/bloom.rs`): LayerNorms with biases (one after the
     /// embeddings too), q/k/v fused head by head, ALiBi, an ungated tanh-GELU MLP.
     Bloom,
+    /// rednote's dots.llm1 (`Dots1ForCausalLM`): Qwen3's attention (per-head q/k norms, no
+    /// biases) with GLM-4.5's / DeepSeek-V3's experts (sigmoid router with a correction bias
+    /// and groups, shared experts, dense first layers); Qwen2's sliding layers.
+    Dots1,
     /// Swiss AI's Apertus (`ApertusForCausalLM`, Apertus 8B / 70B): Qwen3's attention
     /// (per-head q/k RMS norms) with an ungated xIELU MLP whose parameters are per layer.
     Apertus,
@@ -159,7 +163,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 48] = [
+    pub const SUPPORTED: [&'static str; 49] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -208,6 +212,7 @@ impl Architecture {
         "MptForCausalLM",
         "PhimoeForCausalLM",
         "ApertusForCausalLM",
+        "Dots1ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -314,6 +319,7 @@ impl Architecture {
             "MptForCausalLM" => Architecture::Mpt,
             "PhimoeForCausalLM" | "PhiMoEForCausalLM" => Architecture::PhiMoe,
             "ApertusForCausalLM" => Architecture::Apertus,
+            "Dots1ForCausalLM" => Architecture::Dots1,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -806,6 +812,10 @@ pub struct MoeConfig {
     /// gate and up columns in halves, and `experts.down_proj`) instead of one tensor per
     /// expert and projection (`model/moe_fused.rs`).
     pub stacked: bool,
+    /// The router's logits are computed in f32 from the dtype's inputs, as transformers
+    /// computes them for these models (GLM-4.5, DeepSeek-V2 / V3, ERNIE 4.5, dots.llm1): a
+    /// logit rounded to bf16 can flip a near-tied expert choice.
+    pub router_f32: bool,
 }
 
 impl MoeConfig {
@@ -840,6 +850,12 @@ impl MoeConfig {
                 raw.num_local_experts.unwrap_or(16),
                 raw.intermediate_size,
                 false,
+            ),
+            // Dots1Config's defaults (it has no expert count of its own).
+            Architecture::Dots1 => (
+                raw.n_routed_experts.unwrap_or(0),
+                raw.moe_intermediate_size.unwrap_or(1408),
+                raw.norm_topk_prob.unwrap_or(false),
             ),
             // Glm4MoeConfig's defaults.
             Architecture::Glm4Moe => (
@@ -882,6 +898,7 @@ impl MoeConfig {
         let deepseek_step = raw.moe_layer_freq.unwrap_or(1).max(1);
         let first_sparse = match architecture {
             Architecture::Glm4Moe => raw.first_k_dense_replace.unwrap_or(1),
+            Architecture::Dots1 => raw.first_k_dense_replace.unwrap_or(0),
             Architecture::DeepseekV2 => raw.first_k_dense_replace.unwrap_or(0),
             Architecture::DeepseekV3 => raw.first_k_dense_replace.unwrap_or(3),
             _ => 0,
@@ -915,7 +932,7 @@ impl MoeConfig {
         };
         let scale = raw.routed_scaling_factor.unwrap_or(1.0) as f32;
         let scoring = match architecture {
-            Architecture::Glm4Moe | Architecture::DeepseekV3 => {
+            Architecture::Glm4Moe | Architecture::DeepseekV3 | Architecture::Dots1 => {
                 let (groups, top_groups) = groups(raw.n_group, raw.topk_group.or(Some(1)))?;
                 RouterScoring::SigmoidGrouped {
                     groups,
@@ -962,6 +979,14 @@ impl MoeConfig {
         };
         Ok(Some(MoeConfig {
             stacked: raw.model_type.as_deref() == Some(QWEN3_VL_MOE_TEXT),
+            router_f32: matches!(
+                architecture,
+                Architecture::Glm4Moe
+                    | Architecture::DeepseekV2
+                    | Architecture::DeepseekV3
+                    | Architecture::Ernie45Moe
+                    | Architecture::Dots1
+            ),
             num_experts,
             top_k,
             expert_intermediate_size,
@@ -977,6 +1002,11 @@ impl MoeConfig {
                     Some(expert_intermediate_size * raw.n_shared_experts.unwrap_or(1))
                         .filter(|&n| n > 0)
                 }
+                // Dots1Config's default is none.
+                Architecture::Dots1 => raw
+                    .n_shared_experts
+                    .map(|n| expert_intermediate_size * n)
+                    .filter(|&n| n > 0),
                 Architecture::DeepseekV2 => {
                     Some(expert_intermediate_size * raw.n_shared_experts.unwrap_or(2))
                         .filter(|&n| n > 0)
@@ -1810,6 +1840,7 @@ impl ModelConfig {
                     | Architecture::Olmoe
                     | Architecture::Exaone4
                     | Architecture::Apertus
+                    | Architecture::Dots1
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true)),
             qk_norm_whole: matches!(
                 architecture,
@@ -1827,10 +1858,13 @@ impl ModelConfig {
                     parse_layer_types(&raw)?
                 }
                 // Qwen2Config's and Qwen3Config's: layers from max_window_layers on slide
-                // (their MoE models slide every layer).
-                Architecture::Qwen2 | Architecture::Qwen3 => {
+                // (their MoE models slide every layer); Dots1Config's the same, from 62.
+                Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Dots1 => {
                     Some(parse_layer_types(&raw)?.unwrap_or_else(|| {
-                        let full = raw.max_window_layers.unwrap_or(28);
+                        let full = raw.max_window_layers.unwrap_or(match architecture {
+                            Architecture::Dots1 => 62,
+                            _ => 28,
+                        });
                         (0..raw.num_hidden_layers).map(|i| i >= full).collect()
                     }))
                 }
@@ -2378,6 +2412,39 @@ mod tests {
         let three = text.replace(r#""num_experts_per_tok": 2"#, r#""num_experts_per_tok": 3"#);
         let err = ModelConfig::from_json(&three).unwrap_err();
         assert!(format!("{err:#}").contains("SparseMixer"), "{err:#}");
+    }
+
+    /// rednote-hilab/dots.llm1.inst's config.json as the hub has it.
+    #[test]
+    fn the_dots_llm1_hub_config_parses() {
+        let text = r#"{"architectures": ["Dots1ForCausalLM"], "attention_bias": false,
+            "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 4096,
+            "intermediate_size": 10944, "max_position_embeddings": 32768,
+            "max_window_layers": 62, "model_type": "dots1", "moe_intermediate_size": 1408,
+            "moe_layer_freq": 1, "n_routed_experts": 128, "n_shared_experts": 2,
+            "norm_topk_prob": true, "num_attention_heads": 32, "num_experts_per_tok": 6,
+            "num_hidden_layers": 62, "num_key_value_heads": 32, "rms_norm_eps": 1e-05,
+            "rope_scaling": null, "rope_theta": 10000000, "routed_scaling_factor": 2.5,
+            "sliding_window": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+            "use_sliding_window": false, "vocab_size": 152064, "head_dim": 128,
+            "scoring_func": "noaux_tc", "n_group": 1, "topk_group": 1}"#;
+        let c = ModelConfig::from_json(text).unwrap();
+        assert_eq!(c.architecture, Architecture::Dots1);
+        assert!(c.qk_norm && !c.qkv_bias && !c.o_bias);
+        assert_eq!(c.layer_window(61), None);
+        let moe = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.normalize_top_k),
+            (128, 6, true)
+        );
+        assert_eq!(moe.shared_expert_intermediate_size, Some(2 * 1408));
+        assert!(!moe.is_sparse(0) && moe.is_sparse(1) && moe.router_f32);
+        let scoring = RouterScoring::SigmoidGrouped {
+            groups: 1,
+            top_groups: 1,
+            scale: 2.5,
+        };
+        assert_eq!(moe.scoring, scoring);
     }
 
     /// transformers 4.57 saves `rope_scaling` with both `rope_type` and the older `type`.

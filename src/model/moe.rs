@@ -65,6 +65,8 @@ pub struct SparseMlp<B: Backend> {
     top_k: usize,
     normalize_top_k: bool,
     scoring: RouterScoring,
+    /// Router logits in f32 (`MoeConfig::router_f32`).
+    router_f32: bool,
     /// GLM-4.5: the router's per-expert correction bias (it only steers choices), on the host
     /// and as an f32 tensor for device routing.
     correction_bias: Option<(Vec<f32>, B::Tensor)>,
@@ -207,6 +209,7 @@ impl<B: Backend> SparseMlp<B> {
             top_k: moe.top_k,
             normalize_top_k: moe.normalize_top_k,
             scoring: moe.scoring,
+            router_f32: moe.router_f32,
             correction_bias: None,
             shared: None,
         }
@@ -214,7 +217,11 @@ impl<B: Backend> SparseMlp<B> {
 
     /// The experts' weighted sum for each row of `x` (`[tokens, hidden]`, normed).
     pub fn forward(&self, be: &B, x: &B::Tensor, dtype: DType) -> Result<B::Tensor> {
-        let router_logits = be.linear(x, &self.router, self.router_bias.as_ref())?;
+        let router_logits = if self.router_f32 && self.router_bias.is_none() {
+            be.linear_f32(x, &self.router)?
+        } else {
+            be.linear(x, &self.router, self.router_bias.as_ref())?
+        };
         let shared_output = match &self.shared {
             None => None,
             Some((expert, _)) => {

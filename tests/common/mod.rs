@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 64] = [
+pub const ARCHS: [&str; 65] = [
     "llama",
     "llama31",
     "mistral",
@@ -72,6 +72,7 @@ pub const ARCHS: [&str; 64] = [
     "falcon_rw",
     "phimoe",
     "apertus",
+    "dots1",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k

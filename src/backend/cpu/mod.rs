@@ -156,6 +156,11 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn linear_f32(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (x, w) = (x.to_dtype(CDType::F32)?, w.to_dtype(CDType::F32)?);
+        x.matmul(&w.t()?).context("linear_f32")
+    }
+
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         let dtype = x.dtype();
         let dims = x.dims().to_vec();

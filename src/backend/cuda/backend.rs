@@ -589,6 +589,22 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn linear_f32(&self, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+        let (rows, out_features) = match (x.shape(), w.shape()) {
+            (&[rows, _], &[out_features, _]) => (rows, out_features),
+            _ => bail!(
+                "linear_f32: x {:?} and w {:?} must be 2-d",
+                x.shape(),
+                w.shape()
+            ),
+        };
+        let mut out = self.output(DType::F32, &[rows, out_features])?;
+        if rows > 0 {
+            self.dev.blas().linear_f32_out(x, w, &mut out)?;
+        }
+        Ok(out)
+    }
+
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f64) -> Result<CudaTensor> {
         let mut out = self.output(x.dtype(), x.shape())?;
         self.dev.rms_norm(x, weight, eps as f32, &mut out)?;

@@ -108,6 +108,35 @@ impl Blas {
         unsafe { self.gemm_at(x_ptr, w_ptr, y_ptr, (m, k, n), dtype, false) }.context("linear")
     }
 
+    /// `out[m, n] = x[m, k] * w[n, k]^T` with `x` and `w` in one dtype and `out` in f32
+    /// (cuBLAS accumulates in f32 either way; here nothing rounds the result).
+    pub fn linear_f32_out(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let (m, k, n) = gemm_dims(x.shape(), w.shape())?;
+        if x.dtype() != w.dtype() || out.dtype() != DType::F32 || out.shape() != [m, n] {
+            bail!(
+                "linear_f32_out: x {:?} {}, w {:?} {}, out {:?} {} do not fit",
+                x.shape(),
+                x.dtype(),
+                w.shape(),
+                w.dtype(),
+                out.shape(),
+                out.dtype()
+            );
+        }
+        let (x_ptr, _x_sync) = x.data().device_ptr(&self.stream);
+        let (w_ptr, _w_sync) = w.data().device_ptr(&self.stream);
+        let (y_ptr, _y_sync) = out.data_mut().device_ptr_mut(&self.stream);
+        let types = (x.dtype(), DType::F32);
+        // SAFETY: the pointers come from live buffers whose sizes were checked above.
+        unsafe { self.gemm_typed(x_ptr, w_ptr, y_ptr, (m, k, n), types, false) }
+            .context("linear with f32 output")
+    }
+
     /// `out[o0 + i] = x[x0 + i] * w^T` for `i < rows`: the linear layer on a block of rows
     /// of `x` (`[_, k]`) into a block of rows of `out` (`[_, n]`). Row blocks are contiguous
     /// in the row-major layout, so this is the same GEMM at offset addresses (the
@@ -174,11 +203,30 @@ impl Blas {
         x_ptr: u64,
         w_ptr: u64,
         y_ptr: u64,
-        (m, k, n): (usize, usize, usize),
+        dims: (usize, usize, usize),
         dtype: DType,
         accumulate: bool,
     ) -> Result<()> {
-        let data_type = cuda_data_type(dtype);
+        // SAFETY: as this function's.
+        unsafe { self.gemm_typed(x_ptr, w_ptr, y_ptr, dims, (dtype, dtype), accumulate) }
+    }
+
+    /// [`Self::gemm_at`] with the inputs in `in_dtype` and `y` in `out_dtype`.
+    ///
+    /// # Safety
+    /// `x` and `w` address at least `m * k` and `n * k` values of `in_dtype`, `y` `m * n`
+    /// of `out_dtype`.
+    unsafe fn gemm_typed(
+        &self,
+        x_ptr: u64,
+        w_ptr: u64,
+        y_ptr: u64,
+        (m, k, n): (usize, usize, usize),
+        (in_dtype, out_dtype): (DType, DType),
+        accumulate: bool,
+    ) -> Result<()> {
+        let (data_type, out_type) = (cuda_data_type(in_dtype), cuda_data_type(out_dtype));
+        let dtype = in_dtype;
         let (m_i, n_i, k_i) = (to_c_int(m, "m")?, to_c_int(n, "n")?, to_c_int(k, "k")?);
         let alpha: f32 = 1.0;
         let beta: f32 = if accumulate { 1.0 } else { 0.0 };
@@ -202,7 +250,7 @@ impl Blas {
                 k_i,
                 (&beta) as *const f32 as *const _,
                 y_ptr as *mut _,
-                data_type,
+                out_type,
                 n_i,
                 cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
