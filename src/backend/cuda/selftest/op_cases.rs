@@ -439,6 +439,22 @@ fn linear(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &expected,
     );
     s.time(row, || dev.blas().linear(&x, &w, &mut y))?;
+    // A router's logits: the dtype's inputs, an f32 output that nothing rounds (checked
+    // at f32's tolerance).
+    let experts = 128;
+    let router_host = s.random(experts * k, 1.0, dtype);
+    let router = CudaTensor::from_f32(dev, dtype, &[experts, k], &router_host)?;
+    let mut logits = CudaTensor::zeros(dev, DType::F32, &[m, experts])?;
+    dev.blas().linear_f32_out(&x, &router, &mut logits)?;
+    let expected = reference::linear(&x_host, &router_host, k);
+    s.check(
+        "linear_f32(router)",
+        format!("x[{m}, {k}] {dtype} w[{experts}, {k}] -> f32"),
+        DType::F32,
+        Check::Reduction,
+        &logits.to_f32(dev)?,
+        &expected,
+    );
     Ok(())
 }
 
