@@ -48,13 +48,18 @@ __device__ __forceinline__ void rope_impl(typename D::T* q, typename D::T* k, co
 // Most head dims qkv_rope_cache normalises per head (the head is staged in shared memory).
 #define QKV_NORM_MAX_HEAD_DIM 512
 
-// Qwen3's per-head RMS norm of one head of hd values into `tile`, rounded to D::T as rms_norm
-// stores it (value * inv_rms * weight); every thread of the block takes part.
+// qkv_rope_cache's norm_mode: no per-head norm, Qwen3's before the rotation, HunYuan's after.
+#define QKV_NORM_NONE 0
+#define QKV_NORM_BEFORE_ROPE 1
+#define QKV_NORM_AFTER_ROPE 2
+
+// A per-head RMS norm of one head of hd values from src into dst, rounded to D::T as rms_norm
+// stores it (value * inv_rms * weight); every thread of the block takes part. Each thread
+// reads back only the elements it summed, so src may be dst.
 template <typename D>
-__device__ __forceinline__ const typename D::T* qkv_head_norm(const typename D::T* src,
-                                                              const typename D::T* w, float eps,
-                                                              int hd, typename D::T* tile,
-                                                              float* scratch) {
+__device__ __forceinline__ void qkv_head_norm_into(typename D::T* dst, const typename D::T* src,
+                                                   const typename D::T* w, float eps, int hd,
+                                                   float* scratch) {
     float sum_sq = 0.0f;
     for (int j = threadIdx.x; j < hd; j += blockDim.x) {
         const float x = D::load(src[j]);
@@ -62,18 +67,48 @@ __device__ __forceinline__ const typename D::T* qkv_head_norm(const typename D::
     }
     const float inv_rms = rsqrtf(kiln_block_sum(sum_sq, scratch) / (float)hd + eps);
     for (int j = threadIdx.x; j < hd; j += blockDim.x) {
-        tile[j] = D::store(D::load(src[j]) * inv_rms * D::load(w[j]));
+        dst[j] = D::store(D::load(src[j]) * inv_rms * D::load(w[j]));
     }
+}
+
+// Qwen3's per-head norm before the rotation: into `tile`, which rope_head then reads.
+template <typename D>
+__device__ __forceinline__ const typename D::T* qkv_head_norm(const typename D::T* src,
+                                                              const typename D::T* w, float eps,
+                                                              int hd, typename D::T* tile,
+                                                              float* scratch) {
+    qkv_head_norm_into<D>(tile, src, w, eps, hd, scratch);
     __syncthreads();  // rope_head reads pairs other threads wrote
     return tile;
+}
+
+// One head's rotation and norm into dst in the order norm_mode says: the norm (Qwen3) into
+// the tile and the rotation from there, or (HunYuan) the rotation into the tile and the norm
+// from there.
+template <typename D>
+__device__ __forceinline__ void qkv_head_rope_norm(typename D::T* dst, const typename D::T* src,
+                                                   float pos, const float* inv_freq, int hd,
+                                                   int rot, int neox, float scale,
+                                                   const typename D::T* w, float eps,
+                                                   int norm_mode, typename D::T* tile,
+                                                   float* scratch) {
+    if (norm_mode == QKV_NORM_AFTER_ROPE) {
+        rope_head<D>(tile, src, pos, inv_freq, hd, rot, neox, scale);
+        __syncthreads();  // the norm sums values other threads rotated
+        qkv_head_norm_into<D>(dst, tile, w, eps, hd, scratch);
+        return;
+    }
+    if (norm_mode == QKV_NORM_BEFORE_ROPE) src = qkv_head_norm<D>(src, w, eps, hd, tile, scratch);
+    rope_head<D>(dst, src, pos, inv_freq, hd, rot, neox, scale);
 }
 
 // The attention block's entry in one launch instead of three column copies, rope and the
 // cache write: token t's fused row qkv[t] = [q (hq * hd) | k (hk * hd) | v (hk * hd)] gives
 // the rotated q in q_out[t] ([n, hq * hd]), and the rotated k and the v in cache slot
 // slot_mapping[t] (caches [num_blocks, block_size, hk, hd]; slot < 0 is padding and slots
-// past the cache are bad input: both store nothing). With has_norm (Qwen3) each q and k head
-// is RMS-normalised by q_norm / k_norm ([hd]) before its rotation. Grid (n, hq + hk): block
+// past the cache are bad input: both store nothing). With norm_mode QKV_NORM_BEFORE_ROPE
+// (Qwen3) each q and k head is RMS-normalised by q_norm / k_norm ([hd]) before its rotation,
+// with QKV_NORM_AFTER_ROPE (HunYuan) after it. Grid (n, hq + hk): block
 // (t, h) rotates q head h for h < hq, else rotates k head h - hq and copies v head h - hq.
 template <typename D>
 __device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typename D::T* k_cache,
@@ -84,7 +119,7 @@ __device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typena
                                                     int hd, int rot, int neox, long long num_slots,
                                                     const typename D::T* q_norm,
                                                     const typename D::T* k_norm, float eps,
-                                                    int has_norm, float scale) {
+                                                    int norm_mode, float scale) {
     __shared__ typename D::T tile[QKV_NORM_MAX_HEAD_DIM];
     __shared__ float scratch[32];
     const long long token = blockIdx.x;
@@ -93,9 +128,9 @@ __device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typena
     const typename D::T* row = qkv + token * (long long)(hq + 2 * hk) * hd;
     const float pos = (float)positions[token];
     if (head < hq) {
-        const typename D::T* src = row + (long long)head * hd;
-        if (has_norm) src = qkv_head_norm<D>(src, q_norm, eps, hd, tile, scratch);
-        rope_head<D>(q_out + (token * hq + head) * hd, src, pos, inv_freq, hd, rot, neox, scale);
+        qkv_head_rope_norm<D>(q_out + (token * hq + head) * hd, row + (long long)head * hd, pos,
+                              inv_freq, hd, rot, neox, scale, q_norm, eps, norm_mode, tile,
+                              scratch);
         return;
     }
     // The whole block leaves together (one token, one slot), before any barrier.
@@ -105,9 +140,8 @@ __device__ __forceinline__ void qkv_rope_cache_impl(typename D::T* q_out, typena
     const long long dst = (slot * hk + kv_head) * hd;
     const typename D::T* v_src = row + (long long)(hq + hk + kv_head) * hd;
     for (int j = threadIdx.x; j < hd; j += blockDim.x) v_cache[dst + j] = v_src[j];
-    const typename D::T* src = row + (long long)(hq + kv_head) * hd;
-    if (has_norm) src = qkv_head_norm<D>(src, k_norm, eps, hd, tile, scratch);
-    rope_head<D>(k_cache + dst, src, pos, inv_freq, hd, rot, neox, scale);
+    qkv_head_rope_norm<D>(k_cache + dst, row + (long long)(hq + kv_head) * hd, pos, inv_freq, hd,
+                          rot, neox, scale, k_norm, eps, norm_mode, tile, scratch);
 }
 
 #define KILN_ROPE(S, D)                                                                    \
@@ -125,9 +159,9 @@ KILN_FOR_EACH_DTYPE(KILN_ROPE)
         D::T* q_out, D::T* k_cache, D::T* v_cache, const D::T* qkv, const int* positions,      \
         const float* inv_freq, const int* slot_mapping, int hq, int hk, int hd, int rot,       \
         int neox, long long num_slots, const D::T* q_norm, const D::T* k_norm, float eps,      \
-        int has_norm, float scale) {                                                           \
+        int norm_mode, float scale) {                                                          \
         qkv_rope_cache_impl<D>(q_out, k_cache, v_cache, qkv, positions, inv_freq, slot_mapping, \
-                               hq, hk, hd, rot, neox, num_slots, q_norm, k_norm, eps, has_norm, \
+                               hq, hk, hd, rot, neox, num_slots, q_norm, k_norm, eps, norm_mode, \
                                scale);                                                         \
     }
 KILN_FOR_EACH_DTYPE(KILN_QKV_ROPE_CACHE)

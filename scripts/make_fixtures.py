@@ -67,6 +67,8 @@ from transformers import (
     ApertusForCausalLM,
     Dots1Config,
     Dots1ForCausalLM,
+    HunYuanDenseV1Config,
+    HunYuanDenseV1ForCausalLM,
     GPTJConfig,
     GPTNeoConfig,
     GPTNeoForCausalLM,
@@ -1229,6 +1231,18 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 routed_scaling_factor=2.0,
                 sliding_window=8,
                 max_window_layers=1,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Hunyuan dense: per-head q/k RMS norms after the rotation, NTK-alpha rotary (alpha
+        # 1000: a base of 10000 * 1000^(8/6)).
+        "hunyuan_dense": (
+            HunYuanDenseV1ForCausalLM,
+            HunYuanDenseV1Config(
+                **common,
+                head_dim=8,
+                rope_theta=10000.0,
+                rope_scaling={"type": "dynamic", "factor": 1.0, "alpha": 1000.0},
                 tie_word_embeddings=False,
             ),
         ),

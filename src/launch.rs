@@ -32,6 +32,7 @@ use crate::model::gpt2::Gpt2Weights;
 use crate::model::gpt_neo::GptNeoWeights;
 use crate::model::gpt_neox_weights::GptNeoXWeights;
 use crate::model::gptj::GptJWeights;
+use crate::model::hunyuan::HunYuanWeights;
 use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
@@ -438,6 +439,8 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 Box::new(Gpt2Weights::wrap_linear(files_source))
             } else if config.architecture == Architecture::GptNeo {
                 Box::new(GptNeoWeights::wrap(files_source))
+            } else if config.architecture == Architecture::HunYuanDense {
+                Box::new(HunYuanWeights::wrap(files_source))
             } else if config.architecture == Architecture::Apertus {
                 Box::new(ApertusWeights::wrap(files_source))
             } else if config.architecture == Architecture::Bloom {

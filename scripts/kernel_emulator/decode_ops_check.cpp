@@ -218,12 +218,29 @@ using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, co
 // emulator too: rope in place on the fused rows, then the rotated k and the v copied to
 // their slots. The two must agree exactly (the same float operations), slot -1 (padding)
 // and a slot past the cache must store nothing, and every other cache entry must keep its
-// old value. With `norm` (Qwen3's per-head q/k RMS norms) the reference rotates heads
-// normalised on the host in double and rounded to the dtype; the kernel's f32 sum of
-// squares may round a value the other way, so that case compares within the elementwise
-// tolerance instead of exactly.
+// old value. With `norm_mode` 1 (Qwen3's per-head q/k RMS norms) the reference rotates heads
+// normalised on the host in double and rounded to the dtype; with 2 (HunYuan's, after the
+// rotation) it normalises the rotated heads the same way. The kernel's f32 sum of squares
+// may round a value the other way, so those cases compare within the elementwise tolerance
+// instead of exactly.
+void norm_heads(DType d, std::vector<float>& rows, int n, int row, int hq, int hk, int hd,
+                const std::vector<float>& q_norm, const std::vector<float>& k_norm,
+                float eps) {
+    for (int t = 0; t < n; ++t) {
+        for (int h = 0; h < hq + hk; ++h) {
+            float* head = rows.data() + static_cast<size_t>(t) * row + static_cast<size_t>(h) * hd;
+            const std::vector<float>& w = h < hq ? q_norm : k_norm;
+            double ss = 0.0;
+            for (int j = 0; j < hd; ++j) ss += static_cast<double>(head[j]) * head[j];
+            const double inv_rms = 1.0 / std::sqrt(ss / hd + eps);
+            for (int j = 0; j < hd; ++j) head[j] = round_to(d, static_cast<float>(head[j] * inv_rms * w[j]));
+        }
+    }
+}
+
 void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Order order,
-                          bool norm = false, int rot = 0, float scale = 1.0f) {
+                          int norm_mode = 0, int rot = 0, float scale = 1.0f) {
+    const bool norm = norm_mode != 0;
     if (rot == 0) rot = hd;
     const int row = (hq + 2 * hk) * hd, kv = hk * hd;
     const int num_slots = 4 * n + 3;
@@ -252,23 +269,12 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
                      order, 4, [&] {
                          fused(q.data(), kc.data(), vc.data(), in.data(), pos.data(), inv.data(),
                                slots.data(), hq, hk, hd, rot, neox ? 1 : 0, num_slots, qn.data(),
-                               kn.data(), eps, norm ? 1 : 0, scale);
+                               kn.data(), eps, norm_mode, scale);
                      });
 
     // The unfused path: (the norms,) rope in place on the fused rows, then the copies.
     std::vector<float> pre = qkv;
-    if (norm) {
-        for (int t = 0; t < n; ++t) {
-            for (int h = 0; h < hq + hk; ++h) {
-                float* head = pre.data() + static_cast<size_t>(t) * row + static_cast<size_t>(h) * hd;
-                const std::vector<float>& w = h < hq ? q_norm : k_norm;
-                double ss = 0.0;
-                for (int j = 0; j < hd; ++j) ss += static_cast<double>(head[j]) * head[j];
-                const double inv_rms = 1.0 / std::sqrt(ss / hd + eps);
-                for (int j = 0; j < hd; ++j) head[j] = round_to(d, static_cast<float>(head[j] * inv_rms * w[j]));
-            }
-        }
-    }
+    if (norm_mode == 1) norm_heads(d, pre, n, row, hq, hk, hd, q_norm, k_norm, eps);
     Buffer rotated(d, pre);
     auto rope_k = KILN_PICK(RopeFn, rope, d);
     const size_t elt = d == DType::F32 ? 4 : 2;
@@ -278,7 +284,8 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
                          rope_k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, rot,
                                 row, row, neox ? 1 : 0, scale);
                      });
-    const std::vector<float> r = rotated.values();
+    std::vector<float> r = rotated.values();
+    if (norm_mode == 2) norm_heads(d, r, n, row, hq, hk, hd, q_norm, k_norm, eps);
     std::vector<double> want_q(static_cast<size_t>(n) * hq * hd);
     std::vector<double> want_k(old_cache.begin(), old_cache.end()), want_v = want_k;
     for (int t = 0; t < n; ++t) {
@@ -292,7 +299,9 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     }
     char name[128];
     std::snprintf(name, sizeof name, "qkv_rope_cache(%s%s) n=%d q %dx%d k %d rot %d scale %g",
-                  neox ? "neox" : "interleaved", norm ? ", q/k norm" : "", n, hq, hd, hk, rot, scale);
+                  neox ? "neox" : "interleaved",
+                  norm_mode == 2 ? ", q/k norm after rope" : (norm ? ", q/k norm" : ""), n, hq, hd, hk,
+                  rot, scale);
     const double tol = norm ? elementwise_tol(d) : 0.0;
     report(std::string(name) + " q", d, q.values(), want_q, tol);
     report(std::string(name) + " k cache", d, kc.values(), want_k, tol);
@@ -361,18 +370,21 @@ int main() {
             check_qkv_rope_cache(d, 1, 32, 8, 128, neox, Order::Random);  // Llama decode
             check_qkv_rope_cache(d, 5, 14, 2, 64, neox, Order::Reverse);  // Qwen2.5-0.5B
             check_qkv_rope_cache(d, 3, 3, 1, 80, neox, Order::Forward);
-            check_qkv_rope_cache(d, 3, 32, 8, 128, neox, Order::Random, true);  // Qwen3-8B
-            check_qkv_rope_cache(d, 2, 4, 2, 64, neox, Order::Reverse, true);
+            check_qkv_rope_cache(d, 3, 32, 8, 128, neox, Order::Random, 1);  // Qwen3-8B
+            check_qkv_rope_cache(d, 2, 4, 2, 64, neox, Order::Reverse, 1);
+            check_qkv_rope_cache(d, 3, 32, 8, 128, neox, Order::Random, 2);  // Hunyuan-7B
+            check_qkv_rope_cache(d, 2, 4, 2, 64, neox, Order::Reverse, 2);
             // Partial rotary (GLM-4: half of a 128 head; Phi-4-mini: 3/4 of 128).
             check_rope(d, 3, 4, 2, 128, neox, Order::Random, 64);
             check_rope(d, 2, 3, 1, 128, neox, Order::Forward, 96);
-            check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Reverse, false, 64);
-            check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Random, true, 96);
+            check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Reverse, 0, 64);
+            check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Random, 1, 96);
+            check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Forward, 2, 96);
             // The attention factor of YaRN (whole head, Qwen3) and LongRoPE (3/4, Phi-4-mini).
             check_rope(d, 3, 4, 2, 128, neox, Order::Reverse, 128, 1.19f);
             check_rope(d, 2, 3, 1, 128, neox, Order::Random, 96, 1.19f);
-            check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Forward, true, 128, 1.139f);
-            check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Reverse, false, 96, 1.19f);
+            check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Forward, 1, 128, 1.139f);
+            check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Reverse, 0, 96, 1.19f);
         }
         // DeepSeek: 64 rotary values of a 192 head (de-interleaved at load: rotate-half).
         check_rope(d, 3, 16, 16, 192, true, Order::Random, 64, 1.0f);

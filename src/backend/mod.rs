@@ -486,11 +486,16 @@ pub fn unfused_qkv_rope_write<B: Backend + ?Sized>(
     let (Some(mut q), Some(mut k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
         anyhow::bail!("qkv_rope_write: split_columns returned fewer than three parts");
     };
-    if let Some((q_norm, k_norm, eps)) = head.norms {
+    let norms = head.norms.filter(|_| !head.norm_after_rope);
+    if let Some((q_norm, k_norm, eps)) = norms {
         q = be.rms_norm(&q, q_norm, eps)?;
         k = be.rms_norm(&k, k_norm, eps)?;
     }
-    let (q, k) = be.rope(q, k, head.head_dim, rope, batch)?;
+    let (mut q, mut k) = be.rope(q, k, head.head_dim, rope, batch)?;
+    if let Some((q_norm, k_norm, eps)) = head.norms.filter(|_| head.norm_after_rope) {
+        q = be.rms_norm(&q, q_norm, eps)?;
+        k = be.rms_norm(&k, k_norm, eps)?;
+    }
     be.write_kv(cache, layer, &k, &v, batch)?;
     Ok(q)
 }
@@ -500,4 +505,6 @@ pub fn unfused_qkv_rope_write<B: Backend + ?Sized>(
 pub struct QkvHeads<'a, B: Backend + ?Sized> {
     pub head_dim: usize,
     pub norms: Option<(&'a B::Tensor, &'a B::Tensor, f64)>,
+    /// HunYuan: the norms apply to the rotated heads instead.
+    pub norm_after_rope: bool,
 }

@@ -81,6 +81,10 @@ pub enum Architecture {
     /// BigScience's BLOOM (`model/bloom.rs`): LayerNorms with biases (one after the
     /// embeddings too), q/k/v fused head by head, ALiBi, an ungated tanh-GELU MLP.
     Bloom,
+    /// Tencent's Hunyuan dense models (`HunYuanDenseV1ForCausalLM`: Hunyuan 0.5B-7B):
+    /// Llama's layer with per-head q/k RMS norms applied after the rotation, and NTK-alpha
+    /// rotary (`rope_scaling` `dynamic` with `alpha`: a larger base).
+    HunYuanDense,
     /// rednote's dots.llm1 (`Dots1ForCausalLM`): Qwen3's attention (per-head q/k norms, no
     /// biases) with GLM-4.5's / DeepSeek-V3's experts (sigmoid router with a correction bias
     /// and groups, shared experts, dense first layers); Qwen2's sliding layers.
@@ -163,7 +167,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 49] = [
+    pub const SUPPORTED: [&'static str; 50] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -213,6 +217,7 @@ impl Architecture {
         "PhimoeForCausalLM",
         "ApertusForCausalLM",
         "Dots1ForCausalLM",
+        "HunYuanDenseV1ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -320,6 +325,7 @@ impl Architecture {
             "PhimoeForCausalLM" | "PhiMoEForCausalLM" => Architecture::PhiMoe,
             "ApertusForCausalLM" => Architecture::Apertus,
             "Dots1ForCausalLM" => Architecture::Dots1,
+            "HunYuanDenseV1ForCausalLM" => Architecture::HunYuanDense,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -414,6 +420,10 @@ pub struct RopeScaling {
     pub short_factor: Option<Vec<f64>>,
     #[serde(default)]
     pub long_factor: Option<Vec<f64>>,
+    /// HunYuan's NTK-alpha (`dynamic` with `alpha`): the rotary base times
+    /// `alpha^(d / (d - 2))`, fixed.
+    #[serde(default)]
+    pub alpha: Option<f64>,
     /// Phi-3.5-MoE's LongRoPE: the attention factor of each factor set, given instead of
     /// derived.
     #[serde(default)]
@@ -1389,6 +1399,8 @@ pub struct ModelConfig {
     pub rotary_dim: usize,
     /// OLMo 2: the q / k norms span the whole projection (all heads), not one head.
     pub qk_norm_whole: bool,
+    /// HunYuan: the per-head q / k norms apply to the rotated heads.
+    pub qk_norm_after_rope: bool,
     /// OLMo 2: no norm before a block; its output is normed before the residual add.
     pub post_norm: bool,
     pub sliding_window: Option<usize>,
@@ -1651,6 +1663,22 @@ impl ModelConfig {
             _ => raw.sliding_window,
         };
         let moe = MoeConfig::from_raw(architecture, &raw)?;
+        // HunYuan's NTK-alpha rotary is a fixed, larger base (up to max_position_embeddings,
+        // past which transformers would rescale it dynamically; kiln's context stops there).
+        let ntk_alpha = match (architecture, &raw.rope_scaling) {
+            (Architecture::HunYuanDense, Some(s)) if s.rope_type == "dynamic" => {
+                s.alpha.filter(|&a| a != 0.0)
+            }
+            _ => None,
+        };
+        if architecture == Architecture::HunYuanDense {
+            for key in ["use_cla", "use_mla"] {
+                anyhow::ensure!(
+                    value.get(key).and_then(serde_json::Value::as_bool) != Some(true),
+                    "Hunyuan with {key} is not supported"
+                );
+            }
+        }
         let granite = matches!(
             architecture,
             Architecture::Granite | Architecture::GraniteMoe
@@ -1802,12 +1830,16 @@ impl ModelConfig {
                     .or(raw.layer_norm_eps)
                     .unwrap_or(raw.rms_norm_eps)
             },
-            rope_theta: match architecture {
-                Architecture::GptNeoX => raw.rotary_emb_base.unwrap_or(raw.rope_theta),
+            rope_theta: match (architecture, &ntk_alpha) {
+                (Architecture::GptNeoX, _) => raw.rotary_emb_base.unwrap_or(raw.rope_theta),
+                (_, Some(alpha)) => {
+                    let d = head_dim as f64;
+                    raw.rope_theta * alpha.powf(d / (d - 2.0))
+                }
                 _ => raw.rope_theta,
             },
             rope_scaling: super::rope::resolve_scaling(
-                raw.rope_scaling.clone(),
+                raw.rope_scaling.clone().filter(|_| ntk_alpha.is_none()),
                 architecture,
                 raw.original_max_position_embeddings,
                 raw.max_position_embeddings,
@@ -1841,11 +1873,13 @@ impl ModelConfig {
                     | Architecture::Exaone4
                     | Architecture::Apertus
                     | Architecture::Dots1
+                    | Architecture::HunYuanDense
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true)),
             qk_norm_whole: matches!(
                 architecture,
                 Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe
             ),
+            qk_norm_after_rope: architecture == Architecture::HunYuanDense,
             rotary_dim,
             post_norm: matches!(
                 architecture,

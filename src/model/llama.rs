@@ -1460,6 +1460,7 @@ impl<B: Backend> LlamaModel<B> {
         let head = QkvHeads {
             head_dim: c.head_dim,
             norms,
+            norm_after_rope: c.qk_norm_after_rope,
         };
         let rope = match (layer.rope, &self.rope_local, &self.rope_off) {
             (LayerRope::Local, Some(local), _) => local,

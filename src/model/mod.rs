@@ -22,6 +22,7 @@ pub mod gpt_neox_weights;
 pub mod gptj;
 pub mod grammar;
 pub mod harmony;
+pub mod hunyuan;
 pub mod int_packing;
 pub mod int_quant;
 pub mod language_model_weights;

@@ -299,6 +299,7 @@ mod tests {
             long_factor: None,
             short_mscale: None,
             long_mscale: None,
+            alpha: None,
         }
     }
 

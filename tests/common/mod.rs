@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 65] = [
+pub const ARCHS: [&str; 66] = [
     "llama",
     "llama31",
     "mistral",
@@ -73,6 +73,7 @@ pub const ARCHS: [&str; 65] = [
     "phimoe",
     "apertus",
     "dots1",
+    "hunyuan_dense",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k

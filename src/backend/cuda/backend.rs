@@ -1004,6 +1004,7 @@ impl Backend for CudaBackend {
             scale: rope.scale,
             head_dim: head.head_dim,
             norms: head.norms.map(|(q, k, eps)| (q, k, eps as f32)),
+            norm_after_rope: head.norm_after_rope,
         };
         self.dev
             .qkv_rope_cache(qkv, &mut q, k_cache, v_cache, &params)?;

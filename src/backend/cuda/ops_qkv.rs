@@ -41,8 +41,9 @@ pub struct QkvRopeCache<'a> {
     pub scale: f32,
     pub head_dim: usize,
     /// Qwen3's per-head RMS norms of q and k (`[head_dim]` weights) and their epsilon,
-    /// applied before the rotation.
+    /// applied before the rotation (after it with `norm_after_rope`, HunYuan).
     pub norms: Option<(&'a CudaTensor, &'a CudaTensor, f32)>,
+    pub norm_after_rope: bool,
 }
 
 /// Most head dims the fused kernel normalises (`QKV_NORM_MAX_HEAD_DIM` in kernels/rope.cu).
@@ -146,11 +147,16 @@ impl CudaDevice {
             .arg(&slots);
         // Without norms the kernel never reads their pointers; qkv stands in.
         let (q_norm, k_norm, eps) = p.norms.map_or((qkv, qkv, 0.0), |(q, k, e)| (q, k, e));
-        let has_norm = i32::from(p.norms.is_some());
+        // kernels/rope.cu's QKV_NORM_NONE, _BEFORE_ROPE, _AFTER_ROPE.
+        let norm_mode: i32 = match (p.norms.is_some(), p.norm_after_rope) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        };
         args.arg(q_norm.data())
             .arg(k_norm.data())
             .arg(&eps)
-            .arg(&has_norm)
+            .arg(&norm_mode)
             .arg(&p.scale);
         // SAFETY: matches kernels/rope.cu; shapes checked above, slots bounds-checked in the
         // kernel.

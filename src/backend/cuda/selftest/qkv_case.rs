@@ -1,8 +1,9 @@
 //! Selftest case of the fused attention entry (`qkv_rope_cache`): the rotated q and the
 //! caches after the kernel, against the reference's rope and cache write on the split rows,
 //! at a decode batch and a prefill batch of the real shape, with a padding token (slot -1),
-//! with and without Qwen3's per-head q/k RMS norms (the reference rounds the normalised
-//! heads to the dtype, as the unfused rms_norm stores them).
+//! with and without per-head q/k RMS norms, before the rotation (Qwen3) or after it
+//! (HunYuan) (the reference rounds the normalised heads to the dtype, as the unfused
+//! rms_norm stores them).
 
 use super::compare::Check;
 use super::suite::Suite;
@@ -15,13 +16,23 @@ use rand::Rng;
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     for n in [32, s.sizes.prefill_tokens] {
         for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
-            case(s, dtype, n, style, false, 1.0)?;
+            case(s, dtype, n, style, None, 1.0)?;
         }
     }
-    // YaRN's or LongRoPE's attention factor on cos and sin; with the norms, Qwen3 + YaRN.
-    case(s, dtype, 32, RopeStyle::Neox, false, 1.19)?;
-    case(s, dtype, 32, RopeStyle::Neox, true, 1.0)?;
-    case(s, dtype, 32, RopeStyle::Neox, true, 1.19)
+    // YaRN's or LongRoPE's attention factor on cos and sin; with the norms, Qwen3 + YaRN;
+    // HunYuan's norms after the rotation.
+    case(s, dtype, 32, RopeStyle::Neox, None, 1.19)?;
+    case(s, dtype, 32, RopeStyle::Neox, Some(false), 1.0)?;
+    case(s, dtype, 32, RopeStyle::Neox, Some(false), 1.19)?;
+    case(s, dtype, 32, RopeStyle::Neox, Some(true), 1.0)?;
+    case(
+        s,
+        dtype,
+        s.sizes.prefill_tokens,
+        RopeStyle::Neox,
+        Some(true),
+        1.0,
+    )
 }
 
 fn case(
@@ -29,9 +40,11 @@ fn case(
     dtype: DType,
     n: usize,
     style: RopeStyle,
-    norm: bool,
+    norm_after_rope: Option<bool>,
     scale: f32,
 ) -> Result<()> {
+    let norm = norm_after_rope.is_some();
+    let after = norm_after_rope == Some(true);
     let sz = s.sizes;
     let (hq, hk, hd) = (sz.q_heads, sz.kv_heads, sz.head_dim);
     let (q_width, kv_width) = (hq * hd, hk * hd);
@@ -74,6 +87,7 @@ fn case(
         scale,
         head_dim: hd,
         norms: norm.then_some((&q_norm, &k_norm, eps)),
+        norm_after_rope: after,
     };
     dev.qkv_rope_cache(&qkv, &mut q, &mut k_cache, &mut v_cache, &params)?;
 
@@ -89,14 +103,19 @@ fn case(
         column(q_width, kv_width),
         column(q_width + kv_width, kv_width),
     );
-    if norm {
-        let rounded = |v: Vec<f32>| v.into_iter().map(|x| dtype.round(x)).collect::<Vec<_>>();
+    let rounded = |v: Vec<f32>| v.into_iter().map(|x| dtype.round(x)).collect::<Vec<_>>();
+    if norm && !after {
         q_ref = rounded(reference::rms_norm(&q_ref, &q_norm_host, eps));
         k_ref = rounded(reference::rms_norm(&k_ref, &k_norm_host, eps));
     }
     let neox = style == RopeStyle::Neox;
     reference::rope(&mut q_ref, &positions, &inv_freq, hq, hd, neox, scale);
     reference::rope(&mut k_ref, &positions, &inv_freq, hk, hd, neox, scale);
+    if after {
+        // The kernel stores the rotated head in the dtype, then norms it.
+        q_ref = rounded(reference::rms_norm(&rounded(q_ref), &q_norm_host, eps));
+        k_ref = rounded(reference::rms_norm(&rounded(k_ref), &k_norm_host, eps));
+    }
     reference::kv_write(
         &mut k_cache_host,
         &mut v_cache_host,
@@ -113,7 +132,11 @@ fn case(
     let label = format!(
         "qkv_rope_cache({}{}{})",
         if neox { "neox" } else { "interleaved" },
-        if norm { ", q/k norm" } else { "" },
+        match norm_after_rope {
+            None => "",
+            Some(false) => ", q/k norm",
+            Some(true) => ", q/k norm after rope",
+        },
         if scale != 1.0 {
             ", attention factor"
         } else {
