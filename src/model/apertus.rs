@@ -3,27 +3,21 @@
 //! has the Llama-family loader's names. Its MLP's xIELU parameters are read with the MLP
 //! (`llama::xielu_of`).
 
-use super::weights::{layer_part, renamed_part, RenamedWeights, WeightSource};
+use super::weights::{with_layer_renames, RenamedWeights, WeightSource};
+
+/// Apertus's names of a layer's norms.
+const RENAMED: [(&str, &str); 2] = [
+    ("input_layernorm.", "attention_layernorm."),
+    ("post_attention_layernorm.", "feedforward_layernorm."),
+];
 
 /// An Apertus checkpoint under the loader's names.
 pub struct ApertusWeights;
 
 impl ApertusWeights {
     pub fn wrap<S: WeightSource>(inner: S) -> RenamedWeights<S> {
-        RenamedWeights::new(inner, checkpoint_name)
+        with_layer_renames(inner, &RENAMED)
     }
-}
-
-/// The checkpoint's name of the loader's weight `name`.
-fn checkpoint_name(name: &str) -> String {
-    let Some((index, part)) = layer_part(name) else {
-        return name.to_string();
-    };
-    const RENAMED: [(&str, &str); 2] = [
-        ("input_layernorm.", "attention_layernorm."),
-        ("post_attention_layernorm.", "feedforward_layernorm."),
-    ];
-    format!("model.layers.{index}.{}", renamed_part(part, &RENAMED))
 }
 
 #[cfg(test)]
@@ -52,8 +46,9 @@ mod tests {
             ("model.norm.weight", "model.norm.weight"),
             ("lm_head.weight", "lm_head.weight"),
         ];
+        let src = ApertusWeights::wrap(crate::model::weights::DummyWeights { seed: 0 });
         for (ours, theirs) in cases {
-            assert_eq!(checkpoint_name(ours), theirs);
+            assert_eq!(src.stored_name(ours), theirs);
         }
     }
 

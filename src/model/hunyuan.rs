@@ -3,27 +3,21 @@
 //! Llama-family loader's names. (The norms apply after the rotation:
 //! `ModelConfig::qk_norm_after_rope`.)
 
-use super::weights::{layer_part, renamed_part, RenamedWeights, WeightSource};
+use super::weights::{with_layer_renames, RenamedWeights, WeightSource};
+
+/// Hunyuan's names of a layer's q / k norms.
+const RENAMED: [(&str, &str); 2] = [
+    ("self_attn.q_norm.", "self_attn.query_layernorm."),
+    ("self_attn.k_norm.", "self_attn.key_layernorm."),
+];
 
 /// A Hunyuan checkpoint under the loader's names.
 pub struct HunYuanWeights;
 
 impl HunYuanWeights {
     pub fn wrap<S: WeightSource>(inner: S) -> RenamedWeights<S> {
-        RenamedWeights::new(inner, checkpoint_name)
+        with_layer_renames(inner, &RENAMED)
     }
-}
-
-/// The checkpoint's name of the loader's weight `name`.
-fn checkpoint_name(name: &str) -> String {
-    let Some((index, part)) = layer_part(name) else {
-        return name.to_string();
-    };
-    const RENAMED: [(&str, &str); 2] = [
-        ("self_attn.q_norm.", "self_attn.query_layernorm."),
-        ("self_attn.k_norm.", "self_attn.key_layernorm."),
-    ];
-    format!("model.layers.{index}.{}", renamed_part(part, &RENAMED))
 }
 
 #[cfg(test)]
@@ -33,6 +27,8 @@ mod tests {
 
     #[test]
     fn head_norms_take_hunyuan_names() {
+        let src = HunYuanWeights::wrap(crate::model::weights::DummyWeights { seed: 0 });
+        let checkpoint_name = |name: &str| src.stored_name(name);
         assert_eq!(
             checkpoint_name("model.layers.3.self_attn.q_norm.weight"),
             "model.layers.3.self_attn.query_layernorm.weight"

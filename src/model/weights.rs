@@ -114,6 +114,11 @@ impl<S> RenamedWeights<S> {
             rename: Box::new(rename),
         }
     }
+
+    /// The name the checkpoint stores the loader's weight `name` under.
+    pub fn stored_name(&self, name: &str) -> String {
+        (self.rename)(name)
+    }
 }
 
 impl<S: WeightSource> WeightSource for RenamedWeights<S> {
@@ -174,6 +179,19 @@ pub fn renamed_part(part: &str, table: &[(&str, &str)]) -> String {
                 .map(|rest| format!("{theirs}{rest}"))
         })
         .unwrap_or_else(|| part.to_string())
+}
+
+/// `inner` with the names of its layer weights (below `model.layers.N.`) renamed by the first
+/// of `table`'s `(ours, theirs)` prefixes that fits: a checkpoint that names a few of a
+/// layer's weights its own way and the rest as the loader does.
+pub fn with_layer_renames<S: WeightSource>(
+    inner: S,
+    table: &'static [(&'static str, &'static str)],
+) -> RenamedWeights<S> {
+    RenamedWeights::new(inner, move |name| match layer_part(name) {
+        Some((index, part)) => format!("model.layers.{index}.{}", renamed_part(part, table)),
+        None => name.to_string(),
+    })
 }
 
 /// A range of indices along one dimension of a weight.
