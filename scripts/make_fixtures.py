@@ -69,6 +69,8 @@ from transformers import (
     Dots1ForCausalLM,
     HunYuanDenseV1Config,
     HunYuanDenseV1ForCausalLM,
+    HunYuanMoEV1Config,
+    HunYuanMoEV1ForCausalLM,
     GPTJConfig,
     GPTNeoConfig,
     GPTNeoForCausalLM,
@@ -1243,6 +1245,20 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 head_dim=8,
                 rope_theta=10000.0,
                 rope_scaling={"type": "dynamic", "factor": 1.0, "alpha": 1000.0},
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Hunyuan MoE: the dense model's attention, four experts (top 2, renormalised) behind
+        # an f32 router, plus a shared MLP on every token.
+        "hunyuan_moe": (
+            HunYuanMoEV1ForCausalLM,
+            HunYuanMoEV1Config(
+                **common,
+                head_dim=8,
+                rope_theta=10000.0,
+                rope_scaling={"type": "dynamic", "factor": 1.0, "alpha": 1000.0},
+                num_experts=4,
+                moe_topk=2,
                 tie_word_embeddings=False,
             ),
         ),

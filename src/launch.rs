@@ -439,7 +439,10 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 Box::new(Gpt2Weights::wrap_linear(files_source))
             } else if config.architecture == Architecture::GptNeo {
                 Box::new(GptNeoWeights::wrap(files_source))
-            } else if config.architecture == Architecture::HunYuanDense {
+            } else if matches!(
+                config.architecture,
+                Architecture::HunYuanDense | Architecture::HunYuanMoe
+            ) {
                 Box::new(HunYuanWeights::wrap(files_source))
             } else if config.architecture == Architecture::Apertus {
                 Box::new(ApertusWeights::wrap(files_source))

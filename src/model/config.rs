@@ -85,6 +85,9 @@ pub enum Architecture {
     /// Llama's layer with per-head q/k RMS norms applied after the rotation, and NTK-alpha
     /// rotary (`rope_scaling` `dynamic` with `alpha`: a larger base).
     HunYuanDense,
+    /// Tencent's Hunyuan MoE (`HunYuanMoEV1ForCausalLM`, Hunyuan-A13B): the dense model's
+    /// attention with a softmax top-k router (in f32) over experts plus a shared MLP.
+    HunYuanMoe,
     /// rednote's dots.llm1 (`Dots1ForCausalLM`): Qwen3's attention (per-head q/k norms, no
     /// biases) with GLM-4.5's / DeepSeek-V3's experts (sigmoid router with a correction bias
     /// and groups, shared experts, dense first layers); Qwen2's sliding layers.
@@ -167,7 +170,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 50] = [
+    pub const SUPPORTED: [&'static str; 51] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -218,6 +221,7 @@ impl Architecture {
         "ApertusForCausalLM",
         "Dots1ForCausalLM",
         "HunYuanDenseV1ForCausalLM",
+        "HunYuanMoEV1ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -326,6 +330,7 @@ impl Architecture {
             "ApertusForCausalLM" => Architecture::Apertus,
             "Dots1ForCausalLM" => Architecture::Dots1,
             "HunYuanDenseV1ForCausalLM" => Architecture::HunYuanDense,
+            "HunYuanMoEV1ForCausalLM" => Architecture::HunYuanMoe,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -861,6 +866,12 @@ impl MoeConfig {
                 raw.intermediate_size,
                 false,
             ),
+            // HunYuanMoEV1Config's defaults (one expert, top 1), renormalised top k.
+            Architecture::HunYuanMoe => (
+                raw.num_experts.unwrap_or(1),
+                raw.moe_intermediate_size.unwrap_or(raw.intermediate_size),
+                true,
+            ),
             // Dots1Config's defaults (it has no expert count of its own).
             Architecture::Dots1 => (
                 raw.n_routed_experts.unwrap_or(0),
@@ -996,6 +1007,7 @@ impl MoeConfig {
                     | Architecture::DeepseekV3
                     | Architecture::Ernie45Moe
                     | Architecture::Dots1
+                    | Architecture::HunYuanMoe
             ),
             num_experts,
             top_k,
@@ -1025,6 +1037,8 @@ impl MoeConfig {
                     Some(expert_intermediate_size * raw.moe_num_shared_experts.unwrap_or(2))
                         .filter(|&n| n > 0)
                 }
+                // Set from its per-layer settings (`hunyuan::normalized_moe_config`).
+                Architecture::HunYuanMoe => raw.shared_expert_intermediate_size.filter(|&n| n > 0),
                 _ => None,
             },
             shared_expert_gated: architecture == Architecture::Qwen2Moe,
@@ -1512,6 +1526,7 @@ impl ModelConfig {
             Some("GPTNeoForCausalLM") => super::gpt_neo::normalized_config(value)?,
             Some("BloomForCausalLM") => super::bloom::normalized_config(value)?,
             Some("MptForCausalLM" | "MPTForCausalLM") => super::mpt::normalized_config(value)?,
+            Some("HunYuanMoEV1ForCausalLM") => super::hunyuan::normalized_moe_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1665,13 +1680,15 @@ impl ModelConfig {
         let moe = MoeConfig::from_raw(architecture, &raw)?;
         // HunYuan's NTK-alpha rotary is a fixed, larger base (up to max_position_embeddings,
         // past which transformers would rescale it dynamically; kiln's context stops there).
-        let ntk_alpha = match (architecture, &raw.rope_scaling) {
-            (Architecture::HunYuanDense, Some(s)) if s.rope_type == "dynamic" => {
-                s.alpha.filter(|&a| a != 0.0)
-            }
+        let hunyuan = matches!(
+            architecture,
+            Architecture::HunYuanDense | Architecture::HunYuanMoe
+        );
+        let ntk_alpha = match &raw.rope_scaling {
+            Some(s) if hunyuan && s.rope_type == "dynamic" => s.alpha.filter(|&a| a != 0.0),
             _ => None,
         };
-        if architecture == Architecture::HunYuanDense {
+        if hunyuan {
             for key in ["use_cla", "use_mla"] {
                 anyhow::ensure!(
                     value.get(key).and_then(serde_json::Value::as_bool) != Some(true),
@@ -1874,12 +1891,13 @@ impl ModelConfig {
                     | Architecture::Apertus
                     | Architecture::Dots1
                     | Architecture::HunYuanDense
+                    | Architecture::HunYuanMoe
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true)),
             qk_norm_whole: matches!(
                 architecture,
                 Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe
             ),
-            qk_norm_after_rope: architecture == Architecture::HunYuanDense,
+            qk_norm_after_rope: hunyuan,
             rotary_dim,
             post_norm: matches!(
                 architecture,

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 66] = [
+pub const ARCHS: [&str; 67] = [
     "llama",
     "llama31",
     "mistral",
@@ -74,6 +74,7 @@ pub const ARCHS: [&str; 66] = [
     "apertus",
     "dots1",
     "hunyuan_dense",
+    "hunyuan_moe",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
