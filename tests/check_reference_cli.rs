@@ -181,3 +181,37 @@ fn lora_adapters_of_the_fixture_are_checked_against_peft() {
             .any(|r| r.check.starts_with("lora:granite_all")));
     }
 }
+
+/// BLOOM 560M's checkpoint was saved from `BloomModel`: its weights have no `transformer.`
+/// prefix. The bloom fixture with its weights renamed that way must pass as it is.
+#[test]
+fn bloom_checkpoints_without_the_transformer_prefix_load() {
+    use safetensors::tensor::TensorView;
+    let src = fixture("bloom");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "model.safetensors" {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let stored = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let renamed: Vec<(String, TensorView<'_>)> = stored
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name.trim_start_matches("transformer.").to_string(), view))
+        .collect();
+    assert!(renamed.iter().any(|(n, _)| n == "word_embeddings.weight"));
+    safetensors::serialize_to_file(renamed, None, &dir.path().join("model.safetensors")).unwrap();
+    let args = engine_args(&[
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]);
+    let report = check(&args).unwrap();
+    assert!(report.ok, "{:#?}", report.rows);
+}
