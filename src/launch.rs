@@ -429,35 +429,26 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             // expansion of quantized weights under those names.
             let named: Box<dyn WeightSource + Send + Sync> = if config.nested_language_model {
                 Box::new(LanguageModelWeights::wrap(files_source)?)
-            } else if config.architecture == Architecture::GptJ {
-                Box::new(GptJWeights::wrap(files_source))
-            } else if config.architecture == Architecture::Opt {
-                Box::new(OptWeights::wrap(files_source))
-            } else if config.architecture == Architecture::Gpt2 {
-                Box::new(Gpt2Weights::wrap(files_source))
-            } else if config.architecture == Architecture::GptBigCode {
-                Box::new(Gpt2Weights::wrap_linear(files_source))
-            } else if config.architecture == Architecture::GptNeo {
-                Box::new(GptNeoWeights::wrap(files_source))
-            } else if matches!(
-                config.architecture,
-                Architecture::HunYuanDense | Architecture::HunYuanMoe
-            ) {
-                Box::new(HunYuanWeights::wrap(files_source))
-            } else if config.architecture == Architecture::Apertus {
-                Box::new(ApertusWeights::wrap(files_source))
-            } else if config.architecture == Architecture::Bloom {
-                Box::new(BloomWeights::wrap(files_source))
-            } else if config.architecture == Architecture::Mpt {
-                Box::new(MptWeights::wrap(files_source))
-            } else if config.architecture == Architecture::Falcon {
-                Box::new(FalconWeights::wrap(files_source, config.parallel_two_norms))
-            } else if config.architecture == Architecture::GptNeoX {
-                Box::new(GptNeoXWeights::wrap(files_source))
-            } else if bare {
-                Box::new(BaseModelWeights::wrap(files_source))
             } else {
-                Box::new(files_source)
+                match config.architecture {
+                    Architecture::GptJ => Box::new(GptJWeights::wrap(files_source)),
+                    Architecture::Opt => Box::new(OptWeights::wrap(files_source)),
+                    Architecture::Gpt2 => Box::new(Gpt2Weights::wrap(files_source)),
+                    Architecture::GptBigCode => Box::new(Gpt2Weights::wrap_linear(files_source)),
+                    Architecture::GptNeo => Box::new(GptNeoWeights::wrap(files_source)),
+                    Architecture::HunYuanDense | Architecture::HunYuanMoe => {
+                        Box::new(HunYuanWeights::wrap(files_source))
+                    }
+                    Architecture::Apertus => Box::new(ApertusWeights::wrap(files_source)),
+                    Architecture::Bloom => Box::new(BloomWeights::wrap(files_source)),
+                    Architecture::Mpt => Box::new(MptWeights::wrap(files_source)),
+                    Architecture::Falcon => {
+                        Box::new(FalconWeights::wrap(files_source, config.parallel_two_norms))
+                    }
+                    Architecture::GptNeoX => Box::new(GptNeoXWeights::wrap(files_source)),
+                    _ if bare => Box::new(BaseModelWeights::wrap(files_source)),
+                    _ => Box::new(files_source),
+                }
             };
             match &config.quantization {
                 Some(Quantization::Fp8) => {
