@@ -3,7 +3,9 @@
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kiln::backend::cpu::CpuBackend;
-use kiln::backend::{AttentionShape, Backend, BatchLayout, HeadTerms, KvCacheSpec, Rope};
+use kiln::backend::{
+    AttentionShape, Backend, BatchLayout, HeadTerms, KeyWindow, KvCacheSpec, Rope,
+};
 
 const HIDDEN: usize = 768;
 const INTER: usize = 2048;
@@ -45,6 +47,7 @@ fn ops(c: &mut Criterion) {
                 .collect(),
             neox: true,
             scale: 1.0,
+            query_temperature: None,
         };
         let rope = be.prepare_rope(&rope).unwrap();
         let k = rand(&[batch, 4 * 64]);
@@ -80,7 +83,7 @@ fn ops(c: &mut Criterion) {
             num_heads: 12,
             num_kv_heads: 4,
             head_dim: 64,
-            sliding_window: None,
+            window: KeyWindow::Full,
             logit_softcap: None,
         };
         g.bench_with_input(

@@ -12,7 +12,8 @@
 //
 // Sliding window (Mistral): with sliding_window = w > 0, the token at position pos attends
 // only to positions pos + 1 - w ..= pos (when pos >= w; otherwise to 0..=pos), the last w
-// keys. sliding_window = 0 means no window. softcap > 0 (Gemma 2) caps each scaled score s
+// keys. sliding_window = -c < 0 (Llama 4's chunked layers) keeps it inside its chunk of c
+// positions: (pos / c) * c ..= pos (kiln_first_key). sliding_window = 0 means no window. softcap > 0 (Gemma 2) caps each scaled score s
 // at softcap * tanh(s / softcap) before the softmax; 0 leaves it. sinks (gpt-oss, f32
 // [hq], or null): head h's softmax has one more logit sinks[h] with no value. alibi (f32
 // [hq], or null): head h's score for the key at position p gains alibi[h] * (p - pos),
@@ -48,8 +49,7 @@ __device__ __forceinline__ void attention_impl(
     const int q_len = query_start[seq + 1] - query_start[seq];
     const int pos = context_lens[seq] - q_len + (token - query_start[seq]);
     const int last_key = min(pos, max_blocks_per_seq * block_size - 1);
-    const int first_key =
-        (sliding_window > 0 && pos >= sliding_window) ? pos + 1 - sliding_window : 0;
+    const int first_key = kiln_first_key(pos, sliding_window);
     const int kv_head = head / (hq / hk);
     const int* table = block_tables + (long long)seq * max_blocks_per_seq;
     const long long kv_row = (long long)hk * hd;

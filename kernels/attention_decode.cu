@@ -4,7 +4,7 @@
 // kernel (attention_prefill.cu) does not apply (f32, GPUs before sm_80). Same semantics as
 // attention.cu: sequence s owns query rows query_start[s] .. query_start[s+1]; its token j
 // sits at position context_lens[s] - q_len + j and attends to cache positions
-// max(0, pos + 1 - window) ..= pos through block_tables; caches are
+// kiln_first_key(pos, window) ..= pos (a sliding window or a chunk) through block_tables; caches are
 // [num_blocks, block_size, hk, hd]. The per-head terms are attention.cu's too: sinks join
 // where the softmax is normalised (the one-split output or the merge), ALiBi's
 // alibi[h] * (p - pos) joins each score. The term is relative to the query's position, so
@@ -85,8 +85,7 @@ __device__ __forceinline__ void attention_decode_impl(
     const int q_len = query_start[seq + 1] - query_start[seq];
     const int pos = context_lens[seq] - q_len + (token - query_start[seq]);
     const int last_key = min(pos, max_blocks_per_seq * block_size - 1);
-    const int first_key =
-        (sliding_window > 0 && pos >= sliding_window) ? pos + 1 - sliding_window : 0;
+    const int first_key = kiln_first_key(pos, sliding_window);
     const int split_first = first_key + split * keys_per_split;
     const int split_last = min(last_key, split_first + keys_per_split - 1);
     const int num_keys = split_last - split_first + 1;  // <= keys_per_split <= MAX

@@ -2,7 +2,8 @@
 //
 // Same semantics as attention.cu: sequence s owns query rows query_start[s] ..
 // query_start[s+1]; its token j sits at position context_lens[s] - q_len + j and attends to
-// cache positions max(0, pos + 1 - window) ..= pos of the paged cache [num_blocks,
+// cache positions kiln_first_key(pos, window) ..= pos (a sliding window or a chunk) of the
+// paged cache [num_blocks,
 // block_size, hk, hd] (its own K/V were written before this kernel runs).
 //
 // Why: the one-query-per-CTA kernels read every K/V row once per query token; here a CTA
@@ -91,7 +92,9 @@ __device__ __forceinline__ void attention_prefill_tiles(
     const int pos0 = context_lens[seq] - q_len + q0;  // its position
     const int last_key = causal ? pos0 + rows - 1 : context_lens[seq] - 1;
     const int max_key = min(last_key, max_blocks_per_seq * block_size - 1);
-    const int min_key = sliding_window > 0 ? max(0, pos0 + 1 - sliding_window) : 0;
+    // A window's or chunk's first key never decreases with the position: row 0's is the
+    // tile's least.
+    const int min_key = kiln_first_key(pos0, sliding_window);
 
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -103,8 +106,8 @@ __device__ __forceinline__ void attention_prefill_tiles(
     // Without the causal mask every row sits at the last key.
     const int pos_lo = r_lo < rows ? (causal ? pos0 + r_lo : max_key) : -1;
     const int pos_hi = r_hi < rows ? (causal ? pos0 + r_hi : max_key) : -1;
-    const int first_lo = sliding_window > 0 ? pos_lo + 1 - sliding_window : 0;
-    const int first_hi = sliding_window > 0 ? pos_hi + 1 - sliding_window : 0;
+    const int first_lo = kiln_first_key(pos_lo, sliding_window);
+    const int first_hi = kiln_first_key(pos_hi, sliding_window);
 
     // Q as A fragments, unscaled (the scale is applied to S in f32).
     unsigned int qa[KSTEPS][4];

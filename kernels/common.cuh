@@ -146,6 +146,16 @@ __device__ __forceinline__ void kiln_map_row(typename D::T* y, const typename D:
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
          i += (long long)gridDim.x * blockDim.x)
 
+// The first cache position a query at `pos` attends to. window > 0 (Mistral's sliding
+// window): the last `window` positions pos + 1 - window ..= pos. window < 0 (Llama 4's
+// chunked layers): the positions of its own chunk of -window, from (pos / -window) *
+// -window on. 0: the whole context. Padding rows (pos -1) get 0; they mask every key anyway.
+__device__ __forceinline__ int kiln_first_key(int pos, int window) {
+    if (window > 0) return pos >= window ? pos + 1 - window : 0;
+    if (window < 0 && pos > 0) return (pos / -window) * -window;
+    return 0;
+}
+
 // Gemma 2's attention-logit soft-capping of a scaled score: cap * tanh(s / cap); cap 0 is
 // off (the score unchanged).
 __device__ __forceinline__ float kiln_softcap(float s, float cap) {

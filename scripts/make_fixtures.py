@@ -106,6 +106,8 @@ from transformers import (
     Glm4MoeForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    Llama4ForCausalLM,
+    Llama4TextConfig,
     MistralConfig,
     MistralForCausalLM,
     MixtralConfig,
@@ -1259,6 +1261,37 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 rope_scaling={"type": "dynamic", "factor": 1.0, "alpha": 1000.0},
                 num_experts=4,
                 moe_topk=2,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Llama 4: chunks of 5 positions on the rotating layers 0 and 2 (interleaved pairs,
+        # llama3-scaled, weightless q/k norms), a query temperature that steps every 4
+        # positions on layer 1, which neither rotates nor chunks; experts (top 1, the
+        # router's sigmoid scaling their input) plus a shared one on layers 1 and 2, a
+        # wider dense MLP on layer 0.
+        "llama4": (
+            Llama4ForCausalLM,
+            Llama4TextConfig(
+                **{**common, "num_hidden_layers": 3, "intermediate_size": 32},
+                intermediate_size_mlp=96,
+                head_dim=8,
+                rope_theta=10000.0,
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                },
+                no_rope_layer_interval=2,
+                attention_chunk_size=5,
+                attn_temperature_tuning=True,
+                floor_scale=4,
+                attn_scale=0.5,
+                use_qk_norm=True,
+                num_local_experts=4,
+                num_experts_per_tok=1,
+                moe_layers=[1, 2],
                 tie_word_embeddings=False,
             ),
         ),

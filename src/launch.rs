@@ -36,6 +36,7 @@ use crate::model::hunyuan::HunYuanWeights;
 use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
 use crate::model::llama::LlamaModel;
+use crate::model::llama4::Llama4Weights;
 use crate::model::lora::load_adapter;
 use crate::model::mpt::MptWeights;
 use crate::model::opt::OptWeights;
@@ -428,7 +429,11 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
             // Names first (where the checkpoint keeps the text model's weights), then the
             // expansion of quantized weights under those names.
             let named: Box<dyn WeightSource + Send + Sync> = if config.nested_language_model {
-                Box::new(LanguageModelWeights::wrap(files_source)?)
+                let language_model = LanguageModelWeights::wrap(files_source)?;
+                match config.architecture {
+                    Architecture::Llama4 => Box::new(Llama4Weights::wrap(language_model)),
+                    _ => Box::new(language_model),
+                }
             } else {
                 match config.architecture {
                     Architecture::GptJ => Box::new(GptJWeights::wrap(files_source)),
@@ -440,6 +445,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                         Box::new(HunYuanWeights::wrap(files_source))
                     }
                     Architecture::Apertus => Box::new(ApertusWeights::wrap(files_source)),
+                    Architecture::Llama4 => Box::new(Llama4Weights::wrap(files_source)),
                     Architecture::Bloom => Box::new(BloomWeights::wrap(files_source)),
                     Architecture::Mpt => Box::new(MptWeights::wrap(files_source)),
                     Architecture::Falcon => {

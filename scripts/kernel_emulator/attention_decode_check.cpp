@@ -34,7 +34,7 @@ struct Case {
     std::string name;
     std::vector<std::pair<int, int>> seqs;  // (context after this step, new tokens)
     int hq, hk, hd;
-    int window = 0;  // 0 = none
+    int window = 0;  // 0 = none; < 0: Llama 4's chunks of -window positions
     DType dtype = DType::F32;
     int forced_splits = 0;  // > 0: this many splits of forced_keys keys instead of the plan
     int forced_keys = 0;
@@ -141,7 +141,7 @@ double run_case(const Case& c, unsigned seed, Plan* used, Mode mode, const kiln_
     Batch b = make_batch(c, rng);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
     const int capacity = b.max_blocks * b.block_size;
-    Plan plan = decode_plan(b.tokens, c.hq, c.hk, c.window > 0 ? std::min(c.window, capacity) : capacity);
+    Plan plan = decode_plan(b.tokens, c.hq, c.hk, c.window != 0 ? std::min(std::abs(c.window), capacity) : capacity);
     if (c.forced_splits > 0) {
         plan.num_splits = c.forced_splits;
         plan.keys_per_split = c.forced_keys;
@@ -278,6 +278,13 @@ std::vector<Case> cases(bool full) {
     add({"mha hd192 f32", {{1, 1}, {70, 1}}, 8, 8, 192, 0, DType::F32, 2, 64});
     add({"mha hd64 f16", {{3, 1}, {90, 1}}, 8, 8, 64, 0, DType::F16, 2, 64});
     add({"window 37", {{100, 1}, {20, 1}, {64, 3}}, 32, 8, 128, 37, DType::F32, 2, 32});
+    // Llama 4's chunks (window -c): a chunk starting inside a block (37), a token on a
+    // chunk's first position (64 = 2 x 32, 74 = 2 x 37), splits over a chunk of 300, and a
+    // prefill through this kernel.
+    add({"chunk 37", {{100, 1}, {20, 1}, {75, 1}, {64, 3}}, 32, 8, 128, -37, DType::F32, 2, 32});
+    add({"chunk 32 bf16", {{65, 1}, {100, 1}, {33, 1}}, 16, 2, 64, -32, DType::BF16, 1, 512});
+    add({"chunk 300 3x128 f16", {{1000, 1}, {601, 1}, {350, 1}}, 8, 2, 128, -300, DType::F16, 3, 128});
+    add({"chunk 37 prefill 90 tokens", {{90, 90}}, 8, 2, 64, -37, DType::BF16});
     // Gemma 2's soft-capped scores (a cap small enough to change every softmax), split and
     // not, with a window, at its head dim 256.
     add({"softcap 1.5", {{1, 1}, {40, 1}, {100, 1}}, 32, 8, 128, 0, DType::F32, 0, 0, O::Forward, 1.5f});

@@ -35,7 +35,7 @@ struct Case {
     std::string name;
     std::vector<std::pair<int, int>> seqs;  // (context after this step, new tokens)
     int hq, hk, hd;
-    int window = 0;  // 0 = none
+    int window = 0;  // 0 = none; < 0: Llama 4's chunks of -window positions
     DType dtype = DType::BF16;
     kiln_emu::Order order = kiln_emu::Order::Forward;
     float softcap = 0.0f;  // Gemma 2's score soft-cap; 0 = none
@@ -294,6 +294,12 @@ std::vector<Case> cases() {
     v.push_back({"mixed decode x3 + prefill hd128", mixed, 32, 8, 128, 0, DType::BF16, O::Forward, 0.0f, false, false, 3});
     v.push_back({"alibi mixed decode x3 + prefill hd128", mixed, 32, 8, 128, 0, DType::F16, O::Random, 0.0f, false, true, 3});
     v.push_back({"alibi mixed window 37 gqa 8/1 hd64", {{100, 1}, {20, 1}, {190, 130}, {17, 17}}, 8, 1, 64, 37, DType::BF16, O::Forward, 0.0f, false, true, 2});
+    // Llama 4's chunks (window -c): chunks inside one 64-row tile and across tiles, a chunk
+    // boundary inside a block (37) and on one (64), cached prefixes, a serving step.
+    v.push_back({"chunk 37 gqa 4/1 hd64", {{150, 90}, {60, 13}, {74, 74}}, 4, 1, 64, -37, DType::BF16});
+    v.push_back({"chunk 64 gqa 32/8 hd128", {{200, 130}, {129, 129}}, 32, 8, 128, -64, DType::F16, O::Random});
+    v.push_back({"chunk 5 gqa 8/2 hd64", {{90, 70}, {11, 11}}, 8, 2, 64, -5, DType::BF16, O::Reverse});
+    v.push_back({"chunk 37 mixed gqa 8/1 hd64", {{100, 1}, {38, 1}, {190, 130}, {17, 17}}, 8, 1, 64, -37, DType::F16, O::Forward, 0.0f, false, false, 2});
     return v;
 }
 

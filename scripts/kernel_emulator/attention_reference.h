@@ -123,7 +123,11 @@ std::vector<double> reference(const C& c, const Batch& b, float scale,
         while (seq + 1 < static_cast<int>(c.seqs.size()) && b.query_start[seq + 1] <= token) ++seq;
         const int q_len = b.query_start[seq + 1] - b.query_start[seq];
         const int pos = b.context_lens[seq] - q_len + (token - b.query_start[seq]);
-        const int first = (c.window > 0 && pos >= c.window) ? pos + 1 - c.window : 0;
+        // A sliding window of c.window > 0 keys, or (c.window < 0, Llama 4) the query's own
+        // chunk of -c.window positions.
+        const int first = c.window > 0   ? (pos >= c.window ? pos + 1 - c.window : 0)
+                          : c.window < 0 ? (pos / -c.window) * -c.window
+                                         : 0;
         for (int head = 0; head < hq; ++head) {
             const int kv_head = head / (hq / hk);
             std::vector<const float*> k, v;

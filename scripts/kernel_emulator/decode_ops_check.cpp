@@ -102,20 +102,33 @@ void check_norm(DType d, int rows, int width, unsigned threads, bool fused, Orde
 }
 
 using RopeFn = void (*)(void*, void*, const int*, const float*, int, int, int, int, int, int, int,
-                        float);
+                        float, float, float);
+
+// Llama 4's layers without rotary: an all-zero frequency table, and each query times its
+// temperature log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1 (floor_scale 0: none).
+struct Temperature {
+    float floor_scale = 0.0f, attn_scale = 0.0f;
+    bool on() const { return floor_scale > 0.0f; }
+    float factor(int pos) const {
+        return on() ? std::log1p(std::floor((pos + 1.0f) / floor_scale)) * attn_scale + 1.0f : 1.0f;
+    }
+};
+const Temperature kLlama4Temperature{8192.0f, 0.1f};
 
 // q and k live in one fused row [q | k | v] of width (hq + 2 hk) * hd, as after the QKV GEMM.
 // rot < hd: partial rotary (GLM-4), only the first rot values of each head rotate. scale:
 // YaRN's / LongRoPE's attention factor on cos and sin (the pass-through values keep theirs).
+// temp: Llama 4's query temperature, with its all-zero table.
 void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, int rot = 0,
-                float scale = 1.0f) {
+                float scale = 1.0f, Temperature temp = {}) {
     if (rot == 0) rot = hd;
     const int row = (hq + 2 * hk) * hd;
     const std::vector<float> qkv = random(d, static_cast<size_t>(n) * row, 1.0f);
     std::vector<int> pos(n);
-    for (int& p : pos) p = static_cast<int>(rng() % 8192);
+    for (int& p : pos) p = static_cast<int>(rng() % (temp.on() ? 40000 : 8192));
     std::vector<float> inv(rot / 2);
-    for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(500000.0f, 2.0f * i / rot);
+    for (int i = 0; i < rot / 2; ++i)
+        inv[i] = temp.on() ? 0.0f : 1.0f / std::pow(500000.0f, 2.0f * i / rot);
     Buffer b(d, qkv);
     auto k = KILN_PICK(RopeFn, rope, d);
     const size_t elt = d == DType::F32 ? 4 : 2;
@@ -125,7 +138,7 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, 
     kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
                      order, 4, [&] {
                          k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, rot,
-                           row, row, neox ? 1 : 0, scale);
+                           row, row, neox ? 1 : 0, scale, temp.floor_scale, temp.attn_scale);
                      });
     std::vector<double> want(qkv.begin(), qkv.end());
     for (int t = 0; t < n; ++t) {
@@ -138,11 +151,16 @@ void check_rope(DType d, int n, int hq, int hk, int hd, bool neox, Order order, 
                 want[a] = qkv[a] * c - qkv[bb] * s;
                 want[bb] = qkv[bb] * c + qkv[a] * s;
             }
+            // Queries only: the whole head, rotated and passed-through values alike.
+            if (h < hq) {
+                for (int j = 0; j < hd; ++j) want[head + j] *= temp.factor(pos[t]);
+            }
         }
     }
-    char name[128];
-    std::snprintf(name, sizeof name, "rope(%s) n=%d q %dx%d k %d rot %d scale %g, in a fused row",
-                  neox ? "neox" : "interleaved", n, hq, hd, hk, rot, scale);
+    char name[160];
+    std::snprintf(name, sizeof name, "rope(%s) n=%d q %dx%d k %d rot %d scale %g%s, in a fused row",
+                  neox ? "neox" : "interleaved", n, hq, hd, hk, rot, scale,
+                  temp.on() ? ", no rotary, query temperature" : "");
     report(name, d, b.values(), want, elementwise_tol(d));
 }
 
@@ -212,7 +230,7 @@ void check_add_position_embedding(DType d, int n, int hidden, int offset, Order 
 
 using QkvRopeCacheFn = void (*)(void*, void*, void*, const void*, const int*, const float*,
                                const int*, int, int, int, int, int, long long, const void*,
-                               const void*, float, int, float);
+                               const void*, float, int, float, float, float);
 
 // The fused entry step (qkv_rope_cache) against the unfused path it replaces, run in the
 // emulator too: rope in place on the fused rows, then the rotated k and the v copied to
@@ -239,7 +257,8 @@ void norm_heads(DType d, std::vector<float>& rows, int n, int row, int hq, int h
 }
 
 void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Order order,
-                          int norm_mode = 0, int rot = 0, float scale = 1.0f) {
+                          int norm_mode = 0, int rot = 0, float scale = 1.0f,
+                          Temperature temp = {}) {
     const bool norm = norm_mode != 0;
     if (rot == 0) rot = hd;
     const int row = (hq + 2 * hk) * hd, kv = hk * hd;
@@ -248,7 +267,7 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     // 8 slots more than the kernel is told of: a write past num_slots lands there and fails.
     const std::vector<float> old_cache = random(d, static_cast<size_t>(num_slots + 8) * kv, 1.0f);
     std::vector<int> pos(n), slots(n);
-    for (int& p : pos) p = static_cast<int>(rng() % 8192);
+    for (int& p : pos) p = static_cast<int>(rng() % (temp.on() ? 40000 : 8192));
     std::vector<int> free_slots(num_slots);
     for (int i = 0; i < num_slots; ++i) free_slots[i] = i;
     std::shuffle(free_slots.begin(), free_slots.end(), rng);
@@ -256,7 +275,8 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     if (n > 1) slots[1] = -1;             // a padding token of a recorded decode step
     if (n > 2) slots[2] = num_slots + 7;  // bad input: past the cache
     std::vector<float> inv(rot / 2);
-    for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(500000.0f, 2.0f * i / rot);
+    for (int i = 0; i < rot / 2; ++i)
+        inv[i] = temp.on() ? 0.0f : 1.0f / std::pow(500000.0f, 2.0f * i / rot);
     unsigned threads = 32;
     while (threads < static_cast<unsigned>(hd / 2)) threads <<= 1;
 
@@ -269,7 +289,8 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
                      order, 4, [&] {
                          fused(q.data(), kc.data(), vc.data(), in.data(), pos.data(), inv.data(),
                                slots.data(), hq, hk, hd, rot, neox ? 1 : 0, num_slots, qn.data(),
-                               kn.data(), eps, norm_mode, scale);
+                               kn.data(), eps, norm_mode, scale, temp.floor_scale,
+                               temp.attn_scale);
                      });
 
     // The unfused path: (the norms,) rope in place on the fused rows, then the copies.
@@ -282,7 +303,7 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     kiln_emu::launch({static_cast<unsigned>(n), static_cast<unsigned>(hq + hk), 1}, {threads, 1, 1},
                      Order::Forward, 4, [&] {
                          rope_k(base, base + hq * hd * elt, pos.data(), inv.data(), hq, hk, hd, rot,
-                                row, row, neox ? 1 : 0, scale);
+                                row, row, neox ? 1 : 0, scale, temp.floor_scale, temp.attn_scale);
                      });
     std::vector<float> r = rotated.values();
     if (norm_mode == 2) norm_heads(d, r, n, row, hq, hk, hd, q_norm, k_norm, eps);
@@ -300,8 +321,9 @@ void check_qkv_rope_cache(DType d, int n, int hq, int hk, int hd, bool neox, Ord
     char name[128];
     std::snprintf(name, sizeof name, "qkv_rope_cache(%s%s) n=%d q %dx%d k %d rot %d scale %g",
                   neox ? "neox" : "interleaved",
-                  norm_mode == 2 ? ", q/k norm after rope" : (norm ? ", q/k norm" : ""), n, hq, hd, hk,
-                  rot, scale);
+                  norm_mode == 2 ? ", q/k norm after rope"
+                                 : (norm ? ", q/k norm" : (temp.on() ? ", query temperature" : "")),
+                  n, hq, hd, hk, rot, scale);
     const double tol = norm ? elementwise_tol(d) : 0.0;
     report(std::string(name) + " q", d, q.values(), want_q, tol);
     report(std::string(name) + " k cache", d, kc.values(), want_k, tol);
@@ -385,6 +407,10 @@ int main() {
             check_rope(d, 2, 3, 1, 128, neox, Order::Random, 96, 1.19f);
             check_qkv_rope_cache(d, 3, 4, 2, 128, neox, Order::Forward, 1, 128, 1.139f);
             check_qkv_rope_cache(d, 2, 4, 2, 128, neox, Order::Reverse, 0, 96, 1.19f);
+            // Llama 4's layers without rotary (Scout: 40 q heads, 8 kv heads of 128).
+            check_rope(d, 3, 40, 8, 128, neox, Order::Random, 128, 1.0f, kLlama4Temperature);
+            check_qkv_rope_cache(d, 5, 40, 8, 128, neox, Order::Reverse, 0, 128, 1.0f,
+                                 kLlama4Temperature);
         }
         // DeepSeek: 64 rotary values of a 192 head (de-interleaved at load: rotate-half).
         check_rope(d, 3, 16, 16, 192, true, Order::Random, 64, 1.0f);

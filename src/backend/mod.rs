@@ -26,8 +26,8 @@ pub struct AttentionShape {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    /// Tokens further back than this are not attended to (Mistral-style sliding window).
-    pub sliding_window: Option<usize>,
+    /// Which earlier positions a query sees: all, a sliding window, or its chunk.
+    pub window: KeyWindow,
     /// Gemma 2: each scaled score `s` becomes `cap * tanh(s / cap)` before the softmax.
     pub logit_softcap: Option<f32>,
 }
@@ -37,6 +37,57 @@ impl AttentionShape {
     /// attention factors live in the rotation, `Rope::scale`.)
     pub fn scale(&self) -> f32 {
         1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// Which cache positions a query at position `pos` attends to (always up to `pos` itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeyWindow {
+    /// Every position from 0.
+    #[default]
+    Full,
+    /// Mistral's sliding window: the last `w` positions, `pos + 1 - w ..= pos`.
+    Sliding(usize),
+    /// Llama 4's chunked layers: the positions of the query's own chunk of `c`,
+    /// `(pos / c) * c ..= pos`, so the first token of each chunk sees only itself.
+    Chunked(usize),
+}
+
+impl KeyWindow {
+    /// A sliding window where `w` is given, the whole context otherwise.
+    pub fn sliding(w: Option<usize>) -> Self {
+        w.map_or(KeyWindow::Full, KeyWindow::Sliding)
+    }
+
+    /// The first position a query at `pos` attends to.
+    pub fn first_key(self, pos: usize) -> usize {
+        match self {
+            KeyWindow::Full => 0,
+            KeyWindow::Sliding(w) => (pos + 1).saturating_sub(w),
+            KeyWindow::Chunked(c) => pos / c.max(1) * c.max(1),
+        }
+    }
+
+    /// The most keys one query attends to, in a cache of `capacity` positions per sequence.
+    pub fn max_keys(self, capacity: usize) -> usize {
+        match self {
+            KeyWindow::Full => capacity,
+            KeyWindow::Sliding(w) | KeyWindow::Chunked(w) => w.min(capacity),
+        }
+    }
+
+    /// The attention kernels' `sliding_window` argument: 0 for the whole context, `w` for a
+    /// sliding window, `-c` for chunks (see `kiln_first_key` in kernels/common.cuh).
+    pub fn kernel_arg(self) -> Result<i32> {
+        let size = |n: usize, what: &str| -> Result<i32> {
+            anyhow::ensure!(n > 0, "attention: a {what} of 0 tokens attends to nothing");
+            i32::try_from(n).map_err(|_| anyhow::anyhow!("attention: a {what} of {n} tokens"))
+        };
+        Ok(match self {
+            KeyWindow::Full => 0,
+            KeyWindow::Sliding(w) => size(w, "sliding window")?,
+            KeyWindow::Chunked(c) => -size(c, "attention chunk")?,
+        })
     }
 }
 
@@ -81,6 +132,26 @@ pub struct Rope {
     /// otherwise. HF folds it into the rotation, so only the rotated values of q and k are
     /// scaled (not the pass-through ones under partial rotary).
     pub scale: f32,
+    /// Llama 4's layers without rotary: each query (not key) is also multiplied by a factor
+    /// growing with its position, after the rotation.
+    pub query_temperature: Option<QueryTemperature>,
+}
+
+/// Llama 4's attention temperature tuning (`attn_temperature_tuning`): the query at
+/// position `p` is multiplied by `log1p(floor((p + 1) / floor_scale)) * attn_scale + 1`, so
+/// its scores stay sharp over contexts far longer than its chunked layers see (the factor is
+/// 1 below `floor_scale - 1`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QueryTemperature {
+    pub floor_scale: f32,
+    pub attn_scale: f32,
+}
+
+impl QueryTemperature {
+    /// The factor at position `pos`, in f32 as transformers computes it.
+    pub fn factor(&self, pos: u32) -> f32 {
+        ((pos as f32 + 1.0) / self.floor_scale).floor().ln_1p() * self.attn_scale + 1.0
+    }
 }
 
 /// The forward pass [`Backend::forward_recorded`] runs, records or replays: from prepared

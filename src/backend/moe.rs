@@ -111,6 +111,17 @@ pub enum RouterScoring {
     /// then, without that expert, the next best, weighted the same way. The two weights
     /// are not renormalised.
     SparseMixer { jitter_eps: f32 },
+    /// Llama 4: the `top_k` largest logits choose the experts; each chosen expert's *input*
+    /// (not its output) is scaled by the sigmoid of its logit (rounded to the model dtype),
+    /// and the outputs are added as they are.
+    SigmoidScaledInput,
+}
+
+impl RouterScoring {
+    /// Whether the router's weights scale the experts' inputs rather than their outputs.
+    pub fn scales_input(self) -> bool {
+        self == RouterScoring::SigmoidScaledInput
+    }
 }
 
 /// How the router's choice is made and its results combined.
@@ -190,13 +201,26 @@ pub fn host_routed_experts<B: Backend + ?Sized>(
         "moe experts: {} router logits for {tokens} tokens and {num_experts} experts",
         logits.len()
     );
-    let routes = route(&logits, num_experts, &routing.rule());
+    let mut routes = route(&logits, num_experts, &routing.rule());
     let mut outputs = Vec::new();
-    for (e, (rows, _)) in routes.iter().enumerate() {
+    for (e, (rows, weights)) in routes.iter_mut().enumerate() {
         if rows.is_empty() {
             continue;
         }
-        let input = be.select_rows(x, rows)?;
+        let mut input = be.select_rows(x, rows)?;
+        if routing.scoring.scales_input() {
+            // Each row times its weight in the model dtype, as `hidden * score` rounds it;
+            // the output then joins the sum unweighted.
+            let scales: Vec<f32> = weights.iter().map(|&w| routing.dtype.round(w)).collect();
+            let own_rows: Vec<usize> = (0..rows.len()).collect();
+            let scaled = RowContribution {
+                tensor: &input,
+                rows: &own_rows,
+                weights: &scales,
+            };
+            input = be.weighted_row_sum(rows.len(), hidden, routing.dtype, &[scaled])?;
+            weights.iter_mut().for_each(|w| *w = 1.0);
+        }
         let gate_up_bias = experts.gate_up_bias.and_then(|b| b.get(e));
         let gate_up = be.linear(&input, &experts.gate_up[e], gate_up_bias)?;
         let act = match routing.activation {

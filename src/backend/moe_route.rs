@@ -54,6 +54,11 @@ pub fn route(
                 sparse_mixer_row(row, jitter_eps, out)
             })
         }
+        RouterScoring::SigmoidScaledInput => {
+            pick_rows(logits, num_experts, top_k, |row, s, out| {
+                top_logits_sigmoid_row(row, s, out)
+            })
+        }
     };
     let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
     for (row, chosen) in picks.chunks(top_k.max(1)).enumerate() {
@@ -137,6 +142,17 @@ fn softmax_row(row: &[f32], normalize: bool, s: &mut Scratch, out: &mut [(usize,
     for (slot, &e) in out.iter_mut().zip(chosen) {
         let p = s.values[e] / total;
         *slot = (e, if normalize { p / kept } else { p });
+    }
+}
+
+/// [`RouterScoring::SigmoidScaledInput`]'s choice: the best logits (ties to the lower
+/// expert), each weighted by its sigmoid.
+fn top_logits_sigmoid_row(row: &[f32], s: &mut Scratch, out: &mut [(usize, f32)]) {
+    s.order.clear();
+    s.order.extend(0..row.len());
+    top_k_in_order(&mut s.order, out.len(), by_value(row));
+    for (slot, &e) in out.iter_mut().zip(&s.order) {
+        *slot = (e, 1.0 / (1.0 + (-row[e]).exp()));
     }
 }
 
@@ -360,6 +376,26 @@ mod tests {
         assert_eq!((routes[0].1[0], routes[3].1[0]), (1.0, 1.0));
     }
 
+    /// Llama 4's router: the best logits choose, each weighted by its own sigmoid (not a
+    /// softmax over the experts, not renormalised).
+    #[test]
+    fn sigmoid_scaled_input_weighs_each_top_logit_by_its_sigmoid() {
+        let logits = [0.5f32, 2.0, -1.0, 2.0];
+        let rule = RouteRule {
+            top_k: 1,
+            normalize: false,
+            scoring: RouterScoring::SigmoidScaledInput,
+            correction_bias: None,
+        };
+        let routes = route(&logits, 4, &rule);
+        // A tie goes to the lower expert.
+        assert_eq!(routes[1], (vec![0], vec![1.0 / (1.0 + (-2f32).exp())]));
+        assert!(routes[3].0.is_empty());
+        let two = route(&logits, 4, &RouteRule { top_k: 2, ..rule });
+        assert_eq!(two[3].1, vec![1.0 / (1.0 + (-2f32).exp())]);
+        assert!(two[0].0.is_empty() && two[2].0.is_empty());
+    }
+
     // The routing as it was before partial selection (a full sort of every row), the
     // oracle for the choice and the f32 arithmetic.
     fn reference_route(
@@ -372,6 +408,18 @@ mod tests {
             RouterScoring::Softmax => {}
             // Has no full-sort form: its test checks it by hand.
             RouterScoring::SparseMixer { .. } => return route(logits, num_experts, rule),
+            RouterScoring::SigmoidScaledInput => {
+                let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+                for (row, scores) in logits.chunks_exact(num_experts).enumerate() {
+                    let mut order: Vec<usize> = (0..num_experts).collect();
+                    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+                    for &e in &order[..top_k] {
+                        routes[e].0.push(row);
+                        routes[e].1.push(1.0 / (1.0 + (-scores[e]).exp()));
+                    }
+                }
+                return routes;
+            }
             RouterScoring::SigmoidGrouped {
                 groups,
                 top_groups,
@@ -584,6 +632,7 @@ mod tests {
                 top_groups: 1,
                 scale: 1.0,
             },
+            RouterScoring::SigmoidScaledInput,
         ];
         // Rows on one thread (3) and on several (300); 64 and 256 experts; ties and not.
         for (rows, experts, top_k) in [(3, 64, 8), (300, 64, 6), (300, 256, 8)] {

@@ -3,6 +3,7 @@
 use super::alibi::Alibi;
 use super::int_quant::IntScheme;
 pub use crate::backend::moe::{ExpertActivation, RouterScoring};
+use crate::backend::{KeyWindow, QueryTemperature};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -85,6 +86,10 @@ pub enum Architecture {
     /// Llama's layer with per-head q/k RMS norms applied after the rotation, and NTK-alpha
     /// rotary (`rope_scaling` `dynamic` with `alpha`: a larger base).
     HunYuanDense,
+    /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
+    /// attention on the rotating layers (with weightless q/k norms), a query temperature on
+    /// the others, experts whose router scales their inputs, plus a shared expert.
+    Llama4,
     /// Tencent's Hunyuan MoE (`HunYuanMoEV1ForCausalLM`, Hunyuan-A13B): the dense model's
     /// attention with a softmax top-k router (in f32) over experts plus a shared MLP.
     HunYuanMoe,
@@ -170,7 +175,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 51] = [
+    pub const SUPPORTED: [&'static str; 52] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -222,6 +227,7 @@ impl Architecture {
         "Dots1ForCausalLM",
         "HunYuanDenseV1ForCausalLM",
         "HunYuanMoEV1ForCausalLM",
+        "Llama4ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -331,6 +337,7 @@ impl Architecture {
             "Dots1ForCausalLM" => Architecture::Dots1,
             "HunYuanDenseV1ForCausalLM" => Architecture::HunYuanDense,
             "HunYuanMoEV1ForCausalLM" => Architecture::HunYuanMoe,
+            "Llama4ForCausalLM" => Architecture::Llama4,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -377,7 +384,7 @@ impl ClassifierConfig {
 
 /// Multimodal architectures whose language model kiln runs alone (see
 /// `language_model_config`).
-pub const MULTIMODAL_ARCHITECTURES: [&str; 8] = [
+pub const MULTIMODAL_ARCHITECTURES: [&str; 9] = [
     "Gemma3ForConditionalGeneration",
     "Mistral3ForConditionalGeneration",
     "LlavaForConditionalGeneration",
@@ -386,6 +393,7 @@ pub const MULTIMODAL_ARCHITECTURES: [&str; 8] = [
     "Qwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration",
     "InternVLForConditionalGeneration",
+    "Llama4ForConditionalGeneration",
 ];
 
 /// The model type of Qwen3-VL-MoE's text model, whose experts are stacked.
@@ -698,6 +706,10 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
             "rms_norm_eps": 1e-6, "rope_theta": 5000000.0, "attention_bias": false,
             "tie_word_embeddings": false,
         }),
+        // Llama4TextConfig's defaults are filled in by `llama4::normalized_config`.
+        ("Llama4ForConditionalGeneration", _) => serde_json::json!({
+            "architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text",
+        }),
         // Gemma3TextConfig's defaults (transformers 4.57).
         ("Gemma3ForConditionalGeneration", _) => serde_json::json!({
             "architectures": ["Gemma3ForCausalLM"],
@@ -895,6 +907,13 @@ impl MoeConfig {
                 raw.moe_intermediate_size.unwrap_or(2048),
                 raw.norm_topk_prob.unwrap_or(true),
             ),
+            // Set from Llama 4's widths (`llama4::normalized_config`); its weights are the
+            // chosen logits' sigmoids.
+            Architecture::Llama4 => (
+                raw.num_local_experts.unwrap_or(16),
+                raw.moe_intermediate_size.unwrap_or(raw.intermediate_size),
+                false,
+            ),
             // Ernie4_5_MoeConfig's defaults; the chosen weights are renormalised.
             Architecture::Ernie45Moe => (
                 raw.moe_num_experts.unwrap_or(64),
@@ -996,10 +1015,12 @@ impl MoeConfig {
                     jitter_eps: raw.router_jitter_noise.unwrap_or(0.01) as f32,
                 }
             }
+            Architecture::Llama4 => RouterScoring::SigmoidScaledInput,
             _ => RouterScoring::Softmax,
         };
         Ok(Some(MoeConfig {
-            stacked: raw.model_type.as_deref() == Some(QWEN3_VL_MOE_TEXT),
+            stacked: raw.model_type.as_deref() == Some(QWEN3_VL_MOE_TEXT)
+                || architecture == Architecture::Llama4,
             router_f32: matches!(
                 architecture,
                 Architecture::Glm4Moe
@@ -1038,7 +1059,9 @@ impl MoeConfig {
                         .filter(|&n| n > 0)
                 }
                 // Set from its per-layer settings (`hunyuan::normalized_moe_config`).
-                Architecture::HunYuanMoe => raw.shared_expert_intermediate_size.filter(|&n| n > 0),
+                Architecture::HunYuanMoe | Architecture::Llama4 => {
+                    raw.shared_expert_intermediate_size.filter(|&n| n > 0)
+                }
                 _ => None,
             },
             shared_expert_gated: architecture == Architecture::Qwen2Moe,
@@ -1325,7 +1348,8 @@ fn parse_layer_types(raw: &RawConfig) -> Result<Option<Vec<bool>>> {
         .iter()
         .map(|t| match t.as_str() {
             "sliding_attention" => Ok(true),
-            "full_attention" => Ok(false),
+            // Llama 4's chunks are not a sliding window (`ModelConfig::attention_chunks`).
+            "full_attention" | "chunked_attention" => Ok(false),
             other => anyhow::bail!("unknown layer type '{other}'"),
         })
         .collect::<Result<_>>()
@@ -1415,6 +1439,9 @@ pub struct ModelConfig {
     pub qk_norm_whole: bool,
     /// HunYuan: the per-head q / k norms apply to the rotated heads.
     pub qk_norm_after_rope: bool,
+    /// Llama 4: the q / k norms have no weights (transformers' `L2Norm`: an RMS norm with
+    /// unit weights), and only the layers that rotate apply them.
+    pub qk_norm_unweighted: bool,
     /// OLMo 2: no norm before a block; its output is normed before the residual add.
     pub post_norm: bool,
     pub sliding_window: Option<usize>,
@@ -1466,6 +1493,11 @@ pub struct ModelConfig {
     /// Per layer, whether it applies rotary embeddings (SmolLM3's NoPE layers do not);
     /// `None`: every layer does.
     pub rope_layers: Option<Vec<bool>>,
+    /// Llama 4: the layers that attend only within their chunk of positions, and its size.
+    pub attention_chunks: Option<super::llama4::AttentionChunks>,
+    /// Llama 4: the layers without rotary scale each query by a temperature growing with
+    /// its position (applied with their all-zero rotation).
+    pub query_temperature: Option<QueryTemperature>,
     /// The checkpoint is a multimodal one whose language model is run alone: its weights
     /// sit under `language_model` (see `weights::LanguageModelWeights`).
     pub nested_language_model: bool,
@@ -1527,6 +1559,7 @@ impl ModelConfig {
             Some("BloomForCausalLM") => super::bloom::normalized_config(value)?,
             Some("MptForCausalLM" | "MPTForCausalLM") => super::mpt::normalized_config(value)?,
             Some("HunYuanMoEV1ForCausalLM") => super::hunyuan::normalized_moe_config(value)?,
+            Some("Llama4ForCausalLM") => super::llama4::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1741,6 +1774,9 @@ impl ModelConfig {
             (Architecture::Falcon, _) if falcon.is_some_and(|f| f.alibi) => {
                 Some(vec![false; raw.num_hidden_layers])
             }
+            (Architecture::Llama4, _) => {
+                Some(super::llama4::rope_layers(&value, raw.num_hidden_layers)?)
+            }
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -1892,12 +1928,14 @@ impl ModelConfig {
                     | Architecture::Dots1
                     | Architecture::HunYuanDense
                     | Architecture::HunYuanMoe
-            ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true)),
+            ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true))
+                || (architecture == Architecture::Llama4 && raw.use_qk_norm.unwrap_or(true)),
             qk_norm_whole: matches!(
                 architecture,
                 Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe
             ),
-            qk_norm_after_rope: hunyuan,
+            qk_norm_after_rope: hunyuan || architecture == Architecture::Llama4,
+            qk_norm_unweighted: architecture == Architecture::Llama4,
             rotary_dim,
             post_norm: matches!(
                 architecture,
@@ -2021,6 +2059,16 @@ impl ModelConfig {
             gemma,
             granite,
             rope_layers,
+            attention_chunks: match architecture {
+                Architecture::Llama4 => {
+                    super::llama4::attention_chunks(&value, raw.num_hidden_layers)?
+                }
+                _ => None,
+            },
+            query_temperature: match architecture {
+                Architecture::Llama4 => super::llama4::query_temperature(&value),
+                _ => None,
+            },
             nested_language_model,
             classifier,
             quantization: Quantization::from_config(raw.quantization_config.as_ref())?,
@@ -2034,6 +2082,17 @@ impl ModelConfig {
     pub fn eos_from_generation_config(text: &str) -> Vec<u32> {
         let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         token_ids(&v.get("eos_token_id").cloned())
+    }
+
+    /// Which positions layer `i`'s queries see: Llama 4's chunk on its chunked layers, else
+    /// the layer's sliding window ([`ModelConfig::layer_window`]) or the whole context.
+    pub fn layer_key_window(&self, i: usize) -> KeyWindow {
+        match &self.attention_chunks {
+            Some(chunks) if chunks.layers.get(i).copied().unwrap_or(false) => {
+                KeyWindow::Chunked(chunks.size)
+            }
+            _ => KeyWindow::sliding(self.layer_window(i)),
+        }
     }
 
     /// Layer `i`'s attention window: Gemma 3's local layers only, every layer elsewhere.

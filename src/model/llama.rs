@@ -13,7 +13,7 @@ use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
 use crate::backend::image_ops::{Activation, Xielu};
 use crate::backend::{
-    AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec, QkvHeads, Rope,
+    AttentionShape, Backend, BatchLayout, DType, HeadTerms, KeyWindow, KvCacheSpec, QkvHeads, Rope,
 };
 use crate::engine::device_draw::DeviceDraw;
 use crate::engine::runner::StepOutput;
@@ -47,8 +47,9 @@ struct Layer<B: Backend> {
     /// `post_attention_norm` closes the attention block instead of opening the MLP).
     sandwich: Option<SandwichNorms<B>>,
     mlp: Mlp<B>,
-    /// This layer's attention window (Gemma 3's local layers; Mistral's every layer).
-    sliding_window: Option<usize>,
+    /// This layer's attention window (Gemma 3's local layers; Mistral's every layer) or
+    /// chunk (Llama 4's rotary layers).
+    window: KeyWindow,
     /// Which rotary table this layer rotates with.
     rope: LayerRope,
 }
@@ -642,6 +643,12 @@ impl<B: Backend> LlamaModel<B> {
                 if !c.qk_norm {
                     return Ok(None);
                 }
+                // Llama 4's weightless norms, on the rotating layers only.
+                if c.qk_norm_unweighted {
+                    let rotates = c.rope_layers.as_ref().is_none_or(|r| r[i]);
+                    let ones = Tensor::ones(hd, dtype.to_candle(), &candle_core::Device::Cpu)?;
+                    return rotates.then(|| be.upload(ones)).transpose();
+                }
                 let name = format!("{p}.self_attn.{n}_norm.weight");
                 let scale = match (&c.gemma, n) {
                     (Some(g), "q") => g.query_scale,
@@ -799,7 +806,7 @@ impl<B: Backend> LlamaModel<B> {
                     (_, Some(act)) => ungated_mlp(be, src, c, &p, &layout, dtype, act)?,
                     _ => dense_mlp(be, src, c, &p, &layout, dtype)?,
                 },
-                sliding_window: c.layer_window(i),
+                window: c.layer_key_window(i),
                 rope: if c.gemma.as_ref().is_some_and(|g| g.sliding_layers[i])
                     || (c.architecture == Architecture::Olmo3 && c.layer_window(i).is_some())
                 {
@@ -877,6 +884,7 @@ impl<B: Backend> LlamaModel<B> {
                 inv_freq: vec![0.0; hd / 2],
                 neox: true,
                 scale: 1.0,
+                query_temperature: c.query_temperature,
             })?),
             _ => None,
         };
@@ -897,7 +905,7 @@ impl<B: Backend> LlamaModel<B> {
             num_heads: layout.q_heads.len(),
             num_kv_heads: layout.kv_heads.len(),
             head_dim: hd,
-            sliding_window: c.sliding_window,
+            window: KeyWindow::sliding(c.sliding_window),
             logit_softcap: c.gemma.as_ref().and_then(|g| g.attn_softcap),
         };
         let final_softcap = c.gemma.as_ref().and_then(|g| g.final_softcap);
@@ -1479,7 +1487,7 @@ impl<B: Backend> LlamaModel<B> {
             }
         };
         let shape = AttentionShape {
-            sliding_window: layer.sliding_window,
+            window: layer.window,
             ..self.attention
         };
         let terms = HeadTerms {

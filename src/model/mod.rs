@@ -27,6 +27,7 @@ pub mod int_packing;
 pub mod int_quant;
 pub mod language_model_weights;
 pub mod llama;
+pub mod llama4;
 pub mod lora;
 pub mod lora_forward;
 pub mod mla;

@@ -73,8 +73,11 @@ pub struct SparseMlp<B: Backend> {
     /// An expert for every token (Qwen2-MoE, GLM-4.5), and in Qwen2-MoE its gate
     /// (`[1, hidden]`, whole on every rank): the expert's output is scaled by
     /// `sigmoid(gate . x)` and added last. Without a gate it is added as it is.
-    shared: Option<(Expert<B>, Option<B::Tensor>)>,
+    shared: Option<SharedExpert<B>>,
 }
+
+/// A shared expert and, in Qwen2-MoE, its gate (`[1, hidden]`).
+type SharedExpert<B> = (Expert<B>, Option<<B as Backend>::Tensor>);
 
 /// Checkpoint names of layer `prefix`'s router and of expert `e`'s gate, up and down
 /// projections.
@@ -112,36 +115,17 @@ impl<B: Backend> SparseMlp<B> {
         if config.architecture == Architecture::GraniteMoe {
             return super::moe_fused::load_granite_moe(be, src, config, moe, prefix, layout, dtype);
         }
+        let shared = Self::load_shared(be, src, config, moe, prefix, layout, dtype)?;
         if moe.stacked {
-            return super::moe_fused::load_qwen3_vl_moe(
-                be, src, config, moe, prefix, layout, dtype,
-            );
+            // Qwen3-VL-MoE's experts, and Llama 4's (with its shared expert).
+            let mut mlp =
+                super::moe_fused::load_qwen3_vl_moe(be, src, config, moe, prefix, layout, dtype)?;
+            mlp.shared = shared;
+            return Ok(mlp);
         }
         let (h, inter) = (config.hidden_size, moe.expert_intermediate_size);
         let (router_name, _) = names(config.architecture, prefix, 0);
         let router = super::llama::load(be, src, &router_name, &[moe.num_experts, h], dtype)?;
-        let shared = match moe.shared_expert_intermediate_size {
-            None => None,
-            Some(inter) => {
-                // Qwen2-MoE's `shared_expert` and its gate; GLM-4.5's `shared_experts`.
-                let module = if moe.shared_expert_gated {
-                    "shared_expert"
-                } else {
-                    "shared_experts"
-                };
-                let w = |n: &str| format!("{prefix}.mlp.{module}.{n}_proj.weight");
-                let cols = layout.shared_expert_intermediate.clone();
-                let names = [w("gate"), w("up"), w("down")];
-                let expert = Expert::load(be, src, names, (h, inter), cols, dtype)?;
-                let gate = if moe.shared_expert_gated {
-                    let gate_name = format!("{prefix}.mlp.shared_expert_gate.weight");
-                    Some(super::llama::load(be, src, &gate_name, &[1, h], dtype)?)
-                } else {
-                    None
-                };
-                Some((expert, gate))
-            }
-        };
         // The correction bias, where the router has one: GLM-4.5's / DeepSeek-V3's beside the
         // router, ERNIE 4.5's in `moe_statics` (one group's row).
         let bias_at = match (moe.scoring, config.architecture) {
@@ -184,6 +168,40 @@ impl<B: Backend> SparseMlp<B> {
         mlp.shared = shared;
         mlp.correction_bias = correction_bias;
         Ok(mlp)
+    }
+
+    /// Layer `prefix`'s shared expert, where the model has one: Qwen2-MoE's `shared_expert`
+    /// and its gate; GLM-4.5's (and the others') ungated `shared_experts`.
+    #[allow(clippy::too_many_arguments)] // the loader's arguments, passed on
+    fn load_shared(
+        be: &B,
+        src: &dyn WeightSource,
+        config: &ModelConfig,
+        moe: &MoeConfig,
+        prefix: &str,
+        layout: &ShardLayout,
+        dtype: DType,
+    ) -> Result<Option<SharedExpert<B>>> {
+        let Some(inter) = moe.shared_expert_intermediate_size else {
+            return Ok(None);
+        };
+        let h = config.hidden_size;
+        let module = if moe.shared_expert_gated {
+            "shared_expert"
+        } else {
+            "shared_experts"
+        };
+        let w = |n: &str| format!("{prefix}.mlp.{module}.{n}_proj.weight");
+        let cols = layout.shared_expert_intermediate.clone();
+        let names = [w("gate"), w("up"), w("down")];
+        let expert = Expert::load(be, src, names, (h, inter), cols, dtype)?;
+        let gate = if moe.shared_expert_gated {
+            let gate_name = format!("{prefix}.mlp.shared_expert_gate.weight");
+            Some(super::llama::load(be, src, &gate_name, &[1, h], dtype)?)
+        } else {
+            None
+        };
+        Ok(Some((expert, gate)))
     }
 
     /// A layer without a shared expert, from its loaded parts.

@@ -45,9 +45,8 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
     // HF computes inv_freq in f32 and the angle as f32 products.
     Ok(Rope {
         inv_freq: inv_freq.iter().map(|&f| f as f32).collect(),
-        // GLM-4 (both formats), Cohere, GPT-J, ERNIE 4.5 and Helium rotate adjacent pairs; the
-        // others
-        // HF's rotate_half.
+        // GLM-4 (both formats), Cohere, GPT-J, ERNIE 4.5, Helium and Llama 4 (complex pairs)
+        // rotate adjacent pairs; the others HF's rotate_half.
         neox: !matches!(
             cfg.architecture,
             Architecture::Glm4
@@ -58,8 +57,10 @@ pub fn rope_for(cfg: &ModelConfig) -> Result<Rope> {
                 | Architecture::Ernie45
                 | Architecture::Ernie45Moe
                 | Architecture::Helium
+                | Architecture::Llama4
         ),
         scale: attention_factor(cfg) as f32,
+        query_temperature: None,
     })
 }
 
@@ -256,9 +257,11 @@ fn llama3_scaled(
     let original = s
         .original_max_position_embeddings
         .unwrap_or(cfg.max_position_embeddings) as f64;
+    // Equal factors (Llama 4 Scout's 1 and 1) leave no band between the two wavelengths to
+    // smooth: frequencies split at the one boundary.
     anyhow::ensure!(
-        high > low,
-        "llama3 rope scaling needs high_freq_factor > low_freq_factor"
+        high >= low,
+        "llama3 rope scaling needs high_freq_factor >= low_freq_factor"
     );
     let low_wavelen = original / low;
     let high_wavelen = original / high;
@@ -270,6 +273,8 @@ fn llama3_scaled(
                 f
             } else if wavelen > low_wavelen {
                 f / factor
+            } else if high == low {
+                f
             } else {
                 let smooth = (original / wavelen - low) / (high - low);
                 (1.0 - smooth) * f / factor + smooth * f

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 67] = [
+pub const ARCHS: [&str; 68] = [
     "llama",
     "llama31",
     "mistral",
@@ -75,6 +75,7 @@ pub const ARCHS: [&str; 67] = [
     "dots1",
     "hunyuan_dense",
     "hunyuan_moe",
+    "llama4",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k

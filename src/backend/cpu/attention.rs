@@ -59,10 +59,7 @@ pub fn paged_attention(
             let seq = token_seq[token];
             let q_len = batch.query_start[seq + 1] - batch.query_start[seq];
             let pos = batch.context_lens[seq] - q_len + (token - batch.query_start[seq]);
-            let first = match shape.sliding_window {
-                Some(w) if pos >= w => pos + 1 - w,
-                _ => 0,
-            };
+            let first = shape.window.first_key(pos);
             let n = pos + 1 - first;
             let table = &batch.block_tables[seq];
             let offset_of = |p: usize| {

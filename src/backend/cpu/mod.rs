@@ -8,7 +8,7 @@ mod kv_cache;
 
 pub use kv_cache::CpuKvCache;
 
-use super::{AttentionShape, Backend, BatchLayout, HeadTerms, KvCacheSpec, Rope};
+use super::{AttentionShape, Backend, BatchLayout, HeadTerms, KvCacheSpec, QueryTemperature, Rope};
 use anyhow::{Context, Result};
 use candle_core::{DType as CDType, Device, Tensor};
 
@@ -194,8 +194,8 @@ impl Backend for CpuBackend {
         batch: &BatchLayout,
     ) -> Result<(Tensor, Tensor)> {
         Ok((
-            rotate(&q, head_dim, &batch.positions, rope)?,
-            rotate(&k, head_dim, &batch.positions, rope)?,
+            rotate(&q, head_dim, &batch.positions, rope, rope.query_temperature)?,
+            rotate(&k, head_dim, &batch.positions, rope, None)?,
         ))
     }
 
@@ -368,7 +368,16 @@ impl Backend for CpuBackend {
 }
 
 /// Rotary embedding of `x: [n, heads * head_dim]`, one position per row, computed in f32.
-fn rotate(x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<Tensor> {
+/// `x`'s heads rotated by each row's position, then multiplied by `temperature`'s factor at
+/// that position where one is given (queries of Llama 4's layers without rotary); in f32,
+/// rounded once.
+fn rotate(
+    x: &Tensor,
+    head_dim: usize,
+    positions: &[u32],
+    rope: &Rope,
+    temperature: Option<QueryTemperature>,
+) -> Result<Tensor> {
     let (n, width) = x.dims2()?;
     anyhow::ensure!(
         positions.len() == n,
@@ -401,6 +410,10 @@ fn rotate(x: &Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result
                 head[ia] = a * cos - b * sin;
                 head[ib] = b * cos + a * sin;
             }
+        }
+        if let Some(t) = temperature {
+            let factor = t.factor(pos);
+            row.iter_mut().for_each(|v| *v *= factor);
         }
     }
     Ok(Tensor::from_vec(data, (n, width), &Device::Cpu)?.to_dtype(x.dtype())?)

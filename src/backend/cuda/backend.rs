@@ -26,7 +26,7 @@ use super::tensor::CudaTensor;
 use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting, RouterScoring};
 use crate::backend::{
     unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec,
-    QkvHeads, Rope,
+    QkvHeads, QueryTemperature, Rope,
 };
 use anyhow::{bail, Context, Result};
 use candle_core::{CpuStorage, Storage};
@@ -100,6 +100,7 @@ pub struct CudaRope {
     inv_freq: CudaSlice<f32>,
     style: RopeStyle,
     scale: f32,
+    temperature: Option<QueryTemperature>,
 }
 
 impl CudaBackend {
@@ -509,6 +510,7 @@ impl Backend for CudaBackend {
                 RopeStyle::Interleaved
             },
             scale: rope.scale,
+            temperature: rope.query_temperature,
         })
     }
 
@@ -651,6 +653,7 @@ impl Backend for CudaBackend {
             &rope.inv_freq,
             rope.style,
             rope.scale,
+            rope.temperature,
         )?;
         Ok((q.reshape(&q_shape)?, k.reshape(&k_shape)?))
     }
@@ -833,7 +836,9 @@ impl Backend for CudaBackend {
         // gpt-oss's experts (biases, the clamped SwiGLU) run on the device when the index
         // holds their biases; otherwise, and beyond the device path's rows, on the host.
         let plain = experts.is_plain(routing.activation);
-        if !plain && !experts.index.serves(&experts.biases()) {
+        // Llama 4's router scales the experts' inputs, which neither device path does: the
+        // host-routed steps (each expert's GEMMs on its rows, all on the device).
+        if routing.scoring.scales_input() || (!plain && !experts.index.serves(&experts.biases())) {
             return host_routed_experts(self, x, router_logits, experts, routing);
         }
         // GLM-4.5's router routes on the device with its bias there and groups the kernel
@@ -1005,6 +1010,7 @@ impl Backend for CudaBackend {
             head_dim: head.head_dim,
             norms: head.norms.map(|(q, k, eps)| (q, k, eps as f32)),
             norm_after_rope: head.norm_after_rope,
+            temperature: rope.temperature,
         };
         self.dev
             .qkv_rope_cache(qkv, &mut q, k_cache, v_cache, &params)?;
@@ -1029,7 +1035,7 @@ impl Backend for CudaBackend {
             query_start: &batch.query_start,
             context_lens: &batch.context_lens,
             num_seqs: batch.num_seqs,
-            sliding_window: shape.sliding_window,
+            window: shape.window,
             softcap: shape.logit_softcap,
             sinks: terms.sinks,
             alibi: terms.alibi,

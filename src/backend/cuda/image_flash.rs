@@ -16,7 +16,7 @@ use super::image_geometry::AttentionDims;
 use super::launch::as_i32;
 use super::ops_attention::AttentionMetadata;
 use super::tensor::CudaTensor;
-use crate::backend::DType;
+use crate::backend::{DType, KeyWindow};
 use anyhow::{Context, Result};
 use cudarc::driver::CudaSlice;
 use std::collections::HashMap;
@@ -180,7 +180,7 @@ impl CudaBackend {
             query_start: &layout.starts,
             context_lens: &layout.lens,
             num_seqs: d.batch,
-            sliding_window: None,
+            window: KeyWindow::Full,
             softcap: None,
             sinks: None,
             alibi: None,

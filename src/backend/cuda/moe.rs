@@ -83,7 +83,9 @@ impl<'a> GroupedRouter<'a> {
 pub fn router_runs_on_device(scoring: RouterScoring) -> bool {
     match scoring {
         RouterScoring::Softmax | RouterScoring::SigmoidGrouped { .. } => true,
-        RouterScoring::SoftmaxGrouped { .. } | RouterScoring::SparseMixer { .. } => false,
+        RouterScoring::SoftmaxGrouped { .. }
+        | RouterScoring::SparseMixer { .. }
+        | RouterScoring::SigmoidScaledInput => false,
     }
 }
 

@@ -4,6 +4,7 @@
 use super::device::CudaDevice;
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
+use crate::backend::QueryTemperature;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -108,7 +109,9 @@ impl CudaDevice {
     /// Rotary embedding in place on `q[n, hq, hd]` and `k[n, hk, hd]`. `positions[n]`,
     /// `inv_freq[rot/2]` (any frequency scaling, e.g. llama3, is already applied): the first
     /// `rot` values of each head rotate (all of them unless partial rotary, GLM-4); cos and
-    /// sin are multiplied by `scale` (the rope's attention factor).
+    /// sin are multiplied by `scale` (the rope's attention factor); q by `temperature`'s
+    /// factor at each position where one is given (Llama 4's layers without rotary).
+    #[allow(clippy::too_many_arguments)] // the rotation's parts, as the kernel takes them
     pub fn rope(
         &self,
         q: &mut CudaTensor,
@@ -117,6 +120,7 @@ impl CudaDevice {
         inv_freq: &CudaSlice<f32>,
         style: RopeStyle,
         scale: f32,
+        temperature: Option<QueryTemperature>,
     ) -> Result<()> {
         let [n, hq, hd] = dims3(q, "rope q")?;
         let [n_k, hk, hd_k] = dims3(k, "rope k")?;
@@ -168,6 +172,8 @@ impl CudaDevice {
             .arg(&k_stride)
             .arg(&neox)
             .arg(&scale);
+        let (temp_floor, temp_scale) = super::ops_qkv::temperature_args(temperature);
+        args.arg(&temp_floor).arg(&temp_scale);
         // SAFETY: matches kernels/rope.cu; shapes checked above.
         unsafe { args.launch(config) }.context("rope launch")?;
         Ok(())

@@ -7,7 +7,7 @@ use super::device_pools::DevicePools;
 use super::launch::{self, as_i32, ATTENTION_MAX_HEAD_DIM};
 use super::ops::dims3;
 use super::tensor::CudaTensor;
-use crate::backend::DType;
+use crate::backend::{DType, KeyWindow};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
@@ -21,9 +21,8 @@ pub struct AttentionMetadata<'a> {
     /// `[num_seqs]`: tokens in the cache for s after this step's K/V were written.
     pub context_lens: &'a CudaSlice<i32>,
     pub num_seqs: usize,
-    /// Mistral-style sliding window: a token at position `pos` attends to the last `w`
-    /// positions `pos + 1 - w ..= pos` only. `None` attends to the whole context.
-    pub sliding_window: Option<usize>,
+    /// Which earlier positions a query sees: all, a sliding window or its chunk.
+    pub window: KeyWindow,
     /// Gemma 2's soft-cap of the scaled scores (`cap * tanh(s / cap)`); `None`: none.
     pub softcap: Option<f32>,
     /// gpt-oss's attention sinks, f32 `[hq]`: one more logit per head's softmax, with no
@@ -133,11 +132,7 @@ impl CudaDevice {
         {
             bail!("attention: metadata buffers too small for {seqs} sequences");
         }
-        let window = match meta.sliding_window {
-            None => 0, // the kernels' "no window"
-            Some(0) => bail!("attention: a sliding window of 0 tokens attends to nothing"),
-            Some(w) => as_i32(w, "sliding window")?,
-        };
+        let window = meta.window.kernel_arg()?;
         for (terms, what) in [
             (meta.sinks, "attention sinks"),
             (meta.alibi, "ALiBi slopes"),
@@ -244,7 +239,7 @@ impl CudaDevice {
             sixteen_bit: q.dtype() != DType::F32,
             arch: compiled_arch(self.kernels().target()),
             sm_count: self.sm_count()?,
-            max_keys: meta.sliding_window.map_or(capacity, |w| w.min(capacity)),
+            max_keys: meta.window.max_keys(capacity),
             caches_aligned: self.is_16_byte_aligned(k_cache) && self.is_16_byte_aligned(v_cache),
             split_k_decode: self.split_k_decode(),
         })

@@ -8,6 +8,7 @@ use super::launch::as_i32;
 use super::ops::{dims2, RopeStyle};
 use super::ops_attention::cache_geometry;
 use super::tensor::CudaTensor;
+use crate::backend::QueryTemperature;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -44,6 +45,8 @@ pub struct QkvRopeCache<'a> {
     /// applied before the rotation (after it with `norm_after_rope`, HunYuan).
     pub norms: Option<(&'a CudaTensor, &'a CudaTensor, f32)>,
     pub norm_after_rope: bool,
+    /// Llama 4's query temperature (layers without rotary).
+    pub temperature: Option<QueryTemperature>,
 }
 
 /// Most head dims the fused kernel normalises (`QKV_NORM_MAX_HEAD_DIM` in kernels/rope.cu).
@@ -158,11 +161,18 @@ impl CudaDevice {
             .arg(&eps)
             .arg(&norm_mode)
             .arg(&p.scale);
+        let (temp_floor, temp_scale) = temperature_args(p.temperature);
+        args.arg(&temp_floor).arg(&temp_scale);
         // SAFETY: matches kernels/rope.cu; shapes checked above, slots bounds-checked in the
         // kernel.
         unsafe { args.launch(config) }.context("qkv_rope_cache launch")?;
         Ok(())
     }
+}
+
+/// The kernels' `(temp_floor, temp_scale)` arguments: floor 0 is no temperature.
+pub fn temperature_args(t: Option<QueryTemperature>) -> (f32, f32) {
+    t.map_or((0.0, 0.0), |t| (t.floor_scale, t.attn_scale))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Plain-Rust f32 reference implementations of every kernel, with the exact layouts of
 //! the GPU ops. Simple loops on purpose: they are the ground truth of `kiln selftest`.
 
+use crate::backend::KeyWindow;
 use rayon::prelude::*;
 
 /// `out[i, :] = table[ids[i], :]`; out-of-range ids give zeros.
@@ -167,9 +168,8 @@ pub struct AttentionShape<'a> {
     pub head_dim: usize,
     pub block_size: usize,
     pub max_blocks_per_seq: usize,
-    /// Attend to the last `w` positions only (`None`: the whole context), as the CPU
-    /// backend's `paged_attention` does.
-    pub sliding_window: Option<usize>,
+    /// Which earlier positions a query sees, as the CPU backend's `paged_attention` has it.
+    pub window: KeyWindow,
     /// Gemma 2's soft-cap of the scaled scores.
     pub softcap: Option<f32>,
     /// gpt-oss's per-head sink logits (`[q_heads]`), as the CPU backend applies them.
@@ -198,7 +198,7 @@ pub fn attention(
         head_dim: hd,
         block_size,
         max_blocks_per_seq,
-        sliding_window,
+        window,
         softcap,
         sinks,
         alibi,
@@ -214,10 +214,8 @@ pub fn attention(
                 .unwrap_or(0);
             let q_len = (query_start[seq + 1] - query_start[seq]) as i64;
             let last = context_lens[seq] as i64 - q_len + (token as i64 - query_start[seq] as i64);
-            let first = match sliding_window {
-                Some(w) if last >= w as i64 => last + 1 - w as i64,
-                _ => 0,
-            };
+            // A padding row (no position) attends to nothing.
+            let first = window.first_key(last.max(0) as usize) as i64;
             let table = &block_tables[seq * max_blocks_per_seq..(seq + 1) * max_blocks_per_seq];
             for head in 0..hq {
                 let kv_head = head / (hq / hk);
@@ -410,7 +408,7 @@ mod tests {
             head_dim: 1,
             block_size: 1,
             max_blocks_per_seq: 2,
-            sliding_window: None,
+            window: KeyWindow::Full,
             softcap: None,
             sinks: None,
             alibi: None,
@@ -440,7 +438,7 @@ mod tests {
             head_dim: 1,
             block_size: 2,
             max_blocks_per_seq: 1,
-            sliding_window: None,
+            window: KeyWindow::Full,
             softcap: None,
             sinks: None,
             alibi: None,
@@ -471,7 +469,7 @@ mod tests {
             head_dim: 1,
             block_size: 2,
             max_blocks_per_seq: 2,
-            sliding_window: Some(2),
+            window: KeyWindow::Sliding(2),
             softcap: None,
             sinks: None,
             alibi: None,
@@ -502,7 +500,7 @@ mod tests {
             head_dim: 1,
             block_size: 2,
             max_blocks_per_seq: 1,
-            sliding_window: None,
+            window: KeyWindow::Full,
             softcap: None,
             sinks: None,
             alibi: Some(&slopes),

@@ -6,7 +6,9 @@
 
 use super::reference::{self, AttentionShape as RefShape};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec};
+use crate::backend::{
+    AttentionShape, Backend, BatchLayout, DType, HeadTerms, KeyWindow, KvCacheSpec,
+};
 use candle_core::{Device, Tensor};
 
 const HQ: usize = 4;
@@ -55,7 +57,7 @@ fn layout() -> BatchLayout {
 /// What one comparison adds to plain causal attention.
 #[derive(Debug, Default, Clone, Copy)]
 struct Variant {
-    window: Option<usize>,
+    window: KeyWindow,
     softcap: Option<f32>,
     sinks: bool,
     alibi: bool,
@@ -96,7 +98,7 @@ fn compare(variant: Variant) {
         num_heads: HQ,
         num_kv_heads: HK,
         head_dim: HD,
-        sliding_window: window,
+        window,
         logit_softcap: softcap,
     };
     let q_t = Tensor::from_vec(q.clone(), (n, HQ * HD), &Device::Cpu).unwrap();
@@ -140,7 +142,7 @@ fn compare(variant: Variant) {
             head_dim: HD,
             block_size: BLOCK,
             max_blocks_per_seq: max_blocks,
-            sliding_window: window,
+            window,
             softcap,
             sinks: sinks.as_deref(),
             alibi: alibi.as_deref(),
@@ -163,7 +165,11 @@ fn reference_attention_matches_the_cpu_backend_without_a_window() {
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_with_attention_sinks() {
-    for window in [None, Some(3)] {
+    for window in [
+        KeyWindow::Full,
+        KeyWindow::Sliding(3),
+        KeyWindow::Chunked(4),
+    ] {
         compare(Variant {
             window,
             sinks: true,
@@ -174,7 +180,11 @@ fn reference_attention_matches_the_cpu_backend_with_attention_sinks() {
 
 #[test]
 fn reference_attention_matches_the_cpu_backend_with_soft_capped_scores() {
-    for (window, cap) in [(None, 0.5), (Some(3), 2.0), (None, 50.0)] {
+    for (window, cap) in [
+        (KeyWindow::Full, 0.5),
+        (KeyWindow::Sliding(3), 2.0),
+        (KeyWindow::Full, 50.0),
+    ] {
         compare(Variant {
             window,
             softcap: Some(cap),
@@ -187,7 +197,19 @@ fn reference_attention_matches_the_cpu_backend_with_soft_capped_scores() {
 fn reference_attention_matches_the_cpu_backend_with_windows_shorter_than_the_context() {
     for w in [1, 3, 6, 9] {
         compare(Variant {
-            window: Some(w),
+            window: KeyWindow::Sliding(w),
+            ..Variant::default()
+        });
+    }
+}
+
+/// Llama 4's chunked layers: chunks shorter than the context, one of a single position
+/// (each token sees only itself), and one longer than every sequence (no effect).
+#[test]
+fn reference_attention_matches_the_cpu_backend_in_chunks() {
+    for c in [1, 3, 4, 5, 16] {
+        compare(Variant {
+            window: KeyWindow::Chunked(c),
             ..Variant::default()
         });
     }
@@ -212,7 +234,7 @@ fn reference_attention_matches_the_cpu_backend_with_alibi() {
 fn reference_attention_matches_the_cpu_backend_with_alibi_in_a_window() {
     for w in [1, 3, 6] {
         compare(Variant {
-            window: Some(w),
+            window: KeyWindow::Sliding(w),
             alibi: true,
             ..Variant::default()
         });
@@ -232,7 +254,7 @@ fn alibi_slopes_change_the_result() {
         head_dim: HD,
         block_size: 8,
         max_blocks_per_seq: 1,
-        sliding_window: None,
+        window: KeyWindow::Full,
         softcap: None,
         sinks: None,
         alibi,
@@ -256,19 +278,22 @@ fn a_window_changes_the_result_once_the_context_exceeds_it() {
         head_dim: HD,
         block_size: 8,
         max_blocks_per_seq: 1,
-        sliding_window: w,
+        window: w,
         softcap: None,
         sinks: None,
         alibi: None,
     };
-    let full = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(None), 1.0);
-    let windowed = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(Some(3)), 1.0);
-    let wide = reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(Some(8)), 1.0);
-    assert_ne!(full, windowed);
+    let run = |w| reference::attention(&q, &k, &v, &[0], &[0, 1], &[8], shape(w), 1.0);
+    let full = run(KeyWindow::Full);
+    assert_ne!(full, run(KeyWindow::Sliding(3)));
     assert_eq!(
-        full, wide,
+        full,
+        run(KeyWindow::Sliding(8)),
         "a window as long as the context changes nothing"
     );
+    // The token at position 7 in chunks of 3 sees positions 6 and 7: a window of 2.
+    assert_eq!(run(KeyWindow::Chunked(3)), run(KeyWindow::Sliding(2)));
+    assert_eq!(full, run(KeyWindow::Chunked(8)));
 }
 
 #[test]

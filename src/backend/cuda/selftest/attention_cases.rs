@@ -10,6 +10,7 @@ use crate::backend::cuda::attention_plan::{self, AttentionPath};
 use crate::backend::cuda::device_pools::DevicePools;
 use crate::backend::cuda::reference::{self, AttentionShape};
 use crate::backend::cuda::{AttentionMetadata, CudaTensor, DType};
+use crate::backend::KeyWindow;
 use anyhow::Result;
 use rand::seq::SliceRandom;
 
@@ -111,7 +112,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         query_start: &starts_dev,
         context_lens: &lens_dev,
         num_seqs,
-        sliding_window: sc.sliding_window,
+        window: sc.window,
         softcap: sc.softcap,
         sinks: sinks_dev.as_ref(),
         alibi: alibi_dev.as_ref(),
@@ -141,7 +142,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         head_dim: hd,
         block_size: bs,
         max_blocks_per_seq: max_blocks,
-        sliding_window: sc.sliding_window,
+        window: sc.window,
         softcap: sc.softcap,
         sinks: sinks_host.as_deref(),
         alibi: alibi_host.as_deref(),
@@ -157,10 +158,11 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
         scale,
     );
     let total_ctx: usize = sc.seqs.iter().map(|&(ctx, _)| ctx).sum();
-    let window = sc
-        .sliding_window
-        .map(|w| format!(", window {w}"))
-        .unwrap_or_default();
+    let window = match sc.window {
+        KeyWindow::Full => String::new(),
+        KeyWindow::Sliding(w) => format!(", window {w}"),
+        KeyWindow::Chunked(c) => format!(", chunk {c}"),
+    };
     let sinks = if sc.sinks { ", sinks" } else { "" };
     let alibi = if sc.alibi { ", alibi" } else { "" };
     let label = format!(
@@ -182,7 +184,7 @@ fn run_scenario(s: &mut Suite<'_>, dtype: DType, sc: &Scenario) -> Result<()> {
     let keys_read: usize = sc
         .seqs
         .iter()
-        .map(|&(ctx, q_len)| sc.sliding_window.map_or(ctx, |w| ctx.min(w + q_len - 1)))
+        .map(|&(ctx, q_len)| ctx - sc.window.first_key(ctx - q_len))
         .sum();
     let kv_bytes = (keys_read * width * 2 * dtype.size_in_bytes()) as f64;
     s.rows[row].note = format!("{:.0} GB/s of KV", kv_bytes / (us * 1e-6) / 1e9);

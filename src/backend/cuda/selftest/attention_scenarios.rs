@@ -8,6 +8,7 @@
 //! ALiBi slopes on every kernel.
 
 use super::suite::Suite;
+use crate::backend::KeyWindow;
 use rand::Rng;
 
 /// Head geometry of a scenario.
@@ -22,7 +23,8 @@ pub struct Heads {
 pub struct Scenario {
     pub name: &'static str,
     pub seqs: Vec<(usize, usize)>,
-    pub sliding_window: Option<usize>,
+    /// A sliding window or Llama 4's chunks.
+    pub window: KeyWindow,
     /// Gemma 2's soft-cap of the scaled scores.
     pub softcap: Option<f32>,
     /// gpt-oss's attention sinks (random per head).
@@ -65,11 +67,15 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
     let mixed: Vec<(usize, usize)> = d8.iter().chain(&ragged).copied().collect();
     let mixed_for_sinks = mixed.clone();
     let mixed_for_alibi = mixed.clone();
+    let mixed_for_chunks = mixed.clone();
+    let d8_for_chunks = d8.clone();
+    // Decode at the first and last positions of 8192-chunks and past two of them.
+    let chunk_edges = vec![(8192, 1), (8193, 1), (16_384, 1), (16_385, 1), (20_000, 1)];
     let sink_edges = vec![(1, 1), (17, 1), (4097, 1), (20_000, 1)];
     let at = |name, seqs, heads| Scenario {
         name,
         seqs,
-        sliding_window: None,
+        window: KeyWindow::Full,
         softcap: None,
         sinks: false,
         alibi: false,
@@ -78,7 +84,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
     let windowed = |name, seqs, window| Scenario {
         name,
         seqs,
-        sliding_window: Some(window),
+        window: KeyWindow::Sliding(window),
         softcap: None,
         sinks: false,
         alibi: false,
@@ -89,7 +95,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
     let capped = |name, seqs, window, heads| Scenario {
         name,
         seqs,
-        sliding_window: window,
+        window: KeyWindow::sliding(window),
         softcap: Some(1.5),
         sinks: false,
         alibi: false,
@@ -100,7 +106,7 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
     let sunk = |name, seqs, window, heads| Scenario {
         name,
         seqs,
-        sliding_window: window,
+        window: KeyWindow::sliding(window),
         softcap: None,
         sinks: true,
         alibi: false,
@@ -112,10 +118,21 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
     let sloped = |name, seqs, window, heads| Scenario {
         name,
         seqs,
-        sliding_window: window,
+        window: KeyWindow::sliding(window),
         softcap: None,
         sinks: false,
         alibi: true,
+        heads,
+    };
+    // Llama 4's chunked layers: chunks not a multiple of the block size (so a chunk starts
+    // inside a block), at its real 8192 on long contexts, on every kernel path.
+    let chunked_at = |name, seqs, chunk, heads| Scenario {
+        name,
+        seqs,
+        window: KeyWindow::Chunked(chunk),
+        softcap: None,
+        sinks: false,
+        alibi: false,
         heads,
     };
     let heads = |q, kv, dim| Heads { q, kv, dim };
@@ -165,6 +182,21 @@ pub fn scenarios(s: &mut Suite<'_>) -> Vec<Scenario> {
         windowed("decode x1 ctx 20000 window", vec![(20_000, 1)], 4099),
         windowed("chunked+decode window", chunked, chunk / 2 + 5),
         windowed("prefill ragged window", ragged.clone(), 37),
+        chunked_at("decode x8 chunk", d8_for_chunks, max_ctx / 4 + 3, model),
+        chunked_at("decode ctx 1..20000 chunk 8192", chunk_edges, 8192, model),
+        chunked_at("prefill ragged chunk 37", ragged.clone(), 37, model),
+        chunked_at(
+            "mixed decode + prefill chunk 37",
+            mixed_for_chunks,
+            37,
+            model,
+        ),
+        chunked_at(
+            "generic hd32 ragged chunk 37",
+            ragged.clone(),
+            37,
+            heads(8, 2, 32),
+        ),
         capped("mixed decode + prefill softcap", mixed.clone(), None, model),
         capped(
             "mixed softcap window gqa2 hd256",

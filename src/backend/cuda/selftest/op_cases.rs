@@ -3,6 +3,7 @@
 use super::compare::Check;
 use super::suite::Suite;
 use crate::backend::cuda::{reference, CudaTensor, DType, RopeStyle};
+use crate::backend::QueryTemperature;
 use anyhow::Result;
 use rand::Rng;
 
@@ -123,19 +124,29 @@ fn fused_add_rms_norm(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
 fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let sz = s.sizes;
     let n = sz.prefill_tokens;
-    let positions: Vec<i32> = (0..n).map(|_| s.rng.random_range(0..8192)).collect();
+    // Positions past several of Llama 4's 8192-position temperature steps.
+    let positions: Vec<i32> = (0..n).map(|_| s.rng.random_range(0..40_000)).collect();
+    // Llama 4's layers without rotary: an all-zero table, each query times its temperature.
+    let temperature = QueryTemperature {
+        floor_scale: 8192.0,
+        attn_scale: 0.1,
+    };
     // The whole head, and half of it (partial rotary, GLM-4); LongRoPE's attention factor on
     // three quarters of the head (Phi-4-mini).
     let variants = [
-        (RopeStyle::Neox, sz.head_dim, 1.0),
-        (RopeStyle::Interleaved, sz.head_dim, 1.0),
-        (RopeStyle::Neox, sz.head_dim / 2, 1.0),
-        (RopeStyle::Interleaved, sz.head_dim / 2, 1.0),
-        (RopeStyle::Neox, sz.head_dim * 3 / 4 / 2 * 2, 1.19),
+        (RopeStyle::Neox, sz.head_dim, 1.0, None),
+        (RopeStyle::Interleaved, sz.head_dim, 1.0, None),
+        (RopeStyle::Neox, sz.head_dim / 2, 1.0, None),
+        (RopeStyle::Interleaved, sz.head_dim / 2, 1.0, None),
+        (RopeStyle::Neox, sz.head_dim * 3 / 4 / 2 * 2, 1.19, None),
+        (RopeStyle::Neox, sz.head_dim, 1.0, Some(temperature)),
     ];
-    for (style, rot, scale) in variants {
+    for (style, rot, scale, temperature) in variants {
         let inv_freq: Vec<f32> = (0..rot / 2)
-            .map(|i| 1.0 / 500_000f32.powf(2.0 * i as f32 / rot as f32))
+            .map(|i| match temperature {
+                Some(_) => 0.0,
+                None => 1.0 / 500_000f32.powf(2.0 * i as f32 / rot as f32),
+            })
             .collect();
         let neox = style == RopeStyle::Neox;
         let mut q_host = s.random(n * sz.q_heads * sz.head_dim, 1.0, dtype);
@@ -144,7 +155,15 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         let mut q = CudaTensor::from_f32(dev, dtype, &[n, sz.q_heads, sz.head_dim], &q_host)?;
         let mut k = CudaTensor::from_f32(dev, dtype, &[n, sz.kv_heads, sz.head_dim], &k_host)?;
         let (pos_dev, freq_dev) = (dev.upload(&positions)?, dev.upload(&inv_freq)?);
-        dev.rope(&mut q, &mut k, &pos_dev, &freq_dev, style, scale)?;
+        dev.rope(
+            &mut q,
+            &mut k,
+            &pos_dev,
+            &freq_dev,
+            style,
+            scale,
+            temperature,
+        )?;
         reference::rope(
             &mut q_host,
             &positions,
@@ -163,6 +182,13 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             neox,
             scale,
         );
+        if let Some(t) = temperature {
+            let width = sz.q_heads * sz.head_dim;
+            for (row, &pos) in q_host.chunks_mut(width).zip(&positions) {
+                let factor = t.factor(pos as u32);
+                row.iter_mut().for_each(|v| *v = dtype.round(*v * factor));
+            }
+        }
         let mut gpu = q.to_f32(dev)?;
         gpu.extend(k.to_f32(dev)?);
         q_host.extend(k_host);
@@ -174,10 +200,10 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 (false, false) => ", half the head",
                 (false, true) => ", 3/4 of the head",
             },
-            if scale != 1.0 {
-                ", attention factor"
-            } else {
-                ""
+            match (scale != 1.0, temperature.is_some()) {
+                (true, _) => ", attention factor",
+                (_, true) => ", no rotary, query temperature",
+                _ => "",
             }
         );
         let shape = format!(
@@ -186,7 +212,15 @@ fn rope(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         );
         let row = s.check(&label, shape, dtype, Check::Elementwise, &gpu, &q_host);
         s.time(row, || {
-            dev.rope(&mut q, &mut k, &pos_dev, &freq_dev, style, scale)
+            dev.rope(
+                &mut q,
+                &mut k,
+                &pos_dev,
+                &freq_dev,
+                style,
+                scale,
+                temperature,
+            )
         })?;
     }
     Ok(())

@@ -9,6 +9,7 @@ use super::compare::Check;
 use super::suite::Suite;
 use crate::backend::cuda::ops_qkv::QkvRopeCache;
 use crate::backend::cuda::{reference, CudaTensor, DType, RopeStyle};
+use crate::backend::QueryTemperature;
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -16,15 +17,15 @@ use rand::Rng;
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     for n in [32, s.sizes.prefill_tokens] {
         for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
-            case(s, dtype, n, style, None, 1.0)?;
+            case(s, dtype, n, style, None, 1.0, None)?;
         }
     }
     // YaRN's or LongRoPE's attention factor on cos and sin; with the norms, Qwen3 + YaRN;
     // HunYuan's norms after the rotation.
-    case(s, dtype, 32, RopeStyle::Neox, None, 1.19)?;
-    case(s, dtype, 32, RopeStyle::Neox, Some(false), 1.0)?;
-    case(s, dtype, 32, RopeStyle::Neox, Some(false), 1.19)?;
-    case(s, dtype, 32, RopeStyle::Neox, Some(true), 1.0)?;
+    case(s, dtype, 32, RopeStyle::Neox, None, 1.19, None)?;
+    case(s, dtype, 32, RopeStyle::Neox, Some(false), 1.0, None)?;
+    case(s, dtype, 32, RopeStyle::Neox, Some(false), 1.19, None)?;
+    case(s, dtype, 32, RopeStyle::Neox, Some(true), 1.0, None)?;
     case(
         s,
         dtype,
@@ -32,6 +33,22 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         RopeStyle::Neox,
         Some(true),
         1.0,
+        None,
+    )?;
+    // Llama 4's layers without rotary: an all-zero table and each query times its
+    // temperature (positions past several of its 8192-position steps).
+    let temperature = QueryTemperature {
+        floor_scale: 8192.0,
+        attn_scale: 0.1,
+    };
+    case(
+        s,
+        dtype,
+        32,
+        RopeStyle::Interleaved,
+        None,
+        1.0,
+        Some(temperature),
     )
 }
 
@@ -42,6 +59,7 @@ fn case(
     style: RopeStyle,
     norm_after_rope: Option<bool>,
     scale: f32,
+    temperature: Option<QueryTemperature>,
 ) -> Result<()> {
     let norm = norm_after_rope.is_some();
     let after = norm_after_rope == Some(true);
@@ -50,9 +68,15 @@ fn case(
     let (q_width, kv_width) = (hq * hd, hk * hd);
     let row = q_width + 2 * kv_width;
     let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0 / 500_000f32.powf(2.0 * i as f32 / hd as f32))
+        .map(|i| match temperature {
+            Some(_) => 0.0,
+            None => 1.0 / 500_000f32.powf(2.0 * i as f32 / hd as f32),
+        })
         .collect();
-    let positions: Vec<i32> = (0..n).map(|_| s.rng.random_range(0..8192)).collect();
+    let max_position = if temperature.is_some() { 40_000 } else { 8192 };
+    let positions: Vec<i32> = (0..n)
+        .map(|_| s.rng.random_range(0..max_position))
+        .collect();
     // Distinct slots in a cache twice the batch, the last token a padding one.
     let blocks = (2 * n).div_ceil(sz.block_size);
     let num_slots = blocks * sz.block_size;
@@ -88,6 +112,7 @@ fn case(
         head_dim: hd,
         norms: norm.then_some((&q_norm, &k_norm, eps)),
         norm_after_rope: after,
+        temperature,
     };
     dev.qkv_rope_cache(&qkv, &mut q, &mut k_cache, &mut v_cache, &params)?;
 
@@ -111,6 +136,12 @@ fn case(
     let neox = style == RopeStyle::Neox;
     reference::rope(&mut q_ref, &positions, &inv_freq, hq, hd, neox, scale);
     reference::rope(&mut k_ref, &positions, &inv_freq, hk, hd, neox, scale);
+    if let Some(t) = temperature {
+        for (row, &pos) in q_ref.chunks_mut(q_width).zip(&positions) {
+            let factor = t.factor(pos as u32);
+            row.iter_mut().for_each(|v| *v *= factor);
+        }
+    }
     if after {
         // The kernel stores the rotated head in the dtype, then norms it.
         q_ref = rounded(reference::rms_norm(&rounded(q_ref), &q_norm_host, eps));
@@ -137,10 +168,10 @@ fn case(
             Some(false) => ", q/k norm",
             Some(true) => ", q/k norm after rope",
         },
-        if scale != 1.0 {
-            ", attention factor"
-        } else {
-            ""
+        match (scale != 1.0, temperature.is_some()) {
+            (true, _) => ", attention factor",
+            (_, true) => ", no rotary, query temperature",
+            _ => "",
         }
     );
     let shape = format!("qkv[{n}, {hq}+{hk}+{hk} x {hd}], 1 pad token");
