@@ -186,8 +186,38 @@ fn lora_adapters_of_the_fixture_are_checked_against_peft() {
 /// prefix. The bloom fixture with its weights renamed that way must pass as it is.
 #[test]
 fn bloom_checkpoints_without_the_transformer_prefix_load() {
+    let dir = fixture_with_renamed_weights("bloom", |name| {
+        name.trim_start_matches("transformer.").to_string()
+    });
+    check_in_f32(&dir);
+}
+
+/// The hub's Llama 4 checkpoints are `Llama4ForConditionalGeneration`: the text model's
+/// config under `text_config`, its weights under `language_model.` (the vision tower's are
+/// never read).
+#[test]
+fn llama4_conditional_generation_checkpoints_run_their_language_model() {
+    let dir = fixture_with_renamed_weights("llama4", |name| format!("language_model.{name}"));
+    let config_path = dir.path().join("config.json");
+    let mut text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let eos = text["eos_token_id"].clone();
+    text.as_object_mut().unwrap().remove("architectures");
+    let wrapped = serde_json::json!({
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "model_type": "llama4",
+        "text_config": text,
+        "vision_config": {"hidden_size": 16, "model_type": "llama4_vision_model"},
+        "eos_token_id": eos,
+    });
+    std::fs::write(&config_path, wrapped.to_string()).unwrap();
+    check_in_f32(&dir);
+}
+
+/// A copy of fixture `name` whose weights are stored under `rename(name)`.
+fn fixture_with_renamed_weights(name: &str, rename: impl Fn(&str) -> String) -> tempfile::TempDir {
     use safetensors::tensor::TensorView;
-    let src = fixture("bloom");
+    let src = fixture(name);
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
@@ -200,10 +230,18 @@ fn bloom_checkpoints_without_the_transformer_prefix_load() {
     let renamed: Vec<(String, TensorView<'_>)> = stored
         .tensors()
         .into_iter()
-        .map(|(name, view)| (name.trim_start_matches("transformer.").to_string(), view))
+        .map(|(name, view)| (rename(&name), view))
         .collect();
-    assert!(renamed.iter().any(|(n, _)| n == "word_embeddings.weight"));
+    assert!(
+        stored.names().iter().any(|n| rename(n) != **n),
+        "the renaming changes no weight's name"
+    );
     safetensors::serialize_to_file(renamed, None, &dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+/// check-reference on `dir` in f32 on the CPU passes.
+fn check_in_f32(dir: &tempfile::TempDir) {
     let args = engine_args(&[
         "--model",
         dir.path().to_str().unwrap(),
