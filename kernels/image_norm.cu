@@ -14,6 +14,8 @@
 //                        then SiLU when `silu` is set.
 // layer_norm: one block per row of width d: (x - mean) / sqrt(var + eps) * w + b, two passes
 // (mean, then the mean of squared deviations).
+// head_layer_norm (Command R+'s and StableLM 2 12B's q / k norms): layer_norm of each head
+// of hd values, rows [n * heads, hd], with a weight per head ([heads, hd]) and no bias.
 
 // Mean and inverse standard deviation of the `count` elements at `x`, in every thread.
 template <typename D>
@@ -166,17 +168,20 @@ __device__ __forceinline__ void group_norm_apply_impl(typename D::T* y, const ty
     }
 }
 
+// Row blockIdx.x of width d normed; its weight is row (blockIdx.x % w_rows) of w ([w_rows,
+// d]: 1 for one weight, the head count for per-head weights), its bias b (null: none).
 template <typename D>
 __device__ __forceinline__ void layer_norm_impl(typename D::T* y, const typename D::T* x,
                                                 const typename D::T* w, const typename D::T* b,
-                                                int d, float eps) {
+                                                int d, float eps, int w_rows = 1) {
     __shared__ float scratch[32];
     const long long base = (long long)blockIdx.x * d;
+    const typename D::T* w_row = w + (long long)(blockIdx.x % w_rows) * d;
     float mean, inv_std;
     kiln_mean_inv_std<D>(x + base, d, eps, scratch, &mean, &inv_std);
     for (int j = threadIdx.x; j < d; j += blockDim.x) {
-        y[base + j] = D::store((D::load(x[base + j]) - mean) * inv_std * D::load(w[j]) +
-                               D::load(b[j]));
+        const float shift = b != nullptr ? D::load(b[j]) : 0.0f;
+        y[base + j] = D::store((D::load(x[base + j]) - mean) * inv_std * D::load(w_row[j]) + shift);
     }
 }
 
@@ -198,5 +203,9 @@ __device__ __forceinline__ void layer_norm_impl(typename D::T* y, const typename
     extern "C" __global__ void layer_norm_##S(D::T* y, const D::T* x, const D::T* w,            \
                                               const D::T* b, int d, float eps) {                \
         layer_norm_impl<D>(y, x, w, b, d, eps);                                                 \
+    }                                                                                           \
+    extern "C" __global__ void head_layer_norm_##S(D::T* y, const D::T* x, const D::T* w, int d, \
+                                                   int heads, float eps) {                      \
+        layer_norm_impl<D>(y, x, w, nullptr, d, eps, heads);                                    \
     }
 KILN_FOR_EACH_DTYPE(KILN_IMAGE_NORM)

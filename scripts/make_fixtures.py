@@ -79,6 +79,7 @@ from transformers import (
     NemotronConfig,
     StableLmConfig,
     StableLmForCausalLM,
+    StableLmPreTrainedModel,
     NemotronForCausalLM,
     GPTJForCausalLM,
     GraniteMoeConfig,
@@ -442,6 +443,22 @@ def tokenizer_cases(hf_tokenizer: PreTrainedTokenizerFast) -> dict:
 # ---------------------------------------------------------------------------
 # Tiny random-weight reference models
 # ---------------------------------------------------------------------------
+# transformers 4.57's StableLM zeroes every LayerNorm's bias at init, and its per-head q/k
+# LayerNorms (qk_layernorm) have none: fill their weights only (randomize_weights overwrites
+# every parameter afterwards anyway).
+_stablelm_init_weights = StableLmPreTrainedModel._init_weights
+
+
+def _stablelm_init_weights_without_bias(self, module):
+    if isinstance(module, torch.nn.LayerNorm) and module.bias is None:
+        module.weight.data.fill_(1.0)
+        return
+    _stablelm_init_weights(self, module)
+
+
+StableLmPreTrainedModel._init_weights = _stablelm_init_weights_without_bias
+
+
 def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tuple[type, object]]:
     falcon = dict(
         vocab_size=vocab_size,
@@ -1009,6 +1026,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=True,
             ),
         ),
+        # Command R+: Cohere's layer with per-head q/k LayerNorms (a [heads, head_dim] weight
+        # each, no bias) before the rotation.
+        "cohere_qk_norm": (
+            CohereForCausalLM,
+            CohereConfig(
+                **{k: v for k, v in common.items() if k != "rms_norm_eps"},
+                layer_norm_eps=1e-5,
+                logit_scale=0.5,
+                rope_theta=10000.0,
+                use_qk_norm=True,
+                tie_word_embeddings=True,
+            ),
+        ),
         # OLMoE: pre-norm layers, RMS norms over the whole q and k projections, 8 experts of
         # 128 (intermediate_size), top 2, not renormalised.
         "olmoe": (
@@ -1113,6 +1143,19 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 layer_norm_eps=1e-5,
                 use_parallel_residual=True,
                 partial_rotary_factor=0.5,
+                rope_theta=10000.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # StableLM 2 12B: the parallel layer with a LayerNorm per q and k head (no bias).
+        "stablelm_qk_norm": (
+            StableLmForCausalLM,
+            StableLmConfig(
+                **{k: v for k, v in common.items() if k != "rms_norm_eps"},
+                layer_norm_eps=1e-5,
+                use_parallel_residual=True,
+                qk_layernorm=True,
+                partial_rotary_factor=0.25,
                 rope_theta=10000.0,
                 tie_word_embeddings=False,
             ),

@@ -193,6 +193,37 @@ void check_layer_norm(DType d, int rows, int width, int threads, Order order) {
            d, y.values(), want);
 }
 
+using HeadLayerNormFn = void (*)(void*, const void*, const void*, int, int, float);
+
+// Command R+'s / StableLM 2 12B's q and k norms: each head of `hd` values of a token's row
+// layer-normed and scaled by its own head's weight row, no bias.
+void check_head_layer_norm(DType d, int tokens, int heads, int hd, int threads, Order order) {
+    const int rows = tokens * heads;
+    const std::vector<float> x = random(d, static_cast<size_t>(rows) * hd, 2.0f, -1.0f);
+    const std::vector<float> wt = random(d, static_cast<size_t>(heads) * hd, 1.5f);
+    const float eps = 1e-5f;
+    Buffer xb(d, x), wb(d, wt), y = Buffer::unwritten(d, x.size());
+    auto kernel = KILN_PICK(HeadLayerNormFn, head_layer_norm, d);
+    kiln_emu::launch({static_cast<unsigned>(rows), 1, 1}, {static_cast<unsigned>(threads), 1, 1},
+                     order, 2, [&] { kernel(y.data(), xb.data(), wb.data(), hd, heads, eps); });
+    std::vector<double> want(x.size());
+    for (int r = 0; r < rows; ++r) {
+        const float* row = &x[static_cast<size_t>(r) * hd];
+        const float* w = &wt[static_cast<size_t>(r % heads) * hd];
+        double mean = 0.0, var = 0.0;
+        for (int j = 0; j < hd; ++j) mean += row[j];
+        mean /= hd;
+        for (int j = 0; j < hd; ++j) var += (row[j] - mean) * (row[j] - mean);
+        var /= hd;
+        for (int j = 0; j < hd; ++j) {
+            want[static_cast<size_t>(r) * hd + j] = (row[j] - mean) / std::sqrt(var + eps) * w[j];
+        }
+    }
+    report("head_layer_norm [" + std::to_string(tokens) + ", " + std::to_string(heads) + " x " +
+               std::to_string(hd) + "] " + std::to_string(threads) + " threads",
+           d, y.values(), want);
+}
+
 // ---- element-wise -----------------------------------------------------------------------
 
 using ActivationFn = void (*)(void*, const void*, long long, int, float, float, float, float);
@@ -705,6 +736,9 @@ int main() {
         check_group_norm(d, 1, 64, 32, 32, 32, true, host_grid(d, 1, 64, 1024, 8), Order::Forward);
         check_layer_norm(d, 5, 37, 32, Order::Forward);
         check_layer_norm(d, 3, 77, 96, Order::Random);
+        check_head_layer_norm(d, 5, 12, 128, 128, Order::Random);  // Command R+'s q heads
+        check_head_layer_norm(d, 3, 8, 160, 160, Order::Reverse);  // StableLM 2 12B's kv
+        check_head_layer_norm(d, 2, 3, 37, 32, Order::Forward);    // a tail past 32 threads
         check_activations(d);
         check_geglu(d);
         check_lincomb(d);

@@ -316,6 +316,16 @@ pub trait Backend: Send + Sync {
     /// `gelu_tanh(gate) * up` (GeGLU with PyTorch's tanh approximation, Gemma's MLP), laid
     /// out as for [`Backend::silu_mul`].
     fn gelu_tanh_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Layer norm of each `head_dim`-wide head of `x` (`[n, heads * head_dim]`), head h
+    /// scaled by its own row of `weight` (`heads * head_dim` values), no bias; in f32 and
+    /// rounded once (Command R+'s and StableLM 2 12B's q / k norms).
+    fn head_layer_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        head_dim: usize,
+        eps: f64,
+    ) -> Result<Self::Tensor>;
     /// Layer norm over the last dimension, with `weight` and `bias` of that width, in f32
     /// and rounded once (StarCoder2's norms; the diffusion models' transformer blocks).
     fn layer_norm(
@@ -559,8 +569,13 @@ pub fn unfused_qkv_rope_write<B: Backend + ?Sized>(
     };
     let norms = head.norms.filter(|_| !head.norm_after_rope);
     if let Some((q_norm, k_norm, eps)) = norms {
-        q = be.rms_norm(&q, q_norm, eps)?;
-        k = be.rms_norm(&k, k_norm, eps)?;
+        if head.layer_norm {
+            q = be.head_layer_norm(&q, q_norm, head.head_dim, eps)?;
+            k = be.head_layer_norm(&k, k_norm, head.head_dim, eps)?;
+        } else {
+            q = be.rms_norm(&q, q_norm, eps)?;
+            k = be.rms_norm(&k, k_norm, eps)?;
+        }
     }
     let (mut q, mut k) = be.rope(q, k, head.head_dim, rope, batch)?;
     if let Some((q_norm, k_norm, eps)) = head.norms.filter(|_| head.norm_after_rope) {
@@ -578,4 +593,7 @@ pub struct QkvHeads<'a, B: Backend + ?Sized> {
     pub norms: Option<(&'a B::Tensor, &'a B::Tensor, f64)>,
     /// HunYuan: the norms apply to the rotated heads instead.
     pub norm_after_rope: bool,
+    /// Command R+, StableLM 2 12B: the norms are LayerNorms with a weight per head
+    /// (`[heads * head_dim]`, [`Backend::head_layer_norm`]), before the rotation.
+    pub layer_norm: bool,
 }

@@ -1439,6 +1439,9 @@ pub struct ModelConfig {
     pub qk_norm_whole: bool,
     /// HunYuan: the per-head q / k norms apply to the rotated heads.
     pub qk_norm_after_rope: bool,
+    /// Command R+ (`use_qk_norm`), StableLM 2 12B (`qk_layernorm`): the q / k norms are
+    /// LayerNorms without biases, with a weight per head.
+    pub qk_layer_norm: bool,
     /// Llama 4: the q / k norms have no weights (transformers' `L2Norm`: an RMS norm with
     /// unit weights), and only the layers that rotate apply them.
     pub qk_norm_unweighted: bool,
@@ -1810,15 +1813,15 @@ impl ModelConfig {
                 Architecture::Gpt2 | Architecture::GptBigCode | Architecture::Opt
             );
         anyhow::ensure!(
-            !(matches!(architecture, Architecture::Phi | Architecture::StableLm)
-                && raw.qk_layernorm == Some(true)),
+            !(architecture == Architecture::Phi && raw.qk_layernorm == Some(true)),
             "{architecture:?}'s q/k LayerNorms (qk_layernorm) are not supported"
         );
         anyhow::ensure!(
-            !(matches!(architecture, Architecture::Cohere | Architecture::Cohere2)
-                && raw.use_qk_norm == Some(true)),
-            "Cohere's per-head q/k LayerNorms (use_qk_norm, Command R+) are not supported"
+            !(architecture == Architecture::Cohere2 && raw.use_qk_norm == Some(true)),
+            "Cohere2's per-head q/k LayerNorms (use_qk_norm) are not supported"
         );
+        let qk_layer_norm = (architecture == Architecture::Cohere && raw.use_qk_norm == Some(true))
+            || (architecture == Architecture::StableLm && raw.qk_layernorm == Some(true));
         anyhow::ensure!(raw.logit_scale != Some(0.0), "logit_scale must not be zero");
         anyhow::ensure!(
             raw.clip_qkv.is_none(),
@@ -1929,13 +1932,15 @@ impl ModelConfig {
                     | Architecture::HunYuanDense
                     | Architecture::HunYuanMoe
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true))
-                || (architecture == Architecture::Llama4 && raw.use_qk_norm.unwrap_or(true)),
+                || (architecture == Architecture::Llama4 && raw.use_qk_norm.unwrap_or(true))
+                || qk_layer_norm,
             qk_norm_whole: matches!(
                 architecture,
                 Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe
             ),
             qk_norm_after_rope: hunyuan || architecture == Architecture::Llama4,
             qk_norm_unweighted: architecture == Architecture::Llama4,
+            qk_layer_norm,
             rotary_dim,
             post_norm: matches!(
                 architecture,
@@ -2269,12 +2274,43 @@ mod tests {
         assert_eq!(windows, [w, w, w, None, w, w, w, None]);
         let rotates = c.rope_layers.clone().unwrap();
         assert_eq!(rotates, [true, true, true, false, true, true, true, false]);
-        // Command R+'s per-head q/k LayerNorms are refused, not ignored.
-        let plus = r#"{"architectures": ["CohereForCausalLM"], "hidden_size": 64,
+        // CohereForAI/c4ai-command-r-plus's config.json: per-head q/k LayerNorms.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["CohereForCausalLM"], "hidden_size": 12288,
+            "intermediate_size": 33792, "layer_norm_eps": 1e-05, "logit_scale": 0.8333333333333334,
+            "max_position_embeddings": 8192, "num_attention_heads": 96,
+            "num_hidden_layers": 64, "num_key_value_heads": 8, "rope_theta": 75000000.0,
+            "use_qk_norm": true, "vocab_size": 256000, "model_type": "cohere"}"#,
+        )
+        .unwrap();
+        assert!(c.qk_norm && c.qk_layer_norm && !c.qk_norm_after_rope);
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 103.8).abs() < 1.0, "{billions}");
+        // Cohere2 has no such norms in transformers: refused, not ignored.
+        let r7b = r#"{"architectures": ["Cohere2ForCausalLM"], "hidden_size": 64,
             "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 1,
             "vocab_size": 32, "use_qk_norm": true}"#;
-        let err = ModelConfig::from_json(plus).unwrap_err();
+        let err = ModelConfig::from_json(r7b).unwrap_err();
         assert!(format!("{err:#}").contains("use_qk_norm"), "{err:#}");
+    }
+
+    #[test]
+    fn stablelm_2_12b_has_per_head_qk_layer_norms() {
+        // stabilityai/stablelm-2-12b's config.json.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["StableLmForCausalLM"], "hidden_act": "silu",
+            "hidden_size": 5120, "intermediate_size": 13824, "layer_norm_eps": 1e-05,
+            "max_position_embeddings": 4096, "num_attention_heads": 32,
+            "num_hidden_layers": 40, "num_key_value_heads": 8, "partial_rotary_factor": 0.25,
+            "qk_layernorm": true, "rope_theta": 10000, "tie_word_embeddings": false,
+            "use_parallel_residual": true, "use_qkv_bias": false, "vocab_size": 100352,
+            "model_type": "stablelm"}"#,
+        )
+        .unwrap();
+        assert!(c.qk_norm && c.qk_layer_norm && c.parallel_block && !c.qkv_bias);
+        assert_eq!(c.rotary_dim, 40);
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 12.1).abs() < 0.2, "{billions}");
     }
 
     #[test]

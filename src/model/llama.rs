@@ -643,6 +643,27 @@ impl<B: Backend> LlamaModel<B> {
                 if !c.qk_norm {
                     return Ok(None);
                 }
+                // Command R+'s and StableLM 2 12B's per-head LayerNorms: this rank's heads'
+                // rows (Cohere stores them as one [heads, head_dim] weight, StableLM as one
+                // LayerNorm per head).
+                if c.qk_layer_norm {
+                    let (heads, total) = match n {
+                        "q" => (layout.q_heads.clone(), c.num_heads),
+                        _ => (layout.kv_heads.clone(), c.num_kv_heads),
+                    };
+                    let parts: Vec<Part> = if c.architecture == Architecture::StableLm {
+                        heads
+                            .map(|h| {
+                                let name = format!("{p}.self_attn.{n}_layernorm.norms.{h}.weight");
+                                rows_part(name, vec![hd], 0..hd)
+                            })
+                            .collect()
+                    } else {
+                        let name = format!("{p}.self_attn.{n}_norm.weight");
+                        vec![rows_part(name, vec![total, hd], heads)]
+                    };
+                    return load_stacked(be, src, &parts, dtype).map(Some);
+                }
                 // Llama 4's weightless norms, on the rotating layers only.
                 if c.qk_norm_unweighted {
                     let rotates = c.rope_layers.as_ref().is_none_or(|r| r[i]);
@@ -1469,6 +1490,7 @@ impl<B: Backend> LlamaModel<B> {
             head_dim: c.head_dim,
             norms,
             norm_after_rope: c.qk_norm_after_rope,
+            layer_norm: c.qk_layer_norm,
         };
         let rope = match (layer.rope, &self.rope_local, &self.rope_off) {
             (LayerRope::Local, Some(local), _) => local,

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 68] = [
+pub const ARCHS: [&str; 70] = [
     "llama",
     "llama31",
     "mistral",
@@ -76,6 +76,8 @@ pub const ARCHS: [&str; 68] = [
     "hunyuan_dense",
     "hunyuan_moe",
     "llama4",
+    "cohere_qk_norm",
+    "stablelm_qk_norm",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k

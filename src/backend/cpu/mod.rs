@@ -221,6 +221,35 @@ impl Backend for CpuBackend {
         Ok((act * up)?)
     }
 
+    fn head_layer_norm(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        head_dim: usize,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let (n, width) = x.dims2()?;
+        anyhow::ensure!(
+            head_dim > 0 && width % head_dim == 0 && weight.elem_count() == width,
+            "head_layer_norm: rows of {width} are not heads of {head_dim} with a weight each \
+             ({} weights)",
+            weight.elem_count()
+        );
+        let heads = x.reshape((n * (width / head_dim), head_dim))?;
+        let w = weight.reshape((1, width / head_dim, head_dim))?;
+        // Each head's own weight row: the normed heads as [n, heads, head_dim] times w.
+        let normed = image_ops::f32_of(&heads)?;
+        let mean = normed.mean_keepdim(candle_core::D::Minus1)?;
+        let centred = normed.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        let y = centred
+            .broadcast_div(&(var + eps)?.sqrt()?)?
+            .reshape((n, width / head_dim, head_dim))?
+            .broadcast_mul(&image_ops::f32_of(&w)?)?
+            .reshape((n, width))?;
+        Ok(y.to_dtype(x.dtype())?)
+    }
+
     fn layer_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
         let xf = image_ops::f32_of(x)?;
         let mean = xf.mean_keepdim(candle_core::D::Minus1)?;

@@ -667,6 +667,19 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn head_layer_norm(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        head_dim: usize,
+        eps: f64,
+    ) -> Result<CudaTensor> {
+        self.new_output(x, x.shape(), |y| {
+            self.device()
+                .head_layer_norm_into(x, weight, head_dim, eps as f32, y)
+        })
+    }
+
     fn layer_norm(
         &self,
         x: &CudaTensor,
@@ -981,10 +994,11 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTensor> {
         // The fused kernel norms one head at a time (Qwen3, Gemma 3); OLMo 2's norms span
         // the whole projection.
+        // Nor does it take per-head LayerNorms (Command R+).
         let per_head_norms = head
             .norms
             .is_none_or(|(q, k, _)| q.shape() == [head.head_dim] && k.shape() == [head.head_dim]);
-        if !self.fused_qkv || !per_head_norms {
+        if !self.fused_qkv || !per_head_norms || head.layer_norm {
             return unfused_qkv_rope_write(self, qkv, widths, head, rope, cache, layer, batch);
         }
         let &[n, _] = qkv.shape() else {

@@ -168,6 +168,52 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// `y` = each `head_dim`-wide head of `x` (rows `[n, heads * head_dim]`) layer-normed and
+    /// scaled by its head's row of `w` (`heads * head_dim` values), no bias.
+    pub fn head_layer_norm_into(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        head_dim: usize,
+        eps: f32,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        let Some(&width) = x.shape().last() else {
+            bail!("head_layer_norm of a scalar");
+        };
+        if head_dim == 0 || width % head_dim != 0 || w.numel() != width {
+            bail!(
+                "head_layer_norm: rows of {width} are not heads of {head_dim} with a weight \
+                 each ({} weights)",
+                w.numel()
+            );
+        }
+        same_dtype(w, x, "head_layer_norm weight")?;
+        y.expect_shape(x.shape(), "head_layer_norm output")?;
+        same_dtype(y, x, "head_layer_norm output")?;
+        if x.numel() == 0 {
+            return Ok(());
+        }
+        let (d_i, heads_i) = (
+            as_i32(head_dim, "head_layer_norm head dim")?,
+            as_i32(width / head_dim, "head_layer_norm heads")?,
+        );
+        let f = self.kernels().get("head_layer_norm", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(y.data_mut()).arg(x.data()).arg(w.data());
+        args.arg(&d_i).arg(&heads_i).arg(&eps);
+        // SAFETY: matches kernels/image_norm.cu; shapes checked above (one block per head
+        // row, rows head-major within a token, so row % heads is the head).
+        unsafe {
+            args.launch(launch::per_row(
+                x.numel() / head_dim,
+                launch::row_threads(head_dim),
+            )?)
+        }
+        .context("head_layer_norm launch")?;
+        Ok(())
+    }
+
     /// `y = act(x)`, elementwise.
     pub fn activation_into(
         &self,

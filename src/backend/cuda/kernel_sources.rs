@@ -142,6 +142,7 @@ pub const LAZY_KERNEL_FILES: &[KernelFile] = &[
             "group_norm_finalize",
             "group_norm_apply",
             "layer_norm",
+            "head_layer_norm",
         ],
     },
     KernelFile {

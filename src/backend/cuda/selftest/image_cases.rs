@@ -72,9 +72,10 @@ type Case = fn(&mut ImageSuite<'_, '_>) -> Result<()>;
 
 /// Runs every image case for `dtype`; an error in one is recorded and the rest still run.
 pub fn run<'d>(s: &mut Suite<'d>, gpu: &'d CudaBackend, dtype: DType) {
-    let cases: [(&str, Case); 10] = [
+    let cases: [(&str, Case); 11] = [
         ("group_norm", group_norm),
         ("layer_norm", layer_norm),
+        ("head_layer_norm", head_layer_norm),
         ("activations", activations),
         ("lincomb", lincomb),
         ("biases", biases),
@@ -154,6 +155,27 @@ fn layer_norm(t: &mut ImageSuite<'_, '_>) -> Result<()> {
             &cpu,
         )?;
         t.time(row, || be.layer_norm(&x.gpu, &w.gpu, &b.gpu, 1e-5))?;
+    }
+    Ok(())
+}
+
+/// Command R+'s q / k norms (12 q heads of 128 on 5 tokens) and StableLM 2 12B's (8 kv
+/// heads of 160): a LayerNorm per head, each head scaled by its own weight row.
+fn head_layer_norm(t: &mut ImageSuite<'_, '_>) -> Result<()> {
+    let be = t.gpu;
+    for (tokens, heads, hd) in [(5, 12, 128), (3, 8, 160)] {
+        let x = t.input(&[tokens, heads * hd], 2.0)?;
+        let w = t.input(&[heads * hd], 1.5)?;
+        let gpu = t.gpu.head_layer_norm(&x.gpu, &w.gpu, hd, 1e-5)?;
+        let cpu = t.cpu.head_layer_norm(&x.cpu, &w.cpu, hd, 1e-5)?;
+        let row = t.compare(
+            "head_layer_norm",
+            format!("[{tokens}, {heads} x {hd}]"),
+            Check::Reduction,
+            &gpu,
+            &cpu,
+        )?;
+        t.time(row, || be.head_layer_norm(&x.gpu, &w.gpu, hd, 1e-5))?;
     }
     Ok(())
 }
