@@ -61,6 +61,7 @@ fn ops(c: &mut Criterion) {
             num_kv_heads: 4,
             head_dim: 64,
             dtype: kiln::backend::DType::F32,
+            conv_layers: Vec::new(),
         };
         let cache = be.new_kv_cache(&spec).unwrap();
         let layout = BatchLayout {

@@ -107,6 +107,8 @@ from transformers import (
     Glm4MoeForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    Lfm2Config,
+    Lfm2ForCausalLM,
     Llama4ForCausalLM,
     Llama4TextConfig,
     MistralConfig,
@@ -1336,6 +1338,31 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 num_experts_per_tok=1,
                 moe_layers=[1, 2],
                 tie_word_embeddings=False,
+            ),
+        ),
+        # LFM2: gated short convolutions (3 taps over the paged cache of B * x rows) on
+        # layers 0, 2 and 3, attention with per-head q/k RMS norms on layer 1; SwiGLU MLPs
+        # two thirds of block_ff_dim wide, rounded to block_multiple_of.
+        "lfm2": (
+            Lfm2ForCausalLM,
+            Lfm2Config(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=192,
+                block_multiple_of=32,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                norm_eps=1e-5,
+                rope_theta=10000.0,
+                conv_L_cache=3,
+                layer_types=["conv", "full_attention", "conv", "conv"],
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=True,
             ),
         ),
         # GPT-NeoX with its blocks in sequence (use_parallel_residual false).

@@ -35,6 +35,7 @@ use crate::model::gptj::GptJWeights;
 use crate::model::hunyuan::HunYuanWeights;
 use crate::model::int_quant::IntQuantWeights;
 use crate::model::language_model_weights::LanguageModelWeights;
+use crate::model::lfm2::Lfm2Weights;
 use crate::model::llama::LlamaModel;
 use crate::model::llama4::Llama4Weights;
 use crate::model::lora::load_adapter;
@@ -446,6 +447,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                     }
                     Architecture::Apertus => Box::new(ApertusWeights::wrap(files_source)),
                     Architecture::Llama4 => Box::new(Llama4Weights::wrap(files_source)),
+                    Architecture::Lfm2 => Box::new(Lfm2Weights::wrap(files_source)),
                     Architecture::Bloom => Box::new(BloomWeights::wrap(files_source)),
                     Architecture::Mpt => Box::new(MptWeights::wrap(files_source)),
                     Architecture::Falcon => {

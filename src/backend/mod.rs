@@ -516,6 +516,20 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Tensor> {
         unfused_qkv_rope_write(self, qkv, widths, head, rope, cache, layer, batch)
     }
+    /// LFM2's gated short convolution of `bcx` (`[n, 3 * channels]`: gates B, C and input
+    /// x): each token's row `B * x` is written into layer `layer`'s cache, convolved
+    /// causally and depthwise with its sequence's rows at positions `pos - (L - 1) ..= pos`
+    /// (before 0: zeros), `conv[c] = sum_j weight[c, j] * row[pos - (L - 1) + j][c]` with
+    /// `weight` `[channels, L]`, and gated: `out = C * conv` (`[n, channels]`). Each of the
+    /// three results is rounded to the dtype, as transformers computes them.
+    fn gated_short_conv(
+        &self,
+        bcx: &Self::Tensor,
+        weight: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::BatchMeta,
+    ) -> Result<Self::Tensor>;
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
     /// which already holds the batch's own K and V, with the per-head terms `terms` adds to
     /// its scores.
@@ -531,7 +545,7 @@ pub trait Backend: Send + Sync {
 }
 
 /// Geometry of a paged KV cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvCacheSpec {
     pub num_layers: usize,
     pub num_blocks: usize,
@@ -539,12 +553,41 @@ pub struct KvCacheSpec {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub dtype: DType,
+    /// LFM2's convolution layers, `(layer, width)`: their cache holds one `width`-value row
+    /// per token (the short convolution's inputs, [`Backend::short_conv`]) in place of K,
+    /// and no V. Paged like keys, so prefix caching and chunked prefill apply unchanged.
+    pub conv_layers: Vec<(usize, usize)>,
 }
 
 impl KvCacheSpec {
-    /// Bytes one token occupies across all layers (K and V).
+    /// Layer `layer`'s convolution row width, if it is a convolution layer.
+    pub fn conv_width(&self, layer: usize) -> Option<usize> {
+        self.conv_layers
+            .iter()
+            .find(|&&(l, _)| l == layer)
+            .map(|&(_, w)| w)
+    }
+
+    /// Values one token occupies in layer `layer`'s K cache and in its V cache.
+    pub fn token_widths(&self, layer: usize) -> (usize, usize) {
+        match self.conv_width(layer) {
+            Some(width) => (width, 0),
+            None => {
+                let kv = self.num_kv_heads * self.head_dim;
+                (kv, kv)
+            }
+        }
+    }
+
+    /// Bytes one token occupies across all layers (K and V, or convolution rows).
     pub fn bytes_per_token(&self) -> usize {
-        2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.size_in_bytes()
+        let values: usize = (0..self.num_layers)
+            .map(|l| {
+                let (k, v) = self.token_widths(l);
+                k + v
+            })
+            .sum();
+        values * self.dtype.size_in_bytes()
     }
 }
 

@@ -8,7 +8,7 @@
 
 use super::reference_adapters::{adapter_references, AdapterReference};
 use crate::backend::cuda::{device_count, CudaBackend};
-use crate::backend::{Backend, BatchLayout, DType, KvCacheSpec};
+use crate::backend::{Backend, BatchLayout, DType};
 use crate::engine::{EngineHandle, LlmEngine, SamplingParams};
 use crate::launch::{
     build_engine, device, engine_from, engine_on_cuda, load_model, load_model_on, Device,
@@ -499,17 +499,9 @@ pub fn last_logits_with_adapter<B: Backend>(
     adapter: Option<usize>,
 ) -> Result<Vec<f32>> {
     anyhow::ensure!(!ids.is_empty(), "empty prompt");
-    let c = &m.model.config;
     let block_size = 4;
     let blocks = ids.len().div_ceil(block_size);
-    let spec = KvCacheSpec {
-        num_layers: c.num_layers,
-        num_blocks: blocks,
-        block_size,
-        num_kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-        dtype: m.model.dtype,
-    };
+    let spec = m.model.kv_cache_spec(blocks, block_size);
     let mut cache = m.backend.new_kv_cache(&spec)?;
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let layout = BatchLayout {

@@ -4,7 +4,7 @@
 use super::gpu_memory::{activation_reserve, kv_blocks, GpuMemory};
 use super::{engine_with_blocks, max_model_len, EngineArgs, LoadedModel};
 use crate::backend::cuda::CudaBackend;
-use crate::backend::KvCacheSpec;
+
 use crate::engine::LlmEngine;
 use anyhow::{Context, Result};
 
@@ -21,14 +21,7 @@ pub fn engine_on_cuda(loaded: LoadedModel<CudaBackend>, args: &EngineArgs) -> Re
 fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Result<usize> {
     let config = &loaded.model.config;
     let dtype = loaded.model.dtype;
-    let spec = KvCacheSpec {
-        num_layers: config.num_layers,
-        num_blocks: 1,
-        block_size: args.block_size,
-        num_kv_heads: config.num_kv_heads,
-        head_dim: config.head_dim,
-        dtype,
-    };
+    let spec = loaded.model.kv_cache_spec(1, args.block_size);
     let bytes_per_block = spec.bytes_per_token() * args.block_size;
     let (free, total) = loaded.backend.free_and_total_memory()?;
     let reserve = activation_reserve(

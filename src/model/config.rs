@@ -86,6 +86,9 @@ pub enum Architecture {
     /// Llama's layer with per-head q/k RMS norms applied after the rotation, and NTK-alpha
     /// rotary (`rope_scaling` `dynamic` with `alpha`: a larger base).
     HunYuanDense,
+    /// Liquid AI's LFM2 (`Lfm2ForCausalLM`; `model/lfm2.rs`): attention layers (per-head
+    /// q/k RMS norms) and gated short-convolution layers, each before a SwiGLU MLP.
+    Lfm2,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
     /// the others, experts whose router scales their inputs, plus a shared expert.
@@ -175,7 +178,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 52] = [
+    pub const SUPPORTED: [&'static str; 53] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -228,6 +231,7 @@ impl Architecture {
         "HunYuanDenseV1ForCausalLM",
         "HunYuanMoEV1ForCausalLM",
         "Llama4ForCausalLM",
+        "Lfm2ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -338,6 +342,7 @@ impl Architecture {
             "HunYuanDenseV1ForCausalLM" => Architecture::HunYuanDense,
             "HunYuanMoEV1ForCausalLM" => Architecture::HunYuanMoe,
             "Llama4ForCausalLM" => Architecture::Llama4,
+            "Lfm2ForCausalLM" => Architecture::Lfm2,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1496,6 +1501,8 @@ pub struct ModelConfig {
     /// Per layer, whether it applies rotary embeddings (SmolLM3's NoPE layers do not);
     /// `None`: every layer does.
     pub rope_layers: Option<Vec<bool>>,
+    /// LFM2: the layers that are gated short convolutions instead of attention.
+    pub short_conv: Option<super::lfm2::ShortConvLayers>,
     /// Llama 4: the layers that attend only within their chunk of positions, and its size.
     pub attention_chunks: Option<super::llama4::AttentionChunks>,
     /// Llama 4: the layers without rotary scale each query by a temperature growing with
@@ -1563,6 +1570,7 @@ impl ModelConfig {
             Some("MptForCausalLM" | "MPTForCausalLM") => super::mpt::normalized_config(value)?,
             Some("HunYuanMoEV1ForCausalLM") => super::hunyuan::normalized_moe_config(value)?,
             Some("Llama4ForCausalLM") => super::llama4::normalized_config(value)?,
+            Some("Lfm2ForCausalLM") => super::lfm2::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1933,6 +1941,7 @@ impl ModelConfig {
                     | Architecture::HunYuanMoe
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true))
                 || (architecture == Architecture::Llama4 && raw.use_qk_norm.unwrap_or(true))
+                || architecture == Architecture::Lfm2
                 || qk_layer_norm,
             qk_norm_whole: matches!(
                 architecture,
@@ -2064,6 +2073,12 @@ impl ModelConfig {
             gemma,
             granite,
             rope_layers,
+            short_conv: match architecture {
+                Architecture::Lfm2 => {
+                    Some(super::lfm2::conv_layers(&value, raw.num_hidden_layers)?)
+                }
+                _ => None,
+            },
             attention_chunks: match architecture {
                 Architecture::Llama4 => {
                     super::llama4::attention_chunks(&value, raw.num_hidden_layers)?
@@ -2173,7 +2188,12 @@ impl ModelConfig {
                     }
                     _ => dense_mlp,
                 };
-                attn + mlp + 2 * h
+                // LFM2's convolution layers: in_proj, the kernel, out_proj.
+                let mixer = match &self.short_conv {
+                    Some(conv) if conv.is_conv(i) => 4 * h * h + conv.taps as u64 * h,
+                    _ => attn,
+                };
+                mixer + mlp + 2 * h
             })
             .sum();
         let embed = self.vocab_size as u64 * h;

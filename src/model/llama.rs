@@ -5,6 +5,7 @@
 //! q/k RMS norm before RoPE (Qwen3), sliding window (Mistral), tied embeddings, RoPE scaling.
 
 use super::config::{Architecture, ModelConfig};
+use super::lfm2::{load_conv, ShortConv};
 use super::lora::{LoraAdapter, Site};
 use super::lora_forward::{add_updates, AdapterRows};
 use super::mla::LatentAttention;
@@ -52,6 +53,9 @@ struct Layer<B: Backend> {
     window: KeyWindow,
     /// Which rotary table this layer rotates with.
     rope: LayerRope,
+    /// LFM2: this layer is a gated short convolution (its `qkv` the convolution's
+    /// `in_proj`, its `o_proj` the `out_proj`); no attention.
+    conv: Option<ShortConv<B>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -735,6 +739,16 @@ impl<B: Backend> LlamaModel<B> {
                 }
                 None => (None, None, None),
             };
+            // LFM2's convolution layers take the attention's projections' places.
+            let (conv, latent_qkv, latent_o) = match &c.short_conv {
+                Some(sc) if sc.is_conv(i) => {
+                    let (conv, in_proj, out_proj) =
+                        load_conv(be, src, &p, (h, sc.taps), &q_cols, dtype)
+                            .with_context(|| format!("loading the convolution of {p}"))?;
+                    (Some(conv), Some(in_proj), Some(out_proj))
+                }
+                _ => (None, latent_qkv, latent_o),
+            };
             let layer = Layer {
                 input_norm: if c.post_norm {
                     None
@@ -750,8 +764,16 @@ impl<B: Backend> LlamaModel<B> {
                 } else {
                     None
                 },
-                q_norm: head_norm("q")?,
-                k_norm: head_norm("k")?,
+                q_norm: if conv.is_some() {
+                    None
+                } else {
+                    head_norm("q")?
+                },
+                k_norm: if conv.is_some() {
+                    None
+                } else {
+                    head_norm("k")?
+                },
                 o_proj: match latent_o {
                     Some(o) => o,
                     None => load_stacked(
@@ -837,6 +859,7 @@ impl<B: Backend> LlamaModel<B> {
                 } else {
                     LayerRope::Global
                 },
+                conv,
             };
             layers.push(layer);
             on_layer(i);
@@ -1029,6 +1052,12 @@ impl<B: Backend> LlamaModel<B> {
             num_kv_heads: self.attention.num_kv_heads,
             head_dim: self.config.head_dim,
             dtype: self.dtype,
+            conv_layers: self
+                .layers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, layer)| layer.conv.as_ref().map(|conv| (i, conv.channels)))
+                .collect(),
         }
     }
 
@@ -1477,6 +1506,10 @@ impl<B: Backend> LlamaModel<B> {
         cache: &mut B::KvCache,
     ) -> Result<B::Tensor> {
         let c = &self.config;
+        // LFM2's convolution layers: `qkv` is the convolution's B, C and x.
+        if let Some(conv) = &layer.conv {
+            return be.gated_short_conv(&qkv, &conv.weight, cache, index, batch);
+        }
         let (q_width, kv_width) = (
             self.attention.num_heads * c.head_dim,
             self.attention.num_kv_heads * c.head_dim,

@@ -26,6 +26,7 @@ pub mod hunyuan;
 pub mod int_packing;
 pub mod int_quant;
 pub mod language_model_weights;
+pub mod lfm2;
 pub mod llama;
 pub mod llama4;
 pub mod lora;

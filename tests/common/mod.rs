@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 70] = [
+pub const ARCHS: [&str; 71] = [
     "llama",
     "llama31",
     "mistral",
@@ -78,6 +78,7 @@ pub const ARCHS: [&str; 70] = [
     "llama4",
     "cohere_qk_norm",
     "stablelm_qk_norm",
+    "lfm2",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k

@@ -6,19 +6,50 @@ use anyhow::Result;
 
 pub struct CpuKvCache {
     pub spec: KvCacheSpec,
-    /// Per layer, `[blocks, block_size, kv_heads, head_dim]`.
+    /// Per layer, `[blocks, block_size, kv_heads, head_dim]` (a convolution layer's rows
+    /// `[blocks, block_size, width]` in `k`, nothing in `v`).
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
 }
 
 impl CpuKvCache {
     pub fn new(spec: KvCacheSpec) -> Self {
-        let len = spec.num_blocks * spec.block_size * spec.num_kv_heads * spec.head_dim;
-        CpuKvCache {
-            spec,
-            k: (0..spec.num_layers).map(|_| vec![0.0; len]).collect(),
-            v: (0..spec.num_layers).map(|_| vec![0.0; len]).collect(),
+        let slots = spec.num_blocks * spec.block_size;
+        let (k, v) = (0..spec.num_layers)
+            .map(|layer| {
+                let (k, v) = spec.token_widths(layer);
+                (vec![0.0; slots * k], vec![0.0; slots * v])
+            })
+            .unzip();
+        CpuKvCache { spec, k, v }
+    }
+
+    /// Writes each token's convolution row (`width` values) into its slot of layer `layer`.
+    pub fn write_conv(&mut self, layer: usize, rows: &[f32], slots: &[i64]) -> Result<()> {
+        let width = self
+            .spec
+            .conv_width(layer)
+            .ok_or_else(|| anyhow::anyhow!("short_conv: layer {layer} caches keys, not rows"))?;
+        anyhow::ensure!(
+            rows.len() == slots.len() * width,
+            "short_conv: {} values for {} tokens of width {width}",
+            rows.len(),
+            slots.len()
+        );
+        let capacity = self.spec.num_blocks * self.spec.block_size;
+        for (t, &slot) in slots.iter().enumerate() {
+            if slot < 0 {
+                continue;
+            }
+            let slot = slot as usize;
+            anyhow::ensure!(
+                slot < capacity,
+                "short_conv: slot {slot} outside the cache ({capacity} slots)"
+            );
+            self.k[layer][slot * width..(slot + 1) * width]
+                .copy_from_slice(&rows[t * width..(t + 1) * width]);
         }
+        Ok(())
     }
 
     /// Elements one token occupies in one layer's K (or V).

@@ -5,6 +5,7 @@ pub(crate) mod attention;
 mod draw;
 mod image_ops;
 mod kv_cache;
+mod short_conv;
 
 pub use kv_cache::CpuKvCache;
 
@@ -357,7 +358,7 @@ impl Backend for CpuBackend {
     }
 
     fn new_kv_cache(&self, spec: &KvCacheSpec) -> Result<CpuKvCache> {
-        Ok(CpuKvCache::new(*spec))
+        Ok(CpuKvCache::new(spec.clone()))
     }
 
     fn write_kv(
@@ -369,6 +370,37 @@ impl Backend for CpuBackend {
         batch: &BatchLayout,
     ) -> Result<()> {
         cache.write(layer, &host_f32(k)?, &host_f32(v)?, &batch.slots)
+    }
+
+    fn gated_short_conv(
+        &self,
+        bcx: &Tensor,
+        weight: &Tensor,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        batch: &BatchLayout,
+    ) -> Result<Tensor> {
+        let (n, width) = bcx.dims2()?;
+        let channels = width / 3;
+        let (w_channels, taps) = weight.dims2()?;
+        anyhow::ensure!(
+            width == 3 * channels && w_channels == channels,
+            "gated_short_conv: a weight of {w_channels} channels for rows of {width} (B, C, x)"
+        );
+        // candle's 16-bit products round once, as PyTorch's do.
+        let part = |i: usize| bcx.narrow(1, i * channels, channels);
+        let (b, c, x) = (part(0)?, part(1)?, part(2)?);
+        let bx = (b * x)?;
+        cache.write_conv(layer, &host_f32(&bx)?, &batch.slots)?;
+        let conv = short_conv::causal_depthwise(
+            cache,
+            layer,
+            batch,
+            (&host_f32(weight)?, taps),
+            channels,
+        )?;
+        let conv = Tensor::from_vec(conv, (n, channels), &Device::Cpu)?.to_dtype(bcx.dtype())?;
+        Ok((c * conv)?)
     }
 
     fn attention(

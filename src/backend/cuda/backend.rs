@@ -21,6 +21,7 @@ use super::moe::{
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::ops_qkv::QkvRopeCache;
+use super::ops_short_conv::ConvBatch;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
 use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting, RouterScoring};
@@ -940,15 +941,15 @@ impl Backend for CudaBackend {
 
     fn new_kv_cache(&self, spec: &KvCacheSpec) -> Result<CudaKvCache> {
         self.bind()?;
-        let shape = [
+        let kv_shape = [
             spec.num_blocks,
             spec.block_size,
             spec.num_kv_heads,
             spec.head_dim,
         ];
         // Owned, not pooled: allocated once, and zeroed so no stale memory is ever read.
-        let alloc = |what: &str, layer: usize| {
-            CudaTensor::zeros(&self.dev, spec.dtype, &shape).with_context(|| {
+        let alloc = |what: &str, layer: usize, shape: &[usize]| {
+            CudaTensor::zeros(&self.dev, spec.dtype, shape).with_context(|| {
                 format!(
                     "allocating the KV cache ({what} of layer {layer}, {} blocks): out of GPU memory? \
                      lower --gpu-memory-utilization, --num-kv-blocks or --max-model-len",
@@ -961,10 +962,48 @@ impl Backend for CudaBackend {
             v: Vec::with_capacity(spec.num_layers),
         };
         for layer in 0..spec.num_layers {
-            cache.k.push(alloc("K", layer)?);
-            cache.v.push(alloc("V", layer)?);
+            match spec.conv_width(layer) {
+                // A convolution layer: its rows where K would be, no V.
+                Some(width) => {
+                    let rows = [spec.num_blocks, spec.block_size, width];
+                    cache.k.push(alloc("convolution rows", layer, &rows)?);
+                    cache.v.push(alloc("V", layer, &[0])?);
+                }
+                None => {
+                    cache.k.push(alloc("K", layer, &kv_shape)?);
+                    cache.v.push(alloc("V", layer, &kv_shape)?);
+                }
+            }
         }
         Ok(cache)
+    }
+
+    fn gated_short_conv(
+        &self,
+        bcx: &CudaTensor,
+        weight: &CudaTensor,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatchMeta,
+    ) -> Result<CudaTensor> {
+        let Some(rows) = cache.k.get_mut(layer) else {
+            bail!("short_conv: no layer {layer} in the cache");
+        };
+        let conv_batch = ConvBatch {
+            slot_mapping: &batch.slots,
+            block_tables: &batch.block_tables,
+            max_blocks_per_seq: batch.max_blocks_per_seq,
+            query_start: &batch.query_start,
+            context_lens: &batch.context_lens,
+            num_seqs: batch.num_seqs,
+        };
+        let &[n, width] = bcx.shape() else {
+            bail!("short_conv: rows must be 2-d, got {:?}", bcx.shape());
+        };
+        let mut out = self.output(bcx.dtype(), &[n, width / 3])?;
+        self.dev
+            .gated_short_conv(bcx, weight, rows, &conv_batch, &mut out)?;
+        Ok(out)
     }
 
     fn write_kv(

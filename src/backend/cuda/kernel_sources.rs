@@ -59,6 +59,11 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["kv_write"],
     },
     KernelFile {
+        file: "short_conv.cu",
+        body: include_str!("../../../kernels/short_conv.cu"),
+        ops: &["short_conv_write", "short_conv"],
+    },
+    KernelFile {
         file: "attention.cu",
         body: include_str!("../../../kernels/attention.cu"),
         ops: &["attention"],

@@ -45,6 +45,7 @@ pub mod ops_layout;
 pub mod ops_qkv;
 pub mod ops_sampling;
 pub mod ops_sampling_draw;
+pub mod ops_short_conv;
 pub mod pool;
 pub mod reference;
 #[cfg(test)]

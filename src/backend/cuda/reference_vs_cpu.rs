@@ -86,6 +86,7 @@ fn compare(variant: Variant) {
         num_kv_heads: HK,
         head_dim: HD,
         dtype: DType::F32,
+        conv_layers: Vec::new(),
     };
     let mut cache = cpu.new_kv_cache(&spec).unwrap();
     let len = num_blocks * BLOCK * HK * HD;
