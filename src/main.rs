@@ -54,7 +54,7 @@ enum Command {
         /// Smaller shapes and fewer timing iterations.
         #[arg(long, env = "KILN_SELFTEST_QUICK")]
         quick: bool,
-        /// Run only these groups of cases (comma-separated): ops, attention, qkv, gemv,
+        /// Run only these groups of cases (comma-separated): ops, attention, qkv, short_conv, gemv,
         /// gemv_fused, moe, linear_lt, image, sampling, allocator, gemm_bench. Default: all.
         #[arg(long, env = "KILN_SELFTEST_ONLY", value_delimiter = ',')]
         only: Vec<String>,

@@ -1,5 +1,6 @@
 // Runs the decode step's small ops (kernels/norm.cu, rope.cu with the fused qkv_rope_cache, the
-// argmax of sampling.cu, and DeepSeek's key assembly join_heads of elementwise.cu)
+// argmax of sampling.cu, DeepSeek's key assembly join_heads of elementwise.cu, and LFM2's
+// gated short convolution of short_conv.cu over a paged cache of rows)
 // on the CPU through cuda_emu.h, with the launch shapes of src/backend/cuda/ops.rs and
 // ops_sampling.rs, against double-precision references: norms of rows wider than the
 // registers hold (the strided tail), rope over (token, head) blocks with q and k inside a
@@ -18,6 +19,7 @@ inline unsigned __shfl_xor_sync(unsigned mask, unsigned v, int lane_mask, int wi
 #include "norm.cu"
 #include "rope.cu"
 #include "sampling.cu"
+#include "short_conv.cu"
 // clang-format on
 #include "cuda_emu_end.h"
 #include "emu_tensor.h"
@@ -375,6 +377,96 @@ void check_argmax(DType d, int rows, int vocab, Order order, bool specials) {
 
 }  // namespace
 
+using ShortConvWriteFn = void (*)(void*, const void*, const int*, int, long long);
+using ShortConvFn = void (*)(void*, const void*, const void*, const void*, const int*, const int*,
+                             const int*, const int*, int, int, int, int, int);
+
+// LFM2's gated short convolution (the launches of src/backend/cuda/ops_short_conv.rs):
+// sequences given as (context after the step, new tokens), so a decode row and a prefill
+// chunk read rows earlier steps left in shuffled cache blocks (random values stand for
+// them) beside the step's own; the last token is padding (slot -1: zeros, nothing
+// written). The reference rounds B * x, the convolution and the gated output to the
+// dtype, as the kernels and transformers do.
+void check_short_conv(DType d, const std::vector<std::pair<int, int>>& seqs, int width,
+                      int taps, int block_size, Order order) {
+    int tokens = 0, max_blocks = 0;
+    for (auto [ctx, q_len] : seqs) {
+        tokens += q_len;
+        max_blocks = std::max(max_blocks, (ctx + block_size - 1) / block_size);
+    }
+    ++tokens;  // the padding token
+    const int num_seqs = static_cast<int>(seqs.size());
+    const int num_blocks = num_seqs * max_blocks + 3;
+    std::vector<int> free_blocks(num_blocks);
+    for (int i = 0; i < num_blocks; ++i) free_blocks[i] = i;
+    std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+    std::vector<int> tables(static_cast<size_t>(num_seqs) * max_blocks, 0);
+    std::vector<int> query_start{0}, context_lens, slots, positions;
+    for (int s = 0; s < num_seqs; ++s) {
+        for (int b = 0; b < max_blocks; ++b) tables[s * max_blocks + b] = free_blocks[s * max_blocks + b];
+        auto [ctx, q_len] = seqs[s];
+        for (int p = ctx - q_len; p < ctx; ++p) {
+            slots.push_back(tables[s * max_blocks + p / block_size] * block_size + p % block_size);
+            positions.push_back(p);
+        }
+        query_start.push_back(query_start.back() + q_len);
+        context_lens.push_back(ctx);
+    }
+    slots.push_back(-1);
+    positions.push_back(0);
+    const long long num_slots = static_cast<long long>(num_blocks) * block_size;
+    const std::vector<float> bcx = random(d, static_cast<size_t>(tokens) * 3 * width, 1.5f);
+    const std::vector<float> weight = random(d, static_cast<size_t>(width) * taps, 1.0f);
+    const std::vector<float> old_rows = random(d, static_cast<size_t>(num_slots) * width, 1.0f);
+    Buffer cache(d, old_rows), in(d, bcx), w(d, weight);
+    Buffer out = Buffer::unwritten(d, static_cast<size_t>(tokens) * width);
+    auto write = KILN_PICK(ShortConvWriteFn, short_conv_write, d);
+    auto conv = KILN_PICK(ShortConvFn, short_conv, d);
+    const unsigned threads = std::min(1024u, std::max(32u, row_threads(width)));
+    kiln_emu::launch({static_cast<unsigned>(tokens), 1, 1}, {threads, 1, 1}, order, 1, [&] {
+        write(cache.data(), in.data(), slots.data(), width, num_slots);
+    });
+    const unsigned tiles = static_cast<unsigned>((width + 255) / 256);
+    kiln_emu::launch({static_cast<unsigned>(tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+        conv(out.data(), cache.data(), in.data(), w.data(), slots.data(), tables.data(),
+             query_start.data(), context_lens.data(), num_seqs, max_blocks, block_size, width,
+             taps);
+    });
+    // The cache after the step: earlier rows as they were, the step's rows B * x.
+    std::vector<double> rows(old_rows.begin(), old_rows.end());
+    for (int t = 0; t + 1 < tokens; ++t) {
+        for (int c = 0; c < width; ++c) {
+            const size_t at = static_cast<size_t>(t) * 3 * width;
+            rows[static_cast<size_t>(slots[t]) * width + c] =
+                round_to(d, static_cast<double>(bcx[at + c]) * bcx[at + 2 * width + c]);
+        }
+    }
+    std::vector<double> want(static_cast<size_t>(tokens) * width, 0.0);
+    for (int s = 0; s < num_seqs; ++s) {
+        for (int t = query_start[s]; t < query_start[s + 1]; ++t) {
+            for (int c = 0; c < width; ++c) {
+                double acc = 0.0;
+                for (int j = 0; j < taps; ++j) {
+                    const int p = positions[t] - (taps - 1) + j;
+                    if (p < 0) continue;
+                    const int slot = tables[s * max_blocks + p / block_size] * block_size + p % block_size;
+                    acc += static_cast<double>(weight[c * taps + j]) * rows[static_cast<size_t>(slot) * width + c];
+                }
+                const double gate = bcx[static_cast<size_t>(t) * 3 * width + width + c];
+                want[static_cast<size_t>(t) * width + c] = round_to(d, gate * round_to(d, acc));
+            }
+        }
+    }
+    std::vector<float> got = out.values();
+    std::vector<float> cached = cache.values();
+    got.insert(got.end(), cached.begin(), cached.end());
+    want.insert(want.end(), rows.begin(), rows.end());
+    char name[128];
+    std::snprintf(name, sizeof name, "gated_short_conv %d seqs, %d tok, width %d, %d taps, bs %d",
+                  num_seqs, tokens, width, taps, block_size);
+    report(name, d, got, want, reduction_tol(d));
+}
+
 int main() {
     for (DType d : {DType::F32, DType::F16, DType::BF16}) {
         std::printf("== %s\n", dtype_name(d));
@@ -414,6 +506,13 @@ int main() {
         }
         // DeepSeek: 64 rotary values of a 192 head (de-interleaved at load: rotate-half).
         check_rope(d, 3, 16, 16, 192, true, Order::Random, 64, 1.0f);
+        // LFM2: decode rows at positions 0, 1, 2 (taps reaching before the sequence) and
+        // deep in a sequence; a prefill chunk after a cached prefix; a fresh prompt; LFM2's
+        // width 2048 over 8 tiles of channels.
+        check_short_conv(d, {{1, 1}, {2, 1}, {3, 1}, {40, 1}, {37, 9}, {12, 12}}, 64, 3, 16,
+                         Order::Random);
+        check_short_conv(d, {{100, 1}, {17, 17}}, 2048, 3, 16, Order::Reverse);
+        check_short_conv(d, {{33, 5}, {5, 5}}, 40, 4, 4, Order::Forward);  // 4 taps, blocks of 4
         check_add_position_embedding(d, 5, 768, 0, Order::Random);  // GPT-2
         check_add_position_embedding(d, 3, 300, 2, Order::Reverse);  // OPT's offset, tail loop
         check_join_heads(d, 1, 16, 64, 128, Order::Random);  // V2-Lite decode

@@ -315,6 +315,68 @@ pub fn linear(x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Where a step's tokens sit in a paged cache: per sequence its block table row
+/// (`max_blocks` entries of `tables`), its first token (`query_start`) and its context after
+/// the step (`context_lens`); per token its slot (`slots`, -1 for padding).
+pub struct PagedTokens<'a> {
+    pub tables: &'a [i32],
+    pub max_blocks: usize,
+    pub block_size: usize,
+    pub query_start: &'a [i32],
+    pub context_lens: &'a [i32],
+    pub slots: &'a [i32],
+}
+
+/// LFM2's gated short convolution, as kernels/short_conv.cu computes it: each token's row
+/// `round(B * x)` written into `rows` (`[slots, width]`), then `round(C * round(conv))` per
+/// channel, `conv` summing `weight[c, j]` times the sequence's row at `pos - (taps - 1) + j`
+/// (before 0: nothing); padding tokens give zeros. `bcx` is `[n, 3 * width]` (B, C, x).
+pub fn gated_short_conv(
+    bcx: &[f32],
+    (weight, taps): (&[f32], usize),
+    rows: &mut [f32],
+    at: &PagedTokens<'_>,
+    round: impl Fn(f32) -> f32,
+) -> Vec<f32> {
+    let width = weight.len() / taps;
+    let n = at.slots.len();
+    for (t, &slot) in at.slots.iter().enumerate() {
+        if slot >= 0 {
+            let row = &bcx[t * 3 * width..(t + 1) * 3 * width];
+            for c in 0..width {
+                rows[slot as usize * width + c] = round(row[c] * row[2 * width + c]);
+            }
+        }
+    }
+    let mut out = vec![0.0f32; n * width];
+    for seq in 0..at.context_lens.len() {
+        let (start, end) = (
+            at.query_start[seq] as usize,
+            at.query_start[seq + 1] as usize,
+        );
+        let table = &at.tables[seq * at.max_blocks..(seq + 1) * at.max_blocks];
+        for t in start..end {
+            if at.slots[t] < 0 {
+                continue;
+            }
+            let pos = at.context_lens[seq] as usize - (end - start) + (t - start);
+            for c in 0..width {
+                let mut acc = 0.0f32;
+                for j in 0..taps {
+                    let Some(p) = (pos + j).checked_sub(taps - 1) else {
+                        continue;
+                    };
+                    let slot =
+                        table[p / at.block_size] as usize * at.block_size + p % at.block_size;
+                    acc += weight[c * taps + j] * rows[slot * width + c];
+                }
+                out[t * width + c] = round(bcx[t * 3 * width + width + c] * round(acc));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,23 @@ fn layout() -> BatchLayout {
     }
 }
 
+/// Blocks of the test cache (the layout's tables use blocks 0 to 6).
+const NUM_BLOCKS: usize = 7;
+
+/// A one-layer f32 cache of the layout's blocks (a convolution layer's rows where
+/// `conv_layers` says).
+fn one_layer(conv_layers: Vec<(usize, usize)>) -> KvCacheSpec {
+    KvCacheSpec {
+        num_layers: 1,
+        num_blocks: NUM_BLOCKS,
+        block_size: BLOCK,
+        num_kv_heads: HK,
+        head_dim: HD,
+        dtype: DType::F32,
+        conv_layers,
+    }
+}
+
 /// What one comparison adds to plain causal attention.
 #[derive(Debug, Default, Clone, Copy)]
 struct Variant {
@@ -77,19 +94,9 @@ fn compare(variant: Variant) {
         alibi: with_alibi,
     } = variant;
     let batch = layout();
-    let num_blocks = 7;
     let cpu = CpuBackend::new();
-    let spec = KvCacheSpec {
-        num_layers: 1,
-        num_blocks,
-        block_size: BLOCK,
-        num_kv_heads: HK,
-        head_dim: HD,
-        dtype: DType::F32,
-        conv_layers: Vec::new(),
-    };
-    let mut cache = cpu.new_kv_cache(&spec).unwrap();
-    let len = num_blocks * BLOCK * HK * HD;
+    let mut cache = cpu.new_kv_cache(&one_layer(Vec::new())).unwrap();
+    let len = NUM_BLOCKS * BLOCK * HK * HD;
     cache.k[0] = values(len, 1);
     cache.v[0] = values(len, 2);
     let n = batch.num_tokens();
@@ -295,6 +302,65 @@ fn a_window_changes_the_result_once_the_context_exceeds_it() {
     // The token at position 7 in chunks of 3 sees positions 6 and 7: a window of 2.
     assert_eq!(run(KeyWindow::Chunked(3)), run(KeyWindow::Sliding(2)));
     assert_eq!(full, run(KeyWindow::Chunked(8)));
+}
+
+/// LFM2's gated short convolution: the chunk reads rows of its cached prefix (random values
+/// stand for them) and its own, the decode row the rows before it; the cache after the step
+/// agrees too.
+#[test]
+fn reference_gated_short_conv_matches_the_cpu_backend() {
+    let (width, taps) = (6, 3);
+    let batch = layout();
+    let cpu = CpuBackend::new();
+    let mut cache = cpu.new_kv_cache(&one_layer(vec![(0, width)])).unwrap();
+    let rows = values(NUM_BLOCKS * BLOCK * width, 4);
+    cache.k[0] = rows.clone();
+    let n = batch.num_tokens();
+    let bcx = values(n * 3 * width, 5);
+    let weight = values(width * taps, 6);
+    let dev = Device::Cpu;
+    let out = cpu
+        .gated_short_conv(
+            &Tensor::from_vec(bcx.clone(), (n, 3 * width), &dev).unwrap(),
+            &Tensor::from_vec(weight.clone(), (width, taps), &dev).unwrap(),
+            &mut cache,
+            0,
+            &batch,
+        )
+        .unwrap();
+    let cpu_out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+    let tables: Vec<i32> = batch
+        .block_tables
+        .iter()
+        .flat_map(|t| {
+            let mut row: Vec<i32> = t.iter().map(|&b| b as i32).collect();
+            row.resize(4, 0);
+            row
+        })
+        .collect();
+    let slots: Vec<i32> = batch.slots.iter().map(|&s| s as i32).collect();
+    let mut ref_rows = rows;
+    let ref_out = reference::gated_short_conv(
+        &bcx,
+        (&weight, taps),
+        &mut ref_rows,
+        &reference::PagedTokens {
+            tables: &tables,
+            max_blocks: 4,
+            block_size: BLOCK,
+            query_start: &[0, 5, 6],
+            context_lens: &[13, 10],
+            slots: &slots,
+        },
+        |v| v,
+    );
+    let err = cpu_out
+        .iter()
+        .zip(&ref_out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(err < 1e-6, "max abs error {err}");
+    assert_eq!(cache.k[0], ref_rows);
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod op_cases;
 mod qkv_case;
 mod report;
 mod sampling_case;
+mod short_conv_case;
 mod suite;
 mod timing;
 
@@ -33,10 +34,11 @@ use anyhow::Result;
 use std::time::Instant;
 
 /// The groups of cases `--only` can pick, in the order they run.
-pub const GROUPS: [&str; 11] = [
+pub const GROUPS: [&str; 12] = [
     "ops",
     "attention",
     "qkv",
+    "short_conv",
     "gemv",
     "gemv_fused",
     "moe",
@@ -95,6 +97,11 @@ pub fn run(json: bool, quick: bool, only: &[String]) -> Result<bool> {
         if wants("qkv") {
             if let Err(err) = qkv_case::run(&mut suite, dtype) {
                 suite.error("qkv_rope_cache", dtype, &err);
+            }
+        }
+        if wants("short_conv") {
+            if let Err(err) = short_conv_case::run(&mut suite, dtype) {
+                suite.error("gated_short_conv", dtype, &err);
             }
         }
         if wants("gemv") {
