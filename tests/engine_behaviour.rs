@@ -194,6 +194,53 @@ fn prefix_cache_hits_reuse_blocks_and_change_nothing() {
     assert_eq!(third.cached_tokens, 0);
 }
 
+/// LFM2 keeps its convolutions' state (each token's `B * x` row) in the paged cache: prefix
+/// cache hits, prefill in chunks that cut through a convolution's window, and batching must
+/// all give what a cold run of each prompt alone gives.
+#[test]
+fn lfm2_convolution_rows_survive_prefix_caching_chunking_and_batching() {
+    let mut cold = engine(
+        "lfm2",
+        &["--block-size", "4", "--enable-prefix-caching", "false"],
+    );
+    let ps: Vec<Vec<u32>> = prompts(&cold).into_iter().take(5).collect();
+    let alone: Vec<Vec<u32>> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            run_all(&mut cold, vec![(i as u64, p.clone(), greedy(12))])
+                .remove(&(i as u64))
+                .unwrap()
+                .token_ids
+        })
+        .collect();
+    let mut warm = engine(
+        "lfm2",
+        &["--block-size", "4", "--max-num-batched-tokens", "7"],
+    );
+    for round in 0..2u64 {
+        let outs = run_all(
+            &mut warm,
+            ps.iter()
+                .enumerate()
+                .map(|(i, p)| (10 * round + i as u64, p.clone(), greedy(12)))
+                .collect(),
+        );
+        for (i, a) in alone.iter().enumerate() {
+            let out = &outs[&(10 * round + i as u64)];
+            assert_eq!(&out.token_ids, a, "round {round}, prompt {i}");
+            if round == 1 {
+                assert!(out.cached_tokens > 0, "prompt {i} hit no cached block");
+            }
+        }
+    }
+    assert_eq!(
+        warm.num_free_blocks(),
+        warm.config().num_blocks,
+        "blocks leaked"
+    );
+}
+
 #[test]
 fn preemption_under_a_tiny_kv_budget_completes_every_request_correctly() {
     let mut roomy = engine("qwen3", &["--block-size", "4"]);
