@@ -433,6 +433,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                 let language_model = LanguageModelWeights::wrap(files_source)?;
                 match config.architecture {
                     Architecture::Llama4 => Box::new(Llama4Weights::wrap(language_model)),
+                    Architecture::Lfm2 => Box::new(Lfm2Weights::wrap(language_model)),
                     _ => Box::new(language_model),
                 }
             } else {

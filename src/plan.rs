@@ -57,7 +57,7 @@ pub struct PlanInput<'a> {
 pub fn estimate(p: &PlanInput) -> MemoryEstimate {
     let c = p.config;
     let e = p.dtype.size_in_bytes() as u64;
-    let kv_per_token = 2 * c.num_layers as u64 * c.kv_width() as u64 * e;
+    let kv_per_token = c.cache_values_per_token() * e;
     let t = p.max_num_batched_tokens as u64;
     // Residual + normed hidden, qkv, attention out, gate_up and its product, f32 logits of
     // up to one row per sequence.

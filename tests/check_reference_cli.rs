@@ -198,20 +198,49 @@ fn bloom_checkpoints_without_the_transformer_prefix_load() {
 #[test]
 fn llama4_conditional_generation_checkpoints_run_their_language_model() {
     let dir = fixture_with_renamed_weights("llama4", |name| format!("language_model.{name}"));
+    nest_config_as(
+        &dir,
+        ("Llama4ForConditionalGeneration", "llama4"),
+        "llama4_vision_model",
+    );
+    check_in_f32(&dir);
+}
+
+/// LFM2-VL checkpoints (`Lfm2VlForConditionalGeneration`) keep the text model under
+/// `model.language_model.` (transformers 4.57's layout), its config under `text_config`.
+#[test]
+fn lfm2_vl_checkpoints_run_their_language_model() {
+    let dir = fixture_with_renamed_weights("lfm2", |name| {
+        name.replacen("model.", "model.language_model.", 1)
+    });
+    nest_config_as(
+        &dir,
+        ("Lfm2VlForConditionalGeneration", "lfm2-vl"),
+        "siglip2_vision_model",
+    );
+    check_in_f32(&dir);
+}
+
+/// Rewrites `dir`'s config as a multimodal one of `(architecture, model_type)`: the text
+/// model's config under `text_config` beside a vision config of `vision_type` (never read).
+fn nest_config_as(
+    dir: &tempfile::TempDir,
+    (architecture, model_type): (&str, &str),
+    vision_type: &str,
+) {
     let config_path = dir.path().join("config.json");
     let mut text: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     let eos = text["eos_token_id"].clone();
     text.as_object_mut().unwrap().remove("architectures");
     let wrapped = serde_json::json!({
-        "architectures": ["Llama4ForConditionalGeneration"],
-        "model_type": "llama4",
+        "architectures": [architecture],
+        "model_type": model_type,
         "text_config": text,
-        "vision_config": {"hidden_size": 16, "model_type": "llama4_vision_model"},
+        "vision_config": {"hidden_size": 16, "model_type": vision_type},
         "eos_token_id": eos,
     });
     std::fs::write(&config_path, wrapped.to_string()).unwrap();
-    check_in_f32(&dir);
 }
 
 /// A copy of fixture `name` whose weights are stored under `rename(name)`.

@@ -389,7 +389,7 @@ impl ClassifierConfig {
 
 /// Multimodal architectures whose language model kiln runs alone (see
 /// `language_model_config`).
-pub const MULTIMODAL_ARCHITECTURES: [&str; 9] = [
+pub const MULTIMODAL_ARCHITECTURES: [&str; 10] = [
     "Gemma3ForConditionalGeneration",
     "Mistral3ForConditionalGeneration",
     "LlavaForConditionalGeneration",
@@ -399,6 +399,7 @@ pub const MULTIMODAL_ARCHITECTURES: [&str; 9] = [
     "Qwen3VLMoeForConditionalGeneration",
     "InternVLForConditionalGeneration",
     "Llama4ForConditionalGeneration",
+    "Lfm2VlForConditionalGeneration",
 ];
 
 /// The model type of Qwen3-VL-MoE's text model, whose experts are stacked.
@@ -710,6 +711,10 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
             "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 128000,
             "rms_norm_eps": 1e-6, "rope_theta": 5000000.0, "attention_bias": false,
             "tie_word_embeddings": false,
+        }),
+        // Lfm2Config's defaults are filled in by `lfm2::normalized_config`.
+        ("Lfm2VlForConditionalGeneration", _) => serde_json::json!({
+            "architectures": ["Lfm2ForCausalLM"], "model_type": "lfm2",
         }),
         // Llama4TextConfig's defaults are filled in by `llama4::normalized_config`.
         ("Llama4ForConditionalGeneration", _) => serde_json::json!({
@@ -2151,6 +2156,17 @@ impl ModelConfig {
     }
 
     /// Parameter count, for memory planning and logs.
+    /// Values one token keeps in the paged cache across all layers: K and V of each
+    /// attention layer, one row of each of LFM2's convolution layers.
+    pub fn cache_values_per_token(&self) -> u64 {
+        (0..self.num_layers)
+            .map(|i| match &self.short_conv {
+                Some(conv) if conv.is_conv(i) => self.hidden_size as u64,
+                _ => 2 * self.kv_width() as u64,
+            })
+            .sum()
+    }
+
     pub fn num_parameters(&self) -> u64 {
         self.parameters(|m| m.num_experts)
     }

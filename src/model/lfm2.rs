@@ -236,6 +236,8 @@ mod tests {
         assert_eq!(attention, vec![2, 5, 8, 10, 12, 14]);
         let billions = c.num_parameters() as f64 / 1e9;
         assert!((billions - 1.17).abs() < 0.05, "{billions}");
+        // 6 attention layers' K and V (8 heads of 64) and 10 convolution rows of 2048.
+        assert_eq!(c.cache_values_per_token(), 6 * 2 * 512 + 10 * 2048);
     }
 
     #[test]
