@@ -5,6 +5,8 @@
 //   join_heads: out[r, h, :] = [shared[r, :], own[r, h, :]]  (DeepSeek's keys: the rotated part
 //             all heads share, then each head's own part)
 //   softcap:  x = cap * tanh(x / cap)   (in place; Gemma 2's final logits)
+//   scale_rows: x[r, j] = x[r, j] * scales[r]  (in place, f32 scales; Llama 4's experts'
+//             inputs scaled by their router weights)
 
 template <typename D>
 __device__ __forceinline__ void add_impl(typename D::T* out, const typename D::T* a,
@@ -21,6 +23,15 @@ __device__ __forceinline__ void add_bias_impl(typename D::T* x, const typename D
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         x[i] = D::store(D::load(x[i]) + D::load(bias[i % d]));
+    }
+}
+
+template <typename D>
+__device__ __forceinline__ void scale_rows_impl(typename D::T* x, const float* scales,
+                                                long long total, int d) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        x[i] = D::store(D::load(x[i]) * scales[i / d]);
     }
 }
 
@@ -78,5 +89,9 @@ __device__ __forceinline__ void softcap_impl(typename D::T* x, long long total, 
     }                                                                                     \
     extern "C" __global__ void softcap_##S(D::T* x, long long total, float cap) {         \
         softcap_impl<D>(x, total, cap);                                                   \
+    }                                                                                     \
+    extern "C" __global__ void scale_rows_##S(D::T* x, const float* scales,               \
+                                              long long total, int d) {                   \
+        scale_rows_impl<D>(x, scales, total, d);                                          \
     }
 KILN_FOR_EACH_DTYPE(KILN_ELEMENTWISE)

@@ -377,6 +377,33 @@ void check_argmax(DType d, int rows, int vocab, Order order, bool specials) {
 
 }  // namespace
 
+using ScaleRowsFn = void (*)(void*, const float*, long long, int);
+
+// Llama 4's expert inputs: each gathered row times its router weight, rounded once, with the
+// grid-stride launch of launch::elementwise (blocks capped so the loop runs).
+void check_scale_rows(DType d, int rows, int width, unsigned max_blocks, Order order) {
+    const std::vector<float> x = random(d, static_cast<size_t>(rows) * width, 2.0f);
+    std::vector<float> scales(rows);
+    for (int r = 0; r < rows; ++r) scales[r] = static_cast<float>(round_to(d, 0.1 + 0.9 * (r % 7) / 7.0));
+    Buffer xb(d, x);
+    auto k = KILN_PICK(ScaleRowsFn, scale_rows, d);
+    const long long total = static_cast<long long>(rows) * width;
+    const unsigned blocks =
+        std::min(max_blocks, std::max(1u, static_cast<unsigned>((total + 255) / 256)));
+    kiln_emu::launch({blocks, 1, 1}, {256, 1, 1}, order, 1,
+                     [&] { k(xb.data(), scales.data(), total, width); });
+    std::vector<double> want(x.size());
+    for (int r = 0; r < rows; ++r) {
+        for (int j = 0; j < width; ++j) {
+            const size_t i = static_cast<size_t>(r) * width + j;
+            want[i] = round_to(d, static_cast<double>(x[i]) * scales[r]);
+        }
+    }
+    char name[96];
+    std::snprintf(name, sizeof name, "scale_rows [%d, %d], %u blocks max", rows, width, max_blocks);
+    report(name, d, xb.values(), want, 0.0);
+}
+
 using ShortConvWriteFn = void (*)(void*, const void*, const int*, int, long long);
 using ShortConvFn = void (*)(void*, const void*, const void*, const void*, const int*, const int*,
                              const int*, const int*, int, int, int, int, int);
@@ -513,6 +540,8 @@ int main() {
                          Order::Random);
         check_short_conv(d, {{100, 1}, {17, 17}}, 2048, 3, 16, Order::Reverse);
         check_short_conv(d, {{33, 5}, {5, 5}}, 40, 4, 4, Order::Forward);  // 4 taps, blocks of 4
+        check_scale_rows(d, 6, 2048, 65536, Order::Random);  // Llama 4's gathered rows
+        check_scale_rows(d, 7, 37, 1, Order::Reverse);       // one block looping over odd rows
         check_add_position_embedding(d, 5, 768, 0, Order::Random);  // GPT-2
         check_add_position_embedding(d, 3, 300, 2, Order::Reverse);  // OPT's offset, tail loop
         check_join_heads(d, 1, 16, 64, 128, Order::Random);  // V2-Lite decode

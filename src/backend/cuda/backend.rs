@@ -293,7 +293,16 @@ impl CudaBackend {
         let top_k = routing.top_k;
         let logits = self.to_host_f32(router_logits)?;
         let routes = route(&logits, num_experts, &routing.rule());
-        let grouped = group_routes(&routes, tokens, top_k)?;
+        let mut grouped = group_routes(&routes, tokens, top_k)?;
+        // Llama 4: the weights scale the experts' inputs instead of their outputs.
+        let row_scales = if routing.scoring.scales_input() {
+            let scales = grouped.move_weights_to_inputs(dtype);
+            let mut t = self.output(DType::F32, &[scales.len()])?;
+            t.overwrite_from_f32(&self.dev, &scales)?;
+            Some(t)
+        } else {
+            None
+        };
         let pairs = tokens * top_k;
         let row_tokens = self.pools().upload_u32(&grouped.row_tokens)?;
         let pair_rows = self.pools().upload_u32(&grouped.pair_rows)?;
@@ -322,6 +331,7 @@ impl CudaBackend {
                 row_experts: row_experts.as_deref(),
                 pair_rows: &pair_rows,
                 weights: &weights,
+                row_scales: row_scales.as_ref(),
                 x: &mut gathered,
                 gate_up: &mut gate_up,
                 act: &mut act,
@@ -850,13 +860,12 @@ impl Backend for CudaBackend {
         // gpt-oss's experts (biases, the clamped SwiGLU) run on the device when the index
         // holds their biases; otherwise, and beyond the device path's rows, on the host.
         let plain = experts.is_plain(routing.activation);
-        // Llama 4's router scales the experts' inputs, which neither device path does: the
-        // host-routed steps (each expert's GEMMs on its rows, all on the device).
-        if routing.scoring.scales_input() || (!plain && !experts.index.serves(&experts.biases())) {
+        if !plain && !experts.index.serves(&experts.biases()) {
             return host_routed_experts(self, x, router_logits, experts, routing);
         }
         // GLM-4.5's router routes on the device with its bias there and groups the kernel
-        // takes; otherwise on the host, through the grouped path.
+        // takes; otherwise on the host, through the grouped path (Llama 4's too: it scales
+        // the gathered rows by their weights).
         let grouped = GroupedRouter::new(routing.scoring, routing.correction_bias_tensor)
             .filter(|g| g.fits(experts.gate_up.len()));
         if routing.scoring != RouterScoring::Softmax && grouped.is_none() {

@@ -51,7 +51,14 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         file: "elementwise.cu",
         body: include_str!("../../../kernels/elementwise.cu"),
-        ops: &["add", "add_bias", "copy_columns", "join_heads", "softcap"],
+        ops: &[
+            "add",
+            "add_bias",
+            "copy_columns",
+            "join_heads",
+            "softcap",
+            "scale_rows",
+        ],
     },
     KernelFile {
         file: "kv_cache.cu",

@@ -643,6 +643,18 @@ pub struct GroupedRoutes {
 }
 
 impl GroupedRoutes {
+    /// Llama 4's router: each grouped row's scale (its pair's weight, rounded to `dtype` as
+    /// transformers rounds the router's scores), and the pairs' weights made ones, so the
+    /// experts see scaled inputs and their outputs add up as they are.
+    pub fn move_weights_to_inputs(&mut self, dtype: DType) -> Vec<f32> {
+        let mut scales = vec![0f32; self.row_tokens.len()];
+        for (&row, w) in self.pair_rows.iter().zip(self.pair_weights.iter_mut()) {
+            scales[row as usize] = dtype.round(*w);
+            *w = 1.0;
+        }
+        scales
+    }
+
     /// Each grouped row's expert (rows are grouped by expert, in `expert_rows`).
     pub fn row_experts(&self) -> Vec<u32> {
         let mut experts = vec![0u32; self.row_tokens.len()];
@@ -704,6 +716,9 @@ pub struct GroupedBuffers<'a> {
     pub row_experts: Option<&'a CudaSlice<u32>>,
     pub pair_rows: &'a CudaSlice<u32>,
     pub weights: &'a CudaTensor,
+    /// Llama 4: each grouped row's router weight (f32), which scales the row before the
+    /// experts (the combine's `weights` are then ones).
+    pub row_scales: Option<&'a CudaTensor>,
     pub x: &'a mut CudaTensor,
     pub gate_up: &'a mut CudaTensor,
     pub act: &'a mut CudaTensor,
@@ -738,6 +753,9 @@ impl CudaDevice {
             return Ok(());
         }
         self.gather_rows(x, b.row_tokens, pairs, b.x)?;
+        if let Some(scales) = b.row_scales {
+            self.scale_rows(b.x, scales)?;
+        }
         let (gate_up_bias, down_bias) = index.bias_stacks();
         // Each grouped row's bias, where the GEMM then adds its product.
         let preload = |bias: Option<&CudaTensor>, out: &mut CudaTensor| -> Result<bool> {
@@ -881,6 +899,34 @@ mod tests {
         }
         // Routes that do not give every token top_k experts are refused.
         assert!(group_routes(&routes, 3, 3).is_err());
+    }
+
+    /// Llama 4: each grouped row takes its pair's weight (rounded to the dtype) as the scale
+    /// of its input; the combine then adds outputs with weight one.
+    #[test]
+    fn weights_move_to_the_rows_they_scale() {
+        use crate::backend::moe::{route, RouteRule};
+        let logits = [0.0f32, 3.0, 1.0, -1.0, 2.0, 0.0, 0.0, 2.5];
+        let rule = RouteRule {
+            top_k: 1,
+            normalize: false,
+            scoring: RouterScoring::SigmoidScaledInput,
+            correction_bias: None,
+        };
+        let routes = route(&logits, 4, &rule);
+        let mut g = group_routes(&routes, 2, 1).unwrap();
+        // Token 0 takes expert 1 (row 0), token 1 expert 3 (row 1).
+        assert_eq!(g.row_tokens, vec![0, 1]);
+        let scales = g.move_weights_to_inputs(DType::BF16);
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        assert_eq!(
+            scales,
+            vec![
+                DType::BF16.round(sigmoid(3.0)),
+                DType::BF16.round(sigmoid(2.5))
+            ]
+        );
+        assert_eq!(g.pair_weights, vec![1.0, 1.0]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::device::CudaDevice;
 use super::launch::{self, as_i32};
 use super::tensor::CudaTensor;
-use crate::backend::QueryTemperature;
+use crate::backend::{DType, QueryTemperature};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -320,6 +320,31 @@ impl CudaDevice {
             .arg(&d_i);
         // SAFETY: matches kernels/elementwise.cu; shapes checked above.
         unsafe { args.launch(launch::elementwise(total as usize)) }.context("add_bias launch")?;
+        Ok(())
+    }
+
+    /// `x[r, :] *= scales[r]` in place, each product rounded to the dtype (`scales`: f32,
+    /// one per row of `x`).
+    pub fn scale_rows(&self, x: &mut CudaTensor, scales: &CudaTensor) -> Result<()> {
+        let (&d, rows) = match x.shape().split_last() {
+            Some((d, rest)) => (d, rest.iter().product::<usize>()),
+            None => bail!("scale_rows of a scalar"),
+        };
+        scales.expect_shape(&[rows], "scale_rows scales")?;
+        scales.expect_dtype(DType::F32, "scale_rows scales")?;
+        let total = (rows * d) as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let d_i = as_i32(d, "row width")?;
+        let f = self.kernels().get("scale_rows", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(x.data_mut())
+            .arg(scales.data())
+            .arg(&total)
+            .arg(&d_i);
+        // SAFETY: matches kernels/elementwise.cu; shapes checked above.
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("scale_rows launch")?;
         Ok(())
     }
 

@@ -9,8 +9,10 @@
 //! launches) is a fair read of the weight bandwidth: the note carries the GB/s of the
 //! distinct experts read (a step reads an expert once per work item of up to four of its
 //! tokens). A third layer has gpt-oss-20b's experts (hidden and intermediate 2880, top 4
-//! of 32, biases, the clamped SwiGLU) on both paths, and a fourth GLM-4.5's router (sigmoid
-//! scores, a correction bias, 2 of 4 groups kept, scale 2.5) at GLM-4.5-Air's expert width.
+//! of 32, biases, the clamped SwiGLU) on both paths, a fourth GLM-4.5's router (sigmoid
+//! scores, a correction bias, 2 of 4 groups kept, scale 2.5) at GLM-4.5-Air's expert width,
+//! and a fifth Llama 4's (the top logits' sigmoids scale the experts' inputs: the grouped
+//! path at every token count, its gathered rows scaled by `scale_rows`).
 
 use super::compare::Check;
 use super::suite::Suite;
@@ -33,14 +35,18 @@ enum Kind {
     GptOss,
     /// GLM-4.5's router ([`GROUPED`]).
     Glm,
+    /// Llama 4's router: the top logits' sigmoids scale the experts' inputs.
+    Llama4,
 }
 
 /// `(hidden, intermediate, experts, top_k, normalize, kind)`.
-const LAYERS: [(usize, usize, usize, usize, bool, Kind); 4] = [
+const LAYERS: [(usize, usize, usize, usize, bool, Kind); 5] = [
     (2048, 768, 32, 8, true, Kind::Plain),
     (2048, 1408, 16, 4, false, Kind::Shared),
     (2880, 2880, 32, 4, true, Kind::GptOss),
     (2048, 1408, 32, 8, true, Kind::Glm),
+    // Llama 4 Scout's 16 experts (narrower), two per token to exercise the pair order.
+    (2048, 1024, 16, 2, false, Kind::Llama4),
 ];
 
 /// The GLM-4.5-style router of the fourth layer: groups, kept groups, scale.
@@ -74,10 +80,11 @@ struct HostLayer {
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     for (hidden, inter, experts, top_k, normalize, kind) in LAYERS {
-        let (shared, gpt_oss, glm) = (
+        let (shared, gpt_oss, glm, llama4) = (
             kind == Kind::Shared,
             kind == Kind::GptOss,
             kind == Kind::Glm,
+            kind == Kind::Llama4,
         );
         // GLM-4.5: the router's correction bias (f32), on the host and on the device.
         let bias = glm.then(|| s.random(experts, 0.5, DType::F32));
@@ -88,7 +95,11 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         let rule = RouteRule {
             top_k,
             normalize,
-            scoring: if glm { GROUPED } else { RouterScoring::Softmax },
+            scoring: match kind {
+                Kind::Glm => GROUPED,
+                Kind::Llama4 => RouterScoring::SigmoidScaledInput,
+                _ => RouterScoring::Softmax,
+            },
             correction_bias: bias.as_deref(),
         };
         let router = GroupedRouter::new(GROUPED, bias_dev.as_ref());
@@ -166,15 +177,26 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 Kind::Shared => " +shared",
                 Kind::GptOss => " gpt-oss (biases, clamped SwiGLU)",
                 Kind::Glm => " GLM-4.5 router (sigmoid, bias, 2 of 4 groups)",
+                Kind::Llama4 => " Llama 4 router (sigmoid-scaled inputs)",
                 Kind::Plain => "",
             };
             let shape = format!(
                 "tokens={tokens} hidden={hidden} inter={inter} top {top_k} of {experts}{kind}"
             );
-            if tokens > MOE_DEVICE_MAX_ROWS {
+            // Llama 4's router has no device kernel: every step takes the grouped path.
+            if tokens > MOE_DEVICE_MAX_ROWS || llama4 {
                 // Prefill: routed on the host, the experts' GEMMs on their row blocks.
                 let routes = route(&inputs.logits, experts, &rule);
-                let grouped = group_routes(&routes, tokens, top_k)?;
+                let mut grouped = group_routes(&routes, tokens, top_k)?;
+                let row_scales = match llama4 {
+                    true => Some(CudaTensor::from_f32(
+                        dev,
+                        DType::F32,
+                        &[tokens * top_k],
+                        &grouped.move_weights_to_inputs(dtype),
+                    )?),
+                    false => None,
+                };
                 let pairs = tokens * top_k;
                 let row_tokens = dev.upload(&grouped.row_tokens)?;
                 let row_experts = dev.upload(&grouped.row_experts())?;
@@ -193,6 +215,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                         row_experts: Some(&row_experts),
                         pair_rows: &pair_rows,
                         weights: &weights,
+                        row_scales: row_scales.as_ref(),
                         x: &mut gathered,
                         gate_up: &mut gate_up_out,
                         act: &mut act,
@@ -349,9 +372,18 @@ fn reference(
     (0..tokens)
         .into_par_iter()
         .flat_map_iter(|t| {
-            let xt = &x[t * hidden..(t + 1) * hidden];
             let mut acc = vec![0f32; hidden];
             for &(e, w) in &per_token[t] {
+                // Llama 4: the weight scales the expert's input (rounded as transformers'
+                // `hidden * score`), and the output adds up as it is.
+                let (xs, w): (Vec<f32>, f32) = if rule.scoring.scales_input() {
+                    let w = dtype.round(w);
+                    let x = x[t * hidden..(t + 1) * hidden].iter();
+                    (x.map(|&v| dtype.round(v * w)).collect(), 1.0)
+                } else {
+                    (x[t * hidden..(t + 1) * hidden].to_vec(), w)
+                };
+                let xt = &xs[..];
                 let gu = &layer.gate_up[e];
                 let bias = |which: usize, i: usize| -> f32 {
                     layer.biases.as_ref().map_or(0.0, |b| {
