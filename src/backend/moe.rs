@@ -171,6 +171,16 @@ impl RouteRule<'static> {
             correction_bias: None,
         }
     }
+
+    /// Llama 4's router's rule.
+    pub fn sigmoid_scaled_input(top_k: usize) -> Self {
+        RouteRule {
+            top_k,
+            normalize: false,
+            scoring: RouterScoring::SigmoidScaledInput,
+            correction_bias: None,
+        }
+    }
 }
 
 pub use super::moe_route::route;

@@ -381,12 +381,7 @@ mod tests {
     #[test]
     fn sigmoid_scaled_input_weighs_each_top_logit_by_its_sigmoid() {
         let logits = [0.5f32, 2.0, -1.0, 2.0];
-        let rule = RouteRule {
-            top_k: 1,
-            normalize: false,
-            scoring: RouterScoring::SigmoidScaledInput,
-            correction_bias: None,
-        };
+        let rule = RouteRule::sigmoid_scaled_input(1);
         let routes = route(&logits, 4, &rule);
         // A tie goes to the lower expert.
         assert_eq!(routes[1], (vec![0], vec![1.0 / (1.0 + (-2f32).exp())]));

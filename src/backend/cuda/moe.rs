@@ -907,13 +907,7 @@ mod tests {
     fn weights_move_to_the_rows_they_scale() {
         use crate::backend::moe::{route, RouteRule};
         let logits = [0.0f32, 3.0, 1.0, -1.0, 2.0, 0.0, 0.0, 2.5];
-        let rule = RouteRule {
-            top_k: 1,
-            normalize: false,
-            scoring: RouterScoring::SigmoidScaledInput,
-            correction_bias: None,
-        };
-        let routes = route(&logits, 4, &rule);
+        let routes = route(&logits, 4, &RouteRule::sigmoid_scaled_input(1));
         let mut g = group_routes(&routes, 2, 1).unwrap();
         // Token 0 takes expert 1 (row 0), token 1 expert 3 (row 1).
         assert_eq!(g.row_tokens, vec![0, 1]);
