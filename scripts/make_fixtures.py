@@ -104,6 +104,10 @@ from transformers import (
     Glm4Config,
     Glm4ForCausalLM,
     Glm4MoeConfig,
+    Glm4vConfig,
+    Glm4vForConditionalGeneration,
+    Glm4vMoeConfig,
+    Glm4vMoeForConditionalGeneration,
     Glm4MoeForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
@@ -988,6 +992,49 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
+        # GLM-4.1V, run on text alone: GLM-4-0414's layer (sandwich norms, biased q/k/v,
+        # interleaved rotary on half of each head, by sections that are equal on text),
+        # saved as model.language_model.*.
+        "glm4v": (
+            Glm4vForConditionalGeneration,
+            Glm4vConfig(
+                text_config={
+                    **vl_text,
+                    "partial_rotary_factor": 0.5,
+                    "rope_theta": 10000.0,
+                    "rope_scaling": {"type": "default", "mrope_section": [1, 1, 0]},
+                },
+                vision_config=GLM4V_VISION,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # GLM-4.5V, run on text alone: GLM-4.5's layers (a dense first layer, then sigmoid-
+        # routed experts with a correction bias and a shared expert), rotate-half rotary on
+        # half of each head by sections.
+        "glm4v_moe": (
+            Glm4vMoeForConditionalGeneration,
+            Glm4vMoeConfig(
+                text_config={
+                    **vl_text,
+                    "partial_rotary_factor": 0.5,
+                    "rope_theta": 10000.0,
+                    "rope_scaling": {"type": "default", "mrope_section": [1, 1, 0]},
+                    "attention_bias": True,
+                    "moe_intermediate_size": 32,
+                    "n_routed_experts": 8,
+                    "num_experts_per_tok": 2,
+                    "n_shared_experts": 1,
+                    "first_k_dense_replace": 1,
+                    "routed_scaling_factor": 2.5,
+                },
+                vision_config=GLM4V_VISION,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                tie_word_embeddings=False,
+            ),
+        ),
         # InternVL (transformers' format) over a Qwen3 text model, run on text alone; saved
         # as language_model.model.* and language_model.lm_head.
         "internvl": (
@@ -1539,13 +1586,14 @@ def is_varied(tokens: list[int]) -> bool:
 
 
 @torch.no_grad()
-def greedy_reference(model: torch.nn.Module, prompt_ids: list[int]) -> dict:
+def greedy_reference(model: torch.nn.Module, prompt_ids: list[int], with_mask: bool = False) -> dict:
     """Greedy decoding by full recomputation (no KV cache), EOS ignored."""
     ids = torch.tensor([prompt_ids], dtype=torch.long)
     last_logits = None
     generated, margins = [], []
     for step in range(GREEDY_NEW_TOKENS):
-        logits = model(input_ids=ids, use_cache=False).logits[0, -1].float()
+        mask = {"attention_mask": torch.ones_like(ids)} if with_mask else {}
+        logits = model(input_ids=ids, use_cache=False, **mask).logits[0, -1].float()
         if step == 0:
             last_logits = logits.clone()
         top2 = torch.topk(logits, 2)
@@ -1587,6 +1635,15 @@ def greedy_reference_json(architecture: str, seed, prompts: list[list[int]], f32
     }
 
 
+# GLM-4.1V's / GLM-4.5V's vision tower at its smallest (kiln never reads it).
+GLM4V_VISION = dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=64,
+                    patch_size=2, spatial_merge_size=1, temporal_patch_size=1, image_size=4)
+
+# transformers 4.57's GLM-4.1V / GLM-4.5V, given text alone without an attention mask, pass
+# their three-axis position ids to the causal mask, which cannot take them: these fixtures'
+# references are computed with an all-ones mask.
+NEEDS_ATTENTION_MASK = {"glm4v", "glm4v_moe"}
+
 # transformers' eager Falcon attention adds ALiBi twice (to the scores and again through the
 # mask it folded ALiBi into); its SDPA path, like the original RW code, adds it once.
 ATTENTION_IMPLEMENTATION = {"falcon_rw": "sdpa"}
@@ -1605,7 +1662,7 @@ def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prom
         model = model_cls(config).eval()
         model.config._attn_implementation = attn
         randomize_weights(model, seed, WEIGHT_STD.get(name, 0.2))
-        f32_refs = [greedy_reference(model, p) for p in prompts]
+        f32_refs = [greedy_reference(model, p, name in NEEDS_ATTENTION_MASK) for p in prompts]
         min_margin = min(min(r["margins"]) for r in f32_refs)
         if min_margin >= MIN_TOP2_MARGIN and all(is_varied(r["greedy_ids"]) for r in f32_refs):
             break
@@ -1621,7 +1678,7 @@ def build_fixture(name: str, model_cls: type, config, tokenizer: Tokenizer, prom
     bf16_model = model_cls.from_pretrained(str(directory), dtype=torch.bfloat16, attn_implementation=attn).eval()
     reloaded = model_cls.from_pretrained(str(directory), dtype=torch.float32, attn_implementation=attn).eval()
     check_reload(model, reloaded, prompts[0])
-    bf16_refs = [greedy_reference(bf16_model, p) for p in prompts]
+    bf16_refs = [greedy_reference(bf16_model, p, name in NEEDS_ATTENTION_MASK) for p in prompts]
 
     reference = greedy_reference_json(model_cls.__name__, seed, prompts, f32_refs, bf16_refs)
     write_reference_json(directory / "reference.json", reference)
@@ -1759,8 +1816,9 @@ def check_reload(model: torch.nn.Module, reloaded: torch.nn.Module, prompt: list
     """The saved files must reproduce the in-memory model (to the last bits of a GEMM)."""
     with torch.no_grad():
         ids = torch.tensor([prompt])
-        a = model(input_ids=ids, use_cache=False).logits
-        b = reloaded(input_ids=ids, use_cache=False).logits
+        mask = torch.ones_like(ids)  # harmless for every model, needed by GLM-4.1V's
+        a = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        b = reloaded(input_ids=ids, attention_mask=mask, use_cache=False).logits
     # A save that lost or mangled a weight moves logits by far more than 1e-5; below that
     # is the CPU GEMM's result depending on its operands' alignment in the last bits (experts
     # run on freshly gathered rows; Nemotron's reloaded weights land differently).

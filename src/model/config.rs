@@ -389,7 +389,7 @@ impl ClassifierConfig {
 
 /// Multimodal architectures whose language model kiln runs alone (see
 /// `language_model_config`).
-pub const MULTIMODAL_ARCHITECTURES: [&str; 10] = [
+pub const MULTIMODAL_ARCHITECTURES: [&str; 12] = [
     "Gemma3ForConditionalGeneration",
     "Mistral3ForConditionalGeneration",
     "LlavaForConditionalGeneration",
@@ -400,6 +400,8 @@ pub const MULTIMODAL_ARCHITECTURES: [&str; 10] = [
     "InternVLForConditionalGeneration",
     "Llama4ForConditionalGeneration",
     "Lfm2VlForConditionalGeneration",
+    "Glm4vForConditionalGeneration",
+    "Glm4vMoeForConditionalGeneration",
 ];
 
 /// The model type of Qwen3-VL-MoE's text model, whose experts are stacked.
@@ -669,6 +671,8 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
         return Ok((value, false));
     }
     let qwen_vl = arch.starts_with("Qwen");
+    // GLM-4.1V's and GLM-4.5V's text models rotate by sections as Qwen2-VL's do.
+    let glm_v = arch.starts_with("Glm4v");
     let text = match value.get("text_config").and_then(|t| t.as_object()) {
         Some(text) => text.clone(),
         // The hub's Qwen2.5-VL configs keep the text model's fields at the top level.
@@ -711,6 +715,27 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
             "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 128000,
             "rms_norm_eps": 1e-6, "rope_theta": 5000000.0, "attention_bias": false,
             "tie_word_embeddings": false,
+        }),
+        // Glm4vTextConfig's defaults (transformers 4.57): GLM-4-0414's layer (sandwich norms,
+        // interleaved rotary; its q/k/v always have biases, set below).
+        ("Glm4vForConditionalGeneration", _) => serde_json::json!({
+            "architectures": ["Glm4ForCausalLM"],
+            "vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696,
+            "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 2,
+            "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "tie_word_embeddings": false,
+        }),
+        // Glm4vMoeTextConfig's defaults (transformers 4.57): GLM-4.5's layers.
+        ("Glm4vMoeForConditionalGeneration", _) => serde_json::json!({
+            "architectures": ["Glm4MoeForCausalLM"],
+            "vocab_size": 151424, "hidden_size": 4096, "intermediate_size": 10944,
+            "num_hidden_layers": 46, "num_attention_heads": 96, "num_key_value_heads": 8,
+            "partial_rotary_factor": 0.5, "hidden_act": "silu",
+            "max_position_embeddings": 65536, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "attention_bias": true, "tie_word_embeddings": false,
+            "moe_intermediate_size": 1408, "num_experts_per_tok": 8, "n_shared_experts": 1,
+            "n_routed_experts": 128, "routed_scaling_factor": 1.0, "n_group": 1,
+            "topk_group": 1, "first_k_dense_replace": 1, "norm_topk_prob": true,
         }),
         // Lfm2Config's defaults are filled in by `lfm2::normalized_config`.
         ("Lfm2VlForConditionalGeneration", _) => serde_json::json!({
@@ -778,7 +803,7 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
             fields.insert(k.clone(), v.clone());
         }
     }
-    if qwen_vl {
+    if qwen_vl || glm_v {
         // Multimodal RoPE rotates each section of a head by its own axis (time, height,
         // width); a text token's three positions are equal, so on text alone it is the
         // ordinary rotation.
@@ -797,6 +822,10 @@ fn language_model_config(value: serde_json::Value) -> Result<(serde_json::Value,
             );
             fields.remove("rope_scaling");
         }
+    }
+    if arch == "Glm4vForConditionalGeneration" {
+        // Glm4vTextAttention's q, k and v always have biases (its config has no switch).
+        fields.insert("attention_bias".into(), true.into());
     }
     if arch == "Qwen3VLMoeForConditionalGeneration" {
         // Its MoE block renormalises the top k whatever the config says, and its experts

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 71] = [
+pub const ARCHS: [&str; 73] = [
     "llama",
     "llama31",
     "mistral",
@@ -79,6 +79,8 @@ pub const ARCHS: [&str; 71] = [
     "cohere_qk_norm",
     "stablelm_qk_norm",
     "lfm2",
+    "glm4v",
+    "glm4v_moe",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
