@@ -1387,8 +1387,9 @@ fn parse_layer_types(raw: &RawConfig) -> Result<Option<Vec<bool>>> {
         .iter()
         .map(|t| match t.as_str() {
             "sliding_attention" => Ok(true),
-            // Llama 4's chunks are not a sliding window (`ModelConfig::attention_chunks`).
-            "full_attention" | "chunked_attention" => Ok(false),
+            // Llama 4's chunks are not a sliding window (`ModelConfig::attention_chunks`),
+            // nor are LFM2's convolutions (`ModelConfig::short_conv`).
+            "full_attention" | "chunked_attention" | "conv" => Ok(false),
             other => anyhow::bail!("unknown layer type '{other}'"),
         })
         .collect::<Result<_>>()

@@ -135,10 +135,6 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
     fields.insert("rms_norm_eps".into(), json!(eps));
     fields.insert("intermediate_size".into(), json!(inter as u64));
     fields.insert("tie_word_embeddings".into(), json!(tie));
-    // Its layer types name convolutions, which the loader's sliding-window reading of
-    // `layer_types` does not know: they are read here (`conv_layers`) instead.
-    let types = fields.remove("layer_types");
-    fields.insert("lfm2_layer_types".into(), types.unwrap_or(Value::Null));
     Ok(value)
 }
 
@@ -150,7 +146,7 @@ pub fn conv_layers(value: &Value, layers: usize) -> Result<ShortConvLayers> {
         .and_then(Value::as_u64)
         .unwrap_or(3) as usize;
     anyhow::ensure!(taps > 0, "conv_L_cache must be positive");
-    let conv = match value.get("lfm2_layer_types").and_then(Value::as_array) {
+    let conv = match value.get("layer_types").and_then(Value::as_array) {
         Some(types) => {
             anyhow::ensure!(
                 types.len() == layers,
