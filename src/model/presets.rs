@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 17] = [
+pub const PRESETS: [(&str, &str); 19] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -71,6 +71,14 @@ pub const PRESETS: [(&str, &str); 17] = [
         "deepseek-v3",
         include_str!("../../models/presets/deepseek-v3.json"),
     ),
+    (
+        "llama-4-scout",
+        include_str!("../../models/presets/llama-4-scout.json"),
+    ),
+    (
+        "lfm2-1.2b",
+        include_str!("../../models/presets/lfm2-1.2b.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -116,6 +124,9 @@ mod tests {
                 // loaded).
                 "deepseek-v2-lite" => 15.7,
                 "deepseek-v3" => 671.0,
+                // Meta's 109B counts the vision encoder, which kiln does not load.
+                "llama-4-scout" => 107.8,
+                "lfm2-1.2b" => 1.17,
                 _ => unreachable!(),
             };
             assert!(
@@ -135,6 +146,8 @@ mod tests {
                 "deepseek-v2-lite" => 2.66,
                 // DeepSeek's 37B (kiln counts 37.55B with the embedding table).
                 "deepseek-v3" => 37.0,
+                // Meta's 17B: one of 16 experts and the shared one per layer.
+                "llama-4-scout" => 17.2,
                 _ => billions,
             };
             assert!(
