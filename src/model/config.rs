@@ -1373,6 +1373,35 @@ fn pack_quantized_scheme(config: &serde_json::Value) -> Result<IntScheme> {
 }
 
 /// `layer_types` (Gemma 3, gpt-oss): per layer, whether it is a sliding-window one.
+/// A config's `layer_types` (`value`'s, `layers` of them) as flags: true for `marked`, false
+/// for `full_attention`, anything else refused; `None` where the config has none (Llama 4's
+/// chunked layers, LFM2's convolutions).
+pub(super) fn layer_types_marking(
+    value: &serde_json::Value,
+    layers: usize,
+    marked: &str,
+) -> Result<Option<Vec<bool>>> {
+    let Some(types) = value.get("layer_types").and_then(|t| t.as_array()) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        types.len() == layers,
+        "layer_types has {} entries for {layers} layers",
+        types.len()
+    );
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some(kind) if kind == marked => Ok(true),
+            Some("full_attention") => Ok(false),
+            other => {
+                anyhow::bail!("unknown layer type {other:?} (expected {marked} or full_attention)")
+            }
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
 fn parse_layer_types(raw: &RawConfig) -> Result<Option<Vec<bool>>> {
     let Some(types) = &raw.layer_types else {
         return Ok(None);

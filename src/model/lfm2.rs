@@ -11,6 +11,7 @@
 //! layer, `in_proj` takes the place of the fused q/k/v projection and `out_proj` of the
 //! attention's output projection ([`crate::backend::Backend::gated_short_conv`] in between).
 
+use super::config::layer_types_marking;
 use super::llama::{cols_part, load_stacked, rows_part};
 use super::weights::{layer_part, renamed_part, RenamedWeights, WeightSource};
 use crate::backend::{Backend, DType};
@@ -146,22 +147,8 @@ pub fn conv_layers(value: &Value, layers: usize) -> Result<ShortConvLayers> {
         .and_then(Value::as_u64)
         .unwrap_or(3) as usize;
     anyhow::ensure!(taps > 0, "conv_L_cache must be positive");
-    let conv = match value.get("layer_types").and_then(Value::as_array) {
-        Some(types) => {
-            anyhow::ensure!(
-                types.len() == layers,
-                "layer_types has {} entries for {layers} layers",
-                types.len()
-            );
-            types
-                .iter()
-                .map(|t| match t.as_str() {
-                    Some("conv") => Ok(true),
-                    Some("full_attention") => Ok(false),
-                    other => anyhow::bail!("unknown LFM2 layer type {other:?}"),
-                })
-                .collect::<Result<_>>()?
-        }
+    let conv = match layer_types_marking(value, layers, "conv")? {
+        Some(conv) => conv,
         None => match value.get("full_attn_idxs").and_then(Value::as_array) {
             Some(attention) => {
                 let attention: Vec<u64> = attention.iter().filter_map(Value::as_u64).collect();

@@ -13,6 +13,7 @@
 //!
 //! This module turns the config into the fields kiln's loader reads and names the weights.
 
+use super::config::layer_types_marking;
 use super::weights::{with_layer_renames, RenamedWeights, WeightSource};
 use crate::backend::QueryTemperature;
 use anyhow::{Context, Result};
@@ -111,22 +112,8 @@ pub fn attention_chunks(value: &Value, layers: usize) -> Result<Option<Attention
             .context("attention_chunk_size must be a positive number")? as usize,
         None => 8192,
     };
-    let chunked = match value.get("layer_types").and_then(Value::as_array) {
-        Some(types) => {
-            anyhow::ensure!(
-                types.len() == layers,
-                "layer_types has {} entries for {layers} layers",
-                types.len()
-            );
-            types
-                .iter()
-                .map(|t| match t.as_str() {
-                    Some("chunked_attention") => Ok(true),
-                    Some("full_attention") => Ok(false),
-                    other => anyhow::bail!("unknown Llama 4 layer type {other:?}"),
-                })
-                .collect::<Result<_>>()?
-        }
+    let chunked = match layer_types_marking(value, layers, "chunked_attention")? {
+        Some(chunked) => chunked,
         None => rope_layers(value, layers)?,
     };
     Ok(Some(AttentionChunks {

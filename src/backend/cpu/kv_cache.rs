@@ -2,7 +2,7 @@
 //! is exactly representable in f32, so nothing is lost, and the loops stay simple.
 
 use crate::backend::KvCacheSpec;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub struct CpuKvCache {
     pub spec: KvCacheSpec,
@@ -37,19 +37,7 @@ impl CpuKvCache {
             slots.len()
         );
         let capacity = self.spec.num_blocks * self.spec.block_size;
-        for (t, &slot) in slots.iter().enumerate() {
-            if slot < 0 {
-                continue;
-            }
-            let slot = slot as usize;
-            anyhow::ensure!(
-                slot < capacity,
-                "short_conv: slot {slot} outside the cache ({capacity} slots)"
-            );
-            self.k[layer][slot * width..(slot + 1) * width]
-                .copy_from_slice(&rows[t * width..(t + 1) * width]);
-        }
-        Ok(())
+        copy_to_slots(&mut self.k[layer], rows, slots, (width, capacity)).context("short_conv")
     }
 
     /// Elements one token occupies in one layer's K (or V).
@@ -64,19 +52,29 @@ impl CpuKvCache {
             "write_kv: shape mismatch"
         );
         let capacity = self.spec.num_blocks * self.spec.block_size;
-        for (t, &slot) in slots.iter().enumerate() {
-            if slot < 0 {
-                continue;
-            }
-            let slot = slot as usize;
-            anyhow::ensure!(
-                slot < capacity,
-                "write_kv: slot {slot} outside the cache ({capacity} slots)"
-            );
-            let dst = slot * width..(slot + 1) * width;
-            self.k[layer][dst.clone()].copy_from_slice(&k[t * width..(t + 1) * width]);
-            self.v[layer][dst].copy_from_slice(&v[t * width..(t + 1) * width]);
-        }
-        Ok(())
+        copy_to_slots(&mut self.k[layer], k, slots, (width, capacity)).context("write_kv")?;
+        copy_to_slots(&mut self.v[layer], v, slots, (width, capacity)).context("write_kv")
     }
+}
+
+/// Token t's `width` values of `rows` into slot `slots[t]` of `cache` (`capacity` slots);
+/// negative slots (padding) are skipped, slots past the cache refused.
+fn copy_to_slots(
+    cache: &mut [f32],
+    rows: &[f32],
+    slots: &[i64],
+    (width, capacity): (usize, usize),
+) -> Result<()> {
+    for (t, &slot) in slots.iter().enumerate() {
+        if slot < 0 {
+            continue;
+        }
+        let slot = slot as usize;
+        anyhow::ensure!(
+            slot < capacity,
+            "slot {slot} outside the cache ({capacity} slots)"
+        );
+        cache[slot * width..(slot + 1) * width].copy_from_slice(&rows[t * width..(t + 1) * width]);
+    }
+    Ok(())
 }
