@@ -62,6 +62,7 @@ fn ops(c: &mut Criterion) {
             head_dim: 64,
             dtype: kiln::backend::DType::F32,
             conv_layers: Vec::new(),
+            state_layers: Vec::new(),
         };
         let cache = be.new_kv_cache(&spec).unwrap();
         let layout = BatchLayout {

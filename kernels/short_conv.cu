@@ -44,17 +44,9 @@ __device__ __forceinline__ void short_conv_impl(
         *dst = D::store(0.0f);
         return;
     }
-    const int seq = kiln_find_sequence(query_start, num_seqs, token);
-    const int q_len = query_start[seq + 1] - query_start[seq];
-    const int pos = context_lens[seq] - q_len + (token - query_start[seq]);
-    const int* table = block_tables + (long long)seq * max_blocks_per_seq;
-    float acc = 0.0f;
-    for (int j = 0; j < taps; ++j) {
-        const int p = pos - (taps - 1) + j;
-        if (p < 0 || p / block_size >= max_blocks_per_seq) continue;
-        const long long slot = (long long)table[p / block_size] * block_size + p % block_size;
-        acc += D::load(weight[c * taps + j]) * D::load(cache[slot * width + c]);
-    }
+    const float acc =
+        kiln_paged_causal_conv<D>(cache, weight, block_tables, query_start, context_lens,
+                                  num_seqs, max_blocks_per_seq, block_size, width, taps, token, c);
     const float conv = D::load(D::store(acc));
     const float gate = D::load(bcx[(long long)token * 3 * width + width + c]);
     *dst = D::store(gate * conv);

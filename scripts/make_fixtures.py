@@ -113,6 +113,10 @@ from transformers import (
     LlamaForCausalLM,
     Lfm2Config,
     Lfm2ForCausalLM,
+    BambaConfig,
+    BambaForCausalLM,
+    GraniteMoeHybridConfig,
+    GraniteMoeHybridForCausalLM,
     Llama4ForCausalLM,
     Llama4TextConfig,
     MistralConfig,
@@ -463,6 +467,43 @@ def _stablelm_init_weights_without_bias(self, module):
 
 
 StableLmPreTrainedModel._init_weights = _stablelm_init_weights_without_bias
+
+
+# transformers 4.57's eager Mamba-2 mixers (Bamba, Granite 4.0 hybrids) RMS-norm the gated
+# scan output over its whole width, while mamba_ssm's fused kernel, which these checkpoints
+# were trained with and transformers' own CUDA path calls, norms each of the n_groups
+# groups on its own (group_size = width / n_groups); so does kiln. The two agree for one
+# group; the bamba fixture has two, so its reference uses the grouped norm.
+def _grouped_gated_rms_norm(self, hidden_states, gate=None):
+    input_dtype = hidden_states.dtype
+    hidden_states = hidden_states.to(torch.float32)
+    if gate is not None:
+        hidden_states = hidden_states * torch.nn.functional.silu(gate.to(torch.float32))
+    shape = hidden_states.shape
+    grouped = hidden_states.view(*shape[:-1], self.n_groups, shape[-1] // self.n_groups)
+    variance = grouped.pow(2).mean(-1, keepdim=True)
+    grouped = grouped * torch.rsqrt(variance + self.variance_epsilon)
+    return self.weight * grouped.view(shape).to(input_dtype)
+
+
+def _with_grouped_norm(mixer_cls):
+    original_init = mixer_cls.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.norm.n_groups = self.n_groups
+
+    mixer_cls.__init__ = init
+
+
+for _mixer, _norm in [
+    (transformers.models.bamba.modeling_bamba.BambaMixer,
+     transformers.models.bamba.modeling_bamba.BambaRMSNormGated),
+    (transformers.models.granitemoehybrid.modeling_granitemoehybrid.GraniteMoeHybridMambaLayer,
+     transformers.models.granitemoehybrid.modeling_granitemoehybrid.GraniteMoeHybridRMSNormGated),
+]:
+    _with_grouped_norm(_mixer)
+    _norm.forward = _grouped_gated_rms_norm
 
 
 def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tuple[type, object]]:
@@ -1410,6 +1451,72 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 pad_token_id=pad_id,
                 torch_dtype="float32",
                 tie_word_embeddings=True,
+            ),
+        ),
+        # Bamba: Mamba-2 mixers (8 heads of 16 in 2 groups of B / C, a state of 16, 4
+        # convolution taps, with biases) on layers 0 and 2, attention rotating half of each
+        # head on layer 1. A chunk of 8 in transformers' SSD algorithm: the prompts span
+        # several, so its inter-chunk states are exercised against kiln's token-by-token scan.
+        "bamba": (
+            BambaForCausalLM,
+            BambaConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=3,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                rms_norm_eps=1e-5,
+                attn_layer_indices=[1],
+                mamba_n_heads=8,
+                mamba_d_head=16,
+                mamba_n_groups=2,
+                mamba_d_state=16,
+                mamba_d_conv=4,
+                mamba_expand=2,
+                mamba_chunk_size=8,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Granite 4.0 hybrid (dense, as granite-4.0-h-micro): Granite's multipliers, Mamba-2
+        # mixers (4 heads of 32, one group, a state of 32, no convolution bias) on layers 0,
+        # 2 and 3, attention without rotary on layer 1, the shared MLP's fused gate/up.
+        "granitemoehybrid": (
+            GraniteMoeHybridForCausalLM,
+            GraniteMoeHybridConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                rms_norm_eps=1e-5,
+                embedding_multiplier=4.0,
+                attention_multiplier=0.05,
+                residual_multiplier=0.5,
+                logits_scaling=3.0,
+                num_local_experts=0,
+                shared_intermediate_size=96,
+                position_embedding_type="nope",
+                layer_types=["mamba", "attention", "mamba", "mamba"],
+                mamba_n_heads=4,
+                mamba_d_head=32,
+                mamba_n_groups=1,
+                mamba_d_state=32,
+                mamba_d_conv=4,
+                mamba_expand=2,
+                mamba_chunk_size=8,
+                mamba_conv_bias=False,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=False,
             ),
         ),
         # GPT-NeoX with its blocks in sequence (use_parallel_residual false).

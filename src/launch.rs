@@ -39,6 +39,7 @@ use crate::model::lfm2::Lfm2Weights;
 use crate::model::llama::LlamaModel;
 use crate::model::llama4::Llama4Weights;
 use crate::model::lora::load_adapter;
+use crate::model::mamba::{BambaWeights, GraniteHybridWeights};
 use crate::model::mpt::MptWeights;
 use crate::model::opt::OptWeights;
 use crate::model::pytorch_weights::PytorchWeights;
@@ -449,6 +450,10 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                     Architecture::Apertus => Box::new(ApertusWeights::wrap(files_source)),
                     Architecture::Llama4 => Box::new(Llama4Weights::wrap(files_source)),
                     Architecture::Lfm2 => Box::new(Lfm2Weights::wrap(files_source)),
+                    Architecture::Bamba => Box::new(BambaWeights::wrap(files_source)),
+                    Architecture::GraniteMoeHybrid => {
+                        Box::new(GraniteHybridWeights::wrap(files_source))
+                    }
                     Architecture::Bloom => Box::new(BloomWeights::wrap(files_source)),
                     Architecture::Mpt => Box::new(MptWeights::wrap(files_source)),
                     Architecture::Falcon => {
@@ -527,6 +532,7 @@ pub fn load_model_on<B: Backend>(
             max_model_len: args.max_model_len.unwrap_or(config.max_position_embeddings),
             max_num_seqs: 1,
             max_num_batched_tokens: args.max_num_batched_tokens,
+            block_size: args.block_size,
         };
         let est = crate::plan::estimate(&input);
         crate::plan::check_fits(
@@ -636,6 +642,13 @@ where
     B::Tensor: 'static,
 {
     let max_model_len = max_model_len(args, &loaded.model.config);
+    // Rejected drafts rewind a sequence; a Mamba mixer's state cannot be rewound.
+    anyhow::ensure!(
+        loaded.model.config.mamba.is_none() || args.speculative_config.is_none(),
+        "--speculative-config: {:?}'s Mamba mixers keep a recurrent state that rejected draft \
+         tokens cannot be taken back from",
+        loaded.model.config.architecture
+    );
     tracing::info!(
         "KV cache: {num_blocks} blocks of {} tokens",
         args.block_size

@@ -199,8 +199,38 @@ fn prefix_cache_hits_reuse_blocks_and_change_nothing() {
 /// all give what a cold run of each prompt alone gives.
 #[test]
 fn lfm2_convolution_rows_survive_prefix_caching_chunking_and_batching() {
+    cached_state_survives_prefix_caching_chunking_and_batching("lfm2");
+}
+
+/// Bamba's and Granite 4.0's Mamba mixers keep convolution rows per token and a recurrent
+/// state per block: a restart from a cached block, prefill chunks that end inside a block
+/// (whose partial state the next chunk resumes) and batching must change nothing.
+#[test]
+fn mamba_states_survive_prefix_caching_chunking_and_batching() {
+    for arch in ["bamba", "granitemoehybrid"] {
+        cached_state_survives_prefix_caching_chunking_and_batching(arch);
+    }
+}
+
+#[test]
+fn mamba_models_refuse_speculative_decoding() {
+    let dir = fixture("bamba");
+    let args = engine_args(&[
+        "--model",
+        dir.to_str().unwrap(),
+        "--speculative-config",
+        r#"{"method": "ngram", "num_speculative_tokens": 3}"#,
+    ]);
+    let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
+    assert!(err.contains("recurrent state"), "{err}");
+}
+
+/// Five prompts run cold and alone, then twice through an engine with prefix caching and
+/// prefill chunks of 7 tokens (blocks of 4), batched: the same tokens, cache hits on the
+/// second round, no leaked blocks.
+fn cached_state_survives_prefix_caching_chunking_and_batching(arch: &str) {
     let mut cold = engine(
-        "lfm2",
+        arch,
         &["--block-size", "4", "--enable-prefix-caching", "false"],
     );
     let ps: Vec<Vec<u32>> = prompts(&cold).into_iter().take(5).collect();
@@ -215,7 +245,7 @@ fn lfm2_convolution_rows_survive_prefix_caching_chunking_and_batching() {
         })
         .collect();
     let mut warm = engine(
-        "lfm2",
+        arch,
         &["--block-size", "4", "--max-num-batched-tokens", "7"],
     );
     for round in 0..2u64 {
@@ -228,16 +258,19 @@ fn lfm2_convolution_rows_survive_prefix_caching_chunking_and_batching() {
         );
         for (i, a) in alone.iter().enumerate() {
             let out = &outs[&(10 * round + i as u64)];
-            assert_eq!(&out.token_ids, a, "round {round}, prompt {i}");
+            assert_eq!(&out.token_ids, a, "{arch}: round {round}, prompt {i}");
             if round == 1 {
-                assert!(out.cached_tokens > 0, "prompt {i} hit no cached block");
+                assert!(
+                    out.cached_tokens > 0,
+                    "{arch}: prompt {i} hit no cached block"
+                );
             }
         }
     }
     assert_eq!(
         warm.num_free_blocks(),
         warm.config().num_blocks,
-        "blocks leaked"
+        "{arch}: blocks leaked"
     );
 }
 

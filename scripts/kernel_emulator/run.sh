@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/moe.cu, kernels/sampling_draw.cu, then kernels/attention_decode.cu and attention.cu, on the CPU through cuda_emu.h and compares it with a
+# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/moe.cu, kernels/sampling_draw.cu, kernels/mamba.cu, then kernels/attention_decode.cu and attention.cu, on the CPU through cuda_emu.h and compares it with a
 # double-precision reference (about 15 s; `full` adds the selftest's failing shapes, a few
 # minutes). Needs only g++ (C++20).
 #
@@ -37,6 +37,10 @@ g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/attention_prefill_check" attention_prefill_check.cpp
 "$BUILD/attention_prefill_check"
+# The Mamba-2 mixer of the hybrid models (kernels/mamba.cu): ~10 s.
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/mamba_check" mamba_check.cpp
+"$BUILD/mamba_check"
 # The implicit-GEMM conv2d on tensor cores (kernels/conv_implicit.cu), both K orders: ~3 s.
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/conv_implicit_check" conv_implicit_check.cpp

@@ -31,6 +31,16 @@ impl DType {
         }
     }
 
+    /// The dtype of a candle tensor, where kiln computes in it.
+    pub fn from_candle(dtype: candle_core::DType) -> anyhow::Result<DType> {
+        match dtype {
+            candle_core::DType::F32 => Ok(DType::F32),
+            candle_core::DType::F16 => Ok(DType::F16),
+            candle_core::DType::BF16 => Ok(DType::BF16),
+            other => anyhow::bail!("no kiln dtype for {other:?}"),
+        }
+    }
+
     /// Parses HF's `torch_dtype` strings ("bfloat16", "float16", "float32").
     pub fn from_hf(name: &str) -> Option<DType> {
         match name {

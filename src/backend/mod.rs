@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod dtype;
 pub mod image_ops;
+pub mod mamba;
 pub mod moe;
 pub mod moe_route;
 
@@ -530,6 +531,23 @@ pub trait Backend: Send + Sync {
         layer: usize,
         batch: &Self::BatchMeta,
     ) -> Result<Self::Tensor>;
+    /// A Mamba-2 mixer from its in-projection `zxbcdt` (`[n, projection_width]`: gate z,
+    /// then the convolution's input x / B / C, then one raw `dt` per head) to the gated,
+    /// normed scan output `[n, inner]` (before the out-projection). Each token's x / B / C
+    /// row is written into layer `layer`'s cache rows and convolved causally with its
+    /// sequence's last `taps` rows (plus the bias), then SiLU'd (both rounded to the dtype);
+    /// the recurrence `h = exp(dt * A) * h + dt * x B^T`, `y = h C + D x` runs per head from
+    /// the state cached for the token before the step's first (zeros at position 0), and is
+    /// cached again per block (see [`mamba`]); `y * silu(z)` is RMS-normed per `norm_group`
+    /// and scaled by the norm weight (rounded to the dtype). All of it in f32.
+    fn mamba_mixer(
+        &self,
+        zxbcdt: &Self::Tensor,
+        params: &mamba::MambaParams<'_, Self::Tensor>,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::BatchMeta,
+    ) -> Result<Self::Tensor>;
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
     /// which already holds the batch's own K and V, with the per-head terms `terms` adds to
     /// its scores.
@@ -557,6 +575,9 @@ pub struct KvCacheSpec {
     /// per token (the short convolution's inputs, [`Backend::short_conv`]) in place of K,
     /// and no V. Paged like keys, so prefix caching and chunked prefill apply unchanged.
     pub conv_layers: Vec<(usize, usize)>,
+    /// Mamba layers, `(layer, values)`: besides their convolution rows (in `conv_layers`),
+    /// each block holds one f32 recurrent state of `values` in place of V ([`mamba`]).
+    pub state_layers: Vec<(usize, usize)>,
 }
 
 impl KvCacheSpec {
@@ -566,6 +587,20 @@ impl KvCacheSpec {
             .iter()
             .find(|&&(l, _)| l == layer)
             .map(|&(_, w)| w)
+    }
+
+    /// Layer `layer`'s f32 state values per block, if it is a Mamba layer.
+    pub fn state_values(&self, layer: usize) -> Option<usize> {
+        self.state_layers
+            .iter()
+            .find(|&&(l, _)| l == layer)
+            .map(|&(_, v)| v)
+    }
+
+    /// Bytes one block occupies across all layers: its tokens' rows and its states.
+    pub fn bytes_per_block(&self) -> usize {
+        let states: usize = self.state_layers.iter().map(|&(_, v)| v).sum();
+        self.bytes_per_token() * self.block_size + states * DType::F32.size_in_bytes()
     }
 
     /// Values one token occupies in layer `layer`'s K cache and in its V cache.
@@ -579,7 +614,8 @@ impl KvCacheSpec {
         }
     }
 
-    /// Bytes one token occupies across all layers (K and V, or convolution rows).
+    /// Bytes one token occupies across all layers (K and V, or convolution rows), not
+    /// counting the per-block states ([`KvCacheSpec::bytes_per_block`]).
     pub fn bytes_per_token(&self) -> usize {
         let values: usize = (0..self.num_layers)
             .map(|l| {

@@ -22,7 +22,7 @@ fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Resul
     let config = &loaded.model.config;
     let dtype = loaded.model.dtype;
     let spec = loaded.model.kv_cache_spec(1, args.block_size);
-    let bytes_per_block = spec.bytes_per_token() * args.block_size;
+    let bytes_per_block = spec.bytes_per_block();
     let (free, total) = loaded.backend.free_and_total_memory()?;
     let reserve = activation_reserve(
         config,

@@ -89,6 +89,13 @@ pub enum Architecture {
     /// Liquid AI's LFM2 (`Lfm2ForCausalLM`; `model/lfm2.rs`): attention layers (per-head
     /// q/k RMS norms) and gated short-convolution layers, each before a SwiGLU MLP.
     Lfm2,
+    /// IBM's Bamba (`BambaForCausalLM`; `model/mamba.rs`): Mamba-2 mixer layers and a few
+    /// Llama attention layers (half of each head rotated), each before a SwiGLU MLP.
+    Bamba,
+    /// IBM Granite 4.0 hybrids (`GraniteMoeHybridForCausalLM`, the dense "-H" models;
+    /// `model/mamba.rs`): Granite's multipliers, Mamba-2 mixers and attention without
+    /// rotary, each before the shared MLP.
+    GraniteMoeHybrid,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
     /// the others, experts whose router scales their inputs, plus a shared expert.
@@ -178,7 +185,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 53] = [
+    pub const SUPPORTED: [&'static str; 55] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -232,6 +239,8 @@ impl Architecture {
         "HunYuanMoEV1ForCausalLM",
         "Llama4ForCausalLM",
         "Lfm2ForCausalLM",
+        "BambaForCausalLM",
+        "GraniteMoeHybridForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -271,6 +280,8 @@ impl Architecture {
                 | Architecture::Qwen3Moe
                 | Architecture::Granite
                 | Architecture::GraniteMoe
+                | Architecture::GraniteMoeHybrid
+                | Architecture::Bamba
                 | Architecture::Olmo
                 | Architecture::Olmo2
                 | Architecture::Olmo3
@@ -343,6 +354,8 @@ impl Architecture {
             "HunYuanMoEV1ForCausalLM" => Architecture::HunYuanMoe,
             "Llama4ForCausalLM" => Architecture::Llama4,
             "Lfm2ForCausalLM" => Architecture::Lfm2,
+            "BambaForCausalLM" => Architecture::Bamba,
+            "GraniteMoeHybridForCausalLM" => Architecture::GraniteMoeHybrid,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1393,7 +1406,8 @@ pub(super) fn layer_types_marking(
         .iter()
         .map(|t| match t.as_str() {
             Some(kind) if kind == marked => Ok(true),
-            Some("full_attention") => Ok(false),
+            // Granite 4.0 hybrids say `attention`.
+            Some("full_attention" | "attention") => Ok(false),
             other => {
                 anyhow::bail!("unknown layer type {other:?} (expected {marked} or full_attention)")
             }
@@ -1417,8 +1431,9 @@ fn parse_layer_types(raw: &RawConfig) -> Result<Option<Vec<bool>>> {
         .map(|t| match t.as_str() {
             "sliding_attention" => Ok(true),
             // Llama 4's chunks are not a sliding window (`ModelConfig::attention_chunks`),
-            // nor are LFM2's convolutions (`ModelConfig::short_conv`).
-            "full_attention" | "chunked_attention" | "conv" => Ok(false),
+            // nor are LFM2's convolutions (`ModelConfig::short_conv`) or Granite 4.0's
+            // Mamba mixers (`ModelConfig::mamba`).
+            "full_attention" | "chunked_attention" | "conv" | "attention" | "mamba" => Ok(false),
             other => anyhow::bail!("unknown layer type '{other}'"),
         })
         .collect::<Result<_>>()
@@ -1567,6 +1582,8 @@ pub struct ModelConfig {
     pub rope_layers: Option<Vec<bool>>,
     /// LFM2: the layers that are gated short convolutions instead of attention.
     pub short_conv: Option<super::lfm2::ShortConvLayers>,
+    /// Bamba, Granite 4.0 hybrids: the layers that are Mamba-2 mixers instead of attention.
+    pub mamba: Option<super::mamba::MambaLayers>,
     /// Llama 4: the layers that attend only within their chunk of positions, and its size.
     pub attention_chunks: Option<super::llama4::AttentionChunks>,
     /// Llama 4: the layers without rotary scale each query by a temperature growing with
@@ -1635,6 +1652,10 @@ impl ModelConfig {
             Some("HunYuanMoEV1ForCausalLM") => super::hunyuan::normalized_moe_config(value)?,
             Some("Llama4ForCausalLM") => super::llama4::normalized_config(value)?,
             Some("Lfm2ForCausalLM") => super::lfm2::normalized_config(value)?,
+            Some("BambaForCausalLM") => super::mamba::normalized_bamba_config(value)?,
+            Some("GraniteMoeHybridForCausalLM") => {
+                super::mamba::normalized_granite_hybrid_config(value)?
+            }
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1806,7 +1827,7 @@ impl ModelConfig {
         }
         let granite = matches!(
             architecture,
-            Architecture::Granite | Architecture::GraniteMoe
+            Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteMoeHybrid
         )
         .then(|| GraniteScales {
             embedding: raw.embedding_multiplier.unwrap_or(1.0),
@@ -1851,6 +1872,11 @@ impl ModelConfig {
             }
             (Architecture::Llama4, _) => {
                 Some(super::llama4::rope_layers(&value, raw.num_hidden_layers)?)
+            }
+            (Architecture::GraniteMoeHybrid, _)
+                if !super::mamba::granite_hybrid_rotates(&value) =>
+            {
+                Some(vec![false; raw.num_hidden_layers])
             }
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
@@ -2143,6 +2169,19 @@ impl ModelConfig {
                 }
                 _ => None,
             },
+            mamba: match architecture {
+                Architecture::Bamba => Some(super::mamba::MambaLayers::from_config(
+                    &value,
+                    raw.hidden_size,
+                    super::mamba::bamba_layers(&value, raw.num_hidden_layers),
+                )?),
+                Architecture::GraniteMoeHybrid => Some(super::mamba::MambaLayers::from_config(
+                    &value,
+                    raw.hidden_size,
+                    super::mamba::granite_hybrid_layers(&value, raw.num_hidden_layers)?,
+                )?),
+                _ => None,
+            },
             attention_chunks: match architecture {
                 Architecture::Llama4 => {
                     super::llama4::attention_chunks(&value, raw.num_hidden_layers)?
@@ -2216,14 +2255,25 @@ impl ModelConfig {
 
     /// Parameter count, for memory planning and logs.
     /// Values one token keeps in the paged cache across all layers: K and V of each
-    /// attention layer, one row of each of LFM2's convolution layers.
+    /// attention layer, one row of each of LFM2's convolution layers and of each Mamba
+    /// mixer (whose per-block states [`ModelConfig::cache_state_values_per_block`] counts).
     pub fn cache_values_per_token(&self) -> u64 {
         (0..self.num_layers)
-            .map(|i| match &self.short_conv {
-                Some(conv) if conv.is_conv(i) => self.hidden_size as u64,
+            .map(|i| match (&self.short_conv, &self.mamba) {
+                (Some(conv), _) if conv.is_conv(i) => self.hidden_size as u64,
+                (_, Some(m)) if m.is_mamba(i) => m.shape.conv_dim() as u64,
                 _ => 2 * self.kv_width() as u64,
             })
             .sum()
+    }
+
+    /// f32 values each cache block keeps besides its tokens' rows: the Mamba mixers'
+    /// recurrent states.
+    pub fn cache_state_values_per_block(&self) -> u64 {
+        self.mamba.as_ref().map_or(0, |m| {
+            let mixers = (0..self.num_layers).filter(|&i| m.is_mamba(i)).count();
+            (mixers * m.shape.state_values()) as u64
+        })
     }
 
     pub fn num_parameters(&self) -> u64 {
@@ -2264,8 +2314,17 @@ impl ModelConfig {
                     _ => dense_mlp,
                 };
                 // LFM2's convolution layers: in_proj, the kernel, out_proj.
-                let mixer = match &self.short_conv {
-                    Some(conv) if conv.is_conv(i) => 4 * h * h + conv.taps as u64 * h,
+                let mixer = match (&self.short_conv, &self.mamba) {
+                    (Some(conv), _) if conv.is_conv(i) => 4 * h * h + conv.taps as u64 * h,
+                    (_, Some(m)) if m.is_mamba(i) => {
+                        let s = &m.shape;
+                        let (inner, conv) = (s.inner() as u64, s.conv_dim() as u64);
+                        h * s.projection_width() as u64
+                            + conv * (s.taps as u64 + 1)
+                            + 3 * s.heads as u64
+                            + inner
+                            + inner * h
+                    }
                     _ => attn,
                 };
                 mixer + mlp + 2 * h

@@ -8,6 +8,7 @@ use super::config::{Architecture, ModelConfig};
 use super::lfm2::{load_conv, ShortConv};
 use super::lora::{LoraAdapter, Site};
 use super::lora_forward::{add_updates, AdapterRows};
+use super::mamba::{load_mixer, MambaMixer};
 use super::mla::LatentAttention;
 use super::moe::SparseMlp;
 use super::rope::rope_for;
@@ -56,6 +57,9 @@ struct Layer<B: Backend> {
     /// LFM2: this layer is a gated short convolution (its `qkv` the convolution's
     /// `in_proj`, its `o_proj` the `out_proj`); no attention.
     conv: Option<ShortConv<B>>,
+    /// Bamba, Granite 4.0 hybrids: this layer is a Mamba-2 mixer (its `qkv` the mixer's
+    /// `in_proj`, its `o_proj` the `out_proj`); no attention.
+    mamba: Option<MambaMixer<B>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -410,7 +414,10 @@ fn dense_mlp<B: Backend>(
     let (h, inter) = (c.hidden_size, c.intermediate_size);
     let gate_up = if matches!(
         c.architecture,
-        Architecture::Phi3 | Architecture::Glm4 | Architecture::Glm
+        Architecture::Phi3
+            | Architecture::Glm4
+            | Architecture::Glm
+            | Architecture::GraniteMoeHybrid
     ) {
         load_stacked(
             be,
@@ -749,6 +756,17 @@ impl<B: Backend> LlamaModel<B> {
                 }
                 _ => (None, latent_qkv, latent_o),
             };
+            // Mamba mixers too.
+            let (mamba, latent_qkv, latent_o) = match &c.mamba {
+                Some(m) if m.is_mamba(i) => {
+                    let (mixer, in_proj, out_proj) =
+                        load_mixer(be, src, &p, (h, m), residual_scale, dtype)
+                            .with_context(|| format!("loading the Mamba mixer of {p}"))?;
+                    (Some(mixer), Some(in_proj), Some(out_proj))
+                }
+                _ => (None, latent_qkv, latent_o),
+            };
+            let mixes = conv.is_some() || mamba.is_some();
             let layer = Layer {
                 input_norm: if c.post_norm {
                     None
@@ -764,16 +782,8 @@ impl<B: Backend> LlamaModel<B> {
                 } else {
                     None
                 },
-                q_norm: if conv.is_some() {
-                    None
-                } else {
-                    head_norm("q")?
-                },
-                k_norm: if conv.is_some() {
-                    None
-                } else {
-                    head_norm("k")?
-                },
+                q_norm: if mixes { None } else { head_norm("q")? },
+                k_norm: if mixes { None } else { head_norm("k")? },
                 o_proj: match latent_o {
                     Some(o) => o,
                     None => load_stacked(
@@ -860,6 +870,7 @@ impl<B: Backend> LlamaModel<B> {
                     LayerRope::Global
                 },
                 conv,
+                mamba,
             };
             layers.push(layer);
             on_layer(i);
@@ -1056,7 +1067,17 @@ impl<B: Backend> LlamaModel<B> {
                 .layers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, layer)| layer.conv.as_ref().map(|conv| (i, conv.channels)))
+                .filter_map(|(i, layer)| {
+                    let mixer_rows = layer.mamba.as_ref().map(|m| m.shape.conv_dim());
+                    let conv_rows = layer.conv.as_ref().map(|conv| conv.channels);
+                    conv_rows.or(mixer_rows).map(|w| (i, w))
+                })
+                .collect(),
+            state_layers: self
+                .layers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, layer)| layer.mamba.as_ref().map(|m| (i, m.shape.state_values())))
                 .collect(),
         }
     }
@@ -1509,6 +1530,10 @@ impl<B: Backend> LlamaModel<B> {
         // LFM2's convolution layers: `qkv` is the convolution's B, C and x.
         if let Some(conv) = &layer.conv {
             return be.gated_short_conv(&qkv, &conv.weight, cache, index, batch);
+        }
+        // Mamba mixers: `qkv` is the mixer's z, x / B / C and dt.
+        if let Some(mixer) = &layer.mamba {
+            return be.mamba_mixer(&qkv, &mixer.params(), cache, index, batch);
         }
         let (q_width, kv_width) = (
             self.attention.num_heads * c.head_dim,

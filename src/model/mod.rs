@@ -31,6 +31,7 @@ pub mod llama;
 pub mod llama4;
 pub mod lora;
 pub mod lora_forward;
+pub mod mamba;
 pub mod mla;
 pub mod moe;
 mod moe_fused;

@@ -61,6 +61,13 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
         "{:?} cannot be tensor-parallel: its q / k norms span every head",
         config.architecture
     );
+    // So does a Mamba mixer's gated norm (over its whole inner width), and kiln keeps each
+    // mixer's heads on one device.
+    ensure!(
+        config.mamba.is_none() || world == 1,
+        "{:?} cannot be tensor-parallel: its Mamba mixers' gated norms span every head",
+        config.architecture
+    );
     let (heads, kv) = (config.num_heads, config.num_kv_heads);
     ensure!(
         heads.is_multiple_of(world),

@@ -379,8 +379,7 @@ impl<B: Backend> RankJob<B> {
         let info = RankLoaded {
             rank,
             memory: None,
-            kv_bytes_per_block: model.kv_cache_spec(1, self.block_size).bytes_per_token()
-                * self.block_size,
+            kv_bytes_per_block: model.kv_cache_spec(1, self.block_size).bytes_per_block(),
             backend_name: be.name(),
         };
         if replies.send(Ok(Reply::Loaded(info))).is_err() {

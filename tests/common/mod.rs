@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 73] = [
+pub const ARCHS: [&str; 75] = [
     "llama",
     "llama31",
     "mistral",
@@ -81,14 +81,20 @@ pub const ARCHS: [&str; 73] = [
     "lfm2",
     "glm4v",
     "glm4v_moe",
+    "bamba",
+    "granitemoehybrid",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
-/// norms span every head (they refuse tensor parallelism with a clear error instead).
+/// norms span every head, and the Mamba hybrids, whose mixers' gated norms do (they refuse
+/// tensor parallelism with a clear error instead).
 pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
-    ARCHS
-        .into_iter()
-        .filter(|&a| !matches!(a, "olmo2" | "olmo3" | "olmoe"))
+    ARCHS.into_iter().filter(|&a| {
+        !matches!(
+            a,
+            "olmo2" | "olmo3" | "olmoe" | "bamba" | "granitemoehybrid"
+        )
+    })
 }
 
 pub fn fixture(name: &str) -> PathBuf {

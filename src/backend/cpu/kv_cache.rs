@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 pub struct CpuKvCache {
     pub spec: KvCacheSpec,
     /// Per layer, `[blocks, block_size, kv_heads, head_dim]` (a convolution layer's rows
-    /// `[blocks, block_size, width]` in `k`, nothing in `v`).
+    /// `[blocks, block_size, width]` in `k`, nothing in `v`; a Mamba layer's rows in `k` and
+    /// one recurrent state per block, `[blocks, values]`, in `v`).
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
 }
@@ -18,7 +19,11 @@ impl CpuKvCache {
         let (k, v) = (0..spec.num_layers)
             .map(|layer| {
                 let (k, v) = spec.token_widths(layer);
-                (vec![0.0; slots * k], vec![0.0; slots * v])
+                let v = match spec.state_values(layer) {
+                    Some(values) => spec.num_blocks * values,
+                    None => slots * v,
+                };
+                (vec![0.0; slots * k], vec![0.0; v])
             })
             .unzip();
         CpuKvCache { spec, k, v }

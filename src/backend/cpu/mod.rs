@@ -5,6 +5,7 @@ pub(crate) mod attention;
 mod draw;
 mod image_ops;
 mod kv_cache;
+pub mod mamba;
 mod short_conv;
 
 pub use kv_cache::CpuKvCache;
@@ -401,6 +402,36 @@ impl Backend for CpuBackend {
         )?;
         let conv = Tensor::from_vec(conv, (n, channels), &Device::Cpu)?.to_dtype(bcx.dtype())?;
         Ok((c * conv)?)
+    }
+
+    fn mamba_mixer(
+        &self,
+        zxbcdt: &Tensor,
+        params: &crate::backend::mamba::MambaParams<'_, Tensor>,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        batch: &BatchLayout,
+    ) -> Result<Tensor> {
+        let (n, _) = zxbcdt.dims2()?;
+        let (conv_dim, taps) = params.conv_weight.dims2()?;
+        anyhow::ensure!(
+            conv_dim == params.shape.conv_dim() && taps == params.shape.taps,
+            "mamba: a convolution weight of [{conv_dim}, {taps}] for {:?}",
+            params.shape
+        );
+        let host = mamba::HostMambaParams {
+            shape: params.shape,
+            conv_weight: host_f32(params.conv_weight)?,
+            conv_bias: params.conv_bias.map(host_f32).transpose()?,
+            dt_bias: host_f32(params.dt_bias)?,
+            a: host_f32(params.a)?,
+            d: host_f32(params.d)?,
+            norm: host_f32(params.norm)?,
+        };
+        let dtype = crate::backend::DType::from_candle(zxbcdt.dtype())?;
+        let out = mamba::mamba_mixer(cache, layer, batch, &host_f32(zxbcdt)?, &host, dtype)?;
+        let inner = params.shape.inner();
+        Ok(Tensor::from_vec(out, (n, inner), &Device::Cpu)?.to_dtype(zxbcdt.dtype())?)
     }
 
     fn attention(

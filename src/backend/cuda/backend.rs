@@ -20,10 +20,12 @@ use super::moe::{
 };
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
+use super::ops_mamba::{MambaCache, MambaScratch};
 use super::ops_qkv::QkvRopeCache;
 use super::ops_short_conv::ConvBatch;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
+use crate::backend::mamba::MambaParams;
 use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting, RouterScoring};
 use crate::backend::{
     unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec,
@@ -76,6 +78,20 @@ pub(super) struct RecordedStep {
 pub struct CudaKvCache {
     k: Vec<CudaTensor>,
     v: Vec<CudaTensor>,
+}
+
+impl CudaBatchMeta {
+    /// Where the step's tokens sit, as the convolution and Mamba kernels read it.
+    fn conv_batch(&self) -> ConvBatch<'_> {
+        ConvBatch {
+            slot_mapping: &self.slots,
+            block_tables: &self.block_tables,
+            max_blocks_per_seq: self.max_blocks_per_seq,
+            query_start: &self.query_start,
+            context_lens: &self.context_lens,
+            num_seqs: self.num_seqs,
+        }
+    }
 }
 
 /// A forward pass's layout, uploaded once and read by every layer.
@@ -976,7 +992,22 @@ impl Backend for CudaBackend {
                 Some(width) => {
                     let rows = [spec.num_blocks, spec.block_size, width];
                     cache.k.push(alloc("convolution rows", layer, &rows)?);
-                    cache.v.push(alloc("V", layer, &[0])?);
+                    // A Mamba layer's recurrent states, one per block, in f32.
+                    let states = match spec.state_values(layer) {
+                        Some(values) => {
+                            CudaTensor::zeros(&self.dev, DType::F32, &[spec.num_blocks, values])
+                                .with_context(|| {
+                                    format!(
+                                "allocating the Mamba states of layer {layer} ({} blocks): out \
+                                 of GPU memory? lower --gpu-memory-utilization, \
+                                 --num-kv-blocks or --max-model-len",
+                                spec.num_blocks
+                            )
+                                })?
+                        }
+                        None => alloc("V", layer, &[0])?,
+                    };
+                    cache.v.push(states);
                 }
                 None => {
                     cache.k.push(alloc("K", layer, &kv_shape)?);
@@ -998,20 +1029,46 @@ impl Backend for CudaBackend {
         let Some(rows) = cache.k.get_mut(layer) else {
             bail!("short_conv: no layer {layer} in the cache");
         };
-        let conv_batch = ConvBatch {
-            slot_mapping: &batch.slots,
-            block_tables: &batch.block_tables,
-            max_blocks_per_seq: batch.max_blocks_per_seq,
-            query_start: &batch.query_start,
-            context_lens: &batch.context_lens,
-            num_seqs: batch.num_seqs,
-        };
+        let conv_batch = batch.conv_batch();
         let &[n, width] = bcx.shape() else {
             bail!("short_conv: rows must be 2-d, got {:?}", bcx.shape());
         };
         let mut out = self.output(bcx.dtype(), &[n, width / 3])?;
         self.dev
             .gated_short_conv(bcx, weight, rows, &conv_batch, &mut out)?;
+        Ok(out)
+    }
+
+    fn mamba_mixer(
+        &self,
+        zxbcdt: &CudaTensor,
+        params: &MambaParams<'_, CudaTensor>,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatchMeta,
+    ) -> Result<CudaTensor> {
+        let (Some(rows), Some(states)) = (cache.k.get_mut(layer), cache.v.get_mut(layer)) else {
+            bail!("mamba: no layer {layer} in the cache");
+        };
+        let conv_batch = batch.conv_batch();
+        let &[n, _] = zxbcdt.shape() else {
+            bail!("mamba: zxbcdt must be 2-d, got {:?}", zxbcdt.shape());
+        };
+        let sh = params.shape;
+        let mut xbc = self.output(zxbcdt.dtype(), &[n, sh.conv_dim()])?;
+        let mut y = self.output(DType::F32, &[n, sh.inner()])?;
+        let mut out = self.output(zxbcdt.dtype(), &[n, sh.inner()])?;
+        self.dev.mamba_mixer(
+            zxbcdt,
+            params,
+            MambaCache { rows, states },
+            &conv_batch,
+            MambaScratch {
+                xbc: &mut xbc,
+                y: &mut y,
+            },
+            &mut out,
+        )?;
         Ok(out)
     }
 

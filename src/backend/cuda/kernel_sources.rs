@@ -71,6 +71,16 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["short_conv_write", "short_conv"],
     },
     KernelFile {
+        file: "mamba.cu",
+        body: include_str!("../../../kernels/mamba.cu"),
+        ops: &[
+            "mamba_conv_write",
+            "mamba_conv",
+            "mamba_scan",
+            "mamba_gated_norm",
+        ],
+    },
+    KernelFile {
         file: "attention.cu",
         body: include_str!("../../../kernels/attention.cu"),
         ops: &["attention"],

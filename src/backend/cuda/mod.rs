@@ -42,6 +42,7 @@ pub mod ops_all_reduce;
 pub mod ops_attention;
 pub mod ops_dummy;
 pub mod ops_layout;
+pub mod ops_mamba;
 pub mod ops_qkv;
 pub mod ops_sampling;
 pub mod ops_sampling_draw;

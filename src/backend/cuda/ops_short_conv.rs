@@ -19,8 +19,36 @@ pub struct ConvBatch<'a> {
     pub num_seqs: usize,
 }
 
+impl ConvBatch<'_> {
+    /// Refuses metadata buffers shorter than `n` tokens of `num_seqs` sequences need.
+    pub fn check_covers(&self, n: usize, op: &str) -> Result<()> {
+        let seqs = self.num_seqs;
+        if self.slot_mapping.len() < n
+            || self.query_start.len() < seqs + 1
+            || self.context_lens.len() < seqs
+            || self.block_tables.len() < seqs * self.max_blocks_per_seq
+        {
+            bail!("{op}: metadata buffers too small for {n} tokens of {seqs} sequences");
+        }
+        Ok(())
+    }
+}
+
 /// Threads per block of the convolution: a thread per channel.
 const CONV_THREADS: usize = 256;
+
+/// The convolution kernels' grid: a block per (token, 256 channels).
+pub(super) fn per_channel(n: usize, width: usize, what: &str) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (
+            as_i32(n, what)? as u32,
+            width.div_ceil(CONV_THREADS) as u32,
+            1,
+        ),
+        block_dim: (CONV_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
 
 impl CudaDevice {
     /// `out[n, width]` from `bcx[n, 3 * width]` (B, C, x): `B * x` written into `cache`
@@ -63,14 +91,8 @@ impl CudaDevice {
         }
         out.expect_shape(&[n, width], "short_conv output")?;
         out.expect_dtype(bcx.dtype(), "short_conv output")?;
+        batch.check_covers(n, "short_conv")?;
         let seqs = batch.num_seqs;
-        if batch.slot_mapping.len() < n
-            || batch.query_start.len() < seqs + 1
-            || batch.context_lens.len() < seqs
-            || batch.block_tables.len() < seqs * batch.max_blocks_per_seq
-        {
-            bail!("short_conv: metadata buffers too small for {n} tokens of {seqs} sequences");
-        }
         if n == 0 {
             return Ok(());
         }
@@ -109,15 +131,7 @@ impl CudaDevice {
             .arg(&block_size_i)
             .arg(&width_i)
             .arg(&taps_i);
-        let config = LaunchConfig {
-            grid_dim: (
-                as_i32(n, "short_conv tokens")? as u32,
-                width.div_ceil(CONV_THREADS) as u32,
-                1,
-            ),
-            block_dim: (CONV_THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = per_channel(n, width, "short_conv tokens")?;
         // SAFETY: matches kernels/short_conv.cu; shapes and metadata lengths checked above,
         // block indices trusted as the attention kernels trust them.
         unsafe { args.launch(config) }.context("short_conv launch")?;

@@ -68,6 +68,7 @@ fn one_layer(conv_layers: Vec<(usize, usize)>) -> KvCacheSpec {
         head_dim: HD,
         dtype: DType::F32,
         conv_layers,
+        state_layers: Vec::new(),
     }
 }
 

@@ -17,8 +17,10 @@ mod image_cases;
 mod image_conv_cases;
 mod image_gemm_cases;
 mod linear_lt_cases;
+mod mamba_case;
 mod moe_case;
 mod op_cases;
+mod paged_step;
 mod qkv_case;
 mod report;
 mod sampling_case;
@@ -34,11 +36,12 @@ use anyhow::Result;
 use std::time::Instant;
 
 /// The groups of cases `--only` can pick, in the order they run.
-pub const GROUPS: [&str; 12] = [
+pub const GROUPS: [&str; 13] = [
     "ops",
     "attention",
     "qkv",
     "short_conv",
+    "mamba",
     "gemv",
     "gemv_fused",
     "moe",
@@ -102,6 +105,11 @@ pub fn run(json: bool, quick: bool, only: &[String]) -> Result<bool> {
         if wants("short_conv") {
             if let Err(err) = short_conv_case::run(&mut suite, dtype) {
                 suite.error("gated_short_conv", dtype, &err);
+            }
+        }
+        if wants("mamba") {
+            if let Err(err) = mamba_case::run(&mut suite, dtype) {
+                suite.error("mamba_mixer", dtype, &err);
             }
         }
         if wants("gemv") {

@@ -4,12 +4,11 @@
 //! fresh prompt; a padding token), against the reference, at LFM2-1.2B's width.
 
 use super::compare::Check;
+use super::paged_step::PagedStep;
 use super::suite::Suite;
-use crate::backend::cuda::ops_short_conv::ConvBatch;
 use crate::backend::cuda::reference::{self, PagedTokens};
 use crate::backend::cuda::{CudaTensor, DType};
 use anyhow::Result;
-use rand::seq::SliceRandom;
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let (width, taps, block_size) = (2048, 3, 16);
@@ -21,28 +20,8 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         (300, 64),
         (77, 77),
     ];
-    let max_blocks = seqs
-        .iter()
-        .map(|&(ctx, _)| ctx.div_ceil(block_size))
-        .max()
-        .unwrap_or(1);
-    let num_blocks = seqs.len() * max_blocks + 3;
-    let mut free: Vec<i32> = (0..num_blocks as i32).collect();
-    free.shuffle(&mut s.rng);
-    let mut tables = vec![0i32; seqs.len() * max_blocks];
-    let (mut query_start, mut context_lens, mut slots) = (vec![0i32], Vec::new(), Vec::new());
-    for (i, &(ctx, q_len)) in seqs.iter().enumerate() {
-        tables[i * max_blocks..(i + 1) * max_blocks]
-            .copy_from_slice(&free[i * max_blocks..(i + 1) * max_blocks]);
-        for p in ctx - q_len..ctx {
-            let block = tables[i * max_blocks + p / block_size];
-            slots.push(block * block_size as i32 + (p % block_size) as i32);
-        }
-        query_start.push(query_start[i] + q_len as i32);
-        context_lens.push(ctx as i32);
-    }
-    slots.push(-1); // a padding token of a recorded step
-    let n = slots.len();
+    let step = PagedStep::new(&seqs, block_size, &mut s.rng);
+    let (n, num_blocks) = (step.num_tokens(), step.num_blocks);
     let bcx_host = s.random(n * 3 * width, 1.5, dtype);
     let weight_host = s.random(width * taps, 1.0, dtype);
     let mut rows_host = s.random(num_blocks * block_size * width, 1.0, dtype);
@@ -53,28 +32,16 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let cache_shape = [num_blocks, block_size, width];
     let mut rows = CudaTensor::from_f32(dev, dtype, &cache_shape, &rows_host)?;
     let mut out = CudaTensor::zeros(dev, dtype, &[n, width])?;
-    let (slots_dev, tables_dev, starts_dev, lens_dev) = (
-        dev.upload(&slots)?,
-        dev.upload(&tables)?,
-        dev.upload(&query_start)?,
-        dev.upload(&context_lens)?,
-    );
-    let batch = ConvBatch {
-        slot_mapping: &slots_dev,
-        block_tables: &tables_dev,
-        max_blocks_per_seq: max_blocks,
-        query_start: &starts_dev,
-        context_lens: &lens_dev,
-        num_seqs: seqs.len(),
-    };
+    let on_device = step.upload(dev)?;
+    let batch = on_device.conv_batch();
     dev.gated_short_conv(&bcx, &weight, &mut rows, &batch, &mut out)?;
     let at = PagedTokens {
-        tables: &tables,
-        max_blocks,
+        tables: &step.tables,
+        max_blocks: step.max_blocks,
         block_size,
-        query_start: &query_start,
-        context_lens: &context_lens,
-        slots: &slots,
+        query_start: &step.query_start,
+        context_lens: &step.context_lens,
+        slots: &step.slots,
     };
     let mut expected =
         reference::gated_short_conv(&bcx_host, (&weight_host, taps), &mut rows_host, &at, |v| {

@@ -1,0 +1,104 @@
+//! The Mamba-2 mixer's shape and parameters, as [`super::Backend::mamba_mixer`] takes them,
+//! and where its recurrent state lives.
+//!
+//! A mixer keeps two kinds of memory per sequence. Its causal convolution reads the last
+//! `taps` rows of its input, which are kept per token in the paged cache like LFM2's
+//! convolution rows ([`super::KvCacheSpec::conv_layers`]). Its state-space recurrence keeps
+//! one `[heads, head_dim, state]` state, which is not a window of rows: kiln keeps one state
+//! per cache *block* ([`super::KvCacheSpec::state_layers`]), the state after the last token
+//! written into that block. A step reads the state of the block holding the token before
+//! its first, and writes it back into the block of each token that ends a block or the step.
+//! So a full block's state is the state after the whole prefix it ends, and prefix caching,
+//! chunked prefill and preemption work with block-aligned restarts, which the scheduler
+//! already makes. What it cannot do is roll back: speculative decoding is refused.
+
+/// A mixer's dimensions on this device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MambaShape {
+    /// Heads (each with its own `dt`, `A` and `D`).
+    pub heads: usize,
+    pub head_dim: usize,
+    /// The state size `N` per head row (`d_state`).
+    pub state: usize,
+    /// B / C groups; heads `g * heads / groups ..` share group `g`'s B and C.
+    pub groups: usize,
+    /// Convolution taps (`d_conv`).
+    pub taps: usize,
+    /// Values the gated RMS norm averages over (the inner width in transformers' models).
+    pub norm_group: usize,
+    pub norm_eps: f32,
+    /// `dt` is clamped to `[dt_min, dt_max]` after the softplus.
+    pub dt_min: f32,
+    pub dt_max: f32,
+}
+
+impl MambaShape {
+    /// `heads * head_dim`: the width of x, the gate z and the output.
+    pub fn inner(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// The convolution's channels: x, B and C.
+    pub fn conv_dim(&self) -> usize {
+        self.inner() + 2 * self.groups * self.state
+    }
+
+    /// The in-projection's width: z, then x / B / C, then one `dt` per head.
+    pub fn projection_width(&self) -> usize {
+        self.inner() + self.conv_dim() + self.heads
+    }
+
+    /// f32 values one recurrent state holds.
+    pub fn state_values(&self) -> usize {
+        self.inner() * self.state
+    }
+
+    /// Checks the dimensions divide as the kernels need.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.heads > 0 && self.head_dim > 0 && self.state > 0 && self.taps > 0,
+            "Mamba: heads, head_dim, state size and convolution taps must be positive"
+        );
+        anyhow::ensure!(
+            self.groups > 0 && self.heads.is_multiple_of(self.groups),
+            "Mamba: {} heads do not split into {} groups",
+            self.heads,
+            self.groups
+        );
+        anyhow::ensure!(
+            self.norm_group > 0 && self.inner().is_multiple_of(self.norm_group),
+            "Mamba: the norm group {} does not divide the inner width {}",
+            self.norm_group,
+            self.inner()
+        );
+        Ok(())
+    }
+}
+
+/// One mixer's parameters on a device. `dt_bias`, `a` (`-exp(A_log)`) and `d` are f32
+/// `[heads]`; the others are in the model dtype.
+pub struct MambaParams<'a, T> {
+    pub shape: MambaShape,
+    /// `[conv_dim, taps]`.
+    pub conv_weight: &'a T,
+    /// `[conv_dim]`.
+    pub conv_bias: Option<&'a T>,
+    pub dt_bias: &'a T,
+    pub a: &'a T,
+    pub d: &'a T,
+    /// The gated norm's weight, `[inner]`.
+    pub norm: &'a T,
+}
+
+/// `softplus(raw + bias)` clamped to the shape's limits: a head's step size.
+pub fn step_size(raw: f32, bias: f32, shape: &MambaShape) -> f32 {
+    let v = raw + bias;
+    // PyTorch's softplus is linear above a threshold of 20.
+    let sp = if v > 20.0 { v } else { v.exp().ln_1p() };
+    sp.clamp(shape.dt_min, shape.dt_max)
+}
+
+/// SiLU in f32.
+pub fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}

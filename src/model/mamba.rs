@@ -1,0 +1,439 @@
+//! Mamba-2 mixer layers of hybrid models: IBM's Bamba (`BambaForCausalLM`) and Granite 4.0
+//! (`GraniteMoeHybridForCausalLM`, the "-H" models). A mixer layer takes the attention's
+//! place before the layer's MLP: `in_proj` gives a gate z, the convolution's input x / B / C
+//! and a step size per head; x / B / C is convolved causally over the last `d_conv` tokens
+//! and SiLU'd, the state-space recurrence runs per head, and `out_proj` maps the gated,
+//! RMS-normed result back. In the layer, `in_proj` takes the fused q/k/v projection's place
+//! and `out_proj` the output projection's ([`crate::backend::Backend::mamba_mixer`] in
+//! between); the recurrent state lives in the paged cache ([`crate::backend::mamba`]).
+
+use super::config::layer_types_marking;
+use super::llama::{load, load_stacked, rows_part};
+use super::weights::{layer_part, renamed_part, RenamedWeights, WeightSource};
+use crate::backend::mamba::{MambaParams, MambaShape};
+use crate::backend::{Backend, DType};
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+/// Which layers are mixers, and their shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MambaLayers {
+    pub shape: MambaShape,
+    pub layers: Vec<bool>,
+    pub conv_bias: bool,
+}
+
+impl MambaLayers {
+    /// Whether layer `i` is a Mamba mixer.
+    pub fn is_mamba(&self, i: usize) -> bool {
+        self.layers.get(i).copied().unwrap_or(false)
+    }
+
+    /// The mixers of a Bamba or Granite 4.0 hybrid config (`mamba_*` keys, transformers'
+    /// defaults); `mixer_layers` marks the mixers.
+    pub fn from_config(value: &Value, hidden: usize, mixer_layers: Vec<bool>) -> Result<Self> {
+        let number =
+            |k: &str, default: u64| value.get(k).and_then(Value::as_u64).unwrap_or(default);
+        let flag =
+            |k: &str, default: bool| value.get(k).and_then(Value::as_bool).unwrap_or(default);
+        anyhow::ensure!(
+            !flag("mamba_proj_bias", false),
+            "Mamba layers with projection biases (mamba_proj_bias) are not supported"
+        );
+        let expand = value
+            .get("mamba_expand")
+            .and_then(Value::as_f64)
+            .unwrap_or(2.0);
+        let inner = (expand * hidden as f64) as usize;
+        let heads = number("mamba_n_heads", 128) as usize;
+        anyhow::ensure!(
+            heads > 0 && inner.is_multiple_of(heads),
+            "mamba_n_heads ({heads}) must divide mamba_expand * hidden_size ({inner})"
+        );
+        // "auto" (or absent): the inner width split over the heads.
+        let head_dim = value
+            .get("mamba_d_head")
+            .and_then(Value::as_u64)
+            .map_or(inner / heads, |d| d as usize);
+        anyhow::ensure!(
+            head_dim * heads == inner,
+            "mamba_d_head ({head_dim}) times mamba_n_heads ({heads}) is not the inner width \
+             {inner}"
+        );
+        let eps = value
+            .get("rms_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-6) as f32;
+        let groups = number("mamba_n_groups", 1) as usize;
+        anyhow::ensure!(
+            groups > 0 && inner.is_multiple_of(groups),
+            "mamba_n_groups ({groups}) must divide the inner width {inner}"
+        );
+        let shape = MambaShape {
+            heads,
+            head_dim,
+            state: number("mamba_d_state", 256) as usize,
+            groups,
+            taps: number("mamba_d_conv", 4) as usize,
+            // The gated norm averages over each B / C group's share of the inner width, as
+            // mamba_ssm's fused kernel (the checkpoints' training, transformers' CUDA path,
+            // vLLM) does; transformers' eager path averages over the whole width, which is
+            // the same for one group.
+            norm_group: inner / groups,
+            norm_eps: eps,
+            // Both models' time_step_limit, fixed in their mixers: (0, inf).
+            dt_min: 0.0,
+            dt_max: f32::INFINITY,
+        };
+        shape.validate()?;
+        Ok(MambaLayers {
+            shape,
+            layers: mixer_layers,
+            conv_bias: flag("mamba_conv_bias", true),
+        })
+    }
+}
+
+/// One mixer's weights on this device (`dt_bias`, `a` and `d` in f32).
+pub struct MambaMixer<B: Backend> {
+    pub shape: MambaShape,
+    pub conv_weight: B::Tensor,
+    pub conv_bias: Option<B::Tensor>,
+    pub dt_bias: B::Tensor,
+    pub a: B::Tensor,
+    pub d: B::Tensor,
+    pub norm: B::Tensor,
+}
+
+impl<B: Backend> MambaMixer<B> {
+    /// The parameters as the backend op takes them.
+    pub fn params(&self) -> MambaParams<'_, B::Tensor> {
+        MambaParams {
+            shape: self.shape,
+            conv_weight: &self.conv_weight,
+            conv_bias: self.conv_bias.as_ref(),
+            dt_bias: &self.dt_bias,
+            a: &self.a,
+            d: &self.d,
+            norm: &self.norm,
+        }
+    }
+}
+
+/// Layer `prefix`'s mixer (`{prefix}.mamba.*`): its parameters, `in_proj` (the layer's
+/// fused projection) and `out_proj` scaled by `out_scale` (Granite's residual multiplier).
+pub fn load_mixer<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    prefix: &str,
+    (hidden, mamba): (usize, &MambaLayers),
+    out_scale: f64,
+    dtype: DType,
+) -> Result<(MambaMixer<B>, B::Tensor, B::Tensor)> {
+    let sh = mamba.shape;
+    let name = |n: &str| format!("{prefix}.mamba.{n}");
+    let (inner, conv_dim) = (sh.inner(), sh.conv_dim());
+    let width = sh.projection_width();
+    let in_proj = load(be, src, &name("in_proj.weight"), &[width, hidden], dtype)?;
+    let out_part = rows_part(name("out_proj.weight"), vec![hidden, inner], 0..hidden);
+    let out_proj = load_stacked(be, src, &[out_part.scaled(out_scale)], dtype)?;
+    let kernel = src
+        .tensor(&name("conv1d.weight"), &[conv_dim, 1, sh.taps], dtype)?
+        .reshape((conv_dim, sh.taps))?;
+    let conv_bias = if mamba.conv_bias {
+        Some(load(be, src, &name("conv1d.bias"), &[conv_dim], dtype)?)
+    } else {
+        None
+    };
+    // Per-head parameters in f32, as the kernels read them (the checkpoint's values rounded
+    // to the model dtype first, as transformers holds them).
+    let per_head = |n: &str| -> Result<candle_core::Tensor> {
+        Ok(src
+            .tensor(&name(n), &[sh.heads], dtype)?
+            .to_dtype(candle_core::DType::F32)?)
+    };
+    let a = per_head("A_log")?.exp()?.neg()?;
+    let mixer = MambaMixer {
+        shape: sh,
+        conv_weight: be.upload(kernel)?,
+        conv_bias,
+        dt_bias: be.upload(per_head("dt_bias")?)?,
+        a: be.upload(a)?,
+        d: be.upload(per_head("D")?)?,
+        norm: load(be, src, &name("norm.weight"), &[inner], dtype)?,
+    };
+    Ok((mixer, in_proj, out_proj))
+}
+
+/// `value` (a Bamba config.json) as kiln's loader reads it: BambaConfig fixes its rotary
+/// (base 10000, no scaling, half of each head rotated) whatever the file says.
+pub fn normalized_bamba_config(mut value: Value) -> Result<Value> {
+    let fields = value
+        .as_object_mut()
+        .context("config.json is not an object")?;
+    fields.insert("rope_theta".into(), json!(10000.0));
+    fields.insert("rope_scaling".into(), Value::Null);
+    fields.insert("partial_rotary_factor".into(), json!(0.5));
+    Ok(value)
+}
+
+/// Bamba's mixer layers: all but `attn_layer_indices`.
+pub fn bamba_layers(value: &Value, layers: usize) -> Vec<bool> {
+    let attention: Vec<u64> = value
+        .get("attn_layer_indices")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    (0..layers)
+        .map(|i| !attention.contains(&(i as u64)))
+        .collect()
+}
+
+/// `value` (a Granite 4.0 hybrid config.json) as kiln's loader reads it: without experts
+/// (`num_local_experts` 0) the shared MLP is the layer's dense MLP, `shared_intermediate_size`
+/// wide.
+pub fn normalized_granite_hybrid_config(mut value: Value) -> Result<Value> {
+    let fields = value
+        .as_object_mut()
+        .context("config.json is not an object")?;
+    let experts = fields
+        .get("num_local_experts")
+        .and_then(Value::as_u64)
+        .unwrap_or(8);
+    anyhow::ensure!(
+        experts == 0,
+        "Granite 4.0 hybrids with experts (num_local_experts {experts}) are not supported yet; \
+         the dense ones (num_local_experts 0) are"
+    );
+    let shared = fields
+        .get("shared_intermediate_size")
+        .and_then(Value::as_u64)
+        .unwrap_or(1024);
+    fields.insert("intermediate_size".into(), json!(shared));
+    fields.entry("rms_norm_eps").or_insert(json!(1e-6));
+    Ok(value)
+}
+
+/// Granite 4.0 hybrid's mixer layers: `layer_types` `mamba` (every layer without it).
+pub fn granite_hybrid_layers(value: &Value, layers: usize) -> Result<Vec<bool>> {
+    Ok(layer_types_marking(value, layers, "mamba")?.unwrap_or_else(|| vec![true; layers]))
+}
+
+/// Whether a Granite 4.0 hybrid config rotates its attention (`position_embedding_type`
+/// `rope`; the released models use none).
+pub fn granite_hybrid_rotates(value: &Value) -> bool {
+    value.get("position_embedding_type").and_then(Value::as_str) == Some("rope")
+}
+
+/// Bamba's names of a layer's weights (the loader's first).
+const BAMBA_RENAMED: [(&str, &str); 2] = [
+    ("mlp.", "feed_forward."),
+    ("post_attention_layernorm.", "pre_ff_layernorm."),
+];
+
+/// Granite 4.0 hybrid's: the shared MLP's fused gate/up and its down projection.
+const GRANITE_HYBRID_RENAMED: [(&str, &str); 2] = [
+    ("mlp.gate_up_proj.", "shared_mlp.input_linear."),
+    ("mlp.down_proj.", "shared_mlp.output_linear."),
+];
+
+/// A Bamba checkpoint under the loader's names (its final norm is `model.final_layernorm`).
+pub struct BambaWeights;
+
+impl BambaWeights {
+    pub fn wrap<S: WeightSource>(inner: S) -> RenamedWeights<S> {
+        RenamedWeights::new(inner, |name| match layer_part(name) {
+            Some((index, part)) => {
+                format!(
+                    "model.layers.{index}.{}",
+                    renamed_part(part, &BAMBA_RENAMED)
+                )
+            }
+            None if name == "model.norm.weight" => "model.final_layernorm.weight".to_string(),
+            None => name.to_string(),
+        })
+    }
+}
+
+/// A Granite 4.0 hybrid checkpoint under the loader's names.
+pub struct GraniteHybridWeights;
+
+impl GraniteHybridWeights {
+    pub fn wrap<S: WeightSource>(inner: S) -> RenamedWeights<S> {
+        RenamedWeights::new(inner, |name| match layer_part(name) {
+            Some((index, part)) => format!(
+                "model.layers.{index}.{}",
+                renamed_part(part, &GRANITE_HYBRID_RENAMED)
+            ),
+            None => name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{Architecture, ModelConfig};
+
+    /// A Granite 4.0 hybrid config shaped like Granite-4.0-H-1B (36 mixers of 48 heads
+    /// around 4 attention layers, tied embeddings), with the fields kiln reads; the MLP
+    /// width and multipliers are this test's.
+    fn granite_h_1b() -> String {
+        let mut types = vec!["mamba"; 40];
+        for i in [5, 15, 25, 35] {
+            types[i] = "attention";
+        }
+        format!(
+            r#"{{"architectures": ["GraniteMoeHybridForCausalLM"], "hidden_size": 1536,
+            "num_hidden_layers": 40, "vocab_size": 100352, "max_position_embeddings": 131072,
+            "num_attention_heads": 12, "num_key_value_heads": 4, "num_local_experts": 0,
+            "shared_intermediate_size": 4096, "position_embedding_type": "nope",
+            "tie_word_embeddings": true,
+            "embedding_multiplier": 12.0, "attention_multiplier": 0.0078125,
+            "residual_multiplier": 0.246, "logits_scaling": 6.0, "rms_norm_eps": 1e-05,
+            "mamba_n_heads": 48, "mamba_d_state": 128, "mamba_n_groups": 1,
+            "mamba_d_conv": 4, "mamba_expand": 2, "mamba_d_head": "auto",
+            "mamba_chunk_size": 256, "mamba_conv_bias": true, "mamba_proj_bias": false,
+            "layer_types": {}}}"#,
+            serde_json::to_string(&types).unwrap()
+        )
+    }
+
+    #[test]
+    fn a_granite_hybrid_config_marks_its_mixers_and_rotates_nothing() {
+        let c = ModelConfig::from_json(&granite_h_1b()).unwrap();
+        assert_eq!(c.architecture, Architecture::GraniteMoeHybrid);
+        assert_eq!(c.intermediate_size, 4096, "the shared MLP is the dense MLP");
+        let m = c.mamba.as_ref().unwrap();
+        let attention: Vec<usize> = (0..40).filter(|&i| !m.is_mamba(i)).collect();
+        assert_eq!(attention, vec![5, 15, 25, 35]);
+        // "auto": the inner width 3072 over 48 heads.
+        assert_eq!((m.shape.heads, m.shape.head_dim), (48, 64));
+        assert_eq!(m.shape.conv_dim(), 3072 + 2 * 128);
+        assert_eq!(m.shape.projection_width(), 3072 + 3328 + 48);
+        assert_eq!(m.shape.norm_group, 3072);
+        assert!(m.conv_bias);
+        assert_eq!(c.rope_layers.as_deref(), Some(&[false; 40][..]));
+        assert!(c.granite.is_some());
+        // Per token: 4 attention layers' K and V (4 heads of 128), 36 mixers' conv rows;
+        // per block, 36 states of 48 x 64 x 128.
+        assert_eq!(c.cache_values_per_token(), 4 * 2 * 512 + 36 * 3328);
+        assert_eq!(c.cache_state_values_per_block(), 36 * 48 * 64 * 128);
+        // Per mixer layer: in_proj 1536 x 6448, the kernel and bias 3328 x 5, dt_bias / A /
+        // D, the norm, out_proj, an MLP of 3 x 1536 x 4096 and two norms; per attention
+        // layer q / k / v / o (1536 + 2 x 512 + 1536 wide), the same MLP and norms; the
+        // tied embedding and the final norm.
+        let mixer = 1536 * 6448 + 3328 * 5 + 3 * 48 + 3072 + 3072 * 1536;
+        let mlp_norms = 3 * 1536 * 4096 + 2 * 1536;
+        let attention = 1536 * (1536 + 2 * 512) + 1536 * 1536;
+        let expected =
+            36 * (mixer + mlp_norms) + 4 * (attention + mlp_norms) + 100352 * 1536 + 1536;
+        assert_eq!(c.num_parameters(), expected as u64);
+    }
+
+    #[test]
+    fn the_plan_counts_each_block_s_states_over_its_tokens() {
+        let c = ModelConfig::from_json(&granite_h_1b()).unwrap();
+        let per_token = |block_size: usize| {
+            crate::plan::estimate(&crate::plan::PlanInput {
+                config: &c,
+                dtype: crate::backend::DType::BF16,
+                max_model_len: 4096,
+                max_num_seqs: 1,
+                max_num_batched_tokens: 2048,
+                block_size,
+            })
+            .kv_per_token
+        };
+        let rows = (4 * 2 * 512 + 36 * 3328) * 2;
+        let states = 36 * 48 * 64 * 128 * 4;
+        assert_eq!(per_token(16), rows + states / 16);
+        assert_eq!(per_token(256), rows + states / 256);
+    }
+
+    #[test]
+    fn groups_split_the_gated_norm() {
+        let text = granite_h_1b().replace(r#""mamba_n_groups": 1"#, r#""mamba_n_groups": 8"#);
+        let c = ModelConfig::from_json(&text).unwrap();
+        let shape = c.mamba.unwrap().shape;
+        assert_eq!((shape.groups, shape.norm_group), (8, 384));
+        assert_eq!(shape.conv_dim(), 3072 + 2 * 8 * 128);
+    }
+
+    #[test]
+    fn granite_hybrids_with_experts_or_projection_biases_are_refused() {
+        for (from, to, says) in [
+            (
+                r#""num_local_experts": 0"#,
+                r#""num_local_experts": 64"#,
+                "experts",
+            ),
+            (
+                r#""mamba_proj_bias": false"#,
+                r#""mamba_proj_bias": true"#,
+                "mamba_proj_bias",
+            ),
+            (
+                r#""mamba_n_heads": 48"#,
+                r#""mamba_n_heads": 45"#,
+                "mamba_n_heads",
+            ),
+        ] {
+            let err = ModelConfig::from_json(&granite_h_1b().replace(from, to)).unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn bamba_mixes_all_but_its_attention_layers_and_fixes_its_rotary() {
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["BambaForCausalLM"], "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "vocab_size": 128256, "rms_norm_eps": 1e-05,
+            "attn_layer_indices": [9, 18, 27], "mamba_n_heads": 128, "mamba_d_head": 64,
+            "mamba_n_groups": 1, "mamba_d_state": 128, "mamba_d_conv": 4, "mamba_expand": 2,
+            "rope_theta": 500000.0, "max_position_embeddings": 262144}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Bamba);
+        let m = c.mamba.as_ref().unwrap();
+        let attention: Vec<usize> = (0..32).filter(|&i| !m.is_mamba(i)).collect();
+        assert_eq!(attention, vec![9, 18, 27]);
+        // BambaConfig rotates half of each head with base 10000 whatever the file says.
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(c.rotary_dim, 64);
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 9.4).abs() < 0.5, "{billions}");
+    }
+
+    #[test]
+    fn weights_take_bamba_and_granite_hybrid_names() {
+        let dummy = || crate::model::weights::DummyWeights { seed: 0 };
+        let bamba = BambaWeights::wrap(dummy());
+        assert_eq!(
+            bamba.stored_name("model.layers.3.mlp.down_proj.weight"),
+            "model.layers.3.feed_forward.down_proj.weight"
+        );
+        assert_eq!(
+            bamba.stored_name("model.layers.3.post_attention_layernorm.weight"),
+            "model.layers.3.pre_ff_layernorm.weight"
+        );
+        assert_eq!(
+            bamba.stored_name("model.layers.0.mamba.A_log"),
+            "model.layers.0.mamba.A_log"
+        );
+        assert_eq!(
+            bamba.stored_name("model.norm.weight"),
+            "model.final_layernorm.weight"
+        );
+        let granite = GraniteHybridWeights::wrap(dummy());
+        assert_eq!(
+            granite.stored_name("model.layers.1.mlp.gate_up_proj.weight"),
+            "model.layers.1.shared_mlp.input_linear.weight"
+        );
+        assert_eq!(
+            granite.stored_name("model.layers.1.mlp.down_proj.weight"),
+            "model.layers.1.shared_mlp.output_linear.weight"
+        );
+    }
+}
