@@ -207,7 +207,7 @@ fn lfm2_convolution_rows_survive_prefix_caching_chunking_and_batching() {
 /// (whose partial state the next chunk resumes) and batching must change nothing.
 #[test]
 fn mamba_states_survive_prefix_caching_chunking_and_batching() {
-    for arch in ["bamba", "granitemoehybrid"] {
+    for arch in ["bamba", "granitemoehybrid", "granitemoehybrid_moe"] {
         cached_state_survives_prefix_caching_chunking_and_batching(arch);
     }
 }

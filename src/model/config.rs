@@ -92,9 +92,9 @@ pub enum Architecture {
     /// IBM's Bamba (`BambaForCausalLM`; `model/mamba.rs`): Mamba-2 mixer layers and a few
     /// Llama attention layers (half of each head rotated), each before a SwiGLU MLP.
     Bamba,
-    /// IBM Granite 4.0 hybrids (`GraniteMoeHybridForCausalLM`, the dense "-H" models;
+    /// IBM Granite 4.0 hybrids (`GraniteMoeHybridForCausalLM`, the "-H" models;
     /// `model/mamba.rs`): Granite's multipliers, Mamba-2 mixers and attention without
-    /// rotary, each before the shared MLP.
+    /// rotary, each before the shared MLP (beside Granite MoE's experts where it has them).
     GraniteMoeHybrid,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
@@ -919,6 +919,14 @@ impl MoeConfig {
                 raw.intermediate_size,
                 true,
             ),
+            // Granite 4.0's MoE hybrids: Granite MoE's experts and router (none in the
+            // dense ones, whose shared MLP `mamba::normalized_granite_hybrid_config` made
+            // the dense MLP).
+            Architecture::GraniteMoeHybrid => (
+                raw.num_local_experts.unwrap_or(8),
+                raw.intermediate_size,
+                true,
+            ),
             Architecture::Mixtral | Architecture::GptOss => (
                 raw.num_local_experts.unwrap_or(0),
                 raw.intermediate_size,
@@ -1110,8 +1118,11 @@ impl MoeConfig {
                     Some(expert_intermediate_size * raw.moe_num_shared_experts.unwrap_or(2))
                         .filter(|&n| n > 0)
                 }
-                // Set from its per-layer settings (`hunyuan::normalized_moe_config`).
-                Architecture::HunYuanMoe | Architecture::Llama4 => {
+                // Set from its per-layer settings (`hunyuan::normalized_moe_config`), or
+                // Granite 4.0's shared MLP (`mamba::normalized_granite_hybrid_config`).
+                Architecture::HunYuanMoe
+                | Architecture::Llama4
+                | Architecture::GraniteMoeHybrid => {
                     raw.shared_expert_intermediate_size.filter(|&n| n > 0)
                 }
                 _ => None,

@@ -1,5 +1,6 @@
 //! Mamba-2 mixer layers of hybrid models: IBM's Bamba (`BambaForCausalLM`) and Granite 4.0
-//! (`GraniteMoeHybridForCausalLM`, the "-H" models). A mixer layer takes the attention's
+//! (`GraniteMoeHybridForCausalLM`, the "-H" models, dense or with experts beside the shared
+//! MLP). A mixer layer takes the attention's
 //! place before the layer's MLP: `in_proj` gives a gate z, the convolution's input x / B / C
 //! and a step size per head; x / B / C is convolved causally over the last `d_conv` tokens
 //! and SiLU'd, the state-space recurrence runs per head, and `out_proj` maps the gated,
@@ -191,7 +192,7 @@ pub fn bamba_layers(value: &Value, layers: usize) -> Vec<bool> {
 
 /// `value` (a Granite 4.0 hybrid config.json) as kiln's loader reads it: without experts
 /// (`num_local_experts` 0) the shared MLP is the layer's dense MLP, `shared_intermediate_size`
-/// wide.
+/// wide; with them it is the experts' shared expert (the experts `intermediate_size` wide).
 pub fn normalized_granite_hybrid_config(mut value: Value) -> Result<Value> {
     let fields = value
         .as_object_mut()
@@ -200,16 +201,15 @@ pub fn normalized_granite_hybrid_config(mut value: Value) -> Result<Value> {
         .get("num_local_experts")
         .and_then(Value::as_u64)
         .unwrap_or(8);
-    anyhow::ensure!(
-        experts == 0,
-        "Granite 4.0 hybrids with experts (num_local_experts {experts}) are not supported yet; \
-         the dense ones (num_local_experts 0) are"
-    );
     let shared = fields
         .get("shared_intermediate_size")
         .and_then(Value::as_u64)
         .unwrap_or(1024);
-    fields.insert("intermediate_size".into(), json!(shared));
+    if experts == 0 {
+        fields.insert("intermediate_size".into(), json!(shared));
+    } else {
+        fields.insert("shared_expert_intermediate_size".into(), json!(shared));
+    }
     fields.entry("rms_norm_eps").or_insert(json!(1e-6));
     Ok(value)
 }
@@ -352,6 +352,27 @@ mod tests {
     }
 
     #[test]
+    fn a_granite_moe_hybrid_routes_experts_beside_its_shared_mlp() {
+        // Shaped like Granite-4.0-H-Tiny: 64 experts of 512, top 6, a shared MLP of 1024.
+        let text = granite_h_1b()
+            .replace(
+                r#""num_local_experts": 0"#,
+                r#""num_local_experts": 64, "num_experts_per_tok": 6, "intermediate_size": 512"#,
+            )
+            .replace(
+                r#""shared_intermediate_size": 4096"#,
+                r#""shared_intermediate_size": 1024"#,
+            );
+        let c = ModelConfig::from_json(&text).unwrap();
+        let moe = c.moe.as_ref().unwrap();
+        let shape = (moe.num_experts, moe.top_k, moe.expert_intermediate_size);
+        assert_eq!(shape, (64, 6, 512));
+        assert_eq!(moe.shared_expert_intermediate_size, Some(1024));
+        assert!(!moe.shared_expert_gated && moe.normalize_top_k);
+        assert!((0..40).all(|i| moe.is_sparse(i)));
+    }
+
+    #[test]
     fn groups_split_the_gated_norm() {
         let text = granite_h_1b().replace(r#""mamba_n_groups": 1"#, r#""mamba_n_groups": 8"#);
         let c = ModelConfig::from_json(&text).unwrap();
@@ -361,13 +382,8 @@ mod tests {
     }
 
     #[test]
-    fn granite_hybrids_with_experts_or_projection_biases_are_refused() {
+    fn granite_hybrids_with_projection_biases_or_odd_heads_are_refused() {
         for (from, to, says) in [
-            (
-                r#""num_local_experts": 0"#,
-                r#""num_local_experts": 64"#,
-                "experts",
-            ),
             (
                 r#""mamba_proj_bias": false"#,
                 r#""mamba_proj_bias": true"#,

@@ -115,6 +115,13 @@ impl<B: Backend> SparseMlp<B> {
         if config.architecture == Architecture::GraniteMoe {
             return super::moe_fused::load_granite_moe(be, src, config, moe, prefix, layout, dtype);
         }
+        // Granite 4.0's MoE hybrids: Granite MoE's experts beside the shared MLP.
+        if config.architecture == Architecture::GraniteMoeHybrid {
+            let mut mlp =
+                super::moe_fused::load_granite_moe(be, src, config, moe, prefix, layout, dtype)?;
+            mlp.shared = Self::load_granite_shared(be, src, config, moe, prefix, layout, dtype)?;
+            return Ok(mlp);
+        }
         let shared = Self::load_shared(be, src, config, moe, prefix, layout, dtype)?;
         if moe.stacked {
             // Qwen3-VL-MoE's experts, and Llama 4's (with its shared expert).
@@ -202,6 +209,39 @@ impl<B: Backend> SparseMlp<B> {
             None
         };
         Ok(Some((expert, gate)))
+    }
+
+    /// Granite 4.0's shared MLP as the shared expert: its fused `input_linear` (gate rows,
+    /// then up rows) and `output_linear`, which takes Granite's residual multiplier as the
+    /// routed experts' down weights do.
+    #[allow(clippy::too_many_arguments)] // the loader's arguments, passed on
+    fn load_granite_shared(
+        be: &B,
+        src: &dyn WeightSource,
+        config: &ModelConfig,
+        moe: &MoeConfig,
+        prefix: &str,
+        layout: &ShardLayout,
+        dtype: DType,
+    ) -> Result<Option<SharedExpert<B>>> {
+        let Some(inter) = moe.shared_expert_intermediate_size else {
+            return Ok(None);
+        };
+        let h = config.hidden_size;
+        let (_, residual_scale) = config.folded_scales();
+        let cols = layout.shared_expert_intermediate.clone();
+        let name = |n: &str| format!("{prefix}.shared_mlp.{n}.weight");
+        let up_rows = inter + cols.start..inter + cols.end;
+        let gate_up = [
+            rows_part(name("input_linear"), vec![2 * inter, h], cols.clone()),
+            rows_part(name("input_linear"), vec![2 * inter, h], up_rows),
+        ];
+        let down = cols_part(name("output_linear"), vec![h, inter], cols).scaled(residual_scale);
+        let expert = Expert {
+            gate_up: load_stacked(be, src, &gate_up, dtype)?,
+            down: load_stacked(be, src, &[down], dtype)?,
+        };
+        Ok(Some((expert, None)))
     }
 
     /// A layer without a shared expert, from its loaded parts.

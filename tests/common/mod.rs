@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 75] = [
+pub const ARCHS: [&str; 76] = [
     "llama",
     "llama31",
     "mistral",
@@ -83,6 +83,7 @@ pub const ARCHS: [&str; 75] = [
     "glm4v_moe",
     "bamba",
     "granitemoehybrid",
+    "granitemoehybrid_moe",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
@@ -92,7 +93,7 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
     ARCHS.into_iter().filter(|&a| {
         !matches!(
             a,
-            "olmo2" | "olmo3" | "olmoe" | "bamba" | "granitemoehybrid"
+            "olmo2" | "olmo3" | "olmoe" | "bamba" | "granitemoehybrid" | "granitemoehybrid_moe"
         )
     })
 }
