@@ -63,6 +63,7 @@ fn ops(c: &mut Criterion) {
             dtype: kiln::backend::DType::F32,
             conv_layers: Vec::new(),
             state_layers: Vec::new(),
+            state_slots: 0,
         };
         let cache = be.new_kv_cache(&spec).unwrap();
         let layout = BatchLayout {
@@ -76,6 +77,7 @@ fn ops(c: &mut Criterion) {
             block_size: bs,
             logits_rows: vec![],
             adapters: vec![],
+            state_slots: vec![],
         };
         let meta = be.prepare_batch(&layout).unwrap();
         g.bench_with_input(BenchmarkId::new("rope", batch), &batch, |b, _| {

@@ -98,7 +98,7 @@ fn kiln_decode(
     let src = SafetensorsWeights::open(&[weights.to_path_buf()])?;
     let model = LlamaModel::load(&be, cfg.clone(), &src, kiln::backend::DType::F32, |_| {})?;
     let blocks = batch * (PROMPT_LEN + tokens + 16).div_ceil(16);
-    let runner = ModelRunner::new(be, model, blocks, 16)?;
+    let runner = ModelRunner::new(be, model, (blocks, 16), 1)?;
     let config = EngineConfig {
         max_model_len: 2048,
         max_num_seqs: batch,

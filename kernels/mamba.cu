@@ -1,5 +1,5 @@
-// The Mamba-2 mixer of hybrid models (Bamba, Granite 4.0) over the paged cache, in four
-// steps (src/backend/mamba.rs has the cache layout and the math):
+// The Mamba-2 mixer (Bamba, Granite 4.0, Mamba-Codestral) over the paged cache of rows and
+// the sequences' state slots, in four steps (src/backend/mamba.rs has the layout and math):
 //
 // mamba_conv_write: one block per token: the token's x / B / C row (columns
 //   [inner, inner + conv_dim) of zxbcdt [n, width]) into its slot of the layer's rows
@@ -15,9 +15,9 @@
 //   [head_dim, state] in registers (at most MAMBA_SCAN_MAX_PER_THREAD values). Per token:
 //   dt = clamp(softplus(raw + dt_bias)), h = exp(dt * A) * h + dt * x[p] * B[n], and
 //   y[p] = sum_n h[p, n] * C[n] (a warp reduction: deterministic) + D * x[p], in f32. The
-//   state starts from the block holding the token before the sequence's first of this step
-//   (zeros at position 0) and is stored into the block of each token that ends a block or
-//   the step: states [num_blocks, heads * head_dim * state] f32.
+//   state starts from the sequence's slot state_slots[s] (zeros at position 0) and is
+//   stored back there after the step's last token: states [num_state_slots, heads *
+//   head_dim * state] f32 (a slot past the pool is bad input: the head does nothing).
 // mamba_gated_norm: grid (tokens, inner / group): g = y * silu(z), out = weight * g /
 //   sqrt(mean(g^2) + eps) over the group, rounded to the dtype; padding tokens (whose y no
 //   scan wrote) get zeros.
@@ -75,43 +75,37 @@ template <typename D>
 __device__ __forceinline__ void mamba_scan_impl(
     float* y, float* states, const typename D::T* xbc, const typename D::T* zxbcdt,
     const float* dt_bias, const float* a, const float* d, const int* slot_mapping,
-    const int* block_tables, const int* query_start, const int* context_lens,
-    int max_blocks_per_seq, int block_size, int head_dim, int state, int groups,
-    int heads, int width, float dt_min, float dt_max) {
+    const int* state_slots, int num_state_slots, const int* query_start,
+    const int* context_lens, int head_dim, int state, int groups, int heads, int width,
+    float dt_min, float dt_max) {
     const int seq = blockIdx.x;
     const int head = blockIdx.y;
     const int start = query_start[seq];
     const int end = query_start[seq + 1];
-    if (start == end || slot_mapping[start] < 0) return;
+    const int slot = state_slots[seq];
+    if (start == end || slot_mapping[start] < 0 || slot < 0 || slot >= num_state_slots) return;
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
     const int inner = heads * head_dim;
     const int conv_dim = inner + 2 * groups * state;
     const long long values = (long long)inner * state;
     const int group = head / (heads / groups);
-    const int* table = block_tables + (long long)seq * max_blocks_per_seq;
     const int first = context_lens[seq] - (end - start);
+    float* head_state = states + (long long)slot * values + (long long)head * head_dim * state;
     // This thread's state values: rows p = warp + i * WARPS, columns n = lane + k * 32.
     const int rows = (head_dim - warp + MAMBA_SCAN_WARPS - 1) / MAMBA_SCAN_WARPS;
     const int cols = (state - lane + 31) / 32;
     float h[MAMBA_SCAN_MAX_PER_THREAD];
-    const long long head_base = (long long)head * head_dim * state;
-    if (first == 0) {
-        for (int i = 0; i < rows * cols; ++i) h[i] = 0.0f;
-    } else {
-        const float* src = states + (long long)table[(first - 1) / block_size] * values + head_base;
-        for (int i = 0; i < rows; ++i) {
-            for (int k = 0; k < cols; ++k) {
-                const int p = warp + i * MAMBA_SCAN_WARPS;
-                const int n = lane + k * 32;
-                h[i * cols + k] = src[(long long)p * state + n];
-            }
+    for (int i = 0; i < rows; ++i) {
+        for (int k = 0; k < cols; ++k) {
+            const int p = warp + i * MAMBA_SCAN_WARPS;
+            const int n = lane + k * 32;
+            h[i * cols + k] = first == 0 ? 0.0f : head_state[(long long)p * state + n];
         }
     }
     const float a_h = a[head];
     const float d_h = d[head];
     for (int t = start; t < end; ++t) {
-        const int pos = first + (t - start);
         const typename D::T* row = xbc + (long long)t * conv_dim;
         const typename D::T* b_row = row + inner + group * state;
         const typename D::T* c_row = row + inner + groups * state + group * state;
@@ -131,16 +125,12 @@ __device__ __forceinline__ void mamba_scan_impl(
             acc = kiln_warp_sum(acc);
             if (lane == 0) y[(long long)t * inner + head * head_dim + p] = acc + d_h * x;
         }
-        const bool ends_block = pos % block_size == block_size - 1;
-        if (slot_mapping[t] >= 0 && (ends_block || t == end - 1)) {
-            float* dst = states + (long long)table[pos / block_size] * values + head_base;
-            for (int i = 0; i < rows; ++i) {
-                for (int k = 0; k < cols; ++k) {
-                    const int p = warp + i * MAMBA_SCAN_WARPS;
-                    const int n = lane + k * 32;
-                    dst[(long long)p * state + n] = h[i * cols + k];
-                }
-            }
+    }
+    for (int i = 0; i < rows; ++i) {
+        for (int k = 0; k < cols; ++k) {
+            const int p = warp + i * MAMBA_SCAN_WARPS;
+            const int n = lane + k * 32;
+            head_state[(long long)p * state + n] = h[i * cols + k];
         }
     }
 }
@@ -193,13 +183,12 @@ __device__ __forceinline__ void mamba_gated_norm_impl(typename D::T* out, const 
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MAMBA_SCAN_THREADS) mamba_scan_##S(            \
         float* y, float* states, const D::T* xbc, const D::T* zxbcdt, const float* dt_bias,     \
-        const float* a, const float* d, const int* slot_mapping, const int* block_tables,       \
-        const int* query_start, const int* context_lens, int max_blocks_per_seq,                \
-        int block_size, int head_dim, int state, int groups, int heads, int width,              \
-        float dt_min, float dt_max) {                                                           \
-        mamba_scan_impl<D>(y, states, xbc, zxbcdt, dt_bias, a, d, slot_mapping, block_tables,  \
-                           query_start, context_lens, max_blocks_per_seq, block_size,           \
-                           head_dim, state, groups, heads, width, dt_min, dt_max);              \
+        const float* a, const float* d, const int* slot_mapping, const int* state_slots,        \
+        int num_state_slots, const int* query_start, const int* context_lens, int head_dim,     \
+        int state, int groups, int heads, int width, float dt_min, float dt_max) {              \
+        mamba_scan_impl<D>(y, states, xbc, zxbcdt, dt_bias, a, d, slot_mapping, state_slots,   \
+                           num_state_slots, query_start, context_lens, head_dim, state, groups, \
+                           heads, width, dt_min, dt_max);                                       \
     }                                                                                           \
     extern "C" __global__ void mamba_gated_norm_##S(                                            \
         D::T* out, const float* y, const D::T* zxbcdt, const D::T* weight,                      \

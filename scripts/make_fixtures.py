@@ -115,6 +115,8 @@ from transformers import (
     Lfm2ForCausalLM,
     BambaConfig,
     BambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
     GraniteMoeHybridConfig,
     GraniteMoeHybridForCausalLM,
     Llama4ForCausalLM,
@@ -469,7 +471,7 @@ def _stablelm_init_weights_without_bias(self, module):
 StableLmPreTrainedModel._init_weights = _stablelm_init_weights_without_bias
 
 
-# transformers 4.57's eager Mamba-2 mixers (Bamba, Granite 4.0 hybrids) RMS-norm the gated
+# transformers 4.57's eager Mamba-2 mixers (Bamba, Granite 4.0 hybrids, Mamba2) RMS-norm the gated
 # scan output over its whole width, while mamba_ssm's fused kernel, which these checkpoints
 # were trained with and transformers' own CUDA path calls, norms each of the n_groups
 # groups on its own (group_size = width / n_groups); so does kiln. The two agree for one
@@ -501,6 +503,8 @@ for _mixer, _norm in [
      transformers.models.bamba.modeling_bamba.BambaRMSNormGated),
     (transformers.models.granitemoehybrid.modeling_granitemoehybrid.GraniteMoeHybridMambaLayer,
      transformers.models.granitemoehybrid.modeling_granitemoehybrid.GraniteMoeHybridRMSNormGated),
+    (transformers.models.mamba2.modeling_mamba2.Mamba2Mixer,
+     transformers.models.mamba2.modeling_mamba2.MambaRMSNormGated),
 ]:
     _with_grouped_norm(_mixer)
     _norm.forward = _grouped_gated_rms_norm
@@ -1512,6 +1516,31 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 mamba_expand=2,
                 mamba_chunk_size=8,
                 mamba_conv_bias=False,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Pure Mamba-2 (as Mamba-Codestral): three layers of a norm and a mixer (4 heads of
+        # 32 in 2 groups, a state of 16), no attention, no MLP; the step size clamped to
+        # time_step_limit; the residual stream in f32 (residual_in_fp32).
+        "mamba2": (
+            Mamba2ForCausalLM,
+            Mamba2Config(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                num_hidden_layers=3,
+                num_heads=4,
+                head_dim=32,
+                n_groups=2,
+                state_size=16,
+                conv_kernel=4,
+                expand=2,
+                chunk_size=8,
+                layer_norm_epsilon=1e-5,
+                time_step_limit=(0.05, 1.5),
                 bos_token_id=None,
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,

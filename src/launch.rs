@@ -39,7 +39,7 @@ use crate::model::lfm2::Lfm2Weights;
 use crate::model::llama::LlamaModel;
 use crate::model::llama4::Llama4Weights;
 use crate::model::lora::load_adapter;
-use crate::model::mamba::{BambaWeights, GraniteHybridWeights};
+use crate::model::mamba::{BambaWeights, GraniteHybridWeights, Mamba2Weights};
 use crate::model::mpt::MptWeights;
 use crate::model::opt::OptWeights;
 use crate::model::pytorch_weights::PytorchWeights;
@@ -454,6 +454,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                     Architecture::GraniteMoeHybrid => {
                         Box::new(GraniteHybridWeights::wrap(files_source))
                     }
+                    Architecture::Mamba2 => Box::new(Mamba2Weights::wrap(files_source)),
                     Architecture::Bloom => Box::new(BloomWeights::wrap(files_source)),
                     Architecture::Mpt => Box::new(MptWeights::wrap(files_source)),
                     Architecture::Falcon => {
@@ -532,7 +533,6 @@ pub fn load_model_on<B: Backend>(
             max_model_len: args.max_model_len.unwrap_or(config.max_position_embeddings),
             max_num_seqs: 1,
             max_num_batched_tokens: args.max_num_batched_tokens,
-            block_size: args.block_size,
         };
         let est = crate::plan::estimate(&input);
         crate::plan::check_fits(
@@ -653,7 +653,12 @@ where
         "KV cache: {num_blocks} blocks of {} tokens",
         args.block_size
     );
-    let runner = ModelRunner::new(loaded.backend, loaded.model, num_blocks, args.block_size)?;
+    let runner = ModelRunner::new(
+        loaded.backend,
+        loaded.model,
+        (num_blocks, args.block_size),
+        args.max_num_seqs,
+    )?;
     engine_with_runner(
         Box::new(runner),
         args,
@@ -673,13 +678,20 @@ pub(crate) fn engine_with_runner(
     tokenizer: Tokenizer,
     eos: Vec<u32>,
 ) -> Result<LlmEngine> {
+    let recurrent = runner.keeps_recurrent_state();
+    if recurrent && args.enable_prefix_caching {
+        tracing::info!(
+            "prefix caching is off: the model's Mamba mixers keep a recurrent state per \
+             sequence, which a cached prefix cannot restore"
+        );
+    }
     let engine_config = EngineConfig {
         max_model_len,
         max_num_seqs: args.max_num_seqs,
         max_num_batched_tokens: args.max_num_batched_tokens,
         block_size: args.block_size,
         num_blocks,
-        enable_prefix_caching: args.enable_prefix_caching,
+        enable_prefix_caching: args.enable_prefix_caching && !recurrent,
         seed: args.seed,
         scheduling_policy: args.scheduling_policy,
     };

@@ -52,17 +52,14 @@ pub struct PlanInput<'a> {
     /// Sequences that must fit at full length at once.
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
-    /// Tokens per cache block: Mamba hybrids keep a recurrent state per block.
-    pub block_size: usize,
 }
 
 pub fn estimate(p: &PlanInput) -> MemoryEstimate {
     let c = p.config;
     let e = p.dtype.size_in_bytes() as u64;
-    // Rows per token, plus each block's f32 states shared out over its tokens.
-    let block_size = p.block_size.max(1) as u64;
-    let state_per_block = c.cache_state_values_per_block() * 4;
-    let kv_per_token = c.cache_values_per_token() * e + state_per_block.div_ceil(block_size);
+    let kv_per_token = c.cache_values_per_token() * e;
+    // Mamba mixers' f32 recurrent states, one per sequence.
+    let states = c.state_values_per_sequence() * 4 * p.max_num_seqs as u64;
     let t = p.max_num_batched_tokens as u64;
     // Residual + normed hidden, qkv, attention out, gate_up and its product, f32 logits of
     // up to one row per sequence.
@@ -72,7 +69,7 @@ pub fn estimate(p: &PlanInput) -> MemoryEstimate {
     MemoryEstimate {
         weights: c.num_parameters() * e,
         kv_per_token,
-        kv_cache: kv_per_token * p.max_model_len as u64 * p.max_num_seqs as u64,
+        kv_cache: kv_per_token * p.max_model_len as u64 * p.max_num_seqs as u64 + states,
         activations,
         runtime_overhead: (GIB * 1.0) as u64,
     }
@@ -170,7 +167,6 @@ mod tests {
             max_model_len: len,
             max_num_seqs: seqs,
             max_num_batched_tokens: 2048,
-            block_size: 16,
         });
         // 8,030,261,248 parameters x 2 bytes.
         assert_eq!(e.weights, 16_060_522_496);
@@ -184,7 +180,6 @@ mod tests {
                 max_model_len: len,
                 max_num_seqs: seqs,
                 max_num_batched_tokens: 2048,
-                block_size: 16,
             },
             &e,
         );
@@ -212,7 +207,6 @@ mod tests {
             max_model_len: len,
             max_num_seqs: seqs,
             max_num_batched_tokens: 2048,
-            block_size: 16,
         };
         let e = estimate(&p);
         let gib = 1u64 << 30;
@@ -243,7 +237,6 @@ mod tests {
             max_model_len: len,
             max_num_seqs: seqs,
             max_num_batched_tokens: 2048,
-            block_size: 16,
         };
         let e = estimate(&p);
         // 70,553,706,496 parameters x 2 bytes; 2 x 80 x 8 x 128 x 2 = 320 KiB per token.

@@ -199,17 +199,69 @@ fn prefix_cache_hits_reuse_blocks_and_change_nothing() {
 /// all give what a cold run of each prompt alone gives.
 #[test]
 fn lfm2_convolution_rows_survive_prefix_caching_chunking_and_batching() {
-    cached_state_survives_prefix_caching_chunking_and_batching("lfm2");
+    cached_state_survives_prefix_caching_chunking_and_batching("lfm2", true);
 }
 
-/// Bamba's and Granite 4.0's Mamba mixers keep convolution rows per token and a recurrent
-/// state per block: a restart from a cached block, prefill chunks that end inside a block
-/// (whose partial state the next chunk resumes) and batching must change nothing.
+/// The Mamba models keep convolution rows per token and a recurrent state per running
+/// sequence: prefill chunks (whose state the next chunk resumes) and batching (each
+/// sequence in its own slot) must change nothing. Prefix caching is off for them, so
+/// nothing is served from the cache.
 #[test]
-fn mamba_states_survive_prefix_caching_chunking_and_batching() {
-    for arch in ["bamba", "granitemoehybrid", "granitemoehybrid_moe"] {
-        cached_state_survives_prefix_caching_chunking_and_batching(arch);
+fn mamba_states_survive_chunking_and_batching() {
+    for arch in [
+        "bamba",
+        "granitemoehybrid",
+        "granitemoehybrid_moe",
+        "mamba2",
+    ] {
+        cached_state_survives_prefix_caching_chunking_and_batching(arch, false);
     }
+}
+
+/// A preempted Mamba sequence gives its state slot back and is recomputed from its first
+/// token into whichever slot it gets next; 16 requests through 4 slots and a KV budget that
+/// forces preemption all finish as they do alone (a slot leaked or shared would not).
+#[test]
+fn preempted_mamba_sequences_recompute_their_state() {
+    let mut roomy = engine("granitemoehybrid", &["--block-size", "4"]);
+    let ps = prompts(&roomy);
+    let expected = run_all(
+        &mut roomy,
+        ps.iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, p.clone(), greedy(20)))
+            .collect(),
+    );
+    let mut tight = engine(
+        "granitemoehybrid",
+        &[
+            "--block-size",
+            "4",
+            "--num-kv-blocks",
+            "24",
+            "--max-model-len",
+            "96",
+            "--max-num-seqs",
+            "4",
+            "--max-num-batched-tokens",
+            "16",
+        ],
+    );
+    let got = run_all(
+        &mut tight,
+        ps.iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64, p.clone(), greedy(20)))
+            .collect(),
+    );
+    assert!(
+        tight.num_preemptions() > 0,
+        "the budget was meant to force preemption"
+    );
+    for i in 0..ps.len() as u64 {
+        assert_eq!(got[&i].token_ids, expected[&i].token_ids, "request {i}");
+    }
+    assert_eq!(tight.num_free_blocks(), 24);
 }
 
 #[test]
@@ -225,10 +277,10 @@ fn mamba_models_refuse_speculative_decoding() {
     assert!(err.contains("recurrent state"), "{err}");
 }
 
-/// Five prompts run cold and alone, then twice through an engine with prefix caching and
-/// prefill chunks of 7 tokens (blocks of 4), batched: the same tokens, cache hits on the
-/// second round, no leaked blocks.
-fn cached_state_survives_prefix_caching_chunking_and_batching(arch: &str) {
+/// Five prompts run cold and alone, then twice through an engine with prefix caching (where
+/// the model allows it: `hits`) and prefill chunks of 7 tokens (blocks of 4), batched: the
+/// same tokens, cache hits on the second round, no leaked blocks.
+fn cached_state_survives_prefix_caching_chunking_and_batching(arch: &str, hits: bool) {
     let mut cold = engine(
         arch,
         &["--block-size", "4", "--enable-prefix-caching", "false"],
@@ -259,10 +311,15 @@ fn cached_state_survives_prefix_caching_chunking_and_batching(arch: &str) {
         for (i, a) in alone.iter().enumerate() {
             let out = &outs[&(10 * round + i as u64)];
             assert_eq!(&out.token_ids, a, "{arch}: round {round}, prompt {i}");
-            if round == 1 {
+            if round == 1 && hits {
                 assert!(
                     out.cached_tokens > 0,
                     "{arch}: prompt {i} hit no cached block"
+                );
+            } else if !hits {
+                assert_eq!(
+                    out.cached_tokens, 0,
+                    "{arch}: prompt {i} served from a cache"
                 );
             }
         }

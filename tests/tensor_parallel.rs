@@ -67,7 +67,7 @@ fn tp_runner(arch: &str, dtype: &str, world: usize) -> TpRunner {
 
 fn single_runner(arch: &str, dtype: &str) -> ModelRunner<CpuBackend> {
     let m = load(arch, dtype);
-    ModelRunner::new(m.backend, m.model, NUM_BLOCKS, BLOCK_SIZE).unwrap()
+    ModelRunner::new(m.backend, m.model, (NUM_BLOCKS, BLOCK_SIZE), 8).unwrap()
 }
 
 /// One prefill of each prompt, all in one batch, each sampling its last token.

@@ -1,12 +1,12 @@
 // Runs the Mamba-2 mixer of kernels/mamba.cu (the step's rows into the paged cache, the
-// causal convolution with SiLU, the recurrence per (sequence, head) from and into per-block
-// states, the gated RMS norm) on the CPU through cuda_emu.h, with the launches of
-// src/backend/cuda/ops_mamba.rs, against a double-precision reference: decode rows at
-// positions 0 to 3 (taps before the sequence, a state from zeros) and deep in a sequence
-// (the state of the block before), prefill chunks resuming a partial block, fresh prompts
-// that fill several blocks (each full block's state stored), a padding token and a padding
-// sequence. The caches start with random rows and states, so a read of the wrong block or
-// a state stored in the wrong one shows.
+// causal convolution with SiLU, the recurrence per (sequence, head) from and into each
+// sequence's state slot, the gated RMS norm) on the CPU through cuda_emu.h, with the
+// launches of src/backend/cuda/ops_mamba.rs, against a double-precision reference: decode
+// rows at positions 0 to 3 (taps before the sequence, a state from zeros) and deep in a
+// sequence (its slot's state), prefill chunks resuming a state, fresh prompts, a padding
+// token and a padding sequence (its slot past the pool). The caches start with random rows
+// and states and the sequences hold shuffled slots of a larger pool, so a read of the
+// wrong row or slot, or a state stored in the wrong slot, shows.
 //
 //   mamba_check      exit status 1 if any case is off
 #include <bit>
@@ -63,8 +63,8 @@ using WriteFn = void (*)(void*, const void*, const int*, int, int, int, long lon
 using ConvFn = void (*)(void*, const void*, const void*, const void*, int, const int*, const int*,
                         const int*, const int*, int, int, int, int, int);
 using ScanFn = void (*)(float*, float*, const void*, const void*, const float*, const float*,
-                        const float*, const int*, const int*, const int*, const int*, int, int,
-                        int, int, int, int, int, float, float);
+                        const float*, const int*, const int*, int, const int*, const int*, int,
+                        int, int, int, int, float, float);
 using NormFn = void (*)(void*, const float*, const void*, const void*, const int*, int, int, int,
                         float);
 
@@ -114,7 +114,14 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
     std::vector<float> a = random(DType::F32, sh.heads, 1.0f), dd = random(DType::F32, sh.heads, 1.0f);
     for (float& v : a) v = -std::exp(v);
     const std::vector<float> old_rows = random(d, static_cast<size_t>(num_slots) * conv_dim, 1.0f);
-    const std::vector<float> old_states = random(DType::F32, static_cast<size_t>(num_blocks) * values, 1.0f);
+    // Two spare slots no sequence holds; the padding sequence's slot is past the pool.
+    const int num_state_slots = real_seqs + 2;
+    std::vector<int> state_slots(num_state_slots);
+    for (int i = 0; i < num_state_slots; ++i) state_slots[i] = i;
+    std::shuffle(state_slots.begin(), state_slots.end(), rng);
+    state_slots.resize(real_seqs);
+    state_slots.push_back(num_state_slots);
+    const std::vector<float> old_states = random(DType::F32, static_cast<size_t>(num_state_slots) * values, 1.0f);
     Buffer rows(d, old_rows), in(d, zxbcdt), w(d, weight), b(d, conv_bias), nw(d, norm_w);
     Buffer xbc = Buffer::unwritten(d, static_cast<size_t>(tokens) * conv_dim);
     Buffer out = Buffer::unwritten(d, static_cast<size_t>(tokens) * inner);
@@ -139,9 +146,9 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
     kiln_emu::launch({static_cast<unsigned>(num_seqs), static_cast<unsigned>(sh.heads), 1},
                      {256, 1, 1}, order, 1, [&] {
                          scan(y.data(), states.data(), xbc.data(), in.data(), dt_bias.data(),
-                              a.data(), dd.data(), slots.data(), tables.data(), query_start.data(),
-                              context_lens.data(), max_blocks, block_size, sh.head_dim, sh.state,
-                              sh.groups, sh.heads, width, 0.0f, INFINITY);
+                              a.data(), dd.data(), slots.data(), state_slots.data(),
+                              num_state_slots, query_start.data(), context_lens.data(),
+                              sh.head_dim, sh.state, sh.groups, sh.heads, width, 0.0f, INFINITY);
                      });
     const unsigned norm_threads = std::min(1024u, std::max(32u, std::bit_ceil(unsigned(inner))));
     kiln_emu::launch({static_cast<unsigned>(tokens), 1, 1}, {norm_threads, 1, 1}, order, 1, [&] {
@@ -175,10 +182,10 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
             }
         }
         const int first = positions[query_start[s]];
+        const long long slot = state_slots[s];
         std::vector<double> h(values, 0.0);
         if (first > 0) {
-            const int blk = table[(first - 1) / block_size];
-            for (long long i = 0; i < values; ++i) h[i] = old_states[blk * values + i];
+            for (long long i = 0; i < values; ++i) h[i] = old_states[slot * values + i];
         }
         for (int t = query_start[s]; t < query_start[s + 1]; ++t) {
             const double* row = &want_xbc[static_cast<size_t>(t) * conv_dim];
@@ -199,10 +206,8 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
                     want_y[static_cast<size_t>(t) * inner + i] = acc + dd[head] * x;
                 }
             }
-            const int pos = positions[t];
-            if (pos % block_size == block_size - 1 || t == query_start[s + 1] - 1) {
-                const int blk = table[pos / block_size];
-                for (long long i = 0; i < values; ++i) want_states[blk * values + i] = h[i];
+            if (t == query_start[s + 1] - 1) {
+                for (long long i = 0; i < values; ++i) want_states[slot * values + i] = h[i];
             }
             double sum = 0.0;
             std::vector<double> gated(inner);

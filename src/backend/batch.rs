@@ -17,6 +17,9 @@ pub struct BatchLayout {
     /// Per sequence, the LoRA adapter its request runs with: 0 for the base model, `k + 1`
     /// for adapter `k`. Empty: every sequence runs the base model.
     pub adapters: Vec<u32>,
+    /// Per sequence, the recurrent-state slot it holds (Mamba mixers read and write their
+    /// state there, [`crate::backend::mamba`]). Empty: slot `s` for sequence `s`.
+    pub state_slots: Vec<u32>,
 }
 
 impl BatchLayout {
@@ -26,6 +29,11 @@ impl BatchLayout {
 
     pub fn num_seqs(&self) -> usize {
         self.context_lens.len()
+    }
+
+    /// Sequence `seq`'s recurrent-state slot.
+    pub fn state_slot(&self, seq: usize) -> usize {
+        self.state_slots.get(seq).map_or(seq, |&s| s as usize)
     }
 
     /// The sequence each token belongs to.
@@ -52,6 +60,10 @@ impl BatchLayout {
         anyhow::ensure!(
             self.adapters.is_empty() || self.adapters.len() == n,
             "one adapter entry per sequence"
+        );
+        anyhow::ensure!(
+            self.state_slots.is_empty() || self.state_slots.len() == n,
+            "one state slot per sequence"
         );
         anyhow::ensure!(
             self.query_start.last() == Some(&self.num_tokens()),

@@ -4,13 +4,15 @@
 //! A mixer keeps two kinds of memory per sequence. Its causal convolution reads the last
 //! `taps` rows of its input, which are kept per token in the paged cache like LFM2's
 //! convolution rows ([`super::KvCacheSpec::conv_layers`]). Its state-space recurrence keeps
-//! one `[heads, head_dim, state]` state, which is not a window of rows: kiln keeps one state
-//! per cache *block* ([`super::KvCacheSpec::state_layers`]), the state after the last token
-//! written into that block. A step reads the state of the block holding the token before
-//! its first, and writes it back into the block of each token that ends a block or the step.
-//! So a full block's state is the state after the whole prefix it ends, and prefix caching,
-//! chunked prefill and preemption work with block-aligned restarts, which the scheduler
-//! already makes. What it cannot do is roll back: speculative decoding is refused.
+//! one `[heads, head_dim, state]` f32 state, which is not a window of rows and is large
+//! (Mamba-Codestral: 4 MiB per layer), so it is kept once per *running sequence*, not per
+//! block: the scheduler gives each sequence it runs one of `max_num_seqs` state slots
+//! ([`crate::backend::BatchLayout::state_slots`], [`super::KvCacheSpec::state_layers`]). A
+//! step starts each sequence from its slot (from zeros at position 0) and leaves the state
+//! after its last token there, so chunked prefill and decode continue it; a preempted
+//! sequence gives its slot back and is recomputed from its first token. A state cannot be
+//! restored at a cached prefix or rolled back, so these models run without prefix caching
+//! and refuse speculative decoding.
 
 /// A mixer's dimensions on this device.
 #[derive(Clone, Copy, Debug, PartialEq)]

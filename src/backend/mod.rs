@@ -537,8 +537,8 @@ pub trait Backend: Send + Sync {
     /// row is written into layer `layer`'s cache rows and convolved causally with its
     /// sequence's last `taps` rows (plus the bias), then SiLU'd (both rounded to the dtype);
     /// the recurrence `h = exp(dt * A) * h + dt * x B^T`, `y = h C + D x` runs per head from
-    /// the state cached for the token before the step's first (zeros at position 0), and is
-    /// cached again per block (see [`mamba`]); `y * silu(z)` is RMS-normed per `norm_group`
+    /// the sequence's state slot (zeros at position 0) and leaves its state there (see
+    /// [`mamba`]); `y * silu(z)` is RMS-normed per `norm_group`
     /// and scaled by the norm weight (rounded to the dtype). All of it in f32.
     fn mamba_mixer(
         &self,
@@ -576,8 +576,10 @@ pub struct KvCacheSpec {
     /// and no V. Paged like keys, so prefix caching and chunked prefill apply unchanged.
     pub conv_layers: Vec<(usize, usize)>,
     /// Mamba layers, `(layer, values)`: besides their convolution rows (in `conv_layers`),
-    /// each block holds one f32 recurrent state of `values` in place of V ([`mamba`]).
+    /// they keep `state_slots` f32 recurrent states of `values` each in place of V, one
+    /// per running sequence ([`mamba`]).
     pub state_layers: Vec<(usize, usize)>,
+    pub state_slots: usize,
 }
 
 impl KvCacheSpec {
@@ -589,7 +591,7 @@ impl KvCacheSpec {
             .map(|&(_, w)| w)
     }
 
-    /// Layer `layer`'s f32 state values per block, if it is a Mamba layer.
+    /// Layer `layer`'s f32 values per recurrent state, if it is a Mamba layer.
     pub fn state_values(&self, layer: usize) -> Option<usize> {
         self.state_layers
             .iter()
@@ -597,10 +599,15 @@ impl KvCacheSpec {
             .map(|&(_, v)| v)
     }
 
-    /// Bytes one block occupies across all layers: its tokens' rows and its states.
+    /// Bytes one block occupies across all layers.
     pub fn bytes_per_block(&self) -> usize {
-        let states: usize = self.state_layers.iter().map(|&(_, v)| v).sum();
-        self.bytes_per_token() * self.block_size + states * DType::F32.size_in_bytes()
+        self.bytes_per_token() * self.block_size
+    }
+
+    /// Bytes of the recurrent states (all slots, all Mamba layers), beside the blocks.
+    pub fn state_bytes(&self) -> usize {
+        let values: usize = self.state_layers.iter().map(|&(_, v)| v).sum();
+        values * self.state_slots * DType::F32.size_in_bytes()
     }
 
     /// Values one token occupies in layer `layer`'s K cache and in its V cache.
@@ -615,7 +622,7 @@ impl KvCacheSpec {
     }
 
     /// Bytes one token occupies across all layers (K and V, or convolution rows), not
-    /// counting the per-block states ([`KvCacheSpec::bytes_per_block`]).
+    /// counting the recurrent states ([`KvCacheSpec::state_bytes`]).
     pub fn bytes_per_token(&self) -> usize {
         let values: usize = (0..self.num_layers)
             .map(|l| {

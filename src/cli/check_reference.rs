@@ -501,7 +501,8 @@ pub fn last_logits_with_adapter<B: Backend>(
     anyhow::ensure!(!ids.is_empty(), "empty prompt");
     let block_size = 4;
     let blocks = ids.len().div_ceil(block_size);
-    let spec = m.model.kv_cache_spec(blocks, block_size);
+    // One sequence: one recurrent-state slot.
+    let spec = m.model.kv_cache_spec(blocks, block_size, 1);
     let mut cache = m.backend.new_kv_cache(&spec)?;
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let layout = BatchLayout {
@@ -515,6 +516,7 @@ pub fn last_logits_with_adapter<B: Backend>(
         block_size,
         logits_rows: vec![ids.len() - 1],
         adapters: adapter.map(|a| vec![a as u32 + 1]).unwrap_or_default(),
+        state_slots: Vec::new(),
     };
     m.model.forward(
         &m.backend,

@@ -23,9 +23,6 @@ pub struct PlanArgs {
     pub max_num_seqs: usize,
     #[arg(long, env = "KILN_MAX_NUM_BATCHED_TOKENS", default_value_t = 2048)]
     pub max_num_batched_tokens: usize,
-    /// Tokens per KV-cache block (Mamba hybrids keep one recurrent state per block).
-    #[arg(long, env = "KILN_BLOCK_SIZE", default_value_t = 16)]
-    pub block_size: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -49,7 +46,6 @@ pub fn run(args: PlanArgs) -> Result<()> {
         max_model_len: args.max_model_len.unwrap_or(config.max_position_embeddings),
         max_num_seqs: args.max_num_seqs,
         max_num_batched_tokens: args.max_num_batched_tokens,
-        block_size: args.block_size,
     };
     let est = estimate(&input);
     let rows = table(&input, &est);

@@ -293,6 +293,14 @@ impl LlmEngine {
                     .into(),
             }));
         }
+        if params.pooling.is_some() && self.runner.keeps_recurrent_state() {
+            // Its batches run beside the scheduler's sequences, whose state slots they would
+            // share.
+            return Err(RequestError::InvalidParam(ParamError {
+                param: "model",
+                message: "embeddings of models with Mamba mixers are not supported".into(),
+            }));
+        }
         if params.pooling.is_some() {
             // Nothing to sample: the prompt's hidden state is the output.
             self.embeddings.push(id, prompt, params);

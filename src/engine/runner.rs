@@ -68,6 +68,7 @@ impl StepInput {
             layout.query_start.push(tokens.len());
             layout.context_lens.push(s.start + s.len);
             layout.block_tables.push(seq.block_table.clone());
+            layout.state_slots.push(seq.state_slot);
             if s.samples {
                 layout.logits_rows.push(tokens.len() - 1);
             }
@@ -101,6 +102,11 @@ pub trait Runner: Send {
     /// nothing.
     fn classifier(&self) -> Option<&ClassifierConfig> {
         None
+    }
+    /// Whether the model keeps a recurrent state per running sequence (Mamba mixers),
+    /// which a cached prefix cannot restore: such models run without prefix caching.
+    fn keeps_recurrent_state(&self) -> bool {
+        false
     }
     /// Whether a LoRA adapter is loaded in `slot` (`SamplingParams::lora_adapter`).
     fn has_adapter(&self, _slot: usize) -> bool {
@@ -141,13 +147,16 @@ pub struct ModelRunner<B: Backend> {
 }
 
 impl<B: Backend> ModelRunner<B> {
+    /// A runner whose cache has `num_blocks` blocks of `block_size` tokens and recurrent
+    /// states (for Mamba mixers) for `max_num_seqs` running sequences.
     pub fn new(
         backend: B,
         model: LlamaModel<B>,
-        num_blocks: usize,
-        block_size: usize,
+        (num_blocks, block_size): (usize, usize),
+        max_num_seqs: usize,
     ) -> Result<Self> {
-        let cache = backend.new_kv_cache(&model.kv_cache_spec(num_blocks, block_size))?;
+        let spec = model.kv_cache_spec(num_blocks, block_size, max_num_seqs);
+        let cache = backend.new_kv_cache(&spec)?;
         Ok(ModelRunner {
             backend,
             model,
@@ -205,6 +214,10 @@ where
 
     fn weight_bytes(&self) -> u64 {
         self.model.config.active_parameters() * self.model.dtype.size_in_bytes() as u64
+    }
+
+    fn keeps_recurrent_state(&self) -> bool {
+        self.model.config.mamba.is_some()
     }
 
     fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {

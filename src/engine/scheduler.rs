@@ -79,10 +79,14 @@ pub struct Scheduler {
     waiting: VecDeque<u64>,
     running: Vec<u64>,
     num_preemptions: u64,
+    /// Recurrent-state slots no running sequence holds (there are `max_num_seqs`, one per
+    /// sequence that can run at once).
+    free_state_slots: Vec<u32>,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, blocks: BlockManager) -> Self {
+        let free_state_slots = (0..config.max_num_seqs as u32).rev().collect();
         Scheduler {
             config,
             blocks,
@@ -90,6 +94,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             num_preemptions: 0,
+            free_state_slots,
         }
     }
 
@@ -157,7 +162,10 @@ impl Scheduler {
     pub fn remove(&mut self, id: u64) -> Option<Sequence> {
         let seq = self.seqs.remove(&id)?;
         self.waiting.retain(|&w| w != id);
-        self.running.retain(|&r| r != id);
+        if self.running.contains(&id) {
+            self.running.retain(|&r| r != id);
+            self.free_state_slots.push(seq.state_slot);
+        }
         self.blocks.release(&seq.block_table);
         Some(seq)
     }
@@ -169,7 +177,9 @@ impl Scheduler {
         seq.block_hashes.clear();
         seq.num_computed = 0;
         seq.status = SeqStatus::Waiting;
+        let slot = seq.state_slot;
         self.running.retain(|&r| r != id);
+        self.free_state_slots.push(slot);
         match self.config.policy {
             SchedulingPolicy::Fcfs => self.waiting.push_front(id),
             SchedulingPolicy::Priority => {
@@ -206,6 +216,16 @@ impl Scheduler {
             }
         };
         self.running.insert(at, id);
+        let slot = self
+            .free_state_slots
+            .pop()
+            .expect("at most max_num_seqs sequences run, each holding one slot");
+        self.seqs.get_mut(&id).expect("exists").state_slot = slot;
+    }
+
+    /// Recurrent-state slots no running sequence holds.
+    pub fn num_free_state_slots(&self) -> usize {
+        self.free_state_slots.len()
     }
 
     /// Grows a sequence's block table to hold `new_len` tokens. False if blocks are short.
@@ -450,6 +470,34 @@ mod tests {
         }
         assert_eq!(s.schedule().len(), 2);
         assert_eq!(s.num_waiting(), 3);
+    }
+
+    #[test]
+    fn running_sequences_hold_distinct_state_slots_and_give_them_back() {
+        let mut s = sched(64, 4, 3, 100);
+        for id in 0..5 {
+            s.add(seq(id, 3));
+        }
+        let step = s.schedule();
+        let slots: std::collections::HashSet<u32> = step
+            .iter()
+            .map(|w| s.get(w.id).unwrap().state_slot)
+            .collect();
+        assert_eq!(slots.len(), 3, "three running sequences, three slots");
+        assert!(slots.iter().all(|&slot| slot < 3));
+        assert_eq!(s.num_free_state_slots(), 0);
+        s.remove(step[1].id);
+        assert_eq!(s.num_free_state_slots(), 1);
+        // A waiting sequence holds none: removing it frees nothing.
+        s.remove(4);
+        assert_eq!(s.num_free_state_slots(), 1);
+        let next = s.schedule();
+        run_step(&mut s, &next);
+        assert_eq!(
+            s.num_free_state_slots(),
+            0,
+            "the next waiting one took the slot"
+        );
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct Sequence {
     /// Prompt tokens found in the prefix cache when first scheduled (for usage reports).
     pub num_cached_prompt: usize,
     pub block_table: Vec<u32>,
+    /// Which recurrent-state slot the sequence holds while it runs (Mamba mixers keep one
+    /// state per running sequence); the scheduler assigns it.
+    pub state_slot: u32,
     /// Hashes of the leading full blocks registered for prefix reuse.
     pub block_hashes: Vec<u64>,
     pub params: SamplingParams,
@@ -44,6 +47,7 @@ impl Sequence {
             num_computed: 0,
             num_cached_prompt: 0,
             block_table: Vec::new(),
+            state_slot: 0,
             block_hashes: Vec::new(),
             params,
             status: SeqStatus::Waiting,

@@ -21,15 +21,18 @@ pub fn engine_on_cuda(loaded: LoadedModel<CudaBackend>, args: &EngineArgs) -> Re
 fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Result<usize> {
     let config = &loaded.model.config;
     let dtype = loaded.model.dtype;
-    let spec = loaded.model.kv_cache_spec(1, args.block_size);
+    let spec = loaded
+        .model
+        .kv_cache_spec(1, args.block_size, args.max_num_seqs);
     let bytes_per_block = spec.bytes_per_block();
     let (free, total) = loaded.backend.free_and_total_memory()?;
+    // Mamba mixers' recurrent states (one per sequence that can run) come before the blocks.
     let reserve = activation_reserve(
         config,
         dtype.size_in_bytes(),
         args.max_num_batched_tokens,
         args.max_num_seqs,
-    );
+    ) + spec.state_bytes();
     // More blocks than every sequence at full length needs would never be used.
     let wanted = max_model_len(args, config).div_ceil(args.block_size) * args.max_num_seqs.max(1);
     let mem = GpuMemory {

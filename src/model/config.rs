@@ -96,6 +96,9 @@ pub enum Architecture {
     /// `model/mamba.rs`): Granite's multipliers, Mamba-2 mixers and attention without
     /// rotary, each before the shared MLP (beside Granite MoE's experts where it has them).
     GraniteMoeHybrid,
+    /// Pure Mamba-2 (`Mamba2ForCausalLM`: Mamba-Codestral 7B; `model/mamba.rs`): every
+    /// layer a norm and a Mamba-2 mixer, no attention, no MLP.
+    Mamba2,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
     /// the others, experts whose router scales their inputs, plus a shared expert.
@@ -185,7 +188,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 55] = [
+    pub const SUPPORTED: [&'static str; 56] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -241,6 +244,7 @@ impl Architecture {
         "Lfm2ForCausalLM",
         "BambaForCausalLM",
         "GraniteMoeHybridForCausalLM",
+        "Mamba2ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -356,6 +360,7 @@ impl Architecture {
             "Lfm2ForCausalLM" => Architecture::Lfm2,
             "BambaForCausalLM" => Architecture::Bamba,
             "GraniteMoeHybridForCausalLM" => Architecture::GraniteMoeHybrid,
+            "Mamba2ForCausalLM" => Architecture::Mamba2,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1637,8 +1642,8 @@ impl ModelConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).context("config.json is not JSON")?;
+        let value: serde_json::Value = serde_json::from_str(&super::python_json::strict_json(text))
+            .context("config.json is not JSON")?;
         let (mut value, nested_language_model) = language_model_config(value)?;
         // Configs saved by recent transformers name the scaling twice (`rope_type` and the
         // older `type`, which it keeps): the newer name wins.
@@ -1667,6 +1672,7 @@ impl ModelConfig {
             Some("GraniteMoeHybridForCausalLM") => {
                 super::mamba::normalized_granite_hybrid_config(value)?
             }
+            Some("Mamba2ForCausalLM") => super::mamba::normalized_mamba2_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -2191,6 +2197,14 @@ impl ModelConfig {
                     raw.hidden_size,
                     super::mamba::granite_hybrid_layers(&value, raw.num_hidden_layers)?,
                 )?),
+                Architecture::Mamba2 => Some(super::mamba::MambaLayers {
+                    without_mlp: true,
+                    ..super::mamba::MambaLayers::from_config(
+                        &value,
+                        raw.hidden_size,
+                        vec![true; raw.num_hidden_layers],
+                    )?
+                }),
                 _ => None,
             },
             attention_chunks: match architecture {
@@ -2267,7 +2281,7 @@ impl ModelConfig {
     /// Parameter count, for memory planning and logs.
     /// Values one token keeps in the paged cache across all layers: K and V of each
     /// attention layer, one row of each of LFM2's convolution layers and of each Mamba
-    /// mixer (whose per-block states [`ModelConfig::cache_state_values_per_block`] counts).
+    /// mixer (whose per-sequence states [`ModelConfig::state_values_per_sequence`] counts).
     pub fn cache_values_per_token(&self) -> u64 {
         (0..self.num_layers)
             .map(|i| match (&self.short_conv, &self.mamba) {
@@ -2278,9 +2292,9 @@ impl ModelConfig {
             .sum()
     }
 
-    /// f32 values each cache block keeps besides its tokens' rows: the Mamba mixers'
+    /// f32 values each running sequence keeps besides its tokens' rows: the Mamba mixers'
     /// recurrent states.
-    pub fn cache_state_values_per_block(&self) -> u64 {
+    pub fn state_values_per_sequence(&self) -> u64 {
         self.mamba.as_ref().map_or(0, |m| {
             let mixers = (0..self.num_layers).filter(|&i| m.is_mamba(i)).count();
             (mixers * m.shape.state_values()) as u64
@@ -2338,7 +2352,13 @@ impl ModelConfig {
                     }
                     _ => attn,
                 };
-                mixer + mlp + 2 * h
+                // A pure Mamba-2 layer has one norm.
+                let norms = if self.mamba.as_ref().is_some_and(|m| m.without_mlp) {
+                    h
+                } else {
+                    2 * h
+                };
+                mixer + mlp + norms
             })
             .sum();
         let embed = self.vocab_size as u64 * h;

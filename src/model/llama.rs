@@ -86,6 +86,8 @@ enum Mlp<B: Backend> {
     },
     /// Mixture of experts (`moe.rs`).
     Sparse(SparseMlp<B>),
+    /// None: a pure Mamba-2 model's layer is its mixer alone.
+    Absent,
     /// StarCoder2: `down(act(up(x)))`, each projection with its bias (down's on rank 0 only,
     /// as the ranks' partial sums are all-reduced).
     Ungated {
@@ -853,6 +855,7 @@ impl<B: Backend> LlamaModel<B> {
                     (_, false) => None,
                 },
                 mlp: match (&c.moe, c.ungated_mlp) {
+                    _ if c.mamba.as_ref().is_some_and(|m| m.without_mlp) => Mlp::Absent,
                     (Some(moe), _) if moe.is_sparse(i) => {
                         Mlp::Sparse(SparseMlp::load(be, src, c, moe, &p, &layout, dtype)?)
                     }
@@ -1054,8 +1057,14 @@ impl<B: Backend> LlamaModel<B> {
         self.attention
     }
 
-    /// The paged KV cache this rank needs: its own KV heads only.
-    pub fn kv_cache_spec(&self, num_blocks: usize, block_size: usize) -> KvCacheSpec {
+    /// The paged KV cache this rank needs: its own KV heads only, and for Mamba mixers a
+    /// recurrent state for each of `state_slots` sequences running at once.
+    pub fn kv_cache_spec(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+        state_slots: usize,
+    ) -> KvCacheSpec {
         KvCacheSpec {
             num_layers: self.config.num_layers,
             num_blocks,
@@ -1079,6 +1088,7 @@ impl<B: Backend> LlamaModel<B> {
                 .enumerate()
                 .filter_map(|(i, layer)| layer.mamba.as_ref().map(|m| (i, m.shape.state_values())))
                 .collect(),
+            state_slots,
         }
     }
 
@@ -1325,7 +1335,9 @@ impl<B: Backend> LlamaModel<B> {
                         adapt(be.linear(&act, down, None)?, &act, i, Site::Down)?
                     }
                     ungated @ Mlp::Ungated { .. } => ungated.ungated_forward(be, x)?,
-                    Mlp::Sparse(_) => anyhow::bail!("parallel layers have dense MLPs"),
+                    Mlp::Sparse(_) | Mlp::Absent => {
+                        anyhow::bail!("parallel layers have dense MLPs")
+                    }
                 };
                 let mlp = comm.all_reduce_sum(be, mlp)?;
                 // The next layer adds `hidden` to `residual`, so each model's own order of
@@ -1403,6 +1415,12 @@ impl<B: Backend> LlamaModel<B> {
             )?;
             let attn = comm.all_reduce_sum(be, attn)?;
             let residual_in = residual.take().expect("set above");
+            // A layer without an MLP: its block's output joins the stream in the next add.
+            if matches!(layer.mlp, Mlp::Absent) {
+                residual = Some(residual_in);
+                hidden = attn;
+                continue;
+            }
             if let Some(sandwich) = &layer.sandwich {
                 // Gemma: norm the attention output, add it, norm into the MLP, norm its
                 // output; that output is what the next layer (or the final norm) adds.
@@ -1478,6 +1496,7 @@ impl<B: Backend> LlamaModel<B> {
                     residual = Some(sum);
                     ungated.ungated_forward(be, &x)?
                 }
+                Mlp::Absent => unreachable!("MLP-less layers continue above"),
             };
             hidden = comm.all_reduce_sum(be, partial)?;
         }

@@ -22,6 +22,9 @@ pub struct MambaLayers {
     pub shape: MambaShape,
     pub layers: Vec<bool>,
     pub conv_bias: bool,
+    /// A pure Mamba-2 model (`Mamba2ForCausalLM`): each layer is its norm and mixer, no
+    /// MLP.
+    pub without_mlp: bool,
 }
 
 impl MambaLayers {
@@ -70,6 +73,19 @@ impl MambaLayers {
             groups > 0 && inner.is_multiple_of(groups),
             "mamba_n_groups ({groups}) must divide the inner width {inner}"
         );
+        // `time_step_limit` (Mamba2Config; Bamba's and Granite's mixers fix it at (0, inf)).
+        let limit = value.get("time_step_limit").and_then(Value::as_array);
+        let bound = |i: usize, default: f32| {
+            limit
+                .and_then(|l| l.get(i))
+                .and_then(Value::as_f64)
+                .map_or(default, |v| v as f32)
+        };
+        let (dt_min, dt_max) = (bound(0, 0.0), bound(1, f32::INFINITY));
+        anyhow::ensure!(
+            dt_min <= dt_max,
+            "time_step_limit [{dt_min}, {dt_max}] is empty"
+        );
         let shape = MambaShape {
             heads,
             head_dim,
@@ -82,15 +98,15 @@ impl MambaLayers {
             // the same for one group.
             norm_group: inner / groups,
             norm_eps: eps,
-            // Both models' time_step_limit, fixed in their mixers: (0, inf).
-            dt_min: 0.0,
-            dt_max: f32::INFINITY,
+            dt_min,
+            dt_max,
         };
         shape.validate()?;
         Ok(MambaLayers {
             shape,
             layers: mixer_layers,
             conv_bias: flag("mamba_conv_bias", true),
+            without_mlp: false,
         })
     }
 }
@@ -225,6 +241,77 @@ pub fn granite_hybrid_rotates(value: &Value) -> bool {
     value.get("position_embedding_type").and_then(Value::as_str) == Some("rope")
 }
 
+/// `value` (a Mamba2Config config.json: Mamba-Codestral, the mamba2 models in transformers'
+/// format) in the names kiln's loader reads: the mixer's keys as `mamba_*`, its norm's
+/// epsilon as `rms_norm_eps`, no MLP (`intermediate_size` 0); attention keys it has none of
+/// are filled so the config parses (no layer attends). A context length, which a recurrent
+/// model does not have, defaults to 131072 tokens (`--max-model-len` sets it).
+pub fn normalized_mamba2_config(mut value: Value) -> Result<Value> {
+    let fields = value
+        .as_object_mut()
+        .context("config.json is not an object")?;
+    anyhow::ensure!(
+        fields.get("rms_norm").and_then(Value::as_bool) != Some(false),
+        "Mamba-2 without its gated RMS norm (rms_norm false) is not supported"
+    );
+    // Mamba2Config's defaults.
+    for (from, to, default) in [
+        ("num_heads", "mamba_n_heads", json!(128)),
+        ("head_dim", "mamba_d_head", json!(64)),
+        ("n_groups", "mamba_n_groups", json!(8)),
+        ("state_size", "mamba_d_state", json!(128)),
+        ("conv_kernel", "mamba_d_conv", json!(4)),
+        ("expand", "mamba_expand", json!(2)),
+        ("use_conv_bias", "mamba_conv_bias", json!(true)),
+        ("use_bias", "mamba_proj_bias", json!(false)),
+        ("layer_norm_epsilon", "rms_norm_eps", json!(1e-5)),
+    ] {
+        let v = fields.get(from).cloned().unwrap_or(default);
+        fields.insert(to.into(), v);
+    }
+    for (key, default) in [
+        ("vocab_size", json!(32768)),
+        ("hidden_size", json!(4096)),
+        ("num_hidden_layers", json!(64)),
+        ("max_position_embeddings", json!(131072)),
+        ("tie_word_embeddings", json!(false)),
+    ] {
+        fields.entry(key).or_insert(default);
+    }
+    let heads = fields["mamba_n_heads"].clone();
+    fields.insert("num_attention_heads".into(), heads.clone());
+    fields.insert("num_key_value_heads".into(), heads);
+    fields.insert("intermediate_size".into(), json!(0));
+    Ok(value)
+}
+
+/// A pure Mamba-2 checkpoint (`backbone.*`) under the loader's names. Its layers have one
+/// norm, which also stands in for the (unread) norm after the mixer.
+pub struct Mamba2Weights;
+
+impl Mamba2Weights {
+    pub fn wrap<S: WeightSource>(inner: S) -> RenamedWeights<S> {
+        RenamedWeights::new(inner, |name| match layer_part(name) {
+            Some((index, part)) => format!(
+                "backbone.layers.{index}.{}",
+                renamed_part(part, &MAMBA2_RENAMED)
+            ),
+            None => match name {
+                "model.embed_tokens.weight" => "backbone.embeddings.weight".to_string(),
+                "model.norm.weight" => "backbone.norm_f.weight".to_string(),
+                _ => name.to_string(),
+            },
+        })
+    }
+}
+
+/// A pure Mamba-2 layer's names.
+const MAMBA2_RENAMED: [(&str, &str); 3] = [
+    ("input_layernorm.", "norm."),
+    ("post_attention_layernorm.", "norm."),
+    ("mamba.", "mixer."),
+];
+
 /// Bamba's names of a layer's weights (the loader's first).
 const BAMBA_RENAMED: [(&str, &str); 2] = [
     ("mlp.", "feed_forward."),
@@ -316,9 +403,9 @@ mod tests {
         assert_eq!(c.rope_layers.as_deref(), Some(&[false; 40][..]));
         assert!(c.granite.is_some());
         // Per token: 4 attention layers' K and V (4 heads of 128), 36 mixers' conv rows;
-        // per block, 36 states of 48 x 64 x 128.
+        // per sequence, 36 states of 48 x 64 x 128.
         assert_eq!(c.cache_values_per_token(), 4 * 2 * 512 + 36 * 3328);
-        assert_eq!(c.cache_state_values_per_block(), 36 * 48 * 64 * 128);
+        assert_eq!(c.state_values_per_sequence(), 36 * 48 * 64 * 128);
         // Per mixer layer: in_proj 1536 x 6448, the kernel and bias 3328 x 5, dt_bias / A /
         // D, the norm, out_proj, an MLP of 3 x 1536 x 4096 and two norms; per attention
         // layer q / k / v / o (1536 + 2 x 512 + 1536 wide), the same MLP and norms; the
@@ -332,23 +419,21 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_counts_each_block_s_states_over_its_tokens() {
+    fn the_plan_counts_one_state_per_sequence() {
         let c = ModelConfig::from_json(&granite_h_1b()).unwrap();
-        let per_token = |block_size: usize| {
+        let cache = |seqs: usize| {
             crate::plan::estimate(&crate::plan::PlanInput {
                 config: &c,
                 dtype: crate::backend::DType::BF16,
                 max_model_len: 4096,
-                max_num_seqs: 1,
+                max_num_seqs: seqs,
                 max_num_batched_tokens: 2048,
-                block_size,
             })
-            .kv_per_token
         };
         let rows = (4 * 2 * 512 + 36 * 3328) * 2;
         let states = 36 * 48 * 64 * 128 * 4;
-        assert_eq!(per_token(16), rows + states / 16);
-        assert_eq!(per_token(256), rows + states / 256);
+        assert_eq!(cache(1).kv_per_token, rows);
+        assert_eq!(cache(8).kv_cache, 8 * (4096 * rows + states));
     }
 
     #[test]
@@ -370,6 +455,60 @@ mod tests {
         assert_eq!(moe.shared_expert_intermediate_size, Some(1024));
         assert!(!moe.shared_expert_gated && moe.normalize_top_k);
         assert!((0..40).all(|i| moe.is_sparse(i)));
+    }
+
+    /// Mamba-Codestral-7B's config in the fields kiln reads, as transformers writes it
+    /// (Python's `Infinity` in `time_step_limit`).
+    const MAMBA_CODESTRAL: &str = r#"{"architectures": ["Mamba2ForCausalLM"],
+        "model_type": "mamba2", "hidden_size": 4096, "num_hidden_layers": 64,
+        "vocab_size": 32768, "num_heads": 128, "head_dim": 64, "n_groups": 8,
+        "state_size": 128, "expand": 2, "conv_kernel": 4, "use_bias": false,
+        "use_conv_bias": true, "layer_norm_epsilon": 1e-05, "rms_norm": true,
+        "residual_in_fp32": true, "time_step_limit": [0.0, Infinity],
+        "tie_word_embeddings": false}"#;
+
+    #[test]
+    fn a_pure_mamba2_config_is_all_mixers_without_mlps() {
+        let c = ModelConfig::from_json(MAMBA_CODESTRAL).unwrap();
+        assert_eq!(c.architecture, Architecture::Mamba2);
+        let m = c.mamba.as_ref().unwrap();
+        assert!(m.without_mlp && (0..64).all(|i| m.is_mamba(i)));
+        let s = m.shape;
+        assert_eq!((s.heads, s.head_dim, s.state, s.groups), (128, 64, 128, 8));
+        assert_eq!((s.dt_min, s.dt_max), (0.0, f32::INFINITY));
+        assert_eq!(s.norm_group, 1024);
+        assert_eq!(c.intermediate_size, 0);
+        // No K / V: each layer keeps its convolution rows per token.
+        assert_eq!(c.cache_values_per_token(), 64 * (8192 + 2 * 8 * 128));
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 7.29).abs() < 0.05, "{billions}");
+        let clamped = MAMBA_CODESTRAL.replace("[0.0, Infinity]", "[0.001, 0.1]");
+        let s = ModelConfig::from_json(&clamped)
+            .unwrap()
+            .mamba
+            .unwrap()
+            .shape;
+        assert_eq!((s.dt_min, s.dt_max), (0.001, 0.1));
+    }
+
+    #[test]
+    fn weights_take_mamba2_names() {
+        let src = Mamba2Weights::wrap(crate::model::weights::DummyWeights { seed: 0 });
+        let name = |n: &str| src.stored_name(n);
+        assert_eq!(
+            name("model.embed_tokens.weight"),
+            "backbone.embeddings.weight"
+        );
+        assert_eq!(name("model.norm.weight"), "backbone.norm_f.weight");
+        assert_eq!(
+            name("model.layers.7.input_layernorm.weight"),
+            "backbone.layers.7.norm.weight"
+        );
+        assert_eq!(
+            name("model.layers.7.mamba.in_proj.weight"),
+            "backbone.layers.7.mixer.in_proj.weight"
+        );
+        assert_eq!(name("lm_head.weight"), "lm_head.weight");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod mpt;
 pub mod mxfp4;
 pub mod opt;
 pub mod presets;
+pub mod python_json;
 pub mod pytorch_weights;
 pub mod reasoning;
 pub mod rope;

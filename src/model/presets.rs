@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 19] = [
+pub const PRESETS: [(&str, &str); 20] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -79,6 +79,10 @@ pub const PRESETS: [(&str, &str); 19] = [
         "lfm2-1.2b",
         include_str!("../../models/presets/lfm2-1.2b.json"),
     ),
+    (
+        "mamba-codestral-7b",
+        include_str!("../../models/presets/mamba-codestral-7b.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -127,6 +131,7 @@ mod tests {
                 // Meta's 109B counts the vision encoder, which kiln does not load.
                 "llama-4-scout" => 107.8,
                 "lfm2-1.2b" => 1.17,
+                "mamba-codestral-7b" => 7.29,
                 _ => unreachable!(),
             };
             assert!(

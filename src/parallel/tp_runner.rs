@@ -379,7 +379,7 @@ impl<B: Backend> RankJob<B> {
         let info = RankLoaded {
             rank,
             memory: None,
-            kv_bytes_per_block: model.kv_cache_spec(1, self.block_size).bytes_per_block(),
+            kv_bytes_per_block: model.kv_cache_spec(1, self.block_size, 0).bytes_per_block(),
             backend_name: be.name(),
         };
         if replies.send(Ok(Reply::Loaded(info))).is_err() {
@@ -390,7 +390,7 @@ impl<B: Backend> RankJob<B> {
             let reply = match command {
                 Command::MeasureMemory => be.memory_info().transpose().map(Reply::Memory),
                 Command::Allocate(blocks) => self
-                    .guarded(|| be.new_kv_cache(&model.kv_cache_spec(blocks, self.block_size)))
+                    .guarded(|| be.new_kv_cache(&model.kv_cache_spec(blocks, self.block_size, 0)))
                     .map(|c| {
                         cache = Some(c);
                         Reply::Ready

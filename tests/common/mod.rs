@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 76] = [
+pub const ARCHS: [&str; 77] = [
     "llama",
     "llama31",
     "mistral",
@@ -84,6 +84,7 @@ pub const ARCHS: [&str; 76] = [
     "bamba",
     "granitemoehybrid",
     "granitemoehybrid_moe",
+    "mamba2",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
@@ -93,7 +94,13 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
     ARCHS.into_iter().filter(|&a| {
         !matches!(
             a,
-            "olmo2" | "olmo3" | "olmoe" | "bamba" | "granitemoehybrid" | "granitemoehybrid_moe"
+            "olmo2"
+                | "olmo3"
+                | "olmoe"
+                | "bamba"
+                | "granitemoehybrid"
+                | "granitemoehybrid_moe"
+                | "mamba2"
         )
     })
 }

@@ -8,7 +8,7 @@ pub struct CpuKvCache {
     pub spec: KvCacheSpec,
     /// Per layer, `[blocks, block_size, kv_heads, head_dim]` (a convolution layer's rows
     /// `[blocks, block_size, width]` in `k`, nothing in `v`; a Mamba layer's rows in `k` and
-    /// one recurrent state per block, `[blocks, values]`, in `v`).
+    /// its recurrent states, `[state_slots, values]`, in `v`).
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
 }
@@ -20,7 +20,7 @@ impl CpuKvCache {
             .map(|layer| {
                 let (k, v) = spec.token_widths(layer);
                 let v = match spec.state_values(layer) {
-                    Some(values) => spec.num_blocks * values,
+                    Some(values) => spec.state_slots * values,
                     None => slots * v,
                 };
                 (vec![0.0; slots * k], vec![0.0; v])

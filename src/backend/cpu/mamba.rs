@@ -67,7 +67,7 @@ pub fn mamba_mixer(
 }
 
 /// The recurrence over each sequence's tokens: `[n, inner]` outputs `h C + D x` (before the
-/// gate), from and into the per-block states of layer `layer`.
+/// gate), from and into each sequence's state slot of layer `layer`.
 fn scan(
     cache: &mut CpuKvCache,
     layer: usize,
@@ -87,8 +87,8 @@ fn scan(
         "mamba: the cache keeps states of {values}, the mixer's have {}",
         sh.state_values()
     );
-    let bs = batch.block_size;
     let states = &mut cache.v[layer];
+    let slots = states.len() / values.max(1);
     let heads_per_group = sh.heads / sh.groups;
     let n_state = sh.state;
     let mut y = vec![0.0f32; batch.num_tokens() * inner];
@@ -99,17 +99,19 @@ fn scan(
         if start == end || batch.slots[start] < 0 {
             continue;
         }
-        let table = &batch.block_tables[seq];
+        let slot = batch.state_slot(seq);
+        anyhow::ensure!(
+            slot < slots,
+            "mamba: state slot {slot} outside the cache's {slots}"
+        );
+        let state = &mut states[slot * values..(slot + 1) * values];
         let first = batch.context_lens[seq] - (end - start);
-        let block_of = |pos: usize| table[pos / bs] as usize;
         if first == 0 {
             h.fill(0.0);
         } else {
-            let b = block_of(first - 1);
-            h.copy_from_slice(&states[b * values..(b + 1) * values]);
+            h.copy_from_slice(state);
         }
         for t in start..end {
-            let pos = first + (t - start);
             let row = &xbc[t * conv_dim..(t + 1) * conv_dim];
             let (x, bc) = row.split_at(inner);
             let (b_all, c_all) = bc.split_at(sh.groups * n_state);
@@ -133,17 +135,9 @@ fn scan(
                     y[t * inner + i] = acc + p.d[head] * xv;
                 }
             }
-            // A block's state is the one after its last token: written when the block
-            // fills, and at the step's end for the partial block the next step resumes.
-            if batch.slots[t] >= 0 && (pos % bs == bs - 1 || t == end - 1) {
-                let b = block_of(pos);
-                anyhow::ensure!(
-                    (b + 1) * values <= states.len(),
-                    "mamba: block {b} outside the cache"
-                );
-                states[b * values..(b + 1) * values].copy_from_slice(&h);
-            }
         }
+        // The state after the step's last token, which the sequence's next step resumes.
+        state.copy_from_slice(&h);
     }
     Ok(y)
 }

@@ -105,6 +105,8 @@ pub struct CudaBatchMeta {
     pub(super) max_blocks_per_seq: usize,
     pub(super) query_start: DeviceI32,
     pub(super) context_lens: DeviceI32,
+    /// Per sequence, its recurrent-state slot (read by the Mamba mixer only).
+    pub(super) state_slots: DeviceI32,
     pub(super) num_seqs: usize,
     /// Leading sequences with one new token each (a mixed batch's decode rows).
     pub(super) decode_prefix: usize,
@@ -521,6 +523,7 @@ impl Backend for CudaBackend {
             max_blocks_per_seq: host.max_blocks_per_seq,
             query_start: upload(&host.query_start, "query starts")?,
             context_lens: upload(&host.context_lens, "context lengths")?,
+            state_slots: upload(&host.state_slots, "state slots")?,
             num_seqs: batch.num_seqs(),
             decode_prefix: attention_plan::leading_decode_seqs(&host.query_start),
             token_ids: None,
@@ -992,18 +995,17 @@ impl Backend for CudaBackend {
                 Some(width) => {
                     let rows = [spec.num_blocks, spec.block_size, width];
                     cache.k.push(alloc("convolution rows", layer, &rows)?);
-                    // A Mamba layer's recurrent states, one per block, in f32.
+                    // A Mamba layer's recurrent states, one per running sequence, in f32.
                     let states = match spec.state_values(layer) {
                         Some(values) => {
-                            CudaTensor::zeros(&self.dev, DType::F32, &[spec.num_blocks, values])
-                                .with_context(|| {
-                                    format!(
-                                "allocating the Mamba states of layer {layer} ({} blocks): out \
-                                 of GPU memory? lower --gpu-memory-utilization, \
-                                 --num-kv-blocks or --max-model-len",
-                                spec.num_blocks
-                            )
-                                })?
+                            let shape = [spec.state_slots, values];
+                            CudaTensor::zeros(&self.dev, DType::F32, &shape).with_context(|| {
+                                format!(
+                                    "allocating the Mamba states of layer {layer} ({} slots): \
+                                     out of GPU memory? lower --max-num-seqs",
+                                    spec.state_slots
+                                )
+                            })?
                         }
                         None => alloc("V", layer, &[0])?,
                     };
@@ -1061,7 +1063,11 @@ impl Backend for CudaBackend {
         self.dev.mamba_mixer(
             zxbcdt,
             params,
-            MambaCache { rows, states },
+            MambaCache {
+                rows,
+                states,
+                state_slots: &batch.state_slots,
+            },
             &conv_batch,
             MambaScratch {
                 xbc: &mut xbc,

@@ -16,6 +16,8 @@ pub struct HostBatchMeta {
     pub max_blocks_per_seq: usize,
     pub query_start: Vec<i32>,
     pub context_lens: Vec<i32>,
+    /// Per sequence, its recurrent-state slot (Mamba mixers).
+    pub state_slots: Vec<i32>,
     /// Longest context of the batch (for the sliding-window check).
     pub max_context: usize,
 }
@@ -78,6 +80,9 @@ impl HostBatchMeta {
             .iter()
             .map(|&c| to_i32(c, "context length"))
             .collect::<Result<_>>()?;
+        let state_slots = (0..batch.num_seqs())
+            .map(|s| to_i32(batch.state_slot(s), "state slot"))
+            .collect::<Result<_>>()?;
         Ok(HostBatchMeta {
             positions,
             slots,
@@ -85,6 +90,7 @@ impl HostBatchMeta {
             max_blocks_per_seq,
             query_start,
             context_lens,
+            state_slots,
             max_context: batch.context_lens.iter().copied().max().unwrap_or(0),
         })
     }
@@ -106,6 +112,7 @@ mod tests {
             block_size: 16,
             logits_rows: vec![2, 3],
             adapters: Vec::new(),
+            state_slots: Vec::new(),
         }
     }
 

@@ -99,6 +99,10 @@ pub fn pad_decode(batch: &BatchLayout, tokens: &[u32]) -> Option<PaddedDecode> {
     layout
         .block_tables
         .extend(std::iter::repeat_n(vec![0], pad));
+    // Padding sequences store nothing (no slot), so their state slot is never read.
+    if !layout.state_slots.is_empty() {
+        layout.state_slots.extend(std::iter::repeat_n(0, pad));
+    }
     layout.logits_rows = (0..seqs).collect();
     let mut padded_tokens = tokens.to_vec();
     padded_tokens.extend(std::iter::repeat_n(0, pad));
@@ -167,6 +171,7 @@ mod tests {
             block_size,
             logits_rows: (0..n).collect(),
             adapters: Vec::new(),
+            state_slots: Vec::new(),
         };
         (layout, (0..n as u32).map(|i| 100 + i).collect())
     }
@@ -250,6 +255,7 @@ mod tests {
             block_size: 16,
             logits_rows: vec![2],
             adapters: Vec::new(),
+            state_slots: Vec::new(),
         };
         assert!(pad_decode(&prefill, &[1, 2, 3]).is_none());
         // Token count that does not match the layout.

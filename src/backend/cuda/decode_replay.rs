@@ -139,6 +139,7 @@ impl CudaBackend {
             max_blocks_per_seq: host.max_blocks_per_seq,
             query_start: i32s(&host.query_start, "query starts")?,
             context_lens: i32s(&host.context_lens, "context lengths")?,
+            state_slots: i32s(&host.state_slots, "state slots")?,
             num_seqs: padded.key.seqs,
             decode_prefix: padded.key.seqs,
             token_ids: Some(
@@ -159,6 +160,7 @@ impl CudaBackend {
         pools.copy_into_i32(&host.block_tables, &mut inputs.block_tables)?;
         pools.copy_into_i32(&host.query_start, &mut inputs.query_start)?;
         pools.copy_into_i32(&host.context_lens, &mut inputs.context_lens)?;
+        pools.copy_into_i32(&host.state_slots, &mut inputs.state_slots)?;
         let ids = inputs
             .token_ids
             .as_mut()

@@ -1,6 +1,6 @@
 //! The Mamba-2 mixer (`kernels/mamba.cu`) as a method of [`CudaDevice`]: the step's x / B / C
 //! rows into the layer's paged rows, the causal convolution and SiLU, the recurrence per
-//! (sequence, head) from and into the per-block states, and the gated RMS norm.
+//! (sequence, head) from and into the sequence's state slot, and the gated RMS norm.
 
 use super::device::CudaDevice;
 use super::launch::{self, as_i32};
@@ -9,7 +9,7 @@ use super::tensor::CudaTensor;
 use crate::backend::mamba::MambaParams;
 use crate::backend::DType;
 use anyhow::{bail, ensure, Context, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// Threads of the scan kernel (`MAMBA_SCAN_THREADS`): 8 warps, each owning rows of a head.
 const SCAN_THREADS: usize = 256;
@@ -23,10 +23,12 @@ pub struct MambaScratch<'a> {
     pub y: &'a mut CudaTensor,
 }
 
-/// The layer's cache: rows `[blocks, block_size, conv_dim]`, states `[blocks, values]` f32.
+/// The layer's cache: rows `[blocks, block_size, conv_dim]`, states `[slots, values]` f32,
+/// and each sequence's slot among them.
 pub struct MambaCache<'a> {
     pub rows: &'a mut CudaTensor,
     pub states: &'a mut CudaTensor,
+    pub state_slots: &'a CudaSlice<i32>,
 }
 
 impl CudaDevice {
@@ -62,9 +64,17 @@ impl CudaDevice {
             row_width == conv_dim,
             "mamba: cached rows of {row_width}, the mixer's are {conv_dim}"
         );
-        cache
-            .states
-            .expect_shape(&[blocks, sh.state_values()], "mamba states")?;
+        let &[num_state_slots, state_values] = cache.states.shape() else {
+            bail!(
+                "mamba: the states must be [slots, values], got {:?}",
+                cache.states.shape()
+            );
+        };
+        ensure!(
+            state_values == sh.state_values(),
+            "mamba: cached states of {state_values}, the mixer's have {}",
+            sh.state_values()
+        );
         cache.states.expect_dtype(DType::F32, "mamba states")?;
         params
             .conv_weight
@@ -104,6 +114,11 @@ impl CudaDevice {
         );
         batch.check_covers(n, "mamba")?;
         let seqs = batch.num_seqs;
+        ensure!(
+            cache.state_slots.len() >= seqs,
+            "mamba: {} state slots for {seqs} sequences",
+            cache.state_slots.len()
+        );
         if n == 0 {
             return Ok(());
         }
@@ -174,13 +189,13 @@ impl CudaDevice {
             .arg(params.dt_bias.data())
             .arg(params.a.data())
             .arg(params.d.data());
+        let num_state_slots_i = i32_of(num_state_slots, "state slots")?;
         args.arg(batch.slot_mapping)
-            .arg(batch.block_tables)
+            .arg(cache.state_slots)
+            .arg(&num_state_slots_i)
             .arg(batch.query_start)
             .arg(batch.context_lens);
-        args.arg(&max_blocks_i)
-            .arg(&block_size_i)
-            .arg(&head_dim_i)
+        args.arg(&head_dim_i)
             .arg(&state_i)
             .arg(&groups_i)
             .arg(&heads_i)
@@ -192,8 +207,8 @@ impl CudaDevice {
             block_dim: (SCAN_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: matches kernels/mamba.cu; the per-thread state fits (checked above), the
-        // states hold `blocks` of the mixer's values.
+        // SAFETY: matches kernels/mamba.cu; the per-thread state fits (checked above), slots
+        // past the states' are skipped in the kernel.
         unsafe { args.launch(config) }.context("mamba_scan launch")?;
 
         let group_i = i32_of(sh.norm_group, "norm group")?;

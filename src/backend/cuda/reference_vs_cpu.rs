@@ -51,6 +51,7 @@ fn layout() -> BatchLayout {
         block_size: BLOCK,
         logits_rows: vec![4, 5],
         adapters: Vec::new(),
+        state_slots: Vec::new(),
     }
 }
 
@@ -69,6 +70,7 @@ fn one_layer(conv_layers: Vec<(usize, usize)>) -> KvCacheSpec {
         dtype: DType::F32,
         conv_layers,
         state_layers: Vec::new(),
+        state_slots: 0,
     }
 }
 

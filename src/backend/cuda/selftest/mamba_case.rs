@@ -1,9 +1,9 @@
 //! Selftest case of the Mamba-2 mixer (`kernels/mamba.cu`) at Granite-4.0-H's head shape
 //! (heads of 64 x a state of 128, one B / C group): the output, the cached rows and the
-//! per-block states after a serving step (decode rows at the first positions and deep in a
-//! sequence, a prefill chunk resuming inside a block, a fresh prompt filling several blocks,
-//! a padding token), against the CPU backend's host implementation, which the fixtures
-//! check against transformers.
+//! state slots after a serving step (decode rows at the first positions and deep in a
+//! sequence, a prefill chunk resuming a state, a fresh prompt, a padding token; sequences
+//! holding shuffled slots of a larger pool), against the CPU backend's host implementation,
+//! which the fixtures check against transformers.
 
 use super::compare::Check;
 use super::paged_step::PagedStep;
@@ -15,6 +15,7 @@ use crate::backend::cuda::{CudaTensor, DType};
 use crate::backend::mamba::{MambaParams, MambaShape};
 use crate::backend::{BatchLayout, KvCacheSpec};
 use anyhow::Result;
+use rand::seq::SliceRandom;
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let shape = MambaShape {
@@ -53,7 +54,12 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         .collect();
     let d_host = s.random(shape.heads, 1.0, DType::F32);
     let rows_host = s.random(num_blocks * block_size * conv_dim, 1.0, dtype);
-    let states_host = s.random(num_blocks * values, 1.0, DType::F32);
+    // Two spare slots no sequence holds: they must come back untouched.
+    let num_state_slots = seqs.len() + 2;
+    let mut state_slots: Vec<u32> = (0..num_state_slots as u32).collect();
+    state_slots.shuffle(&mut s.rng);
+    state_slots.truncate(seqs.len());
+    let states_host = s.random(num_state_slots * values, 1.0, DType::F32);
 
     let dev = s.dev;
     let upload = |dt: DType, shape: &[usize], v: &[f32]| CudaTensor::from_f32(dev, dt, shape, v);
@@ -65,7 +71,9 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let a = upload(DType::F32, &[shape.heads], &a_host)?;
     let d = upload(DType::F32, &[shape.heads], &d_host)?;
     let mut rows = upload(dtype, &[num_blocks, block_size, conv_dim], &rows_host)?;
-    let mut states = upload(DType::F32, &[num_blocks, values], &states_host)?;
+    let mut states = upload(DType::F32, &[num_state_slots, values], &states_host)?;
+    let slots_i32: Vec<i32> = state_slots.iter().map(|&v| v as i32).collect();
+    let state_slots_dev = dev.upload(&slots_i32)?;
     let mut xbc = CudaTensor::zeros(dev, dtype, &[n, conv_dim])?;
     let mut y = CudaTensor::zeros(dev, DType::F32, &[n, inner])?;
     let mut out = CudaTensor::zeros(dev, dtype, &[n, inner])?;
@@ -84,7 +92,11 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         dev.mamba_mixer(
             &zxbcdt,
             &params,
-            MambaCache { rows, states },
+            MambaCache {
+                rows,
+                states,
+                state_slots: &state_slots_dev,
+            },
             &batch,
             MambaScratch {
                 xbc: &mut xbc,
@@ -105,6 +117,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         dtype,
         conv_layers: vec![(0, conv_dim)],
         state_layers: vec![(0, values)],
+        state_slots: num_state_slots,
     });
     host_cache.k[0] = rows_host;
     host_cache.v[0] = states_host;
@@ -121,6 +134,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         block_size,
         logits_rows: Vec::new(),
         adapters: Vec::new(),
+        state_slots,
     };
     let host = HostMambaParams {
         shape,
