@@ -1,23 +1,25 @@
-// The Mamba-2 mixer (Bamba, Granite 4.0, Mamba-Codestral) over the paged cache of rows and
-// the sequences' state slots, in four steps (src/backend/mamba.rs has the layout and math):
+// The Mamba-2 mixer (Bamba, Granite 4.0, Mamba-Codestral) over the sequences' state slots,
+// in four steps (src/backend/mamba.rs has the layout and the math). A slot holds, in f32,
+// the state-space state [heads, head_dim, state] (state_values) and then the convolution's
+// window, the x / B / C rows of the sequence's last taps - 1 tokens ([taps - 1, conv_dim]):
+// slot_values in all, states [num_state_slots, slot_values]. A sequence whose step starts
+// at position 0 reads zeros for both. A padding token (slot_mapping < 0) or sequence (its
+// first token's), and a state slot past the pool (bad input), read and store nothing.
 //
-// mamba_conv_write: one block per token: the token's x / B / C row (columns
-//   [inner, inner + conv_dim) of zxbcdt [n, width]) into its slot of the layer's rows
-//   [num_blocks, block_size, conv_dim] (slot < 0 is padding, slots past the cache are bad
-//   input: both store nothing).
 // mamba_conv: grid (tokens, ceil(conv_dim / blockDim.x)), a thread per (token, channel):
-//   the causal depthwise convolution over the sequence's rows at pos - (taps - 1) ..= pos
-//   (before 0: nothing) plus the bias, rounded to the dtype, then SiLU, rounded: xbc [n,
-//   conv_dim]. Padding tokens get zeros.
+//   the causal depthwise convolution over the rows at pos - (taps - 1) ..= pos (the step's
+//   own x / B / C columns of zxbcdt [n, width], before them the window) plus the bias,
+//   rounded to the dtype, then SiLU, rounded: xbc [n, conv_dim]; padding tokens get zeros.
+// mamba_conv_window: grid (num_seqs, ceil(conv_dim / blockDim.x)): the window after the
+//   step (its last taps - 1 rows, from the step or the old window), after mamba_conv read
+//   the old one.
 // mamba_scan: grid (num_seqs, heads), MAMBA_SCAN_THREADS threads: the recurrence of one
 //   head of one sequence, token by token. Warp w owns the head's rows p = w, w + warps, ..;
 //   lane l its state columns n = l, l + 32, ..; each thread keeps its part of the f32 state
 //   [head_dim, state] in registers (at most MAMBA_SCAN_MAX_PER_THREAD values). Per token:
 //   dt = clamp(softplus(raw + dt_bias)), h = exp(dt * A) * h + dt * x[p] * B[n], and
-//   y[p] = sum_n h[p, n] * C[n] (a warp reduction: deterministic) + D * x[p], in f32. The
-//   state starts from the sequence's slot state_slots[s] (zeros at position 0) and is
-//   stored back there after the step's last token: states [num_state_slots, heads *
-//   head_dim * state] f32 (a slot past the pool is bad input: the head does nothing).
+//   y[p] = sum_n h[p, n] * C[n] (a warp reduction: deterministic) + D * x[p], in f32; the
+//   state after the step's last token is stored back.
 // mamba_gated_norm: grid (tokens, inner / group): g = y * silu(z), out = weight * g /
 //   sqrt(mean(g^2) + eps) over the group, rounded to the dtype; padding tokens (whose y no
 //   scan wrote) get zeros.
@@ -28,47 +30,99 @@
 #define MAMBA_SCAN_THREADS 256
 #define MAMBA_SCAN_WARPS (MAMBA_SCAN_THREADS / 32)
 #define MAMBA_SCAN_MAX_PER_THREAD 64
+#define MAMBA_MAX_TAPS 8
 
 __device__ __forceinline__ float mamba_silu(float v) { return v / (1.0f + expf(-v)); }
 
 // PyTorch's softplus: linear above 20.
 __device__ __forceinline__ float mamba_softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
 
+// Where a sequence's step is: its tokens [start, end), its first position, its slot's f32
+// values (null for a padding sequence or a slot past the pool).
+struct MambaStep {
+    int start;
+    int end;
+    int first;
+    float* slot;
+};
+
+__device__ __forceinline__ MambaStep mamba_step(int seq, float* states, const int* slot_mapping,
+                                                const int* state_slots, int num_state_slots,
+                                                const int* query_start, const int* context_lens,
+                                                long long slot_values) {
+    MambaStep st;
+    st.start = query_start[seq];
+    st.end = query_start[seq + 1];
+    st.first = context_lens[seq] - (st.end - st.start);
+    const int slot = state_slots[seq];
+    const bool live = st.start < st.end && slot_mapping[st.start] >= 0 && slot >= 0 &&
+                      slot < num_state_slots;
+    st.slot = live ? states + (long long)slot * slot_values : nullptr;
+    return st;
+}
+
+// Channel c of the sequence's row q, counted from its step's first token (q < 0: the
+// window's, zeros when the step starts the sequence).
 template <typename D>
-__device__ __forceinline__ void mamba_conv_write_impl(typename D::T* cache,
-                                                      const typename D::T* zxbcdt,
-                                                      const int* slot_mapping, int width,
-                                                      int inner, int conv_dim,
-                                                      long long num_slots) {
-    const long long token = blockIdx.x;
-    const long long slot = slot_mapping[token];
-    if (slot < 0 || slot >= num_slots) return;
-    const typename D::T* row = zxbcdt + token * width + inner;
-    typename D::T* dst = cache + slot * conv_dim;
-    for (int j = threadIdx.x; j < conv_dim; j += blockDim.x) dst[j] = row[j];
+__device__ __forceinline__ float mamba_row(const MambaStep& st, const typename D::T* zxbcdt,
+                                           int width, int inner, int conv_dim, int taps,
+                                           long long state_values, int q, int c) {
+    if (q >= 0) return D::load(zxbcdt[(long long)(st.start + q) * width + inner + c]);
+    if (st.first == 0) return 0.0f;
+    return st.slot[state_values + (long long)(taps - 1 + q) * conv_dim + c];
 }
 
 template <typename D>
 __device__ __forceinline__ void mamba_conv_impl(
-    typename D::T* out, const typename D::T* cache, const typename D::T* weight,
-    const typename D::T* bias, int has_bias, const int* slot_mapping, const int* block_tables,
-    const int* query_start, const int* context_lens, int num_seqs, int max_blocks_per_seq,
-    int block_size, int conv_dim, int taps) {
+    typename D::T* out, float* states, const typename D::T* zxbcdt,
+    const typename D::T* weight, const typename D::T* bias, int has_bias,
+    const int* slot_mapping, const int* state_slots, int num_state_slots,
+    const int* query_start, const int* context_lens, int num_seqs, int width, int inner,
+    int conv_dim, int taps, long long slot_values, long long state_values) {
     const int token = blockIdx.x;
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= conv_dim) return;
     typename D::T* dst = out + (long long)token * conv_dim + c;
-    if (slot_mapping[token] < 0) {
+    const int seq = kiln_find_sequence(query_start, num_seqs, token);
+    const MambaStep st = mamba_step(seq, states, slot_mapping, state_slots, num_state_slots,
+                                    query_start, context_lens, slot_values);
+    if (slot_mapping[token] < 0 || st.slot == nullptr) {
         *dst = D::store(0.0f);
         return;
     }
-    const float acc =
-        kiln_paged_causal_conv<D>(cache, weight, block_tables, query_start, context_lens,
-                                  num_seqs, max_blocks_per_seq, block_size, conv_dim, taps,
-                                  token, c) +
-        (has_bias ? D::load(bias[c]) : 0.0f);
+    const int t = token - st.start;
+    float acc = 0.0f;
+    for (int j = 0; j < taps; ++j) {
+        acc += D::load(weight[c * taps + j]) *
+               mamba_row<D>(st, zxbcdt, width, inner, conv_dim, taps, state_values,
+                            t - (taps - 1) + j, c);
+    }
+    acc += has_bias ? D::load(bias[c]) : 0.0f;
     const float conv = D::load(D::store(acc));
     *dst = D::store(mamba_silu(conv));
+}
+
+template <typename D>
+__device__ __forceinline__ void mamba_conv_window_impl(
+    float* states, const typename D::T* zxbcdt, const int* slot_mapping,
+    const int* state_slots, int num_state_slots, const int* query_start,
+    const int* context_lens, int width, int inner, int conv_dim, int taps,
+    long long slot_values, long long state_values) {
+    const int seq = blockIdx.x;
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= conv_dim) return;
+    const MambaStep st = mamba_step(seq, states, slot_mapping, state_slots, num_state_slots,
+                                    query_start, context_lens, slot_values);
+    if (st.slot == nullptr) return;
+    const int len = st.end - st.start;
+    float window[MAMBA_MAX_TAPS];
+    for (int j = 0; j < taps - 1; ++j) {
+        window[j] = mamba_row<D>(st, zxbcdt, width, inner, conv_dim, taps, state_values,
+                                 len - (taps - 1) + j, c);
+    }
+    for (int j = 0; j < taps - 1; ++j) {
+        st.slot[state_values + (long long)j * conv_dim + c] = window[j];
+    }
 }
 
 template <typename D>
@@ -77,21 +131,21 @@ __device__ __forceinline__ void mamba_scan_impl(
     const float* dt_bias, const float* a, const float* d, const int* slot_mapping,
     const int* state_slots, int num_state_slots, const int* query_start,
     const int* context_lens, int head_dim, int state, int groups, int heads, int width,
-    float dt_min, float dt_max) {
+    long long slot_values, float dt_min, float dt_max) {
     const int seq = blockIdx.x;
     const int head = blockIdx.y;
-    const int start = query_start[seq];
-    const int end = query_start[seq + 1];
-    const int slot = state_slots[seq];
-    if (start == end || slot_mapping[start] < 0 || slot < 0 || slot >= num_state_slots) return;
+    const MambaStep st = mamba_step(seq, states, slot_mapping, state_slots, num_state_slots,
+                                    query_start, context_lens, slot_values);
+    if (st.slot == nullptr) return;
+    const int start = st.start;
+    const int end = st.end;
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
     const int inner = heads * head_dim;
     const int conv_dim = inner + 2 * groups * state;
-    const long long values = (long long)inner * state;
     const int group = head / (heads / groups);
-    const int first = context_lens[seq] - (end - start);
-    float* head_state = states + (long long)slot * values + (long long)head * head_dim * state;
+    const int first = st.first;
+    float* head_state = st.slot + (long long)head * head_dim * state;
     // This thread's state values: rows p = warp + i * WARPS, columns n = lane + k * 32.
     const int rows = (head_dim - warp + MAMBA_SCAN_WARPS - 1) / MAMBA_SCAN_WARPS;
     const int cols = (state - lane + 31) / 32;
@@ -165,30 +219,32 @@ __device__ __forceinline__ void mamba_gated_norm_impl(typename D::T* out, const 
 }
 
 #define KILN_MAMBA(S, D)                                                                        \
-    extern "C" __global__ void mamba_conv_write_##S(D::T* cache, const D::T* zxbcdt,           \
-                                                    const int* slot_mapping, int width,         \
-                                                    int inner, int conv_dim,                    \
-                                                    long long num_slots) {                      \
-        mamba_conv_write_impl<D>(cache, zxbcdt, slot_mapping, width, inner, conv_dim,           \
-                                 num_slots);                                                    \
-    }                                                                                           \
     extern "C" __global__ void mamba_conv_##S(                                                  \
-        D::T* out, const D::T* cache, const D::T* weight, const D::T* bias, int has_bias,       \
-        const int* slot_mapping, const int* block_tables, const int* query_start,               \
-        const int* context_lens, int num_seqs, int max_blocks_per_seq, int block_size,          \
-        int conv_dim, int taps) {                                                               \
-        mamba_conv_impl<D>(out, cache, weight, bias, has_bias, slot_mapping, block_tables,      \
-                           query_start, context_lens, num_seqs, max_blocks_per_seq,             \
-                           block_size, conv_dim, taps);                                         \
+        D::T* out, float* states, const D::T* zxbcdt, const D::T* weight, const D::T* bias,     \
+        int has_bias, const int* slot_mapping, const int* state_slots, int num_state_slots,     \
+        const int* query_start, const int* context_lens, int num_seqs, int width, int inner,    \
+        int conv_dim, int taps, long long slot_values, long long state_values) {                \
+        mamba_conv_impl<D>(out, states, zxbcdt, weight, bias, has_bias, slot_mapping,           \
+                           state_slots, num_state_slots, query_start, context_lens, num_seqs,   \
+                           width, inner, conv_dim, taps, slot_values, state_values);            \
+    }                                                                                           \
+    extern "C" __global__ void mamba_conv_window_##S(                                           \
+        float* states, const D::T* zxbcdt, const int* slot_mapping, const int* state_slots,     \
+        int num_state_slots, const int* query_start, const int* context_lens, int width,        \
+        int inner, int conv_dim, int taps, long long slot_values, long long state_values) {     \
+        mamba_conv_window_impl<D>(states, zxbcdt, slot_mapping, state_slots, num_state_slots,   \
+                                  query_start, context_lens, width, inner, conv_dim, taps,      \
+                                  slot_values, state_values);                                   \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MAMBA_SCAN_THREADS) mamba_scan_##S(            \
         float* y, float* states, const D::T* xbc, const D::T* zxbcdt, const float* dt_bias,     \
         const float* a, const float* d, const int* slot_mapping, const int* state_slots,        \
         int num_state_slots, const int* query_start, const int* context_lens, int head_dim,     \
-        int state, int groups, int heads, int width, float dt_min, float dt_max) {              \
+        int state, int groups, int heads, int width, long long slot_values, float dt_min,       \
+        float dt_max) {                                                                         \
         mamba_scan_impl<D>(y, states, xbc, zxbcdt, dt_bias, a, d, slot_mapping, state_slots,   \
                            num_state_slots, query_start, context_lens, head_dim, state, groups, \
-                           heads, width, dt_min, dt_max);                                       \
+                           heads, width, slot_values, dt_min, dt_max);                          \
     }                                                                                           \
     extern "C" __global__ void mamba_gated_norm_##S(                                            \
         D::T* out, const float* y, const D::T* zxbcdt, const D::T* weight,                      \

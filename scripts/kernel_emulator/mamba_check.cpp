@@ -1,12 +1,13 @@
-// Runs the Mamba-2 mixer of kernels/mamba.cu (the step's rows into the paged cache, the
-// causal convolution with SiLU, the recurrence per (sequence, head) from and into each
-// sequence's state slot, the gated RMS norm) on the CPU through cuda_emu.h, with the
-// launches of src/backend/cuda/ops_mamba.rs, against a double-precision reference: decode
-// rows at positions 0 to 3 (taps before the sequence, a state from zeros) and deep in a
-// sequence (its slot's state), prefill chunks resuming a state, fresh prompts, a padding
-// token and a padding sequence (its slot past the pool). The caches start with random rows
-// and states and the sequences hold shuffled slots of a larger pool, so a read of the
-// wrong row or slot, or a state stored in the wrong slot, shows.
+// Runs the Mamba-2 mixer of kernels/mamba.cu (the causal convolution with SiLU over the
+// step's rows and the sequence's window, the new window, the recurrence per (sequence,
+// head) from and into the sequence's state slot, the gated RMS norm) on the CPU through
+// cuda_emu.h, with the launches of src/backend/cuda/ops_mamba.rs, against a
+// double-precision reference: decode rows at positions 0 to 3 (taps before the sequence,
+// a state from zeros) and deep in a sequence (its slot's window and state), prefill chunks
+// resuming them (one shorter than the window), fresh prompts, a padding token and a
+// padding sequence (its slot past the pool). The slots start random and the sequences hold
+// shuffled slots of a larger pool, so a read of the wrong slot or row, or a state or
+// window stored in the wrong place, shows.
 //
 //   mamba_check      exit status 1 if any case is off
 #include <bit>
@@ -59,45 +60,36 @@ struct Shape {
 double silu(double v) { return v / (1.0 + std::exp(-v)); }
 double softplus(double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }
 
-using WriteFn = void (*)(void*, const void*, const int*, int, int, int, long long);
-using ConvFn = void (*)(void*, const void*, const void*, const void*, int, const int*, const int*,
-                        const int*, const int*, int, int, int, int, int);
+using ConvFn = void (*)(void*, float*, const void*, const void*, const void*, int, const int*,
+                        const int*, int, const int*, const int*, int, int, int, int, int,
+                        long long, long long);
+using WindowFn = void (*)(float*, const void*, const int*, const int*, int, const int*,
+                          const int*, int, int, int, int, long long, long long);
 using ScanFn = void (*)(float*, float*, const void*, const void*, const float*, const float*,
                         const float*, const int*, const int*, int, const int*, const int*, int,
-                        int, int, int, int, float, float);
+                        int, int, int, int, long long, float, float);
 using NormFn = void (*)(void*, const float*, const void*, const void*, const int*, int, int, int,
                         float);
 
-// Sequences as (context after the step, new tokens); a trailing padding token (slot -1)
-// and, with `padding_seq`, a one-token padding sequence before it.
+// Sequences as (context after the step, new tokens), then a one-token padding sequence (a
+// recorded graph's spare row, its slot past the pool) and a trailing padding token.
 void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>>& given,
-                 int block_size, bool bias, Order order) {
+                 bool bias, Order order) {
     std::vector<std::pair<int, int>> seqs = given;
     const int real_seqs = static_cast<int>(seqs.size());
-    seqs.push_back({1, 1});  // the padding sequence (a recorded graph's spare row)
+    seqs.push_back({1, 1});
     const int inner = sh.heads * sh.head_dim;
     const int conv_dim = inner + 2 * sh.groups * sh.state;
     const int width = inner + conv_dim + sh.heads;
-    const long long values = static_cast<long long>(inner) * sh.state;
-    int tokens = 0, max_blocks = 0;
-    for (auto [ctx, q_len] : seqs) {
-        tokens += q_len;
-        max_blocks = std::max(max_blocks, (ctx + block_size - 1) / block_size);
-    }
-    ++tokens;  // the padding token
+    const int window = sh.taps - 1;
+    const long long ssm_values = static_cast<long long>(inner) * sh.state;
+    const long long values = ssm_values + static_cast<long long>(window) * conv_dim;
     const int num_seqs = static_cast<int>(seqs.size());
-    const int num_blocks = num_seqs * max_blocks + 3;
-    std::vector<int> free_blocks(num_blocks);
-    for (int i = 0; i < num_blocks; ++i) free_blocks[i] = i;
-    std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
-    std::vector<int> tables(static_cast<size_t>(num_seqs) * max_blocks, 0);
     std::vector<int> query_start{0}, context_lens, slots, positions;
     for (int s = 0; s < num_seqs; ++s) {
-        for (int b = 0; b < max_blocks; ++b) tables[s * max_blocks + b] = free_blocks[s * max_blocks + b];
         auto [ctx, q_len] = seqs[s];
         for (int p = ctx - q_len; p < ctx; ++p) {
-            const bool pad = s >= real_seqs;
-            slots.push_back(pad ? -1 : tables[s * max_blocks + p / block_size] * block_size + p % block_size);
+            slots.push_back(s >= real_seqs ? -1 : static_cast<int>(slots.size()));
             positions.push_back(p);
         }
         query_start.push_back(query_start.back() + q_len);
@@ -105,7 +97,7 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
     }
     slots.push_back(-1);
     positions.push_back(0);
-    const long long num_slots = static_cast<long long>(num_blocks) * block_size;
+    const int tokens = static_cast<int>(slots.size());
     const std::vector<float> zxbcdt = random(d, static_cast<size_t>(tokens) * width, 1.5f);
     const std::vector<float> weight = random(d, static_cast<size_t>(conv_dim) * sh.taps, 0.8f);
     const std::vector<float> conv_bias = random(d, conv_dim, 0.3f);
@@ -113,82 +105,89 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
     const std::vector<float> dt_bias = random(DType::F32, sh.heads, 1.0f);
     std::vector<float> a = random(DType::F32, sh.heads, 1.0f), dd = random(DType::F32, sh.heads, 1.0f);
     for (float& v : a) v = -std::exp(v);
-    const std::vector<float> old_rows = random(d, static_cast<size_t>(num_slots) * conv_dim, 1.0f);
-    // Two spare slots no sequence holds; the padding sequence's slot is past the pool.
+    // Two spare slots no sequence holds; the padding sequence's slot is past the pool. The
+    // old windows hold 16-bit values, as the kernels store them.
     const int num_state_slots = real_seqs + 2;
     std::vector<int> state_slots(num_state_slots);
     for (int i = 0; i < num_state_slots; ++i) state_slots[i] = i;
     std::shuffle(state_slots.begin(), state_slots.end(), rng);
     state_slots.resize(real_seqs);
     state_slots.push_back(num_state_slots);
-    const std::vector<float> old_states = random(DType::F32, static_cast<size_t>(num_state_slots) * values, 1.0f);
-    Buffer rows(d, old_rows), in(d, zxbcdt), w(d, weight), b(d, conv_bias), nw(d, norm_w);
+    std::vector<float> old_states = random(DType::F32, static_cast<size_t>(num_state_slots) * values, 1.0f);
+    for (int s = 0; s < num_state_slots; ++s) {
+        for (long long i = ssm_values; i < values; ++i) {
+            float& v = old_states[s * values + i];
+            v = static_cast<float>(round_to(d, v));
+        }
+    }
+    Buffer in(d, zxbcdt), w(d, weight), b(d, conv_bias), nw(d, norm_w);
     Buffer xbc = Buffer::unwritten(d, static_cast<size_t>(tokens) * conv_dim);
     Buffer out = Buffer::unwritten(d, static_cast<size_t>(tokens) * inner);
     std::vector<float> states = old_states;
     // Unwritten scratch, as a pooled buffer would be.
     std::vector<float> y(static_cast<size_t>(tokens) * inner, __builtin_nanf(""));
 
-    auto write = KILN_PICK(WriteFn, mamba_conv_write, d);
     auto conv = KILN_PICK(ConvFn, mamba_conv, d);
+    auto slide = KILN_PICK(WindowFn, mamba_conv_window, d);
     auto scan = KILN_PICK(ScanFn, mamba_scan, d);
     auto norm = KILN_PICK(NormFn, mamba_gated_norm, d);
-    const unsigned write_threads = std::min(1024u, std::max(32u, std::bit_ceil(unsigned(conv_dim))));
-    kiln_emu::launch({static_cast<unsigned>(tokens), 1, 1}, {write_threads, 1, 1}, order, 1, [&] {
-        write(rows.data(), in.data(), slots.data(), width, inner, conv_dim, num_slots);
-    });
     const unsigned tiles = static_cast<unsigned>((conv_dim + 255) / 256);
     kiln_emu::launch({static_cast<unsigned>(tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
-        conv(xbc.data(), rows.data(), w.data(), bias ? b.data() : w.data(), bias ? 1 : 0,
-             slots.data(), tables.data(), query_start.data(), context_lens.data(), num_seqs,
-             max_blocks, block_size, conv_dim, sh.taps);
+        conv(xbc.data(), states.data(), in.data(), w.data(), bias ? b.data() : w.data(),
+             bias ? 1 : 0, slots.data(), state_slots.data(), num_state_slots, query_start.data(),
+             context_lens.data(), num_seqs, width, inner, conv_dim, sh.taps, values, ssm_values);
+    });
+    kiln_emu::launch({static_cast<unsigned>(num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+        slide(states.data(), in.data(), slots.data(), state_slots.data(), num_state_slots,
+              query_start.data(), context_lens.data(), width, inner, conv_dim, sh.taps, values,
+              ssm_values);
     });
     kiln_emu::launch({static_cast<unsigned>(num_seqs), static_cast<unsigned>(sh.heads), 1},
                      {256, 1, 1}, order, 1, [&] {
                          scan(y.data(), states.data(), xbc.data(), in.data(), dt_bias.data(),
                               a.data(), dd.data(), slots.data(), state_slots.data(),
                               num_state_slots, query_start.data(), context_lens.data(),
-                              sh.head_dim, sh.state, sh.groups, sh.heads, width, 0.0f, INFINITY);
+                              sh.head_dim, sh.state, sh.groups, sh.heads, width, values, 0.0f,
+                              INFINITY);
                      });
     const unsigned norm_threads = std::min(1024u, std::max(32u, std::bit_ceil(unsigned(inner))));
     kiln_emu::launch({static_cast<unsigned>(tokens), 1, 1}, {norm_threads, 1, 1}, order, 1, [&] {
         norm(out.data(), y.data(), in.data(), nw.data(), slots.data(), width, inner, inner, 1e-5f);
     });
 
-    // The reference: rows, convolution, scan, norm.
-    std::vector<double> want_rows(old_rows.begin(), old_rows.end());
-    for (int t = 0; t < tokens; ++t) {
-        if (slots[t] < 0) continue;
-        for (int c = 0; c < conv_dim; ++c) {
-            want_rows[static_cast<size_t>(slots[t]) * conv_dim + c] = zxbcdt[static_cast<size_t>(t) * width + inner + c];
-        }
-    }
+    // The reference, sequence by sequence.
     std::vector<double> want_xbc(static_cast<size_t>(tokens) * conv_dim, 0.0);
     std::vector<double> want_states(old_states.begin(), old_states.end());
-    std::vector<double> want_y(static_cast<size_t>(tokens) * inner, 0.0);
     std::vector<double> want_out(static_cast<size_t>(tokens) * inner, 0.0);
     for (int s = 0; s < real_seqs; ++s) {
-        const int* table = &tables[s * max_blocks];
-        for (int t = query_start[s]; t < query_start[s + 1]; ++t) {
+        const int start = query_start[s], len = query_start[s + 1] - start;
+        const int first = positions[start];
+        const long long slot = state_slots[s];
+        // Row q of the step (q < 0: the old window, zeros at position 0).
+        auto row = [&](int q, int c) -> double {
+            if (q >= 0) return zxbcdt[static_cast<size_t>(start + q) * width + inner + c];
+            if (first == 0) return 0.0;
+            return old_states[slot * values + ssm_values + static_cast<long long>(window + q) * conv_dim + c];
+        };
+        for (int t = 0; t < len; ++t) {
             for (int c = 0; c < conv_dim; ++c) {
                 double acc = bias ? conv_bias[c] : 0.0;
-                for (int j = 0; j < sh.taps; ++j) {
-                    const int p = positions[t] - (sh.taps - 1) + j;
-                    if (p < 0) continue;
-                    const int slot = table[p / block_size] * block_size + p % block_size;
-                    acc += static_cast<double>(weight[c * sh.taps + j]) * want_rows[static_cast<size_t>(slot) * conv_dim + c];
-                }
-                want_xbc[static_cast<size_t>(t) * conv_dim + c] = round_to(d, silu(round_to(d, acc)));
+                for (int j = 0; j < sh.taps; ++j) acc += static_cast<double>(weight[c * sh.taps + j]) * row(t - window + j, c);
+                want_xbc[static_cast<size_t>(start + t) * conv_dim + c] = round_to(d, silu(round_to(d, acc)));
             }
         }
-        const int first = positions[query_start[s]];
-        const long long slot = state_slots[s];
-        std::vector<double> h(values, 0.0);
-        if (first > 0) {
-            for (long long i = 0; i < values; ++i) h[i] = old_states[slot * values + i];
+        for (int j = 0; j < window; ++j) {
+            for (int c = 0; c < conv_dim; ++c) {
+                want_states[slot * values + ssm_values + static_cast<long long>(j) * conv_dim + c] = row(len - window + j, c);
+            }
         }
-        for (int t = query_start[s]; t < query_start[s + 1]; ++t) {
-            const double* row = &want_xbc[static_cast<size_t>(t) * conv_dim];
+        std::vector<double> h(ssm_values, 0.0);
+        if (first > 0) {
+            for (long long i = 0; i < ssm_values; ++i) h[i] = old_states[slot * values + i];
+        }
+        for (int t = start; t < start + len; ++t) {
+            const double* r = &want_xbc[static_cast<size_t>(t) * conv_dim];
+            std::vector<double> yt(inner);
             for (int head = 0; head < sh.heads; ++head) {
                 const int g = head / (sh.heads / sh.groups);
                 const double raw = zxbcdt[static_cast<size_t>(t) * width + inner + conv_dim + head];
@@ -196,37 +195,29 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
                 const double decay = std::exp(dt * a[head]);
                 for (int p = 0; p < sh.head_dim; ++p) {
                     const int i = head * sh.head_dim + p;
-                    const double x = row[i];
                     double acc = 0.0;
                     for (int n = 0; n < sh.state; ++n) {
                         double& v = h[static_cast<size_t>(i) * sh.state + n];
-                        v = decay * v + dt * x * row[inner + g * sh.state + n];
-                        acc += v * row[inner + sh.groups * sh.state + g * sh.state + n];
+                        v = decay * v + dt * r[i] * r[inner + g * sh.state + n];
+                        acc += v * r[inner + sh.groups * sh.state + g * sh.state + n];
                     }
-                    want_y[static_cast<size_t>(t) * inner + i] = acc + dd[head] * x;
+                    yt[i] = acc + dd[head] * r[i];
                 }
             }
-            if (t == query_start[s + 1] - 1) {
-                for (long long i = 0; i < values; ++i) want_states[slot * values + i] = h[i];
-            }
             double sum = 0.0;
-            std::vector<double> gated(inner);
             for (int i = 0; i < inner; ++i) {
-                gated[i] = want_y[static_cast<size_t>(t) * inner + i] * silu(zxbcdt[static_cast<size_t>(t) * width + i]);
-                sum += gated[i] * gated[i];
+                yt[i] *= silu(zxbcdt[static_cast<size_t>(t) * width + i]);
+                sum += yt[i] * yt[i];
             }
             const double inv = 1.0 / std::sqrt(sum / inner + 1e-5);
-            for (int i = 0; i < inner; ++i) {
-                want_out[static_cast<size_t>(t) * inner + i] = round_to(d, norm_w[i] * gated[i] * inv);
-            }
+            for (int i = 0; i < inner; ++i) want_out[static_cast<size_t>(t) * inner + i] = round_to(d, norm_w[i] * yt[i] * inv);
         }
+        for (long long i = 0; i < ssm_values; ++i) want_states[slot * values + i] = h[i];
     }
     char name[160];
-    std::snprintf(name, sizeof name, "%d seqs, %d tok, %d heads x %d, state %d, %d groups, bs %d%s",
-                  num_seqs, tokens, sh.heads, sh.head_dim, sh.state, sh.groups, block_size,
+    std::snprintf(name, sizeof name, "%d seqs, %d tok, %d heads x %d, state %d, %d groups, %d taps%s",
+                  num_seqs, tokens, sh.heads, sh.head_dim, sh.state, sh.groups, sh.taps,
                   bias ? ", bias" : "");
-    report(std::string("mamba rows     ") + name, d, rows.values(), want_rows, 0.0);
-    // Padding rows of the convolution are zeros; compare all.
     report(std::string("mamba conv     ") + name, d, xbc.values(), want_xbc, tolerance(d));
     std::vector<float> got_states(states.begin(), states.end());
     report(std::string("mamba states   ") + name, d, got_states, want_states, tolerance(d));
@@ -238,17 +229,19 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
 int main() {
     for (DType d : {DType::F32, DType::F16, DType::BF16}) {
         std::printf("== %s\n", dtype_name(d));
-        // The bamba fixture's mixer: decode at positions 0-3 and deep, a prefill chunk
-        // resuming inside a block, a fresh prompt of three blocks.
+        // The bamba fixture's mixer: decode at positions 0-3 (taps and window before the
+        // sequence) and deep, a prefill chunk resuming a state, a fresh prompt.
         const Shape bamba{8, 16, 16, 2, 4};
-        check_mamba(d, bamba, {{1, 1}, {2, 1}, {3, 1}, {4, 1}, {40, 1}, {37, 9}, {12, 12}}, 4,
-                    true, Order::Random);
-        // Granite 4.0's head (64 x 128 state: four columns per lane), one group, no bias.
+        check_mamba(d, bamba, {{1, 1}, {2, 1}, {3, 1}, {4, 1}, {40, 1}, {37, 9}, {12, 12}}, true,
+                    Order::Random);
+        // Granite 4.0's head (64 x 128 state: four columns per lane), one group, no bias;
+        // a chunk of 2 after a prefix (shorter than the window: part old, part new).
         const Shape granite{4, 64, 128, 1, 4};
-        check_mamba(d, granite, {{100, 1}, {19, 19}, {35, 6}}, 16, false, Order::Reverse);
-        // The largest head the scan holds (64 x 256: 64 values per thread), odd head_dim.
-        check_mamba(d, Shape{2, 64, 256, 2, 4}, {{9, 9}, {17, 1}}, 8, true, Order::Forward);
-        check_mamba(d, Shape{3, 12, 40, 3, 3}, {{7, 7}, {30, 2}}, 4, true, Order::Random);
+        check_mamba(d, granite, {{100, 1}, {19, 19}, {35, 2}}, false, Order::Reverse);
+        // The largest head the scan holds (64 x 256: 64 values per thread).
+        check_mamba(d, Shape{2, 64, 256, 2, 4}, {{9, 9}, {17, 1}}, true, Order::Forward);
+        // Odd shapes: 3 taps, 3 groups, a state of 40.
+        check_mamba(d, Shape{3, 12, 40, 3, 3}, {{7, 7}, {30, 2}, {2, 1}}, true, Order::Random);
     }
     std::printf("%s\n", failures == 0 ? "the Mamba mixer matches the reference" : "SOME CASES FAILED");
     return failures == 0 ? 0 : 1;

@@ -1,18 +1,18 @@
 //! The Mamba-2 mixer's shape and parameters, as [`super::Backend::mamba_mixer`] takes them,
 //! and where its recurrent state lives.
 //!
-//! A mixer keeps two kinds of memory per sequence. Its causal convolution reads the last
-//! `taps` rows of its input, which are kept per token in the paged cache like LFM2's
-//! convolution rows ([`super::KvCacheSpec::conv_layers`]). Its state-space recurrence keeps
-//! one `[heads, head_dim, state]` f32 state, which is not a window of rows and is large
-//! (Mamba-Codestral: 4 MiB per layer), so it is kept once per *running sequence*, not per
-//! block: the scheduler gives each sequence it runs one of `max_num_seqs` state slots
-//! ([`crate::backend::BatchLayout::state_slots`], [`super::KvCacheSpec::state_layers`]). A
-//! step starts each sequence from its slot (from zeros at position 0) and leaves the state
-//! after its last token there, so chunked prefill and decode continue it; a preempted
-//! sequence gives its slot back and is recomputed from its first token. A state cannot be
-//! restored at a cached prefix or rolled back, so these models run without prefix caching
-//! and refuse speculative decoding.
+//! A mixer keeps two kinds of memory per sequence: its causal convolution's window (the last
+//! `taps - 1` x / B / C rows) and its state-space recurrence's `[heads, head_dim, state]`
+//! state, large (Mamba-Codestral: 4 MiB per layer). Neither grows with the sequence, so
+//! both are kept once per *running sequence*, in f32, not in the paged cache (a row per
+//! token would cost Codestral 1.25 MiB per token): the scheduler gives each sequence it runs
+//! one of `max_num_seqs` state slots ([`crate::backend::BatchLayout::state_slots`],
+//! [`super::KvCacheSpec::state_layers`]). A step starts each sequence from its slot (zeros
+//! at position 0) and leaves the window and state after its last token there, so chunked
+//! prefill and decode continue them; a preempted sequence gives its slot back and is
+//! recomputed from its first token. A state cannot be restored at a cached prefix or
+//! rolled back, so these models run without prefix caching and refuse speculative
+//! decoding.
 
 /// A mixer's dimensions on this device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,9 +50,19 @@ impl MambaShape {
         self.inner() + self.conv_dim() + self.heads
     }
 
-    /// f32 values one recurrent state holds.
+    /// f32 values of the state-space part of a sequence's state, `[heads, head_dim, state]`.
     pub fn state_values(&self) -> usize {
         self.inner() * self.state
+    }
+
+    /// f32 values of the convolution's part: the last `taps - 1` x / B / C rows.
+    pub fn window_values(&self) -> usize {
+        (self.taps - 1) * self.conv_dim()
+    }
+
+    /// f32 values one sequence's slot holds: the state-space state, then the window.
+    pub fn slot_values(&self) -> usize {
+        self.state_values() + self.window_values()
     }
 
     /// Checks the dimensions divide as the kernels need.

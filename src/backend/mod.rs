@@ -575,9 +575,9 @@ pub struct KvCacheSpec {
     /// per token (the short convolution's inputs, [`Backend::short_conv`]) in place of K,
     /// and no V. Paged like keys, so prefix caching and chunked prefill apply unchanged.
     pub conv_layers: Vec<(usize, usize)>,
-    /// Mamba layers, `(layer, values)`: besides their convolution rows (in `conv_layers`),
-    /// they keep `state_slots` f32 recurrent states of `values` each in place of V, one
-    /// per running sequence ([`mamba`]).
+    /// Mamba layers, `(layer, values)`: nothing per token; `state_slots` f32 states of
+    /// `values` each (convolution window and recurrent state) in place of V, one per
+    /// running sequence ([`mamba`]).
     pub state_layers: Vec<(usize, usize)>,
     pub state_slots: usize,
 }
@@ -612,6 +612,9 @@ impl KvCacheSpec {
 
     /// Values one token occupies in layer `layer`'s K cache and in its V cache.
     pub fn token_widths(&self, layer: usize) -> (usize, usize) {
+        if self.state_values(layer).is_some() {
+            return (0, 0);
+        }
         match self.conv_width(layer) {
             Some(width) => (width, 0),
             None => {

@@ -2280,24 +2280,24 @@ impl ModelConfig {
 
     /// Parameter count, for memory planning and logs.
     /// Values one token keeps in the paged cache across all layers: K and V of each
-    /// attention layer, one row of each of LFM2's convolution layers and of each Mamba
-    /// mixer (whose per-sequence states [`ModelConfig::state_values_per_sequence`] counts).
+    /// attention layer, one row of each of LFM2's convolution layers, nothing for Mamba
+    /// mixers (whose per-sequence states [`ModelConfig::state_values_per_sequence`] counts).
     pub fn cache_values_per_token(&self) -> u64 {
         (0..self.num_layers)
             .map(|i| match (&self.short_conv, &self.mamba) {
                 (Some(conv), _) if conv.is_conv(i) => self.hidden_size as u64,
-                (_, Some(m)) if m.is_mamba(i) => m.shape.conv_dim() as u64,
+                (_, Some(m)) if m.is_mamba(i) => 0,
                 _ => 2 * self.kv_width() as u64,
             })
             .sum()
     }
 
     /// f32 values each running sequence keeps besides its tokens' rows: the Mamba mixers'
-    /// recurrent states.
+    /// convolution windows and recurrent states.
     pub fn state_values_per_sequence(&self) -> u64 {
         self.mamba.as_ref().map_or(0, |m| {
             let mixers = (0..self.num_layers).filter(|&i| m.is_mamba(i)).count();
-            (mixers * m.shape.state_values()) as u64
+            (mixers * m.shape.slot_values()) as u64
         })
     }
 

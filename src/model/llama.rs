@@ -1076,17 +1076,13 @@ impl<B: Backend> LlamaModel<B> {
                 .layers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, layer)| {
-                    let mixer_rows = layer.mamba.as_ref().map(|m| m.shape.conv_dim());
-                    let conv_rows = layer.conv.as_ref().map(|conv| conv.channels);
-                    conv_rows.or(mixer_rows).map(|w| (i, w))
-                })
+                .filter_map(|(i, layer)| layer.conv.as_ref().map(|conv| (i, conv.channels)))
                 .collect(),
             state_layers: self
                 .layers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, layer)| layer.mamba.as_ref().map(|m| (i, m.shape.state_values())))
+                .filter_map(|(i, layer)| layer.mamba.as_ref().map(|m| (i, m.shape.slot_values())))
                 .collect(),
             state_slots,
         }

@@ -402,10 +402,13 @@ mod tests {
         assert!(m.conv_bias);
         assert_eq!(c.rope_layers.as_deref(), Some(&[false; 40][..]));
         assert!(c.granite.is_some());
-        // Per token: 4 attention layers' K and V (4 heads of 128), 36 mixers' conv rows;
-        // per sequence, 36 states of 48 x 64 x 128.
-        assert_eq!(c.cache_values_per_token(), 4 * 2 * 512 + 36 * 3328);
-        assert_eq!(c.state_values_per_sequence(), 36 * 48 * 64 * 128);
+        // Per token: 4 attention layers' K and V (4 heads of 128), nothing for the mixers;
+        // per sequence, 36 states of 48 x 64 x 128 and windows of 3 rows of 3328.
+        assert_eq!(c.cache_values_per_token(), 4 * 2 * 512);
+        assert_eq!(
+            c.state_values_per_sequence(),
+            36 * (48 * 64 * 128 + 3 * 3328)
+        );
         // Per mixer layer: in_proj 1536 x 6448, the kernel and bias 3328 x 5, dt_bias / A /
         // D, the norm, out_proj, an MLP of 3 x 1536 x 4096 and two norms; per attention
         // layer q / k / v / o (1536 + 2 x 512 + 1536 wide), the same MLP and norms; the
@@ -430,8 +433,8 @@ mod tests {
                 max_num_batched_tokens: 2048,
             })
         };
-        let rows = (4 * 2 * 512 + 36 * 3328) * 2;
-        let states = 36 * 48 * 64 * 128 * 4;
+        let rows = 4 * 2 * 512 * 2;
+        let states = 36 * (48 * 64 * 128 + 3 * 3328) * 4;
         assert_eq!(cache(1).kv_per_token, rows);
         assert_eq!(cache(8).kv_cache, 8 * (4096 * rows + states));
     }
@@ -478,8 +481,12 @@ mod tests {
         assert_eq!((s.dt_min, s.dt_max), (0.0, f32::INFINITY));
         assert_eq!(s.norm_group, 1024);
         assert_eq!(c.intermediate_size, 0);
-        // No K / V: each layer keeps its convolution rows per token.
-        assert_eq!(c.cache_values_per_token(), 64 * (8192 + 2 * 8 * 128));
+        // Nothing per token; per sequence each layer's state and 3-row window.
+        assert_eq!(c.cache_values_per_token(), 0);
+        assert_eq!(
+            c.state_values_per_sequence(),
+            64 * (8192 * 128 + 3 * (8192 + 2 * 8 * 128))
+        );
         let billions = c.num_parameters() as f64 / 1e9;
         assert!((billions - 7.29).abs() < 0.05, "{billions}");
         let clamped = MAMBA_CODESTRAL.replace("[0.0, Infinity]", "[0.001, 0.1]");

@@ -1,9 +1,9 @@
 //! The Mamba-2 mixer on the host, in f32: the CPU backend's implementation and the
-//! reference the CUDA kernels are checked against. The recurrence runs token by token (the
-//! state-space "scan"), which is what the chunked algorithms of the fast kernels compute too.
+//! reference the CUDA kernels are checked against. Each sequence's convolution window and
+//! state live in its state slot; the recurrence runs token by token (the state-space
+//! "scan"), which is what the chunked algorithms of the fast kernels compute too.
 
 use super::kv_cache::CpuKvCache;
-use super::short_conv::causal_depthwise;
 use crate::backend::mamba::{silu, step_size, MambaShape};
 use crate::backend::{BatchLayout, DType};
 use anyhow::{Context, Result};
@@ -20,7 +20,8 @@ pub struct HostMambaParams {
 }
 
 /// `[n, inner]` mixer outputs of `zxbcdt` (`[n, projection_width]`), rounded to `dtype`;
-/// writes the step's convolution rows and states into layer `layer` of `cache`.
+/// reads and leaves each sequence's convolution window and state in its slot of layer
+/// `layer` of `cache`.
 pub fn mamba_mixer(
     cache: &mut CpuKvCache,
     layer: usize,
@@ -31,7 +32,7 @@ pub fn mamba_mixer(
 ) -> Result<Vec<f32>> {
     let sh = &p.shape;
     sh.validate()?;
-    let (inner, conv_dim, width) = (sh.inner(), sh.conv_dim(), sh.projection_width());
+    let (inner, width) = (sh.inner(), sh.projection_width());
     let n = batch.num_tokens();
     anyhow::ensure!(
         zxbcdt.len() == n * width,
@@ -47,52 +48,24 @@ pub fn mamba_mixer(
         p.norm.len() == inner,
         "mamba: the norm weight is not [{inner}]"
     );
-    let rows: Vec<f32> = (0..n)
-        .flat_map(|t| {
-            zxbcdt[t * width + inner..t * width + inner + conv_dim]
-                .iter()
-                .copied()
-        })
-        .collect();
-    cache
-        .write_conv(layer, &rows, &batch.slots)
-        .context("mamba")?;
-    let mut xbc = causal_depthwise(cache, layer, batch, (&p.conv_weight, sh.taps), conv_dim)?;
-    for (i, v) in xbc.iter_mut().enumerate() {
-        let bias = p.conv_bias.as_ref().map_or(0.0, |b| b[i % conv_dim]);
-        *v = dtype.round(silu(dtype.round(*v + bias)));
-    }
-    let y = scan(cache, layer, batch, zxbcdt, &xbc, p)?;
-    Ok(gated_norm(&y, zxbcdt, p, dtype))
-}
-
-/// The recurrence over each sequence's tokens: `[n, inner]` outputs `h C + D x` (before the
-/// gate), from and into each sequence's state slot of layer `layer`.
-fn scan(
-    cache: &mut CpuKvCache,
-    layer: usize,
-    batch: &BatchLayout,
-    zxbcdt: &[f32],
-    xbc: &[f32],
-    p: &HostMambaParams,
-) -> Result<Vec<f32>> {
-    let sh = &p.shape;
-    let (inner, conv_dim, width) = (sh.inner(), sh.conv_dim(), sh.projection_width());
+    anyhow::ensure!(
+        p.conv_weight.len() == sh.conv_dim() * sh.taps,
+        "mamba: the convolution weight is not [{}, {}]",
+        sh.conv_dim(),
+        sh.taps
+    );
     let values = cache
         .spec
         .state_values(layer)
         .with_context(|| format!("mamba: layer {layer} keeps no states"))?;
     anyhow::ensure!(
-        values == sh.state_values(),
+        values == sh.slot_values(),
         "mamba: the cache keeps states of {values}, the mixer's have {}",
-        sh.state_values()
+        sh.slot_values()
     );
     let states = &mut cache.v[layer];
-    let slots = states.len() / values.max(1);
-    let heads_per_group = sh.heads / sh.groups;
-    let n_state = sh.state;
-    let mut y = vec![0.0f32; batch.num_tokens() * inner];
-    let mut h = vec![0.0f32; values];
+    let num_slots = states.len() / values.max(1);
+    let mut y = vec![0.0f32; n * inner];
     for seq in 0..batch.num_seqs() {
         let (start, end) = (batch.query_start[seq], batch.query_start[seq + 1]);
         // No tokens, or a padding sequence (no slots): nothing to run or store.
@@ -101,45 +74,106 @@ fn scan(
         }
         let slot = batch.state_slot(seq);
         anyhow::ensure!(
-            slot < slots,
-            "mamba: state slot {slot} outside the cache's {slots}"
+            slot < num_slots,
+            "mamba: state slot {slot} outside the cache's {num_slots}"
         );
-        let state = &mut states[slot * values..(slot + 1) * values];
         let first = batch.context_lens[seq] - (end - start);
+        let state = &mut states[slot * values..(slot + 1) * values];
         if first == 0 {
-            h.fill(0.0);
-        } else {
-            h.copy_from_slice(state);
+            state.fill(0.0);
         }
-        for t in start..end {
-            let row = &xbc[t * conv_dim..(t + 1) * conv_dim];
-            let (x, bc) = row.split_at(inner);
-            let (b_all, c_all) = bc.split_at(sh.groups * n_state);
-            for head in 0..sh.heads {
-                let raw = zxbcdt[t * width + inner + conv_dim + head];
-                let dt = step_size(raw, p.dt_bias[head], sh);
-                let decay = (dt * p.a[head]).exp();
-                let g = head / heads_per_group;
-                let (b, c) = (
-                    &b_all[g * n_state..(g + 1) * n_state],
-                    &c_all[g * n_state..(g + 1) * n_state],
-                );
-                for i in head * sh.head_dim..(head + 1) * sh.head_dim {
-                    let xv = x[i];
-                    let hrow = &mut h[i * n_state..(i + 1) * n_state];
-                    let mut acc = 0.0f32;
-                    for k in 0..n_state {
-                        hrow[k] = decay * hrow[k] + dt * xv * b[k];
-                        acc += hrow[k] * c[k];
-                    }
-                    y[t * inner + i] = acc + p.d[head] * xv;
-                }
+        let rows = &zxbcdt[start * width..end * width];
+        let xbc = convolve(rows, state, p, dtype);
+        scan(&xbc, rows, state, p, &mut y[start * inner..end * inner]);
+        slide_window(rows, state, sh);
+    }
+    Ok(gated_norm(&y, zxbcdt, p, dtype))
+}
+
+/// One sequence's step: its tokens' x / B / C row `q` (the step's own from its first
+/// position on, before it the window in `state`, which holds zeros at position 0).
+fn xbc_row<'a>(rows: &'a [f32], state: &'a [f32], sh: &MambaShape, q: isize) -> &'a [f32] {
+    let (inner, conv_dim, width) = (sh.inner(), sh.conv_dim(), sh.projection_width());
+    if q >= 0 {
+        let t = q as usize;
+        &rows[t * width + inner..t * width + inner + conv_dim]
+    } else {
+        // Row -1 is the window's last.
+        let j = (sh.taps as isize - 1 + q) as usize;
+        let window = &state[sh.state_values()..];
+        &window[j * conv_dim..(j + 1) * conv_dim]
+    }
+}
+
+/// The step's convolution (plus the bias), rounded, SiLU'd, rounded: `[tokens, conv_dim]`.
+fn convolve(rows: &[f32], state: &[f32], p: &HostMambaParams, dtype: DType) -> Vec<f32> {
+    let sh = &p.shape;
+    let (conv_dim, taps) = (sh.conv_dim(), sh.taps);
+    let tokens = rows.len() / sh.projection_width();
+    let mut out = vec![0.0f32; tokens * conv_dim];
+    for t in 0..tokens {
+        let acc = &mut out[t * conv_dim..(t + 1) * conv_dim];
+        for j in 0..taps {
+            let row = xbc_row(rows, state, sh, t as isize - (taps - 1 - j) as isize);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a += p.conv_weight[c * taps + j] * row[c];
             }
         }
-        // The state after the step's last token, which the sequence's next step resumes.
-        state.copy_from_slice(&h);
+        for (c, v) in acc.iter_mut().enumerate() {
+            let bias = p.conv_bias.as_ref().map_or(0.0, |b| b[c]);
+            *v = dtype.round(silu(dtype.round(*v + bias)));
+        }
     }
-    Ok(y)
+    out
+}
+
+/// The recurrence over one sequence's step: `y` (`[tokens, inner]`) gets `h C + D x`
+/// (before the gate), from and into the state-space part of `state`.
+fn scan(xbc: &[f32], rows: &[f32], state: &mut [f32], p: &HostMambaParams, y: &mut [f32]) {
+    let sh = &p.shape;
+    let (inner, conv_dim, width) = (sh.inner(), sh.conv_dim(), sh.projection_width());
+    let heads_per_group = sh.heads / sh.groups;
+    let n_state = sh.state;
+    let h = &mut state[..sh.state_values()];
+    for t in 0..rows.len() / width {
+        let row = &xbc[t * conv_dim..(t + 1) * conv_dim];
+        let (x, bc) = row.split_at(inner);
+        let (b_all, c_all) = bc.split_at(sh.groups * n_state);
+        for head in 0..sh.heads {
+            let raw = rows[t * width + inner + conv_dim + head];
+            let dt = step_size(raw, p.dt_bias[head], sh);
+            let decay = (dt * p.a[head]).exp();
+            let g = head / heads_per_group;
+            let (b, c) = (
+                &b_all[g * n_state..(g + 1) * n_state],
+                &c_all[g * n_state..(g + 1) * n_state],
+            );
+            for i in head * sh.head_dim..(head + 1) * sh.head_dim {
+                let xv = x[i];
+                let hrow = &mut h[i * n_state..(i + 1) * n_state];
+                let mut acc = 0.0f32;
+                for k in 0..n_state {
+                    hrow[k] = decay * hrow[k] + dt * xv * b[k];
+                    acc += hrow[k] * c[k];
+                }
+                y[t * inner + i] = acc + p.d[head] * xv;
+            }
+        }
+    }
+}
+
+/// The window after the step: its sequence's last `taps - 1` rows.
+fn slide_window(rows: &[f32], state: &mut [f32], sh: &MambaShape) {
+    let (conv_dim, taps) = (sh.conv_dim(), sh.taps);
+    let tokens = (rows.len() / sh.projection_width()) as isize;
+    let window: Vec<f32> = (0..taps - 1)
+        .flat_map(|j| {
+            let q = tokens - (taps - 1) as isize + j as isize;
+            xbc_row(rows, state, sh, q).to_vec()
+        })
+        .collect();
+    state[sh.state_values()..sh.state_values() + window.len()].copy_from_slice(&window);
+    debug_assert_eq!(window.len(), (taps - 1) * conv_dim);
 }
 
 /// `norm * rms_norm(y * silu(z))` over groups of `norm_group` values, rounded to `dtype`.

@@ -990,26 +990,27 @@ impl Backend for CudaBackend {
             v: Vec::with_capacity(spec.num_layers),
         };
         for layer in 0..spec.num_layers {
+            // A Mamba layer: nothing per token, its sequences' states (f32) where V would be.
+            if let Some(values) = spec.state_values(layer) {
+                let shape = [spec.state_slots, values];
+                let states =
+                    CudaTensor::zeros(&self.dev, DType::F32, &shape).with_context(|| {
+                        format!(
+                            "allocating the Mamba states of layer {layer} ({} slots): out of \
+                             GPU memory? lower --max-num-seqs",
+                            spec.state_slots
+                        )
+                    })?;
+                cache.k.push(alloc("K", layer, &[0])?);
+                cache.v.push(states);
+                continue;
+            }
             match spec.conv_width(layer) {
                 // A convolution layer: its rows where K would be, no V.
                 Some(width) => {
                     let rows = [spec.num_blocks, spec.block_size, width];
                     cache.k.push(alloc("convolution rows", layer, &rows)?);
-                    // A Mamba layer's recurrent states, one per running sequence, in f32.
-                    let states = match spec.state_values(layer) {
-                        Some(values) => {
-                            let shape = [spec.state_slots, values];
-                            CudaTensor::zeros(&self.dev, DType::F32, &shape).with_context(|| {
-                                format!(
-                                    "allocating the Mamba states of layer {layer} ({} slots): \
-                                     out of GPU memory? lower --max-num-seqs",
-                                    spec.state_slots
-                                )
-                            })?
-                        }
-                        None => alloc("V", layer, &[0])?,
-                    };
-                    cache.v.push(states);
+                    cache.v.push(alloc("V", layer, &[0])?);
                 }
                 None => {
                     cache.k.push(alloc("K", layer, &kv_shape)?);
@@ -1049,7 +1050,7 @@ impl Backend for CudaBackend {
         layer: usize,
         batch: &CudaBatchMeta,
     ) -> Result<CudaTensor> {
-        let (Some(rows), Some(states)) = (cache.k.get_mut(layer), cache.v.get_mut(layer)) else {
+        let Some(states) = cache.v.get_mut(layer) else {
             bail!("mamba: no layer {layer} in the cache");
         };
         let conv_batch = batch.conv_batch();
@@ -1064,7 +1065,6 @@ impl Backend for CudaBackend {
             zxbcdt,
             params,
             MambaCache {
-                rows,
                 states,
                 state_slots: &batch.state_slots,
             },

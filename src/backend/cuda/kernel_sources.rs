@@ -74,8 +74,8 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         file: "mamba.cu",
         body: include_str!("../../../kernels/mamba.cu"),
         ops: &[
-            "mamba_conv_write",
             "mamba_conv",
+            "mamba_conv_window",
             "mamba_scan",
             "mamba_gated_norm",
         ],

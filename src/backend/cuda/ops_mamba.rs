@@ -1,9 +1,10 @@
-//! The Mamba-2 mixer (`kernels/mamba.cu`) as a method of [`CudaDevice`]: the step's x / B / C
-//! rows into the layer's paged rows, the causal convolution and SiLU, the recurrence per
-//! (sequence, head) from and into the sequence's state slot, and the gated RMS norm.
+//! The Mamba-2 mixer (`kernels/mamba.cu`) as a method of [`CudaDevice`]: the causal
+//! convolution and SiLU over the step's x / B / C rows and the sequence's window, the new
+//! window, the recurrence per (sequence, head) from and into the sequence's state slot,
+//! and the gated RMS norm.
 
 use super::device::CudaDevice;
-use super::launch::{self, as_i32};
+use super::launch::as_i32;
 use super::ops_short_conv::{per_channel, ConvBatch};
 use super::tensor::CudaTensor;
 use crate::backend::mamba::MambaParams;
@@ -15,6 +16,8 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 const SCAN_THREADS: usize = 256;
 /// State values one scan thread holds (`MAMBA_SCAN_MAX_PER_THREAD`).
 const SCAN_MAX_PER_THREAD: usize = 64;
+/// The most convolution taps the window kernel holds (`MAMBA_MAX_TAPS`).
+const MAX_TAPS: usize = 8;
 
 /// The step's scratch: the convolution's output `[n, conv_dim]` (model dtype) and the scan's
 /// `[n, inner]` (f32).
@@ -23,10 +26,9 @@ pub struct MambaScratch<'a> {
     pub y: &'a mut CudaTensor,
 }
 
-/// The layer's cache: rows `[blocks, block_size, conv_dim]`, states `[slots, values]` f32,
-/// and each sequence's slot among them.
+/// The layer's states `[slots, slot_values]` f32 (state-space state, then convolution
+/// window) and each sequence's slot among them.
 pub struct MambaCache<'a> {
-    pub rows: &'a mut CudaTensor,
     pub states: &'a mut CudaTensor,
     pub state_slots: &'a CudaSlice<i32>,
 }
@@ -54,26 +56,21 @@ impl CudaDevice {
             "mamba: zxbcdt rows of {w}, the shape needs {width}"
         );
         let dtype = zxbcdt.dtype();
-        let &[blocks, block_size, row_width] = cache.rows.shape() else {
-            bail!(
-                "mamba: the rows must be [blocks, block_size, conv_dim], got {:?}",
-                cache.rows.shape()
-            );
-        };
-        ensure!(
-            row_width == conv_dim,
-            "mamba: cached rows of {row_width}, the mixer's are {conv_dim}"
-        );
-        let &[num_state_slots, state_values] = cache.states.shape() else {
+        let &[num_state_slots, slot_values] = cache.states.shape() else {
             bail!(
                 "mamba: the states must be [slots, values], got {:?}",
                 cache.states.shape()
             );
         };
         ensure!(
-            state_values == sh.state_values(),
-            "mamba: cached states of {state_values}, the mixer's have {}",
-            sh.state_values()
+            slot_values == sh.slot_values(),
+            "mamba: cached states of {slot_values}, the mixer's have {}",
+            sh.slot_values()
+        );
+        ensure!(
+            (2..=MAX_TAPS).contains(&sh.taps),
+            "mamba: {} convolution taps (the kernels take 2 to {MAX_TAPS})",
+            sh.taps
         );
         cache.states.expect_dtype(DType::F32, "mamba states")?;
         params
@@ -85,7 +82,6 @@ impl CudaDevice {
         ] {
             t.expect_dtype(dtype, what)?;
         }
-        cache.rows.expect_dtype(dtype, "mamba rows")?;
         if let Some(bias) = params.conv_bias {
             bias.expect_shape(&[conv_dim], "mamba conv bias")?;
             bias.expect_dtype(dtype, "mamba conv bias")?;
@@ -123,56 +119,64 @@ impl CudaDevice {
             return Ok(());
         }
         let i32_of = |v: usize, what: &str| as_i32(v, what);
-        let (width_i, inner_i, conv_i) = (
+        let (width_i, inner_i, conv_i, taps_i) = (
             i32_of(width, "mamba width")?,
             i32_of(inner, "mamba inner width")?,
             i32_of(conv_dim, "mamba conv width")?,
+            i32_of(sh.taps, "taps")?,
         );
-        let (seqs_i, max_blocks_i, block_size_i) = (
+        let (seqs_i, slots_i) = (
             i32_of(seqs, "sequences")?,
-            i32_of(batch.max_blocks_per_seq, "blocks per sequence")?,
-            i32_of(block_size, "block size")?,
+            i32_of(num_state_slots, "state slots")?,
         );
-        let num_slots = (blocks * block_size) as i64;
-
-        let write = self.kernels().get("mamba_conv_write", dtype)?;
-        let mut args = self.stream().launch_builder(write);
-        args.arg(cache.rows.data_mut())
-            .arg(zxbcdt.data())
-            .arg(batch.slot_mapping)
-            .arg(&width_i)
-            .arg(&inner_i)
-            .arg(&conv_i)
-            .arg(&num_slots);
-        let threads = conv_dim.next_power_of_two().clamp(32, 1024) as u32;
-        // SAFETY: matches kernels/mamba.cu; shapes checked above, slots bounds-checked in
-        // the kernel.
-        unsafe { args.launch(launch::per_row(n, threads)?) }.context("mamba_conv_write launch")?;
+        let (slot_values_i, state_values_i) = (slot_values as i64, sh.state_values() as i64);
 
         let has_bias = i32::from(params.conv_bias.is_some());
         // Without a bias the kernel never reads the pointer: the weight stands in.
         let bias = params.conv_bias.unwrap_or(params.conv_weight);
-        let taps_i = i32_of(sh.taps, "taps")?;
         let conv = self.kernels().get("mamba_conv", dtype)?;
         let mut args = self.stream().launch_builder(conv);
         args.arg(scratch.xbc.data_mut())
-            .arg(cache.rows.data())
+            .arg(cache.states.data_mut())
+            .arg(zxbcdt.data())
             .arg(params.conv_weight.data())
             .arg(bias.data())
             .arg(&has_bias);
         args.arg(batch.slot_mapping)
-            .arg(batch.block_tables)
+            .arg(cache.state_slots)
+            .arg(&slots_i)
+            .arg(batch.query_start)
+            .arg(batch.context_lens)
+            .arg(&seqs_i);
+        args.arg(&width_i)
+            .arg(&inner_i)
+            .arg(&conv_i)
+            .arg(&taps_i)
+            .arg(&slot_values_i)
+            .arg(&state_values_i);
+        let config = per_channel(n, conv_dim, "mamba tokens")?;
+        // SAFETY: matches kernels/mamba.cu; shapes and metadata lengths checked above, slots
+        // past the states' are skipped in the kernel.
+        unsafe { args.launch(config) }.context("mamba_conv launch")?;
+
+        let window = self.kernels().get("mamba_conv_window", dtype)?;
+        let mut args = self.stream().launch_builder(window);
+        args.arg(cache.states.data_mut())
+            .arg(zxbcdt.data())
+            .arg(batch.slot_mapping)
+            .arg(cache.state_slots)
+            .arg(&slots_i)
             .arg(batch.query_start)
             .arg(batch.context_lens);
-        args.arg(&seqs_i)
-            .arg(&max_blocks_i)
-            .arg(&block_size_i)
+        args.arg(&width_i)
+            .arg(&inner_i)
             .arg(&conv_i)
-            .arg(&taps_i);
-        let config = per_channel(n, conv_dim, "mamba tokens")?;
-        // SAFETY: matches kernels/mamba.cu; shapes and metadata lengths checked above, block
-        // indices trusted as the attention kernels trust them.
-        unsafe { args.launch(config) }.context("mamba_conv launch")?;
+            .arg(&taps_i)
+            .arg(&slot_values_i)
+            .arg(&state_values_i);
+        let config = per_channel(seqs, conv_dim, "mamba sequences")?;
+        // SAFETY: as above; it runs after mamba_conv read the old windows, on one stream.
+        unsafe { args.launch(config) }.context("mamba_conv_window launch")?;
 
         let (head_dim_i, state_i, groups_i, heads_i) = (
             i32_of(sh.head_dim, "head_dim")?,
@@ -189,10 +193,9 @@ impl CudaDevice {
             .arg(params.dt_bias.data())
             .arg(params.a.data())
             .arg(params.d.data());
-        let num_state_slots_i = i32_of(num_state_slots, "state slots")?;
         args.arg(batch.slot_mapping)
             .arg(cache.state_slots)
-            .arg(&num_state_slots_i)
+            .arg(&slots_i)
             .arg(batch.query_start)
             .arg(batch.context_lens);
         args.arg(&head_dim_i)
@@ -200,6 +203,7 @@ impl CudaDevice {
             .arg(&groups_i)
             .arg(&heads_i)
             .arg(&width_i)
+            .arg(&slot_values_i)
             .arg(&sh.dt_min)
             .arg(&sh.dt_max);
         let config = LaunchConfig {

@@ -1,6 +1,6 @@
 //! Selftest case of the Mamba-2 mixer (`kernels/mamba.cu`) at Granite-4.0-H's head shape
-//! (heads of 64 x a state of 128, one B / C group): the output, the cached rows and the
-//! state slots after a serving step (decode rows at the first positions and deep in a
+//! (heads of 64 x a state of 128, one B / C group): the output and the state slots (states
+//! and convolution windows) after a serving step (decode rows at the first positions and deep in a
 //! sequence, a prefill chunk resuming a state, a fresh prompt, a padding token; sequences
 //! holding shuffled slots of a larger pool), against the CPU backend's host implementation,
 //! which the fixtures check against transformers.
@@ -39,9 +39,9 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         (77, 77),
     ];
     let (inner, conv_dim, width) = (shape.inner(), shape.conv_dim(), shape.projection_width());
-    let values = shape.state_values();
+    let values = shape.slot_values();
     let step = PagedStep::new(&seqs, block_size, &mut s.rng);
-    let (n, num_blocks) = (step.num_tokens(), step.num_blocks);
+    let n = step.num_tokens();
     let zxbcdt_host = s.random(n * width, 1.5, dtype);
     let conv_host = s.random(conv_dim * shape.taps, 0.8, dtype);
     let bias_host = s.random(conv_dim, 0.3, dtype);
@@ -53,7 +53,6 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         .map(|v| -v.exp())
         .collect();
     let d_host = s.random(shape.heads, 1.0, DType::F32);
-    let rows_host = s.random(num_blocks * block_size * conv_dim, 1.0, dtype);
     // Two spare slots no sequence holds: they must come back untouched.
     let num_state_slots = seqs.len() + 2;
     let mut state_slots: Vec<u32> = (0..num_state_slots as u32).collect();
@@ -70,7 +69,6 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let dt_bias = upload(DType::F32, &[shape.heads], &dt_bias_host)?;
     let a = upload(DType::F32, &[shape.heads], &a_host)?;
     let d = upload(DType::F32, &[shape.heads], &d_host)?;
-    let mut rows = upload(dtype, &[num_blocks, block_size, conv_dim], &rows_host)?;
     let mut states = upload(DType::F32, &[num_state_slots, values], &states_host)?;
     let slots_i32: Vec<i32> = state_slots.iter().map(|&v| v as i32).collect();
     let state_slots_dev = dev.upload(&slots_i32)?;
@@ -88,12 +86,11 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         d: &d,
         norm: &norm,
     };
-    let mut run_step = |rows: &mut CudaTensor, states: &mut CudaTensor, out: &mut CudaTensor| {
+    let mut run_step = |states: &mut CudaTensor, out: &mut CudaTensor| {
         dev.mamba_mixer(
             &zxbcdt,
             &params,
             MambaCache {
-                rows,
                 states,
                 state_slots: &state_slots_dev,
             },
@@ -105,21 +102,20 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             out,
         )
     };
-    run_step(&mut rows, &mut states, &mut out)?;
+    run_step(&mut states, &mut out)?;
 
     // The host implementation over the same cache contents and step.
     let mut host_cache = CpuKvCache::new(KvCacheSpec {
         num_layers: 1,
-        num_blocks,
+        num_blocks: step.num_blocks,
         block_size,
         num_kv_heads: 1,
         head_dim: 1,
         dtype,
-        conv_layers: vec![(0, conv_dim)],
+        conv_layers: Vec::new(),
         state_layers: vec![(0, values)],
         state_slots: num_state_slots,
     });
-    host_cache.k[0] = rows_host;
     host_cache.v[0] = states_host;
     let layout = BatchLayout {
         positions: step.positions.clone(),
@@ -147,9 +143,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     };
     let mut expected = mamba_mixer(&mut host_cache, 0, &layout, &zxbcdt_host, &host, dtype)?;
     let mut gpu = out.to_f32(dev)?;
-    gpu.extend(rows.to_f32(dev)?);
     gpu.extend(states.to_f32(dev)?);
-    expected.extend(&host_cache.k[0]);
     expected.extend(&host_cache.v[0]);
     let what = format!(
         "{n} tok of {} seqs, {} heads x {} x {}",
@@ -166,6 +160,6 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &gpu,
         &expected,
     );
-    s.time(row, || run_step(&mut rows, &mut states, &mut out))?;
+    s.time(row, || run_step(&mut states, &mut out))?;
     Ok(())
 }
