@@ -40,14 +40,34 @@ fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Resul
         total,
         utilization: args.gpu_memory_utilization,
     };
-    let blocks = kv_blocks(mem, reserve, bytes_per_block, wanted)
-        .with_context(|| format!("sizing the KV cache of {}", loaded.name))?;
+    let gib = |bytes: usize| bytes as f64 / (1u64 << 30) as f64;
+    let states = spec.state_bytes();
+    let blocks = kv_blocks(mem, reserve, bytes_per_block, wanted).with_context(|| {
+        if states > 0 {
+            format!(
+                "sizing the KV cache of {} after its Mamba states ({:.2} GiB for \
+                 --max-num-seqs {}: fewer sequences need less)",
+                loaded.name,
+                gib(states),
+                args.max_num_seqs
+            )
+        } else {
+            format!("sizing the KV cache of {}", loaded.name)
+        }
+    })?;
+    if states > 0 {
+        tracing::info!(
+            "Mamba states: {:.2} GiB for {} sequences (--max-num-seqs)",
+            gib(states),
+            args.max_num_seqs
+        );
+    }
     tracing::info!(
-        "GPU memory: {:.2} of {:.2} GiB free after the weights; KV cache {blocks} blocks ({:.2} GiB), {:.2} GiB kept for activations",
-        free as f64 / (1u64 << 30) as f64,
-        total as f64 / (1u64 << 30) as f64,
-        (blocks * bytes_per_block) as f64 / (1u64 << 30) as f64,
-        reserve as f64 / (1u64 << 30) as f64,
+        "GPU memory: {:.2} of {:.2} GiB free after the weights; KV cache {blocks} blocks ({:.2} GiB), {:.2} GiB kept for activations and states",
+        gib(free),
+        gib(total),
+        gib(blocks * bytes_per_block),
+        gib(reserve),
     );
     Ok(blocks)
 }
