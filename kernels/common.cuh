@@ -288,27 +288,3 @@ __device__ __forceinline__ int kiln_find_sequence(const int* query_start, int nu
     }
     return lo;
 }
-
-// The causal depthwise convolution of channel c for flattened row `token` over a paged cache
-// of per-token rows ([num_blocks, block_size, width]): sum_j weight[c, j] *
-// row(pos - (taps - 1) + j)[c], positions before 0 adding nothing, in f32. Token t of
-// sequence s sits at position context_lens[s] - q_len + (t - query_start[s]). Shared by
-// LFM2's short convolution and the Mamba mixer's.
-template <typename D>
-__device__ __forceinline__ float kiln_paged_causal_conv(
-    const typename D::T* cache, const typename D::T* weight, const int* block_tables,
-    const int* query_start, const int* context_lens, int num_seqs, int max_blocks_per_seq,
-    int block_size, int width, int taps, int token, int c) {
-    const int seq = kiln_find_sequence(query_start, num_seqs, token);
-    const int q_len = query_start[seq + 1] - query_start[seq];
-    const int pos = context_lens[seq] - q_len + (token - query_start[seq]);
-    const int* table = block_tables + (long long)seq * max_blocks_per_seq;
-    float acc = 0.0f;
-    for (int j = 0; j < taps; ++j) {
-        const int p = pos - (taps - 1) + j;
-        if (p < 0 || p / block_size >= max_blocks_per_seq) continue;
-        const long long slot = (long long)table[p / block_size] * block_size + p % block_size;
-        acc += D::load(weight[c * taps + j]) * D::load(cache[slot * width + c]);
-    }
-    return acc;
-}

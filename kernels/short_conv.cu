@@ -15,6 +15,29 @@
 //   padding tokens (slot < 0) get zeros. It runs after short_conv_write on the same stream,
 //   so a token reads the rows of the tokens before it in the same step.
 
+// The causal depthwise convolution of channel c for flattened row `token` over a paged cache
+// of per-token rows ([num_blocks, block_size, width]): sum_j weight[c, j] *
+// row(pos - (taps - 1) + j)[c], positions before 0 adding nothing, in f32. Token t of
+// sequence s sits at position context_lens[s] - q_len + (t - query_start[s]).
+template <typename D>
+__device__ __forceinline__ float kiln_paged_causal_conv(
+    const typename D::T* cache, const typename D::T* weight, const int* block_tables,
+    const int* query_start, const int* context_lens, int num_seqs, int max_blocks_per_seq,
+    int block_size, int width, int taps, int token, int c) {
+    const int seq = kiln_find_sequence(query_start, num_seqs, token);
+    const int q_len = query_start[seq + 1] - query_start[seq];
+    const int pos = context_lens[seq] - q_len + (token - query_start[seq]);
+    const int* table = block_tables + (long long)seq * max_blocks_per_seq;
+    float acc = 0.0f;
+    for (int j = 0; j < taps; ++j) {
+        const int p = pos - (taps - 1) + j;
+        if (p < 0 || p / block_size >= max_blocks_per_seq) continue;
+        const long long slot = (long long)table[p / block_size] * block_size + p % block_size;
+        acc += D::load(weight[c * taps + j]) * D::load(cache[slot * width + c]);
+    }
+    return acc;
+}
+
 template <typename D>
 __device__ __forceinline__ void short_conv_write_impl(typename D::T* cache,
                                                       const typename D::T* bcx,
