@@ -223,45 +223,7 @@ fn mamba_states_survive_chunking_and_batching() {
 /// forces preemption all finish as they do alone (a slot leaked or shared would not).
 #[test]
 fn preempted_mamba_sequences_recompute_their_state() {
-    let mut roomy = engine("granitemoehybrid", &["--block-size", "4"]);
-    let ps = prompts(&roomy);
-    let expected = run_all(
-        &mut roomy,
-        ps.iter()
-            .enumerate()
-            .map(|(i, p)| (i as u64, p.clone(), greedy(20)))
-            .collect(),
-    );
-    let mut tight = engine(
-        "granitemoehybrid",
-        &[
-            "--block-size",
-            "4",
-            "--num-kv-blocks",
-            "24",
-            "--max-model-len",
-            "96",
-            "--max-num-seqs",
-            "4",
-            "--max-num-batched-tokens",
-            "16",
-        ],
-    );
-    let got = run_all(
-        &mut tight,
-        ps.iter()
-            .enumerate()
-            .map(|(i, p)| (i as u64, p.clone(), greedy(20)))
-            .collect(),
-    );
-    assert!(
-        tight.num_preemptions() > 0,
-        "the budget was meant to force preemption"
-    );
-    for i in 0..ps.len() as u64 {
-        assert_eq!(got[&i].token_ids, expected[&i].token_ids, "request {i}");
-    }
-    assert_eq!(tight.num_free_blocks(), 24);
+    preemption_changes_no_output("granitemoehybrid", &["--max-num-seqs", "4"]);
 }
 
 #[test]
@@ -333,40 +295,42 @@ fn cached_state_survives_prefix_caching_chunking_and_batching(arch: &str, hits: 
 
 #[test]
 fn preemption_under_a_tiny_kv_budget_completes_every_request_correctly() {
-    let mut roomy = engine("qwen3", &["--block-size", "4"]);
+    preemption_changes_no_output("qwen3", &[]);
+}
+
+/// Every prompt, run with room to spare and then under a budget of 24 blocks of 4 tokens
+/// (which cannot hold 16 sequences of ~35 tokens at once) plus `flags`: preemption happens,
+/// every request gets the same tokens, and every block comes back.
+fn preemption_changes_no_output(arch: &str, flags: &[&str]) {
+    let mut roomy = engine(arch, &["--block-size", "4"]);
     let ps = prompts(&roomy);
-    let expected = run_all(
-        &mut roomy,
+    let requests = || {
         ps.iter()
             .enumerate()
             .map(|(i, p)| (i as u64, p.clone(), greedy(20)))
-            .collect(),
-    );
-    // 24 blocks of 4 tokens cannot hold 16 sequences of ~35 tokens at once.
-    let mut tight = engine(
-        "qwen3",
-        &[
-            "--block-size",
-            "4",
-            "--num-kv-blocks",
-            "24",
-            "--max-model-len",
-            "96",
-        ],
-    );
-    let got = run_all(
-        &mut tight,
-        ps.iter()
-            .enumerate()
-            .map(|(i, p)| (i as u64, p.clone(), greedy(20)))
-            .collect(),
-    );
+            .collect()
+    };
+    let expected = run_all(&mut roomy, requests());
+    let mut tight_flags = vec![
+        "--block-size",
+        "4",
+        "--num-kv-blocks",
+        "24",
+        "--max-model-len",
+        "96",
+    ];
+    tight_flags.extend_from_slice(flags);
+    let mut tight = engine(arch, &tight_flags);
+    let got = run_all(&mut tight, requests());
     assert!(
         tight.num_preemptions() > 0,
-        "the budget was meant to force preemption"
+        "{arch}: the budget was meant to force preemption"
     );
     for i in 0..ps.len() as u64 {
-        assert_eq!(got[&i].token_ids, expected[&i].token_ids, "request {i}");
+        assert_eq!(
+            got[&i].token_ids, expected[&i].token_ids,
+            "{arch}: request {i}"
+        );
     }
     assert_eq!(tight.num_free_blocks(), 24);
 }
