@@ -115,6 +115,8 @@ from transformers import (
     Lfm2ForCausalLM,
     BambaConfig,
     BambaForCausalLM,
+    GraniteMoeSharedConfig,
+    GraniteMoeSharedForCausalLM,
     Mamba2Config,
     Mamba2ForCausalLM,
     GraniteMoeHybridConfig,
@@ -772,6 +774,24 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             GraniteMoeConfig(
                 **{k: v for k, v in common.items() if k != "intermediate_size"},
                 intermediate_size=32,
+                rope_theta=10000.0,
+                embedding_multiplier=4.0,
+                attention_multiplier=0.05,
+                residual_multiplier=0.5,
+                logits_scaling=3.0,
+                num_local_experts=8,
+                num_experts_per_tok=2,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Granite MoE with a shared MLP (GraniteMoeShared): granitemoe's experts beside a
+        # shared MLP of 48 (fused `shared_mlp.input_linear`).
+        "granitemoeshared": (
+            GraniteMoeSharedForCausalLM,
+            GraniteMoeSharedConfig(
+                **{k: v for k, v in common.items() if k != "intermediate_size"},
+                intermediate_size=32,
+                shared_intermediate_size=48,
                 rope_theta=10000.0,
                 embedding_multiplier=4.0,
                 attention_multiplier=0.05,

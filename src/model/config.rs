@@ -43,6 +43,9 @@ pub enum Architecture {
     /// `[experts, 2 x intermediate, hidden]`, gate rows first, and `output_linear`), a
     /// softmax over the top k logits (`model/moe_fused.rs`).
     GraniteMoe,
+    /// Granite MoE with a shared MLP beside the experts (`GraniteMoeSharedForCausalLM`,
+    /// `shared_mlp.input_linear` / `output_linear`, `shared_intermediate_size` wide).
+    GraniteMoeShared,
     /// Baidu's ERNIE 4.5 dense models (`Ernie4_5ForCausalLM`, ERNIE-4.5-0.3B): Llama's layer
     /// with adjacent-pair rotary over the whole head and a tied head by default.
     Ernie45,
@@ -188,7 +191,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 56] = [
+    pub const SUPPORTED: [&'static str; 57] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -222,6 +225,7 @@ impl Architecture {
         "GlmForCausalLM",
         "GPTJForCausalLM",
         "GraniteMoeForCausalLM",
+        "GraniteMoeSharedForCausalLM",
         "Ernie4_5ForCausalLM",
         "HeliumForCausalLM",
         "Exaone4ForCausalLM",
@@ -284,6 +288,7 @@ impl Architecture {
                 | Architecture::Qwen3Moe
                 | Architecture::Granite
                 | Architecture::GraniteMoe
+                | Architecture::GraniteMoeShared
                 | Architecture::GraniteMoeHybrid
                 | Architecture::Bamba
                 | Architecture::Olmo
@@ -338,6 +343,7 @@ impl Architecture {
             "GlmForCausalLM" => Architecture::Glm,
             "GPTJForCausalLM" => Architecture::GptJ,
             "GraniteMoeForCausalLM" => Architecture::GraniteMoe,
+            "GraniteMoeSharedForCausalLM" => Architecture::GraniteMoeShared,
             "Ernie4_5ForCausalLM" => Architecture::Ernie45,
             "Ernie4_5_MoeForCausalLM" => Architecture::Ernie45Moe,
             "MinistralForCausalLM" => Architecture::Ministral,
@@ -611,6 +617,9 @@ struct RawConfig {
     moe_intermediate_size: Option<usize>,
     #[serde(default)]
     shared_expert_intermediate_size: Option<usize>,
+    /// Granite MoE-shared's shared MLP width.
+    #[serde(default)]
+    shared_intermediate_size: Option<usize>,
     #[serde(default)]
     norm_topk_prob: Option<bool>,
     #[serde(default)]
@@ -919,7 +928,7 @@ impl MoeConfig {
             ),
             // gpt-oss and Granite MoE take the softmax of the top-k logits: the same as
             // renormalising.
-            Architecture::GraniteMoe => (
+            Architecture::GraniteMoe | Architecture::GraniteMoeShared => (
                 raw.num_local_experts.unwrap_or(8),
                 raw.intermediate_size,
                 true,
@@ -1130,6 +1139,8 @@ impl MoeConfig {
                 | Architecture::GraniteMoeHybrid => {
                     raw.shared_expert_intermediate_size.filter(|&n| n > 0)
                 }
+                // GraniteMoeSharedConfig's default is none (0).
+                Architecture::GraniteMoeShared => raw.shared_intermediate_size.filter(|&n| n > 0),
                 _ => None,
             },
             shared_expert_gated: architecture == Architecture::Qwen2Moe,
@@ -1844,7 +1855,10 @@ impl ModelConfig {
         }
         let granite = matches!(
             architecture,
-            Architecture::Granite | Architecture::GraniteMoe | Architecture::GraniteMoeHybrid
+            Architecture::Granite
+                | Architecture::GraniteMoe
+                | Architecture::GraniteMoeShared
+                | Architecture::GraniteMoeHybrid
         )
         .then(|| GraniteScales {
             embedding: raw.embedding_multiplier.unwrap_or(1.0),

@@ -115,8 +115,12 @@ impl<B: Backend> SparseMlp<B> {
         if config.architecture == Architecture::GraniteMoe {
             return super::moe_fused::load_granite_moe(be, src, config, moe, prefix, layout, dtype);
         }
-        // Granite 4.0's MoE hybrids: Granite MoE's experts beside the shared MLP.
-        if config.architecture == Architecture::GraniteMoeHybrid {
+        // Granite MoE-shared and Granite 4.0's MoE hybrids: Granite MoE's experts beside the
+        // shared MLP.
+        if matches!(
+            config.architecture,
+            Architecture::GraniteMoeShared | Architecture::GraniteMoeHybrid
+        ) {
             let mut mlp =
                 super::moe_fused::load_granite_moe(be, src, config, moe, prefix, layout, dtype)?;
             mlp.shared = Self::load_granite_shared(be, src, config, moe, prefix, layout, dtype)?;

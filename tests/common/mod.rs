@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 77] = [
+pub const ARCHS: [&str; 78] = [
     "llama",
     "llama31",
     "mistral",
@@ -85,6 +85,7 @@ pub const ARCHS: [&str; 77] = [
     "granitemoehybrid",
     "granitemoehybrid_moe",
     "mamba2",
+    "granitemoeshared",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
