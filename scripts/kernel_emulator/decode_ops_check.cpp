@@ -42,16 +42,7 @@ std::vector<float> random(DType d, size_t n, float range) {
 // Max abs error relative to max |ref| against the selftest's tolerances.
 void report(const std::string& name, DType d, const std::vector<float>& got,
             const std::vector<double>& want, double rel) {
-    double worst = got.size() == want.size() ? 0.0 : INFINITY, largest = 1e-30;
-    for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
-        largest = std::max(largest, std::fabs(want[i]));
-        const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-        worst = std::isnan(err) ? INFINITY : std::max(worst, err);
-    }
-    const bool ok = worst <= rel * largest;
-    failures += ok ? 0 : 1;
-    std::printf("%s  %-56s %-4s  max abs err %.3g (max |ref| %.3g)\n", ok ? "ok  " : "FAIL",
-                name.c_str(), dtype_name(d), worst, largest);
+    failures += kiln_emu_tensor::report_relative(name, d, got, want, rel) ? 0 : 1;
 }
 
 double reduction_tol(DType d) { return d == DType::F32 ? 2e-5 : (d == DType::F16 ? 0x1p-9 : 0x1p-6); }

@@ -3,9 +3,13 @@
 // buffer holding values the way the GPU would (f32 words or 16-bit words).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace kiln_emu_tensor {
@@ -93,6 +97,22 @@ Fn pick(DType d, A f32, B f16, C bf16) {
     if (d == DType::F32) return reinterpret_cast<Fn>(f32);
     if (d == DType::F16) return reinterpret_cast<Fn>(f16);
     return reinterpret_cast<Fn>(bf16);
+}
+
+// Prints one case's line: the max abs error of `got` against `want`, which passes within
+// `rel` times the largest |want| (a size mismatch or NaN fails). Returns whether it passed.
+inline bool report_relative(const std::string& name, DType d, const std::vector<float>& got,
+                            const std::vector<double>& want, double rel) {
+    double worst = got.size() == want.size() ? 0.0 : INFINITY, largest = 1e-30;
+    for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+        largest = std::max(largest, std::fabs(want[i]));
+        const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+        worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+    }
+    const bool ok = worst <= rel * largest;
+    std::printf("%s  %-64s %-4s  max abs err %.3g (max |ref| %.3g)\n", ok ? "ok  " : "FAIL",
+                name.c_str(), dtype_name(d), worst, largest);
+    return ok;
 }
 
 }  // namespace kiln_emu_tensor
