@@ -288,3 +288,37 @@ __device__ __forceinline__ int kiln_find_sequence(const int* query_start, int nu
     }
     return lo;
 }
+
+__device__ __forceinline__ float kiln_silu(float v) { return v / (1.0f + expf(-v)); }
+
+// PyTorch's softplus: linear above 20.
+__device__ __forceinline__ float kiln_softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+
+// Where a sequence's step is, for the recurrent mixers (mamba.cu, gated_delta.cu): its
+// tokens [start, end), its first position, its state slot's f32 values (null for a padding
+// sequence or a slot past the pool).
+struct KilnSlotStep {
+    int start;
+    int end;
+    int first;
+    float* slot;
+};
+
+__device__ __forceinline__ KilnSlotStep kiln_slot_step(int seq, float* states,
+                                                       const int* slot_mapping,
+                                                       const int* state_slots,
+                                                       int num_state_slots,
+                                                       const int* query_start,
+                                                       const int* context_lens,
+                                                       long long slot_values) {
+    KilnSlotStep st;
+    st.start = query_start[seq];
+    st.end = query_start[seq + 1];
+    st.first = context_lens[seq] - (st.end - st.start);
+    const int slot = state_slots[seq];
+    const bool live = st.start < st.end && slot_mapping[st.start] >= 0 && slot >= 0 &&
+                      slot < num_state_slots;
+    st.slot = live ? states + (long long)slot * slot_values : nullptr;
+    return st;
+}
+

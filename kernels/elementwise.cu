@@ -7,6 +7,8 @@
 //   softcap:  x = cap * tanh(x / cap)   (in place; Gemma 2's final logits)
 //   scale_rows: x[r, j] = x[r, j] * scales[r]  (in place, f32 scales; Llama 4's experts'
 //             inputs scaled by their router weights)
+//   sigmoid_gate: out = x * sigmoid(gate), the sigmoid rounded first (Qwen3-Next's gated
+//             attention output; out may alias x)
 
 template <typename D>
 __device__ __forceinline__ void add_impl(typename D::T* out, const typename D::T* a,
@@ -32,6 +34,15 @@ __device__ __forceinline__ void scale_rows_impl(typename D::T* x, const float* s
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         x[i] = D::store(D::load(x[i]) * scales[i / d]);
+    }
+}
+
+template <typename D>
+__device__ __forceinline__ void sigmoid_gate_impl(typename D::T* out, const typename D::T* x,
+                                                  const typename D::T* gate, long long total) {
+    KILN_GRID_STRIDE(i, total) {
+        const float g = D::load(D::store(1.0f / (1.0f + expf(-D::load(gate[i])))));
+        out[i] = D::store(D::load(x[i]) * g);
     }
 }
 
@@ -93,5 +104,9 @@ __device__ __forceinline__ void softcap_impl(typename D::T* x, long long total, 
     extern "C" __global__ void scale_rows_##S(D::T* x, const float* scales,               \
                                               long long total, int d) {                   \
         scale_rows_impl<D>(x, scales, total, d);                                          \
+    }                                                                                     \
+    extern "C" __global__ void sigmoid_gate_##S(D::T* out, const D::T* x, const D::T* gate, \
+                                                long long total) {                        \
+        sigmoid_gate_impl<D>(out, x, gate, total);                                        \
     }
 KILN_FOR_EACH_DTYPE(KILN_ELEMENTWISE)

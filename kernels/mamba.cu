@@ -8,8 +8,10 @@
 //
 // mamba_conv: grid (tokens, ceil(conv_dim / blockDim.x)), a thread per (token, channel):
 //   the causal depthwise convolution over the rows at pos - (taps - 1) ..= pos (the step's
-//   own x / B / C columns of zxbcdt [n, width], before them the window) plus the bias,
-//   rounded to the dtype, then SiLU, rounded: xbc [n, conv_dim]; padding tokens get zeros.
+//   own x / B / C columns of zxbcdt [n, width], conv_dim from column `offset` on, before
+//   them the window) plus the bias, rounded to the dtype, then SiLU, rounded:
+//   xbc [n, conv_dim]; padding tokens get zeros. gated_delta.cu's q / k / v convolution
+//   (offset 0, no bias) runs through this kernel and the next.
 // mamba_conv_window: grid (num_seqs, ceil(conv_dim / blockDim.x)): the window after the
 //   step (its last taps - 1 rows, from the step or the old window), after mamba_conv read
 //   the old one.
@@ -32,42 +34,13 @@
 #define MAMBA_SCAN_MAX_PER_THREAD 64
 #define MAMBA_MAX_TAPS 8
 
-__device__ __forceinline__ float mamba_silu(float v) { return v / (1.0f + expf(-v)); }
-
-// PyTorch's softplus: linear above 20.
-__device__ __forceinline__ float mamba_softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
-
-// Where a sequence's step is: its tokens [start, end), its first position, its slot's f32
-// values (null for a padding sequence or a slot past the pool).
-struct MambaStep {
-    int start;
-    int end;
-    int first;
-    float* slot;
-};
-
-__device__ __forceinline__ MambaStep mamba_step(int seq, float* states, const int* slot_mapping,
-                                                const int* state_slots, int num_state_slots,
-                                                const int* query_start, const int* context_lens,
-                                                long long slot_values) {
-    MambaStep st;
-    st.start = query_start[seq];
-    st.end = query_start[seq + 1];
-    st.first = context_lens[seq] - (st.end - st.start);
-    const int slot = state_slots[seq];
-    const bool live = st.start < st.end && slot_mapping[st.start] >= 0 && slot >= 0 &&
-                      slot < num_state_slots;
-    st.slot = live ? states + (long long)slot * slot_values : nullptr;
-    return st;
-}
-
 // Channel c of the sequence's row q, counted from its step's first token (q < 0: the
 // window's, zeros when the step starts the sequence).
 template <typename D>
-__device__ __forceinline__ float mamba_row(const MambaStep& st, const typename D::T* zxbcdt,
-                                           int width, int inner, int conv_dim, int taps,
+__device__ __forceinline__ float mamba_row(const KilnSlotStep& st, const typename D::T* zxbcdt,
+                                           int width, int offset, int conv_dim, int taps,
                                            long long state_values, int q, int c) {
-    if (q >= 0) return D::load(zxbcdt[(long long)(st.start + q) * width + inner + c]);
+    if (q >= 0) return D::load(zxbcdt[(long long)(st.start + q) * width + offset + c]);
     if (st.first == 0) return 0.0f;
     return st.slot[state_values + (long long)(taps - 1 + q) * conv_dim + c];
 }
@@ -77,14 +50,14 @@ __device__ __forceinline__ void mamba_conv_impl(
     typename D::T* out, float* states, const typename D::T* zxbcdt,
     const typename D::T* weight, const typename D::T* bias, int has_bias,
     const int* slot_mapping, const int* state_slots, int num_state_slots,
-    const int* query_start, const int* context_lens, int num_seqs, int width, int inner,
+    const int* query_start, const int* context_lens, int num_seqs, int width, int offset,
     int conv_dim, int taps, long long slot_values, long long state_values) {
     const int token = blockIdx.x;
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= conv_dim) return;
     typename D::T* dst = out + (long long)token * conv_dim + c;
     const int seq = kiln_find_sequence(query_start, num_seqs, token);
-    const MambaStep st = mamba_step(seq, states, slot_mapping, state_slots, num_state_slots,
+    const KilnSlotStep st = kiln_slot_step(seq, states, slot_mapping, state_slots, num_state_slots,
                                     query_start, context_lens, slot_values);
     if (slot_mapping[token] < 0 || st.slot == nullptr) {
         *dst = D::store(0.0f);
@@ -94,30 +67,30 @@ __device__ __forceinline__ void mamba_conv_impl(
     float acc = 0.0f;
     for (int j = 0; j < taps; ++j) {
         acc += D::load(weight[c * taps + j]) *
-               mamba_row<D>(st, zxbcdt, width, inner, conv_dim, taps, state_values,
+               mamba_row<D>(st, zxbcdt, width, offset, conv_dim, taps, state_values,
                             t - (taps - 1) + j, c);
     }
     acc += has_bias ? D::load(bias[c]) : 0.0f;
     const float conv = D::load(D::store(acc));
-    *dst = D::store(mamba_silu(conv));
+    *dst = D::store(kiln_silu(conv));
 }
 
 template <typename D>
 __device__ __forceinline__ void mamba_conv_window_impl(
     float* states, const typename D::T* zxbcdt, const int* slot_mapping,
     const int* state_slots, int num_state_slots, const int* query_start,
-    const int* context_lens, int width, int inner, int conv_dim, int taps,
+    const int* context_lens, int width, int offset, int conv_dim, int taps,
     long long slot_values, long long state_values) {
     const int seq = blockIdx.x;
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= conv_dim) return;
-    const MambaStep st = mamba_step(seq, states, slot_mapping, state_slots, num_state_slots,
+    const KilnSlotStep st = kiln_slot_step(seq, states, slot_mapping, state_slots, num_state_slots,
                                     query_start, context_lens, slot_values);
     if (st.slot == nullptr) return;
     const int len = st.end - st.start;
     float window[MAMBA_MAX_TAPS];
     for (int j = 0; j < taps - 1; ++j) {
-        window[j] = mamba_row<D>(st, zxbcdt, width, inner, conv_dim, taps, state_values,
+        window[j] = mamba_row<D>(st, zxbcdt, width, offset, conv_dim, taps, state_values,
                                  len - (taps - 1) + j, c);
     }
     for (int j = 0; j < taps - 1; ++j) {
@@ -134,7 +107,7 @@ __device__ __forceinline__ void mamba_scan_impl(
     long long slot_values, float dt_min, float dt_max) {
     const int seq = blockIdx.x;
     const int head = blockIdx.y;
-    const MambaStep st = mamba_step(seq, states, slot_mapping, state_slots, num_state_slots,
+    const KilnSlotStep st = kiln_slot_step(seq, states, slot_mapping, state_slots, num_state_slots,
                                     query_start, context_lens, slot_values);
     if (st.slot == nullptr) return;
     const int start = st.start;
@@ -164,7 +137,7 @@ __device__ __forceinline__ void mamba_scan_impl(
         const typename D::T* b_row = row + inner + group * state;
         const typename D::T* c_row = row + inner + groups * state + group * state;
         const float raw = D::load(zxbcdt[(long long)t * width + inner + conv_dim + head]);
-        const float dt = fminf(fmaxf(mamba_softplus(raw + dt_bias[head]), dt_min), dt_max);
+        const float dt = fminf(fmaxf(kiln_softplus(raw + dt_bias[head]), dt_min), dt_max);
         const float decay = expf(dt * a_h);
         for (int i = 0; i < rows; ++i) {
             const int p = warp + i * MAMBA_SCAN_WARPS;
@@ -208,12 +181,12 @@ __device__ __forceinline__ void mamba_gated_norm_impl(typename D::T* out, const 
     const typename D::T* z_row = zxbcdt + token * width + base;
     float sum = 0.0f;
     for (int j = threadIdx.x; j < group; j += blockDim.x) {
-        const float g = y_row[j] * mamba_silu(D::load(z_row[j]));
+        const float g = y_row[j] * kiln_silu(D::load(z_row[j]));
         sum += g * g;
     }
     const float inv = rsqrtf(kiln_block_sum(sum, scratch) / group + eps);
     for (int j = threadIdx.x; j < group; j += blockDim.x) {
-        const float g = y_row[j] * mamba_silu(D::load(z_row[j]));
+        const float g = y_row[j] * kiln_silu(D::load(z_row[j]));
         out[token * inner + base + j] = D::store(D::load(weight[base + j]) * g * inv);
     }
 }
@@ -222,18 +195,18 @@ __device__ __forceinline__ void mamba_gated_norm_impl(typename D::T* out, const 
     extern "C" __global__ void mamba_conv_##S(                                                  \
         D::T* out, float* states, const D::T* zxbcdt, const D::T* weight, const D::T* bias,     \
         int has_bias, const int* slot_mapping, const int* state_slots, int num_state_slots,     \
-        const int* query_start, const int* context_lens, int num_seqs, int width, int inner,    \
+        const int* query_start, const int* context_lens, int num_seqs, int width, int offset,    \
         int conv_dim, int taps, long long slot_values, long long state_values) {                \
         mamba_conv_impl<D>(out, states, zxbcdt, weight, bias, has_bias, slot_mapping,           \
                            state_slots, num_state_slots, query_start, context_lens, num_seqs,   \
-                           width, inner, conv_dim, taps, slot_values, state_values);            \
+                           width, offset, conv_dim, taps, slot_values, state_values);           \
     }                                                                                           \
     extern "C" __global__ void mamba_conv_window_##S(                                           \
         float* states, const D::T* zxbcdt, const int* slot_mapping, const int* state_slots,     \
         int num_state_slots, const int* query_start, const int* context_lens, int width,        \
-        int inner, int conv_dim, int taps, long long slot_values, long long state_values) {     \
+        int offset, int conv_dim, int taps, long long slot_values, long long state_values) {    \
         mamba_conv_window_impl<D>(states, zxbcdt, slot_mapping, state_slots, num_state_slots,   \
-                                  query_start, context_lens, width, inner, conv_dim, taps,      \
+                                  query_start, context_lens, width, offset, conv_dim, taps,     \
                                   slot_values, state_values);                                   \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MAMBA_SCAN_THREADS) mamba_scan_##S(            \

@@ -119,6 +119,8 @@ from transformers import (
     GraniteMoeSharedForCausalLM,
     Mamba2Config,
     Mamba2ForCausalLM,
+    Qwen3NextConfig,
+    Qwen3NextForCausalLM,
     GraniteMoeHybridConfig,
     GraniteMoeHybridForCausalLM,
     Llama4ForCausalLM,
@@ -289,7 +291,7 @@ PROMPT_TEXTS = [
 GREEDY_NEW_TOKENS = 32
 # Smaller random weights where the default's attention would be too peaky for bf16 to follow:
 # LongRoPE's attention factor at an original context of 3 multiplies the scores by 5.
-WEIGHT_STD = {"phi3_longrope": 0.1, "gemma": 0.15}
+WEIGHT_STD = {"phi3_longrope": 0.1, "gemma": 0.15, "qwen3_next": 0.15}
 MIN_TOP2_MARGIN = 1e-3
 MAX_SEED_ATTEMPTS = 200
 
@@ -1739,12 +1741,55 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
+        # Qwen3-Next: gated delta rule mixers (2 key heads of 16 shared by 4 value heads of
+        # 24, 4 convolution taps) on layers 0, 2 and 3, gated attention (per-head (1 + w)
+        # q/k norms, a quarter of each head rotating, a sigmoid gate on the output) on layer
+        # 1; Qwen2-MoE's experts with a gated shared expert, layer 2 a dense MLP
+        # (mlp_only_layers). Prompts run through transformers' chunked algorithm (chunks of
+        # 64), checked against kiln's token-by-token recurrence.
+        "qwen3_next": (
+            Qwen3NextForCausalLM,
+            Qwen3NextConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=32,
+                partial_rotary_factor=0.25,
+                max_position_embeddings=256,
+                rms_norm_eps=1e-6,
+                rope_theta=10000.0,
+                layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+                linear_conv_kernel_dim=4,
+                linear_key_head_dim=16,
+                linear_value_head_dim=24,
+                linear_num_key_heads=2,
+                linear_num_value_heads=4,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=32,
+                shared_expert_intermediate_size=48,
+                decoder_sparse_step=1,
+                mlp_only_layers=[2],
+                norm_topk_prob=True,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=False,
+            ),
+        ),
     }
 
 
 def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
     """Overwrite every parameter so no weight is zero, one or identity-like."""
     generator = torch.Generator().manual_seed(seed)
+    # Qwen3-Next's RMS norms scale by 1 + w (its mixers' output norm by w): their weights
+    # vary around 0, as its checkpoints' do, so no norm doubles the stream it scales.
+    offset_norms = getattr(model.config, "model_type", "") == "qwen3_next"
     with torch.no_grad():
         for name, param in model.named_parameters():  # tied weights appear once
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
@@ -1754,6 +1799,8 @@ def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> No
             if name.endswith("e_score_correction_bias"):
                 param.copy_(0.05 * noise)
             # MPT names them norm_1, norm_2, norm_f.
+            elif offset_norms and name.endswith("norm.weight") and "linear_attn" not in name:
+                param.copy_(0.1 * noise)
             elif name.endswith("norm.weight") or (
                 name.endswith(".weight") and name.split(".")[-2].startswith(("ln_", "norm_"))
             ):

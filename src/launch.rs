@@ -642,10 +642,10 @@ where
     B::Tensor: 'static,
 {
     let max_model_len = max_model_len(args, &loaded.model.config);
-    // Rejected drafts rewind a sequence; a Mamba mixer's state cannot be rewound.
+    // Rejected drafts rewind a sequence; a recurrent mixer's state cannot be rewound.
     anyhow::ensure!(
-        loaded.model.config.mamba.is_none() || args.speculative_config.is_none(),
-        "--speculative-config: {:?}'s Mamba mixers keep a recurrent state that rejected draft \
+        !loaded.model.config.keeps_recurrent_state() || args.speculative_config.is_none(),
+        "--speculative-config: {:?}'s mixers keep a recurrent state that rejected draft \
          tokens cannot be taken back from",
         loaded.model.config.architecture
     );
@@ -681,8 +681,8 @@ pub(crate) fn engine_with_runner(
     let recurrent = runner.keeps_recurrent_state();
     if recurrent && args.enable_prefix_caching {
         tracing::info!(
-            "prefix caching is off: the model's Mamba mixers keep a recurrent state per \
-             sequence, which a cached prefix cannot restore"
+            "prefix caching is off: the model's recurrent mixers keep a state per sequence, \
+             which a cached prefix cannot restore"
         );
     }
     let engine_config = EngineConfig {

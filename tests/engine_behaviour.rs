@@ -202,41 +202,47 @@ fn lfm2_convolution_rows_survive_prefix_caching_chunking_and_batching() {
     cached_state_survives_prefix_caching_chunking_and_batching("lfm2", true);
 }
 
-/// The Mamba models keep convolution rows per token and a recurrent state per running
-/// sequence: prefill chunks (whose state the next chunk resumes) and batching (each
+/// The Mamba models and Qwen3-Next keep a convolution window and a recurrent state per
+/// running sequence: prefill chunks (whose state the next chunk resumes) and batching (each
 /// sequence in its own slot) must change nothing. Prefix caching is off for them, so
 /// nothing is served from the cache.
 #[test]
-fn mamba_states_survive_chunking_and_batching() {
+fn recurrent_states_survive_chunking_and_batching() {
     for arch in [
         "bamba",
         "granitemoehybrid",
         "granitemoehybrid_moe",
         "mamba2",
+        "qwen3_next",
     ] {
         cached_state_survives_prefix_caching_chunking_and_batching(arch, false);
     }
 }
 
-/// A preempted Mamba sequence gives its state slot back and is recomputed from its first
-/// token into whichever slot it gets next; 16 requests through 4 slots and a KV budget that
-/// forces preemption all finish as they do alone (a slot leaked or shared would not).
+/// A preempted Mamba or gated delta sequence gives its state slot back and is recomputed
+/// from its first token into whichever slot it gets next; 16 requests through 4 slots and a
+/// KV budget that forces preemption all finish as they do alone (a slot leaked or shared
+/// would not).
 #[test]
-fn preempted_mamba_sequences_recompute_their_state() {
-    preemption_changes_no_output("granitemoehybrid", &["--max-num-seqs", "4"]);
+fn preempted_recurrent_sequences_recompute_their_state() {
+    for arch in ["granitemoehybrid", "qwen3_next"] {
+        preemption_changes_no_output(arch, &["--max-num-seqs", "4"]);
+    }
 }
 
 #[test]
-fn mamba_models_refuse_speculative_decoding() {
-    let dir = fixture("bamba");
-    let args = engine_args(&[
-        "--model",
-        dir.to_str().unwrap(),
-        "--speculative-config",
-        r#"{"method": "ngram", "num_speculative_tokens": 3}"#,
-    ]);
-    let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
-    assert!(err.contains("recurrent state"), "{err}");
+fn recurrent_models_refuse_speculative_decoding() {
+    for arch in ["bamba", "qwen3_next"] {
+        let dir = fixture(arch);
+        let args = engine_args(&[
+            "--model",
+            dir.to_str().unwrap(),
+            "--speculative-config",
+            r#"{"method": "ngram", "num_speculative_tokens": 3}"#,
+        ]);
+        let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
+        assert!(err.contains("recurrent state"), "{arch}: {err}");
+    }
 }
 
 /// Five prompts run cold and alone, then twice through an engine with prefix caching (where

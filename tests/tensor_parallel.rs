@@ -459,12 +459,12 @@ fn a_model_whose_norms_span_every_head_refuses_tensor_parallelism() {
 }
 
 #[test]
-fn a_model_with_mamba_mixers_refuses_tensor_parallelism() {
-    for arch in ["bamba", "granitemoehybrid"] {
+fn a_model_with_recurrent_mixers_refuses_tensor_parallelism() {
+    for arch in ["bamba", "granitemoehybrid", "qwen3_next"] {
         let err = match TpRunner::start(spec(arch, "float32", host_comms(2)), |_| Ok(NUM_BLOCKS)) {
             Ok(_) => panic!("{arch} was sharded"),
             Err(e) => format!("{e:#}"),
         };
-        assert!(err.contains("Mamba mixers"), "{arch}: {err}");
+        assert!(err.contains("recurrent mixers"), "{arch}: {err}");
     }
 }

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod cpu;
 pub mod cuda;
 pub mod dtype;
+pub mod gated_delta;
 pub mod image_ops;
 pub mod mamba;
 pub mod moe;
@@ -548,6 +549,23 @@ pub trait Backend: Send + Sync {
         layer: usize,
         batch: &Self::BatchMeta,
     ) -> Result<Self::Tensor>;
+    /// A gated delta rule mixer (Qwen3-Next's linear attention; [`gated_delta`] has the
+    /// math and layout) from its in-projection `qkvzba` (`[n, projection_width]`) to the
+    /// normed, gated output `[n, value_dim]` (before the out-projection). The convolution
+    /// is Mamba's (no bias); the state and window live in the sequence's state slot of layer
+    /// `layer`. The recurrence runs in f32; the convolution, the L2-normed q and k, `beta`
+    /// and the norm's steps are rounded to the dtype, as transformers computes them.
+    fn gated_delta_net(
+        &self,
+        qkvzba: &Self::Tensor,
+        params: &gated_delta::GatedDeltaParams<'_, Self::Tensor>,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::BatchMeta,
+    ) -> Result<Self::Tensor>;
+    /// Qwen3-Next's gated attention output: `x * sigmoid(gate)` element-wise, the sigmoid
+    /// and the product each rounded to the dtype (as transformers computes it).
+    fn sigmoid_gate(&self, x: &Self::Tensor, gate: &Self::Tensor) -> Result<Self::Tensor>;
     /// Causal attention of the batch's queries (`[n, heads * head_dim]`) over the paged cache,
     /// which already holds the batch's own K and V, with the per-head terms `terms` adds to
     /// its scores.

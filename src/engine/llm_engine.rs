@@ -298,7 +298,7 @@ impl LlmEngine {
             // share.
             return Err(RequestError::InvalidParam(ParamError {
                 param: "model",
-                message: "embeddings of models with Mamba mixers are not supported".into(),
+                message: "embeddings of models with recurrent mixers (Mamba, gated delta rule) are not supported".into(),
             }));
         }
         if params.pooling.is_some() {

@@ -103,7 +103,7 @@ pub trait Runner: Send {
     fn classifier(&self) -> Option<&ClassifierConfig> {
         None
     }
-    /// Whether the model keeps a recurrent state per running sequence (Mamba mixers),
+    /// Whether the model keeps a recurrent state per running sequence (Mamba or gated delta rule mixers),
     /// which a cached prefix cannot restore: such models run without prefix caching.
     fn keeps_recurrent_state(&self) -> bool {
         false
@@ -148,7 +148,7 @@ pub struct ModelRunner<B: Backend> {
 
 impl<B: Backend> ModelRunner<B> {
     /// A runner whose cache has `num_blocks` blocks of `block_size` tokens and recurrent
-    /// states (for Mamba mixers) for `max_num_seqs` running sequences.
+    /// states (for recurrent mixers) for `max_num_seqs` running sequences.
     pub fn new(
         backend: B,
         model: LlamaModel<B>,
@@ -217,7 +217,7 @@ where
     }
 
     fn keeps_recurrent_state(&self) -> bool {
-        self.model.config.mamba.is_some()
+        self.model.config.keeps_recurrent_state()
     }
 
     fn allocator_stats(&self) -> Option<crate::backend::cuda::pool::PoolStats> {

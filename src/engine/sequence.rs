@@ -20,7 +20,7 @@ pub struct Sequence {
     /// Prompt tokens found in the prefix cache when first scheduled (for usage reports).
     pub num_cached_prompt: usize,
     pub block_table: Vec<u32>,
-    /// Which recurrent-state slot the sequence holds while it runs (Mamba mixers keep one
+    /// Which recurrent-state slot the sequence holds while it runs (recurrent mixers keep one
     /// state per running sequence); the scheduler assigns it.
     pub state_slot: u32,
     /// Hashes of the leading full blocks registered for prefix reuse.

@@ -102,6 +102,10 @@ pub enum Architecture {
     /// Pure Mamba-2 (`Mamba2ForCausalLM`: Mamba-Codestral 7B; `model/mamba.rs`): every
     /// layer a norm and a Mamba-2 mixer, no attention, no MLP.
     Mamba2,
+    /// Qwen3-Next (`Qwen3NextForCausalLM`; `model/qwen3_next.rs`): gated delta rule mixers
+    /// and Qwen3 attention with a gated output, each before Qwen2-MoE's experts; norms
+    /// scale by `1 + w`.
+    Qwen3Next,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
     /// the others, experts whose router scales their inputs, plus a shared expert.
@@ -191,7 +195,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 57] = [
+    pub const SUPPORTED: [&'static str; 58] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -249,6 +253,7 @@ impl Architecture {
         "BambaForCausalLM",
         "GraniteMoeHybridForCausalLM",
         "Mamba2ForCausalLM",
+        "Qwen3NextForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -305,6 +310,7 @@ impl Architecture {
                 | Architecture::Nemotron
                 | Architecture::PhiMoe
                 | Architecture::Apertus
+                | Architecture::Qwen3Next
         )
     }
 
@@ -367,6 +373,7 @@ impl Architecture {
             "BambaForCausalLM" => Architecture::Bamba,
             "GraniteMoeHybridForCausalLM" => Architecture::GraniteMoeHybrid,
             "Mamba2ForCausalLM" => Architecture::Mamba2,
+            "Qwen3NextForCausalLM" => Architecture::Qwen3Next,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -914,7 +921,7 @@ pub struct MoeConfig {
 impl MoeConfig {
     fn from_raw(architecture: Architecture, raw: &RawConfig) -> Result<Option<MoeConfig>> {
         let (num_experts, expert_intermediate_size, normalize_top_k) = match architecture {
-            Architecture::Qwen3Moe | Architecture::Qwen2Moe => (
+            Architecture::Qwen3Moe | Architecture::Qwen2Moe | Architecture::Qwen3Next => (
                 raw.num_experts.unwrap_or(0),
                 raw.moe_intermediate_size
                     .context("a Qwen MoE config without moe_intermediate_size")?,
@@ -1110,7 +1117,7 @@ impl MoeConfig {
             normalize_top_k,
             sparse_layers,
             shared_expert_intermediate_size: match architecture {
-                Architecture::Qwen2Moe => Some(
+                Architecture::Qwen2Moe | Architecture::Qwen3Next => Some(
                     raw.shared_expert_intermediate_size
                         .context("a Qwen2-MoE config without shared_expert_intermediate_size")?,
                 )
@@ -1143,7 +1150,10 @@ impl MoeConfig {
                 Architecture::GraniteMoeShared => raw.shared_intermediate_size.filter(|&n| n > 0),
                 _ => None,
             },
-            shared_expert_gated: architecture == Architecture::Qwen2Moe,
+            shared_expert_gated: matches!(
+                architecture,
+                Architecture::Qwen2Moe | Architecture::Qwen3Next
+            ),
             scoring,
             biases: architecture == Architecture::GptOss,
             activation: match architecture {
@@ -1458,9 +1468,10 @@ fn parse_layer_types(raw: &RawConfig) -> Result<Option<Vec<bool>>> {
         .map(|t| match t.as_str() {
             "sliding_attention" => Ok(true),
             // Llama 4's chunks are not a sliding window (`ModelConfig::attention_chunks`),
-            // nor are LFM2's convolutions (`ModelConfig::short_conv`) or Granite 4.0's
-            // Mamba mixers (`ModelConfig::mamba`).
-            "full_attention" | "chunked_attention" | "conv" | "attention" | "mamba" => Ok(false),
+            // nor are LFM2's convolutions (`ModelConfig::short_conv`), Granite 4.0's
+            // Mamba mixers (`ModelConfig::mamba`) or Qwen3-Next's gated delta rule mixers.
+            "full_attention" | "chunked_attention" | "conv" | "attention" | "mamba"
+            | "linear_attention" => Ok(false),
             other => anyhow::bail!("unknown layer type '{other}'"),
         })
         .collect::<Result<_>>()
@@ -1611,6 +1622,11 @@ pub struct ModelConfig {
     pub short_conv: Option<super::lfm2::ShortConvLayers>,
     /// Bamba, Granite 4.0 hybrids: the layers that are Mamba-2 mixers instead of attention.
     pub mamba: Option<super::mamba::MambaLayers>,
+    /// Qwen3-Next: the layers that are gated delta rule mixers instead of attention.
+    pub gated_delta: Option<super::qwen3_next::GatedDeltaLayers>,
+    /// Qwen3-Next: `q_proj` also gives a gate per head and value; the attention's output is
+    /// multiplied by its sigmoid before `o_proj`.
+    pub attention_output_gate: bool,
     /// Llama 4: the layers that attend only within their chunk of positions, and its size.
     pub attention_chunks: Option<super::llama4::AttentionChunks>,
     /// Llama 4: the layers without rotary scale each query by a temperature growing with
@@ -1684,6 +1700,7 @@ impl ModelConfig {
                 super::mamba::normalized_granite_hybrid_config(value)?
             }
             Some("Mamba2ForCausalLM") => super::mamba::normalized_mamba2_config(value)?,
+            Some("Qwen3NextForCausalLM") => super::qwen3_next::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -2060,6 +2077,7 @@ impl ModelConfig {
                     | Architecture::Dots1
                     | Architecture::HunYuanDense
                     | Architecture::HunYuanMoe
+                    | Architecture::Qwen3Next
             ) || (architecture == Architecture::Glm4Moe && raw.use_qk_norm == Some(true))
                 || (architecture == Architecture::Llama4 && raw.use_qk_norm.unwrap_or(true))
                 || architecture == Architecture::Lfm2
@@ -2221,6 +2239,14 @@ impl ModelConfig {
                 }),
                 _ => None,
             },
+            gated_delta: match architecture {
+                Architecture::Qwen3Next => Some(super::qwen3_next::GatedDeltaLayers::from_config(
+                    &value,
+                    raw.num_hidden_layers,
+                )?),
+                _ => None,
+            },
+            attention_output_gate: architecture == Architecture::Qwen3Next,
             attention_chunks: match architecture {
                 Architecture::Llama4 => {
                     super::llama4::attention_chunks(&value, raw.num_hidden_layers)?
@@ -2300,19 +2326,35 @@ impl ModelConfig {
         (0..self.num_layers)
             .map(|i| match (&self.short_conv, &self.mamba) {
                 (Some(conv), _) if conv.is_conv(i) => self.hidden_size as u64,
-                (_, Some(m)) if m.is_mamba(i) => 0,
+                _ if self.state_slot_values(i).is_some() => 0,
                 _ => 2 * self.kv_width() as u64,
             })
             .sum()
     }
 
-    /// f32 values each running sequence keeps besides its tokens' rows: the Mamba mixers'
-    /// convolution windows and recurrent states.
+    /// f32 values each running sequence keeps besides its tokens' rows: the recurrent
+    /// mixers' (Mamba-2's, the gated delta rule's) convolution windows and states.
     pub fn state_values_per_sequence(&self) -> u64 {
-        self.mamba.as_ref().map_or(0, |m| {
-            let mixers = (0..self.num_layers).filter(|&i| m.is_mamba(i)).count();
-            (mixers * m.shape.slot_values()) as u64
-        })
+        (0..self.num_layers)
+            .filter_map(|i| self.state_slot_values(i))
+            .map(|v| v as u64)
+            .sum()
+    }
+
+    /// The f32 values of layer `i`'s state slot, when it is a recurrent mixer.
+    pub fn state_slot_values(&self, i: usize) -> Option<usize> {
+        match (&self.mamba, &self.gated_delta) {
+            (Some(m), _) if m.is_mamba(i) => Some(m.shape.slot_values()),
+            (_, Some(g)) if g.is_mixer(i) => Some(g.shape.slot_values()),
+            _ => None,
+        }
+    }
+
+    /// Whether the model keeps a recurrent state per sequence (Mamba-2 or gated delta rule
+    /// mixers): it cannot be restored at a cached prefix or rolled back, so these models
+    /// run without prefix caching, speculative decoding, embeddings or tensor parallelism.
+    pub fn keeps_recurrent_state(&self) -> bool {
+        self.mamba.is_some() || self.gated_delta.is_some()
     }
 
     pub fn num_parameters(&self) -> u64 {
@@ -2329,9 +2371,11 @@ impl ModelConfig {
     /// Parameter count with `experts(moe)` experts per sparse layer.
     fn parameters(&self, experts: impl Fn(&MoeConfig) -> usize) -> u64 {
         let h = self.hidden_size as u64;
+        // Qwen3-Next's q_proj gives a gate per q value too.
+        let q_rows = self.q_width() * if self.attention_output_gate { 2 } else { 1 };
         let attn = match &self.mla {
             Some(m) => m.parameters(self.hidden_size, self.num_heads),
-            None => h * (self.q_width() + 2 * self.kv_width()) as u64 + self.q_width() as u64 * h,
+            None => h * (q_rows + 2 * self.kv_width()) as u64 + self.q_width() as u64 * h,
         };
         // An ungated MLP (StarCoder2) has two projections, the gated one three.
         let projections = if self.ungated_mlp.is_some() { 2 } else { 3 };
@@ -2363,6 +2407,15 @@ impl ModelConfig {
                             + 3 * s.heads as u64
                             + inner
                             + inner * h
+                    }
+                    // The in-projections, the kernel, dt_bias and A_log, the norm, out_proj.
+                    _ if self.gated_delta.as_ref().is_some_and(|g| g.is_mixer(i)) => {
+                        let s = &self.gated_delta.as_ref().expect("matched").shape;
+                        h * s.projection_width() as u64
+                            + (s.conv_dim() * s.taps) as u64
+                            + 2 * s.v_heads as u64
+                            + s.v_dim as u64
+                            + s.value_dim() as u64 * h
                     }
                     _ => attn,
                 };

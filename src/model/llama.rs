@@ -11,6 +11,7 @@ use super::lora_forward::{add_updates, AdapterRows};
 use super::mamba::{load_mixer, MambaMixer};
 use super::mla::LatentAttention;
 use super::moe::SparseMlp;
+use super::qwen3_next::{gate_parts, GatedDeltaMixer};
 use super::rope::rope_for;
 use super::weights::{Slice, WeightSource};
 use crate::backend::image_ops::{Activation, Xielu};
@@ -60,6 +61,9 @@ struct Layer<B: Backend> {
     /// Bamba, Granite 4.0 hybrids: this layer is a Mamba-2 mixer (its `qkv` the mixer's
     /// `in_proj`, its `o_proj` the `out_proj`); no attention.
     mamba: Option<MambaMixer<B>>,
+    /// Qwen3-Next: this layer is a gated delta rule mixer (its `qkv` the reordered
+    /// in-projections, its `o_proj` the `out_proj`); no attention.
+    gated_delta: Option<GatedDeltaMixer<B>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -199,8 +203,13 @@ fn load_norm<B: Backend>(
         let ones = Tensor::ones(len, dtype.to_candle(), &candle_core::Device::Cpu)?;
         return be.upload(ones);
     }
-    // Gemma's RMS norms and Nemotron's LayerNorms scale by `1 + w`.
-    if config.gemma.is_none() && config.architecture != Architecture::Nemotron {
+    // Gemma's and Qwen3-Next's RMS norms and Nemotron's LayerNorms scale by `1 + w`.
+    let offset_by_one = config.gemma.is_some()
+        || matches!(
+            config.architecture,
+            Architecture::Nemotron | Architecture::Qwen3Next
+        );
+    if !offset_by_one {
         return load(be, src, name, &[len], dtype);
     }
     let w = src.tensor(name, &[len], DType::F32)?;
@@ -244,6 +253,20 @@ impl Part {
     pub(super) fn scaled(mut self, factor: f64) -> Part {
         self.scale *= factor;
         self
+    }
+
+    #[cfg(test)]
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The rows of the stored weight this part holds.
+    #[cfg(test)]
+    pub(super) fn rows(&self) -> Range<usize> {
+        match &self.slice {
+            Some(slice) if slice.dim == 0 => slice.range.clone(),
+            _ => 0..self.shape[0],
+        }
     }
 }
 
@@ -718,6 +741,17 @@ impl<B: Backend> LlamaModel<B> {
                         grouped_qkv_parts(c, &p, &layout, suffix),
                         layout.q_heads.len(),
                     ),
+                    // Qwen3-Next: q_proj's q rows head by head, k, v, then its gate rows.
+                    QkvStorage::Separate if c.attention_output_gate => {
+                        let dims = (h, hd, c.num_heads);
+                        let heads = layout.q_heads.clone();
+                        let mut parts = gate_parts(&p, suffix, dims, heads.clone(), false);
+                        let q_parts = parts.len();
+                        parts.push(separate("k", kv, &kv_cols));
+                        parts.push(separate("v", kv, &kv_cols));
+                        parts.extend(gate_parts(&p, suffix, dims, heads, true));
+                        (parts, q_parts)
+                    }
                     QkvStorage::Separate => (q_k_v(separate).into(), 1),
                 };
                 parts
@@ -768,7 +802,17 @@ impl<B: Backend> LlamaModel<B> {
                 }
                 _ => (None, latent_qkv, latent_o),
             };
-            let mixes = conv.is_some() || mamba.is_some();
+            // And gated delta rule mixers.
+            let (gated_delta, latent_qkv, latent_o) = match &c.gated_delta {
+                Some(g) if g.is_mixer(i) => {
+                    let (mixer, in_proj, out_proj) =
+                        super::qwen3_next::load_mixer(be, src, &p, h, &g.shape, dtype)
+                            .with_context(|| format!("loading the gated delta mixer of {p}"))?;
+                    (Some(mixer), Some(in_proj), Some(out_proj))
+                }
+                _ => (None, latent_qkv, latent_o),
+            };
+            let mixes = conv.is_some() || mamba.is_some() || gated_delta.is_some();
             let layer = Layer {
                 input_norm: if c.post_norm {
                     None
@@ -874,6 +918,7 @@ impl<B: Backend> LlamaModel<B> {
                 },
                 conv,
                 mamba,
+                gated_delta,
             };
             layers.push(layer);
             on_layer(i);
@@ -1082,7 +1127,11 @@ impl<B: Backend> LlamaModel<B> {
                 .layers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, layer)| layer.mamba.as_ref().map(|m| (i, m.shape.slot_values())))
+                .filter_map(|(i, layer)| {
+                    let mamba = layer.mamba.as_ref().map(|m| m.shape.slot_values());
+                    let delta = layer.gated_delta.as_ref().map(|g| g.shape.slot_values());
+                    mamba.or(delta).map(|values| (i, values))
+                })
                 .collect(),
             state_slots,
         }
@@ -1550,10 +1599,26 @@ impl<B: Backend> LlamaModel<B> {
         if let Some(mixer) = &layer.mamba {
             return be.mamba_mixer(&qkv, &mixer.params(), cache, index, batch);
         }
+        // Gated delta rule mixers: `qkv` is their q, k, v, z, b and a.
+        if let Some(mixer) = &layer.gated_delta {
+            return be.gated_delta_net(&qkv, &mixer.params(), cache, index, batch);
+        }
         let (q_width, kv_width) = (
             self.attention.num_heads * c.head_dim,
             self.attention.num_kv_heads * c.head_dim,
         );
+        // Qwen3-Next: the gate rows follow q / k / v; the output is gated by them.
+        let (qkv, gate) = if c.attention_output_gate {
+            let mut parts = be
+                .split_columns(&qkv, &[q_width + 2 * kv_width, q_width])?
+                .into_iter();
+            match (parts.next(), parts.next()) {
+                (Some(qkv), gate @ Some(_)) => (qkv, gate),
+                _ => anyhow::bail!("split_columns returned fewer than two parts"),
+            }
+        } else {
+            (qkv, None)
+        };
         // Qwen3's per-head q / k norms come between the split and the rotation.
         let norms = match (&layer.q_norm, &layer.k_norm) {
             (Some(qn), Some(kn)) => Some((qn, kn, c.rms_norm_eps)),
@@ -1589,7 +1654,11 @@ impl<B: Backend> LlamaModel<B> {
             sinks: layer.sinks.as_ref(),
             alibi: self.alibi.as_ref(),
         };
-        be.attention(&q, cache, index, batch, &shape, terms)
+        let out = be.attention(&q, cache, index, batch, &shape, terms)?;
+        match gate {
+            Some(gate) => be.sigmoid_gate(&out, &gate),
+            None => Ok(out),
+        }
     }
 }
 

@@ -41,6 +41,7 @@ pub mod opt;
 pub mod presets;
 pub mod python_json;
 pub mod pytorch_weights;
+pub mod qwen3_next;
 pub mod reasoning;
 pub mod rope;
 pub mod sentencepiece;

@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 20] = [
+pub const PRESETS: [(&str, &str); 21] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -83,6 +83,10 @@ pub const PRESETS: [(&str, &str); 20] = [
         "mamba-codestral-7b",
         include_str!("../../models/presets/mamba-codestral-7b.json"),
     ),
+    (
+        "qwen3-next-80b-a3b",
+        include_str!("../../models/presets/qwen3-next-80b-a3b.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -132,6 +136,7 @@ mod tests {
                 "llama-4-scout" => 107.8,
                 "lfm2-1.2b" => 1.17,
                 "mamba-codestral-7b" => 7.29,
+                "qwen3-next-80b-a3b" => 79.7,
                 _ => unreachable!(),
             };
             assert!(
@@ -153,6 +158,8 @@ mod tests {
                 "deepseek-v3" => 37.0,
                 // Meta's 17B: one of 16 experts and the shared one per layer.
                 "llama-4-scout" => 17.2,
+                // Qwen's 3B active leaves out the 0.62B of embedding and head.
+                "qwen3-next-80b-a3b" => 3.9,
                 _ => billions,
             };
             assert!(

@@ -62,10 +62,11 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
         config.architecture
     );
     // So does a Mamba mixer's gated norm (over its whole inner width), and kiln keeps each
-    // mixer's heads on one device.
+    // recurrent mixer's heads (Mamba's, the gated delta rule's) on one device.
     ensure!(
-        config.mamba.is_none() || world == 1,
-        "{:?} cannot be tensor-parallel: its Mamba mixers' gated norms span every head",
+        !config.keeps_recurrent_state() || world == 1,
+        "{:?} cannot be tensor-parallel: kiln keeps its recurrent mixers (and their states) \
+         whole on one device",
         config.architecture
     );
     let (heads, kv) = (config.num_heads, config.num_kv_heads);

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 78] = [
+pub const ARCHS: [&str; 79] = [
     "llama",
     "llama31",
     "mistral",
@@ -86,11 +86,13 @@ pub const ARCHS: [&str; 78] = [
     "granitemoehybrid_moe",
     "mamba2",
     "granitemoeshared",
+    "qwen3_next",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
-/// norms span every head, and the Mamba hybrids, whose mixers' gated norms do (they refuse
-/// tensor parallelism with a clear error instead).
+/// norms span every head, and the models with recurrent mixers (the Mamba hybrids,
+/// Qwen3-Next), which kiln keeps whole (they refuse tensor parallelism with a clear error
+/// instead).
 pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
     ARCHS.into_iter().filter(|&a| {
         !matches!(
@@ -102,6 +104,7 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
                 | "granitemoehybrid"
                 | "granitemoehybrid_moe"
                 | "mamba2"
+                | "qwen3_next"
         )
     })
 }

@@ -4,9 +4,10 @@
 //! "scan"), which is what the chunked algorithms of the fast kernels compute too.
 
 use super::kv_cache::CpuKvCache;
+use super::slot_conv::{for_each_slot, SlotConv};
 use crate::backend::mamba::{silu, step_size, MambaShape};
 use crate::backend::{BatchLayout, DType};
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// A mixer's parameters as host f32 values (`conv_weight` `[conv_dim, taps]`).
 pub struct HostMambaParams {
@@ -54,77 +55,37 @@ pub fn mamba_mixer(
         sh.conv_dim(),
         sh.taps
     );
-    let values = cache
-        .spec
-        .state_values(layer)
-        .with_context(|| format!("mamba: layer {layer} keeps no states"))?;
-    anyhow::ensure!(
-        values == sh.slot_values(),
-        "mamba: the cache keeps states of {values}, the mixer's have {}",
-        sh.slot_values()
-    );
-    let states = &mut cache.v[layer];
-    let num_slots = states.len() / values.max(1);
+    let conv = SlotConv {
+        offset: inner,
+        width,
+        channels: sh.conv_dim(),
+        taps: sh.taps,
+        window_at: sh.state_values(),
+        weight: &p.conv_weight,
+        bias: p.conv_bias.as_deref(),
+    };
     let mut y = vec![0.0f32; n * inner];
-    for seq in 0..batch.num_seqs() {
-        let (start, end) = (batch.query_start[seq], batch.query_start[seq + 1]);
-        // No tokens, or a padding sequence (no slots): nothing to run or store.
-        if start == end || batch.slots[start] < 0 {
-            continue;
-        }
-        let slot = batch.state_slot(seq);
-        anyhow::ensure!(
-            slot < num_slots,
-            "mamba: state slot {slot} outside the cache's {num_slots}"
-        );
-        let first = batch.context_lens[seq] - (end - start);
-        let state = &mut states[slot * values..(slot + 1) * values];
-        if first == 0 {
-            state.fill(0.0);
-        }
-        let rows = &zxbcdt[start * width..end * width];
-        let xbc = convolve(rows, state, p, dtype);
-        scan(&xbc, rows, state, p, &mut y[start * inner..end * inner]);
-        slide_window(rows, state, sh);
-    }
+    for_each_slot(
+        cache,
+        layer,
+        batch,
+        sh.slot_values(),
+        "mamba",
+        |tokens, state| {
+            let rows = &zxbcdt[tokens.start * width..tokens.end * width];
+            let xbc = conv.convolve(rows, state, dtype);
+            scan(
+                &xbc,
+                rows,
+                state,
+                p,
+                &mut y[tokens.start * inner..tokens.end * inner],
+            );
+            conv.slide_window(rows, state);
+            Ok(())
+        },
+    )?;
     Ok(gated_norm(&y, zxbcdt, p, dtype))
-}
-
-/// One sequence's step: its tokens' x / B / C row `q` (the step's own from its first
-/// position on, before it the window in `state`, which holds zeros at position 0).
-fn xbc_row<'a>(rows: &'a [f32], state: &'a [f32], sh: &MambaShape, q: isize) -> &'a [f32] {
-    let (inner, conv_dim, width) = (sh.inner(), sh.conv_dim(), sh.projection_width());
-    if q >= 0 {
-        let t = q as usize;
-        &rows[t * width + inner..t * width + inner + conv_dim]
-    } else {
-        // Row -1 is the window's last.
-        let j = (sh.taps as isize - 1 + q) as usize;
-        let window = &state[sh.state_values()..];
-        &window[j * conv_dim..(j + 1) * conv_dim]
-    }
-}
-
-/// The step's convolution (plus the bias), rounded, SiLU'd, rounded: `[tokens, conv_dim]`.
-fn convolve(rows: &[f32], state: &[f32], p: &HostMambaParams, dtype: DType) -> Vec<f32> {
-    let sh = &p.shape;
-    let (conv_dim, taps) = (sh.conv_dim(), sh.taps);
-    let tokens = rows.len() / sh.projection_width();
-    let mut out = vec![0.0f32; tokens * conv_dim];
-    for t in 0..tokens {
-        let acc = &mut out[t * conv_dim..(t + 1) * conv_dim];
-        for j in 0..taps {
-            let row = xbc_row(rows, state, sh, t as isize - (taps - 1 - j) as isize);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a += p.conv_weight[c * taps + j] * row[c];
-            }
-        }
-        for (c, v) in acc.iter_mut().enumerate() {
-            let bias = p.conv_bias.as_ref().map_or(0.0, |b| b[c]);
-            *v = dtype.round(silu(dtype.round(*v + bias)));
-        }
-    }
-    out
 }
 
 /// The recurrence over one sequence's step: `y` (`[tokens, inner]`) gets `h C + D x`
@@ -160,20 +121,6 @@ fn scan(xbc: &[f32], rows: &[f32], state: &mut [f32], p: &HostMambaParams, y: &m
             }
         }
     }
-}
-
-/// The window after the step: its sequence's last `taps - 1` rows.
-fn slide_window(rows: &[f32], state: &mut [f32], sh: &MambaShape) {
-    let (conv_dim, taps) = (sh.conv_dim(), sh.taps);
-    let tokens = (rows.len() / sh.projection_width()) as isize;
-    let window: Vec<f32> = (0..taps - 1)
-        .flat_map(|j| {
-            let q = tokens - (taps - 1) as isize + j as isize;
-            xbc_row(rows, state, sh, q).to_vec()
-        })
-        .collect();
-    state[sh.state_values()..sh.state_values() + window.len()].copy_from_slice(&window);
-    debug_assert_eq!(window.len(), (taps - 1) * conv_dim);
 }
 
 /// `norm * rms_norm(y * silu(z))` over groups of `norm_group` values, rounded to `dtype`.

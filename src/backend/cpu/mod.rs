@@ -3,10 +3,12 @@
 
 pub(crate) mod attention;
 mod draw;
+pub mod gated_delta;
 mod image_ops;
 mod kv_cache;
 pub mod mamba;
 mod short_conv;
+mod slot_conv;
 
 pub use kv_cache::CpuKvCache;
 
@@ -432,6 +434,42 @@ impl Backend for CpuBackend {
         let out = mamba::mamba_mixer(cache, layer, batch, &host_f32(zxbcdt)?, &host, dtype)?;
         let inner = params.shape.inner();
         Ok(Tensor::from_vec(out, (n, inner), &Device::Cpu)?.to_dtype(zxbcdt.dtype())?)
+    }
+
+    fn gated_delta_net(
+        &self,
+        qkvzba: &Tensor,
+        params: &crate::backend::gated_delta::GatedDeltaParams<'_, Tensor>,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        batch: &BatchLayout,
+    ) -> Result<Tensor> {
+        let (n, _) = qkvzba.dims2()?;
+        let host = gated_delta::HostGatedDeltaParams {
+            shape: params.shape,
+            conv_weight: host_f32(params.conv_weight)?,
+            dt_bias: host_f32(params.dt_bias)?,
+            a: host_f32(params.a)?,
+            norm: host_f32(params.norm)?,
+        };
+        let dtype = crate::backend::DType::from_candle(qkvzba.dtype())?;
+        let qkvzba_host = host_f32(qkvzba)?;
+        let out = gated_delta::gated_delta_net(cache, layer, batch, &qkvzba_host, &host, dtype)?;
+        let width = params.shape.value_dim();
+        Ok(Tensor::from_vec(out, (n, width), &Device::Cpu)?.to_dtype(qkvzba.dtype())?)
+    }
+
+    fn sigmoid_gate(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        anyhow::ensure!(
+            x.dims() == gate.dims(),
+            "sigmoid_gate: x {:?} and gate {:?} differ",
+            x.dims(),
+            gate.dims()
+        );
+        // The sigmoid in f32, rounded once; candle's 16-bit product rounds once too.
+        let g = gate.to_dtype(CDType::F32)?;
+        let sig = (g.neg()?.exp()? + 1.0)?.recip()?.to_dtype(gate.dtype())?;
+        Ok((x * sig)?)
     }
 
     fn attention(

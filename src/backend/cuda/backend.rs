@@ -20,11 +20,13 @@ use super::moe::{
 };
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
-use super::ops_mamba::{MambaCache, MambaScratch};
+use super::ops_gated_delta::GatedDeltaScratch;
+use super::ops_mamba::{MambaScratch, SlotStates};
 use super::ops_qkv::QkvRopeCache;
 use super::ops_short_conv::ConvBatch;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
+use crate::backend::gated_delta::GatedDeltaParams;
 use crate::backend::mamba::MambaParams;
 use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting, RouterScoring};
 use crate::backend::{
@@ -1064,7 +1066,7 @@ impl Backend for CudaBackend {
         self.dev.mamba_mixer(
             zxbcdt,
             params,
-            MambaCache {
+            SlotStates {
                 states,
                 state_slots: &batch.state_slots,
             },
@@ -1075,6 +1077,51 @@ impl Backend for CudaBackend {
             },
             &mut out,
         )?;
+        Ok(out)
+    }
+
+    fn gated_delta_net(
+        &self,
+        qkvzba: &CudaTensor,
+        params: &GatedDeltaParams<'_, CudaTensor>,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatchMeta,
+    ) -> Result<CudaTensor> {
+        let Some(states) = cache.v.get_mut(layer) else {
+            bail!("gated delta net: no layer {layer} in the cache");
+        };
+        let conv_batch = batch.conv_batch();
+        let &[n, _] = qkvzba.shape() else {
+            bail!(
+                "gated delta net: rows must be 2-d, got {:?}",
+                qkvzba.shape()
+            );
+        };
+        let sh = params.shape;
+        let mut qkv = self.output(qkvzba.dtype(), &[n, sh.conv_dim()])?;
+        let mut o = self.output(DType::F32, &[n, sh.value_dim()])?;
+        let mut out = self.output(qkvzba.dtype(), &[n, sh.value_dim()])?;
+        self.dev.gated_delta_net(
+            qkvzba,
+            params,
+            SlotStates {
+                states,
+                state_slots: &batch.state_slots,
+            },
+            &conv_batch,
+            GatedDeltaScratch {
+                qkv: &mut qkv,
+                o: &mut o,
+            },
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    fn sigmoid_gate(&self, x: &CudaTensor, gate: &CudaTensor) -> Result<CudaTensor> {
+        let mut out = self.output(x.dtype(), x.shape())?;
+        self.dev.sigmoid_gate(x, gate, &mut out)?;
         Ok(out)
     }
 

@@ -58,6 +58,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
             "join_heads",
             "softcap",
             "scale_rows",
+            "sigmoid_gate",
         ],
     },
     KernelFile {
@@ -79,6 +80,11 @@ pub const KERNEL_FILES: &[KernelFile] = &[
             "mamba_scan",
             "mamba_gated_norm",
         ],
+    },
+    KernelFile {
+        file: "gated_delta.cu",
+        body: include_str!("../../../kernels/gated_delta.cu"),
+        ops: &["gated_delta_scan", "gated_delta_norm"],
     },
     KernelFile {
         file: "attention.cu",

@@ -41,6 +41,7 @@ pub mod ops;
 pub mod ops_all_reduce;
 pub mod ops_attention;
 pub mod ops_dummy;
+pub mod ops_gated_delta;
 pub mod ops_layout;
 pub mod ops_mamba;
 pub mod ops_qkv;

@@ -26,21 +26,160 @@ pub struct MambaScratch<'a> {
     pub y: &'a mut CudaTensor,
 }
 
-/// The layer's states `[slots, slot_values]` f32 (state-space state, then convolution
-/// window) and each sequence's slot among them.
-pub struct MambaCache<'a> {
+/// A recurrent mixer layer's states `[slots, slot_values]` f32 (its recurrent state, then
+/// the convolution's window) and each sequence's slot among them.
+pub struct SlotStates<'a> {
     pub states: &'a mut CudaTensor,
     pub state_slots: &'a CudaSlice<i32>,
 }
 
+impl SlotStates<'_> {
+    /// Checks the states hold `slot_values` f32 values per slot and there is a slot entry
+    /// per sequence; returns the number of slots.
+    pub fn check(&self, slot_values: usize, seqs: usize, what: &str) -> Result<usize> {
+        let &[num_slots, values] = self.states.shape() else {
+            bail!(
+                "{what}: the states must be [slots, values], got {:?}",
+                self.states.shape()
+            );
+        };
+        ensure!(
+            values == slot_values,
+            "{what}: cached states of {values}, the mixer's have {slot_values}"
+        );
+        self.states.expect_dtype(DType::F32, "recurrent states")?;
+        ensure!(
+            self.state_slots.len() >= seqs,
+            "{what}: {} state slots for {seqs} sequences",
+            self.state_slots.len()
+        );
+        Ok(num_slots)
+    }
+}
+
+/// A recurrent mixer's causal convolution (`mamba_conv`, `mamba_conv_window`): `channels`
+/// columns from `offset` of each `width`-wide projection row, `taps` taps; each slot keeps
+/// its window after its `state_values` state values.
+pub struct SlotConv<'a> {
+    pub offset: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub taps: usize,
+    pub state_values: usize,
+    /// `[channels, taps]`, and `[channels]`.
+    pub weight: &'a CudaTensor,
+    pub bias: Option<&'a CudaTensor>,
+}
+
 impl CudaDevice {
+    /// `out[n, channels]`: the causal convolution of `src`'s channels over each sequence's
+    /// step and its slot's window (plus the bias), SiLU'd; then the windows after the step.
+    pub fn slot_conv(
+        &self,
+        src: &CudaTensor,
+        conv: &SlotConv<'_>,
+        cache: &mut SlotStates<'_>,
+        batch: &ConvBatch<'_>,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let &[n, w] = src.shape() else {
+            bail!("slot_conv: rows must be 2-d, got {:?}", src.shape());
+        };
+        ensure!(
+            w == conv.width && conv.offset + conv.channels <= w,
+            "slot_conv: rows of {w}, the convolution reads {} from {} of {}",
+            conv.channels,
+            conv.offset,
+            conv.width
+        );
+        ensure!(
+            (2..=MAX_TAPS).contains(&conv.taps),
+            "slot_conv: {} convolution taps (the kernels take 2 to {MAX_TAPS})",
+            conv.taps
+        );
+        let dtype = src.dtype();
+        let slot_values = conv.state_values + (conv.taps - 1) * conv.channels;
+        let num_slots = cache.check(slot_values, batch.num_seqs, "slot_conv")?;
+        conv.weight
+            .expect_shape(&[conv.channels, conv.taps], "conv weight")?;
+        conv.weight.expect_dtype(dtype, "conv weight")?;
+        if let Some(bias) = conv.bias {
+            bias.expect_shape(&[conv.channels], "conv bias")?;
+            bias.expect_dtype(dtype, "conv bias")?;
+        }
+        out.expect_shape(&[n, conv.channels], "slot_conv output")?;
+        out.expect_dtype(dtype, "slot_conv output")?;
+        batch.check_covers(n, "slot_conv")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (width_i, offset_i, channels_i, taps_i) = (
+            as_i32(conv.width, "projection width")?,
+            as_i32(conv.offset, "convolution offset")?,
+            as_i32(conv.channels, "convolution channels")?,
+            as_i32(conv.taps, "taps")?,
+        );
+        let (seqs_i, slots_i) = (
+            as_i32(batch.num_seqs, "sequences")?,
+            as_i32(num_slots, "state slots")?,
+        );
+        let (slot_values_i, state_values_i) = (slot_values as i64, conv.state_values as i64);
+        let has_bias = i32::from(conv.bias.is_some());
+        // Without a bias the kernel never reads the pointer: the weight stands in.
+        let bias = conv.bias.unwrap_or(conv.weight);
+        let kernel = self.kernels().get("mamba_conv", dtype)?;
+        let mut args = self.stream().launch_builder(kernel);
+        args.arg(out.data_mut())
+            .arg(cache.states.data_mut())
+            .arg(src.data())
+            .arg(conv.weight.data())
+            .arg(bias.data())
+            .arg(&has_bias);
+        args.arg(batch.slot_mapping)
+            .arg(cache.state_slots)
+            .arg(&slots_i)
+            .arg(batch.query_start)
+            .arg(batch.context_lens)
+            .arg(&seqs_i);
+        args.arg(&width_i)
+            .arg(&offset_i)
+            .arg(&channels_i)
+            .arg(&taps_i)
+            .arg(&slot_values_i)
+            .arg(&state_values_i);
+        let config = per_channel(n, conv.channels, "conv tokens")?;
+        // SAFETY: matches kernels/mamba.cu; shapes and metadata lengths checked above, slots
+        // past the states' are skipped in the kernel.
+        unsafe { args.launch(config) }.context("mamba_conv launch")?;
+
+        let window = self.kernels().get("mamba_conv_window", dtype)?;
+        let mut args = self.stream().launch_builder(window);
+        args.arg(cache.states.data_mut())
+            .arg(src.data())
+            .arg(batch.slot_mapping)
+            .arg(cache.state_slots)
+            .arg(&slots_i)
+            .arg(batch.query_start)
+            .arg(batch.context_lens);
+        args.arg(&width_i)
+            .arg(&offset_i)
+            .arg(&channels_i)
+            .arg(&taps_i)
+            .arg(&slot_values_i)
+            .arg(&state_values_i);
+        let config = per_channel(batch.num_seqs, conv.channels, "conv sequences")?;
+        // SAFETY: as above; it runs after mamba_conv read the old windows, on one stream.
+        unsafe { args.launch(config) }.context("mamba_conv_window launch")?;
+        Ok(())
+    }
+
     /// `out[n, inner]`: the mixer of `zxbcdt[n, projection_width]`
     /// ([`crate::backend::Backend::mamba_mixer`]).
     pub fn mamba_mixer(
         &self,
         zxbcdt: &CudaTensor,
         params: &MambaParams<'_, CudaTensor>,
-        cache: MambaCache<'_>,
+        mut cache: SlotStates<'_>,
         batch: &ConvBatch<'_>,
         scratch: MambaScratch<'_>,
         out: &mut CudaTensor,
@@ -56,36 +195,8 @@ impl CudaDevice {
             "mamba: zxbcdt rows of {w}, the shape needs {width}"
         );
         let dtype = zxbcdt.dtype();
-        let &[num_state_slots, slot_values] = cache.states.shape() else {
-            bail!(
-                "mamba: the states must be [slots, values], got {:?}",
-                cache.states.shape()
-            );
-        };
-        ensure!(
-            slot_values == sh.slot_values(),
-            "mamba: cached states of {slot_values}, the mixer's have {}",
-            sh.slot_values()
-        );
-        ensure!(
-            (2..=MAX_TAPS).contains(&sh.taps),
-            "mamba: {} convolution taps (the kernels take 2 to {MAX_TAPS})",
-            sh.taps
-        );
-        cache.states.expect_dtype(DType::F32, "mamba states")?;
-        params
-            .conv_weight
-            .expect_shape(&[conv_dim, sh.taps], "mamba conv weight")?;
-        for (t, what) in [
-            (params.conv_weight, "conv weight"),
-            (params.norm, "norm weight"),
-        ] {
-            t.expect_dtype(dtype, what)?;
-        }
-        if let Some(bias) = params.conv_bias {
-            bias.expect_shape(&[conv_dim], "mamba conv bias")?;
-            bias.expect_dtype(dtype, "mamba conv bias")?;
-        }
+        let num_state_slots = cache.check(sh.slot_values(), batch.num_seqs, "mamba")?;
+        params.norm.expect_dtype(dtype, "norm weight")?;
         params.norm.expect_shape(&[inner], "mamba norm weight")?;
         for (t, what) in [
             (params.dt_bias, "dt_bias"),
@@ -95,8 +206,6 @@ impl CudaDevice {
             t.expect_shape(&[sh.heads], what)?;
             t.expect_dtype(DType::F32, what)?;
         }
-        scratch.xbc.expect_shape(&[n, conv_dim], "mamba xbc")?;
-        scratch.xbc.expect_dtype(dtype, "mamba xbc")?;
         scratch.y.expect_shape(&[n, inner], "mamba y")?;
         scratch.y.expect_dtype(DType::F32, "mamba y")?;
         out.expect_shape(&[n, inner], "mamba output")?;
@@ -108,76 +217,23 @@ impl CudaDevice {
             sh.head_dim,
             sh.state
         );
-        batch.check_covers(n, "mamba")?;
-        let seqs = batch.num_seqs;
-        ensure!(
-            cache.state_slots.len() >= seqs,
-            "mamba: {} state slots for {seqs} sequences",
-            cache.state_slots.len()
-        );
+        let conv = SlotConv {
+            offset: inner,
+            width,
+            channels: conv_dim,
+            taps: sh.taps,
+            state_values: sh.state_values(),
+            weight: params.conv_weight,
+            bias: params.conv_bias,
+        };
+        self.slot_conv(zxbcdt, &conv, &mut cache, batch, scratch.xbc)?;
         if n == 0 {
             return Ok(());
         }
         let i32_of = |v: usize, what: &str| as_i32(v, what);
-        let (width_i, inner_i, conv_i, taps_i) = (
-            i32_of(width, "mamba width")?,
-            i32_of(inner, "mamba inner width")?,
-            i32_of(conv_dim, "mamba conv width")?,
-            i32_of(sh.taps, "taps")?,
-        );
-        let (seqs_i, slots_i) = (
-            i32_of(seqs, "sequences")?,
-            i32_of(num_state_slots, "state slots")?,
-        );
-        let (slot_values_i, state_values_i) = (slot_values as i64, sh.state_values() as i64);
-
-        let has_bias = i32::from(params.conv_bias.is_some());
-        // Without a bias the kernel never reads the pointer: the weight stands in.
-        let bias = params.conv_bias.unwrap_or(params.conv_weight);
-        let conv = self.kernels().get("mamba_conv", dtype)?;
-        let mut args = self.stream().launch_builder(conv);
-        args.arg(scratch.xbc.data_mut())
-            .arg(cache.states.data_mut())
-            .arg(zxbcdt.data())
-            .arg(params.conv_weight.data())
-            .arg(bias.data())
-            .arg(&has_bias);
-        args.arg(batch.slot_mapping)
-            .arg(cache.state_slots)
-            .arg(&slots_i)
-            .arg(batch.query_start)
-            .arg(batch.context_lens)
-            .arg(&seqs_i);
-        args.arg(&width_i)
-            .arg(&inner_i)
-            .arg(&conv_i)
-            .arg(&taps_i)
-            .arg(&slot_values_i)
-            .arg(&state_values_i);
-        let config = per_channel(n, conv_dim, "mamba tokens")?;
-        // SAFETY: matches kernels/mamba.cu; shapes and metadata lengths checked above, slots
-        // past the states' are skipped in the kernel.
-        unsafe { args.launch(config) }.context("mamba_conv launch")?;
-
-        let window = self.kernels().get("mamba_conv_window", dtype)?;
-        let mut args = self.stream().launch_builder(window);
-        args.arg(cache.states.data_mut())
-            .arg(zxbcdt.data())
-            .arg(batch.slot_mapping)
-            .arg(cache.state_slots)
-            .arg(&slots_i)
-            .arg(batch.query_start)
-            .arg(batch.context_lens);
-        args.arg(&width_i)
-            .arg(&inner_i)
-            .arg(&conv_i)
-            .arg(&taps_i)
-            .arg(&slot_values_i)
-            .arg(&state_values_i);
-        let config = per_channel(seqs, conv_dim, "mamba sequences")?;
-        // SAFETY: as above; it runs after mamba_conv read the old windows, on one stream.
-        unsafe { args.launch(config) }.context("mamba_conv_window launch")?;
-
+        let width_i = i32_of(width, "mamba width")?;
+        let slots_i = i32_of(num_state_slots, "state slots")?;
+        let slot_values_i = sh.slot_values() as i64;
         let (head_dim_i, state_i, groups_i, heads_i) = (
             i32_of(sh.head_dim, "head_dim")?,
             i32_of(sh.state, "state size")?,
@@ -207,7 +263,11 @@ impl CudaDevice {
             .arg(&sh.dt_min)
             .arg(&sh.dt_max);
         let config = LaunchConfig {
-            grid_dim: (seqs_i as u32, heads_i as u32, 1),
+            grid_dim: (
+                i32_of(batch.num_seqs, "sequences")? as u32,
+                heads_i as u32,
+                1,
+            ),
             block_dim: (SCAN_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -216,6 +276,7 @@ impl CudaDevice {
         unsafe { args.launch(config) }.context("mamba_scan launch")?;
 
         let group_i = i32_of(sh.norm_group, "norm group")?;
+        let inner_i = i32_of(inner, "mamba inner width")?;
         let norm = self.kernels().get("mamba_gated_norm", dtype)?;
         let mut args = self.stream().launch_builder(norm);
         args.arg(out.data_mut())

@@ -9,13 +9,10 @@ use super::compare::Check;
 use super::paged_step::PagedStep;
 use super::suite::Suite;
 use crate::backend::cpu::mamba::{mamba_mixer, HostMambaParams};
-use crate::backend::cpu::CpuKvCache;
-use crate::backend::cuda::ops_mamba::{MambaCache, MambaScratch};
+use crate::backend::cuda::ops_mamba::{MambaScratch, SlotStates};
 use crate::backend::cuda::{CudaTensor, DType};
 use crate::backend::mamba::{MambaParams, MambaShape};
-use crate::backend::{BatchLayout, KvCacheSpec};
 use anyhow::Result;
-use rand::seq::SliceRandom;
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let shape = MambaShape {
@@ -53,11 +50,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         .map(|v| -v.exp())
         .collect();
     let d_host = s.random(shape.heads, 1.0, DType::F32);
-    // Two spare slots no sequence holds: they must come back untouched.
-    let num_state_slots = seqs.len() + 2;
-    let mut state_slots: Vec<u32> = (0..num_state_slots as u32).collect();
-    state_slots.shuffle(&mut s.rng);
-    state_slots.truncate(seqs.len());
+    let (num_state_slots, state_slots) = step.shuffled_state_slots(&mut s.rng);
     let states_host = s.random(num_state_slots * values, 1.0, DType::F32);
 
     let dev = s.dev;
@@ -90,7 +83,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         dev.mamba_mixer(
             &zxbcdt,
             &params,
-            MambaCache {
+            SlotStates {
                 states,
                 state_slots: &state_slots_dev,
             },
@@ -105,33 +98,8 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     run_step(&mut states, &mut out)?;
 
     // The host implementation over the same cache contents and step.
-    let mut host_cache = CpuKvCache::new(KvCacheSpec {
-        num_layers: 1,
-        num_blocks: step.num_blocks,
-        block_size,
-        num_kv_heads: 1,
-        head_dim: 1,
-        dtype,
-        conv_layers: Vec::new(),
-        state_layers: vec![(0, values)],
-        state_slots: num_state_slots,
-    });
-    host_cache.v[0] = states_host;
-    let layout = BatchLayout {
-        positions: step.positions.clone(),
-        slots: step.slots.iter().map(|&v| v as i64).collect(),
-        query_start: step.query_start.iter().map(|&v| v as usize).collect(),
-        context_lens: step.context_lens.iter().map(|&v| v as usize).collect(),
-        block_tables: step
-            .tables
-            .chunks(step.max_blocks)
-            .map(|t| t.iter().map(|&b| b as u32).collect())
-            .collect(),
-        block_size,
-        logits_rows: Vec::new(),
-        adapters: Vec::new(),
-        state_slots,
-    };
+    let mut host_cache = step.host_state_cache(block_size, dtype, values, states_host);
+    let layout = step.host_layout(block_size, state_slots);
     let host = HostMambaParams {
         shape,
         conv_weight: conv_host,

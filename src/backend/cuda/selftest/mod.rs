@@ -10,6 +10,7 @@ mod allocator_case;
 mod attention_cases;
 mod attention_scenarios;
 mod compare;
+mod gated_delta_case;
 mod gemm_bench;
 mod gemv_cases;
 mod gemv_fused_cases;
@@ -36,12 +37,13 @@ use anyhow::Result;
 use std::time::Instant;
 
 /// The groups of cases `--only` can pick, in the order they run.
-pub const GROUPS: [&str; 13] = [
+pub const GROUPS: [&str; 14] = [
     "ops",
     "attention",
     "qkv",
     "short_conv",
     "mamba",
+    "gated_delta",
     "gemv",
     "gemv_fused",
     "moe",
@@ -110,6 +112,11 @@ pub fn run(json: bool, quick: bool, only: &[String]) -> Result<bool> {
         if wants("mamba") {
             if let Err(err) = mamba_case::run(&mut suite, dtype) {
                 suite.error("mamba_mixer", dtype, &err);
+            }
+        }
+        if wants("gated_delta") {
+            if let Err(err) = gated_delta_case::run(&mut suite, dtype) {
+                suite.error("gated_delta_net", dtype, &err);
             }
         }
         if wants("gemv") {

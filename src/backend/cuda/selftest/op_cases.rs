@@ -12,7 +12,7 @@ type Case = fn(&mut Suite<'_>, DType) -> Result<()>;
 
 /// Runs every case for `dtype`; an error in one case is recorded and the rest still run.
 pub fn run(suite: &mut Suite<'_>, dtype: DType) {
-    let cases: [(&str, Case); 12] = [
+    let cases: [(&str, Case); 13] = [
         ("embedding", embedding),
         ("rms_norm", rms_norm),
         ("fused_add_rms_norm", fused_add_rms_norm),
@@ -21,6 +21,7 @@ pub fn run(suite: &mut Suite<'_>, dtype: DType) {
         ("add", add),
         ("join_heads", join_heads),
         ("softcap", softcap),
+        ("sigmoid_gate", sigmoid_gate),
         ("argmax", argmax),
         ("softmax", softmax),
         ("linear", linear),
@@ -288,6 +289,33 @@ fn softcap(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &expected,
     );
     s.time(row, || dev.softcap(&mut x, cap))?;
+    Ok(())
+}
+
+/// Qwen3-Next's gated attention output: `x * sigmoid(gate)`, the sigmoid rounded first.
+fn sigmoid_gate(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
+    let (n, d) = (s.sizes.prefill_tokens, s.sizes.hidden);
+    let x_host = s.random(n * d, 3.0, dtype);
+    let gate_host = s.random(n * d, 6.0, dtype);
+    let dev = s.dev;
+    let x = CudaTensor::from_f32(dev, dtype, &[n, d], &x_host)?;
+    let gate = CudaTensor::from_f32(dev, dtype, &[n, d], &gate_host)?;
+    let mut out = CudaTensor::zeros(dev, dtype, &[n, d])?;
+    dev.sigmoid_gate(&x, &gate, &mut out)?;
+    let expected: Vec<f32> = x_host
+        .iter()
+        .zip(&gate_host)
+        .map(|(&x, &g)| x * dtype.round(crate::backend::gated_delta::sigmoid(g)))
+        .collect();
+    let row = s.check(
+        "sigmoid_gate",
+        format!("[{n}, {d}]"),
+        dtype,
+        Check::Elementwise,
+        &out.to_f32(dev)?,
+        &expected,
+    );
+    s.time(row, || dev.sigmoid_gate(&x, &gate, &mut out))?;
     Ok(())
 }
 

@@ -4,8 +4,10 @@
 //! picked from a shuffled pool, and a trailing padding token (slot -1) as a recorded step
 //! has.
 
+use crate::backend::cpu::CpuKvCache;
 use crate::backend::cuda::device::CudaDevice;
 use crate::backend::cuda::ops_short_conv::ConvBatch;
+use crate::backend::{BatchLayout, DType, KvCacheSpec};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 use rand::seq::SliceRandom;
@@ -74,6 +76,62 @@ impl PagedStep {
 
     pub fn num_seqs(&self) -> usize {
         self.context_lens.len()
+    }
+
+    /// A state slot for each of the step's sequences, drawn from a
+    /// shuffled pool with two spare slots no sequence holds (they must come back
+    /// untouched): `(pool size, each sequence's slot)`.
+    pub fn shuffled_state_slots(&self, rng: &mut impl Rng) -> (usize, Vec<u32>) {
+        let seqs = self.num_seqs();
+        let pool = seqs + 2;
+        let mut slots: Vec<u32> = (0..pool as u32).collect();
+        slots.shuffle(rng);
+        slots.truncate(seqs);
+        (pool, slots)
+    }
+
+    /// The step as the host implementations take it, each sequence holding
+    /// `state_slots[seq]`.
+    pub fn host_layout(&self, block_size: usize, state_slots: Vec<u32>) -> BatchLayout {
+        BatchLayout {
+            positions: self.positions.clone(),
+            slots: self.slots.iter().map(|&v| v as i64).collect(),
+            query_start: self.query_start.iter().map(|&v| v as usize).collect(),
+            context_lens: self.context_lens.iter().map(|&v| v as usize).collect(),
+            block_tables: self
+                .tables
+                .chunks(self.max_blocks)
+                .map(|t| t.iter().map(|&b| b as u32).collect())
+                .collect(),
+            block_size,
+            logits_rows: Vec::new(),
+            adapters: Vec::new(),
+            state_slots,
+        }
+    }
+
+    /// A host cache of one recurrent mixer layer whose state slots (`values` each) hold
+    /// `states`.
+    pub fn host_state_cache(
+        &self,
+        block_size: usize,
+        dtype: DType,
+        values: usize,
+        states: Vec<f32>,
+    ) -> CpuKvCache {
+        let mut cache = CpuKvCache::new(KvCacheSpec {
+            num_layers: 1,
+            num_blocks: self.num_blocks,
+            block_size,
+            num_kv_heads: 1,
+            head_dim: 1,
+            dtype,
+            conv_layers: Vec::new(),
+            state_layers: vec![(0, values)],
+            state_slots: states.len() / values,
+        });
+        cache.v[0] = states;
+        cache
     }
 
     pub fn upload(&self, dev: &CudaDevice) -> Result<DeviceStep> {
