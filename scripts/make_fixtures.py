@@ -291,7 +291,7 @@ PROMPT_TEXTS = [
 GREEDY_NEW_TOKENS = 32
 # Smaller random weights where the default's attention would be too peaky for bf16 to follow:
 # LongRoPE's attention factor at an original context of 3 multiplies the scores by 5.
-WEIGHT_STD = {"phi3_longrope": 0.1, "gemma": 0.15, "qwen3_next": 0.15}
+WEIGHT_STD = {"phi3_longrope": 0.1, "gemma": 0.15, "qwen3_next": 0.1}
 MIN_TOP2_MARGIN = 1e-3
 MAX_SEED_ATTEMPTS = 200
 
@@ -1741,12 +1741,13 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
-        # Qwen3-Next: gated delta rule mixers (2 key heads of 16 shared by 4 value heads of
-        # 24, 4 convolution taps) on layers 0, 2 and 3, gated attention (per-head (1 + w)
-        # q/k norms, a quarter of each head rotating, a sigmoid gate on the output) on layer
-        # 1; Qwen2-MoE's experts with a gated shared expert, layer 2 a dense MLP
-        # (mlp_only_layers). Prompts run through transformers' chunked algorithm (chunks of
-        # 64), checked against kiln's token-by-token recurrence.
+        # Qwen3-Next: gated delta rule mixers (2 key heads of 16 shared by 8 value heads of
+        # 24, 4 convolution taps) on layers 0, 2 and 3, gated attention (8 heads of 16,
+        # per-head (1 + w) q/k norms, a quarter of each head rotating, a sigmoid gate on the
+        # output) on layer 1; Qwen2-MoE's experts with a gated shared expert, layer 2 a dense
+        # MLP (mlp_only_layers). Heads divide by 8 ranks (key heads shared beyond 2). Prompts
+        # run through transformers' chunked algorithm (chunks of 64), checked against kiln's
+        # token-by-token recurrence.
         "qwen3_next": (
             Qwen3NextForCausalLM,
             Qwen3NextConfig(
@@ -1754,9 +1755,9 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 hidden_size=64,
                 intermediate_size=96,
                 num_hidden_layers=4,
-                num_attention_heads=4,
+                num_attention_heads=8,
                 num_key_value_heads=2,
-                head_dim=32,
+                head_dim=16,
                 partial_rotary_factor=0.25,
                 max_position_embeddings=256,
                 rms_norm_eps=1e-6,
@@ -1766,7 +1767,7 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 linear_key_head_dim=16,
                 linear_value_head_dim=24,
                 linear_num_key_heads=2,
-                linear_num_value_heads=4,
+                linear_num_value_heads=8,
                 num_experts=4,
                 num_experts_per_tok=2,
                 moe_intermediate_size=32,

@@ -114,6 +114,7 @@ fn four_cpu_ranks_load_about_one_model_of_heap_not_four() {
         dtype: DType::F32,
         weights,
         block_size: 16,
+        state_slots: 8,
         open_backend: Arc::new(|_| Ok(CpuBackend::new())),
         communicators: comms,
         on_layer: Arc::new(|_, _| {}),

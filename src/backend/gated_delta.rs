@@ -66,6 +66,22 @@ impl GatedDeltaShape {
         self.v_heads / self.k_heads
     }
 
+    /// The shape of a tensor-parallel rank holding value heads `v_heads` (whole groups of a
+    /// key head's value heads, or part of one group), and the key heads they read.
+    pub fn shard(
+        &self,
+        v_heads: &std::ops::Range<usize>,
+    ) -> (GatedDeltaShape, std::ops::Range<usize>) {
+        let per_key = self.heads_per_key();
+        let keys = v_heads.start / per_key..(v_heads.end - 1) / per_key + 1;
+        let shape = GatedDeltaShape {
+            k_heads: keys.len(),
+            v_heads: v_heads.len(),
+            ..*self
+        };
+        (shape, keys)
+    }
+
     /// Checks the dimensions divide as the kernels need.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(

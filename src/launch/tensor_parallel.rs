@@ -107,6 +107,7 @@ fn start<B: Backend + 'static>(
         dtype,
         weights,
         block_size: args.block_size,
+        state_slots: args.max_num_seqs,
         open_backend,
         communicators,
         on_layer: Arc::new(move |_rank, _layer| progress.inc(1)),
@@ -263,12 +264,14 @@ fn gpu_kv_blocks(
             .with_context(|| format!("{device} did not report its memory"))?;
         let sharing = ranks.len();
         let bytes_per_block: usize = ranks.iter().map(|r| r.kv_bytes_per_block).sum();
+        // The ranks' recurrent states come out of the same memory, before the blocks.
+        let states: usize = ranks.iter().map(|r| r.state_bytes).sum();
         let mem = GpuMemory {
             free,
             total,
             utilization: args.gpu_memory_utilization,
         };
-        let n = kv_blocks(mem, reserve * sharing, bytes_per_block, wanted)
+        let n = kv_blocks(mem, reserve * sharing + states, bytes_per_block, wanted)
             .with_context(|| format!("sizing the KV cache on {device} ({sharing} ranks)"))?;
         tracing::info!("{device}: room for {n} KV blocks per rank ({sharing} rank(s))");
         blocks = blocks.min(n);
@@ -292,6 +295,7 @@ mod tests {
             rank,
             memory: Some((free_gib << 30, 80 << 30)),
             kv_bytes_per_block,
+            state_bytes: 0,
             backend_name: device.to_string(),
         }
     }

@@ -805,9 +805,14 @@ impl<B: Backend> LlamaModel<B> {
             // And gated delta rule mixers.
             let (gated_delta, latent_qkv, latent_o) = match &c.gated_delta {
                 Some(g) if g.is_mixer(i) => {
-                    let (mixer, in_proj, out_proj) =
-                        super::qwen3_next::load_mixer(be, src, &p, h, &g.shape, dtype)
-                            .with_context(|| format!("loading the gated delta mixer of {p}"))?;
+                    let (mixer, in_proj, out_proj) = super::qwen3_next::load_mixer(
+                        be,
+                        src,
+                        &p,
+                        (h, &g.shape, &layout.linear_value_heads),
+                        dtype,
+                    )
+                    .with_context(|| format!("loading the gated delta mixer of {p}"))?;
                     (Some(mixer), Some(in_proj), Some(out_proj))
                 }
                 _ => (None, latent_qkv, latent_o),

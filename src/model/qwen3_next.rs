@@ -12,10 +12,13 @@
 //! head; kiln loads them reordered into one projection (q, k, v, z, b, a: the layout the
 //! backend op reads), which takes the fused q/k/v projection's place, and `out_proj` the
 //! output projection's. The mixers keep a state per sequence, so these models run without
-//! prefix caching, speculative decoding or tensor parallelism, as the Mamba models do.
+//! prefix caching or speculative decoding, as the Mamba models do. Their norm is per head,
+//! so they shard: a tensor-parallel rank holds a range of value heads and the key heads
+//! those read (a key head shared by several ranks when there are fewer key heads than
+//! ranks), and its columns of `out_proj`, whose partial sums are all-reduced.
 
 use super::config::layer_types_marking;
-use super::llama::{load, load_stacked, rows_part, Part};
+use super::llama::{cols_part, load, load_stacked, rows_part, Part};
 use super::weights::WeightSource;
 use crate::backend::gated_delta::{GatedDeltaParams, GatedDeltaShape};
 use crate::backend::{Backend, DType};
@@ -112,76 +115,105 @@ impl<B: Backend> GatedDeltaMixer<B> {
     }
 }
 
-/// The rows of `in_proj_qkvz` and `in_proj_ba` in the order the backend op reads them:
-/// every key head's q, then k, then every key head's v, z, then b, a (each key head's
-/// group of `v_heads / k_heads` value heads in turn).
-fn in_proj_parts(prefix: &str, hidden: usize, sh: &GatedDeltaShape) -> Vec<Part> {
+/// The rows of `in_proj_qkvz` and `in_proj_ba` a rank holding value heads `v_heads` reads,
+/// in the order the backend op takes them: its key heads' q, then their k, then its value
+/// heads' v, z, b and a. The checkpoint stores them key head by key head (each group's q, k,
+/// then its value heads' v and z; b and a likewise).
+fn in_proj_parts(
+    prefix: &str,
+    hidden: usize,
+    sh: &GatedDeltaShape,
+    v_heads: &Range<usize>,
+) -> Vec<Part> {
     let r = sh.heads_per_key();
-    let (dk, group_v) = (sh.k_dim, r * sh.v_dim);
+    let (dk, dv) = (sh.k_dim, sh.v_dim);
+    let (_, keys) = sh.shard(v_heads);
     let qkvz = format!("{prefix}.linear_attn.in_proj_qkvz.weight");
     let ba = format!("{prefix}.linear_attn.in_proj_ba.weight");
-    let qkvz_group = 2 * dk + 2 * group_v;
-    let qkvz_shape = vec![sh.k_heads * qkvz_group, hidden];
+    let group = 2 * dk + 2 * r * dv;
+    let qkvz_shape = vec![sh.k_heads * group, hidden];
     let ba_shape = vec![sh.k_heads * 2 * r, hidden];
-    // Within a key head's group: (offset, rows) of q, k, v, z; then of b, a.
-    let qkvz_pieces = [
-        (0, dk),
-        (dk, dk),
-        (2 * dk, group_v),
-        (2 * dk + group_v, group_v),
-    ];
-    let ba_pieces = [(0, r), (r, r)];
-    let pieces = |name: &str, shape: &Vec<usize>, group: usize, (at, len): (usize, usize)| {
-        (0..sh.k_heads)
-            .map(|g| {
-                let start = g * group + at;
-                rows_part(name.to_string(), shape.clone(), start..start + len)
-            })
-            .collect::<Vec<_>>()
-    };
+    // Key head g's value heads this rank holds, counted within the group.
+    let ours = |g: usize| v_heads.start.max(g * r) - g * r..v_heads.end.min((g + 1) * r) - g * r;
+    // Per key head: the rows at `at(g)` within its group of `size` rows of `name`.
+    let pieces =
+        |name: &str, shape: &Vec<usize>, size: usize, at: &dyn Fn(usize) -> Range<usize>| {
+            keys.clone()
+                .map(|g| {
+                    let rows = at(g);
+                    rows_part(
+                        name.to_string(),
+                        shape.clone(),
+                        g * size + rows.start..g * size + rows.end,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
     let mut parts = Vec::new();
-    for piece in qkvz_pieces {
-        parts.extend(pieces(&qkvz, &qkvz_shape, qkvz_group, piece));
+    parts.extend(pieces(&qkvz, &qkvz_shape, group, &|_| 0..dk));
+    parts.extend(pieces(&qkvz, &qkvz_shape, group, &|_| dk..2 * dk));
+    for skip in [2 * dk, 2 * dk + r * dv] {
+        let at = |g: usize| {
+            let heads = ours(g);
+            skip + heads.start * dv..skip + heads.end * dv
+        };
+        parts.extend(pieces(&qkvz, &qkvz_shape, group, &at));
     }
-    for piece in ba_pieces {
-        parts.extend(pieces(&ba, &ba_shape, 2 * r, piece));
+    for skip in [0, r] {
+        let at = |g: usize| {
+            let heads = ours(g);
+            skip + heads.start..skip + heads.end
+        };
+        parts.extend(pieces(&ba, &ba_shape, 2 * r, &at));
     }
     parts
 }
 
-/// Layer `prefix`'s mixer (`{prefix}.linear_attn.*`): its parameters, the reordered
-/// in-projection (the layer's fused projection) and `out_proj`.
+/// Layer `prefix`'s mixer (`{prefix}.linear_attn.*`) for a rank holding value heads
+/// `v_heads` of the mixer of shape `sh`: its parameters (in its own, smaller shape), the
+/// reordered in-projection (the layer's fused projection) and its columns of `out_proj`.
 pub fn load_mixer<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
     prefix: &str,
-    hidden: usize,
-    sh: &GatedDeltaShape,
+    (hidden, sh, v_heads): (usize, &GatedDeltaShape, &Range<usize>),
     dtype: DType,
 ) -> Result<(GatedDeltaMixer<B>, B::Tensor, B::Tensor)> {
     let name = |n: &str| format!("{prefix}.linear_attn.{n}");
-    let in_proj = load_stacked(be, src, &in_proj_parts(prefix, hidden, sh), dtype)?;
-    let out_proj = load(
-        be,
-        src,
-        &name("out_proj.weight"),
-        &[hidden, sh.value_dim()],
-        dtype,
-    )?;
-    let conv_dim = sh.conv_dim();
-    let kernel = src
-        .tensor(&name("conv1d.weight"), &[conv_dim, 1, sh.taps], dtype)?
-        .reshape((conv_dim, sh.taps))?;
+    let (local, keys) = sh.shard(v_heads);
+    let in_proj = load_stacked(be, src, &in_proj_parts(prefix, hidden, sh, v_heads), dtype)?;
+    let (dk, dv) = (sh.k_dim, sh.v_dim);
+    let out_cols = v_heads.start * dv..v_heads.end * dv;
+    let out_part = cols_part(
+        name("out_proj.weight"),
+        vec![hidden, sh.value_dim()],
+        out_cols,
+    );
+    let out_proj = load_stacked(be, src, &[out_part], dtype)?;
+    // The convolution's channels: this rank's q, k and v.
+    let conv_shape = vec![sh.conv_dim(), 1, sh.taps];
+    let key_dim = sh.key_dim();
+    let channels = [
+        keys.start * dk..keys.end * dk,
+        key_dim + keys.start * dk..key_dim + keys.end * dk,
+        2 * key_dim + v_heads.start * dv..2 * key_dim + v_heads.end * dv,
+    ];
+    let kernel = channels
+        .into_iter()
+        .map(|rows| rows_part(name("conv1d.weight"), conv_shape.clone(), rows).read(src, dtype))
+        .collect::<Result<Vec<_>>>()?;
+    let kernel = candle_core::Tensor::cat(&kernel, 0)?.reshape((local.conv_dim(), sh.taps))?;
     // Per-head parameters in f32, as the kernels read them (the checkpoint's values rounded
     // to the model dtype first, as transformers holds them).
     let per_head = |n: &str| -> Result<candle_core::Tensor> {
         Ok(src
             .tensor(&name(n), &[sh.v_heads], dtype)?
+            .narrow(0, v_heads.start, v_heads.len())?
             .to_dtype(candle_core::DType::F32)?)
     };
     let a = per_head("A_log")?.exp()?.neg()?;
     let mixer = GatedDeltaMixer {
-        shape: *sh,
+        shape: local,
         conv_weight: be.upload(kernel)?,
         dt_bias: be.upload(per_head("dt_bias")?)?,
         a: be.upload(a)?,
@@ -292,7 +324,7 @@ mod tests {
             taps: 4,
             norm_eps: 1e-6,
         };
-        let parts = in_proj_parts("model.layers.0", 8, &sh);
+        let parts = in_proj_parts("model.layers.0", 8, &sh, &(0..4));
         let rows: Vec<(bool, Range<usize>)> = parts
             .iter()
             .map(|p| (p.name().ends_with("qkvz.weight"), p.rows()))
@@ -317,5 +349,20 @@ mod tests {
         );
         let total: usize = rows.iter().map(|(_, r)| r.len()).sum();
         assert_eq!(total, sh.projection_width());
+        // Rank 1 of 2 holds key head 1 and its value heads 2 and 3.
+        let rows = |v: Range<usize>| -> Vec<Range<usize>> {
+            in_proj_parts("model.layers.0", 8, &sh, &v)
+                .iter()
+                .map(|p| p.rows())
+                .collect()
+        };
+        assert_eq!(rows(2..4), vec![26..29, 29..32, 32..42, 42..52, 4..6, 6..8]);
+        // Rank 3 of 4 holds value head 3 and the key head it shares with rank 2.
+        assert_eq!(rows(3..4), vec![26..29, 29..32, 37..42, 47..52, 5..6, 7..8]);
+        let (local, keys) = sh.shard(&(3..4));
+        assert_eq!((local.k_heads, local.v_heads, keys), (1, 1, 1..2));
+        let parts = in_proj_parts("model.layers.0", 8, &sh, &(3..4));
+        let width: usize = parts.iter().map(|p| p.rows().len()).sum();
+        assert_eq!(width, local.projection_width());
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Attention heads are split evenly (column-parallel QKV, row-parallel O). KV heads are
 //! split when there are at least as many as ranks; with fewer, each rank keeps the one KV
-//! head its query heads read, so a KV head is replicated on `world / kv_heads` ranks. The MLP
+//! head its query heads read, so a KV head is replicated on `world / kv_heads` ranks.
+//! Qwen3-Next's gated delta mixers split their value heads the same way, each rank with the
+//! key heads its value heads read. The MLP
 //! splits the intermediate dimension (column-parallel gate/up, row-parallel down), and the
 //! embedding and LM head split the vocabulary into nearly equal row ranges.
 
@@ -46,6 +48,9 @@ pub struct ShardLayout {
     pub shared_expert_intermediate: Range<usize>,
     /// Rows of the embedding table and the LM head.
     pub vocab: Range<usize>,
+    /// Qwen3-Next: the gated delta mixers' value heads (with the key heads they read, see
+    /// [`crate::backend::gated_delta::GatedDeltaShape::shard`]).
+    pub linear_value_heads: Range<usize>,
 }
 
 /// Refuses a group size the model cannot be split into, saying why.
@@ -61,14 +66,22 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
         "{:?} cannot be tensor-parallel: its q / k norms span every head",
         config.architecture
     );
-    // So does a Mamba mixer's gated norm (over its whole inner width), and kiln keeps each
-    // recurrent mixer's heads (Mamba's, the gated delta rule's) on one device.
+    // So does a Mamba mixer's gated norm (over its whole inner width).
     ensure!(
-        !config.keeps_recurrent_state() || world == 1,
-        "{:?} cannot be tensor-parallel: kiln keeps its recurrent mixers (and their states) \
-         whole on one device",
+        config.mamba.is_none() || world == 1,
+        "{:?} cannot be tensor-parallel: its Mamba mixers' gated norms span every head",
         config.architecture
     );
+    // A gated delta mixer's norm is per head: its value heads split, each rank with the key
+    // heads they read (shared by ranks when there are fewer key heads than ranks).
+    if let Some(g) = &config.gated_delta {
+        let (k, v) = (g.shape.k_heads, g.shape.v_heads);
+        ensure!(
+            v.is_multiple_of(world) && (k.is_multiple_of(world) || world.is_multiple_of(k)),
+            "--tensor-parallel-size {world} must divide the gated delta mixers' {v} value \
+             heads and divide, or be a multiple of, their {k} key heads"
+        );
+    }
     let (heads, kv) = (config.num_heads, config.num_kv_heads);
     ensure!(
         heads.is_multiple_of(world),
@@ -154,6 +167,7 @@ impl ShardLayout {
                     .unwrap_or(0),
             ),
             vocab,
+            linear_value_heads: even(config.gated_delta.as_ref().map_or(0, |g| g.shape.v_heads)),
         })
     }
 

@@ -33,6 +33,9 @@ pub struct RankLoaded {
     pub memory: Option<(usize, usize)>,
     /// KV-cache bytes one block of `block_size` tokens takes on this rank.
     pub kv_bytes_per_block: usize,
+    /// Bytes of this rank's recurrent-state slots (its share of the mixers' states), held
+    /// beside the blocks.
+    pub state_bytes: usize,
     pub backend_name: String,
 }
 
@@ -42,6 +45,9 @@ pub struct TpSpec<B: Backend> {
     pub dtype: DType,
     pub weights: Arc<dyn WeightSource + Send + Sync>,
     pub block_size: usize,
+    /// Recurrent-state slots each rank keeps (`--max-num-seqs`; used by models with
+    /// recurrent mixers only).
+    pub state_slots: usize,
     /// Opens rank `r`'s backend, on the rank's own thread (a GPU context is bound there).
     pub open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
     /// One communicator per rank, in rank order.
@@ -119,6 +125,7 @@ impl TpRunner {
                 dtype: spec.dtype,
                 weights: spec.weights.clone(),
                 block_size: spec.block_size,
+                state_slots: spec.state_slots,
                 open_backend: spec.open_backend.clone(),
                 on_layer: spec.on_layer.clone(),
                 adapters: spec.adapters.clone(),
@@ -255,6 +262,10 @@ impl Runner for TpRunner {
         self.config.classifier.as_ref()
     }
 
+    fn keeps_recurrent_state(&self) -> bool {
+        self.config.keeps_recurrent_state()
+    }
+
     fn has_adapter(&self, slot: usize) -> bool {
         self.adapters.get(slot).copied().unwrap_or(false)
     }
@@ -358,6 +369,7 @@ struct RankJob<B: Backend> {
     dtype: DType,
     weights: Arc<dyn WeightSource + Send + Sync>,
     block_size: usize,
+    state_slots: usize,
     open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
     on_layer: Arc<dyn Fn(usize, usize) + Send + Sync>,
     adapters: Arc<[AdapterSpec]>,
@@ -376,10 +388,12 @@ impl<B: Backend> RankJob<B> {
                 return;
             }
         };
+        let spec = model.kv_cache_spec(1, self.block_size, self.state_slots);
         let info = RankLoaded {
             rank,
             memory: None,
-            kv_bytes_per_block: model.kv_cache_spec(1, self.block_size, 0).bytes_per_block(),
+            kv_bytes_per_block: spec.bytes_per_block(),
+            state_bytes: spec.state_bytes(),
             backend_name: be.name(),
         };
         if replies.send(Ok(Reply::Loaded(info))).is_err() {
@@ -390,7 +404,10 @@ impl<B: Backend> RankJob<B> {
             let reply = match command {
                 Command::MeasureMemory => be.memory_info().transpose().map(Reply::Memory),
                 Command::Allocate(blocks) => self
-                    .guarded(|| be.new_kv_cache(&model.kv_cache_spec(blocks, self.block_size, 0)))
+                    .guarded(|| {
+                        let spec = model.kv_cache_spec(blocks, self.block_size, self.state_slots);
+                        be.new_kv_cache(&spec)
+                    })
                     .map(|c| {
                         cache = Some(c);
                         Reply::Ready

@@ -90,9 +90,8 @@ pub const ARCHS: [&str; 79] = [
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
-/// norms span every head, and the models with recurrent mixers (the Mamba hybrids,
-/// Qwen3-Next), which kiln keeps whole (they refuse tensor parallelism with a clear error
-/// instead).
+/// norms span every head, and the Mamba hybrids, whose mixers' gated norms do (they refuse
+/// tensor parallelism with a clear error instead).
 pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
     ARCHS.into_iter().filter(|&a| {
         !matches!(
@@ -104,7 +103,6 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
                 | "granitemoehybrid"
                 | "granitemoehybrid_moe"
                 | "mamba2"
-                | "qwen3_next"
         )
     })
 }
