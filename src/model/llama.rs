@@ -254,20 +254,6 @@ impl Part {
         self.scale *= factor;
         self
     }
-
-    #[cfg(test)]
-    pub(super) fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The rows of the stored weight this part holds.
-    #[cfg(test)]
-    pub(super) fn rows(&self) -> Range<usize> {
-        match &self.slice {
-            Some(slice) if slice.dim == 0 => slice.range.clone(),
-            _ => 0..self.shape[0],
-        }
-    }
 }
 
 /// Loads several parts and stacks them along the output dimension. Generated weights are

@@ -115,63 +115,66 @@ impl<B: Backend> GatedDeltaMixer<B> {
     }
 }
 
-/// The rows of `in_proj_qkvz` and `in_proj_ba` a rank holding value heads `v_heads` reads,
-/// in the order the backend op takes them: its key heads' q, then their k, then its value
-/// heads' v, z, b and a. The checkpoint stores them key head by key head (each group's q, k,
-/// then its value heads' v and z; b and a likewise).
-fn in_proj_parts(
-    prefix: &str,
-    hidden: usize,
-    sh: &GatedDeltaShape,
-    v_heads: &Range<usize>,
-) -> Vec<Part> {
+/// The in-projections a mixer's fused projection is cut from, by index in
+/// [`in_proj_rows`]' pairs.
+const IN_PROJ: [&str; 2] = ["in_proj_qkvz", "in_proj_ba"];
+
+/// The rows of `in_proj_qkvz` (0) and `in_proj_ba` (1) a rank holding value heads `v_heads`
+/// reads, in the order the backend op takes them: its key heads' q, then their k, then its
+/// value heads' v, z, b and a. The checkpoint stores them key head by key head (each
+/// group's q, k, then its value heads' v and z; b and a likewise).
+fn in_proj_rows(sh: &GatedDeltaShape, v_heads: &Range<usize>) -> Vec<(usize, Range<usize>)> {
     let r = sh.heads_per_key();
     let (dk, dv) = (sh.k_dim, sh.v_dim);
     let (_, keys) = sh.shard(v_heads);
-    let qkvz = format!("{prefix}.linear_attn.in_proj_qkvz.weight");
-    let ba = format!("{prefix}.linear_attn.in_proj_ba.weight");
     let group = 2 * dk + 2 * r * dv;
-    let qkvz_shape = vec![sh.k_heads * group, hidden];
-    let ba_shape = vec![sh.k_heads * 2 * r, hidden];
     // Key head g's value heads this rank holds, counted within the group.
     let ours = |g: usize| v_heads.start.max(g * r) - g * r..v_heads.end.min((g + 1) * r) - g * r;
-    // Per key head: the rows at `at(g)` within its group of `size` rows of `name`.
-    let pieces =
-        |name: &str, shape: &Vec<usize>, size: usize, at: &dyn Fn(usize) -> Range<usize>| {
-            keys.clone()
-                .map(|g| {
-                    let rows = at(g);
-                    rows_part(
-                        name.to_string(),
-                        shape.clone(),
-                        g * size + rows.start..g * size + rows.end,
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-    let mut parts = Vec::new();
-    parts.extend(pieces(&qkvz, &qkvz_shape, group, &|_| 0..dk));
-    parts.extend(pieces(&qkvz, &qkvz_shape, group, &|_| dk..2 * dk));
+    // Per key head: the rows `at(g)` within its group of `size` rows of in-projection `t`.
+    let pieces = |t: usize, size: usize, at: &dyn Fn(usize) -> Range<usize>| {
+        keys.clone()
+            .map(|g| {
+                let rows = at(g);
+                (t, g * size + rows.start..g * size + rows.end)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut rows = Vec::new();
+    rows.extend(pieces(0, group, &|_| 0..dk));
+    rows.extend(pieces(0, group, &|_| dk..2 * dk));
     for skip in [2 * dk, 2 * dk + r * dv] {
         let at = |g: usize| {
             let heads = ours(g);
             skip + heads.start * dv..skip + heads.end * dv
         };
-        parts.extend(pieces(&qkvz, &qkvz_shape, group, &at));
+        rows.extend(pieces(0, group, &at));
     }
     for skip in [0, r] {
         let at = |g: usize| {
             let heads = ours(g);
             skip + heads.start..skip + heads.end
         };
-        parts.extend(pieces(&ba, &ba_shape, 2 * r, &at));
+        rows.extend(pieces(1, 2 * r, &at));
     }
-    parts
+    rows
+}
+
+/// `rows` of `whole` stacked, in order.
+fn gather_rows(
+    whole: &[candle_core::Tensor],
+    rows: impl IntoIterator<Item = (usize, Range<usize>)>,
+) -> Result<candle_core::Tensor> {
+    let pieces = rows
+        .into_iter()
+        .map(|(t, r)| whole[t].narrow(0, r.start, r.len()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(candle_core::Tensor::cat(&pieces, 0)?)
 }
 
 /// Layer `prefix`'s mixer (`{prefix}.linear_attn.*`) for a rank holding value heads
 /// `v_heads` of the mixer of shape `sh`: its parameters (in its own, smaller shape), the
 /// reordered in-projection (the layer's fused projection) and its columns of `out_proj`.
+/// Each stored tensor is read once (an FP8 one expands once) and cut on the host.
 pub fn load_mixer<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
@@ -181,7 +184,17 @@ pub fn load_mixer<B: Backend>(
 ) -> Result<(GatedDeltaMixer<B>, B::Tensor, B::Tensor)> {
     let name = |n: &str| format!("{prefix}.linear_attn.{n}");
     let (local, keys) = sh.shard(v_heads);
-    let in_proj = load_stacked(be, src, &in_proj_parts(prefix, hidden, sh, v_heads), dtype)?;
+    let r = sh.heads_per_key();
+    let in_shapes = [
+        [sh.k_heads * (2 * sh.k_dim + 2 * r * sh.v_dim), hidden],
+        [sh.k_heads * 2 * r, hidden],
+    ];
+    let whole = IN_PROJ
+        .iter()
+        .zip(in_shapes)
+        .map(|(n, shape)| src.tensor(&name(&format!("{n}.weight")), &shape, dtype))
+        .collect::<Result<Vec<_>>>()?;
+    let in_proj = be.upload(gather_rows(&whole, in_proj_rows(sh, v_heads))?)?;
     let (dk, dv) = (sh.k_dim, sh.v_dim);
     let out_cols = v_heads.start * dv..v_heads.end * dv;
     let out_part = cols_part(
@@ -191,18 +204,17 @@ pub fn load_mixer<B: Backend>(
     );
     let out_proj = load_stacked(be, src, &[out_part], dtype)?;
     // The convolution's channels: this rank's q, k and v.
-    let conv_shape = vec![sh.conv_dim(), 1, sh.taps];
     let key_dim = sh.key_dim();
+    let conv = src
+        .tensor(&name("conv1d.weight"), &[sh.conv_dim(), 1, sh.taps], dtype)?
+        .reshape((sh.conv_dim(), sh.taps))?;
     let channels = [
         keys.start * dk..keys.end * dk,
         key_dim + keys.start * dk..key_dim + keys.end * dk,
         2 * key_dim + v_heads.start * dv..2 * key_dim + v_heads.end * dv,
     ];
-    let kernel = channels
-        .into_iter()
-        .map(|rows| rows_part(name("conv1d.weight"), conv_shape.clone(), rows).read(src, dtype))
-        .collect::<Result<Vec<_>>>()?;
-    let kernel = candle_core::Tensor::cat(&kernel, 0)?.reshape((local.conv_dim(), sh.taps))?;
+    let kernel = gather_rows(&[conv], channels.map(|rows| (0, rows)))?;
+    debug_assert_eq!(kernel.dims(), [local.conv_dim(), sh.taps]);
     // Per-head parameters in f32, as the kernels read them (the checkpoint's values rounded
     // to the model dtype first, as transformers holds them).
     let per_head = |n: &str| -> Result<candle_core::Tensor> {
@@ -324,10 +336,9 @@ mod tests {
             taps: 4,
             norm_eps: 1e-6,
         };
-        let parts = in_proj_parts("model.layers.0", 8, &sh, &(0..4));
-        let rows: Vec<(bool, Range<usize>)> = parts
-            .iter()
-            .map(|p| (p.name().ends_with("qkvz.weight"), p.rows()))
+        let rows: Vec<(bool, Range<usize>)> = in_proj_rows(&sh, &(0..4))
+            .into_iter()
+            .map(|(t, r)| (t == 0, r))
             .collect();
         // Groups of 2 * 3 + 2 * 10 = 26 rows: q, k, v, z; of the ba rows groups of 4.
         assert_eq!(
@@ -351,18 +362,17 @@ mod tests {
         assert_eq!(total, sh.projection_width());
         // Rank 1 of 2 holds key head 1 and its value heads 2 and 3.
         let rows = |v: Range<usize>| -> Vec<Range<usize>> {
-            in_proj_parts("model.layers.0", 8, &sh, &v)
-                .iter()
-                .map(|p| p.rows())
-                .collect()
+            in_proj_rows(&sh, &v).into_iter().map(|(_, r)| r).collect()
         };
         assert_eq!(rows(2..4), vec![26..29, 29..32, 32..42, 42..52, 4..6, 6..8]);
         // Rank 3 of 4 holds value head 3 and the key head it shares with rank 2.
         assert_eq!(rows(3..4), vec![26..29, 29..32, 37..42, 47..52, 5..6, 7..8]);
         let (local, keys) = sh.shard(&(3..4));
         assert_eq!((local.k_heads, local.v_heads, keys), (1, 1, 1..2));
-        let parts = in_proj_parts("model.layers.0", 8, &sh, &(3..4));
-        let width: usize = parts.iter().map(|p| p.rows().len()).sum();
+        let width: usize = in_proj_rows(&sh, &(3..4))
+            .iter()
+            .map(|(_, r)| r.len())
+            .sum();
         assert_eq!(width, local.projection_width());
     }
 }
