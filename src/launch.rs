@@ -454,7 +454,9 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                     Architecture::GraniteMoeHybrid => {
                         Box::new(GraniteHybridWeights::wrap(files_source))
                     }
-                    Architecture::Mamba2 => Box::new(Mamba2Weights::wrap(files_source)),
+                    Architecture::Mamba2 | Architecture::Mamba | Architecture::FalconMamba => {
+                        Box::new(Mamba2Weights::wrap(files_source))
+                    }
                     Architecture::Bloom => Box::new(BloomWeights::wrap(files_source)),
                     Architecture::Mpt => Box::new(MptWeights::wrap(files_source)),
                     Architecture::Falcon => {

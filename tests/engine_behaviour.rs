@@ -202,7 +202,7 @@ fn lfm2_convolution_rows_survive_prefix_caching_chunking_and_batching() {
     cached_state_survives_prefix_caching_chunking_and_batching("lfm2", true);
 }
 
-/// The Mamba models and Qwen3-Next keep a convolution window and a recurrent state per
+/// The Mamba models (1 and 2) and Qwen3-Next keep a convolution window and a recurrent state per
 /// running sequence: prefill chunks (whose state the next chunk resumes) and batching (each
 /// sequence in its own slot) must change nothing. Prefix caching is off for them, so
 /// nothing is served from the cache.
@@ -214,6 +214,8 @@ fn recurrent_states_survive_chunking_and_batching() {
         "granitemoehybrid_moe",
         "mamba2",
         "qwen3_next",
+        "mamba",
+        "falcon_mamba",
     ] {
         cached_state_survives_prefix_caching_chunking_and_batching(arch, false);
     }
@@ -225,14 +227,14 @@ fn recurrent_states_survive_chunking_and_batching() {
 /// would not).
 #[test]
 fn preempted_recurrent_sequences_recompute_their_state() {
-    for arch in ["granitemoehybrid", "qwen3_next"] {
+    for arch in ["granitemoehybrid", "qwen3_next", "falcon_mamba"] {
         preemption_changes_no_output(arch, &["--max-num-seqs", "4"]);
     }
 }
 
 #[test]
 fn recurrent_models_refuse_speculative_decoding() {
-    for arch in ["bamba", "qwen3_next"] {
+    for arch in ["bamba", "qwen3_next", "mamba"] {
         let dir = fixture(arch);
         let args = engine_args(&[
             "--model",
@@ -479,7 +481,7 @@ fn missing_or_corrupt_model_files_fail_with_the_file_named() {
     assert!(err.contains("model.safetensors"), "{err}");
     std::fs::write(
         dir.path().join("config.json"),
-        b"{\"architectures\": [\"MambaForCausalLM\"]}",
+        b"{\"architectures\": [\"RwkvForCausalLM\"]}",
     )
     .unwrap();
     let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
@@ -491,12 +493,12 @@ fn missing_or_corrupt_model_files_fail_with_the_file_named() {
         dir.path().join("config.json"),
         std::fs::read_to_string(src.join("config.json"))
             .unwrap()
-            .replace("LlamaForCausalLM", "MambaForCausalLM"),
+            .replace("LlamaForCausalLM", "RwkvForCausalLM"),
     )
     .unwrap();
     let err = format!("{:#}", kiln::launch::build_engine(&args).err().unwrap());
     assert!(
-        err.contains("unsupported architecture 'MambaForCausalLM'")
+        err.contains("unsupported architecture 'RwkvForCausalLM'")
             && err.contains("Phi3ForCausalLM"),
         "{err}"
     );

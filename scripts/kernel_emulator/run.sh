@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/moe.cu, kernels/sampling_draw.cu, kernels/mamba.cu, kernels/gated_delta.cu, then kernels/attention_decode.cu and attention.cu, on the CPU through cuda_emu.h and compares it with a
+# Runs kernels/image_*.cu + attention_softmax.cu, kernels/gemv.cu, kernels/moe.cu, kernels/sampling_draw.cu, kernels/mamba.cu, kernels/gated_delta.cu, kernels/selective_scan.cu, then kernels/attention_decode.cu and attention.cu, on the CPU through cuda_emu.h and compares it with a
 # double-precision reference (about 15 s; `full` adds the selftest's failing shapes, a few
 # minutes). Needs only g++ (C++20).
 #
@@ -46,6 +46,10 @@ g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/gated_delta_check" gated_delta_check.cpp
 "$BUILD/gated_delta_check"
+# Mamba-1's selective scan (kernels/selective_scan.cu after mamba.cu's convolution): ~5 s.
+g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
+    -o "$BUILD/selective_scan_check" selective_scan_check.cpp
+"$BUILD/selective_scan_check"
 # The implicit-GEMM conv2d on tensor cores (kernels/conv_implicit.cu), both K orders: ~3 s.
 g++ -std=c++20 -O2 -Wall -Wno-unknown-pragmas -I. -I../../kernels \
     -o "$BUILD/conv_implicit_check" conv_implicit_check.cpp

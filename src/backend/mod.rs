@@ -16,6 +16,7 @@ pub mod image_ops;
 pub mod mamba;
 pub mod moe;
 pub mod moe_route;
+pub mod selective_scan;
 
 pub use batch::BatchLayout;
 pub use dtype::DType;
@@ -559,6 +560,38 @@ pub trait Backend: Send + Sync {
         &self,
         qkvzba: &Self::Tensor,
         params: &gated_delta::GatedDeltaParams<'_, Self::Tensor>,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::BatchMeta,
+    ) -> Result<Self::Tensor>;
+    /// A recurrent mixer's causal convolution on its own (Mamba-1's, before its `x_proj`):
+    /// `[n, channels]`, each token's columns `conv.offset..` of `src` convolved with its
+    /// sequence's last `taps - 1` rows (the window in its state slot of layer `layer`, zeros
+    /// at position 0) plus the bias, rounded, SiLU'd and rounded; the slot's window then
+    /// holds the step's last rows. The state part of the slot is left alone.
+    fn slot_conv(
+        &self,
+        src: &Self::Tensor,
+        conv: &selective_scan::SlotConvParams<'_, Self::Tensor>,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        batch: &Self::BatchMeta,
+    ) -> Result<Self::Tensor>;
+    /// Mamba-1's selective scan ([`selective_scan`] has the math): `x` the convolved
+    /// channels `[n, inner]`, `dt` the per-channel raw steps `[n, inner]` (`dt_proj`'s
+    /// output), `b` and `c` `[n, state]`, `xz` the in-projection (its gate z from column
+    /// `inner`). Per channel the state runs from the sequence's slot (zeros at position 0)
+    /// and stays there; returns the gated output `[n, inner]`, each step rounded to the
+    /// dtype as transformers' eager scan rounds it (the step, the state before its product
+    /// with C, `y`, `D x`, the sum, `silu(z)`, the product).
+    #[allow(clippy::too_many_arguments)]
+    fn selective_scan(
+        &self,
+        x: &Self::Tensor,
+        dt: &Self::Tensor,
+        bc: (&Self::Tensor, &Self::Tensor),
+        xz: &Self::Tensor,
+        params: &selective_scan::SelectiveParams<'_, Self::Tensor>,
         cache: &mut Self::KvCache,
         layer: usize,
         batch: &Self::BatchMeta,

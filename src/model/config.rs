@@ -106,6 +106,12 @@ pub enum Architecture {
     /// and Qwen3 attention with a gated output, each before Qwen2-MoE's experts; norms
     /// scale by `1 + w`.
     Qwen3Next,
+    /// Mamba-1 in transformers' format (`MambaForCausalLM`; `model/mamba1.rs`): every layer
+    /// a norm and a Mamba-1 mixer (selective scan), no attention, no MLP.
+    Mamba,
+    /// TII's Falcon-Mamba (`FalconMambaForCausalLM`): Mamba-1 with weightless RMS norms of
+    /// the step, B and C.
+    FalconMamba,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
     /// the others, experts whose router scales their inputs, plus a shared expert.
@@ -195,7 +201,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 58] = [
+    pub const SUPPORTED: [&'static str; 60] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -254,6 +260,8 @@ impl Architecture {
         "GraniteMoeHybridForCausalLM",
         "Mamba2ForCausalLM",
         "Qwen3NextForCausalLM",
+        "MambaForCausalLM",
+        "FalconMambaForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -279,6 +287,8 @@ impl Architecture {
                 | Architecture::GptNeo
                 | Architecture::Bloom
                 | Architecture::Mpt
+                | Architecture::Mamba
+                | Architecture::FalconMamba
         )
     }
 
@@ -374,6 +384,8 @@ impl Architecture {
             "GraniteMoeHybridForCausalLM" => Architecture::GraniteMoeHybrid,
             "Mamba2ForCausalLM" => Architecture::Mamba2,
             "Qwen3NextForCausalLM" => Architecture::Qwen3Next,
+            "MambaForCausalLM" => Architecture::Mamba,
+            "FalconMambaForCausalLM" => Architecture::FalconMamba,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1622,6 +1634,8 @@ pub struct ModelConfig {
     pub short_conv: Option<super::lfm2::ShortConvLayers>,
     /// Bamba, Granite 4.0 hybrids: the layers that are Mamba-2 mixers instead of attention.
     pub mamba: Option<super::mamba::MambaLayers>,
+    /// Mamba-1 models: every layer's mixer.
+    pub selective: Option<super::mamba1::SelectiveLayers>,
     /// Qwen3-Next: the layers that are gated delta rule mixers instead of attention.
     pub gated_delta: Option<super::qwen3_next::GatedDeltaLayers>,
     /// Qwen3-Next: `q_proj` also gives a gate per head and value; the attention's output is
@@ -1701,6 +1715,9 @@ impl ModelConfig {
             }
             Some("Mamba2ForCausalLM") => super::mamba::normalized_mamba2_config(value)?,
             Some("Qwen3NextForCausalLM") => super::qwen3_next::normalized_config(value)?,
+            Some("MambaForCausalLM" | "FalconMambaForCausalLM") => {
+                super::mamba1::normalized_config(value)?
+            }
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -2247,6 +2264,16 @@ impl ModelConfig {
                 _ => None,
             },
             attention_output_gate: architecture == Architecture::Qwen3Next,
+            selective: match architecture {
+                Architecture::Mamba | Architecture::FalconMamba => {
+                    Some(super::mamba1::SelectiveLayers::from_config(
+                        &value,
+                        raw.hidden_size,
+                        architecture == Architecture::FalconMamba,
+                    )?)
+                }
+                _ => None,
+            },
             attention_chunks: match architecture {
                 Architecture::Llama4 => {
                     super::llama4::attention_chunks(&value, raw.num_hidden_layers)?
@@ -2343,9 +2370,10 @@ impl ModelConfig {
 
     /// The f32 values of layer `i`'s state slot, when it is a recurrent mixer.
     pub fn state_slot_values(&self, i: usize) -> Option<usize> {
-        match (&self.mamba, &self.gated_delta) {
-            (Some(m), _) if m.is_mamba(i) => Some(m.shape.slot_values()),
-            (_, Some(g)) if g.is_mixer(i) => Some(g.shape.slot_values()),
+        match (&self.mamba, &self.gated_delta, &self.selective) {
+            (Some(m), _, _) if m.is_mamba(i) => Some(m.shape.slot_values()),
+            (_, Some(g), _) if g.is_mixer(i) => Some(g.shape.slot_values()),
+            (_, _, Some(s)) if i < self.num_layers => Some(s.shape.slot_values()),
             _ => None,
         }
     }
@@ -2354,7 +2382,13 @@ impl ModelConfig {
     /// mixers): it cannot be restored at a cached prefix or rolled back, so these models
     /// run without prefix caching, speculative decoding, embeddings or tensor parallelism.
     pub fn keeps_recurrent_state(&self) -> bool {
-        self.mamba.is_some() || self.gated_delta.is_some()
+        self.mamba.is_some() || self.gated_delta.is_some() || self.selective.is_some()
+    }
+
+    /// Whether each layer is its norm and mixer alone, without an MLP (pure Mamba-1 and
+    /// Mamba-2 models).
+    pub fn mixer_only_layers(&self) -> bool {
+        self.mamba.as_ref().is_some_and(|m| m.without_mlp) || self.selective.is_some()
     }
 
     pub fn num_parameters(&self) -> u64 {
@@ -2408,6 +2442,18 @@ impl ModelConfig {
                             + inner
                             + inner * h
                     }
+                    // in_proj, the kernel (and bias), x_proj, dt_proj (and bias), A, D,
+                    // out_proj.
+                    _ if self.selective.is_some() => {
+                        let s = &self.selective.as_ref().expect("matched").shape;
+                        let inner = s.inner as u64;
+                        h * 2 * inner
+                            + inner * (s.taps as u64 + 1)
+                            + inner * s.x_proj_width() as u64
+                            + inner * (s.dt_rank as u64 + 1)
+                            + inner * (s.state as u64 + 1)
+                            + inner * h
+                    }
                     // The in-projections, the kernel, dt_bias and A_log, the norm, out_proj.
                     _ if self.gated_delta.as_ref().is_some_and(|g| g.is_mixer(i)) => {
                         let s = &self.gated_delta.as_ref().expect("matched").shape;
@@ -2419,12 +2465,8 @@ impl ModelConfig {
                     }
                     _ => attn,
                 };
-                // A pure Mamba-2 layer has one norm.
-                let norms = if self.mamba.as_ref().is_some_and(|m| m.without_mlp) {
-                    h
-                } else {
-                    2 * h
-                };
+                // A pure Mamba layer has one norm.
+                let norms = if self.mixer_only_layers() { h } else { 2 * h };
                 mixer + mlp + norms
             })
             .sum();

@@ -9,6 +9,7 @@ use super::lfm2::{load_conv, ShortConv};
 use super::lora::{LoraAdapter, Site};
 use super::lora_forward::{add_updates, AdapterRows};
 use super::mamba::{load_mixer, MambaMixer};
+use super::mamba1::SelectiveMixer;
 use super::mla::LatentAttention;
 use super::moe::SparseMlp;
 use super::qwen3_next::{gate_parts, GatedDeltaMixer};
@@ -64,6 +65,9 @@ struct Layer<B: Backend> {
     /// Qwen3-Next: this layer is a gated delta rule mixer (its `qkv` the reordered
     /// in-projections, its `o_proj` the `out_proj`); no attention.
     gated_delta: Option<GatedDeltaMixer<B>>,
+    /// Mamba-1: this layer is a selective-scan mixer (its `qkv` the `in_proj`, its `o_proj`
+    /// the `out_proj`); no attention.
+    selective: Option<SelectiveMixer<B>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -803,7 +807,18 @@ impl<B: Backend> LlamaModel<B> {
                 }
                 _ => (None, latent_qkv, latent_o),
             };
-            let mixes = conv.is_some() || mamba.is_some() || gated_delta.is_some();
+            // And Mamba-1's.
+            let (selective, latent_qkv, latent_o) = match &c.selective {
+                Some(s) => {
+                    let (mixer, in_proj, out_proj) =
+                        super::mamba1::load_mixer(be, src, &p, (h, s), dtype)
+                            .with_context(|| format!("loading the Mamba mixer of {p}"))?;
+                    (Some(mixer), Some(in_proj), Some(out_proj))
+                }
+                None => (None, latent_qkv, latent_o),
+            };
+            let mixes =
+                conv.is_some() || mamba.is_some() || gated_delta.is_some() || selective.is_some();
             let layer = Layer {
                 input_norm: if c.post_norm {
                     None
@@ -890,7 +905,7 @@ impl<B: Backend> LlamaModel<B> {
                     (_, false) => None,
                 },
                 mlp: match (&c.moe, c.ungated_mlp) {
-                    _ if c.mamba.as_ref().is_some_and(|m| m.without_mlp) => Mlp::Absent,
+                    _ if c.mixer_only_layers() => Mlp::Absent,
                     (Some(moe), _) if moe.is_sparse(i) => {
                         Mlp::Sparse(SparseMlp::load(be, src, c, moe, &p, &layout, dtype)?)
                     }
@@ -910,6 +925,7 @@ impl<B: Backend> LlamaModel<B> {
                 conv,
                 mamba,
                 gated_delta,
+                selective,
             };
             layers.push(layer);
             on_layer(i);
@@ -1121,7 +1137,8 @@ impl<B: Backend> LlamaModel<B> {
                 .filter_map(|(i, layer)| {
                     let mamba = layer.mamba.as_ref().map(|m| m.shape.slot_values());
                     let delta = layer.gated_delta.as_ref().map(|g| g.shape.slot_values());
-                    mamba.or(delta).map(|values| (i, values))
+                    let selective = layer.selective.as_ref().map(|s| s.shape.slot_values());
+                    mamba.or(delta).or(selective).map(|values| (i, values))
                 })
                 .collect(),
             state_slots,
@@ -1593,6 +1610,10 @@ impl<B: Backend> LlamaModel<B> {
         // Gated delta rule mixers: `qkv` is their q, k, v, z, b and a.
         if let Some(mixer) = &layer.gated_delta {
             return be.gated_delta_net(&qkv, &mixer.params(), cache, index, batch);
+        }
+        // Mamba-1 mixers: `qkv` is their x and gate z.
+        if let Some(mixer) = &layer.selective {
+            return mixer.forward(be, &qkv, cache, index, batch);
         }
         let (q_width, kv_width) = (
             self.attention.num_heads * c.head_dim,

@@ -285,7 +285,7 @@ pub fn normalized_mamba2_config(mut value: Value) -> Result<Value> {
     Ok(value)
 }
 
-/// A pure Mamba-2 checkpoint (`backbone.*`) under the loader's names. Its layers have one
+/// A pure Mamba-1 or Mamba-2 checkpoint (`backbone.*`) under the loader's names. Its layers have one
 /// norm, which also stands in for the (unread) norm after the mixer.
 pub struct Mamba2Weights;
 

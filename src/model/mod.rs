@@ -32,6 +32,7 @@ pub mod llama4;
 pub mod lora;
 pub mod lora_forward;
 pub mod mamba;
+pub mod mamba1;
 pub mod mla;
 pub mod moe;
 mod moe_fused;

@@ -66,10 +66,12 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
         "{:?} cannot be tensor-parallel: its q / k norms span every head",
         config.architecture
     );
-    // So does a Mamba mixer's gated norm (over its whole inner width).
+    // So does a Mamba-2 mixer's gated norm (over its whole inner width); a Mamba-1 mixer's
+    // x_proj reads every channel.
     ensure!(
-        config.mamba.is_none() || world == 1,
-        "{:?} cannot be tensor-parallel: its Mamba mixers' gated norms span every head",
+        (config.mamba.is_none() && config.selective.is_none()) || world == 1,
+        "{:?} cannot be tensor-parallel: kiln keeps its Mamba mixers (whose norm or x_proj \
+         spans every channel) whole on one device",
         config.architecture
     );
     // A gated delta mixer's norm is per head: its value heads split, each rank with the key

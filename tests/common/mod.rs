@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 79] = [
+pub const ARCHS: [&str; 81] = [
     "llama",
     "llama31",
     "mistral",
@@ -87,11 +87,14 @@ pub const ARCHS: [&str; 79] = [
     "mamba2",
     "granitemoeshared",
     "qwen3_next",
+    "mamba",
+    "falcon_mamba",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
-/// norms span every head, and the Mamba hybrids, whose mixers' gated norms do (they refuse
-/// tensor parallelism with a clear error instead).
+/// norms span every head, the Mamba-2 models, whose mixers' gated norms do, and the Mamba-1
+/// ones, whose `x_proj` reads every channel (they refuse tensor parallelism with a clear
+/// error instead).
 pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
     ARCHS.into_iter().filter(|&a| {
         !matches!(
@@ -103,6 +106,8 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
                 | "granitemoehybrid"
                 | "granitemoehybrid_moe"
                 | "mamba2"
+                | "mamba"
+                | "falcon_mamba"
         )
     })
 }

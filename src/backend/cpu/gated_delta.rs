@@ -68,7 +68,7 @@ pub fn gated_delta_net(
         cache,
         layer,
         batch,
-        sh.slot_values(),
+        (sh.slot_values(), 0..sh.slot_values()),
         what,
         |tokens, state| {
             let rows = &qkvzba[tokens.start * width..tokens.end * width];

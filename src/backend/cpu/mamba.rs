@@ -69,7 +69,7 @@ pub fn mamba_mixer(
         cache,
         layer,
         batch,
-        sh.slot_values(),
+        (sh.slot_values(), 0..sh.slot_values()),
         "mamba",
         |tokens, state| {
             let rows = &zxbcdt[tokens.start * width..tokens.end * width];

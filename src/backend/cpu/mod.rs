@@ -7,8 +7,9 @@ pub mod gated_delta;
 mod image_ops;
 mod kv_cache;
 pub mod mamba;
+pub mod selective_scan;
 mod short_conv;
-mod slot_conv;
+pub mod slot_conv;
 
 pub use kv_cache::CpuKvCache;
 
@@ -457,6 +458,70 @@ impl Backend for CpuBackend {
         let out = gated_delta::gated_delta_net(cache, layer, batch, &qkvzba_host, &host, dtype)?;
         let width = params.shape.value_dim();
         Ok(Tensor::from_vec(out, (n, width), &Device::Cpu)?.to_dtype(qkvzba.dtype())?)
+    }
+
+    fn slot_conv(
+        &self,
+        src: &Tensor,
+        conv: &crate::backend::selective_scan::SlotConvParams<'_, Tensor>,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        batch: &BatchLayout,
+    ) -> Result<Tensor> {
+        let (n, width) = src.dims2()?;
+        let weight = host_f32(conv.weight)?;
+        let bias = conv.bias.map(host_f32).transpose()?;
+        anyhow::ensure!(
+            weight.len() == conv.channels * conv.taps,
+            "slot_conv: the weight is not [{}, {}]",
+            conv.channels,
+            conv.taps
+        );
+        let host = slot_conv::SlotConv {
+            offset: conv.offset,
+            width,
+            channels: conv.channels,
+            taps: conv.taps,
+            window_at: conv.state_values,
+            weight: &weight,
+            bias: bias.as_deref(),
+        };
+        let dtype = crate::backend::DType::from_candle(src.dtype())?;
+        let rows = host_f32(src)?;
+        let conv_of = (&host, conv.slot_values());
+        let out = selective_scan::slot_conv(cache, layer, batch, &rows, conv_of, dtype)?;
+        Ok(Tensor::from_vec(out, (n, conv.channels), &Device::Cpu)?.to_dtype(src.dtype())?)
+    }
+
+    fn selective_scan(
+        &self,
+        x: &Tensor,
+        dt: &Tensor,
+        (b, c): (&Tensor, &Tensor),
+        xz: &Tensor,
+        params: &crate::backend::selective_scan::SelectiveParams<'_, Tensor>,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        batch: &BatchLayout,
+    ) -> Result<Tensor> {
+        let (n, _) = x.dims2()?;
+        let host = [x, dt, b, c, xz]
+            .into_iter()
+            .map(host_f32)
+            .collect::<Result<Vec<_>>>()?;
+        let inputs = selective_scan::ScanInputs {
+            x: &host[0],
+            dt: &host[1],
+            b: &host[2],
+            c: &host[3],
+            xz: &host[4],
+        };
+        let (a, d) = (host_f32(params.a)?, host_f32(params.d)?);
+        let dtype = crate::backend::DType::from_candle(x.dtype())?;
+        let sh = &params.shape;
+        let out =
+            selective_scan::selective_scan(cache, layer, batch, &inputs, (sh, &a, &d), dtype)?;
+        Ok(Tensor::from_vec(out, (n, sh.inner), &Device::Cpu)?.to_dtype(x.dtype())?)
     }
 
     fn sigmoid_gate(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {

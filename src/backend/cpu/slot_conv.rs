@@ -9,13 +9,14 @@ use anyhow::{Context, Result};
 use std::ops::Range;
 
 /// Runs `step` for each sequence of the batch that has tokens and a state slot, with its
-/// tokens' range and its slot's `values` f32 values in layer `layer` (zeroed when the step
-/// starts the sequence). `what` names the mixer in errors.
+/// tokens' range and its slot's `values` f32 values in layer `layer`, whose part `fresh`
+/// (what `step` reads) is zeroed when the step starts the sequence. `what` names the mixer
+/// in errors.
 pub fn for_each_slot(
     cache: &mut CpuKvCache,
     layer: usize,
     batch: &BatchLayout,
-    values: usize,
+    (values, fresh): (usize, Range<usize>),
     what: &str,
     mut step: impl FnMut(Range<usize>, &mut [f32]) -> Result<()>,
 ) -> Result<()> {
@@ -42,7 +43,7 @@ pub fn for_each_slot(
         );
         let state = &mut states[slot * values..(slot + 1) * values];
         if batch.context_lens[seq] == end - start {
-            state.fill(0.0);
+            state[fresh.clone()].fill(0.0);
         }
         step(start..end, state)?;
     }

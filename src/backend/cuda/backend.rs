@@ -21,14 +21,16 @@ use super::moe::{
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::ops_gated_delta::GatedDeltaScratch;
-use super::ops_mamba::{MambaScratch, SlotStates};
+use super::ops_mamba::{MambaScratch, SlotConv, SlotStates};
 use super::ops_qkv::QkvRopeCache;
+use super::ops_selective_scan::ScanInputs;
 use super::ops_short_conv::ConvBatch;
 use super::pool::PoolStats;
 use super::tensor::CudaTensor;
 use crate::backend::gated_delta::GatedDeltaParams;
 use crate::backend::mamba::MambaParams;
 use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting, RouterScoring};
+use crate::backend::selective_scan::{SelectiveParams, SlotConvParams};
 use crate::backend::{
     unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec,
     QkvHeads, QueryTemperature, Rope,
@@ -280,6 +282,16 @@ impl CudaBackend {
             .pools()
             .bytes(bytes)
             .with_context(|| format!("allocating a {shape:?} {dtype} activation"))?;
+        CudaTensor::from_pooled(buffer, dtype, shape)
+    }
+
+    /// A zero-filled activation, for kernels that leave rows unwritten.
+    pub(super) fn zeroed_output(&self, dtype: DType, shape: &[usize]) -> Result<CudaTensor> {
+        let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        let buffer = self
+            .pools()
+            .zeroed_bytes(bytes)
+            .with_context(|| format!("allocating a zeroed {shape:?} {dtype} activation"))?;
         CudaTensor::from_pooled(buffer, dtype, shape)
     }
 }
@@ -1116,6 +1128,67 @@ impl Backend for CudaBackend {
             },
             &mut out,
         )?;
+        Ok(out)
+    }
+
+    fn slot_conv(
+        &self,
+        src: &CudaTensor,
+        conv: &SlotConvParams<'_, CudaTensor>,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatchMeta,
+    ) -> Result<CudaTensor> {
+        let Some(states) = cache.v.get_mut(layer) else {
+            bail!("slot_conv: no layer {layer} in the cache");
+        };
+        let &[n, width] = src.shape() else {
+            bail!("slot_conv: rows must be 2-d, got {:?}", src.shape());
+        };
+        let mut out = self.output(src.dtype(), &[n, conv.channels])?;
+        let spec = SlotConv {
+            offset: conv.offset,
+            width,
+            channels: conv.channels,
+            taps: conv.taps,
+            state_values: conv.state_values,
+            weight: conv.weight,
+            bias: conv.bias,
+        };
+        let mut slots = SlotStates {
+            states,
+            state_slots: &batch.state_slots,
+        };
+        self.dev
+            .slot_conv(src, &spec, &mut slots, &batch.conv_batch(), &mut out)?;
+        Ok(out)
+    }
+
+    fn selective_scan(
+        &self,
+        x: &CudaTensor,
+        dt: &CudaTensor,
+        (b, c): (&CudaTensor, &CudaTensor),
+        xz: &CudaTensor,
+        params: &SelectiveParams<'_, CudaTensor>,
+        cache: &mut CudaKvCache,
+        layer: usize,
+        batch: &CudaBatchMeta,
+    ) -> Result<CudaTensor> {
+        let Some(states) = cache.v.get_mut(layer) else {
+            bail!("selective scan: no layer {layer} in the cache");
+        };
+        let &[n, _] = x.shape() else {
+            bail!("selective scan: x must be 2-d, got {:?}", x.shape());
+        };
+        let mut out = self.zeroed_output(x.dtype(), &[n, params.shape.inner])?;
+        let inputs = ScanInputs { x, dt, b, c, xz };
+        let slots = SlotStates {
+            states,
+            state_slots: &batch.state_slots,
+        };
+        self.dev
+            .selective_scan(&inputs, params, slots, &batch.conv_batch(), &mut out)?;
         Ok(out)
     }
 

@@ -87,6 +87,11 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         ops: &["gated_delta_scan", "gated_delta_norm"],
     },
     KernelFile {
+        file: "selective_scan.cu",
+        body: include_str!("../../../kernels/selective_scan.cu"),
+        ops: &["selective_scan"],
+    },
+    KernelFile {
         file: "attention.cu",
         body: include_str!("../../../kernels/attention.cu"),
         ops: &["attention"],

@@ -47,6 +47,7 @@ pub mod ops_mamba;
 pub mod ops_qkv;
 pub mod ops_sampling;
 pub mod ops_sampling_draw;
+pub mod ops_selective_scan;
 pub mod ops_short_conv;
 pub mod pool;
 pub mod reference;

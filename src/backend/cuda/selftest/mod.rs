@@ -25,6 +25,7 @@ mod paged_step;
 mod qkv_case;
 mod report;
 mod sampling_case;
+mod selective_scan_case;
 mod short_conv_case;
 mod suite;
 mod timing;
@@ -37,13 +38,14 @@ use anyhow::Result;
 use std::time::Instant;
 
 /// The groups of cases `--only` can pick, in the order they run.
-pub const GROUPS: [&str; 14] = [
+pub const GROUPS: [&str; 15] = [
     "ops",
     "attention",
     "qkv",
     "short_conv",
     "mamba",
     "gated_delta",
+    "selective_scan",
     "gemv",
     "gemv_fused",
     "moe",
@@ -117,6 +119,11 @@ pub fn run(json: bool, quick: bool, only: &[String]) -> Result<bool> {
         if wants("gated_delta") {
             if let Err(err) = gated_delta_case::run(&mut suite, dtype) {
                 suite.error("gated_delta_net", dtype, &err);
+            }
+        }
+        if wants("selective_scan") {
+            if let Err(err) = selective_scan_case::run(&mut suite, dtype) {
+                suite.error("selective_scan", dtype, &err);
             }
         }
         if wants("gemv") {
