@@ -19,6 +19,7 @@
 // clang-format on
 #include "cuda_emu_end.h"
 #include "emu_tensor.h"
+#include "slot_step.h"
 
 namespace {
 
@@ -66,96 +67,66 @@ using NormFn = void (*)(void*, const float*, const void*, const void*, const int
 // a trailing padding token.
 void check_gated_delta(DType d, const Shape& sh, const std::vector<std::pair<int, int>>& given,
                        Order order) {
-    std::vector<std::pair<int, int>> seqs = given;
-    const int real_seqs = static_cast<int>(seqs.size());
-    seqs.push_back({1, 1});
+    const kiln_emu_slots::SlotStep step(given, rng);
     const int key_dim = sh.k_heads * sh.k_dim, value_dim = sh.v_heads * sh.v_dim;
     const int conv_dim = 2 * key_dim + value_dim;
     const int width = conv_dim + value_dim + 2 * sh.v_heads;
     const int window = sh.taps - 1;
     const long long state_values = static_cast<long long>(sh.v_heads) * sh.k_dim * sh.v_dim;
     const long long values = state_values + static_cast<long long>(window) * conv_dim;
-    const int num_seqs = static_cast<int>(seqs.size());
-    std::vector<int> query_start{0}, context_lens, slots, positions;
-    for (int s = 0; s < num_seqs; ++s) {
-        auto [ctx, q_len] = seqs[s];
-        for (int p = ctx - q_len; p < ctx; ++p) {
-            slots.push_back(s >= real_seqs ? -1 : static_cast<int>(slots.size()));
-            positions.push_back(p);
-        }
-        query_start.push_back(query_start.back() + q_len);
-        context_lens.push_back(ctx);
-    }
-    slots.push_back(-1);
-    positions.push_back(0);
-    const int tokens = static_cast<int>(slots.size());
-    const std::vector<float> proj = random(d, static_cast<size_t>(tokens) * width, 1.5f);
+    const std::vector<float> proj = random(d, static_cast<size_t>(step.tokens) * width, 1.5f);
     const std::vector<float> weight = random(d, static_cast<size_t>(conv_dim) * sh.taps, 0.8f);
     const std::vector<float> norm_w = random(d, sh.v_dim, 1.0f);
     const std::vector<float> dt_bias = random(DType::F32, sh.v_heads, 1.0f);
     std::vector<float> a = random(DType::F32, sh.v_heads, 1.0f);
     for (float& v : a) v = -std::exp(v);
-    const int num_state_slots = real_seqs + 2;
-    std::vector<int> state_slots(num_state_slots);
-    for (int i = 0; i < num_state_slots; ++i) state_slots[i] = i;
-    std::shuffle(state_slots.begin(), state_slots.end(), rng);
-    state_slots.resize(real_seqs);
-    state_slots.push_back(num_state_slots);
-    // Old states of the size a normalised-key recurrence keeps; the windows hold values in
-    // the dtype, as the kernels store them.
-    std::vector<float> old_states =
-        random(DType::F32, static_cast<size_t>(num_state_slots) * values, 0.5f);
-    for (int s = 0; s < num_state_slots; ++s) {
-        for (long long i = state_values; i < values; ++i) {
-            float& v = old_states[s * values + i];
-            v = round_to(d, v);
-        }
-    }
+    // Old states of the size a normalised-key recurrence keeps.
+    const std::vector<float> old_states = step.old_states(d, values, state_values, 0.5f, rng);
     Buffer in(d, proj), w(d, weight), nw(d, norm_w);
-    Buffer qkv = Buffer::unwritten(d, static_cast<size_t>(tokens) * conv_dim);
-    Buffer out = Buffer::unwritten(d, static_cast<size_t>(tokens) * value_dim);
+    Buffer qkv = Buffer::unwritten(d, static_cast<size_t>(step.tokens) * conv_dim);
+    Buffer out = Buffer::unwritten(d, static_cast<size_t>(step.tokens) * value_dim);
     std::vector<float> states = old_states;
-    std::vector<float> o(static_cast<size_t>(tokens) * value_dim, __builtin_nanf(""));
+    std::vector<float> o(static_cast<size_t>(step.tokens) * value_dim, __builtin_nanf(""));
 
     auto conv = KILN_PICK(ConvFn, mamba_conv, d);
     auto slide = KILN_PICK(WindowFn, mamba_conv_window, d);
     auto scan = KILN_PICK(ScanFn, gated_delta_scan, d);
     auto norm = KILN_PICK(NormFn, gated_delta_norm, d);
     const unsigned tiles = static_cast<unsigned>((conv_dim + 255) / 256);
-    kiln_emu::launch({static_cast<unsigned>(tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
-        conv(qkv.data(), states.data(), in.data(), w.data(), w.data(), 0, slots.data(),
-             state_slots.data(), num_state_slots, query_start.data(), context_lens.data(),
-             num_seqs, width, 0, conv_dim, sh.taps, values, state_values);
+    kiln_emu::launch({static_cast<unsigned>(step.tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+        conv(qkv.data(), states.data(), in.data(), w.data(), w.data(), 0, step.slots.data(),
+             step.state_slots.data(), step.num_state_slots, step.query_start.data(), step.context_lens.data(),
+             step.num_seqs, width, 0, conv_dim, sh.taps, values, state_values);
     });
-    kiln_emu::launch({static_cast<unsigned>(num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
-        slide(states.data(), in.data(), slots.data(), state_slots.data(), num_state_slots,
-              query_start.data(), context_lens.data(), width, 0, conv_dim, sh.taps, values,
+    kiln_emu::launch({static_cast<unsigned>(step.num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+        slide(states.data(), in.data(), step.slots.data(), step.state_slots.data(), step.num_state_slots,
+              step.query_start.data(), step.context_lens.data(), width, 0, conv_dim, sh.taps, values,
               state_values);
     });
-    kiln_emu::launch({static_cast<unsigned>(num_seqs), static_cast<unsigned>(sh.v_heads), 1},
+    kiln_emu::launch({static_cast<unsigned>(step.num_seqs), static_cast<unsigned>(sh.v_heads), 1},
                      {256, 1, 1}, order, 1, [&] {
                          scan(o.data(), states.data(), qkv.data(), in.data(), dt_bias.data(),
-                              a.data(), slots.data(), state_slots.data(), num_state_slots,
-                              query_start.data(), context_lens.data(), sh.k_heads, sh.v_heads,
+                              a.data(), step.slots.data(), step.state_slots.data(), step.num_state_slots,
+                              step.query_start.data(), step.context_lens.data(), sh.k_heads, sh.v_heads,
                               sh.k_dim, sh.v_dim, width, values);
                      });
     const unsigned norm_threads =
         std::min(1024u, std::max(32u, std::bit_ceil(unsigned(sh.v_dim))));
-    kiln_emu::launch({static_cast<unsigned>(tokens), static_cast<unsigned>(sh.v_heads), 1},
+    kiln_emu::launch({static_cast<unsigned>(step.tokens), static_cast<unsigned>(sh.v_heads), 1},
                      {norm_threads, 1, 1}, order, 1, [&] {
-                         norm(out.data(), o.data(), in.data(), nw.data(), slots.data(), width,
+                         norm(out.data(), o.data(), in.data(), nw.data(), step.slots.data(), width,
                               conv_dim, value_dim, sh.v_dim, 1e-6f);
                      });
 
     // The reference, sequence by sequence.
-    std::vector<double> want_qkv(static_cast<size_t>(tokens) * conv_dim, 0.0);
+    std::vector<double> want_qkv(static_cast<size_t>(step.tokens) * conv_dim, 0.0);
     std::vector<double> want_states(old_states.begin(), old_states.end());
-    std::vector<double> want_out(static_cast<size_t>(tokens) * value_dim, 0.0);
+    std::vector<double> want_out(static_cast<size_t>(step.tokens) * value_dim, 0.0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(sh.k_dim));
-    for (int s = 0; s < real_seqs; ++s) {
-        const int start = query_start[s], len = query_start[s + 1] - start;
-        const int first = positions[start];
-        const long long slot = state_slots[s];
+    for (int s = 0; s < step.real_seqs; ++s) {
+        const int start = step.query_start[s], len = step.query_start[s + 1] - start;
+        const int first = step.positions[start];
+        const long long slot = step.state_slots[s];
         auto row = [&](int q, int c) -> double {
             if (q >= 0) return proj[static_cast<size_t>(start + q) * width + c];
             if (first == 0) return 0.0;
@@ -227,7 +198,7 @@ void check_gated_delta(DType d, const Shape& sh, const std::vector<std::pair<int
     }
     char name[160];
     std::snprintf(name, sizeof name, "%d seqs, %d tok, %d k heads x %d, %d v heads x %d, %d taps",
-                  num_seqs, tokens, sh.k_heads, sh.k_dim, sh.v_heads, sh.v_dim, sh.taps);
+                  step.num_seqs, step.tokens, sh.k_heads, sh.k_dim, sh.v_heads, sh.v_dim, sh.taps);
     report(std::string("gdn conv     ") + name, d, qkv.values(), want_qkv, tolerance(d));
     std::vector<float> got_states(states.begin(), states.end());
     report(std::string("gdn states   ") + name, d, got_states, want_states, tolerance(d));

@@ -19,6 +19,7 @@
 // clang-format on
 #include "cuda_emu_end.h"
 #include "emu_tensor.h"
+#include "slot_step.h"
 
 namespace {
 
@@ -66,94 +67,64 @@ using NormFn = void (*)(void*, const float*, const void*, const void*, const int
 // recorded graph's spare row, its slot past the pool) and a trailing padding token.
 void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>>& given,
                  bool bias, Order order) {
-    std::vector<std::pair<int, int>> seqs = given;
-    const int real_seqs = static_cast<int>(seqs.size());
-    seqs.push_back({1, 1});
+    const kiln_emu_slots::SlotStep step(given, rng);
     const int inner = sh.heads * sh.head_dim;
     const int conv_dim = inner + 2 * sh.groups * sh.state;
     const int width = inner + conv_dim + sh.heads;
     const int window = sh.taps - 1;
     const long long ssm_values = static_cast<long long>(inner) * sh.state;
     const long long values = ssm_values + static_cast<long long>(window) * conv_dim;
-    const int num_seqs = static_cast<int>(seqs.size());
-    std::vector<int> query_start{0}, context_lens, slots, positions;
-    for (int s = 0; s < num_seqs; ++s) {
-        auto [ctx, q_len] = seqs[s];
-        for (int p = ctx - q_len; p < ctx; ++p) {
-            slots.push_back(s >= real_seqs ? -1 : static_cast<int>(slots.size()));
-            positions.push_back(p);
-        }
-        query_start.push_back(query_start.back() + q_len);
-        context_lens.push_back(ctx);
-    }
-    slots.push_back(-1);
-    positions.push_back(0);
-    const int tokens = static_cast<int>(slots.size());
-    const std::vector<float> zxbcdt = random(d, static_cast<size_t>(tokens) * width, 1.5f);
+    const std::vector<float> zxbcdt = random(d, static_cast<size_t>(step.tokens) * width, 1.5f);
     const std::vector<float> weight = random(d, static_cast<size_t>(conv_dim) * sh.taps, 0.8f);
     const std::vector<float> conv_bias = random(d, conv_dim, 0.3f);
     const std::vector<float> norm_w = random(d, inner, 1.0f);
     const std::vector<float> dt_bias = random(DType::F32, sh.heads, 1.0f);
     std::vector<float> a = random(DType::F32, sh.heads, 1.0f), dd = random(DType::F32, sh.heads, 1.0f);
     for (float& v : a) v = -std::exp(v);
-    // Two spare slots no sequence holds; the padding sequence's slot is past the pool. The
-    // old windows hold 16-bit values, as the kernels store them.
-    const int num_state_slots = real_seqs + 2;
-    std::vector<int> state_slots(num_state_slots);
-    for (int i = 0; i < num_state_slots; ++i) state_slots[i] = i;
-    std::shuffle(state_slots.begin(), state_slots.end(), rng);
-    state_slots.resize(real_seqs);
-    state_slots.push_back(num_state_slots);
-    std::vector<float> old_states = random(DType::F32, static_cast<size_t>(num_state_slots) * values, 1.0f);
-    for (int s = 0; s < num_state_slots; ++s) {
-        for (long long i = ssm_values; i < values; ++i) {
-            float& v = old_states[s * values + i];
-            v = static_cast<float>(round_to(d, v));
-        }
-    }
+    const std::vector<float> old_states = step.old_states(d, values, ssm_values, 1.0f, rng);
     Buffer in(d, zxbcdt), w(d, weight), b(d, conv_bias), nw(d, norm_w);
-    Buffer xbc = Buffer::unwritten(d, static_cast<size_t>(tokens) * conv_dim);
-    Buffer out = Buffer::unwritten(d, static_cast<size_t>(tokens) * inner);
+    Buffer xbc = Buffer::unwritten(d, static_cast<size_t>(step.tokens) * conv_dim);
+    Buffer out = Buffer::unwritten(d, static_cast<size_t>(step.tokens) * inner);
     std::vector<float> states = old_states;
     // Unwritten scratch, as a pooled buffer would be.
-    std::vector<float> y(static_cast<size_t>(tokens) * inner, __builtin_nanf(""));
+    std::vector<float> y(static_cast<size_t>(step.tokens) * inner, __builtin_nanf(""));
 
     auto conv = KILN_PICK(ConvFn, mamba_conv, d);
     auto slide = KILN_PICK(WindowFn, mamba_conv_window, d);
     auto scan = KILN_PICK(ScanFn, mamba_scan, d);
     auto norm = KILN_PICK(NormFn, mamba_gated_norm, d);
     const unsigned tiles = static_cast<unsigned>((conv_dim + 255) / 256);
-    kiln_emu::launch({static_cast<unsigned>(tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+    kiln_emu::launch({static_cast<unsigned>(step.tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
         conv(xbc.data(), states.data(), in.data(), w.data(), bias ? b.data() : w.data(),
-             bias ? 1 : 0, slots.data(), state_slots.data(), num_state_slots, query_start.data(),
-             context_lens.data(), num_seqs, width, inner, conv_dim, sh.taps, values, ssm_values);
+             bias ? 1 : 0, step.slots.data(), step.state_slots.data(), step.num_state_slots, step.query_start.data(),
+             step.context_lens.data(), step.num_seqs, width, inner, conv_dim, sh.taps, values, ssm_values);
     });
-    kiln_emu::launch({static_cast<unsigned>(num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
-        slide(states.data(), in.data(), slots.data(), state_slots.data(), num_state_slots,
-              query_start.data(), context_lens.data(), width, inner, conv_dim, sh.taps, values,
+    kiln_emu::launch({static_cast<unsigned>(step.num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+        slide(states.data(), in.data(), step.slots.data(), step.state_slots.data(), step.num_state_slots,
+              step.query_start.data(), step.context_lens.data(), width, inner, conv_dim, sh.taps, values,
               ssm_values);
     });
-    kiln_emu::launch({static_cast<unsigned>(num_seqs), static_cast<unsigned>(sh.heads), 1},
+    kiln_emu::launch({static_cast<unsigned>(step.num_seqs), static_cast<unsigned>(sh.heads), 1},
                      {256, 1, 1}, order, 1, [&] {
                          scan(y.data(), states.data(), xbc.data(), in.data(), dt_bias.data(),
-                              a.data(), dd.data(), slots.data(), state_slots.data(),
-                              num_state_slots, query_start.data(), context_lens.data(),
+                              a.data(), dd.data(), step.slots.data(), step.state_slots.data(),
+                              step.num_state_slots, step.query_start.data(), step.context_lens.data(),
                               sh.head_dim, sh.state, sh.groups, sh.heads, width, values, 0.0f,
                               INFINITY);
                      });
     const unsigned norm_threads = std::min(1024u, std::max(32u, std::bit_ceil(unsigned(inner))));
-    kiln_emu::launch({static_cast<unsigned>(tokens), 1, 1}, {norm_threads, 1, 1}, order, 1, [&] {
-        norm(out.data(), y.data(), in.data(), nw.data(), slots.data(), width, inner, inner, 1e-5f);
+    kiln_emu::launch({static_cast<unsigned>(step.tokens), 1, 1}, {norm_threads, 1, 1}, order, 1, [&] {
+        norm(out.data(), y.data(), in.data(), nw.data(), step.slots.data(), width, inner, inner, 1e-5f);
     });
 
     // The reference, sequence by sequence.
-    std::vector<double> want_xbc(static_cast<size_t>(tokens) * conv_dim, 0.0);
+    std::vector<double> want_xbc(static_cast<size_t>(step.tokens) * conv_dim, 0.0);
     std::vector<double> want_states(old_states.begin(), old_states.end());
-    std::vector<double> want_out(static_cast<size_t>(tokens) * inner, 0.0);
-    for (int s = 0; s < real_seqs; ++s) {
-        const int start = query_start[s], len = query_start[s + 1] - start;
-        const int first = positions[start];
-        const long long slot = state_slots[s];
+    std::vector<double> want_out(static_cast<size_t>(step.tokens) * inner, 0.0);
+    for (int s = 0; s < step.real_seqs; ++s) {
+        const int start = step.query_start[s], len = step.query_start[s + 1] - start;
+        const int first = step.positions[start];
+        const long long slot = step.state_slots[s];
         // Row q of the step (q < 0: the old window, zeros at position 0).
         auto row = [&](int q, int c) -> double {
             if (q >= 0) return zxbcdt[static_cast<size_t>(start + q) * width + inner + c];
@@ -207,7 +178,7 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
     }
     char name[160];
     std::snprintf(name, sizeof name, "%d seqs, %d tok, %d heads x %d, state %d, %d groups, %d taps%s",
-                  num_seqs, tokens, sh.heads, sh.head_dim, sh.state, sh.groups, sh.taps,
+                  step.num_seqs, step.tokens, sh.heads, sh.head_dim, sh.state, sh.groups, sh.taps,
                   bias ? ", bias" : "");
     report(std::string("mamba conv     ") + name, d, xbc.values(), want_xbc, tolerance(d));
     std::vector<float> got_states(states.begin(), states.end());

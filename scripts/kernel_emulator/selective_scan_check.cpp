@@ -15,6 +15,7 @@
 // clang-format on
 #include "cuda_emu_end.h"
 #include "emu_tensor.h"
+#include "slot_step.h"
 
 namespace {
 
@@ -55,53 +56,24 @@ using ScanFn = void (*)(void*, float*, const void*, const void*, const void*, co
 // a trailing padding token.
 void check_scan(DType d, int inner, int state, int taps, bool bias,
                 const std::vector<std::pair<int, int>>& given, Order order) {
-    std::vector<std::pair<int, int>> seqs = given;
-    const int real_seqs = static_cast<int>(seqs.size());
-    seqs.push_back({1, 1});
+    const kiln_emu_slots::SlotStep step(given, rng);
     const int window = taps - 1;
     const long long state_values = static_cast<long long>(inner) * state;
     const long long values = state_values + static_cast<long long>(window) * inner;
-    const int num_seqs = static_cast<int>(seqs.size());
-    std::vector<int> query_start{0}, context_lens, slots, positions;
-    for (int s = 0; s < num_seqs; ++s) {
-        auto [ctx, q_len] = seqs[s];
-        for (int p = ctx - q_len; p < ctx; ++p) {
-            slots.push_back(s >= real_seqs ? -1 : static_cast<int>(slots.size()));
-            positions.push_back(p);
-        }
-        query_start.push_back(query_start.back() + q_len);
-        context_lens.push_back(ctx);
-    }
-    slots.push_back(-1);
-    positions.push_back(0);
-    const int tokens = static_cast<int>(slots.size());
-    const std::vector<float> xz = random(d, static_cast<size_t>(tokens) * 2 * inner, 1.5f);
-    const std::vector<float> dt = random(d, static_cast<size_t>(tokens) * inner, 2.0f);
-    const std::vector<float> b = random(d, static_cast<size_t>(tokens) * state, 1.0f);
-    const std::vector<float> c = random(d, static_cast<size_t>(tokens) * state, 1.0f);
+    const std::vector<float> xz = random(d, static_cast<size_t>(step.tokens) * 2 * inner, 1.5f);
+    const std::vector<float> dt = random(d, static_cast<size_t>(step.tokens) * inner, 2.0f);
+    const std::vector<float> b = random(d, static_cast<size_t>(step.tokens) * state, 1.0f);
+    const std::vector<float> c = random(d, static_cast<size_t>(step.tokens) * state, 1.0f);
     const std::vector<float> weight = random(d, static_cast<size_t>(inner) * taps, 0.8f);
     const std::vector<float> conv_bias = random(d, inner, 0.3f);
     std::vector<float> a = random(DType::F32, static_cast<size_t>(inner) * state, 1.0f);
     for (float& v : a) v = -std::exp(v);
     const std::vector<float> dd = random(d, inner, 1.0f);
-    const int num_state_slots = real_seqs + 2;
-    std::vector<int> state_slots(num_state_slots);
-    for (int i = 0; i < num_state_slots; ++i) state_slots[i] = i;
-    std::shuffle(state_slots.begin(), state_slots.end(), rng);
-    state_slots.resize(real_seqs);
-    state_slots.push_back(num_state_slots);
-    std::vector<float> old_states =
-        random(DType::F32, static_cast<size_t>(num_state_slots) * values, 1.0f);
-    for (int s = 0; s < num_state_slots; ++s) {
-        for (long long i = state_values; i < values; ++i) {
-            float& v = old_states[s * values + i];
-            v = round_to(d, v);
-        }
-    }
+    const std::vector<float> old_states = step.old_states(d, values, state_values, 1.0f, rng);
     Buffer in(d, xz), dtb(d, dt), bb(d, b), cb(d, c), w(d, weight), cbias(d, conv_bias);
-    Buffer x = Buffer::unwritten(d, static_cast<size_t>(tokens) * inner);
+    Buffer x = Buffer::unwritten(d, static_cast<size_t>(step.tokens) * inner);
     // The op zeroes the output: rows no sequence with a slot covers stay zero.
-    Buffer out(d, std::vector<float>(static_cast<size_t>(tokens) * inner, 0.0f));
+    Buffer out(d, std::vector<float>(static_cast<size_t>(step.tokens) * inner, 0.0f));
     std::vector<float> states = old_states;
 
     auto conv = KILN_PICK(ConvFn, mamba_conv, d);
@@ -109,30 +81,30 @@ void check_scan(DType d, int inner, int state, int taps, bool bias,
     auto scan = KILN_PICK(ScanFn, selective_scan, d);
     const unsigned tiles = static_cast<unsigned>((inner + 255) / 256);
     const int width = 2 * inner;
-    kiln_emu::launch({static_cast<unsigned>(tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+    kiln_emu::launch({static_cast<unsigned>(step.tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
         conv(x.data(), states.data(), in.data(), w.data(), bias ? cbias.data() : w.data(),
-             bias ? 1 : 0, slots.data(), state_slots.data(), num_state_slots,
-             query_start.data(), context_lens.data(), num_seqs, width, 0, inner, taps, values,
+             bias ? 1 : 0, step.slots.data(), step.state_slots.data(), step.num_state_slots,
+             step.query_start.data(), step.context_lens.data(), step.num_seqs, width, 0, inner, taps, values,
              state_values);
     });
-    kiln_emu::launch({static_cast<unsigned>(num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
-        slide(states.data(), in.data(), slots.data(), state_slots.data(), num_state_slots,
-              query_start.data(), context_lens.data(), width, 0, inner, taps, values,
+    kiln_emu::launch({static_cast<unsigned>(step.num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+        slide(states.data(), in.data(), step.slots.data(), step.state_slots.data(), step.num_state_slots,
+              step.query_start.data(), step.context_lens.data(), width, 0, inner, taps, values,
               state_values);
     });
-    kiln_emu::launch({static_cast<unsigned>(num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
+    kiln_emu::launch({static_cast<unsigned>(step.num_seqs), tiles, 1}, {256, 1, 1}, order, 1, [&] {
         scan(out.data(), states.data(), x.data(), dtb.data(), bb.data(), cb.data(), in.data(),
-             a.data(), dd.data(), slots.data(), state_slots.data(), num_state_slots,
-             query_start.data(), context_lens.data(), inner, state, values);
+             a.data(), dd.data(), step.slots.data(), step.state_slots.data(), step.num_state_slots,
+             step.query_start.data(), step.context_lens.data(), inner, state, values);
     });
 
-    std::vector<double> want_x(static_cast<size_t>(tokens) * inner, 0.0);
+    std::vector<double> want_x(static_cast<size_t>(step.tokens) * inner, 0.0);
     std::vector<double> want_states(old_states.begin(), old_states.end());
-    std::vector<double> want_out(static_cast<size_t>(tokens) * inner, 0.0);
-    for (int s = 0; s < real_seqs; ++s) {
-        const int start = query_start[s], len = query_start[s + 1] - start;
-        const int first = positions[start];
-        const long long slot = state_slots[s];
+    std::vector<double> want_out(static_cast<size_t>(step.tokens) * inner, 0.0);
+    for (int s = 0; s < step.real_seqs; ++s) {
+        const int start = step.query_start[s], len = step.query_start[s + 1] - start;
+        const int first = step.positions[start];
+        const long long slot = step.state_slots[s];
         auto row = [&](int q, int ch) -> double {
             if (q >= 0) return xz[static_cast<size_t>(start + q) * width + ch];
             if (first == 0) return 0.0;
@@ -171,8 +143,8 @@ void check_scan(DType d, int inner, int state, int taps, bool bias,
         }
     }
     char name[160];
-    std::snprintf(name, sizeof name, "%d seqs, %d tok, %d channels, state %d, %d taps%s", num_seqs,
-                  tokens, inner, state, taps, bias ? ", bias" : "");
+    std::snprintf(name, sizeof name, "%d seqs, %d tok, %d channels, state %d, %d taps%s", step.num_seqs,
+                  step.tokens, inner, state, taps, bias ? ", bias" : "");
     std::vector<float> got_x = x.values();
     // Padding rows of x are the convolution's zeros; compare the sequences' rows only.
     report(std::string("conv     ") + name, d, got_x, want_x, tolerance(d));
