@@ -125,6 +125,8 @@ from transformers import (
     MambaForCausalLM,
     FalconMambaConfig,
     FalconMambaForCausalLM,
+    JambaConfig,
+    JambaForCausalLM,
     GraniteMoeHybridConfig,
     GraniteMoeHybridForCausalLM,
     Llama4ForCausalLM,
@@ -1808,8 +1810,9 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
-        # Falcon-Mamba: Mamba-1 with weightless RMS norms of the step, B and C; a state of
-        # 12 (fewer than the kernel's lanes) and a convolution without biases.
+        # Falcon-Mamba: Mamba-1 with weightless RMS norms of the step, B and C; 96 channels
+        # (intermediate_size over expand * hidden, as Falcon-Mamba-7B gives both), a state
+        # of 12 and a convolution without biases.
         "falcon_mamba": (
             FalconMambaForCausalLM,
             FalconMambaConfig(
@@ -1818,12 +1821,48 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 num_hidden_layers=3,
                 state_size=12,
                 expand=2,
+                intermediate_size=96,
                 conv_kernel=4,
                 time_step_rank=8,
                 use_conv_bias=False,
                 layer_norm_epsilon=1e-5,
                 mixer_rms_eps=1e-6,
                 use_mambapy=False,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                torch_dtype="float32",
+                tie_word_embeddings=False,
+            ),
+        ),
+        # Jamba: Mamba-1 mixers (128 channels, a state of 16, a step of rank 8, RMS norms with
+        # weights of the step, B and C) on layers 0, 2 and 3, attention without positions on
+        # layer 1 (attn_layer_period 4, offset 1); layers 1 and 3 route 4 experts of 96 (top
+        # 2, softmax probabilities not renormalised), 0 and 2 a SwiGLU MLP.
+        "jamba": (
+            JambaForCausalLM,
+            JambaConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                rms_norm_eps=1e-6,
+                attn_layer_period=4,
+                attn_layer_offset=1,
+                expert_layer_period=2,
+                expert_layer_offset=1,
+                num_experts=4,
+                num_experts_per_tok=2,
+                mamba_d_state=16,
+                mamba_d_conv=4,
+                mamba_expand=2,
+                mamba_dt_rank=8,
+                mamba_conv_bias=True,
+                mamba_proj_bias=False,
+                use_mamba_kernels=False,
                 bos_token_id=None,
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,

@@ -451,6 +451,7 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                     Architecture::Llama4 => Box::new(Llama4Weights::wrap(files_source)),
                     Architecture::Lfm2 => Box::new(Lfm2Weights::wrap(files_source)),
                     Architecture::Bamba => Box::new(BambaWeights::wrap(files_source)),
+                    Architecture::Jamba => Box::new(BambaWeights::wrap_jamba(files_source)),
                     Architecture::GraniteMoeHybrid => {
                         Box::new(GraniteHybridWeights::wrap(files_source))
                     }

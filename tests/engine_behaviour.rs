@@ -216,6 +216,7 @@ fn recurrent_states_survive_chunking_and_batching() {
         "qwen3_next",
         "mamba",
         "falcon_mamba",
+        "jamba",
     ] {
         cached_state_survives_prefix_caching_chunking_and_batching(arch, false);
     }

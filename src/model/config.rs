@@ -112,6 +112,10 @@ pub enum Architecture {
     /// TII's Falcon-Mamba (`FalconMambaForCausalLM`): Mamba-1 with weightless RMS norms of
     /// the step, B and C.
     FalconMamba,
+    /// AI21's Jamba (`JambaForCausalLM`; `model/mamba1.rs`): Mamba-1 mixers (with RMS norms
+    /// of the step, B and C) and attention without positions, each before a SwiGLU MLP or
+    /// Mixtral-style experts (softmax top k, not renormalised).
+    Jamba,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
     /// the others, experts whose router scales their inputs, plus a shared expert.
@@ -201,7 +205,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 60] = [
+    pub const SUPPORTED: [&'static str; 61] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -262,6 +266,7 @@ impl Architecture {
         "Qwen3NextForCausalLM",
         "MambaForCausalLM",
         "FalconMambaForCausalLM",
+        "JambaForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -386,6 +391,7 @@ impl Architecture {
             "Qwen3NextForCausalLM" => Architecture::Qwen3Next,
             "MambaForCausalLM" => Architecture::Mamba,
             "FalconMambaForCausalLM" => Architecture::FalconMamba,
+            "JambaForCausalLM" => Architecture::Jamba,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -660,6 +666,11 @@ struct RawConfig {
     moe_layer_end_index: Option<i64>,
     #[serde(default)]
     moe_layer_interval: Option<usize>,
+    /// Jamba: experts on the layers `i % expert_layer_period == expert_layer_offset`.
+    #[serde(default)]
+    expert_layer_period: Option<usize>,
+    #[serde(default)]
+    expert_layer_offset: Option<usize>,
     /// GLM-4.5's names: routed and shared experts, dense layers before the first MoE one,
     /// the router's scale and groups, and whether q and k are normed.
     #[serde(default)]
@@ -1007,6 +1018,9 @@ impl MoeConfig {
                 raw.moe_intermediate_size.unwrap_or(raw.intermediate_size),
                 false,
             ),
+            // JambaConfig's defaults: experts `intermediate_size` wide, their softmax
+            // probabilities not renormalised.
+            Architecture::Jamba => (raw.num_experts.unwrap_or(16), raw.intermediate_size, false),
             // Ernie4_5_MoeConfig's defaults; the chosen weights are renormalised.
             Architecture::Ernie45Moe => (
                 raw.moe_num_experts.unwrap_or(64),
@@ -1038,6 +1052,12 @@ impl MoeConfig {
         };
         let sparse_layers = if architecture == Architecture::Ernie45Moe {
             ernie_moe_layers(raw)
+        } else if architecture == Architecture::Jamba {
+            let period = raw.expert_layer_period.unwrap_or(2).max(1);
+            let offset = raw.expert_layer_offset.unwrap_or(1);
+            (0..raw.num_hidden_layers)
+                .map(|i| i % period == offset)
+                .collect()
         } else {
             (0..raw.num_hidden_layers)
                 .map(|i| {
@@ -1718,6 +1738,7 @@ impl ModelConfig {
             Some("MambaForCausalLM" | "FalconMambaForCausalLM") => {
                 super::mamba1::normalized_config(value)?
             }
+            Some("JambaForCausalLM") => super::mamba1::normalized_jamba_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1943,6 +1964,8 @@ impl ModelConfig {
             {
                 Some(vec![false; raw.num_hidden_layers])
             }
+            // Jamba's attention has no positions (its Mamba layers order the tokens).
+            (Architecture::Jamba, _) => Some(vec![false; raw.num_hidden_layers]),
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -2265,13 +2288,9 @@ impl ModelConfig {
             },
             attention_output_gate: architecture == Architecture::Qwen3Next,
             selective: match architecture {
-                Architecture::Mamba | Architecture::FalconMamba => {
-                    Some(super::mamba1::SelectiveLayers::from_config(
-                        &value,
-                        raw.hidden_size,
-                        architecture == Architecture::FalconMamba,
-                    )?)
-                }
+                Architecture::Mamba | Architecture::FalconMamba | Architecture::Jamba => Some(
+                    super::mamba1::SelectiveLayers::from_config(&value, raw.num_hidden_layers)?,
+                ),
                 _ => None,
             },
             attention_chunks: match architecture {
@@ -2373,7 +2392,7 @@ impl ModelConfig {
         match (&self.mamba, &self.gated_delta, &self.selective) {
             (Some(m), _, _) if m.is_mamba(i) => Some(m.shape.slot_values()),
             (_, Some(g), _) if g.is_mixer(i) => Some(g.shape.slot_values()),
-            (_, _, Some(s)) if i < self.num_layers => Some(s.shape.slot_values()),
+            (_, _, Some(s)) if s.is_mixer(i) => Some(s.shape.slot_values()),
             _ => None,
         }
     }
@@ -2388,7 +2407,8 @@ impl ModelConfig {
     /// Whether each layer is its norm and mixer alone, without an MLP (pure Mamba-1 and
     /// Mamba-2 models).
     pub fn mixer_only_layers(&self) -> bool {
-        self.mamba.as_ref().is_some_and(|m| m.without_mlp) || self.selective.is_some()
+        self.mamba.as_ref().is_some_and(|m| m.without_mlp)
+            || self.selective.as_ref().is_some_and(|s| s.without_mlp)
     }
 
     pub fn num_parameters(&self) -> u64 {
@@ -2443,16 +2463,23 @@ impl ModelConfig {
                             + inner * h
                     }
                     // in_proj, the kernel (and bias), x_proj, dt_proj (and bias), A, D,
-                    // out_proj.
-                    _ if self.selective.is_some() => {
-                        let s = &self.selective.as_ref().expect("matched").shape;
+                    // out_proj; Jamba's norms of the step, B and C.
+                    _ if self.selective.as_ref().is_some_and(|s| s.is_mixer(i)) => {
+                        let layers = self.selective.as_ref().expect("matched");
+                        let s = &layers.shape;
                         let inner = s.inner as u64;
+                        let norms = if layers.weighted_norms() {
+                            s.x_proj_width() as u64
+                        } else {
+                            0
+                        };
                         h * 2 * inner
                             + inner * (s.taps as u64 + 1)
                             + inner * s.x_proj_width() as u64
                             + inner * (s.dt_rank as u64 + 1)
                             + inner * (s.state as u64 + 1)
                             + inner * h
+                            + norms
                     }
                     // The in-projections, the kernel, dt_bias and A_log, the norm, out_proj.
                     _ if self.gated_delta.as_ref().is_some_and(|g| g.is_mixer(i)) => {

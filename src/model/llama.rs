@@ -809,13 +809,13 @@ impl<B: Backend> LlamaModel<B> {
             };
             // And Mamba-1's.
             let (selective, latent_qkv, latent_o) = match &c.selective {
-                Some(s) => {
+                Some(s) if s.is_mixer(i) => {
                     let (mixer, in_proj, out_proj) =
                         super::mamba1::load_mixer(be, src, &p, (h, s), dtype)
                             .with_context(|| format!("loading the Mamba mixer of {p}"))?;
                     (Some(mixer), Some(in_proj), Some(out_proj))
                 }
-                None => (None, latent_qkv, latent_o),
+                _ => (None, latent_qkv, latent_o),
             };
             let mixes =
                 conv.is_some() || mamba.is_some() || gated_delta.is_some() || selective.is_some();

@@ -318,6 +318,13 @@ const BAMBA_RENAMED: [(&str, &str); 2] = [
     ("post_attention_layernorm.", "pre_ff_layernorm."),
 ];
 
+/// Jamba's: Bamba's, its router named `router`.
+const JAMBA_RENAMED: [(&str, &str); 3] = [
+    ("mlp.gate.", "feed_forward.router."),
+    ("mlp.", "feed_forward."),
+    ("post_attention_layernorm.", "pre_ff_layernorm."),
+];
+
 /// Granite 4.0 hybrid's: the shared MLP's fused gate/up and its down projection.
 const GRANITE_HYBRID_RENAMED: [(&str, &str); 2] = [
     ("mlp.gate_up_proj.", "shared_mlp.input_linear."),
@@ -329,12 +336,21 @@ pub struct BambaWeights;
 
 impl BambaWeights {
     pub fn wrap<S: WeightSource>(inner: S) -> RenamedWeights<S> {
-        RenamedWeights::new(inner, |name| match layer_part(name) {
+        Self::wrap_with(inner, &BAMBA_RENAMED)
+    }
+
+    /// A Jamba checkpoint: Bamba's names, and its experts' router.
+    pub fn wrap_jamba<S: WeightSource>(inner: S) -> RenamedWeights<S> {
+        Self::wrap_with(inner, &JAMBA_RENAMED)
+    }
+
+    fn wrap_with<S: WeightSource>(
+        inner: S,
+        table: &'static [(&'static str, &'static str)],
+    ) -> RenamedWeights<S> {
+        RenamedWeights::new(inner, move |name| match layer_part(name) {
             Some((index, part)) => {
-                format!(
-                    "model.layers.{index}.{}",
-                    renamed_part(part, &BAMBA_RENAMED)
-                )
+                format!("model.layers.{index}.{}", renamed_part(part, table))
             }
             None if name == "model.norm.weight" => "model.final_layernorm.weight".to_string(),
             None => name.to_string(),

@@ -20,45 +20,84 @@ use anyhow::{Context, Result};
 use candle_core::Tensor;
 use serde_json::{json, Value};
 
-/// The mixers of a Mamba-1 model (every layer is one).
+/// How a Mamba-1 mixer norms the step, B and C after `x_proj`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepNorms {
+    /// Falcon-Mamba: RMS norms without weights, with this epsilon.
+    Weightless(f64),
+    /// Jamba: RMS norms with weights (`dt_layernorm`, `b_layernorm`, `c_layernorm`).
+    Weighted(f64),
+}
+
+/// The Mamba-1 mixers of a model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SelectiveLayers {
     pub shape: SelectiveShape,
+    /// Which layers are mixers (all of a pure Mamba model; Jamba's all but its attention).
+    pub layers: Vec<bool>,
     pub conv_bias: bool,
-    /// Falcon-Mamba: the epsilon of the weightless RMS norms of the step, B and C.
-    pub bc_dt_norm_eps: Option<f64>,
+    pub norms: Option<StepNorms>,
+    /// A pure Mamba model: each layer is its norm and mixer, no MLP.
+    pub without_mlp: bool,
 }
 
 impl SelectiveLayers {
-    /// A (normalized) Mamba-1 config's mixers.
-    pub fn from_config(value: &Value, hidden: usize, falcon: bool) -> Result<Self> {
+    /// Whether layer `i` is a mixer.
+    pub fn is_mixer(&self, i: usize) -> bool {
+        self.layers.get(i).copied().unwrap_or(false)
+    }
+
+    /// Whether the step, B and C norms have weights (Jamba's).
+    pub fn weighted_norms(&self) -> bool {
+        matches!(self.norms, Some(StepNorms::Weighted(_)))
+    }
+
+    /// A (normalized) Mamba-1, Falcon-Mamba or Jamba config's mixers.
+    pub fn from_config(value: &Value, num_layers: usize) -> Result<Self> {
         let number =
             |k: &str, default: u64| value.get(k).and_then(Value::as_u64).unwrap_or(default);
+        let hidden = number("hidden_size", 768) as usize;
         let expand = value.get("expand").and_then(Value::as_f64).unwrap_or(2.0);
         // MambaConfig: "auto" is ceil(hidden / 16).
         let dt_rank = match value.get("time_step_rank") {
             Some(Value::Number(n)) => n.as_u64().context("time_step_rank is not a count")? as usize,
             _ => hidden.div_ceil(16),
         };
+        let inner = match value.get("mamba_intermediate_size").and_then(Value::as_u64) {
+            Some(inner) => inner as usize,
+            None => (expand * hidden as f64) as usize,
+        };
         let shape = SelectiveShape {
-            inner: (expand * hidden as f64) as usize,
+            inner,
             state: number("state_size", 16) as usize,
             dt_rank,
             taps: number("conv_kernel", 4) as usize,
         };
         shape.validate()?;
+        let eps = |k: &str, default: f64| value.get(k).and_then(Value::as_f64).unwrap_or(default);
+        let (layers, norms, without_mlp) = match value["architectures"][0].as_str() {
+            Some("JambaForCausalLM") => {
+                let period = number("attn_layer_period", 8).max(1) as usize;
+                let offset = number("attn_layer_offset", 4) as usize;
+                let layers = (0..num_layers).map(|i| i % period != offset).collect();
+                let norms = Some(StepNorms::Weighted(eps("rms_norm_eps", 1e-6)));
+                (layers, norms, false)
+            }
+            Some("FalconMambaForCausalLM") => {
+                let norms = Some(StepNorms::Weightless(eps("mixer_rms_eps", 1e-6)));
+                (vec![true; num_layers], norms, true)
+            }
+            _ => (vec![true; num_layers], None, true),
+        };
         Ok(SelectiveLayers {
             shape,
+            layers,
             conv_bias: value
                 .get("use_conv_bias")
                 .and_then(Value::as_bool)
                 .unwrap_or(true),
-            bc_dt_norm_eps: falcon.then(|| {
-                value
-                    .get("mixer_rms_eps")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(1e-6)
-            }),
+            norms,
+            without_mlp,
         })
     }
 }
@@ -80,6 +119,16 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
         .cloned()
         .unwrap_or(json!(1e-5));
     fields.insert("rms_norm_eps".into(), eps);
+    // FalconMambaConfig takes a given intermediate_size over `expand * hidden_size`
+    // (Falcon-Mamba-7B says expand 16 and intermediate_size 8192); MambaConfig ignores it.
+    let falcon = fields
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        == Some("FalconMambaForCausalLM");
+    if let Some(inner) = fields.get("intermediate_size").filter(|_| falcon).cloned() {
+        fields.insert("mamba_intermediate_size".into(), inner);
+    }
     for (key, default) in [
         ("vocab_size", json!(50280)),
         ("hidden_size", json!(768)),
@@ -94,6 +143,44 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
     Ok(value)
 }
 
+/// `value` (a JambaConfig config.json) with its mixer's `mamba_*` keys in Mamba's names and
+/// JambaConfig's defaults where it leaves keys out.
+pub fn normalized_jamba_config(mut value: Value) -> Result<Value> {
+    let fields = value
+        .as_object_mut()
+        .context("config.json is not an object")?;
+    anyhow::ensure!(
+        fields.get("mamba_proj_bias").and_then(Value::as_bool) != Some(true),
+        "Jamba with projection biases (mamba_proj_bias) is not supported"
+    );
+    for (from, to, default) in [
+        ("mamba_d_state", "state_size", json!(16)),
+        ("mamba_d_conv", "conv_kernel", json!(4)),
+        ("mamba_expand", "expand", json!(2)),
+        ("mamba_dt_rank", "time_step_rank", json!("auto")),
+        ("mamba_conv_bias", "use_conv_bias", json!(true)),
+    ] {
+        let v = fields.get(from).cloned().unwrap_or(default);
+        fields.insert(to.into(), v);
+    }
+    for (key, default) in [
+        ("vocab_size", json!(65536)),
+        ("hidden_size", json!(4096)),
+        ("intermediate_size", json!(14336)),
+        ("num_hidden_layers", json!(32)),
+        ("num_attention_heads", json!(32)),
+        ("num_key_value_heads", json!(8)),
+        ("rms_norm_eps", json!(1e-6)),
+        ("num_experts", json!(16)),
+        ("num_experts_per_tok", json!(2)),
+        ("max_position_embeddings", json!(262144)),
+        ("tie_word_embeddings", json!(false)),
+    ] {
+        fields.entry(key).or_insert(default);
+    }
+    Ok(value)
+}
+
 /// One mixer's weights on this device (`a` and `d` in f32).
 pub struct SelectiveMixer<B: Backend> {
     pub shape: SelectiveShape,
@@ -104,8 +191,9 @@ pub struct SelectiveMixer<B: Backend> {
     pub dt_bias: B::Tensor,
     pub a: B::Tensor,
     pub d: B::Tensor,
-    /// Falcon-Mamba: unit weights of the step's and of B's / C's norms, and the epsilon.
-    pub norms: Option<(B::Tensor, B::Tensor, f64)>,
+    /// The weights of the step's, B's and C's norms (ones for Falcon-Mamba's), and the
+    /// epsilon.
+    pub norms: Option<([B::Tensor; 3], f64)>,
 }
 
 impl<B: Backend> SelectiveMixer<B> {
@@ -137,10 +225,10 @@ impl<B: Backend> SelectiveMixer<B> {
         else {
             anyhow::bail!("split_columns returned fewer than three parts");
         };
-        if let Some((ones_step, ones_state, eps)) = &self.norms {
-            step = be.rms_norm(&step, ones_step, *eps)?;
-            b = be.rms_norm(&b, ones_state, *eps)?;
-            c = be.rms_norm(&c, ones_state, *eps)?;
+        if let Some(([w_step, w_b, w_c], eps)) = &self.norms {
+            step = be.rms_norm(&step, w_step, *eps)?;
+            b = be.rms_norm(&b, w_b, *eps)?;
+            c = be.rms_norm(&c, w_c, *eps)?;
         }
         let dt = be.linear(&step, &self.dt_proj, Some(&self.dt_bias))?;
         let params = SelectiveParams {
@@ -195,8 +283,20 @@ pub fn load_mixer<B: Backend>(
             &candle_core::Device::Cpu,
         )?)
     };
-    let norms = match layers.bc_dt_norm_eps {
-        Some(eps) => Some((ones(sh.dt_rank)?, ones(sh.state)?, eps)),
+    let norms = match layers.norms {
+        Some(StepNorms::Weightless(eps)) => {
+            Some(([ones(sh.dt_rank)?, ones(sh.state)?, ones(sh.state)?], eps))
+        }
+        Some(StepNorms::Weighted(eps)) => {
+            let norm =
+                |n: &str, len: usize| load(be, src, &name(&format!("{n}.weight")), &[len], dtype);
+            let weights = [
+                norm("dt_layernorm", sh.dt_rank)?,
+                norm("b_layernorm", sh.state)?,
+                norm("c_layernorm", sh.state)?,
+            ];
+            Some((weights, eps))
+        }
         None => None,
     };
     let mixer = SelectiveMixer {
@@ -232,7 +332,8 @@ mod tests {
     /// tiiuae/falcon-mamba-7b's config.json, in the fields kiln reads.
     const FALCON_MAMBA_7B: &str = r#"{"architectures": ["FalconMambaForCausalLM"],
         "model_type": "falcon_mamba", "hidden_size": 4096, "num_hidden_layers": 64,
-        "vocab_size": 65024, "state_size": 16, "expand": 16, "conv_kernel": 4,
+        "vocab_size": 65024, "state_size": 16, "expand": 16, "intermediate_size": 8192,
+        "conv_kernel": 4,
         "time_step_rank": 256, "use_bias": false, "use_conv_bias": true,
         "layer_norm_epsilon": 1e-05, "mixer_rms_eps": 1e-06, "residual_in_fp32": true,
         "tie_word_embeddings": false}"#;
@@ -244,12 +345,15 @@ mod tests {
         let s = c.selective.as_ref().unwrap();
         assert_eq!(
             (s.shape.inner, s.shape.state, s.shape.dt_rank),
-            (65536, 16, 256)
+            (8192, 16, 256)
         );
-        assert_eq!(s.bc_dt_norm_eps, Some(1e-6));
+        assert_eq!(s.norms, Some(super::StepNorms::Weightless(1e-6)));
+        assert!(s.without_mlp && (0..64).all(|i| s.is_mixer(i)));
         assert_eq!(c.cache_values_per_token(), 0);
-        assert_eq!(c.state_values_per_sequence(), 64 * (65536 * 16 + 3 * 65536));
+        assert_eq!(c.state_values_per_sequence(), 64 * (8192 * 16 + 3 * 8192));
         assert!(c.keeps_recurrent_state());
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 7.27).abs() < 0.05, "{billions}");
     }
 
     #[test]
@@ -265,12 +369,46 @@ mod tests {
         assert_eq!(c.architecture, Architecture::Mamba);
         let s = c.selective.as_ref().unwrap();
         assert_eq!((s.shape.inner, s.shape.dt_rank), (1536, 48));
-        assert!(s.bc_dt_norm_eps.is_none() && c.tie_word_embeddings);
+        assert!(s.norms.is_none() && c.tie_word_embeddings);
         let millions = c.num_parameters() as f64 / 1e6;
         assert!((millions - 129.1).abs() < 1.0, "{millions}");
         let auto = r#"{"architectures": ["MambaForCausalLM"], "hidden_size": 100,
             "num_hidden_layers": 1, "vocab_size": 32, "time_step_rank": "auto"}"#;
         let c = ModelConfig::from_json(auto).unwrap();
         assert_eq!(c.selective.unwrap().shape.dt_rank, 7);
+    }
+
+    #[test]
+    fn jamba_mixes_seven_layers_in_eight_and_routes_every_other_one() {
+        // ai21labs/AI21-Jamba-Mini-1.5's config.json, in the fields kiln reads.
+        let c = ModelConfig::from_json(
+            r#"{"architectures": ["JambaForCausalLM"], "model_type": "jamba",
+            "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 65536,
+            "rms_norm_eps": 1e-06, "attn_layer_period": 8, "attn_layer_offset": 4,
+            "expert_layer_period": 2, "expert_layer_offset": 1, "num_experts": 16,
+            "num_experts_per_tok": 2, "mamba_d_state": 16, "mamba_d_conv": 4,
+            "mamba_expand": 2, "mamba_dt_rank": 256, "mamba_conv_bias": true,
+            "mamba_proj_bias": false, "max_position_embeddings": 262144,
+            "tie_word_embeddings": false}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Jamba);
+        let s = c.selective.as_ref().unwrap();
+        let attention: Vec<usize> = (0..32).filter(|&i| !s.is_mixer(i)).collect();
+        assert_eq!(attention, vec![4, 12, 20, 28]);
+        assert_eq!(s.norms, Some(super::StepNorms::Weighted(1e-6)));
+        assert!(!s.without_mlp && !c.mixer_only_layers());
+        let moe = c.moe.as_ref().unwrap();
+        assert_eq!((moe.num_experts, moe.top_k), (16, 2));
+        assert!(!moe.normalize_top_k);
+        assert!((0..32).all(|i| moe.is_sparse(i) == (i % 2 == 1)));
+        assert_eq!(c.rope_layers.as_deref(), Some(&[false; 32][..]));
+        // Per token: 4 attention layers' K and V.
+        assert_eq!(c.cache_values_per_token(), 4 * 2 * 1024);
+        let billions = c.num_parameters() as f64 / 1e9;
+        assert!((billions - 51.6).abs() < 0.5, "{billions}");
+        let active = c.active_parameters() as f64 / 1e9;
+        assert!((active - 12.1).abs() < 0.3, "{active}");
     }
 }

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 81] = [
+pub const ARCHS: [&str; 82] = [
     "llama",
     "llama31",
     "mistral",
@@ -89,6 +89,7 @@ pub const ARCHS: [&str; 81] = [
     "qwen3_next",
     "mamba",
     "falcon_mamba",
+    "jamba",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
@@ -108,6 +109,7 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
                 | "mamba2"
                 | "mamba"
                 | "falcon_mamba"
+                | "jamba"
         )
     })
 }
