@@ -120,7 +120,9 @@ pub struct PlanRow {
     pub max_decode_tokens_per_s: f64,
 }
 
-/// Every known GPU type at 1, 2, 4 and 8 GPUs (the count must divide the heads).
+/// Every known GPU type at 1, 2, 4 and 8 GPUs, where kiln can shard the model that many ways
+/// (`check_divides`: heads, widths and experts divide; recurrent mixers that kiln keeps
+/// whole refuse any split).
 pub fn table(p: &PlanInput, est: &MemoryEstimate) -> Vec<PlanRow> {
     let mut rows = Vec::new();
     for t in GpuType::KNOWN {
@@ -128,7 +130,8 @@ pub fn table(p: &PlanInput, est: &MemoryEstimate) -> Vec<PlanRow> {
             continue;
         };
         for count in [1usize, 2, 4, 8] {
-            if !p.config.num_heads.is_multiple_of(count) || (t == GpuType::A10 && count > 4) {
+            let shardable = crate::parallel::shard::check_divides(p.config, count).is_ok();
+            if !shardable || (t == GpuType::A10 && count > 4) {
                 continue;
             }
             let capacity = mib as f64 * 1024.0 * 1024.0;
@@ -259,5 +262,28 @@ mod tests {
             .unwrap();
         assert!(h200.fits && h200.headroom_gib < 6.0, "{h200:?}");
         assert!(fits("A100-40GB", 4) && fits("L4", 8));
+    }
+
+    /// A model kiln cannot shard gets single-GPU rows only (Jamba's Mamba mixers stay whole),
+    /// while Qwen3-Next, whose mixers split by head, gets every count.
+    #[test]
+    fn the_table_offers_only_the_splits_kiln_can_run() {
+        let counts = |name: &str| {
+            let (c, len, seqs) = input(name, 4096, 1);
+            let p = PlanInput {
+                config: &c,
+                dtype: DType::BF16,
+                max_model_len: len,
+                max_num_seqs: seqs,
+                max_num_batched_tokens: 2048,
+            };
+            let mut counts: Vec<usize> = table(&p, &estimate(&p)).iter().map(|r| r.count).collect();
+            counts.dedup();
+            counts.sort_unstable();
+            counts.dedup();
+            counts
+        };
+        assert_eq!(counts("jamba-mini-1.5"), vec![1]);
+        assert_eq!(counts("qwen3-next-80b-a3b"), vec![1, 2, 4, 8]);
     }
 }

@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 21] = [
+pub const PRESETS: [(&str, &str); 23] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -87,6 +87,14 @@ pub const PRESETS: [(&str, &str); 21] = [
         "qwen3-next-80b-a3b",
         include_str!("../../models/presets/qwen3-next-80b-a3b.json"),
     ),
+    (
+        "falcon-mamba-7b",
+        include_str!("../../models/presets/falcon-mamba-7b.json"),
+    ),
+    (
+        "jamba-mini-1.5",
+        include_str!("../../models/presets/jamba-mini-1.5.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -137,6 +145,9 @@ mod tests {
                 "lfm2-1.2b" => 1.17,
                 "mamba-codestral-7b" => 7.29,
                 "qwen3-next-80b-a3b" => 79.7,
+                "falcon-mamba-7b" => 7.27,
+                // AI21's 52B.
+                "jamba-mini-1.5" => 51.6,
                 _ => unreachable!(),
             };
             assert!(
@@ -160,6 +171,8 @@ mod tests {
                 "llama-4-scout" => 17.2,
                 // Qwen's 3B active leaves out the 0.62B of embedding and head.
                 "qwen3-next-80b-a3b" => 3.9,
+                // AI21's 12B active.
+                "jamba-mini-1.5" => 12.1,
                 _ => billions,
             };
             assert!(
