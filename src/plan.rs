@@ -153,6 +153,17 @@ mod tests {
     use super::*;
     use crate::model::presets::preset;
 
+    /// Planning `c` in bf16 for `seqs` sequences of `len` tokens, 2048 per step.
+    fn bf16_input(c: &ModelConfig, len: usize, seqs: usize) -> PlanInput<'_> {
+        PlanInput {
+            config: c,
+            dtype: DType::BF16,
+            max_model_len: len,
+            max_num_seqs: seqs,
+            max_num_batched_tokens: 2048,
+        }
+    }
+
     fn input(name: &str, len: usize, seqs: usize) -> (ModelConfig, usize, usize) {
         (
             ModelConfig::from_json(preset(name).unwrap()).unwrap(),
@@ -164,28 +175,13 @@ mod tests {
     #[test]
     fn llama_3_1_8b_bf16_matches_the_hand_count() {
         let (c, len, seqs) = input("llama-3.1-8b", 8192, 1);
-        let e = estimate(&PlanInput {
-            config: &c,
-            dtype: DType::BF16,
-            max_model_len: len,
-            max_num_seqs: seqs,
-            max_num_batched_tokens: 2048,
-        });
+        let e = estimate(&bf16_input(&c, len, seqs));
         // 8,030,261,248 parameters x 2 bytes.
         assert_eq!(e.weights, 16_060_522_496);
         // 2 (K, V) x 32 layers x 8 kv heads x 128 dims x 2 bytes = 128 KiB per token.
         assert_eq!(e.kv_per_token, 131_072);
         assert_eq!(e.kv_cache, 131_072 * 8192);
-        let rows = table(
-            &PlanInput {
-                config: &c,
-                dtype: DType::BF16,
-                max_model_len: len,
-                max_num_seqs: seqs,
-                max_num_batched_tokens: 2048,
-            },
-            &e,
-        );
+        let rows = table(&bf16_input(&c, len, seqs), &e);
         let fits = |gpu: &str, n: usize| {
             rows.iter()
                 .find(|r| r.gpu == gpu && r.count == n)
@@ -204,13 +200,7 @@ mod tests {
     #[test]
     fn startup_refuses_what_cannot_fit_saying_by_how_much() {
         let (c, len, seqs) = input("llama-3.1-8b", 131072, 1);
-        let p = PlanInput {
-            config: &c,
-            dtype: DType::BF16,
-            max_model_len: len,
-            max_num_seqs: seqs,
-            max_num_batched_tokens: 2048,
-        };
+        let p = bf16_input(&c, len, seqs);
         let e = estimate(&p);
         let gib = 1u64 << 30;
         // An L4 (22.5 GiB): 15 GiB of weights + 16 GiB of KV for 131072 tokens cannot fit.
@@ -234,13 +224,7 @@ mod tests {
     #[test]
     fn llama_3_1_70b_bf16_needs_several_big_gpus() {
         let (c, len, seqs) = input("llama-3.1-70b", 8192, 1);
-        let p = PlanInput {
-            config: &c,
-            dtype: DType::BF16,
-            max_model_len: len,
-            max_num_seqs: seqs,
-            max_num_batched_tokens: 2048,
-        };
+        let p = bf16_input(&c, len, seqs);
         let e = estimate(&p);
         // 70,553,706,496 parameters x 2 bytes; 2 x 80 x 8 x 128 x 2 = 320 KiB per token.
         assert_eq!(e.weights, 141_107_412_992);
@@ -270,13 +254,7 @@ mod tests {
     fn the_table_offers_only_the_splits_kiln_can_run() {
         let counts = |name: &str| {
             let (c, len, seqs) = input(name, 4096, 1);
-            let p = PlanInput {
-                config: &c,
-                dtype: DType::BF16,
-                max_model_len: len,
-                max_num_seqs: seqs,
-                max_num_batched_tokens: 2048,
-            };
+            let p = bf16_input(&c, len, seqs);
             let mut counts: Vec<usize> = table(&p, &estimate(&p)).iter().map(|r| r.count).collect();
             counts.dedup();
             counts.sort_unstable();
