@@ -58,7 +58,7 @@ pub fn estimate(p: &PlanInput) -> MemoryEstimate {
     let c = p.config;
     let e = p.dtype.size_in_bytes() as u64;
     let kv_per_token = c.cache_values_per_token() * e;
-    // Mamba mixers' f32 recurrent states, one per sequence.
+    // Recurrent mixers' f32 states, one per sequence.
     let states = c.state_values_per_sequence() * 4 * p.max_num_seqs as u64;
     let t = p.max_num_batched_tokens as u64;
     // Residual + normed hidden, qkv, attention out, gate_up and its product, f32 logits of

@@ -626,9 +626,9 @@ pub struct KvCacheSpec {
     /// per token (the short convolution's inputs, [`Backend::short_conv`]) in place of K,
     /// and no V. Paged like keys, so prefix caching and chunked prefill apply unchanged.
     pub conv_layers: Vec<(usize, usize)>,
-    /// Mamba layers, `(layer, values)`: nothing per token; `state_slots` f32 states of
-    /// `values` each (convolution window and recurrent state) in place of V, one per
-    /// running sequence ([`mamba`]).
+    /// Recurrent mixer layers (Mamba-1, Mamba-2, gated delta rule), `(layer, values)`:
+    /// nothing per token; `state_slots` f32 states of `values` each (recurrent state and
+    /// convolution window) in place of V, one per running sequence ([`mamba`]).
     pub state_layers: Vec<(usize, usize)>,
     pub state_slots: usize,
 }
@@ -642,7 +642,7 @@ impl KvCacheSpec {
             .map(|&(_, w)| w)
     }
 
-    /// Layer `layer`'s f32 values per recurrent state, if it is a Mamba layer.
+    /// Layer `layer`'s f32 values per recurrent state, if it is a recurrent mixer layer.
     pub fn state_values(&self, layer: usize) -> Option<usize> {
         self.state_layers
             .iter()
@@ -655,7 +655,7 @@ impl KvCacheSpec {
         self.bytes_per_token() * self.block_size
     }
 
-    /// Bytes of the recurrent states (all slots, all Mamba layers), beside the blocks.
+    /// Bytes of the recurrent states (all slots, all recurrent layers), beside the blocks.
     pub fn state_bytes(&self) -> usize {
         let values: usize = self.state_layers.iter().map(|&(_, v)| v).sum();
         values * self.state_slots * DType::F32.size_in_bytes()

@@ -26,7 +26,7 @@ fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Resul
         .kv_cache_spec(1, args.block_size, args.max_num_seqs);
     let bytes_per_block = spec.bytes_per_block();
     let (free, total) = loaded.backend.free_and_total_memory()?;
-    // Mamba mixers' recurrent states (one per sequence that can run) come before the blocks.
+    // Recurrent mixers' states (one per sequence that can run) come before the blocks.
     let reserve = activation_reserve(
         config,
         dtype.size_in_bytes(),
@@ -45,7 +45,7 @@ fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Resul
     let blocks = kv_blocks(mem, reserve, bytes_per_block, wanted).with_context(|| {
         if states > 0 {
             format!(
-                "sizing the KV cache of {} after its Mamba states ({:.2} GiB for \
+                "sizing the KV cache of {} after its recurrent states ({:.2} GiB for \
                  --max-num-seqs {}: fewer sequences need less)",
                 loaded.name,
                 gib(states),
@@ -57,7 +57,7 @@ fn plan_kv_blocks(loaded: &LoadedModel<CudaBackend>, args: &EngineArgs) -> Resul
     })?;
     if states > 0 {
         tracing::info!(
-            "Mamba states: {:.2} GiB for {} sequences (--max-num-seqs)",
+            "recurrent states: {:.2} GiB for {} sequences (--max-num-seqs)",
             gib(states),
             args.max_num_seqs
         );

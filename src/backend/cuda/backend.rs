@@ -1010,7 +1010,7 @@ impl Backend for CudaBackend {
                 let states =
                     CudaTensor::zeros(&self.dev, DType::F32, &shape).with_context(|| {
                         format!(
-                            "allocating the Mamba states of layer {layer} ({} slots): out of \
+                            "allocating the recurrent states of layer {layer} ({} slots): out of \
                              GPU memory? lower --max-num-seqs",
                             spec.state_slots
                         )
