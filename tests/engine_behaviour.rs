@@ -363,6 +363,40 @@ fn cancellation_frees_blocks_at_once() {
     assert_eq!(e.num_free_blocks(), e.config().num_blocks);
 }
 
+/// Cancelled sequences of a recurrent model give their state slots back: after cancelling
+/// two rounds of requests that hold every slot, a third round runs and matches a cold run.
+#[test]
+fn cancelled_recurrent_sequences_give_their_state_slots_back() {
+    let flags = ["--block-size", "4", "--max-num-seqs", "2"];
+    let mut e = engine("qwen3_next", &flags);
+    let ps: Vec<Vec<u32>> = prompts(&e).into_iter().take(2).collect();
+    for round in 0..2u64 {
+        for (i, p) in ps.iter().enumerate() {
+            e.add_request(round * 10 + i as u64, p.clone(), greedy(50))
+                .unwrap();
+        }
+        for _ in 0..3 {
+            e.step().unwrap();
+        }
+        assert_eq!(e.num_free_state_slots(), 0, "round {round}");
+        for i in 0..ps.len() as u64 {
+            e.abort(round * 10 + i).unwrap();
+        }
+        assert_eq!(e.num_free_state_slots(), 2, "round {round}");
+    }
+    let requests = |base: u64| {
+        ps.iter()
+            .enumerate()
+            .map(|(i, p)| (base + i as u64, p.clone(), greedy(12)))
+            .collect()
+    };
+    let got = run_all(&mut e, requests(100));
+    let expected = run_all(&mut engine("qwen3_next", &flags), requests(100));
+    for i in 100..102u64 {
+        assert_eq!(got[&i].token_ids, expected[&i].token_ids, "request {i}");
+    }
+}
+
 #[test]
 fn dropping_a_stream_cancels_its_request() {
     let h = handle("llama", &[]);

@@ -247,6 +247,11 @@ impl LlmEngine {
         self.scheduler.num_preemptions()
     }
 
+    /// Recurrent-state slots no running sequence holds (`max_num_seqs` when idle).
+    pub fn num_free_state_slots(&self) -> usize {
+        self.scheduler.num_free_state_slots()
+    }
+
     pub fn add_request(
         &mut self,
         id: u64,
