@@ -17,6 +17,7 @@ pub mod mamba;
 pub mod moe;
 pub mod moe_route;
 pub mod selective_scan;
+pub mod slot_conv;
 
 pub use batch::BatchLayout;
 pub use dtype::DType;
@@ -572,7 +573,7 @@ pub trait Backend: Send + Sync {
     fn slot_conv(
         &self,
         src: &Self::Tensor,
-        conv: &selective_scan::SlotConvParams<'_, Self::Tensor>,
+        conv: &slot_conv::SlotConvParams<'_, Self::Tensor>,
         cache: &mut Self::KvCache,
         layer: usize,
         batch: &Self::BatchMeta,

@@ -57,26 +57,6 @@ pub struct SelectiveParams<'a, T> {
     pub d: &'a T,
 }
 
-/// A causal convolution over a state slot's window, as [`super::Backend::slot_conv`] takes
-/// it: `channels` columns from `offset` of each row of its input, `[channels, taps]`
-/// weights, an optional bias; the slot keeps the window after its first `state_values`
-/// values.
-pub struct SlotConvParams<'a, T> {
-    pub offset: usize,
-    pub channels: usize,
-    pub taps: usize,
-    pub state_values: usize,
-    pub weight: &'a T,
-    pub bias: Option<&'a T>,
-}
-
-impl<T> SlotConvParams<'_, T> {
-    /// f32 values of the slot the window ends.
-    pub fn slot_values(&self) -> usize {
-        self.state_values + (self.taps - 1) * self.channels
-    }
-}
-
 /// PyTorch's softplus (linear above 20), in f32.
 pub fn softplus(v: f32) -> f32 {
     if v > 20.0 {

@@ -14,7 +14,8 @@
 
 use super::llama::load;
 use super::weights::WeightSource;
-use crate::backend::selective_scan::{SelectiveParams, SelectiveShape, SlotConvParams};
+use crate::backend::selective_scan::{SelectiveParams, SelectiveShape};
+use crate::backend::slot_conv::SlotConvParams;
 use crate::backend::{Backend, DType};
 use anyhow::{Context, Result};
 use candle_core::Tensor;

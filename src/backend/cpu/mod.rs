@@ -463,7 +463,7 @@ impl Backend for CpuBackend {
     fn slot_conv(
         &self,
         src: &Tensor,
-        conv: &crate::backend::selective_scan::SlotConvParams<'_, Tensor>,
+        conv: &crate::backend::slot_conv::SlotConvParams<'_, Tensor>,
         cache: &mut CpuKvCache,
         layer: usize,
         batch: &BatchLayout,

@@ -21,7 +21,7 @@ use super::moe::{
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
 use super::ops_gated_delta::GatedDeltaScratch;
-use super::ops_mamba::{MambaScratch, SlotConv, SlotStates};
+use super::ops_mamba::{MambaScratch, SlotStates};
 use super::ops_qkv::QkvRopeCache;
 use super::ops_selective_scan::ScanInputs;
 use super::ops_short_conv::ConvBatch;
@@ -30,7 +30,8 @@ use super::tensor::CudaTensor;
 use crate::backend::gated_delta::GatedDeltaParams;
 use crate::backend::mamba::MambaParams;
 use crate::backend::moe::{host_routed_experts, route, ExpertSet, MoeRouting, RouterScoring};
-use crate::backend::selective_scan::{SelectiveParams, SlotConvParams};
+use crate::backend::selective_scan::SelectiveParams;
+use crate::backend::slot_conv::SlotConvParams;
 use crate::backend::{
     unfused_qkv_rope_write, AttentionShape, Backend, BatchLayout, DType, HeadTerms, KvCacheSpec,
     QkvHeads, QueryTemperature, Rope,
@@ -1142,25 +1143,16 @@ impl Backend for CudaBackend {
         let Some(states) = cache.v.get_mut(layer) else {
             bail!("slot_conv: no layer {layer} in the cache");
         };
-        let &[n, width] = src.shape() else {
+        let &[n, _] = src.shape() else {
             bail!("slot_conv: rows must be 2-d, got {:?}", src.shape());
         };
         let mut out = self.output(src.dtype(), &[n, conv.channels])?;
-        let spec = SlotConv {
-            offset: conv.offset,
-            width,
-            channels: conv.channels,
-            taps: conv.taps,
-            state_values: conv.state_values,
-            weight: conv.weight,
-            bias: conv.bias,
-        };
         let mut slots = SlotStates {
             states,
             state_slots: &batch.state_slots,
         };
         self.dev
-            .slot_conv(src, &spec, &mut slots, &batch.conv_batch(), &mut out)?;
+            .slot_conv(src, conv, &mut slots, &batch.conv_batch(), &mut out)?;
         Ok(out)
     }
 

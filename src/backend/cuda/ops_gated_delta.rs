@@ -4,10 +4,11 @@
 
 use super::device::CudaDevice;
 use super::launch::as_i32;
-use super::ops_mamba::{SlotConv, SlotStates};
+use super::ops_mamba::SlotStates;
 use super::ops_short_conv::ConvBatch;
 use super::tensor::CudaTensor;
 use crate::backend::gated_delta::GatedDeltaParams;
+use crate::backend::slot_conv::SlotConvParams;
 use crate::backend::DType;
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -74,9 +75,8 @@ impl CudaDevice {
         scratch.o.expect_dtype(DType::F32, "gated delta output")?;
         out.expect_shape(&[n, value_dim], "gated delta net output")?;
         out.expect_dtype(dtype, "gated delta net output")?;
-        let conv = SlotConv {
+        let conv = SlotConvParams {
             offset: 0,
-            width,
             channels: conv_dim,
             taps: sh.taps,
             state_values: sh.state_values(),

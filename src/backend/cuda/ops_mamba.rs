@@ -8,6 +8,7 @@ use super::launch::as_i32;
 use super::ops_short_conv::{per_channel, ConvBatch};
 use super::tensor::CudaTensor;
 use crate::backend::mamba::MambaParams;
+use crate::backend::slot_conv::SlotConvParams;
 use crate::backend::DType;
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -57,27 +58,14 @@ impl SlotStates<'_> {
     }
 }
 
-/// A recurrent mixer's causal convolution (`mamba_conv`, `mamba_conv_window`): `channels`
-/// columns from `offset` of each `width`-wide projection row, `taps` taps; each slot keeps
-/// its window after its `state_values` state values.
-pub struct SlotConv<'a> {
-    pub offset: usize,
-    pub width: usize,
-    pub channels: usize,
-    pub taps: usize,
-    pub state_values: usize,
-    /// `[channels, taps]`, and `[channels]`.
-    pub weight: &'a CudaTensor,
-    pub bias: Option<&'a CudaTensor>,
-}
-
 impl CudaDevice {
     /// `out[n, channels]`: the causal convolution of `src`'s channels over each sequence's
-    /// step and its slot's window (plus the bias), SiLU'd; then the windows after the step.
+    /// step and its slot's window (plus the bias), SiLU'd (`mamba_conv`); then the windows
+    /// after the step (`mamba_conv_window`).
     pub fn slot_conv(
         &self,
         src: &CudaTensor,
-        conv: &SlotConv<'_>,
+        conv: &SlotConvParams<'_, CudaTensor>,
         cache: &mut SlotStates<'_>,
         batch: &ConvBatch<'_>,
         out: &mut CudaTensor,
@@ -86,11 +74,10 @@ impl CudaDevice {
             bail!("slot_conv: rows must be 2-d, got {:?}", src.shape());
         };
         ensure!(
-            w == conv.width && conv.offset + conv.channels <= w,
-            "slot_conv: rows of {w}, the convolution reads {} from {} of {}",
+            conv.offset + conv.channels <= w,
+            "slot_conv: rows of {w}, the convolution reads {} from {}",
             conv.channels,
-            conv.offset,
-            conv.width
+            conv.offset
         );
         ensure!(
             (2..=MAX_TAPS).contains(&conv.taps),
@@ -98,7 +85,7 @@ impl CudaDevice {
             conv.taps
         );
         let dtype = src.dtype();
-        let slot_values = conv.state_values + (conv.taps - 1) * conv.channels;
+        let slot_values = conv.slot_values();
         let num_slots = cache.check(slot_values, batch.num_seqs, "slot_conv")?;
         conv.weight
             .expect_shape(&[conv.channels, conv.taps], "conv weight")?;
@@ -114,7 +101,7 @@ impl CudaDevice {
             return Ok(());
         }
         let (width_i, offset_i, channels_i, taps_i) = (
-            as_i32(conv.width, "projection width")?,
+            as_i32(w, "projection width")?,
             as_i32(conv.offset, "convolution offset")?,
             as_i32(conv.channels, "convolution channels")?,
             as_i32(conv.taps, "taps")?,
@@ -217,9 +204,8 @@ impl CudaDevice {
             sh.head_dim,
             sh.state
         );
-        let conv = SlotConv {
+        let conv = SlotConvParams {
             offset: inner,
-            width,
             channels: conv_dim,
             taps: sh.taps,
             state_values: sh.state_values(),

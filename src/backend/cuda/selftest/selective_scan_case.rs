@@ -11,10 +11,11 @@ use super::paged_step::PagedStep;
 use super::suite::Suite;
 use crate::backend::cpu::selective_scan::{selective_scan, slot_conv, ScanInputs};
 use crate::backend::cpu::slot_conv::SlotConv as HostSlotConv;
-use crate::backend::cuda::ops_mamba::{SlotConv, SlotStates};
+use crate::backend::cuda::ops_mamba::SlotStates;
 use crate::backend::cuda::ops_selective_scan;
 use crate::backend::cuda::{CudaTensor, DType};
 use crate::backend::selective_scan::{SelectiveParams, SelectiveShape};
+use crate::backend::slot_conv::SlotConvParams;
 use anyhow::Result;
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
@@ -69,9 +70,8 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     let mut out = CudaTensor::zeros(dev, dtype, &[n, inner])?;
     let on_device = step.upload(dev)?;
     let batch = on_device.conv_batch();
-    let conv = SlotConv {
+    let conv = SlotConvParams {
         offset: 0,
-        width: 2 * inner,
         channels: inner,
         taps: shape.taps,
         state_values: shape.state_values(),
