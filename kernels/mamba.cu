@@ -25,6 +25,8 @@
 // mamba_gated_norm: grid (tokens, inner / group): g = y * silu(z), out = weight * g /
 //   sqrt(mean(g^2) + eps) over the group, rounded to the dtype; padding tokens (whose y no
 //   scan wrote) get zeros.
+// mamba_gate: grid (tokens, ceil(inner / blockDim.x)): out = y * silu(z), the SiLU rounded to
+//   the dtype first (Falcon-H1's mixers without the norm); zeros for padding tokens.
 //
 // Token t of sequence s sits at position context_lens[s] - q_len + (t - query_start[s]), as
 // in attention.cu. The kernels run in this order on one stream.
@@ -191,6 +193,23 @@ __device__ __forceinline__ void mamba_gated_norm_impl(typename D::T* out, const 
     }
 }
 
+template <typename D>
+__device__ __forceinline__ void mamba_gate_impl(typename D::T* out, const float* y,
+                                                const typename D::T* zxbcdt,
+                                                const int* slot_mapping, int width, int inner) {
+    const long long token = blockIdx.x;
+    const int i = blockIdx.y * blockDim.x + threadIdx.x;
+    if (i >= inner) {
+        return;
+    }
+    if (slot_mapping[token] < 0) {
+        out[token * inner + i] = D::store(0.0f);
+        return;
+    }
+    const float gate = D::load(D::store(kiln_silu(D::load(zxbcdt[token * width + i]))));
+    out[token * inner + i] = D::store(y[token * inner + i] * gate);
+}
+
 #define KILN_MAMBA(S, D)                                                                        \
     extern "C" __global__ void mamba_conv_##S(                                                  \
         D::T* out, float* states, const D::T* zxbcdt, const D::T* weight, const D::T* bias,     \
@@ -224,5 +243,9 @@ __device__ __forceinline__ void mamba_gated_norm_impl(typename D::T* out, const 
         const int* slot_mapping, int width, int inner, int group, float eps) {                  \
         mamba_gated_norm_impl<D>(out, y, zxbcdt, weight, slot_mapping, width, inner, group,     \
                                  eps);                                                          \
+    }                                                                                           \
+    extern "C" __global__ void mamba_gate_##S(D::T* out, const float* y, const D::T* zxbcdt,    \
+                                              const int* slot_mapping, int width, int inner) {  \
+        mamba_gate_impl<D>(out, y, zxbcdt, slot_mapping, width, inner);                         \
     }
 KILN_FOR_EACH_DTYPE(KILN_MAMBA)

@@ -450,7 +450,9 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                     Architecture::Apertus => Box::new(ApertusWeights::wrap(files_source)),
                     Architecture::Llama4 => Box::new(Llama4Weights::wrap(files_source)),
                     Architecture::Lfm2 => Box::new(Lfm2Weights::wrap(files_source)),
-                    Architecture::Bamba => Box::new(BambaWeights::wrap(files_source)),
+                    Architecture::Bamba | Architecture::FalconH1 => {
+                        Box::new(BambaWeights::wrap(files_source))
+                    }
                     Architecture::Jamba => Box::new(BambaWeights::wrap_jamba(files_source)),
                     Architecture::GraniteMoeHybrid => {
                         Box::new(GraniteHybridWeights::wrap(files_source))

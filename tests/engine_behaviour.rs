@@ -217,6 +217,7 @@ fn recurrent_states_survive_chunking_and_batching() {
         "mamba",
         "falcon_mamba",
         "jamba",
+        "falcon_h1",
     ] {
         cached_state_survives_prefix_caching_chunking_and_batching(arch, false);
     }
@@ -228,7 +229,12 @@ fn recurrent_states_survive_chunking_and_batching() {
 /// would not).
 #[test]
 fn preempted_recurrent_sequences_recompute_their_state() {
-    for arch in ["granitemoehybrid", "qwen3_next", "falcon_mamba"] {
+    for arch in [
+        "granitemoehybrid",
+        "qwen3_next",
+        "falcon_mamba",
+        "falcon_h1",
+    ] {
         preemption_changes_no_output(arch, &["--max-num-seqs", "4"]);
     }
 }

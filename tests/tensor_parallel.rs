@@ -491,7 +491,7 @@ fn sharded_recurrent_models_run_without_prefix_caching() {
 
 #[test]
 fn a_model_with_mamba_mixers_refuses_tensor_parallelism() {
-    for arch in ["bamba", "granitemoehybrid", "mamba", "jamba"] {
+    for arch in ["bamba", "granitemoehybrid", "mamba", "jamba", "falcon_h1"] {
         let err = match TpRunner::start(spec(arch, "float32", host_comms(2)), |_| Ok(NUM_BLOCKS)) {
             Ok(_) => panic!("{arch} was sharded"),
             Err(e) => format!("{e:#}"),

@@ -47,6 +47,8 @@ double tolerance(DType d) { return d == DType::F32 ? 1e-4 : (d == DType::F16 ? 0
 
 struct Shape {
     int heads, head_dim, state, groups, taps;
+    // Falcon-H1 without mamba_rms_norm: y * silu(z) (the SiLU rounded first), no norm.
+    bool normed = true;
 };
 
 double silu(double v) { return v / (1.0 + std::exp(-v)); }
@@ -62,6 +64,7 @@ using ScanFn = void (*)(float*, float*, const void*, const void*, const float*, 
                         int, int, int, int, long long, float, float);
 using NormFn = void (*)(void*, const float*, const void*, const void*, const int*, int, int, int,
                         float);
+using GateFn = void (*)(void*, const float*, const void*, const int*, int, int);
 
 // Sequences as (context after the step, new tokens), then a one-token padding sequence (a
 // recorded graph's spare row, its slot past the pool) and a trailing padding token.
@@ -93,6 +96,7 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
     auto slide = KILN_PICK(WindowFn, mamba_conv_window, d);
     auto scan = KILN_PICK(ScanFn, mamba_scan, d);
     auto norm = KILN_PICK(NormFn, mamba_gated_norm, d);
+    auto gate = KILN_PICK(GateFn, mamba_gate, d);
     const unsigned tiles = static_cast<unsigned>((conv_dim + 255) / 256);
     kiln_emu::launch({static_cast<unsigned>(step.tokens), tiles, 1}, {256, 1, 1}, order, 1, [&] {
         conv(xbc.data(), states.data(), in.data(), w.data(), bias ? b.data() : w.data(),
@@ -112,10 +116,17 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
                               sh.head_dim, sh.state, sh.groups, sh.heads, width, values, 0.0f,
                               INFINITY);
                      });
-    const unsigned norm_threads = std::min(1024u, std::max(32u, std::bit_ceil(unsigned(inner))));
-    kiln_emu::launch({static_cast<unsigned>(step.tokens), 1, 1}, {norm_threads, 1, 1}, order, 1, [&] {
-        norm(out.data(), y.data(), in.data(), nw.data(), step.slots.data(), width, inner, inner, 1e-5f);
-    });
+    if (sh.normed) {
+        const unsigned norm_threads = std::min(1024u, std::max(32u, std::bit_ceil(unsigned(inner))));
+        kiln_emu::launch({static_cast<unsigned>(step.tokens), 1, 1}, {norm_threads, 1, 1}, order, 1, [&] {
+            norm(out.data(), y.data(), in.data(), nw.data(), step.slots.data(), width, inner, inner, 1e-5f);
+        });
+    } else {
+        const unsigned gate_tiles = static_cast<unsigned>((inner + 255) / 256);
+        kiln_emu::launch({static_cast<unsigned>(step.tokens), gate_tiles, 1}, {256, 1, 1}, order, 1, [&] {
+            gate(out.data(), y.data(), in.data(), step.slots.data(), width, inner);
+        });
+    }
 
     // The reference, sequence by sequence.
     std::vector<double> want_xbc(static_cast<size_t>(step.tokens) * conv_dim, 0.0);
@@ -166,6 +177,13 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
                     yt[i] = acc + dd[head] * r[i];
                 }
             }
+            if (!sh.normed) {
+                for (int i = 0; i < inner; ++i) {
+                    const double g = round_to(d, silu(zxbcdt[static_cast<size_t>(t) * width + i]));
+                    want_out[static_cast<size_t>(t) * inner + i] = round_to(d, yt[i] * g);
+                }
+                continue;
+            }
             double sum = 0.0;
             for (int i = 0; i < inner; ++i) {
                 yt[i] *= silu(zxbcdt[static_cast<size_t>(t) * width + i]);
@@ -177,9 +195,9 @@ void check_mamba(DType d, const Shape& sh, const std::vector<std::pair<int, int>
         for (long long i = 0; i < ssm_values; ++i) want_states[slot * values + i] = h[i];
     }
     char name[160];
-    std::snprintf(name, sizeof name, "%d seqs, %d tok, %d heads x %d, state %d, %d groups, %d taps%s",
+    std::snprintf(name, sizeof name, "%d seqs, %d tok, %d heads x %d, state %d, %d groups, %d taps%s%s",
                   step.num_seqs, step.tokens, sh.heads, sh.head_dim, sh.state, sh.groups, sh.taps,
-                  bias ? ", bias" : "");
+                  bias ? ", bias" : "", sh.normed ? "" : ", no norm");
     report(std::string("mamba conv     ") + name, d, xbc.values(), want_xbc, tolerance(d));
     std::vector<float> got_states(states.begin(), states.end());
     report(std::string("mamba states   ") + name, d, got_states, want_states, tolerance(d));
@@ -204,6 +222,10 @@ int main() {
         check_mamba(d, Shape{2, 64, 256, 2, 4}, {{9, 9}, {17, 1}}, true, Order::Forward);
         // Odd shapes: 3 taps, 3 groups, a state of 40.
         check_mamba(d, Shape{3, 12, 40, 3, 3}, {{7, 7}, {30, 2}, {2, 1}}, true, Order::Random);
+        // Falcon-H1's gate without the norm (the falcon_h1 fixture's mixer: 6 heads of 16, 2
+        // groups; an inner width past one 256-thread tile).
+        check_mamba(d, Shape{6, 16, 16, 2, 4, false}, {{1, 1}, {40, 1}, {37, 9}}, true, Order::Random);
+        check_mamba(d, Shape{20, 16, 16, 1, 4, false}, {{5, 5}, {30, 1}}, false, Order::Reverse);
     }
     std::printf("%s\n", failures == 0 ? "the Mamba mixer matches the reference" : "SOME CASES FAILED");
     return failures == 0 ? 0 : 1;

@@ -26,6 +26,9 @@ pub struct MambaShape {
     pub groups: usize,
     /// Convolution taps (`d_conv`).
     pub taps: usize,
+    /// Whether `y * silu(z)` is RMS-normed (per `norm_group`, times the norm weight) before
+    /// `out_proj`; Falcon-H1 without `mamba_rms_norm` passes it on as it is.
+    pub normed: bool,
     /// Values the gated RMS norm averages over (the inner width in transformers' models).
     pub norm_group: usize,
     pub norm_eps: f32,
@@ -98,7 +101,7 @@ pub struct MambaParams<'a, T> {
     pub dt_bias: &'a T,
     pub a: &'a T,
     pub d: &'a T,
-    /// The gated norm's weight, `[inner]`.
+    /// The gated norm's weight, `[inner]` (unread where the shape is not `normed`).
     pub norm: &'a T,
 }
 

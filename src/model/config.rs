@@ -116,6 +116,9 @@ pub enum Architecture {
     /// of the step, B and C) and attention without positions, each before a SwiGLU MLP or
     /// Mixtral-style experts (softmax top k, not renormalised).
     Jamba,
+    /// TII's Falcon-H1 (`FalconH1ForCausalLM`; `model/falcon_h1.rs`): attention and a
+    /// Mamba-2 mixer side by side in every layer, before a SwiGLU MLP; µP multipliers.
+    FalconH1,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
     /// the others, experts whose router scales their inputs, plus a shared expert.
@@ -205,7 +208,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 61] = [
+    pub const SUPPORTED: [&'static str; 62] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -267,6 +270,7 @@ impl Architecture {
         "MambaForCausalLM",
         "FalconMambaForCausalLM",
         "JambaForCausalLM",
+        "FalconH1ForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -392,6 +396,7 @@ impl Architecture {
             "MambaForCausalLM" => Architecture::Mamba,
             "FalconMambaForCausalLM" => Architecture::FalconMamba,
             "JambaForCausalLM" => Architecture::Jamba,
+            "FalconH1ForCausalLM" => Architecture::FalconH1,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1661,6 +1666,9 @@ pub struct ModelConfig {
     /// Qwen3-Next: `q_proj` also gives a gate per head and value; the attention's output is
     /// multiplied by its sigmoid before `o_proj`.
     pub attention_output_gate: bool,
+    /// Falcon-H1's µP multipliers (folded into its weights at load, but the embedding's and
+    /// the head's).
+    pub falcon_h1: Option<super::falcon_h1::FalconH1Scales>,
     /// Llama 4: the layers that attend only within their chunk of positions, and its size.
     pub attention_chunks: Option<super::llama4::AttentionChunks>,
     /// Llama 4: the layers without rotary scale each query by a temperature growing with
@@ -1739,6 +1747,7 @@ impl ModelConfig {
                 super::mamba1::normalized_config(value)?
             }
             Some("JambaForCausalLM") => super::mamba1::normalized_jamba_config(value)?,
+            Some("FalconH1ForCausalLM") => super::falcon_h1::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -2269,6 +2278,14 @@ impl ModelConfig {
                     raw.hidden_size,
                     super::mamba::granite_hybrid_layers(&value, raw.num_hidden_layers)?,
                 )?),
+                Architecture::FalconH1 => Some(super::mamba::MambaLayers {
+                    parallel: true,
+                    ..super::mamba::MambaLayers::from_config(
+                        &value,
+                        raw.hidden_size,
+                        vec![true; raw.num_hidden_layers],
+                    )?
+                }),
                 Architecture::Mamba2 => Some(super::mamba::MambaLayers {
                     without_mlp: true,
                     ..super::mamba::MambaLayers::from_config(
@@ -2287,6 +2304,12 @@ impl ModelConfig {
                 _ => None,
             },
             attention_output_gate: architecture == Architecture::Qwen3Next,
+            falcon_h1: match architecture {
+                Architecture::FalconH1 => {
+                    Some(super::falcon_h1::FalconH1Scales::from_config(&value)?)
+                }
+                _ => None,
+            },
             selective: match architecture {
                 Architecture::Mamba | Architecture::FalconMamba | Architecture::Jamba => Some(
                     super::mamba1::SelectiveLayers::from_config(&value, raw.num_hidden_layers)?,
@@ -2356,6 +2379,15 @@ impl ModelConfig {
         }
     }
 
+    /// Factors kiln folds into a dense MLP's gate and down projections: Falcon-H1's MLP
+    /// multipliers, or the block output factor of [`ModelConfig::folded_scales`].
+    pub fn mlp_scales(&self) -> (f64, f64) {
+        match &self.falcon_h1 {
+            Some(s) => (s.mlp[0], s.mlp[1]),
+            None => (1.0, self.folded_scales().1),
+        }
+    }
+
     pub fn q_width(&self) -> usize {
         self.num_heads * self.head_dim
     }
@@ -2372,6 +2404,7 @@ impl ModelConfig {
         (0..self.num_layers)
             .map(|i| match (&self.short_conv, &self.mamba) {
                 (Some(conv), _) if conv.is_conv(i) => self.hidden_size as u64,
+                (_, Some(m)) if m.parallel => 2 * self.kv_width() as u64,
                 _ if self.state_slot_values(i).is_some() => 0,
                 _ => 2 * self.kv_width() as u64,
             })
@@ -2385,6 +2418,18 @@ impl ModelConfig {
             .filter_map(|i| self.state_slot_values(i))
             .map(|v| v as u64)
             .sum()
+    }
+
+    /// Layers of the paged cache: one per layer, and after them one per mixer that runs
+    /// beside its layer's attention (Falcon-H1's, whose states cannot share their layer's
+    /// cache with its keys and values).
+    pub fn cache_layers(&self) -> usize {
+        match &self.mamba {
+            Some(m) if m.parallel => {
+                self.num_layers + (0..self.num_layers).filter(|&i| m.is_mamba(i)).count()
+            }
+            _ => self.num_layers,
+        }
     }
 
     /// The f32 values of layer `i`'s state slot, when it is a recurrent mixer.
@@ -2453,14 +2498,18 @@ impl ModelConfig {
                 // LFM2's convolution layers: in_proj, the kernel, out_proj.
                 let mixer = match (&self.short_conv, &self.mamba) {
                     (Some(conv), _) if conv.is_conv(i) => 4 * h * h + conv.taps as u64 * h,
+                    // Falcon-H1's mixers run beside the attention.
                     (_, Some(m)) if m.is_mamba(i) => {
                         let s = &m.shape;
                         let (inner, conv) = (s.inner() as u64, s.conv_dim() as u64);
+                        let norm = if s.normed { inner } else { 0 };
+                        let beside = if m.parallel { attn } else { 0 };
                         h * s.projection_width() as u64
                             + conv * (s.taps as u64 + 1)
                             + 3 * s.heads as u64
-                            + inner
+                            + norm
                             + inner * h
+                            + beside
                     }
                     // in_proj, the kernel (and bias), x_proj, dt_proj (and bias), A, D,
                     // out_proj; Jamba's norms of the step, B and C.

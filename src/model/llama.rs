@@ -5,6 +5,7 @@
 //! q/k RMS norm before RoPE (Qwen3), sliding window (Mistral), tied embeddings, RoPE scaling.
 
 use super::config::{Architecture, ModelConfig};
+use super::falcon_h1::{load_parallel_mixer, ParallelMixer};
 use super::lfm2::{load_conv, ShortConv};
 use super::lora::{LoraAdapter, Site};
 use super::lora_forward::{add_updates, AdapterRows};
@@ -68,6 +69,9 @@ struct Layer<B: Backend> {
     /// Mamba-1: this layer is a selective-scan mixer (its `qkv` the `in_proj`, its `o_proj`
     /// the `out_proj`); no attention.
     selective: Option<SelectiveMixer<B>>,
+    /// Falcon-H1: a Mamba-2 mixer beside the attention (its `in_proj` rows after q / k / v
+    /// in `qkv`), whose projected output joins the attention's.
+    parallel_mixer: Option<ParallelMixer<B>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -427,6 +431,7 @@ fn dense_mlp<B: Backend>(
     dtype: DType,
 ) -> Result<Mlp<B>> {
     let (h, inter) = (c.hidden_size, c.intermediate_size);
+    let (gate_scale, down_scale) = c.mlp_scales();
     let gate_up = if matches!(
         c.architecture,
         Architecture::Phi3
@@ -449,7 +454,8 @@ fn dense_mlp<B: Backend>(
                     format!("{p}.mlp.gate_proj.weight"),
                     vec![inter, h],
                     layout.intermediate.clone(),
-                ),
+                )
+                .scaled(gate_scale),
                 rows_part(
                     format!("{p}.mlp.up_proj.weight"),
                     vec![inter, h],
@@ -459,7 +465,6 @@ fn dense_mlp<B: Backend>(
             dtype,
         )?
     };
-    let (_, residual_scale) = c.folded_scales();
     let down = load_stacked(
         be,
         src,
@@ -468,7 +473,7 @@ fn dense_mlp<B: Backend>(
             vec![h, inter],
             layout.intermediate.clone(),
         )
-        .scaled(residual_scale)],
+        .scaled(down_scale)],
         dtype,
     )?;
     Ok(Mlp::Dense { gate_up, down })
@@ -649,6 +654,8 @@ impl<B: Backend> LlamaModel<B> {
             None => None,
         };
         let mut layers = Vec::with_capacity(c.num_layers);
+        // Falcon-H1's mixers so far: each keeps its states in a cache layer of its own.
+        let mut parallel_mixers = 0;
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             let proj = |n: &str, rows: usize, part: &Range<usize>| {
@@ -784,7 +791,7 @@ impl<B: Backend> LlamaModel<B> {
             };
             // Mamba mixers too.
             let (mamba, latent_qkv, latent_o) = match &c.mamba {
-                Some(m) if m.is_mamba(i) => {
+                Some(m) if m.replaces_attention(i) => {
                     let (mixer, in_proj, out_proj) =
                         load_mixer(be, src, &p, (h, m), residual_scale, dtype)
                             .with_context(|| format!("loading the Mamba mixer of {p}"))?;
@@ -819,6 +826,33 @@ impl<B: Backend> LlamaModel<B> {
             };
             let mixes =
                 conv.is_some() || mamba.is_some() || gated_delta.is_some() || selective.is_some();
+            // Falcon-H1: attention and a mixer side by side; the fused projection holds the
+            // mixer's in_proj rows after q / k / v, all with their multipliers.
+            let (parallel_mixer, latent_qkv) = match (&c.mamba, &c.falcon_h1) {
+                (Some(m), Some(scales)) if m.parallel && m.is_mamba(i) => {
+                    let attention_width = q_cols.len() + 2 * kv_cols.len();
+                    let cache_layer = c.num_layers + parallel_mixers;
+                    parallel_mixers += 1;
+                    let mixer = load_parallel_mixer(
+                        be,
+                        src,
+                        &p,
+                        (h, m, scales),
+                        (attention_width, cache_layer),
+                        dtype,
+                    )
+                    .with_context(|| format!("loading the Mamba mixer of {p}"))?;
+                    let mut parts: Vec<Part> = qkv_parts("weight")
+                        .into_iter()
+                        .zip(scales.qkv())
+                        .map(|(part, factor)| part.scaled(factor))
+                        .collect();
+                    parts.extend(super::falcon_h1::in_proj_parts(&p, h, m, scales));
+                    let qkv = load_stacked(be, src, &parts, dtype)?;
+                    (Some(mixer), Some(qkv))
+                }
+                _ => (None, latent_qkv),
+            };
             let layer = Layer {
                 input_norm: if c.post_norm {
                     None
@@ -846,7 +880,11 @@ impl<B: Backend> LlamaModel<B> {
                             vec![h, q],
                             q_cols.clone(),
                         )
-                        .scaled(residual_scale)],
+                        .scaled(
+                            c.falcon_h1
+                                .as_ref()
+                                .map_or(residual_scale, |s| s.attention_out),
+                        )],
                         dtype,
                     )?,
                 },
@@ -926,6 +964,7 @@ impl<B: Backend> LlamaModel<B> {
                 mamba,
                 gated_delta,
                 selective,
+                parallel_mixer,
             };
             layers.push(layer);
             on_layer(i);
@@ -998,17 +1037,20 @@ impl<B: Backend> LlamaModel<B> {
             })?),
             _ => None,
         };
-        let embed_scale = match (&c.gemma, &c.granite) {
-            // Gemma rounds its scale to the dtype first; Granite multiplies by its own.
-            (Some(_), _) => Some(dtype.round((h as f32).sqrt())),
-            (None, Some(g)) if g.embedding != 1.0 => Some(g.embedding as f32),
+        let embed_scale = match (&c.gemma, &c.granite, &c.falcon_h1) {
+            // Gemma rounds its scale to the dtype first; Granite and Falcon-H1 multiply by
+            // their own.
+            (Some(_), _, _) => Some(dtype.round((h as f32).sqrt())),
+            (None, Some(g), _) if g.embedding != 1.0 => Some(g.embedding as f32),
+            (None, None, Some(f)) if f.embedding != 1.0 => Some(f.embedding as f32),
             _ => None,
         };
         // Granite divides the logits by its scaling, Cohere multiplies them by its scale;
         // the head is linear, so either is a multiple of the last hidden state.
-        let logit_scale = match (&c.granite, c.logit_scale) {
-            (Some(g), _) if g.logits != 1.0 => Some((1.0 / g.logits) as f32),
-            (_, Some(scale)) if scale != 1.0 => Some(scale as f32),
+        let logit_scale = match (&c.granite, c.logit_scale, &c.falcon_h1) {
+            (Some(g), _, _) if g.logits != 1.0 => Some((1.0 / g.logits) as f32),
+            (_, Some(scale), _) if scale != 1.0 => Some(scale as f32),
+            (_, _, Some(f)) if f.lm_head != 1.0 => Some(f.lm_head as f32),
             _ => None,
         };
         let attention = AttentionShape {
@@ -1118,7 +1160,7 @@ impl<B: Backend> LlamaModel<B> {
         state_slots: usize,
     ) -> KvCacheSpec {
         KvCacheSpec {
-            num_layers: self.config.num_layers,
+            num_layers: self.config.cache_layers(),
             num_blocks,
             block_size,
             num_kv_heads: self.attention.num_kv_heads,
@@ -1140,6 +1182,10 @@ impl<B: Backend> LlamaModel<B> {
                     let selective = layer.selective.as_ref().map(|s| s.shape.slot_values());
                     mamba.or(delta).or(selective).map(|values| (i, values))
                 })
+                .chain(self.layers.iter().filter_map(|layer| {
+                    let beside = layer.parallel_mixer.as_ref()?;
+                    Some((beside.cache_layer, beside.mixer.shape.slot_values()))
+                }))
                 .collect(),
             state_slots,
         }
@@ -1459,13 +1505,32 @@ impl<B: Backend> LlamaModel<B> {
                     qkv
                 }
             };
-            let attn = self.attention_block(be, layer, i, qkv, meta, cache)?;
-            let attn = adapt(
-                be.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?,
-                &attn,
-                i,
-                Site::O,
-            )?;
+            let attn = match &layer.parallel_mixer {
+                // Falcon-H1: the attention's and the mixer's outputs, added.
+                Some(beside) => {
+                    let widths = [
+                        beside.attention_width,
+                        beside.mixer.shape.projection_width(),
+                    ];
+                    let mut parts = be.split_columns(&qkv, &widths)?.into_iter();
+                    let (Some(qkv), Some(zxbcdt)) = (parts.next(), parts.next()) else {
+                        anyhow::bail!("split_columns returned fewer than two parts");
+                    };
+                    let attn = self.attention_block(be, layer, i, qkv, meta, cache)?;
+                    let attn = be.linear(&attn, &layer.o_proj, None)?;
+                    let mixed = beside.forward(be, &zxbcdt, cache, meta)?;
+                    be.add_tensors(&attn, &mixed)?
+                }
+                None => {
+                    let attn = self.attention_block(be, layer, i, qkv, meta, cache)?;
+                    adapt(
+                        be.linear(&attn, &layer.o_proj, layer.o_bias.as_ref())?,
+                        &attn,
+                        i,
+                        Site::O,
+                    )?
+                }
+            };
             let attn = comm.all_reduce_sum(be, attn)?;
             let residual_in = residual.take().expect("set above");
             // A layer without an MLP: its block's output joins the stream in the next add.

@@ -382,6 +382,12 @@ fn dummy_adapter(config: &ModelConfig, rank: usize) -> Result<(AdapterConfig, Mo
 
 /// A PEFT adapter directory's config and its modules' `A` and `B`.
 fn read_adapter(config: &ModelConfig, dir: &Path) -> Result<(AdapterConfig, Modules)> {
+    // Its fused projections hold a mixer's rows and its multipliers are folded piece by
+    // piece, which the adapter placement does not follow.
+    anyhow::ensure!(
+        config.falcon_h1.is_none(),
+        "LoRA adapters on Falcon-H1 are not supported"
+    );
     let adapter = AdapterConfig::read(dir)?;
     let file = dir.join("adapter_model.safetensors");
     anyhow::ensure!(

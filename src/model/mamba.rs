@@ -25,6 +25,9 @@ pub struct MambaLayers {
     /// A pure Mamba-2 model (`Mamba2ForCausalLM`): each layer is its norm and mixer, no
     /// MLP.
     pub without_mlp: bool,
+    /// Falcon-H1: each mixer runs beside its layer's attention instead of replacing it
+    /// (`model/falcon_h1.rs`).
+    pub parallel: bool,
 }
 
 impl MambaLayers {
@@ -33,8 +36,14 @@ impl MambaLayers {
         self.layers.get(i).copied().unwrap_or(false)
     }
 
-    /// The mixers of a Bamba or Granite 4.0 hybrid config (`mamba_*` keys, transformers'
-    /// defaults); `mixer_layers` marks the mixers.
+    /// Whether layer `i` is a mixer in place of attention (not beside it).
+    pub fn replaces_attention(&self, i: usize) -> bool {
+        self.is_mamba(i) && !self.parallel
+    }
+
+    /// The mixers of a Bamba, Granite 4.0 hybrid or Falcon-H1 config (`mamba_*` keys,
+    /// transformers' defaults; `mamba_d_ssm`, where a number, overrides the inner width);
+    /// `mixer_layers` marks the mixers.
     pub fn from_config(value: &Value, hidden: usize, mixer_layers: Vec<bool>) -> Result<Self> {
         let number =
             |k: &str, default: u64| value.get(k).and_then(Value::as_u64).unwrap_or(default);
@@ -48,11 +57,14 @@ impl MambaLayers {
             .get("mamba_expand")
             .and_then(Value::as_f64)
             .unwrap_or(2.0);
-        let inner = (expand * hidden as f64) as usize;
+        let inner = value
+            .get("mamba_d_ssm")
+            .and_then(Value::as_u64)
+            .map_or((expand * hidden as f64) as usize, |d| d as usize);
         let heads = number("mamba_n_heads", 128) as usize;
         anyhow::ensure!(
             heads > 0 && inner.is_multiple_of(heads),
-            "mamba_n_heads ({heads}) must divide mamba_expand * hidden_size ({inner})"
+            "mamba_n_heads ({heads}) must divide the inner width {inner}"
         );
         // "auto" (or absent): the inner width split over the heads.
         let head_dim = value
@@ -97,6 +109,7 @@ impl MambaLayers {
             // vLLM) does; transformers' eager path averages over the whole width, which is
             // the same for one group.
             norm_group: inner / groups,
+            normed: flag("mamba_rms_norm", true),
             norm_eps: eps,
             dt_min,
             dt_max,
@@ -107,6 +120,7 @@ impl MambaLayers {
             layers: mixer_layers,
             conv_bias: flag("mamba_conv_bias", true),
             without_mlp: false,
+            parallel: false,
         })
     }
 }
@@ -149,11 +163,31 @@ pub fn load_mixer<B: Backend>(
 ) -> Result<(MambaMixer<B>, B::Tensor, B::Tensor)> {
     let sh = mamba.shape;
     let name = |n: &str| format!("{prefix}.mamba.{n}");
-    let (inner, conv_dim) = (sh.inner(), sh.conv_dim());
-    let width = sh.projection_width();
-    let in_proj = load(be, src, &name("in_proj.weight"), &[width, hidden], dtype)?;
-    let out_part = rows_part(name("out_proj.weight"), vec![hidden, inner], 0..hidden);
+    let in_proj = load(
+        be,
+        src,
+        &name("in_proj.weight"),
+        &[sh.projection_width(), hidden],
+        dtype,
+    )?;
+    let out_part = rows_part(name("out_proj.weight"), vec![hidden, sh.inner()], 0..hidden);
     let out_proj = load_stacked(be, src, &[out_part.scaled(out_scale)], dtype)?;
+    let mixer = load_mixer_params(be, src, prefix, mamba, dtype)?;
+    Ok((mixer, in_proj, out_proj))
+}
+
+/// Layer `prefix`'s mixer parameters (`{prefix}.mamba.*` but the projections); a norm
+/// weight of ones where the mixer has no norm (unread).
+pub fn load_mixer_params<B: Backend>(
+    be: &B,
+    src: &dyn WeightSource,
+    prefix: &str,
+    mamba: &MambaLayers,
+    dtype: DType,
+) -> Result<MambaMixer<B>> {
+    let sh = mamba.shape;
+    let name = |n: &str| format!("{prefix}.mamba.{n}");
+    let (inner, conv_dim) = (sh.inner(), sh.conv_dim());
     let kernel = src
         .tensor(&name("conv1d.weight"), &[conv_dim, 1, sh.taps], dtype)?
         .reshape((conv_dim, sh.taps))?;
@@ -170,16 +204,24 @@ pub fn load_mixer<B: Backend>(
             .to_dtype(candle_core::DType::F32)?)
     };
     let a = per_head("A_log")?.exp()?.neg()?;
-    let mixer = MambaMixer {
+    let norm = if sh.normed {
+        load(be, src, &name("norm.weight"), &[inner], dtype)?
+    } else {
+        be.upload(candle_core::Tensor::ones(
+            inner,
+            dtype.to_candle(),
+            &candle_core::Device::Cpu,
+        )?)?
+    };
+    Ok(MambaMixer {
         shape: sh,
         conv_weight: be.upload(kernel)?,
         conv_bias,
         dt_bias: be.upload(per_head("dt_bias")?)?,
         a: be.upload(a)?,
         d: be.upload(per_head("D")?)?,
-        norm: load(be, src, &name("norm.weight"), &[inner], dtype)?,
-    };
-    Ok((mixer, in_proj, out_proj))
+        norm,
+    })
 }
 
 /// `value` (a Bamba config.json) as kiln's loader reads it: BambaConfig fixes its rotary

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod detokenizer;
 pub mod expanded_weights;
 pub mod falcon;
+pub mod falcon_h1;
 pub mod fp8;
 pub mod gbnf;
 pub mod gpt2;

@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 23] = [
+pub const PRESETS: [(&str, &str); 24] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -95,6 +95,10 @@ pub const PRESETS: [(&str, &str); 23] = [
         "jamba-mini-1.5",
         include_str!("../../models/presets/jamba-mini-1.5.json"),
     ),
+    (
+        "falcon-h1-0.5b",
+        include_str!("../../models/presets/falcon-h1-0.5b.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -148,6 +152,7 @@ mod tests {
                 "falcon-mamba-7b" => 7.27,
                 // AI21's 52B.
                 "jamba-mini-1.5" => 51.6,
+                "falcon-h1-0.5b" => 0.52,
                 _ => unreachable!(),
             };
             assert!(

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 82] = [
+pub const ARCHS: [&str; 83] = [
     "llama",
     "llama31",
     "mistral",
@@ -90,10 +90,12 @@ pub const ARCHS: [&str; 82] = [
     "mamba",
     "falcon_mamba",
     "jamba",
+    "falcon_h1",
 ];
 
 /// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
-/// norms span every head, the Mamba-2 models, whose mixers' gated norms do, and the Mamba-1
+/// norms span every head, the Mamba-2 models (Falcon-H1 too), whose mixers' gated norms do
+/// (kiln does not split their heads yet), and the Mamba-1
 /// ones, whose `x_proj` reads every channel (they refuse tensor parallelism with a clear
 /// error instead).
 pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
@@ -110,6 +112,7 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
                 | "mamba"
                 | "falcon_mamba"
                 | "jamba"
+                | "falcon_h1"
         )
     })
 }

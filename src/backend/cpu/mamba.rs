@@ -123,13 +123,21 @@ fn scan(xbc: &[f32], rows: &[f32], state: &mut [f32], p: &HostMambaParams, y: &m
     }
 }
 
-/// `norm * rms_norm(y * silu(z))` over groups of `norm_group` values, rounded to `dtype`.
+/// `norm * rms_norm(y * silu(z))` over groups of `norm_group` values, rounded to `dtype`;
+/// `y * silu(z)` where the shape is not normed (the SiLU rounded to the dtype first, as
+/// transformers' Falcon-H1 computes it).
 fn gated_norm(y: &[f32], zxbcdt: &[f32], p: &HostMambaParams, dtype: DType) -> Vec<f32> {
     let sh = &p.shape;
     let (inner, width, group) = (sh.inner(), sh.projection_width(), sh.norm_group);
     let mut out = vec![0.0f32; y.len()];
     for t in 0..y.len() / inner.max(1) {
         let z = &zxbcdt[t * width..t * width + inner];
+        if !sh.normed {
+            for i in 0..inner {
+                out[t * inner + i] = dtype.round(y[t * inner + i] * dtype.round(silu(z[i])));
+            }
+            continue;
+        }
         let gated: Vec<f32> = (0..inner).map(|i| y[t * inner + i] * silu(z[i])).collect();
         for (g0, chunk) in gated.chunks(group).enumerate() {
             let mean = chunk.iter().map(|v| v * v).sum::<f32>() / group as f32;

@@ -79,6 +79,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
             "mamba_conv_window",
             "mamba_scan",
             "mamba_gated_norm",
+            "mamba_gate",
         ],
     },
     KernelFile {

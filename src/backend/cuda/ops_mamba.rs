@@ -261,8 +261,31 @@ impl CudaDevice {
         // past the states' are skipped in the kernel.
         unsafe { args.launch(config) }.context("mamba_scan launch")?;
 
-        let group_i = i32_of(sh.norm_group, "norm group")?;
         let inner_i = i32_of(inner, "mamba inner width")?;
+        if !sh.normed {
+            let gate = self.kernels().get("mamba_gate", dtype)?;
+            let mut args = self.stream().launch_builder(gate);
+            args.arg(out.data_mut())
+                .arg(scratch.y.data())
+                .arg(zxbcdt.data())
+                .arg(batch.slot_mapping)
+                .arg(&width_i)
+                .arg(&inner_i);
+            let threads = 256u32;
+            let config = LaunchConfig {
+                grid_dim: (
+                    as_i32(n, "mamba tokens")? as u32,
+                    inner.div_ceil(threads as usize) as u32,
+                    1,
+                ),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches kernels/mamba.cu; shapes checked above.
+            unsafe { args.launch(config) }.context("mamba_gate launch")?;
+            return Ok(());
+        }
+        let group_i = i32_of(sh.norm_group, "norm group")?;
         let norm = self.kernels().get("mamba_gated_norm", dtype)?;
         let mut args = self.stream().launch_builder(norm);
         args.arg(out.data_mut())

@@ -1,5 +1,6 @@
-//! Selftest case of the Mamba-2 mixer (`kernels/mamba.cu`) at Granite-4.0-H's head shape
-//! (heads of 64 x a state of 128, one B / C group): the output and the state slots (states
+//! Selftest cases of the Mamba-2 mixer (`kernels/mamba.cu`) at Granite-4.0-H's head shape
+//! (heads of 64 x a state of 128, one B / C group, the gated norm) and Falcon-H1-0.5B's (24
+//! heads, the gate without the norm): the output and the state slots (states
 //! and convolution windows) after a serving step (decode rows at the first positions and deep in a
 //! sequence, a prefill chunk resuming a state, a fresh prompt, a padding token; sequences
 //! holding shuffled slots of a larger pool), against the CPU backend's host implementation,
@@ -15,17 +16,29 @@ use crate::backend::mamba::{MambaParams, MambaShape};
 use anyhow::Result;
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
-    let shape = MambaShape {
+    let granite = MambaShape {
         heads: 16,
         head_dim: 64,
         state: 128,
         groups: 1,
         taps: 4,
         norm_group: 1024,
+        normed: true,
         norm_eps: 1e-5,
         dt_min: 0.0,
         dt_max: f32::INFINITY,
     };
+    let falcon_h1 = MambaShape {
+        heads: 24,
+        norm_group: 1536,
+        normed: false,
+        ..granite
+    };
+    run_shape(s, dtype, granite)?;
+    run_shape(s, dtype, falcon_h1)
+}
+
+fn run_shape(s: &mut Suite<'_>, dtype: DType, shape: MambaShape) -> Result<()> {
     let block_size = 16;
     let seqs = [
         (1usize, 1usize),
@@ -114,11 +127,12 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     gpu.extend(states.to_f32(dev)?);
     expected.extend(&host_cache.v[0]);
     let what = format!(
-        "{n} tok of {} seqs, {} heads x {} x {}",
+        "{n} tok of {} seqs, {} heads x {} x {}{}",
         seqs.len(),
         shape.heads,
         shape.head_dim,
-        shape.state
+        shape.state,
+        if shape.normed { "" } else { ", no norm" }
     );
     let row = s.check(
         "mamba_mixer",
