@@ -188,6 +188,13 @@ done
 step tp4_qwen2_float32 60 yes tp4_qwen2_float32.json -- \
     "$KILN" check-reference --model "$FIXTURES/qwen2" --device cuda \
     --tensor-parallel-size 4 --dtype float32 --block-size 4 --json
+# Recurrent mixers split by heads (their state slots per rank): Mamba-2 beside attention,
+# Mamba-2 with its gated norm's groups whole, the gated delta rule.
+for case in falcon_h1:4 mamba2:2 qwen3_next:2; do
+    step "tp${case#*:}_${case%%:*}_float32" 60 yes "tp${case#*:}_${case%%:*}_float32.json" -- \
+        "$KILN" check-reference --model "$FIXTURES/${case%%:*}" --device cuda \
+        --tensor-parallel-size "${case#*:}" --dtype float32 --block-size 4 --json
+done
 step tp2_mistral_host 60 yes tp2_mistral_host.json -- \
     "$KILN" check-reference --model "$FIXTURES/mistral" --device cuda \
     --tensor-parallel-size 2 --all-reduce host --dtype float32 --block-size 4 --json

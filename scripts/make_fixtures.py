@@ -1872,9 +1872,9 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 tie_word_embeddings=False,
             ),
         ),
-        # Falcon-H1: attention (4 heads of 16, 2 KV heads) beside a Mamba-2 mixer (6 heads of
-        # 16: mamba_d_ssm 96, not expand * hidden; 2 groups of B / C, a state of 16, the gate
-        # without the norm) in each of 3 layers; Falcon-H1-0.5B's multipliers (the embedding's,
+        # Falcon-H1: attention (8 heads of 8, 2 KV heads) beside a Mamba-2 mixer (8 heads of
+        # 12: mamba_d_ssm 96, not expand * hidden; 2 groups of B / C, a state of 16, the gate
+        # without the norm) in each of 3 layers (shards 2, 4 and 8 ways); Falcon-H1-0.5B's multipliers (the embedding's,
         # keys', each block's in and out, the in-projection's five pieces, the MLP's; the
         # head's below). A chunk of 8 in transformers' SSD algorithm.
         "falcon_h1": (
@@ -1884,15 +1884,15 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
                 hidden_size=64,
                 intermediate_size=128,
                 num_hidden_layers=3,
-                num_attention_heads=4,
+                num_attention_heads=8,
                 num_key_value_heads=2,
-                head_dim=16,
+                head_dim=8,
                 max_position_embeddings=256,
                 rms_norm_eps=1e-5,
                 rope_theta=1e11,
                 mamba_d_ssm=96,
-                mamba_n_heads=6,
-                mamba_d_head=16,
+                mamba_n_heads=8,
+                mamba_d_head=12,
                 mamba_n_groups=2,
                 mamba_d_state=16,
                 mamba_d_conv=4,

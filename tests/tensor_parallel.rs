@@ -106,27 +106,42 @@ fn prefill(prompts: &[&[u32]]) -> StepInput {
 #[test]
 fn sharded_logits_equal_one_rank_for_every_architecture_and_size() {
     for arch in shardable_archs() {
-        let r = reference(arch);
-        let prompts: Vec<&[u32]> = r.prompts.iter().map(|p| p.prompt_ids.as_slice()).collect();
-        let input = prefill(&prompts);
-        let expected = single_runner(arch, "float32")
+        assert_shards_like_one_rank(arch, &[2, 4, 8]);
+    }
+}
+
+/// Mamba-2 mixers with a gated norm split only into whole B / C groups: two ways for
+/// these fixtures' two groups (Falcon-H1's, without the norm, split 2, 4 and 8 ways above).
+#[test]
+fn normed_mamba_mixers_shard_by_whole_groups() {
+    for arch in ["bamba", "mamba2", "granitemoehybrid_moe"] {
+        assert_shards_like_one_rank(arch, &[2]);
+    }
+}
+
+/// The fixture's prompts' last logits on `worlds` ranks equal one rank's (f32 rounding) and
+/// transformers'.
+fn assert_shards_like_one_rank(arch: &str, worlds: &[usize]) {
+    let r = reference(arch);
+    let prompts: Vec<&[u32]> = r.prompts.iter().map(|p| p.prompt_ids.as_slice()).collect();
+    let input = prefill(&prompts);
+    let expected = single_runner(arch, "float32")
+        .execute(&input)
+        .unwrap()
+        .logits;
+    for &world in worlds {
+        let got = tp_runner(arch, "float32", world)
             .execute(&input)
             .unwrap()
             .logits;
-        for world in [2, 4, 8] {
-            let got = tp_runner(arch, "float32", world)
-                .execute(&input)
-                .unwrap()
-                .logits;
-            // Row-parallel sums add the same products in another order: f32 rounding only.
-            let diff = max_abs_diff(&got, &expected);
-            assert!(diff < 1e-4, "{arch} TP={world}: max abs logit diff {diff}");
-            // And against transformers, as TP = 1 is checked in hf_reference.rs.
-            let vocab = got.len() / prompts.len();
-            for (p, row) in r.prompts.iter().zip(got.chunks(vocab)) {
-                let diff = max_abs_diff(row, &p.last_logits);
-                assert!(diff < 1e-3, "{arch} TP={world} vs transformers: {diff}");
-            }
+        // Row-parallel sums add the same products in another order: f32 rounding only.
+        let diff = max_abs_diff(&got, &expected);
+        assert!(diff < 1e-4, "{arch} TP={world}: max abs logit diff {diff}");
+        // And against transformers, as TP = 1 is checked in hf_reference.rs.
+        let vocab = got.len() / prompts.len();
+        for (p, row) in r.prompts.iter().zip(got.chunks(vocab)) {
+            let diff = max_abs_diff(row, &p.last_logits);
+            assert!(diff < 1e-3, "{arch} TP={world} vs transformers: {diff}");
         }
     }
 }
@@ -490,10 +505,17 @@ fn sharded_recurrent_models_run_without_prefix_caching() {
 }
 
 #[test]
-fn a_model_with_mamba_mixers_refuses_tensor_parallelism() {
-    for arch in ["bamba", "granitemoehybrid", "mamba", "jamba", "falcon_h1"] {
-        let err = match TpRunner::start(spec(arch, "float32", host_comms(2)), |_| Ok(NUM_BLOCKS)) {
-            Ok(_) => panic!("{arch} was sharded"),
+fn mamba_mixers_that_would_split_a_norm_or_x_proj_refuse_tensor_parallelism() {
+    // One B / C group under a gated norm (Granite 4.0-H's), two groups four ways, Mamba-1.
+    for (arch, world) in [
+        ("granitemoehybrid", 2),
+        ("bamba", 4),
+        ("mamba", 2),
+        ("jamba", 2),
+    ] {
+        let start = TpRunner::start(spec(arch, "float32", host_comms(world)), |_| Ok(NUM_BLOCKS));
+        let err = match start {
+            Ok(_) => panic!("{arch} was sharded {world} ways"),
             Err(e) => format!("{e:#}"),
         };
         assert!(err.contains("Mamba mixers"), "{arch}: {err}");

@@ -14,6 +14,8 @@
 //! rolled back, so these models run without prefix caching and refuse speculative
 //! decoding.
 
+use std::ops::Range;
+
 /// A mixer's dimensions on this device.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MambaShape {
@@ -68,6 +70,54 @@ impl MambaShape {
         self.state_values() + self.window_values()
     }
 
+    /// The shape of a tensor-parallel rank holding heads `heads` (an even share: whole B / C
+    /// groups, or part of one group's heads), and the groups those heads read. A rank
+    /// without the norm norms nothing, so its norm group is its own width.
+    pub fn shard(&self, heads: &Range<usize>) -> (MambaShape, Range<usize>) {
+        let per_group = self.heads / self.groups;
+        let groups = heads.start / per_group..(heads.end - 1) / per_group + 1;
+        let mut shape = MambaShape {
+            heads: heads.len(),
+            groups: groups.len(),
+            ..*self
+        };
+        if !self.normed {
+            shape.norm_group = shape.inner();
+        }
+        (shape, groups)
+    }
+
+    /// The in-projection's rows of heads `heads` and groups `groups`: its z, x, B, C and dt
+    /// pieces, in that order (the whole projection for every head and group).
+    pub fn projection_rows(
+        &self,
+        heads: &Range<usize>,
+        groups: &Range<usize>,
+    ) -> [Range<usize>; 5] {
+        let [x, b, c] = self.conv_channels(heads, groups);
+        let inner = self.inner();
+        let shift = |r: &Range<usize>, by: usize| r.start + by..r.end + by;
+        [
+            shift(&x, 0),
+            shift(&x, inner),
+            shift(&b, inner),
+            shift(&c, inner),
+            shift(heads, inner + self.conv_dim()),
+        ]
+    }
+
+    /// The convolution's channels of heads `heads` and groups `groups`: x, B and C.
+    pub fn conv_channels(&self, heads: &Range<usize>, groups: &Range<usize>) -> [Range<usize>; 3] {
+        let (hd, n) = (self.head_dim, self.state);
+        let b = self.inner() + groups.start * n..self.inner() + groups.end * n;
+        let c_at = self.groups * n;
+        [
+            heads.start * hd..heads.end * hd,
+            b.clone(),
+            b.start + c_at..b.end + c_at,
+        ]
+    }
+
     /// Checks the dimensions divide as the kernels need.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -116,4 +166,52 @@ pub fn step_size(raw: f32, bias: f32, shape: &MambaShape) -> f32 {
 /// SiLU in f32.
 pub fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(heads: usize, groups: usize, normed: bool) -> MambaShape {
+        MambaShape {
+            heads,
+            head_dim: 4,
+            state: 2,
+            groups,
+            taps: 4,
+            normed,
+            norm_group: heads * 4 / groups,
+            norm_eps: 1e-5,
+            dt_min: 0.0,
+            dt_max: f32::INFINITY,
+        }
+    }
+
+    #[test]
+    fn a_rank_reads_its_heads_rows_and_the_groups_they_read() {
+        // 8 heads in 2 groups, 4 ranks: rank 2 holds heads 4..6, inside group 1.
+        let full = shape(8, 2, false);
+        let (local, groups) = full.shard(&(4..6));
+        assert_eq!(groups, 1..2);
+        assert_eq!((local.heads, local.groups, local.norm_group), (2, 1, 8));
+        local.validate().unwrap();
+        // inner 32, B and C 2 groups x 2 each: z at 0, x at 32, B at 64, C at 68, dt at 72.
+        assert_eq!(
+            full.projection_rows(&(4..6), &groups),
+            [16..24, 48..56, 66..68, 70..72, 76..78]
+        );
+        assert_eq!(
+            full.conv_channels(&(4..6), &groups),
+            [16..24, 34..36, 38..40]
+        );
+        // Every head and group: the whole projection, piece by piece, in order.
+        let all = full.projection_rows(&(0..8), &(0..2));
+        assert_eq!(all[0].start, 0);
+        assert!(all.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(all[4].end, full.projection_width());
+        // Normed, 2 ranks: whole groups, the norm group unchanged.
+        let (local, groups) = shape(8, 2, true).shard(&(4..8));
+        assert_eq!((groups, local.groups, local.norm_group), (1..2, 1, 16));
+        local.validate().unwrap();
+    }
 }

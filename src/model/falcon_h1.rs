@@ -12,12 +12,13 @@
 //! recurrent state lives in a cache layer of its own after the model's attention layers
 //! ([`ParallelMixer::cache_layer`]).
 
-use super::llama::{load_stacked, rows_part, Part};
-use super::mamba::{load_mixer_params, MambaLayers, MambaMixer};
+use super::llama::{load_stacked, Part};
+use super::mamba::{in_proj_parts, load_mixer_params, out_proj_part, MambaLayers, MambaMixer};
 use super::weights::WeightSource;
 use crate::backend::{Backend, DType};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+use std::ops::Range;
 
 /// Falcon-H1's µP multipliers (FalconH1Config's names; 1 where a config leaves one out).
 #[derive(Clone, Debug, PartialEq)]
@@ -148,50 +149,41 @@ impl<B: Backend> ParallelMixer<B> {
     }
 }
 
-/// The mixer's `in_proj` rows of layer `prefix`, each piece (z, x, B, C, dt) scaled by its
-/// multiplier times the input multiplier.
-pub(super) fn in_proj_parts(
+/// Layer `prefix`'s fused projection parts: q, k and v (this rank's `q_k_v` parts, scaled)
+/// then the mixer's `in_proj` rows of heads `heads`, each piece (z, x, B, C, dt) scaled by
+/// its multiplier times the input multiplier.
+pub(super) fn projection_parts(
+    q_k_v: Vec<Part>,
     prefix: &str,
-    hidden: usize,
-    m: &MambaLayers,
-    s: &FalconH1Scales,
+    (hidden, mamba, scales): (usize, &MambaLayers, &FalconH1Scales),
+    heads: &Range<usize>,
 ) -> Vec<Part> {
-    let sh = &m.shape;
-    let (inner, bc) = (sh.inner(), sh.groups * sh.state);
-    let name = format!("{prefix}.mamba.in_proj.weight");
-    let shape = vec![sh.projection_width(), hidden];
-    let widths = [inner, inner, bc, bc, sh.heads];
-    let mut start = 0;
-    widths
-        .iter()
-        .zip(s.ssm)
-        .map(|(&width, factor)| {
-            let part = rows_part(name.clone(), shape.clone(), start..start + width);
-            start += width;
-            part.scaled(factor * s.ssm_in)
-        })
-        .collect()
+    let mut parts: Vec<Part> = q_k_v
+        .into_iter()
+        .zip(scales.qkv())
+        .map(|(part, factor)| part.scaled(factor))
+        .collect();
+    let factors = scales.ssm.map(|f| f * scales.ssm_in);
+    parts.extend(in_proj_parts(prefix, hidden, &mamba.shape, heads, factors));
+    parts
 }
 
-/// Layer `prefix`'s mixer beside its attention (`attention_width` columns of q, k and v
-/// before its own in the fused projection), for cache layer `cache_layer`.
+/// Layer `prefix`'s mixer beside its attention, its heads `heads` (`attention_width`
+/// columns of q, k and v before its own in the fused projection), for cache layer
+/// `cache_layer`.
 pub fn load_parallel_mixer<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
     prefix: &str,
     (hidden, mamba, scales): (usize, &MambaLayers, &FalconH1Scales),
+    heads: &Range<usize>,
     (attention_width, cache_layer): (usize, usize),
     dtype: DType,
 ) -> Result<ParallelMixer<B>> {
-    let inner = mamba.shape.inner();
-    let out = rows_part(
-        format!("{prefix}.mamba.out_proj.weight"),
-        vec![hidden, inner],
-        0..hidden,
-    );
+    let out = out_proj_part(prefix, hidden, &mamba.shape, heads).scaled(scales.ssm_out);
     Ok(ParallelMixer {
-        mixer: load_mixer_params(be, src, prefix, mamba, dtype)?,
-        out_proj: load_stacked(be, src, &[out.scaled(scales.ssm_out)], dtype)?,
+        mixer: load_mixer_params(be, src, prefix, mamba, heads, dtype)?,
+        out_proj: load_stacked(be, src, &[out], dtype)?,
         cache_layer,
         attention_width,
     })

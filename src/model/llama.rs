@@ -792,9 +792,16 @@ impl<B: Backend> LlamaModel<B> {
             // Mamba mixers too.
             let (mamba, latent_qkv, latent_o) = match &c.mamba {
                 Some(m) if m.replaces_attention(i) => {
-                    let (mixer, in_proj, out_proj) =
-                        load_mixer(be, src, &p, (h, m), residual_scale, dtype)
-                            .with_context(|| format!("loading the Mamba mixer of {p}"))?;
+                    let (mixer, in_proj, out_proj) = load_mixer(
+                        be,
+                        src,
+                        &p,
+                        (h, m),
+                        &layout.mamba_heads,
+                        residual_scale,
+                        dtype,
+                    )
+                    .with_context(|| format!("loading the Mamba mixer of {p}"))?;
                     (Some(mixer), Some(in_proj), Some(out_proj))
                 }
                 _ => (None, latent_qkv, latent_o),
@@ -833,21 +840,23 @@ impl<B: Backend> LlamaModel<B> {
                     let attention_width = q_cols.len() + 2 * kv_cols.len();
                     let cache_layer = c.num_layers + parallel_mixers;
                     parallel_mixers += 1;
+                    let heads = &layout.mamba_heads;
                     let mixer = load_parallel_mixer(
                         be,
                         src,
                         &p,
                         (h, m, scales),
+                        heads,
                         (attention_width, cache_layer),
                         dtype,
                     )
                     .with_context(|| format!("loading the Mamba mixer of {p}"))?;
-                    let mut parts: Vec<Part> = qkv_parts("weight")
-                        .into_iter()
-                        .zip(scales.qkv())
-                        .map(|(part, factor)| part.scaled(factor))
-                        .collect();
-                    parts.extend(super::falcon_h1::in_proj_parts(&p, h, m, scales));
+                    let parts = super::falcon_h1::projection_parts(
+                        qkv_parts("weight"),
+                        &p,
+                        (h, m, scales),
+                        heads,
+                    );
                     let qkv = load_stacked(be, src, &parts, dtype)?;
                     (Some(mixer), Some(qkv))
                 }

@@ -9,12 +9,13 @@
 //! between); the recurrent state lives in the paged cache ([`crate::backend::mamba`]).
 
 use super::config::layer_types_marking;
-use super::llama::{load, load_stacked, rows_part};
+use super::llama::{cols_part, load_stacked, rows_part, Part};
 use super::weights::{layer_part, renamed_part, RenamedWeights, WeightSource};
 use crate::backend::mamba::{MambaParams, MambaShape};
 use crate::backend::{Backend, DType};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+use std::ops::Range;
 
 /// Which layers are mixers, and their shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,64 +152,111 @@ impl<B: Backend> MambaMixer<B> {
     }
 }
 
-/// Layer `prefix`'s mixer (`{prefix}.mamba.*`): its parameters, `in_proj` (the layer's
-/// fused projection) and `out_proj` scaled by `out_scale` (Granite's residual multiplier).
+/// Layer `prefix`'s mixer (`{prefix}.mamba.*`), its heads `heads` (all of them, or a
+/// tensor-parallel rank's): its parameters, `in_proj` (the layer's fused projection) and
+/// `out_proj` scaled by `out_scale` (Granite's residual multiplier).
 pub fn load_mixer<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
     prefix: &str,
     (hidden, mamba): (usize, &MambaLayers),
+    heads: &Range<usize>,
     out_scale: f64,
     dtype: DType,
 ) -> Result<(MambaMixer<B>, B::Tensor, B::Tensor)> {
-    let sh = mamba.shape;
-    let name = |n: &str| format!("{prefix}.mamba.{n}");
-    let in_proj = load(
+    let parts = in_proj_parts(prefix, hidden, &mamba.shape, heads, [1.0; 5]);
+    let in_proj = load_stacked(be, src, &parts, dtype)?;
+    let out_proj = load_stacked(
         be,
         src,
-        &name("in_proj.weight"),
-        &[sh.projection_width(), hidden],
+        &[out_proj_part(prefix, hidden, &mamba.shape, heads).scaled(out_scale)],
         dtype,
     )?;
-    let out_part = rows_part(name("out_proj.weight"), vec![hidden, sh.inner()], 0..hidden);
-    let out_proj = load_stacked(be, src, &[out_part.scaled(out_scale)], dtype)?;
-    let mixer = load_mixer_params(be, src, prefix, mamba, dtype)?;
+    let mixer = load_mixer_params(be, src, prefix, mamba, heads, dtype)?;
     Ok((mixer, in_proj, out_proj))
 }
 
-/// Layer `prefix`'s mixer parameters (`{prefix}.mamba.*` but the projections); a norm
-/// weight of ones where the mixer has no norm (unread).
+/// The `in_proj` rows of heads `heads` of layer `prefix`'s mixer (full shape `sh`) and the
+/// B / C groups they read, each piece (z, x, B, C, dt) scaled by its factor; one part for
+/// the whole unscaled projection.
+pub(super) fn in_proj_parts(
+    prefix: &str,
+    hidden: usize,
+    sh: &MambaShape,
+    heads: &Range<usize>,
+    factors: [f64; 5],
+) -> Vec<Part> {
+    let name = format!("{prefix}.mamba.in_proj.weight");
+    let shape = vec![sh.projection_width(), hidden];
+    if heads.len() == sh.heads && factors == [1.0; 5] {
+        return vec![rows_part(name, shape, 0..sh.projection_width())];
+    }
+    let (_, groups) = sh.shard(heads);
+    sh.projection_rows(heads, &groups)
+        .into_iter()
+        .zip(factors)
+        .map(|(rows, factor)| rows_part(name.clone(), shape.clone(), rows).scaled(factor))
+        .collect()
+}
+
+/// The `out_proj` columns of heads `heads` of layer `prefix`'s mixer (full shape `sh`).
+pub(super) fn out_proj_part(
+    prefix: &str,
+    hidden: usize,
+    sh: &MambaShape,
+    heads: &Range<usize>,
+) -> Part {
+    cols_part(
+        format!("{prefix}.mamba.out_proj.weight"),
+        vec![hidden, sh.inner()],
+        heads.start * sh.head_dim..heads.end * sh.head_dim,
+    )
+}
+
+/// Layer `prefix`'s mixer parameters (`{prefix}.mamba.*` but the projections) for heads
+/// `heads` and the groups they read; a norm weight of ones where the mixer has no norm
+/// (unread).
 pub fn load_mixer_params<B: Backend>(
     be: &B,
     src: &dyn WeightSource,
     prefix: &str,
     mamba: &MambaLayers,
+    heads: &Range<usize>,
     dtype: DType,
 ) -> Result<MambaMixer<B>> {
-    let sh = mamba.shape;
+    let full = mamba.shape;
+    let (sh, groups) = full.shard(heads);
     let name = |n: &str| format!("{prefix}.mamba.{n}");
-    let (inner, conv_dim) = (sh.inner(), sh.conv_dim());
-    let kernel = src
-        .tensor(&name("conv1d.weight"), &[conv_dim, 1, sh.taps], dtype)?
-        .reshape((conv_dim, sh.taps))?;
+    let channels = full.conv_channels(heads, &groups);
+    // This rank's x, B and C channels of a `[conv_dim, ..]` tensor, read on the host.
+    let channel_rows = |n: &str, shape: Vec<usize>| -> Result<candle_core::Tensor> {
+        let parts: Vec<candle_core::Tensor> = channels
+            .iter()
+            .map(|rows| rows_part(name(n), shape.clone(), rows.clone()).read(src, dtype))
+            .collect::<Result<_>>()?;
+        Ok(candle_core::Tensor::cat(&parts, 0)?)
+    };
+    let kernel = channel_rows("conv1d.weight", vec![full.conv_dim(), 1, full.taps])?
+        .reshape((sh.conv_dim(), sh.taps))?;
     let conv_bias = if mamba.conv_bias {
-        Some(load(be, src, &name("conv1d.bias"), &[conv_dim], dtype)?)
+        Some(be.upload(channel_rows("conv1d.bias", vec![full.conv_dim()])?)?)
     } else {
         None
     };
     // Per-head parameters in f32, as the kernels read them (the checkpoint's values rounded
     // to the model dtype first, as transformers holds them).
     let per_head = |n: &str| -> Result<candle_core::Tensor> {
-        Ok(src
-            .tensor(&name(n), &[sh.heads], dtype)?
+        Ok(rows_part(name(n), vec![full.heads], heads.clone())
+            .read(src, dtype)?
             .to_dtype(candle_core::DType::F32)?)
     };
     let a = per_head("A_log")?.exp()?.neg()?;
     let norm = if sh.normed {
-        load(be, src, &name("norm.weight"), &[inner], dtype)?
+        let part = rows_part(name("norm.weight"), vec![full.inner()], channels[0].clone());
+        load_stacked(be, src, &[part], dtype)?
     } else {
         be.upload(candle_core::Tensor::ones(
-            inner,
+            sh.inner(),
             dtype.to_candle(),
             &candle_core::Device::Cpu,
         )?)?

@@ -51,6 +51,9 @@ pub struct ShardLayout {
     /// Qwen3-Next: the gated delta mixers' value heads (with the key heads they read, see
     /// [`crate::backend::gated_delta::GatedDeltaShape::shard`]).
     pub linear_value_heads: Range<usize>,
+    /// Mamba-2 mixers' heads (with the B / C groups they read, see
+    /// [`crate::backend::mamba::MambaShape::shard`]).
+    pub mamba_heads: Range<usize>,
 }
 
 /// Refuses a group size the model cannot be split into, saying why.
@@ -66,14 +69,30 @@ pub fn check_divides(config: &ModelConfig, world: usize) -> Result<()> {
         "{:?} cannot be tensor-parallel: its q / k norms span every head",
         config.architecture
     );
-    // So does a Mamba-2 mixer's gated norm (over its whole inner width); a Mamba-1 mixer's
-    // x_proj reads every channel.
+    // A Mamba-1 mixer's x_proj reads every channel.
     ensure!(
-        (config.mamba.is_none() && config.selective.is_none()) || world == 1,
-        "{:?} cannot be tensor-parallel: kiln keeps its Mamba mixers (whose norm or x_proj \
-         spans every channel) whole on one device",
+        config.selective.is_none() || world == 1,
+        "{:?} cannot be tensor-parallel: kiln keeps its Mamba mixers (whose x_proj reads \
+         every channel) whole on one device",
         config.architecture
     );
+    // Mamba-2 mixers split their heads, each rank with the B / C groups they read; a gated
+    // norm spans a group, so a normed mixer needs whole groups on each rank.
+    if let Some(m) = &config.mamba {
+        let (heads, groups) = (m.shape.heads, m.shape.groups);
+        ensure!(
+            heads.is_multiple_of(world)
+                && (groups.is_multiple_of(world) || world.is_multiple_of(groups)),
+            "--tensor-parallel-size {world} must divide the Mamba mixers' {heads} heads and \
+             divide, or be a multiple of, their {groups} B / C groups"
+        );
+        ensure!(
+            !m.shape.normed || groups.is_multiple_of(world),
+            "{:?} cannot be tensor-parallel {world} ways: its Mamba mixers' gated norm spans \
+             each of their {groups} B / C groups, which would split across ranks",
+            config.architecture
+        );
+    }
     // A gated delta mixer's norm is per head: its value heads split, each rank with the key
     // heads they read (shared by ranks when there are fewer key heads than ranks).
     if let Some(g) = &config.gated_delta {
@@ -170,6 +189,7 @@ impl ShardLayout {
             ),
             vocab,
             linear_value_heads: even(config.gated_delta.as_ref().map_or(0, |g| g.shape.v_heads)),
+            mamba_heads: even(config.mamba.as_ref().map_or(0, |m| m.shape.heads)),
         })
     }
 

@@ -93,9 +93,9 @@ pub const ARCHS: [&str; 83] = [
     "falcon_h1",
 ];
 
-/// The fixtures kiln shards across ranks: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
-/// norms span every head, the Mamba-2 models (Falcon-H1 too), whose mixers' gated norms do
-/// (kiln does not split their heads yet), and the Mamba-1
+/// The fixtures kiln shards 2, 4 and 8 ways: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
+/// norms span every head, the Mamba-2 models with a gated norm, whose mixers split only
+/// into whole B / C groups (two in these fixtures), and the Mamba-1
 /// ones, whose `x_proj` reads every channel (they refuse tensor parallelism with a clear
 /// error instead).
 pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
@@ -112,7 +112,6 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
                 | "mamba"
                 | "falcon_mamba"
                 | "jamba"
-                | "falcon_h1"
         )
     })
 }
