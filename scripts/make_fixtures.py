@@ -129,6 +129,16 @@ from transformers import (
     JambaForCausalLM,
     FalconH1Config,
     FalconH1ForCausalLM,
+)
+
+# Nemotron-H arrived in transformers 5: its fixture is built by `make_fixtures.py --only
+# nemotron_h` run under transformers >= 5 (its reference.json records the version).
+try:
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+except ImportError:
+    NemotronHConfig = NemotronHForCausalLM = None
+
+from transformers import (
     GraniteMoeHybridConfig,
     GraniteMoeHybridForCausalLM,
     Llama4ForCausalLM,
@@ -579,7 +589,7 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
         "tie_word_embeddings": False,
     }
     vl_vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
-    return {
+    configs = {
         "llama": (
             LlamaForCausalLM,
             LlamaConfig(**common, rope_theta=10000.0, tie_word_embeddings=False),
@@ -1921,6 +1931,39 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             ),
         ),
     }
+    # Nemotron-H (transformers >= 5): a Mamba-2 mixer + MLP, a mixer before an attention
+    # block (no MLP), attention + MLP, a mixer before a mixer (no MLP), a mixer + MLP; kiln
+    # pairs the 8 blocks into 5 layers. Mixers of 8 heads of 16 in 2 groups of B / C (the
+    # grouped gated norm), a state of 16, 4 taps with biases; attention (8 heads of 8, 2 KV
+    # heads) without positions; ReLU² MLPs of 128. A chunk of 8 in transformers' SSD algorithm.
+    if NemotronHConfig is not None:
+        configs["nemotron_h"] = (
+            NemotronHForCausalLM,
+            NemotronHConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=128,
+                hybrid_override_pattern="M-M*-MM-",
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                head_dim=8,
+                max_position_embeddings=256,
+                layer_norm_epsilon=1e-5,
+                mamba_num_heads=8,
+                mamba_head_dim=16,
+                n_groups=2,
+                ssm_state_size=16,
+                conv_kernel=4,
+                chunk_size=8,
+                use_conv_bias=True,
+                mlp_hidden_act="relu2",
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                tie_word_embeddings=False,
+            ),
+        )
+    return configs
 
 
 def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:

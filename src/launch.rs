@@ -41,6 +41,7 @@ use crate::model::llama4::Llama4Weights;
 use crate::model::lora::load_adapter;
 use crate::model::mamba::{BambaWeights, GraniteHybridWeights, Mamba2Weights};
 use crate::model::mpt::MptWeights;
+use crate::model::nemotron_h::NemotronHWeights;
 use crate::model::opt::OptWeights;
 use crate::model::pytorch_weights::PytorchWeights;
 use crate::model::source::{self, ModelFiles, WeightFiles};
@@ -450,6 +451,13 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                     Architecture::Apertus => Box::new(ApertusWeights::wrap(files_source)),
                     Architecture::Llama4 => Box::new(Llama4Weights::wrap(files_source)),
                     Architecture::Lfm2 => Box::new(Lfm2Weights::wrap(files_source)),
+                    Architecture::NemotronH => Box::new(NemotronHWeights::wrap(
+                        files_source,
+                        config
+                            .nemotron_h
+                            .clone()
+                            .context("a Nemotron-H config without its block pairing")?,
+                    )),
                     Architecture::Bamba | Architecture::FalconH1 => {
                         Box::new(BambaWeights::wrap(files_source))
                     }

@@ -218,6 +218,7 @@ fn recurrent_states_survive_chunking_and_batching() {
         "falcon_mamba",
         "jamba",
         "falcon_h1",
+        "nemotron_h",
     ] {
         cached_state_survives_prefix_caching_chunking_and_batching(arch, false);
     }

@@ -114,7 +114,7 @@ fn sharded_logits_equal_one_rank_for_every_architecture_and_size() {
 /// these fixtures' two groups (Falcon-H1's, without the norm, split 2, 4 and 8 ways above).
 #[test]
 fn normed_mamba_mixers_shard_by_whole_groups() {
-    for arch in ["bamba", "mamba2", "granitemoehybrid_moe"] {
+    for arch in ["bamba", "mamba2", "granitemoehybrid_moe", "nemotron_h"] {
         assert_shards_like_one_rank(arch, &[2]);
     }
 }

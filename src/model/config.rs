@@ -119,6 +119,9 @@ pub enum Architecture {
     /// TII's Falcon-H1 (`FalconH1ForCausalLM`; `model/falcon_h1.rs`): attention and a
     /// Mamba-2 mixer side by side in every layer, before a SwiGLU MLP; µP multipliers.
     FalconH1,
+    /// NVIDIA's Nemotron-H (`NemotronHForCausalLM`; `model/nemotron_h.rs`): Mamba-2 mixer,
+    /// position-less attention and ungated ReLU² MLP blocks, paired into layers.
+    NemotronH,
     /// Meta's Llama 4 (`Llama4ForCausalLM`, Scout and Maverick; `model/llama4.rs`): chunked
     /// attention on the rotating layers (with weightless q/k norms), a query temperature on
     /// the others, experts whose router scales their inputs, plus a shared expert.
@@ -208,7 +211,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 62] = [
+    pub const SUPPORTED: [&'static str; 63] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -271,6 +274,7 @@ impl Architecture {
         "FalconMambaForCausalLM",
         "JambaForCausalLM",
         "FalconH1ForCausalLM",
+        "NemotronHForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -397,6 +401,7 @@ impl Architecture {
             "FalconMambaForCausalLM" => Architecture::FalconMamba,
             "JambaForCausalLM" => Architecture::Jamba,
             "FalconH1ForCausalLM" => Architecture::FalconH1,
+            "NemotronHForCausalLM" => Architecture::NemotronH,
             other => anyhow::bail!(
                 "unsupported architecture '{other}'; kiln supports: {}, and {} as their text \
                  models",
@@ -1666,6 +1671,11 @@ pub struct ModelConfig {
     /// Qwen3-Next: `q_proj` also gives a gate per head and value; the attention's output is
     /// multiplied by its sigmoid before `o_proj`.
     pub attention_output_gate: bool,
+    /// Nemotron-H: the checkpoint's blocks behind each layer (for the weights' names).
+    pub nemotron_h: Option<super::nemotron_h::NemotronHBlocks>,
+    /// Which layers have an MLP (None: all, but in pure Mamba models); Nemotron-H's mixers
+    /// followed by another mixer have none.
+    pub mlp_layers: Option<Vec<bool>>,
     /// Falcon-H1's µP multipliers (folded into its weights at load, but the embedding's and
     /// the head's).
     pub falcon_h1: Option<super::falcon_h1::FalconH1Scales>,
@@ -1748,6 +1758,7 @@ impl ModelConfig {
             }
             Some("JambaForCausalLM") => super::mamba1::normalized_jamba_config(value)?,
             Some("FalconH1ForCausalLM") => super::falcon_h1::normalized_config(value)?,
+            Some("NemotronHForCausalLM") => super::nemotron_h::normalized_config(value)?,
             _ => value,
         };
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -1800,6 +1811,7 @@ impl ModelConfig {
                 | Architecture::Falcon
                 | Architecture::Arcee
                 | Architecture::Nemotron
+                | Architecture::NemotronH
                 | Architecture::GptNeo
                 | Architecture::Bloom
                 | Architecture::Mpt
@@ -1813,7 +1825,10 @@ impl ModelConfig {
         // Arcee's and Nemotron's ungated MLPs take them; the gated one does not.
         let ungated_relu2 = matches!(
             architecture,
-            Architecture::Arcee | Architecture::Nemotron | Architecture::Apertus
+            Architecture::Arcee
+                | Architecture::Nemotron
+                | Architecture::NemotronH
+                | Architecture::Apertus
         );
         anyhow::ensure!(
             raw.mlp_bias != Some(true) || ungated_relu2,
@@ -1973,8 +1988,11 @@ impl ModelConfig {
             {
                 Some(vec![false; raw.num_hidden_layers])
             }
-            // Jamba's attention has no positions (its Mamba layers order the tokens).
-            (Architecture::Jamba, _) => Some(vec![false; raw.num_hidden_layers]),
+            // Jamba's and Nemotron-H's attention has no positions (their Mamba layers order
+            // the tokens).
+            (Architecture::Jamba | Architecture::NemotronH, _) => {
+                Some(vec![false; raw.num_hidden_layers])
+            }
             (Architecture::SmolLM3, Some(flags)) => {
                 anyhow::ensure!(
                     flags.len() == raw.num_hidden_layers,
@@ -2042,7 +2060,7 @@ impl ModelConfig {
                 let act = raw.hidden_act.as_deref().unwrap_or("xielu");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
-            Architecture::Arcee | Architecture::Nemotron => {
+            Architecture::Arcee | Architecture::Nemotron | Architecture::NemotronH => {
                 let act = raw.hidden_act.as_deref().unwrap_or("relu2");
                 Some(crate::backend::image_ops::Activation::from_hf(act)?)
             }
@@ -2213,9 +2231,10 @@ impl ModelConfig {
             ungated_mlp_bias: match architecture {
                 Architecture::Falcon => falcon_bias,
                 Architecture::Mpt => false,
-                Architecture::Arcee | Architecture::Nemotron | Architecture::Apertus => {
-                    raw.mlp_bias.unwrap_or(false)
-                }
+                Architecture::Arcee
+                | Architecture::Nemotron
+                | Architecture::NemotronH
+                | Architecture::Apertus => raw.mlp_bias.unwrap_or(false),
                 _ => true,
             },
             logit_scale: match architecture {
@@ -2278,6 +2297,11 @@ impl ModelConfig {
                     raw.hidden_size,
                     super::mamba::granite_hybrid_layers(&value, raw.num_hidden_layers)?,
                 )?),
+                Architecture::NemotronH => Some(super::mamba::MambaLayers::from_config(
+                    &value,
+                    raw.hidden_size,
+                    super::nemotron_h::mamba_layers(&value)?,
+                )?),
                 Architecture::FalconH1 => Some(super::mamba::MambaLayers {
                     parallel: true,
                     ..super::mamba::MambaLayers::from_config(
@@ -2304,6 +2328,18 @@ impl ModelConfig {
                 _ => None,
             },
             attention_output_gate: architecture == Architecture::Qwen3Next,
+            nemotron_h: match architecture {
+                Architecture::NemotronH => {
+                    Some(super::nemotron_h::NemotronHBlocks::from_config(&value)?)
+                }
+                _ => None,
+            },
+            mlp_layers: match architecture {
+                Architecture::NemotronH => {
+                    Some(super::nemotron_h::NemotronHBlocks::from_config(&value)?.mlp_layers())
+                }
+                _ => None,
+            },
             falcon_h1: match architecture {
                 Architecture::FalconH1 => {
                     Some(super::falcon_h1::FalconH1Scales::from_config(&value)?)
@@ -2449,6 +2485,14 @@ impl ModelConfig {
         self.mamba.is_some() || self.gated_delta.is_some() || self.selective.is_some()
     }
 
+    /// Whether layer `i` has an MLP block after its mixer or attention.
+    pub fn has_mlp(&self, i: usize) -> bool {
+        match &self.mlp_layers {
+            Some(layers) => layers.get(i).copied().unwrap_or(false),
+            None => !self.mixer_only_layers(),
+        }
+    }
+
     /// Whether each layer is its norm and mixer alone, without an MLP (pure Mamba-1 and
     /// Mamba-2 models).
     pub fn mixer_only_layers(&self) -> bool {
@@ -2541,9 +2585,11 @@ impl ModelConfig {
                     }
                     _ => attn,
                 };
-                // A pure Mamba layer has one norm.
-                let norms = if self.mixer_only_layers() { h } else { 2 * h };
-                mixer + mlp + norms
+                // A layer without an MLP has one norm.
+                if !self.has_mlp(i) {
+                    return mixer + h;
+                }
+                mixer + mlp + 2 * h
             })
             .sum();
         let embed = self.vocab_size as u64 * h;

@@ -513,9 +513,10 @@ fn ungated_mlp<B: Backend>(
     let rows = layout.intermediate.clone();
     let (up_name, down_name) = match c.architecture {
         Architecture::Phi => ("fc1", "fc2"),
-        Architecture::Arcee | Architecture::Nemotron | Architecture::Apertus => {
-            ("up_proj", "down_proj")
-        }
+        Architecture::Arcee
+        | Architecture::Nemotron
+        | Architecture::NemotronH
+        | Architecture::Apertus => ("up_proj", "down_proj"),
         _ => ("c_fc", "c_proj"),
     };
     let up = rows_part(
@@ -952,7 +953,7 @@ impl<B: Backend> LlamaModel<B> {
                     (_, false) => None,
                 },
                 mlp: match (&c.moe, c.ungated_mlp) {
-                    _ if c.mixer_only_layers() => Mlp::Absent,
+                    _ if !c.has_mlp(i) => Mlp::Absent,
                     (Some(moe), _) if moe.is_sparse(i) => {
                         Mlp::Sparse(SparseMlp::load(be, src, c, moe, &p, &layout, dtype)?)
                     }

@@ -39,6 +39,7 @@ pub mod moe;
 mod moe_fused;
 pub mod mpt;
 pub mod mxfp4;
+pub mod nemotron_h;
 pub mod opt;
 pub mod presets;
 pub mod python_json;

@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 24] = [
+pub const PRESETS: [(&str, &str); 25] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -99,6 +99,10 @@ pub const PRESETS: [(&str, &str); 24] = [
         "falcon-h1-0.5b",
         include_str!("../../models/presets/falcon-h1-0.5b.json"),
     ),
+    (
+        "nemotron-nano-9b-v2",
+        include_str!("../../models/presets/nemotron-nano-9b-v2.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -153,6 +157,8 @@ mod tests {
                 // AI21's 52B.
                 "jamba-mini-1.5" => 51.6,
                 "falcon-h1-0.5b" => 0.52,
+                // NVIDIA's 8.89B.
+                "nemotron-nano-9b-v2" => 8.89,
                 _ => unreachable!(),
             };
             assert!(

@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 83] = [
+pub const ARCHS: [&str; 84] = [
     "llama",
     "llama31",
     "mistral",
@@ -91,6 +91,7 @@ pub const ARCHS: [&str; 83] = [
     "falcon_mamba",
     "jamba",
     "falcon_h1",
+    "nemotron_h",
 ];
 
 /// The fixtures kiln shards 2, 4 and 8 ways: all but OLMo 2, OLMo 3 and OLMoE, whose q / k
@@ -112,6 +113,7 @@ pub fn shardable_archs() -> impl Iterator<Item = &'static str> {
                 | "mamba"
                 | "falcon_mamba"
                 | "jamba"
+                | "nemotron_h"
         )
     })
 }
