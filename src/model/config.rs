@@ -1724,6 +1724,7 @@ impl ModelConfig {
         let value: serde_json::Value = serde_json::from_str(&super::python_json::strict_json(text))
             .context("config.json is not JSON")?;
         let (mut value, nested_language_model) = language_model_config(value)?;
+        super::rope_parameters::lift_rope_parameters(&mut value);
         // Configs saved by recent transformers name the scaling twice (`rope_type` and the
         // older `type`, which it keeps): the newer name wins.
         if let Some(scaling) = value

@@ -47,6 +47,7 @@ pub mod pytorch_weights;
 pub mod qwen3_next;
 pub mod reasoning;
 pub mod rope;
+pub mod rope_parameters;
 pub mod sentencepiece;
 pub mod source;
 pub mod tiktoken;
