@@ -40,6 +40,7 @@ fn routing(c: &mut Criterion) {
             normalize: true,
             scoring,
             correction_bias,
+            dtype: kiln::backend::DType::BF16,
         };
         for tokens in [1024usize, 4096] {
             let x = logits(tokens * experts);

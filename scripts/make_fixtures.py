@@ -131,12 +131,13 @@ from transformers import (
     FalconH1ForCausalLM,
 )
 
-# Nemotron-H arrived in transformers 5: its fixture is built by `make_fixtures.py --only
-# nemotron_h` run under transformers >= 5 (its reference.json records the version).
+# Nemotron-H and LFM2-MoE arrived in transformers 5: their fixtures are built by
+# `make_fixtures.py --only nemotron_h` (`lfm2_moe`) run under transformers >= 5 (their
+# reference.json records the version).
 try:
-    from transformers import NemotronHConfig, NemotronHForCausalLM
+    from transformers import Lfm2MoeConfig, Lfm2MoeForCausalLM, NemotronHConfig, NemotronHForCausalLM
 except ImportError:
-    NemotronHConfig = NemotronHForCausalLM = None
+    Lfm2MoeConfig = Lfm2MoeForCausalLM = NemotronHConfig = NemotronHForCausalLM = None
 
 from transformers import (
     GraniteMoeHybridConfig,
@@ -309,7 +310,7 @@ PROMPT_TEXTS = [
 GREEDY_NEW_TOKENS = 32
 # Smaller random weights where the default's attention would be too peaky for bf16 to follow:
 # LongRoPE's attention factor at an original context of 3 multiplies the scores by 5.
-WEIGHT_STD = {"phi3_longrope": 0.1, "gemma": 0.15, "qwen3_next": 0.1}
+WEIGHT_STD = {"phi3_longrope": 0.1, "gemma": 0.15, "qwen3_next": 0.1, "lfm2_moe": 0.1}
 MIN_TOP2_MARGIN = 1e-3
 MAX_SEED_ATTEMPTS = 200
 
@@ -1936,6 +1937,40 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
     # pairs the 8 blocks into 5 layers. Mixers of 8 heads of 16 in 2 groups of B / C (the
     # grouped gated norm), a state of 16, 4 taps with biases; attention (8 heads of 8, 2 KV
     # heads) without positions; ReLU² MLPs of 128. A chunk of 8 in transformers' SSD algorithm.
+    # LFM2-MoE (transformers >= 5): LFM2's convolution and attention layers (as the lfm2
+    # fixture's), a dense SwiGLU MLP of 128 on layer 0, then 8 experts of 32 (top 2: sigmoid
+    # scores chosen with a random expert_bias, renormalised, times routed_scaling_factor
+    # 1.5); rope_parameters, as transformers 5 writes the rotary settings. Weights drawn with
+    # std 0.1: its router rounds its scores to bf16, and at 0.2 an expert choice flipped by
+    # an ulp of the hidden state moved the logits by 3.
+    if Lfm2MoeConfig is not None:
+        configs["lfm2_moe"] = (
+            Lfm2MoeForCausalLM,
+            Lfm2MoeConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=128,
+                moe_intermediate_size=32,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                norm_eps=1e-5,
+                rope_parameters={"rope_theta": 10000.0, "rope_type": "default"},
+                conv_L_cache=3,
+                layer_types=["conv", "full_attention", "conv", "conv"],
+                num_dense_layers=1,
+                num_experts=8,
+                num_experts_per_tok=2,
+                use_expert_bias=True,
+                norm_topk_prob=True,
+                routed_scaling_factor=1.5,
+                bos_token_id=None,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+                tie_word_embeddings=True,
+            ),
+        )
     if NemotronHConfig is not None:
         configs["nemotron_h"] = (
             NemotronHForCausalLM,
@@ -1992,8 +2027,9 @@ def randomize_weights(model: torch.nn.Module, seed: int, std: float = 0.2) -> No
             else:
                 param.copy_(std * noise)
         # GLM-4.5's router correction bias is a buffer (zeros at init): it must steer choices.
+        # So is LFM2-MoE's expert_bias.
         for name, buffer in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
+            if name.endswith(("e_score_correction_bias", "expert_bias")):
                 buffer.copy_(0.3 * torch.randn(buffer.shape, generator=generator, dtype=torch.float32))
 
 

@@ -111,6 +111,11 @@ pub enum RouterScoring {
     /// then, without that expert, the next best, weighted the same way. The two weights
     /// are not renormalised.
     SparseMixer { jitter_eps: f32 },
+    /// LFM2-MoE: as [`RouterScoring::SigmoidGrouped`] with one group, but in the model's
+    /// dtype, as its router computes it: the sigmoid scores rounded to the dtype (their
+    /// frequent ties then broken by the correction bias), the chosen ones renormalised
+    /// (their sum plus 1e-6) and scaled, each step rounded.
+    SigmoidInDtype { scale: f32 },
     /// Llama 4: the `top_k` largest logits choose the experts; each chosen expert's *input*
     /// (not its output) is scaled by the sigmoid of its logit (rounded to the model dtype),
     /// and the outputs are added as they are.
@@ -148,6 +153,7 @@ impl<'a, T> MoeRouting<'a, T> {
             normalize: self.normalize,
             scoring: self.scoring,
             correction_bias: self.correction_bias,
+            dtype: self.dtype,
         }
     }
 }
@@ -159,6 +165,8 @@ pub struct RouteRule<'a> {
     pub normalize: bool,
     pub scoring: RouterScoring,
     pub correction_bias: Option<&'a [f32]>,
+    /// The model's dtype ([`RouterScoring::SigmoidInDtype`] rounds in it).
+    pub dtype: DType,
 }
 
 impl RouteRule<'static> {
@@ -169,6 +177,7 @@ impl RouteRule<'static> {
             normalize,
             scoring: RouterScoring::Softmax,
             correction_bias: None,
+            dtype: DType::F32,
         }
     }
 
@@ -179,6 +188,7 @@ impl RouteRule<'static> {
             normalize: false,
             scoring: RouterScoring::SigmoidScaledInput,
             correction_bias: None,
+            dtype: DType::F32,
         }
     }
 }
@@ -355,6 +365,7 @@ mod tests {
                 scale,
             },
             correction_bias: Some(bias),
+            dtype: DType::F32,
         };
         // Equal scores (0.5); the bias makes group 1 (experts 2, 3) the better one (1.5 +
         // -0.3 against 0.5 + 0.5), but expert 3's biased score is negative, and the dropped
@@ -388,6 +399,7 @@ mod tests {
                 scale: 2.0,
             },
             correction_bias: None,
+            dtype: DType::F32,
         };
         // Group 0 (experts 0, 1) holds the best expert; group 1's experts both beat expert 1.
         let logits = [3.0, -1.0, 2.0, 2.5];

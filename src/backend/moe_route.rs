@@ -7,6 +7,7 @@
 //! that).
 
 use super::moe::{RouteRule, RouterScoring};
+use super::DType;
 use rayon::prelude::*;
 use std::cmp::Ordering;
 
@@ -47,6 +48,12 @@ pub fn route(
             let bias = rule.correction_bias.unwrap_or(&[]);
             pick_rows(logits, num_experts, top_k, |row, s, out| {
                 softmax_grouped_row(row, &g, bias, (rule.normalize, scale), s, out)
+            })
+        }
+        RouterScoring::SigmoidInDtype { scale } => {
+            let bias = rule.correction_bias.unwrap_or(&[]);
+            pick_rows(logits, num_experts, top_k, |row, s, out| {
+                sigmoid_in_dtype_row(row, bias, (rule.normalize, scale, rule.dtype), s, out)
             })
         }
         RouterScoring::SparseMixer { jitter_eps } => {
@@ -248,16 +255,7 @@ fn sigmoid_grouped_row(
     s: &mut Scratch,
     out: &mut [(usize, f32)],
 ) {
-    s.scores.clear();
-    s.scores
-        .extend(row.iter().map(|&l| 1.0 / (1.0 + (-l).exp())));
-    s.values.clear();
-    s.values.extend(
-        s.scores
-            .iter()
-            .enumerate()
-            .map(|(e, &sc)| sc + bias.get(e).copied().unwrap_or(0.0)),
-    );
+    biased_sigmoid_scores(row, bias, DType::F32, s);
     if g.ranked() {
         // A group's rank: the sum of its two best biased scores.
         let choice = &s.values;
@@ -282,6 +280,49 @@ fn sigmoid_grouped_row(
             s.scores[e]
         };
         *slot = (e, weight * scale);
+    }
+}
+
+/// Each expert's sigmoid score (rounded to `dtype`) into `s.scores`, plus its `bias` (in
+/// f32) into `s.values`, the sigmoid routers' choice values.
+fn biased_sigmoid_scores(row: &[f32], bias: &[f32], dtype: DType, s: &mut Scratch) {
+    s.scores.clear();
+    s.scores
+        .extend(row.iter().map(|&l| dtype.round(1.0 / (1.0 + (-l).exp()))));
+    s.values.clear();
+    s.values.extend(
+        s.scores
+            .iter()
+            .enumerate()
+            .map(|(e, &sc)| sc + bias.get(e).copied().unwrap_or(0.0)),
+    );
+}
+
+/// [`RouterScoring::SigmoidInDtype`], as LFM2-MoE's router computes it: each sigmoid score
+/// rounded to `dtype`, the choice by score plus `bias` (in f32), the chosen scores
+/// renormalised by their sum plus 1e-6 and scaled, each step rounded to `dtype`.
+fn sigmoid_in_dtype_row(
+    row: &[f32],
+    bias: &[f32],
+    (normalize, scale, dtype): (bool, f32, DType),
+    s: &mut Scratch,
+    out: &mut [(usize, f32)],
+) {
+    // The bias stays in f32 (transformers keeps the buffer so), and so does the sum.
+    biased_sigmoid_scores(row, bias, dtype, s);
+    s.order.clear();
+    s.order.extend(0..row.len());
+    top_k_in_order(&mut s.order, out.len(), by_value(&s.values));
+    let chosen = &s.order[..out.len()];
+    let sum = dtype.round(chosen.iter().map(|&e| s.scores[e]).sum::<f32>());
+    let total = dtype.round(sum + 1e-6);
+    for (slot, &e) in out.iter_mut().zip(chosen) {
+        let weight = if normalize {
+            dtype.round(s.scores[e] / total)
+        } else {
+            s.scores[e]
+        };
+        *slot = (e, dtype.round(weight * scale));
     }
 }
 
@@ -355,6 +396,7 @@ mod tests {
             normalize: false,
             scoring: RouterScoring::SparseMixer { jitter_eps: 0.1 },
             correction_bias: None,
+            dtype: DType::F32,
         };
         let routes = route(&logits, 6, &rule);
         let first = 1.0 / (1.0 + (-0.1f32).exp() + (-0.05f32).exp());
@@ -378,6 +420,38 @@ mod tests {
 
     /// Llama 4's router: the best logits choose, each weighted by its own sigmoid (not a
     /// softmax over the experts, not renormalised).
+    /// LFM2-MoE's router in bf16: scores that round to the same bf16 value tie, and the
+    /// bias breaks the tie; the weights are the rounded scores renormalised in bf16.
+    #[test]
+    fn sigmoid_in_dtype_routing_rounds_its_scores() {
+        // sigmoid(0.001) and sigmoid(0.002) both round to 0.5 in bf16.
+        let logits = [0.002f32, 0.001, -3.0, 2.0];
+        let bias = [0.0f32, 0.01, 0.0, -1.0];
+        let rule = RouteRule {
+            top_k: 2,
+            normalize: true,
+            scoring: RouterScoring::SigmoidInDtype { scale: 2.0 },
+            correction_bias: Some(&bias),
+            dtype: DType::BF16,
+        };
+        let routes = route(&logits, 4, &rule);
+        // Expert 1 wins the tie by its bias, expert 3 (0.88 - 1) loses to expert 0.
+        assert_eq!((routes[0].0.len(), routes[1].0.len()), (1, 1));
+        assert!(routes[3].0.is_empty() && routes[2].0.is_empty());
+        // 0.5 / (0.5 + 0.5) * 2, each step in bf16.
+        assert_eq!((routes[0].1[0], routes[1].1[0]), (1.0, 1.0));
+        // In f32 the unrounded scores differ: expert 0's weight is above expert 1's.
+        let f32_routes = route(
+            &logits,
+            4,
+            &RouteRule {
+                dtype: DType::F32,
+                ..rule
+            },
+        );
+        assert!(f32_routes[0].1[0] > f32_routes[1].1[0]);
+    }
+
     #[test]
     fn sigmoid_scaled_input_weighs_each_top_logit_by_its_sigmoid() {
         let logits = [0.5f32, 2.0, -1.0, 2.0];
@@ -401,8 +475,10 @@ mod tests {
         let (top_k, normalize) = (rule.top_k, rule.normalize);
         match rule.scoring {
             RouterScoring::Softmax => {}
-            // Has no full-sort form: its test checks it by hand.
-            RouterScoring::SparseMixer { .. } => return route(logits, num_experts, rule),
+            // Have no full-sort form: their tests check them by hand.
+            RouterScoring::SparseMixer { .. } | RouterScoring::SigmoidInDtype { .. } => {
+                return route(logits, num_experts, rule)
+            }
             RouterScoring::SigmoidScaledInput => {
                 let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
                 for (row, scores) in logits.chunks_exact(num_experts).enumerate() {
@@ -640,6 +716,7 @@ mod tests {
                             normalize,
                             scoring,
                             correction_bias: Some(&bias[..experts]),
+                            dtype: DType::F32,
                         };
                         assert!(
                             same(

@@ -211,7 +211,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 63] = [
+    pub const SUPPORTED: [&'static str; 64] = [
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
@@ -275,6 +275,7 @@ impl Architecture {
         "JambaForCausalLM",
         "FalconH1ForCausalLM",
         "NemotronHForCausalLM",
+        "Lfm2MoeForCausalLM",
     ];
 
     /// `tie_word_embeddings` where config.json leaves it out: transformers' config classes
@@ -392,7 +393,7 @@ impl Architecture {
             "HunYuanDenseV1ForCausalLM" => Architecture::HunYuanDense,
             "HunYuanMoEV1ForCausalLM" => Architecture::HunYuanMoe,
             "Llama4ForCausalLM" => Architecture::Llama4,
-            "Lfm2ForCausalLM" => Architecture::Lfm2,
+            "Lfm2ForCausalLM" | "Lfm2MoeForCausalLM" => Architecture::Lfm2,
             "BambaForCausalLM" => Architecture::Bamba,
             "GraniteMoeHybridForCausalLM" => Architecture::GraniteMoeHybrid,
             "Mamba2ForCausalLM" => Architecture::Mamba2,
@@ -1031,6 +1032,13 @@ impl MoeConfig {
             // JambaConfig's defaults: experts `intermediate_size` wide, their softmax
             // probabilities not renormalised.
             Architecture::Jamba => (raw.num_experts.unwrap_or(16), raw.intermediate_size, false),
+            // LFM2-MoE (`lfm2::normalized_moe_config` fills in Lfm2MoeConfig's defaults);
+            // the dense LFM2 has no experts.
+            Architecture::Lfm2 => (
+                raw.num_experts.unwrap_or(0),
+                raw.moe_intermediate_size.unwrap_or(1792),
+                raw.norm_topk_prob.unwrap_or(true),
+            ),
             // Ernie4_5_MoeConfig's defaults; the chosen weights are renormalised.
             Architecture::Ernie45Moe => (
                 raw.moe_num_experts.unwrap_or(64),
@@ -1058,6 +1066,7 @@ impl MoeConfig {
             Architecture::Dots1 => raw.first_k_dense_replace.unwrap_or(0),
             Architecture::DeepseekV2 => raw.first_k_dense_replace.unwrap_or(0),
             Architecture::DeepseekV3 => raw.first_k_dense_replace.unwrap_or(3),
+            Architecture::Lfm2 => raw.first_k_dense_replace.unwrap_or(2),
             _ => 0,
         };
         let sparse_layers = if architecture == Architecture::Ernie45Moe {
@@ -1139,6 +1148,8 @@ impl MoeConfig {
                 }
             }
             Architecture::Llama4 => RouterScoring::SigmoidScaledInput,
+            // LFM2-MoE: sigmoid scores in the dtype, chosen with the expert bias.
+            Architecture::Lfm2 => RouterScoring::SigmoidInDtype { scale },
             _ => RouterScoring::Softmax,
         };
         Ok(Some(MoeConfig {
@@ -1748,6 +1759,7 @@ impl ModelConfig {
             Some("HunYuanMoEV1ForCausalLM") => super::hunyuan::normalized_moe_config(value)?,
             Some("Llama4ForCausalLM") => super::llama4::normalized_config(value)?,
             Some("Lfm2ForCausalLM") => super::lfm2::normalized_config(value)?,
+            Some("Lfm2MoeForCausalLM") => super::lfm2::normalized_moe_config(value)?,
             Some("BambaForCausalLM") => super::mamba::normalized_bamba_config(value)?,
             Some("GraniteMoeHybridForCausalLM") => {
                 super::mamba::normalized_granite_hybrid_config(value)?

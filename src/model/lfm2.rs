@@ -139,6 +139,31 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
     Ok(value)
 }
 
+/// `value` (an LFM2-MoE config.json, `Lfm2MoeForCausalLM`) as kiln reads it: LFM2's layers
+/// with Lfm2MoeConfig's defaults, its dense MLPs `intermediate_size` wide as given (no
+/// `block_*` adjustment), experts from layer `num_dense_layers` on.
+pub fn normalized_moe_config(mut value: Value) -> Result<Value> {
+    let fields = value
+        .as_object_mut()
+        .context("config.json is not an object")?;
+    let dense = fields.get("num_dense_layers").cloned().unwrap_or(json!(2));
+    for (key, default) in [
+        ("hidden_size", json!(2048)),
+        ("intermediate_size", json!(7168)),
+        ("moe_intermediate_size", json!(1792)),
+        ("num_experts", json!(32)),
+        ("num_experts_per_tok", json!(4)),
+        ("norm_topk_prob", json!(true)),
+        ("routed_scaling_factor", json!(1.0)),
+    ] {
+        fields.entry(key).or_insert(default);
+    }
+    fields.insert("first_k_dense_replace".into(), dense);
+    fields.insert("block_auto_adjust_ff_dim".into(), json!(false));
+    fields.remove("block_ff_dim");
+    normalized_config(value)
+}
+
 /// The convolution layers of a normalised LFM2 config: `layer_types` `conv`, or every layer
 /// not in `full_attn_idxs` (all layers attend without either).
 pub fn conv_layers(value: &Value, layers: usize) -> Result<ShortConvLayers> {
@@ -163,7 +188,7 @@ pub fn conv_layers(value: &Value, layers: usize) -> Result<ShortConvLayers> {
 }
 
 /// LFM2's names of a layer's weights (the loader's first).
-const RENAMED: [(&str, &str); 8] = [
+const RENAMED: [(&str, &str); 11] = [
     ("input_layernorm.", "operator_norm."),
     ("post_attention_layernorm.", "ffn_norm."),
     ("self_attn.o_proj.", "self_attn.out_proj."),
@@ -172,6 +197,10 @@ const RENAMED: [(&str, &str); 8] = [
     ("mlp.gate_proj.", "feed_forward.w1."),
     ("mlp.up_proj.", "feed_forward.w3."),
     ("mlp.down_proj.", "feed_forward.w2."),
+    // LFM2-MoE's router, its expert bias and its experts (`experts.N.w1` / `w3` / `w2`).
+    ("mlp.gate.", "feed_forward.gate."),
+    ("mlp.expert_bias", "feed_forward.expert_bias"),
+    ("mlp.experts.", "feed_forward.experts."),
 ];
 
 /// An LFM2 checkpoint under the loader's names (its final norm is `model.embedding_norm`).

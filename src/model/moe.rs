@@ -88,6 +88,14 @@ fn names(arch: Architecture, prefix: &str, e: usize) -> (String, [String; 3]) {
             let w = |n: &str| format!("{moe}.experts.{e}.{n}.weight");
             (format!("{moe}.gate.weight"), [w("w1"), w("w3"), w("w2")])
         }
+        // LFM2-MoE: Mixtral's expert names under the MLP's.
+        Architecture::Lfm2 => {
+            let w = |n: &str| format!("{prefix}.mlp.experts.{e}.{n}.weight");
+            (
+                format!("{prefix}.mlp.gate.weight"),
+                [w("w1"), w("w3"), w("w2")],
+            )
+        }
         _ => {
             let w = |n: &str| format!("{prefix}.mlp.experts.{e}.{n}_proj.weight");
             (
@@ -140,6 +148,10 @@ impl<B: Backend> SparseMlp<B> {
         // The correction bias, where the router has one: GLM-4.5's / DeepSeek-V3's beside the
         // router, ERNIE 4.5's in `moe_statics` (one group's row).
         let bias_at = match (moe.scoring, config.architecture) {
+            // LFM2-MoE's `expert_bias` (none with `use_expert_bias` false: no correction).
+            (_, Architecture::Lfm2) => Some(format!("{prefix}.mlp.expert_bias"))
+                .filter(|name| src.contains(name))
+                .map(|name| (name, vec![moe.num_experts])),
             (RouterScoring::SigmoidGrouped { .. }, _) => Some((
                 format!("{prefix}.mlp.gate.e_score_correction_bias"),
                 vec![moe.num_experts],

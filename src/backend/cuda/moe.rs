@@ -85,7 +85,8 @@ pub fn router_runs_on_device(scoring: RouterScoring) -> bool {
         RouterScoring::Softmax | RouterScoring::SigmoidGrouped { .. } => true,
         RouterScoring::SoftmaxGrouped { .. }
         | RouterScoring::SparseMixer { .. }
-        | RouterScoring::SigmoidScaledInput => false,
+        | RouterScoring::SigmoidScaledInput
+        | RouterScoring::SigmoidInDtype { .. } => false,
     }
 }
 

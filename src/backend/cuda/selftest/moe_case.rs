@@ -101,6 +101,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 _ => RouterScoring::Softmax,
             },
             correction_bias: bias.as_deref(),
+            dtype: DType::F32,
         };
         let router = GroupedRouter::new(GROUPED, bias_dev.as_ref());
         let layer = HostLayer {
