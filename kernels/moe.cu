@@ -21,7 +21,10 @@
 // sigmoid plus bias among the `top_groups` best of `groups` equal groups (a group ranks by
 // the sum of its two best biased scores, ties to the lower group; experts of the other groups
 // compete with 0), the weights the chosen sigmoids, over their sum plus 1e-20 when
-// `normalize`, times `scale`. groups <= MOE_MAX_GROUPS.
+// `normalize`, times `scale`. groups <= MOE_MAX_GROUPS. With `in_dtype` (LFM2-MoE's router,
+// src/backend/moe_route.rs `sigmoid_in_dtype_row`) each sigmoid is rounded to the dtype
+// before the bias is added, and the weights are the chosen (rounded) sigmoids over their
+// rounded sum plus 1e-6, times `scale`, each step rounded to the dtype.
 //
 // moe_combine: out[t, c] = sum over the token's pairs s of y[row(t * top_k + s), c] * weight,
 // each weight, product and running sum rounded to the dtype as a loop of index_adds rounds
@@ -63,16 +66,19 @@ __device__ __forceinline__ float moe_warp_best(const float* v, float floor, int&
     return best;
 }
 
-// Lane 0 writes token `row`'s chosen experts (sorted by id) and their weights.
+// Lane 0 writes token `row`'s chosen experts (sorted by id) and their weights (with
+// `in_dtype`, the kept mass and each weight rounded to the dtype at every step).
+template <typename D>
 __device__ __forceinline__ void moe_write_pairs(int* __restrict__ ids, float* __restrict__ weights,
                                                 int* pair_expert, int* chosen, float* chosen_p,
                                                 long long row, int top_k, int normalize,
-                                                float add_to_kept, float scale) {
+                                                float add_to_kept, float scale, int in_dtype) {
+    auto round = [in_dtype](float v) { return in_dtype ? D::load(D::store(v)) : v; };
     // The kept mass, summed in the order the experts were chosen, then `add_to_kept` (as the
     // host does).
     float kept = 0.0f;
     for (int r = 0; r < top_k; ++r) kept += chosen_p[r];
-    kept += add_to_kept;
+    kept = round(round(kept) + add_to_kept);
     // Insertion sort by expert id (top_k is small).
     for (int a = 1; a < top_k; ++a) {
         const int e = chosen[a];
@@ -90,7 +96,7 @@ __device__ __forceinline__ void moe_write_pairs(int* __restrict__ ids, float* __
         const long long p = row * top_k + r;
         ids[p] = chosen[r];
         pair_expert[p] = chosen[r];
-        weights[p] = (normalize ? chosen_p[r] / kept : chosen_p[r]) * scale;
+        weights[p] = round((normalize ? round(chosen_p[r] / kept) : chosen_p[r]) * scale);
     }
 }
 
@@ -138,8 +144,8 @@ __device__ __forceinline__ void moe_route_token(const typename D::T* __restrict_
     }
     // Only lane 0 wrote this warp's `chosen` and only it reads it back: no barrier needed.
     if (lane == 0) {
-        moe_write_pairs(ids, weights, pair_expert, chosen, chosen_p, row, top_k, normalize, 0.0f,
-                        1.0f);
+        moe_write_pairs<D>(ids, weights, pair_expert, chosen, chosen_p, row, top_k, normalize, 0.0f,
+                           1.0f, 0);
     }
 }
 
@@ -159,7 +165,7 @@ __device__ __forceinline__ void moe_route_token_grouped(
     const typename D::T* __restrict__ logits, const float* __restrict__ bias,
     int* __restrict__ ids, float* __restrict__ weights, int* pair_expert, int* chosen,
     float* chosen_p, long long row, int experts, int top_k, int normalize, int groups,
-    int top_groups, float scale) {
+    int top_groups, float scale, int in_dtype) {
     const int lane = threadIdx.x & 31;
     const typename D::T* s = logits + row * experts;
     const int per_group = experts / groups;
@@ -171,7 +177,8 @@ __device__ __forceinline__ void moe_route_token_grouped(
 #pragma unroll
     for (int i = 0; i < MOE_PER_LANE; ++i) {
         const int e = lane + 32 * i;
-        score[i] = e < experts ? 1.0f / (1.0f + expf(-D::load(s[e]))) : 0.0f;
+        const float sig = e < experts ? 1.0f / (1.0f + expf(-D::load(s[e]))) : 0.0f;
+        score[i] = in_dtype ? D::load(D::store(sig)) : sig;
         c[i] = e < experts ? score[i] + bias[e] : KILN_NEG_INF;
     }
     if (groups > 1) {
@@ -228,8 +235,8 @@ __device__ __forceinline__ void moe_route_token_grouped(
         }
     }
     if (lane == 0) {
-        moe_write_pairs(ids, weights, pair_expert, chosen, chosen_p, row, top_k, normalize,
-                        1e-20f, scale);
+        moe_write_pairs<D>(ids, weights, pair_expert, chosen, chosen_p, row, top_k, normalize,
+                           in_dtype ? 1e-6f : 1e-20f, scale, in_dtype);
     }
 }
 
@@ -241,7 +248,8 @@ __device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__
                                                int* __restrict__ item_pairs, int tokens,
                                                int experts, int top_k, int normalize,
                                                int max_items, const float* __restrict__ bias,
-                                               int groups, int top_groups, float scale) {
+                                               int groups, int top_groups, float scale,
+                                               int in_dtype) {
     __shared__ int chosen[MOE_ROUTE_WARPS][MOE_MAX_TOP_K];
     __shared__ float chosen_p[MOE_ROUTE_WARPS][MOE_MAX_TOP_K];
     __shared__ int pair_expert[MOE_MAX_PAIRS];
@@ -256,7 +264,7 @@ __device__ __forceinline__ void moe_route_impl(const typename D::T* __restrict__
         if (bias) {
             moe_route_token_grouped<D>(logits, bias, ids, weights, pair_expert, chosen[warp],
                                        chosen_p[warp], t, experts, top_k, normalize, groups,
-                                       top_groups, scale);
+                                       top_groups, scale, in_dtype);
         } else {
             moe_route_token<D>(logits, ids, weights, pair_expert, chosen[warp], chosen_p[warp], t,
                                experts, top_k, normalize);
@@ -343,10 +351,10 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
         moe_route_##S(const D::T* logits, int* ids, float* weights, int* item_expert,          \
                       int* item_rows, int* item_pairs, int tokens, int experts, int top_k,     \
                       int normalize, int max_items, const float* bias, int groups,             \
-                      int top_groups, float scale) {                                           \
+                      int top_groups, float scale, int in_dtype) {                             \
         moe_route_impl<D>(logits, ids, weights, item_expert, item_rows, item_pairs, tokens,    \
                           experts, top_k, normalize, max_items, bias, groups, top_groups,      \
-                          scale);                                                              \
+                          scale, in_dtype);                                                    \
     }                                                                                          \
     extern "C" __global__ void moe_combine_##S(D::T* out, const D::T* y, const float* weights, \
                                                int rows, int hidden, int top_k,                \

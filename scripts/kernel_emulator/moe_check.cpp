@@ -86,15 +86,20 @@ struct Grouped {
     int groups;
     int top_groups;
     float scale;
+    // LFM2-MoE's router (src/backend/moe_route.rs `sigmoid_in_dtype_row`): the scores rounded
+    // to the dtype before the bias, the weights over their rounded sum plus 1e-6, scaled,
+    // each step rounded.
+    bool in_dtype = false;
 };
 
 std::vector<std::pair<int, float>> host_route_grouped(const std::vector<float>& s, int top_k,
-                                                      bool normalize, const Grouped& g) {
+                                                      bool normalize, const Grouped& g, DType d) {
     const int n = static_cast<int>(s.size());
     const int per_group = n / g.groups;
+    auto round = [&](float v) { return g.in_dtype ? static_cast<float>(round_to(d, v)) : v; };
     std::vector<float> score(n), choice(n);
     for (int e = 0; e < n; ++e) {
-        score[e] = 1.0f / (1.0f + std::exp(-s[e]));
+        score[e] = round(1.0f / (1.0f + std::exp(-s[e])));
         choice[e] = score[e] + g.bias[e];
     }
     if (g.groups > 1) {
@@ -120,18 +125,18 @@ std::vector<std::pair<int, float>> host_route_grouped(const std::vector<float>& 
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return choice[a] > choice[b]; });
     float total = 0.0f;
     for (int r = 0; r < top_k; ++r) total += score[order[r]];
-    total += 1e-20f;
+    total = round(round(total) + (g.in_dtype ? 1e-6f : 1e-20f));
     std::vector<std::pair<int, float>> chosen;
     for (int r = 0; r < top_k; ++r) {
         const int e = order[r];
-        chosen.push_back({e, (normalize ? score[e] / total : score[e]) * g.scale});
+        chosen.push_back({e, round((normalize ? round(score[e] / total) : score[e]) * g.scale)});
     }
     std::sort(chosen.begin(), chosen.end());
     return chosen;
 }
 
 using RouteFn = void (*)(const void*, int*, float*, int*, int*, int*, int, int, int, int, int,
-                         const float*, int, int, float);
+                         const float*, int, int, float, int);
 
 int max_items(int pairs, int experts) {
     return (pairs + GEMV_EXPERT_ROWS - 1) / GEMV_EXPERT_ROWS + std::min(experts, pairs);
@@ -194,14 +199,15 @@ void check_route(DType d, int tokens, int experts, int top_k, bool normalize, bo
         route(lb.data(), ids.data(), weights.data(), item_expert.data(), item_rows.data(),
               item_pairs.data(), tokens, experts, top_k, normalize ? 1 : 0, items,
               grouped ? grouped->bias.data() : nullptr, grouped ? grouped->groups : 1,
-              grouped ? grouped->top_groups : 1, grouped ? grouped->scale : 1.0f);
+              grouped ? grouped->top_groups : 1, grouped ? grouped->scale : 1.0f,
+              grouped && grouped->in_dtype ? 1 : 0);
     });
     size_t wrong_ids = 0;
     double worst = 0.0;
     for (int t = 0; t < tokens; ++t) {
         std::vector<float> row(experts);
         for (int e = 0; e < experts; ++e) row[e] = lb.at(static_cast<size_t>(t) * experts + e);
-        const auto want = grouped ? host_route_grouped(row, top_k, normalize, *grouped)
+        const auto want = grouped ? host_route_grouped(row, top_k, normalize, *grouped, d)
                                   : host_route(row, top_k, normalize);
         for (int r = 0; r < top_k; ++r) {
             const size_t p = static_cast<size_t>(t) * top_k + r;
@@ -430,6 +436,10 @@ int main() {
         check_route(d, 8, 64, 8, true, false, Order::Reverse, &eight);
         check_route(d, 5, 64, 6, false, false, Order::Random, &eight);
         check_route(d, 12, 16, 4, true, false, Order::Forward, &negative);
+        // LFM2-MoE's router: LFM2-8B-A1B's 32 experts, top 4, a scale.
+        const Grouped lfm2{random(DType::F32, 32, 0.3f), 1, 1, 1.5f, true};
+        check_route(d, 1, 32, 4, true, false, Order::Forward, &lfm2);
+        check_route(d, 24, 32, 4, true, false, Order::Random, &lfm2);
         // Tokens sharing experts (items of 1 to 4 pairs, several per expert), one token
         // with four, K = hidden crossing the x chunk of the 4-row GEMV (the host sends only
         // hidden and intermediate widths that are multiples of 8, so every block is full).

@@ -40,12 +40,15 @@ pub const MOE_MAX_GROUPS: usize = 32;
 const NO_BIAS: u64 = 0;
 
 /// GLM-4.5's router for `moe_route` (`RouterScoring::SigmoidGrouped`): its per-expert
-/// correction bias on the device (f32 `[experts]`), its groups and scale.
+/// correction bias on the device (f32 `[experts]`), its groups and scale; LFM2-MoE's
+/// (`RouterScoring::SigmoidInDtype`) the same with one group and `in_dtype`.
 pub struct GroupedRouter<'a> {
     pub bias: &'a CudaTensor,
     pub groups: usize,
     pub top_groups: usize,
     pub scale: f32,
+    /// Scores and weights rounded to the logits' dtype, as LFM2-MoE's router computes them.
+    pub in_dtype: bool,
 }
 
 impl<'a> GroupedRouter<'a> {
@@ -65,6 +68,14 @@ impl<'a> GroupedRouter<'a> {
                 groups,
                 top_groups,
                 scale,
+                in_dtype: false,
+            }),
+            (RouterScoring::SigmoidInDtype { scale }, Some(bias)) => Some(GroupedRouter {
+                bias,
+                groups: 1,
+                top_groups: 1,
+                scale,
+                in_dtype: true,
             }),
             _ => None,
         }
@@ -82,11 +93,12 @@ impl<'a> GroupedRouter<'a> {
 /// grouped sigmoid; DeepSeek-V2's grouped softmax routes on the host.
 pub fn router_runs_on_device(scoring: RouterScoring) -> bool {
     match scoring {
-        RouterScoring::Softmax | RouterScoring::SigmoidGrouped { .. } => true,
+        RouterScoring::Softmax
+        | RouterScoring::SigmoidGrouped { .. }
+        | RouterScoring::SigmoidInDtype { .. } => true,
         RouterScoring::SoftmaxGrouped { .. }
         | RouterScoring::SparseMixer { .. }
-        | RouterScoring::SigmoidScaledInput
-        | RouterScoring::SigmoidInDtype { .. } => false,
+        | RouterScoring::SigmoidScaledInput => false,
     }
 }
 
@@ -401,6 +413,7 @@ impl CudaDevice {
             .into_iter()
             .collect::<Result<Vec<i32>>>()?;
         let scale = grouped.map_or(1.0f32, |g| g.scale);
+        let in_dtype = i32::from(grouped.is_some_and(|g| g.in_dtype));
         match grouped {
             Some(g) => args.arg(g.bias.data()),
             None => args.arg(&NO_BIAS),
@@ -408,7 +421,7 @@ impl CudaDevice {
         for v in &grouped_ints {
             args.arg(v);
         }
-        args.arg(&scale);
+        args.arg(&scale).arg(&in_dtype);
         let config = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (MOE_ROUTE_THREADS, 1, 1),
@@ -828,6 +841,9 @@ mod tests {
             scale,
         };
         assert!(router_runs_on_device(sigmoid));
+        assert!(router_runs_on_device(RouterScoring::SigmoidInDtype {
+            scale
+        }));
         assert!(!router_runs_on_device(RouterScoring::SoftmaxGrouped {
             groups,
             top_groups,

@@ -11,8 +11,10 @@
 //! tokens). A third layer has gpt-oss-20b's experts (hidden and intermediate 2880, top 4
 //! of 32, biases, the clamped SwiGLU) on both paths, a fourth GLM-4.5's router (sigmoid
 //! scores, a correction bias, 2 of 4 groups kept, scale 2.5) at GLM-4.5-Air's expert width,
-//! and a fifth Llama 4's (the top logits' sigmoids scale the experts' inputs: the grouped
-//! path at every token count, its gathered rows scaled by `scale_rows`).
+//! a fifth Llama 4's (the top logits' sigmoids scale the experts' inputs: the grouped
+//! path at every token count, its gathered rows scaled by `scale_rows`), and a sixth
+//! LFM2-MoE's at LFM2-8B-A1B's shape (sigmoid scores rounded to the dtype, a bias, top 4 of
+//! 32, scale 1.5).
 
 use super::compare::Check;
 use super::suite::Suite;
@@ -37,16 +39,19 @@ enum Kind {
     Glm,
     /// Llama 4's router: the top logits' sigmoids scale the experts' inputs.
     Llama4,
+    /// LFM2-MoE's router ([`RouterScoring::SigmoidInDtype`]).
+    Lfm2,
 }
 
 /// `(hidden, intermediate, experts, top_k, normalize, kind)`.
-const LAYERS: [(usize, usize, usize, usize, bool, Kind); 5] = [
+const LAYERS: [(usize, usize, usize, usize, bool, Kind); 6] = [
     (2048, 768, 32, 8, true, Kind::Plain),
     (2048, 1408, 16, 4, false, Kind::Shared),
     (2880, 2880, 32, 4, true, Kind::GptOss),
     (2048, 1408, 32, 8, true, Kind::Glm),
     // Llama 4 Scout's 16 experts (narrower), two per token to exercise the pair order.
     (2048, 1024, 16, 2, false, Kind::Llama4),
+    (2048, 1792, 32, 4, true, Kind::Lfm2),
 ];
 
 /// The GLM-4.5-style router of the fourth layer: groups, kept groups, scale.
@@ -87,7 +92,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             kind == Kind::Llama4,
         );
         // GLM-4.5: the router's correction bias (f32), on the host and on the device.
-        let bias = glm.then(|| s.random(experts, 0.5, DType::F32));
+        let bias = (glm || kind == Kind::Lfm2).then(|| s.random(experts, 0.5, DType::F32));
         let bias_dev = match &bias {
             Some(b) => Some(CudaTensor::from_f32(s.dev, DType::F32, &[experts], b)?),
             None => None,
@@ -98,12 +103,13 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             scoring: match kind {
                 Kind::Glm => GROUPED,
                 Kind::Llama4 => RouterScoring::SigmoidScaledInput,
+                Kind::Lfm2 => RouterScoring::SigmoidInDtype { scale: 1.5 },
                 _ => RouterScoring::Softmax,
             },
             correction_bias: bias.as_deref(),
-            dtype: DType::F32,
+            dtype,
         };
-        let router = GroupedRouter::new(GROUPED, bias_dev.as_ref());
+        let router = GroupedRouter::new(rule.scoring, bias_dev.as_ref());
         let layer = HostLayer {
             hidden,
             inter,
@@ -179,6 +185,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 Kind::GptOss => " gpt-oss (biases, clamped SwiGLU)",
                 Kind::Glm => " GLM-4.5 router (sigmoid, bias, 2 of 4 groups)",
                 Kind::Llama4 => " Llama 4 router (sigmoid-scaled inputs)",
+                Kind::Lfm2 => " LFM2-MoE router (sigmoid in the dtype, bias)",
                 Kind::Plain => "",
             };
             let shape = format!(
