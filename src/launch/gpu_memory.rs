@@ -66,9 +66,68 @@ pub fn kv_blocks(
     Ok(blocks.min(wanted.max(1)))
 }
 
+/// How many sequences' recurrent states to keep: `max_num_seqs`, or fewer where their
+/// states (`state_bytes_per_seq` each) would leave the KV cache less than `min_blocks` blocks
+/// of the budget (`reserve` already held back for activations). vLLM's default of 256
+/// sequences costs a model such as Nemotron-Nano-9B-v2 36 GiB of states, more than a 24 GiB
+/// GPU has; running fewer at once serves it instead of refusing to start. At least one.
+pub fn fitting_state_slots(
+    mem: GpuMemory,
+    reserve: usize,
+    (state_bytes_per_seq, bytes_per_block): (usize, usize),
+    max_num_seqs: usize,
+    min_blocks: usize,
+) -> usize {
+    if state_bytes_per_seq == 0 {
+        return max_num_seqs;
+    }
+    let allowed = (mem.total as f64 * mem.utilization) as i128;
+    let used = mem.total.saturating_sub(mem.free) as i128;
+    let for_states = allowed - used - reserve as i128 - (min_blocks * bytes_per_block) as i128;
+    let fit = if for_states > 0 {
+        for_states as usize / state_bytes_per_seq
+    } else {
+        0
+    };
+    fit.clamp(1, max_num_seqs.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_that_crowd_out_the_cache_cap_the_running_sequences() {
+        // 24 GiB card, 18 GiB of weights in use, all of it allowed, 1 GiB of activations:
+        // 5 GiB left. 256 sequences of 144 MiB of states would need 36 GiB; keeping 1 GiB
+        // of 1 MiB blocks leaves 4 GiB: 28 sequences.
+        let mem = GpuMemory {
+            free: 6 * G,
+            total: 24 * G,
+            utilization: 1.0,
+        };
+        let per_seq = 144 << 20;
+        assert_eq!(
+            fitting_state_slots(mem, G, (per_seq, 1 << 20), 256, 1024),
+            28
+        );
+        // Room for all of them: unchanged; no states: unchanged; no room: one.
+        let big = GpuMemory {
+            free: 140 * G,
+            total: 141 * G,
+            utilization: 0.9,
+        };
+        assert_eq!(
+            fitting_state_slots(big, G, (per_seq, 1 << 20), 256, 1024),
+            256
+        );
+        assert_eq!(fitting_state_slots(mem, G, (0, 1 << 20), 256, 1024), 256);
+        let full = GpuMemory { free: 0, ..mem };
+        assert_eq!(
+            fitting_state_slots(full, G, (per_seq, 1 << 20), 256, 1024),
+            1
+        );
+    }
 
     const G: usize = 1 << 30;
 
