@@ -185,7 +185,11 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
         ),
         (
             "num_key_value_heads",
-            json!(number("num_key_value_heads", "num_attention_heads", 8.0) as u64),
+            // NemotronHConfig: 8 when absent, the attention heads when null.
+            json!(match fields.get("num_key_value_heads") {
+                Some(Value::Null) => number("num_attention_heads", "", 32.0),
+                _ => number("num_key_value_heads", "", 8.0),
+            } as u64),
         ),
         (
             "intermediate_size",
@@ -332,6 +336,15 @@ mod tests {
             r#""layers_block_type": ["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"],"#,
         );
         let c = ModelConfig::from_json(&text).unwrap();
+        assert_eq!(c.num_kv_heads, 8);
+        let null_kv = text.replace(
+            r#""num_key_value_heads": 8"#,
+            r#""num_key_value_heads": null"#,
+        );
+        assert_eq!(ModelConfig::from_json(&null_kv).unwrap().num_kv_heads, 40);
+        let no_kv = text.replace(r#""num_key_value_heads": 8, "#, "");
+        assert_ne!(no_kv, text);
+        assert_eq!(ModelConfig::from_json(&no_kv).unwrap().num_kv_heads, 8);
         assert_eq!(
             c.nemotron_h.unwrap().layers,
             vec![(0, Some(1)), (2, Some(3)), (4, None)]
