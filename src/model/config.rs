@@ -1682,11 +1682,9 @@ pub struct ModelConfig {
     /// Qwen3-Next: `q_proj` also gives a gate per head and value; the attention's output is
     /// multiplied by its sigmoid before `o_proj`.
     pub attention_output_gate: bool,
-    /// Nemotron-H: the checkpoint's blocks behind each layer (for the weights' names).
+    /// Nemotron-H: the checkpoint's blocks behind each layer (for the weights' names), and
+    /// so which layers are Mamba mixers and which have an MLP.
     pub nemotron_h: Option<super::nemotron_h::NemotronHBlocks>,
-    /// Which layers have an MLP (None: all, but in pure Mamba models); Nemotron-H's mixers
-    /// followed by another mixer have none.
-    pub mlp_layers: Option<Vec<bool>>,
     /// Falcon-H1's µP multipliers (folded into its weights at load, but the embedding's and
     /// the head's).
     pub falcon_h1: Option<super::falcon_h1::FalconH1Scales>,
@@ -1945,6 +1943,12 @@ impl ModelConfig {
                 );
             }
         }
+        let nemotron_h = match architecture {
+            Architecture::NemotronH => {
+                Some(super::nemotron_h::NemotronHBlocks::from_config(&value)?)
+            }
+            _ => None,
+        };
         let granite = matches!(
             architecture,
             Architecture::Granite
@@ -2313,7 +2317,10 @@ impl ModelConfig {
                 Architecture::NemotronH => Some(super::mamba::MambaLayers::from_config(
                     &value,
                     raw.hidden_size,
-                    super::nemotron_h::mamba_layers(&value)?,
+                    nemotron_h
+                        .as_ref()
+                        .map(|b| b.mamba.clone())
+                        .context("a Nemotron-H config without its block pairing")?,
                 )?),
                 Architecture::FalconH1 => Some(super::mamba::MambaLayers {
                     parallel: true,
@@ -2341,18 +2348,7 @@ impl ModelConfig {
                 _ => None,
             },
             attention_output_gate: architecture == Architecture::Qwen3Next,
-            nemotron_h: match architecture {
-                Architecture::NemotronH => {
-                    Some(super::nemotron_h::NemotronHBlocks::from_config(&value)?)
-                }
-                _ => None,
-            },
-            mlp_layers: match architecture {
-                Architecture::NemotronH => {
-                    Some(super::nemotron_h::NemotronHBlocks::from_config(&value)?.mlp_layers())
-                }
-                _ => None,
-            },
+            nemotron_h,
             falcon_h1: match architecture {
                 Architecture::FalconH1 => {
                     Some(super::falcon_h1::FalconH1Scales::from_config(&value)?)
@@ -2498,10 +2494,11 @@ impl ModelConfig {
         self.mamba.is_some() || self.gated_delta.is_some() || self.selective.is_some()
     }
 
-    /// Whether layer `i` has an MLP block after its mixer or attention.
+    /// Whether layer `i` has an MLP block after its mixer or attention (not in pure Mamba
+    /// models, nor after a Nemotron-H mixer followed by another mixer).
     pub fn has_mlp(&self, i: usize) -> bool {
-        match &self.mlp_layers {
-            Some(layers) => layers.get(i).copied().unwrap_or(false),
+        match &self.nemotron_h {
+            Some(blocks) => blocks.has_mlp(i),
             None => !self.mixer_only_layers(),
         }
     }

@@ -16,10 +16,11 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 /// The checkpoint's blocks behind each of kiln's layers: its mixer (or attention) block,
-/// and the MLP block after it, if any.
+/// and the MLP block after it, if any; and which layers' first block is a Mamba mixer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NemotronHBlocks {
     pub layers: Vec<(usize, Option<usize>)>,
+    pub mamba: Vec<bool>,
 }
 
 /// One block of the pattern.
@@ -33,9 +34,9 @@ enum Block {
 impl NemotronHBlocks {
     /// The pairing of `pattern` (`M`, `*` and `-` per block), refusing blocks kiln cannot
     /// place: experts, and an MLP that follows no mixer.
-    fn pair(pattern: &[Block]) -> Result<(Self, Vec<Block>)> {
+    fn pair(pattern: &[Block]) -> Result<Self> {
         let mut layers: Vec<(usize, Option<usize>)> = Vec::new();
-        let mut kinds = Vec::new();
+        let mut mamba = Vec::new();
         for (i, &block) in pattern.iter().enumerate() {
             match block {
                 Block::Mlp => match layers.last_mut() {
@@ -47,12 +48,12 @@ impl NemotronHBlocks {
                 },
                 mixer => {
                     layers.push((i, None));
-                    kinds.push(mixer);
+                    mamba.push(mixer == Block::Mamba);
                 }
             }
         }
         anyhow::ensure!(!layers.is_empty(), "Nemotron-H: the pattern has no layers");
-        Ok((NemotronHBlocks { layers }, kinds))
+        Ok(NemotronHBlocks { layers, mamba })
     }
 
     /// Read back from a normalized config.
@@ -61,12 +62,12 @@ impl NemotronHBlocks {
             .get("hybrid_override_pattern")
             .and_then(Value::as_str)
             .context("Nemotron-H: no hybrid_override_pattern")?;
-        Ok(Self::pair(&parse_pattern(pattern)?)?.0)
+        Self::pair(&parse_pattern(pattern)?)
     }
 
-    /// Which of kiln's layers have an MLP.
-    pub fn mlp_layers(&self) -> Vec<bool> {
-        self.layers.iter().map(|(_, mlp)| mlp.is_some()).collect()
+    /// Whether kiln's layer `i` has an MLP.
+    pub fn has_mlp(&self, i: usize) -> bool {
+        self.layers.get(i).is_some_and(|(_, mlp)| mlp.is_some())
     }
 }
 
@@ -121,7 +122,7 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
         .as_object_mut()
         .context("config.json is not an object")?;
     let pattern = pattern_of(fields)?;
-    let (blocks, kinds) = NemotronHBlocks::pair(&parse_pattern(&pattern)?)?;
+    let blocks = NemotronHBlocks::pair(&parse_pattern(&pattern)?)?;
     let number = |k: &str, alt: &str, default: f64| {
         fields
             .get(k)
@@ -145,11 +146,9 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
         !flag("use_bias", "mamba_proj_bias", false),
         "Nemotron-H with projection biases (use_bias) is not supported"
     );
-    let mixers: Vec<Value> = kinds.iter().map(|k| json!(*k == Block::Mamba)).collect();
     let entries = [
         ("num_hidden_layers", json!(blocks.layers.len())),
         ("hybrid_override_pattern", json!(pattern)),
-        ("kiln_mamba_layers", Value::Array(mixers)),
         ("mamba_n_heads", json!(heads as u64)),
         ("mamba_d_head", json!(head_dim as u64)),
         ("mamba_d_ssm", json!((heads * head_dim) as u64)),
@@ -203,17 +202,6 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
     fields.remove("layers_block_type");
     fields.remove("layer_types");
     Ok(value)
-}
-
-/// Which of kiln's layers are Mamba mixers, from a normalized config.
-pub fn mamba_layers(value: &Value) -> Result<Vec<bool>> {
-    value
-        .get("kiln_mamba_layers")
-        .and_then(Value::as_array)
-        .context("Nemotron-H: config not normalized")?
-        .iter()
-        .map(|v| v.as_bool().context("Nemotron-H: bad mixer list"))
-        .collect()
 }
 
 /// A Nemotron-H checkpoint (`backbone.*`) under the loader's names, its blocks paired into
@@ -292,15 +280,7 @@ mod tests {
             blocks.layers[..4],
             [(0, Some(1)), (2, Some(3)), (4, Some(5)), (6, None)]
         );
-        assert_eq!(
-            c.mlp_layers
-                .as_ref()
-                .unwrap()
-                .iter()
-                .filter(|&&m| m)
-                .count(),
-            25
-        );
+        assert_eq!((0..c.num_layers).filter(|&i| c.has_mlp(i)).count(), 25);
         let m = c.mamba.as_ref().unwrap();
         assert_eq!(m.layers.iter().filter(|&&l| !l).count(), 4);
         assert_eq!(
@@ -355,6 +335,7 @@ mod tests {
     fn weights_take_backbone_block_names() {
         let blocks = NemotronHBlocks {
             layers: vec![(0, Some(1)), (2, None), (3, Some(4))],
+            mamba: vec![true, true, false],
         };
         let src = NemotronHWeights::wrap(crate::model::weights::DummyWeights { seed: 0 }, blocks);
         let names: Vec<String> = [
