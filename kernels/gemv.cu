@@ -45,8 +45,10 @@
 // arithmetic does not depend on the other rows). Items past the step's count have no rows
 // and return at once (the grid is sized for the most items a step can have). gpt-oss's
 // experts add a bias per expert (`bias` stacked [experts, n], has_bias) and use the clamped
-// SwiGLU (`clamped`, with `limit` and `alpha`), as the host path's linear and
-// clamped_swiglu compute them.
+// SwiGLU (`act_mode` GEMV_ACT_CLAMPED, with `limit` and `alpha`), as the host path's linear
+// and clamped_swiglu compute them. Nemotron 3's ungated experts run their up projection
+// through the plain gemv_expert with `act_mode` GEMV_ACT_RELU2: each value rounded to the
+// dtype as the linear layer stores it, then relu(v)^2 (the host path's activation).
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
@@ -144,9 +146,13 @@ struct GemvGather {
     int x_div;
 };
 
-// The SwiGLU epilogue's activation: silu(g) * u, or gpt-oss's clamped form.
+// The epilogue's activation (GemvAct::mode). With SWIGLU: silu(g) * u (GEMV_ACT_NONE), or
+// gpt-oss's clamped form. Without: the value as it is, or relu(v)^2.
+#define GEMV_ACT_NONE 0
+#define GEMV_ACT_CLAMPED 1
+#define GEMV_ACT_RELU2 2
 struct GemvAct {
-    int clamped;
+    int mode;
     float limit, alpha;
 };
 
@@ -277,8 +283,9 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                 u = D::load(D::store(u));
                 const long long yrow = GATHER ? gather.pairs[m] : m;
                 y[yrow * half + col] =
-                    D::store(act.clamped ? kiln_clamped_swiglu(g, u, act.limit, act.alpha)
-                                         : g / (1.0f + expf(-g)) * u);
+                    D::store(act.mode == GEMV_ACT_CLAMPED
+                                 ? kiln_clamped_swiglu(g, u, act.limit, act.alpha)
+                                 : g / (1.0f + expf(-g)) * u);
             }
         }
     } else {
@@ -290,6 +297,10 @@ __device__ __forceinline__ void gemv_impl(typename D::T* __restrict__ y,
                 if (lane == r * MT + m && row < n && m < m_rows) {
                     float v = acc[r][m];
                     if (has_bias) v += D::load(bias[row]);
+                    if (act.mode == GEMV_ACT_RELU2) {
+                        const float stored = fmaxf(D::load(D::store(v)), 0.0f);
+                        v = stored * stored;
+                    }
                     const long long yrow = GATHER ? gather.pairs[m] : m;
                     y[yrow * n + row] = D::store(v);
                 }
@@ -350,7 +361,7 @@ __device__ __forceinline__ void gemv_expert(typename D::T* y, const typename D::
                                             const int* item_expert, const int* item_rows,
                                             const int* item_pairs, int x_div, int n, int k,
                                             const typename D::T* bias, int has_bias,
-                                            int clamped, float limit, float alpha) {
+                                            int act_mode, float limit, float alpha) {
     const int item = (int)blockIdx.y;
     const int rows = item_rows[item];
     if (rows == 0) return;  // past the step's items: the whole block leaves together
@@ -361,15 +372,15 @@ __device__ __forceinline__ void gemv_expert(typename D::T* y, const typename D::
     gemv_impl<D, GEMV_EXPERT_ROWS, GEMV_PLAIN, SWIGLU, true>(
         y, x, w, b, rows, n, k, has_bias, GemvNorm<D>{},
         GemvGather{item_pairs + (long long)item * GEMV_EXPERT_ROWS, x_div},
-        GemvAct{clamped, limit, alpha});
+        GemvAct{act_mode, limit, alpha});
 }
 
 #define KILN_GEMV_EXPERT_PARAMS(D)                                                         \
     D::T *y, const D::T *x, const unsigned long long *table, const int *item_expert,       \
         const int *item_rows, const int *item_pairs, int x_div, int n, int k, const D::T *bias,  \
-        int has_bias, int clamped, float limit, float alpha
+        int has_bias, int act_mode, float limit, float alpha
 #define KILN_GEMV_EXPERT_ARGS \
-    y, x, table, item_expert, item_rows, item_pairs, x_div, n, k, bias, has_bias, clamped, limit, alpha
+    y, x, table, item_expert, item_rows, item_pairs, x_div, n, k, bias, has_bias, act_mode, limit, alpha
 #define KILN_GEMV_EXPERT(S, D)                                                                   \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                   \
         gemv_expert_##S(KILN_GEMV_EXPERT_PARAMS(D)) {                                            \

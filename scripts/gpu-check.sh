@@ -31,7 +31,7 @@ KILN="${KILN:-$BUNDLE/kiln}"
 FIXTURES="${FIXTURES:-$BUNDLE/tests/fixtures}"
 OUT="${OUT:-$PWD/gpu-check-out}"
 BUDGET_S="${BUDGET_S:-270}"
-ARCHS="llama llama31 mistral qwen2 qwen3 phi3 qwen3_moe qwen2_moe mixtral gemma2 gemma3 granite smollm3 olmo2 qwen3_yarn glm4 phi3_longrope gpt_oss olmo3 seed_oss glm4_moe deepseek_v2 deepseek_v3 qwen2_5_vl qwen3_vl qwen3_vl_moe internvl starcoder2 cohere phi cohere2 olmoe gemma qwen2_vl gpt_neox gpt_neox_sequential gpt2 opt gpt_bigcode gpt_bigcode_mha glm gptj granitemoe ernie4_5 helium exaone4 olmo opt_pytorch falcon falcon_40b falcon_sequential arcee nemotron stablelm stablelm_parallel gpt_neo ernie4_5_moe ministral llama_attention_bias bloom mpt falcon_rw phimoe apertus dots1 hunyuan_dense hunyuan_moe llama4 cohere_qk_norm stablelm_qk_norm lfm2 glm4v glm4v_moe bamba granitemoehybrid granitemoehybrid_moe mamba2 granitemoeshared qwen3_next mamba falcon_mamba jamba falcon_h1 nemotron_h lfm2_moe"
+ARCHS="llama llama31 mistral qwen2 qwen3 phi3 qwen3_moe qwen2_moe mixtral gemma2 gemma3 granite smollm3 olmo2 qwen3_yarn glm4 phi3_longrope gpt_oss olmo3 seed_oss glm4_moe deepseek_v2 deepseek_v3 qwen2_5_vl qwen3_vl qwen3_vl_moe internvl starcoder2 cohere phi cohere2 olmoe gemma qwen2_vl gpt_neox gpt_neox_sequential gpt2 opt gpt_bigcode gpt_bigcode_mha glm gptj granitemoe ernie4_5 helium exaone4 olmo opt_pytorch falcon falcon_40b falcon_sequential arcee nemotron stablelm stablelm_parallel gpt_neo ernie4_5_moe ministral llama_attention_bias bloom mpt falcon_rw phimoe apertus dots1 hunyuan_dense hunyuan_moe llama4 cohere_qk_norm stablelm_qk_norm lfm2 glm4v glm4v_moe bamba granitemoehybrid granitemoehybrid_moe mamba2 granitemoeshared qwen3_next mamba falcon_mamba jamba falcon_h1 nemotron_h lfm2_moe nemotron_h_moe"
 
 mkdir -p "$OUT"
 # Kernels compile once per machine and are cached: keep that cache across the steps.
@@ -126,7 +126,7 @@ done
 # Mixture of experts: the same with device routing only for one-token steps
 # (KILN_MOE_DEVICE_ROWS=1), so every prefill takes the grouped host-routed path; eager as
 # well, to compare recorded decode against launched; and the portable host path.
-MOE_ARCHS="qwen3_moe qwen2_moe mixtral gpt_oss glm4_moe deepseek_v2 deepseek_v3 qwen3_vl_moe olmoe granitemoe ernie4_5_moe phimoe dots1 hunyuan_moe llama4 cohere_qk_norm stablelm_qk_norm lfm2 glm4v glm4v_moe bamba granitemoehybrid granitemoehybrid_moe mamba2 granitemoeshared qwen3_next mamba falcon_mamba jamba falcon_h1 nemotron_h lfm2_moe"
+MOE_ARCHS="qwen3_moe qwen2_moe mixtral gpt_oss glm4_moe deepseek_v2 deepseek_v3 qwen3_vl_moe olmoe granitemoe ernie4_5_moe phimoe dots1 hunyuan_moe llama4 cohere_qk_norm stablelm_qk_norm lfm2 glm4v glm4v_moe bamba granitemoehybrid granitemoehybrid_moe mamba2 granitemoeshared qwen3_next mamba falcon_mamba jamba falcon_h1 nemotron_h lfm2_moe nemotron_h_moe"
 MOE_FIRST=${MOE_ARCHS%% *}
 MOE_ALSO=$(for arch in ${MOE_ARCHS#* }; do printf '%s,' "$FIXTURES/$arch"; done)
 MOE_ALSO=${MOE_ALSO%,}
@@ -190,7 +190,7 @@ step tp4_qwen2_float32 60 yes tp4_qwen2_float32.json -- \
     --tensor-parallel-size 4 --dtype float32 --block-size 4 --json
 # Recurrent mixers split by heads (their state slots per rank): Mamba-2 beside attention,
 # Mamba-2 with its gated norm's groups whole, the gated delta rule.
-for case in falcon_h1:4 mamba2:2 qwen3_next:2; do
+for case in falcon_h1:4 mamba2:2 qwen3_next:2 nemotron_h_moe:2; do
     step "tp${case#*:}_${case%%:*}_float32" 60 yes "tp${case#*:}_${case%%:*}_float32.json" -- \
         "$KILN" check-reference --model "$FIXTURES/${case%%:*}" --device cuda \
         --tensor-parallel-size "${case#*:}" --dtype float32 --block-size 4 --json

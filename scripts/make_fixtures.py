@@ -1937,6 +1937,12 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
     # pairs the 8 blocks into 5 layers. Mixers of 8 heads of 16 in 2 groups of B / C (the
     # grouped gated norm), a state of 16, 4 taps with biases; attention (8 heads of 8, 2 KV
     # heads) without positions; ReLU² MLPs of 128. A chunk of 8 in transformers' SSD algorithm.
+    # Nemotron 3 (Nemotron-H with experts, transformers >= 5): blocks `ME*EM-ME`, paired into
+    # 4 layers, three of whose MLPs are experts: 8 ungated ReLU² experts of 32 (top 3 by
+    # sigmoid score plus a random correction bias, renormalised, times 2.5) in a latent
+    # space of 32 (LatentMoE: projected down from and back up to the hidden 64), beside a
+    # shared ReLU² expert of 48; the third layer's MLP is dense. Mixers of 8 heads in 8
+    # groups, as Nemotron 3 Nano's 64 heads in 8: tensor parallelism up to 8 ways.
     # LFM2-MoE (transformers >= 5): LFM2's convolution and attention layers (as the lfm2
     # fixture's), a dense SwiGLU MLP of 128 on layer 0, then 8 experts of 32 (top 2: sigmoid
     # scores chosen with a random expert_bias, renormalised, times routed_scaling_factor
@@ -1972,30 +1978,46 @@ def fixture_configs(vocab_size: int, eos_id: int, pad_id: int) -> dict[str, tupl
             ),
         )
     if NemotronHConfig is not None:
+        nemotron_h = dict(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=256,
+            layer_norm_epsilon=1e-5,
+            mamba_num_heads=8,
+            mamba_head_dim=16,
+            ssm_state_size=16,
+            conv_kernel=4,
+            chunk_size=8,
+            use_conv_bias=True,
+            mlp_hidden_act="relu2",
+            bos_token_id=None,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+            tie_word_embeddings=False,
+        )
         configs["nemotron_h"] = (
             NemotronHForCausalLM,
+            NemotronHConfig(**nemotron_h, hybrid_override_pattern="M-M*-MM-", n_groups=2),
+        )
+        configs["nemotron_h_moe"] = (
+            NemotronHForCausalLM,
             NemotronHConfig(
-                vocab_size=vocab_size,
-                hidden_size=64,
-                intermediate_size=128,
-                hybrid_override_pattern="M-M*-MM-",
-                num_attention_heads=8,
-                num_key_value_heads=2,
-                head_dim=8,
-                max_position_embeddings=256,
-                layer_norm_epsilon=1e-5,
-                mamba_num_heads=8,
-                mamba_head_dim=16,
-                n_groups=2,
-                ssm_state_size=16,
-                conv_kernel=4,
-                chunk_size=8,
-                use_conv_bias=True,
-                mlp_hidden_act="relu2",
-                bos_token_id=None,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-                tie_word_embeddings=False,
+                **nemotron_h,
+                hybrid_override_pattern="ME*EM-ME",
+                n_groups=8,
+                n_routed_experts=8,
+                num_experts_per_tok=3,
+                moe_intermediate_size=32,
+                moe_shared_expert_intermediate_size=48,
+                moe_latent_size=32,
+                n_group=1,
+                topk_group=1,
+                norm_topk_prob=True,
+                routed_scaling_factor=2.5,
             ),
         )
     return configs

@@ -29,6 +29,9 @@ pub fn gpu_facts(t: GpuType) -> Option<(u64, f64)> {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct MemoryEstimate {
     pub weights: u64,
+    /// The weights one token's forward pass reads (a mixture of experts' `top_k` experts,
+    /// not all of them): what bounds batch-1 decoding.
+    pub active_weights: u64,
     pub kv_per_token: u64,
     pub kv_cache: u64,
     /// Peak activations of one step of `max_num_batched_tokens` tokens (logits included).
@@ -68,6 +71,7 @@ pub fn estimate(p: &PlanInput) -> MemoryEstimate {
     let activations = t * widths as u64 * e + p.max_num_seqs as u64 * c.vocab_size as u64 * 4;
     MemoryEstimate {
         weights: c.num_parameters() * e,
+        active_weights: c.active_parameters() * e,
         kv_per_token,
         kv_cache: kv_per_token * p.max_model_len as u64 * p.max_num_seqs as u64 + states,
         activations,
@@ -141,7 +145,7 @@ pub fn table(p: &PlanInput, est: &MemoryEstimate) -> Vec<PlanRow> {
                 count,
                 fits: headroom >= 0.0,
                 headroom_gib: headroom,
-                max_decode_tokens_per_s: gbs * 1e9 * count as f64 / est.weights as f64,
+                max_decode_tokens_per_s: gbs * 1e9 * count as f64 / est.active_weights as f64,
             });
         }
     }
@@ -195,6 +199,24 @@ mod tests {
             .unwrap();
         // 3.35 TB/s / 16.06 GB = 208.6 tokens/s.
         assert!((h100.max_decode_tokens_per_s - 208.6).abs() < 0.5);
+    }
+
+    /// A mixture of experts' batch-1 step reads its active experts, not all of them:
+    /// Qwen3-30B-A3B is bounded by its 3.3B active parameters, not its 30.5B.
+    #[test]
+    fn moe_decode_is_bounded_by_the_active_weights() {
+        let (c, len, seqs) = input("qwen3-30b-a3b", 4096, 1);
+        let p = bf16_input(&c, len, seqs);
+        let e = estimate(&p);
+        assert_eq!(e.active_weights, c.active_parameters() * 2);
+        assert!(e.weights > 9 * e.active_weights);
+        let h100 = table(&p, &e)
+            .into_iter()
+            .find(|r| r.gpu == "H100" && r.count == 1)
+            .unwrap();
+        let bound = 3.35e12 / e.active_weights as f64;
+        assert!((h100.max_decode_tokens_per_s - bound).abs() < 1.0);
+        assert!(h100.max_decode_tokens_per_s > 450.0, "{h100:?}");
     }
 
     #[test]

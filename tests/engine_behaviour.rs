@@ -219,6 +219,7 @@ fn recurrent_states_survive_chunking_and_batching() {
         "jamba",
         "falcon_h1",
         "nemotron_h",
+        "nemotron_h_moe",
     ] {
         cached_state_survives_prefix_caching_chunking_and_batching(arch, false);
     }

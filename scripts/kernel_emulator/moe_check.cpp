@@ -10,7 +10,7 @@
 // * gemv_expert_swiglu / gemv_expert (kernels/gemv.cu), with expert addresses in a table as
 //   src/backend/cuda/moe.rs builds it and work items grouped on the host: each pair's row
 //   must equal gemv1 run on that one row with that expert's weights (then silu_mul for the
-//   SwiGLU) bit for bit.
+//   SwiGLU, or relu(v)^2 of the rounded value for Nemotron 3's ungated experts) bit for bit.
 // * moe_combine against the host's weighted_row_sum loop (src/backend/mod.rs), shared
 //   expert included, expert outputs in pair order or grouped (through a pair-row map):
 //   bit for bit.
@@ -263,10 +263,13 @@ using SiluMulFn = void (*)(void*, const void*, long long, int);
 // random, repeats across tokens included), through the expert kernels with a table of
 // expert addresses, against gemv1 (+ silu_mul) per pair: bit for bit. `gpt_oss`: with
 // per-expert biases and the clamped SwiGLU (limit 1.5, so many values clamp), against gemv1
-// with the bias and clamped_swiglu.
+// with the bias and clamped_swiglu. `relu2`: ungated experts (up rows alone), their up GEMV
+// through the plain kernel with the ReLU² epilogue, against gemv1 and relu(v)^2 rounded.
 void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, int inter,
-                       Order order, bool gpt_oss = false) {
+                       Order order, bool gpt_oss = false, bool relu2 = false) {
     const float limit = 1.5f, alpha = 1.702f;
+    // Rows of the first projection: gate and up, or up alone.
+    const int first = relu2 ? inter : 2 * inter;
     Buffer gu_bias(d, random(d, static_cast<size_t>(experts) * 2 * inter, 1.0f));
     Buffer down_bias(d, random(d, static_cast<size_t>(experts) * hidden, 1.0f));
     const int has_bias = gpt_oss ? 1 : 0;
@@ -274,7 +277,7 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
     std::vector<Buffer> gate_up, down;
     std::vector<unsigned long long> gate_up_table, down_table;
     for (int e = 0; e < experts; ++e) {
-        gate_up.emplace_back(d, random(d, static_cast<size_t>(2) * inter * hidden, 1.0f));
+        gate_up.emplace_back(d, random(d, static_cast<size_t>(first) * hidden, 1.0f));
         down.emplace_back(d, random(d, static_cast<size_t>(hidden) * inter, 1.0f));
     }
     for (int e = 0; e < experts; ++e) {
@@ -293,12 +296,18 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
     group(ids, experts, item_expert, item_rows, item_pairs);
     const unsigned items = static_cast<unsigned>(item_rows.size());
     const unsigned per_block = GEMV_WARPS * GEMV_ROWS_PER_WARP;
-    const unsigned gu_blocks = (2 * inter + per_block - 1) / per_block;
+    const unsigned gu_blocks = (first + per_block - 1) / per_block;
     const unsigned down_blocks = (hidden + per_block - 1) / per_block;
     kiln_emu::launch({gu_blocks, items, 1}, {GEMV_THREADS, 1, 1}, order, 7, [&] {
-        swiglu(act.data(), x.data(), gate_up_table.data(), item_expert.data(), item_rows.data(),
-               item_pairs.data(), top_k, 2 * inter, hidden, gu_bias.data(), has_bias, has_bias,
-               limit, alpha);
+        if (relu2) {
+            plain(act.data(), x.data(), gate_up_table.data(), item_expert.data(), item_rows.data(),
+                  item_pairs.data(), top_k, inter, hidden, gu_bias.data(), 0, GEMV_ACT_RELU2, 0.0f,
+                  0.0f);
+        } else {
+            swiglu(act.data(), x.data(), gate_up_table.data(), item_expert.data(),
+                   item_rows.data(), item_pairs.data(), top_k, 2 * inter, hidden, gu_bias.data(),
+                   has_bias, has_bias ? GEMV_ACT_CLAMPED : GEMV_ACT_NONE, limit, alpha);
+        }
     });
     kiln_emu::launch({down_blocks, items, 1}, {GEMV_THREADS, 1, 1}, order, 9, [&] {
         plain(y.data(), act.data(), down_table.data(), item_expert.data(), item_rows.data(),
@@ -320,19 +329,28 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
         const int t = p / top_k;
         Buffer xr(d, std::vector<float>(xs.begin() + static_cast<long>(t) * hidden,
                                         xs.begin() + static_cast<long>(t + 1) * hidden));
-        Buffer gu = Buffer::unwritten(d, static_cast<size_t>(2) * inter);
-        Buffer a = Buffer::unwritten(d, inter);
+        Buffer gu = Buffer::unwritten(d, first);
         Buffer gb = bias_of(gub, ids[p], 2 * inter), dbr = bias_of(db, ids[p], hidden);
         kiln_emu::launch({gu_blocks, 1, 1}, {GEMV_THREADS, 1, 1}, Order::Forward, 1, [&] {
-            gemv1(gu.data(), xr.data(), gate_up[ids[p]].data(), gb.data(), 1, 2 * inter, hidden, has_bias);
+            gemv1(gu.data(), xr.data(), gate_up[ids[p]].data(), gb.data(), 1, first, hidden, has_bias);
         });
-        kiln_emu::launch({1, 1, 1}, {64, 1, 1}, Order::Forward, 1, [&] {
-            if (gpt_oss) {
-                clamped(a.data(), gu.data(), inter, inter, limit, alpha);
-            } else {
-                silu(a.data(), gu.data(), inter, inter);
+        Buffer a = Buffer::unwritten(d, inter);
+        if (relu2) {
+            std::vector<float> relu2s(inter);
+            for (int c = 0; c < inter; ++c) {
+                const float v = std::max(gu.at(c), 0.0f);
+                relu2s[c] = v * v;
             }
-        });
+            a = Buffer(d, relu2s);  // rounded to the dtype as it is stored
+        } else {
+            kiln_emu::launch({1, 1, 1}, {64, 1, 1}, Order::Forward, 1, [&] {
+                if (gpt_oss) {
+                    clamped(a.data(), gu.data(), inter, inter, limit, alpha);
+                } else {
+                    silu(a.data(), gu.data(), inter, inter);
+                }
+            });
+        }
         // The down GEMV from the kernel's own activation row (compared above).
         Buffer ar(d, std::vector<float>(acts.begin() + static_cast<long>(p) * inter,
                                         acts.begin() + static_cast<long>(p + 1) * inter));
@@ -352,7 +370,7 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
     char what[200];
     std::snprintf(what, sizeof what,
                   "gemv_expert(_swiglu)%s tokens=%d top_k=%d experts=%d hidden=%-4d inter=%-4d %-4s  %zu act, %zu y values differ from gemv1 per pair",
-                  gpt_oss ? " gpt-oss" : "", tokens, top_k, experts, hidden, inter, dtype_name(d), act_differ, y_differ);
+                  gpt_oss ? " gpt-oss" : relu2 ? " relu2" : "", tokens, top_k, experts, hidden, inter, dtype_name(d), act_differ, y_differ);
     report(act_differ == 0 && y_differ == 0, what);
 }
 
@@ -450,6 +468,10 @@ int main() {
         // gpt-oss: biases per expert and the clamped SwiGLU.
         check_expert_gemv(d, 3, 2, 4, 64, 24, Order::Random, true);
         check_expert_gemv(d, 5, 4, 8, 136, 40, Order::Reverse, true);
+        // Nemotron 3: ungated ReLU² experts (top 6), several items per expert.
+        check_expert_gemv(d, 3, 6, 8, 64, 24, Order::Random, false, true);
+        check_expert_gemv(d, 1, 6, 16, 136, 40, Order::Reverse, false, true);
+        check_expert_gemv(d, 7, 2, 3, 72, 16, Order::Forward, false, true);
         // Recombination, with and without Qwen2-MoE's shared expert.
         check_combine(d, 3, 2, 40, false, Order::Forward);
         check_combine(d, 5, 8, 72, true, Order::Random);

@@ -13,9 +13,9 @@ use super::{Backend, DType, RowContribution};
 use anyhow::Result;
 
 /// One MoE layer's experts (this rank's slice of each): expert `e`'s stacked gate and up
-/// rows `gate_up[e]` (`[2 * intermediate, hidden]`) and its `down[e]`
-/// (`[hidden, intermediate]`), plus whatever the backend prepared from them
-/// ([`Backend::index_experts`]).
+/// rows `gate_up[e]` (`[2 * intermediate, hidden]`; ungated experts' up rows alone,
+/// `[intermediate, hidden]`) and its `down[e]` (`[hidden, intermediate]`), plus whatever
+/// the backend prepared from them ([`Backend::index_experts`]).
 pub struct ExpertSet<'a, T, I> {
     pub gate_up: &'a [T],
     pub down: &'a [T],
@@ -56,11 +56,15 @@ impl<'a, T, I> ExpertSet<'a, T, I> {
         }
     }
 
-    /// Plain SwiGLU experts without biases: what the device-routed kernels compute.
+    /// Experts without biases, SwiGLU or ungated ReLU²: what the device-routed kernels
+    /// compute without an index of biases.
     pub fn is_plain(&self, activation: ExpertActivation) -> bool {
         self.gate_up_bias.is_none()
             && self.down_bias.is_none()
-            && activation == ExpertActivation::SwiGlu
+            && matches!(
+                activation,
+                ExpertActivation::SwiGlu | ExpertActivation::Relu2
+            )
     }
 }
 
@@ -72,6 +76,38 @@ pub enum ExpertActivation {
     /// gpt-oss: gate clamped to at most `limit`, up to `[-limit, limit]`, then
     /// `(up + 1) * gate * sigmoid(alpha * gate)`.
     ClampedSwiGlu { limit: f32, alpha: f32 },
+    /// Nemotron 3: no gate; `relu(up)²` of the up projection (rounded to the dtype first,
+    /// as the linear layer stores it).
+    Relu2,
+}
+
+impl ExpertActivation {
+    /// Whether the first projection holds gate and up rows (`2 * intermediate`) rather
+    /// than up rows alone.
+    pub fn is_gated(self) -> bool {
+        self != ExpertActivation::Relu2
+    }
+
+    /// Rows of an expert's first projection for `intermediate` columns of activation.
+    pub fn first_rows(self, intermediate: usize) -> usize {
+        if self.is_gated() {
+            2 * intermediate
+        } else {
+            intermediate
+        }
+    }
+
+    /// The activation of the first projection's output `gate_up` through the ordinary
+    /// ops (the host path, and shared experts).
+    pub fn apply<B: Backend + ?Sized>(self, be: &B, gate_up: &B::Tensor) -> Result<B::Tensor> {
+        match self {
+            ExpertActivation::SwiGlu => be.silu_mul(gate_up),
+            ExpertActivation::ClampedSwiGlu { limit, alpha } => {
+                be.clamped_swiglu(gate_up, limit, alpha)
+            }
+            ExpertActivation::Relu2 => be.activation(gate_up, super::image_ops::Activation::Relu2),
+        }
+    }
 }
 
 /// Qwen2-MoE's shared expert, already run on every token: its output (`[tokens, hidden]`)
@@ -243,12 +279,7 @@ pub fn host_routed_experts<B: Backend + ?Sized>(
         }
         let gate_up_bias = experts.gate_up_bias.and_then(|b| b.get(e));
         let gate_up = be.linear(&input, &experts.gate_up[e], gate_up_bias)?;
-        let act = match routing.activation {
-            ExpertActivation::SwiGlu => be.silu_mul(&gate_up)?,
-            ExpertActivation::ClampedSwiGlu { limit, alpha } => {
-                be.clamped_swiglu(&gate_up, limit, alpha)?
-            }
-        };
+        let act = routing.activation.apply(be, &gate_up)?;
         let down_bias = experts.down_bias.and_then(|b| b.get(e));
         outputs.push(be.linear(&act, &experts.down[e], down_bias)?);
     }

@@ -688,6 +688,9 @@ struct RawConfig {
     n_routed_experts: Option<usize>,
     #[serde(default)]
     n_shared_experts: Option<usize>,
+    /// Nemotron 3's latent space of the routed experts (none: they run on the hidden state).
+    #[serde(default)]
+    moe_latent_size: Option<usize>,
     #[serde(default)]
     first_k_dense_replace: Option<usize>,
     #[serde(default)]
@@ -950,6 +953,9 @@ pub struct MoeConfig {
     /// computes them for these models (GLM-4.5, DeepSeek-V2 / V3, ERNIE 4.5, dots.llm1): a
     /// logit rounded to bf16 can flip a near-tied expert choice.
     pub router_f32: bool,
+    /// Nemotron 3 (LatentMoE): the routed experts' input and output width, projected down
+    /// from and back up to the hidden size around them (`model/moe.rs`).
+    pub latent_size: Option<usize>,
 }
 
 impl MoeConfig {
@@ -1039,6 +1045,13 @@ impl MoeConfig {
                 raw.moe_intermediate_size.unwrap_or(1792),
                 raw.norm_topk_prob.unwrap_or(true),
             ),
+            // NemotronHConfig's defaults (whether any layer has experts is its pattern's
+            // say: `ModelConfig::from_json`).
+            Architecture::NemotronH => (
+                raw.n_routed_experts.unwrap_or(8),
+                raw.moe_intermediate_size.unwrap_or(7688),
+                raw.norm_topk_prob.unwrap_or(true),
+            ),
             // Ernie4_5_MoeConfig's defaults; the chosen weights are renormalised.
             Architecture::Ernie45Moe => (
                 raw.moe_num_experts.unwrap_or(64),
@@ -1104,7 +1117,10 @@ impl MoeConfig {
         };
         let scale = raw.routed_scaling_factor.unwrap_or(1.0) as f32;
         let scoring = match architecture {
-            Architecture::Glm4Moe | Architecture::DeepseekV3 | Architecture::Dots1 => {
+            Architecture::Glm4Moe
+            | Architecture::DeepseekV3
+            | Architecture::Dots1
+            | Architecture::NemotronH => {
                 let (groups, top_groups) = groups(raw.n_group, raw.topk_group.or(Some(1)))?;
                 RouterScoring::SigmoidGrouped {
                     groups,
@@ -1163,7 +1179,12 @@ impl MoeConfig {
                     | Architecture::Ernie45Moe
                     | Architecture::Dots1
                     | Architecture::HunYuanMoe
+                    | Architecture::NemotronH
             ),
+            latent_size: match architecture {
+                Architecture::NemotronH => raw.moe_latent_size.filter(|&n| n > 0),
+                _ => None,
+            },
             num_experts,
             top_k,
             expert_intermediate_size,
@@ -1193,12 +1214,13 @@ impl MoeConfig {
                         .filter(|&n| n > 0)
                 }
                 // Set from its per-layer settings (`hunyuan::normalized_moe_config`), or
-                // Granite 4.0's shared MLP (`mamba::normalized_granite_hybrid_config`).
+                // Granite 4.0's shared MLP (`mamba::normalized_granite_hybrid_config`), or
+                // Nemotron 3's `moe_shared_expert_intermediate_size`
+                // (`nemotron_h::normalized_config`).
                 Architecture::HunYuanMoe
                 | Architecture::Llama4
-                | Architecture::GraniteMoeHybrid => {
-                    raw.shared_expert_intermediate_size.filter(|&n| n > 0)
-                }
+                | Architecture::GraniteMoeHybrid
+                | Architecture::NemotronH => raw.shared_expert_intermediate_size.filter(|&n| n > 0),
                 // GraniteMoeSharedConfig's default is none (0).
                 Architecture::GraniteMoeShared => raw.shared_intermediate_size.filter(|&n| n > 0),
                 _ => None,
@@ -1214,6 +1236,8 @@ impl MoeConfig {
                     limit: raw.swiglu_limit.unwrap_or(7.0) as f32,
                     alpha: 1.702,
                 },
+                // Nemotron 3's experts are its MLPs' kind: ungated ReLU².
+                Architecture::NemotronH => ExpertActivation::Relu2,
                 _ => ExpertActivation::SwiGlu,
             },
         }))
@@ -1924,7 +1948,7 @@ impl ModelConfig {
             ),
             _ => raw.sliding_window,
         };
-        let moe = MoeConfig::from_raw(architecture, &raw)?;
+        let mut moe = MoeConfig::from_raw(architecture, &raw)?;
         // HunYuan's NTK-alpha rotary is a fixed, larger base (up to max_position_embeddings,
         // past which transformers would rescale it dynamically; kiln's context stops there).
         let hunyuan = matches!(
@@ -1945,7 +1969,10 @@ impl ModelConfig {
         }
         let nemotron_h = match architecture {
             Architecture::NemotronH => {
-                Some(super::nemotron_h::NemotronHBlocks::from_config(&value)?)
+                let blocks = super::nemotron_h::NemotronHBlocks::from_config(&value)?;
+                // Its pattern says which layers' MLPs are experts (none: a dense model).
+                moe = blocks.sparse_moe(moe)?;
+                Some(blocks)
             }
             _ => None,
         };
@@ -2538,12 +2565,20 @@ impl ModelConfig {
                 let mlp = match &self.moe {
                     // Every expert's weights, and the router's.
                     Some(m) if m.is_sparse(i) => {
+                        // Ungated experts (Nemotron 3's) have two projections.
+                        let projections = if m.activation.is_gated() { 3 } else { 2 };
                         // The shared expert, and its gate where it has one.
                         let gate = if m.shared_expert_gated { h } else { 0 };
                         let shared = m
                             .shared_expert_intermediate_size
-                            .map_or(0, |s| 3 * h * s as u64 + gate);
-                        experts(m) as u64 * 3 * h * m.expert_intermediate_size as u64
+                            .map_or(0, |s| projections * h * s as u64 + gate);
+                        // The experts' input width, and the latent projections around them.
+                        let (width, latent) = match m.latent_size {
+                            Some(l) => (l as u64, 2 * h * l as u64),
+                            None => (h, 0),
+                        };
+                        experts(m) as u64 * projections * width * m.expert_intermediate_size as u64
+                            + latent
                             + m.num_experts as u64 * h
                             + shared
                     }

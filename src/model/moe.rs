@@ -1,8 +1,10 @@
-//! Mixture-of-experts MLPs (Qwen3-MoE, Qwen2-MoE, Mixtral, gpt-oss, GLM-4.5): a router
-//! scores the experts for each token, the token goes through its `top_k` best, and their
-//! outputs are summed with the router's weights (plus, in Qwen2-MoE and GLM-4.5, a shared
-//! expert every token goes through: weighted by a sigmoid gate in Qwen2-MoE, added as it is
-//! in GLM-4.5).
+//! Mixture-of-experts MLPs (Qwen3-MoE, Qwen2-MoE, Mixtral, gpt-oss, GLM-4.5, Nemotron 3): a
+//! router scores the experts for each token, the token goes through its `top_k` best, and
+//! their outputs are summed with the router's weights (plus, in Qwen2-MoE, GLM-4.5 and
+//! Nemotron 3, a shared expert every token goes through: weighted by a sigmoid gate in
+//! Qwen2-MoE, added as it is in the others). Nemotron 3's experts are ungated (ReLU² of
+//! the up projection) and may run in a latent space projected down from the hidden state
+//! and back up around them.
 //!
 //! The layer computes the router's logits (and the shared expert) through the ordinary ops
 //! and hands the routed part to [`Backend::moe_experts`]: routed on the host on every
@@ -20,28 +22,37 @@ use crate::parallel::ShardLayout;
 use anyhow::{Context, Result};
 
 struct Expert<B: Backend> {
-    /// This rank's gate and up rows, stacked: `[2 * intermediate, hidden]`.
+    /// This rank's gate and up rows, stacked: `[2 * intermediate, hidden]` (an ungated
+    /// expert's up rows alone).
     gate_up: B::Tensor,
     down: B::Tensor,
 }
 
 impl<B: Backend> Expert<B> {
     /// The expert whose gate, up and down weights are `names`, `(hidden, intermediate)`
-    /// in size: this rank's intermediate columns `cols` of it.
+    /// in size: this rank's intermediate columns `cols` of it. An ungated expert
+    /// (`gated` false: Nemotron 3's) has no gate weight; its name goes unread.
     fn load(
         be: &B,
         src: &dyn WeightSource,
-        [gate, up, down]: [String; 3],
+        ([gate, up, down], gated): ([String; 3], bool),
         (h, inter): (usize, usize),
         cols: std::ops::Range<usize>,
         dtype: DType,
     ) -> Result<Self> {
-        let gate_up = [
-            rows_part(gate, vec![inter, h], cols.clone()),
-            rows_part(up, vec![inter, h], cols.clone()),
-        ];
+        let up = rows_part(up, vec![inter, h], cols.clone());
+        let gate_up = if gated {
+            load_stacked(
+                be,
+                src,
+                &[rows_part(gate, vec![inter, h], cols.clone()), up],
+                dtype,
+            )?
+        } else {
+            load_stacked(be, src, &[up], dtype)?
+        };
         Ok(Expert {
-            gate_up: load_stacked(be, src, &gate_up, dtype)?,
+            gate_up,
             down: load_stacked(be, src, &[cols_part(down, vec![h, inter], cols)], dtype)?,
         })
     }
@@ -74,6 +85,17 @@ pub struct SparseMlp<B: Backend> {
     /// (`[1, hidden]`, whole on every rank): the expert's output is scaled by
     /// `sigmoid(gate . x)` and added last. Without a gate it is added as it is.
     shared: Option<SharedExpert<B>>,
+    /// Nemotron 3's latent projections (`MoeConfig::latent_size`): the routed experts run
+    /// on `down(x)` (`[latent, hidden]`, whole on every rank) and their weighted sum goes
+    /// back through `up` (`[hidden, latent]`; linear, so each rank may lift its partial
+    /// sum before the all-reduce).
+    latent: Option<Latent<B>>,
+}
+
+/// The projections into and out of the routed experts' latent space.
+struct Latent<B: Backend> {
+    down: B::Tensor,
+    up: B::Tensor,
 }
 
 /// A shared expert and, in Qwen2-MoE, its gate (`[1, hidden]`).
@@ -145,6 +167,22 @@ impl<B: Backend> SparseMlp<B> {
         let (h, inter) = (config.hidden_size, moe.expert_intermediate_size);
         let (router_name, _) = names(config.architecture, prefix, 0);
         let router = super::llama::load(be, src, &router_name, &[moe.num_experts, h], dtype)?;
+        let latent = match moe.latent_size {
+            None => None,
+            Some(l) => {
+                let proj = |n: &str, shape: &[usize]| {
+                    let name = format!("{prefix}.mlp.{n}_latent_proj.weight");
+                    super::llama::load(be, src, &name, shape, dtype)
+                };
+                Some(Latent {
+                    down: proj("fc1", &[l, h])?,
+                    up: proj("fc2", &[h, l])?,
+                })
+            }
+        };
+        // The routed experts' input width: the latent space's where there is one.
+        let expert_in = moe.latent_size.unwrap_or(h);
+        let gated = moe.activation.is_gated();
         // The correction bias, where the router has one: GLM-4.5's / DeepSeek-V3's beside the
         // router, ERNIE 4.5's in `moe_statics` (one group's row).
         let bias_at = match (moe.scoring, config.architecture) {
@@ -175,9 +213,10 @@ impl<B: Backend> SparseMlp<B> {
         };
         let (gate_up, down): (Vec<_>, Vec<_>) = (0..moe.num_experts)
             .map(|e| {
-                let (_, [gate, up, down]) = names(config.architecture, prefix, e);
+                let (_, names) = names(config.architecture, prefix, e);
                 let cols = layout.expert_intermediate.clone();
-                let expert = Expert::load(be, src, [gate, up, down], (h, inter), cols, dtype)?;
+                let shape = (expert_in, inter);
+                let expert = Expert::load(be, src, (names, gated), shape, cols, dtype)?;
                 Ok((expert.gate_up, expert.down))
             })
             .collect::<Result<Vec<_>>>()
@@ -190,6 +229,7 @@ impl<B: Backend> SparseMlp<B> {
         let mut mlp = Self::from_parts((router, None), gate_up, down, None, None, index, moe);
         mlp.shared = shared;
         mlp.correction_bias = correction_bias;
+        mlp.latent = latent;
         Ok(mlp)
     }
 
@@ -217,7 +257,8 @@ impl<B: Backend> SparseMlp<B> {
         let w = |n: &str| format!("{prefix}.mlp.{module}.{n}_proj.weight");
         let cols = layout.shared_expert_intermediate.clone();
         let names = [w("gate"), w("up"), w("down")];
-        let expert = Expert::load(be, src, names, (h, inter), cols, dtype)?;
+        let gated = moe.activation.is_gated();
+        let expert = Expert::load(be, src, (names, gated), (h, inter), cols, dtype)?;
         let gate = if moe.shared_expert_gated {
             let gate_name = format!("{prefix}.mlp.shared_expert_gate.weight");
             Some(super::llama::load(be, src, &gate_name, &[1, h], dtype)?)
@@ -286,6 +327,7 @@ impl<B: Backend> SparseMlp<B> {
             router_f32: moe.router_f32,
             correction_bias: None,
             shared: None,
+            latent: None,
         }
     }
 
@@ -299,7 +341,9 @@ impl<B: Backend> SparseMlp<B> {
         let shared_output = match &self.shared {
             None => None,
             Some((expert, _)) => {
-                let act = be.silu_mul(&be.linear(x, &expert.gate_up, None)?)?;
+                let act = self
+                    .activation
+                    .apply(be, &be.linear(x, &expert.gate_up, None)?)?;
                 Some(be.linear(&act, &expert.down, None)?)
             }
         };
@@ -329,7 +373,18 @@ impl<B: Backend> SparseMlp<B> {
                 gate_logits,
             }),
         };
-        let routed = be.moe_experts(x, &router_logits, &experts, &routing)?;
+        let routed = match &self.latent {
+            None => be.moe_experts(x, &router_logits, &experts, &routing)?,
+            Some(latent) => {
+                anyhow::ensure!(
+                    routing.shared.is_none(),
+                    "a gated shared expert beside latent experts"
+                );
+                let lowered = be.linear(x, &latent.down, None)?;
+                let sum = be.moe_experts(&lowered, &router_logits, &experts, &routing)?;
+                be.linear(&sum, &latent.up, None)?
+            }
+        };
         match (&shared_output, &gate_logits) {
             (Some(output), None) => be.add_tensors(&routed, output),
             _ => Ok(routed),

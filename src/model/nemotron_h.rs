@@ -1,26 +1,31 @@
 //! NVIDIA's Nemotron-H (`NemotronHForCausalLM`: Nemotron-H 4B / 8B / 47B / 56B,
-//! Nemotron-Nano-9B-v2 and 12B-v2): a stack of pre-norm residual blocks, each one of a
-//! Mamba-2 mixer (`M` in `hybrid_override_pattern`), attention without positions (`*`) or
-//! an ungated ReLU² MLP (`-`).
+//! Nemotron-Nano-9B-v2 and 12B-v2, Nemotron 3): a stack of pre-norm residual blocks, each
+//! one of a Mamba-2 mixer (`M` in `hybrid_override_pattern`), attention without positions
+//! (`*`), an ungated ReLU² MLP (`-`) or, in Nemotron 3, a mixture of ungated ReLU² experts
+//! (`E`: DeepSeek-V3's sigmoid router, a shared expert, optionally a latent space around
+//! the routed experts; `model/moe.rs`).
 //!
 //! kiln's layer is a mixer block and an optional MLP block, so the blocks are paired: each
-//! mixer or attention block opens a layer, and an MLP block right after it becomes that
-//! layer's MLP (a mixer followed by another mixer makes a layer without one). The checkpoint's
-//! `backbone.layers.N` names are mapped onto those layers ([`NemotronHWeights`]). The
-//! Mamba-2 mixers are Bamba's (the grouped gated norm; the step size clamped below at
-//! `time_step_min`, as transformers' NemotronH mixer does); experts (`E` blocks, Nemotron 3)
-//! are not supported.
+//! mixer or attention block opens a layer, and an MLP or experts block right after it
+//! becomes that layer's MLP (a mixer followed by another mixer makes a layer without one).
+//! The checkpoint's `backbone.layers.N` names are mapped onto those layers
+//! ([`NemotronHWeights`]). The Mamba-2 mixers are Bamba's (the grouped gated norm; the step
+//! size clamped below at `time_step_min`, as transformers' NemotronH mixer does).
+//! Multi-token-prediction layers (`mtp.*`) are not read.
 
+use super::config::MoeConfig;
 use super::weights::{layer_part, renamed_part, RenamedWeights, WeightSource};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 /// The checkpoint's blocks behind each of kiln's layers: its mixer (or attention) block,
-/// and the MLP block after it, if any; and which layers' first block is a Mamba mixer.
+/// and the MLP block after it, if any; which layers' first block is a Mamba mixer; and
+/// which layers' MLP is a mixture of experts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NemotronHBlocks {
     pub layers: Vec<(usize, Option<usize>)>,
     pub mamba: Vec<bool>,
+    pub experts: Vec<bool>,
 }
 
 /// One block of the pattern.
@@ -29,18 +34,22 @@ enum Block {
     Mamba,
     Attention,
     Mlp,
+    Experts,
 }
 
 impl NemotronHBlocks {
-    /// The pairing of `pattern` (`M`, `*` and `-` per block), refusing blocks kiln cannot
-    /// place: experts, and an MLP that follows no mixer.
+    /// The pairing of `pattern` (`M`, `*`, `-` and `E` per block), refusing an MLP or
+    /// experts block that follows no mixer.
     fn pair(pattern: &[Block]) -> Result<Self> {
         let mut layers: Vec<(usize, Option<usize>)> = Vec::new();
-        let mut mamba = Vec::new();
+        let (mut mamba, mut experts) = (Vec::new(), Vec::new());
         for (i, &block) in pattern.iter().enumerate() {
             match block {
-                Block::Mlp => match layers.last_mut() {
-                    Some((_, mlp @ None)) => *mlp = Some(i),
+                Block::Mlp | Block::Experts => match (layers.last_mut(), experts.last_mut()) {
+                    (Some((_, mlp @ None)), Some(sparse)) => {
+                        *mlp = Some(i);
+                        *sparse = block == Block::Experts;
+                    }
                     _ => anyhow::bail!(
                         "Nemotron-H: MLP block {i} does not follow a Mamba or attention block; \
                          kiln pairs each MLP with the mixer before it"
@@ -49,11 +58,28 @@ impl NemotronHBlocks {
                 mixer => {
                     layers.push((i, None));
                     mamba.push(mixer == Block::Mamba);
+                    experts.push(false);
                 }
             }
         }
         anyhow::ensure!(!layers.is_empty(), "Nemotron-H: the pattern has no layers");
-        Ok(NemotronHBlocks { layers, mamba })
+        Ok(NemotronHBlocks {
+            layers,
+            mamba,
+            experts,
+        })
+    }
+
+    /// The experts' config as the pattern places them: on the layers whose MLP is an `E`
+    /// block; none where the pattern has no `E` (a dense model, whatever its config says of
+    /// experts).
+    pub fn sparse_moe(&self, moe: Option<MoeConfig>) -> Result<Option<MoeConfig>> {
+        if !self.experts.contains(&true) {
+            return Ok(None);
+        }
+        let mut moe = moe.context("Nemotron-H: experts blocks without an experts config")?;
+        moe.sparse_layers = self.experts.clone();
+        Ok(Some(moe))
     }
 
     /// Read back from a normalized config.
@@ -74,15 +100,11 @@ impl NemotronHBlocks {
 fn parse_pattern(pattern: &str) -> Result<Vec<Block>> {
     pattern
         .chars()
-        .enumerate()
-        .map(|(i, c)| match c {
+        .map(|c| match c {
             'M' => Ok(Block::Mamba),
             '*' => Ok(Block::Attention),
             '-' => Ok(Block::Mlp),
-            'E' => anyhow::bail!(
-                "Nemotron-H: block {i} is a mixture of experts (Nemotron 3), which kiln does not \
-                 support"
-            ),
+            'E' => Ok(Block::Experts),
             other => {
                 anyhow::bail!("Nemotron-H: unknown block '{other}' in hybrid_override_pattern")
             }
@@ -146,6 +168,22 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
         !flag("use_bias", "mamba_proj_bias", false),
         "Nemotron-H with projection biases (use_bias) is not supported"
     );
+    let act = fields
+        .get("mlp_hidden_act")
+        .cloned()
+        .unwrap_or(json!("relu2"));
+    let has_experts = blocks.experts.contains(&true);
+    if has_experts {
+        // The experts' ungated ReLU² is kiln's only ungated expert activation; their
+        // latent and shared projections would take `mlp_bias`.
+        anyhow::ensure!(
+            act == json!("relu2") && !flag("mlp_bias", "", false),
+            "Nemotron-H experts with mlp_hidden_act {act} or mlp_bias are not supported \
+             (relu2, no biases)"
+        );
+    }
+    // NemotronHConfig's default shared expert width.
+    let shared = number("moe_shared_expert_intermediate_size", "", 7688.0) as u64;
     let entries = [
         ("num_hidden_layers", json!(blocks.layers.len())),
         ("hybrid_override_pattern", json!(pattern)),
@@ -167,13 +205,7 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
         ("mamba_conv_bias", json!(conv_bias)),
         ("time_step_limit", json!([dt_min, f64::MAX])),
         ("rms_norm_eps", json!(eps)),
-        (
-            "hidden_act",
-            fields
-                .get("mlp_hidden_act")
-                .cloned()
-                .unwrap_or(json!("relu2")),
-        ),
+        ("hidden_act", act),
         (
             "head_dim",
             fields.get("head_dim").cloned().unwrap_or(json!(128)),
@@ -197,6 +229,9 @@ pub fn normalized_config(mut value: Value) -> Result<Value> {
     ];
     for (key, v) in entries {
         fields.insert(key.into(), v);
+    }
+    if has_experts {
+        fields.insert("shared_expert_intermediate_size".into(), json!(shared));
     }
     // The list forms would read as sliding-window layer types.
     fields.remove("layers_block_type");
@@ -301,9 +336,75 @@ mod tests {
         assert!((billions - 8.89).abs() < 0.05, "{billions}");
     }
 
+    /// Nemotron 3 Nano (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B): its experts blocks pair
+    /// with the mixer or attention block before them into layers whose MLP is the experts.
+    #[test]
+    fn nemotron_3_pairs_experts_blocks_into_sparse_layers() {
+        let c = ModelConfig::from_json(
+            crate::model::presets::preset("nemotron-3-nano-30b-a3b").unwrap(),
+        )
+        .unwrap();
+        // 29 mixer or attention blocks, 23 followed by experts.
+        assert_eq!(c.num_layers, 29);
+        let moe = c.moe.as_ref().unwrap();
+        assert_eq!(moe.sparse_layers.iter().filter(|&&s| s).count(), 23);
+        assert_eq!(
+            moe.sparse_layers.iter().filter(|&&s| s).count(),
+            (0..c.num_layers).filter(|&i| c.has_mlp(i)).count()
+        );
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.expert_intermediate_size),
+            (128, 6, 1856)
+        );
+        assert_eq!(moe.shared_expert_intermediate_size, Some(3712));
+        assert!(!moe.shared_expert_gated && moe.normalize_top_k && moe.router_f32);
+        assert_eq!(moe.activation, crate::backend::moe::ExpertActivation::Relu2);
+        assert_eq!(
+            moe.scoring,
+            crate::backend::moe::RouterScoring::SigmoidGrouped {
+                groups: 1,
+                top_groups: 1,
+                scale: 2.5
+            }
+        );
+        assert_eq!(moe.latent_size, None);
+        // A latent space: the routed experts' width, and the two projections around them.
+        let latent = crate::model::presets::preset("nemotron-3-nano-30b-a3b")
+            .unwrap()
+            .replace(
+                r#""n_group": 1,"#,
+                r#""n_group": 1, "moe_latent_size": 1024,"#,
+            );
+        let l = ModelConfig::from_json(&latent).unwrap();
+        assert_eq!(l.moe.as_ref().unwrap().latent_size, Some(1024));
+        let per_layer = 128 * 2 * (2688 - 1024) * 1856 - 2 * 2688 * 1024;
+        assert_eq!(
+            c.num_parameters() - l.num_parameters(),
+            23 * per_layer as u64
+        );
+        // A dense Nemotron-H keeps no experts config, whatever its config says of experts.
+        let dense =
+            nano_9b_v2().replace(r#""vocab_size""#, r#""n_routed_experts": 8, "vocab_size""#);
+        assert!(ModelConfig::from_json(&dense).unwrap().moe.is_none());
+        // Experts with another activation, or biases, are refused.
+        for (from, to) in [
+            (r#""mlp_bias": false"#, r#""mlp_bias": true"#),
+            (
+                r#""mlp_hidden_act": "relu2""#,
+                r#""mlp_hidden_act": "silu""#,
+            ),
+        ] {
+            let preset = crate::model::presets::preset("nemotron-3-nano-30b-a3b").unwrap();
+            assert!(
+                ModelConfig::from_json(&preset.replace(from, to)).is_err(),
+                "{to}"
+            );
+        }
+    }
+
     #[test]
     fn patterns_kiln_cannot_pair_are_refused() {
-        for pattern in ["--M", "MEM*E", "M-M-X"] {
+        for pattern in ["--M", "EM*", "M-E", "M-M-X"] {
             let text = nano_9b_v2().replace(
                 "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-",
                 pattern,
@@ -336,6 +437,7 @@ mod tests {
         let blocks = NemotronHBlocks {
             layers: vec![(0, Some(1)), (2, None), (3, Some(4))],
             mamba: vec![true, true, false],
+            experts: vec![false, false, true],
         };
         let src = NemotronHWeights::wrap(crate::model::weights::DummyWeights { seed: 0 }, blocks);
         let names: Vec<String> = [
@@ -348,6 +450,8 @@ mod tests {
             "model.layers.1.post_attention_layernorm.weight",
             "model.layers.2.self_attn.q_proj.weight",
             "model.layers.2.mlp.down_proj.weight",
+            "model.layers.2.mlp.experts.5.up_proj.weight",
+            "model.layers.2.mlp.gate.e_score_correction_bias",
         ]
         .iter()
         .map(|n| src.stored_name(n))
@@ -364,6 +468,8 @@ mod tests {
                 "backbone.layers.2.norm.weight",
                 "backbone.layers.3.mixer.q_proj.weight",
                 "backbone.layers.4.mixer.down_proj.weight",
+                "backbone.layers.4.mixer.experts.5.up_proj.weight",
+                "backbone.layers.4.mixer.gate.e_score_correction_bias",
             ]
         );
     }

@@ -2,7 +2,7 @@
 //! memory planning without downloading anything.
 
 /// (name, config.json text)
-pub const PRESETS: [(&str, &str); 25] = [
+pub const PRESETS: [(&str, &str); 26] = [
     (
         "llama-3.1-8b",
         include_str!("../../models/presets/llama-3.1-8b.json"),
@@ -103,6 +103,10 @@ pub const PRESETS: [(&str, &str); 25] = [
         "nemotron-nano-9b-v2",
         include_str!("../../models/presets/nemotron-nano-9b-v2.json"),
     ),
+    (
+        "nemotron-3-nano-30b-a3b",
+        include_str!("../../models/presets/nemotron-3-nano-30b-a3b.json"),
+    ),
 ];
 
 /// The config text of a preset, by name (case-insensitive).
@@ -159,6 +163,8 @@ mod tests {
                 "falcon-h1-0.5b" => 0.52,
                 // NVIDIA's 8.89B.
                 "nemotron-nano-9b-v2" => 8.89,
+                // NVIDIA's 31.6B.
+                "nemotron-3-nano-30b-a3b" => 31.6,
                 _ => unreachable!(),
             };
             assert!(
@@ -184,6 +190,8 @@ mod tests {
                 "qwen3-next-80b-a3b" => 3.9,
                 // AI21's 12B active.
                 "jamba-mini-1.5" => 12.1,
+                // NVIDIA's 3.2B active, 3.6B with the embedding table and head.
+                "nemotron-3-nano-30b-a3b" => 3.6,
                 _ => billions,
             };
             assert!(

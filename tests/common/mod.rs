@@ -7,7 +7,7 @@ use kiln::launch::{build_engine, load_model, EngineArgs, LoadedModel};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const ARCHS: [&str; 85] = [
+pub const ARCHS: [&str; 86] = [
     "llama",
     "llama31",
     "mistral",
@@ -93,6 +93,7 @@ pub const ARCHS: [&str; 85] = [
     "falcon_h1",
     "nemotron_h",
     "lfm2_moe",
+    "nemotron_h_moe",
 ];
 
 /// The fixtures kiln shards 2, 4 and 8 ways: all but OLMo 2, OLMo 3 and OLMoE, whose q / k

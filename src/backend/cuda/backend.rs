@@ -318,6 +318,7 @@ impl CudaBackend {
                     && (1..=n).contains(&routing.top_k)
                     && tokens > 0
                     && moe_device_enabled()
+                    && experts.index.suits(routing.activation)
             });
         let Some((tokens, _, hidden, inter, dtype)) = fits else {
             return host_routed_experts(self, x, router_logits, experts, routing);
@@ -347,7 +348,7 @@ impl CudaBackend {
         let mut weights = self.output(DType::F32, &[pairs])?;
         weights.overwrite_from_f32(&self.dev, &grouped.pair_weights)?;
         let mut gathered = self.output(dtype, &[pairs, hidden])?;
-        let mut gate_up = self.output(dtype, &[pairs, 2 * inter])?;
+        let mut gate_up = self.output(dtype, &[pairs, routing.activation.first_rows(inter)])?;
         let mut act = self.output(dtype, &[pairs, inter])?;
         let mut y = self.output(dtype, &[pairs, hidden])?;
         let mut out = self.output(dtype, &[tokens, hidden])?;
@@ -894,7 +895,9 @@ impl Backend for CudaBackend {
         // gpt-oss's experts (biases, the clamped SwiGLU) run on the device when the index
         // holds their biases; otherwise, and beyond the device path's rows, on the host.
         let plain = experts.is_plain(routing.activation);
-        if !plain && !experts.index.serves(&experts.biases()) {
+        if (!plain && !experts.index.serves(&experts.biases()))
+            || !experts.index.suits(routing.activation)
+        {
             return host_routed_experts(self, x, router_logits, experts, routing);
         }
         // GLM-4.5's router routes on the device with its bias there and groups the kernel

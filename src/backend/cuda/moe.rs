@@ -24,6 +24,7 @@ use super::device::CudaDevice;
 use super::gemv::{gemv_launch, GEMV_K_MULTIPLE};
 use super::launch::{as_i32, elementwise};
 use super::tensor::CudaTensor;
+use crate::backend::image_ops::Activation;
 use crate::backend::moe::{ExpertActivation, ExpertBiases, RouterScoring};
 use crate::backend::DType;
 use anyhow::{bail, ensure, Context, Result};
@@ -173,7 +174,8 @@ pub struct CudaExpertIndex {
 }
 
 struct ExpertTables {
-    /// Device address of each expert's `[2 * inter, hidden]` gate_up weight.
+    /// Device address of each expert's `[2 * inter, hidden]` gate_up weight (`[inter,
+    /// hidden]`, up rows alone, for ungated experts).
     gate_up: CudaSlice<u64>,
     /// Device address of each expert's `[hidden, inter]` down weight.
     down: CudaSlice<u64>,
@@ -181,6 +183,8 @@ struct ExpertTables {
     hidden: usize,
     /// This rank's intermediate width.
     inter: usize,
+    /// Whether gate_up holds gate and up rows (SwiGLU) or up rows alone (ReLU²).
+    gated: bool,
     dtype: DType,
     /// gpt-oss: the experts' gate/up biases stacked `[experts, 2 * inter]`, and their down
     /// biases `[experts, hidden]` (on the rank that holds them).
@@ -202,6 +206,14 @@ impl CudaExpertIndex {
             Some(t) => (t.gate_up_bias.as_ref(), t.down_bias.as_ref()),
             None => (None, None),
         }
+    }
+
+    /// Whether the experts' first projection is laid out for `activation` (gate and up
+    /// rows, or up rows alone): the kernels' premise, checked before either path runs.
+    pub fn suits(&self, activation: ExpertActivation) -> bool {
+        self.tables
+            .as_ref()
+            .is_some_and(|t| t.gated == activation.is_gated())
     }
 
     /// Whether the device path computes these experts: it has their biases exactly when
@@ -254,31 +266,33 @@ pub struct WorkItems<'a> {
 impl CudaDevice {
     /// The address tables of one layer's experts. The tables point into `gate_up` and
     /// `down`, which the caller keeps alive (and unmoved on the device) as long as the index.
+    /// The experts are gated when their first projection has twice the rows of down's
+    /// columns, ungated when as many.
     pub fn index_experts(
         &self,
         gate_up: &[CudaTensor],
         down: &[CudaTensor],
     ) -> Result<CudaExpertIndex> {
-        let Some(first) = gate_up.first() else {
+        let (Some(first), Some(first_down)) = (gate_up.first(), down.first()) else {
             return Ok(CudaExpertIndex { tables: None });
         };
         let (dtype, shape) = (first.dtype(), first.shape().to_vec());
-        let &[two_inter, hidden] = shape.as_slice() else {
+        let (&[rows, hidden], &[_, inter]) = (shape.as_slice(), first_down.shape()) else {
             return Ok(CudaExpertIndex { tables: None });
         };
-        let inter = two_inter / 2;
+        let gated = rows == 2 * inter;
         let uniform = gate_up.len() == down.len()
             && gate_up.len() <= MOE_MAX_EXPERTS
-            && two_inter % 2 == 0
+            && (gated || rows == inter)
             && gate_up
                 .iter()
-                .all(|w| w.dtype() == dtype && w.shape() == [two_inter, hidden])
+                .all(|w| w.dtype() == dtype && w.shape() == [rows, hidden])
             && down
                 .iter()
                 .all(|w| w.dtype() == dtype && w.shape() == [hidden, inter])
             && hidden.is_multiple_of(GEMV_K_MULTIPLE)
             && inter.is_multiple_of(GEMV_K_MULTIPLE)
-            && as_i32(two_inter * hidden, "expert size").is_ok()
+            && as_i32(rows * hidden, "expert size").is_ok()
             && gate_up.iter().chain(down).all(|w| self.aligned16(w));
         if !uniform {
             return Ok(CudaExpertIndex { tables: None });
@@ -295,6 +309,7 @@ impl CudaDevice {
                 experts: gate_up.len(),
                 hidden,
                 inter,
+                gated,
                 dtype,
                 gate_up_bias: None,
                 down_bias: None,
@@ -489,21 +504,24 @@ impl CudaDevice {
         let &[pairs, width] = out.shape() else {
             bail!("moe expert gemv: out must be 2-d, got {:?}", out.shape());
         };
-        let swiglu = matches!(gemv, ExpertGemv::GateUp(_));
-        let (n, k, x_rows, x_div, table, op) = if swiglu {
-            let tokens = pairs / top_k.max(1);
-            (
-                2 * t.inter,
-                t.hidden,
-                tokens,
-                top_k,
-                &t.gate_up,
-                "gemv_expert_swiglu",
-            )
-        } else {
-            (t.hidden, t.inter, pairs, 1, &t.down, "gemv_expert")
+        let first = matches!(gemv, ExpertGemv::GateUp(_));
+        let (n, k, x_rows, x_div, table, op) = match gemv {
+            ExpertGemv::GateUp(activation) => {
+                ensure!(
+                    activation.is_gated() == t.gated,
+                    "moe expert gemv: {activation:?} on experts laid out for the other kind"
+                );
+                let op = if t.gated {
+                    "gemv_expert_swiglu"
+                } else {
+                    "gemv_expert"
+                };
+                let rows = activation.first_rows(t.inter);
+                (rows, t.hidden, pairs / top_k.max(1), top_k, &t.gate_up, op)
+            }
+            ExpertGemv::Down => (t.hidden, t.inter, pairs, 1, &t.down, "gemv_expert"),
         };
-        let out_width = if swiglu { t.inter } else { t.hidden };
+        let out_width = if first { t.inter } else { t.hidden };
         ensure!(
             top_k >= 1 && pairs.is_multiple_of(top_k) && width == out_width,
             "moe expert gemv: out {:?} for {} pairs of top {top_k} and width {out_width}",
@@ -528,16 +546,14 @@ impl CudaDevice {
             return Ok(());
         }
         let (x_div_i, n_i, k_i) = (as_i32(x_div, "top_k")?, as_i32(n, "N")?, as_i32(k, "K")?);
-        let bias = if swiglu {
-            &t.gate_up_bias
-        } else {
-            &t.down_bias
-        };
+        let bias = if first { &t.gate_up_bias } else { &t.down_bias };
         let has_bias = i32::from(bias.is_some());
-        let (clamped, limit, alpha) = match gemv {
+        // kernels/gemv.cu's GEMV_ACT_* modes.
+        let (act_mode, limit, alpha) = match gemv {
             ExpertGemv::GateUp(ExpertActivation::ClampedSwiGlu { limit, alpha }) => {
                 (1, limit, alpha)
             }
+            ExpertGemv::GateUp(ExpertActivation::Relu2) => (2, 0.0, 0.0),
             _ => (0i32, 0.0f32, 0.0f32),
         };
         let items_y = u32::try_from(count)
@@ -562,7 +578,7 @@ impl CudaDevice {
             Some(b) => args.arg(b.data()),
             None => args.arg(x.data()),
         };
-        args.arg(&has_bias).arg(&clamped).arg(&limit).arg(&alpha);
+        args.arg(&has_bias).arg(&act_mode).arg(&limit).arg(&alpha);
         // SAFETY: matches kernels/gemv.cu's expert kernels: the table holds `experts`
         // addresses of [n, k] weights of this dtype (checked at indexing); the items come
         // from moe_route for this step's shape (experts below `experts`, pairs below
@@ -722,7 +738,7 @@ pub fn group_routes(
 /// The buffers of one host-routed grouped layer ([`CudaDevice::moe_layer_grouped`]): the
 /// uploaded routes (`GroupedRoutes::row_tokens`, `pair_rows`, `pair_weights` as f32
 /// `[pairs]`) and the grouped rows' inputs `x` (`[pairs, hidden]`), gate/up outputs
-/// (`[pairs, 2 * inter]`), activations (`[pairs, inter]`) and expert outputs `y`
+/// (`[pairs, 2 * inter]`; `[pairs, inter]` for ungated experts), activations (`[pairs, inter]`) and expert outputs `y`
 /// (`[pairs, hidden]`).
 pub struct GroupedBuffers<'a> {
     pub row_tokens: &'a CudaSlice<u32>,
@@ -796,6 +812,7 @@ impl CudaDevice {
             ExpertActivation::ClampedSwiGlu { limit, alpha } => {
                 self.clamped_swiglu(b.gate_up, (limit, alpha), b.act)?
             }
+            ExpertActivation::Relu2 => self.activation_into(b.gate_up, Activation::Relu2, b.act)?,
         }
         let with_bias = preload(down_bias, b.y)?;
         for (e, rows) in &routes.expert_rows {

@@ -14,7 +14,8 @@
 //! a fifth Llama 4's (the top logits' sigmoids scale the experts' inputs: the grouped
 //! path at every token count, its gathered rows scaled by `scale_rows`), and a sixth
 //! LFM2-MoE's at LFM2-8B-A1B's shape (sigmoid scores rounded to the dtype, a bias, top 4 of
-//! 32, scale 1.5).
+//! 32, scale 1.5), and a seventh Nemotron 3 Nano's (DeepSeek-V3's router in one group,
+//! scale 2.5, top 6; ungated ReLU² experts of its width 1856 on hidden 2688).
 
 use super::compare::Check;
 use super::suite::Suite;
@@ -41,10 +42,12 @@ enum Kind {
     Llama4,
     /// LFM2-MoE's router ([`RouterScoring::SigmoidInDtype`]).
     Lfm2,
+    /// Nemotron 3's ungated ReLU² experts under [`NEMOTRON3`]'s router.
+    Nemotron3,
 }
 
 /// `(hidden, intermediate, experts, top_k, normalize, kind)`.
-const LAYERS: [(usize, usize, usize, usize, bool, Kind); 6] = [
+const LAYERS: [(usize, usize, usize, usize, bool, Kind); 7] = [
     (2048, 768, 32, 8, true, Kind::Plain),
     (2048, 1408, 16, 4, false, Kind::Shared),
     (2880, 2880, 32, 4, true, Kind::GptOss),
@@ -52,7 +55,15 @@ const LAYERS: [(usize, usize, usize, usize, bool, Kind); 6] = [
     // Llama 4 Scout's 16 experts (narrower), two per token to exercise the pair order.
     (2048, 1024, 16, 2, false, Kind::Llama4),
     (2048, 1792, 32, 4, true, Kind::Lfm2),
+    (2688, 1856, 32, 6, true, Kind::Nemotron3),
 ];
+
+/// Nemotron 3 Nano's router: sigmoid scores and a correction bias in one group, scale 2.5.
+const NEMOTRON3: RouterScoring = RouterScoring::SigmoidGrouped {
+    groups: 1,
+    top_groups: 1,
+    scale: 2.5,
+};
 
 /// The GLM-4.5-style router of the fourth layer: groups, kept groups, scale.
 const GROUPED: RouterScoring = RouterScoring::SigmoidGrouped {
@@ -85,14 +96,14 @@ struct HostLayer {
 
 pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
     for (hidden, inter, experts, top_k, normalize, kind) in LAYERS {
-        let (shared, gpt_oss, glm, llama4) = (
+        let (shared, gpt_oss, llama4) = (
             kind == Kind::Shared,
             kind == Kind::GptOss,
-            kind == Kind::Glm,
             kind == Kind::Llama4,
         );
         // GLM-4.5: the router's correction bias (f32), on the host and on the device.
-        let bias = (glm || kind == Kind::Lfm2).then(|| s.random(experts, 0.5, DType::F32));
+        let bias = matches!(kind, Kind::Glm | Kind::Lfm2 | Kind::Nemotron3)
+            .then(|| s.random(experts, 0.5, DType::F32));
         let bias_dev = match &bias {
             Some(b) => Some(CudaTensor::from_f32(s.dev, DType::F32, &[experts], b)?),
             None => None,
@@ -104,17 +115,24 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 Kind::Glm => GROUPED,
                 Kind::Llama4 => RouterScoring::SigmoidScaledInput,
                 Kind::Lfm2 => RouterScoring::SigmoidInDtype { scale: 1.5 },
+                Kind::Nemotron3 => NEMOTRON3,
                 _ => RouterScoring::Softmax,
             },
             correction_bias: bias.as_deref(),
             dtype,
         };
         let router = GroupedRouter::new(rule.scoring, bias_dev.as_ref());
+        let activation = match kind {
+            Kind::GptOss => CLAMPED,
+            Kind::Nemotron3 => ExpertActivation::Relu2,
+            _ => ExpertActivation::SwiGlu,
+        };
+        let first_rows = activation.first_rows(inter);
         let layer = HostLayer {
             hidden,
             inter,
             gate_up: (0..experts)
-                .map(|_| s.random(2 * inter * hidden, 0.05, dtype))
+                .map(|_| s.random(first_rows * hidden, 0.05, dtype))
                 .collect(),
             down: (0..experts)
                 .map(|_| s.random(hidden * inter, 0.05, dtype))
@@ -127,11 +145,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                     (0..experts).map(|_| s.random(hidden, 0.5, dtype)).collect(),
                 )
             }),
-            activation: if gpt_oss {
-                CLAMPED
-            } else {
-                ExpertActivation::SwiGlu
-            },
+            activation,
         };
         let dev = s.dev;
         let upload = |ws: &[Vec<f32>], shape: [usize; 2]| -> Result<Vec<CudaTensor>> {
@@ -139,7 +153,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 .map(|w| CudaTensor::from_f32(dev, dtype, &shape, w))
                 .collect()
         };
-        let gate_up = upload(&layer.gate_up, [2 * inter, hidden])?;
+        let gate_up = upload(&layer.gate_up, [first_rows, hidden])?;
         let down = upload(&layer.down, [hidden, inter])?;
         let bias_tensors = match &layer.biases {
             Some((gu, d)) => Some((
@@ -186,6 +200,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 Kind::Glm => " GLM-4.5 router (sigmoid, bias, 2 of 4 groups)",
                 Kind::Llama4 => " Llama 4 router (sigmoid-scaled inputs)",
                 Kind::Lfm2 => " LFM2-MoE router (sigmoid in the dtype, bias)",
+                Kind::Nemotron3 => " Nemotron 3 (ungated ReLU², sigmoid router, bias)",
                 Kind::Plain => "",
             };
             let shape = format!(
@@ -212,7 +227,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 let weights =
                     CudaTensor::from_f32(dev, DType::F32, &[pairs], &grouped.pair_weights)?;
                 let mut gathered = CudaTensor::zeros(dev, dtype, &[pairs, hidden])?;
-                let mut gate_up_out = CudaTensor::zeros(dev, dtype, &[pairs, 2 * inter])?;
+                let mut gate_up_out = CudaTensor::zeros(dev, dtype, &[pairs, first_rows])?;
                 let mut act = CudaTensor::zeros(dev, dtype, &[pairs, inter])?;
                 let mut y = CudaTensor::zeros(dev, dtype, &[pairs, hidden])?;
                 let mut out = CudaTensor::zeros(dev, dtype, &[tokens, hidden])?;
@@ -304,7 +319,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             );
             let us = s.time(row, || layer_on_device(&mut out))?;
             let distinct = distinct_experts(&inputs.logits, experts, &rule);
-            let bytes = distinct * 3 * inter * hidden * dtype.size_in_bytes();
+            let bytes = distinct * (first_rows + hidden) * inter * dtype.size_in_bytes();
             s.rows[row].note = format!(
                 "{distinct} experts read, {:.0} GB/s",
                 bytes as f64 / (us * 1e-6) / 1e9
@@ -405,14 +420,16 @@ fn reference(
                 let act: Vec<f32> = (0..inter)
                     .map(|c| {
                         let row = |r: usize| &gu[r * hidden..(r + 1) * hidden];
+                        // The first row (an ungated expert's up row), and a gated one's up.
                         let g = dtype.round(dot(xt, row(c)) + bias(0, c));
-                        let u = dtype.round(dot(xt, row(inter + c)) + bias(0, inter + c));
+                        let u = || dtype.round(dot(xt, row(inter + c)) + bias(0, inter + c));
                         dtype.round(match layer.activation {
-                            ExpertActivation::SwiGlu => g / (1.0 + (-g).exp()) * u,
+                            ExpertActivation::SwiGlu => g / (1.0 + (-g).exp()) * u(),
                             ExpertActivation::ClampedSwiGlu { limit, alpha } => {
-                                let (g, u) = (g.min(limit), u.clamp(-limit, limit));
+                                let (g, u) = (g.min(limit), u().clamp(-limit, limit));
                                 (u + 1.0) * (g / (1.0 + (-alpha * g).exp()))
                             }
+                            ExpertActivation::Relu2 => g.max(0.0) * g.max(0.0),
                         })
                     })
                     .collect();
