@@ -2523,6 +2523,9 @@ def main() -> None:
     import int_quant_fixtures
 
     int_quant_fixtures.build(args.only, FIXTURES_DIR, prompts, write_quantized_reference)
+    import nvfp4_fixtures
+
+    nvfp4_fixtures.build(args.only, FIXTURES_DIR, prompts, write_quantized_reference)
     if args.only in (None, "qwen3", "qwen3_classifier"):
         import classifier_fixture
 

@@ -42,6 +42,7 @@ use crate::model::lora::load_adapter;
 use crate::model::mamba::{BambaWeights, GraniteHybridWeights, Mamba2Weights};
 use crate::model::mpt::MptWeights;
 use crate::model::nemotron_h::NemotronHWeights;
+use crate::model::nvfp4::{Nvfp4, Nvfp4Weights};
 use crate::model::opt::OptWeights;
 use crate::model::pytorch_weights::PytorchWeights;
 use crate::model::source::{self, ModelFiles, WeightFiles};
@@ -495,6 +496,12 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                         "bitsandbytes 4-bit checkpoint: weights are expanded to {dtype} as they load"
                     );
                     Arc::new(Bnb4Weights::new(named, Bnb4))
+                }
+                Some(Quantization::Nvfp4) => {
+                    tracing::info!(
+                        "NVFP4 checkpoint: weights are expanded to {dtype} as they load"
+                    );
+                    Arc::new(Nvfp4Weights::new(named, Nvfp4))
                 }
                 Some(Quantization::Bnb8) => {
                     tracing::info!(

@@ -5,7 +5,9 @@
 //! transformers unpacking them; a compressed-tensors pack-quantized checkpoint (4-bit
 //! groups and 8-bit channels), loaded by transformers; a GPTQ one with `desc_act`, computed
 //! by AutoGPTQ's own modules; an AWQ one, unpacked by AutoAWQ's own code; a bitsandbytes
-//! NF4 one with double quantization, quantized and unpacked by bitsandbytes on the CPU. Each fixture is an
+//! NF4 one with double quantization, quantized and unpacked by bitsandbytes on the CPU; NVFP4
+//! ones in compressed-tensors' and ModelOpt's layouts, packed and decompressed by
+//! compressed-tensors. Each fixture is an
 //! unquantized fixture, quantized (scripts/make_fixtures.py, scripts/int_quant_fixtures.py).
 //! `packed_int` adds single weights at the other bit widths, with their projects' unpacking.
 
@@ -56,6 +58,18 @@ fn packed_experts_unpack_as_transformers_unpacks_them() {
 #[test]
 fn fp8_block_scaled_weights_expand_as_transformers_expands_them() {
     matches_transformers("qwen3_fp8", "qwen3");
+}
+
+#[test]
+fn nvfp4_weights_expand_as_compressed_tensors_decompresses_them() {
+    matches_transformers("qwen3_nvfp4", "qwen3");
+}
+
+/// ModelOpt's NVFP4 layout (the bytes under `weight`, the global scale multiplying as
+/// `weight_scale_2`), against compressed-tensors decompressing the same numbers.
+#[test]
+fn modelopt_nvfp4_weights_expand_to_the_same_values() {
+    matches_transformers("qwen3_nvfp4_modelopt", "qwen3");
 }
 
 #[test]

@@ -156,6 +156,8 @@ fn quantized_checkpoints_shard_like_unquantized_ones() {
         "qwen2_awq",
         "qwen3_w4a16",
         "qwen3_fp8",
+        "qwen3_nvfp4",
+        "qwen3_nvfp4_modelopt",
         "qwen3_bnb_nf4",
         "qwen3_bnb_int8",
     ] {

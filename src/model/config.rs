@@ -1303,8 +1303,12 @@ pub struct GemmaConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Quantization {
     /// float8 e4m3 weights with `weight_scale` / `weight_scale_inv` beside them
-    /// (`model/fp8.rs`): quant_method `fp8`, or compressed-tensors' `float-quantized`.
+    /// (`model/fp8.rs`): quant_method `fp8`, compressed-tensors' `float-quantized`, or
+    /// NVIDIA ModelOpt's `FP8` (one scale per tensor).
     Fp8,
+    /// NVFP4 (`model/nvfp4.rs`): compressed-tensors' `nvfp4-pack-quantized`, or ModelOpt's
+    /// `NVFP4`.
+    Nvfp4,
     /// gpt-oss's MXFP4 experts (`model/mxfp4.rs`).
     Mxfp4,
     /// Integer weights with group scales: GPTQ, AWQ, compressed-tensors pack-quantized
@@ -1326,6 +1330,24 @@ impl Quantization {
         Ok(Some(match (method, field("format")) {
             ("fp8", _) => Quantization::Fp8,
             ("compressed-tensors", "float-quantized") => Quantization::Fp8,
+            ("compressed-tensors", "nvfp4-pack-quantized") => Quantization::Nvfp4,
+            // ModelOpt names its algorithm at the top (config.json) or under `quantization`
+            // (the hf_quant_config.json layout).
+            ("modelopt", _) => {
+                let algo = config
+                    .get("quant_algo")
+                    .or_else(|| config.get("quantization").and_then(|q| q.get("quant_algo")))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                match algo.to_ascii_uppercase().as_str() {
+                    "FP8" => Quantization::Fp8,
+                    "NVFP4" => Quantization::Nvfp4,
+                    _ => anyhow::bail!(
+                        "ModelOpt checkpoints quantized with quant_algo '{algo}' are not \
+                         supported (kiln loads FP8 and NVFP4)"
+                    ),
+                }
+            }
             ("mxfp4", _) => Quantization::Mxfp4,
             ("gptq", _) => Quantization::Int(gptq_scheme(config)?),
             ("awq", _) => Quantization::Int(awq_scheme(config)?),
@@ -1347,8 +1369,9 @@ impl Quantization {
             }
             (method, format) => anyhow::bail!(
                 "quantized checkpoints of quant_method '{method}'{} are not supported (kiln \
-                 loads fp8, gptq, awq (GEMM layout), bitsandbytes 4- and 8-bit, mxfp4 and \
-                 compressed-tensors float-quantized and pack-quantized ones)",
+                 loads fp8, gptq, awq (GEMM layout), bitsandbytes 4- and 8-bit, mxfp4, \
+                 ModelOpt FP8 and NVFP4, and compressed-tensors float-quantized, \
+                 nvfp4-pack-quantized and pack-quantized ones)",
                 if format.is_empty() {
                     String::new()
                 } else {
@@ -1373,6 +1396,8 @@ pub fn check_quantization_flag(asked: &str, found: Option<&Quantization>) -> Res
         (method.as_str(), found),
         ("fp8", Some(Quantization::Fp8))
             | ("mxfp4", Some(Quantization::Mxfp4))
+            | ("modelopt", Some(Quantization::Fp8))
+            | ("modelopt_fp4" | "nvfp4", Some(Quantization::Nvfp4))
             | ("gptq", Some(Quantization::Int(IntScheme::Gptq { .. })))
             | ("awq", Some(Quantization::Int(IntScheme::Awq { .. })))
             | (
@@ -1381,7 +1406,7 @@ pub fn check_quantization_flag(asked: &str, found: Option<&Quantization>) -> Res
             )
             | (
                 "compressed_tensors",
-                Some(Quantization::Fp8 | Quantization::Int(_))
+                Some(Quantization::Fp8 | Quantization::Nvfp4 | Quantization::Int(_))
             )
     );
     match (matches, found) {
@@ -3297,6 +3322,29 @@ mod tests {
         let ct = with(r#"{"quant_method": "compressed-tensors", "format": "float-quantized"}"#);
         assert_eq!(ct.unwrap().quantization, Some(Quantization::Fp8));
         assert_eq!(phi3("").unwrap().quantization, None);
+        // NVFP4 in compressed-tensors' layout and ModelOpt's; ModelOpt's FP8, its algorithm
+        // at the top or under `quantization`.
+        let nvfp4 =
+            with(r#"{"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized"}"#);
+        assert_eq!(nvfp4.unwrap().quantization, Some(Quantization::Nvfp4));
+        for (q, want) in [
+            (
+                r#"{"quant_method": "modelopt", "quant_algo": "NVFP4"}"#,
+                Quantization::Nvfp4,
+            ),
+            (
+                r#"{"quant_method": "modelopt", "quant_algo": "FP8"}"#,
+                Quantization::Fp8,
+            ),
+            (
+                r#"{"quant_method": "modelopt", "quantization": {"quant_algo": "FP8"}}"#,
+                Quantization::Fp8,
+            ),
+        ] {
+            assert_eq!(with(q).unwrap().quantization, Some(want), "{q}");
+        }
+        let w4a8 = with(r#"{"quant_method": "modelopt", "quant_algo": "W4A8_AWQ"}"#);
+        assert!(w4a8.unwrap_err().to_string().contains("W4A8_AWQ"));
         let int = |q: &str| match with(q).unwrap().quantization {
             Some(Quantization::Int(scheme)) => scheme,
             other => panic!("{q}: {other:?}"),
@@ -3376,6 +3424,10 @@ mod tests {
             .to_string();
         assert!(err.contains("does not quantize"), "{err}");
         assert!(check_quantization_flag("bitsandbytes", Some(&awq)).is_err());
+        // vLLM's names for ModelOpt's formats.
+        assert!(check_quantization_flag("modelopt", Some(&Quantization::Fp8)).is_ok());
+        assert!(check_quantization_flag("modelopt_fp4", Some(&Quantization::Nvfp4)).is_ok());
+        assert!(check_quantization_flag("modelopt", Some(&Quantization::Nvfp4)).is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The one shape every quantized-checkpoint source has: a weight the format stores
 //! quantized comes out expanded (to f32, then the model dtype); every other tensor, and
 //! every other question, goes to the inner source. Each format says only which weights
-//! are its own and how to expand them ([`Expansion`]): FP8 (`fp8.rs`), integer groups
-//! (`int_quant.rs`), bitsandbytes 4-bit (`bnb.rs`) and 8-bit (`bnb8.rs`).
+//! are its own and how to expand them ([`Expansion`]): FP8 (`fp8.rs`), NVFP4 (`nvfp4.rs`),
+//! integer groups (`int_quant.rs`), bitsandbytes 4-bit (`bnb.rs`) and 8-bit (`bnb8.rs`).
 
 use super::weights::{GeneratedPart, Slice, WeightSource};
 use crate::backend::DType;

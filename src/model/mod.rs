@@ -40,6 +40,7 @@ mod moe_fused;
 pub mod mpt;
 pub mod mxfp4;
 pub mod nemotron_h;
+pub mod nvfp4;
 pub mod opt;
 pub mod presets;
 pub mod python_json;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
 /// The 16 E2M1 values: sign bit, two exponent bits, one mantissa bit.
-const E2M1: [f32; 16] = [
+pub(super) const E2M1: [f32; 16] = [
     0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
 ];
 
