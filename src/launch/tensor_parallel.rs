@@ -1,7 +1,7 @@
 //! Launching a model sharded over several ranks: which device each rank gets, the
 //! communicator they meet in, the KV-cache size every rank can hold, and the engine.
 
-use super::gpu_memory::{activation_reserve, kv_blocks, GpuMemory};
+use super::gpu_memory::{activation_reserve, fitting_state_slots, kv_blocks, GpuMemory};
 use super::{
     cpu_kv_blocks, engine_with_runner, max_model_len, prepare_model, progress_bar, AllReduceArg,
     Device, EngineArgs, PreparedModel,
@@ -16,7 +16,7 @@ use crate::parallel::nccl_group::NcclAllReduce;
 use crate::parallel::nccl_lib::Nccl;
 use crate::parallel::peer_access::{choose_path, distinct, enable_all, AllReducePath, PeerMatrix};
 use crate::parallel::shard::check_divides;
-use crate::parallel::tp_runner::{RankLoaded, TpRunner, TpSpec};
+use crate::parallel::tp_runner::{CachePlan, RankLoaded, TpRunner, TpSpec};
 use crate::parallel::Communicator;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -57,7 +57,7 @@ pub fn engine(args: &EngineArgs, ranks: &[Device]) -> Result<(LlmEngine, String)
                 &prepared.config,
                 max_model_len(args, &prepared.config),
             );
-            start(args, prepared, open, comms, move |_| Ok(wanted))
+            start(args, prepared, open, comms, move |_| Ok(wanted.into()))
         }
         Device::Cuda(_) => {
             let ordinals = cuda_ordinals(ranks);
@@ -71,8 +71,8 @@ pub fn engine(args: &EngineArgs, ranks: &[Device]) -> Result<(LlmEngine, String)
             let (config, dtype) = (prepared.config.clone(), prepared.dtype);
             let args_for_plan = args.clone();
             start(args, prepared, open, comms, move |loaded| match fixed {
-                Some(n) => Ok(n),
-                None => gpu_kv_blocks(&args_for_plan, &config, dtype.size_in_bytes(), loaded),
+                Some(n) => Ok(n.into()),
+                None => gpu_cache_plan(&args_for_plan, &config, dtype.size_in_bytes(), loaded),
             })
         }
     }
@@ -83,7 +83,7 @@ fn start<B: Backend + 'static>(
     prepared: PreparedModel,
     open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
     communicators: Vec<Box<dyn Communicator<B>>>,
-    decide_blocks: impl FnOnce(&[RankLoaded]) -> Result<usize>,
+    decide_cache: impl FnOnce(&[RankLoaded]) -> Result<CachePlan>,
 ) -> Result<(LlmEngine, String)> {
     let world = communicators.len();
     let PreparedModel {
@@ -114,8 +114,20 @@ fn start<B: Backend + 'static>(
         adapters: args.lora_modules.clone().into(),
         max_lora_rank: args.max_lora_rank,
     };
-    let (runner, num_blocks) = TpRunner::start(spec, decide_blocks)
+    let (runner, num_blocks) = TpRunner::start(spec, decide_cache)
         .with_context(|| format!("loading {name} over {world} ranks"))?;
+    let max_num_seqs = runner.state_slots().min(args.max_num_seqs);
+    if max_num_seqs < args.max_num_seqs {
+        tracing::warn!(
+            "--max-num-seqs {} lowered to {max_num_seqs}: more sequences' recurrent states would \
+             leave the KV cache too little room for one sequence of --max-model-len",
+            args.max_num_seqs
+        );
+    }
+    let args = &EngineArgs {
+        max_num_seqs,
+        ..args.clone()
+    };
     bar.finish_and_clear();
     tracing::info!(
         "shards loaded in {:.2} s; KV cache: {num_blocks} blocks of {} tokens per rank",
@@ -235,14 +247,17 @@ pub fn cuda_ordinals(ranks: &[Device]) -> Vec<usize> {
         .collect()
 }
 
-/// KV blocks every rank can hold: each GPU's budget is shared by the ranks on it (their
-/// caches and activations), and the smallest GPU decides, since ranks hold the same blocks.
-fn gpu_kv_blocks(
+/// KV blocks every rank can hold, and the recurrent-state slots: each GPU's budget is
+/// shared by the ranks on it (their caches, states and activations), and the smallest GPU
+/// decides, since ranks hold the same blocks and slots. Where `--max-num-seqs` sequences'
+/// states would leave a GPU less KV cache than one `--max-model-len` sequence, fewer
+/// sequences run (as on one GPU: `fitting_state_slots`).
+fn gpu_cache_plan(
     args: &EngineArgs,
     config: &crate::model::config::ModelConfig,
     dtype_bytes: usize,
     loaded: &[RankLoaded],
-) -> Result<usize> {
+) -> Result<CachePlan> {
     let mut per_device: BTreeMap<String, Vec<&RankLoaded>> = BTreeMap::new();
     for l in loaded {
         per_device
@@ -250,33 +265,51 @@ fn gpu_kv_blocks(
             .or_default()
             .push(l);
     }
-    let wanted = max_model_len(args, config).div_ceil(args.block_size) * args.max_num_seqs.max(1);
+    let full_sequence = max_model_len(args, config).div_ceil(args.block_size);
     let reserve = activation_reserve(
         config,
         dtype_bytes,
         args.max_num_batched_tokens,
         args.max_num_seqs,
     );
-    let mut blocks = usize::MAX;
+    // Each device's memory, its ranks' block and state-slot bytes, and its share of the
+    // activations.
+    let mut devices = Vec::new();
     for (device, ranks) in per_device {
         let (free, total) = ranks[0]
             .memory
             .with_context(|| format!("{device} did not report its memory"))?;
-        let sharing = ranks.len();
-        let bytes_per_block: usize = ranks.iter().map(|r| r.kv_bytes_per_block).sum();
-        // The ranks' recurrent states come out of the same memory, before the blocks.
-        let states: usize = ranks.iter().map(|r| r.state_bytes).sum();
         let mem = GpuMemory {
             free,
             total,
             utilization: args.gpu_memory_utilization,
         };
+        let bytes_per_block: usize = ranks.iter().map(|r| r.kv_bytes_per_block).sum();
+        let slot_bytes: usize = ranks.iter().map(|r| r.state_bytes_per_slot).sum();
+        devices.push((device, ranks.len(), mem, bytes_per_block, slot_bytes));
+    }
+    let slots = devices
+        .iter()
+        .map(|&(_, sharing, mem, block, slot)| {
+            let held = reserve * sharing;
+            fitting_state_slots(mem, held, (slot, block), args.max_num_seqs, full_sequence)
+        })
+        .min()
+        .unwrap_or(args.max_num_seqs);
+    let wanted = full_sequence * slots.max(1);
+    let mut blocks = usize::MAX;
+    for (device, sharing, mem, bytes_per_block, slot_bytes) in devices {
+        // The ranks' recurrent states come out of the same memory, before the blocks.
+        let states = slot_bytes * slots;
         let n = kv_blocks(mem, reserve * sharing + states, bytes_per_block, wanted)
             .with_context(|| format!("sizing the KV cache on {device} ({sharing} ranks)"))?;
         tracing::info!("{device}: room for {n} KV blocks per rank ({sharing} rank(s))");
         blocks = blocks.min(n);
     }
-    Ok(blocks)
+    Ok(CachePlan {
+        blocks,
+        state_slots: Some(slots),
+    })
 }
 
 #[cfg(test)]
@@ -295,7 +328,7 @@ mod tests {
             rank,
             memory: Some((free_gib << 30, 80 << 30)),
             kv_bytes_per_block,
-            state_bytes: 0,
+            state_bytes_per_slot: 0,
             backend_name: device.to_string(),
         }
     }
@@ -314,17 +347,54 @@ mod tests {
         // Two GPUs with one rank each: the one with less free memory decides.
         let two = [rank(0, "cuda:0", 60, block), rank(1, "cuda:1", 40, block)];
         let lean = [rank(0, "cuda:1", 40, block)];
-        let n_two = gpu_kv_blocks(&args, &config, 2, &two).unwrap();
-        assert_eq!(n_two, gpu_kv_blocks(&args, &config, 2, &lean).unwrap());
+        let n_two = gpu_cache_plan(&args, &config, 2, &two).unwrap().blocks;
+        assert_eq!(
+            n_two,
+            gpu_cache_plan(&args, &config, 2, &lean).unwrap().blocks
+        );
         // Two ranks on one GPU: both caches (and activations) come out of its budget.
         let shared = [rank(0, "cuda:0", 40, block), rank(1, "cuda:0", 40, block)];
-        let n_shared = gpu_kv_blocks(&args, &config, 2, &shared).unwrap();
+        let n_shared = gpu_cache_plan(&args, &config, 2, &shared).unwrap().blocks;
         assert!(n_shared < n_two, "{n_shared} vs {n_two}");
         assert!(n_shared * 2 <= n_two + 1, "{n_shared} vs {n_two}");
         // A GPU that is already full is an error naming it.
         let full = [rank(0, "cuda:3", 1, block)];
-        let err = format!("{:#}", gpu_kv_blocks(&args, &config, 2, &full).unwrap_err());
+        let err = format!(
+            "{:#}",
+            gpu_cache_plan(&args, &config, 2, &full).unwrap_err()
+        );
         assert!(err.contains("cuda:3"), "{err}");
+    }
+
+    /// Recurrent states that would crowd out the cache lower the slots every rank keeps (the
+    /// fullest GPU decides), leaving room for one full-length sequence; a model without
+    /// states keeps `--max-num-seqs`.
+    #[test]
+    fn ranks_keep_fewer_state_slots_where_their_states_would_crowd_out_the_cache() {
+        let config = crate::model::config::ModelConfig::from_json(
+            crate::model::presets::preset("nemotron-nano-9b-v2").unwrap(),
+        )
+        .unwrap();
+        let args = Cli::parse_from(["kiln", "--max-model-len", "32768"]).args;
+        assert_eq!(args.max_num_seqs, 256);
+        let (block, slot) = (1 << 20, 70 << 20);
+        let with_states = |free_gib: usize, device: &str| RankLoaded {
+            state_bytes_per_slot: slot,
+            ..rank(0, device, free_gib, block)
+        };
+        let ranks = [with_states(30, "cuda:0"), with_states(20, "cuda:1")];
+        let plan = gpu_cache_plan(&args, &config, 2, &ranks).unwrap();
+        let slots = plan.state_slots.unwrap();
+        assert!((1..256).contains(&slots), "{slots}");
+        // The slots are those of the fuller GPU alone, and its cache still holds a sequence.
+        let lean = gpu_cache_plan(&args, &config, 2, &ranks[1..]).unwrap();
+        assert_eq!(lean.state_slots, Some(slots));
+        let full_sequence = 32768usize.div_ceil(args.block_size);
+        assert!(plan.blocks >= full_sequence, "{plan:?}");
+        // Without states: every sequence runs.
+        let plain = [rank(0, "cuda:0", 30, block)];
+        let plan = gpu_cache_plan(&args, &config, 2, &plain).unwrap();
+        assert_eq!(plan.state_slots, Some(256));
     }
 
     #[test]

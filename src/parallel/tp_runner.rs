@@ -33,10 +33,27 @@ pub struct RankLoaded {
     pub memory: Option<(usize, usize)>,
     /// KV-cache bytes one block of `block_size` tokens takes on this rank.
     pub kv_bytes_per_block: usize,
-    /// Bytes of this rank's recurrent-state slots (its share of the mixers' states), held
-    /// beside the blocks.
-    pub state_bytes: usize,
+    /// Bytes of one of this rank's recurrent-state slots (its share of one sequence's mixer
+    /// states), held beside the blocks.
+    pub state_bytes_per_slot: usize,
     pub backend_name: String,
+}
+
+/// What each rank allocates once the shards are loaded: KV blocks, and recurrent-state
+/// slots where fewer than [`TpSpec::state_slots`] fit (`None`: the spec's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CachePlan {
+    pub blocks: usize,
+    pub state_slots: Option<usize>,
+}
+
+impl From<usize> for CachePlan {
+    fn from(blocks: usize) -> Self {
+        CachePlan {
+            blocks,
+            state_slots: None,
+        }
+    }
 }
 
 /// How to start a group: the model, the ranks' backends and communicators.
@@ -46,7 +63,7 @@ pub struct TpSpec<B: Backend> {
     pub weights: Arc<dyn WeightSource + Send + Sync>,
     pub block_size: usize,
     /// Recurrent-state slots each rank keeps (`--max-num-seqs`; used by models with
-    /// recurrent mixers only).
+    /// recurrent mixers only), unless the [`CachePlan`] asks for fewer.
     pub state_slots: usize,
     /// Opens rank `r`'s backend, on the rank's own thread (a GPU context is bound there).
     pub open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
@@ -64,7 +81,8 @@ enum Command {
     /// Load this adapter into this slot.
     LoadAdapter(Arc<AdapterSpec>, usize, usize),
     UnloadAdapter(usize),
-    Allocate(usize),
+    /// KV blocks and recurrent-state slots.
+    Allocate(usize, usize),
     Step(Arc<StepInput>, Rows),
     AllocatorStats,
 }
@@ -102,17 +120,21 @@ pub struct TpRunner {
     description: String,
     /// Per adapter slot, whether every rank holds it loaded.
     adapters: Vec<bool>,
+    /// The recurrent-state slots each rank allocated: the most sequences that can run.
+    state_slots: usize,
 }
 
 impl TpRunner {
-    /// Starts one worker per communicator, loads every shard, then lets `decide_blocks`
-    /// pick the KV-cache size from the ranks' reports and allocates it on every rank.
-    pub fn start<B>(
+    /// Starts one worker per communicator, loads every shard, then lets `decide_cache`
+    /// pick the KV-cache size (and the state slots, where fewer fit) from the ranks' reports
+    /// and allocates it on every rank. Returns the runner and its blocks.
+    pub fn start<B, P>(
         spec: TpSpec<B>,
-        decide_blocks: impl FnOnce(&[RankLoaded]) -> Result<usize>,
+        decide_cache: impl FnOnce(&[RankLoaded]) -> Result<P>,
     ) -> Result<(TpRunner, usize)>
     where
         B: Backend + 'static,
+        P: Into<CachePlan>,
     {
         let world = spec.communicators.len();
         let mut workers = Vec::with_capacity(world);
@@ -125,7 +147,6 @@ impl TpRunner {
                 dtype: spec.dtype,
                 weights: spec.weights.clone(),
                 block_size: spec.block_size,
-                state_slots: spec.state_slots,
                 open_backend: spec.open_backend.clone(),
                 on_layer: spec.on_layer.clone(),
                 adapters: spec.adapters.clone(),
@@ -149,6 +170,7 @@ impl TpRunner {
             dtype: spec.dtype,
             description: String::new(),
             adapters: vec![true; spec.adapters.len()],
+            state_slots: spec.state_slots,
         };
         let mut loaded: Vec<RankLoaded> = runner
             .collect(|r| match r {
@@ -165,8 +187,11 @@ impl TpRunner {
         for (l, m) in loaded.iter_mut().zip(memory) {
             l.memory = m;
         }
-        let num_blocks = decide_blocks(&loaded)?;
-        runner.broadcast(|| Command::Allocate(num_blocks))?;
+        let plan: CachePlan = decide_cache(&loaded)?.into();
+        let num_blocks = plan.blocks;
+        runner.state_slots = plan.state_slots.unwrap_or(runner.state_slots);
+        let slots = runner.state_slots;
+        runner.broadcast(|| Command::Allocate(num_blocks, slots))?;
         runner
             .collect(|r| match r {
                 Reply::Ready => Ok(()),
@@ -187,6 +212,11 @@ impl TpRunner {
             runner.dtype
         );
         Ok((runner, num_blocks))
+    }
+
+    /// The recurrent-state slots each rank holds: the most sequences that can run at once.
+    pub fn state_slots(&self) -> usize {
+        self.state_slots
     }
 
     fn broadcast(&self, command: impl Fn() -> Command) -> Result<()> {
@@ -369,7 +399,6 @@ struct RankJob<B: Backend> {
     dtype: DType,
     weights: Arc<dyn WeightSource + Send + Sync>,
     block_size: usize,
-    state_slots: usize,
     open_backend: Arc<dyn Fn(usize) -> Result<B> + Send + Sync>,
     on_layer: Arc<dyn Fn(usize, usize) + Send + Sync>,
     adapters: Arc<[AdapterSpec]>,
@@ -388,12 +417,12 @@ impl<B: Backend> RankJob<B> {
                 return;
             }
         };
-        let spec = model.kv_cache_spec(1, self.block_size, self.state_slots);
+        let spec = model.kv_cache_spec(1, self.block_size, 1);
         let info = RankLoaded {
             rank,
             memory: None,
             kv_bytes_per_block: spec.bytes_per_block(),
-            state_bytes: spec.state_bytes(),
+            state_bytes_per_slot: spec.state_bytes(),
             backend_name: be.name(),
         };
         if replies.send(Ok(Reply::Loaded(info))).is_err() {
@@ -403,9 +432,9 @@ impl<B: Backend> RankJob<B> {
         while let Ok(command) = commands.recv() {
             let reply = match command {
                 Command::MeasureMemory => be.memory_info().transpose().map(Reply::Memory),
-                Command::Allocate(blocks) => self
+                Command::Allocate(blocks, slots) => self
                     .guarded(|| {
-                        let spec = model.kv_cache_spec(blocks, self.block_size, self.state_slots);
+                        let spec = model.kv_cache_spec(blocks, self.block_size, slots);
                         be.new_kv_cache(&spec)
                     })
                     .map(|c| {
