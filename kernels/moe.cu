@@ -28,8 +28,10 @@
 //
 // moe_combine: out[t, c] = sum over the token's pairs s of y[row(t * top_k + s), c] * weight,
 // each weight, product and running sum rounded to the dtype as a loop of index_adds rounds
-// them, then (Qwen2-MoE) the shared expert's row times sigmoid of its gate's logit, added
-// last. row(p) is p, or pair_rows[p] when has_pair_rows (the host-routed prefill path,
+// them, or (sum_f32: DeepSeek-V2 / V3, GLM-4.5, dots.llm1, Nemotron 3, whose loops add in
+// the router's f32) the f32 weight, each product and running sum rounded to f32 (unfused,
+// as separate PyTorch ops compute them) and the sum rounded to the dtype once; then
+// (Qwen2-MoE) the shared expert's row times sigmoid of its gate's logit, added last. row(p) is p, or pair_rows[p] when has_pair_rows (the host-routed prefill path,
 // whose expert outputs are grouped by expert).
 
 #define MOE_ROUTE_THREADS 256
@@ -324,7 +326,7 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
                                                  const typename D::T* __restrict__ shared_gate,
                                                  int has_shared,
                                                  const int* __restrict__ pair_rows,
-                                                 int has_pair_rows) {
+                                                 int has_pair_rows, int sum_f32) {
     const long long total = (long long)rows * hidden;
     KILN_GRID_STRIDE(i, total) {
         const long long t = i / hidden;
@@ -332,11 +334,16 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
         float acc = 0.0f;
         for (int s = 0; s < top_k; ++s) {
             const long long p = t * top_k + s;
-            const float w = D::load(D::store(weights[p]));
             const long long row = has_pair_rows ? pair_rows[p] : p;
-            const float prod = D::load(D::store(D::load(y[row * hidden + c]) * w));
-            acc = D::load(D::store(acc + prod));
+            const float v = D::load(y[row * hidden + c]);
+            if (sum_f32) {
+                acc = __fadd_rn(acc, __fmul_rn(v, weights[p]));
+            } else {
+                const float w = D::load(D::store(weights[p]));
+                acc = D::load(D::store(acc + D::load(D::store(v * w))));
+            }
         }
+        acc = D::load(D::store(acc));
         if (has_shared) {
             const float g = D::load(shared_gate[t]);
             const float gate = D::load(D::store(1.0f / (1.0f + expf(-g))));
@@ -360,8 +367,8 @@ __device__ __forceinline__ void moe_combine_impl(typename D::T* __restrict__ out
                                                int rows, int hidden, int top_k,                \
                                                const D::T* shared, const D::T* shared_gate,    \
                                                int has_shared, const int* pair_rows,           \
-                                               int has_pair_rows) {                            \
+                                               int has_pair_rows, int sum_f32) {               \
         moe_combine_impl<D>(out, y, weights, rows, hidden, top_k, shared, shared_gate,         \
-                            has_shared, pair_rows, has_pair_rows);                             \
+                            has_shared, pair_rows, has_pair_rows, sum_f32);                    \
     }
 KILN_FOR_EACH_DTYPE(KILN_MOE)

@@ -406,5 +406,8 @@ inline int __float_as_int(float f) {
     return i;
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// Round-to-nearest f32 arithmetic the compiler may not fuse (ISO C++ does not contract).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

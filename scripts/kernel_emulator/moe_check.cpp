@@ -375,12 +375,13 @@ void check_expert_gemv(DType d, int tokens, int top_k, int experts, int hidden, 
 }
 
 using CombineFn = void (*)(void*, const void*, const float*, int, int, int, const void*, const void*, int,
-                          const int*, int);
+                          const int*, int, int);
 
 // With `grouped`, the expert outputs sit in rows of a shuffled order, found through a
-// pair-row map (the host-routed prefill path).
+// pair-row map (the host-routed prefill path). With `sum_f32`, the sum as DeepSeek-V3's
+// loop adds in its router's f32: unrounded weights, products and sums, rounded once.
 void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Order order,
-                   bool grouped = false) {
+                   bool grouped = false, bool sum_f32 = false) {
     const int pairs = tokens * top_k;
     Buffer y(d, random(d, static_cast<size_t>(pairs) * hidden, 3.0f));
     std::vector<float> weights(pairs);
@@ -396,7 +397,7 @@ void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Orde
     kiln_emu::launch({3, 1, 1}, {64, 1, 1}, order, 11, [&] {
         combine(out.data(), y.data(), weights.data(), tokens, hidden, top_k, shared ? so.data() : y.data(),
                 shared ? sg.data() : y.data(), shared ? 1 : 0, grouped ? pair_rows.data() : nullptr,
-                grouped ? 1 : 0);
+                grouped ? 1 : 0, sum_f32 ? 1 : 0);
     });
     // weighted_row_sum's loop: each weight, product and running sum rounded to the dtype.
     size_t differ = 0;
@@ -405,10 +406,16 @@ void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Orde
             float acc = 0.0f;
             for (int s = 0; s < top_k; ++s) {
                 const size_t p = static_cast<size_t>(t) * top_k + s;
-                const float w = round_to(d, weights[p]);
                 const size_t row = static_cast<size_t>(pair_rows[p]);
-                acc = round_to(d, acc + round_to(d, y.at(row * hidden + c) * w));
+                if (sum_f32) {
+                    const float prod = y.at(row * hidden + c) * weights[p];
+                    acc = acc + prod;
+                } else {
+                    const float w = round_to(d, weights[p]);
+                    acc = round_to(d, acc + round_to(d, y.at(row * hidden + c) * w));
+                }
             }
+            acc = round_to(d, acc);
             if (shared) {
                 const float g = round_to(d, 1.0f / (1.0f + std::exp(-sg.at(t))));
                 acc = round_to(d, acc + round_to(d, so.at(static_cast<size_t>(t) * hidden + c) * g));
@@ -418,9 +425,9 @@ void check_combine(DType d, int tokens, int top_k, int hidden, bool shared, Orde
         }
     }
     char what[160];
-    std::snprintf(what, sizeof what, "moe_combine tokens=%d top_k=%d hidden=%d %-7s %-7s %-4s  %zu of %d values differ",
-                  tokens, top_k, hidden, shared ? "+shared" : "", grouped ? "grouped" : "", dtype_name(d), differ,
-                  tokens * hidden);
+    std::snprintf(what, sizeof what, "moe_combine tokens=%d top_k=%d hidden=%d %-7s %-7s %-7s %-4s  %zu of %d values differ",
+                  tokens, top_k, hidden, shared ? "+shared" : "", grouped ? "grouped" : "", sum_f32 ? "sum f32" : "",
+                  dtype_name(d), differ, tokens * hidden);
     report(differ == 0, what);
 }
 
@@ -476,6 +483,9 @@ int main() {
         check_combine(d, 3, 2, 40, false, Order::Forward);
         check_combine(d, 5, 8, 72, true, Order::Random);
         check_combine(d, 7, 4, 40, true, Order::Reverse, true);
+        // DeepSeek-V3, GLM-4.5, Nemotron 3: the sum in f32, rounded once.
+        check_combine(d, 3, 8, 72, false, Order::Forward, false, true);
+        check_combine(d, 6, 6, 40, false, Order::Random, true, true);
     }
     std::printf("%d cases: %s\n", cases,
                 failures == 0 ? "the moe kernels match the host path" : "SOME CASES FAILED");

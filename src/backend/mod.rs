@@ -389,15 +389,16 @@ pub trait Backend: Send + Sync {
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
 
     /// A zero `[num_rows, width]` tensor of `dtype` with every part's weighted rows added
-    /// in, parts in order. Rounding follows a loop of per-part `index_add`s in `dtype` (HF's
+    /// in, parts in order. Rounding follows a loop of per-part `index_add`s in `steps` (HF's
     /// mixture-of-experts loop): each weight, each product and each running sum is rounded
-    /// to `dtype`. The default goes through the host, where the experts' routing was
+    /// to `steps` (`dtype`, or f32 where the loop adds in the router's f32), the sum to
+    /// `dtype` at the end. The default goes through the host, where the experts' routing was
     /// decided anyway; a device kernel would save one copy each way.
     fn weighted_row_sum(
         &self,
         num_rows: usize,
         width: usize,
-        dtype: DType,
+        (dtype, steps): (DType, DType),
         parts: &[RowContribution<'_, Self::Tensor>],
     ) -> Result<Self::Tensor> {
         let mut sum = vec![0f32; num_rows * width];
@@ -417,10 +418,10 @@ pub trait Backend: Send + Sync {
                 .zip(values.chunks_exact(width))
             {
                 anyhow::ensure!(row < num_rows, "row {row} of a {num_rows}-row sum");
-                let weight = dtype.round(weight);
+                let weight = steps.round(weight);
                 let dst = &mut sum[row * width..(row + 1) * width];
                 for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = dtype.round(*d + dtype.round(v * weight));
+                    *d = steps.round(*d + steps.round(v * weight));
                 }
             }
         }

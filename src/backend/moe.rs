@@ -177,11 +177,22 @@ pub struct MoeRouting<'a, T> {
     pub correction_bias_tensor: Option<&'a T>,
     /// The model's dtype: the rounding of the weighted sum follows HF's loop in it.
     pub dtype: DType,
+    /// DeepSeek-V2 / V3, GLM-4.5, dots.llm1, Nemotron 3: transformers' loop adds the
+    /// weighted outputs in the router's f32 and rounds the sum to the dtype once.
+    pub sum_f32: bool,
     pub activation: ExpertActivation,
     pub shared: Option<SharedExpertOutput<'a, T>>,
 }
 
 impl<'a, T> MoeRouting<'a, T> {
+    /// The weighted sum's output dtype and the dtype its steps are rounded to.
+    pub fn sum_dtypes(&self) -> (DType, DType) {
+        (
+            self.dtype,
+            if self.sum_f32 { DType::F32 } else { self.dtype },
+        )
+    }
+
     /// The routing decision's part.
     pub fn rule(&self) -> RouteRule<'a> {
         RouteRule {
@@ -274,7 +285,8 @@ pub fn host_routed_experts<B: Backend + ?Sized>(
                 rows: &own_rows,
                 weights: &scales,
             };
-            input = be.weighted_row_sum(rows.len(), hidden, routing.dtype, &[scaled])?;
+            let dtypes = (routing.dtype, routing.dtype);
+            input = be.weighted_row_sum(rows.len(), hidden, dtypes, &[scaled])?;
             weights.iter_mut().for_each(|w| *w = 1.0);
         }
         let gate_up_bias = experts.gate_up_bias.and_then(|b| b.get(e));
@@ -313,7 +325,7 @@ pub fn host_routed_experts<B: Backend + ?Sized>(
             weights: &shared_weights,
         });
     }
-    be.weighted_row_sum(tokens, hidden, routing.dtype, &parts)
+    be.weighted_row_sum(tokens, hidden, routing.sum_dtypes(), &parts)
 }
 
 #[cfg(test)]
@@ -358,7 +370,9 @@ mod tests {
                 weights: &[0.1],
             },
         ];
-        let sum = be.weighted_row_sum(3, 2, DType::F32, &parts).unwrap();
+        let sum = be
+            .weighted_row_sum(3, 2, (DType::F32, DType::F32), &parts)
+            .unwrap();
         let values: Vec<f32> = sum.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(values, vec![0.75, 1.0, 0.0, 0.0, 0.5 + 1.0, 1.0 + 2.0]);
 
@@ -372,7 +386,9 @@ mod tests {
             rows: &[0],
             weights: &[1.0],
         });
-        let sum = be.weighted_row_sum(1, 1, DType::BF16, &parts).unwrap();
+        let sum = be
+            .weighted_row_sum(1, 1, (DType::BF16, DType::BF16), &parts)
+            .unwrap();
         let value: Vec<f32> = sum
             .to_dtype(candle_core::DType::F32)
             .unwrap()
@@ -492,6 +508,7 @@ mod tests {
             correction_bias: None,
             correction_bias_tensor: None,
             dtype: DType::F32,
+            sum_f32: false,
             activation: ExpertActivation::SwiGlu,
             shared: Some(SharedExpertOutput {
                 output: &shared_out,

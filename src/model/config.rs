@@ -953,6 +953,10 @@ pub struct MoeConfig {
     /// computes them for these models (GLM-4.5, DeepSeek-V2 / V3, ERNIE 4.5, dots.llm1): a
     /// logit rounded to bf16 can flip a near-tied expert choice.
     pub router_f32: bool,
+    /// The experts' weighted outputs are added in f32 and rounded once, as transformers'
+    /// loop adds them in its f32 router weights' dtype (DeepSeek-V2 / V3, GLM-4.5,
+    /// dots.llm1, Nemotron 3); otherwise each step rounds to the model dtype.
+    pub sum_f32: bool,
     /// Nemotron 3 (LatentMoE): the routed experts' input and output width, projected down
     /// from and back up to the hidden size around them (`model/moe.rs`).
     pub latent_size: Option<usize>,
@@ -1185,6 +1189,14 @@ impl MoeConfig {
                 Architecture::NemotronH => raw.moe_latent_size.filter(|&n| n > 0),
                 _ => None,
             },
+            sum_f32: matches!(
+                architecture,
+                Architecture::Glm4Moe
+                    | Architecture::DeepseekV2
+                    | Architecture::DeepseekV3
+                    | Architecture::Dots1
+                    | Architecture::NemotronH
+            ),
             num_experts,
             top_k,
             expert_intermediate_size,

@@ -84,7 +84,7 @@ pub fn add_updates<B: Backend>(
                     weights: &ones[..tokens.len()],
                 })
                 .collect();
-            let sum = be.weighted_row_sum(rows.num_tokens, width, dtype, &parts)?;
+            let sum = be.weighted_row_sum(rows.num_tokens, width, (dtype, dtype), &parts)?;
             be.add_tensors(&y, &sum)
         }
     }

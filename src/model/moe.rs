@@ -78,6 +78,8 @@ pub struct SparseMlp<B: Backend> {
     scoring: RouterScoring,
     /// Router logits in f32 (`MoeConfig::router_f32`).
     router_f32: bool,
+    /// The weighted sum in f32, rounded once (`MoeConfig::sum_f32`).
+    sum_f32: bool,
     /// GLM-4.5: the router's per-expert correction bias (it only steers choices), on the host
     /// and as an f32 tensor for device routing.
     correction_bias: Option<(Vec<f32>, B::Tensor)>,
@@ -325,6 +327,7 @@ impl<B: Backend> SparseMlp<B> {
             normalize_top_k: moe.normalize_top_k,
             scoring: moe.scoring,
             router_f32: moe.router_f32,
+            sum_f32: moe.sum_f32,
             correction_bias: None,
             shared: None,
             latent: None,
@@ -367,6 +370,7 @@ impl<B: Backend> SparseMlp<B> {
             correction_bias: self.correction_bias.as_ref().map(|(h, _)| h.as_slice()),
             correction_bias_tensor: self.correction_bias.as_ref().map(|(_, t)| t),
             dtype,
+            sum_f32: self.sum_f32,
             activation: self.activation,
             shared: shared.map(|(output, gate_logits)| SharedExpertOutput {
                 output,

@@ -16,7 +16,7 @@ use super::host_copy::refuse_while_recording;
 use super::image_flash::FlashLayouts;
 use super::moe::{
     group_routes, max_items, moe_device_enabled, moe_device_rows, router_runs_on_device,
-    routes_on_device, GroupedBuffers, GroupedRouter, MoeBuffers, GEMV_EXPERT_ROWS,
+    routes_on_device, Combine, GroupedBuffers, GroupedRouter, MoeBuffers, GEMV_EXPERT_ROWS,
 };
 use super::ops::RopeStyle;
 use super::ops_attention::AttentionMetadata;
@@ -352,14 +352,17 @@ impl CudaBackend {
         let mut act = self.output(dtype, &[pairs, inter])?;
         let mut y = self.output(dtype, &[pairs, hidden])?;
         let mut out = self.output(dtype, &[tokens, hidden])?;
-        let shared = routing.shared.as_ref().map(|s| (s.output, s.gate_logits));
+        let combine = Combine {
+            shared: routing.shared.as_ref().map(|s| (s.output, s.gate_logits)),
+            sum_f32: routing.sum_f32,
+        };
         self.dev.moe_layer_grouped(
             (experts.gate_up, experts.down),
             (experts.index, routing.activation),
             x,
             &grouped,
             top_k,
-            shared,
+            combine,
             &mut GroupedBuffers {
                 row_tokens: &row_tokens,
                 row_experts: row_experts.as_deref(),
@@ -935,14 +938,17 @@ impl Backend for CudaBackend {
         let mut act = self.output(dtype, &[pairs, inter])?;
         let mut y = self.output(dtype, &[pairs, hidden])?;
         let mut out = self.output(dtype, &[tokens, hidden])?;
-        let shared = routing.shared.as_ref().map(|s| (s.output, s.gate_logits));
+        let combine = Combine {
+            shared: routing.shared.as_ref().map(|s| (s.output, s.gate_logits)),
+            sum_f32: routing.sum_f32,
+        };
         self.dev.moe_layer(
             experts.index,
             x,
             router_logits,
             (top_k, routing.normalize, grouped.as_ref()),
             routing.activation,
-            shared,
+            combine,
             &mut MoeBuffers {
                 ids: &mut ids,
                 weights: &mut weights,

@@ -239,6 +239,15 @@ impl CudaExpertIndex {
     }
 }
 
+/// How `moe_combine` adds each token's expert outputs up.
+#[derive(Clone, Copy, Default)]
+pub struct Combine<'a> {
+    /// Qwen2-MoE's shared expert: its output and gate logits, added last.
+    pub shared: Option<(&'a CudaTensor, &'a CudaTensor)>,
+    /// In f32, rounded to the dtype once (`MoeRouting::sum_f32`), not per add.
+    pub sum_f32: bool,
+}
+
 /// The intermediates of one device-routed layer ([`CudaDevice::moe_layer`]): what
 /// `moe_route` writes (each pair's expert as i32 and weight as f32, and the work items of
 /// [`WorkItems`]), the pairs' activations `act` (`[pairs, inter]`) and expert outputs `y`
@@ -458,7 +467,7 @@ impl CudaDevice {
         logits: &CudaTensor,
         (top_k, normalize, grouped): (usize, bool, Option<&GroupedRouter<'_>>),
         activation: ExpertActivation,
-        shared: Option<(&CudaTensor, &CudaTensor)>,
+        combine: Combine<'_>,
         buffers: &mut MoeBuffers<'_>,
         out: &mut CudaTensor,
     ) -> Result<()> {
@@ -481,7 +490,7 @@ impl CudaDevice {
             top_k,
             buffers.y,
         )?;
-        self.moe_combine(buffers.y, buffers.weights, top_k, shared, None, out)
+        self.moe_combine(buffers.y, buffers.weights, top_k, combine, None, out)
     }
 
     /// The expert GEMVs over the work items `moe_route` made for `pairs` pairs of top
@@ -588,14 +597,15 @@ impl CudaDevice {
     }
 
     /// `moe_combine`: `out[t] = sum_s y[row(t * top_k + s)] * weights[..]` (rounded per
-    /// add), then the shared expert's `output[t] * sigmoid(gate_logits[t])` when given;
-    /// `row(p)` is `p`, or `pair_rows[p]` when given (expert outputs grouped by expert).
+    /// add, or in f32 and rounded once), then the shared expert's `output[t] *
+    /// sigmoid(gate_logits[t])` when given; `row(p)` is `p`, or `pair_rows[p]` when given
+    /// (expert outputs grouped by expert).
     pub fn moe_combine(
         &self,
         y: &CudaTensor,
         weights: &CudaTensor,
         top_k: usize,
-        shared: Option<(&CudaTensor, &CudaTensor)>,
+        Combine { shared, sum_f32 }: Combine<'_>,
         pair_rows: Option<&CudaSlice<u32>>,
         out: &mut CudaTensor,
     ) -> Result<()> {
@@ -652,7 +662,8 @@ impl CudaDevice {
             Some(rows) => args.arg(rows),
             None => args.arg(weights.data()),
         };
-        args.arg(&has_pair_rows);
+        let sum_f32 = i32::from(sum_f32);
+        args.arg(&has_pair_rows).arg(&sum_f32);
         // SAFETY: matches kernels/moe.cu; shapes checked above; a row map holds rows of y
         // (the host built it from the same routes, `group_routes`).
         unsafe { args.launch(elementwise(tokens * hidden)) }.context("moe_combine launch")?;
@@ -770,7 +781,7 @@ impl CudaDevice {
         x: &CudaTensor,
         routes: &GroupedRoutes,
         top_k: usize,
-        shared: Option<(&CudaTensor, &CudaTensor)>,
+        combine: Combine<'_>,
         b: &mut GroupedBuffers<'_>,
         out: &mut CudaTensor,
     ) -> Result<()> {
@@ -820,7 +831,7 @@ impl CudaDevice {
             let at = rows.start;
             blas.linear_row_block(b.act, at, w, b.y, at, rows.len(), with_bias)?;
         }
-        self.moe_combine(b.y, b.weights, top_k, shared, Some(b.pair_rows), out)
+        self.moe_combine(b.y, b.weights, top_k, combine, Some(b.pair_rows), out)
     }
 }
 

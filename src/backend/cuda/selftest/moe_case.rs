@@ -20,7 +20,7 @@
 use super::compare::Check;
 use super::suite::Suite;
 use crate::backend::cuda::moe::{
-    group_routes, max_items, GroupedBuffers, GroupedRouter, MoeBuffers, GEMV_EXPERT_ROWS,
+    group_routes, max_items, Combine, GroupedBuffers, GroupedRouter, MoeBuffers, GEMV_EXPERT_ROWS,
     MOE_DEVICE_MAX_ROWS,
 };
 use crate::backend::cuda::{CudaTensor, DType};
@@ -128,6 +128,8 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             _ => ExpertActivation::SwiGlu,
         };
         let first_rows = activation.first_rows(inter);
+        // GLM-4.5's and Nemotron 3's loops add the weighted outputs in f32.
+        let sum_f32 = matches!(kind, Kind::Glm | Kind::Nemotron3);
         let layer = HostLayer {
             hidden,
             inter,
@@ -183,7 +185,7 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                 &inputs.logits,
                 &rule,
                 inputs.shared.as_ref(),
-                dtype,
+                (dtype, sum_f32),
             );
             let x = CudaTensor::from_f32(dev, dtype, &[tokens, hidden], &inputs.x)?;
             let logits = CudaTensor::from_f32(dev, dtype, &[tokens, experts], &inputs.logits)?;
@@ -197,10 +199,10 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
             let kind = match kind {
                 Kind::Shared => " +shared",
                 Kind::GptOss => " gpt-oss (biases, clamped SwiGLU)",
-                Kind::Glm => " GLM-4.5 router (sigmoid, bias, 2 of 4 groups)",
+                Kind::Glm => " GLM-4.5 router (sigmoid, bias, 2 of 4 groups, f32 sum)",
                 Kind::Llama4 => " Llama 4 router (sigmoid-scaled inputs)",
                 Kind::Lfm2 => " LFM2-MoE router (sigmoid in the dtype, bias)",
-                Kind::Nemotron3 => " Nemotron 3 (ungated ReLU², sigmoid router, bias)",
+                Kind::Nemotron3 => " Nemotron 3 (ungated ReLU², sigmoid router, bias, f32 sum)",
                 Kind::Plain => "",
             };
             let shape = format!(
@@ -250,7 +252,10 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                         &x,
                         &grouped,
                         top_k,
-                        shared_parts,
+                        Combine {
+                            shared: shared_parts,
+                            sum_f32,
+                        },
                         &mut buffers,
                         out,
                     )
@@ -300,7 +305,10 @@ pub fn run(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
                     &logits,
                     (top_k, normalize, router.as_ref()),
                     layer.activation,
-                    shared_parts,
+                    Combine {
+                        shared: shared_parts,
+                        sum_f32,
+                    },
                     &mut buffers,
                     out,
                 )
@@ -373,8 +381,10 @@ fn reference(
     logits: &[f32],
     rule: &RouteRule<'_>,
     shared: Option<&(Vec<f32>, Vec<f32>)>,
-    dtype: DType,
+    (dtype, sum_f32): (DType, bool),
 ) -> Vec<f32> {
+    // Each weight, product and running sum rounds to `steps`; the sum to the dtype.
+    let steps = if sum_f32 { DType::F32 } else { dtype };
     let (hidden, inter) = (layer.hidden, layer.inter);
     let experts = layer.gate_up.len();
     let routes = route(logits, experts, rule);
@@ -433,13 +443,14 @@ fn reference(
                         })
                     })
                     .collect();
-                let w = dtype.round(w);
+                let w = steps.round(w);
                 for (j, a) in acc.iter_mut().enumerate() {
                     let down_row = &layer.down[e][j * inter..(j + 1) * inter];
                     let y = dtype.round(dot(&act, down_row) + bias(1, j));
-                    *a = dtype.round(*a + dtype.round(y * w));
+                    *a = steps.round(*a + steps.round(y * w));
                 }
             }
+            acc.iter_mut().for_each(|a| *a = dtype.round(*a));
             if let Some((out, gate)) = shared {
                 let g = dtype.round(1.0 / (1.0 + (-gate[t]).exp()));
                 for (j, a) in acc.iter_mut().enumerate() {
