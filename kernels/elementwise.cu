@@ -9,6 +9,8 @@
 //             inputs scaled by their router weights)
 //   sigmoid_gate: out = x * sigmoid(gate), the sigmoid rounded first (Qwen3-Next's gated
 //             attention output; out may alias x)
+//   widen:    out = x as f32 (exact: the input of an f32 GEMM with f32 weights, as the
+//             routers transformers keeps in f32 multiply)
 
 template <typename D>
 __device__ __forceinline__ void add_impl(typename D::T* out, const typename D::T* a,
@@ -76,6 +78,11 @@ __device__ __forceinline__ void join_heads_impl(typename D::T* out, const typena
 }
 
 template <typename D>
+__device__ __forceinline__ void widen_impl(float* out, const typename D::T* x, long long total) {
+    KILN_GRID_STRIDE(i, total) { out[i] = D::load(x[i]); }
+}
+
+template <typename D>
 __device__ __forceinline__ void softcap_impl(typename D::T* x, long long total, float cap) {
     KILN_GRID_STRIDE(i, total) { x[i] = D::store(kiln_softcap(D::load(x[i]), cap)); }
 }
@@ -100,6 +107,9 @@ __device__ __forceinline__ void softcap_impl(typename D::T* x, long long total, 
     }                                                                                     \
     extern "C" __global__ void softcap_##S(D::T* x, long long total, float cap) {         \
         softcap_impl<D>(x, total, cap);                                                   \
+    }                                                                                     \
+    extern "C" __global__ void widen_##S(float* out, const D::T* x, long long total) {    \
+        widen_impl<D>(out, x, total);                                                     \
     }                                                                                     \
     extern "C" __global__ void scale_rows_##S(D::T* x, const float* scales,               \
                                               long long total, int d) {                   \

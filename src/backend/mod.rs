@@ -281,6 +281,8 @@ pub trait Backend: Send + Sync {
     /// `x · wᵀ` as f32 (`[rows, out]`) from inputs in the model's dtype, accumulated in f32
     /// and never rounded to the dtype: the routers transformers runs in f32 (GLM-4.5's,
     /// DeepSeek's, ERNIE 4.5's, dots.llm1's), whose expert choices a rounded logit can flip.
+    /// `w` may be f32 where `x` is not (the routers transformers keeps in f32: ERNIE 4.5's,
+    /// Nemotron 3's); `x` is then widened exactly.
     fn linear_f32(&self, x: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor>;
     /// RMS norm over the last `weight.len()` elements of each row (also per-head norms).
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f64) -> Result<Self::Tensor>;

@@ -953,6 +953,9 @@ pub struct MoeConfig {
     /// computes them for these models (GLM-4.5, DeepSeek-V2 / V3, ERNIE 4.5, dots.llm1): a
     /// logit rounded to bf16 can flip a near-tied expert choice.
     pub router_f32: bool,
+    /// The router's weight stays in f32 whatever the model dtype, as transformers keeps it
+    /// (`_keep_in_fp32_modules`: ERNIE 4.5 MoE, Nemotron 3).
+    pub router_weight_f32: bool,
     /// The experts' weighted outputs are added in f32 and rounded once, as transformers'
     /// loop adds them in its f32 router weights' dtype (DeepSeek-V2 / V3, GLM-4.5,
     /// dots.llm1, Nemotron 3); otherwise each step rounds to the model dtype.
@@ -1189,6 +1192,10 @@ impl MoeConfig {
                 Architecture::NemotronH => raw.moe_latent_size.filter(|&n| n > 0),
                 _ => None,
             },
+            router_weight_f32: matches!(
+                architecture,
+                Architecture::Ernie45Moe | Architecture::NemotronH
+            ),
             sum_f32: matches!(
                 architecture,
                 Architecture::Glm4Moe

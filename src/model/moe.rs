@@ -168,7 +168,13 @@ impl<B: Backend> SparseMlp<B> {
         }
         let (h, inter) = (config.hidden_size, moe.expert_intermediate_size);
         let (router_name, _) = names(config.architecture, prefix, 0);
-        let router = super::llama::load(be, src, &router_name, &[moe.num_experts, h], dtype)?;
+        let router_dtype = if moe.router_weight_f32 {
+            DType::F32
+        } else {
+            dtype
+        };
+        let router =
+            super::llama::load(be, src, &router_name, &[moe.num_experts, h], router_dtype)?;
         let latent = match moe.latent_size {
             None => None,
             Some(l) => {

@@ -650,7 +650,15 @@ impl Backend for CudaBackend {
             ),
         };
         let mut out = self.output(DType::F32, &[rows, out_features])?;
-        if rows > 0 {
+        if rows == 0 {
+            return Ok(out);
+        }
+        // f32 weights (a router transformers keeps in f32): the input widened to match.
+        if w.dtype() == DType::F32 && x.dtype() != DType::F32 {
+            let mut wide = self.output(DType::F32, x.shape())?;
+            self.dev.widen(x, &mut wide)?;
+            self.dev.blas().linear_f32_out(&wide, w, &mut out)?;
+        } else {
             self.dev.blas().linear_f32_out(x, w, &mut out)?;
         }
         Ok(out)

@@ -348,6 +348,22 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// `x` as f32 into `out` (same shape): exact widening.
+    pub fn widen(&self, x: &CudaTensor, out: &mut CudaTensor) -> Result<()> {
+        out.expect_shape(x.shape(), "widen output")?;
+        out.expect_dtype(DType::F32, "widen output")?;
+        let total = x.numel() as i64;
+        if total == 0 {
+            return Ok(());
+        }
+        let f = self.kernels().get("widen", x.dtype())?;
+        let mut args = self.stream().launch_builder(f);
+        args.arg(out.data_mut()).arg(x.data()).arg(&total);
+        // SAFETY: matches kernels/elementwise.cu; both hold `total` elements (checked).
+        unsafe { args.launch(launch::elementwise(total as usize)) }.context("widen launch")?;
+        Ok(())
+    }
+
     /// `x = cap * tanh(x / cap)` in place (Gemma 2's final logit soft-capping).
     pub fn softcap(&self, x: &mut CudaTensor, cap: f32) -> Result<()> {
         if !(cap > 0.0 && cap.is_finite()) {

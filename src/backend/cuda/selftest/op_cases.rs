@@ -517,6 +517,29 @@ fn linear(s: &mut Suite<'_>, dtype: DType) -> Result<()> {
         &logits.to_f32(dev)?,
         &expected,
     );
+    // A router kept in f32 (ERNIE 4.5's, Nemotron 3's): the dtype's input widened first.
+    let router_host_f32 = s.random(experts * k, 1.0, DType::F32);
+    let router = CudaTensor::from_f32(dev, DType::F32, &[experts, k], &router_host_f32)?;
+    let mut wide = CudaTensor::zeros(dev, DType::F32, &[m, k])?;
+    dev.widen(&x, &mut wide)?;
+    s.check(
+        "widen",
+        format!("x[{m}, {k}] {dtype} -> f32"),
+        DType::F32,
+        Check::Exact,
+        &wide.to_f32(dev)?,
+        &x_host,
+    );
+    dev.blas().linear_f32_out(&wide, &router, &mut logits)?;
+    let expected = reference::linear(&x_host, &router_host_f32, k);
+    s.check(
+        "linear_f32(f32 router)",
+        format!("x[{m}, {k}] {dtype} widened, w[{experts}, {k}] f32 -> f32"),
+        DType::F32,
+        Check::Reduction,
+        &logits.to_f32(dev)?,
+        &expected,
+    );
     Ok(())
 }
 
