@@ -370,7 +370,7 @@ pub struct PreparedModel {
 /// `--dtype auto` means): config, tokenizer, EOS ids and the weight source.
 pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel> {
     let files = resolve_model(args)?;
-    let mut config = ModelConfig::from_file(&files.config)?;
+    let mut config = files.model_config()?;
     if let Some(asked) = &args.quantization {
         crate::model::config::check_quantization_flag(asked, config.quantization.as_ref())
             .with_context(|| format!("--quantization {asked} for {}", files.name))?;

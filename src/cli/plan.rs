@@ -2,7 +2,6 @@
 
 use crate::backend::DType;
 use crate::launch::resolve_model_named;
-use crate::model::config::ModelConfig;
 use crate::model::source::WeightFiles;
 use crate::plan::{estimate, table, PlanInput};
 use anyhow::Result;
@@ -30,7 +29,7 @@ pub struct PlanArgs {
 pub fn run(args: PlanArgs) -> Result<()> {
     // Only the config is needed: resolve as for dummy weights (no weight download).
     let files = resolve_model_named(Some(&args.model), None, WeightFiles::Skip)?;
-    let config = ModelConfig::from_file(&files.config)?;
+    let config = files.model_config()?;
     let dtype = if args.dtype == "auto" {
         config
             .checkpoint_dtype

@@ -1340,6 +1340,18 @@ pub enum Quantization {
 }
 
 impl Quantization {
+    /// The format ModelOpt's `hf_quant_config.json` (`{"producer": {"name": "modelopt"},
+    /// "quantization": {"quant_algo": ...}}`) names.
+    pub fn from_modelopt_file(path: &Path) -> Result<Option<Self>> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let quantization = file.get("quantization").cloned().unwrap_or_default();
+        let config = serde_json::json!({"quant_method": "modelopt", "quantization": quantization});
+        Self::from_config(Some(&config)).with_context(|| format!("in {}", path.display()))
+    }
+
     fn from_config(config: Option<&serde_json::Value>) -> Result<Option<Self>> {
         let Some(config) = config.filter(|c| !c.is_null()) else {
             return Ok(None);

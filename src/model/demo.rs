@@ -89,6 +89,7 @@ pub fn preset_files(name: &str, config: &str) -> Result<ModelFiles> {
         config: dir.join("config.json"),
         tokenizer_dir: demo.tokenizer_dir,
         generation_config: None,
+        quant_config: None,
         weights: Vec::new(),
     })
 }

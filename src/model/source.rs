@@ -14,9 +14,27 @@ pub struct ModelFiles {
     /// Directory holding tokenizer.json and tokenizer_config.json, if any.
     pub tokenizer_dir: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
+    /// NVIDIA ModelOpt's `hf_quant_config.json`, which older ModelOpt checkpoints carry
+    /// instead of a `quantization_config` in config.json.
+    pub quant_config: Option<PathBuf>,
     /// Safetensors files or PyTorch `.bin` shards (never both); empty for a preset (only
     /// dummy weights can be built).
     pub weights: Vec<PathBuf>,
+}
+
+/// ModelOpt's quantization file beside config.json.
+const QUANT_CONFIG_FILE: &str = "hf_quant_config.json";
+
+impl ModelFiles {
+    /// The model's config, with the quantization ModelOpt's `hf_quant_config.json` names
+    /// where config.json names none.
+    pub fn model_config(&self) -> Result<super::config::ModelConfig> {
+        let mut config = super::config::ModelConfig::from_file(&self.config)?;
+        if let (None, Some(path)) = (&config.quantization, &self.quant_config) {
+            config.quantization = super::config::Quantization::from_modelopt_file(path)?;
+        }
+        Ok(config)
+    }
 }
 
 /// Which weight files to look for (`--load-format`).
@@ -120,6 +138,7 @@ pub fn local_with(path: &Path, wanted: WeightFiles) -> Result<ModelFiles> {
             config: path.to_path_buf(),
             tokenizer_dir: dir.clone().filter(|d| has_tokenizer(d)),
             generation_config: None,
+            quant_config: None,
             weights: Vec::new(),
         });
     }
@@ -137,6 +156,7 @@ pub fn local_with(path: &Path, wanted: WeightFiles) -> Result<ModelFiles> {
         config,
         tokenizer_dir: has_tokenizer(path).then(|| path.to_path_buf()),
         generation_config: optional(path.join("generation_config.json")),
+        quant_config: optional(path.join(QUANT_CONFIG_FILE)),
         weights: weight_files_in(path, wanted)?,
     })
 }
@@ -292,12 +312,14 @@ fn hub_files(repo: &HubRepo, wanted: WeightFiles) -> Result<ModelFiles> {
     let tokenizer = fetch_tokenizer(repo);
     let _ = get("tokenizer_config.json");
     let generation_config = get("generation_config.json").ok();
+    let quant_config = get(QUANT_CONFIG_FILE).ok();
     let weights = repo.weight_files(wanted)?;
     Ok(ModelFiles {
         name: repo.repo_id.clone(),
         config,
         tokenizer_dir: tokenizer.and_then(|t| t.parent().map(Path::to_path_buf)),
         generation_config,
+        quant_config,
         weights,
     })
 }
@@ -346,6 +368,49 @@ mod tests {
             .collect();
         assert_eq!(names, ["m-1.safetensors", "m-2.safetensors"]);
         assert!(files.tokenizer_dir.is_none());
+    }
+
+    /// Older ModelOpt checkpoints name their format only in hf_quant_config.json; a
+    /// quantization_config in config.json wins.
+    #[test]
+    fn modelopt_checkpoints_name_their_format_beside_the_config() {
+        use crate::model::config::Quantization;
+        let dir = tempfile::tempdir().unwrap();
+        let config = r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "vocab_size": 100"#;
+        std::fs::write(dir.path().join("config.json"), format!("{config}}}")).unwrap();
+        let files = local_with(dir.path(), WeightFiles::Skip).unwrap();
+        assert_eq!(files.model_config().unwrap().quantization, None);
+        let quant = dir.path().join("hf_quant_config.json");
+        std::fs::write(
+            &quant,
+            r#"{"producer": {"name": "modelopt", "version": "0.19.0"},
+            "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": null,
+            "exclude_modules": ["lm_head"]}}"#,
+        )
+        .unwrap();
+        let files = local_with(dir.path(), WeightFiles::Skip).unwrap();
+        assert_eq!(files.quant_config.as_deref(), Some(quant.as_path()));
+        let q = files.model_config().unwrap().quantization;
+        assert_eq!(q, Some(Quantization::Fp8));
+        std::fs::write(&quant, r#"{"quantization": {"quant_algo": "NVFP4"}}"#).unwrap();
+        let q = files.model_config().unwrap().quantization;
+        assert_eq!(q, Some(Quantization::Nvfp4));
+        std::fs::write(&quant, r#"{"quantization": {"quant_algo": "INT4_AWQ"}}"#).unwrap();
+        let err = format!("{:#}", files.model_config().unwrap_err());
+        assert!(
+            err.contains("INT4_AWQ") && err.contains("hf_quant_config.json"),
+            "{err}"
+        );
+        // config.json's own quantization_config wins.
+        let own = format!(
+            r#"{config}, "quantization_config": {{"quant_method": "fp8", "weight_block_size": [128, 128]}}}}"#
+        );
+        std::fs::write(dir.path().join("config.json"), own).unwrap();
+        std::fs::write(&quant, r#"{"quantization": {"quant_algo": "NVFP4"}}"#).unwrap();
+        let q = files.model_config().unwrap().quantization;
+        assert_eq!(q, Some(Quantization::Fp8));
     }
 
     fn names(files: &ModelFiles) -> Vec<&str> {
