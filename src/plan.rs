@@ -1,6 +1,7 @@
 //! Memory planning: what a model needs (weights, KV cache, activations) and which GPU types
-//! and counts can serve it. Batch-1 decoding reads every weight once per token, so the
-//! bandwidth column bounds single-stream speed: pick the smallest GPU that fits.
+//! and counts can serve it. Batch-1 decoding reads every weight it uses once per token (a
+//! mixture of experts' router and chosen experts, not all of them), so the bandwidth
+//! column bounds single-stream speed: pick the smallest GPU that fits.
 
 use crate::backend::DType;
 use crate::gpu::GpuType;
