@@ -40,6 +40,7 @@ use crate::model::llama::LlamaModel;
 use crate::model::llama4::Llama4Weights;
 use crate::model::lora::load_adapter;
 use crate::model::mamba::{BambaWeights, GraniteHybridWeights, Mamba2Weights};
+use crate::model::modelopt_mixed::{Fp8OrNvfp4, MixedWeights};
 use crate::model::mpt::MptWeights;
 use crate::model::nemotron_h::NemotronHWeights;
 use crate::model::nvfp4::{Nvfp4, Nvfp4Weights};
@@ -496,6 +497,13 @@ pub fn prepare_model(args: &EngineArgs, device: Device) -> Result<PreparedModel>
                         "bitsandbytes 4-bit checkpoint: weights are expanded to {dtype} as they load"
                     );
                     Arc::new(Bnb4Weights::new(named, Bnb4))
+                }
+                Some(Quantization::Fp8AndNvfp4) => {
+                    tracing::info!(
+                        "ModelOpt mixed-precision checkpoint (FP8 / NVFP4): weights are expanded \
+                         to {dtype} as they load"
+                    );
+                    Arc::new(MixedWeights::new(named, Fp8OrNvfp4))
                 }
                 Some(Quantization::Nvfp4) => {
                     tracing::info!(

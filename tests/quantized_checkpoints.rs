@@ -72,6 +72,43 @@ fn modelopt_nvfp4_weights_expand_to_the_same_values() {
     matches_transformers("qwen3_nvfp4_modelopt", "qwen3");
 }
 
+/// ModelOpt's MIXED_PRECISION checkpoints hold FP8 and NVFP4 layers: each weight is
+/// expanded as the tensors beside it say. The NVFP4 fixture and the FP8 one, relabelled as
+/// mixed, still match their references.
+#[test]
+fn modelopt_mixed_precision_expands_each_weight_in_its_own_format() {
+    for name in ["qwen3_nvfp4_modelopt", "qwen3_fp8"] {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture(name)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        let config_path = dir.path().join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        config["quantization_config"] = serde_json::json!({
+            "quant_method": "modelopt", "quant_algo": "MIXED_PRECISION",
+            "kv_cache_quant_algo": null, "exclude_modules": ["lm_head"],
+        });
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let m = kiln::launch::load_model(&common::engine_args(&[
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--dtype",
+            "float32",
+        ]))
+        .unwrap();
+        for p in reference(name).prompts {
+            let ours = kiln::cli::check_reference::last_logits(&m, &p.prompt_ids).unwrap();
+            let diff = max_abs_diff(&ours, &p.last_logits);
+            assert!(
+                diff < 1e-3,
+                "{name} as mixed precision: max abs logit diff {diff}"
+            );
+        }
+    }
+}
+
 #[test]
 fn gptq_act_order_weights_expand_as_autogptq_computes_them() {
     matches_transformers("llama_gptq", "llama");

@@ -1328,6 +1328,8 @@ pub enum Quantization {
     /// NVFP4 (`model/nvfp4.rs`): compressed-tensors' `nvfp4-pack-quantized`, or ModelOpt's
     /// `NVFP4`.
     Nvfp4,
+    /// ModelOpt's `MIXED_PRECISION`: FP8 and NVFP4 layers (`model/modelopt_mixed.rs`).
+    Fp8AndNvfp4,
     /// gpt-oss's MXFP4 experts (`model/mxfp4.rs`).
     Mxfp4,
     /// Integer weights with group scales: GPTQ, AWQ, compressed-tensors pack-quantized
@@ -1373,9 +1375,10 @@ impl Quantization {
                 match algo.to_ascii_uppercase().as_str() {
                     "FP8" => Quantization::Fp8,
                     "NVFP4" => Quantization::Nvfp4,
+                    "MIXED_PRECISION" => Quantization::Fp8AndNvfp4,
                     _ => anyhow::bail!(
                         "ModelOpt checkpoints quantized with quant_algo '{algo}' are not \
-                         supported (kiln loads FP8 and NVFP4)"
+                         supported (kiln loads FP8, NVFP4 and MIXED_PRECISION of the two)"
                     ),
                 }
             }
@@ -1427,7 +1430,10 @@ pub fn check_quantization_flag(asked: &str, found: Option<&Quantization>) -> Res
         (method.as_str(), found),
         ("fp8", Some(Quantization::Fp8))
             | ("mxfp4", Some(Quantization::Mxfp4))
-            | ("modelopt", Some(Quantization::Fp8))
+            | (
+                "modelopt",
+                Some(Quantization::Fp8 | Quantization::Fp8AndNvfp4)
+            )
             | ("modelopt_fp4" | "nvfp4", Some(Quantization::Nvfp4))
             | ("gptq", Some(Quantization::Int(IntScheme::Gptq { .. })))
             | ("awq", Some(Quantization::Int(IntScheme::Awq { .. })))
@@ -3366,6 +3372,10 @@ mod tests {
             (
                 r#"{"quant_method": "modelopt", "quant_algo": "FP8"}"#,
                 Quantization::Fp8,
+            ),
+            (
+                r#"{"quant_method": "modelopt", "quant_algo": "MIXED_PRECISION"}"#,
+                Quantization::Fp8AndNvfp4,
             ),
             (
                 r#"{"quant_method": "modelopt", "quantization": {"quant_algo": "FP8"}}"#,

@@ -35,6 +35,7 @@ pub mod lora_forward;
 pub mod mamba;
 pub mod mamba1;
 pub mod mla;
+pub mod modelopt_mixed;
 pub mod moe;
 mod moe_fused;
 pub mod mpt;
