@@ -9,9 +9,16 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
 /// The 16 E2M1 values: sign bit, two exponent bits, one mantissa bit.
-pub(super) const E2M1: [f32; 16] = [
+const E2M1: [f32; 16] = [
     0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
 ];
+
+/// The two E2M1 values of a packed byte (a byte read as an exact float), low nibble first:
+/// MXFP4's and NVFP4's packing alike.
+pub(super) fn e2m1_pair(byte: f32) -> [f32; 2] {
+    let byte = byte as u8;
+    [E2M1[(byte & 0x0f) as usize], E2M1[(byte >> 4) as usize]]
+}
 
 /// Values per shared scale.
 const BLOCK: usize = 32;
@@ -65,9 +72,7 @@ fn decode(blocks: &[f32], scales: &[f32]) -> Result<Vec<f32>> {
         // E8M0: 2^(byte - 127); 255 would be NaN, which no checkpoint holds.
         let factor = 2f32.powi(scale as i32 - 127);
         for &byte in bytes {
-            let byte = byte as u8;
-            out.push(E2M1[(byte & 0x0f) as usize] * factor);
-            out.push(E2M1[(byte >> 4) as usize] * factor);
+            out.extend(e2m1_pair(byte).map(|v| v * factor));
         }
     }
     Ok(out)

@@ -14,7 +14,7 @@
 //! memory of an unquantized checkpoint).
 
 use super::expanded_weights::{ExpandedWeights, Expansion};
-use super::mxfp4::E2M1;
+use super::mxfp4::e2m1_pair;
 use super::weights::WeightSource;
 use crate::backend::DType;
 use anyhow::{Context, Result};
@@ -130,10 +130,9 @@ fn decode(packed: &[f32], factors: &[f32], round: DType) -> Vec<f32> {
         .chunks_exact(GROUP / 2)
         .zip(factors)
         .flat_map(|(bytes, &factor)| {
-            bytes.iter().flat_map(move |&byte| {
-                let byte = byte as u8;
-                [byte & 0x0f, byte >> 4].map(|nibble| round.round(E2M1[nibble as usize] * factor))
-            })
+            bytes
+                .iter()
+                .flat_map(move |&byte| e2m1_pair(byte).map(|v| round.round(v * factor)))
         })
         .collect()
 }

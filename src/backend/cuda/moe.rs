@@ -239,8 +239,13 @@ impl CudaExpertIndex {
     }
 }
 
+/// kernels/gemv.cu's epilogue activations (`GEMV_ACT_*`) of the expert GEMVs.
+const GEMV_ACT_NONE: i32 = 0;
+const GEMV_ACT_CLAMPED: i32 = 1;
+const GEMV_ACT_RELU2: i32 = 2;
+
 /// How `moe_combine` adds each token's expert outputs up.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Combine<'a> {
     /// Qwen2-MoE's shared expert: its output and gate logits, added last.
     pub shared: Option<(&'a CudaTensor, &'a CudaTensor)>,
@@ -557,13 +562,12 @@ impl CudaDevice {
         let (x_div_i, n_i, k_i) = (as_i32(x_div, "top_k")?, as_i32(n, "N")?, as_i32(k, "K")?);
         let bias = if first { &t.gate_up_bias } else { &t.down_bias };
         let has_bias = i32::from(bias.is_some());
-        // kernels/gemv.cu's GEMV_ACT_* modes.
         let (act_mode, limit, alpha) = match gemv {
             ExpertGemv::GateUp(ExpertActivation::ClampedSwiGlu { limit, alpha }) => {
-                (1, limit, alpha)
+                (GEMV_ACT_CLAMPED, limit, alpha)
             }
-            ExpertGemv::GateUp(ExpertActivation::Relu2) => (2, 0.0, 0.0),
-            _ => (0i32, 0.0f32, 0.0f32),
+            ExpertGemv::GateUp(ExpertActivation::Relu2) => (GEMV_ACT_RELU2, 0.0, 0.0),
+            _ => (GEMV_ACT_NONE, 0.0f32, 0.0f32),
         };
         let items_y = u32::try_from(count)
             .ok()
